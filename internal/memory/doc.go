@@ -1,0 +1,16 @@
+// Package memory senses and limits the memory of worker processes.
+//
+// Control: a [Manager] owns this supervisor's cgroups, a parent directory
+// named safepool-<pid> under the supervisor's own memory cgroup, and hands
+// out one [Group] per worker. A Group carries the worker's limit (cgroup v2
+// memory.max or v1 memory.limit_in_bytes), so the kernel OOM-kills only the
+// offender, and its counters (OOM kills, usage, peak) tell the supervisor
+// afterwards what happened. Where cgroups cannot be used, the Manager says so
+// ([ModeRSSPolling]) and the supervisor enforces limits itself with
+// [TreeRSS].
+//
+// Sensing: [WatchOOMKills] reads the kernel log and confirms OOM kills by
+// pid, [HostMemTotal], [HostMemAvailable], [OwnCgroupLimit] and
+// [PressureFull] feed the memory budget, and [TreeRSS], [ProcessRSS] and
+// [ProcessPeakRSS] measure processes.
+package memory

@@ -1,0 +1,183 @@
+package memory
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"sync"
+)
+
+// controller is one cgroup version's file conventions (cgroup_v1_linux.go,
+// cgroup_v2_linux.go). Every method takes the directory it works on.
+//
+// containerd's cgroup1 and cgroup2 packages are not used for this: they
+// would add dbus, systemd, eBPF, protobuf and logrus modules for a few
+// mkdir, read and write calls, and cgroup2's fallback Kill calls Wait on the
+// group's processes, stealing the exit status from the one goroutine that
+// must observe a worker's death.
+type controller interface {
+	mode() Mode
+	// delegate readies own, the supervisor's cgroup, to hold limited children.
+	delegate(own string) error
+	// enable readies parent, the Manager's directory, to hold limited children.
+	enable(parent string) error
+	// create makes the directory of a group with the given limit (<= 0: none).
+	create(dir string, limit int64) error
+	oomKills(dir string) (uint64, error)
+	usage(dir string) (int64, error)
+	peak(dir string, peakFD *os.File) (int64, error)
+	resetPeak(dir string) (peakFD *os.File, err error)
+	// prepare makes cmd start inside dir, returning a file to close after Start.
+	prepare(dir string, cmd *exec.Cmd) (*os.File, error)
+	// killFile names the file whose write of "1" kills the group, or "".
+	killFile() string
+}
+
+// Group is one worker's cgroup, made by [Manager.NewGroup]. Its methods are
+// safe for concurrent use. Remove, or the Manager's Close, must be called
+// once the worker is gone.
+type Group struct {
+	m    *Manager
+	ctrl controller
+	path string
+
+	mu sync.Mutex
+	// cgroupDir is the directory Prepare opened (v2) until Started closes
+	// it; guarded by mu.
+	cgroupDir *os.File
+	// peakFD is memory.peak as opened by ResetPeak (v2); later reads must
+	// use it to see the reset. Guarded by mu.
+	peakFD *os.File
+	// removed is set once the directory is gone; guarded by mu.
+	removed bool
+}
+
+// Path returns the group's directory, such as
+// /sys/fs/cgroup/memory/x/safepool-123/w1.
+func (g *Group) Path() string { return g.path }
+
+// Prepare makes cmd start inside the group. It must be called before
+// cmd.Start, and Started right after Start returns, whether Start
+// succeeded or not.
+//
+// With cgroup v2, Prepare opens the group's directory and sets
+// cmd.SysProcAttr.UseCgroupFD and CgroupFD (on a copy of SysProcAttr, other
+// fields kept), so the kernel starts the process in the group. With cgroup
+// v1, Prepare rewrites cmd.Path and cmd.Args to run the original argv
+// through a /bin/sh shim that moves itself into the group, sets its
+// oom_score_adj to 1000 and execs the worker under the same pid. If the
+// shim cannot do either, it exits with status 125 and a message on stderr,
+// and the worker does not run. The shim keeps argv[0] through bash's
+// exec -a; on a host without bash, the worker sees its path as argv[0].
+// Under cgroup v2, Prepare leaves
+// oom_score_adj alone: call [SetOOMScoreAdj] after Start.
+func (g *Group) Prepare(cmd *exec.Cmd) error {
+	if cmd.Process != nil {
+		return errors.New("memory: Prepare after Start")
+	}
+	if cmd.Err != nil {
+		return cmd.Err
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.removed {
+		return fmt.Errorf("memory: group %s was removed", g.path)
+	}
+	if cmd.SysProcAttr != nil {
+		attr := *cmd.SysProcAttr
+		cmd.SysProcAttr = &attr
+	}
+	f, err := g.ctrl.prepare(g.path, cmd)
+	if err != nil {
+		return fmt.Errorf("memory: prepare start in %s: %w", g.path, err)
+	}
+	if g.cgroupDir != nil {
+		g.cgroupDir.Close()
+	}
+	g.cgroupDir = f
+	return nil
+}
+
+// Started releases what Prepare opened. Call it after cmd.Start returns.
+func (g *Group) Started() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.cgroupDir != nil {
+		g.cgroupDir.Close()
+		g.cgroupDir = nil
+	}
+}
+
+// OOMKills returns how many processes the kernel OOM-killed in the group:
+// v1 memory.oom_control oom_kill, v2 memory.events oom_kill. The counter is
+// raised before the victim is sent SIGKILL, so it is current by the time
+// Wait reports the death. Kernels without the counter (v1 before Linux
+// 4.13) give an error matching errors.ErrUnsupported.
+func (g *Group) OOMKills() (uint64, error) { return g.ctrl.oomKills(g.path) }
+
+// Usage returns the group's current memory use in bytes, page cache
+// included.
+func (g *Group) Usage() (int64, error) { return g.ctrl.usage(g.path) }
+
+// Peak returns the group's highest memory use in bytes since it was made
+// or since ResetPeak: v1 memory.max_usage_in_bytes, v2 memory.peak. It is
+// 0, nil on v2 kernels without memory.peak (before Linux 5.19).
+func (g *Group) Peak() (int64, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.ctrl.peak(g.path, g.peakFD)
+}
+
+// ResetPeak starts a new peak from the current use, such as between two
+// tasks on one persistent worker. On v2 kernels before 6.12 it returns an
+// error matching errors.ErrUnsupported, and Peak keeps the group's
+// lifetime peak.
+func (g *Group) ResetPeak() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	f, err := g.ctrl.resetPeak(g.path)
+	if err != nil {
+		return err
+	}
+	if f != nil {
+		if g.peakFD != nil {
+			g.peakFD.Close()
+		}
+		g.peakFD = f
+	}
+	return nil
+}
+
+// Kill sends SIGKILL to every process in the group (v2: through
+// cgroup.kill when the kernel has it) and waits, for a few seconds at
+// most, until none is left. It does not reap them: the worker's parent
+// still calls Wait. It returns an error matching ErrStillPopulated if
+// processes remain.
+func (g *Group) Kill() error { return killAll(g.ctrl, g.path) }
+
+// Remove kills what is left in the group, then removes its directory,
+// retrying briefly while the kernel reports it busy. After Remove, the
+// Group must not be used. Removing a removed group does nothing.
+func (g *Group) Remove() error {
+	g.mu.Lock()
+	if g.removed {
+		g.mu.Unlock()
+		return nil
+	}
+	kerr := killAll(g.ctrl, g.path)
+	if err := rmdirRetry(g.path, g.m.rmdir); err != nil {
+		g.mu.Unlock()
+		return errors.Join(kerr, err)
+	}
+	g.removed = true
+	for _, f := range []*os.File{g.cgroupDir, g.peakFD} {
+		if f != nil {
+			f.Close()
+		}
+	}
+	g.cgroupDir, g.peakFD = nil, nil
+	g.mu.Unlock()
+	g.m.forget(g)
+	return nil
+}

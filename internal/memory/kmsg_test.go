@@ -1,0 +1,200 @@
+package memory
+
+import (
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestParseOOMRecord(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		rec     string
+		wantPid int
+	}{
+		{
+			name:    "memcg kill",
+			rec:     "3,419,8314717359,-;Memory cgroup out of memory: Killed process 5935 (python3) total-vm:78016kB, anon-rss:65280kB, file-rss:6620kB, shmem-rss:0kB, UID:0 pgtables:196kB oom_score_adj:0\n",
+			wantPid: 5935,
+		},
+		{
+			name:    "global kill",
+			rec:     "3,1,2,-;Out of memory: Killed process 1234 (my worker) total-vm:1kB\n",
+			wantPid: 1234,
+		},
+		{
+			name:    "summary line",
+			rec:     "6,418,8314717347,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,oom_memcg=/a,task_memcg=/a/b,task=python3,pid=5935,uid=0\n",
+			wantPid: 5935,
+		},
+		{
+			name:    "summary with a task name that looks like fields",
+			rec:     "6,1,2,-;oom-kill:constraint=CONSTRAINT_NONE,oom_memcg=/x,pid=7,uid=1,task_memcg=/,task=a,pid=9,uid=0,pid=42,uid=1000\n",
+			wantPid: 42,
+		},
+		{
+			name:    "before 4.19",
+			rec:     "3,5,6,-;Killed process 77 (java) total-vm:10kB, anon-rss:1kB, file-rss:0kB\n",
+			wantPid: 77,
+		},
+		{
+			name:    "sharing memory, before 5.1",
+			rec:     "6,5,6,-;Kill process 78 (java) sharing same memory\n",
+			wantPid: 78,
+		},
+		{
+			name:    "continuation lines",
+			rec:     "3,7,8,-;Out of memory: Killed process 99 (x) total-vm:1kB\n SUBSYSTEM=memory\n DEVICE=+x:y\n",
+			wantPid: 99,
+		},
+		{name: "old choice, not the kill", rec: "3,5,6,-;Out of memory: Kill process 76 (java) score 900 or sacrifice child\n"},
+		{name: "invoked", rec: "4,341,8314716777,-;python3 invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj=0\n"},
+		{name: "reaper", rec: "6,9,9,-;oom_reaper: reaped process 5935 (python3), now anon-rss:0kB\n"},
+		{name: "user space", rec: "14,9,9,-;Out of memory: Killed process 1 (init) total-vm:1kB\n"},
+		{name: "no prefix", rec: "Out of memory: Killed process 5 (x)\n"},
+		{name: "unrelated", rec: "6,10,11,-;eth0: link up\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pid, ok := parseOOMRecord([]byte(tc.rec))
+			if pid != tc.wantPid || ok != (tc.wantPid != 0) {
+				t.Errorf("parseOOMRecord(%q) = %d, %v, want %d", tc.rec, pid, ok, tc.wantPid)
+			}
+		})
+	}
+}
+
+// fakeKmsg serves records one per Read, as /dev/kmsg does. A nil record
+// reads as EPIPE.
+type fakeKmsg struct {
+	records chan []byte
+	closed  chan struct{}
+	once    sync.Once
+}
+
+func newFakeKmsg() *fakeKmsg {
+	return &fakeKmsg{records: make(chan []byte), closed: make(chan struct{})}
+}
+
+func (f *fakeKmsg) Read(b []byte) (int, error) {
+	select {
+	case r := <-f.records:
+		if r == nil {
+			return 0, syscall.EPIPE
+		}
+		return copy(b, r), nil
+	case <-f.closed:
+		return 0, os.ErrClosed
+	}
+}
+
+func (f *fakeKmsg) Close() error {
+	f.once.Do(func() { close(f.closed) })
+	return nil
+}
+
+func (f *fakeKmsg) kill(pid int) {
+	f.records <- fmt.Appendf(nil, "3,1,1,-;Out of memory: Killed process %d (w) total-vm:1kB\n", pid)
+}
+
+// fakeClock is a clock tests move by hand.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func TestOOMLog(t *testing.T) {
+	src := newFakeKmsg()
+	clock := &fakeClock{t: time.Unix(1e9, 0)}
+	l := newOOMLog(src, clock.now)
+	defer l.Close()
+
+	src.records <- nil // overwritten records: reading goes on
+	src.kill(100)
+	// The record is parsed once the next Read starts; a wait covers it.
+	if !l.Killed(100, 10*time.Second) {
+		t.Errorf("Killed(100) = false after its record, want true")
+	}
+	if l.Killed(101, 0) {
+		t.Errorf("Killed(101, 0) = true, want false")
+	}
+
+	// A record that comes while Killed waits.
+	got := make(chan bool)
+	go func() { got <- l.Killed(200, 10*time.Second) }()
+	src.kill(200)
+	if !<-got {
+		t.Errorf("Killed(200) = false for a record that came while waiting, want true")
+	}
+
+	// Records age out, so that a reused pid is not blamed.
+	start := clock.now()
+	clock.advance(oomRecordTTL + time.Second)
+	if l.Killed(100, 0) {
+		t.Errorf("Killed(100) = true after %v, want false", oomRecordTTL)
+	}
+	if !l.KilledSince(100, start, 0) {
+		t.Errorf("KilledSince(100, before its record) = false, want true")
+	}
+	if l.KilledSince(100, clock.now(), 0) {
+		t.Errorf("KilledSince(100, after its record) = true, want false")
+	}
+}
+
+func TestOOMLogBounded(t *testing.T) {
+	src := newFakeKmsg()
+	l := newOOMLog(src, time.Now)
+	defer l.Close()
+	for pid := 1; pid <= maxOOMRecords+1; pid++ {
+		src.kill(pid)
+	}
+	src.kill(1) // a second kill of a forgotten pid brings it back
+	src.records <- []byte("6,1,1,-;flush\n")
+	if l.Killed(2, 0) {
+		t.Errorf("Killed(2) = true after %d newer records, want false", maxOOMRecords)
+	}
+	if !l.Killed(3, 0) || !l.Killed(1, 0) || !l.Killed(maxOOMRecords+1, 0) {
+		t.Errorf("Killed(3), Killed(1), Killed(%d) = false, want true", maxOOMRecords+1)
+	}
+	l.mu.Lock()
+	n, m := len(l.seen), len(l.order)
+	l.mu.Unlock()
+	if n != maxOOMRecords || m != maxOOMRecords {
+		t.Errorf("OOMLog holds %d pids in %d slots, want %d", n, m, maxOOMRecords)
+	}
+}
+
+func TestOOMLogClose(t *testing.T) {
+	src := newFakeKmsg()
+	l := newOOMLog(src, time.Now)
+	got := make(chan bool)
+	go func() { got <- l.Killed(7, time.Hour) }()
+	if err := l.Close(); err != nil {
+		t.Errorf("Close() = %v", err)
+	}
+	select {
+	case k := <-got:
+		if k {
+			t.Errorf("Killed(7) = true, want false")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("Killed still waits after Close")
+	}
+	if err := l.Close(); err != nil {
+		t.Errorf("second Close() = %v", err)
+	}
+}

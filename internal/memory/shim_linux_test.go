@@ -1,0 +1,122 @@
+package memory
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The shim is tested here without cgroups: its "cgroup.procs" is a plain
+// file, which takes the pid the same way.
+
+func TestShimPreservesArgvAndEnv(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.Symlink(exe, filepath.Join(dir, "worker-link")); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{helperEnv + "=report", "A=1", "SPACED=a b", "QUOTED=\"'$x", "SHLVL=2", "GORACE=atexit_sleep_ms=0"}
+	for _, tc := range []struct {
+		name      string
+		path      string
+		argv0     string
+		dir       string
+		bash      string
+		wantArgv0 string // "" for argv0
+	}{
+		{name: "argv0 is path", path: exe, argv0: exe, bash: bashPath()},
+		{name: "argv0 differs", path: exe, argv0: "my worker", bash: bashPath()},
+		{name: "relative path", path: "worker-link", argv0: "worker-link", dir: dir, bash: bashPath()},
+		{name: "no bash", path: exe, argv0: "my worker", bash: "", wantArgv0: exe},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.bash == "" && tc.wantArgv0 == "" {
+				t.Skip("no bash on this host")
+			}
+			cmd := &exec.Cmd{Path: tc.path, Args: append([]string{tc.argv0}, trickyArgs...), Env: env, Dir: tc.dir}
+			want := slices.Clone(cmd.Args)
+			if tc.wantArgv0 != "" {
+				want[0] = tc.wantArgv0
+			}
+			procs := filepath.Join(t.TempDir(), "cgroup.procs")
+			wrapInShim(cmd, procs, tc.bash)
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			if err := waitTimeout(t, cmd, time.Minute); err != nil {
+				t.Fatalf("shim: %v; stderr: %s", err, stderr.String())
+			}
+			var r report
+			if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+				t.Fatalf("report %q: %v", stdout.String(), err)
+			}
+			if !slices.Equal(r.Args, want) {
+				t.Errorf("worker argv = %q, want %q", r.Args, want)
+			}
+			// Shells keep the environment but not its order.
+			if got, want := slices.Sorted(slices.Values(r.Env)), slices.Sorted(slices.Values(env)); !slices.Equal(got, want) {
+				t.Errorf("worker env = %q, want %q", got, want)
+			}
+			if r.OOMScoreAdj != "1000" {
+				t.Errorf("worker oom_score_adj = %q, want 1000", r.OOMScoreAdj)
+			}
+			if got, _ := os.ReadFile(procs); strings.TrimSpace(string(got)) != fmt.Sprint(cmd.Process.Pid) {
+				t.Errorf("shim wrote %q to cgroup.procs, want the worker's pid %d", got, cmd.Process.Pid)
+			}
+		})
+	}
+}
+
+// TestShimFailsClosed checks that a worker that cannot join its cgroup
+// never runs.
+func TestShimFailsClosed(t *testing.T) {
+	cmd := helperCommand(t, "report")
+	wrapInShim(cmd, "/nonexistent/group/cgroup.procs", bashPath())
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if code := cmd.ProcessState.ExitCode(); code != shimExitCode {
+		t.Errorf("shim exit = %v (code %d), want %d", err, code, shimExitCode)
+	}
+	if !strings.Contains(stderr.String(), "safepool: cannot move process") {
+		t.Errorf("shim stderr = %q, want the reason", stderr.String())
+	}
+	if stdout.Len() != 0 {
+		t.Errorf("worker ran outside its cgroup: %q", stdout.String())
+	}
+}
+
+func TestShimKeepsSysProcAttr(t *testing.T) {
+	g := &Group{m: &Manager{}, ctrl: cgroupV1{bash: bashPath()}, path: t.TempDir()}
+	attr := &syscall.SysProcAttr{Setpgid: true}
+	cmd := exec.Command("/bin/true")
+	cmd.SysProcAttr = attr
+	if err := g.Prepare(cmd); err != nil {
+		t.Fatal(err)
+	}
+	g.Started()
+	if cmd.Path != "/bin/sh" || cmd.Args[len(cmd.Args)-1] != "/bin/true" {
+		t.Errorf("Prepare(/bin/true) = %s %q, want a /bin/sh shim running /bin/true", cmd.Path, cmd.Args)
+	}
+	if !cmd.SysProcAttr.Setpgid {
+		t.Errorf("Prepare dropped SysProcAttr.Setpgid")
+	}
+
+	failed := exec.Command("no-such-program-anywhere")
+	if err := g.Prepare(failed); err == nil || failed.Path != "no-such-program-anywhere" {
+		t.Errorf("Prepare(cmd whose lookup failed) = %v, Path %q; want the lookup error, cmd untouched", err, failed.Path)
+	}
+}
