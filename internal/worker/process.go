@@ -1,0 +1,406 @@
+// Package worker starts and ends one worker process: exec (never fork), its
+// own process group, death of the parent signalled to it, its pipes, and the
+// single goroutine that waits for it.
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Cgroup places a process in a control group before any of its code runs.
+// *memory.Group implements it.
+type Cgroup interface {
+	// Prepare changes cmd so that the process starts inside the group.
+	Prepare(cmd *exec.Cmd) error
+	// Started releases what Prepare held, after cmd.Start returned.
+	Started()
+}
+
+// IO says which pipes a worker gets.
+type IO int
+
+const (
+	// IONone gives the worker /dev/null as stdin.
+	IONone IO = iota
+	// IOLine gives the worker a pipe as stdin for tasks and a pipe as stdout
+	// for results.
+	IOLine
+	// IOFramed gives the worker a task pipe as fd 3 and a result pipe as
+	// fd 4; its stdin is /dev/null and its stdout goes to Spec.Stdout.
+	IOFramed
+)
+
+// Spec describes a worker process to start.
+type Spec struct {
+	// Args is the argument vector; Args[0] is looked up in PATH.
+	Args []string
+	// Env is the environment; nil means the supervisor's.
+	Env []string
+	// Dir is the working directory; empty means the supervisor's.
+	Dir string
+	// IO selects the pipes.
+	IO IO
+	// Stdout receives the worker's stdout when IO is not IOLine; nil
+	// discards it. An *os.File is handed to the worker directly.
+	Stdout io.Writer
+	// Stderr receives the worker's stderr; nil discards it. The last few
+	// KiB are also kept for StderrTail.
+	Stderr io.Writer
+	// Cgroup, if not nil, is the group the worker starts in.
+	Cgroup Cgroup
+}
+
+// Exit says how a worker process ended.
+type Exit struct {
+	// Code is the exit status, or -1 when a signal ended the process.
+	Code int
+	// Signal is the signal that ended the process, or 0.
+	Signal syscall.Signal
+	// MaxRSS is the peak resident set size of the process itself in bytes,
+	// from wait4's rusage.
+	MaxRSS int64
+	// Time is when the supervisor saw the process end.
+	Time time.Time
+}
+
+// Process is one running worker. Exactly one goroutine, started by Start,
+// waits for it; Done is closed when it has been reaped.
+type Process struct {
+	// Pid is the worker's process id; it also names its process group.
+	Pid int
+	// Tasks is the supervisor's end of the task pipe (stdin for IOLine, fd 3
+	// for IOFramed), or nil.
+	Tasks *os.File
+	// Results is the supervisor's end of the result pipe (stdout for IOLine,
+	// fd 4 for IOFramed), or nil.
+	Results *os.File
+
+	cmd  *exec.Cmd
+	done chan struct{}
+	exit Exit // written before done is closed
+
+	// copiers counts the goroutines copying the worker's stdout/stderr; they
+	// end when the pipe reaches EOF or CloseIO closes the read end.
+	copiers  sync.WaitGroup
+	tail     tailBuffer
+	closeIO  sync.Once
+	readEnds []*os.File // supervisor-side read ends closed by CloseIO
+
+	stopOnce sync.Once
+}
+
+// ErrStart wraps every error from Start.
+var ErrStart = errors.New("worker: cannot start")
+
+// Start starts the worker described by spec. The process gets its own process
+// group, SIGKILL when the supervisor dies (Pdeathsig), and oom_score_adj
+// 1000 so that the kernel picks workers before the supervisor.
+func Start(spec Spec) (_ *Process, err error) {
+	if len(spec.Args) == 0 {
+		return nil, fmt.Errorf("%w: empty command", ErrStart)
+	}
+	path, err := exec.LookPath(spec.Args[0])
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrStart, err)
+	}
+	cmd := &exec.Cmd{Path: path, Args: spec.Args, Env: spec.Env, Dir: spec.Dir}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	p := &Process{cmd: cmd, done: make(chan struct{})}
+
+	// childEnds are closed in the supervisor once the child has them.
+	var childEnds []*os.File
+	defer func() {
+		for _, f := range childEnds {
+			f.Close()
+		}
+		if err != nil {
+			p.closeReadEnds()
+			if p.Tasks != nil {
+				p.Tasks.Close()
+			}
+		}
+	}()
+	pipe := func() (r, w *os.File, err error) {
+		r, w, err = os.Pipe()
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: pipe: %w", ErrStart, err)
+		}
+		return r, w, nil
+	}
+
+	switch spec.IO {
+	case IOLine:
+		inR, inW, err := pipe()
+		if err != nil {
+			return nil, err
+		}
+		childEnds = append(childEnds, inR)
+		p.Tasks = inW
+		outR, outW, err := pipe()
+		if err != nil {
+			return nil, err
+		}
+		childEnds = append(childEnds, outW)
+		p.Results = outR
+		p.readEnds = append(p.readEnds, outR)
+		cmd.Stdin, cmd.Stdout = inR, outW
+	case IOFramed:
+		taskR, taskW, err := pipe()
+		if err != nil {
+			return nil, err
+		}
+		childEnds = append(childEnds, taskR)
+		p.Tasks = taskW
+		resR, resW, err := pipe()
+		if err != nil {
+			return nil, err
+		}
+		childEnds = append(childEnds, resW)
+		p.Results = resR
+		p.readEnds = append(p.readEnds, resR)
+		cmd.ExtraFiles = []*os.File{taskR, resW} // fd 3 and fd 4
+	}
+	if spec.IO != IOLine {
+		w, err := p.output(spec.Stdout, nil)
+		if err != nil {
+			return nil, err
+		}
+		if w != nil {
+			childEnds = append(childEnds, w)
+		}
+		cmd.Stdout = w
+	}
+	w, err := p.output(spec.Stderr, &p.tail)
+	if err != nil {
+		return nil, err
+	}
+	childEnds = append(childEnds, w)
+	cmd.Stderr = w
+
+	if spec.Cgroup != nil {
+		if err := spec.Cgroup.Prepare(cmd); err != nil {
+			return nil, fmt.Errorf("%w: cgroup: %w", ErrStart, err)
+		}
+	}
+	err = cmd.Start()
+	if spec.Cgroup != nil {
+		spec.Cgroup.Started()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrStart, err)
+	}
+	p.Pid = cmd.Process.Pid
+	// The kernel should pick a worker, never the supervisor. Where a cgroup
+	// shim runs first it has already set this before the worker's code ran.
+	_ = os.WriteFile("/proc/"+strconv.Itoa(p.Pid)+"/oom_score_adj", []byte("1000"), 0)
+	go p.wait()
+	return p, nil
+}
+
+// output returns the write end to hand the child for one of its output
+// streams, starting a copier into dst (and tail) where needed. It returns nil
+// when the stream is discarded and there is no tail to keep.
+func (p *Process) output(dst io.Writer, tail *tailBuffer) (*os.File, error) {
+	if tail == nil {
+		if dst == nil {
+			return nil, nil
+		}
+		if f, ok := dst.(*os.File); ok {
+			// Handing our own file over costs no copying. exec.Cmd dups
+			// it, so the child's copy is separate from ours; returning nil
+			// would make exec.Cmd start a copier of its own.
+			return dupFile(f)
+		}
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("%w: pipe: %w", ErrStart, err)
+	}
+	p.readEnds = append(p.readEnds, r)
+	var sink io.Writer = io.Discard
+	switch {
+	case dst != nil && tail != nil:
+		sink = io.MultiWriter(tail, dst)
+	case tail != nil:
+		sink = tail
+	case dst != nil:
+		sink = dst
+	}
+	p.copiers.Add(1)
+	go func() {
+		defer p.copiers.Done()
+		io.Copy(sink, r)
+	}()
+	return w, nil
+}
+
+func dupFile(f *os.File) (*os.File, error) {
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%w: dup %s: %w", ErrStart, f.Name(), err)
+	}
+	return os.NewFile(uintptr(fd), f.Name()), nil
+}
+
+// wait is the only place that waits for the process. It first observes the
+// death without reaping, so that the process group id cannot be reused while
+// it kills what is left of the group (grandchildren), then reaps.
+func (p *Process) wait() {
+	var info unix.Siginfo
+	for {
+		err := unix.Waitid(unix.P_PID, p.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	_ = unix.Kill(-p.Pid, unix.SIGKILL)
+	err := p.cmd.Wait()
+	e := Exit{Code: -1, Time: time.Now()}
+	st := p.cmd.ProcessState
+	if st != nil {
+		if ws, ok := st.Sys().(syscall.WaitStatus); ok {
+			if ws.Signaled() {
+				e.Signal = ws.Signal()
+			} else {
+				e.Code = ws.ExitStatus()
+			}
+		}
+		if ru, ok := st.SysUsage().(*syscall.Rusage); ok {
+			e.MaxRSS = ru.Maxrss * 1024
+		}
+	} else if err != nil {
+		e.Code = -1
+	}
+	p.exit = e
+	close(p.done)
+}
+
+// Done is closed once the process has ended and been reaped.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// Exit returns how the process ended. It is valid only after Done is closed.
+func (p *Process) Exit() Exit { return p.exit }
+
+// Signal sends sig to the worker's whole process group.
+func (p *Process) Signal(sig syscall.Signal) error {
+	select {
+	case <-p.done:
+		return os.ErrProcessDone
+	default:
+	}
+	if err := unix.Kill(-p.Pid, sig); err != nil && err != unix.ESRCH {
+		return fmt.Errorf("worker: signal %d to group %d: %w", sig, p.Pid, err)
+	}
+	return nil
+}
+
+// Kill sends SIGKILL to the worker's process group.
+func (p *Process) Kill() { _ = p.Signal(syscall.SIGKILL) }
+
+// Stop ends the worker without blocking: it closes the task pipe (a worker
+// at EOF should exit), sends SIGTERM to the process group, and SIGKILL after
+// grace unless the process is gone by then. Calling Stop again does nothing;
+// call Kill to escalate at once.
+func (p *Process) Stop(grace time.Duration) {
+	p.stopOnce.Do(func() {
+		if p.Tasks != nil {
+			p.Tasks.Close()
+		}
+		_ = p.Signal(syscall.SIGTERM)
+		go func() {
+			t := time.NewTimer(grace)
+			defer t.Stop()
+			select {
+			case <-p.done:
+			case <-t.C:
+				p.Kill()
+			}
+		}()
+	})
+}
+
+// Retire closes the task pipe so that a well-behaved worker exits by itself,
+// and escalates to Stop after patience.
+func (p *Process) Retire(patience, grace time.Duration) {
+	if p.Tasks != nil {
+		p.Tasks.Close()
+	}
+	go func() {
+		t := time.NewTimer(patience)
+		defer t.Stop()
+		select {
+		case <-p.done:
+		case <-t.C:
+			p.Stop(grace)
+		}
+	}()
+}
+
+// CloseIO closes the supervisor's ends of the worker's pipes, after waiting up
+// to linger for its output to drain. Call it after Done: a grandchild that
+// still holds the pipes must not keep readers blocked.
+func (p *Process) CloseIO(linger time.Duration) {
+	p.closeIO.Do(func() {
+		drained := make(chan struct{})
+		go func() { p.copiers.Wait(); close(drained) }()
+		t := time.NewTimer(linger)
+		select {
+		case <-drained:
+		case <-t.C:
+		}
+		t.Stop()
+		if p.Tasks != nil {
+			p.Tasks.Close()
+		}
+		p.closeReadEnds()
+		<-drained
+	})
+}
+
+func (p *Process) closeReadEnds() {
+	for _, f := range p.readEnds {
+		f.Close()
+	}
+}
+
+// StderrTail returns the last few KiB the worker wrote to stderr.
+func (p *Process) StderrTail() string { return p.tail.String() }
+
+// tailBuffer keeps the last tailSize bytes written to it.
+type tailBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+const tailSize = 4096
+
+func (t *tailBuffer) Write(b []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := len(b)
+	if len(b) >= tailSize {
+		t.buf = append(t.buf[:0], b[len(b)-tailSize:]...)
+		return n, nil
+	}
+	t.buf = append(t.buf, b...)
+	if over := len(t.buf) - tailSize; over > 0 {
+		t.buf = append(t.buf[:0], t.buf[over:]...)
+	}
+	return n, nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.buf)
+}

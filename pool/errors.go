@@ -1,0 +1,109 @@
+package pool
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+var (
+	// ErrClosed is returned by Submit after Close or Abort.
+	ErrClosed = errors.New("pool: closed")
+	// ErrAborted is wrapped by the error Err returns after the pool aborted.
+	ErrAborted = errors.New("pool: aborted")
+)
+
+// TaskError describes a task that did not finish: its terminal state, and the
+// cause of its last attempt.
+type TaskError struct {
+	// Result is the task's whole record.
+	Result *Result
+}
+
+func (e *TaskError) Error() string {
+	r := e.Result
+	var b strings.Builder
+	fmt.Fprintf(&b, "task %d %s", r.ID, r.State)
+	if c := r.Cause(); c != "" {
+		fmt.Fprintf(&b, ": %s", c)
+	}
+	if n := len(r.Attempts); n > 0 {
+		fmt.Fprintf(&b, " after %d attempt", r.Attempts[n-1].Number)
+		if r.Attempts[n-1].Number != 1 {
+			b.WriteString("s")
+		}
+		if m := r.Attempts[n-1].Message; m != "" {
+			fmt.Fprintf(&b, ": %s", firstLine(m))
+		}
+	}
+	return b.String()
+}
+
+// StartError reports that workers cannot start, or keep dying before they do
+// any work. The pool aborts with it rather than retrying forever.
+type StartError struct {
+	// Command is the worker command.
+	Command []string
+	// Cause is how the last worker ended (for example "exit:1"), or empty
+	// when it could not be started at all.
+	Cause Cause
+	// Stderr is the tail of the last worker's stderr, if it was captured.
+	Stderr string
+	// Err is the underlying error, for example from exec.
+	Err error
+}
+
+func (e *StartError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "pool: worker %q ", strings.Join(e.Command, " "))
+	if e.Cause == "" {
+		b.WriteString("cannot start")
+	} else {
+		fmt.Fprintf(&b, "dies at start-up (%s)", e.Cause)
+	}
+	if e.Err != nil {
+		fmt.Fprintf(&b, ": %v", e.Err)
+	}
+	if s := strings.TrimSpace(e.Stderr); s != "" {
+		fmt.Fprintf(&b, "; its stderr ends: %s", lastLines(s, 3))
+	}
+	return b.String()
+}
+
+func (e *StartError) Unwrap() error { return e.Err }
+
+// AbortError is the error Err returns after the pool aborted. It wraps
+// ErrAborted and, where the abort had one, its reason.
+type AbortError struct {
+	// TaskID is the task whose failure triggered the abort under the Abort
+	// policy, or 0.
+	TaskID uint64
+	// Reason is why the pool aborted.
+	Reason error
+}
+
+func (e *AbortError) Error() string {
+	if e.Reason == nil {
+		return ErrAborted.Error()
+	}
+	return fmt.Sprintf("%v: %v", ErrAborted, e.Reason)
+}
+
+// Unwrap returns ErrAborted and the reason, so errors.Is matches both.
+func (e *AbortError) Unwrap() []error { return []error{ErrAborted, e.Reason} }
+
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i] + " …"
+	}
+	return s
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}

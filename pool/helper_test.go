@@ -1,0 +1,206 @@
+package pool_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/safepool/safepool/internal/protocol"
+	"github.com/safepool/safepool/serve"
+)
+
+// The test binary is also the workers the tests run: TestMain turns it into
+// one when SAFEPOOL_TEST_WORKER names a mode. The input of each task says
+// what the worker does with it; see behave.
+const workerEnv = "SAFEPOOL_TEST_WORKER"
+
+// workerCmd returns the command that runs this test binary as a worker.
+func workerCmd(mode string) []string {
+	return []string{os.Args[0], "-test.run=^$", "--", "worker:" + mode}
+}
+
+// workerEnvFor returns the environment for workers in mode.
+func workerEnvFor(mode string) []string {
+	return append(os.Environ(), workerEnv+"="+mode)
+}
+
+// runWorker runs the worker mode named by the environment and returns its
+// exit code.
+func runWorker(mode string) int {
+	switch mode {
+	case "line":
+		in := bufio.NewReaderSize(os.Stdin, 1<<20)
+		out := bufio.NewWriter(os.Stdout)
+		for {
+			line, err := in.ReadString('\n')
+			if err != nil {
+				return 0
+			}
+			res, err := behave(strings.TrimSuffix(line, "\n"))
+			if err != nil {
+				res = "error:" + err.Error()
+			}
+			if res == "" {
+				continue
+			}
+			fmt.Fprintln(out, res)
+			out.Flush()
+		}
+	case "framed":
+		err := serve.Run(context.Background(), func(ctx context.Context, p []byte) ([]byte, error) {
+			res, err := behave(string(p))
+			return []byte(res), err
+		})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "worker:", err)
+			return 1
+		}
+		return 0
+	case "oneshot":
+		res, err := behave(os.Args[len(os.Args)-1])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		fmt.Println(res)
+		return 0
+	case "framed-raw":
+		// A framed worker written against the wire format alone, which
+		// exits right after answering "bye", leaving the tasks pipelined
+		// to it unread.
+		in := protocol.NewReader(os.NewFile(3, "tasks"), 0)
+		out := protocol.NewWriter(os.NewFile(4, "results"))
+		out.WriteFrame(protocol.Frame{Kind: protocol.KindReady, Payload: protocol.ReadyPayload()})
+		out.Flush()
+		for {
+			f, err := in.ReadFrame()
+			if err != nil {
+				return 0
+			}
+			out.WriteFrame(protocol.Frame{Kind: protocol.KindStart, ID: f.ID})
+			out.WriteFrame(protocol.Frame{Kind: protocol.KindResult, ID: f.ID, Payload: append([]byte("ok:"), f.Payload...)})
+			out.Flush()
+			if string(f.Payload) == "bye" {
+				return 0
+			}
+		}
+	case "dead-at-start":
+		fmt.Fprintln(os.Stderr, "cannot load model: file not found")
+		return 4
+	}
+	fmt.Fprintln(os.Stderr, "unknown worker mode", mode)
+	return 2
+}
+
+// behave does what input asks. Inputs of the form "verb" or "verb:arg":
+//
+//	kill             SIGKILL the worker itself
+//	segv             die of SIGSEGV
+//	exit:N           exit with status N
+//	sleep:MS         sleep, then answer
+//	hang             sleep forever
+//	hog              allocate and touch memory until killed
+//	garbage          write junk on the result pipe
+//	closeout         close the result pipe and keep living
+//	bye              answer, then exit 0 at once (line protocol; see framed-raw)
+//	fail             report a task error (framed) or an error line
+//	once:FILE:VERB   do VERB the first time (FILE does not exist yet), answer afterwards
+//	grandchild:FILE  start a grandchild that holds the worker's pipes, write its pid to FILE, then SIGKILL the worker
+//	oomscore         answer with the worker's own oom_score_adj
+//	grow:MB          keep MB more megabytes for the rest of the worker's life, then answer
+//	pid              answer with the worker's pid
+//
+// Anything else is answered with "ok:" + input.
+func behave(in string) (string, error) {
+	verb, arg, _ := strings.Cut(in, ":")
+	switch verb {
+	case "kill":
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {}
+	case "segv":
+		// The Go runtime turns a fault into a panic; a shell dies of it.
+		syscall.Exec("/bin/sh", []string{"sh", "-c", "kill -SEGV $$"}, os.Environ())
+	case "exit":
+		n, _ := strconv.Atoi(arg)
+		os.Exit(n)
+	case "sleep":
+		ms, _ := strconv.Atoi(arg)
+		time.Sleep(time.Duration(ms) * time.Millisecond)
+	case "hang":
+		signal.Ignore(syscall.SIGTERM)
+		select {}
+	case "hog":
+		var keep [][]byte
+		for {
+			b := make([]byte, 20<<20)
+			for i := 0; i < len(b); i += 4096 {
+				b[i] = 1
+			}
+			keep = append(keep, b)
+			time.Sleep(5 * time.Millisecond)
+		}
+	case "garbage":
+		if os.Getenv(workerEnv) == "framed" {
+			// A whole header, of a kind that does not exist.
+			f := os.NewFile(4, "results")
+			f.Write([]byte{0, 0, 0, 9, 99, 0, 0, 0, 0, 0, 0, 0, 1})
+			select {}
+		}
+		fmt.Println("unsolicited line 1")
+		return "unsolicited line 2", nil
+	case "closeout":
+		if os.Getenv(workerEnv) == "framed" {
+			syscall.Close(4)
+		} else {
+			os.Stdout.Close()
+		}
+		select {}
+	case "bye":
+		fmt.Println("ok:" + in)
+		os.Exit(0)
+	case "fail":
+		return "", errors.New("this task fails")
+	case "once":
+		file, rest, _ := strings.Cut(arg, ":")
+		if _, err := os.Stat(file); err != nil {
+			os.WriteFile(file, nil, 0o644)
+			return behave(rest)
+		}
+	case "grandchild":
+		cmd := exec.Command("sleep", "1000")
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		if os.Getenv(workerEnv) == "framed" {
+			cmd.ExtraFiles = []*os.File{os.NewFile(3, "tasks"), os.NewFile(4, "results")}
+		}
+		if err := cmd.Start(); err != nil {
+			return "", err
+		}
+		os.WriteFile(arg, []byte(strconv.Itoa(cmd.Process.Pid)), 0o644)
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {}
+	case "oomscore":
+		b, err := os.ReadFile("/proc/self/oom_score_adj")
+		return strings.TrimSpace(string(b)), err
+	case "grow":
+		mb, _ := strconv.Atoi(arg)
+		b := make([]byte, mb<<20)
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = 1
+		}
+		grown = append(grown, b)
+	case "pid":
+		return strconv.Itoa(os.Getpid()), nil
+	}
+	return "ok:" + in, nil
+}
+
+// grown keeps the memory that "grow" tasks allocate.
+var grown [][]byte

@@ -1,0 +1,327 @@
+// Package pool runs tasks on supervised worker processes that may die at any
+// moment: killed by the OOM killer, a signal, a segfault or a timeout.
+//
+// A Pool starts workers by exec (never by forking the supervisor), feeds them
+// tasks, watches how each worker ends, and gives every submitted task exactly
+// one terminal state. When a worker dies, only the attempt that was running on
+// it is charged, with a precise Cause; the policy then retries, skips or
+// aborts.
+//
+// Submit from one goroutine and read Results from another:
+//
+//	p, err := pool.New(pool.Config{Command: []string{"python3", "work.py"}, Protocol: pool.Line})
+//	if err != nil { ... }
+//	go func() {
+//		defer p.Close()
+//		for _, line := range lines {
+//			if _, err := p.Submit(ctx, pool.Task{Input: line}); err != nil {
+//				return
+//			}
+//		}
+//	}()
+//	for r := range p.Results() { ... }
+//	if err := p.Err(); err != nil { ... }
+package pool
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/safepool/safepool/internal/memory"
+)
+
+// Pool runs tasks on supervised worker processes. Create it with New; its
+// zero value is not usable. Every Pool must be ended by Close (when all tasks
+// are submitted) or Abort, and its Results read until closed: only then have
+// all its workers exited.
+type Pool struct {
+	cfg Config
+
+	mem    *memory.Manager // nil unless cfg.MemLimit > 0
+	oomLog *memory.OOMLog  // nil where the kernel log cannot be read
+
+	submitMu sync.Mutex // serialises Submit so that ids follow the order of acceptance
+	lastID   uint64     // guarded by submitMu
+
+	submitCh chan *task     // Submit → loop
+	dispatch chan *task     // loop → runners: a task to run now
+	reports  chan report    // runners → loop
+	results  chan Result    // loop → user
+	closeCh  chan struct{}  // closed by Close
+	abortCh  chan struct{}  // closed by the first Abort
+	killCh   chan struct{}  // closed by the second Abort
+	quit     chan struct{}  // closed by the loop when every task has ended
+	runners  sync.WaitGroup // one per worker slot
+
+	closeOnce, abortOnce, killOnce sync.Once
+
+	mu     sync.Mutex // guards the fields below
+	stats  Stats
+	failed []Result
+	err    error
+
+	emitMu sync.Mutex // serialises calls to cfg.Observer
+}
+
+// task is the loop's record of one submitted task. Only the loop goroutine
+// changes it, except that a runner holds it while an attempt runs.
+type task struct {
+	id        uint64
+	t         Task
+	attempts  []Attempt
+	deaths    int       // charged attempts that ended in a worker death
+	errors    int       // charged attempts that ended in a task error
+	notBefore time.Time // backoff: not to run before this
+	// exitZeroPass records that a line worker exited 0 while the task was
+	// in flight, and the task was requeued uncharged once for it.
+	exitZeroPass bool
+}
+
+func (t *task) charged() int { return t.deaths + t.errors }
+
+// New validates cfg, checks that the worker command can be started, and
+// starts the pool's workers. A command that cannot be found or executed is
+// reported at once as a *StartError.
+func New(cfg Config) (*Pool, error) {
+	if err := cfg.normalize(); err != nil {
+		return nil, err
+	}
+	if err := checkCommand(cfg); err != nil {
+		return nil, err
+	}
+	p := &Pool{
+		cfg:      cfg,
+		submitCh: make(chan *task),
+		dispatch: make(chan *task),
+		reports:  make(chan report, cfg.Workers),
+		results:  make(chan Result),
+		closeCh:  make(chan struct{}),
+		abortCh:  make(chan struct{}),
+		killCh:   make(chan struct{}),
+		quit:     make(chan struct{}),
+	}
+	p.stats.Started = time.Now()
+	if cfg.MemLimit > 0 {
+		m, err := memory.NewManager()
+		if err != nil {
+			return nil, fmt.Errorf("pool: memory limits: %w", err)
+		}
+		p.mem = m
+	}
+	if l, err := memory.WatchOOMKills(); err == nil {
+		p.oomLog = l
+	}
+	for i := 0; i < cfg.Workers; i++ {
+		r := &runner{p: p, slot: i}
+		p.runners.Add(1)
+		go r.run()
+	}
+	go p.loop()
+	return p, nil
+}
+
+func (c *Config) normalize() error {
+	if len(c.Command) == 0 {
+		return fmt.Errorf("pool: Config.Command is empty")
+	}
+	switch c.Protocol {
+	case "":
+		c.Protocol = OneShot
+	case OneShot, Line, Framed:
+	default:
+		return fmt.Errorf("pool: unknown protocol %q (want oneshot, line or framed)", c.Protocol)
+	}
+	if c.Workers <= 0 {
+		c.Workers = runtime.NumCPU()
+	}
+	switch c.OnWorkerDeath {
+	case "":
+		c.OnWorkerDeath = Skip
+		if c.Retries > 0 {
+			c.OnWorkerDeath = Retry
+		}
+	case Skip, Retry, Abort:
+	default:
+		return fmt.Errorf("pool: unknown OnWorkerDeath %q", c.OnWorkerDeath)
+	}
+	for _, v := range []struct {
+		name string
+		n    int64
+	}{{"Retries", int64(c.Retries)}, {"TaskErrorRetries", int64(c.TaskErrorRetries)},
+		{"MaxTasksPerWorker", int64(c.MaxTasksPerWorker)}, {"MaxRSS", c.MaxRSS}, {"MemLimit", c.MemLimit},
+		{"Timeout", int64(c.Timeout)}, {"Pipeline", int64(c.Pipeline)}, {"MaxPending", int64(c.MaxPending)}} {
+		if v.n < 0 {
+			return fmt.Errorf("pool: Config.%s is negative", v.name)
+		}
+	}
+	if c.Backoff == 0 {
+		c.Backoff = 50 * time.Millisecond
+	}
+	if c.MaxBackoff == 0 {
+		c.MaxBackoff = 5 * time.Second
+	}
+	if c.Protocol != Framed || c.Pipeline == 0 {
+		c.Pipeline = 1
+		if c.Protocol == Framed {
+			c.Pipeline = 8
+		}
+	}
+	if c.MaxPending == 0 {
+		c.MaxPending = 64 + 4*c.Workers*c.Pipeline
+	}
+	if c.Grace == 0 {
+		c.Grace = 3 * time.Second
+	}
+	if c.StartupFailures == 0 {
+		c.StartupFailures = 3
+	}
+	return nil
+}
+
+// checkCommand fails fast when the worker program does not exist. A one-shot
+// command whose program name comes from the input is checked per attempt.
+func checkCommand(c Config) error {
+	if c.Protocol == OneShot && strings.Contains(c.Command[0], "{}") {
+		return nil
+	}
+	if _, err := exec.LookPath(c.Command[0]); err != nil {
+		return &StartError{Command: c.Command, Err: err}
+	}
+	return nil
+}
+
+// Submit queues one task and returns its id. It blocks while MaxPending
+// tasks are submitted but not yet delivered on Results, until ctx is done, or
+// until the pool is closed or aborted (then it returns ErrClosed). The pool
+// keeps t.Input and t.Args: do not change them afterwards.
+func (p *Pool) Submit(ctx context.Context, t Task) (uint64, error) {
+	p.submitMu.Lock()
+	defer p.submitMu.Unlock()
+	select {
+	case <-p.closeCh:
+		return 0, ErrClosed
+	case <-p.abortCh:
+		return 0, ErrClosed
+	default:
+	}
+	tk := &task{id: p.lastID + 1, t: t}
+	select {
+	case p.submitCh <- tk:
+		p.lastID = tk.id
+		return tk.id, nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-p.closeCh:
+		return 0, ErrClosed
+	case <-p.abortCh:
+		return 0, ErrClosed
+	}
+}
+
+// Close says that no more tasks will be submitted. The pool finishes the
+// tasks it has, then stops its workers and closes Results. Close does not
+// block and may be called more than once.
+func (p *Pool) Close() { p.closeOnce.Do(func() { close(p.closeCh) }) }
+
+// Results returns the channel on which every submitted task's Result is
+// delivered exactly once: in submission order with Config.KeepOrder,
+// otherwise as tasks end. It is closed after the last result, once every
+// worker has exited. It must be read until closed.
+func (p *Pool) Results() <-chan Result { return p.results }
+
+// Abort stops the pool: no task is dispatched any more, queued tasks end
+// Cancelled, and running workers get SIGTERM, then SIGKILL after
+// Config.Grace; their tasks end Cancelled. reason, if not nil, is reported by
+// Err. Calling Abort again kills the workers at once. Results is still
+// delivered until closed.
+func (p *Pool) Abort(reason error) {
+	first := false
+	p.abortOnce.Do(func() {
+		first = true
+		p.setErr(&AbortError{Reason: reason})
+		close(p.abortCh)
+	})
+	if !first {
+		p.killOnce.Do(func() { close(p.killCh) })
+	}
+}
+
+// abortFor aborts the pool because of task id, unless it is already aborting.
+func (p *Pool) abortFor(id uint64, reason error) {
+	p.abortOnce.Do(func() {
+		p.setErr(&AbortError{TaskID: id, Reason: reason})
+		close(p.abortCh)
+	})
+}
+
+func (p *Pool) setErr(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.err == nil {
+		p.err = err
+	}
+}
+
+// Err returns nil if the pool was not aborted, and otherwise an *AbortError
+// saying why: the reason given to Abort, the failed task under the Abort
+// policy, or a *StartError when workers could not start.
+func (p *Pool) Err() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.err
+}
+
+// Failed returns the results of the tasks that ended Failed or Poison so far,
+// in the order they ended.
+func (p *Pool) Failed() []Result {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]Result(nil), p.failed...)
+}
+
+// Stats returns what the pool has done so far.
+func (p *Pool) Stats() Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stats
+}
+
+// MemoryMode returns how worker memory is limited: "cgroup-v1", "cgroup-v2"
+// or "rss-polling", or "" when Config.MemLimit is zero.
+func (p *Pool) MemoryMode() string {
+	if p.mem == nil {
+		return ""
+	}
+	return string(p.mem.Mode())
+}
+
+// MemoryModeReason explains MemoryMode in one line, or is empty.
+func (p *Pool) MemoryModeReason() string {
+	if p.mem == nil {
+		return ""
+	}
+	return p.mem.Reason()
+}
+
+func (p *Pool) emit(e Event) {
+	if p.cfg.Observer == nil {
+		return
+	}
+	if e.Time.IsZero() {
+		e.Time = time.Now()
+	}
+	p.emitMu.Lock()
+	defer p.emitMu.Unlock()
+	p.cfg.Observer(e)
+}
+
+func (p *Pool) count(f func(s *Stats)) {
+	p.mu.Lock()
+	f(&p.stats)
+	p.mu.Unlock()
+}

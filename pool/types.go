@@ -1,0 +1,336 @@
+package pool
+
+import (
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Protocol says how the supervisor talks to a worker process.
+type Protocol string
+
+const (
+	// OneShot starts one process per attempt, like xargs or GNU parallel.
+	// The attempt's result is the process's exit status and its captured
+	// stdout and stderr.
+	OneShot Protocol = "oneshot"
+	// Line keeps workers alive: each task is one line written to the
+	// worker's stdin, and its result is the next line the worker writes to
+	// stdout. A worker has one line protocol task in flight at a time, so the
+	// task that was running when it died is always known.
+	Line Protocol = "line"
+	// Framed keeps workers alive and talks to them over dedicated pipes
+	// (fd 3 for tasks, fd 4 for results) in length-prefixed frames, as
+	// specified in docs/protocol.md. It supports pipelining with precise
+	// blame, because workers announce each task they start.
+	Framed Protocol = "framed"
+)
+
+// Cause says why an attempt ended without a result. The empty Cause means the
+// attempt succeeded.
+type Cause string
+
+const (
+	// CauseOOM means the kernel OOM killer took the worker, confirmed by the
+	// oom_kill counter of the worker's own cgroup or by the kernel log.
+	CauseOOM Cause = "oom"
+	// CauseMemoryLimit means the supervisor killed the worker because its
+	// process tree went over Config.MemLimit while cgroups were unavailable.
+	CauseMemoryLimit Cause = "memory-limit"
+	// CauseSegfault means the worker died of SIGSEGV or SIGBUS.
+	CauseSegfault Cause = "segfault"
+	// CauseTimeout means the attempt ran longer than Config.Timeout and its
+	// worker was killed.
+	CauseTimeout Cause = "timeout"
+	// CauseProtocol means the worker wrote something the protocol does not
+	// allow, or closed its pipes while alive, and was killed.
+	CauseProtocol Cause = "protocol"
+	// CauseTaskError means the worker reported that the task failed and
+	// stayed alive (framed protocol error frame).
+	CauseTaskError Cause = "task-error"
+	// CausePreempted means the supervisor stopped the attempt to save memory.
+	// It is not the task's fault and is not charged as an attempt.
+	CausePreempted Cause = "preempted"
+	// CauseCancelled means the attempt was stopped because the pool aborted.
+	CauseCancelled Cause = "cancelled"
+)
+
+// SignalCause returns the cause for a worker killed by sig: CauseSegfault for
+// SIGSEGV and SIGBUS, otherwise "signal:NAME", for example "signal:SIGKILL".
+func SignalCause(sig syscall.Signal) Cause {
+	if sig == syscall.SIGSEGV || sig == syscall.SIGBUS {
+		return CauseSegfault
+	}
+	return Cause("signal:" + SignalName(sig))
+}
+
+// SignalName returns the conventional name of sig, such as "SIGKILL".
+func SignalName(sig syscall.Signal) string {
+	if name := unix.SignalName(sig); name != "" {
+		return name
+	}
+	return "SIG" + strconv.Itoa(int(sig))
+}
+
+// ExitCause returns the cause "exit:N" for a worker that exited with code.
+func ExitCause(code int) Cause { return Cause("exit:" + strconv.Itoa(code)) }
+
+// IsWorkerDeath reports whether c means that the worker process ended or was
+// killed, as opposed to success, a task error, preemption or cancellation.
+func (c Cause) IsWorkerDeath() bool {
+	switch c {
+	case "", CauseTaskError, CausePreempted, CauseCancelled:
+		return false
+	}
+	return true
+}
+
+// State is a task's terminal state.
+type State string
+
+const (
+	// Done means an attempt succeeded.
+	Done State = "done"
+	// Failed means the attempts ran out, or the policy said skip.
+	Failed State = "failed"
+	// Cancelled means the task never finished because the pool aborted.
+	Cancelled State = "cancelled"
+	// Poison means the task was killed for memory even when it ran alone.
+	Poison State = "poison"
+)
+
+// Action is what the pool does when a worker dies during an attempt.
+type Action string
+
+const (
+	// Skip marks the task failed and goes on with the others.
+	Skip Action = "skip"
+	// Retry runs the task again, up to Config.Retries more times, with
+	// exponential backoff; then it is failed.
+	Retry Action = "retry"
+	// Abort stops the whole pool: running tasks are killed and queued tasks
+	// are cancelled.
+	Abort Action = "abort"
+)
+
+// ParseAction parses "skip", "retry" or "abort".
+func ParseAction(s string) (Action, error) {
+	switch a := Action(strings.ToLower(s)); a {
+	case Skip, Retry, Abort:
+		return a, nil
+	}
+	return "", fmt.Errorf("pool: unknown action %q (want skip, retry or abort)", s)
+}
+
+// Task is one unit of work submitted to a pool.
+type Task struct {
+	// Input is the task's data: the line for the line protocol (without its
+	// newline), the payload for the framed protocol, and the text that
+	// replaces "{}" in Config.Command for one-shot workers when Args is nil.
+	Input []byte
+	// Args, for one-shot workers only, is the whole argument vector of the
+	// process to run, overriding Config.Command. Nil means Config.Command
+	// with every "{}" replaced by Input.
+	Args []string
+}
+
+// Attempt records one run of a task on one worker.
+type Attempt struct {
+	// Number counts the task's charged attempts from 1. A preempted attempt
+	// shares its number with the attempt that follows it.
+	Number int
+	// WorkerPID is the process id of the worker that ran the attempt.
+	WorkerPID int
+	// Start and End bound the attempt.
+	Start, End time.Time
+	// Cause is empty when the attempt succeeded, and says why it did not
+	// otherwise.
+	Cause Cause
+	// ExitCode is the worker's exit status when the worker process ended
+	// during the attempt by exiting, and -1 otherwise.
+	ExitCode int
+	// Signal names the signal that killed the worker ("SIGKILL"), or is empty.
+	Signal string
+	// PeakRSS is the highest memory use seen for the attempt in bytes: the
+	// cgroup's peak when the worker has its own cgroup, otherwise the
+	// worker's peak resident set size. Zero means unknown.
+	PeakRSS int64
+	// Message gives detail: the worker's error text for a task error, what
+	// was wrong on the wire for a protocol error, or the tail of a one-shot
+	// process's stderr.
+	Message string
+}
+
+// Result is the outcome of one task: its terminal state and every attempt.
+type Result struct {
+	// ID is the task's submission number, counting from 1.
+	ID uint64
+	// Input and Args are the task as submitted.
+	Input []byte
+	Args  []string
+	// State is the task's terminal state.
+	State State
+	// Output is the result line (line protocol), the result payload (framed)
+	// or the captured stdout (one-shot) of the successful attempt. For a
+	// failed one-shot task it is the stdout of the last attempt.
+	Output []byte
+	// Stderr is the captured stderr of the last one-shot attempt.
+	Stderr []byte
+	// Attempts lists every attempt in order, including preempted ones.
+	Attempts []Attempt
+}
+
+// Cause returns the cause of the task's last attempt, or "" when the task is
+// done or never ran.
+func (r *Result) Cause() Cause {
+	if len(r.Attempts) == 0 {
+		if r.State == Cancelled {
+			return CauseCancelled
+		}
+		return ""
+	}
+	return r.Attempts[len(r.Attempts)-1].Cause
+}
+
+// Err returns nil when the task is done, and a *TaskError otherwise.
+func (r *Result) Err() error {
+	if r.State == Done {
+		return nil
+	}
+	return &TaskError{Result: r}
+}
+
+// Event is something that happened in the pool. Observers receive every event
+// in the order the pool saw it.
+type Event struct {
+	// Kind says what happened.
+	Kind EventKind
+	// Time is when it happened.
+	Time time.Time
+	// TaskID is the task concerned, or 0.
+	TaskID uint64
+	// WorkerPID is the worker concerned, or 0.
+	WorkerPID int
+	// Attempt is set for EventAttemptEnded.
+	Attempt *Attempt
+	// Result is set for EventTaskEnded.
+	Result *Result
+}
+
+// EventKind names a kind of Event.
+type EventKind string
+
+const (
+	// EventWorkerStarted: a worker process was started.
+	EventWorkerStarted EventKind = "worker-started"
+	// EventWorkerExited: a worker process ended and was reaped.
+	EventWorkerExited EventKind = "worker-exited"
+	// EventAttemptStarted: a worker began an attempt.
+	EventAttemptStarted EventKind = "attempt-started"
+	// EventAttemptEnded: an attempt ended; Attempt says how.
+	EventAttemptEnded EventKind = "attempt-ended"
+	// EventTaskEnded: a task reached its terminal state; Result says which.
+	EventTaskEnded EventKind = "task-ended"
+)
+
+// Config configures a Pool. The zero value of each field is a usable default,
+// except Command, which is required.
+type Config struct {
+	// Command is the worker's argument vector; Command[0] is looked up in
+	// PATH. For one-shot workers every "{}" is replaced by the task's Input
+	// unless the task has its own Args.
+	Command []string
+	// Protocol is how tasks reach workers. Empty means OneShot.
+	Protocol Protocol
+	// Workers is the number of workers running at once. Zero means the
+	// number of CPUs.
+	Workers int
+	// Env is the workers' environment. Nil means the supervisor's own.
+	Env []string
+	// Dir is the workers' working directory. Empty means the supervisor's.
+	Dir string
+
+	// OnWorkerDeath is what happens when a worker dies during an attempt
+	// (any cause but a task error). Empty means Retry when Retries > 0 and
+	// Skip otherwise.
+	OnWorkerDeath Action
+	// Retries is how many extra attempts a task gets after worker deaths
+	// when OnWorkerDeath is Retry.
+	Retries int
+	// TaskErrorRetries is how many extra attempts a task gets after task
+	// errors (the worker reported failure and stayed alive). It is a budget
+	// separate from Retries. Zero means a task error fails the task.
+	TaskErrorRetries int
+	// Backoff is the delay before the first retry of a task; it doubles on
+	// each further retry up to MaxBackoff. Zero means 50ms.
+	Backoff time.Duration
+	// MaxBackoff caps Backoff. Zero means 5s.
+	MaxBackoff time.Duration
+
+	// Timeout bounds each attempt; the worker is killed when it runs out and
+	// the attempt's cause is CauseTimeout. Zero means no limit.
+	Timeout time.Duration
+	// MaxTasksPerWorker replaces a persistent worker after it has finished
+	// this many tasks. Zero means no limit.
+	MaxTasksPerWorker int
+	// MaxRSS replaces a persistent worker whose process tree's resident
+	// memory exceeds this many bytes after a task. Zero means no limit.
+	MaxRSS int64
+	// MemLimit caps each worker's memory in bytes: the worker runs in a
+	// memory cgroup of its own with this limit, so the kernel kills only that
+	// worker; where cgroups cannot be created, the supervisor polls the
+	// worker's process tree and kills it at the limit. Zero means no limit.
+	MemLimit int64
+
+	// KeepOrder delivers results in submission order. Otherwise they come as
+	// they complete.
+	KeepOrder bool
+	// Pipeline is how many framed tasks may be sent to one worker before it
+	// answers the first. Zero means 8. It is always 1 for the other protocols.
+	Pipeline int
+	// MaxPending bounds the tasks submitted but not yet delivered on
+	// Results; Submit blocks while it is reached. This, not the input size,
+	// bounds the pool's memory. Zero means 64 + 4×Workers×Pipeline.
+	MaxPending int
+	// Grace is how long a worker has between SIGTERM and SIGKILL when the
+	// pool stops it. Zero means 3s.
+	Grace time.Duration
+	// StartupFailures is how many workers in a row may die before producing
+	// any result (before their ready frame, or during their first task when
+	// no worker has ever succeeded) before the pool aborts with a
+	// *StartError. Zero means 3.
+	StartupFailures int
+
+	// Stdout and Stderr receive persistent workers' own stdout (framed
+	// protocol only) and stderr. Nil means the supervisor's stderr for both.
+	Stdout, Stderr io.Writer
+	// Observer, if not nil, is called for every Event, from the pool's
+	// goroutines. It must return quickly and must not call the pool.
+	Observer func(Event)
+}
+
+// Stats counts what a pool has done so far.
+type Stats struct {
+	// Submitted counts tasks accepted by Submit.
+	Submitted int
+	// Done, Failed, Cancelled and Poison count tasks in each terminal state.
+	Done, Failed, Cancelled, Poison int
+	// Running counts attempts running now.
+	Running int
+	// Queued counts tasks waiting for a worker, including retries in backoff.
+	Queued int
+	// Attempts counts attempts that ended, of every cause.
+	Attempts int
+	// WorkersStarted counts worker processes started.
+	WorkersStarted int
+	// WorkerDeaths counts worker processes that ended other than by the pool
+	// stopping or retiring them.
+	WorkerDeaths int
+	// Started is when the pool was created.
+	Started time.Time
+}
