@@ -1,0 +1,22 @@
+// Command safepool runs commands over many inputs, like GNU parallel and
+// xargs -P, on supervised workers that survive the OOM killer. See
+// docs/cli.md.
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/safepool/safepool/internal/cli"
+)
+
+func main() {
+	// The first SIGINT or SIGTERM cancels ctx: cli.Run stops the pool
+	// gracefully and listens for a second one itself.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := cli.Run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}

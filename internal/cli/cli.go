@@ -1,0 +1,175 @@
+// Package cli implements the safepool command line: the run, map and demo
+// subcommands, their flags, inputs, output, progress bar, job log and
+// summary. cmd/safepool is a thin main around Run.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// Exit statuses of safepool. docs/cli.md documents them; scripts depend on
+// them.
+const (
+	// exitOK: every task succeeded (or there was no input).
+	exitOK = 0
+	// exitFailed: the pool ran to the end but some tasks failed.
+	exitFailed = 1
+	// exitUsage: bad flags, sizes or arguments, or a command that cannot
+	// start; nothing ran.
+	exitUsage = 2
+	// exitAborted: the pool was aborted, by Ctrl-C (SIGINT), SIGTERM or
+	// --on-worker-death abort.
+	exitAborted = 3
+)
+
+// env is the standard I/O of one invocation.
+type env struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+}
+
+// usageError is a mistake on the command line. Run prints it on one line
+// followed by the subcommand's usage, and exits 2.
+type usageError struct {
+	cmd string // the subcommand, or "" for the top level
+	err error
+}
+
+func (e *usageError) Error() string { return e.err.Error() }
+
+func usagef(cmd string, format string, args ...any) error {
+	return &usageError{cmd: cmd, err: fmt.Errorf(format, args...)}
+}
+
+// statusError ends a subcommand with an exit status, printing err first
+// unless it is nil.
+type statusError struct {
+	status int
+	err    error
+}
+
+func (e *statusError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit status %d", e.status)
+	}
+	return e.err.Error()
+}
+
+// command is one subcommand.
+type command struct {
+	name     string
+	synopsis []string // the usage lines, without "Usage: "
+	short    string   // one line for the top-level help
+	hidden   bool
+	run      func(ctx context.Context, e *env, args []string) error
+}
+
+// commands returns the subcommands, in the order the help lists them.
+func commands() []*command {
+	return []*command{
+		{name: "run", synopsis: runSynopsis, short: "run one process per input, like GNU parallel", run: runRun},
+		{name: "map", synopsis: mapSynopsis, short: "stream stdin to stdout through persistent line workers", run: runMap},
+		{name: "demo", synopsis: demoSynopsis, short: "show an OOM-killed task, its cause and its retry (about 5 s)", run: runDemo},
+		{name: demoWorkerName, hidden: true, run: runDemoWorker},
+	}
+}
+
+// findCommand returns the subcommand called name, or nil.
+func findCommand(name string) *command {
+	for _, c := range commands() {
+		if c.name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// Run runs the safepool command line with args (without the program name)
+// and returns the process's exit status: 0 when every task succeeded, 1 when
+// some failed, 2 for a usage error, 3 when the pool was aborted. Cancelling
+// ctx is how the caller says the user pressed Ctrl-C: the pool stops its
+// workers gracefully and Run returns 3 after the summary; a further SIGINT or
+// SIGTERM kills the workers at once.
+func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	e := &env{stdin: stdin, stdout: stdout, stderr: stderr}
+	if len(args) == 0 {
+		writeTopUsage(stderr)
+		return exitUsage
+	}
+	cmd := findCommand(args[0])
+	switch {
+	case cmd != nil:
+	case args[0] == "help" || args[0] == "-h" || args[0] == "--help":
+		if len(args) > 1 {
+			return Run(ctx, []string{args[1], "--help"}, stdin, stdout, stderr)
+		}
+		writeTopUsage(stdout)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "safepool: unknown command %q\n", args[0])
+		writeTopUsage(stderr)
+		return exitUsage
+	}
+	return exitStatus(stderr, cmd.run(ctx, e, args[1:]))
+}
+
+// exitStatus prints err as Run does and returns its exit status.
+func exitStatus(stderr io.Writer, err error) int {
+	var ue *usageError
+	var se *statusError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &ue):
+		cmd := findCommand(ue.cmd)
+		if cmd == nil {
+			fmt.Fprintf(stderr, "safepool: %v\n", ue.err)
+			writeTopUsage(stderr)
+			return exitUsage
+		}
+		fmt.Fprintf(stderr, "safepool %s: %v\n", cmd.name, ue.err)
+		for i, s := range cmd.synopsis {
+			if i == 0 {
+				fmt.Fprintf(stderr, "Usage: %s\n", s)
+			} else {
+				fmt.Fprintf(stderr, "       %s\n", s)
+			}
+		}
+		fmt.Fprintf(stderr, "Run 'safepool %s --help' for the flags.\n", cmd.name)
+		return exitUsage
+	case errors.As(err, &se):
+		if se.err != nil {
+			fmt.Fprintf(stderr, "safepool: %v\n", se.err)
+		}
+		return se.status
+	default:
+		fmt.Fprintf(stderr, "safepool: %v\n", err)
+		return exitFailed
+	}
+}
+
+func writeTopUsage(w io.Writer) {
+	var b strings.Builder
+	b.WriteString(`safepool runs commands over many inputs, like GNU parallel and xargs -P,
+and survives the OOM killer: it says why each job died, caps memory per
+worker and retries.
+
+Usage:
+  safepool COMMAND [flags] ...
+
+Commands:
+`)
+	for _, c := range commands() {
+		if !c.hidden {
+			fmt.Fprintf(&b, "  %-6s %s\n", c.name, c.short)
+		}
+	}
+	b.WriteString(`
+Run 'safepool COMMAND --help' for a command's flags. docs/cli.md is the guide.
+`)
+	io.WriteString(w, b.String())
+}

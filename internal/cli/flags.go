@@ -1,0 +1,200 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/safepool/safepool/pool"
+)
+
+// commonFlags are the flags that run and map share. Their names are part of
+// safepool's interface: scripts depend on them.
+type commonFlags struct {
+	jobs      int
+	retries   int
+	onDeath   string
+	timeout   time.Duration
+	memLimit  int64
+	keepOrder bool
+	argFiles  []string
+	joblog    string
+	progress  string // "auto", "on" or "off"; --progress and --no-progress set it, the last one wins
+	quiet     bool
+	grace     time.Duration
+}
+
+// register adds the shared flags to fs. Flags that only one subcommand has
+// are added between the calls of registerPool and registerOutput by the
+// subcommand itself, so the help lists related flags together.
+func (f *commonFlags) registerPool(fs *pflag.FlagSet, retriesUsage string) {
+	fs.IntVarP(&f.jobs, "jobs", "j", 0, "run `N` workers at once (default: the number of CPUs)")
+	fs.IntVarP(&f.jobs, "max-procs", "P", 0, "same as -j, for xargs users")
+	fs.MarkHidden("max-procs")
+	fs.IntVar(&f.retries, "retries", 0, retriesUsage)
+	fs.StringVar(&f.onDeath, "on-worker-death", "", "what to do when a worker dies during a task: `ACTION` is retry, skip or abort (default: retry when --retries > 0, else skip)")
+	fs.DurationVar(&f.timeout, "timeout", 0, "kill an attempt that runs longer than `DURATION`, such as 90s or 1h30m")
+	fs.Var(newSizeValue(&f.memLimit), "mem-limit", "cap each worker's memory at `SIZE`, such as 512MiB or 2G; only that worker is killed when it goes over")
+	boolVarP(fs, &f.keepOrder, "keep-order", "k", "write outputs in input order, not as tasks finish")
+}
+
+func (f *commonFlags) registerInput(fs *pflag.FlagSet) {
+	fs.StringArrayVarP(&f.argFiles, "arg-file", "a", nil, "read inputs from the lines of `FILE` instead of stdin (\"-\" is stdin); repeat to read several files one after the other")
+}
+
+func (f *commonFlags) registerOutput(fs *pflag.FlagSet) {
+	fs.StringVar(&f.joblog, "joblog", "", "write one TSV row per attempt to `FILE`")
+	f.progress = "auto"
+	on := fs.VarPF(&choiceValue{p: &f.progress, v: "on"}, "progress", "", "show the progress bar (default: only when stderr is a terminal)")
+	on.NoOptDefVal = "true"
+	off := fs.VarPF(&choiceValue{p: &f.progress, v: "off"}, "no-progress", "", "never show the progress bar")
+	off.NoOptDefVal = "true"
+	boolVarP(fs, &f.quiet, "quiet", "q", "print no summary when every task succeeded")
+	fs.DurationVar(&f.grace, "grace", 0, "give stopped workers `DURATION` between SIGTERM and SIGKILL (default 3s)")
+}
+
+// config returns the pool configuration the flags ask for.
+func (f *commonFlags) config(cmd string, protocol pool.Protocol, command []string) (pool.Config, error) {
+	cfg := pool.Config{
+		Command:   command,
+		Protocol:  protocol,
+		Workers:   f.jobs,
+		Retries:   f.retries,
+		Timeout:   f.timeout,
+		MemLimit:  f.memLimit,
+		KeepOrder: f.keepOrder,
+		Grace:     f.grace,
+	}
+	if f.jobs < 0 {
+		return cfg, usagef(cmd, "-j must be at least 0, not %d", f.jobs)
+	}
+	if f.retries < 0 {
+		return cfg, usagef(cmd, "--retries must be at least 0, not %d", f.retries)
+	}
+	if f.timeout < 0 {
+		return cfg, usagef(cmd, "--timeout must not be negative")
+	}
+	if f.grace < 0 {
+		return cfg, usagef(cmd, "--grace must not be negative")
+	}
+	if f.onDeath != "" {
+		a, err := pool.ParseAction(f.onDeath)
+		if err != nil {
+			return cfg, usagef(cmd, "--on-worker-death must be retry, skip or abort, not %q", f.onDeath)
+		}
+		cfg.OnWorkerDeath = a
+	}
+	return cfg, nil
+}
+
+// progressOn decides whether to show the progress bar on stderr.
+func (f *commonFlags) progressOn(stderr io.Writer) bool {
+	switch f.progress {
+	case "on":
+		return true
+	case "off":
+		return false
+	}
+	return isTerminal(stderr)
+}
+
+// boolValue is a boolean flag that pflag's help shows as plain "--name",
+// without the "[=true|false]" it adds to its own bool flags.
+type boolValue struct{ p *bool }
+
+func (b boolValue) Set(s string) error {
+	v, err := strconv.ParseBool(s)
+	if err != nil {
+		return errors.New("want true or false")
+	}
+	*b.p = v
+	return nil
+}
+
+func (b boolValue) String() string { return strconv.FormatBool(*b.p) }
+func (b boolValue) Type() string   { return "bool" }
+
+// boolVarP defines a boolean flag, false by default.
+func boolVarP(fs *pflag.FlagSet, p *bool, name, short, usage string) {
+	f := fs.VarPF(boolValue{p}, name, short, usage)
+	f.NoOptDefVal = "true"
+	f.DefValue = "false"
+}
+
+// choiceValue is a boolean-looking flag that stores v in *p when set, so
+// that two flags such as --progress and --no-progress share one setting.
+type choiceValue struct {
+	p *string
+	v string
+}
+
+func (c *choiceValue) Set(s string) error {
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		return errors.New("want true or false")
+	}
+	if b {
+		*c.p = c.v
+	}
+	return nil
+}
+
+func (c *choiceValue) String() string { return "" }
+func (c *choiceValue) Type() string   { return "bool" }
+
+// newFlagSet returns a flag set that reports errors instead of printing or
+// exiting, and that stops at the first argument that is not a flag, so that
+// the command's own flags (gzip -9) need no "--".
+func newFlagSet(name string) *pflag.FlagSet {
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	fs.SetInterspersed(false)
+	fs.SortFlags = false
+	return fs
+}
+
+// registerHelp adds -h/--help last, so the help lists it last.
+func registerHelp(fs *pflag.FlagSet) {
+	var help bool
+	boolVarP(fs, &help, "help", "h", "show this help")
+}
+
+// parseFlags parses args and turns flag errors into usage errors. It
+// returns errHelp when -h or --help was given.
+func parseFlags(cmd string, fs *pflag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return &usageError{cmd: cmd, err: err}
+	}
+	if h := fs.Lookup("help"); h != nil && h.Value.String() == "true" {
+		return errHelp
+	}
+	return nil
+}
+
+// errHelp says that the user asked for help; the subcommand prints it and
+// exits 0.
+var errHelp = errors.New("help requested")
+
+// helpWidth is the width the help text is wrapped to.
+const helpWidth = 80
+
+// writeHelp writes a subcommand's help: intro, the synopsis, its flags
+// as pflag formats them, and the trailing sections.
+func writeHelp(w io.Writer, intro string, synopsis []string, fs *pflag.FlagSet, outro string) {
+	var b strings.Builder
+	b.WriteString(intro)
+	b.WriteString("\nUsage:\n")
+	for _, s := range synopsis {
+		fmt.Fprintf(&b, "  %s\n", s)
+	}
+	b.WriteString("\nFlags:\n")
+	b.WriteString(fs.FlagUsagesWrapped(helpWidth))
+	b.WriteString(outro)
+	io.WriteString(w, b.String())
+}

@@ -1,0 +1,156 @@
+package cli
+
+import (
+	"context"
+
+	"github.com/spf13/pflag"
+
+	"github.com/safepool/safepool/pool"
+)
+
+var mapSynopsis = []string{
+	"safepool map [flags] --worker 'CMD' < INPUT > OUTPUT",
+	"safepool map [flags] [--] CMD [ARGS...] < INPUT > OUTPUT",
+}
+
+const mapIntro = `safepool map streams stdin to stdout through persistent workers. Each input
+line is one task: it is written to a worker's stdin, and the worker answers
+with one line on its stdout, which safepool writes to its stdout. Workers are
+started once and reused, so a model or a dictionary is loaded once, not once
+per line. Input is read only as fast as workers take it, so memory stays flat
+for inputs of any size. When a worker dies, only the task it was running is
+charged; the summary on stderr says why it died.
+`
+
+const mapOutro = `
+The worker:
+  --worker 'CMD' runs CMD under sh -c, so pipes, quotes and variables work.
+  CMD ARGS given after the flags run directly, without a shell.
+  A line worker reads a line from stdin and writes exactly one line to
+  stdout for it, in order, flushing after each line (python3 -u,
+  awk's fflush(), stdbuf -oL). Its stderr goes to safepool's stderr.
+  With --framed the worker speaks the framed protocol of docs/protocol.md on
+  fds 3 and 4 instead, and its own stdout also goes to safepool's stderr.
+
+Output: one line for each task that succeeded, the worker's answer, as tasks
+finish or, with --keep-order, in input order. A failed task writes no line;
+the summary on stderr, --joblog and --json list it. Lines may be of any
+length and hold any byte but newline. With no input, safepool map does
+nothing and exits 0. Since stdout carries the data, --json takes a FILE.
+
+Exit status:
+  0  every task succeeded, or there was no input
+  1  some tasks failed; the summary on stderr lists each one
+  2  usage error, or the worker cannot start or dies at start-up; nothing ran
+  3  aborted: Ctrl-C, SIGTERM or --on-worker-death abort
+Ctrl-C stops the workers (SIGTERM, then SIGKILL after --grace), prints the
+summary of what ran and exits 3. A second Ctrl-C kills the workers at once.
+
+Examples:
+  safepool map -j 8 -k --worker 'python3 -u embed.py' < texts.txt > vectors.txt
+  zcat reads.fa.gz | safepool map --mem-limit 4GiB --max-tasks 10000 ./classify
+  safepool map --retries 1 --json summary.json -- ./classify < in.txt > out.txt
+`
+
+// mapArgs are the flags and arguments of safepool map.
+type mapArgs struct {
+	common   commonFlags
+	worker   string // --worker, run under sh -c
+	framed   bool
+	maxTasks int
+	maxRSS   int64
+	json     string // --json FILE
+
+	argv []string // CMD ARGS... after the flags
+}
+
+func (a *mapArgs) flagSet() *pflag.FlagSet {
+	fs := newFlagSet("map")
+	fs.StringVar(&a.worker, "worker", "", "run `CMD` under sh -c as the worker, such as 'python3 -u model.py'")
+	boolVarP(fs, &a.framed, "framed", "", "the worker speaks the framed protocol (docs/protocol.md), not lines")
+	a.common.registerPool(fs, "give a task up to `N` more attempts when its worker dies during it: killed, crashed or exited")
+	fs.IntVar(&a.maxTasks, "max-tasks", 0, "replace a worker after it has done `N` tasks (default: never)")
+	fs.Var(newSizeValue(&a.maxRSS), "max-rss", "replace a worker whose memory is over `SIZE` after a task (default: never)")
+	a.common.registerInput(fs)
+	a.common.registerOutput(fs)
+	fs.StringVar(&a.json, "json", "", "write a JSON summary to `FILE` at the end")
+	registerHelp(fs)
+	return fs
+}
+
+// parse parses the command line of safepool map.
+func (a *mapArgs) parse(e *env, args []string) error {
+	fs := a.flagSet()
+	if err := parseFlags("map", fs, args); err != nil {
+		if err == errHelp {
+			writeHelp(e.stdout, mapIntro, mapSynopsis, fs, mapOutro)
+		}
+		return err
+	}
+	a.argv = fs.Args()
+	switch {
+	case a.worker != "" && len(a.argv) > 0:
+		return usagef("map", "give the worker with --worker or after the flags, not both")
+	case a.worker == "" && len(a.argv) == 0:
+		return usagef("map", "missing worker command (--worker 'CMD')")
+	case a.maxTasks < 0:
+		return usagef("map", "--max-tasks must be at least 0, not %d", a.maxTasks)
+	case a.json == "-":
+		return usagef("map", "--json needs a FILE: stdout carries the data")
+	}
+	return nil
+}
+
+func runMap(ctx context.Context, e *env, args []string) error {
+	var a mapArgs
+	if err := a.parse(e, args); err != nil {
+		if err == errHelp {
+			return nil
+		}
+		return err
+	}
+	command := a.argv
+	if a.worker != "" {
+		command = []string{"sh", "-c", a.worker}
+	}
+	protocol := pool.Line
+	if a.framed {
+		protocol = pool.Framed
+	}
+	cfg, err := a.common.config("map", protocol, command)
+	if err != nil {
+		return err
+	}
+	cfg.MaxTasksPerWorker = a.maxTasks
+	cfg.MaxRSS = a.maxRSS
+	src, err := newSource(nil, false, a.common.argFiles, e.stdin, '\n')
+	if err != nil {
+		return &statusError{status: exitUsage, err: err}
+	}
+	defer src.close()
+
+	j := &job{
+		mode: "map",
+		cfg:  cfg,
+		src:  src,
+		task: func(_ uint64, input []byte) pool.Task { return pool.Task{Input: input} },
+		emit: func(o *output, r *pool.Result) {
+			if r.State == pool.Done {
+				o.stdout(r.Output, newline)
+			}
+		},
+		joblog:   a.common.joblog,
+		jsonPath: a.json,
+		progress: a.common.progressOn(e.stderr),
+		quiet:    a.common.quiet,
+		messages: true,
+		e:        e,
+	}
+	_, status := j.execute(ctx)
+	if status != exitOK {
+		return &statusError{status: status}
+	}
+	return nil
+}
+
+var newline = []byte{'\n'}

@@ -1,0 +1,230 @@
+package cli
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"golang.org/x/term"
+
+	"github.com/safepool/safepool/pool"
+)
+
+// counters follow the pool's events for the progress display. The pool's
+// observer goroutines write them and the display reads them, hence atomics.
+type counters struct {
+	running   atomic.Int64
+	done      atomic.Int64
+	failed    atomic.Int64 // failed and poison
+	cancelled atomic.Int64
+	total     atomic.Int64 // number of inputs, or -1 until the input ends
+}
+
+func newCounters() *counters {
+	c := &counters{}
+	c.total.Store(-1)
+	return c
+}
+
+// observe is the part of pool.Config.Observer that counts.
+func (c *counters) observe(ev pool.Event) {
+	switch ev.Kind {
+	case pool.EventAttemptStarted:
+		c.running.Add(1)
+	case pool.EventAttemptEnded:
+		c.running.Add(-1)
+	case pool.EventTaskEnded:
+		switch ev.Result.State {
+		case pool.Done:
+			c.done.Add(1)
+		case pool.Cancelled:
+			c.cancelled.Add(1)
+		default:
+			c.failed.Add(1)
+		}
+	}
+}
+
+func (c *counters) ended() int64 { return c.done.Load() + c.failed.Load() + c.cancelled.Load() }
+
+// progress draws a live bar on stderr. Every write to the terminal that can
+// meet the bar goes through pause, so job output and the bar never mix on
+// one line. A nil *progress or one with no bar draws nothing.
+type progress struct {
+	c     *counters
+	start time.Time
+	mem   atomic.Int64 // host memory in use, sampled by the ticker; -1 unknown
+
+	mu  sync.Mutex // serialises the bar and the writes made under pause
+	bar *progressbar.ProgressBar
+	// known reports whether the bar has been given the total; stopped
+	// reports whether finish has run. Both are guarded by mu.
+	known, stopped bool
+
+	stop chan struct{} // closed by finish
+	done chan struct{} // closed when the ticker goroutine has returned
+}
+
+// progressInterval is how often the bar is redrawn and memory sampled.
+const progressInterval = 200 * time.Millisecond
+
+// startProgress starts drawing to w when on is true.
+func startProgress(w io.Writer, on bool, c *counters) *progress {
+	p := &progress{c: c, start: time.Now()}
+	if !on {
+		return p
+	}
+	p.mem.Store(-1)
+	p.bar = progressbar.NewOptions64(-1,
+		progressbar.OptionSetWriter(w),
+		progressbar.OptionUseANSICodes(true),
+		progressbar.OptionSetWidth(24),
+		progressbar.OptionSetPredictTime(false),
+		progressbar.OptionSetElapsedTime(false),
+		progressbar.OptionClearOnFinish(),
+		progressbar.OptionSpinnerType(14),
+		// No spinner goroutine: it would draw outside p.mu, over job
+		// output, and it never ends while the length is unknown.
+		progressbar.OptionSetSpinnerChangeInterval(0),
+	)
+	p.stop = make(chan struct{})
+	p.done = make(chan struct{})
+	go p.loop()
+	return p
+}
+
+func (p *progress) loop() {
+	defer close(p.done)
+	t := time.NewTicker(progressInterval)
+	defer t.Stop()
+	for {
+		if used, ok := hostMemoryInUse(); ok {
+			p.mem.Store(used)
+		}
+		p.mu.Lock()
+		p.drawLocked()
+		p.mu.Unlock()
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// drawLocked redraws the bar with the current counts; p.mu must be held.
+func (p *progress) drawLocked() {
+	if p.stopped {
+		return
+	}
+	total, ended := p.c.total.Load(), p.c.ended()
+	if total > 0 && !p.known {
+		p.bar.ChangeMax64(total)
+		p.known = true
+	}
+	p.bar.Describe(p.describe(total, ended))
+	if p.known {
+		p.bar.Set64(ended)
+	}
+}
+
+// describe renders the counts: "done 12 failed 1 running 4 mem 3.1 GiB ETA 20s".
+func (p *progress) describe(total, ended int64) string {
+	s := fmt.Sprintf("done %d failed %d running %d", p.c.done.Load(), p.c.failed.Load(), p.c.running.Load())
+	if used := p.mem.Load(); used >= 0 {
+		s += " mem " + formatSize(used)
+	}
+	if total > 0 && ended > 0 && ended < total {
+		elapsed := time.Since(p.start)
+		eta := time.Duration(float64(elapsed) / float64(ended) * float64(total-ended))
+		s += " ETA " + eta.Round(time.Second).String()
+	}
+	return s
+}
+
+// pause runs f with the bar cleared from the screen, and draws it again.
+func (p *progress) pause(f func()) {
+	if p == nil || p.bar == nil {
+		f()
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stopped {
+		f()
+		return
+	}
+	p.bar.Clear()
+	f()
+	p.drawLocked()
+}
+
+// finish stops drawing and clears the bar.
+func (p *progress) finish() {
+	if p == nil || p.bar == nil {
+		return
+	}
+	close(p.stop)
+	<-p.done
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.bar.Clear()
+	p.bar.Exit()
+	p.stopped = true
+}
+
+// pausedWriter writes to w with the progress bar out of the way. It carries
+// persistent workers' stderr, which the pool writes from its goroutines.
+type pausedWriter struct {
+	p *progress
+	w io.Writer
+}
+
+func (pw pausedWriter) Write(b []byte) (n int, err error) {
+	pw.p.pause(func() { n, err = pw.w.Write(b) })
+	return n, err
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// hostMemoryInUse returns MemTotal − MemAvailable from /proc/meminfo, in
+// bytes.
+func hostMemoryInUse() (int64, bool) {
+	data, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0, false
+	}
+	var total, avail int64 = -1, -1
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		fields := bytes.Fields(sc.Bytes())
+		if len(fields) < 2 {
+			continue
+		}
+		n, err := strconv.ParseInt(string(fields[1]), 10, 64)
+		if err != nil {
+			continue
+		}
+		switch string(fields[0]) {
+		case "MemTotal:":
+			total = n << 10
+		case "MemAvailable:":
+			avail = n << 10
+		}
+	}
+	if total < 0 || avail < 0 {
+		return 0, false
+	}
+	return total - avail, true
+}

@@ -1,0 +1,257 @@
+package cli
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// A replacement string stands for a value computed from a job's input.
+type replacement int
+
+const (
+	replLiteral   replacement = iota
+	replInput                 // {}   the input
+	replNoExt                 // {.}  the input without its extension
+	replBase                  // {/}  the basename of the input
+	replDir                   // {//} the dirname of the input
+	replBaseNoExt             // {/.} the basename without its extension
+	replSeq                   // {#}  the job number
+)
+
+// replacementTokens lists the recognised replacement strings, longest first
+// where one is a prefix of another.
+var replacementTokens = []struct {
+	tok  string
+	kind replacement
+}{
+	{"{}", replInput},
+	{"{.}", replNoExt},
+	{"{//}", replDir},
+	{"{/.}", replBaseNoExt},
+	{"{/}", replBase},
+	{"{#}", replSeq},
+}
+
+// part is a literal piece of text or one replacement string.
+type part struct {
+	kind replacement
+	lit  string
+}
+
+// cmdTemplate is a parsed CMD ARGS... of safepool run.
+type cmdTemplate struct {
+	// words are the parsed argument words. In shell mode there is one word,
+	// the command line given to sh -c.
+	words [][]part
+	// shell reports whether CMD was given as one argument containing
+	// whitespace; it then runs under sh -c and values are shell-quoted, as
+	// GNU parallel does.
+	shell bool
+	// appendInput reports whether CMD has no replacement string at all, in
+	// which case the input is added as the last argument.
+	appendInput bool
+}
+
+// parseTemplate parses the command of safepool run.
+func parseTemplate(cmd []string) (*cmdTemplate, error) {
+	if len(cmd) == 0 {
+		return nil, fmt.Errorf("missing command")
+	}
+	t := &cmdTemplate{shell: len(cmd) == 1 && strings.ContainsAny(cmd[0], " \t\n")}
+	found := false
+	for i, w := range cmd {
+		parts, err := parseWord(w)
+		if err != nil {
+			return nil, err
+		}
+		hasRepl := false
+		for _, p := range parts {
+			if p.kind != replLiteral {
+				hasRepl = true
+			}
+		}
+		if hasRepl && i == 0 && !t.shell {
+			return nil, fmt.Errorf("the command name %q cannot contain a replacement string; use: sh -c %q", w, w)
+		}
+		found = found || hasRepl
+		t.words = append(t.words, parts)
+	}
+	t.appendInput = !found
+	return t, nil
+}
+
+// parseWord splits one word into literals and replacement strings.
+func parseWord(w string) ([]part, error) {
+	var parts []part
+	var lit strings.Builder
+	for i := 0; i < len(w); {
+		if w[i] == '{' {
+			if strings.HasPrefix(w[i:], "{%}") {
+				return nil, fmt.Errorf("the replacement string {%%} (worker slot) is not supported")
+			}
+			matched := false
+			for _, rt := range replacementTokens {
+				if strings.HasPrefix(w[i:], rt.tok) {
+					if lit.Len() > 0 {
+						parts = append(parts, part{lit: lit.String()})
+						lit.Reset()
+					}
+					parts = append(parts, part{kind: rt.kind})
+					i += len(rt.tok)
+					matched = true
+					break
+				}
+			}
+			if matched {
+				continue
+			}
+		}
+		lit.WriteByte(w[i])
+		i++
+	}
+	if lit.Len() > 0 || len(parts) == 0 {
+		parts = append(parts, part{lit: lit.String()})
+	}
+	return parts, nil
+}
+
+// command returns the template as an argument vector, for messages and
+// for pool.Config.Command.
+func (t *cmdTemplate) command() []string {
+	words := make([]string, len(t.words))
+	for i, w := range t.words {
+		var b strings.Builder
+		for _, p := range w {
+			if p.kind == replLiteral {
+				b.WriteString(p.lit)
+			} else {
+				b.WriteString(replacementTokens[tokenIndex(p.kind)].tok)
+			}
+		}
+		words[i] = b.String()
+	}
+	if t.shell {
+		return []string{"sh", "-c", words[0]}
+	}
+	return words
+}
+
+func tokenIndex(k replacement) int {
+	for i, rt := range replacementTokens {
+		if rt.kind == k {
+			return i
+		}
+	}
+	return 0
+}
+
+// expand returns the argument vector of job number seq with the given input.
+func (t *cmdTemplate) expand(input []byte, seq uint64) []string {
+	in := string(input)
+	value := func(k replacement) string {
+		var v string
+		switch k {
+		case replInput:
+			v = in
+		case replNoExt:
+			v = noExt(in)
+		case replBase:
+			v = basename(in)
+		case replDir:
+			v = dirname(in)
+		case replBaseNoExt:
+			v = noExt(basename(in))
+		case replSeq:
+			v = strconv.FormatUint(seq, 10)
+		}
+		if t.shell {
+			v = shellQuote(v)
+		}
+		return v
+	}
+	args := make([]string, 0, len(t.words)+3)
+	if t.shell {
+		args = append(args, "sh", "-c")
+	}
+	for _, w := range t.words {
+		if len(w) == 1 && w[0].kind == replLiteral {
+			args = append(args, w[0].lit)
+			continue
+		}
+		var b strings.Builder
+		for _, p := range w {
+			if p.kind == replLiteral {
+				b.WriteString(p.lit)
+			} else {
+				b.WriteString(value(p.kind))
+			}
+		}
+		args = append(args, b.String())
+	}
+	if t.appendInput {
+		if t.shell {
+			args[len(args)-1] += " " + shellQuote(in)
+		} else {
+			args = append(args, in)
+		}
+	}
+	return args
+}
+
+// basename returns s without its directory part, like basename(1).
+func basename(s string) string {
+	trimmed := strings.TrimRight(s, "/")
+	if trimmed == "" {
+		if s == "" {
+			return ""
+		}
+		return "/"
+	}
+	if i := strings.LastIndexByte(trimmed, '/'); i >= 0 {
+		return trimmed[i+1:]
+	}
+	return trimmed
+}
+
+// dirname returns the directory part of s, like dirname(1): "." when there
+// is none.
+func dirname(s string) string {
+	trimmed := strings.TrimRight(s, "/")
+	if trimmed == "" {
+		if s == "" {
+			return "."
+		}
+		return "/"
+	}
+	i := strings.LastIndexByte(trimmed, '/')
+	if i < 0 {
+		return "."
+	}
+	d := strings.TrimRight(trimmed[:i], "/")
+	if d == "" {
+		return "/"
+	}
+	return d
+}
+
+// noExt removes the extension (from the last dot of the last path element)
+// of s. A leading dot, as in ".bashrc", is not an extension.
+func noExt(s string) string {
+	slash := strings.LastIndexByte(s, '/')
+	dot := strings.LastIndexByte(s, '.')
+	if dot > slash+1 {
+		return s[:dot]
+	}
+	return s
+}
+
+// shellQuote quotes s for sh so that it stays one word.
+func shellQuote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("_@%+=:,./-", r))
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}

@@ -1,0 +1,224 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	"github.com/safepool/safepool/pool"
+)
+
+var runSynopsis = []string{
+	"safepool run [flags] [--] CMD [ARGS...] < INPUTS",
+	"safepool run [flags] -a FILE [--] CMD [ARGS...]",
+	"safepool run [flags] [--] CMD [ARGS...] ::: INPUT...",
+}
+
+const runIntro = `safepool run runs CMD once for each input, up to -j jobs at a time, like
+GNU parallel and xargs -P. Each job's stdout and stderr are written whole
+when it ends, never mixed with another job's. When a job dies, the summary
+on stderr says why (oom, memory-limit, signal:SIGKILL, segfault, exit:N,
+timeout), after how many attempts, and its peak memory.
+`
+
+const runOutro = `
+Replacement strings, in CMD and ARGS:
+  {}     the input                              dir/song.wav
+  {.}    the input without its extension        dir/song
+  {/}    the basename                           song.wav
+  {//}   the dirname ("." when there is none)   dir
+  {/.}   the basename without its extension     song
+  {#}    the job number, counting from 1        1
+  When CMD has none of them, the input is added as its last argument.
+  {%} (job slot) and positional {1} {2} are not supported.
+  CMD runs directly, without a shell. When CMD is a single argument that
+  contains spaces, such as 'gzip -c {} > {}.gz', it runs under sh -c and each
+  value is shell-quoted, as in GNU parallel.
+
+Inputs are the lines of stdin, or of the -a files, or the arguments after
+":::". Empty lines are inputs too. With no input, safepool run does nothing
+and exits 0.
+
+Exit status:
+  0  every task succeeded, or there was no input
+  1  some tasks failed; the summary on stderr lists each one
+  2  usage error, or CMD cannot start; nothing ran
+  3  aborted: Ctrl-C, SIGTERM or --on-worker-death abort
+Ctrl-C stops the workers (SIGTERM, then SIGKILL after --grace), prints the
+summary of what ran and exits 3. A second Ctrl-C kills the workers at once.
+
+Examples:
+  find . -name '*.wav' | safepool run -j 4 --mem-limit 2GiB ffmpeg -i {} {.}.mp3
+  safepool run --retries 2 --joblog jobs.tsv python3 infer.py {} ::: a.jpg b.jpg
+  safepool run -k -a files.txt 'gzip -c {} > {}.gz'
+`
+
+// runArgs are the flags and arguments of safepool run.
+type runArgs struct {
+	common commonFlags
+	null   bool   // -0: inputs end with NUL, not newline
+	json   string // --json: "-" for stdout, or a file
+	dryRun bool
+
+	cmd       []string // CMD ARGS...
+	colonArgs []string // the arguments after :::
+	colons    bool     // whether ::: was given
+}
+
+func (a *runArgs) flagSet() *pflag.FlagSet {
+	fs := newFlagSet("run")
+	a.common.registerPool(fs, "give a job up to `N` more attempts when it fails: exits non-zero, is killed or crashes")
+	a.common.registerInput(fs)
+	boolVarP(fs, &a.null, "null", "0", "inputs end with a NUL byte, not a newline (find -print0)")
+	a.common.registerOutput(fs)
+	f := fs.VarPF(jsonValue{&a.json}, "json", "", "write a JSON summary to stdout after the job output (--json=FILE: to FILE)")
+	f.NoOptDefVal = "true"
+	boolVarP(fs, &a.dryRun, "dry-run", "", "print the commands that would run, one per line, and run nothing")
+	registerHelp(fs)
+	return fs
+}
+
+// jsonValue is --json of safepool run: alone it means stdout ("-"), and
+// --json=FILE names a file.
+type jsonValue struct{ p *string }
+
+func (j jsonValue) Set(s string) error {
+	switch b, err := strconv.ParseBool(s); {
+	case err != nil:
+		*j.p = s
+	case b:
+		*j.p = "-"
+	default:
+		*j.p = ""
+	}
+	return nil
+}
+
+func (j jsonValue) String() string { return *j.p }
+func (j jsonValue) Type() string   { return "bool" }
+
+// parse parses the command line of safepool run.
+func (a *runArgs) parse(e *env, args []string) error {
+	fs := a.flagSet()
+	if err := parseFlags("run", fs, args); err != nil {
+		if err == errHelp {
+			writeHelp(e.stdout, runIntro, runSynopsis, fs, runOutro)
+		}
+		return err
+	}
+	rest := fs.Args()
+	for i, s := range rest {
+		if s == ":::" {
+			a.cmd, a.colonArgs, a.colons = rest[:i], rest[i+1:], true
+			break
+		}
+	}
+	if !a.colons {
+		a.cmd = rest
+	}
+	for _, s := range a.colonArgs {
+		if s == ":::" || s == "::::" || s == ":::+" {
+			return usagef("run", "only one ::: list is supported (GNU parallel's combinations of several lists are not)")
+		}
+	}
+	if len(a.cmd) == 0 {
+		return usagef("run", "missing command")
+	}
+	if a.colons && len(a.common.argFiles) > 0 {
+		return usagef("run", "give inputs with -a or with :::, not both")
+	}
+	return nil
+}
+
+func runRun(ctx context.Context, e *env, args []string) error {
+	var a runArgs
+	if err := a.parse(e, args); err != nil {
+		if err == errHelp {
+			return nil
+		}
+		return err
+	}
+	tmpl, err := parseTemplate(a.cmd)
+	if err != nil {
+		return usagef("run", "%v", err)
+	}
+	cfg, err := a.common.config("run", pool.OneShot, tmpl.command())
+	if err != nil {
+		return err
+	}
+	sep := byte('\n')
+	if a.null {
+		sep = 0
+	}
+	src, err := newSource(a.colonArgs, a.colons, a.common.argFiles, e.stdin, sep)
+	if err != nil {
+		return &statusError{status: exitUsage, err: err}
+	}
+	defer src.close()
+
+	if a.dryRun {
+		return dryRun(e, tmpl, src)
+	}
+	j := &job{
+		mode: "run",
+		cfg:  cfg,
+		src:  src,
+		task: func(seq uint64, input []byte) pool.Task {
+			return pool.Task{Input: input, Args: tmpl.expand(input, seq)}
+		},
+		emit: func(o *output, r *pool.Result) {
+			if len(r.Output) > 0 {
+				o.stdout(r.Output)
+			}
+			if len(r.Stderr) > 0 {
+				o.stderr(r.Stderr)
+			}
+		},
+		joblog:   a.common.joblog,
+		jsonPath: a.json,
+		progress: a.common.progressOn(e.stderr),
+		quiet:    a.common.quiet,
+		e:        e,
+	}
+	_, status := j.execute(ctx)
+	if status != exitOK {
+		return &statusError{status: status}
+	}
+	return nil
+}
+
+// dryRun prints the command of each input, one per line, quoted so that
+// sh would run the same argument vector.
+func dryRun(e *env, tmpl *cmdTemplate, src source) error {
+	var seq uint64
+	for {
+		in, err := src.next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return &statusError{status: exitFailed, err: err}
+		}
+		seq++
+		args := tmpl.expand(in, seq)
+		if tmpl.shell {
+			// The command line sh -c would run, as GNU parallel shows it.
+			if _, err := fmt.Fprintln(e.stdout, args[2]); err != nil {
+				return &statusError{status: exitFailed, err: err}
+			}
+			continue
+		}
+		words := make([]string, len(args))
+		for i, w := range args {
+			words[i] = shellQuote(w)
+		}
+		if _, err := fmt.Fprintln(e.stdout, strings.Join(words, " ")); err != nil {
+			return &statusError{status: exitFailed, err: err}
+		}
+	}
+}

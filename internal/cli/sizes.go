@@ -1,0 +1,120 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+)
+
+// sizeUnits maps a unit suffix to its multiplier. K, M, G and T are binary
+// multiples like KiB, MiB, GiB and TiB, as in ulimit and GNU parallel;
+// kB, MB, GB and TB are SI multiples of 1000.
+var sizeUnits = map[string]float64{
+	"":    1,
+	"b":   1,
+	"k":   1 << 10,
+	"kib": 1 << 10,
+	"m":   1 << 20,
+	"mib": 1 << 20,
+	"g":   1 << 30,
+	"gib": 1 << 30,
+	"t":   1 << 40,
+	"tib": 1 << 40,
+	"kb":  1e3,
+	"mb":  1e6,
+	"gb":  1e9,
+	"tb":  1e12,
+}
+
+// parseSize parses a byte count such as "512MiB", "1.5G", "800K" or "4096".
+// Units are case-insensitive. Zero is allowed; negative sizes are not.
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	i := 0
+	for i < len(t) && (t[i] >= '0' && t[i] <= '9' || t[i] == '.') {
+		i++
+	}
+	num, unit := t[:i], strings.ToLower(strings.TrimSpace(t[i:]))
+	if num == "" {
+		return 0, fmt.Errorf("size %q: want a number with an optional unit, such as 512MiB", s)
+	}
+	mult, ok := sizeUnits[unit]
+	if !ok {
+		return 0, fmt.Errorf("size %q: unknown unit %q (want B, K, M, G, T, KiB, MiB, GiB, TiB, kB, MB, GB or TB)", s, t[i:])
+	}
+	f, err := strconv.ParseFloat(num, 64)
+	if err != nil {
+		return 0, fmt.Errorf("size %q: bad number %q", s, num)
+	}
+	v := f * mult
+	if v >= math.MaxInt64 {
+		return 0, fmt.Errorf("size %q: too large", s)
+	}
+	return int64(math.Round(v)), nil
+}
+
+// formatSize renders n bytes for people: "312 B", "800 KiB", "1.9 GiB".
+func formatSize(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return strconv.FormatInt(n, 10) + " B"
+	}
+	f := float64(n)
+	suffixes := []string{"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
+	i := -1
+	for f >= unit && i < len(suffixes)-1 {
+		f /= unit
+		i++
+	}
+	if f >= 10 || f == math.Trunc(f) {
+		return fmt.Sprintf("%.0f %s", f, suffixes[i])
+	}
+	return fmt.Sprintf("%.1f %s", f, suffixes[i])
+}
+
+// formatSizeFlag renders n as a flag value: "256MiB" when n is a whole
+// number of KiB, MiB, GiB or TiB, else plain bytes.
+func formatSizeFlag(n int64) string {
+	for _, u := range []struct {
+		name string
+		size int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n >= u.size && n%u.size == 0 {
+			return strconv.FormatInt(n/u.size, 10) + u.name
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+// sizeValue is a pflag.Value holding a size in bytes.
+type sizeValue struct {
+	n   *int64
+	set string // the text as given, for String
+}
+
+func newSizeValue(p *int64) *sizeValue { return &sizeValue{n: p} }
+
+func (v *sizeValue) Set(s string) error {
+	n, err := parseSize(s)
+	if err != nil {
+		// pflag wraps this as: invalid argument "x" for "--mem-limit" flag: ...
+		return errors.New(strings.TrimPrefix(err.Error(), fmt.Sprintf("size %q: ", s)))
+	}
+	*v.n = n
+	v.set = s
+	return nil
+}
+
+func (v *sizeValue) String() string {
+	if v.set != "" {
+		return v.set
+	}
+	if v.n == nil || *v.n == 0 {
+		return ""
+	}
+	return strconv.FormatInt(*v.n, 10)
+}
+
+func (v *sizeValue) Type() string { return "SIZE" }

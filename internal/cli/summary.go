@@ -1,0 +1,232 @@
+package cli
+
+import (
+	"cmp"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/safepool/safepool/pool"
+)
+
+const (
+	// summaryListMax is how many failed tasks the summary on stderr lists.
+	summaryListMax = 20
+	// jsonListMax is how many failed tasks the JSON summary keeps; the
+	// rest are counted in failed_omitted, so memory stays bounded.
+	jsonListMax = 10000
+	// summaryInputMax and jsonInputMax bound the inputs they quote.
+	summaryInputMax = 40
+	jsonInputMax    = 1024
+)
+
+// failedTask is one failed or poison task, as the summaries show it.
+type failedTask struct {
+	ID       uint64 `json:"id"`
+	Input    string `json:"input"`
+	State    string `json:"state"`
+	Cause    string `json:"cause"`
+	Attempts int    `json:"attempts"`
+	PeakRSS  int64  `json:"peak_rss_bytes"`
+	ExitCode int    `json:"exit_code"`
+	Signal   string `json:"signal"`
+	Message  string `json:"message"`
+
+	short string // the input shortened and escaped for the text summary
+}
+
+// taskCounts counts tasks by terminal state.
+type taskCounts struct {
+	Submitted int `json:"submitted"`
+	Done      int `json:"done"`
+	Failed    int `json:"failed"`
+	Cancelled int `json:"cancelled"`
+	Poison    int `json:"poison"`
+}
+
+// summary is what a run or map reports at the end. The results loop fills
+// it; nothing else touches it.
+type summary struct {
+	Mode           string       `json:"mode"`
+	Command        []string     `json:"command"`
+	ExitStatus     int          `json:"exit_status"`
+	Aborted        bool         `json:"aborted"`
+	Interrupted    bool         `json:"interrupted"`
+	AbortReason    string       `json:"abort_reason,omitempty"`
+	StartTime      time.Time    `json:"start_time"`
+	WallSeconds    float64      `json:"wall_seconds"`
+	MemoryMode     string       `json:"memory_mode"`
+	Tasks          taskCounts   `json:"tasks"`
+	Attempts       int          `json:"attempts"`
+	WorkersStarted int          `json:"workers_started"`
+	WorkerDeaths   int          `json:"worker_deaths"`
+	Failed         []failedTask `json:"failed"`
+	FailedOmitted  int          `json:"failed_omitted"`
+
+	wall time.Duration
+	// messages reports whether to show attempt messages in the text
+	// summary; one-shot jobs already printed their stderr.
+	messages bool
+}
+
+// add counts one result.
+func (s *summary) add(r *pool.Result) {
+	s.Tasks.Submitted++
+	switch r.State {
+	case pool.Done:
+		s.Tasks.Done++
+		return
+	case pool.Cancelled:
+		s.Tasks.Cancelled++
+		return
+	case pool.Poison:
+		s.Tasks.Poison++
+	default:
+		s.Tasks.Failed++
+	}
+	if len(s.Failed) >= jsonListMax {
+		s.FailedOmitted++
+		return
+	}
+	ft := failedTask{
+		ID:       r.ID,
+		Input:    strings.ToValidUTF8(string(truncate(r.Input, jsonInputMax)), "\uFFFD"),
+		State:    string(r.State),
+		Cause:    string(r.Cause()),
+		ExitCode: -1,
+		short:    escapeInput(r.Input, summaryInputMax),
+	}
+	if n := len(r.Attempts); n > 0 {
+		last := r.Attempts[n-1]
+		ft.Attempts = last.Number
+		ft.ExitCode = last.ExitCode
+		ft.Signal = last.Signal
+		ft.Message = strings.TrimSpace(last.Message)
+	}
+	for _, a := range r.Attempts {
+		ft.PeakRSS = max(ft.PeakRSS, a.PeakRSS)
+	}
+	s.Failed = append(s.Failed, ft)
+}
+
+func truncate(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[:n]
+	}
+	return b
+}
+
+// ok reports whether every task succeeded and nothing was aborted.
+func (s *summary) ok() bool {
+	return !s.Aborted && s.Tasks.Done == s.Tasks.Submitted
+}
+
+// writeText writes the summary for people. When all tasks succeeded it is
+// one line, or nothing when quiet is set or there were no tasks.
+func (s *summary) writeText(w io.Writer, quiet bool) {
+	if s.ok() {
+		if quiet || s.Tasks.Submitted == 0 {
+			return
+		}
+		fmt.Fprintf(w, "safepool: %s done in %s\n", plural(s.Tasks.Done, "task"), formatWall(s.wall))
+		return
+	}
+	slices.SortFunc(s.Failed, func(a, b failedTask) int { return cmp.Compare(a.ID, b.ID) })
+	var b strings.Builder
+	b.WriteString("safepool: ")
+	if s.Interrupted {
+		b.WriteString("interrupted: ")
+	} else if s.Aborted {
+		b.WriteString("aborted: ")
+	}
+	fmt.Fprintf(&b, "%d done, %d failed", s.Tasks.Done, s.Tasks.Failed)
+	if s.Tasks.Poison > 0 {
+		fmt.Fprintf(&b, ", %d poison", s.Tasks.Poison)
+	}
+	if s.Tasks.Cancelled > 0 {
+		fmt.Fprintf(&b, ", %d cancelled", s.Tasks.Cancelled)
+	}
+	fmt.Fprintf(&b, " of %s in %s\n", plural(s.Tasks.Submitted, "task"), formatWall(s.wall))
+	if s.AbortReason != "" && !s.Interrupted {
+		fmt.Fprintf(&b, "safepool: aborted because %s\n", s.AbortReason)
+	}
+	for i, f := range s.Failed {
+		if i == summaryListMax {
+			break
+		}
+		b.WriteString("  ")
+		b.WriteString(f.text(s.messages))
+		b.WriteString("\n")
+	}
+	if more := len(s.Failed) + s.FailedOmitted - summaryListMax; more > 0 {
+		fmt.Fprintf(&b, "  and %d more failed tasks (see --joblog)\n", more)
+	}
+	io.WriteString(w, b.String())
+}
+
+// text renders one failed task:
+// task 17 (input 'big.wav') oom after 2 attempts, peak 1.9 GiB
+func (f *failedTask) text(messages bool) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "task %d (input '%s') ", f.ID, f.short)
+	cause := f.Cause
+	if cause == "" {
+		cause = f.State
+	}
+	if f.State == string(pool.Poison) {
+		fmt.Fprintf(&b, "poison (%s)", cause)
+	} else {
+		b.WriteString(cause)
+	}
+	if f.Attempts > 0 {
+		fmt.Fprintf(&b, " after %s", plural(f.Attempts, "attempt"))
+	}
+	if f.PeakRSS > 0 {
+		fmt.Fprintf(&b, ", peak %s", formatSize(f.PeakRSS))
+	}
+	if messages && f.Message != "" {
+		fmt.Fprintf(&b, ": %s", escapeInput([]byte(firstLine(f.Message)), 80))
+	}
+	return b.String()
+}
+
+// writeJSON writes the summary as one JSON object followed by a newline.
+func (s *summary) writeJSON(w io.Writer) error {
+	slices.SortFunc(s.Failed, func(a, b failedTask) int { return cmp.Compare(a.ID, b.ID) })
+	if s.Failed == nil {
+		s.Failed = []failedTask{}
+	}
+	if s.Command == nil {
+		s.Command = []string{}
+	}
+	s.WallSeconds = float64(s.wall.Milliseconds()) / 1000
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	return enc.Encode(s)
+}
+
+func plural(n int, word string) string {
+	if n == 1 {
+		return fmt.Sprintf("1 %s", word)
+	}
+	return fmt.Sprintf("%d %ss", n, word)
+}
+
+// formatWall renders a wall time: "0.4s", "12.3s", "4m2s".
+func formatWall(d time.Duration) string {
+	if d < time.Minute {
+		return fmt.Sprintf("%.1fs", d.Seconds())
+	}
+	return d.Round(time.Second).String()
+}
+
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}

@@ -1,0 +1,573 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/safepool/safepool/pool"
+)
+
+func TestParseSize(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int64
+		err  bool
+	}{
+		{"0", 0, false},
+		{"4096", 4096, false},
+		{"100B", 100, false},
+		{"512MiB", 512 << 20, false},
+		{"512mib", 512 << 20, false},
+		{"512M", 512 << 20, false},
+		{"512m", 512 << 20, false},
+		{"2G", 2 << 30, false},
+		{"2GiB", 2 << 30, false},
+		{"1.5GiB", 3 << 29, false},
+		{"800K", 800 << 10, false},
+		{"800KiB", 800 << 10, false},
+		{"1T", 1 << 40, false},
+		{"1MB", 1000000, false},
+		{"1kB", 1000, false},
+		{" 64 MiB ", 64 << 20, false},
+		{"", 0, true},
+		{"MiB", 0, true},
+		{"-1G", 0, true},
+		{"12XB", 0, true},
+		{"1.2.3M", 0, true},
+		{"99999999999T", 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := parseSize(tt.in)
+			if (err != nil) != tt.err || got != tt.want {
+				t.Errorf("parseSize(%q) = %d, %v; want %d, error %v", tt.in, got, err, tt.want, tt.err)
+			}
+		})
+	}
+}
+
+func TestFormatSize(t *testing.T) {
+	tests := []struct {
+		in   int64
+		want string
+	}{
+		{0, "0 B"},
+		{312, "312 B"},
+		{1024, "1 KiB"},
+		{800 << 10, "800 KiB"},
+		{256 << 20, "256 MiB"},
+		{1932735283, "1.8 GiB"},
+		{2040109465, "1.9 GiB"},
+		{3 << 29, "1.5 GiB"},
+		{15 << 30, "15 GiB"},
+	}
+	for _, tt := range tests {
+		if got := formatSize(tt.in); got != tt.want {
+			t.Errorf("formatSize(%d) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestFormatSizeFlag(t *testing.T) {
+	tests := []struct {
+		in   int64
+		want string
+	}{
+		{256 << 20, "256MiB"},
+		{2 << 30, "2GiB"},
+		{1536 << 20, "1536MiB"},
+		{3 << 10, "3KiB"},
+		{1000, "1000"},
+	}
+	for _, tt := range tests {
+		if got := formatSizeFlag(tt.in); got != tt.want {
+			t.Errorf("formatSizeFlag(%d) = %q, want %q", tt.in, got, tt.want)
+		}
+		if back, err := parseSize(formatSizeFlag(tt.in)); err != nil || back != tt.in {
+			t.Errorf("parseSize(formatSizeFlag(%d)) = %d, %v", tt.in, back, err)
+		}
+	}
+}
+
+func TestTemplate(t *testing.T) {
+	tests := []struct {
+		name  string
+		cmd   []string
+		input string
+		seq   uint64
+		want  []string
+	}{
+		{"input", []string{"gzip", "-9", "{}"}, "a b.txt", 1, []string{"gzip", "-9", "a b.txt"}},
+		{"appended", []string{"echo", "x"}, "in", 1, []string{"echo", "x", "in"}},
+		{"seq only means no append", []string{"echo", "{#}"}, "in", 7, []string{"echo", "7"}},
+		{"noext", []string{"e", "{.}"}, "dir.d/song.tar.gz", 1, []string{"e", "dir.d/song.tar"}},
+		{"noext no ext", []string{"e", "{.}"}, "dir.d/song", 1, []string{"e", "dir.d/song"}},
+		{"noext dotfile", []string{"e", "{.}"}, "dir/.bashrc", 1, []string{"e", "dir/.bashrc"}},
+		{"base", []string{"e", "{/}"}, "/a/b/song.wav", 1, []string{"e", "song.wav"}},
+		{"dir", []string{"e", "{//}"}, "/a/b/song.wav", 1, []string{"e", "/a/b"}},
+		{"dir none", []string{"e", "{//}"}, "song.wav", 1, []string{"e", "."}},
+		{"dir root", []string{"e", "{//}"}, "/song.wav", 1, []string{"e", "/"}},
+		{"basenoext", []string{"e", "{/.}"}, "a.b/song.wav", 1, []string{"e", "song"}},
+		{"several in one word", []string{"e", "{//}/out/{/.}.mp3"}, "in/x.wav", 3, []string{"e", "in/out/x.mp3"}},
+		{"unknown braces stay", []string{"e", "{x}", "${HOME}", "{}"}, "i", 1, []string{"e", "{x}", "${HOME}", "i"}},
+		{"shell", []string{"echo {} > {.}.out"}, "it's.txt", 1, []string{"sh", "-c", `echo 'it'\''s.txt' > 'it'\''s'.out`}},
+		{"shell appended", []string{"echo a b"}, "x y", 1, []string{"sh", "-c", "echo a b 'x y'"}},
+		{"shell plain value", []string{"gzip -c {}"}, "a/b-1.txt", 1, []string{"sh", "-c", "gzip -c a/b-1.txt"}},
+		{"empty input", []string{"echo", "[{}]"}, "", 1, []string{"echo", "[]"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tmpl, err := parseTemplate(tt.cmd)
+			if err != nil {
+				t.Fatalf("parseTemplate(%q) error: %v", tt.cmd, err)
+			}
+			if got := tmpl.expand([]byte(tt.input), tt.seq); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("expand(%q, %d) = %q, want %q", tt.input, tt.seq, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestTemplateErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		cmd  []string
+		want string
+	}{
+		{"empty", nil, "missing command"},
+		{"slot", []string{"echo", "{%}"}, "{%}"},
+		{"command is a replacement", []string{"{}", "x"}, "sh -c"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parseTemplate(tt.cmd)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("parseTemplate(%q) error = %v, want one containing %q", tt.cmd, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestTemplateCommand(t *testing.T) {
+	tmpl, err := parseTemplate([]string{"ffmpeg", "-i", "{}", "{.}.mp3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := tmpl.command(), []string{"ffmpeg", "-i", "{}", "{.}.mp3"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("command() = %q, want %q", got, want)
+	}
+}
+
+func readAll(t *testing.T, s source) []string {
+	t.Helper()
+	var got []string
+	for {
+		b, err := s.next()
+		if err == io.EOF {
+			return got
+		}
+		if err != nil {
+			t.Fatalf("next() error: %v", err)
+		}
+		got = append(got, string(b))
+	}
+}
+
+func TestSources(t *testing.T) {
+	dir := t.TempDir()
+	f1 := filepath.Join(dir, "one")
+	f2 := filepath.Join(dir, "two")
+	os.WriteFile(f1, []byte("a\nb\n"), 0o600)
+	os.WriteFile(f2, []byte("c\n\nd"), 0o600)
+	tests := []struct {
+		name   string
+		colons []string
+		have   bool
+		files  []string
+		stdin  string
+		sep    byte
+		want   []string
+		total  int64
+	}{
+		{"stdin", nil, false, nil, "x\ny\n", '\n', []string{"x", "y"}, -1},
+		{"stdin no final newline", nil, false, nil, "x\ny", '\n', []string{"x", "y"}, -1},
+		{"stdin empty", nil, false, nil, "", '\n', nil, -1},
+		{"stdin empty lines", nil, false, nil, "\n\n", '\n', []string{"", ""}, -1},
+		{"stdin binary", nil, false, nil, "\x00\xff\r\t\n", '\n', []string{"\x00\xff\r\t"}, -1},
+		{"null separated", nil, false, nil, "a b\x00c\nd\x00", 0, []string{"a b", "c\nd"}, -1},
+		{"colons", []string{"p", "q"}, true, nil, "ignored\n", '\n', []string{"p", "q"}, 2},
+		{"colons empty", nil, true, nil, "ignored\n", '\n', nil, 0},
+		{"files in order", nil, false, []string{f1, f2}, "", '\n', []string{"a", "b", "c", "", "d"}, -1},
+		{"file and stdin", nil, false, []string{f1, "-"}, "s\n", '\n', []string{"a", "b", "s"}, -1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src, err := newSource(tt.colons, tt.have, tt.files, strings.NewReader(tt.stdin), tt.sep)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer src.close()
+			if got := src.total(); got != tt.total {
+				t.Errorf("total() = %d, want %d", got, tt.total)
+			}
+			if got := readAll(t, src); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("inputs = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestSourceMissingFile(t *testing.T) {
+	_, err := newSource(nil, false, []string{"/nonexistent/in.txt"}, nil, '\n')
+	if err == nil || !strings.Contains(err.Error(), "cannot open input file /nonexistent/in.txt") {
+		t.Errorf("newSource(missing file) error = %v", err)
+	}
+}
+
+func TestLongLine(t *testing.T) {
+	line := bytes.Repeat([]byte("0123456789"), 1<<20) // 10 MiB
+	src := newLineReader(bytes.NewReader(append(line, '\n')), '\n')
+	got, err := src.next()
+	if err != nil || !bytes.Equal(got, line) {
+		t.Fatalf("next() = %d bytes, %v; want %d bytes", len(got), err, len(line))
+	}
+	if _, err := src.next(); err != io.EOF {
+		t.Errorf("second next() error = %v, want EOF", err)
+	}
+}
+
+func TestEscapeInput(t *testing.T) {
+	tests := []struct {
+		in   string
+		max  int
+		want string
+	}{
+		{"plain.wav", 40, "plain.wav"},
+		{"a\tb\nc\\d\re", 40, `a\tb\nc\\d\re`},
+		{"\x00\xff\x7f", 40, `\x00\xff\x7f`},
+		{"héllo", 40, "héllo"},
+		{"abcdefgh", 4, "abcd…"},
+		{"ééé", 3, "é…"}, // does not split a UTF-8 sequence
+	}
+	for _, tt := range tests {
+		if got := escapeInput([]byte(tt.in), tt.max); got != tt.want {
+			t.Errorf("escapeInput(%q, %d) = %q, want %q", tt.in, tt.max, got, tt.want)
+		}
+	}
+}
+
+// testResult is a failed task with two attempts: an OOM kill, then a
+// SIGKILL.
+func testResult() *pool.Result {
+	start := time.UnixMilli(1718000000123)
+	return &pool.Result{
+		ID:    17,
+		Input: []byte("big\tfile.wav"),
+		State: pool.Failed,
+		Attempts: []pool.Attempt{
+			{Number: 1, WorkerPID: 4242, Start: start, End: start.Add(1500 * time.Millisecond),
+				Cause: pool.CauseOOM, ExitCode: -1, Signal: "SIGKILL", PeakRSS: 1 << 30},
+			{Number: 2, WorkerPID: 4243, Start: start.Add(2 * time.Second), End: start.Add(4 * time.Second),
+				Cause: pool.CauseOOM, ExitCode: -1, Signal: "SIGKILL", PeakRSS: 2040109465},
+		},
+	}
+}
+
+func TestJoblogRows(t *testing.T) {
+	var b strings.Builder
+	writeJoblogRows(&b, testResult())
+	ok := &pool.Result{ID: 3, Input: []byte("x"), State: pool.Done, Attempts: []pool.Attempt{
+		{Number: 1, WorkerPID: 99, Start: time.UnixMilli(1718000000005), End: time.UnixMilli(1718000000255), ExitCode: 0},
+	}}
+	writeJoblogRows(&b, ok)
+	want := "17\tbig\\tfile.wav\t1\t4242\t1718000000.123\t1.500\t-\tSIGKILL\toom\t1073741824\n" +
+		"17\tbig\\tfile.wav\t2\t4243\t1718000002.123\t2.000\t-\tSIGKILL\toom\t2040109465\n" +
+		"3\tx\t1\t99\t1718000000.005\t0.250\t0\t-\t-\t-\n"
+	if got := b.String(); got != want {
+		t.Errorf("joblog rows =\n%s\nwant\n%s", got, want)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(want), "\n") {
+		if n := len(strings.Split(line, "\t")); n != len(joblogColumns) {
+			t.Errorf("row %q has %d columns, want %d", line, n, len(joblogColumns))
+		}
+	}
+}
+
+func TestJoblogFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "jobs.tsv")
+	jl, err := openJoblog(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jl.add(testResult())
+	jl.add(&pool.Result{ID: 9, State: pool.Cancelled}) // never ran: no row
+	if err := jl.close(); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if len(lines) != 3 || lines[0] != "task_id\tinput\tattempt\tworker_pid\tstart\truntime\texit_status\tsignal\tcause\tpeak_rss_bytes" {
+		t.Errorf("joblog file =\n%s", data)
+	}
+	if _, err := openJoblog(filepath.Join(t.TempDir(), "no", "such", "dir")); err == nil {
+		t.Errorf("openJoblog(missing dir) succeeded")
+	}
+}
+
+func TestSummaryText(t *testing.T) {
+	tests := []struct {
+		name    string
+		results []*pool.Result
+		mod     func(s *summary)
+		quiet   bool
+		want    string
+	}{
+		{name: "no tasks", want: ""},
+		{
+			name:    "all done",
+			results: []*pool.Result{{ID: 1, State: pool.Done}, {ID: 2, State: pool.Done}},
+			want:    "safepool: 2 tasks done in 1.2s\n",
+		},
+		{
+			name:    "all done quiet",
+			results: []*pool.Result{{ID: 1, State: pool.Done}},
+			quiet:   true,
+			want:    "",
+		},
+		{
+			name:    "one failed",
+			results: []*pool.Result{{ID: 1, State: pool.Done}, testResult()},
+			quiet:   true,
+			want: "safepool: 1 done, 1 failed of 2 tasks in 1.2s\n" +
+				"  task 17 (input 'big\\tfile.wav') oom after 2 attempts, peak 1.9 GiB\n",
+		},
+		{
+			name: "interrupted",
+			results: []*pool.Result{{ID: 1, State: pool.Done}, {ID: 2, State: pool.Cancelled},
+				{ID: 3, State: pool.Failed, Input: []byte("x"), Attempts: []pool.Attempt{{Number: 1, Cause: pool.CauseCancelled, ExitCode: -1}}}},
+			mod: func(s *summary) { s.Aborted, s.Interrupted = true, true },
+			want: "safepool: interrupted: 1 done, 1 failed, 1 cancelled of 3 tasks in 1.2s\n" +
+				"  task 3 (input 'x') cancelled after 1 attempt\n",
+		},
+		{
+			name: "aborted by policy with message",
+			results: []*pool.Result{{ID: 4, State: pool.Poison, Input: []byte("y"),
+				Attempts: []pool.Attempt{{Number: 3, Cause: pool.CauseTaskError, ExitCode: -1, Message: "ValueError: bad\ntraceback"}}}},
+			mod: func(s *summary) {
+				s.Aborted, s.AbortReason, s.messages = true, "task 4 poison: oom after 3 attempts (--on-worker-death abort)", true
+			},
+			want: "safepool: aborted: 0 done, 0 failed, 1 poison of 1 task in 1.2s\n" +
+				"safepool: aborted because task 4 poison: oom after 3 attempts (--on-worker-death abort)\n" +
+				"  task 4 (input 'y') poison (task-error) after 3 attempts: ValueError: bad\n",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := &summary{wall: 1234 * time.Millisecond}
+			for _, r := range tt.results {
+				s.add(r)
+			}
+			if tt.mod != nil {
+				tt.mod(s)
+			}
+			var b strings.Builder
+			s.writeText(&b, tt.quiet)
+			if got := b.String(); got != tt.want {
+				t.Errorf("writeText() =\n%s\nwant\n%s", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestSummaryListIsBounded(t *testing.T) {
+	s := &summary{wall: time.Second}
+	for i := 1; i <= 30; i++ {
+		s.add(&pool.Result{ID: uint64(i), State: pool.Failed, Input: []byte("i"), Attempts: []pool.Attempt{{Number: 1, Cause: "exit:1", ExitCode: 1}}})
+	}
+	var b strings.Builder
+	s.writeText(&b, false)
+	if got := strings.Count(b.String(), "\n"); got != 1+summaryListMax+1 {
+		t.Errorf("summary of 30 failures has %d lines, want %d:\n%s", got, 1+summaryListMax+1, b.String())
+	}
+	if !strings.Contains(b.String(), "and 10 more failed tasks") {
+		t.Errorf("summary does not count the rest:\n%s", b.String())
+	}
+}
+
+func TestSummaryJSON(t *testing.T) {
+	s := &summary{Mode: "run", Command: []string{"echo", "{}"}, StartTime: time.Unix(1718000000, 0).UTC(), wall: 1500 * time.Millisecond}
+	s.add(&pool.Result{ID: 1, State: pool.Done})
+	s.add(testResult())
+	s.ExitStatus = 1
+	var b bytes.Buffer
+	if err := s.writeJSON(&b); err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(b.Bytes(), &got); err != nil {
+		t.Fatalf("JSON %s: %v", b.String(), err)
+	}
+	for _, key := range []string{"mode", "command", "exit_status", "aborted", "interrupted", "start_time",
+		"wall_seconds", "memory_mode", "tasks", "attempts", "workers_started", "worker_deaths", "failed", "failed_omitted"} {
+		if _, ok := got[key]; !ok {
+			t.Errorf("JSON summary has no %q: %s", key, b.String())
+		}
+	}
+	if got["wall_seconds"] != 1.5 || got["exit_status"] != 1.0 {
+		t.Errorf("JSON summary = %s", b.String())
+	}
+	failed := got["failed"].([]any)[0].(map[string]any)
+	want := map[string]any{"id": 17.0, "input": "big\tfile.wav", "state": "failed", "cause": "oom",
+		"attempts": 2.0, "peak_rss_bytes": 2040109465.0, "exit_code": -1.0, "signal": "SIGKILL", "message": ""}
+	if !reflect.DeepEqual(failed, want) {
+		t.Errorf("failed[0] = %v, want %v", failed, want)
+	}
+}
+
+// TestUsageErrors runs the command line in process: each mistake gives one
+// error line, the usage, and exit status 2, without starting anything.
+func TestUsageErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string // the first line of stderr
+	}{
+		{"no command", nil, "safepool runs commands"},
+		{"unknown command", []string{"frobnicate"}, `safepool: unknown command "frobnicate"`},
+		{"unknown flag", []string{"run", "--bogus", "echo"}, "safepool run: unknown flag: --bogus"},
+		{"bad jobs", []string{"run", "-j", "x", "echo"}, `safepool run: invalid argument "x" for "-j, --jobs" flag`},
+		{"negative jobs", []string{"run", "-j", "-1", "echo"}, "safepool run: -j must be at least 0, not -1"},
+		{"bad size", []string{"run", "--mem-limit", "12XB", "echo"}, `safepool run: invalid argument "12XB" for "--mem-limit" flag: unknown unit "XB" (want B, K, M, G, T, KiB, MiB, GiB, TiB, kB, MB, GB or TB)`},
+		{"bad duration", []string{"run", "--timeout", "5", "echo"}, `safepool run: invalid argument "5" for "--timeout" flag`},
+		{"bad action", []string{"run", "--on-worker-death", "panic", "echo"}, `safepool run: --on-worker-death must be retry, skip or abort, not "panic"`},
+		{"missing command", []string{"run", "-j", "2"}, "safepool run: missing command"},
+		{"missing command before colons", []string{"run", ":::", "a"}, "safepool run: missing command"},
+		{"two colon lists", []string{"run", "echo", ":::", "a", ":::", "b"}, "safepool run: only one ::: list is supported"},
+		{"colons and -a", []string{"run", "-a", "f", "echo", ":::", "a"}, "safepool run: give inputs with -a or with :::, not both"},
+		{"slot", []string{"run", "echo", "{%}"}, "safepool run: the replacement string {%} (worker slot) is not supported"},
+		{"map no worker", []string{"map", "-j", "2"}, "safepool map: missing worker command (--worker 'CMD')"},
+		{"map both workers", []string{"map", "--worker", "cat", "cat"}, "safepool map: give the worker with --worker or after the flags, not both"},
+		{"map json stdout", []string{"map", "--json", "-", "--worker", "cat"}, "safepool map: --json needs a FILE: stdout carries the data"},
+		{"map bad max-rss", []string{"map", "--max-rss", "lots", "--worker", "cat"}, `safepool map: invalid argument "lots" for "--max-rss" flag: want a number with an optional unit, such as 512MiB`},
+		{"demo extra", []string{"demo", "now"}, `safepool demo: unexpected argument "now"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := Run(context.Background(), tt.args, strings.NewReader(""), &stdout, &stderr)
+			if code != exitUsage {
+				t.Errorf("Run(%q) = %d, want %d; stderr:\n%s", tt.args, code, exitUsage, stderr.String())
+			}
+			first, rest, _ := strings.Cut(stderr.String(), "\n")
+			if !strings.HasPrefix(first, tt.want) {
+				t.Errorf("Run(%q) stderr first line = %q, want %q", tt.args, first, tt.want)
+			}
+			if len(tt.args) > 0 && !strings.Contains(rest, "Usage:") {
+				t.Errorf("Run(%q) stderr has no usage:\n%s", tt.args, stderr.String())
+			}
+			if stdout.Len() != 0 {
+				t.Errorf("Run(%q) stdout = %q, want nothing", tt.args, stdout.String())
+			}
+		})
+	}
+}
+
+func TestMissingInputFile(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	code := Run(context.Background(), []string{"run", "-a", "/nonexistent/list", "echo"}, strings.NewReader(""), &stdout, &stderr)
+	if code != exitUsage || stderr.String() != "safepool: cannot open input file /nonexistent/list: no such file or directory\n" {
+		t.Errorf("Run(-a missing) = %d, stderr %q", code, stderr.String())
+	}
+}
+
+func TestHelpListsEveryFlag(t *testing.T) {
+	for _, name := range []string{"run", "map", "demo"} {
+		t.Run(name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			if code := Run(context.Background(), []string{name, "--help"}, nil, &stdout, &stderr); code != 0 {
+				t.Fatalf("%s --help = %d, stderr %s", name, code, stderr.String())
+			}
+			help := stdout.String()
+			for _, flag := range flagNames(name) {
+				if !strings.Contains(help, "--"+flag) {
+					t.Errorf("%s --help does not mention --%s", name, flag)
+				}
+			}
+			for _, line := range strings.Split(help, "\n") {
+				if len([]rune(line)) > helpWidth {
+					t.Errorf("%s --help line is wider than %d: %q", name, helpWidth, line)
+				}
+			}
+		})
+	}
+}
+
+// flagNames lists the visible flags of a subcommand.
+func flagNames(cmd string) []string {
+	var fs *pflag.FlagSet
+	switch cmd {
+	case "run":
+		fs = (&runArgs{}).flagSet()
+	case "map":
+		fs = (&mapArgs{}).flagSet()
+	default:
+		fs = (&demoArgs{}).flagSet()
+	}
+	var names []string
+	fs.VisitAll(func(f *pflag.Flag) {
+		if !f.Hidden {
+			names = append(names, f.Name)
+		}
+	})
+	return names
+}
+
+// TestRunInProcess runs a real pool in process, so that the race detector
+// and the leak check at the end of TestMain see the session's goroutines.
+func TestRunInProcess(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	code := Run(context.Background(), []string{"run", "-k", "--progress", "echo", "{#}:{}", ":::", "a", "b", "c"}, strings.NewReader(""), &stdout, &stderr)
+	if code != exitOK || stdout.String() != "1:a\n2:b\n3:c\n" {
+		t.Errorf("run echo = %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "safepool: 3 tasks done in ") {
+		t.Errorf("run echo stderr = %q, want the summary", stderr.String())
+	}
+}
+
+// TestInterruptInProcess cancels the context as Ctrl-C does: the pool
+// stops, the summary says so, and the exit status is 3.
+func TestInterruptInProcess(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	stdin := strings.NewReader("10\n10\n10\n")
+	var stdout, stderr bytes.Buffer
+	done := make(chan int)
+	go func() { done <- Run(ctx, []string{"run", "-j", "2", "sleep"}, stdin, &stdout, &stderr) }()
+	time.Sleep(300 * time.Millisecond)
+	start := time.Now()
+	cancel()
+	select {
+	case code := <-done:
+		if code != exitAborted {
+			t.Errorf("interrupted run = %d, want %d; stderr:\n%s", code, exitAborted, stderr.String())
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Errorf("interrupted run took %v to stop", d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("interrupted run did not stop")
+	}
+	if !strings.Contains(stderr.String(), "safepool: interrupted: 0 done") {
+		t.Errorf("stderr = %q, want the interrupted summary", stderr.String())
+	}
+}
