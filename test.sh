@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every safepool test: go vet, the Go tests under the race detector
+# (real processes, signals, cgroups and OOM kills), a short fuzz of the framed
+# protocol decoder, and the Python client's tests when present.
+#
+# The OOM and cgroup tests need root and a writable memory cgroup (v1 or v2).
+# Elsewhere they skip with a reason; with CI=true a skip of them is a failure.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if ! command -v go >/dev/null; then
+	echo "test.sh: Go is not installed (https://go.dev/dl/, 1.26 or later)" >&2
+	exit 2
+fi
+# The race detector needs a C compiler.
+if ! command -v gcc >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+	apt-get update -qq && apt-get install -y -qq gcc >/dev/null
+fi
+
+echo "== go vet"
+go vet ./...
+echo "== go test -race"
+go test -race -count=1 -timeout 20m ./...
+echo "== fuzz the framed protocol decoder (${FUZZTIME:=20s})"
+go test -run='^$' -fuzz=FuzzReadFrame -fuzztime="$FUZZTIME" ./internal/protocol/
+if [ -d python/tests ]; then
+	echo "== python client"
+	go build -o python/safepool/_bin/safepool ./cmd/safepool
+	(cd python && python3 -m unittest discover -v -s tests -t . 2>&1)
+fi
