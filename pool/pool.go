@@ -42,7 +42,7 @@ import (
 type Pool struct {
 	cfg Config
 
-	mem    *memory.Manager // nil unless cfg.MemLimit > 0
+	mem    *memory.Manager // never nil; in ModeRSSPolling where cgroups are unavailable
 	oomLog *memory.OOMLog  // nil where the kernel log cannot be read
 
 	submitMu sync.Mutex // serialises Submit so that ids follow the order of acceptance
@@ -106,13 +106,15 @@ func New(cfg Config) (*Pool, error) {
 		quit:     make(chan struct{}),
 	}
 	p.stats.Started = time.Now()
-	if cfg.MemLimit > 0 {
-		m, err := memory.NewManager()
-		if err != nil {
-			return nil, fmt.Errorf("pool: memory limits: %w", err)
-		}
-		p.mem = m
+	// Every worker gets a memory cgroup of its own where cgroups can be
+	// made, limit or not: its oom_kill counter then names the OOM killer's
+	// victims inside the worker (behind "sh -c", say), whichever limit was
+	// hit: the worker's, an enclosing container's or the host's.
+	m, err := memory.NewManager()
+	if err != nil {
+		return nil, fmt.Errorf("pool: memory control: %w", err)
 	}
+	p.mem = m
 	if l, err := memory.WatchOOMKills(); err == nil {
 		p.oomLog = l
 	}
@@ -291,22 +293,15 @@ func (p *Pool) Stats() Stats {
 	return p.stats
 }
 
-// MemoryMode returns how worker memory is limited: "cgroup-v1", "cgroup-v2"
-// or "rss-polling", or "" when Config.MemLimit is zero.
-func (p *Pool) MemoryMode() string {
-	if p.mem == nil {
-		return ""
-	}
-	return string(p.mem.Mode())
-}
+// MemoryMode returns how workers' memory is watched and limited:
+// "cgroup-v1" or "cgroup-v2" (each worker in a memory cgroup of its own,
+// limited to Config.MemLimit if set), or "rss-polling" where cgroups cannot
+// be made (the supervisor polls each worker's resident memory, and an OOM
+// kill is confirmed from the kernel log only).
+func (p *Pool) MemoryMode() string { return string(p.mem.Mode()) }
 
-// MemoryModeReason explains MemoryMode in one line, or is empty.
-func (p *Pool) MemoryModeReason() string {
-	if p.mem == nil {
-		return ""
-	}
-	return p.mem.Reason()
-}
+// MemoryModeReason explains MemoryMode in one line.
+func (p *Pool) MemoryModeReason() string { return p.mem.Reason() }
 
 func (p *Pool) emit(e Event) {
 	if p.cfg.Observer == nil {

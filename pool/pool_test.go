@@ -25,8 +25,11 @@ import (
 
 func TestMain(m *testing.M) {
 	if mode := os.Getenv(workerEnv); mode != "" {
-		if mode == "supervisor" {
+		switch mode {
+		case "supervisor":
 			os.Exit(runSupervisor())
+		case "seed":
+			os.Exit(runSeed())
 		}
 		os.Exit(runWorker(mode))
 	}
@@ -753,4 +756,82 @@ func TestRealOOMRetry(t *testing.T) {
 	if r := got[7]; len(r.Attempts) != 2 || r.Attempts[0].Cause != pool.CauseOOM {
 		t.Errorf("task 7 attempts = %+v, want an oom then a success", r.Attempts)
 	}
+}
+
+// TestOOMBehindShell runs the seed scenario the way users meet it: the whole
+// supervisor inside a 300 MiB memory cgroup (a container, a batch slot), no
+// per-worker limit, and each worker behind "sh -c". The kernel kills the hog
+// inside a worker; the worker's shell then exits 137. The cause must still be
+// oom, read from the worker's own cgroup counter.
+func TestOOMBehindShell(t *testing.T) {
+	requireCgroups(t)
+	m, err := memory.NewManager()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	g, err := m.NewGroup("seed", 300<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Join the group before the supervisor runs, keeping its default
+	// oom_score_adj (Group.Prepare would mark it a worker).
+	cmd := exec.Command("sh", "-c", `echo $$ > "$0/cgroup.procs" && exec "$1" -test.run='^$'`, g.Path(), os.Args[0])
+	cmd.Env = append(os.Environ(), workerEnv+"=seed")
+	var out strings.Builder
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err = <-done:
+	case <-time.After(time.Minute):
+		cmd.Process.Kill()
+		<-done
+		t.Fatal("the supervisor did not finish within a minute")
+	}
+	if err != nil {
+		t.Fatalf("supervisor: %v; output:\n%s", err, out.String())
+	}
+	text := out.String()
+	if !strings.Contains(text, "task 7 failed oom\n") || strings.Count(text, " done ") != 39 {
+		t.Errorf("supervisor output:\n%s\nwant 39 tasks done and task 7 failed oom", text)
+	}
+	// On cgroup v1 the kill is counted in the victim's own cgroup only
+	// (the worker's), so the enclosing group's counter is not checked.
+	t.Logf("supervisor output ends: %s", text[strings.LastIndex(text, "task 40"):])
+}
+
+// runSeed is the supervisor of TestOOMBehindShell: 40 tasks on 4 line
+// workers behind sh -c; task 7 hogs. It prints one line per task.
+func runSeed() int {
+	cfg := pool.Config{
+		Command:  []string{"sh", "-c", `"$0" -test.run='^$'`, os.Args[0]},
+		Env:      workerEnvFor("line"),
+		Protocol: pool.Line,
+		Workers:  4,
+		Stderr:   io.Discard,
+	}
+	p, err := pool.New(cfg)
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	go func() {
+		defer p.Close()
+		for i := 1; i <= 40; i++ {
+			in := "sleep:20"
+			if i == 7 {
+				in = "hog"
+			}
+			p.Submit(context.Background(), pool.Task{Input: []byte(in)})
+		}
+	}()
+	for r := range p.Results() {
+		fmt.Printf("task %d %s %s\n", r.ID, r.State, r.Cause())
+	}
+	fmt.Println("memory mode:", p.MemoryMode())
+	return 0
 }

@@ -255,10 +255,8 @@ func (p *Pool) loop() {
 	}
 	close(p.quit)
 	p.runners.Wait()
-	if p.mem != nil {
-		if err := p.mem.Close(); err != nil {
-			p.setErr(fmt.Errorf("pool: removing cgroups: %w", err))
-		}
+	if err := p.mem.Close(); err != nil {
+		p.setErr(fmt.Errorf("pool: removing cgroups: %w", err))
 	}
 	if p.oomLog != nil {
 		p.oomLog.Close()
