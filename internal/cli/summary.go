@@ -38,6 +38,29 @@ type failedTask struct {
 	short string // the input shortened and escaped for the text summary
 }
 
+// recoveredTask is a task that succeeded after one or more failed attempts.
+type recoveredTask struct {
+	ID       uint64 `json:"id"`
+	Input    string `json:"input"`
+	Attempts int    `json:"attempts"`
+	// Causes are the causes of the failed attempts, in order.
+	Causes  []string `json:"causes"`
+	PeakRSS int64    `json:"peak_rss_bytes"`
+
+	short string
+}
+
+// text renders one recovered task:
+// task 7 (input '7') done on attempt 2, after oom (peak 256 MiB)
+func (r *recoveredTask) text() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "task %d (input '%s') done on attempt %d, after %s", r.ID, r.short, r.Attempts, strings.Join(r.Causes, ", "))
+	if r.PeakRSS > 0 {
+		fmt.Fprintf(&b, " (peak %s)", formatSize(r.PeakRSS))
+	}
+	return b.String()
+}
+
 // taskCounts counts tasks by terminal state.
 type taskCounts struct {
 	Submitted int `json:"submitted"`
@@ -65,6 +88,10 @@ type summary struct {
 	WorkerDeaths   int          `json:"worker_deaths"`
 	Failed         []failedTask `json:"failed"`
 	FailedOmitted  int          `json:"failed_omitted"`
+	// Recovered lists tasks that succeeded after earlier attempts failed,
+	// so that a retry that saved the run is still visible.
+	Recovered        []recoveredTask `json:"recovered"`
+	RecoveredOmitted int             `json:"recovered_omitted"`
 
 	wall time.Duration
 	// messages reports whether to show attempt messages in the text
@@ -78,6 +105,7 @@ func (s *summary) add(r *pool.Result) {
 	switch r.State {
 	case pool.Done:
 		s.Tasks.Done++
+		s.addRecovered(r)
 		return
 	case pool.Cancelled:
 		s.Tasks.Cancelled++
@@ -112,6 +140,34 @@ func (s *summary) add(r *pool.Result) {
 	s.Failed = append(s.Failed, ft)
 }
 
+// addRecovered notes a done task if any of its attempts failed. Preempted
+// attempts are the pool's doing, not the task's, and do not count.
+func (s *summary) addRecovered(r *pool.Result) {
+	var causes []string
+	var peak int64
+	for _, a := range r.Attempts {
+		if a.Cause != "" && a.Cause != pool.CausePreempted {
+			causes = append(causes, string(a.Cause))
+			peak = max(peak, a.PeakRSS)
+		}
+	}
+	if len(causes) == 0 {
+		return
+	}
+	if len(s.Recovered) >= jsonListMax {
+		s.RecoveredOmitted++
+		return
+	}
+	s.Recovered = append(s.Recovered, recoveredTask{
+		ID:       r.ID,
+		Input:    strings.ToValidUTF8(string(truncate(r.Input, jsonInputMax)), "\uFFFD"),
+		Attempts: r.Attempts[len(r.Attempts)-1].Number,
+		Causes:   causes,
+		PeakRSS:  peak,
+		short:    escapeInput(r.Input, summaryInputMax),
+	})
+}
+
 func truncate(b []byte, n int) []byte {
 	if len(b) > n {
 		return b[:n]
@@ -132,6 +188,7 @@ func (s *summary) writeText(w io.Writer, quiet bool) {
 			return
 		}
 		fmt.Fprintf(w, "safepool: %s done in %s\n", plural(s.Tasks.Done, "task"), formatWall(s.wall))
+		s.writeRecovered(w)
 		return
 	}
 	slices.SortFunc(s.Failed, func(a, b failedTask) int { return cmp.Compare(a.ID, b.ID) })
@@ -165,6 +222,21 @@ func (s *summary) writeText(w io.Writer, quiet bool) {
 		fmt.Fprintf(&b, "  and %d more failed tasks (see --joblog)\n", more)
 	}
 	io.WriteString(w, b.String())
+	s.writeRecovered(w)
+}
+
+// writeRecovered lists the tasks that succeeded only after a retry.
+func (s *summary) writeRecovered(w io.Writer) {
+	slices.SortFunc(s.Recovered, func(a, b recoveredTask) int { return cmp.Compare(a.ID, b.ID) })
+	for i, r := range s.Recovered {
+		if i == summaryListMax {
+			break
+		}
+		fmt.Fprintf(w, "  %s\n", r.text())
+	}
+	if more := len(s.Recovered) + s.RecoveredOmitted - summaryListMax; more > 0 {
+		fmt.Fprintf(w, "  and %d more recovered tasks (see --joblog)\n", more)
+	}
 }
 
 // text renders one failed task:
@@ -198,6 +270,10 @@ func (s *summary) writeJSON(w io.Writer) error {
 	slices.SortFunc(s.Failed, func(a, b failedTask) int { return cmp.Compare(a.ID, b.ID) })
 	if s.Failed == nil {
 		s.Failed = []failedTask{}
+	}
+	slices.SortFunc(s.Recovered, func(a, b recoveredTask) int { return cmp.Compare(a.ID, b.ID) })
+	if s.Recovered == nil {
+		s.Recovered = []recoveredTask{}
 	}
 	if s.Command == nil {
 		s.Command = []string{}

@@ -339,6 +339,19 @@ func TestSummaryText(t *testing.T) {
 			want:    "safepool: 2 tasks done in 1.2s\n",
 		},
 		{
+			name: "done after a retry",
+			results: []*pool.Result{
+				{ID: 1, State: pool.Done, Attempts: []pool.Attempt{{Number: 1}}},
+				{ID: 7, State: pool.Done, Input: []byte("7"), Attempts: []pool.Attempt{
+					{Number: 1, Cause: pool.CauseOOM, PeakRSS: 256 << 20},
+					{Number: 2, Cause: pool.CausePreempted},
+					{Number: 2, PeakRSS: 10 << 20},
+				}},
+			},
+			want: "safepool: 2 tasks done in 1.2s\n" +
+				"  task 7 (input '7') done on attempt 2, after oom (peak 256 MiB)\n",
+		},
+		{
 			name:    "all done quiet",
 			results: []*pool.Result{{ID: 1, State: pool.Done}},
 			quiet:   true,
