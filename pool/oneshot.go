@@ -14,6 +14,9 @@ func (r *runner) runOneShot() {
 	for {
 		select {
 		case t := <-r.p.dispatch:
+			if r.p.gov != nil {
+				r.p.gov.bind(t.id, r.slot)
+			}
 			r.oneShot(t)
 		case <-r.p.quit:
 			return
@@ -83,6 +86,11 @@ wait:
 		case <-timeout:
 			killed = CauseTimeout
 			proc.Kill()
+		case id := <-r.preempt:
+			if id == t.id && killed == "" {
+				killed = CausePreempted
+				proc.Kill()
+			}
 		case <-poll:
 			if rss, err := memory.TreeRSS(proc.Pid); err == nil && rss > cfg.MemLimit && killed == "" {
 				killed = CauseMemoryLimit
@@ -115,7 +123,7 @@ wait:
 		}
 	}
 	if cause != "" {
-		a.Message = r.deathMessage(cause, proc)
+		a.Message = r.deathMessage(cause, proc, a.PeakRSS)
 		if cause.IsWorkerDeath() && killed == "" {
 			r.p.count(func(s *Stats) { s.WorkerDeaths++ })
 		}

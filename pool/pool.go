@@ -44,6 +44,8 @@ type Pool struct {
 
 	mem    *memory.Manager // never nil; in ModeRSSPolling where cgroups are unavailable
 	oomLog *memory.OOMLog  // nil where the kernel log cannot be read
+	gov    *governor       // nil when the memory governor is off
+	slots  []*runner       // the runners, by slot
 
 	submitMu sync.Mutex // serialises Submit so that ids follow the order of acceptance
 	lastID   uint64     // guarded by submitMu
@@ -80,9 +82,18 @@ type task struct {
 	// exitZeroPass records that a line worker exited 0 while the task was
 	// in flight, and the task was requeued uncharged once for it.
 	exitZeroPass bool
+	// ooms counts charged attempts the OOM killer took that the memory
+	// governor handles; they do not count against Config.Retries.
+	ooms int
+	// need is what the governor learned the task needs, from its own
+	// attempts that the OOM killer took or that were preempted; 0 if none.
+	need int64
+	// alone reports whether the running attempt has had no other attempt
+	// beside it since it was dispatched.
+	alone bool
 }
 
-func (t *task) charged() int { return t.deaths + t.errors }
+func (t *task) charged() int { return t.deaths + t.errors + t.ooms }
 
 // New validates cfg, checks that the worker command can be started, and
 // starts the pool's workers. A command that cannot be found or executed is
@@ -118,10 +129,17 @@ func New(cfg Config) (*Pool, error) {
 	if l, err := memory.WatchOOMKills(); err == nil {
 		p.oomLog = l
 	}
+	p.gov = newGovernor(p, &p.cfg, m.Mode())
 	for i := 0; i < cfg.Workers; i++ {
-		r := &runner{p: p, slot: i}
+		p.slots = append(p.slots, &runner{p: p, slot: i, preempt: make(chan uint64, 1)})
+	}
+	for _, r := range p.slots {
 		p.runners.Add(1)
 		go r.run()
+	}
+	if p.gov != nil {
+		p.runners.Add(1)
+		go p.gov.run()
 	}
 	go p.loop()
 	return p, nil
@@ -156,7 +174,8 @@ func (c *Config) normalize() error {
 		n    int64
 	}{{"Retries", int64(c.Retries)}, {"TaskErrorRetries", int64(c.TaskErrorRetries)},
 		{"MaxTasksPerWorker", int64(c.MaxTasksPerWorker)}, {"MaxRSS", c.MaxRSS}, {"MemLimit", c.MemLimit},
-		{"Timeout", int64(c.Timeout)}, {"Pipeline", int64(c.Pipeline)}, {"MaxPending", int64(c.MaxPending)}} {
+		{"Timeout", int64(c.Timeout)}, {"Pipeline", int64(c.Pipeline)}, {"MaxPending", int64(c.MaxPending)},
+		{"MemBudget", c.MemBudget}, {"MemReserve", c.MemReserve}, {"MemPerTask", c.MemPerTask}} {
 		if v.n < 0 {
 			return fmt.Errorf("pool: Config.%s is negative", v.name)
 		}
@@ -302,6 +321,15 @@ func (p *Pool) MemoryMode() string { return string(p.mem.Mode()) }
 
 // MemoryModeReason explains MemoryMode in one line.
 func (p *Pool) MemoryModeReason() string { return p.mem.Reason() }
+
+// Memory returns what the memory governor plans with now, and false when
+// the governor is off (Config.NoGovernor, or no cgroups to measure with).
+func (p *Pool) Memory() (MemoryState, bool) {
+	if p.gov == nil {
+		return MemoryState{}, false
+	}
+	return p.gov.state(), true
+}
 
 func (p *Pool) emit(e Event) {
 	if p.cfg.Observer == nil {

@@ -30,6 +30,8 @@ func TestMain(m *testing.M) {
 			os.Exit(runSupervisor())
 		case "seed":
 			os.Exit(runSeed())
+		case "preempt":
+			os.Exit(runPreempt())
 		}
 		os.Exit(runWorker(mode))
 	}
@@ -762,7 +764,9 @@ func TestRealOOMRetry(t *testing.T) {
 // supervisor inside a 300 MiB memory cgroup (a container, a batch slot), no
 // per-worker limit, and each worker behind "sh -c". The kernel kills the hog
 // inside a worker; the worker's shell then exits 137. The cause must still be
-// oom, read from the worker's own cgroup counter.
+// oom, read from the worker's own cgroup counter. The memory governor caps
+// each worker at the budget within the 300 MiB, retries the hog alone, and
+// marks it poison when it is killed again.
 func TestOOMBehindShell(t *testing.T) {
 	requireCgroups(t)
 	m, err := memory.NewManager()
@@ -796,8 +800,8 @@ func TestOOMBehindShell(t *testing.T) {
 		t.Fatalf("supervisor: %v; output:\n%s", err, out.String())
 	}
 	text := out.String()
-	if !strings.Contains(text, "task 7 failed oom\n") || strings.Count(text, " done ") != 39 {
-		t.Errorf("supervisor output:\n%s\nwant 39 tasks done and task 7 failed oom", text)
+	if !strings.Contains(text, "task 7 poison oom\n") || strings.Count(text, " done ") != 39 {
+		t.Errorf("supervisor output:\n%s\nwant 39 tasks done and task 7 poison oom", text)
 	}
 	// On cgroup v1 the kill is counted in the victim's own cgroup only
 	// (the worker's), so the enclosing group's counter is not checked.

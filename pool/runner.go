@@ -35,6 +35,9 @@ type runner struct {
 	p     *Pool
 	slot  int
 	group *memory.Group // nil without cgroup enforcement
+	// preempt carries the ids of tasks the memory governor stops. It is
+	// buffered; an id that is not running on the slot is ignored.
+	preempt chan uint64
 
 	proc        *worker.Process
 	events      chan procEvent // from the current process's reader
@@ -47,6 +50,7 @@ type runner struct {
 	killed      Cause          // why the runner killed the current process, or ""
 	victim      *flight        // the flight that timed out, if any
 	eofAt       time.Time      // when the result pipe reached EOF
+	readerDone  bool           // the result reader sent its last event
 	oomBase     uint64         // the group's oom_kill count when this process or attempt began
 	deadline    *time.Timer    // earliest timeout or EOF patience
 	protocolMsg string         // what the worker did wrong, when killed for it
@@ -71,12 +75,16 @@ type procEvent struct {
 func (r *runner) run() {
 	defer r.p.runners.Done()
 	if r.p.mem.Mode() != memory.ModeRSSPolling {
-		g, err := r.p.mem.NewGroup("w"+strconv.Itoa(r.slot), r.p.cfg.MemLimit)
+		g, err := r.p.mem.NewGroup("w"+strconv.Itoa(r.slot), r.limit())
 		if err != nil {
 			r.p.abortFor(0, fmt.Errorf("pool: creating a cgroup for worker %d: %w", r.slot, err))
 		} else {
 			r.group = g
 			defer g.Remove()
+			if r.p.gov != nil {
+				r.p.gov.setGroup(r.slot, g)
+				defer r.p.gov.setGroup(r.slot, nil)
+			}
 		}
 	}
 	if r.p.cfg.Protocol == OneShot {
@@ -85,6 +93,9 @@ func (r *runner) run() {
 	}
 	r.runPersistent()
 }
+
+// limit is the memory limit of the slot's cgroup.
+func (r *runner) limit() int64 { return r.p.gov.workerLimit(r.p.cfg.MemLimit) }
 
 // stopping reports whether the pool is ending (every task ended) or aborting.
 func (r *runner) stopping() bool {
@@ -141,6 +152,13 @@ func (r *runner) runPersistent() {
 		case <-deadlineC:
 			r.deadline = nil
 			r.checkDeadlines()
+		case id := <-r.preempt:
+			for _, f := range r.inflight {
+				if f.t.id == id && f.started {
+					r.kill(CausePreempted)
+					break
+				}
+			}
 		case <-poll:
 			if rss, err := memory.TreeRSS(r.proc.Pid); err == nil && rss > cfg.MemLimit {
 				r.kill(CauseMemoryLimit)
@@ -210,7 +228,7 @@ func (r *runner) spawn() bool {
 	r.p.emit(Event{Kind: EventWorkerStarted, WorkerPID: proc.Pid})
 	r.proc, r.ready, r.answered, r.retiring, r.killed, r.victim = proc, false, 0, false, "", nil
 	r.spawned = time.Now()
-	r.eofAt = time.Time{}
+	r.eofAt, r.readerDone = time.Time{}, false
 	r.events = make(chan procEvent, 64)
 	r.writes = make(chan []byte, cfg.Pipeline+1)
 	r.gone = make(chan struct{})
@@ -230,6 +248,9 @@ func withEnv(env []string, vars ...string) []string {
 
 // sendTask hands t to the current process.
 func (r *runner) sendTask(t *task) {
+	if r.p.gov != nil {
+		r.p.gov.bind(t.id, r.slot)
+	}
 	f := &flight{t: t}
 	r.inflight = append(r.inflight, f)
 	if r.p.cfg.Protocol == Line {
@@ -307,6 +328,7 @@ func (r *runner) kill(c Cause) {
 // handle processes one event from the current process's result pipe.
 func (r *runner) handle(ev procEvent) {
 	if ev.err != nil {
+		r.readerDone = true
 		if r.killed == "" && r.eofAt.IsZero() {
 			// The worker closed its result pipe, or wrote garbage. Either way
 			// it can no longer be trusted; give it a moment to die by itself
@@ -452,9 +474,10 @@ func (r *runner) endFlight(f *flight, a Attempt, output []byte) {
 // requeues the tasks that had not started.
 func (r *runner) reap() {
 	proc := r.proc
-	// What the worker wrote before it died is still in the pipe.
+	// What the worker wrote before it died is still in the pipe,
+	// unless the reader has already said it reached the end.
 	drain := time.NewTimer(linger)
-	for open := true; open; {
+	for open := !r.readerDone; open; {
 		select {
 		case ev := <-r.events:
 			if ev.err != nil {
@@ -482,7 +505,7 @@ func (r *runner) reap() {
 		cause = r.classify(exit, r.spawned)
 	}
 	// A worker the pool retired or cancelled was expected to end.
-	expected := r.retired || r.killed == CauseCancelled
+	expected := r.retired || r.killed == CauseCancelled || r.killed == CausePreempted
 	if !expected {
 		r.p.count(func(s *Stats) { s.WorkerDeaths++ })
 	}
@@ -517,7 +540,7 @@ func (r *runner) reap() {
 				a.PeakRSS = peak
 			}
 		}
-		a.Message = r.deathMessage(cause, proc)
+		a.Message = r.deathMessage(cause, proc, a.PeakRSS)
 		r.p.send(report{kind: reportAttempt, task: f.t, att: a})
 		charged = true
 	}
@@ -540,8 +563,12 @@ func startupCause(c Cause) bool {
 	return true
 }
 
-func (r *runner) deathMessage(c Cause, proc *worker.Process) string {
+func (r *runner) deathMessage(c Cause, proc *worker.Process, peak int64) string {
 	switch c {
+	case CausePreempted:
+		return "stopped by the memory governor to save memory (not charged)"
+	case CauseOOM:
+		return joinMessage(r.oomMessage(peak), lastLines(proc.StderrTail(), 3))
 	case CauseProtocol:
 		if r.protocolMsg != "" {
 			return r.protocolMsg
@@ -555,21 +582,51 @@ func (r *runner) deathMessage(c Cause, proc *worker.Process) string {
 	return lastLines(proc.StderrTail(), 3)
 }
 
+// oomMessage says whether an OOM kill came from the worker's own cgroup
+// limit or from memory running out around it (the host, or an enclosing
+// cgroup such as a container's).
+func (r *runner) oomMessage(peak int64) string {
+	limit := r.limit()
+	if r.group == nil {
+		return "killed by the OOM killer (from the kernel log)"
+	}
+	if limit > 0 && peak >= limit-limit/50 {
+		return "killed by the OOM killer at the worker's limit of " + sizeText(limit)
+	}
+	return "killed by the OOM killer when memory ran out outside the worker's limit (host or enclosing cgroup)"
+}
+
+// joinMessage joins the parts that are not empty with "; ".
+func joinMessage(a, b string) string {
+	if a == "" || b == "" {
+		return a + b
+	}
+	return a + "; " + b
+}
+
 // classify names the cause of a death the runner did not cause itself.
 func (r *runner) classify(exit worker.Exit, started time.Time) Cause {
 	// The OOM killer may have taken a process inside the worker (sh -c
 	// 'prog'), after which the worker itself exits with 137: the group's
 	// counter tells, whatever the worker's own status.
+	// The counter is raised for every OOM kill of a process in the group,
+	// by its own limit or for want of memory elsewhere, before the signal is
+	// sent; when it can be read, it is the whole answer, and the kernel log
+	// need not be waited for.
+	counted := false
 	if r.group != nil {
-		if n, err := r.group.OOMKills(); err == nil && n > r.oomBase {
-			r.oomBase = n
-			return CauseOOM
+		if n, err := r.group.OOMKills(); err == nil {
+			counted = true
+			if n > r.oomBase {
+				r.oomBase = n
+				return CauseOOM
+			}
 		}
 	}
 	if exit.Signal == 0 {
 		return ExitCause(exit.Code)
 	}
-	if exit.Signal == syscall.SIGKILL && r.p.oomLog != nil && r.p.oomLog.KilledSince(r.proc.Pid, started, oomLogWait) {
+	if !counted && exit.Signal == syscall.SIGKILL && r.p.oomLog != nil && r.p.oomLog.KilledSince(r.proc.Pid, started, oomLogWait) {
 		return CauseOOM
 	}
 	return SignalCause(exit.Signal)

@@ -54,8 +54,24 @@ func (p *Pool) loop() {
 		aborting  bool
 		startFail int  // startup failures in a row
 		everOK    bool // some attempt has succeeded
+		// live holds the dispatched tasks whose attempts have not ended,
+		// to tell whether an attempt ran alone.
+		live = map[uint64]*task{}
 	)
 	closeC, abortC := p.closeCh, p.abortCh
+	gov := p.gov
+	var wakeC chan struct{}
+	if gov != nil {
+		wakeC = gov.wake
+	}
+	// ended0 forgets a task whose attempt ended or that went back to the
+	// queue.
+	ended0 := func(t *task) {
+		delete(live, t.id)
+		if gov != nil {
+			gov.release(t.id)
+		}
+	}
 
 	finish := func(t *task, st State, output, stderr []byte) {
 		r := Result{ID: t.id, Input: t.t.Input, Args: t.t.Args, State: st, Output: output, Stderr: stderr, Attempts: t.attempts}
@@ -118,11 +134,34 @@ func (p *Pool) loop() {
 	ended1 := func(rep report) {
 		t, a := rep.task, rep.att
 		running--
+		ended0(t)
 		p.count(func(s *Stats) { s.Running--; s.Attempts++ })
-		if a.Cause.IsWorkerDeath() {
+		// An OOM kill under the governor is a matter of memory, not of the
+		// retry policy: the task runs again once what it needs fits, and
+		// is poison when it was killed while running alone.
+		memOOM := a.Cause == CauseOOM && gov.ownsOOM(p.cfg.MemLimit) && !aborting
+		poison := false
+		switch {
+		case memOOM:
+			t.ooms++
+			if t.alone {
+				poison = true
+				a.Message = gov.poisonMessage(a)
+			} else {
+				t.need = gov.needAfter(t, a.PeakRSS)
+			}
+		case a.Cause.IsWorkerDeath():
 			t.deaths++
-		} else if a.Cause == CauseTaskError {
+		case a.Cause == CauseTaskError:
 			t.errors++
+		case a.Cause == CausePreempted:
+			p.count(func(s *Stats) { s.Preempted++ })
+			if gov != nil {
+				// It was stopped before its peak: wait for more room.
+				t.need = gov.needAfter(t, a.PeakRSS)
+			}
+		case a.Cause == "" && gov != nil:
+			gov.observePeak(a.PeakRSS)
 		}
 		a.Number = t.charged()
 		if a.Cause == "" || a.Cause == CauseCancelled || a.Cause == CausePreempted {
@@ -138,6 +177,15 @@ func (p *Pool) loop() {
 			finish(t, Cancelled, rep.output, rep.stderr)
 		case a.Cause == CausePreempted:
 			queue = append([]*task{t}, queue...)
+			p.count(func(s *Stats) { s.Queued++ })
+		case poison:
+			finish(t, Poison, rep.output, rep.stderr)
+			if p.cfg.OnWorkerDeath == Abort {
+				r := Result{ID: t.id, State: Poison, Attempts: t.attempts}
+				p.abortFor(t.id, &TaskError{Result: &r})
+			}
+		case memOOM:
+			retryLater(t, t.ooms)
 		case a.Cause == CauseTaskError:
 			if t.errors <= p.cfg.TaskErrorRetries {
 				retryLater(t, t.errors)
@@ -172,7 +220,7 @@ func (p *Pool) loop() {
 		}
 		var dispatchC chan *task
 		var head *task
-		if !aborting && len(queue) > 0 {
+		if !aborting && len(queue) > 0 && (gov == nil || gov.admit(queue[0])) {
 			dispatchC, head = p.dispatch, queue[0]
 		}
 		var outC chan Result
@@ -196,6 +244,14 @@ func (p *Pool) loop() {
 			queue[0] = nil
 			queue = queue[1:]
 			running++
+			for _, o := range live {
+				o.alone = false
+			}
+			head.alone = len(live) == 0
+			live[head.id] = head
+			if gov != nil {
+				gov.reserve(head)
+			}
 			p.count(func(s *Stats) { s.Queued--; s.Running++ })
 
 		case outC <- first:
@@ -206,9 +262,13 @@ func (p *Pool) loop() {
 		case <-timerC:
 			timer, timerC = nil, nil
 			now := time.Now()
+			// Retries that are due go first: they are the oldest work, and
+			// with KeepOrder every result behind them waits for them.
+			var due []*task
 			for len(delayed) > 0 && !delayed[0].notBefore.After(now) {
-				queue = append(queue, heap.Pop(&delayed).(*task))
+				due = append(due, heap.Pop(&delayed).(*task))
 			}
+			queue = append(due, queue...)
 
 		case rep := <-p.reports:
 			switch rep.kind {
@@ -221,6 +281,7 @@ func (p *Pool) loop() {
 				}
 			case reportRequeue:
 				running--
+				ended0(rep.task)
 				p.count(func(s *Stats) { s.Running--; s.Queued++ })
 				if aborting {
 					p.count(func(s *Stats) { s.Queued-- })
@@ -239,6 +300,9 @@ func (p *Pool) loop() {
 					p.abortFor(0, rep.start)
 				}
 			}
+
+		case <-wakeC:
+			// Memory was sampled while the queue's head waited for it.
 
 		case <-closeC:
 			closeC = nil

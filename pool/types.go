@@ -220,6 +220,27 @@ type Event struct {
 	Attempt *Attempt
 	// Result is set for EventTaskEnded.
 	Result *Result
+	// Memory is set for EventMemory.
+	Memory *MemoryState
+}
+
+// MemoryState is what the memory governor plans with.
+type MemoryState struct {
+	// Budget is the memory in bytes the workers may use together now: the
+	// budget less what processes outside the pool use within the same
+	// limit.
+	Budget int64
+	// InUse is the workers' memory in bytes at the last sample.
+	InUse int64
+	// Predicted is the peak in bytes the governor expects of the next task.
+	Predicted int64
+	// Allows is how many attempts of the predicted peak fit Budget, from 1
+	// to Config.Workers.
+	Allows int
+	// Basis says where Predicted comes from: "cold start" (no data yet:
+	// half the budget), "hint" (Config.MemPerTask) or "peaks" (a high
+	// percentile of the peaks of finished attempts).
+	Basis string
 }
 
 // EventKind names a kind of Event.
@@ -236,6 +257,9 @@ const (
 	EventAttemptEnded EventKind = "attempt-ended"
 	// EventTaskEnded: a task reached its terminal state; Result says which.
 	EventTaskEnded EventKind = "task-ended"
+	// EventMemory: the concurrency that memory allows changed; Memory says
+	// what the governor plans with.
+	EventMemory EventKind = "memory"
 )
 
 // Config configures a Pool. The zero value of each field is a usable default,
@@ -287,6 +311,39 @@ type Config struct {
 	// worker's process tree and kills it at the limit. Zero means no limit.
 	MemLimit int64
 
+	// NoGovernor reports whether to turn the memory governor off. The
+	// governor, on by default where workers have cgroups of their own,
+	// starts an attempt only when its predicted peak fits the memory
+	// budget, retries tasks the OOM killer took when they fit, marks Poison
+	// a task killed while running alone with the whole budget, and preempts
+	// the youngest attempt when memory runs short. Without it, Workers
+	// attempts run at once whatever they need. See docs/memory.md.
+	NoGovernor bool
+	// MemBudget caps the memory the workers may use together, in bytes.
+	// The governor plans with the smallest of MemBudget, the host's
+	// MemTotal and the supervisor's own cgroup limit, the last two less
+	// MemReserve. Zero means no cap of the pool's own.
+	MemBudget int64
+	// MemReserve is held back from the host's MemTotal and from the
+	// supervisor's cgroup limit for the supervisor, the kernel and other
+	// processes. Zero means a tenth of each, at least 64 MiB and at most
+	// 2 GiB.
+	MemReserve int64
+	// MemPerTask is the expected peak memory of one task in bytes. The
+	// governor uses it until tasks have finished and their peaks are
+	// known. Zero means no hint: until the first peak is known, a task is
+	// assumed to need half the budget.
+	MemPerTask int64
+	// PreemptAbove is the fraction of the host's memory, or of the
+	// supervisor's cgroup limit, in use above which the governor stops the
+	// youngest attempt. Zero means 0.95; a negative value turns this
+	// trigger off.
+	PreemptAbove float64
+	// PreemptPSI is the memory pressure, PSI "full avg10" in percent,
+	// above which the governor stops the youngest attempt. Zero means 40;
+	// a negative value turns this trigger off.
+	PreemptPSI float64
+
 	// KeepOrder delivers results in submission order. Otherwise they come as
 	// they complete.
 	KeepOrder bool
@@ -326,6 +383,8 @@ type Stats struct {
 	Queued int
 	// Attempts counts attempts that ended, of every cause.
 	Attempts int
+	// Preempted counts attempts the memory governor stopped.
+	Preempted int
 	// WorkersStarted counts worker processes started.
 	WorkersStarted int
 	// WorkerDeaths counts worker processes that ended other than by the pool

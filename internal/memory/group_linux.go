@@ -5,7 +5,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
+
+	"golang.org/x/sys/unix"
 )
 
 // controller is one cgroup version's file conventions (cgroup_v1_linux.go,
@@ -51,6 +56,12 @@ type Group struct {
 	peakFD *os.File
 	// removed is set once the directory is gone; guarded by mu.
 	removed bool
+	// v1Peak is v1's memory.max_usage_in_bytes, kept open for reading and
+	// resetting it around every task of a persistent worker with pread and
+	// pwrite, without an open, a poller registration and a close each time.
+	// It holds the descriptor plus one, so that 0 means not open; guarded
+	// by mu.
+	v1Peak int
 }
 
 // Path returns the group's directory, such as
@@ -126,7 +137,51 @@ func (g *Group) Usage() (int64, error) { return g.ctrl.usage(g.path) }
 func (g *Group) Peak() (int64, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if fd, ok := g.v1PeakFD(); ok {
+		var buf [32]byte
+		n, err := unix.Pread(fd, buf[:], 0)
+		if err != nil {
+			return 0, fmt.Errorf("memory: read %s/memory.max_usage_in_bytes: %w", g.path, err)
+		}
+		v, err := strconv.ParseInt(strings.TrimSpace(string(buf[:n])), 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("memory: parse %s/memory.max_usage_in_bytes: %w", g.path, err)
+		}
+		return v, nil
+	}
 	return g.ctrl.peak(g.path, g.peakFD)
+}
+
+// v1PeakFD returns the open memory.max_usage_in_bytes of a v1 group,
+// opening it on first use; ok is false for v2, after Remove, or when it
+// cannot be opened (the callers then use the path). g.mu must be held.
+func (g *Group) v1PeakFD() (fd int, ok bool) {
+	if g.ctrl.mode() != ModeCgroupV1 || g.removed {
+		return 0, false
+	}
+	if g.v1Peak == 0 {
+		fd, err := unix.Open(filepath.Join(g.path, "memory.max_usage_in_bytes"), unix.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return 0, false
+		}
+		// Only a control file is rewritten whole by a write at offset 0;
+		// elsewhere (tests on a plain directory) the path is used.
+		var st unix.Statfs_t
+		if unix.Fstatfs(fd, &st) != nil || st.Type != unix.CGROUP_SUPER_MAGIC {
+			unix.Close(fd)
+			return 0, false
+		}
+		g.v1Peak = fd + 1
+	}
+	return g.v1Peak - 1, true
+}
+
+// closeV1Peak closes what v1PeakFD opened. g.mu must be held.
+func (g *Group) closeV1Peak() {
+	if g.v1Peak != 0 {
+		unix.Close(g.v1Peak - 1)
+		g.v1Peak = 0
+	}
 }
 
 // ResetPeak starts a new peak from the current use, such as between two
@@ -136,6 +191,12 @@ func (g *Group) Peak() (int64, error) {
 func (g *Group) ResetPeak() error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if fd, ok := g.v1PeakFD(); ok {
+		if _, err := unix.Pwrite(fd, []byte("0"), 0); err != nil {
+			return fmt.Errorf("memory: reset %s/memory.max_usage_in_bytes: %w", g.path, err)
+		}
+		return nil
+	}
 	f, err := g.ctrl.resetPeak(g.path)
 	if err != nil {
 		return err
@@ -165,6 +226,7 @@ func (g *Group) Remove() error {
 		g.mu.Unlock()
 		return nil
 	}
+	g.closeV1Peak()
 	kerr := killAll(g.ctrl, g.path)
 	if err := rmdirRetry(g.path, g.m.rmdir); err != nil {
 		g.mu.Unlock()

@@ -85,3 +85,27 @@ func OwnCgroupLimit() (int64, bool, error) { return 0, false, nil }
 
 // PressureFull returns errors.ErrUnsupported outside Linux.
 func PressureFull() (avg10 float64, err error) { return 0, errors.ErrUnsupported }
+
+// Sensor reads the host's memory; outside Linux it reports errors.
+type Sensor struct{}
+
+// NewSensor returns a Sensor that reports errors.ErrUnsupported.
+func NewSensor() *Sensor { return &Sensor{} }
+
+// HostTotal returns errors.ErrUnsupported outside Linux.
+func (s *Sensor) HostTotal() (int64, error) { return 0, errors.ErrUnsupported }
+
+// HostUsed returns errors.ErrUnsupported outside Linux.
+func (s *Sensor) HostUsed() (int64, error) { return 0, errors.ErrUnsupported }
+
+// CgroupLimit reports no limit outside Linux.
+func (s *Sensor) CgroupLimit() (int64, bool, error) { return 0, false, nil }
+
+// CgroupUsed returns errors.ErrUnsupported outside Linux.
+func (s *Sensor) CgroupUsed() (int64, error) { return 0, errors.ErrUnsupported }
+
+// Pressure returns errors.ErrUnsupported outside Linux.
+func (s *Sensor) Pressure() (float64, error) { return 0, errors.ErrUnsupported }
+
+// WorkingSet returns ErrNoCgroups.
+func (g *Group) WorkingSet() (int64, error) { return 0, ErrNoCgroups }

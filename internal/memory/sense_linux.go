@@ -1,0 +1,125 @@
+package memory
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// Sensor reads the memory walls around the supervisor and how close it is
+// to them: the host (MemTotal, MemAvailable), the supervisor's own memory
+// cgroup (its limit and working set) and memory pressure (PSI). Its
+// methods are safe for concurrent use; the zero Sensor sees the host only.
+type Sensor struct {
+	loc   location // the supervisor's memory cgroup, when found
+	hasCg bool
+}
+
+// NewSensor finds the supervisor's memory cgroup once. Without one (no
+// memory controller, not Linux) the Sensor still reads the host.
+func NewSensor() *Sensor {
+	loc, err := locate()
+	if err != nil {
+		return &Sensor{}
+	}
+	return &Sensor{loc: loc, hasCg: true}
+}
+
+// HostTotal returns the host's MemTotal in bytes.
+func (s *Sensor) HostTotal() (int64, error) { return HostMemTotal() }
+
+// HostUsed returns the host's memory in use in bytes: MemTotal less
+// MemAvailable, so reclaimable page cache does not count.
+func (s *Sensor) HostUsed() (int64, error) {
+	mi, err := meminfo()
+	if err != nil {
+		return 0, fmt.Errorf("memory: reading /proc/meminfo: %w", err)
+	}
+	if mi.MemTotalBytes == nil || mi.MemAvailableBytes == nil {
+		return 0, errors.New("memory: no MemTotal or MemAvailable in /proc/meminfo")
+	}
+	return int64(*mi.MemTotalBytes) - int64(*mi.MemAvailableBytes), nil
+}
+
+// CgroupLimit returns the memory limit of the supervisor's cgroup and its
+// ancestors, as [OwnCgroupLimit] does, and whether there is one.
+func (s *Sensor) CgroupLimit() (int64, bool, error) {
+	if !s.hasCg {
+		return 0, false, nil
+	}
+	return ownLimit(s.loc)
+}
+
+// CgroupUsed returns the working set of the supervisor's own cgroup in
+// bytes: its usage (workers included, as they live below it) less its
+// inactive page cache, which the kernel reclaims before it OOM-kills. It
+// is what a container's limit is measured against. Without a memory
+// cgroup it returns an error matching errors.ErrUnsupported.
+func (s *Sensor) CgroupUsed() (int64, error) {
+	if !s.hasCg {
+		return 0, fmt.Errorf("memory: no memory cgroup: %w", errors.ErrUnsupported)
+	}
+	usageFile, inactiveKey := "memory.current", "inactive_file"
+	if s.loc.mode == ModeCgroupV1 {
+		usageFile, inactiveKey = "memory.usage_in_bytes", "total_inactive_file"
+	}
+	usage, err := readInt(filepath.Join(s.loc.dir, usageFile))
+	if err != nil {
+		return 0, err
+	}
+	inactive, ok, err := readKey(filepath.Join(s.loc.dir, "memory.stat"), inactiveKey)
+	if err != nil || !ok {
+		return usage, nil // a missing statistic only makes the figure cautious
+	}
+	return max(0, usage-int64(inactive)), nil
+}
+
+// Pressure returns the "full avg10" memory pressure in percent: of the
+// supervisor's own cgroup under cgroup v2 (memory.pressure), otherwise of
+// the host (/proc/pressure/memory). Kernels without PSI give an error.
+func (s *Sensor) Pressure() (float64, error) {
+	if s.hasCg && s.loc.mode == ModeCgroupV2 {
+		if b, err := os.ReadFile(filepath.Join(s.loc.dir, "memory.pressure")); err == nil {
+			return parseFullAvg10(string(b))
+		}
+	}
+	return PressureFull()
+}
+
+// parseFullAvg10 reads avg10 from the "full" line of a PSI file.
+func parseFullAvg10(text string) (float64, error) {
+	for _, line := range strings.Split(text, "\n") {
+		rest, ok := strings.CutPrefix(line, "full ")
+		if !ok {
+			continue
+		}
+		for _, f := range strings.Fields(rest) {
+			if v, ok := strings.CutPrefix(f, "avg10="); ok {
+				return strconv.ParseFloat(v, 64)
+			}
+		}
+	}
+	return 0, errors.New("memory: no full avg10 in PSI file")
+}
+
+// WorkingSet returns the group's memory use in bytes less its inactive page
+// cache, which the kernel reclaims before it OOM-kills: what the worker
+// really holds, and what an exited worker's cache does not inflate.
+func (g *Group) WorkingSet() (int64, error) {
+	usage, err := g.Usage()
+	if err != nil {
+		return 0, err
+	}
+	key := "inactive_file"
+	if g.ctrl.mode() == ModeCgroupV1 {
+		key = "total_inactive_file"
+	}
+	inactive, ok, err := readKey(filepath.Join(g.path, "memory.stat"), key)
+	if err != nil || !ok {
+		return usage, nil
+	}
+	return max(0, usage-int64(inactive)), nil
+}
