@@ -21,6 +21,7 @@ type commonFlags struct {
 	onDeath   string
 	timeout   time.Duration
 	memLimit  int64
+	mem       memoryFlags
 	keepOrder bool
 	argFiles  []string
 	joblog    string
@@ -40,6 +41,7 @@ func (f *commonFlags) registerPool(fs *pflag.FlagSet, retriesUsage string) {
 	fs.StringVar(&f.onDeath, "on-worker-death", "", "what to do when a worker dies during a task: `ACTION` is retry, skip or abort (default: retry when --retries > 0, else skip)")
 	fs.DurationVar(&f.timeout, "timeout", 0, "kill an attempt that runs longer than `DURATION`, such as 90s or 1h30m")
 	fs.Var(newSizeValue(&f.memLimit), "mem-limit", "cap each worker's memory at `SIZE`, such as 512MiB or 2G; only that worker is killed when it goes over")
+	f.mem.register(fs)
 	boolVarP(fs, &f.keepOrder, "keep-order", "k", "write outputs in input order, not as tasks finish")
 }
 
@@ -81,6 +83,9 @@ func (f *commonFlags) config(cmd string, protocol pool.Protocol, command []strin
 	}
 	if f.grace < 0 {
 		return cfg, usagef(cmd, "--grace must not be negative")
+	}
+	if err := f.mem.apply(cmd, &cfg); err != nil {
+		return cfg, err
 	}
 	if f.onDeath != "" {
 		a, err := pool.ParseAction(f.onDeath)
@@ -197,4 +202,41 @@ func writeHelp(w io.Writer, intro string, synopsis []string, fs *pflag.FlagSet, 
 	b.WriteString(fs.FlagUsagesWrapped(helpWidth))
 	b.WriteString(outro)
 	io.WriteString(w, b.String())
+}
+
+// memoryFlags are the memory governor's flags (docs/memory.md).
+type memoryFlags struct {
+	budget, perTask, reserve int64
+	high, psi                float64 // percentages; 0 turns the trigger off
+	off                      bool
+}
+
+func (m *memoryFlags) register(fs *pflag.FlagSet) {
+	fs.Var(newSizeValue(&m.budget), "mem-budget", "let the workers use at most `SIZE` together (default: the host's memory or the enclosing cgroup's limit, less a reserve)")
+	fs.Var(newSizeValue(&m.perTask), "mem-per-task", "expect each task to need `SIZE` at its peak, until peaks are measured")
+	fs.Var(newSizeValue(&m.reserve), "mem-reserve", "hold `SIZE` of the host's memory and the cgroup's limit back for others (default: a tenth, 64MiB to 2GiB)")
+	m.high, m.psi = 95, 40
+	fs.Float64Var(&m.high, "mem-high", m.high, "stop the youngest task when more than `PERCENT` of the host's memory or the cgroup's limit is in use; 0: never")
+	fs.Float64Var(&m.psi, "mem-psi", m.psi, "stop the youngest task when memory pressure (PSI full avg10) is over `PERCENT`; 0: never")
+	boolVarP(fs, &m.off, "no-governor", "", "run -j tasks at once whatever memory they need: no admission, poison or preemption")
+}
+
+// apply sets the governor's fields of cfg.
+func (m *memoryFlags) apply(cmd string, cfg *pool.Config) error {
+	if m.high < 0 || m.high > 100 {
+		return usagef(cmd, "--mem-high must be a percentage from 0 to 100, not %v", m.high)
+	}
+	if m.psi < 0 || m.psi > 100 {
+		return usagef(cmd, "--mem-psi must be a percentage from 0 to 100, not %v", m.psi)
+	}
+	cfg.NoGovernor = m.off
+	cfg.MemBudget, cfg.MemPerTask, cfg.MemReserve = m.budget, m.perTask, m.reserve
+	cfg.PreemptAbove, cfg.PreemptPSI = m.high/100, m.psi
+	if m.high == 0 {
+		cfg.PreemptAbove = -1
+	}
+	if m.psi == 0 {
+		cfg.PreemptPSI = -1
+	}
+	return nil
 }

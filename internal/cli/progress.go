@@ -25,11 +25,13 @@ type counters struct {
 	failed    atomic.Int64 // failed and poison
 	cancelled atomic.Int64
 	total     atomic.Int64 // number of inputs, or -1 until the input ends
+	allows    atomic.Int64 // attempts the memory governor allows at once, or -1
 }
 
 func newCounters() *counters {
 	c := &counters{}
 	c.total.Store(-1)
+	c.allows.Store(-1)
 	return c
 }
 
@@ -40,6 +42,8 @@ func (c *counters) observe(ev pool.Event) {
 		c.running.Add(1)
 	case pool.EventAttemptEnded:
 		c.running.Add(-1)
+	case pool.EventMemory:
+		c.allows.Store(int64(ev.Memory.Allows))
 	case pool.EventTaskEnded:
 		switch ev.Result.State {
 		case pool.Done:
@@ -135,11 +139,16 @@ func (p *progress) drawLocked() {
 	}
 }
 
-// describe renders the counts: "done 12 failed 1 running 4 mem 3.1 GiB ETA 20s".
+// describe renders the counts: "done 12 failed 1 running 4 mem 3.1 GiB
+// memory allows 4 ETA 20s", where "memory allows" is how many tasks at once
+// the memory governor admits.
 func (p *progress) describe(total, ended int64) string {
 	s := fmt.Sprintf("done %d failed %d running %d", p.c.done.Load(), p.c.failed.Load(), p.c.running.Load())
 	if used := p.mem.Load(); used >= 0 {
 		s += " mem " + formatSize(used)
+	}
+	if n := p.c.allows.Load(); n >= 0 {
+		s += fmt.Sprintf(" memory allows %d", n)
 	}
 	if total > 0 && ended > 0 && ended < total {
 		elapsed := time.Since(p.start)

@@ -19,7 +19,9 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 	"go.uber.org/goleak"
 
+	"github.com/safepool/safepool/internal/memory"
 	"github.com/safepool/safepool/internal/protocol"
+	"github.com/safepool/safepool/internal/testenv"
 )
 
 // The test binary doubles as the safepool binary and as small test
@@ -244,5 +246,24 @@ func TestScripts(t *testing.T) {
 		UpdateScripts:       os.Getenv("UPDATE_GOLDEN") == "1",
 		RequireExplicitExec: true,
 		RequireUniqueNames:  true,
+		Condition:           scriptCondition,
 	})
+}
+
+// scriptCondition answers the conditions testscript does not know:
+// [cgroups] holds where memory cgroups are writable, and always under
+// CI=true, where a script that needs them must run and fail.
+func scriptCondition(cond string) (bool, error) {
+	if cond != "cgroups" {
+		return false, fmt.Errorf("unknown condition %q", cond)
+	}
+	if testenv.InCI() {
+		return true, nil
+	}
+	m, err := memory.NewManager()
+	if err != nil {
+		return false, nil
+	}
+	defer m.Close()
+	return m.Mode() != memory.ModeRSSPolling, nil
 }

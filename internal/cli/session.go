@@ -128,6 +128,14 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		return sum, exitUsage
 	}
 
+	// Without cgroups, when memory flags were given, say once how memory
+	// is watched instead, and that the memory governor is off.
+	if p.MemoryMode() == "rss-polling" && (j.cfg.MemLimit > 0 || j.cfg.MemBudget > 0 || j.cfg.MemPerTask > 0) {
+		prog.pause(func() {
+			fmt.Fprintf(e.stderr, "safepool: %s; memory governor off\n", p.MemoryModeReason())
+		})
+	}
+
 	// The feeder submits inputs; Submit blocks while the pool is full,
 	// which is the backpressure that keeps memory flat.
 	var feedErr error
@@ -224,6 +232,8 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	sum.WorkersStarted = stats.WorkersStarted
 	sum.WorkerDeaths = stats.WorkerDeaths
 	sum.MemoryMode = p.MemoryMode()
+	st, governed := p.Memory()
+	sum.setMemory(st, governed, j.cfg.Workers, stats.Preempted)
 
 	status := exitOK
 	var se *pool.StartError

@@ -92,6 +92,10 @@ type summary struct {
 	// so that a retry that saved the run is still visible.
 	Recovered        []recoveredTask `json:"recovered"`
 	RecoveredOmitted int             `json:"recovered_omitted"`
+	// Preempted counts attempts the memory governor stopped; Memory is
+	// what it planned with at the end, or nil when it was off.
+	Preempted int            `json:"preempted"`
+	Memory    *memorySummary `json:"memory,omitempty"`
 
 	wall time.Duration
 	// messages reports whether to show attempt messages in the text
@@ -187,7 +191,7 @@ func (s *summary) writeText(w io.Writer, quiet bool) {
 		if quiet || s.Tasks.Submitted == 0 {
 			return
 		}
-		fmt.Fprintf(w, "safepool: %s done in %s\n", plural(s.Tasks.Done, "task"), formatWall(s.wall))
+		fmt.Fprintf(w, "safepool: %s done in %s%s\n", plural(s.Tasks.Done, "task"), formatWall(s.wall), s.memoryNote())
 		s.writeRecovered(w)
 		return
 	}
@@ -206,7 +210,7 @@ func (s *summary) writeText(w io.Writer, quiet bool) {
 	if s.Tasks.Cancelled > 0 {
 		fmt.Fprintf(&b, ", %d cancelled", s.Tasks.Cancelled)
 	}
-	fmt.Fprintf(&b, " of %s in %s\n", plural(s.Tasks.Submitted, "task"), formatWall(s.wall))
+	fmt.Fprintf(&b, " of %s in %s%s\n", plural(s.Tasks.Submitted, "task"), formatWall(s.wall), s.memoryNote())
 	if s.AbortReason != "" && !s.Interrupted {
 		fmt.Fprintf(&b, "safepool: aborted because %s\n", s.AbortReason)
 	}
