@@ -75,6 +75,7 @@ func commands() []*command {
 		{name: "map", synopsis: mapSynopsis, short: "stream stdin to stdout through persistent line workers", run: runMap},
 		{name: "demo", synopsis: demoSynopsis, short: "show an OOM-killed task, its cause and its retry (about 5 s)", run: runDemo},
 		{name: demoWorkerName, hidden: true, run: runDemoWorker},
+		{name: bridgeName, hidden: true, run: runBridge},
 	}
 }
 

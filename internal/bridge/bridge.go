@@ -1,0 +1,327 @@
+// Package bridge lets a client in another language drive a pool over two
+// pipes. The client (the Python package in python/safepool) sends a Hello
+// with the pool's configuration and then tasks; the bridge runs them on a
+// pool.Pool of framed workers and sends back each task's outcome with its
+// attempts, and, when a worker died while running a batch of items, which
+// item it was running. The wire format, bridge/1, is specified in
+// docs/protocol.md.
+package bridge
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/safepool/safepool/pool"
+)
+
+// Version is the bridge protocol version that Hello and Ready carry.
+const Version = 1
+
+// EnvBlameDir names the environment variable that tells workers where to keep
+// their blame files. See readBlame.
+const EnvBlameDir = "SAFEPOOL_BLAME_DIR"
+
+// Hello is the client's first frame: the pool to run.
+type Hello struct {
+	// Version is the bridge protocol version the client speaks; it must be
+	// Version.
+	Version int `json:"version"`
+	// Command is the framed worker's argument vector.
+	Command []string `json:"command"`
+	// Workers is the number of workers. Zero means the number of CPUs.
+	Workers int `json:"workers"`
+	// MemLimit caps each worker's memory in bytes. Zero means no limit.
+	MemLimit int64 `json:"mem_limit"`
+	// Timeout bounds each task, in seconds. Zero means no limit.
+	Timeout float64 `json:"timeout"`
+	// MaxTasksPerWorker replaces a worker after this many tasks. Zero means
+	// no limit.
+	MaxTasksPerWorker int `json:"max_tasks_per_worker"`
+	// MaxRSS replaces a worker whose resident memory exceeds this many bytes
+	// after a task. Zero means no limit.
+	MaxRSS int64 `json:"max_rss"`
+	// Pipeline is how many tasks may be sent to a worker ahead. Zero means
+	// the pool's default.
+	Pipeline int `json:"pipeline"`
+	// Grace is the time in seconds between SIGTERM and SIGKILL when workers
+	// are stopped. Zero means the pool's default.
+	Grace float64 `json:"grace"`
+}
+
+// Ready answers Hello.
+type Ready struct {
+	// Version is the bridge protocol version.
+	Version int `json:"version"`
+	// PID is the bridge's process id.
+	PID int `json:"pid"`
+	// MemoryMode is pool.Pool.MemoryMode, and MemoryModeReason explains it.
+	MemoryMode       string `json:"memory_mode"`
+	MemoryModeReason string `json:"memory_mode_reason"`
+}
+
+// Meta describes a task's outcome in a result frame.
+type Meta struct {
+	// State is the task's terminal state: done, failed, cancelled or poison.
+	State string `json:"state"`
+	// Attempts lists the task's attempts in order.
+	Attempts []Attempt `json:"attempts"`
+	// Item is, when the last attempt ended in a worker death, the index of
+	// the item the worker was running according to its blame file, and -1
+	// when that is unknown or there was no death.
+	Item int64 `json:"item"`
+}
+
+// Attempt is one pool.Attempt on the wire; the fields mean what
+// pool.Attempt's do.
+type Attempt struct {
+	// Number counts the task's charged attempts from 1.
+	Number int `json:"number"`
+	// PID is the worker's process id.
+	PID int `json:"pid"`
+	// Start and End bound the attempt, in Unix seconds; 0 means unknown.
+	Start float64 `json:"start"`
+	End   float64 `json:"end"`
+	// Cause is empty for success, else why the attempt ended ("oom", ...).
+	Cause string `json:"cause"`
+	// ExitCode is the worker's exit status if it exited, else -1.
+	ExitCode int `json:"exit_code"`
+	// Signal names the signal that killed the worker, if one did.
+	Signal string `json:"signal,omitempty"`
+	// PeakRSS is the attempt's peak memory in bytes; 0 means unknown.
+	PeakRSS int64 `json:"peak_rss"`
+	// Message gives detail, such as the tail of the worker's stderr.
+	Message string `json:"message,omitempty"`
+}
+
+// End is the bridge's last frame.
+type End struct {
+	// Error is why the pool aborted, or empty.
+	Error string `json:"error,omitempty"`
+	// Stats are the pool's final counts.
+	Stats pool.Stats `json:"stats"`
+}
+
+// errParentGone is the abort reason when the client's pipe reaches end of
+// file before the session ended.
+var errParentGone = errors.New("bridge: the client closed its pipe")
+
+// errClientAbort is the abort reason for an abort frame.
+var errClientAbort = errors.New("bridge: the client aborted the pool")
+
+// Options are the parts of a session that do not come from the client.
+type Options struct {
+	// Stdout and Stderr receive the workers' stdout and stderr. Nil means
+	// the bridge process's own.
+	Stdout, Stderr io.Writer
+}
+
+// Serve runs one session: it reads a Hello and then tasks from in, runs them
+// on a pool and writes a Ready, one result per task and an End to out. It
+// returns when every task has ended, the client has closed, and in has
+// reached end of file. End of file on in before a close frame, a write error
+// on out, or ctx being done abort the pool and kill its workers at once, so
+// the workers never outlive the client.
+func Serve(ctx context.Context, in io.Reader, out io.Writer, opt Options) error {
+	br := bufio.NewReaderSize(in, 256<<10)
+	bw := bufio.NewWriterSize(out, 256<<10)
+	f, err := readFrame(br)
+	if err != nil {
+		return fmt.Errorf("bridge: reading hello: %w", err)
+	}
+	if f.kind != KindHello {
+		return fmt.Errorf("bridge: first frame is kind %d, want hello", f.kind)
+	}
+	var h Hello
+	if err := json.Unmarshal(f.payload, &h); err != nil {
+		return fmt.Errorf("bridge: bad hello: %w", err)
+	}
+	if h.Version != Version {
+		return fmt.Errorf("bridge: client speaks version %d, want %d", h.Version, Version)
+	}
+	dir, err := makeBlameDir()
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	if opt.Stdout == nil {
+		opt.Stdout = os.Stdout
+	}
+	if opt.Stderr == nil {
+		opt.Stderr = os.Stderr
+	}
+	p, err := pool.New(pool.Config{
+		Command:           h.Command,
+		Protocol:          pool.Framed,
+		Workers:           h.Workers,
+		Env:               append(os.Environ(), EnvBlameDir+"="+dir),
+		OnWorkerDeath:     pool.Skip, // the client applies its policy per item
+		Timeout:           seconds(h.Timeout),
+		MaxTasksPerWorker: h.MaxTasksPerWorker,
+		MaxRSS:            h.MaxRSS,
+		MemLimit:          h.MemLimit,
+		Pipeline:          h.Pipeline,
+		Grace:             seconds(h.Grace),
+		Stdout:            opt.Stdout,
+		Stderr:            opt.Stderr,
+	})
+	if err != nil {
+		// Tell the client why before giving up, so it can raise it.
+		_ = writeJSON(bw, KindEnd, End{Error: err.Error()})
+		_ = bw.Flush()
+		return fmt.Errorf("bridge: starting the pool: %w", err)
+	}
+	ready := Ready{Version: Version, PID: os.Getpid(), MemoryMode: p.MemoryMode(), MemoryModeReason: p.MemoryModeReason()}
+	if err := writeJSON(bw, KindReady, ready); err == nil {
+		err = bw.Flush()
+	}
+	if err != nil {
+		killPool(p, errParentGone)
+	}
+
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { // owned by Serve, which waits for it: it ends at end of file on in
+		defer wg.Done()
+		readTasks(ctx, br, p)
+	}()
+	stop := make(chan struct{})
+	go func() { // owned by Serve: ends when stop is closed
+		defer wg.Done()
+		select {
+		case <-ctx.Done():
+			killPool(p, context.Cause(ctx))
+		case <-stop:
+		}
+	}()
+
+	werr := writeResults(bw, p, dir)
+	end := End{Stats: p.Stats()}
+	if err := p.Err(); err != nil {
+		end.Error = err.Error()
+	}
+	if werr == nil {
+		if werr = writeJSON(bw, KindEnd, end); werr == nil {
+			werr = bw.Flush()
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if werr != nil {
+		return fmt.Errorf("bridge: writing to the client: %w", werr)
+	}
+	return nil
+}
+
+// killPool aborts p and kills its workers without a grace period.
+func killPool(p *pool.Pool, reason error) {
+	p.Abort(reason)
+	p.Abort(reason)
+}
+
+// readTasks submits the client's tasks to p until a close frame, and returns
+// at end of file on br. Any other end of the stream aborts p.
+func readTasks(ctx context.Context, br *bufio.Reader, p *pool.Pool) {
+	closed := false
+	for {
+		f, err := readFrame(br)
+		if err != nil {
+			// A client that is gone cannot read results: stop at once.
+			// After the end frame the client closes its pipe, and this
+			// kills a pool that has already finished, which is harmless.
+			killPool(p, errParentGone)
+			return
+		}
+		switch {
+		case f.kind == KindTask && !closed:
+			id, err := p.Submit(ctx, pool.Task{Input: f.payload})
+			if err == nil && id != f.id {
+				// Task numbers must follow the pool's own, so that a
+				// result's id is the client's task number.
+				p.Abort(fmt.Errorf("bridge: task %d sent out of order (want %d)", f.id, id))
+			}
+		case f.kind == KindClose:
+			closed = true
+			p.Close()
+		case f.kind == KindAbort:
+			p.Abort(errClientAbort)
+		default:
+			p.Abort(fmt.Errorf("bridge: unexpected frame of kind %d", f.kind))
+		}
+	}
+}
+
+// writeResults sends every result of p to the client. On a write error it
+// kills the pool and goes on reading its results until they end.
+func writeResults(bw *bufio.Writer, p *pool.Pool, dir string) error {
+	var werr error
+	results := p.Results()
+	for {
+		var r pool.Result
+		var ok bool
+		select {
+		case r, ok = <-results:
+		default:
+			// Nothing ready: push what is buffered before blocking.
+			if werr == nil {
+				if werr = bw.Flush(); werr != nil {
+					killPool(p, errParentGone)
+				}
+			}
+			r, ok = <-results
+		}
+		if !ok {
+			return werr
+		}
+		if werr != nil {
+			continue
+		}
+		meta, err := json.Marshal(metaOf(&r, dir))
+		if err != nil {
+			return fmt.Errorf("bridge: encoding a result: %w", err)
+		}
+		var n [4]byte
+		binary.BigEndian.PutUint32(n[:], uint32(len(meta)))
+		if werr = writeFrame(bw, KindResult, r.ID, n[:], meta, r.Output); werr != nil {
+			killPool(p, errParentGone)
+		}
+	}
+}
+
+func metaOf(r *pool.Result, dir string) Meta {
+	m := Meta{State: string(r.State), Item: -1, Attempts: make([]Attempt, len(r.Attempts))}
+	for i, a := range r.Attempts {
+		m.Attempts[i] = Attempt{
+			Number: a.Number, PID: a.WorkerPID, Start: unixSeconds(a.Start), End: unixSeconds(a.End),
+			Cause: string(a.Cause), ExitCode: a.ExitCode, Signal: a.Signal, PeakRSS: a.PeakRSS, Message: a.Message,
+		}
+	}
+	if n := len(r.Attempts); n > 0 && r.Attempts[n-1].Cause.IsWorkerDeath() {
+		m.Item = readBlame(dir, r.Attempts[n-1].WorkerPID, r.ID)
+	}
+	return m
+}
+
+func writeJSON(bw *bufio.Writer, kind Kind, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("bridge: encoding %T: %w", v, err)
+	}
+	return writeFrame(bw, kind, 0, b)
+}
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
+func unixSeconds(t time.Time) float64 {
+	if t.IsZero() {
+		return 0
+	}
+	return float64(t.UnixNano()) / 1e9
+}

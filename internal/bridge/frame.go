@@ -1,0 +1,95 @@
+package bridge
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"io"
+)
+
+// Kind says what a bridge frame means. The header layout is the framed
+// worker protocol's (4-byte length, 1-byte kind, 8-byte id, big-endian); the
+// kinds are the bridge's own, specified in docs/protocol.md.
+type Kind uint8
+
+// The kinds of bridge/1. Kinds 1 to 15 go from the client to the bridge,
+// kinds 16 and up from the bridge to the client.
+const (
+	// KindHello carries the pool's configuration as a JSON Hello. It is the
+	// client's first frame.
+	KindHello Kind = 1
+	// KindTask submits one task; the id is the task's number and the
+	// payload goes to a worker unchanged.
+	KindTask Kind = 2
+	// KindClose says that no more tasks will come.
+	KindClose Kind = 3
+	// KindAbort stops the pool: running tasks are killed, queued ones
+	// cancelled.
+	KindAbort Kind = 4
+	// KindReady answers KindHello with a JSON Ready.
+	KindReady Kind = 16
+	// KindResult carries a task's outcome: a 4-byte big-endian length, that
+	// many bytes of JSON Meta, then the worker's result payload.
+	KindResult Kind = 17
+	// KindEnd is the bridge's last frame: a JSON End.
+	KindEnd Kind = 18
+)
+
+const headerSize = 13
+
+// maxPayload bounds a frame's payload, as in the worker protocol.
+const maxPayload = 1 << 30
+
+// frame is one message between the client and the bridge.
+type frame struct {
+	kind    Kind
+	id      uint64
+	payload []byte
+}
+
+func readFrame(r *bufio.Reader) (frame, error) {
+	var hdr [headerSize]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return frame{}, err // io.EOF between frames, io.ErrUnexpectedEOF inside one
+	}
+	n := binary.BigEndian.Uint32(hdr[0:4])
+	f := frame{kind: Kind(hdr[4]), id: binary.BigEndian.Uint64(hdr[5:13])}
+	if n > maxPayload {
+		return frame{}, fmt.Errorf("bridge: %d-byte payload is over the limit", n)
+	}
+	if n > 0 {
+		f.payload = make([]byte, n)
+		if _, err := io.ReadFull(r, f.payload); err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return frame{}, fmt.Errorf("bridge: reading a payload: %w", err)
+		}
+	}
+	return f, nil
+}
+
+// writeFrame writes a frame made of the concatenation of parts. The caller
+// flushes w.
+func writeFrame(w *bufio.Writer, kind Kind, id uint64, parts ...[]byte) error {
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	if n > maxPayload {
+		return fmt.Errorf("bridge: %d-byte payload is over the limit", n)
+	}
+	var hdr [headerSize]byte
+	binary.BigEndian.PutUint32(hdr[0:4], uint32(n))
+	hdr[4] = byte(kind)
+	binary.BigEndian.PutUint64(hdr[5:13], id)
+	if _, err := w.Write(hdr[:]); err != nil {
+		return err
+	}
+	for _, p := range parts {
+		if _, err := w.Write(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}

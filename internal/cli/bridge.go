@@ -1,0 +1,75 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/safepool/safepool/internal/bridge"
+)
+
+// bridgeName is the hidden subcommand that the Python client starts: it
+// speaks the bridge protocol of docs/protocol.md on two inherited
+// descriptors. It is not part of the command-line interface.
+const bridgeName = "__bridge"
+
+// bridgeArgs are the flags of the bridge subcommand.
+type bridgeArgs struct {
+	inFD, outFD int // the client's pipes: frames in, frames out
+}
+
+// runBridge runs one bridge session. The session ends, and the workers are
+// killed, when the client closes its pipe, when the client process exits (its
+// pipe may be held open by a process it forked, so the parent pid is watched
+// too), or on SIGINT or SIGTERM.
+func runBridge(ctx context.Context, e *env, args []string) error {
+	a := bridgeArgs{inFD: 3, outFD: 4}
+	fs := newFlagSet(bridgeName)
+	fs.IntVar(&a.inFD, "in-fd", a.inFD, "")
+	fs.IntVar(&a.outFD, "out-fd", a.outFD, "")
+	registerHelp(fs)
+	if err := parseFlags(bridgeName, fs, args); err != nil {
+		return err
+	}
+	in := os.NewFile(uintptr(a.inFD), "bridge-in")
+	out := os.NewFile(uintptr(a.outFD), "bridge-out")
+	if in == nil || out == nil {
+		return usagef(bridgeName, "bad descriptors %d and %d", a.inFD, a.outFD)
+	}
+	defer in.Close()
+	defer out.Close()
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go watchParent(ctx, cancel) // ends with ctx, which runBridge cancels on return
+	err := bridge.Serve(ctx, in, out, bridge.Options{Stdout: e.stdout, Stderr: e.stderr})
+	if err != nil {
+		return &statusError{status: exitFailed, err: err}
+	}
+	return nil
+}
+
+// errParentExited cancels a bridge whose parent process has exited.
+var errParentExited = errors.New("the client process exited")
+
+// watchParent cancels ctx when the process's parent changes, that is when
+// the client that started it has exited. Pdeathsig is not used: it fires
+// when the client's thread that started the bridge ends, not its process.
+func watchParent(ctx context.Context, cancel context.CancelCauseFunc) {
+	ppid := os.Getppid()
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if os.Getppid() != ppid {
+				cancel(fmt.Errorf("bridge: %w", errParentExited))
+				return
+			}
+		}
+	}
+}

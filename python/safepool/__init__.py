@@ -1,0 +1,39 @@
+"""safepool: process pools that survive the OOM killer.
+
+``safepool.Pool`` is a drop-in for multiprocessing.Pool and
+``safepool.Executor`` for concurrent.futures.ProcessPoolExecutor. Their
+workers run under the safepool binary's supervisor, so a worker killed by
+the OOM killer, a signal or a segfault fails only the task it was running,
+with a precise cause (safepool.WorkerDied), and never hangs the pool.
+"""
+import sys as _sys
+
+__all__ = ["Pool", "Executor", "TaskFailed", "WorkerDied", "TaskCancelled", "RemoteError",
+           "RemoteTraceback", "BrokenPool", "Attempt", "FailedTask", "parse_size"]
+
+# The names are imported on first use, so that importing safepool costs
+# next to nothing: every worker imports the parent's main script, which
+# imports safepool.
+_WHERE = {"Pool": "pool", "FailedTask": "pool", "parse_size": "pool", "Executor": "executor"}
+
+
+def __getattr__(name):
+    if name in __all__:
+        import importlib
+        module = importlib.import_module("." + _WHERE.get(name, "errors"), __name__)
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
+
+
+__version__ = "0.1.0"
+
+# Workers import the parent's main script as __mp_main__ (as multiprocessing
+# does); objects pickled there by reference to it must resolve here too.
+if "__main__" in _sys.modules:
+    _sys.modules.setdefault("__mp_main__", _sys.modules["__main__"])

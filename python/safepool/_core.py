@@ -1,0 +1,671 @@
+"""The client side of the bridge protocol: one safepool binary per pool.
+
+A _Core starts ``safepool __bridge`` with two pipes, sends it the pool's
+configuration and then batches of items ("chunks"), and turns the results
+it sends back into per-item outcomes for the jobs (map, imap, apply_async
+calls) that own them. When a worker dies in the middle of a chunk, the
+bridge says which item was running: only that item is charged and goes
+through the retry/skip/abort policy; the other items of the chunk are sent
+again, uncharged.
+
+Threads: the caller's threads create jobs and queue chunks; one writer
+thread pickles and sends chunks (so that no thread that handles results
+ever blocks on a full pipe); one reader thread receives results and settles
+items. Both are daemons and end when the binary's pipes close.
+"""
+import array
+import atexit
+import heapq
+import io
+import itertools
+import json
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from typing import Callable, Dict, List, Optional
+
+from . import _binary
+from .errors import Attempt, BrokenPool, RemoteError, RemoteTraceback, TaskCancelled, WorkerDied
+
+HEADER = struct.Struct(">IBQ")
+K_HELLO, K_TASK, K_CLOSE, K_ABORT = 1, 2, 3, 4
+K_READY, K_RESULT, K_END = 16, 17, 18
+META_LEN = struct.Struct(">I")
+
+MAP, STAR, APPLY = 0, 1, 2
+OK, BATCH_ERROR = 0, 1
+
+POLICIES = ("skip", "retry", "abort")
+
+_live_cores = weakref.WeakSet()
+
+
+def _at_exit():
+    for core in list(_live_cores):
+        core.terminate(wait=1.0)
+
+
+atexit.register(_at_exit)
+
+
+def dumps_function(fn: Callable) -> bytes:
+    """Pickle fn by reference, or by value with cloudpickle when it is a
+    lambda or a closure and cloudpickle is importable."""
+    try:
+        data = pickle.dumps(fn, pickle.HIGHEST_PROTOCOL)
+        return data
+    except Exception as e:
+        first = e
+    try:
+        import cloudpickle  # type: ignore
+    except ImportError:
+        raise TypeError(
+            "cannot send %r to a worker process: the standard pickle sends functions by "
+            "name, and this one has no importable name (a lambda, a nested function or a "
+            "closure). Define it at the top level of a module, or install cloudpickle, "
+            "which safepool uses when it is importable. (pickle said: %s)" % (fn, first)) from None
+    return cloudpickle.dumps(fn, pickle.HIGHEST_PROTOCOL)
+
+
+def _main_spec() -> Optional[str]:
+    """Say how workers can import the parent's __main__ module, as
+    multiprocessing's spawn start method does."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        return None
+    spec = getattr(main, "__spec__", None)
+    name = getattr(spec, "name", None)
+    if name:
+        if name == "__main__" or name.endswith(".__main__"):
+            return None
+        return json.dumps({"name": name})
+    path = getattr(main, "__file__", None)
+    if not path:
+        return None
+    path = os.path.normpath(os.path.abspath(path))
+    if os.path.splitext(os.path.basename(path))[0] == "ipython":
+        return None
+    return json.dumps({"path": path})
+
+
+class _Chunk:
+    """A batch of items of one job, sent to a worker as one task."""
+
+    __slots__ = ("job", "positions", "items")
+
+    def __init__(self, job, positions, items):
+        self.job = job
+        self.positions = positions  # a range, or a list of positions in the job
+        self.items = items
+
+
+class _Core:
+    """One pool's binary, its pipes and the bookkeeping of chunks."""
+
+    def __init__(self, processes: Optional[int], *, initializer=None, initargs=(), retries: int = 0,
+                 on_worker_death: Optional[str] = None, timeout: Optional[float] = None,
+                 mem_limit: Optional[int] = None, max_tasks_per_child: Optional[int] = None,
+                 max_rss: Optional[int] = None, backoff: float = 0.05, max_backoff: float = 5.0,
+                 grace: Optional[float] = None, python: Optional[str] = None):
+        if processes is None:
+            processes = os.cpu_count() or 1
+        if processes < 1:
+            raise ValueError("processes must be at least 1")
+        if on_worker_death is None:
+            on_worker_death = "retry" if retries else "skip"
+        if on_worker_death not in POLICIES:
+            raise ValueError("on_worker_death must be one of %s, not %r" % (", ".join(POLICIES), on_worker_death))
+        if retries < 0:
+            raise ValueError("retries must not be negative")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        self.processes = processes
+        self.retries = retries if on_worker_death == "retry" else 0
+        self.policy = on_worker_death
+        self.timeout = timeout
+        self.backoff, self.max_backoff = backoff, max_backoff
+
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)  # writer's queue and job completion
+        self._queue = []  # guarded by _lock: chunks to send, in order (a list used as FIFO via _qhead)
+        self._qhead = 0
+        self._delayed = []  # guarded by _lock: heap of (not_before, seq, chunk) for retries
+        self._seq = itertools.count()
+        self._inflight: Dict[int, _Chunk] = {}  # guarded by _lock: chunk id -> chunk sent
+        self._next_id = 1  # only the writer thread uses it
+        self._outstanding = 0  # guarded by _lock: items submitted and not settled
+        self._control = []  # guarded by _lock: control frames for the writer (close, abort)
+        self._stopping = False  # guarded by _lock: no more chunks are sent
+        self._broken: Optional[BaseException] = None  # why the pool cannot run tasks
+        self._ended = threading.Event()  # the end frame or end of file arrived
+        self._ready = threading.Event()
+        self._ready_info: dict = {}
+        self._end_info: dict = {}
+        self._failed: List[tuple] = []  # guarded by _lock
+        self._abort_reason: Optional[BaseException] = None  # set by the abort policy
+        self._aborted_chunks: List[_Chunk] = []  # the reader thread's: cancelled by the pool, not by us
+        self._stats: List[tuple] = []  # guarded by _lock: per settled chunk
+        self._init_file = None
+
+        binary = _binary.find_binary()
+        env = dict(os.environ)
+        pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["SAFEPOOL_PY_SYSPATH"] = json.dumps([p if p else os.getcwd() for p in sys.path])
+        main = _main_spec()
+        if main:
+            env["SAFEPOOL_PY_MAIN"] = main
+        if initializer is not None:
+            import tempfile
+            try:
+                data = pickle.dumps((initializer, tuple(initargs)), pickle.HIGHEST_PROTOCOL)
+            except Exception:
+                dumps_function(initializer)  # raises the clear error without cloudpickle
+                import cloudpickle  # type: ignore
+                data = cloudpickle.dumps((initializer, tuple(initargs)), pickle.HIGHEST_PROTOCOL)
+            fd, self._init_file = tempfile.mkstemp(prefix="safepool-init-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            env["SAFEPOOL_PY_INIT"] = self._init_file
+
+        to_bridge_r, to_bridge_w = os.pipe()
+        from_bridge_r, from_bridge_w = os.pipe()
+        try:
+            self._proc = subprocess.Popen(
+                [binary, "__bridge", "--in-fd", str(to_bridge_r), "--out-fd", str(from_bridge_w)],
+                stdin=subprocess.DEVNULL, env=env, pass_fds=(to_bridge_r, from_bridge_w),
+                # Its own session: Ctrl-C reaches the Python program, which
+                # decides; the binary stops when told or when this process
+                # is gone (its pipe closes).
+                start_new_session=True)
+        except OSError as e:
+            for fd in (to_bridge_r, to_bridge_w, from_bridge_r, from_bridge_w):
+                os.close(fd)
+            self._cleanup_init()
+            raise BrokenPool("cannot start the safepool binary %s: %s" % (binary, e)) from e
+        os.close(to_bridge_r)
+        os.close(from_bridge_w)
+        self._out = io.open(to_bridge_w, "wb", buffering=256 << 10)
+        self._in = io.open(from_bridge_r, "rb", buffering=256 << 10)
+
+        hello = {
+            "version": 1,
+            "command": [python or sys.executable, "-m", "safepool.worker"],
+            "workers": processes,
+            "mem_limit": int(mem_limit or 0),
+            "timeout": float(timeout or 0),
+            "max_tasks_per_worker": int(max_tasks_per_child or 0),
+            "max_rss": int(max_rss or 0),
+            "grace": float(grace or 0),
+            "pipeline": 2,
+        }
+        self._write_frame(K_HELLO, 0, json.dumps(hello).encode())
+        self._out.flush()
+        self._reader = threading.Thread(target=self._read_loop, name="safepool-reader", daemon=True)
+        self._reader.start()
+        self._ready.wait()
+        if self._broken is not None:
+            self.terminate(wait=5.0)
+            raise self._broken
+        self._writer = threading.Thread(target=self._write_loop, name="safepool-writer", daemon=True)
+        self._writer.start()
+        _live_cores.add(self)
+
+    # ---- properties -------------------------------------------------------
+
+    @property
+    def memory_mode(self) -> str:
+        return self._ready_info.get("memory_mode", "")
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    # ---- submission --------------------------------------------------------
+
+    def check_running(self):
+        if self._broken is not None:
+            raise BrokenPool(str(self._broken)) from self._broken
+        if self._abort_reason is not None:
+            raise BrokenPool("the pool aborted: %s" % self._abort_reason) from self._abort_reason
+        if self._stopping:
+            raise ValueError("Pool not running")
+
+    def submit(self, chunk: _Chunk, count: bool = True):
+        """Queue chunk to be sent. count says the items are new; otherwise
+        they are sent again after a worker death, ahead of the new ones."""
+        with self._lock:
+            if count:
+                self._outstanding += len(chunk.items)
+            if self._stopping or self._broken is not None:
+                reason = self._broken
+            else:
+                if count:
+                    self._queue.append(chunk)
+                else:
+                    self._queue.insert(self._qhead, chunk)
+                self._cond.notify_all()
+                return
+        self._cancel_chunk(chunk, reason)
+
+    def _submit_later(self, chunk: _Chunk, delay: float):
+        with self._lock:
+            if not (self._stopping or self._broken is not None):
+                heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._seq), chunk))
+                self._cond.notify_all()
+                return
+            reason = self._broken
+        self._cancel_chunk(chunk, reason)
+
+    # ---- writer thread -----------------------------------------------------
+
+    def _write_frame(self, kind: int, ident: int, payload: bytes):
+        self._out.write(HEADER.pack(len(payload), kind, ident))
+        self._out.write(payload)
+
+    def _take_locked(self):
+        """The writer's next piece of work: ("control", kind), ("chunk",
+        chunk), ("wait", timeout) or ("exit", None). Called with _lock held."""
+        if self._control:
+            return "control", self._control.pop(0)
+        if self._delayed and self._delayed[0][0] <= time.monotonic():
+            return "chunk", heapq.heappop(self._delayed)[2]
+        if self._qhead < len(self._queue):
+            chunk = self._queue[self._qhead]
+            self._queue[self._qhead] = None
+            self._qhead += 1
+            if self._qhead > 1024 and self._qhead * 2 > len(self._queue):
+                del self._queue[:self._qhead]
+                self._qhead = 0
+            return "chunk", chunk
+        if self._out is None or self._ended.is_set():
+            return "exit", None
+        if self._delayed:
+            return "wait", max(0.0, self._delayed[0][0] - time.monotonic())
+        return "wait", None
+
+    def _write_loop(self):
+        # The lock is never held while writing: a write may block until the
+        # binary reads, which it may do only after this process has read its
+        # results, which needs the lock.
+        flushed = True
+        try:
+            while True:
+                with self._lock:
+                    what, arg = self._take_locked()
+                    if what == "wait" and flushed:
+                        self._cond.wait(arg)
+                        continue
+                    ident = 0
+                    if what == "chunk":
+                        if self._stopping:
+                            what = "cancel"
+                        else:
+                            ident = self._next_id
+                            self._inflight[ident] = arg
+                if what == "exit":
+                    return
+                if what == "wait":
+                    self._out.flush()
+                    flushed = True
+                    continue
+                flushed = False
+                if what == "control":
+                    self._write_frame(arg, 0, b"")
+                    self._out.flush()
+                    flushed = True
+                elif what == "cancel":
+                    self._cancel_chunk(arg, None)
+                else:
+                    self._send_chunk(ident, arg)
+        except (OSError, ValueError, AttributeError):
+            return  # the binary is gone (or our end closed); the reader reports it
+
+    def _send_chunk(self, ident: int, chunk: _Chunk):
+        job = chunk.job
+        if not job.on_send():  # a future cancelled while queued
+            with self._lock:
+                del self._inflight[ident]
+                self._outstanding -= len(chunk.items)
+                self._cond.notify_all()
+            return
+        try:
+            payload = pickle.dumps((job.mode, job.fn_bytes, chunk.items), pickle.HIGHEST_PROTOCOL)
+        except Exception as e:
+            with self._lock:
+                del self._inflight[ident]
+            for pos in chunk.positions:
+                e2 = TypeError("cannot send the task's arguments to a worker: %s" % e)
+                e2.__cause__ = e
+                self._settle(job, pos, False, e2)
+            return
+        # Task numbers must follow each other without gaps: count only what
+        # is written.
+        self._next_id += 1
+        self._write_frame(K_TASK, ident, payload)
+
+    def _send_control(self, kind: int):
+        with self._lock:
+            self._control.append(kind)
+            self._cond.notify_all()
+
+    # ---- reader thread -----------------------------------------------------
+
+    def _read_loop(self):
+        read = self._in.read
+        try:
+            while True:
+                header = read(HEADER.size)
+                if len(header) < HEADER.size:
+                    break
+                length, kind, ident = HEADER.unpack(header)
+                payload = read(length) if length else b""
+                if len(payload) < length:
+                    break
+                if kind == K_READY:
+                    self._ready_info = json.loads(payload)
+                    self._ready.set()
+                elif kind == K_RESULT:
+                    (n,) = META_LEN.unpack_from(payload)
+                    meta = json.loads(payload[4:4 + n])
+                    with self._lock:
+                        chunk = self._inflight.pop(ident, None)
+                    if chunk is not None:
+                        self._on_result(chunk, meta, memoryview(payload)[4 + n:])
+                elif kind == K_END:
+                    self._end_info = json.loads(payload)
+                    if not self._ready.is_set():
+                        self._broken = BrokenPool("the safepool binary cannot start the pool: %s"
+                                                  % self._end_info.get("error", "unknown error"))
+                    break
+        except Exception as e:  # a bug here must not hang the pool
+            if self._broken is None:
+                self._broken = BrokenPool("the safepool client failed reading results: %r" % e)
+        finally:
+            self._on_end()
+            try:
+                self._in.close()
+            except OSError:
+                pass
+
+    def _on_end(self):
+        """The binary sent its end frame or exited: settle everything left."""
+        if not self._end_info and self._broken is None:
+            code = self._proc.poll()
+            self._broken = BrokenPool("the safepool binary exited unexpectedly%s"
+                                      % ("" if code is None else " (status %s)" % code))
+        err = self._end_info.get("error")
+        reason = self._broken
+        if reason is None and err and not self._stopping:
+            reason = BrokenPool(err)
+            self._broken = reason
+        with self._lock:
+            self._stopping = True
+            chunks = list(self._inflight.values())
+            self._inflight.clear()
+            chunks += [c for c in self._queue[self._qhead:] if c is not None]
+            self._queue, self._qhead = [], 0
+            chunks += [c for _, _, c in self._delayed]
+            self._delayed = []
+            chunks += self._aborted_chunks
+            self._aborted_chunks = []
+            self._ended.set()
+            self._cond.notify_all()
+        self._ready.set()
+        for c in chunks:
+            self._cancel_chunk(c, reason)
+
+    def _on_result(self, chunk: _Chunk, meta: dict, output):
+        job = chunk.job
+        state = meta.get("state")
+        attempts = meta.get("attempts") or []
+        last = attempts[-1] if attempts else None
+        if state == "done":
+            try:
+                tag, *rest = pickle.loads(output)
+            except Exception as e:
+                # A result this process cannot unpickle (its class is not
+                # importable here, say) fails the batch's items, not the pool.
+                for pos, item in zip(chunk.positions, chunk.items):
+                    exc = RemoteError("cannot unpickle the result: %r" % (e,), cause="task-error", attempts=1,
+                                      task_args=item, function=job.fn)
+                    exc.__cause__ = e
+                    self._settle(job, pos, False, exc)
+                return
+            if tag == BATCH_ERROR:
+                exc = _rebuild_exception(rest[0], job, None)
+                with self._lock:
+                    self._failed.extend((job.fn, item, "task-error", 1) for item in chunk.items)
+                for pos in chunk.positions:
+                    self._settle(job, pos, False, exc)
+                return
+            values, errors, ends, start = rest
+            job.observe(start, ends)
+            if last is not None:
+                with self._lock:
+                    self._stats.append((job.id, chunk.positions, start, array.array("d", ends),
+                                        last["pid"], last["peak_rss"]))
+            if errors:
+                with self._lock:
+                    self._failed.extend((job.fn, chunk.items[i], "task-error", 1) for i in errors)
+                for i, (pos, value) in enumerate(zip(chunk.positions, values)):
+                    if i in errors:
+                        self._settle(job, pos, False, _rebuild_exception(errors[i], job, chunk.items[i]))
+                    else:
+                        self._settle(job, pos, True, value)
+            else:
+                job.settle_many(chunk.positions, values)
+                with self._lock:
+                    self._outstanding -= len(values)
+                    if self._outstanding == 0:
+                        self._cond.notify_all()
+            return
+        cause = (last or {}).get("cause", "") or "cancelled"
+        if state == "cancelled" or cause == "cancelled" or self._stopping:
+            if self._stopping:
+                self._cancel_chunk(chunk, None)
+            else:
+                # The pool aborted by itself; the end frame will say why.
+                self._aborted_chunks.append(chunk)
+            return
+        if cause == "task-error":
+            msg = (last or {}).get("message", "")
+            for pos, item in zip(chunk.positions, chunk.items):
+                self._fail(job, pos, item, RemoteError, "task-error", "the worker failed the task: " + msg,
+                           [_attempt(last, 1)])
+            return
+        # The worker died. Only the item it was running is charged.
+        k = meta.get("item", -1)
+        if not (0 <= k < len(chunk.items)):
+            k = 0  # it died before beginning the first item
+        positions = list(chunk.positions)
+        pos, item = positions[k], chunk.items[k]
+        rest_pos = positions[:k] + positions[k + 1:]
+        if rest_pos:
+            self.submit(_Chunk(job, rest_pos, chunk.items[:k] + chunk.items[k + 1:]), count=False)
+        history = job.charge(pos, _attempt(last, len(job.history.get(pos, ())) + 1))
+        n = len(history)
+        if state != "poison" and self.policy == "retry" and n <= self.retries:
+            delay = min(self.backoff * (2 ** (n - 1)), self.max_backoff)
+            self._submit_later(_Chunk(job, [pos], [item]), delay)
+            return
+        if self.policy == "abort":
+            # Stop first, so that no task is accepted after the caller saw
+            # this failure.
+            self.abort(WorkerDied("%s died (%s)" % (_call_repr(job, item), cause), cause=cause))
+        self._fail(job, pos, item, WorkerDied, cause, _death_message(job, item, cause, n, last), history)
+
+    def _fail(self, job, pos, item, cls, cause, message, history):
+        last = history[-1] if history else None
+        exc = cls(message, cause=cause, attempts=len(history), peak_rss=last.peak_rss if last else 0,
+                  task_args=item, function=job.fn, history=history)
+        with self._lock:
+            self._failed.append((job.fn, item, cause, len(history)))
+        self._settle(job, pos, False, exc)
+
+    def _settle(self, job, pos, ok, value):
+        job.settle(pos, ok, value)
+        with self._lock:
+            self._outstanding -= 1
+            if self._outstanding == 0:
+                self._cond.notify_all()
+
+    def _cancel_chunk(self, chunk: _Chunk, reason: Optional[BaseException]):
+        if isinstance(reason, BrokenPool):
+            # The pool broke (its workers cannot start, or the binary
+            # exited): the tasks fail with why.
+            for pos in chunk.positions:
+                self._settle(chunk.job, pos, False, reason)
+            return
+        for pos, item in zip(chunk.positions, chunk.items):
+            exc = TaskCancelled("the task was cancelled: the pool %s" %
+                                ("stopped" if reason is None else "broke: %s" % reason),
+                                cause="cancelled", task_args=item, function=chunk.job.fn)
+            if reason is not None:
+                exc.__cause__ = reason
+            self._settle(chunk.job, pos, False, exc)
+
+    # ---- lifecycle ---------------------------------------------------------
+
+    def wait_idle(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every submitted item is settled."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self._outstanding > 0:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def close(self):
+        """Finish the queued work, then stop the binary and its workers."""
+        self.wait_idle()
+        with self._lock:
+            self._stopping = True
+        self._send_control(K_CLOSE)
+        self._finish(None)
+
+    def abort(self, reason: Optional[BaseException] = None):
+        """Stop at once: cancel queued items, kill running ones."""
+        with self._lock:
+            if reason is not None and self._abort_reason is None:
+                self._abort_reason = reason
+            if self._stopping and self._control and self._control[-1] == K_ABORT:
+                return
+            self._stopping = True
+            queued = [c for c in self._queue[self._qhead:] if c is not None]
+            queued += [c for _, _, c in self._delayed]
+            self._queue, self._qhead, self._delayed = [], 0, []
+        self._send_control(K_ABORT)
+        for c in queued:
+            self._cancel_chunk(c, None)
+
+    def terminate(self, wait: Optional[float] = None):
+        """Abort and wait for the binary, which kills its workers, to exit."""
+        if self._ended.is_set() and self._proc.poll() is not None:
+            self._release()
+            return
+        self.abort()
+        self._finish(wait if wait is not None else 10.0)
+
+    def _finish(self, wait: Optional[float]):
+        self._ended.wait(wait)
+        # Closing our end makes the bridge kill whatever is left.
+        self._release()
+        try:
+            self._proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+    def _release(self):
+        with self._lock:
+            out, self._out = self._out, None
+            self._cond.notify_all()
+        if out is not None:
+            try:
+                out.close()
+            except OSError:
+                pass
+        _live_cores.discard(self)
+        self._cleanup_init()
+
+    def _cleanup_init(self):
+        if self._init_file:
+            try:
+                os.unlink(self._init_file)
+            except OSError:
+                pass
+            self._init_file = None
+
+    # ---- reports -----------------------------------------------------------
+
+    def failed_tasks(self):
+        with self._lock:
+            return list(self._failed)
+
+    def stats(self):
+        with self._lock:
+            chunks = list(self._stats)
+        out = []
+        for job_id, positions, start, ends, pid, peak in chunks:
+            prev = start
+            for pos, end in zip(positions, ends):
+                out.append({"job": job_id, "index": pos, "start": prev, "end": end, "pid": pid,
+                            "peak_rss": peak})
+                prev = end
+        return out
+
+
+def _attempt(a: Optional[dict], number: int) -> Attempt:
+    a = a or {}
+    return Attempt(number, a.get("pid", 0), a.get("start", 0.0), a.get("end", 0.0), a.get("cause", ""),
+                   a.get("exit_code", -1), a.get("signal", ""), a.get("peak_rss", 0), a.get("message", ""))
+
+
+def _call_repr(job, item) -> str:
+    """Show a task as a call, such as work(7), shortened."""
+    name = getattr(job.fn, "__qualname__", None) or repr(job.fn)
+    try:
+        if job.mode == MAP:
+            args = repr(item)
+        elif job.mode == STAR:
+            args = ", ".join(repr(a) for a in item)
+        else:
+            a, kw = item
+            args = ", ".join([repr(x) for x in a] + ["%s=%r" % kv for kv in kw.items()])
+    except Exception:
+        args = "..."
+    if len(args) > 60:
+        args = args[:57] + "..."
+    return "%s(%s)" % (name, args)
+
+
+def _death_message(job, item, cause, n, last) -> str:
+    msg = "the worker died running %s (%s) after %d attempt%s" % (
+        _call_repr(job, item), cause, n, "" if n == 1 else "s")
+    if last and last.get("peak_rss"):
+        msg += ", peak memory %.1f MiB" % (last["peak_rss"] / 1048576)
+    if last and last.get("message"):
+        msg += ": " + last["message"].strip().splitlines()[-1]
+    return msg
+
+
+def _rebuild_exception(record, job, item) -> BaseException:
+    data, tb, text = record
+    exc = None
+    if data is not None:
+        try:
+            exc = pickle.loads(data)
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = RemoteError(text, cause="task-error", attempts=1, task_args=item, function=job.fn)
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc

@@ -1,0 +1,345 @@
+"""Jobs: the calls (map, imap, apply_async, submit) whose items a pool runs."""
+import collections
+import itertools
+import threading
+import time
+from multiprocessing import TimeoutError as _MPTimeoutError
+from typing import Any, Callable, Iterable, Optional
+
+from ._core import APPLY, _Chunk, dumps_function
+from .errors import TaskCancelled
+
+_job_ids = itertools.count(1)
+
+ERRORS = ("raise", "return")
+
+
+def check_errors(errors: str):
+    if errors not in ERRORS:
+        raise ValueError("errors must be 'raise' or 'return', not %r" % (errors,))
+
+
+class _Job:
+    """What every job has: its function, how items are passed, and the
+    attempts charged to its items (used by the reader thread only)."""
+
+    def __init__(self, core, fn: Callable, mode: int):
+        if not callable(fn):
+            raise TypeError("%r is not callable" % (fn,))
+        self.id = next(_job_ids)
+        self.core = core
+        self.fn = fn
+        self.mode = mode
+        self.fn_bytes = dumps_function(fn)
+        self.history = {}  # position -> charged attempts; the reader thread's
+
+    def charge(self, pos, attempt):
+        h = self.history.setdefault(pos, [])
+        h.append(attempt)
+        return h
+
+    def on_send(self) -> bool:
+        """Called before the job's chunk is sent; False drops it."""
+        return True
+
+    def observe(self, start: float, ends) -> None:
+        """Called with the timing of each chunk that succeeded."""
+
+
+def pick_failure(failed: dict) -> BaseException:
+    """The exception that a call raises: the first failure in input order,
+    preferring a task's own failure to a cancellation."""
+    own = [p for p, e in failed.items() if not isinstance(e, TaskCancelled)]
+    return failed[min(own) if own else min(failed)]
+
+
+class AsyncResult:
+    """The result of apply_async, map_async and starmap_async, as in
+    multiprocessing.pool.AsyncResult."""
+
+    def __init__(self, core, fn, mode, n: int, single: bool, callback, error_callback, errors: str):
+        self._job = _ListJob(core, fn, mode, n, self)
+        self._single = single
+        self._callback = callback
+        self._error_callback = error_callback
+        self._errors = errors
+        self._event = threading.Event()
+        if n == 0:
+            self._finish()
+
+    def ready(self) -> bool:
+        """Report whether the call has completed."""
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        """Report whether the call completed without a failed task. Raises
+        ValueError if it has not completed yet."""
+        if not self.ready():
+            raise ValueError("%r not ready" % self)
+        return not self._job.failed
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        """Wait until the result is available or timeout seconds pass."""
+        self._event.wait(timeout)
+
+    def get(self, timeout: Optional[float] = None) -> Any:
+        """Return the result when it arrives. If a task failed, raise its
+        exception (safepool.WorkerDied when its worker died) unless
+        errors="return" was given, in which case exceptions stand in place
+        of the failed results. Raise multiprocessing.TimeoutError if it does
+        not arrive within timeout seconds."""
+        if not self._event.wait(timeout):
+            raise _MPTimeoutError
+        return self._value()
+
+    def _value(self):
+        job = self._job
+        if job.failed:
+            if self._errors == "raise":
+                raise pick_failure(job.failed)
+            values = list(job.values)
+            for p, e in job.failed.items():
+                values[p] = e
+        else:
+            values = job.values
+        return values[0] if self._single else values
+
+    def _finish(self):
+        job = self._job
+        try:
+            if job.failed and self._errors == "raise":
+                if self._error_callback is not None:
+                    self._error_callback(pick_failure(job.failed))
+            elif self._callback is not None:
+                self._callback(self._value())
+        except Exception:
+            # A callback that raises must not stop the thread that delivers
+            # every result; report it as an uncaught exception in a thread.
+            import sys
+            import traceback
+            print("safepool: exception in a result callback:", file=sys.stderr)
+            traceback.print_exc()
+        finally:
+            self._event.set()
+            job.values_ready()
+
+
+MapResult = AsyncResult
+ApplyResult = AsyncResult
+
+
+class _ListJob(_Job):
+    """A job whose items are all known at once; results fill a list."""
+
+    def __init__(self, core, fn, mode, n, owner):
+        super().__init__(core, fn, mode)
+        self.values = [None] * n
+        self.failed = {}
+        self._left = n
+        self._lock = threading.Lock()
+        self._owner = owner
+
+    def settle(self, pos, ok, value):
+        with self._lock:
+            if ok:
+                self.values[pos] = value
+            else:
+                self.failed[pos] = value
+            self._left -= 1
+            done = self._left == 0
+        if done:
+            self._owner._finish()
+
+    def settle_many(self, positions, values):
+        with self._lock:
+            if isinstance(positions, range) and positions.step == 1:
+                self.values[positions.start:positions.stop] = values
+            else:
+                for p, v in zip(positions, values):
+                    self.values[p] = v
+            self._left -= len(values)
+            done = self._left == 0
+        if done:
+            self._owner._finish()
+
+    def values_ready(self):
+        pass
+
+
+class _FutureJob(_Job):
+    """One submit() call of an Executor: the item's outcome goes to a Future."""
+
+    def __init__(self, core, fn, future):
+        super().__init__(core, fn, APPLY)
+        self.future = future
+
+    def on_send(self):
+        f = self.future
+        if f.running():
+            return True  # sent again after a worker death
+        if f.done():
+            return False
+        return f.set_running_or_notify_cancel()
+
+    def settle(self, pos, ok, value):
+        if self.future.done():
+            return
+        if not self.future.running():
+            if not self.future.set_running_or_notify_cancel():
+                return
+        if ok:
+            self.future.set_result(value)
+        else:
+            self.future.set_exception(value)
+
+    def settle_many(self, positions, values):
+        self.settle(0, True, values[0])
+
+
+class IterResult:
+    """The iterator returned by imap and imap_unordered.
+
+    It reads its input lazily in a thread of its own: at most a bounded
+    number of items are submitted and not yet consumed, so memory stays flat
+    for inputs of any length, and a consumer that stops reading stops the
+    input. A failed task raises its exception (safepool.WorkerDied when its
+    worker died) from next() at its place in the results, and iteration may
+    go on after it; with errors="return" the exception is returned instead.
+    """
+
+    def __init__(self, core, fn, mode, iterable: Iterable, chunksize: Optional[int], ordered: bool,
+                 errors: str, ahead: Optional[int] = None, target: float = 0.02, max_chunk: int = 1024):
+        self._job = _IterJob(core, fn, mode, self)
+        self._core = core
+        self._ordered = ordered
+        self._errors = errors
+        self._cond = threading.Condition()
+        self._done = {}  # ordered: position -> (ok, value)
+        self._queue = collections.deque()  # unordered: (ok, value)
+        self._next = 0
+        self._fed = 0
+        self._consumed = 0
+        self._total = None
+        self._input_error = None
+        self._fixed = chunksize
+        self._chunksize = chunksize or 1
+        self._per_item = None  # mean seconds per item, from finished chunks
+        self._target, self._max_chunk = target, max_chunk
+        self._ahead = ahead
+        self._feeder = threading.Thread(target=self._feed, args=(iterable,), name="safepool-imap-feeder",
+                                        daemon=True)
+        self._feeder.start()
+
+    def _limit(self):
+        if self._ahead is not None:
+            return self._ahead
+        return 4 * self._core.processes * self._chunksize
+
+    def _feed(self, iterable):
+        pos = 0
+        try:
+            it = iter(iterable)
+            while True:
+                with self._cond:
+                    while self._fed - self._consumed >= self._limit():
+                        if self._core._stopping:
+                            break
+                        self._cond.wait(0.2)
+                    room = self._limit() - (self._fed - self._consumed)
+                if self._core._stopping:
+                    break
+                items = list(itertools.islice(it, max(1, min(self._chunksize, room))))
+                if not items:
+                    break
+                self._core.submit(_Chunk(self._job, range(pos, pos + len(items)), items))
+                pos += len(items)
+                with self._cond:
+                    self._fed = pos
+                self._adapt()
+        except BaseException as e:  # the input raised: the consumer sees it after the results before it
+            self._input_error = e
+        with self._cond:
+            self._total = pos
+            self._cond.notify_all()
+
+    def _adapt(self):
+        if self._fixed is not None or self._core.timeout:
+            return
+        with self._cond:
+            per = self._per_item
+        if per is None:
+            return
+        want = int(self._target / per) if per > 0 else self._max_chunk
+        cap = self._max_chunk if self._ahead is None else max(1, self._ahead // 2)
+        self._chunksize = max(1, min(want, 2 * self._chunksize, cap))
+
+    def observe(self, start, ends):
+        if len(ends) and ends[-1] > start:
+            per = (ends[-1] - start) / len(ends)
+            with self._cond:
+                self._per_item = per if self._per_item is None else 0.5 * (self._per_item + per)
+
+    def _put(self, pos, ok, value):
+        if self._ordered:
+            self._done[pos] = (ok, value)
+        else:
+            self._queue.append((ok, value))
+
+    def _settle(self, pos, ok, value):
+        with self._cond:
+            self._put(pos, ok, value)
+            self._cond.notify_all()
+
+    def _settle_many(self, positions, values):
+        with self._cond:
+            for p, v in zip(positions, values):
+                self._put(p, True, v)
+            self._cond.notify_all()
+
+    def __iter__(self):
+        return self
+
+    def next(self, timeout: Optional[float] = None):
+        """Return the next result, waiting at most timeout seconds (then
+        raise multiprocessing.TimeoutError)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self._ordered and self._next in self._done:
+                    ok, value = self._done.pop(self._next)
+                    self._next += 1
+                    break
+                if not self._ordered and self._queue:
+                    ok, value = self._queue.popleft()
+                    break
+                if self._total is not None and self._consumed >= self._total:
+                    if self._input_error is not None:
+                        e, self._input_error = self._input_error, None
+                        raise e
+                    raise StopIteration
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise _MPTimeoutError
+                self._cond.wait(remaining)
+            self._consumed += 1
+            self._cond.notify_all()
+        if not ok and self._errors == "raise":
+            raise value
+        return value
+
+    __next__ = next
+
+
+class _IterJob(_Job):
+    def __init__(self, core, fn, mode, owner):
+        super().__init__(core, fn, mode)
+        self._owner = owner
+
+    def settle(self, pos, ok, value):
+        self._owner._settle(pos, ok, value)
+
+    def settle_many(self, positions, values):
+        self._owner._settle_many(positions, values)
+
+    def observe(self, start, ends):
+        self._owner.observe(start, ends)

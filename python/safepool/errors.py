@@ -1,0 +1,102 @@
+"""Exceptions raised by safepool."""
+import concurrent.futures
+from typing import Any, List, NamedTuple, Optional
+
+__all__ = ["Attempt", "TaskFailed", "WorkerDied", "TaskCancelled", "RemoteError",
+           "RemoteTraceback", "BrokenPool"]
+
+
+class Attempt(NamedTuple):
+    """One run of a task on one worker process."""
+
+    number: int
+    """Counts the task's charged attempts from 1."""
+    pid: int
+    """The worker's process id."""
+    start: float
+    """When the attempt began (Unix seconds; for a batch, when the batch began)."""
+    end: float
+    """When it ended."""
+    cause: str
+    """Why it ended without a result: ``oom``, ``signal:SIGKILL``, ``timeout``..."""
+    exit_code: int
+    """The worker's exit status if it exited, else -1."""
+    signal: str
+    """The signal that killed the worker, such as ``SIGKILL``, or ''."""
+    peak_rss: int
+    """The worker's peak memory in bytes (its cgroup's peak where it has one); 0 if unknown."""
+    message: str
+    """Detail, such as the tail of the worker's stderr."""
+
+
+class TaskFailed(Exception):
+    """A task did not produce a result.
+
+    Attributes:
+        cause: why its last attempt ended: ``oom``, ``signal:SIGKILL``,
+            ``segfault``, ``exit:N``, ``timeout``, ``memory-limit``,
+            ``protocol``, ``task-error`` or ``cancelled``.
+        attempts: how many attempts were charged to the task.
+        peak_rss: the peak memory of the worker during the last attempt, in
+            bytes, or 0 when unknown.
+        task_args: the task's arguments (the item for ``map``, the argument
+            tuple for ``starmap`` and ``apply_async``).
+        function: the task's function.
+        history: every charged attempt, as :class:`Attempt` records.
+    """
+
+    def __init__(self, message: str, *, cause: str = "", attempts: int = 0, peak_rss: int = 0,
+                 task_args: Any = None, function: Any = None, history: Optional[List[Attempt]] = None):
+        super().__init__(message)
+        self.cause = cause
+        self.attempts = attempts
+        self.peak_rss = peak_rss
+        self.task_args = task_args
+        self.function = function
+        self.history = list(history or ())
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.args[0] if self.args else "", self.__dict__))
+
+
+def _rebuild(cls, message, state):
+    e = cls.__new__(cls)
+    Exception.__init__(e, message)
+    e.__dict__.update(state)
+    return e
+
+
+class WorkerDied(TaskFailed):
+    """The worker process died while it ran the task: killed by the OOM
+    killer (``cause == "oom"``), a signal, a segfault or a timeout, or it
+    exited. Only the task that was running is charged; the pool replaces the
+    worker and goes on."""
+
+
+class TaskCancelled(TaskFailed):
+    """The task never finished because the pool was terminated or aborted."""
+
+
+class RemoteError(TaskFailed):
+    """The task raised an exception that could not be sent back from the
+    worker (it does not pickle). ``str()`` gives its type and message, and its
+    ``__cause__`` the remote traceback."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the text of a traceback from a worker. It is set as the
+    ``__cause__`` of exceptions re-raised from tasks, as
+    concurrent.futures does, so the traceback shows where in the worker the
+    task failed."""
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self):
+        return "\n\"\"\"\n" + self.tb + "\"\"\""
+
+
+class BrokenPool(concurrent.futures.BrokenExecutor):
+    """The pool cannot run tasks: the safepool binary is missing, failed to
+    start its workers, or exited."""

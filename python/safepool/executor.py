@@ -1,0 +1,109 @@
+"""safepool.Executor: a concurrent.futures.Executor that survives the OOM killer."""
+import concurrent.futures
+import threading
+import time
+from multiprocessing import TimeoutError as _MPTimeoutError
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
+
+from ._core import STAR, _Chunk, _Core
+from ._jobs import IterResult, _FutureJob
+from .pool import parse_size
+
+__all__ = ["Executor"]
+
+
+class Executor(concurrent.futures.Executor):
+    """A concurrent.futures.Executor whose workers may die without breaking it.
+
+    When a worker dies while it runs a task (OOM kill, signal, segfault,
+    timeout), only that task's future fails, with safepool.WorkerDied
+    (after `retries` more attempts with on_worker_death="retry"); the
+    executor replaces the worker and stays usable. With
+    on_worker_death="abort" the first death stops the executor instead.
+    The other arguments are those of safepool.Pool.
+    """
+
+    def __init__(self, max_workers: Optional[int] = None, mp_context: Any = None,
+                 initializer: Optional[Callable] = None, initargs: Iterable = (), *,
+                 max_tasks_per_child: Optional[int] = None, retries: int = 0,
+                 on_worker_death: Optional[str] = None, timeout: Optional[float] = None,
+                 mem_limit: Union[int, str, None] = None, max_rss: Union[int, str, None] = None,
+                 grace: Optional[float] = None):
+        self._core = _Core(max_workers, initializer=initializer, initargs=initargs, retries=retries,
+                           on_worker_death=on_worker_death, timeout=timeout, mem_limit=parse_size(mem_limit),
+                           max_tasks_per_child=max_tasks_per_child, max_rss=parse_size(max_rss), grace=grace)
+        self._shutdown = False
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        """Schedule fn(*args, **kwargs) and return a Future for its result.
+        The future fails with safepool.WorkerDied if the worker dies."""
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._core.check_running()
+            f = concurrent.futures.Future()
+            self._core.submit(_Chunk(_FutureJob(self._core, fn, f), range(0, 1), [(args, kwargs)]))
+            return f
+
+    def map(self, fn: Callable, *iterables: Iterable, timeout: Optional[float] = None,
+            chunksize: Optional[int] = None, buffersize: Optional[int] = None) -> Iterator[Any]:
+        """Return an iterator of fn(*args) for args in zip(*iterables), in order.
+
+        Inputs are read lazily: at most buffersize items (by default a few
+        batches per worker) are submitted and not yet consumed. chunksize
+        None adapts the batch size to the tasks' duration. A failed task
+        raises its exception when its result is reached. timeout bounds the
+        whole iteration, as in concurrent.futures.
+        """
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._core.check_running()
+        if buffersize is not None and buffersize < 1:
+            raise ValueError("buffersize must be at least 1")
+        it = IterResult(self._core, fn, STAR, zip(*iterables), chunksize, True, "raise", ahead=buffersize)
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def results():
+            while True:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    v = it.next(remaining)
+                except StopIteration:
+                    return
+                except _MPTimeoutError:
+                    raise concurrent.futures.TimeoutError() from None
+                yield v
+
+        return results()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting tasks. With cancel_futures, cancel the queued
+        ones. With wait, wait for the running ones and for the workers to
+        exit; otherwise they finish in the background."""
+        with self._lock:
+            already = self._shutdown
+            self._shutdown = True
+        if cancel_futures:
+            self._core.abort()
+        if already and not wait:
+            return
+        if wait:
+            if cancel_futures:
+                self._core.terminate()
+            else:
+                self._core.close()
+        else:
+            threading.Thread(target=self._core.close if not cancel_futures else self._core.terminate,
+                             daemon=True).start()
+
+    @property
+    def memory_mode(self) -> str:
+        """How workers' memory is watched: cgroup-v1, cgroup-v2 or rss-polling."""
+        return self._core.memory_mode
+
+    def failed_tasks(self):
+        """List the tasks that failed so far: (function, args, cause, attempts)."""
+        from .pool import FailedTask
+        return [FailedTask(*t) for t in self._core.failed_tasks()]

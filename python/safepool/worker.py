@@ -1,0 +1,200 @@
+"""The worker process of a safepool.Pool: ``python3 -m safepool.worker``.
+
+The ``safepool`` binary starts it and speaks the framed worker protocol of
+docs/protocol.md to it on fds 3 and 4. Each task is a batch of items (one
+call of the user's function per item); the worker answers with the results
+of the whole batch. Before each item it stores the item's index in its blame
+file, a small memory-mapped file that outlives the process, so that when the
+worker dies in the middle of a batch the pool knows which item killed it.
+
+The worker is spawned fresh, never forked. Before it answers ``ready`` it
+takes the client's ``sys.path``, imports the client's ``__main__`` script
+under the name ``__mp_main__`` (so that functions defined there can be
+unpickled, as with multiprocessing's spawn), and runs the pool's
+initializer.
+"""
+import json
+import mmap
+import os
+import pickle
+import struct
+import sys
+import time
+import types
+
+HEADER = struct.Struct(">IBQ")
+READY, TASK, START, RESULT, ERROR = 1, 2, 3, 4, 5
+
+# Modes of a batch: how each item is passed to the function.
+MAP, STAR, APPLY = 0, 1, 2
+# Tags of a batch's answer.
+OK, BATCH_ERROR = 0, 1
+
+_BLAME = struct.Struct("<QQ")
+
+
+def _fix_main():
+    """Import the client's main module as __mp_main__ and alias __main__."""
+    spec = os.environ.get("SAFEPOOL_PY_MAIN")
+    if not spec:
+        return
+    info = json.loads(spec)
+    import runpy
+    main = types.ModuleType("__mp_main__")
+    if info.get("name"):
+        content = runpy.run_module(info["name"], run_name="__mp_main__", alter_sys=True)
+    elif info.get("path"):
+        content = runpy.run_path(info["path"], run_name="__mp_main__")
+    else:
+        return
+    main.__dict__.update(content)
+    sys.modules["__main__"] = sys.modules["__mp_main__"] = main
+
+
+def _setup():
+    paths = os.environ.get("SAFEPOOL_PY_SYSPATH")
+    if paths:
+        for p in reversed(json.loads(paths)):
+            if p not in sys.path:
+                sys.path.insert(0, p)
+    _fix_main()
+    init = os.environ.get("SAFEPOOL_PY_INIT")
+    if init:
+        with open(init, "rb") as f:
+            initializer, initargs = pickle.load(f)
+        initializer(*initargs)
+
+
+class _Blame:
+    """The worker's blame file: the task id and the index of the running item."""
+
+    def __init__(self):
+        self.mm = None
+        d = os.environ.get("SAFEPOOL_BLAME_DIR")
+        if not d:
+            return
+        try:
+            fd = os.open(os.path.join(d, str(os.getpid())), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.ftruncate(fd, _BLAME.size)
+                self.mm = mmap.mmap(fd, _BLAME.size)
+            finally:
+                os.close(fd)
+        except OSError:
+            self.mm = None
+
+    def remove(self):
+        d = os.environ.get("SAFEPOOL_BLAME_DIR")
+        if self.mm is not None and d:
+            try:
+                os.unlink(os.path.join(d, str(os.getpid())))
+            except OSError:
+                pass
+
+
+def _exc_record(e):
+    import traceback
+    tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    try:
+        data = pickle.dumps(e, pickle.HIGHEST_PROTOCOL)
+        pickle.loads(data)  # some exceptions pickle but do not unpickle
+    except Exception:
+        data = None
+    return (data, tb, "%s: %s" % (type(e).__name__, e))
+
+
+def _run_batch(task_id, payload, blame, fns):
+    mode, fn_bytes, items = pickle.loads(payload)
+    fn = fns.get(fn_bytes)
+    if fn is None:
+        fn = pickle.loads(fn_bytes)
+        if len(fns) > 32:
+            fns.clear()
+        fns[fn_bytes] = fn
+    n = len(items)
+    values = [None] * n
+    ends = [0.0] * n
+    errors = None
+    mm = blame.mm
+    now = time.time
+    start = now()
+    if mm is not None:
+        mm[8:16] = b"\0" * 8
+        struct.pack_into("<Q", mm, 0, task_id)
+    pack = struct.pack_into
+    for i, item in enumerate(items):
+        if mm is not None:
+            pack("<Q", mm, 8, i)
+        try:
+            if mode == MAP:
+                values[i] = fn(item)
+            elif mode == STAR:
+                values[i] = fn(*item)
+            else:
+                values[i] = fn(*item[0], **item[1])
+        except Exception as e:
+            if errors is None:
+                errors = {}
+            errors[i] = _exc_record(e)
+        ends[i] = now()
+    try:
+        return pickle.dumps((OK, values, errors, ends, start), pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        # Some result cannot be pickled: report it on that item only.
+        if errors is None:
+            errors = {}
+        for i, v in enumerate(values):
+            if i in errors:
+                continue
+            try:
+                pickle.dumps(v, pickle.HIGHEST_PROTOCOL)
+            except Exception as e:
+                errors[i] = _exc_record(e)
+                values[i] = None
+        return pickle.dumps((OK, values, errors, ends, start), pickle.HIGHEST_PROTOCOL)
+
+
+def main():
+    if os.environ.get("SAFEPOOL_PROTOCOL") != "framed/1":
+        sys.exit("safepool.worker: started without SAFEPOOL_PROTOCOL=framed/1; "
+                 "it is run by the safepool binary, not by hand")
+    tasks = os.fdopen(int(os.environ.get("SAFEPOOL_TASK_FD", "3")), "rb")
+    results = os.fdopen(int(os.environ.get("SAFEPOOL_RESULT_FD", "4")), "wb")
+    os.set_inheritable(tasks.fileno(), False)
+    os.set_inheritable(results.fileno(), False)
+    _setup()
+    blame = _Blame()
+    fns = {}
+
+    def send(kind, task_id, payload=b""):
+        results.write(HEADER.pack(len(payload), kind, task_id))
+        if payload:
+            results.write(payload)
+        results.flush()
+
+    send(READY, 0, b'{"version":1,"sdk":"python"}')
+    read = tasks.read
+    while True:
+        header = read(HEADER.size)
+        if not header:
+            break
+        if len(header) != HEADER.size:
+            sys.exit("safepool.worker: protocol error: cut header")
+        length, kind, task_id = HEADER.unpack(header)
+        payload = read(length) if length else b""
+        if kind != TASK or len(payload) != length:
+            sys.exit("safepool.worker: protocol error: kind %d" % kind)
+        send(START, task_id)
+        try:
+            out = _run_batch(task_id, payload, blame, fns)
+        except Exception as e:
+            # The batch as a whole failed (its function cannot be unpickled,
+            # say): every item gets this exception.
+            out = pickle.dumps((BATCH_ERROR, _exc_record(e)), pickle.HIGHEST_PROTOCOL)
+        send(RESULT, task_id, out)
+    results.flush()
+    blame.remove()
+
+
+if __name__ == "__main__":
+    main()

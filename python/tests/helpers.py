@@ -1,0 +1,92 @@
+"""Task functions for the tests: they must live in an importable module."""
+import os
+import signal
+import time
+
+_initialized = None
+
+
+def square(x):
+    return x * x
+
+
+def add(a, b):
+    return a + b
+
+
+def kill_self_at(x, at=7):
+    """Kill the worker with SIGKILL on item `at`."""
+    if x == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * x
+
+
+def kill_once(x, marker, at=3):
+    """Kill the worker on item `at` the first time only (marker file)."""
+    if x == at:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return x * x
+        os.close(fd)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * x
+
+
+def hog_at(x, at=3):
+    """Allocate memory without bound on item `at`, until killed."""
+    if x == at:
+        hog = []
+        while True:
+            hog.append(bytearray(8 << 20))  # touched: bytearray zero-fills
+    return x * x
+
+
+def fail_at(x, at=2):
+    if x == at:
+        raise ValueError("bad item %d" % x)
+    return x
+
+
+class Unpicklable(Exception):
+    def __init__(self, a, b):  # pickles but does not unpickle: __init__ needs two args
+        super().__init__("%s-%s" % (a, b))
+        self.lock = __import__("threading").Lock()
+
+
+def raise_unpicklable(x):
+    raise Unpicklable(x, x)
+
+
+def sleep_for(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def pid_of(_=None):
+    return os.getpid()
+
+
+def init(directory, value):
+    """An initializer: records its pid in directory and sets a global."""
+    global _initialized
+    _initialized = value
+    with open(os.path.join(directory, str(os.getpid())), "a") as f:
+        f.write("x")
+
+
+def initialized(_=None):
+    return _initialized, os.getpid()
+
+
+def length(b):
+    return len(b)
+
+
+def print_and_return(x):
+    print("task output", x, flush=True)
+    return x
+
+
+def bad_init():
+    raise RuntimeError("initializer failed")

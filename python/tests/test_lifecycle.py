@@ -1,0 +1,118 @@
+"""No worker or supervisor outlives a pool: terminate, Ctrl-C, SIGKILLed
+parent. And imap reads its input lazily with flat memory."""
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import unittest
+import uuid
+
+import safepool
+from tests import helpers
+from tests.support import child_env, processes_with, wait_gone
+
+SCRIPT = """
+import sys, safepool
+from tests import helpers
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    pool = safepool.Pool(2)
+    pool.apply(helpers.square, (2,))  # the workers are up
+    r = pool.map_async(helpers.sleep_for, [60] * 4, chunksize=1)
+    print("running", flush=True)
+    if mode == "with":
+        with pool:
+            r.get()
+    else:
+        r.get()
+"""
+
+
+def vmrss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class NoOrphans(unittest.TestCase):
+    def test_terminate(self):
+        marker = "safepool-test-" + uuid.uuid4().hex
+        os.environ["SAFEPOOL_TEST_MARKER"] = marker
+        try:
+            pool = safepool.Pool(2)
+        finally:
+            del os.environ["SAFEPOOL_TEST_MARKER"]
+        pool.map(helpers.square, range(10))
+        r = pool.map_async(helpers.sleep_for, [60, 60])
+        me = {os.getpid()}
+        self.assertGreaterEqual(len(processes_with(marker, me)), 3)  # the binary and two workers
+        pool.terminate()
+        self.assertEqual(wait_gone(marker, me), [])
+        with self.assertRaises(safepool.TaskCancelled):
+            r.get(timeout=30)
+
+    def _run_script(self, mode, sig):
+        marker = "safepool-test-" + uuid.uuid4().hex
+        d = tempfile.mkdtemp()
+        script = os.path.join(d, "parent.py")
+        with open(script, "w") as f:
+            f.write(textwrap.dedent(SCRIPT))
+        proc = subprocess.Popen([sys.executable, script, mode], env=child_env(SAFEPOOL_TEST_MARKER=marker),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=os.path.dirname(d))
+        try:
+            line = proc.stdout.readline()
+            self.assertEqual(line.strip(), b"running", proc.stderr.read() if not line else line)
+            self.assertGreaterEqual(len(processes_with(marker, {proc.pid})), 3)
+            proc.send_signal(sig)
+            proc.wait(timeout=60)
+            self.assertEqual(wait_gone(marker), [])
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
+        return proc.returncode
+
+    def test_ctrl_c(self):
+        code = self._run_script("plain", signal.SIGINT)
+        self.assertNotEqual(code, 0)
+
+    def test_ctrl_c_in_with_block(self):
+        self._run_script("with", signal.SIGINT)
+
+    def test_sigkilled_parent(self):
+        code = self._run_script("plain", signal.SIGKILL)
+        self.assertEqual(code, -signal.SIGKILL)
+
+
+class LazyImap(unittest.TestCase):
+    def test_100k_items_flat_memory(self):
+        pulled = [0]
+
+        def gen():
+            for _ in range(100_000):
+                pulled[0] += 1
+                yield bytes(1024)
+
+        ahead = 0
+        with safepool.Pool(2) as pool:
+            it = pool.imap(helpers.length, gen())
+            for n, v in enumerate(it, 1):
+                self.assertEqual(v, 1024)
+                ahead = max(ahead, pulled[0] - n)
+                if n == 10_000:
+                    base = vmrss()
+            grown = vmrss() - base
+        self.assertEqual(n, 100_000)
+        # multiprocessing's imap would read all 100 MB of input ahead.
+        self.assertLess(ahead, 12_000)
+        self.assertLess(grown, 32 << 20, "parent memory grew by %d bytes" % grown)
+
+
+if __name__ == "__main__":
+    unittest.main()

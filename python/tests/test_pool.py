@@ -1,0 +1,269 @@
+"""safepool.Pool: results, failures, policies and worker deaths, on real processes."""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import unittest
+
+import safepool
+from tests import helpers
+from tests.support import child_env, skip_or_fail
+
+
+class PoolBasics(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.pool = safepool.Pool(2)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.pool.terminate()
+
+    def test_map(self):
+        self.assertEqual(self.pool.map(helpers.square, range(1000)), [i * i for i in range(1000)])
+
+    def test_map_empty(self):
+        self.assertEqual(self.pool.map(helpers.square, []), [])
+
+    def test_map_chunksize(self):
+        self.assertEqual(self.pool.map(helpers.square, range(10), chunksize=3), [i * i for i in range(10)])
+
+    def test_starmap(self):
+        self.assertEqual(self.pool.starmap(helpers.add, [(1, 2), (3, 4)]), [3, 7])
+
+    def test_apply(self):
+        self.assertEqual(self.pool.apply(helpers.add, (2,), {"b": 5}), 7)
+
+    def test_apply_async_callback(self):
+        got = []
+        r = self.pool.apply_async(helpers.square, (9,), callback=got.append)
+        self.assertEqual(r.get(timeout=30), 81)
+        self.assertTrue(r.ready() and r.successful())
+        self.assertEqual(got, [81])
+
+    def test_map_async_error_callback(self):
+        errs = []
+        r = self.pool.map_async(helpers.fail_at, range(5), error_callback=errs.append)
+        r.wait(30)
+        self.assertFalse(r.successful())
+        self.assertIsInstance(errs[0], ValueError)
+
+    def test_imap_ordered(self):
+        self.assertEqual(list(self.pool.imap(helpers.square, range(500))), [i * i for i in range(500)])
+
+    def test_imap_unordered(self):
+        self.assertEqual(sorted(self.pool.imap_unordered(helpers.square, range(500))),
+                         [i * i for i in range(500)])
+
+    def test_imap_input_error(self):
+        def gen():
+            yield 1
+            yield 2
+            raise RuntimeError("input broke")
+        it = self.pool.imap(helpers.square, gen())
+        self.assertEqual([next(it), next(it)], [1, 4])
+        with self.assertRaises(RuntimeError):
+            next(it)
+
+    def test_exception_with_remote_traceback(self):
+        with self.assertRaises(ValueError) as cm:
+            self.pool.map(helpers.fail_at, range(5))
+        self.assertEqual(str(cm.exception), "bad item 2")
+        tb = cm.exception.__cause__
+        self.assertIsInstance(tb, safepool.RemoteTraceback)
+        self.assertIn("fail_at", tb.tb)
+        self.assertIn("helpers.py", tb.tb)
+
+    def test_errors_return(self):
+        out = self.pool.map(helpers.fail_at, range(4), errors="return")
+        self.assertEqual(out[:2] + out[3:], [0, 1, 3])
+        self.assertIsInstance(out[2], ValueError)
+        self.assertIn((helpers.fail_at, 2, "task-error", 1), self.pool.failed_tasks())
+
+    def test_imap_error_in_place(self):
+        it = self.pool.imap(helpers.fail_at, range(4))
+        self.assertEqual([next(it), next(it)], [0, 1])
+        with self.assertRaises(ValueError):
+            next(it)
+        self.assertEqual(next(it), 3)
+
+    def test_unpicklable_exception(self):
+        with self.assertRaises(safepool.RemoteError) as cm:
+            self.pool.apply(helpers.raise_unpicklable, (1,))
+        self.assertIn("Unpicklable", str(cm.exception))
+        self.assertIn("raise_unpicklable", cm.exception.__cause__.tb)
+
+    def test_lambda(self):
+        try:
+            import cloudpickle  # noqa: F401
+        except ImportError:
+            with self.assertRaises(TypeError) as cm:
+                self.pool.map(lambda x: x, [1])
+            self.assertIn("cloudpickle", str(cm.exception))
+        else:
+            self.assertEqual(self.pool.map(lambda x: x + 1, [1]), [2])
+
+    def test_stats(self):
+        self.pool.map(helpers.square, range(10))
+        st = self.pool.stats()
+        self.assertTrue(st)
+        for s in st:
+            self.assertGreater(s["pid"], 0)
+            self.assertLessEqual(s["start"], s["end"])
+
+    def test_task_output_goes_to_stdout(self):
+        # A task's prints must not corrupt the protocol.
+        self.assertEqual(self.pool.map(helpers.print_and_return, range(3)), [0, 1, 2])
+
+
+class WorkerDeath(unittest.TestCase):
+    def test_sigkill_charges_only_the_running_item(self):
+        with safepool.Pool(2) as pool:
+            out = pool.map(helpers.kill_self_at, range(20), chunksize=5, errors="return")
+            for i, v in enumerate(out):
+                if i == 7:
+                    self.assertIsInstance(v, safepool.WorkerDied)
+                    self.assertEqual(v.cause, "signal:SIGKILL")
+                    self.assertEqual(v.attempts, 1)
+                    self.assertEqual(v.task_args, 7)
+                else:
+                    self.assertEqual(v, i * i, "item %d" % i)
+            failed = pool.failed_tasks()
+            self.assertEqual([(f.args, f.cause, f.attempts) for f in failed], [(7, "signal:SIGKILL", 1)])
+            self.assertIs(failed[0].function, helpers.kill_self_at)
+            # The pool goes on with a new worker.
+            self.assertEqual(pool.map(helpers.square, range(4)), [0, 1, 4, 9])
+
+    def test_map_raises_worker_died(self):
+        with safepool.Pool(2) as pool:
+            with self.assertRaises(safepool.WorkerDied) as cm:
+                pool.map(helpers.kill_self_at, range(10))
+            self.assertIsInstance(cm.exception, safepool.TaskFailed)
+            self.assertEqual(cm.exception.task_args, 7)
+
+    def test_retry_policy(self):
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        marker = os.path.join(d, "killed")
+        with safepool.Pool(2, retries=1) as pool:
+            out = pool.starmap(helpers.kill_once, [(i, marker) for i in range(10)])
+            self.assertEqual(out, [i * i for i in range(10)])
+            self.assertTrue(os.path.exists(marker))
+            self.assertEqual(pool.failed_tasks(), [])
+
+    def test_retries_run_out(self):
+        with safepool.Pool(2, retries=2, on_worker_death="retry") as pool:
+            pool.map(helpers.square, range(2))  # a first success: the command works
+            with self.assertRaises(safepool.WorkerDied) as cm:
+                pool.apply(helpers.kill_self_at, (7,))
+            self.assertEqual(cm.exception.attempts, 3)
+            self.assertEqual([a.cause for a in cm.exception.history], ["signal:SIGKILL"] * 3)
+
+    def test_abort_policy(self):
+        pool = safepool.Pool(2, on_worker_death="abort")
+        try:
+            with self.assertRaises(safepool.WorkerDied):
+                pool.map(helpers.kill_self_at, range(40), chunksize=1)
+            with self.assertRaises(safepool.BrokenPool):
+                pool.map(helpers.square, range(3))
+        finally:
+            pool.terminate()
+
+    def test_timeout(self):
+        # The timeout is far above what the quick tasks need even on a busy
+        # machine, and far below the slow one's.
+        with safepool.Pool(1, timeout=3) as pool:
+            out = pool.map(helpers.sleep_for, [0, 300, 0], errors="return")
+            self.assertEqual(out[0], 0)
+            self.assertEqual(out[2], 0)
+            self.assertIsInstance(out[1], safepool.WorkerDied)
+            self.assertEqual(out[1].cause, "timeout")
+
+    def test_oom_kill_through_mem_limit(self):
+        pool = safepool.Pool(2, mem_limit="200MiB")
+        try:
+            if not pool.memory_mode.startswith("cgroup"):
+                skip_or_fail(self, "no memory cgroups here (%s)" % pool.memory_mode)
+            out = pool.map(helpers.hog_at, range(8), chunksize=4, errors="return")
+        finally:
+            pool.terminate()
+        self.assertIsInstance(out[3], safepool.WorkerDied)
+        self.assertEqual(out[3].cause, "oom")
+        self.assertGreater(out[3].peak_rss, 100 << 20)
+        self.assertEqual([v for i, v in enumerate(out) if i != 3], [i * i for i in range(8) if i != 3])
+
+
+class Initializer(unittest.TestCase):
+    def test_runs_once_per_worker(self):
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        with safepool.Pool(2, initializer=helpers.init, initargs=(d, "ready")) as pool:
+            out = pool.map(helpers.initialized, range(200), chunksize=1)
+            self.assertEqual({v for v, _ in out}, {"ready"})
+            pids = {p for _, p in out}
+        files = os.listdir(d)
+        for name in files:
+            with open(os.path.join(d, name)) as f:
+                self.assertEqual(f.read(), "x", "initializer ran more than once in %s" % name)
+        self.assertTrue(pids <= {int(n) for n in files})
+
+
+    def test_initializer_that_raises_breaks_the_pool(self):
+        pool = safepool.Pool(1, initializer=helpers.bad_init)
+        try:
+            with self.assertRaises(safepool.BrokenPool) as cm:
+                pool.map(helpers.square, range(3))
+            self.assertIn("initializer failed", str(cm.exception))
+        finally:
+            pool.terminate()
+
+
+class MainScript(unittest.TestCase):
+    def test_functions_from_main(self):
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        script = os.path.join(d, "script.py")
+        with open(script, "w") as f:
+            f.write(textwrap.dedent("""
+                import safepool
+
+                class Point:
+                    def __init__(self, x):
+                        self.x = x
+
+                def triple(x):
+                    return Point(3 * x)
+
+                print("imported as", __name__)
+                if __name__ == "__main__":
+                    with safepool.Pool(2) as pool:
+                        print("result", [p.x for p in pool.map(triple, range(5))])
+            """))
+        out = subprocess.run([sys.executable, script], env=child_env(), capture_output=True, text=True,
+                             timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("result [0, 3, 6, 9, 12]", out.stdout)
+        # Workers import the script under another name and skip its main block.
+        self.assertIn("imported as __mp_main__", out.stdout)
+        self.assertEqual(out.stdout.count("result"), 1)
+
+
+class Binary(unittest.TestCase):
+    def test_missing_binary_says_how_to_build(self):
+        old = os.environ.get("SAFEPOOL_BIN")
+        os.environ["SAFEPOOL_BIN"] = "/nonexistent/safepool"
+        try:
+            with self.assertRaises(safepool.BrokenPool) as cm:
+                safepool.Pool(1)
+            self.assertIn("go build -o python/safepool/_bin/safepool ./cmd/safepool", str(cm.exception))
+        finally:
+            if old is None:
+                del os.environ["SAFEPOOL_BIN"]
+            else:
+                os.environ["SAFEPOOL_BIN"] = old
+
+
+if __name__ == "__main__":
+    unittest.main()
