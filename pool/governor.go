@@ -354,7 +354,10 @@ func (g *governor) run() {
 	defer g.p.runners.Done()
 	t := time.NewTicker(memSampleEvery)
 	defer t.Stop()
-	g.p.emit(Event{Kind: EventMemory, Memory: &g.last})
+	g.mu.Lock()
+	first := g.last // a copy: emitIfChanged rewrites g.last
+	g.mu.Unlock()
+	g.p.emit(Event{Kind: EventMemory, Memory: &first})
 	for {
 		select {
 		case <-g.p.quit:
