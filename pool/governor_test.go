@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/safepool/safepool/internal/memory"
 	"github.com/safepool/safepool/internal/testenv"
@@ -164,23 +163,7 @@ func TestGovernorPreemption(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("sh", "-c", `echo $$ > "$0/cgroup.procs" && exec "$1" -test.run='^$'`, g.Path(), os.Args[0])
-	cmd.Env = append(os.Environ(), workerEnv+"=preempt", "PREEMPT_PYTHON="+py)
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err = <-done:
-	case <-time.After(time.Minute):
-		cmd.Process.Kill()
-		<-done
-		t.Fatal("the supervisor did not finish within a minute")
-	}
-	text := out.String()
+	text, err := superviseIn(t, g.Path(), true, workerEnv+"=preempt", "PREEMPT_PYTHON="+py)
 	if err != nil {
 		t.Fatalf("supervisor: %v; output:\n%s", err, text)
 	}

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/safepool/safepool/internal/protocol"
@@ -204,3 +205,33 @@ func behave(in string) (string, error) {
 
 // grown keeps the memory that "grow" tasks allocate.
 var grown [][]byte
+
+// superviseIn runs this test binary as a supervisor in the mode that env
+// selects, inside the cgroup dir, as in a container, and returns its stdout
+// (and stderr, with stderrToo). It joins the group before it runs, keeping
+// its default oom_score_adj (Group.Prepare would mark it a worker). The
+// test fails if it has not ended within a minute.
+func superviseIn(t *testing.T, dir string, stderrToo bool, env ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command("sh", "-c", `echo $$ > "$0/cgroup.procs" && exec "$1" -test.run='^$'`, dir, os.Args[0])
+	cmd.Env = append(os.Environ(), env...)
+	var out strings.Builder
+	cmd.Stdout = &out
+	if stderrToo {
+		cmd.Stderr = &out
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return out.String(), err
+	case <-time.After(time.Minute):
+		cmd.Process.Kill()
+		<-done
+		t.Fatal("the supervisor did not finish within a minute")
+		return "", nil
+	}
+}

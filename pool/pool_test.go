@@ -778,28 +778,10 @@ func TestOOMBehindShell(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Join the group before the supervisor runs, keeping its default
-	// oom_score_adj (Group.Prepare would mark it a worker).
-	cmd := exec.Command("sh", "-c", `echo $$ > "$0/cgroup.procs" && exec "$1" -test.run='^$'`, g.Path(), os.Args[0])
-	cmd.Env = append(os.Environ(), workerEnv+"=seed")
-	var out strings.Builder
-	cmd.Stdout = &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err = <-done:
-	case <-time.After(time.Minute):
-		cmd.Process.Kill()
-		<-done
-		t.Fatal("the supervisor did not finish within a minute")
-	}
+	text, err := superviseIn(t, g.Path(), false, workerEnv+"=seed")
 	if err != nil {
-		t.Fatalf("supervisor: %v; output:\n%s", err, out.String())
+		t.Fatalf("supervisor: %v; output:\n%s", err, text)
 	}
-	text := out.String()
 	if !strings.Contains(text, "task 7 poison oom\n") || strings.Count(text, " done ") != 39 {
 		t.Errorf("supervisor output:\n%s\nwant 39 tasks done and task 7 poison oom", text)
 	}

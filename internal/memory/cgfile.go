@@ -59,6 +59,20 @@ func readInt(path string) (int64, error) {
 	return v, nil
 }
 
+// readOOMKill reads the oom_kill counter of a keyed file (v1
+// memory.oom_control, v2 memory.events). A kernel without the counter gives
+// an error matching errors.ErrUnsupported.
+func readOOMKill(p string) (uint64, error) {
+	v, ok, err := readKey(p, "oom_kill")
+	if err != nil {
+		return 0, err
+	}
+	if !ok {
+		return 0, fmt.Errorf("memory: no oom_kill in %s: %w", p, errors.ErrUnsupported)
+	}
+	return v, nil
+}
+
 // readLimit reads a limit file: v2 writes "max" for no limit, v1 a number
 // near 2^63 (rounded down to a page). ok is false when there is no limit.
 func readLimit(path string) (limit int64, ok bool, err error) {

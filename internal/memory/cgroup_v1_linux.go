@@ -2,7 +2,6 @@ package memory
 
 import (
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -59,15 +58,7 @@ func configureV1(dir string, limit int64) error {
 // which containerd's cgroup1 package would also give, but only as part of
 // a full Stat reading some twenty files.
 func (cgroupV1) oomKills(dir string) (uint64, error) {
-	p := filepath.Join(dir, "memory.oom_control")
-	v, ok, err := readKey(p, "oom_kill")
-	if err != nil {
-		return 0, err
-	}
-	if !ok {
-		return 0, fmt.Errorf("memory: no oom_kill in %s: %w", p, errors.ErrUnsupported)
-	}
-	return v, nil
+	return readOOMKill(filepath.Join(dir, "memory.oom_control"))
 }
 
 func (cgroupV1) usage(dir string) (int64, error) {

@@ -98,15 +98,7 @@ func configureV2(dir string, limit int64) error {
 }
 
 func (cgroupV2) oomKills(dir string) (uint64, error) {
-	p := filepath.Join(dir, "memory.events")
-	v, ok, err := readKey(p, "oom_kill")
-	if err != nil {
-		return 0, err
-	}
-	if !ok {
-		return 0, fmt.Errorf("memory: no oom_kill in %s: %w", p, errors.ErrUnsupported)
-	}
-	return v, nil
+	return readOOMKill(filepath.Join(dir, "memory.events"))
 }
 
 func (cgroupV2) usage(dir string) (int64, error) {
