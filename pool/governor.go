@@ -21,6 +21,21 @@ const (
 	// the governor waits between two admissions, watching the running
 	// attempts grow.
 	coldStep = 500 * time.Millisecond
+	// lifeWindow is how many recent lives of successful attempts the
+	// prediction of a life looks at: few, since lives change with the load.
+	lifeWindow = 8
+	// profileBins is how many parts of an attempt's life its memory
+	// profile has.
+	profileBins = 20
+	// profileWindow is how many recent profiles the prediction looks at.
+	profileWindow = 16
+	// minTrace is the fewest samples an attempt needs for its profile to
+	// say how it grew (a second's worth); a shorter attempt counts as
+	// holding its peak from the start.
+	minTrace = 10
+	// maxTrace bounds the samples kept for one attempt; longer traces are
+	// halved.
+	maxTrace = 512
 	// victimPatience is how long a preemption may stay unanswered before
 	// the governor may choose another victim.
 	victimPatience = 2 * time.Second
@@ -52,29 +67,47 @@ type governor struct {
 	preemptAbove float64 // fraction of host or cg in use; <= 0: off
 	preemptPSI   float64 // PSI full avg10 percent; <= 0: off
 
-	mu          sync.Mutex
-	res         map[uint64]*reservation // one per dispatched task until it ends
-	slots       []slotMem               // per runner slot
-	peaks       []int64                 // recent peaks of successful attempts, a ring
-	peakNext    int                     // next index in peaks once it is full
-	hostOutside int64                   // host memory in use outside the workers
-	cgOutside   int64                   // cgroup working set outside the workers
-	inUse       int64                   // the workers' memory at the last sample
-	last        MemoryState             // last state emitted
-	blocked     bool                    // the loop waits for memory
-	victim      uint64                  // task being preempted, or 0
-	victimAt    time.Time               // when it was chosen
-	lastCold    time.Time               // last admission on a cold start
+	mu            sync.Mutex
+	res           map[uint64]*reservation // one per dispatched task until it ends
+	slots         []slotMem               // per runner slot
+	peaks         []int64                 // recent peaks of successful attempts, a ring
+	peakNext      int                     // next index in peaks once it is full
+	durs          []time.Duration         // lives of recent successful attempts, a ring
+	durNext       int                     // next index in durs once it is full
+	profiles      []profile               // recent attempts' profiles, a ring
+	profNext      int                     // next index in profiles once it is full
+	hostOutside   int64                   // host memory in use outside the workers
+	cgOutside     int64                   // cgroup working set outside the workers
+	inUse         int64                   // the workers' memory at the last sample
+	last          MemoryState             // last state emitted
+	blocked       bool                    // the loop waits for memory
+	victim        uint64                  // task being preempted, or 0
+	victimAt      time.Time               // when it was chosen
+	lastCold      time.Time               // last admission on a cold start
+	staggered     bool                    // the last admit spaced admissions out
+	lastStaggered time.Time               // last dispatch while admissions were spaced out
 
 	wake chan struct{} // tells the loop to look at admission again
 }
 
 // reservation is the memory set aside for one dispatched task.
 type reservation struct {
-	need  int64     // what the task learned it needs (task.need), or 0
-	slot  int       // runner slot that took it, or -1 while on its way
-	start time.Time // when the runner took it
+	need  int64        // what the task learned it needs (task.need), or 0
+	slot  int          // runner slot that took it, or -1 while on its way
+	start time.Time    // when the runner took it
+	trace []usagePoint // its slot's sampled usage since start, oldest first
 }
+
+// usagePoint is one sample of an attempt's memory: its usage at an age.
+type usagePoint struct {
+	age   time.Duration
+	usage int64
+}
+
+// profile says how an attempt's memory grew over its life: bin k is the
+// most it had used, as a fraction of its peak, by the end of the kth
+// profileBins-th part of its life. It never falls, and its last bin is 1.
+type profile [profileBins]float64
 
 // slotMem is one runner slot's cgroup and its last sampled usage.
 type slotMem struct {
@@ -225,19 +258,150 @@ func (g *governor) committedLocked() int64 {
 }
 
 // admit reports whether t may start now: its predicted peak fits beside
-// what the running attempts hold. When nothing runs, it always may, so
-// that the pool never stalls.
+// what the running attempts hold, either at once or, once the governor has
+// seen how attempts grow and how long they live, at every moment of t's
+// predicted life. When nothing runs, it always may, so that the pool never
+// stalls.
 func (g *governor) admit(t *task) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	ok := len(g.res) == 0
 	if !ok {
 		_, basis := g.baseLocked()
-		ok = (basis != "cold start" || time.Since(g.lastCold) >= coldStep) &&
-			g.committedLocked()+g.predictLocked(t.need) <= g.capacityLocked()
+		c := g.capacityLocked()
+		gap := g.staggerLocked()
+		g.staggered = gap > 0
+		switch {
+		case basis == "cold start" && time.Since(g.lastCold) < coldStep:
+		case time.Since(g.lastStaggered) < gap:
+		default:
+			ok = g.committedLocked()+g.predictLocked(t.need) <= c || g.fitsOverTimeLocked(t, c)
+		}
 	}
 	g.blocked = !ok
 	return ok
+}
+
+// staggerLocked is the least time between two admissions: half a short
+// life (growthLocked's ramp) shared by as many attempts as memory allows,
+// when memory is what limits how many run and attempts grow over their
+// lives; otherwise zero.
+// Attempts that start together grow together and end together, and then
+// only as many fit as fit at their peaks; spread out, some grow while
+// others end, and more fit.
+func (g *governor) staggerLocked() time.Duration {
+	env, ramp, _, ok := g.growthLocked()
+	if !ok || env[0] >= 0.5 {
+		return 0
+	}
+	base, _ := g.baseLocked()
+	c := g.capacityLocked()
+	if c/max(base, 1) >= int64(g.workers) {
+		return 0
+	}
+	return ramp / time.Duration(2*g.allowsLocked(base, c))
+}
+
+// member is one attempt in a projection of memory over time.
+type member struct {
+	age   time.Duration // how long it has run at the projection's start
+	end   time.Duration // the age at which it is expected to end
+	peak  int64         // its predicted peak
+	floor int64         // what it uses now: it is not assumed to use less
+	flat  bool          // it holds the larger of floor and peak until the end of the projection
+}
+
+// endAfter predicts when an attempt that has run for age ends: the median
+// of the recent lives longer than age (sorted), so that an old attempt is
+// expected to live as long as the long-lived did. ok is false when it has
+// outlived them all.
+func endAfter(lives []time.Duration, age time.Duration) (end time.Duration, ok bool) {
+	i, _ := slices.BinarySearch(lives, age+1)
+	if i == len(lives) {
+		return 0, false
+	}
+	return lives[i+(len(lives)-i)/2], true
+}
+
+// fitsOverTimeLocked reports whether t, started now, keeps the workers'
+// memory within capacity over its predicted life. Each attempt is assumed
+// to grow as fast as the fastest recent attempt did (growthLocked) and to
+// end when endAfter says; after its end its slot holds what an attempt
+// holds at its start. An attempt with a need of its own (one the OOM
+// killer or a preemption stopped), one that has outlived every recent
+// life, and a worker with several tasks in flight are assumed to hold
+// their peak throughout. The sum is checked wherever some attempt's
+// predicted use steps up.
+func (g *governor) fitsOverTimeLocked(t *task, capacity int64) bool {
+	env, ramp, lives, ok := g.growthLocked()
+	if !ok || ramp <= 0 {
+		return false
+	}
+	life, _ := endAfter(lives, 0)
+	now := time.Now()
+	perSlot := make([][]*reservation, len(g.slots))
+	var ms []member
+	for _, r := range g.res {
+		if r.slot < 0 {
+			ms = append(ms, member{end: life, peak: g.predictLocked(r.need), flat: r.need > 0})
+		} else {
+			perSlot[r.slot] = append(perSlot[r.slot], r)
+		}
+	}
+	var idle int64
+	for i, rs := range perSlot {
+		use := g.slots[i].usage
+		switch {
+		case len(rs) == 0:
+			idle += use
+		case len(rs) > 1:
+			var need int64
+			for _, r := range rs {
+				need = max(need, g.predictLocked(r.need))
+			}
+			ms = append(ms, member{peak: need, floor: use, flat: true})
+		default:
+			r := rs[0]
+			age := now.Sub(r.start)
+			end, ok := endAfter(lives, age)
+			ms = append(ms, member{age: age, end: end, peak: g.predictLocked(r.need), floor: use, flat: r.need > 0 || !ok})
+		}
+	}
+	ms = append(ms, member{end: life, peak: g.predictLocked(t.need), flat: t.need > 0})
+
+	// use is what m holds at time at from now.
+	use := func(m member, at time.Duration) int64 {
+		if m.flat {
+			return max(m.floor, m.peak)
+		}
+		if m.age+at >= m.end {
+			return int64(env[0] * float64(m.peak))
+		}
+		return max(m.floor, int64(env[binOf(m.age+at, ramp)]*float64(m.peak)))
+	}
+	// The new attempt lives from 0 to life; the sum can only rise where
+	// some attempt enters a new bin.
+	points := []time.Duration{0}
+	for _, m := range ms {
+		if m.flat {
+			continue
+		}
+		for k := 1; k < profileBins; k++ {
+			if at := ramp*time.Duration(k)/profileBins - m.age; at > 0 && at < life {
+				points = append(points, at)
+			}
+		}
+	}
+	for _, at := range points {
+		sum := idle
+		for _, m := range ms {
+			sum += use(m, at)
+		}
+		if sum > capacity {
+			return false
+		}
+	}
+	return true
 }
 
 // reserve sets memory aside for t as it is dispatched. The runner that
@@ -246,6 +410,9 @@ func (g *governor) reserve(t *task) {
 	g.mu.Lock()
 	if _, basis := g.baseLocked(); basis == "cold start" {
 		g.lastCold = time.Now()
+	}
+	if g.staggered {
+		g.lastStaggered = time.Now()
 	}
 	if r := g.res[t.id]; r != nil {
 		r.need = t.need
@@ -272,11 +439,29 @@ func (g *governor) bind(id uint64, slot int) {
 // back to the queue.
 func (g *governor) release(id uint64) {
 	g.mu.Lock()
+	var grp *memory.Group
+	slot := -1
+	if r := g.res[id]; r != nil && r.slot >= 0 {
+		slot, grp = r.slot, g.slots[r.slot].group
+	}
 	delete(g.res, id)
 	if g.victim == id {
 		g.victim = 0
 	}
+	blocked := g.blocked
 	g.mu.Unlock()
+	// The slot's last sample still holds what the attempt used; while the
+	// loop waits for memory, read what the worker holds now.
+	if !blocked || grp == nil {
+		return
+	}
+	if u, err := grp.WorkingSet(); err == nil {
+		g.mu.Lock()
+		if g.slots[slot].group == grp {
+			g.slots[slot].usage = u
+		}
+		g.mu.Unlock()
+	}
 }
 
 // setGroup records the cgroup of the worker in slot, or nil.
@@ -286,20 +471,95 @@ func (g *governor) setGroup(slot int, grp *memory.Group) {
 	g.mu.Unlock()
 }
 
-// observePeak learns from the peak of a successful attempt.
-func (g *governor) observePeak(peak int64) {
-	if peak <= 0 {
+// observe learns from task id's successful attempt a, before its
+// reservation is released: its peak, how long it lived and how its memory
+// grew meanwhile.
+func (g *governor) observe(id uint64, a Attempt) {
+	if a.PeakRSS <= 0 {
 		return
 	}
 	g.mu.Lock()
-	if len(g.peaks) < peakWindow {
-		g.peaks = append(g.peaks, peak)
-	} else {
-		g.peaks[g.peakNext] = peak
-		g.peakNext = (g.peakNext + 1) % peakWindow
+	pushRing(&g.peaks, &g.peakNext, a.PeakRSS, peakWindow)
+	if r := g.res[id]; r != nil && r.slot >= 0 {
+		if life := a.End.Sub(r.start); life > 0 {
+			pushRing(&g.durs, &g.durNext, life, lifeWindow)
+			pushRing(&g.profiles, &g.profNext, profileOf(r.trace, life, a.PeakRSS), profileWindow)
+		}
 	}
 	g.mu.Unlock()
 	g.emitIfChanged()
+}
+
+// pushRing adds v to a ring of at most size values whose next slot to
+// overwrite, once it is full, is *next.
+func pushRing[T any](ring *[]T, next *int, v T, size int) {
+	if len(*ring) < size {
+		*ring = append(*ring, v)
+		return
+	}
+	(*ring)[*next] = v
+	*next = (*next + 1) % size
+}
+
+// profileOf is the profile of an attempt that lived life and peaked at
+// peak, from its trace. A sample counts from the previous sample's age on,
+// since the attempt may have reached it any time in between: the profile
+// errs on the side of growing early. With too few samples to tell, the
+// attempt counts as holding its peak from the start.
+func profileOf(trace []usagePoint, life time.Duration, peak int64) profile {
+	var pr profile
+	if len(trace) < minTrace || life <= 0 {
+		for k := range pr {
+			pr[k] = 1
+		}
+		return pr
+	}
+	for _, pt := range trace {
+		peak = max(peak, pt.usage)
+	}
+	var since time.Duration
+	for _, pt := range trace {
+		k := binOf(since, life)
+		pr[k] = max(pr[k], float64(pt.usage)/float64(peak))
+		since = pt.age
+	}
+	for k := 1; k < profileBins; k++ {
+		pr[k] = max(pr[k], pr[k-1])
+	}
+	pr[profileBins-1] = 1
+	return pr
+}
+
+// binOf is the profile bin of age in a life of span.
+func binOf(age, span time.Duration) int {
+	if age <= 0 {
+		return 0
+	}
+	if age >= span {
+		return profileBins - 1
+	}
+	return min(int(float64(age)/float64(span)*profileBins), profileBins-1)
+}
+
+// growthLocked is what the governor knows of how attempts grow over time:
+// env, per bin, the largest fraction of its peak any recent attempt had
+// reached by then; ramp, the 25th percentile of recent lives, over which
+// env is laid out, so that attempts are assumed to grow faster than most
+// did; and lives, the recent lives, sorted. ok is false until an attempt
+// has succeeded, and always with a hint (Config.MemPerTask), which asks
+// for each task's peak to be set aside for its whole life.
+func (g *governor) growthLocked() (env profile, ramp time.Duration, lives []time.Duration, ok bool) {
+	if g.hint > 0 || len(g.profiles) == 0 || len(g.durs) == 0 {
+		return env, 0, nil, false
+	}
+	for _, pr := range g.profiles {
+		for k, f := range pr {
+			env[k] = max(env[k], f)
+		}
+	}
+	d := slices.Clone(g.durs)
+	slices.Sort(d)
+	return env, d[len(d)/4], d, true
 }
 
 // needAfter returns what t needs after an attempt that the OOM killer took
@@ -322,8 +582,32 @@ func (g *governor) poisonMessage(a Attempt) string {
 func (g *governor) stateLocked() MemoryState {
 	base, basis := g.baseLocked()
 	c := g.capacityLocked()
-	allows := int(min(int64(g.workers), max(1, c/max(base, 1))))
-	return MemoryState{Budget: c, InUse: g.inUse, Predicted: base, Allows: allows, Basis: basis}
+	return MemoryState{Budget: c, InUse: g.inUse, Predicted: base, Allows: g.allowsLocked(base, c), Basis: basis}
+}
+
+// allowsLocked is how many attempts of predicted peak base memory allows
+// at once within c: as many as fit with their peaks side by side, or, once
+// the governor knows how attempts grow, as many as fit when they start
+// evenly spread over a life, the oldest at its peak.
+func (g *governor) allowsLocked(base, c int64) int {
+	base = max(base, 1)
+	n := int(min(int64(g.workers), max(1, c/base)))
+	env, ramp, lives, ok := g.growthLocked()
+	if !ok || ramp <= 0 {
+		return n
+	}
+	life, _ := endAfter(lives, 0)
+	for k := n + 1; k <= g.workers; k++ {
+		var sum int64
+		for j := 1; j <= k; j++ {
+			sum += int64(env[binOf(life*time.Duration(j)/time.Duration(k), ramp)] * float64(base))
+		}
+		if sum > c {
+			break
+		}
+		n = k
+	}
+	return n
 }
 
 // state returns the governor's current plan.
@@ -408,9 +692,15 @@ func (g *governor) sample() {
 	}
 
 	g.mu.Lock()
+	now := time.Now()
 	for i, grp := range groups {
 		if g.slots[i].group == grp {
 			g.slots[i].usage = usage[i]
+		}
+	}
+	for _, r := range g.res {
+		if r.slot >= 0 && groups[r.slot] != nil && g.slots[r.slot].group == groups[r.slot] {
+			r.trace = appendTrace(r.trace, usagePoint{age: now.Sub(r.start), usage: usage[r.slot]})
 		}
 	}
 	g.inUse = inUse
@@ -443,6 +733,19 @@ func (g *governor) sample() {
 		}
 	}
 	g.emitIfChanged()
+}
+
+// appendTrace adds pt to trace, halving the trace when it is full: each
+// pair of samples becomes one, at the earlier age with the larger usage.
+func appendTrace(trace []usagePoint, pt usagePoint) []usagePoint {
+	if len(trace) >= maxTrace {
+		for i := 0; i < len(trace)/2; i++ {
+			a, b := trace[2*i], trace[2*i+1]
+			trace[i] = usagePoint{age: a.age, usage: max(a.usage, b.usage)}
+		}
+		trace = trace[:len(trace)/2]
+	}
+	return append(trace, pt)
 }
 
 // youngestLocked picks the attempt to preempt: the one that started last,

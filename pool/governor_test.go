@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/safepool/safepool/internal/memory"
 	"github.com/safepool/safepool/internal/testenv"
@@ -87,6 +88,42 @@ func TestGovernorAdmission(t *testing.T) {
 		t.Errorf("no memory events")
 	}
 	t.Logf("most at once: %d; memory: %+v", c.most, st)
+}
+
+// growTask is a Python one-shot worker that grows: "growTask MB MS" waits
+// MS milliseconds, then touches MB megabytes and holds them MS/4.
+const growTask = "import sys, time; ms = int(sys.argv[2]); time.sleep(ms / 1000); b = b'x' * (int(sys.argv[1]) << 20); time.sleep(ms / 4000)"
+
+// TestGovernorLearnsGrowth: the governor samples each attempt's memory over
+// its life and learns that these tasks use little at first and their peak
+// at the end.
+func TestGovernorLearnsGrowth(t *testing.T) {
+	requireCgroups(t)
+	py := python(t)
+	cfg := pool.Config{
+		Command:   []string{py, "-c", growTask, "{}", "1500"},
+		Workers:   2,
+		MemBudget: 1 << 30,
+		Stderr:    io.Discard,
+	}
+	got, p := run(t, cfg, "64", "64", "64")
+	for id, r := range got {
+		if r.State != pool.Done {
+			t.Errorf("task %d = %s %s, want done", id, r.State, r.Cause())
+		}
+	}
+	env, lives, ok := pool.Growth(p)
+	if !ok || len(lives) != 3 {
+		t.Fatalf("Growth() = %v, %v, %v: want the lives of 3 attempts", env, lives, ok)
+	}
+	if env[0] > 0.5 || env[len(env)-1] != 1 {
+		t.Errorf("profile envelope %.2f: want it to start well below the peak and end at it", env)
+	}
+	for _, l := range lives {
+		if l < 1500*time.Millisecond {
+			t.Errorf("a life of %v, shorter than the task's own wait", l)
+		}
+	}
 }
 
 // TestGovernorOff: without the governor, all workers run at once whatever

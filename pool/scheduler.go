@@ -134,6 +134,9 @@ func (p *Pool) loop() {
 	ended1 := func(rep report) {
 		t, a := rep.task, rep.att
 		running--
+		if a.Cause == "" && gov != nil {
+			gov.observe(t.id, a) // before ended0, which drops the attempt's trace
+		}
 		ended0(t)
 		p.count(func(s *Stats) { s.Running--; s.Attempts++ })
 		// An OOM kill under the governor is a matter of memory, not of the
@@ -160,8 +163,6 @@ func (p *Pool) loop() {
 				// It was stopped before its peak: wait for more room.
 				t.need = gov.needAfter(t, a.PeakRSS)
 			}
-		case a.Cause == "" && gov != nil:
-			gov.observePeak(a.PeakRSS)
 		}
 		a.Number = t.charged()
 		if a.Cause == "" || a.Cause == CauseCancelled || a.Cause == CausePreempted {

@@ -331,8 +331,10 @@ type Config struct {
 	MemReserve int64
 	// MemPerTask is the expected peak memory of one task in bytes. The
 	// governor uses it until tasks have finished and their peaks are
-	// known. Zero means no hint: until the first peak is known, a task is
-	// assumed to need half the budget.
+	// known, and with it sets each task's predicted peak aside for the
+	// task's whole life, never counting on one task's growth to overlap
+	// another's end. Zero means no hint: the governor starts cautiously
+	// and learns both the peaks and how tasks grow over their lives.
 	MemPerTask int64
 	// PreemptAbove is the fraction of the host's memory, or of the
 	// supervisor's cgroup limit, in use above which the governor stops the

@@ -41,7 +41,10 @@ QUICK = benchlib.quick()
 N = 16
 SIZE_MIB = 512 if QUICK else 1536
 LIMIT = (2 if QUICK else 6) * GIB
-TIMEOUT = 60 if QUICK else 120
+TIMEOUT = 60
+# ONLY="governor,-j 4" runs only the runners whose names contain one of the
+# comma-separated words, prints their figures and writes no results.
+ONLY = [w for w in os.environ.get("ONLY", "").split(",") if w]
 SAMPLE = 0.1
 
 
@@ -131,7 +134,8 @@ def make_cgroup(parent, name):
 
 def scenarios(tmp):
     items = " ".join(str(i) for i in range(1, N + 1))
-    sp = lambda name, *flags: (name, [SAFEPOOL, "run", "-q", "--retries", "3", "--json=%s/%s.json" % (tmp, name)] + list(flags) +
+    sp = lambda name, *flags: (name, [SAFEPOOL, "run", "-q", "--retries", "3", "--json=%s/%s.json" % (tmp, name),
+                                      "--joblog=%s/%s.log" % (tmp, name)] + list(flags) +
                                ["--", PY, TASK, "{}", str(SIZE_MIB), ":::"] + items.split())
     return [
         sp("safepool (governor)", "-j", "16"),
@@ -204,6 +208,12 @@ def run_one(parent, name, argv, tmp):
         done = s["tasks"]["done"]
         if s.get("memory"):
             budget = s["memory"]["budget_bytes"]
+        preempted = s.get("preempted", 0)
+    most, preempted = None, None
+    log = os.path.join(tmp, name + ".log")
+    if os.path.exists(log):
+        most = most_at_once(log)
+        os.remove(log)
     remove_cgroup(cg)
     outcome = "completed" if done == N and not hung else ("hung" if hung else "lost %d" % (N - done))
     benchlib.log("  %-32s %-10s done %2d/%d  wall %5.1fs  oom kills: %d in workers, %d outside  status %s" %
@@ -211,7 +221,25 @@ def run_one(parent, name, argv, tmp):
     if p.returncode not in (0, None) and not hung and done == N:
         benchlib.log("    stderr: " + errtext.strip()[-300:])
     return {"wall": wall, "outcome": outcome, "done": done, "hung": hung, "worker_kills": worker_kills,
-            "outside": outside, "series": series, "kills": kills, "budget": budget}
+            "outside": outside, "series": series, "kills": kills, "budget": budget, "most": most,
+            "preempted": preempted, "peak": max((u for _, u in series), default=0)}
+
+
+def most_at_once(joblog):
+    """The most attempts that ran at once, from safepool's --joblog."""
+    ev = []
+    with open(joblog) as f:
+        for row in list(f)[1:]:
+            cols = row.rstrip("\n").split("\t")
+            start, runtime = float(cols[4]), float(cols[5])
+            # The joblog rounds to milliseconds: an attempt that starts as
+            # another ends in the same slot must not count as overlapping.
+            ev += [(start, 1), (start + runtime - 0.005, -1)]
+    n = most = 0
+    for _, d in sorted(ev):
+        n += d
+        most = max(most, n)
+    return most
 
 
 def plot(last, best_static):
@@ -252,6 +280,8 @@ def main():
         for rep in range(runs):
             benchlib.log("governor: repetition %d of %d" % (rep + 1, runs))
             for name, argv in scenarios(tmp):
+                if ONLY and not any(w in name for w in ONLY):
+                    continue
                 r = run_one(parent, name, argv, tmp)
                 results.setdefault(name, []).append(r)
                 last[name] = r
@@ -259,18 +289,27 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
 
     med = lambda name: benchlib.percentile([r["wall"] for r in results[name]], 50)
+    if ONLY:
+        for name, rs in results.items():
+            print("%-32s %s  wall %s  done %s  most %s  kills %s" % (name, [r["outcome"] for r in rs],
+                  benchlib.summary([r["wall"] for r in rs], "{:.1f}"), benchlib.summary([r["done"] for r in rs]),
+                  [r["most"] for r in rs], benchlib.summary([r["worker_kills"] + r["outside"] for r in rs])))
+        return
     statics = [n for n in results if "(static)" in n and all(r["outcome"] == "completed" for r in results[n])]
     best_static = min(statics, key=med) if statics else "safepool -j 3 (static)"
     gov = results["safepool (governor)"]
     ratio = med("safepool (governor)") / med(best_static)
     rows = []
     for name, rs in results.items():
+        mosts = [r["most"] for r in rs if r["most"] is not None]
         outcomes = {}
         for r in rs:
             outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
         rows.append([name, ", ".join("%s ×%d" % kv for kv in sorted(outcomes.items())),
                      benchlib.summary([r["done"] for r in rs]),
                      benchlib.summary([r["wall"] for r in rs], "{:.1f}"),
+                     benchlib.summary(mosts) if mosts else "-",
+                     benchlib.summary([r["peak"] / GIB for r in rs], "{:.2f}"),
                      benchlib.summary([r["worker_kills"] + r["outside"] for r in rs]),
                      benchlib.summary([r["outside"] for r in rs])])
     img = plot(last, best_static)
@@ -288,23 +327,31 @@ def main():
                 % (SIZE_MIB, LIMIT // GIB, TIMEOUT, ", ".join(sorted({"%.2f GiB" % (b / GIB) for b in budgets})) or "?", runs))
     text.append("```\n%s\n```\n" % cmd)
     text.append(benchlib.table(["Runner", "Outcome (runs)", "Tasks done of %d" % N, "Wall s, median (min-max)",
-                                "OOM kills", "OOM kills outside workers"], rows))
+                                "Most tasks at once", "Peak memory of the run GiB", "OOM kills",
+                                "OOM kills outside workers"], rows))
     ok = all(r["outcome"] == "completed" and r["outside"] == 0 for r in gov)
     text.append("The governed run %s all %d tasks in every repetition with %s OOM kills outside its workers, in %.2f× "
                 "the median wall time of the best static `-j` (%s, %.1f s); the requirement is at most 1.15×.\n"
                 % ("finished" if ok else "did NOT finish", N,
                    "zero" if all(r["outside"] == 0 for r in gov) else "some",
                    ratio, best_static, med(best_static)))
-    text.append("Reading: without the governor, `-j 16` asks for 24 GiB in a 6 GiB cgroup, so the kernel OOM-kills "
+    gmost = [r["most"] for r in gov if r["most"] is not None]
+    size = "%.1f GiB" % (SIZE_MIB / 1024.0)
+    text.append("Reading: without the governor, `-j 16` asks for %d GiB in a %d GiB cgroup, so the kernel OOM-kills "
                 "workers until the retries run out. multiprocessing.Pool loses a worker to the OOM killer and then waits "
                 "for its result forever. GNU parallel's `--memfree` looks at the host's free memory, not the cgroup's "
                 "limit, so it starts every job. The governor found the budget by itself (the cgroup's limit less a "
-                "tenth), admitted the first tasks half a second apart while it watched them grow, and then ran 3 at a "
-                "time from the measured peaks (1.5 GiB plus a tenth). A hand-picked `-j 4` puts four 1.5 GiB tasks "
-                "into 6 GiB: that works only because their peaks do not quite coincide, with no room for a larger "
-                "task or for anything else in the cgroup; the governor keeps a reserve and plans as if peaks "
-                "coincide, which is what costs it the difference to `-j 4`. Filling memory costs this 2-core machine "
-                "1.5-3 s of CPU per task, so with more than 2 tasks at once the run is also bound by CPU.\n")
+                "tenth), admitted the first tasks half a second apart while it watched them grow, and then planned "
+                "from what it had measured: peaks of about %s, of which 3 fit side by side, and how each task "
+                "grows over its life, so that a new task grows while older ones end (docs/memory.md, Admission). It "
+                "ran up to %s tasks at once (median of each run's most), the run's memory peaked at %s GiB of %d, "
+                "and it preempted %s attempts in all. A hand-picked `-j 4` starts four %s tasks at once in "
+                "%d GiB, with no reserve and no room for a larger task. Filling memory costs this 2-core machine "
+                "1.5-3 s of CPU per task, so with more than 2 tasks at once the run is also bound by CPU; the first "
+                "wave of every runner is slower than the later ones (the kernel has to find the memory the first "
+                "time).\n" % (N * SIZE_MIB // 1024, LIMIT // GIB, size, benchlib.summary(gmost) if gmost else "?",
+                              benchlib.summary([r["peak"] / GIB for r in gov], "{:.2f}"), LIMIT // GIB,
+                              sum(r["preempted"] or 0 for r in gov), size, LIMIT // GIB))
     if img:
         text.append("![Memory of the run cgroup over time; OOM kills marked](%s)\n" % img)
     benchlib.write_section("governor", "\n".join(text))
