@@ -698,9 +698,21 @@ func (g *governor) sample() {
 			g.slots[i].usage = usage[i]
 		}
 	}
+	// Only an attempt alone on its worker is traced: with several tasks in
+	// flight, the worker's memory is not one task's.
+	perSlot := make([]int, len(groups))
+	for _, r := range g.res {
+		if r.slot >= 0 {
+			perSlot[r.slot]++
+		}
+	}
 	for _, r := range g.res {
 		if r.slot >= 0 && groups[r.slot] != nil && g.slots[r.slot].group == groups[r.slot] {
-			r.trace = appendTrace(r.trace, usagePoint{age: now.Sub(r.start), usage: usage[r.slot]})
+			if perSlot[r.slot] == 1 {
+				r.trace = appendTrace(r.trace, usagePoint{age: now.Sub(r.start), usage: usage[r.slot]})
+			} else {
+				r.trace = nil
+			}
 		}
 	}
 	g.inUse = inUse
