@@ -21,6 +21,9 @@ const (
 	// the governor waits between two admissions, watching the running
 	// attempts grow.
 	coldStep = 500 * time.Millisecond
+	// learnEvery is how often, at most, the prediction is worked out
+	// again as attempts succeed; the sampler catches up on the rest.
+	learnEvery = 20 * time.Millisecond
 	// lifeWindow is how many recent lives of successful attempts the
 	// prediction of a life looks at: few, since lives change with the load.
 	lifeWindow = 8
@@ -72,7 +75,12 @@ type governor struct {
 	slots         []slotMem               // per runner slot
 	peaks         []int64                 // recent peaks of successful attempts, a ring
 	peakNext      int                     // next index in peaks once it is full
-	durs          []time.Duration         // lives of recent successful attempts, a ring
+	fromPeaks     int64                   // the prediction from peaks, or 0 before any (learnLocked)
+	growth        growthModel             // how attempts grow and how long they live (learnLocked)
+	withNeed      int                     // reservations whose task has a need of its own
+	unlearnt      bool                    // successes came since learnLocked last ran
+	learntAt      time.Time               // when it did
+	durs          []time.Duration         // lives of the last lifeWindow successful attempts, a ring
 	durNext       int                     // next index in durs once it is full
 	profiles      []profile               // recent attempts' profiles, a ring
 	profNext      int                     // next index in profiles once it is full
@@ -209,12 +217,8 @@ func (g *governor) capacityLocked() int64 {
 
 // baseLocked is the predicted peak of a task with no history of its own.
 func (g *governor) baseLocked() (int64, string) {
-	if len(g.peaks) > 0 {
-		s := slices.Clone(g.peaks)
-		slices.Sort(s)
-		// The 90th percentile, plus a tenth for what the sample missed.
-		p := s[min(len(s)-1, len(s)*9/10)]
-		return p + p/10, "peaks"
+	if g.fromPeaks > 0 {
+		return g.fromPeaks, "peaks"
 	}
 	if g.hint > 0 {
 		return g.hint, "hint"
@@ -235,6 +239,12 @@ func (g *governor) baseLocked() (int64, string) {
 // its own history (0: none): the base, or more.
 func (g *governor) predictLocked(need int64) int64 {
 	b, _ := g.baseLocked()
+	return g.predictFrom(b, need)
+}
+
+// predictFrom is the predicted peak of a task that needs need bytes by its
+// own history, given the base b.
+func (g *governor) predictFrom(b, need int64) int64 {
 	return min(max(b, need), g.budget)
 }
 
@@ -243,12 +253,13 @@ func (g *governor) predictLocked(need int64) int64 {
 // predicted peak, an idle slot its usage, a task on its way its peak.
 func (g *governor) committedLocked() int64 {
 	var sum int64
+	b, _ := g.baseLocked()
 	need := make([]int64, len(g.slots))
 	for _, r := range g.res {
 		if r.slot < 0 {
-			sum += g.predictLocked(r.need)
+			sum += g.predictFrom(b, r.need)
 		} else {
-			need[r.slot] = max(need[r.slot], g.predictLocked(r.need))
+			need[r.slot] = max(need[r.slot], g.predictFrom(b, r.need))
 		}
 	}
 	for i, s := range g.slots {
@@ -275,7 +286,7 @@ func (g *governor) admit(t *task) bool {
 		case basis == "cold start" && time.Since(g.lastCold) < coldStep:
 		case time.Since(g.lastStaggered) < gap:
 		default:
-			ok = g.committedLocked()+g.predictLocked(t.need) <= c || g.fitsOverTimeLocked(t, c)
+			ok = g.fitsAtOnceLocked(t, c) || g.fitsOverTimeLocked(t, c)
 		}
 	}
 	g.blocked = !ok
@@ -300,6 +311,25 @@ func (g *governor) staggerLocked() time.Duration {
 		return 0
 	}
 	return ramp / time.Duration(2*g.allowsLocked(base, c))
+}
+
+// fitsAtOnceLocked reports whether t's predicted peak fits within capacity
+// beside what the running attempts hold or may still take. It tries a
+// bound that needs no look at the reservations first: with many small
+// tasks in flight, the loop asks for every one.
+func (g *governor) fitsAtOnceLocked(t *task, capacity int64) bool {
+	b, _ := g.baseLocked()
+	want := g.predictFrom(b, t.need)
+	if g.withNeed == 0 {
+		bound := int64(len(g.res)) * g.predictFrom(b, 0)
+		for _, s := range g.slots {
+			bound += s.usage
+		}
+		if bound+want <= capacity {
+			return true
+		}
+	}
+	return g.committedLocked()+want <= capacity
 }
 
 // member is one attempt in a projection of memory over time.
@@ -414,11 +444,15 @@ func (g *governor) reserve(t *task) {
 	if g.staggered {
 		g.lastStaggered = time.Now()
 	}
-	if r := g.res[t.id]; r != nil {
-		r.need = t.need
-	} else {
-		g.res[t.id] = &reservation{need: t.need, slot: -1}
+	r := g.res[t.id]
+	if r == nil {
+		r = &reservation{slot: -1}
+		g.res[t.id] = r
 	}
+	if r.need == 0 && t.need > 0 {
+		g.withNeed++
+	}
+	r.need = t.need
 	g.mu.Unlock()
 }
 
@@ -441,8 +475,13 @@ func (g *governor) release(id uint64) {
 	g.mu.Lock()
 	var grp *memory.Group
 	slot := -1
-	if r := g.res[id]; r != nil && r.slot >= 0 {
-		slot, grp = r.slot, g.slots[r.slot].group
+	if r := g.res[id]; r != nil {
+		if r.slot >= 0 {
+			slot, grp = r.slot, g.slots[r.slot].group
+		}
+		if r.need > 0 {
+			g.withNeed--
+		}
 	}
 	delete(g.res, id)
 	if g.victim == id {
@@ -485,6 +524,10 @@ func (g *governor) observe(id uint64, a Attempt) {
 			pushRing(&g.durs, &g.durNext, life, lifeWindow)
 			pushRing(&g.profiles, &g.profNext, profileOf(r.trace, life, a.PeakRSS), profileWindow)
 		}
+	}
+	g.unlearnt = true
+	if time.Since(g.learntAt) >= learnEvery {
+		g.learnLocked()
 	}
 	g.mu.Unlock()
 	g.emitIfChanged()
@@ -549,9 +592,27 @@ func binOf(age, span time.Duration) int {
 // has succeeded, and always with a hint (Config.MemPerTask), which asks
 // for each task's peak to be set aside for its whole life.
 func (g *governor) growthLocked() (env profile, ramp time.Duration, lives []time.Duration, ok bool) {
-	if g.hint > 0 || len(g.profiles) == 0 || len(g.durs) == 0 {
-		return env, 0, nil, false
+	m := &g.growth
+	return m.env, m.ramp, m.lives, m.ok
+}
+
+// learnLocked brings what baseLocked and growthLocked return up to date
+// with the recent peaks, lives and profiles. The loop asks for them for
+// every admission, so they are worked out here: after a success, at most
+// every learnEvery, and by the sampler for what is left.
+func (g *governor) learnLocked() {
+	g.unlearnt, g.learntAt = false, time.Now()
+	if len(g.peaks) > 0 {
+		s := slices.Clone(g.peaks)
+		slices.Sort(s)
+		// The 90th percentile, plus a tenth for what the sample missed.
+		p := s[min(len(s)-1, len(s)*9/10)]
+		g.fromPeaks = p + p/10
 	}
+	if g.hint > 0 || len(g.profiles) == 0 || len(g.durs) == 0 {
+		return
+	}
+	var env profile
 	for _, pr := range g.profiles {
 		for k, f := range pr {
 			env[k] = max(env[k], f)
@@ -559,7 +620,15 @@ func (g *governor) growthLocked() (env profile, ramp time.Duration, lives []time
 	}
 	d := slices.Clone(g.durs)
 	slices.Sort(d)
-	return env, d[len(d)/4], d, true
+	g.growth = growthModel{env: env, ramp: d[len(d)/4], lives: d, ok: true}
+}
+
+// growthModel is what growthLocked returns.
+type growthModel struct {
+	env   profile
+	ramp  time.Duration
+	lives []time.Duration
+	ok    bool
 }
 
 // needAfter returns what t needs after an attempt that the OOM killer took
@@ -716,6 +785,9 @@ func (g *governor) sample() {
 		}
 	}
 	g.inUse = inUse
+	if g.unlearnt {
+		g.learnLocked()
+	}
 	if hostErr == nil && g.host > 0 {
 		g.hostOutside = max(0, hostUsed-inUse)
 	}

@@ -80,6 +80,7 @@ func grownGovernor(peak int64, life time.Duration, capacity int64) *governor {
 		g.durs = append(g.durs, life)
 		g.profiles = append(g.profiles, pr)
 	}
+	g.learnLocked()
 	return g
 }
 
