@@ -186,11 +186,15 @@ func (c *Config) normalize() error {
 	if c.MaxBackoff == 0 {
 		c.MaxBackoff = 5 * time.Second
 	}
-	if c.Protocol != Framed || c.Pipeline == 0 {
+	switch {
+	case c.Protocol == OneShot:
+		c.Pipeline = 1 // one process per attempt
+	case c.Pipeline == 0 && c.Protocol == Framed:
+		c.Pipeline = 8
+	case c.Pipeline == 0:
+		// A line worker that does not flush each answer would stall with
+		// lines sent ahead; a caller who knows it does asks for more.
 		c.Pipeline = 1
-		if c.Protocol == Framed {
-			c.Pipeline = 8
-		}
 	}
 	if c.MaxPending == 0 {
 		c.MaxPending = 64 + 4*c.Workers*c.Pipeline

@@ -2,6 +2,7 @@ package pool
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -26,7 +27,21 @@ const (
 	oomLogWait = 200 * time.Millisecond
 	// rssPollEvery is the RSS polling period where cgroups are unavailable.
 	rssPollEvery = 100 * time.Millisecond
+	// peakEvery is the least time between two readings (each followed by a
+	// reset) of a worker cgroup's peak. Reading and resetting it for every
+	// task cost most of the supervisor's time on short lines; an attempt
+	// that ends sooner is charged the last reading (see Attempt.PeakRSS).
+	peakEvery = 100 * time.Millisecond
+	// maxLinesPerEvent bounds how many result lines, already buffered, the
+	// reader hands to the runner at once.
+	maxLinesPerEvent = 256
 )
+
+// pipelineAhead is about how much work, by the recent time per line, a line
+// worker may have waiting in its stdin. Lines sent ahead save a round trip
+// each, which matters for lines of microseconds; for lines of seconds they
+// would only keep idle workers from the last lines of the input.
+var pipelineAhead = 10 * time.Millisecond
 
 // runner owns one worker slot: the worker process in it, the goroutines that
 // read and write that process's pipes, and the attempts in flight on it.
@@ -56,6 +71,13 @@ type runner struct {
 	protocolMsg string         // what the worker did wrong, when killed for it
 	retired     bool           // the runner told the current process to end
 	spawned     time.Time      // when the current process started
+	pending     []byte         // tasks encoded but not yet handed to the writer
+	lineTime    time.Duration  // line protocol: recent time per line, a moving average; 0 before the first
+
+	// The slot's cgroup peak is read and reset at most every peakEvery.
+	peakAt   time.Time // when the peak was last reset
+	peakRead bool      // peakLast is a reading taken at peakAt
+	peakLast int64     // the last reading: the peak of the interval before peakAt
 }
 
 // flight is one task handed to the current worker process.
@@ -63,11 +85,12 @@ type flight struct {
 	t       *task
 	started bool
 	start   time.Time
+	peak    int64 // the highest peak reading taken while it ran
 }
 
 // procEvent is what a reader goroutine saw on a worker's result pipe.
 type procEvent struct {
-	line  []byte         // line protocol: one result line, without its newline
+	lines [][]byte       // line protocol: result lines, without their newlines
 	frame protocol.Frame // framed protocol
 	err   error          // io.EOF, or what was wrong; the reader's last event
 }
@@ -145,6 +168,17 @@ func (r *runner) runPersistent() {
 		select {
 		case t := <-dispatch:
 			r.sendTask(t)
+			// Take what else is ready to go, and write it all at once.
+		more:
+			for r.hasRoom() {
+				select {
+				case t := <-dispatch:
+					r.sendTask(t)
+				default:
+					break more
+				}
+			}
+			r.flushTasks()
 		case ev := <-r.events:
 			r.handle(ev)
 		case <-r.proc.Done():
@@ -154,7 +188,9 @@ func (r *runner) runPersistent() {
 			r.checkDeadlines()
 		case id := <-r.preempt:
 			for _, f := range r.inflight {
-				if f.t.id == id && f.started {
+				// A line sent to a worker is in its stdin and is in the way
+				// of the memory the worker holds: stop the worker for it too.
+				if f.t.id == id && (f.started || r.p.cfg.Protocol == Line) {
 					r.kill(CausePreempted)
 					break
 				}
@@ -187,6 +223,17 @@ func (r *runner) hasRoom() bool {
 	}
 	if cfg.Protocol == Framed && !r.ready {
 		return false
+	}
+	if cfg.Protocol == Line && len(r.inflight) >= r.lineDepth() {
+		return false
+	}
+	if n := len(r.inflight); n > 0 {
+		// A task that has failed before runs with nothing queued behind
+		// it, so that no task dispatched after it keeps it from counting
+		// as running alone (the memory governor's poison rule).
+		if t := r.inflight[n-1].t; t.charged() > 0 || t.need > 0 {
+			return false
+		}
 	}
 	if cfg.MaxTasksPerWorker > 0 && r.answered+len(r.inflight) >= cfg.MaxTasksPerWorker {
 		return false
@@ -246,7 +293,18 @@ func withEnv(env []string, vars ...string) []string {
 	return append(append([]string(nil), env...), vars...)
 }
 
-// sendTask hands t to the current process.
+// lineDepth is how many lines the current line worker may have in flight:
+// one until it has answered, then as many as it answers in pipelineAhead,
+// up to Config.Pipeline.
+func (r *runner) lineDepth() int {
+	if r.lineTime <= 0 {
+		return 1
+	}
+	return int(min(int64(r.p.cfg.Pipeline), 1+int64(pipelineAhead/r.lineTime)))
+}
+
+// sendTask encodes t for the current process; flushTasks hands what was
+// encoded to the writer.
 func (r *runner) sendTask(t *task) {
 	if r.p.gov != nil {
 		r.p.gov.bind(t.id, r.slot)
@@ -254,24 +312,62 @@ func (r *runner) sendTask(t *task) {
 	f := &flight{t: t}
 	r.inflight = append(r.inflight, f)
 	if r.p.cfg.Protocol == Line {
-		// The line protocol cannot say when a task starts: it starts when sent.
-		r.startFlight(f)
-		msg := make([]byte, len(t.t.Input)+1)
-		copy(msg, t.t.Input)
-		msg[len(msg)-1] = '\n'
-		r.writes <- msg
+		r.pending = append(append(r.pending, t.t.Input...), '\n')
+		// A line worker answers in order, and the line protocol cannot say
+		// when a task starts: the oldest line in flight is the one running,
+		// from when it was sent or the previous line was answered.
+		if len(r.inflight) == 1 {
+			r.startFlight(f, time.Now())
+		}
 		return
 	}
-	r.writes <- encodeTask(t.id, t.t.Input)
+	r.pending = appendTask(r.pending, t.id, t.t.Input)
 }
 
-func (r *runner) startFlight(f *flight) {
-	f.started, f.start = true, time.Now()
-	if r.group != nil && len(r.inflight) == 1 {
-		_ = r.group.ResetPeak()
+// flushTasks hands the encoded tasks to the writer in one message. The
+// writes channel holds one message per task at most, so this never blocks.
+func (r *runner) flushTasks() {
+	if len(r.pending) == 0 {
+		return
+	}
+	r.writes <- r.pending
+	r.pending = nil
+}
+
+// startFlight marks f running since at.
+func (r *runner) startFlight(f *flight, at time.Time) {
+	f.started, f.start = true, at
+	if r.group != nil && len(r.inflight) == 1 && at.Sub(r.peakAt) >= peakEvery {
+		// The worker was idle: measure its peak from here.
+		if r.group.ResetPeak() == nil {
+			r.peakAt, r.peakRead = at, false
+		}
 	}
 	r.p.emit(Event{Kind: EventAttemptStarted, TaskID: f.t.id, WorkerPID: r.proc.Pid, Time: f.start})
 	r.armDeadline()
+}
+
+// peakFor is the peak memory to charge to f as it ends at now: the peak read
+// now, or, within peakEvery of the last reading, that reading. A reading
+// also raises the peak of every other running attempt.
+func (r *runner) peakFor(f *flight, now time.Time) int64 {
+	if r.group == nil {
+		return 0
+	}
+	if !r.peakRead || now.Sub(r.peakAt) >= peakEvery {
+		if p, err := r.group.Peak(); err == nil {
+			r.peakLast, r.peakRead = p, true
+			if r.group.ResetPeak() == nil {
+				r.peakAt = now
+			}
+			for _, g := range r.inflight {
+				if g.started {
+					g.peak = max(g.peak, p)
+				}
+			}
+		}
+	}
+	return max(f.peak, r.peakLast)
 }
 
 // armDeadline sets the timer for the earliest attempt timeout, or for the
@@ -343,11 +439,26 @@ func (r *runner) handle(ev procEvent) {
 		return
 	}
 	if r.p.cfg.Protocol == Line {
-		if len(r.inflight) == 0 {
-			r.protocolError("a line on stdout with no task in flight")
-			return
+		for _, line := range ev.lines {
+			if r.killed == CauseProtocol {
+				return // what follows a protocol error is not trusted
+			}
+			if len(r.inflight) == 0 {
+				r.protocolError("a line on stdout with no task in flight")
+				return
+			}
+			head := r.inflight[0]
+			if d := time.Since(head.start); r.lineTime == 0 {
+				r.lineTime = max(d, 1)
+			} else {
+				r.lineTime = max(r.lineTime+(d-r.lineTime)/8, 1)
+			}
+			r.succeed(head, line)
+			if len(r.inflight) > 0 {
+				// The next line runs from the moment this one was answered.
+				r.startFlight(r.inflight[0], time.Now())
+			}
 		}
-		r.succeed(r.inflight[0], ev.line)
 		return
 	}
 	fr := ev.frame
@@ -371,7 +482,7 @@ func (r *runner) handle(ev procEvent) {
 			r.protocolError(fmt.Sprintf("start frame for task %d, which is not waiting to start", fr.ID))
 			return
 		}
-		r.startFlight(f)
+		r.startFlight(f, time.Now())
 	case protocol.KindResult, protocol.KindError:
 		f := r.flightByID(fr.ID)
 		if f == nil {
@@ -379,7 +490,7 @@ func (r *runner) handle(ev procEvent) {
 			return
 		}
 		if !f.started {
-			r.startFlight(f) // lenient: a worker may skip the start frame
+			r.startFlight(f, time.Now()) // lenient: a worker may skip the start frame
 		}
 		if fr.Kind == protocol.KindResult {
 			r.succeed(f, fr.Payload)
@@ -460,11 +571,7 @@ func (r *runner) endFlight(f *flight, a Attempt, output []byte) {
 		}
 	}
 	a.WorkerPID, a.Start, a.End = r.proc.Pid, f.start, time.Now()
-	if r.group != nil {
-		if peak, err := r.group.Peak(); err == nil {
-			a.PeakRSS = peak
-		}
-	}
+	a.PeakRSS = r.peakFor(f, a.End)
 	r.p.send(report{kind: reportAttempt, task: f.t, att: a, output: output})
 	r.armDeadline()
 }
@@ -512,19 +619,28 @@ func (r *runner) reap() {
 	r.p.emit(Event{Kind: EventWorkerExited, WorkerPID: proc.Pid, Time: exit.Time})
 
 	charged := false
+	// The loop puts each requeued task at the head of its queue: requeue
+	// the newest first, so that they run again in the order they came.
+	var requeue []*task
+	defer func() {
+		for i := len(requeue) - 1; i >= 0; i-- {
+			r.p.send(report{kind: reportRequeue, task: requeue[i]})
+		}
+	}()
 	for _, f := range r.inflight {
 		switch {
 		case !f.started, r.victim != nil && f != r.victim && (cause == CauseTimeout || cause == CauseProtocol):
-			// Never started, or an innocent bystander of another task's
+			// Never started (for a line worker: sent behind the line it
+			// was running), or an innocent bystander of another task's
 			// timeout or protocol error: back to the queue, nothing charged.
-			r.p.send(report{kind: reportRequeue, task: f.t})
+			requeue = append(requeue, f.t)
 			continue
 		case cause == ExitCause(0) && r.p.cfg.Protocol == Line && !f.t.exitZeroPass:
 			// A line worker that exits 0 most likely did so between tasks,
 			// before reading this one: the line protocol cannot tell. Give
 			// the task one uncharged run elsewhere; a second time, charge it.
 			f.t.exitZeroPass = true
-			r.p.send(report{kind: reportRequeue, task: f.t})
+			requeue = append(requeue, f.t)
 			continue
 		}
 		end := exit.Time
@@ -537,7 +653,7 @@ func (r *runner) reap() {
 		}
 		if r.group != nil {
 			if peak, err := r.group.Peak(); err == nil && peak > 0 {
-				a.PeakRSS = peak
+				a.PeakRSS = max(peak, f.peak)
 			}
 		}
 		a.Message = r.deathMessage(cause, proc, a.PeakRSS)
@@ -550,7 +666,9 @@ func (r *runner) reap() {
 		r.p.send(report{kind: reportStartupFailure, charged: charged, start: &StartError{
 			Command: r.p.cfg.Command, Cause: cause, Stderr: proc.StderrTail()}})
 	}
-	r.proc, r.inflight, r.protocolMsg, r.retired = nil, nil, "", false
+	r.proc, r.inflight, r.protocolMsg, r.retired, r.pending = nil, nil, "", false, nil
+	// The new worker's first task starts a new peak interval.
+	r.peakAt, r.peakRead = time.Time{}, false
 }
 
 // startupCause reports whether a worker dying of c during its very first task
@@ -664,7 +782,19 @@ func readResults(proto Protocol, rd io.Reader, events chan<- procEvent, gone <-c
 			send(procEvent{err: err})
 			return
 		}
-		if !send(procEvent{line: line}) {
+		// Hand over, with it, the whole lines already buffered.
+		lines := [][]byte{line}
+		for len(lines) < maxLinesPerEvent {
+			buf, _ := br.Peek(br.Buffered())
+			if bytes.IndexByte(buf, '\n') < 0 {
+				break
+			}
+			if line, err = readLine(br); err != nil {
+				break // cannot happen: a whole line is buffered
+			}
+			lines = append(lines, line)
+		}
+		if !send(procEvent{lines: lines}) {
 			return
 		}
 	}
@@ -718,9 +848,9 @@ func writeTasks(w io.WriteCloser, msgs <-chan []byte) {
 	}
 }
 
-// encodeTask returns a task frame as bytes, ready for the pipe.
-func encodeTask(id uint64, payload []byte) []byte {
-	var b frameBuffer
+// appendTask appends a task frame to buf, ready for the pipe.
+func appendTask(buf []byte, id uint64, payload []byte) []byte {
+	b := frameBuffer(buf)
 	w := protocol.NewWriter(&b)
 	_ = w.WriteFrame(protocol.Frame{Kind: protocol.KindTask, ID: id, Payload: payload})
 	_ = w.Flush()

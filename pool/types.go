@@ -158,7 +158,14 @@ type Attempt struct {
 	Signal string
 	// PeakRSS is the highest memory use seen for the attempt in bytes: the
 	// cgroup's peak when the worker has its own cgroup, otherwise the
-	// worker's peak resident set size. Zero means unknown.
+	// worker's peak resident set size. Zero means unknown. A persistent
+	// worker's cgroup peak is read and reset at most every 100 ms, so for
+	// tasks shorter than that it is the worker's peak over an interval of
+	// about 100 ms: an attempt that ends within 100 ms of the last reading
+	// is charged that reading, and a longer attempt is charged the highest
+	// reading taken while it ran (on an idle worker, the peak is reset as
+	// the attempt starts). For a worker that died during the attempt, it
+	// is the peak since the last reading.
 	PeakRSS int64
 	// Message gives detail: the worker's error text for a task error, what
 	// was wrong on the wire for a protocol error, or the tail of a one-shot
@@ -349,8 +356,14 @@ type Config struct {
 	// KeepOrder delivers results in submission order. Otherwise they come as
 	// they complete.
 	KeepOrder bool
-	// Pipeline is how many framed tasks may be sent to one worker before it
-	// answers the first. Zero means 8. It is always 1 for the other protocols.
+	// Pipeline is how many tasks may be sent to one persistent worker
+	// before it answers the first. Zero means 8 for Framed and 1 for Line;
+	// it is always 1 for OneShot. A line worker answers in order, so the
+	// oldest line in flight is the one it is running: when it dies, only
+	// that line is charged, and the lines sent behind it, still in its
+	// stdin, go back to the queue uncharged. Line tasks sent ahead of time
+	// need a worker that flushes each answer. A task that has been charged
+	// before runs with nothing sent behind it.
 	Pipeline int
 	// MaxPending bounds the tasks submitted but not yet delivered on
 	// Results; Submit blocks while it is reached. This, not the input size,

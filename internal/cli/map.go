@@ -29,6 +29,9 @@ The worker:
   A line worker reads a line from stdin and writes exactly one line to
   stdout for it, in order, flushing after each line (python3 -u,
   awk's fflush(), stdbuf -oL). Its stderr goes to safepool's stderr.
+  safepool sends up to --pipeline lines ahead (fewer when lines take long),
+  which wait in the worker's stdin; the oldest line not yet answered is the
+  one the worker is running, and only it is charged if the worker dies.
   With --framed the worker speaks the framed protocol of docs/protocol.md on
   fds 3 and 4 instead, and its own stdout also goes to safepool's stderr.
 
@@ -59,6 +62,7 @@ type mapArgs struct {
 	framed   bool
 	maxTasks int
 	maxRSS   int64
+	pipeline int    // --pipeline; 0 when not given
 	json     string // --json FILE
 
 	argv []string // CMD ARGS... after the flags
@@ -71,6 +75,7 @@ func (a *mapArgs) flagSet() *pflag.FlagSet {
 	a.common.registerPool(fs, "give a task up to `N` more attempts when its worker dies during it: killed, crashed or exited")
 	fs.IntVar(&a.maxTasks, "max-tasks", 0, "replace a worker after it has done `N` tasks (default: never)")
 	fs.Var(newSizeValue(&a.maxRSS), "max-rss", "replace a worker whose memory is over `SIZE` after a task (default: never)")
+	fs.IntVar(&a.pipeline, "pipeline", 0, "send up to `N` tasks to a worker before it answers the first (default 32 lines, 8 with --framed)")
 	a.common.registerInput(fs)
 	a.common.registerOutput(fs)
 	fs.StringVar(&a.json, "json", "", "write a JSON summary to `FILE` at the end")
@@ -95,6 +100,8 @@ func (a *mapArgs) parse(e *env, args []string) error {
 		return usagef("map", "missing worker command (--worker 'CMD')")
 	case a.maxTasks < 0:
 		return usagef("map", "--max-tasks must be at least 0, not %d", a.maxTasks)
+	case fs.Changed("pipeline") && a.pipeline < 1:
+		return usagef("map", "--pipeline must be at least 1, not %d", a.pipeline)
 	case a.json == "-":
 		return usagef("map", "--json needs a FILE: stdout carries the data")
 	}
@@ -123,6 +130,10 @@ func runMap(ctx context.Context, e *env, args []string) error {
 	}
 	cfg.MaxTasksPerWorker = a.maxTasks
 	cfg.MaxRSS = a.maxRSS
+	cfg.Pipeline = a.pipeline
+	if cfg.Pipeline == 0 && protocol == pool.Line {
+		cfg.Pipeline = defaultLinePipeline
+	}
 	src, err := newSource(nil, false, a.common.argFiles, e.stdin, '\n')
 	if err != nil {
 		return &statusError{status: exitUsage, err: err}
@@ -154,3 +165,10 @@ func runMap(ctx context.Context, e *env, args []string) error {
 }
 
 var newline = []byte{'\n'}
+
+// defaultLinePipeline is how many lines safepool map may send to a line
+// worker ahead of its answers. The pool's own default is 1, for workers
+// that may not flush each answer; safepool map asks its workers to flush,
+// and short lines run several times faster with a few dozen in flight.
+// The pool sends fewer to a worker whose lines take long.
+const defaultLinePipeline = 32

@@ -69,6 +69,9 @@ func (o *output) stderr(b []byte) {
 	}
 }
 
+// outputLinger is how long a result may wait in the output buffer for more.
+const outputLinger = 5 * time.Millisecond
+
 func (o *output) flush() {
 	if o.err == nil {
 		o.err = o.out.Flush()
@@ -198,19 +201,41 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	o := &output{out: bufio.NewWriterSize(stdout, 64<<10), errw: pausedWriter{prog, e.stderr}}
 	results := p.Results()
 	aborted := false
-	for r := range results {
-		sum.add(&r)
-		if o.err == nil {
-			j.emit(o, &r)
-			if len(results) == 0 {
-				o.flush()
+	// Output is flushed when no result has come for outputLinger, not after
+	// each result: a write(2) per line would cost more than short lines do.
+	flushT := time.NewTimer(time.Hour)
+	flushT.Stop()
+	var flushC <-chan time.Time
+	for results != nil {
+		select {
+		case r, ok := <-results:
+			if !ok {
+				results = nil
+				break
 			}
+			sum.add(&r)
+			if o.err != nil {
+				break
+			}
+			j.emit(o, &r)
+			if flushC == nil && o.out.Buffered() > 0 {
+				flushT.Reset(outputLinger)
+				flushC = flushT.C
+			}
+			if o.err != nil && !aborted {
+				aborted = true
+				p.Abort(fmt.Errorf("writing output: %w", o.err))
+			}
+		case <-flushC:
+			flushC = nil
+			o.flush()
 			if o.err != nil && !aborted {
 				aborted = true
 				p.Abort(fmt.Errorf("writing output: %w", o.err))
 			}
 		}
 	}
+	flushT.Stop()
 	close(resultsDone)
 	if !stopInterrupt() {
 		<-interruptDone
