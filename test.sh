@@ -29,6 +29,6 @@ echo "== fuzz the framed protocol decoder (${FUZZTIME:=200000x})"
 go test -run='^$' -fuzz=FuzzReadFrame -fuzztime="$FUZZTIME" ./internal/protocol/
 if [ -d python/tests ]; then
 	echo "== python client"
-	go build -o python/safepool/_bin/safepool ./cmd/safepool
+	CGO_ENABLED=0 go build -o python/safepool/_bin/safepool ./cmd/safepool
 	(cd python && python3 -m unittest discover -v -s tests -t . 2>&1)
 fi

@@ -41,6 +41,18 @@ func runBridge(ctx context.Context, e *env, args []string) error {
 	defer in.Close()
 	defer out.Close()
 
+	// The runtime checks once whether pidfds work before the first process
+	// it starts, by forking a child; the workers' start waits for it. Run it
+	// now, while the pool's configuration is read and its cgroups made.
+	warmed := make(chan struct{})
+	go func() { // owned by runBridge, which waits for it
+		defer close(warmed)
+		if p, err := os.FindProcess(os.Getpid()); err == nil {
+			p.Release()
+		}
+	}()
+	defer func() { <-warmed }()
+
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	go watchParent(ctx, cancel) // ends with ctx, which runBridge cancels on return

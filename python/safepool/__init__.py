@@ -14,13 +14,13 @@ __all__ = ["Pool", "Executor", "TaskFailed", "WorkerDied", "TaskCancelled", "Rem
 # The names are imported on first use, so that importing safepool costs
 # next to nothing: every worker imports the parent's main script, which
 # imports safepool.
-_WHERE = {"Pool": "pool", "FailedTask": "pool", "parse_size": "pool", "Executor": "executor"}
+_WHERE = {"Pool": "pool", "parse_size": "pool", "Executor": "executor"}
 
 
 def __getattr__(name):
     if name in __all__:
-        import importlib
-        module = importlib.import_module("." + _WHERE.get(name, "errors"), __name__)
+        where = _WHERE.get(name, "errors")
+        module = getattr(__import__(__name__ + "." + where), where)
         value = getattr(module, name)
         globals()[name] = value
         return value

@@ -1,9 +1,9 @@
 """The client side of the bridge protocol: one safepool binary per pool.
 
-A _Core starts ``safepool __bridge`` with two pipes, sends it the pool's
-configuration and then batches of items ("chunks"), and turns the results
-it sends back into per-item outcomes for the jobs (map, imap, apply_async
-calls) that own them. When a worker dies in the middle of a chunk, the
+A _Core takes over a ``safepool __bridge`` process that _launch started,
+with its two pipes, sends it the pool's configuration and then batches of
+items ("chunks"), and turns the results it sends back into per-item
+outcomes for the jobs (map, imap, apply_async calls) that own them. When a worker dies in the middle of a chunk, the
 bridge says which item was running: only that item is charged and goes
 through the retry/skip/abort policy; the other items of the chunk are sent
 again, uncharged.
@@ -13,24 +13,19 @@ thread pickles and sends chunks (so that no thread that handles results
 ever blocks on a full pipe); one reader thread receives results and settles
 items. Both are daemons and end when the binary's pipes close.
 """
+from __future__ import annotations
+
 import array
 import atexit
 import heapq
 import io
 import itertools
 import json
-import os
 import pickle
 import struct
-import subprocess
-import sys
 import threading
 import time
 import weakref
-from typing import Callable, Dict, List, Optional
-
-from . import _binary
-from .errors import Attempt, BrokenPool, RemoteError, RemoteTraceback, TaskCancelled, WorkerDied
 
 HEADER = struct.Struct(">IBQ")
 K_HELLO, K_TASK, K_CLOSE, K_ABORT = 1, 2, 3, 4
@@ -39,8 +34,6 @@ META_LEN = struct.Struct(">I")
 
 MAP, STAR, APPLY = 0, 1, 2
 OK, BATCH_ERROR = 0, 1
-
-POLICIES = ("skip", "retry", "abort")
 
 _live_cores = weakref.WeakSet()
 
@@ -53,7 +46,14 @@ def _at_exit():
 atexit.register(_at_exit)
 
 
-def dumps_function(fn: Callable) -> bytes:
+def _errors():
+    """The errors module, imported where a task fails: it imports
+    concurrent.futures and typing, which a pool that runs well never needs."""
+    from . import errors
+    return errors
+
+
+def dumps_function(fn) -> bytes:
     """Pickle fn by reference, or by value with cloudpickle when it is a
     lambda or a closure and cloudpickle is importable."""
     try:
@@ -72,27 +72,6 @@ def dumps_function(fn: Callable) -> bytes:
     return cloudpickle.dumps(fn, pickle.HIGHEST_PROTOCOL)
 
 
-def _main_spec() -> Optional[str]:
-    """Say how workers can import the parent's __main__ module, as
-    multiprocessing's spawn start method does."""
-    main = sys.modules.get("__main__")
-    if main is None:
-        return None
-    spec = getattr(main, "__spec__", None)
-    name = getattr(spec, "name", None)
-    if name:
-        if name == "__main__" or name.endswith(".__main__"):
-            return None
-        return json.dumps({"name": name})
-    path = getattr(main, "__file__", None)
-    if not path:
-        return None
-    path = os.path.normpath(os.path.abspath(path))
-    if os.path.splitext(os.path.basename(path))[0] == "ipython":
-        return None
-    return json.dumps({"path": path})
-
-
 class _Chunk:
     """A batch of items of one job, sent to a worker as one task."""
 
@@ -107,28 +86,16 @@ class _Chunk:
 class _Core:
     """One pool's binary, its pipes and the bookkeeping of chunks."""
 
-    def __init__(self, processes: Optional[int], *, initializer=None, initargs=(), retries: int = 0,
-                 on_worker_death: Optional[str] = None, timeout: Optional[float] = None,
-                 mem_limit: Optional[int] = None, max_tasks_per_child: Optional[int] = None,
-                 max_rss: Optional[int] = None, backoff: float = 0.05, max_backoff: float = 5.0,
-                 grace: Optional[float] = None, python: Optional[str] = None):
-        if processes is None:
-            processes = os.cpu_count() or 1
-        if processes < 1:
-            raise ValueError("processes must be at least 1")
-        if on_worker_death is None:
-            on_worker_death = "retry" if retries else "skip"
-        if on_worker_death not in POLICIES:
-            raise ValueError("on_worker_death must be one of %s, not %r" % (", ".join(POLICIES), on_worker_death))
-        if retries < 0:
-            raise ValueError("retries must not be negative")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
-        self.processes = processes
-        self.retries = retries if on_worker_death == "retry" else 0
-        self.policy = on_worker_death
-        self.timeout = timeout
+    def __init__(self, launch, *, backoff: float = 0.05, max_backoff: float = 5.0):
+        """Take over launch (a started _launch.Launch, which sent the hello)
+        and wait until its binary is ready. On failure, stop it and raise."""
+        self.processes = launch.processes
+        self.retries = launch.retries
+        self.policy = launch.policy
+        self.timeout = launch.timeout
         self.backoff, self.max_backoff = backoff, max_backoff
+        self._launch = launch
+        self._proc = launch.proc
 
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)  # writer's queue and job completion
@@ -136,76 +103,23 @@ class _Core:
         self._qhead = 0
         self._delayed = []  # guarded by _lock: heap of (not_before, seq, chunk) for retries
         self._seq = itertools.count()
-        self._inflight: Dict[int, _Chunk] = {}  # guarded by _lock: chunk id -> chunk sent
+        self._inflight: dict[int, _Chunk] = {}  # guarded by _lock: chunk id -> chunk sent
         self._next_id = 1  # only the writer thread uses it
         self._outstanding = 0  # guarded by _lock: items submitted and not settled
         self._control = []  # guarded by _lock: control frames for the writer (close, abort)
         self._stopping = False  # guarded by _lock: no more chunks are sent
-        self._broken: Optional[BaseException] = None  # why the pool cannot run tasks
+        self._broken: BaseException | None = None  # why the pool cannot run tasks
         self._ended = threading.Event()  # the end frame or end of file arrived
         self._ready = threading.Event()
         self._ready_info: dict = {}
         self._end_info: dict = {}
-        self._failed: List[tuple] = []  # guarded by _lock
-        self._abort_reason: Optional[BaseException] = None  # set by the abort policy
-        self._aborted_chunks: List[_Chunk] = []  # the reader thread's: cancelled by the pool, not by us
-        self._stats: List[tuple] = []  # guarded by _lock: per settled chunk
-        self._init_file = None
+        self._failed: list[tuple] = []  # guarded by _lock
+        self._abort_reason: BaseException | None = None  # set by the abort policy
+        self._aborted_chunks: list[_Chunk] = []  # the reader thread's: cancelled by the pool, not by us
+        self._stats: list[tuple] = []  # guarded by _lock: per settled chunk
 
-        binary = _binary.find_binary()
-        env = dict(os.environ)
-        pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env["SAFEPOOL_PY_SYSPATH"] = json.dumps([p if p else os.getcwd() for p in sys.path])
-        main = _main_spec()
-        if main:
-            env["SAFEPOOL_PY_MAIN"] = main
-        if initializer is not None:
-            import tempfile
-            try:
-                data = pickle.dumps((initializer, tuple(initargs)), pickle.HIGHEST_PROTOCOL)
-            except Exception:
-                dumps_function(initializer)  # raises the clear error without cloudpickle
-                import cloudpickle  # type: ignore
-                data = cloudpickle.dumps((initializer, tuple(initargs)), pickle.HIGHEST_PROTOCOL)
-            fd, self._init_file = tempfile.mkstemp(prefix="safepool-init-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            env["SAFEPOOL_PY_INIT"] = self._init_file
-
-        to_bridge_r, to_bridge_w = os.pipe()
-        from_bridge_r, from_bridge_w = os.pipe()
-        try:
-            self._proc = subprocess.Popen(
-                [binary, "__bridge", "--in-fd", str(to_bridge_r), "--out-fd", str(from_bridge_w)],
-                stdin=subprocess.DEVNULL, env=env, pass_fds=(to_bridge_r, from_bridge_w),
-                # Its own session: Ctrl-C reaches the Python program, which
-                # decides; the binary stops when told or when this process
-                # is gone (its pipe closes).
-                start_new_session=True)
-        except OSError as e:
-            for fd in (to_bridge_r, to_bridge_w, from_bridge_r, from_bridge_w):
-                os.close(fd)
-            self._cleanup_init()
-            raise BrokenPool("cannot start the safepool binary %s: %s" % (binary, e)) from e
-        os.close(to_bridge_r)
-        os.close(from_bridge_w)
-        self._out = io.open(to_bridge_w, "wb", buffering=256 << 10)
-        self._in = io.open(from_bridge_r, "rb", buffering=256 << 10)
-
-        hello = {
-            "version": 1,
-            "command": [python or sys.executable, "-m", "safepool.worker"],
-            "workers": processes,
-            "mem_limit": int(mem_limit or 0),
-            "timeout": float(timeout or 0),
-            "max_tasks_per_worker": int(max_tasks_per_child or 0),
-            "max_rss": int(max_rss or 0),
-            "grace": float(grace or 0),
-            "pipeline": 2,
-        }
-        self._write_frame(K_HELLO, 0, json.dumps(hello).encode())
-        self._out.flush()
+        self._out = io.open(launch.to_fd, "wb", buffering=256 << 10)
+        self._in = io.open(launch.from_fd, "rb", buffering=256 << 10)
         self._reader = threading.Thread(target=self._read_loop, name="safepool-reader", daemon=True)
         self._reader.start()
         self._ready.wait()
@@ -230,9 +144,9 @@ class _Core:
 
     def check_running(self):
         if self._broken is not None:
-            raise BrokenPool(str(self._broken)) from self._broken
+            raise _errors().BrokenPool(str(self._broken)) from self._broken
         if self._abort_reason is not None:
-            raise BrokenPool("the pool aborted: %s" % self._abort_reason) from self._abort_reason
+            raise _errors().BrokenPool("the pool aborted: %s" % self._abort_reason) from self._abort_reason
         if self._stopping:
             raise ValueError("Pool not running")
 
@@ -380,12 +294,12 @@ class _Core:
                 elif kind == K_END:
                     self._end_info = json.loads(payload)
                     if not self._ready.is_set():
-                        self._broken = BrokenPool("the safepool binary cannot start the pool: %s"
+                        self._broken = _errors().BrokenPool("the safepool binary cannot start the pool: %s"
                                                   % self._end_info.get("error", "unknown error"))
                     break
         except Exception as e:  # a bug here must not hang the pool
             if self._broken is None:
-                self._broken = BrokenPool("the safepool client failed reading results: %r" % e)
+                self._broken = _errors().BrokenPool("the safepool client failed reading results: %r" % e)
         finally:
             self._on_end()
             try:
@@ -397,12 +311,12 @@ class _Core:
         """The binary sent its end frame or exited: settle everything left."""
         if not self._end_info and self._broken is None:
             code = self._proc.poll()
-            self._broken = BrokenPool("the safepool binary exited unexpectedly%s"
+            self._broken = _errors().BrokenPool("the safepool binary exited unexpectedly%s"
                                       % ("" if code is None else " (status %s)" % code))
         err = self._end_info.get("error")
         reason = self._broken
         if reason is None and err and not self._stopping:
-            reason = BrokenPool(err)
+            reason = _errors().BrokenPool(err)
             self._broken = reason
         with self._lock:
             self._stopping = True
@@ -432,7 +346,7 @@ class _Core:
                 # A result this process cannot unpickle (its class is not
                 # importable here, say) fails the batch's items, not the pool.
                 for pos, item in zip(chunk.positions, chunk.items):
-                    exc = RemoteError("cannot unpickle the result: %r" % (e,), cause="task-error", attempts=1,
+                    exc = _errors().RemoteError("cannot unpickle the result: %r" % (e,), cause="task-error", attempts=1,
                                       task_args=item, function=job.fn)
                     exc.__cause__ = e
                     self._settle(job, pos, False, exc)
@@ -476,7 +390,7 @@ class _Core:
         if cause == "task-error":
             msg = (last or {}).get("message", "")
             for pos, item in zip(chunk.positions, chunk.items):
-                self._fail(job, pos, item, RemoteError, "task-error", "the worker failed the task: " + msg,
+                self._fail(job, pos, item, _errors().RemoteError, "task-error", "the worker failed the task: " + msg,
                            [_attempt(last, 1)])
             return
         # The worker died. Only the item it was running is charged.
@@ -497,8 +411,8 @@ class _Core:
         if self.policy == "abort":
             # Stop first, so that no task is accepted after the caller saw
             # this failure.
-            self.abort(WorkerDied("%s died (%s)" % (_call_repr(job, item), cause), cause=cause))
-        self._fail(job, pos, item, WorkerDied, cause, _death_message(job, item, cause, n, last), history)
+            self.abort(_errors().WorkerDied("%s died (%s)" % (_call_repr(job, item), cause), cause=cause))
+        self._fail(job, pos, item, _errors().WorkerDied, cause, _death_message(job, item, cause, n, last), history)
 
     def _fail(self, job, pos, item, cls, cause, message, history):
         last = history[-1] if history else None
@@ -515,15 +429,16 @@ class _Core:
             if self._outstanding == 0:
                 self._cond.notify_all()
 
-    def _cancel_chunk(self, chunk: _Chunk, reason: Optional[BaseException]):
-        if isinstance(reason, BrokenPool):
+    def _cancel_chunk(self, chunk: _Chunk, reason: BaseException | None):
+        errors = _errors()
+        if reason is not None and isinstance(reason, errors.BrokenPool):
             # The pool broke (its workers cannot start, or the binary
             # exited): the tasks fail with why.
             for pos in chunk.positions:
                 self._settle(chunk.job, pos, False, reason)
             return
         for pos, item in zip(chunk.positions, chunk.items):
-            exc = TaskCancelled("the task was cancelled: the pool %s" %
+            exc = errors.TaskCancelled("the task was cancelled: the pool %s" %
                                 ("stopped" if reason is None else "broke: %s" % reason),
                                 cause="cancelled", task_args=item, function=chunk.job.fn)
             if reason is not None:
@@ -532,7 +447,7 @@ class _Core:
 
     # ---- lifecycle ---------------------------------------------------------
 
-    def wait_idle(self, timeout: Optional[float] = None) -> bool:
+    def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until every submitted item is settled."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
@@ -551,7 +466,7 @@ class _Core:
         self._send_control(K_CLOSE)
         self._finish(None)
 
-    def abort(self, reason: Optional[BaseException] = None):
+    def abort(self, reason: BaseException | None = None):
         """Stop at once: cancel queued items, kill running ones."""
         with self._lock:
             if reason is not None and self._abort_reason is None:
@@ -566,7 +481,7 @@ class _Core:
         for c in queued:
             self._cancel_chunk(c, None)
 
-    def terminate(self, wait: Optional[float] = None):
+    def terminate(self, wait: float | None = None):
         """Abort and wait for the binary, which kills its workers, to exit."""
         if self._ended.is_set() and self._proc.poll() is not None:
             self._release()
@@ -574,13 +489,11 @@ class _Core:
         self.abort()
         self._finish(wait if wait is not None else 10.0)
 
-    def _finish(self, wait: Optional[float]):
+    def _finish(self, wait: float | None):
         self._ended.wait(wait)
         # Closing our end makes the bridge kill whatever is left.
         self._release()
-        try:
-            self._proc.wait(wait)
-        except subprocess.TimeoutExpired:
+        if not self._proc.wait(wait):
             self._proc.kill()
             self._proc.wait()
 
@@ -594,15 +507,7 @@ class _Core:
             except OSError:
                 pass
         _live_cores.discard(self)
-        self._cleanup_init()
-
-    def _cleanup_init(self):
-        if self._init_file:
-            try:
-                os.unlink(self._init_file)
-            except OSError:
-                pass
-            self._init_file = None
+        self._launch.cleanup()
 
     # ---- reports -----------------------------------------------------------
 
@@ -623,9 +528,9 @@ class _Core:
         return out
 
 
-def _attempt(a: Optional[dict], number: int) -> Attempt:
+def _attempt(a: dict | None, number: int):
     a = a or {}
-    return Attempt(number, a.get("pid", 0), a.get("start", 0.0), a.get("end", 0.0), a.get("cause", ""),
+    return _errors().Attempt(number, a.get("pid", 0), a.get("start", 0.0), a.get("end", 0.0), a.get("cause", ""),
                    a.get("exit_code", -1), a.get("signal", ""), a.get("peak_rss", 0), a.get("message", ""))
 
 
@@ -666,6 +571,6 @@ def _rebuild_exception(record, job, item) -> BaseException:
         except Exception:
             exc = None
     if not isinstance(exc, BaseException):
-        exc = RemoteError(text, cause="task-error", attempts=1, task_args=item, function=job.fn)
-    exc.__cause__ = RemoteTraceback(tb)
+        exc = _errors().RemoteError(text, cause="task-error", attempts=1, task_args=item, function=job.fn)
+    exc.__cause__ = _errors().RemoteTraceback(tb)
     return exc

@@ -1,13 +1,16 @@
 """Jobs: the calls (map, imap, apply_async, submit) whose items a pool runs."""
+from __future__ import annotations
+
 import collections
 import itertools
 import threading
 import time
-from multiprocessing import TimeoutError as _MPTimeoutError
-from typing import Any, Callable, Iterable, Optional
 
 from ._core import APPLY, _Chunk, dumps_function
-from .errors import TaskCancelled
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterable, Optional
 
 _job_ids = itertools.count(1)
 
@@ -46,9 +49,17 @@ class _Job:
         """Called with the timing of each chunk that succeeded."""
 
 
+def timeout_error() -> Exception:
+    """multiprocessing.TimeoutError, which get() and next() raise on timeout
+    as multiprocessing's do. multiprocessing is imported only then."""
+    from multiprocessing import TimeoutError
+    return TimeoutError()
+
+
 def pick_failure(failed: dict) -> BaseException:
     """The exception that a call raises: the first failure in input order,
     preferring a task's own failure to a cancellation."""
+    from .errors import TaskCancelled
     own = [p for p, e in failed.items() if not isinstance(e, TaskCancelled)]
     return failed[min(own) if own else min(failed)]
 
@@ -89,7 +100,7 @@ class AsyncResult:
         of the failed results. Raise multiprocessing.TimeoutError if it does
         not arrive within timeout seconds."""
         if not self._event.wait(timeout):
-            raise _MPTimeoutError
+            raise timeout_error()
         return self._value()
 
     def _value(self):
@@ -319,7 +330,7 @@ class IterResult:
                     raise StopIteration
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise _MPTimeoutError
+                    raise timeout_error()
                 self._cond.wait(remaining)
             self._consumed += 1
             self._cond.notify_all()

@@ -1,9 +1,12 @@
-"""Exceptions raised by safepool."""
-import concurrent.futures
-from typing import Any, List, NamedTuple, Optional
+"""Exceptions raised by safepool, and the records of failed tasks.
+
+A pool imports this module when a task fails, not before.
+"""
+import _thread
+from typing import Any, Callable, List, NamedTuple, Optional
 
 __all__ = ["Attempt", "TaskFailed", "WorkerDied", "TaskCancelled", "RemoteError",
-           "RemoteTraceback", "BrokenPool"]
+           "RemoteTraceback", "BrokenPool", "FailedTask"]
 
 
 class Attempt(NamedTuple):
@@ -97,6 +100,38 @@ class RemoteTraceback(Exception):
         return "\n\"\"\"\n" + self.tb + "\"\"\""
 
 
-class BrokenPool(concurrent.futures.BrokenExecutor):
-    """The pool cannot run tasks: the safepool binary is missing, failed to
-    start its workers, or exited."""
+class FailedTask(NamedTuple):
+    """A task that failed: raised, or lost its worker."""
+
+    function: Callable
+    args: Any
+    cause: str
+    attempts: int
+
+
+def _broken_pool():
+    import concurrent.futures
+
+    class BrokenPool(concurrent.futures.BrokenExecutor):
+        """The pool cannot run tasks: the safepool binary is missing, failed
+        to start its workers, or exited."""
+
+    BrokenPool.__module__ = __name__
+    BrokenPool.__qualname__ = "BrokenPool"
+    return BrokenPool
+
+
+_define_lock = _thread.allocate_lock()
+
+
+def __getattr__(name):
+    # BrokenPool subclasses concurrent.futures.BrokenExecutor, and importing
+    # concurrent.futures (with logging) costs more than the rest of a pool's
+    # client: it is defined on first use, once (threads may race to it).
+    if name == "BrokenPool":
+        global BrokenPool
+        with _define_lock:
+            if "BrokenPool" not in globals():
+                BrokenPool = _broken_pool()
+        return globals()["BrokenPool"]
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))

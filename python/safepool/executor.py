@@ -2,11 +2,9 @@
 import concurrent.futures
 import threading
 import time
-from multiprocessing import TimeoutError as _MPTimeoutError
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
-from ._core import STAR, _Chunk, _Core
-from ._jobs import IterResult, _FutureJob
+from . import _launch
 from .pool import parse_size
 
 __all__ = ["Executor"]
@@ -29,15 +27,24 @@ class Executor(concurrent.futures.Executor):
                  on_worker_death: Optional[str] = None, timeout: Optional[float] = None,
                  mem_limit: Union[int, str, None] = None, max_rss: Union[int, str, None] = None,
                  grace: Optional[float] = None):
-        self._core = _Core(max_workers, initializer=initializer, initargs=initargs, retries=retries,
-                           on_worker_death=on_worker_death, timeout=timeout, mem_limit=parse_size(mem_limit),
-                           max_tasks_per_child=max_tasks_per_child, max_rss=parse_size(max_rss), grace=grace)
+        launch = _launch.Launch(max_workers, initializer=initializer, initargs=initargs, retries=retries,
+                                on_worker_death=on_worker_death, timeout=timeout, mem_limit=parse_size(mem_limit),
+                                max_tasks_per_child=max_tasks_per_child, max_rss=parse_size(max_rss),
+                                grace=grace)
+        try:
+            from ._core import _Core
+        except BaseException:
+            launch.abandon()
+            raise
+        self._core = _Core(launch)
         self._shutdown = False
         self._lock = threading.Lock()
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
         """Schedule fn(*args, **kwargs) and return a Future for its result.
         The future fails with safepool.WorkerDied if the worker dies."""
+        from ._core import _Chunk
+        from ._jobs import _FutureJob
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
@@ -62,6 +69,12 @@ class Executor(concurrent.futures.Executor):
             self._core.check_running()
         if buffersize is not None and buffersize < 1:
             raise ValueError("buffersize must be at least 1")
+        from ._core import STAR
+        from ._jobs import IterResult
+        # multiprocessing.TimeoutError, which only a timeout can raise.
+        mp_timeout = ()
+        if timeout is not None:
+            from multiprocessing import TimeoutError as mp_timeout
         it = IterResult(self._core, fn, STAR, zip(*iterables), chunksize, True, "raise", ahead=buffersize)
         deadline = None if timeout is None else time.monotonic() + timeout
 
@@ -72,7 +85,7 @@ class Executor(concurrent.futures.Executor):
                     v = it.next(remaining)
                 except StopIteration:
                     return
-                except _MPTimeoutError:
+                except mp_timeout:
                     raise concurrent.futures.TimeoutError() from None
                 yield v
 
@@ -105,5 +118,5 @@ class Executor(concurrent.futures.Executor):
 
     def failed_tasks(self):
         """List the tasks that failed so far: (function, args, cause, attempts)."""
-        from .pool import FailedTask
+        from .errors import FailedTask
         return [FailedTask(*t) for t in self._core.failed_tasks()]

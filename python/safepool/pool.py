@@ -1,9 +1,16 @@
 """safepool.Pool: a drop-in for multiprocessing.Pool that survives the OOM killer."""
-import re
-from typing import Any, Callable, Iterable, List, NamedTuple, Optional, Union
+from __future__ import annotations
 
-from ._core import APPLY, MAP, STAR, _Chunk, _Core
-from ._jobs import AsyncResult, IterResult, check_errors
+from . import _launch
+
+# Pool() starts the binary before it imports the rest of the client (see
+# _launch), so this module imports it only where it is used: _core, _jobs,
+# and typing, which only the annotations name.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterable, List, Optional, Union
+
+    from ._jobs import AsyncResult, IterResult
 
 __all__ = ["Pool", "FailedTask", "parse_size"]
 
@@ -21,6 +28,7 @@ def parse_size(size: Union[int, str, None]) -> int:
         if size < 0:
             raise ValueError("a memory size must not be negative")
         return size
+    import re
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(size))
     if not m or m.group(2).lower() not in _UNITS:
         raise ValueError("bad memory size %r (want bytes, or a number with KiB, MiB, GiB, KB, MB, GB...)"
@@ -28,13 +36,12 @@ def parse_size(size: Union[int, str, None]) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
-class FailedTask(NamedTuple):
-    """A task that failed: raised, or lost its worker."""
-
-    function: Callable
-    args: Any
-    cause: str
-    attempts: int
+def __getattr__(name):
+    # FailedTask is a typing.NamedTuple, defined with the errors on first use.
+    if name == "FailedTask":
+        from .errors import FailedTask
+        return FailedTask
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
 
 class Pool:
@@ -78,11 +85,17 @@ class Pool:
                  retries: int = 0, on_worker_death: Optional[str] = None, timeout: Optional[float] = None,
                  mem_limit: Union[int, str, None] = None, max_tasks_per_child: Optional[int] = None,
                  max_rss: Union[int, str, None] = None, grace: Optional[float] = None):
-        self._core = _Core(processes, initializer=initializer, initargs=initargs, retries=retries,
-                           on_worker_death=on_worker_death, timeout=timeout,
-                           mem_limit=parse_size(mem_limit),
-                           max_tasks_per_child=max_tasks_per_child or maxtasksperchild,
-                           max_rss=parse_size(max_rss), grace=grace)
+        launch = _launch.Launch(processes, initializer=initializer, initargs=initargs, retries=retries,
+                                on_worker_death=on_worker_death, timeout=timeout,
+                                mem_limit=parse_size(mem_limit),
+                                max_tasks_per_child=max_tasks_per_child or maxtasksperchild,
+                                max_rss=parse_size(max_rss), grace=grace)
+        try:
+            from ._core import _Core
+        except BaseException:
+            launch.abandon()
+            raise
+        self._core = _Core(launch)
         self._state = "run"
 
     # ---- submitting ----------------------------------------------------------
@@ -103,6 +116,8 @@ class Pool:
         return size + 1 if extra else max(size, 1)
 
     def _map_async(self, fn, iterable, chunksize, mode, callback, error_callback, errors):
+        from ._core import _Chunk
+        from ._jobs import AsyncResult, check_errors
         self._check()
         check_errors(errors)
         items = iterable if isinstance(iterable, list) else list(iterable)
@@ -117,6 +132,8 @@ class Pool:
                     callback: Optional[Callable] = None,
                     error_callback: Optional[Callable] = None) -> AsyncResult:
         """Run func(*args, **kwds) in a worker; return an AsyncResult."""
+        from ._core import APPLY, _Chunk
+        from ._jobs import AsyncResult
         self._check()
         res = AsyncResult(self._core, func, APPLY, 1, True, callback, error_callback, "raise")
         self._core.submit(_Chunk(res._job, range(0, 1), [(tuple(args), dict(kwds or {}))]))
@@ -130,6 +147,7 @@ class Pool:
                   callback: Optional[Callable] = None, error_callback: Optional[Callable] = None, *,
                   errors: str = "raise") -> AsyncResult:
         """Like map, but return an AsyncResult."""
+        from ._core import MAP
         return self._map_async(func, iterable, chunksize, MAP, callback, error_callback, errors)
 
     def map(self, func: Callable, iterable: Iterable, chunksize: Optional[int] = None, *,
@@ -143,17 +161,20 @@ class Pool:
         With errors="return", it returns the exceptions in place of the
         failed results instead.
         """
+        from ._core import MAP
         return self._map_async(func, iterable, chunksize, MAP, None, None, errors).get()
 
     def starmap_async(self, func: Callable, iterable: Iterable, chunksize: Optional[int] = None,
                       callback: Optional[Callable] = None, error_callback: Optional[Callable] = None, *,
                       errors: str = "raise") -> AsyncResult:
         """Like starmap, but return an AsyncResult."""
+        from ._core import STAR
         return self._map_async(func, iterable, chunksize, STAR, callback, error_callback, errors)
 
     def starmap(self, func: Callable, iterable: Iterable, chunksize: Optional[int] = None, *,
                 errors: str = "raise") -> List[Any]:
         """Like map, but each item is an argument tuple: func(*item)."""
+        from ._core import STAR
         return self._map_async(func, iterable, chunksize, STAR, None, None, errors).get()
 
     def imap(self, func: Callable, iterable: Iterable, chunksize: Optional[int] = None, *,
@@ -165,6 +186,8 @@ class Pool:
         None adapts the batch size to how long items take. A failed task
         raises from next() at its place (errors="return" returns it).
         """
+        from ._core import MAP
+        from ._jobs import IterResult, check_errors
         self._check()
         check_errors(errors)
         return IterResult(self._core, func, MAP, iterable, chunksize, True, errors)
@@ -172,6 +195,8 @@ class Pool:
     def imap_unordered(self, func: Callable, iterable: Iterable, chunksize: Optional[int] = None, *,
                        errors: str = "raise") -> IterResult:
         """Like imap, but results come as they are ready."""
+        from ._core import MAP
+        from ._jobs import IterResult, check_errors
         self._check()
         check_errors(errors)
         return IterResult(self._core, func, MAP, iterable, chunksize, False, errors)
@@ -216,6 +241,7 @@ class Pool:
         (function, args, cause, attempts): cause is "task-error" for a task
         that raised, and the worker's cause of death ("oom",
         "signal:SIGKILL", ...) for a task whose worker died."""
+        from .errors import FailedTask
         return [FailedTask(*t) for t in self._core.failed_tasks()]
 
     def stats(self) -> List[dict]:

@@ -1,6 +1,7 @@
-"""The worker process of a safepool.Pool: ``python3 -m safepool.worker``.
+"""The worker process of a safepool.Pool.
 
-The ``safepool`` binary starts it and speaks the framed worker protocol of
+The ``safepool`` binary starts it as ``python3 -c "from safepool.worker
+import main; main()"`` and speaks the framed worker protocol of
 docs/protocol.md to it on fds 3 and 4. Each task is a batch of items (one
 call of the user's function per item); the worker answers with the results
 of the whole batch. Before each item it stores the item's index in its blame
@@ -8,19 +9,26 @@ file, a small memory-mapped file that outlives the process, so that when the
 worker dies in the middle of a batch the pool knows which item killed it.
 
 The worker is spawned fresh, never forked. Before it answers ``ready`` it
-takes the client's ``sys.path``, imports the client's ``__main__`` script
-under the name ``__mp_main__`` (so that functions defined there can be
-unpickled, as with multiprocessing's spawn), and runs the pool's
-initializer.
+takes the client's ``sys.path`` and ``sys.argv``, imports the client's
+``__main__`` script under the name ``__mp_main__`` (so that functions
+defined there can be unpickled, as with multiprocessing's spawn), and runs
+the pool's initializer.
+
+A pool's start waits for its workers' start, so this module imports only
+what the interpreter has already loaded, plus struct, mmap and the pickle
+accelerator: not json, runpy or the pickle module (which imports re), unless
+the parent's main module needs runpy.
 """
-import json
 import mmap
 import os
-import pickle
 import struct
 import sys
 import time
-import types
+
+try:
+    from _pickle import dumps as _dumps, loads
+except ImportError:  # an interpreter without the C accelerator
+    from pickle import dumps as _dumps, loads
 
 HEADER = struct.Struct(">IBQ")
 READY, TASK, START, RESULT, ERROR = 1, 2, 3, 4, 5
@@ -33,35 +41,80 @@ OK, BATCH_ERROR = 0, 1
 _BLAME = struct.Struct("<QQ")
 
 
+def dumps(obj) -> bytes:
+    """pickle.dumps with the highest protocol."""
+    return _dumps(obj, -1)
+
+
+def unpack_strings(packed: str) -> list:
+    """Decode a list of strings packed by safepool._launch.pack_strings:
+    each is its length, a colon and itself."""
+    out = []
+    i = 0
+    while i < len(packed):
+        colon = packed.index(":", i)
+        n = int(packed[i:colon])
+        out.append(packed[colon + 1:colon + 1 + n])
+        i = colon + 1 + n
+    return out
+
+
+def _run_main_path(path):
+    """Run the parent's main script as module __mp_main__, and make it
+    __main__ too, as runpy.run_path(path, run_name="__mp_main__") would,
+    without importing runpy: a plain .py file is compiled and run here."""
+    if not path.endswith(".py") or not os.path.isfile(path):
+        # A directory or zip file with a __main__.py, or compiled code.
+        import runpy
+        content = runpy.run_path(path, run_name="__mp_main__")
+        main = type(sys)("__mp_main__")
+        main.__dict__.update(content)
+        sys.modules["__main__"] = sys.modules["__mp_main__"] = main
+        return
+    with open(path, "rb") as f:
+        source = f.read()
+    code = compile(source, path, "exec", dont_inherit=True)
+    main = type(sys)("__mp_main__")
+    main.__dict__.update(__file__=path, __cached__=None, __loader__=None, __package__="", __spec__=None)
+    sys.modules["__mp_main__"] = main
+    try:
+        exec(code, main.__dict__)
+    except BaseException:
+        del sys.modules["__mp_main__"]
+        raise
+    sys.modules["__main__"] = main
+
+
 def _fix_main():
     """Import the client's main module as __mp_main__ and alias __main__."""
     spec = os.environ.get("SAFEPOOL_PY_MAIN")
     if not spec:
         return
-    info = json.loads(spec)
-    import runpy
-    main = types.ModuleType("__mp_main__")
-    if info.get("name"):
-        content = runpy.run_module(info["name"], run_name="__mp_main__", alter_sys=True)
-    elif info.get("path"):
-        content = runpy.run_path(info["path"], run_name="__mp_main__")
-    else:
-        return
-    main.__dict__.update(content)
-    sys.modules["__main__"] = sys.modules["__mp_main__"] = main
+    kind, _, value = spec.partition(":")
+    if kind == "path":
+        _run_main_path(value)
+    elif kind == "name":
+        import runpy
+        content = runpy.run_module(value, run_name="__mp_main__", alter_sys=True)
+        main = type(sys)("__mp_main__")
+        main.__dict__.update(content)
+        sys.modules["__main__"] = sys.modules["__mp_main__"] = main
 
 
 def _setup():
     paths = os.environ.get("SAFEPOOL_PY_SYSPATH")
     if paths:
-        for p in reversed(json.loads(paths)):
+        for p in reversed(unpack_strings(paths)):
             if p not in sys.path:
                 sys.path.insert(0, p)
+    argv = os.environ.get("SAFEPOOL_PY_ARGV")
+    if argv is not None:
+        sys.argv = unpack_strings(argv)
     _fix_main()
     init = os.environ.get("SAFEPOOL_PY_INIT")
     if init:
         with open(init, "rb") as f:
-            initializer, initargs = pickle.load(f)
+            initializer, initargs = loads(f.read())
         initializer(*initargs)
 
 
@@ -96,18 +149,18 @@ def _exc_record(e):
     import traceback
     tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
     try:
-        data = pickle.dumps(e, pickle.HIGHEST_PROTOCOL)
-        pickle.loads(data)  # some exceptions pickle but do not unpickle
+        data = dumps(e)
+        loads(data)  # some exceptions pickle but do not unpickle
     except Exception:
         data = None
     return (data, tb, "%s: %s" % (type(e).__name__, e))
 
 
 def _run_batch(task_id, payload, blame, fns):
-    mode, fn_bytes, items = pickle.loads(payload)
+    mode, fn_bytes, items = loads(payload)
     fn = fns.get(fn_bytes)
     if fn is None:
-        fn = pickle.loads(fn_bytes)
+        fn = loads(fn_bytes)
         if len(fns) > 32:
             fns.clear()
         fns[fn_bytes] = fn
@@ -138,7 +191,7 @@ def _run_batch(task_id, payload, blame, fns):
             errors[i] = _exc_record(e)
         ends[i] = now()
     try:
-        return pickle.dumps((OK, values, errors, ends, start), pickle.HIGHEST_PROTOCOL)
+        return dumps((OK, values, errors, ends, start))
     except Exception:
         # Some result cannot be pickled: report it on that item only.
         if errors is None:
@@ -147,11 +200,11 @@ def _run_batch(task_id, payload, blame, fns):
             if i in errors:
                 continue
             try:
-                pickle.dumps(v, pickle.HIGHEST_PROTOCOL)
+                dumps(v)
             except Exception as e:
                 errors[i] = _exc_record(e)
                 values[i] = None
-        return pickle.dumps((OK, values, errors, ends, start), pickle.HIGHEST_PROTOCOL)
+        return dumps((OK, values, errors, ends, start))
 
 
 def main():
@@ -190,7 +243,7 @@ def main():
         except Exception as e:
             # The batch as a whole failed (its function cannot be unpickled,
             # say): every item gets this exception.
-            out = pickle.dumps((BATCH_ERROR, _exc_record(e)), pickle.HIGHEST_PROTOCOL)
+            out = dumps((BATCH_ERROR, _exc_record(e)))
         send(RESULT, task_id, out)
     results.flush()
     blame.remove()

@@ -90,3 +90,14 @@ def print_and_return(x):
 
 def bad_init():
     raise RuntimeError("initializer failed")
+
+
+def loaded(names):
+    """Which of the modules named are imported in this process."""
+    import sys
+    return sorted(n for n in names if n in sys.modules)
+
+
+def argv(_=None):
+    import sys
+    return list(sys.argv)

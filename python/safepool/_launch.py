@@ -1,0 +1,337 @@
+"""Starting a pool's safepool binary, first thing.
+
+A pool's start is dominated by processes that start one after the other:
+the binary, then its workers (fresh interpreters that import the parent's
+main script). So Pool() checks its arguments, starts the binary and sends
+it the pool's configuration (the hello frame of the bridge protocol, see
+docs/protocol.md) before it imports the rest of the client (threads,
+pickle, JSON); those imports then run while the binary and its workers
+start. This module imports nothing that the interpreter has not already
+loaded.
+"""
+import _thread
+import os
+import sys
+import time
+
+from . import _binary
+
+POLICIES = ("skip", "retry", "abort")
+
+# What the worker (safepool.worker) reads from its environment.
+ENV_SYSPATH = "SAFEPOOL_PY_SYSPATH"  # the parent's sys.path, packed (pack_strings)
+ENV_ARGV = "SAFEPOOL_PY_ARGV"  # the parent's sys.argv, packed
+ENV_MAIN = "SAFEPOOL_PY_MAIN"  # "path:<file>" or "name:<module>": the parent's main module
+ENV_INIT = "SAFEPOOL_PY_INIT"  # a file holding the pickled (initializer, initargs)
+
+# The worker's entry point. -c rather than -m: running a module with -m
+# imports runpy and pkgutil, which cost a worker about 10 ms at start.
+WORKER_CODE = "from safepool.worker import main; main()"
+
+_SIGKILL = 9  # the signal module would import enum
+
+K_HELLO = 1  # the kind of the bridge protocol's hello frame
+
+
+def pack_strings(strings) -> str:
+    """Encode a list of strings in one environment variable: each as its
+    length, a colon and itself. safepool.worker.unpack_strings decodes it
+    without importing json."""
+    return "".join("%d:%s" % (len(s), s) for s in strings)
+
+
+def main_spec():
+    """Say how workers can import the parent's __main__ module, as
+    multiprocessing's spawn start method does: "name:<module>",
+    "path:<file>", or None when there is nothing to import."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        return None
+    spec = getattr(main, "__spec__", None)
+    name = getattr(spec, "name", None)
+    if name:
+        if name == "__main__" or name.endswith(".__main__"):
+            return None
+        return "name:" + name
+    path = getattr(main, "__file__", None)
+    if not path:
+        return None
+    path = os.path.normpath(os.path.abspath(path))
+    if os.path.splitext(os.path.basename(path))[0] == "ipython":
+        return None
+    return "path:" + path
+
+
+def check_options(processes, retries, on_worker_death, initializer):
+    """Return (processes, retries, policy) checked and with their defaults
+    filled in, or raise ValueError or TypeError."""
+    if processes is None:
+        processes = os.cpu_count() or 1
+    if processes < 1:
+        raise ValueError("processes must be at least 1")
+    if on_worker_death is None:
+        on_worker_death = "retry" if retries else "skip"
+    if on_worker_death not in POLICIES:
+        raise ValueError("on_worker_death must be one of %s, not %r" % (", ".join(POLICIES), on_worker_death))
+    if retries < 0:
+        raise ValueError("retries must not be negative")
+    if initializer is not None and not callable(initializer):
+        raise TypeError("initializer must be a callable")
+    return processes, (retries if on_worker_death == "retry" else 0), on_worker_death
+
+
+def json_string(s: str) -> str:
+    """s as a JSON string, in ASCII (as json.dumps escapes it)."""
+    out = ['"']
+    for ch in s:
+        o = ord(ch)
+        if ch == '"' or ch == "\\":
+            out.append("\\" + ch)
+        elif 0x20 <= o < 0x7f:
+            out.append(ch)
+        elif o > 0xFFFF:
+            o -= 0x10000
+            out.append("\\u%04x\\u%04x" % (0xD800 + (o >> 10), 0xDC00 + (o & 0x3FF)))
+        else:
+            out.append("\\u%04x" % o)
+    out.append('"')
+    return "".join(out)
+
+
+def hello_frame(hello: dict) -> bytes:
+    """The hello frame whose payload is hello (ints, floats and lists of
+    strings) as JSON, without importing json."""
+    members = []
+    for k, v in hello.items():
+        if isinstance(v, list):
+            v = "[" + ", ".join(json_string(x) for x in v) + "]"
+        else:
+            v = repr(v)
+        members.append("%s: %s" % (json_string(k), v))
+    payload = ("{" + ", ".join(members) + "}").encode()
+    return len(payload).to_bytes(4, "big") + K_HELLO.to_bytes(1, "big") + bytes(8) + payload
+
+
+class Launch:
+    """A pool's binary, started and sent the pool's configuration: its
+    process, the client's ends of its two pipes, and the options, checked
+    before it started.
+
+    The pipes' file descriptors belong to whoever takes them (the pool's
+    _Core); until then, abandon() closes them, which makes the binary exit.
+    """
+
+    def __init__(self, processes, *, initializer=None, initargs=(), retries=0, on_worker_death=None,
+                 timeout=None, mem_limit=0, max_tasks_per_child=None, max_rss=0, grace=None, python=None):
+        self.processes, self.retries, self.policy = check_options(processes, retries, on_worker_death,
+                                                                  initializer)
+        self.timeout = timeout
+        hello = {
+            "version": 1,
+            "command": [python or sys.executable, "-c", WORKER_CODE],
+            "workers": self.processes,
+            "mem_limit": int(mem_limit or 0),
+            "timeout": float(timeout or 0),
+            "max_tasks_per_worker": int(max_tasks_per_child or 0),
+            "max_rss": int(max_rss or 0),
+            "grace": float(grace or 0),
+            "pipeline": 2,
+        }
+        frame = hello_frame(hello)
+        self.init_file = None
+        binary = _binary.find_binary()
+        env = dict(os.environ)
+        pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env[ENV_SYSPATH] = pack_strings([p if p else os.getcwd() for p in sys.path])
+        env[ENV_ARGV] = pack_strings(sys.argv)
+        env.pop(ENV_MAIN, None)
+        env.pop(ENV_INIT, None)
+        main = main_spec()
+        if main:
+            env[ENV_MAIN] = main
+        if initializer is not None:
+            env[ENV_INIT] = self.init_file = _write_initializer(initializer, initargs)
+        try:
+            self.proc = Process(binary, env)
+        except OSError as e:
+            self.cleanup()
+            from .errors import BrokenPool
+            raise BrokenPool("cannot start the safepool binary %s: %s" % (binary, e)) from e
+        self.to_fd, self.from_fd = self.proc.to_fd, self.proc.from_fd
+        try:
+            os.write(self.to_fd, frame)
+        except OSError:
+            pass  # the binary is gone already: the pool's reader reports it
+
+    def cleanup(self):
+        """Remove the initializer's file."""
+        if self.init_file:
+            try:
+                os.unlink(self.init_file)
+            except OSError:
+                pass
+            self.init_file = None
+
+    def abandon(self):
+        """Give up on the binary before a pool took it: close the pipes (the
+        binary then kills its workers and exits) and reap it."""
+        for fd in (self.to_fd, self.from_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if not self.proc.wait(5.0):
+            self.proc.kill()
+            self.proc.wait()
+        self.cleanup()
+
+
+def _write_initializer(initializer, initargs) -> str:
+    import pickle
+    import tempfile
+    try:
+        data = pickle.dumps((initializer, tuple(initargs)), pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        from ._core import dumps_function
+        dumps_function(initializer)  # raises the clear error without cloudpickle
+        import cloudpickle  # type: ignore
+        data = cloudpickle.dumps((initializer, tuple(initargs)), pickle.HIGHEST_PROTOCOL)
+    fd, path = tempfile.mkstemp(prefix="safepool-init-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return path
+
+
+class Process:
+    """The binary's process, started with posix_spawn, and its two pipes:
+    to_fd (frames to the binary) and from_fd (frames from it).
+
+    subprocess.Popen would do, but importing subprocess costs more than the
+    rest of the client's start. As Popen(start_new_session=True,
+    close_fds=True, stdin=DEVNULL) would, the binary gets a session of its
+    own (the terminal's Ctrl-C reaches only this process, which decides), no
+    descriptor of this process but stdout, stderr and its two pipes, and
+    /dev/null as stdin.
+    """
+
+    def __init__(self, binary: str, env: dict):
+        import fcntl
+        self.returncode = None
+        self._lock = _thread.allocate_lock()  # serializes waitpid; a waiter holds it
+        to_r, to_w = os.pipe()
+        from_r, from_w = os.pipe()
+        # The child's ends, at 5 or above, go to 3 and 4 in the child; copies
+        # there cannot be overwritten by the dup2 to 3 or 4.
+        a = b = -1
+        try:
+            a = fcntl.fcntl(to_r, fcntl.F_DUPFD_CLOEXEC, 5)
+            b = fcntl.fcntl(from_w, fcntl.F_DUPFD_CLOEXEC, 5)
+            actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                       (os.POSIX_SPAWN_DUP2, a, 3), (os.POSIX_SPAWN_DUP2, b, 4)]
+            actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds() if fd > 4]
+            self.pid = os.posix_spawn(binary, [binary, "__bridge", "--in-fd", "3", "--out-fd", "4"], env,
+                                      file_actions=actions, setsid=True)
+        except BaseException:
+            for fd in (to_w, from_r):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (to_r, from_w, a, b):
+                if fd >= 0:
+                    os.close(fd)
+        self.to_fd, self.from_fd = to_w, from_r
+
+    def poll(self):
+        """Return the exit status (negative: killed by that signal) if the
+        process has exited, else None."""
+        if self.returncode is None and self._lock.acquire(False):
+            try:
+                if self.returncode is None:
+                    self._reap(os.WNOHANG)
+            finally:
+                self._lock.release()
+        return self.returncode
+
+    def wait(self, timeout=None) -> bool:
+        """Wait for the process to exit, at most timeout seconds (None: no
+        limit). Report whether it has exited."""
+        if self.returncode is not None:
+            return True
+        if timeout is None:
+            with self._lock:
+                if self.returncode is None:
+                    self._reap(0)
+            return True
+        deadline = time.monotonic() + timeout
+        if not self._lock.acquire(True, timeout):
+            return self.returncode is not None
+        try:
+            if self.returncode is not None or self._reap(os.WNOHANG):
+                return True
+            # A pidfd becomes readable when the process exits: no polling.
+            pidfd = -1
+            try:
+                pidfd = os.pidfd_open(self.pid)
+            except (AttributeError, OSError):
+                pass
+            if pidfd >= 0:
+                try:
+                    import select
+                    p = select.poll()
+                    p.register(pidfd, select.POLLIN)
+                    p.poll(max(0, int(1000 * (deadline - time.monotonic())) + 1))
+                finally:
+                    os.close(pidfd)
+                return self._reap(os.WNOHANG)
+            delay = 0.0005
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                time.sleep(min(delay, remaining))
+                delay = min(2 * delay, 0.02)
+                if self._reap(os.WNOHANG):
+                    return True
+        finally:
+            self._lock.release()
+
+    def _reap(self, flags) -> bool:
+        """waitpid once, with _lock held; report whether it has exited."""
+        try:
+            pid, status = os.waitpid(self.pid, flags)
+        except ChildProcessError:
+            # Reaped elsewhere (SIGCHLD ignored, say): its status is lost,
+            # and Popen says 0 then too.
+            self.returncode = 0
+            return True
+        if pid == self.pid:
+            self.returncode = os.waitstatus_to_exitcode(status)
+            return True
+        return False
+
+    def kill(self):
+        """Send SIGKILL to the process unless it has been reaped."""
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, _SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _inheritable_fds():
+    """The descriptors of this process that a child would inherit."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return []
+    fds = []
+    for name in names:
+        fd = int(name)
+        try:
+            if os.get_inheritable(fd):
+                fds.append(fd)
+        except OSError:
+            pass  # the directory's own descriptor, closed by now
+    return fds
+
