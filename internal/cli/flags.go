@@ -213,7 +213,7 @@ type memoryFlags struct {
 
 func (m *memoryFlags) register(fs *pflag.FlagSet) {
 	fs.Var(newSizeValue(&m.budget), "mem-budget", "let the workers use at most `SIZE` together (default: the host's memory or the enclosing cgroup's limit, less a reserve)")
-	fs.Var(newSizeValue(&m.perTask), "mem-per-task", "expect each task to need `SIZE` at its peak, until peaks are measured")
+	fs.Var(newSizeValue(&m.perTask), "mem-per-task", "expect each task to need `SIZE` at its peak until peaks are measured, and set that aside for its whole run")
 	fs.Var(newSizeValue(&m.reserve), "mem-reserve", "hold `SIZE` of the host's memory and the cgroup's limit back for others (default: a tenth, 64MiB to 2GiB)")
 	m.high, m.psi = 95, 40
 	fs.Float64Var(&m.high, "mem-high", m.high, "stop the youngest task when more than `PERCENT` of the host's memory or the cgroup's limit is in use; 0: never")
