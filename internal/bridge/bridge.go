@@ -16,7 +16,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/safepool/safepool/pool"
@@ -65,6 +67,11 @@ type Ready struct {
 	// MemoryMode is pool.Pool.MemoryMode, and MemoryModeReason explains it.
 	MemoryMode       string `json:"memory_mode"`
 	MemoryModeReason string `json:"memory_mode_reason"`
+	// MaxPending is how many tasks the client may have sent whose results
+	// it has not yet read. The bridge reads the client's frames only while
+	// the pool's queue has room; a client that keeps within MaxPending
+	// never finds its frames unread, so that an abort frame is read at once.
+	MaxPending int `json:"max_pending"`
 }
 
 // Meta describes a task's outcome in a result frame.
@@ -157,6 +164,7 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opt Options) error 
 	if opt.Stderr == nil {
 		opt.Stderr = os.Stderr
 	}
+	window := maxPending(h)
 	p, err := pool.New(pool.Config{
 		Command:           h.Command,
 		Protocol:          pool.Framed,
@@ -168,6 +176,7 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opt Options) error 
 		MaxRSS:            h.MaxRSS,
 		MemLimit:          h.MemLimit,
 		Pipeline:          h.Pipeline,
+		MaxPending:        window,
 		Grace:             seconds(h.Grace),
 		Stdout:            opt.Stdout,
 		Stderr:            opt.Stderr,
@@ -178,7 +187,8 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opt Options) error 
 		_ = bw.Flush()
 		return fmt.Errorf("bridge: starting the pool: %w", err)
 	}
-	ready := Ready{Version: Version, PID: os.Getpid(), MemoryMode: p.MemoryMode(), MemoryModeReason: p.MemoryModeReason()}
+	ready := Ready{Version: Version, PID: os.Getpid(), MemoryMode: p.MemoryMode(),
+		MemoryModeReason: p.MemoryModeReason(), MaxPending: window}
 	if err := writeJSON(bw, KindReady, ready); err == nil {
 		err = bw.Flush()
 	}
@@ -214,10 +224,27 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opt Options) error 
 	}
 	close(stop)
 	wg.Wait()
-	if werr != nil {
+	if werr != nil && !errors.Is(werr, syscall.EPIPE) {
+		// A broken pipe is a client that went away, which ends the session
+		// as end of file on in does: it is not an error.
 		return fmt.Errorf("bridge: writing to the client: %w", werr)
 	}
 	return nil
+}
+
+// maxPending returns the pool's MaxPending for h, which is also the most
+// tasks the client may have sent without having read their results
+// (Ready.MaxPending): enough to keep every worker's pipeline full with
+// tasks to spare, as the pool's own default.
+func maxPending(h Hello) int {
+	workers, pipeline := h.Workers, h.Pipeline
+	if workers <= 0 {
+		workers = runtime.NumCPU() // as the pool does
+	}
+	if pipeline <= 0 {
+		pipeline = 8 // the pool's default for framed workers
+	}
+	return 64 + 4*workers*pipeline
 }
 
 // killPool aborts p and kills its workers without a grace period.

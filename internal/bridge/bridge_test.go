@@ -72,6 +72,18 @@ type session struct {
 	r    *bufio.Reader // bridge → client
 	rf   *os.File
 	done chan error
+
+	served  bool  // Serve has returned: err is its error
+	serveEr error // what Serve returned
+}
+
+// serveErr waits for Serve to return and returns its error.
+func (s *session) serveErr() error {
+	if !s.served {
+		s.serveEr = <-s.done
+		s.served = true
+	}
+	return s.serveEr
 }
 
 func start(t *testing.T, h Hello) *session {
@@ -94,7 +106,7 @@ func start(t *testing.T, h Hello) *session {
 	}()
 	t.Cleanup(func() {
 		s.w.Close()
-		if err := <-s.done; err != nil {
+		if err := s.serveErr(); err != nil {
 			t.Logf("Serve: %v", err)
 		}
 		s.rf.Close()
@@ -195,6 +207,46 @@ func TestClientGoneKillsWorkers(t *testing.T) {
 	var end End
 	if f.kind != KindEnd || json.Unmarshal(f.payload, &end) != nil || !strings.Contains(end.Error, "closed its pipe") {
 		t.Errorf("end frame = %d %s, want an abort because the client closed its pipe", f.kind, f.payload)
+	}
+}
+
+func TestClientGoneIsNotAnError(t *testing.T) {
+	// A client that exits closes both its ends; the bridge's next write
+	// then fails with EPIPE. That ends the session as end of file does,
+	// without an error to print.
+	s := start(t, Hello{Workers: 1, Grace: 30})
+	s.next() // ready
+	s.send(KindTask, 1, []byte("sleep"))
+	s.rf.Close()
+	s.w.Close()
+	if err := s.serveErr(); err != nil {
+		t.Errorf("Serve after the client went away = %v, want nil", err)
+	}
+}
+
+func TestAbortReadWithQueueFull(t *testing.T) {
+	// A client that has max_pending tasks without results (the pool's
+	// queue is full: every task sleeps) still gets its abort frame read.
+	s := start(t, Hello{Workers: 2, Pipeline: 2})
+	f := s.next()
+	var ready Ready
+	if err := json.Unmarshal(f.payload, &ready); f.kind != KindReady || err != nil {
+		t.Fatalf("first frame = %d %s (%v), want ready", f.kind, f.payload, err)
+	}
+	if ready.MaxPending < 2*2 {
+		t.Fatalf("ready.max_pending = %d, want at least workers × pipeline = 4", ready.MaxPending)
+	}
+	for id := 1; id <= ready.MaxPending; id++ {
+		s.send(KindTask, uint64(id), []byte("sleep"))
+	}
+	s.send(KindAbort, 0, nil)
+	for i := 0; i < ready.MaxPending; i++ {
+		if m, _ := result(t, s.next()); m.State != "cancelled" {
+			t.Fatalf("state = %q, want cancelled", m.State)
+		}
+	}
+	if f := s.next(); f.kind != KindEnd {
+		t.Errorf("frame kind = %d, want end", f.kind)
 	}
 }
 
