@@ -12,6 +12,12 @@ Threads: the caller's threads create jobs and queue chunks; one writer
 thread pickles and sends chunks (so that no thread that handles results
 ever blocks on a full pipe); one reader thread receives results and settles
 items. Both are daemons and end when the binary's pipes close.
+
+Flow control: the writer keeps at most the binary's max_pending chunks
+sent without a result; the others wait here. The binary reads frames only
+while its queue has room, so a client that sent more could not get an
+abort frame read until a task ends, and with every worker busy for long,
+terminate() would hang behind a full pipe.
 """
 from __future__ import annotations
 
@@ -104,6 +110,7 @@ class _Core:
         self._delayed = []  # guarded by _lock: heap of (not_before, seq, chunk) for retries
         self._seq = itertools.count()
         self._inflight: dict[int, _Chunk] = {}  # guarded by _lock: chunk id -> chunk sent
+        self._window = 0  # most chunks in _inflight (the binary's max_pending); 0: no limit
         self._next_id = 1  # only the writer thread uses it
         self._outstanding = 0  # guarded by _lock: items submitted and not settled
         self._control = []  # guarded by _lock: control frames for the writer (close, abort)
@@ -126,6 +133,7 @@ class _Core:
         if self._broken is not None:
             self.terminate(wait=5.0)
             raise self._broken
+        self._window = int(self._ready_info.get("max_pending") or 0)
         self._writer = threading.Thread(target=self._write_loop, name="safepool-writer", daemon=True)
         self._writer.start()
         _live_cores.add(self)
@@ -187,6 +195,10 @@ class _Core:
         chunk), ("wait", timeout) or ("exit", None). Called with _lock held."""
         if self._control:
             return "control", self._control.pop(0)
+        if self._window and len(self._inflight) >= self._window:
+            if self._out is None or self._ended.is_set():
+                return "exit", None
+            return "wait", None  # the reader notifies when a result frees room
         if self._delayed and self._delayed[0][0] <= time.monotonic():
             return "chunk", heapq.heappop(self._delayed)[2]
         if self._qhead < len(self._queue):
@@ -289,6 +301,8 @@ class _Core:
                     meta = json.loads(payload[4:4 + n])
                     with self._lock:
                         chunk = self._inflight.pop(ident, None)
+                        if len(self._inflight) + 1 == self._window:
+                            self._cond.notify_all()  # the writer may send again
                     if chunk is not None:
                         self._on_result(chunk, meta, memoryview(payload)[4 + n:])
                 elif kind == K_END:
@@ -490,7 +504,11 @@ class _Core:
         self._finish(wait if wait is not None else 10.0)
 
     def _finish(self, wait: float | None):
-        self._ended.wait(wait)
+        if not self._ended.wait(wait):
+            # The binary does not answer: kill it (its workers die with
+            # it). Its pipe then breaks, which frees a writer blocked on it;
+            # closing our end below would wait for that writer.
+            self._proc.kill()
         # Closing our end makes the bridge kill whatever is left.
         self._release()
         if not self._proc.wait(wait):

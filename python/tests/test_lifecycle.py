@@ -6,6 +6,8 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
+import time
 import unittest
 import uuid
 
@@ -88,6 +90,27 @@ class NoOrphans(unittest.TestCase):
     def test_sigkilled_parent(self):
         code = self._run_script("plain", signal.SIGKILL)
         self.assertEqual(code, -signal.SIGKILL)
+
+
+class TerminateWithBacklog(unittest.TestCase):
+    def test_terminate_with_10000_pending(self):
+        # As CPython's test_terminate: many more tasks than the pipes to the
+        # binary hold. The bound is far above what terminate takes; it only
+        # turns a hang into a failure.
+        pool = safepool.Pool(3)
+        r = pool.map_async(time.sleep, [300] * 10000, chunksize=1)
+        returned = threading.Event()
+        t = threading.Thread(target=lambda: (pool.terminate(), returned.set()), daemon=True)
+        t.start()
+        try:
+            self.assertTrue(returned.wait(30), "terminate() hung with 10000 tasks pending")
+        finally:
+            if not returned.is_set():
+                os.kill(pool._core.pid, signal.SIGKILL)  # unblock the hung thread
+                t.join(30)
+        with self.assertRaises(safepool.TaskCancelled):
+            r.get(timeout=30)
+        self.assertTrue(r.ready())
 
 
 class LazyImap(unittest.TestCase):
