@@ -81,20 +81,24 @@ def dumps_function(fn) -> bytes:
 class _Chunk:
     """A batch of items of one job, sent to a worker as one task."""
 
-    __slots__ = ("job", "positions", "items")
+    __slots__ = ("job", "positions", "items", "fresh")
 
-    def __init__(self, job, positions, items):
+    def __init__(self, job, positions, items, fresh=True):
         self.job = job
         self.positions = positions  # a range, or a list of positions in the job
         self.items = items
+        self.fresh = fresh  # never sent: not items sent again after a worker death
 
 
 class _Core:
     """One pool's binary, its pipes and the bookkeeping of chunks."""
 
-    def __init__(self, launch, *, backoff: float = 0.05, max_backoff: float = 5.0):
+    def __init__(self, launch, *, backoff: float = 0.05, max_backoff: float = 5.0, ahead: int = 0):
         """Take over launch (a started _launch.Launch, which sent the hello)
-        and wait until its binary is ready. On failure, stop it and raise."""
+        and wait until its binary is ready. On failure, stop it and raise.
+
+        ahead bounds the chunks of windowed jobs (an Executor's futures)
+        sent without a result; 0 means no bound other than the binary's."""
         self.processes = launch.processes
         self.retries = launch.retries
         self.policy = launch.policy
@@ -111,10 +115,13 @@ class _Core:
         self._seq = itertools.count()
         self._inflight: dict[int, _Chunk] = {}  # guarded by _lock: chunk id -> chunk sent
         self._window = 0  # most chunks in _inflight (the binary's max_pending); 0: no limit
+        self._ahead = ahead  # most chunks of windowed jobs in _inflight; 0: no limit
+        self._ahead_used = 0  # guarded by _lock: chunks of windowed jobs in _inflight
         self._next_id = 1  # only the writer thread uses it
         self._outstanding = 0  # guarded by _lock: items submitted and not settled
         self._control = []  # guarded by _lock: control frames for the writer (close, abort)
         self._stopping = False  # guarded by _lock: no more chunks are sent
+        self._draining = False  # guarded by _lock: no new chunks are accepted; those sent go on
         self._broken: BaseException | None = None  # why the pool cannot run tasks
         self._ended = threading.Event()  # the end frame or end of file arrived
         self._ready = threading.Event()
@@ -158,13 +165,19 @@ class _Core:
         if self._stopping:
             raise ValueError("Pool not running")
 
+    def accepting(self) -> bool:
+        """Report whether new chunks are still accepted."""
+        return not (self._stopping or self._draining)
+
     def submit(self, chunk: _Chunk, count: bool = True):
         """Queue chunk to be sent. count says the items are new; otherwise
         they are sent again after a worker death, ahead of the new ones."""
         with self._lock:
             if count:
                 self._outstanding += len(chunk.items)
-            if self._stopping or self._broken is not None:
+            else:
+                chunk.fresh = False
+            if self._stopping or self._broken is not None or (self._draining and chunk.fresh):
                 reason = self._broken
             else:
                 if count:
@@ -176,6 +189,7 @@ class _Core:
         self._cancel_chunk(chunk, reason)
 
     def _submit_later(self, chunk: _Chunk, delay: float):
+        chunk.fresh = False
         with self._lock:
             if not (self._stopping or self._broken is not None):
                 heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._seq), chunk))
@@ -199,9 +213,15 @@ class _Core:
             if self._out is None or self._ended.is_set():
                 return "exit", None
             return "wait", None  # the reader notifies when a result frees room
-        if self._delayed and self._delayed[0][0] <= time.monotonic():
-            return "chunk", heapq.heappop(self._delayed)[2]
-        if self._qhead < len(self._queue):
+        full = self._ahead and self._ahead_used >= self._ahead  # for windowed jobs only
+        due = None  # seconds until the first retry is due
+        if self._delayed:
+            due = self._delayed[0][0] - time.monotonic()
+            if full and self._delayed[0][2].job.windowed:
+                due = None  # the reader notifies when a result frees room
+            elif due <= 0:
+                return "chunk", heapq.heappop(self._delayed)[2]
+        if self._qhead < len(self._queue) and not (full and self._queue[self._qhead].job.windowed):
             chunk = self._queue[self._qhead]
             self._queue[self._qhead] = None
             self._qhead += 1
@@ -211,9 +231,7 @@ class _Core:
             return "chunk", chunk
         if self._out is None or self._ended.is_set():
             return "exit", None
-        if self._delayed:
-            return "wait", max(0.0, self._delayed[0][0] - time.monotonic())
-        return "wait", None
+        return "wait", due
 
     def _write_loop(self):
         # The lock is never held while writing: a write may block until the
@@ -233,7 +251,7 @@ class _Core:
                             what = "cancel"
                         else:
                             ident = self._next_id
-                            self._inflight[ident] = arg
+                            self._track(ident, arg)
                 if what == "exit":
                     return
                 if what == "wait":
@@ -256,7 +274,7 @@ class _Core:
         job = chunk.job
         if not job.on_send():  # a future cancelled while queued
             with self._lock:
-                del self._inflight[ident]
+                self._untrack(ident)
                 self._outstanding -= len(chunk.items)
                 self._cond.notify_all()
             return
@@ -264,7 +282,7 @@ class _Core:
             payload = pickle.dumps((job.mode, job.fn_bytes, chunk.items), pickle.HIGHEST_PROTOCOL)
         except Exception as e:
             with self._lock:
-                del self._inflight[ident]
+                self._untrack(ident)
             for pos in chunk.positions:
                 e2 = TypeError("cannot send the task's arguments to a worker: %s" % e)
                 e2.__cause__ = e
@@ -274,6 +292,26 @@ class _Core:
         # is written.
         self._next_id += 1
         self._write_frame(K_TASK, ident, payload)
+
+    def _track(self, ident: int, chunk: _Chunk):
+        """Record chunk as sent under ident. Called with _lock held."""
+        self._inflight[ident] = chunk
+        if chunk.job.windowed:
+            self._ahead_used += 1
+
+    def _untrack(self, ident: int):
+        """Forget the sent chunk ident and return it (None if unknown), and
+        wake the writer if that makes room. Called with _lock held."""
+        chunk = self._inflight.pop(ident, None)
+        if chunk is None:
+            return None
+        if chunk.job.windowed:
+            self._ahead_used -= 1
+            if self._ahead_used + 1 == self._ahead:
+                self._cond.notify_all()
+        if len(self._inflight) + 1 == self._window:
+            self._cond.notify_all()
+        return chunk
 
     def _send_control(self, kind: int):
         with self._lock:
@@ -300,9 +338,7 @@ class _Core:
                     (n,) = META_LEN.unpack_from(payload)
                     meta = json.loads(payload[4:4 + n])
                     with self._lock:
-                        chunk = self._inflight.pop(ident, None)
-                        if len(self._inflight) + 1 == self._window:
-                            self._cond.notify_all()  # the writer may send again
+                        chunk = self._untrack(ident)
                     if chunk is not None:
                         self._on_result(chunk, meta, memoryview(payload)[4 + n:])
                 elif kind == K_END:
@@ -336,6 +372,7 @@ class _Core:
             self._stopping = True
             chunks = list(self._inflight.values())
             self._inflight.clear()
+            self._ahead_used = 0
             chunks += [c for c in self._queue[self._qhead:] if c is not None]
             self._queue, self._qhead = [], 0
             chunks += [c for _, _, c in self._delayed]
@@ -471,6 +508,25 @@ class _Core:
                     return False
                 self._cond.wait(remaining)
         return True
+
+    def cancel_pending(self):
+        """Accept no new chunks, and cancel those not sent yet, as
+        Executor.shutdown(cancel_futures=True) does: their pending futures
+        are cancelled (Future.cancel), other items fail with TaskCancelled.
+        Items sent already go on, and so do those to be sent again after
+        a worker death (their futures are running)."""
+        with self._lock:
+            self._draining = True
+            unsent = [c for c in self._queue[self._qhead:] if c is not None and c.fresh]
+            self._queue = [c for c in self._queue[self._qhead:] if c is not None and not c.fresh]
+            self._qhead = 0
+        for c in unsent:
+            if c.job.cancel_unsent():
+                with self._lock:
+                    self._outstanding -= len(c.items)
+                    self._cond.notify_all()
+            else:
+                self._cancel_chunk(c, None)
 
     def close(self):
         """Finish the queued work, then stop the binary and its workers."""

@@ -26,6 +26,10 @@ class _Job:
     """What every job has: its function, how items are passed, and the
     attempts charged to its items (used by the reader thread only)."""
 
+    # windowed says that the job's chunks count against the core's ahead
+    # bound (an Executor's futures, which run once sent).
+    windowed = False
+
     def __init__(self, core, fn: Callable, mode: int):
         if not callable(fn):
             raise TypeError("%r is not callable" % (fn,))
@@ -44,6 +48,12 @@ class _Job:
     def on_send(self) -> bool:
         """Called before the job's chunk is sent; False drops it."""
         return True
+
+    def cancel_unsent(self) -> bool:
+        """Cancel the job's items of a chunk that was never sent, and report
+        whether that settled them; False: the core fails them with
+        TaskCancelled."""
+        return False
 
     def observe(self, start: float, ends) -> None:
         """Called with the timing of each chunk that succeeded."""
@@ -178,11 +188,21 @@ class _ListJob(_Job):
 
 
 class _FutureJob(_Job):
-    """One submit() call of an Executor: the item's outcome goes to a Future."""
+    """One submit() call of an Executor: the item's outcome goes to a Future.
+
+    The future is running from when its chunk is sent, as
+    ProcessPoolExecutor's are from when they enter its call queue; the
+    Executor bounds how many are sent ahead in the same way."""
+
+    windowed = True
 
     def __init__(self, core, fn, future):
         super().__init__(core, fn, APPLY)
         self.future = future
+
+    def cancel_unsent(self):
+        self.future.cancel()
+        return True
 
     def on_send(self):
         f = self.future
@@ -253,11 +273,11 @@ class IterResult:
             while True:
                 with self._cond:
                     while self._fed - self._consumed >= self._limit():
-                        if self._core._stopping:
+                        if not self._core.accepting():
                             break
                         self._cond.wait(0.2)
                     room = self._limit() - (self._fed - self._consumed)
-                if self._core._stopping:
+                if not self._core.accepting():
                     break
                 items = list(itertools.islice(it, max(1, min(self._chunksize, room))))
                 if not items:

@@ -36,7 +36,10 @@ class Executor(concurrent.futures.Executor):
         except BaseException:
             launch.abandon()
             raise
-        self._core = _Core(launch)
+        # As ProcessPoolExecutor's call queue: at most one future more than
+        # there are workers is sent ahead. A future is running once sent, so
+        # shutdown(cancel_futures=True) cancels all the others.
+        self._core = _Core(launch, ahead=launch.processes + 1)
         self._shutdown = False
         self._lock = threading.Lock()
 
@@ -92,24 +95,26 @@ class Executor(concurrent.futures.Executor):
         return results()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop accepting tasks. With cancel_futures, cancel the queued
-        ones. With wait, wait for the running ones and for the workers to
-        exit; otherwise they finish in the background."""
+        """Stop accepting tasks, as ProcessPoolExecutor.shutdown does.
+
+        With cancel_futures, cancel the futures that have not started
+        running (their cancelled() is then True); futures that are running
+        are not cancelled and run to the end, retries after a worker death
+        included. With wait, return when they have finished and the workers
+        have exited; otherwise return at once while they finish in the
+        background, and the program does not exit before they have.
+        """
         with self._lock:
             already = self._shutdown
             self._shutdown = True
         if cancel_futures:
-            self._core.abort()
-        if already and not wait:
-            return
+            self._core.cancel_pending()
         if wait:
-            if cancel_futures:
-                self._core.terminate()
-            else:
-                self._core.close()
-        else:
-            threading.Thread(target=self._core.close if not cancel_futures else self._core.terminate,
-                             daemon=True).start()
+            self._core.close()
+        elif not already:
+            # Not a daemon: as with ProcessPoolExecutor, the interpreter
+            # waits for the running futures before it exits.
+            threading.Thread(target=self._core.close, name="safepool-shutdown").start()
 
     @property
     def memory_mode(self) -> str:

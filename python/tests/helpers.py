@@ -101,3 +101,17 @@ def loaded(names):
 def argv(_=None):
     import sys
     return list(sys.argv)
+
+
+def hold(started, release):
+    """Create the file started, then wait until the file release exists
+    (at most 120 s); return "released"."""
+    with open(started, "w"):
+        pass
+    deadline = time.monotonic() + 120
+    while not os.path.exists(release):
+        if time.monotonic() > deadline:
+            return "timed out"
+        time.sleep(0.01)
+    return "released"
+

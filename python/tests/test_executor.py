@@ -1,9 +1,101 @@
 """safepool.Executor: a concurrent.futures.Executor whose workers may die."""
 import concurrent.futures
+import multiprocessing
+import os
+import shutil
+import tempfile
+import threading
+import time
 import unittest
 
 import safepool
 from tests import helpers
+
+
+def wait_for(cond, limit=60.0):
+    """Wait until cond() is true, for at most limit seconds (a bound against
+    hangs, not a speed requirement); return cond()."""
+    deadline = time.monotonic() + limit
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return cond()
+
+
+class ShutdownCancelFutures:
+    """shutdown(cancel_futures=True) as the standard library documents it:
+    it cancels the futures that have not started running; futures that are
+    running finish, and shutdown(wait=True) waits for them. The same tests
+    run on ProcessPoolExecutor, the reference, and on safepool.Executor."""
+
+    def executor(self, n):
+        raise NotImplementedError
+
+    def _start(self):
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        started, self.release = os.path.join(d, "started"), os.path.join(d, "release")
+        ex = self.executor(1)
+        running = ex.submit(helpers.hold, started, self.release)
+        self.assertTrue(wait_for(lambda: os.path.exists(started)), "the first task never started")
+        pending = [ex.submit(helpers.square, i) for i in range(20)]
+        return ex, running, pending
+
+    def _let_go(self):
+        with open(self.release, "w"):
+            pass
+
+    def _check_pending(self, pending):
+        for f in pending:
+            self.assertTrue(f.done())
+        cancelled = [f.cancelled() for f in pending]
+        # Futures start in order: those that had started (an executor may
+        # start a few ahead of its workers) ran to the end, the rest were
+        # cancelled.
+        k = cancelled.index(True) if True in cancelled else len(cancelled)
+        self.assertEqual(cancelled, [False] * k + [True] * (len(cancelled) - k))
+        self.assertGreaterEqual(cancelled.count(True), len(pending) // 2)
+        for i, f in enumerate(pending[:k]):
+            self.assertEqual(f.result(), i * i)
+
+    def test_wait_lets_running_futures_finish(self):
+        ex, running, pending = self._start()
+        # Let the running task go once the pending futures are cancelled:
+        # shutdown(wait=True) must then wait for it.
+        threading.Thread(target=lambda: (wait_for(lambda: pending[-1].done()), self._let_go()),
+                         daemon=True).start()
+        ex.shutdown(wait=True, cancel_futures=True)
+        self.assertTrue(running.done(), "shutdown(wait=True) returned before the running future finished")
+        self.assertFalse(running.cancelled())
+        self.assertEqual(running.result(), "released")
+        self._check_pending(pending)
+        with self.assertRaises(RuntimeError):
+            ex.submit(helpers.square, 1)
+
+    def test_no_wait_lets_running_futures_finish(self):
+        ex, running, pending = self._start()
+        try:
+            ex.shutdown(wait=False, cancel_futures=True)
+            # It returned while the running task cannot end until told to.
+            self.assertFalse(running.done())
+            self.assertTrue(wait_for(lambda: pending[-1].done()))
+            self.assertTrue(pending[-1].cancelled())
+            self._let_go()
+            self.assertEqual(running.result(timeout=60), "released")
+            self.assertTrue(wait_for(lambda: all(f.done() for f in pending)))
+            self._check_pending(pending)
+        finally:
+            self._let_go()
+            ex.shutdown(wait=True)
+
+
+class StdlibShutdown(ShutdownCancelFutures, unittest.TestCase):
+    def executor(self, n):
+        return concurrent.futures.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+
+
+class SafepoolShutdown(ShutdownCancelFutures, unittest.TestCase):
+    def executor(self, n):
+        return safepool.Executor(n)
 
 
 class ExecutorTest(unittest.TestCase):
