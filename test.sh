@@ -29,6 +29,12 @@ echo "== fuzz the framed protocol decoder (${FUZZTIME:=200000x})"
 go test -run='^$' -fuzz=FuzzReadFrame -fuzztime="$FUZZTIME" ./internal/protocol/
 if [ -d python/tests ]; then
 	echo "== python client"
+	# Some tests run a program under a Python that can import cloudpickle
+	# (python3, or Debian's /usr/bin/python3) and under one that cannot.
+	if ! python3 -c 'import cloudpickle' 2>/dev/null && ! /usr/bin/python3 -c 'import cloudpickle' 2>/dev/null &&
+		[ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+		apt-get update -qq && apt-get install -y -qq python3-cloudpickle >/dev/null
+	fi
 	CGO_ENABLED=0 go build -o python/safepool/_bin/safepool ./cmd/safepool
 	(cd python && python3 -m unittest discover -v -s tests -t . 2>&1)
 fi

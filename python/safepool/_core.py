@@ -33,6 +33,8 @@ import threading
 import time
 import weakref
 
+from ._pickling import dumps_function  # noqa: F401  (the jobs' import)
+
 HEADER = struct.Struct(">IBQ")
 K_HELLO, K_TASK, K_CLOSE, K_ABORT = 1, 2, 3, 4
 K_READY, K_RESULT, K_END = 16, 17, 18
@@ -57,25 +59,6 @@ def _errors():
     concurrent.futures and typing, which a pool that runs well never needs."""
     from . import errors
     return errors
-
-
-def dumps_function(fn) -> bytes:
-    """Pickle fn by reference, or by value with cloudpickle when it is a
-    lambda or a closure and cloudpickle is importable."""
-    try:
-        data = pickle.dumps(fn, pickle.HIGHEST_PROTOCOL)
-        return data
-    except Exception as e:
-        first = e
-    try:
-        import cloudpickle  # type: ignore
-    except ImportError:
-        raise TypeError(
-            "cannot send %r to a worker process: the standard pickle sends functions by "
-            "name, and this one has no importable name (a lambda, a nested function or a "
-            "closure). Define it at the top level of a module, or install cloudpickle, "
-            "which safepool uses when it is importable. (pickle said: %s)" % (fn, first)) from None
-    return cloudpickle.dumps(fn, pickle.HIGHEST_PROTOCOL)
 
 
 class _Chunk:
@@ -106,6 +89,7 @@ class _Core:
         self.backoff, self.max_backoff = backoff, max_backoff
         self._launch = launch
         self._proc = launch.proc
+        self.main_importable = launch.main is not None  # workers import the parent's __main__
 
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)  # writer's queue and job completion

@@ -37,7 +37,7 @@ class _Job:
         self.core = core
         self.fn = fn
         self.mode = mode
-        self.fn_bytes = dumps_function(fn)
+        self.fn_bytes = dumps_function(fn, core.main_importable)
         self.history = {}  # position -> charged attempts; the reader thread's
 
     def charge(self, pos, attempt):

@@ -43,7 +43,13 @@ def pack_strings(strings) -> str:
 def main_spec():
     """Say how workers can import the parent's __main__ module, as
     multiprocessing's spawn start method does: "name:<module>",
-    "path:<file>", or None when there is nothing to import."""
+    "path:<file>", or None when there is nothing to import.
+
+    A path is given only for a real script: an existing regular file. A
+    program read from standard input has __file__ "<stdin>", and one run
+    with -c or interactively has none; a file of that name in the working
+    directory is not the program, and anyone who can write there could
+    have put it there."""
     main = sys.modules.get("__main__")
     if main is None:
         return None
@@ -54,9 +60,13 @@ def main_spec():
             return None
         return "name:" + name
     path = getattr(main, "__file__", None)
-    if not path:
+    if not isinstance(path, str) or not path or path in ("<stdin>", "<string>", "-c"):
         return None
+    if path.startswith("<") and path.endswith(">"):
+        return None  # a pseudo-file name, such as <input>
     path = os.path.normpath(os.path.abspath(path))
+    if not os.path.isfile(path):
+        return None
     if os.path.splitext(os.path.basename(path))[0] == "ipython":
         return None
     return "path:" + path
@@ -147,11 +157,11 @@ class Launch:
         env[ENV_ARGV] = pack_strings(sys.argv)
         env.pop(ENV_MAIN, None)
         env.pop(ENV_INIT, None)
-        main = main_spec()
+        self.main = main = main_spec()  # None: workers import no __main__
         if main:
             env[ENV_MAIN] = main
         if initializer is not None:
-            env[ENV_INIT] = self.init_file = _write_initializer(initializer, initargs)
+            env[ENV_INIT] = self.init_file = _write_initializer(initializer, initargs, main is not None)
         try:
             self.proc = Process(binary, env)
         except OSError as e:
@@ -187,16 +197,11 @@ class Launch:
         self.cleanup()
 
 
-def _write_initializer(initializer, initargs) -> str:
-    import pickle
+def _write_initializer(initializer, initargs, main_importable: bool) -> str:
     import tempfile
-    try:
-        data = pickle.dumps((initializer, tuple(initargs)), pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        from ._core import dumps_function
-        dumps_function(initializer)  # raises the clear error without cloudpickle
-        import cloudpickle  # type: ignore
-        data = cloudpickle.dumps((initializer, tuple(initargs)), pickle.HIGHEST_PROTOCOL)
+
+    from ._pickling import dumps_code
+    data = dumps_code((initializer, tuple(initargs)), initializer, main_importable)
     fd, path = tempfile.mkstemp(prefix="safepool-init-")
     with os.fdopen(fd, "wb") as f:
         f.write(data)

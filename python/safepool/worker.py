@@ -92,6 +92,10 @@ def _fix_main():
         return
     kind, _, value = spec.partition(":")
     if kind == "path":
+        if not os.path.isfile(value):
+            # The client sends only real scripts; anything else is not the
+            # program, whatever a file of that name holds.
+            sys.exit("safepool.worker: the main script %r is not a file" % value)
         _run_main_path(value)
     elif kind == "name":
         import runpy

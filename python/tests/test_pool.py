@@ -250,6 +250,88 @@ class MainScript(unittest.TestCase):
         self.assertEqual(out.stdout.count("result"), 1)
 
 
+STDIN_SCRIPT = """
+import safepool
+from tests import helpers
+
+def triple(x):
+    return 3 * x
+
+def init():
+    pass
+
+if __name__ == "__main__":
+    with safepool.Pool(2) as pool:
+        print("helpers", pool.map(helpers.square, range(3)))
+        try:
+            print("main", pool.map(triple, range(3)))
+        except TypeError as e:
+            print("error", e)
+    try:
+        with safepool.Pool(1, initializer=init) as pool:
+            print("init", pool.apply(helpers.square, (4,)))
+    except TypeError as e:
+        print("init error", e)
+"""
+
+
+def python_with_cloudpickle(want: bool):
+    """The argument vector of a Python interpreter that can (want) or
+    cannot import cloudpickle, or None. Without site-packages (-S), no
+    Python has it."""
+    candidates = [[sys.executable], ["/usr/bin/python3"]] if want else [[sys.executable, "-S"]]
+    for argv in candidates:
+        if not os.path.exists(argv[0]):
+            continue
+        r = subprocess.run(argv + ["-c", "import cloudpickle"], capture_output=True)
+        if (r.returncode == 0) == want:
+            return argv
+    return None
+
+
+class MainFromStdin(unittest.TestCase):
+    """A program read from standard input (python3 - < script.py) has no
+    script file: workers must not import one. Before, they ran a file named
+    "<stdin>" in the working directory, which anyone who can write there
+    could plant."""
+
+    def _run(self, python):
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        marker = os.path.join(d, "planted-file-ran")
+        for name in ("<stdin>", "<string>", "-c"):
+            with open(os.path.join(d, name), "w") as f:
+                f.write("open(%r, 'w').close()\nraise SystemExit('planted file ran')\n" % marker)
+        out = subprocess.run(python + ["-"], input=textwrap.dedent(STDIN_SCRIPT), env=child_env(),
+                             capture_output=True, text=True, timeout=120, cwd=d)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("helpers [0, 1, 4]", out.stdout, out.stderr)
+        self.assertFalse(os.path.exists(marker), "a worker ran the planted file")
+        return out.stdout
+
+    def test_without_cloudpickle(self):
+        python = python_with_cloudpickle(False)
+        if python is None:
+            skip_or_fail(self, "this Python has cloudpickle even without site-packages")
+        out = self._run(python)
+        for line in ("error ", "init error "):
+            msg = [l for l in out.splitlines() if l.startswith(line)]
+            self.assertEqual(len(msg), 1, out)
+            # It says why and what to do.
+            self.assertIn("standard input", msg[0])
+            self.assertIn("module", msg[0])
+            self.assertIn("cloudpickle", msg[0])
+
+    def test_with_cloudpickle(self):
+        python = python_with_cloudpickle(True)
+        if python is None:
+            skip_or_fail(self, "no Python here has cloudpickle (test.sh installs python3-cloudpickle "
+                               "for /usr/bin/python3)")
+        out = self._run(python)
+        self.assertIn("main [0, 3, 6]", out)
+        self.assertIn("init 16", out)
+
+
 class Binary(unittest.TestCase):
     def test_missing_binary_says_how_to_build(self):
         old = os.environ.get("SAFEPOOL_BIN")

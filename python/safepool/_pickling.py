@@ -1,0 +1,88 @@
+"""Pickling the code that workers run: task functions and the initializer.
+
+The standard pickle sends functions and classes by reference (module and
+name), which a worker resolves by importing. Two cases need more:
+
+- a lambda, a nested function or a closure has no importable name;
+- a function defined in the parent's __main__ module, when workers cannot
+  import that module because the program has no script file (it was read
+  from standard input, or run with -c or interactively). pickle accepts it,
+  but a worker could not resolve it.
+
+For both, cloudpickle is used when it is importable: it sends such code by
+value. Without it, a TypeError says what to do.
+"""
+import pickle
+
+_MAIN_MODULES = ("__main__", "__mp_main__")
+
+
+class _FromMain(Exception):
+    """Raised inside the checking pickler: obj is __main__'s."""
+
+    def __init__(self, obj):
+        super().__init__(obj)
+        self.obj = obj
+
+
+class _MainChecker(pickle.Pickler):
+    """A pickler that refuses the functions and classes of __main__."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, type) or callable(obj) and hasattr(obj, "__code__"):
+            if getattr(obj, "__module__", None) in _MAIN_MODULES:
+                raise _FromMain(obj)
+        return NotImplemented
+
+
+def _dumps_checked(obj) -> bytes:
+    import io
+    buf = io.BytesIO()
+    _MainChecker(buf, pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buf.getvalue()
+
+
+def _cloudpickle():
+    try:
+        import cloudpickle  # type: ignore
+    except ImportError:
+        return None
+    return cloudpickle
+
+
+def dumps_code(obj, shown, main_importable: bool = True) -> bytes:
+    """Pickle obj (a function, or a tuple holding functions) for a worker.
+    shown is what error messages name. main_importable says whether workers
+    import the parent's __main__ module (see _launch.main_spec)."""
+    try:
+        if main_importable:
+            return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        return _dumps_checked(obj)
+    except _FromMain as e:
+        cp = _cloudpickle()
+        if cp is None:
+            what = "it is defined" if e.obj is shown else "it uses %r, defined" % (e.obj,)
+            raise TypeError(
+                "cannot send %r to a worker process: %s in the main module, which "
+                "workers cannot import because this program has no script file (it was read "
+                "from standard input, or run with -c or interactively). Define it in a module "
+                "that the program imports, or install cloudpickle, which safepool then uses to "
+                "send it by value." % (shown, what)) from None
+        return cp.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    except Exception as e:
+        first = e
+    cp = _cloudpickle()
+    if cp is None:
+        raise TypeError(
+            "cannot send %r to a worker process: the standard pickle sends functions by "
+            "name, and this one has no importable name (a lambda, a nested function or a "
+            "closure). Define it at the top level of a module, or install cloudpickle, "
+            "which safepool uses when it is importable. (pickle said: %s)" % (shown, first)) from None
+    return cp.dumps(obj, pickle.HIGHEST_PROTOCOL)
+
+
+def dumps_function(fn, main_importable: bool = True) -> bytes:
+    """Pickle fn by reference, or by value with cloudpickle when it is a
+    lambda or a closure, or defined in a __main__ module that workers do not
+    import, and cloudpickle is importable."""
+    return dumps_code(fn, fn, main_importable)
