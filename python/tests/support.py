@@ -1,5 +1,6 @@
 """Test support: CI rules and process scans."""
 import os
+import sys
 import time
 import unittest
 
@@ -59,3 +60,20 @@ def child_env(**extra):
     env["PYTHONPATH"] = PYTHON_DIR + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.update(extra)
     return env
+
+
+# Python code that restores SIGINT to its default disposition and execs
+# the interpreter with the rest of its arguments. A process started with
+# SIGINT ignored (every background job of a shell without job control, such
+# as `./test.sh &` from a script) passes that on to its children, and
+# Python then installs no KeyboardInterrupt handler. Popen(restore_signals=
+# True) restores SIGPIPE, SIGXFZ and SIGXFSZ only, and preexec_fn is not
+# safe in a process with threads; exec keeps a default disposition.
+_SIGINT_DEFAULT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                   "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
+
+
+def python_sigint_default(*args):
+    """The argument vector of `python3 args...` started with SIGINT at its
+    default, as from a terminal, whatever this process's disposition."""
+    return [sys.executable, "-c", _SIGINT_DEFAULT, *args]

@@ -13,7 +13,7 @@ import uuid
 
 import safepool
 from tests import helpers
-from tests.support import child_env, processes_with, wait_gone
+from tests.support import PYTHON_DIR, child_env, processes_with, python_sigint_default, wait_gone
 
 SCRIPT = """
 import sys, safepool
@@ -63,7 +63,8 @@ class NoOrphans(unittest.TestCase):
         script = os.path.join(d, "parent.py")
         with open(script, "w") as f:
             f.write(textwrap.dedent(SCRIPT))
-        proc = subprocess.Popen([sys.executable, script, mode], env=child_env(SAFEPOOL_TEST_MARKER=marker),
+        # The script gets SIGINT as a program run from a terminal does.
+        proc = subprocess.Popen(python_sigint_default(script, mode), env=child_env(SAFEPOOL_TEST_MARKER=marker),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=os.path.dirname(d))
         try:
             line = proc.stdout.readline()
@@ -90,6 +91,21 @@ class NoOrphans(unittest.TestCase):
     def test_sigkilled_parent(self):
         code = self._run_script("plain", signal.SIGKILL)
         self.assertEqual(code, -signal.SIGKILL)
+
+
+class BackgroundJob(unittest.TestCase):
+    def test_ctrl_c_tests_pass_with_sigint_ignored(self):
+        # A background job of a shell without job control (`./test.sh &`
+        # from a script) starts with SIGINT ignored, and children inherit
+        # that. The Ctrl-C tests must set what their parent script needs.
+        ignore_then_exec = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                            "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
+        out = subprocess.run([sys.executable, "-c", ignore_then_exec, "-m", "unittest",
+                              "tests.test_lifecycle.NoOrphans.test_ctrl_c",
+                              "tests.test_lifecycle.NoOrphans.test_ctrl_c_in_with_block"],
+                             env=child_env(), cwd=PYTHON_DIR, capture_output=True, text=True, timeout=300)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("Ran 2 tests", out.stderr)
 
 
 class TerminateWithBacklog(unittest.TestCase):
