@@ -332,6 +332,71 @@ class MainFromStdin(unittest.TestCase):
         self.assertIn("init 16", out)
 
 
+# Text that is not valid UTF-8 once encoded: non-UTF-8 bytes decoded with
+# surrogateescape (as file names and argv are), and lone surrogates.
+SURROGATES = b"\xff\xfe\x80 caf\xc3\xa9 \xed\xa0\x80".decode("utf-8", "surrogateescape") + "\ud800\udfff"
+
+
+class HostileData(unittest.TestCase):
+    """Bytes and text that break naive framing or encoding come back intact."""
+
+    def assertSame(self, got, want):
+        # Not assertEqual: its diff of a 48 MB string would drown the report.
+        if got != want or type(got) is not type(want):
+            self.fail("got %s of length %s, want %s of length %s" % (
+                type(got).__name__, len(got) if hasattr(got, "__len__") else "?",
+                type(want).__name__, len(want) if hasattr(want, "__len__") else "?"))
+
+    def test_round_trip(self):
+        huge = "\u00e9\u20ac\U0001f600" * (4 << 20)  # 12 M characters, 36 MB of UTF-8
+        items = [
+            b"", b"\0", bytes(range(256)) * 3, b"\0" * (1 << 20) + b"\xff", bytearray(b"\0\1\2"),
+            os.urandom(8 << 20),
+            "", "\0nul\0in\0a\0str\0", SURROGATES, "\r\n\x00\x1b[2J\u2028",
+            {"k\0": b"\0", SURROGATES: [SURROGATES, b"\xff" * 3]},
+            huge,
+        ]
+        with safepool.Pool(2) as pool:
+            for chunksize in (1, len(items)):
+                out = pool.map(helpers.identity, items, chunksize=chunksize)
+                self.assertEqual(len(out), len(items))
+                for got, want in zip(out, items):
+                    self.assertSame(got, want)
+            self.assertSame(pool.apply(helpers.identity, (), {"x": huge}), huge)
+            self.assertSame(pool.starmap(helpers.add, [(SURROGATES, "\0")])[0], SURROGATES + "\0")
+            for message in ("\0", SURROGATES):
+                with self.assertRaises(ValueError) as cm:
+                    pool.apply(helpers.raise_with, (message,))
+                self.assertEqual(cm.exception.args, (message,))
+
+    def test_argv_and_script_path_not_utf8(self):
+        # A script whose path and arguments are not UTF-8: workers get the
+        # same sys.argv and import the same script.
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        sub = os.path.join(os.fsencode(d), b"dir-\xff\xfe")
+        os.mkdir(sub)
+        script = os.path.join(sub, b"script-\xff.py")
+        with open(script, "w") as f:
+            f.write(textwrap.dedent("""
+                import sys, safepool
+                from tests import helpers
+
+                def main_fn(x):
+                    return x
+
+                if __name__ == "__main__":
+                    with safepool.Pool(1) as pool:
+                        print(ascii(pool.apply(helpers.argv) == sys.argv), ascii(sys.argv[1:]))
+                        print(ascii(pool.apply(main_fn, (sys.argv[1],)) == sys.argv[1]))
+            """))
+        out = subprocess.run([os.fsencode(sys.executable), script, b"arg-\xff\x80", b"\xed\xa0\x80"],
+                             env=child_env(), capture_output=True, text=True, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.splitlines(),
+                         ["True ['arg-\\udcff\\udc80', '\\udced\\udca0\\udc80']", "True"])
+
+
 class Binary(unittest.TestCase):
     def test_missing_binary_says_how_to_build(self):
         old = os.environ.get("SAFEPOOL_BIN")
