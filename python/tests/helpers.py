@@ -116,6 +116,19 @@ def hold(started, release):
     return "released"
 
 
+def kill_every_20th(x, directory, together=4):
+    """Kill the worker with SIGKILL on every item x with x % 20 == 7. The
+    first `together` such items wait for each other (their pids are
+    recorded in directory; at most 30 s), so that those workers die at once."""
+    if x % 20 == 7:
+        open(os.path.join(directory, str(os.getpid())), "w").close()
+        deadline = time.monotonic() + 30
+        while len(os.listdir(directory)) < together and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * x
+
+
 def identity(x):
     return x
 

@@ -1,4 +1,5 @@
 """safepool.Pool: results, failures, policies and worker deaths, on real processes."""
+import functools
 import os
 import shutil
 import subprocess
@@ -160,6 +161,31 @@ class WorkerDeath(unittest.TestCase):
                 pool.apply(helpers.kill_self_at, (7,))
             self.assertEqual(cm.exception.attempts, 3)
             self.assertEqual([a.cause for a in cm.exception.history], ["signal:SIGKILL"] * 3)
+
+    def test_deaths_in_tasks_do_not_break_the_pool(self):
+        # Workers that die while they run a task, however many and however
+        # early in their lives, are those tasks' failures: never "the
+        # workers cannot start", which would fail every task with
+        # BrokenPool. Here every batch holds items that kill their worker,
+        # so that no worker finishes its first task, and the first four
+        # workers die at once.
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        n, retries = 200, 5
+        with safepool.Pool(4, retries=retries) as pool:
+            out = pool.map(functools.partial(helpers.kill_every_20th, directory=d), range(n), chunksize=25,
+                           errors="return")
+        broken = [i for i, v in enumerate(out) if isinstance(v, safepool.BrokenPool)]
+        self.assertEqual(broken, [], "items failed with BrokenPool: %s" % (out[broken[0]] if broken else ""))
+        for i, v in enumerate(out):
+            if i % 20 == 7:
+                self.assertIsInstance(v, safepool.WorkerDied, "item %d" % i)
+                self.assertEqual(v.cause, "signal:SIGKILL", "item %d" % i)
+                self.assertEqual(v.attempts, retries + 1, "item %d" % i)
+                self.assertEqual([a.cause for a in v.history], ["signal:SIGKILL"] * (retries + 1))
+                self.assertEqual(v.task_args, i)
+            else:
+                self.assertEqual(v, i * i, "item %d" % i)
 
     def test_abort_policy(self):
         pool = safepool.Pool(2, on_worker_death="abort")
