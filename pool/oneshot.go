@@ -1,7 +1,6 @@
 package pool
 
 import (
-	"bytes"
 	"strings"
 	"time"
 
@@ -11,6 +10,7 @@ import (
 
 // runOneShot runs each task it is given in a process of its own.
 func (r *runner) runOneShot() {
+	defer r.p.spool.leave()
 	for {
 		select {
 		case t := <-r.p.dispatch:
@@ -42,8 +42,11 @@ func (r *runner) oneShot(t *task) {
 	if args == nil {
 		args = expand(cfg.Command, t.t.Input)
 	}
-	var stdout, stderr bytes.Buffer // written by the process's copiers until CloseIO returns
-	spec := worker.Spec{Args: args, Env: cfg.Env, Dir: cfg.Dir, IO: worker.IONone, Stdout: &stdout, Stderr: &stderr}
+	// The previous attempt's output is no use any more.
+	t.out.release()
+	t.out = nil
+	out := r.p.spool.newOutput() // written by the process's copiers until CloseIO returns
+	spec := worker.Spec{Args: args, Env: cfg.Env, Dir: cfg.Dir, IO: worker.IONone, Stdout: out.stdout, Stderr: out.stderr}
 	if r.group != nil {
 		spec.Cgroup = r.group
 		r.oomBase, _ = r.group.OOMKills()
@@ -54,7 +57,9 @@ func (r *runner) oneShot(t *task) {
 	if err != nil {
 		// Like a shell, call a command that cannot be run exit status 127.
 		a := Attempt{Cause: ExitCause(127), ExitCode: 127, Start: start, End: time.Now(), Message: err.Error()}
-		r.p.send(report{kind: reportAttempt, task: t, att: a, stderr: []byte(err.Error() + "\n")})
+		out.stderr.Write([]byte(err.Error() + "\n"))
+		t.out = out
+		r.p.send(report{kind: reportAttempt, task: t, att: a})
 		r.p.send(report{kind: reportStartupFailure, charged: true, start: &StartError{Command: args, Err: err}})
 		return
 	}
@@ -76,7 +81,7 @@ func (r *runner) oneShot(t *task) {
 		defer tk.Stop()
 		poll = tk.C
 	}
-	abortC, killC := r.p.abortCh, r.p.killCh
+	abortC, killC, lostC := r.p.abortCh, r.p.killCh, out.lost
 	var killed Cause
 wait:
 	for {
@@ -105,6 +110,12 @@ wait:
 		case <-killC:
 			killC = nil
 			proc.Kill()
+		case <-lostC:
+			lostC = nil
+			if killed == "" {
+				killed = CauseOutputLost
+			}
+			proc.Kill()
 		}
 	}
 	proc.CloseIO(linger)
@@ -122,12 +133,19 @@ wait:
 			a.PeakRSS = peak
 		}
 	}
-	if cause != "" {
+	if cause == CauseOutputLost {
+		// What was kept is not the job's output: give none.
+		a.Message = out.lostMessage()
+		out.release()
+		out = nil
+	} else if cause != "" {
 		a.Message = r.deathMessage(cause, proc, a.PeakRSS)
 		if cause.IsWorkerDeath() && killed == "" {
 			r.p.count(func(s *Stats) { s.WorkerDeaths++ })
 		}
 	}
 	r.p.emit(Event{Kind: EventWorkerExited, WorkerPID: proc.Pid, Time: exit.Time})
-	r.p.send(report{kind: reportAttempt, task: t, att: a, output: stdout.Bytes(), stderr: stderr.Bytes()})
+	t.out = out
+	r.p.send(report{kind: reportAttempt, task: t, att: a})
 }
+

@@ -46,6 +46,7 @@ type Pool struct {
 	oomLog *memory.OOMLog  // nil where the kernel log cannot be read
 	gov    *governor       // nil when the memory governor is off
 	slots  []*runner       // the runners, by slot
+	spool  *spooler        // keeps one-shot output; nil for other protocols
 
 	submitMu sync.Mutex // serialises Submit so that ids follow the order of acceptance
 	lastID   uint64     // guarded by submitMu
@@ -91,6 +92,9 @@ type task struct {
 	// alone reports whether the running attempt has had no other attempt
 	// beside it since it was dispatched.
 	alone bool
+	// out is the output of the task's last one-shot attempt. The runner
+	// that holds the task sets it before it reports the attempt.
+	out *attemptOutput
 }
 
 func (t *task) charged() int { return t.deaths + t.errors + t.ooms }
@@ -130,6 +134,9 @@ func New(cfg Config) (*Pool, error) {
 		p.oomLog = l
 	}
 	p.gov = newGovernor(p, &p.cfg, m.Mode())
+	if cfg.Protocol == OneShot {
+		p.spool = newSpooler(&p.cfg)
+	}
 	for i := 0; i < cfg.Workers; i++ {
 		p.slots = append(p.slots, &runner{p: p, slot: i, preempt: make(chan uint64, 1)})
 	}
@@ -175,7 +182,8 @@ func (c *Config) normalize() error {
 	}{{"Retries", int64(c.Retries)}, {"TaskErrorRetries", int64(c.TaskErrorRetries)},
 		{"MaxTasksPerWorker", int64(c.MaxTasksPerWorker)}, {"MaxRSS", c.MaxRSS}, {"MemLimit", c.MemLimit},
 		{"Timeout", int64(c.Timeout)}, {"Pipeline", int64(c.Pipeline)}, {"MaxPending", int64(c.MaxPending)},
-		{"MemBudget", c.MemBudget}, {"MemReserve", c.MemReserve}, {"MemPerTask", c.MemPerTask}} {
+		{"MemBudget", c.MemBudget}, {"MemReserve", c.MemReserve}, {"MemPerTask", c.MemPerTask},
+		{"OutputInMemory", c.OutputInMemory}} {
 		if v.n < 0 {
 			return fmt.Errorf("pool: Config.%s is negative", v.name)
 		}
