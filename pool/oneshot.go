@@ -1,12 +1,18 @@
 package pool
 
 import (
+	"errors"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/safepool/safepool/internal/memory"
 	"github.com/safepool/safepool/internal/worker"
 )
+
+// fileWait is how long a runner waits before it gives back a task whose
+// process could not start for want of file descriptors.
+const fileWait = 50 * time.Millisecond
 
 // runOneShot runs each task it is given in a process of its own.
 func (r *runner) runOneShot() {
@@ -47,6 +53,8 @@ func (r *runner) oneShot(t *task) {
 	t.out = nil
 	out := r.p.spool.newOutput() // written by the process's copiers until CloseIO returns
 	spec := worker.Spec{Args: args, Env: cfg.Env, Dir: cfg.Dir, IO: worker.IONone, Stdout: out.stdout, Stderr: out.stderr}
+	// From here the attempt holds files: its cgroup's, then its process's.
+	r.p.procs.Add(1)
 	if r.group != nil {
 		spec.Cgroup = r.group
 		r.oomBase, _ = r.group.OOMKills()
@@ -55,6 +63,18 @@ func (r *runner) oneShot(t *task) {
 	start := time.Now()
 	proc, err := worker.Start(spec)
 	if err != nil {
+		others := r.p.procs.Add(-1) > 0
+		if outOfFiles(err, t, others) {
+			// Not the task's doing: it runs again, uncharged, once running
+			// processes have given their files back.
+			select {
+			case <-time.After(fileWait):
+			case <-r.p.abortCh:
+			case <-r.p.quit:
+			}
+			r.p.send(report{kind: reportRequeue, task: t})
+			return
+		}
 		// Like a shell, call a command that cannot be run exit status 127.
 		a := Attempt{Cause: ExitCause(127), ExitCode: 127, Start: start, End: time.Now(), Message: err.Error()}
 		out.stderr.Write([]byte(err.Error() + "\n"))
@@ -119,6 +139,7 @@ wait:
 		}
 	}
 	proc.CloseIO(linger)
+	r.p.procs.Add(-1)
 	exit := proc.Exit()
 	cause := killed
 	if cause == "" && (exit.Code != 0 || exit.Signal != 0) {
@@ -149,3 +170,21 @@ wait:
 	r.p.send(report{kind: reportAttempt, task: t, att: a})
 }
 
+// maxFileWaits is how many times a task waits for file descriptors while
+// no other process of the pool runs or starts, before it fails.
+const maxFileWaits = 3
+
+// outOfFiles reports whether err says that t's process could not start for
+// want of file descriptors, and t should wait and run again uncharged: while
+// others of the pool's processes run or start (they will give theirs back),
+// and a few times when none does (a file the supervisor held for a moment).
+func outOfFiles(err error, t *task, others bool) bool {
+	if !errors.Is(err, syscall.EMFILE) && !errors.Is(err, syscall.ENFILE) {
+		return false
+	}
+	if others {
+		return true
+	}
+	t.fileWaits++
+	return t.fileWaits <= maxFileWaits
+}

@@ -30,6 +30,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/safepool/safepool/internal/memory"
@@ -47,6 +48,11 @@ type Pool struct {
 	gov    *governor       // nil when the memory governor is off
 	slots  []*runner       // the runners, by slot
 	spool  *spooler        // keeps one-shot output; nil for other protocols
+	// notices says what the pool changed of its configuration, and why.
+	notices []string
+	// procs counts the one-shot attempts starting or running now: those
+	// that hold files.
+	procs atomic.Int64
 
 	submitMu sync.Mutex // serialises Submit so that ids follow the order of acceptance
 	lastID   uint64     // guarded by submitMu
@@ -95,6 +101,9 @@ type task struct {
 	// out is the output of the task's last one-shot attempt. The runner
 	// that holds the task sets it before it reports the attempt.
 	out *attemptOutput
+	// fileWaits counts the times the task's one-shot process could not
+	// start for want of file descriptors while no other process ran.
+	fileWaits int
 }
 
 func (t *task) charged() int { return t.deaths + t.errors + t.ooms }
@@ -109,8 +118,13 @@ func New(cfg Config) (*Pool, error) {
 	if err := checkCommand(cfg); err != nil {
 		return nil, err
 	}
+	var notices []string
+	if n := cfg.fitFiles(); n != "" {
+		notices = append(notices, n)
+	}
 	p := &Pool{
 		cfg:      cfg,
+		notices:  notices,
 		submitCh: make(chan *task),
 		dispatch: make(chan *task),
 		reports:  make(chan report, cfg.Workers),
@@ -333,6 +347,16 @@ func (p *Pool) MemoryMode() string { return string(p.mem.Mode()) }
 
 // MemoryModeReason explains MemoryMode in one line.
 func (p *Pool) MemoryModeReason() string { return p.mem.Reason() }
+
+// Workers returns how many workers the pool runs at once: Config.Workers,
+// or fewer when the open-file limit does not allow that many (Notices says
+// so).
+func (p *Pool) Workers() int { return p.cfg.Workers }
+
+// Notices returns what the pool changed of its Config, one sentence each,
+// for the user to see: for example fewer Workers than asked for, because
+// of the open-file limit.
+func (p *Pool) Notices() []string { return append([]string(nil), p.notices...) }
 
 // Memory returns what the memory governor plans with now, and false when
 // the governor is off (Config.NoGovernor, or no cgroups to measure with).

@@ -292,7 +292,8 @@ type Config struct {
 	// Protocol is how tasks reach workers. Empty means OneShot.
 	Protocol Protocol
 	// Workers is the number of workers running at once. Zero means the
-	// number of CPUs.
+	// number of CPUs. New lowers it when the open-file limit cannot hold
+	// that many workers' pipes; Pool.Workers and Pool.Notices say so.
 	Workers int
 	// Env is the workers' environment. Nil means the supervisor's own.
 	Env []string
