@@ -3,6 +3,7 @@ package pool_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"log"
 	"time"
 
@@ -48,4 +49,34 @@ func Example() {
 			log.Printf("task %d attempt %d on worker %d: %s, peak %d bytes", r.ID, a.Number, a.WorkerPID, a.Cause, a.PeakRSS)
 		}
 	}
+}
+
+// One-shot jobs whose output may be larger than memory: the pool keeps
+// what outgrows Config.OutputInMemory in a temporary file, and
+// OutputReader reads it back whatever its size. Release gives the room
+// back once the output is consumed.
+func ExampleResult_OutputReader() {
+	p, err := pool.New(pool.Config{Command: []string{"seq", "{}"}, Workers: 2, KeepOrder: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+	go func() {
+		defer p.Close()
+		for _, n := range []string{"10", "1000000"} {
+			if _, err := p.Submit(context.Background(), pool.Task{Input: []byte(n)}); err != nil {
+				return
+			}
+		}
+	}()
+	for r := range p.Results() {
+		n, err := io.Copy(io.Discard, r.OutputReader())
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Printf("task %d: %d bytes, %d of them in Output\n", r.ID, n, len(r.Output))
+		r.Release()
+	}
+	// Output:
+	// task 1: 21 bytes, 21 of them in Output
+	// task 2: 6888896 bytes, 0 of them in Output
 }

@@ -19,8 +19,11 @@ const (
 	peakWindow = 64
 	// coldStep is, before any peak is known and without a hint, how long
 	// the governor waits between two admissions, watching the running
-	// attempts grow.
+	// attempts grow, unless memory is roomy (roomyLocked).
 	coldStep = 500 * time.Millisecond
+	// coldGuess is what roomyLocked assumes a task may take before its
+	// peaks are known: more than most jobs run from a shell use.
+	coldGuess = 512 << 20
 	// learnEvery is how often, at most, the prediction is worked out
 	// again as attempts succeed; the sampler catches up on the rest.
 	learnEvery = 20 * time.Millisecond
@@ -278,12 +281,12 @@ func (g *governor) admit(t *task) bool {
 	defer g.mu.Unlock()
 	ok := len(g.res) == 0
 	if !ok {
-		_, basis := g.baseLocked()
+		base, basis := g.baseLocked()
 		c := g.capacityLocked()
 		gap := g.staggerLocked()
 		g.staggered = gap > 0
 		switch {
-		case basis == "cold start" && time.Since(g.lastCold) < coldStep:
+		case basis == "cold start" && time.Since(g.lastCold) < coldStep && !g.roomyLocked(base, c):
 		case time.Since(g.lastStaggered) < gap:
 		default:
 			ok = g.fitsAtOnceLocked(t, c) || g.fitsOverTimeLocked(t, c)
@@ -291,6 +294,18 @@ func (g *governor) admit(t *task) bool {
 	}
 	g.blocked = !ok
 	return ok
+}
+
+// roomyLocked reports whether, on a cold start with the prediction base,
+// memory within capacity c is so far above what the workers could take
+// that admissions need not wait for the running attempts to show how they
+// grow: every worker at the larger of coldGuess and base (three times the
+// most a running attempt uses so far) fits in half of c. A batch of small jobs
+// then starts at full concurrency at once; a batch whose first attempts
+// grow large turns the prediction up, and the admissions after are spaced
+// out again.
+func (g *governor) roomyLocked(base, c int64) bool {
+	return int64(g.workers)*max(coldGuess, base) <= c/2
 }
 
 // staggerLocked is the least time between two admissions: half a short

@@ -3,8 +3,10 @@ package pool_test
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -118,6 +120,7 @@ func runWorker(mode string) int {
 //	oomscore         answer with the worker's own oom_score_adj
 //	grow:MB          keep MB more megabytes for the rest of the worker's life, then answer
 //	pid              answer with the worker's pid
+//	spew:OUT:ERR:N   (one-shot) write OUT bytes of spewPattern to stdout and ERR to stderr, then exit N
 //
 // Anything else is answered with "ok:" + input.
 func behave(in string) (string, error) {
@@ -199,6 +202,13 @@ func behave(in string) (string, error) {
 		grown = append(grown, b)
 	case "pid":
 		return strconv.Itoa(os.Getpid()), nil
+	case "spew":
+		var out, errs int64
+		var code int
+		fmt.Sscanf(strings.ReplaceAll(arg, ":", " "), "%d %d %d", &out, &errs, &code)
+		spewPattern(os.Stdout, out)
+		spewPattern(os.Stderr, errs)
+		os.Exit(code)
 	}
 	return "ok:" + in, nil
 }
@@ -233,5 +243,26 @@ func superviseIn(t *testing.T, dir string, stderrToo bool, env ...string) (strin
 		<-done
 		t.Fatal("the supervisor did not finish within a minute")
 		return "", nil
+	}
+}
+
+// spewPattern writes n bytes to w in 4 KiB chunks, each of which starts
+// with its own number, so that bytes out of place change a hash of them.
+func spewPattern(w io.Writer, n int64) {
+	buf := make([]byte, 1<<20)
+	for i := range buf {
+		buf[i] = byte(i / 4096 * 7)
+	}
+	var chunk uint64
+	for n > 0 {
+		k := min(n, int64(len(buf)))
+		for at := 0; at < int(k); at += 4096 {
+			binary.BigEndian.PutUint64(buf[at:], chunk)
+			chunk++
+		}
+		if _, err := w.Write(buf[:k]); err != nil {
+			return
+		}
+		n -= k
 	}
 }

@@ -1,16 +1,22 @@
 package pool
 
 import (
-	"bytes"
+	"errors"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/safepool/safepool/internal/memory"
 	"github.com/safepool/safepool/internal/worker"
 )
 
+// fileWait is how long a runner waits before it gives back a task whose
+// process could not start for want of file descriptors.
+const fileWait = 50 * time.Millisecond
+
 // runOneShot runs each task it is given in a process of its own.
 func (r *runner) runOneShot() {
+	defer r.p.spool.leave()
 	for {
 		select {
 		case t := <-r.p.dispatch:
@@ -42,8 +48,13 @@ func (r *runner) oneShot(t *task) {
 	if args == nil {
 		args = expand(cfg.Command, t.t.Input)
 	}
-	var stdout, stderr bytes.Buffer // written by the process's copiers until CloseIO returns
-	spec := worker.Spec{Args: args, Env: cfg.Env, Dir: cfg.Dir, IO: worker.IONone, Stdout: &stdout, Stderr: &stderr}
+	// The previous attempt's output is no use any more.
+	t.out.release()
+	t.out = nil
+	out := r.p.spool.newOutput() // written by the process's copiers until CloseIO returns
+	spec := worker.Spec{Args: args, Env: cfg.Env, Dir: cfg.Dir, IO: worker.IONone, Stdout: out.stdout, Stderr: out.stderr}
+	// From here the attempt holds files: its cgroup's, then its process's.
+	r.p.procs.Add(1)
 	if r.group != nil {
 		spec.Cgroup = r.group
 		r.oomBase, _ = r.group.OOMKills()
@@ -52,9 +63,23 @@ func (r *runner) oneShot(t *task) {
 	start := time.Now()
 	proc, err := worker.Start(spec)
 	if err != nil {
+		others := r.p.procs.Add(-1) > 0
+		if outOfFiles(err, t, others) {
+			// Not the task's doing: it runs again, uncharged, once running
+			// processes have given their files back.
+			select {
+			case <-time.After(fileWait):
+			case <-r.p.abortCh:
+			case <-r.p.quit:
+			}
+			r.p.send(report{kind: reportRequeue, task: t})
+			return
+		}
 		// Like a shell, call a command that cannot be run exit status 127.
 		a := Attempt{Cause: ExitCause(127), ExitCode: 127, Start: start, End: time.Now(), Message: err.Error()}
-		r.p.send(report{kind: reportAttempt, task: t, att: a, stderr: []byte(err.Error() + "\n")})
+		out.stderr.Write([]byte(err.Error() + "\n"))
+		t.out = out
+		r.p.send(report{kind: reportAttempt, task: t, att: a})
 		r.p.send(report{kind: reportStartupFailure, charged: true, start: &StartError{Command: args, Err: err}})
 		return
 	}
@@ -76,7 +101,7 @@ func (r *runner) oneShot(t *task) {
 		defer tk.Stop()
 		poll = tk.C
 	}
-	abortC, killC := r.p.abortCh, r.p.killCh
+	abortC, killC, lostC := r.p.abortCh, r.p.killCh, out.lost
 	var killed Cause
 wait:
 	for {
@@ -105,9 +130,16 @@ wait:
 		case <-killC:
 			killC = nil
 			proc.Kill()
+		case <-lostC:
+			lostC = nil
+			if killed == "" {
+				killed = CauseOutputLost
+			}
+			proc.Kill()
 		}
 	}
 	proc.CloseIO(linger)
+	r.p.procs.Add(-1)
 	exit := proc.Exit()
 	cause := killed
 	if cause == "" && (exit.Code != 0 || exit.Signal != 0) {
@@ -122,12 +154,37 @@ wait:
 			a.PeakRSS = peak
 		}
 	}
-	if cause != "" {
+	if cause == CauseOutputLost {
+		// What was kept is not the job's output: give none.
+		a.Message = out.lostMessage()
+		out.release()
+		out = nil
+	} else if cause != "" {
 		a.Message = r.deathMessage(cause, proc, a.PeakRSS)
 		if cause.IsWorkerDeath() && killed == "" {
 			r.p.count(func(s *Stats) { s.WorkerDeaths++ })
 		}
 	}
 	r.p.emit(Event{Kind: EventWorkerExited, WorkerPID: proc.Pid, Time: exit.Time})
-	r.p.send(report{kind: reportAttempt, task: t, att: a, output: stdout.Bytes(), stderr: stderr.Bytes()})
+	t.out = out
+	r.p.send(report{kind: reportAttempt, task: t, att: a})
+}
+
+// maxFileWaits is how many times a task waits for file descriptors while
+// no other process of the pool runs or starts, before it fails.
+const maxFileWaits = 3
+
+// outOfFiles reports whether err says that t's process could not start for
+// want of file descriptors, and t should wait and run again uncharged: while
+// others of the pool's processes run or start (they will give theirs back),
+// and a few times when none does (a file the supervisor held for a moment).
+func outOfFiles(err error, t *task, others bool) bool {
+	if !errors.Is(err, syscall.EMFILE) && !errors.Is(err, syscall.ENFILE) {
+		return false
+	}
+	if others {
+		return true
+	}
+	t.fileWaits++
+	return t.fileWaits <= maxFileWaits
 }

@@ -30,6 +30,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/safepool/safepool/internal/memory"
@@ -46,6 +47,12 @@ type Pool struct {
 	oomLog *memory.OOMLog  // nil where the kernel log cannot be read
 	gov    *governor       // nil when the memory governor is off
 	slots  []*runner       // the runners, by slot
+	spool  *spooler        // keeps one-shot output; nil for other protocols
+	// notices says what the pool changed of its configuration, and why.
+	notices []string
+	// procs counts the one-shot attempts starting or running now: those
+	// that hold files.
+	procs atomic.Int64
 
 	submitMu sync.Mutex // serialises Submit so that ids follow the order of acceptance
 	lastID   uint64     // guarded by submitMu
@@ -91,6 +98,12 @@ type task struct {
 	// alone reports whether the running attempt has had no other attempt
 	// beside it since it was dispatched.
 	alone bool
+	// out is the output of the task's last one-shot attempt. The runner
+	// that holds the task sets it before it reports the attempt.
+	out *attemptOutput
+	// fileWaits counts the times the task's one-shot process could not
+	// start for want of file descriptors while no other process ran.
+	fileWaits int
 }
 
 func (t *task) charged() int { return t.deaths + t.errors + t.ooms }
@@ -105,8 +118,13 @@ func New(cfg Config) (*Pool, error) {
 	if err := checkCommand(cfg); err != nil {
 		return nil, err
 	}
+	var notices []string
+	if n := cfg.fitFiles(); n != "" {
+		notices = append(notices, n)
+	}
 	p := &Pool{
 		cfg:      cfg,
+		notices:  notices,
 		submitCh: make(chan *task),
 		dispatch: make(chan *task),
 		reports:  make(chan report, cfg.Workers),
@@ -130,6 +148,9 @@ func New(cfg Config) (*Pool, error) {
 		p.oomLog = l
 	}
 	p.gov = newGovernor(p, &p.cfg, m.Mode())
+	if cfg.Protocol == OneShot {
+		p.spool = newSpooler(&p.cfg)
+	}
 	for i := 0; i < cfg.Workers; i++ {
 		p.slots = append(p.slots, &runner{p: p, slot: i, preempt: make(chan uint64, 1)})
 	}
@@ -175,7 +196,8 @@ func (c *Config) normalize() error {
 	}{{"Retries", int64(c.Retries)}, {"TaskErrorRetries", int64(c.TaskErrorRetries)},
 		{"MaxTasksPerWorker", int64(c.MaxTasksPerWorker)}, {"MaxRSS", c.MaxRSS}, {"MemLimit", c.MemLimit},
 		{"Timeout", int64(c.Timeout)}, {"Pipeline", int64(c.Pipeline)}, {"MaxPending", int64(c.MaxPending)},
-		{"MemBudget", c.MemBudget}, {"MemReserve", c.MemReserve}, {"MemPerTask", c.MemPerTask}} {
+		{"MemBudget", c.MemBudget}, {"MemReserve", c.MemReserve}, {"MemPerTask", c.MemPerTask},
+		{"OutputInMemory", c.OutputInMemory}} {
 		if v.n < 0 {
 			return fmt.Errorf("pool: Config.%s is negative", v.name)
 		}
@@ -325,6 +347,16 @@ func (p *Pool) MemoryMode() string { return string(p.mem.Mode()) }
 
 // MemoryModeReason explains MemoryMode in one line.
 func (p *Pool) MemoryModeReason() string { return p.mem.Reason() }
+
+// Workers returns how many workers the pool runs at once: Config.Workers,
+// or fewer when the open-file limit does not allow that many (Notices says
+// so).
+func (p *Pool) Workers() int { return p.cfg.Workers }
+
+// Notices returns what the pool changed of its Config, one sentence each,
+// for the user to see: for example fewer Workers than asked for, because
+// of the open-file limit.
+func (p *Pool) Notices() []string { return append([]string(nil), p.notices...) }
 
 // Memory returns what the memory governor plans with now, and false when
 // the governor is off (Config.NoGovernor, or no cgroups to measure with).

@@ -32,6 +32,8 @@ func TestMain(m *testing.M) {
 			os.Exit(runSeed())
 		case "preempt":
 			os.Exit(runPreempt())
+		case "fdcap", "fdsqueeze":
+			os.Exit(runFileLimit(mode))
 		}
 		os.Exit(runWorker(mode))
 	}

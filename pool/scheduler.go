@@ -75,6 +75,7 @@ func (p *Pool) loop() {
 
 	finish := func(t *task, st State, output, stderr []byte) {
 		r := Result{ID: t.id, Input: t.t.Input, Args: t.t.Args, State: st, Output: output, Stderr: stderr, Attempts: t.attempts}
+		t.putOutput(&r) // one-shot output, in memory or spilled
 		ended++
 		p.count(func(s *Stats) {
 			switch st {
@@ -90,7 +91,7 @@ func (p *Pool) loop() {
 		})
 		if st == Failed || st == Poison {
 			f := r
-			f.Output, f.Stderr = nil, nil
+			f.Output, f.Stderr, f.out = nil, nil, nil
 			p.mu.Lock()
 			p.failed = append(p.failed, f)
 			p.mu.Unlock()

@@ -58,6 +58,10 @@ const (
 	CausePreempted Cause = "preempted"
 	// CauseCancelled means the attempt was stopped because the pool aborted.
 	CauseCancelled Cause = "cancelled"
+	// CauseOutputLost means a one-shot attempt's stdout or stderr went
+	// beyond Config.OutputInMemory and could not be kept in the temporary
+	// file (for example, $TMPDIR is full): the worker was stopped.
+	CauseOutputLost Cause = "output-lost"
 )
 
 // SignalCause returns the cause for a worker killed by sig: CauseSegfault for
@@ -184,12 +188,21 @@ type Result struct {
 	State State
 	// Output is the result line (line protocol), the result payload (framed)
 	// or the captured stdout (one-shot) of the successful attempt. For a
-	// failed one-shot task it is the stdout of the last attempt.
+	// one-shot task that did not succeed it is the stdout of its last
+	// attempt, if it had one. A one-shot
+	// stdout longer than Config.OutputInMemory is not here (Output is nil)
+	// but in a temporary file: read it with OutputReader, which works
+	// whatever the size, and free it with Release.
 	Output []byte
-	// Stderr is the captured stderr of the last one-shot attempt.
+	// Stderr is the captured stderr of the last one-shot attempt, nil when
+	// it went beyond Config.OutputInMemory (read it with StderrReader).
 	Stderr []byte
 	// Attempts lists every attempt in order, including preempted ones.
 	Attempts []Attempt
+
+	// out is the one-shot output the result carries, with what went to
+	// the pool's temporary file; nil for other protocols.
+	out *attemptOutput
 }
 
 // Cause returns the cause of the task's last attempt, or "" when the task is
@@ -279,7 +292,8 @@ type Config struct {
 	// Protocol is how tasks reach workers. Empty means OneShot.
 	Protocol Protocol
 	// Workers is the number of workers running at once. Zero means the
-	// number of CPUs.
+	// number of CPUs. New lowers it when the open-file limit cannot hold
+	// that many workers' pipes; Pool.Workers and Pool.Notices say so.
 	Workers int
 	// Env is the workers' environment. Nil means the supervisor's own.
 	Env []string
@@ -352,6 +366,16 @@ type Config struct {
 	// above which the governor stops the youngest attempt. Zero means 40;
 	// a negative value turns this trigger off.
 	PreemptPSI float64
+
+	// OutputInMemory is how many bytes of each one-shot attempt's stdout,
+	// and of its stderr, are kept in memory. A stream that grows beyond it
+	// goes to a temporary file in $TMPDIR that has no name (nothing is left
+	// behind, even if the supervisor is killed), and the Result gives it
+	// through OutputReader and StderrReader instead of Output and Stderr.
+	// Zero means 64 MiB shared by the MaxPending results the pool may
+	// hold: 64 MiB / (2 × MaxPending), at least 4 KiB and at most 1 MiB.
+	// When $TMPDIR is full, the attempt fails with CauseOutputLost.
+	OutputInMemory int64
 
 	// KeepOrder delivers results in submission order. Otherwise they come as
 	// they complete.

@@ -172,12 +172,11 @@ func runRun(ctx context.Context, e *env, args []string) error {
 			return pool.Task{Input: input, Args: tmpl.expand(input, seq)}
 		},
 		emit: func(o *output, r *pool.Result) {
-			if len(r.Output) > 0 {
-				o.stdout(r.Output)
-			}
-			if len(r.Stderr) > 0 {
-				o.stderr(r.Stderr)
-			}
+			// A job's output may be larger than memory: the pool keeps
+			// what does not fit in a temporary file, copied out here.
+			o.stdoutFrom(r.OutputReader())
+			o.stderrFrom(r.StderrReader())
+			r.Release()
 		},
 		joblog:   a.common.joblog,
 		jsonPath: a.json,
@@ -220,5 +219,24 @@ func dryRun(e *env, tmpl *cmdTemplate, src source) error {
 		if _, err := fmt.Fprintln(e.stdout, strings.Join(words, " ")); err != nil {
 			return &statusError{status: exitFailed, err: err}
 		}
+	}
+}
+
+// stdoutFrom appends what rd reads to the job's standard output.
+func (o *output) stdoutFrom(rd io.Reader) {
+	if o.err == nil {
+		_, o.err = io.Copy(o.out, rd)
+	}
+}
+
+// stderrFrom writes what rd reads to the job's standard error, after what
+// is buffered for standard output. A reader that says it is empty (a
+// Result's readers do) leaves standard output buffered.
+func (o *output) stderrFrom(rd io.Reader) {
+	if l, ok := rd.(interface{ Len() int }); ok && l.Len() == 0 || o.err != nil {
+		return
+	}
+	if o.err = o.out.Flush(); o.err == nil {
+		_, o.err = io.Copy(o.errw, rd)
 	}
 }

@@ -139,6 +139,12 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		})
 	}
 
+	// What the pool changed of the configuration, such as fewer workers
+	// for the open-file limit.
+	for _, n := range p.Notices() {
+		prog.pause(func() { fmt.Fprintf(e.stderr, "safepool: %s\n", n) })
+	}
+
 	// The feeder submits inputs; Submit blocks while the pool is full,
 	// which is the backpressure that keeps memory flat.
 	var feedErr error
@@ -258,7 +264,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	sum.WorkerDeaths = stats.WorkerDeaths
 	sum.MemoryMode = p.MemoryMode()
 	st, governed := p.Memory()
-	sum.setMemory(st, governed, j.cfg.Workers, stats.Preempted)
+	sum.setMemory(st, governed, p.Workers(), stats.Preempted)
 
 	status := exitOK
 	var se *pool.StartError

@@ -196,6 +196,11 @@ func Start(spec Spec) (_ *Process, err error) {
 	if spec.Cgroup != nil {
 		spec.Cgroup.Started()
 	}
+	if errors.Is(err, syscall.E2BIG) {
+		// Name the worker's own command, not the program that exec ran (a
+		// cgroup shim's shell), and say which limit it broke.
+		return nil, fmt.Errorf("%w: %s: %w (%s)", ErrStart, spec.Args[0], syscall.E2BIG, argSizes(spec.Args, cmd.Environ()))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrStart, err)
 	}
@@ -205,6 +210,28 @@ func Start(spec Spec) (_ *Process, err error) {
 	_ = os.WriteFile("/proc/"+strconv.Itoa(p.Pid)+"/oom_score_adj", []byte("1000"), 0)
 	go p.wait()
 	return p, nil
+}
+
+// maxArgLen is the longest argument or environment string Linux passes to
+// a program (MAX_ARG_STRLEN), its terminating NUL included.
+const maxArgLen = 32 * 4096
+
+// argSizes says how big args and env are, against the limit they broke.
+func argSizes(args, env []string) string {
+	longest, total := 0, 0
+	for _, s := range append(args[:len(args):len(args)], env...) {
+		longest = max(longest, len(s))
+		total += len(s) + 1
+	}
+	if longest >= maxArgLen {
+		return fmt.Sprintf("one argument is %d bytes; Linux allows %d bytes per argument", longest, maxArgLen-1)
+	}
+	s := fmt.Sprintf("the arguments and environment take %d bytes", total)
+	var lim unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_STACK, &lim) == nil && lim.Cur != unix.RLIM_INFINITY {
+		s += fmt.Sprintf("; Linux allows about %d, a quarter of the stack limit (ulimit -s)", lim.Cur/4)
+	}
+	return s
 }
 
 // output returns the write end to hand the child for one of its output

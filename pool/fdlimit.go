@@ -1,0 +1,54 @@
+package pool
+
+import "fmt"
+
+// filesPerWorker is the most file descriptors one worker holds in the
+// supervisor at once, by protocol: the supervisor's ends of the worker's
+// pipes and, until the worker has started, the child's ends; /dev/null as
+// its stdin where it has no stdin pipe; the pidfd Go keeps while it runs;
+// and three for its cgroup: the peak file kept open, the directory that
+// starts the worker in it (cgroup v2), and a file being read.
+func filesPerWorker(p Protocol) int {
+	const cgroup = 3
+	switch p {
+	case Line:
+		return 6 + 1 + cgroup // stdin, stdout and stderr pipes; pidfd
+	case Framed:
+		return 8 + 2 + cgroup // task, result, stdout and stderr pipes; /dev/null, pidfd
+	}
+	return 4 + 2 + cgroup // stdout and stderr pipes; /dev/null, pidfd
+}
+
+// fileReserve is what the supervisor keeps for itself beyond the files
+// open when the pool is made: exec's error pipe, the spill file, the
+// kernel log, the governor's readings, and what a caller opens meanwhile
+// (a job log, input files, a JSON summary).
+const fileReserve = 32
+
+// fitWorkers returns how many of workers, each holding up to per files,
+// fit under limit open files with inUse open already; at least one.
+func fitWorkers(workers, per int, limit, inUse int64) int {
+	n := (limit - inUse - fileReserve) / int64(per)
+	return int(max(1, min(int64(workers), n)))
+}
+
+// fitFiles lowers c.Workers so that the workers' files fit the
+// supervisor's open-file limit, and says so; it returns "" when they fit
+// or the limit cannot be read. Go raises the soft limit to the hard one as
+// a program starts, so the limit is the hard one unless the program set
+// its own.
+func (c *Config) fitFiles() string {
+	limit, inUse, err := openFiles()
+	if err != nil {
+		return ""
+	}
+	per := filesPerWorker(c.Protocol)
+	n := fitWorkers(c.Workers, per, limit, inUse)
+	if n >= c.Workers {
+		return ""
+	}
+	notice := fmt.Sprintf("running %d workers at once instead of %d: the open-file limit (ulimit -n) is %d, %d files are open, and each worker needs up to %d",
+		n, c.Workers, limit, inUse, per)
+	c.Workers = n
+	return notice
+}
