@@ -53,9 +53,12 @@ type StartError struct {
 	Err error
 }
 
+// Error describes the failure without the "pool: " prefix of the package's
+// sentinel errors: it is most often read as the reason of an *AbortError,
+// which carries that prefix already.
 func (e *StartError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "pool: worker %q ", strings.Join(e.Command, " "))
+	fmt.Fprintf(&b, "worker %q ", strings.Join(e.Command, " "))
 	if e.Cause == "" {
 		b.WriteString("cannot start")
 	} else {
@@ -100,10 +103,19 @@ func firstLine(s string) string {
 	return s
 }
 
+// lastLines returns the last n lines of s that carry text, joined with
+// " | ". Blank lines and lines that only point at the line above (the ^^^
+// and ~~~ under the code in a Python traceback) say nothing alone, and would
+// push the error line itself out.
 func lastLines(s string, n int) string {
-	lines := strings.Split(s, "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
+	var keep []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Trim(l, " \t\r^~") != "" {
+			keep = append(keep, strings.TrimSpace(l))
+		}
 	}
-	return strings.Join(lines, " | ")
+	if len(keep) > n {
+		keep = keep[len(keep)-n:]
+	}
+	return strings.Join(keep, " | ")
 }

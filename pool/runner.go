@@ -100,7 +100,7 @@ func (r *runner) run() {
 	if r.p.mem.Mode() != memory.ModeRSSPolling {
 		g, err := r.p.mem.NewGroup("w"+strconv.Itoa(r.slot), r.limit())
 		if err != nil {
-			r.p.abortFor(0, fmt.Errorf("pool: creating a cgroup for worker %d: %w", r.slot, err))
+			r.p.abortFor(0, fmt.Errorf("creating a cgroup for worker %d: %w", r.slot, err))
 		} else {
 			r.group = g
 			defer g.Remove()

@@ -6,16 +6,14 @@ package main
 import (
 	"context"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/safepool/safepool/internal/cli"
 )
 
 func main() {
-	// The first SIGINT or SIGTERM cancels ctx: cli.Run stops the pool
-	// gracefully and listens for a second one itself.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// The first SIGINT, SIGTERM or SIGHUP cancels ctx: cli.Run stops the
+	// pool gracefully and listens for a second one itself.
+	ctx, stop := cli.NotifyContext(context.Background())
 	code := cli.Run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)

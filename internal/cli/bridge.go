@@ -23,7 +23,7 @@ type bridgeArgs struct {
 // runBridge runs one bridge session. The session ends, and the workers are
 // killed, when the client closes its pipe, when the client process exits (its
 // pipe may be held open by a process it forked, so the parent pid is watched
-// too), or on SIGINT or SIGTERM.
+// too), or on SIGINT, SIGTERM or SIGHUP.
 func runBridge(ctx context.Context, e *env, args []string) error {
 	a := bridgeArgs{inFD: 3, outFD: 4}
 	fs := newFlagSet(bridgeName)

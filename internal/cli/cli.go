@@ -21,7 +21,8 @@ const (
 	// exitUsage: bad flags, sizes or arguments, or a command that cannot
 	// start; nothing ran.
 	exitUsage = 2
-	// exitAborted: the pool was aborted, by Ctrl-C (SIGINT), SIGTERM or
+	// exitAborted: the run was stopped before the end: by Ctrl-C (SIGINT),
+	// SIGTERM or SIGHUP, by the reader of stdout going away (EPIPE), or by
 	// --on-worker-death abort.
 	exitAborted = 3
 )
@@ -74,6 +75,7 @@ func commands() []*command {
 		{name: "run", synopsis: runSynopsis, short: "run one process per input, like GNU parallel", run: runRun},
 		{name: "map", synopsis: mapSynopsis, short: "stream stdin to stdout through persistent line workers", run: runMap},
 		{name: "demo", synopsis: demoSynopsis, short: "show an OOM-killed task, its cause and its retry (about 5 s)", run: runDemo},
+		{name: "version", synopsis: versionSynopsis, short: "print the version of safepool", run: runVersion},
 		{name: demoWorkerName, hidden: true, run: runDemoWorker},
 		{name: bridgeName, hidden: true, run: runBridge},
 	}
@@ -91,10 +93,11 @@ func findCommand(name string) *command {
 
 // Run runs the safepool command line with args (without the program name)
 // and returns the process's exit status: 0 when every task succeeded, 1 when
-// some failed, 2 for a usage error, 3 when the pool was aborted. Cancelling
-// ctx is how the caller says the user pressed Ctrl-C: the pool stops its
-// workers gracefully and Run returns 3 after the summary; a further SIGINT or
-// SIGTERM kills the workers at once.
+// some failed, 2 for a usage error, 3 when the run was stopped before the
+// end. Cancelling ctx is how the caller says the user pressed Ctrl-C (see
+// NotifyContext): the pool stops its workers gracefully and Run returns 3
+// after the summary; a further SIGINT, SIGTERM or SIGHUP kills the workers
+// at once.
 func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	e := &env{stdin: stdin, stdout: stdout, stderr: stderr}
 	if len(args) == 0 {
@@ -104,6 +107,9 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	cmd := findCommand(args[0])
 	switch {
 	case cmd != nil:
+	case args[0] == "--version":
+		cmd = findCommand("version")
+		args = append([]string{"version"}, args[1:]...)
 	case args[0] == "help" || args[0] == "-h" || args[0] == "--help":
 		if len(args) > 1 {
 			return Run(ctx, []string{args[1], "--help"}, stdin, stdout, stderr)
@@ -170,7 +176,8 @@ Commands:
 		}
 	}
 	b.WriteString(`
-Run 'safepool COMMAND --help' for a command's flags. docs/cli.md is the guide.
+Run 'safepool COMMAND --help' for a command's flags, and 'safepool --version'
+for the version. docs/cli.md is the guide.
 `)
 	io.WriteString(w, b.String())
 }

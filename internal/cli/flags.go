@@ -34,13 +34,13 @@ type commonFlags struct {
 // are added between the calls of registerPool and registerOutput by the
 // subcommand itself, so the help lists related flags together.
 func (f *commonFlags) registerPool(fs *pflag.FlagSet, retriesUsage string) {
-	fs.IntVarP(&f.jobs, "jobs", "j", 0, "run `N` workers at once (default: the number of CPUs)")
+	fs.IntVarP(&f.jobs, "jobs", "j", 0, "run up to `N` workers at once (default: the number of CPUs); the memory governor may start fewer until it has measured some tasks, and when memory is short (--no-governor: always N)")
 	fs.IntVarP(&f.jobs, "max-procs", "P", 0, "same as -j, for xargs users")
 	fs.MarkHidden("max-procs")
 	fs.IntVar(&f.retries, "retries", 0, retriesUsage)
 	fs.StringVar(&f.onDeath, "on-worker-death", "", "what to do when a worker dies during a task: `ACTION` is retry, skip or abort (default: retry when --retries > 0, else skip)")
 	fs.DurationVar(&f.timeout, "timeout", 0, "kill an attempt that runs longer than `DURATION`, such as 90s or 1h30m")
-	fs.Var(newSizeValue(&f.memLimit), "mem-limit", "cap each worker's memory at `SIZE`, such as 512MiB or 2G; only that worker is killed when it goes over")
+	fs.Var(newSizeValue(&f.memLimit).nonZero("0 would mean no memory at all; omit the flag for no limit"), "mem-limit", "cap each worker's memory at `SIZE`, such as 512MiB or 2G; only that worker is killed when it goes over")
 	f.mem.register(fs)
 	boolVarP(fs, &f.keepOrder, "keep-order", "k", "write outputs in input order, not as tasks finish")
 }
@@ -107,6 +107,26 @@ func (f *commonFlags) progressOn(stderr io.Writer) bool {
 	}
 	return isTerminal(stderr)
 }
+
+// jsonValue is --json FILE, the same in run and map. Its argument is
+// required, so --json cannot mean two things; and it is never a flag, so
+// that --json --worker cat is a mistake rather than a file named --worker.
+// "-" (stdout) is a valid argument here; map refuses it.
+type jsonValue struct{ p *string }
+
+func (j jsonValue) Set(s string) error {
+	switch {
+	case s == "":
+		return errors.New("want a FILE")
+	case strings.HasPrefix(s, "-") && s != "-":
+		return errors.New("want a FILE (or - for stdout in run), not a flag")
+	}
+	*j.p = s
+	return nil
+}
+
+func (j jsonValue) String() string { return *j.p }
+func (j jsonValue) Type() string   { return "FILE" }
 
 // boolValue is a boolean flag that pflag's help shows as plain "--name",
 // without the "[=true|false]" it adds to its own bool flags.
@@ -212,7 +232,7 @@ type memoryFlags struct {
 }
 
 func (m *memoryFlags) register(fs *pflag.FlagSet) {
-	fs.Var(newSizeValue(&m.budget), "mem-budget", "let the workers use at most `SIZE` together (default: the host's memory or the enclosing cgroup's limit, less a reserve)")
+	fs.Var(newSizeValue(&m.budget).nonZero("0 would leave the workers no memory at all; omit the flag for the default"), "mem-budget", "let the workers use at most `SIZE` together (default: the host's memory or the enclosing cgroup's limit, less a reserve)")
 	fs.Var(newSizeValue(&m.perTask), "mem-per-task", "expect each task to need `SIZE` at its peak until peaks are measured, and set that aside for its whole run")
 	fs.Var(newSizeValue(&m.reserve), "mem-reserve", "hold `SIZE` of the host's memory and the cgroup's limit back for others (default: a tenth, 64MiB to 2GiB)")
 	m.high, m.psi = 95, 40

@@ -1,9 +1,7 @@
 package cli
 
 import (
-	"bufio"
 	"fmt"
-	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -24,74 +22,95 @@ var joblogColumns = []string{
 // joblogInputMax is how many bytes of an input a joblog row keeps.
 const joblogInputMax = 256
 
-// joblog writes one TSV row per attempt. Rows are added from the pool's
-// observer goroutines, so every method is safe for concurrent use.
+// joblog writes one TSV row per attempt, as the attempt ends, with one
+// write(2) per row and no buffer: after a crash of safepool, even a SIGKILL,
+// the file holds a whole row for every attempt that had ended. Rows are
+// added from the feeder and the pool's observer, so every method is safe for
+// concurrent use. A nil *joblog does nothing.
 type joblog struct {
-	mu  sync.Mutex // guards all below
-	f   *os.File
-	w   *bufio.Writer
-	err error // the first write error
+	mu sync.Mutex // guards all below
+	f  *os.File
+	// inputs holds the escaped input of each task that has not ended, by
+	// id, for the rows of its attempts. Only tasks the pool holds are
+	// here, so it is bounded like the pool's queue.
+	inputs map[uint64]string
+	err    error // the first write error
 }
 
-// openJoblog creates (or truncates) path and writes the header row.
+// openJoblog creates (or truncates) path and writes the header row, so that
+// a path that cannot be written is found before any work starts.
 func openJoblog(path string) (*joblog, error) {
 	f, err := os.Create(path)
 	if err != nil {
-		return nil, fmt.Errorf("cannot create joblog: %w", err)
+		return nil, fmt.Errorf("cannot create the job log: %w", err)
 	}
-	j := &joblog{f: f, w: bufio.NewWriterSize(f, 64<<10)}
-	_, j.err = io.WriteString(j.w, strings.Join(joblogColumns, "\t")+"\n")
-	return j, nil
+	if _, err := f.WriteString(strings.Join(joblogColumns, "\t") + "\n"); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cannot write the job log: %w", err)
+	}
+	return &joblog{f: f, inputs: make(map[uint64]string)}, nil
 }
 
-// add writes the rows of every attempt of a task that has ended. Rows are
-// written when the task ends, because only then is each attempt's row
-// complete with the task's input.
-func (j *joblog) add(r *pool.Result) {
-	if j == nil || len(r.Attempts) == 0 {
+// submit notes the input of task id before it is submitted.
+func (j *joblog) submit(id uint64, input []byte) {
+	if j == nil {
 		return
 	}
-	var b strings.Builder
-	writeJoblogRows(&b, r)
+	in := escapeInput(input, joblogInputMax)
 	j.mu.Lock()
-	defer j.mu.Unlock()
-	if j.err == nil {
-		_, j.err = j.w.WriteString(b.String())
+	j.inputs[id] = in
+	j.mu.Unlock()
+}
+
+// observe writes the row of an attempt that ended, and forgets the input of
+// a task that ended.
+func (j *joblog) observe(ev pool.Event) {
+	if j == nil {
+		return
+	}
+	switch {
+	case ev.Kind == pool.EventAttemptEnded && ev.Attempt != nil:
+		j.mu.Lock()
+		defer j.mu.Unlock()
+		if j.err != nil {
+			return
+		}
+		row := joblogRow(ev.TaskID, j.inputs[ev.TaskID], ev.Attempt)
+		_, j.err = j.f.WriteString(row)
+	case ev.Kind == pool.EventTaskEnded:
+		j.mu.Lock()
+		delete(j.inputs, ev.TaskID)
+		j.mu.Unlock()
 	}
 }
 
-// close flushes and closes the file, and returns the first error.
+// close closes the file, and returns the first error.
 func (j *joblog) close() error {
 	if j == nil {
 		return nil
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if err := j.w.Flush(); err != nil && j.err == nil {
-		j.err = err
-	}
 	if err := j.f.Close(); err != nil && j.err == nil {
 		j.err = err
 	}
 	if j.err != nil {
-		return fmt.Errorf("writing joblog: %w", j.err)
+		return fmt.Errorf("writing the job log: %w", j.err)
 	}
 	return nil
 }
 
-// writeJoblogRows writes one row for each attempt of r.
-func writeJoblogRows(b *strings.Builder, r *pool.Result) {
-	input := escapeInput(r.Input, joblogInputMax)
-	for _, a := range r.Attempts {
-		exit := "-"
-		if a.ExitCode >= 0 {
-			exit = strconv.Itoa(a.ExitCode)
-		}
-		fmt.Fprintf(b, "%d\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n",
-			r.ID, input, a.Number, a.WorkerPID,
-			unixMillis(a.Start), seconds(a.End.Sub(a.Start)), exit,
-			orDash(a.Signal), orDash(string(a.Cause)), peakOrDash(a.PeakRSS))
+// joblogRow renders the row of attempt a of task id, whose input is already
+// escaped.
+func joblogRow(id uint64, input string, a *pool.Attempt) string {
+	exit := "-"
+	if a.ExitCode >= 0 {
+		exit = strconv.Itoa(a.ExitCode)
 	}
+	return fmt.Sprintf("%d\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n",
+		id, input, a.Number, a.WorkerPID,
+		unixMillis(a.Start), seconds(a.End.Sub(a.Start)), exit,
+		orDash(a.Signal), orDash(string(a.Cause)), peakOrDash(a.PeakRSS))
 }
 
 // unixMillis renders t as Unix seconds with milliseconds: 1718000000.123.
@@ -126,8 +145,9 @@ func peakOrDash(n int64) string {
 }
 
 // escapeInput renders an input on one line: backslash, tab, newline,
-// carriage return, other control bytes and invalid UTF-8 are escaped Go
-// style, and inputs longer than max bytes are cut and end in "…".
+// carriage return, other control characters (C0 and C1) and invalid UTF-8
+// are escaped Go style, so that no escape sequence reaches a terminal, and
+// inputs longer than max bytes are cut and end in "…".
 func escapeInput(in []byte, max int) string {
 	cut := false
 	if len(in) > max {
@@ -151,6 +171,9 @@ func escapeInput(in []byte, max int) string {
 			b.WriteString(`\r`)
 		case r == utf8.RuneError && size <= 1, r < 0x20, r == 0x7f:
 			fmt.Fprintf(&b, `\x%02x`, in[0])
+		case r >= 0x80 && r <= 0x9f:
+			// C1 controls: a terminal may take U+009B for CSI.
+			fmt.Fprintf(&b, `\u%04x`, r)
 		default:
 			b.Write(in[:size])
 		}

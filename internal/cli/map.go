@@ -24,11 +24,18 @@ charged; the summary on stderr says why it died.
 
 const mapOutro = `
 The worker:
-  --worker 'CMD' runs CMD under sh -c, so pipes, quotes and variables work.
-  CMD ARGS given after the flags run directly, without a shell.
+  --worker 'CMD' is a shell command line: pipes, quotes and variables work.
+  A simple command (words and quotes only) runs directly, without a shell;
+  a single command with variables or redirections runs under sh -c with
+  exec; anything else under sh -c. A worker killed by a signal is then
+  reported as such, except where a shell stays (pipes, lists): its exit
+  status 128+N is shown as exit:N. CMD ARGS given after the flags run
+  directly, without a shell.
   A line worker reads a line from stdin and writes exactly one line to
-  stdout for it, in order, flushing after each line (python3 -u,
-  awk's fflush(), stdbuf -oL). Its stderr goes to safepool's stderr.
+  stdout for it, in order, and writes each line out at once, unbuffered:
+  python3 -u, or print(..., flush=True); in awk, fflush() after print, and
+  mawk (Debian's awk) also needs -W interactive to read lines as they come.
+  Its stderr goes to safepool's stderr.
   safepool sends up to --pipeline lines ahead (fewer when lines take long),
   which wait in the worker's stdin; the oldest line not yet answered is the
   one the worker is running, and only it is charged if the worker dies.
@@ -43,14 +50,18 @@ nothing and exits 0. Since stdout carries the data, --json takes a FILE.
 
 Exit status:
   0  every task succeeded, or there was no input
-  1  some tasks failed; the summary on stderr lists each one
-  2  usage error, or the worker cannot start or dies at start-up; nothing ran
-  3  aborted: Ctrl-C, SIGTERM or --on-worker-death abort
-Ctrl-C stops the workers (SIGTERM, then SIGKILL after --grace), prints the
-summary of what ran and exits 3. A second Ctrl-C kills the workers at once.
+  1  some tasks failed, or the job log or JSON summary could not be written
+  2  usage error, an output file that cannot be created, or the worker cannot
+     start or dies at start-up; nothing ran
+  3  stopped before the end: Ctrl-C, SIGTERM, SIGHUP, stdout closed by its
+     reader (| head), or --on-worker-death abort
+Ctrl-C, SIGTERM or SIGHUP stops the workers (SIGTERM, then SIGKILL after
+--grace), writes the job log and the JSON summary, prints the summary of what
+ran and exits 3. A second one kills the workers at once.
 
 Examples:
   safepool map -j 8 -k --worker 'python3 -u embed.py' < texts.txt > vectors.txt
+  safepool map --worker "mawk -W interactive '{ print toupper(\$0) }'" < in.txt
   zcat reads.fa.gz | safepool map --mem-limit 4GiB --max-tasks 10000 ./classify
   safepool map --retries 1 --json summary.json -- ./classify < in.txt > out.txt
 `
@@ -58,7 +69,7 @@ Examples:
 // mapArgs are the flags and arguments of safepool map.
 type mapArgs struct {
 	common   commonFlags
-	worker   string // --worker, run under sh -c
+	worker   string // --worker, a shell command line (workerCommand)
 	framed   bool
 	maxTasks int
 	maxRSS   int64
@@ -70,7 +81,7 @@ type mapArgs struct {
 
 func (a *mapArgs) flagSet() *pflag.FlagSet {
 	fs := newFlagSet("map")
-	fs.StringVar(&a.worker, "worker", "", "run `CMD` under sh -c as the worker, such as 'python3 -u model.py'")
+	fs.StringVar(&a.worker, "worker", "", "run the shell command line `CMD` as the worker, such as 'python3 -u model.py'")
 	boolVarP(fs, &a.framed, "framed", "", "the worker speaks the framed protocol (docs/protocol.md), not lines")
 	a.common.registerPool(fs, "give a task up to `N` more attempts when its worker dies during it: killed, crashed or exited")
 	fs.IntVar(&a.maxTasks, "max-tasks", 0, "replace a worker after it has done `N` tasks (default: never)")
@@ -78,7 +89,7 @@ func (a *mapArgs) flagSet() *pflag.FlagSet {
 	fs.IntVar(&a.pipeline, "pipeline", 0, "send up to `N` tasks to a worker before it answers the first (default 32 lines, 8 with --framed)")
 	a.common.registerInput(fs)
 	a.common.registerOutput(fs)
-	fs.StringVar(&a.json, "json", "", "write a JSON summary to `FILE` at the end")
+	fs.Var(jsonValue{&a.json}, "json", "write a JSON summary to `FILE` at the end")
 	registerHelp(fs)
 	return fs
 }
@@ -116,9 +127,9 @@ func runMap(ctx context.Context, e *env, args []string) error {
 		}
 		return err
 	}
-	command := a.argv
+	command, viaShell := a.argv, false
 	if a.worker != "" {
-		command = []string{"sh", "-c", a.worker}
+		command, viaShell = workerCommand(a.worker)
 	}
 	protocol := pool.Line
 	if a.framed {
@@ -155,6 +166,7 @@ func runMap(ctx context.Context, e *env, args []string) error {
 		progress: a.common.progressOn(e.stderr),
 		quiet:    a.common.quiet,
 		messages: true,
+		viaShell: viaShell,
 		e:        e,
 	}
 	_, status := j.execute(ctx)

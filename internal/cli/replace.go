@@ -48,6 +48,10 @@ type cmdTemplate struct {
 	// whitespace; it then runs under sh -c and values are shell-quoted, as
 	// GNU parallel does.
 	shell bool
+	// exec reports whether, in shell mode, the command line is a single
+	// command that sh runs with exec, so that the command replaces the
+	// shell and a signal that kills it is seen as such (shellWords).
+	exec bool
 	// appendInput reports whether CMD has no replacement string at all, in
 	// which case the input is added as the last argument.
 	appendInput bool
@@ -78,8 +82,19 @@ func parseTemplate(cmd []string) (*cmdTemplate, error) {
 		t.words = append(t.words, parts)
 	}
 	t.appendInput = !found
+	if t.shell {
+		t.exec = shellWords(cmd[0]).kind != shellKeep
+	}
 	return t, nil
 }
+
+// viaShell reports whether a shell stays between safepool and the command.
+func (t *cmdTemplate) viaShell() bool {
+	return t.shell && !t.exec && !startsWithExec(t.line())
+}
+
+// line returns the command line of shell mode, with its replacement strings.
+func (t *cmdTemplate) line() string { return t.text()[0] }
 
 // parseWord splits one word into literals and replacement strings.
 func parseWord(w string) ([]part, error) {
@@ -119,6 +134,23 @@ func parseWord(w string) ([]part, error) {
 // command returns the template as an argument vector, for messages and
 // for pool.Config.Command.
 func (t *cmdTemplate) command() []string {
+	words := t.text()
+	if t.shell {
+		return []string{"sh", "-c", t.execPrefix() + words[0]}
+	}
+	return words
+}
+
+// execPrefix is what precedes the command line given to sh -c.
+func (t *cmdTemplate) execPrefix() string {
+	if t.exec {
+		return "exec "
+	}
+	return ""
+}
+
+// text returns the words of the template with their replacement strings.
+func (t *cmdTemplate) text() []string {
 	words := make([]string, len(t.words))
 	for i, w := range t.words {
 		var b strings.Builder
@@ -130,9 +162,6 @@ func (t *cmdTemplate) command() []string {
 			}
 		}
 		words[i] = b.String()
-	}
-	if t.shell {
-		return []string{"sh", "-c", words[0]}
 	}
 	return words
 }
@@ -146,7 +175,8 @@ func tokenIndex(k replacement) int {
 	return 0
 }
 
-// expand returns the argument vector of job number seq with the given input.
+// expand returns the argument vector of job number seq with the given input,
+// as --dry-run shows it.
 func (t *cmdTemplate) expand(input []byte, seq uint64) []string {
 	in := string(input)
 	value := func(k replacement) string {
@@ -195,6 +225,16 @@ func (t *cmdTemplate) expand(input []byte, seq uint64) []string {
 		} else {
 			args = append(args, in)
 		}
+	}
+	return args
+}
+
+// argv returns the argument vector that runs job number seq: expand's,
+// with the exec that lets a single command replace the shell.
+func (t *cmdTemplate) argv(input []byte, seq uint64) []string {
+	args := t.expand(input, seq)
+	if t.exec {
+		args[2] = t.execPrefix() + args[2]
 	}
 	return args
 }

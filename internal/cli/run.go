@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/pflag"
 
@@ -38,7 +38,10 @@ Replacement strings, in CMD and ARGS:
   {%} (job slot) and positional {1} {2} are not supported.
   CMD runs directly, without a shell. When CMD is a single argument that
   contains spaces, such as 'gzip -c {} > {}.gz', it runs under sh -c and each
-  value is shell-quoted, as in GNU parallel.
+  value is shell-quoted, as in GNU parallel. When that command line is a
+  single command, sh runs it with exec, so that a job killed by a signal is
+  reported as such; a shell that stays (pipes, lists) reports a killed child
+  as its own exit status 128+N, which the summary shows as exit:N.
 
 Inputs are the lines of stdin, or of the -a files, or the arguments after
 ":::". Empty lines are inputs too. With no input, safepool run does nothing
@@ -46,11 +49,14 @@ and exits 0.
 
 Exit status:
   0  every task succeeded, or there was no input
-  1  some tasks failed; the summary on stderr lists each one
-  2  usage error, or CMD cannot start; nothing ran
-  3  aborted: Ctrl-C, SIGTERM or --on-worker-death abort
-Ctrl-C stops the workers (SIGTERM, then SIGKILL after --grace), prints the
-summary of what ran and exits 3. A second Ctrl-C kills the workers at once.
+  1  some tasks failed, or the job log or JSON summary could not be written
+  2  usage error, an output file that cannot be created, or CMD cannot
+     start; nothing ran
+  3  stopped before the end: Ctrl-C, SIGTERM, SIGHUP, stdout closed by its
+     reader (| head), or --on-worker-death abort
+Ctrl-C, SIGTERM or SIGHUP stops the workers (SIGTERM, then SIGKILL after
+--grace), writes the job log and the JSON summary, prints the summary of what
+ran and exits 3. A second one kills the workers at once.
 
 Examples:
   find . -name '*.wav' | safepool run -j 4 --mem-limit 2GiB ffmpeg -i {} {.}.mp3
@@ -62,7 +68,7 @@ Examples:
 type runArgs struct {
 	common commonFlags
 	null   bool   // -0: inputs end with NUL, not newline
-	json   string // --json: "-" for stdout, or a file
+	json   string // --json FILE: a file, or "-" for stdout
 	dryRun bool
 
 	cmd       []string // CMD ARGS...
@@ -76,31 +82,11 @@ func (a *runArgs) flagSet() *pflag.FlagSet {
 	a.common.registerInput(fs)
 	boolVarP(fs, &a.null, "null", "0", "inputs end with a NUL byte, not a newline (find -print0)")
 	a.common.registerOutput(fs)
-	f := fs.VarPF(jsonValue{&a.json}, "json", "", "write a JSON summary to stdout after the job output (--json=FILE: to FILE)")
-	f.NoOptDefVal = "true"
+	fs.Var(jsonValue{&a.json}, "json", "write a JSON summary to `FILE` at the end; - writes it to stdout, after the job output")
 	boolVarP(fs, &a.dryRun, "dry-run", "", "print the commands that would run, one per line, and run nothing")
 	registerHelp(fs)
 	return fs
 }
-
-// jsonValue is --json of safepool run: alone it means stdout ("-"), and
-// --json=FILE names a file.
-type jsonValue struct{ p *string }
-
-func (j jsonValue) Set(s string) error {
-	switch b, err := strconv.ParseBool(s); {
-	case err != nil:
-		*j.p = s
-	case b:
-		*j.p = "-"
-	default:
-		*j.p = ""
-	}
-	return nil
-}
-
-func (j jsonValue) String() string { return *j.p }
-func (j jsonValue) Type() string   { return "bool" }
 
 // parse parses the command line of safepool run.
 func (a *runArgs) parse(e *env, args []string) error {
@@ -169,7 +155,7 @@ func runRun(ctx context.Context, e *env, args []string) error {
 		cfg:  cfg,
 		src:  src,
 		task: func(seq uint64, input []byte) pool.Task {
-			return pool.Task{Input: input, Args: tmpl.expand(input, seq)}
+			return pool.Task{Input: input, Args: tmpl.argv(input, seq)}
 		},
 		emit: func(o *output, r *pool.Result) {
 			// A job's output may be larger than memory: the pool keeps
@@ -182,6 +168,7 @@ func runRun(ctx context.Context, e *env, args []string) error {
 		jsonPath: a.json,
 		progress: a.common.progressOn(e.stderr),
 		quiet:    a.common.quiet,
+		viaShell: tmpl.viaShell(),
 		e:        e,
 	}
 	_, status := j.execute(ctx)
@@ -205,18 +192,21 @@ func dryRun(e *env, tmpl *cmdTemplate, src source) error {
 		}
 		seq++
 		args := tmpl.expand(in, seq)
+		line := args
 		if tmpl.shell {
 			// The command line sh -c would run, as GNU parallel shows it.
-			if _, err := fmt.Fprintln(e.stdout, args[2]); err != nil {
-				return &statusError{status: exitFailed, err: err}
+			line = args[2:3]
+		} else {
+			line = make([]string, len(args))
+			for i, w := range args {
+				line[i] = shellQuote(w)
 			}
-			continue
 		}
-		words := make([]string, len(args))
-		for i, w := range args {
-			words[i] = shellQuote(w)
-		}
-		if _, err := fmt.Fprintln(e.stdout, strings.Join(words, " ")); err != nil {
+		if _, err := fmt.Fprintln(e.stdout, strings.Join(line, " ")); err != nil {
+			if errors.Is(err, syscall.EPIPE) {
+				// The reader has gone (| head): stop, quietly.
+				return &statusError{status: exitAborted}
+			}
 			return &statusError{status: exitFailed, err: err}
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -51,19 +52,27 @@ func (l leakCheck) Run() int {
 
 // safepoolMain is cmd/safepool's main.
 func safepoolMain() int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := NotifyContext(context.Background())
 	defer stop()
 	return Run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 }
 
-// exitcodeMain runs "exitcode [-max DURATION] STATUS PROG ARGS..." and
-// succeeds when PROG exits with STATUS within DURATION. It forwards SIGINT
-// and SIGTERM to PROG, so scripts can interrupt it in the background.
+// exitcodeMain runs "exitcode [-max DURATION] [-as SIGNAL] STATUS PROG
+// ARGS..." and succeeds when PROG exits with STATUS within DURATION. It
+// forwards SIGINT and SIGTERM to PROG, so scripts can interrupt it in the
+// background; with -as HUP or TERM it sends that signal instead of a
+// SIGINT, since testscript's kill sends only SIGINT and SIGKILL.
 func exitcodeMain() int {
 	fs := flag.NewFlagSet("exitcode", flag.ContinueOnError)
 	maxTime := fs.Duration("max", 0, "fail when PROG runs longer")
+	as := fs.String("as", "", "forward SIGINT as this signal: HUP or TERM")
 	if err := fs.Parse(os.Args[1:]); err != nil || fs.NArg() < 2 {
-		fmt.Fprintln(os.Stderr, "usage: exitcode [-max DURATION] STATUS PROG ARGS...")
+		fmt.Fprintln(os.Stderr, "usage: exitcode [-max DURATION] [-as SIGNAL] STATUS PROG ARGS...")
+		return 2
+	}
+	asSignal := map[string]os.Signal{"": os.Interrupt, "HUP": syscall.SIGHUP, "TERM": syscall.SIGTERM}[*as]
+	if asSignal == nil {
+		fmt.Fprintf(os.Stderr, "exitcode: unknown signal %q\n", *as)
 		return 2
 	}
 	want, err := strconv.Atoi(fs.Arg(0))
@@ -85,6 +94,9 @@ func exitcodeMain() int {
 		for {
 			select {
 			case s := <-sigs:
+				if s == os.Interrupt {
+					s = asSignal
+				}
 				cmd.Process.Signal(s)
 			case <-done:
 				return
@@ -124,6 +136,12 @@ func exitcodeMain() int {
 //	                         prints to stdout, which must not reach the data
 //	fixture lines             a line worker: echo each line; "kill" SIGKILLs the worker,
 //	                         "hog" allocates until killed
+//	fixture kill-self         SIGKILL itself
+//	fixture traceback         a line worker that dies on its first line with exit status 1,
+//	                         after writing a Python traceback to stderr
+//	fixture echo ARGS...      write each argument and a newline to stdout, and the same to stderr
+//	fixture hostile FILE      write lines of hostile bytes to FILE: NUL, invalid UTF-8, CR,
+//	                         terminal escape sequences, a line of 100 KB; and an empty line
 //
 // Deaths by other signals use sh -c 'kill -SEGV $$': a Go program cannot
 // die of a SIGSEGV sent to it.
@@ -168,6 +186,22 @@ func fixtureMain() int {
 		return 1
 	case "framed":
 		return framedWorker()
+	case "kill-self":
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		time.Sleep(time.Minute)
+		return 1
+	case "traceback":
+		bufio.NewReader(os.Stdin).ReadString('\n')
+		os.Stderr.WriteString(pythonTraceback)
+		return 1
+	case "echo":
+		for _, a := range args[1:] {
+			os.Stdout.WriteString(a + "\n")
+			os.Stderr.WriteString(a + "\n")
+		}
+		return 0
+	case "hostile":
+		return writeHostile(args[1])
 	case "lines":
 		in := bufio.NewReaderSize(os.Stdin, 1<<20)
 		for {
@@ -188,6 +222,42 @@ func fixtureMain() int {
 	}
 	fmt.Fprintf(os.Stderr, "fixture: unknown behaviour %q\n", args[0])
 	return 2
+}
+
+// pythonTraceback is what Python 3.11 writes when a worker dies of an
+// exception: the lines under the code only point at it.
+const pythonTraceback = `Traceback (most recent call last):
+  File "/srv/app/worker.py", line 5, in <module>
+    print(f({"a": {"b": {}}}, l.strip()), flush=True)
+          ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+  File "/srv/app/worker.py", line 3, in f
+    return d["a"]["b"][k]
+           ~~~~~~~~~~~^^^
+KeyError: 'a'
+
+`
+
+// hostileLines are inputs and outputs that tools often get wrong. None
+// holds a NUL byte, which cannot be a command-line argument; the scripts
+// add that case themselves.
+var hostileLines = []string{
+	"plain",
+	"invalid UTF-8 \xff\xfe\xc3(",
+	"carriage\rreturn\r",
+	"colour \x1b[31mred\x1b[0m and title \x1b]0;pwned\x07 and clear \x1b[2J",
+	"C1 control \u009b31m",
+	"tab\there, backslash \\ and quote ' \"",
+	"",
+	strings.Repeat("long ", 20000),
+}
+
+// writeHostile writes hostileLines to path, one per line.
+func writeHostile(path string) int {
+	if err := os.WriteFile(path, []byte(strings.Join(hostileLines, "\n")+"\n"), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
 }
 
 // framedWorker speaks the framed protocol of docs/protocol.md on fds 3

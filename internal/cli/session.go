@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -17,8 +16,13 @@ import (
 	"github.com/safepool/safepool/pool"
 )
 
-// errInterrupted is the reason given to Abort on SIGINT or SIGTERM.
+// errInterrupted is the reason given to Abort when ctx is cancelled without
+// a signal; a signal gives a *SignalError.
 var errInterrupted = errors.New("interrupted")
+
+// errStdoutClosed is the reason given to Abort when the reader of standard
+// output has gone (EPIPE, as after | head -1): nobody wants more results.
+var errStdoutClosed = errors.New("stdout was closed")
 
 // job is one run of a pool over a source of inputs, as run, map and demo
 // prepare it.
@@ -37,6 +41,10 @@ type job struct {
 	progress bool   // whether to draw the progress bar
 	quiet    bool   // print no summary when every task succeeded
 	messages bool   // whether the summary shows attempt messages
+	// viaShell reports whether the command runs under a shell that stays
+	// between safepool and the command, so that an exit status 128+N may
+	// be the shell's report of a child killed by signal N.
+	viaShell bool
 	e        *env
 }
 
@@ -82,35 +90,36 @@ func (o *output) flush() {
 // It prints the output, the summary and, on failure, the reason.
 func (j *job) execute(ctx context.Context) (*summary, int) {
 	e := j.e
+	// Standard error may be gone (a closed terminal): what safepool says
+	// there is then lost, and nothing else changes.
+	stderr := lossyWriter{e.stderr}
 	sum := &summary{
 		Mode:      j.mode,
 		Command:   j.cfg.Command,
 		StartTime: time.Now(),
 		messages:  j.messages,
+		viaShell:  j.viaShell,
 	}
 	c := newCounters()
 	c.total.Store(j.src.total())
 
-	var jl *joblog
-	if j.joblog != "" {
-		var err error
-		if jl, err = openJoblog(j.joblog); err != nil {
-			fmt.Fprintf(e.stderr, "safepool: %v\n", err)
-			return sum, exitUsage
-		}
+	// Every output file is created before any work starts, so that a path
+	// that cannot be written costs nothing.
+	jl, jsonOut, err := j.openOutputs()
+	if err != nil {
+		fmt.Fprintf(stderr, "safepool: %v\n", err)
+		return sum, exitUsage
 	}
 	prog := &progress{}
 	if j.progress {
-		prog = startProgress(e.stderr, true, c)
+		prog = startProgress(stderr, true, c)
 	}
 	if j.cfg.Stderr == nil && j.cfg.Protocol != pool.OneShot {
-		j.cfg.Stderr = pausedWriter{prog, e.stderr}
+		j.cfg.Stderr = pausedWriter{prog, stderr}
 	}
 	j.cfg.Observer = func(ev pool.Event) {
 		c.observe(ev)
-		if ev.Kind == pool.EventTaskEnded && ev.Result != nil {
-			jl.add(ev.Result)
-		}
+		jl.observe(ev)
 	}
 
 	p, err := pool.New(j.cfg)
@@ -119,14 +128,12 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		// configuration): nothing ran.
 		prog.finish()
 		jl.close()
-		reason := strings.TrimPrefix(err.Error(), "pool: ")
-		fmt.Fprintf(e.stderr, "safepool: %s\n", reason)
+		reason := quoteMessage(err.Error())
+		fmt.Fprintf(stderr, "safepool: %s\n", reason)
 		sum.Aborted, sum.AbortReason, sum.ExitStatus = true, reason, exitUsage
 		sum.wall = time.Since(sum.StartTime)
-		if j.jsonPath != "" {
-			if err := writeJSONSummary(j.jsonPath, e.stdout, sum); err != nil {
-				fmt.Fprintf(e.stderr, "safepool: %v\n", err)
-			}
+		if err := jsonOut.write(sum); err != nil {
+			fmt.Fprintf(stderr, "safepool: %v\n", err)
 		}
 		return sum, exitUsage
 	}
@@ -135,7 +142,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	// is watched instead, and that the memory governor is off.
 	if p.MemoryMode() == "rss-polling" && (j.cfg.MemLimit > 0 || j.cfg.MemBudget > 0 || j.cfg.MemPerTask > 0) {
 		prog.pause(func() {
-			fmt.Fprintf(e.stderr, "safepool: %s; memory governor off\n", p.MemoryModeReason())
+			fmt.Fprintf(stderr, "safepool: %s; memory governor off\n", p.MemoryModeReason())
 		})
 	}
 
@@ -168,6 +175,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 				return
 			}
 			seq++
+			jl.submit(seq, in)
 			if _, err := p.Submit(ctx, j.task(seq, in)); err != nil {
 				return // the pool is stopping; the results loop reports why
 			}
@@ -184,15 +192,19 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		interrupted.Store(true)
 		// Listen before aborting, so a quick second Ctrl-C is not lost.
 		sig := make(chan os.Signal, 1)
-		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+		signal.Notify(sig, stopSignals()...)
 		defer signal.Stop(sig)
 		prog.pause(func() {
-			fmt.Fprintln(e.stderr, "safepool: interrupted; stopping workers (interrupt again to kill them now)")
+			if s := interruptedBy(ctx); s != nil && s != os.Interrupt {
+				fmt.Fprintf(stderr, "safepool: interrupted by %s; stopping workers (signal again to kill them now)\n", signalName(s))
+				return
+			}
+			fmt.Fprintln(stderr, "safepool: interrupted; stopping workers (interrupt again to kill them now)")
 		})
 		p.Abort(errInterrupted)
 		select {
 		case <-sig:
-			prog.pause(func() { fmt.Fprintln(e.stderr, "safepool: killing workers") })
+			prog.pause(func() { fmt.Fprintln(stderr, "safepool: killing workers") })
 			p.Abort(errInterrupted)
 		case <-resultsDone:
 		}
@@ -204,9 +216,22 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	if isTerminal(e.stdout) {
 		stdout = pausedWriter{prog, e.stdout}
 	}
-	o := &output{out: bufio.NewWriterSize(stdout, 64<<10), errw: pausedWriter{prog, e.stderr}}
+	o := &output{out: bufio.NewWriterSize(stdout, 64<<10), errw: pausedWriter{prog, stderr}}
 	results := p.Results()
 	aborted := false
+	// abortOnWriteError stops the pool at the first error writing output.
+	// A reader that has gone is no error of the run: it just wants no more.
+	abortOnWriteError := func() {
+		if o.err == nil || aborted {
+			return
+		}
+		aborted = true
+		if errors.Is(o.err, syscall.EPIPE) {
+			p.Abort(errStdoutClosed)
+			return
+		}
+		p.Abort(fmt.Errorf("writing output: %w", o.err))
+	}
 	// Output is flushed when no result has come for outputLinger, not after
 	// each result: a write(2) per line would cost more than short lines do.
 	flushT := time.NewTimer(time.Hour)
@@ -228,17 +253,11 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 				flushT.Reset(outputLinger)
 				flushC = flushT.C
 			}
-			if o.err != nil && !aborted {
-				aborted = true
-				p.Abort(fmt.Errorf("writing output: %w", o.err))
-			}
+			abortOnWriteError()
 		case <-flushC:
 			flushC = nil
 			o.flush()
-			if o.err != nil && !aborted {
-				aborted = true
-				p.Abort(fmt.Errorf("writing output: %w", o.err))
-			}
+			abortOnWriteError()
 		}
 	}
 	flushT.Stop()
@@ -267,48 +286,77 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	sum.setMemory(st, governed, p.Workers(), stats.Preempted)
 
 	status := exitOK
+	stdoutClosed := errors.Is(o.err, syscall.EPIPE)
 	var se *pool.StartError
 	switch {
 	case errors.As(poolErr, &se):
 		// Workers died before doing any work: the command is wrong.
-		fmt.Fprintf(e.stderr, "safepool: %s\n", strings.TrimPrefix(se.Error(), "pool: "))
+		reason := quoteMessage(se.Error())
+		fmt.Fprintf(stderr, "safepool: %s\n", reason)
 		sum.Aborted = true
-		sum.AbortReason = strings.TrimPrefix(se.Error(), "pool: ")
+		sum.AbortReason = reason
 		status = exitUsage
 	case interrupted.Load() && poolErr != nil:
 		sum.Aborted, sum.Interrupted = true, true
 		sum.AbortReason = errInterrupted.Error()
+		if s := interruptedBy(ctx); s != nil {
+			sum.AbortReason = (&SignalError{Signal: s}).Error()
+		}
 		status = exitAborted
 	case poolErr != nil:
 		sum.Aborted = true
 		sum.AbortReason = abortReason(poolErr)
 		status = exitAborted
+	case o.err != nil:
+		// The last results were refused after the pool had finished: the
+		// output is as incomplete as if the pool had been stopped.
+		sum.Aborted = true
+		sum.AbortReason = quoteMessage(fmt.Sprintf("writing output: %v", o.err))
+		if stdoutClosed {
+			sum.AbortReason = errStdoutClosed.Error()
+		}
+		status = exitAborted
 	case !sum.ok():
 		status = exitFailed
 	}
 	if readErr != nil {
-		fmt.Fprintf(e.stderr, "safepool: %v\n", readErr)
+		fmt.Fprintf(stderr, "safepool: %v\n", readErr)
 	}
-	if o.err != nil {
-		fmt.Fprintf(e.stderr, "safepool: writing output: %v\n", o.err)
+	if o.err != nil && !stdoutClosed {
+		fmt.Fprintf(stderr, "safepool: writing output: %v\n", o.err)
 	}
 	sum.ExitStatus = status
 
 	if err := jl.close(); err != nil {
-		fmt.Fprintf(e.stderr, "safepool: %v\n", err)
+		fmt.Fprintf(stderr, "safepool: %v\n", err)
 		status = max(status, exitFailed)
 		sum.ExitStatus = status
 	}
-	if j.jsonPath != "" {
-		if err := writeJSONSummary(j.jsonPath, e.stdout, sum); err != nil {
-			fmt.Fprintf(e.stderr, "safepool: %v\n", err)
-			status = max(status, exitFailed)
-		}
+	if err := jsonOut.write(sum); err != nil && !(stdoutClosed && jsonOut.path == "-") {
+		fmt.Fprintf(stderr, "safepool: %v\n", err)
+		status = max(status, exitFailed)
 	}
 	if se == nil {
-		sum.writeText(e.stderr, j.quiet)
+		sum.writeText(stderr, j.quiet)
 	}
 	return sum, status
+}
+
+// openOutputs creates the job log and the JSON summary's file.
+func (j *job) openOutputs() (*joblog, *jsonOutput, error) {
+	var jl *joblog
+	if j.joblog != "" {
+		var err error
+		if jl, err = openJoblog(j.joblog); err != nil {
+			return nil, nil, err
+		}
+	}
+	jsonOut, err := openJSONOutput(j.jsonPath, j.e.stdout)
+	if err != nil {
+		jl.close()
+		return nil, nil, err
+	}
+	return jl, jsonOut, nil
 }
 
 // abortReason says why the pool aborted, for the summary.
@@ -317,25 +365,61 @@ func abortReason(err error) string {
 	if errors.As(err, &ae) && ae.Reason != nil {
 		var te *pool.TaskError
 		if errors.As(ae.Reason, &te) {
-			return fmt.Sprintf("%v (--on-worker-death abort)", te)
+			return quoteMessage(fmt.Sprintf("%v (--on-worker-death abort)", te))
 		}
-		return strings.TrimPrefix(ae.Reason.Error(), "pool: ")
+		return quoteMessage(ae.Reason.Error())
 	}
-	return strings.TrimPrefix(err.Error(), "pool: ")
+	return quoteMessage(err.Error())
 }
 
-// writeJSONSummary writes the JSON summary to path, or to stdout for "-".
-func writeJSONSummary(path string, stdout io.Writer, sum *summary) error {
-	if path == "-" {
-		return sum.writeJSON(stdout)
+// jsonOutput is where the JSON summary goes: a file created before the run
+// starts, or standard output. A nil *jsonOutput writes nothing.
+type jsonOutput struct {
+	path   string // the --json argument
+	f      *os.File
+	stdout io.Writer
+}
+
+// openJSONOutput creates path, unless it is "-" (standard output) or ""
+// (no JSON summary).
+func openJSONOutput(path string, stdout io.Writer) (*jsonOutput, error) {
+	switch path {
+	case "":
+		return nil, nil
+	case "-":
+		return &jsonOutput{path: path, stdout: stdout}, nil
 	}
 	f, err := os.Create(path)
 	if err != nil {
-		return fmt.Errorf("cannot write JSON summary: %w", err)
+		return nil, fmt.Errorf("cannot create the JSON summary: %w", err)
 	}
-	if err := sum.writeJSON(f); err != nil {
-		f.Close()
-		return fmt.Errorf("writing JSON summary: %w", err)
+	return &jsonOutput{path: path, f: f}, nil
+}
+
+// write writes the summary and closes the file.
+func (jo *jsonOutput) write(sum *summary) error {
+	if jo == nil {
+		return nil
 	}
-	return f.Close()
+	if jo.f == nil {
+		return sum.writeJSON(jo.stdout)
+	}
+	err := sum.writeJSON(jo.f)
+	if cerr := jo.f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("writing the JSON summary: %w", err)
+	}
+	return nil
+}
+
+// lossyWriter writes to w and reports success whatever happens, for
+// standard error once it may be gone: a message safepool cannot show must
+// not stop workers whose stderr it carries, nor the run.
+type lossyWriter struct{ w io.Writer }
+
+func (l lossyWriter) Write(b []byte) (int, error) {
+	l.w.Write(b)
+	return len(b), nil
 }

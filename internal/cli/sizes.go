@@ -92,15 +92,26 @@ func formatSizeFlag(n int64) string {
 type sizeValue struct {
 	n   *int64
 	set string // the text as given, for String
+	// zeroErr, if not empty, refuses 0 with this reason.
+	zeroErr string
 }
 
 func newSizeValue(p *int64) *sizeValue { return &sizeValue{n: p} }
+
+// nonZero makes v refuse 0, saying why.
+func (v *sizeValue) nonZero(why string) *sizeValue {
+	v.zeroErr = why
+	return v
+}
 
 func (v *sizeValue) Set(s string) error {
 	n, err := parseSize(s)
 	if err != nil {
 		// pflag wraps this as: invalid argument "x" for "--mem-limit" flag: ...
 		return errors.New(strings.TrimPrefix(err.Error(), fmt.Sprintf("size %q: ", s)))
+	}
+	if n == 0 && v.zeroErr != "" {
+		return errors.New(v.zeroErr)
 	}
 	*v.n = n
 	v.set = s

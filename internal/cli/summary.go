@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/safepool/safepool/pool"
@@ -101,6 +103,9 @@ type summary struct {
 	// messages reports whether to show attempt messages in the text
 	// summary; one-shot jobs already printed their stderr.
 	messages bool
+	// viaShell reports whether a shell stays between safepool and the
+	// command (job.viaShell), for the hint on exit statuses over 128.
+	viaShell bool
 }
 
 // add counts one result.
@@ -219,7 +224,7 @@ func (s *summary) writeText(w io.Writer, quiet bool) {
 			break
 		}
 		b.WriteString("  ")
-		b.WriteString(f.text(s.messages))
+		b.WriteString(f.text(s.messages, s.viaShell))
 		b.WriteString("\n")
 	}
 	if more := len(s.Failed) + s.FailedOmitted - summaryListMax; more > 0 {
@@ -245,7 +250,7 @@ func (s *summary) writeRecovered(w io.Writer) {
 
 // text renders one failed task:
 // task 17 (input 'big.wav') oom after 2 attempts, peak 1.9 GiB
-func (f *failedTask) text(messages bool) string {
+func (f *failedTask) text(messages, viaShell bool) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "task %d (input '%s') ", f.ID, f.short)
 	cause := f.Cause
@@ -260,13 +265,68 @@ func (f *failedTask) text(messages bool) string {
 	if f.Attempts > 0 {
 		fmt.Fprintf(&b, " after %s", plural(f.Attempts, "attempt"))
 	}
+	if viaShell {
+		b.WriteString(shellStatusHint(f.Cause))
+	}
 	if f.PeakRSS > 0 {
 		fmt.Fprintf(&b, ", peak %s", formatSize(f.PeakRSS))
 	}
 	if messages && f.Message != "" {
-		fmt.Fprintf(&b, ": %s", escapeInput([]byte(firstLine(f.Message)), 80))
+		fmt.Fprintf(&b, ": %s", messageLine(f.Message, summaryMessageMax))
 	}
 	return b.String()
+}
+
+// shellStatusHint says what a shell's exit status over 128 may mean:
+// " (the shell's status; its child may have been killed by SIGKILL)" for
+// exit:137. The cause stays exit:137: the shell may have exited so for
+// another reason, and safepool never guesses a cause.
+func shellStatusHint(cause string) string {
+	code, ok := strings.CutPrefix(cause, "exit:")
+	if !ok {
+		return ""
+	}
+	n, err := strconv.Atoi(code)
+	if err != nil || n <= 128 || n > 128+64 {
+		return ""
+	}
+	return fmt.Sprintf(" (the shell's status; its child may have been killed by %s)", pool.SignalName(syscall.Signal(n-128)))
+}
+
+// summaryMessageMax is how many bytes of an attempt's message a summary
+// line shows.
+const summaryMessageMax = 80
+
+// messageSep joins the last lines of a worker's stderr in an attempt's
+// message (pool.Attempt.Message).
+const messageSep = " | "
+
+// messageLine renders msg on one line of at most about max bytes, quoted.
+// Of a message on several lines (a framed worker's error, then its
+// traceback) it shows the first that carries text. The pool joins the last
+// lines of a worker's stderr with messageSep, and the last of those is the
+// error, so when msg is too long its older stderr lines are left out first,
+// and "…" says so.
+func messageLine(msg string, max int) string {
+	for _, l := range strings.Split(msg, "\n") {
+		if strings.TrimSpace(l) != "" {
+			msg = strings.TrimSpace(l)
+			break
+		}
+	}
+	cut := false
+	for len(msg) > max {
+		i := strings.Index(msg, messageSep)
+		if i < 0 {
+			break
+		}
+		msg, cut = msg[i+len(messageSep):], true
+	}
+	q := escapeInput([]byte(msg), max)
+	if cut {
+		q = "…" + q
+	}
+	return q
 }
 
 // writeJSON writes the summary as one JSON object followed by a newline.
@@ -303,10 +363,7 @@ func formatWall(d time.Duration) string {
 	return d.Round(time.Second).String()
 }
 
-func firstLine(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		return s[:i]
-	}
-	return s
-}
+// quoteMessage renders a message on one line for a terminal: control
+// bytes, such as the escape sequences a worker's stderr may hold, and
+// invalid UTF-8 are escaped as in inputs.
+func quoteMessage(s string) string { return escapeInput([]byte(s), len(s)) }

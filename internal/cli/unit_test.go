@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime/debug"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -283,17 +286,24 @@ func testResult() *pool.Result {
 	}
 }
 
-func TestJoblogRows(t *testing.T) {
+// joblogRows renders the rows of every attempt of r.
+func joblogRows(r *pool.Result) string {
 	var b strings.Builder
-	writeJoblogRows(&b, testResult())
+	for i := range r.Attempts {
+		b.WriteString(joblogRow(r.ID, escapeInput(r.Input, joblogInputMax), &r.Attempts[i]))
+	}
+	return b.String()
+}
+
+func TestJoblogRows(t *testing.T) {
 	ok := &pool.Result{ID: 3, Input: []byte("x"), State: pool.Done, Attempts: []pool.Attempt{
 		{Number: 1, WorkerPID: 99, Start: time.UnixMilli(1718000000005), End: time.UnixMilli(1718000000255), ExitCode: 0},
 	}}
-	writeJoblogRows(&b, ok)
+	got := joblogRows(testResult()) + joblogRows(ok)
 	want := "17\tbig\\tfile.wav\t1\t4242\t1718000000.123\t1.500\t-\tSIGKILL\toom\t1073741824\n" +
 		"17\tbig\\tfile.wav\t2\t4243\t1718000002.123\t2.000\t-\tSIGKILL\toom\t2040109465\n" +
 		"3\tx\t1\t99\t1718000000.005\t0.250\t0\t-\t-\t-\n"
-	if got := b.String(); got != want {
+	if got != want {
 		t.Errorf("joblog rows =\n%s\nwant\n%s", got, want)
 	}
 	for _, line := range strings.Split(strings.TrimSpace(want), "\n") {
@@ -303,21 +313,43 @@ func TestJoblogRows(t *testing.T) {
 	}
 }
 
+// TestJoblogFile checks that each row is in the file as soon as its attempt
+// has ended, before the job log is closed.
 func TestJoblogFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "jobs.tsv")
 	jl, err := openJoblog(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	jl.add(testResult())
-	jl.add(&pool.Result{ID: 9, State: pool.Cancelled}) // never ran: no row
+	r := testResult()
+	jl.submit(r.ID, r.Input)
+	jl.submit(9, []byte("never ran"))
+	lines := func() []string {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")
+	}
+	for i := range r.Attempts {
+		jl.observe(pool.Event{Kind: pool.EventAttemptEnded, TaskID: r.ID, Attempt: &r.Attempts[i]})
+		if got := lines(); len(got) != i+2 {
+			t.Errorf("after attempt %d ended, the job log has %d lines, want %d:\n%s", i+1, len(got), i+2, strings.Join(got, "\n"))
+		}
+	}
+	jl.observe(pool.Event{Kind: pool.EventTaskEnded, TaskID: r.ID, Result: r})
+	jl.observe(pool.Event{Kind: pool.EventTaskEnded, TaskID: 9, Result: &pool.Result{ID: 9, State: pool.Cancelled}}) // never ran: no row
+	if n := len(jl.inputs); n != 0 {
+		t.Errorf("the job log still holds %d inputs of ended tasks", n)
+	}
 	if err := jl.close(); err != nil {
 		t.Fatal(err)
 	}
-	data, _ := os.ReadFile(path)
-	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
-	if len(lines) != 3 || lines[0] != "task_id\tinput\tattempt\tworker_pid\tstart\truntime\texit_status\tsignal\tcause\tpeak_rss_bytes" {
-		t.Errorf("joblog file =\n%s", data)
+	got := lines()
+	want := []string{strings.Join(joblogColumns, "\t")}
+	want = append(want, strings.Split(strings.TrimSuffix(joblogRows(r), "\n"), "\n")...)
+	if !slices.Equal(got, want) {
+		t.Errorf("joblog file =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 	if _, err := openJoblog(filepath.Join(t.TempDir(), "no", "such", "dir")); err == nil {
 		t.Errorf("openJoblog(missing dir) succeeded")
@@ -582,5 +614,197 @@ func TestInterruptInProcess(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "safepool: interrupted: 0 done") {
 		t.Errorf("stderr = %q, want the interrupted summary", stderr.String())
+	}
+}
+
+func TestShellWords(t *testing.T) {
+	tests := []struct {
+		line  string
+		kind  shellKind
+		words []string
+	}{
+		{"cat", shellNone, []string{"cat"}},
+		{"python3 -u model.py", shellNone, []string{"python3", "-u", "model.py"}},
+		{"  spaced \t out  ", shellNone, []string{"spaced", "out"}},
+		{`grep 'a b' "c d" e\ f`, shellNone, []string{"grep", "a b", "c d", "e f"}},
+		{`echo "a\"b" 'it'\''s' "\$HOME" "a\z"`, shellNone, []string{"echo", `a"b`, "it's", "$HOME", `a\z`}},
+		{"awk '{ print toupper($0); fflush() }'", shellNone, []string{"awk", "{ print toupper($0); fflush() }"}},
+		{"gzip -c {} --name={.}", shellNone, []string{"gzip", "-c", "{}", "--name={.}"}},
+		{"a=b", shellKeep, nil},                          // an assignment alone
+		{"cmd a=b", shellNone, []string{"cmd", "a=b"}},   // an argument
+		{`"A"=b cmd`, shellNone, []string{"A=b", "cmd"}}, // quoted: a command name, not an assignment
+		{"python3 x.py 2>/dev/null", shellExec, nil},
+		{"python3 $HOME/x.py", shellExec, nil},
+		{`python3 "$HOME/x.py"`, shellExec, nil},
+		{"ls *.txt", shellExec, nil},
+		{"cat ~/x", shellExec, nil},
+		{"cmd # a comment", shellExec, nil},
+		{"gzip -c {} > {}.gz", shellExec, nil},
+		{"FOO=1 python3 x.py", shellKeep, nil},
+		{"a | b", shellKeep, nil},
+		{"a; b", shellKeep, nil},
+		{"a && b", shellKeep, nil},
+		{"a &", shellKeep, nil},
+		{"a\nb", shellKeep, nil},
+		{"(a)", shellKeep, nil},
+		{"echo $(date)", shellKeep, nil},
+		{`echo "$(date)"`, shellKeep, nil},
+		{"echo `date`", shellKeep, nil},
+		{"while read l; do echo $l; done", shellKeep, nil},
+		{"if true", shellKeep, nil},
+		{"{ cat", shellKeep, nil},
+		{"! cat", shellKeep, nil},
+		{"cd /tmp", shellKeep, nil},
+		{"read x", shellKeep, nil},
+		{"exec python3 x.py", shellKeep, nil},
+		{"echo 'unterminated", shellKeep, nil},
+		{`echo "unterminated`, shellKeep, nil},
+		{`echo trailing\`, shellKeep, nil},
+		{"", shellKeep, nil},
+		{"   ", shellKeep, nil},
+	}
+	for _, tt := range tests {
+		got := shellWords(tt.line)
+		if got.kind != tt.kind || !slices.Equal(got.words, tt.words) {
+			t.Errorf("shellWords(%q) = %v %q, want %v %q", tt.line, got.kind, got.words, tt.kind, tt.words)
+		}
+	}
+}
+
+func TestWorkerCommand(t *testing.T) {
+	tests := []struct {
+		line     string
+		argv     []string
+		viaShell bool
+	}{
+		{"python3 -u model.py", []string{"python3", "-u", "model.py"}, false},
+		{"python3 model.py 2>>log", []string{"sh", "-c", "exec python3 model.py 2>>log"}, false},
+		{"zcat x.gz | python3 model.py", []string{"sh", "-c", "zcat x.gz | python3 model.py"}, true},
+		{"exec python3 model.py | cat", []string{"sh", "-c", "exec python3 model.py | cat"}, false},
+	}
+	for _, tt := range tests {
+		argv, viaShell := workerCommand(tt.line)
+		if !slices.Equal(argv, tt.argv) || viaShell != tt.viaShell {
+			t.Errorf("workerCommand(%q) = %q, %v; want %q, %v", tt.line, argv, viaShell, tt.argv, tt.viaShell)
+		}
+	}
+}
+
+func TestShellTemplate(t *testing.T) {
+	tests := []struct {
+		cmd      string
+		argv     []string // of input "a b"
+		dry      string   // what --dry-run shows
+		viaShell bool
+	}{
+		{"gzip -c {} > {}.gz", []string{"sh", "-c", "exec gzip -c 'a b' > 'a b'.gz"}, "gzip -c 'a b' > 'a b'.gz", false},
+		{"python3 x.py", []string{"sh", "-c", "exec python3 x.py 'a b'"}, "python3 x.py 'a b'", false},
+		{"cat {} | wc -l", []string{"sh", "-c", "cat 'a b' | wc -l"}, "cat 'a b' | wc -l", true},
+	}
+	for _, tt := range tests {
+		tmpl, err := parseTemplate([]string{tt.cmd})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := tmpl.argv([]byte("a b"), 1); !slices.Equal(got, tt.argv) {
+			t.Errorf("%q: argv = %q, want %q", tt.cmd, got, tt.argv)
+		}
+		if got := tmpl.expand([]byte("a b"), 1)[2]; got != tt.dry {
+			t.Errorf("%q: expand = %q, want %q", tt.cmd, got, tt.dry)
+		}
+		if got := tmpl.viaShell(); got != tt.viaShell {
+			t.Errorf("%q: viaShell = %v, want %v", tt.cmd, got, tt.viaShell)
+		}
+	}
+}
+
+func TestShellStatusHint(t *testing.T) {
+	tests := []struct{ cause, want string }{
+		{"exit:137", " (the shell's status; its child may have been killed by SIGKILL)"},
+		{"exit:143", " (the shell's status; its child may have been killed by SIGTERM)"},
+		{"exit:128", ""},
+		{"exit:1", ""},
+		{"exit:255", ""},
+		{"signal:SIGKILL", ""},
+		{"oom", ""},
+	}
+	for _, tt := range tests {
+		if got := shellStatusHint(tt.cause); got != tt.want {
+			t.Errorf("shellStatusHint(%q) = %q, want %q", tt.cause, got, tt.want)
+		}
+	}
+}
+
+func TestMessageLine(t *testing.T) {
+	tests := []struct{ msg, want string }{
+		{"short", "short"},
+		{"ValueError: bad\ntraceback line\n", "ValueError: bad"},
+		{"\n\nsecond\n", "second"},
+		{`File "/srv/a/very/long/path/to/the/worker/module.py", line 3, in f | return d["a"]["b"][k] | KeyError: 'a'`,
+			`…return d["a"]["b"][k] | KeyError: 'a'`},
+		{"oops \x1b[2Jclear", `oops \x1b[2Jclear`},
+		{strings.Repeat("x", 100), strings.Repeat("x", 80) + "…"},
+	}
+	for _, tt := range tests {
+		if got := messageLine(tt.msg, 80); got != tt.want {
+			t.Errorf("messageLine(%q) = %q, want %q", tt.msg, got, tt.want)
+		}
+	}
+}
+
+// TestPoolErrorsNamePoolOnce checks the errors the pool returns when its
+// workers cannot start: the "pool: " prefix appears once, whether the
+// error comes from New or from Err after an abort.
+func TestPoolErrorsNamePoolOnce(t *testing.T) {
+	_, err := pool.New(pool.Config{Command: []string{"no-such-command-xyz"}, Protocol: pool.Line})
+	if err == nil || strings.Count(err.Error(), "pool: ") > 1 {
+		t.Errorf("pool.New(missing command) = %v, want an error naming pool at most once", err)
+	}
+	p, err := pool.New(pool.Config{Command: []string{"sh", "-c", "exit 3"}, Protocol: pool.Line, Workers: 1, Retries: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		defer p.Close()
+		for range 3 {
+			if _, err := p.Submit(context.Background(), pool.Task{Input: []byte("x")}); err != nil {
+				return
+			}
+		}
+	}()
+	for range p.Results() {
+	}
+	err = p.Err()
+	var se *pool.StartError
+	if !errors.As(err, &se) {
+		t.Fatalf("Err() = %v, want a *StartError", err)
+	}
+	if n := strings.Count(err.Error(), "pool: "); n != 1 {
+		t.Errorf("Err() = %q: \"pool: \" %d times, want once", err, n)
+	}
+}
+
+func TestFormatVersion(t *testing.T) {
+	vcs := []debug.BuildSetting{
+		{Key: "vcs.revision", Value: "7ceb0db6c64c5bda521a34135b4a2905535b0f07"},
+		{Key: "vcs.time", Value: "2025-06-10T08:00:00Z"},
+		{Key: "vcs.modified", Value: "true"},
+	}
+	tests := []struct {
+		name string
+		bi   debug.BuildInfo
+		want string
+	}{
+		{"release", debug.BuildInfo{Main: debug.Module{Version: "v1.2.0"}}, "v1.2.0"},
+		{"pseudo-version", debug.BuildInfo{Main: debug.Module{Version: "v0.0.0-20250610080000-7ceb0db6c64c"}, Settings: vcs}, "v0.0.0-20250610080000-7ceb0db6c64c"},
+		{"checkout", debug.BuildInfo{Main: debug.Module{Version: "(devel)"}, Settings: vcs}, "(devel) 7ceb0db6c64c 2025-06-10T08:00:00Z modified"},
+		{"nothing recorded", debug.BuildInfo{}, "(unknown version)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := formatVersion(&tt.bi); got != tt.want {
+				t.Errorf("formatVersion() = %q, want %q", got, tt.want)
+			}
+		})
 	}
 }
