@@ -49,6 +49,7 @@ func (r *runner) oneShot(t *task) {
 		r.oomBase, _ = r.group.OOMKills()
 		_ = r.group.ResetPeak()
 	}
+	r.markOOM()
 	start := time.Now()
 	proc, err := worker.Start(spec)
 	if err != nil {

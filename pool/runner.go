@@ -67,6 +67,7 @@ type runner struct {
 	eofAt       time.Time      // when the result pipe reached EOF
 	readerDone  bool           // the result reader sent its last event
 	oomBase     uint64         // the group's oom_kill count when this process or attempt began
+	oomMark     memory.OOMMark // the enclosing cgroup's OOM witness when this process or attempt began
 	deadline    *time.Timer    // earliest timeout or EOF patience
 	protocolMsg string         // what the worker did wrong, when killed for it
 	retired     bool           // the runner told the current process to end
@@ -266,6 +267,7 @@ func (r *runner) spawn() bool {
 		spec.Cgroup = r.group
 		r.oomBase, _ = r.group.OOMKills()
 	}
+	r.markOOM()
 	proc, err := worker.Start(spec)
 	if err != nil {
 		r.p.send(report{kind: reportStartupFailure, start: &StartError{Command: cfg.Command, Err: err}})
@@ -337,6 +339,9 @@ func (r *runner) flushTasks() {
 // startFlight marks f running since at.
 func (r *runner) startFlight(f *flight, at time.Time) {
 	f.started, f.start = true, at
+	if len(r.inflight) == 1 {
+		r.markOOM() // the worker was idle: its window starts anew
+	}
 	if r.group != nil && len(r.inflight) == 1 && at.Sub(r.peakAt) >= peakEvery {
 		// The worker was idle: measure its peak from here.
 		if r.group.ResetPeak() == nil {
@@ -722,6 +727,14 @@ func joinMessage(a, b string) string {
 	return a + "; " + b
 }
 
+// markOOM starts the window in which the enclosing cgroup's OOM witness
+// judges the current process's death, where workers share that cgroup.
+func (r *runner) markOOM() {
+	if w := r.p.mem.OOMWitness(); w != nil {
+		r.oomMark = w.Snapshot()
+	}
+}
+
 // classify names the cause of a death the runner did not cause itself.
 func (r *runner) classify(exit worker.Exit, started time.Time) Cause {
 	// The OOM killer may have taken a process inside the worker (sh -c
@@ -739,6 +752,15 @@ func (r *runner) classify(exit worker.Exit, started time.Time) Cause {
 				r.oomBase = n
 				return CauseOOM
 			}
+		}
+	}
+	// Where workers share the supervisor's cgroup, its counter confirms
+	// a kill only when its rise is accounted for by exactly the deaths
+	// that may be kills (memory.OOMWitness). A worker the pool retired may
+	// have been SIGKILLed by the pool itself, which is never an OOM kill.
+	if !counted && !r.retired && memory.MaybeOOMKilled(exit.Signal, exit.Code) {
+		if w := r.p.mem.OOMWitness(); w != nil && w.Confirm(r.oomMark, oomLogWait) {
+			return CauseOOM
 		}
 	}
 	if exit.Signal == 0 {

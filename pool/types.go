@@ -37,7 +37,9 @@ type Cause string
 
 const (
 	// CauseOOM means the kernel OOM killer took the worker, confirmed by the
-	// oom_kill counter of the worker's own cgroup or by the kernel log.
+	// oom_kill counter of the worker's own cgroup, by that of the cgroup it
+	// shares with the supervisor (see docs/memory.md for the rule), or by
+	// the kernel log.
 	CauseOOM Cause = "oom"
 	// CauseMemoryLimit means the supervisor killed the worker because its
 	// process tree went over Config.MemLimit while cgroups were unavailable.

@@ -21,6 +21,9 @@ type Manager struct {
 	ctrl   controller // nil in ModeRSSPolling
 	dir    string     // the parent directory; "" in ModeRSSPolling
 	rmdir  func(string) error
+	// witness confirms OOM kills from the supervisor's own cgroup where
+	// workers have no cgroups of their own; nil otherwise.
+	witness *OOMWitness
 
 	mu     sync.Mutex
 	groups map[*Group]struct{} // groups not yet removed; guarded by mu
@@ -48,7 +51,16 @@ func NewManager() (*Manager, error) {
 	if loc.mode == ModeCgroupV1 {
 		c = cgroupV1{bash: bashPath()}
 	}
-	return newManager(c, loc.dir, rmdirCgroup), nil
+	m := newManager(c, loc.dir, rmdirCgroup)
+	if m.ctrl == nil {
+		// Workers share the supervisor's cgroup: its counter can still
+		// confirm their OOM kills.
+		if w, err := witnessAt(loc); err == nil {
+			m.witness = w
+			m.reason += "; OOM kills confirmed from " + w.File()
+		}
+	}
+	return m, nil
 }
 
 // newManager makes a Manager under own, the supervisor's cgroup directory
@@ -114,6 +126,11 @@ func (m *Manager) Reason() string {
 	}
 	return m.reason
 }
+
+// OOMWitness returns the witness of the supervisor's own cgroup's OOM
+// kills where workers have no cgroups of their own and that cgroup's
+// counter is readable, and nil otherwise.
+func (m *Manager) OOMWitness() *OOMWitness { return m.witness }
 
 // NewGroup makes the cgroup of one worker, named name (a single path
 // element, unique among the Manager's live groups), limited to limit bytes

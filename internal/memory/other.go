@@ -23,6 +23,12 @@ func (m *Manager) Mode() Mode { return ModeRSSPolling }
 // Reason says why cgroups cannot be used.
 func (m *Manager) Reason() string { return "cgroups unavailable: not Linux; polling RSS" }
 
+// OOMWitness returns nil outside Linux.
+func (m *Manager) OOMWitness() *OOMWitness { return nil }
+
+// NewOOMWitness returns errors.ErrUnsupported outside Linux.
+func NewOOMWitness() (*OOMWitness, error) { return nil, errors.ErrUnsupported }
+
 // NewGroup returns ErrNoCgroups outside Linux.
 func (m *Manager) NewGroup(name string, limit int64) (*Group, error) { return nil, ErrNoCgroups }
 
