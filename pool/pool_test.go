@@ -698,7 +698,7 @@ func requireCgroups(t *testing.T) {
 	}
 	mode, reason := m.Mode(), m.Reason()
 	m.Close()
-	if mode == memory.ModeRSSPolling {
+	if !mode.PerWorker() {
 		testenv.SkipOrFail(t, reason)
 	}
 }
@@ -717,8 +717,8 @@ func TestRealOOMKill(t *testing.T) {
 			}
 			inputs[6] = "hog"
 			got, p := run(t, cfg, inputs...)
-			if p.MemoryMode() == "rss-polling" {
-				t.Fatalf("MemoryMode() = rss-polling (%s)", p.MemoryModeReason())
+			if !strings.HasPrefix(p.MemoryMode(), "cgroup-") {
+				t.Fatalf("MemoryMode() = %s (%s), want a cgroup per worker", p.MemoryMode(), p.MemoryModeReason())
 			}
 			done := 0
 			for _, r := range got {

@@ -98,7 +98,7 @@ type procEvent struct {
 
 func (r *runner) run() {
 	defer r.p.runners.Done()
-	if r.p.mem.Mode() != memory.ModeRSSPolling {
+	if r.p.mem.Mode().PerWorker() {
 		g, err := r.p.mem.NewGroup("w"+strconv.Itoa(r.slot), r.limit())
 		if err != nil {
 			r.p.abortFor(0, fmt.Errorf("pool: creating a cgroup for worker %d: %w", r.slot, err))

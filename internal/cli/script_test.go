@@ -265,5 +265,5 @@ func scriptCondition(cond string) (bool, error) {
 		return false, nil
 	}
 	defer m.Close()
-	return m.Mode() != memory.ModeRSSPolling, nil
+	return m.Mode().PerWorker(), nil
 }

@@ -20,7 +20,7 @@ type cgroupV1 struct {
 func (cgroupV1) mode() Mode { return ModeCgroupV1 }
 
 // delegate has nothing to do: v1 has no no-internal-process rule.
-func (cgroupV1) delegate(own string) error { return nil }
+func (cgroupV1) delegate(own string) (leaf string, err error) { return "", nil }
 
 // enable has nothing to do: in v1 every child has the memory controller.
 func (cgroupV1) enable(parent string) error { return nil }

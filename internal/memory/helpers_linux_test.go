@@ -26,7 +26,7 @@ func requireCgroups(t *testing.T) *Manager {
 	if err != nil {
 		t.Fatalf("NewManager() = %v", err)
 	}
-	if m.Mode() == ModeRSSPolling {
+	if !m.Mode().PerWorker() {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("cgroups are required under CI=true: %s", m.Reason())
 		}

@@ -11,17 +11,22 @@ import (
 // its Manager polls and its sensors report errors.ErrUnsupported.
 
 // Manager owns this supervisor's cgroups. Outside Linux it is always in
-// ModeRSSPolling.
+// ModeNone.
 type Manager struct{}
 
-// NewManager returns a Manager in ModeRSSPolling outside Linux.
+// NewManager returns a Manager in ModeNone outside Linux.
 func NewManager() (*Manager, error) { return &Manager{}, nil }
 
-// Mode reports how worker memory is limited.
-func (m *Manager) Mode() Mode { return ModeRSSPolling }
+// Mode reports how worker memory is limited and watched.
+func (m *Manager) Mode() Mode { return ModeNone }
+
+// Detection returns what NewManager found: nothing outside Linux.
+func (m *Manager) Detection() Detection {
+	return Detection{Mode: ModeNone, NoCgroups: errors.ErrUnsupported}
+}
 
 // Reason says why cgroups cannot be used.
-func (m *Manager) Reason() string { return "cgroups unavailable: not Linux; polling RSS" }
+func (m *Manager) Reason() string { return m.Detection().reason() }
 
 // OOMWitness returns nil outside Linux.
 func (m *Manager) OOMWitness() *OOMWitness { return nil }
