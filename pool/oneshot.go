@@ -48,6 +48,8 @@ func (r *runner) oneShot(t *task) {
 		spec.Cgroup = r.group
 		r.oomBase, _ = r.group.OOMKills()
 		_ = r.group.ResetPeak()
+	} else {
+		spec.Cgroup = r.shim()
 	}
 	r.markOOM()
 	start := time.Now()

@@ -32,6 +32,8 @@ func TestMain(m *testing.M) {
 			os.Exit(runSeed())
 		case "preempt":
 			os.Exit(runPreempt())
+		case "container-seed":
+			os.Exit(runContainerSeed())
 		}
 		os.Exit(runWorker(mode))
 	}

@@ -266,6 +266,8 @@ func (r *runner) spawn() bool {
 	if r.group != nil {
 		spec.Cgroup = r.group
 		r.oomBase, _ = r.group.OOMKills()
+	} else {
+		spec.Cgroup = r.shim()
 	}
 	r.markOOM()
 	proc, err := worker.Start(spec)
@@ -727,6 +729,10 @@ func joinMessage(a, b string) string {
 	return a + "; " + b
 }
 
+// shim readies a worker that has no cgroup of its own before its code runs:
+// its oom_score_adj, which what it forks then inherits.
+func (r *runner) shim() memory.Shim { return memory.Shim{} }
+
 // markOOM starts the window in which the enclosing cgroup's OOM witness
 // judges the current process's death, where workers share that cgroup.
 func (r *runner) markOOM() {
@@ -759,7 +765,7 @@ func (r *runner) classify(exit worker.Exit, started time.Time) Cause {
 	// that may be kills (memory.OOMWitness). A worker the pool retired may
 	// have been SIGKILLed by the pool itself, which is never an OOM kill.
 	if !counted && !r.retired && memory.MaybeOOMKilled(exit.Signal, exit.Code) {
-		if w := r.p.mem.OOMWitness(); w != nil && w.Confirm(r.oomMark, oomLogWait) {
+		if w := r.p.mem.OOMWitness(); w != nil && w.Confirm(r.oomMark) {
 			return CauseOOM
 		}
 	}

@@ -76,7 +76,7 @@ func (cgroupV1) resetPeak(dir string) (*os.File, error) {
 // prepare wraps cmd in the shim (shim.go), which also raises the worker's
 // oom_score_adj.
 func (c cgroupV1) prepare(dir string, cmd *exec.Cmd) (*os.File, error) {
-	wrapInShim(cmd, filepath.Join(dir, "cgroup.procs"), c.bash)
+	wrapInShim(cmd, shimSpec{procs: filepath.Join(dir, "cgroup.procs")}, c.bash)
 	return nil, nil
 }
 

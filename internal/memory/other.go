@@ -40,6 +40,19 @@ func (m *Manager) NewGroup(name string, limit int64) (*Group, error) { return ni
 // Close does nothing outside Linux.
 func (m *Manager) Close() error { return nil }
 
+// Shim readies a worker without a cgroup of its own; outside Linux it does
+// nothing.
+type Shim struct {
+	// DataLimit is ignored outside Linux.
+	DataLimit int64
+}
+
+// Prepare does nothing outside Linux.
+func (Shim) Prepare(cmd *exec.Cmd) error { return nil }
+
+// Started does nothing.
+func (Shim) Started() {}
+
 // Group is one worker's cgroup; there are none outside Linux.
 type Group struct{}
 

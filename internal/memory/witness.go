@@ -12,58 +12,106 @@ import (
 // memory.events.local or memory.events). The counter is the cgroup's, not
 // the worker's: it also counts kills of other processes. So a death is
 // confirmed only when the counter's rise over the worker's window (from a
-// Snapshot taken as its attempt began until Confirm answers) is accounted for by
-// exactly the deaths that could be OOM kills in that window, observed by
-// every Confirm: if N of them happened and the counter rose by N, each of
-// them is an OOM kill; if it rose by fewer, some were not and none can be
-// told apart, so none is confirmed; if it rose by more (a process that is
-// not a worker was killed), none is confirmed either. The kernel raises
-// the counter before it sends SIGKILL, so a victim's kill is counted by
-// the time its death is seen.
+// Snapshot taken as its attempt began until Confirm answers) is accounted
+// for by exactly the deaths that could be OOM kills in that window,
+// observed by every Confirm: if N of them happened and the counter rose by
+// N, each of them is an OOM kill; if it rose by fewer, some were not and
+// none can be told apart, so none is confirmed; if it rose by more (a
+// process that is not a worker was killed), none is confirmed either. The
+// kernel raises the counter before it sends SIGKILL, so a victim's kill is
+// counted by the time its death is seen.
+//
+// A window must not start between a kill and the report of its victim's
+// death, or it would count the death without the kill. So a window starts
+// only where the counter has not moved for a settling time (longer than a
+// death takes to be reported); Snapshot taken sooner after a kill returns
+// the last such point, and the window is wider.
 //
 // Its methods are safe for concurrent use.
 type OOMWitness struct {
-	// read returns the counter.
-	read func() (uint64, error)
-	// file is what read reads, for messages.
-	file string
+	read   func() (uint64, error) // returns the counter
+	file   string                 // what read reads, for messages
+	settle time.Duration          // how long a victim's death may take to be reported
+	now    func() time.Time
 
 	mu sync.Mutex
 	// deaths counts the deaths passed to Confirm so far; guarded by mu.
 	deaths uint64
 	// changed is closed and replaced when deaths grows; guarded by mu.
 	changed chan struct{}
+	// kills is the counter as last read, and sameSince when a reading
+	// first showed it; guarded by mu.
+	kills     uint64
+	sameSince time.Time
+	// quiet is the latest mark taken where the counter had not moved for
+	// settle; guarded by mu.
+	quiet OOMMark
 }
 
-// OOMMark is the state of an OOMWitness as a worker's attempt began: the
-// counter, and how many deaths had been confirmed or refused. The zero
-// OOMMark is a mark whose counter could not be read.
+// OOMMark is the start of a worker's window: the counter, and how many
+// deaths had been passed to Confirm. The zero OOMMark is a mark whose
+// counter could not be read.
 type OOMMark struct {
 	kills  uint64
 	deaths uint64
 	ok     bool // kills was read
 }
 
+// oomSettle is how long after a kill the victim's death may take to reach
+// Confirm: its exit, the reaping, and the draining of its pipes.
+const oomSettle = 200 * time.Millisecond
+
 // newOOMWitness returns a witness of the counter that read returns, read
-// from file.
-func newOOMWitness(file string, read func() (uint64, error)) *OOMWitness {
-	return &OOMWitness{read: read, file: file, changed: make(chan struct{})}
+// from file. The counter must be readable now: no worker has died yet, so
+// this is the first quiet point.
+func newOOMWitness(file string, read func() (uint64, error), settle time.Duration, now func() time.Time) (*OOMWitness, error) {
+	kills, err := read()
+	if err != nil {
+		return nil, err
+	}
+	return &OOMWitness{
+		read:      read,
+		file:      file,
+		settle:    settle,
+		now:       now,
+		changed:   make(chan struct{}),
+		kills:     kills,
+		sameSince: now(),
+		quiet:     OOMMark{kills: kills, ok: true},
+	}, nil
 }
 
 // File names the counter the witness reads, such as
 // "/sys/fs/cgroup/memory/job/memory.oom_control".
 func (w *OOMWitness) File() string { return w.file }
 
-// Snapshot marks the start of a worker's window: call it as the worker
-// starts, and again as an attempt starts on an idle worker.
+// readLocked reads the counter and notes when it changed. w.mu must be
+// held.
+func (w *OOMWitness) readLocked() (uint64, error) {
+	kills, err := w.read()
+	if err != nil {
+		return 0, err
+	}
+	if kills != w.kills {
+		w.kills, w.sameSince = kills, w.now()
+	}
+	return kills, nil
+}
+
+// Snapshot marks the start of a worker's window: call it before the worker
+// starts, and again as an attempt starts on an idle worker. Where the
+// counter moved within the settling time, it returns an earlier mark.
 func (w *OOMWitness) Snapshot() OOMMark {
 	w.mu.Lock()
-	deaths := w.deaths
-	w.mu.Unlock()
-	// The deaths are counted first: a death that comes in between is then
-	// in the window, which can only make Confirm more careful.
-	kills, err := w.read()
-	return OOMMark{kills: kills, deaths: deaths, ok: err == nil}
+	defer w.mu.Unlock()
+	kills, err := w.readLocked()
+	if err != nil {
+		return OOMMark{}
+	}
+	if w.now().Sub(w.sameSince) >= w.settle {
+		w.quiet = OOMMark{kills: kills, deaths: w.deaths, ok: true}
+	}
+	return w.quiet
 }
 
 // Confirm is told of a worker's death that may be an OOM kill (the worker
@@ -75,11 +123,10 @@ func (w *OOMWitness) Snapshot() OOMMark {
 // other workers.
 //
 // A death that is not an OOM kill is answered at once: the counter did not
-// rise enough. A confirmation waits settle first, the time a victim's
-// death may take to be reported, so that the workers killed at about the
-// same time are all counted: one OOM kill and one other SIGKILL together
-// confirm neither.
-func (w *OOMWitness) Confirm(mark OOMMark, settle time.Duration) bool {
+// rise enough. A confirmation waits the settling time first, so that the
+// workers killed at about the same time are all counted: one OOM kill and
+// one other SIGKILL together confirm neither.
+func (w *OOMWitness) Confirm(mark OOMMark) bool {
 	w.mu.Lock()
 	w.deaths++
 	close(w.changed)
@@ -88,13 +135,13 @@ func (w *OOMWitness) Confirm(mark OOMMark, settle time.Duration) bool {
 	if !mark.ok {
 		return false
 	}
-	deadline := time.NewTimer(settle)
+	deadline := time.NewTimer(w.settle)
 	defer deadline.Stop()
 	for last := false; ; {
 		w.mu.Lock()
 		deaths, changed := w.deaths-mark.deaths, w.changed
+		kills, err := w.readLocked()
 		w.mu.Unlock()
-		kills, err := w.read()
 		if err != nil || kills < mark.kills {
 			return false // unreadable now, or reset
 		}

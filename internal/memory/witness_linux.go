@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"time"
 )
 
 // NewOOMWitness returns a witness of the oom_kill counter of the
@@ -28,11 +29,12 @@ func witnessAt(loc location) (*OOMWitness, error) {
 	var errs []error
 	for _, f := range files {
 		p := filepath.Join(loc.dir, f)
-		if _, err := readOOMKill(p); err != nil {
+		w, err := newOOMWitness(p, func() (uint64, error) { return readOOMKill(p) }, oomSettle, time.Now)
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		return newOOMWitness(p, func() (uint64, error) { return readOOMKill(p) }), nil
+		return w, nil
 	}
 	return nil, fmt.Errorf("memory: no readable oom_kill counter in %s: %w", loc.dir, errors.Join(errs...))
 }

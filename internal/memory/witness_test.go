@@ -25,11 +25,53 @@ func (c *fakeCounter) read() (uint64, error) {
 // settle is short in these tests; the pool waits longer.
 const settle = 50 * time.Millisecond
 
+// manualClock is a clock that moves only when told.
+type manualClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *manualClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *manualClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// newTestWitness returns a witness of c, on clk, whose counter starts at 7:
+// kills before the witness do not count.
+func newTestWitness(t *testing.T, c *fakeCounter, clk *manualClock) *OOMWitness {
+	t.Helper()
+	c.kills.Store(7)
+	w, err := newOOMWitness("memory.oom_control", c.read, settle, clk.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+// confirmAll passes each mark's death to Confirm at once and returns the
+// answers.
+func confirmAll(w *OOMWitness, marks ...OOMMark) []bool {
+	got := make([]bool, len(marks))
+	var wg sync.WaitGroup
+	for i := range marks {
+		wg.Go(func() { got[i] = w.Confirm(marks[i]) })
+	}
+	wg.Wait()
+	return got
+}
+
 func TestOOMWitness(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		// kills is how much the counter rises before the deaths; deaths is
-		// how many workers die at once, all in the same window.
+		// kills is how much the counter rises; deaths is how many workers
+		// die at once, all in the same window.
 		kills, deaths int
 		want          bool
 	}{
@@ -42,22 +84,16 @@ func TestOOMWitness(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var c fakeCounter
-			c.kills.Store(7) // kills before the window do not count
-			w := newOOMWitness("memory.oom_control", c.read)
+			clk := &manualClock{t: time.Unix(1000, 0)}
+			w := newTestWitness(t, &c, clk)
 			marks := make([]OOMMark, tc.deaths)
 			for i := range marks {
 				marks[i] = w.Snapshot()
 			}
 			c.kills.Add(uint64(tc.kills))
-			got := make([]bool, tc.deaths)
-			var wg sync.WaitGroup
-			for i := range marks {
-				wg.Go(func() { got[i] = w.Confirm(marks[i], settle) })
-			}
-			wg.Wait()
-			for i, g := range got {
-				if g != tc.want {
-					t.Errorf("Confirm of death %d = %v, want %v", i+1, g, tc.want)
+			for i, got := range confirmAll(w, marks...) {
+				if got != tc.want {
+					t.Errorf("Confirm of death %d = %v, want %v", i+1, got, tc.want)
 				}
 			}
 		})
@@ -69,13 +105,17 @@ func TestOOMWitness(t *testing.T) {
 // which the counter did not rise, makes both ambiguous.
 func TestOOMWitnessLateDeath(t *testing.T) {
 	var c fakeCounter
-	w := newOOMWitness("f", c.read)
+	clk := &manualClock{t: time.Unix(1000, 0)}
+	c.kills.Store(7)
+	w, err := newOOMWitness("f", c.read, time.Minute, clk.now)
+	if err != nil {
+		t.Fatal(err)
+	}
 	a, b := w.Snapshot(), w.Snapshot()
 	c.kills.Add(1)
 	first := make(chan bool)
-	go func() { first <- w.Confirm(a, time.Minute) }()
-	time.Sleep(settle) // a is waiting for its window to settle
-	if w.Confirm(b, time.Minute) {
+	go func() { first <- w.Confirm(a) }()
+	if w.Confirm(b) {
 		t.Errorf("Confirm(second death) = true, want false: one kill for two deaths")
 	}
 	select {
@@ -88,46 +128,80 @@ func TestOOMWitnessLateDeath(t *testing.T) {
 	}
 }
 
-// TestOOMWitnessWindows: deaths before a worker's window began do not count
-// in it, and a death without a kill is answered at once.
-func TestOOMWitnessWindows(t *testing.T) {
+// TestOOMWitnessStraddle: a window that would start between a kill and the
+// report of its victim's death starts before the kill instead, so that a
+// second victim killed at about the same time is confirmed too.
+func TestOOMWitnessStraddle(t *testing.T) {
 	var c fakeCounter
-	w := newOOMWitness("f", c.read)
-	old := w.Snapshot()
-	if w.Confirm(old, time.Minute) { // killed by someone else: no kill counted
-		t.Errorf("Confirm without a kill = true, want false")
-	}
-	mark := w.Snapshot()
-	c.kills.Add(1)
-	if !w.Confirm(mark, settle) {
-		t.Errorf("Confirm with one kill in a window after an older death = false, want true")
+	clk := &manualClock{t: time.Unix(1000, 0)}
+	w := newTestWitness(t, &c, clk)
+	clk.advance(time.Hour)
+	a := w.Snapshot()
+	clk.advance(time.Hour)
+	c.kills.Add(1) // a is killed...
+	clk.advance(time.Millisecond)
+	b := w.Snapshot() // ...as b takes a task, before a's death is reported
+	c.kills.Add(1)    // b is killed too
+	if got := confirmAll(w, a, b); !got[0] || !got[1] {
+		t.Errorf("Confirm(a, b) = %v, want both: two kills, two deaths", got)
 	}
 
-	start := time.Now()
-	mark = w.Snapshot()
-	if w.Confirm(mark, time.Minute) {
+	// Once the counter has been still for the settling time, windows
+	// start afresh: a death without a kill before them does not count.
+	clk.advance(time.Millisecond)
+	d := w.Snapshot()
+	if w.Confirm(d) {
 		t.Errorf("Confirm without a kill = true, want false")
 	}
-	if d := time.Since(start); d > 10*time.Second {
-		t.Errorf("Confirm without a kill took %v, want an answer at once", d)
+	clk.advance(settle)
+	e := w.Snapshot()
+	c.kills.Add(1)
+	if !w.Confirm(e) {
+		t.Errorf("Confirm of a kill in a window after a death without one = false, want true")
+	}
+}
+
+// TestOOMWitnessAnswersAtOnce: a death without a kill is answered without
+// waiting for the settling time.
+func TestOOMWitnessAnswersAtOnce(t *testing.T) {
+	var c fakeCounter
+	clk := &manualClock{t: time.Unix(1000, 0)}
+	c.kills.Store(7)
+	w, err := newOOMWitness("f", c.read, time.Hour, clk.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan bool)
+	go func() { done <- w.Confirm(w.Snapshot()) }()
+	select {
+	case got := <-done:
+		if got {
+			t.Errorf("Confirm without a kill = true, want false")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Confirm without a kill waited")
 	}
 }
 
 func TestOOMWitnessUnreadable(t *testing.T) {
 	var c fakeCounter
-	w := newOOMWitness("f", c.read)
+	clk := &manualClock{t: time.Unix(1000, 0)}
+	w := newTestWitness(t, &c, clk)
 	c.broken.Store(true)
 	mark := w.Snapshot()
 	c.broken.Store(false)
 	c.kills.Add(1)
-	if w.Confirm(mark, settle) {
+	if w.Confirm(mark) {
 		t.Errorf("Confirm from a mark without a reading = true, want false")
 	}
 	mark = w.Snapshot()
 	c.kills.Add(1)
 	c.broken.Store(true)
-	if w.Confirm(mark, settle) {
+	if w.Confirm(mark) {
 		t.Errorf("Confirm with an unreadable counter = true, want false")
+	}
+	if _, err := newOOMWitness("f", c.read, settle, clk.now); err == nil {
+		t.Errorf("newOOMWitness of an unreadable counter = nil error, want one")
 	}
 }
 
