@@ -5,7 +5,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/safepool/safepool/internal/memory"
 	"github.com/safepool/safepool/internal/worker"
 )
 
@@ -62,7 +61,8 @@ func (r *runner) oneShot(t *task) {
 		return
 	}
 	r.proc = proc
-	defer func() { r.proc = nil }()
+	r.startWatch(proc)
+	defer func() { r.proc, r.watch = nil, nil }()
 	r.p.count(func(s *Stats) { s.WorkersStarted++ })
 	r.p.emit(Event{Kind: EventWorkerStarted, WorkerPID: proc.Pid, Time: start})
 	r.p.emit(Event{Kind: EventAttemptStarted, TaskID: t.id, WorkerPID: proc.Pid, Time: start})
@@ -73,13 +73,7 @@ func (r *runner) oneShot(t *task) {
 		defer tm.Stop()
 		timeout = tm.C
 	}
-	var poll <-chan time.Time
-	if cfg.MemLimit > 0 && r.group == nil {
-		tk := time.NewTicker(rssPollEvery)
-		defer tk.Stop()
-		poll = tk.C
-	}
-	abortC, killC := r.p.abortCh, r.p.killCh
+	abortC, killC, over := r.p.abortCh, r.p.killCh, r.overLimit()
 	var killed Cause
 wait:
 	for {
@@ -94,8 +88,9 @@ wait:
 				killed = CausePreempted
 				proc.Kill()
 			}
-		case <-poll:
-			if rss, err := memory.TreeRSS(proc.Pid); err == nil && rss > cfg.MemLimit && killed == "" {
+		case <-over:
+			over = nil
+			if killed == "" {
 				killed = CauseMemoryLimit
 				proc.Kill()
 			}
@@ -111,6 +106,9 @@ wait:
 		}
 	}
 	proc.CloseIO(linger)
+	if r.watch != nil {
+		r.watch.Stop()
+	}
 	exit := proc.Exit()
 	cause := killed
 	if cause == "" && (exit.Code != 0 || exit.Signal != 0) {
@@ -124,6 +122,8 @@ wait:
 		if peak, err := r.group.Peak(); err == nil && peak > 0 {
 			a.PeakRSS = peak
 		}
+	} else if r.watch != nil && r.watch.Peak() > 0 {
+		a.PeakRSS = r.watch.Peak()
 	}
 	if cause != "" {
 		a.Message = r.deathMessage(cause, proc, a.PeakRSS)

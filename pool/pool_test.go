@@ -34,6 +34,8 @@ func TestMain(m *testing.M) {
 			os.Exit(runPreempt())
 		case "container-seed":
 			os.Exit(runContainerSeed())
+		case "shared-block":
+			os.Exit(runSharedBlock())
 		}
 		os.Exit(runWorker(mode))
 	}

@@ -183,3 +183,129 @@ func runContainerSeed() int {
 	fmt.Printf("memory mode: %s (%s)\n", p.MemoryMode(), p.MemoryModeReason())
 	return 0
 }
+
+// sharedReader maps the file named by its first argument shared, reads
+// every page of it, holds it a while and prints the sum of what it read.
+const sharedReader = `
+import mmap, sys, time
+with open(sys.argv[1], "rb") as f:
+    m = mmap.mmap(f.fileno(), 0, mmap.MAP_SHARED, mmap.PROT_READ)
+s = 0
+for i in range(0, len(m), 4096):
+    s += m[i]
+time.sleep(0.4)
+print(s)
+`
+
+// systemPython returns a python3 that nobody can run: /usr/bin/python3,
+// not one under root's home.
+func systemPython(t *testing.T) string {
+	t.Helper()
+	const py = "/usr/bin/python3"
+	if _, err := os.Stat(py); err != nil {
+		testenv.SkipOrFail(t, py+" is not installed")
+	}
+	return py
+}
+
+// blockFile writes a file of size bytes, 'x' throughout, that nobody can
+// read, in dir, and returns its path. It is removed when the test ends.
+func blockFile(t *testing.T, dir string, size int64) string {
+	t.Helper()
+	f, err := os.CreateTemp(dir, "safepool-block-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(f.Name()) })
+	chunk := []byte(strings.Repeat("x", 1<<20))
+	for n := int64(0); n < size; n += int64(len(chunk)) {
+		if _, err := f.Write(chunk); err != nil {
+			f.Close()
+			t.Fatal(err)
+		}
+	}
+	if err := f.Chmod(0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return f.Name()
+}
+
+// TestSharedBlockUnprivileged runs 8 workers as nobody, without cgroups of
+// their own, each mapping a 400 MiB block shared and reading all of it,
+// under a 200 MiB limit per worker. The block is shared memory or a file's
+// pages, held once by the kernel: no worker holds it alone, so none is over
+// its limit. Every task ends done, and its peak is the worker's private
+// memory, far below the block.
+func TestSharedBlockUnprivileged(t *testing.T) {
+	py := systemPython(t)
+	for _, tc := range []struct{ name, dir string }{
+		{"shared memory", "/dev/shm"},
+		{"mapped file", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := tc.dir
+			if dir == "" {
+				dir = filepath.Dir(nobodyBinary(t)) // a directory nobody may enter
+			}
+			block := blockFile(t, dir, 400<<20)
+			cgroup := containerFor(t, 2<<30)
+			text, err := superviseAsNobody(t, cgroup, workerEnv+"=shared-block", "SAFEPOOL_TEST_PYTHON="+py, "SAFEPOOL_TEST_BLOCK="+block)
+			if err != nil {
+				t.Fatalf("supervisor: %v; output:\n%s", err, text)
+			}
+			if strings.Count(text, " done ") != 16 {
+				t.Errorf("supervisor output:\n%s\nwant 16 tasks done", text)
+			}
+			for _, line := range strings.Split(text, "\n") {
+				var id, peak int64
+				var state, cause string
+				if n, _ := fmt.Sscanf(line, "task %d %s %s peak %d", &id, &state, &cause, &peak); n < 4 {
+					continue
+				}
+				if peak <= 0 || peak >= 100<<20 {
+					t.Errorf("%s: want a peak of private memory, above 0 and far below the 400 MiB block", line)
+				}
+			}
+		})
+	}
+}
+
+// runSharedBlock is the supervisor of TestSharedBlockUnprivileged: 16
+// one-shot tasks on 8 workers, each reading the block, limited to 200 MiB.
+func runSharedBlock() int {
+	cfg := pool.Config{
+		Command:  []string{os.Getenv("SAFEPOOL_TEST_PYTHON"), "-c", sharedReader, os.Getenv("SAFEPOOL_TEST_BLOCK")},
+		Protocol: pool.OneShot,
+		Workers:  8,
+		MemLimit: 200 << 20,
+	}
+	p, err := pool.New(cfg)
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	go func() {
+		defer p.Close()
+		for i := 1; i <= 16; i++ {
+			p.Submit(context.Background(), pool.Task{})
+		}
+	}()
+	for r := range p.Results() {
+		a := r.Attempts[len(r.Attempts)-1]
+		fmt.Printf("task %d %s %s peak %d\n", r.ID, r.State, cause(r), a.PeakRSS)
+	}
+	fmt.Printf("memory mode: %s (%s)\n", p.MemoryMode(), p.MemoryModeReason())
+	return 0
+}
+
+// cause is r's cause, or "-" when it has none, so that lines have a field
+// for it.
+func cause(r pool.Result) string {
+	if c := r.Cause(); c != "" {
+		return string(c)
+	}
+	return "-"
+}

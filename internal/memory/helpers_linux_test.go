@@ -145,6 +145,27 @@ func runHelper(mode string, args []string) int {
 		time.Sleep(time.Hour)
 		b[0] = 2
 		return 0
+	case "shm":
+		// Map the file args[0] shared, read every page, and hold it until
+		// killed.
+		f, err := os.Open(args[0])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		st, _ := f.Stat()
+		b, err := syscall.Mmap(int(f.Fd()), 0, int(st.Size()), syscall.PROT_READ, syscall.MAP_SHARED)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		var sum byte
+		for i := 0; i < len(b); i += 4096 {
+			sum += b[i]
+		}
+		fmt.Println("ready", sum)
+		time.Sleep(time.Hour)
+		return 0
 	case "tree":
 		// Start an "alloc" child, report its pid, and kill it when stdin
 		// closes.

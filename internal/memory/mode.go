@@ -18,9 +18,9 @@ const (
 	ModeNone Mode = iota
 	// ModeEnclosing means workers cannot have cgroups of their own but
 	// share the supervisor's, which it can read: a container, a batch
-	// job, a user session. Its limit bounds the memory budget and its
-	// oom_kill counter confirms OOM kills ([OOMWitness]); the supervisor
-	// watches each worker's private memory and enforces limits itself.
+	// job, a user session. Its oom_kill counter confirms OOM kills
+	// ([OOMWitness]); the supervisor watches each worker's private memory
+	// and enforces limits itself.
 	ModeEnclosing
 	// ModeCgroupV1 limits each worker with a cgroup v1 memory controller
 	// group of its own (memory.limit_in_bytes).

@@ -83,8 +83,26 @@ func (g *Group) Kill() error { return ErrNoCgroups }
 // Remove does nothing.
 func (g *Group) Remove() error { return nil }
 
-// TreeRSS returns errors.ErrUnsupported outside Linux.
-func TreeRSS(pid int) (int64, error) { return 0, errors.ErrUnsupported }
+// TreePrivateMemory returns errors.ErrUnsupported outside Linux.
+func TreePrivateMemory(pid int) (int64, error) { return 0, errors.ErrUnsupported }
+
+// Watch samples a worker's memory; outside Linux it never samples.
+type Watch struct{}
+
+// StartWatch returns a Watch that never samples outside Linux.
+func StartWatch(pid int, limit int64) *Watch { return &Watch{} }
+
+// Over returns a channel that is never closed.
+func (w *Watch) Over() <-chan struct{} { return nil }
+
+// Peak returns 0.
+func (w *Watch) Peak() int64 { return 0 }
+
+// ResetPeak does nothing.
+func (w *Watch) ResetPeak() {}
+
+// Stop does nothing.
+func (w *Watch) Stop() {}
 
 // ProcessRSS returns errors.ErrUnsupported outside Linux.
 func ProcessRSS(pid int) (int64, error) { return 0, errors.ErrUnsupported }
