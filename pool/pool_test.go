@@ -36,6 +36,8 @@ func TestMain(m *testing.M) {
 			os.Exit(runContainerSeed())
 		case "shared-block":
 			os.Exit(runSharedBlock())
+		case "readme-example":
+			os.Exit(runReadmeExample())
 		}
 		os.Exit(runWorker(mode))
 	}

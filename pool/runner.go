@@ -735,8 +735,14 @@ func joinMessage(a, b string) string {
 }
 
 // shim readies a worker that has no cgroup of its own before its code runs:
-// its oom_score_adj, which what it forks then inherits.
-func (r *runner) shim() memory.Shim { return memory.Shim{} }
+// its oom_score_adj and, backing Config.MemLimit, its data size limit,
+// which what it forks then inherits.
+func (r *runner) shim() memory.Shim {
+	if r.p.cfg.NoDataLimit {
+		return memory.Shim{}
+	}
+	return memory.Shim{DataLimit: memory.DataLimitFor(r.p.cfg.MemLimit)}
+}
 
 // startWatch starts sampling proc's private memory where it has no cgroup
 // of its own, for its peaks and Config.MemLimit.
@@ -791,6 +797,15 @@ func (r *runner) classify(exit worker.Exit, started time.Time) Cause {
 		if w := r.p.mem.OOMWitness(); w != nil && w.Confirm(r.oomMark) {
 			return CauseOOM
 		}
+	}
+	// Without a cgroup, the kernel refuses a worker memory past its data
+	// size limit, and the worker fails in its own way: say memory-limit
+	// when that failure was the refusal.
+	if r.group == nil && r.watch != nil && r.shim().DataLimit > 0 && memory.RefusedMemory(memory.Failure{
+		Signal: exit.Signal, ExitCode: exit.Code, Stderr: r.proc.StderrTail(),
+		Private: r.watch.Last(), Limit: r.p.cfg.MemLimit,
+	}) {
+		return CauseMemoryLimit
 	}
 	if exit.Signal == 0 {
 		return ExitCause(exit.Code)

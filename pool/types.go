@@ -43,7 +43,8 @@ const (
 	CauseOOM Cause = "oom"
 	// CauseMemoryLimit means the supervisor enforced Config.MemLimit on a
 	// worker without a cgroup of its own: its process tree's private memory
-	// went over the limit.
+	// went over the limit, or the kernel refused it memory past the data
+	// size limit that backs it (see Config.NoDataLimit).
 	CauseMemoryLimit Cause = "memory-limit"
 	// CauseSegfault means the worker died of SIGSEGV or SIGBUS.
 	CauseSegfault Cause = "segfault"
@@ -327,6 +328,16 @@ type Config struct {
 	// not shared or file pages) and kills it over the limit. Zero means no
 	// limit. See docs/memory.md.
 	MemLimit int64
+	// NoDataLimit reports whether to enforce MemLimit on workers without a
+	// cgroup of their own by sampling alone. By default they also get a
+	// data size limit (RLIMIT_DATA) a little above MemLimit, so that an
+	// allocation past it fails inside the worker however fast it grows,
+	// which sampling cannot promise; a worker that fails so is reported
+	// with CauseMemoryLimit. Runtimes that map far more writable memory
+	// than they touch (Go built with -race, sanitizers, OpenBLAS with many
+	// threads, a JVM given a large heap) may fail under it: set
+	// NoDataLimit for them. See docs/memory.md.
+	NoDataLimit bool
 
 	// NoGovernor reports whether to turn the memory governor off. The
 	// governor, on by default where workers have cgroups of their own,

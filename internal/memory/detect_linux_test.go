@@ -233,7 +233,7 @@ func TestDetectV2(t *testing.T) {
 			pids:   []int{1, 77},
 			files:  map[string]string{"cgroup.controllers": "memory\n", "memory.events": v2Events, "memory.events.local": v2Events},
 			want:   Detection{Mode: ModeEnclosing, Version: 2, Own: "OWN", OOMCounter: "OWN/memory.events.local"},
-			reason: []string{"enclosing cgroup", "OWN/memory.events.local", "2 processes besides the supervisor", "cgroup of its own"},
+			reason: []string{"enclosing cgroup", "OWN, whose memory.events.local confirms", "2 processes besides the supervisor", "cgroup of its own"},
 		},
 		{
 			name:   "not delegated",

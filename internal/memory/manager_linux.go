@@ -136,9 +136,9 @@ func (m *Manager) Detection() Detection { return m.det }
 // "cgroup v1: a memory cgroup per worker under
 // /sys/fs/cgroup/memory/x/safepool-123" or "enclosing cgroup: workers
 // share the supervisor's cgroup v1 /sys/fs/cgroup/memory/job, whose
-// /sys/fs/cgroup/memory/job/memory.oom_control confirms OOM kills; no
-// cgroup per worker (mkdir ...: permission denied); limits enforced by
-// the supervisor". It is the one place that words the mode.
+// memory.oom_control confirms OOM kills; no cgroup per worker (mkdir ...:
+// permission denied); limits enforced by the supervisor". It is the one
+// place that words the mode.
 func (m *Manager) Reason() string {
 	if m.det == (Detection{}) {
 		return "no cgroup (no Manager made by NewManager): limits enforced by the supervisor, OOM kills confirmed from the kernel log only"

@@ -3,6 +3,7 @@ package memory
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 )
 
@@ -99,7 +100,7 @@ func (d Detection) reason() string {
 		}
 	case ModeEnclosing:
 		fmt.Fprintf(&b, "enclosing cgroup: workers share the supervisor's %s %s, whose %s confirms OOM kills; no cgroup per worker (%s); limits enforced by the supervisor",
-			version, d.Own, d.OOMCounter, oneLine(d.NoCgroups))
+			version, d.Own, filepath.Base(d.OOMCounter), oneLine(d.NoCgroups))
 	default:
 		fmt.Fprintf(&b, "no cgroup (%s): limits enforced by the supervisor, OOM kills confirmed from the kernel log only", oneLine(d.NoCgroups))
 	}

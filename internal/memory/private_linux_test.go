@@ -168,7 +168,7 @@ func TestWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	gone := StartWatch(exited.Process.Pid, 1)
-	time.Sleep(2 * firstSample)
+	time.Sleep(2 * minSample)
 	gone.Stop()
 	if p := gone.Peak(); p != 0 {
 		t.Errorf("Peak() of a process that was gone = %d, want 0", p)

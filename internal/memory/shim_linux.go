@@ -3,6 +3,8 @@ package memory
 import (
 	"errors"
 	"os/exec"
+
+	"golang.org/x/sys/unix"
 )
 
 // Shim readies a worker that has no cgroup of its own before any of its
@@ -18,7 +20,8 @@ import (
 // Shim has the methods of the worker package's Cgroup hook.
 type Shim struct {
 	// DataLimit is the worker's RLIMIT_DATA in bytes, soft and hard,
-	// rounded up to a KiB; zero means none.
+	// rounded up to a KiB, and never above the supervisor's own hard
+	// limit, which it could not raise; zero means none. See DataLimitFor.
 	DataLimit int64
 }
 
@@ -31,8 +34,23 @@ func (s Shim) Prepare(cmd *exec.Cmd) error {
 	if cmd.Err != nil {
 		return cmd.Err
 	}
-	wrapInShim(cmd, shimSpec{dataKiB: (s.DataLimit + 1023) / 1024}, bashPath())
+	var own unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_DATA, &own); err != nil {
+		own.Max = unix.RLIM_INFINITY
+	}
+	wrapInShim(cmd, shimSpec{dataKiB: dataKiB(s.DataLimit, own.Max)}, bashPath())
 	return nil
+}
+
+// dataKiB is a data size limit of limit bytes in KiB for ulimit -d,
+// rounded up, but within hard, the supervisor's own hard limit, which no
+// child of it may raise.
+func dataKiB(limit int64, hard uint64) int64 {
+	kib := (limit + 1023) / 1024
+	if kib > 0 && hard != unix.RLIM_INFINITY && uint64(kib) > hard/1024 {
+		kib = int64(hard / 1024)
+	}
+	return kib
 }
 
 // Started does nothing: the shim holds nothing open.

@@ -10,23 +10,21 @@ import (
 	"time"
 )
 
-const (
-	// firstSample is when a Watch first samples its worker: soon, so that
-	// short tasks have a peak, but after the exec.
-	firstSample = 5 * time.Millisecond
-	// sampleEvery is the time between two samples.
-	sampleEvery = 100 * time.Millisecond
-	// scanEvery is the least time between two looks for the worker's new
-	// descendants, which means reading every process in /proc; between
-	// them the known processes are sampled alone.
-	scanEvery = 100 * time.Millisecond
-)
+// scanEvery is the least time between two looks for a watched worker's
+// new descendants, which means reading every process in /proc; between
+// them the known processes are sampled alone. What a new descendant
+// allocates before it is found is bounded by the data size limit it
+// inherits.
+const scanEvery = 100 * time.Millisecond
 
 // Watch samples the private memory of one worker's process tree (see
 // [TreePrivateMemory]) while it runs, for a worker without a cgroup of its
 // own: it keeps the peak and, with a limit, says when the memory goes over
-// it. Its methods are safe for concurrent use. Stop must be called once
-// the worker is gone, to end the goroutine that samples.
+// it. It samples 5 ms after the start, then every 100 ms while the worker
+// is far from its limit (or has none), faster as it nears it, every 5 ms
+// within a quarter of it, and twice as often as the last growth would
+// take to reach it. Its methods are safe for concurrent use. Stop must be
+// called once the worker is gone, to end the goroutine that samples.
 type Watch struct {
 	limit int64
 	over  chan struct{} // closed at the first sample over limit
@@ -65,6 +63,14 @@ func (w *Watch) Peak() int64 {
 	return w.peak
 }
 
+// Last returns the latest sample of the worker's private memory, in bytes;
+// 0 before the first.
+func (w *Watch) Last() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.last
+}
+
 // ResetPeak starts a new peak from the latest sample, such as when an
 // idle persistent worker takes a task.
 func (w *Watch) ResetPeak() {
@@ -83,9 +89,11 @@ func (w *Watch) Stop() {
 func (w *Watch) run(s *treeSampler) {
 	defer close(w.done)
 	defer s.close()
-	t := time.NewTimer(firstSample)
+	t := time.NewTimer(minSample)
 	defer t.Stop()
 	overClosed := false
+	var prev int64       // the previous sample
+	var prevAt time.Time // when it was taken
 	for {
 		select {
 		case <-w.stop:
@@ -96,6 +104,7 @@ func (w *Watch) run(s *treeSampler) {
 		if err != nil {
 			return // the worker is gone
 		}
+		now := time.Now()
 		w.mu.Lock()
 		w.last, w.peak = v, max(w.peak, v)
 		w.mu.Unlock()
@@ -103,7 +112,12 @@ func (w *Watch) run(s *treeSampler) {
 			close(w.over)
 			overClosed = true
 		}
-		t.Reset(sampleEvery)
+		var elapsed time.Duration
+		if !prevAt.IsZero() {
+			elapsed = now.Sub(prevAt)
+		}
+		t.Reset(nextSample(v, prev, elapsed, w.limit))
+		prev, prevAt = v, now
 	}
 }
 
