@@ -100,8 +100,6 @@ type report struct {
 	OOMScoreAdj string
 }
 
-const mib = 1 << 20
-
 // runHelper runs a helper process mode and returns its exit code.
 func runHelper(mode string, args []string) int {
 	switch mode {

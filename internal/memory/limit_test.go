@@ -87,24 +87,3 @@ func TestNextSample(t *testing.T) {
 		})
 	}
 }
-
-func TestDataKiB(t *testing.T) {
-	const inf = ^uint64(0)
-	for _, tc := range []struct {
-		limit int64
-		hard  uint64
-		want  int64
-	}{
-		{0, inf, 0},
-		{1, inf, 1},
-		{232 * mib, inf, 232 * 1024},
-		{232*mib + 1, inf, 232*1024 + 1},
-		{232 * mib, 100 * mib, 100 * 1024},
-		{232 * mib, 100*mib + 1000, 100 * 1024},
-		{232 * mib, 300 * mib, 232 * 1024},
-	} {
-		if got := dataKiB(tc.limit, tc.hard); got != tc.want {
-			t.Errorf("dataKiB(%d, %d) = %d, want %d", tc.limit, tc.hard, got, tc.want)
-		}
-	}
-}
