@@ -129,7 +129,7 @@ type slotMem struct {
 // newGovernor returns the governor cfg asks for, or nil when it is off:
 // Config.NoGovernor, or no per-worker cgroups to measure peaks with.
 func newGovernor(p *Pool, cfg *Config, mode memory.Mode) *governor {
-	if cfg.NoGovernor || mode == memory.ModeRSSPolling {
+	if cfg.NoGovernor || !mode.PerWorker() {
 		return nil
 	}
 	g := &governor{

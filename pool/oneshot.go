@@ -6,7 +6,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/safepool/safepool/internal/memory"
 	"github.com/safepool/safepool/internal/worker"
 )
 
@@ -59,7 +58,10 @@ func (r *runner) oneShot(t *task) {
 		spec.Cgroup = r.group
 		r.oomBase, _ = r.group.OOMKills()
 		_ = r.group.ResetPeak()
+	} else {
+		spec.Cgroup = r.shim()
 	}
+	r.markOOM()
 	start := time.Now()
 	proc, err := worker.Start(spec)
 	if err != nil {
@@ -84,7 +86,8 @@ func (r *runner) oneShot(t *task) {
 		return
 	}
 	r.proc = proc
-	defer func() { r.proc = nil }()
+	r.startWatch(proc)
+	defer func() { r.proc, r.watch = nil, nil }()
 	r.p.count(func(s *Stats) { s.WorkersStarted++ })
 	r.p.emit(Event{Kind: EventWorkerStarted, WorkerPID: proc.Pid, Time: start})
 	r.p.emit(Event{Kind: EventAttemptStarted, TaskID: t.id, WorkerPID: proc.Pid, Time: start})
@@ -95,13 +98,7 @@ func (r *runner) oneShot(t *task) {
 		defer tm.Stop()
 		timeout = tm.C
 	}
-	var poll <-chan time.Time
-	if cfg.MemLimit > 0 && r.group == nil {
-		tk := time.NewTicker(rssPollEvery)
-		defer tk.Stop()
-		poll = tk.C
-	}
-	abortC, killC, lostC := r.p.abortCh, r.p.killCh, out.lost
+	abortC, killC, lostC, over := r.p.abortCh, r.p.killCh, out.lost, r.overLimit()
 	var killed Cause
 wait:
 	for {
@@ -116,8 +113,9 @@ wait:
 				killed = CausePreempted
 				proc.Kill()
 			}
-		case <-poll:
-			if rss, err := memory.TreeRSS(proc.Pid); err == nil && rss > cfg.MemLimit && killed == "" {
+		case <-over:
+			over = nil
+			if killed == "" {
 				killed = CauseMemoryLimit
 				proc.Kill()
 			}
@@ -139,6 +137,9 @@ wait:
 		}
 	}
 	proc.CloseIO(linger)
+	if r.watch != nil {
+		r.watch.Stop()
+	}
 	r.p.procs.Add(-1)
 	exit := proc.Exit()
 	cause := killed
@@ -153,6 +154,8 @@ wait:
 		if peak, err := r.group.Peak(); err == nil && peak > 0 {
 			a.PeakRSS = peak
 		}
+	} else if r.watch != nil && r.watch.Peak() > 0 {
+		a.PeakRSS = r.watch.Peak()
 	}
 	if cause == CauseOutputLost {
 		// What was kept is not the job's output: give none.

@@ -43,7 +43,7 @@ import (
 type Pool struct {
 	cfg Config
 
-	mem    *memory.Manager // never nil; in ModeRSSPolling where cgroups are unavailable
+	mem    *memory.Manager // never nil; without a cgroup per worker where they cannot be made
 	oomLog *memory.OOMLog  // nil where the kernel log cannot be read
 	gov    *governor       // nil when the memory governor is off
 	slots  []*runner       // the runners, by slot
@@ -340,10 +340,13 @@ func (p *Pool) Stats() Stats {
 
 // MemoryMode returns how workers' memory is watched and limited:
 // "cgroup-v1" or "cgroup-v2" (each worker in a memory cgroup of its own,
-// limited to Config.MemLimit if set), or "rss-polling" where cgroups cannot
-// be made (the supervisor polls each worker's resident memory, and an OOM
-// kill is confirmed from the kernel log only).
-func (p *Pool) MemoryMode() string { return string(p.mem.Mode()) }
+// limited to Config.MemLimit if set); where cgroups cannot be made,
+// "enclosing-cgroup" (workers share the supervisor's cgroup, as in a
+// container, whose oom_kill counter confirms OOM kills) or "no-cgroup"
+// (only the kernel log can). Without a cgroup per worker the supervisor
+// watches each worker's memory and enforces Config.MemLimit itself.
+// MemoryModeReason says why.
+func (p *Pool) MemoryMode() string { return p.mem.Mode().String() }
 
 // MemoryModeReason explains MemoryMode in one line.
 func (p *Pool) MemoryModeReason() string { return p.mem.Reason() }

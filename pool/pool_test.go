@@ -34,6 +34,12 @@ func TestMain(m *testing.M) {
 			os.Exit(runPreempt())
 		case "fdcap", "fdsqueeze":
 			os.Exit(runFileLimit(mode))
+		case "container-seed":
+			os.Exit(runContainerSeed())
+		case "shared-block":
+			os.Exit(runSharedBlock())
+		case "readme-example":
+			os.Exit(runReadmeExample())
 		}
 		os.Exit(runWorker(mode))
 	}
@@ -700,7 +706,7 @@ func requireCgroups(t *testing.T) {
 	}
 	mode, reason := m.Mode(), m.Reason()
 	m.Close()
-	if mode == memory.ModeRSSPolling {
+	if !mode.PerWorker() {
 		testenv.SkipOrFail(t, reason)
 	}
 }
@@ -719,8 +725,8 @@ func TestRealOOMKill(t *testing.T) {
 			}
 			inputs[6] = "hog"
 			got, p := run(t, cfg, inputs...)
-			if p.MemoryMode() == "rss-polling" {
-				t.Fatalf("MemoryMode() = rss-polling (%s)", p.MemoryModeReason())
+			if !strings.HasPrefix(p.MemoryMode(), "cgroup-") {
+				t.Fatalf("MemoryMode() = %s (%s), want a cgroup per worker", p.MemoryMode(), p.MemoryModeReason())
 			}
 			done := 0
 			for _, r := range got {

@@ -25,8 +25,6 @@ const (
 	// oomLogWait is how long to wait for the kernel log to name a worker
 	// that died of SIGKILL; the record is written as the kill is sent.
 	oomLogWait = 200 * time.Millisecond
-	// rssPollEvery is the RSS polling period where cgroups are unavailable.
-	rssPollEvery = 100 * time.Millisecond
 	// peakEvery is the least time between two readings (each followed by a
 	// reset) of a worker cgroup's peak. Reading and resetting it for every
 	// task cost most of the supervisor's time on short lines; an attempt
@@ -50,6 +48,9 @@ type runner struct {
 	p     *Pool
 	slot  int
 	group *memory.Group // nil without cgroup enforcement
+	// watch samples the current process's private memory where it has no
+	// cgroup of its own (group is nil); nil otherwise.
+	watch *memory.Watch
 	// preempt carries the ids of tasks the memory governor stops. It is
 	// buffered; an id that is not running on the slot is ignored.
 	preempt chan uint64
@@ -67,6 +68,7 @@ type runner struct {
 	eofAt       time.Time      // when the result pipe reached EOF
 	readerDone  bool           // the result reader sent its last event
 	oomBase     uint64         // the group's oom_kill count when this process or attempt began
+	oomMark     memory.OOMMark // the enclosing cgroup's OOM witness when this process or attempt began
 	deadline    *time.Timer    // earliest timeout or EOF patience
 	protocolMsg string         // what the worker did wrong, when killed for it
 	retired     bool           // the runner told the current process to end
@@ -97,7 +99,7 @@ type procEvent struct {
 
 func (r *runner) run() {
 	defer r.p.runners.Done()
-	if r.p.mem.Mode() != memory.ModeRSSPolling {
+	if r.p.mem.Mode().PerWorker() {
 		g, err := r.p.mem.NewGroup("w"+strconv.Itoa(r.slot), r.limit())
 		if err != nil {
 			r.p.abortFor(0, fmt.Errorf("creating a cgroup for worker %d: %w", r.slot, err))
@@ -135,12 +137,6 @@ func (r *runner) stopping() bool {
 func (r *runner) runPersistent() {
 	cfg := &r.p.cfg
 	abortC, killC, quitC := r.p.abortCh, r.p.killCh, r.p.quit
-	var poll <-chan time.Time
-	if cfg.MemLimit > 0 && r.group == nil {
-		t := time.NewTicker(rssPollEvery)
-		defer t.Stop()
-		poll = t.C
-	}
 	for {
 		if r.proc == nil {
 			if r.stopping() {
@@ -195,10 +191,8 @@ func (r *runner) runPersistent() {
 					break
 				}
 			}
-		case <-poll:
-			if rss, err := memory.TreeRSS(r.proc.Pid); err == nil && rss > cfg.MemLimit {
-				r.kill(CauseMemoryLimit)
-			}
+		case <-r.overLimit():
+			r.kill(CauseMemoryLimit)
 		case <-quitC:
 			quitC = nil
 			r.retiring = true
@@ -265,7 +259,10 @@ func (r *runner) spawn() bool {
 	if r.group != nil {
 		spec.Cgroup = r.group
 		r.oomBase, _ = r.group.OOMKills()
+	} else {
+		spec.Cgroup = r.shim()
 	}
+	r.markOOM()
 	proc, err := worker.Start(spec)
 	if err != nil {
 		r.p.send(report{kind: reportStartupFailure, start: &StartError{Command: cfg.Command, Err: err}})
@@ -273,6 +270,7 @@ func (r *runner) spawn() bool {
 	}
 	r.p.count(func(s *Stats) { s.WorkersStarted++ })
 	r.p.emit(Event{Kind: EventWorkerStarted, WorkerPID: proc.Pid})
+	r.startWatch(proc)
 	r.proc, r.ready, r.answered, r.retiring, r.killed, r.victim = proc, false, 0, false, "", nil
 	r.spawned = time.Now()
 	r.eofAt, r.readerDone = time.Time{}, false
@@ -337,6 +335,12 @@ func (r *runner) flushTasks() {
 // startFlight marks f running since at.
 func (r *runner) startFlight(f *flight, at time.Time) {
 	f.started, f.start = true, at
+	if len(r.inflight) == 1 {
+		r.markOOM() // the worker was idle: its window starts anew
+		if r.watch != nil {
+			r.watch.ResetPeak() // and its peak
+		}
+	}
 	if r.group != nil && len(r.inflight) == 1 && at.Sub(r.peakAt) >= peakEvery {
 		// The worker was idle: measure its peak from here.
 		if r.group.ResetPeak() == nil {
@@ -352,6 +356,9 @@ func (r *runner) startFlight(f *flight, at time.Time) {
 // also raises the peak of every other running attempt.
 func (r *runner) peakFor(f *flight, now time.Time) int64 {
 	if r.group == nil {
+		if r.watch != nil {
+			return max(f.peak, r.watch.Peak())
+		}
 		return 0
 	}
 	if !r.peakRead || now.Sub(r.peakAt) >= peakEvery {
@@ -547,12 +554,12 @@ func (r *runner) succeed(f *flight, output []byte) {
 }
 
 // memoryInUse is the current process's memory: its cgroup's usage where it
-// has one, otherwise the resident memory of its process tree.
+// has one, otherwise what its process tree alone holds.
 func (r *runner) memoryInUse() (int64, error) {
 	if r.group != nil {
 		return r.group.Usage()
 	}
-	return memory.TreeRSS(r.proc.Pid)
+	return memory.TreePrivateMemory(r.proc.Pid)
 }
 
 func (r *runner) retireIfIdle() {
@@ -601,6 +608,9 @@ func (r *runner) reap() {
 	close(r.gone)
 	close(r.writes)
 	proc.CloseIO(linger)
+	if r.watch != nil {
+		r.watch.Stop()
+	}
 	if r.deadline != nil {
 		r.deadline.Stop()
 		r.deadline = nil
@@ -655,6 +665,8 @@ func (r *runner) reap() {
 			if peak, err := r.group.Peak(); err == nil && peak > 0 {
 				a.PeakRSS = max(peak, f.peak)
 			}
+		} else if r.watch != nil && r.watch.Peak() > 0 {
+			a.PeakRSS = max(r.watch.Peak(), f.peak)
 		}
 		a.Message = r.deathMessage(cause, proc, a.PeakRSS)
 		r.p.send(report{kind: reportAttempt, task: f.t, att: a})
@@ -666,7 +678,7 @@ func (r *runner) reap() {
 		r.p.send(report{kind: reportStartupFailure, charged: charged, start: &StartError{
 			Command: r.p.cfg.Command, Cause: cause, Stderr: proc.StderrTail()}})
 	}
-	r.proc, r.inflight, r.protocolMsg, r.retired, r.pending = nil, nil, "", false, nil
+	r.proc, r.inflight, r.protocolMsg, r.retired, r.pending, r.watch = nil, nil, "", false, nil, nil
 	// The new worker's first task starts a new peak interval.
 	r.peakAt, r.peakRead = time.Time{}, false
 }
@@ -722,6 +734,42 @@ func joinMessage(a, b string) string {
 	return a + "; " + b
 }
 
+// shim readies a worker that has no cgroup of its own before its code runs:
+// its oom_score_adj and, backing Config.MemLimit, its data size limit,
+// which what it forks then inherits.
+func (r *runner) shim() memory.Shim {
+	if r.p.cfg.NoDataLimit {
+		return memory.Shim{}
+	}
+	return memory.Shim{DataLimit: memory.DataLimitFor(r.p.cfg.MemLimit)}
+}
+
+// startWatch starts sampling proc's private memory where it has no cgroup
+// of its own, for its peaks and Config.MemLimit.
+func (r *runner) startWatch(proc *worker.Process) {
+	if r.group == nil {
+		r.watch = memory.StartWatch(proc.Pid, r.p.cfg.MemLimit)
+	}
+}
+
+// overLimit is closed once the current process's private memory went over
+// Config.MemLimit, where it has no cgroup of its own and is not being
+// killed already; otherwise it is nil.
+func (r *runner) overLimit() <-chan struct{} {
+	if r.watch == nil || r.killed != "" {
+		return nil
+	}
+	return r.watch.Over()
+}
+
+// markOOM starts the window in which the enclosing cgroup's OOM witness
+// judges the current process's death, where workers share that cgroup.
+func (r *runner) markOOM() {
+	if w := r.p.mem.OOMWitness(); w != nil {
+		r.oomMark = w.Snapshot()
+	}
+}
+
 // classify names the cause of a death the runner did not cause itself.
 func (r *runner) classify(exit worker.Exit, started time.Time) Cause {
 	// The OOM killer may have taken a process inside the worker (sh -c
@@ -740,6 +788,24 @@ func (r *runner) classify(exit worker.Exit, started time.Time) Cause {
 				return CauseOOM
 			}
 		}
+	}
+	// Where workers share the supervisor's cgroup, its counter confirms
+	// a kill only when its rise is accounted for by exactly the deaths
+	// that may be kills (memory.OOMWitness). A worker the pool retired may
+	// have been SIGKILLed by the pool itself, which is never an OOM kill.
+	if !counted && !r.retired && memory.MaybeOOMKilled(exit.Signal, exit.Code) {
+		if w := r.p.mem.OOMWitness(); w != nil && w.Confirm(r.oomMark) {
+			return CauseOOM
+		}
+	}
+	// Without a cgroup, the kernel refuses a worker memory past its data
+	// size limit, and the worker fails in its own way: say memory-limit
+	// when that failure was the refusal.
+	if r.group == nil && r.watch != nil && r.shim().DataLimit > 0 && memory.RefusedMemory(memory.Failure{
+		Signal: exit.Signal, ExitCode: exit.Code, Stderr: r.proc.StderrTail(),
+		Private: r.watch.Last(), Limit: r.p.cfg.MemLimit,
+	}) {
+		return CauseMemoryLimit
 	}
 	if exit.Signal == 0 {
 		return ExitCause(exit.Code)

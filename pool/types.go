@@ -37,10 +37,14 @@ type Cause string
 
 const (
 	// CauseOOM means the kernel OOM killer took the worker, confirmed by the
-	// oom_kill counter of the worker's own cgroup or by the kernel log.
+	// oom_kill counter of the worker's own cgroup, by that of the cgroup it
+	// shares with the supervisor (see docs/memory.md for the rule), or by
+	// the kernel log.
 	CauseOOM Cause = "oom"
-	// CauseMemoryLimit means the supervisor killed the worker because its
-	// process tree went over Config.MemLimit while cgroups were unavailable.
+	// CauseMemoryLimit means the supervisor enforced Config.MemLimit on a
+	// worker without a cgroup of its own: its process tree's private memory
+	// went over the limit, or the kernel refused it memory past the data
+	// size limit that backs it (see Config.NoDataLimit).
 	CauseMemoryLimit Cause = "memory-limit"
 	// CauseSegfault means the worker died of SIGSEGV or SIGBUS.
 	CauseSegfault Cause = "segfault"
@@ -162,7 +166,10 @@ type Attempt struct {
 	Signal string
 	// PeakRSS is the highest memory use seen for the attempt in bytes: the
 	// cgroup's peak when the worker has its own cgroup, otherwise the
-	// worker's peak resident set size. Zero means unknown. A persistent
+	// highest private memory (anonymous memory and swap of its process
+	// tree, never shared or file pages) sampled while the attempt ran, or
+	// for a worker too short-lived to sample, its peak resident set size.
+	// Zero means unknown. A persistent
 	// worker's cgroup peak is read and reset at most every 100 ms, so for
 	// tasks shorter than that it is the worker's peak over an interval of
 	// about 100 ms: an attempt that ends within 100 ms of the last reading
@@ -323,14 +330,28 @@ type Config struct {
 	// MaxTasksPerWorker replaces a persistent worker after it has finished
 	// this many tasks. Zero means no limit.
 	MaxTasksPerWorker int
-	// MaxRSS replaces a persistent worker whose process tree's resident
-	// memory exceeds this many bytes after a task. Zero means no limit.
+	// MaxRSS replaces a persistent worker whose memory exceeds this many
+	// bytes after a task: its cgroup's usage, or without a cgroup of its
+	// own, what its process tree alone holds (anonymous memory and swap).
+	// Zero means no limit.
 	MaxRSS int64
 	// MemLimit caps each worker's memory in bytes: the worker runs in a
 	// memory cgroup of its own with this limit, so the kernel kills only that
-	// worker; where cgroups cannot be created, the supervisor polls the
-	// worker's process tree and kills it at the limit. Zero means no limit.
+	// worker; where cgroups cannot be created, the supervisor samples what
+	// the worker's process tree alone holds (anonymous memory and swap,
+	// not shared or file pages) and kills it over the limit. Zero means no
+	// limit. See docs/memory.md.
 	MemLimit int64
+	// NoDataLimit reports whether to enforce MemLimit on workers without a
+	// cgroup of their own by sampling alone. By default they also get a
+	// data size limit (RLIMIT_DATA) a little above MemLimit, so that an
+	// allocation past it fails inside the worker however fast it grows,
+	// which sampling cannot promise; a worker that fails so is reported
+	// with CauseMemoryLimit. Runtimes that map far more writable memory
+	// than they touch (Go built with -race, sanitizers, OpenBLAS with many
+	// threads, a JVM given a large heap) may fail under it: set
+	// NoDataLimit for them. See docs/memory.md.
+	NoDataLimit bool
 
 	// NoGovernor reports whether to turn the memory governor off. The
 	// governor, on by default where workers have cgroups of their own,

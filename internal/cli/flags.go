@@ -21,6 +21,7 @@ type commonFlags struct {
 	onDeath   string
 	timeout   time.Duration
 	memLimit  int64
+	noData    bool // --no-data-limit
 	mem       memoryFlags
 	keepOrder bool
 	argFiles  []string
@@ -41,6 +42,7 @@ func (f *commonFlags) registerPool(fs *pflag.FlagSet, retriesUsage string) {
 	fs.StringVar(&f.onDeath, "on-worker-death", "", "what to do when a worker dies during a task: `ACTION` is retry, skip or abort (default: retry when --retries > 0, else skip)")
 	fs.DurationVar(&f.timeout, "timeout", 0, "kill an attempt that runs longer than `DURATION`, such as 90s or 1h30m")
 	fs.Var(newSizeValue(&f.memLimit).nonZero("0 would mean no memory at all; omit the flag for no limit"), "mem-limit", "cap each worker's memory at `SIZE`, such as 512MiB or 2G; only that worker is killed when it goes over")
+	boolVarP(fs, &f.noData, "no-data-limit", "", "without cgroups, hold workers to --mem-limit by sampling alone, without the data size limit (RLIMIT_DATA) that some runtimes cannot run under, such as Go built with -race")
 	f.mem.register(fs)
 	boolVarP(fs, &f.keepOrder, "keep-order", "k", "write outputs in input order, not as tasks finish")
 }
@@ -63,14 +65,15 @@ func (f *commonFlags) registerOutput(fs *pflag.FlagSet) {
 // config returns the pool configuration the flags ask for.
 func (f *commonFlags) config(cmd string, protocol pool.Protocol, command []string) (pool.Config, error) {
 	cfg := pool.Config{
-		Command:   command,
-		Protocol:  protocol,
-		Workers:   f.jobs,
-		Retries:   f.retries,
-		Timeout:   f.timeout,
-		MemLimit:  f.memLimit,
-		KeepOrder: f.keepOrder,
-		Grace:     f.grace,
+		Command:     command,
+		Protocol:    protocol,
+		Workers:     f.jobs,
+		Retries:     f.retries,
+		Timeout:     f.timeout,
+		MemLimit:    f.memLimit,
+		NoDataLimit: f.noData,
+		KeepOrder:   f.keepOrder,
+		Grace:       f.grace,
 	}
 	if f.jobs < 0 {
 		return cfg, usagef(cmd, "-j must be at least 0, not %d", f.jobs)

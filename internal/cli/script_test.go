@@ -335,5 +335,5 @@ func scriptCondition(cond string) (bool, error) {
 		return false, nil
 	}
 	defer m.Close()
-	return m.Mode() != memory.ModeRSSPolling, nil
+	return m.Mode().PerWorker(), nil
 }

@@ -138,9 +138,10 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		return sum, exitUsage
 	}
 
-	// Without cgroups, when memory flags were given, say once how memory
-	// is watched instead, and that the memory governor is off.
-	if p.MemoryMode() == "rss-polling" && (j.cfg.MemLimit > 0 || j.cfg.MemBudget > 0 || j.cfg.MemPerTask > 0) {
+	// Without a cgroup per worker, when memory flags were given, say once
+	// how memory is watched instead, and that the memory governor is off.
+	perWorker := p.MemoryMode() == "cgroup-v1" || p.MemoryMode() == "cgroup-v2"
+	if !perWorker && (j.cfg.MemLimit > 0 || j.cfg.MemBudget > 0 || j.cfg.MemPerTask > 0) {
 		prog.pause(func() {
 			fmt.Fprintf(stderr, "safepool: %s; memory governor off\n", p.MemoryModeReason())
 		})

@@ -20,7 +20,7 @@ type cgroupV1 struct {
 func (cgroupV1) mode() Mode { return ModeCgroupV1 }
 
 // delegate has nothing to do: v1 has no no-internal-process rule.
-func (cgroupV1) delegate(own string) error { return nil }
+func (cgroupV1) delegate(own string) (leaf string, err error) { return "", nil }
 
 // enable has nothing to do: in v1 every child has the memory controller.
 func (cgroupV1) enable(parent string) error { return nil }
@@ -76,7 +76,7 @@ func (cgroupV1) resetPeak(dir string) (*os.File, error) {
 // prepare wraps cmd in the shim (shim.go), which also raises the worker's
 // oom_score_adj.
 func (c cgroupV1) prepare(dir string, cmd *exec.Cmd) (*os.File, error) {
-	wrapInShim(cmd, filepath.Join(dir, "cgroup.procs"), c.bash)
+	wrapInShim(cmd, shimSpec{procs: filepath.Join(dir, "cgroup.procs")}, c.bash)
 	return nil, nil
 }
 

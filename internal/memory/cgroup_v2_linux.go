@@ -12,45 +12,104 @@ import (
 	"syscall"
 )
 
-// cgroupV2 is the unified hierarchy's file conventions. It holds no state:
-// every method takes the group's directory, so tests run it on a temp dir.
-type cgroupV2 struct{}
+// cgroupV2 is the unified hierarchy's file conventions. Every method takes
+// the group's directory, so tests run it on a temp dir.
+type cgroupV2 struct {
+	// write writes a control file for delegate and enable; nil means
+	// writeCgroupFile. Tests put a fake kernel here.
+	write func(path, value string) error
+	// pid is the supervisor's pid, which delegate may move; 0 means this
+	// process.
+	pid int
+}
 
 func (cgroupV2) mode() Mode { return ModeCgroupV2 }
 
-// delegate makes own's children able to get the memory controller. Under
-// the no-internal-process rule, a non-root cgroup with processes in it
-// (this supervisor, at least) cannot enable controllers for its children:
-// the write fails with EBUSY and the caller falls back to polling.
-func (cgroupV2) delegate(own string) error {
+func (c cgroupV2) writeFile(path, value string) error {
+	if c.write == nil {
+		return writeCgroupFile(path, value)
+	}
+	return c.write(path, value)
+}
+
+// delegate makes own's children able to get the memory controller, which
+// own must have (its parent enables it for own). Under the no-internal-
+// process rule, a non-root cgroup with processes in it cannot enable
+// controllers for its children: the write fails with EBUSY. When the only
+// process in own is the supervisor, it moves itself into a leaf of its
+// own, safepool-<pid>-0, and tries again; it returns that leaf.
+func (c cgroupV2) delegate(own string) (leaf string, err error) {
 	controllers, err := readCgroupFile(filepath.Join(own, "cgroup.controllers"))
 	if err != nil {
-		return err
+		return "", err
 	}
 	if !hasWord(controllers, "memory") {
-		return fmt.Errorf("memory controller not enabled for %s", own)
+		return "", fmt.Errorf("memory controller not enabled for %s (its parent's cgroup.subtree_control lacks +memory)", own)
 	}
 	subtree := filepath.Join(own, "cgroup.subtree_control")
 	enabled, err := readCgroupFile(subtree)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if hasWord(enabled, "memory") {
-		return nil
+		return "", nil
 	}
-	if err := writeCgroupFile(subtree, "+memory"); err != nil {
-		if errors.Is(err, syscall.EBUSY) {
-			return fmt.Errorf("cannot enable memory for sub-cgroups of %s, which holds processes (run the supervisor in a cgroup of its own): %w", own, err)
+	err = c.writeFile(subtree, "+memory")
+	if err == nil || !errors.Is(err, syscall.EBUSY) {
+		return "", err
+	}
+	leaf, err = c.moveToLeaf(own)
+	if err != nil {
+		return "", fmt.Errorf("cannot enable memory for sub-cgroups of %s, which holds processes: %w", own, err)
+	}
+	if err := c.writeFile(subtree, "+memory"); err != nil {
+		// Go back where we were, which is possible as long as own's
+		// controllers are as they were.
+		return "", errors.Join(err, c.writeFile(filepath.Join(own, "cgroup.procs"), strconv.Itoa(c.self())), rmdirCgroup(leaf))
+	}
+	takeLeaf(leaf)
+	return leaf, nil
+}
+
+func (c cgroupV2) self() int {
+	if c.pid == 0 {
+		return os.Getpid()
+	}
+	return c.pid
+}
+
+// moveToLeaf moves the supervisor out of own into a new child, when it is
+// the only process there: other processes are not the supervisor's to
+// move.
+func (c cgroupV2) moveToLeaf(own string) (string, error) {
+	pids, err := readProcs(own)
+	if err != nil {
+		return "", err
+	}
+	self := c.self()
+	var others int
+	for _, p := range pids {
+		if p != self {
+			others++
 		}
-		return err
 	}
-	return nil
+	if others > 0 {
+		return "", fmt.Errorf("%d processes besides the supervisor are in it (run the supervisor in a cgroup of its own)", others)
+	}
+	leaf := filepath.Join(own, fmt.Sprintf("safepool-%d-0", self))
+	if err := os.Mkdir(leaf, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return "", err
+	}
+	if err := c.writeFile(filepath.Join(leaf, "cgroup.procs"), strconv.Itoa(self)); err != nil {
+		return "", errors.Join(fmt.Errorf("move the supervisor into %s: %w", leaf, err), rmdirCgroup(leaf))
+	}
+	return leaf, nil
 }
 
 // enable turns the memory controller on for the children of the manager's
 // parent directory, which holds no processes.
-func (cgroupV2) enable(parent string) error {
-	return writeCgroupFile(filepath.Join(parent, "cgroup.subtree_control"), "+memory")
+func (c cgroupV2) enable(parent string) error {
+	return c.writeFile(filepath.Join(parent, "cgroup.subtree_control"), "+memory")
 }
 
 // create makes dir and sets its limit.

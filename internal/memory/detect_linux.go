@@ -21,12 +21,29 @@ type location struct {
 	dir   string // this process's cgroup directory
 }
 
-// locate finds this process's memory cgroup from /proc/self/cgroup and
-// /proc/self/mountinfo: in the unified (v2) hierarchy when that holds the
-// memory controller, else in the v1 memory hierarchy. Mountinfo rather
-// than fixed paths, because containers mount cgroupfs in many ways.
-func locate() (location, error) {
-	self, err := procfs.Self()
+// version is the cgroup version of loc's hierarchy.
+func (loc location) version() int {
+	if loc.mode == ModeCgroupV1 {
+		return 1
+	}
+	return 2
+}
+
+// locate finds this process's memory cgroup; see locateAt.
+func locate() (location, error) { return locateAt("/proc") }
+
+// locateAt finds this process's memory cgroup from self/cgroup and
+// self/mountinfo under proc, where procfs is mounted: in the unified (v2)
+// hierarchy when that holds the memory controller, else in the v1 memory
+// hierarchy. Mountinfo rather than fixed paths, because containers mount
+// cgroupfs in many ways. The leaf the supervisor may have moved itself
+// into (Detection.Leaf) is not its cgroup: the one enclosing it is.
+func locateAt(proc string) (location, error) {
+	fs, err := procfs.NewFS(proc)
+	if err != nil {
+		return location{}, err
+	}
+	self, err := fs.Self()
 	if err != nil {
 		return location{}, err
 	}
@@ -38,7 +55,11 @@ func locate() (location, error) {
 	if err != nil {
 		return location{}, err
 	}
-	return locateIn(cgroups, mounts, readCgroupFile)
+	loc, err := locateIn(cgroups, mounts, readCgroupFile)
+	if err == nil && isSelfLeaf(loc.dir) {
+		loc.dir = filepath.Dir(loc.dir)
+	}
+	return loc, err
 }
 
 // locateIn is locate on parsed files; read reads a cgroup file.

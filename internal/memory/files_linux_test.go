@@ -45,13 +45,13 @@ func TestCgroupV2Files(t *testing.T) {
 		"cgroup.controllers":     "cpu io memory pids\n",
 		"cgroup.subtree_control": "\n",
 	})
-	m := newManager(cgroupV2{}, own, os.RemoveAll)
-	if m.Mode() != ModeCgroupV2 {
-		t.Fatalf("newManager(v2) mode = %s (%s), want %s", m.Mode(), m.Reason(), ModeCgroupV2)
+	m, err := newManager(cgroupV2{}, own, os.RemoveAll)
+	if err != nil || m.Mode() != ModeCgroupV2 {
+		t.Fatalf("newManager(v2) = %v, want a Manager in %s", err, ModeCgroupV2)
 	}
 	defer m.Close()
 	parent := filepath.Join(own, fmt.Sprintf("safepool-%d", os.Getpid()))
-	if want := "cgroup v2 memory at " + parent; m.Reason() != want {
+	if want := "cgroup v2: a memory cgroup per worker under " + parent; m.Reason() != want {
 		t.Errorf("Reason() = %q, want %q", m.Reason(), want)
 	}
 	fileIs(t, filepath.Join(own, "cgroup.subtree_control"), "+memory")
@@ -208,33 +208,33 @@ func TestCgroupV2Fallback(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			own := t.TempDir()
 			writeFiles(t, own, tc.files)
-			m := newManager(cgroupV2{}, own, os.RemoveAll)
-			defer m.Close()
-			if m.Mode() != ModeRSSPolling || !strings.Contains(m.Reason(), tc.want) || !strings.HasSuffix(m.Reason(), "; polling RSS") {
-				t.Errorf("newManager = %s %q, want %s with %q", m.Mode(), m.Reason(), ModeRSSPolling, tc.want)
-			}
-			if _, err := m.NewGroup("w", 1); !errors.Is(err, ErrNoCgroups) {
-				t.Errorf("NewGroup in polling mode = %v, want ErrNoCgroups", err)
+			m, err := newManager(cgroupV2{}, own, os.RemoveAll)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				m.Close()
+				t.Errorf("newManager = %v, want an error with %q", err, tc.want)
 			}
 			entries, _ := os.ReadDir(own)
 			for _, e := range entries {
 				if strings.HasPrefix(e.Name(), "safepool-") {
-					t.Errorf("polling manager left %s", e.Name())
+					t.Errorf("failed newManager left %s", e.Name())
 				}
 			}
 		})
 	}
 	var zero Manager
-	if zero.Mode() != ModeRSSPolling || zero.Close() != nil {
-		t.Errorf("zero Manager: mode %s, want %s and a quiet Close", zero.Mode(), ModeRSSPolling)
+	if zero.Mode() != ModeNone || zero.Close() != nil {
+		t.Errorf("zero Manager: mode %s, want %s and a quiet Close", zero.Mode(), ModeNone)
+	}
+	if _, err := zero.NewGroup("w", 1); !errors.Is(err, ErrNoCgroups) {
+		t.Errorf("NewGroup of the zero Manager = %v, want ErrNoCgroups", err)
 	}
 }
 
 func TestCgroupV1Files(t *testing.T) {
 	own := t.TempDir()
-	m := newManager(cgroupV1{bash: bashPath()}, own, os.RemoveAll)
-	if m.Mode() != ModeCgroupV1 {
-		t.Fatalf("newManager(v1) mode = %s (%s), want %s", m.Mode(), m.Reason(), ModeCgroupV1)
+	m, err := newManager(cgroupV1{bash: bashPath()}, own, os.RemoveAll)
+	if err != nil || m.Mode() != ModeCgroupV1 {
+		t.Fatalf("newManager(v1) = %v, want a Manager in %s", err, ModeCgroupV1)
 	}
 	defer m.Close()
 	g, err := m.NewGroup("w1", 64<<20)
@@ -320,15 +320,22 @@ func TestCleanLeftovers(t *testing.T) {
 	}
 
 	// A live Manager's own directory is not a leftover.
-	m := newManager(cgroupV1{}, own, os.RemoveAll)
-	defer m.Close()
-	if err := cleanLeftovers(cgroupV1{}, own, os.RemoveAll); err != nil || !exists(m.dir) {
-		t.Errorf("cleanLeftovers removed a live Manager's %s (%v)", m.dir, err)
+	m, err := newManager(cgroupV1{}, own, os.RemoveAll)
+	if err != nil {
+		t.Fatal(err)
 	}
-	second := newManager(cgroupV1{}, own, os.RemoveAll)
+	defer m.Close()
+	dir := m.Detection().Parent
+	if err := cleanLeftovers(cgroupV1{}, own, os.RemoveAll); err != nil || !exists(dir) {
+		t.Errorf("cleanLeftovers removed a live Manager's %s (%v)", dir, err)
+	}
+	second, err := newManager(cgroupV1{}, own, os.RemoveAll)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer second.Close()
-	if want := m.dir + "-2"; second.dir != want {
-		t.Errorf("second Manager's dir = %s, want %s", second.dir, want)
+	if got, want := second.Detection().Parent, dir+"-2"; got != want {
+		t.Errorf("second Manager's dir = %s, want %s", got, want)
 	}
 }
 

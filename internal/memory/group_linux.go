@@ -23,8 +23,9 @@ import (
 // must observe a worker's death.
 type controller interface {
 	mode() Mode
-	// delegate readies own, the supervisor's cgroup, to hold limited children.
-	delegate(own string) error
+	// delegate readies own, the supervisor's cgroup, to hold limited
+	// children, and returns the leaf it moved the supervisor into, if any.
+	delegate(own string) (leaf string, err error)
 	// enable readies parent, the Manager's directory, to hold limited children.
 	enable(parent string) error
 	// create makes the directory of a group with the given limit (<= 0: none).

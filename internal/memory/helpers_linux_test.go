@@ -26,7 +26,7 @@ func requireCgroups(t *testing.T) *Manager {
 	if err != nil {
 		t.Fatalf("NewManager() = %v", err)
 	}
-	if m.Mode() == ModeRSSPolling {
+	if !m.Mode().PerWorker() {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("cgroups are required under CI=true: %s", m.Reason())
 		}
@@ -100,8 +100,6 @@ type report struct {
 	OOMScoreAdj string
 }
 
-const mib = 1 << 20
-
 // runHelper runs a helper process mode and returns its exit code.
 func runHelper(mode string, args []string) int {
 	switch mode {
@@ -144,6 +142,27 @@ func runHelper(mode string, args []string) int {
 		fmt.Println("ready")
 		time.Sleep(time.Hour)
 		b[0] = 2
+		return 0
+	case "shm":
+		// Map the file args[0] shared, read every page, and hold it until
+		// killed.
+		f, err := os.Open(args[0])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		st, _ := f.Stat()
+		b, err := syscall.Mmap(int(f.Fd()), 0, int(st.Size()), syscall.PROT_READ, syscall.MAP_SHARED)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		var sum byte
+		for i := 0; i < len(b); i += 4096 {
+			sum += b[i]
+		}
+		fmt.Println("ready", sum)
+		time.Sleep(time.Hour)
 		return 0
 	case "tree":
 		// Start an "alloc" child, report its pid, and kill it when stdin

@@ -1,16 +1,10 @@
 package memory
 
 import (
-	"bufio"
 	"errors"
 	"io/fs"
-	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/prometheus/procfs"
 )
@@ -152,60 +146,4 @@ func TestHostFacts(t *testing.T) {
 		t.Errorf("PressureFull() = %v, %v, want a percentage", full, err)
 	}
 	t.Logf("MemTotal %d MiB, MemAvailable %d MiB, own cgroup limit %d (%v), memory full avg10 %.2f", total/mib, avail/mib, limit, ok, full)
-}
-
-func TestTreeRSS(t *testing.T) {
-	const childMiB = 64
-	cmd := helperCommand(t, "tree", strconv.Itoa(childMiB))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		stdin.Close()
-		if err := waitTimeout(t, cmd, 30*time.Second); err != nil {
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			t.Errorf("tree helper: %v", err)
-		}
-	}()
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil {
-		t.Fatalf("tree helper: %v", err)
-	}
-	child, err := strconv.Atoi(strings.TrimPrefix(strings.TrimSpace(line), "ready "))
-	if err != nil {
-		t.Fatalf("tree helper said %q", line)
-	}
-
-	parentRSS, err := ProcessRSS(cmd.Process.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	childRSS, err := ProcessRSS(child)
-	if err != nil || childRSS < childMiB*mib {
-		t.Errorf("ProcessRSS(child) = %d, %v, want >= %d MiB", childRSS, err, childMiB)
-	}
-	if hwm, err := ProcessPeakRSS(child); err != nil || hwm < childRSS {
-		t.Errorf("ProcessPeakRSS(child) = %d, %v, want >= %d", hwm, err, childRSS)
-	}
-	tree, err := TreeRSS(cmd.Process.Pid)
-	if err != nil || tree < parentRSS+childMiB*mib {
-		t.Errorf("TreeRSS(parent) = %d, %v, want >= parent %d + child %d MiB", tree, err, parentRSS, childMiB)
-	}
-	if leaf, err := TreeRSS(child); err != nil || leaf < childMiB*mib || leaf >= tree {
-		t.Errorf("TreeRSS(child) = %d, %v, want its own RSS", leaf, err)
-	}
-	t.Logf("RSS: parent %d MiB, child %d MiB, tree %d MiB", parentRSS/mib, childRSS/mib, tree/mib)
-
-	if _, err := TreeRSS(1 << 30); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("TreeRSS(no such pid) = %v, want ErrNotExist", err)
-	}
 }

@@ -12,6 +12,9 @@ import (
 // runHelper), in the manner of os/exec's tests.
 const helperEnv = "SAFEPOOL_MEMORY_TEST_HELPER"
 
+// mib is a mebibyte.
+const mib = 1 << 20
+
 func TestMain(m *testing.M) {
 	if mode := os.Getenv(helperEnv); mode != "" {
 		os.Exit(runHelper(mode, os.Args[1:]))

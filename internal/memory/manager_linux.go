@@ -11,115 +11,150 @@ import (
 
 // Manager owns this supervisor's cgroups: a parent directory named
 // safepool-<pid> under the supervisor's own memory cgroup, and one [Group]
-// per worker inside it. Its methods are safe for concurrent use. Close must
-// be called when the supervisor stops using it.
+// per worker inside it. Where workers cannot have cgroups of their own, it
+// says so and why (its Mode, Detection and Reason) and offers what the
+// supervisor's own cgroup still gives (OOMWitness). Its methods are safe
+// for concurrent use. Close must be called when the supervisor stops using
+// it.
 //
-// The zero Manager is in ModeRSSPolling.
+// The zero Manager is in ModeNone.
 type Manager struct {
-	mode   Mode
-	reason string
-	ctrl   controller // nil in ModeRSSPolling
-	dir    string     // the parent directory; "" in ModeRSSPolling
-	rmdir  func(string) error
+	det   Detection
+	ctrl  controller // nil unless det.Mode.PerWorker()
+	rmdir func(string) error
+	// witness confirms OOM kills from the supervisor's own cgroup in
+	// ModeEnclosing; nil otherwise.
+	witness *OOMWitness
 
 	mu     sync.Mutex
 	groups map[*Group]struct{} // groups not yet removed; guarded by mu
 	closed bool                // guarded by mu
 }
 
+// system is what NewManager looks at and changes: the real one, or in tests
+// a fake cgroupfs tree and a fake /proc.
+type system struct {
+	proc  string                         // where procfs is mounted
+	euid  int                            // the supervisor's effective user id
+	pid   int                            // the supervisor's pid
+	write func(path, value string) error // writes a cgroup control file
+	rmdir func(string) error             // removes a cgroup directory
+}
+
 // NewManager finds this process's memory cgroup (v2 when the unified
-// hierarchy holds the memory controller, else v1), removes what dead
-// supervisors left there (sibling directories safepool-<pid> whose pid is
-// not alive: their processes are killed, their groups removed), and makes
-// this supervisor's parent directory.
+// hierarchy holds the memory controller, else v1) and picks the best mode
+// it allows:
 //
-// When cgroups cannot be used (not root, read-only, no memory controller,
-// or a v2 cgroup that shares the supervisor's cgroup with processes and so
-// cannot enable the memory controller for children), NewManager returns a
-// Manager in ModeRSSPolling and a nil error, and Reason says why. The
-// error is reserved for failures that leave no usable Manager; there are
-// none today.
+//   - A cgroup per worker (ModeCgroupV1, ModeCgroupV2) where the supervisor
+//     may make cgroups there: as root, or in a cgroup v2 subtree delegated
+//     to its user. It removes what dead supervisors left (sibling
+//     directories safepool-<pid> whose pid is not alive: their processes
+//     are killed, their groups removed) and makes this supervisor's
+//     parent directory. Under cgroup v2, a cgroup that holds processes
+//     cannot give its children the memory controller: when the supervisor
+//     is the only process in its cgroup, it moves itself into a leaf,
+//     safepool-<pid>-0, first.
+//   - ModeEnclosing where it cannot, but can read its own cgroup's
+//     oom_kill counter: a container, a batch job, a user session.
+//   - ModeNone otherwise.
+//
+// The error is reserved for failures that leave no usable Manager; there
+// are none today: Reason says why a better mode was not available.
 func NewManager() (*Manager, error) {
-	loc, err := locate()
+	return detect(system{proc: "/proc", euid: os.Geteuid(), pid: os.Getpid(), write: writeCgroupFile, rmdir: rmdirCgroup}), nil
+}
+
+// detect is NewManager on sys.
+func detect(sys system) *Manager {
+	loc, err := locateAt(sys.proc)
 	if err != nil {
-		return pollingManager(err), nil
+		return &Manager{det: Detection{Mode: ModeNone, NoCgroups: err}}
 	}
-	var c controller = cgroupV2{}
+	var c controller = cgroupV2{write: sys.write, pid: sys.pid}
 	if loc.mode == ModeCgroupV1 {
 		c = cgroupV1{bash: bashPath()}
 	}
-	return newManager(c, loc.dir, rmdirCgroup), nil
+	m, err := newManager(c, loc.dir, sys.rmdir)
+	if err == nil {
+		m.det.Delegated = loc.mode == ModeCgroupV2 && sys.euid != 0
+		return m
+	}
+	det := Detection{Mode: ModeEnclosing, Version: loc.version(), Own: loc.dir, NoCgroups: err}
+	w, werr := witnessAt(loc)
+	if werr != nil {
+		det.Mode, det.NoCgroups = ModeNone, errors.Join(err, werr)
+		return &Manager{det: det}
+	}
+	det.OOMCounter = w.File()
+	return &Manager{det: det, witness: w}
 }
 
-// newManager makes a Manager under own, the supervisor's cgroup directory
-// in the hierarchy c works on. rmdir removes a cgroup directory.
-func newManager(c controller, own string, rmdir func(string) error) *Manager {
+// newManager makes a Manager with a cgroup per worker under own, the
+// supervisor's cgroup in the hierarchy c works on, or says why it cannot.
+// rmdir removes a cgroup directory.
+func newManager(c controller, own string, rmdir func(string) error) (*Manager, error) {
 	leftoverErr := cleanLeftovers(c, own, rmdir)
-	if err := c.delegate(own); err != nil {
-		return pollingManager(err)
+	leaf, err := c.delegate(own)
+	if err != nil {
+		return nil, err
 	}
 	dir, err := makeParent(own)
 	if err != nil {
-		return pollingManager(err)
+		return nil, err
 	}
 	if err := c.enable(dir); err != nil {
 		err = errors.Join(err, rmdirRetry(dir, rmdir))
 		releaseParent(dir)
-		return pollingManager(err)
+		return nil, err
 	}
-	name := "cgroup v1"
+	version := 1
 	if c.mode() == ModeCgroupV2 {
-		name = "cgroup v2"
-	}
-	reason := fmt.Sprintf("%s memory at %s", name, dir)
-	if leftoverErr != nil {
-		reason += "; leftovers of dead supervisors remain: " + oneLine(leftoverErr)
+		version = 2
 	}
 	return &Manager{
-		mode:   c.mode(),
-		reason: reason,
+		det: Detection{
+			Mode:      c.mode(),
+			Version:   version,
+			Own:       own,
+			Parent:    dir,
+			Leaf:      leaf,
+			Leftovers: leftoverErr,
+		},
 		ctrl:   c,
-		dir:    dir,
 		rmdir:  rmdir,
 		groups: make(map[*Group]struct{}),
-	}
+	}, nil
 }
 
-func pollingManager(err error) *Manager {
-	return &Manager{
-		mode:   ModeRSSPolling,
-		reason: "cgroups unavailable: " + oneLine(err) + "; polling RSS",
-	}
-}
+// Mode reports how worker memory is limited and watched.
+func (m *Manager) Mode() Mode { return m.det.Mode }
 
-// oneLine flattens a (joined) error into one line.
-func oneLine(err error) string {
-	return strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " ")
-}
+// Detection returns what NewManager found.
+func (m *Manager) Detection() Detection { return m.det }
 
-// Mode reports how worker memory is limited.
-func (m *Manager) Mode() Mode {
-	if m.mode == "" {
-		return ModeRSSPolling
-	}
-	return m.mode
-}
-
-// Reason says in one line where the cgroups are, or why they cannot be
-// used, such as "cgroup v1 memory at /sys/fs/cgroup/memory/x/safepool-123"
-// or "cgroups unavailable: open ...: permission denied; polling RSS".
+// Reason says in one line which mode the Manager is in and why, such as
+// "cgroup v1: a memory cgroup per worker under
+// /sys/fs/cgroup/memory/x/safepool-123" or "enclosing cgroup: workers
+// share the supervisor's cgroup v1 /sys/fs/cgroup/memory/job, whose
+// memory.oom_control confirms OOM kills; no cgroup per worker (mkdir ...:
+// permission denied); limits enforced by the supervisor". It is the one
+// place that words the mode.
 func (m *Manager) Reason() string {
-	if m.reason == "" {
-		return "cgroups unavailable: no Manager made by NewManager; polling RSS"
+	if m.det == (Detection{}) {
+		return "no cgroup (no Manager made by NewManager): limits enforced by the supervisor, OOM kills confirmed from the kernel log only"
 	}
-	return m.reason
+	return m.det.reason()
 }
+
+// OOMWitness returns the witness of the OOM kills in the supervisor's own
+// cgroup in ModeEnclosing, and nil otherwise.
+func (m *Manager) OOMWitness() *OOMWitness { return m.witness }
 
 // NewGroup makes the cgroup of one worker, named name (a single path
 // element, unique among the Manager's live groups), limited to limit bytes
 // of memory. A limit <= 0 means no limit: the group still counts usage,
-// peak and OOM kills. In ModeRSSPolling it returns ErrNoCgroups, and after
-// Close ErrClosed.
+// peak and OOM kills. Without a cgroup per worker it returns ErrNoCgroups,
+// and after Close ErrClosed.
 func (m *Manager) NewGroup(name string, limit int64) (*Group, error) {
 	if m.ctrl == nil {
 		return nil, ErrNoCgroups
@@ -132,7 +167,7 @@ func (m *Manager) NewGroup(name string, limit int64) (*Group, error) {
 	if m.closed {
 		return nil, ErrClosed
 	}
-	path := filepath.Join(m.dir, name)
+	path := filepath.Join(m.det.Parent, name)
 	if err := m.ctrl.create(path, limit); err != nil {
 		return nil, fmt.Errorf("memory: new group: %w", err)
 	}
@@ -168,8 +203,8 @@ func (m *Manager) Close() error {
 	for _, g := range groups {
 		errs = append(errs, g.Remove())
 	}
-	errs = append(errs, removeTree(m.ctrl, m.dir, m.rmdir))
-	releaseParent(m.dir)
+	errs = append(errs, removeTree(m.ctrl, m.det.Parent, m.rmdir))
+	releaseParent(m.det.Parent)
 	return errors.Join(errs...)
 }
 
@@ -178,7 +213,25 @@ func (m *Manager) Close() error {
 var parents = struct {
 	sync.Mutex
 	inUse map[string]bool
+	// leaf is the cgroup v2 leaf this process moved itself into, or "".
+	// It stays in inUse for the life of the process, which cannot leave it.
+	leaf string
 }{inUse: make(map[string]bool)}
+
+// takeLeaf records that this process moved itself into leaf.
+func takeLeaf(leaf string) {
+	parents.Lock()
+	parents.leaf = leaf
+	parents.inUse[leaf] = true
+	parents.Unlock()
+}
+
+// isSelfLeaf reports whether dir is the leaf this process moved itself into.
+func isSelfLeaf(dir string) bool {
+	parents.Lock()
+	defer parents.Unlock()
+	return parents.leaf != "" && parents.leaf == dir
+}
 
 // makeParent makes a new parent directory under own.
 func makeParent(own string) (string, error) {

@@ -11,23 +11,47 @@ import (
 // its Manager polls and its sensors report errors.ErrUnsupported.
 
 // Manager owns this supervisor's cgroups. Outside Linux it is always in
-// ModeRSSPolling.
+// ModeNone.
 type Manager struct{}
 
-// NewManager returns a Manager in ModeRSSPolling outside Linux.
+// NewManager returns a Manager in ModeNone outside Linux.
 func NewManager() (*Manager, error) { return &Manager{}, nil }
 
-// Mode reports how worker memory is limited.
-func (m *Manager) Mode() Mode { return ModeRSSPolling }
+// Mode reports how worker memory is limited and watched.
+func (m *Manager) Mode() Mode { return ModeNone }
+
+// Detection returns what NewManager found: nothing outside Linux.
+func (m *Manager) Detection() Detection {
+	return Detection{Mode: ModeNone, NoCgroups: errors.ErrUnsupported}
+}
 
 // Reason says why cgroups cannot be used.
-func (m *Manager) Reason() string { return "cgroups unavailable: not Linux; polling RSS" }
+func (m *Manager) Reason() string { return m.Detection().reason() }
+
+// OOMWitness returns nil outside Linux.
+func (m *Manager) OOMWitness() *OOMWitness { return nil }
+
+// NewOOMWitness returns errors.ErrUnsupported outside Linux.
+func NewOOMWitness() (*OOMWitness, error) { return nil, errors.ErrUnsupported }
 
 // NewGroup returns ErrNoCgroups outside Linux.
 func (m *Manager) NewGroup(name string, limit int64) (*Group, error) { return nil, ErrNoCgroups }
 
 // Close does nothing outside Linux.
 func (m *Manager) Close() error { return nil }
+
+// Shim readies a worker without a cgroup of its own; outside Linux it does
+// nothing.
+type Shim struct {
+	// DataLimit is ignored outside Linux.
+	DataLimit int64
+}
+
+// Prepare does nothing outside Linux.
+func (Shim) Prepare(cmd *exec.Cmd) error { return nil }
+
+// Started does nothing.
+func (Shim) Started() {}
 
 // Group is one worker's cgroup; there are none outside Linux.
 type Group struct{}
@@ -59,8 +83,26 @@ func (g *Group) Kill() error { return ErrNoCgroups }
 // Remove does nothing.
 func (g *Group) Remove() error { return nil }
 
-// TreeRSS returns errors.ErrUnsupported outside Linux.
-func TreeRSS(pid int) (int64, error) { return 0, errors.ErrUnsupported }
+// TreePrivateMemory returns errors.ErrUnsupported outside Linux.
+func TreePrivateMemory(pid int) (int64, error) { return 0, errors.ErrUnsupported }
+
+// Watch samples a worker's memory; outside Linux it never samples.
+type Watch struct{}
+
+// StartWatch returns a Watch that never samples outside Linux.
+func StartWatch(pid int, limit int64) *Watch { return &Watch{} }
+
+// Over returns a channel that is never closed.
+func (w *Watch) Over() <-chan struct{} { return nil }
+
+// Peak returns 0.
+func (w *Watch) Peak() int64 { return 0 }
+
+// ResetPeak does nothing.
+func (w *Watch) ResetPeak() {}
+
+// Stop does nothing.
+func (w *Watch) Stop() {}
 
 // ProcessRSS returns errors.ErrUnsupported outside Linux.
 func ProcessRSS(pid int) (int64, error) { return 0, errors.ErrUnsupported }

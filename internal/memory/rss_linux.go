@@ -1,7 +1,6 @@
 package memory
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -34,37 +33,6 @@ func ProcessPeakRSS(pid int) (int64, error) {
 		return 0, err
 	}
 	return int64(st.VmHWM), nil
-}
-
-// TreeRSS returns the resident memory of pid and all its descendants in
-// bytes: the RSS polling fallback's measure of one worker. It reads every
-// process in /proc once. Memory shared between the processes counts once
-// per process, so TreeRSS errs on the high side.
-func TreeRSS(pid int) (int64, error) {
-	procs, err := procfs.AllProcs()
-	if err != nil {
-		return 0, err
-	}
-	children := make(map[int][]int)
-	rss := make(map[int]int64, len(procs))
-	for _, p := range procs {
-		st, err := p.Stat()
-		if err != nil {
-			continue // exited since the listing
-		}
-		children[st.PPID] = append(children[st.PPID], p.PID)
-		rss[p.PID] = int64(st.ResidentMemory())
-	}
-	if _, ok := rss[pid]; !ok {
-		return 0, fmt.Errorf("memory: process %d: %w", pid, os.ErrNotExist)
-	}
-	var total int64
-	for queue := []int{pid}; len(queue) > 0; queue = queue[1:] {
-		p := queue[0]
-		total += rss[p]
-		queue = append(queue, children[p]...)
-	}
-	return total, nil
 }
 
 // SetOOMScoreAdj sets a process's oom_score_adj (-1000 to 1000). Workers

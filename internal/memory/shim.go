@@ -3,6 +3,7 @@ package memory
 import (
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -10,22 +11,37 @@ import (
 // Cgroup v1 cannot start a process inside a cgroup, so Prepare runs the
 // worker through a /bin/sh shim that moves itself into the group and only
 // then execs the worker. Worker code never runs outside the group: when
-// the move fails the shim exits with shimExitCode.
+// the move fails the shim exits with shimExitCode. Workers without a
+// cgroup of their own start through the same shim ([Shim]), for their
+// oom_score_adj and data size limit.
 
 // shimExitCode is the exit status of a shim that could not place itself in
-// its cgroup or raise its oom_score_adj; the worker did not run.
+// its cgroup, raise its oom_score_adj or set its data size limit; the
+// worker did not run.
 const shimExitCode = 125
 
 // workerOOMScoreAdj makes the kernel pick workers before the supervisor or
 // an innocent process (DESIGN.md, invariant 6).
 const workerOOMScoreAdj = "1000"
 
-// shimJoin is the shim's common part. User data reaches the shell only as
-// positional parameters, never inside the script text: $1 is the
-// cgroup.procs file, then the worker's argv. Writing $$ moves the shell
-// itself; the exec below keeps that pid for the worker.
+// The shim's parts. User data reaches the shell only as positional
+// parameters, never inside the script text; each part that takes one
+// shifts it away, so the worker's argv is what is left.
+
+// shimJoin moves the shell into the cgroup whose cgroup.procs file is $1.
+// Writing $$ moves the shell itself; the exec at the end keeps that pid
+// for the worker.
 const shimJoin = `echo $$ >"$1" || { echo "safepool: cannot move process $$ into cgroup (${1%/*})" >&2; exit 125; }
-echo ` + workerOOMScoreAdj + ` >/proc/self/oom_score_adj || { echo "safepool: cannot set oom_score_adj of process $$" >&2; exit 125; }
+shift
+`
+
+// shimOOMScore raises the shell's oom_score_adj before it forks or execs
+// anything, so that every process of the worker inherits it.
+const shimOOMScore = `echo ` + workerOOMScoreAdj + ` >/proc/self/oom_score_adj || { echo "safepool: cannot set oom_score_adj of process $$" >&2; exit 125; }
+`
+
+// shimDataLimit sets RLIMIT_DATA, soft and hard, to $1 KiB.
+const shimDataLimit = `ulimit -d "$1" || { echo "safepool: cannot limit the data size of process $$ to $1 KiB" >&2; exit 125; }
 shift
 `
 
@@ -52,15 +68,21 @@ var bashPath = sync.OnceValue(func() string {
 	return ""
 })
 
-// wrapInShim rewrites cmd to run its program through the shim that joins
-// the cgroup whose cgroup.procs file is procs. bash is the shell to use
+// shimSpec says what the shim does before it execs the worker.
+type shimSpec struct {
+	procs   string // the cgroup.procs file to join, or ""
+	dataKiB int64  // RLIMIT_DATA in KiB, or 0 for none
+}
+
+// wrapInShim rewrites cmd to run its program through the shim that does
+// what spec says and raises its oom_score_adj. bash is the shell to use
 // when argv[0] must be kept ("" for none: the worker then sees its path as
 // argv[0]).
 //
 // The shell passes the environment through, except variables whose names
 // are not shell identifiers (such as "a.b"), which shells drop; bash also
 // adds SHLVL=0 when the environment has no SHLVL.
-func wrapInShim(cmd *exec.Cmd, procs, bash string) {
+func wrapInShim(cmd *exec.Cmd, spec shimSpec, bash string) {
 	argv := cmd.Args
 	if len(argv) == 0 {
 		argv = []string{cmd.Path}
@@ -73,21 +95,30 @@ func wrapInShim(cmd *exec.Cmd, procs, bash string) {
 	}
 
 	var script strings.Builder
-	script.WriteString(shimJoin)
+	params := []string{"safepool"} // $0
+	if spec.procs != "" {
+		script.WriteString(shimJoin)
+		params = append(params, spec.procs)
+	}
+	script.WriteString(shimOOMScore)
+	if spec.dataKiB > 0 {
+		script.WriteString(shimDataLimit)
+		params = append(params, strconv.FormatInt(spec.dataKiB, 10))
+	}
 	if !hasEnv(cmd.Environ(), "PWD") {
 		script.WriteString(shimUnsetPWD)
 	}
 	var args []string
 	if argv[0] != target && bash != "" {
 		script.WriteString(shimExecArgv0)
-		args = append([]string{"bash", "--posix", "-c", script.String(), "safepool", procs, argv[0], target}, argv[1:]...)
+		args = append(append([]string{"bash", "--posix", "-c", script.String()}, params...), argv[0], target)
 		cmd.Path = bash
 	} else {
 		script.WriteString(shimExec)
-		args = append([]string{"sh", "-c", script.String(), "safepool", procs, target}, argv[1:]...)
+		args = append(append([]string{"sh", "-c", script.String()}, params...), target)
 		cmd.Path = "/bin/sh"
 	}
-	cmd.Args = args
+	cmd.Args = append(args, argv[1:]...)
 }
 
 // hasEnv reports whether env sets key.

@@ -50,7 +50,7 @@ func TestShimPreservesArgvAndEnv(t *testing.T) {
 				want[0] = tc.wantArgv0
 			}
 			procs := filepath.Join(t.TempDir(), "cgroup.procs")
-			wrapInShim(cmd, procs, tc.bash)
+			wrapInShim(cmd, shimSpec{procs: procs}, tc.bash)
 			var stdout, stderr bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
 			if err := cmd.Start(); err != nil {
@@ -84,7 +84,7 @@ func TestShimPreservesArgvAndEnv(t *testing.T) {
 // never runs.
 func TestShimFailsClosed(t *testing.T) {
 	cmd := helperCommand(t, "report")
-	wrapInShim(cmd, "/nonexistent/group/cgroup.procs", bashPath())
+	wrapInShim(cmd, shimSpec{procs: "/nonexistent/group/cgroup.procs"}, bashPath())
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -118,5 +118,66 @@ func TestShimKeepsSysProcAttr(t *testing.T) {
 	failed := exec.Command("no-such-program-anywhere")
 	if err := g.Prepare(failed); err == nil || failed.Path != "no-such-program-anywhere" {
 		t.Errorf("Prepare(cmd whose lookup failed) = %v, Path %q; want the lookup error, cmd untouched", err, failed.Path)
+	}
+}
+
+// TestShimWithoutCgroup: a worker without a cgroup of its own, and what it
+// forks, get oom_score_adj 1000 and the data size limit before any of its
+// code runs.
+func TestShimWithoutCgroup(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		limit int64
+		want  string // Max data size in /proc/self/limits
+	}{
+		{name: "no limit", want: "unlimited"},
+		{name: "200 MiB", limit: 200 * mib, want: fmt.Sprint(200 * mib)},
+		{name: "rounded up", limit: 200*mib + 1, want: fmt.Sprint(200*mib + 1024)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// The child of sh -c reports: it was forked after the shim ran.
+			cmd := exec.Command("sh", "-c", "cat /proc/self/oom_score_adj /proc/self/limits; exit 0")
+			if err := (Shim{DataLimit: tc.limit}).Prepare(cmd); err != nil {
+				t.Fatal(err)
+			}
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("shim: %v", err)
+			}
+			adj, limits, _ := strings.Cut(string(out), "\n")
+			if adj != "1000" {
+				t.Errorf("oom_score_adj of the worker's child = %q, want 1000", adj)
+			}
+			var data []string
+			for _, line := range strings.Split(limits, "\n") {
+				if f, ok := strings.CutPrefix(line, "Max data size"); ok {
+					data = strings.Fields(f)
+				}
+			}
+			if len(data) < 2 || data[0] != tc.want || data[1] != tc.want {
+				t.Errorf("data size limit (soft, hard) = %q, want %s for both", data, tc.want)
+			}
+		})
+	}
+}
+
+func TestDataKiB(t *testing.T) {
+	const inf = ^uint64(0)
+	for _, tc := range []struct {
+		limit int64
+		hard  uint64
+		want  int64
+	}{
+		{0, inf, 0},
+		{1, inf, 1},
+		{232 * mib, inf, 232 * 1024},
+		{232*mib + 1, inf, 232*1024 + 1},
+		{232 * mib, 100 * mib, 100 * 1024},
+		{232 * mib, 100*mib + 1000, 100 * 1024},
+		{232 * mib, 300 * mib, 232 * 1024},
+	} {
+		if got := dataKiB(tc.limit, tc.hard); got != tc.want {
+			t.Errorf("dataKiB(%d, %d) = %d, want %d", tc.limit, tc.hard, got, tc.want)
+		}
 	}
 }

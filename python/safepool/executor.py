@@ -118,7 +118,7 @@ class Executor(concurrent.futures.Executor):
 
     @property
     def memory_mode(self) -> str:
-        """How workers' memory is watched: cgroup-v1, cgroup-v2 or rss-polling."""
+        """How workers' memory is watched: cgroup-v1, cgroup-v2, enclosing-cgroup or no-cgroup."""
         return self._core.memory_mode
 
     def failed_tasks(self):

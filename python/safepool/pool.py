@@ -253,5 +253,5 @@ class Pool:
 
     @property
     def memory_mode(self) -> str:
-        """How workers' memory is watched: cgroup-v1, cgroup-v2 or rss-polling."""
+        """How workers' memory is watched: cgroup-v1, cgroup-v2, enclosing-cgroup or no-cgroup."""
         return self._core.memory_mode

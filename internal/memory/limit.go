@@ -1,0 +1,128 @@
+package memory
+
+import (
+	"strings"
+	"syscall"
+	"time"
+)
+
+// A worker without a cgroup of its own is held to its memory limit twice:
+// by sampling (Watch), which stops it once its private memory is seen over
+// the limit, and by the kernel, which refuses it memory past a data size
+// limit (RLIMIT_DATA, set by Shim) a little above. Sampling alone cannot
+// see an allocation that grows and ends between two samples; the data size
+// limit cannot be missed, but makes the allocation fail inside the worker,
+// which then dies or reports an error in its own way. RefusedMemory tells
+// such a failure from others.
+
+// DataLimitFor returns the data size limit (RLIMIT_DATA) that backs a
+// memory limit: limit plus an eighth, at least 32 MiB more. The data size
+// counts private writable mappings, touched or not, so it runs ahead of
+// the private memory that sampling sees; the margin lets sampling stop a
+// worker that grows page by page before the kernel refuses it. A limit <=
+// 0 gives 0: none.
+func DataLimitFor(limit int64) int64 {
+	if limit <= 0 {
+		return 0
+	}
+	return limit + max(limit/8, 32<<20)
+}
+
+// Failure says how a worker under a data size limit ended, for
+// RefusedMemory.
+type Failure struct {
+	// Signal is the signal that ended the worker, or 0.
+	Signal syscall.Signal
+	// ExitCode is its exit status when it exited.
+	ExitCode int
+	// Stderr is the end of what it wrote on stderr.
+	Stderr string
+	// Private is its private memory at the last sample, in bytes.
+	Private int64
+	// Limit is its memory limit in bytes (not the data size limit above).
+	Limit int64
+}
+
+// RefusedMemory reports whether a worker's failure was, most likely, the
+// kernel refusing it memory at its data size limit: it failed (a non-zero
+// exit or a signal other than SIGKILL, which is never its own doing) and
+// either it said so on stderr in the words of a common runtime (Python's
+// MemoryError, C's "Cannot allocate memory", C++'s std::bad_alloc, Go's,
+// Java's, Rust's, numpy's or R's out-of-memory messages), or it crashed
+// (SIGSEGV, SIGBUS, SIGABRT, as C code does on a null malloc) within a
+// quarter of the limit. A worker that grows by one large allocation fails
+// far below its limit: only its words tell.
+func RefusedMemory(f Failure) bool {
+	if f.Signal == 0 && f.ExitCode == 0 || f.Signal == syscall.SIGKILL {
+		return false
+	}
+	if saysOutOfMemory(f.Stderr) {
+		return true
+	}
+	switch f.Signal {
+	case syscall.SIGSEGV, syscall.SIGBUS, syscall.SIGABRT:
+		return f.Limit > 0 && f.Private >= f.Limit-f.Limit/4
+	}
+	return false
+}
+
+// outOfMemoryWords are what common runtimes write when an allocation
+// fails, in lower case.
+var outOfMemoryWords = []string{
+	"memoryerror",              // Python, numpy's _ArrayMemoryError, Java's OutOfMemoryError
+	"out of memory",            // Go, Node, Perl, many C programs
+	"cannot allocate memory",   // strerror(ENOMEM)
+	"bad_alloc",                // C++
+	"memory allocation of",     // Rust: "memory allocation of N bytes failed"
+	"unable to allocate",       // numpy
+	"cannot allocate vector",   // R
+	"virtual memory exhausted", // GNU xmalloc
+}
+
+// saysOutOfMemory reports whether text holds an allocation failure.
+func saysOutOfMemory(text string) bool {
+	text = strings.ToLower(text)
+	for _, w := range outOfMemoryWords {
+		if strings.Contains(text, w) {
+			return true
+		}
+	}
+	return false
+}
+
+const (
+	// minSample is the time between two samples of a worker near its limit.
+	minSample = 5 * time.Millisecond
+	// maxSample is the time between two samples of a worker far from it,
+	// or without a limit.
+	maxSample = 100 * time.Millisecond
+)
+
+// nextSample returns when to sample a worker next: every maxSample when
+// its private memory used is at most a quarter of the limit, every
+// minSample within a quarter of it, linearly in between; and at least
+// twice before the limit is reached at the rate it grew since the previous
+// sample, prev bytes ago by elapsed.
+func nextSample(used, prev int64, elapsed time.Duration, limit int64) time.Duration {
+	if limit <= 0 {
+		return maxSample
+	}
+	headroom := limit - used
+	far, near := limit-limit/4, limit/4 // headroom at a quarter used, and at three quarters
+	var d time.Duration
+	switch {
+	case headroom <= near:
+		return minSample
+	case headroom >= far:
+		d = maxSample
+	default:
+		d = minSample + time.Duration(float64(maxSample-minSample)*float64(headroom-near)/float64(far-near))
+	}
+	if grew := used - prev; grew > 0 && elapsed > 0 {
+		// At this rate the limit is reached in headroom/grew × elapsed.
+		if reach := time.Duration(float64(elapsed) * float64(headroom) / float64(grew)); reach/2 < d {
+			d = reach / 2
+		}
+	}
+	return max(d, minSample)
+}

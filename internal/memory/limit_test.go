@@ -1,0 +1,89 @@
+package memory
+
+import (
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestDataLimitFor(t *testing.T) {
+	for _, tc := range []struct{ limit, want int64 }{
+		{0, 0},
+		{-1, 0},
+		{200 * mib, 232 * mib},
+		{1 << 30, 1<<30 + 128*mib},
+	} {
+		if got := DataLimitFor(tc.limit); got != tc.want {
+			t.Errorf("DataLimitFor(%d) = %d, want %d", tc.limit, got, tc.want)
+		}
+	}
+}
+
+func TestRefusedMemory(t *testing.T) {
+	const limit = 200 * mib
+	for _, tc := range []struct {
+		name string
+		f    Failure
+		want bool
+	}{
+		{
+			name: "python MemoryError far below the limit",
+			f:    Failure{ExitCode: 1, Stderr: "Traceback (most recent call last):\n  File \"<string>\", line 1, in <module>\nMemoryError\n", Private: 2 * mib},
+			want: true,
+		},
+		{
+			name: "numpy",
+			f:    Failure{ExitCode: 1, Stderr: "numpy.core._exceptions._ArrayMemoryError: Unable to allocate 2.00 GiB for an array with shape (268435456,) and data type float64\n"},
+			want: true,
+		},
+		{name: "C++", f: Failure{Signal: syscall.SIGABRT, Stderr: "terminate called after throwing an instance of 'std::bad_alloc'\n  what():  std::bad_alloc\n"}, want: true},
+		{name: "Go", f: Failure{ExitCode: 2, Stderr: "fatal error: runtime: out of memory\n\nruntime stack:\n"}, want: true},
+		{name: "Rust", f: Failure{Signal: syscall.SIGABRT, Stderr: "memory allocation of 314572800 bytes failed\n"}, want: true},
+		{name: "strerror", f: Failure{ExitCode: 1, Stderr: "convert: Cannot allocate memory\n"}, want: true},
+		{name: "a C crash near the limit", f: Failure{Signal: syscall.SIGSEGV, Private: 160 * mib}, want: true},
+		{name: "a C crash far from the limit", f: Failure{Signal: syscall.SIGSEGV, Private: 100 * mib}, want: false},
+		{name: "an error near the limit, not about memory", f: Failure{ExitCode: 1, Stderr: "ValueError: bad input\n", Private: 190 * mib}, want: false},
+		{name: "success", f: Failure{Stderr: "MemoryError caught and handled\n"}, want: false},
+		{name: "SIGKILL", f: Failure{Signal: syscall.SIGKILL, Stderr: "MemoryError\n", Private: 199 * mib}, want: false},
+		{name: "SIGTERM near the limit", f: Failure{Signal: syscall.SIGTERM, Private: 199 * mib}, want: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := tc.f
+			f.Limit = limit
+			if got := RefusedMemory(f); got != tc.want {
+				t.Errorf("RefusedMemory(%+v) = %v, want %v", f, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestNextSample(t *testing.T) {
+	const limit = 400 * mib
+	for _, tc := range []struct {
+		name    string
+		used    int64
+		prev    int64
+		elapsed time.Duration
+		limit   int64
+		want    time.Duration
+	}{
+		{name: "no limit", used: 10 * mib, limit: 0, want: maxSample},
+		{name: "a quarter used", used: 100 * mib, limit: limit, want: maxSample},
+		{name: "nothing used", used: 0, limit: limit, want: maxSample},
+		{name: "half used", used: 200 * mib, limit: limit, want: (minSample + maxSample) / 2},
+		{name: "within a quarter", used: 300 * mib, limit: limit, want: minSample},
+		{name: "over", used: 500 * mib, limit: limit, want: minSample},
+		{name: "far but growing fast", used: 50 * mib, prev: 10 * mib, elapsed: 10 * time.Millisecond, limit: limit, want: 43750 * time.Microsecond},
+		{name: "half used and growing", used: 200 * mib, prev: 100 * mib, elapsed: 20 * time.Millisecond, limit: limit, want: 20 * time.Millisecond},
+		{name: "far and growing slowly", used: 50 * mib, prev: 0, elapsed: 100 * time.Millisecond, limit: limit, want: maxSample},
+		{name: "growing past the limit at once", used: 250 * mib, prev: 0, elapsed: time.Millisecond, limit: limit, want: minSample},
+		{name: "shrinking", used: 50 * mib, prev: 100 * mib, elapsed: time.Millisecond, limit: limit, want: maxSample},
+		{name: "no previous sample", used: 50 * mib, prev: 0, elapsed: 0, limit: limit, want: maxSample},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := nextSample(tc.used, tc.prev, tc.elapsed, tc.limit); got != tc.want {
+				t.Errorf("nextSample(%d MiB, %d MiB, %v, %d MiB) = %v, want %v", tc.used/mib, tc.prev/mib, tc.elapsed, tc.limit/mib, got, tc.want)
+			}
+		})
+	}
+}

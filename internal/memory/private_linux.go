@@ -1,0 +1,156 @@
+package memory
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"strconv"
+	"syscall"
+)
+
+// A worker without a cgroup of its own is measured by what it alone holds:
+// the anonymous memory of its processes, in RAM and in swap. Shared memory
+// (shmem, /dev/shm, memfd, MAP_SHARED anonymous) and file pages are the
+// kernel's to share and reclaim; counting them, as RSS does, would charge
+// every reader of a shared block for the whole block.
+
+// procStatus is what the supervisor reads from /proc/PID/status, in bytes.
+type procStatus struct {
+	rssAnon int64 // RssAnon: anonymous memory in RAM
+	swap    int64 // VmSwap: anonymous memory in swap (shmem swap is not here)
+	data    int64 // VmData: private writable mappings, what RLIMIT_DATA counts
+	hasMM   bool  // the process has memory: not a zombie or a kernel thread
+}
+
+// private is the process's private memory: anonymous, in RAM or swap.
+func (s procStatus) private() int64 { return s.rssAnon + s.swap }
+
+// parseStatus reads the fields of procStatus from /proc/PID/status text.
+// A process without memory (a kernel thread, a zombie) has none of them:
+// all zero.
+func parseStatus(b []byte) (procStatus, error) {
+	var s procStatus
+	for len(b) > 0 {
+		var line []byte
+		line, b, _ = bytes.Cut(b, []byte("\n"))
+		key, val, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			continue
+		}
+		var dst *int64
+		switch string(key) {
+		case "RssAnon":
+			dst = &s.rssAnon
+		case "VmSwap":
+			dst = &s.swap
+		case "VmData":
+			dst = &s.data
+		default:
+			continue
+		}
+		num, unit, _ := bytes.Cut(bytes.TrimSpace(val), []byte(" "))
+		v, err := strconv.ParseInt(string(num), 10, 64)
+		if err != nil || string(unit) != "kB" {
+			return procStatus{}, fmt.Errorf("memory: parse status %s: %q", key, val)
+		}
+		*dst = v * 1024
+		s.hasMM = true
+	}
+	return s, nil
+}
+
+// readStatus reads /proc/pid/status. A process that is gone gives an error
+// matching fs.ErrNotExist.
+func readStatus(pid int) (procStatus, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		if errors.Is(err, syscall.ESRCH) {
+			err = fmt.Errorf("memory: process %d: %w", pid, fs.ErrNotExist)
+		}
+		return procStatus{}, err
+	}
+	return parseStatus(b)
+}
+
+// descendants returns pid and its descendants, pid first, from the parent
+// pid of every process in /proc: the kernel's per-task children lists
+// (CONFIG_PROC_CHILDREN) are not always there. A pid that does not exist
+// gives an error matching fs.ErrNotExist.
+func descendants(pid int) ([]int, error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	children := make(map[int][]int)
+	found := false
+	var buf [512]byte
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		ppid, ok := readPPID(p, buf[:])
+		if !ok {
+			continue // gone since the listing
+		}
+		found = found || p == pid
+		children[ppid] = append(children[ppid], p)
+	}
+	if !found {
+		return nil, fmt.Errorf("memory: process %d: %w", pid, fs.ErrNotExist)
+	}
+	tree := []int{pid}
+	for i := 0; i < len(tree); i++ {
+		tree = append(tree, children[tree[i]]...)
+	}
+	return tree, nil
+}
+
+// readPPID returns the parent pid of pid from /proc/pid/stat, reading into
+// buf.
+func readPPID(pid int, buf []byte) (int, bool) {
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, false
+	}
+	n, _ := f.Read(buf)
+	f.Close()
+	// "pid (comm) state ppid ...": comm may hold spaces and parentheses,
+	// so the fields start after the last ')'.
+	i := bytes.LastIndexByte(buf[:n], ')')
+	if i < 0 {
+		return 0, false
+	}
+	fields := bytes.Fields(buf[i+1 : n])
+	if len(fields) < 2 {
+		return 0, false
+	}
+	ppid, err := strconv.Atoi(string(fields[1]))
+	return ppid, err == nil
+}
+
+// TreePrivateMemory returns what pid and its descendants alone hold, in
+// bytes: their anonymous memory in RAM and in swap (RssAnon and VmSwap of
+// /proc/PID/status). Shared memory (/dev/shm, memfd, shared anonymous
+// mappings) and file pages, mapped or cached, are not counted. Anonymous
+// pages that processes of the tree still share copy-on-write after a fork
+// count once per process, so it errs on the high side. It reads every
+// process in /proc once. A pid that does not exist gives an error matching
+// fs.ErrNotExist.
+func TreePrivateMemory(pid int) (int64, error) {
+	tree, err := descendants(pid)
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	for _, p := range tree {
+		s, err := readStatus(p)
+		if err != nil {
+			continue // exited since the listing
+		}
+		total += s.private()
+	}
+	return total, nil
+}

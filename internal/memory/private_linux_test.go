@@ -1,0 +1,176 @@
+package memory
+
+import (
+	"bufio"
+	"errors"
+	"io/fs"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestParseStatus(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		text    string
+		want    procStatus
+		wantErr bool
+	}{
+		{
+			name: "process",
+			text: "Name:\tpython3\nVmPeak:\t   13884 kB\nVmData:\t    4660 kB\nVmRSS:\t    8224 kB\nRssAnon:\t    2764 kB\nRssFile:\t    5460 kB\nRssShmem:\t  409600 kB\nVmSwap:\t      12 kB\nThreads:\t1\n",
+			want: procStatus{rssAnon: 2764 * 1024, swap: 12 * 1024, data: 4660 * 1024, hasMM: true},
+		},
+		{name: "zombie", text: "Name:\tsh\nState:\tZ (zombie)\nThreads:\t1\n"},
+		{name: "bad number", text: "RssAnon:\t12x kB\n", wantErr: true},
+		{name: "bad unit", text: "RssAnon:\t12 MB\n", wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseStatus([]byte(tc.text))
+			if got != tc.want || (err != nil) != tc.wantErr {
+				t.Errorf("parseStatus = %+v, %v, want %+v, error %v", got, err, tc.want, tc.wantErr)
+			}
+		})
+	}
+}
+
+// startHelper starts the helper mode with args in a process group of its
+// own, waits for its "ready" line and returns the pids it printed after
+// "ready", if any. The helper is killed when the test ends.
+func startHelper(t *testing.T, mode string, args ...string) (pid int, said []string) {
+	t.Helper()
+	cmd := helperCommand(t, mode, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		stdin.Close()
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+	})
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "ready") {
+		t.Fatalf("%s helper said %q, %v", mode, line, err)
+	}
+	return cmd.Process.Pid, strings.Fields(line)[1:]
+}
+
+// sharedBlock writes a file of size bytes in /dev/shm and returns its path.
+func sharedBlock(t *testing.T, size int) string {
+	t.Helper()
+	f, err := os.CreateTemp("/dev/shm", "safepool-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(f.Name()) })
+	if _, err := f.Write([]byte(strings.Repeat("x", size))); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return f.Name()
+}
+
+func TestTreePrivateMemory(t *testing.T) {
+	const childMiB = 64
+	parent, said := startHelper(t, "tree", strconv.Itoa(childMiB))
+	child, err := strconv.Atoi(said[0])
+	if err != nil {
+		t.Fatalf("tree helper said %q", said)
+	}
+	own, err := TreePrivateMemory(child)
+	if err != nil || own < childMiB*mib {
+		t.Errorf("TreePrivateMemory(child) = %d, %v, want >= %d MiB", own, err, childMiB)
+	}
+	tree, err := TreePrivateMemory(parent)
+	if err != nil || tree <= own {
+		t.Errorf("TreePrivateMemory(parent) = %d, %v, want more than the child's %d", tree, err, own)
+	}
+	if _, err := TreePrivateMemory(1 << 30); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("TreePrivateMemory(no such pid) = %v, want ErrNotExist", err)
+	}
+	t.Logf("private memory: child %d MiB, tree %d MiB", own/mib, tree/mib)
+}
+
+// TestTreePrivateMemoryShared: a process that maps and reads 256 MiB of
+// shared memory is resident over it, but holds none of it alone.
+func TestTreePrivateMemoryShared(t *testing.T) {
+	pid, _ := startHelper(t, "shm", sharedBlock(t, 256*mib))
+	rss, err := ProcessRSS(pid)
+	if err != nil || rss < 256*mib {
+		t.Fatalf("ProcessRSS = %d, %v, want the shared block resident", rss, err)
+	}
+	private, err := TreePrivateMemory(pid)
+	if err != nil || private <= 0 || private >= 64*mib {
+		t.Errorf("TreePrivateMemory = %d, %v, want above 0 and far below the 256 MiB shared block", private, err)
+	}
+	t.Logf("RSS %d MiB, private %d MiB", rss/mib, private/mib)
+}
+
+// waitFor polls cond until it holds or a minute has passed.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not after a minute", what)
+		}
+	}
+}
+
+func TestWatch(t *testing.T) {
+	const childMiB = 64
+	parent, _ := startHelper(t, "tree", strconv.Itoa(childMiB))
+
+	// A child the watch finds on a later scan counts, and the limit trips.
+	w := StartWatch(parent, 32*mib)
+	defer w.Stop()
+	select {
+	case <-w.Over():
+	case <-time.After(time.Minute):
+		t.Fatalf("Over not closed with %d MiB in the tree over a 32 MiB limit (peak %d)", childMiB, w.Peak())
+	}
+	if p := w.Peak(); p < childMiB*mib {
+		t.Errorf("Peak() = %d, want >= %d MiB", p, childMiB)
+	}
+
+	// Without a limit, only the peak; shared memory counts for nothing.
+	shm, _ := startHelper(t, "shm", sharedBlock(t, 128*mib))
+	unlimited := StartWatch(shm, 0)
+	waitFor(t, "a sample", func() bool { return unlimited.Peak() > 0 })
+	if p := unlimited.Peak(); p >= 64*mib {
+		t.Errorf("Peak() of a reader of 128 MiB of shared memory = %d, want its private memory only", p)
+	}
+	unlimited.ResetPeak()
+	unlimited.Stop()
+	unlimited.Stop()
+	select {
+	case <-unlimited.Over():
+		t.Errorf("Over closed without a limit")
+	default:
+	}
+
+	// A watch whose worker is gone ends by itself; Stop returns.
+	exited := helperCommand(t, "exit")
+	if err := exited.Run(); err != nil {
+		t.Fatal(err)
+	}
+	gone := StartWatch(exited.Process.Pid, 1)
+	time.Sleep(2 * minSample)
+	gone.Stop()
+	if p := gone.Peak(); p != 0 {
+		t.Errorf("Peak() of a process that was gone = %d, want 0", p)
+	}
+}

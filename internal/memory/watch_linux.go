@@ -1,0 +1,214 @@
+package memory
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// scanEvery is the least time between two looks for a watched worker's
+// new descendants, which means reading every process in /proc; between
+// them the known processes are sampled alone. What a new descendant
+// allocates before it is found is bounded by the data size limit it
+// inherits.
+const scanEvery = 100 * time.Millisecond
+
+// Watch samples the private memory of one worker's process tree (see
+// [TreePrivateMemory]) while it runs, for a worker without a cgroup of its
+// own: it keeps the peak and, with a limit, says when the memory goes over
+// it. It samples 5 ms after the start, then every 100 ms while the worker
+// is far from its limit (or has none), faster as it nears it, every 5 ms
+// within a quarter of it, and twice as often as the last growth would
+// take to reach it. Its methods are safe for concurrent use. Stop must be
+// called once the worker is gone, to end the goroutine that samples.
+type Watch struct {
+	limit int64
+	over  chan struct{} // closed at the first sample over limit
+	stop  chan struct{} // closed by Stop
+	done  chan struct{} // closed when the sampling goroutine returns
+	once  sync.Once     // closes stop
+
+	mu sync.Mutex
+	// last is the latest sample and peak the highest since the start or
+	// ResetPeak, in bytes; guarded by mu.
+	last, peak int64
+}
+
+// StartWatch starts sampling the process pid and its descendants. A limit
+// > 0 is the private memory above which Over is closed; 0 means none.
+func StartWatch(pid int, limit int64) *Watch {
+	w := &Watch{
+		limit: limit,
+		over:  make(chan struct{}),
+		stop:  make(chan struct{}),
+		done:  make(chan struct{}),
+	}
+	go w.run(newTreeSampler(pid))
+	return w
+}
+
+// Over returns a channel that is closed once a sample finds the worker's
+// private memory above the limit. Without a limit it is never closed.
+func (w *Watch) Over() <-chan struct{} { return w.over }
+
+// Peak returns the highest private memory sampled since the start or the
+// last ResetPeak, in bytes; 0 before the first sample.
+func (w *Watch) Peak() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.peak
+}
+
+// Last returns the latest sample of the worker's private memory, in bytes;
+// 0 before the first.
+func (w *Watch) Last() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.last
+}
+
+// ResetPeak starts a new peak from the latest sample, such as when an
+// idle persistent worker takes a task.
+func (w *Watch) ResetPeak() {
+	w.mu.Lock()
+	w.peak = w.last
+	w.mu.Unlock()
+}
+
+// Stop ends the sampling and waits for it to end. Peak still answers.
+// Calling Stop again does nothing.
+func (w *Watch) Stop() {
+	w.once.Do(func() { close(w.stop) })
+	<-w.done
+}
+
+func (w *Watch) run(s *treeSampler) {
+	defer close(w.done)
+	defer s.close()
+	t := time.NewTimer(minSample)
+	defer t.Stop()
+	overClosed := false
+	var prev int64       // the previous sample
+	var prevAt time.Time // when it was taken
+	for {
+		select {
+		case <-w.stop:
+			return
+		case <-t.C:
+		}
+		v, err := s.sample()
+		if err != nil {
+			return // the worker is gone
+		}
+		now := time.Now()
+		w.mu.Lock()
+		w.last, w.peak = v, max(w.peak, v)
+		w.mu.Unlock()
+		if w.limit > 0 && v > w.limit && !overClosed {
+			close(w.over)
+			overClosed = true
+		}
+		var elapsed time.Duration
+		if !prevAt.IsZero() {
+			elapsed = now.Sub(prevAt)
+		}
+		t.Reset(nextSample(v, prev, elapsed, w.limit))
+		prev, prevAt = v, now
+	}
+}
+
+// treeSampler reads the private memory of a process tree, keeping each
+// known process's status file open, so that a sample is one pread per
+// process; only every scanEvery does it look for new descendants. It is
+// used by one goroutine.
+type treeSampler struct {
+	root   int
+	files  map[int]*os.File // open /proc/PID/status of the known processes
+	buf    []byte
+	scanAt time.Time // when descendants were last looked for
+}
+
+func newTreeSampler(root int) *treeSampler {
+	return &treeSampler{root: root, files: make(map[int]*os.File), buf: make([]byte, 4096)}
+}
+
+// sample returns the tree's private memory. It fails once the root is
+// gone.
+func (s *treeSampler) sample() (int64, error) {
+	if err := s.refresh(); err != nil {
+		return 0, err
+	}
+	var total int64
+	for pid, f := range s.files {
+		st, err := s.read(f)
+		if err == nil && !st.hasMM && pid == s.root {
+			err = fs.ErrNotExist // a zombie: the worker has ended
+		}
+		if err != nil {
+			f.Close()
+			delete(s.files, pid)
+			if pid == s.root {
+				return 0, err
+			}
+			continue // a descendant exited
+		}
+		total += st.private()
+	}
+	return total, nil
+}
+
+// refresh opens the status files of the root and, every scanEvery, of the
+// descendants found since.
+func (s *treeSampler) refresh() error {
+	pids := []int{s.root}
+	// The first sample looks at the root alone, which has hardly started.
+	if len(s.files) > 0 && time.Since(s.scanAt) >= scanEvery {
+		tree, err := descendants(s.root)
+		if err != nil {
+			return err
+		}
+		pids, s.scanAt = tree, time.Now()
+	}
+	for _, pid := range pids {
+		if _, ok := s.files[pid]; ok {
+			continue
+		}
+		f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
+		if err != nil {
+			if pid == s.root {
+				return err
+			}
+			continue
+		}
+		s.files[pid] = f
+	}
+	return nil
+}
+
+// read reads a status file from its start.
+func (s *treeSampler) read(f *os.File) (procStatus, error) {
+	for {
+		n, err := f.ReadAt(s.buf, 0)
+		if n == len(s.buf) {
+			s.buf = make([]byte, 2*len(s.buf))
+			continue
+		}
+		if n == 0 && err != nil {
+			if errors.Is(err, syscall.ESRCH) {
+				err = fs.ErrNotExist
+			}
+			return procStatus{}, err
+		}
+		return parseStatus(s.buf[:n])
+	}
+}
+
+func (s *treeSampler) close() {
+	for _, f := range s.files {
+		f.Close()
+	}
+}
