@@ -117,7 +117,13 @@ func (g *Guard) GuardianErr() error { return g.guardErr }
 // have ended. Later calls return the first call's result.
 func (g *Guard) Close() error {
 	g.closeOnce.Do(func() {
-		g.closeErr = Sweep(g.token)
+		skip := 0
+		if g.guardian != nil {
+			// Unmarked, and reading its environment would wait for its
+			// exec to finish, in a pool that ends as soon as it began.
+			skip = g.guardian.Process.Pid
+		}
+		g.closeErr = sweep(g.token, skip)
 		if g.guardian != nil {
 			// Killing it, rather than closing its pipe, saves it a sweep
 			// of its own. Only now: had this process died during the
@@ -139,11 +145,14 @@ func (g *Guard) Close() error {
 //
 // It finds only the processes whose /proc/PID/environ it may read: those of
 // its own user, or all as root.
-func Sweep(token string) error {
+func Sweep(token string) error { return sweep(token, 0) }
+
+// sweep is Sweep, which also leaves process skip alone.
+func sweep(token string, skip int) error {
 	if token == "" || strings.ContainsAny(token, ":\x00") {
 		return fmt.Errorf("reaper: invalid token %q", token)
 	}
-	s := sweeper{token: token, buf: make([]byte, 0, 64<<10)}
+	s := sweeper{token: token, skip: skip, buf: make([]byte, 0, 64<<10)}
 	deadline := time.Now().Add(sweepTimeout)
 	for {
 		n, err := s.round()
@@ -166,6 +175,7 @@ func Sweep(token string) error {
 // sweeper is one Sweep's state.
 type sweeper struct {
 	token  string
+	skip   int    // a process not to look at, or 0
 	buf    []byte // reused for every environ read
 	pidfds []int  // the processes the current round killed
 	// blind reports whether the round killed a process by pid, without a
@@ -190,7 +200,7 @@ func (s *sweeper) round() (int, error) {
 	n := 0
 	for _, name := range names {
 		pid, err := strconv.Atoi(name)
-		if err != nil || pid == self || !s.marked(pid) {
+		if err != nil || pid == self || pid == s.skip || !s.marked(pid) {
 			continue
 		}
 		fd, err := unix.PidfdOpen(pid, 0)
