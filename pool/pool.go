@@ -39,7 +39,8 @@ import (
 // Pool runs tasks on supervised worker processes. Create it with New; its
 // zero value is not usable. Every Pool must be ended by Close (when all tasks
 // are submitted) or Abort, and its Results read until closed: only then have
-// all its workers exited.
+// all its workers, and every process they started, exited. If the program
+// exits first, a guardian process that New started ends them.
 type Pool struct {
 	cfg Config
 

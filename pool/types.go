@@ -281,7 +281,10 @@ type Config struct {
 	// Workers is the number of workers running at once. Zero means the
 	// number of CPUs.
 	Workers int
-	// Env is the workers' environment. Nil means the supervisor's own.
+	// Env is the workers' environment. Nil means the supervisor's own, as
+	// it is when New is called. The pool adds SAFEPOOL_RUN, the marker by
+	// which it finds and ends every process the workers leave behind
+	// (docs/processes.md).
 	Env []string
 	// Dir is the workers' working directory. Empty means the supervisor's.
 	Dir string

@@ -13,6 +13,9 @@ import (
 )
 
 func main() {
+	// Run again as a pool's guardian (internal/reaper), the binary never
+	// gets here: the guardian runs in a package initialiser.
+	//
 	// The first SIGINT or SIGTERM cancels ctx: cli.Run stops the pool
 	// gracefully and listens for a second one itself.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
