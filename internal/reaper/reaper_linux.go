@@ -179,7 +179,7 @@ type sweeper struct {
 	buf    []byte // reused for every environ read
 	pidfds []int  // the processes the current round killed
 	// blind reports whether the round killed a process by pid, without a
-	// pidfd to wait on (Linux before 5.3).
+	// pidfd to wait on.
 	blind bool
 	delay time.Duration // the back-off after a blind round
 }
@@ -215,13 +215,17 @@ func (s *sweeper) round() (int, error) {
 			} else {
 				unix.Close(fd)
 			}
-		case errors.Is(err, unix.ENOSYS):
+		case errors.Is(err, unix.ESRCH):
+			// Gone already.
+		default:
+			// Linux before 5.3 cannot pin a pid (ENOSYS), and a sweep of
+			// more processes than it may open files (EMFILE) must still
+			// kill them all.
 			if unix.Kill(pid, unix.SIGKILL) == nil {
 				s.blind = true
 				n++
 			}
 		}
-		// ESRCH: gone already.
 	}
 	return n, nil
 }
