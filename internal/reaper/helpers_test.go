@@ -171,8 +171,16 @@ func (p proc) String() string { return strconv.Itoa(p.pid) }
 type stat struct {
 	state   byte
 	session int
+	flags   uint64
 	start   uint64
 }
+
+// pfExiting is the kernel's PF_EXITING flag: the process has begun to exit
+// and can do nothing more.
+const pfExiting = 0x4
+
+// ended reports whether the process has exited or is exiting.
+func (st stat) ended() bool { return st.state == 'Z' || st.state == 'X' || st.flags&pfExiting != 0 }
 
 // readStat reads /proc/pid/stat.
 func readStat(pid int) (stat, bool) {
@@ -186,13 +194,15 @@ func readStat(pid int) (stat, bool) {
 		return stat{}, false
 	}
 	f := strings.Fields(string(b[i+1:]))
-	// f[0] is field 3 (state); session is field 6, starttime field 22.
+	// f[0] is field 3 (state); session is field 6, flags field 9,
+	// starttime field 22.
 	if len(f) < 20 {
 		return stat{}, false
 	}
 	sess, _ := strconv.Atoi(f[3])
+	flags, _ := strconv.ParseUint(f[6], 10, 64)
 	start, _ := strconv.ParseUint(f[19], 10, 64)
-	return stat{state: f[0][0], session: sess, start: start}, true
+	return stat{state: f[0][0], session: sess, flags: flags, start: start}, true
 }
 
 // waitPIDs waits until the tasks have reported n processes, and returns
@@ -222,9 +232,9 @@ func (s *scene) waitPIDs(n int) []proc {
 	}
 }
 
-// live returns the scene's processes that are alive: those whose
-// environment holds the scene's token, and those of reported, except the
-// pids in except.
+// live returns the scene's processes that are alive and not exiting: those
+// whose environment holds the scene's token, and those of reported, except
+// the pids in except.
 func (s *scene) live(reported []proc, except ...int) []proc {
 	var out []proc
 	seen := make(map[int]bool)
@@ -237,7 +247,7 @@ func (s *scene) live(reported []proc, except ...int) []proc {
 		return seen[pid]
 	}
 	for _, p := range reported {
-		if st, ok := readStat(p.pid); ok && st.start == p.start && st.state != 'Z' && !skip(p.pid) {
+		if st, ok := readStat(p.pid); ok && st.start == p.start && !st.ended() && !skip(p.pid) {
 			out = append(out, p)
 			seen[p.pid] = true
 		}
@@ -253,7 +263,7 @@ func (s *scene) live(reported []proc, except ...int) []proc {
 		if err != nil || !bytes.Contains(env, needle) {
 			continue
 		}
-		if st, ok := readStat(pid); ok && st.state != 'Z' {
+		if st, ok := readStat(pid); ok && !st.ended() {
 			out = append(out, proc{pid, st.start})
 			seen[pid] = true
 		}
