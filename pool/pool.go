@@ -34,16 +34,19 @@ import (
 	"time"
 
 	"github.com/safepool/safepool/internal/memory"
+	"github.com/safepool/safepool/internal/reaper"
 )
 
 // Pool runs tasks on supervised worker processes. Create it with New; its
 // zero value is not usable. Every Pool must be ended by Close (when all tasks
 // are submitted) or Abort, and its Results read until closed: only then have
-// all its workers exited.
+// all its workers, and every process they started, exited. If the program
+// exits first, a guardian process that New started ends them.
 type Pool struct {
 	cfg Config
 
 	mem    *memory.Manager // never nil; without a cgroup per worker where they cannot be made
+	guard  *reaper.Guard   // marks the workers, ends what they leave behind; never nil
 	oomLog *memory.OOMLog  // nil where the kernel log cannot be read
 	gov    *governor       // nil when the memory governor is off
 	slots  []*runner       // the runners, by slot
@@ -144,6 +147,11 @@ func New(cfg Config) (*Pool, error) {
 		return nil, fmt.Errorf("pool: memory control: %w", err)
 	}
 	p.mem = m
+	// Every worker carries the pool's marker, which its descendants
+	// inherit: the pool's end, or the guardian if the supervisor dies,
+	// ends every process that still has it (internal/reaper).
+	p.guard = reaper.Start(m.Dir())
+	p.cfg.Env = p.guard.Env(p.cfg.Env)
 	if l, err := memory.WatchOOMKills(); err == nil {
 		p.oomLog = l
 	}
@@ -164,6 +172,15 @@ func New(cfg Config) (*Pool, error) {
 	}
 	go p.loop()
 	return p, nil
+}
+
+// reap ends what the workers left behind, once they have all ended and
+// their cgroups are gone: every process that still carries the pool's
+// marker, such as a daemon a task started, and then the guardian.
+func (p *Pool) reap() {
+	if err := p.guard.Close(); err != nil {
+		p.setErr(fmt.Errorf("pool: ending the processes the workers left: %w", err))
+	}
 }
 
 func (c *Config) normalize() error {

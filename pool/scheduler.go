@@ -324,6 +324,7 @@ func (p *Pool) loop() {
 	if err := p.mem.Close(); err != nil {
 		p.setErr(fmt.Errorf("pool: removing cgroups: %w", err))
 	}
+	p.reap()
 	if p.oomLog != nil {
 		p.oomLog.Close()
 	}

@@ -302,7 +302,10 @@ type Config struct {
 	// number of CPUs. New lowers it when the open-file limit cannot hold
 	// that many workers' pipes; Pool.Workers and Pool.Notices say so.
 	Workers int
-	// Env is the workers' environment. Nil means the supervisor's own.
+	// Env is the workers' environment. Nil means the supervisor's own, as
+	// it is when New is called. The pool adds SAFEPOOL_RUN, the marker by
+	// which it finds and ends every process the workers leave behind
+	// (docs/processes.md).
 	Env []string
 	// Dir is the workers' working directory. Empty means the supervisor's.
 	Dir string

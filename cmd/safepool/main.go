@@ -11,6 +11,9 @@ import (
 )
 
 func main() {
+	// Run again as a pool's guardian (internal/reaper), the binary never
+	// gets here: the guardian runs in a package initialiser.
+	//
 	// The first SIGINT, SIGTERM or SIGHUP cancels ctx: cli.Run stops the
 	// pool gracefully and listens for a second one itself.
 	ctx, stop := cli.NotifyContext(context.Background())

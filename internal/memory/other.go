@@ -151,3 +151,9 @@ func (s *Sensor) Pressure() (float64, error) { return 0, errors.ErrUnsupported }
 
 // WorkingSet returns ErrNoCgroups.
 func (g *Group) WorkingSet() (int64, error) { return 0, ErrNoCgroups }
+
+// Dir returns "" outside Linux.
+func (m *Manager) Dir() string { return "" }
+
+// RemoveAbandoned does nothing outside Linux, where there are no cgroups.
+func RemoveAbandoned(dir string) error { return nil }
