@@ -33,7 +33,7 @@ import threading
 import time
 import weakref
 
-from ._pickling import dumps_function  # noqa: F401  (the jobs' import)
+from ._pickling import dumps_function, dumps_payload  # noqa: F401  (dumps_function: the jobs' import)
 
 HEADER = struct.Struct(">IBQ")
 K_HELLO, K_TASK, K_CLOSE, K_ABORT = 1, 2, 3, 4
@@ -86,6 +86,7 @@ class _Core:
         self.retries = launch.retries
         self.policy = launch.policy
         self.timeout = launch.timeout
+        self.task_error_retries = launch.options.task_error_retries
         self.backoff, self.max_backoff = backoff, max_backoff
         self._launch = launch
         self._proc = launch.proc
@@ -112,6 +113,7 @@ class _Core:
         self._ready_info: dict = {}
         self._end_info: dict = {}
         self._failed: list[tuple] = []  # guarded by _lock
+        self._killed: list[tuple] = []  # guarded by _lock: (fn, mode, item) of items whose worker died
         self._abort_reason: BaseException | None = None  # set by the abort policy
         self._aborted_chunks: list[_Chunk] = []  # the reader thread's: cancelled by the pool, not by us
         self._stats: list[tuple] = []  # guarded by _lock: per settled chunk
@@ -263,14 +265,14 @@ class _Core:
                 self._cond.notify_all()
             return
         try:
-            payload = pickle.dumps((job.mode, job.fn_bytes, chunk.items), pickle.HIGHEST_PROTOCOL)
+            payload = dumps_payload((job.mode, job.fn_bytes, chunk.items), self.main_importable)
         except Exception as e:
+            # As multiprocessing does, the caller gets the pickling error
+            # itself, for each item of the batch.
             with self._lock:
                 self._untrack(ident)
             for pos in chunk.positions:
-                e2 = TypeError("cannot send the task's arguments to a worker: %s" % e)
-                e2.__cause__ = e
-                self._settle(job, pos, False, e2)
+                self._settle(job, pos, False, e)
             return
         # Task numbers must follow each other without gaps: count only what
         # is written.
@@ -325,6 +327,9 @@ class _Core:
                         chunk = self._untrack(ident)
                     if chunk is not None:
                         self._on_result(chunk, meta, memoryview(payload)[4 + n:])
+                    # Hold nothing of the task while waiting for the next
+                    # frame: its arguments and results are the caller's.
+                    chunk = meta = payload = None
                 elif kind == K_END:
                     self._end_info = json.loads(payload)
                     if not self._ready.is_set():
@@ -400,13 +405,20 @@ class _Core:
                     self._stats.append((job.id, chunk.positions, start, array.array("d", ends),
                                         last["pid"], last["peak_rss"]))
             if errors:
-                with self._lock:
-                    self._failed.extend((job.fn, chunk.items[i], "task-error", 1) for i in errors)
                 for i, (pos, value) in enumerate(zip(chunk.positions, values)):
-                    if i in errors:
-                        self._settle(job, pos, False, _rebuild_exception(errors[i], job, chunk.items[i]))
-                    else:
+                    if i not in errors:
                         self._settle(job, pos, True, value)
+                        continue
+                    item = chunk.items[i]
+                    n = job.count_error(pos)
+                    if n <= self.task_error_retries:
+                        # Run it again, alone, after the backoff.
+                        delay = min(self.backoff * (2 ** (n - 1)), self.max_backoff)
+                        self._submit_later(_Chunk(job, [pos], [item]), delay)
+                        continue
+                    with self._lock:
+                        self._failed.append((job.fn, item, "task-error", n))
+                    self._settle(job, pos, False, _rebuild_exception(errors[i], job, item))
             else:
                 job.settle_many(chunk.positions, values)
                 with self._lock:
@@ -439,6 +451,9 @@ class _Core:
             self.submit(_Chunk(job, rest_pos, chunk.items[:k] + chunk.items[k + 1:]), count=False)
         history = job.charge(pos, _attempt(last, len(job.history.get(pos, ())) + 1))
         n = len(history)
+        if n == 1:
+            with self._lock:
+                self._killed.append((job.fn, job.mode, item))
         if state != "poison" and self.policy == "retry" and n <= self.retries:
             delay = min(self.backoff * (2 ** (n - 1)), self.max_backoff)
             self._submit_later(_Chunk(job, [pos], [item]), delay)
@@ -572,6 +587,13 @@ class _Core:
     def failed_tasks(self):
         with self._lock:
             return list(self._failed)
+
+    def killed_tasks(self):
+        """(fn, mode, item) of each item whose worker died at least once,
+        in the order of their first death, whether or not a retry then
+        succeeded."""
+        with self._lock:
+            return list(self._killed)
 
     def stats(self):
         with self._lock:
