@@ -77,6 +77,13 @@ def dumps_main_by_name(obj) -> bytes:
     return buf.getvalue()
 
 
+def call_pickled(fn_bytes: bytes, args, kwargs):
+    """Call the pickled function fn_bytes: how a batch whose items call
+    different functions (a joblib batch) runs, each pickled as safepool
+    pickles a task's function."""
+    return loads(fn_bytes)(*args, **kwargs)
+
+
 def unpack_strings(packed: str) -> list:
     """Decode a list of strings packed by safepool._launch.pack_strings:
     each is its length, a colon and itself."""

@@ -183,3 +183,14 @@ def touch(path, value=None):
     """Create the file path; return value."""
     open(path, "w").close()
     return value
+
+
+def numpy_hog_at(x, at=3):
+    """Sum of a numpy array of x ones; on item `at`, allocate arrays of
+    64 MiB (touched) without bound, until killed."""
+    import numpy as np
+    if x == at:
+        held = []
+        while True:
+            held.append(np.ones(64 << 20, dtype=np.uint8))
+    return int(np.ones(x).sum())
