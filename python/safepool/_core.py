@@ -117,6 +117,9 @@ class _Core:
         self._abort_reason: BaseException | None = None  # set by the abort policy
         self._aborted_chunks: list[_Chunk] = []  # the reader thread's: cancelled by the pool, not by us
         self._stats: list[tuple] = []  # guarded by _lock: per settled chunk
+        # Called (from the reader thread) with the BrokenPool error when the
+        # pool breaks; the Executor logs it, as ProcessPoolExecutor does.
+        self.on_broken = None
 
         self._out = io.open(launch.to_fd, "wb", buffering=256 << 10)
         self._in = io.open(launch.from_fd, "rb", buffering=256 << 10)
@@ -373,6 +376,8 @@ class _Core:
         self._ready.set()
         for c in chunks:
             self._cancel_chunk(c, reason)
+        if self.on_broken is not None and isinstance(self._broken, _errors().BrokenPool):
+            self.on_broken(self._broken)
 
     def _on_result(self, chunk: _Chunk, meta: dict, output):
         job = chunk.job
@@ -516,8 +521,23 @@ class _Core:
         a worker death (their futures are running)."""
         with self._lock:
             self._draining = True
-            unsent = [c for c in self._queue[self._qhead:] if c is not None and c.fresh]
-            self._queue = [c for c in self._queue[self._qhead:] if c is not None and not c.fresh]
+            # The windowed chunks that the ahead bound lets the writer send
+            # now count as started, as those in ProcessPoolExecutor's call
+            # queue do: they are sent and run. Otherwise whether any future
+            # survives would depend on whether the writer thread ran yet.
+            room = max(self._ahead - self._ahead_used, 0) if self._ahead else 0
+            keep, unsent = [], []
+            for c in self._queue[self._qhead:]:
+                if c is None:
+                    continue
+                if not c.fresh:
+                    keep.append(c)
+                elif c.job.windowed and room > 0:
+                    keep.append(c)
+                    room -= 1
+                else:
+                    unsent.append(c)
+            self._queue = keep
             self._qhead = 0
         for c in unsent:
             if c.job.cancel_unsent():
@@ -643,7 +663,10 @@ def _death_message(job, item, cause, n, last) -> str:
 
 
 def _rebuild_exception(record, job, item) -> BaseException:
-    data, tb, text = record
+    """The exception a task raised, from the worker's record of it: (pickled
+    exception or None, traceback text, text), and, when it is the error of
+    sending the item's result back, the result's repr."""
+    data, tb, text = record[:3]
     exc = None
     if data is not None:
         try:
@@ -652,5 +675,11 @@ def _rebuild_exception(record, job, item) -> BaseException:
             exc = None
     if not isinstance(exc, BaseException):
         exc = _errors().RemoteError(text, cause="task-error", attempts=1, task_args=item, function=job.fn)
-    exc.__cause__ = _errors().RemoteTraceback(tb)
+    exc.__cause__ = _errors().remote_traceback(tb)
+    if len(record) > 3 and job.encoding_errors:
+        # As multiprocessing.Pool reports a result it cannot send.
+        from multiprocessing.pool import MaybeEncodingError
+        wrapped = MaybeEncodingError(exc, record[3])
+        wrapped.__cause__ = exc
+        return wrapped
     return exc

@@ -46,6 +46,10 @@ class _Job:
     # windowed says that the job's chunks count against the core's ahead
     # bound (an Executor's futures, which run once sent).
     windowed = False
+    # encoding_errors says that a result the worker could not send fails
+    # with multiprocessing.pool.MaybeEncodingError (Pool's calls), not with
+    # the pickling error itself (an Executor's futures).
+    encoding_errors = True
 
     def __init__(self, core, fn: Callable, mode: int):
         if not callable(fn):
@@ -232,6 +236,7 @@ class _FutureJob(_Job):
     Executor bounds how many are sent ahead in the same way."""
 
     windowed = True
+    encoding_errors = False
 
     def __init__(self, core, fn, future):
         super().__init__(core, fn, APPLY)

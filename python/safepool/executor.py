@@ -10,6 +10,13 @@ from ._options import EngineOptions, check_context, parse_size
 __all__ = ["Executor"]
 
 
+def _log_broken(error: BaseException) -> None:
+    # As ProcessPoolExecutor, whose workers log a failing initializer on
+    # this logger: here the error says which worker died and how.
+    import logging
+    logging.getLogger("concurrent.futures").critical("safepool.Executor is broken: %s", error)
+
+
 class Executor(concurrent.futures.Executor):
     """A concurrent.futures.Executor whose workers may die without breaking it.
 
@@ -60,6 +67,7 @@ class Executor(concurrent.futures.Executor):
         # shutdown(cancel_futures=True) cancels all the others.
         self._core = _Core(launch, backoff=options.backoff, max_backoff=options.max_backoff,
                            ahead=launch.processes + 1)
+        self._core.on_broken = _log_broken
         self._shutdown = False
         self._lock = threading.Lock()
 

@@ -203,6 +203,14 @@ def _exc_record(e):
     return (data, tb, "%s: %s" % (type(e).__name__, e))
 
 
+def _short_repr(v, limit=1000) -> str:
+    try:
+        r = repr(v)
+    except Exception as e:
+        r = "<unrepresentable %s: %s>" % (type(v).__name__, e)
+    return r if len(r) <= limit else r[:limit - 3] + "..."
+
+
 def _run_batch(task_id, payload, blame, fns):
     mode, fn_bytes, items = loads(payload)
     fn = fns.get(fn_bytes)
@@ -253,7 +261,9 @@ def _run_batch(task_id, payload, blame, fns):
             try:
                 dumps_main_by_name(v)
             except Exception as e:
-                errors[i] = _exc_record(e)
+                # The client may report it as multiprocessing does, with
+                # the value's repr (MaybeEncodingError).
+                errors[i] = _exc_record(e) + (_short_repr(v),)
                 values[i] = None
         return dumps_main_by_name((OK, values, errors, ends, start))
 
