@@ -74,8 +74,11 @@ class SafepoolBackend(AutoBatchingMixin, ParallelBackendBase):
         # Even with one job the tasks run in a worker process: that is what
         # keeps an OOM kill away from this one.
         self.parallel = parallel
-        self._n_jobs = self.effective_n_jobs(n_jobs)
-        return self._n_jobs
+        n = self.effective_n_jobs(n_jobs)
+        if self._pool is not None and n != self._n_jobs:
+            self.terminate()  # a pool of the size asked for starts at the next batch
+        self._n_jobs = n
+        return n
 
     def _get_pool(self) -> Pool:
         if self._pool is None:

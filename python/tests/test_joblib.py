@@ -103,6 +103,13 @@ else:
             self.assertGreater(out[3].peak_rss, 100 << 20)
             self.assertEqual([v for i, v in enumerate(out) if i != 3], [i for i in range(8) if i != 3])
 
+        def test_one_pool_for_a_parallel_block(self):
+            with Parallel(backend="safepool", n_jobs=2) as parallel:
+                first = set(parallel(delayed(helpers.pid_of)(i) for i in range(20)))
+                second = set(parallel(delayed(helpers.pid_of)(i) for i in range(20)))
+            self.assertTrue(first & second, "the second call ran on other workers: %s %s" % (first, second))
+            self.assertNotIn(os.getpid(), first | second)
+
         def test_n_jobs(self):
             backend = safepool.joblib.SafepoolBackend()
             self.assertEqual(backend.effective_n_jobs(-1), joblib.cpu_count())
