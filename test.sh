@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every safepool test: go vet, the Go tests under the race detector
 # (real processes, signals, cgroups and OOM kills), a short fuzz of the framed
-# protocol decoder, and the Python client's tests when present.
+# protocol decoder, and, when present, the Python client's tests, CPython's own
+# Pool and ProcessPoolExecutor tests run on safepool's classes, and the wheel
+# installed in a fresh virtual environment.
 #
 # The OOM and cgroup tests need root and a writable memory cgroup (v1 or v2).
 # Elsewhere they skip with a reason; with CI=true a skip of them is a failure.
@@ -33,12 +35,35 @@ echo "== fuzz the framed protocol decoder (${FUZZTIME:=200000x})"
 go test -run='^$' -fuzz=FuzzReadFrame -fuzztime="$FUZZTIME" ./internal/protocol/
 if [ -d python/tests ]; then
 	echo "== python client"
-	# Some tests run a program under a Python that can import cloudpickle
-	# (python3, or Debian's /usr/bin/python3) and under one that cannot.
-	if ! python3 -c 'import cloudpickle' 2>/dev/null && ! /usr/bin/python3 -c 'import cloudpickle' 2>/dev/null &&
+	# Some tests run programs under Debian's /usr/bin/python3 with packages
+	# that the Python on PATH may not have: cloudpickle, joblib, numpy and
+	# tqdm, and the interpreter's own test suite (CPython's Pool and
+	# ProcessPoolExecutor tests). With CI=true a test skipped for want of
+	# them fails.
+	debian_py=/usr/bin/python3
+	if [ -x "$debian_py" ] && ! "$debian_py" -c 'import cloudpickle, joblib, numpy, tqdm, test._test_multiprocessing, test.test_concurrent_futures' 2>/dev/null &&
 		[ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-		apt-get update -qq && apt-get install -y -qq python3-cloudpickle >/dev/null
+		testsuite="libpython$("$debian_py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-testsuite"
+		apt-get update -qq && apt-get install -y -qq python3-cloudpickle python3-joblib python3-numpy python3-tqdm "$testsuite" >/dev/null
+	fi
+	# python3 -m venv needs ensurepip, which Debian's python3 has only with python3-venv.
+	if ! python3 -c 'import ensurepip' 2>/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+		apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
 	fi
 	CGO_ENABLED=0 go build -o python/safepool/_bin/safepool ./cmd/safepool
 	(cd python && python3 -m unittest discover -v -s tests -t . 2>&1)
+
+	echo "== CPython's own Pool and ProcessPoolExecutor tests, on safepool.Pool and safepool.Executor"
+	stdlib_py=python3
+	[ -x "$debian_py" ] && stdlib_py=$debian_py
+	(cd python && "$stdlib_py" -m unittest -v tests.stdlib_compat 2>&1)
+
+	echo "== the wheel, installed offline in a fresh virtual environment, runs the seed scenario"
+	wheeldir=$(mktemp -d "${TMPDIR:-/tmp}/safepool-wheel.XXXXXX")
+	trap 'rm -rf "$wheeldir"' EXIT
+	python3 python/build_wheel.py --out "$wheeldir/dist"
+	python3 -m venv "$wheeldir/venv"
+	PIP_ROOT_USER_ACTION=ignore "$wheeldir/venv/bin/pip" install -q --disable-pip-version-check --no-index "$wheeldir"/dist/safepool-*.whl
+	cp python/tests/seed_scenario.py "$wheeldir/"
+	(cd "$wheeldir" && env -u PYTHONPATH -u SAFEPOOL_BIN "$wheeldir/venv/bin/python" seed_scenario.py)
 fi

@@ -56,6 +56,29 @@ type Hello struct {
 	// Grace is the time in seconds between SIGTERM and SIGKILL when workers
 	// are stopped. Zero means the pool's default.
 	Grace float64 `json:"grace"`
+
+	// NoGovernor, MemBudget, MemReserve, MemPerTask, PreemptAbove and
+	// PreemptPSI are the pool.Config fields of the same names (the
+	// command line's --no-governor, --mem-budget, --mem-reserve,
+	// --mem-per-task, --mem-high and --mem-psi); sizes are in bytes, and
+	// zero means the pool's default. PreemptAbove is a fraction, not a
+	// percentage; a negative PreemptAbove or PreemptPSI turns that trigger
+	// off.
+	NoGovernor   bool    `json:"no_governor"`
+	MemBudget    int64   `json:"mem_budget"`
+	MemReserve   int64   `json:"mem_reserve"`
+	MemPerTask   int64   `json:"mem_per_task"`
+	PreemptAbove float64 `json:"preempt_above"`
+	PreemptPSI   float64 `json:"preempt_psi"`
+	// Backoff and MaxBackoff, in seconds, are pool.Config's delay before
+	// a retry and its cap. Zero means the pool's default.
+	Backoff    float64 `json:"backoff"`
+	MaxBackoff float64 `json:"max_backoff"`
+	// TaskErrorRetries is pool.Config.TaskErrorRetries: extra attempts for
+	// a task whose worker reported a failure and stayed alive. The Python
+	// worker reports a raised exception inside its result, per item, so
+	// the Python client applies this budget to items itself.
+	TaskErrorRetries int `json:"task_error_retries"`
 }
 
 // Ready answers Hello.
@@ -165,22 +188,10 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opt Options) error 
 		opt.Stderr = os.Stderr
 	}
 	window := maxPending(h)
-	p, err := pool.New(pool.Config{
-		Command:           h.Command,
-		Protocol:          pool.Framed,
-		Workers:           h.Workers,
-		Env:               append(os.Environ(), EnvBlameDir+"="+dir),
-		OnWorkerDeath:     pool.Skip, // the client applies its policy per item
-		Timeout:           seconds(h.Timeout),
-		MaxTasksPerWorker: h.MaxTasksPerWorker,
-		MaxRSS:            h.MaxRSS,
-		MemLimit:          h.MemLimit,
-		Pipeline:          h.Pipeline,
-		MaxPending:        window,
-		Grace:             seconds(h.Grace),
-		Stdout:            opt.Stdout,
-		Stderr:            opt.Stderr,
-	})
+	cfg := configOf(h)
+	cfg.Env = append(os.Environ(), EnvBlameDir+"="+dir)
+	cfg.Stdout, cfg.Stderr = opt.Stdout, opt.Stderr
+	p, err := pool.New(cfg)
 	if err != nil {
 		// Tell the client why before giving up, so it can raise it.
 		_ = writeJSON(bw, KindEnd, End{Error: err.Error()})
@@ -230,6 +241,33 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opt Options) error 
 		return fmt.Errorf("bridge: writing to the client: %w", werr)
 	}
 	return nil
+}
+
+// configOf returns the pool configuration that h asks for, without the
+// session's environment and output streams.
+func configOf(h Hello) pool.Config {
+	return pool.Config{
+		Command:           h.Command,
+		Protocol:          pool.Framed,
+		Workers:           h.Workers,
+		OnWorkerDeath:     pool.Skip, // the client applies its policy per item
+		TaskErrorRetries:  h.TaskErrorRetries,
+		Backoff:           seconds(h.Backoff),
+		MaxBackoff:        seconds(h.MaxBackoff),
+		Timeout:           seconds(h.Timeout),
+		MaxTasksPerWorker: h.MaxTasksPerWorker,
+		MaxRSS:            h.MaxRSS,
+		MemLimit:          h.MemLimit,
+		NoGovernor:        h.NoGovernor,
+		MemBudget:         h.MemBudget,
+		MemReserve:        h.MemReserve,
+		MemPerTask:        h.MemPerTask,
+		PreemptAbove:      h.PreemptAbove,
+		PreemptPSI:        h.PreemptPSI,
+		Pipeline:          h.Pipeline,
+		MaxPending:        maxPending(h),
+		Grace:             seconds(h.Grace),
+	}
 }
 
 // maxPending returns the pool's MaxPending for h, which is also the most

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/safepool/safepool/internal/protocol"
+	"github.com/safepool/safepool/pool"
 )
 
 // The test binary doubles as a framed worker that runs batches the way the
@@ -328,5 +329,43 @@ func TestReadBlame(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "10")); !os.IsNotExist(err) {
 		t.Errorf("blame file of a dead worker still there: %v", err)
+	}
+}
+
+func TestConfigOfHello(t *testing.T) {
+	// The members as the Python client sends them.
+	const hello = `{"version": 1, "command": ["w"], "workers": 3, "mem_limit": 1024, "timeout": 1.5,
+		"no_governor": true, "mem_budget": 2147483648, "mem_reserve": 1048576, "mem_per_task": 4096,
+		"preempt_above": 0.9, "preempt_psi": -1, "backoff": 0.25, "max_backoff": 2.0, "task_error_retries": 2}`
+	var h Hello
+	if err := json.Unmarshal([]byte(hello), &h); err != nil {
+		t.Fatal(err)
+	}
+	cfg := configOf(h)
+	tests := []struct {
+		name      string
+		got, want any
+	}{
+		{"Workers", cfg.Workers, 3},
+		{"MemLimit", cfg.MemLimit, int64(1024)},
+		{"Timeout", cfg.Timeout, 1500 * time.Millisecond},
+		{"NoGovernor", cfg.NoGovernor, true},
+		{"MemBudget", cfg.MemBudget, int64(2 << 30)},
+		{"MemReserve", cfg.MemReserve, int64(1 << 20)},
+		{"MemPerTask", cfg.MemPerTask, int64(4096)},
+		{"PreemptAbove", cfg.PreemptAbove, 0.9},
+		{"PreemptPSI", cfg.PreemptPSI, -1.0},
+		{"Backoff", cfg.Backoff, 250 * time.Millisecond},
+		{"MaxBackoff", cfg.MaxBackoff, 2 * time.Second},
+		{"TaskErrorRetries", cfg.TaskErrorRetries, 2},
+		{"OnWorkerDeath", cfg.OnWorkerDeath, pool.Skip},
+		{"MaxPending", cfg.MaxPending, maxPending(h)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.got != tt.want {
+				t.Errorf("configOf(hello).%s = %v, want %v", tt.name, tt.got, tt.want)
+			}
+		})
 	}
 }

@@ -1,20 +1,24 @@
 """safepool: process pools that survive the OOM killer.
 
-``safepool.Pool`` is a drop-in for multiprocessing.Pool and
-``safepool.Executor`` for concurrent.futures.ProcessPoolExecutor. Their
+``safepool.Pool`` is a drop-in for multiprocessing.Pool,
+``safepool.Executor`` for concurrent.futures.ProcessPoolExecutor and
+``safepool.SafePool`` for the SafePool library's class;
+``safepool.AsyncPool`` is the same pool for asyncio. Their
 workers run under the safepool binary's supervisor, so a worker killed by
 the OOM killer, a signal or a segfault fails only the task it was running,
 with a precise cause (safepool.WorkerDied), and never hangs the pool.
 """
 import sys as _sys
 
-__all__ = ["Pool", "Executor", "TaskFailed", "WorkerDied", "TaskCancelled", "RemoteError",
-           "RemoteTraceback", "BrokenPool", "Attempt", "FailedTask", "parse_size"]
+__all__ = ["Pool", "Executor", "SafePool", "AsyncPool", "TaskFailed", "WorkerDied", "TaskCancelled",
+           "RemoteError", "RemoteTraceback", "BrokenPool", "Attempt", "FailedTask",
+           "SubProcessKilledException", "parse_size"]
 
 # The names are imported on first use, so that importing safepool costs
 # next to nothing: every worker imports the parent's main script, which
 # imports safepool.
-_WHERE = {"Pool": "pool", "parse_size": "pool", "Executor": "executor"}
+_WHERE = {"Pool": "pool", "parse_size": "pool", "Executor": "executor", "SafePool": "_safepool",
+          "SubProcessKilledException": "_safepool", "AsyncPool": "asyncpool"}
 
 
 def __getattr__(name):

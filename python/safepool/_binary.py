@@ -23,21 +23,21 @@ def _which(name: str):
 
 
 def find_binary() -> str:
-    """Return the path of the safepool binary: $SAFEPOOL_BIN, then
-    ``safepool`` on PATH, then the one built beside the package
-    (safepool/_bin/safepool). Raise BrokenPool saying how to build it if
-    there is none."""
+    """Return the path of the safepool binary: $SAFEPOOL_BIN, then the one
+    beside the package (safepool/_bin/safepool, which a wheel carries and
+    which speaks this client's protocol), then ``safepool`` on PATH. Raise
+    BrokenPool saying how to build it if there is none."""
     env = os.environ.get("SAFEPOOL_BIN")
     if env:
         if _executable(env):
             return env
         from .errors import BrokenPool
         raise BrokenPool("SAFEPOOL_BIN=%s is not an executable file; %s" % (env, BUILD_HINT))
-    found = _which("safepool")
-    if found:
-        return found
     local = os.path.join(_HERE, "_bin", "safepool")
     if _executable(local):
         return local
+    found = _which("safepool")
+    if found:
+        return found
     from .errors import BrokenPool
     raise BrokenPool("cannot find the safepool binary; " + BUILD_HINT)

@@ -33,7 +33,7 @@ import threading
 import time
 import weakref
 
-from ._pickling import dumps_function  # noqa: F401  (the jobs' import)
+from ._pickling import dumps_function, dumps_payload  # noqa: F401  (dumps_function: the jobs' import)
 
 HEADER = struct.Struct(">IBQ")
 K_HELLO, K_TASK, K_CLOSE, K_ABORT = 1, 2, 3, 4
@@ -86,6 +86,7 @@ class _Core:
         self.retries = launch.retries
         self.policy = launch.policy
         self.timeout = launch.timeout
+        self.task_error_retries = launch.options.task_error_retries
         self.backoff, self.max_backoff = backoff, max_backoff
         self._launch = launch
         self._proc = launch.proc
@@ -112,9 +113,13 @@ class _Core:
         self._ready_info: dict = {}
         self._end_info: dict = {}
         self._failed: list[tuple] = []  # guarded by _lock
+        self._killed: list[tuple] = []  # guarded by _lock: (fn, mode, item) of items whose worker died
         self._abort_reason: BaseException | None = None  # set by the abort policy
         self._aborted_chunks: list[_Chunk] = []  # the reader thread's: cancelled by the pool, not by us
         self._stats: list[tuple] = []  # guarded by _lock: per settled chunk
+        # Called (from the reader thread) with the BrokenPool error when the
+        # pool breaks; the Executor logs it, as ProcessPoolExecutor does.
+        self.on_broken = None
 
         self._out = io.open(launch.to_fd, "wb", buffering=256 << 10)
         self._in = io.open(launch.from_fd, "rb", buffering=256 << 10)
@@ -263,14 +268,14 @@ class _Core:
                 self._cond.notify_all()
             return
         try:
-            payload = pickle.dumps((job.mode, job.fn_bytes, chunk.items), pickle.HIGHEST_PROTOCOL)
+            payload = dumps_payload((job.mode, job.fn_bytes, chunk.items), self.main_importable)
         except Exception as e:
+            # As multiprocessing does, the caller gets the pickling error
+            # itself, for each item of the batch.
             with self._lock:
                 self._untrack(ident)
             for pos in chunk.positions:
-                e2 = TypeError("cannot send the task's arguments to a worker: %s" % e)
-                e2.__cause__ = e
-                self._settle(job, pos, False, e2)
+                self._settle(job, pos, False, e)
             return
         # Task numbers must follow each other without gaps: count only what
         # is written.
@@ -325,6 +330,9 @@ class _Core:
                         chunk = self._untrack(ident)
                     if chunk is not None:
                         self._on_result(chunk, meta, memoryview(payload)[4 + n:])
+                    # Hold nothing of the task while waiting for the next
+                    # frame: its arguments and results are the caller's.
+                    chunk = meta = payload = None
                 elif kind == K_END:
                     self._end_info = json.loads(payload)
                     if not self._ready.is_set():
@@ -368,6 +376,8 @@ class _Core:
         self._ready.set()
         for c in chunks:
             self._cancel_chunk(c, reason)
+        if self.on_broken is not None and isinstance(self._broken, _errors().BrokenPool):
+            self.on_broken(self._broken)
 
     def _on_result(self, chunk: _Chunk, meta: dict, output):
         job = chunk.job
@@ -400,13 +410,20 @@ class _Core:
                     self._stats.append((job.id, chunk.positions, start, array.array("d", ends),
                                         last["pid"], last["peak_rss"]))
             if errors:
-                with self._lock:
-                    self._failed.extend((job.fn, chunk.items[i], "task-error", 1) for i in errors)
                 for i, (pos, value) in enumerate(zip(chunk.positions, values)):
-                    if i in errors:
-                        self._settle(job, pos, False, _rebuild_exception(errors[i], job, chunk.items[i]))
-                    else:
+                    if i not in errors:
                         self._settle(job, pos, True, value)
+                        continue
+                    item = chunk.items[i]
+                    n = job.count_error(pos)
+                    if n <= self.task_error_retries:
+                        # Run it again, alone, after the backoff.
+                        delay = min(self.backoff * (2 ** (n - 1)), self.max_backoff)
+                        self._submit_later(_Chunk(job, [pos], [item]), delay)
+                        continue
+                    with self._lock:
+                        self._failed.append((job.fn, item, "task-error", n))
+                    self._settle(job, pos, False, _rebuild_exception(errors[i], job, item))
             else:
                 job.settle_many(chunk.positions, values)
                 with self._lock:
@@ -439,6 +456,9 @@ class _Core:
             self.submit(_Chunk(job, rest_pos, chunk.items[:k] + chunk.items[k + 1:]), count=False)
         history = job.charge(pos, _attempt(last, len(job.history.get(pos, ())) + 1))
         n = len(history)
+        if n == 1:
+            with self._lock:
+                self._killed.append((job.fn, job.mode, item))
         if state != "poison" and self.policy == "retry" and n <= self.retries:
             delay = min(self.backoff * (2 ** (n - 1)), self.max_backoff)
             self._submit_later(_Chunk(job, [pos], [item]), delay)
@@ -501,8 +521,23 @@ class _Core:
         a worker death (their futures are running)."""
         with self._lock:
             self._draining = True
-            unsent = [c for c in self._queue[self._qhead:] if c is not None and c.fresh]
-            self._queue = [c for c in self._queue[self._qhead:] if c is not None and not c.fresh]
+            # The windowed chunks that the ahead bound lets the writer send
+            # now count as started, as those in ProcessPoolExecutor's call
+            # queue do: they are sent and run. Otherwise whether any future
+            # survives would depend on whether the writer thread ran yet.
+            room = max(self._ahead - self._ahead_used, 0) if self._ahead else 0
+            keep, unsent = [], []
+            for c in self._queue[self._qhead:]:
+                if c is None:
+                    continue
+                if not c.fresh:
+                    keep.append(c)
+                elif c.job.windowed and room > 0:
+                    keep.append(c)
+                    room -= 1
+                else:
+                    unsent.append(c)
+            self._queue = keep
             self._qhead = 0
         for c in unsent:
             if c.job.cancel_unsent():
@@ -573,6 +608,13 @@ class _Core:
         with self._lock:
             return list(self._failed)
 
+    def killed_tasks(self):
+        """(fn, mode, item) of each item whose worker died at least once,
+        in the order of their first death, whether or not a retry then
+        succeeded."""
+        with self._lock:
+            return list(self._killed)
+
     def stats(self):
         with self._lock:
             chunks = list(self._stats)
@@ -621,7 +663,10 @@ def _death_message(job, item, cause, n, last) -> str:
 
 
 def _rebuild_exception(record, job, item) -> BaseException:
-    data, tb, text = record
+    """The exception a task raised, from the worker's record of it: (pickled
+    exception or None, traceback text, text), and, when it is the error of
+    sending the item's result back, the result's repr."""
+    data, tb, text = record[:3]
     exc = None
     if data is not None:
         try:
@@ -630,5 +675,11 @@ def _rebuild_exception(record, job, item) -> BaseException:
             exc = None
     if not isinstance(exc, BaseException):
         exc = _errors().RemoteError(text, cause="task-error", attempts=1, task_args=item, function=job.fn)
-    exc.__cause__ = _errors().RemoteTraceback(tb)
+    exc.__cause__ = _errors().remote_traceback(tb)
+    if len(record) > 3 and job.encoding_errors:
+        # As multiprocessing.Pool reports a result it cannot send.
+        from multiprocessing.pool import MaybeEncodingError
+        wrapped = MaybeEncodingError(exc, record[3])
+        wrapped.__cause__ = exc
+        return wrapped
     return exc

@@ -15,11 +15,28 @@ if TYPE_CHECKING:
 _job_ids = itertools.count(1)
 
 ERRORS = ("raise", "return")
+# SafePool's: a task whose worker died gives None; other failures raise.
+KILLED_NONE = "killed-none"
 
 
 def check_errors(errors: str):
     if errors not in ERRORS:
         raise ValueError("errors must be 'raise' or 'return', not %r" % (errors,))
+
+
+def _killed(e) -> bool:
+    from .errors import WorkerDied
+    return isinstance(e, WorkerDied)
+
+
+def raised_failures(failed: dict, errors: str) -> dict:
+    """The failures (position -> exception) that a call with this errors
+    mode raises."""
+    if errors == "return" or not failed:
+        return {}
+    if errors == KILLED_NONE:
+        return {p: e for p, e in failed.items() if not _killed(e)}
+    return failed
 
 
 class _Job:
@@ -29,6 +46,10 @@ class _Job:
     # windowed says that the job's chunks count against the core's ahead
     # bound (an Executor's futures, which run once sent).
     windowed = False
+    # encoding_errors says that a result the worker could not send fails
+    # with multiprocessing.pool.MaybeEncodingError (Pool's calls), not with
+    # the pickling error itself (an Executor's futures).
+    encoding_errors = True
 
     def __init__(self, core, fn: Callable, mode: int):
         if not callable(fn):
@@ -39,11 +60,18 @@ class _Job:
         self.mode = mode
         self.fn_bytes = dumps_function(fn, core.main_importable)
         self.history = {}  # position -> charged attempts; the reader thread's
+        self.errors = {}  # position -> how many times the task raised; the reader thread's
 
     def charge(self, pos, attempt):
         h = self.history.setdefault(pos, [])
         h.append(attempt)
         return h
+
+    def count_error(self, pos) -> int:
+        """Count one more exception raised by the item at pos; return the count."""
+        n = self.errors.get(pos, 0) + 1
+        self.errors[pos] = n
+        return n
 
     def on_send(self) -> bool:
         """Called before the job's chunk is sent; False drops it."""
@@ -78,13 +106,15 @@ class AsyncResult:
     """The result of apply_async, map_async and starmap_async, as in
     multiprocessing.pool.AsyncResult."""
 
-    def __init__(self, core, fn, mode, n: int, single: bool, callback, error_callback, errors: str):
-        self._job = _ListJob(core, fn, mode, n, self)
+    def __init__(self, core, fn, mode, n: int, single: bool, callback, error_callback, errors: str,
+                 progress=None):
         self._single = single
         self._callback = callback
         self._error_callback = error_callback
         self._errors = errors
+        self._progress = progress  # a _progress.Progress, or None
         self._event = threading.Event()
+        self._job = _ListJob(core, fn, mode, n, self)
         if n == 0:
             self._finish()
 
@@ -116,21 +146,26 @@ class AsyncResult:
     def _value(self):
         job = self._job
         if job.failed:
-            if self._errors == "raise":
-                raise pick_failure(job.failed)
+            raised = raised_failures(job.failed, self._errors)
+            if raised:
+                raise pick_failure(raised)
             values = list(job.values)
-            for p, e in job.failed.items():
-                values[p] = e
+            if self._errors == "return":
+                for p, e in job.failed.items():
+                    values[p] = e
         else:
             values = job.values
         return values[0] if self._single else values
 
     def _finish(self):
         job = self._job
+        if self._progress is not None:
+            self._progress.close()
         try:
-            if job.failed and self._errors == "raise":
+            raised = raised_failures(job.failed, self._errors)
+            if raised:
                 if self._error_callback is not None:
-                    self._error_callback(pick_failure(job.failed))
+                    self._error_callback(pick_failure(raised))
             elif self._callback is not None:
                 self._callback(self._value())
         except Exception:
@@ -168,6 +203,9 @@ class _ListJob(_Job):
                 self.failed[pos] = value
             self._left -= 1
             done = self._left == 0
+        progress = self._owner._progress
+        if progress is not None:
+            progress.update(1, 0 if ok else 1)
         if done:
             self._owner._finish()
 
@@ -180,6 +218,9 @@ class _ListJob(_Job):
                     self.values[p] = v
             self._left -= len(values)
             done = self._left == 0
+        progress = self._owner._progress
+        if progress is not None:
+            progress.update(len(values), 0)
         if done:
             self._owner._finish()
 
@@ -195,6 +236,7 @@ class _FutureJob(_Job):
     Executor bounds how many are sent ahead in the same way."""
 
     windowed = True
+    encoding_errors = False
 
     def __init__(self, core, fn, future):
         super().__init__(core, fn, APPLY)
@@ -239,8 +281,15 @@ class IterResult:
     """
 
     def __init__(self, core, fn, mode, iterable: Iterable, chunksize: Optional[int], ordered: bool,
-                 errors: str, ahead: Optional[int] = None, target: float = 0.02, max_chunk: int = 1024):
+                 errors: str, ahead: Optional[int] = None, target: float = 0.02, max_chunk: int = 1024,
+                 progress=None, on_ready=None):
+        """progress (a _progress.Progress) counts settled items; on_ready,
+        if given, is called (from the pool's threads) whenever next() may
+        have something new: a result, or the end of the input."""
         self._job = _IterJob(core, fn, mode, self)
+        self._progress = progress
+        self._on_ready = on_ready
+        self._settled = 0
         self._core = core
         self._ordered = ordered
         self._errors = errors
@@ -291,7 +340,10 @@ class IterResult:
             self._input_error = e
         with self._cond:
             self._total = pos
+            self._settled_more(0, 0)
             self._cond.notify_all()
+        if self._on_ready is not None:
+            self._on_ready()
 
     def _adapt(self):
         if self._fixed is not None or self._core.timeout:
@@ -319,13 +371,32 @@ class IterResult:
     def _settle(self, pos, ok, value):
         with self._cond:
             self._put(pos, ok, value)
+            self._settled_more(1, 0 if ok else 1)
             self._cond.notify_all()
+        if self._on_ready is not None:
+            self._on_ready()
 
     def _settle_many(self, positions, values):
         with self._cond:
             for p, v in zip(positions, values):
                 self._put(p, True, v)
+            self._settled_more(len(values), 0)
             self._cond.notify_all()
+        if self._on_ready is not None:
+            self._on_ready()
+
+    def _settled_more(self, n: int, failed: int):
+        """Count n more items settled (0: the input ended), failed of them
+        failed, on the progress display, and close it after the last.
+        Called with _cond held, so that the display has counted an item
+        before the consumer can see it."""
+        self._settled += n
+        progress = self._progress
+        if progress is not None:
+            if n:
+                progress.update(n, failed)
+            if self._total is not None and self._settled >= self._total:
+                progress.close()
 
     def __iter__(self):
         return self
@@ -354,8 +425,10 @@ class IterResult:
                 self._cond.wait(remaining)
             self._consumed += 1
             self._cond.notify_all()
-        if not ok and self._errors == "raise":
-            raise value
+        if not ok and self._errors != "return":
+            if self._errors != KILLED_NONE or not _killed(value):
+                raise value
+            return None
         return value
 
     __next__ = next

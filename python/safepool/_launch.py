@@ -115,6 +115,8 @@ def hello_frame(hello: dict) -> bytes:
     for k, v in hello.items():
         if isinstance(v, list):
             v = "[" + ", ".join(json_string(x) for x in v) + "]"
+        elif isinstance(v, bool):
+            v = "true" if v else "false"
         else:
             v = repr(v)
         members.append("%s: %s" % (json_string(k), v))
@@ -132,7 +134,10 @@ class Launch:
     """
 
     def __init__(self, processes, *, initializer=None, initargs=(), retries=0, on_worker_death=None,
-                 timeout=None, mem_limit=0, max_tasks_per_child=None, max_rss=0, grace=None, python=None):
+                 timeout=None, mem_limit=0, max_tasks_per_child=None, max_rss=0, grace=None, python=None,
+                 options=None):
+        """options (a _options.EngineOptions) adds the governor's and the
+        retry policy's settings to the hello."""
         self.processes, self.retries, self.policy = check_options(processes, retries, on_worker_death,
                                                                   initializer)
         self.timeout = timeout
@@ -147,6 +152,11 @@ class Launch:
             "grace": float(grace or 0),
             "pipeline": 2,
         }
+        if options is None:
+            from ._options import EngineOptions
+            options = EngineOptions()
+        self.options = options
+        hello.update(options.hello())
         frame = hello_frame(hello)
         self.init_file = None
         binary = _binary.find_binary()

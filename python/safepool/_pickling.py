@@ -86,3 +86,25 @@ def dumps_function(fn, main_importable: bool = True) -> bytes:
     lambda or a closure, or defined in a __main__ module that workers do not
     import, and cloudpickle is importable."""
     return dumps_code(fn, fn, main_importable)
+
+
+def dumps_payload(obj, main_importable: bool = True) -> bytes:
+    """Pickle a batch (its items, which may hold functions or instances of
+    classes) for a worker. When workers do not import the parent's __main__
+    module, what is defined there is sent by value with cloudpickle if it is
+    importable; otherwise a TypeError says what to do, instead of a worker
+    failing to find it. Other pickling errors are raised as they are."""
+    if main_importable:
+        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    try:
+        return _dumps_checked(obj)
+    except _FromMain as e:
+        cp = _cloudpickle()
+        if cp is None:
+            raise TypeError(
+                "cannot send %r to a worker process: it is defined in the main module, which workers "
+                "cannot import because this program has no script file (it was read from standard "
+                "input, or run with -c or interactively). Define it in a module that the program "
+                "imports, or install cloudpickle, which safepool then uses to send it by value."
+                % (e.obj,)) from None
+        return cp.dumps(obj, pickle.HIGHEST_PROTOCOL)

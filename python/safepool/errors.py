@@ -86,18 +86,13 @@ class RemoteError(TaskFailed):
     ``__cause__`` the remote traceback."""
 
 
-class RemoteTraceback(Exception):
-    """Carries the text of a traceback from a worker. It is set as the
-    ``__cause__`` of exceptions re-raised from tasks, as
-    concurrent.futures does, so the traceback shows where in the worker the
-    task failed."""
-
-    def __init__(self, tb: str):
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self):
-        return "\n\"\"\"\n" + self.tb + "\"\"\""
+def remote_traceback(tb: str) -> BaseException:
+    """The ``__cause__`` of an exception re-raised from a task, as
+    multiprocessing.Pool sets it: a RemoteTraceback whose text (its ``tb``)
+    is the worker's traceback, so that the traceback printed shows where in
+    the worker the task failed."""
+    from multiprocessing.pool import RemoteTraceback
+    return RemoteTraceback('\n"""\n%s"""' % tb)
 
 
 class FailedTask(NamedTuple):
@@ -134,4 +129,10 @@ def __getattr__(name):
             if "BrokenPool" not in globals():
                 BrokenPool = _broken_pool()
         return globals()["BrokenPool"]
+    if name == "RemoteTraceback":
+        # multiprocessing.pool's own class, so that code that checks for it
+        # finds it; imported where a task fails, not before.
+        from multiprocessing.pool import RemoteTraceback
+        globals()["RemoteTraceback"] = RemoteTraceback
+        return RemoteTraceback
     raise AttributeError("module %r has no attribute %r" % (__name__, name))

@@ -5,9 +5,16 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from . import _launch
-from .pool import parse_size
+from ._options import EngineOptions, check_context, parse_size
 
 __all__ = ["Executor"]
+
+
+def _log_broken(error: BaseException) -> None:
+    # As ProcessPoolExecutor, whose workers log a failing initializer on
+    # this logger: here the error says which worker died and how.
+    import logging
+    logging.getLogger("concurrent.futures").critical("safepool.Executor is broken: %s", error)
 
 
 class Executor(concurrent.futures.Executor):
@@ -18,7 +25,9 @@ class Executor(concurrent.futures.Executor):
     (after `retries` more attempts with on_worker_death="retry"); the
     executor replaces the worker and stays usable. With
     on_worker_death="abort" the first death stops the executor instead.
-    The other arguments are those of safepool.Pool.
+    mp_context is checked as Pool's context: None, "spawn" or
+    "forkserver" (or such a context) change nothing; "fork" raises
+    ValueError. The other arguments are those of safepool.Pool.
     """
 
     def __init__(self, max_workers: Optional[int] = None, mp_context: Any = None,
@@ -26,11 +35,28 @@ class Executor(concurrent.futures.Executor):
                  max_tasks_per_child: Optional[int] = None, retries: int = 0,
                  on_worker_death: Optional[str] = None, timeout: Optional[float] = None,
                  mem_limit: Union[int, str, None] = None, max_rss: Union[int, str, None] = None,
-                 grace: Optional[float] = None):
+                 grace: Optional[float] = None, mem_budget: Union[int, str, None] = None,
+                 mem_per_task: Union[int, str, None] = None, mem_reserve: Union[int, str, None] = None,
+                 mem_high: Optional[float] = None, mem_psi: Optional[float] = None,
+                 no_governor: bool = False, backoff: Optional[float] = None,
+                 max_backoff: Optional[float] = None, task_error_retries: int = 0):
+        # ProcessPoolExecutor's checks and messages.
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if max_tasks_per_child is not None:
+            if isinstance(max_tasks_per_child, bool) or not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        check_context(mp_context, "mp_context")
+        options = EngineOptions(mem_budget=mem_budget, mem_per_task=mem_per_task, mem_reserve=mem_reserve,
+                                mem_high=mem_high, mem_psi=mem_psi, no_governor=no_governor,
+                                backoff=backoff, max_backoff=max_backoff,
+                                task_error_retries=task_error_retries)
         launch = _launch.Launch(max_workers, initializer=initializer, initargs=initargs, retries=retries,
                                 on_worker_death=on_worker_death, timeout=timeout, mem_limit=parse_size(mem_limit),
                                 max_tasks_per_child=max_tasks_per_child, max_rss=parse_size(max_rss),
-                                grace=grace)
+                                grace=grace, options=options)
         try:
             from ._core import _Core
         except BaseException:
@@ -39,7 +65,9 @@ class Executor(concurrent.futures.Executor):
         # As ProcessPoolExecutor's call queue: at most one future more than
         # there are workers is sent ahead. A future is running once sent, so
         # shutdown(cancel_futures=True) cancels all the others.
-        self._core = _Core(launch, ahead=launch.processes + 1)
+        self._core = _Core(launch, backoff=options.backoff, max_backoff=options.max_backoff,
+                           ahead=launch.processes + 1)
+        self._core.on_broken = _log_broken
         self._shutdown = False
         self._lock = threading.Lock()
 
@@ -57,14 +85,16 @@ class Executor(concurrent.futures.Executor):
             return f
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: Optional[float] = None,
-            chunksize: Optional[int] = None, buffersize: Optional[int] = None) -> Iterator[Any]:
+            chunksize: Optional[int] = None, buffersize: Optional[int] = None,
+            progress: bool = False) -> Iterator[Any]:
         """Return an iterator of fn(*args) for args in zip(*iterables), in order.
 
         Inputs are read lazily: at most buffersize items (by default a few
         batches per worker) are submitted and not yet consumed. chunksize
         None adapts the batch size to the tasks' duration. A failed task
         raises its exception when its result is reached. timeout bounds the
-        whole iteration, as in concurrent.futures.
+        whole iteration, as in concurrent.futures. progress=True shows the
+        tasks done on standard error (a tqdm bar when tqdm is installed).
         """
         with self._lock:
             if self._shutdown:
@@ -78,19 +108,28 @@ class Executor(concurrent.futures.Executor):
         mp_timeout = ()
         if timeout is not None:
             from multiprocessing import TimeoutError as mp_timeout
-        it = IterResult(self._core, fn, STAR, zip(*iterables), chunksize, True, "raise", ahead=buffersize)
+        display = None
+        if progress:
+            from . import _progress
+            from .pool import _total
+            sizes = [_total(i) for i in iterables]
+            display = _progress.make(progress, None if None in sizes else min(sizes, default=0))
+        it = IterResult(self._core, fn, STAR, zip(*iterables), chunksize, True, "raise", ahead=buffersize,
+                        progress=display)
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def results():
             while True:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 try:
-                    v = it.next(remaining)
+                    box = [it.next(remaining)]
                 except StopIteration:
                     return
                 except mp_timeout:
                     raise concurrent.futures.TimeoutError() from None
-                yield v
+                # Yielded from a list, so that this generator holds no
+                # reference to the result while the caller has it.
+                yield box.pop()
 
         return results()
 
@@ -125,3 +164,22 @@ class Executor(concurrent.futures.Executor):
         """List the tasks that failed so far: (function, args, cause, attempts)."""
         from .errors import FailedTask
         return [FailedTask(*t) for t in self._core.failed_tasks()]
+
+    def stats(self):
+        """Per-task records of the tasks that succeeded so far, as
+        Pool.stats gives them: job (a number per submit or map call),
+        index (the task's position in its call), start and end (Unix
+        seconds), pid (the worker) and peak_rss (bytes; 0 if unknown)."""
+        return self._core.stats()
+
+    @property
+    def _broken(self):
+        """Why the executor cannot run tasks, or False, as
+        ProcessPoolExecutor's attribute of that name, which some code reads."""
+        try:
+            self._core.check_running()
+        except ValueError:
+            return False  # shut down, not broken
+        except Exception as e:
+            return str(e)
+        return False

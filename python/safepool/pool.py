@@ -1,7 +1,10 @@
 """safepool.Pool: a drop-in for multiprocessing.Pool that survives the OOM killer."""
 from __future__ import annotations
 
+import warnings
+
 from . import _launch
+from ._options import EngineOptions, check_context, parse_size
 
 # Pool() starts the binary before it imports the rest of the client (see
 # _launch), so this module imports it only where it is used: _core, _jobs,
@@ -14,26 +17,24 @@ if TYPE_CHECKING:
 
 __all__ = ["Pool", "FailedTask", "parse_size"]
 
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000 ** 2, "mb": 1000 ** 2,
-          "mib": 1024 ** 2, "g": 1000 ** 3, "gb": 1000 ** 3, "gib": 1024 ** 3, "t": 1000 ** 4,
-          "tb": 1000 ** 4, "tib": 1024 ** 4}
+# The states of a pool, with multiprocessing.pool's names and values.
+RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 
 
-def parse_size(size: Union[int, str, None]) -> int:
-    """Return a memory size in bytes: an int, or a string such as "512MiB"
-    or "2GB". None means 0 (no limit)."""
-    if size is None:
-        return 0
-    if isinstance(size, int):
-        if size < 0:
-            raise ValueError("a memory size must not be negative")
-        return size
-    import re
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(size))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError("bad memory size %r (want bytes, or a number with KiB, MiB, GiB, KB, MB, GB...)"
-                         % (size,))
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+def check_max_tasks(value, name: str):
+    """Return value (None or a positive int) or raise ValueError, as
+    multiprocessing.Pool does for maxtasksperchild."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError("%s must be a positive int or None, not %r" % (name, value))
+    return value
+
+
+def _total(iterable):
+    """The number of items of iterable if it knows it, else None."""
+    try:
+        return len(iterable)
+    except Exception:
+        return None
 
 
 def __getattr__(name):
@@ -62,8 +63,10 @@ class Pool:
             and the pool breaks after a few such deaths in a row.
         maxtasksperchild: replace a worker after this many tasks (batches
             of items, as in multiprocessing). Same as max_tasks_per_child.
-        context: accepted for compatibility and ignored: workers are always
-            spawned.
+        context: None, or a start method that means what safepool's
+            workers are anyway: "spawn" or "forkserver", by name or as a
+            multiprocessing context. "fork" raises ValueError: safepool
+            never forks.
         retries: how many more times a task whose worker died is run.
         on_worker_death: "skip" (fail the task, go on), "retry" (run it
             again up to `retries` times, then fail it) or "abort" (fail it
@@ -78,30 +81,78 @@ class Pool:
         max_tasks_per_child: as maxtasksperchild.
         max_rss: replace a worker whose memory exceeds this after a task.
         grace: seconds between SIGTERM and SIGKILL when workers are stopped.
+        mem_budget: the memory the workers may use together (bytes or
+            "8GiB"); None: the host's memory or the enclosing cgroup's
+            limit, less mem_reserve.
+        mem_per_task: the expected peak memory of one task, used by the
+            governor until peaks are measured, and set aside for each
+            task's whole run.
+        mem_reserve: memory held back for others; None: a tenth, 64MiB to
+            2GiB.
+        mem_high: stop the youngest task when more than this percentage of
+            the memory is in use (None: 95; 0: never).
+        mem_psi: stop the youngest task when memory pressure (PSI full
+            avg10, in percent) is above this (None: 40; 0: never).
+        no_governor: run `processes` tasks at once whatever memory they
+            need: no admission, poison or preemption.
+        backoff, max_backoff: seconds before a task is run again (after a
+            worker death, or an exception with task_error_retries); the
+            delay doubles from backoff (None: 0.05) up to max_backoff
+            (None: 5).
+        task_error_retries: how many more times a task that raised is run
+            before its exception is reported.
     """
+
+    # How many of the core's futures (AsyncPool) may be sent ahead of the
+    # workers; False: no bound but the binary's.
+    _futures_ahead = False
 
     def __init__(self, processes: Optional[int] = None, initializer: Optional[Callable] = None,
                  initargs: Iterable = (), maxtasksperchild: Optional[int] = None, context: Any = None, *,
                  retries: int = 0, on_worker_death: Optional[str] = None, timeout: Optional[float] = None,
                  mem_limit: Union[int, str, None] = None, max_tasks_per_child: Optional[int] = None,
-                 max_rss: Union[int, str, None] = None, grace: Optional[float] = None):
+                 max_rss: Union[int, str, None] = None, grace: Optional[float] = None,
+                 mem_budget: Union[int, str, None] = None, mem_per_task: Union[int, str, None] = None,
+                 mem_reserve: Union[int, str, None] = None, mem_high: Optional[float] = None,
+                 mem_psi: Optional[float] = None, no_governor: bool = False,
+                 backoff: Optional[float] = None, max_backoff: Optional[float] = None,
+                 task_error_retries: int = 0):
+        self._state = None  # no pool to warn about in __del__ if this fails
+        check_context(context, "context")
+        check_max_tasks(maxtasksperchild, "maxtasksperchild")
+        check_max_tasks(max_tasks_per_child, "max_tasks_per_child")
+        options = EngineOptions(mem_budget=mem_budget, mem_per_task=mem_per_task, mem_reserve=mem_reserve,
+                                mem_high=mem_high, mem_psi=mem_psi, no_governor=no_governor,
+                                backoff=backoff, max_backoff=max_backoff,
+                                task_error_retries=task_error_retries)
         launch = _launch.Launch(processes, initializer=initializer, initargs=initargs, retries=retries,
                                 on_worker_death=on_worker_death, timeout=timeout,
                                 mem_limit=parse_size(mem_limit),
                                 max_tasks_per_child=max_tasks_per_child or maxtasksperchild,
-                                max_rss=parse_size(max_rss), grace=grace)
+                                max_rss=parse_size(max_rss), grace=grace, options=options)
         try:
             from ._core import _Core
         except BaseException:
             launch.abandon()
             raise
-        self._core = _Core(launch)
-        self._state = "run"
+        ahead = launch.processes + 1 if self._futures_ahead else 0
+        self._core = _Core(launch, backoff=options.backoff, max_backoff=options.max_backoff, ahead=ahead)
+        self._state = RUN
+
+    def __repr__(self):
+        return "<%s.%s state=%s processes=%d>" % (type(self).__module__, type(self).__qualname__, self._state,
+                                                 self._core.processes if self._state else 0)
+
+    def __del__(self, _warn=warnings.warn, _RUN=RUN):
+        # As multiprocessing.Pool: a pool that is dropped while it runs is a
+        # leak (its binary and workers run until the program exits).
+        if getattr(self, "_state", None) == _RUN:
+            _warn("unclosed running multiprocessing pool %r" % (self,), ResourceWarning, source=self)
 
     # ---- submitting ----------------------------------------------------------
 
     def _check(self):
-        if self._state != "run":
+        if self._state != RUN:
             raise ValueError("Pool not running")
         self._core.check_running()
 
@@ -115,18 +166,32 @@ class Pool:
         size, extra = divmod(n, self._core.processes * 4)
         return size + 1 if extra else max(size, 1)
 
-    def _map_async(self, fn, iterable, chunksize, mode, callback, error_callback, errors):
+    def _map_async(self, fn, iterable, chunksize, mode, callback, error_callback, errors, progress=False):
         from ._core import _Chunk
-        from ._jobs import AsyncResult, check_errors
+        from ._jobs import AsyncResult
         self._check()
-        check_errors(errors)
         items = iterable if isinstance(iterable, list) else list(iterable)
-        res = AsyncResult(self._core, fn, mode, len(items), False, callback, error_callback, errors)
+        display = None
+        if progress:
+            from . import _progress
+            display = _progress.make(progress, len(items))
+        res = AsyncResult(self._core, fn, mode, len(items), False, callback, error_callback, errors, display)
         cs = self._chunksize(len(items), chunksize)
         for start in range(0, len(items), cs):
             part = items[start:start + cs]
             self._core.submit(_Chunk(res._job, range(start, start + len(part)), part))
         return res
+
+    def _imap(self, func, iterable, chunksize, ordered, errors, progress, on_ready=None):
+        from ._core import MAP
+        from ._jobs import IterResult
+        self._check()
+        display = None
+        if progress:
+            from . import _progress
+            display = _progress.make(progress, _total(iterable))
+        return IterResult(self._core, func, MAP, iterable, chunksize, ordered, errors, progress=display,
+                          on_ready=on_ready)
 
     def apply_async(self, func: Callable, args: Iterable = (), kwds: Optional[dict] = None,
                     callback: Optional[Callable] = None,
@@ -135,7 +200,7 @@ class Pool:
         from ._core import APPLY, _Chunk
         from ._jobs import AsyncResult
         self._check()
-        res = AsyncResult(self._core, func, APPLY, 1, True, callback, error_callback, "raise")
+        res = AsyncResult(self._core, func, APPLY, 1, True, callback, error_callback, self._errors("raise"))
         self._core.submit(_Chunk(res._job, range(0, 1), [(tuple(args), dict(kwds or {}))]))
         return res
 
@@ -143,15 +208,22 @@ class Pool:
         """Run func(*args, **kwds) in a worker and return its result."""
         return self.apply_async(func, args, kwds).get()
 
+    def _errors(self, errors: str) -> str:
+        """The errors mode that a call made with errors uses (SafePool
+        changes it)."""
+        from ._jobs import check_errors
+        check_errors(errors)
+        return errors
+
     def map_async(self, func: Callable, iterable: Iterable, chunksize: Optional[int] = None,
                   callback: Optional[Callable] = None, error_callback: Optional[Callable] = None, *,
                   errors: str = "raise") -> AsyncResult:
         """Like map, but return an AsyncResult."""
         from ._core import MAP
-        return self._map_async(func, iterable, chunksize, MAP, callback, error_callback, errors)
+        return self._map_async(func, iterable, chunksize, MAP, callback, error_callback, self._errors(errors))
 
     def map(self, func: Callable, iterable: Iterable, chunksize: Optional[int] = None, *,
-            errors: str = "raise") -> List[Any]:
+            errors: str = "raise", progress: bool = False) -> List[Any]:
         """Return [func(x) for x in iterable], computed by the workers.
 
         Items are sent in batches of chunksize (by default about a quarter
@@ -159,70 +231,65 @@ class Pool:
         fails, map raises its exception after the others have finished: the
         first failure in input order, safepool.WorkerDied if its worker died.
         With errors="return", it returns the exceptions in place of the
-        failed results instead.
+        failed results instead. progress=True shows the tasks done on
+        standard error (a tqdm bar when tqdm is installed).
         """
         from ._core import MAP
-        return self._map_async(func, iterable, chunksize, MAP, None, None, errors).get()
+        return self._map_async(func, iterable, chunksize, MAP, None, None, self._errors(errors),
+                               progress).get()
 
     def starmap_async(self, func: Callable, iterable: Iterable, chunksize: Optional[int] = None,
                       callback: Optional[Callable] = None, error_callback: Optional[Callable] = None, *,
                       errors: str = "raise") -> AsyncResult:
         """Like starmap, but return an AsyncResult."""
         from ._core import STAR
-        return self._map_async(func, iterable, chunksize, STAR, callback, error_callback, errors)
+        return self._map_async(func, iterable, chunksize, STAR, callback, error_callback, self._errors(errors))
 
     def starmap(self, func: Callable, iterable: Iterable, chunksize: Optional[int] = None, *,
-                errors: str = "raise") -> List[Any]:
+                errors: str = "raise", progress: bool = False) -> List[Any]:
         """Like map, but each item is an argument tuple: func(*item)."""
         from ._core import STAR
-        return self._map_async(func, iterable, chunksize, STAR, None, None, errors).get()
+        return self._map_async(func, iterable, chunksize, STAR, None, None, self._errors(errors),
+                               progress).get()
 
     def imap(self, func: Callable, iterable: Iterable, chunksize: Optional[int] = None, *,
-             errors: str = "raise") -> IterResult:
+             errors: str = "raise", progress: bool = False) -> IterResult:
         """Return an iterator of func(x) for x in iterable, in order.
 
         Unlike multiprocessing's, the input is read lazily: only a bounded
         number of items are in flight or waiting to be consumed. chunksize
         None adapts the batch size to how long items take. A failed task
         raises from next() at its place (errors="return" returns it).
+        progress=True shows the tasks done on standard error.
         """
-        from ._core import MAP
-        from ._jobs import IterResult, check_errors
-        self._check()
-        check_errors(errors)
-        return IterResult(self._core, func, MAP, iterable, chunksize, True, errors)
+        return self._imap(func, iterable, chunksize, True, self._errors(errors), progress)
 
     def imap_unordered(self, func: Callable, iterable: Iterable, chunksize: Optional[int] = None, *,
-                       errors: str = "raise") -> IterResult:
+                       errors: str = "raise", progress: bool = False) -> IterResult:
         """Like imap, but results come as they are ready."""
-        from ._core import MAP
-        from ._jobs import IterResult, check_errors
-        self._check()
-        check_errors(errors)
-        return IterResult(self._core, func, MAP, iterable, chunksize, False, errors)
+        return self._imap(func, iterable, chunksize, False, self._errors(errors), progress)
 
     # ---- lifecycle -------------------------------------------------------------
 
     def close(self) -> None:
         """Accept no more tasks; the workers exit when the queued ones are done."""
-        if self._state == "run":
-            self._state = "close"
+        if self._state == RUN:
+            self._state = CLOSE
 
     def terminate(self) -> None:
         """Stop at once: kill the workers (SIGTERM, then SIGKILL after the
         grace period) and the binary. Unfinished tasks fail with
         safepool.TaskCancelled."""
-        self._state = "terminate"
+        self._state = TERMINATE
         self._core.terminate()
 
     def join(self) -> None:
         """Wait for the queued tasks and for the workers to exit. Call close
         or terminate first."""
-        if self._state == "run":
+        if self._state == RUN:
             raise ValueError("Pool is still running")
-        if self._state == "close":
+        if self._state == CLOSE:
             self._core.close()
-            self._state = "joined"
         else:
             self._core._finish(10.0)
 

@@ -46,6 +46,44 @@ def dumps(obj) -> bytes:
     return _dumps(obj, -1)
 
 
+def main_attr(qualname: str):
+    """Return what qualname names in this process's __main__ module: how a
+    class or function of the client's __main__, sent by value to a worker
+    that could not import it, comes back to the client by name."""
+    obj = sys.modules["__main__"]
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def dumps_main_by_name(obj) -> bytes:
+    """Pickle obj, sending the classes and functions of __main__ by name
+    without looking them up here. The worker's __main__ may not have them
+    (they came by value, with cloudpickle, from a client whose main module
+    workers cannot import); the client's has."""
+    import io
+    import pickle
+
+    function = type(main_attr)
+
+    class Pickler(pickle.Pickler):
+        def reducer_override(self, o):
+            if isinstance(o, (type, function)) and getattr(o, "__module__", None) in ("__main__", "__mp_main__"):
+                return main_attr, (o.__qualname__,)
+            return NotImplemented
+
+    buf = io.BytesIO()
+    Pickler(buf, pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buf.getvalue()
+
+
+def call_pickled(fn_bytes: bytes, args, kwargs):
+    """Call the pickled function fn_bytes: how a batch whose items call
+    different functions (a joblib batch) runs, each pickled as safepool
+    pickles a task's function."""
+    return loads(fn_bytes)(*args, **kwargs)
+
+
 def unpack_strings(packed: str) -> list:
     """Decode a list of strings packed by safepool._launch.pack_strings:
     each is its length, a colon and itself."""
@@ -156,8 +194,21 @@ def _exc_record(e):
         data = dumps(e)
         loads(data)  # some exceptions pickle but do not unpickle
     except Exception:
-        data = None
+        try:
+            # Its class may be the client's __main__'s, sent by value: the
+            # client unpickles it (or reports it if it cannot).
+            data = dumps_main_by_name(e)
+        except Exception:
+            data = None
     return (data, tb, "%s: %s" % (type(e).__name__, e))
+
+
+def _short_repr(v, limit=1000) -> str:
+    try:
+        r = repr(v)
+    except Exception as e:
+        r = "<unrepresentable %s: %s>" % (type(v).__name__, e)
+    return r if len(r) <= limit else r[:limit - 3] + "..."
 
 
 def _run_batch(task_id, payload, blame, fns):
@@ -197,6 +248,10 @@ def _run_batch(task_id, payload, blame, fns):
     try:
         return dumps((OK, values, errors, ends, start))
     except Exception:
+        pass
+    try:
+        return dumps_main_by_name((OK, values, errors, ends, start))
+    except Exception:
         # Some result cannot be pickled: report it on that item only.
         if errors is None:
             errors = {}
@@ -204,11 +259,13 @@ def _run_batch(task_id, payload, blame, fns):
             if i in errors:
                 continue
             try:
-                dumps(v)
+                dumps_main_by_name(v)
             except Exception as e:
-                errors[i] = _exc_record(e)
+                # The client may report it as multiprocessing does, with
+                # the value's repr (MaybeEncodingError).
+                errors[i] = _exc_record(e) + (_short_repr(v),)
                 values[i] = None
-        return dumps((OK, values, errors, ends, start))
+        return dumps_main_by_name((OK, values, errors, ends, start))
 
 
 def main():

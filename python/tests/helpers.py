@@ -135,3 +135,62 @@ def identity(x):
 
 def raise_with(message):
     raise ValueError(message)
+
+
+def span(seconds):
+    """Sleep; return when this ran, as (start, end) in Unix seconds."""
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time()
+
+
+def meet(_item, directory, n, limit=60.0):
+    """Record this call in directory, then wait until n calls have (at most
+    limit seconds); report whether they all met, so ran at the same time."""
+    open(os.path.join(directory, "%d-%d" % (os.getpid(), time.monotonic_ns())), "w").close()
+    deadline = time.monotonic() + limit
+    while len(os.listdir(directory)) < n:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def raise_until(directory, times, value):
+    """Raise ValueError the first `times` calls (counted by files in
+    directory), then return value."""
+    n = len(os.listdir(directory))
+    open(os.path.join(directory, "%d-%d" % (os.getpid(), time.monotonic_ns())), "w").close()
+    if n < times:
+        raise ValueError("call %d fails" % (n + 1))
+    return value
+
+
+def kill_self():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def hog(limit_mib=4096):
+    """Allocate memory (touched) without bound, until killed; stop at
+    limit_mib so that a run without a memory limit ends too."""
+    held = []
+    for _ in range(limit_mib // 8):
+        held.append(bytearray(8 << 20))
+    return len(held)
+
+
+def touch(path, value=None):
+    """Create the file path; return value."""
+    open(path, "w").close()
+    return value
+
+
+def numpy_hog_at(x, at=3):
+    """Sum of a numpy array of x ones; on item `at`, allocate arrays of
+    64 MiB (touched) without bound, until killed."""
+    import numpy as np
+    if x == at:
+        held = []
+        while True:
+            held.append(np.ones(64 << 20, dtype=np.uint8))
+    return int(np.ones(x).sum())

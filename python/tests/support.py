@@ -77,3 +77,45 @@ def python_sigint_default(*args):
     """The argument vector of `python3 args...` started with SIGINT at its
     default, as from a terminal, whatever this process's disposition."""
     return [sys.executable, "-c", _SIGINT_DEFAULT, *args]
+
+
+DEBIAN_PYTHON = "/usr/bin/python3"
+
+
+def python_with(module: str):
+    """The argument vector of a Python interpreter that can import module:
+    this one, or Debian's (where test.sh installs python3-joblib,
+    python3-numpy, python3-tqdm...); None if neither can."""
+    for argv in ([sys.executable], [DEBIAN_PYTHON]):
+        if os.path.exists(argv[0]) and _imports(argv, module):
+            return argv
+    return None
+
+
+def python_without(module: str):
+    """The argument vector of a Python interpreter that cannot import
+    module (without site-packages, if need be), or None."""
+    for argv in ([sys.executable], [sys.executable, "-S"]):
+        if not _imports(argv, module):
+            return argv
+    return None
+
+
+def _imports(argv, module: str) -> bool:
+    import subprocess
+    r = subprocess.run(argv + ["-c", "import " + module], capture_output=True)
+    return r.returncode == 0
+
+
+def run_tests_under(test: unittest.TestCase, python, module: str):
+    """Run the unittest module `module` under the interpreter python (an
+    argument vector) in a child process, and fail test with its output if
+    any of its tests fails or is skipped under CI=true."""
+    import subprocess
+    out = subprocess.run(python + ["-m", "unittest", "-v", module], env=child_env(), cwd=PYTHON_DIR,
+                         capture_output=True, text=True, timeout=600)
+    sys.stderr.write(out.stderr)
+    if out.returncode != 0:
+        test.fail("%s under %s failed:\n%s" % (module, python[0], out.stderr[-6000:]))
+    if in_ci() and "skipped" in out.stderr.splitlines()[-1]:
+        test.fail("%s under %s skipped tests under CI=true" % (module, python[0]))

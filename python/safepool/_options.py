@@ -1,0 +1,137 @@
+"""The options that Pool and Executor share beyond multiprocessing's: sizes,
+the start-method context, and the engine's memory governor and retry policy.
+
+Checked here, once, before the binary starts; imports nothing that the
+interpreter has not already loaded (see _launch).
+"""
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000 ** 2, "mb": 1000 ** 2,
+          "mib": 1024 ** 2, "g": 1000 ** 3, "gb": 1000 ** 3, "gib": 1024 ** 3, "t": 1000 ** 4,
+          "tb": 1000 ** 4, "tib": 1024 ** 4}
+
+
+def parse_size(size) -> int:
+    """Return a memory size in bytes: an int, or a string such as "512MiB"
+    or "2GB". None means 0 (no limit)."""
+    if size is None:
+        return 0
+    if isinstance(size, bool):
+        raise TypeError("a memory size must be an int or a string such as '2GiB', not a bool")
+    if isinstance(size, int):
+        if size < 0:
+            raise ValueError("a memory size must not be negative")
+        return size
+    import re
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(size))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError("bad memory size %r (want bytes, or a number with KiB, MiB, GiB, KB, MB, GB...)"
+                         % (size,))
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+# Start methods whose workers, like safepool's, are fresh interpreters that
+# import the parent's main module and inherit none of its state.
+SPAWN_LIKE = ("spawn", "forkserver")
+
+
+def check_context(context, name: str) -> None:
+    """Accept a multiprocessing start-method context (or its name) that
+    means nothing here, and refuse one that would change what the program
+    sees: safepool never forks.
+
+    None, "spawn" and "forkserver" (names or contexts) are accepted and
+    change nothing. A default context whose start method was never set is
+    accepted too (the program did not ask for fork). "fork", or a context
+    of that method, raises ValueError: code written for fork relies on
+    workers inheriting the parent's state, and safepool's workers do not.
+    """
+    if context is None:
+        return
+    if isinstance(context, str):
+        method = context
+    else:
+        get = getattr(context, "get_start_method", None)
+        if get is None:
+            raise TypeError("%s must be None, a start method's name or a multiprocessing context, not %r"
+                            % (name, context))
+        method = get(allow_none=True)
+        if method is None:
+            return
+    if method in SPAWN_LIKE:
+        return
+    raise ValueError(
+        "%s=%r: safepool never forks. Its workers are fresh interpreters started by the safepool "
+        "binary, as with the 'spawn' start method: they import your main module and inherit none of "
+        "this process's state. Pass %s=None (or a 'spawn' context), and give workers what they need "
+        "through initializer/initargs or the task's arguments." % (name, method, name))
+
+
+def _percent(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("%s must be a percentage (a number from 0 to 100), not %r" % (name, value))
+    if not 0 <= value <= 100:
+        raise ValueError("%s must be a percentage from 0 to 100, not %r" % (name, value))
+    return float(value)
+
+
+def _seconds(value, name: str, default: float) -> float:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("%s must be a number of seconds, not %r" % (name, value))
+    if value < 0:
+        raise ValueError("%s must not be negative" % name)
+    return float(value)
+
+
+class EngineOptions:
+    """The memory governor's settings and the retry policy's timing, as the
+    command line's flags of the same names (docs/memory.md, docs/cli.md).
+
+    Attributes that the client uses itself: backoff and max_backoff (the
+    delay before a retry after a worker death, doubling from backoff up to
+    max_backoff) and task_error_retries.
+    """
+
+    DEFAULT_BACKOFF = 0.05  # seconds; the engine's default too
+    DEFAULT_MAX_BACKOFF = 5.0
+
+    def __init__(self, *, mem_budget=None, mem_per_task=None, mem_reserve=None, mem_high=None,
+                 mem_psi=None, no_governor=False, backoff=None, max_backoff=None, task_error_retries=0):
+        self.mem_budget = parse_size(mem_budget)
+        self.mem_per_task = parse_size(mem_per_task)
+        self.mem_reserve = parse_size(mem_reserve)
+        # As the command line: a percentage, 0 turns the trigger off, and
+        # the engine's zero value means its default.
+        if mem_high is None:
+            self.preempt_above = 0.0
+        else:
+            high = _percent(mem_high, "mem_high")
+            self.preempt_above = high / 100 if high else -1.0
+        if mem_psi is None:
+            self.preempt_psi = 0.0
+        else:
+            psi = _percent(mem_psi, "mem_psi")
+            self.preempt_psi = psi if psi else -1.0
+        self.no_governor = bool(no_governor)
+        self.backoff = _seconds(backoff, "backoff", self.DEFAULT_BACKOFF)
+        self.max_backoff = _seconds(max_backoff, "max_backoff", self.DEFAULT_MAX_BACKOFF)
+        if isinstance(task_error_retries, bool) or not isinstance(task_error_retries, int):
+            raise TypeError("task_error_retries must be an int, not %r" % (task_error_retries,))
+        if task_error_retries < 0:
+            raise ValueError("task_error_retries must not be negative")
+        self.task_error_retries = task_error_retries
+
+    def hello(self) -> dict:
+        """The members of the bridge's hello frame (internal/bridge Hello)."""
+        return {
+            "no_governor": self.no_governor,
+            "mem_budget": self.mem_budget,
+            "mem_reserve": self.mem_reserve,
+            "mem_per_task": self.mem_per_task,
+            "preempt_above": self.preempt_above,
+            "preempt_psi": self.preempt_psi,
+            "backoff": self.backoff,
+            "max_backoff": self.max_backoff,
+            "task_error_retries": self.task_error_retries,
+        }

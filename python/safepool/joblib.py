@@ -1,0 +1,156 @@
+"""A joblib backend: joblib.Parallel's tasks run on a safepool.Pool.
+
+Importing this module registers the backend under the name "safepool"::
+
+    import joblib
+    import safepool.joblib  # noqa: F401
+
+    with joblib.parallel_backend("safepool", n_jobs=4, mem_limit="2GiB", retries=1):
+        results = joblib.Parallel()(joblib.delayed(f)(x) for x in xs)
+
+(``joblib.parallel_config(backend="safepool", ...)`` in joblib 1.3 and
+later.) ``import safepool`` does not register it: that would import joblib
+in every program and worker that imports safepool.
+
+The keywords after n_jobs are safepool.Pool's (mem_limit, retries,
+on_worker_death, timeout, mem_budget...), and ``deaths``:
+
+- A task whose worker dies (OOM kill, signal, segfault, timeout) costs that
+  task only. It is retried as the pool's policy says; if it still fails,
+  with deaths="return" (the default) its place in the results holds the
+  safepool.WorkerDied exception, which says why it died, and the other
+  results come back; with deaths="raise", Parallel raises it.
+- A task that raises makes Parallel raise its exception, as with joblib's
+  own backends.
+
+Unlike loky, whose worker death breaks the whole call with
+TerminatedWorkerError, only the task that was running is charged, even when
+joblib batched several tasks together: the worker records which one ran.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import joblib
+from joblib.parallel import AutoBatchingMixin, ParallelBackendBase, register_parallel_backend
+
+from .pool import Pool
+
+__all__ = ["SafepoolBackend"]
+
+DEATHS = ("return", "raise")
+
+
+class SafepoolBackend(AutoBatchingMixin, ParallelBackendBase):
+    """joblib's ParallelBackend on a safepool.Pool: one pool per Parallel
+    call, or per ``with Parallel(...) as parallel:`` block."""
+
+    supports_timeout = True
+    supports_sharedmem = False
+    uses_threads = False
+
+    def __init__(self, nesting_level: Optional[int] = None, inner_max_num_threads: Optional[int] = None,
+                 deaths: str = "return", **pool_kwargs: Any):
+        super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
+        if deaths not in DEATHS:
+            raise ValueError("deaths must be 'return' or 'raise', not %r" % (deaths,))
+        self.deaths = deaths
+        self.pool_kwargs = pool_kwargs
+        self._pool: Optional[Pool] = None
+        self._n_jobs = 1
+
+    def effective_n_jobs(self, n_jobs):
+        """As joblib's process backends: -1 means every CPU, -2 all but
+        one, None means 1."""
+        if n_jobs == 0:
+            raise ValueError("n_jobs == 0 in Parallel has no meaning")
+        if n_jobs is None:
+            return 1
+        if n_jobs < 0:
+            return max(joblib.cpu_count() + 1 + n_jobs, 1)
+        return n_jobs
+
+    def configure(self, n_jobs=1, parallel=None, prefer=None, require=None, **backend_args):
+        # Even with one job the tasks run in a worker process: that is what
+        # keeps an OOM kill away from this one.
+        self.parallel = parallel
+        n = self.effective_n_jobs(n_jobs)
+        if self._pool is not None and n != self._n_jobs:
+            self.terminate()  # a pool of the size asked for starts at the next batch
+        self._n_jobs = n
+        return n
+
+    def _get_pool(self) -> Pool:
+        if self._pool is None:
+            self._pool = Pool(self._n_jobs, **self.pool_kwargs)
+        return self._pool
+
+    def apply_async(self, func, callback=None):
+        """Run joblib's batch func (its items, (function, args, kwargs),
+        one by one), and call callback with the batch's results."""
+        from ._core import APPLY, STAR
+        from ._pickling import dumps_function
+        pool = self._get_pool()
+        items = getattr(func, "items", None)
+        if items is None:  # not a BatchedCalls: one call
+            fn, mode, args = func, APPLY, [((), {})]
+        elif len({id(f) for f, _, _ in items}) == 1:
+            fn, mode, args = items[0][0], APPLY, [(tuple(a), dict(kw)) for _, a, kw in items]
+        else:
+            from .worker import call_pickled
+            main = pool._core.main_importable
+            fn, mode = call_pickled, STAR
+            args = [(dumps_function(f, main), tuple(a), dict(kw)) for f, a, kw in items]
+        result = _BatchResult(self.deaths, callback, single=items is None)
+        result.res = pool._map_async(fn, args, len(args) or 1, mode, result.completed, None, "return")
+        return result
+
+    def terminate(self):
+        """Stop the pool: its workers are killed."""
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None
+
+    def abort_everything(self, ensure_ready=True):
+        """A task raised: stop the rest at once. ensure_ready: the next
+        batches get a new pool."""
+        self.terminate()
+        if ensure_ready and getattr(self, "parallel", None) is not None:
+            self.configure(n_jobs=self.parallel.n_jobs, parallel=self.parallel,
+                           **self.parallel._backend_args)
+
+
+class _BatchResult:
+    """What apply_async returns: joblib calls get(timeout)."""
+
+    def __init__(self, deaths: str, callback, single: bool):
+        self.deaths = deaths
+        self.callback = callback
+        self.single = single
+        self.res = None
+
+    def _raised(self, values):
+        """The exception that get() raises, or None: the first failure
+        other than a worker's death that deaths="return" keeps in place."""
+        from .errors import WorkerDied
+        for v in values:
+            if isinstance(v, BaseException) and not (self.deaths == "return" and isinstance(v, WorkerDied)):
+                return v
+        return None
+
+    def completed(self, values):
+        # From the pool's thread: tell joblib the batch is done, which
+        # dispatches the next one. A batch that will raise does not: joblib
+        # stops at its get().
+        if self.callback is not None and self._raised(values) is None:
+            self.callback(values[0] if self.single else values)
+
+    def get(self, timeout=None):
+        values = self.res.get(timeout)
+        e = self._raised(values)
+        if e is not None:
+            raise e
+        return values[0] if self.single else values
+
+
+register_parallel_backend("safepool", SafepoolBackend)
