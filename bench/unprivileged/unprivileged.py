@@ -479,13 +479,24 @@ def last_json_line(out):
     return None
 
 
+SUMMARY = re.compile(r"^safepool: \d+ (done|tasks)")
+
+
 def cli_message(err, status):
-    """The summary first (safepool's), then whatever else was on stderr."""
+    """safepool's summary and its task lines first, then whatever else was on
+    stderr but safepool's other lines (notices(), quoted once in the section)."""
     lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
-    lines = [ln for ln in lines if ln.startswith(("safepool:", "task "))] + \
-        [ln for ln in lines if not ln.startswith(("safepool:", "task "))]
+    first = [ln for ln in lines if SUMMARY.match(ln)] + [ln for ln in lines if ln.startswith("task ")]
+    lines = first + [ln for ln in lines if ln not in first and not ln.startswith("safepool:")]
     msg = " / ".join(lines[:3]) if lines else "nothing on stderr"
     return msg + " (exit status %s)" % status
+
+
+def notices(err):
+    """safepool's lines on stderr other than its summary: what it says at
+    start about what it can do, with the cgroup path left out."""
+    return [re.sub(r"/sys/fs/cgroup/\S+", "…", ln.strip()) for ln in err.splitlines()
+            if ln.startswith("safepool:") and not SUMMARY.match(ln)]
 
 
 def task_cause(summary, err, inp):
@@ -566,6 +577,7 @@ def seed_record(kind, run, kills, js):
         return r
     r["got"] = sum(1 for ln in out.splitlines() if ln.strip().isdigit())
     r["message"] = cli_message(err, status)
+    r["notices"] = notices(err)
     r["cause"] = task_cause(summary, err, str(SEED_HOG))
     if run.hung:
         r.update(outcome="hung", message="still running at %.0f s; " % SEED_HANG + r["message"])
@@ -677,6 +689,7 @@ def share_record(kind, run, js):
     else:
         got = len(re.findall(r"^task \d+ crc ", out, re.M))
         r["message"] = cli_message(err, status)
+        r["notices"] = notices(err)
         if summary:
             r["mode"] = summary.get("memory_mode", "-")
             r["causes"] = causes_count(summary)
@@ -757,7 +770,7 @@ def batch_rep(owned, sb, rep, runs, records):
                "lost": BATCH_N - done, "outcome": outcome, "peak": peak, "oom_kills": kills, "most": most,
                "mode": (summary or {}).get("memory_mode", "-"),
                "budget": ((summary or {}).get("memory") or {}).get("budget_bytes"),
-               "message": cli_message(err, run.p.returncode), "series": series}
+               "message": cli_message(err, run.p.returncode), "notices": notices(err), "series": series}
         records.setdefault((key, user), []).append(rec)
         benchlib.log("  %-32s %-7s %-10s done %2d/%d  %5.1fs  most %s  peak %.2f GiB  oom kills %d  %s" % (
             label, user, outcome, done, BATCH_N, run.wall, most, peak / GIB, kills, rec["mode"]))
@@ -787,6 +800,11 @@ def cell(s):
     return "`" + shorten(re.sub(r"\d+\.\d+s\b", "…s", s)).replace("`", "'").replace("|", "\\|") + "`"
 
 
+def names_oom(cause):
+    """Reports whether a cause safepool gave is `oom` (also as a poison task's)."""
+    return cause == "oom" or cause == "poison (oom)"
+
+
 def seed_section(sb, records, runs):
     rows, sp_all_oom, sp_not = [], [], []
     for key, label, user, kind, _, _ in seed_runners(sb):
@@ -804,7 +822,7 @@ def seed_section(sb, records, runs):
                      benchlib.summary([r["oom_kills"] for r in recs]), mode_of(recs),
                      cell(most_frequent([r["message"] for r in recs]))])
         if key.startswith("sp_"):
-            (sp_all_oom if all(r["cause"] == "oom" for r in recs) else sp_not).append((name, tally(causes)))
+            (sp_all_oom if all(names_oom(r["cause"]) for r in recs) else sp_not).append((name, tally(causes)))
     text = ["### 1. One task OOM-killed among %d, in a 300 MiB container\n" % SEED_N]
     text.append(
         "The fault-survival scenario of bench/faults: %d tasks on %d workers; each sleeps 100 ms and answers "
@@ -820,9 +838,10 @@ def seed_section(sb, records, runs):
                                 "wall s", "OOM kills", "memory mode", "told (most frequent)"], rows))
     reading = []
     if sp_all_oom:
-        reading.append("safepool named task 7's cause `oom` in every run: %s." % "; ".join(n for n, _ in sp_all_oom))
+        reading.append("safepool named task 7's cause `oom` in every run (the target): %s."
+                       % "; ".join(n for n, _ in sp_all_oom))
     if sp_not:
-        reading.append("It did not in every run (the target): %s." % "; ".join("%s (%s)" % x for x in sp_not))
+        reading.append("It did not in every run: %s." % "; ".join("%s (%s)" % x for x in sp_not))
     text.append(" ".join(reading) + "\n")
     return "\n".join(text)
 
@@ -959,6 +978,17 @@ def write(sb, seed, share, batch, runs):
         "directory; every runner gets the same environment. %d repetition%s, each running every runner once, "
         "interleaved; median (min-max). Per-run records: bench/out/unprivileged/.\n" % (runs, "" if runs == 1 else "s"))
     text.append("```\n%s\n```\n" % cmd)
+    said = {}
+    for part in (seed, share, batch):
+        for k, recs in part.items():
+            if k[-1] == "nobody":
+                for r in recs:
+                    for n in r.get("notices") or []:
+                        said[n] = said.get(n, 0) + 1
+    if said:
+        text.append("What safepool said on stderr as nobody, besides its summary (the cgroup's path left out): %s.\n"
+                    % "; ".join("`%s` (%d runs)" % (n.replace("`", "'"), c)
+                                for n, c in sorted(said.items(), key=lambda kv: -kv[1])))
     if seed:
         text.append(seed_section(sb, seed, runs))
     if share:
