@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -29,6 +30,10 @@ The worker:
   A line worker reads a line from stdin and writes exactly one line to
   stdout for it, in order, flushing after each line (python3 -u,
   awk's fflush(), stdbuf -oL). Its stderr goes to safepool's stderr.
+  A worker gets its first line once it reads its stdin; anything it writes
+  on stdout before, or a line too many, fails with cause protocol. One that
+  has read its lines and only waits for more without answering does not
+  flush: safepool says so, and fails the line after --stall-timeout.
   safepool sends up to --pipeline lines ahead (fewer when lines take long),
   which wait in the worker's stdin; the oldest line not yet answered is the
   one the worker is running, and only it is charged if the worker dies.
@@ -37,13 +42,14 @@ The worker:
 
 Output: one line for each task that succeeded, the worker's answer, as tasks
 finish or, with --keep-order, in input order. A failed task writes no line;
-the summary on stderr, --joblog and --json list it. Lines may be of any
-length and hold any byte but newline. With no input, safepool map does
-nothing and exits 0. Since stdout carries the data, --json takes a FILE.
+the summary on stderr, --joblog and --json list it. Lines may be up to
+--max-line long and hold any byte but newline. With no input, safepool map
+does nothing and exits 0. Since stdout carries the data, --json takes a FILE.
 
 Exit status:
   0  every task succeeded, or there was no input
-  1  some tasks failed; the summary on stderr lists each one
+  1  some tasks failed (the summary on stderr lists each one), or a worker
+     got out of step, and answers it gave may belong to other lines
   2  usage error, or the worker cannot start or dies at start-up; nothing ran
   3  aborted: Ctrl-C, SIGTERM or --on-worker-death abort
 Ctrl-C stops the workers (SIGTERM, then SIGKILL after --grace), prints the
@@ -63,6 +69,9 @@ type mapArgs struct {
 	maxTasks int
 	maxRSS   int64
 	pipeline int    // --pipeline; 0 when not given
+	maxLine  int64  // --max-line; 0 when not given
+	stall    time.Duration
+	start    time.Duration
 	json     string // --json FILE
 
 	argv []string // CMD ARGS... after the flags
@@ -76,6 +85,9 @@ func (a *mapArgs) flagSet() *pflag.FlagSet {
 	fs.IntVar(&a.maxTasks, "max-tasks", 0, "replace a worker after it has done `N` tasks (default: never)")
 	fs.Var(newSizeValue(&a.maxRSS), "max-rss", "replace a worker whose memory is over `SIZE` after a task (default: never)")
 	fs.IntVar(&a.pipeline, "pipeline", 0, "send up to `N` tasks to a worker before it answers the first (default 32 lines, 8 with --framed)")
+	fs.Var(newSizeValue(&a.maxLine), "max-line", "fail a task whose answer line is longer than `SIZE` (default 64MiB)")
+	fs.DurationVar(&a.stall, "stall-timeout", defaultStall, "fail a line the worker has read and holds unanswered while it only waits for more input (it does not flush) after `DURATION`; 0: never")
+	fs.DurationVar(&a.start, "start-timeout", 0, "give a new worker `DURATION` to be ready: a --framed worker's ready frame, a line worker's first read (default 30s)")
 	a.common.registerInput(fs)
 	a.common.registerOutput(fs)
 	fs.StringVar(&a.json, "json", "", "write a JSON summary to `FILE` at the end")
@@ -102,6 +114,10 @@ func (a *mapArgs) parse(e *env, args []string) error {
 		return usagef("map", "--max-tasks must be at least 0, not %d", a.maxTasks)
 	case fs.Changed("pipeline") && a.pipeline < 1:
 		return usagef("map", "--pipeline must be at least 1, not %d", a.pipeline)
+	case fs.Changed("max-line") && a.maxLine < 1:
+		return usagef("map", "--max-line must be at least 1 byte")
+	case a.stall < 0 || a.start < 0:
+		return usagef("map", "--stall-timeout and --start-timeout must not be negative")
 	case a.json == "-":
 		return usagef("map", "--json needs a FILE: stdout carries the data")
 	}
@@ -131,6 +147,12 @@ func runMap(ctx context.Context, e *env, args []string) error {
 	cfg.MaxTasksPerWorker = a.maxTasks
 	cfg.MaxRSS = a.maxRSS
 	cfg.Pipeline = a.pipeline
+	cfg.MaxLine = a.maxLine
+	cfg.StartTimeout = a.start
+	cfg.StallTimeout = a.stall
+	if a.stall == 0 {
+		cfg.StallTimeout = -1 // never
+	}
 	if cfg.Pipeline == 0 && protocol == pool.Line {
 		cfg.Pipeline = defaultLinePipeline
 	}
@@ -165,6 +187,9 @@ func runMap(ctx context.Context, e *env, args []string) error {
 }
 
 var newline = []byte{'\n'}
+
+// defaultStall is --stall-timeout's default, the pool's own.
+const defaultStall = 10 * time.Second
 
 // defaultLinePipeline is how many lines safepool map may send to a line
 // worker ahead of its answers. The pool's own default is 1, for workers

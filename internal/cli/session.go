@@ -106,10 +106,21 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	if j.cfg.Stderr == nil && j.cfg.Protocol != pool.OneShot {
 		j.cfg.Stderr = pausedWriter{prog, e.stderr}
 	}
+	// The pool calls the observer under a lock of its own, so said needs
+	// none: each kind of notice is printed once.
+	said := map[pool.EventKind]bool{}
 	j.cfg.Observer = func(ev pool.Event) {
 		c.observe(ev)
-		if ev.Kind == pool.EventTaskEnded && ev.Result != nil {
-			jl.add(ev.Result)
+		switch ev.Kind {
+		case pool.EventTaskEnded:
+			if ev.Result != nil {
+				jl.add(ev.Result)
+			}
+		case pool.EventWorkerStalled, pool.EventWorkerOutOfStep:
+			if !said[ev.Kind] {
+				said[ev.Kind] = true
+				prog.pause(func() { fmt.Fprintf(e.stderr, "safepool: %s\n", ev.Message) })
+			}
 		}
 	}
 
@@ -279,6 +290,13 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		status = exitAborted
 	case !sum.ok():
 		status = exitFailed
+	case stats.OutOfStep > 0:
+		// Every task is done, but some answers may belong to other lines.
+		status = exitFailed
+	}
+	if stats.OutOfStep > 0 && se == nil {
+		fmt.Fprintf(e.stderr, "safepool: %s out of step: answers given before may belong to other lines\n",
+			plural(stats.OutOfStep, "worker"))
 	}
 	if readErr != nil {
 		fmt.Fprintf(e.stderr, "safepool: %v\n", readErr)
