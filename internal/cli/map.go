@@ -69,10 +69,11 @@ type mapArgs struct {
 	maxTasks int
 	maxRSS   int64
 	pipeline int    // --pipeline; 0 when not given
-	maxLine  int64  // --max-line; 0 when not given
-	stall    time.Duration
-	start    time.Duration
 	json     string // --json FILE
+
+	maxLine int64         // --max-line; 0 when not given
+	stall   time.Duration // --stall-timeout; 0: never
+	start   time.Duration // --start-timeout; 0: the pool's default
 
 	argv []string // CMD ARGS... after the flags
 }
