@@ -28,6 +28,10 @@ type Activity struct {
 	// Running counts threads running or runnable, or in uninterruptible
 	// sleep (disk I/O), or stopped.
 	Running int
+	// Partial reports that Observe stopped at the first running thread it
+	// found, which settles both questions below: the other counts and CPU
+	// are incomplete.
+	Partial bool
 }
 
 // WaitsForInput reports whether the tree looks idle and ready for a task:

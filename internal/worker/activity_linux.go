@@ -22,9 +22,10 @@ var (
 )
 
 // Observe returns what the worker's process tree (the worker and every
-// descendant that /proc lists as its child) is doing now. It returns an
-// error wrapping ErrNoActivity when /proc cannot say, for example without
-// the right to read a thread's system call.
+// descendant that /proc lists as its child) is doing now. It stops at the
+// first running thread (Activity.Partial): a busy worker, with many threads,
+// costs one look. It returns an error wrapping ErrNoActivity when /proc
+// cannot say, for example without the right to read a thread's system call.
 func (p *Process) Observe() (Activity, error) {
 	if p.taskPipe == nil {
 		return Activity{}, fmt.Errorf("%w: no task pipe", ErrNoActivity)
@@ -39,6 +40,9 @@ func (p *Process) Observe() (Activity, error) {
 		seen[pid] = true
 		kids, err := o.process(pid)
 		switch {
+		case o.a.Running > 0:
+			o.a.Partial = true
+			return o.a, nil
 		case err == nil:
 			queue = append(queue, kids...)
 		case pid != p.Pid && os.IsNotExist(err):
@@ -85,7 +89,7 @@ func (o *observer) process(pid int) ([]int, error) {
 		if os.IsNotExist(err) {
 			continue // the thread ended
 		}
-		if err != nil {
+		if err != nil || o.a.Running > 0 {
 			return nil, err
 		}
 		kids = append(kids, k...)
@@ -114,6 +118,7 @@ func (o *observer) thread(pid int, tdir string) ([]int, error) {
 		o.classify(pid, strings.Fields(string(sc)))
 	default: // R, D, T, t, W...
 		o.a.Running++
+		return nil, nil
 	}
 	kids, err := os.ReadFile(tdir + "/children")
 	if err != nil {
