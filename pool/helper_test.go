@@ -121,6 +121,10 @@ func runWorker(mode string) int {
 			}
 			fmt.Fprintln(out, "ok:"+strings.TrimSuffix(line, "\n"))
 		}
+	case "framed-slow-start":
+		// A framed worker that computes for 1.5 s before it is ready.
+		behave("spin:1500")
+		return runWorker("framed")
 	case "framed-silent":
 		// A framed worker that never sends its ready frame.
 		time.Sleep(time.Hour)
@@ -150,6 +154,7 @@ func runWorker(mode string) int {
 //	twice            answer with two lines at once: "extra" and the answer (line protocol)
 //	twice-slow       write "extra", and the answer 300 ms later, then wait 300 ms before reading on
 //	closein          answer, then close stdin and sleep
+//	closein-hang     close stdin and sleep, without answering
 //	endless          write on stdout without end, and no newline
 //	spin:MS          use the CPU for MS milliseconds, then answer
 //	killat:MS        SIGKILL the worker itself at MS milliseconds since the Unix epoch
@@ -245,6 +250,9 @@ func behave(in string) (string, error) {
 		return "", nil
 	case "closein":
 		os.Stdout.WriteString("ok:" + in + "\n")
+		syscall.Close(0)
+		time.Sleep(time.Hour)
+	case "closein-hang":
 		syscall.Close(0)
 		time.Sleep(time.Hour)
 	case "endless":

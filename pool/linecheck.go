@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -117,7 +118,7 @@ func (r *runner) armProbe() {
 	case !r.line.gateOpen:
 		d = r.line.gateLook
 		r.line.gateLook = min(2*d, gateMaxLook)
-	case r.p.cfg.StallTimeout > 0 && len(r.inflight) > 0:
+	case len(r.inflight) > 0:
 		d = stallLook
 	default:
 		return
@@ -133,9 +134,30 @@ func (r *runner) look(now time.Time) {
 	if !r.line.gateOpen {
 		r.checkGate(now)
 	} else {
-		r.checkStall(now)
+		r.checkHeld(now)
 	}
 	r.armProbe()
+}
+
+// errNoReader says that a line worker's stdin has no reader left.
+var errNoReader = errors.New("no process reads it any more")
+
+// checkHeld looks at a line worker that holds lines and has not answered
+// for stallLook. A worker that closed its stdin can take no more lines (it
+// must not close it while it lives); one that waits for more input without
+// answering may be stalled.
+func (r *runner) checkHeld(now time.Time) {
+	if len(r.inflight) == 0 || now.Sub(r.line.progress) < stallLook {
+		r.line.stallFrom = time.Time{}
+		return
+	}
+	if worker.ReaderGone(r.proc.Tasks) {
+		r.pipeBroken(errNoReader)
+		return
+	}
+	if r.p.cfg.StallTimeout > 0 {
+		r.checkStall(now)
+	}
 }
 
 // checkGate looks at a line worker that has not been given a line. Its
@@ -146,7 +168,7 @@ func (r *runner) checkGate(now time.Time) {
 	proc := r.proc
 	a, err := proc.Observe()
 	cpuSame := r.line.looked && a.CPU == r.line.cpu
-	r.line.looked, r.line.cpu = err == nil, a.CPU
+	r.line.looked, r.line.cpu = err == nil && !a.Partial, a.CPU
 	ready := err != nil || a.WaitsForInput(cpuSame) || !now.Before(r.line.gateUntil)
 	// Looked at after the worker was seen waiting, the pipe holds all that
 	// it wrote before it waited. Output, or a stdin with no reader, is a
@@ -252,10 +274,6 @@ func (r *runner) outOfStep(what string) {
 // for stallLook: a stall that lasts is noticed, then fails the attempt.
 func (r *runner) checkStall(now time.Time) {
 	l := &r.line
-	if len(r.inflight) == 0 || now.Sub(l.progress) < stallLook {
-		l.stallFrom = time.Time{}
-		return
-	}
 	cpu, idle := r.idleOnInput()
 	switch {
 	case !idle:

@@ -213,18 +213,40 @@ func TestLineSlowIsNotStalled(t *testing.T) {
 }
 
 // TestLineClosesStdin: a line worker that closes its stdin and lives on
-// cannot take the lines sent to it: the write fails, the worker is killed,
-// and the line it never read runs elsewhere, uncharged.
+// cannot take the lines sent to it: it is killed with cause protocol, the
+// line it was running is charged if it read it, and the lines it never read
+// run elsewhere, uncharged.
 func TestLineClosesStdin(t *testing.T) {
-	inputs := []string{"a", "closein", "b", "c"}
-	got, p := run(t, config(pool.Line, 1), inputs...)
-	for id, r := range got {
-		if r.State != pool.Done || len(r.Attempts) != 1 || string(r.Output) != "ok:"+inputs[id-1] {
-			t.Errorf("task %d (%s) = %s %q %+v, want done once", id, inputs[id-1], r.State, r.Output, r.Attempts)
-		}
+	tests := []struct {
+		name   string
+		inputs []string
+		failed string // the input that fails with cause protocol, if any
+	}{
+		// It closes it after an answer; the next line, written before or
+		// after, was never read.
+		{"after answering", []string{"a", "closein", "b", "c"}, ""},
+		// It closes it holding the line it read.
+		{"holding a line", []string{"a", "closein-hang", "b", "c"}, "closein-hang"},
 	}
-	if len(got) != len(inputs) || p.Err() != nil {
-		t.Errorf("got %d results, Err() = %v; want %d, nil", len(got), p.Err(), len(inputs))
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, p := run(t, config(pool.Line, 1), tt.inputs...)
+			for id, r := range got {
+				in := tt.inputs[id-1]
+				if in == tt.failed {
+					if r.State != pool.Failed || r.Cause() != pool.CauseProtocol || !strings.Contains(r.Attempts[0].Message, "closed its stdin") {
+						t.Errorf("task %d (%s) = %s %+v, want failed: protocol, closed its stdin", id, in, r.State, r.Attempts)
+					}
+					continue
+				}
+				if r.State != pool.Done || len(r.Attempts) != 1 || string(r.Output) != "ok:"+in {
+					t.Errorf("task %d (%s) = %s %q %+v, want done once", id, in, r.State, r.Output, r.Attempts)
+				}
+			}
+			if len(got) != len(tt.inputs) || p.Err() != nil {
+				t.Errorf("got %d results, Err() = %v; want %d, nil", len(got), p.Err(), len(tt.inputs))
+			}
+		})
 	}
 }
 

@@ -81,6 +81,7 @@ type runner struct {
 	retired    bool           // the runner told the current process to end
 	spawned    time.Time      // when the current process started
 	freeAt     time.Time      // framed: when the current process last had no task running
+	startBy    startDeadline  // framed: when the current process must be ready
 	pending    []byte         // tasks encoded but not yet handed to the writer
 	line       lineState      // line protocol: the current process's checks
 	lineTime   time.Duration  // line protocol: recent time per line, a moving average; 0 before the first
@@ -322,7 +323,8 @@ func (r *runner) spawn() bool {
 		r.armProbe()
 	} else {
 		r.startReader()
-		r.armDeadline() // the start-up deadline
+		r.startBy = startDeadline{at: r.spawned.Add(cfg.StartTimeout)}
+		r.armDeadline()
 	}
 	return true
 }
@@ -450,7 +452,7 @@ func (r *runner) armDeadline() {
 		}
 	}
 	if r.p.cfg.Protocol == Framed && !r.ready && r.proc != nil {
-		earliest(r.spawned.Add(r.p.cfg.StartTimeout))
+		earliest(r.startBy.at)
 	}
 	for _, t := range []time.Time{r.eofAt, r.brokenAt} {
 		if !t.IsZero() {
@@ -464,6 +466,29 @@ func (r *runner) armDeadline() {
 	if !at.IsZero() {
 		r.deadline = time.NewTimer(time.Until(at))
 	}
+}
+
+// startDeadline is when a framed worker must have sent its ready frame.
+type startDeadline struct {
+	at    time.Time
+	cpu   uint64 // the worker's CPU time when at was last set; 0 at first
+	moved int    // how many times at moved on because the worker was busy
+}
+
+// maxStartMoves bounds how often the start-up deadline moves on for a
+// worker that keeps working: at most (1+maxStartMoves)×StartTimeout.
+const maxStartMoves = 9
+
+// extend moves the deadline on by timeout when the worker is busy starting
+// (its process tree ran, or used CPU time, since the deadline was set), a
+// slow import or model load rather than a hang. It reports whether it did.
+func (d *startDeadline) extend(proc *worker.Process, now time.Time, timeout time.Duration) bool {
+	a, err := proc.Observe()
+	if err != nil || d.moved >= maxStartMoves || a.Running == 0 && a.CPU == d.cpu {
+		return false
+	}
+	d.at, d.cpu, d.moved = now.Add(timeout), a.CPU, d.moved+1
+	return true
 }
 
 // waitingToStart returns the framed flight that the worker should be
@@ -500,8 +525,15 @@ func (r *runner) checkDeadlines() {
 	case !r.brokenAt.IsZero() && !now.Before(r.brokenAt.Add(eofPatience)):
 		r.brokenPipe()
 		return
-	case cfg.Protocol == Framed && !r.ready && !now.Before(r.spawned.Add(cfg.StartTimeout)):
+	case cfg.Protocol == Framed && !r.ready && !now.Before(r.startBy.at):
+		if r.startBy.extend(r.proc, now, cfg.StartTimeout) {
+			break // still busy starting
+		}
 		r.killMsg = "it sent no ready frame within " + cfg.StartTimeout.String()
+		if r.startBy.moved > 0 {
+			r.killMsg = fmt.Sprintf("it sent no ready frame within %v, and stopped working",
+				now.Sub(r.spawned).Round(time.Millisecond))
+		}
 		r.kill(CauseTimeout)
 		return
 	}
@@ -634,7 +666,7 @@ func (r *runner) brokenPipe() {
 	if r.p.cfg.Protocol == Line {
 		what = "its stdin"
 	}
-	r.protocolError(fmt.Sprintf("the worker closed %s while %d tasks sent to it were unanswered (%v)",
+	r.protocolError(fmt.Sprintf("the worker closed %s with %d of the tasks sent to it unanswered (%v)",
 		what, len(r.inflight), r.brokenErr))
 }
 

@@ -93,13 +93,30 @@ func TestFramedNoReady(t *testing.T) {
 	start := time.Now()
 	got, p := run(t, cfg, "a", "b")
 	var se *pool.StartError
-	if err := p.Err(); !errors.As(err, &se) || se.Cause != pool.CauseTimeout || !strings.Contains(err.Error(), "no ready frame within 500ms") {
+	if err := p.Err(); !errors.As(err, &se) || se.Cause != pool.CauseTimeout || !strings.Contains(err.Error(), "no ready frame within") {
 		t.Fatalf("Err() = %v, want a *StartError: timeout, no ready frame", err)
 	}
 	if len(got) != 2 {
 		t.Errorf("got %d results, want 2", len(got))
 	}
 	t.Logf("ended in %v", time.Since(start))
+}
+
+// TestFramedSlowStart: a framed worker that works (uses CPU) for longer
+// than StartTimeout before it is ready is not killed for it.
+func TestFramedSlowStart(t *testing.T) {
+	cfg := config(pool.Framed, 1)
+	cfg.Env = workerEnvFor("framed-slow-start")
+	cfg.StartTimeout = 500 * time.Millisecond
+	got, p := run(t, cfg, "a", "b")
+	if err := p.Err(); err != nil {
+		t.Fatalf("Err() = %v, want nil", err)
+	}
+	for id, r := range got {
+		if r.State != pool.Done {
+			t.Errorf("task %d = %s %+v, want done", id, r.State, r.Attempts)
+		}
+	}
 }
 
 // TestFramedNeverStarted: a framed worker that reads a task and never

@@ -331,11 +331,13 @@ type Config struct {
 	// the worker never starts is timed from when it was handed to an idle
 	// worker. Zero means no limit.
 	Timeout time.Duration
-	// StartTimeout is how long a framed worker has to send its ready frame;
-	// a worker that has not sent it by then is killed, as one that failed
-	// to start. It is also the longest a new line worker's first line waits
-	// for the worker to be seen reading its stdin (see Line). Zero means
-	// 30s.
+	// StartTimeout is how long a framed worker has to send its ready frame.
+	// A worker that has not sent it by then is killed, as one that failed
+	// to start, unless it is still working (its processes ran or used CPU
+	// time since the deadline was set: a slow import or model load), which
+	// moves the deadline on by StartTimeout, up to ten StartTimeouts in
+	// all. It is also the longest a new line worker's first line waits for
+	// the worker to be seen reading its stdin (see Line). Zero means 30s.
 	StartTimeout time.Duration
 	// StallTimeout is how long a line worker may hold lines it has read
 	// without answering while it does nothing but wait for more input

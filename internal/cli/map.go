@@ -88,7 +88,7 @@ func (a *mapArgs) flagSet() *pflag.FlagSet {
 	fs.IntVar(&a.pipeline, "pipeline", 0, "send up to `N` tasks to a worker before it answers the first (default 32 lines, 8 with --framed)")
 	fs.Var(newSizeValue(&a.maxLine), "max-line", "fail a task whose answer line is longer than `SIZE` (default 64MiB)")
 	fs.DurationVar(&a.stall, "stall-timeout", defaultStall, "fail a line the worker has read and holds unanswered while it only waits for more input (it does not flush) after `DURATION`; 0: never")
-	fs.DurationVar(&a.start, "start-timeout", 0, "give a new worker `DURATION` to be ready: a --framed worker's ready frame, a line worker's first read (default 30s)")
+	fs.DurationVar(&a.start, "start-timeout", 0, "give a new worker `DURATION` to be ready, more while it computes: a --framed worker's ready frame, a line worker's first read (default 30s)")
 	a.common.registerInput(fs)
 	a.common.registerOutput(fs)
 	fs.StringVar(&a.json, "json", "", "write a JSON summary to `FILE` at the end")
