@@ -126,7 +126,8 @@ func (r *runner) armProbe() {
 	r.probe = time.NewTimer(d)
 }
 
-// look is the probe's turn: the start gate or the stall check.
+// look is the probe's turn: the start gate, or the check of a worker that
+// holds lines.
 func (r *runner) look(now time.Time) {
 	if r.killed != "" || r.retired {
 		return
