@@ -3,10 +3,8 @@ package pool
 import (
 	"errors"
 	"fmt"
-	"math"
 	"os"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/safepool/safepool/internal/worker"
@@ -65,45 +63,6 @@ type lineState struct {
 	noticed   bool          // EventWorkerStalled was sent for this process
 	stalled   bool          // the runner killed the process for a stall
 	progress  time.Time     // when a line was last sent or answered
-}
-
-// taskPipe is the supervisor's end of a worker's task pipe. It counts the
-// bytes written, so that the runner can tell how much of what it sent the
-// worker has read: what was written less what the pipe still holds.
-type taskPipe struct {
-	f         *os.File
-	attempted atomic.Int64 // bytes handed to write(2), counted before the call
-	written   atomic.Int64 // bytes write(2) took, counted after it
-}
-
-func (tp *taskPipe) Write(p []byte) (int, error) {
-	tp.attempted.Add(int64(len(p)))
-	n, err := tp.f.Write(p)
-	tp.written.Add(int64(n))
-	return n, err
-}
-
-// readAtMost returns a bound that the bytes the worker had read when it was
-// called cannot exceed, or MaxInt64 when the pipe cannot be asked. A line
-// that arrived before the call and claims to answer a line ending past the
-// bound was written before the worker read that line.
-func (tp *taskPipe) readAtMost() int64 {
-	n, err := worker.Backlog(tp.f) // first: attempted only grows
-	if err != nil {
-		return math.MaxInt64
-	}
-	return tp.attempted.Load() - int64(n)
-}
-
-// readAtLeast returns how much the worker has surely read, or -1 when the
-// pipe cannot be asked (it was closed).
-func (tp *taskPipe) readAtLeast() int64 {
-	w := tp.written.Load() // first: the pipe only holds what was written
-	n, err := worker.Backlog(tp.f)
-	if err != nil {
-		return -1
-	}
-	return max(w-int64(n), 0)
 }
 
 // armProbe sets the timer for the next look at a line worker: soon while
