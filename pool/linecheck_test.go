@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/safepool/safepool/internal/testenv"
 	"github.com/safepool/safepool/pool"
 )
 
@@ -166,7 +167,7 @@ func TestLineStall(t *testing.T) {
 // -W interactive it stalls, and is caught. With it, it works.
 func TestLineStallMawk(t *testing.T) {
 	if _, err := exec.LookPath("mawk"); err != nil {
-		t.Skip("mawk is not installed (test.sh installs it)")
+		testenv.SkipOrFail(t, "mawk is not installed (test.sh installs it)")
 	}
 	cfg := pool.Config{Command: []string{"mawk", "{ print toupper($0) }"}, Protocol: pool.Line, Workers: 1,
 		StallTimeout: time.Second, Grace: 500 * time.Millisecond}
