@@ -419,10 +419,13 @@ type Config struct {
 	// Grace is how long a worker has between SIGTERM and SIGKILL when the
 	// pool stops it. Zero means 3s.
 	Grace time.Duration
-	// StartupFailures is how many workers in a row may die before producing
-	// any result (before their ready frame, or during their first task when
-	// no worker has ever succeeded) before the pool aborts with a
-	// *StartError. Zero means 3.
+	// StartupFailures is how many workers in a row may fail before they
+	// take any task before the pool aborts with a *StartError. A worker
+	// fails so when it dies, or is killed for a protocol error or its
+	// start-up deadline, before it takes a task (a framed task it starts, a
+	// line it reads), or when it holds its first line unanswered until
+	// StallTimeout while no worker has answered yet. A death during a task
+	// is the task's, never a start-up failure. Zero means 3.
 	StartupFailures int
 
 	// Stdout and Stderr receive persistent workers' own stdout (framed

@@ -50,7 +50,8 @@ Exit status:
   0  every task succeeded, or there was no input
   1  some tasks failed (the summary on stderr lists each one), or a worker
      got out of step, and answers it gave may belong to other lines
-  2  usage error, or the worker cannot start or dies at start-up; nothing ran
+  2  usage error, or the worker cannot start, or keeps failing before it
+     takes a task
   3  aborted: Ctrl-C, SIGTERM or --on-worker-death abort
 Ctrl-C stops the workers (SIGTERM, then SIGKILL after --grace), prints the
 summary of what ran and exits 3. A second Ctrl-C kills the workers at once.

@@ -275,8 +275,12 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	var se *pool.StartError
 	switch {
 	case errors.As(poolErr, &se):
-		// Workers died before doing any work: the command is wrong.
-		fmt.Fprintf(e.stderr, "safepool: %s\n", strings.TrimPrefix(se.Error(), "pool: "))
+		// Workers keep failing before they take any task: the command is
+		// wrong. When tasks ran all the same (their workers died of them,
+		// or held them unanswered), the summary says so task by task.
+		if stats.Attempts == 0 {
+			fmt.Fprintf(e.stderr, "safepool: %s\n", strings.TrimPrefix(se.Error(), "pool: "))
+		}
 		sum.Aborted = true
 		sum.AbortReason = strings.TrimPrefix(se.Error(), "pool: ")
 		status = exitUsage
@@ -317,7 +321,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 			status = max(status, exitFailed)
 		}
 	}
-	if se == nil {
+	if se == nil || stats.Attempts > 0 {
 		sum.writeText(e.stderr, j.quiet)
 	}
 	return sum, status
