@@ -284,9 +284,11 @@ const (
 	EventWorkerStalled EventKind = "worker-stalled"
 	// EventWorkerOutOfStep: a line worker wrote a line that cannot be the
 	// answer to the line it was given (Message says what it wrote and
-	// when). The worker is killed, and the task in flight, if any, fails
-	// with CauseProtocol. The answers the worker gave before may belong to
-	// other lines; Stats.OutOfStep counts such workers.
+	// when). The worker is killed; the line it was running fails with
+	// CauseProtocol if the worker had read it, and goes back to the queue
+	// uncharged if not. When the worker had answered other lines, those
+	// answers may belong to other lines: Stats.OutOfStep counts such
+	// workers.
 	EventWorkerOutOfStep EventKind = "worker-out-of-step"
 )
 
@@ -455,9 +457,9 @@ type Stats struct {
 	// WorkerDeaths counts worker processes that ended other than by the pool
 	// stopping or retiring them.
 	WorkerDeaths int
-	// OutOfStep counts line workers that wrote a line that could not be
-	// the answer to the line they were given (EventWorkerOutOfStep). When
-	// it is not zero, some answers delivered as Done may belong to other
+	// OutOfStep counts line workers caught out of step
+	// (EventWorkerOutOfStep) after they had answered other lines. When it
+	// is not zero, some answers delivered as Done may belong to other
 	// inputs: a caller should treat the run as failed.
 	OutOfStep int
 	// Started is when the pool was created.
