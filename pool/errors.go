@@ -39,8 +39,9 @@ func (e *TaskError) Error() string {
 	return b.String()
 }
 
-// StartError reports that workers cannot start, or keep dying before they do
-// any work. The pool aborts with it rather than retrying forever.
+// StartError reports that workers cannot start, or keep failing before they
+// take any task (see Config.StartupFailures). The pool aborts with it rather
+// than retrying forever.
 type StartError struct {
 	// Command is the worker command.
 	Command []string
@@ -59,9 +60,12 @@ type StartError struct {
 func (e *StartError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "worker %q ", strings.Join(e.Command, " "))
-	if e.Cause == "" {
+	switch {
+	case e.Cause == "":
 		b.WriteString("cannot start")
-	} else {
+	case e.Cause == CauseProtocol || e.Cause == CauseTimeout:
+		fmt.Fprintf(&b, "fails at start-up (%s)", e.Cause) // killed by the pool
+	default:
 		fmt.Fprintf(&b, "dies at start-up (%s)", e.Cause)
 	}
 	if e.Err != nil {

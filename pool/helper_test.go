@@ -88,6 +88,9 @@ func runWorker(mode string) int {
 			if err != nil {
 				return 0
 			}
+			if string(f.Payload) == "swallow" {
+				continue // read, never started, never answered
+			}
 			out.WriteFrame(protocol.Frame{Kind: protocol.KindStart, ID: f.ID})
 			out.WriteFrame(protocol.Frame{Kind: protocol.KindResult, ID: f.ID, Payload: append([]byte("ok:"), f.Payload...)})
 			out.Flush()
@@ -98,6 +101,36 @@ func runWorker(mode string) int {
 	case "dead-at-start":
 		fmt.Fprintln(os.Stderr, "cannot load model: file not found")
 		return 4
+	case "banner":
+		// A line worker that greets on stdout before it reads anything.
+		fmt.Println("Loading model...")
+		return runWorker("line")
+	case "footer":
+		// A line worker that says goodbye on stdout at the end of its input.
+		code := runWorker("line")
+		fmt.Println("done, bye")
+		return code
+	case "unflushed":
+		// A line worker that never flushes its answers: they wait in its
+		// buffer while it blocks reading for more input.
+		in := bufio.NewReader(os.Stdin)
+		out := bufio.NewWriter(os.Stdout)
+		for {
+			line, err := in.ReadString('\n')
+			if err != nil {
+				out.Flush()
+				return 0
+			}
+			fmt.Fprintln(out, "ok:"+strings.TrimSuffix(line, "\n"))
+		}
+	case "framed-slow-start":
+		// A framed worker that computes for 1.5 s before it is ready.
+		behave("spin:1500")
+		return runWorker("framed")
+	case "framed-silent":
+		// A framed worker that never sends its ready frame.
+		time.Sleep(time.Hour)
+		return 0
 	}
 	fmt.Fprintln(os.Stderr, "unknown worker mode", mode)
 	return 2
@@ -121,6 +154,14 @@ func runWorker(mode string) int {
 //	grow:MB          keep MB more megabytes for the rest of the worker's life, then answer
 //	pid              answer with the worker's pid
 //	spew:OUT:ERR:N   (one-shot) write OUT bytes of spewPattern to stdout and ERR to stderr, then exit N
+//	twice            answer with two lines at once: "extra" and the answer (line protocol)
+//	twice-slow       write "extra", and the answer 300 ms later, then wait 300 ms before reading on
+//	closein          answer, then close stdin and sleep
+//	closein-hang     close stdin and sleep, without answering
+//	endless          write on stdout without end, and no newline
+//	spin:MS          use the CPU for MS milliseconds, then answer
+//	killat:MS        SIGKILL the worker itself at MS milliseconds since the Unix epoch
+//	swallow          (framed-raw only) read the task and never start or answer it
 //
 // Anything else is answered with "ok:" + input.
 func behave(in string) (string, error) {
@@ -209,6 +250,37 @@ func behave(in string) (string, error) {
 		spewPattern(os.Stdout, out)
 		spewPattern(os.Stderr, errs)
 		os.Exit(code)
+	case "twice":
+		return "extra\nok:" + in, nil
+	case "twice-slow":
+		os.Stdout.WriteString("extra\n")
+		time.Sleep(300 * time.Millisecond)
+		os.Stdout.WriteString("ok:" + in + "\n")
+		time.Sleep(300 * time.Millisecond)
+		return "", nil
+	case "closein":
+		os.Stdout.WriteString("ok:" + in + "\n")
+		syscall.Close(0)
+		time.Sleep(time.Hour)
+	case "closein-hang":
+		syscall.Close(0)
+		time.Sleep(time.Hour)
+	case "endless":
+		b := []byte(strings.Repeat("x", 64<<10))
+		for {
+			if _, err := os.Stdout.Write(b); err != nil {
+				return "", err
+			}
+		}
+	case "killat":
+		ms, _ := strconv.ParseInt(arg, 10, 64)
+		time.Sleep(time.Until(time.UnixMilli(ms)))
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {}
+	case "spin":
+		ms, _ := strconv.Atoi(arg)
+		for end := time.Now().Add(time.Duration(ms) * time.Millisecond); time.Now().Before(end); {
+		}
 	}
 	return "ok:" + in, nil
 }

@@ -183,6 +183,22 @@ func (p *Pool) reap() {
 	}
 }
 
+const (
+	// defaultStartTimeout is long enough for an interpreter to import a
+	// large library from a cold disk, short enough that a worker that will
+	// never be ready is noticed within a minute or two.
+	defaultStartTimeout = 30 * time.Second
+	// defaultStallTimeout leaves a worker blocked on its stdin time to be
+	// woken by anything legitimate, and the user time to read the notice.
+	defaultStallTimeout = 10 * time.Second
+)
+
+// DefaultMaxLine is Config.MaxLine's default: 64 MiB holds any line a text
+// tool writes (a 40 MB image in base64, a JSON document of millions of
+// numbers), and bounds what an endless line costs: 32 workers writing one
+// at once hold 2 GiB, not all of memory.
+const DefaultMaxLine = 64 << 20
+
 func (c *Config) normalize() error {
 	if len(c.Command) == 0 {
 		return fmt.Errorf("pool: Config.Command is empty")
@@ -214,7 +230,7 @@ func (c *Config) normalize() error {
 		{"MaxTasksPerWorker", int64(c.MaxTasksPerWorker)}, {"MaxRSS", c.MaxRSS}, {"MemLimit", c.MemLimit},
 		{"Timeout", int64(c.Timeout)}, {"Pipeline", int64(c.Pipeline)}, {"MaxPending", int64(c.MaxPending)},
 		{"MemBudget", c.MemBudget}, {"MemReserve", c.MemReserve}, {"MemPerTask", c.MemPerTask},
-		{"OutputInMemory", c.OutputInMemory}} {
+		{"OutputInMemory", c.OutputInMemory}, {"StartTimeout", int64(c.StartTimeout)}, {"MaxLine", c.MaxLine}} {
 		if v.n < 0 {
 			return fmt.Errorf("pool: Config.%s is negative", v.name)
 		}
@@ -243,6 +259,15 @@ func (c *Config) normalize() error {
 	}
 	if c.StartupFailures == 0 {
 		c.StartupFailures = 3
+	}
+	if c.StartTimeout == 0 {
+		c.StartTimeout = defaultStartTimeout
+	}
+	if c.StallTimeout == 0 {
+		c.StallTimeout = defaultStallTimeout
+	}
+	if c.MaxLine == 0 {
+		c.MaxLine = DefaultMaxLine
 	}
 	return nil
 }

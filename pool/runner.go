@@ -1,13 +1,11 @@
 package pool
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
-	"syscall"
 	"time"
 
 	"github.com/safepool/safepool/internal/memory"
@@ -55,26 +53,36 @@ type runner struct {
 	// buffered; an id that is not running on the slot is ignored.
 	preempt chan uint64
 
-	proc        *worker.Process
-	events      chan procEvent // from the current process's reader
-	writes      chan []byte    // to the current process's writer; nil for one-shot
-	gone        chan struct{}  // closed when the runner abandons the current process
-	inflight    []*flight      // sent to the current process, oldest first
-	ready       bool           // the framed worker sent ready
-	answered    int            // tasks the current process finished
-	retiring    bool           // no more tasks for this process; end it when idle
-	killed      Cause          // why the runner killed the current process, or ""
-	victim      *flight        // the flight that timed out, if any
-	eofAt       time.Time      // when the result pipe reached EOF
-	readerDone  bool           // the result reader sent its last event
-	oomBase     uint64         // the group's oom_kill count when this process or attempt began
-	oomMark     memory.OOMMark // the enclosing cgroup's OOM witness when this process or attempt began
-	deadline    *time.Timer    // earliest timeout or EOF patience
-	protocolMsg string         // what the worker did wrong, when killed for it
-	retired     bool           // the runner told the current process to end
-	spawned     time.Time      // when the current process started
-	pending     []byte         // tasks encoded but not yet handed to the writer
-	lineTime    time.Duration  // line protocol: recent time per line, a moving average; 0 before the first
+	proc       *worker.Process
+	events     chan procEvent // from the current process's reader
+	writes     chan []byte    // to the current process's writer; nil for one-shot
+	writeErr   chan error     // from the current process's writer: its first write error
+	begin      chan struct{}  // closed when the reader may start reading results
+	begun      bool           // begin is closed
+	gone       chan struct{}  // closed when the runner abandons the current process
+	pipe       *taskPipe      // the current process's task pipe, counting what was written
+	inflight   []*flight      // sent to the current process, oldest first
+	ready      bool           // the framed worker sent ready
+	answered   int            // tasks the current process finished
+	retiring   bool           // no more tasks for this process; end it when idle
+	killed     Cause          // why the runner killed the current process, or ""
+	victim     *flight        // the flight that timed out, if any
+	eofAt      time.Time      // when the result pipe reached EOF
+	brokenAt   time.Time      // when a write to the task pipe failed
+	brokenErr  error          // how it failed
+	readerDone bool           // the result reader sent its last event
+	oomBase    uint64         // the group's oom_kill count when this process or attempt began
+	oomMark    memory.OOMMark // the enclosing cgroup's OOM witness when this process or attempt began
+	deadline   *time.Timer    // earliest timeout, start-up deadline or patience
+	probe      *time.Timer    // line protocol: the next look at the worker (start gate or stall)
+	killMsg    string         // what the worker did wrong, when the runner killed it for it
+	retired    bool           // the runner told the current process to end
+	spawned    time.Time      // when the current process started
+	freeAt     time.Time      // framed: when the current process last had no task running
+	startBy    startDeadline  // framed: when the current process must be ready
+	pending    []byte         // tasks encoded but not yet handed to the writer
+	line       lineState      // line protocol: the current process's checks
+	lineTime   time.Duration  // line protocol: recent time per line, a moving average; 0 before the first
 
 	// The slot's cgroup peak is read and reset at most every peakEvery.
 	peakAt   time.Time // when the peak was last reset
@@ -87,7 +95,14 @@ type flight struct {
 	t       *task
 	started bool
 	start   time.Time
-	peak    int64 // the highest peak reading taken while it ran
+	sent    time.Time // when it was handed to the writer
+	peak    int64     // the highest peak reading taken while it ran
+	// off and end bound the task's line in the bytes written to a line
+	// worker's stdin: the worker has read the line when it has read end.
+	off, end int64
+	// unstarted says that a framed worker never sent the start frame of
+	// this flight, which was timed from when it was handed over.
+	unstarted bool
 }
 
 // procEvent is what a reader goroutine saw on a worker's result pipe.
@@ -95,6 +110,9 @@ type procEvent struct {
 	lines [][]byte       // line protocol: result lines, without their newlines
 	frame protocol.Frame // framed protocol
 	err   error          // io.EOF, or what was wrong; the reader's last event
+	// consumed is, for lines, no less than how much of its stdin the
+	// worker had read when it wrote them (see taskPipe.readAtMost).
+	consumed int64
 }
 
 func (r *runner) run() {
@@ -157,9 +175,12 @@ func (r *runner) runPersistent() {
 		if r.hasRoom() {
 			dispatch = r.p.dispatch
 		}
-		var deadlineC <-chan time.Time
+		var deadlineC, probeC <-chan time.Time
 		if r.deadline != nil {
 			deadlineC = r.deadline.C
+		}
+		if r.probe != nil {
+			probeC = r.probe.C
 		}
 		select {
 		case t := <-dispatch:
@@ -182,6 +203,11 @@ func (r *runner) runPersistent() {
 		case <-deadlineC:
 			r.deadline = nil
 			r.checkDeadlines()
+		case <-probeC:
+			r.probe = nil
+			r.look(time.Now())
+		case err := <-r.writeErr:
+			r.pipeBroken(err)
 		case id := <-r.preempt:
 			for _, f := range r.inflight {
 				// A line sent to a worker is in its stdin and is in the way
@@ -218,7 +244,7 @@ func (r *runner) hasRoom() bool {
 	if cfg.Protocol == Framed && !r.ready {
 		return false
 	}
-	if cfg.Protocol == Line && len(r.inflight) >= r.lineDepth() {
+	if cfg.Protocol == Line && (!r.line.gateOpen || len(r.inflight) >= r.lineDepth()) {
 		return false
 	}
 	if n := len(r.inflight); n > 0 {
@@ -273,13 +299,36 @@ func (r *runner) spawn() bool {
 	r.startWatch(proc)
 	r.proc, r.ready, r.answered, r.retiring, r.killed, r.victim = proc, false, 0, false, "", nil
 	r.spawned = time.Now()
-	r.eofAt, r.readerDone = time.Time{}, false
+	r.freeAt = r.spawned
+	r.eofAt, r.brokenAt, r.readerDone = time.Time{}, time.Time{}, false
 	r.events = make(chan procEvent, 64)
 	r.writes = make(chan []byte, cfg.Pipeline+1)
+	r.writeErr = make(chan error, 1)
 	r.gone = make(chan struct{})
-	go readResults(cfg.Protocol, proc.Results, r.events, r.gone)
-	go writeTasks(proc.Tasks, r.writes)
+	r.begin, r.begun = make(chan struct{}), false
+	r.pipe = &taskPipe{f: proc.Tasks}
+	rd := resultReader{proto: cfg.Protocol, r: proc.Results, events: r.events, gone: r.gone, begin: r.begin,
+		maxLine: cfg.MaxLine, pipe: r.pipe}
+	go rd.run()
+	go writeTasks(r.pipe, r.writes, r.writeErr)
+	if cfg.Protocol == Line {
+		// The first line waits until the worker is seen waiting for it.
+		r.line = lineState{gateUntil: r.spawned.Add(cfg.StartTimeout), gateLook: gateFirstLook}
+		r.armProbe()
+	} else {
+		r.startReader()
+		r.startBy = startDeadline{at: r.spawned.Add(cfg.StartTimeout)}
+		r.armDeadline()
+	}
 	return true
+}
+
+// startReader lets the current process's result reader start reading.
+func (r *runner) startReader() {
+	if !r.begun {
+		r.begun = true
+		close(r.begin)
+	}
 }
 
 // withEnv returns env (or the supervisor's environment when nil) with vars
@@ -307,15 +356,20 @@ func (r *runner) sendTask(t *task) {
 	if r.p.gov != nil {
 		r.p.gov.bind(t.id, r.slot)
 	}
-	f := &flight{t: t}
+	f := &flight{t: t, sent: time.Now()}
 	r.inflight = append(r.inflight, f)
 	if r.p.cfg.Protocol == Line {
 		r.pending = append(append(r.pending, t.t.Input...), '\n')
+		f.off = r.line.sent
+		r.line.sent += int64(len(t.t.Input)) + 1
+		f.end = r.line.sent
+		r.line.progress = f.sent
+		r.armProbe()
 		// A line worker answers in order, and the line protocol cannot say
 		// when a task starts: the oldest line in flight is the one running,
 		// from when it was sent or the previous line was answered.
 		if len(r.inflight) == 1 {
-			r.startFlight(f, time.Now())
+			r.startFlight(f, f.sent)
 		}
 		return
 	}
@@ -330,6 +384,9 @@ func (r *runner) flushTasks() {
 	}
 	r.writes <- r.pending
 	r.pending = nil
+	if r.p.cfg.Protocol == Framed && r.p.cfg.Timeout > 0 {
+		r.armDeadline() // a task the worker never starts is timed from now
+	}
 }
 
 // startFlight marks f running since at.
@@ -377,20 +434,32 @@ func (r *runner) peakFor(f *flight, now time.Time) int64 {
 	return max(f.peak, r.peakLast)
 }
 
-// armDeadline sets the timer for the earliest attempt timeout, or for the
-// end of EOF patience.
+// armDeadline sets the timer for the earliest of: an attempt's timeout, the
+// framed worker's start-up deadline, and the end of the patience given to a
+// worker whose pipe closed or broke.
 func (r *runner) armDeadline() {
 	var at time.Time
-	if r.p.cfg.Timeout > 0 {
-		for _, f := range r.inflight {
-			if f.started && (at.IsZero() || f.start.Add(r.p.cfg.Timeout).Before(at)) {
-				at = f.start.Add(r.p.cfg.Timeout)
-			}
+	earliest := func(t time.Time) {
+		if !t.IsZero() && (at.IsZero() || t.Before(at)) {
+			at = t
 		}
 	}
-	if !r.eofAt.IsZero() {
-		if e := r.eofAt.Add(eofPatience); at.IsZero() || e.Before(at) {
-			at = e
+	if r.p.cfg.Timeout > 0 {
+		for _, f := range r.inflight {
+			if f.started {
+				earliest(f.start.Add(r.p.cfg.Timeout))
+			}
+		}
+		if f := r.waitingToStart(); f != nil {
+			earliest(r.waitingSince(f).Add(r.p.cfg.Timeout))
+		}
+	}
+	if r.p.cfg.Protocol == Framed && !r.ready && r.proc != nil {
+		earliest(r.startBy.at)
+	}
+	for _, t := range []time.Time{r.eofAt, r.brokenAt} {
+		if !t.IsZero() {
+			earliest(t.Add(eofPatience))
 		}
 	}
 	if r.deadline != nil {
@@ -402,19 +471,91 @@ func (r *runner) armDeadline() {
 	}
 }
 
+// startDeadline is when a framed worker must have sent its ready frame.
+type startDeadline struct {
+	at    time.Time
+	cpu   uint64 // the worker's CPU time when at was last set; 0 at first
+	moved int    // how many times at moved on because the worker was busy
+}
+
+// maxStartMoves bounds how often the start-up deadline moves on for a
+// worker that keeps working: at most (1+maxStartMoves)×StartTimeout.
+const maxStartMoves = 9
+
+// extend moves the deadline on by timeout when the worker is busy starting
+// (its process tree ran, or used CPU time, since the deadline was set), a
+// slow import or model load rather than a hang. It reports whether it did.
+func (d *startDeadline) extend(proc *worker.Process, now time.Time, timeout time.Duration) bool {
+	a, err := proc.Observe()
+	if err != nil || d.moved >= maxStartMoves || a.Running == 0 && a.CPU == d.cpu {
+		return false
+	}
+	d.at, d.cpu, d.moved = now.Add(timeout), a.CPU, d.moved+1
+	return true
+}
+
+// waitingToStart returns the framed flight that the worker should be
+// running now but has not started (none is running, and it is the oldest),
+// or nil.
+func (r *runner) waitingToStart() *flight {
+	if r.p.cfg.Protocol != Framed || len(r.inflight) == 0 {
+		return nil
+	}
+	for _, f := range r.inflight {
+		if f.started {
+			return nil
+		}
+	}
+	return r.inflight[0]
+}
+
+// waitingSince is when f, waiting to start, could have started: when it was
+// handed over, or when the worker last finished a task, whichever is later.
+func (r *runner) waitingSince(f *flight) time.Time {
+	if f.sent.After(r.freeAt) {
+		return f.sent
+	}
+	return r.freeAt
+}
+
 func (r *runner) checkDeadlines() {
 	now := time.Now()
-	if !r.eofAt.IsZero() && !now.Before(r.eofAt.Add(eofPatience)) {
+	cfg := &r.p.cfg
+	switch {
+	case !r.eofAt.IsZero() && !now.Before(r.eofAt.Add(eofPatience)):
 		r.kill(CauseProtocol)
 		return
+	case !r.brokenAt.IsZero() && !now.Before(r.brokenAt.Add(eofPatience)):
+		r.brokenPipe()
+		return
+	case cfg.Protocol == Framed && !r.ready && !now.Before(r.startBy.at):
+		if r.startBy.extend(r.proc, now, cfg.StartTimeout) {
+			break // still busy starting
+		}
+		r.killMsg = "it sent no ready frame within " + cfg.StartTimeout.String()
+		if r.startBy.moved > 0 {
+			r.killMsg = fmt.Sprintf("it sent no ready frame within %v, and stopped working",
+				now.Sub(r.spawned).Round(time.Millisecond))
+		}
+		r.kill(CauseTimeout)
+		return
 	}
-	if r.p.cfg.Timeout > 0 {
+	if cfg.Timeout > 0 {
 		for _, f := range r.inflight {
-			if f.started && !now.Before(f.start.Add(r.p.cfg.Timeout)) {
+			if f.started && !now.Before(f.start.Add(cfg.Timeout)) {
 				r.victim = f
 				r.kill(CauseTimeout)
 				return
 			}
+		}
+		if f := r.waitingToStart(); f != nil && !now.Before(r.waitingSince(f).Add(cfg.Timeout)) {
+			// The worker took the task and never started it: its time
+			// runs from when it could have.
+			f.unstarted = true
+			r.startFlight(f, r.waitingSince(f))
+			r.victim = f
+			r.kill(CauseTimeout)
+			return
 		}
 	}
 	r.armDeadline()
@@ -446,26 +587,7 @@ func (r *runner) handle(ev procEvent) {
 		return
 	}
 	if r.p.cfg.Protocol == Line {
-		for _, line := range ev.lines {
-			if r.killed == CauseProtocol {
-				return // what follows a protocol error is not trusted
-			}
-			if len(r.inflight) == 0 {
-				r.protocolError("a line on stdout with no task in flight")
-				return
-			}
-			head := r.inflight[0]
-			if d := time.Since(head.start); r.lineTime == 0 {
-				r.lineTime = max(d, 1)
-			} else {
-				r.lineTime = max(r.lineTime+(d-r.lineTime)/8, 1)
-			}
-			r.succeed(head, line)
-			if len(r.inflight) > 0 {
-				// The next line runs from the moment this one was answered.
-				r.startFlight(r.inflight[0], time.Now())
-			}
-		}
+		r.handleLines(ev)
 		return
 	}
 	fr := ev.frame
@@ -519,9 +641,36 @@ func (r *runner) protocolError(msg string) {
 				break
 			}
 		}
-		r.protocolMsg = msg
+		r.killMsg = msg
 	}
 	r.kill(CauseProtocol)
+}
+
+// pipeBroken handles a failed write to the task pipe. A worker that exits
+// makes writes fail too; it is given a moment to be reaped, so that its exit
+// status says what happened, before brokenPipe blames it.
+func (r *runner) pipeBroken(err error) {
+	if r.killed != "" || r.retired || !r.brokenAt.IsZero() {
+		return // the runner closed the pipe itself, or already knows
+	}
+	r.brokenAt, r.brokenErr = time.Now(), err
+	r.armDeadline()
+}
+
+// brokenPipe kills a worker that is alive but can no longer take tasks.
+// The task it was running is charged (for a line worker, only if it read
+// some of its line); the others go back to the queue.
+func (r *runner) brokenPipe() {
+	if r.p.cfg.Protocol == Line && !r.line.gateOpen {
+		r.gateFault()
+		return
+	}
+	what := "its task pipe"
+	if r.p.cfg.Protocol == Line {
+		what = "its stdin"
+	}
+	r.protocolError(fmt.Sprintf("the worker closed %s with %d of the tasks sent to it unanswered (%v)",
+		what, len(r.inflight), r.brokenErr))
 }
 
 func (r *runner) flightByID(id uint64) *flight {
@@ -579,159 +728,11 @@ func (r *runner) endFlight(f *flight, a Attempt, output []byte) {
 	}
 	a.WorkerPID, a.Start, a.End = r.proc.Pid, f.start, time.Now()
 	a.PeakRSS = r.peakFor(f, a.End)
+	if r.p.cfg.Protocol == Framed && !slices.ContainsFunc(r.inflight, func(g *flight) bool { return g.started }) {
+		r.freeAt = a.End // the next task's time runs from here if it is not started
+	}
 	r.p.send(report{kind: reportAttempt, task: f.t, att: a, output: output})
 	r.armDeadline()
-}
-
-// reap handles the death of the current process: it collects what the
-// process wrote before dying, charges the attempts that were running, and
-// requeues the tasks that had not started.
-func (r *runner) reap() {
-	proc := r.proc
-	// What the worker wrote before it died is still in the pipe,
-	// unless the reader has already said it reached the end.
-	drain := time.NewTimer(linger)
-	for open := !r.readerDone; open; {
-		select {
-		case ev := <-r.events:
-			if ev.err != nil {
-				open = false
-				break
-			}
-			// Results written before the death still count.
-			r.handle(ev)
-		case <-drain.C:
-			open = false
-		}
-	}
-	drain.Stop()
-	close(r.gone)
-	close(r.writes)
-	proc.CloseIO(linger)
-	if r.watch != nil {
-		r.watch.Stop()
-	}
-	if r.deadline != nil {
-		r.deadline.Stop()
-		r.deadline = nil
-	}
-
-	exit := proc.Exit()
-	cause := r.killed
-	if cause == "" {
-		cause = r.classify(exit, r.spawned)
-	}
-	// A worker the pool retired or cancelled was expected to end.
-	expected := r.retired || r.killed == CauseCancelled || r.killed == CausePreempted
-	if !expected {
-		r.p.count(func(s *Stats) { s.WorkerDeaths++ })
-	}
-	r.p.emit(Event{Kind: EventWorkerExited, WorkerPID: proc.Pid, Time: exit.Time})
-
-	charged := false
-	// The loop puts each requeued task at the head of its queue: requeue
-	// the newest first, so that they run again in the order they came.
-	var requeue []*task
-	defer func() {
-		for i := len(requeue) - 1; i >= 0; i-- {
-			r.p.send(report{kind: reportRequeue, task: requeue[i]})
-		}
-	}()
-	for _, f := range r.inflight {
-		switch {
-		case !f.started, r.victim != nil && f != r.victim && (cause == CauseTimeout || cause == CauseProtocol):
-			// Never started (for a line worker: sent behind the line it
-			// was running), or an innocent bystander of another task's
-			// timeout or protocol error: back to the queue, nothing charged.
-			requeue = append(requeue, f.t)
-			continue
-		case cause == ExitCause(0) && r.p.cfg.Protocol == Line && !f.t.exitZeroPass:
-			// A line worker that exits 0 most likely did so between tasks,
-			// before reading this one: the line protocol cannot tell. Give
-			// the task one uncharged run elsewhere; a second time, charge it.
-			f.t.exitZeroPass = true
-			requeue = append(requeue, f.t)
-			continue
-		}
-		end := exit.Time
-		if end.Before(f.start) {
-			end = f.start // its start frame was read from the pipe after the death
-		}
-		a := Attempt{Cause: cause, WorkerPID: proc.Pid, Start: f.start, End: end, ExitCode: exit.Code, PeakRSS: exit.MaxRSS}
-		if exit.Signal != 0 {
-			a.Signal = SignalName(exit.Signal)
-		}
-		if r.group != nil {
-			if peak, err := r.group.Peak(); err == nil && peak > 0 {
-				a.PeakRSS = max(peak, f.peak)
-			}
-		} else if r.watch != nil && r.watch.Peak() > 0 {
-			a.PeakRSS = max(r.watch.Peak(), f.peak)
-		}
-		a.Message = r.deathMessage(cause, proc, a.PeakRSS)
-		r.p.send(report{kind: reportAttempt, task: f.t, att: a})
-		charged = true
-	}
-	// A worker that died before doing any work, for a reason of its own,
-	// counts towards the start-up failures that abort the pool.
-	if !expected && r.killed == "" && r.answered == 0 && (r.p.cfg.Protocol == Framed && !r.ready || !charged || startupCause(cause)) {
-		r.p.send(report{kind: reportStartupFailure, charged: charged, start: &StartError{
-			Command: r.p.cfg.Command, Cause: cause, Stderr: proc.StderrTail()}})
-	}
-	r.proc, r.inflight, r.protocolMsg, r.retired, r.pending, r.watch = nil, nil, "", false, nil, nil
-	// The new worker's first task starts a new peak interval.
-	r.peakAt, r.peakRead = time.Time{}, false
-}
-
-// startupCause reports whether a worker dying of c during its very first task
-// looks like a broken command rather than the task's doing.
-func startupCause(c Cause) bool {
-	switch c {
-	case CauseOOM, CauseMemoryLimit, CauseTimeout, CauseCancelled, CausePreempted:
-		return false
-	}
-	return true
-}
-
-func (r *runner) deathMessage(c Cause, proc *worker.Process, peak int64) string {
-	switch c {
-	case CausePreempted:
-		return "stopped by the memory governor to save memory (not charged)"
-	case CauseOOM:
-		return joinMessage(r.oomMessage(peak), lastLines(proc.StderrTail(), 3))
-	case CauseProtocol:
-		if r.protocolMsg != "" {
-			return r.protocolMsg
-		}
-		return "the worker closed its result pipe"
-	case CauseTimeout:
-		return "killed after " + r.p.cfg.Timeout.String()
-	case CauseMemoryLimit:
-		return "over the memory limit of " + strconv.FormatInt(r.p.cfg.MemLimit, 10) + " bytes"
-	}
-	return lastLines(proc.StderrTail(), 3)
-}
-
-// oomMessage says whether an OOM kill came from the worker's own cgroup
-// limit or from memory running out around it (the host, or an enclosing
-// cgroup such as a container's).
-func (r *runner) oomMessage(peak int64) string {
-	limit := r.limit()
-	if r.group == nil {
-		return "killed by the OOM killer (from the kernel log)"
-	}
-	if limit > 0 && peak >= limit-limit/50 {
-		return "killed by the OOM killer at the worker's limit of " + sizeText(limit)
-	}
-	return "killed by the OOM killer when memory ran out outside the worker's limit (host or enclosing cgroup)"
-}
-
-// joinMessage joins the parts that are not empty with "; ".
-func joinMessage(a, b string) string {
-	if a == "" || b == "" {
-		return a + b
-	}
-	return a + "; " + b
 }
 
 // shim readies a worker that has no cgroup of its own before its code runs:
@@ -768,165 +769,4 @@ func (r *runner) markOOM() {
 	if w := r.p.mem.OOMWitness(); w != nil {
 		r.oomMark = w.Snapshot()
 	}
-}
-
-// classify names the cause of a death the runner did not cause itself.
-func (r *runner) classify(exit worker.Exit, started time.Time) Cause {
-	// The OOM killer may have taken a process inside the worker (sh -c
-	// 'prog'), after which the worker itself exits with 137: the group's
-	// counter tells, whatever the worker's own status.
-	// The counter is raised for every OOM kill of a process in the group,
-	// by its own limit or for want of memory elsewhere, before the signal is
-	// sent; when it can be read, it is the whole answer, and the kernel log
-	// need not be waited for.
-	counted := false
-	if r.group != nil {
-		if n, err := r.group.OOMKills(); err == nil {
-			counted = true
-			if n > r.oomBase {
-				r.oomBase = n
-				return CauseOOM
-			}
-		}
-	}
-	// Where workers share the supervisor's cgroup, its counter confirms
-	// a kill only when its rise is accounted for by exactly the deaths
-	// that may be kills (memory.OOMWitness). A worker the pool retired may
-	// have been SIGKILLed by the pool itself, which is never an OOM kill.
-	if !counted && !r.retired && memory.MaybeOOMKilled(exit.Signal, exit.Code) {
-		if w := r.p.mem.OOMWitness(); w != nil && w.Confirm(r.oomMark) {
-			return CauseOOM
-		}
-	}
-	// Without a cgroup, the kernel refuses a worker memory past its data
-	// size limit, and the worker fails in its own way: say memory-limit
-	// when that failure was the refusal.
-	if r.group == nil && r.watch != nil && r.shim().DataLimit > 0 && memory.RefusedMemory(memory.Failure{
-		Signal: exit.Signal, ExitCode: exit.Code, Stderr: r.proc.StderrTail(),
-		Private: r.watch.Last(), Limit: r.p.cfg.MemLimit,
-	}) {
-		return CauseMemoryLimit
-	}
-	if exit.Signal == 0 {
-		return ExitCause(exit.Code)
-	}
-	if !counted && exit.Signal == syscall.SIGKILL && r.p.oomLog != nil && r.p.oomLog.KilledSince(r.proc.Pid, started, oomLogWait) {
-		return CauseOOM
-	}
-	return SignalCause(exit.Signal)
-}
-
-// readResults reads the worker's result pipe and sends what it finds to
-// events, ending with one event whose err is set. It returns early once gone
-// is closed.
-func readResults(proto Protocol, rd io.Reader, events chan<- procEvent, gone <-chan struct{}) {
-	send := func(ev procEvent) bool {
-		select {
-		case events <- ev:
-			return true
-		case <-gone:
-			return false
-		}
-	}
-	if proto == Framed {
-		fr := protocol.NewReader(rd, protocol.DefaultMaxPayload)
-		for {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				send(procEvent{err: err})
-				return
-			}
-			if !send(procEvent{frame: f}) {
-				return
-			}
-		}
-	}
-	br := bufio.NewReaderSize(rd, 64<<10)
-	for {
-		line, err := readLine(br)
-		if err != nil {
-			send(procEvent{err: err})
-			return
-		}
-		// Hand over, with it, the whole lines already buffered.
-		lines := [][]byte{line}
-		for len(lines) < maxLinesPerEvent {
-			buf, _ := br.Peek(br.Buffered())
-			if bytes.IndexByte(buf, '\n') < 0 {
-				break
-			}
-			if line, err = readLine(br); err != nil {
-				break // cannot happen: a whole line is buffered
-			}
-			lines = append(lines, line)
-		}
-		if !send(procEvent{lines: lines}) {
-			return
-		}
-	}
-}
-
-// readLine returns the next line without its newline, of any length. A last
-// line without a newline is not a result: the worker died while writing it.
-func readLine(br *bufio.Reader) ([]byte, error) {
-	frag, err := br.ReadSlice('\n')
-	if err == nil {
-		return append([]byte(nil), frag[:len(frag)-1]...), nil
-	}
-	if err != bufio.ErrBufferFull {
-		if err == io.ErrUnexpectedEOF {
-			err = io.EOF
-		}
-		return nil, err
-	}
-	line := append([]byte(nil), frag...)
-	for {
-		frag, err = br.ReadSlice('\n')
-		line = append(line, frag...)
-		if err == nil {
-			return line[:len(line)-1], nil
-		}
-		if err != bufio.ErrBufferFull {
-			return nil, io.EOF
-		}
-	}
-}
-
-// writeTasks writes each message to the worker's task pipe, batching what is
-// queued into one write. It returns when msgs is closed; after a write error
-// it keeps draining msgs so that the runner never blocks on it.
-func writeTasks(w io.WriteCloser, msgs <-chan []byte) {
-	bw := bufio.NewWriterSize(w, 64<<10)
-	var failed bool
-	for m := range msgs {
-		if failed {
-			continue
-		}
-		if _, err := bw.Write(m); err != nil {
-			failed = true
-			continue
-		}
-		if len(msgs) == 0 {
-			if err := bw.Flush(); err != nil {
-				failed = true
-			}
-		}
-	}
-}
-
-// appendTask appends a task frame to buf, ready for the pipe.
-func appendTask(buf []byte, id uint64, payload []byte) []byte {
-	b := frameBuffer(buf)
-	w := protocol.NewWriter(&b)
-	_ = w.WriteFrame(protocol.Frame{Kind: protocol.KindTask, ID: id, Payload: payload})
-	_ = w.Flush()
-	return b
-}
-
-// frameBuffer collects one encoded frame.
-type frameBuffer []byte
-
-func (b *frameBuffer) Write(p []byte) (int, error) {
-	*b = append(*b, p...)
-	return len(p), nil
 }

@@ -21,8 +21,14 @@ const (
 	OneShot Protocol = "oneshot"
 	// Line keeps workers alive: each task is one line written to the
 	// worker's stdin, and its result is the next line the worker writes to
-	// stdout. A worker has one line protocol task in flight at a time, so the
-	// task that was running when it died is always known.
+	// stdout. Answers come in order, so the oldest unanswered line is the
+	// one running, and the one charged when the worker dies. A new worker
+	// gets its first line once it is seen waiting for input (at the latest
+	// after Config.StartTimeout); a line written before that, a line that
+	// comes when no line is unanswered, and a line that comes before the
+	// worker has read the line it would answer are protocol errors. A
+	// worker that writes one line too many and later one too few is not
+	// caught: see docs/protocol.md.
 	Line Protocol = "line"
 	// Framed keeps workers alive and talks to them over dedicated pipes
 	// (fd 3 for tasks, fd 4 for results) in length-prefixed frames, as
@@ -249,6 +255,9 @@ type Event struct {
 	Result *Result
 	// Memory is set for EventMemory.
 	Memory *MemoryState
+	// Message says in words what went wrong and how to fix it, for
+	// EventWorkerStalled and EventWorkerOutOfStep.
+	Message string
 }
 
 // MemoryState is what the memory governor plans with.
@@ -287,6 +296,20 @@ const (
 	// EventMemory: the concurrency that memory allows changed; Memory says
 	// what the governor plans with.
 	EventMemory EventKind = "memory"
+	// EventWorkerStalled: a line worker has read the line of TaskID and
+	// waits for more input without answering, most likely because it holds
+	// its answer in an output buffer. It is sent once per worker process, a
+	// few seconds into the stall; Config.StallTimeout later the attempt
+	// fails. Message names the fix.
+	EventWorkerStalled EventKind = "worker-stalled"
+	// EventWorkerOutOfStep: a line worker wrote a line that cannot be the
+	// answer to the line it was given (Message says what it wrote and
+	// when). The worker is killed; the line it was running fails with
+	// CauseProtocol if the worker had read it, and goes back to the queue
+	// uncharged if not. When the worker had answered other lines, those
+	// answers may belong to other lines: Stats.OutOfStep counts such
+	// workers.
+	EventWorkerOutOfStep EventKind = "worker-out-of-step"
 )
 
 // Config configures a Pool. The zero value of each field is a usable default,
@@ -328,8 +351,34 @@ type Config struct {
 	MaxBackoff time.Duration
 
 	// Timeout bounds each attempt; the worker is killed when it runs out and
-	// the attempt's cause is CauseTimeout. Zero means no limit.
+	// the attempt's cause is CauseTimeout. An attempt's time runs from its
+	// start frame (framed), or from when its line was written to an idle
+	// worker or the line before it was answered (line). A framed task that
+	// the worker never starts is timed from when it was handed to an idle
+	// worker. Zero means no limit.
 	Timeout time.Duration
+	// StartTimeout is how long a framed worker has to send its ready frame.
+	// A worker that has not sent it by then is killed, as one that failed
+	// to start, unless it is still working (its processes ran or used CPU
+	// time since the deadline was set: a slow import or model load), which
+	// moves the deadline on by StartTimeout, up to ten StartTimeouts in
+	// all. It is also the longest a new line worker's first line waits for
+	// the worker to be seen reading its stdin (see Line). Zero means 30s.
+	StartTimeout time.Duration
+	// StallTimeout is how long a line worker may hold lines it has read
+	// without answering while it does nothing but wait for more input
+	// (blocked reading its stdin, its task pipe empty, no CPU used): the
+	// mark of a worker that does not flush its output. After a few seconds
+	// of it the pool sends EventWorkerStalled; after StallTimeout the
+	// attempt fails with CauseProtocol. A worker that uses CPU, sleeps, or
+	// waits on anything but its stdin is never stalled. Zero means 10s; a
+	// negative value turns the check off.
+	StallTimeout time.Duration
+	// MaxLine is the longest answer line, in bytes without its newline, a
+	// line worker may write. A longer one fails the attempt with
+	// CauseProtocol as soon as it passes the bound, and is never buffered
+	// whole. Zero means 64 MiB.
+	MaxLine int64
 	// MaxTasksPerWorker replaces a persistent worker after it has finished
 	// this many tasks. Zero means no limit.
 	MaxTasksPerWorker int
@@ -420,10 +469,13 @@ type Config struct {
 	// Grace is how long a worker has between SIGTERM and SIGKILL when the
 	// pool stops it. Zero means 3s.
 	Grace time.Duration
-	// StartupFailures is how many workers in a row may die before producing
-	// any result (before their ready frame, or during their first task when
-	// no worker has ever succeeded) before the pool aborts with a
-	// *StartError. Zero means 3.
+	// StartupFailures is how many workers in a row may fail before they
+	// take any task before the pool aborts with a *StartError. A worker
+	// fails so when it dies, or is killed for a protocol error or its
+	// start-up deadline, before it takes a task (a framed task it starts, a
+	// line it reads), or when it holds its first line unanswered until
+	// StallTimeout while no worker has answered yet. A death during a task
+	// is the task's, never a start-up failure. Zero means 3.
 	StartupFailures int
 
 	// Stdout and Stderr receive persistent workers' own stdout (framed
@@ -453,6 +505,11 @@ type Stats struct {
 	// WorkerDeaths counts worker processes that ended other than by the pool
 	// stopping or retiring them.
 	WorkerDeaths int
+	// OutOfStep counts line workers caught out of step
+	// (EventWorkerOutOfStep) after they had answered other lines. When it
+	// is not zero, some answers delivered as Done may belong to other
+	// inputs: a caller should treat the run as failed.
+	OutOfStep int
 	// Started is when the pool was created.
 	Started time.Time
 }

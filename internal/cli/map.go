@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -36,6 +37,10 @@ The worker:
   python3 -u, or print(..., flush=True); in awk, fflush() after print, and
   mawk (Debian's awk) also needs -W interactive to read lines as they come.
   Its stderr goes to safepool's stderr.
+  A worker gets its first line once it reads its stdin; anything it writes
+  on stdout before, or a line too many, fails with cause protocol. One that
+  has read its lines and only waits for more without answering does not
+  flush: safepool says so, and fails the line after --stall-timeout.
   safepool sends up to --pipeline lines ahead (fewer when lines take long),
   which wait in the worker's stdin; the oldest line not yet answered is the
   one the worker is running, and only it is charged if the worker dies.
@@ -44,15 +49,17 @@ The worker:
 
 Output: one line for each task that succeeded, the worker's answer, as tasks
 finish or, with --keep-order, in input order. A failed task writes no line;
-the summary on stderr, --joblog and --json list it. Lines may be of any
-length and hold any byte but newline. With no input, safepool map does
-nothing and exits 0. Since stdout carries the data, --json takes a FILE.
+the summary on stderr, --joblog and --json list it. Lines may be up to
+--max-line long and hold any byte but newline. With no input, safepool map
+does nothing and exits 0. Since stdout carries the data, --json takes a FILE.
 
 Exit status:
   0  every task succeeded, or there was no input
-  1  some tasks failed, or the job log or JSON summary could not be written
+  1  some tasks failed (the summary on stderr lists each one), a worker got
+     out of step (answers it gave may belong to other lines), or the job log
+     or JSON summary could not be written
   2  usage error, an output file that cannot be created, or the worker cannot
-     start or dies at start-up; nothing ran
+     start or keeps failing before it takes a task
   3  stopped before the end: Ctrl-C, SIGTERM, SIGHUP, stdout closed by its
      reader (| head), or --on-worker-death abort
 Ctrl-C, SIGTERM or SIGHUP stops the workers (SIGTERM, then SIGKILL after
@@ -76,6 +83,10 @@ type mapArgs struct {
 	pipeline int    // --pipeline; 0 when not given
 	json     string // --json FILE
 
+	maxLine int64         // --max-line; 0 when not given
+	stall   time.Duration // --stall-timeout; 0: never
+	start   time.Duration // --start-timeout; 0: the pool's default
+
 	argv []string // CMD ARGS... after the flags
 }
 
@@ -87,6 +98,9 @@ func (a *mapArgs) flagSet() *pflag.FlagSet {
 	fs.IntVar(&a.maxTasks, "max-tasks", 0, "replace a worker after it has done `N` tasks (default: never)")
 	fs.Var(newSizeValue(&a.maxRSS), "max-rss", "replace a worker whose memory is over `SIZE` after a task (default: never)")
 	fs.IntVar(&a.pipeline, "pipeline", 0, "send up to `N` tasks to a worker before it answers the first (default 32 lines, 8 with --framed)")
+	fs.Var(newSizeValue(&a.maxLine), "max-line", "fail a task whose answer line is longer than `SIZE` (default 64MiB)")
+	fs.DurationVar(&a.stall, "stall-timeout", defaultStall, "fail a line the worker has read and holds unanswered while it only waits for more input (it does not flush) after `DURATION`; 0: never")
+	fs.DurationVar(&a.start, "start-timeout", 0, "give a new worker `DURATION` to be ready, more while it computes: a --framed worker's ready frame, a line worker's first read (default 30s)")
 	a.common.registerInput(fs)
 	a.common.registerOutput(fs)
 	fs.Var(jsonValue{&a.json}, "json", "write a JSON summary to `FILE` at the end")
@@ -113,6 +127,10 @@ func (a *mapArgs) parse(e *env, args []string) error {
 		return usagef("map", "--max-tasks must be at least 0, not %d", a.maxTasks)
 	case fs.Changed("pipeline") && a.pipeline < 1:
 		return usagef("map", "--pipeline must be at least 1, not %d", a.pipeline)
+	case fs.Changed("max-line") && a.maxLine < 1:
+		return usagef("map", "--max-line must be at least 1 byte")
+	case a.stall < 0 || a.start < 0:
+		return usagef("map", "--stall-timeout and --start-timeout must not be negative")
 	case a.json == "-":
 		return usagef("map", "--json needs a FILE: stdout carries the data")
 	}
@@ -142,6 +160,12 @@ func runMap(ctx context.Context, e *env, args []string) error {
 	cfg.MaxTasksPerWorker = a.maxTasks
 	cfg.MaxRSS = a.maxRSS
 	cfg.Pipeline = a.pipeline
+	cfg.MaxLine = a.maxLine
+	cfg.StartTimeout = a.start
+	cfg.StallTimeout = a.stall
+	if a.stall == 0 {
+		cfg.StallTimeout = -1 // never
+	}
 	if cfg.Pipeline == 0 && protocol == pool.Line {
 		cfg.Pipeline = defaultLinePipeline
 	}
@@ -177,6 +201,9 @@ func runMap(ctx context.Context, e *env, args []string) error {
 }
 
 var newline = []byte{'\n'}
+
+// defaultStall is --stall-timeout's default, the pool's own.
+const defaultStall = 10 * time.Second
 
 // defaultLinePipeline is how many lines safepool map may send to a line
 // worker ahead of its answers. The pool's own default is 1, for workers

@@ -117,9 +117,19 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	if j.cfg.Stderr == nil && j.cfg.Protocol != pool.OneShot {
 		j.cfg.Stderr = pausedWriter{prog, stderr}
 	}
+	// The pool calls the observer under a lock of its own, so said needs
+	// none: each kind of notice is printed once.
+	said := map[pool.EventKind]bool{}
 	j.cfg.Observer = func(ev pool.Event) {
 		c.observe(ev)
 		jl.observe(ev)
+		switch ev.Kind {
+		case pool.EventWorkerStalled, pool.EventWorkerOutOfStep:
+			if !said[ev.Kind] {
+				said[ev.Kind] = true
+				prog.pause(func() { fmt.Fprintf(stderr, "safepool: %s\n", quoteMessage(ev.Message)) })
+			}
+		}
 	}
 
 	p, err := pool.New(j.cfg)
@@ -291,9 +301,13 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	var se *pool.StartError
 	switch {
 	case errors.As(poolErr, &se):
-		// Workers died before doing any work: the command is wrong.
+		// Workers keep failing before they take any task: the command is
+		// wrong. When tasks ran all the same (their workers died of them,
+		// or held them unanswered), the summary says so task by task.
 		reason := quoteMessage(se.Error())
-		fmt.Fprintf(stderr, "safepool: %s\n", reason)
+		if stats.Attempts == 0 {
+			fmt.Fprintf(stderr, "safepool: %s\n", reason)
+		}
 		sum.Aborted = true
 		sum.AbortReason = reason
 		status = exitUsage
@@ -319,6 +333,13 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		status = exitAborted
 	case !sum.ok():
 		status = exitFailed
+	case stats.OutOfStep > 0:
+		// Every task is done, but some answers may belong to other lines.
+		status = exitFailed
+	}
+	if stats.OutOfStep > 0 && se == nil {
+		fmt.Fprintf(e.stderr, "safepool: %s out of step: answers given before may belong to other lines\n",
+			plural(stats.OutOfStep, "worker"))
 	}
 	if readErr != nil {
 		fmt.Fprintf(stderr, "safepool: %v\n", readErr)
@@ -337,7 +358,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		fmt.Fprintf(stderr, "safepool: %v\n", err)
 		status = max(status, exitFailed)
 	}
-	if se == nil {
+	if se == nil || stats.Attempts > 0 {
 		sum.writeText(stderr, j.quiet)
 	}
 	return sum, status

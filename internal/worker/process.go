@@ -89,6 +89,10 @@ type Process struct {
 	done chan struct{}
 	exit Exit // written before done is closed
 
+	// taskPipe identifies the task pipe, so that Observe can tell the
+	// worker's threads that read it; nil without one.
+	taskPipe *syscall.Stat_t
+
 	// copiers counts the goroutines copying the worker's stdout/stderr; they
 	// end when the pipe reaches EOF or CloseIO closes the read end.
 	copiers  sync.WaitGroup
@@ -205,6 +209,9 @@ func Start(spec Spec) (_ *Process, err error) {
 		return nil, fmt.Errorf("%w: %w", ErrStart, err)
 	}
 	p.Pid = cmd.Process.Pid
+	if p.Tasks != nil {
+		p.taskPipe = pipeStat(p.Tasks)
+	}
 	// The kernel should pick a worker, never the supervisor. Where a cgroup
 	// shim runs first it has already set this before the worker's code ran.
 	_ = os.WriteFile("/proc/"+strconv.Itoa(p.Pid)+"/oom_score_adj", []byte("1000"), 0)

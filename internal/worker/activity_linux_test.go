@@ -1,0 +1,102 @@
+package worker
+
+import (
+	"testing"
+	"time"
+)
+
+// start starts args as a line worker and ends it when the test ends.
+func start(t *testing.T, args ...string) *Process {
+	t.Helper()
+	p, err := Start(Spec{Args: args, IO: IOLine})
+	if err != nil {
+		t.Fatalf("Start(%q) = %v", args, err)
+	}
+	t.Cleanup(func() {
+		p.Kill()
+		<-p.Done()
+		p.CloseIO(0)
+	})
+	return p
+}
+
+// eventually polls cond for up to 10 seconds and returns the last
+// activity seen.
+func eventually(t *testing.T, p *Process, cond func(Activity) bool) (Activity, bool) {
+	t.Helper()
+	var a Activity
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		var err error
+		if a, err = p.Observe(); err != nil {
+			t.Fatalf("Observe() = %v", err)
+		}
+		if cond(a) {
+			return a, true
+		}
+	}
+	return a, false
+}
+
+func TestObserve(t *testing.T) {
+	tests := []struct {
+		name  string
+		args  []string
+		cond  func(Activity) bool
+		stall bool
+	}{
+		// cat blocks reading its stdin: the task pipe.
+		{"reads stdin", []string{"cat"}, func(a Activity) bool { return a.Readers == 1 }, true},
+		// The shell waits for its child, which reads the shell's stdin.
+		{"child reads stdin", []string{"sh", "-c", "cat; exit 0"}, func(a Activity) bool { return a.Readers == 1 && a.Parked == 1 }, true},
+		// A sleep is neither reading nor idle.
+		{"sleeps", []string{"sleep", "60"}, func(a Activity) bool { return a.Blocked == 1 && a.Readers == 0 }, false},
+		// A child that sleeps while another reads rules a stall out.
+		{"reads and sleeps", []string{"sh", "-c", "sleep 60 & cat; exit 0"}, func(a Activity) bool { return a.Readers == 1 && a.Blocked == 1 }, false},
+		{"busy", []string{"sh", "-c", "while :; do :; done"}, func(a Activity) bool { return a.Running == 1 }, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := start(t, tt.args...)
+			a, ok := eventually(t, p, tt.cond)
+			if !ok {
+				t.Fatalf("Observe() = %+v, never as wanted", a)
+			}
+			if got := a.StallsOnInput(); got != tt.stall {
+				t.Errorf("%+v.StallsOnInput() = %v, want %v", a, got, tt.stall)
+			}
+		})
+	}
+}
+
+func TestObserveCPU(t *testing.T) {
+	p := start(t, "sh", "-c", "while :; do :; done")
+	a, _ := eventually(t, p, func(a Activity) bool { return true })
+	b, ok := eventually(t, p, func(b Activity) bool { return b.CPU > a.CPU })
+	if !ok {
+		t.Errorf("CPU stayed at %d ticks while the worker was busy", b.CPU)
+	}
+}
+
+func TestPipes(t *testing.T) {
+	p := start(t, "sh", "-c", "read x; echo answer; exec 0<&-; sleep 60")
+	if n, err := Backlog(p.Tasks); n != 0 || err != nil {
+		t.Errorf("Backlog(tasks) = %d, %v before writing, want 0, nil", n, err)
+	}
+	if _, err := p.Tasks.Write([]byte("line\nmore\n")); err != nil {
+		t.Fatal(err)
+	}
+	// The shell reads one line, byte by byte, and answers.
+	buf := make([]byte, 7)
+	if _, err := p.Results.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := Backlog(p.Tasks); n != len("more\n") || err != nil {
+		t.Errorf("Backlog(tasks) = %d, %v after one line was read, want %d, nil", n, err, len("more\n"))
+	}
+	if _, ok := eventually(t, p, func(Activity) bool { return ReaderGone(p.Tasks) }); !ok {
+		t.Errorf("ReaderGone(tasks) = false after the worker closed its stdin")
+	}
+	if n, err := Backlog(p.Results); n != 0 || err != nil {
+		t.Errorf("Backlog(results) = %d, %v, want 0, nil", n, err)
+	}
+}
