@@ -37,6 +37,22 @@ for i in range(steps):
 time.sleep(hold / 1000)
 `
 
+// rampLines is rampTask as a persistent line worker: each line holds
+// rampTask's arguments; the worker answers "ok" and lets the memory go.
+const rampLines = `
+import sys, time
+for line in sys.stdin:
+    mb, ramp, hold = map(int, line.split())
+    steps = max(1, mb // 32)
+    keep = []
+    for i in range(steps):
+        keep.append(b"x" * ((mb << 20) // steps))
+        time.sleep(ramp / 1000 / steps)
+    time.sleep(hold / 1000)
+    keep = None
+    print("ok", flush=True)
+`
+
 // containerLimit is the memory limit of the cgroup the supervisors run in.
 const containerLimit = 3 << 30
 
@@ -89,7 +105,9 @@ func attemptsOf(line string) []string {
 // second, on twelve workers, in a 3 GiB container. Without the governor
 // they all start at once and the kernel OOM-kills some; with it, every one
 // is done, fewer run at once, and the start-up line says that the governor
-// is on and measures private memory against the cgroup's limit.
+// is on and measures private memory against the cgroup's limit. The same
+// holds for persistent line workers, which keep their process between
+// tasks.
 func TestGovernorEnclosingBatch(t *testing.T) {
 	var tasks []string
 	for i := 0; i < 12; i++ {
@@ -103,30 +121,36 @@ func TestGovernorEnclosingBatch(t *testing.T) {
 		}
 		t.Logf("without the governor: %d tasks lost, %d OOM kills", lost, kills)
 	})
-	t.Run("governed", func(t *testing.T) {
-		text, kills := governedIn(t, "batch", tasks...)
-		if n := strings.Count(text, " done "); n != 12 {
-			t.Errorf("supervisor output:\n%s\nwant 12 tasks done, got %d", text, n)
+	for _, scenario := range []string{"batch", "batch-line"} {
+		t.Run(scenario, func(t *testing.T) { governedBatch(t, scenario, tasks) })
+	}
+}
+
+// governedBatch runs the tasks of TestGovernorEnclosingBatch under the
+// governor in the scenario given.
+func governedBatch(t *testing.T, scenario string, tasks []string) {
+	text, kills := governedIn(t, scenario, tasks...)
+	if n := strings.Count(text, " done "); n != 12 {
+		t.Errorf("supervisor output:\n%s\nwant 12 tasks done, got %d", text, n)
+	}
+	if !strings.Contains(text, "memory mode: enclosing-cgroup (") {
+		t.Errorf("supervisor output:\n%s\nwant memory mode enclosing-cgroup", text)
+	}
+	_, gov, _ := strings.Cut(text, "governor: ")
+	gov, _, _ = strings.Cut("governor: "+gov, "\n")
+	for _, want := range []string{"governor: memory governor on", "private memory", "enclosing cgroup's limit of 3.0 GiB"} {
+		if !strings.Contains(gov, want) {
+			t.Errorf("%s: want the governor's line to say %q", gov, want)
 		}
-		if !strings.Contains(text, "memory mode: enclosing-cgroup (") {
-			t.Errorf("supervisor output:\n%s\nwant memory mode enclosing-cgroup", text)
-		}
-		_, gov, _ := strings.Cut(text, "governor: ")
-		gov, _, _ = strings.Cut("governor: "+gov, "\n")
-		for _, want := range []string{"governor: memory governor on", "private memory", "enclosing cgroup's limit of 3.0 GiB"} {
-			if !strings.Contains(gov, want) {
-				t.Errorf("%s: want the governor's line to say %q", gov, want)
-			}
-		}
-		var most, allows int
-		for _, line := range strings.Split(text, "\n") {
-			fmt.Sscanf(line, "most at once %d, memory allows %d", &most, &allows)
-		}
-		if most < 2 || most >= 12 {
-			t.Errorf("supervisor output:\n%s\nwant between 2 and 11 attempts at once, got %d", text, most)
-		}
-		t.Logf("with the governor: %d OOM kills, at most %d at once, memory allows %d", kills, most, allows)
-	})
+	}
+	var most, allows int
+	for _, line := range strings.Split(text, "\n") {
+		fmt.Sscanf(line, "most at once %d, memory allows %d", &most, &allows)
+	}
+	if most < 2 || most >= 12 {
+		t.Errorf("supervisor output:\n%s\nwant between 2 and 11 attempts at once, got %d", text, most)
+	}
+	t.Logf("with the governor: %d OOM kills, at most %d at once, memory allows %d", kills, most, allows)
 }
 
 // TestGovernorEnclosingOOMRetry: a task that jumps to 2 GiB starts beside
@@ -323,6 +347,10 @@ func runGovContainer() int {
 	case "static":
 		cfg.NoGovernor = true
 	case "batch":
+	case "batch-line":
+		cfg.Protocol = pool.Line
+		cfg.Command = cfg.Command[:3]
+		cfg.Command[2] = rampLines
 	case "oom-retry":
 		cfg.Workers = 2
 		cfg.MemPerTask = 256 << 20
@@ -363,6 +391,10 @@ func runGovContainer() int {
 	go func() {
 		defer p.Close()
 		for _, in := range strings.Split(os.Getenv("SAFEPOOL_TEST_TASKS"), ";") {
+			if cfg.Protocol == pool.Line {
+				p.Submit(context.Background(), pool.Task{Input: []byte(in)})
+				continue
+			}
 			// rampTask takes its arguments as separate words.
 			p.Submit(context.Background(), pool.Task{Args: append(cfg.Command[:3:3], strings.Fields(in)...)})
 		}
