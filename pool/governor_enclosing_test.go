@@ -68,7 +68,11 @@ func governedIn(t *testing.T, scenario string, tasks ...string) (string, uint64)
 	if err != nil {
 		t.Fatalf("supervisor: %v; output:\n%s", err, text)
 	}
+	// The oom_kill counter: cgroup v1 memory.oom_control, v2 memory.events.
 	b, err := os.ReadFile(filepath.Join(dir, "memory.oom_control"))
+	if err != nil {
+		b, err = os.ReadFile(filepath.Join(dir, "memory.events"))
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
