@@ -55,17 +55,23 @@ const (
 // governor is the memory governor: it predicts what a task needs, admits an
 // attempt only when that fits the budget, and preempts the youngest attempt
 // when memory runs short. The loop calls admit, reserve and release; runners
-// call bind and setGroup; the sampler goroutine reads memory and preempts.
-// Everything it holds is guarded by mu.
+// call bind, setGroup and setWatch; the sampler goroutine reads memory and
+// preempts. Everything it holds is guarded by mu.
+//
+// It works the same with or without a cgroup per worker; only what measures
+// a worker differs (meter): its cgroup, or the private memory of its
+// process tree that the runner's memory.Watch samples.
 type governor struct {
 	p      *Pool
 	sensor *memory.Sensor
 
 	// Set by newGovernor, read-only afterwards.
 	workers      int
+	perWorker    bool    // each worker has a cgroup of its own (memory.Mode.PerWorker)
 	userBudget   int64   // Config.MemBudget, or 0
 	host         int64   // host MemTotal, or 0 when unknown
 	hostBudget   int64   // host less the reserve, or 0
+	availBudget  int64   // without a cgroup per worker: MemAvailable at start less the reserve, or 0
 	cg           int64   // the supervisor's cgroup limit, or 0 for none
 	cgBudget     int64   // cg less the reserve, or 0
 	budget       int64   // the smallest budget: the most one attempt may get
@@ -120,22 +126,47 @@ type usagePoint struct {
 // profileBins-th part of its life. It never falls, and its last bin is 1.
 type profile [profileBins]float64
 
-// slotMem is one runner slot's cgroup and its last sampled usage.
+// slotMem is one runner slot's meter and its last sampled usage.
 type slotMem struct {
-	group *memory.Group // nil between workers or without cgroups
+	meter meter
 	usage int64
 }
 
+// meter is what measures the worker in one runner slot: its cgroup, or,
+// without one, the watch that samples the private memory of its process
+// tree. The zero meter measures nothing: there is no worker.
+type meter struct {
+	group *memory.Group // the worker's cgroup, or nil
+	watch *memory.Watch // where group is nil: the current process's watch, or nil
+}
+
+// read returns what the worker holds now, and false when it cannot tell:
+// its cgroup's working set, or the private memory of its process tree,
+// which is 0 once the watch has stopped (the worker is gone). Memory the
+// workers share (shared memory, file pages) is in neither, so the
+// governor counts it once, with what others use within the same walls.
+func (m meter) read() (int64, bool) {
+	switch {
+	case m.group != nil:
+		u, err := m.group.WorkingSet()
+		return u, err == nil
+	case m.watch != nil:
+		return m.watch.Current(), true
+	}
+	return 0, false
+}
+
 // newGovernor returns the governor cfg asks for, or nil when it is off:
-// Config.NoGovernor, or no per-worker cgroups to measure peaks with.
+// Config.NoGovernor, or no memory figure at all to plan with.
 func newGovernor(p *Pool, cfg *Config, mode memory.Mode) *governor {
-	if cfg.NoGovernor || !mode.PerWorker() {
+	if cfg.NoGovernor {
 		return nil
 	}
 	g := &governor{
 		p:            p,
 		sensor:       memory.NewSensor(),
 		workers:      cfg.Workers,
+		perWorker:    mode.PerWorker(),
 		userBudget:   cfg.MemBudget,
 		hint:         cfg.MemPerTask,
 		preemptAbove: cfg.PreemptAbove,
@@ -152,11 +183,21 @@ func newGovernor(p *Pool, cfg *Config, mode memory.Mode) *governor {
 	}
 	if total, err := g.sensor.HostTotal(); err == nil {
 		g.host, g.hostBudget = total, g.scopeBudget(total, cfg.MemReserve)
+		// Without a cgroup per worker, no worker's cgroup limit holds it to
+		// MemTotal less the reserve, so the host's wall is what is
+		// available at start, when the workers hold nothing yet.
+		// MemAvailable leaves out what the workers hold: as the pool runs,
+		// capacityLocked takes off only what others hold (hostOutside), so
+		// the workers may use MemAvailable now plus their own memory, less
+		// the reserve, within this.
+		if avail, err := memory.HostMemAvailable(); err == nil && !g.perWorker {
+			g.availBudget = min(g.hostBudget, max(avail-reserveFor(total, cfg.MemReserve), 1))
+		}
 	}
 	if limit, ok, err := g.sensor.CgroupLimit(); err == nil && ok && (g.host == 0 || limit < g.host) {
 		g.cg, g.cgBudget = limit, g.scopeBudget(limit, cfg.MemReserve)
 	}
-	for _, b := range []int64{g.userBudget, g.hostBudget, g.cgBudget} {
+	for _, b := range []int64{g.userBudget, g.hostBudget, g.cgBudget, g.availBudget} {
 		if b > 0 && (g.budget == 0 || b < g.budget) {
 			g.budget = b
 		}
@@ -172,14 +213,21 @@ func newGovernor(p *Pool, cfg *Config, mode memory.Mode) *governor {
 // the limit less the reserve, and below the preemption watermark, so that
 // admission alone never triggers preemption.
 func (g *governor) scopeBudget(limit, reserve int64) int64 {
-	if reserve <= 0 {
-		reserve = min(max(limit/10, minReserve), maxReserve)
-	}
-	b := limit - reserve
+	b := limit - reserveFor(limit, reserve)
 	if g.preemptAbove > 0 && g.preemptAbove < 1 {
 		b = min(b, int64(g.preemptAbove*float64(limit)))
 	}
 	return max(b, 1)
+}
+
+// reserveFor is the reserve held back from a wall of limit bytes:
+// Config.MemReserve, or by default a tenth of limit within [minReserve,
+// maxReserve].
+func reserveFor(limit, reserve int64) int64 {
+	if reserve > 0 {
+		return reserve
+	}
+	return min(max(limit/10, minReserve), maxReserve)
 }
 
 // workerLimit is the memory limit of each worker's cgroup: Config.MemLimit,
@@ -196,10 +244,13 @@ func (g *governor) workerLimit(memLimit int64) int64 {
 }
 
 // ownsOOM reports whether an OOM kill is the governor's to handle: it is,
-// unless Config.MemLimit set a per-worker wall below the budget, which the
-// task hit on its own (the ordinary retry policy applies then).
+// unless Config.MemLimit set a per-worker cgroup limit below the budget,
+// which the task hit on its own (the ordinary retry policy applies then).
+// Without a cgroup per worker the supervisor enforces MemLimit itself
+// (CauseMemoryLimit), so every OOM kill is memory running out around the
+// workers: the enclosing cgroup's or the host's.
 func (g *governor) ownsOOM(memLimit int64) bool {
-	return g != nil && (memLimit <= 0 || memLimit >= g.budget)
+	return g != nil && (!g.perWorker || memLimit <= 0 || memLimit >= g.budget)
 }
 
 // capacityLocked is the memory the workers may use together now: the
@@ -488,11 +539,11 @@ func (g *governor) bind(id uint64, slot int) {
 // back to the queue.
 func (g *governor) release(id uint64) {
 	g.mu.Lock()
-	var grp *memory.Group
+	var m meter
 	slot := -1
 	if r := g.res[id]; r != nil {
 		if r.slot >= 0 {
-			slot, grp = r.slot, g.slots[r.slot].group
+			slot, m = r.slot, g.slots[r.slot].meter
 		}
 		if r.need > 0 {
 			g.withNeed--
@@ -506,12 +557,12 @@ func (g *governor) release(id uint64) {
 	g.mu.Unlock()
 	// The slot's last sample still holds what the attempt used; while the
 	// loop waits for memory, read what the worker holds now.
-	if !blocked || grp == nil {
+	if !blocked || m == (meter{}) {
 		return
 	}
-	if u, err := grp.WorkingSet(); err == nil {
+	if u, ok := m.read(); ok {
 		g.mu.Lock()
-		if g.slots[slot].group == grp {
+		if g.slots[slot].meter == m {
 			g.slots[slot].usage = u
 		}
 		g.mu.Unlock()
@@ -521,7 +572,20 @@ func (g *governor) release(id uint64) {
 // setGroup records the cgroup of the worker in slot, or nil.
 func (g *governor) setGroup(slot int, grp *memory.Group) {
 	g.mu.Lock()
-	g.slots[slot] = slotMem{group: grp}
+	g.slots[slot] = slotMem{meter: meter{group: grp}}
+	g.mu.Unlock()
+}
+
+// setWatch records the watch of the process just started in slot, whose
+// worker has no cgroup of its own. It does nothing when the governor is
+// off (g is nil). The watch answers 0 once it stops, so a slot whose
+// process ended holds nothing until the next one starts.
+func (g *governor) setWatch(slot int, w *memory.Watch) {
+	if g == nil {
+		return
+	}
+	g.mu.Lock()
+	g.slots[slot] = slotMem{meter: meter{watch: w}}
 	g.mu.Unlock()
 }
 
@@ -656,6 +720,39 @@ func (g *governor) needAfter(t *task, peak int64) int64 {
 	return min(max(peak+peak/4, 2*t.need, g.predictLocked(t.need)), g.budget)
 }
 
+// MemoryGovernor says in one line whether the memory governor is on, the
+// budget it plans with and where that comes from, and what measures each
+// worker: its cgroup, or without one the private memory of its process
+// tree, such as "memory governor on: a budget of 2.7 GiB (the enclosing
+// cgroup's limit of 3.0 GiB less a reserve), each worker measured by the
+// private memory of its process tree (anonymous memory and swap)".
+func (p *Pool) MemoryGovernor() string {
+	if p.gov == nil {
+		return "memory governor off"
+	}
+	return p.gov.describe()
+}
+
+// describe is what MemoryGovernor says of a governor that is on.
+func (g *governor) describe() string {
+	var from string
+	switch g.budget {
+	case g.userBudget:
+		from = "as given"
+	case g.cgBudget:
+		from = "the enclosing cgroup's limit of " + sizeText(g.cg) + " less a reserve"
+	case g.availBudget:
+		from = "the host's available memory at start less a reserve"
+	default:
+		from = "the host's memory of " + sizeText(g.host) + " less a reserve"
+	}
+	measure := "its own cgroup"
+	if !g.perWorker {
+		measure = "the private memory of its process tree (anonymous memory and swap)"
+	}
+	return fmt.Sprintf("memory governor on: a budget of %s (%s), each worker measured by %s", sizeText(g.budget), from, measure)
+}
+
 // poisonMessage explains a Poison task whose last attempt was a.
 func (g *governor) poisonMessage(a Attempt) string {
 	return fmt.Sprintf("killed by the OOM killer while running alone with the whole memory budget of %s (peak %s): it needs more memory than the pool may use",
@@ -739,21 +836,19 @@ func (g *governor) run() {
 // sample reads memory once and acts on it.
 func (g *governor) sample() {
 	g.mu.Lock()
-	groups := make([]*memory.Group, len(g.slots))
+	meters := make([]meter, len(g.slots))
 	for i, s := range g.slots {
-		groups[i] = s.group
+		meters[i] = s.meter
 	}
 	g.mu.Unlock()
 	// The workers first, then the walls: what grows in between counts as
 	// outside, which errs on the cautious side.
-	usage := make([]int64, len(groups))
+	usage := make([]int64, len(meters))
 	var inUse int64
-	for i, grp := range groups {
-		if grp != nil {
-			if u, err := grp.WorkingSet(); err == nil {
-				usage[i] = u
-				inUse += u
-			}
+	for i, m := range meters {
+		if u, ok := m.read(); ok {
+			usage[i] = u
+			inUse += u
 		}
 	}
 	hostUsed, hostErr := int64(0), error(nil)
@@ -777,21 +872,21 @@ func (g *governor) sample() {
 
 	g.mu.Lock()
 	now := time.Now()
-	for i, grp := range groups {
-		if g.slots[i].group == grp {
+	for i, m := range meters {
+		if g.slots[i].meter == m {
 			g.slots[i].usage = usage[i]
 		}
 	}
 	// Only an attempt alone on its worker is traced: with several tasks in
 	// flight, the worker's memory is not one task's.
-	perSlot := make([]int, len(groups))
+	perSlot := make([]int, len(meters))
 	for _, r := range g.res {
 		if r.slot >= 0 {
 			perSlot[r.slot]++
 		}
 	}
 	for _, r := range g.res {
-		if r.slot >= 0 && groups[r.slot] != nil && g.slots[r.slot].group == groups[r.slot] {
+		if r.slot >= 0 && meters[r.slot] != (meter{}) && g.slots[r.slot].meter == meters[r.slot] {
 			if perSlot[r.slot] == 1 {
 				r.trace = appendTrace(r.trace, usagePoint{age: now.Sub(r.start), usage: usage[r.slot]})
 			} else {

@@ -146,3 +146,32 @@ func TestFitsOverTime(t *testing.T) {
 		}
 	})
 }
+
+func TestOwnsOOM(t *testing.T) {
+	const budget = 1 << 30
+	for _, c := range []struct {
+		name      string
+		perWorker bool
+		memLimit  int64
+		want      bool
+	}{
+		{"cgroup per worker, no limit", true, 0, true},
+		{"cgroup per worker, limit below the budget", true, budget / 2, false},
+		{"cgroup per worker, limit at the budget", true, budget, true},
+		{"no cgroup per worker, no limit", false, 0, true},
+		// The supervisor enforces MemLimit (memory-limit): an OOM kill is
+		// memory running out around the workers.
+		{"no cgroup per worker, limit below the budget", false, budget / 2, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			g := &governor{perWorker: c.perWorker, budget: budget}
+			if got := g.ownsOOM(c.memLimit); got != c.want {
+				t.Errorf("ownsOOM(%d) = %v, want %v", c.memLimit, got, c.want)
+			}
+		})
+	}
+	var off *governor
+	if off.ownsOOM(0) {
+		t.Error("ownsOOM with the governor off = true, want false")
+	}
+}

@@ -404,7 +404,8 @@ func (p *Pool) Workers() int { return p.cfg.Workers }
 func (p *Pool) Notices() []string { return append([]string(nil), p.notices...) }
 
 // Memory returns what the memory governor plans with now, and false when
-// the governor is off (Config.NoGovernor, or no cgroups to measure with).
+// the governor is off (Config.NoGovernor, or no memory figure at all to
+// plan with). MemoryGovernor says what it plans and measures with.
 func (p *Pool) Memory() (MemoryState, bool) {
 	if p.gov == nil {
 		return MemoryState{}, false

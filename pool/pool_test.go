@@ -34,6 +34,8 @@ func TestMain(m *testing.M) {
 			os.Exit(runPreempt())
 		case "fdcap", "fdsqueeze":
 			os.Exit(runFileLimit(mode))
+		case "gov-container":
+			os.Exit(runGovContainer())
 		case "container-seed":
 			os.Exit(runContainerSeed())
 		case "shared-block":

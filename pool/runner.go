@@ -750,6 +750,7 @@ func (r *runner) shim() memory.Shim {
 func (r *runner) startWatch(proc *worker.Process) {
 	if r.group == nil {
 		r.watch = memory.StartWatch(proc.Pid, r.p.cfg.MemLimit)
+		r.p.gov.setWatch(r.slot, r.watch) // the governor measures the worker by it
 	}
 }
 

@@ -406,16 +406,18 @@ type Config struct {
 	NoDataLimit bool
 
 	// NoGovernor reports whether to turn the memory governor off. The
-	// governor, on by default where workers have cgroups of their own,
-	// starts an attempt only when its predicted peak fits the memory
-	// budget, retries tasks the OOM killer took when they fit, marks Poison
-	// a task killed while running alone with the whole budget, and preempts
-	// the youngest attempt when memory runs short. Without it, Workers
-	// attempts run at once whatever they need. See docs/memory.md.
+	// governor, on by default, measures each worker by its cgroup or,
+	// without one, by the private memory of its process tree; it starts an
+	// attempt only when its predicted peak fits the memory budget, retries
+	// tasks the OOM killer took when they fit, marks Poison a task killed
+	// while running alone with the whole budget, and preempts the youngest
+	// attempt when memory runs short. Without it, Workers attempts run at
+	// once whatever they need. See docs/memory.md.
 	NoGovernor bool
 	// MemBudget caps the memory the workers may use together, in bytes.
 	// The governor plans with the smallest of MemBudget, the host's
-	// MemTotal and the supervisor's own cgroup limit, the last two less
+	// MemTotal (without a cgroup per worker, its MemAvailable at start)
+	// and the supervisor's own cgroup limit, the last two less
 	// MemReserve. Zero means no cap of the pool's own.
 	MemBudget int64
 	// MemReserve is held back from the host's MemTotal and from the

@@ -98,6 +98,9 @@ func (w *Watch) Over() <-chan struct{} { return nil }
 // Peak returns 0.
 func (w *Watch) Peak() int64 { return 0 }
 
+// Current returns 0.
+func (w *Watch) Current() int64 { return 0 }
+
 // ResetPeak does nothing.
 func (w *Watch) ResetPeak() {}
 

@@ -174,3 +174,29 @@ func TestWatch(t *testing.T) {
 		t.Errorf("Peak() of a process that was gone = %d, want 0", p)
 	}
 }
+
+// TestWatchCurrent: Current is the latest sample while the watch samples,
+// and 0 once the worker is gone or Stop was called, where Last keeps the
+// last sample.
+func TestWatchCurrent(t *testing.T) {
+	const childMiB = 64
+	parent, _ := startHelper(t, "tree", strconv.Itoa(childMiB))
+	w := StartWatch(parent, 0)
+	defer w.Stop()
+	waitFor(t, "a sample of the whole tree", func() bool { return w.Current() >= childMiB*mib })
+	if err := syscall.Kill(-parent, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "Current to fall to 0 once the worker is gone", func() bool { return w.Current() == 0 })
+	if l := w.Last(); l < childMiB*mib {
+		t.Errorf("Last() = %d after the worker died, want its last sample, >= %d MiB", l, childMiB)
+	}
+
+	other, _ := startHelper(t, "tree", "8")
+	stopped := StartWatch(other, 0)
+	waitFor(t, "a sample", func() bool { return stopped.Current() > 0 })
+	stopped.Stop()
+	if c := stopped.Current(); c != 0 {
+		t.Errorf("Current() after Stop = %d, want 0", c)
+	}
+}

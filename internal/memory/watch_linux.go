@@ -71,6 +71,19 @@ func (w *Watch) Last() int64 {
 	return w.last
 }
 
+// Current returns the latest sample while the watch still samples, and 0
+// once it has stopped: after Stop, or once the worker is gone. It is what
+// the worker holds now, to within a sampling interval, where Last keeps
+// what it held last.
+func (w *Watch) Current() int64 {
+	select {
+	case <-w.done:
+		return 0
+	default:
+		return w.Last()
+	}
+}
+
 // ResetPeak starts a new peak from the latest sample, such as when an
 // idle persistent worker takes a task.
 func (w *Watch) ResetPeak() {

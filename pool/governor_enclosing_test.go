@@ -1,0 +1,463 @@
+package pool_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/safepool/safepool/internal/testenv"
+	"github.com/safepool/safepool/pool"
+)
+
+// These tests run the memory governor where workers cannot have cgroups of
+// their own: a supervisor runs as nobody inside a 3 GiB memory cgroup that
+// root made, as in a container. The governor plans with the cgroup's limit
+// and measures each worker by the private memory of its process tree.
+
+// rampTask is a Python one-shot worker: "rampTask MB RAMP HOLD" touches MB
+// megabytes in steps of 32 MiB spread over RAMP milliseconds, then holds
+// them HOLD milliseconds.
+const rampTask = `
+import sys, time
+mb, ramp, hold = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+steps = max(1, mb // 32)
+keep = []
+for i in range(steps):
+    keep.append(b"x" * ((mb << 20) // steps))
+    time.sleep(ramp / 1000 / steps)
+time.sleep(hold / 1000)
+`
+
+// rampLines is rampTask as a persistent line worker: each line holds
+// rampTask's arguments; the worker answers "ok" and lets the memory go.
+const rampLines = `
+import sys, time
+for line in sys.stdin:
+    mb, ramp, hold = map(int, line.split())
+    steps = max(1, mb // 32)
+    keep = []
+    for i in range(steps):
+        keep.append(b"x" * ((mb << 20) // steps))
+        time.sleep(ramp / 1000 / steps)
+    time.sleep(hold / 1000)
+    keep = None
+    print("ok", flush=True)
+`
+
+// containerLimit is the memory limit of the cgroup the supervisors run in.
+const containerLimit = 3 << 30
+
+// governedIn runs the supervisor runGovContainer as nobody in a new 3 GiB
+// cgroup, with the scenario and tasks given, and returns its output and
+// the cgroup's oom_kill count afterwards.
+func governedIn(t *testing.T, scenario string, tasks ...string) (string, uint64) {
+	t.Helper()
+	py := systemPython(t)
+	dir := containerFor(t, containerLimit)
+	text, err := superviseAsNobody(t, dir, workerEnv+"=gov-container", "SAFEPOOL_TEST_PYTHON="+py,
+		"SAFEPOOL_TEST_SCENARIO="+scenario, "SAFEPOOL_TEST_TASKS="+strings.Join(tasks, ";"))
+	if err != nil {
+		t.Fatalf("supervisor: %v; output:\n%s", err, text)
+	}
+	// The oom_kill counter: cgroup v1 memory.oom_control, v2 memory.events.
+	b, err := os.ReadFile(filepath.Join(dir, "memory.oom_control"))
+	if err != nil {
+		b, err = os.ReadFile(filepath.Join(dir, "memory.events"))
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kills uint64
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
+			kills, _ = strconv.ParseUint(v, 10, 64)
+		}
+	}
+	return text, kills
+}
+
+// taskLines returns the supervisor's "task ..." lines by task id: the
+// state, then the attempts (see runGovContainer).
+func taskLines(text string) map[int]string {
+	lines := map[int]string{}
+	for _, line := range strings.Split(text, "\n") {
+		var id int
+		if _, err := fmt.Sscanf(line, "task %d ", &id); err == nil {
+			lines[id] = line
+		}
+	}
+	return lines
+}
+
+// attemptsOf returns the attempts of a "task ..." line: "oom/1", "ok/0".
+func attemptsOf(line string) []string {
+	_, rest, _ := strings.Cut(line, " attempts=")
+	list, _, _ := strings.Cut(rest, " ")
+	return strings.Split(list, ",")
+}
+
+// TestGovernorEnclosingBatch: twelve tasks that each grow to 768 MiB over a
+// second, on twelve workers, in a 3 GiB container. Without the governor
+// they all start at once and the kernel OOM-kills some; with it, every one
+// is done, fewer run at once, and the start-up line says that the governor
+// is on and measures private memory against the cgroup's limit. The same
+// holds for persistent line workers, which keep their process between
+// tasks.
+func TestGovernorEnclosingBatch(t *testing.T) {
+	var tasks []string
+	for i := 0; i < 12; i++ {
+		tasks = append(tasks, "768 1000 200")
+	}
+	t.Run("static", func(t *testing.T) {
+		text, kills := governedIn(t, "static", tasks...)
+		lost := 12 - strings.Count(text, " done ")
+		if kills == 0 {
+			t.Errorf("supervisor output:\n%s\nwant the kernel to OOM-kill workers without the governor (oom_kill 0, %d tasks lost)", text, lost)
+		}
+		t.Logf("without the governor: %d tasks lost, %d OOM kills", lost, kills)
+	})
+	for _, scenario := range []string{"batch", "batch-line"} {
+		t.Run(scenario, func(t *testing.T) { governedBatch(t, scenario, tasks) })
+	}
+}
+
+// governedBatch runs the tasks of TestGovernorEnclosingBatch under the
+// governor in the scenario given.
+func governedBatch(t *testing.T, scenario string, tasks []string) {
+	text, kills := governedIn(t, scenario, tasks...)
+	if n := strings.Count(text, " done "); n != 12 {
+		t.Errorf("supervisor output:\n%s\nwant 12 tasks done, got %d", text, n)
+	}
+	if !strings.Contains(text, "memory mode: enclosing-cgroup (") {
+		t.Errorf("supervisor output:\n%s\nwant memory mode enclosing-cgroup", text)
+	}
+	_, gov, _ := strings.Cut(text, "governor: ")
+	gov, _, _ = strings.Cut("governor: "+gov, "\n")
+	for _, want := range []string{"governor: memory governor on", "private memory", "enclosing cgroup's limit of 3.0 GiB"} {
+		if !strings.Contains(gov, want) {
+			t.Errorf("%s: want the governor's line to say %q", gov, want)
+		}
+	}
+	var most, allows int
+	for _, line := range strings.Split(text, "\n") {
+		fmt.Sscanf(line, "most at once %d, memory allows %d", &most, &allows)
+	}
+	if most < 2 || most >= 12 {
+		t.Errorf("supervisor output:\n%s\nwant between 2 and 11 attempts at once, got %d", text, most)
+	}
+	t.Logf("with the governor: %d OOM kills, at most %d at once, memory allows %d", kills, most, allows)
+}
+
+// TestGovernorEnclosingOOMRetry: a task that jumps to 2 GiB starts beside
+// one that holds 1.2 GiB, because the governor was told (MemPerTask) that
+// tasks need 256 MiB and preemption is off. The kernel OOM-kills the
+// larger in the 3 GiB container; the enclosing cgroup's counter confirms
+// the kill, and the governor runs the task again with fewer neighbours,
+// where it succeeds.
+func TestGovernorEnclosingOOMRetry(t *testing.T) {
+	text, kills := governedIn(t, "oom-retry", "1200 300 3000", "2048 200 500")
+	lines := taskLines(text)
+	if !strings.HasPrefix(lines[1], "task 1 done ") {
+		t.Errorf("supervisor output:\n%s\nwant task 1 done", text)
+	}
+	big := lines[2]
+	list := attemptsOf(big)
+	if !strings.HasPrefix(big, "task 2 done ") || len(list) < 2 || !strings.HasPrefix(list[0], "oom/") || list[len(list)-1] != "ok/0" {
+		t.Fatalf("supervisor output:\n%s\nwant task 2 OOM-killed beside task 1 (oom/1), then done alone (ok/0)", text)
+	}
+	if list[0] != "oom/1" {
+		t.Errorf("task 2's first attempt = %s, want oom beside one neighbour (oom/1)", list[0])
+	}
+	if kills == 0 {
+		t.Errorf("the container's oom_kill counter did not rise")
+	}
+	t.Logf("supervisor output:\n%s", text)
+}
+
+// TestGovernorEnclosingPoison: a task that grows without end, among small
+// ones, in a 3 GiB container, is killed for memory, retried with the whole
+// budget, killed again while alone, and ends poison; the others are done.
+func TestGovernorEnclosingPoison(t *testing.T) {
+	text, _ := governedIn(t, "poison", "64 100 300", "8192 4000 0", "64 100 300", "64 100 300", "64 100 300")
+	lines := taskLines(text)
+	for id, line := range lines {
+		if id != 2 && !strings.Contains(line, " done ") {
+			t.Errorf("%s: want done", line)
+		}
+	}
+	if len(lines) != 5 {
+		t.Errorf("supervisor output:\n%s\nwant 5 tasks", text)
+	}
+	hog := lines[2]
+	if !strings.HasPrefix(hog, "task 2 poison oom ") || !strings.Contains(hog, "running alone with the whole memory budget") {
+		t.Fatalf("supervisor output:\n%s\nwant task 2 poison after an OOM kill while alone with the whole budget", text)
+	}
+	if n := strings.Count(strings.Join(attemptsOf(hog), ","), "oom/"); n > 3 {
+		t.Errorf("%s: %d OOM kills, want at most 3 (it needs the whole budget, then runs alone)", hog, n)
+	}
+	t.Logf("supervisor output:\n%s", text)
+}
+
+// TestGovernorEnclosingPreemption: two tasks that each grow to 1 GiB, in a
+// 3 GiB container whose preemption watermark is lowered to half its limit,
+// while the governor was told (MemPerTask) they need 8 MiB. Together they
+// cross the watermark, measured by the enclosing cgroup's usage: the
+// younger is stopped, requeued without charge, and completes later.
+func TestGovernorEnclosingPreemption(t *testing.T) {
+	text, _ := governedIn(t, "preempt", "1024 200 1500", "1024 200 1500")
+	lines := taskLines(text)
+	preempted := 0
+	for id := 1; id <= 2; id++ {
+		line := lines[id]
+		if !strings.Contains(line, " done ") || !strings.Contains(line, " number=1 ") {
+			t.Errorf("%q: want done at its first charged attempt (number=1)", line)
+		}
+		preempted += strings.Count(strings.Join(attemptsOf(line), ","), "preempted/")
+	}
+	if preempted == 0 || !strings.Contains(text, fmt.Sprintf("preempted=%d\n", preempted)) {
+		t.Errorf("supervisor output:\n%s\nwant a preempted attempt, counted in Stats", text)
+	}
+	t.Logf("supervisor output:\n%s", text)
+}
+
+// TestGovernorNoCgroup runs the batch of TestGovernorEnclosingBatch with
+// the cgroup filesystem out of the supervisor's sight (its own mount
+// namespace, where root unmounted it before dropping to nobody): the mode
+// is no-cgroup, the governor plans with the host's available memory at
+// start, or with MemBudget, and measures the workers' private memory. The
+// kernel still holds the container to 3 GiB; with a budget of 2 GiB every
+// task is done.
+func TestGovernorNoCgroup(t *testing.T) {
+	var tasks []string
+	for i := 0; i < 12; i++ {
+		tasks = append(tasks, "768 1000 200")
+	}
+	py := systemPython(t)
+	dir := containerFor(t, containerLimit)
+	text := superviseBlind(t, dir, workerEnv+"=gov-container", "SAFEPOOL_TEST_PYTHON="+py,
+		"SAFEPOOL_TEST_SCENARIO=no-cgroup", "SAFEPOOL_TEST_TASKS="+strings.Join(tasks, ";"))
+	if !strings.Contains(text, "memory mode: no-cgroup (") {
+		t.Fatalf("supervisor output:\n%s\nwant memory mode no-cgroup", text)
+	}
+	for _, want := range []string{
+		"governor: memory governor on: a budget of 2.0 GiB (as given), each worker measured by the private memory of its process tree",
+		"governor without a budget: memory governor on: a budget of ",
+		" (the host's available memory at start less a reserve), each worker measured by the private memory of its process tree",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("supervisor output:\n%s\nwant %q", text, want)
+		}
+	}
+	if n := strings.Count(text, " done "); n != 12 {
+		t.Errorf("supervisor output:\n%s\nwant 12 tasks done, got %d", text, n)
+	}
+	t.Logf("supervisor output:\n%s", text)
+}
+
+// superviseBlind runs this test binary as nobody inside the cgroup dir, as
+// superviseAsNobody does, but in a mount namespace of its own where the
+// cgroup filesystem that holds the memory controller is unmounted, and
+// returns its output. The test fails if the supervisor fails or has not
+// ended within two minutes.
+func superviseBlind(t *testing.T, dir string, env ...string) string {
+	t.Helper()
+	if _, err := exec.LookPath("unshare"); err != nil {
+		testenv.SkipOrFail(t, "unshare (util-linux) is not installed")
+	}
+	mount := memoryMount(t)
+	bin := nobodyBinary(t)
+	// The outer shell joins the cgroup; unshare gives the inner one a
+	// mount namespace whose changes stay its own.
+	const inner = `umount -l "$0" && exec setpriv --reuid ` + nobodyUID + ` --regid ` + nobodyUID + ` --clear-groups "$1" -test.run='^$'`
+	cmd := exec.Command("sh", "-c",
+		`echo $$ > "$0/cgroup.procs" && exec unshare --mount --propagation private sh -c "$3" "$2" "$1"`,
+		dir, bin, mount, inner)
+	cmd.Dir = filepath.Dir(bin)
+	cmd.Env = append(os.Environ(), env...)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("supervisor: %v; output:\n%s", err, out.String())
+		}
+		return out.String()
+	case <-time.After(2 * time.Minute):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("the supervisor did not finish within two minutes; output:\n%s", out.String())
+		return ""
+	}
+}
+
+// memoryMount returns where the cgroup filesystem that holds the memory
+// controller is mounted: the v1 memory hierarchy, or the unified one.
+func memoryMount(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unified := ""
+	for _, line := range strings.Split(string(b), "\n") {
+		fields := strings.Fields(line)
+		_, post, ok := strings.Cut(line, " - ")
+		if !ok || len(fields) < 5 {
+			continue
+		}
+		tail := strings.Fields(post) // fstype, source, super options
+		switch {
+		case len(tail) >= 3 && tail[0] == "cgroup" && slices.Contains(strings.Split(tail[2], ","), "memory"):
+			return fields[4]
+		case len(tail) >= 1 && tail[0] == "cgroup2" && unified == "":
+			unified = fields[4]
+		}
+	}
+	if unified == "" {
+		t.Fatal("no cgroup filesystem mounted in /proc/self/mountinfo")
+	}
+	return unified
+}
+
+// runGovContainer is the supervisor of the tests above. The scenario
+// (SAFEPOOL_TEST_SCENARIO) sets the pool's configuration; the tasks
+// (SAFEPOOL_TEST_TASKS, separated by ";") are rampTask's arguments. It
+// prints the memory mode and the governor's line, one line per task
+// ("task ID STATE CAUSE attempts=C/N,...", where C is an attempt's cause,
+// "ok" for none, and N the most other attempts that ran beside it; then the
+// last attempt's number and message), how many ran at once, and how many
+// attempts were preempted.
+func runGovContainer() int {
+	cfg := pool.Config{
+		Command: []string{os.Getenv("SAFEPOOL_TEST_PYTHON"), "-c", rampTask, "{}"},
+		Workers: 12,
+		Stderr:  io.Discard,
+	}
+	switch os.Getenv("SAFEPOOL_TEST_SCENARIO") {
+	case "static":
+		cfg.NoGovernor = true
+	case "batch":
+	case "batch-line":
+		cfg.Protocol = pool.Line
+		cfg.Command = cfg.Command[:3]
+		cfg.Command[2] = rampLines
+	case "oom-retry":
+		cfg.Workers = 2
+		cfg.MemPerTask = 256 << 20
+		cfg.PreemptAbove, cfg.PreemptPSI = -1, -1
+	case "poison":
+		cfg.Workers = 2
+	case "no-cgroup":
+		cfg.MemBudget = 2 << 30
+		// Say what a pool without the budget would plan with.
+		c := cfg
+		c.MemBudget = 0
+		q, err := pool.New(c)
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		fmt.Printf("governor without a budget: %s\n", q.MemoryGovernor())
+		q.Close()
+		for range q.Results() {
+		}
+	case "preempt":
+		cfg.Workers = 2
+		cfg.MemPerTask = 8 << 20
+		cfg.PreemptAbove, cfg.PreemptPSI = 0.5, -1
+	default:
+		fmt.Println("unknown scenario")
+		return 2
+	}
+	var n neighbours
+	cfg.Observer = n.observe
+	p, err := pool.New(cfg)
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	fmt.Printf("memory mode: %s (%s)\n", p.MemoryMode(), p.MemoryModeReason())
+	fmt.Printf("governor: %s\n", p.MemoryGovernor())
+	go func() {
+		defer p.Close()
+		for _, in := range strings.Split(os.Getenv("SAFEPOOL_TEST_TASKS"), ";") {
+			if cfg.Protocol == pool.Line {
+				p.Submit(context.Background(), pool.Task{Input: []byte(in)})
+				continue
+			}
+			// rampTask takes its arguments as separate words.
+			p.Submit(context.Background(), pool.Task{Args: append(cfg.Command[:3:3], strings.Fields(in)...)})
+		}
+	}()
+	for r := range p.Results() {
+		var list []string
+		for i, a := range r.Attempts {
+			c := string(a.Cause)
+			if c == "" {
+				c = "ok"
+			}
+			list = append(list, fmt.Sprintf("%s/%d", c, n.beside(r.ID, i)))
+		}
+		var last pool.Attempt
+		if len(r.Attempts) > 0 {
+			last = r.Attempts[len(r.Attempts)-1]
+		}
+		fmt.Printf("task %d %s %s attempts=%s number=%d %q\n", r.ID, r.State, cause(r), strings.Join(list, ","), last.Number, last.Message)
+	}
+	st, _ := p.Memory()
+	fmt.Printf("most at once %d, memory allows %d\n", n.most, st.Allows)
+	fmt.Printf("preempted=%d\n", p.Stats().Preempted)
+	return 0
+}
+
+// neighbours is an Observer that records, for each attempt, the most
+// other attempts that ran beside it.
+type neighbours struct {
+	mu      sync.Mutex
+	running map[uint64]int   // task id -> most others beside its running attempt
+	ended   map[uint64][]int // task id -> the same for its ended attempts
+	most    int              // most attempts at once
+}
+
+func (n *neighbours) observe(e pool.Event) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.running == nil {
+		n.running, n.ended = map[uint64]int{}, map[uint64][]int{}
+	}
+	switch e.Kind {
+	case pool.EventAttemptStarted:
+		n.running[e.TaskID] = len(n.running)
+		for id, k := range n.running {
+			n.running[id] = max(k, len(n.running)-1)
+		}
+		n.most = max(n.most, len(n.running))
+	case pool.EventAttemptEnded:
+		n.ended[e.TaskID] = append(n.ended[e.TaskID], n.running[e.TaskID])
+		delete(n.running, e.TaskID)
+	}
+}
+
+// beside returns the most attempts that ran beside attempt i of task id.
+func (n *neighbours) beside(id uint64, i int) int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if i < len(n.ended[id]) {
+		return n.ended[id][i]
+	}
+	return -1
+}
