@@ -47,7 +47,7 @@ const flushHint = "make it flush after each line: python3 -u (or PYTHONUNBUFFERE
 
 // oneLineHint says what a line worker must write.
 const oneLineHint = "a line worker must write exactly one line to stdout for each line it reads, " +
-	"and other messages to stderr; the framed protocol suits programs that cannot"
+	"and other messages to stderr; a program that cannot keep to that should speak the framed protocol (map --framed)"
 
 // lineState is what the runner knows about the current line worker beyond
 // its flights. It is reset for every new process, and touched only by the

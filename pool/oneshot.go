@@ -181,12 +181,19 @@ const maxFileWaits = 3
 // want of file descriptors, and t should wait and run again uncharged: while
 // others of the pool's processes run or start (they will give theirs back),
 // and a few times when none does (a file the supervisor held for a moment).
+//
+// EBADF from fork/exec is counted with them, but only a few times: with the
+// file table full, starting a process was seen to fail with it now and then
+// (1 start in some thousands); it is the supervisor's trouble, not the task's.
 func outOfFiles(err error, t *task, others bool) bool {
-	if !errors.Is(err, syscall.EMFILE) && !errors.Is(err, syscall.ENFILE) {
+	switch {
+	case errors.Is(err, syscall.EMFILE), errors.Is(err, syscall.ENFILE):
+		if others {
+			return true
+		}
+	case errors.Is(err, syscall.EBADF):
+	default:
 		return false
-	}
-	if others {
-		return true
 	}
 	t.fileWaits++
 	return t.fileWaits <= maxFileWaits
