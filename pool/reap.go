@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/safepool/safepool/internal/bytesize"
 	"github.com/safepool/safepool/internal/memory"
 	"github.com/safepool/safepool/internal/worker"
 )
@@ -191,7 +192,7 @@ func (r *runner) oomMessage(peak int64) string {
 		return "killed by the OOM killer (confirmed by the enclosing cgroup's oom_kill counter or the kernel log)"
 	}
 	if limit > 0 && peak >= limit-limit/50 {
-		return "killed by the OOM killer at the worker's limit of " + sizeText(limit)
+		return "killed by the OOM killer at the worker's limit of " + bytesize.Format(limit)
 	}
 	return "killed by the OOM killer when memory ran out outside the worker's limit (host or enclosing cgroup)"
 }

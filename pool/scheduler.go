@@ -368,7 +368,11 @@ func (s *scheduler) finish(t *task, st State, output, stderr []byte) {
 	}
 }
 
-// ended counts r's terminal state, keeps it among the failures if it
+// maxFailed is how many failed or poison results Failed keeps: the last
+// ones, so that a long run that fails often does not grow without bound.
+var maxFailed = 1000
+
+// ended counts r's terminal state, keeps it among the last failures if it
 // failed, and tells the observer.
 func (p *Pool) ended(r Result) {
 	p.count(func(s *Stats) {
@@ -387,6 +391,10 @@ func (p *Pool) ended(r Result) {
 		f := r
 		f.Output, f.Stderr, f.out = nil, nil, nil
 		p.mu.Lock()
+		if len(p.failed) >= maxFailed {
+			// Drop the oldest: the events carry every failure as it happens.
+			p.failed = append(p.failed[:0], p.failed[len(p.failed)-maxFailed+1:]...)
+		}
 		p.failed = append(p.failed, f)
 		p.mu.Unlock()
 	}
