@@ -10,3 +10,11 @@ func SetPipelineAhead(d time.Duration) (restore func()) {
 	pipelineAhead = d
 	return func() { pipelineAhead = old }
 }
+
+// SetMaxFailed sets how many failures Pool.Failed keeps, and returns a
+// function that restores it. It must not be called while a pool runs.
+func SetMaxFailed(n int) (restore func()) {
+	old := maxFailed
+	maxFailed = n
+	return func() { maxFailed = old }
+}

@@ -3,10 +3,10 @@ package pool
 import (
 	"fmt"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
+	"github.com/safepool/safepool/internal/bytesize"
 	"github.com/safepool/safepool/internal/memory"
 )
 
@@ -756,7 +756,7 @@ func (g *governor) describe() string {
 // poisonMessage explains a Poison task whose last attempt was a.
 func (g *governor) poisonMessage(a Attempt) string {
 	return fmt.Sprintf("killed by the OOM killer while running alone with the whole memory budget of %s (peak %s): it needs more memory than the pool may use",
-		sizeText(g.budget), sizeText(a.PeakRSS))
+		bytesize.Format(g.budget), bytesize.Format(a.PeakRSS))
 }
 
 // stateLocked is the governor's current plan.
@@ -961,18 +961,4 @@ func (g *governor) youngestLocked() (id uint64, slot int) {
 		return 0, -1
 	}
 	return id, slot
-}
-
-// sizeText renders n bytes as "1.5 GiB".
-func sizeText(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return strconv.FormatInt(n, 10) + " B"
-	}
-	f, i := float64(n), -1
-	for f >= unit && i < 4 {
-		f /= unit
-		i++
-	}
-	return strconv.FormatFloat(f, 'f', 1, 64) + " " + [...]string{"KiB", "MiB", "GiB", "TiB", "PiB"}[i]
 }

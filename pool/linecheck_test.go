@@ -258,7 +258,7 @@ func TestLineTooLong(t *testing.T) {
 	cfg.MaxLine = 1 << 20
 	inputs := []string{"a", "endless", "b"}
 	got, _ := run(t, cfg, inputs...)
-	if r := got[2]; r.State != pool.Failed || r.Cause() != pool.CauseProtocol || !strings.Contains(r.Attempts[0].Message, "longer than the limit of 1.0 MiB") {
+	if r := got[2]; r.State != pool.Failed || r.Cause() != pool.CauseProtocol || !strings.Contains(r.Attempts[0].Message, "longer than the limit of 1 MiB") {
 		t.Errorf("endless task = %s %+v, want failed with protocol: line too long", r.State, r.Attempts)
 	}
 	for _, id := range []uint64{1, 3} {

@@ -92,6 +92,36 @@ func (r *runner) oneShot(t *task) {
 	r.p.emit(Event{Kind: EventWorkerStarted, WorkerPID: proc.Pid, Time: start})
 	r.p.emit(Event{Kind: EventAttemptStarted, TaskID: t.id, WorkerPID: proc.Pid, Time: start})
 
+	killed := r.waitOneShot(proc, t, out)
+	proc.CloseIO(linger)
+	if r.watch != nil {
+		r.watch.Stop()
+	}
+	r.p.procs.Add(-1)
+	exit := proc.Exit()
+	cause := killed
+	if cause == "" && (exit.Code != 0 || exit.Signal != 0) {
+		cause = r.classify(exit, start)
+	}
+	a := r.exitAttempt(proc, exit, cause, start, 0)
+	if cause == CauseOutputLost {
+		// What was kept is not the job's output: give none.
+		a.Message = out.lostMessage()
+		out.release()
+		out = nil
+	} else if cause.IsWorkerDeath() && killed == "" {
+		r.p.count(func(s *Stats) { s.WorkerDeaths++ })
+	}
+	r.p.emit(Event{Kind: EventWorkerExited, WorkerPID: proc.Pid, Time: exit.Time})
+	t.out = out
+	r.p.send(report{kind: reportAttempt, task: t, att: a})
+}
+
+// waitOneShot waits for t's process proc to end, and ends it early on a
+// timeout, preemption, memory over the limit, lost output or abort. It
+// returns why the runner ended it, or "".
+func (r *runner) waitOneShot(proc *worker.Process, t *task, out *attemptOutput) Cause {
+	cfg := &r.p.cfg
 	var timeout <-chan time.Time
 	if cfg.Timeout > 0 {
 		tm := time.NewTimer(cfg.Timeout)
@@ -100,11 +130,10 @@ func (r *runner) oneShot(t *task) {
 	}
 	abortC, killC, lostC, over := r.p.abortCh, r.p.killCh, out.lost, r.overLimit()
 	var killed Cause
-wait:
 	for {
 		select {
 		case <-proc.Done():
-			break wait
+			return killed
 		case <-timeout:
 			killed = CauseTimeout
 			proc.Kill()
@@ -136,41 +165,6 @@ wait:
 			proc.Kill()
 		}
 	}
-	proc.CloseIO(linger)
-	if r.watch != nil {
-		r.watch.Stop()
-	}
-	r.p.procs.Add(-1)
-	exit := proc.Exit()
-	cause := killed
-	if cause == "" && (exit.Code != 0 || exit.Signal != 0) {
-		cause = r.classify(exit, start)
-	}
-	a := Attempt{Cause: cause, WorkerPID: proc.Pid, Start: start, End: exit.Time, ExitCode: exit.Code, PeakRSS: exit.MaxRSS}
-	if exit.Signal != 0 {
-		a.Signal = SignalName(exit.Signal)
-	}
-	if r.group != nil {
-		if peak, err := r.group.Peak(); err == nil && peak > 0 {
-			a.PeakRSS = peak
-		}
-	} else if r.watch != nil && r.watch.Peak() > 0 {
-		a.PeakRSS = r.watch.Peak()
-	}
-	if cause == CauseOutputLost {
-		// What was kept is not the job's output: give none.
-		a.Message = out.lostMessage()
-		out.release()
-		out = nil
-	} else if cause != "" {
-		a.Message = r.deathMessage(cause, proc, a.PeakRSS)
-		if cause.IsWorkerDeath() && killed == "" {
-			r.p.count(func(s *Stats) { s.WorkerDeaths++ })
-		}
-	}
-	r.p.emit(Event{Kind: EventWorkerExited, WorkerPID: proc.Pid, Time: exit.Time})
-	t.out = out
-	r.p.send(report{kind: reportAttempt, task: t, att: a})
 }
 
 // maxFileWaits is how many times a task waits for file descriptors while

@@ -9,6 +9,7 @@ import (
 	"os"
 	"sync/atomic"
 
+	"github.com/safepool/safepool/internal/bytesize"
 	"github.com/safepool/safepool/internal/protocol"
 	"github.com/safepool/safepool/internal/worker"
 )
@@ -152,7 +153,7 @@ type LineTooLongError struct {
 }
 
 func (e *LineTooLongError) Error() string {
-	return fmt.Sprintf("the worker wrote an answer line longer than the limit of %s", sizeText(e.Max))
+	return fmt.Sprintf("the worker wrote an answer line longer than the limit of %s", bytesize.Format(e.Max))
 }
 
 // readLine returns the next line without its newline. A line longer than

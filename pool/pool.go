@@ -365,8 +365,11 @@ func (p *Pool) Err() error {
 	return p.err
 }
 
-// Failed returns the results of the tasks that ended Failed or Poison so far,
-// in the order they ended.
+// Failed returns the results of the last 1000 tasks that ended Failed or
+// Poison so far, in the order they ended, without their output. Older
+// failures are dropped so that the pool's memory stays bounded; an
+// Observer sees every failure as it happens (EventTaskEnded), and Stats
+// counts them all.
 func (p *Pool) Failed() []Result {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/safepool/safepool/internal/bytesize"
 	"github.com/safepool/safepool/internal/memory"
 	"github.com/safepool/safepool/internal/worker"
 )
@@ -47,10 +48,10 @@ func (r *runner) reap() {
 	// the newest first, so that they run again in the order they came.
 	var requeue []*task
 	for _, f := range r.inflight {
-		switch r.fate(f, cause, read) {
-		case fateRequeue:
+		switch blame(r.flightView(f, read), cause) {
+		case blameRequeue:
 			requeue = append(requeue, f.t)
-		case fatePass:
+		case blamePass:
 			f.t.exitZeroPass = true
 			requeue = append(requeue, f.t)
 		default:
@@ -102,61 +103,51 @@ func (r *runner) stopTimers() {
 	}
 }
 
-// flightFate is what becomes of a flight whose worker died.
-type flightFate int
-
-const (
-	fateCharge  flightFate = iota // an attempt is charged with the death
-	fateRequeue                   // back to the queue, nothing charged
-	fatePass                      // back to the queue once, uncharged (exitZeroPass)
-)
-
-// fate decides what becomes of flight f when its worker died of cause,
+// flightView is what blame needs to know of flight f, whose worker died
 // having read at least read bytes of its task pipe (-1: unknown).
-func (r *runner) fate(f *flight, cause Cause, read int64) flightFate {
+func (r *runner) flightView(f *flight, read int64) flightView {
 	line := r.p.cfg.Protocol == Line
-	switch {
-	case !f.started:
-		// Never started (for a line worker: sent behind the line it was
-		// running).
-		return fateRequeue
-	case r.victim != nil && f != r.victim && (cause == CauseTimeout || cause == CauseProtocol):
-		// An innocent bystander of another task's timeout or protocol error.
-		return fateRequeue
-	case line && read >= 0 && read <= f.off && cause != CausePreempted && cause != CauseCancelled:
-		// The worker never read a byte of the line: whatever happened to
-		// it, the line had no part in it.
-		return fateRequeue
-	case cause == ExitCause(0) && line && !f.t.exitZeroPass:
-		// A line worker that exits 0 after reading the line most likely
-		// read it ahead and did so between tasks: the line protocol cannot
-		// tell. Give the task one uncharged run elsewhere; a second time,
-		// charge it.
-		return fatePass
+	return flightView{
+		started:   f.started,
+		bystander: r.victim != nil && f != r.victim,
+		// For a line worker: the worker never read a byte of the line.
+		unread: line && read >= 0 && read <= f.off,
+		line:   line,
+		passed: f.t.exitZeroPass,
 	}
-	return fateCharge
 }
 
 // deathAttempt is the attempt of flight f, ended by its worker's death.
 func (r *runner) deathAttempt(f *flight, exit worker.Exit, cause Cause) Attempt {
-	end := exit.Time
-	if end.Before(f.start) {
-		end = f.start // its start frame was read from the pipe after the death
+	a := r.exitAttempt(r.proc, exit, cause, f.start, f.peak)
+	if cause == CauseTimeout && f.unstarted {
+		a.Message += ", handed over but never started (no start frame)"
 	}
-	a := Attempt{Cause: cause, WorkerPID: r.proc.Pid, Start: f.start, End: end, ExitCode: exit.Code, PeakRSS: exit.MaxRSS}
+	return a
+}
+
+// exitAttempt is an attempt that started at start and ended as proc
+// exited, of cause (empty: a one-shot process that succeeded). Its peak is
+// the most of what the slot's cgroup or watch read and peak, a reading
+// taken while it ran.
+func (r *runner) exitAttempt(proc *worker.Process, exit worker.Exit, cause Cause, start time.Time, peak int64) Attempt {
+	end := exit.Time
+	if end.Before(start) {
+		end = start // its start frame was read from the pipe after the death
+	}
+	a := Attempt{Cause: cause, WorkerPID: proc.Pid, Start: start, End: end, ExitCode: exit.Code, PeakRSS: exit.MaxRSS}
 	if exit.Signal != 0 {
 		a.Signal = SignalName(exit.Signal)
 	}
 	if r.group != nil {
-		if peak, err := r.group.Peak(); err == nil && peak > 0 {
-			a.PeakRSS = max(peak, f.peak)
+		if p, err := r.group.Peak(); err == nil && p > 0 {
+			a.PeakRSS = max(p, peak)
 		}
 	} else if r.watch != nil && r.watch.Peak() > 0 {
-		a.PeakRSS = max(r.watch.Peak(), f.peak)
+		a.PeakRSS = max(r.watch.Peak(), peak)
 	}
-	a.Message = r.deathMessage(cause, r.proc, a.PeakRSS)
-	if cause == CauseTimeout && f.unstarted {
-		a.Message += ", handed over but never started (no start frame)"
+	if cause != "" {
+		a.Message = r.deathMessage(cause, proc, a.PeakRSS)
 	}
 	return a
 }
@@ -201,7 +192,7 @@ func (r *runner) oomMessage(peak int64) string {
 		return "killed by the OOM killer (confirmed by the enclosing cgroup's oom_kill counter or the kernel log)"
 	}
 	if limit > 0 && peak >= limit-limit/50 {
-		return "killed by the OOM killer at the worker's limit of " + sizeText(limit)
+		return "killed by the OOM killer at the worker's limit of " + bytesize.Format(limit)
 	}
 	return "killed by the OOM killer when memory ran out outside the worker's limit (host or enclosing cgroup)"
 }

@@ -36,289 +36,60 @@ type report struct {
 }
 
 // loop owns every task from Submit to its Result. It is the only goroutine
-// that decides a task's fate, so the state below needs no lock.
+// that decides a task's fate (through settle), so the scheduler's state
+// needs no lock. The loop itself only moves messages between the
+// scheduler and its peers.
 func (p *Pool) loop() {
-	var (
-		queue     []*task   // ready to run, oldest first
-		delayed   delayHeap // retries waiting out their backoff
-		timer     *time.Timer
-		timerC    <-chan time.Time
-		out       []Result              // terminal, ready to deliver
-		held      = map[uint64]Result{} // KeepOrder: ended but waiting for earlier ids
-		nextOut   = uint64(1)           // KeepOrder: the id to deliver next
-		submitted int
-		ended     int
-		pending   int // submitted but not yet delivered
-		running   int
-		closed    bool
-		aborting  bool
-		startFail int  // startup failures in a row
-		everOK    bool // some attempt has succeeded
-		// live holds the dispatched tasks whose attempts have not ended,
-		// to tell whether an attempt ran alone.
-		live = map[uint64]*task{}
-	)
+	s := newScheduler(p)
 	closeC, abortC := p.closeCh, p.abortCh
-	gov := p.gov
 	var wakeC chan struct{}
-	if gov != nil {
-		wakeC = gov.wake
+	if p.gov != nil {
+		wakeC = p.gov.wake
 	}
-	// ended0 forgets a task whose attempt ended or that went back to the
-	// queue.
-	ended0 := func(t *task) {
-		delete(live, t.id)
-		if gov != nil {
-			gov.release(t.id)
-		}
-	}
-
-	finish := func(t *task, st State, output, stderr []byte) {
-		r := Result{ID: t.id, Input: t.t.Input, Args: t.t.Args, State: st, Output: output, Stderr: stderr, Attempts: t.attempts}
-		t.putOutput(&r) // one-shot output, in memory or spilled
-		ended++
-		p.count(func(s *Stats) {
-			switch st {
-			case Done:
-				s.Done++
-			case Failed:
-				s.Failed++
-			case Cancelled:
-				s.Cancelled++
-			case Poison:
-				s.Poison++
-			}
-		})
-		if st == Failed || st == Poison {
-			f := r
-			f.Output, f.Stderr, f.out = nil, nil, nil
-			p.mu.Lock()
-			p.failed = append(p.failed, f)
-			p.mu.Unlock()
-		}
-		p.emit(Event{Kind: EventTaskEnded, TaskID: t.id, Result: &r})
-		if !p.cfg.KeepOrder {
-			out = append(out, r)
-			return
-		}
-		held[r.ID] = r
-		for {
-			r, ok := held[nextOut]
-			if !ok {
-				break
-			}
-			delete(held, nextOut)
-			out = append(out, r)
-			nextOut++
-		}
-	}
-	cancelQueued := func() {
-		for _, t := range queue {
-			finish(t, Cancelled, nil, nil)
-		}
-		queue = nil
-		for _, t := range delayed {
-			finish(t, Cancelled, nil, nil)
-		}
-		delayed = nil
-		p.count(func(s *Stats) { s.Queued = 0 })
-	}
-	retryLater := func(t *task, n int) {
-		d := p.cfg.Backoff << (n - 1)
-		if d > p.cfg.MaxBackoff || d <= 0 {
-			d = p.cfg.MaxBackoff
-		}
-		t.notBefore = time.Now().Add(d)
-		heap.Push(&delayed, t)
-		p.count(func(s *Stats) { s.Queued++ })
-	}
-	ended1 := func(rep report) {
-		t, a := rep.task, rep.att
-		running--
-		if a.Cause == "" && gov != nil {
-			gov.observe(t.id, a) // before ended0, which drops the attempt's trace
-		}
-		ended0(t)
-		p.count(func(s *Stats) { s.Running--; s.Attempts++ })
-		// An OOM kill under the governor is a matter of memory, not of the
-		// retry policy: the task runs again once what it needs fits, and
-		// is poison when it was killed while running alone.
-		memOOM := a.Cause == CauseOOM && gov.ownsOOM(p.cfg.MemLimit) && !aborting
-		poison := false
-		switch {
-		case memOOM:
-			t.ooms++
-			if t.alone {
-				poison = true
-				a.Message = gov.poisonMessage(a)
-			} else {
-				t.need = gov.needAfter(t, a.PeakRSS)
-			}
-		case a.Cause.IsWorkerDeath():
-			t.deaths++
-		case a.Cause == CauseTaskError:
-			t.errors++
-		case a.Cause == CausePreempted:
-			p.count(func(s *Stats) { s.Preempted++ })
-			if gov != nil {
-				// It was stopped before its peak: wait for more room.
-				t.need = gov.needAfter(t, a.PeakRSS)
-			}
-		}
-		a.Number = t.charged()
-		if a.Cause == "" || a.Cause == CauseCancelled || a.Cause == CausePreempted {
-			a.Number = t.charged() + 1
-		}
-		t.attempts = append(t.attempts, a)
-		p.emit(Event{Kind: EventAttemptEnded, TaskID: t.id, WorkerPID: a.WorkerPID, Attempt: &t.attempts[len(t.attempts)-1]})
-		switch {
-		case a.Cause == "":
-			startFail, everOK = 0, true
-			finish(t, Done, rep.output, rep.stderr)
-		case aborting || a.Cause == CauseCancelled:
-			finish(t, Cancelled, rep.output, rep.stderr)
-		case a.Cause == CausePreempted:
-			queue = append([]*task{t}, queue...)
-			p.count(func(s *Stats) { s.Queued++ })
-		case poison:
-			finish(t, Poison, rep.output, rep.stderr)
-			if p.cfg.OnWorkerDeath == Abort {
-				r := Result{ID: t.id, State: Poison, Attempts: t.attempts}
-				p.abortFor(t.id, &TaskError{Result: &r})
-			}
-		case memOOM:
-			retryLater(t, t.ooms)
-		case a.Cause == CauseTaskError:
-			if t.errors <= p.cfg.TaskErrorRetries {
-				retryLater(t, t.errors)
-			} else {
-				finish(t, Failed, rep.output, rep.stderr)
-			}
-		default: // the worker died
-			switch p.cfg.OnWorkerDeath {
-			case Retry:
-				if t.deaths <= p.cfg.Retries {
-					retryLater(t, t.deaths)
-					return
-				}
-				finish(t, Failed, rep.output, rep.stderr)
-			case Abort:
-				r := Result{ID: t.id, State: Failed, Attempts: t.attempts}
-				finish(t, Failed, rep.output, rep.stderr)
-				p.abortFor(t.id, &TaskError{Result: &r})
-			default:
-				finish(t, Failed, rep.output, rep.stderr)
-			}
-		}
-	}
-
-	for {
-		if (closed || aborting) && ended == submitted && len(out) == 0 {
-			break
-		}
+	for !s.finished() {
 		var submitC chan *task
-		if !closed && !aborting && pending < p.cfg.MaxPending {
+		if s.accepting() {
 			submitC = p.submitCh
 		}
 		var dispatchC chan *task
-		var head *task
-		if !aborting && len(queue) > 0 && (gov == nil || gov.admit(queue[0])) {
-			dispatchC, head = p.dispatch, queue[0]
+		head := s.head()
+		if head != nil {
+			dispatchC = p.dispatch
 		}
 		var outC chan Result
 		var first Result
-		if len(out) > 0 {
-			outC, first = p.results, out[0]
+		if len(s.out) > 0 {
+			outC, first = p.results, s.out[0]
 		}
-		if timer == nil && len(delayed) > 0 {
-			timer = time.NewTimer(time.Until(delayed[0].notBefore))
-			timerC = timer.C
-		}
-
 		select {
 		case t := <-submitC:
-			submitted++
-			pending++
-			queue = append(queue, t)
-			p.count(func(s *Stats) { s.Submitted++; s.Queued++ })
-
+			s.submit(t)
 		case dispatchC <- head:
-			queue[0] = nil
-			queue = queue[1:]
-			running++
-			for _, o := range live {
-				o.alone = false
-			}
-			head.alone = len(live) == 0
-			live[head.id] = head
-			if gov != nil {
-				gov.reserve(head)
-			}
-			p.count(func(s *Stats) { s.Queued--; s.Running++ })
-
+			s.dispatched()
 		case outC <- first:
-			out[0] = Result{}
-			out = out[1:]
-			pending--
-
-		case <-timerC:
-			timer, timerC = nil, nil
-			now := time.Now()
-			// Retries that are due go first: they are the oldest work, and
-			// with KeepOrder every result behind them waits for them.
-			var due []*task
-			for len(delayed) > 0 && !delayed[0].notBefore.After(now) {
-				due = append(due, heap.Pop(&delayed).(*task))
-			}
-			queue = append(due, queue...)
-
+			s.delivered()
+		case <-s.timerC():
+			s.due(time.Now())
 		case rep := <-p.reports:
-			switch rep.kind {
-			case reportAttempt:
-				ended1(rep)
-				if timer != nil && len(delayed) > 0 {
-					// A new retry may be due before the armed timer.
-					timer.Stop()
-					timer, timerC = nil, nil
-				}
-			case reportRequeue:
-				running--
-				ended0(rep.task)
-				p.count(func(s *Stats) { s.Running--; s.Queued++ })
-				if aborting {
-					p.count(func(s *Stats) { s.Queued-- })
-					finish(rep.task, Cancelled, nil, nil)
-				} else {
-					queue = append([]*task{rep.task}, queue...)
-				}
-			case reportWorkerUp:
-				startFail = 0
-			case reportStartupFailure:
-				if rep.charged && everOK {
-					break // the command works: the task made it fail
-				}
-				startFail++
-				if startFail >= p.cfg.StartupFailures {
-					p.abortFor(0, rep.start)
-				}
-			}
-
+			s.report(rep)
 		case <-wakeC:
 			// Memory was sampled while the queue's head waited for it.
-
 		case <-closeC:
 			closeC = nil
-			closed = true
-
+			s.closed = true
 		case <-abortC:
 			abortC = nil
-			aborting = true
-			cancelQueued()
+			s.abort()
 		}
 	}
-	if timer != nil {
-		timer.Stop()
-	}
+	s.stopTimer()
+	p.shutdown()
+}
+
+// shutdown ends the pool once every task has ended: it waits for the
+// runners, removes the cgroups, ends what the workers left behind and
+// closes Results.
+func (p *Pool) shutdown() {
 	close(p.quit)
 	p.runners.Wait()
 	if err := p.mem.Close(); err != nil {
@@ -329,6 +100,305 @@ func (p *Pool) loop() {
 		p.oomLog.Close()
 	}
 	close(p.results)
+}
+
+// scheduler is the loop's state: the tasks waiting to run, those in
+// backoff, the results waiting to be delivered, and the counts that say
+// when the pool is finished. Only the loop goroutine touches it.
+type scheduler struct {
+	p   *Pool
+	gov *governor // nil when the memory governor is off
+
+	queue   []*task   // ready to run, oldest first
+	delayed delayHeap // retries waiting out their backoff
+	timer   *time.Timer
+	// live holds the dispatched tasks whose attempts have not ended, to
+	// tell whether an attempt ran alone.
+	live map[uint64]*task
+
+	out     []Result          // terminal, ready to deliver
+	held    map[uint64]Result // KeepOrder: ended but waiting for earlier ids
+	nextOut uint64            // KeepOrder: the id to deliver next
+
+	submitted int
+	ended     int // tasks in a terminal state
+	pending   int // submitted but not yet delivered
+	closed    bool
+	aborting  bool
+	startFail int  // startup failures in a row
+	everOK    bool // some attempt has succeeded
+}
+
+func newScheduler(p *Pool) *scheduler {
+	return &scheduler{p: p, gov: p.gov, live: map[uint64]*task{}, held: map[uint64]Result{}, nextOut: 1}
+}
+
+// finished reports whether every task has ended and been delivered, and no
+// more will come.
+func (s *scheduler) finished() bool {
+	return (s.closed || s.aborting) && s.ended == s.submitted && len(s.out) == 0
+}
+
+// accepting reports whether the loop takes another task from Submit.
+func (s *scheduler) accepting() bool {
+	return !s.closed && !s.aborting && s.pending < s.p.cfg.MaxPending
+}
+
+// head is the task to dispatch next, or nil when none may run now.
+func (s *scheduler) head() *task {
+	if s.aborting || len(s.queue) == 0 || (s.gov != nil && !s.gov.admit(s.queue[0])) {
+		return nil
+	}
+	return s.queue[0]
+}
+
+func (s *scheduler) submit(t *task) {
+	s.submitted++
+	s.pending++
+	s.queue = append(s.queue, t)
+	s.p.count(func(st *Stats) { st.Submitted++; st.Queued++ })
+}
+
+// dispatched records that a runner took the queue's head.
+func (s *scheduler) dispatched() {
+	head := s.queue[0]
+	s.queue[0] = nil
+	s.queue = s.queue[1:]
+	for _, o := range s.live {
+		o.alone = false
+	}
+	head.alone = len(s.live) == 0
+	s.live[head.id] = head
+	if s.gov != nil {
+		s.gov.reserve(head)
+	}
+	s.p.count(func(st *Stats) { st.Queued--; st.Running++ })
+}
+
+// delivered records that the first result was read from Results.
+func (s *scheduler) delivered() {
+	s.out[0] = Result{}
+	s.out = s.out[1:]
+	s.pending--
+}
+
+// timerC is the channel of the timer for the earliest retry, armed if
+// there is one; nil otherwise.
+func (s *scheduler) timerC() <-chan time.Time {
+	if s.timer == nil && len(s.delayed) > 0 {
+		s.timer = time.NewTimer(time.Until(s.delayed[0].notBefore))
+	}
+	if s.timer == nil {
+		return nil
+	}
+	return s.timer.C
+}
+
+func (s *scheduler) stopTimer() {
+	if s.timer != nil {
+		s.timer.Stop()
+		s.timer = nil
+	}
+}
+
+// due moves the retries due at now to the head of the queue. They go
+// first: they are the oldest work, and with KeepOrder every result behind
+// them waits for them.
+func (s *scheduler) due(now time.Time) {
+	s.timer = nil
+	var due []*task
+	for len(s.delayed) > 0 && !s.delayed[0].notBefore.After(now) {
+		due = append(due, heap.Pop(&s.delayed).(*task))
+	}
+	s.queue = append(due, s.queue...)
+}
+
+// report handles a message from a runner.
+func (s *scheduler) report(rep report) {
+	switch rep.kind {
+	case reportAttempt:
+		s.attemptEnded(rep)
+		if s.timer != nil && len(s.delayed) > 0 {
+			// A new retry may be due before the armed timer.
+			s.stopTimer()
+		}
+	case reportRequeue:
+		s.givenBack(rep.task)
+	case reportWorkerUp:
+		s.startFail = 0
+	case reportStartupFailure:
+		if rep.charged && s.everOK {
+			break // the command works: the task made it fail
+		}
+		s.startFail++
+		if s.startFail >= s.p.cfg.StartupFailures {
+			s.p.abortFor(0, rep.start)
+		}
+	}
+}
+
+// abort cancels every task that waits to run.
+func (s *scheduler) abort() {
+	s.aborting = true
+	for _, t := range s.queue {
+		s.finish(t, Cancelled, nil, nil)
+	}
+	s.queue = nil
+	for _, t := range s.delayed {
+		s.finish(t, Cancelled, nil, nil)
+	}
+	s.delayed = nil
+	s.p.count(func(st *Stats) { st.Queued = 0 })
+}
+
+// forget drops a task whose attempt ended, or that came back unrun, from
+// the running tasks.
+func (s *scheduler) forget(t *task) {
+	delete(s.live, t.id)
+	if s.gov != nil {
+		s.gov.release(t.id)
+	}
+	s.p.count(func(st *Stats) { st.Running-- })
+}
+
+// policy is the pool's policy and state, for settle.
+func (s *scheduler) policy() policy {
+	c := &s.p.cfg
+	return policy{onDeath: c.OnWorkerDeath, retries: c.Retries, taskErrorRetries: c.TaskErrorRetries,
+		backoff: c.Backoff, maxDelay: c.MaxBackoff, aborting: s.aborting}
+}
+
+// givenBack settles a task a runner gave back without running it.
+func (s *scheduler) givenBack(t *task) {
+	s.forget(t)
+	v := settle(taskView{}, ending{givenBack: true}, s.policy(), memVerdict{})
+	s.apply(t, v, nil, nil)
+}
+
+// attemptEnded settles a task whose attempt ended, and records the attempt.
+func (s *scheduler) attemptEnded(rep report) {
+	t, a := rep.task, rep.att
+	if a.Cause == "" && s.gov != nil {
+		s.gov.observe(t.id, a) // before forget, which drops the attempt's trace
+	}
+	s.forget(t)
+	s.p.count(func(st *Stats) { st.Attempts++ })
+	var mem memVerdict
+	if s.gov != nil {
+		mem = memVerdict{governed: true, ownsOOM: s.gov.ownsOOM(s.p.cfg.MemLimit), need: s.gov.needAfter(t, a.PeakRSS)}
+	}
+	v := settle(taskView{deaths: t.deaths, errors: t.errors, ooms: t.ooms, alone: t.alone},
+		ending{cause: a.Cause}, s.policy(), mem)
+	switch v.charge {
+	case chargeDeath:
+		t.deaths++
+	case chargeError:
+		t.errors++
+	case chargeOOM:
+		t.ooms++
+	}
+	if a.Cause == CausePreempted {
+		s.p.count(func(st *Stats) { st.Preempted++ })
+	}
+	if v.fate == fatePoison {
+		a.Message = s.gov.poisonMessage(a)
+	}
+	a.Number = v.number
+	t.attempts = append(t.attempts, a)
+	s.p.emit(Event{Kind: EventAttemptEnded, TaskID: t.id, WorkerPID: a.WorkerPID, Attempt: &t.attempts[len(t.attempts)-1]})
+	if v.fate == fateDone {
+		s.startFail, s.everOK = 0, true
+	}
+	s.apply(t, v, rep.output, rep.stderr)
+}
+
+// apply carries out verdict v on task t.
+func (s *scheduler) apply(t *task, v verdict, output, stderr []byte) {
+	if v.need > 0 {
+		t.need = v.need
+	}
+	switch v.fate {
+	case fateDone:
+		s.finish(t, Done, output, stderr)
+	case fateFailed:
+		s.finish(t, Failed, output, stderr)
+	case fatePoison:
+		s.finish(t, Poison, output, stderr)
+	case fateCancelled:
+		s.finish(t, Cancelled, output, stderr)
+	case fateRequeue:
+		s.queue = append([]*task{t}, s.queue...)
+		s.p.count(func(st *Stats) { st.Queued++ })
+	case fateRetry:
+		t.notBefore = time.Now().Add(v.delay)
+		heap.Push(&s.delayed, t)
+		s.p.count(func(st *Stats) { st.Queued++ })
+	}
+	if v.abort {
+		st := Failed
+		if v.fate == fatePoison {
+			st = Poison
+		}
+		r := Result{ID: t.id, State: st, Attempts: t.attempts}
+		s.p.abortFor(t.id, &TaskError{Result: &r})
+	}
+}
+
+// finish gives t its terminal state st: it counts it, records a failure,
+// tells the observer, and queues its Result for delivery (with KeepOrder,
+// once every earlier one is delivered).
+func (s *scheduler) finish(t *task, st State, output, stderr []byte) {
+	r := Result{ID: t.id, Input: t.t.Input, Args: t.t.Args, State: st, Output: output, Stderr: stderr, Attempts: t.attempts}
+	t.putOutput(&r) // one-shot output, in memory or spilled
+	s.ended++
+	s.p.ended(r)
+	if !s.p.cfg.KeepOrder {
+		s.out = append(s.out, r)
+		return
+	}
+	s.held[r.ID] = r
+	for {
+		r, ok := s.held[s.nextOut]
+		if !ok {
+			break
+		}
+		delete(s.held, s.nextOut)
+		s.out = append(s.out, r)
+		s.nextOut++
+	}
+}
+
+// maxFailed is how many failed or poison results Failed keeps: the last
+// ones, so that a long run that fails often does not grow without bound.
+var maxFailed = 1000
+
+// ended counts r's terminal state, keeps it among the last failures if it
+// failed, and tells the observer.
+func (p *Pool) ended(r Result) {
+	p.count(func(s *Stats) {
+		switch r.State {
+		case Done:
+			s.Done++
+		case Failed:
+			s.Failed++
+		case Cancelled:
+			s.Cancelled++
+		case Poison:
+			s.Poison++
+		}
+	})
+	if r.State == Failed || r.State == Poison {
+		f := r
+		f.Output, f.Stderr, f.out = nil, nil, nil
+		p.mu.Lock()
+		if len(p.failed) >= maxFailed {
+			// Drop the oldest: the events carry every failure as it happens.
+			p.failed = append(p.failed[:0], p.failed[len(p.failed)-maxFailed+1:]...)
+		}
+		p.failed = append(p.failed, f)
+		p.mu.Unlock()
+	}
+	p.emit(Event{Kind: EventTaskEnded, TaskID: r.ID, Result: &r})
 }
 
 // send delivers rep to the loop. Once every task has ended (quit), nothing a

@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+
+	"github.com/safepool/safepool/internal/bytesize"
 )
 
 // One-shot attempts' stdout and stderr are kept in memory up to a bound per
@@ -177,7 +179,7 @@ func (o *attemptOutput) lostMessage() string {
 	for _, st := range []*stream{o.stdout, o.stderr} {
 		if st.err != nil {
 			return fmt.Sprintf("its %s (over %s) could not be kept: %v; the job was stopped",
-				st.name, sizeText(int64(st.sp.limit)), st.err)
+				st.name, bytesize.Format(int64(st.sp.limit)), st.err)
 		}
 	}
 	return ""

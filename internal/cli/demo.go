@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/safepool/safepool/internal/bytesize"
 	"github.com/safepool/safepool/pool"
 )
 
@@ -83,7 +84,7 @@ func runDemo(ctx context.Context, e *env, args []string) error {
 	defer os.RemoveAll(dir)
 	progressOn := a.progress == "on" || a.progress == "auto" && isTerminal(e.stderr)
 
-	fmt.Fprintf(e.stdout, "safepool demo: %d tasks on %d line workers, each capped at %s.\n", a.tasks, a.jobs, formatSize(a.memLimit))
+	fmt.Fprintf(e.stdout, "safepool demo: %d tasks on %d line workers, each capped at %s.\n", a.tasks, a.jobs, bytesize.Format(a.memLimit))
 	fmt.Fprintf(e.stdout, "Task %d allocates memory until it is killed; the others sleep 100ms and answer.\n", a.hog)
 
 	// The hog stops growing at 4× the limit, so that a host where the

@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"strings"
 
+	"github.com/safepool/safepool/internal/bytesize"
 	"github.com/safepool/safepool/pool"
 )
 
@@ -36,7 +37,7 @@ func (s *summary) setMemory(st pool.MemoryState, ok bool, workers, preempted int
 func (s *summary) memoryNote() string {
 	var parts []string
 	if m := s.Memory; m != nil && m.Basis != "cold start" && m.Allows < m.Workers {
-		parts = append(parts, fmt.Sprintf("memory allowed %d of %d at once (%s each)", m.Allows, m.Workers, formatSize(m.PredictedBytes)))
+		parts = append(parts, fmt.Sprintf("memory allowed %d of %d at once (%s each)", m.Allows, m.Workers, bytesize.Format(m.PredictedBytes)))
 	}
 	if s.Preempted > 0 {
 		parts = append(parts, plural(s.Preempted, "attempt")+" preempted")

@@ -14,18 +14,18 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
 
+	"github.com/safepool/safepool/internal/bytesize"
 	"github.com/safepool/safepool/pool"
 )
 
-// counters follow the pool's events for the progress display. The pool's
-// observer goroutines write them and the display reads them, hence atomics.
+// counters are what the progress display shows. The counts of tasks and
+// attempts are the pool's own (pool.Stats), read when the bar is drawn;
+// the rest follow the input and the pool's events, written from other
+// goroutines, hence atomics.
 type counters struct {
-	running   atomic.Int64
-	done      atomic.Int64
-	failed    atomic.Int64 // failed and poison
-	cancelled atomic.Int64
-	total     atomic.Int64 // number of inputs, or -1 until the input ends
-	allows    atomic.Int64 // attempts the memory governor allows at once, or -1
+	pool   atomic.Pointer[pool.Pool] // nil until the pool is made
+	total  atomic.Int64              // number of inputs, or -1 until the input ends
+	allows atomic.Int64              // attempts the memory governor allows at once, or -1
 }
 
 func newCounters() *counters {
@@ -35,28 +35,25 @@ func newCounters() *counters {
 	return c
 }
 
-// observe is the part of pool.Config.Observer that counts.
+// observe is the part of pool.Config.Observer that the display follows.
 func (c *counters) observe(ev pool.Event) {
-	switch ev.Kind {
-	case pool.EventAttemptStarted:
-		c.running.Add(1)
-	case pool.EventAttemptEnded:
-		c.running.Add(-1)
-	case pool.EventMemory:
+	if ev.Kind == pool.EventMemory {
 		c.allows.Store(int64(ev.Memory.Allows))
-	case pool.EventTaskEnded:
-		switch ev.Result.State {
-		case pool.Done:
-			c.done.Add(1)
-		case pool.Cancelled:
-			c.cancelled.Add(1)
-		default:
-			c.failed.Add(1)
-		}
 	}
 }
 
-func (c *counters) ended() int64 { return c.done.Load() + c.failed.Load() + c.cancelled.Load() }
+// stats is what the pool has counted so far; zero before it is made.
+func (c *counters) stats() pool.Stats {
+	if p := c.pool.Load(); p != nil {
+		return p.Stats()
+	}
+	return pool.Stats{}
+}
+
+// endedOf counts the tasks in a terminal state.
+func endedOf(st pool.Stats) int64 {
+	return int64(st.Done + st.Failed + st.Poison + st.Cancelled)
+}
 
 // progress draws a live bar on stderr. Every write to the terminal that can
 // meet the bar goes through pause, so job output and the bar never mix on
@@ -128,12 +125,13 @@ func (p *progress) drawLocked() {
 	if p.stopped {
 		return
 	}
-	total, ended := p.c.total.Load(), p.c.ended()
+	st := p.c.stats()
+	total, ended := p.c.total.Load(), endedOf(st)
 	if total > 0 && !p.known {
 		p.bar.ChangeMax64(total)
 		p.known = true
 	}
-	p.bar.Describe(p.describe(total, ended))
+	p.bar.Describe(p.describe(st, total, ended))
 	if p.known {
 		p.bar.Set64(ended)
 	}
@@ -142,10 +140,11 @@ func (p *progress) drawLocked() {
 // describe renders the counts: "done 12 failed 1 running 4 mem 3.1 GiB
 // memory allows 4 ETA 20s", where "memory allows" is how many tasks at once
 // the memory governor admits.
-func (p *progress) describe(total, ended int64) string {
-	s := fmt.Sprintf("done %d failed %d running %d", p.c.done.Load(), p.c.failed.Load(), p.c.running.Load())
+// Failed counts poison tasks too.
+func (p *progress) describe(st pool.Stats, total, ended int64) string {
+	s := fmt.Sprintf("done %d failed %d running %d", st.Done, st.Failed+st.Poison, st.Running)
 	if used := p.mem.Load(); used >= 0 {
-		s += " mem " + formatSize(used)
+		s += " mem " + bytesize.Format(used)
 	}
 	if n := p.c.allows.Load(); n >= 0 {
 		s += fmt.Sprintf(" memory allows %d", n)

@@ -147,6 +147,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		}
 		return sum, exitUsage
 	}
+	c.pool.Store(p)
 
 	// Without a cgroup per worker, when memory flags were given, say once
 	// how memory is watched instead, and what the memory governor plans
@@ -290,6 +291,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	feedMu.Unlock()
 
 	stats := p.Stats()
+	sum.setTasks(stats)
 	sum.Attempts = stats.Attempts
 	sum.WorkersStarted = stats.WorkersStarted
 	sum.WorkerDeaths = stats.WorkerDeaths

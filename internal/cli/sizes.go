@@ -55,25 +55,6 @@ func parseSize(s string) (int64, error) {
 	return int64(math.Round(v)), nil
 }
 
-// formatSize renders n bytes for people: "312 B", "800 KiB", "1.9 GiB".
-func formatSize(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return strconv.FormatInt(n, 10) + " B"
-	}
-	f := float64(n)
-	suffixes := []string{"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
-	i := -1
-	for f >= unit && i < len(suffixes)-1 {
-		f /= unit
-		i++
-	}
-	if f >= 10 || f == math.Trunc(f) {
-		return fmt.Sprintf("%.0f %s", f, suffixes[i])
-	}
-	return fmt.Sprintf("%.1f %s", f, suffixes[i])
-}
-
 // formatSizeFlag renders n as a flag value: "256MiB" when n is a whole
 // number of KiB, MiB, GiB or TiB, else plain bytes.
 func formatSizeFlag(n int64) string {

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/safepool/safepool/internal/bytesize"
 	"github.com/safepool/safepool/pool"
 )
 
@@ -58,7 +59,7 @@ func (r *recoveredTask) text() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "task %d (input '%s') done on attempt %d, after %s", r.ID, r.short, r.Attempts, strings.Join(r.Causes, ", "))
 	if r.PeakRSS > 0 {
-		fmt.Fprintf(&b, " (peak %s)", formatSize(r.PeakRSS))
+		fmt.Fprintf(&b, " (peak %s)", bytesize.Format(r.PeakRSS))
 	}
 	return b.String()
 }
@@ -108,21 +109,21 @@ type summary struct {
 	viaShell bool
 }
 
-// add counts one result.
+// setTasks takes the counts of tasks by terminal state from the pool,
+// which counts them once for every consumer.
+func (s *summary) setTasks(st pool.Stats) {
+	s.Tasks = taskCounts{Submitted: st.Submitted, Done: st.Done, Failed: st.Failed, Cancelled: st.Cancelled, Poison: st.Poison}
+}
+
+// add lists one result among the failed or recovered tasks, as it is. The
+// counts of tasks come from the pool (setTasks).
 func (s *summary) add(r *pool.Result) {
-	s.Tasks.Submitted++
 	switch r.State {
 	case pool.Done:
-		s.Tasks.Done++
 		s.addRecovered(r)
 		return
 	case pool.Cancelled:
-		s.Tasks.Cancelled++
 		return
-	case pool.Poison:
-		s.Tasks.Poison++
-	default:
-		s.Tasks.Failed++
 	}
 	if len(s.Failed) >= jsonListMax {
 		s.FailedOmitted++
@@ -269,7 +270,7 @@ func (f *failedTask) text(messages, viaShell bool) string {
 		b.WriteString(shellStatusHint(f.Cause))
 	}
 	if f.PeakRSS > 0 {
-		fmt.Fprintf(&b, ", peak %s", formatSize(f.PeakRSS))
+		fmt.Fprintf(&b, ", peak %s", bytesize.Format(f.PeakRSS))
 	}
 	if messages && f.Message != "" {
 		fmt.Fprintf(&b, ": %s", messageLine(f.Message, summaryMessageMax))

@@ -59,28 +59,6 @@ func TestParseSize(t *testing.T) {
 	}
 }
 
-func TestFormatSize(t *testing.T) {
-	tests := []struct {
-		in   int64
-		want string
-	}{
-		{0, "0 B"},
-		{312, "312 B"},
-		{1024, "1 KiB"},
-		{800 << 10, "800 KiB"},
-		{256 << 20, "256 MiB"},
-		{1932735283, "1.8 GiB"},
-		{2040109465, "1.9 GiB"},
-		{3 << 29, "1.5 GiB"},
-		{15 << 30, "15 GiB"},
-	}
-	for _, tt := range tests {
-		if got := formatSize(tt.in); got != tt.want {
-			t.Errorf("formatSize(%d) = %q, want %q", tt.in, got, tt.want)
-		}
-	}
-}
-
 func TestFormatSizeFlag(t *testing.T) {
 	tests := []struct {
 		in   int64
@@ -419,9 +397,7 @@ func TestSummaryText(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := &summary{wall: 1234 * time.Millisecond}
-			for _, r := range tt.results {
-				s.add(r)
-			}
+			addResults(s, tt.results...)
 			if tt.mod != nil {
 				tt.mod(s)
 			}
@@ -437,7 +413,7 @@ func TestSummaryText(t *testing.T) {
 func TestSummaryListIsBounded(t *testing.T) {
 	s := &summary{wall: time.Second}
 	for i := 1; i <= 30; i++ {
-		s.add(&pool.Result{ID: uint64(i), State: pool.Failed, Input: []byte("i"), Attempts: []pool.Attempt{{Number: 1, Cause: "exit:1", ExitCode: 1}}})
+		addResults(s, &pool.Result{ID: uint64(i), State: pool.Failed, Input: []byte("i"), Attempts: []pool.Attempt{{Number: 1, Cause: "exit:1", ExitCode: 1}}})
 	}
 	var b strings.Builder
 	s.writeText(&b, false)
@@ -451,8 +427,7 @@ func TestSummaryListIsBounded(t *testing.T) {
 
 func TestSummaryJSON(t *testing.T) {
 	s := &summary{Mode: "run", Command: []string{"echo", "{}"}, StartTime: time.Unix(1718000000, 0).UTC(), wall: 1500 * time.Millisecond}
-	s.add(&pool.Result{ID: 1, State: pool.Done})
-	s.add(testResult())
+	addResults(s, &pool.Result{ID: 1, State: pool.Done}, testResult())
 	s.ExitStatus = 1
 	var b bytes.Buffer
 	if err := s.writeJSON(&b); err != nil {
@@ -807,4 +782,26 @@ func TestFormatVersion(t *testing.T) {
 			}
 		})
 	}
+}
+
+// addResults lists rs in s and adds them to its counts of tasks, as the
+// pool's Stats would count them.
+func addResults(s *summary, rs ...*pool.Result) {
+	st := pool.Stats{Submitted: s.Tasks.Submitted, Done: s.Tasks.Done, Failed: s.Tasks.Failed,
+		Cancelled: s.Tasks.Cancelled, Poison: s.Tasks.Poison}
+	for _, r := range rs {
+		s.add(r)
+		st.Submitted++
+		switch r.State {
+		case pool.Done:
+			st.Done++
+		case pool.Failed:
+			st.Failed++
+		case pool.Cancelled:
+			st.Cancelled++
+		case pool.Poison:
+			st.Poison++
+		}
+	}
+	s.setTasks(st)
 }
