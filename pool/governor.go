@@ -740,17 +740,17 @@ func (g *governor) describe() string {
 	case g.userBudget:
 		from = "as given"
 	case g.cgBudget:
-		from = "the enclosing cgroup's limit of " + sizeText(g.cg) + " less a reserve"
+		from = "the enclosing cgroup's limit of " + bytesize.Format(g.cg) + " less a reserve"
 	case g.availBudget:
 		from = "the host's available memory at start less a reserve"
 	default:
-		from = "the host's memory of " + sizeText(g.host) + " less a reserve"
+		from = "the host's memory of " + bytesize.Format(g.host) + " less a reserve"
 	}
 	measure := "its own cgroup"
 	if !g.perWorker {
 		measure = "the private memory of its process tree (anonymous memory and swap)"
 	}
-	return fmt.Sprintf("memory governor on: a budget of %s (%s), each worker measured by %s", sizeText(g.budget), from, measure)
+	return fmt.Sprintf("memory governor on: a budget of %s (%s), each worker measured by %s", bytesize.Format(g.budget), from, measure)
 }
 
 // poisonMessage explains a Poison task whose last attempt was a.
