@@ -142,7 +142,7 @@ func governedBatch(t *testing.T, scenario string, tasks []string) {
 	}
 	_, gov, _ := strings.Cut(text, "governor: ")
 	gov, _, _ = strings.Cut("governor: "+gov, "\n")
-	for _, want := range []string{"governor: memory governor on", "private memory", "enclosing cgroup's limit of 3.0 GiB"} {
+	for _, want := range []string{"governor: memory governor on", "private memory", "enclosing cgroup's limit of 3 GiB"} {
 		if !strings.Contains(gov, want) {
 			t.Errorf("%s: want the governor's line to say %q", gov, want)
 		}
@@ -249,7 +249,7 @@ func TestGovernorNoCgroup(t *testing.T) {
 		t.Fatalf("supervisor output:\n%s\nwant memory mode no-cgroup", text)
 	}
 	for _, want := range []string{
-		"governor: memory governor on: a budget of 2.0 GiB (as given), each worker measured by the private memory of its process tree",
+		"governor: memory governor on: a budget of 2 GiB (as given), each worker measured by the private memory of its process tree",
 		"governor without a budget: memory governor on: a budget of ",
 		" (the host's available memory at start less a reserve), each worker measured by the private memory of its process tree",
 	} {
