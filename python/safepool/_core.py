@@ -322,11 +322,9 @@ class _Core:
         # Task numbers must follow each other without gaps: count only what
         # is written.
         self._next_id += 1
-        meta = {}
-        if job.opts:
-            for key, name in (("timeout", "timeout"), ("mem", "mem")):
-                if job.opts.get(name):
-                    meta[key] = job.opts[name]
+        # The call's own timeout and memory hint go to the engine with the
+        # task (docs/protocol.md, task+).
+        meta = {name: job.opts[name] for name in ("timeout", "mem") if job.opts and job.opts.get(name)}
         if meta:
             head = json.dumps(meta).encode()
             self._write_frame(K_TASK_META, ident, META_LEN.pack(len(head)) + head + payload)
