@@ -104,6 +104,9 @@ func (r *runner) oneShot(t *task) {
 		cause = r.classify(exit, start)
 	}
 	a := r.exitAttempt(proc, exit, cause, start, 0)
+	if cause == CauseTimeout && killed == CauseTimeout {
+		a.Message = "killed after " + t.timeout(&r.p.cfg).String() // the task's own limit
+	}
 	if cause == CauseOutputLost {
 		// What was kept is not the job's output: give none.
 		a.Message = out.lostMessage()
@@ -123,8 +126,8 @@ func (r *runner) oneShot(t *task) {
 func (r *runner) waitOneShot(proc *worker.Process, t *task, out *attemptOutput) Cause {
 	cfg := &r.p.cfg
 	var timeout <-chan time.Time
-	if cfg.Timeout > 0 {
-		tm := time.NewTimer(cfg.Timeout)
+	if limit := t.timeout(cfg); limit > 0 {
+		tm := time.NewTimer(limit)
 		defer tm.Stop()
 		timeout = tm.C
 	}

@@ -111,6 +111,15 @@ type task struct {
 
 func (t *task) charged() int { return t.deaths + t.errors + t.ooms }
 
+// timeout is the limit on t's attempts: its own Task.Timeout, else
+// cfg.Timeout; 0 means none.
+func (t *task) timeout(cfg *Config) time.Duration {
+	if t.t.Timeout > 0 {
+		return t.t.Timeout
+	}
+	return cfg.Timeout
+}
+
 // New validates cfg, checks that the worker command can be started, and
 // starts the pool's workers. A command that cannot be found or executed is
 // reported at once as a *StartError.
@@ -298,7 +307,7 @@ func (p *Pool) Submit(ctx context.Context, t Task) (uint64, error) {
 		return 0, ErrClosed
 	default:
 	}
-	tk := &task{id: p.lastID + 1, t: t}
+	tk := &task{id: p.lastID + 1, t: t, need: max(t.MemHint, 0)}
 	select {
 	case p.submitCh <- tk:
 		p.lastID = tk.id

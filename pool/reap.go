@@ -176,7 +176,11 @@ func (r *runner) deathMessage(c Cause, proc *worker.Process, peak int64) string 
 		}
 		return "the worker closed its result pipe"
 	case CauseTimeout:
-		return "killed after " + r.p.cfg.Timeout.String()
+		limit := r.p.cfg.Timeout
+		if r.victim != nil {
+			limit = r.victim.t.timeout(&r.p.cfg)
+		}
+		return "killed after " + limit.String()
 	case CauseMemoryLimit:
 		return "over the memory limit of " + strconv.FormatInt(r.p.cfg.MemLimit, 10) + " bytes"
 	}

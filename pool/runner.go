@@ -384,7 +384,7 @@ func (r *runner) flushTasks() {
 	}
 	r.writes <- r.pending
 	r.pending = nil
-	if r.p.cfg.Protocol == Framed && r.p.cfg.Timeout > 0 {
+	if r.p.cfg.Protocol == Framed && r.timed() {
 		r.armDeadline() // a task the worker never starts is timed from now
 	}
 }
@@ -444,14 +444,14 @@ func (r *runner) armDeadline() {
 			at = t
 		}
 	}
-	if r.p.cfg.Timeout > 0 {
-		for _, f := range r.inflight {
-			if f.started {
-				earliest(f.start.Add(r.p.cfg.Timeout))
-			}
+	for _, f := range r.inflight {
+		if limit := f.t.timeout(&r.p.cfg); limit > 0 && f.started {
+			earliest(f.start.Add(limit))
 		}
-		if f := r.waitingToStart(); f != nil {
-			earliest(r.waitingSince(f).Add(r.p.cfg.Timeout))
+	}
+	if f := r.waitingToStart(); f != nil {
+		if limit := f.t.timeout(&r.p.cfg); limit > 0 {
+			earliest(r.waitingSince(f).Add(limit))
 		}
 	}
 	if r.p.cfg.Protocol == Framed && !r.ready && r.proc != nil {
@@ -540,15 +540,15 @@ func (r *runner) checkDeadlines() {
 		r.kill(CauseTimeout)
 		return
 	}
-	if cfg.Timeout > 0 {
-		for _, f := range r.inflight {
-			if f.started && !now.Before(f.start.Add(cfg.Timeout)) {
-				r.victim = f
-				r.kill(CauseTimeout)
-				return
-			}
+	for _, f := range r.inflight {
+		if limit := f.t.timeout(cfg); limit > 0 && f.started && !now.Before(f.start.Add(limit)) {
+			r.victim = f
+			r.kill(CauseTimeout)
+			return
 		}
-		if f := r.waitingToStart(); f != nil && !now.Before(r.waitingSince(f).Add(cfg.Timeout)) {
+	}
+	if f := r.waitingToStart(); f != nil {
+		if limit := f.t.timeout(cfg); limit > 0 && !now.Before(r.waitingSince(f).Add(limit)) {
 			// The worker took the task and never started it: its time
 			// runs from when it could have.
 			f.unstarted = true
@@ -559,6 +559,20 @@ func (r *runner) checkDeadlines() {
 		}
 	}
 	r.armDeadline()
+}
+
+// timed reports whether an attempt of this runner may time out: the pool
+// has a timeout, or a task in flight has its own.
+func (r *runner) timed() bool {
+	if r.p.cfg.Timeout > 0 {
+		return true
+	}
+	for _, f := range r.inflight {
+		if f.t.t.Timeout > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // kill ends the current process at once and remembers why.

@@ -151,6 +151,16 @@ type Task struct {
 	// process to run, overriding Config.Command. Nil means Config.Command
 	// with every "{}" replaced by Input.
 	Args []string
+	// Timeout, when positive, bounds this task's attempts in place of
+	// Config.Timeout: an attempt that runs longer is killed and ends with
+	// CauseTimeout. Zero means Config.Timeout.
+	Timeout time.Duration
+	// MemHint, when positive, is the memory in bytes the caller expects the
+	// task to need. The memory governor admits the task only where that
+	// much fits, as if the task had learned that need from an earlier
+	// attempt (a need it learns later can only be larger). Zero means no
+	// hint.
+	MemHint int64
 }
 
 // Attempt records one run of a task on one worker.

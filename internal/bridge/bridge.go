@@ -81,6 +81,36 @@ type Hello struct {
 	TaskErrorRetries int `json:"task_error_retries"`
 }
 
+// TaskMeta is the options of one task sent in a KindTaskMeta frame. Zero
+// values mean the pool's own.
+type TaskMeta struct {
+	// Timeout bounds this task's attempts in seconds, in place of
+	// Hello.Timeout (pool.Task.Timeout).
+	Timeout float64 `json:"timeout,omitempty"`
+	// Mem is the memory in bytes the task is expected to need, which the
+	// governor admits it by (pool.Task.MemHint).
+	Mem int64 `json:"mem,omitempty"`
+}
+
+// taskOf decodes the payload of a KindTaskMeta frame.
+func taskOf(payload []byte) (pool.Task, error) {
+	if len(payload) < 4 {
+		return pool.Task{}, errors.New("bridge: task frame with options is too short")
+	}
+	n := binary.BigEndian.Uint32(payload)
+	if uint64(n) > uint64(len(payload)-4) {
+		return pool.Task{}, fmt.Errorf("bridge: task options of %d bytes in a %d-byte frame", n, len(payload))
+	}
+	var m TaskMeta
+	if err := json.Unmarshal(payload[4:4+n], &m); err != nil {
+		return pool.Task{}, fmt.Errorf("bridge: bad task options: %w", err)
+	}
+	if m.Timeout < 0 || m.Mem < 0 {
+		return pool.Task{}, fmt.Errorf("bridge: negative task options %+v", m)
+	}
+	return pool.Task{Input: payload[4+n:], Timeout: seconds(m.Timeout), MemHint: m.Mem}, nil
+}
+
 // Ready answers Hello.
 type Ready struct {
 	// Version is the bridge protocol version.
@@ -305,8 +335,16 @@ func readTasks(ctx context.Context, br *bufio.Reader, p *pool.Pool) {
 			return
 		}
 		switch {
-		case f.kind == KindTask && !closed:
-			id, err := p.Submit(ctx, pool.Task{Input: f.payload})
+		case (f.kind == KindTask || f.kind == KindTaskMeta) && !closed:
+			t := pool.Task{Input: f.payload}
+			if f.kind == KindTaskMeta {
+				var err error
+				if t, err = taskOf(f.payload); err != nil {
+					p.Abort(err)
+					continue
+				}
+			}
+			id, err := p.Submit(ctx, t)
 			if err == nil && id != f.id {
 				// Task numbers must follow the pool's own, so that a
 				// result's id is the client's task number.

@@ -369,3 +369,50 @@ func TestConfigOfHello(t *testing.T) {
 		})
 	}
 }
+
+// TestTaskMetaTimeout: a task sent with options of its own is timed by its
+// own timeout, in a pool with none, and the task beside it goes on.
+func TestTaskMetaTimeout(t *testing.T) {
+	s := start(t, Hello{Workers: 2})
+	s.next() // ready
+	meta := []byte(`{"timeout":0.5,"mem":1048576}`)
+	var n [4]byte
+	binary.BigEndian.PutUint32(n[:], uint32(len(meta)))
+	s.send(KindTaskMeta, 1, append(append(n[:], meta...), "sleep"...))
+	s.send(KindTask, 2, []byte("2 -1"))
+	got := map[uint64]Meta{}
+	outs := map[uint64]string{}
+	for len(got) < 2 {
+		f := s.next()
+		got[f.id], outs[f.id] = result(t, f)
+	}
+	if m := got[1]; m.State != "failed" || len(m.Attempts) != 1 || m.Attempts[0].Cause != "timeout" {
+		t.Errorf("task 1 = %+v, want failed once with timeout", m)
+	}
+	if m := got[2]; m.State != "done" || outs[2] != "did 2 -1" {
+		t.Errorf("task 2 = %+v %q, want done", m, outs[2])
+	}
+	s.send(KindClose, 0, nil)
+	if f := s.next(); f.kind != KindEnd {
+		t.Errorf("last frame kind = %d, want end", f.kind)
+	}
+}
+
+// TestTaskMetaBad: task options that cannot be read abort the session with
+// an error that says why.
+func TestTaskMetaBad(t *testing.T) {
+	s := start(t, Hello{Workers: 1})
+	s.next() // ready
+	s.send(KindTaskMeta, 1, []byte{0, 0, 0, 9, '{'})
+	for {
+		f := s.next()
+		if f.kind != KindEnd {
+			continue
+		}
+		var end End
+		if err := json.Unmarshal(f.payload, &end); err != nil || !strings.Contains(end.Error, "task options") {
+			t.Errorf("end = %+v (%v), want an error about the task options", end, err)
+		}
+		return
+	}
+}

@@ -26,6 +26,10 @@ const (
 	// KindAbort stops the pool: running tasks are killed, queued ones
 	// cancelled.
 	KindAbort Kind = 4
+	// KindTaskMeta submits one task with options of its own, as KindTask
+	// does: the payload is a 4-byte big-endian length, that many bytes of
+	// JSON TaskMeta, then the worker's payload.
+	KindTaskMeta Kind = 5
 	// KindReady answers KindHello with a JSON Ready.
 	KindReady Kind = 16
 	// KindResult carries a task's outcome: a 4-byte big-endian length, that

@@ -12,13 +12,14 @@ import sys as _sys
 
 __all__ = ["Pool", "Executor", "SafePool", "AsyncPool", "TaskFailed", "WorkerDied", "TaskCancelled",
            "RemoteError", "RemoteTraceback", "BrokenPool", "Attempt", "FailedTask",
-           "SubProcessKilledException", "parse_size"]
+           "SubProcessKilledException", "parse_size", "SoftTimeLimitExceeded", "WaitTimeout"]
 
 # The names are imported on first use, so that importing safepool costs
 # next to nothing: every worker imports the parent's main script, which
 # imports safepool.
 _WHERE = {"Pool": "pool", "parse_size": "pool", "Executor": "executor", "SafePool": "_safepool",
-          "SubProcessKilledException": "_safepool", "AsyncPool": "asyncpool"}
+          "SubProcessKilledException": "_safepool", "AsyncPool": "asyncpool",
+          "SoftTimeLimitExceeded": "_limits", "WaitTimeout": "_limits"}
 
 
 def __getattr__(name):

@@ -36,7 +36,7 @@ import weakref
 from ._pickling import dumps_function, dumps_payload  # noqa: F401  (dumps_function: the jobs' import)
 
 HEADER = struct.Struct(">IBQ")
-K_HELLO, K_TASK, K_CLOSE, K_ABORT = 1, 2, 3, 4
+K_HELLO, K_TASK, K_CLOSE, K_ABORT, K_TASK_META = 1, 2, 3, 4, 5
 K_READY, K_RESULT, K_END = 16, 17, 18
 META_LEN = struct.Struct(">I")
 
@@ -54,6 +54,12 @@ def _at_exit():
 atexit.register(_at_exit)
 
 
+def _limits():
+    """The module of the time limits' exceptions."""
+    from . import _limits
+    return _limits
+
+
 def _errors():
     """The errors module, imported where a task fails: it imports
     concurrent.futures and typing, which a pool that runs well never needs."""
@@ -64,13 +70,16 @@ def _errors():
 class _Chunk:
     """A batch of items of one job, sent to a worker as one task."""
 
-    __slots__ = ("job", "positions", "items", "fresh")
+    __slots__ = ("job", "positions", "items", "fresh", "start_by")
 
-    def __init__(self, job, positions, items, fresh=True):
+    def __init__(self, job, positions, items, fresh=True, start_by=0.0):
         self.job = job
         self.positions = positions  # a range, or a list of positions in the job
         self.items = items
         self.fresh = fresh  # never sent: not items sent again after a worker death
+        # Unix time after which the items that have not started are
+        # skipped (wait_timeout), or 0: set when the chunk is submitted.
+        self.start_by = start_by
 
 
 class _Core:
@@ -87,6 +96,10 @@ class _Core:
         self.policy = launch.policy
         self.timeout = launch.timeout
         self.task_error_retries = launch.options.task_error_retries
+        # The pool's defaults of the per-call limits (a job's opts override them).
+        self.soft_timeout = launch.options.soft_timeout
+        self.retry_on = launch.options.retry_on
+        self.wait_timeout = launch.options.wait_timeout
         self.backoff, self.max_backoff = backoff, max_backoff
         self._launch = launch
         self._proc = launch.proc
@@ -161,6 +174,10 @@ class _Core:
     def submit(self, chunk: _Chunk, count: bool = True):
         """Queue chunk to be sent. count says the items are new; otherwise
         they are sent again after a worker death, ahead of the new ones."""
+        if count:
+            wait = self.option(chunk.job, "wait_timeout", self.wait_timeout)
+            if wait:
+                chunk.start_by = time.time() + wait
         with self._lock:
             if count:
                 self._outstanding += len(chunk.items)
@@ -176,6 +193,17 @@ class _Core:
                 self._cond.notify_all()
                 return
         self._cancel_chunk(chunk, reason)
+
+    @staticmethod
+    def option(job, name, default):
+        """The value of the call option name for job's items: the job's own
+        (apply_async and submit's keywords) or else default, the pool's."""
+        opts = job.opts
+        if opts is not None:
+            value = opts.get(name)
+            if value is not None:
+                return value
+        return default
 
     def _submit_later(self, chunk: _Chunk, delay: float):
         chunk.fresh = False
@@ -267,8 +295,22 @@ class _Core:
                 self._outstanding -= len(chunk.items)
                 self._cond.notify_all()
             return
+        if chunk.start_by and time.time() > chunk.start_by:
+            # It waited here past its wait_timeout: it never runs.
+            with self._lock:
+                self._untrack(ident)
+            self._fail_waited(job, chunk.positions, chunk.items)
+            return
+        limits = {}
+        soft = self.option(job, "soft_timeout", self.soft_timeout)
+        if soft:
+            limits["soft"] = soft
+        if chunk.start_by:
+            limits["start_by"] = chunk.start_by
+            limits["wait"] = self.option(job, "wait_timeout", self.wait_timeout)
+        task = (job.mode, job.fn_bytes, chunk.items) + ((limits,) if limits else ())
         try:
-            payload = dumps_payload((job.mode, job.fn_bytes, chunk.items), self.main_importable)
+            payload = dumps_payload(task, self.main_importable)
         except Exception as e:
             # As multiprocessing does, the caller gets the pickling error
             # itself, for each item of the batch.
@@ -280,7 +322,14 @@ class _Core:
         # Task numbers must follow each other without gaps: count only what
         # is written.
         self._next_id += 1
-        self._write_frame(K_TASK, ident, payload)
+        # The call's own timeout and memory hint go to the engine with the
+        # task (docs/protocol.md, task+).
+        meta = {name: job.opts[name] for name in ("timeout", "mem") if job.opts and job.opts.get(name)}
+        if meta:
+            head = json.dumps(meta).encode()
+            self._write_frame(K_TASK_META, ident, META_LEN.pack(len(head)) + head + payload)
+        else:
+            self._write_frame(K_TASK, ident, payload)
 
     def _track(self, ident: int, chunk: _Chunk):
         """Record chunk as sent under ident. Called with _lock held."""
@@ -415,15 +464,25 @@ class _Core:
                         self._settle(job, pos, True, value)
                         continue
                     item = chunk.items[i]
+                    exc = _rebuild_exception(errors[i], job, item)
+                    if isinstance(exc, _limits().WaitTimeout):
+                        with self._lock:
+                            self._failed.append((job.fn, item, "wait-timeout", 0))
+                        self._settle(job, pos, False, exc)
+                        continue
+                    budget = self.task_error_retries
+                    retry_on = self.option(job, "retry_on", self.retry_on)
+                    if retry_on and isinstance(exc, retry_on):
+                        budget = max(budget, self.retries)
                     n = job.count_error(pos)
-                    if n <= self.task_error_retries:
+                    if n <= budget:
                         # Run it again, alone, after the backoff.
                         delay = min(self.backoff * (2 ** (n - 1)), self.max_backoff)
                         self._submit_later(_Chunk(job, [pos], [item]), delay)
                         continue
                     with self._lock:
                         self._failed.append((job.fn, item, "task-error", n))
-                    self._settle(job, pos, False, _rebuild_exception(errors[i], job, item))
+                    self._settle(job, pos, False, exc)
             else:
                 job.settle_many(chunk.positions, values)
                 with self._lock:
@@ -453,7 +512,9 @@ class _Core:
         pos, item = positions[k], chunk.items[k]
         rest_pos = positions[:k] + positions[k + 1:]
         if rest_pos:
-            self.submit(_Chunk(job, rest_pos, chunk.items[:k] + chunk.items[k + 1:]), count=False)
+            # They never started: their wait_timeout still holds.
+            self.submit(_Chunk(job, rest_pos, chunk.items[:k] + chunk.items[k + 1:], start_by=chunk.start_by),
+                        count=False)
         history = job.charge(pos, _attempt(last, len(job.history.get(pos, ())) + 1))
         n = len(history)
         if n == 1:
@@ -468,6 +529,15 @@ class _Core:
             # this failure.
             self.abort(_errors().WorkerDied("%s died (%s)" % (_call_repr(job, item), cause), cause=cause))
         self._fail(job, pos, item, _errors().WorkerDied, cause, _death_message(job, item, cause, n, last), history)
+
+    def _fail_waited(self, job, positions, items):
+        """Fail items that could not start within their wait_timeout."""
+        wait = self.option(job, "wait_timeout", self.wait_timeout)
+        for pos, item in zip(positions, items):
+            exc = _limits().WaitTimeout("the task could not start within its wait_timeout of %gs" % wait)
+            with self._lock:
+                self._failed.append((job.fn, item, "wait-timeout", 0))
+            self._settle(job, pos, False, exc)
 
     def _fail(self, job, pos, item, cls, cause, message, history):
         last = history[-1] if history else None

@@ -50,6 +50,8 @@ class _Job:
     # with multiprocessing.pool.MaybeEncodingError (Pool's calls), not with
     # the pickling error itself (an Executor's futures).
     encoding_errors = True
+    # opts are the call's own options (_options.call_options), or None.
+    opts = None
 
     def __init__(self, core, fn: Callable, mode: int):
         if not callable(fn):

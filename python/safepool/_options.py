@@ -84,20 +84,62 @@ def _seconds(value, name: str, default: float) -> float:
     return float(value)
 
 
+def check_retry_on(value, name: str = "retry_on") -> tuple:
+    """Return value (an exception class or a tuple of them; None: none) as a tuple."""
+    if value is None:
+        return ()
+    if isinstance(value, type):
+        value = (value,)
+    if not isinstance(value, tuple) or not all(isinstance(c, type) and issubclass(c, BaseException)
+                                               for c in value):
+        raise TypeError("%s must be an exception class or a tuple of them, not %r" % (name, value))
+    return value
+
+
+def _limit(value, name: str):
+    """A per-call limit in seconds: None (the pool's), or a positive number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("%s must be a number of seconds, not %r" % (name, value))
+    if value <= 0:
+        raise ValueError("%s must be positive" % name)
+    return float(value)
+
+
+def call_options(timeout=None, soft_timeout=None, mem=None, retry_on=None, wait_timeout=None):
+    """The options of one apply_async or submit call, checked, as a dict
+    (None when none is given): what the client sends with the task
+    (timeout, mem, soft_timeout) and applies itself (retry_on,
+    wait_timeout)."""
+    opts = {}
+    for name, value in (("timeout", timeout), ("soft_timeout", soft_timeout), ("wait_timeout", wait_timeout)):
+        value = _limit(value, name)
+        if value is not None:
+            opts[name] = value
+    if mem is not None:
+        opts["mem"] = parse_size(mem)
+    if retry_on is not None:
+        opts["retry_on"] = check_retry_on(retry_on)
+    return opts or None
+
+
 class EngineOptions:
     """The memory governor's settings and the retry policy's timing, as the
     command line's flags of the same names (docs/memory.md, docs/cli.md).
 
     Attributes that the client uses itself: backoff and max_backoff (the
     delay before a retry after a worker death, doubling from backoff up to
-    max_backoff) and task_error_retries.
+    max_backoff), task_error_retries, and the defaults of the per-call
+    limits soft_timeout, retry_on and wait_timeout.
     """
 
     DEFAULT_BACKOFF = 0.05  # seconds; the engine's default too
     DEFAULT_MAX_BACKOFF = 5.0
 
     def __init__(self, *, mem_budget=None, mem_per_task=None, mem_reserve=None, mem_high=None,
-                 mem_psi=None, no_governor=False, backoff=None, max_backoff=None, task_error_retries=0):
+                 mem_psi=None, no_governor=False, backoff=None, max_backoff=None, task_error_retries=0,
+                 soft_timeout=None, retry_on=None, wait_timeout=None):
         self.mem_budget = parse_size(mem_budget)
         self.mem_per_task = parse_size(mem_per_task)
         self.mem_reserve = parse_size(mem_reserve)
@@ -121,6 +163,11 @@ class EngineOptions:
         if task_error_retries < 0:
             raise ValueError("task_error_retries must not be negative")
         self.task_error_retries = task_error_retries
+        # The pool's defaults of the per-call limits, which the client
+        # applies itself (see call_options).
+        self.soft_timeout = _limit(soft_timeout, "soft_timeout") or 0.0
+        self.retry_on = check_retry_on(retry_on)
+        self.wait_timeout = _limit(wait_timeout, "wait_timeout") or 0.0
 
     def hello(self) -> dict:
         """The members of the bridge's hello frame (internal/bridge Hello)."""

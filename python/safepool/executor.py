@@ -39,7 +39,9 @@ class Executor(concurrent.futures.Executor):
                  mem_per_task: Union[int, str, None] = None, mem_reserve: Union[int, str, None] = None,
                  mem_high: Optional[float] = None, mem_psi: Optional[float] = None,
                  no_governor: bool = False, backoff: Optional[float] = None,
-                 max_backoff: Optional[float] = None, task_error_retries: int = 0):
+                 max_backoff: Optional[float] = None, task_error_retries: int = 0,
+                 soft_timeout: Optional[float] = None, retry_on: Any = None,
+                 wait_timeout: Optional[float] = None):
         # ProcessPoolExecutor's checks and messages.
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
@@ -52,7 +54,8 @@ class Executor(concurrent.futures.Executor):
         options = EngineOptions(mem_budget=mem_budget, mem_per_task=mem_per_task, mem_reserve=mem_reserve,
                                 mem_high=mem_high, mem_psi=mem_psi, no_governor=no_governor,
                                 backoff=backoff, max_backoff=max_backoff,
-                                task_error_retries=task_error_retries)
+                                task_error_retries=task_error_retries, soft_timeout=soft_timeout,
+                                retry_on=retry_on, wait_timeout=wait_timeout)
         launch = _launch.Launch(max_workers, initializer=initializer, initargs=initargs, retries=retries,
                                 on_worker_death=on_worker_death, timeout=timeout, mem_limit=parse_size(mem_limit),
                                 max_tasks_per_child=max_tasks_per_child, max_rss=parse_size(max_rss),
@@ -74,6 +77,19 @@ class Executor(concurrent.futures.Executor):
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
         """Schedule fn(*args, **kwargs) and return a Future for its result.
         The future fails with safepool.WorkerDied if the worker dies."""
+        return self._submit(fn, args, kwargs, None)
+
+    def submit_with(self, fn: Callable, args: Iterable = (), kwargs: Optional[dict] = None, *,
+                    timeout: Optional[float] = None, soft_timeout: Optional[float] = None,
+                    mem: Union[int, str, None] = None, retry_on: Any = None,
+                    wait_timeout: Optional[float] = None) -> concurrent.futures.Future:
+        """As submit(fn, *args, **kwargs), with options for this call alone,
+        as Pool.apply_async's (submit passes every keyword on to fn)."""
+        from ._options import call_options
+        return self._submit(fn, tuple(args), dict(kwargs or {}),
+                            call_options(timeout, soft_timeout, mem, retry_on, wait_timeout))
+
+    def _submit(self, fn, args, kwargs, opts) -> concurrent.futures.Future:
         from ._core import _Chunk
         from ._jobs import _FutureJob
         with self._lock:
@@ -81,7 +97,9 @@ class Executor(concurrent.futures.Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._core.check_running()
             f = concurrent.futures.Future()
-            self._core.submit(_Chunk(_FutureJob(self._core, fn, f), range(0, 1), [(args, kwargs)]))
+            job = _FutureJob(self._core, fn, f)
+            job.opts = opts
+            self._core.submit(_Chunk(job, range(0, 1), [(args, kwargs)]))
             return f
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: Optional[float] = None,

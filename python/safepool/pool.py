@@ -101,6 +101,18 @@ class Pool:
             (None: 5).
         task_error_retries: how many more times a task that raised is run
             before its exception is reported.
+        soft_timeout: seconds an item may run before
+            safepool.SoftTimeLimitExceeded is raised inside it (the worker
+            survives; the task may catch it). Set it below timeout.
+        retry_on: an exception class, or a tuple of them: a task that
+            raises one is run again, as a task whose worker died, up to
+            `retries` more times.
+        wait_timeout: seconds an item may wait, from its submission, for
+            its start (queued behind others, or for memory); one that
+            waited longer never runs and fails with safepool.WaitTimeout.
+
+    apply_async takes timeout, soft_timeout, mem, retry_on and
+    wait_timeout for that call alone (see apply_async).
     """
 
     # How many of the core's futures (AsyncPool) may be sent ahead of the
@@ -116,7 +128,8 @@ class Pool:
                  mem_reserve: Union[int, str, None] = None, mem_high: Optional[float] = None,
                  mem_psi: Optional[float] = None, no_governor: bool = False,
                  backoff: Optional[float] = None, max_backoff: Optional[float] = None,
-                 task_error_retries: int = 0):
+                 task_error_retries: int = 0, soft_timeout: Optional[float] = None,
+                 retry_on: Any = None, wait_timeout: Optional[float] = None):
         self._state = None  # no pool to warn about in __del__ if this fails
         check_context(context, "context")
         check_max_tasks(maxtasksperchild, "maxtasksperchild")
@@ -124,7 +137,8 @@ class Pool:
         options = EngineOptions(mem_budget=mem_budget, mem_per_task=mem_per_task, mem_reserve=mem_reserve,
                                 mem_high=mem_high, mem_psi=mem_psi, no_governor=no_governor,
                                 backoff=backoff, max_backoff=max_backoff,
-                                task_error_retries=task_error_retries)
+                                task_error_retries=task_error_retries, soft_timeout=soft_timeout,
+                                retry_on=retry_on, wait_timeout=wait_timeout)
         launch = _launch.Launch(processes, initializer=initializer, initargs=initargs, retries=retries,
                                 on_worker_death=on_worker_death, timeout=timeout,
                                 mem_limit=parse_size(mem_limit),
@@ -195,12 +209,25 @@ class Pool:
 
     def apply_async(self, func: Callable, args: Iterable = (), kwds: Optional[dict] = None,
                     callback: Optional[Callable] = None,
-                    error_callback: Optional[Callable] = None) -> AsyncResult:
-        """Run func(*args, **kwds) in a worker; return an AsyncResult."""
+                    error_callback: Optional[Callable] = None, *, timeout: Optional[float] = None,
+                    soft_timeout: Optional[float] = None, mem: Union[int, str, None] = None,
+                    retry_on: Any = None, wait_timeout: Optional[float] = None) -> AsyncResult:
+        """Run func(*args, **kwds) in a worker; return an AsyncResult.
+
+        The keywords replace the pool's settings of the same names for this
+        call (None: the pool's): timeout (its worker is killed and the task
+        fails with cause "timeout"), soft_timeout, retry_on and
+        wait_timeout. mem is the memory the task is expected to need (bytes
+        or "2GiB"): the memory governor starts it only when that much is
+        free within its budget.
+        """
         from ._core import APPLY, _Chunk
         from ._jobs import AsyncResult
+        from ._options import call_options
+        opts = call_options(timeout, soft_timeout, mem, retry_on, wait_timeout)
         self._check()
         res = AsyncResult(self._core, func, APPLY, 1, True, callback, error_callback, self._errors("raise"))
+        res._job.opts = opts
         self._core.submit(_Chunk(res._job, range(0, 1), [(tuple(args), dict(kwds or {}))]))
         return res
 

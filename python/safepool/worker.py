@@ -211,8 +211,52 @@ def _short_repr(v, limit=1000) -> str:
     return r if len(r) <= limit else r[:limit - 3] + "..."
 
 
+class _SoftLimit:
+    """A task's soft time limit: SIGALRM, from an ITIMER_REAL timer armed
+    for each item, raises SoftTimeLimitExceeded in this (the main) thread."""
+
+    def __init__(self):
+        import _signal
+        from safepool._limits import SoftTimeLimitExceeded
+        self._signal = _signal
+        self._exc = SoftTimeLimitExceeded
+        self.armed = 0.0  # the limit of the running item; 0: none
+        _signal.signal(_signal.SIGALRM, self._fire)
+
+    def _fire(self, signum, frame):
+        limit, self.armed = self.armed, 0.0
+        if limit:
+            raise self._exc("the task ran longer than its soft time limit of %gs" % limit)
+
+    def arm(self, seconds):
+        self.armed = seconds
+        self._signal.setitimer(self._signal.ITIMER_REAL, seconds)
+
+    def disarm(self):
+        self.armed = 0.0
+        self._signal.setitimer(self._signal.ITIMER_REAL, 0)
+
+
+_soft = []  # the worker's _SoftLimit, made on first use
+
+
+def _wait_record(limit):
+    from safepool._limits import WaitTimeout
+    try:
+        raise WaitTimeout("the task could not start within its wait_timeout of %gs" % limit)
+    except WaitTimeout as e:
+        return _exc_record(e)
+
+
 def _run_batch(task_id, payload, blame, fns):
-    mode, fn_bytes, items = loads(payload)
+    mode, fn_bytes, items, *extra = loads(payload)
+    # The batch's limits: "soft" (seconds per item), and "start_by" (Unix
+    # time) and "wait" (seconds) for items that must not start late.
+    limits = extra[0] if extra else {}
+    soft = limits.get("soft") or 0.0
+    start_by = limits.get("start_by") or 0.0
+    if soft and not _soft:
+        _soft.append(_SoftLimit())
     fn = fns.get(fn_bytes)
     if fn is None:
         fn = loads(fn_bytes)
@@ -233,14 +277,26 @@ def _run_batch(task_id, payload, blame, fns):
     for i, item in enumerate(items):
         if mm is not None:
             pack("<Q", mm, 8, i)
+        if start_by and now() > start_by:
+            if errors is None:
+                errors = {}
+            errors[i] = _wait_record(limits.get("wait", 0.0))
+            ends[i] = now()
+            continue
         try:
+            if soft:
+                _soft[0].arm(soft)
             if mode == MAP:
                 values[i] = fn(item)
             elif mode == STAR:
                 values[i] = fn(*item)
             else:
                 values[i] = fn(*item[0], **item[1])
+            if soft:
+                _soft[0].disarm()
         except Exception as e:
+            if soft:
+                _soft[0].disarm()
             if errors is None:
                 errors = {}
             errors[i] = _exc_record(e)

@@ -194,3 +194,54 @@ def numpy_hog_at(x, at=3):
         while True:
             held.append(np.ones(64 << 20, dtype=np.uint8))
     return int(np.ones(x).sum())
+
+
+def soft_sleep(seconds, catch):
+    """Sleep; with catch, stop early at the soft time limit and return "caught"."""
+    from safepool import SoftTimeLimitExceeded
+    try:
+        time.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        if not catch:
+            raise
+        return "caught"
+    return "slept"
+
+
+def fail_first(counter, times, exc=ConnectionError):
+    """Raise exc the first `times` calls (counted in the file counter); then
+    return the number of calls."""
+    with open(counter, "a") as f:
+        f.write("x")
+    with open(counter) as f:
+        n = len(f.read())
+    if n <= times:
+        raise exc("call %d" % n)
+    return n
+
+
+def span(seconds):
+    """Sleep; return (start, end) in Unix seconds."""
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time()
+
+
+def touch(path):
+    """Create the file path; return its name."""
+    open(path, "w").close()
+    return path
+
+
+def rendezvous(directory, n, wait):
+    """Wait until n tasks (this one included) have called this with
+    directory, or for wait seconds; return (start, end, met)."""
+    start = time.time()
+    open(os.path.join(directory, str(os.getpid()) + "-" + str(start)), "w").close()
+    met = False
+    while time.time() < start + wait:
+        if len(os.listdir(directory)) >= n:
+            met = True
+            break
+        time.sleep(0.01)
+    return start, time.time(), met
