@@ -12,7 +12,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/safepool/safepool/internal/testenv"
 	"github.com/safepool/safepool/pool"
@@ -277,31 +276,14 @@ func superviseBlind(t *testing.T, dir string, env ...string) string {
 	bin := nobodyBinary(t)
 	// The outer shell joins the cgroup; unshare gives the inner one a
 	// mount namespace whose changes stay its own.
-	const inner = `umount -l "$0" && exec setpriv --reuid ` + nobodyUID + ` --regid ` + nobodyUID + ` --clear-groups "$1" -test.run='^$'`
-	cmd := exec.Command("sh", "-c",
+	const inner = `umount -l "$0" && exec ` + asNobody + ` "$1" -test.run='^$'`
+	out, err := runBounded(t, bin, env, "sh", "-c",
 		`echo $$ > "$0/cgroup.procs" && exec unshare --mount --propagation private sh -c "$3" "$2" "$1"`,
 		dir, bin, mount, inner)
-	cmd.Dir = filepath.Dir(bin)
-	cmd.Env = append(os.Environ(), env...)
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	if err != nil {
+		t.Fatalf("supervisor: %v; output:\n%s", err, out)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("supervisor: %v; output:\n%s", err, out.String())
-		}
-		return out.String()
-	case <-time.After(2 * time.Minute):
-		cmd.Process.Kill()
-		<-done
-		t.Fatalf("the supervisor did not finish within two minutes; output:\n%s", out.String())
-		return ""
-	}
+	return out
 }
 
 // memoryMount returns where the cgroup filesystem that holds the memory

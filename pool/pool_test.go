@@ -803,6 +803,22 @@ func TestOOMBehindShell(t *testing.T) {
 // runSeed is the supervisor of TestOOMBehindShell: 40 tasks on 4 line
 // workers behind sh -c; task 7 hogs. It prints one line per task.
 func runSeed() int {
+	p, err := startSeed(func(*pool.Config) {})
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	for r := range p.Results() {
+		fmt.Printf("task %d %s %s\n", r.ID, r.State, r.Cause())
+	}
+	fmt.Println("memory mode:", p.MemoryMode())
+	return 0
+}
+
+// startSeed starts the seed scenario, changed by adjust: 40 tasks on 4 line
+// workers behind sh -c, each sleeping 20 ms, except task 7, which
+// allocates until it is killed.
+func startSeed(adjust func(*pool.Config)) (*pool.Pool, error) {
 	cfg := pool.Config{
 		Command:  []string{"sh", "-c", `"$0" -test.run='^$'`, os.Args[0]},
 		Env:      workerEnvFor("line"),
@@ -810,10 +826,10 @@ func runSeed() int {
 		Workers:  4,
 		Stderr:   io.Discard,
 	}
+	adjust(&cfg)
 	p, err := pool.New(cfg)
 	if err != nil {
-		fmt.Println(err)
-		return 1
+		return nil, err
 	}
 	go func() {
 		defer p.Close()
@@ -825,9 +841,5 @@ func runSeed() int {
 			p.Submit(context.Background(), pool.Task{Input: []byte(in)})
 		}
 	}()
-	for r := range p.Results() {
-		fmt.Printf("task %d %s %s\n", r.ID, r.State, r.Cause())
-	}
-	fmt.Println("memory mode:", p.MemoryMode())
-	return 0
+	return p, nil
 }

@@ -89,9 +89,20 @@ func nobodyBinary(t *testing.T) string {
 func superviseAsNobody(t *testing.T, dir string, env ...string) (string, error) {
 	t.Helper()
 	bin := nobodyBinary(t)
-	cmd := exec.Command("sh", "-c",
-		`echo $$ > "$0/cgroup.procs" && exec setpriv --reuid `+nobodyUID+` --regid `+nobodyUID+` --clear-groups "$1" -test.run='^$'`,
+	return runBounded(t, bin, env, "sh", "-c",
+		`echo $$ > "$0/cgroup.procs" && exec `+asNobody+` "$1" -test.run='^$'`,
 		dir, bin)
+}
+
+// asNobody is the command line that drops to nobody before the supervisor.
+const asNobody = `setpriv --reuid ` + nobodyUID + ` --regid ` + nobodyUID + ` --clear-groups`
+
+// runBounded runs args from bin's directory with env added, and returns
+// what it wrote to stdout and stderr. The test fails if it has not ended
+// within two minutes.
+func runBounded(t *testing.T, bin string, env []string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Dir = filepath.Dir(bin)
 	cmd.Env = append(os.Environ(), env...)
 	var out strings.Builder
@@ -144,33 +155,17 @@ func TestOOMUnprivileged(t *testing.T) {
 // line workers behind sh -c, task 7 hogs, one retry. It prints one line per
 // task with the causes of its failed attempts, then the memory mode.
 func runContainerSeed() int {
-	cfg := pool.Config{
-		Command:  []string{"sh", "-c", `"$0" -test.run='^$'`, os.Args[0]},
-		Env:      workerEnvFor("line"),
-		Protocol: pool.Line,
-		Workers:  4,
-		Retries:  1,
-		Stderr:   io.Discard,
+	p, err := startSeed(func(cfg *pool.Config) {
+		cfg.Retries = 1
 		// The test is about naming the kills under the ordinary retry
 		// policy; the governor would take them as its own (see
 		// TestGovernorEnclosingPoison).
-		NoGovernor: true,
-	}
-	p, err := pool.New(cfg)
+		cfg.NoGovernor = true
+	})
 	if err != nil {
 		fmt.Println(err)
 		return 1
 	}
-	go func() {
-		defer p.Close()
-		for i := 1; i <= 40; i++ {
-			in := "sleep:20"
-			if i == 7 {
-				in = "hog"
-			}
-			p.Submit(context.Background(), pool.Task{Input: []byte(in)})
-		}
-	}()
 	for r := range p.Results() {
 		var failed []string
 		for _, a := range r.Attempts {
