@@ -289,14 +289,7 @@ func (s *scheduler) attemptEnded(rep report) {
 	}
 	v := settle(taskView{deaths: t.deaths, errors: t.errors, ooms: t.ooms, alone: t.alone},
 		ending{cause: a.Cause}, s.policy(), mem)
-	switch v.charge {
-	case chargeDeath:
-		t.deaths++
-	case chargeError:
-		t.errors++
-	case chargeOOM:
-		t.ooms++
-	}
+	v.charge.addTo(&t.deaths, &t.errors, &t.ooms)
 	if a.Cause == CausePreempted {
 		s.p.count(func(st *Stats) { st.Preempted++ })
 	}

@@ -68,6 +68,18 @@ const (
 	chargeOOM          // task.ooms: an OOM kill the governor owns
 )
 
+// addTo counts the charge in the matching one of a task's counters.
+func (c charge) addTo(deaths, errors, ooms *int) {
+	switch c {
+	case chargeDeath:
+		*deaths++
+	case chargeError:
+		*errors++
+	case chargeOOM:
+		*ooms++
+	}
+}
+
 // taskView is what settle needs to know of a task.
 type taskView struct {
 	deaths, errors, ooms int  // charged attempts so far, by kind
@@ -121,14 +133,7 @@ func settle(t taskView, e ending, pol policy, mem memVerdict) verdict {
 	c := e.cause
 	memOOM := c == CauseOOM && mem.ownsOOM && !pol.aborting
 	v := verdict{charge: chargeOf(c, memOOM)}
-	switch v.charge {
-	case chargeDeath:
-		t.deaths++
-	case chargeError:
-		t.errors++
-	case chargeOOM:
-		t.ooms++
-	}
+	v.charge.addTo(&t.deaths, &t.errors, &t.ooms)
 	v.number = t.deaths + t.errors + t.ooms
 	if v.charge == chargeNone {
 		v.number++
