@@ -150,7 +150,7 @@ class Pool:
             launch.abandon()
             raise
         ahead = launch.processes + 1 if self._futures_ahead else 0
-        self._core = _Core(launch, backoff=options.backoff, max_backoff=options.max_backoff, ahead=ahead)
+        self._core = _Core(launch, ahead=ahead)
         self._state = RUN
 
     def __repr__(self):
