@@ -61,7 +61,7 @@ def main():
     # ahead).
     # The governor is told that a task needs a neighbour's memory, which is
     # less than the big task takes, so that it starts beside them.
-    with safepool.Pool(4, mem_high=0, mem_psi=0, mem_per_task=(each + 20) << 20, initializer=touch_in,
+    with safepool.Pool(4, mem_high=0, mem_psi=0, mem_per_task=each << 20, initializer=touch_in,
                        initargs=(started,), max_tasks_per_child=1) as pool:
         deadline = time.monotonic() + 60
         while len(os.listdir(started)) < 4 and time.monotonic() < deadline:

@@ -85,22 +85,22 @@ class _Wall:
 
 class OOMRetry(unittest.TestCase):
     def test_killed_beside_neighbours_runs_again_with_fewer(self):
-        # A wall of 600 MiB: the 3 neighbours hold 100 MiB each, the big task
-        # grows to 256 MiB (the pool is told a task needs 120 MiB, so that they
+        # A wall of 520 MiB: the 3 neighbours hold 80 MiB each, the big task
+        # grows to 304 MiB (the pool is told a task needs 80 MiB, so that they
         # start together). Together they pass the wall, and the kernel
         # kills the biggest, the big task; the governor runs it again when
         # its need fits beside what runs, that is with fewer neighbours.
-        wall = _Wall(self, 600 << 20)
+        wall = _Wall(self, 520 << 20)
         d = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, d)
-        out = wall.run([sys.executable, "-m", "tests.oom_scenario", d, "256", "100"], cwd=PYTHON_DIR,
+        out = wall.run([sys.executable, "-m", "tests.oom_scenario", d, "304", "80"], cwd=PYTHON_DIR,
                        env=child_env(), capture_output=True, text=True, timeout=180)
         self.assertEqual(out.returncode, 0, out.stderr[-3000:])
         res = json.loads(out.stdout.strip().splitlines()[-1])
         if not res["memory_mode"].startswith("cgroup"):
             skip_or_fail(self, "no memory cgroups here (%s)" % res["memory_mode"])
-        self.assertEqual(res.get("result"), 256, res)
-        self.assertEqual(res["neighbours"], [100, 100, 100])
+        self.assertEqual(res.get("result"), 304, res)
+        self.assertEqual(res["neighbours"], [80, 80, 80])
         self.assertEqual(res["killed"], 1, "want the big task killed once, and no neighbour: %s" % res)
         seen = res["seen"]
         self.assertGreaterEqual(len(seen), 2, "want an OOM kill then a retry: %s" % res)
