@@ -479,7 +479,7 @@ class _Core:
                     self._failed.append((job.fn, item, "wait-timeout", 0))
             else:
                 with self._lock:
-                    self._failed.append((job.fn, item, "task-error", len(attempts) or 1))
+                    self._failed.append((job.fn, item, "task-error", _charged(attempts) or 1))
             self._settle(job, pos, False, exc)
             return
         cause = (last or {}).get("cause", "") or "cancelled"
@@ -490,7 +490,7 @@ class _Core:
                 # The pool aborted by itself; the end frame will say why.
                 self._aborted.append((job, pos, item))
             return
-        history = [_attempt(a, i + 1) for i, a in enumerate(attempts)]
+        history = [_attempt(a, a.get("number") or i + 1) for i, a in enumerate(attempts)]
         if cause == "task-error":
             # An exception the pool retried, with no retry left: the payload
             # is its text, NUL and the worker's record of it.
@@ -503,7 +503,7 @@ class _Core:
                     exc = None
                 if exc is not None:
                     with self._lock:
-                        self._failed.append((job.fn, item, "task-error", len(history)))
+                        self._failed.append((job.fn, item, "task-error", _charged(attempts)))
                     self._settle(job, pos, False, exc)
                     return
             msg = (last or {}).get("message", "")
@@ -516,7 +516,7 @@ class _Core:
             # this failure.
             self.abort(_errors().WorkerDied("%s died (%s)" % (_call_repr(job, item), cause), cause=cause))
         self._fail(job, pos, item, _errors().WorkerDied, cause,
-                   _death_message(job, item, cause, len(history), last, state), history, state)
+                   _death_message(job, item, cause, _charged(attempts), last, state), history, state)
 
     def _fail_waited(self, job, positions, items):
         """Fail items that could not start within their wait_timeout."""
@@ -529,10 +529,11 @@ class _Core:
 
     def _fail(self, job, pos, item, cls, cause, message, history, state="failed"):
         last = history[-1] if history else None
-        exc = cls(message, cause=cause, attempts=len(history), peak_rss=last.peak_rss if last else 0,
+        n = max((a.number for a in history), default=0)
+        exc = cls(message, cause=cause, attempts=n, peak_rss=last.peak_rss if last else 0,
                   task_args=item, function=job.fn, history=history, state=state)
         with self._lock:
-            self._failed.append((job.fn, item, cause, len(history)))
+            self._failed.append((job.fn, item, cause, n))
         self._settle(job, pos, False, exc)
 
     def _settle(self, job, pos, ok, value):
@@ -675,6 +676,12 @@ class _Core:
             items = list(self._stats)
         return [{"job": job_id, "index": pos, "start": start, "end": end, "pid": pid, "peak_rss": peak}
                 for job_id, pos, start, end, pid, peak in items]
+
+
+def _charged(attempts) -> int:
+    """How many of the attempts were charged: preempted ones share their
+    number with the next."""
+    return max((a.get("number", 0) for a in attempts), default=0)
 
 
 def _attempt(a: dict | None, number: int):

@@ -334,7 +334,7 @@ class IterResult:
             self._on_ready()
 
     def _adapt(self):
-        if self._fixed is not None or self._core.timeout:
+        if self._fixed is not None:
             return
         with self._cond:
             per = self._per_item

@@ -45,7 +45,8 @@ class TaskFailed(Exception):
         task_args: the task's arguments (the item for ``map``, the argument
             tuple for ``starmap`` and ``apply_async``).
         function: the task's function.
-        history: every attempt, as :class:`Attempt` records.
+        history: every attempt, as :class:`Attempt` records (a preempted
+            attempt, which is not charged, shares its number with the next).
         state: the task's terminal state: ``failed``, ``poison`` (killed
             for memory even while it ran alone with the whole memory
             budget, so never run again) or ``cancelled``.

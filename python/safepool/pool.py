@@ -72,9 +72,7 @@ class Pool:
             again up to `retries` times, then fail it) or "abort" (fail it
             and stop the pool). None means "retry" if retries else "skip".
         timeout: seconds a task may run before its worker is killed and the
-            task fails with cause "timeout". Tasks are then sent one at a
-            time unless a chunksize is given (the timeout then bounds the
-            batch).
+            task fails with cause "timeout".
         mem_limit: each worker's memory cap, in bytes or as "512MiB": the
             worker runs in a memory cgroup of its own, so the kernel kills
             only it, and the task fails with cause "oom".
@@ -175,8 +173,6 @@ class Pool:
             if chunksize < 1:
                 raise ValueError("chunksize must be at least 1")
             return chunksize
-        if self._core.timeout:
-            return 1
         size, extra = divmod(n, self._core.processes * 4)
         return size + 1 if extra else max(size, 1)
 
