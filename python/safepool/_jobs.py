@@ -236,8 +236,6 @@ class _FutureJob(_Job):
 
     def on_send(self):
         f = self.future
-        if f.running():
-            return True  # sent again after a worker death
         if f.done():
             return False
         return f.set_running_or_notify_cancel()

@@ -61,8 +61,8 @@ class Pool:
         initializer, initargs: initializer(*initargs) runs once in each
             worker when it starts. A worker whose initializer raises dies,
             and the pool breaks after a few such deaths in a row.
-        maxtasksperchild: replace a worker after this many tasks (batches
-            of items, as in multiprocessing). Same as max_tasks_per_child.
+        maxtasksperchild: replace a worker after this many tasks (items;
+            multiprocessing counts batches). Same as max_tasks_per_child.
         context: None, or a start method that means what safepool's
             workers are anyway: "spawn" or "forkserver", by name or as a
             multiprocessing context. "fork" raises ValueError: safepool
@@ -338,7 +338,7 @@ class Pool:
         """Per-task records of the tasks that succeeded so far: job (a number
         per call), index (the task's position in its call), start and end
         (Unix seconds), pid (the worker) and peak_rss (the peak memory of the
-        worker during the task's batch, in bytes; 0 if unknown)."""
+        worker during the task, in bytes; 0 if unknown)."""
         return self._core.stats()
 
     @property
