@@ -236,6 +236,8 @@ class _FutureJob(_Job):
 
     def on_send(self):
         f = self.future
+        if f.running():
+            return True
         if f.done():
             return False
         return f.set_running_or_notify_cancel()
