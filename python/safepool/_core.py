@@ -709,10 +709,8 @@ def _call_repr(job, item) -> str:
 
 
 def _death_message(job, item, cause, n, last, state="failed") -> str:
-    msg = "the worker died running %s (%s) after %d attempt%s" % (
-        _call_repr(job, item), cause, n, "" if n == 1 else "s")
-    if state == "poison":
-        msg += ", and it is poison: it was killed for memory while it ran alone"
+    msg = "the worker died running %s (%s%s) after %d attempt%s" % (
+        _call_repr(job, item), cause, ", poison" if state == "poison" else "", n, "" if n == 1 else "s")
     if last and last.get("peak_rss"):
         msg += ", peak memory %.1f MiB" % (last["peak_rss"] / 1048576)
     if last and last.get("message"):
