@@ -233,7 +233,7 @@ def reading(med, wmed, pmed, kill):
                  "the targets are at least 1x and 3x: %s. Against multiprocessing with spawn, "
                  "which like safepool starts fresh interpreters, it is %.2fx."
                  % (sp / mp, sp / ppe, "met" if met else "not met", sp / spawn))
-    lines.append("- At this size the fixed cost dominates: a safepool pool that runs 2 tasks "
+    lines.append("- The fixed cost: a safepool pool that runs 2 tasks "
                  "(start, then terminate) takes %.0f ms, against %.0f ms for the whole %d-task "
                  "map (%.0f ms with multiprocessing's fork pool)."
                  % (1000 * n / empty, 1000 * n / sp, n, 1000 * n / mp))
