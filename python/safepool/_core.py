@@ -34,6 +34,7 @@ import time
 import weakref
 
 from ._pickling import dumps_function, dumps_payload  # noqa: F401  (dumps_function: the jobs' import)
+from . import _oob  # HOOK(oob)
 
 HEADER = struct.Struct(">IBQ")
 K_HELLO, K_TASK, K_CLOSE, K_ABORT, K_TASK_META = 1, 2, 3, 4, 5
@@ -70,7 +71,7 @@ def _errors():
 class _Chunk:
     """A batch of items of one job, sent to a worker as one task."""
 
-    __slots__ = ("job", "positions", "items", "fresh", "start_by")
+    __slots__ = ("job", "positions", "items", "fresh", "start_by", "oob")  # HOOK(oob): "oob"
 
     def __init__(self, job, positions, items, fresh=True, start_by=0.0):
         self.job = job
@@ -80,6 +81,7 @@ class _Chunk:
         # Unix time after which the items that have not started are
         # skipped (wait_timeout), or 0: set when the chunk is submitted.
         self.start_by = start_by
+        self.oob = None  # HOOK(oob): the _oob.Ticket of the task's big buffers
 
 
 class _Core:
@@ -310,7 +312,7 @@ class _Core:
             limits["wait"] = self.option(job, "wait_timeout", self.wait_timeout)
         task = (job.mode, job.fn_bytes, chunk.items) + ((limits,) if limits else ())
         try:
-            payload = dumps_payload(task, self.main_importable)
+            payload, chunk.oob = _oob.encode(task, self.main_importable)  # HOOK(oob)
         except Exception as e:
             # As multiprocessing does, the caller gets the pickling error
             # itself, for each item of the batch.
@@ -435,7 +437,7 @@ class _Core:
         last = attempts[-1] if attempts else None
         if state == "done":
             try:
-                tag, *rest = pickle.loads(output)
+                tag, *rest = _oob.decode(output, chunk.oob)  # HOOK(oob)
             except Exception as e:
                 # A result this process cannot unpickle (its class is not
                 # importable here, say) fails the batch's items, not the pool.
