@@ -320,6 +320,34 @@ else:
             p.wait()
             self.check_clean(tag)
 
+    UNPRIVILEGED = textwrap.dedent("""
+        import os, numpy, safepool
+        from tests import shared_helpers as sh
+        assert os.getuid() == 65534
+        table = numpy.arange(64 * 1024, dtype="f8").reshape(64, 1024)
+        with safepool.share(table) as h, safepool.Pool(2) as pool:
+            assert pool.starmap(sh.row_sum, [(h, i) for i in range(64)]) == [table[i].sum() for i in range(64)]
+            in_memfd, writable, total = pool.apply(sh.arg_info, (numpy.zeros(1 << 19),))
+            assert in_memfd and writable and total == 1 << 19
+            assert all((r == 7).all() for r in pool.map(sh.big_result, [3 << 20] * 4))
+        print("ok")
+    """)
+
+    class Unprivileged(unittest.TestCase):
+        def test_as_nobody(self):
+            # Workers open the client's memory files through /proc/<pid>/fd,
+            # which the kernel allows a process of the same user.
+            if os.geteuid() != 0:
+                skip_or_fail(self, "needs root to drop to nobody (the other tests run as this user)")
+            import shutil
+            if shutil.which("setpriv") is None:
+                skip_or_fail(self, "setpriv (util-linux) is not installed")
+            here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            out = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                                  sys.executable, "-c", UNPRIVILEGED], env=child_env(HOME="/tmp"), cwd=here,
+                                 capture_output=True, text=True, timeout=300)
+            self.assertEqual(out.stdout.strip(), "ok", out.stderr[-3000:])
+
 
 if __name__ == "__main__":
     unittest.main()
