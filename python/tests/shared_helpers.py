@@ -103,3 +103,31 @@ def hold(x, marker, seconds=60.0):
         pass
     time.sleep(seconds)
     return 0
+
+
+def charges(h):
+    """Read all of the shared array h, then return this worker's anonymous
+    memory (what safepool's private-memory accounting counts), its shared
+    memory, and the usage of its own memory cgroup if it has one (else
+    None), in bytes."""
+    float(h.sum())
+    status = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("RssAnon", "RssShmem", "VmSwap"):
+                status[k] = int(v.split()[0]) * 1024
+    usage = None
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, ctrl, path = line.rstrip("\n").split(":", 2)
+            if "/safepool-" in path and ("memory" in ctrl.split(",") or ctrl == ""):
+                for name in ("/sys/fs/cgroup/memory%s/memory.usage_in_bytes" % path,
+                             "/sys/fs/cgroup%s/memory.current" % path):
+                    try:
+                        with open(name) as g:
+                            usage = int(g.read())
+                        break
+                    except OSError:
+                        pass
+    return status["RssAnon"] + status.get("VmSwap", 0), status["RssShmem"], usage

@@ -222,6 +222,21 @@ else:
                 with safepool.Pool(2, initializer=sh.remember, initargs=(h,)) as pool:
                     self.assertEqual(pool.map(sh.lookup, range(0, 1000, 7)), [i * 3 for i in range(0, 1000, 7)])
 
+        def test_charged_once(self):
+            # Shared pages are charged to the client that wrote them: not to
+            # a worker's private memory (anonymous and swap), nor to its
+            # memory cgroup, whatever the memory mode.
+            size = 128 * MiB
+            with safepool.share(numpy.ones(size // 8)) as h:
+                with safepool.Pool(2) as pool:
+                    mode = pool.memory_mode
+                    for private, shmem, usage in pool.map(sh.charges, [h] * 4, chunksize=1):
+                        self.assertGreaterEqual(shmem, size, "the worker maps all of it")
+                        self.assertLess(private, size // 2, mode)
+                        if mode.startswith("cgroup"):
+                            self.assertIsNotNone(usage, "a worker of mode %s has a cgroup" % mode)
+                            self.assertLess(usage, size // 2, mode)
+
         def test_worker_killed_while_reading(self):
             table = numpy.arange(64 * 1024, dtype="f8").reshape(64, 1024)
             with safepool.share(table) as h:
