@@ -5,7 +5,8 @@ pool's processes is summed while every worker still holds the data.
     /usr/bin/python3 bench/python/sharing.py PEER MIB
 
 PEER is safepool (safepool.share, the array deleted from the client after
-sharing), mp_fork (a global array inherited by multiprocessing.Pool's
+sharing), safepool_copy (the array itself in safepool's initargs, so
+pickled to each worker), mp_fork (a global array inherited by multiprocessing.Pool's
 forked workers) or mp_pickle (the array passed by pickling to the
 initializer of multiprocessing.Pool's spawned workers). Each worker reads
 it all in the pool's initializer and keeps it. Prints one line of JSON with the PSS in MiB of the
@@ -93,6 +94,11 @@ def main():
         with safepool.Pool(W, initializer=keep, initargs=(h,)) as p:
             sizes = measure(me, mib)
         h.close()
+    elif peer == "safepool_copy":
+        import safepool
+        with safepool.Pool(W, initializer=keep, initargs=(arr,)) as p:
+            del arr
+            sizes = measure(me, mib)
     elif peer == "mp_fork":
         import multiprocessing as mp
         _global = arr

@@ -154,16 +154,30 @@ def _wrap(obj, budget):
     return obj
 
 
-def _dumps(obj, big):
-    """Pickle obj with protocol 5, appending the raw memoryview of each
-    buffer of at least THRESHOLD bytes to big and leaving it out."""
+def _callback(big):
     def callback(pb):
         raw = pb.raw()
         if raw.nbytes < THRESHOLD:
             return True
         big.append(raw)
         return False
-    return _pdumps(_wrap(obj, [_WALK_BUDGET]), 5, buffer_callback=callback)
+    return callback
+
+
+def _dumps(obj, big, pickler=None):
+    """Pickle obj with protocol 5, appending the raw memoryview of each
+    buffer of at least THRESHOLD bytes to big and leaving it out. A pickle
+    that is still big (bytes in band), or that failed (a memoryview), is
+    made again after _wrap: small payloads never pay for the walk."""
+    dump = pickler or _pdumps
+    try:
+        data = dump(obj, 5, buffer_callback=_callback(big))
+        if len(data) < THRESHOLD:
+            return data
+    except TypeError:
+        pass
+    del big[:]
+    return dump(_wrap(obj, [_WALK_BUDGET]), 5, buffer_callback=_callback(big))
 
 
 def _dumps_checked(obj, big):
@@ -173,19 +187,15 @@ def _dumps_checked(obj, big):
     import io
     from ._pickling import _FromMain, _MainChecker, dumps_payload
 
-    def callback(pb):
-        raw = pb.raw()
-        if raw.nbytes < THRESHOLD:
-            return True
-        big.append(raw)
-        return False
-    buf = io.BytesIO()
+    def dump(o, protocol, buffer_callback):
+        buf = io.BytesIO()
+        _MainChecker(buf, protocol, buffer_callback=buffer_callback).dump(o)
+        return buf.getvalue()
     try:
-        _MainChecker(buf, 5, buffer_callback=callback).dump(_wrap(obj, [_WALK_BUDGET]))
+        return _dumps(obj, big, dump)
     except _FromMain:
         del big[:]
         return dumps_payload(obj, False)
-    return buf.getvalue()
 
 
 def _layout(bufs):
@@ -328,7 +338,10 @@ def encode(obj, main_importable=True):
 
 
 def _dumps_inband(obj):
-    return _pdumps(_wrap(obj, [_WALK_BUDGET]), 5)
+    try:
+        return _pdumps(obj, 5)
+    except TypeError:  # a memoryview
+        return _pdumps(_wrap(obj, [_WALK_BUDGET]), 5)
 
 
 def decode(data, ticket=None):

@@ -34,13 +34,40 @@ def cmdline(pid):
         return b""
 
 
-def memfds_everywhere(exclude=()):
-    """Every /memfd:safepool* descriptor of every process: (pid, target)."""
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) not in exclude:
-            found += [(int(name), t) for t in sh.fds_named(int(name), "/memfd:safepool")]
+def memfd_inodes(pid):
+    """The inodes of the /memfd:safepool* files that process pid holds, by
+    descriptor or mapping."""
+    found = set()
+    try:
+        names = os.listdir("/proc/%d/fd" % pid)
+    except OSError:
+        names = []
+    for n in names:
+        try:
+            if os.readlink("/proc/%d/fd/%s" % (pid, n)).startswith("/memfd:safepool"):
+                found.add(os.stat("/proc/%d/fd/%s" % (pid, n)).st_ino)
+        except OSError:
+            continue
+    try:
+        with open("/proc/%d/maps" % pid) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 6 and parts[5].startswith("/memfd:safepool"):
+                    found.add(int(parts[4]))
+    except OSError:
+        pass
     return found
+
+
+def holders(inodes):
+    """Every process that still holds one of inodes (a memory file) by
+    descriptor or mapping: [(pid, inode)]. Other programs' memory files, such
+    as those of a pool running beside the tests, are not ours."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            out += [(int(name), i) for i in memfd_inodes(int(name)) & inodes]
+    return out
 
 
 if numpy is None:
@@ -298,16 +325,19 @@ else:
             self.assertEqual(p.stdout.readline().strip(), "ready")
             return p, tag
 
-        def check_clean(self, tag):
+        def check_clean(self, tag, inodes):
+            self.assertTrue(inodes)
             left = wait_gone(tag)
             self.assertEqual(left, [], "processes left: %s" % left)
             deadline = time.monotonic() + 10
-            while memfds_everywhere() and time.monotonic() < deadline:
+            while holders(inodes) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            self.assertEqual(memfds_everywhere(), [])
+            self.assertEqual(holders(inodes), [], "memory files left")
             # The bridge's blame directory (internal/bridge/blame.go) is
             # left when the supervisor is SIGKILLed; it is not shared data.
-            left = {n for n in set(os.listdir("/dev/shm")) - self.shm_before if not n.startswith("safepool-blame-")}
+            # (Only safepool's names: other programs may be at work.)
+            left = {n for n in set(os.listdir("/dev/shm")) - self.shm_before
+                    if "safepool" in n and not n.startswith("safepool-blame-")}
             self.assertEqual(left, set())
 
         def test_sigkill_client(self):
@@ -318,22 +348,24 @@ else:
             held = [t for q in [p.pid] + pids for t in sh.fds_named(q, "/memfd:safepool")]
             self.assertTrue(any("safepool-shared" in t for t in held))
             self.assertTrue(any("safepool-args" in t for t in held))
+            inodes = set().union(*(memfd_inodes(q) for q in [p.pid] + pids))
             p.kill()
             p.wait()
-            self.check_clean(tag)
+            self.check_clean(tag, inodes)
 
         def test_sigkill_supervisor(self):
             from tests.support import processes_with
             p, tag = self.start("wait-broken")
             sup = [q for q in processes_with(tag) if q != p.pid and b"__bridge" in cmdline(q)]
             self.assertEqual(len(sup), 1)
+            inodes = set().union(*(memfd_inodes(q) for q in processes_with(tag)))
             os.kill(sup[0], signal.SIGKILL)
             self.assertEqual(p.stdout.readline().split()[0], "broken")
             self.assertEqual(p.stdout.readline().strip(), "[]", "no argument file outlives the pool")
             self.assertEqual(p.stdout.readline().strip(), "[]", "close() frees the shared data")
             p.stdin.close()
             p.wait()
-            self.check_clean(tag)
+            self.check_clean(tag, inodes)
 
     UNPRIVILEGED = textwrap.dedent("""
         import os, numpy, safepool
