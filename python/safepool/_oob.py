@@ -243,8 +243,7 @@ class _Inbox:
 
     def __init__(self):
         import ctypes
-        import ctypes.util
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the interpreter's C library (ctypes.util imports subprocess)
         self._fallocate = libc.fallocate
         self._fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong)
         self.pid = os.getpid()
