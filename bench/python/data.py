@@ -1,5 +1,5 @@
-"""Driver of the "pydata" part of the python scenario: big payloads and
-shared data; see bench/python/data.
+"""Driver of the "pydata" scenario: big payloads and
+shared data; see bench/pydata/run.
 
 Big payloads: bench/python/payload.py for safepool (this tree), safepool at
 OLD (the commit before big buffers went out of band, its package and binary
@@ -25,6 +25,12 @@ PY = "/usr/bin/python3"
 OLD = os.environ.get("OLD", "d53ea27")
 SHARE_MIB = int(os.environ.get("SHARE_MIB", "512" if benchlib.quick() else "2048"))
 PICKLE_MIB = int(os.environ.get("PICKLE_MIB", "256"))
+
+# PARTS=payload or PARTS=sharing runs one part (development); its table
+# alone goes to bench/out/pydata.md, not bench/results.
+PARTS = os.environ.get("PARTS", "payload,sharing").split(",")
+SHARING = [("safepool", SHARE_MIB), ("mp_fork", SHARE_MIB), ("safepool", PICKLE_MIB),
+           ("safepool_copy", PICKLE_MIB), ("mp_fork", PICKLE_MIB), ("mp_pickle", PICKLE_MIB)]
 
 PAYLOAD = [  # (peer, label)
     ("safepool", "safepool.Pool.imap"),
@@ -58,7 +64,7 @@ def run_json(argv, env):
 def main():
     runs = benchlib.runs()
     load0 = load()
-    old = old_tree()
+    old = old_tree() if "payload" in PARTS else ""
     new_env = dict(os.environ, SAFEPOOL_BIN=os.path.join(benchlib.BIN, "safepool-py"))
     old_env = dict(os.environ, SAFEPOOL_BIN=os.path.join(old, "python/safepool/_bin/safepool"))
     pay = {(p, r): [] for p, _ in PAYLOAD for r in ("small", "array")}
@@ -66,7 +72,7 @@ def main():
     try:
         for i in range(runs):
             order = PAYLOAD[i % len(PAYLOAD):] + PAYLOAD[:i % len(PAYLOAD)]
-            for result in ("small", "array"):
+            for result in ("small", "array") if "payload" in PARTS else ():
                 for peer, _ in order:
                     if peer == "safepool_old":
                         argv, env = [PY, "bench/python/payload.py", "safepool", result, os.path.join(old, "python")], old_env
@@ -75,16 +81,16 @@ def main():
                     r = run_json(argv, env)
                     benchlib.log("run", i + 1, peer, result, "%.0f MB/s" % r["mb_per_s"])
                     pay[(peer, result)].append(r["mb_per_s"])
-            for peer, mib in (("safepool", SHARE_MIB), ("mp_fork", SHARE_MIB), ("safepool", PICKLE_MIB),
-                              ("mp_fork", PICKLE_MIB), ("mp_pickle", PICKLE_MIB)):
+            for peer, mib in SHARING if "sharing" in PARTS else ():
                 r = run_json([PY, "bench/python/sharing.py", peer, str(mib)], new_env)
                 benchlib.log("run", i + 1, "share", peer, mib, r)
                 share.setdefault((peer, mib), []).append(r)
     finally:
-        subprocess.run(["rm", "-rf", old])
+        if old:
+            subprocess.run(["rm", "-rf", old])
     load1 = load()
 
-    med = {k: statistics.median(v) for k, v in pay.items()}
+    med = {k: statistics.median(v) if v else float("nan") for k, v in pay.items()}
     rows = []
     for peer, label in PAYLOAD:
         row = [label]
@@ -96,6 +102,7 @@ def main():
     srows = []
     for (peer, mib), rs in share.items():
         label = {"safepool": "safepool.share, read in the initializer",
+                 "safepool_copy": "safepool.Pool, the array in initargs (pickled)",
                  "mp_fork": "multiprocessing.Pool (fork), a global array",
                  "mp_pickle": "multiprocessing.Pool (spawn), the array in initargs (pickled)"}[peer]
         pool = [r["pool_mib"] for r in rs]
@@ -133,7 +140,7 @@ Median (min-max) of {runs} runs; MiB.
 |---|---|---|---|---|---|---|
 {srows}
 
-Commands: `RUNS={runs} bench/python/data` (measurements: `bench/python/payload.py
+Commands: `RUNS={runs} bench/pydata/run` (measurements: `bench/python/payload.py
 PEER small|array [PYTHON_DIR]`, `bench/python/sharing.py PEER MIB`). Machine:
 {machine}; its 1-minute load average was {load0} when the run began and
 {load1} when it ended (2 cores: anything above 0 is other work competing).
@@ -141,7 +148,12 @@ PEER small|array [PYTHON_DIR]`, `bench/python/sharing.py PEER MIB`). Machine:
            load0=load0, load1=load1,
            rows="\n".join("| " + " | ".join(r) + " |" for r in rows),
            srows="\n".join("| " + " | ".join(r) + " |" for r in srows))
-    benchlib.write_section("pydata", text)
+    if PARTS == ["payload", "sharing"]:
+        benchlib.write_section("pydata", text)
+    else:
+        os.makedirs(os.path.join(benchlib.REPO, "bench", "out"), exist_ok=True)
+        with open(os.path.join(benchlib.REPO, "bench", "out", "pydata.md"), "w") as f:
+            f.write(text)
     print(text)
 
 

@@ -69,13 +69,15 @@ def rss_mib(pid):
 
 def measure(me, mib):
     """Wait until W processes below this one have each read the array (their
-    RSS is at least its size), then return the PSS of each process below."""
+    RSS is at least its size), then return the PSS of each process below,
+    and this one's."""
     deadline = time.monotonic() + 600
     while True:
         pids = descendants(me)
         readers = [pid for pid in pids if rss_mib(pid) >= 0.95 * mib]
         if len(readers) >= W:
-            return {pid: pss_mib(pid) for pid in pids}
+            # The client too, while its children still share its pages.
+            return {pid: pss_mib(pid) for pid in pids}, pss_mib(me)
         if time.monotonic() > deadline:
             raise SystemExit("the workers did not read the array")
         time.sleep(0.05)
@@ -92,25 +94,24 @@ def main():
         h = safepool.share(arr)
         del arr
         with safepool.Pool(W, initializer=keep, initargs=(h,)) as p:
-            sizes = measure(me, mib)
+            sizes, client = measure(me, mib)
         h.close()
     elif peer == "safepool_copy":
         import safepool
         with safepool.Pool(W, initializer=keep, initargs=(arr,)) as p:
             del arr
-            sizes = measure(me, mib)
+            sizes, client = measure(me, mib)
     elif peer == "mp_fork":
         import multiprocessing as mp
         _global = arr
         with mp.get_context("fork").Pool(W, initializer=keep_global) as p:
-            sizes = measure(me, mib)
+            sizes, client = measure(me, mib)
     elif peer == "mp_pickle":
         import multiprocessing as mp
         with mp.get_context("spawn").Pool(W, initializer=keep, initargs=(arr,)) as p:
-            sizes = measure(me, mib)
+            sizes, client = measure(me, mib)
     else:
         sys.exit("unknown peer %s" % peer)
-    client = pss_mib(me)
     pool_mib = sum(sizes.values())
     print(json.dumps({"peer": peer, "array_mib": mib, "workers": W, "processes": len(sizes),
                       "pool_mib": round(pool_mib, 1), "client_mib": round(client, 1),
