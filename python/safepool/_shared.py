@@ -86,6 +86,8 @@ class Shared:
         process closes it)."""
         with _lock:
             _live.pop(id(self), None)
+            # This process's own mapping (open()) goes with the last view.
+            _maps.pop((self.pid, self.ino), None)
             fd, self.fd = self.fd, -1
         if fd >= 0:
             os.close(fd)
