@@ -175,9 +175,12 @@ def _dumps(obj, big, pickler=None):
         if len(data) < THRESHOLD:
             return data
     except TypeError:
-        pass
+        data = None
+    wrapped = _wrap(obj, [_WALK_BUDGET])
+    if wrapped is obj and data is not None:
+        return data  # big, but nothing to take out of band
     del big[:]
-    return dump(_wrap(obj, [_WALK_BUDGET]), 5, buffer_callback=_callback(big))
+    return dump(wrapped, 5, buffer_callback=_callback(big))
 
 
 def _dumps_checked(obj, big):
