@@ -226,6 +226,13 @@ def _pread_into(fd, buf, offset):
         view, offset = view[n:], offset + n
 
 
+def dumpable() -> bool:
+    """Whether other processes of this user may open this process's
+    descriptors through /proc (prctl PR_GET_DUMPABLE)."""
+    import ctypes
+    return ctypes.CDLL(None).prctl(3, 0, 0, 0, 0) == 1
+
+
 def open_fd(pid, fd, ino, flags=os.O_RDONLY):
     """Open the file that process pid holds as fd, through /proc, checking
     its inode (fd numbers are reused)."""
@@ -249,6 +256,9 @@ class _Inbox:
         libc = ctypes.CDLL(None, use_errno=True)  # the interpreter's C library (ctypes.util imports subprocess)
         self._fallocate = libc.fallocate
         self._fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong)
+        if not dumpable():
+            # Workers could not open this process's descriptors through /proc.
+            raise OSError("this process is not dumpable")
         self.pid = os.getpid()
         self.fd = os.memfd_create("safepool-inbox", os.MFD_CLOEXEC)
         self.ino = os.fstat(self.fd).st_ino
@@ -265,23 +275,24 @@ class _Inbox:
         self._fallocate(self.fd, 0x02 | 0x01, region * REGION, REGION)
 
 
-_inbox = [None]
+_inbox = [None]  # (pid, _Inbox, or False where results stay in band)
 _inbox_lock = allocate_lock()
 
 
 def _client_inbox():
-    box = _inbox[0]
-    if box is not None and box.pid == os.getpid():
-        return box
+    pid = os.getpid()
+    cur = _inbox[0]
+    if cur is not None and cur[0] == pid:
+        return cur[1]
     with _inbox_lock:
-        box = _inbox[0]
-        if box is None or box.pid != os.getpid():  # none yet, or a forked child's
+        cur = _inbox[0]
+        if cur is None or cur[0] != pid:  # none yet, or a forked child's
             try:
                 box = _Inbox()
             except (OSError, AttributeError, ImportError):
-                box = False  # no memfd or no fallocate: results stay in band
-            _inbox[0] = box
-    return box
+                box = False  # no memfd, no fallocate, or not dumpable: all in band
+            cur = _inbox[0] = (pid, box)
+    return cur[1]
 
 
 class Ticket:
@@ -315,6 +326,9 @@ def encode(obj, main_importable=True):
     box = _client_inbox()
     region = box.region() if box else 0
     big = []
+    if not box:  # no memfd, or workers cannot open this process's: in band
+        from ._pickling import dumps_payload
+        return (_dumps_inband(obj) if main_importable else dumps_payload(obj, False)), None
     data = _dumps(obj, big) if main_importable else _dumps_checked(obj, big)
     fd, ino, spans, size = -1, 0, (), 0
     if big:

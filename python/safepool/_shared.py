@@ -33,7 +33,7 @@ import os
 import stat
 import threading
 
-from ._oob import open_fd
+from ._oob import dumpable, open_fd
 
 _SEALS = 0
 for _name in ("F_SEAL_SEAL", "F_SEAL_SHRINK", "F_SEAL_GROW", "F_SEAL_WRITE"):
@@ -53,6 +53,11 @@ class Shared:
     __slots__ = ("pid", "fd", "ino", "size", "meta")
 
     def __init__(self, fd, size, meta):
+        if not dumpable():
+            os.close(fd)
+            raise OSError("safepool cannot share data from this process: it is not dumpable "
+                          "(prctl PR_SET_DUMPABLE 0, or a change of user), so its workers could not "
+                          "open the data through /proc")
         self.pid = os.getpid()
         self.fd = fd
         self.ino = os.fstat(fd).st_ino

@@ -367,6 +367,31 @@ else:
             p.wait()
             self.check_clean(tag, inodes)
 
+    NOT_DUMPABLE = textwrap.dedent("""
+        import ctypes, numpy, safepool
+        from tests import shared_helpers as sh
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: /proc/<pid>/fd is closed to others
+        a = numpy.arange(1 << 19, dtype="f8")
+        with safepool.Pool(2) as pool:
+            out = pool.map(sh.identity, [a, a[::2]])
+        assert (out[0] == a).all() and (out[1] == a[::2]).all()
+        print("ok")
+    """)
+
+    class NotDumpable(unittest.TestCase):
+        def test_in_band(self):
+            # A client that workers cannot open through /proc sends
+            # everything in band.
+            # (Root's workers could open it anyway: CAP_SYS_PTRACE. So as
+            # root, the client runs as nobody.)
+            here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            argv = [sys.executable, "-c", NOT_DUMPABLE]
+            if os.geteuid() == 0:
+                argv = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"] + argv
+            out = subprocess.run(argv, env=child_env(HOME="/tmp"), cwd=here,
+                                 capture_output=True, text=True, timeout=300)
+            self.assertEqual(out.stdout.strip(), "ok", out.stderr[-3000:])
+
     UNPRIVILEGED = textwrap.dedent("""
         import os, numpy, safepool
         from tests import shared_helpers as sh
