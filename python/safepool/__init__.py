@@ -12,14 +12,16 @@ import sys as _sys
 
 __all__ = ["Pool", "Executor", "SafePool", "AsyncPool", "TaskFailed", "WorkerDied", "TaskCancelled",
            "RemoteError", "RemoteTraceback", "BrokenPool", "Attempt", "FailedTask",
-           "SubProcessKilledException", "parse_size", "SoftTimeLimitExceeded", "WaitTimeout"]
+           "SubProcessKilledException", "parse_size", "SoftTimeLimitExceeded", "WaitTimeout",
+           "share", "share_file", "Shared"]
 
 # The names are imported on first use, so that importing safepool costs
 # next to nothing: every worker imports the parent's main script, which
 # imports safepool.
 _WHERE = {"Pool": "pool", "parse_size": "pool", "Executor": "executor", "SafePool": "_safepool",
           "SubProcessKilledException": "_safepool", "AsyncPool": "asyncpool",
-          "SoftTimeLimitExceeded": "_limits", "WaitTimeout": "_limits"}
+          "SoftTimeLimitExceeded": "_limits", "WaitTimeout": "_limits",
+          "share": "_shared", "share_file": "_shared", "Shared": "_shared"}
 
 
 def __getattr__(name):

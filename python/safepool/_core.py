@@ -38,6 +38,7 @@ import weakref
 from ._pickling import dumps_function, dumps_payload  # noqa: F401  (dumps_function: the jobs' import)
 from ._protocol import (APPLY, ERROR_RECORD, HEADER, K_ABORT, K_CLOSE, K_END, K_READY, K_RESULT,  # noqa: F401
                         K_TASK, K_TASK_META, MAP, META_LEN, OK, RAISED, STAR)
+from . import _oob  # big buffers out of band
 
 _live_cores = weakref.WeakSet()
 
@@ -113,7 +114,7 @@ class _Core:
         self._cond = threading.Condition(self._lock)  # writer's queue and job completion
         self._queue = []  # guarded by _lock: chunks to send, in order (a list used as FIFO via _qhead)
         self._qhead = 0
-        self._inflight: dict[int, tuple] = {}  # guarded by _lock: task id -> (job, position, item)
+        self._inflight: dict[int, tuple] = {}  # guarded by _lock: task id -> (job, position, item, _oob.Ticket)
         self._window = 0  # most items in _inflight (the binary's max_pending); 0: no limit
         self._ahead = ahead  # most items of windowed jobs in _inflight; 0: no limit
         self._ahead_used = 0  # guarded by _lock: items of windowed jobs in _inflight
@@ -306,7 +307,7 @@ class _Core:
         sent = []
         for pos, item in zip(chunk.positions, chunk.items):
             try:
-                payload = dumps_payload(head + (item, limits) if limits else head + (item,), self.main_importable)
+                payload, ticket = _oob.encode(head + (item, limits) if limits else head + (item,), self.main_importable)
             except Exception as e:
                 # As multiprocessing does, the caller gets the pickling
                 # error itself.
@@ -314,7 +315,7 @@ class _Core:
                     self._give_back(job, 1)
                 self._settle(job, pos, False, e)
                 continue
-            sent.append((pos, item, payload))
+            sent.append((pos, item, payload, ticket))
         if not sent:
             return
         # Task numbers must follow each other without gaps: number only
@@ -323,19 +324,19 @@ class _Core:
         self._next_id += len(sent)
         with self._lock:
             inflight = self._inflight
-            for i, (pos, item, _) in enumerate(sent):
-                inflight[ident + i] = (job, pos, item)
+            for i, (pos, item, _, ticket) in enumerate(sent):
+                inflight[ident + i] = (job, pos, item, ticket)
         # The call's own timeout and memory hint go to the engine with the
         # task (docs/protocol.md, task+).
         meta = {name: job.opts[name] for name in ("timeout", "mem") if job.opts and job.opts.get(name)}
         if meta:
             head = json.dumps(meta).encode()
             head = META_LEN.pack(len(head)) + head
-            for i, (_, _, payload) in enumerate(sent):
+            for i, (_, _, payload, _) in enumerate(sent):
                 self._write_frame(K_TASK_META, ident + i, head + payload)
         else:
             write, pack = self._out.write, HEADER.pack
-            for i, (_, _, payload) in enumerate(sent):
+            for i, (_, _, payload, _) in enumerate(sent):
                 write(pack(len(payload), K_TASK, ident + i))
                 write(payload)
 
@@ -385,7 +386,7 @@ class _Core:
                     with self._lock:
                         sent = self._untrack(ident)
                     if sent is not None:
-                        self._on_result(sent[0], sent[1], sent[2], meta, memoryview(payload)[4 + n:])
+                        self._on_result(sent[0], sent[1], sent[2], meta, memoryview(payload)[4 + n:], sent[3])
                     # Hold nothing of the task while waiting for the next
                     # frame: its arguments and results are the caller's.
                     sent = meta = payload = None
@@ -429,7 +430,7 @@ class _Core:
             self._broken = reason
         with self._lock:
             self._stopping = True
-            items = list(self._inflight.values())
+            items = [sent[:3] for sent in self._inflight.values()]
             self._inflight.clear()
             self._ahead_used = 0
             chunks = [c for c in self._queue[self._qhead:] if c is not None]
@@ -446,7 +447,7 @@ class _Core:
         if self.on_broken is not None and isinstance(self._broken, _errors().BrokenPool):
             self.on_broken(self._broken)
 
-    def _on_result(self, job, pos, item, meta: dict, output):
+    def _on_result(self, job, pos, item, meta: dict, output, ticket=None):
         state = meta.get("state")
         attempts = meta.get("attempts") or ()
         last = attempts[-1] if attempts else None
@@ -456,7 +457,7 @@ class _Core:
                     self._killed.append((job.fn, job.mode, item))
         if state == "done":
             try:
-                tag, value = pickle.loads(output)
+                tag, value = _oob.decode(output, ticket)
             except Exception as e:
                 # A result this process cannot unpickle (its class is not
                 # importable here, say) fails the item, not the pool.

@@ -30,6 +30,7 @@ except ImportError:  # an interpreter without the C accelerator
 
 from safepool._protocol import (APPLY, ERROR, ERROR_RECORD, FRAMED, HEADER, MAP, OK, RAISED, READY,  # noqa: F401
                                 READY_PAYLOAD, RESULT, STAR, START, TASK)
+from safepool import _oob  # big buffers out of band
 
 
 def dumps(obj) -> bytes:
@@ -225,7 +226,7 @@ def _function(fn_bytes, fns):
 
 def _run_item(payload, fns):
     """Run one task; return the kind and payload of its answer."""
-    mode, fn_bytes, item, *extra = loads(payload)
+    mode, fn_bytes, item, *extra = _oob.worker_decode(payload)
     fn = _function(fn_bytes, fns)
     # The task's limits: "soft" (seconds), "start_by" (Unix time) and "wait"
     # (seconds) for an item that must not start late, and which exceptions
@@ -261,7 +262,7 @@ def _run_item(payload, fns):
                 dumps(record)
         return RESULT, dumps((RAISED, record))
     try:
-        return RESULT, dumps((OK, value))
+        return RESULT, _oob.worker_encode((OK, value))
     except Exception:
         pass
     try:

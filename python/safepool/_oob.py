@@ -1,0 +1,447 @@
+"""Large buffers out of band: pickle protocol 5 through memory files.
+
+A task's arguments and a batch's results are pickled with protocol 5. The
+buffers that pickle hands to its buffer_callback (numpy arrays, and the
+bytes, bytearrays and memoryviews that encode() wraps) of at least THRESHOLD
+bytes do not go into the pickle, and so not through the pipes to and from
+the supervisor: they travel through anonymous memory files (memfd) that the
+receiver opens through /proc/<pid>/fd/<n> of the process that holds them
+(same user; no file system name, nothing in /dev/shm).
+
+Arguments, client to worker (one copy): the client writes the big buffers
+into a memory file of the task's own. The worker maps it copy-on-write
+(MAP_PRIVATE) and unpickles over the mapping: numpy arrays are not copied
+again, and writing to them touches only the worker's private copy.
+
+Results, worker to client (two copies, no pipe): the client owns one sparse
+memory file, its inbox, and gives each task a region of REGION bytes in it.
+The worker writes its big result buffers into the task's region, and the
+client copies them out and punches the region empty when it unpickles the
+result. (The client copies rather than maps because the pages were charged
+to the worker that wrote them, and its memory group must not carry them.)
+
+Lifetime rule: every memory file is created and held by the client, and
+only the client closes it. A task's argument file is closed, and its inbox
+region punched empty, when the client releases the task's Ticket: when it
+decodes the result, or when the ticket is garbage collected (the task failed,
+was cancelled, or the pool ended), or when the client process ends. Workers
+hold no descriptor past the call that opened it: a worker's mapping of its
+arguments lives as long as the objects unpickled over it, and goes with the
+worker. So a worker that dies in the middle of a task leaves nothing, and a
+retried task's arguments are still there for the next worker. The inbox
+itself is closed when the client process ends.
+
+The payload format: a plain pickle (first byte 0x80), or ENVELOPE followed
+by a header (see _TASK and _RESULT) and the pickle. Small payloads carry
+only the header naming the inbox region.
+"""
+import mmap
+import os
+import struct
+from _thread import allocate_lock
+
+try:
+    from _pickle import dumps as _pdumps, loads as _loads, PickleBuffer
+except ImportError:  # an interpreter without the C accelerator
+    from pickle import dumps as _pdumps, loads as _loads, PickleBuffer
+
+# Buffers of at least this many bytes go out of band.
+THRESHOLD = int(os.environ.get("SAFEPOOL_OOB_THRESHOLD", 1 << 20))
+
+ENVELOPE = 0x01
+# A task: envelope byte, client pid, inbox fd, inbox inode, region, argument
+# file fd, its inode, its size, number of buffers; then (offset, length) per
+# buffer and the pickle.
+_TASK = struct.Struct("<BIiQQiQQI")
+# A result: envelope byte, region, number of buffers; then (offset, length)
+# per buffer (from the region's start) and the pickle.
+_RESULT = struct.Struct("<BQI")
+_SPAN = struct.Struct("<QQ")
+
+# Each task's region of the inbox; a result's buffers must fit in it.
+REGION = 1 << 36
+# Region numbers go round after this many (2**63 bytes is the file size limit).
+_REGIONS = (1 << 62) // REGION
+_ALIGN = 64
+
+# The walk that wraps bytes, bytearrays and memoryviews visits at most this
+# many objects: big buffers deep inside huge structures stay in band.
+_WALK_BUDGET = 10000
+
+
+# ---- wrapping what pickle keeps in band ---------------------------------------
+
+def _memoryview_of(buf, fmt, shape):
+    return memoryview(buf).cast("B").cast(fmt, shape)
+
+
+class _Bytes:
+    """bytes or bytearray sent out of band when large (in band otherwise)."""
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __reduce_ex__(self, protocol):
+        return type(self.obj), (PickleBuffer(self.obj),)
+
+
+class _View:
+    """A memoryview, which pickle refuses: sent as its bytes, and rebuilt
+    with its format and shape."""
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __reduce_ex__(self, protocol):
+        mv = self.obj
+        fmt, shape = mv.format, mv.shape
+        raw = mv if mv.c_contiguous else memoryview(mv.tobytes())
+        try:
+            raw.cast("B").cast(fmt, shape)  # what the receiver does
+        except (TypeError, ValueError):
+            fmt, shape = "B", (mv.nbytes,)  # a format cast cannot make: as bytes
+        return _memoryview_of, (PickleBuffer(raw), fmt, shape)
+
+
+def _is_ndarray(t):
+    return t.__name__ == "ndarray" and t.__module__ == "numpy"
+
+
+def _wrap(obj, budget):
+    """obj with its big bytes and bytearrays, its memoryviews and its big
+    non-contiguous numpy arrays made ready for protocol 5, looking into
+    lists, tuples and dicts. budget is a one-item list counting down."""
+    budget[0] -= 1
+    t = type(obj)
+    if t is bytes or t is bytearray:
+        return _Bytes(obj) if len(obj) >= THRESHOLD else obj
+    if t is memoryview:
+        return _View(obj)
+    if t is list or t is tuple:
+        out = None
+        for i, v in enumerate(obj):
+            if budget[0] <= 0:
+                break
+            tv = type(v)
+            if tv is int or tv is float or tv is str or v is None:
+                budget[0] -= 1
+                continue
+            w = _wrap(v, budget)
+            if w is not v:
+                if out is None:
+                    out = list(obj)
+                out[i] = w
+        if out is None:
+            return obj
+        return out if t is list else tuple(out)
+    if t is dict:
+        out = None
+        for k, v in obj.items():
+            if budget[0] <= 0:
+                break
+            w = _wrap(v, budget)
+            if w is not v:
+                if out is None:
+                    out = dict(obj)
+                out[k] = w
+        return obj if out is None else out
+    if _is_ndarray(t) and obj.nbytes >= THRESHOLD and not obj.dtype.hasobject \
+            and not (obj.flags.c_contiguous or obj.flags.f_contiguous):
+        import numpy
+        return numpy.ascontiguousarray(obj)  # as pickling it would
+    return obj
+
+
+def _callback(big):
+    def callback(pb):
+        raw = pb.raw()
+        if raw.nbytes < THRESHOLD:
+            return True
+        big.append(raw)
+        return False
+    return callback
+
+
+def _dumps(obj, big, pickler=None):
+    """Pickle obj with protocol 5, appending the raw memoryview of each
+    buffer of at least THRESHOLD bytes to big and leaving it out. A pickle
+    that is still big (bytes in band), or that failed (a memoryview), is
+    made again after _wrap: small payloads never pay for the walk."""
+    dump = pickler or _pdumps
+    try:
+        data = dump(obj, 5, buffer_callback=_callback(big))
+        if len(data) < THRESHOLD:
+            return data
+    except TypeError:
+        data = None
+    wrapped = _wrap(obj, [_WALK_BUDGET])
+    if wrapped is obj and data is not None:
+        return data  # big, but nothing to take out of band
+    del big[:]
+    return dump(wrapped, 5, buffer_callback=_callback(big))
+
+
+def _dumps_checked(obj, big):
+    """_dumps for workers that do not import the client's __main__ module:
+    what is defined there makes it fall back to _pickling.dumps_payload
+    (cloudpickle, or a TypeError saying what to do), in band."""
+    import io
+    from ._pickling import _FromMain, _MainChecker, dumps_payload
+
+    def dump(o, protocol, buffer_callback):
+        buf = io.BytesIO()
+        _MainChecker(buf, protocol, buffer_callback=buffer_callback).dump(o)
+        return buf.getvalue()
+    try:
+        return _dumps(obj, big, dump)
+    except _FromMain:
+        del big[:]
+        return dumps_payload(obj, False)
+
+
+def _layout(bufs):
+    """(offset, length) of each buffer laid out with alignment, and the total."""
+    spans, off = [], 0
+    for b in bufs:
+        spans.append((off, b.nbytes))
+        off = (off + b.nbytes + _ALIGN - 1) // _ALIGN * _ALIGN
+    return spans, off
+
+
+def _pwrite_all(fd, buf, offset):
+    view = memoryview(buf).cast("B")
+    while view.nbytes:
+        n = os.pwrite(fd, view[:1 << 30], offset)
+        view, offset = view[n:], offset + n
+
+
+def _pread_into(fd, buf, offset):
+    view = memoryview(buf)
+    while view.nbytes:
+        n = os.preadv(fd, [view[:1 << 30]], offset)
+        if n == 0:
+            raise EOFError("safepool: an out-of-band buffer was cut short")
+        view, offset = view[n:], offset + n
+
+
+def dumpable() -> bool:
+    """Whether other processes of this user may open this process's
+    descriptors through /proc (prctl PR_GET_DUMPABLE)."""
+    import ctypes
+    return ctypes.CDLL(None).prctl(3, 0, 0, 0, 0) == 1
+
+
+def open_fd(pid, fd, ino, flags=os.O_RDONLY):
+    """Open the file that process pid holds as fd, through /proc, checking
+    its inode (fd numbers are reused)."""
+    own = os.open("/proc/%d/fd/%d" % (pid, fd), flags | os.O_CLOEXEC)
+    try:
+        if os.fstat(own).st_ino != ino:
+            raise OSError("safepool: descriptor %d of process %d is no longer the memory file" % (fd, pid))
+    except BaseException:
+        os.close(own)
+        raise
+    return own
+
+
+# ---- the client's side ---------------------------------------------------------
+
+class _Inbox:
+    """The client's sparse memory file that workers write results into."""
+
+    def __init__(self):
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)  # the interpreter's C library (ctypes.util imports subprocess)
+        self._fallocate = libc.fallocate
+        self._fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong)
+        if not dumpable():
+            # Workers could not open this process's descriptors through /proc.
+            raise OSError("this process is not dumpable")
+        self.pid = os.getpid()
+        self.fd = os.memfd_create("safepool-inbox", os.MFD_CLOEXEC)
+        self.ino = os.fstat(self.fd).st_ino
+        self._next = 0
+        self._lock = allocate_lock()
+
+    def region(self):
+        with self._lock:
+            self._next = self._next % (_REGIONS - 1) + 1
+            return self._next
+
+    def punch(self, region):
+        # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE: free the region's pages.
+        self._fallocate(self.fd, 0x02 | 0x01, region * REGION, REGION)
+
+
+_inbox = [None]  # (pid, _Inbox, or False where results stay in band)
+_inbox_lock = allocate_lock()
+
+
+def _client_inbox():
+    pid = os.getpid()
+    cur = _inbox[0]
+    if cur is not None and cur[0] == pid:
+        return cur[1]
+    with _inbox_lock:
+        cur = _inbox[0]
+        if cur is None or cur[0] != pid:  # none yet, or a forked child's
+            try:
+                box = _Inbox()
+            except (OSError, AttributeError, ImportError):
+                box = False  # no memfd, no fallocate, or not dumpable: all in band
+            cur = _inbox[0] = (pid, box)
+    return cur[1]
+
+
+class Ticket:
+    """What a task's out-of-band data holds in the client: its argument file
+    and its inbox region. release() frees both; garbage collection does too."""
+    __slots__ = ("fd", "inbox", "region", "__weakref__")
+
+    def __init__(self, fd, inbox, region):
+        self.fd, self.inbox, self.region = fd, inbox, region
+
+    def release(self):
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+        box, self.inbox = self.inbox, None
+        if box:
+            box.punch(self.region)
+
+    def __del__(self):
+        try:
+            self.release()
+        except Exception:
+            pass
+
+
+def encode(obj, main_importable=True):
+    """Pickle a task's payload obj for a worker: returns (payload, ticket).
+    The caller keeps ticket while the task may still run (a retry sends the
+    same payload), and releases it when the task has ended (decode() does,
+    and so does garbage collection)."""
+    box = _client_inbox()
+    region = box.region() if box else 0
+    big = []
+    if not box:  # no memfd, or workers cannot open this process's: in band
+        from ._pickling import dumps_payload
+        return (_dumps_inband(obj) if main_importable else dumps_payload(obj, False)), None
+    data = _dumps(obj, big) if main_importable else _dumps_checked(obj, big)
+    fd, ino, spans, size = -1, 0, (), 0
+    if big:
+        try:
+            fd = os.memfd_create("safepool-args", os.MFD_CLOEXEC)
+        except OSError:  # out of descriptors, say: in band
+            big = []
+            data = _dumps_inband(obj)
+        else:
+            spans, size = _layout(big)
+            try:
+                os.ftruncate(fd, size)
+                for (off, _), b in zip(spans, big):
+                    _pwrite_all(fd, b, off)
+            except BaseException:
+                os.close(fd)
+                raise
+            ino = os.fstat(fd).st_ino
+    ticket = Ticket(fd, box or None, region)
+    head = _TASK.pack(ENVELOPE, os.getpid(), box.fd if box else -1, box.ino if box else 0, region,
+                      fd, ino, size, len(spans))
+    return b"".join([head] + [_SPAN.pack(*s) for s in spans] + [data]), ticket
+
+
+def _dumps_inband(obj):
+    try:
+        return _pdumps(obj, 5)
+    except TypeError:  # a memoryview
+        return _pdumps(_wrap(obj, [_WALK_BUDGET]), 5)
+
+
+def decode(data, ticket=None):
+    """Unpickle a worker's result in the client, copying its big buffers out
+    of the task's inbox region; then release ticket (the task has ended)."""
+    try:
+        if not data or data[0] != ENVELOPE:
+            return _loads(data)
+        _, region, n = _RESULT.unpack_from(data)
+        pos = _RESULT.size
+        spans = [_SPAN.unpack_from(data, pos + i * _SPAN.size) for i in range(n)]
+        pos += n * _SPAN.size
+        box = _client_inbox()
+        if not box:
+            raise OSError("safepool: a result came out of band but this process has no inbox")
+        end = max(off + length for off, length in spans)
+        whole = bytearray(end)
+        _pread_into(box.fd, whole, region * REGION)
+        view = memoryview(whole)
+        return _loads(memoryview(data)[pos:], buffers=[view[off:off + length] for off, length in spans])
+    finally:
+        if ticket is not None:
+            ticket.release()
+
+
+# ---- the worker's side ---------------------------------------------------------
+
+# The task being run: (client pid, inbox fd, inbox inode, region), or None.
+_reply = [None]
+_inbox_fds = {}  # (pid, fd, inode) -> this worker's descriptor of that inbox
+
+
+def worker_decode(payload):
+    """Unpickle a task's payload in a worker, mapping its big buffers, and
+    remember where its result's big buffers go."""
+    if not payload or payload[0] != ENVELOPE:
+        _reply[0] = None
+        return _loads(payload)
+    _, pid, box_fd, box_ino, region, fd, ino, size, n = _TASK.unpack_from(payload)
+    _reply[0] = (pid, box_fd, box_ino, region) if box_fd >= 0 else None
+    pos = _TASK.size
+    spans = [_SPAN.unpack_from(payload, pos + i * _SPAN.size) for i in range(n)]
+    pos += n * _SPAN.size
+    buffers = ()
+    if n:
+        own = open_fd(pid, fd, ino)
+        try:
+            mm = mmap.mmap(own, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(own)
+        view = memoryview(mm)
+        buffers = [view[off:off + length] for off, length in spans]
+    return _loads(memoryview(payload)[pos:], buffers=buffers)
+
+
+def _worker_inbox(reply):
+    pid, fd, ino, _ = reply
+    key = (pid, fd, ino)
+    own = _inbox_fds.get(key)
+    if own is None:
+        own = open_fd(pid, fd, ino, os.O_RDWR)
+        _inbox_fds[key] = own
+    return own
+
+
+def worker_encode(obj):
+    """Pickle a batch's result in a worker, writing its big buffers into the
+    task's inbox region when the client gave one."""
+    reply = _reply[0]
+    if reply is None:
+        return _dumps_inband(obj)
+    big = []
+    data = _dumps(obj, big)
+    if not big:
+        return data
+    spans, size = _layout(big)
+    try:
+        if size > REGION:
+            raise OSError("result too large for its region")
+        fd = _worker_inbox(reply)
+        base = reply[3] * REGION
+        for (off, _), b in zip(spans, big):
+            _pwrite_all(fd, b, base + off)
+    except OSError:
+        return _dumps_inband(obj)  # no room, or no access: through the pipe
+    head = _RESULT.pack(ENVELOPE, reply[3], len(spans))
+    return b"".join([head] + [_SPAN.pack(*s) for s in spans] + [data])
