@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	_ "modernc.org/sqlite" // the pure-Go SQLite driver, registered as "sqlite"
@@ -487,83 +488,89 @@ func preview(b []byte) string {
 	return string(out)
 }
 
-// bucketed reads a series in at most MaxPoints spans of time, the highest
-// value of each span (SQLite takes the bare column at from the row of the
-// MAX).
-const bucketed = `SELECT at, MAX(value) FROM sample WHERE run_id = ?1 AND series = ?2 AND worker_pid = ?3
-	GROUP BY (at - ?4) * ?5 / ?6 ORDER BY at`
+// bucketed reads series in at most MaxPoints spans of time each, the
+// highest value of each span (SQLite takes the bare column at from the
+// row of the MAX), in one pass over the run's samples: ?1 run, ?2 the
+// run's start, ?3 MaxPoints, ?4 the run's length plus one; the caller adds
+// which samples.
+const bucketed = `SELECT series, worker_pid, at, MAX(value) FROM sample WHERE run_id = ?1 AND %s
+	GROUP BY series, worker_pid, (at - ?2) * ?3 / ?4 ORDER BY series, worker_pid, at`
 
-func (l *loader) series(ctx context.Context, name string, pid int) ([]Point, error) {
+// series reads the series of the samples that where selects into
+// dst[series][pid].
+func (l *loader) series(ctx context.Context, where string, dst map[string]map[int][]Point) error {
 	span := max(l.end-l.t0, 1)
-	rows, err := l.db.QueryContext(ctx, bucketed, l.r.ID, name, pid, l.t0, int64(l.opt.MaxPoints), span+1)
+	rows, err := l.db.QueryContext(ctx, fmt.Sprintf(bucketed, where), l.r.ID, l.t0, int64(l.opt.MaxPoints), span+1)
 	if err != nil {
-		return nil, l.fail("reading samples", err)
+		return l.fail("reading samples", err)
 	}
-	var pts []Point
 	for rows.Next() {
-		var at, v int64
-		if err := rows.Scan(&at, &v); err != nil {
+		var (
+			series string
+			pid    int
+			at, v  int64
+		)
+		if err := rows.Scan(&series, &pid, &at, &v); err != nil {
 			rows.Close()
-			return nil, l.fail("reading samples", err)
+			return l.fail("reading samples", err)
 		}
-		pts = append(pts, Point{At: time.Duration(at - l.t0), Value: v})
+		if dst[series] == nil {
+			dst[series] = map[int][]Point{}
+		}
+		dst[series][pid] = append(dst[series][pid], Point{At: time.Duration(at - l.t0), Value: v})
 	}
 	if err := closeRows(rows); err != nil {
-		return nil, l.fail("reading samples", err)
+		return l.fail("reading samples", err)
 	}
-	return pts, nil
+	return nil
 }
 
 func (l *loader) loadSeries(ctx context.Context) error {
 	r := l.r
-	for _, s := range []struct {
-		name string
-		dst  *[]Point
-	}{
-		{"total", &r.Total}, {"budget", &r.Budgets}, {"limit", &r.Limits},
-		{"running", &r.Running}, {"allowed", &r.Allowed},
-	} {
-		pts, err := l.series(ctx, s.name, 0)
-		if err != nil {
-			return err
-		}
-		*s.dst = pts
+	got := map[string]map[int][]Point{}
+	if err := l.series(ctx, "worker_pid = 0 AND series IN ('total', 'budget', 'limit', 'running', 'allowed')", got); err != nil {
+		return err
 	}
+	r.Total, r.Budgets, r.Limits = got["total"][0], got["budget"][0], got["limit"][0]
+	r.Running, r.Allowed = got["running"][0], got["allowed"][0]
 	return nil
 }
 
 func (l *loader) loadWorkers(ctx context.Context) error {
 	r := l.r
-	var n int
-	if err := l.db.QueryRowContext(ctx, `SELECT COUNT(DISTINCT worker_pid) FROM sample
-		WHERE run_id = ? AND series = 'worker'`, r.ID).Scan(&n); err != nil {
-		return l.fail("counting workers", err)
-	}
 	rows, err := l.db.QueryContext(ctx, `SELECT worker_pid, MAX(value) m FROM sample
-		WHERE run_id = ? AND series = 'worker' GROUP BY worker_pid ORDER BY m DESC, worker_pid LIMIT ?`,
-		r.ID, l.opt.MaxWorkers)
+		WHERE run_id = ? AND series = 'worker' GROUP BY worker_pid ORDER BY m DESC, worker_pid`, r.ID)
 	if err != nil {
 		return l.fail("reading workers", err)
 	}
+	var pids []string
+	n := 0
 	for rows.Next() {
 		var w WorkerSeries
 		if err := rows.Scan(&w.PID, &w.Peak); err != nil {
 			rows.Close()
 			return l.fail("reading workers", err)
 		}
-		r.WorkerSeries = append(r.WorkerSeries, w)
+		n++
+		if len(r.WorkerSeries) < l.opt.MaxWorkers {
+			r.WorkerSeries = append(r.WorkerSeries, w)
+			pids = append(pids, strconv.Itoa(w.PID))
+		}
 	}
 	if err := closeRows(rows); err != nil {
 		return l.fail("reading workers", err)
 	}
-	for i := range r.WorkerSeries {
-		pts, err := l.series(ctx, "worker", r.WorkerSeries[i].PID)
-		if err != nil {
-			return err
-		}
-		r.WorkerSeries[i].Points = pts
-	}
 	r.WorkersLeftOut = n - len(r.WorkerSeries)
+	if len(pids) == 0 {
+		return nil
+	}
+	got := map[string]map[int][]Point{}
+	if err := l.series(ctx, "series = 'worker' AND worker_pid IN ("+strings.Join(pids, ",")+")", got); err != nil {
+		return err
+	}
+	for i := range r.WorkerSeries {
+		r.WorkerSeries[i].Points = got["worker"][r.WorkerSeries[i].PID]
+	}
 	return nil
 }
 

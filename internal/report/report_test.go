@@ -146,7 +146,7 @@ func syntheticRun(t *testing.T, j *testJournal, n, workers int, length, step tim
 // bounds, and the failed tasks are all in the table.
 func TestBounds(t *testing.T) {
 	j := newTestJournal(t)
-	syntheticRun(t, j, 5000, 60, 10*time.Minute, 100*time.Millisecond)
+	syntheticRun(t, j, 5000, 60, 2*time.Minute, 100*time.Millisecond)
 	opt := report.Options{MaxRows: 300, MaxPoints: 200, MaxWorkers: 10}
 	r, err := report.Load(context.Background(), j.path, opt)
 	if err != nil {
