@@ -226,8 +226,8 @@ func TestPageInChromium(t *testing.T) {
 			t.Errorf("%s: %d elements, want %d", sel, got, want)
 		}
 	}
-	if n := eval[int](t, ctx, `document.querySelectorAll("#chart-memory polyline.worker").length`); n < 3 {
-		t.Errorf("%d worker lines in the memory chart, want at least the 3 workers", n)
+	if n := eval[int](t, ctx, `document.querySelectorAll("#chart-memory polyline.worker").length`); n < 4 {
+		t.Errorf("%d worker lines in the memory chart, want at least the 4 workers", n)
 	}
 	// Drawn: the lines span the chart, not a point in a corner.
 	for _, sel := range []string{"#chart-memory polyline.total", "#chart-concurrency polyline.running"} {

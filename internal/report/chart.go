@@ -273,7 +273,8 @@ func memoryChart(r *Run) *chart {
 }
 
 // concurrencyChart draws the attempts running and the concurrency the
-// governor allowed, under -j.
+// governor allowed, under -j; the dashed line of what was allowed goes
+// over the line of what ran, where they meet.
 func concurrencyChart(r *Run) *chart {
 	span := r.Span()
 	top := int64(r.Workers)
@@ -296,13 +297,13 @@ func concurrencyChart(r *Run) *chart {
 		c.Lines = append(c.Lines, line{Class: "jobs", Points: s.steps(constant(int64(r.Workers), span), span), Title: "-j"})
 		c.Legend = append(c.Legend, legendItem{"jobs", fmt.Sprintf("-j %d", r.Workers)})
 	}
-	if len(r.Allowed) > 0 {
-		c.Lines = append(c.Lines, line{Class: "allowed", Points: s.steps(r.Allowed, span), Title: "allowed by the memory governor"})
-		c.Legend = append(c.Legend, legendItem{"allowed", "allowed by the memory governor"})
-	}
 	if len(r.Running) > 0 {
 		c.Lines = append(c.Lines, line{Class: "running", Points: s.steps(r.Running, span), Title: "attempts running"})
 		c.Legend = append(c.Legend, legendItem{"running", "running"})
+	}
+	if len(r.Allowed) > 0 {
+		c.Lines = append(c.Lines, line{Class: "allowed", Points: s.steps(r.Allowed, span), Title: "allowed by the memory governor"})
+		c.Legend = append(c.Legend, legendItem{"allowed", "allowed by the memory governor"})
 	}
 	c.marks(s, r.Marks)
 	c.markLegend(r)

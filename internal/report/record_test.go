@@ -285,8 +285,8 @@ func (r *recorder) write(t *testing.T, j *testJournal, runID int64, command stri
 	}
 }
 
-// recordRun runs a small real workload and journals it: three line
-// workers, each capped at 160 MiB in its own memory cgroup, under a 400
+// recordRun runs a small real workload and journals it: four line
+// workers, each capped at 160 MiB in its own memory cgroup, under a 320
 // MiB budget, over 30 tasks that hold 10 to 90 MiB for 100 to 600 ms. Task
 // 8 allocates without end on its first attempt, is OOM-killed and retried;
 // task 17 does so on every attempt and fails with oom; task 23's worker
@@ -308,10 +308,10 @@ func recordRun(t *testing.T) (j *testJournal, runID int64) {
 		Command:   []string{os.Args[0], "-test.run=^$"},
 		Env:       append(os.Environ(), workerEnv+"=line"),
 		Protocol:  pool.Line,
-		Workers:   3,
+		Workers:   4,
 		Retries:   1,
 		MemLimit:  160 << 20,
-		MemBudget: 400 << 20,
+		MemBudget: 320 << 20,
 		Observer:  rec.observe,
 	}
 	started := time.Now()
@@ -343,9 +343,9 @@ func recordRun(t *testing.T) (j *testJournal, runID int64) {
 	j = newTestJournal(t)
 	command := strings.Join(cfg.Command, " ")
 	runID = j.addRun(t, runRow{started: started, ended: time.Now(), kind: "map", command: command,
-		argv: []string{"safepool", "map", "-j", "3", "--retries", "1", "--mem-limit", "160MiB",
-			"--mem-budget", "400MiB", "--", "./worker"},
-		workers: 3, memoryMode: p.MemoryMode(), budget: cfg.MemBudget, limit: cfg.MemLimit, exitStatus: 1})
+		argv: []string{"safepool", "map", "-j", "4", "--retries", "1", "--mem-limit", "160MiB",
+			"--mem-budget", "320MiB", "--", "./worker"},
+		workers: 4, memoryMode: p.MemoryMode(), budget: cfg.MemBudget, limit: cfg.MemLimit, exitStatus: 1})
 	rec.write(t, j, runID, command, inputs)
 	return j, runID
 }

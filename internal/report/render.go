@@ -61,7 +61,7 @@ func Write(w io.Writer, r *Run, opt Options) error {
 	d := &pageData{
 		R:           r,
 		Command:     r.Command,
-		Started:     r.Started.UTC().Format("2006-01-02 15:04:05 UTC"),
+		Started:     r.Started.UTC().Format("2006-01-02 15:04:05Z"),
 		Span:        shortDuration(r.Span()),
 		Budget:      sizeOrNone(r.Budget),
 		Limit:       sizeOrNone(r.Limit),

@@ -50,8 +50,8 @@ func TestRecordedRun(t *testing.T) {
 		t.Errorf("series: %d total, %d running, %d allowed, %d workers; want samples in each",
 			len(r.Total), len(r.Running), len(r.Allowed), len(r.WorkerSeries))
 	}
-	if r.Limit != 160<<20 || r.Budget != 400<<20 {
-		t.Errorf("Limit, Budget = %d, %d; want 160 MiB and 400 MiB", r.Limit, r.Budget)
+	if r.Limit != 160<<20 || r.Budget != 320<<20 {
+		t.Errorf("Limit, Budget = %d, %d; want 160 MiB and 320 MiB", r.Limit, r.Budget)
 	}
 	if os.Getenv("REPORT_OUT") != "" {
 		var b bytes.Buffer
