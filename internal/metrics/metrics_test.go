@@ -7,9 +7,9 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"runtime/debug"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -37,7 +37,6 @@ func TestMain(m *testing.M) {
 // for MS milliseconds, "hog" never, as it allocates until it is killed.
 func lineWorker() {
 	in := bufio.NewReader(os.Stdin)
-	var keep [][]byte
 	for {
 		line, err := in.ReadString('\n')
 		if err != nil {
@@ -49,26 +48,32 @@ func lineWorker() {
 			mb, ms, _ := strings.Cut(arg, ":")
 			n, _ := strconv.Atoi(mb)
 			d, _ := strconv.Atoi(ms)
-			b := make([]byte, n<<20)
-			for i := 0; i < len(b); i += 4096 {
-				b[i] = 1
-			}
+			b := touch(n << 20)
 			time.Sleep(time.Duration(d) * time.Millisecond)
-			keep = append(keep, b)
-			keep = nil
-			debug.FreeOSMemory()
+			syscall.Munmap(b)
 		case "hog":
 			for {
-				b := make([]byte, 16<<20)
-				for i := 0; i < len(b); i += 4096 {
-					b[i] = 1
-				}
-				keep = append(keep, b)
+				touch(16 << 20)
 				time.Sleep(5 * time.Millisecond)
 			}
 		}
 		fmt.Println("ok")
 	}
+}
+
+// touch maps n bytes of anonymous memory and touches every page. The
+// memory is outside the Go heap, so that a worker built with -race (this
+// test binary) holds what it is asked to, without the race detector's
+// shadow of it.
+func touch(n int) []byte {
+	b, err := syscall.Mmap(-1, 0, n, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	if err != nil {
+		panic(err)
+	}
+	for i := 0; i < len(b); i += 4096 {
+		b[i] = 1
+	}
+	return b
 }
 
 func requireCgroups(t *testing.T) {

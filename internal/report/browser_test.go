@@ -285,17 +285,17 @@ func TestPageInChromium(t *testing.T) {
 	}
 }
 
-// TestPageBoundsInChromium loads the pages of a run of 5000 tasks and
+// TestPageBoundsInChromium loads the pages of a run of 3000 tasks and
 // many samples, and of a run with no samples at all: both render, the
 // first with the table bounded, the second saying there is nothing to draw.
 func TestPageBoundsInChromium(t *testing.T) {
-	ctx := newBrowser(t)
 	j := newTestJournal(t)
-	big := syntheticRun(t, j, 5000, 60, 2*time.Minute, 100*time.Millisecond)
+	big := syntheticRun(t, j, 3000, 10, 2*time.Minute, 500*time.Millisecond)
 	start := time.Unix(1_700_000_000, 0)
 	bare := j.addRun(t, runRow{started: start, kind: "run", command: "true", argv: []string{"safepool", "run", "true"},
 		workers: 2, memoryMode: "no-cgroup", exitStatus: -1})
 	j.exec(t, `INSERT INTO task (run_id, id, key, input, state) VALUES (?, 1, 'k', 'x', 'pending')`, bare)
+	ctx := newBrowser(t)
 
 	tests := []struct {
 		name  string
@@ -303,7 +303,7 @@ func TestPageBoundsInChromium(t *testing.T) {
 		rows  int
 		empty int // charts that say they have nothing to draw
 	}{
-		{"5000 tasks", big, 2000, 0},
+		{"3000 tasks", big, 2000, 0},
 		{"no samples", bare, 1, 2},
 	}
 	for _, tt := range tests {

@@ -7,10 +7,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,6 +27,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(workerEnv) != "" {
 		os.Exit(lineWorker())
 	}
+	if path := os.Getenv(writerEnv); path != "" {
+		os.Exit(killedWriter(path))
+	}
 	os.Exit(m.Run())
 }
 
@@ -42,15 +45,16 @@ func lineWorker() int {
 	}
 }
 
-// sink keeps what "work" allocates reachable until it is released.
-var sink [][]byte
-
 // behave does what input asks:
 //
 //	work:MB:MS      hold MB MiB for MS milliseconds, then free it and answer
 //	hog             allocate and touch memory until killed
 //	once:FILE:VERB  do VERB the first time (FILE does not exist yet), work:8:50 afterwards
 //	exit:N          exit with status N
+//
+// Memory is mapped outside the Go heap, so that a worker built with -race
+// (this test binary) holds what it is asked to, without the race
+// detector's shadow of it.
 func behave(in string) string {
 	verb, arg, _ := strings.Cut(in, ":")
 	switch verb {
@@ -60,24 +64,18 @@ func behave(in string) string {
 		d, _ := strconv.Atoi(ms)
 		// Grow in ten steps over the first half, so the samples see a
 		// ramp, then hold.
+		var held [][]byte
 		for i := 0; i < 10; i++ {
-			b := make([]byte, n<<20/10)
-			for j := 0; j < len(b); j += 4096 {
-				b[j] = 1
-			}
-			sink = append(sink, b)
+			held = append(held, touch(n<<20/10))
 			time.Sleep(time.Duration(d) * time.Millisecond / 20)
 		}
 		time.Sleep(time.Duration(d) * time.Millisecond / 2)
-		sink = nil
-		debug.FreeOSMemory()
+		for _, b := range held {
+			syscall.Munmap(b)
+		}
 	case "hog":
 		for {
-			b := make([]byte, 16<<20)
-			for j := 0; j < len(b); j += 4096 {
-				b[j] = 1
-			}
-			sink = append(sink, b)
+			touch(16 << 20)
 			time.Sleep(10 * time.Millisecond)
 		}
 	case "once":
@@ -92,6 +90,18 @@ func behave(in string) string {
 		os.Exit(n)
 	}
 	return "ok:" + in
+}
+
+// touch maps n bytes of anonymous memory and touches every page.
+func touch(n int) []byte {
+	b, err := syscall.Mmap(-1, 0, n, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	if err != nil {
+		panic(err)
+	}
+	for i := 0; i < len(b); i += 4096 {
+		b[i] = 1
+	}
+	return b
 }
 
 // requireCgroups skips (or, in CI, fails) a test that needs a memory
