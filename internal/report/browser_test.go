@@ -208,6 +208,7 @@ func TestPageInChromium(t *testing.T) {
 	if err := report.Write(&b, r, report.Options{}); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("page: %d bytes", b.Len())
 	page, w := openPage(t, ctx, b.Bytes())
 
 	counts := map[string]int{
@@ -316,6 +317,7 @@ func TestPageBoundsInChromium(t *testing.T) {
 			if err := report.Write(&b, r, report.Options{}); err != nil {
 				t.Fatal(err)
 			}
+			t.Logf("page: %d bytes", b.Len())
 			page, w := openPage(t, ctx, b.Bytes())
 			if got := eval[int](t, ctx, `document.querySelectorAll("#tasks tbody tr").length`); got != tt.rows {
 				t.Errorf("%d rows, want %d", got, tt.rows)

@@ -301,6 +301,7 @@ func (l *loader) loadRun(ctx context.Context) error {
 		}
 		l.end = max(last.Int64, l.t0)
 	}
+	l.end = max(l.end, l.t0) // a clock that stepped back draws nothing rather than a negative axis
 	r.Ended = time.Unix(0, l.end)
 	return nil
 }
@@ -391,80 +392,94 @@ var taskSelect = `SELECT t.id, substr(t.input, 1, ` + strconv.Itoa(inputPreview)
 	COALESCE((SELECT SUM(a.ended - a.started) FROM attempt a WHERE a.run_id = t.run_id AND a.task_id = t.id), 0) AS runtime
 	FROM task t WHERE t.run_id = ?1`
 
+// rowPicks choose the tasks of a run too large for the table, by id
+// alone (?1 the run, ?2 how many): every task that did not end done, then
+// the longest-running, then the largest. Only the rows picked are read
+// whole.
+var rowPicks = []string{
+	`SELECT id FROM task WHERE run_id = ?1 AND state NOT IN ('done', 'skipped') ORDER BY id LIMIT ?2`,
+	`SELECT task_id FROM attempt WHERE run_id = ?1 GROUP BY task_id ORDER BY SUM(ended - started) DESC, task_id LIMIT ?2`,
+	`SELECT id FROM task WHERE run_id = ?1 ORDER BY peak DESC, id LIMIT ?2`,
+}
+
 func (l *loader) loadRows(ctx context.Context) error {
 	r := l.r
 	limit := l.opt.MaxRows
-	var queries []string
 	if r.Tasks <= limit {
-		queries = []string{taskSelect + " ORDER BY t.id LIMIT ?2"}
-	} else {
-		// Every task that did not end done first, then the longest and
-		// the largest of the rest, a half of what is left each.
-		queries = []string{
-			taskSelect + " AND t.state NOT IN ('done', 'skipped') ORDER BY t.id LIMIT ?2",
-			taskSelect + " ORDER BY runtime DESC, t.id LIMIT ?2",
-			taskSelect + " ORDER BY t.peak DESC, t.id LIMIT ?2",
+		if err := l.readRows(ctx, taskSelect+" ORDER BY t.id", r.ID); err != nil {
+			return err
 		}
+		r.RowsLeftOut = r.Tasks - len(r.Rows)
+		return nil
 	}
+	var ids []int64
 	seen := map[int64]bool{}
-	for i, q := range queries {
-		room := limit - len(r.Rows)
+	for i, q := range rowPicks {
+		room := limit - len(ids)
 		if i == 1 {
-			room = (room + 1) / 2
+			room = (room + 1) / 2 // the longest half, the largest the other half
 		}
 		if room <= 0 {
 			break
 		}
-		if err := l.readRows(ctx, q, room, seen); err != nil {
-			return err
+		// Ask for room more than are seen already: those come again.
+		rows, err := l.db.QueryContext(ctx, q, r.ID, room+len(seen))
+		if err != nil {
+			return l.fail("choosing tasks", err)
+		}
+		for added := 0; added < room && rows.Next(); {
+			var id int64
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return l.fail("choosing tasks", err)
+			}
+			if !seen[id] {
+				seen[id] = true
+				ids = append(ids, id)
+				added++
+			}
+		}
+		if err := closeRows(rows); err != nil {
+			return l.fail("choosing tasks", err)
 		}
 	}
-	slices.SortFunc(r.Rows, func(a, b TaskRow) int {
-		switch {
-		case a.ID < b.ID:
-			return -1
-		case a.ID > b.ID:
-			return 1
-		}
-		return 0
-	})
+	list := make([]string, len(ids))
+	for i, id := range ids {
+		list[i] = strconv.FormatInt(id, 10)
+	}
+	// The ids are integers read from the journal, safe to write into the
+	// query; a read-only connection cannot fill a temporary table.
+	q := taskSelect + " AND t.id IN (" + strings.Join(list, ",") + ") ORDER BY t.id"
+	if err := l.readRows(ctx, q, r.ID); err != nil {
+		return err
+	}
 	r.RowsLeftOut = r.Tasks - len(r.Rows)
 	return nil
 }
 
-// readRows appends up to room tasks that q reads and that are not yet in
-// seen. q reads more than room rows when some are already seen, so it is
-// asked for room more than were seen.
-func (l *loader) readRows(ctx context.Context, q string, room int, seen map[int64]bool) error {
-	rows, err := l.db.QueryContext(ctx, q, l.r.ID, room+len(seen))
+// readRows appends the tasks that q reads.
+func (l *loader) readRows(ctx context.Context, q string, args ...any) error {
+	rows, err := l.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return l.fail("reading tasks", err)
 	}
-	added := 0
-	for rows.Next() && added < room {
+	for rows.Next() {
 		var (
-			t           TaskRow
-			input       []byte
-			cause       sql.NullString
-			peak        sql.NullInt64
-			runtime     int64
-			attemptsCol int
+			t       TaskRow
+			input   []byte
+			cause   sql.NullString
+			peak    sql.NullInt64
+			runtime int64
 		)
-		if err := rows.Scan(&t.ID, &input, &t.State, &attemptsCol, &cause, &peak, &runtime); err != nil {
+		if err := rows.Scan(&t.ID, &input, &t.State, &t.Attempts, &cause, &peak, &runtime); err != nil {
 			rows.Close()
 			return l.fail("reading tasks", err)
 		}
-		if seen[t.ID] {
-			continue
-		}
-		seen[t.ID] = true
 		t.Input = preview(input)
-		t.Attempts = attemptsCol
 		t.Cause = cause.String
 		t.Peak = peak.Int64
 		t.Runtime = time.Duration(runtime)
 		l.r.Rows = append(l.r.Rows, t)
-		added++
 	}
 	if err := closeRows(rows); err != nil {
 		return l.fail("reading tasks", err)
