@@ -143,4 +143,3 @@ var markKinds = []string{"oom", "preempted", "retry", "poison"}
 
 // inputPreview is how much of a task's input the table shows.
 const inputPreview = 120
-
