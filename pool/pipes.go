@@ -224,17 +224,5 @@ func writeTasks(w io.Writer, msgs <-chan []byte, errc chan<- error) {
 
 // appendTask appends a task frame to buf, ready for the pipe.
 func appendTask(buf []byte, id uint64, payload []byte) []byte {
-	b := frameBuffer(buf)
-	w := protocol.NewWriter(&b)
-	_ = w.WriteFrame(protocol.Frame{Kind: protocol.KindTask, ID: id, Payload: payload})
-	_ = w.Flush()
-	return b
-}
-
-// frameBuffer collects one encoded frame.
-type frameBuffer []byte
-
-func (b *frameBuffer) Write(p []byte) (int, error) {
-	*b = append(*b, p...)
-	return len(p), nil
+	return protocol.AppendFrame(buf, uint8(protocol.KindTask), id, payload)
 }

@@ -233,18 +233,19 @@ def reading(med, wmed, pmed, kill):
                  "the targets are at least 1x and 3x: %s. Against multiprocessing with spawn, "
                  "which like safepool starts fresh interpreters, it is %.2fx."
                  % (sp / mp, sp / ppe, "met" if met else "not met", sp / spawn))
-    lines.append("- At this size the fixed cost dominates: a safepool pool that runs 2 tasks "
+    lines.append("- The fixed cost: a safepool pool that runs 2 tasks "
                  "(start, then terminate) takes %.0f ms, against %.0f ms for the whole %d-task "
                  "map (%.0f ms with multiprocessing's fork pool)."
                  % (1000 * n / empty, 1000 * n / sp, n, 1000 * n / mp))
     lines.append("- Of the phases of one safepool map (%.0f ms in all), the import took %.1f ms, "
                  "`Pool(2)` %.0f ms (the binary starts; the client's own imports run meanwhile), "
-                 "`map` %.0f ms, most of it waiting for the workers, which are fresh interpreters "
-                 "that import the script, and terminate %.0f ms."
+                 "`map` %.0f ms (the workers, fresh interpreters that import the script, start, "
+                 "then run the tasks), and terminate %.0f ms."
                  % (pmed["total"], pmed["import"], pmed["start"], pmed["map"], pmed["terminate"]))
     lines.append("- On a running pool, `safepool.Pool.map` did %.2fx the throughput of "
-                 "`multiprocessing.Pool.map`: each batch crosses the supervisor (two pipes) "
-                 "and carries per-item timings." % (wmed["safepool_map"] / wmed["mp_pool_chunked"]))
+                 "`multiprocessing.Pool.map`: every item is a task of the supervisor's pool, "
+                 "with a frame each way on both pipes and a record of its attempts, where "
+                 "multiprocessing sends chunks of many items as one message." % (wmed["safepool_map"] / wmed["mp_pool_chunked"]))
     for variant, label in KILL:
         rs = kill[variant]
         got = sorted(r["got"] for r in rs)[len(rs) // 2]

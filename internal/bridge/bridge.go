@@ -2,9 +2,11 @@
 // pipes. The client (the Python package in python/safepool) sends a Hello
 // with the pool's configuration and then tasks; the bridge runs them on a
 // pool.Pool of framed workers and sends back each task's outcome with its
-// attempts, and, when a worker died while running a batch of items, which
-// item it was running. The wire format, bridge/1, is specified in
-// docs/protocol.md.
+// attempts. Each task is one item of the client's (one call of a Python
+// function), so the pool's policy (retries, the memory governor's OOM retry,
+// poison) applies to it as to any task, and a worker death is blamed on the
+// item whose start frame came last. The wire format, bridge/2, is specified
+// in docs/protocol.md.
 package bridge
 
 import (
@@ -17,6 +19,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -25,11 +28,28 @@ import (
 )
 
 // Version is the bridge protocol version that Hello and Ready carry.
-const Version = 1
+// Version 1 ran batches of items as one task under the client's own policy;
+// version 2 runs one item per task under the pool's.
+const Version = 2
 
-// EnvBlameDir names the environment variable that tells workers where to keep
-// their blame files. See readBlame.
-const EnvBlameDir = "SAFEPOOL_BLAME_DIR"
+// VersionError is the error of a session whose client speaks another version
+// of the bridge protocol. The bridge sends its text to the client in an end
+// frame, which a client of any version can read, before it gives up.
+type VersionError struct {
+	// Client is the version in the client's hello.
+	Client int
+}
+
+func (e *VersionError) Error() string {
+	if e.Client < Version {
+		return fmt.Sprintf("bridge: the client speaks bridge/%d and this safepool binary bridge/%d: "+
+			"the client is older than the binary; install the client and the binary from the same "+
+			"release (the Python package bundles its own binary)", e.Client, Version)
+	}
+	return fmt.Sprintf("bridge: the client speaks bridge/%d and this safepool binary bridge/%d: "+
+		"the binary is older than the client; install the client and the binary from the same release",
+		e.Client, Version)
+}
 
 // Hello is the client's first frame: the pool to run.
 type Hello struct {
@@ -75,10 +95,14 @@ type Hello struct {
 	Backoff    float64 `json:"backoff"`
 	MaxBackoff float64 `json:"max_backoff"`
 	// TaskErrorRetries is pool.Config.TaskErrorRetries: extra attempts for
-	// a task whose worker reported a failure and stayed alive. The Python
-	// worker reports a raised exception inside its result, per item, so
-	// the Python client applies this budget to items itself.
+	// a task whose worker reported a failure (an error frame) and stayed
+	// alive.
 	TaskErrorRetries int `json:"task_error_retries"`
+	// Retries and OnWorkerDeath are pool.Config's: extra attempts after
+	// worker deaths, and what a death does ("retry", "skip" or "abort";
+	// empty means the pool's default).
+	Retries       int    `json:"retries"`
+	OnWorkerDeath string `json:"on_worker_death"`
 }
 
 // TaskMeta is the options of one task sent in a KindTaskMeta frame. Zero
@@ -133,10 +157,6 @@ type Meta struct {
 	State string `json:"state"`
 	// Attempts lists the task's attempts in order.
 	Attempts []Attempt `json:"attempts"`
-	// Item is, when the last attempt ended in a worker death, the index of
-	// the item the worker was running according to its blame file, and -1
-	// when that is unknown or there was no death.
-	Item int64 `json:"item"`
 }
 
 // Attempt is one pool.Attempt on the wire; the fields mean what
@@ -157,7 +177,10 @@ type Attempt struct {
 	Signal string `json:"signal,omitempty"`
 	// PeakRSS is the attempt's peak memory in bytes; 0 means unknown.
 	PeakRSS int64 `json:"peak_rss"`
-	// Message gives detail, such as the tail of the worker's stderr.
+	// Message gives detail, such as the tail of the worker's stderr. For a
+	// task error it is the worker's error payload up to its first NUL byte
+	// (the rest, if any, is the worker's own record, sent as the result's
+	// output).
 	Message string `json:"message,omitempty"`
 }
 
@@ -204,13 +227,18 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opt Options) error 
 		return fmt.Errorf("bridge: bad hello: %w", err)
 	}
 	if h.Version != Version {
-		return fmt.Errorf("bridge: client speaks version %d, want %d", h.Version, Version)
+		// Say why to the client, which raises it: an end frame reads the
+		// same in every version.
+		verr := &VersionError{Client: h.Version}
+		_ = writeJSON(bw, KindEnd, End{Error: verr.Error()})
+		_ = bw.Flush()
+		return verr
 	}
-	dir, err := makeBlameDir()
-	if err != nil {
+	if _, err := actionOf(h.OnWorkerDeath); err != nil {
+		_ = writeJSON(bw, KindEnd, End{Error: err.Error()})
+		_ = bw.Flush()
 		return err
 	}
-	defer os.RemoveAll(dir)
 	if opt.Stdout == nil {
 		opt.Stdout = os.Stdout
 	}
@@ -219,7 +247,6 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opt Options) error 
 	}
 	window := maxPending(h)
 	cfg := configOf(h)
-	cfg.Env = append(os.Environ(), EnvBlameDir+"="+dir)
 	cfg.Stdout, cfg.Stderr = opt.Stdout, opt.Stderr
 	p, err := pool.New(cfg)
 	if err != nil {
@@ -253,7 +280,7 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opt Options) error 
 		}
 	}()
 
-	werr := writeResults(bw, p, dir)
+	werr := writeResults(bw, p)
 	end := End{Stats: p.Stats()}
 	if err := p.Err(); err != nil {
 		end.Error = err.Error()
@@ -280,7 +307,8 @@ func configOf(h Hello) pool.Config {
 		Command:           h.Command,
 		Protocol:          pool.Framed,
 		Workers:           h.Workers,
-		OnWorkerDeath:     pool.Skip, // the client applies its policy per item
+		OnWorkerDeath:     pool.Action(h.OnWorkerDeath),
+		Retries:           h.Retries,
 		TaskErrorRetries:  h.TaskErrorRetries,
 		Backoff:           seconds(h.Backoff),
 		MaxBackoff:        seconds(h.MaxBackoff),
@@ -298,6 +326,19 @@ func configOf(h Hello) pool.Config {
 		MaxPending:        maxPending(h),
 		Grace:             seconds(h.Grace),
 	}
+}
+
+// actionOf returns the pool.Action that the hello's on_worker_death names;
+// empty is the pool's default.
+func actionOf(s string) (pool.Action, error) {
+	if s == "" {
+		return "", nil
+	}
+	a, err := pool.ParseAction(s)
+	if err != nil {
+		return "", fmt.Errorf("bridge: bad on_worker_death in the hello: %w", err)
+	}
+	return a, nil
 }
 
 // maxPending returns the pool's MaxPending for h, which is also the most
@@ -363,7 +404,7 @@ func readTasks(ctx context.Context, br *bufio.Reader, p *pool.Pool) {
 
 // writeResults sends every result of p to the client. On a write error it
 // kills the pool and goes on reading its results until they end.
-func writeResults(bw *bufio.Writer, p *pool.Pool, dir string) error {
+func writeResults(bw *bufio.Writer, p *pool.Pool) error {
 	var werr error
 	results := p.Results()
 	for {
@@ -386,28 +427,38 @@ func writeResults(bw *bufio.Writer, p *pool.Pool, dir string) error {
 		if werr != nil {
 			continue
 		}
-		meta, err := json.Marshal(metaOf(&r, dir))
+		meta, err := json.Marshal(metaOf(&r))
 		if err != nil {
 			return fmt.Errorf("bridge: encoding a result: %w", err)
 		}
 		var n [4]byte
 		binary.BigEndian.PutUint32(n[:], uint32(len(meta)))
-		if werr = writeFrame(bw, KindResult, r.ID, n[:], meta, r.Output); werr != nil {
+		out := r.Output
+		if r.State == pool.Failed && r.Cause() == pool.CauseTaskError {
+			// The worker's error payload whole: a client's worker may put
+			// a record of its own after a NUL (the Python worker puts the
+			// pickled exception there).
+			out = []byte(r.Attempts[len(r.Attempts)-1].Message)
+		}
+		if werr = writeFrame(bw, KindResult, r.ID, n[:], meta, out); werr != nil {
 			killPool(p, errParentGone)
 		}
 	}
 }
 
-func metaOf(r *pool.Result, dir string) Meta {
-	m := Meta{State: string(r.State), Item: -1, Attempts: make([]Attempt, len(r.Attempts))}
+func metaOf(r *pool.Result) Meta {
+	m := Meta{State: string(r.State), Attempts: make([]Attempt, len(r.Attempts))}
 	for i, a := range r.Attempts {
+		msg := a.Message
+		if a.Cause == pool.CauseTaskError {
+			if k := strings.IndexByte(msg, 0); k >= 0 {
+				msg = msg[:k]
+			}
+		}
 		m.Attempts[i] = Attempt{
 			Number: a.Number, PID: a.WorkerPID, Start: unixSeconds(a.Start), End: unixSeconds(a.End),
-			Cause: string(a.Cause), ExitCode: a.ExitCode, Signal: a.Signal, PeakRSS: a.PeakRSS, Message: a.Message,
+			Cause: string(a.Cause), ExitCode: a.ExitCode, Signal: a.Signal, PeakRSS: a.PeakRSS, Message: msg,
 		}
-	}
-	if n := len(r.Attempts); n > 0 && r.Attempts[n-1].Cause.IsWorkerDeath() {
-		m.Item = readBlame(dir, r.Attempts[n-1].WorkerPID, r.ID)
 	}
 	return m
 }

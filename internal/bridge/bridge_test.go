@@ -2,14 +2,12 @@ package bridge
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
-	"fmt"
 	"io"
 	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -19,10 +17,11 @@ import (
 	"github.com/safepool/safepool/pool"
 )
 
-// The test binary doubles as a framed worker that runs batches the way the
-// Python worker does: a task "N K" has N items; the worker records each item
-// in its blame file and kills itself with SIGKILL on item K (-1: never). A
-// task "sleep" sleeps for a minute.
+// The test binary doubles as a framed worker that runs one item per task,
+// as the Python worker does: a task "die" kills the worker with SIGKILL
+// after its start frame, "fail" answers with an error frame whose payload
+// is a text, a NUL and a record, "sleep" sleeps for a minute, and any other
+// task is answered "did " and the task.
 func TestMain(m *testing.M) {
 	if os.Getenv("SAFEPOOL_BRIDGE_TEST_WORKER") == "1" {
 		os.Exit(helperWorker())
@@ -38,29 +37,21 @@ func helperWorker() int {
 		out.Flush()
 	}
 	send(protocol.Frame{Kind: protocol.KindReady, Payload: protocol.ReadyPayload()})
-	blame := filepath.Join(os.Getenv(EnvBlameDir), strconv.Itoa(os.Getpid()))
 	for {
 		f, err := in.ReadFrame()
 		if err != nil {
 			return 0
 		}
 		send(protocol.Frame{Kind: protocol.KindStart, ID: f.ID})
-		if string(f.Payload) == "sleep" {
+		switch string(f.Payload) {
+		case "sleep":
 			time.Sleep(time.Minute)
-		}
-		var n, k int
-		fmt.Sscan(string(f.Payload), &n, &k)
-		for i := 0; i < n; i++ {
-			var b [blameFileSize]byte
-			binary.LittleEndian.PutUint64(b[0:8], f.ID)
-			binary.LittleEndian.PutUint64(b[8:16], uint64(i))
-			if err := os.WriteFile(blame, b[:], 0o600); err != nil {
-				return 1
-			}
-			if i == k {
-				syscall.Kill(os.Getpid(), syscall.SIGKILL)
-				time.Sleep(time.Minute)
-			}
+		case "die":
+			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			time.Sleep(time.Minute)
+		case "fail":
+			send(protocol.Frame{Kind: protocol.KindError, ID: f.ID, Payload: []byte("it failed\x00\xff\x01record")})
+			continue
 		}
 		send(protocol.Frame{Kind: protocol.KindResult, ID: f.ID, Payload: append([]byte("did "), f.Payload...)})
 	}
@@ -157,41 +148,92 @@ func result(t *testing.T, f frame) (Meta, string) {
 	return m, string(f.payload[4+n:])
 }
 
-func TestBatchesAndBlame(t *testing.T) {
-	s := start(t, Hello{Workers: 2})
+// results reads n result frames.
+func (s *session) results(n int) (map[uint64]Meta, map[uint64]string) {
+	s.t.Helper()
+	got := map[uint64]Meta{}
+	outs := map[uint64]string{}
+	for len(got) < n {
+		f := s.next()
+		got[f.id], outs[f.id] = result(s.t, f)
+	}
+	return got, outs
+}
+
+// TestPipelinedDeathBlame: tasks pipelined to one worker, which dies on
+// the third. Only the third is charged; the two it answered stay done, and
+// the two sent behind it run again, uncharged, on the next worker.
+func TestPipelinedDeathBlame(t *testing.T) {
+	s := start(t, Hello{Workers: 1, Pipeline: 5, OnWorkerDeath: "skip"})
 	if f := s.next(); f.kind != KindReady {
 		t.Fatalf("first frame kind = %d, want ready", f.kind)
 	}
-	tasks := map[uint64]string{1: "3 -1", 2: "5 3", 3: "4 -1"}
-	for id := uint64(1); id <= 3; id++ {
-		s.send(KindTask, id, []byte(tasks[id]))
+	tasks := []string{"", "a", "b", "die", "c", "d"}
+	for id := 1; id < len(tasks); id++ {
+		s.send(KindTask, uint64(id), []byte(tasks[id]))
 	}
-	got := map[uint64]Meta{}
-	outs := map[uint64]string{}
-	for len(got) < 3 {
-		f := s.next()
-		got[f.id], outs[f.id] = result(t, f)
-	}
-	for _, id := range []uint64{1, 3} {
-		if got[id].State != "done" || outs[id] != "did "+tasks[id] || got[id].Item != -1 {
-			t.Errorf("task %d = %+v %q, want done with its output", id, got[id], outs[id])
+	got, outs := s.results(5)
+	for id := 1; id < len(tasks); id++ {
+		m := got[uint64(id)]
+		if tasks[id] == "die" {
+			if m.State != "failed" || len(m.Attempts) != 1 || m.Attempts[0].Cause != "signal:SIGKILL" {
+				t.Errorf("task %d = %+v, want failed once with signal:SIGKILL", id, m)
+			}
+			continue
+		}
+		if m.State != "done" || outs[uint64(id)] != "did "+tasks[id] || len(m.Attempts) != 1 || m.Attempts[0].Number != 1 {
+			t.Errorf("task %d = %+v %q, want done at its first attempt", id, m, outs[uint64(id)])
 		}
 	}
-	m := got[2]
-	if m.State != "failed" || len(m.Attempts) != 1 || m.Attempts[0].Cause != "signal:SIGKILL" {
-		t.Errorf("task 2 = %+v, want failed once with signal:SIGKILL", m)
-	}
-	if m.Item != 3 {
-		t.Errorf("task 2 blamed item = %d, want 3", m.Item)
+	if got[1].Attempts[0].PID != got[3].Attempts[0].PID || got[4].Attempts[0].PID == got[3].Attempts[0].PID {
+		t.Errorf("pids: answered %d, died %d, behind %d: want the first two equal, the last another",
+			got[1].Attempts[0].PID, got[3].Attempts[0].PID, got[4].Attempts[0].PID)
 	}
 	s.send(KindClose, 0, nil)
 	f := s.next()
-	if f.kind != KindEnd {
-		t.Fatalf("last frame kind = %d, want end", f.kind)
-	}
 	var end End
-	if err := json.Unmarshal(f.payload, &end); err != nil || end.Error != "" || end.Stats.Done != 2 {
-		t.Errorf("end = %+v (%v), want no error and 2 done", end, err)
+	if f.kind != KindEnd || json.Unmarshal(f.payload, &end) != nil || end.Error != "" || end.Stats.Done != 4 {
+		t.Errorf("end = %d %s, want no error and 4 done", f.kind, f.payload)
+	}
+}
+
+// TestPolicyIsThePools: the hello's retries and on_worker_death apply to
+// every task, and a task error's whole payload comes back as the output.
+func TestPolicyIsThePools(t *testing.T) {
+	s := start(t, Hello{Workers: 1, Retries: 2, OnWorkerDeath: "retry", Backoff: 0.001,
+		TaskErrorRetries: 1})
+	s.next() // ready
+	s.send(KindTask, 1, []byte("die"))
+	s.send(KindTask, 2, []byte("fail"))
+	got, outs := s.results(2)
+	if m := got[1]; m.State != "failed" || len(m.Attempts) != 3 {
+		t.Errorf("task 1 = %+v, want failed after 3 attempts", m)
+	}
+	m := got[2]
+	if m.State != "failed" || len(m.Attempts) != 2 || m.Attempts[1].Message != "it failed" {
+		t.Errorf("task 2 = %+v, want failed after 2 attempts with the message before the NUL", m)
+	}
+	if outs[2] != "it failed\x00\xff\x01record" {
+		t.Errorf("task 2 output = %q, want the whole error payload", outs[2])
+	}
+	s.send(KindClose, 0, nil)
+}
+
+// TestAbortPolicy: on_worker_death "abort" aborts the session on the first
+// death; the end frame says why.
+func TestAbortPolicy(t *testing.T) {
+	s := start(t, Hello{Workers: 1, OnWorkerDeath: "abort"})
+	s.next() // ready
+	s.send(KindTask, 1, []byte("die"))
+	s.send(KindTask, 2, []byte("sleep"))
+	got, _ := s.results(2)
+	if got[1].State != "failed" || got[2].State != "cancelled" {
+		t.Errorf("states = %q, %q, want failed, cancelled", got[1].State, got[2].State)
+	}
+	f := s.next()
+	var end End
+	if f.kind != KindEnd || json.Unmarshal(f.payload, &end) != nil || end.Error == "" {
+		t.Errorf("end = %d %s, want an error", f.kind, f.payload)
 	}
 }
 
@@ -255,7 +297,7 @@ func TestAbortFrame(t *testing.T) {
 	s := start(t, Hello{Workers: 1})
 	s.next() // ready
 	s.send(KindTask, 1, []byte("sleep"))
-	s.send(KindTask, 2, []byte("1 -1"))
+	s.send(KindTask, 2, []byte("x"))
 	s.send(KindAbort, 0, nil)
 	for i := 0; i < 2; i++ {
 		if m, _ := result(t, s.next()); m.State != "cancelled" {
@@ -273,9 +315,11 @@ func TestBadHello(t *testing.T) {
 		hello string
 		want  string
 	}{
-		{"version", `{"version":9,"command":["true"]}`, "version 9"},
+		{"version", `{"version":9,"command":["true"]}`, "the binary is older than the client"},
+		{"old client", `{"version":1,"command":["true"]}`, "the client is older than the binary"},
 		{"json", `{`, "bad hello"},
-		{"command", `{"version":1,"command":["/nonexistent/worker"]}`, "starting the pool"},
+		{"policy", `{"version":2,"command":["true"],"on_worker_death":"maybe"}`, "on_worker_death"},
+		{"command", `{"version":2,"command":["/nonexistent/worker"]}`, "starting the pool"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -285,56 +329,29 @@ func TestBadHello(t *testing.T) {
 			writeFrame(bw, KindHello, 0, []byte(tt.hello))
 			bw.Flush()
 			in = bufio.NewReader(strings.NewReader(buf.String()))
-			err := Serve(context.Background(), in, io.Discard, Options{})
+			var out bytes.Buffer
+			err := Serve(context.Background(), in, &out, Options{})
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("Serve(%s) = %v, want an error containing %q", tt.hello, err, tt.want)
 			}
-		})
-	}
-}
-
-func TestReadBlame(t *testing.T) {
-	dir := t.TempDir()
-	write := func(pid int, id, item uint64) {
-		var b [blameFileSize]byte
-		binary.LittleEndian.PutUint64(b[0:8], id)
-		binary.LittleEndian.PutUint64(b[8:16], item)
-		if err := os.WriteFile(filepath.Join(dir, strconv.Itoa(pid)), b[:], 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write(10, 7, 4)
-	write(11, 6, 4)
-	if err := os.WriteFile(filepath.Join(dir, "12"), []byte("short"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	tests := []struct {
-		name string
-		pid  int
-		id   uint64
-		want int64
-	}{
-		{"match", 10, 7, 4},
-		{"other task", 11, 7, -1},
-		{"short file", 12, 7, -1},
-		{"no file", 13, 7, -1},
-		{"no pid", 0, 7, -1},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := readBlame(dir, tt.pid, tt.id); got != tt.want {
-				t.Errorf("readBlame(pid %d, task %d) = %d, want %d", tt.pid, tt.id, got, tt.want)
+			if tt.name == "json" || tt.name == "command" {
+				return
+			}
+			// The client is told why, in an end frame.
+			f, ferr := readFrame(bufio.NewReader(&out))
+			var end End
+			if ferr != nil || f.kind != KindEnd || json.Unmarshal(f.payload, &end) != nil ||
+				!strings.Contains(end.Error, tt.want) {
+				t.Errorf("Serve(%s) wrote %q, want an end frame with an error containing %q", tt.hello, out.String(), tt.want)
 			}
 		})
-	}
-	if _, err := os.Stat(filepath.Join(dir, "10")); !os.IsNotExist(err) {
-		t.Errorf("blame file of a dead worker still there: %v", err)
 	}
 }
 
 func TestConfigOfHello(t *testing.T) {
 	// The members as the Python client sends them.
-	const hello = `{"version": 1, "command": ["w"], "workers": 3, "mem_limit": 1024, "timeout": 1.5,
+	const hello = `{"version": 2, "command": ["w"], "workers": 3, "mem_limit": 1024, "timeout": 1.5,
+		"retries": 4, "on_worker_death": "retry",
 		"no_governor": true, "mem_budget": 2147483648, "mem_reserve": 1048576, "mem_per_task": 4096,
 		"preempt_above": 0.9, "preempt_psi": -1, "backoff": 0.25, "max_backoff": 2.0, "task_error_retries": 2}`
 	var h Hello
@@ -358,7 +375,8 @@ func TestConfigOfHello(t *testing.T) {
 		{"Backoff", cfg.Backoff, 250 * time.Millisecond},
 		{"MaxBackoff", cfg.MaxBackoff, 2 * time.Second},
 		{"TaskErrorRetries", cfg.TaskErrorRetries, 2},
-		{"OnWorkerDeath", cfg.OnWorkerDeath, pool.Skip},
+		{"OnWorkerDeath", cfg.OnWorkerDeath, pool.Retry},
+		{"Retries", cfg.Retries, 4},
 		{"MaxPending", cfg.MaxPending, maxPending(h)},
 	}
 	for _, tt := range tests {
@@ -379,7 +397,7 @@ func TestTaskMetaTimeout(t *testing.T) {
 	var n [4]byte
 	binary.BigEndian.PutUint32(n[:], uint32(len(meta)))
 	s.send(KindTaskMeta, 1, append(append(n[:], meta...), "sleep"...))
-	s.send(KindTask, 2, []byte("2 -1"))
+	s.send(KindTask, 2, []byte("x"))
 	got := map[uint64]Meta{}
 	outs := map[uint64]string{}
 	for len(got) < 2 {
@@ -389,7 +407,7 @@ func TestTaskMetaTimeout(t *testing.T) {
 	if m := got[1]; m.State != "failed" || len(m.Attempts) != 1 || m.Attempts[0].Cause != "timeout" {
 		t.Errorf("task 1 = %+v, want failed once with timeout", m)
 	}
-	if m := got[2]; m.State != "done" || outs[2] != "did 2 -1" {
+	if m := got[2]; m.State != "done" || outs[2] != "did x" {
 		t.Errorf("task 2 = %+v %q, want done", m, outs[2])
 	}
 	s.send(KindClose, 0, nil)

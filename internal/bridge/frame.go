@@ -2,9 +2,10 @@ package bridge
 
 import (
 	"bufio"
-	"encoding/binary"
 	"fmt"
 	"io"
+
+	"github.com/safepool/safepool/internal/protocol"
 )
 
 // Kind says what a bridge frame means. The header layout is the framed
@@ -39,10 +40,8 @@ const (
 	KindEnd Kind = 18
 )
 
-const headerSize = 13
-
 // maxPayload bounds a frame's payload, as in the worker protocol.
-const maxPayload = 1 << 30
+const maxPayload = protocol.DefaultMaxPayload
 
 // frame is one message between the client and the bridge.
 type frame struct {
@@ -52,12 +51,12 @@ type frame struct {
 }
 
 func readFrame(r *bufio.Reader) (frame, error) {
-	var hdr [headerSize]byte
+	var hdr [protocol.HeaderSize]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return frame{}, err // io.EOF between frames, io.ErrUnexpectedEOF inside one
 	}
-	n := binary.BigEndian.Uint32(hdr[0:4])
-	f := frame{kind: Kind(hdr[4]), id: binary.BigEndian.Uint64(hdr[5:13])}
+	n, kind, id := protocol.ParseHeader(hdr[:])
+	f := frame{kind: Kind(kind), id: id}
 	if n > maxPayload {
 		return frame{}, fmt.Errorf("bridge: %d-byte payload is over the limit", n)
 	}
@@ -83,11 +82,8 @@ func writeFrame(w *bufio.Writer, kind Kind, id uint64, parts ...[]byte) error {
 	if n > maxPayload {
 		return fmt.Errorf("bridge: %d-byte payload is over the limit", n)
 	}
-	var hdr [headerSize]byte
-	binary.BigEndian.PutUint32(hdr[0:4], uint32(n))
-	hdr[4] = byte(kind)
-	binary.BigEndian.PutUint64(hdr[5:13], id)
-	if _, err := w.Write(hdr[:]); err != nil {
+	var hdr [protocol.HeaderSize]byte
+	if _, err := w.Write(protocol.AppendHeader(hdr[:0], uint8(kind), id, n)); err != nil {
 		return err
 	}
 	for _, p := range parts {

@@ -14,7 +14,6 @@ package protocol
 
 import (
 	"bufio"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -183,10 +182,7 @@ func (w *Writer) WriteFrame(f Frame) error {
 	if err := check(w.off, f.Kind, f.ID, n, math.MaxUint32); err != nil {
 		return err
 	}
-	binary.BigEndian.PutUint32(w.hdr[0:4], uint32(n))
-	w.hdr[4] = byte(f.Kind)
-	binary.BigEndian.PutUint64(w.hdr[5:13], f.ID)
-	if _, err := w.w.Write(w.hdr[:]); err != nil {
+	if _, err := w.w.Write(AppendHeader(w.hdr[:0], uint8(f.Kind), f.ID, int(n))); err != nil {
 		return err
 	}
 	if _, err := w.w.Write(f.Payload); err != nil {
@@ -255,8 +251,9 @@ func (r *Reader) readFrame() (Frame, error) {
 	if err != nil {
 		return Frame{}, err // io.EOF at a boundary, io.ErrUnexpectedEOF inside a header
 	}
-	size := uint64(binary.BigEndian.Uint32(r.hdr[0:4]))
-	f := Frame{Kind: Kind(r.hdr[4]), ID: binary.BigEndian.Uint64(r.hdr[5:13])}
+	n32, kind, id := ParseHeader(r.hdr[:])
+	size := uint64(n32)
+	f := Frame{Kind: Kind(kind), ID: id}
 	if ferr := check(start, f.Kind, f.ID, size, r.maxPayload); ferr != nil {
 		return Frame{}, ferr
 	}

@@ -1,49 +1,48 @@
 """The client side of the bridge protocol: one safepool binary per pool.
 
 A _Core takes over a ``safepool __bridge`` process that _launch started,
-with its two pipes, sends it the pool's configuration and then batches of
-items ("chunks"), and turns the results it sends back into per-item
-outcomes for the jobs (map, imap, apply_async calls) that own them. When a worker dies in the middle of a chunk, the
-bridge says which item was running: only that item is charged and goes
-through the retry/skip/abort policy; the other items of the chunk are sent
-again, uncharged.
+with its two pipes, sends it the pool's configuration and then the items of
+the jobs (map, imap, apply_async calls), each item one task of the binary's
+pool, and turns the results it sends back into per-item outcomes for the
+jobs that own them. The binary applies the pool's whole policy to each item
+(retries after a worker death or an exception, backoff, the memory
+governor's OOM retry, poison, abort); the client only delivers what it says,
+with the attempts it reports.
+
+A job's items travel in chunks: the items of a chunk are written to the
+binary together, one frame each, and its pool sends several to a worker
+ahead of its answers (the hello's pipeline depth). Which item a worker was
+running when it died is the pool's business: each answer names its item.
 
 Threads: the caller's threads create jobs and queue chunks; one writer
-thread pickles and sends chunks (so that no thread that handles results
-ever blocks on a full pipe); one reader thread receives results and settles
+thread pickles and sends items (so that no thread that handles results ever
+blocks on a full pipe); one reader thread receives results and settles
 items. Both are daemons and end when the binary's pipes close.
 
-Flow control: the writer keeps at most the binary's max_pending chunks
-sent without a result; the others wait here. The binary reads frames only
-while its queue has room, so a client that sent more could not get an
-abort frame read until a task ends, and with every worker busy for long,
-terminate() would hang behind a full pipe.
+Flow control: the writer keeps at most the binary's max_pending items sent
+without a result; the others wait here. The binary reads frames only while
+its queue has room, so a client that sent more could not get an abort frame
+read until a task ends, and with every worker busy for long, terminate()
+would hang behind a full pipe.
 """
 from __future__ import annotations
 
-import array
 import atexit
-import heapq
 import io
-import itertools
 import json
 import pickle
-import struct
 import threading
 import time
 import weakref
 
 from ._pickling import dumps_function, dumps_payload  # noqa: F401  (dumps_function: the jobs' import)
-
-HEADER = struct.Struct(">IBQ")
-K_HELLO, K_TASK, K_CLOSE, K_ABORT, K_TASK_META = 1, 2, 3, 4, 5
-K_READY, K_RESULT, K_END = 16, 17, 18
-META_LEN = struct.Struct(">I")
-
-MAP, STAR, APPLY = 0, 1, 2
-OK, BATCH_ERROR = 0, 1
+from ._protocol import (APPLY, ERROR_RECORD, HEADER, K_ABORT, K_CLOSE, K_END, K_READY, K_RESULT,  # noqa: F401
+                        K_TASK, K_TASK_META, MAP, META_LEN, OK, RAISED, STAR)
 
 _live_cores = weakref.WeakSet()
+
+# The causes of attempts that did not end in a worker death.
+_NOT_DEATHS = frozenset(("", "task-error", "preempted", "cancelled"))
 
 
 def _at_exit():
@@ -68,39 +67,44 @@ def _errors():
 
 
 class _Chunk:
-    """A batch of items of one job, sent to a worker as one task."""
+    """Items of one job, written to the binary together."""
 
-    __slots__ = ("job", "positions", "items", "fresh", "start_by")
+    __slots__ = ("job", "positions", "items", "start_by")
 
-    def __init__(self, job, positions, items, fresh=True, start_by=0.0):
+    def __init__(self, job, positions, items, start_by=0.0):
         self.job = job
         self.positions = positions  # a range, or a list of positions in the job
         self.items = items
-        self.fresh = fresh  # never sent: not items sent again after a worker death
         # Unix time after which the items that have not started are
         # skipped (wait_timeout), or 0: set when the chunk is submitted.
         self.start_by = start_by
 
+    def split(self, n: int) -> "_Chunk":
+        """Keep the first n items; return a chunk of the others."""
+        rest = _Chunk(self.job, self.positions[n:], self.items[n:], self.start_by)
+        self.positions, self.items = self.positions[:n], self.items[:n]
+        return rest
+
 
 class _Core:
-    """One pool's binary, its pipes and the bookkeeping of chunks."""
+    """One pool's binary, its pipes and the bookkeeping of items."""
 
-    def __init__(self, launch, *, backoff: float = 0.05, max_backoff: float = 5.0, ahead: int = 0):
+    def __init__(self, launch, *, ahead: int = 0):
         """Take over launch (a started _launch.Launch, which sent the hello)
         and wait until its binary is ready. On failure, stop it and raise.
 
-        ahead bounds the chunks of windowed jobs (an Executor's futures)
+        ahead bounds the items of windowed jobs (an Executor's futures)
         sent without a result; 0 means no bound other than the binary's."""
         self.processes = launch.processes
         self.retries = launch.retries
         self.policy = launch.policy
         self.timeout = launch.timeout
-        self.task_error_retries = launch.options.task_error_retries
         # The pool's defaults of the per-call limits (a job's opts override them).
         self.soft_timeout = launch.options.soft_timeout
         self.retry_on = launch.options.retry_on
         self.wait_timeout = launch.options.wait_timeout
-        self.backoff, self.max_backoff = backoff, max_backoff
+        # Every exception is retried by the binary (not only retry_on's).
+        self.retry_all = launch.options.task_error_retries > 0
         self._launch = launch
         self._proc = launch.proc
         self.main_importable = launch.main is not None  # workers import the parent's __main__
@@ -109,16 +113,14 @@ class _Core:
         self._cond = threading.Condition(self._lock)  # writer's queue and job completion
         self._queue = []  # guarded by _lock: chunks to send, in order (a list used as FIFO via _qhead)
         self._qhead = 0
-        self._delayed = []  # guarded by _lock: heap of (not_before, seq, chunk) for retries
-        self._seq = itertools.count()
-        self._inflight: dict[int, _Chunk] = {}  # guarded by _lock: chunk id -> chunk sent
-        self._window = 0  # most chunks in _inflight (the binary's max_pending); 0: no limit
-        self._ahead = ahead  # most chunks of windowed jobs in _inflight; 0: no limit
-        self._ahead_used = 0  # guarded by _lock: chunks of windowed jobs in _inflight
+        self._inflight: dict[int, tuple] = {}  # guarded by _lock: task id -> (job, position, item)
+        self._window = 0  # most items in _inflight (the binary's max_pending); 0: no limit
+        self._ahead = ahead  # most items of windowed jobs in _inflight; 0: no limit
+        self._ahead_used = 0  # guarded by _lock: items of windowed jobs in _inflight
         self._next_id = 1  # only the writer thread uses it
         self._outstanding = 0  # guarded by _lock: items submitted and not settled
         self._control = []  # guarded by _lock: control frames for the writer (close, abort)
-        self._stopping = False  # guarded by _lock: no more chunks are sent
+        self._stopping = False  # guarded by _lock: no more items are sent
         self._draining = False  # guarded by _lock: no new chunks are accepted; those sent go on
         self._broken: BaseException | None = None  # why the pool cannot run tasks
         self._ended = threading.Event()  # the end frame or end of file arrived
@@ -128,8 +130,8 @@ class _Core:
         self._failed: list[tuple] = []  # guarded by _lock
         self._killed: list[tuple] = []  # guarded by _lock: (fn, mode, item) of items whose worker died
         self._abort_reason: BaseException | None = None  # set by the abort policy
-        self._aborted_chunks: list[_Chunk] = []  # the reader thread's: cancelled by the pool, not by us
-        self._stats: list[tuple] = []  # guarded by _lock: per settled chunk
+        self._aborted: list[tuple] = []  # the reader thread's: (job, pos, item) cancelled by the pool
+        self._stats: list[tuple] = []  # guarded by _lock: per item done
         # Called (from the reader thread) with the BrokenPool error when the
         # pool breaks; the Executor logs it, as ProcessPoolExecutor does.
         self.on_broken = None
@@ -171,28 +173,20 @@ class _Core:
         """Report whether new chunks are still accepted."""
         return not (self._stopping or self._draining)
 
-    def submit(self, chunk: _Chunk, count: bool = True):
-        """Queue chunk to be sent. count says the items are new; otherwise
-        they are sent again after a worker death, ahead of the new ones."""
-        if count:
-            wait = self.option(chunk.job, "wait_timeout", self.wait_timeout)
-            if wait:
-                chunk.start_by = time.time() + wait
+    def submit(self, chunk: _Chunk):
+        """Queue chunk's items to be sent."""
+        wait = self.option(chunk.job, "wait_timeout", self.wait_timeout)
+        if wait:
+            chunk.start_by = time.time() + wait
         with self._lock:
-            if count:
-                self._outstanding += len(chunk.items)
-            else:
-                chunk.fresh = False
-            if self._stopping or self._broken is not None or (self._draining and chunk.fresh):
+            self._outstanding += len(chunk.items)
+            if self._stopping or self._broken is not None or self._draining:
                 reason = self._broken
             else:
-                if count:
-                    self._queue.append(chunk)
-                else:
-                    self._queue.insert(self._qhead, chunk)
+                self._queue.append(chunk)
                 self._cond.notify_all()
                 return
-        self._cancel_chunk(chunk, reason)
+        self._cancel(chunk.job, chunk.positions, chunk.items, reason)
 
     @staticmethod
     def option(job, name, default):
@@ -205,16 +199,6 @@ class _Core:
                 return value
         return default
 
-    def _submit_later(self, chunk: _Chunk, delay: float):
-        chunk.fresh = False
-        with self._lock:
-            if not (self._stopping or self._broken is not None):
-                heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._seq), chunk))
-                self._cond.notify_all()
-                return
-            reason = self._broken
-        self._cancel_chunk(chunk, reason)
-
     # ---- writer thread -----------------------------------------------------
 
     def _write_frame(self, kind: int, ident: int, payload: bytes):
@@ -223,32 +207,33 @@ class _Core:
 
     def _take_locked(self):
         """The writer's next piece of work: ("control", kind), ("chunk",
-        chunk), ("wait", timeout) or ("exit", None). Called with _lock held."""
+        chunk), ("wait", None) or ("exit", None). A chunk is cut to the room
+        left in the window. Called with _lock held."""
         if self._control:
             return "control", self._control.pop(0)
-        if self._window and len(self._inflight) >= self._window:
+        room = self._window - len(self._inflight) if self._window else 1 << 30
+        if room <= 0 or self._qhead >= len(self._queue):
             if self._out is None or self._ended.is_set():
                 return "exit", None
-            return "wait", None  # the reader notifies when a result frees room
-        full = self._ahead and self._ahead_used >= self._ahead  # for windowed jobs only
-        due = None  # seconds until the first retry is due
-        if self._delayed:
-            due = self._delayed[0][0] - time.monotonic()
-            if full and self._delayed[0][2].job.windowed:
-                due = None  # the reader notifies when a result frees room
-            elif due <= 0:
-                return "chunk", heapq.heappop(self._delayed)[2]
-        if self._qhead < len(self._queue) and not (full and self._queue[self._qhead].job.windowed):
-            chunk = self._queue[self._qhead]
+            return "wait", None  # the reader or a submitter notifies
+        chunk = self._queue[self._qhead]
+        if chunk.job.windowed and self._ahead:
+            room = min(room, self._ahead - self._ahead_used)
+            if room <= 0:
+                if self._out is None or self._ended.is_set():
+                    return "exit", None
+                return "wait", None  # the reader notifies when a result frees room
+        if len(chunk.items) > room:
+            self._queue[self._qhead] = chunk.split(room)
+        else:
             self._queue[self._qhead] = None
             self._qhead += 1
             if self._qhead > 1024 and self._qhead * 2 > len(self._queue):
                 del self._queue[:self._qhead]
                 self._qhead = 0
-            return "chunk", chunk
-        if self._out is None or self._ended.is_set():
-            return "exit", None
-        return "wait", due
+        if chunk.job.windowed:
+            self._ahead_used += len(chunk.items)  # given back by _untrack, or by _send_chunk
+        return "chunk", chunk
 
     def _write_loop(self):
         # The lock is never held while writing: a write may block until the
@@ -260,15 +245,12 @@ class _Core:
                 with self._lock:
                     what, arg = self._take_locked()
                     if what == "wait" and flushed:
-                        self._cond.wait(arg)
+                        self._cond.wait()
                         continue
-                    ident = 0
-                    if what == "chunk":
-                        if self._stopping:
-                            what = "cancel"
-                        else:
-                            ident = self._next_id
-                            self._track(ident, arg)
+                    if what == "chunk" and self._stopping:
+                        what = "cancel"
+                        if arg.job.windowed:
+                            self._ahead_used -= len(arg.items)
                 if what == "exit":
                     return
                 if what == "wait":
@@ -281,75 +263,103 @@ class _Core:
                     self._out.flush()
                     flushed = True
                 elif what == "cancel":
-                    self._cancel_chunk(arg, None)
+                    self._cancel(arg.job, arg.positions, arg.items, None)
                 else:
-                    self._send_chunk(ident, arg)
+                    self._send_chunk(arg)
         except (OSError, ValueError, AttributeError):
             return  # the binary is gone (or our end closed); the reader reports it
 
-    def _send_chunk(self, ident: int, chunk: _Chunk):
+    def _limits_of(self, job, start_by):
+        """The limits that go with each of job's items to the worker."""
+        limits = {}
+        soft = self.option(job, "soft_timeout", self.soft_timeout)
+        if soft:
+            limits["soft"] = soft
+        if start_by:
+            limits["start_by"] = start_by
+            limits["wait"] = self.option(job, "wait_timeout", self.wait_timeout)
+        if self.retry_all:
+            limits["retry"] = True
+        retry_on = self.option(job, "retry_on", self.retry_on)
+        if retry_on:
+            limits["retry_on"] = retry_on
+        return limits
+
+    def _send_chunk(self, chunk: _Chunk):
+        """Pickle and write the items of chunk, one task each."""
         job = chunk.job
+        n = len(chunk.items)
         if not job.on_send():  # a future cancelled while queued
             with self._lock:
-                self._untrack(ident)
-                self._outstanding -= len(chunk.items)
+                self._give_back(job, n)
+                self._outstanding -= n
                 self._cond.notify_all()
             return
         if chunk.start_by and time.time() > chunk.start_by:
             # It waited here past its wait_timeout: it never runs.
             with self._lock:
-                self._untrack(ident)
+                self._give_back(job, n)
             self._fail_waited(job, chunk.positions, chunk.items)
             return
-        limits = {}
-        soft = self.option(job, "soft_timeout", self.soft_timeout)
-        if soft:
-            limits["soft"] = soft
-        if chunk.start_by:
-            limits["start_by"] = chunk.start_by
-            limits["wait"] = self.option(job, "wait_timeout", self.wait_timeout)
-        task = (job.mode, job.fn_bytes, chunk.items) + ((limits,) if limits else ())
-        try:
-            payload = dumps_payload(task, self.main_importable)
-        except Exception as e:
-            # As multiprocessing does, the caller gets the pickling error
-            # itself, for each item of the batch.
-            with self._lock:
-                self._untrack(ident)
-            for pos in chunk.positions:
+        limits = self._limits_of(job, chunk.start_by)
+        head = (job.mode, job.fn_bytes)
+        sent = []
+        for pos, item in zip(chunk.positions, chunk.items):
+            try:
+                payload = dumps_payload(head + (item, limits) if limits else head + (item,), self.main_importable)
+            except Exception as e:
+                # As multiprocessing does, the caller gets the pickling
+                # error itself.
+                with self._lock:
+                    self._give_back(job, 1)
                 self._settle(job, pos, False, e)
+                continue
+            sent.append((pos, item, payload))
+        if not sent:
             return
-        # Task numbers must follow each other without gaps: count only what
-        # is written.
-        self._next_id += 1
+        # Task numbers must follow each other without gaps: number only
+        # what is written, and record it before the answer can come.
+        ident = self._next_id
+        self._next_id += len(sent)
+        with self._lock:
+            inflight = self._inflight
+            for i, (pos, item, _) in enumerate(sent):
+                inflight[ident + i] = (job, pos, item)
         # The call's own timeout and memory hint go to the engine with the
         # task (docs/protocol.md, task+).
         meta = {name: job.opts[name] for name in ("timeout", "mem") if job.opts and job.opts.get(name)}
         if meta:
             head = json.dumps(meta).encode()
-            self._write_frame(K_TASK_META, ident, META_LEN.pack(len(head)) + head + payload)
+            head = META_LEN.pack(len(head)) + head
+            for i, (_, _, payload) in enumerate(sent):
+                self._write_frame(K_TASK_META, ident + i, head + payload)
         else:
-            self._write_frame(K_TASK, ident, payload)
+            write, pack = self._out.write, HEADER.pack
+            for i, (_, _, payload) in enumerate(sent):
+                write(pack(len(payload), K_TASK, ident + i))
+                write(payload)
 
-    def _track(self, ident: int, chunk: _Chunk):
-        """Record chunk as sent under ident. Called with _lock held."""
-        self._inflight[ident] = chunk
-        if chunk.job.windowed:
-            self._ahead_used += 1
+    def _give_back(self, job, n: int):
+        """Return the room of n items of job that were taken and not sent.
+        Called with _lock held."""
+        if job.windowed and self._ahead:
+            self._ahead_used -= n
+            self._cond.notify_all()
 
     def _untrack(self, ident: int):
-        """Forget the sent chunk ident and return it (None if unknown), and
-        wake the writer if that makes room. Called with _lock held."""
-        chunk = self._inflight.pop(ident, None)
-        if chunk is None:
+        """Forget the sent item ident and return (job, position, item), or
+        None if unknown, and wake the writer if that makes room. Called with
+        _lock held."""
+        sent = self._inflight.pop(ident, None)
+        if sent is None:
             return None
-        if chunk.job.windowed:
+        if sent[0].windowed:
             self._ahead_used -= 1
             if self._ahead_used + 1 == self._ahead:
                 self._cond.notify_all()
         if len(self._inflight) + 1 == self._window:
             self._cond.notify_all()
-        return chunk
+        return sent
 
     def _send_control(self, kind: int):
         with self._lock:
@@ -369,19 +379,19 @@ class _Core:
                 payload = read(length) if length else b""
                 if len(payload) < length:
                     break
-                if kind == K_READY:
-                    self._ready_info = json.loads(payload)
-                    self._ready.set()
-                elif kind == K_RESULT:
+                if kind == K_RESULT:
                     (n,) = META_LEN.unpack_from(payload)
                     meta = json.loads(payload[4:4 + n])
                     with self._lock:
-                        chunk = self._untrack(ident)
-                    if chunk is not None:
-                        self._on_result(chunk, meta, memoryview(payload)[4 + n:])
+                        sent = self._untrack(ident)
+                    if sent is not None:
+                        self._on_result(sent[0], sent[1], sent[2], meta, memoryview(payload)[4 + n:])
                     # Hold nothing of the task while waiting for the next
                     # frame: its arguments and results are the caller's.
-                    chunk = meta = payload = None
+                    sent = meta = payload = None
+                elif kind == K_READY:
+                    self._ready_info = json.loads(payload)
+                    self._ready.set()
                 elif kind == K_END:
                     self._end_info = json.loads(payload)
                     if not self._ready.is_set():
@@ -402,8 +412,16 @@ class _Core:
         """The binary sent its end frame or exited: settle everything left."""
         if not self._end_info and self._broken is None:
             code = self._proc.poll()
-            self._broken = _errors().BrokenPool("the safepool binary exited unexpectedly%s"
-                                      % ("" if code is None else " (status %s)" % code))
+            if not self._ready.is_set():
+                # A binary older than this client (bridge/1) refuses its
+                # hello without an end frame: it printed why on stderr.
+                self._broken = _errors().BrokenPool(
+                    "the safepool binary exited before it was ready%s; if it printed that the client "
+                    "speaks another version, install the client and the binary from the same release"
+                    % ("" if code is None else " (status %s)" % code))
+            else:
+                self._broken = _errors().BrokenPool("the safepool binary exited unexpectedly%s"
+                                                    % ("" if code is None else " (status %s)" % code))
         err = self._end_info.get("error")
         reason = self._broken
         if reason is None and err and not self._stopping:
@@ -411,124 +429,94 @@ class _Core:
             self._broken = reason
         with self._lock:
             self._stopping = True
-            chunks = list(self._inflight.values())
+            items = list(self._inflight.values())
             self._inflight.clear()
             self._ahead_used = 0
-            chunks += [c for c in self._queue[self._qhead:] if c is not None]
+            chunks = [c for c in self._queue[self._qhead:] if c is not None]
             self._queue, self._qhead = [], 0
-            chunks += [c for _, _, c in self._delayed]
-            self._delayed = []
-            chunks += self._aborted_chunks
-            self._aborted_chunks = []
+            items += self._aborted
+            self._aborted = []
             self._ended.set()
             self._cond.notify_all()
         self._ready.set()
+        for job, pos, item in items:
+            self._cancel(job, (pos,), (item,), reason)
         for c in chunks:
-            self._cancel_chunk(c, reason)
+            self._cancel(c.job, c.positions, c.items, reason)
         if self.on_broken is not None and isinstance(self._broken, _errors().BrokenPool):
             self.on_broken(self._broken)
 
-    def _on_result(self, chunk: _Chunk, meta: dict, output):
-        job = chunk.job
+    def _on_result(self, job, pos, item, meta: dict, output):
         state = meta.get("state")
-        attempts = meta.get("attempts") or []
+        attempts = meta.get("attempts") or ()
         last = attempts[-1] if attempts else None
+        if len(attempts) > 1 or (last is not None and last.get("cause") not in _NOT_DEATHS):
+            if any(a.get("cause") not in _NOT_DEATHS for a in attempts):
+                with self._lock:
+                    self._killed.append((job.fn, job.mode, item))
         if state == "done":
             try:
-                tag, *rest = pickle.loads(output)
+                tag, value = pickle.loads(output)
             except Exception as e:
                 # A result this process cannot unpickle (its class is not
-                # importable here, say) fails the batch's items, not the pool.
-                for pos, item in zip(chunk.positions, chunk.items):
-                    exc = _errors().RemoteError("cannot unpickle the result: %r" % (e,), cause="task-error", attempts=1,
-                                      task_args=item, function=job.fn)
-                    exc.__cause__ = e
-                    self._settle(job, pos, False, exc)
+                # importable here, say) fails the item, not the pool.
+                exc = _errors().RemoteError("cannot unpickle the result: %r" % (e,), cause="task-error",
+                                            attempts=1, task_args=item, function=job.fn)
+                exc.__cause__ = e
+                self._settle(job, pos, False, exc)
                 return
-            if tag == BATCH_ERROR:
-                exc = _rebuild_exception(rest[0], job, None)
-                with self._lock:
-                    self._failed.extend((job.fn, item, "task-error", 1) for item in chunk.items)
-                for pos in chunk.positions:
-                    self._settle(job, pos, False, exc)
-                return
-            values, errors, ends, start = rest
-            job.observe(start, ends)
             if last is not None:
+                start, end = last.get("start", 0.0), last.get("end", 0.0)
+                job.observe(start, (end,))
                 with self._lock:
-                    self._stats.append((job.id, chunk.positions, start, array.array("d", ends),
-                                        last["pid"], last["peak_rss"]))
-            if errors:
-                for i, (pos, value) in enumerate(zip(chunk.positions, values)):
-                    if i not in errors:
-                        self._settle(job, pos, True, value)
-                        continue
-                    item = chunk.items[i]
-                    exc = _rebuild_exception(errors[i], job, item)
-                    if isinstance(exc, _limits().WaitTimeout):
-                        with self._lock:
-                            self._failed.append((job.fn, item, "wait-timeout", 0))
-                        self._settle(job, pos, False, exc)
-                        continue
-                    budget = self.task_error_retries
-                    retry_on = self.option(job, "retry_on", self.retry_on)
-                    if retry_on and isinstance(exc, retry_on):
-                        budget = max(budget, self.retries)
-                    n = job.count_error(pos)
-                    if n <= budget:
-                        # Run it again, alone, after the backoff.
-                        delay = min(self.backoff * (2 ** (n - 1)), self.max_backoff)
-                        self._submit_later(_Chunk(job, [pos], [item]), delay)
-                        continue
-                    with self._lock:
-                        self._failed.append((job.fn, item, "task-error", n))
-                    self._settle(job, pos, False, exc)
+                    self._stats.append((job.id, pos, start, end, last.get("pid", 0), last.get("peak_rss", 0)))
+            if tag == OK:
+                self._settle(job, pos, True, value)
+                return
+            exc = _rebuild_exception(value, job, item)
+            if isinstance(exc, _limits().WaitTimeout):
+                with self._lock:
+                    self._failed.append((job.fn, item, "wait-timeout", 0))
             else:
-                job.settle_many(chunk.positions, values)
                 with self._lock:
-                    self._outstanding -= len(values)
-                    if self._outstanding == 0:
-                        self._cond.notify_all()
+                    self._failed.append((job.fn, item, "task-error", _charged(attempts) or 1))
+            self._settle(job, pos, False, exc)
             return
         cause = (last or {}).get("cause", "") or "cancelled"
         if state == "cancelled" or cause == "cancelled" or self._stopping:
             if self._stopping:
-                self._cancel_chunk(chunk, None)
+                self._cancel(job, (pos,), (item,), None)
             else:
                 # The pool aborted by itself; the end frame will say why.
-                self._aborted_chunks.append(chunk)
+                self._aborted.append((job, pos, item))
             return
+        history = [_attempt(a, a.get("number") or i + 1) for i, a in enumerate(attempts)]
         if cause == "task-error":
+            # An exception the pool retried, with no retry left: the payload
+            # is its text, NUL and the worker's record of it.
+            data = bytes(output)
+            k = data.find(ERROR_RECORD)
+            if k >= 0:
+                try:
+                    exc = _rebuild_exception(pickle.loads(data[k + 1:]), job, item)
+                except Exception:
+                    exc = None
+                if exc is not None:
+                    with self._lock:
+                        self._failed.append((job.fn, item, "task-error", _charged(attempts)))
+                    self._settle(job, pos, False, exc)
+                    return
             msg = (last or {}).get("message", "")
-            for pos, item in zip(chunk.positions, chunk.items):
-                self._fail(job, pos, item, _errors().RemoteError, "task-error", "the worker failed the task: " + msg,
-                           [_attempt(last, 1)])
+            self._fail(job, pos, item, _errors().RemoteError, "task-error", "the worker failed the task: " + msg,
+                       history)
             return
-        # The worker died. Only the item it was running is charged.
-        k = meta.get("item", -1)
-        if not (0 <= k < len(chunk.items)):
-            k = 0  # it died before beginning the first item
-        positions = list(chunk.positions)
-        pos, item = positions[k], chunk.items[k]
-        rest_pos = positions[:k] + positions[k + 1:]
-        if rest_pos:
-            # They never started: their wait_timeout still holds.
-            self.submit(_Chunk(job, rest_pos, chunk.items[:k] + chunk.items[k + 1:], start_by=chunk.start_by),
-                        count=False)
-        history = job.charge(pos, _attempt(last, len(job.history.get(pos, ())) + 1))
-        n = len(history)
-        if n == 1:
-            with self._lock:
-                self._killed.append((job.fn, job.mode, item))
-        if state != "poison" and self.policy == "retry" and n <= self.retries:
-            delay = min(self.backoff * (2 ** (n - 1)), self.max_backoff)
-            self._submit_later(_Chunk(job, [pos], [item]), delay)
-            return
+        # The worker died, and the pool's policy is spent (or it was poison).
         if self.policy == "abort":
             # Stop first, so that no task is accepted after the caller saw
             # this failure.
             self.abort(_errors().WorkerDied("%s died (%s)" % (_call_repr(job, item), cause), cause=cause))
-        self._fail(job, pos, item, _errors().WorkerDied, cause, _death_message(job, item, cause, n, last), history)
+        self._fail(job, pos, item, _errors().WorkerDied, cause,
+                   _death_message(job, item, cause, _charged(attempts), last, state), history, state)
 
     def _fail_waited(self, job, positions, items):
         """Fail items that could not start within their wait_timeout."""
@@ -539,12 +527,13 @@ class _Core:
                 self._failed.append((job.fn, item, "wait-timeout", 0))
             self._settle(job, pos, False, exc)
 
-    def _fail(self, job, pos, item, cls, cause, message, history):
+    def _fail(self, job, pos, item, cls, cause, message, history, state="failed"):
         last = history[-1] if history else None
-        exc = cls(message, cause=cause, attempts=len(history), peak_rss=last.peak_rss if last else 0,
-                  task_args=item, function=job.fn, history=history)
+        n = max((a.number for a in history), default=0)
+        exc = cls(message, cause=cause, attempts=n, peak_rss=last.peak_rss if last else 0,
+                  task_args=item, function=job.fn, history=history, state=state)
         with self._lock:
-            self._failed.append((job.fn, item, cause, len(history)))
+            self._failed.append((job.fn, item, cause, n))
         self._settle(job, pos, False, exc)
 
     def _settle(self, job, pos, ok, value):
@@ -554,21 +543,21 @@ class _Core:
             if self._outstanding == 0:
                 self._cond.notify_all()
 
-    def _cancel_chunk(self, chunk: _Chunk, reason: BaseException | None):
+    def _cancel(self, job, positions, items, reason: BaseException | None):
         errors = _errors()
         if reason is not None and isinstance(reason, errors.BrokenPool):
             # The pool broke (its workers cannot start, or the binary
             # exited): the tasks fail with why.
-            for pos in chunk.positions:
-                self._settle(chunk.job, pos, False, reason)
+            for pos in positions:
+                self._settle(job, pos, False, reason)
             return
-        for pos, item in zip(chunk.positions, chunk.items):
+        for pos, item in zip(positions, items):
             exc = errors.TaskCancelled("the task was cancelled: the pool %s" %
                                 ("stopped" if reason is None else "broke: %s" % reason),
-                                cause="cancelled", task_args=item, function=chunk.job.fn)
+                                cause="cancelled", task_args=item, function=job.fn, state="cancelled")
             if reason is not None:
                 exc.__cause__ = reason
-            self._settle(chunk.job, pos, False, exc)
+            self._settle(job, pos, False, exc)
 
     # ---- lifecycle ---------------------------------------------------------
 
@@ -587,8 +576,8 @@ class _Core:
         """Accept no new chunks, and cancel those not sent yet, as
         Executor.shutdown(cancel_futures=True) does: their pending futures
         are cancelled (Future.cancel), other items fail with TaskCancelled.
-        Items sent already go on, and so do those to be sent again after
-        a worker death (their futures are running)."""
+        Items sent already go on (the pool may still run them again after
+        a worker death: their futures are running)."""
         with self._lock:
             self._draining = True
             # The windowed chunks that the ahead bound lets the writer send
@@ -600,9 +589,7 @@ class _Core:
             for c in self._queue[self._qhead:]:
                 if c is None:
                     continue
-                if not c.fresh:
-                    keep.append(c)
-                elif c.job.windowed and room > 0:
+                if c.job.windowed and room > 0:
                     keep.append(c)
                     room -= 1
                 else:
@@ -615,7 +602,7 @@ class _Core:
                     self._outstanding -= len(c.items)
                     self._cond.notify_all()
             else:
-                self._cancel_chunk(c, None)
+                self._cancel(c.job, c.positions, c.items, None)
 
     def close(self):
         """Finish the queued work, then stop the binary and its workers."""
@@ -634,11 +621,10 @@ class _Core:
                 return
             self._stopping = True
             queued = [c for c in self._queue[self._qhead:] if c is not None]
-            queued += [c for _, _, c in self._delayed]
-            self._queue, self._qhead, self._delayed = [], 0, []
+            self._queue, self._qhead = [], 0
         self._send_control(K_ABORT)
         for c in queued:
-            self._cancel_chunk(c, None)
+            self._cancel(c.job, c.positions, c.items, None)
 
     def terminate(self, wait: float | None = None):
         """Abort and wait for the binary, which kills its workers, to exit."""
@@ -687,15 +673,15 @@ class _Core:
 
     def stats(self):
         with self._lock:
-            chunks = list(self._stats)
-        out = []
-        for job_id, positions, start, ends, pid, peak in chunks:
-            prev = start
-            for pos, end in zip(positions, ends):
-                out.append({"job": job_id, "index": pos, "start": prev, "end": end, "pid": pid,
-                            "peak_rss": peak})
-                prev = end
-        return out
+            items = list(self._stats)
+        return [{"job": job_id, "index": pos, "start": start, "end": end, "pid": pid, "peak_rss": peak}
+                for job_id, pos, start, end, pid, peak in items]
+
+
+def _charged(attempts) -> int:
+    """How many of the attempts were charged: preempted ones share their
+    number with the next."""
+    return max((a.get("number", 0) for a in attempts), default=0)
 
 
 def _attempt(a: dict | None, number: int):
@@ -722,9 +708,9 @@ def _call_repr(job, item) -> str:
     return "%s(%s)" % (name, args)
 
 
-def _death_message(job, item, cause, n, last) -> str:
-    msg = "the worker died running %s (%s) after %d attempt%s" % (
-        _call_repr(job, item), cause, n, "" if n == 1 else "s")
+def _death_message(job, item, cause, n, last, state="failed") -> str:
+    msg = "the worker died running %s (%s%s) after %d attempt%s" % (
+        _call_repr(job, item), cause, ", poison" if state == "poison" else "", n, "" if n == 1 else "s")
     if last and last.get("peak_rss"):
         msg += ", peak memory %.1f MiB" % (last["peak_rss"] / 1048576)
     if last and last.get("message"):

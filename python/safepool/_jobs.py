@@ -40,8 +40,7 @@ def raised_failures(failed: dict, errors: str) -> dict:
 
 
 class _Job:
-    """What every job has: its function, how items are passed, and the
-    attempts charged to its items (used by the reader thread only)."""
+    """What every job has: its function and how items are passed."""
 
     # windowed says that the job's chunks count against the core's ahead
     # bound (an Executor's futures, which run once sent).
@@ -61,19 +60,6 @@ class _Job:
         self.fn = fn
         self.mode = mode
         self.fn_bytes = dumps_function(fn, core.main_importable)
-        self.history = {}  # position -> charged attempts; the reader thread's
-        self.errors = {}  # position -> how many times the task raised; the reader thread's
-
-    def charge(self, pos, attempt):
-        h = self.history.setdefault(pos, [])
-        h.append(attempt)
-        return h
-
-    def count_error(self, pos) -> int:
-        """Count one more exception raised by the item at pos; return the count."""
-        n = self.errors.get(pos, 0) + 1
-        self.errors[pos] = n
-        return n
 
     def on_send(self) -> bool:
         """Called before the job's chunk is sent; False drops it."""
@@ -86,7 +72,7 @@ class _Job:
         return False
 
     def observe(self, start: float, ends) -> None:
-        """Called with the timing of each chunk that succeeded."""
+        """Called with the start and the ends of items that succeeded."""
 
 
 def timeout_error() -> Exception:
@@ -251,7 +237,7 @@ class _FutureJob(_Job):
     def on_send(self):
         f = self.future
         if f.running():
-            return True  # sent again after a worker death
+            return True
         if f.done():
             return False
         return f.set_running_or_notify_cancel()
@@ -348,7 +334,7 @@ class IterResult:
             self._on_ready()
 
     def _adapt(self):
-        if self._fixed is not None or self._core.timeout:
+        if self._fixed is not None:
             return
         with self._cond:
             per = self._per_item

@@ -30,7 +30,10 @@ WORKER_CODE = "from safepool.worker import main; main()"
 
 _SIGKILL = 9  # the signal module would import enum
 
-K_HELLO = 1  # the kind of the bridge protocol's hello frame
+from ._protocol import BRIDGE_VERSION, K_HELLO
+
+# How many tasks (items) the binary sends a worker ahead of its answers.
+PIPELINE = 2
 
 
 def pack_strings(strings) -> str:
@@ -113,7 +116,9 @@ def hello_frame(hello: dict) -> bytes:
     strings) as JSON, without importing json."""
     members = []
     for k, v in hello.items():
-        if isinstance(v, list):
+        if isinstance(v, str):
+            v = json_string(v)
+        elif isinstance(v, list):
             v = "[" + ", ".join(json_string(x) for x in v) + "]"
         elif isinstance(v, bool):
             v = "true" if v else "false"
@@ -142,7 +147,7 @@ class Launch:
                                                                   initializer)
         self.timeout = timeout
         hello = {
-            "version": 1,
+            "version": BRIDGE_VERSION,
             "command": [python or sys.executable, "-c", WORKER_CODE],
             "workers": self.processes,
             "mem_limit": int(mem_limit or 0),
@@ -150,13 +155,21 @@ class Launch:
             "max_tasks_per_worker": int(max_tasks_per_child or 0),
             "max_rss": int(max_rss or 0),
             "grace": float(grace or 0),
-            "pipeline": 2,
+            "pipeline": PIPELINE,
+            # The pool's policy, which the binary applies to every item.
+            "retries": self.retries,
+            "on_worker_death": self.policy,
         }
         if options is None:
             from ._options import EngineOptions
             options = EngineOptions()
         self.options = options
         hello.update(options.hello())
+        # An exception in retry_on (the pool's, or a call's) gets the death
+        # retries' budget when it is larger: the binary retries every error
+        # frame up to one budget, and the worker sends error frames only for
+        # the exceptions to retry (docs/python.md).
+        hello["task_error_retries"] = max(options.task_error_retries, self.retries)
         frame = hello_frame(hello)
         self.init_file = None
         binary = _binary.find_binary()

@@ -128,10 +128,9 @@ class EngineOptions:
     """The memory governor's settings and the retry policy's timing, as the
     command line's flags of the same names (docs/memory.md, docs/cli.md).
 
-    Attributes that the client uses itself: backoff and max_backoff (the
-    delay before a retry after a worker death, doubling from backoff up to
-    max_backoff), task_error_retries, and the defaults of the per-call
-    limits soft_timeout, retry_on and wait_timeout.
+    The binary applies all of them to every item (a task of its pool),
+    but the defaults of the per-call limits soft_timeout, retry_on and
+    wait_timeout, which go to the worker with each item.
     """
 
     DEFAULT_BACKOFF = 0.05  # seconds; the engine's default too
@@ -163,8 +162,8 @@ class EngineOptions:
         if task_error_retries < 0:
             raise ValueError("task_error_retries must not be negative")
         self.task_error_retries = task_error_retries
-        # The pool's defaults of the per-call limits, which the client
-        # applies itself (see call_options).
+        # The pool's defaults of the per-call limits, which go with each
+        # item to its worker (see call_options).
         self.soft_timeout = _limit(soft_timeout, "soft_timeout") or 0.0
         self.retry_on = check_retry_on(retry_on)
         self.wait_timeout = _limit(wait_timeout, "wait_timeout") or 0.0

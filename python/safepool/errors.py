@@ -45,12 +45,18 @@ class TaskFailed(Exception):
         task_args: the task's arguments (the item for ``map``, the argument
             tuple for ``starmap`` and ``apply_async``).
         function: the task's function.
-        history: every charged attempt, as :class:`Attempt` records.
+        history: every attempt, as :class:`Attempt` records (a preempted
+            attempt, which is not charged, shares its number with the next).
+        state: the task's terminal state: ``failed``, ``poison`` (killed
+            for memory even while it ran alone with the whole memory
+            budget, so never run again) or ``cancelled``.
     """
 
     def __init__(self, message: str, *, cause: str = "", attempts: int = 0, peak_rss: int = 0,
-                 task_args: Any = None, function: Any = None, history: Optional[List[Attempt]] = None):
+                 task_args: Any = None, function: Any = None, history: Optional[List[Attempt]] = None,
+                 state: str = "failed"):
         super().__init__(message)
+        self.state = state
         self.cause = cause
         self.attempts = attempts
         self.peak_rss = peak_rss

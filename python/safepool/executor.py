@@ -68,8 +68,7 @@ class Executor(concurrent.futures.Executor):
         # As ProcessPoolExecutor's call queue: at most one future more than
         # there are workers is sent ahead. A future is running once sent, so
         # shutdown(cancel_futures=True) cancels all the others.
-        self._core = _Core(launch, backoff=options.backoff, max_backoff=options.max_backoff,
-                           ahead=launch.processes + 1)
+        self._core = _Core(launch, ahead=launch.processes + 1)
         self._core.on_broken = _log_broken
         self._shutdown = False
         self._lock = threading.Lock()

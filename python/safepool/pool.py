@@ -61,8 +61,8 @@ class Pool:
         initializer, initargs: initializer(*initargs) runs once in each
             worker when it starts. A worker whose initializer raises dies,
             and the pool breaks after a few such deaths in a row.
-        maxtasksperchild: replace a worker after this many tasks (batches
-            of items, as in multiprocessing). Same as max_tasks_per_child.
+        maxtasksperchild: replace a worker after this many tasks (items;
+            multiprocessing counts batches). Same as max_tasks_per_child.
         context: None, or a start method that means what safepool's
             workers are anyway: "spawn" or "forkserver", by name or as a
             multiprocessing context. "fork" raises ValueError: safepool
@@ -72,9 +72,7 @@ class Pool:
             again up to `retries` times, then fail it) or "abort" (fail it
             and stop the pool). None means "retry" if retries else "skip".
         timeout: seconds a task may run before its worker is killed and the
-            task fails with cause "timeout". Tasks are then sent one at a
-            time unless a chunksize is given (the timeout then bounds the
-            batch).
+            task fails with cause "timeout".
         mem_limit: each worker's memory cap, in bytes or as "512MiB": the
             worker runs in a memory cgroup of its own, so the kernel kills
             only it, and the task fails with cause "oom".
@@ -150,7 +148,7 @@ class Pool:
             launch.abandon()
             raise
         ahead = launch.processes + 1 if self._futures_ahead else 0
-        self._core = _Core(launch, backoff=options.backoff, max_backoff=options.max_backoff, ahead=ahead)
+        self._core = _Core(launch, ahead=ahead)
         self._state = RUN
 
     def __repr__(self):
@@ -175,8 +173,6 @@ class Pool:
             if chunksize < 1:
                 raise ValueError("chunksize must be at least 1")
             return chunksize
-        if self._core.timeout:
-            return 1
         size, extra = divmod(n, self._core.processes * 4)
         return size + 1 if extra else max(size, 1)
 
@@ -342,7 +338,7 @@ class Pool:
         """Per-task records of the tasks that succeeded so far: job (a number
         per call), index (the task's position in its call), start and end
         (Unix seconds), pid (the worker) and peak_rss (the peak memory of the
-        worker during the task's batch, in bytes; 0 if unknown)."""
+        worker during the task, in bytes; 0 if unknown)."""
         return self._core.stats()
 
     @property

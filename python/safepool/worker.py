@@ -2,11 +2,11 @@
 
 The ``safepool`` binary starts it as ``python3 -c "from safepool.worker
 import main; main()"`` and speaks the framed worker protocol of
-docs/protocol.md to it on fds 3 and 4. Each task is a batch of items (one
-call of the user's function per item); the worker answers with the results
-of the whole batch. Before each item it stores the item's index in its blame
-file, a small memory-mapped file that outlives the process, so that when the
-worker dies in the middle of a batch the pool knows which item killed it.
+docs/protocol.md to it on fds 3 and 4. Each task is one item (one call of
+the user's function). The worker writes the task's start frame before it
+calls the function, so that when the worker dies the binary knows which item
+killed it, even among several sent to it ahead; it answers with a result
+frame, or with an error frame for an exception that the pool is to retry.
 
 The worker is spawned fresh, never forked. Before it answers ``ready`` it
 takes the client's ``sys.path`` and ``sys.argv``, imports the client's
@@ -15,13 +15,11 @@ defined there can be unpickled, as with multiprocessing's spawn), and runs
 the pool's initializer.
 
 A pool's start waits for its workers' start, so this module imports only
-what the interpreter has already loaded, plus struct, mmap and the pickle
+what the interpreter has already loaded, plus struct and the pickle
 accelerator: not json, runpy or the pickle module (which imports re), unless
 the parent's main module needs runpy.
 """
-import mmap
 import os
-import struct
 import sys
 import time
 
@@ -30,15 +28,8 @@ try:
 except ImportError:  # an interpreter without the C accelerator
     from pickle import dumps as _dumps, loads
 
-HEADER = struct.Struct(">IBQ")
-READY, TASK, START, RESULT, ERROR = 1, 2, 3, 4, 5
-
-# Modes of a batch: how each item is passed to the function.
-MAP, STAR, APPLY = 0, 1, 2
-# Tags of a batch's answer.
-OK, BATCH_ERROR = 0, 1
-
-_BLAME = struct.Struct("<QQ")
+from safepool._protocol import (APPLY, ERROR, ERROR_RECORD, FRAMED, HEADER, MAP, OK, RAISED, READY,  # noqa: F401
+                                READY_PAYLOAD, RESULT, STAR, START, TASK)
 
 
 def dumps(obj) -> bytes:
@@ -160,33 +151,6 @@ def _setup():
         initializer(*initargs)
 
 
-class _Blame:
-    """The worker's blame file: the task id and the index of the running item."""
-
-    def __init__(self):
-        self.mm = None
-        d = os.environ.get("SAFEPOOL_BLAME_DIR")
-        if not d:
-            return
-        try:
-            fd = os.open(os.path.join(d, str(os.getpid())), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                os.ftruncate(fd, _BLAME.size)
-                self.mm = mmap.mmap(fd, _BLAME.size)
-            finally:
-                os.close(fd)
-        except OSError:
-            self.mm = None
-
-    def remove(self):
-        d = os.environ.get("SAFEPOOL_BLAME_DIR")
-        if self.mm is not None and d:
-            try:
-                os.unlink(os.path.join(d, str(os.getpid())))
-            except OSError:
-                pass
-
-
 def _exc_record(e):
     import traceback
     tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
@@ -248,122 +212,105 @@ def _wait_record(limit):
         return _exc_record(e)
 
 
-def _run_batch(task_id, payload, blame, fns):
-    mode, fn_bytes, items, *extra = loads(payload)
-    # The batch's limits: "soft" (seconds per item), and "start_by" (Unix
-    # time) and "wait" (seconds) for items that must not start late.
-    limits = extra[0] if extra else {}
-    soft = limits.get("soft") or 0.0
-    start_by = limits.get("start_by") or 0.0
-    if soft and not _soft:
-        _soft.append(_SoftLimit())
+def _function(fn_bytes, fns):
+    """The function pickled as fn_bytes, unpickled once per worker."""
     fn = fns.get(fn_bytes)
     if fn is None:
         fn = loads(fn_bytes)
         if len(fns) > 32:
             fns.clear()
         fns[fn_bytes] = fn
-    n = len(items)
-    values = [None] * n
-    ends = [0.0] * n
-    errors = None
-    mm = blame.mm
-    now = time.time
-    start = now()
-    if mm is not None:
-        mm[8:16] = b"\0" * 8
-        struct.pack_into("<Q", mm, 0, task_id)
-    pack = struct.pack_into
-    for i, item in enumerate(items):
-        if mm is not None:
-            pack("<Q", mm, 8, i)
-        if start_by and now() > start_by:
-            if errors is None:
-                errors = {}
-            errors[i] = _wait_record(limits.get("wait", 0.0))
-            ends[i] = now()
-            continue
-        try:
-            if soft:
-                _soft[0].arm(soft)
-            if mode == MAP:
-                values[i] = fn(item)
-            elif mode == STAR:
-                values[i] = fn(*item)
-            else:
-                values[i] = fn(*item[0], **item[1])
-            if soft:
-                _soft[0].disarm()
-        except Exception as e:
-            if soft:
-                _soft[0].disarm()
-            if errors is None:
-                errors = {}
-            errors[i] = _exc_record(e)
-        ends[i] = now()
+    return fn
+
+
+def _run_item(payload, fns):
+    """Run one task; return the kind and payload of its answer."""
+    mode, fn_bytes, item, *extra = loads(payload)
+    fn = _function(fn_bytes, fns)
+    # The task's limits: "soft" (seconds), "start_by" (Unix time) and "wait"
+    # (seconds) for an item that must not start late, and which exceptions
+    # the pool retries: "retry" (all of them) and "retry_on" (classes).
+    limits = extra[0] if extra else None
+    soft = 0.0
+    if limits:
+        start_by = limits.get("start_by")
+        if start_by and time.time() > start_by:
+            return RESULT, dumps((RAISED, _wait_record(limits.get("wait", 0.0))))
+        soft = limits.get("soft") or 0.0
+        if soft and not _soft:
+            _soft.append(_SoftLimit())
     try:
-        return dumps((OK, values, errors, ends, start))
+        if soft:
+            _soft[0].arm(soft)
+        if mode == MAP:
+            value = fn(item)
+        elif mode == STAR:
+            value = fn(*item)
+        else:
+            value = fn(*item[0], **item[1])
+        if soft:
+            _soft[0].disarm()
+    except Exception as e:
+        if soft:
+            _soft[0].disarm()
+        record = _exc_record(e)
+        if limits and (limits.get("retry") or isinstance(e, limits.get("retry_on") or ())):
+            # The pool runs it again, and sends this payload back whole when
+            # no retry is left.
+            return ERROR, record[2].encode("utf-8", "replace").replace(ERROR_RECORD, b" ") + ERROR_RECORD + \
+                dumps(record)
+        return RESULT, dumps((RAISED, record))
+    try:
+        return RESULT, dumps((OK, value))
     except Exception:
         pass
     try:
-        return dumps_main_by_name((OK, values, errors, ends, start))
-    except Exception:
-        # Some result cannot be pickled: report it on that item only.
-        if errors is None:
-            errors = {}
-        for i, v in enumerate(values):
-            if i in errors:
-                continue
-            try:
-                dumps_main_by_name(v)
-            except Exception as e:
-                # The client may report it as multiprocessing does, with
-                # the value's repr (MaybeEncodingError).
-                errors[i] = _exc_record(e) + (_short_repr(v),)
-                values[i] = None
-        return dumps_main_by_name((OK, values, errors, ends, start))
+        return RESULT, dumps_main_by_name((OK, value))
+    except Exception as e:
+        # The result cannot be pickled. The client may report it as
+        # multiprocessing does, with the value's repr (MaybeEncodingError).
+        return RESULT, dumps_main_by_name((RAISED, _exc_record(e) + (_short_repr(value),)))
 
 
 def main():
-    if os.environ.get("SAFEPOOL_PROTOCOL") != "framed/1":
-        sys.exit("safepool.worker: started without SAFEPOOL_PROTOCOL=framed/1; "
-                 "it is run by the safepool binary, not by hand")
+    if os.environ.get("SAFEPOOL_PROTOCOL") != FRAMED:
+        sys.exit("safepool.worker: started without SAFEPOOL_PROTOCOL=%s; "
+                 "it is run by the safepool binary, not by hand" % FRAMED)
     tasks = os.fdopen(int(os.environ.get("SAFEPOOL_TASK_FD", "3")), "rb")
     results = os.fdopen(int(os.environ.get("SAFEPOOL_RESULT_FD", "4")), "wb")
     os.set_inheritable(tasks.fileno(), False)
     os.set_inheritable(results.fileno(), False)
     _setup()
-    blame = _Blame()
     fns = {}
+    write, flush, pack = results.write, results.flush, HEADER.pack
 
-    def send(kind, task_id, payload=b""):
-        results.write(HEADER.pack(len(payload), kind, task_id))
-        if payload:
-            results.write(payload)
-        results.flush()
-
-    send(READY, 0, b'{"version":1,"sdk":"python"}')
+    write(pack(len(READY_PAYLOAD), READY, 0) + READY_PAYLOAD)
+    flush()
     read = tasks.read
+    size = HEADER.size
     while True:
-        header = read(HEADER.size)
+        header = read(size)
         if not header:
             break
-        if len(header) != HEADER.size:
+        if len(header) != size:
             sys.exit("safepool.worker: protocol error: cut header")
         length, kind, task_id = HEADER.unpack(header)
         payload = read(length) if length else b""
         if kind != TASK or len(payload) != length:
             sys.exit("safepool.worker: protocol error: kind %d" % kind)
-        send(START, task_id)
+        # Before the work, and flushed: when the worker dies, this names
+        # the task that was running.
+        write(pack(0, START, task_id))
+        flush()
         try:
-            out = _run_batch(task_id, payload, blame, fns)
+            kind, out = _run_item(payload, fns)
         except Exception as e:
-            # The batch as a whole failed (its function cannot be unpickled,
-            # say): every item gets this exception.
-            out = dumps((BATCH_ERROR, _exc_record(e)))
-        send(RESULT, task_id, out)
-    results.flush()
-    blame.remove()
+            # The task cannot run (its function cannot be unpickled, say).
+            kind, out = RESULT, dumps((RAISED, _exc_record(e)))
+        write(pack(len(out), kind, task_id))
+        write(out)
+        flush()
+    flush()
 
 
 if __name__ == "__main__":

@@ -245,3 +245,14 @@ def rendezvous(directory, n, wait):
             break
         time.sleep(0.01)
     return start, time.time(), met
+
+
+def die_once_at(d, x, at=3):
+    """Note a run of item x in d; on item `at`, the first time, kill the
+    worker with SIGKILL mid-task."""
+    with open(os.path.join(d, "ran-%d" % x), "a") as f:
+        f.write("x")
+    if x == at and not os.path.exists(os.path.join(d, "died")):
+        open(os.path.join(d, "died"), "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * x

@@ -1,0 +1,36 @@
+"""The protocol constants that the client (_core, _launch) and the worker
+(worker) share: the frame header, the kinds of the framed worker protocol
+and of the bridge protocol, and the layout of a task's payload and of its
+answer. docs/protocol.md specifies both protocols.
+
+Imports only struct: every worker imports it before it is ready.
+"""
+import struct
+
+# Every frame: payload length (uint32), kind (uint8), id (uint64), big-endian.
+HEADER = struct.Struct(">IBQ")
+
+# The framed worker protocol (framed/1): worker <-> safepool binary.
+FRAMED = "framed/1"
+READY, TASK, START, RESULT, ERROR, HEARTBEAT = 1, 2, 3, 4, 5, 6
+# The worker's ready payload.
+READY_PAYLOAD = b'{"version":1,"sdk":"python"}'
+
+# The bridge protocol: client <-> safepool binary.
+BRIDGE_VERSION = 2
+K_HELLO, K_TASK, K_CLOSE, K_ABORT, K_TASK_META = 1, 2, 3, 4, 5
+K_READY, K_RESULT, K_END = 16, 17, 18
+# The length of the JSON before the payload of task+ and result frames.
+META_LEN = struct.Struct(">I")
+
+# A task's payload is the pickled tuple (mode, function, item) or (mode,
+# function, item, limits): mode says how the item is passed to the function.
+MAP, STAR, APPLY = 0, 1, 2
+# A task's answer in a result frame is the pickled (OK, value) or (RAISED,
+# record): the function returned, or raised an exception that is not to be
+# retried. An exception to be retried (task_error_retries, retry_on) is an
+# error frame whose payload is its text, NUL (ERROR_RECORD) and the pickled
+# record, so that the binary retries the task and, when none is left, sends
+# the payload back whole.
+OK, RAISED = 0, 1
+ERROR_RECORD = b"\0"

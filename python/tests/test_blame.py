@@ -1,0 +1,50 @@
+"""A worker that dies in the middle of a chunk of items costs only the item
+it was running: the items it answered stay done, and those sent to it
+behind that item run again elsewhere, uncharged (invariant 2)."""
+import functools
+import os
+import shutil
+import tempfile
+import unittest
+
+import safepool
+from tests import helpers
+
+
+class MidChunkDeath(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir)
+
+    def runs(self):
+        """How many times each item ran."""
+        out = {}
+        for name in os.listdir(self.dir):
+            if name.startswith("ran-"):
+                with open(os.path.join(self.dir, name)) as f:
+                    out[int(name[4:])] = len(f.read())
+        return out
+
+    def test_retry_charges_only_the_running_item(self):
+        fn = functools.partial(helpers.die_once_at, self.dir)
+        with safepool.SafePool(1, retry_killed_tasks=1) as pool:
+            self.assertEqual(pool.map(fn, range(8), chunksize=8), [x * x for x in range(8)])
+            killed = pool.get_killed_tasks()
+            self.assertEqual(pool.failed_tasks(), [])
+        self.assertEqual([args for _, args in killed], [(3,)])
+        self.assertEqual(self.runs(), {x: 2 if x == 3 else 1 for x in range(8)})
+
+    def test_skip_fails_only_the_running_item(self):
+        fn = functools.partial(helpers.die_once_at, self.dir)
+        with safepool.Pool(1) as pool:
+            out = pool.map_async(fn, range(8), chunksize=8, errors="return").get(60)
+            failed = pool.failed_tasks()
+        self.assertIsInstance(out[3], safepool.WorkerDied)
+        self.assertEqual((out[3].cause, out[3].attempts, out[3].state), ("signal:SIGKILL", 1, "failed"))
+        self.assertEqual([x for i, x in enumerate(out) if i != 3], [x * x for x in range(8) if x != 3])
+        self.assertEqual([(f.args, f.cause, f.attempts) for f in failed], [(3, "signal:SIGKILL", 1)])
+        self.assertEqual(self.runs(), {x: 1 for x in range(8)})
+
+
+if __name__ == "__main__":
+    unittest.main()
