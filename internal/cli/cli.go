@@ -1,5 +1,5 @@
-// Package cli implements the safepool command line: the run, map and demo
-// subcommands, their flags, inputs, output, progress bar, job log and
+// Package cli implements the safepool command line: the run, map, report
+// and demo subcommands, their flags, inputs, output, progress bar, job log and
 // summary. cmd/safepool is a thin main around Run.
 package cli
 
@@ -74,6 +74,7 @@ func commands() []*command {
 	return []*command{
 		{name: "run", synopsis: runSynopsis, short: "run one process per input, like GNU parallel", run: runRun},
 		{name: "map", synopsis: mapSynopsis, short: "stream stdin to stdout through persistent line workers", run: runMap},
+		{name: "report", synopsis: reportSynopsis, short: "write an HTML page about a run from its --journal file", run: runReport},
 		{name: "demo", synopsis: demoSynopsis, short: "show an OOM-killed task, its cause and its retry (about 5 s)", run: runDemo},
 		{name: "version", synopsis: versionSynopsis, short: "print the version of safepool", run: runVersion},
 		{name: demoWorkerName, hidden: true, run: runDemoWorker},
@@ -172,7 +173,7 @@ Commands:
 `)
 	for _, c := range commands() {
 		if !c.hidden {
-			fmt.Fprintf(&b, "  %-6s %s\n", c.name, c.short)
+			fmt.Fprintf(&b, "  %-8s %s\n", c.name, c.short)
 		}
 	}
 	b.WriteString(`

@@ -29,6 +29,7 @@ type commonFlags struct {
 	progress  string // "auto", "on" or "off"; --progress and --no-progress set it, the last one wins
 	quiet     bool
 	grace     time.Duration
+	metrics   string // --metrics ADDR, or ""
 }
 
 // register adds the shared flags to fs. Flags that only one subcommand has

@@ -103,6 +103,7 @@ func (a *mapArgs) flagSet() *pflag.FlagSet {
 	fs.DurationVar(&a.start, "start-timeout", 0, "give a new worker `DURATION` to be ready, more while it computes: a --framed worker's ready frame, a line worker's first read (default 30s)")
 	a.common.registerInput(fs)
 	a.common.registerOutput(fs)
+	a.common.registerMetrics(fs)
 	fs.Var(jsonValue{&a.json}, "json", "write a JSON summary to `FILE` at the end")
 	registerHelp(fs)
 	return fs
@@ -186,6 +187,7 @@ func runMap(ctx context.Context, e *env, args []string) error {
 			}
 		},
 		joblog:   a.common.joblog,
+		metrics:  a.common.metrics,
 		jsonPath: a.json,
 		progress: a.common.progressOn(e.stderr),
 		quiet:    a.common.quiet,

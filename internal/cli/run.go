@@ -82,6 +82,7 @@ func (a *runArgs) flagSet() *pflag.FlagSet {
 	a.common.registerInput(fs)
 	boolVarP(fs, &a.null, "null", "0", "inputs end with a NUL byte, not a newline (find -print0)")
 	a.common.registerOutput(fs)
+	a.common.registerMetrics(fs)
 	fs.Var(jsonValue{&a.json}, "json", "write a JSON summary to `FILE` at the end; - writes it to stdout, after the job output")
 	boolVarP(fs, &a.dryRun, "dry-run", "", "print the commands that would run, one per line, and run nothing")
 	registerHelp(fs)
@@ -165,6 +166,7 @@ func runRun(ctx context.Context, e *env, args []string) error {
 			r.Release()
 		},
 		joblog:   a.common.joblog,
+		metrics:  a.common.metrics,
 		jsonPath: a.json,
 		progress: a.common.progressOn(e.stderr),
 		quiet:    a.common.quiet,

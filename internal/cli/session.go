@@ -37,6 +37,7 @@ type job struct {
 	emit func(o *output, r *pool.Result)
 
 	joblog   string // path of --joblog, or ""
+	metrics  string // --metrics ADDR, or ""
 	jsonPath string // path of the JSON summary, "-" for stdout, or ""
 	progress bool   // whether to draw the progress bar
 	quiet    bool   // print no summary when every task succeeded
@@ -105,10 +106,21 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 
 	// Every output file is created before any work starts, so that a path
 	// that cannot be written costs nothing.
+	// The metrics' address is bound first too: one in use is a usage
+	// error, before any output file is made.
+	jm, err := startMetrics(j.metrics)
+	if err != nil {
+		fmt.Fprintf(stderr, "safepool: %v\n", err)
+		return sum, exitUsage
+	}
+	defer jm.close()
 	jl, jsonOut, err := j.openOutputs()
 	if err != nil {
 		fmt.Fprintf(stderr, "safepool: %v\n", err)
 		return sum, exitUsage
+	}
+	if jm != nil {
+		fmt.Fprintf(stderr, "safepool: metrics at %s\n", jm.srv.URL())
 	}
 	prog := &progress{}
 	if j.progress {
@@ -123,6 +135,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	j.cfg.Observer = func(ev pool.Event) {
 		c.observe(ev)
 		jl.observe(ev)
+		jm.observe(ev)
 		switch ev.Kind {
 		case pool.EventWorkerStalled, pool.EventWorkerOutOfStep:
 			if !said[ev.Kind] {
@@ -148,6 +161,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		return sum, exitUsage
 	}
 	c.pool.Store(p)
+	jm.attach(p)
 
 	// Without a cgroup per worker, when memory flags were given, say once
 	// how memory is watched instead, and what the memory governor plans

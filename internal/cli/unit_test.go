@@ -511,7 +511,7 @@ func TestMissingInputFile(t *testing.T) {
 }
 
 func TestHelpListsEveryFlag(t *testing.T) {
-	for _, name := range []string{"run", "map", "demo"} {
+	for _, name := range []string{"run", "map", "report", "demo"} {
 		t.Run(name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
 			if code := Run(context.Background(), []string{name, "--help"}, nil, &stdout, &stderr); code != 0 {
@@ -540,6 +540,8 @@ func flagNames(cmd string) []string {
 		fs = (&runArgs{}).flagSet()
 	case "map":
 		fs = (&mapArgs{}).flagSet()
+	case "report":
+		fs = (&reportArgs{}).flagSet()
 	default:
 		fs = (&demoArgs{}).flagSet()
 	}

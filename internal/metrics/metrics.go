@@ -1,0 +1,241 @@
+// Package metrics exposes a pool's counts and memory as Prometheus
+// metrics. A Collector is one consumer of the pool's events (its Observe
+// goes in pool.Config.Observer) and reads the pool's own counts (Stats)
+// and memory governor (Memory) when scraped; it re-derives nothing the
+// pool already counts. Server serves a Collector over HTTP.
+//
+// The metrics, all named safepool_*:
+//
+//	tasks{state}                     gauge: tasks queued, running, done, failed, cancelled, poison (pool.Stats)
+//	tasks_submitted_total            counter: tasks accepted by Submit
+//	attempts_total{cause}            counter: attempts that ended, by cause ("success" when none)
+//	task_failures_total{state,cause} counter: tasks that ended failed, poison or cancelled, by their last cause
+//	preemptions_total                counter: attempts the memory governor stopped
+//	workers                          gauge: workers the pool runs at once (-j)
+//	workers_started_total            counter: worker processes started
+//	worker_deaths_total              counter: worker processes that died other than by the pool's hand
+//	memory_in_use_bytes              gauge: the workers' memory at the governor's last sample
+//	memory_budget_bytes              gauge: the memory the workers may use together now
+//	memory_predicted_bytes           gauge: the peak the governor expects of the next task
+//	memory_allowed_attempts          gauge: attempts the governor allows at once
+//	admission_blocked                gauge: 1 while tasks wait for memory, else 0
+//	admission_waits_total            counter: times tasks started to wait for memory
+//	admission_wait_seconds_total     counter: time tasks waited for memory
+//
+// The memory_* and admission_* metrics are there only when the memory
+// governor is on. The pool does not say when its governor refuses a task,
+// so admission is sampled every AdmissionSample from Stats: tasks wait
+// for memory when some are queued while fewer attempts run than -j. A
+// retry waiting out its backoff while a worker is free counts too.
+package metrics
+
+import (
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/safepool/safepool/pool"
+)
+
+// AdmissionSample is how often a Collector samples whether tasks wait for
+// memory: the memory governor's own sampling interval.
+const AdmissionSample = 100 * time.Millisecond
+
+// Collector gathers one pool's metrics. Create it with New before the
+// pool, pass its Observe as the pool's Observer, and Attach the pool once
+// made. Close must be called when the pool has ended, to stop the
+// admission sampler.
+type Collector struct {
+	reg *prometheus.Registry
+
+	pool atomic.Pointer[pool.Pool] // nil until Attach
+
+	attempts *prometheus.CounterVec // by cause
+	failures *prometheus.CounterVec // by state and cause
+
+	// The admission sampler's counts; the sampler writes them under mu,
+	// and scrapes read them.
+	mu          sync.Mutex
+	blocked     bool
+	waits       int
+	waitSeconds float64
+
+	stop     chan struct{} // closed by Close
+	sampling sync.WaitGroup
+	once     sync.Once
+}
+
+// New returns a Collector with no pool yet: until Attach, it serves the
+// event counts alone.
+func New() *Collector {
+	c := &Collector{
+		reg: prometheus.NewRegistry(),
+		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "safepool_attempts_total",
+			Help: "Attempts that ended, by cause (\"success\" when the attempt succeeded).",
+		}, []string{"cause"}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "safepool_task_failures_total",
+			Help: "Tasks that ended failed, poison or cancelled, by terminal state and last cause.",
+		}, []string{"state", "cause"}),
+		stop: make(chan struct{}),
+	}
+	c.reg.MustRegister(c.attempts, c.failures, (*poolCollector)(c),
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return c
+}
+
+// Observe counts what ev says. It is meant for pool.Config.Observer, and
+// returns at once.
+func (c *Collector) Observe(ev pool.Event) {
+	switch ev.Kind {
+	case pool.EventAttemptEnded:
+		cause := string(ev.Attempt.Cause)
+		if cause == "" {
+			cause = "success"
+		}
+		c.attempts.WithLabelValues(cause).Inc()
+	case pool.EventTaskEnded:
+		if ev.Result.State != pool.Done {
+			c.failures.WithLabelValues(string(ev.Result.State), string(ev.Result.Cause())).Inc()
+		}
+	}
+}
+
+// Attach makes the Collector read p's counts and memory, and starts
+// sampling admission. Call it once, with the pool whose Observer is
+// Observe.
+func (c *Collector) Attach(p *pool.Pool) {
+	c.pool.Store(p)
+	c.sampling.Add(1)
+	go c.sample(p)
+}
+
+// Close stops the admission sampler and waits for it. The Collector still
+// serves what it has counted.
+func (c *Collector) Close() {
+	c.once.Do(func() { close(c.stop) })
+	c.sampling.Wait()
+}
+
+// Handler serves the metrics in Prometheus's text format.
+func (c *Collector) Handler() http.Handler {
+	return promhttp.HandlerFor(c.reg, promhttp.HandlerOpts{})
+}
+
+// sample updates the admission counts every AdmissionSample until Close.
+func (c *Collector) sample(p *pool.Pool) {
+	defer c.sampling.Done()
+	t := time.NewTicker(AdmissionSample)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case now := <-t.C:
+			st := p.Stats()
+			_, governed := p.Memory()
+			c.mu.Lock()
+			if c.blocked {
+				c.waitSeconds += now.Sub(last).Seconds()
+			}
+			was := c.blocked
+			c.blocked = governed && waitsForMemory(st, p.Workers())
+			if c.blocked && !was {
+				c.waits++
+			}
+			c.mu.Unlock()
+			last = now
+		}
+	}
+}
+
+// waitsForMemory reports whether queued tasks wait for the memory
+// governor: some are queued, and a worker is free. The loop hands a task
+// to a free worker at once unless the governor holds it back, so over a
+// sampling interval nothing else keeps both true (but a retry's backoff).
+// Running counts the tasks sent ahead to persistent workers too, so a
+// pipelined pool is never counted as waiting while its workers are busy.
+func waitsForMemory(st pool.Stats, workers int) bool {
+	return st.Queued > 0 && st.Running < workers
+}
+
+// poolCollector reads the pool's Stats and Memory when scraped, so that
+// what it serves is the pool's own count at that moment.
+type poolCollector Collector
+
+var (
+	tasksDesc       = prometheus.NewDesc("safepool_tasks", "Tasks by state: queued (including retries in backoff), running, or the terminal state.", []string{"state"}, nil)
+	submittedDesc   = prometheus.NewDesc("safepool_tasks_submitted_total", "Tasks accepted by the pool.", nil, nil)
+	preemptedDesc   = prometheus.NewDesc("safepool_preemptions_total", "Attempts the memory governor stopped to save memory.", nil, nil)
+	workersDesc     = prometheus.NewDesc("safepool_workers", "Workers the pool runs at once (-j).", nil, nil)
+	startedDesc     = prometheus.NewDesc("safepool_workers_started_total", "Worker processes started.", nil, nil)
+	deathsDesc      = prometheus.NewDesc("safepool_worker_deaths_total", "Worker processes that ended other than by the pool stopping or retiring them.", nil, nil)
+	inUseDesc       = prometheus.NewDesc("safepool_memory_in_use_bytes", "The workers' memory at the memory governor's last sample.", nil, nil)
+	budgetDesc      = prometheus.NewDesc("safepool_memory_budget_bytes", "The memory the workers may use together now.", nil, nil)
+	predictedDesc   = prometheus.NewDesc("safepool_memory_predicted_bytes", "The peak the memory governor expects of the next task.", nil, nil)
+	allowsDesc      = prometheus.NewDesc("safepool_memory_allowed_attempts", "Attempts the memory governor allows at once.", nil, nil)
+	blockedDesc     = prometheus.NewDesc("safepool_admission_blocked", "1 while queued tasks wait for memory, else 0 (sampled every 100 ms).", nil, nil)
+	waitsDesc       = prometheus.NewDesc("safepool_admission_waits_total", "Times queued tasks started to wait for memory.", nil, nil)
+	waitSecondsDesc = prometheus.NewDesc("safepool_admission_wait_seconds_total", "Time queued tasks waited for memory.", nil, nil)
+)
+
+func (pc *poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{tasksDesc, submittedDesc, preemptedDesc, workersDesc, startedDesc, deathsDesc,
+		inUseDesc, budgetDesc, predictedDesc, allowsDesc, blockedDesc, waitsDesc, waitSecondsDesc} {
+		ch <- d
+	}
+}
+
+func (pc *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	c := (*Collector)(pc)
+	p := c.pool.Load()
+	if p == nil {
+		return
+	}
+	st := p.Stats()
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v float64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v)
+	}
+	for _, s := range []struct {
+		state string
+		n     int
+	}{
+		{"queued", st.Queued}, {"running", st.Running}, {"done", st.Done},
+		{"failed", st.Failed}, {"cancelled", st.Cancelled}, {"poison", st.Poison},
+	} {
+		gauge(tasksDesc, float64(s.n), s.state)
+	}
+	counter(submittedDesc, float64(st.Submitted))
+	counter(preemptedDesc, float64(st.Preempted))
+	gauge(workersDesc, float64(p.Workers()))
+	counter(startedDesc, float64(st.WorkersStarted))
+	counter(deathsDesc, float64(st.WorkerDeaths))
+	mem, governed := p.Memory()
+	if !governed {
+		return
+	}
+	gauge(inUseDesc, float64(mem.InUse))
+	gauge(budgetDesc, float64(mem.Budget))
+	gauge(predictedDesc, float64(mem.Predicted))
+	gauge(allowsDesc, float64(mem.Allows))
+	c.mu.Lock()
+	blocked, waits, seconds := c.blocked, c.waits, c.waitSeconds
+	c.mu.Unlock()
+	b := 0.0
+	if blocked {
+		b = 1
+	}
+	gauge(blockedDesc, b)
+	counter(waitsDesc, float64(waits))
+	counter(waitSecondsDesc, seconds)
+}

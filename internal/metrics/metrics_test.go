@@ -1,0 +1,266 @@
+package metrics_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/safepool/safepool/internal/memory"
+	"github.com/safepool/safepool/internal/metrics"
+	"github.com/safepool/safepool/internal/testenv"
+	"github.com/safepool/safepool/pool"
+)
+
+// The test binary is also the line workers: TestMain turns it into one
+// when workerEnv is set.
+const workerEnv = "SAFEPOOL_METRICS_TEST_WORKER"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(workerEnv) != "" {
+		lineWorker()
+		return
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// lineWorker answers each line of stdin: "work:MB:MS" after holding MB MiB
+// for MS milliseconds, "hog" never, as it allocates until it is killed.
+func lineWorker() {
+	in := bufio.NewReader(os.Stdin)
+	for {
+		line, err := in.ReadString('\n')
+		if err != nil {
+			return
+		}
+		verb, arg, _ := strings.Cut(strings.TrimSpace(line), ":")
+		switch verb {
+		case "work":
+			mb, ms, _ := strings.Cut(arg, ":")
+			n, _ := strconv.Atoi(mb)
+			d, _ := strconv.Atoi(ms)
+			b := touch(n << 20)
+			time.Sleep(time.Duration(d) * time.Millisecond)
+			syscall.Munmap(b)
+		case "hog":
+			for {
+				touch(16 << 20)
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+		fmt.Println("ok")
+	}
+}
+
+// touch maps n bytes of anonymous memory and touches every page. The
+// memory is outside the Go heap, so that a worker built with -race (this
+// test binary) holds what it is asked to, without the race detector's
+// shadow of it.
+func touch(n int) []byte {
+	b, err := syscall.Mmap(-1, 0, n, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	if err != nil {
+		panic(err)
+	}
+	for i := 0; i < len(b); i += 4096 {
+		b[i] = 1
+	}
+	return b
+}
+
+func requireCgroups(t *testing.T) {
+	t.Helper()
+	m, err := memory.NewManager()
+	if err != nil {
+		testenv.SkipOrFail(t, "memory cgroups: "+err.Error())
+		return
+	}
+	mode, reason := m.Mode(), m.Reason()
+	m.Close()
+	if !mode.PerWorker() {
+		testenv.SkipOrFail(t, reason)
+	}
+}
+
+// scrape reads the metrics at url as name{labels} -> value.
+func scrape(t *testing.T, url string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("scrape: %s", resp.Status)
+	}
+	return parse(t, resp.Body)
+}
+
+// parse reads Prometheus's text format, enough for these tests.
+func parse(t *testing.T, r io.Reader) map[string]float64 {
+	t.Helper()
+	m := map[string]float64{}
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("metric line %q: %v", line, err)
+		}
+		m[line[:i]] = v
+	}
+	return m
+}
+
+// TestScrapeDuringRun serves the metrics of a real run and scrapes them
+// over HTTP while it goes on and at its end: four workers, a 120 MiB
+// budget and tasks that need 40 MiB and more (50 MiB expected at first),
+// so that the governor allows two at once and the others wait for
+// memory; ten tasks end, and one allocates until the kernel OOM-kills it
+// and is poison.
+func TestScrapeDuringRun(t *testing.T) {
+	requireCgroups(t)
+	c := metrics.New()
+	srv, err := metrics.Listen("127.0.0.1:0", c.Handler())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	defer c.Close()
+
+	before := scrape(t, srv.URL())
+	if _, ok := before[`safepool_tasks{state="done"}`]; ok {
+		t.Errorf("tasks are served before the pool is attached")
+	}
+
+	cfg := pool.Config{
+		Command:    []string{os.Args[0], "-test.run=^$"},
+		Env:        append(os.Environ(), workerEnv+"=1"),
+		Protocol:   pool.Line,
+		Workers:    4,
+		MemBudget:  120 << 20,
+		MemPerTask: 50 << 20,
+		Observer:   c.Observe,
+	}
+	p, err := pool.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Attach(p)
+	inputs := []string{"hog"}
+	for i := 0; i < 10; i++ {
+		inputs = append(inputs, "work:40:300")
+	}
+	go func() {
+		defer p.Close()
+		for _, in := range inputs {
+			if _, err := p.Submit(context.Background(), pool.Task{Input: []byte(in)}); err != nil {
+				return
+			}
+		}
+	}()
+
+	// Scrape while the run goes on.
+	results := p.Results()
+	var maxRunning, maxAllowed, sawBlocked, scrapes float64
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for results != nil {
+		select {
+		case _, ok := <-results:
+			if !ok {
+				results = nil
+			}
+		case <-tick.C:
+			m := scrape(t, srv.URL())
+			scrapes++
+			maxRunning = max(maxRunning, m[`safepool_tasks{state="running"}`])
+			maxAllowed = max(maxAllowed, m["safepool_memory_allowed_attempts"])
+			sawBlocked = max(sawBlocked, m["safepool_admission_blocked"])
+		}
+	}
+	if err := p.Err(); err != nil {
+		t.Fatalf("pool: %v", err)
+	}
+	t.Logf("%v scrapes during the run: at most %v running, %v allowed", scrapes, maxRunning, maxAllowed)
+	if maxAllowed > 2 || maxAllowed < 1 || maxRunning > 2 || maxRunning < 1 {
+		t.Errorf("during the run: at most %v allowed and %v running, want 1 or 2 of each", maxAllowed, maxRunning)
+	}
+	if sawBlocked != 1 {
+		t.Errorf("safepool_admission_blocked was never 1 while 11 tasks waited for 2 places")
+	}
+
+	// At the end: every count is the pool's.
+	m := scrape(t, srv.URL())
+	st := p.Stats()
+	want := map[string]float64{
+		`safepool_tasks{state="done"}`:                             10,
+		`safepool_tasks{state="poison"}`:                           1,
+		`safepool_tasks{state="failed"}`:                           0,
+		`safepool_tasks{state="running"}`:                          0,
+		`safepool_tasks{state="queued"}`:                           0,
+		`safepool_tasks_submitted_total`:                           11,
+		`safepool_attempts_total{cause="success"}`:                 10,
+		`safepool_attempts_total{cause="oom"}`:                     float64(st.Attempts - 10),
+		`safepool_task_failures_total{cause="oom",state="poison"}`: 1,
+		`safepool_workers`:                                         4,
+		`safepool_workers_started_total`:                           float64(st.WorkersStarted),
+		`safepool_worker_deaths_total`:                             float64(st.WorkerDeaths),
+		`safepool_preemptions_total`:                               float64(st.Preempted),
+	}
+	for k, v := range want {
+		if got, ok := m[k]; !ok || got != v {
+			t.Errorf("%s = %v (served: %v), want %v", k, got, ok, v)
+		}
+	}
+	if st.Attempts < 11 {
+		t.Errorf("%d attempts, want the hog's besides the ten", st.Attempts)
+	}
+	if b := m["safepool_memory_budget_bytes"]; b <= 0 || b > 120<<20 {
+		t.Errorf("safepool_memory_budget_bytes = %v, want at most the 120 MiB budget", b)
+	}
+	if _, ok := m["safepool_memory_in_use_bytes"]; !ok {
+		t.Errorf("safepool_memory_in_use_bytes is not served")
+	}
+	t.Logf("admission: %v waits, %v s", m["safepool_admission_waits_total"], m["safepool_admission_wait_seconds_total"])
+	if m["safepool_admission_waits_total"] < 1 || m["safepool_admission_wait_seconds_total"] < 0.3 {
+		t.Errorf("admission: %v waits, %v s; want at least one wait of a task's length (0.3 s)",
+			m["safepool_admission_waits_total"], m["safepool_admission_wait_seconds_total"])
+	}
+}
+
+// TestServerErrors: a port in use is refused at Listen, and other paths
+// than /metrics are not found.
+func TestServerErrors(t *testing.T) {
+	c := metrics.New()
+	defer c.Close()
+	srv, err := metrics.Listen("127.0.0.1:0", c.Handler())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	if s, err := metrics.Listen(srv.Addr().String(), c.Handler()); err == nil {
+		s.Close()
+		t.Errorf("Listen(%s) twice succeeded", srv.Addr())
+	}
+	resp, err := http.Get("http://" + srv.Addr().String() + "/nothing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("GET /nothing = %s, want 404", resp.Status)
+	}
+}

@@ -1,0 +1,526 @@
+// Package report reads one run of a safepool journal (the SQLite database
+// that --journal writes, whose schema is internal/journal/schema.sql) and
+// renders it as one self-contained HTML page: memory and concurrency over
+// time as inline SVG, the OOM kills, preemptions and retries on the time
+// axis, a summary of causes and a table of tasks sortable in the page.
+//
+// The page loads nothing from the network: its style and script are
+// inline, and its Content-Security-Policy forbids every fetch. Its size is
+// bounded whatever the run's: each series is drawn with at most
+// Options.MaxPoints points, at most Options.MaxWorkers worker series and
+// Options.MaxMarks marks of each kind, and the table holds at most
+// Options.MaxRows tasks. The page says what it left out.
+package report
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	_ "modernc.org/sqlite" // the pure-Go SQLite driver, registered as "sqlite"
+)
+
+// schemaVersion is the journal's PRAGMA user_version that this package
+// reads.
+const schemaVersion = 1
+
+// ErrNoRun means the journal has no run of the id asked for, or no run at
+// all.
+var ErrNoRun = errors.New("report: no such run in the journal")
+
+// ErrNotJournal means the file is not a safepool journal, or one of a
+// schema version this package does not read.
+var ErrNotJournal = errors.New("report: not a safepool journal")
+
+// Load reads one run of the journal at path, opened read-only: a journal
+// that a running supervisor writes can be read at the same time.
+func Load(ctx context.Context, path string, opt Options) (*Run, error) {
+	opt.normalize()
+	db, err := open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	l := &loader{db: db, opt: opt}
+	return l.load(ctx)
+}
+
+// open opens the journal read-only and checks its schema version.
+func open(path string) (*sql.DB, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("report: %w", err)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("report: %w", err)
+	}
+	u := url.URL{Scheme: "file", OmitHost: true, Path: abs,
+		RawQuery: "mode=ro&_pragma=query_only(1)&_pragma=busy_timeout(5000)"}
+	db, err := sql.Open("sqlite", u.String())
+	if err != nil {
+		return nil, fmt.Errorf("report: opening %s: %w", path, err)
+	}
+	var v int
+	if err := db.QueryRow("PRAGMA user_version").Scan(&v); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("%w: %s: %v", ErrNotJournal, path, err)
+	}
+	if v != schemaVersion {
+		db.Close()
+		return nil, fmt.Errorf("%w: %s has schema version %d, want %d", ErrNotJournal, path, v, schemaVersion)
+	}
+	return db, nil
+}
+
+// loader reads one run; its queries bound what they return by opt.
+type loader struct {
+	db  *sql.DB
+	opt Options
+	r   *Run
+	t0  int64 // the run's start, Unix ns
+	end int64 // the end of the time axis, Unix ns
+}
+
+func (l *loader) load(ctx context.Context) (*Run, error) {
+	l.r = &Run{States: map[string]int{}, MarkCounts: map[string]int{}, ExitStatus: -1}
+	steps := []func(context.Context) error{
+		l.loadRun, l.loadCounts, l.loadRows, l.loadSeries, l.loadWorkers, l.loadMarks,
+	}
+	for _, step := range steps {
+		if err := step(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return l.r, nil
+}
+
+func (l *loader) loadRun(ctx context.Context) error {
+	r := l.r
+	if err := l.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM run").Scan(&r.Runs); err != nil {
+		return l.fail("counting runs", err)
+	}
+	id := l.opt.RunID
+	if id == 0 {
+		var last sql.NullInt64
+		if err := l.db.QueryRowContext(ctx, "SELECT MAX(id) FROM run").Scan(&last); err != nil {
+			return l.fail("finding the last run", err)
+		}
+		if !last.Valid {
+			return fmt.Errorf("%w: the journal holds no run", ErrNoRun)
+		}
+		id = last.Int64
+	}
+	var (
+		ended, budget, limit, exit sql.NullInt64
+		argv                       string
+	)
+	err := l.db.QueryRowContext(ctx, `SELECT id, started, ended, kind, command, argv, workers,
+		memory_mode, mem_budget, mem_limit, exit_status FROM run WHERE id = ?`, id).Scan(
+		&r.ID, &l.t0, &ended, &r.Kind, &r.Command, &argv, &r.Workers,
+		&r.MemoryMode, &budget, &limit, &exit)
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("%w: run %d (the journal has %d)", ErrNoRun, id, r.Runs)
+	}
+	if err != nil {
+		return l.fail("reading the run", err)
+	}
+	// A malformed argv is shown as it is rather than refused: the rest of
+	// the run is still worth a look.
+	if json.Unmarshal([]byte(argv), &r.Argv) != nil {
+		r.Argv = []string{argv}
+	}
+	r.Budget, r.Limit = budget.Int64, limit.Int64
+	if exit.Valid {
+		r.ExitStatus = int(exit.Int64)
+	}
+	r.Started = time.Unix(0, l.t0)
+	l.end = ended.Int64
+	r.EndKnown = ended.Valid
+	if !ended.Valid {
+		// The supervisor died or still runs: the axis ends at the last
+		// thing the journal recorded.
+		var last sql.NullInt64
+		err := l.db.QueryRowContext(ctx, `SELECT MAX(m) FROM (
+			SELECT MAX(at) m FROM sample WHERE run_id = ?1
+			UNION ALL SELECT MAX(at) FROM event WHERE run_id = ?1
+			UNION ALL SELECT MAX(ended) FROM attempt WHERE run_id = ?1
+			UNION ALL SELECT MAX(ended) FROM task WHERE run_id = ?1)`, id).Scan(&last)
+		if err != nil {
+			return l.fail("finding the run's last record", err)
+		}
+		l.end = max(last.Int64, l.t0)
+	}
+	l.end = max(l.end, l.t0) // a clock that stepped back draws nothing rather than a negative axis
+	r.Ended = time.Unix(0, l.end)
+	return nil
+}
+
+func (l *loader) loadCounts(ctx context.Context) error {
+	r := l.r
+	rows, err := l.db.QueryContext(ctx, "SELECT state, COUNT(*) FROM task WHERE run_id = ? GROUP BY state", r.ID)
+	if err != nil {
+		return l.fail("counting tasks", err)
+	}
+	for rows.Next() {
+		var s string
+		var n int
+		if err := rows.Scan(&s, &n); err != nil {
+			rows.Close()
+			return l.fail("counting tasks", err)
+		}
+		r.States[s] = n
+		r.Tasks += n
+	}
+	if err := closeRows(rows); err != nil {
+		return l.fail("counting tasks", err)
+	}
+
+	causes := map[string]*CauseCount{}
+	get := func(c string) *CauseCount {
+		if causes[c] == nil {
+			causes[c] = &CauseCount{Cause: c}
+		}
+		return causes[c]
+	}
+	rows, err = l.db.QueryContext(ctx, "SELECT cause, COUNT(*) FROM attempt WHERE run_id = ? GROUP BY cause", r.ID)
+	if err != nil {
+		return l.fail("counting causes", err)
+	}
+	for rows.Next() {
+		var c string
+		var n int
+		if err := rows.Scan(&c, &n); err != nil {
+			rows.Close()
+			return l.fail("counting causes", err)
+		}
+		r.Attempts += n
+		if c != "" {
+			get(c).Attempts = n
+		}
+	}
+	if err := closeRows(rows); err != nil {
+		return l.fail("counting causes", err)
+	}
+	rows, err = l.db.QueryContext(ctx, `SELECT cause, COUNT(*) FROM task
+		WHERE run_id = ? AND cause IS NOT NULL AND cause != '' GROUP BY cause`, r.ID)
+	if err != nil {
+		return l.fail("counting causes", err)
+	}
+	for rows.Next() {
+		var c string
+		var n int
+		if err := rows.Scan(&c, &n); err != nil {
+			rows.Close()
+			return l.fail("counting causes", err)
+		}
+		get(c).Tasks = n
+	}
+	if err := closeRows(rows); err != nil {
+		return l.fail("counting causes", err)
+	}
+	for _, c := range causes {
+		r.Causes = append(r.Causes, *c)
+	}
+	slices.SortFunc(r.Causes, func(a, b CauseCount) int {
+		if a.Attempts != b.Attempts {
+			return b.Attempts - a.Attempts
+		}
+		if a.Tasks != b.Tasks {
+			return b.Tasks - a.Tasks
+		}
+		if a.Cause < b.Cause {
+			return -1
+		}
+		return 1
+	})
+	return nil
+}
+
+// taskSelect reads TaskRow columns: a task with the time its attempts ran.
+var taskSelect = `SELECT t.id, substr(t.input, 1, ` + strconv.Itoa(inputPreview) + `), t.state, t.attempts, t.cause, t.peak,
+	COALESCE((SELECT SUM(a.ended - a.started) FROM attempt a WHERE a.run_id = t.run_id AND a.task_id = t.id), 0) AS runtime
+	FROM task t WHERE t.run_id = ?1`
+
+// rowPicks choose the tasks of a run too large for the table, by id
+// alone (?1 the run, ?2 how many): every task that did not end done, then
+// the longest-running, then the largest. Only the rows picked are read
+// whole.
+var rowPicks = []string{
+	`SELECT id FROM task WHERE run_id = ?1 AND state NOT IN ('done', 'skipped') ORDER BY id LIMIT ?2`,
+	`SELECT task_id FROM attempt WHERE run_id = ?1 GROUP BY task_id ORDER BY SUM(ended - started) DESC, task_id LIMIT ?2`,
+	`SELECT id FROM task WHERE run_id = ?1 ORDER BY peak DESC, id LIMIT ?2`,
+}
+
+func (l *loader) loadRows(ctx context.Context) error {
+	r := l.r
+	limit := l.opt.MaxRows
+	if r.Tasks <= limit {
+		if err := l.readRows(ctx, taskSelect+" ORDER BY t.id", r.ID); err != nil {
+			return err
+		}
+		r.RowsLeftOut = r.Tasks - len(r.Rows)
+		return nil
+	}
+	var ids []int64
+	seen := map[int64]bool{}
+	for i, q := range rowPicks {
+		room := limit - len(ids)
+		if i == 1 {
+			room = (room + 1) / 2 // the longest half, the largest the other half
+		}
+		if room <= 0 {
+			break
+		}
+		// Ask for room more than are seen already: those come again.
+		rows, err := l.db.QueryContext(ctx, q, r.ID, room+len(seen))
+		if err != nil {
+			return l.fail("choosing tasks", err)
+		}
+		for added := 0; added < room && rows.Next(); {
+			var id int64
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return l.fail("choosing tasks", err)
+			}
+			if !seen[id] {
+				seen[id] = true
+				ids = append(ids, id)
+				added++
+			}
+		}
+		if err := closeRows(rows); err != nil {
+			return l.fail("choosing tasks", err)
+		}
+	}
+	list := make([]string, len(ids))
+	for i, id := range ids {
+		list[i] = strconv.FormatInt(id, 10)
+	}
+	// The ids are integers read from the journal, safe to write into the
+	// query; a read-only connection cannot fill a temporary table.
+	q := taskSelect + " AND t.id IN (" + strings.Join(list, ",") + ") ORDER BY t.id"
+	if err := l.readRows(ctx, q, r.ID); err != nil {
+		return err
+	}
+	r.RowsLeftOut = r.Tasks - len(r.Rows)
+	return nil
+}
+
+// readRows appends the tasks that q reads.
+func (l *loader) readRows(ctx context.Context, q string, args ...any) error {
+	rows, err := l.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return l.fail("reading tasks", err)
+	}
+	for rows.Next() {
+		var (
+			t       TaskRow
+			input   []byte
+			cause   sql.NullString
+			peak    sql.NullInt64
+			runtime int64
+		)
+		if err := rows.Scan(&t.ID, &input, &t.State, &t.Attempts, &cause, &peak, &runtime); err != nil {
+			rows.Close()
+			return l.fail("reading tasks", err)
+		}
+		t.Input = preview(input)
+		t.Cause = cause.String
+		t.Peak = peak.Int64
+		t.Runtime = time.Duration(runtime)
+		l.r.Rows = append(l.r.Rows, t)
+	}
+	if err := closeRows(rows); err != nil {
+		return l.fail("reading tasks", err)
+	}
+	return nil
+}
+
+// preview is the input as the table shows it: valid UTF-8, without
+// control characters, at most inputPreview bytes.
+func preview(b []byte) string {
+	if len(b) > inputPreview {
+		b = b[:inputPreview]
+	}
+	out := make([]rune, 0, len(b))
+	for _, c := range string(b) {
+		if c < 0x20 || c == 0x7f {
+			c = '·'
+		}
+		out = append(out, c)
+	}
+	return string(out)
+}
+
+// bucketed reads series in at most MaxPoints spans of time each, the
+// highest value of each span (SQLite takes the bare column at from the
+// row of the MAX), in one pass over the run's samples: ?1 run, ?2 the
+// run's start, ?3 MaxPoints, ?4 the run's length plus one; the caller adds
+// which samples.
+const bucketed = `SELECT series, worker_pid, at, MAX(value) FROM sample WHERE run_id = ?1 AND %s
+	GROUP BY series, worker_pid, (at - ?2) * ?3 / ?4 ORDER BY series, worker_pid, at`
+
+// series reads the series of the samples that where selects into
+// dst[series][pid].
+func (l *loader) series(ctx context.Context, where string, dst map[string]map[int][]Point) error {
+	span := max(l.end-l.t0, 1)
+	rows, err := l.db.QueryContext(ctx, fmt.Sprintf(bucketed, where), l.r.ID, l.t0, int64(l.opt.MaxPoints), span+1)
+	if err != nil {
+		return l.fail("reading samples", err)
+	}
+	for rows.Next() {
+		var (
+			series string
+			pid    int
+			at, v  int64
+		)
+		if err := rows.Scan(&series, &pid, &at, &v); err != nil {
+			rows.Close()
+			return l.fail("reading samples", err)
+		}
+		if dst[series] == nil {
+			dst[series] = map[int][]Point{}
+		}
+		dst[series][pid] = append(dst[series][pid], Point{At: time.Duration(at - l.t0), Value: v})
+	}
+	if err := closeRows(rows); err != nil {
+		return l.fail("reading samples", err)
+	}
+	return nil
+}
+
+func (l *loader) loadSeries(ctx context.Context) error {
+	r := l.r
+	got := map[string]map[int][]Point{}
+	if err := l.series(ctx, "worker_pid = 0 AND series IN ('total', 'budget', 'limit', 'running', 'allowed')", got); err != nil {
+		return err
+	}
+	r.Total, r.Budgets, r.Limits = got["total"][0], got["budget"][0], got["limit"][0]
+	r.Running, r.Allowed = got["running"][0], got["allowed"][0]
+	return nil
+}
+
+func (l *loader) loadWorkers(ctx context.Context) error {
+	r := l.r
+	rows, err := l.db.QueryContext(ctx, `SELECT worker_pid, MAX(value) m FROM sample
+		WHERE run_id = ? AND series = 'worker' GROUP BY worker_pid ORDER BY m DESC, worker_pid`, r.ID)
+	if err != nil {
+		return l.fail("reading workers", err)
+	}
+	var pids []string
+	n := 0
+	for rows.Next() {
+		var w WorkerSeries
+		if err := rows.Scan(&w.PID, &w.Peak); err != nil {
+			rows.Close()
+			return l.fail("reading workers", err)
+		}
+		n++
+		if len(r.WorkerSeries) < l.opt.MaxWorkers {
+			r.WorkerSeries = append(r.WorkerSeries, w)
+			pids = append(pids, strconv.Itoa(w.PID))
+		}
+	}
+	if err := closeRows(rows); err != nil {
+		return l.fail("reading workers", err)
+	}
+	r.WorkersLeftOut = n - len(r.WorkerSeries)
+	if len(pids) == 0 {
+		return nil
+	}
+	got := map[string]map[int][]Point{}
+	if err := l.series(ctx, "series = 'worker' AND worker_pid IN ("+strings.Join(pids, ",")+")", got); err != nil {
+		return err
+	}
+	for i := range r.WorkerSeries {
+		r.WorkerSeries[i].Points = got["worker"][r.WorkerSeries[i].PID]
+	}
+	return nil
+}
+
+// derivedMarks read a kind of mark from the attempts and tasks, for a
+// journal whose event table has none of that kind: each query reads at,
+// task_id, worker_pid and detail.
+var derivedMarks = map[string]string{
+	"oom": `SELECT ended, task_id, worker_pid, message FROM attempt
+		WHERE run_id = ?1 AND cause = 'oom'`,
+	"preempted": `SELECT ended, task_id, worker_pid, message FROM attempt
+		WHERE run_id = ?1 AND cause = 'preempted'`,
+	// A retry is the first attempt of each number after the first: an
+	// attempt after a preemption shares its number, and is no retry.
+	"retry": `SELECT a.started, a.task_id, a.worker_pid, 'attempt ' || a.number FROM attempt a
+		WHERE a.run_id = ?1 AND a.number > 1 AND NOT EXISTS (SELECT 1 FROM attempt b
+			WHERE b.run_id = a.run_id AND b.task_id = a.task_id AND b.number = a.number AND b.started < a.started)`,
+	"poison": `SELECT ended, id, NULL, cause FROM task WHERE run_id = ?1 AND state = 'poison' AND ended IS NOT NULL`,
+}
+
+func (l *loader) loadMarks(ctx context.Context) error {
+	r := l.r
+	for _, kind := range markKinds {
+		q := `SELECT at, task_id, worker_pid, detail FROM event WHERE run_id = ?1 AND kind = ?2`
+		args := []any{r.ID, kind}
+		var n int
+		if err := l.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM ("+q+")", args...).Scan(&n); err != nil {
+			return l.fail("counting events", err)
+		}
+		if n == 0 {
+			q, args = derivedMarks[kind], args[:1]
+			if err := l.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM ("+q+")", args...).Scan(&n); err != nil {
+				return l.fail("counting events", err)
+			}
+		}
+		r.MarkCounts[kind] = n
+		q = "SELECT * FROM (" + q + ") ORDER BY 1 LIMIT " + strconv.Itoa(l.opt.MaxMarks)
+		rows, err := l.db.QueryContext(ctx, q, args...)
+		if err != nil {
+			return l.fail("reading events", err)
+		}
+		for rows.Next() {
+			var (
+				at        int64
+				task, pid sql.NullInt64
+				detail    sql.NullString
+			)
+			if err := rows.Scan(&at, &task, &pid, &detail); err != nil {
+				rows.Close()
+				return l.fail("reading events", err)
+			}
+			r.Marks = append(r.Marks, Mark{At: time.Duration(at - l.t0), Kind: kind,
+				TaskID: task.Int64, PID: int(pid.Int64), Detail: detail.String})
+		}
+		if err := closeRows(rows); err != nil {
+			return l.fail("reading events", err)
+		}
+	}
+	slices.SortStableFunc(r.Marks, func(a, b Mark) int {
+		switch {
+		case a.At < b.At:
+			return -1
+		case a.At > b.At:
+			return 1
+		}
+		return 0
+	})
+	return nil
+}
+
+func (l *loader) fail(what string, err error) error {
+	return fmt.Errorf("report: %s: %w", what, err)
+}
+
+func closeRows(rows *sql.Rows) error {
+	err := rows.Err()
+	if cerr := rows.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

@@ -1,0 +1,122 @@
+package report
+
+import (
+	_ "embed"
+	"fmt"
+	"html/template"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/safepool/safepool/internal/bytesize"
+)
+
+//go:embed page.html
+var pageHTML string
+
+var page = template.Must(template.New("page").Parse(pageHTML))
+
+// page is what the template reads: the run, and what is worked out of it
+// for the eye.
+type pageData struct {
+	R           *Run
+	Command     string
+	Started     string
+	Span        string
+	Budget      string
+	Limit       string
+	States      []count
+	MarkCards   []count
+	Memory      *chart
+	Concurrency *chart
+	Rows        []rowView
+	Points      int
+	MaxRows     int
+}
+
+type count struct {
+	Name, Label string
+	Count       int
+	Bad         bool
+}
+
+type rowView struct {
+	TaskRow
+	RuntimeNS int64
+	PeakBytes int64
+	Runtime   string
+	Peak      string
+}
+
+// stateOrder is the order of the states in the summary; other states the
+// journal may hold follow.
+var stateOrder = []string{"done", "failed", "poison", "cancelled", "skipped", "pending"}
+
+// Write renders r as one self-contained HTML page. opt bounds the page as
+// it bounded Load; only MaxPoints and MaxRows are used, in what the page
+// says.
+func Write(w io.Writer, r *Run, opt Options) error {
+	opt.normalize()
+	d := &pageData{
+		R:           r,
+		Command:     r.Command,
+		Started:     r.Started.UTC().Format("2006-01-02 15:04:05Z"),
+		Span:        shortDuration(r.Span()),
+		Budget:      sizeOrNone(r.Budget),
+		Limit:       sizeOrNone(r.Limit),
+		Memory:      memoryChart(r),
+		Concurrency: concurrencyChart(r),
+		Points:      opt.MaxPoints,
+		MaxRows:     opt.MaxRows,
+	}
+	if len(r.Argv) > 0 {
+		d.Command = strings.Join(r.Argv, " ")
+	}
+	seen := map[string]bool{}
+	addState := func(s string) {
+		if n, ok := r.States[s]; ok && !seen[s] {
+			seen[s] = true
+			d.States = append(d.States, count{Name: s, Count: n, Bad: n > 0 && (s == "failed" || s == "poison")})
+		}
+	}
+	for _, s := range stateOrder {
+		addState(s)
+	}
+	others := slices.Sorted(maps.Keys(r.States))
+	for _, s := range others {
+		addState(s)
+	}
+	for _, k := range markKinds {
+		n := r.MarkCounts[k]
+		label := markPlurals[k]
+		d.MarkCards = append(d.MarkCards, count{Name: k, Label: label, Count: n, Bad: n > 0 && k != "retry"})
+	}
+	for _, t := range r.Rows {
+		v := rowView{TaskRow: t, RuntimeNS: int64(t.Runtime), PeakBytes: t.Peak,
+			Runtime: shortDuration(t.Runtime), Peak: "?"}
+		if t.Peak > 0 {
+			v.Peak = bytesize.Format(t.Peak)
+		}
+		d.Rows = append(d.Rows, v)
+	}
+	if err := page.Execute(w, d); err != nil {
+		return fmt.Errorf("report: rendering: %w", err)
+	}
+	return nil
+}
+
+// markPlurals name the counts of marks in the summary.
+var markPlurals = map[string]string{
+	"oom":       "OOM kills",
+	"preempted": "preemptions",
+	"retry":     "retries",
+	"poison":    "poisoned",
+}
+
+func sizeOrNone(n int64) string {
+	if n <= 0 {
+		return "none"
+	}
+	return bytesize.Format(n)
+}

@@ -1,0 +1,249 @@
+package report_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/safepool/safepool/internal/report"
+)
+
+// TestRecordedRun loads the journal of a real run and checks that the
+// report reads what happened: the OOM kills and the retry, the causes, the
+// peaks and the samples.
+func TestRecordedRun(t *testing.T) {
+	j, id := recordRun(t)
+	r, err := report.Load(context.Background(), j.path, report.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.ID != id || r.Tasks != 30 || len(r.Rows) != 30 || r.RowsLeftOut != 0 {
+		t.Errorf("run %d: %d tasks, %d rows, %d left out; want run %d, 30, 30, 0", r.ID, r.Tasks, len(r.Rows), r.RowsLeftOut, id)
+	}
+	if r.States["done"] != 29 || r.States["failed"] != 1 {
+		t.Errorf("States = %v, want 29 done and 1 failed", r.States)
+	}
+	causes := map[string]report.CauseCount{}
+	for _, c := range r.Causes {
+		causes[c.Cause] = c
+	}
+	if c := causes["oom"]; c.Attempts != 3 || c.Tasks != 1 {
+		t.Errorf("oom = %+v, want 3 attempts (task 8 once, task 17 twice) and 1 task", c)
+	}
+	if c := causes["exit:3"]; c.Attempts != 1 || c.Tasks != 0 {
+		t.Errorf("exit:3 = %+v, want 1 attempt and no task", c)
+	}
+	if r.MarkCounts["oom"] != 3 || r.MarkCounts["retry"] != 3 {
+		t.Errorf("MarkCounts = %v, want 3 oom and 3 retry", r.MarkCounts)
+	}
+	hog := r.Rows[16]
+	if hog.ID != 17 || hog.State != "failed" || hog.Cause != "oom" || hog.Attempts != 2 || hog.Peak < 100<<20 {
+		t.Errorf("task 17 = %+v, want failed with oom after 2 attempts, peak near the 160 MiB limit", hog)
+	}
+	if len(r.Total) == 0 || len(r.Running) == 0 || len(r.Allowed) == 0 || len(r.WorkerSeries) == 0 {
+		t.Errorf("series: %d total, %d running, %d allowed, %d workers; want samples in each",
+			len(r.Total), len(r.Running), len(r.Allowed), len(r.WorkerSeries))
+	}
+	if r.Limit != 160<<20 || r.Budget != 320<<20 {
+		t.Errorf("Limit, Budget = %d, %d; want 160 MiB and 320 MiB", r.Limit, r.Budget)
+	}
+	if os.Getenv("REPORT_OUT") != "" {
+		var b bytes.Buffer
+		if err := report.Write(&b, r, report.Options{}); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(os.Getenv("REPORT_OUT"), b.Bytes(), 0o644)
+	}
+}
+
+// TestLoadErrors: a missing file, a file that is not a journal, and a run
+// that is not in the journal are errors that say so.
+func TestLoadErrors(t *testing.T) {
+	j := newTestJournal(t)
+	notJournal := filepath.Join(t.TempDir(), "notes.txt")
+	os.WriteFile(notJournal, []byte("not a database at all, longer than a header of one hundred bytes "+strings.Repeat("x", 100)), 0o644)
+	tests := []struct {
+		name string
+		path string
+		run  int64
+		want error
+	}{
+		{"missing file", filepath.Join(t.TempDir(), "none.db"), 0, os.ErrNotExist},
+		{"not a journal", notJournal, 0, report.ErrNotJournal},
+		{"empty journal", j.path, 0, report.ErrNoRun},
+		{"no such run", j.path, 7, report.ErrNoRun},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := report.Load(context.Background(), tt.path, report.Options{RunID: tt.run})
+			if !errors.Is(err, tt.want) {
+				t.Errorf("Load(%s, run %d) = %v, want %v", tt.name, tt.run, err, tt.want)
+			}
+		})
+	}
+}
+
+// syntheticRun writes a run of n tasks to j with samples every step over
+// the run's length, from workers workers, and returns its id. It is not a
+// real run: it is big, to check the bounds.
+func syntheticRun(t *testing.T, j *testJournal, n, workers int, length, step time.Duration) int64 {
+	t.Helper()
+	start := time.Unix(1_700_000_000, 0)
+	id := j.addRun(t, runRow{started: start, ended: start.Add(length), kind: "run", command: "sh -c work {}",
+		argv: []string{"safepool", "run", "-j", fmt.Sprint(workers), "sh", "-c", "work {}"}, workers: workers,
+		memoryMode: "cgroup-v2", budget: 8 << 30, exitStatus: 1})
+	tx, err := j.db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= n; i++ {
+		at := start.Add(length * time.Duration(i) / time.Duration(n+1))
+		state, cause := "done", any(nil)
+		if i%97 == 0 {
+			state, cause = "failed", "exit:1"
+		}
+		if _, err := tx.Exec(`INSERT INTO task (run_id, id, key, input, state, attempts, cause, peak, ended)
+			VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?)`, id, i, taskKey("work", []byte(fmt.Sprint(i))),
+			[]byte(fmt.Sprintf("input-%d", i)), state, cause, int64(i%1000)<<20, at.UnixNano()); err != nil {
+			t.Fatal(err)
+		}
+		c := ""
+		if cause != nil {
+			c = "exit:1"
+		}
+		if _, err := tx.Exec(`INSERT INTO attempt (run_id, task_id, number, worker_pid, started, ended, cause, peak)
+			VALUES (?, ?, 1, ?, ?, ?, ?, ?)`, id, i, 1000+i%workers, at.Add(-time.Duration(i%50)*time.Millisecond).UnixNano(),
+			at.UnixNano(), c, int64(i%1000)<<20); err != nil {
+			t.Fatal(err)
+		}
+	}
+	insert, err := tx.Prepare(`INSERT INTO sample (run_id, at, worker_pid, series, value) VALUES (?, ?, ?, ?, ?)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer insert.Close()
+	k := 0
+	for at := start; at.Before(start.Add(length)); at = at.Add(step) {
+		k++
+		var total int64
+		for w := 0; w < workers; w++ {
+			v := int64((k*7+w*13)%200) << 20
+			total += v
+			insert.Exec(id, at.UnixNano(), 1000+w, "worker", v)
+		}
+		for series, v := range map[string]int64{"total": total, "budget": 8 << 30, "running": int64(k % (workers + 1)), "allowed": int64(workers)} {
+			insert.Exec(id, at.UnixNano(), 0, series, v)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// TestBounds: a run of many tasks, workers and samples is read within the
+// bounds, and the failed tasks are all in the table.
+func TestBounds(t *testing.T) {
+	j := newTestJournal(t)
+	syntheticRun(t, j, 1000, 60, 2*time.Minute, 500*time.Millisecond)
+	opt := report.Options{MaxRows: 300, MaxPoints: 200, MaxWorkers: 10}
+	r, err := report.Load(context.Background(), j.path, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Rows) != 300 || r.RowsLeftOut != 700 {
+		t.Errorf("%d rows, %d left out; want 300 and 700", len(r.Rows), r.RowsLeftOut)
+	}
+	failed := 0
+	for _, row := range r.Rows {
+		if row.State == "failed" {
+			failed++
+		}
+	}
+	if failed != 1000/97 {
+		t.Errorf("%d failed tasks in the table, want all %d", failed, 1000/97)
+	}
+	if len(r.WorkerSeries) != 10 || r.WorkersLeftOut != 50 {
+		t.Errorf("%d worker series, %d left out; want 10 and 50", len(r.WorkerSeries), r.WorkersLeftOut)
+	}
+	for name, pts := range map[string][]report.Point{"total": r.Total, "running": r.Running, "worker": r.WorkerSeries[0].Points} {
+		if len(pts) < 100 || len(pts) > 200 {
+			t.Errorf("%s: %d points, want 100 to 200 (240 samples in 200 spans)", name, len(pts))
+		}
+	}
+	var b bytes.Buffer
+	if err := report.Write(&b, r, opt); err != nil {
+		t.Fatal(err)
+	}
+	if b.Len() > 1<<20 {
+		t.Errorf("page is %d bytes, want under 1 MiB", b.Len())
+	}
+}
+
+// writerEnv makes the test binary a journal writer that is killed in the
+// middle of its work: it writes a run and its tasks in WAL mode, says
+// "ready" and waits, without closing the database or checkpointing.
+const writerEnv = "SAFEPOOL_REPORT_TEST_WRITER"
+
+// killedWriter is the writer that writerEnv asks for; it never returns
+// but by an error, as it is killed while it waits.
+func killedWriter(path string) int {
+	db, err := sql.Open("sqlite", path+"?_pragma=journal_mode(WAL)&_pragma=wal_autocheckpoint(0)")
+	if err == nil {
+		_, err = db.Exec(`INSERT INTO run (id, started, kind, command, argv, workers, memory_mode)
+			VALUES (1, 1000000000, 'run', 'work', '[]', 2, 'cgroup-v2')`)
+	}
+	for i := 1; err == nil && i <= 100; i++ {
+		_, err = db.Exec(`INSERT INTO task (run_id, id, key, input, state, ended) VALUES (1, ?, ?, 'x', 'done', ?)`,
+			i, fmt.Sprint(i), 1000000000+int64(i)*10000000)
+	}
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	fmt.Println("ready")
+	time.Sleep(time.Minute)
+	return 0
+}
+
+// TestLoadAfterWriterKilled: a journal whose writer was SIGKILLed before
+// it checkpointed its WAL is read whole, and the run, which never ended,
+// ends at its last record.
+func TestLoadAfterWriterKilled(t *testing.T) {
+	j := newTestJournal(t)
+	j.db.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), writerEnv+"="+j.path)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	cmd.Process.Kill()
+	cmd.Wait()
+	if line != "ready\n" {
+		t.Fatalf("writer said %q", line)
+	}
+	if _, err := os.Stat(j.path + "-wal"); err != nil {
+		t.Fatalf("no WAL left behind: %v", err)
+	}
+	r, err := report.Load(context.Background(), j.path, report.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Tasks != 100 || r.EndKnown || r.Span() != time.Second {
+		t.Errorf("%d tasks, end known %v, span %v; want 100, false, 1s (the last task's end)", r.Tasks, r.EndKnown, r.Span())
+	}
+}

@@ -1,0 +1,145 @@
+package report
+
+import "time"
+
+// Options bound what a report reads and draws. The zero value of each
+// field means its default.
+type Options struct {
+	// RunID is the run to report on. Zero means the last run in the
+	// journal.
+	RunID int64
+	// MaxRows bounds the tasks in the table. When a run has more, the
+	// table holds every task that did not end done, up to the bound, then
+	// the longest-running and the largest of the rest. Zero means 2000.
+	MaxRows int
+	// MaxPoints bounds the points of each series drawn: samples are put
+	// in that many equal spans of time, and the highest of each span is
+	// drawn, so that no peak is lost. Zero means 600.
+	MaxPoints int
+	// MaxWorkers bounds the worker series drawn in the memory chart: those
+	// of the workers with the highest peaks. Zero means 40.
+	MaxWorkers int
+	// MaxMarks bounds the marks of each kind (oom, preempted, retry,
+	// poison) drawn on the time axis: the first ones. Zero means 500.
+	MaxMarks int
+}
+
+func (o *Options) normalize() {
+	if o.MaxRows <= 0 {
+		o.MaxRows = 2000
+	}
+	if o.MaxPoints <= 0 {
+		o.MaxPoints = 600
+	}
+	if o.MaxWorkers <= 0 {
+		o.MaxWorkers = 40
+	}
+	if o.MaxMarks <= 0 {
+		o.MaxMarks = 500
+	}
+}
+
+// Run is what a report shows of one run of a journal.
+type Run struct {
+	// ID is the run's id in the journal, and Runs the number of runs the
+	// journal holds.
+	ID   int64
+	Runs int
+	// Started is when the run started. Ended is when it ended, or, when
+	// EndKnown is false (the supervisor died, or the run goes on), the
+	// last moment the journal recorded anything of it.
+	Started, Ended time.Time
+	EndKnown       bool
+	// Kind is "run", "map" or "python"; Command the command template or
+	// the Python function; Argv the supervisor's arguments.
+	Kind, Command string
+	Argv          []string
+	// Workers is -j; MemoryMode how memory was watched.
+	Workers    int
+	MemoryMode string
+	// Budget is the governor's budget and Limit the per-worker limit, in
+	// bytes; zero means none.
+	Budget, Limit int64
+	// ExitStatus is the process's exit status, or -1 when unknown.
+	ExitStatus int
+
+	// Tasks counts the run's tasks, and States counts them by state
+	// ("pending", done, failed, poison, cancelled, skipped).
+	Tasks  int
+	States map[string]int
+	// Attempts counts the run's attempts, and Causes counts attempts and
+	// tasks by cause, most frequent first.
+	Attempts int
+	Causes   []CauseCount
+
+	// Rows are the tasks in the table, by id; RowsLeftOut says how many
+	// tasks are not in it.
+	Rows        []TaskRow
+	RowsLeftOut int
+
+	// Total, Budgets, Limits, Running and Allowed are the whole-pool
+	// series: the workers' memory together, the budget and the per-worker
+	// limit over time, the attempts running and the concurrency the
+	// governor allowed.
+	Total, Budgets, Limits, Running, Allowed []Point
+	// WorkerSeries are the memory series of single workers, highest peak
+	// first; WorkersLeftOut counts the workers not drawn.
+	WorkerSeries   []WorkerSeries
+	WorkersLeftOut int
+
+	// Marks are the events drawn on the time axis, in time order, and
+	// MarkCounts counts every such event of the run by kind, drawn or not.
+	Marks      []Mark
+	MarkCounts map[string]int
+}
+
+// Span is how long the run lasted, as drawn.
+func (r *Run) Span() time.Duration { return r.Ended.Sub(r.Started) }
+
+// CauseCount counts the attempts that ended with Cause, and the tasks
+// whose last attempt did.
+type CauseCount struct {
+	Cause           string
+	Attempts, Tasks int
+}
+
+// TaskRow is one task in the table.
+type TaskRow struct {
+	ID       int64
+	Input    string // at most inputPreview bytes, as text
+	State    string
+	Attempts int
+	Cause    string
+	// Runtime is the time its attempts ran, added up.
+	Runtime time.Duration
+	// Peak is its highest peak memory in bytes; 0 when unknown.
+	Peak int64
+}
+
+// Point is one value of a series at a time since the run's start.
+type Point struct {
+	At    time.Duration
+	Value int64
+}
+
+// WorkerSeries is the memory of one worker process over time.
+type WorkerSeries struct {
+	PID    int
+	Peak   int64
+	Points []Point
+}
+
+// Mark is an event on the time axis.
+type Mark struct {
+	At     time.Duration
+	Kind   string // oom, preempted, retry or poison
+	TaskID int64
+	PID    int
+	Detail string
+}
+
+// markKinds are the event kinds drawn on the time axis.
+var markKinds = []string{"oom", "preempted", "retry", "poison"}
+
+// inputPreview is how much of a task's input the table shows.
+const inputPreview = 120
