@@ -14,11 +14,14 @@ if ! command -v go >/dev/null; then
 	echo "test.sh: Go is not installed (https://go.dev/dl/, 1.26 or later)" >&2
 	exit 2
 fi
-# The race detector needs a C compiler, and the test of the documents'
-# examples runs them with mawk, Debian's awk.
+# The race detector needs a C compiler, the test of the documents'
+# examples runs them with mawk, Debian's awk, and the report's tests load it
+# in Chromium.
 missing=""
 command -v gcc >/dev/null || missing="$missing gcc"
 command -v mawk >/dev/null || missing="$missing mawk"
+# The report's tests render it in headless Chromium.
+command -v chromium >/dev/null || missing="$missing chromium"
 if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 	apt-get update -qq && apt-get install -y -qq $missing >/dev/null
 fi
