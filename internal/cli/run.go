@@ -164,12 +164,15 @@ func runRun(ctx context.Context, e *env, args []string) error {
 			o.stderrFrom(r.StderrReader())
 			r.Release()
 		},
-		joblog:   a.common.joblog,
-		jsonPath: a.json,
-		progress: a.common.progressOn(e.stderr),
-		quiet:    a.common.quiet,
-		viaShell: tmpl.viaShell(),
-		e:        e,
+		joblog:     a.common.joblog,
+		journal:    a.common.journal,
+		keyCommand: a.cmd,
+		argv:       append([]string{"safepool", "run"}, args...),
+		jsonPath:   a.json,
+		progress:   a.common.progressOn(e.stderr),
+		quiet:      a.common.quiet,
+		viaShell:   tmpl.viaShell(),
+		e:          e,
 	}
 	_, status := j.execute(ctx)
 	if status != exitOK {

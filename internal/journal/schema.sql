@@ -18,7 +18,8 @@ CREATE TABLE IF NOT EXISTS run (
 	memory_mode  TEXT NOT NULL,      -- cgroup-v1, cgroup-v2, enclosing-cgroup, no-cgroup
 	mem_budget   INTEGER,            -- the governor's budget, NULL when it is off
 	mem_limit    INTEGER,            -- --mem-limit per worker, NULL when none
-	exit_status  INTEGER             -- the process's exit status, NULL until it ends
+	exit_status  INTEGER,            -- the process's exit status, NULL until it ends
+	resumed      INTEGER NOT NULL DEFAULT 0  -- 1 when run with --resume or --resume-failed: it skips what runs since the last run without them finished
 );
 
 -- One row per task of a run, written when it is submitted and updated when

@@ -1,0 +1,172 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/safepool/safepool/internal/journal"
+	"github.com/safepool/safepool/pool"
+)
+
+// journalFlags are --journal, --resume and --resume-failed, which run and
+// map share.
+type journalFlags struct {
+	path         string // --journal FILE, or ""
+	resume       bool   // --resume: skip tasks an earlier run finished
+	resumeFailed bool   // --resume-failed: skip only tasks an earlier run did
+}
+
+// check refuses resume flags without a journal.
+func (f *journalFlags) check(cmd string) error {
+	if (f.resume || f.resumeFailed) && f.path == "" {
+		return usagef(cmd, "--resume and --resume-failed need --journal FILE")
+	}
+	return nil
+}
+
+// resuming reports whether earlier runs' work is skipped.
+func (f *journalFlags) resuming() bool { return f.resume || f.resumeFailed }
+
+// jobJournal is a job's journal: the open file, the writer of this run and,
+// when resuming, what earlier runs finished. A nil *jobJournal does nothing.
+type jobJournal struct {
+	kind    string
+	command []string // what keys are made of: the command template or the worker's command
+	flags   journalFlags
+	argv    []string
+
+	j  *journal.Journal
+	w  *journal.Writer
+	rs *journal.Resumer // nil unless resuming
+}
+
+// openJournal opens the journal file before anything runs, so that a path
+// that cannot be written costs nothing.
+func openJournal(kind string, command []string, f journalFlags, argv []string) (*jobJournal, error) {
+	if f.path == "" {
+		return nil, nil
+	}
+	j, err := journal.Open(f.path)
+	if err != nil {
+		return nil, fmt.Errorf("cannot open the journal: %w", err)
+	}
+	return &jobJournal{kind: kind, command: command, flags: f, argv: argv, j: j}, nil
+}
+
+// start adds this run to the journal, once the pool says how it watches
+// memory.
+func (jj *jobJournal) start(p *pool.Pool, cfg *pool.Config) error {
+	if jj == nil {
+		return nil
+	}
+	var budget int64
+	if st, ok := p.Memory(); ok {
+		budget = st.Budget
+	}
+	w, err := jj.j.Start(journal.Run{
+		Kind:        jj.kind,
+		Command:     journal.CommandString(jj.command),
+		Argv:        jj.argv,
+		Workers:     p.Workers(),
+		MemoryMode:  p.MemoryMode(),
+		MemBudget:   budget,
+		MemLimit:    cfg.MemLimit,
+		Resumed:     jj.flags.resuming(),
+		StoreOutput: jj.kind == "map",
+	})
+	if err != nil {
+		return err
+	}
+	jj.w = w
+	if jj.flags.resuming() {
+		if jj.rs, err = w.Resumer(jj.flags.resume); err != nil {
+			return err
+		}
+	}
+	for _, n := range p.Notices() {
+		w.Notice(n)
+	}
+	return nil
+}
+
+// observe gives the writer an event of the pool.
+func (jj *jobJournal) observe(ev pool.Event) {
+	if jj != nil && jj.w != nil {
+		jj.w.Observe(ev)
+	}
+}
+
+// key returns the key of an input, or "" without a journal.
+func (jj *jobJournal) key(input []byte) string {
+	if jj == nil {
+		return ""
+	}
+	return journal.Key(jj.kind, jj.command, input)
+}
+
+// finished says whether an earlier run finished the input of key, and how.
+func (jj *jobJournal) finished(key string) (journal.Finished, bool, error) {
+	if jj == nil || jj.rs == nil {
+		return journal.Finished{}, false, nil
+	}
+	return jj.rs.Lookup(key)
+}
+
+// submit records the seq-th input before it goes to the pool as task id.
+func (jj *jobJournal) submit(id, seq uint64, key string, input []byte) {
+	if jj != nil && jj.w != nil {
+		jj.w.Submit(id, seq, key, input)
+	}
+}
+
+// skip records the seq-th input as skipped.
+func (jj *jobJournal) skip(seq uint64, key string, input []byte, f journal.Finished) {
+	if jj != nil && jj.w != nil {
+		cause := ""
+		if f.State != string(pool.Done) {
+			cause = f.Cause
+			if cause == "" {
+				cause = f.State
+			}
+		}
+		jj.w.Skip(seq, key, input, cause)
+	}
+}
+
+// close writes what is left and closes the file.
+func (jj *jobJournal) close(status int) error {
+	if jj == nil {
+		return nil
+	}
+	var err error
+	if jj.rs != nil {
+		jj.rs.Close()
+	}
+	if jj.w != nil {
+		err = jj.w.Close(status)
+	}
+	if cerr := jj.j.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("writing the journal: %w", err)
+	}
+	return nil
+}
+
+// replay is the output of a task an earlier run did, for map to write
+// again: after the pool's task after (0: before any), in --keep-order.
+type replay struct {
+	after  uint64
+	output []byte
+}
+
+// replays is how many replayed outputs may wait between the feeder and the
+// results loop; the feeder waits beyond it.
+const replays = 256
+
+// feedContext is done when the feeder should stop skipping inputs: the
+// run was interrupted or the pool has stopped.
+func feedStopped(ctx context.Context, p *pool.Pool) bool {
+	return ctx.Err() != nil || p.Err() != nil
+}
