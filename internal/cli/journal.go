@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/safepool/safepool/internal/journal"
 	"github.com/safepool/safepool/pool"
@@ -38,6 +39,9 @@ type jobJournal struct {
 	j  *journal.Journal
 	w  *journal.Writer
 	rs *journal.Resumer // nil unless resuming
+	// unflushed holds the results written to the output since it was last
+	// flushed; only the results loop uses it.
+	unflushed []*pool.Result
 }
 
 // openJournal opens the journal file before anything runs, so that a path
@@ -89,11 +93,38 @@ func (jj *jobJournal) start(p *pool.Pool, cfg *pool.Config) error {
 	return nil
 }
 
-// observe gives the writer an event of the pool.
+// observe gives the writer an event of the pool, but for the ends of
+// tasks, which written and flushed give it.
 func (jj *jobJournal) observe(ev pool.Event) {
-	if jj != nil && jj.w != nil {
+	if jj != nil && jj.w != nil && ev.Kind != pool.EventTaskEnded {
 		jj.w.Observe(ev)
 	}
+}
+
+// written notes a result whose output has been written to the output's
+// buffer. The journal learns that its task ended only once that output is
+// out of the supervisor (flushed): a task the journal has as done never
+// loses its output to a SIGKILL, and is never run again by --resume.
+func (jj *jobJournal) written(r *pool.Result) {
+	if jj != nil && jj.w != nil {
+		jj.unflushed = append(jj.unflushed, r)
+	}
+}
+
+// flushed gives the writer the ends of the tasks written since the last
+// flush, when it succeeded.
+func (jj *jobJournal) flushed(ok bool) {
+	if jj == nil || jj.w == nil {
+		return
+	}
+	now := time.Now()
+	for i, r := range jj.unflushed {
+		if ok {
+			jj.w.Observe(pool.Event{Kind: pool.EventTaskEnded, Time: now, TaskID: r.ID, Result: r})
+		}
+		jj.unflushed[i] = nil
+	}
+	jj.unflushed = jj.unflushed[:0]
 }
 
 // key returns the key of an input, or "" without a journal.

@@ -344,6 +344,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 				break
 			}
 			j.emit(o, &r)
+			jj.written(&r)
 			if flushC == nil && o.out.Buffered() > 0 {
 				flushT.Reset(outputLinger)
 				flushC = flushT.C
@@ -352,6 +353,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		case <-flushC:
 			flushC = nil
 			o.flush()
+			jj.flushed(o.err == nil)
 			abortOnWriteError()
 		}
 	}
@@ -362,6 +364,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	}
 	prog.finish()
 	o.flush()
+	jj.flushed(o.err == nil)
 	sum.wall = time.Since(sum.StartTime)
 
 	poolErr := p.Err()
