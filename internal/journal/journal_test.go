@@ -3,6 +3,7 @@ package journal
 import (
 	"fmt"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -158,8 +159,8 @@ func BenchmarkWriter(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	in := []byte("123456")
 	for i := range b.N {
+		in := strconv.AppendInt(nil, int64(i), 10)
 		feed(w, uint64(i+1), uint64(i+1), Key("map", nil, in), in, pool.Done, in)
 	}
 	if err := w.Close(0); err != nil {

@@ -41,6 +41,10 @@ func (w *Writer) Resumer(failedToo bool) (*Resumer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("journal: reading %s: %w", w.j.path, err)
 	}
+	// Made here rather than with the schema: see schema.sql.
+	if _, err := w.j.db.Exec(`CREATE INDEX IF NOT EXISTS task_key ON task(key, state)`); err != nil {
+		return nil, fmt.Errorf("journal: indexing %s: %w", w.j.path, err)
+	}
 	states := `'done'`
 	if failedToo {
 		states = `'done', 'failed', 'poison'`

@@ -17,6 +17,8 @@ const (
 	// flushRows is how many waiting records make the writer commit at
 	// once, before FlushEvery is up.
 	flushRows = 8192
+	// chunkSize is how many records one chunk of the queue holds.
+	chunkSize = 1024
 )
 
 // Writer writes one run into the journal. Its methods only append a record
@@ -29,8 +31,13 @@ type Writer struct {
 	runID int64
 	run   Run
 
-	mu   sync.Mutex // guards recs and closed
-	recs []record
+	mu sync.Mutex // guards recs, n, free and closed
+	// recs is the queue, in chunks of chunkSize records, so that it grows
+	// without copying; n counts the records in it. free holds emptied
+	// chunks for reuse.
+	recs [][]record
+	n    int
+	free [][]record
 	// closed reports whether Close has begun: records that come later are
 	// dropped.
 	closed bool
@@ -42,6 +49,7 @@ type Writer struct {
 	// Owned by the goroutine.
 	live    map[uint64]*liveTask // tasks submitted to the pool and not ended, by pool id
 	running int64                // attempts running
+	batch   rows                 // the rows of one transaction
 	err     error                // the first write error
 }
 
@@ -59,23 +67,30 @@ type liveTask struct {
 type recordKind uint8
 
 const (
-	recSubmit recordKind = iota
-	recSkip
-	recEvent
-	recNotice
+	recSubmit  recordKind = iota // Submit
+	recSkip                      // Skip
+	recNotice                    // Notice
+	recStarted                   // EventAttemptStarted
+	recAttempt                   // EventAttemptEnded
+	recTask                      // EventTaskEnded
+	recEvent                     // any other event
 )
 
-// record is one thing for the goroutine to write.
+// record is one thing for the goroutine to write. It is kept small, and
+// holds only what its kind needs: a pool of many short tasks gives the
+// writer several records per task.
 type record struct {
-	kind   recordKind
-	ev     pool.Event
-	id     uint64 // pool id (submit)
-	seq    uint64 // journal task id (submit, skip)
-	key    string
-	input  []byte
-	cause  string // skip: why an earlier run did not finish it, or ""
-	output []byte // task-ended: the output to keep, or nil
-	text   string // notice
+	kind    recordKind
+	id      uint64 // the pool's task id
+	seq     uint64 // the journal's task id (submit, skip)
+	at      int64  // Unix nanoseconds
+	pid     int
+	key     string
+	input   []byte
+	text    string        // skip: the earlier run's cause, or ""; notice: the text
+	attempt *pool.Attempt // recAttempt: a copy
+	result  *pool.Result  // recTask
+	ev      *pool.Event   // recEvent: a copy
 }
 
 // Start adds a row for the run r and starts the writer's goroutine.
@@ -93,7 +108,7 @@ func (j *Journal) Start(r Run) (*Writer, error) {
 		live: make(map[uint64]*liveTask),
 	}
 	if r.MemLimit > 0 {
-		w.add(record{kind: recEvent, ev: pool.Event{Kind: pool.EventMemorySample, Time: time.Now()}})
+		w.add(record{kind: recEvent, ev: &pool.Event{Kind: pool.EventMemorySample, Time: time.Now()}})
 	}
 	go w.loop()
 	return w, nil
@@ -113,27 +128,31 @@ func (w *Writer) Submit(id, seq uint64, key string, input []byte) {
 // finished it: state skipped, and cause, when not empty, the cause of the
 // earlier run's failure (resume without --resume-failed).
 func (w *Writer) Skip(seq uint64, key string, input []byte, cause string) {
-	w.add(record{kind: recSkip, seq: seq, key: key, input: input, cause: cause})
+	w.add(record{kind: recSkip, seq: seq, key: key, input: input, text: cause, at: time.Now().UnixNano()})
 }
 
 // Notice records something said to the user, as an event of kind notice.
 func (w *Writer) Notice(text string) {
-	w.add(record{kind: recNotice, ev: pool.Event{Time: time.Now()}, text: text})
+	w.add(record{kind: recNotice, at: time.Now().UnixNano(), text: text})
 }
 
 // Observe records ev. It is meant to be called from the pool's Observer.
 func (w *Writer) Observe(ev pool.Event) {
 	switch ev.Kind {
-	case pool.EventAttemptStarted, pool.EventAttemptEnded, pool.EventWorkerStarted,
-		pool.EventWorkerExited, pool.EventMemory, pool.EventMemorySample,
-		pool.EventWorkerStalled, pool.EventWorkerOutOfStep:
-		w.add(record{kind: recEvent, ev: ev})
-	case pool.EventTaskEnded:
-		rec := record{kind: recEvent, ev: ev}
-		if w.run.StoreOutput && ev.Result != nil && ev.Result.State == pool.Done {
-			rec.output = ev.Result.Output
+	case pool.EventAttemptStarted:
+		w.add(record{kind: recStarted, id: ev.TaskID, pid: ev.WorkerPID, at: ev.Time.UnixNano()})
+	case pool.EventAttemptEnded:
+		if ev.Attempt != nil {
+			a := *ev.Attempt
+			w.add(record{kind: recAttempt, id: ev.TaskID, attempt: &a})
 		}
-		w.add(rec)
+	case pool.EventTaskEnded:
+		if ev.Result != nil {
+			w.add(record{kind: recTask, id: ev.TaskID, at: ev.Time.UnixNano(), result: ev.Result})
+		}
+	case pool.EventWorkerStarted, pool.EventWorkerExited, pool.EventMemory, pool.EventMemorySample,
+		pool.EventWorkerStalled, pool.EventWorkerOutOfStep:
+		w.add(record{kind: recEvent, ev: &ev})
 	}
 }
 
@@ -143,8 +162,19 @@ func (w *Writer) add(r record) {
 		w.mu.Unlock()
 		return
 	}
-	w.recs = append(w.recs, r)
-	n := len(w.recs)
+	if k := len(w.recs); k == 0 || len(w.recs[k-1]) == chunkSize {
+		var c []record
+		if f := len(w.free); f > 0 {
+			c, w.free = w.free[f-1], w.free[:f-1]
+		} else {
+			c = make([]record, 0, chunkSize)
+		}
+		w.recs = append(w.recs, c)
+	}
+	last := &w.recs[len(w.recs)-1]
+	*last = append(*last, r)
+	w.n++
+	n := w.n
 	w.mu.Unlock()
 	if n == flushRows {
 		select {
@@ -183,7 +213,7 @@ func (w *Writer) loop() {
 	defer close(w.done)
 	t := time.NewTicker(FlushEvery)
 	defer t.Stop()
-	var spare []record
+	var spare [][]record
 	for {
 		stopping := false
 		select {
@@ -194,10 +224,17 @@ func (w *Writer) loop() {
 		}
 		w.mu.Lock()
 		recs := w.recs
-		w.recs = spare[:0]
+		w.recs, w.n = spare[:0], 0
 		w.mu.Unlock()
 		w.flush(recs)
-		clear(recs) // let inputs and outputs go
+		for i := range recs {
+			clear(recs[i]) // let inputs and outputs go
+			recs[i] = recs[i][:0]
+		}
+		w.mu.Lock()
+		w.free = append(w.free, recs...)
+		w.mu.Unlock()
+		clear(recs)
 		spare = recs
 		if stopping {
 			return
@@ -207,31 +244,12 @@ func (w *Writer) loop() {
 
 // flush writes recs in one transaction. After a write error the journal
 // is left as it is: the pool goes on, and Close reports the error.
-func (w *Writer) flush(recs []record) {
-	if w.err != nil {
-		w.drop(recs)
-		return
-	}
-	tx, err := w.j.db.Begin()
-	if err != nil {
-		w.err = err
-		w.drop(recs)
-		return
-	}
-	s, err := prepare(tx)
-	if err != nil {
-		tx.Rollback()
-		w.err = err
-		w.drop(recs)
-		return
-	}
-	defer s.close()
-	for i := range recs {
-		if err := w.write(s, &recs[i]); err != nil {
-			tx.Rollback()
-			w.err = err
-			w.drop(recs[i+1:])
-			return
+func (w *Writer) flush(recs [][]record) {
+	b := &w.batch
+	b.reset()
+	for _, c := range recs {
+		for i := range c {
+			w.rows(b, &c[i])
 		}
 	}
 	// Tasks that outlive the transaction are written as pending, so that
@@ -239,134 +257,194 @@ func (w *Writer) flush(recs []record) {
 	// within one interval and are written once, whole.
 	for _, lt := range w.live {
 		if !lt.inserted {
-			if _, err := s.insertTask.Exec(w.runID, lt.seq, lt.key, lt.input, "pending", 0, nil, nil, nil, nil); err != nil {
-				tx.Rollback()
-				w.err = err
-				return
-			}
+			b.tasks.add(w.runID, lt.seq, lt.key, lt.input, "pending", 0, nil, nil, nil, nil)
 			lt.inserted = true
 		}
 	}
-	if err := tx.Commit(); err != nil {
+	if w.err != nil || b.empty() {
+		return
+	}
+	if err := w.commit(b); err != nil {
 		w.err = err
 	}
 }
 
-// drop keeps the writer's view of live tasks right for records it does
-// not write.
-func (w *Writer) drop(recs []record) {
-	for _, r := range recs {
-		switch {
-		case r.kind == recSubmit:
-			w.live[r.id] = &liveTask{}
-		case r.kind == recEvent && r.ev.Kind == pool.EventTaskEnded:
-			delete(w.live, r.ev.TaskID)
+// commit writes b in one transaction.
+func (w *Writer) commit(b *rows) error {
+	tx, err := w.j.db.Begin()
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback() // after Commit, a no-op
+	for _, t := range []*table{&b.tasks, &b.attempts, &b.samples, &b.events} {
+		if err := t.insert(tx); err != nil {
+			return err
 		}
 	}
-}
-
-// stmts are the prepared statements of one transaction.
-type stmts struct {
-	insertTask, updateTask, insertAttempt, insertSample, insertEvent *sql.Stmt
-}
-
-func prepare(tx *sql.Tx) (*stmts, error) {
-	s := &stmts{}
-	for _, p := range []struct {
-		st **sql.Stmt
-		q  string
-	}{
-		{&s.insertTask, `INSERT INTO task (run_id, id, key, input, state, attempts, cause, peak, output, ended) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`},
-		{&s.updateTask, `UPDATE task SET state = ?, attempts = ?, cause = ?, peak = ?, output = ?, ended = ? WHERE run_id = ? AND id = ?`},
-		{&s.insertAttempt, `INSERT INTO attempt (run_id, task_id, number, worker_pid, started, ended, cause, exit_code, signal, peak, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`},
-		{&s.insertSample, `INSERT INTO sample (run_id, at, worker_pid, series, value) VALUES (?, ?, ?, ?, ?)`},
-		{&s.insertEvent, `INSERT INTO event (run_id, at, kind, task_id, worker_pid, detail) VALUES (?, ?, ?, ?, ?, ?)`},
-	} {
-		st, err := tx.Prepare(p.q)
+	if len(b.updates.args) > 0 {
+		st, err := tx.Prepare(`UPDATE task SET state = ?, attempts = ?, cause = ?, peak = ?, output = ?, ended = ? WHERE run_id = ? AND id = ?`)
 		if err != nil {
-			s.close()
-			return nil, err
+			return err
 		}
-		*p.st = st
-	}
-	return s, nil
-}
-
-func (s *stmts) close() {
-	for _, st := range []*sql.Stmt{s.insertTask, s.updateTask, s.insertAttempt, s.insertSample, s.insertEvent} {
-		if st != nil {
-			st.Close()
+		defer st.Close()
+		for i := 0; i < len(b.updates.args); i += b.updates.cols {
+			if _, err := st.Exec(b.updates.args[i : i+b.updates.cols]...); err != nil {
+				return err
+			}
 		}
 	}
+	return tx.Commit()
 }
 
-// write writes one record.
-func (w *Writer) write(s *stmts, r *record) error {
+// rows are the rows one transaction writes, table by table.
+type rows struct {
+	tasks, attempts, samples, events, updates table
+}
+
+// reset empties b, keeping its memory for the next transaction.
+func (b *rows) reset() {
+	for _, t := range []*table{&b.tasks, &b.attempts, &b.samples, &b.events, &b.updates} {
+		clear(t.args)
+		t.args = t.args[:0]
+	}
+}
+
+func (b *rows) empty() bool {
+	return len(b.tasks.args)+len(b.attempts.args)+len(b.samples.args)+len(b.events.args)+len(b.updates.args) == 0
+}
+
+// table holds rows to insert into one table, their values one after the
+// other.
+type table struct {
+	cols int
+	args []any
+	// name and columns, set by add's first call
+	into string
+}
+
+var (
+	taskInto    = `task (run_id, id, key, input, state, attempts, cause, peak, output, ended)`
+	attemptInto = `attempt (run_id, task_id, number, worker_pid, started, ended, cause, exit_code, signal, peak, message)`
+	sampleInto  = `sample (run_id, at, worker_pid, series, value)`
+	eventInto   = `event (run_id, at, kind, task_id, worker_pid, detail)`
+)
+
+func (t *table) add(v ...any) {
+	t.cols = len(v)
+	t.args = append(t.args, v...)
+}
+
+// rowsPerInsert is how many rows one INSERT statement carries: one
+// statement per row would cost more than the rows.
+const rowsPerInsert = 64
+
+// insert writes the rows of t, rowsPerInsert to a statement.
+func (t *table) insert(tx *sql.Tx) error {
+	if len(t.args) == 0 {
+		return nil
+	}
+	n := len(t.args) / t.cols
+	var full *sql.Stmt
+	defer func() {
+		if full != nil {
+			full.Close()
+		}
+	}()
+	for i := 0; i < n; {
+		k := min(rowsPerInsert, n-i)
+		args := t.args[i*t.cols : (i+k)*t.cols]
+		var err error
+		if k == rowsPerInsert {
+			if full == nil {
+				if full, err = tx.Prepare(insertSQL(t.into, t.cols, k)); err != nil {
+					return err
+				}
+			}
+			_, err = full.Exec(args...)
+		} else {
+			_, err = tx.Exec(insertSQL(t.into, t.cols, k), args...)
+		}
+		if err != nil {
+			return err
+		}
+		i += k
+	}
+	return nil
+}
+
+// insertSQL is an INSERT of n rows of cols values each.
+func insertSQL(into string, cols, n int) string {
+	var b strings.Builder
+	b.WriteString("INSERT INTO ")
+	b.WriteString(into)
+	b.WriteString(" VALUES ")
+	row := "(" + strings.Repeat("?, ", cols-1) + "?)"
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(row)
+	}
+	return b.String()
+}
+
+// rows adds the rows of one record to b.
+func (w *Writer) rows(b *rows, r *record) {
+	if b.tasks.into == "" {
+		b.tasks.into, b.attempts.into, b.samples.into, b.events.into = taskInto, attemptInto, sampleInto, eventInto
+	}
+	lt := w.live[r.id] // nil for records of no task
 	switch r.kind {
 	case recSubmit:
 		w.live[r.id] = &liveTask{seq: r.seq, key: r.key, input: r.input}
-		return nil
+		return
 	case recSkip:
-		_, err := s.insertTask.Exec(w.runID, r.seq, r.key, r.input, "skipped", 0, nullString(r.cause), nil, nil, time.Now().UnixNano())
-		return err
+		b.tasks.add(w.runID, r.seq, r.key, r.input, "skipped", 0, nullString(r.text), nil, nil, r.at)
+		return
 	case recNotice:
-		return w.event(s, r.ev.Time, "notice", 0, 0, r.text)
-	}
-	ev := &r.ev
-	at := ev.Time.UnixNano()
-	lt := w.live[ev.TaskID] // nil for events of no task
-	switch ev.Kind {
-	case pool.EventWorkerStarted:
-		return w.event(s, ev.Time, string(ev.Kind), 0, ev.WorkerPID, "")
-	case pool.EventWorkerExited:
-		return w.event(s, ev.Time, string(ev.Kind), 0, ev.WorkerPID, "")
-	case pool.EventWorkerStalled:
-		return w.event(s, ev.Time, "stalled", w.seqOf(ev.TaskID), ev.WorkerPID, ev.Message)
-	case pool.EventWorkerOutOfStep:
-		return w.event(s, ev.Time, "out-of-step", w.seqOf(ev.TaskID), ev.WorkerPID, ev.Message)
-	case pool.EventAttemptStarted:
+		w.event(b, r.at, "notice", 0, 0, r.text)
+		return
+	case recStarted:
 		w.running++
 		if lt == nil {
-			return nil
+			return
 		}
-		lt.worker = ev.WorkerPID
+		lt.worker = r.pid
 		if lt.failed {
 			lt.failed = false
-			return w.event(s, ev.Time, "retry", lt.seq, ev.WorkerPID, "")
+			w.event(b, r.at, "retry", lt.seq, r.pid, "")
 		}
-		return nil
-	case pool.EventAttemptEnded:
+		return
+	case recAttempt:
 		w.running = max(0, w.running-1)
-		a := ev.Attempt
-		if lt == nil || a == nil {
-			return nil
+		a := r.attempt
+		if lt == nil {
+			return
 		}
 		lt.worker = 0
 		exit := any(nil)
 		if a.ExitCode >= 0 {
 			exit = a.ExitCode
 		}
-		if _, err := s.insertAttempt.Exec(w.runID, lt.seq, a.Number, a.WorkerPID, a.Start.UnixNano(), a.End.UnixNano(),
-			string(a.Cause), exit, nullString(a.Signal), nullInt(a.PeakRSS), nullString(a.Message)); err != nil {
-			return err
-		}
+		b.attempts.add(w.runID, lt.seq, a.Number, a.WorkerPID, a.Start.UnixNano(), a.End.UnixNano(),
+			string(a.Cause), exit, nullString(a.Signal), nullInt(a.PeakRSS), nullString(a.Message))
 		switch a.Cause {
 		case "", pool.CauseCancelled:
 		case pool.CausePreempted:
-			return w.event(s, a.End, "preempted", lt.seq, a.WorkerPID, "")
+			w.event(b, a.End.UnixNano(), "preempted", lt.seq, a.WorkerPID, "")
 		case pool.CauseOOM:
 			lt.failed = true
-			return w.event(s, a.End, "oom", lt.seq, a.WorkerPID, a.Message)
+			w.event(b, a.End.UnixNano(), "oom", lt.seq, a.WorkerPID, a.Message)
 		default:
 			lt.failed = true
 		}
-		return nil
-	case pool.EventTaskEnded:
-		res := ev.Result
-		if lt == nil || res == nil {
-			return nil
+		return
+	case recTask:
+		res := r.result
+		if lt == nil {
+			return
 		}
-		delete(w.live, ev.TaskID)
+		delete(w.live, r.id)
 		var attempts int
 		var peak int64
 		for _, a := range res.Attempts {
@@ -377,57 +455,55 @@ func (w *Writer) write(s *stmts, r *record) error {
 		if res.State != pool.Done {
 			cause = nullString(string(res.Cause()))
 		}
-		var err error
-		if lt.inserted {
-			_, err = s.updateTask.Exec(string(res.State), attempts, cause, nullInt(peak), r.output, at, w.runID, lt.seq)
-		} else {
-			_, err = s.insertTask.Exec(w.runID, lt.seq, lt.key, lt.input, string(res.State), attempts, cause, nullInt(peak), r.output, at)
+		var out any
+		if w.run.StoreOutput && res.State == pool.Done {
+			out = res.Output
+			if res.Output == nil {
+				out = []byte{}
+			}
 		}
-		if err != nil {
-			return err
+		if lt.inserted {
+			b.updates.add(string(res.State), attempts, cause, nullInt(peak), out, r.at, w.runID, lt.seq)
+		} else {
+			b.tasks.add(w.runID, lt.seq, lt.key, lt.input, string(res.State), attempts, cause, nullInt(peak), out, r.at)
 		}
 		if res.State == pool.Poison {
-			return w.event(s, ev.Time, "poison", lt.seq, 0, "")
+			w.event(b, r.at, "poison", lt.seq, 0, "")
 		}
-		return nil
+		return
+	}
+	ev := r.ev
+	at := ev.Time.UnixNano()
+	switch ev.Kind {
+	case pool.EventWorkerStarted, pool.EventWorkerExited:
+		w.event(b, at, string(ev.Kind), 0, ev.WorkerPID, "")
+	case pool.EventWorkerStalled:
+		w.event(b, at, "stalled", w.seqOf(ev.TaskID), ev.WorkerPID, ev.Message)
+	case pool.EventWorkerOutOfStep:
+		w.event(b, at, "out-of-step", w.seqOf(ev.TaskID), ev.WorkerPID, ev.Message)
 	case pool.EventMemory:
 		if m := ev.Memory; m != nil {
-			if err := w.sample(s, at, 0, "allowed", int64(m.Allows)); err != nil {
-				return err
-			}
-			return w.sample(s, at, 0, "budget", m.Budget)
+			b.samples.add(w.runID, at, 0, "allowed", int64(m.Allows))
+			b.samples.add(w.runID, at, 0, "budget", m.Budget)
 		}
-		return nil
 	case pool.EventMemorySample:
 		if w.run.MemLimit > 0 {
-			if err := w.sample(s, at, 0, "limit", w.run.MemLimit); err != nil {
-				return err
-			}
+			b.samples.add(w.runID, at, 0, "limit", w.run.MemLimit)
 		}
-		if err := w.sample(s, at, 0, "running", w.running); err != nil {
-			return err
-		}
+		b.samples.add(w.runID, at, 0, "running", w.running)
 		m := ev.Memory
 		if m == nil {
-			return nil
+			return
 		}
-		for _, p := range []struct {
-			series string
-			v      int64
-		}{{"total", m.InUse}, {"budget", m.Budget}, {"allowed", int64(m.Allows)}} {
-			if err := w.sample(s, at, 0, p.series, p.v); err != nil {
-				return err
-			}
-		}
+		b.samples.add(w.runID, at, 0, "total", m.InUse)
+		b.samples.add(w.runID, at, 0, "budget", m.Budget)
+		b.samples.add(w.runID, at, 0, "allowed", int64(m.Allows))
 		for _, u := range ev.Usage {
 			if t := w.live[u.TaskID]; t != nil && t.worker != 0 {
-				if err := w.sample(s, at, t.worker, "worker", u.Bytes); err != nil {
-					return err
-				}
+				b.samples.add(w.runID, at, t.worker, "worker", u.Bytes)
 			}
 		}
 	}
-	return nil
 }
 
 func (w *Writer) seqOf(id uint64) uint64 {
@@ -437,12 +513,7 @@ func (w *Writer) seqOf(id uint64) uint64 {
 	return 0
 }
 
-func (w *Writer) sample(s *stmts, at int64, pid int, series string, v int64) error {
-	_, err := s.insertSample.Exec(w.runID, at, pid, series, v)
-	return err
-}
-
-func (w *Writer) event(s *stmts, at time.Time, kind string, seq uint64, pid int, detail string) error {
+func (w *Writer) event(b *rows, at int64, kind string, seq uint64, pid int, detail string) {
 	task, worker := any(nil), any(nil)
 	if seq != 0 {
 		task = seq
@@ -450,8 +521,7 @@ func (w *Writer) event(s *stmts, at time.Time, kind string, seq uint64, pid int,
 	if pid != 0 {
 		worker = pid
 	}
-	_, err := s.insertEvent.Exec(w.runID, at.UnixNano(), kind, task, worker, nullString(strings.ToValidUTF8(detail, "\uFFFD")))
-	return err
+	b.events.add(w.runID, at, kind, task, worker, nullString(strings.ToValidUTF8(detail, "\uFFFD")))
 }
 
 func nullString(s string) any {
