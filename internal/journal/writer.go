@@ -3,6 +3,7 @@ package journal
 import (
 	"database/sql"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -19,6 +20,9 @@ const (
 	flushRows = 8192
 	// chunkSize is how many records one chunk of the queue holds.
 	chunkSize = 1024
+	// maxQueued is how many records may wait for the goroutine before
+	// the pool's events wait for it: about 8 MiB.
+	maxQueued = 64 * chunkSize
 )
 
 // Writer writes one run into the journal. Its methods only append a record
@@ -32,6 +36,9 @@ type Writer struct {
 	run   Run
 
 	mu sync.Mutex // guards recs, n, free and closed
+	// room is signalled when the goroutine takes the queue: add waits on
+	// it while maxQueued records wait.
+	room *sync.Cond
 	// recs is the queue, in chunks of chunkSize records, so that it grows
 	// without copying; n counts the records in it. free holds emptied
 	// chunks for reuse.
@@ -107,6 +114,7 @@ func (j *Journal) Start(r Run) (*Writer, error) {
 		done: make(chan struct{}),
 		live: make(map[uint64]*liveTask),
 	}
+	w.room = sync.NewCond(&w.mu)
 	if r.MemLimit > 0 {
 		w.add(record{kind: recEvent, ev: &pool.Event{Kind: pool.EventMemorySample, Time: time.Now()}})
 	}
@@ -158,6 +166,15 @@ func (w *Writer) Observe(ev pool.Event) {
 
 func (w *Writer) add(r record) {
 	w.mu.Lock()
+	for w.n >= maxQueued && !w.closed {
+		// The journal is behind: the pool waits, so that memory stays
+		// bounded, rather than the queue growing with the input.
+		select {
+		case w.kick <- struct{}{}:
+		default:
+		}
+		w.room.Wait()
+	}
 	if w.closed {
 		w.mu.Unlock()
 		return
@@ -191,6 +208,7 @@ func (w *Writer) Close(exitStatus int) error {
 	w.mu.Lock()
 	already := w.closed
 	w.closed = true
+	w.room.Broadcast()
 	w.mu.Unlock()
 	if already {
 		return nil
@@ -225,6 +243,7 @@ func (w *Writer) loop() {
 		w.mu.Lock()
 		recs := w.recs
 		w.recs, w.n = spare[:0], 0
+		w.room.Broadcast()
 		w.mu.Unlock()
 		w.flush(recs)
 		for i := range recs {
@@ -257,7 +276,7 @@ func (w *Writer) flush(recs [][]record) {
 	// within one interval and are written once, whole.
 	for _, lt := range w.live {
 		if !lt.inserted {
-			b.tasks.add(w.runID, lt.seq, lt.key, lt.input, "pending", 0, nil, nil, nil, nil)
+			b.tasks.add(lt.seq, lt.key, lt.input, "pending", 0, nil, nil, nil, nil)
 			lt.inserted = true
 		}
 	}
@@ -316,10 +335,12 @@ func (b *rows) empty() bool {
 // table holds rows to insert into one table, their values one after the
 // other.
 type table struct {
-	cols int
-	args []any
-	// name and columns, set by add's first call
-	into string
+	cols int   // values per row
+	args []any // the rows' values one after the other
+	// into is the table and its columns; lead is the literal value of the
+	// first column, the run's id, which every row has (one value less to
+	// bind per row). Both are set by rows.
+	into, lead string
 }
 
 var (
@@ -356,13 +377,13 @@ func (t *table) insert(tx *sql.Tx) error {
 		var err error
 		if k == rowsPerInsert {
 			if full == nil {
-				if full, err = tx.Prepare(insertSQL(t.into, t.cols, k)); err != nil {
+				if full, err = tx.Prepare(insertSQL(t.into, t.lead, t.cols, k)); err != nil {
 					return err
 				}
 			}
 			_, err = full.Exec(args...)
 		} else {
-			_, err = tx.Exec(insertSQL(t.into, t.cols, k), args...)
+			_, err = tx.Exec(insertSQL(t.into, t.lead, t.cols, k), args...)
 		}
 		if err != nil {
 			return err
@@ -372,13 +393,13 @@ func (t *table) insert(tx *sql.Tx) error {
 	return nil
 }
 
-// insertSQL is an INSERT of n rows of cols values each.
-func insertSQL(into string, cols, n int) string {
+// insertSQL is an INSERT of n rows of lead and cols values each.
+func insertSQL(into, lead string, cols, n int) string {
 	var b strings.Builder
 	b.WriteString("INSERT INTO ")
 	b.WriteString(into)
 	b.WriteString(" VALUES ")
-	row := "(" + strings.Repeat("?, ", cols-1) + "?)"
+	row := "(" + lead + strings.Repeat(", ?", cols) + ")"
 	for i := range n {
 		if i > 0 {
 			b.WriteString(", ")
@@ -392,6 +413,8 @@ func insertSQL(into string, cols, n int) string {
 func (w *Writer) rows(b *rows, r *record) {
 	if b.tasks.into == "" {
 		b.tasks.into, b.attempts.into, b.samples.into, b.events.into = taskInto, attemptInto, sampleInto, eventInto
+		lead := strconv.FormatInt(w.runID, 10)
+		b.tasks.lead, b.attempts.lead, b.samples.lead, b.events.lead = lead, lead, lead, lead
 	}
 	lt := w.live[r.id] // nil for records of no task
 	switch r.kind {
@@ -399,7 +422,7 @@ func (w *Writer) rows(b *rows, r *record) {
 		w.live[r.id] = &liveTask{seq: r.seq, key: r.key, input: r.input}
 		return
 	case recSkip:
-		b.tasks.add(w.runID, r.seq, r.key, r.input, "skipped", 0, nullString(r.text), nil, nil, r.at)
+		b.tasks.add(r.seq, r.key, r.input, "skipped", 0, nullString(r.text), nil, nil, r.at)
 		return
 	case recNotice:
 		w.event(b, r.at, "notice", 0, 0, r.text)
@@ -426,7 +449,7 @@ func (w *Writer) rows(b *rows, r *record) {
 		if a.ExitCode >= 0 {
 			exit = a.ExitCode
 		}
-		b.attempts.add(w.runID, lt.seq, a.Number, a.WorkerPID, a.Start.UnixNano(), a.End.UnixNano(),
+		b.attempts.add(lt.seq, a.Number, a.WorkerPID, a.Start.UnixNano(), a.End.UnixNano(),
 			string(a.Cause), exit, nullString(a.Signal), nullInt(a.PeakRSS), nullString(a.Message))
 		switch a.Cause {
 		case "", pool.CauseCancelled:
@@ -465,7 +488,7 @@ func (w *Writer) rows(b *rows, r *record) {
 		if lt.inserted {
 			b.updates.add(string(res.State), attempts, cause, nullInt(peak), out, r.at, w.runID, lt.seq)
 		} else {
-			b.tasks.add(w.runID, lt.seq, lt.key, lt.input, string(res.State), attempts, cause, nullInt(peak), out, r.at)
+			b.tasks.add(lt.seq, lt.key, lt.input, string(res.State), attempts, cause, nullInt(peak), out, r.at)
 		}
 		if res.State == pool.Poison {
 			w.event(b, r.at, "poison", lt.seq, 0, "")
@@ -483,24 +506,24 @@ func (w *Writer) rows(b *rows, r *record) {
 		w.event(b, at, "out-of-step", w.seqOf(ev.TaskID), ev.WorkerPID, ev.Message)
 	case pool.EventMemory:
 		if m := ev.Memory; m != nil {
-			b.samples.add(w.runID, at, 0, "allowed", int64(m.Allows))
-			b.samples.add(w.runID, at, 0, "budget", m.Budget)
+			b.samples.add(at, 0, "allowed", int64(m.Allows))
+			b.samples.add(at, 0, "budget", m.Budget)
 		}
 	case pool.EventMemorySample:
 		if w.run.MemLimit > 0 {
-			b.samples.add(w.runID, at, 0, "limit", w.run.MemLimit)
+			b.samples.add(at, 0, "limit", w.run.MemLimit)
 		}
-		b.samples.add(w.runID, at, 0, "running", w.running)
+		b.samples.add(at, 0, "running", w.running)
 		m := ev.Memory
 		if m == nil {
 			return
 		}
-		b.samples.add(w.runID, at, 0, "total", m.InUse)
-		b.samples.add(w.runID, at, 0, "budget", m.Budget)
-		b.samples.add(w.runID, at, 0, "allowed", int64(m.Allows))
+		b.samples.add(at, 0, "total", m.InUse)
+		b.samples.add(at, 0, "budget", m.Budget)
+		b.samples.add(at, 0, "allowed", int64(m.Allows))
 		for _, u := range ev.Usage {
 			if t := w.live[u.TaskID]; t != nil && t.worker != 0 {
-				b.samples.add(w.runID, at, t.worker, "worker", u.Bytes)
+				b.samples.add(at, t.worker, "worker", u.Bytes)
 			}
 		}
 	}
@@ -521,7 +544,7 @@ func (w *Writer) event(b *rows, at int64, kind string, seq uint64, pid int, deta
 	if pid != 0 {
 		worker = pid
 	}
-	b.events.add(w.runID, at, kind, task, worker, nullString(strings.ToValidUTF8(detail, "\uFFFD")))
+	b.events.add(at, kind, task, worker, nullString(strings.ToValidUTF8(detail, "\uFFFD")))
 }
 
 func nullString(s string) any {
