@@ -2,6 +2,7 @@ package journal
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -165,5 +166,17 @@ func BenchmarkWriter(b *testing.B) {
 	}
 	if err := w.Close(0); err != nil {
 		b.Fatal(err)
+	}
+}
+
+// TestPythonSchema checks that the Python client's copy of the schema is
+// schema.sql.
+func TestPythonSchema(t *testing.T) {
+	py, err := os.ReadFile(filepath.Join("..", "..", "python", "safepool", "journal_schema.sql"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(py) != schema {
+		t.Errorf("python/safepool/journal_schema.sql differs from internal/journal/schema.sql: copy it")
 	}
 }
