@@ -57,23 +57,17 @@ func openJournal(kind string, command []string, f journalFlags, argv []string) (
 	return &jobJournal{kind: kind, command: command, flags: f, argv: argv, j: j}, nil
 }
 
-// start adds this run to the journal, once the pool says how it watches
-// memory.
-func (jj *jobJournal) start(p *pool.Pool, cfg *pool.Config) error {
+// start adds this run to the journal, before the pool is made, so that
+// the writer sees every event of the pool.
+func (jj *jobJournal) start(cfg *pool.Config) error {
 	if jj == nil {
 		return nil
-	}
-	var budget int64
-	if st, ok := p.Memory(); ok {
-		budget = st.Budget
 	}
 	w, err := jj.j.Start(journal.Run{
 		Kind:        jj.kind,
 		Command:     journal.CommandString(jj.command),
 		Argv:        jj.argv,
-		Workers:     p.Workers(),
-		MemoryMode:  p.MemoryMode(),
-		MemBudget:   budget,
+		Workers:     cfg.Workers,
 		MemLimit:    cfg.MemLimit,
 		Resumed:     jj.flags.resuming(),
 		StoreOutput: jj.kind == "map",
@@ -87,16 +81,28 @@ func (jj *jobJournal) start(p *pool.Pool, cfg *pool.Config) error {
 			return err
 		}
 	}
-	for _, n := range p.Notices() {
-		w.Notice(n)
-	}
 	return nil
+}
+
+// describe records what the pool made of the configuration.
+func (jj *jobJournal) describe(p *pool.Pool) {
+	if jj == nil {
+		return
+	}
+	var budget int64
+	if st, ok := p.Memory(); ok {
+		budget = st.Budget
+	}
+	jj.w.Describe(p.Workers(), p.MemoryMode(), budget)
+	for _, n := range p.Notices() {
+		jj.w.Notice(n)
+	}
 }
 
 // observe gives the writer an event of the pool, but for the ends of
 // tasks, which written and flushed give it.
 func (jj *jobJournal) observe(ev pool.Event) {
-	if jj != nil && jj.w != nil && ev.Kind != pool.EventTaskEnded {
+	if jj != nil && ev.Kind != pool.EventTaskEnded {
 		jj.w.Observe(ev)
 	}
 }
@@ -106,7 +112,7 @@ func (jj *jobJournal) observe(ev pool.Event) {
 // out of the supervisor (flushed): a task the journal has as done never
 // loses its output to a SIGKILL, and is never run again by --resume.
 func (jj *jobJournal) written(r *pool.Result) {
-	if jj != nil && jj.w != nil {
+	if jj != nil {
 		jj.unflushed = append(jj.unflushed, r)
 	}
 }
@@ -114,7 +120,7 @@ func (jj *jobJournal) written(r *pool.Result) {
 // flushed gives the writer the ends of the tasks written since the last
 // flush, when it succeeded.
 func (jj *jobJournal) flushed(ok bool) {
-	if jj == nil || jj.w == nil {
+	if jj == nil {
 		return
 	}
 	now := time.Now()
@@ -145,14 +151,14 @@ func (jj *jobJournal) finished(key string) (journal.Finished, bool, error) {
 
 // submit records the seq-th input before it goes to the pool as task id.
 func (jj *jobJournal) submit(id, seq uint64, key string, input []byte) {
-	if jj != nil && jj.w != nil {
+	if jj != nil {
 		jj.w.Submit(id, seq, key, input)
 	}
 }
 
 // skip records the seq-th input as skipped.
 func (jj *jobJournal) skip(seq uint64, key string, input []byte, f journal.Finished) {
-	if jj != nil && jj.w != nil {
+	if jj != nil {
 		cause := ""
 		if f.State != string(pool.Done) {
 			cause = f.Cause

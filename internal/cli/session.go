@@ -139,6 +139,17 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		}
 	}
 
+	if err := jj.start(&j.cfg); err != nil {
+		prog.finish()
+		jl.close()
+		jj.close(exitUsage)
+		fmt.Fprintf(stderr, "safepool: %v\n", err)
+		sum.Aborted, sum.AbortReason, sum.ExitStatus = true, quoteMessage(err.Error()), exitUsage
+		if err := jsonOut.write(sum); err != nil {
+			fmt.Fprintf(stderr, "safepool: %v\n", err)
+		}
+		return sum, exitUsage
+	}
 	p, err := pool.New(j.cfg)
 	if err != nil {
 		// The command cannot start (or the engine rejects the
@@ -156,18 +167,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		return sum, exitUsage
 	}
 	c.pool.Store(p)
-	if err := jj.start(p, &j.cfg); err != nil {
-		// Nothing has been submitted: the pool ends at once.
-		p.Abort(err)
-		for range p.Results() {
-		}
-		prog.finish()
-		jl.close()
-		jj.close(exitUsage)
-		fmt.Fprintf(stderr, "safepool: %v\n", err)
-		sum.Aborted, sum.AbortReason, sum.ExitStatus = true, quoteMessage(err.Error()), exitUsage
-		return sum, exitUsage
-	}
+	jj.describe(p)
 
 	// Without a cgroup per worker, when memory flags were given, say once
 	// how memory is watched instead, and what the memory governor plans

@@ -180,3 +180,73 @@ func TestPythonSchema(t *testing.T) {
 		t.Errorf("python/safepool/journal_schema.sql differs from internal/journal/schema.sql: copy it")
 	}
 }
+
+// TestPoolRun journals a real pool: two tasks that sleep, one that fails,
+// and memory samples while they run.
+func TestPoolRun(t *testing.T) {
+	j, err := Open(filepath.Join(t.TempDir(), "j.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	w, err := j.Start(Run{Kind: "run", Command: "[]"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := pool.New(pool.Config{
+		Command:  []string{"sh", "-c", `sleep 0.4; test "$1" != bad`, "sh", "{}"},
+		Workers:  2,
+		Observer: func(ev pool.Event) { w.Observe(ev) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Describe(p.Workers(), p.MemoryMode(), 0)
+	for i, in := range []string{"a", "bad", "c"} {
+		w.Submit(uint64(i+1), uint64(i+1), Key("run", nil, []byte(in)), []byte(in))
+		if _, err := p.Submit(t.Context(), pool.Task{Input: []byte(in)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.Close()
+	for range p.Results() {
+	}
+	if err := w.Close(1); err != nil {
+		t.Fatal(err)
+	}
+	var done, failed, attempts, started int
+	db := j.DB()
+	db.QueryRow(`SELECT count(*) FROM task WHERE state = 'done'`).Scan(&done)
+	db.QueryRow(`SELECT count(*) FROM task WHERE state = 'failed' AND cause = 'exit:1' AND CAST(input AS TEXT) = 'bad'`).Scan(&failed)
+	db.QueryRow(`SELECT count(*) FROM attempt WHERE worker_pid > 0 AND ended >= started`).Scan(&attempts)
+	db.QueryRow(`SELECT count(*) FROM event WHERE kind = 'worker-started'`).Scan(&started)
+	var mode string
+	db.QueryRow(`SELECT memory_mode FROM run`).Scan(&mode)
+	if mode != p.MemoryMode() {
+		t.Errorf("run.memory_mode = %q, want %q", mode, p.MemoryMode())
+	}
+	if done != 2 || failed != 1 || attempts != 3 || started != 3 {
+		t.Errorf("done, failed, attempts, workers started = %d, %d, %d, %d, want 2, 1, 3, 3", done, failed, attempts, started)
+	}
+	if _, governed := p.Memory(); !governed {
+		t.Log("no memory governor here: no samples to check")
+		return
+	}
+	series := map[string]int{}
+	rows, err := db.Query(`SELECT series, count(*) FROM sample GROUP BY series`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var s string
+		var n int
+		rows.Scan(&s, &n)
+		series[s] = n
+	}
+	rows.Close()
+	for _, s := range []string{"total", "budget", "allowed", "running", "worker"} {
+		if series[s] == 0 {
+			t.Errorf("no samples of series %q (samples: %v)", s, series)
+		}
+	}
+}

@@ -81,6 +81,7 @@ const (
 	recAttempt                   // EventAttemptEnded
 	recTask                      // EventTaskEnded
 	recEvent                     // any other event
+	recRun                       // Describe
 )
 
 // record is one thing for the goroutine to write. It is kept small, and
@@ -120,6 +121,13 @@ func (j *Journal) Start(r Run) (*Writer, error) {
 	}
 	go w.loop()
 	return w, nil
+}
+
+// Describe sets the run's figures that are known only once its pool is
+// made: Run.Workers, MemoryMode and MemBudget. The writer must exist before
+// the pool, so that it sees the pool's first events.
+func (w *Writer) Describe(workers int, memoryMode string, memBudget int64) {
+	w.add(record{kind: recRun, pid: workers, text: memoryMode, at: memBudget})
 }
 
 // RunID returns the id of the run's row.
@@ -312,24 +320,31 @@ func (w *Writer) commit(b *rows) error {
 			}
 		}
 	}
+	for i := 0; i < len(b.runs.args); i += b.runs.cols {
+		if _, err := tx.Exec(`UPDATE run SET workers = ?, memory_mode = ?, mem_budget = ? WHERE id = ?`, b.runs.args[i:i+b.runs.cols]...); err != nil {
+			return err
+		}
+	}
 	return tx.Commit()
 }
 
 // rows are the rows one transaction writes, table by table.
 type rows struct {
-	tasks, attempts, samples, events, updates table
+	tasks, attempts, samples, events table
+	// updates are of tasks written as pending, runs of the run's row.
+	updates, runs table
 }
 
 // reset empties b, keeping its memory for the next transaction.
 func (b *rows) reset() {
-	for _, t := range []*table{&b.tasks, &b.attempts, &b.samples, &b.events, &b.updates} {
+	for _, t := range []*table{&b.tasks, &b.attempts, &b.samples, &b.events, &b.updates, &b.runs} {
 		clear(t.args)
 		t.args = t.args[:0]
 	}
 }
 
 func (b *rows) empty() bool {
-	return len(b.tasks.args)+len(b.attempts.args)+len(b.samples.args)+len(b.events.args)+len(b.updates.args) == 0
+	return len(b.tasks.args)+len(b.attempts.args)+len(b.samples.args)+len(b.events.args)+len(b.updates.args)+len(b.runs.args) == 0
 }
 
 // table holds rows to insert into one table, their values one after the
@@ -426,6 +441,9 @@ func (w *Writer) rows(b *rows, r *record) {
 		return
 	case recNotice:
 		w.event(b, r.at, "notice", 0, 0, r.text)
+		return
+	case recRun:
+		b.runs.add(r.pid, r.text, nullInt(r.at), w.runID)
 		return
 	case recStarted:
 		w.running++
