@@ -21,8 +21,9 @@ const (
 	// chunkSize is how many records one chunk of the queue holds.
 	chunkSize = 1024
 	// maxQueued is how many records may wait for the goroutine before
-	// the pool's events wait for it: about 8 MiB.
-	maxQueued = 64 * chunkSize
+	// the pool's events wait for it: about 2 MiB of records, which become
+	// about 8 MiB of rows in a transaction.
+	maxQueued = 16 * chunkSize
 )
 
 // Writer writes one run into the journal. Its methods only append a record
