@@ -198,11 +198,11 @@ type replay struct {
 	output []byte
 }
 
-// replays is how many replayed outputs may wait between the feeder and the
+// replayAhead is how many replayed outputs may wait between the feeder and the
 // results loop; the feeder waits beyond it.
-const replays = 256
+const replayAhead = 256
 
-// feedContext is done when the feeder should stop skipping inputs: the
+// feedStopped reports whether the feeder should stop skipping inputs: the
 // run was interrupted or the pool has stopped.
 func feedStopped(ctx context.Context, p *pool.Pool) bool {
 	return ctx.Err() != nil || p.Err() != nil

@@ -192,7 +192,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	feedDone := make(chan struct{})
 	// replayCh carries the outputs of map tasks an earlier run did, from
 	// the feeder to the results loop, which writes them in their place.
-	replayCh := make(chan replay, replays)
+	replayCh := make(chan replay, replayAhead)
 	var skipped, skippedFailed atomic.Int64
 	go func() {
 		defer close(feedDone)
