@@ -919,9 +919,6 @@ func (g *governor) sample() {
 		ev.Memory = &st
 	}
 	g.mu.Unlock()
-	if ev != nil {
-		g.p.emit(*ev)
-	}
 
 	if victim != 0 {
 		select {
@@ -936,6 +933,9 @@ func (g *governor) sample() {
 		}
 	}
 	g.emitIfChanged()
+	if ev != nil {
+		g.p.emit(*ev)
+	}
 }
 
 // usageLocked names each busy slot's usage by one task it runs, for
