@@ -304,7 +304,7 @@ func (w *Writer) commit(b *rows) error {
 		return err
 	}
 	defer tx.Rollback() // after Commit, a no-op
-	for _, t := range []*table{&b.tasks, &b.attempts, &b.samples, &b.events} {
+	for _, t := range []*table{&b.tasks, &b.doneTasks, &b.attempts, &b.okAttempts, &b.samples, &b.events} {
 		if err := t.insert(tx); err != nil {
 			return err
 		}
@@ -332,20 +332,27 @@ func (w *Writer) commit(b *rows) error {
 // rows are the rows one transaction writes, table by table.
 type rows struct {
 	tasks, attempts, samples, events table
+	// doneTasks and okAttempts are tasks done at their first attempt, and
+	// those attempts: most rows.
+	doneTasks, okAttempts table
 	// updates are of tasks written as pending, runs of the run's row.
 	updates, runs table
 }
 
 // reset empties b, keeping its memory for the next transaction.
 func (b *rows) reset() {
-	for _, t := range []*table{&b.tasks, &b.attempts, &b.samples, &b.events, &b.updates, &b.runs} {
+	for _, t := range []*table{&b.tasks, &b.doneTasks, &b.attempts, &b.okAttempts, &b.samples, &b.events, &b.updates, &b.runs} {
 		clear(t.args)
 		t.args = t.args[:0]
 	}
 }
 
 func (b *rows) empty() bool {
-	return len(b.tasks.args)+len(b.attempts.args)+len(b.samples.args)+len(b.events.args)+len(b.updates.args)+len(b.runs.args) == 0
+	n := 0
+	for _, t := range []*table{&b.tasks, &b.doneTasks, &b.attempts, &b.okAttempts, &b.samples, &b.events, &b.updates, &b.runs} {
+		n += len(t.args)
+	}
+	return n == 0
 }
 
 // table holds rows to insert into one table, their values one after the
@@ -353,10 +360,12 @@ func (b *rows) empty() bool {
 type table struct {
 	cols int   // values per row
 	args []any // the rows' values one after the other
-	// into is the table and its columns; lead is the literal value of the
-	// first column, the run's id, which every row has (one value less to
-	// bind per row). Both are set by rows.
-	into, lead string
+	// into is the table and its columns; row is one row's values, "?"
+	// for those to bind and literals for the others: the run's id, which
+	// every row has, and in the common rows (a task done at its first
+	// attempt) the values those share. Binding costs more than SQL text.
+	// Both are set by rows.
+	into, row string
 }
 
 var (
@@ -393,13 +402,13 @@ func (t *table) insert(tx *sql.Tx) error {
 		var err error
 		if k == rowsPerInsert {
 			if full == nil {
-				if full, err = tx.Prepare(insertSQL(t.into, t.lead, t.cols, k)); err != nil {
+				if full, err = tx.Prepare(insertSQL(t.into, t.row, k)); err != nil {
 					return err
 				}
 			}
 			_, err = full.Exec(args...)
 		} else {
-			_, err = tx.Exec(insertSQL(t.into, t.lead, t.cols, k), args...)
+			_, err = tx.Exec(insertSQL(t.into, t.row, k), args...)
 		}
 		if err != nil {
 			return err
@@ -409,13 +418,12 @@ func (t *table) insert(tx *sql.Tx) error {
 	return nil
 }
 
-// insertSQL is an INSERT of n rows of lead and cols values each.
-func insertSQL(into, lead string, cols, n int) string {
+// insertSQL is an INSERT of n rows.
+func insertSQL(into, row string, n int) string {
 	var b strings.Builder
 	b.WriteString("INSERT INTO ")
 	b.WriteString(into)
 	b.WriteString(" VALUES ")
-	row := "(" + lead + strings.Repeat(", ?", cols) + ")"
 	for i := range n {
 		if i > 0 {
 			b.WriteString(", ")
@@ -428,9 +436,16 @@ func insertSQL(into, lead string, cols, n int) string {
 // rows adds the rows of one record to b.
 func (w *Writer) rows(b *rows, r *record) {
 	if b.tasks.into == "" {
-		b.tasks.into, b.attempts.into, b.samples.into, b.events.into = taskInto, attemptInto, sampleInto, eventInto
-		lead := strconv.FormatInt(w.runID, 10)
-		b.tasks.lead, b.attempts.lead, b.samples.lead, b.events.lead = lead, lead, lead, lead
+		run := strconv.FormatInt(w.runID, 10)
+		row := func(binds int) string { return "(" + run + strings.Repeat(", ?", binds) + ")" }
+		b.tasks.into, b.tasks.row = taskInto, row(9)
+		b.attempts.into, b.attempts.row = attemptInto, row(10)
+		b.samples.into, b.samples.row = sampleInto, row(4)
+		b.events.into, b.events.row = eventInto, row(5)
+		// id, key, input, peak, output, ended
+		b.doneTasks.into, b.doneTasks.row = taskInto, "("+run+", ?, ?, ?, 'done', 1, NULL, ?, ?, ?)"
+		// task_id, worker_pid, started, ended, exit_code, peak
+		b.okAttempts.into, b.okAttempts.row = attemptInto, "("+run+", ?, 1, ?, ?, ?, '', ?, NULL, ?, NULL)"
 	}
 	lt := w.live[r.id] // nil for records of no task
 	switch r.kind {
@@ -468,8 +483,12 @@ func (w *Writer) rows(b *rows, r *record) {
 		if a.ExitCode >= 0 {
 			exit = a.ExitCode
 		}
-		b.attempts.add(lt.seq, a.Number, a.WorkerPID, a.Start.UnixNano(), a.End.UnixNano(),
-			string(a.Cause), exit, nullString(a.Signal), nullInt(a.PeakRSS), nullString(a.Message))
+		if a.Number == 1 && a.Cause == "" && a.Signal == "" && a.Message == "" {
+			b.okAttempts.add(lt.seq, a.WorkerPID, a.Start.UnixNano(), a.End.UnixNano(), exit, nullInt(a.PeakRSS))
+		} else {
+			b.attempts.add(lt.seq, a.Number, a.WorkerPID, a.Start.UnixNano(), a.End.UnixNano(),
+				string(a.Cause), exit, nullString(a.Signal), nullInt(a.PeakRSS), nullString(a.Message))
+		}
 		switch a.Cause {
 		case "", pool.CauseCancelled:
 		case pool.CausePreempted:
@@ -506,6 +525,8 @@ func (w *Writer) rows(b *rows, r *record) {
 		}
 		if lt.inserted {
 			b.updates.add(string(res.State), attempts, cause, nullInt(peak), out, r.at, w.runID, lt.seq)
+		} else if res.State == pool.Done && attempts == 1 {
+			b.doneTasks.add(lt.seq, lt.key, lt.input, nullInt(peak), out, r.at)
 		} else {
 			b.tasks.add(lt.seq, lt.key, lt.input, string(res.State), attempts, cause, nullInt(peak), out, r.at)
 		}
