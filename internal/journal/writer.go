@@ -285,7 +285,7 @@ func (w *Writer) flush(recs [][]record) {
 	// within one interval and are written once, whole.
 	for _, lt := range w.live {
 		if !lt.inserted {
-			b.tasks.add(lt.seq, lt.key, lt.input, "pending", 0, nil, nil, nil, nil)
+			b.tasks.add(int64(lt.seq), lt.key, lt.input, "pending", 0, nil, nil, nil, nil)
 			lt.inserted = true
 		}
 	}
@@ -453,13 +453,13 @@ func (w *Writer) rows(b *rows, r *record) {
 		w.live[r.id] = &liveTask{seq: r.seq, key: r.key, input: r.input}
 		return
 	case recSkip:
-		b.tasks.add(r.seq, r.key, r.input, "skipped", 0, nullString(r.text), nil, nil, r.at)
+		b.tasks.add(int64(r.seq), r.key, r.input, "skipped", 0, nullString(r.text), nil, nil, r.at)
 		return
 	case recNotice:
 		w.event(b, r.at, "notice", 0, 0, r.text)
 		return
 	case recRun:
-		b.runs.add(r.pid, r.text, nullInt(r.at), w.runID)
+		b.runs.add(int64(r.pid), r.text, nullInt(r.at), w.runID)
 		return
 	case recStarted:
 		w.running++
@@ -481,12 +481,12 @@ func (w *Writer) rows(b *rows, r *record) {
 		lt.worker = 0
 		exit := any(nil)
 		if a.ExitCode >= 0 {
-			exit = a.ExitCode
+			exit = int64(a.ExitCode)
 		}
 		if a.Number == 1 && a.Cause == "" && a.Signal == "" && a.Message == "" {
-			b.okAttempts.add(lt.seq, a.WorkerPID, a.Start.UnixNano(), a.End.UnixNano(), exit, nullInt(a.PeakRSS))
+			b.okAttempts.add(int64(lt.seq), int64(a.WorkerPID), a.Start.UnixNano(), a.End.UnixNano(), exit, nullInt(a.PeakRSS))
 		} else {
-			b.attempts.add(lt.seq, a.Number, a.WorkerPID, a.Start.UnixNano(), a.End.UnixNano(),
+			b.attempts.add(int64(lt.seq), int64(a.Number), int64(a.WorkerPID), a.Start.UnixNano(), a.End.UnixNano(),
 				string(a.Cause), exit, nullString(a.Signal), nullInt(a.PeakRSS), nullString(a.Message))
 		}
 		switch a.Cause {
@@ -524,11 +524,11 @@ func (w *Writer) rows(b *rows, r *record) {
 			}
 		}
 		if lt.inserted {
-			b.updates.add(string(res.State), attempts, cause, nullInt(peak), out, r.at, w.runID, lt.seq)
+			b.updates.add(string(res.State), int64(attempts), cause, nullInt(peak), out, r.at, w.runID, int64(lt.seq))
 		} else if res.State == pool.Done && attempts == 1 {
-			b.doneTasks.add(lt.seq, lt.key, lt.input, nullInt(peak), out, r.at)
+			b.doneTasks.add(int64(lt.seq), lt.key, lt.input, nullInt(peak), out, r.at)
 		} else {
-			b.tasks.add(lt.seq, lt.key, lt.input, string(res.State), attempts, cause, nullInt(peak), out, r.at)
+			b.tasks.add(int64(lt.seq), lt.key, lt.input, string(res.State), int64(attempts), cause, nullInt(peak), out, r.at)
 		}
 		if res.State == pool.Poison {
 			w.event(b, r.at, "poison", lt.seq, 0, "")
@@ -546,24 +546,24 @@ func (w *Writer) rows(b *rows, r *record) {
 		w.event(b, at, "out-of-step", w.seqOf(ev.TaskID), ev.WorkerPID, ev.Message)
 	case pool.EventMemory:
 		if m := ev.Memory; m != nil {
-			b.samples.add(at, 0, "allowed", int64(m.Allows))
-			b.samples.add(at, 0, "budget", m.Budget)
+			b.samples.add(at, int64(0), "allowed", int64(m.Allows))
+			b.samples.add(at, int64(0), "budget", m.Budget)
 		}
 	case pool.EventMemorySample:
 		if w.run.MemLimit > 0 {
-			b.samples.add(at, 0, "limit", w.run.MemLimit)
+			b.samples.add(at, int64(0), "limit", w.run.MemLimit)
 		}
-		b.samples.add(at, 0, "running", w.running)
+		b.samples.add(at, int64(0), "running", w.running)
 		m := ev.Memory
 		if m == nil {
 			return
 		}
-		b.samples.add(at, 0, "total", m.InUse)
-		b.samples.add(at, 0, "budget", m.Budget)
-		b.samples.add(at, 0, "allowed", int64(m.Allows))
+		b.samples.add(at, int64(0), "total", m.InUse)
+		b.samples.add(at, int64(0), "budget", m.Budget)
+		b.samples.add(at, int64(0), "allowed", int64(m.Allows))
 		for _, u := range ev.Usage {
 			if t := w.live[u.TaskID]; t != nil && t.worker != 0 {
-				b.samples.add(at, t.worker, "worker", u.Bytes)
+				b.samples.add(at, int64(t.worker), "worker", u.Bytes)
 			}
 		}
 	}
@@ -579,10 +579,10 @@ func (w *Writer) seqOf(id uint64) uint64 {
 func (w *Writer) event(b *rows, at int64, kind string, seq uint64, pid int, detail string) {
 	task, worker := any(nil), any(nil)
 	if seq != 0 {
-		task = seq
+		task = int64(seq)
 	}
 	if pid != 0 {
-		worker = pid
+		worker = int64(pid)
 	}
 	b.events.add(at, kind, task, worker, nullString(strings.ToValidUTF8(detail, "\uFFFD")))
 }
