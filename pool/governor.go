@@ -912,6 +912,12 @@ func (g *governor) sample() {
 		}
 	}
 	wake := g.blocked
+	var ev *Event
+	if g.p.cfg.Observer != nil {
+		ev = &Event{Kind: EventMemorySample, Time: now, Usage: g.usageLocked(usage)}
+		st := g.stateLocked()
+		ev.Memory = &st
+	}
 	g.mu.Unlock()
 
 	if victim != 0 {
@@ -927,6 +933,23 @@ func (g *governor) sample() {
 		}
 	}
 	g.emitIfChanged()
+	if ev != nil {
+		g.p.emit(*ev)
+	}
+}
+
+// usageLocked names each busy slot's usage by one task it runs, for
+// EventMemorySample.
+func (g *governor) usageLocked(usage []int64) []TaskUsage {
+	var out []TaskUsage
+	seen := make([]bool, len(usage))
+	for id, r := range g.res {
+		if r.slot >= 0 && r.slot < len(usage) && !seen[r.slot] {
+			seen[r.slot] = true
+			out = append(out, TaskUsage{TaskID: id, Bytes: usage[r.slot]})
+		}
+	}
+	return out
 }
 
 // appendTrace adds pt to trace, halving the trace when it is full: each

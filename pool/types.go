@@ -263,8 +263,11 @@ type Event struct {
 	Attempt *Attempt
 	// Result is set for EventTaskEnded.
 	Result *Result
-	// Memory is set for EventMemory.
+	// Memory is set for EventMemory and EventMemorySample.
 	Memory *MemoryState
+	// Usage is set for EventMemorySample: the memory of each worker that
+	// runs a task, by one of the tasks it runs.
+	Usage []TaskUsage
 	// Message says in words what went wrong and how to fix it, for
 	// EventWorkerStalled and EventWorkerOutOfStep.
 	Message string
@@ -289,6 +292,15 @@ type MemoryState struct {
 	Basis string
 }
 
+// TaskUsage is a worker's memory at a sample, named by a task the worker
+// runs (EventAttemptStarted says which worker that is).
+type TaskUsage struct {
+	// TaskID is a task the worker runs.
+	TaskID uint64
+	// Bytes is the worker's memory, measured as for MemoryState.InUse.
+	Bytes int64
+}
+
 // EventKind names a kind of Event.
 type EventKind string
 
@@ -306,6 +318,11 @@ const (
 	// EventMemory: the concurrency that memory allows changed; Memory says
 	// what the governor plans with.
 	EventMemory EventKind = "memory"
+	// EventMemorySample: the memory governor sampled the workers' memory,
+	// as it does every 100 ms while it is on. Memory is its plan after the
+	// sample and Usage each busy worker's memory. Only the governor
+	// samples: with it off, no such event is sent.
+	EventMemorySample EventKind = "memory-sample"
 	// EventWorkerStalled: a line worker has read the line of TaskID and
 	// waits for more input without answering, most likely because it holds
 	// its answer in an output buffer. It is sent once per worker process, a

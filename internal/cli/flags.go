@@ -26,6 +26,7 @@ type commonFlags struct {
 	keepOrder bool
 	argFiles  []string
 	joblog    string
+	journal   journalFlags
 	progress  string // "auto", "on" or "off"; --progress and --no-progress set it, the last one wins
 	quiet     bool
 	grace     time.Duration
@@ -53,7 +54,10 @@ func (f *commonFlags) registerInput(fs *pflag.FlagSet) {
 }
 
 func (f *commonFlags) registerOutput(fs *pflag.FlagSet) {
-	fs.StringVar(&f.joblog, "joblog", "", "write one TSV row per attempt to `FILE`")
+	fs.StringVar(&f.joblog, "joblog", "", "write one TSV row per attempt to `FILE`, each as its attempt ends")
+	fs.StringVar(&f.journal.path, "journal", "", "record every task, attempt and memory sample in the SQLite database `FILE`, for --resume and safepool report")
+	boolVarP(fs, &f.journal.resume, "resume", "", "skip the inputs that earlier runs of this command with this --journal finished, done or failed")
+	boolVarP(fs, &f.journal.resumeFailed, "resume-failed", "", "skip the inputs that earlier runs of this command with this --journal did, and run failed ones again")
 	f.progress = "auto"
 	on := fs.VarPF(&choiceValue{p: &f.progress, v: "on"}, "progress", "", "show the progress bar (default: only when stderr is a terminal)")
 	on.NoOptDefVal = "true"
@@ -87,6 +91,9 @@ func (f *commonFlags) config(cmd string, protocol pool.Protocol, command []strin
 	}
 	if f.grace < 0 {
 		return cfg, usagef(cmd, "--grace must not be negative")
+	}
+	if err := f.journal.check(cmd); err != nil {
+		return cfg, err
 	}
 	if err := f.mem.apply(cmd, &cfg); err != nil {
 		return cfg, err

@@ -30,10 +30,10 @@ const joblogInputMax = 256
 type joblog struct {
 	mu sync.Mutex // guards all below
 	f  *os.File
-	// inputs holds the escaped input of each task that has not ended, by
-	// id, for the rows of its attempts. Only tasks the pool holds are
-	// here, so it is bounded like the pool's queue.
-	inputs map[uint64]string
+	// inputs holds the input number and escaped input of each task that
+	// has not ended, by pool id, for the rows of its attempts. Only tasks
+	// the pool holds are here, so it is bounded like the pool's queue.
+	inputs map[uint64]joblogTask
 	err    error // the first write error
 }
 
@@ -48,17 +48,24 @@ func openJoblog(path string) (*joblog, error) {
 		f.Close()
 		return nil, fmt.Errorf("cannot write the job log: %w", err)
 	}
-	return &joblog{f: f, inputs: make(map[uint64]string)}, nil
+	return &joblog{f: f, inputs: make(map[uint64]joblogTask)}, nil
 }
 
-// submit notes the input of task id before it is submitted.
-func (j *joblog) submit(id uint64, input []byte) {
+// joblogTask is what the job log keeps of a task the pool holds.
+type joblogTask struct {
+	seq   uint64 // the input's number, the row's task_id
+	input string // escaped
+}
+
+// submit notes the input of pool task id, the seq-th input, before it is
+// submitted. Without resume, seq is id.
+func (j *joblog) submit(id, seq uint64, input []byte) {
 	if j == nil {
 		return
 	}
 	in := escapeInput(input, joblogInputMax)
 	j.mu.Lock()
-	j.inputs[id] = in
+	j.inputs[id] = joblogTask{seq: seq, input: in}
 	j.mu.Unlock()
 }
 
@@ -75,7 +82,8 @@ func (j *joblog) observe(ev pool.Event) {
 		if j.err != nil {
 			return
 		}
-		row := joblogRow(ev.TaskID, j.inputs[ev.TaskID], ev.Attempt)
+		t := j.inputs[ev.TaskID]
+		row := joblogRow(t.seq, t.input, ev.Attempt)
 		_, j.err = j.f.WriteString(row)
 	case ev.Kind == pool.EventTaskEnded:
 		j.mu.Lock()

@@ -186,14 +186,17 @@ func runMap(ctx context.Context, e *env, args []string) error {
 				o.stdout(r.Output, newline)
 			}
 		},
-		joblog:   a.common.joblog,
-		metrics:  a.common.metrics,
-		jsonPath: a.json,
-		progress: a.common.progressOn(e.stderr),
-		quiet:    a.common.quiet,
-		messages: true,
-		viaShell: viaShell,
-		e:        e,
+		joblog:     a.common.joblog,
+		journal:    a.common.journal,
+		metrics:    a.common.metrics,
+		keyCommand: command,
+		argv:       append([]string{"safepool", "map"}, args...),
+		jsonPath:   a.json,
+		progress:   a.common.progressOn(e.stderr),
+		quiet:      a.common.quiet,
+		messages:   true,
+		viaShell:   viaShell,
+		e:          e,
 	}
 	_, status := j.execute(ctx)
 	if status != exitOK {

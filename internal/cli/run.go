@@ -165,13 +165,16 @@ func runRun(ctx context.Context, e *env, args []string) error {
 			o.stderrFrom(r.StderrReader())
 			r.Release()
 		},
-		joblog:   a.common.joblog,
-		metrics:  a.common.metrics,
-		jsonPath: a.json,
-		progress: a.common.progressOn(e.stderr),
-		quiet:    a.common.quiet,
-		viaShell: tmpl.viaShell(),
-		e:        e,
+		joblog:     a.common.joblog,
+		journal:    a.common.journal,
+		metrics:    a.common.metrics,
+		keyCommand: a.cmd,
+		argv:       append([]string{"safepool", "run"}, args...),
+		jsonPath:   a.json,
+		progress:   a.common.progressOn(e.stderr),
+		quiet:      a.common.quiet,
+		viaShell:   tmpl.viaShell(),
+		e:          e,
 	}
 	_, status := j.execute(ctx)
 	if status != exitOK {

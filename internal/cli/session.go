@@ -36,12 +36,18 @@ type job struct {
 	// emit writes what a result shows on the output.
 	emit func(o *output, r *pool.Result)
 
-	joblog   string // path of --joblog, or ""
-	metrics  string // --metrics ADDR, or ""
-	jsonPath string // path of the JSON summary, "-" for stdout, or ""
-	progress bool   // whether to draw the progress bar
-	quiet    bool   // print no summary when every task succeeded
-	messages bool   // whether the summary shows attempt messages
+	joblog  string // path of --joblog, or ""
+	metrics string // --metrics ADDR, or ""
+	// journal is --journal and the resume flags; keyCommand is what task
+	// keys are made of with the input (the command template for run, the
+	// worker's command for map); argv is the command line, for the journal.
+	journal    journalFlags
+	keyCommand []string
+	argv       []string
+	jsonPath   string // path of the JSON summary, "-" for stdout, or ""
+	progress   bool   // whether to draw the progress bar
+	quiet      bool   // print no summary when every task succeeded
+	messages   bool   // whether the summary shows attempt messages
 	// viaShell reports whether the command runs under a shell that stays
 	// between safepool and the command, so that an exit status 128+N may
 	// be the shell's report of a child killed by signal N.
@@ -114,7 +120,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		return sum, exitUsage
 	}
 	defer jm.close()
-	jl, jsonOut, err := j.openOutputs()
+	jl, jsonOut, jj, err := j.openOutputs()
 	if err != nil {
 		fmt.Fprintf(stderr, "safepool: %v\n", err)
 		return sum, exitUsage
@@ -136,6 +142,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		c.observe(ev)
 		jl.observe(ev)
 		jm.observe(ev)
+		jj.observe(ev)
 		switch ev.Kind {
 		case pool.EventWorkerStalled, pool.EventWorkerOutOfStep:
 			if !said[ev.Kind] {
@@ -145,12 +152,24 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		}
 	}
 
+	if err := jj.start(&j.cfg); err != nil {
+		prog.finish()
+		jl.close()
+		jj.close(exitUsage)
+		fmt.Fprintf(stderr, "safepool: %v\n", err)
+		sum.Aborted, sum.AbortReason, sum.ExitStatus = true, quoteMessage(err.Error()), exitUsage
+		if err := jsonOut.write(sum); err != nil {
+			fmt.Fprintf(stderr, "safepool: %v\n", err)
+		}
+		return sum, exitUsage
+	}
 	p, err := pool.New(j.cfg)
 	if err != nil {
 		// The command cannot start (or the engine rejects the
 		// configuration): nothing ran.
 		prog.finish()
 		jl.close()
+		jj.close(exitUsage)
 		reason := quoteMessage(err.Error())
 		fmt.Fprintf(stderr, "safepool: %s\n", reason)
 		sum.Aborted, sum.AbortReason, sum.ExitStatus = true, reason, exitUsage
@@ -162,6 +181,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	}
 	c.pool.Store(p)
 	jm.attach(p)
+	jj.describe(p)
 
 	// Without a cgroup per worker, when memory flags were given, say once
 	// how memory is watched instead, and what the memory governor plans
@@ -184,25 +204,56 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	var feedErr error
 	var feedMu sync.Mutex // guards feedErr
 	feedDone := make(chan struct{})
+	// replayCh carries the outputs of map tasks an earlier run did, from
+	// the feeder to the results loop, which writes them in their place.
+	replayCh := make(chan replay, replayAhead)
+	var skipped, skippedFailed atomic.Int64
 	go func() {
 		defer close(feedDone)
 		defer p.Close()
-		var seq uint64
+		defer close(replayCh)
+		fail := func(err error) {
+			feedMu.Lock()
+			feedErr = err
+			feedMu.Unlock()
+			p.Abort(err)
+		}
+		// seq numbers inputs (the {#} of run, the journal's task ids);
+		// id numbers the tasks submitted to the pool, as the pool does.
+		var seq, id uint64
 		for {
 			in, err := j.src.next()
 			if err == io.EOF {
-				c.total.Store(int64(seq))
+				c.total.Store(int64(id))
 				return
 			}
 			if err != nil {
-				feedMu.Lock()
-				feedErr = err
-				feedMu.Unlock()
-				p.Abort(fmt.Errorf("reading input: %w", err))
+				fail(fmt.Errorf("reading input: %w", err))
 				return
 			}
 			seq++
-			jl.submit(seq, in)
+			key := jj.key(in)
+			f, done, err := jj.finished(key)
+			if err != nil {
+				fail(err)
+				return
+			}
+			if done {
+				if feedStopped(ctx, p) {
+					return
+				}
+				jj.skip(seq, key, in, f)
+				skipped.Add(1)
+				if f.State != string(pool.Done) {
+					skippedFailed.Add(1)
+				} else if j.mode == "map" {
+					replayCh <- replay{after: id, output: f.Output}
+				}
+				continue
+			}
+			id++
+			jl.submit(id, seq, in)
+			jj.submit(id, seq, key, in)
 			if _, err := p.Submit(ctx, j.task(seq, in)); err != nil {
 				return // the pool is stopping; the results loop reports why
 			}
@@ -264,18 +315,50 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	flushT := time.NewTimer(time.Hour)
 	flushT.Stop()
 	var flushC <-chan time.Time
-	for results != nil {
+	// In --keep-order, a replayed output waits in held until the pool's
+	// task it follows has been written; lastID is the last one written.
+	replays := replayCh
+	var held *replay
+	var lastID uint64
+	emitReplay := func(rp *replay) {
+		if o.err == nil {
+			o.stdout(rp.output, newline)
+			if flushC == nil && o.out.Buffered() > 0 {
+				flushT.Reset(outputLinger)
+				flushC = flushT.C
+			}
+			abortOnWriteError()
+		}
+	}
+	for results != nil || replays != nil || held != nil {
+		if held != nil && (results == nil || held.after <= lastID) {
+			emitReplay(held)
+			held, replays = nil, replayCh
+			continue
+		}
 		select {
+		case rp, ok := <-replays:
+			if !ok {
+				replays, replayCh = nil, nil
+				break
+			}
+			if j.cfg.KeepOrder && rp.after > lastID && results != nil {
+				held, replays = &rp, nil
+				break
+			}
+			emitReplay(&rp)
 		case r, ok := <-results:
 			if !ok {
 				results = nil
 				break
 			}
+			lastID = r.ID
 			sum.add(&r)
 			if o.err != nil {
 				break
 			}
 			j.emit(o, &r)
+			jj.written(&r)
 			if flushC == nil && o.out.Buffered() > 0 {
 				flushT.Reset(outputLinger)
 				flushC = flushT.C
@@ -284,6 +367,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		case <-flushC:
 			flushC = nil
 			o.flush()
+			jj.flushed(o.err == nil)
 			abortOnWriteError()
 		}
 	}
@@ -294,6 +378,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	}
 	prog.finish()
 	o.flush()
+	jj.flushed(o.err == nil)
 	sum.wall = time.Since(sum.StartTime)
 
 	poolErr := p.Err()
@@ -306,6 +391,8 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 
 	stats := p.Stats()
 	sum.setTasks(stats)
+	sum.Tasks.Skipped = int(skipped.Load())
+	sum.Tasks.SkippedFailed = int(skippedFailed.Load())
 	sum.Attempts = stats.Attempts
 	sum.WorkersStarted = stats.WorkersStarted
 	sum.WorkerDeaths = stats.WorkerDeaths
@@ -366,6 +453,11 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	}
 	sum.ExitStatus = status
 
+	if err := jj.close(status); err != nil {
+		fmt.Fprintf(stderr, "safepool: %v\n", err)
+		status = max(status, exitFailed)
+		sum.ExitStatus = status
+	}
 	if err := jl.close(); err != nil {
 		fmt.Fprintf(stderr, "safepool: %v\n", err)
 		status = max(status, exitFailed)
@@ -381,21 +473,28 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	return sum, status
 }
 
-// openOutputs creates the job log and the JSON summary's file.
-func (j *job) openOutputs() (*joblog, *jsonOutput, error) {
+// openOutputs creates the job log and the JSON summary's file, and opens
+// the journal.
+func (j *job) openOutputs() (*joblog, *jsonOutput, *jobJournal, error) {
 	var jl *joblog
 	if j.joblog != "" {
 		var err error
 		if jl, err = openJoblog(j.joblog); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
+	}
+	jj, err := openJournal(j.mode, j.keyCommand, j.journal, j.argv)
+	if err != nil {
+		jl.close()
+		return nil, nil, nil, err
 	}
 	jsonOut, err := openJSONOutput(j.jsonPath, j.e.stdout)
 	if err != nil {
 		jl.close()
-		return nil, nil, err
+		jj.close(exitUsage)
+		return nil, nil, nil, err
 	}
-	return jl, jsonOut, nil
+	return jl, jsonOut, jj, nil
 }
 
 // abortReason says why the pool aborted, for the summary.

@@ -71,6 +71,12 @@ type taskCounts struct {
 	Failed    int `json:"failed"`
 	Cancelled int `json:"cancelled"`
 	Poison    int `json:"poison"`
+	// Skipped counts inputs not run because an earlier run of the journal
+	// finished them (--resume); they are not among Submitted.
+	// SkippedFailed counts those of them that had failed or were poison
+	// (--resume without --resume-failed), which fail the run as they did.
+	Skipped       int `json:"skipped"`
+	SkippedFailed int `json:"skipped_failed"`
 }
 
 // summary is what a run or map reports at the end. The results loop fills
@@ -187,17 +193,29 @@ func truncate(b []byte, n int) []byte {
 
 // ok reports whether every task succeeded and nothing was aborted.
 func (s *summary) ok() bool {
-	return !s.Aborted && s.Tasks.Done == s.Tasks.Submitted
+	return !s.Aborted && s.Tasks.Done == s.Tasks.Submitted && s.Tasks.SkippedFailed == 0
+}
+
+// skippedNote says how many inputs an earlier run finished, or nothing.
+func (s *summary) skippedNote() string {
+	switch {
+	case s.Tasks.Skipped == 0:
+		return ""
+	case s.Tasks.SkippedFailed == 0:
+		return fmt.Sprintf("; %d skipped, done in an earlier run", s.Tasks.Skipped)
+	}
+	return fmt.Sprintf("; %d skipped, finished in an earlier run (%d of them failed: --resume-failed reruns them)",
+		s.Tasks.Skipped, s.Tasks.SkippedFailed)
 }
 
 // writeText writes the summary for people. When all tasks succeeded it is
 // one line, or nothing when quiet is set or there were no tasks.
 func (s *summary) writeText(w io.Writer, quiet bool) {
 	if s.ok() {
-		if quiet || s.Tasks.Submitted == 0 {
+		if quiet || s.Tasks.Submitted+s.Tasks.Skipped == 0 {
 			return
 		}
-		fmt.Fprintf(w, "safepool: %s done in %s%s\n", plural(s.Tasks.Done, "task"), formatWall(s.wall), s.memoryNote())
+		fmt.Fprintf(w, "safepool: %s done in %s%s%s\n", plural(s.Tasks.Done, "task"), formatWall(s.wall), s.memoryNote(), s.skippedNote())
 		s.writeRecovered(w)
 		return
 	}
@@ -216,7 +234,7 @@ func (s *summary) writeText(w io.Writer, quiet bool) {
 	if s.Tasks.Cancelled > 0 {
 		fmt.Fprintf(&b, ", %d cancelled", s.Tasks.Cancelled)
 	}
-	fmt.Fprintf(&b, " of %s in %s%s\n", plural(s.Tasks.Submitted, "task"), formatWall(s.wall), s.memoryNote())
+	fmt.Fprintf(&b, " of %s in %s%s%s\n", plural(s.Tasks.Submitted, "task"), formatWall(s.wall), s.memoryNote(), s.skippedNote())
 	if s.AbortReason != "" && !s.Interrupted {
 		fmt.Fprintf(&b, "safepool: aborted because %s\n", s.AbortReason)
 	}

@@ -300,8 +300,8 @@ func TestJoblogFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := testResult()
-	jl.submit(r.ID, r.Input)
-	jl.submit(9, []byte("never ran"))
+	jl.submit(r.ID, r.ID, r.Input)
+	jl.submit(9, 9, []byte("never ran"))
 	lines := func() []string {
 		data, err := os.ReadFile(path)
 		if err != nil {

@@ -181,3 +181,11 @@ class EngineOptions:
             "max_backoff": self.max_backoff,
             "task_error_retries": self.task_error_retries,
         }
+
+
+def journal_options(journal, resume, resume_failed):
+    """Return the journal (safepool._journal.Journal) that Pool's journal=,
+    resume= and resume_failed= ask for. It imports sqlite3: call it once
+    the binary has started."""
+    from ._journal import Journal
+    return Journal(journal, resume=resume, resume_failed=resume_failed)

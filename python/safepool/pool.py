@@ -108,6 +108,14 @@ class Pool:
         wait_timeout: seconds an item may wait, from its submission, for
             its start (queued behind others, or for memory); one that
             waited longer never runs and fails with safepool.WaitTimeout.
+        journal: a path: map and imap record each task in this SQLite
+            database (the journal of `safepool map --journal`; see
+            docs/python.md), one run per call, committed every 150 ms.
+        resume: with journal, skip the arguments that an earlier map or
+            imap call of the same function finished (done or failed) and
+            return their results from the journal: tasks are known by the
+            function's name and the pickled argument, not by position.
+        resume_failed: like resume, but run the failed ones again.
 
     apply_async takes timeout, soft_timeout, mem, retry_on and
     wait_timeout for that call alone (see apply_async).
@@ -127,8 +135,12 @@ class Pool:
                  mem_psi: Optional[float] = None, no_governor: bool = False,
                  backoff: Optional[float] = None, max_backoff: Optional[float] = None,
                  task_error_retries: int = 0, soft_timeout: Optional[float] = None,
-                 retry_on: Any = None, wait_timeout: Optional[float] = None):
+                 retry_on: Any = None, wait_timeout: Optional[float] = None,
+                 journal: Any = None, resume: bool = False, resume_failed: bool = False):
         self._state = None  # no pool to warn about in __del__ if this fails
+        self._journal = None
+        if journal is None and (resume or resume_failed):
+            raise ValueError("resume and resume_failed need journal=PATH")
         check_context(context, "context")
         check_max_tasks(maxtasksperchild, "maxtasksperchild")
         check_max_tasks(max_tasks_per_child, "max_tasks_per_child")
@@ -149,6 +161,14 @@ class Pool:
             raise
         ahead = launch.processes + 1 if self._futures_ahead else 0
         self._core = _Core(launch, ahead=ahead)
+        if journal is not None:
+            # Opened once the binary runs: see _options.
+            try:
+                from ._options import journal_options
+                self._journal = journal_options(journal, resume, resume_failed)
+            except BaseException:
+                self._core.terminate()
+                raise
         self._state = RUN
 
     def __repr__(self):
@@ -191,6 +211,13 @@ class Pool:
             part = items[start:start + cs]
             self._core.submit(_Chunk(res._job, range(start, start + len(part)), part))
         return res
+
+    def _journaled_imap(self, func, iterable, chunksize, ordered, errors, progress):
+        """imap through the journal (Pool(journal=...)), or None without one."""
+        if self._journal is None:
+            return None
+        self._check()
+        return self._journal.imap(self, func, iterable, chunksize, ordered, errors, progress)
 
     def _imap(self, func, iterable, chunksize, ordered, errors, progress, on_ready=None):
         from ._core import MAP
@@ -257,6 +284,13 @@ class Pool:
         failed results instead. progress=True shows the tasks done on
         standard error (a tqdm bar when tqdm is installed).
         """
+        if self._journal is not None:
+            results = list(self._journaled_imap(func, iterable, chunksize, True, "return", progress))
+            if self._errors(errors) == "raise":
+                for r in results:
+                    if isinstance(r, BaseException):
+                        raise r
+            return results
         from ._core import MAP
         return self._map_async(func, iterable, chunksize, MAP, None, None, self._errors(errors),
                                progress).get()
@@ -285,7 +319,8 @@ class Pool:
         raises from next() at its place (errors="return" returns it).
         progress=True shows the tasks done on standard error.
         """
-        return self._imap(func, iterable, chunksize, True, self._errors(errors), progress)
+        return (self._journaled_imap(func, iterable, chunksize, True, self._errors(errors), progress)
+                or self._imap(func, iterable, chunksize, True, self._errors(errors), progress))
 
     def imap_unordered(self, func: Callable, iterable: Iterable, chunksize: Optional[int] = None, *,
                        errors: str = "raise", progress: bool = False) -> IterResult:

@@ -1,0 +1,209 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/safepool/safepool/internal/journal"
+	"github.com/safepool/safepool/pool"
+)
+
+// journalFlags are --journal, --resume and --resume-failed, which run and
+// map share.
+type journalFlags struct {
+	path         string // --journal FILE, or ""
+	resume       bool   // --resume: skip tasks an earlier run finished
+	resumeFailed bool   // --resume-failed: skip only tasks an earlier run did
+}
+
+// check refuses resume flags without a journal.
+func (f *journalFlags) check(cmd string) error {
+	if (f.resume || f.resumeFailed) && f.path == "" {
+		return usagef(cmd, "--resume and --resume-failed need --journal FILE")
+	}
+	return nil
+}
+
+// resuming reports whether earlier runs' work is skipped.
+func (f *journalFlags) resuming() bool { return f.resume || f.resumeFailed }
+
+// jobJournal is a job's journal: the open file, the writer of this run and,
+// when resuming, what earlier runs finished. A nil *jobJournal does nothing.
+type jobJournal struct {
+	kind    string
+	command []string // what keys are made of: the command template or the worker's command
+	flags   journalFlags
+	argv    []string
+
+	j  *journal.Journal
+	w  *journal.Writer
+	rs *journal.Resumer // nil unless resuming
+	// unflushed holds the results written to the output since it was last
+	// flushed; only the results loop uses it.
+	unflushed []*pool.Result
+}
+
+// openJournal opens the journal file before anything runs, so that a path
+// that cannot be written costs nothing.
+func openJournal(kind string, command []string, f journalFlags, argv []string) (*jobJournal, error) {
+	if f.path == "" {
+		return nil, nil
+	}
+	j, err := journal.Open(f.path)
+	if err != nil {
+		return nil, fmt.Errorf("cannot open the journal: %w", err)
+	}
+	return &jobJournal{kind: kind, command: command, flags: f, argv: argv, j: j}, nil
+}
+
+// start adds this run to the journal, before the pool is made, so that
+// the writer sees every event of the pool.
+func (jj *jobJournal) start(cfg *pool.Config) error {
+	if jj == nil {
+		return nil
+	}
+	w, err := jj.j.Start(journal.Run{
+		Kind:        jj.kind,
+		Command:     journal.CommandString(jj.command),
+		Argv:        jj.argv,
+		Workers:     cfg.Workers,
+		MemLimit:    cfg.MemLimit,
+		Resumed:     jj.flags.resuming(),
+		StoreOutput: jj.kind == "map",
+	})
+	if err != nil {
+		return err
+	}
+	jj.w = w
+	if jj.flags.resuming() {
+		if jj.rs, err = w.Resumer(jj.flags.resume); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// describe records what the pool made of the configuration.
+func (jj *jobJournal) describe(p *pool.Pool) {
+	if jj == nil {
+		return
+	}
+	var budget int64
+	if st, ok := p.Memory(); ok {
+		budget = st.Budget
+	}
+	jj.w.Describe(p.Workers(), p.MemoryMode(), budget)
+	for _, n := range p.Notices() {
+		jj.w.Notice(n)
+	}
+}
+
+// observe gives the writer an event of the pool, but for the ends of
+// tasks, which written and flushed give it.
+func (jj *jobJournal) observe(ev pool.Event) {
+	if jj != nil && ev.Kind != pool.EventTaskEnded {
+		jj.w.Observe(ev)
+	}
+}
+
+// written notes a result whose output has been written to the output's
+// buffer. The journal learns that its task ended only once that output is
+// out of the supervisor (flushed): a task the journal has as done never
+// loses its output to a SIGKILL, and is never run again by --resume.
+func (jj *jobJournal) written(r *pool.Result) {
+	if jj != nil {
+		jj.unflushed = append(jj.unflushed, r)
+	}
+}
+
+// flushed gives the writer the ends of the tasks written since the last
+// flush, when it succeeded.
+func (jj *jobJournal) flushed(ok bool) {
+	if jj == nil {
+		return
+	}
+	now := time.Now()
+	for i, r := range jj.unflushed {
+		if ok {
+			jj.w.Observe(pool.Event{Kind: pool.EventTaskEnded, Time: now, TaskID: r.ID, Result: r})
+		}
+		jj.unflushed[i] = nil
+	}
+	jj.unflushed = jj.unflushed[:0]
+}
+
+// key returns the key of an input, or "" without a journal.
+func (jj *jobJournal) key(input []byte) string {
+	if jj == nil {
+		return ""
+	}
+	return journal.Key(jj.kind, jj.command, input)
+}
+
+// finished says whether an earlier run finished the input of key, and how.
+func (jj *jobJournal) finished(key string) (journal.Finished, bool, error) {
+	if jj == nil || jj.rs == nil {
+		return journal.Finished{}, false, nil
+	}
+	return jj.rs.Lookup(key)
+}
+
+// submit records the seq-th input before it goes to the pool as task id.
+func (jj *jobJournal) submit(id, seq uint64, key string, input []byte) {
+	if jj != nil {
+		jj.w.Submit(id, seq, key, input)
+	}
+}
+
+// skip records the seq-th input as skipped.
+func (jj *jobJournal) skip(seq uint64, key string, input []byte, f journal.Finished) {
+	if jj != nil {
+		cause := ""
+		if f.State != string(pool.Done) {
+			cause = f.Cause
+			if cause == "" {
+				cause = f.State
+			}
+		}
+		jj.w.Skip(seq, key, input, cause)
+	}
+}
+
+// close writes what is left and closes the file.
+func (jj *jobJournal) close(status int) error {
+	if jj == nil {
+		return nil
+	}
+	var err error
+	if jj.rs != nil {
+		jj.rs.Close()
+	}
+	if jj.w != nil {
+		err = jj.w.Close(status)
+	}
+	if cerr := jj.j.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("writing the journal: %w", err)
+	}
+	return nil
+}
+
+// replay is the output of a task an earlier run did, for map to write
+// again: after the pool's task after (0: before any), in --keep-order.
+type replay struct {
+	after  uint64
+	output []byte
+}
+
+// replayAhead is how many replayed outputs may wait between the feeder and the
+// results loop; the feeder waits beyond it.
+const replayAhead = 256
+
+// feedStopped reports whether the feeder should stop skipping inputs: the
+// run was interrupted or the pool has stopped.
+func feedStopped(ctx context.Context, p *pool.Pool) bool {
+	return ctx.Err() != nil || p.Err() != nil
+}

@@ -1,0 +1,170 @@
+// Package journal keeps the journal of safepool runs: a SQLite database in
+// WAL mode (schema.sql) that one consumer of a pool's event stream writes,
+// and from which a rerun with --resume learns what earlier runs finished.
+//
+// The writer commits what it is given in one transaction every
+// FlushEvery, or sooner when many rows wait (group commit): a SIGKILL of
+// the supervisor loses at most the events of the last interval, and
+// SQLite's WAL never leaves the file corrupt.
+package journal
+
+import (
+	"crypto/sha256"
+	"database/sql"
+	_ "embed"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+
+	_ "modernc.org/sqlite" // the pure-Go SQLite driver, registered as "sqlite"
+)
+
+//go:embed schema.sql
+var schema string
+
+// schemaVersion is the user_version schema.sql sets.
+const schemaVersion = 1
+
+// ErrNewerSchema means the journal was made by a newer safepool, whose
+// schema this one does not know.
+var ErrNewerSchema = errors.New("journal: made by a newer safepool")
+
+// Journal is an open journal file. Close must be called when done with it.
+type Journal struct {
+	db   *sql.DB
+	path string
+}
+
+// Open opens the journal at path, creating it with its schema if needed.
+func Open(path string) (*Journal, error) {
+	q := url.Values{}
+	for _, p := range []string{"journal_mode(WAL)", "synchronous(NORMAL)", "busy_timeout(10000)"} {
+		q.Add("_pragma", p)
+	}
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("journal: opening %s: %w", path, err)
+	}
+	// One connection for the writer and one for resume's look-ups, which
+	// WAL lets read while the other writes.
+	db.SetMaxOpenConns(2)
+	j := &Journal{db: db, path: path}
+	if err := j.init(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return j, nil
+}
+
+// init applies the schema to a new file and checks an old one's version.
+func (j *Journal) init() error {
+	var v int
+	if err := j.db.QueryRow("PRAGMA user_version").Scan(&v); err != nil {
+		return fmt.Errorf("journal: reading %s: %w", j.path, err)
+	}
+	if v > schemaVersion {
+		return fmt.Errorf("%w: %s has schema version %d, this safepool knows %d", ErrNewerSchema, j.path, v, schemaVersion)
+	}
+	if _, err := j.db.Exec(schema); err != nil {
+		return fmt.Errorf("journal: creating the schema in %s: %w", j.path, err)
+	}
+	return nil
+}
+
+// DB returns the journal's database, for readers such as the report.
+func (j *Journal) DB() *sql.DB { return j.db }
+
+// Close closes the database.
+func (j *Journal) Close() error {
+	if err := j.db.Close(); err != nil {
+		return fmt.Errorf("journal: closing %s: %w", j.path, err)
+	}
+	return nil
+}
+
+// Run describes one run for its row in the run table.
+type Run struct {
+	// Kind is "run", "map" or "python".
+	Kind string
+	// Command is the command template (run), the worker's command (map) or
+	// the Python function's qualified name. Resume looks only at runs of
+	// the same Kind and Command.
+	Command string
+	// Argv is the supervisor's argument vector.
+	Argv []string
+	// Workers is the pool's number of workers.
+	Workers int
+	// MemoryMode is the pool's memory mode (pool.Pool.MemoryMode).
+	MemoryMode string
+	// MemBudget is the governor's budget in bytes, 0 when it is off.
+	MemBudget int64
+	// MemLimit is the per-worker limit in bytes, 0 when none.
+	MemLimit int64
+	// Resumed reports whether the run skips what earlier runs finished.
+	Resumed bool
+	// StoreOutput reports whether done tasks' outputs go into the journal,
+	// for a resumed map to replay.
+	StoreOutput bool
+}
+
+// Key returns a task's key: the hex SHA-256 of the kind of run, the
+// command (each word) and the input, each prefixed by its length, so that
+// no two different tasks share a key by where their words split.
+func Key(kind string, command []string, input []byte) string {
+	h := sha256.New()
+	var n [8]byte
+	put := func(b []byte) {
+		l := uint64(len(b))
+		for i := range n {
+			n[i] = byte(l >> (8 * i))
+		}
+		h.Write(n[:])
+		h.Write(b)
+	}
+	put([]byte(kind))
+	put([]byte{byte(len(command))})
+	for _, w := range command {
+		put([]byte(w))
+	}
+	put(input)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// CommandString renders a command's words as one string for Run.Command.
+func CommandString(command []string) string {
+	b, _ := json.Marshal(command)
+	return string(b)
+}
+
+// insertRun adds the run's row and returns its id.
+func (j *Journal) insertRun(r Run, started time.Time) (int64, error) {
+	argv, _ := json.Marshal(r.Argv)
+	if r.Argv == nil {
+		argv = []byte("[]")
+	}
+	res, err := j.db.Exec(`INSERT INTO run (started, kind, command, argv, workers, memory_mode, mem_budget, mem_limit, resumed)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		started.UnixNano(), r.Kind, r.Command, string(argv), r.Workers, r.MemoryMode,
+		nullInt(r.MemBudget), nullInt(r.MemLimit), boolInt(r.Resumed))
+	if err != nil {
+		return 0, fmt.Errorf("journal: adding the run to %s: %w", j.path, err)
+	}
+	return res.LastInsertId()
+}
+
+func nullInt(n int64) any {
+	if n <= 0 {
+		return nil
+	}
+	return n
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}

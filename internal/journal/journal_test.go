@@ -1,0 +1,252 @@
+package journal
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/safepool/safepool/pool"
+)
+
+// feed gives w the events of one task that ends in state after one attempt.
+func feed(w *Writer, id, seq uint64, key string, input []byte, state pool.State, out []byte) {
+	now := time.Now()
+	w.Submit(id, seq, key, input)
+	w.Observe(pool.Event{Kind: pool.EventAttemptStarted, Time: now, TaskID: id, WorkerPID: 100})
+	a := pool.Attempt{Number: 1, WorkerPID: 100, Start: now, End: now, ExitCode: -1, PeakRSS: 1 << 20}
+	if state != pool.Done {
+		a.Cause = pool.ExitCause(1)
+		a.ExitCode = 1
+	}
+	w.Observe(pool.Event{Kind: pool.EventAttemptEnded, Time: now, TaskID: id, WorkerPID: 100, Attempt: &a})
+	w.Observe(pool.Event{Kind: pool.EventTaskEnded, Time: now, TaskID: id,
+		Result: &pool.Result{ID: id, Input: input, State: state, Output: out, Attempts: []pool.Attempt{a}}})
+}
+
+func TestResume(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "j.db")
+	j, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	cmd := []string{"cat"}
+	run := Run{Kind: "map", Command: CommandString(cmd), StoreOutput: true}
+	w, err := j.Start(run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Inputs a, b, a: the first a done, b failed, the second a never ends.
+	feed(w, 1, 1, Key("map", cmd, []byte("a")), []byte("a"), pool.Done, []byte("A"))
+	feed(w, 2, 2, Key("map", cmd, []byte("b")), []byte("b"), pool.Failed, nil)
+	w.Submit(3, 3, Key("map", cmd, []byte("a")), []byte("a"))
+	if err := w.Close(3); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tt := range []struct {
+		name      string
+		failedToo bool
+		input     string
+		want      []bool // found, input by input
+	}{
+		{"done only", false, "aba", []bool{true, false, false}},
+		{"failed too", true, "aba", []bool{true, true, false}},
+		{"reordered", false, "baa", []bool{false, true, false}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			run.Resumed = true
+			w, err := j.Start(run)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close(0)
+			r, err := w.Resumer(tt.failedToo)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			for i, c := range tt.input {
+				f, ok, err := r.Lookup(Key("map", cmd, []byte{byte(c)}))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if ok != tt.want[i] {
+					t.Errorf("Lookup(%c) #%d = %v, want %v", c, i, ok, tt.want[i])
+				}
+				if ok && c == 'a' && string(f.Output) != "A" {
+					t.Errorf("Lookup(a).Output = %q, want A", f.Output)
+				}
+			}
+		})
+	}
+
+	// A run without resume starts the batch over.
+	run.Resumed = false
+	w, err = j.Start(run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Close(0)
+	run.Resumed = true
+	w, err = j.Start(run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(0)
+	r, err := w.Resumer(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, ok, _ := r.Lookup(Key("map", cmd, []byte("a"))); ok {
+		t.Errorf("Lookup(a) after a fresh run = found, want not found")
+	}
+}
+
+func TestRowsWritten(t *testing.T) {
+	j, err := Open(filepath.Join(t.TempDir(), "j.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	w, err := j.Start(Run{Kind: "run", Command: "[]"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	feed(w, 1, 1, "k1", []byte("x"), pool.Done, nil)
+	w.Submit(2, 2, "k2", []byte("y"))
+	time.Sleep(2 * FlushEvery) // the second task is written as pending
+	feed(w, 3, 3, "k3", []byte("z"), pool.Failed, nil)
+	w.Skip(4, "k4", []byte("w"), "")
+	if err := w.Close(1); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{}
+	rows, err := j.DB().Query(`SELECT state, count(*) FROM task GROUP BY state`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var s string
+		var n int
+		rows.Scan(&s, &n)
+		got[s] = n
+	}
+	rows.Close()
+	want := map[string]int{"done": 1, "pending": 1, "failed": 1, "skipped": 1}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("tasks by state = %v, want %v", got, want)
+	}
+	var attempts, status int
+	j.DB().QueryRow(`SELECT count(*) FROM attempt`).Scan(&attempts)
+	j.DB().QueryRow(`SELECT exit_status FROM run`).Scan(&status)
+	if attempts != 2 || status != 1 {
+		t.Errorf("attempts, exit status = %d, %d, want 2, 1", attempts, status)
+	}
+}
+
+// BenchmarkWriter measures the writer's cost per task of one attempt.
+func BenchmarkWriter(b *testing.B) {
+	j, err := Open(filepath.Join(b.TempDir(), "j.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer j.Close()
+	w, err := j.Start(Run{Kind: "map", Command: "[]", StoreOutput: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := range b.N {
+		in := strconv.AppendInt(nil, int64(i), 10)
+		feed(w, uint64(i+1), uint64(i+1), Key("map", nil, in), in, pool.Done, in)
+	}
+	if err := w.Close(0); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// TestPythonSchema checks that the Python client's copy of the schema is
+// schema.sql.
+func TestPythonSchema(t *testing.T) {
+	py, err := os.ReadFile(filepath.Join("..", "..", "python", "safepool", "journal_schema.sql"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(py) != schema {
+		t.Errorf("python/safepool/journal_schema.sql differs from internal/journal/schema.sql: copy it")
+	}
+}
+
+// TestPoolRun journals a real pool: two tasks that sleep, one that fails,
+// and memory samples while they run.
+func TestPoolRun(t *testing.T) {
+	j, err := Open(filepath.Join(t.TempDir(), "j.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	w, err := j.Start(Run{Kind: "run", Command: "[]"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := pool.New(pool.Config{
+		Command:  []string{"sh", "-c", `sleep 0.4; test "$1" != bad`, "sh", "{}"},
+		Workers:  2,
+		Observer: func(ev pool.Event) { w.Observe(ev) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Describe(p.Workers(), p.MemoryMode(), 0)
+	for i, in := range []string{"a", "bad", "c"} {
+		w.Submit(uint64(i+1), uint64(i+1), Key("run", nil, []byte(in)), []byte(in))
+		if _, err := p.Submit(t.Context(), pool.Task{Input: []byte(in)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.Close()
+	for range p.Results() {
+	}
+	if err := w.Close(1); err != nil {
+		t.Fatal(err)
+	}
+	var done, failed, attempts, started int
+	db := j.DB()
+	db.QueryRow(`SELECT count(*) FROM task WHERE state = 'done'`).Scan(&done)
+	db.QueryRow(`SELECT count(*) FROM task WHERE state = 'failed' AND cause = 'exit:1' AND CAST(input AS TEXT) = 'bad'`).Scan(&failed)
+	db.QueryRow(`SELECT count(*) FROM attempt WHERE worker_pid > 0 AND ended >= started`).Scan(&attempts)
+	db.QueryRow(`SELECT count(*) FROM event WHERE kind = 'worker-started'`).Scan(&started)
+	var mode string
+	db.QueryRow(`SELECT memory_mode FROM run`).Scan(&mode)
+	if mode != p.MemoryMode() {
+		t.Errorf("run.memory_mode = %q, want %q", mode, p.MemoryMode())
+	}
+	if done != 2 || failed != 1 || attempts != 3 || started != 3 {
+		t.Errorf("done, failed, attempts, workers started = %d, %d, %d, %d, want 2, 1, 3, 3", done, failed, attempts, started)
+	}
+	if _, governed := p.Memory(); !governed {
+		t.Log("no memory governor here: no samples to check")
+		return
+	}
+	series := map[string]int{}
+	rows, err := db.Query(`SELECT series, count(*) FROM sample GROUP BY series`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var s string
+		var n int
+		rows.Scan(&s, &n)
+		series[s] = n
+	}
+	rows.Close()
+	for _, s := range []string{"total", "budget", "allowed", "running", "worker"} {
+		if series[s] == 0 {
+			t.Errorf("no samples of series %q (samples: %v)", s, series)
+		}
+	}
+}

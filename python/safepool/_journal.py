@@ -1,0 +1,229 @@
+"""Pool(journal=..., resume=True): the journal of map and imap calls, in the
+SQLite database that `safepool run --journal` and `safepool map --journal`
+write (internal/journal/schema.sql; a copy is journal_schema.sql, and a Go
+test checks that they are the same).
+
+Each map or imap call is a run of kind 'python' whose command is the
+function's qualified name. A task's key is the SHA-256 of the function's
+name and the pickled argument, so a call resumed with resume=True skips the
+arguments an earlier call of the same function finished, whatever their
+place, and returns their results from the journal (pickled in task.output).
+Results are committed at most every 150 ms, from the calling thread: a
+SIGKILL loses at most the results of that interval, which run again.
+"""
+
+import collections
+import hashlib
+import json
+import os
+import pickle
+import sqlite3
+import sys
+import threading
+import time
+
+_FLUSH_EVERY = 0.15
+_INPUT_MAX = 256
+
+
+def _schema() -> str:
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "journal_schema.sql")) as f:
+        return f.read()
+
+
+def qualname(func) -> str:
+    """The name a function is known by in the journal: module.qualname."""
+    module = getattr(func, "__module__", None) or "?"
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+    return "%s.%s" % (module, name)
+
+
+def key(name: str, arg) -> str:
+    """The key of func(arg): hex SHA-256 of the name and the pickled arg."""
+    h = hashlib.sha256()
+    h.update(b"python\0")
+    h.update(name.encode("utf-8", "surrogatepass"))
+    h.update(b"\0")
+    h.update(pickle.dumps(arg, protocol=4))
+    return h.hexdigest()
+
+
+class Journal:
+    """One Pool's journal: the path, whether to resume, and the pool's
+    figures for the run rows."""
+
+    def __init__(self, path, resume: bool = False, resume_failed: bool = False):
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            raise TypeError("journal must be a path, not %r" % (path,))
+        self.path = os.fspath(path)
+        self.resume = bool(resume)
+        self.resume_failed = bool(resume_failed)
+        # Open once now, so that a path that cannot be written fails here.
+        self._connect().close()
+
+    def _connect(self):
+        # The pool's imap reads its input in a thread of its own: _Call
+        # takes its lock around every use of the connection.
+        db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        if version > 1:
+            db.close()
+            raise ValueError("journal %s was made by a newer safepool (schema version %d)" % (self.path, version))
+        db.executescript(_schema())
+        return db
+
+    def imap(self, pool, func, iterable, chunksize, ordered, errors, progress):
+        """pool.imap(func, iterable) through the journal: an iterator of
+        results in input order. Results come in order even when not
+        ordered: the journal matches them to their inputs by order."""
+        return _Results(_Call(self, pool, func).run(iterable, chunksize, ordered, progress), errors)
+
+
+class _Call:
+    """One map or imap call: its run row and its tasks."""
+
+    def __init__(self, journal: Journal, pool, func):
+        self.j = journal
+        self.pool = pool
+        self.name = qualname(func)
+        self.func = func
+        self.db = journal._connect()
+        self.lock = threading.Lock()  # guards db, seen, last
+        resumed = journal.resume or journal.resume_failed
+        cur = self.db.execute(
+            "INSERT INTO run (started, kind, command, argv, workers, memory_mode, mem_budget, mem_limit, resumed)"
+            " VALUES (?, 'python', ?, ?, ?, ?, NULL, NULL, ?)",
+            (time.time_ns(), self.name, json.dumps(sys.argv), pool._core.processes, str(getattr(pool, "memory_mode", "") or ""),
+             1 if resumed else 0))
+        self.run_id = cur.lastrowid
+        self.lookup = None
+        if resumed:
+            self.db.execute("CREATE INDEX IF NOT EXISTS task_key ON task(key, state)")
+            (base,) = self.db.execute(
+                "SELECT max(id) FROM run WHERE kind = 'python' AND command = ? AND resumed = 0 AND id < ?",
+                (self.name, self.run_id)).fetchone()
+            states = "'done'" if journal.resume_failed else "'done', 'failed', 'poison'"
+            self.lookup = ("SELECT state, cause, output FROM task WHERE key = ? AND state IN (%s) AND run_id IN"
+                           " (SELECT id FROM run WHERE kind = 'python' AND command = ? AND id >= %d AND id < %d)"
+                           " ORDER BY state <> 'done', run_id, id LIMIT 1 OFFSET ?"
+                           % (states, base or 0, self.run_id))
+        self.seen = {}
+        self.rows = []
+        self.last = time.monotonic()
+        self.db.execute("BEGIN")
+
+    def finished(self, k):
+        """(state, cause, output) of an earlier run's task of key k, or None."""
+        if self.lookup is None:
+            return None
+        with self.lock:
+            n = self.seen.get(k, 0)
+            row = self.db.execute(self.lookup, (k, self.name, n)).fetchone()
+            if row is not None:
+                self.seen[k] = n + 1
+            return row
+
+    def write(self, sql, args):
+        with self.lock:
+            self.db.execute(sql, args)
+            now = time.monotonic()
+            if now - self.last >= _FLUSH_EVERY:
+                self.db.execute("COMMIT")
+                self.db.execute("BEGIN")
+                self.last = now
+
+    def task(self, seq, k, arg, state, cause=None, attempts=0, output=None):
+        self.write("INSERT INTO task (run_id, id, key, input, state, attempts, cause, output, ended)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (self.run_id, seq, k, _short(arg), state, attempts, cause, output, time.time_ns()))
+
+    def run(self, iterable, chunksize, ordered, progress):
+        from .errors import TaskFailed
+        # Inputs in order: ("skip", value or exception) or ("run", seq, key, arg).
+        # The pool pulls the pending ones through pending(); its results
+        # come in the same order (ordered) and are matched here.
+        entries = collections.deque()
+        status = 1
+        try:
+            def pending():
+                for seq, arg in enumerate(iterable, 1):
+                    k = key(self.name, arg)
+                    row = self.finished(k)
+                    if row is None:
+                        entries.append(("run", seq, k, arg))
+                        yield arg
+                        continue
+                    state, cause, output = row
+                    self.task(seq, k, arg, "skipped", cause if state != "done" else None)
+                    if state == "done":
+                        entries.append(("skip", pickle.loads(output) if output is not None else None))
+                    else:
+                        entries.append(("skip", TaskFailed(
+                            "task failed in an earlier run (%s); resume_failed=True runs it again" % (cause or state),
+                            cause=cause or state, task_args=arg, function=self.func)))
+
+            results = self.pool._imap(self.func, pending(), chunksize, True, "return", progress)
+            failed = False
+            it = iter(results)
+            while True:
+                while entries and entries[0][0] == "skip":
+                    value = entries.popleft()[1]
+                    failed = failed or isinstance(value, BaseException)
+                    yield value
+                try:
+                    value = next(it)
+                except StopIteration:
+                    # The input has ended: what is left was skipped.
+                    while entries:
+                        v = entries.popleft()[1]
+                        failed = failed or isinstance(v, BaseException)
+                        yield v
+                    break
+                # Skipped inputs the pool pulled before this one come first.
+                while entries[0][0] == "skip":
+                    v = entries.popleft()[1]
+                    failed = failed or isinstance(v, BaseException)
+                    yield v
+                _, seq, k, arg = entries.popleft()
+                if isinstance(value, BaseException):
+                    failed = True
+                    cause = getattr(value, "cause", None) or type(value).__name__
+                    state = "poison" if cause == "poison" else "failed"
+                    self.task(seq, k, arg, state, cause, getattr(value, "attempts", 1) or 1)
+                else:
+                    self.task(seq, k, arg, "done", None, 1, pickle.dumps(value, protocol=4))
+                yield value
+            status = 1 if failed else 0
+        finally:
+            with self.lock:
+                self.db.execute("COMMIT")
+                self.db.execute("UPDATE run SET ended = ?, exit_status = ? WHERE id = ?",
+                                (time.time_ns(), status, self.run_id))
+                self.db.close()
+
+
+class _Results:
+    """The iterator imap returns: a failed task raises from next() at its
+    place (errors="raise"), and iteration may go on after it."""
+
+    def __init__(self, gen, errors):
+        self._gen = gen
+        self._errors = errors
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        value = next(self._gen)
+        if self._errors == "raise" and isinstance(value, BaseException):
+            raise value
+        return value
+
+
+def _short(arg) -> bytes:
+    text = arg if isinstance(arg, (str, bytes)) else repr(arg)
+    if isinstance(text, str):
+        text = text.encode("utf-8", "backslashreplace")
+    return text[:_INPUT_MAX]

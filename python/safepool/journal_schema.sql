@@ -1,0 +1,81 @@
+-- The journal of safepool runs: one SQLite database (WAL mode) that one
+-- consumer of the pool's event stream writes. Times are Unix nanoseconds;
+-- sizes are bytes. A database may hold several runs: a run resumed with
+-- --resume is a new row of run whose tasks skip what an earlier run of the
+-- same journal finished.
+
+PRAGMA user_version = 1;
+
+-- One row per invocation of `safepool run`, `safepool map` or a Python pool.
+CREATE TABLE IF NOT EXISTS run (
+	id           INTEGER PRIMARY KEY,
+	started      INTEGER NOT NULL,
+	ended        INTEGER,            -- NULL while running, or when the supervisor died
+	kind         TEXT NOT NULL,      -- 'run', 'map' or 'python'
+	command      TEXT NOT NULL,      -- the command template, or the Python function's qualified name
+	argv         TEXT NOT NULL,      -- JSON array of the supervisor's arguments
+	workers      INTEGER NOT NULL,   -- -j
+	memory_mode  TEXT NOT NULL,      -- cgroup-v1, cgroup-v2, enclosing-cgroup, no-cgroup
+	mem_budget   INTEGER,            -- the governor's budget, NULL when it is off
+	mem_limit    INTEGER,            -- --mem-limit per worker, NULL when none
+	exit_status  INTEGER,            -- the process's exit status, NULL until it ends
+	resumed      INTEGER NOT NULL DEFAULT 0  -- 1 when run with --resume or --resume-failed: it skips what runs since the last run without them finished
+);
+
+-- One row per task of a run, written when it is submitted and updated when
+-- it reaches its terminal state.
+CREATE TABLE IF NOT EXISTS task (
+	run_id    INTEGER NOT NULL REFERENCES run(id),
+	id        INTEGER NOT NULL,      -- the submission number in its run, from 1
+	key       TEXT NOT NULL,         -- hex SHA-256 of the command and the input (or function and arguments)
+	input     BLOB,                  -- the input line, or a short repr for Python
+	state     TEXT NOT NULL,         -- 'pending', or the terminal state: done, failed, poison, cancelled, skipped (finished in an earlier run: done, or with --resume failed or poison, which cause then says)
+	attempts  INTEGER NOT NULL DEFAULT 0,
+	cause     TEXT,                  -- the last attempt's cause when not done
+	peak      INTEGER,               -- highest PeakRSS over its attempts
+	output    BLOB,                  -- for map, the output to replay on resume
+	ended     INTEGER,
+	PRIMARY KEY (run_id, id)
+);
+-- The index of tasks by key, task_key ON task(key, state), is made by the
+-- first run that resumes (journal.Writer.Resumer), in bulk. Keys are
+-- random, so a run that kept it up to date would touch a page of it at
+-- random for every task: it made the writer's CPU time 1.6 times as long.
+
+-- One row per attempt, as it ends.
+CREATE TABLE IF NOT EXISTS attempt (
+	run_id     INTEGER NOT NULL,
+	task_id    INTEGER NOT NULL,
+	number     INTEGER NOT NULL,
+	worker_pid INTEGER NOT NULL,
+	started    INTEGER NOT NULL,
+	ended      INTEGER NOT NULL,
+	cause      TEXT NOT NULL,        -- '' for success
+	exit_code  INTEGER,
+	signal     TEXT,
+	peak       INTEGER,
+	message    TEXT
+);
+CREATE INDEX IF NOT EXISTS attempt_task ON attempt(run_id, task_id);
+
+-- Memory and concurrency over time, sampled while the run goes on.
+CREATE TABLE IF NOT EXISTS sample (
+	run_id     INTEGER NOT NULL,
+	at         INTEGER NOT NULL,
+	worker_pid INTEGER NOT NULL DEFAULT 0,  -- 0 for whole-pool series
+	series     TEXT NOT NULL,        -- 'worker' (a worker's memory), 'total' (all workers), 'budget', 'limit', 'running' (attempts running), 'allowed' (concurrency the governor allows)
+	value      INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sample_run ON sample(run_id, at);
+
+-- Everything else worth marking on the time axis: worker-started,
+-- worker-exited, oom, preempted, retry, poison, stalled, out-of-step, notice.
+CREATE TABLE IF NOT EXISTS event (
+	run_id     INTEGER NOT NULL,
+	at         INTEGER NOT NULL,
+	kind       TEXT NOT NULL,
+	task_id    INTEGER,
+	worker_pid INTEGER,
+	detail     TEXT
+);
+CREATE INDEX IF NOT EXISTS event_run ON event(run_id, at);

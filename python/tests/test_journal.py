@@ -1,0 +1,61 @@
+"""Pool(journal=..., resume=True): map and imap skip what an earlier call
+finished, by function and argument."""
+import os
+import shutil
+import sqlite3
+import tempfile
+import unittest
+
+import safepool
+from tests import journal_helpers
+
+
+class Journal(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir)
+        os.environ["JOURNAL_TEST_DIR"] = self.dir
+        self.addCleanup(os.environ.pop, "JOURNAL_TEST_DIR", None)
+        self.path = os.path.join(self.dir, "j.db")
+
+    def calls(self):
+        with open(os.path.join(self.dir, "calls")) as f:
+            calls = sorted(int(l) for l in f)
+        os.remove(os.path.join(self.dir, "calls"))
+        return calls
+
+    def test_resume(self):
+        with safepool.Pool(2, journal=self.path) as pool:
+            got = pool.map(journal_helpers.square_once, range(6), errors="return")
+        self.assertEqual(got[:3] + got[4:], [0, 1, 4, 16, 25])
+        self.assertIsInstance(got[3], Exception)
+        self.assertEqual(self.calls(), [0, 1, 2, 3, 4, 5])
+
+        # resume: nothing runs again, done results come from the journal,
+        # and the failure is reported again.
+        with safepool.Pool(2, journal=self.path, resume=True) as pool:
+            got = pool.map(journal_helpers.square_once, [5, 4, 3, 2, 1, 0], errors="return")
+        self.assertEqual(got[:2] + got[3:], [25, 16, 4, 1, 0])
+        self.assertIsInstance(got[2], Exception)
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "calls")))
+
+        # resume_failed: only the failed one, and new arguments, run.
+        open(os.path.join(self.dir, "fixed"), "w").close()
+        with safepool.Pool(2, journal=self.path, resume_failed=True) as pool:
+            got = list(pool.imap(journal_helpers.square_once, range(8)))
+        self.assertEqual(got, [i * i for i in range(8)])
+        self.assertEqual(self.calls(), [3, 6, 7])
+
+        db = sqlite3.connect(self.path)
+        rows = db.execute("SELECT run_id, state, count(*) FROM task GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
+        db.close()
+        self.assertEqual(rows, [(1, "done", 5), (1, "failed", 1), (2, "skipped", 6),
+                                (3, "done", 3), (3, "skipped", 5)])
+
+    def test_resume_needs_journal(self):
+        with self.assertRaises(ValueError):
+            safepool.Pool(1, resume=True)
+
+
+if __name__ == "__main__":
+    unittest.main()
