@@ -26,6 +26,13 @@ type Cgroup interface {
 	Started()
 }
 
+// Starter is a Cgroup that starts the process itself, inside the group,
+// in place of Prepare, cmd.Start and Started. *memory.Group implements it:
+// under cgroup v1 it forks from a thread placed in the group.
+type Starter interface {
+	Start(cmd *exec.Cmd) error
+}
+
 // IO says which pipes a worker gets.
 type IO int
 
@@ -191,14 +198,18 @@ func Start(spec Spec) (_ *Process, err error) {
 	childEnds = append(childEnds, w)
 	cmd.Stderr = w
 
-	if spec.Cgroup != nil {
-		if err := spec.Cgroup.Prepare(cmd); err != nil {
-			return nil, fmt.Errorf("%w: cgroup: %w", ErrStart, err)
+	if s, ok := spec.Cgroup.(Starter); ok {
+		err = s.Start(cmd)
+	} else {
+		if spec.Cgroup != nil {
+			if err := spec.Cgroup.Prepare(cmd); err != nil {
+				return nil, fmt.Errorf("%w: cgroup: %w", ErrStart, err)
+			}
 		}
-	}
-	err = cmd.Start()
-	if spec.Cgroup != nil {
-		spec.Cgroup.Started()
+		err = cmd.Start()
+		if spec.Cgroup != nil {
+			spec.Cgroup.Started()
+		}
 	}
 	if errors.Is(err, syscall.E2BIG) {
 		// Name the worker's own command, not the program that exec ran (a
