@@ -188,8 +188,9 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 				return
 			}
 			seq++
-			jl.submit(seq, in)
-			if _, err := p.Submit(ctx, j.task(seq, in)); err != nil {
+			t := j.task(seq, in)
+			jl.submit(seq, t.Input)
+			if _, err := p.Submit(ctx, t); err != nil {
 				return // the pool is stopping; the results loop reports why
 			}
 		}

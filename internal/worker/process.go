@@ -63,6 +63,10 @@ type Spec struct {
 	// Stderr receives the worker's stderr; nil discards it. The last few
 	// KiB are also kept for StderrTail.
 	Stderr io.Writer
+	// Stdin, with IONone, is what the worker reads on its stdin, through
+	// a pipe that exec.Cmd fills and Wait ends (at the latest stdinDelay
+	// after the worker's death); nil gives it /dev/null.
+	Stdin io.Reader
 	// Cgroup, if not nil, is the group the worker starts in.
 	Cgroup Cgroup
 }
@@ -109,6 +113,11 @@ type Process struct {
 
 	stopOnce sync.Once
 }
+
+// stdinDelay bounds how long Wait lets exec.Cmd's copier of Spec.Stdin go
+// on after the worker died, for a descendant that escaped its process
+// group and holds the pipe without reading it.
+const stdinDelay = time.Second
 
 // ErrStart wraps every error from Start.
 var ErrStart = errors.New("worker: cannot start")
@@ -180,6 +189,10 @@ func Start(spec Spec) (_ *Process, err error) {
 		p.Results = resR
 		p.readEnds = append(p.readEnds, resR)
 		cmd.ExtraFiles = []*os.File{taskR, resW} // fd 3 and fd 4
+	}
+	if spec.IO == IONone && spec.Stdin != nil {
+		cmd.Stdin = spec.Stdin
+		cmd.WaitDelay = stdinDelay
 	}
 	if spec.IO != IOLine {
 		w, err := p.output(spec.Stdout, nil)
