@@ -114,10 +114,11 @@ func (g *Group) Prepare(cmd *exec.Cmd) error {
 // Start starts cmd inside the group, in place of Prepare, cmd.Start and
 // Started. Under cgroup v1 it forks cmd from a supervisor thread placed in
 // the group for the time of the fork, where the host allows it
-// ([Detection].ShimStart is nil), so that the worker runs its own program
-// in the group from its first instruction with one exec; its
-// oom_score_adj is then left alone as under v2. Otherwise it starts cmd
-// as Prepare readies it.
+// ([Detection].ShimStart is nil), and raises its oom_score_adj to 1000
+// while it is stopped at its exec (threadstart_linux.go), so that the
+// worker runs its own program in the group, with that score, from its
+// first instruction, with one exec. Otherwise it starts cmd as Prepare
+// readies it.
 func (g *Group) Start(cmd *exec.Cmd) error {
 	if g.ctrl.mode() != ModeCgroupV1 || g.m == nil || !g.m.threadStart.Load() {
 		if err := g.Prepare(cmd); err != nil {
@@ -133,6 +134,7 @@ func (g *Group) Start(cmd *exec.Cmd) error {
 	if removed {
 		return fmt.Errorf("memory: group %s was removed", g.path)
 	}
+	traced(cmd)
 	back, err := startFromThread(cmd, g.path, g.m.det.Own)
 	if back != nil {
 		// Never again: each such thread is held until its child ends.

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -18,6 +19,16 @@ import (
 // worker's group, forks and execs the worker from it (Go forks on the
 // calling thread), and moves the thread back: the worker is in its group
 // from its first instruction, with one exec instead of the shim's two.
+//
+// The shim also raised the worker's oom_score_adj before the worker ran;
+// a forked child instead starts with the supervisor's, and a worker that
+// forks at once (sh -c) would hand that on to its children before the
+// supervisor could raise it. So the child is started traced
+// (PTRACE_TRACEME): it stops at its exec, before its program's first
+// instruction, and the forking thread, its tracer, raises its
+// oom_score_adj and detaches it (releaseTraced). A set-user-ID program
+// run this way as the worker itself gains its privileges only when the
+// supervisor has CAP_SYS_PTRACE (root); programs it runs later always do.
 //
 // The supervisor's memory stays charged where it was: v1 charges a
 // process's pages to the memory cgroup of its mm's owner, the thread group
@@ -67,6 +78,9 @@ func startFromThread(cmd *exec.Cmd, dir, home string) (back error, err error) {
 			return
 		}
 		err := cmd.Start()
+		if err == nil {
+			releaseTraced(cmd.Process.Pid)
+		}
 		back := placeThread(home)
 		if back == nil {
 			runtime.UnlockOSThread()
@@ -85,6 +99,51 @@ func startFromThread(cmd *exec.Cmd, dir, home string) (back error, err error) {
 	return r.back, r.err
 }
 
+// traced returns cmd set to stop at its exec, before the first instruction
+// of its program, for releaseTraced, keeping its other SysProcAttr fields
+// (on a copy).
+func traced(cmd *exec.Cmd) {
+	attr := syscall.SysProcAttr{}
+	if cmd.SysProcAttr != nil {
+		attr = *cmd.SysProcAttr
+	}
+	attr.Ptrace = true
+	cmd.SysProcAttr = &attr
+}
+
+// releaseTraced raises the oom_score_adj of the child pid, which stopped at
+// its exec (PTRACE_TRACEME), and lets it go on. It must run on the thread
+// that started the child: that thread is its tracer. The child's program
+// has not run yet, so that nothing it forks can inherit the supervisor's
+// oom_score_adj, as with the shim (DESIGN.md, invariant 6). A child that
+// ended before it stopped is left to its waiter, unreaped.
+func releaseTraced(pid int) {
+	var info unix.Siginfo
+	for {
+		err := unix.Waitid(unix.P_PID, pid, &info, unix.WSTOPPED|unix.WEXITED|unix.WNOWAIT|unix.WALL, nil)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EINTR) {
+			return
+		}
+	}
+	const cldTrapped = 4 // CLD_TRAPPED: a ptrace stop
+	if info.Code != cldTrapped {
+		return
+	}
+	_ = SetOOMScoreAdj(pid, 1000)
+	// Consume the stop (only stops: an exit stays for the waiter), then
+	// detach without delivering the SIGTRAP.
+	for {
+		err := unix.Waitid(unix.P_PID, pid, &info, unix.WSTOPPED|unix.WALL, nil)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	_ = unix.PtraceDetach(pid)
+}
+
 // waitGone waits until process pid has ended (it may be a zombie still),
 // through a pidfd, which becomes readable then.
 func waitGone(pid int) {
@@ -101,29 +160,16 @@ func waitGone(pid int) {
 	}
 }
 
-// probeThreadStart reports whether a thread of the supervisor can move
-// into the v1 cgroup dir and back to home, and if not, why.
+// probeThreadStart reports whether workers can start from a thread in
+// the v1 cgroup dir that then goes back to home, and if not, why: it
+// starts /bin/true that way. PTRACE_TRACEME, which a seccomp filter may
+// forbid, is part of the test.
 func probeThreadStart(dir, home string) error {
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if unix.Gettid() == unix.Getpid() {
-			done <- probeThreadStart(dir, home)
-			runtime.UnlockOSThread()
-			return
-		}
-		if err := placeThread(dir); err != nil {
-			runtime.UnlockOSThread()
-			done <- err
-			return
-		}
-		if err := placeThread(home); err != nil {
-			// Out of the runtime's use: the thread ends with this goroutine.
-			done <- err
-			return
-		}
-		runtime.UnlockOSThread()
-		done <- nil
-	}()
-	return <-done
+	cmd := exec.Command("/bin/true")
+	traced(cmd)
+	back, err := startFromThread(cmd, dir, home)
+	if err == nil {
+		err = cmd.Wait()
+	}
+	return errors.Join(back, err)
 }

@@ -48,7 +48,7 @@ func threadCgroups(t *testing.T) map[string]string {
 }
 
 // TestStartFromThread: the worker's own program finds itself in its group,
-// started with one exec (no shim), and every thread of the supervisor is
+// with oom_score_adj 1000, started with one exec (no shim), and every thread of the supervisor is
 // back in the supervisor's cgroup afterwards.
 func TestStartFromThread(t *testing.T) {
 	m := requireThreadStart(t)
@@ -78,6 +78,11 @@ func TestStartFromThread(t *testing.T) {
 		}
 		if line := cgroupLine(r.Cgroup, ModeCgroupV1); line == "" || !strings.HasSuffix(g.Path(), line) {
 			t.Fatalf("start %d: worker /proc/self/cgroup = %q, want %s", i, r.Cgroup, g.Path())
+		}
+		// Raised before the program's first instruction, so that nothing
+		// it forks keeps the supervisor's.
+		if r.OOMScoreAdj != "1000" {
+			t.Fatalf("start %d: worker oom_score_adj at its start = %q, want 1000", i, r.OOMScoreAdj)
 		}
 		for tid, cg := range threadCgroups(t) {
 			if cg != own {
