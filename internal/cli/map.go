@@ -82,7 +82,7 @@ Examples:
   safepool map --worker "mawk -W interactive '{ print toupper(\$0) }'" < in.txt
   zcat reads.fa.gz | safepool map --mem-limit 4GiB --max-tasks 10000 ./classify
   safepool map --retries 1 --json summary.json -- ./classify < in.txt > out.txt
-  safepool map -j 2 -k --pipe --block 10M -- python3 transform.py < in.csv > out.csv
+  safepool map -j 2 -k --pipe --block 10M python3 tr.py < in.csv > out.csv
 `
 
 // mapArgs are the flags and arguments of safepool map.
