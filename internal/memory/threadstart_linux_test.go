@@ -179,3 +179,39 @@ func mustRead(t *testing.T, path string) string {
 	}
 	return string(b)
 }
+
+// TestStartFallsBackToShim: where a thread cannot start workers (the probe
+// failed, or a thread could not leave a group), Start runs the worker
+// through the shim, still inside its group.
+func TestStartFallsBackToShim(t *testing.T) {
+	m := requireThreadStart(t)
+	m.threadStart.Store(false)
+	defer m.threadStart.Store(true)
+	g, err := m.NewGroup("shim", 64*mib)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Remove()
+	cmd := helperCommand(t, "report")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := g.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	if base := filepath.Base(cmd.Path); base != "sh" && base != "bash" {
+		t.Errorf("Start ran %s, want the shim's shell", cmd.Path)
+	}
+	if err := waitTimeout(t, cmd, time.Minute); err != nil {
+		t.Fatalf("report helper: %v; stderr: %s", err, stderr.String())
+	}
+	var r report
+	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+		t.Fatalf("report %q: %v", stdout.String(), err)
+	}
+	if line := cgroupLine(r.Cgroup, ModeCgroupV1); line == "" || !strings.HasSuffix(g.Path(), line) {
+		t.Errorf("worker /proc/self/cgroup = %q, want %s", r.Cgroup, g.Path())
+	}
+	if r.OOMScoreAdj != "1000" {
+		t.Errorf("worker oom_score_adj = %q, want 1000", r.OOMScoreAdj)
+	}
+}
