@@ -24,7 +24,12 @@ func requireThreadStart(t *testing.T) *Manager {
 		t.Skipf("thread start is for cgroup v1; this host: %s", m.Reason())
 	}
 	if err := m.Detection().ShimStart; err != nil {
-		t.Fatalf("a root supervisor under cgroup v1 starts workers through the shim: %v", err)
+		// Such as under a tracer (strace, a debugger) or a seccomp filter
+		// that forbids ptrace.
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("workers start through the shim here, and thread start is required under CI=true: %v", err)
+		}
+		t.Skipf("workers start through the shim here: %v", err)
 	}
 	return m
 }
