@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"bytes"
 	"errors"
 	"strings"
 	"syscall"
@@ -52,6 +53,9 @@ func (r *runner) oneShot(t *task) {
 	t.out = nil
 	out := r.p.spool.newOutput() // written by the process's copiers until CloseIO returns
 	spec := worker.Spec{Args: args, Env: cfg.Env, Dir: cfg.Dir, IO: worker.IONone, Stdout: out.stdout, Stderr: out.stderr}
+	if t.t.Stdin != nil {
+		spec.Stdin = bytes.NewReader(t.t.Stdin)
+	}
 	// From here the attempt holds files: its cgroup's, then its process's.
 	r.p.procs.Add(1)
 	if r.group != nil {

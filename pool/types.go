@@ -151,6 +151,11 @@ type Task struct {
 	// process to run, overriding Config.Command. Nil means Config.Command
 	// with every "{}" replaced by Input.
 	Args []string
+	// Stdin, for one-shot workers only, is what the task's process reads
+	// on its stdin, such as a block of lines; each attempt reads it from
+	// the start. Nil gives the process /dev/null. The pool keeps it until
+	// the task's Result is delivered.
+	Stdin []byte
 	// Timeout, when positive, bounds this task's attempts in place of
 	// Config.Timeout: an attempt that runs longer is killed and ends with
 	// CauseTimeout. Zero means Config.Timeout.

@@ -52,6 +52,25 @@ def build():
     sh("go build -o bench/.bin/ ./bench/cmd/...")
 
 
+def baseline():
+    """Builds safepool at the git revision $BASELINE (a commit before a
+    change, for a before-and-after row beside the others) into
+    bench/.bin/safepool-REV and returns (REV, path); None when BASELINE is
+    unset."""
+    rev = os.environ.get("BASELINE", "")
+    if not rev:
+        return None
+    short = subprocess.run(["git", "rev-parse", "--short", rev], cwd=REPO, check=True,
+                           capture_output=True, text=True).stdout.strip()
+    path = os.path.join(BIN, "safepool-" + short)
+    if not os.path.exists(path):
+        import tempfile
+        with tempfile.TemporaryDirectory(prefix="safepool-baseline-") as tmp:
+            sh("git archive %s | tar -x -C %s" % (short, tmp))
+            subprocess.run(["go", "build", "-o", path, "./cmd/safepool"], cwd=tmp, check=True)
+    return short, path
+
+
 def peers():
     """Installs the peers (GNU parallel, Python pools, matplotlib)."""
     sh("bench/lib/peers.sh")

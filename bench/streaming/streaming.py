@@ -2,7 +2,8 @@
 
 The same input (bench/streaming/gencsv.py, deterministic) goes through
 bench/streaming/transform.py in several ways: one process, GNU parallel --pipe,
-safepool map -j 2 and (up to 200 MB) safepool map -j 2 -k. For each it records the wall
+safepool map -j 2, safepool map --pipe --block 10M -j 2 and (up to 200 MB)
+safepool map -j 2 -k. For each it records the wall
 time (throughput = input bytes / wall) and the peak RSS of the process the
 user started (the supervisor; for the single process, the transform itself),
 and checks that every output holds the same multiset of lines as the single
@@ -62,6 +63,8 @@ def variants(size):
          ["parallel", "--pipe", "-j", "2", "--block", b, PY, t]) for b in blocks(size)
     ] + [
         ("map", "safepool map -j 2", [SAFEPOOL, "map", "-j", "2", "-q", "--worker", worker]),
+        ("map_pipe", "safepool map --pipe --block 10M -j 2",
+         [SAFEPOOL, "map", "--pipe", "--block", "10M", "-j", "2", "-q", "--", PY, t]),
     ] + ([
         ("map_k", "safepool map -j 2 -k", [SAFEPOOL, "map", "-j", "2", "-k", "-q", "--worker", worker]),
     ] if size <= SMALL_BLOCK_UP_TO else [])
@@ -141,7 +144,9 @@ SIZE` (a new transform process per block; {blockNote}); `safepool map -j 2`{mapk
 with two persistent line workers
 (`--worker '/usr/bin/python3 transform.py --flush'`, flushing after each row,
 as the line protocol requires) and safepool map's default `--pipeline 32`
-(up to 32 lines in flight per worker). Throughput is input MB (10^6 bytes) / wall
+(up to 32 lines in flight per worker); and `safepool map --pipe --block 10M -j 2`
+(block mode: a new transform process per block of whole rows, as GNU parallel
+--pipe, the block on its stdin). Throughput is input MB (10^6 bytes) / wall
 time; peak RSS is VmHWM of the process started (the supervisor: safepool, or
 GNU parallel's perl; for the single process, the transform itself), sampled
 every 20 ms. Every output is checked to hold the same lines as the single

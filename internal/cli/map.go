@@ -53,6 +53,17 @@ the summary on stderr, --joblog and --json list it. Lines may be up to
 --max-line long and hold any byte but newline. With no input, safepool map
 does nothing and exits 0. Since stdout carries the data, --json takes a FILE.
 
+Block mode, for commands that read their input to EOF (sort, wc, gzip, a
+transform that does not flush per line): --pipe cuts the input into blocks
+of whole lines, each up to --block bytes (default 1MiB, as GNU parallel's
+--pipe), or of records ending with --recend. Each block is one task, run by
+a process of its own that reads the block on its stdin; when it succeeds,
+its whole stdout is the block's output, as blocks finish or, with
+--keep-order, in input order. A block whose process dies or fails is
+retried (--retries) or failed whole, and writes nothing on stdout; the
+summary names it by its bytes in the input and says why. safepool holds a
+few blocks per worker in memory, whatever the input size.
+
 Exit status:
   0  every task succeeded, or there was no input
   1  some tasks failed (the summary on stderr lists each one), a worker got
@@ -71,6 +82,7 @@ Examples:
   safepool map --worker "mawk -W interactive '{ print toupper(\$0) }'" < in.txt
   zcat reads.fa.gz | safepool map --mem-limit 4GiB --max-tasks 10000 ./classify
   safepool map --retries 1 --json summary.json -- ./classify < in.txt > out.txt
+  safepool map -j 2 -k --pipe --block 10M python3 tr.py < in.csv > out.csv
 `
 
 // mapArgs are the flags and arguments of safepool map.
@@ -82,6 +94,10 @@ type mapArgs struct {
 	maxRSS   int64
 	pipeline int    // --pipeline; 0 when not given
 	json     string // --json FILE
+
+	pipe   bool   // --pipe: blocks of records to one-shot processes
+	block  int64  // --block SIZE
+	recend string // --recend STR, escapes undone
 
 	maxLine int64         // --max-line; 0 when not given
 	stall   time.Duration // --stall-timeout; 0: never
@@ -101,6 +117,14 @@ func (a *mapArgs) flagSet() *pflag.FlagSet {
 	fs.Var(newSizeValue(&a.maxLine), "max-line", "fail a task whose answer line is longer than `SIZE` (default 64MiB)")
 	fs.DurationVar(&a.stall, "stall-timeout", defaultStall, "fail a line the worker has read and holds unanswered while it only waits for more input (it does not flush) after `DURATION`; 0: never")
 	fs.DurationVar(&a.start, "start-timeout", 0, "give a new worker `DURATION` to be ready, more while it computes: a --framed worker's ready frame, a line worker's first read (default 30s)")
+	boolVarP(fs, &a.pipe, "pipe", "", "cut the input into blocks of whole lines (see --block, --recend) and run the command once per block, the block on its stdin, its whole stdout the block's output; for commands that read to EOF, such as sort, wc or gzip")
+	a.block = defaultBlock
+	block := newSizeValue(&a.block).nonZero("a block must hold at least one byte")
+	block.set = "1MiB"
+	fs.Var(block, "block", "with --pipe, make blocks of up to `SIZE`, such as 10M, ending at a record end; a longer record makes a block of its own")
+	a.recend = "\\n"
+	fs.StringVar(&a.recend, "recend", a.recend, "with --pipe, records end with `STR` (\\n, \\t, \\r, \\0 and \\\\ are understood); \"\" cuts blocks at --block bytes exactly (default \\n)")
+	fs.Lookup("recend").DefValue = "" // "\\n" quoted again would read "\\\\n"
 	a.common.registerInput(fs)
 	a.common.registerOutput(fs)
 	a.common.registerMetrics(fs)
@@ -135,6 +159,27 @@ func (a *mapArgs) parse(e *env, args []string) error {
 	case a.json == "-":
 		return usagef("map", "--json needs a FILE: stdout carries the data")
 	}
+	if !a.pipe {
+		for _, name := range []string{"block", "recend"} {
+			if fs.Changed(name) {
+				return usagef("map", "--%s needs --pipe", name)
+			}
+		}
+		return nil
+	}
+	for _, name := range []string{"framed", "pipeline", "max-tasks", "max-rss", "max-line", "stall-timeout", "start-timeout"} {
+		if fs.Changed(name) {
+			return usagef("map", "--%s is for persistent workers, not --pipe", name)
+		}
+	}
+	recend, err := unescapeRecend(a.recend)
+	if err != nil {
+		return usagef("map", "--recend: %v", err)
+	}
+	a.recend = recend
+	if a.block > maxBlock {
+		return usagef("map", "--block must be at most %s", formatSizeFlag(maxBlock))
+	}
 	return nil
 }
 
@@ -149,6 +194,9 @@ func runMap(ctx context.Context, e *env, args []string) error {
 	command, viaShell := a.argv, false
 	if a.worker != "" {
 		command, viaShell = workerCommand(a.worker)
+	}
+	if a.pipe {
+		return runMapPipe(ctx, e, &a, command, viaShell)
 	}
 	protocol := pool.Line
 	if a.framed {

@@ -252,9 +252,10 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 				continue
 			}
 			id++
-			jl.submit(id, seq, in)
+			t := j.task(seq, in)
+			jl.submit(id, seq, t.Input)
 			jj.submit(id, seq, key, in)
-			if _, err := p.Submit(ctx, j.task(seq, in)); err != nil {
+			if _, err := p.Submit(ctx, t); err != nil {
 				return // the pool is stopping; the results loop reports why
 			}
 		}

@@ -111,6 +111,41 @@ func (g *Group) Prepare(cmd *exec.Cmd) error {
 	return nil
 }
 
+// Start starts cmd inside the group, in place of Prepare, cmd.Start and
+// Started. Under cgroup v1 it forks cmd from a supervisor thread placed in
+// the group for the time of the fork, where the host allows it
+// ([Detection].ShimStart is nil), and raises its oom_score_adj to 1000
+// while it is stopped at its exec (threadstart_linux.go), so that the
+// worker runs its own program in the group, with that score, from its
+// first instruction, with one exec. Otherwise it starts cmd as Prepare
+// readies it.
+func (g *Group) Start(cmd *exec.Cmd) error {
+	if g.ctrl.mode() != ModeCgroupV1 || g.m == nil || !g.m.threadStart.Load() {
+		if err := g.Prepare(cmd); err != nil {
+			return err
+		}
+		err := cmd.Start()
+		g.Started()
+		return err
+	}
+	g.mu.Lock()
+	removed := g.removed
+	g.mu.Unlock()
+	if removed {
+		return fmt.Errorf("memory: group %s was removed", g.path)
+	}
+	traced(cmd)
+	back, err := startFromThread(cmd, g.path, g.m.det.Own)
+	if back != nil {
+		// Never again: each such thread is held until its child ends.
+		g.m.threadStart.Store(false)
+	}
+	if err != nil {
+		return fmt.Errorf("memory: start in %s: %w", g.path, err)
+	}
+	return nil
+}
+
 // Started releases what Prepare opened. Call it after cmd.Start returns.
 func (g *Group) Started() {
 	g.mu.Lock()

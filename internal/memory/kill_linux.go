@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
@@ -35,7 +36,7 @@ func killAll(c controller, dir string) error {
 	deadline := time.Now().Add(killTimeout)
 	delay := time.Millisecond
 	for {
-		pids, err := readProcs(dir)
+		pids, err := readOthers(dir)
 		if err != nil {
 			return err
 		}
@@ -49,6 +50,14 @@ func killAll(c controller, dir string) error {
 		time.Sleep(delay)
 		delay = min(2*delay, pollMax)
 	}
+}
+
+// readOthers lists the pids in dir's cgroup.procs but the supervisor's
+// own, which is listed while one of its threads forks a worker there
+// (threadstart_linux.go) and must never be killed.
+func readOthers(dir string) ([]int, error) {
+	pids, err := readProcs(dir)
+	return slices.DeleteFunc(pids, func(pid int) bool { return pid == os.Getpid() }), err
 }
 
 // killListed sends SIGKILL to those of pids that are still in dir once a
@@ -70,7 +79,7 @@ func killListed(dir string, pids []int) {
 	if len(fds) == 0 {
 		return
 	}
-	still, _ := readProcs(dir)
+	still, _ := readOthers(dir)
 	in := make(map[int]bool, len(still))
 	for _, pid := range still {
 		in[pid] = true

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 // Manager owns this supervisor's cgroups: a parent directory named
@@ -25,6 +26,11 @@ type Manager struct {
 	// witness confirms OOM kills from the supervisor's own cgroup in
 	// ModeEnclosing; nil otherwise.
 	witness *OOMWitness
+	// threadStart reports whether cgroup v1 workers start from a thread
+	// placed in their group (threadstart_linux.go) rather than through the
+	// shim. It is set once by detect and cleared for good when a thread
+	// could not leave a group.
+	threadStart atomic.Bool
 
 	mu     sync.Mutex
 	groups map[*Group]struct{} // groups not yet removed; guarded by mu
@@ -77,6 +83,13 @@ func detect(sys system) *Manager {
 	m, err := newManager(c, loc.dir, sys.rmdir)
 	if err == nil {
 		m.det.Delegated = loc.mode == ModeCgroupV2 && sys.euid != 0
+		if loc.mode == ModeCgroupV1 {
+			if err := probeThreadStart(m.det.Parent, loc.dir); err != nil {
+				m.det.ShimStart = fmt.Errorf("a thread cannot move into a worker's group and back: %w", err)
+			} else {
+				m.threadStart.Store(true)
+			}
+		}
 		return m
 	}
 	det := Detection{Mode: ModeEnclosing, Version: loc.version(), Own: loc.dir, NoCgroups: err}

@@ -80,6 +80,12 @@ type Detection struct {
 	// NoCgroups says why workers cannot have cgroups of their own; nil in
 	// ModeCgroupV1 and ModeCgroupV2.
 	NoCgroups error
+	// ShimStart says, in ModeCgroupV1, why workers start through a shell
+	// shim that moves itself into their group and then execs them (two
+	// execs per worker) rather than from a supervisor thread placed in the
+	// group (one exec); nil when they start from a thread, and in the other
+	// modes.
+	ShimStart error
 	// Leftovers says what the cgroups that dead supervisors left could not
 	// be cleaned of; nil when nothing was left or all was removed.
 	Leftovers error
@@ -97,6 +103,13 @@ func (d Detection) reason() string {
 		}
 		if d.Leaf != "" {
 			fmt.Fprintf(&b, " (the supervisor moved itself into %s so that %s could hold them)", d.Leaf, d.Own)
+		}
+		if d.Mode == ModeCgroupV1 {
+			if d.ShimStart != nil {
+				fmt.Fprintf(&b, ", joined through a shell shim (%s)", oneLine(d.ShimStart))
+			} else {
+				b.WriteString(", started in it from a supervisor thread placed there")
+			}
 		}
 	case ModeEnclosing:
 		fmt.Fprintf(&b, "enclosing cgroup: workers share the supervisor's %s %s, whose %s confirms OOM kills; no cgroup per worker (%s); limits enforced by the supervisor",

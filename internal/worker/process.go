@@ -26,6 +26,13 @@ type Cgroup interface {
 	Started()
 }
 
+// Starter is a Cgroup that starts the process itself, inside the group,
+// in place of Prepare, cmd.Start and Started. *memory.Group implements it:
+// under cgroup v1 it forks from a thread placed in the group.
+type Starter interface {
+	Start(cmd *exec.Cmd) error
+}
+
 // IO says which pipes a worker gets.
 type IO int
 
@@ -56,6 +63,10 @@ type Spec struct {
 	// Stderr receives the worker's stderr; nil discards it. The last few
 	// KiB are also kept for StderrTail.
 	Stderr io.Writer
+	// Stdin, with IONone, is what the worker reads on its stdin, through
+	// a pipe that exec.Cmd fills and Wait ends (at the latest stdinDelay
+	// after the worker's death); nil gives it /dev/null.
+	Stdin io.Reader
 	// Cgroup, if not nil, is the group the worker starts in.
 	Cgroup Cgroup
 }
@@ -102,6 +113,11 @@ type Process struct {
 
 	stopOnce sync.Once
 }
+
+// stdinDelay bounds how long Wait lets exec.Cmd's copier of Spec.Stdin go
+// on after the worker died, for a descendant that escaped its process
+// group and holds the pipe without reading it.
+const stdinDelay = time.Second
 
 // ErrStart wraps every error from Start.
 var ErrStart = errors.New("worker: cannot start")
@@ -174,6 +190,10 @@ func Start(spec Spec) (_ *Process, err error) {
 		p.readEnds = append(p.readEnds, resR)
 		cmd.ExtraFiles = []*os.File{taskR, resW} // fd 3 and fd 4
 	}
+	if spec.IO == IONone && spec.Stdin != nil {
+		cmd.Stdin = spec.Stdin
+		cmd.WaitDelay = stdinDelay
+	}
 	if spec.IO != IOLine {
 		w, err := p.output(spec.Stdout, nil)
 		if err != nil {
@@ -191,14 +211,18 @@ func Start(spec Spec) (_ *Process, err error) {
 	childEnds = append(childEnds, w)
 	cmd.Stderr = w
 
-	if spec.Cgroup != nil {
-		if err := spec.Cgroup.Prepare(cmd); err != nil {
-			return nil, fmt.Errorf("%w: cgroup: %w", ErrStart, err)
+	if s, ok := spec.Cgroup.(Starter); ok {
+		err = s.Start(cmd)
+	} else {
+		if spec.Cgroup != nil {
+			if err := spec.Cgroup.Prepare(cmd); err != nil {
+				return nil, fmt.Errorf("%w: cgroup: %w", ErrStart, err)
+			}
 		}
-	}
-	err = cmd.Start()
-	if spec.Cgroup != nil {
-		spec.Cgroup.Started()
+		err = cmd.Start()
+		if spec.Cgroup != nil {
+			spec.Cgroup.Started()
+		}
 	}
 	if errors.Is(err, syscall.E2BIG) {
 		// Name the worker's own command, not the program that exec ran (a

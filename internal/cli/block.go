@@ -1,0 +1,97 @@
+package cli
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+)
+
+// blockReader cuts its input into blocks of whole records for map --pipe,
+// as GNU parallel's --pipe --block does: a block is at most size bytes and
+// ends at the last record end (recend) within them; the partial record
+// after it starts the next block. A record longer than size makes a block
+// of its own, however long. The last block may lack a record end.
+type blockReader struct {
+	r      io.Reader
+	size   int
+	recend []byte
+	// carry is the partial record read after the last block's end.
+	carry []byte
+	eof   bool
+	// files are the input files read one after the other, closed by close.
+	files *fileSource
+}
+
+// newBlockReader reads the blocks of the named files one after the other
+// ("-" is stdin), as if they were one stream.
+func newBlockReader(names []string, stdin io.Reader, size int, recend []byte) (*blockReader, error) {
+	if len(names) == 0 {
+		names = []string{"-"}
+	}
+	fs, err := openFiles(names, stdin, '\n')
+	if err != nil {
+		return nil, err
+	}
+	rs := make([]io.Reader, len(fs.files))
+	for i, f := range fs.files {
+		rs[i] = f
+	}
+	return &blockReader{r: io.MultiReader(rs...), size: size, recend: recend, files: fs}, nil
+}
+
+// next returns the next block, which the caller may keep: each block has
+// an array of its own.
+func (b *blockReader) next() ([]byte, error) {
+	buf := make([]byte, len(b.carry), max(b.size, len(b.carry)))
+	copy(buf, b.carry)
+	b.carry = nil
+	// Read up to size bytes, then on only while no record end is found.
+	searched, grown := 0, false
+	cut := -1
+	for {
+		if len(buf) >= b.size || b.eof {
+			// Within size, the last record end; beyond, the first.
+			find := bytes.LastIndex
+			if grown {
+				find = bytes.Index
+			}
+			if i := find(buf[searched:], b.recend); i >= 0 {
+				cut = searched + i + len(b.recend)
+				break
+			}
+			if b.eof {
+				cut = len(buf)
+				break
+			}
+			// One record is longer than a block: grow it to the
+			// record's end.
+			searched, grown = max(len(buf)-len(b.recend)+1, 0), true
+			buf = append(buf, make([]byte, b.size)...)[:len(buf)]
+		}
+		n, err := b.r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			b.eof = true
+		} else if err != nil {
+			return nil, err
+		}
+	}
+	if cut == 0 {
+		return nil, io.EOF
+	}
+	if cut < len(buf) {
+		b.carry = bytes.Clone(buf[cut:])
+	}
+	return buf[:cut:cut], nil
+}
+
+// total is unknown in advance.
+func (b *blockReader) total() int64 { return -1 }
+
+func (b *blockReader) close() error { return b.files.close() }
+
+// blockLabel names a block in the summary and the job log: its bytes in
+// the input, counting from 0.
+func blockLabel(off int64, n int) []byte {
+	return fmt.Appendf(nil, "bytes %d-%d", off, off+int64(n)-1)
+}

@@ -1,0 +1,175 @@
+package memory
+
+import (
+	"errors"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Cgroup v1 has no CLONE_INTO_CGROUP, but it lets each thread of a process
+// sit in a memory cgroup of its own (the tasks file takes thread ids), and
+// a forked child starts in the cgroups of the thread that forked it. So
+// startFromThread moves one locked thread of the supervisor into the
+// worker's group, forks and execs the worker from it (Go forks on the
+// calling thread), and moves the thread back: the worker is in its group
+// from its first instruction, with one exec instead of the shim's two.
+//
+// The shim also raised the worker's oom_score_adj before the worker ran;
+// a forked child instead starts with the supervisor's, and a worker that
+// forks at once (sh -c) would hand that on to its children before the
+// supervisor could raise it. So the child is started traced
+// (PTRACE_TRACEME): it stops at its exec, before its program's first
+// instruction, and the forking thread, its tracer, raises its
+// oom_score_adj and detaches it (releaseTraced). A set-user-ID program
+// run this way as the worker itself gains its privileges only when the
+// supervisor has CAP_SYS_PTRACE (root); programs it runs later always do.
+//
+// The supervisor's memory stays charged where it was: v1 charges a
+// process's pages to the memory cgroup of its mm's owner, the thread group
+// leader, which never moves (the leader's thread is never the one used).
+// Only kernel objects that the moved thread allocates while it is in the
+// group, such as the child's task_struct, are charged to the group.
+
+// placeThread moves the calling thread into the v1 cgroup dir.
+func placeThread(dir string) error {
+	path := filepath.Join(dir, "tasks")
+	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", path, err)
+	}
+	_, err = unix.Write(fd, []byte(strconv.Itoa(unix.Gettid())))
+	unix.Close(fd)
+	if err != nil {
+		return fmt.Errorf("write thread %d to %s: %w", unix.Gettid(), path, err)
+	}
+	return nil
+}
+
+// startFromThread starts cmd inside the v1 cgroup dir by forking it from a
+// thread of the supervisor that sits in dir for the time of the fork, then
+// goes back to home, the supervisor's own memory cgroup. When the thread
+// cannot go back, it stays out of the runtime's use and ends once the
+// child has ended (not before: the child's Pdeathsig is tied to the thread
+// that forked it); back reports that, so that later starts use the shim.
+func startFromThread(cmd *exec.Cmd, dir, home string) (back error, err error) {
+	type result struct{ back, err error }
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		if unix.Gettid() == unix.Getpid() {
+			// The leader's cgroup decides where the supervisor's memory
+			// is charged: never move it. While this goroutine holds it,
+			// the nested call runs on another thread.
+			back, err := startFromThread(cmd, dir, home)
+			runtime.UnlockOSThread()
+			done <- result{back, err}
+			return
+		}
+		if err := placeThread(dir); err != nil {
+			// Where the write failed the thread did not move.
+			runtime.UnlockOSThread()
+			done <- result{err: err}
+			return
+		}
+		err := cmd.Start()
+		if err == nil {
+			releaseTraced(cmd.Process.Pid)
+		}
+		back := placeThread(home)
+		if back == nil {
+			runtime.UnlockOSThread()
+			done <- result{err: err}
+			return
+		}
+		back = fmt.Errorf("thread %d stays in %s: %w", unix.Gettid(), dir, back)
+		done <- result{back: back, err: err}
+		if err == nil {
+			waitGone(cmd.Process.Pid)
+		}
+		// Returning while locked ends the thread, and with it its place
+		// in dir.
+	}()
+	r := <-done
+	return r.back, r.err
+}
+
+// traced returns cmd set to stop at its exec, before the first instruction
+// of its program, for releaseTraced, keeping its other SysProcAttr fields
+// (on a copy).
+func traced(cmd *exec.Cmd) {
+	attr := syscall.SysProcAttr{}
+	if cmd.SysProcAttr != nil {
+		attr = *cmd.SysProcAttr
+	}
+	attr.Ptrace = true
+	cmd.SysProcAttr = &attr
+}
+
+// releaseTraced raises the oom_score_adj of the child pid, which stopped at
+// its exec (PTRACE_TRACEME), and lets it go on. It must run on the thread
+// that started the child: that thread is its tracer. The child's program
+// has not run yet, so that nothing it forks can inherit the supervisor's
+// oom_score_adj, as with the shim (DESIGN.md, invariant 6). A child that
+// ended before it stopped is left to its waiter, unreaped.
+func releaseTraced(pid int) {
+	var info unix.Siginfo
+	for {
+		err := unix.Waitid(unix.P_PID, pid, &info, unix.WSTOPPED|unix.WEXITED|unix.WNOWAIT|unix.WALL, nil)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EINTR) {
+			return
+		}
+	}
+	const cldTrapped = 4 // CLD_TRAPPED: a ptrace stop
+	if info.Code != cldTrapped {
+		return
+	}
+	_ = SetOOMScoreAdj(pid, 1000)
+	// Consume the stop (only stops: an exit stays for the waiter), then
+	// detach without delivering the SIGTRAP.
+	for {
+		err := unix.Waitid(unix.P_PID, pid, &info, unix.WSTOPPED|unix.WALL, nil)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	_ = unix.PtraceDetach(pid)
+}
+
+// waitGone waits until process pid has ended (it may be a zombie still),
+// through a pidfd, which becomes readable then.
+func waitGone(pid int) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(fd)
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	for {
+		if _, err := unix.Poll(fds, -1); !errors.Is(err, unix.EINTR) {
+			return
+		}
+	}
+}
+
+// probeThreadStart reports whether workers can start from a thread in
+// the v1 cgroup dir that then goes back to home, and if not, why: it
+// starts /bin/true that way. PTRACE_TRACEME, which a seccomp filter may
+// forbid, is part of the test.
+func probeThreadStart(dir, home string) error {
+	cmd := exec.Command("/bin/true")
+	traced(cmd)
+	back, err := startFromThread(cmd, dir, home)
+	if err == nil {
+		err = cmd.Wait()
+	}
+	return errors.Join(back, err)
+}

@@ -1,0 +1,222 @@
+package memory
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// requireThreadStart returns a cgroup v1 Manager whose workers start from a
+// thread placed in their group; elsewhere the test is skipped (a cgroup v2
+// host has no use for it).
+func requireThreadStart(t *testing.T) *Manager {
+	t.Helper()
+	m := requireCgroups(t)
+	if m.Mode() != ModeCgroupV1 {
+		t.Skipf("thread start is for cgroup v1; this host: %s", m.Reason())
+	}
+	if err := m.Detection().ShimStart; err != nil {
+		// Such as under a tracer (strace, a debugger) or a seccomp filter
+		// that forbids ptrace.
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("workers start through the shim here, and thread start is required under CI=true: %v", err)
+		}
+		t.Skipf("workers start through the shim here: %v", err)
+	}
+	return m
+}
+
+// threadCgroups returns the memory cgroup of each thread of this process.
+func threadCgroups(t *testing.T) map[string]string {
+	t.Helper()
+	dirs, err := filepath.Glob("/proc/self/task/*/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(map[string]string)
+	for _, f := range dirs {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // the thread ended
+		}
+		got[filepath.Base(filepath.Dir(f))] = cgroupLine(string(b), ModeCgroupV1)
+	}
+	return got
+}
+
+// TestStartFromThread: the worker's own program finds itself in its group,
+// with oom_score_adj 1000, started with one exec (no shim), and every thread of the supervisor is
+// back in the supervisor's cgroup afterwards.
+func TestStartFromThread(t *testing.T) {
+	m := requireThreadStart(t)
+	own := cgroupLine(mustRead(t, "/proc/self/cgroup"), ModeCgroupV1)
+	for i := range 20 {
+		g, err := m.NewGroup("thread", 64*mib)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := helperCommand(t, "report", trickyArgs...)
+		want := cmd.Path
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := g.Start(cmd); err != nil {
+			t.Fatal(err)
+		}
+		if cmd.Path != want {
+			t.Fatalf("Start ran %s, want %s itself (no shim)", cmd.Path, want)
+		}
+		if err := waitTimeout(t, cmd, time.Minute); err != nil {
+			t.Fatalf("report helper: %v; stderr: %s", err, stderr.String())
+		}
+		var r report
+		if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+			t.Fatalf("report %q: %v", stdout.String(), err)
+		}
+		if line := cgroupLine(r.Cgroup, ModeCgroupV1); line == "" || !strings.HasSuffix(g.Path(), line) {
+			t.Fatalf("start %d: worker /proc/self/cgroup = %q, want %s", i, r.Cgroup, g.Path())
+		}
+		// Raised before the program's first instruction, so that nothing
+		// it forks keeps the supervisor's.
+		if r.OOMScoreAdj != "1000" {
+			t.Fatalf("start %d: worker oom_score_adj at its start = %q, want 1000", i, r.OOMScoreAdj)
+		}
+		for tid, cg := range threadCgroups(t) {
+			if cg != own {
+				t.Fatalf("start %d: supervisor thread %s is in %s, want %s", i, tid, cg, own)
+			}
+		}
+		if err := g.Remove(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestStartFromThreadOOM: a worker started from a thread is OOM-killed in
+// its group, which counts the kill, as under the shim.
+func TestStartFromThreadOOM(t *testing.T) {
+	m := requireThreadStart(t)
+	const limit = 64 * mib
+	g, err := m.NewGroup("hog", limit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Remove()
+	cmd := helperCommand(t, "hog")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := g.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	err = waitTimeout(t, cmd, time.Minute)
+	if sig := signalOf(err); sig != syscall.SIGKILL {
+		t.Fatalf("hog ended with %v, want SIGKILL; stderr: %s", err, stderr.String())
+	}
+	if n, err := g.OOMKills(); err != nil || n != 1 {
+		t.Errorf("OOMKills() = %d, %v, want 1", n, err)
+	}
+}
+
+// TestThreadChargeStaysWithLeader checks what thread start relies on:
+// under cgroup v1, memory that a thread of the supervisor touches while it
+// sits in another memory cgroup is charged to the cgroup of the process's
+// leader, not to the thread's.
+func TestThreadChargeStaysWithLeader(t *testing.T) {
+	m := requireThreadStart(t)
+	g, err := m.NewGroup("charge", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Remove()
+	home := m.Detection().Own
+	type result struct {
+		usage int64
+		err   error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if unix.Gettid() == unix.Getpid() {
+			done <- result{err: os.ErrInvalid}
+			return
+		}
+		if err := placeThread(g.Path()); err != nil {
+			done <- result{err: err}
+			return
+		}
+		b := make([]byte, 64*mib)
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = 1
+		}
+		u, err := g.Usage()
+		runtime.KeepAlive(b)
+		if berr := placeThread(home); berr != nil {
+			panic(berr) // no thread may stay behind in the group
+		}
+		done <- result{u, err}
+	}()
+	r := <-done
+	if r.err == os.ErrInvalid {
+		t.Skip("the goroutine ran on the leader's thread")
+	}
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.usage > 16*mib {
+		t.Errorf("group usage after a thread in it touched 64 MiB = %d, want the pages charged to the leader's cgroup (under 16 MiB)", r.usage)
+	}
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestStartFallsBackToShim: where a thread cannot start workers (the probe
+// failed, or a thread could not leave a group), Start runs the worker
+// through the shim, still inside its group.
+func TestStartFallsBackToShim(t *testing.T) {
+	m := requireThreadStart(t)
+	m.threadStart.Store(false)
+	defer m.threadStart.Store(true)
+	g, err := m.NewGroup("shim", 64*mib)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Remove()
+	cmd := helperCommand(t, "report")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := g.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	if base := filepath.Base(cmd.Path); base != "sh" && base != "bash" {
+		t.Errorf("Start ran %s, want the shim's shell", cmd.Path)
+	}
+	if err := waitTimeout(t, cmd, time.Minute); err != nil {
+		t.Fatalf("report helper: %v; stderr: %s", err, stderr.String())
+	}
+	var r report
+	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+		t.Fatalf("report %q: %v", stdout.String(), err)
+	}
+	if line := cgroupLine(r.Cgroup, ModeCgroupV1); line == "" || !strings.HasSuffix(g.Path(), line) {
+		t.Errorf("worker /proc/self/cgroup = %q, want %s", r.Cgroup, g.Path())
+	}
+	if r.OOMScoreAdj != "1000" {
+		t.Errorf("worker oom_score_adj = %q, want 1000", r.OOMScoreAdj)
+	}
+}
