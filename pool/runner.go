@@ -51,7 +51,7 @@ type runner struct {
 	watch *memory.Watch
 	// preempt carries the ids of tasks the memory governor stops. It is
 	// buffered; an id that is not running on the slot is ignored.
-	preempt chan uint64
+	preempt <-chan uint64
 
 	proc       *worker.Process
 	events     chan procEvent // from the current process's reader
