@@ -54,7 +54,7 @@ type Pool struct {
 	// stops (see Pool.preempt). Each is buffered; the slot's runner
 	// receives, and ignores an id that is not running on it.
 	preempts []chan uint64
-	spool  *spooler        // keeps one-shot output; nil for other protocols
+	spool    *spooler // keeps one-shot output; nil for other protocols
 	// notices says what the pool changed of its configuration, and why.
 	notices []string
 	// procs counts the one-shot attempts starting or running now: those
