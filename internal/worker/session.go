@@ -507,6 +507,15 @@ func (s *Session) Preempt(id uint64) bool {
 	return false
 }
 
+// The stop sequence is Process.Stop and Retire, not exec.Cmd's Cancel and
+// WaitDelay. Cancel runs only when a context is done and signals one pid,
+// not the process group; WaitDelay only bounds the copying goroutines
+// exec.Cmd starts, and our pipes are our own. Neither keeps the guarantee
+// that Process.wait gives: the one waiter sees the death with
+// waitid(WNOWAIT) and SIGKILLs the whole group before it reaps, so the
+// group id cannot be reused by then; nor the steps a retired worker gets
+// (EOF on its task pipe, patience, SIGTERM, grace, SIGKILL).
+
 // Cancel ends the process because the pool aborts: with SIGTERM, then
 // SIGKILL after Config.Grace, or at once when now is set. A persistent
 // process's attempts are cancelled whatever else was killing it; a one-shot
@@ -584,7 +593,6 @@ func (s *Session) succeed(f *Flight, output []byte) {
 		s.host.Up()
 	}
 	s.answered++
-	s.endFlight(f, Outcome{ExitCode: -1}, output)
 	cfg := &s.cfg
 	if cfg.MaxTasks > 0 && s.answered >= cfg.MaxTasks {
 		s.retiring = true
@@ -594,7 +602,7 @@ func (s *Session) succeed(f *Flight, output []byte) {
 			s.retiring = true
 		}
 	}
-	s.retireIfIdle()
+	s.endFlight(f, Outcome{ExitCode: -1}, output)
 }
 
 // memoryInUse is the process's memory: its cgroup's usage where it has one,
@@ -621,6 +629,7 @@ func (s *Session) endFlight(f *Flight, o Outcome, output []byte) {
 	}
 	s.host.Ended(f, o, output)
 	s.armDeadline()
+	s.retireIfIdle()
 }
 
 // runningFlight returns the oldest started flight, or nil.
