@@ -17,15 +17,15 @@ const (
 	// shares with the supervisor (see docs/memory.md for the rule), or by
 	// the kernel log.
 	CauseOOM Cause = "oom"
-	// CauseMemoryLimit means the supervisor enforced Config.MemLimit on a
+	// CauseMemoryLimit means the supervisor enforced pool.Config.MemLimit on a
 	// worker without a cgroup of its own: its process tree's private memory
 	// went over the limit, or the kernel refused it memory past the data
-	// size limit that backs it (see Config.NoDataLimit).
+	// size limit that backs it (see pool.Config.NoDataLimit).
 	CauseMemoryLimit Cause = "memory-limit"
 	// CauseSegfault means the worker died of SIGSEGV or SIGBUS.
 	CauseSegfault Cause = "segfault"
-	// CauseTimeout means the attempt ran longer than Config.Timeout and its
-	// worker was killed.
+	// CauseTimeout means the attempt ran longer than its limit (the task's
+	// own, or pool.Config.Timeout) and its worker was killed.
 	CauseTimeout Cause = "timeout"
 	// CauseProtocol means the worker wrote something the protocol does not
 	// allow, or closed its pipes while alive, and was killed.
@@ -39,7 +39,7 @@ const (
 	// CauseCancelled means the attempt was stopped because the pool aborted.
 	CauseCancelled Cause = "cancelled"
 	// CauseOutputLost means a one-shot attempt's stdout or stderr went
-	// beyond Config.OutputInMemory and could not be kept in the temporary
+	// beyond pool.Config.OutputInMemory and could not be kept in the temporary
 	// file (for example, $TMPDIR is full): the worker was stopped.
 	CauseOutputLost Cause = "output-lost"
 )

@@ -159,7 +159,7 @@ func (s *sampledReader) Read(p []byte) (int, error) {
 }
 
 // LineTooLongError is the protocol error of a line worker whose answer line
-// is longer than the pool's Config.MaxLine.
+// is longer than pool.Config.MaxLine.
 type LineTooLongError struct {
 	// Max is the bound, in bytes without the newline.
 	Max int64
