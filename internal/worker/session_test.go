@@ -65,7 +65,11 @@ func runHelper(mode string) int {
 			if err != nil {
 				return 0
 			}
-			fmt.Println(behave(strings.TrimSuffix(line, "\n")))
+			input := strings.TrimSuffix(line, "\n")
+			if input == "twice" {
+				fmt.Println("ok:twice") // a line too many
+			}
+			fmt.Println(behave(input))
 		}
 	case "oneshot":
 		behave(os.Args[len(os.Args)-1])
@@ -288,6 +292,18 @@ func TestSessionNeverReady(t *testing.T) {
 	_, d := drive(t, cfg, nil, false, 20*time.Second)
 	if d.Cause != CauseTimeout || d.Failure == nil || !strings.Contains(d.Failure.Error(), "no ready frame") {
 		t.Fatalf("Death = cause %q, failure %v; want timeout, no ready frame", d.Cause, d.Failure)
+	}
+}
+
+func TestSessionOutOfStep(t *testing.T) {
+	cfg := helperConfig("line", IOLine)
+	h, d := drive(t, cfg, []string{"a", "twice"}, false, 20*time.Second)
+	if d.Cause != CauseProtocol || d.Killed != CauseProtocol {
+		t.Fatalf("Death = cause %q killed %q, want protocol, protocol", d.Cause, d.Killed)
+	}
+	if len(h.notes) != 1 || h.notes[0].Kind != NoteOutOfStep || h.notes[0].Answered != 1 ||
+		!strings.Contains(h.notes[0].Message, "the 1 answers it gave before may belong to other lines") {
+		t.Errorf("notes = %+v, want one out-of-step note after 1 answer", h.notes)
 	}
 }
 
