@@ -2,7 +2,6 @@ package reaper_test
 
 import (
 	"bufio"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,7 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/safepool/safepool/internal/bridge"
 	"github.com/safepool/safepool/internal/memory"
+	"github.com/safepool/safepool/internal/protocol"
 )
 
 // These tests hold safepool to its promise that nothing it starts outlives
@@ -274,7 +275,7 @@ func TestBridgeKilled(t *testing.T) {
 			go io.Copy(io.Discard, outR) // Ready, and the End it never sends
 
 			hello, _ := json.Marshal(map[string]any{
-				"version": 1, "command": []string{s.exe, "reapertest-framed"}, "workers": 2, "pipeline": 1,
+				"version": bridge.Version, "command": []string{s.exe, "reapertest-framed"}, "workers": 2, "pipeline": 1,
 			})
 			sendFrame(t, inW, 1, 0, hello)
 			sendFrame(t, inW, 2, 1, []byte(flags+" -hang"))
@@ -291,14 +292,10 @@ func TestBridgeKilled(t *testing.T) {
 	}
 }
 
-// sendFrame writes one bridge/1 frame (docs/protocol.md).
+// sendFrame writes one bridge frame (docs/protocol.md).
 func sendFrame(t *testing.T, w io.Writer, kind byte, id uint64, payload []byte) {
 	t.Helper()
-	var hdr [13]byte
-	binary.BigEndian.PutUint32(hdr[0:4], uint32(len(payload)))
-	hdr[4] = kind
-	binary.BigEndian.PutUint64(hdr[5:13], id)
-	if _, err := w.Write(append(hdr[:], payload...)); err != nil {
+	if _, err := w.Write(protocol.AppendFrame(nil, kind, id, payload)); err != nil {
 		t.Fatal(err)
 	}
 }
