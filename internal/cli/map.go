@@ -82,6 +82,7 @@ type mapArgs struct {
 	maxRSS   int64
 	pipeline int    // --pipeline; 0 when not given
 	json     string // --json FILE
+	nats     natsFlags
 
 	maxLine int64         // --max-line; 0 when not given
 	stall   time.Duration // --stall-timeout; 0: never
@@ -104,6 +105,7 @@ func (a *mapArgs) flagSet() *pflag.FlagSet {
 	a.common.registerInput(fs)
 	a.common.registerOutput(fs)
 	fs.Var(jsonValue{&a.json}, "json", "write a JSON summary to `FILE` at the end")
+	a.nats.register(fs)
 	registerHelp(fs)
 	return fs
 }
@@ -134,7 +136,7 @@ func (a *mapArgs) parse(e *env, args []string) error {
 	case a.json == "-":
 		return usagef("map", "--json needs a FILE: stdout carries the data")
 	}
-	return nil
+	return a.nats.check("map")
 }
 
 func runMap(ctx context.Context, e *env, args []string) error {
@@ -193,7 +195,12 @@ func runMap(ctx context.Context, e *env, args []string) error {
 		viaShell: viaShell,
 		e:        e,
 	}
-	_, status := j.execute(ctx)
+	var status int
+	if a.nats.url != "" {
+		status = j.executeRemote(ctx, &a.nats)
+	} else {
+		_, status = j.execute(ctx)
+	}
 	if status != exitOK {
 		return &statusError{status: status}
 	}
