@@ -44,11 +44,11 @@ type Agent struct {
 
 	oneshot *local // never nil after NewAgent
 
-	mu    sync.Mutex            // guards the fields below
-	lines map[string]*local     // line pools by run id
-	held  int                   // messages taken and not yet answered
-	specs map[string]*RunSpec   // run specifications read so far
-	place placement             // what is known of the other agents
+	mu      sync.Mutex          // guards the fields below
+	lines   map[string]*local   // line pools by run id
+	held    int                 // messages taken and not yet answered
+	specs   map[string]*RunSpec // run specifications read so far
+	place   placement           // what is known of the other agents
 	placeAt time.Time           // when place was read
 	// freed is signalled (without blocking) when a held message is
 	// answered, so that the fetch loop may take another.
