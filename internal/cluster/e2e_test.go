@@ -31,6 +31,10 @@ import (
 
 const helperEnv = "SAFEPOOL_CLUSTER_HELPER"
 
+// startsEnv names a file to which a sleeping helper appends its input as it
+// starts.
+const startsEnv = "SAFEPOOL_CLUSTER_STARTS"
+
 var safepoolBin string
 
 func TestMain(m *testing.M) {
@@ -69,6 +73,13 @@ func helper(arg string) int {
 		time.Sleep(200 * time.Millisecond)
 		fmt.Println("ok", v, b[len(b)/2])
 	case "sleep":
+		if f := os.Getenv(startsEnv); f != "" {
+			// Note the start, for tests that count how often tasks ran.
+			if fh, err := os.OpenFile(f, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644); err == nil {
+				fh.WriteString(arg + "\n")
+				fh.Close()
+			}
+		}
 		time.Sleep(time.Duration(v) * time.Millisecond)
 		fmt.Println("ok")
 	}
@@ -98,6 +109,7 @@ func start(t *testing.T, dir, name string, args ...string) *proc {
 	}
 	p.cmd = exec.Command(safepoolBin, args...)
 	p.cmd.Dir = dir
+	p.cmd.Env = append(os.Environ(), startsEnv+"="+filepath.Join(dir, "starts-"+name))
 	p.cmd.Stdout = &p.out
 	p.cmd.Stderr = f
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -348,11 +360,14 @@ func TestAgentKilled(t *testing.T) {
 	const n = 30
 	sub := submit(t, dir, "run", url, sleeps(n, 600))
 	run := runIDOf(t, sub)
-	time.Sleep(1500 * time.Millisecond)
-	if len(descendants(agents[1].cmd.Process.Pid)) == 0 {
-		t.Log("agent2 ran no task when it was killed")
+	// Kill agent2 once it has started a task, and while it runs one.
+	deadline := time.Now().Add(20 * time.Second)
+	for startsOf(dir, "agent2") < 3 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
 	}
+	time.Sleep(100 * time.Millisecond)
 	agents[1].kill()
+	killedStarts := startsOf(dir, "agent2")
 	if st := sub.wait(t, 60*time.Second); st != 0 {
 		t.Fatalf("run exited %d, want 0\n%s", st, sub.stderr())
 	}
@@ -362,6 +377,12 @@ func TestAgentKilled(t *testing.T) {
 		t.Errorf("summary tasks = %+v, want %d done", s.Tasks, n)
 	}
 	checkRecorded(t, url, run, n)
+	t.Logf("starts: agent1 %d, agent2 %d (killed), agent3 %d", startsOf(dir, "agent1"), killedStarts, startsOf(dir, "agent3"))
+	// The tasks the killed agent was running ran again elsewhere.
+	starts := startsOf(dir, "agent1") + startsOf(dir, "agent3") + killedStarts
+	if killedStarts == 0 || starts <= n {
+		t.Errorf("%d task starts for %d tasks, %d of them on the killed agent: it was running no task", starts, n, killedStarts)
+	}
 }
 
 // TestServerRestart: the server is killed and restarted on the same store
@@ -477,6 +498,12 @@ func TestOOMMovesToLargerAgent(t *testing.T) {
 	if len(s.Failed) != 1 || s.Failed[0].ID != 4 || s.Failed[0].State != "poison" || !strings.Contains(s.Failed[0].Message, "largest agent") {
 		t.Errorf("failed = %+v, want task 4 poison on the largest agent", s.Failed)
 	}
+}
+
+// startsOf counts the task starts of the agent called name.
+func startsOf(dir, name string) int {
+	b, _ := os.ReadFile(filepath.Join(dir, "starts-"+name))
+	return strings.Count(string(b), "\n")
 }
 
 func readLog(dir, name string) string {
