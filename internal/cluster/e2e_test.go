@@ -510,3 +510,38 @@ func readLog(dir, name string) string {
 	b, _ := os.ReadFile(filepath.Join(dir, name+".log"))
 	return string(b)
 }
+
+// TestSubmitterRestart: the submitter is SIGKILLed in the middle of a run;
+// started again with the run's id, it shows every task's result once and
+// exits as the whole run would have.
+func TestSubmitterRestart(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	startServer(t, dir, "server", port)
+	startAgent(t, dir, "agent1", url, "-j", "2")
+	const n = 12
+	in := sleeps(n, 500)
+	first := submit(t, dir, "first", url, in)
+	run := runIDOf(t, first)
+	for startsOf(dir, "agent1") < 4 {
+		time.Sleep(20 * time.Millisecond)
+	}
+	first.kill()
+	again := submit(t, dir, "again", url, in, "--run-id", run)
+	if st := again.wait(t, 60*time.Second); st != 0 {
+		t.Fatalf("run exited %d, want 0\n%s", st, again.stderr())
+	}
+	if !strings.Contains(again.stderr(), "resumed") {
+		t.Errorf("stderr does not say the run was resumed:\n%s", again.stderr())
+	}
+	checkOutputs(t, again, n)
+	if s := summaryOf(t, dir, "again"); s.Tasks.Done != n {
+		t.Errorf("tasks = %+v, want %d done", s.Tasks, n)
+	}
+	if starts := startsOf(dir, "agent1"); starts != n {
+		t.Errorf("%d task starts, want %d: a resumed run ran tasks again", starts, n)
+	}
+	checkRecorded(t, url, run, n)
+}
