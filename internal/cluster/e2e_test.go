@@ -545,3 +545,22 @@ func TestSubmitterRestart(t *testing.T) {
 	}
 	checkRecorded(t, url, run, n)
 }
+
+// TestNoAgentFits: tasks that need more memory than any live agent has are
+// reported by the submitter, not left waiting silently; so is a run with no
+// agent at all.
+func TestNoAgentFits(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	startServer(t, dir, "server", port)
+	alone := submit(t, dir, "alone", url, []string{"sleep:1"})
+	alone.waitLog(t, "no agent is connected", 20*time.Second)
+	startAgent(t, dir, "agent1", url, "-j", "1", "--mem-limit", "64MiB")
+	if st := alone.wait(t, 30*time.Second); st != 0 {
+		t.Fatalf("run exited %d once an agent came, want 0\n%s", st, alone.stderr())
+	}
+	big := submit(t, dir, "big", url, []string{"sleep:1", "sleep:2"}, "--mem-per-task", "1GiB")
+	big.waitLog(t, "2 tasks need more than 512 MiB of memory, and no agent has that much (the largest gives 64 MiB per task)", 20*time.Second)
+}
