@@ -53,9 +53,12 @@ type TaskMsg struct {
 	Moved int `json:"moved,omitempty"`
 }
 
-// AttemptRecord is one attempt of a task on some agent.
+// AttemptRecord is one attempt of a task on some agent: a pool.Attempt
+// with the agent's name. Number counts the task's charged attempts over
+// every agent; the other fields are pool.Attempt's.
 type AttemptRecord struct {
-	Number    int        `json:"number"`
+	Number int `json:"number"`
+	// Agent names the agent that ran the attempt.
 	Agent     string     `json:"agent"`
 	WorkerPID int        `json:"worker_pid"`
 	Start     time.Time  `json:"start"`
@@ -69,6 +72,7 @@ type AttemptRecord struct {
 
 // ResultRecord is a task's one recorded result, the value in ResultsBucket.
 type ResultRecord struct {
+	// Seq is the task's number in its run; Input and Args the task.
 	Seq   uint64     `json:"seq"`
 	Input []byte     `json:"input"`
 	Args  []string   `json:"args,omitempty"`
@@ -91,6 +95,7 @@ type attemptsRecord struct {
 
 // AgentInfo is what an agent advertises in AgentsBucket.
 type AgentInfo struct {
+	// Name is the agent's name; Host the machine's host name.
 	Name string `json:"name"`
 	Host string `json:"host"`
 	// Slots is the agent's -j.
@@ -99,8 +104,9 @@ type AgentInfo struct {
 	// --mem-limit, else its memory budget.
 	Capacity int64 `json:"capacity"`
 	// MaxClass is FitClass(Capacity).
-	MaxClass int       `json:"max_class"`
-	Updated  time.Time `json:"updated"`
+	MaxClass int `json:"max_class"`
+	// Updated is when the agent last refreshed the entry.
+	Updated time.Time `json:"updated"`
 }
 
 // Result converts a record into the pool.Result the CLI renders.
