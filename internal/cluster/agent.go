@@ -44,8 +44,11 @@ type Agent struct {
 
 	oneshot *local // never nil after NewAgent
 
-	mu      sync.Mutex          // guards the fields below
-	lines   map[string]*local   // line pools by run id
+	mu    sync.Mutex        // guards the fields below
+	lines map[string]*local // line pools by run id
+	// retired are the line pools closed or stopped while the agent runs;
+	// Run waits for their readers.
+	retired []*local
 	held    int                 // messages taken and not yet answered
 	specs   map[string]*RunSpec // run specifications read so far
 	place   placement           // what is known of the other agents
@@ -174,6 +177,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	for _, l := range a.lines {
 		pools = append(pools, l)
 	}
+	pools = append(pools, a.retired...)
 	a.mu.Unlock()
 	for _, l := range pools {
 		l.p.Abort(nil)
@@ -303,12 +307,19 @@ func (a *Agent) take(ctx context.Context, m jetstream.Msg) {
 	a.held++
 	a.mu.Unlock()
 	if _, err := l.p.Submit(ctx, task); err != nil {
+		// The pool has stopped: the agent is stopping, or a run's line
+		// workers could not start (the tasks it held are recorded failed
+		// by readResults). The next task of the run gets a new pool.
 		a.mu.Lock()
 		delete(l.tasks, id)
 		l.nextID--
 		a.held--
+		if l.run != "" && a.lines[l.run] == l {
+			delete(a.lines, l.run)
+			a.retired = append(a.retired, l)
+		}
 		a.mu.Unlock()
-		m.Nak()
+		m.NakWithDelay(time.Second)
 	}
 }
 
@@ -376,6 +387,7 @@ func (a *Agent) closeIdle() {
 		if len(l.tasks) == 0 && time.Since(l.idle) > lineIdle {
 			l.p.Close()
 			delete(a.lines, run)
+			a.retired = append(a.retired, l)
 		}
 	}
 }
