@@ -47,7 +47,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	safepoolBin = filepath.Join(dir, "safepool")
-	build := exec.Command("go", "build", "-o", safepoolBin, "github.com/safepool/safepool/cmd/safepool")
+	build := exec.Command("go", append(append([]string{"build"}, raceBuild...), "-o", safepoolBin, "github.com/safepool/safepool/cmd/safepool")...)
 	build.Stderr = os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building safepool:", err)
@@ -125,8 +125,11 @@ func start(t *testing.T, dir, name string, args ...string) *proc {
 		case <-time.After(10 * time.Second):
 			p.kill()
 		}
+		b, _ := os.ReadFile(p.log)
+		if bytes.Contains(b, []byte("DATA RACE")) {
+			t.Errorf("%s: the race detector found a data race", name)
+		}
 		if t.Failed() {
-			b, _ := os.ReadFile(p.log)
 			t.Logf("%s stderr:\n%s", name, b)
 		}
 	})
