@@ -136,7 +136,7 @@ func (a *mapArgs) parse(e *env, args []string) error {
 	case a.json == "-":
 		return usagef("map", "--json needs a FILE: stdout carries the data")
 	}
-	return a.nats.check("map")
+	return a.nats.check("map", fs)
 }
 
 func runMap(ctx context.Context, e *env, args []string) error {

@@ -25,10 +25,23 @@ func (n *natsFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&n.runID, "run-id", "", "with --nats, name the run `ID`; give the id of an earlier run to collect its results and wait for the rest")
 }
 
-// check refuses --run-id without --nats.
-func (n *natsFlags) check(cmd string) error {
+// agentFlags are the flags of run and map that, with --nats, belong to the
+// agents (safepool agent takes them), not to the run.
+var agentFlags = []string{"jobs", "max-procs", "mem-limit", "no-data-limit", "mem-budget", "mem-reserve",
+	"mem-high", "mem-psi", "no-governor", "grace"}
+
+// check refuses --run-id without --nats, and with --nats the flags that are
+// the agents'.
+func (n *natsFlags) check(cmd string, fs *pflag.FlagSet) error {
 	if n.runID != "" && n.url == "" {
 		return usagef(cmd, "--run-id needs --nats")
+	}
+	if n.url != "" {
+		for _, name := range agentFlags {
+			if fs.Changed(name) {
+				return usagef(cmd, "--%s is a flag of each machine's safepool agent, not of the run, with --nats", name)
+			}
+		}
 	}
 	if n.runID != "" {
 		if err := cluster.CheckRunID(n.runID); err != nil {
@@ -49,6 +62,9 @@ func remoteSpec(cfg pool.Config) cluster.RunSpec {
 		Pipeline:      cfg.Pipeline,
 		StallTimeout:  cfg.StallTimeout,
 		MaxLine:       cfg.MaxLine,
+		MaxTasks:      cfg.MaxTasksPerWorker,
+		MaxRSS:        cfg.MaxRSS,
+		StartTimeout:  cfg.StartTimeout,
 	}
 	if spec.Protocol == "" {
 		spec.Protocol = pool.OneShot

@@ -120,7 +120,7 @@ func (a *runArgs) parse(e *env, args []string) error {
 	if a.colons && len(a.common.argFiles) > 0 {
 		return usagef("run", "give inputs with -a or with :::, not both")
 	}
-	return a.nats.check("run")
+	return a.nats.check("run", fs)
 }
 
 func runRun(ctx context.Context, e *env, args []string) error {

@@ -30,6 +30,11 @@ type RunSpec struct {
 	Pipeline     int           `json:"pipeline,omitempty"`
 	StallTimeout time.Duration `json:"stall_timeout,omitempty"`
 	MaxLine      int64         `json:"max_line,omitempty"`
+	// MaxTasks, MaxRSS and StartTimeout are map's --max-tasks, --max-rss
+	// and --start-timeout; zero means the pool's defaults.
+	MaxTasks     int           `json:"max_tasks,omitempty"`
+	MaxRSS       int64         `json:"max_rss,omitempty"`
+	StartTimeout time.Duration `json:"start_timeout,omitempty"`
 	// Created is when the run was first submitted.
 	Created time.Time `json:"created"`
 	// Aborted reports whether the submitter aborted the run under the
