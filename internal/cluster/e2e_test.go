@@ -450,6 +450,31 @@ func TestClusterServerKilled(t *testing.T) {
 	}
 	checkOutputs(t, sub, n)
 	checkRecorded(t, rot(1), run, n)
+	checkReplicas(t, rot(1), 3)
+}
+
+// checkReplicas checks that the task stream and the buckets have want
+// replicas.
+func checkReplicas(t *testing.T, url string, want int) {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, name := range []string{cluster.StreamName, "KV_" + cluster.ResultsBucket, "KV_" + cluster.RunsBucket} {
+		st, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Errorf("stream %s: %v", name, err)
+			continue
+		}
+		if r := st.CachedInfo().Config.Replicas; r != want {
+			t.Errorf("stream %s has %d replicas, want %d", name, r, want)
+		}
+	}
 }
 
 // TestOOMMovesToLargerAgent: a task killed for memory on an agent with a
