@@ -230,7 +230,7 @@ func freePort(t *testing.T) int {
 // startServer starts safepool server on port with its store in dir/name.
 func startServer(t *testing.T, dir, name string, port int, extra ...string) *proc {
 	t.Helper()
-	args := append([]string{"server", "-q", "--store", filepath.Join(dir, name), "--listen", fmt.Sprintf("127.0.0.1:%d", port)}, extra...)
+	args := append([]string{"server", "--store", filepath.Join(dir, name), "--listen", fmt.Sprintf("127.0.0.1:%d", port)}, extra...)
 	p := start(t, dir, name, args...)
 	p.waitLog(t, "listening on", 30*time.Second)
 	return p
@@ -436,6 +436,10 @@ func TestClusterServerKilled(t *testing.T) {
 			"--cluster", fmt.Sprintf("127.0.0.1:%d", routes[i]), "--routes", strings.Join(rs, ",")))
 		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", ports[i]))
 	}
+	// Agents and submitters set the stream and buckets up with three
+	// replicas: the cluster must have formed and elected its JetStream
+	// leader first.
+	waitJetStream(t, urls)
 	// Each client starts on a different server.
 	rot := func(k int) string { return strings.Join(append(slices.Clone(urls[k:]), urls[:k]...), ",") }
 	startAgent(t, dir, "agent1", rot(1), "-j", "3")
@@ -451,6 +455,67 @@ func TestClusterServerKilled(t *testing.T) {
 	checkOutputs(t, sub, n)
 	checkRecorded(t, rot(1), run, n)
 	checkReplicas(t, rot(1), 3)
+}
+
+// waitJetStream waits until JetStream answers through every server of urls.
+func waitJetStream(t *testing.T, urls []string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for _, u := range urls {
+		for {
+			err := func() error {
+				nc, err := nats.Connect(u)
+				if err != nil {
+					return err
+				}
+				defer nc.Close()
+				js, _ := jetstream.New(nc)
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				defer cancel()
+				_, err = js.AccountInfo(ctx)
+				return err
+			}()
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("JetStream at %s: %v", u, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	// And until a stream of three replicas has all three current: every
+	// server is a peer of the JetStream cluster.
+	nc, err := nats.Connect(strings.Join(urls, ","))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for {
+		st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "PROBE", Subjects: []string{"probe"}, Replicas: 3})
+		if err == nil {
+			info, err := st.Info(ctx)
+			current := 0
+			if err == nil && info.Cluster != nil && info.Cluster.Leader != "" {
+				for _, r := range info.Cluster.Replicas {
+					if r.Current {
+						current++
+					}
+				}
+			}
+			if current == 2 {
+				js.DeleteStream(ctx, "PROBE")
+				return
+			}
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the JetStream cluster did not form: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // checkReplicas checks that the task stream and the buckets have want
