@@ -75,6 +75,8 @@ func commands() []*command {
 		{name: "run", synopsis: runSynopsis, short: "run one process per input, like GNU parallel", run: runRun},
 		{name: "map", synopsis: mapSynopsis, short: "stream stdin to stdout through persistent line workers", run: runMap},
 		{name: "report", synopsis: reportSynopsis, short: "write an HTML page about a run from its --journal file", run: runReport},
+		{name: "server", synopsis: serverSynopsis, short: "run a NATS server with JetStream for agents on many machines", run: runServer},
+		{name: "agent", synopsis: agentSynopsis, short: "run tasks of run/map --nats on this machine", run: runAgent},
 		{name: "demo", synopsis: demoSynopsis, short: "show an OOM-killed task, its cause and its retry (about 5 s)", run: runDemo},
 		{name: "version", synopsis: versionSynopsis, short: "print the version of safepool", run: runVersion},
 		{name: demoWorkerName, hidden: true, run: runDemoWorker},

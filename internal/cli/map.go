@@ -94,6 +94,7 @@ type mapArgs struct {
 	maxRSS   int64
 	pipeline int    // --pipeline; 0 when not given
 	json     string // --json FILE
+	nats     natsFlags
 
 	pipe   bool   // --pipe: blocks of records to one-shot processes
 	block  int64  // --block SIZE
@@ -129,6 +130,7 @@ func (a *mapArgs) flagSet() *pflag.FlagSet {
 	a.common.registerOutput(fs)
 	a.common.registerMetrics(fs)
 	fs.Var(jsonValue{&a.json}, "json", "write a JSON summary to `FILE` at the end")
+	a.nats.register(fs)
 	registerHelp(fs)
 	return fs
 }
@@ -159,6 +161,9 @@ func (a *mapArgs) parse(e *env, args []string) error {
 	case a.json == "-":
 		return usagef("map", "--json needs a FILE: stdout carries the data")
 	}
+	if err := a.nats.check("map", fs); err != nil {
+		return err
+	}
 	if !a.pipe {
 		for _, name := range []string{"block", "recend"} {
 			if fs.Changed(name) {
@@ -166,6 +171,9 @@ func (a *mapArgs) parse(e *env, args []string) error {
 			}
 		}
 		return nil
+	}
+	if a.nats.url != "" {
+		return usagef("map", "--pipe does not work with --nats")
 	}
 	for _, name := range []string{"framed", "pipeline", "max-tasks", "max-rss", "max-line", "stall-timeout", "start-timeout"} {
 		if fs.Changed(name) {
@@ -246,7 +254,12 @@ func runMap(ctx context.Context, e *env, args []string) error {
 		viaShell:   viaShell,
 		e:          e,
 	}
-	_, status := j.execute(ctx)
+	var status int
+	if a.nats.url != "" {
+		status = j.executeRemote(ctx, &a.nats)
+	} else {
+		_, status = j.execute(ctx)
+	}
 	if status != exitOK {
 		return &statusError{status: status}
 	}

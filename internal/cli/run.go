@@ -70,6 +70,7 @@ type runArgs struct {
 	null   bool   // -0: inputs end with NUL, not newline
 	json   string // --json FILE: a file, or "-" for stdout
 	dryRun bool
+	nats   natsFlags
 
 	cmd       []string // CMD ARGS...
 	colonArgs []string // the arguments after :::
@@ -85,6 +86,7 @@ func (a *runArgs) flagSet() *pflag.FlagSet {
 	a.common.registerMetrics(fs)
 	fs.Var(jsonValue{&a.json}, "json", "write a JSON summary to `FILE` at the end; - writes it to stdout, after the job output")
 	boolVarP(fs, &a.dryRun, "dry-run", "", "print the commands that would run, one per line, and run nothing")
+	a.nats.register(fs)
 	registerHelp(fs)
 	return fs
 }
@@ -119,7 +121,7 @@ func (a *runArgs) parse(e *env, args []string) error {
 	if a.colons && len(a.common.argFiles) > 0 {
 		return usagef("run", "give inputs with -a or with :::, not both")
 	}
-	return nil
+	return a.nats.check("run", fs)
 }
 
 func runRun(ctx context.Context, e *env, args []string) error {
@@ -176,7 +178,12 @@ func runRun(ctx context.Context, e *env, args []string) error {
 		viaShell:   tmpl.viaShell(),
 		e:          e,
 	}
-	_, status := j.execute(ctx)
+	var status int
+	if a.nats.url != "" {
+		status = j.executeRemote(ctx, &a.nats)
+	} else {
+		_, status = j.execute(ctx)
+	}
 	if status != exitOK {
 		return &statusError{status: status}
 	}

@@ -202,17 +202,6 @@ func fixtureMain() int {
 		return 0
 	case "hostile":
 		return writeHostile(args[1])
-	case "unflushed":
-		// Echoes its lines into a buffer it never flushes, as a program
-		// whose output is block-buffered on a pipe.
-		in, out := bufio.NewReader(os.Stdin), bufio.NewWriter(os.Stdout)
-		for {
-			line, err := in.ReadBytes('\n')
-			if err != nil {
-				return 0
-			}
-			out.Write(line)
-		}
 	case "lines":
 		in := bufio.NewReaderSize(os.Stdin, 1<<20)
 		for {

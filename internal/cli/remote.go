@@ -1,0 +1,320 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/safepool/safepool/internal/cluster"
+	"github.com/safepool/safepool/pool"
+)
+
+// natsFlags are the flags with which run and map hand their tasks to the
+// agents of a NATS deployment instead of local workers (docs/cluster.md).
+type natsFlags struct {
+	url   string // --nats URL; "" runs locally
+	runID string // --run-id ID
+}
+
+func (n *natsFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&n.url, "nats", "", "run the tasks on the agents of the NATS server at `URL` (safepool server, safepool agent; docs/cluster.md) instead of local workers")
+	fs.StringVar(&n.runID, "run-id", "", "with --nats, name the run `ID`; give the id of an earlier run to collect its results and wait for the rest")
+}
+
+// agentFlags are the flags of run and map that, with --nats, belong to the
+// agents (safepool agent takes them), not to the run.
+var agentFlags = []string{"jobs", "max-procs", "mem-limit", "no-data-limit", "mem-budget", "mem-reserve",
+	"mem-high", "mem-psi", "no-governor", "grace"}
+
+// check refuses --run-id without --nats, and with --nats the flags that are
+// the agents'.
+func (n *natsFlags) check(cmd string, fs *pflag.FlagSet) error {
+	if n.runID != "" && n.url == "" {
+		return usagef(cmd, "--run-id needs --nats")
+	}
+	if n.url != "" {
+		for _, name := range agentFlags {
+			if fs.Changed(name) {
+				return usagef(cmd, "--%s is a flag of each machine's safepool agent, not of the run, with --nats", name)
+			}
+		}
+		// The run's record with --nats is the results bucket
+		// (--run-id collects it again); the journal and the metrics
+		// consume a local pool's events.
+		for _, name := range []string{"journal", "resume", "resume-failed", "metrics"} {
+			if fs.Lookup(name) != nil && fs.Changed(name) {
+				return usagef(cmd, "--%s does not work with --nats: the run's results bucket is its record (collect it again with --run-id)", name)
+			}
+		}
+	}
+	if n.runID != "" {
+		if err := cluster.CheckRunID(n.runID); err != nil {
+			return usagef(cmd, "--run-id: %v", err)
+		}
+	}
+	return nil
+}
+
+// remoteSpec is the run specification of a job's configuration.
+func remoteSpec(cfg pool.Config) cluster.RunSpec {
+	spec := cluster.RunSpec{
+		Protocol:      cfg.Protocol,
+		Command:       cfg.Command,
+		Retries:       cfg.Retries,
+		OnWorkerDeath: cfg.OnWorkerDeath,
+		Timeout:       cfg.Timeout,
+		Pipeline:      cfg.Pipeline,
+		StallTimeout:  cfg.StallTimeout,
+		MaxLine:       cfg.MaxLine,
+		MaxTasks:      cfg.MaxTasksPerWorker,
+		MaxRSS:        cfg.MaxRSS,
+		StartTimeout:  cfg.StartTimeout,
+	}
+	if spec.Protocol == "" {
+		spec.Protocol = pool.OneShot
+	}
+	if spec.OnWorkerDeath == "" {
+		spec.OnWorkerDeath = pool.Skip
+		if spec.Retries > 0 {
+			spec.OnWorkerDeath = pool.Retry
+		}
+	}
+	return spec
+}
+
+// remoteWindow bounds the tasks published and not yet collected, so that
+// the submitter's memory, and the queue, stay bounded for inputs of any
+// size.
+const remoteWindow = 4096
+
+// waitingEvery is how often the submitter checks that its tasks can run.
+const waitingEvery = 3 * time.Second
+
+// executeRemote runs the job on the agents of a NATS deployment and
+// returns its exit status: the same output, summary, job log and JSON
+// summary as a local run.
+func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
+	e := j.e
+	stderr := lossyWriter{e.stderr}
+	sum := &summary{Mode: j.mode, Command: j.cfg.Command, StartTime: time.Now(), messages: j.messages,
+		viaShell: j.viaShell, MemoryMode: "cluster"}
+	jl, jsonOut, _, err := j.openOutputs() // no journal: check refuses --journal with --nats
+	if err != nil {
+		fmt.Fprintf(stderr, "safepool: %v\n", err)
+		return exitUsage
+	}
+	fail := func(status int, err error) int {
+		jl.close()
+		reason := quoteMessage(err.Error())
+		fmt.Fprintf(stderr, "safepool: %s\n", reason)
+		sum.Aborted, sum.AbortReason, sum.ExitStatus = true, reason, status
+		sum.wall = time.Since(sum.StartTime)
+		jsonOut.write(sum)
+		return status
+	}
+	conn, err := cluster.Dial(ctx, nf.url, "safepool "+j.mode)
+	if err != nil {
+		return fail(exitUsage, err)
+	}
+	defer conn.Close()
+	spec := remoteSpec(j.cfg)
+	spec.ID = nf.runID
+	if spec.ID == "" {
+		spec.ID = cluster.NewRunID()
+	}
+	run, err := conn.Begin(ctx, spec, nf.runID != "")
+	if err != nil {
+		return fail(exitUsage, err)
+	}
+	if !j.quiet {
+		verb := "started"
+		if run.Resumed {
+			verb = "resumed"
+		}
+		fmt.Fprintf(stderr, "safepool: run %s %s on %s (collect it again with --run-id %s)\n", spec.ID, verb, nf.url, spec.ID)
+	}
+
+	// The collector stops when every task's result is in, or ctx ends.
+	cctx, stopCollect := context.WithCancel(ctx)
+	defer stopCollect()
+	results := run.Results(cctx)
+
+	// The feeder publishes inputs, at most remoteWindow ahead of the
+	// results, and says how many there were.
+	type fed struct {
+		total uint64
+		err   error
+	}
+	feedDone := make(chan fed, 1)
+	window := make(chan struct{}, remoteWindow)
+	go func() {
+		var seq uint64
+		for {
+			in, err := j.src.next()
+			if err == io.EOF {
+				feedDone <- fed{total: seq}
+				return
+			}
+			if err != nil {
+				feedDone <- fed{total: seq, err: fmt.Errorf("reading input: %w", err)}
+				return
+			}
+			seq++
+			select {
+			case window <- struct{}{}:
+			case <-cctx.Done():
+				feedDone <- fed{total: seq, err: cctx.Err()}
+				return
+			}
+			jl.submit(seq, seq, in) // a remote run's task id is its input's number
+			if run.Recorded(seq) {
+				continue
+			}
+			t := j.task(seq, in)
+			if err := run.Publish(cctx, cluster.TaskMsg{Seq: seq, Input: t.Input, Args: t.Args, Need: j.cfg.MemPerTask}); err != nil {
+				feedDone <- fed{total: seq, err: err}
+				return
+			}
+		}
+	}()
+
+	o := &output{out: bufio.NewWriterSize(e.stdout, 64<<10), errw: stderr}
+	var counts pool.Stats
+	var total uint64
+	totalKnown := false
+	var collected uint64
+	pending := map[uint64]*cluster.ResultRecord{} // -k: results waiting for their turn
+	next := uint64(1)
+	var abortReason string
+	interrupted := false
+	waiting := time.NewTicker(waitingEvery)
+	defer waiting.Stop()
+	said := ""
+
+	deliver := func(rec *cluster.ResultRecord) {
+		r := rec.Result()
+		for i := range r.Attempts {
+			jl.observe(pool.Event{Kind: pool.EventAttemptEnded, TaskID: r.ID, Attempt: &r.Attempts[i]})
+			counts.Attempts++
+			if r.Attempts[i].Cause.IsWorkerDeath() {
+				counts.WorkerDeaths++
+			}
+		}
+		jl.observe(pool.Event{Kind: pool.EventTaskEnded, TaskID: r.ID, Result: &r})
+		switch r.State {
+		case pool.Done:
+			counts.Done++
+		case pool.Failed:
+			counts.Failed++
+		case pool.Poison:
+			counts.Poison++
+		case pool.Cancelled:
+			counts.Cancelled++
+		}
+		sum.add(&r)
+		if o.err == nil {
+			j.emit(o, &r)
+		}
+		if r.State != pool.Done && spec.OnWorkerDeath == pool.Abort && abortReason == "" {
+			abortReason = quoteMessage(fmt.Sprintf("%v (--on-worker-death abort)", r.Err()))
+		}
+	}
+
+loop:
+	for !(totalKnown && collected == total) && abortReason == "" {
+		select {
+		case f := <-feedDone:
+			total, totalKnown = f.total, true
+			if f.err != nil && ctx.Err() == nil {
+				fmt.Fprintf(stderr, "safepool: %v\n", f.err)
+				abortReason = quoteMessage(f.err.Error())
+			}
+		case rec, ok := <-results:
+			if !ok {
+				break loop
+			}
+			collected++
+			<-window
+			if !j.cfg.KeepOrder {
+				deliver(&rec)
+			} else {
+				pending[rec.Seq] = &rec
+				for pending[next] != nil {
+					deliver(pending[next])
+					delete(pending, next)
+					next++
+				}
+			}
+			o.flush()
+		case <-waiting.C:
+			// What keeps tasks waiting is said once, not at every check.
+			if w := run.Waiting(ctx); w != said {
+				if w != "" {
+					fmt.Fprintf(stderr, "safepool: %s\n", w)
+				}
+				said = w
+			}
+		case <-ctx.Done():
+			interrupted = true
+			break loop
+		}
+	}
+	stopCollect()
+	o.flush()
+	if abortReason != "" && !interrupted {
+		actx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		run.Abort(actx)
+		cancel()
+	}
+	if !totalKnown {
+		select {
+		case f := <-feedDone:
+			total = f.total
+		case <-time.After(time.Second):
+			total = collected + uint64(len(window))
+		}
+	}
+	sum.wall = time.Since(sum.StartTime)
+	counts.Submitted = int(total)
+	counts.Cancelled += int(total) - counts.Done - counts.Failed - counts.Poison - counts.Cancelled
+	sum.setTasks(counts)
+	sum.Attempts = counts.Attempts
+	sum.WorkerDeaths = counts.WorkerDeaths
+
+	status := exitOK
+	switch {
+	case interrupted:
+		sum.Aborted, sum.Interrupted = true, true
+		sum.AbortReason = errInterrupted.Error()
+		if s := interruptedBy(ctx); s != nil {
+			sum.AbortReason = (&SignalError{Signal: s}).Error()
+		}
+		fmt.Fprintf(stderr, "safepool: run %s goes on on the agents; collect its results with --run-id %s\n", spec.ID, spec.ID)
+		status = exitAborted
+	case abortReason != "":
+		sum.Aborted, sum.AbortReason = true, abortReason
+		status = exitAborted
+	case o.err != nil:
+		sum.Aborted = true
+		sum.AbortReason = quoteMessage(fmt.Sprintf("writing output: %v", o.err))
+		status = exitAborted
+	case !sum.ok():
+		status = exitFailed
+	}
+	sum.ExitStatus = status
+	if err := jl.close(); err != nil {
+		fmt.Fprintf(stderr, "safepool: %v\n", err)
+		status = max(status, exitFailed)
+		sum.ExitStatus = status
+	}
+	if err := jsonOut.write(sum); err != nil {
+		fmt.Fprintf(stderr, "safepool: %v\n", err)
+		status = max(status, exitFailed)
+	}
+	sum.writeText(stderr, j.quiet)
+	return status
+}

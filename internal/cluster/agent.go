@@ -1,0 +1,608 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/safepool/safepool/internal/bytesize"
+	"github.com/safepool/safepool/internal/memory"
+	"github.com/safepool/safepool/pool"
+)
+
+// AgentConfig configures an agent.
+type AgentConfig struct {
+	// URL is the NATS server (or comma-separated servers) to pull from.
+	URL string
+	// Name names the agent in results and in AgentsBucket. Empty means
+	// the host name and the process id.
+	Name string
+	// Pool is the local pool's configuration: Workers (-j), the memory
+	// flags, MemLimit, Timeout (used when a run has none), Grace. Its
+	// Command, Protocol, retries and Observer are the agent's to set.
+	Pool pool.Config
+	// Log receives the agent's messages, one line each. Nil means none.
+	Log io.Writer
+}
+
+// Agent runs a run's tasks on local supervised pools: one one-shot pool
+// for every run's commands, and one line pool per run of persistent
+// workers. Create it with NewAgent, run it with Run.
+type Agent struct {
+	cfg      AgentConfig
+	name     string
+	conn     *Conn
+	capacity int64 // the most memory one task may use here
+	fit      int   // FitClass(capacity)
+	cons     []jetstream.Consumer
+
+	oneshot *local // never nil after NewAgent
+
+	mu    sync.Mutex        // guards the fields below
+	lines map[string]*local // line pools by run id
+	// retired are the line pools closed or stopped while the agent runs;
+	// Run waits for their readers.
+	retired []*local
+	held    int                 // messages taken and not yet answered
+	specs   map[string]*RunSpec // run specifications read so far
+	place   placement           // what is known of the other agents
+	placeAt time.Time           // when place was read
+	// freed is signalled (without blocking) when a held message is
+	// answered, so that the fetch loop may take another.
+	freed chan struct{}
+	// finishing counts the goroutines recording results; Run waits for
+	// them before it returns.
+	finishing sync.WaitGroup
+}
+
+// local is one local pool and the messages it holds, by the pool's task
+// id. Only the agent's fetch loop submits to it, so ids are known before
+// Submit returns.
+type local struct {
+	p      *pool.Pool
+	run    string // the run of a line pool; "" for the one-shot pool
+	nextID uint64
+	tasks  map[uint64]*held // guarded by Agent.mu
+	idle   time.Time        // when it last held nothing; guarded by Agent.mu
+	done   chan struct{}    // closed when its results reader has ended
+}
+
+// held is one message an agent has taken.
+type held struct {
+	msg   jetstream.Msg
+	task  TaskMsg
+	spec  *RunSpec
+	prior []AttemptRecord // charged attempts of earlier deliveries
+}
+
+// NewAgent connects to cfg.URL and measures what the agent can offer.
+func NewAgent(ctx context.Context, cfg AgentConfig) (*Agent, error) {
+	name := cfg.Name
+	if name == "" {
+		h, _ := os.Hostname()
+		name = fmt.Sprintf("%s-%d", h, os.Getpid())
+	}
+	if cfg.Log == nil {
+		cfg.Log = io.Discard
+	}
+	a := &Agent{cfg: cfg, name: name, lines: map[string]*local{}, specs: map[string]*RunSpec{}, freed: make(chan struct{}, 1)}
+	// The one-shot pool runs every run's commands: each task carries its
+	// own argument vector, so the pool's command is only a placeholder
+	// that New does not look up ("{}": the program comes from the task).
+	pc := a.poolConfig(pool.OneShot, []string{"{}"})
+	l, err := a.startLocal(pc, "")
+	if err != nil {
+		return nil, err
+	}
+	a.oneshot = l
+	a.capacity = cfg.Pool.MemLimit
+	if st, ok := l.p.Memory(); ok && (a.capacity == 0 || st.Budget < a.capacity) {
+		a.capacity = st.Budget
+	}
+	if a.capacity == 0 {
+		a.capacity, _ = memory.HostMemTotal()
+	}
+	a.fit = FitClass(a.capacity)
+	conn, err := Dial(ctx, cfg.URL, "safepool agent "+name)
+	if err != nil {
+		l.p.Abort(nil)
+		<-l.done
+		return nil, err
+	}
+	a.conn = conn
+	for k := 0; k <= a.fit; k++ {
+		c, err := conn.stream.Consumer(ctx, consumerName(k))
+		if err != nil {
+			a.close()
+			return nil, fmt.Errorf("cluster: consumer %s: %w", consumerName(k), err)
+		}
+		a.cons = append(a.cons, c)
+	}
+	return a, nil
+}
+
+// Name returns the agent's name.
+func (a *Agent) Name() string { return a.name }
+
+// Capacity returns the most memory one task may use on this agent, and
+// the largest memory class it pulls from.
+func (a *Agent) Capacity() (int64, int) { return a.capacity, a.fit }
+
+// poolConfig is the local pool's configuration for protocol and command.
+// Worker deaths are the run's to retry, counted over every machine, so the
+// pool has none of its own (decide).
+func (a *Agent) poolConfig(protocol pool.Protocol, command []string) pool.Config {
+	pc := a.cfg.Pool
+	pc.Protocol, pc.Command = protocol, command
+	pc.Retries, pc.OnWorkerDeath, pc.TaskErrorRetries = 0, pool.Skip, 0
+	pc.KeepOrder = false
+	pc.Observer = nil
+	return pc
+}
+
+// startLocal starts a local pool and its results reader.
+func (a *Agent) startLocal(pc pool.Config, run string) (*local, error) {
+	p, err := pool.New(pc)
+	if err != nil {
+		return nil, err
+	}
+	l := &local{p: p, run: run, tasks: map[uint64]*held{}, idle: time.Now(), done: make(chan struct{})}
+	go a.readResults(l)
+	return l, nil
+}
+
+// Run pulls and runs tasks until ctx ends. Then it stops its workers,
+// hands back the tasks it holds, and returns.
+func (a *Agent) Run(ctx context.Context) error {
+	fmt.Fprintf(a.cfg.Log, "safepool agent %s: %d slots, up to %s per task (memory classes 0-%d), on %s\n",
+		a.name, a.oneshot.p.Workers(), bytesize.Format(a.capacity), a.fit, a.conn.nc.ConnectedUrlRedacted())
+	var bg sync.WaitGroup
+	bgCtx, stopBg := context.WithCancel(context.Background())
+	bg.Add(2)
+	go func() { defer bg.Done(); a.advertise(bgCtx) }()
+	go func() { defer bg.Done(); a.keepAlive(bgCtx) }()
+
+	a.fetchLoop(ctx)
+
+	// Stopping: the pools end their attempts, whose tasks come back
+	// cancelled and are handed back at once for another agent.
+	a.mu.Lock()
+	pools := []*local{a.oneshot}
+	for _, l := range a.lines {
+		pools = append(pools, l)
+	}
+	pools = append(pools, a.retired...)
+	a.mu.Unlock()
+	for _, l := range pools {
+		l.p.Abort(nil)
+	}
+	for _, l := range pools {
+		<-l.done
+	}
+	a.finishing.Wait()
+	stopBg()
+	bg.Wait()
+	dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	a.conn.agents.Delete(dctx, a.name)
+	cancel()
+	a.conn.Close()
+	return nil
+}
+
+// close ends what NewAgent started, when it fails.
+func (a *Agent) close() {
+	a.oneshot.p.Abort(nil)
+	<-a.oneshot.done
+	a.conn.Close()
+}
+
+// admits returns how many more tasks to fetch: the free slots, and no more
+// than the memory governor admits beside the tasks held already. An agent
+// holding nothing takes one, so that it learns.
+func (a *Agent) admits() int {
+	a.mu.Lock()
+	held := a.held
+	a.mu.Unlock()
+	n := a.oneshot.p.Workers() - held
+	if st, ok := a.oneshot.p.Memory(); ok {
+		n = min(n, st.Allows-held)
+	}
+	if held == 0 {
+		n = max(n, 1)
+	}
+	return max(n, 0)
+}
+
+// fetchLoop takes tasks while ctx lasts, from the largest class that fits
+// down, so that the tasks only large agents can run go to large agents
+// first, and never more than admits says.
+func (a *Agent) fetchLoop(ctx context.Context) {
+	for ctx.Err() == nil {
+		n := a.admits()
+		if n == 0 {
+			select {
+			case <-a.freed:
+			case <-time.After(250 * time.Millisecond): // the governor may admit more
+			case <-ctx.Done():
+			}
+			continue
+		}
+		a.closeIdle()
+		got := 0
+		for k := a.fit; k >= 0 && got < n && ctx.Err() == nil; k-- {
+			var b jetstream.MessageBatch
+			var err error
+			if k == 0 {
+				// The lowest class waits a little for work; the others
+				// are only looked at.
+				b, err = a.cons[k].Fetch(n-got, jetstream.FetchMaxWait(300*time.Millisecond))
+			} else {
+				b, err = a.cons[k].FetchNoWait(n - got)
+			}
+			if err != nil {
+				sleep(ctx, 250*time.Millisecond)
+				break
+			}
+			for m := range b.Messages() {
+				got++
+				a.take(ctx, m)
+			}
+		}
+	}
+}
+
+// take starts a message's task on a local pool, or answers it at once.
+func (a *Agent) take(ctx context.Context, m jetstream.Msg) {
+	var t TaskMsg
+	if err := unmarshal(m.Data(), &t); err != nil {
+		fmt.Fprintf(a.cfg.Log, "safepool agent: dropping a message that is no task (%v)\n", err)
+		m.Term()
+		return
+	}
+	spec, err := a.spec(ctx, t.Run)
+	if err != nil {
+		fmt.Fprintf(a.cfg.Log, "safepool agent: run %s: %v\n", t.Run, err)
+		m.NakWithDelay(time.Second)
+		return
+	}
+	if spec.Aborted {
+		m.Term()
+		return
+	}
+	h := &held{msg: m, task: t, spec: spec}
+	if md, err := m.Metadata(); err == nil && md.NumDelivered > 1 || t.Moved > 0 {
+		// Delivered before: the result may be recorded already (the
+		// ack was lost), and earlier attempts count.
+		if _, err := a.conn.results.Get(ctx, taskKey(t.Run, t.Seq)); err == nil {
+			m.Ack()
+			return
+		}
+		if e, err := a.conn.attempts.Get(ctx, taskKey(t.Run, t.Seq)); err == nil {
+			var ar attemptsRecord
+			if unmarshal(e.Value(), &ar) == nil {
+				h.prior = ar.Attempts
+			}
+		}
+	}
+	l, err := a.localFor(spec)
+	if err != nil {
+		a.hold(1)
+		a.finishing.Add(1)
+		go a.finish(h, pool.Result{ID: t.Seq, Input: t.Input, Args: t.Args, State: pool.Failed,
+			Attempts: []pool.Attempt{{Number: 1, Start: time.Now(), End: time.Now(), ExitCode: -1, Message: err.Error()}}})
+		return
+	}
+	timeout := spec.Timeout
+	task := pool.Task{Input: t.Input, Args: t.Args, Timeout: timeout, MemHint: t.Need}
+	a.mu.Lock()
+	l.nextID++
+	id := l.nextID
+	l.tasks[id] = h
+	a.held++
+	a.mu.Unlock()
+	if _, err := l.p.Submit(ctx, task); err != nil {
+		// The pool has stopped: the agent is stopping, or a run's line
+		// workers could not start (the tasks it held are recorded failed
+		// by readResults). The next task of the run gets a new pool.
+		a.mu.Lock()
+		delete(l.tasks, id)
+		l.nextID--
+		a.held--
+		if l.run != "" && a.lines[l.run] == l {
+			delete(a.lines, l.run)
+			a.retired = append(a.retired, l)
+		}
+		a.mu.Unlock()
+		m.NakWithDelay(time.Second)
+	}
+}
+
+// hold counts n more held messages.
+func (a *Agent) hold(n int) {
+	a.mu.Lock()
+	a.held += n
+	a.mu.Unlock()
+}
+
+// spec returns run's specification.
+func (a *Agent) spec(ctx context.Context, run string) (*RunSpec, error) {
+	a.mu.Lock()
+	s := a.specs[run]
+	a.mu.Unlock()
+	if s != nil && !s.Aborted {
+		return s, nil
+	}
+	e, err := a.conn.runs.Get(ctx, run)
+	if err != nil {
+		return nil, fmt.Errorf("reading the run's specification: %w", err)
+	}
+	s = &RunSpec{}
+	if err := unmarshal(e.Value(), s); err != nil {
+		return nil, fmt.Errorf("reading the run's specification: %w", err)
+	}
+	a.mu.Lock()
+	a.specs[run] = s
+	a.mu.Unlock()
+	return s, nil
+}
+
+// localFor returns the pool that runs spec's tasks.
+func (a *Agent) localFor(spec *RunSpec) (*local, error) {
+	if spec.Protocol == pool.OneShot {
+		return a.oneshot, nil
+	}
+	a.mu.Lock()
+	l := a.lines[spec.ID]
+	a.mu.Unlock()
+	if l != nil {
+		return l, nil
+	}
+	pc := a.poolConfig(spec.Protocol, spec.Command)
+	pc.Pipeline, pc.StallTimeout, pc.MaxLine = spec.Pipeline, spec.StallTimeout, spec.MaxLine
+	pc.MaxTasksPerWorker, pc.MaxRSS, pc.StartTimeout = spec.MaxTasks, spec.MaxRSS, spec.StartTimeout
+	l, err := a.startLocal(pc, spec.ID)
+	if err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	a.lines[spec.ID] = l
+	a.mu.Unlock()
+	return l, nil
+}
+
+// lineIdle is how long a run's line pool may hold nothing before its
+// workers are stopped.
+const lineIdle = 10 * time.Second
+
+// closeIdle closes the line pools that held nothing for lineIdle.
+func (a *Agent) closeIdle() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for run, l := range a.lines {
+		if len(l.tasks) == 0 && time.Since(l.idle) > lineIdle {
+			l.p.Close()
+			delete(a.lines, run)
+			a.retired = append(a.retired, l)
+		}
+	}
+}
+
+// readResults hands each result of l to finish, until l's pool ends.
+func (a *Agent) readResults(l *local) {
+	defer close(l.done)
+	for r := range l.p.Results() {
+		a.mu.Lock()
+		h := l.tasks[r.ID]
+		delete(l.tasks, r.ID)
+		if len(l.tasks) == 0 {
+			l.idle = time.Now()
+		}
+		a.mu.Unlock()
+		if h == nil {
+			r.Release()
+			continue
+		}
+		if r.State == pool.Cancelled {
+			var se *pool.StartError
+			if errors.As(l.p.Err(), &se) {
+				// The command cannot start here: that is the task's
+				// failure, not a reason to hand it on for ever.
+				r.State = pool.Failed
+				r.Attempts = append(r.Attempts, pool.Attempt{Number: 1, ExitCode: -1, Start: time.Now(), End: time.Now(), Message: se.Error()})
+			}
+		}
+		a.finishing.Add(1)
+		go a.finishHeld(h, r)
+	}
+}
+
+func (a *Agent) finishHeld(h *held, r pool.Result) {
+	h.task.Input, h.task.Args = r.Input, r.Args
+	a.finish(h, r)
+}
+
+// finish applies decide's verdict to a task whose local result is r.
+func (a *Agent) finish(h *held, r pool.Result) {
+	defer a.finishing.Done()
+	defer func() {
+		a.hold(-1)
+		select {
+		case a.freed <- struct{}{}:
+		default:
+		}
+	}()
+	defer r.Release()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	base := 0
+	for _, p := range h.prior {
+		base = max(base, p.Number)
+	}
+	all := append(append([]AttemptRecord(nil), h.prior...), attemptRecords(a.name, base, r.Attempts)...)
+	d := decide(r.State, r.Cause(), h.task.Need, all, h.spec, a.placement(ctx))
+	key := taskKey(h.task.Run, h.task.Seq)
+	switch d.move {
+	case moveRelease:
+		h.msg.Nak()
+	case moveNak:
+		a.noteAttempts(ctx, key, all)
+		h.msg.NakWithDelay(d.delay)
+	case moveUp:
+		a.noteAttempts(ctx, key, all)
+		t := h.task
+		t.Need, t.Moved = d.need, t.Moved+1
+		k := ClassOf(t.Need)
+		body, _ := marshal(t)
+		err := retry(ctx, func(ctx context.Context) error {
+			_, err := a.conn.js.Publish(ctx, taskSubject(k, t.Run), body, jetstream.WithMsgID(msgID(t.Run, t.Seq, k)))
+			return err
+		})
+		if err != nil {
+			h.msg.Nak()
+			return
+		}
+		fmt.Fprintf(a.cfg.Log, "safepool agent %s: task %d of run %s killed for memory here; handed on needing %s\n",
+			a.name, t.Seq, t.Run, bytesize.Format(t.Need))
+		h.msg.Ack()
+	case moveRecord:
+		rec := ResultRecord{Seq: h.task.Seq, Input: h.task.Input, Args: h.task.Args, State: d.state,
+			Output: r.Output, Stderr: r.Stderr, Attempts: all, Agent: a.name}
+		if r.Output == nil {
+			rec.Output, _ = io.ReadAll(r.OutputReader())
+		}
+		if r.Stderr == nil {
+			rec.Stderr, _ = io.ReadAll(r.StderrReader())
+		}
+		if d.note != "" && len(rec.Attempts) > 0 {
+			last := &rec.Attempts[len(rec.Attempts)-1]
+			last.Message = joinMessage(last.Message, d.note)
+		}
+		body := a.fitPayload(&rec)
+		err := retry(ctx, func(ctx context.Context) error {
+			_, err := a.conn.results.Create(ctx, key, body)
+			if errors.Is(err, jetstream.ErrKeyExists) {
+				return nil // another delivery recorded it first: that one is kept
+			}
+			return err
+		})
+		if err != nil {
+			h.msg.Nak()
+			return
+		}
+		if len(h.prior) > 0 || d.move == moveNak {
+			a.conn.attempts.Purge(ctx, key)
+		}
+		if d.state == pool.Done {
+			retry(ctx, func(ctx context.Context) error { return h.msg.DoubleAck(ctx) })
+		} else {
+			h.msg.TermWithReason(string(d.state))
+		}
+	}
+}
+
+// noteAttempts records a task's attempts so far for its next delivery.
+func (a *Agent) noteAttempts(ctx context.Context, key string, all []AttemptRecord) {
+	body, _ := marshal(attemptsRecord{Attempts: all})
+	retry(ctx, func(ctx context.Context) error {
+		_, err := a.conn.attempts.Put(ctx, key, body)
+		return err
+	})
+}
+
+// fitPayload encodes rec, cutting its output so that it fits one message:
+// what does not fit is said in the last attempt's message.
+func (a *Agent) fitPayload(rec *ResultRecord) []byte {
+	body, _ := marshal(rec)
+	limit := a.conn.nc.MaxPayload() - 4096
+	if int64(len(body)) <= limit {
+		return body
+	}
+	lost := len(rec.Output) + len(rec.Stderr)
+	rec.Output, rec.Stderr = nil, nil
+	if rec.State == pool.Done {
+		rec.State = pool.Failed
+	}
+	if n := len(rec.Attempts); n > 0 {
+		last := &rec.Attempts[n-1]
+		last.Cause = pool.CauseOutputLost
+		last.Message = joinMessage(last.Message, fmt.Sprintf("output of %s does not fit a NATS message of %s",
+			bytesize.Format(int64(lost)), bytesize.Format(limit)))
+	}
+	body, _ = marshal(rec)
+	return body
+}
+
+func joinMessage(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "; " + b
+}
+
+// placement returns what is known of the agents, read at most every two
+// seconds.
+func (a *Agent) placement(ctx context.Context) placement {
+	a.mu.Lock()
+	p, at := a.place, a.placeAt
+	a.mu.Unlock()
+	if time.Since(at) < 2*time.Second {
+		return p
+	}
+	p = placement{capacity: a.capacity, largestClass: a.fit, largestCap: a.capacity}
+	if agents, err := a.conn.liveAgents(ctx); err == nil {
+		k, c := largestClass(agents)
+		p.largestClass, p.largestCap = max(k, a.fit), max(c, a.capacity)
+	}
+	a.mu.Lock()
+	a.place, a.placeAt = p, time.Now()
+	a.mu.Unlock()
+	return p
+}
+
+// advertise keeps the agent's capacity in AgentsBucket until ctx ends.
+func (a *Agent) advertise(ctx context.Context) {
+	h, _ := os.Hostname()
+	for {
+		info := AgentInfo{Name: a.name, Host: h, Slots: a.oneshot.p.Workers(), Capacity: a.capacity, MaxClass: a.fit, Updated: time.Now()}
+		body, _ := marshal(info)
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		a.conn.agents.Put(pctx, a.name, body)
+		cancel()
+		if !sleep(ctx, agentTTL/3) {
+			return
+		}
+	}
+}
+
+// keepAlive tells JetStream every progressEvery that each held task is
+// still running, so that it is not given to another agent.
+func (a *Agent) keepAlive(ctx context.Context) {
+	for sleep(ctx, progressEvery) {
+		a.mu.Lock()
+		var msgs []jetstream.Msg
+		for _, l := range append([]*local{a.oneshot}, mapValues(a.lines)...) {
+			for _, h := range l.tasks {
+				msgs = append(msgs, h.msg)
+			}
+		}
+		a.mu.Unlock()
+		for _, m := range msgs {
+			m.InProgress()
+		}
+	}
+}
+
+func mapValues[K comparable, V any](m map[K]V) []V {
+	out := make([]V, 0, len(m))
+	for _, v := range m {
+		out = append(out, v)
+	}
+	return out
+}

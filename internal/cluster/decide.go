@@ -1,0 +1,111 @@
+package cluster
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/safepool/safepool/internal/bytesize"
+	"github.com/safepool/safepool/pool"
+)
+
+// What an agent does with a task when its local pool has given the task's
+// result: one pure function, decide, with its plumbing in the agent.
+//
+//	local result                         | move
+//	-------------------------------------+----------------------------------
+//	done                                 | record done, ack
+//	cancelled (the agent is stopping)    | nak at once, nothing charged
+//	memory (oom, memory-limit, poison),  | publish with a larger need into
+//	  a live agent fits the next class   |   the next class, ack this one
+//	memory, no live agent fits more      | record poison, term
+//	death, Retry, retries left           | note the attempts, nak with a
+//	                                     |   backoff: any agent may take it
+//	death, otherwise; task error         | record failed, term
+//
+// The local pool itself runs a task again here when the memory governor
+// owns an OOM kill and the task had neighbours (with fewer neighbours), as
+// on one machine; worker deaths are the run's, counted over every machine,
+// so the local pool has no retries of its own. "Retries left" counts the
+// task's charged worker deaths on every agent, memory deaths aside: as on
+// one machine, a kill for memory does not count against --retries.
+
+// move is what an agent does with a task's message.
+type move int
+
+const (
+	moveRecord  move = iota // record the result (state), then ack or term
+	moveNak                 // nak with delay, after noting the attempts
+	moveUp                  // republish with need into a larger class, then ack
+	moveRelease             // nak at once, no attempt charged
+)
+
+// decision is decide's verdict.
+type decision struct {
+	move  move
+	state pool.State    // moveRecord: the state recorded
+	delay time.Duration // moveNak
+	need  int64         // moveUp: the task's new need
+	// note, for a poison task no agent fits, says so for the summary.
+	note string
+}
+
+// placement is what decide knows of the agents: this one's capacity for
+// one task, and the largest class any live agent fits (-1: none known).
+type placement struct {
+	capacity     int64
+	largestClass int
+	largestCap   int64
+}
+
+// isMemory reports whether an attempt that ended with c was killed for
+// memory.
+func isMemory(c pool.Cause) bool { return c == pool.CauseOOM || c == pool.CauseMemoryLimit }
+
+// deathsOf counts the charged worker deaths among as, memory kills aside.
+func deathsOf(as []AttemptRecord) int {
+	n := 0
+	for _, a := range as {
+		if a.Cause.IsWorkerDeath() && !isMemory(a.Cause) {
+			n++
+		}
+	}
+	return n
+}
+
+// decide says what becomes of a task whose local result is state, with
+// its last cause, given every attempt so far (earlier deliveries and this
+// one) and the run's policy.
+func decide(state pool.State, cause pool.Cause, need int64, all []AttemptRecord, spec *RunSpec, pl placement) decision {
+	switch {
+	case state == pool.Done:
+		return decision{move: moveRecord, state: pool.Done}
+	case state == pool.Cancelled:
+		return decision{move: moveRelease}
+	case state == pool.Poison || isMemory(cause):
+		next := max(need, pl.capacity+1)
+		if pl.largestClass >= ClassOf(next) && ClassOf(next) <= MaxClass && pl.capacity < classBound(MaxClass) {
+			return decision{move: moveUp, need: next}
+		}
+		note := fmt.Sprintf("killed for memory with %s, on the largest agent", bytesize.Format(pl.capacity))
+		if pl.largestCap > pl.capacity {
+			note = fmt.Sprintf("killed for memory with %s; no agent can give it more than %s per task",
+				bytesize.Format(pl.capacity), bytesize.Format(pl.largestCap))
+		}
+		return decision{move: moveRecord, state: pool.Poison, note: note}
+	case cause.IsWorkerDeath() && spec.OnWorkerDeath == pool.Retry:
+		if d := deathsOf(all); d <= spec.Retries {
+			return decision{move: moveNak, delay: backoff(d)}
+		}
+	}
+	return decision{move: moveRecord, state: pool.Failed}
+}
+
+// backoff is the delay before a task's next delivery after its n-th death:
+// 50 ms doubling to at most 5 s, as on one machine.
+func backoff(n int) time.Duration {
+	d := 50 * time.Millisecond
+	for i := 1; i < n && d < 5*time.Second; i++ {
+		d *= 2
+	}
+	return min(d, 5*time.Second)
+}

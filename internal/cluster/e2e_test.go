@@ -1,0 +1,659 @@
+package cluster_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/safepool/safepool/internal/cluster"
+	"github.com/safepool/safepool/internal/memory"
+	"github.com/safepool/safepool/internal/testenv"
+)
+
+// The tests run the real safepool binary, built once by TestMain, as
+// servers, agents and submitters on the loopback interface. The test binary
+// is also the tasks' worker (helperEnv): it allocates memory, or sleeps.
+
+const helperEnv = "SAFEPOOL_CLUSTER_HELPER"
+
+// startsEnv names a file to which a sleeping helper appends its input as it
+// starts.
+const startsEnv = "SAFEPOOL_CLUSTER_STARTS"
+
+var safepoolBin string
+
+func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) != "" {
+		os.Exit(helper(os.Args[len(os.Args)-1]))
+	}
+	dir, err := os.MkdirTemp("", "safepool-cluster-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	safepoolBin = filepath.Join(dir, "safepool")
+	build := exec.Command("go", append(append([]string{"build"}, raceBuild...), "-o", safepoolBin, "github.com/safepool/safepool/cmd/safepool")...)
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building safepool:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// helper is a task: "alloc:N" touches N MiB and prints "ok N"; "sleep:MS"
+// sleeps MS milliseconds and prints "ok".
+func helper(arg string) int {
+	what, n, _ := strings.Cut(arg, ":")
+	v, _ := strconv.Atoi(n)
+	switch what {
+	case "alloc":
+		b := make([]byte, v<<20)
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = 1
+		}
+		time.Sleep(200 * time.Millisecond)
+		fmt.Println("ok", v, b[len(b)/2])
+	case "sleep":
+		if f := os.Getenv(startsEnv); f != "" {
+			// Note the start, for tests that count how often tasks ran.
+			if fh, err := os.OpenFile(f, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644); err == nil {
+				fh.WriteString(arg + "\n")
+				fh.Close()
+			}
+		}
+		time.Sleep(time.Duration(v) * time.Millisecond)
+		fmt.Println("ok")
+	}
+	return 0
+}
+
+// helperCmd is the one-shot command of a run whose inputs are helper args.
+func helperCmd() []string {
+	return []string{"env", helperEnv + "=1", os.Args[0], "-test.run=^$", "{}"}
+}
+
+// proc is a safepool process a test started; its stderr goes to a file.
+type proc struct {
+	cmd    *exec.Cmd
+	log    string
+	waited chan struct{}
+	out    bytes.Buffer // stdout, for submitters
+}
+
+// start starts safepool with args in dir; Cleanup kills it.
+func start(t *testing.T, dir, name string, args ...string) *proc {
+	t.Helper()
+	p := &proc{log: filepath.Join(dir, name+".log"), waited: make(chan struct{})}
+	f, err := os.Create(p.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.cmd = exec.Command(safepoolBin, args...)
+	p.cmd.Dir = dir
+	p.cmd.Env = append(os.Environ(), startsEnv+"="+filepath.Join(dir, "starts-"+name))
+	p.cmd.Stdout = &p.out
+	p.cmd.Stderr = f
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.cmd.Wait(); f.Close(); close(p.waited) }()
+	t.Cleanup(func() {
+		p.cmd.Process.Signal(syscall.SIGCONT)
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.waited:
+		case <-time.After(10 * time.Second):
+			p.kill()
+		}
+		b, _ := os.ReadFile(p.log)
+		if bytes.Contains(b, []byte("DATA RACE")) {
+			t.Errorf("%s: the race detector found a data race", name)
+		}
+		if t.Failed() {
+			t.Logf("%s stderr:\n%s", name, b)
+		}
+	})
+	return p
+}
+
+// kill SIGKILLs p and every process under it, at once.
+func (p *proc) kill() {
+	pids := descendants(p.cmd.Process.Pid)
+	p.cmd.Process.Kill()
+	for _, pid := range pids {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	<-p.waited
+}
+
+// descendants lists the processes under pid, from /proc.
+func descendants(pid int) []int {
+	parent := map[int][]int{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		pp, _ := strconv.Atoi(f[1])
+		parent[pp] = append(parent[pp], n)
+	}
+	var out []int
+	todo := []int{pid}
+	for len(todo) > 0 {
+		c := parent[todo[0]]
+		todo = append(todo[1:], c...)
+		out = append(out, c...)
+	}
+	return out
+}
+
+// wait waits for p to exit and returns its exit status.
+func (p *proc) wait(t *testing.T, d time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.waited:
+	case <-time.After(d):
+		b, _ := os.ReadFile(p.log)
+		t.Fatalf("safepool %s still running after %v; stderr:\n%s", strings.Join(p.cmd.Args[1:], " "), d, b)
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// stderr returns what p wrote on stderr so far.
+func (p *proc) stderr() string {
+	b, _ := os.ReadFile(p.log)
+	return string(b)
+}
+
+// waitLog waits until p's stderr holds s.
+func (p *proc) waitLog(t *testing.T, s string, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !strings.Contains(p.stderr(), s) {
+		exited := false
+		select {
+		case <-p.waited:
+			exited = true
+		default:
+		}
+		if exited || time.Now().After(deadline) {
+			t.Fatalf("no %q in stderr after %v:\n%s", s, d, p.stderr())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// freePort returns a loopback port nobody listens on now, below the
+// ephemeral range (32768 and up on Linux), so that no outgoing connection
+// takes it before the server listens on it.
+func freePort(t *testing.T) int {
+	t.Helper()
+	for range 100 {
+		port := 20000 + rand.IntN(12000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			l.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+// startServer starts safepool server on port with its store in dir/name.
+func startServer(t *testing.T, dir, name string, port int, extra ...string) *proc {
+	t.Helper()
+	args := append([]string{"server", "--store", filepath.Join(dir, name), "--listen", fmt.Sprintf("127.0.0.1:%d", port)}, extra...)
+	p := start(t, dir, name, args...)
+	p.waitLog(t, "listening on", 30*time.Second)
+	return p
+}
+
+// startAgent starts an agent and waits until it says it is ready.
+func startAgent(t *testing.T, dir, name, url string, extra ...string) *proc {
+	t.Helper()
+	args := append([]string{"agent", "--nats", url, "--name", name}, extra...)
+	p := start(t, dir, name, args...)
+	p.waitLog(t, "slots", 30*time.Second)
+	return p
+}
+
+// submit starts safepool run --nats over inputs, with the JSON summary in
+// dir/name.json.
+func submit(t *testing.T, dir, name, url string, inputs []string, extra ...string) *proc {
+	t.Helper()
+	args := append([]string{"run", "--nats", url, "--json", name + ".json", "--joblog", name + ".tsv"}, extra...)
+	args = append(append(args, helperCmd()...), ":::")
+	args = append(args, inputs...)
+	return start(t, dir, name, args...)
+}
+
+// summaryOf reads a run's JSON summary.
+type summaryJSON struct {
+	ExitStatus int `json:"exit_status"`
+	Tasks      struct {
+		Submitted, Done, Failed, Cancelled, Poison int
+	} `json:"tasks"`
+	Failed []struct {
+		ID      uint64 `json:"id"`
+		State   string `json:"state"`
+		Cause   string `json:"cause"`
+		Message string `json:"message"`
+	} `json:"failed"`
+	Recovered []struct {
+		ID     uint64   `json:"id"`
+		Causes []string `json:"causes"`
+	} `json:"recovered"`
+}
+
+func summaryOf(t *testing.T, dir, name string) summaryJSON {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, name+".json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s summaryJSON
+	if err := json.Unmarshal(b, &s); err != nil {
+		t.Fatalf("%s.json: %v\n%s", name, err, b)
+	}
+	return s
+}
+
+// sleeps returns n inputs that sleep ms each, made distinct by a counter
+// in the milliseconds.
+func sleeps(n, ms int) []string {
+	var in []string
+	for i := 0; i < n; i++ {
+		in = append(in, fmt.Sprintf("sleep:%d", ms+i))
+	}
+	return in
+}
+
+// checkOutputs checks that stdout holds one "ok" line per input.
+func checkOutputs(t *testing.T, p *proc, n int) {
+	t.Helper()
+	lines := strings.Split(strings.TrimSpace(p.out.String()), "\n")
+	if len(lines) != n {
+		t.Errorf("stdout has %d lines, want %d:\n%s", len(lines), n, p.out.String())
+	}
+}
+
+// results counts the results recorded for run in the results bucket, and
+// checks that each of seq 1..n has one.
+func checkRecorded(t *testing.T, url, run string, n int) {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, cluster.ResultsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seqs []int
+	for i := 1; i <= n; i++ {
+		hist, err := kv.History(ctx, fmt.Sprintf("%s.%d", run, i))
+		if err != nil {
+			t.Errorf("task %d: no result recorded: %v", i, err)
+			continue
+		}
+		if len(hist) != 1 {
+			t.Errorf("task %d: %d values recorded, want 1", i, len(hist))
+		}
+		seqs = append(seqs, i)
+	}
+	if len(seqs) != n {
+		t.Errorf("%d results recorded, want %d", len(seqs), n)
+	}
+}
+
+// runIDOf reads the run id the submitter announced.
+func runIDOf(t *testing.T, p *proc) string {
+	t.Helper()
+	p.waitLog(t, "--run-id ", 30*time.Second)
+	s := p.stderr()
+	i := strings.Index(s, "--run-id ") + len("--run-id ")
+	return strings.TrimRight(strings.Fields(s[i:])[0], ")")
+}
+
+// TestAgentKilled: three agents run a batch; one is SIGKILLed with its
+// workers in the middle. Every task completes, and every result is
+// recorded exactly once.
+func TestAgentKilled(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	startServer(t, dir, "server", port)
+	var agents []*proc
+	for i := 1; i <= 3; i++ {
+		agents = append(agents, startAgent(t, dir, fmt.Sprintf("agent%d", i), url, "-j", "2"))
+	}
+	const n = 30
+	sub := submit(t, dir, "run", url, sleeps(n, 600))
+	run := runIDOf(t, sub)
+	// Kill agent2 once it has started a task, and while it runs one.
+	deadline := time.Now().Add(20 * time.Second)
+	for startsOf(dir, "agent2") < 3 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	agents[1].kill()
+	killedStarts := startsOf(dir, "agent2")
+	if st := sub.wait(t, 60*time.Second); st != 0 {
+		t.Fatalf("run exited %d, want 0\n%s", st, sub.stderr())
+	}
+	checkOutputs(t, sub, n)
+	s := summaryOf(t, dir, "run")
+	if s.Tasks.Done != n || s.Tasks.Submitted != n {
+		t.Errorf("summary tasks = %+v, want %d done", s.Tasks, n)
+	}
+	checkRecorded(t, url, run, n)
+	t.Logf("starts: agent1 %d, agent2 %d (killed), agent3 %d", startsOf(dir, "agent1"), killedStarts, startsOf(dir, "agent3"))
+	// The tasks the killed agent was running ran again elsewhere.
+	starts := startsOf(dir, "agent1") + startsOf(dir, "agent3") + killedStarts
+	if killedStarts == 0 || starts <= n {
+		t.Errorf("%d task starts for %d tasks, %d of them on the killed agent: it was running no task", starts, n, killedStarts)
+	}
+}
+
+// TestServerRestart: the server is killed and restarted on the same store
+// in the middle of a run; nothing is lost.
+func TestServerRestart(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	server := startServer(t, dir, "server", port)
+	startAgent(t, dir, "agent1", url, "-j", "3")
+	startAgent(t, dir, "agent2", url, "-j", "3")
+	const n = 40
+	sub := submit(t, dir, "run", url, sleeps(n, 400))
+	run := runIDOf(t, sub)
+	time.Sleep(1200 * time.Millisecond)
+	server.kill()
+	time.Sleep(500 * time.Millisecond)
+	startServer(t, dir, "server-again", port, "--store", filepath.Join(dir, "server"))
+	if st := sub.wait(t, 60*time.Second); st != 0 {
+		t.Fatalf("run exited %d, want 0\n%s", st, sub.stderr())
+	}
+	checkOutputs(t, sub, n)
+	checkRecorded(t, url, run, n)
+}
+
+// TestClusterServerKilled: a JetStream cluster of three servers holds the
+// stream and buckets in three replicas; one server is killed in the middle
+// of a run, and the run completes.
+func TestClusterServerKilled(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	var ports, routes []int
+	for i := 0; i < 3; i++ {
+		ports, routes = append(ports, freePort(t)), append(routes, freePort(t))
+	}
+	var servers []*proc
+	var urls []string
+	for i := 0; i < 3; i++ {
+		var rs []string
+		for j := 0; j < 3; j++ {
+			if j != i {
+				rs = append(rs, fmt.Sprintf("nats://127.0.0.1:%d", routes[j]))
+			}
+		}
+		name := fmt.Sprintf("s%d", i+1)
+		servers = append(servers, startServer(t, dir, name, ports[i], "--name", name,
+			"--cluster", fmt.Sprintf("127.0.0.1:%d", routes[i]), "--routes", strings.Join(rs, ",")))
+		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", ports[i]))
+	}
+	// Agents and submitters set the stream and buckets up with three
+	// replicas: the cluster must have formed and elected its JetStream
+	// leader first.
+	waitJetStream(t, urls)
+	// Each client starts on a different server.
+	rot := func(k int) string { return strings.Join(append(slices.Clone(urls[k:]), urls[:k]...), ",") }
+	startAgent(t, dir, "agent1", rot(1), "-j", "3")
+	startAgent(t, dir, "agent2", rot(2), "-j", "3")
+	const n = 40
+	sub := submit(t, dir, "run", rot(0), sleeps(n, 400))
+	run := runIDOf(t, sub)
+	time.Sleep(1500 * time.Millisecond)
+	servers[0].kill()
+	if st := sub.wait(t, 90*time.Second); st != 0 {
+		t.Fatalf("run exited %d, want 0\n%s", st, sub.stderr())
+	}
+	checkOutputs(t, sub, n)
+	checkRecorded(t, rot(1), run, n)
+	checkReplicas(t, rot(1), 3)
+}
+
+// waitJetStream waits until JetStream answers through every server of urls.
+func waitJetStream(t *testing.T, urls []string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for _, u := range urls {
+		for {
+			err := func() error {
+				nc, err := nats.Connect(u)
+				if err != nil {
+					return err
+				}
+				defer nc.Close()
+				js, _ := jetstream.New(nc)
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				defer cancel()
+				_, err = js.AccountInfo(ctx)
+				return err
+			}()
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("JetStream at %s: %v", u, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	// And until a stream of three replicas has all three current: every
+	// server is a peer of the JetStream cluster.
+	nc, err := nats.Connect(strings.Join(urls, ","))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for {
+		st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "PROBE", Subjects: []string{"probe"}, Replicas: 3})
+		if err == nil {
+			info, err := st.Info(ctx)
+			current := 0
+			if err == nil && info.Cluster != nil && info.Cluster.Leader != "" {
+				for _, r := range info.Cluster.Replicas {
+					if r.Current {
+						current++
+					}
+				}
+			}
+			if current == 2 {
+				js.DeleteStream(ctx, "PROBE")
+				return
+			}
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the JetStream cluster did not form: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// checkReplicas checks that the task stream and the buckets have want
+// replicas.
+func checkReplicas(t *testing.T, url string, want int) {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, name := range []string{cluster.StreamName, "KV_" + cluster.ResultsBucket, "KV_" + cluster.RunsBucket} {
+		st, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Errorf("stream %s: %v", name, err)
+			continue
+		}
+		if r := st.CachedInfo().Config.Replicas; r != want {
+			t.Errorf("stream %s has %d replicas, want %d", name, r, want)
+		}
+	}
+}
+
+// TestOOMMovesToLargerAgent: a task killed for memory on an agent with a
+// small limit completes on an agent with a large one; a task too large for
+// every agent is poison, with the reason.
+func TestOOMMovesToLargerAgent(t *testing.T) {
+	t.Parallel()
+	m, err := memory.NewManager()
+	if err != nil {
+		testenv.SkipOrFail(t, "memory cgroups: "+err.Error())
+		return
+	}
+	mode, reason := m.Mode(), m.Reason()
+	m.Close()
+	if !mode.PerWorker() {
+		testenv.SkipOrFail(t, reason)
+		return
+	}
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	startServer(t, dir, "server", port)
+	startAgent(t, dir, "small", url, "-j", "1", "--mem-limit", "64MiB")
+	large := startAgent(t, dir, "large", url, "-j", "1", "--mem-limit", "512MiB")
+	// The large agent is advertised but takes nothing until the small one
+	// has failed the big task: stopped, once its pending pull has expired.
+	time.Sleep(300 * time.Millisecond)
+	large.cmd.Process.Signal(syscall.SIGSTOP)
+	time.Sleep(time.Second)
+	sub := submit(t, dir, "run", url, []string{"alloc:8", "alloc:200", "alloc:8", "alloc:900"})
+	deadline := time.Now().Add(30 * time.Second)
+	for strings.Count(readLog(dir, "small"), "handed on") < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the small agent handed on no task:\n%s", readLog(dir, "small"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	large.cmd.Process.Signal(syscall.SIGCONT)
+	if st := sub.wait(t, 60*time.Second); st != 1 {
+		t.Fatalf("run exited %d, want 1 (one poison task)\n%s", st, sub.stderr())
+	}
+	s := summaryOf(t, dir, "run")
+	if s.Tasks.Done != 3 || s.Tasks.Poison != 1 {
+		t.Errorf("tasks = %+v, want 3 done and 1 poison", s.Tasks)
+	}
+	if len(s.Recovered) != 1 || s.Recovered[0].ID != 2 || !slices.Equal(s.Recovered[0].Causes, []string{"oom"}) {
+		t.Errorf("recovered = %+v, want task 2 after oom", s.Recovered)
+	}
+	if len(s.Failed) != 1 || s.Failed[0].ID != 4 || s.Failed[0].State != "poison" || !strings.Contains(s.Failed[0].Message, "largest agent") {
+		t.Errorf("failed = %+v, want task 4 poison on the largest agent", s.Failed)
+	}
+}
+
+// startsOf counts the task starts of the agent called name.
+func startsOf(dir, name string) int {
+	b, _ := os.ReadFile(filepath.Join(dir, "starts-"+name))
+	return strings.Count(string(b), "\n")
+}
+
+func readLog(dir, name string) string {
+	b, _ := os.ReadFile(filepath.Join(dir, name+".log"))
+	return string(b)
+}
+
+// TestSubmitterRestart: the submitter is SIGKILLed in the middle of a run;
+// started again with the run's id, it shows every task's result once and
+// exits as the whole run would have.
+func TestSubmitterRestart(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	startServer(t, dir, "server", port)
+	startAgent(t, dir, "agent1", url, "-j", "2")
+	const n = 12
+	in := sleeps(n, 500)
+	first := submit(t, dir, "first", url, in)
+	run := runIDOf(t, first)
+	for startsOf(dir, "agent1") < 4 {
+		time.Sleep(20 * time.Millisecond)
+	}
+	first.kill()
+	again := submit(t, dir, "again", url, in, "--run-id", run)
+	if st := again.wait(t, 60*time.Second); st != 0 {
+		t.Fatalf("run exited %d, want 0\n%s", st, again.stderr())
+	}
+	if !strings.Contains(again.stderr(), "resumed") {
+		t.Errorf("stderr does not say the run was resumed:\n%s", again.stderr())
+	}
+	checkOutputs(t, again, n)
+	if s := summaryOf(t, dir, "again"); s.Tasks.Done != n {
+		t.Errorf("tasks = %+v, want %d done", s.Tasks, n)
+	}
+	if starts := startsOf(dir, "agent1"); starts != n {
+		t.Errorf("%d task starts, want %d: a resumed run ran tasks again", starts, n)
+	}
+	checkRecorded(t, url, run, n)
+}
+
+// TestNoAgentFits: tasks that need more memory than any live agent has are
+// reported by the submitter, not left waiting silently; so is a run with no
+// agent at all.
+func TestNoAgentFits(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	startServer(t, dir, "server", port)
+	alone := submit(t, dir, "alone", url, []string{"sleep:1"})
+	alone.waitLog(t, "no agent is connected", 20*time.Second)
+	startAgent(t, dir, "agent1", url, "-j", "1", "--mem-limit", "64MiB")
+	if st := alone.wait(t, 30*time.Second); st != 0 {
+		t.Fatalf("run exited %d once an agent came, want 0\n%s", st, alone.stderr())
+	}
+	big := submit(t, dir, "big", url, []string{"sleep:1", "sleep:2"}, "--mem-per-task", "1GiB")
+	big.waitLog(t, "2 tasks need more than 512 MiB of memory, and no agent has that much (the largest gives 64 MiB per task)", 20*time.Second)
+}

@@ -1,0 +1,146 @@
+package cluster
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/safepool/safepool/pool"
+)
+
+// RunSpec is what every agent needs to know of a run to run its tasks: the
+// worker command and the run's policy. The submitter records it in
+// RunsBucket before it publishes the first task.
+type RunSpec struct {
+	// ID names the run.
+	ID string `json:"id"`
+	// Protocol is pool.OneShot (safepool run) or pool.Line (safepool map).
+	Protocol pool.Protocol `json:"protocol"`
+	// Command is the worker command: for one-shot runs the template, for
+	// information (each task carries its own argument vector).
+	Command []string `json:"command"`
+	// Retries is how many more attempts a task gets after worker deaths
+	// under OnWorkerDeath Retry, counted over every machine.
+	Retries int `json:"retries"`
+	// OnWorkerDeath is the run's policy: retry, skip or abort.
+	OnWorkerDeath pool.Action `json:"on_worker_death"`
+	// Timeout bounds each attempt; zero means the agent's own --timeout.
+	Timeout time.Duration `json:"timeout"`
+	// Pipeline and StallTimeout configure line workers (map); zero means
+	// the pool's defaults.
+	Pipeline     int           `json:"pipeline,omitempty"`
+	StallTimeout time.Duration `json:"stall_timeout,omitempty"`
+	MaxLine      int64         `json:"max_line,omitempty"`
+	// MaxTasks, MaxRSS and StartTimeout are map's --max-tasks, --max-rss
+	// and --start-timeout; zero means the pool's defaults.
+	MaxTasks     int           `json:"max_tasks,omitempty"`
+	MaxRSS       int64         `json:"max_rss,omitempty"`
+	StartTimeout time.Duration `json:"start_timeout,omitempty"`
+	// Created is when the run was first submitted.
+	Created time.Time `json:"created"`
+	// Aborted reports whether the submitter aborted the run under the
+	// abort policy; agents drop its tasks.
+	Aborted bool `json:"aborted,omitempty"`
+}
+
+// TaskMsg is one task as it travels on the stream.
+type TaskMsg struct {
+	// Run is the run's id; Seq the task's number in it, from 1.
+	Run string `json:"run"`
+	Seq uint64 `json:"seq"`
+	// Input is the input line; Args the one-shot argument vector.
+	Input []byte   `json:"input"`
+	Args  []string `json:"args,omitempty"`
+	// Need is the memory in bytes the task is known to need, 0 if none;
+	// it decides the task's class.
+	Need int64 `json:"need,omitempty"`
+	// Moved counts the times the task went to a larger class; a task
+	// that moved has attempts recorded in AttemptsBucket.
+	Moved int `json:"moved,omitempty"`
+}
+
+// AttemptRecord is one attempt of a task on some agent: a pool.Attempt
+// with the agent's name. Number counts the task's charged attempts over
+// every agent; the other fields are pool.Attempt's.
+type AttemptRecord struct {
+	Number int `json:"number"`
+	// Agent names the agent that ran the attempt.
+	Agent     string     `json:"agent"`
+	WorkerPID int        `json:"worker_pid"`
+	Start     time.Time  `json:"start"`
+	End       time.Time  `json:"end"`
+	Cause     pool.Cause `json:"cause,omitempty"`
+	ExitCode  int        `json:"exit_code"`
+	Signal    string     `json:"signal,omitempty"`
+	PeakRSS   int64      `json:"peak_rss,omitempty"`
+	Message   string     `json:"message,omitempty"`
+}
+
+// ResultRecord is a task's one recorded result, the value in ResultsBucket.
+type ResultRecord struct {
+	// Seq is the task's number in its run; Input and Args the task.
+	Seq   uint64     `json:"seq"`
+	Input []byte     `json:"input"`
+	Args  []string   `json:"args,omitempty"`
+	State pool.State `json:"state"`
+	// Output is the one-shot stdout or the line worker's answer; Stderr
+	// the one-shot stderr.
+	Output []byte `json:"output,omitempty"`
+	Stderr []byte `json:"stderr,omitempty"`
+	// Attempts lists every attempt, on every agent, in order.
+	Attempts []AttemptRecord `json:"attempts"`
+	// Agent names the agent that recorded the result.
+	Agent string `json:"agent"`
+}
+
+// attemptsRecord is the value in AttemptsBucket: the charged attempts of a
+// task's earlier deliveries.
+type attemptsRecord struct {
+	Attempts []AttemptRecord `json:"attempts"`
+}
+
+// AgentInfo is what an agent advertises in AgentsBucket.
+type AgentInfo struct {
+	// Name is the agent's name; Host the machine's host name.
+	Name string `json:"name"`
+	Host string `json:"host"`
+	// Slots is the agent's -j.
+	Slots int `json:"slots"`
+	// Capacity is the most memory, in bytes, one task may use there: its
+	// --mem-limit, else its memory budget.
+	Capacity int64 `json:"capacity"`
+	// MaxClass is FitClass(Capacity).
+	MaxClass int `json:"max_class"`
+	// Updated is when the agent last refreshed the entry.
+	Updated time.Time `json:"updated"`
+}
+
+// Result converts a record into the pool.Result the CLI renders.
+func (r *ResultRecord) Result() pool.Result {
+	res := pool.Result{ID: r.Seq, Input: r.Input, Args: r.Args, State: r.State, Output: r.Output, Stderr: r.Stderr}
+	for _, a := range r.Attempts {
+		res.Attempts = append(res.Attempts, pool.Attempt{
+			Number: a.Number, WorkerPID: a.WorkerPID, Start: a.Start, End: a.End,
+			Cause: a.Cause, ExitCode: a.ExitCode, Signal: a.Signal, PeakRSS: a.PeakRSS, Message: a.Message,
+		})
+	}
+	return res
+}
+
+// attemptRecords converts a local pool's attempts, numbering them after
+// the charged attempts the task had before (base).
+func attemptRecords(agent string, base int, as []pool.Attempt) []AttemptRecord {
+	out := make([]AttemptRecord, 0, len(as))
+	for _, a := range as {
+		out = append(out, AttemptRecord{
+			Number: base + a.Number, Agent: agent, WorkerPID: a.WorkerPID, Start: a.Start, End: a.End,
+			Cause: a.Cause, ExitCode: a.ExitCode, Signal: a.Signal, PeakRSS: a.PeakRSS, Message: a.Message,
+		})
+	}
+	return out
+}
+
+// unmarshal decodes a JSON record.
+func unmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// marshal encodes a record.
+func marshal(v any) ([]byte, error) { return json.Marshal(v) }

@@ -1,0 +1,200 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Conn is a connection to a NATS deployment with JetStream, and the
+// stream, consumers and buckets a run uses, created if absent.
+type Conn struct {
+	nc *nats.Conn
+	js jetstream.JetStream
+
+	stream   jetstream.Stream
+	runs     jetstream.KeyValue
+	results  jetstream.KeyValue
+	attempts jetstream.KeyValue
+	agents   jetstream.KeyValue
+	// Replicas is how many servers hold each stream and bucket: 3 on a
+	// JetStream cluster, 1 on a single server.
+	Replicas int
+}
+
+// Dial connects to the NATS server at url (a comma-separated list of
+// servers is allowed) as name, and sets up the JetStream objects: file
+// storage, replicated three times when the server is part of a cluster. The
+// connection reconnects for ever; Close ends it.
+func Dial(ctx context.Context, url, name string) (*Conn, error) {
+	nc, err := nats.Connect(url,
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond),
+		nats.RetryOnFailedConnect(false),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: connecting to %s: %w", url, err)
+	}
+	c := &Conn{nc: nc}
+	if err := c.setup(ctx); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// Close closes the connection.
+func (c *Conn) Close() { c.nc.Close() }
+
+func (c *Conn) setup(ctx context.Context) error {
+	js, err := jetstream.New(c.nc)
+	if err != nil {
+		return fmt.Errorf("cluster: JetStream: %w", err)
+	}
+	c.js = js
+	c.Replicas = 1
+	if c.nc.ConnectedClusterName() != "" {
+		c.Replicas = 3
+	}
+	// Setting up may race with the server still electing leaders (a
+	// cluster starting, a server restarting): try for a while.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err = c.create(ctx)
+		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		if !sleep(ctx, 500*time.Millisecond) {
+			break
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("cluster: setting up JetStream at %s: %w", c.nc.ConnectedUrlRedacted(), err)
+	}
+	return nil
+}
+
+// create creates or updates the stream, the class consumers and the
+// buckets.
+func (c *Conn) create(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := c.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:       StreamName,
+		Subjects:   []string{subjectPrefix + ".>"},
+		Retention:  jetstream.WorkQueuePolicy,
+		Storage:    jetstream.FileStorage,
+		Replicas:   c.Replicas,
+		Duplicates: dedupWindow,
+	})
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", StreamName, err)
+	}
+	c.stream = st
+	for k := 0; k <= MaxClass; k++ {
+		_, err := st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+			Durable:       consumerName(k),
+			FilterSubject: fmt.Sprintf("%s.%d.>", subjectPrefix, k),
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			AckWait:       AckWait,
+			MaxDeliver:    -1,
+			MaxAckPending: -1,
+			Replicas:      c.Replicas,
+		})
+		if err != nil {
+			return fmt.Errorf("consumer %s: %w", consumerName(k), err)
+		}
+	}
+	for _, b := range []struct {
+		kv  *jetstream.KeyValue
+		cfg jetstream.KeyValueConfig
+	}{
+		{&c.runs, jetstream.KeyValueConfig{Bucket: RunsBucket, TTL: resultsTTL}},
+		{&c.results, jetstream.KeyValueConfig{Bucket: ResultsBucket, TTL: resultsTTL}},
+		{&c.attempts, jetstream.KeyValueConfig{Bucket: AttemptsBucket, TTL: resultsTTL}},
+		{&c.agents, jetstream.KeyValueConfig{Bucket: AgentsBucket, TTL: agentTTL}},
+	} {
+		b.cfg.Storage = jetstream.FileStorage
+		b.cfg.Replicas = c.Replicas
+		kv, err := c.js.CreateOrUpdateKeyValue(ctx, b.cfg)
+		if err != nil {
+			return fmt.Errorf("bucket %s: %w", b.cfg.Bucket, err)
+		}
+		*b.kv = kv
+	}
+	return nil
+}
+
+// liveAgents returns the agents that advertise their capacity now.
+func (c *Conn) liveAgents(ctx context.Context) ([]AgentInfo, error) {
+	l, err := c.agents.ListKeys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []AgentInfo
+	for k := range l.Keys() {
+		e, err := c.agents.Get(ctx, k)
+		if err != nil {
+			continue // expired meanwhile
+		}
+		var a AgentInfo
+		if unmarshal(e.Value(), &a) == nil {
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+// largestClass returns the largest class any live agent fits, and the
+// largest capacity, or -1 when no agent is live.
+func largestClass(agents []AgentInfo) (int, int64) {
+	k, c := -1, int64(0)
+	for _, a := range agents {
+		k, c = max(k, a.MaxClass), max(c, a.Capacity)
+	}
+	return k, c
+}
+
+// isGone reports whether err says a key is absent.
+func isGone(err error) bool {
+	return errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted)
+}
+
+// sleep waits d, and reports false if ctx ended first.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// retry calls f until it succeeds or ctx ends, waiting between tries: for
+// the writes that must not be lost while a server restarts or a cluster
+// elects a new leader.
+func retry(ctx context.Context, f func(ctx context.Context) error) error {
+	wait := 100 * time.Millisecond
+	for {
+		tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := f(tctx)
+		cancel()
+		if err == nil || errors.Is(err, errPermanent) {
+			return err
+		}
+		if !sleep(ctx, wait) {
+			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
+}
+
+// errPermanent marks an error retry must not retry.
+var errPermanent = errors.New("permanent")

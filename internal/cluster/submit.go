@@ -1,0 +1,220 @@
+package cluster
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/safepool/safepool/internal/bytesize"
+)
+
+// NewRunID returns a fresh run id: the date and time, and random hex.
+func NewRunID() string {
+	var b [4]byte
+	rand.Read(b[:])
+	return time.Now().UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b[:])
+}
+
+// ErrRunExists is returned by Begin when a run of that id exists and the
+// caller did not ask to resume it.
+var ErrRunExists = errors.New("cluster: a run of that id exists")
+
+// Run is one run as its submitter sees it.
+type Run struct {
+	c    *Conn
+	Spec RunSpec
+	// Resumed reports whether the run existed: a submitter restarted with
+	// its id.
+	Resumed bool
+
+	mu       sync.Mutex      // guards recorded
+	recorded map[uint64]bool // tasks whose result was recorded at Begin
+}
+
+// Begin records spec and returns its run. When a run of that id exists,
+// resume says whether to carry it on (it must have the same protocol and
+// command): the tasks already recorded are then known to Recorded.
+func (c *Conn) Begin(ctx context.Context, spec RunSpec, resume bool) (*Run, error) {
+	if err := CheckRunID(spec.ID); err != nil {
+		return nil, err
+	}
+	spec.Created = time.Now()
+	body, _ := marshal(spec)
+	r := &Run{c: c, Spec: spec, recorded: map[uint64]bool{}}
+	err := retry(ctx, func(ctx context.Context) error {
+		_, err := c.runs.Create(ctx, spec.ID, body)
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return fmt.Errorf("%w%w", err, errPermanent)
+		}
+		return err
+	})
+	if err == nil {
+		return r, nil
+	}
+	if !errors.Is(err, jetstream.ErrKeyExists) {
+		return nil, fmt.Errorf("cluster: recording run %s: %w", spec.ID, err)
+	}
+	if !resume {
+		return nil, fmt.Errorf("%w: %s", ErrRunExists, spec.ID)
+	}
+	e, err := c.runs.Get(ctx, spec.ID)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: reading run %s: %w", spec.ID, err)
+	}
+	var old RunSpec
+	if err := unmarshal(e.Value(), &old); err != nil {
+		return nil, fmt.Errorf("cluster: reading run %s: %w", spec.ID, err)
+	}
+	switch {
+	case old.Aborted:
+		return nil, fmt.Errorf("cluster: run %s was aborted; start a new run", spec.ID)
+	case old.Protocol != spec.Protocol || !slices.Equal(old.Command, spec.Command):
+		return nil, fmt.Errorf("cluster: run %s ran %q, not %q", spec.ID, strings.Join(old.Command, " "), strings.Join(spec.Command, " "))
+	}
+	r.Spec, r.Resumed = old, true
+	l, err := c.results.ListKeysFiltered(ctx, spec.ID+".*")
+	if err != nil {
+		return nil, fmt.Errorf("cluster: listing the results of run %s: %w", spec.ID, err)
+	}
+	for k := range l.Keys() {
+		if seq, err := strconv.ParseUint(k[len(spec.ID)+1:], 10, 64); err == nil {
+			r.recorded[seq] = true
+		}
+	}
+	return r, nil
+}
+
+// Recorded reports whether task seq's result was recorded when the run was
+// resumed, so that it need not be published again.
+func (r *Run) Recorded(seq uint64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.recorded[seq]
+}
+
+// Publish queues a task. The message id makes a publish retried after a
+// lost acknowledgement, or by a restarted submitter, a no-op.
+func (r *Run) Publish(ctx context.Context, t TaskMsg) error {
+	t.Run = r.Spec.ID
+	k := ClassOf(t.Need)
+	body, err := marshal(t)
+	if err != nil {
+		return err
+	}
+	if max := r.c.nc.MaxPayload() - 1024; int64(len(body)) > max {
+		return fmt.Errorf("cluster: task %d is %s, more than a NATS message holds (%s)", t.Seq, bytesize.Format(int64(len(body))), bytesize.Format(max))
+	}
+	return retry(ctx, func(ctx context.Context) error {
+		_, err := r.c.js.Publish(ctx, taskSubject(k, t.Run), body, jetstream.WithMsgID(msgID(t.Run, t.Seq, k)))
+		return err
+	})
+}
+
+// Results sends each of the run's results once, those recorded already
+// first, on the returned channel until ctx ends; then it closes the
+// channel. A watch that goes quiet, as after a server restart, is started
+// again.
+func (r *Run) Results(ctx context.Context) <-chan ResultRecord {
+	out := make(chan ResultRecord)
+	go func() {
+		defer close(out)
+		seen := map[uint64]bool{}
+		for ctx.Err() == nil {
+			r.watchOnce(ctx, seen, out)
+			sleep(ctx, 200*time.Millisecond)
+		}
+	}()
+	return out
+}
+
+// quietWatch is how long a watch may bring nothing before it is started
+// again.
+const quietWatch = 5 * time.Second
+
+func (r *Run) watchOnce(ctx context.Context, seen map[uint64]bool, out chan<- ResultRecord) {
+	w, err := r.c.results.Watch(ctx, r.Spec.ID+".*")
+	if err != nil {
+		return
+	}
+	defer w.Stop()
+	quiet := time.NewTimer(quietWatch)
+	defer quiet.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-quiet.C:
+			return
+		case e, ok := <-w.Updates():
+			if !ok {
+				return
+			}
+			quiet.Reset(quietWatch)
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			var rec ResultRecord
+			if unmarshal(e.Value(), &rec) != nil || seen[rec.Seq] {
+				continue
+			}
+			seen[rec.Seq] = true
+			select {
+			case out <- rec:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+// Abort marks the run aborted, so that agents drop its tasks, and removes
+// the tasks still queued.
+func (r *Run) Abort(ctx context.Context) error {
+	r.Spec.Aborted = true
+	body, _ := marshal(r.Spec)
+	err := retry(ctx, func(ctx context.Context) error {
+		_, err := r.c.runs.Put(ctx, r.Spec.ID, body)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return retry(ctx, func(ctx context.Context) error {
+		return r.c.stream.Purge(ctx, jetstream.WithPurgeSubject(fmt.Sprintf("%s.*.%s", subjectPrefix, r.Spec.ID)))
+	})
+}
+
+// Waiting says what keeps tasks from running, or "" when nothing does: no
+// live agent at all, or tasks in a memory class no live agent fits.
+func (r *Run) Waiting(ctx context.Context) string {
+	agents, err := r.c.liveAgents(ctx)
+	if err != nil {
+		return ""
+	}
+	if len(agents) == 0 {
+		return "no agent is connected; start one on each machine with: safepool agent --nats URL"
+	}
+	largest, capacity := largestClass(agents)
+	for k := MaxClass; k > largest; k-- {
+		c, err := r.c.stream.Consumer(ctx, consumerName(k))
+		if err != nil {
+			continue
+		}
+		info, err := c.Info(ctx)
+		if err != nil || info.NumPending == 0 {
+			continue
+		}
+		return fmt.Sprintf("%d tasks need more than %s of memory, and no agent has that much (the largest gives %s per task); they wait for one",
+			info.NumPending, bytesize.Format(classBound(k-1)), bytesize.Format(capacity))
+	}
+	return ""
+}
