@@ -239,6 +239,9 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opt Options) error 
 		_ = bw.Flush()
 		return err
 	}
+	if url := remoteURL(f.payload); url != "" { // Pool(nats=URL): the agents run the tasks (remote.go)
+		return serveRemote(ctx, url, h, br, bw, opt)
+	}
 	if opt.Stdout == nil {
 		opt.Stdout = os.Stdout
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -479,6 +480,17 @@ func (a *Agent) finish(h *held, r pool.Result) {
 		}
 		if r.Stderr == nil {
 			rec.Stderr, _ = io.ReadAll(r.StderrReader())
+		}
+		if h.spec.Protocol == pool.Framed && r.Cause() == pool.CauseTaskError && len(rec.Attempts) > 0 {
+			// A framed worker's error payload may hold bytes after a NUL
+			// (the Python worker's pickled exception), which a JSON string
+			// would not keep: the payload travels whole as the output, and
+			// the message keeps its text.
+			last := &rec.Attempts[len(rec.Attempts)-1]
+			rec.Output = []byte(last.Message)
+			if k := strings.IndexByte(last.Message, 0); k >= 0 {
+				last.Message = last.Message[:k]
+			}
 		}
 		if d.note != "" && len(rec.Attempts) > 0 {
 			last := &rec.Attempts[len(rec.Attempts)-1]

@@ -13,7 +13,8 @@ import (
 type RunSpec struct {
 	// ID names the run.
 	ID string `json:"id"`
-	// Protocol is pool.OneShot (safepool run) or pool.Line (safepool map).
+	// Protocol is pool.OneShot (safepool run), pool.Line (safepool map)
+	// or pool.Framed (the Python client's Pool(nats=URL)).
 	Protocol pool.Protocol `json:"protocol"`
 	// Command is the worker command: for one-shot runs the template, for
 	// information (each task carries its own argument vector).

@@ -170,6 +170,13 @@ class Launch:
         # frame up to one budget, and the worker sends error frames only for
         # the exceptions to retry (docs/python.md).
         hello["task_error_retries"] = max(options.task_error_retries, self.retries)
+        if options.nats:
+            # The workers run on the agents, other machines: they get no
+            # file of this one (an initializer's, or memory files).
+            if initializer is not None:
+                raise ValueError("initializer does not work with nats=: the workers run on the agents")
+            from . import _oob
+            _oob.IN_BAND[0] = True
         frame = hello_frame(hello)
         self.init_file = None
         binary = _binary.find_binary()
@@ -180,7 +187,9 @@ class Launch:
         env[ENV_ARGV] = pack_strings(sys.argv)
         env.pop(ENV_MAIN, None)
         env.pop(ENV_INIT, None)
-        self.main = main = main_spec()  # None: workers import no __main__
+        # None: workers import no __main__. The agents' workers do not:
+        # what it defines goes by value with cloudpickle.
+        self.main = main = None if options.nats else main_spec()
         if main:
             env[ENV_MAIN] = main
         if initializer is not None:

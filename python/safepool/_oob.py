@@ -58,6 +58,11 @@ _TASK = struct.Struct("<BIiQQiQQI")
 _RESULT = struct.Struct("<BQI")
 _SPAN = struct.Struct("<QQ")
 
+# True once this process made a pool whose workers run on other machines
+# (Pool(nats=URL)), which cannot open its memory files: from then on its
+# tasks' payloads go in band, and their workers send results in band.
+IN_BAND = [False]
+
 # Each task's region of the inbox; a result's buffers must fit in it.
 REGION = 1 << 36
 # Region numbers go round after this many (2**63 bytes is the file size limit).
@@ -323,7 +328,7 @@ def encode(obj, main_importable=True):
     The caller keeps ticket while the task may still run (a retry sends the
     same payload), and releases it when the task has ended (decode() does,
     and so does garbage collection)."""
-    box = _client_inbox()
+    box = False if IN_BAND[0] else _client_inbox()
     region = box.region() if box else 0
     big = []
     if not box:  # no memfd, or workers cannot open this process's: in band

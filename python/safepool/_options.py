@@ -138,7 +138,7 @@ class EngineOptions:
 
     def __init__(self, *, mem_budget=None, mem_per_task=None, mem_reserve=None, mem_high=None,
                  mem_psi=None, no_governor=False, backoff=None, max_backoff=None, task_error_retries=0,
-                 soft_timeout=None, retry_on=None, wait_timeout=None):
+                 soft_timeout=None, retry_on=None, wait_timeout=None, nats=None):
         self.mem_budget = parse_size(mem_budget)
         self.mem_per_task = parse_size(mem_per_task)
         self.mem_reserve = parse_size(mem_reserve)
@@ -167,6 +167,11 @@ class EngineOptions:
         self.soft_timeout = _limit(soft_timeout, "soft_timeout") or 0.0
         self.retry_on = check_retry_on(retry_on)
         self.wait_timeout = _limit(wait_timeout, "wait_timeout") or 0.0
+        # The NATS server whose agents run the items (docs/cluster.md), or
+        # None: local workers.
+        if nats is not None and (not isinstance(nats, str) or not nats.strip()):
+            raise TypeError("nats must be a NATS server's URL such as 'nats://host:4222', not %r" % (nats,))
+        self.nats = nats
 
     def hello(self) -> dict:
         """The members of the bridge's hello frame (internal/bridge Hello)."""
@@ -180,7 +185,7 @@ class EngineOptions:
             "backoff": self.backoff,
             "max_backoff": self.max_backoff,
             "task_error_retries": self.task_error_retries,
-        }
+        } | ({"nats": self.nats} if self.nats else {})
 
 
 def journal_options(journal, resume, resume_failed):

@@ -55,7 +55,7 @@ class Executor(concurrent.futures.Executor):
                                 mem_high=mem_high, mem_psi=mem_psi, no_governor=no_governor,
                                 backoff=backoff, max_backoff=max_backoff,
                                 task_error_retries=task_error_retries, soft_timeout=soft_timeout,
-                                retry_on=retry_on, wait_timeout=wait_timeout)
+                                retry_on=retry_on, wait_timeout=wait_timeout, nats=nats)
         launch = _launch.Launch(max_workers, initializer=initializer, initargs=initargs, retries=retries,
                                 on_worker_death=on_worker_death, timeout=timeout, mem_limit=parse_size(mem_limit),
                                 max_tasks_per_child=max_tasks_per_child, max_rss=parse_size(max_rss),

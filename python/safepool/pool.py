@@ -135,7 +135,7 @@ class Pool:
                  mem_psi: Optional[float] = None, no_governor: bool = False,
                  backoff: Optional[float] = None, max_backoff: Optional[float] = None,
                  task_error_retries: int = 0, soft_timeout: Optional[float] = None,
-                 retry_on: Any = None, wait_timeout: Optional[float] = None,
+                 retry_on: Any = None, wait_timeout: Optional[float] = None, nats: Optional[str] = None,
                  journal: Any = None, resume: bool = False, resume_failed: bool = False):
         self._state = None  # no pool to warn about in __del__ if this fails
         self._journal = None
@@ -148,7 +148,7 @@ class Pool:
                                 mem_high=mem_high, mem_psi=mem_psi, no_governor=no_governor,
                                 backoff=backoff, max_backoff=max_backoff,
                                 task_error_retries=task_error_retries, soft_timeout=soft_timeout,
-                                retry_on=retry_on, wait_timeout=wait_timeout)
+                                retry_on=retry_on, wait_timeout=wait_timeout, nats=nats)
         launch = _launch.Launch(processes, initializer=initializer, initargs=initargs, retries=retries,
                                 on_worker_death=on_worker_death, timeout=timeout,
                                 mem_limit=parse_size(mem_limit),

@@ -1,0 +1,105 @@
+"""Pool(nats=URL): the items run on the agents of a safepool server
+(docs/cluster.md), real processes: a server, two agents, their workers."""
+import functools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+
+import safepool
+
+from . import cluster_helpers
+from .support import PYTHON_DIR, skip_or_fail
+
+BINARY = os.path.join(PYTHON_DIR, "safepool", "_bin", "safepool")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ClusterTest(unittest.TestCase):
+    def setUp(self):
+        if not os.access(BINARY, os.X_OK):
+            skip_or_fail(self, "no safepool binary at %s (go build -o %s ./cmd/safepool)" % (BINARY, BINARY))
+        self.dir = tempfile.mkdtemp(prefix="safepool-cluster-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.procs = []
+        self.addCleanup(self._stop_all)
+        port = _free_port()
+        self.url = "nats://127.0.0.1:%d" % port
+        self.server = self._start("server", [BINARY, "server", "--store", os.path.join(self.dir, "store"),
+                                             "--listen", "127.0.0.1:%d" % port])
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.5).close()
+                break
+            except OSError:
+                if self.server.poll() is not None or time.monotonic() > deadline:
+                    self.fail("the server did not start: %s" % self._log("server"))
+                time.sleep(0.05)
+        self.agents = [self._start("agent%d" % i, [BINARY, "agent", "--nats", self.url, "-j", "2",
+                                                   "--name", "a%d" % i]) for i in range(2)]
+
+    def _start(self, name, argv):
+        env = dict(os.environ)
+        # The agents' workers import safepool and the tests' functions.
+        env["PYTHONPATH"] = PYTHON_DIR + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        log = open(os.path.join(self.dir, name + ".log"), "wb")
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                             start_new_session=True)
+        log.close()
+        self.procs.append(p)
+        return p
+
+    def _log(self, name):
+        with open(os.path.join(self.dir, name + ".log"), "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def _stop_all(self):
+        # Agents first, then the server; each is a session leader, and its
+        # group (its workers) goes with it.
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    pass
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            p.wait()
+
+    def test_map_on_two_agents(self):
+        with safepool.Pool(2, nats=self.url) as pool:
+            self.assertEqual(pool.map(cluster_helpers.slow_square, range(50)), [x * x for x in range(50)])
+            # An exception comes back as it does from local workers.
+            with self.assertRaisesRegex(ValueError, "no 3"):
+                pool.map(cluster_helpers.fail_on, range(5))
+            # Both agents took items.
+            agents = {pid for _, pid in pool.map(cluster_helpers.where, range(40))}
+        self.assertEqual(agents, {a.pid for a in self.agents})
+
+    def test_agent_killed_mid_run(self):
+        f = functools.partial(cluster_helpers.slow_square, pause=0.2)
+        out = []
+        with safepool.Pool(2, nats=self.url) as pool:
+            for i, r in enumerate(pool.imap(f, range(50))):
+                out.append(r)
+                if i == 5:
+                    os.killpg(self.agents[0].pid, signal.SIGKILL)
+        self.assertEqual(out, [x * x for x in range(50)])
+        self.agents[0].wait()
+
+
+if __name__ == "__main__":
+    unittest.main()
