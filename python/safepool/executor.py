@@ -41,7 +41,7 @@ class Executor(concurrent.futures.Executor):
                  no_governor: bool = False, backoff: Optional[float] = None,
                  max_backoff: Optional[float] = None, task_error_retries: int = 0,
                  soft_timeout: Optional[float] = None, retry_on: Any = None,
-                 wait_timeout: Optional[float] = None):
+                 wait_timeout: Optional[float] = None, nats: Optional[str] = None):
         # ProcessPoolExecutor's checks and messages.
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")

@@ -108,6 +108,10 @@ class Pool:
         wait_timeout: seconds an item may wait, from its submission, for
             its start (queued behind others, or for memory); one that
             waited longer never runs and fails with safepool.WaitTimeout.
+        nats: a NATS server's URL ("nats://queue:4222"): the items run on
+            the safepool agents of that server instead of local workers,
+            which need the same Python and your modules importable
+            (docs/cluster.md).
         journal: a path: map and imap record each task in this SQLite
             database (the journal of `safepool map --journal`; see
             docs/python.md), one run per call, committed every 150 ms.

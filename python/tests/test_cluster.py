@@ -88,6 +88,8 @@ class ClusterTest(unittest.TestCase):
             # Both agents took items.
             agents = {pid for _, pid in pool.map(cluster_helpers.where, range(40))}
         self.assertEqual(agents, {a.pid for a in self.agents})
+        with safepool.Executor(2, nats=self.url) as ex:
+            self.assertEqual(list(ex.map(cluster_helpers.slow_square, range(10))), [x * x for x in range(10)])
 
     def test_agent_killed_mid_run(self):
         f = functools.partial(cluster_helpers.slow_square, pause=0.2)
