@@ -79,6 +79,18 @@ class ClusterTest(unittest.TestCase):
                 pass
             p.wait()
 
+    def _kill_running(self, agent, marks):
+        """SIGKILL agent and its workers as soon as it starts an item, so
+        that it dies holding one (an item takes 0.2 s)."""
+        suffix = ".%d" % agent.pid
+        before = {n for n in os.listdir(marks) if n.endswith(suffix)}
+        deadline = time.monotonic() + 30
+        while not {n for n in os.listdir(marks) if n.endswith(suffix)} - before:
+            if time.monotonic() > deadline:
+                self.fail("agent %d started no item: %s" % (agent.pid, self._log("agent0")))
+            time.sleep(0.005)
+        os.killpg(agent.pid, signal.SIGKILL)
+
     def test_map_on_two_agents(self):
         with safepool.Pool(2, nats=self.url) as pool:
             self.assertEqual(pool.map(cluster_helpers.slow_square, range(50)), [x * x for x in range(50)])
@@ -92,15 +104,24 @@ class ClusterTest(unittest.TestCase):
             self.assertEqual(list(ex.map(cluster_helpers.slow_square, range(10))), [x * x for x in range(10)])
 
     def test_agent_killed_mid_run(self):
-        f = functools.partial(cluster_helpers.slow_square, pause=0.2)
+        marks = os.path.join(self.dir, "marks")
+        os.mkdir(marks)
+        f = functools.partial(cluster_helpers.marked_square, marks=marks)
         out = []
         with safepool.Pool(2, nats=self.url) as pool:
             for i, r in enumerate(pool.imap(f, range(50))):
                 out.append(r)
                 if i == 5:
-                    os.killpg(self.agents[0].pid, signal.SIGKILL)
+                    self._kill_running(self.agents[0], marks)
         self.assertEqual(out, [x * x for x in range(50)])
         self.agents[0].wait()
+        # The items the killed agent was running ran again on the other.
+        ran = {}
+        for name in os.listdir(marks):
+            x, agent = name.split(".")
+            ran.setdefault(int(x), set()).add(int(agent))
+        both = [x for x, agents in ran.items() if len(agents) == 2]
+        self.assertTrue(both, ran)
 
 
 if __name__ == "__main__":
