@@ -12,7 +12,7 @@ import unittest
 
 import safepool
 
-from . import cluster_helpers
+from . import cluster_helpers, helpers
 from .support import PYTHON_DIR, skip_or_fail
 
 BINARY = os.path.join(PYTHON_DIR, "safepool", "_bin", "safepool")
@@ -102,6 +102,27 @@ class ClusterTest(unittest.TestCase):
         self.assertEqual(agents, {a.pid for a in self.agents})
         with safepool.Executor(2, nats=self.url) as ex:
             self.assertEqual(list(ex.map(cluster_helpers.slow_square, range(10))), [x * x for x in range(10)])
+
+    def test_worker_deaths(self):
+        marker = os.path.join(self.dir, "killed")
+        with safepool.Pool(2, nats=self.url, retries=1) as pool:
+            # A worker killed once: its item runs again, under the run's
+            # policy, on some agent.
+            out = pool.starmap(helpers.kill_once, [(i, marker) for i in range(10)])
+            self.assertEqual(out, [i * i for i in range(10)])
+            self.assertTrue(os.path.exists(marker))
+        with safepool.Pool(2, nats=self.url) as pool:
+            with self.assertRaises(safepool.WorkerDied) as cm:
+                pool.map(helpers.kill_self_at, range(10))
+            self.assertEqual(cm.exception.task_args, 7)
+        pool = safepool.Pool(2, nats=self.url, on_worker_death="abort")
+        try:
+            with self.assertRaises(safepool.WorkerDied):
+                pool.map(helpers.kill_self_at, range(40), chunksize=1)
+            with self.assertRaises(safepool.BrokenPool):
+                pool.map(helpers.square, range(3))
+        finally:
+            pool.terminate()
 
     def test_agent_killed_mid_run(self):
         marks = os.path.join(self.dir, "marks")
