@@ -67,6 +67,7 @@ func serveRemote(ctx context.Context, url string, h Hello, br *bufio.Reader, bw 
 		ID: cluster.NewRunID(), Protocol: pool.Framed, Command: h.Command,
 		Retries: h.Retries, OnWorkerDeath: action, Timeout: seconds(h.Timeout),
 		Pipeline: h.Pipeline, MaxTasks: h.MaxTasksPerWorker, MaxRSS: h.MaxRSS,
+		TaskErrorRetries: h.TaskErrorRetries,
 	}
 	run, err := conn.Begin(ctx, spec, false)
 	if err != nil {

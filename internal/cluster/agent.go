@@ -367,6 +367,7 @@ func (a *Agent) localFor(spec *RunSpec) (*local, error) {
 	pc := a.poolConfig(spec.Protocol, spec.Command)
 	pc.Pipeline, pc.StallTimeout, pc.MaxLine = spec.Pipeline, spec.StallTimeout, spec.MaxLine
 	pc.MaxTasksPerWorker, pc.MaxRSS, pc.StartTimeout = spec.MaxTasks, spec.MaxRSS, spec.StartTimeout
+	pc.TaskErrorRetries = spec.TaskErrorRetries
 	l, err := a.startLocal(pc, spec.ID)
 	if err != nil {
 		return nil, err

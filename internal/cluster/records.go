@@ -36,6 +36,10 @@ type RunSpec struct {
 	MaxTasks     int           `json:"max_tasks,omitempty"`
 	MaxRSS       int64         `json:"max_rss,omitempty"`
 	StartTimeout time.Duration `json:"start_timeout,omitempty"`
+	// TaskErrorRetries is, for framed runs, how many more attempts a task
+	// whose worker reported a failure (an error frame) gets, on the agent
+	// that ran it (pool.Config.TaskErrorRetries).
+	TaskErrorRetries int `json:"task_error_retries,omitempty"`
 	// Created is when the run was first submitted.
 	Created time.Time `json:"created"`
 	// Aborted reports whether the submitter aborted the run under the

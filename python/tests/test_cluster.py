@@ -103,6 +103,15 @@ class ClusterTest(unittest.TestCase):
         with safepool.Executor(2, nats=self.url) as ex:
             self.assertEqual(list(ex.map(cluster_helpers.slow_square, range(10))), [x * x for x in range(10)])
 
+    def test_retry_on(self):
+        counter = os.path.join(self.dir, "calls")
+        with safepool.Pool(1, nats=self.url, retries=2, retry_on=(ConnectionError,)) as pool:
+            self.assertEqual(pool.apply(helpers.fail_first, (counter, 2)), 3)
+        os.unlink(counter)
+        with safepool.Pool(1, nats=self.url, retries=1, retry_on=ConnectionError) as pool:
+            with self.assertRaises(ConnectionError):
+                pool.apply(helpers.fail_first, (counter, 2))
+
     def test_worker_deaths(self):
         marker = os.path.join(self.dir, "killed")
         with safepool.Pool(2, nats=self.url, retries=1) as pool:
