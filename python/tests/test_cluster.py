@@ -11,6 +11,7 @@ import time
 import unittest
 
 import safepool
+from safepool import _oob
 
 from . import cluster_helpers, helpers
 from .support import PYTHON_DIR, skip_or_fail
@@ -28,6 +29,10 @@ class ClusterTest(unittest.TestCase):
     def setUp(self):
         if not os.access(BINARY, os.X_OK):
             skip_or_fail(self, "no safepool binary at %s (go build -o %s ./cmd/safepool)" % (BINARY, BINARY))
+        # A nats= pool sends this process's later tasks in band: the other
+        # tests' pools must not.
+        in_band = _oob.IN_BAND[0]
+        self.addCleanup(_oob.IN_BAND.__setitem__, 0, in_band)
         self.dir = tempfile.mkdtemp(prefix="safepool-cluster-")
         self.addCleanup(shutil.rmtree, self.dir, True)
         self.procs = []
@@ -102,6 +107,13 @@ class ClusterTest(unittest.TestCase):
         self.assertEqual(agents, {a.pid for a in self.agents})
         with safepool.Executor(2, nats=self.url) as ex:
             self.assertEqual(list(ex.map(cluster_helpers.slow_square, range(10))), [x * x for x in range(10)])
+
+    def test_no_server(self):
+        with self.assertRaisesRegex(safepool.BrokenPool, "connecting to nats://127.0.0.1:1"):
+            with safepool.Pool(1, nats="nats://127.0.0.1:1") as pool:
+                pool.map(abs, [1])
+        with self.assertRaisesRegex(ValueError, "initializer"):
+            safepool.Pool(1, nats=self.url, initializer=print)
 
     def test_retry_on(self):
         counter = os.path.join(self.dir, "calls")
