@@ -4,7 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/safepool/safepool/internal/worker"
 )
+
+// LineTooLongError is the protocol error of a line worker whose answer line
+// is longer than Config.MaxLine.
+type LineTooLongError = worker.LineTooLongError
 
 var (
 	// ErrClosed is returned by Submit after Close or Abort.
@@ -72,7 +78,7 @@ func (e *StartError) Error() string {
 		fmt.Fprintf(&b, ": %v", e.Err)
 	}
 	if s := strings.TrimSpace(e.Stderr); s != "" {
-		fmt.Fprintf(&b, "; its stderr ends: %s", lastLines(s, 3))
+		fmt.Fprintf(&b, "; its stderr ends: %s", worker.LastLines(s, 3))
 	}
 	return b.String()
 }
@@ -105,21 +111,4 @@ func firstLine(s string) string {
 		return s[:i] + " …"
 	}
 	return s
-}
-
-// lastLines returns the last n lines of s that carry text, joined with
-// " | ". Blank lines and lines that only point at the line above (the ^^^
-// and ~~~ under the code in a Python traceback) say nothing alone, and would
-// push the error line itself out.
-func lastLines(s string, n int) string {
-	var keep []string
-	for _, l := range strings.Split(s, "\n") {
-		if strings.Trim(l, " \t\r^~") != "" {
-			keep = append(keep, strings.TrimSpace(l))
-		}
-	}
-	if len(keep) > n {
-		keep = keep[len(keep)-n:]
-	}
-	return strings.Join(keep, " | ")
 }

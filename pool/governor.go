@@ -921,10 +921,7 @@ func (g *governor) sample() {
 	g.mu.Unlock()
 
 	if victim != 0 {
-		select {
-		case g.p.slots[slot].preempt <- victim:
-		default:
-		}
+		g.p.preempt(slot, victim)
 	}
 	if wake {
 		select {

@@ -54,118 +54,81 @@ func (r *runner) oneShot(t *task) {
 	spec := worker.Spec{Args: args, Env: cfg.Env, Dir: cfg.Dir, IO: worker.IONone, Stdout: out.stdout, Stderr: out.stderr}
 	// From here the attempt holds files: its cgroup's, then its process's.
 	r.p.procs.Add(1)
-	if r.group != nil {
-		spec.Cgroup = r.group
-		r.oomBase, _ = r.group.OOMKills()
-		_ = r.group.ResetPeak()
-	} else {
-		spec.Cgroup = r.shim()
-	}
-	r.markOOM()
-	start := time.Now()
-	proc, err := worker.Start(spec)
+	ses, err := worker.StartSession(r.sessionConfig(spec), (*sessionHost)(r))
 	if err != nil {
-		others := r.p.procs.Add(-1) > 0
-		if outOfFiles(err, t, others) {
-			// Not the task's doing: it runs again, uncharged, once running
-			// processes have given their files back.
-			select {
-			case <-time.After(fileWait):
-			case <-r.p.abortCh:
-			case <-r.p.quit:
-			}
-			r.p.send(report{kind: reportRequeue, task: t})
-			return
-		}
-		// Like a shell, call a command that cannot be run exit status 127.
-		a := Attempt{Cause: ExitCause(127), ExitCode: 127, Start: start, End: time.Now(), Message: err.Error()}
-		out.stderr.Write([]byte(err.Error() + "\n"))
-		t.out = out
-		r.p.send(report{kind: reportAttempt, task: t, att: a})
-		r.p.send(report{kind: reportStartupFailure, charged: true, start: &StartError{Command: args, Err: err}})
+		r.startFailed(t, args, out, err)
 		return
 	}
-	r.proc = proc
-	r.startWatch(proc)
-	defer func() { r.proc, r.watch = nil, nil }()
-	r.p.count(func(s *Stats) { s.WorkersStarted++ })
-	r.p.emit(Event{Kind: EventWorkerStarted, WorkerPID: proc.Pid, Time: start})
-	r.p.emit(Event{Kind: EventAttemptStarted, TaskID: t.id, WorkerPID: proc.Pid, Time: start})
+	r.started(ses)
+	defer func() { r.s = nil }()
+	ses.Send(&worker.Flight{ID: t.id, Input: t.t.Input, Timeout: t.timeout(cfg), Task: t})
 
-	killed := r.waitOneShot(proc, t, out)
-	proc.CloseIO(linger)
-	if r.watch != nil {
-		r.watch.Stop()
-	}
+	r.waitOneShot(ses, out)
+	d := ses.Reap()
 	r.p.procs.Add(-1)
-	exit := proc.Exit()
-	cause := killed
-	if cause == "" && (exit.Code != 0 || exit.Signal != 0) {
-		cause = r.classify(exit, start)
-	}
-	a := r.exitAttempt(proc, exit, cause, start, 0)
-	if cause == CauseTimeout && killed == CauseTimeout {
-		a.Message = "killed after " + t.timeout(&r.p.cfg).String() // the task's own limit
-	}
-	if cause == CauseOutputLost {
+	a := attemptOf(d.Flights[0].Outcome)
+	if d.Cause == CauseOutputLost {
 		// What was kept is not the job's output: give none.
 		a.Message = out.lostMessage()
 		out.release()
 		out = nil
-	} else if cause.IsWorkerDeath() && killed == "" {
+	} else if d.Cause.IsWorkerDeath() && d.Killed == "" {
 		r.p.count(func(s *Stats) { s.WorkerDeaths++ })
 	}
-	r.p.emit(Event{Kind: EventWorkerExited, WorkerPID: proc.Pid, Time: exit.Time})
+	r.p.emit(Event{Kind: EventWorkerExited, WorkerPID: d.PID, Time: d.Exit.Time})
 	t.out = out
 	r.p.send(report{kind: reportAttempt, task: t, att: a})
 }
 
-// waitOneShot waits for t's process proc to end, and ends it early on a
-// timeout, preemption, memory over the limit, lost output or abort. It
-// returns why the runner ended it, or "".
-func (r *runner) waitOneShot(proc *worker.Process, t *task, out *attemptOutput) Cause {
-	cfg := &r.p.cfg
-	var timeout <-chan time.Time
-	if limit := t.timeout(cfg); limit > 0 {
-		tm := time.NewTimer(limit)
-		defer tm.Stop()
-		timeout = tm.C
+// startFailed reports t's process, which could not start with err: as a
+// requeue when it was for want of files, else as an attempt that exited 127.
+func (r *runner) startFailed(t *task, args []string, out *attemptOutput, err error) {
+	start := time.Now()
+	others := r.p.procs.Add(-1) > 0
+	if outOfFiles(err, t, others) {
+		// Not the task's doing: it runs again, uncharged, once running
+		// processes have given their files back.
+		select {
+		case <-time.After(fileWait):
+		case <-r.p.abortCh:
+		case <-r.p.quit:
+		}
+		r.p.send(report{kind: reportRequeue, task: t})
+		return
 	}
-	abortC, killC, lostC, over := r.p.abortCh, r.p.killCh, out.lost, r.overLimit()
-	var killed Cause
+	// Like a shell, call a command that cannot be run exit status 127.
+	a := Attempt{Cause: ExitCause(127), ExitCode: 127, Start: start, End: time.Now(), Message: err.Error()}
+	out.stderr.Write([]byte(err.Error() + "\n"))
+	t.out = out
+	r.p.send(report{kind: reportAttempt, task: t, att: a})
+	r.p.send(report{kind: reportStartupFailure, charged: true, start: &StartError{Command: args, Err: err}})
+}
+
+// waitOneShot waits for the one-shot session s to end, and ends its
+// process early on a timeout, preemption, memory over the limit, lost
+// output or abort.
+func (r *runner) waitOneShot(s *worker.Session, out *attemptOutput) {
+	abortC, killC, lostC, over := r.p.abortCh, r.p.killCh, out.lost, s.OverLimit()
 	for {
 		select {
-		case <-proc.Done():
-			return killed
-		case <-timeout:
-			killed = CauseTimeout
-			proc.Kill()
+		case <-s.Done():
+			return
+		case <-s.Deadline():
+			s.CheckDeadlines()
 		case id := <-r.preempt:
-			if id == t.id && killed == "" {
-				killed = CausePreempted
-				proc.Kill()
-			}
+			s.Preempt(id)
 		case <-over:
 			over = nil
-			if killed == "" {
-				killed = CauseMemoryLimit
-				proc.Kill()
-			}
+			s.Kill(CauseMemoryLimit)
 		case <-abortC:
 			abortC = nil
-			if killed == "" {
-				killed = CauseCancelled
-			}
-			proc.Stop(cfg.Grace)
+			s.Cancel(false)
 		case <-killC:
 			killC = nil
-			proc.Kill()
+			s.Cancel(true)
 		case <-lostC:
 			lostC = nil
-			if killed == "" {
-				killed = CauseOutputLost
-			}
-			proc.Kill()
+			s.Kill(CauseOutputLost)
 		}
 	}
 }

@@ -50,7 +50,11 @@ type Pool struct {
 	oomLog *memory.OOMLog  // nil where the kernel log cannot be read
 	gov    *governor       // nil when the memory governor is off
 	slots  []*runner       // the runners, by slot
-	spool  *spooler        // keeps one-shot output; nil for other protocols
+	// preempts carries, by slot, the ids of tasks the memory governor
+	// stops (see Pool.preempt). Each is buffered; the slot's runner
+	// receives, and ignores an id that is not running on it.
+	preempts []chan uint64
+	spool    *spooler // keeps one-shot output; nil for other protocols
 	// notices says what the pool changed of its configuration, and why.
 	notices []string
 	// procs counts the one-shot attempts starting or running now: those
@@ -169,7 +173,9 @@ func New(cfg Config) (*Pool, error) {
 		p.spool = newSpooler(&p.cfg)
 	}
 	for i := 0; i < cfg.Workers; i++ {
-		p.slots = append(p.slots, &runner{p: p, slot: i, preempt: make(chan uint64, 1)})
+		c := make(chan uint64, 1)
+		p.preempts = append(p.preempts, c)
+		p.slots = append(p.slots, &runner{p: p, slot: i, preempt: c})
 	}
 	for _, r := range p.slots {
 		p.runners.Add(1)
@@ -181,6 +187,16 @@ func New(cfg Config) (*Pool, error) {
 	}
 	go p.loop()
 	return p, nil
+}
+
+// preempt asks the runner of slot to stop task id to save memory. It never
+// blocks: a request while one is still pending is dropped, and the governor
+// asks again after victimPatience.
+func (p *Pool) preempt(slot int, id uint64) {
+	select {
+	case p.preempts[slot] <- id:
+	default:
+	}
 }
 
 // reap ends what the workers left behind, once they have all ended and

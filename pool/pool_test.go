@@ -658,6 +658,44 @@ func TestMaxRSS(t *testing.T) {
 	}
 }
 
+// TestRetiringAfterTaskError: a framed worker to be retired (over MaxRSS)
+// whose last task in flight ends in a task error is retired then, and
+// leaves its slot to a new worker for the tasks still queued.
+func TestRetiringAfterTaskError(t *testing.T) {
+	cfg := config(pool.Framed, 1)
+	cfg.Pipeline, cfg.MaxRSS = 2, 1 // every worker is over 1 byte
+	p, err := pool.New(cfg)
+	if err != nil {
+		t.Fatalf("New() = %v", err)
+	}
+	for _, in := range []string{"sleep:300", "fail", "x"} {
+		if _, err := p.Submit(context.Background(), pool.Task{Input: []byte(in)}); err != nil {
+			t.Fatalf("Submit(%q) = %v", in, err)
+		}
+	}
+	p.Close()
+	timeout := time.After(20 * time.Second)
+	n := 0
+	for {
+		select {
+		case _, ok := <-p.Results():
+			if !ok {
+				if n != 3 {
+					t.Errorf("results = %d, want 3", n)
+				}
+				return
+			}
+			n++
+		case <-timeout:
+			p.Abort(errors.New("test timed out"))
+			p.Abort(nil)
+			for range p.Results() {
+			}
+			t.Fatalf("pool did not end within 20 s; %d results so far: the retiring worker kept its slot", n)
+		}
+	}
+}
+
 func TestBackpressure(t *testing.T) {
 	cfg := config(pool.Line, 1)
 	cfg.MaxPending = 5

@@ -3,12 +3,11 @@ package pool
 import (
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/safepool/safepool/internal/worker"
 )
 
 // Protocol says how the supervisor talks to a worker process.
@@ -38,71 +37,52 @@ const (
 )
 
 // Cause says why an attempt ended without a result. The empty Cause means the
-// attempt succeeded.
-type Cause string
+// attempt succeeded. It is decided in internal/worker (see
+// docs/architecture.md, "Where a cause is decided").
+type Cause = worker.Cause
 
 const (
 	// CauseOOM means the kernel OOM killer took the worker, confirmed by the
 	// oom_kill counter of the worker's own cgroup, by that of the cgroup it
 	// shares with the supervisor (see docs/memory.md for the rule), or by
 	// the kernel log.
-	CauseOOM Cause = "oom"
+	CauseOOM = worker.CauseOOM
 	// CauseMemoryLimit means the supervisor enforced Config.MemLimit on a
 	// worker without a cgroup of its own: its process tree's private memory
 	// went over the limit, or the kernel refused it memory past the data
 	// size limit that backs it (see Config.NoDataLimit).
-	CauseMemoryLimit Cause = "memory-limit"
+	CauseMemoryLimit = worker.CauseMemoryLimit
 	// CauseSegfault means the worker died of SIGSEGV or SIGBUS.
-	CauseSegfault Cause = "segfault"
+	CauseSegfault = worker.CauseSegfault
 	// CauseTimeout means the attempt ran longer than Config.Timeout and its
 	// worker was killed.
-	CauseTimeout Cause = "timeout"
+	CauseTimeout = worker.CauseTimeout
 	// CauseProtocol means the worker wrote something the protocol does not
 	// allow, or closed its pipes while alive, and was killed.
-	CauseProtocol Cause = "protocol"
+	CauseProtocol = worker.CauseProtocol
 	// CauseTaskError means the worker reported that the task failed and
 	// stayed alive (framed protocol error frame).
-	CauseTaskError Cause = "task-error"
+	CauseTaskError = worker.CauseTaskError
 	// CausePreempted means the supervisor stopped the attempt to save memory.
 	// It is not the task's fault and is not charged as an attempt.
-	CausePreempted Cause = "preempted"
+	CausePreempted = worker.CausePreempted
 	// CauseCancelled means the attempt was stopped because the pool aborted.
-	CauseCancelled Cause = "cancelled"
+	CauseCancelled = worker.CauseCancelled
 	// CauseOutputLost means a one-shot attempt's stdout or stderr went
 	// beyond Config.OutputInMemory and could not be kept in the temporary
 	// file (for example, $TMPDIR is full): the worker was stopped.
-	CauseOutputLost Cause = "output-lost"
+	CauseOutputLost = worker.CauseOutputLost
 )
 
 // SignalCause returns the cause for a worker killed by sig: CauseSegfault for
 // SIGSEGV and SIGBUS, otherwise "signal:NAME", for example "signal:SIGKILL".
-func SignalCause(sig syscall.Signal) Cause {
-	if sig == syscall.SIGSEGV || sig == syscall.SIGBUS {
-		return CauseSegfault
-	}
-	return Cause("signal:" + SignalName(sig))
-}
+func SignalCause(sig syscall.Signal) Cause { return worker.SignalCause(sig) }
 
 // SignalName returns the conventional name of sig, such as "SIGKILL".
-func SignalName(sig syscall.Signal) string {
-	if name := unix.SignalName(sig); name != "" {
-		return name
-	}
-	return "SIG" + strconv.Itoa(int(sig))
-}
+func SignalName(sig syscall.Signal) string { return worker.SignalName(sig) }
 
 // ExitCause returns the cause "exit:N" for a worker that exited with code.
-func ExitCause(code int) Cause { return Cause("exit:" + strconv.Itoa(code)) }
-
-// IsWorkerDeath reports whether c means that the worker process ended or was
-// killed, as opposed to success, a task error, preemption or cancellation.
-func (c Cause) IsWorkerDeath() bool {
-	switch c {
-	case "", CauseTaskError, CausePreempted, CauseCancelled:
-		return false
-	}
-	return true
-}
+func ExitCause(code int) Cause { return worker.ExitCause(code) }
 
 // State is a task's terminal state.
 type State string

@@ -1,4 +1,4 @@
-package pool
+package worker
 
 import (
 	"errors"
@@ -6,12 +6,10 @@ import (
 	"os"
 	"strconv"
 	"time"
-
-	"github.com/safepool/safepool/internal/worker"
 )
 
 // The line protocol's checks. The protocol itself carries no ids, so the
-// runner watches for what it can prove:
+// session watches for what it can prove:
 //
 //   - Output before the first line. A new worker gets no line until it is
 //     seen waiting for input (the start gate), and its result pipe is not
@@ -49,9 +47,9 @@ const flushHint = "make it flush after each line: python3 -u (or PYTHONUNBUFFERE
 const oneLineHint = "a line worker must write exactly one line to stdout for each line it reads, " +
 	"and other messages to stderr; a program that cannot keep to that should speak the framed protocol (map --framed)"
 
-// lineState is what the runner knows about the current line worker beyond
+// lineState is what the session knows about the current line worker beyond
 // its flights. It is reset for every new process, and touched only by the
-// runner's goroutine.
+// owner's goroutine.
 type lineState struct {
 	sent      int64         // bytes of lines handed to the writer
 	gateOpen  bool          // the worker may be given lines
@@ -61,42 +59,43 @@ type lineState struct {
 	cpu       uint64        // the tree's CPU time at the last look
 	stallFrom time.Time     // first look of the current stall; zero when none
 	noticed   bool          // EventWorkerStalled was sent for this process
-	stalled   bool          // the runner killed the process for a stall
+	stalled   bool          // the session killed the process for a stall
 	progress  time.Time     // when a line was last sent or answered
 }
 
 // armProbe sets the timer for the next look at a line worker: soon while
 // its start gate is shut, every stallLook while it holds lines. It does
 // nothing when a look is already due.
-func (r *runner) armProbe() {
-	if r.probe != nil || r.proc == nil || r.p.cfg.Protocol != Line || r.killed != "" || r.retired {
+func (s *Session) armProbe() {
+	if s.probe != nil || s.cfg.Spec.IO != IOLine || s.killed != "" || s.retired {
 		return
 	}
 	var d time.Duration
 	switch {
-	case !r.line.gateOpen:
-		d = r.line.gateLook
-		r.line.gateLook = min(2*d, gateMaxLook)
-	case len(r.inflight) > 0:
+	case !s.line.gateOpen:
+		d = s.line.gateLook
+		s.line.gateLook = min(2*d, gateMaxLook)
+	case len(s.inflight) > 0:
 		d = stallLook
 	default:
 		return
 	}
-	r.probe = time.NewTimer(d)
+	s.probe = time.NewTimer(d)
 }
 
-// look is the probe's turn: the start gate, or the check of a worker that
+// Look is the probe's turn: the start gate, or the check of a worker that
 // holds lines.
-func (r *runner) look(now time.Time) {
-	if r.killed != "" || r.retired {
+func (s *Session) Look(now time.Time) {
+	s.probe = nil
+	if s.killed != "" || s.retired {
 		return
 	}
-	if !r.line.gateOpen {
-		r.checkGate(now)
+	if !s.line.gateOpen {
+		s.checkGate(now)
 	} else {
-		r.checkHeld(now)
+		s.checkHeld(now)
 	}
-	r.armProbe()
+	s.armProbe()
 }
 
 // errNoReader says that a line worker's stdin has no reader left.
@@ -106,17 +105,17 @@ var errNoReader = errors.New("no process reads it any more")
 // for stallLook. A worker that closed its stdin can take no more lines (it
 // must not close it while it lives); one that waits for more input without
 // answering may be stalled.
-func (r *runner) checkHeld(now time.Time) {
-	if len(r.inflight) == 0 || now.Sub(r.line.progress) < stallLook {
-		r.line.stallFrom = time.Time{}
+func (s *Session) checkHeld(now time.Time) {
+	if len(s.inflight) == 0 || now.Sub(s.line.progress) < stallLook {
+		s.line.stallFrom = time.Time{}
 		return
 	}
-	if worker.ReaderGone(r.proc.Tasks) {
-		r.pipeBroken(errNoReader)
+	if ReaderGone(s.proc.Tasks) {
+		s.PipeBroken(errNoReader)
 		return
 	}
-	if r.p.cfg.StallTimeout > 0 {
-		r.checkStall(now)
+	if s.cfg.StallTimeout > 0 {
+		s.checkStall(now)
 	}
 }
 
@@ -124,117 +123,116 @@ func (r *runner) checkHeld(now time.Time) {
 // stdout must be empty: the result reader has not started, so anything there
 // was written before any line was sent. Once it waits for input, or
 // StartTimeout has passed, or /proc cannot tell, it may have lines.
-func (r *runner) checkGate(now time.Time) {
-	proc := r.proc
+func (s *Session) checkGate(now time.Time) {
+	proc := s.proc
 	a, err := proc.Observe()
-	cpuSame := r.line.looked && a.CPU == r.line.cpu
-	r.line.looked, r.line.cpu = err == nil && !a.Partial, a.CPU
-	ready := err != nil || a.WaitsForInput(cpuSame) || !now.Before(r.line.gateUntil)
+	cpuSame := s.line.looked && a.CPU == s.line.cpu
+	s.line.looked, s.line.cpu = err == nil && !a.Partial, a.CPU
+	ready := err != nil || a.WaitsForInput(cpuSame) || !now.Before(s.line.gateUntil)
 	// Looked at after the worker was seen waiting, the pipe holds all that
 	// it wrote before it waited. Output, or a stdin with no reader, is a
 	// fault unless the worker dies of something else within eofPatience
 	// (see gateFault).
-	if n, err := worker.Backlog(proc.Results); err == nil && n > 0 || worker.ReaderGone(proc.Tasks) {
-		if r.brokenAt.IsZero() {
-			r.brokenAt = now
-			r.armDeadline()
+	if n, err := Backlog(proc.Results); err == nil && n > 0 || ReaderGone(proc.Tasks) {
+		if s.brokenAt.IsZero() {
+			s.brokenAt = now
+			s.armDeadline()
 		}
 		return
 	}
 	if ready {
-		r.line.gateOpen = true
-		r.startReader()
+		s.line.gateOpen = true
+		s.startReader()
 	}
 }
 
 // gateFault fails a line worker that, before it was given a line, wrote on
 // stdout or closed its stdin.
-func (r *runner) gateFault() {
-	if n, err := worker.Backlog(r.proc.Results); err == nil && n > 0 {
-		r.earlyOutput(n)
+func (s *Session) gateFault() {
+	if n, err := Backlog(s.proc.Results); err == nil && n > 0 {
+		s.earlyOutput(n)
 		return
 	}
-	r.protocolError("the worker closed its stdin before it was given a line")
+	s.protocolError("the worker closed its stdin before it was given a line")
 }
 
 // earlyOutput fails a line worker that wrote n bytes on stdout before it
 // was given a line.
-func (r *runner) earlyOutput(n int) {
+func (s *Session) earlyOutput(n int) {
 	buf := make([]byte, min(n, quoteMax+1))
-	k, _ := r.proc.Results.Read(buf) // the reader has not started: nobody else reads
-	r.outOfStep(fmt.Sprintf("the worker wrote %s on stdout before it was given a line", quoteOutput(buf[:k], n)))
+	k, _ := s.proc.Results.Read(buf) // the reader has not started: nobody else reads
+	s.outOfStep(fmt.Sprintf("the worker wrote %s on stdout before it was given a line", quoteOutput(buf[:k], n)))
 }
 
 // handleLines matches result lines with the lines in flight, oldest first.
 // When a read brings more lines than there are lines in flight, the worker
 // wrote a line too many, most likely for the last line it read: that line
 // fails, and the worker is killed.
-func (r *runner) handleLines(ev procEvent) {
-	if r.killed == CauseProtocol {
+func (s *Session) handleLines(ev Event) {
+	if s.killed == CauseProtocol {
 		return // what follows a protocol error is not trusted
 	}
-	lines, extra := ev.lines, len(ev.lines)-len(r.inflight)
+	lines, extra := ev.lines, len(ev.lines)-len(s.inflight)
 	if extra > 0 {
-		lines = lines[:max(len(r.inflight)-1, 0)]
+		lines = lines[:max(len(s.inflight)-1, 0)]
 	}
 	for _, line := range lines {
-		head := r.inflight[0]
+		head := s.inflight[0]
 		if ev.consumed < head.end {
-			r.outOfStep(fmt.Sprintf("the worker wrote %s before it had read the line of task %d",
-				quoteOutput(line, len(line)), head.t.id))
+			s.outOfStep(fmt.Sprintf("the worker wrote %s before it had read the line of task %d",
+				quoteOutput(line, len(line)), head.ID))
 			return
 		}
-		if d := time.Since(head.start); r.lineTime == 0 {
-			r.lineTime = max(d, 1)
+		if d := time.Since(head.start); s.lineTime == 0 {
+			s.lineTime = max(d, 1)
 		} else {
-			r.lineTime = max(r.lineTime+(d-r.lineTime)/8, 1)
+			s.lineTime = max(s.lineTime+(d-s.lineTime)/8, 1)
 		}
-		r.succeed(head, line)
+		s.succeed(head, line)
 		now := time.Now()
-		r.line.progress, r.line.stallFrom = now, time.Time{}
-		if len(r.inflight) > 0 {
+		s.line.progress, s.line.stallFrom = now, time.Time{}
+		if len(s.inflight) > 0 {
 			// The next line runs from the moment this one was answered.
-			r.startFlight(r.inflight[0], now)
+			s.startFlight(s.inflight[0], now)
 		}
 	}
 	if extra > 0 {
 		first := ev.lines[len(lines)]
-		if len(r.inflight) == 0 {
-			r.outOfStep(fmt.Sprintf("the worker wrote %s when no line was waiting for an answer", quoteOutput(first, len(first))))
+		if len(s.inflight) == 0 {
+			s.outOfStep(fmt.Sprintf("the worker wrote %s when no line was waiting for an answer", quoteOutput(first, len(first))))
 			return
 		}
-		r.outOfStep(fmt.Sprintf("the worker wrote %d lines (the first %s) where %d were due",
-			len(ev.lines)-len(lines), quoteOutput(first, len(first)), len(r.inflight)))
+		s.outOfStep(fmt.Sprintf("the worker wrote %d lines (the first %s) where %d were due",
+			len(ev.lines)-len(lines), quoteOutput(first, len(first)), len(s.inflight)))
 	}
 }
 
 // outOfStep kills a line worker that wrote a line that cannot be the answer
 // to the line it was given. The line it was running, if any, fails with
 // CauseProtocol; the lines sent behind it go back to the queue.
-func (r *runner) outOfStep(what string) {
-	if r.killed != "" {
+func (s *Session) outOfStep(what string) {
+	if s.killed != "" {
 		return
 	}
 	var id uint64
-	if len(r.inflight) > 0 {
-		id = r.inflight[0].t.id
+	if len(s.inflight) > 0 {
+		id = s.inflight[0].ID
 	}
 	msg := what + "; " + oneLineHint
-	if r.answered > 0 {
+	if s.answered > 0 {
 		// Answers already delivered may belong to other lines.
-		r.p.count(func(s *Stats) { s.OutOfStep++ })
-		msg = fmt.Sprintf("%s; the %d answers it gave before may belong to other lines", msg, r.answered)
+		msg = fmt.Sprintf("%s; the %d answers it gave before may belong to other lines", msg, s.answered)
 	}
-	r.p.emit(Event{Kind: EventWorkerOutOfStep, TaskID: id, WorkerPID: r.proc.Pid,
-		Message: "worker " + strconv.Itoa(r.proc.Pid) + " is out of step: " + msg})
-	r.protocolError(msg)
+	s.host.Note(Note{Kind: NoteOutOfStep, ID: id, Answered: s.answered,
+		Message: "worker " + strconv.Itoa(s.proc.Pid) + " is out of step: " + msg})
+	s.protocolError(msg)
 }
 
 // checkStall looks at a line worker that holds lines and has not answered
 // for stallLook: a stall that lasts is noticed, then fails the attempt.
-func (r *runner) checkStall(now time.Time) {
-	l := &r.line
-	cpu, idle := r.idleOnInput()
+func (s *Session) checkStall(now time.Time) {
+	l := &s.line
+	cpu, idle := s.idleOnInput()
 	switch {
 	case !idle:
 		l.stallFrom = time.Time{}
@@ -243,18 +241,18 @@ func (r *runner) checkStall(now time.Time) {
 		l.stallFrom, l.cpu = now, cpu // a stall starts here, or the worker worked
 		return
 	}
-	d, limit := now.Sub(l.stallFrom), r.p.cfg.StallTimeout
-	head := r.inflight[0]
+	d, limit := now.Sub(l.stallFrom), s.cfg.StallTimeout
+	head := s.inflight[0]
 	if !l.noticed && d >= min(stallNotice, limit/2) {
 		l.noticed = true
-		r.p.emit(Event{Kind: EventWorkerStalled, TaskID: head.t.id, WorkerPID: r.proc.Pid, Message: fmt.Sprintf(
+		s.host.Note(Note{Kind: NoteStalled, ID: head.ID, Answered: s.answered, Message: fmt.Sprintf(
 			"worker %d read the line of task %d but has not answered it for %v, and waits for more input: "+
 				"it most likely holds its answers in an output buffer; %s (the attempt fails after %v of this)",
-			r.proc.Pid, head.t.id, d.Round(100*time.Millisecond), flushHint, limit)})
+			s.proc.Pid, head.ID, d.Round(100*time.Millisecond), flushHint, limit)})
 	}
 	if d >= limit {
 		l.stalled = true
-		r.protocolError(fmt.Sprintf("the worker read its line, then waited for more input for %v without answering: "+
+		s.protocolError(fmt.Sprintf("the worker read its line, then waited for more input for %v without answering: "+
 			"it does not flush its output; %s", limit, flushHint))
 	}
 }
@@ -262,16 +260,16 @@ func (r *runner) checkStall(now time.Time) {
 // idleOnInput reports whether the worker has read every line it was sent,
 // has not written an answer the reader has yet to read, and does nothing
 // but wait for more input; with the CPU time its tree has used.
-func (r *runner) idleOnInput() (uint64, bool) {
-	if r.pipe.written.Load() != r.line.sent {
+func (s *Session) idleOnInput() (uint64, bool) {
+	if s.pipe.written.Load() != s.line.sent {
 		return 0, false // the writer still has lines to write
 	}
-	for _, f := range []*os.File{r.proc.Tasks, r.proc.Results} {
-		if n, err := worker.Backlog(f); err != nil || n > 0 {
+	for _, f := range []*os.File{s.proc.Tasks, s.proc.Results} {
+		if n, err := Backlog(f); err != nil || n > 0 {
 			return 0, false
 		}
 	}
-	a, err := r.proc.Observe()
+	a, err := s.proc.Observe()
 	if err != nil || !a.StallsOnInput() {
 		return 0, false
 	}

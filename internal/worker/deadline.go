@@ -1,0 +1,201 @@
+package worker
+
+import (
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/safepool/safepool/internal/protocol"
+)
+
+// A Session's liveness: the deadlines of its attempts, the framed worker's
+// start-up deadline, the patience given to a worker whose pipe closed or
+// broke, and what the result pipe says.
+
+// armDeadline sets the timer for the earliest of: an attempt's timeout, the
+// framed worker's start-up deadline, and the end of the patience given to a
+// worker whose pipe closed or broke.
+func (s *Session) armDeadline() {
+	var at time.Time
+	earliest := func(t time.Time) {
+		if !t.IsZero() && (at.IsZero() || t.Before(at)) {
+			at = t
+		}
+	}
+	for _, f := range s.inflight {
+		if f.Timeout > 0 && f.started {
+			earliest(f.start.Add(f.Timeout))
+		}
+	}
+	if f := s.waitingToStart(); f != nil && f.Timeout > 0 {
+		earliest(s.waitingSince(f).Add(f.Timeout))
+	}
+	if s.cfg.Spec.IO == IOFramed && !s.ready {
+		earliest(s.startBy.at)
+	}
+	for _, t := range []time.Time{s.eofAt, s.brokenAt} {
+		if !t.IsZero() {
+			earliest(t.Add(eofPatience))
+		}
+	}
+	if s.deadline != nil {
+		s.deadline.Stop()
+		s.deadline = nil
+	}
+	if !at.IsZero() {
+		s.deadline = time.NewTimer(time.Until(at))
+	}
+}
+
+// startDeadline is when a framed worker must have sent its ready frame.
+type startDeadline struct {
+	at    time.Time
+	cpu   uint64 // the worker's CPU time when at was last set; 0 at first
+	moved int    // how many times at moved on because the worker was busy
+}
+
+// maxStartMoves bounds how often the start-up deadline moves on for a
+// worker that keeps working: at most (1+maxStartMoves)×StartTimeout.
+const maxStartMoves = 9
+
+// extend moves the deadline on by timeout when the worker is busy starting
+// (its process tree ran, or used CPU time, since the deadline was set), a
+// slow import or model load rather than a hang. It reports whether it did.
+func (d *startDeadline) extend(proc *Process, now time.Time, timeout time.Duration) bool {
+	a, err := proc.Observe()
+	if err != nil || d.moved >= maxStartMoves || a.Running == 0 && a.CPU == d.cpu {
+		return false
+	}
+	d.at, d.cpu, d.moved = now.Add(timeout), a.CPU, d.moved+1
+	return true
+}
+
+// waitingToStart returns the framed flight that the worker should be
+// running now but has not started (none is running, and it is the oldest),
+// or nil.
+func (s *Session) waitingToStart() *Flight {
+	if s.cfg.Spec.IO != IOFramed || len(s.inflight) == 0 || s.runningFlight() != nil {
+		return nil
+	}
+	return s.inflight[0]
+}
+
+// waitingSince is when f, waiting to start, could have started: when it was
+// handed over, or when the worker last finished a task, whichever is later.
+func (s *Session) waitingSince(f *Flight) time.Time {
+	if f.sent.After(s.freeAt) {
+		return f.sent
+	}
+	return s.freeAt
+}
+
+// CheckDeadlines kills the process when a deadline has passed, and arms the
+// timer for the next one.
+func (s *Session) CheckDeadlines() {
+	s.deadline = nil
+	now := time.Now()
+	cfg := &s.cfg
+	switch {
+	case !s.eofAt.IsZero() && !now.Before(s.eofAt.Add(eofPatience)):
+		s.Kill(CauseProtocol)
+		return
+	case !s.brokenAt.IsZero() && !now.Before(s.brokenAt.Add(eofPatience)):
+		s.brokenPipe()
+		return
+	case cfg.Spec.IO == IOFramed && !s.ready && !now.Before(s.startBy.at):
+		if s.startBy.extend(s.proc, now, cfg.StartTimeout) {
+			break // still busy starting
+		}
+		s.killMsg = "it sent no ready frame within " + cfg.StartTimeout.String()
+		if s.startBy.moved > 0 {
+			s.killMsg = fmt.Sprintf("it sent no ready frame within %v, and stopped working",
+				now.Sub(s.spawned).Round(time.Millisecond))
+		}
+		s.Kill(CauseTimeout)
+		return
+	}
+	for _, f := range s.inflight {
+		if f.Timeout > 0 && f.started && !now.Before(f.start.Add(f.Timeout)) {
+			s.victim = f
+			s.Kill(CauseTimeout)
+			return
+		}
+	}
+	if f := s.waitingToStart(); f != nil && f.Timeout > 0 && !now.Before(s.waitingSince(f).Add(f.Timeout)) {
+		// The worker took the task and never started it: its time runs
+		// from when it could have.
+		f.unstarted = true
+		s.startFlight(f, s.waitingSince(f))
+		s.victim = f
+		s.Kill(CauseTimeout)
+		return
+	}
+	s.armDeadline()
+}
+
+// Handle processes one event from the result pipe.
+func (s *Session) Handle(ev Event) {
+	if ev.err != nil {
+		s.readerDone = true
+		if s.killed == "" && s.eofAt.IsZero() {
+			// The worker closed its result pipe, or wrote garbage. Either way
+			// it can no longer be trusted; give it a moment to die by itself
+			// so that its exit status can tell more.
+			if ev.err != io.EOF {
+				s.protocolError(ev.err.Error())
+				return
+			}
+			s.eofAt = time.Now()
+			s.armDeadline()
+		}
+		return
+	}
+	if s.cfg.Spec.IO == IOLine {
+		s.handleLines(ev)
+		return
+	}
+	s.handleFrame(ev.frame)
+}
+
+// handleFrame processes one frame from a framed worker.
+func (s *Session) handleFrame(fr protocol.Frame) {
+	switch fr.Kind {
+	case protocol.KindReady:
+		v, err := protocol.ParseReady(fr.Payload)
+		switch {
+		case s.ready:
+			s.protocolError("a second ready frame")
+		case err != nil:
+			s.protocolError(err.Error())
+		case v != protocol.Version:
+			s.protocolError(fmt.Sprintf("worker speaks protocol version %d, supervisor %d", v, protocol.Version))
+		default:
+			s.ready = true
+			s.host.Up()
+		}
+	case protocol.KindStart:
+		f := s.flightByID(fr.ID)
+		if f == nil || f.started {
+			s.protocolError(fmt.Sprintf("start frame for task %d, which is not waiting to start", fr.ID))
+			return
+		}
+		s.startFlight(f, time.Now())
+	case protocol.KindResult, protocol.KindError:
+		f := s.flightByID(fr.ID)
+		if f == nil {
+			s.protocolError(fmt.Sprintf("%s frame for task %d, which is not in flight", fr.Kind, fr.ID))
+			return
+		}
+		if !f.started {
+			s.startFlight(f, time.Now()) // lenient: a worker may skip the start frame
+		}
+		if fr.Kind == protocol.KindResult {
+			s.succeed(f, fr.Payload)
+		} else {
+			s.endFlight(f, Outcome{Cause: CauseTaskError, ExitCode: -1, Message: string(fr.Payload)}, nil)
+		}
+	case protocol.KindHeartbeat:
+	default:
+		s.protocolError(fmt.Sprintf("unexpected %s frame", fr.Kind))
+	}
+}

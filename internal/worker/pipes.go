@@ -1,0 +1,236 @@
+package worker
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"sync/atomic"
+
+	"github.com/safepool/safepool/internal/bytesize"
+	"github.com/safepool/safepool/internal/protocol"
+)
+
+// maxLinesPerEvent bounds how many result lines, already buffered, the
+// reader hands to the session at once.
+const maxLinesPerEvent = 256
+
+// Event is what a reader goroutine saw on a worker's result pipe.
+type Event struct {
+	lines [][]byte       // line protocol: result lines, without their newlines
+	frame protocol.Frame // framed protocol
+	err   error          // io.EOF, or what was wrong; the reader's last event
+	// consumed is, for lines, no less than how much of its stdin the
+	// worker had read when it wrote them (see taskPipe.readAtMost).
+	consumed int64
+}
+
+// The goroutines that read and write a persistent worker's pipes, and what
+// they share with its Session.
+
+// taskPipe is the supervisor's end of a worker's task pipe. It counts the
+// bytes written, so that the session can tell how much of what it sent the
+// worker has read: what was written less what the pipe still holds.
+type taskPipe struct {
+	f         *os.File
+	attempted atomic.Int64 // bytes handed to write(2), counted before the call
+	written   atomic.Int64 // bytes write(2) took, counted after it
+}
+
+func (tp *taskPipe) Write(p []byte) (int, error) {
+	tp.attempted.Add(int64(len(p)))
+	n, err := tp.f.Write(p)
+	tp.written.Add(int64(n))
+	return n, err
+}
+
+// readAtMost returns a bound that the bytes the worker had read when it was
+// called cannot exceed, or MaxInt64 when the pipe cannot be asked. A line
+// that arrived before the call and claims to answer a line ending past the
+// bound was written before the worker read that line.
+func (tp *taskPipe) readAtMost() int64 {
+	n, err := Backlog(tp.f) // first: attempted only grows
+	if err != nil {
+		return math.MaxInt64
+	}
+	return tp.attempted.Load() - int64(n)
+}
+
+// readAtLeast returns how much the worker has surely read, or -1 when the
+// pipe cannot be asked (it was closed).
+func (tp *taskPipe) readAtLeast() int64 {
+	w := tp.written.Load() // first: the pipe only holds what was written
+	n, err := Backlog(tp.f)
+	if err != nil {
+		return -1
+	}
+	return max(w-int64(n), 0)
+}
+
+// resultReader reads a worker's result pipe and sends what it finds to
+// events, ending with one event whose err is set. It returns early once gone
+// is closed.
+type resultReader struct {
+	framed  bool
+	r       io.Reader
+	events  chan<- Event
+	gone    <-chan struct{}
+	begin   <-chan struct{} // it reads nothing before begin is closed
+	maxLine int64           // line protocol: the longest line
+	pipe    *taskPipe       // line protocol: to tell how much of its stdin the worker has read
+}
+
+// send hands ev to the session; it reports false when the session is gone.
+func (rr *resultReader) send(ev Event) bool {
+	select {
+	case rr.events <- ev:
+		return true
+	case <-rr.gone:
+		return false
+	}
+}
+
+func (rr *resultReader) run() {
+	select {
+	case <-rr.begin:
+	case <-rr.gone:
+		return
+	}
+	if rr.framed {
+		fr := protocol.NewReader(rr.r, protocol.DefaultMaxPayload)
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				rr.send(Event{err: err})
+				return
+			}
+			if !rr.send(Event{frame: f}) {
+				return
+			}
+		}
+	}
+	// After each read, note how much of its stdin the worker had read at
+	// most: every line read so far was written before that.
+	sr := &sampledReader{r: rr.r, sample: rr.pipe.readAtMost}
+	br := bufio.NewReaderSize(sr, 64<<10)
+	for {
+		line, err := readLine(br, rr.maxLine)
+		if err != nil {
+			rr.send(Event{err: err})
+			return
+		}
+		// Hand over, with it, the whole lines already buffered.
+		lines := [][]byte{line}
+		for len(lines) < maxLinesPerEvent && err == nil {
+			buf, _ := br.Peek(br.Buffered())
+			if bytes.IndexByte(buf, '\n') < 0 {
+				break
+			}
+			if line, err = readLine(br, rr.maxLine); err == nil {
+				lines = append(lines, line)
+			}
+		}
+		if !rr.send(Event{lines: lines, consumed: sr.last}) {
+			return
+		}
+		if err != nil { // a line over the bound
+			rr.send(Event{err: err})
+			return
+		}
+	}
+}
+
+// sampledReader calls sample after every read that returned data, and
+// keeps the last value.
+type sampledReader struct {
+	r      io.Reader
+	sample func() int64
+	last   int64
+}
+
+func (s *sampledReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if n > 0 {
+		s.last = s.sample()
+	}
+	return n, err
+}
+
+// LineTooLongError is the protocol error of a line worker whose answer line
+// is longer than pool.Config.MaxLine.
+type LineTooLongError struct {
+	// Max is the bound, in bytes without the newline.
+	Max int64
+}
+
+func (e *LineTooLongError) Error() string {
+	return fmt.Sprintf("the worker wrote an answer line longer than the limit of %s", bytesize.Format(e.Max))
+}
+
+// readLine returns the next line without its newline. A line longer than
+// max bytes is an error as soon as max+1 bytes of it have been read: no more
+// is buffered. A last line without a newline is not a result: the worker
+// died while writing it.
+func readLine(br *bufio.Reader, max int64) ([]byte, error) {
+	frag, err := br.ReadSlice('\n')
+	if err == nil {
+		if int64(len(frag))-1 > max {
+			return nil, &LineTooLongError{Max: max}
+		}
+		return append([]byte(nil), frag[:len(frag)-1]...), nil
+	}
+	if err != bufio.ErrBufferFull {
+		if err == io.ErrUnexpectedEOF {
+			err = io.EOF
+		}
+		return nil, err
+	}
+	var line []byte
+	for {
+		// frag holds no newline, or ends with it when err is nil.
+		n := int64(len(line) + len(frag))
+		if err == nil {
+			n-- // the newline
+		}
+		if n > max {
+			return nil, &LineTooLongError{Max: max}
+		}
+		line = append(line, frag...)
+		if err == nil {
+			return line[:len(line)-1], nil
+		}
+		if err != bufio.ErrBufferFull {
+			return nil, io.EOF
+		}
+		frag, err = br.ReadSlice('\n')
+	}
+}
+
+// writeTasks writes each message to the worker's task pipe, batching what is
+// queued into one write. It returns when msgs is closed. Its first write
+// error goes to errc (which must have room for it); after that it keeps
+// draining msgs so that the session never blocks on it.
+func writeTasks(w io.Writer, msgs <-chan []byte, errc chan<- error) {
+	bw := bufio.NewWriterSize(w, 64<<10)
+	var failed bool
+	fail := func(err error) {
+		failed = true
+		errc <- err
+	}
+	for m := range msgs {
+		if failed {
+			continue
+		}
+		if _, err := bw.Write(m); err != nil {
+			fail(err)
+			continue
+		}
+		if len(msgs) == 0 {
+			if err := bw.Flush(); err != nil {
+				fail(err)
+			}
+		}
+	}
+}

@@ -1,0 +1,273 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/safepool/safepool/internal/bytesize"
+	"github.com/safepool/safepool/internal/memory"
+)
+
+// The end of a Session: what its process wrote before it died, its exit,
+// and the Cause of its death. This file is where a death's cause is decided
+// (see docs/architecture.md).
+
+// Death is how a Session's process ended, and what it had in flight.
+type Death struct {
+	// PID is the process's id.
+	PID int
+	// Exit is its exit status.
+	Exit Exit
+	// Cause is why it ended: why the session killed it, or what classify
+	// found. Empty only for an IONone process that exited 0.
+	Cause Cause
+	// Killed is why the session killed it, or empty.
+	Killed Cause
+	// Retired reports whether the session told it to end.
+	Retired bool
+	// Answered is how many tasks it finished.
+	Answered int
+	// Stalled reports whether it was killed for a stall (line protocol).
+	Stalled bool
+	// Flights are its tasks in flight at its death, oldest first.
+	Flights []Casualty
+	// Failure says what went wrong, for a process that never worked; nil
+	// when there is nothing to say beyond Cause.
+	Failure error
+	// Stderr is the last few KiB it wrote to stderr.
+	Stderr string
+}
+
+// Expected reports whether the owner ended the process on purpose: it was
+// retired, cancelled or preempted.
+func (d *Death) Expected() bool {
+	return d.Retired || d.Killed == CauseCancelled || d.Killed == CausePreempted
+}
+
+// Casualty is a flight whose process died.
+type Casualty struct {
+	Flight *Flight
+	// Started reports whether the flight had started.
+	Started bool
+	// Bystander reports that another flight's timeout or protocol error
+	// killed the process.
+	Bystander bool
+	// Unread reports that a line worker never read a byte of its line.
+	Unread bool
+	// Outcome is the attempt, if the owner charges it with the death.
+	Outcome Outcome
+}
+
+// Reap ends the Session once Done is closed: it collects what the process
+// wrote before dying (results still count, through the Host), ends the
+// reader and writer, closes the pipes, and says how the process died.
+func (s *Session) Reap() *Death {
+	proc := s.proc
+	read := int64(-1)
+	if s.cfg.Spec.IO != IONone {
+		s.startReader() // what a worker wrote before its first line is read, and blamed
+		s.drainResults()
+		read = s.pipe.readAtLeast() // before the pipe is closed
+		close(s.gone)
+		close(s.writes)
+	}
+	proc.CloseIO(linger)
+	if s.watch != nil {
+		s.watch.Stop()
+	}
+	s.stopTimers()
+
+	exit := proc.Exit()
+	d := &Death{PID: proc.Pid, Exit: exit, Cause: s.killed, Killed: s.killed, Retired: s.retired,
+		Answered: s.answered, Stalled: s.line.stalled, Stderr: proc.StderrTail()}
+	if d.Cause == "" && (s.cfg.Spec.IO != IONone || exit.Code != 0 || exit.Signal != 0) {
+		d.Cause = s.classify(exit, s.spawned)
+	}
+	line := s.cfg.Spec.IO == IOLine
+	for _, f := range s.inflight {
+		o := s.exitOutcome(exit, d.Cause, f)
+		if d.Cause == CauseTimeout && f.unstarted {
+			o.Message += ", handed over but never started (no start frame)"
+		}
+		d.Flights = append(d.Flights, Casualty{Flight: f, Started: f.started, Outcome: o,
+			Bystander: s.victim != nil && f != s.victim,
+			Unread:    line && read >= 0 && read <= f.off})
+	}
+	switch {
+	case s.killMsg != "":
+		d.Failure = errors.New(s.killMsg)
+	case d.Cause == CauseTimeout:
+		d.Failure = fmt.Errorf("it had not read its first line after %v", s.cfg.Timeout)
+	}
+	s.inflight, s.pending = nil, nil
+	return d
+}
+
+// drainResults hands on what the dead worker wrote before it died, which is
+// still in the pipe unless the reader has already said it reached the end.
+func (s *Session) drainResults() {
+	drain := time.NewTimer(linger)
+	defer drain.Stop()
+	for open := !s.readerDone; open; {
+		select {
+		case ev := <-s.events:
+			if ev.err != nil {
+				open = false
+				break
+			}
+			// Results written before the death still count.
+			s.Handle(ev)
+		case <-drain.C:
+			open = false
+		}
+	}
+}
+
+// stopTimers stops the deadline and the probe.
+func (s *Session) stopTimers() {
+	for _, t := range []**time.Timer{&s.deadline, &s.probe} {
+		if *t != nil {
+			(*t).Stop()
+			*t = nil
+		}
+	}
+}
+
+// exitOutcome is the outcome of flight f, ended as the process exited, of
+// cause (empty: a one-shot process that succeeded). Its peak is the most of
+// what the group or watch read and f's peak, a reading taken while it ran.
+func (s *Session) exitOutcome(exit Exit, cause Cause, f *Flight) Outcome {
+	end := exit.Time
+	if end.Before(f.start) {
+		end = f.start // its start frame was read from the pipe after the death
+	}
+	o := Outcome{Cause: cause, PID: s.proc.Pid, Start: f.start, End: end, ExitCode: exit.Code, PeakRSS: exit.MaxRSS}
+	if exit.Signal != 0 {
+		o.Signal = SignalName(exit.Signal)
+	}
+	if g := s.cfg.Group; g != nil {
+		if p, err := g.Peak(); err == nil && p > 0 {
+			o.PeakRSS = max(p, f.peak)
+		}
+	} else if s.watch != nil && s.watch.Peak() > 0 {
+		o.PeakRSS = max(s.watch.Peak(), f.peak)
+	}
+	if cause != "" {
+		o.Message = s.deathMessage(cause, o.PeakRSS)
+	}
+	return o
+}
+
+func (s *Session) deathMessage(c Cause, peak int64) string {
+	switch c {
+	case CausePreempted:
+		return "stopped by the memory governor to save memory (not charged)"
+	case CauseOOM:
+		return joinMessage(s.oomMessage(peak), LastLines(s.proc.StderrTail(), 3))
+	case CauseProtocol:
+		if s.killMsg != "" {
+			return s.killMsg
+		}
+		return "the worker closed its result pipe"
+	case CauseTimeout:
+		limit := s.cfg.Timeout
+		if s.victim != nil {
+			limit = s.victim.Timeout
+		}
+		return "killed after " + limit.String()
+	case CauseMemoryLimit:
+		return "over the memory limit of " + strconv.FormatInt(s.cfg.MemLimit, 10) + " bytes"
+	}
+	return LastLines(s.proc.StderrTail(), 3)
+}
+
+// oomMessage says whether an OOM kill came from the worker's own cgroup
+// limit or from memory running out around it (the host, or an enclosing
+// cgroup such as a container's).
+func (s *Session) oomMessage(peak int64) string {
+	limit := s.cfg.Limit
+	if s.cfg.Group == nil {
+		return "killed by the OOM killer (confirmed by the enclosing cgroup's oom_kill counter or the kernel log)"
+	}
+	if limit > 0 && peak >= limit-limit/50 {
+		return "killed by the OOM killer at the worker's limit of " + bytesize.Format(limit)
+	}
+	return "killed by the OOM killer when memory ran out outside the worker's limit (host or enclosing cgroup)"
+}
+
+// joinMessage joins the parts that are not empty with "; ".
+func joinMessage(a, b string) string {
+	if a == "" || b == "" {
+		return a + b
+	}
+	return a + "; " + b
+}
+
+// LastLines returns the last n lines of s that carry text, joined with
+// " | ". Blank lines and lines that only point at the line above (the ^^^
+// and ~~~ under the code in a Python traceback) say nothing alone, and would
+// push the error line itself out.
+func LastLines(s string, n int) string {
+	var keep []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Trim(l, " \t\r^~") != "" {
+			keep = append(keep, strings.TrimSpace(l))
+		}
+	}
+	if len(keep) > n {
+		keep = keep[len(keep)-n:]
+	}
+	return strings.Join(keep, " | ")
+}
+
+// classify names the cause of a death the session did not cause itself.
+func (s *Session) classify(exit Exit, started time.Time) Cause {
+	// The OOM killer may have taken a process inside the worker (sh -c
+	// 'prog'), after which the worker itself exits with 137: the group's
+	// counter tells, whatever the worker's own status.
+	// The counter is raised for every OOM kill of a process in the group,
+	// by its own limit or for want of memory elsewhere, before the signal is
+	// sent; when it can be read, it is the whole answer, and the kernel log
+	// need not be waited for.
+	counted := false
+	if g := s.cfg.Group; g != nil {
+		if n, err := g.OOMKills(); err == nil {
+			counted = true
+			if n > s.oomBase {
+				s.oomBase = n
+				return CauseOOM
+			}
+		}
+	}
+	// Where workers share the supervisor's cgroup, its counter confirms
+	// a kill only when its rise is accounted for by exactly the deaths
+	// that may be kills (memory.OOMWitness). A worker the session retired
+	// may have been SIGKILLed by the session itself, which is never an OOM
+	// kill.
+	if !counted && !s.retired && memory.MaybeOOMKilled(exit.Signal, exit.Code) {
+		if w := s.cfg.Witness; w != nil && w.Confirm(s.oomMark) {
+			return CauseOOM
+		}
+	}
+	// Without a cgroup, the kernel refuses a worker memory past its data
+	// size limit, and the worker fails in its own way: say memory-limit
+	// when that failure was the refusal.
+	if s.cfg.Group == nil && s.watch != nil && s.cfg.Shim.DataLimit > 0 && memory.RefusedMemory(memory.Failure{
+		Signal: exit.Signal, ExitCode: exit.Code, Stderr: s.proc.StderrTail(),
+		Private: s.watch.Last(), Limit: s.cfg.MemLimit,
+	}) {
+		return CauseMemoryLimit
+	}
+	if exit.Signal == 0 {
+		return ExitCause(exit.Code)
+	}
+	if !counted && exit.Signal == syscall.SIGKILL && s.cfg.OOMLog != nil &&
+		s.cfg.OOMLog.KilledSince(s.proc.Pid, started, oomLogWait) {
+		return CauseOOM
+	}
+	return SignalCause(exit.Signal)
+}

@@ -1,0 +1,652 @@
+package worker
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/safepool/safepool/internal/memory"
+	"github.com/safepool/safepool/internal/protocol"
+)
+
+const (
+	// linger is how long a dead worker's pipes may keep delivering what it
+	// wrote before it died; past that a grandchild holding them is ignored.
+	linger = 200 * time.Millisecond
+	// eofPatience is how long a worker that closed its result pipe has to
+	// die by itself and say why, before it is killed for a protocol error.
+	eofPatience = 200 * time.Millisecond
+	// oomLogWait is how long to wait for the kernel log to name a worker
+	// that died of SIGKILL; the record is written as the kill is sent.
+	oomLogWait = 200 * time.Millisecond
+	// peakEvery is the least time between two readings (each followed by a
+	// reset) of a worker cgroup's peak. Reading and resetting it for every
+	// task cost most of the supervisor's time on short lines; an attempt
+	// that ends sooner is charged the last reading.
+	peakEvery = 100 * time.Millisecond
+)
+
+// PipelineAhead is about how much work, by the recent time per line, a line
+// worker may have waiting in its stdin. Lines sent ahead save a round trip
+// each, which matters for lines of microseconds; for lines of seconds they
+// would only keep idle workers from the last lines of the input.
+var PipelineAhead = 10 * time.Millisecond
+
+// Config says how a Session runs its process, beyond the process itself.
+type Config struct {
+	// Spec is the process. Its Cgroup is set from Group or Shim; for
+	// IOFramed the protocol's variables are added to its Env.
+	Spec Spec
+	// Group is the slot's memory cgroup, which the process starts in and
+	// whose counters and peak judge it; nil without one.
+	Group *memory.Group
+	// Shim readies a process without a Group before its code runs.
+	Shim memory.Shim
+	// Limit is Group's memory limit, for messages; 0 means none.
+	Limit int64
+	// MemLimit is the limit on the private memory of a process without a
+	// Group, which a memory.Watch enforces; 0 means none.
+	MemLimit int64
+	// Witness confirms OOM kills where workers share the supervisor's
+	// cgroup; nil where it cannot.
+	Witness *memory.OOMWitness
+	// OOMLog names the kernel OOM killer's victims; nil where the kernel
+	// log cannot be read.
+	OOMLog *memory.OOMLog
+	// Frame appends a task frame for id to buf (IOFramed).
+	Frame func(buf []byte, id uint64, payload []byte) []byte
+	// Timeout is the default limit on an attempt, for messages; a Flight
+	// carries its own.
+	Timeout time.Duration
+	// StartTimeout bounds how long a framed worker may take to be ready,
+	// and how long a line worker's start gate stays shut.
+	StartTimeout time.Duration
+	// StallTimeout is how long a line worker may stall before its attempt
+	// fails; 0 means never.
+	StallTimeout time.Duration
+	// Grace is the time between SIGTERM and SIGKILL when the process is
+	// stopped, and the patience given to a retired process.
+	Grace time.Duration
+	// Pipeline is the most tasks in flight at once.
+	Pipeline int
+	// MaxLine bounds an answer line (IOLine).
+	MaxLine int64
+	// MaxTasks retires the process after that many answers; 0: never.
+	MaxTasks int
+	// MaxRSS retires the process once its memory is over it; 0: never.
+	MaxRSS int64
+	// LineTime is the recent time per line of the slot's previous process
+	// (see Session.LineTime); 0 if none.
+	LineTime time.Duration
+}
+
+// Host is told what happens in a Session while its process lives. Its
+// methods are called on the goroutine that calls the Session's methods.
+type Host interface {
+	// Up is called when the process became ready (its ready frame) or gave
+	// its first answer.
+	Up()
+	// Started is called when f started running.
+	Started(f *Flight)
+	// Ended is called when f ended while the process lives: with a result
+	// (o.Cause empty, output set) or a task error.
+	Ended(f *Flight, o Outcome, output []byte)
+	// Note is called with something a user should hear about the process.
+	Note(n Note)
+}
+
+// NoteKind says what a Note is about.
+type NoteKind int
+
+const (
+	// NoteOutOfStep: a line worker wrote a line that cannot be an answer.
+	NoteOutOfStep NoteKind = iota
+	// NoteStalled: a line worker has stalled for a while.
+	NoteStalled
+)
+
+// Note is something a user should hear about a process.
+type Note struct {
+	Kind NoteKind
+	// ID is the task concerned; 0 if none.
+	ID uint64
+	// Message says what happened.
+	Message string
+	// Answered is how many answers the process gave before.
+	Answered int
+}
+
+// Flight is one task handed to a Session's process.
+type Flight struct {
+	// ID identifies the task to the worker (framed) and to the Host.
+	ID uint64
+	// Input is the task's line or payload.
+	Input []byte
+	// Timeout is the limit on the attempt; 0 means none.
+	Timeout time.Duration
+	// Task is the caller's own record of the task.
+	Task any
+
+	started bool
+	start   time.Time
+	sent    time.Time // when it was handed to the writer
+	peak    int64     // the highest peak reading taken while it ran
+	// off and end bound the task's line in the bytes written to a line
+	// worker's stdin: the worker has read the line when it has read end.
+	off, end int64
+	// unstarted says that a framed worker never sent the start frame of
+	// this flight, which was timed from when it was handed over.
+	unstarted bool
+}
+
+// StartedAt is when f started running; zero if it has not.
+func (f *Flight) StartedAt() time.Time { return f.start }
+
+// Outcome is how an attempt ended.
+type Outcome struct {
+	// Cause is empty for a result.
+	Cause Cause
+	// PID is the worker's process id.
+	PID int
+	// Start and End bound the attempt.
+	Start, End time.Time
+	// ExitCode is the exit status when the process exited during the
+	// attempt, and -1 otherwise.
+	ExitCode int
+	// Signal names the signal that killed the process, or is empty.
+	Signal string
+	// PeakRSS is the peak memory charged to the attempt; 0 if unknown.
+	PeakRSS int64
+	// Message gives detail.
+	Message string
+}
+
+// Session owns the life of one worker process: its start in the slot's
+// cgroup or shim, the goroutines that read and write its pipes, the
+// protocol's checks, its deadlines and stall watch, its reaping, and the
+// classification of its death into a Cause. A new process is a new
+// Session. All methods must be called from one goroutine, the owner's
+// (a pool's runner), which ends the Session by calling Reap once Done is
+// closed.
+type Session struct {
+	cfg  Config
+	host Host
+	proc *Process
+	// watch samples the process's private memory where it has no cgroup of
+	// its own (cfg.Group is nil); nil otherwise.
+	watch *memory.Watch
+
+	events   chan Event    // from the reader
+	writes   chan []byte   // to the writer; nil for IONone
+	writeErr chan error    // from the writer: its first write error
+	begin    chan struct{} // closed when the reader may start reading results
+	begun    bool          // begin is closed
+	gone     chan struct{} // closed when the session abandons the process
+	pipe     *taskPipe     // the task pipe, counting what was written
+	pending  []byte        // tasks encoded but not yet handed to the writer
+
+	inflight  []*Flight // sent to the process, oldest first
+	ready     bool      // the framed worker sent ready
+	answered  int       // tasks the process finished
+	retiring  bool      // no more tasks; end the process when idle
+	retired   bool      // the session told the process to end
+	killed    Cause     // why the session killed the process, or ""
+	killMsg   string    // what the worker did wrong, when killed for it
+	victim    *Flight   // the flight that timed out or erred, if any
+	eofAt     time.Time // when the result pipe reached EOF
+	brokenAt  time.Time // when a write to the task pipe failed
+	brokenErr error     // how it failed
+	// readerDone: the result reader sent its last event.
+	readerDone bool
+
+	oomBase  uint64         // the group's oom_kill count when the process or attempt began
+	oomMark  memory.OOMMark // the enclosing cgroup's OOM witness then
+	deadline *time.Timer    // earliest timeout, start-up deadline or patience
+	probe    *time.Timer    // line protocol: the next look at the worker
+	spawned  time.Time      // when the process started
+	freeAt   time.Time      // framed: when the process last had no task running
+	startBy  startDeadline  // framed: when the process must be ready
+	line     lineState      // line protocol: the checks
+	lineTime time.Duration  // line protocol: recent time per line; 0 before the first
+
+	// The group's peak is read and reset at most every peakEvery.
+	peakAt   time.Time // when the peak was last reset
+	peakRead bool      // peakLast is a reading taken at peakAt
+	peakLast int64     // the last reading: the peak of the interval before peakAt
+}
+
+// StartSession starts a process as cfg says and returns its Session. For
+// IOLine and IOFramed it starts the goroutines that read and write the
+// process's pipes, which Reap ends. An error is Start's.
+func StartSession(cfg Config, host Host) (*Session, error) {
+	s := &Session{cfg: cfg, host: host, lineTime: cfg.LineTime}
+	spec := cfg.Spec
+	if spec.IO == IOFramed {
+		spec.Env = withEnv(spec.Env, protocol.EnvProtocol+"="+protocol.Framed,
+			protocol.EnvTaskFD+"=3", protocol.EnvResultFD+"=4")
+	}
+	if cfg.Group != nil {
+		spec.Cgroup = cfg.Group
+		s.oomBase, _ = cfg.Group.OOMKills()
+		if spec.IO == IONone {
+			_ = cfg.Group.ResetPeak() // the attempt is the process
+		}
+	} else {
+		spec.Cgroup = cfg.Shim
+	}
+	s.markOOM()
+	s.spawned = time.Now()
+	proc, err := Start(spec)
+	if err != nil {
+		return nil, err
+	}
+	s.proc, s.freeAt = proc, s.spawned
+	if cfg.Group == nil {
+		s.watch = memory.StartWatch(proc.Pid, cfg.MemLimit)
+	}
+	if spec.IO == IONone {
+		return s, nil
+	}
+	s.events = make(chan Event, 64)
+	s.writes = make(chan []byte, cfg.Pipeline+1)
+	s.writeErr = make(chan error, 1)
+	s.gone = make(chan struct{})
+	s.begin = make(chan struct{})
+	s.pipe = &taskPipe{f: proc.Tasks}
+	rd := resultReader{framed: spec.IO == IOFramed, r: proc.Results, events: s.events, gone: s.gone,
+		begin: s.begin, maxLine: cfg.MaxLine, pipe: s.pipe}
+	go rd.run()
+	go writeTasks(s.pipe, s.writes, s.writeErr)
+	if spec.IO == IOLine {
+		// The first line waits until the worker is seen waiting for it.
+		s.line = lineState{gateUntil: s.spawned.Add(cfg.StartTimeout), gateLook: gateFirstLook}
+		s.armProbe()
+	} else {
+		s.startReader()
+		s.startBy = startDeadline{at: s.spawned.Add(cfg.StartTimeout)}
+		s.armDeadline()
+	}
+	return s, nil
+}
+
+// withEnv returns env (or the supervisor's environment when nil) with vars
+// added.
+func withEnv(env []string, vars ...string) []string {
+	if env == nil {
+		env = os.Environ()
+	}
+	return append(append([]string(nil), env...), vars...)
+}
+
+// PID is the process's id.
+func (s *Session) PID() int { return s.proc.Pid }
+
+// Spawned is when the process was started.
+func (s *Session) Spawned() time.Time { return s.spawned }
+
+// Watch is the sampler of the process's private memory, or nil where it
+// has a cgroup of its own.
+func (s *Session) Watch() *memory.Watch { return s.watch }
+
+// LineTime is the recent time per line of a line worker, a moving average;
+// 0 before the first answer.
+func (s *Session) LineTime() time.Duration { return s.lineTime }
+
+// Done is closed once the process has ended; then call Reap.
+func (s *Session) Done() <-chan struct{} { return s.proc.Done() }
+
+// Events delivers what the result reader read; hand each to Handle.
+func (s *Session) Events() <-chan Event { return s.events }
+
+// WriteErr delivers the writer's first error; hand it to PipeBroken.
+func (s *Session) WriteErr() <-chan error { return s.writeErr }
+
+// Deadline fires at the earliest deadline; then call CheckDeadlines.
+func (s *Session) Deadline() <-chan time.Time {
+	if s.deadline == nil {
+		return nil
+	}
+	return s.deadline.C
+}
+
+// Probe fires when a line worker is due a look; then call Look.
+func (s *Session) Probe() <-chan time.Time {
+	if s.probe == nil {
+		return nil
+	}
+	return s.probe.C
+}
+
+// OverLimit is closed once the process's private memory went over
+// MemLimit, where it has no cgroup of its own and is not being killed
+// already; otherwise it is nil.
+func (s *Session) OverLimit() <-chan struct{} {
+	if s.watch == nil || s.killed != "" {
+		return nil
+	}
+	return s.watch.Over()
+}
+
+// Last returns the newest flight, or nil.
+func (s *Session) Last() *Flight {
+	if len(s.inflight) == 0 {
+		return nil
+	}
+	return s.inflight[len(s.inflight)-1]
+}
+
+// HasRoom reports whether the process may take another task.
+func (s *Session) HasRoom() bool {
+	cfg := &s.cfg
+	if s.retiring || s.killed != "" || !s.eofAt.IsZero() || len(s.inflight) >= cfg.Pipeline {
+		return false
+	}
+	switch cfg.Spec.IO {
+	case IOFramed:
+		if !s.ready {
+			return false
+		}
+	case IOLine:
+		if !s.line.gateOpen || len(s.inflight) >= s.lineDepth() {
+			return false
+		}
+	}
+	if cfg.MaxTasks > 0 && s.answered+len(s.inflight) >= cfg.MaxTasks {
+		return false
+	}
+	select {
+	case <-s.proc.Done():
+		return false // it exited between tasks: reap it first
+	default:
+		return true
+	}
+}
+
+// lineDepth is how many lines a line worker may have in flight: one until
+// it has answered, then as many as it answers in PipelineAhead, up to
+// Config.Pipeline.
+func (s *Session) lineDepth() int {
+	if s.lineTime <= 0 {
+		return 1
+	}
+	return int(min(int64(s.cfg.Pipeline), 1+int64(PipelineAhead/s.lineTime)))
+}
+
+// Send encodes f for the process; Flush hands what was encoded to the
+// writer. For IONone the flight is the process's one task, running since
+// the process started.
+func (s *Session) Send(f *Flight) {
+	f.sent = time.Now()
+	s.inflight = append(s.inflight, f)
+	switch s.cfg.Spec.IO {
+	case IONone:
+		s.startFlight(f, s.spawned)
+	case IOLine:
+		s.pending = append(append(s.pending, f.Input...), '\n')
+		f.off = s.line.sent
+		s.line.sent += int64(len(f.Input)) + 1
+		f.end = s.line.sent
+		s.line.progress = f.sent
+		s.armProbe()
+		// A line worker answers in order, and the line protocol cannot say
+		// when a task starts: the oldest line in flight is the one running,
+		// from when it was sent or the previous line was answered.
+		if len(s.inflight) == 1 {
+			s.startFlight(f, f.sent)
+		}
+	case IOFramed:
+		s.pending = s.cfg.Frame(s.pending, f.ID, f.Input)
+	}
+}
+
+// Flush hands the encoded tasks to the writer in one message. The writes
+// channel holds one message per task at most, so this never blocks.
+func (s *Session) Flush() {
+	if len(s.pending) == 0 {
+		return
+	}
+	s.writes <- s.pending
+	s.pending = nil
+	if s.cfg.Spec.IO == IOFramed && s.timed() {
+		s.armDeadline() // a task the worker never starts is timed from now
+	}
+}
+
+// timed reports whether an attempt in flight may time out.
+func (s *Session) timed() bool {
+	for _, f := range s.inflight {
+		if f.Timeout > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// startReader lets the result reader start reading.
+func (s *Session) startReader() {
+	if !s.begun && s.begin != nil {
+		s.begun = true
+		close(s.begin)
+	}
+}
+
+// startFlight marks f running since at.
+func (s *Session) startFlight(f *Flight, at time.Time) {
+	f.started, f.start = true, at
+	g := s.cfg.Group
+	if len(s.inflight) == 1 && s.cfg.Spec.IO != IONone {
+		s.markOOM() // the worker was idle: its window starts anew
+		if s.watch != nil {
+			s.watch.ResetPeak() // and its peak
+		}
+		if g != nil && at.Sub(s.peakAt) >= peakEvery {
+			// The worker was idle: measure its peak from here.
+			if g.ResetPeak() == nil {
+				s.peakAt, s.peakRead = at, false
+			}
+		}
+	}
+	s.host.Started(f)
+	s.armDeadline()
+}
+
+// markOOM starts the window in which the enclosing cgroup's OOM witness
+// judges the process's death, where workers share that cgroup.
+func (s *Session) markOOM() {
+	if s.cfg.Witness != nil {
+		s.oomMark = s.cfg.Witness.Snapshot()
+	}
+}
+
+// peakFor is the peak memory to charge to f as it ends at now: the peak read
+// now, or, within peakEvery of the last reading, that reading. A reading
+// also raises the peak of every other running attempt.
+func (s *Session) peakFor(f *Flight, now time.Time) int64 {
+	g := s.cfg.Group
+	if g == nil {
+		if s.watch != nil {
+			return max(f.peak, s.watch.Peak())
+		}
+		return 0
+	}
+	if !s.peakRead || now.Sub(s.peakAt) >= peakEvery {
+		if p, err := g.Peak(); err == nil {
+			s.peakLast, s.peakRead = p, true
+			if g.ResetPeak() == nil {
+				s.peakAt = now
+			}
+			for _, o := range s.inflight {
+				if o.started {
+					o.peak = max(o.peak, p)
+				}
+			}
+		}
+	}
+	return max(f.peak, s.peakLast)
+}
+
+// Kill ends the process at once and remembers why, unless it was already
+// being killed for another cause.
+func (s *Session) Kill(c Cause) {
+	if s.killed == "" {
+		s.killed = c
+	}
+	s.proc.Kill()
+}
+
+// Preempt stops the process if it runs task id (for a line worker: holds
+// its line, which is in the way of the memory the worker holds). It
+// reports whether it did.
+func (s *Session) Preempt(id uint64) bool {
+	for _, f := range s.inflight {
+		if f.ID == id && (f.started || s.cfg.Spec.IO == IOLine) {
+			s.Kill(CausePreempted)
+			return true
+		}
+	}
+	return false
+}
+
+// The stop sequence is Process.Stop and Retire, not exec.Cmd's Cancel and
+// WaitDelay. Cancel runs only when a context is done and signals one pid,
+// not the process group; WaitDelay only bounds the copying goroutines
+// exec.Cmd starts, and our pipes are our own. Neither keeps the guarantee
+// that Process.wait gives: the one waiter sees the death with
+// waitid(WNOWAIT) and SIGKILLs the whole group before it reaps, so the
+// group id cannot be reused by then; nor the steps a retired worker gets
+// (EOF on its task pipe, patience, SIGTERM, grace, SIGKILL).
+
+// Cancel ends the process because the pool aborts: with SIGTERM, then
+// SIGKILL after Config.Grace, or at once when now is set. A persistent
+// process's attempts are cancelled whatever else was killing it; a one-shot
+// process the pool had already ended keeps that cause.
+func (s *Session) Cancel(now bool) {
+	if s.killed == "" || s.cfg.Spec.IO != IONone {
+		s.killed = CauseCancelled
+	}
+	if now {
+		s.proc.Kill()
+		return
+	}
+	s.proc.Stop(s.cfg.Grace)
+}
+
+// Retire ends the process once it has no task in flight.
+func (s *Session) Retire() {
+	s.retiring = true
+	s.retireIfIdle()
+}
+
+func (s *Session) retireIfIdle() {
+	if s.retiring && len(s.inflight) == 0 && s.killed == "" && !s.retired {
+		s.retired = true
+		s.proc.Retire(s.cfg.Grace, s.cfg.Grace)
+	}
+}
+
+// PipeBroken handles a failed write to the task pipe. A worker that exits
+// makes writes fail too; it is given a moment to be reaped, so that its exit
+// status says what happened, before brokenPipe blames it.
+func (s *Session) PipeBroken(err error) {
+	if s.killed != "" || s.retired || !s.brokenAt.IsZero() {
+		return // the session closed the pipe itself, or already knows
+	}
+	s.brokenAt, s.brokenErr = time.Now(), err
+	s.armDeadline()
+}
+
+// brokenPipe kills a worker that is alive but can no longer take tasks.
+// The task it was running is charged (for a line worker, only if it read
+// some of its line); the others go back to the queue.
+func (s *Session) brokenPipe() {
+	line := s.cfg.Spec.IO == IOLine
+	if line && !s.line.gateOpen {
+		s.gateFault()
+		return
+	}
+	what := "its task pipe"
+	if line {
+		what = "its stdin"
+	}
+	s.protocolError(fmt.Sprintf("the worker closed %s with %d of the tasks sent to it unanswered (%v)",
+		what, len(s.inflight), s.brokenErr))
+}
+
+func (s *Session) protocolError(msg string) {
+	if s.killed == "" {
+		// The running attempts get the message through their Outcome.
+		for _, f := range s.inflight {
+			if f.started {
+				s.victim = f
+				break
+			}
+		}
+		s.killMsg = msg
+	}
+	s.Kill(CauseProtocol)
+}
+
+// succeed ends f with its output and checks whether the process should be
+// retired.
+func (s *Session) succeed(f *Flight, output []byte) {
+	if s.answered == 0 {
+		s.host.Up()
+	}
+	s.answered++
+	cfg := &s.cfg
+	if cfg.MaxTasks > 0 && s.answered >= cfg.MaxTasks {
+		s.retiring = true
+	}
+	if cfg.MaxRSS > 0 {
+		if rss, err := s.memoryInUse(); err == nil && rss > cfg.MaxRSS {
+			s.retiring = true
+		}
+	}
+	s.endFlight(f, Outcome{ExitCode: -1}, output)
+}
+
+// memoryInUse is the process's memory: its cgroup's usage where it has one,
+// otherwise what its process tree alone holds.
+func (s *Session) memoryInUse() (int64, error) {
+	if s.cfg.Group != nil {
+		return s.cfg.Group.Usage()
+	}
+	return memory.TreePrivateMemory(s.proc.Pid)
+}
+
+// endFlight removes f from the flights and tells the host how it ended.
+func (s *Session) endFlight(f *Flight, o Outcome, output []byte) {
+	for i, g := range s.inflight {
+		if g == f {
+			s.inflight = append(s.inflight[:i], s.inflight[i+1:]...)
+			break
+		}
+	}
+	o.PID, o.Start, o.End = s.proc.Pid, f.start, time.Now()
+	o.PeakRSS = s.peakFor(f, o.End)
+	if s.cfg.Spec.IO == IOFramed && s.runningFlight() == nil {
+		s.freeAt = o.End // the next task's time runs from here if it is not started
+	}
+	s.host.Ended(f, o, output)
+	s.armDeadline()
+	s.retireIfIdle()
+}
+
+// runningFlight returns the oldest started flight, or nil.
+func (s *Session) runningFlight() *Flight {
+	for _, f := range s.inflight {
+		if f.started {
+			return f
+		}
+	}
+	return nil
+}
+
+func (s *Session) flightByID(id uint64) *Flight {
+	for _, f := range s.inflight {
+		if f.ID == id {
+			return f
+		}
+	}
+	return nil
+}

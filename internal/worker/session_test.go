@@ -1,0 +1,324 @@
+package worker
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/safepool/safepool/internal/protocol"
+)
+
+// The test binary is also the worker the Session tests run: TestMain turns
+// it into one when helperEnv names a mode. Each task's input says what the
+// worker does with it (see behave).
+const helperEnv = "SAFEPOOL_WORKER_HELPER"
+
+func TestMain(m *testing.M) {
+	if mode := os.Getenv(helperEnv); mode != "" {
+		os.Exit(runHelper(mode))
+	}
+	os.Exit(m.Run())
+}
+
+// runHelper runs the test binary as a worker of mode: "framed", "line", or
+// "oneshot" (its last argument is its one task).
+func runHelper(mode string) int {
+	switch mode {
+	case "framed":
+		in := protocol.NewReader(os.NewFile(3, "tasks"), 0)
+		res := os.NewFile(4, "results")
+		out := protocol.NewWriter(res)
+		out.WriteFrame(protocol.Frame{Kind: protocol.KindReady, Payload: protocol.ReadyPayload()})
+		out.Flush()
+		for {
+			f, err := in.ReadFrame()
+			if err != nil {
+				return 0
+			}
+			out.WriteFrame(protocol.Frame{Kind: protocol.KindStart, ID: f.ID})
+			out.Flush()
+			switch input := string(f.Payload); input {
+			case "garbage":
+				res.Write([]byte("this is not a frame header at all\n"))
+				time.Sleep(time.Hour)
+			case "close":
+				res.Close() // and live on
+				time.Sleep(time.Hour)
+			case "fail":
+				out.WriteFrame(protocol.Frame{Kind: protocol.KindError, ID: f.ID, Payload: []byte("bad input")})
+			default:
+				out.WriteFrame(protocol.Frame{Kind: protocol.KindResult, ID: f.ID, Payload: []byte(behave(input))})
+			}
+			out.Flush()
+		}
+	case "silent":
+		time.Sleep(time.Hour) // never ready
+		return 0
+	case "line":
+		in := bufio.NewReader(os.Stdin)
+		for {
+			line, err := in.ReadString('\n')
+			if err != nil {
+				return 0
+			}
+			input := strings.TrimSuffix(line, "\n")
+			if input == "twice" {
+				fmt.Println("ok:twice") // a line too many
+			}
+			fmt.Println(behave(input))
+		}
+	case "oneshot":
+		behave(os.Args[len(os.Args)-1])
+		return 0
+	}
+	return 2
+}
+
+// behave does what input says: "die" exits 3 at once, "exit0" exits 0,
+// "kill" SIGKILLs itself, "hang" sleeps; anything else is answered
+// "ok:input".
+func behave(input string) string {
+	switch input {
+	case "die":
+		fmt.Fprintln(os.Stderr, "worker: giving up on", input)
+		os.Exit(3)
+	case "exit0":
+		os.Exit(0)
+	case "kill":
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		time.Sleep(time.Hour)
+	case "hang":
+		time.Sleep(time.Hour)
+	}
+	return "ok:" + input
+}
+
+// host records what a Session tells its owner.
+type host struct {
+	ups   int
+	ended []ending
+	notes []Note
+}
+
+type ending struct {
+	id     uint64
+	o      Outcome
+	output string
+}
+
+func (h *host) Up()               {}
+func (h *host) Started(f *Flight) {}
+func (h *host) Note(n Note)       { h.notes = append(h.notes, n) }
+func (h *host) Ended(f *Flight, o Outcome, output []byte) {
+	h.ended = append(h.ended, ending{f.ID, o, string(output)})
+}
+
+// helperConfig is a Session's configuration for the helper in mode.
+func helperConfig(mode string, io IO, args ...string) Config {
+	return Config{
+		Spec: Spec{Args: append([]string{os.Args[0], "-test.run=^$"}, args...),
+			Env: append(os.Environ(), helperEnv+"="+mode), IO: io},
+		Frame: func(buf []byte, id uint64, payload []byte) []byte {
+			b := frameBuf(buf)
+			w := protocol.NewWriter(&b)
+			w.WriteFrame(protocol.Frame{Kind: protocol.KindTask, ID: id, Payload: payload})
+			w.Flush()
+			return b
+		},
+		StartTimeout: 5 * time.Second,
+		// A helper built with -race sleeps a second as it exits
+		// (GORACE atexit_sleep_ms): give it longer before SIGTERM.
+		Grace:    5 * time.Second,
+		Pipeline: 4,
+		MaxLine:  1 << 20,
+	}
+}
+
+type frameBuf []byte
+
+func (b *frameBuf) Write(p []byte) (int, error) { *b = append(*b, p...); return len(p), nil }
+
+// drive starts a Session with cfg, sends it the inputs once it has room,
+// retires it after the last when retire is set, and runs it, as a pool's
+// runner does, until its process dies or limit passes (then it is
+// cancelled). It returns the host and the Death.
+func drive(t *testing.T, cfg Config, inputs []string, retire bool, limit time.Duration) (*host, *Death) {
+	t.Helper()
+	h := &host{}
+	s, err := StartSession(cfg, h)
+	if err != nil {
+		t.Fatalf("StartSession() = %v", err)
+	}
+	give := time.NewTimer(limit)
+	defer give.Stop()
+	for {
+		if len(inputs) > 0 && (cfg.Spec.IO == IONone || s.HasRoom()) {
+			id := uint64(len(h.ended) + len(s.inflight) + 1)
+			s.Send(&Flight{ID: id, Input: []byte(inputs[0]), Timeout: cfg.Timeout})
+			s.Flush()
+			inputs = inputs[1:]
+			if len(inputs) == 0 && retire {
+				s.Retire()
+			}
+			continue
+		}
+		select {
+		case ev := <-s.Events():
+			s.Handle(ev)
+		case <-s.Done():
+			return h, s.Reap()
+		case <-s.Deadline():
+			s.CheckDeadlines()
+		case <-s.Probe():
+			s.Look(time.Now())
+		case err := <-s.WriteErr():
+			s.PipeBroken(err)
+		case <-give.C:
+			s.Cancel(true)
+		}
+	}
+}
+
+func TestSessionCause(t *testing.T) {
+	tests := []struct {
+		name    string
+		mode    string
+		io      IO
+		timeout time.Duration
+		inputs  []string
+		answers int    // results before the death
+		cause   Cause  // the Death's cause
+		message string // in the dead flight's Outcome.Message
+		killed  Cause
+	}{
+		{name: "framed dies mid-task", mode: "framed", io: IOFramed, inputs: []string{"a", "die"}, answers: 1,
+			cause: ExitCause(3), message: "worker: giving up on die"},
+		{name: "framed exits 0 early", mode: "framed", io: IOFramed, inputs: []string{"exit0"}, cause: ExitCause(0)},
+		{name: "framed garbage frame", mode: "framed", io: IOFramed, inputs: []string{"garbage"},
+			cause: CauseProtocol, killed: CauseProtocol, message: "frame"},
+		{name: "framed closes its result pipe", mode: "framed", io: IOFramed, inputs: []string{"close"},
+			cause: CauseProtocol, killed: CauseProtocol, message: "closed its result pipe"},
+		{name: "framed SIGKILLed", mode: "framed", io: IOFramed, inputs: []string{"kill"},
+			cause: SignalCause(syscall.SIGKILL)},
+		{name: "framed hangs", mode: "framed", io: IOFramed, timeout: 300 * time.Millisecond, inputs: []string{"hang"},
+			cause: CauseTimeout, killed: CauseTimeout, message: "killed after 300ms"},
+		{name: "line dies mid-task", mode: "line", io: IOLine, inputs: []string{"a", "die"}, answers: 1,
+			cause: ExitCause(3), message: "giving up"},
+		{name: "line SIGKILLed", mode: "line", io: IOLine, inputs: []string{"kill"}, cause: SignalCause(syscall.SIGKILL)},
+		{name: "line hangs", mode: "line", io: IOLine, timeout: 300 * time.Millisecond, inputs: []string{"hang"},
+			cause: CauseTimeout, killed: CauseTimeout},
+		{name: "oneshot dies", mode: "oneshot", io: IONone, inputs: []string{"die"}, cause: ExitCause(3)},
+		{name: "oneshot SIGKILLed", mode: "oneshot", io: IONone, inputs: []string{"kill"},
+			cause: SignalCause(syscall.SIGKILL)},
+		{name: "oneshot hangs", mode: "oneshot", io: IONone, timeout: 300 * time.Millisecond, inputs: []string{"hang"},
+			cause: CauseTimeout, killed: CauseTimeout, message: "killed after 300ms"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var args []string
+			if tt.io == IONone {
+				args = []string{"--", tt.inputs[0]}
+			}
+			cfg := helperConfig(tt.mode, tt.io, args...)
+			cfg.Timeout = tt.timeout
+			h, d := drive(t, cfg, tt.inputs, false, 20*time.Second)
+			if d.Cause != tt.cause || d.Killed != tt.killed {
+				t.Fatalf("Death = cause %q killed %q, want %q, %q (stderr %q)", d.Cause, d.Killed, tt.cause, tt.killed, d.Stderr)
+			}
+			if len(h.ended) != tt.answers {
+				t.Errorf("answers before the death = %v, want %d", h.ended, tt.answers)
+			}
+			for _, e := range h.ended {
+				if e.o.Cause != "" || e.output != "ok:a" {
+					t.Errorf("answer = %+v, want ok:a", e)
+				}
+			}
+			if len(d.Flights) != 1 {
+				t.Fatalf("flights at the death = %d, want 1", len(d.Flights))
+			}
+			c := d.Flights[0]
+			if !c.Started || c.Outcome.Cause != tt.cause || c.Outcome.PID != d.PID {
+				t.Errorf("casualty = %+v, want started, cause %q, pid %d", c, tt.cause, d.PID)
+			}
+			if !strings.Contains(c.Outcome.Message, tt.message) {
+				t.Errorf("Outcome.Message = %q, want it to contain %q", c.Outcome.Message, tt.message)
+			}
+			if d.Expected() {
+				t.Errorf("Death.Expected() = true for a death the session did not intend")
+			}
+		})
+	}
+}
+
+func TestSessionAnswersAndRetires(t *testing.T) {
+	for _, mode := range []string{"framed", "line"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			io := IOFramed
+			if mode == "line" {
+				io = IOLine
+			}
+			cfg := helperConfig(mode, io)
+			h, d := drive(t, cfg, []string{"a", "a", "a"}, true, 20*time.Second)
+			if len(h.ended) != 3 {
+				t.Fatalf("answers = %v, want 3", h.ended)
+			}
+			if !d.Retired || !d.Expected() || d.Cause != ExitCause(0) || len(d.Flights) != 0 || d.Answered != 3 {
+				t.Errorf("Death = %+v, want retired, exit:0, no flights, 3 answered", d)
+			}
+		})
+	}
+}
+
+func TestSessionTaskError(t *testing.T) {
+	cfg := helperConfig("framed", IOFramed)
+	h, d := drive(t, cfg, []string{"fail"}, true, 20*time.Second)
+	if len(h.ended) != 1 || h.ended[0].o.Cause != CauseTaskError || h.ended[0].o.Message != "bad input" {
+		t.Fatalf("ended = %+v, want one task-error \"bad input\"", h.ended)
+	}
+	if !d.Expected() {
+		t.Errorf("Death = %+v, want retired", d)
+	}
+}
+
+func TestSessionNeverReady(t *testing.T) {
+	cfg := helperConfig("silent", IOFramed)
+	cfg.StartTimeout = 200 * time.Millisecond
+	_, d := drive(t, cfg, nil, false, 20*time.Second)
+	if d.Cause != CauseTimeout || d.Failure == nil || !strings.Contains(d.Failure.Error(), "no ready frame") {
+		t.Fatalf("Death = cause %q, failure %v; want timeout, no ready frame", d.Cause, d.Failure)
+	}
+}
+
+func TestSessionOutOfStep(t *testing.T) {
+	cfg := helperConfig("line", IOLine)
+	h, d := drive(t, cfg, []string{"a", "twice"}, false, 20*time.Second)
+	if d.Cause != CauseProtocol || d.Killed != CauseProtocol {
+		t.Fatalf("Death = cause %q killed %q, want protocol, protocol", d.Cause, d.Killed)
+	}
+	if len(h.notes) != 1 || h.notes[0].Kind != NoteOutOfStep || h.notes[0].Answered != 1 ||
+		!strings.Contains(h.notes[0].Message, "the 1 answers it gave before may belong to other lines") {
+		t.Errorf("notes = %+v, want one out-of-step note after 1 answer", h.notes)
+	}
+}
+
+func TestSessionCancel(t *testing.T) {
+	cfg := helperConfig("framed", IOFramed)
+	_, d := drive(t, cfg, []string{"hang"}, false, 300*time.Millisecond)
+	if d.Cause != CauseCancelled || !d.Expected() || len(d.Flights) != 1 || !d.Flights[0].Started {
+		t.Fatalf("Death = %+v, want cancelled with the hung flight", d)
+	}
+}
+
+func TestSessionOneShotSucceeds(t *testing.T) {
+	cfg := helperConfig("oneshot", IONone, "--", "a")
+	_, d := drive(t, cfg, []string{"a"}, false, 20*time.Second)
+	if d.Cause != "" || len(d.Flights) != 1 || d.Flights[0].Outcome.Cause != "" || d.Flights[0].Outcome.ExitCode != 0 {
+		t.Fatalf("Death = %+v, want a success", d)
+	}
+}
