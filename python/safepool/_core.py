@@ -36,8 +36,8 @@ import time
 import weakref
 
 from ._pickling import dumps_function, dumps_payload  # noqa: F401  (dumps_function: the jobs' import)
-from ._protocol import (APPLY, ERROR_RECORD, HEADER, K_ABORT, K_CLOSE, K_END, K_READY, K_RESULT,  # noqa: F401
-                        K_TASK, K_TASK_META, MAP, META_LEN, OK, RAISED, STAR)
+from ._protocol import (APPLY, BATCH_HEAD, ERROR_RECORD, HEADER, ITEM_ENTRY, K_ABORT, K_BATCH,  # noqa: F401
+                        K_CLOSE, K_END, K_ITEMS, K_READY, K_RESULT, META_LEN, MAP, OK, RAISED, STAR)
 from . import _oob  # big buffers out of band
 
 _live_cores = weakref.WeakSet()
@@ -303,42 +303,63 @@ class _Core:
             self._fail_waited(job, chunk.positions, chunk.items)
             return
         limits = self._limits_of(job, chunk.start_by)
-        head = (job.mode, job.fn_bytes)
-        sent = []
-        for pos, item in zip(chunk.positions, chunk.items):
+        positions, items = list(chunk.positions), list(chunk.items)
+        try:
+            # One pickle for the chunk: the binary runs it as one batch task,
+            # whose items each keep their own fate.
+            payload, ticket = self._encode(job, items, limits)
+        except Exception:
+            positions, items = self._picklable(job, positions, items, limits)
+            if not items:
+                return
             try:
-                payload, ticket = _oob.encode(head + (item, limits) if limits else head + (item,), self.main_importable)
+                payload, ticket = self._encode(job, items, limits)
             except Exception as e:
-                # As multiprocessing does, the caller gets the pickling
-                # error itself.
+                with self._lock:
+                    self._give_back(job, len(items))
+                for pos in positions:
+                    self._settle(job, pos, False, e)
+                return
+        n = len(items)
+        # Task numbers must follow each other without gaps: number only
+        # what is written, and record it before the answer can come. Each
+        # item holds the batch's ticket, which lives until every item of
+        # the batch has its result.
+        ident = self._next_id
+        self._next_id += n
+        with self._lock:
+            inflight = self._inflight
+            for i in range(n):
+                inflight[ident + i] = (job, positions[i], items[i], ticket)
+        # The call's own timeout and memory hint go to the engine with the
+        # task (docs/protocol.md, batch).
+        meta = {name: job.opts[name] for name in ("timeout", "mem") if job.opts and job.opts.get(name)}
+        meta = json.dumps(meta).encode() if meta else b""
+        write = self._out.write
+        write(HEADER.pack(BATCH_HEAD.size + len(meta) + len(payload), K_BATCH, ident))
+        write(BATCH_HEAD.pack(n, len(meta)) + meta)
+        write(payload)
+
+    def _encode(self, job, items, limits):
+        """The payload of a batch of job's items, and its ticket."""
+        head = (job.mode, job.fn_bytes, items)
+        return _oob.encode(head + (limits,) if limits else head, self.main_importable)
+
+    def _picklable(self, job, positions, items, limits):
+        """The positions and items that pickle; the others fail with the
+        pickling error itself, as with multiprocessing."""
+        keep_pos, keep = [], []
+        for pos, item in zip(positions, items):
+            try:
+                self._encode(job, [item], limits)
+            except Exception as e:
                 with self._lock:
                     self._give_back(job, 1)
                 self._settle(job, pos, False, e)
                 continue
-            sent.append((pos, item, payload, ticket))
-        if not sent:
-            return
-        # Task numbers must follow each other without gaps: number only
-        # what is written, and record it before the answer can come.
-        ident = self._next_id
-        self._next_id += len(sent)
-        with self._lock:
-            inflight = self._inflight
-            for i, (pos, item, _, ticket) in enumerate(sent):
-                inflight[ident + i] = (job, pos, item, ticket)
-        # The call's own timeout and memory hint go to the engine with the
-        # task (docs/protocol.md, task+).
-        meta = {name: job.opts[name] for name in ("timeout", "mem") if job.opts and job.opts.get(name)}
-        if meta:
-            head = json.dumps(meta).encode()
-            head = META_LEN.pack(len(head)) + head
-            for i, (_, _, payload, _) in enumerate(sent):
-                self._write_frame(K_TASK_META, ident + i, head + payload)
-        else:
-            write, pack = self._out.write, HEADER.pack
-            for i, (_, _, payload, _) in enumerate(sent):
-                write(pack(len(payload), K_TASK, ident + i))
-                write(payload)
+            keep_pos.append(pos)
+            keep.append(item)
+        return keep_pos, keep
 
     def _give_back(self, job, n: int):
         """Return the room of n items of job that were taken and not sent.
@@ -390,6 +411,9 @@ class _Core:
                     # Hold nothing of the task while waiting for the next
                     # frame: its arguments and results are the caller's.
                     sent = meta = payload = None
+                elif kind == K_ITEMS:
+                    self._on_items(ident, payload)
+                    payload = None
                 elif kind == K_READY:
                     self._ready_info = json.loads(payload)
                     self._ready.set()
@@ -446,6 +470,58 @@ class _Core:
             self._cancel(c.job, c.positions, c.items, reason)
         if self.on_broken is not None and isinstance(self._broken, _errors().BrokenPool):
             self.on_broken(self._broken)
+
+    def _on_items(self, base: int, payload: bytes):
+        """Settle the items of a batch that an items frame reports, all in
+        one state."""
+        (n,) = META_LEN.unpack_from(payload)
+        meta = json.loads(payload[4:4 + n])
+        at = 4 + n
+        (count,) = META_LEN.unpack_from(payload, at)
+        at += 4
+        entries = list(ITEM_ENTRY.iter_unpack(payload[at:at + count * ITEM_ENTRY.size]))
+        at += count * ITEM_ENTRY.size
+        with self._lock:
+            sent = [self._untrack(base + e[0]) for e in entries]
+        view = memoryview(payload)
+        attempts = meta.get("attempts") or ()
+        if meta.get("state") != "done" or len(attempts) != 1:
+            for (index, size, start, end), s in zip(entries, sent):
+                out = view[at:at + size]
+                at += size
+                if s is not None:
+                    m = meta
+                    if attempts and start:
+                        last = dict(attempts[-1], start=start, end=end)
+                        m = dict(meta, attempts=list(attempts[:-1]) + [last])
+                    self._on_result(s[0], s[1], s[2], m, out)
+            return
+        # Done at the first attempt: the common case, kept short.
+        last = attempts[0]
+        pid, peak = last.get("pid", 0), last.get("peak_rss", 0)
+        decode, stats, ends, job = _oob.decode, [], [], None
+        for (index, size, start, end), s in zip(entries, sent):
+            out = view[at:at + size]
+            at += size
+            if s is None:
+                continue
+            job, pos = s[0], s[1]
+            try:
+                tag, value = decode(out)
+            except Exception:
+                tag = None
+            if tag != OK:
+                # An exception, or a result that cannot be unpickled here.
+                self._on_result(job, pos, s[2], {"state": "done", "attempts": [dict(last, start=start, end=end)]},
+                                out)
+                continue
+            stats.append((job.id, pos, start, end, pid, peak))
+            ends.append(end)
+            self._settle(job, pos, True, value)
+        if stats:
+            job.observe(stats[0][2], ends)  # the items of a batch are one job's
+            with self._lock:
+                self._stats.extend(stats)
 
     def _on_result(self, job, pos, item, meta: dict, output, ticket=None):
         state = meta.get("state")
