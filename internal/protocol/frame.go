@@ -252,6 +252,18 @@ func NewReader(r io.Reader, maxPayload int) *Reader {
 	return &Reader{r: bufio.NewReader(r), maxPayload: uint64(maxPayload), chunk: initialChunk}
 }
 
+// Whole reports whether the next frame is already buffered whole, so that
+// ReadFrame returns it without reading from the stream.
+func (r *Reader) Whole() bool {
+	n := r.r.Buffered()
+	if r.err != nil || n < HeaderSize {
+		return false
+	}
+	h, _ := r.r.Peek(HeaderSize)
+	size, _, _ := ParseHeader(h)
+	return uint64(n) >= HeaderSize+uint64(size)
+}
+
 // ReadFrame reads the next frame. Its Payload is a fresh slice that the
 // caller may keep, or nil when the payload is empty.
 //

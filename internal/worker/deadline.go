@@ -154,7 +154,9 @@ func (s *Session) Handle(ev Event) {
 		s.handleLines(ev)
 		return
 	}
-	s.handleFrame(ev.frame)
+	for _, f := range ev.frames {
+		s.handleFrame(f)
+	}
 }
 
 // handleFrame processes one frame from a framed worker.
