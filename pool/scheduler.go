@@ -127,9 +127,11 @@ type scheduler struct {
 	held    map[uint64]Result // KeepOrder: ended but waiting for earlier ids
 	nextOut uint64            // KeepOrder: the id to deliver next
 
-	submitted int
-	ended     int // tasks in a terminal state
-	pending   int // submitted but not yet delivered
+	submitted int // ids submitted: a batch's items each count
+	ended     int // ids in a terminal state
+	// pending counts the Results still to deliver of the tasks submitted:
+	// one per task, and one more for each part a batch splits into.
+	pending   int
 	closed    bool
 	aborting  bool
 	startFail int  // startup failures in a row
@@ -161,7 +163,7 @@ func (s *scheduler) head() *task {
 
 func (s *scheduler) submit(t *task) {
 	s.submitted += t.count()
-	s.pending += t.count()
+	s.pending++
 	s.queue = append(s.queue, t)
 	s.p.count(func(st *Stats) { st.Submitted++; st.Queued++ })
 }
@@ -184,7 +186,7 @@ func (s *scheduler) dispatched() {
 
 // delivered records that the first result was read from Results.
 func (s *scheduler) delivered() {
-	s.pending -= s.out[0].count()
+	s.pending--
 	s.out[0] = Result{}
 	s.out = s.out[1:]
 }
@@ -339,19 +341,26 @@ func (s *scheduler) batchEnded(rep report) {
 		fa.Cause, fa.Message, fa.ExitCode, fa.Signal, fa.Start, fa.End = CauseTaskError, an.Message, -1, "", an.Start, an.End
 		s.settleAttempt(t.split([]uint32{an.Index}), fa, nil, nil)
 	}
+	parts := len(failed)
+	if len(done) > 0 {
+		parts++
+	}
 	rest := t.items[len(rep.answers):]
 	if len(rest) > 0 && rep.charge {
 		u := t // a batch of one item keeps its charges
 		if len(t.items) > 1 {
 			u = t.split(rest[:1])
 		}
+		parts++
 		s.settleAttempt(u, a, nil, nil)
 		rest = rest[1:]
 	}
 	if len(rest) > 0 {
+		parts++
 		u := t.split(rest)
 		s.apply(u, settle(taskView{}, ending{givenBack: true}, s.policy(), memVerdict{}), nil, nil)
 	}
+	s.pending += parts - 1
 }
 
 // settleAttempt settles t, whose attempt a ended, and records a.

@@ -361,10 +361,9 @@ func actionOf(s string) (pool.Action, error) {
 }
 
 // maxPending returns the pool's MaxPending for h, which is also the most
-// items the client may have sent without having read their results
-// (Ready.MaxPending): enough to keep every worker's pipeline full of
-// batches with items to spare (a batch's results come back together, so
-// the client needs room for the next batches while one runs).
+// tasks (a batch is one) the client may have sent without having read all
+// their results (Ready.MaxPending): enough to keep every worker's pipeline
+// full with tasks to spare, as the pool's own default.
 func maxPending(h Hello) int {
 	workers, pipeline := h.Workers, h.Pipeline
 	if workers <= 0 {
@@ -373,7 +372,7 @@ func maxPending(h Hello) int {
 	if pipeline <= 0 {
 		pipeline = 8 // the pool's default for framed workers
 	}
-	return 64 + 128*workers*pipeline
+	return 64 + 4*workers*pipeline
 }
 
 // killPool aborts p and kills its workers without a grace period.

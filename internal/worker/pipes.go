@@ -19,9 +19,9 @@ const maxLinesPerEvent = 256
 
 // Event is what a reader goroutine saw on a worker's result pipe.
 type Event struct {
-	lines [][]byte       // line protocol: result lines, without their newlines
+	lines  [][]byte         // line protocol: result lines, without their newlines
 	frames []protocol.Frame // framed protocol: the frames read at once
-	err   error          // io.EOF, or what was wrong; the reader's last event
+	err    error            // io.EOF, or what was wrong; the reader's last event
 	// consumed is, for lines, no less than how much of its stdin the
 	// worker had read when it wrote them (see taskPipe.readAtMost).
 	consumed int64

@@ -114,8 +114,10 @@ class _Core:
         self._cond = threading.Condition(self._lock)  # writer's queue and job completion
         self._queue = []  # guarded by _lock: chunks to send, in order (a list used as FIFO via _qhead)
         self._qhead = 0
-        self._inflight: dict[int, tuple] = {}  # guarded by _lock: task id -> (job, position, item, _oob.Ticket)
-        self._window = 0  # most items in _inflight (the binary's max_pending); 0: no limit
+        # guarded by _lock: item id -> (job, position, item, _oob.Ticket, id of its batch)
+        self._inflight: dict[int, tuple] = {}
+        self._batches: dict[int, int] = {}  # guarded by _lock: batch id -> its items in _inflight
+        self._window = 0  # most batches in _batches (the binary's max_pending); 0: no limit
         self._ahead = ahead  # most items of windowed jobs in _inflight; 0: no limit
         self._ahead_used = 0  # guarded by _lock: items of windowed jobs in _inflight
         self._next_id = 1  # only the writer thread uses it
@@ -208,11 +210,12 @@ class _Core:
 
     def _take_locked(self):
         """The writer's next piece of work: ("control", kind), ("chunk",
-        chunk), ("wait", None) or ("exit", None). A chunk is cut to the room
-        left in the window. Called with _lock held."""
+        chunk), ("wait", None) or ("exit", None). A chunk is one batch, sent
+        while the window has room for a batch; a windowed job's chunk is cut
+        to the room its items have. Called with _lock held."""
         if self._control:
             return "control", self._control.pop(0)
-        room = self._window - len(self._inflight) if self._window else 1 << 30
+        room = 1 << 30 if not self._window or len(self._batches) < self._window else 0
         if room <= 0 or self._qhead >= len(self._queue):
             if self._out is None or self._ended.is_set():
                 return "exit", None
@@ -330,7 +333,8 @@ class _Core:
         with self._lock:
             inflight = self._inflight
             for i in range(n):
-                inflight[ident + i] = (job, positions[i], items[i], ticket)
+                inflight[ident + i] = (job, positions[i], items[i], ticket, ident)
+            self._batches[ident] = n
         # The call's own timeout and memory hint go to the engine with the
         # task (docs/protocol.md, batch).
         meta = {name: job.opts[name] for name in ("timeout", "mem") if job.opts and job.opts.get(name)}
@@ -379,8 +383,13 @@ class _Core:
             self._ahead_used -= 1
             if self._ahead_used + 1 == self._ahead:
                 self._cond.notify_all()
-        if len(self._inflight) + 1 == self._window:
-            self._cond.notify_all()
+        left = self._batches.get(sent[4], 0) - 1
+        if left > 0:
+            self._batches[sent[4]] = left
+        else:
+            self._batches.pop(sent[4], None)
+            if len(self._batches) + 1 == self._window:
+                self._cond.notify_all()
         return sent
 
     def _send_control(self, kind: int):
@@ -456,6 +465,7 @@ class _Core:
             self._stopping = True
             items = [sent[:3] for sent in self._inflight.values()]
             self._inflight.clear()
+            self._batches.clear()
             self._ahead_used = 0
             chunks = [c for c in self._queue[self._qhead:] if c is not None]
             self._queue, self._qhead = [], 0
@@ -496,10 +506,11 @@ class _Core:
                         m = dict(meta, attempts=list(attempts[:-1]) + [last])
                     self._on_result(s[0], s[1], s[2], m, out)
             return
-        # Done at the first attempt: the common case, kept short.
+        # Done at the first attempt: the common case, kept short, and
+        # settled in one call.
         last = attempts[0]
         pid, peak = last.get("pid", 0), last.get("peak_rss", 0)
-        decode, stats, ends, job = _oob.decode, [], [], None
+        decode, stats, ends, positions, values, job = _oob.decode, [], [], [], [], None
         for (index, size, start, end), s in zip(entries, sent):
             out = view[at:at + size]
             at += size
@@ -517,11 +528,19 @@ class _Core:
                 continue
             stats.append((job.id, pos, start, end, pid, peak))
             ends.append(end)
-            self._settle(job, pos, True, value)
-        if stats:
-            job.observe(stats[0][2], ends)  # the items of a batch are one job's
-            with self._lock:
-                self._stats.extend(stats)
+            positions.append(pos)
+            values.append(value)
+        if not positions:
+            return
+        job.observe(stats[0][2], ends)  # the items of a batch are one job's
+        if positions[-1] - positions[0] == len(positions) - 1:
+            positions = range(positions[0], positions[-1] + 1)
+        job.settle_many(positions, values)
+        with self._lock:
+            self._stats.extend(stats)
+            self._outstanding -= len(values)
+            if self._outstanding == 0:
+                self._cond.notify_all()
 
     def _on_result(self, job, pos, item, meta: dict, output, ticket=None):
         state = meta.get("state")
