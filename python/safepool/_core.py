@@ -493,6 +493,19 @@ class _Core:
         at += count * ITEM_ENTRY.size
         with self._lock:
             sent = [self._untrack(base + e[0]) for e in entries]
+            # The batch's ticket is released once every item of it has its
+            # result (and those here are decoded), not left to the collector.
+            last_of_batch = base not in self._batches
+        ticket = next((s[3] for s in sent if s is not None), None) if last_of_batch else None
+        try:
+            self._settle_items(entries, sent, at, payload, meta, ticket)
+        finally:
+            sent = None
+            if ticket is not None:
+                ticket.release()
+
+    def _settle_items(self, entries, sent, at, payload, meta, ticket):
+        """Settle the items of an items frame, whose outputs start at at."""
         view = memoryview(payload)
         attempts = meta.get("attempts") or ()
         if meta.get("state") != "done" or len(attempts) != 1:
@@ -532,6 +545,8 @@ class _Core:
             values.append(value)
         if not positions:
             return
+        if ticket is not None:
+            ticket.release()  # every result is decoded
         job.observe(stats[0][2], ends)  # the items of a batch are one job's
         if positions[-1] - positions[0] == len(positions) - 1:
             positions = range(positions[0], positions[-1] + 1)

@@ -253,13 +253,29 @@ def _run_batch(task_id, payload, write, flush):
             write(out)
         flush()
         return
+    fast = mode == MAP and not limits
+    encode = _oob.worker_encode
     for i in indexes:
         write(answer + pack(4, START, task_id) + pack_index(i))
         flush()
-        try:
-            kind, out = _call(mode, fn, items[i], limits)
-        except Exception as e:
-            kind, out = RESULT, dumps((RAISED, _exc_record(e)))
+        kind = RESULT
+        if fast:
+            # The common case, without _call's checks: a map's item, with
+            # no limits.
+            try:
+                value = fn(items[i])
+            except Exception as e:
+                out = dumps((RAISED, _exc_record(e)))
+            else:
+                try:
+                    out = encode((OK, value))
+                except Exception:
+                    out = _answer(value)
+        else:
+            try:
+                kind, out = _call(mode, fn, items[i], limits)
+            except Exception as e:
+                kind, out = RESULT, dumps((RAISED, _exc_record(e)))
         answer = pack(4 + len(out), ITEM if kind == RESULT else ITEM_ERROR, task_id) + pack_index(i) + out
     write(answer)
     flush()
@@ -318,13 +334,17 @@ def _call(mode, fn, item, limits):
     try:
         return RESULT, _oob.worker_encode((OK, value))
     except Exception:
-        pass
+        return RESULT, _answer(value)
+
+
+def _answer(value) -> bytes:
+    """The answer of an item whose value pickle could not send as it is."""
     try:
-        return RESULT, dumps_main_by_name((OK, value))
+        return dumps_main_by_name((OK, value))
     except Exception as e:
         # The result cannot be pickled. The client may report it as
         # multiprocessing does, with the value's repr (MaybeEncodingError).
-        return RESULT, dumps_main_by_name((RAISED, _exc_record(e) + (_short_repr(value),)))
+        return dumps_main_by_name((RAISED, _exc_record(e) + (_short_repr(value),)))
 
 
 def main():
