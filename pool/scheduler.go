@@ -165,7 +165,8 @@ func (s *scheduler) submit(t *task) {
 	s.submitted += t.count()
 	s.pending++
 	s.queue = append(s.queue, t)
-	s.p.count(func(st *Stats) { st.Submitted++; st.Queued++ })
+	n := t.count()
+	s.p.count(func(st *Stats) { st.Submitted += n; st.Queued++ })
 }
 
 // dispatched records that a runner took the queue's head.

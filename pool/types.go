@@ -536,13 +536,16 @@ type Config struct {
 
 // Stats counts what a pool has done so far.
 type Stats struct {
-	// Submitted counts tasks accepted by Submit.
+	// Submitted counts tasks accepted by Submit; each item of a batch
+	// (Task.Items) counts as one.
 	Submitted int
-	// Done, Failed, Cancelled and Poison count tasks in each terminal state.
+	// Done, Failed, Cancelled and Poison count tasks in each terminal state;
+	// each item of a batch counts as one.
 	Done, Failed, Cancelled, Poison int
-	// Running counts attempts running now.
+	// Running counts attempts running now (a batch's is one).
 	Running int
-	// Queued counts tasks waiting for a worker, including retries in backoff.
+	// Queued counts tasks waiting for a worker, including retries in
+	// backoff (a batch, or the part of one that waits, is one).
 	Queued int
 	// Attempts counts attempts that ended, of every cause.
 	Attempts int
