@@ -218,3 +218,37 @@ func TestBatchOOM(t *testing.T) {
 		}
 	})
 }
+
+// TestBatchAbort: an abort settles every item of the batches running and
+// queued, once each: those answered done, the others cancelled.
+func TestBatchAbort(t *testing.T) {
+	cfg := batchConfig(1)
+	p, err := pool.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []string{"a\nhang\nb", "c\nd"} {
+		if _, err := p.Submit(context.Background(), pool.Task{Input: []byte(b), Items: strings.Count(b, "\n") + 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.AfterFunc(300*time.Millisecond, func() { p.Abort(nil); p.Abort(nil) })
+	state := map[uint64]pool.State{}
+	for r := range p.Results() {
+		for _, it := range r.Items {
+			if _, dup := state[it.ID]; dup {
+				t.Errorf("item %d settled twice", it.ID)
+			}
+			state[it.ID] = r.State
+		}
+	}
+	want := map[uint64]pool.State{1: pool.Done, 2: pool.Cancelled, 3: pool.Cancelled, 4: pool.Cancelled, 5: pool.Cancelled}
+	for id, st := range want {
+		if state[id] != st {
+			t.Errorf("item %d = %s, want %s", id, state[id], st)
+		}
+	}
+	if st := p.Stats(); st.Submitted != 5 || st.Done != 1 || st.Cancelled != 4 {
+		t.Errorf("stats = %+v, want 5 submitted, 1 done, 4 cancelled", st)
+	}
+}
