@@ -2,11 +2,12 @@
 // pipes. The client (the Python package in python/safepool) sends a Hello
 // with the pool's configuration and then tasks; the bridge runs them on a
 // pool.Pool of framed workers and sends back each task's outcome with its
-// attempts. Each task is one item of the client's (one call of a Python
-// function), so the pool's policy (retries, the memory governor's OOM retry,
-// poison) applies to it as to any task, and a worker death is blamed on the
-// item whose start frame came last. The wire format, bridge/2, is specified
-// in docs/protocol.md.
+// attempts. A client's chunk of items (calls of a Python function) is one
+// batch task (pool.Task.Items), whose items each keep their own fate: the
+// pool's policy (retries, the memory governor's OOM retry, poison) applies
+// to each item as to any task, and a worker death is blamed on the item
+// whose start frame came last. The wire format, bridge/3, is specified in
+// docs/protocol.md.
 package bridge
 
 import (

@@ -2,25 +2,26 @@
 
 A _Core takes over a ``safepool __bridge`` process that _launch started,
 with its two pipes, sends it the pool's configuration and then the items of
-the jobs (map, imap, apply_async calls), each item one task of the binary's
-pool, and turns the results it sends back into per-item outcomes for the
-jobs that own them. The binary applies the pool's whole policy to each item
-(retries after a worker death or an exception, backoff, the memory
-governor's OOM retry, poison, abort); the client only delivers what it says,
-with the attempts it reports.
+the jobs (map, imap, apply_async calls), and turns the results it sends
+back into per-item outcomes for the jobs that own them. The binary applies
+the pool's whole policy to each item (retries after a worker death or an
+exception, backoff, the memory governor's OOM retry, poison, abort); the
+client only delivers what it says, with the attempts it reports.
 
-A job's items travel in chunks: the items of a chunk are written to the
-binary together, one frame each, and its pool sends several to a worker
-ahead of its answers (the hello's pipeline depth). Which item a worker was
-running when it died is the pool's business: each answer names its item.
+A job's items travel in chunks: a chunk is pickled once and sent as one
+batch frame, which the binary's pool runs as one batch task whose items
+each keep their own fate, and whose done items come back together in one
+items frame. Which item a worker was running when it died is the pool's
+business: each answer names its item.
 
 Threads: the caller's threads create jobs and queue chunks; one writer
-thread pickles and sends items (so that no thread that handles results ever
+thread pickles and sends chunks (so that no thread that handles results ever
 blocks on a full pipe); one reader thread receives results and settles
 items. Both are daemons and end when the binary's pipes close.
 
-Flow control: the writer keeps at most the binary's max_pending items sent
-without a result; the others wait here. The binary reads frames only while
+Flow control: the writer keeps at most the binary's max_pending batches
+sent without all their results; the others wait here. The binary reads
+frames only while
 its queue has room, so a client that sent more could not get an abort frame
 read until a task ends, and with every worker busy for long, terminate()
 would hang behind a full pipe.

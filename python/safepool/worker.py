@@ -2,11 +2,13 @@
 
 The ``safepool`` binary starts it as ``python3 -c "from safepool.worker
 import main; main()"`` and speaks the framed worker protocol of
-docs/protocol.md to it on fds 3 and 4. Each task is one item (one call of
-the user's function). The worker writes the task's start frame before it
-calls the function, so that when the worker dies the binary knows which item
-killed it, even among several sent to it ahead; it answers with a result
-frame, or with an error frame for an exception that the pool is to retry.
+docs/protocol.md to it on fds 3 and 4, version 2: a task is a batch of
+items (calls of the user's function). Before it calls the function on an
+item, the worker writes that item's start frame, with the previous item's
+answer, and flushes: when the worker dies, the binary has the answers of the
+items before, and knows which item killed it. An item answers with an item
+frame, or with an item-error frame for an exception that the pool is to
+retry.
 
 The worker is spawned fresh, never forked. Before it answers ``ready`` it
 takes the client's ``sys.path`` and ``sys.argv``, imports the client's
