@@ -21,10 +21,9 @@ items. Both are daemons and end when the binary's pipes close.
 
 Flow control: the writer keeps at most the binary's max_pending batches
 sent without all their results; the others wait here. The binary reads
-frames only while
-its queue has room, so a client that sent more could not get an abort frame
-read until a task ends, and with every worker busy for long, terminate()
-would hang behind a full pipe.
+frames only while its queue has room, so a client that sent more could not
+get an abort frame read until a task ends, and with every worker busy for
+long, terminate() would hang behind a full pipe.
 """
 from __future__ import annotations
 
