@@ -98,6 +98,8 @@ func runWorker(mode string) int {
 				return 0
 			}
 		}
+	case "framed-batch":
+		return runBatchWorker()
 	case "dead-at-start":
 		fmt.Fprintln(os.Stderr, "cannot load model: file not found")
 		return 4
@@ -336,5 +338,50 @@ func spewPattern(w io.Writer, n int64) {
 			return
 		}
 		n -= k
+	}
+}
+
+// runBatchWorker is a framed/2 worker written against the wire format: a
+// batch's payload is its items, one a line; plain tasks are one item. It
+// writes each item's answer and the next item's start frame together, and
+// flushes before it runs the item.
+func runBatchWorker() int {
+	in := protocol.NewReader(os.NewFile(3, "tasks"), 0)
+	out := protocol.NewWriter(os.NewFile(4, "results"))
+	out.WriteFrame(protocol.Frame{Kind: protocol.KindReady, Payload: []byte(`{"version":2}`)})
+	out.Flush()
+	index := func(i uint32, rest []byte) []byte {
+		return append(binary.BigEndian.AppendUint32(nil, i), rest...)
+	}
+	for {
+		f, err := in.ReadFrame()
+		if err != nil {
+			return 0
+		}
+		if f.Kind != protocol.KindBatch {
+			out.WriteFrame(protocol.Frame{Kind: protocol.KindStart, ID: f.ID})
+			out.Flush()
+			res, err := behave(string(f.Payload))
+			if err != nil {
+				out.WriteFrame(protocol.Frame{Kind: protocol.KindError, ID: f.ID, Payload: []byte(err.Error())})
+			} else {
+				out.WriteFrame(protocol.Frame{Kind: protocol.KindResult, ID: f.ID, Payload: []byte(res)})
+			}
+			out.Flush()
+			continue
+		}
+		indexes, payload, _ := protocol.ParseBatch(f.Payload)
+		items := strings.Split(string(payload), "\n")
+		for _, i := range indexes {
+			out.WriteFrame(protocol.Frame{Kind: protocol.KindStart, ID: f.ID, Payload: index(i, nil)})
+			out.Flush()
+			res, err := behave(items[i])
+			if err != nil {
+				out.WriteFrame(protocol.Frame{Kind: protocol.KindItemError, ID: f.ID, Payload: index(i, []byte(err.Error()))})
+			} else {
+				out.WriteFrame(protocol.Frame{Kind: protocol.KindItem, ID: f.ID, Payload: index(i, []byte(res))})
+			}
+		}
+		out.Flush()
 	}
 }

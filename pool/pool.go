@@ -25,6 +25,7 @@ package pool
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os/exec"
 	"runtime"
@@ -87,8 +88,13 @@ type Pool struct {
 // task is the loop's record of one submitted task. Only the loop goroutine
 // changes it, except that a runner holds it while an attempt runs.
 type task struct {
-	id        uint64
-	t         Task
+	id uint64
+	t  Task
+	// base is a batch's id, its first item's; items are the indexes of the
+	// batch's items this task runs, nil for a task that is not a batch.
+	// A task split from a batch has the id of its first item.
+	base      uint64
+	items     []uint32
 	attempts  []Attempt
 	deaths    int       // charged attempts that ended in a worker death
 	errors    int       // charged attempts that ended in a task error
@@ -114,6 +120,21 @@ type task struct {
 }
 
 func (t *task) charged() int { return t.deaths + t.errors + t.ooms }
+
+// count is how many submitted ids t stands for: its items, or 1.
+func (t *task) count() int {
+	if t.items != nil {
+		return len(t.items)
+	}
+	return 1
+}
+
+// split returns a task of batch t that runs the items at indexes, with
+// nothing charged yet: how a batch's items go their own ways.
+func (t *task) split(indexes []uint32) *task {
+	return &task{id: t.base + uint64(indexes[0]), t: t.t, base: t.base, items: indexes,
+		need: max(t.t.MemHint, 0), alone: t.alone}
+}
 
 // timeout is the limit on t's attempts: its own Task.Timeout, else
 // cfg.Timeout; 0 means none.
@@ -324,9 +345,18 @@ func (p *Pool) Submit(ctx context.Context, t Task) (uint64, error) {
 	default:
 	}
 	tk := &task{id: p.lastID + 1, t: t, need: max(t.MemHint, 0)}
+	if t.Items > 0 {
+		if p.cfg.Protocol != Framed || p.cfg.KeepOrder {
+			return 0, errors.New("pool: batch tasks (Task.Items) need the framed protocol, without KeepOrder")
+		}
+		tk.base, tk.items = tk.id, make([]uint32, t.Items)
+		for i := range tk.items {
+			tk.items[i] = uint32(i)
+		}
+	}
 	select {
 	case p.submitCh <- tk:
-		p.lastID = tk.id
+		p.lastID = tk.id + uint64(tk.count()) - 1
 		return tk.id, nil
 	case <-ctx.Done():
 		return 0, ctx.Err()

@@ -21,7 +21,17 @@ func (r *runner) reap() {
 	for _, c := range d.Flights {
 		t := c.Flight.Task.(*task)
 		v := flightView{started: c.Started, bystander: c.Bystander, unread: c.Unread, line: line, passed: t.exitZeroPass}
-		switch blame(v, d.Cause) {
+		b := blame(v, d.Cause)
+		if t.items != nil && (len(c.Flight.Answers) > 0 || b == blameCharge) {
+			// A batch: its answered items are done, the item it was
+			// running is charged (or not), the rest go back.
+			att := attemptOf(c.Outcome)
+			att.Start = c.Flight.Clock()
+			r.p.send(report{kind: reportAttempt, task: t, att: att, answers: c.Flight.Answers, charge: b == blameCharge})
+			charged = charged || b == blameCharge
+			continue
+		}
+		switch b {
 		case blameRequeue:
 			requeue = append(requeue, t)
 		case blamePass:

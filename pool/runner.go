@@ -152,7 +152,7 @@ func (r *runner) send(t *task) {
 	if r.p.gov != nil {
 		r.p.gov.bind(t.id, r.slot)
 	}
-	r.s.Send(&worker.Flight{ID: t.id, Input: t.t.Input, Timeout: t.timeout(&r.p.cfg), Task: t})
+	r.s.Send(&worker.Flight{ID: t.id, Input: t.t.Input, Timeout: t.timeout(&r.p.cfg), Task: t, Items: t.items})
 }
 
 // sessionConfig is what a session of this slot runs with, for spec.
@@ -234,7 +234,7 @@ func (h *sessionHost) Started(f *worker.Flight) {
 
 func (h *sessionHost) Ended(f *worker.Flight, o worker.Outcome, output []byte) {
 	h.lineTime = h.s.LineTime()
-	h.p.send(report{kind: reportAttempt, task: f.Task.(*task), att: attemptOf(o), output: output})
+	h.p.send(report{kind: reportAttempt, task: f.Task.(*task), att: attemptOf(o), output: output, answers: f.Answers})
 }
 
 func (h *sessionHost) Note(n worker.Note) {

@@ -4,6 +4,8 @@ import (
 	"container/heap"
 	"fmt"
 	"time"
+
+	"github.com/safepool/safepool/internal/worker"
 )
 
 // reportKind says what a runner tells the loop.
@@ -29,7 +31,12 @@ type report struct {
 	att    Attempt
 	output []byte
 	stderr []byte
-	start  *StartError // reportStartupFailure
+	// answers are the answered items of a batch's attempt; charge says
+	// that the batch's next item is charged with att (its worker died
+	// running it).
+	answers []worker.Answer
+	charge  bool
+	start   *StartError // reportStartupFailure
 	// charged says, for reportStartupFailure, that a task was charged for
 	// the death, so that it may have been the task's doing.
 	charged bool
@@ -120,9 +127,11 @@ type scheduler struct {
 	held    map[uint64]Result // KeepOrder: ended but waiting for earlier ids
 	nextOut uint64            // KeepOrder: the id to deliver next
 
-	submitted int
-	ended     int // tasks in a terminal state
-	pending   int // submitted but not yet delivered
+	submitted int // ids submitted: a batch's items each count
+	ended     int // ids in a terminal state
+	// pending counts the Results still to deliver of the tasks submitted:
+	// one per task, and one more for each part a batch splits into.
+	pending   int
 	closed    bool
 	aborting  bool
 	startFail int  // startup failures in a row
@@ -153,10 +162,11 @@ func (s *scheduler) head() *task {
 }
 
 func (s *scheduler) submit(t *task) {
-	s.submitted++
+	s.submitted += t.count()
 	s.pending++
 	s.queue = append(s.queue, t)
-	s.p.count(func(st *Stats) { st.Submitted++; st.Queued++ })
+	n := t.count()
+	s.p.count(func(st *Stats) { st.Submitted += n; st.Queued++ })
 }
 
 // dispatched records that a runner took the queue's head.
@@ -177,9 +187,9 @@ func (s *scheduler) dispatched() {
 
 // delivered records that the first result was read from Results.
 func (s *scheduler) delivered() {
+	s.pending--
 	s.out[0] = Result{}
 	s.out = s.out[1:]
-	s.pending--
 }
 
 // timerC is the channel of the timer for the earliest retry, armed if
@@ -217,7 +227,11 @@ func (s *scheduler) due(now time.Time) {
 func (s *scheduler) report(rep report) {
 	switch rep.kind {
 	case reportAttempt:
-		s.attemptEnded(rep)
+		if len(rep.task.items) > 1 || rep.charge {
+			s.batchEnded(rep)
+		} else {
+			s.attemptEnded(rep)
+		}
 		if s.timer != nil && len(s.delayed) > 0 {
 			// A new retry may be due before the armed timer.
 			s.stopTimer()
@@ -278,10 +292,80 @@ func (s *scheduler) givenBack(t *task) {
 // attemptEnded settles a task whose attempt ended, and records the attempt.
 func (s *scheduler) attemptEnded(rep report) {
 	t, a := rep.task, rep.att
+	if len(rep.answers) == 1 {
+		// A batch task of one item: its answer is the attempt's.
+		an := rep.answers[0]
+		a.Start, a.End = an.Start, an.End
+		if an.Failed {
+			a.Cause, a.Message = CauseTaskError, an.Message
+		} else {
+			rep.output = an.Output
+		}
+	}
 	if a.Cause == "" && s.gov != nil {
 		s.gov.observe(t.id, a) // before forget, which drops the attempt's trace
 	}
 	s.forget(t)
+	s.settleAttempt(t, a, rep.output, rep.stderr)
+}
+
+// batchEnded settles a batch whose attempt ended: with every item
+// answered, or with its worker's death while it ran. The items answered
+// are done, in one Result; an item that failed, and the item the death is
+// charged to, are settled each as a task of its own; the items after that
+// go back to the queue as a batch, uncharged.
+func (s *scheduler) batchEnded(rep report) {
+	t, a := rep.task, rep.att
+	if a.Cause == "" && s.gov != nil {
+		s.gov.observe(t.id, a)
+	}
+	s.forget(t)
+	var done []Item
+	var failed []worker.Answer
+	for _, an := range rep.answers {
+		if an.Failed {
+			failed = append(failed, an)
+			continue
+		}
+		done = append(done, Item{ID: t.base + uint64(an.Index), Index: int(an.Index), Output: an.Output,
+			Start: an.Start, End: an.End})
+	}
+	if len(done) > 0 {
+		s.p.count(func(st *Stats) { st.Attempts++ })
+		ok := a
+		ok.Cause, ok.Message, ok.ExitCode, ok.Signal, ok.Number = "", "", -1, "", 1
+		s.startFail, s.everOK = 0, true
+		s.finishItems(t, Done, done, []Attempt{ok})
+	}
+	for _, an := range failed {
+		fa := a
+		fa.Cause, fa.Message, fa.ExitCode, fa.Signal, fa.Start, fa.End = CauseTaskError, an.Message, -1, "", an.Start, an.End
+		s.settleAttempt(t.split([]uint32{an.Index}), fa, nil, nil)
+	}
+	parts := len(failed)
+	if len(done) > 0 {
+		parts++
+	}
+	rest := t.items[len(rep.answers):]
+	if len(rest) > 0 && rep.charge {
+		u := t // a batch of one item keeps its charges
+		if len(t.items) > 1 {
+			u = t.split(rest[:1])
+		}
+		parts++
+		s.settleAttempt(u, a, nil, nil)
+		rest = rest[1:]
+	}
+	if len(rest) > 0 {
+		parts++
+		u := t.split(rest)
+		s.apply(u, settle(taskView{}, ending{givenBack: true}, s.policy(), memVerdict{}), nil, nil)
+	}
+	s.pending += parts - 1
+}
+
+// settleAttempt settles t, whose attempt a ended, and records a.
+func (s *scheduler) settleAttempt(t *task, a Attempt, output, stderr []byte) {
 	s.p.count(func(st *Stats) { st.Attempts++ })
 	var mem memVerdict
 	if s.gov != nil {
@@ -302,7 +386,7 @@ func (s *scheduler) attemptEnded(rep report) {
 	if v.fate == fateDone {
 		s.startFail, s.everOK = 0, true
 	}
-	s.apply(t, v, rep.output, rep.stderr)
+	s.apply(t, v, output, stderr)
 }
 
 // apply carries out verdict v on task t.
@@ -341,9 +425,34 @@ func (s *scheduler) apply(t *task, v verdict, output, stderr []byte) {
 // tells the observer, and queues its Result for delivery (with KeepOrder,
 // once every earlier one is delivered).
 func (s *scheduler) finish(t *task, st State, output, stderr []byte) {
+	if t.items != nil {
+		items := make([]Item, len(t.items))
+		for i, k := range t.items {
+			items[i] = Item{ID: t.base + uint64(k), Index: int(k)}
+		}
+		if len(items) == 1 {
+			items[0].Output = output
+			if n := len(t.attempts); n > 0 {
+				items[0].Start, items[0].End = t.attempts[n-1].Start, t.attempts[n-1].End
+			}
+		}
+		s.finishItems(t, st, items, t.attempts)
+		return
+	}
 	r := Result{ID: t.id, Input: t.t.Input, Args: t.t.Args, State: st, Output: output, Stderr: stderr, Attempts: t.attempts}
 	t.putOutput(&r) // one-shot output, in memory or spilled
-	s.ended++
+	s.deliver(r)
+}
+
+// finishItems gives items of batch t the terminal state st, in one Result.
+func (s *scheduler) finishItems(t *task, st State, items []Item, attempts []Attempt) {
+	s.deliver(Result{ID: t.base, Input: t.t.Input, State: st, Attempts: attempts, Items: items})
+}
+
+// deliver counts r, tells the observer, and queues r for delivery (with
+// KeepOrder, once every earlier one is delivered).
+func (s *scheduler) deliver(r Result) {
+	s.ended += r.count()
 	s.p.ended(r)
 	if !s.p.cfg.KeepOrder {
 		s.out = append(s.out, r)
@@ -368,16 +477,17 @@ var maxFailed = 1000
 // ended counts r's terminal state, keeps it among the last failures if it
 // failed, and tells the observer.
 func (p *Pool) ended(r Result) {
+	n := r.count()
 	p.count(func(s *Stats) {
 		switch r.State {
 		case Done:
-			s.Done++
+			s.Done += n
 		case Failed:
-			s.Failed++
+			s.Failed += n
 		case Cancelled:
-			s.Cancelled++
+			s.Cancelled += n
 		case Poison:
-			s.Poison++
+			s.Poison += n
 		}
 	})
 	if r.State == Failed || r.State == Poison {

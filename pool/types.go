@@ -146,6 +146,30 @@ type Task struct {
 	// attempt (a need it learns later can only be larger). Zero means no
 	// hint.
 	MemHint int64
+	// Items, when positive, makes the task a batch of that many items
+	// (framed protocol only; not with Config.KeepOrder): Input holds them
+	// in a format of the worker's own, and the worker answers each item on
+	// its own (docs/protocol.md, framed/2). The task takes the ids from its
+	// id (Submit's) to its id+Items-1, one per item, and each item keeps
+	// its own fate: when the worker dies running item k, the items it
+	// answered are done, item k alone is charged and settled as a task of
+	// its own (retries, the memory governor's OOM retry, poison), and the
+	// items after k go back to the queue as a batch, uncharged. An item
+	// that failed (an item-error frame) is settled on its own too. Results
+	// of a batch carry Items.
+	Items int
+}
+
+// Item is the outcome of one item of a batch task that its Result carries.
+type Item struct {
+	// ID is the item's id: its batch's id (Result.ID) plus Index.
+	ID uint64
+	// Index is the item's index in the batch.
+	Index int
+	// Output is the item's result, for an item that is done.
+	Output []byte
+	// Start and End bound the item's last run; zero if it never ran.
+	Start, End time.Time
 }
 
 // Attempt records one run of a task on one worker.
@@ -207,10 +231,25 @@ type Result struct {
 	Stderr []byte
 	// Attempts lists every attempt in order, including preempted ones.
 	Attempts []Attempt
+	// Items, for a batch task (Task.Items), are the items this Result
+	// settles, all in its State: a batch's items may end in several
+	// Results (the done items of a run in one, an item that was charged or
+	// failed in one of its own, later). ID is then the batch's id, and
+	// Output and Stderr are unset; an item's Output is in its Item. Nil for
+	// other tasks.
+	Items []Item
 
 	// out is the one-shot output the result carries, with what went to
 	// the pool's temporary file; nil for other protocols.
 	out *attemptOutput
+}
+
+// count is how many submitted ids r settles: its items, or 1.
+func (r *Result) count() int {
+	if r.Items != nil {
+		return len(r.Items)
+	}
+	return 1
 }
 
 // Cause returns the cause of the task's last attempt, or "" when the task is
@@ -502,13 +541,16 @@ type Config struct {
 
 // Stats counts what a pool has done so far.
 type Stats struct {
-	// Submitted counts tasks accepted by Submit.
+	// Submitted counts tasks accepted by Submit; each item of a batch
+	// (Task.Items) counts as one.
 	Submitted int
-	// Done, Failed, Cancelled and Poison count tasks in each terminal state.
+	// Done, Failed, Cancelled and Poison count tasks in each terminal state;
+	// each item of a batch counts as one.
 	Done, Failed, Cancelled, Poison int
-	// Running counts attempts running now.
+	// Running counts attempts running now (a batch's is one).
 	Running int
-	// Queued counts tasks waiting for a worker, including retries in backoff.
+	// Queued counts tasks waiting for a worker, including retries in
+	// backoff (a batch, or the part of one that waits, is one).
 	Queued int
 	// Attempts counts attempts that ended, of every cause.
 	Attempts int

@@ -243,9 +243,11 @@ def reading(med, wmed, pmed, kill):
                  "then run the tasks), and terminate %.0f ms."
                  % (pmed["total"], pmed["import"], pmed["start"], pmed["map"], pmed["terminate"]))
     lines.append("- On a running pool, `safepool.Pool.map` did %.2fx the throughput of "
-                 "`multiprocessing.Pool.map`: every item is a task of the supervisor's pool, "
-                 "with a frame each way on both pipes and a record of its attempts, where "
-                 "multiprocessing sends chunks of many items as one message." % (wmed["safepool_map"] / wmed["mp_pool_chunked"]))
+                 "`multiprocessing.Pool.map`: a chunk of items is one batch task of the "
+                 "supervisor's pool, pickled once each way, but its worker writes each item's "
+                 "result and the next item's start before that item runs (so that a death is "
+                 "blamed on its item, and the items answered survive it), where multiprocessing "
+                 "sends a chunk's results as one message and blames nothing." % (wmed["safepool_map"] / wmed["mp_pool_chunked"]))
     for variant, label in KILL:
         rs = kill[variant]
         got = sorted(r["got"] for r in rs)[len(rs) // 2]

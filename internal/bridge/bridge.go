@@ -2,11 +2,12 @@
 // pipes. The client (the Python package in python/safepool) sends a Hello
 // with the pool's configuration and then tasks; the bridge runs them on a
 // pool.Pool of framed workers and sends back each task's outcome with its
-// attempts. Each task is one item of the client's (one call of a Python
-// function), so the pool's policy (retries, the memory governor's OOM retry,
-// poison) applies to it as to any task, and a worker death is blamed on the
-// item whose start frame came last. The wire format, bridge/2, is specified
-// in docs/protocol.md.
+// attempts. A client's chunk of items (calls of a Python function) is one
+// batch task (pool.Task.Items), whose items each keep their own fate: the
+// pool's policy (retries, the memory governor's OOM retry, poison) applies
+// to each item as to any task, and a worker death is blamed on the item
+// whose start frame came last. The wire format, bridge/3, is specified in
+// docs/protocol.md.
 package bridge
 
 import (
@@ -17,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"runtime"
 	"strings"
@@ -29,8 +31,9 @@ import (
 
 // Version is the bridge protocol version that Hello and Ready carry.
 // Version 1 ran batches of items as one task under the client's own policy;
-// version 2 runs one item per task under the pool's.
-const Version = 2
+// version 2 runs one item per task under the pool's; version 3 adds batch
+// tasks (KindBatch, KindItems), whose items each keep their own fate.
+const Version = 3
 
 // VersionError is the error of a session whose client speaks another version
 // of the bridge protocol. The bridge sends its text to the client in an end
@@ -126,6 +129,9 @@ func taskOf(payload []byte) (pool.Task, error) {
 		return pool.Task{}, fmt.Errorf("bridge: task options of %d bytes in a %d-byte frame", n, len(payload))
 	}
 	var m TaskMeta
+	if n == 0 {
+		return pool.Task{Input: payload[4:]}, nil
+	}
 	if err := json.Unmarshal(payload[4:4+n], &m); err != nil {
 		return pool.Task{}, fmt.Errorf("bridge: bad task options: %w", err)
 	}
@@ -133,6 +139,20 @@ func taskOf(payload []byte) (pool.Task, error) {
 		return pool.Task{}, fmt.Errorf("bridge: negative task options %+v", m)
 	}
 	return pool.Task{Input: payload[4+n:], Timeout: seconds(m.Timeout), MemHint: m.Mem}, nil
+}
+
+// batchOf decodes the payload of a KindBatch frame.
+func batchOf(payload []byte) (pool.Task, error) {
+	if len(payload) < 4 {
+		return pool.Task{}, errors.New("bridge: batch frame is too short")
+	}
+	n := binary.BigEndian.Uint32(payload)
+	if n == 0 || n > 1<<24 {
+		return pool.Task{}, fmt.Errorf("bridge: batch of %d items", n)
+	}
+	t, err := taskOf(payload[4:])
+	t.Items = int(n)
+	return t, err
 }
 
 // Ready answers Hello.
@@ -345,9 +365,9 @@ func actionOf(s string) (pool.Action, error) {
 }
 
 // maxPending returns the pool's MaxPending for h, which is also the most
-// tasks the client may have sent without having read their results
-// (Ready.MaxPending): enough to keep every worker's pipeline full with
-// tasks to spare, as the pool's own default.
+// tasks (a batch is one) the client may have sent without having read all
+// their results (Ready.MaxPending): enough to keep every worker's pipeline
+// full with tasks to spare, as the pool's own default.
 func maxPending(h Hello) int {
 	workers, pipeline := h.Workers, h.Pipeline
 	if workers <= 0 {
@@ -379,14 +399,18 @@ func readTasks(ctx context.Context, br *bufio.Reader, p *pool.Pool) {
 			return
 		}
 		switch {
-		case (f.kind == KindTask || f.kind == KindTaskMeta) && !closed:
+		case (f.kind == KindTask || f.kind == KindTaskMeta || f.kind == KindBatch) && !closed:
 			t := pool.Task{Input: f.payload}
-			if f.kind == KindTaskMeta {
-				var err error
-				if t, err = taskOf(f.payload); err != nil {
-					p.Abort(err)
-					continue
-				}
+			var err error
+			switch f.kind {
+			case KindTaskMeta:
+				t, err = taskOf(f.payload)
+			case KindBatch:
+				t, err = batchOf(f.payload)
+			}
+			if err != nil {
+				p.Abort(err)
+				continue
 			}
 			id, err := p.Submit(ctx, t)
 			if err == nil && id != f.id {
@@ -430,6 +454,12 @@ func writeResults(bw *bufio.Writer, p *pool.Pool) error {
 		if werr != nil {
 			continue
 		}
+		if r.Items != nil {
+			if werr = writeItems(bw, &r); werr != nil {
+				killPool(p, errParentGone)
+			}
+			continue
+		}
 		meta, err := json.Marshal(metaOf(&r))
 		if err != nil {
 			return fmt.Errorf("bridge: encoding a result: %w", err)
@@ -447,6 +477,32 @@ func writeResults(bw *bufio.Writer, p *pool.Pool) error {
 			killPool(p, errParentGone)
 		}
 	}
+}
+
+// writeItems writes the result of items of a batch in a KindItems frame.
+func writeItems(bw *bufio.Writer, r *pool.Result) error {
+	meta, err := json.Marshal(metaOf(r))
+	if err != nil {
+		return fmt.Errorf("bridge: encoding a result: %w", err)
+	}
+	taskErr := r.State == pool.Failed && r.Cause() == pool.CauseTaskError
+	outs := make([][]byte, len(r.Items))
+	head := make([]byte, 0, 8+len(meta)+24*len(r.Items))
+	head = binary.BigEndian.AppendUint32(head, uint32(len(meta)))
+	head = append(head, meta...)
+	head = binary.BigEndian.AppendUint32(head, uint32(len(r.Items)))
+	for i, it := range r.Items {
+		outs[i] = it.Output
+		if taskErr {
+			// The worker's error payload whole, as for a task's result.
+			outs[i] = []byte(r.Attempts[len(r.Attempts)-1].Message)
+		}
+		head = binary.BigEndian.AppendUint32(head, uint32(it.Index))
+		head = binary.BigEndian.AppendUint32(head, uint32(len(outs[i])))
+		head = binary.BigEndian.AppendUint64(head, math.Float64bits(unixSeconds(it.Start)))
+		head = binary.BigEndian.AppendUint64(head, math.Float64bits(unixSeconds(it.End)))
+	}
+	return writeFrame(bw, KindItems, r.ID, append([][]byte{head}, outs...)...)
 }
 
 func metaOf(r *pool.Result) Meta {

@@ -36,11 +36,30 @@ func helperWorker() int {
 		out.WriteFrame(f)
 		out.Flush()
 	}
-	send(protocol.Frame{Kind: protocol.KindReady, Payload: protocol.ReadyPayload()})
+	send(protocol.Frame{Kind: protocol.KindReady, Payload: []byte(`{"version":2}`)})
 	for {
 		f, err := in.ReadFrame()
 		if err != nil {
 			return 0
+		}
+		if f.Kind == protocol.KindBatch {
+			// A batch's items are its payload's, comma-separated.
+			indexes, payload, _ := protocol.ParseBatch(f.Payload)
+			items := strings.Split(string(payload), ",")
+			for _, i := range indexes {
+				ix := binary.BigEndian.AppendUint32(nil, i)
+				send(protocol.Frame{Kind: protocol.KindStart, ID: f.ID, Payload: ix})
+				switch items[i] {
+				case "die":
+					syscall.Kill(os.Getpid(), syscall.SIGKILL)
+					time.Sleep(time.Minute)
+				case "fail":
+					send(protocol.Frame{Kind: protocol.KindItemError, ID: f.ID, Payload: append(ix, "it failed\x00rec"...)})
+					continue
+				}
+				send(protocol.Frame{Kind: protocol.KindItem, ID: f.ID, Payload: append(ix, "did "+items[i]...)})
+			}
+			continue
 		}
 		send(protocol.Frame{Kind: protocol.KindStart, ID: f.ID})
 		switch string(f.Payload) {
@@ -197,6 +216,80 @@ func TestPipelinedDeathBlame(t *testing.T) {
 	}
 }
 
+// itemsOf splits an items frame into its meta and its items' outputs by id.
+func itemsOf(t *testing.T, f frame) (Meta, map[uint64]string) {
+	t.Helper()
+	if f.kind != KindItems {
+		t.Fatalf("frame kind = %d, want items", f.kind)
+	}
+	p := f.payload
+	n := binary.BigEndian.Uint32(p)
+	var m Meta
+	if err := json.Unmarshal(p[4:4+n], &m); err != nil {
+		t.Fatal(err)
+	}
+	p = p[4+n:]
+	count := int(binary.BigEndian.Uint32(p))
+	entries, data := p[4:4+24*count], p[4+24*count:]
+	outs := map[uint64]string{}
+	for i := 0; i < count; i++ {
+		e := entries[24*i:]
+		index, size := binary.BigEndian.Uint32(e), binary.BigEndian.Uint32(e[4:])
+		outs[f.id+uint64(index)] = string(data[:size])
+		data = data[size:]
+	}
+	return m, outs
+}
+
+// TestBatchBlame: a batch of items is one task; its worker dies on the
+// third. The two items answered are done at once, in one frame; the third
+// alone is charged (skip: failed); the items after it run once, uncharged,
+// on the next worker. An item that fails is settled on its own.
+func TestBatchBlame(t *testing.T) {
+	s := start(t, Hello{Workers: 1, OnWorkerDeath: "skip"})
+	if f := s.next(); f.kind != KindReady {
+		t.Fatalf("first frame kind = %d, want ready", f.kind)
+	}
+	items := "a,b,die,c,fail,d"
+	payload := binary.BigEndian.AppendUint32(nil, 6)
+	payload = binary.BigEndian.AppendUint32(payload, 0) // no options
+	s.send(KindBatch, 1, append(payload, items...))
+	state := map[uint64]string{}
+	outs := map[uint64]string{}
+	pids := map[uint64]int{}
+	for len(state) < 6 {
+		m, o := itemsOf(t, s.next())
+		for id, out := range o {
+			if _, dup := state[id]; dup {
+				t.Errorf("item %d settled twice", id)
+			}
+			state[id], outs[id] = m.State, out
+			pids[id] = m.Attempts[len(m.Attempts)-1].PID
+			if m.State == "failed" && id == 3 && (len(m.Attempts) != 1 || m.Attempts[0].Cause != "signal:SIGKILL") {
+				t.Errorf("item 3 = %+v, want failed once with signal:SIGKILL", m)
+			}
+			if id == 5 && (m.State != "failed" || m.Attempts[0].Cause != "task-error" || out != "it failed\x00rec" ||
+				m.Attempts[0].Message != "it failed") {
+				t.Errorf("item 5 = %+v %q, want failed with a task error and its record", m, out)
+			}
+		}
+	}
+	for id, want := range map[uint64]string{1: "done", 2: "done", 3: "failed", 4: "done", 5: "failed", 6: "done"} {
+		if state[id] != want {
+			t.Errorf("item %d = %s, want %s", id, state[id], want)
+		}
+	}
+	if outs[1] != "did a" || outs[6] != "did d" || pids[1] != pids[3] || pids[4] == pids[3] {
+		t.Errorf("outputs %v, pids %v: want the answers, and the items after the death on another worker", outs, pids)
+	}
+	s.send(KindClose, 0, nil)
+	f := s.next()
+	var end End
+	if f.kind != KindEnd || json.Unmarshal(f.payload, &end) != nil || end.Error != "" || end.Stats.Done != 4 {
+		t.Errorf("end = %d %s, want no error and 4 done", f.kind, f.payload)
+	}
+}
+
 // TestPolicyIsThePools: the hello's retries and on_worker_death apply to
 // every task, and a task error's whole payload comes back as the output.
 func TestPolicyIsThePools(t *testing.T) {
@@ -318,8 +411,8 @@ func TestBadHello(t *testing.T) {
 		{"version", `{"version":9,"command":["true"]}`, "the binary is older than the client"},
 		{"old client", `{"version":1,"command":["true"]}`, "the client is older than the binary"},
 		{"json", `{`, "bad hello"},
-		{"policy", `{"version":2,"command":["true"],"on_worker_death":"maybe"}`, "on_worker_death"},
-		{"command", `{"version":2,"command":["/nonexistent/worker"]}`, "starting the pool"},
+		{"policy", `{"version":3,"command":["true"],"on_worker_death":"maybe"}`, "on_worker_death"},
+		{"command", `{"version":3,"command":["/nonexistent/worker"]}`, "starting the pool"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -350,7 +443,7 @@ func TestBadHello(t *testing.T) {
 
 func TestConfigOfHello(t *testing.T) {
 	// The members as the Python client sends them.
-	const hello = `{"version": 2, "command": ["w"], "workers": 3, "mem_limit": 1024, "timeout": 1.5,
+	const hello = `{"version": 3, "command": ["w"], "workers": 3, "mem_limit": 1024, "timeout": 1.5,
 		"retries": 4, "on_worker_death": "retry",
 		"no_governor": true, "mem_budget": 2147483648, "mem_reserve": 1048576, "mem_per_task": 4096,
 		"preempt_above": 0.9, "preempt_psi": -1, "backoff": 0.25, "max_backoff": 2.0, "task_error_retries": 2}`

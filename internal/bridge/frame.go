@@ -31,6 +31,12 @@ const (
 	// does: the payload is a 4-byte big-endian length, that many bytes of
 	// JSON TaskMeta, then the worker's payload.
 	KindTaskMeta Kind = 5
+	// KindBatch submits a batch of items as one task (bridge/3): the
+	// payload is a 4-byte big-endian item count N, a 4-byte big-endian
+	// length, that many bytes of JSON TaskMeta (none: no options), then
+	// the worker's payload, which holds the N items. The id is the first
+	// item's number; the items take the numbers up to id+N-1.
+	KindBatch Kind = 6
 	// KindReady answers KindHello with a JSON Ready.
 	KindReady Kind = 16
 	// KindResult carries a task's outcome: a 4-byte big-endian length, that
@@ -38,6 +44,14 @@ const (
 	KindResult Kind = 17
 	// KindEnd is the bridge's last frame: a JSON End.
 	KindEnd Kind = 18
+	// KindItems carries the outcome of items of a batch, all in one state
+	// (bridge/3): a 4-byte big-endian length, that many bytes of JSON
+	// Meta, a 4-byte big-endian count n, n entries of 24 bytes (the
+	// item's index in its batch and its output's size, 4-byte big-endian
+	// each, then the start and end of its last run, big-endian IEEE 754
+	// Unix seconds, 0 if unknown), then the n outputs one after the other.
+	// The id is the batch's, so an item's number is the id plus its index.
+	KindItems Kind = 19
 )
 
 // maxPayload bounds a frame's payload, as in the worker protocol.

@@ -29,3 +29,41 @@ func ParseHeader(h []byte) (n uint32, kind uint8, id uint64) {
 	_ = h[HeaderSize-1]
 	return binary.BigEndian.Uint32(h[0:4]), h[4], binary.BigEndian.Uint64(h[5:13])
 }
+
+// AppendBatch appends a batch frame (KindBatch) for task id to b: the
+// items at indexes, of payload. The whole must fit in 32 bits.
+func AppendBatch(b []byte, id uint64, indexes []uint32, payload []byte) []byte {
+	b = AppendHeader(b, uint8(KindBatch), id, 4+4*len(indexes)+len(payload))
+	b = binary.BigEndian.AppendUint32(b, uint32(len(indexes)))
+	for _, i := range indexes {
+		b = binary.BigEndian.AppendUint32(b, i)
+	}
+	return append(b, payload...)
+}
+
+// ParseBatch splits the payload of a batch frame into its item indexes and
+// the task's payload. It reports false when p is too short for its count.
+func ParseBatch(p []byte) (indexes []uint32, payload []byte, ok bool) {
+	if len(p) < 4 {
+		return nil, nil, false
+	}
+	m := uint64(binary.BigEndian.Uint32(p))
+	if 4+4*m > uint64(len(p)) {
+		return nil, nil, false
+	}
+	indexes = make([]uint32, m)
+	for i := range indexes {
+		indexes[i] = binary.BigEndian.Uint32(p[4+4*i:])
+	}
+	return indexes, p[4+4*m:], true
+}
+
+// ItemIndex splits the payload of a start frame of a batch, an item frame
+// or an item-error frame into the item index and the rest. It reports false
+// when p has no index.
+func ItemIndex(p []byte) (index uint32, rest []byte, ok bool) {
+	if len(p) < 4 {
+		return 0, nil, false
+	}
+	return binary.BigEndian.Uint32(p), p[4:], true
+}

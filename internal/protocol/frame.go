@@ -22,9 +22,17 @@ import (
 	"strconv"
 )
 
-// Version is the major version of the framed protocol that this package
-// speaks. Workers announce theirs in the ready payload.
+// Version is the version of the framed protocol that every worker may
+// speak, and that ReadyPayload announces. Workers announce theirs in the
+// ready payload.
 const Version = 1
+
+// BatchVersion is the version that adds batch tasks to Version: a worker
+// that announces it takes batch frames (KindBatch) and answers them item by
+// item (KindStart with an item index, KindItem, KindItemError). A
+// supervisor accepts Version and BatchVersion, and sends batch frames only
+// to a worker that announced BatchVersion.
+const BatchVersion = 2
 
 // HeaderSize is the size in bytes of a frame header.
 const HeaderSize = 13
@@ -70,6 +78,20 @@ const (
 	// KindHeartbeat tells the supervisor that the worker is alive. Its id is
 	// 0 and its payload is empty.
 	KindHeartbeat Kind = 6
+	// KindBatch carries a batch task (BatchVersion): the payload is a
+	// 4-byte big-endian count m, m 4-byte big-endian item indexes, then the
+	// task's payload, which holds the items in a format of the worker's
+	// own. The worker runs the items the indexes name, in that order. For
+	// each it sends a start frame whose payload is the 4-byte index, then
+	// an item or item-error frame; a result or error frame does not answer
+	// a batch. See AppendBatch and ParseBatch.
+	KindBatch Kind = 7
+	// KindItem carries the result of one item of a batch: the 4-byte
+	// big-endian item index, then the result.
+	KindItem Kind = 8
+	// KindItemError reports that one item of a batch failed: the 4-byte
+	// big-endian item index, then a UTF-8 message.
+	KindItemError Kind = 9
 )
 
 var kindNames = [...]string{
@@ -79,6 +101,9 @@ var kindNames = [...]string{
 	KindResult:    "result",
 	KindError:     "error",
 	KindHeartbeat: "heartbeat",
+	KindBatch:     "batch",
+	KindItem:      "item",
+	KindItemError: "item-error",
 }
 
 // String returns the kind's name as the specification spells it, such as
@@ -92,7 +117,7 @@ func (k Kind) String() string {
 
 // Valid reports whether k is one of the kinds this version defines.
 func (k Kind) Valid() bool {
-	return k >= KindReady && k <= KindHeartbeat
+	return k >= KindReady && k <= KindItemError
 }
 
 // Frame is one message on the wire.
@@ -153,6 +178,10 @@ func check(off int64, k Kind, id uint64, n uint64, maxPayload uint64) *FormatErr
 		return &FormatError{Offset: off, Reason: fmt.Sprintf("%s frame with id %d, want 0", k, id)}
 	case k == KindHeartbeat && n != 0:
 		return &FormatError{Offset: off, Reason: fmt.Sprintf("heartbeat frame with a %d-byte payload, want none", n)}
+	case k == KindStart && n != 0 && n != 4:
+		return &FormatError{Offset: off, Reason: fmt.Sprintf("start frame with a %d-byte payload, want none or an item index", n)}
+	case (k == KindItem || k == KindItemError || k == KindBatch) && n < 4:
+		return &FormatError{Offset: off, Reason: fmt.Sprintf("%s frame with a %d-byte payload, want at least 4", k, n)}
 	}
 	return nil
 }
@@ -221,6 +250,18 @@ func NewReader(r io.Reader, maxPayload int) *Reader {
 		maxPayload = DefaultMaxPayload
 	}
 	return &Reader{r: bufio.NewReader(r), maxPayload: uint64(maxPayload), chunk: initialChunk}
+}
+
+// Whole reports whether the next frame is already buffered whole, so that
+// ReadFrame returns it without reading from the stream.
+func (r *Reader) Whole() bool {
+	n := r.r.Buffered()
+	if r.err != nil || n < HeaderSize {
+		return false
+	}
+	h, _ := r.r.Peek(HeaderSize)
+	size, _, _ := ParseHeader(h)
+	return uint64(n) >= HeaderSize+uint64(size)
 }
 
 // ReadFrame reads the next frame. Its Payload is a fresh slice that the

@@ -24,7 +24,7 @@ func (s *Session) armDeadline() {
 	}
 	for _, f := range s.inflight {
 		if f.Timeout > 0 && f.started {
-			earliest(f.start.Add(f.Timeout))
+			earliest(f.clock.Add(f.Timeout))
 		}
 	}
 	if f := s.waitingToStart(); f != nil && f.Timeout > 0 {
@@ -115,7 +115,7 @@ func (s *Session) CheckDeadlines() {
 		return
 	}
 	for _, f := range s.inflight {
-		if f.Timeout > 0 && f.started && !now.Before(f.start.Add(f.Timeout)) {
+		if f.Timeout > 0 && f.started && !now.Before(f.clock.Add(f.Timeout)) {
 			s.victim = f
 			s.Kill(CauseTimeout)
 			return
@@ -154,7 +154,9 @@ func (s *Session) Handle(ev Event) {
 		s.handleLines(ev)
 		return
 	}
-	s.handleFrame(ev.frame)
+	for _, f := range ev.frames {
+		s.handleFrame(f)
+	}
 }
 
 // handleFrame processes one frame from a framed worker.
@@ -167,22 +169,29 @@ func (s *Session) handleFrame(fr protocol.Frame) {
 			s.protocolError("a second ready frame")
 		case err != nil:
 			s.protocolError(err.Error())
-		case v != protocol.Version:
-			s.protocolError(fmt.Sprintf("worker speaks protocol version %d, supervisor %d", v, protocol.Version))
+		case v != protocol.Version && v != protocol.BatchVersion:
+			s.protocolError(fmt.Sprintf("worker speaks protocol version %d, supervisor %d and %d",
+				v, protocol.Version, protocol.BatchVersion))
 		default:
-			s.ready = true
+			s.ready, s.batches = true, v == protocol.BatchVersion
 			s.host.Up()
 		}
 	case protocol.KindStart:
 		f := s.flightByID(fr.ID)
-		if f == nil || f.started {
+		if f != nil && f.Items != nil {
+			s.startItem(f, fr.Payload)
+			return
+		}
+		if f == nil || f.started || len(fr.Payload) != 0 {
 			s.protocolError(fmt.Sprintf("start frame for task %d, which is not waiting to start", fr.ID))
 			return
 		}
 		s.startFlight(f, time.Now())
+	case protocol.KindItem, protocol.KindItemError:
+		s.answerItem(fr)
 	case protocol.KindResult, protocol.KindError:
 		f := s.flightByID(fr.ID)
-		if f == nil {
+		if f == nil || f.Items != nil {
 			s.protocolError(fmt.Sprintf("%s frame for task %d, which is not in flight", fr.Kind, fr.ID))
 			return
 		}
@@ -197,5 +206,67 @@ func (s *Session) handleFrame(fr protocol.Frame) {
 	case protocol.KindHeartbeat:
 	default:
 		s.protocolError(fmt.Sprintf("unexpected %s frame", fr.Kind))
+	}
+}
+
+// nextItem is the index of the item of batch f that the worker must start
+// or answer next; ok is false when every item is answered.
+func nextItem(f *Flight) (index uint32, ok bool) {
+	if len(f.Answers) >= len(f.Items) {
+		return 0, false
+	}
+	return f.Items[len(f.Answers)], true
+}
+
+// startItem handles the start frame of an item of batch f: the batch starts
+// with its first item, and each item's timeout runs from its start.
+func (s *Session) startItem(f *Flight, p []byte) {
+	i, _, ok := protocol.ItemIndex(p)
+	want, more := nextItem(f)
+	if !ok || !more || i != want {
+		s.protocolError(fmt.Sprintf("start frame for item %q of batch task %d, which is not the next to start",
+			p, f.ID))
+		return
+	}
+	now := time.Now()
+	if !f.started {
+		s.startFlight(f, now)
+		return
+	}
+	f.clock = now
+	if f.Timeout > 0 {
+		s.armDeadline()
+	}
+}
+
+// answerItem handles the answer of an item of a batch: the batch ends when
+// its last item is answered.
+func (s *Session) answerItem(fr protocol.Frame) {
+	f := s.flightByID(fr.ID)
+	i, rest, ok := protocol.ItemIndex(fr.Payload)
+	var want uint32
+	more := false
+	if f != nil && f.Items != nil {
+		want, more = nextItem(f)
+	}
+	if !ok || !more || i != want {
+		s.protocolError(fmt.Sprintf("%s frame for task %d, item %d, which is not the next item of a batch in flight",
+			fr.Kind, fr.ID, i))
+		return
+	}
+	now := time.Now()
+	if !f.started {
+		s.startFlight(f, now) // lenient: a worker may skip the start frame
+	}
+	a := Answer{Index: i, Start: f.clock, End: now}
+	if fr.Kind == protocol.KindItem {
+		a.Output = rest
+	} else {
+		a.Failed, a.Message = true, string(rest)
+	}
+	f.Answers = append(f.Answers, a)
+	f.clock = now // the next item's time runs from here until its start frame
+	if len(f.Answers) == len(f.Items) {
+		s.succeed(f, nil)
 	}
 }

@@ -19,9 +19,9 @@ const maxLinesPerEvent = 256
 
 // Event is what a reader goroutine saw on a worker's result pipe.
 type Event struct {
-	lines [][]byte       // line protocol: result lines, without their newlines
-	frame protocol.Frame // framed protocol
-	err   error          // io.EOF, or what was wrong; the reader's last event
+	lines  [][]byte         // line protocol: result lines, without their newlines
+	frames []protocol.Frame // framed protocol: the frames read at once
+	err    error            // io.EOF, or what was wrong; the reader's last event
 	// consumed is, for lines, no less than how much of its stdin the
 	// worker had read when it wrote them (see taskPipe.readAtMost).
 	consumed int64
@@ -106,7 +106,21 @@ func (rr *resultReader) run() {
 				rr.send(Event{err: err})
 				return
 			}
-			if !rr.send(Event{frame: f}) {
+			// Hand over, with it, the whole frames already buffered: a
+			// batch's worker writes an item's answer and the next item's
+			// start together.
+			frames := []protocol.Frame{f}
+			for len(frames) < maxLinesPerEvent && fr.Whole() {
+				if f, err = fr.ReadFrame(); err != nil {
+					break
+				}
+				frames = append(frames, f)
+			}
+			if !rr.send(Event{frames: frames}) {
+				return
+			}
+			if err != nil {
+				rr.send(Event{err: err})
 				return
 			}
 		}

@@ -126,6 +126,17 @@ type Flight struct {
 	Timeout time.Duration
 	// Task is the caller's own record of the task.
 	Task any
+	// Items, for a batch task (framed, protocol.BatchVersion), are the
+	// indexes of the items of Input to run, in order; nil for a plain
+	// task. The worker answers each item; the flight ends when the last
+	// is answered, or with the process.
+	Items []uint32
+	// Answers are the answers of a batch's items so far, in the order of
+	// Items.
+	Answers []Answer
+	// clock is when the running item of a batch started (for a plain
+	// task, the task): its timeout runs from there.
+	clock time.Time
 
 	started bool
 	start   time.Time
@@ -141,6 +152,23 @@ type Flight struct {
 
 // StartedAt is when f started running; zero if it has not.
 func (f *Flight) StartedAt() time.Time { return f.start }
+
+// Clock is when f's running item started (for a plain task, when the task
+// started); zero if it has not.
+func (f *Flight) Clock() time.Time { return f.clock }
+
+// Answer is the answer of one item of a batch.
+type Answer struct {
+	// Index is the item's index in the batch's payload.
+	Index uint32
+	// Output is the item's result; nil for an item error.
+	Output []byte
+	// Failed reports an item error, whose text is Message.
+	Failed  bool
+	Message string
+	// Start and End bound the item's run.
+	Start, End time.Time
+}
 
 // Outcome is how an attempt ended.
 type Outcome struct {
@@ -187,6 +215,7 @@ type Session struct {
 
 	inflight  []*Flight // sent to the process, oldest first
 	ready     bool      // the framed worker sent ready
+	batches   bool      // the framed worker takes batch tasks
 	answered  int       // tasks the process finished
 	retiring  bool      // no more tasks; end the process when idle
 	retired   bool      // the session told the process to end
@@ -395,7 +424,18 @@ func (s *Session) Send(f *Flight) {
 			s.startFlight(f, f.sent)
 		}
 	case IOFramed:
-		s.pending = s.cfg.Frame(s.pending, f.ID, f.Input)
+		if f.Items == nil {
+			s.pending = s.cfg.Frame(s.pending, f.ID, f.Input)
+			break
+		}
+		if !s.batches {
+			// Charged to the batch's first item, whose attempt says why.
+			s.startFlight(f, f.sent)
+			s.protocolError(fmt.Sprintf("the worker speaks framed/%d, which has no batch tasks (framed/%d)",
+				protocol.Version, protocol.BatchVersion))
+			return
+		}
+		s.pending = protocol.AppendBatch(s.pending, f.ID, f.Items, f.Input)
 	}
 }
 
@@ -432,7 +472,7 @@ func (s *Session) startReader() {
 
 // startFlight marks f running since at.
 func (s *Session) startFlight(f *Flight, at time.Time) {
-	f.started, f.start = true, at
+	f.started, f.start, f.clock = true, at, at
 	g := s.cfg.Group
 	if len(s.inflight) == 1 && s.cfg.Spec.IO != IONone {
 		s.markOOM() // the worker was idle: its window starts anew

@@ -2,28 +2,28 @@
 
 A _Core takes over a ``safepool __bridge`` process that _launch started,
 with its two pipes, sends it the pool's configuration and then the items of
-the jobs (map, imap, apply_async calls), each item one task of the binary's
-pool, and turns the results it sends back into per-item outcomes for the
-jobs that own them. The binary applies the pool's whole policy to each item
-(retries after a worker death or an exception, backoff, the memory
-governor's OOM retry, poison, abort); the client only delivers what it says,
-with the attempts it reports.
+the jobs (map, imap, apply_async calls), and turns the results it sends
+back into per-item outcomes for the jobs that own them. The binary applies
+the pool's whole policy to each item (retries after a worker death or an
+exception, backoff, the memory governor's OOM retry, poison, abort); the
+client only delivers what it says, with the attempts it reports.
 
-A job's items travel in chunks: the items of a chunk are written to the
-binary together, one frame each, and its pool sends several to a worker
-ahead of its answers (the hello's pipeline depth). Which item a worker was
-running when it died is the pool's business: each answer names its item.
+A job's items travel in chunks: a chunk is pickled once and sent as one
+batch frame, which the binary's pool runs as one batch task whose items
+each keep their own fate, and whose done items come back together in one
+items frame. Which item a worker was running when it died is the pool's
+business: each answer names its item.
 
 Threads: the caller's threads create jobs and queue chunks; one writer
-thread pickles and sends items (so that no thread that handles results ever
+thread pickles and sends chunks (so that no thread that handles results ever
 blocks on a full pipe); one reader thread receives results and settles
 items. Both are daemons and end when the binary's pipes close.
 
-Flow control: the writer keeps at most the binary's max_pending items sent
-without a result; the others wait here. The binary reads frames only while
-its queue has room, so a client that sent more could not get an abort frame
-read until a task ends, and with every worker busy for long, terminate()
-would hang behind a full pipe.
+Flow control: the writer keeps at most the binary's max_pending batches
+sent without all their results; the others wait here. The binary reads
+frames only while its queue has room, so a client that sent more could not
+get an abort frame read until a task ends, and with every worker busy for
+long, terminate() would hang behind a full pipe.
 """
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ import time
 import weakref
 
 from ._pickling import dumps_function, dumps_payload  # noqa: F401  (dumps_function: the jobs' import)
-from ._protocol import (APPLY, ERROR_RECORD, HEADER, K_ABORT, K_CLOSE, K_END, K_READY, K_RESULT,  # noqa: F401
-                        K_TASK, K_TASK_META, MAP, META_LEN, OK, RAISED, STAR)
+from ._protocol import (APPLY, BATCH_HEAD, ERROR_RECORD, HEADER, ITEM_ENTRY, K_ABORT, K_BATCH,  # noqa: F401
+                        K_CLOSE, K_END, K_ITEMS, K_READY, K_RESULT, META_LEN, MAP, OK, RAISED, STAR)
 from . import _oob  # big buffers out of band
 
 _live_cores = weakref.WeakSet()
@@ -114,8 +114,10 @@ class _Core:
         self._cond = threading.Condition(self._lock)  # writer's queue and job completion
         self._queue = []  # guarded by _lock: chunks to send, in order (a list used as FIFO via _qhead)
         self._qhead = 0
-        self._inflight: dict[int, tuple] = {}  # guarded by _lock: task id -> (job, position, item, _oob.Ticket)
-        self._window = 0  # most items in _inflight (the binary's max_pending); 0: no limit
+        # guarded by _lock: item id -> (job, position, item, _oob.Ticket, id of its batch)
+        self._inflight: dict[int, tuple] = {}
+        self._batches: dict[int, int] = {}  # guarded by _lock: batch id -> its items in _inflight
+        self._window = 0  # most batches in _batches (the binary's max_pending); 0: no limit
         self._ahead = ahead  # most items of windowed jobs in _inflight; 0: no limit
         self._ahead_used = 0  # guarded by _lock: items of windowed jobs in _inflight
         self._next_id = 1  # only the writer thread uses it
@@ -208,11 +210,12 @@ class _Core:
 
     def _take_locked(self):
         """The writer's next piece of work: ("control", kind), ("chunk",
-        chunk), ("wait", None) or ("exit", None). A chunk is cut to the room
-        left in the window. Called with _lock held."""
+        chunk), ("wait", None) or ("exit", None). A chunk is one batch, sent
+        while the window has room for a batch; a windowed job's chunk is cut
+        to the room its items have. Called with _lock held."""
         if self._control:
             return "control", self._control.pop(0)
-        room = self._window - len(self._inflight) if self._window else 1 << 30
+        room = 1 << 30 if not self._window or len(self._batches) < self._window else 0
         if room <= 0 or self._qhead >= len(self._queue):
             if self._out is None or self._ended.is_set():
                 return "exit", None
@@ -303,42 +306,64 @@ class _Core:
             self._fail_waited(job, chunk.positions, chunk.items)
             return
         limits = self._limits_of(job, chunk.start_by)
-        head = (job.mode, job.fn_bytes)
-        sent = []
-        for pos, item in zip(chunk.positions, chunk.items):
+        positions, items = list(chunk.positions), list(chunk.items)
+        try:
+            # One pickle for the chunk: the binary runs it as one batch task,
+            # whose items each keep their own fate.
+            payload, ticket = self._encode(job, items, limits)
+        except Exception:
+            positions, items = self._picklable(job, positions, items, limits)
+            if not items:
+                return
             try:
-                payload, ticket = _oob.encode(head + (item, limits) if limits else head + (item,), self.main_importable)
+                payload, ticket = self._encode(job, items, limits)
             except Exception as e:
-                # As multiprocessing does, the caller gets the pickling
-                # error itself.
+                with self._lock:
+                    self._give_back(job, len(items))
+                for pos in positions:
+                    self._settle(job, pos, False, e)
+                return
+        n = len(items)
+        # Task numbers must follow each other without gaps: number only
+        # what is written, and record it before the answer can come. Each
+        # item holds the batch's ticket, which lives until every item of
+        # the batch has its result.
+        ident = self._next_id
+        self._next_id += n
+        with self._lock:
+            inflight = self._inflight
+            for i in range(n):
+                inflight[ident + i] = (job, positions[i], items[i], ticket, ident)
+            self._batches[ident] = n
+        # The call's own timeout and memory hint go to the engine with the
+        # task (docs/protocol.md, batch).
+        meta = {name: job.opts[name] for name in ("timeout", "mem") if job.opts and job.opts.get(name)}
+        meta = json.dumps(meta).encode() if meta else b""
+        write = self._out.write
+        write(HEADER.pack(BATCH_HEAD.size + len(meta) + len(payload), K_BATCH, ident))
+        write(BATCH_HEAD.pack(n, len(meta)) + meta)
+        write(payload)
+
+    def _encode(self, job, items, limits):
+        """The payload of a batch of job's items, and its ticket."""
+        head = (job.mode, job.fn_bytes, items)
+        return _oob.encode(head + (limits,) if limits else head, self.main_importable)
+
+    def _picklable(self, job, positions, items, limits):
+        """The positions and items that pickle; the others fail with the
+        pickling error itself, as with multiprocessing."""
+        keep_pos, keep = [], []
+        for pos, item in zip(positions, items):
+            try:
+                self._encode(job, [item], limits)
+            except Exception as e:
                 with self._lock:
                     self._give_back(job, 1)
                 self._settle(job, pos, False, e)
                 continue
-            sent.append((pos, item, payload, ticket))
-        if not sent:
-            return
-        # Task numbers must follow each other without gaps: number only
-        # what is written, and record it before the answer can come.
-        ident = self._next_id
-        self._next_id += len(sent)
-        with self._lock:
-            inflight = self._inflight
-            for i, (pos, item, _, ticket) in enumerate(sent):
-                inflight[ident + i] = (job, pos, item, ticket)
-        # The call's own timeout and memory hint go to the engine with the
-        # task (docs/protocol.md, task+).
-        meta = {name: job.opts[name] for name in ("timeout", "mem") if job.opts and job.opts.get(name)}
-        if meta:
-            head = json.dumps(meta).encode()
-            head = META_LEN.pack(len(head)) + head
-            for i, (_, _, payload, _) in enumerate(sent):
-                self._write_frame(K_TASK_META, ident + i, head + payload)
-        else:
-            write, pack = self._out.write, HEADER.pack
-            for i, (_, _, payload, _) in enumerate(sent):
-                write(pack(len(payload), K_TASK, ident + i))
-                write(payload)
+            keep_pos.append(pos)
+            keep.append(item)
+        return keep_pos, keep
 
     def _give_back(self, job, n: int):
         """Return the room of n items of job that were taken and not sent.
@@ -358,8 +383,13 @@ class _Core:
             self._ahead_used -= 1
             if self._ahead_used + 1 == self._ahead:
                 self._cond.notify_all()
-        if len(self._inflight) + 1 == self._window:
-            self._cond.notify_all()
+        left = self._batches.get(sent[4], 0) - 1
+        if left > 0:
+            self._batches[sent[4]] = left
+        else:
+            self._batches.pop(sent[4], None)
+            if len(self._batches) + 1 == self._window:
+                self._cond.notify_all()
         return sent
 
     def _send_control(self, kind: int):
@@ -390,6 +420,9 @@ class _Core:
                     # Hold nothing of the task while waiting for the next
                     # frame: its arguments and results are the caller's.
                     sent = meta = payload = None
+                elif kind == K_ITEMS:
+                    self._on_items(ident, payload)
+                    payload = None
                 elif kind == K_READY:
                     self._ready_info = json.loads(payload)
                     self._ready.set()
@@ -432,6 +465,7 @@ class _Core:
             self._stopping = True
             items = [sent[:3] for sent in self._inflight.values()]
             self._inflight.clear()
+            self._batches.clear()
             self._ahead_used = 0
             chunks = [c for c in self._queue[self._qhead:] if c is not None]
             self._queue, self._qhead = [], 0
@@ -446,6 +480,82 @@ class _Core:
             self._cancel(c.job, c.positions, c.items, reason)
         if self.on_broken is not None and isinstance(self._broken, _errors().BrokenPool):
             self.on_broken(self._broken)
+
+    def _on_items(self, base: int, payload: bytes):
+        """Settle the items of a batch that an items frame reports, all in
+        one state."""
+        (n,) = META_LEN.unpack_from(payload)
+        meta = json.loads(payload[4:4 + n])
+        at = 4 + n
+        (count,) = META_LEN.unpack_from(payload, at)
+        at += 4
+        entries = list(ITEM_ENTRY.iter_unpack(payload[at:at + count * ITEM_ENTRY.size]))
+        at += count * ITEM_ENTRY.size
+        with self._lock:
+            sent = [self._untrack(base + e[0]) for e in entries]
+            # The batch's ticket is released once every item of it has its
+            # result (and those here are decoded), not left to the collector.
+            last_of_batch = base not in self._batches
+        ticket = next((s[3] for s in sent if s is not None), None) if last_of_batch else None
+        try:
+            self._settle_items(entries, sent, at, payload, meta, ticket)
+        finally:
+            sent = None
+            if ticket is not None:
+                ticket.release()
+
+    def _settle_items(self, entries, sent, at, payload, meta, ticket):
+        """Settle the items of an items frame, whose outputs start at at."""
+        view = memoryview(payload)
+        attempts = meta.get("attempts") or ()
+        if meta.get("state") != "done" or len(attempts) != 1:
+            for (index, size, start, end), s in zip(entries, sent):
+                out = view[at:at + size]
+                at += size
+                if s is not None:
+                    m = meta
+                    if attempts and start:
+                        last = dict(attempts[-1], start=start, end=end)
+                        m = dict(meta, attempts=list(attempts[:-1]) + [last])
+                    self._on_result(s[0], s[1], s[2], m, out)
+            return
+        # Done at the first attempt: the common case, kept short, and
+        # settled in one call.
+        last = attempts[0]
+        pid, peak = last.get("pid", 0), last.get("peak_rss", 0)
+        decode, stats, ends, positions, values, job = _oob.decode, [], [], [], [], None
+        for (index, size, start, end), s in zip(entries, sent):
+            out = view[at:at + size]
+            at += size
+            if s is None:
+                continue
+            job, pos = s[0], s[1]
+            try:
+                tag, value = decode(out)
+            except Exception:
+                tag = None
+            if tag != OK:
+                # An exception, or a result that cannot be unpickled here.
+                self._on_result(job, pos, s[2], {"state": "done", "attempts": [dict(last, start=start, end=end)]},
+                                out)
+                continue
+            stats.append((job.id, pos, start, end, pid, peak))
+            ends.append(end)
+            positions.append(pos)
+            values.append(value)
+        if not positions:
+            return
+        if ticket is not None:
+            ticket.release()  # every result is decoded
+        job.observe(stats[0][2], ends)  # the items of a batch are one job's
+        if positions[-1] - positions[0] == len(positions) - 1:
+            positions = range(positions[0], positions[-1] + 1)
+        job.settle_many(positions, values)
+        with self._lock:
+            self._stats.extend(stats)
+            self._outstanding -= len(values)
+            if self._outstanding == 0:
+                self._cond.notify_all()
 
     def _on_result(self, job, pos, item, meta: dict, output, ticket=None):
         state = meta.get("state")

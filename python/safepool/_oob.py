@@ -378,11 +378,13 @@ def decode(data, ticket=None):
         box = _client_inbox()
         if not box:
             raise OSError("safepool: a result came out of band but this process has no inbox")
+        # The items of a batch put theirs one after another in its region.
+        lo = min(off for off, _ in spans)
         end = max(off + length for off, length in spans)
-        whole = bytearray(end)
-        _pread_into(box.fd, whole, region * REGION)
+        whole = bytearray(end - lo)
+        _pread_into(box.fd, whole, region * REGION + lo)
         view = memoryview(whole)
-        return _loads(memoryview(data)[pos:], buffers=[view[off:off + length] for off, length in spans])
+        return _loads(memoryview(data)[pos:], buffers=[view[off - lo:off - lo + length] for off, length in spans])
     finally:
         if ticket is not None:
             ticket.release()
@@ -392,6 +394,9 @@ def decode(data, ticket=None):
 
 # The task being run: (client pid, inbox fd, inbox inode, region), or None.
 _reply = [None]
+# Where the next result's big buffers go in the task's region: the items of
+# a batch answer one after another, and the client reads them all at the end.
+_cursor = [0]
 _inbox_fds = {}  # (pid, fd, inode) -> this worker's descriptor of that inbox
 
 
@@ -403,6 +408,7 @@ def worker_decode(payload):
         return _loads(payload)
     _, pid, box_fd, box_ino, region, fd, ino, size, n = _TASK.unpack_from(payload)
     _reply[0] = (pid, box_fd, box_ino, region) if box_fd >= 0 else None
+    _cursor[0] = 0
     pos = _TASK.size
     spans = [_SPAN.unpack_from(payload, pos + i * _SPAN.size) for i in range(n)]
     pos += n * _SPAN.size
@@ -439,8 +445,10 @@ def worker_encode(obj):
     if not big:
         return data
     spans, size = _layout(big)
+    cur = _cursor[0]
+    spans = [(off + cur, length) for off, length in spans]
     try:
-        if size > REGION:
+        if cur + size > REGION:
             raise OSError("result too large for its region")
         fd = _worker_inbox(reply)
         base = reply[3] * REGION
@@ -448,5 +456,6 @@ def worker_encode(obj):
             _pwrite_all(fd, b, base + off)
     except OSError:
         return _dumps_inband(obj)  # no room, or no access: through the pipe
+    _cursor[0] = cur + (size + 4095) // 4096 * 4096
     head = _RESULT.pack(ENVELOPE, reply[3], len(spans))
     return b"".join([head] + [_SPAN.pack(*s) for s in spans] + [data])

@@ -13,18 +13,29 @@ HEADER = struct.Struct(">IBQ")
 # The framed worker protocol (framed/1): worker <-> safepool binary.
 FRAMED = "framed/1"
 READY, TASK, START, RESULT, ERROR, HEARTBEAT = 1, 2, 3, 4, 5, 6
-# The worker's ready payload.
-READY_PAYLOAD = b'{"version":1,"sdk":"python"}'
+# framed/2: batch tasks, answered item by item.
+BATCH, ITEM, ITEM_ERROR = 7, 8, 9
+# The worker's ready payload: it takes batches.
+READY_PAYLOAD = b'{"version":2,"sdk":"python"}'
+# The item count and item indexes of a batch frame, the index that starts
+# the payload of a batch's start, item and item-error frames.
+INDEX = struct.Struct(">I")
 
 # The bridge protocol: client <-> safepool binary.
-BRIDGE_VERSION = 2
-K_HELLO, K_TASK, K_CLOSE, K_ABORT, K_TASK_META = 1, 2, 3, 4, 5
-K_READY, K_RESULT, K_END = 16, 17, 18
+BRIDGE_VERSION = 3
+K_HELLO, K_TASK, K_CLOSE, K_ABORT, K_TASK_META, K_BATCH = 1, 2, 3, 4, 5, 6
+K_READY, K_RESULT, K_END, K_ITEMS = 16, 17, 18, 19
 # The length of the JSON before the payload of task+ and result frames.
 META_LEN = struct.Struct(">I")
+# A batch frame's head: its item count and the length of its JSON options.
+BATCH_HEAD = struct.Struct(">II")
+# One item's entry in an items frame: its index, its output's size, and the
+# start and end of its last run.
+ITEM_ENTRY = struct.Struct(">IIdd")
 
 # A task's payload is the pickled tuple (mode, function, item) or (mode,
 # function, item, limits): mode says how the item is passed to the function.
+# A batch's payload is the same with the list of its items in place of item.
 MAP, STAR, APPLY = 0, 1, 2
 # A task's answer in a result frame is the pickled (OK, value) or (RAISED,
 # record): the function returned, or raised an exception that is not to be

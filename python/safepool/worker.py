@@ -2,11 +2,13 @@
 
 The ``safepool`` binary starts it as ``python3 -c "from safepool.worker
 import main; main()"`` and speaks the framed worker protocol of
-docs/protocol.md to it on fds 3 and 4. Each task is one item (one call of
-the user's function). The worker writes the task's start frame before it
-calls the function, so that when the worker dies the binary knows which item
-killed it, even among several sent to it ahead; it answers with a result
-frame, or with an error frame for an exception that the pool is to retry.
+docs/protocol.md to it on fds 3 and 4, version 2: a task is a batch of
+items (calls of the user's function). Before it calls the function on an
+item, the worker writes that item's start frame, with the previous item's
+answer, and flushes: when the worker dies, the binary has the answers of the
+items before, and knows which item killed it. An item answers with an item
+frame, or with an item-error frame for an exception that the pool is to
+retry.
 
 The worker is spawned fresh, never forked. Before it answers ``ready`` it
 takes the client's ``sys.path`` and ``sys.argv``, imports the client's
@@ -28,8 +30,8 @@ try:
 except ImportError:  # an interpreter without the C accelerator
     from pickle import dumps as _dumps, loads
 
-from safepool._protocol import (APPLY, ERROR, ERROR_RECORD, FRAMED, HEADER, MAP, OK, RAISED, READY,  # noqa: F401
-                                READY_PAYLOAD, RESULT, STAR, START, TASK)
+from safepool._protocol import (APPLY, BATCH, ERROR, ERROR_RECORD, FRAMED, HEADER, INDEX, ITEM,  # noqa: F401
+                                ITEM_ERROR, MAP, OK, RAISED, READY, READY_PAYLOAD, RESULT, STAR, START, TASK)
 from safepool import _oob  # big buffers out of band
 
 
@@ -227,11 +229,81 @@ def _function(fn_bytes, fns):
 def _run_item(payload, fns):
     """Run one task; return the kind and payload of its answer."""
     mode, fn_bytes, item, *extra = _oob.worker_decode(payload)
-    fn = _function(fn_bytes, fns)
+    return _call(mode, _function(fn_bytes, fns), item, extra[0] if extra else None)
+
+
+
+def _run_batch(task_id, payload, write, flush):
+    """Run the items of a batch frame that its indexes name, in order. Each
+    item's answer and the next item's start frame go in one write, flushed
+    before the item runs: when the worker dies, the binary knows which item
+    killed it, and has the answers of those before."""
+    pack, pack_index = HEADER.pack, INDEX.pack
+    (m,) = INDEX.unpack_from(payload)
+    indexes = INDEX_ARRAY(m).unpack_from(payload, 4) if m != 1 else INDEX.unpack_from(payload, 4)
+    answer = b""
+    try:
+        mode, fn_bytes, items, *extra = _oob.worker_decode(memoryview(payload)[4 + 4 * m:])
+        fn = _function(fn_bytes, _fns)
+        limits = extra[0] if extra else None
+    except Exception as e:
+        # The batch cannot run (its function cannot be unpickled, say):
+        # every item says why.
+        out = dumps((RAISED, _exc_record(e)))
+        for i in indexes:
+            write(pack(4, START, task_id) + pack_index(i) + pack(4 + len(out), ITEM, task_id) + pack_index(i))
+            write(out)
+        flush()
+        return
+    fast = mode == MAP and not limits
+    encode = _oob.worker_encode
+    for i in indexes:
+        write(answer + pack(4, START, task_id) + pack_index(i))
+        flush()
+        kind = RESULT
+        if fast:
+            # The common case, without _call's checks: a map's item, with
+            # no limits.
+            try:
+                value = fn(items[i])
+            except Exception as e:
+                out = dumps((RAISED, _exc_record(e)))
+            else:
+                try:
+                    out = encode((OK, value))
+                except Exception:
+                    out = _answer(value)
+        else:
+            try:
+                kind, out = _call(mode, fn, items[i], limits)
+            except Exception as e:
+                kind, out = RESULT, dumps((RAISED, _exc_record(e)))
+        answer = pack(4 + len(out), ITEM if kind == RESULT else ITEM_ERROR, task_id) + pack_index(i) + out
+    write(answer)
+    flush()
+
+
+_index_arrays = {}
+
+
+def INDEX_ARRAY(m):
+    """The struct of m item indexes."""
+    s = _index_arrays.get(m)
+    if s is None:
+        import struct
+        s = _index_arrays[m] = struct.Struct(">%dI" % m)
+    return s
+
+
+_fns = {}  # the functions of the tasks run so far, by their pickle
+
+
+def _call(mode, fn, item, limits):
+    """Call fn on item as mode says; return the kind and payload of the
+    answer."""
     # The task's limits: "soft" (seconds), "start_by" (Unix time) and "wait"
     # (seconds) for an item that must not start late, and which exceptions
     # the pool retries: "retry" (all of them) and "retry_on" (classes).
-    limits = extra[0] if extra else None
     soft = 0.0
     if limits:
         start_by = limits.get("start_by")
@@ -264,13 +336,17 @@ def _run_item(payload, fns):
     try:
         return RESULT, _oob.worker_encode((OK, value))
     except Exception:
-        pass
+        return RESULT, _answer(value)
+
+
+def _answer(value) -> bytes:
+    """The answer of an item whose value pickle could not send as it is."""
     try:
-        return RESULT, dumps_main_by_name((OK, value))
+        return dumps_main_by_name((OK, value))
     except Exception as e:
         # The result cannot be pickled. The client may report it as
         # multiprocessing does, with the value's repr (MaybeEncodingError).
-        return RESULT, dumps_main_by_name((RAISED, _exc_record(e) + (_short_repr(value),)))
+        return dumps_main_by_name((RAISED, _exc_record(e) + (_short_repr(value),)))
 
 
 def main():
@@ -282,7 +358,7 @@ def main():
     os.set_inheritable(tasks.fileno(), False)
     os.set_inheritable(results.fileno(), False)
     _setup()
-    fns = {}
+    fns = _fns
     write, flush, pack = results.write, results.flush, HEADER.pack
 
     write(pack(len(READY_PAYLOAD), READY, 0) + READY_PAYLOAD)
@@ -297,7 +373,12 @@ def main():
             sys.exit("safepool.worker: protocol error: cut header")
         length, kind, task_id = HEADER.unpack(header)
         payload = read(length) if length else b""
-        if kind != TASK or len(payload) != length:
+        if len(payload) != length:
+            sys.exit("safepool.worker: protocol error: cut payload")
+        if kind == BATCH:
+            _run_batch(task_id, payload, write, flush)
+            continue
+        if kind != TASK:
             sys.exit("safepool.worker: protocol error: kind %d" % kind)
         # Before the work, and flushed: when the worker dies, this names
         # the task that was running.

@@ -131,3 +131,9 @@ def charges(h):
                     except OSError:
                         pass
     return status["RssAnon"] + status.get("VmSwap", 0), status["RssShmem"], usage
+
+
+def big_result_of(v):
+    """A 1 MiB array filled with v: the results of a batch's items differ."""
+    import numpy
+    return numpy.full(1 << 20, v, dtype="u1")

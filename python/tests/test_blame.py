@@ -48,3 +48,16 @@ class MidChunkDeath(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class BatchTimeout(unittest.TestCase):
+    def test_timeout_bounds_each_item_of_a_chunk(self):
+        # A chunk of 5 items of 0.4 s runs 2 s, longer than the timeout of
+        # 1 s: the timeout is each item's, not the chunk's.
+        with safepool.Pool(1, timeout=1.0) as pool:
+            self.assertEqual(pool.map(helpers.sleep_for, [0.4] * 5, chunksize=5), [0.4] * 5)
+            out = pool.map_async(helpers.sleep_for, [0.1, 30, 0.1], chunksize=3, errors="return").get(60)
+        self.assertEqual(out[0], 0.1)
+        self.assertEqual(out[2], 0.1)
+        self.assertIsInstance(out[1], safepool.WorkerDied)
+        self.assertEqual(out[1].cause, "timeout")

@@ -174,6 +174,15 @@ else:
             box = _oob._client_inbox()
             self.assertEqual(os.fstat(box.fd).st_blocks, 0, "the inbox holds no pages")
 
+        def test_batch_results_come_through_the_inbox(self):
+            # The items of one batch share its region: each item's result
+            # goes after the previous one's, and all are read at the end.
+            with safepool.Pool(2) as pool:
+                out = pool.map(sh.big_result_of, range(8), chunksize=4)
+            for v, r in enumerate(out):
+                self.assertEqual(r.shape, (1 << 20,))
+                self.assertTrue((r == v).all(), "item %d" % v)
+
         def test_argument_files_are_closed(self):
             with safepool.Pool(2) as pool:
                 pool.map(sh.identity, [numpy.ones(MiB)] * 8)
