@@ -116,13 +116,22 @@ func serveRemote(ctx context.Context, url string, h Hello, br *bufio.Reader, bw 
 				return
 			}
 			switch f.kind {
-			case KindTask, KindTaskMeta:
+			case KindTask, KindTaskMeta, KindBatch:
 				t := pool.Task{Input: f.payload}
-				if f.kind == KindTaskMeta {
-					if t, err = taskOf(f.payload); err != nil {
-						send(event{published: last, err: err})
-						continue
+				switch f.kind {
+				case KindTaskMeta:
+					t, err = taskOf(f.payload)
+				case KindBatch:
+					// With nats the client sends batches of one item
+					// (python/safepool/_core.py): a cluster task is one
+					// item, with one recorded result.
+					if t, err = batchOf(f.payload); err == nil && t.Items != 1 {
+						err = fmt.Errorf("bridge: a batch of %d items with nats, which takes one item a task", t.Items)
 					}
+				}
+				if err != nil {
+					send(event{published: last, err: err})
+					continue
 				}
 				if f.id != last+1 {
 					send(event{published: last, err: fmt.Errorf("bridge: task %d sent out of order (want %d)", f.id, last+1)})
@@ -132,7 +141,7 @@ func serveRemote(ctx context.Context, url string, h Hello, br *bufio.Reader, bw 
 				if need == 0 {
 					need = h.MemPerTask
 				}
-				if err := run.Publish(rctx, cluster.TaskMsg{Seq: f.id, Input: t.Input, Need: need}); err != nil {
+				if err := run.Publish(rctx, cluster.TaskMsg{Seq: f.id, Input: t.Input, Need: need, Items: t.Items}); err != nil {
 					send(event{published: last, err: err})
 					continue
 				}

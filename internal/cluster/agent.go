@@ -300,7 +300,7 @@ func (a *Agent) take(ctx context.Context, m jetstream.Msg) {
 		return
 	}
 	timeout := spec.Timeout
-	task := pool.Task{Input: t.Input, Args: t.Args, Timeout: timeout, MemHint: t.Need}
+	task := pool.Task{Input: t.Input, Args: t.Args, Timeout: timeout, MemHint: t.Need, Items: t.Items}
 	a.mu.Lock()
 	l.nextID++
 	id := l.nextID
@@ -476,7 +476,10 @@ func (a *Agent) finish(h *held, r pool.Result) {
 	case moveRecord:
 		rec := ResultRecord{Seq: h.task.Seq, Input: h.task.Input, Args: h.task.Args, State: d.state,
 			Output: r.Output, Stderr: r.Stderr, Attempts: all, Agent: a.name}
-		if r.Output == nil {
+		if len(r.Items) == 1 {
+			// A batch of one item (the Python client's task): its output.
+			rec.Output = r.Items[0].Output
+		} else if r.Output == nil {
 			rec.Output, _ = io.ReadAll(r.OutputReader())
 		}
 		if r.Stderr == nil {

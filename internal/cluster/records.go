@@ -61,6 +61,10 @@ type TaskMsg struct {
 	// Moved counts the times the task went to a larger class; a task
 	// that moved has attempts recorded in AttemptsBucket.
 	Moved int `json:"moved,omitempty"`
+	// Items is the number of items of a framed batch task (pool.Task.Items);
+	// 0 for a task that is not a batch. The Python client's tasks are
+	// batches of one item.
+	Items int `json:"items,omitempty"`
 }
 
 // AttemptRecord is one attempt of a task on some agent: a pool.Attempt

@@ -97,6 +97,7 @@ class _Core:
         ahead bounds the items of windowed jobs (an Executor's futures)
         sent without a result; 0 means no bound other than the binary's."""
         self.processes = launch.processes
+        self._one_item_batches = getattr(launch, "one_item_batches", False)
         self.retries = launch.retries
         self.policy = launch.policy
         self.timeout = launch.timeout
@@ -290,7 +291,12 @@ class _Core:
         return limits
 
     def _send_chunk(self, chunk: _Chunk):
-        """Pickle and write the items of chunk, one task each."""
+        """Pickle and write the items of chunk as one batch task (a batch of
+        one item each with nats)."""
+        while self._one_item_batches and len(chunk.items) > 1:
+            rest = chunk.split(1)
+            self._send_chunk(chunk)
+            chunk = rest
         job = chunk.job
         n = len(chunk.items)
         if not job.on_send():  # a future cancelled while queued

@@ -190,6 +190,9 @@ class Launch:
         # None: workers import no __main__. The agents' workers do not:
         # what it defines goes by value with cloudpickle.
         self.main = main = None if options.nats else main_spec()
+        # With nats every item is a task of its own on the agents: the
+        # client sends batches of one item.
+        self.one_item_batches = bool(options.nats)
         if main:
             env[ENV_MAIN] = main
         if initializer is not None:
