@@ -175,6 +175,11 @@ func (a *mapArgs) parse(e *env, args []string) error {
 	if a.nats.url != "" {
 		return usagef("map", "--pipe does not work with --nats")
 	}
+	for _, name := range []string{"journal", "resume", "resume-failed"} {
+		if fs.Changed(name) {
+			return usagef("map", "--%s does not work with --pipe yet: a block's output is not kept in the journal", name)
+		}
+	}
 	for _, name := range []string{"framed", "pipeline", "max-tasks", "max-rss", "max-line", "stall-timeout", "start-timeout"} {
 		if fs.Changed(name) {
 			return usagef("map", "--%s is for persistent workers, not --pipe", name)

@@ -61,6 +61,7 @@ func runMapPipe(ctx context.Context, e *env, a *mapArgs, command []string, viaSh
 			r.Release()
 		},
 		joblog:   a.common.joblog,
+		metrics:  a.common.metrics,
 		jsonPath: a.json,
 		progress: a.common.progressOn(e.stderr),
 		quiet:    a.common.quiet,
