@@ -338,6 +338,46 @@ func checkRecorded(t *testing.T, url, run string, n int) {
 	}
 }
 
+// waitRecorded waits until at least k results of run are in the results
+// bucket, as seen through url.
+func waitRecorded(t *testing.T, url, run string, k int, limit time.Duration) {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	deadline := time.Now().Add(limit)
+	for {
+		got := 0
+		func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			kv, err := js.KeyValue(ctx, cluster.ResultsBucket)
+			if err != nil {
+				return
+			}
+			keys, err := kv.ListKeys(ctx)
+			if err != nil {
+				return
+			}
+			for key := range keys.Keys() {
+				if strings.HasPrefix(key, run+".") {
+					got++
+				}
+			}
+		}()
+		if got >= k {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d results of run %s recorded after %v, want at least %d", got, run, limit, k)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // runIDOf reads the run id the submitter announced.
 func runIDOf(t *testing.T, p *proc) string {
 	t.Helper()
@@ -447,11 +487,14 @@ func TestClusterServerKilled(t *testing.T) {
 	const n = 40
 	sub := submit(t, dir, "run", rot(0), sleeps(n, 400))
 	run := runIDOf(t, sub)
-	time.Sleep(1500 * time.Millisecond)
+	// Mid-run: some results are recorded, most tasks are not.
+	waitRecorded(t, rot(1), run, 3, 90*time.Second)
+	killedAt := time.Now()
 	servers[0].kill()
-	if st := sub.wait(t, 90*time.Second); st != 0 {
+	if st := sub.wait(t, 3*time.Minute); st != 0 {
 		t.Fatalf("run exited %d, want 0\n%s", st, sub.stderr())
 	}
+	t.Logf("the run ended %v after the server was killed", time.Since(killedAt).Round(time.Millisecond))
 	checkOutputs(t, sub, n)
 	checkRecorded(t, rot(1), run, n)
 	checkReplicas(t, rot(1), 3)
