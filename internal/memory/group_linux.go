@@ -63,6 +63,9 @@ type Group struct {
 	// It holds the descriptor plus one, so that 0 means not open; guarded
 	// by mu.
 	v1Peak int
+	// v1OOM is v1's memory.oom_control, kept open the same way for the
+	// oom_kill count read before and after every attempt; guarded by mu.
+	v1OOM int
 }
 
 // Path returns the group's directory, such as
@@ -118,7 +121,8 @@ func (g *Group) Prepare(cmd *exec.Cmd) error {
 // while it is stopped at its exec (threadstart_linux.go), so that the
 // worker runs its own program in the group, with that score, from its
 // first instruction, with one exec. Otherwise it starts cmd as Prepare
-// readies it.
+// readies it, and under cgroup v2 raises the started process's
+// oom_score_adj to 1000 (v1's shim raises its own before the worker runs).
 func (g *Group) Start(cmd *exec.Cmd) error {
 	if g.ctrl.mode() != ModeCgroupV1 || g.m == nil || !g.m.threadStart.Load() {
 		if err := g.Prepare(cmd); err != nil {
@@ -126,6 +130,9 @@ func (g *Group) Start(cmd *exec.Cmd) error {
 		}
 		err := cmd.Start()
 		g.Started()
+		if err == nil && g.ctrl.mode() != ModeCgroupV1 {
+			_ = SetOOMScoreAdj(cmd.Process.Pid, 1000)
+		}
 		return err
 	}
 	g.mu.Lock()
@@ -161,7 +168,28 @@ func (g *Group) Started() {
 // raised before the victim is sent SIGKILL, so it is current by the time
 // Wait reports the death. Kernels without the counter (v1 before Linux
 // 4.13) give an error matching errors.ErrUnsupported.
-func (g *Group) OOMKills() (uint64, error) { return g.ctrl.oomKills(g.path) }
+func (g *Group) OOMKills() (uint64, error) {
+	g.mu.Lock()
+	fd, ok := g.v1FD(&g.v1OOM, "memory.oom_control", unix.O_RDONLY)
+	if !ok {
+		g.mu.Unlock()
+		return g.ctrl.oomKills(g.path)
+	}
+	var buf [512]byte
+	n, err := unix.Pread(fd, buf[:], 0)
+	g.mu.Unlock()
+	if err != nil {
+		return 0, fmt.Errorf("memory: read %s/memory.oom_control: %w", g.path, err)
+	}
+	v, ok, err := parseKey(buf[:n], "oom_kill")
+	if err != nil {
+		return 0, err
+	}
+	if !ok {
+		return 0, fmt.Errorf("memory: no oom_kill in %s/memory.oom_control: %w", g.path, errors.ErrUnsupported)
+	}
+	return v, nil
+}
 
 // Usage returns the group's current memory use in bytes, page cache
 // included.
@@ -192,31 +220,41 @@ func (g *Group) Peak() (int64, error) {
 // opening it on first use; ok is false for v2, after Remove, or when it
 // cannot be opened (the callers then use the path). g.mu must be held.
 func (g *Group) v1PeakFD() (fd int, ok bool) {
+	return g.v1FD(&g.v1Peak, "memory.max_usage_in_bytes", unix.O_RDWR)
+}
+
+// v1FD returns the control file name of a v1 group, kept open in *slot
+// (the descriptor plus one) and opened with mode on first use; ok is false
+// for v2, after Remove, or when it cannot be opened (the callers then use
+// the path). g.mu must be held.
+func (g *Group) v1FD(slot *int, name string, mode int) (fd int, ok bool) {
 	if g.ctrl.mode() != ModeCgroupV1 || g.removed {
 		return 0, false
 	}
-	if g.v1Peak == 0 {
-		fd, err := unix.Open(filepath.Join(g.path, "memory.max_usage_in_bytes"), unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if *slot == 0 {
+		fd, err := unix.Open(filepath.Join(g.path, name), mode|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return 0, false
 		}
-		// Only a control file is rewritten whole by a write at offset 0;
+		// Only a control file is read and rewritten whole at offset 0;
 		// elsewhere (tests on a plain directory) the path is used.
 		var st unix.Statfs_t
 		if unix.Fstatfs(fd, &st) != nil || st.Type != unix.CGROUP_SUPER_MAGIC {
 			unix.Close(fd)
 			return 0, false
 		}
-		g.v1Peak = fd + 1
+		*slot = fd + 1
 	}
-	return g.v1Peak - 1, true
+	return *slot - 1, true
 }
 
-// closeV1Peak closes what v1PeakFD opened. g.mu must be held.
-func (g *Group) closeV1Peak() {
-	if g.v1Peak != 0 {
-		unix.Close(g.v1Peak - 1)
-		g.v1Peak = 0
+// closeV1Files closes what v1FD opened. g.mu must be held.
+func (g *Group) closeV1Files() {
+	for _, slot := range []*int{&g.v1Peak, &g.v1OOM} {
+		if *slot != 0 {
+			unix.Close(*slot - 1)
+			*slot = 0
+		}
 	}
 }
 
@@ -262,7 +300,7 @@ func (g *Group) Remove() error {
 		g.mu.Unlock()
 		return nil
 	}
-	g.closeV1Peak()
+	g.closeV1Files()
 	kerr := killAll(g.ctrl, g.path)
 	if err := rmdirRetry(g.path, g.m.rmdir); err != nil {
 		g.mu.Unlock()
