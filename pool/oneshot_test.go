@@ -1,6 +1,7 @@
 package pool_test
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -57,5 +58,22 @@ func TestOneShotReusedCgroup(t *testing.T) {
 		if peak := r.Attempts[0].PeakRSS; peak <= 0 || peak >= 100<<20 {
 			t.Errorf("task %d peak = %d, want its own (a few MiB), not the hog's", id, peak)
 		}
+	}
+}
+
+// TestOneShotCgroupEmptiedBetweenAttempts: a process that one attempt
+// leaves in the slot's cgroup, out of reach of its process group (setsid),
+// is gone before the slot's next attempt starts there, so that it cannot
+// weigh on that attempt's memory, peak or OOM count.
+func TestOneShotCgroupEmptiedBetweenAttempts(t *testing.T) {
+	requireCgroups(t)
+	file := filepath.Join(t.TempDir(), "pid")
+	cfg := config(pool.OneShot, 1)
+	got, _ := run(t, cfg, "escape:"+file, "alive:"+file)
+	if r := got[1]; r.State != pool.Done {
+		t.Fatalf("task 1 = %s %q, want done", r.State, r.Cause())
+	}
+	if r := got[2]; r.State != pool.Done || strings.TrimSpace(string(r.Output)) != "gone" {
+		t.Errorf("task 2 = %s %q, output %q; want done and the escaped process gone", r.State, r.Cause(), r.Output)
 	}
 }
