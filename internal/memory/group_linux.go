@@ -66,6 +66,9 @@ type Group struct {
 	// v1OOM is v1's memory.oom_control, kept open the same way for the
 	// oom_kill count read before and after every attempt; guarded by mu.
 	v1OOM int
+	// v1Procs is v1's cgroup.procs, kept open the same way for the check
+	// that the group is empty after every one-shot attempt; guarded by mu.
+	v1Procs int
 }
 
 // Path returns the group's directory, such as
@@ -250,7 +253,7 @@ func (g *Group) v1FD(slot *int, name string, mode int) (fd int, ok bool) {
 
 // closeV1Files closes what v1FD opened. g.mu must be held.
 func (g *Group) closeV1Files() {
-	for _, slot := range []*int{&g.v1Peak, &g.v1OOM} {
+	for _, slot := range []*int{&g.v1Peak, &g.v1OOM, &g.v1Procs} {
 		if *slot != 0 {
 			unix.Close(*slot - 1)
 			*slot = 0
@@ -289,7 +292,35 @@ func (g *Group) ResetPeak() error {
 // most, until none is left. It does not reap them: the worker's parent
 // still calls Wait. It returns an error matching ErrStillPopulated if
 // processes remain.
-func (g *Group) Kill() error { return killAll(g.ctrl, g.path) }
+//
+// Under cgroup v1 it first reads cgroup.procs through a descriptor kept
+// open for the group's life, and returns at once when the group holds no
+// process: after every one-shot attempt it usually holds none.
+func (g *Group) Kill() error {
+	if g.emptyV1() {
+		return nil
+	}
+	return killAll(g.ctrl, g.path)
+}
+
+// emptyV1 reports whether the v1 group's cgroup.procs, read at offset 0
+// through a descriptor kept open, lists no process but the supervisor.
+// It reports false when it cannot tell (v2, after Remove, a read error).
+func (g *Group) emptyV1() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	fd, ok := g.v1FD(&g.v1Procs, "cgroup.procs", unix.O_RDONLY)
+	if !ok {
+		return false
+	}
+	var buf [64]byte
+	n, err := unix.Pread(fd, buf[:], 0)
+	if err != nil || n == len(buf) {
+		return false
+	}
+	pids, err := parseProcs(buf[:n])
+	return err == nil && (len(pids) == 0 || len(pids) == 1 && pids[0] == os.Getpid())
+}
 
 // Remove kills what is left in the group, then removes its directory,
 // retrying briefly while the kernel reports it busy. After Remove, the
