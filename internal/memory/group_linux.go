@@ -63,12 +63,6 @@ type Group struct {
 	// It holds the descriptor plus one, so that 0 means not open; guarded
 	// by mu.
 	v1Peak int
-	// v1OOM is v1's memory.oom_control, kept open the same way for the
-	// oom_kill count read before and after every attempt; guarded by mu.
-	v1OOM int
-	// v1Procs is v1's cgroup.procs, kept open the same way for the check
-	// that the group is empty after every one-shot attempt; guarded by mu.
-	v1Procs int
 }
 
 // Path returns the group's directory, such as
@@ -171,28 +165,7 @@ func (g *Group) Started() {
 // raised before the victim is sent SIGKILL, so it is current by the time
 // Wait reports the death. Kernels without the counter (v1 before Linux
 // 4.13) give an error matching errors.ErrUnsupported.
-func (g *Group) OOMKills() (uint64, error) {
-	g.mu.Lock()
-	fd, ok := g.v1FD(&g.v1OOM, "memory.oom_control", unix.O_RDONLY)
-	if !ok {
-		g.mu.Unlock()
-		return g.ctrl.oomKills(g.path)
-	}
-	var buf [512]byte
-	n, err := unix.Pread(fd, buf[:], 0)
-	g.mu.Unlock()
-	if err != nil {
-		return 0, fmt.Errorf("memory: read %s/memory.oom_control: %w", g.path, err)
-	}
-	v, ok, err := parseKey(buf[:n], "oom_kill")
-	if err != nil {
-		return 0, err
-	}
-	if !ok {
-		return 0, fmt.Errorf("memory: no oom_kill in %s/memory.oom_control: %w", g.path, errors.ErrUnsupported)
-	}
-	return v, nil
-}
+func (g *Group) OOMKills() (uint64, error) { return g.ctrl.oomKills(g.path) }
 
 // Usage returns the group's current memory use in bytes, page cache
 // included.
@@ -253,7 +226,7 @@ func (g *Group) v1FD(slot *int, name string, mode int) (fd int, ok bool) {
 
 // closeV1Files closes what v1FD opened. g.mu must be held.
 func (g *Group) closeV1Files() {
-	for _, slot := range []*int{&g.v1Peak, &g.v1OOM, &g.v1Procs} {
+	for _, slot := range []*int{&g.v1Peak} {
 		if *slot != 0 {
 			unix.Close(*slot - 1)
 			*slot = 0
@@ -292,35 +265,7 @@ func (g *Group) ResetPeak() error {
 // most, until none is left. It does not reap them: the worker's parent
 // still calls Wait. It returns an error matching ErrStillPopulated if
 // processes remain.
-//
-// Under cgroup v1 it first reads cgroup.procs through a descriptor kept
-// open for the group's life, and returns at once when the group holds no
-// process: after every one-shot attempt it usually holds none.
-func (g *Group) Kill() error {
-	if g.emptyV1() {
-		return nil
-	}
-	return killAll(g.ctrl, g.path)
-}
-
-// emptyV1 reports whether the v1 group's cgroup.procs, read at offset 0
-// through a descriptor kept open, lists no process but the supervisor.
-// It reports false when it cannot tell (v2, after Remove, a read error).
-func (g *Group) emptyV1() bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	fd, ok := g.v1FD(&g.v1Procs, "cgroup.procs", unix.O_RDONLY)
-	if !ok {
-		return false
-	}
-	var buf [64]byte
-	n, err := unix.Pread(fd, buf[:], 0)
-	if err != nil || n == len(buf) {
-		return false
-	}
-	pids, err := parseProcs(buf[:n])
-	return err == nil && (len(pids) == 0 || len(pids) == 1 && pids[0] == os.Getpid())
-}
+func (g *Group) Kill() error { return killAll(g.ctrl, g.path) }
 
 // Remove kills what is left in the group, then removes its directory,
 // retrying briefly while the kernel reports it busy. After Remove, the
