@@ -153,6 +153,8 @@ func runWorker(mode string) int {
 //	once:FILE:VERB   do VERB the first time (FILE does not exist yet), answer afterwards
 //	grandchild:FILE  start a grandchild that holds the worker's pipes, write its pid to FILE, then SIGKILL the worker
 //	oomscore         answer with the worker's own oom_score_adj
+//	escape:FILE      start "sleep 1000" in a session of its own (out of the worker's process group), write its pid to FILE, answer
+//	alive:FILE       answer "alive" if the process whose pid is in FILE runs (a zombie does not), else "gone"
 //	grow:MB          keep MB more megabytes for the rest of the worker's life, then answer
 //	pid              answer with the worker's pid
 //	spew:OUT:ERR:N   (one-shot) write OUT bytes of spewPattern to stdout and ERR to stderr, then exit N
@@ -233,6 +235,23 @@ func behave(in string) (string, error) {
 		os.WriteFile(arg, []byte(strconv.Itoa(cmd.Process.Pid)), 0o644)
 		syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		select {}
+	case "escape":
+		cmd := exec.Command("sleep", "1000")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := cmd.Start(); err != nil {
+			return "", err
+		}
+		return "ok", os.WriteFile(arg, []byte(strconv.Itoa(cmd.Process.Pid)), 0o644)
+	case "alive":
+		pid, err := os.ReadFile(arg)
+		if err != nil {
+			return "", err
+		}
+		stat, err := os.ReadFile("/proc/" + string(pid) + "/stat")
+		if _, after, ok := strings.Cut(string(stat), ") "); err == nil && ok && !strings.HasPrefix(after, "Z") {
+			return "alive", nil
+		}
+		return "gone", nil
 	case "oomscore":
 		b, err := os.ReadFile("/proc/self/oom_score_adj")
 		return strings.TrimSpace(string(b)), err

@@ -69,6 +69,14 @@ func (r *runner) oneShot(t *task) {
 
 	r.waitOneShot(ses, out)
 	d := ses.Reap()
+	if r.group != nil {
+		// The slot's cgroup serves its next attempt too: what this one left
+		// there out of reach of its process group (a setsid descendant)
+		// must not weigh on that one's memory, peak or OOM count. Kill
+		// waits a few seconds at most; a process SIGKILL cannot end by
+		// then is stuck in the kernel, and nothing more can be done.
+		_ = r.group.Kill()
+	}
 	r.p.procs.Add(-1)
 	a := attemptOf(d.Flights[0].Outcome)
 	if d.Cause == CauseOutputLost {

@@ -1,6 +1,7 @@
 package pool_test
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -29,4 +30,50 @@ func TestArgumentTooLong(t *testing.T) {
 		t.Errorf("message = %q, want it to give the size of the long argument", msg)
 	}
 	t.Logf("message: %s", msg)
+}
+
+// TestOneShotReusedCgroup: a slot's memory cgroup serves every one-shot
+// attempt it runs, one process at a time. An OOM kill in the second
+// attempt is that attempt's cause and not the next one's, and each
+// attempt's peak is its own, not the group's lifetime peak.
+func TestOneShotReusedCgroup(t *testing.T) {
+	requireCgroups(t)
+	cfg := config(pool.OneShot, 1)
+	cfg.MemLimit = 200 << 20
+	got, p := run(t, cfg, "sleep:20", "hog", "sleep:20", "sleep:20")
+	if !strings.HasPrefix(p.MemoryMode(), "cgroup-") {
+		t.Fatalf("MemoryMode() = %s (%s), want a cgroup per worker", p.MemoryMode(), p.MemoryModeReason())
+	}
+	if r := got[2]; r.State != pool.Failed || r.Cause() != pool.CauseOOM {
+		t.Fatalf("task 2 (hog) = %s %q, want failed with oom", r.State, r.Cause())
+	} else if peak := r.Attempts[0].PeakRSS; peak < 150<<20 {
+		t.Errorf("task 2 peak = %d, want near the 200 MiB limit", peak)
+	}
+	for _, id := range []uint64{1, 3, 4} {
+		r := got[id]
+		if r.State != pool.Done || len(r.Attempts) != 1 {
+			t.Errorf("task %d = %s %q, %d attempts, want done at once", id, r.State, r.Cause(), len(r.Attempts))
+			continue
+		}
+		if peak := r.Attempts[0].PeakRSS; peak <= 0 || peak >= 100<<20 {
+			t.Errorf("task %d peak = %d, want its own (a few MiB), not the hog's", id, peak)
+		}
+	}
+}
+
+// TestOneShotCgroupEmptiedBetweenAttempts: a process that one attempt
+// leaves in the slot's cgroup, out of reach of its process group (setsid),
+// is gone before the slot's next attempt starts there, so that it cannot
+// weigh on that attempt's memory, peak or OOM count.
+func TestOneShotCgroupEmptiedBetweenAttempts(t *testing.T) {
+	requireCgroups(t)
+	file := filepath.Join(t.TempDir(), "pid")
+	cfg := config(pool.OneShot, 1)
+	got, _ := run(t, cfg, "escape:"+file, "alive:"+file)
+	if r := got[1]; r.State != pool.Done {
+		t.Fatalf("task 1 = %s %q, want done", r.State, r.Cause())
+	}
+	if r := got[2]; r.State != pool.Done || strings.TrimSpace(string(r.Output)) != "gone" {
+		t.Errorf("task 2 = %s %q, output %q; want done and the escaped process gone", r.State, r.Cause(), r.Output)
+	}
 }

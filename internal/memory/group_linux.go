@@ -118,7 +118,8 @@ func (g *Group) Prepare(cmd *exec.Cmd) error {
 // while it is stopped at its exec (threadstart_linux.go), so that the
 // worker runs its own program in the group, with that score, from its
 // first instruction, with one exec. Otherwise it starts cmd as Prepare
-// readies it.
+// readies it, and under cgroup v2 raises the started process's
+// oom_score_adj to 1000 (v1's shim raises its own before the worker runs).
 func (g *Group) Start(cmd *exec.Cmd) error {
 	if g.ctrl.mode() != ModeCgroupV1 || g.m == nil || !g.m.threadStart.Load() {
 		if err := g.Prepare(cmd); err != nil {
@@ -126,6 +127,9 @@ func (g *Group) Start(cmd *exec.Cmd) error {
 		}
 		err := cmd.Start()
 		g.Started()
+		if err == nil && g.ctrl.mode() != ModeCgroupV1 {
+			_ = SetOOMScoreAdj(cmd.Process.Pid, 1000)
+		}
 		return err
 	}
 	g.mu.Lock()
@@ -192,31 +196,41 @@ func (g *Group) Peak() (int64, error) {
 // opening it on first use; ok is false for v2, after Remove, or when it
 // cannot be opened (the callers then use the path). g.mu must be held.
 func (g *Group) v1PeakFD() (fd int, ok bool) {
+	return g.v1FD(&g.v1Peak, "memory.max_usage_in_bytes", unix.O_RDWR)
+}
+
+// v1FD returns the control file name of a v1 group, kept open in *slot
+// (the descriptor plus one) and opened with mode on first use; ok is false
+// for v2, after Remove, or when it cannot be opened (the callers then use
+// the path). g.mu must be held.
+func (g *Group) v1FD(slot *int, name string, mode int) (fd int, ok bool) {
 	if g.ctrl.mode() != ModeCgroupV1 || g.removed {
 		return 0, false
 	}
-	if g.v1Peak == 0 {
-		fd, err := unix.Open(filepath.Join(g.path, "memory.max_usage_in_bytes"), unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if *slot == 0 {
+		fd, err := unix.Open(filepath.Join(g.path, name), mode|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return 0, false
 		}
-		// Only a control file is rewritten whole by a write at offset 0;
+		// Only a control file is read and rewritten whole at offset 0;
 		// elsewhere (tests on a plain directory) the path is used.
 		var st unix.Statfs_t
 		if unix.Fstatfs(fd, &st) != nil || st.Type != unix.CGROUP_SUPER_MAGIC {
 			unix.Close(fd)
 			return 0, false
 		}
-		g.v1Peak = fd + 1
+		*slot = fd + 1
 	}
-	return g.v1Peak - 1, true
+	return *slot - 1, true
 }
 
-// closeV1Peak closes what v1PeakFD opened. g.mu must be held.
-func (g *Group) closeV1Peak() {
-	if g.v1Peak != 0 {
-		unix.Close(g.v1Peak - 1)
-		g.v1Peak = 0
+// closeV1Files closes what v1FD opened. g.mu must be held.
+func (g *Group) closeV1Files() {
+	for _, slot := range []*int{&g.v1Peak} {
+		if *slot != 0 {
+			unix.Close(*slot - 1)
+			*slot = 0
+		}
 	}
 }
 
@@ -262,7 +276,7 @@ func (g *Group) Remove() error {
 		g.mu.Unlock()
 		return nil
 	}
-	g.closeV1Peak()
+	g.closeV1Files()
 	kerr := killAll(g.ctrl, g.path)
 	if err := rmdirRetry(g.path, g.m.rmdir); err != nil {
 		g.mu.Unlock()

@@ -26,9 +26,10 @@ type Cgroup interface {
 	Started()
 }
 
-// Starter is a Cgroup that starts the process itself, inside the group,
-// in place of Prepare, cmd.Start and Started. *memory.Group implements it:
-// under cgroup v1 it forks from a thread placed in the group.
+// Starter is a Cgroup that starts the process itself, inside the group
+// and with oom_score_adj 1000, in place of Prepare, cmd.Start, Started and
+// Start's own write of the score. *memory.Group implements it: under
+// cgroup v1 it forks from a thread placed in the group.
 type Starter interface {
 	Start(cmd *exec.Cmd) error
 }
@@ -190,9 +191,14 @@ func Start(spec Spec) (_ *Process, err error) {
 		p.readEnds = append(p.readEnds, resR)
 		cmd.ExtraFiles = []*os.File{taskR, resW} // fd 3 and fd 4
 	}
-	if spec.IO == IONone && spec.Stdin != nil {
-		cmd.Stdin = spec.Stdin
-		cmd.WaitDelay = stdinDelay
+	if spec.IO == IONone {
+		if spec.Stdin != nil {
+			cmd.Stdin = spec.Stdin
+			cmd.WaitDelay = stdinDelay
+		} else if f, err := devNull(); err == nil {
+			// exec.Cmd would open and close /dev/null for every process.
+			cmd.Stdin = f
+		}
 	}
 	if spec.IO != IOLine {
 		w, err := p.output(spec.Stdout, nil)
@@ -211,7 +217,8 @@ func Start(spec Spec) (_ *Process, err error) {
 	childEnds = append(childEnds, w)
 	cmd.Stderr = w
 
-	if s, ok := spec.Cgroup.(Starter); ok {
+	s, scored := spec.Cgroup.(Starter)
+	if scored {
 		err = s.Start(cmd)
 	} else {
 		if spec.Cgroup != nil {
@@ -236,12 +243,39 @@ func Start(spec Spec) (_ *Process, err error) {
 	if p.Tasks != nil {
 		p.taskPipe = pipeStat(p.Tasks)
 	}
-	// The kernel should pick a worker, never the supervisor. Where a cgroup
-	// shim runs first it has already set this before the worker's code ran.
-	_ = os.WriteFile("/proc/"+strconv.Itoa(p.Pid)+"/oom_score_adj", []byte("1000"), 0)
+	// The kernel should pick a worker, never the supervisor. A Starter
+	// has set this already, before the worker's code ran.
+	if !scored {
+		_ = os.WriteFile("/proc/"+strconv.Itoa(p.Pid)+"/oom_score_adj", []byte("1000"), 0)
+	}
 	go p.wait()
 	return p, nil
 }
+
+// outputPipe returns a pipe for a child's output stream: the read end r,
+// the supervisor's, is read through the runtime's poller; the write end w,
+// only ever handed to the child, is blocking and never registered with the
+// poller. (os.Pipe would register both, and exec.Cmd's Fd would then make
+// w blocking again: some ten system calls per process for nothing.)
+func outputPipe() (r, w *os.File, err error) {
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		return nil, nil, os.NewSyscallError("pipe2", err)
+	}
+	if err := unix.SetNonblock(fds[1], false); err != nil {
+		unix.Close(fds[0])
+		unix.Close(fds[1])
+		return nil, nil, os.NewSyscallError("fcntl", err)
+	}
+	// NewFile registers a non-blocking descriptor with the poller.
+	return os.NewFile(uintptr(fds[0]), "|0"), os.NewFile(uintptr(fds[1]), "|1"), nil
+}
+
+// devNull returns /dev/null opened for reading, once for the life of the
+// supervisor and shared by every process started with IONone and no
+// Spec.Stdin: exec.Cmd hands an *os.File to the child as it is, and never
+// closes one it was given. Reading /dev/null has no position to share.
+var devNull = sync.OnceValues(func() (*os.File, error) { return os.Open(os.DevNull) })
 
 // maxArgLen is the longest argument or environment string Linux passes to
 // a program (MAX_ARG_STRLEN), its terminating NUL included.
@@ -280,7 +314,7 @@ func (p *Process) output(dst io.Writer, tail *tailBuffer) (*os.File, error) {
 			return dupFile(f)
 		}
 	}
-	r, w, err := os.Pipe()
+	r, w, err := outputPipe()
 	if err != nil {
 		return nil, fmt.Errorf("%w: pipe: %w", ErrStart, err)
 	}
