@@ -145,17 +145,16 @@ func releaseTraced(pid int) {
 }
 
 // waitGone waits until process pid has ended (it may be a zombie still),
-// through a pidfd, which becomes readable then.
+// without reaping it: its waiter does that. It needs no file descriptor,
+// because it runs when the thread could not go back to its cgroup, which
+// may be for want of one (EMFILE); and it must not return early, because
+// the thread's end would SIGKILL the child (Pdeathsig).
 func waitGone(pid int) {
-	fd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		return
-	}
-	defer unix.Close(fd)
-	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	var info unix.Siginfo
 	for {
-		if _, err := unix.Poll(fds, -1); !errors.Is(err, unix.EINTR) {
-			return
+		err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT|unix.WALL, nil)
+		if !errors.Is(err, unix.EINTR) {
+			return // ended, or already reaped (ECHILD)
 		}
 	}
 }
