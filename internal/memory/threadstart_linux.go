@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -35,6 +36,34 @@ import (
 // leader, which never moves (the leader's thread is never the one used).
 // Only kernel objects that the moved thread allocates while it is in the
 // group, such as the child's task_struct, are charged to the group.
+
+// homeTasks holds, for each home cgroup, its tasks file opened once and
+// kept for the process's life, so that a start thread can always go back:
+// going back must not need a new file descriptor, which a supervisor near
+// its open-file limit may not get (a thread that stays would leave the
+// supervisor in a worker's group).
+var homeTasks sync.Map // home dir -> descriptor of its tasks file
+
+// placeHome moves the calling thread back into the v1 cgroup home.
+func placeHome(home string) error {
+	v, ok := homeTasks.Load(home)
+	if !ok {
+		path := filepath.Join(home, "tasks")
+		fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("open %s: %w", path, err)
+		}
+		if v, ok = homeTasks.LoadOrStore(home, fd); ok {
+			unix.Close(fd)
+		} else {
+			v = fd
+		}
+	}
+	if _, err := unix.Write(v.(int), []byte(strconv.Itoa(unix.Gettid()))); err != nil {
+		return fmt.Errorf("write thread %d to %s: %w", unix.Gettid(), filepath.Join(home, "tasks"), err)
+	}
+	return nil
+}
 
 // placeThread moves the calling thread into the v1 cgroup dir.
 func placeThread(dir string) error {
@@ -81,7 +110,7 @@ func startFromThread(cmd *exec.Cmd, dir, home string) (back error, err error) {
 		if err == nil {
 			releaseTraced(cmd.Process.Pid)
 		}
-		back := placeThread(home)
+		back := placeHome(home)
 		if back == nil {
 			runtime.UnlockOSThread()
 			done <- result{err: err}
