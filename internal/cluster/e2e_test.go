@@ -305,16 +305,27 @@ func checkOutputs(t *testing.T, p *proc, n int) {
 	}
 }
 
-// results counts the results recorded for run in the results bucket, and
-// checks that each of seq 1..n has one.
-func checkRecorded(t *testing.T, url, run string, n int) {
+// jetStreamOf connects to url for the rest of the test and returns its
+// JetStream context.
+func jetStreamOf(t *testing.T, url string) jetstream.JetStream {
 	t.Helper()
 	nc, err := nats.Connect(url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// checkRecorded checks that each of seq 1..n of run has exactly one
+// result in the results bucket.
+func checkRecorded(t *testing.T, url, run string, n int) {
+	t.Helper()
+	js := jetStreamOf(t, url)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	kv, err := js.KeyValue(ctx, cluster.ResultsBucket)
@@ -342,12 +353,7 @@ func checkRecorded(t *testing.T, url, run string, n int) {
 // bucket, as seen through url.
 func waitRecorded(t *testing.T, url, run string, k int, limit time.Duration) {
 	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := jetStreamOf(t, url)
 	deadline := time.Now().Add(limit)
 	for {
 		got := 0
@@ -565,12 +571,7 @@ func waitJetStream(t *testing.T, urls []string) {
 // replicas.
 func checkReplicas(t *testing.T, url string, want int) {
 	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := jetStreamOf(t, url)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, name := range []string{cluster.StreamName, "KV_" + cluster.ResultsBucket, "KV_" + cluster.RunsBucket} {
