@@ -36,7 +36,11 @@ type report struct {
 	// running it).
 	answers []worker.Answer
 	charge  bool
-	start   *StartError // reportStartupFailure
+	// lines are the done items of a line batch's attempt, and out their
+	// answer lines, each with its newline (worker.Flight.Out).
+	lines []Item
+	out   []byte
+	start *StartError // reportStartupFailure
 	// charged says, for reportStartupFailure, that a task was charged for
 	// the death, so that it may have been the task's doing.
 	charged bool
@@ -292,6 +296,11 @@ func (s *scheduler) givenBack(t *task) {
 // attemptEnded settles a task whose attempt ended, and records the attempt.
 func (s *scheduler) attemptEnded(rep report) {
 	t, a := rep.task, rep.att
+	if len(rep.lines) == 1 {
+		// A line batch of one item: its answer is the attempt's.
+		it := rep.lines[0]
+		a.Start, a.End, rep.output = it.Start, it.End, it.Output
+	}
 	if len(rep.answers) == 1 {
 		// A batch task of one item: its answer is the attempt's.
 		an := rep.answers[0]
@@ -320,8 +329,11 @@ func (s *scheduler) batchEnded(rep report) {
 		s.gov.observe(t.id, a)
 	}
 	s.forget(t)
-	var done []Item
+	done, answered := rep.lines, len(rep.lines)
 	var failed []worker.Answer
+	if rep.answers != nil {
+		answered = len(rep.answers)
+	}
 	for _, an := range rep.answers {
 		if an.Failed {
 			failed = append(failed, an)
@@ -335,7 +347,7 @@ func (s *scheduler) batchEnded(rep report) {
 		ok := a
 		ok.Cause, ok.Message, ok.ExitCode, ok.Signal, ok.Number = "", "", -1, "", 1
 		s.startFail, s.everOK = 0, true
-		s.finishItems(t, Done, done, []Attempt{ok})
+		s.finishItems(t, Done, done, []Attempt{ok}, rep.out)
 	}
 	for _, an := range failed {
 		fa := a
@@ -346,7 +358,7 @@ func (s *scheduler) batchEnded(rep report) {
 	if len(done) > 0 {
 		parts++
 	}
-	rest := t.items[len(rep.answers):]
+	rest := t.items[answered:]
 	if len(rest) > 0 && rep.charge {
 		u := t // a batch of one item keeps its charges
 		if len(t.items) > 1 {
@@ -436,7 +448,11 @@ func (s *scheduler) finish(t *task, st State, output, stderr []byte) {
 				items[0].Start, items[0].End = t.attempts[n-1].Start, t.attempts[n-1].End
 			}
 		}
-		s.finishItems(t, st, items, t.attempts)
+		var out []byte
+		if len(items) == 1 && st == Done && s.p.cfg.Protocol == Line {
+			out = append(output[:len(output):len(output)], '\n') // a line batch's output is its lines
+		}
+		s.finishItems(t, st, items, t.attempts, out)
 		return
 	}
 	r := Result{ID: t.id, Input: t.t.Input, Args: t.t.Args, State: st, Output: output, Stderr: stderr, Attempts: t.attempts}
@@ -444,9 +460,10 @@ func (s *scheduler) finish(t *task, st State, output, stderr []byte) {
 	s.deliver(r)
 }
 
-// finishItems gives items of batch t the terminal state st, in one Result.
-func (s *scheduler) finishItems(t *task, st State, items []Item, attempts []Attempt) {
-	s.deliver(Result{ID: t.base, Input: t.t.Input, State: st, Attempts: attempts, Items: items})
+// finishItems gives items of batch t the terminal state st, in one Result,
+// with out, a line batch's answer lines.
+func (s *scheduler) finishItems(t *task, st State, items []Item, attempts []Attempt, out []byte) {
+	s.deliver(Result{ID: t.base, Input: t.t.Input, State: st, Attempts: attempts, Items: items, Output: out})
 }
 
 // deliver counts r, tells the observer, and queues r for delivery (with
@@ -458,7 +475,13 @@ func (s *scheduler) deliver(r Result) {
 		s.out = append(s.out, r)
 		return
 	}
-	s.held[r.ID] = r
+	// A Result of a line batch settles a range of ids, named by its
+	// first (KeepOrder takes no framed batches, whose Results may not).
+	first := r.ID
+	if r.Items != nil {
+		first = r.Items[0].ID
+	}
+	s.held[first] = r
 	for {
 		r, ok := s.held[s.nextOut]
 		if !ok {
@@ -466,7 +489,7 @@ func (s *scheduler) deliver(r Result) {
 		}
 		delete(s.held, s.nextOut)
 		s.out = append(s.out, r)
-		s.nextOut++
+		s.nextOut += uint64(r.count())
 	}
 }
 

@@ -146,10 +146,16 @@ type Task struct {
 	// attempt (a need it learns later can only be larger). Zero means no
 	// hint.
 	MemHint int64
-	// Items, when positive, makes the task a batch of that many items
-	// (framed protocol only; not with Config.KeepOrder): Input holds them
-	// in a format of the worker's own, and the worker answers each item on
-	// its own (docs/protocol.md, framed/2). The task takes the ids from its
+	// Items, when positive, makes the task a batch of that many items.
+	// With the framed protocol (not with Config.KeepOrder), Input holds
+	// them in a format of the worker's own, and the worker answers each
+	// item on its own (docs/protocol.md, framed/2). With the line protocol,
+	// Input is a block of Items lines, each ended by a newline, written to
+	// the worker at once; the worker answers each line with a line, as for
+	// lines sent one by one, and the running line is the oldest unanswered
+	// one, whose time Config.Timeout bounds. With MaxTasksPerWorker, a
+	// worker takes a block while it has answered fewer lines than that.
+	// The task takes the ids from its
 	// id (Submit's) to its id+Items-1, one per item, and each item keeps
 	// its own fate: when the worker dies running item k, the items it
 	// answered are done, item k alone is charged and settled as a task of
@@ -235,8 +241,12 @@ type Result struct {
 	// settles, all in its State: a batch's items may end in several
 	// Results (the done items of a run in one, an item that was charged or
 	// failed in one of its own, later). ID is then the batch's id, and
-	// Output and Stderr are unset; an item's Output is in its Item. Nil for
-	// other tasks.
+	// Stderr is unset; an item's Output is in its Item. Output is unset
+	// for a framed batch; for a line batch that is done, it holds the
+	// items' answer lines in order, each with its newline, in one slice
+	// that the Items' Outputs share. With Config.KeepOrder, line batches'
+	// Results come in the order of their first items. Nil for other
+	// tasks.
 	Items []Item
 
 	// out is the one-shot output the result carries, with what went to

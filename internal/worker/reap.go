@@ -93,9 +93,13 @@ func (s *Session) Reap() *Death {
 		if d.Cause == CauseTimeout && f.unstarted {
 			o.Message += ", handed over but never started (no start frame)"
 		}
+		off := f.off
+		if f.lines != nil {
+			off += int64(f.lineStart(f.done)) // the line of a block that runs
+		}
 		d.Flights = append(d.Flights, Casualty{Flight: f, Started: f.started, Outcome: o,
 			Bystander: s.victim != nil && f != s.victim,
-			Unread:    line && read >= 0 && read <= f.off})
+			Unread:    line && read >= 0 && read <= off})
 	}
 	switch {
 	case s.killMsg != "":
