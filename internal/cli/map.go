@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"runtime"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -243,7 +244,11 @@ func runMap(ctx context.Context, e *env, args []string) error {
 		src:  src,
 		task: func(_ uint64, input []byte) pool.Task { return pool.Task{Input: input} },
 		emit: func(o *output, r *pool.Result) {
-			if r.State == pool.Done {
+			switch {
+			case r.State != pool.Done:
+			case r.Items != nil:
+				o.stdout(r.Output) // a block's answer lines, each with its newline
+			default:
 				o.stdout(r.Output, newline)
 			}
 		},
@@ -258,6 +263,21 @@ func runMap(ctx context.Context, e *env, args []string) error {
 		messages:   true,
 		viaShell:   viaShell,
 		e:          e,
+	}
+	// Line workers get the input in blocks of lines, unless something
+	// needs a task per line: the journal keeps one row per task and skips
+	// lines by their task, and --max-tasks counts a worker's tasks exactly.
+	if protocol == pool.Line && a.nats.url == "" && a.common.journal.path == "" && a.maxTasks == 0 {
+		if fs, ok := src.(*fileSource); ok {
+			j.blocks = newLineBlocks(fs)
+			workers := cfg.Workers
+			if workers == 0 {
+				workers = runtime.NumCPU()
+			}
+			// A few blocks per worker: the one it runs, one or two that
+			// wait in its stdin, and results on their way out.
+			j.cfg.MaxPending = 8*workers + 8
+		}
 	}
 	var status int
 	if a.nats.url != "" {
