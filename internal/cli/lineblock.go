@@ -201,4 +201,3 @@ func itemInput(r *pool.Result, it *pool.Item) []byte {
 	}
 	return in
 }
-
