@@ -343,7 +343,7 @@ func (s *scheduler) batchEnded(rep report) {
 			Start: an.Start, End: an.End})
 	}
 	if len(done) > 0 {
-		s.p.count(func(st *Stats) { st.Attempts++ })
+		s.p.count(func(st *Stats) { st.Attempts += len(done) }) // an attempt per item that ran
 		ok := a
 		ok.Cause, ok.Message, ok.ExitCode, ok.Signal, ok.Number = "", "", -1, "", 1
 		s.startFail, s.everOK = 0, true

@@ -562,7 +562,8 @@ type Stats struct {
 	// Queued counts tasks waiting for a worker, including retries in
 	// backoff (a batch, or the part of one that waits, is one).
 	Queued int
-	// Attempts counts attempts that ended, of every cause.
+	// Attempts counts attempts that ended, of every cause; the items of a
+	// batch that a worker answered in one run count one attempt each.
 	Attempts int
 	// Preempted counts attempts the memory governor stopped.
 	Preempted int
