@@ -23,7 +23,7 @@ const (
 	// blockBytes and blockLines bound a block: a few round trips' worth of
 	// short lines, while a few blocks per worker stay small in memory.
 	blockBytes = 64 << 10
-	blockLines = 4096
+	blockLines = 2048
 	// blockTime is about how long a block should keep a worker busy, by
 	// the recent time per line: long enough that a block's trip through the
 	// engine is small beside it, short enough that the last blocks of the

@@ -276,7 +276,7 @@ func runMap(ctx context.Context, e *env, args []string) error {
 			}
 			// A few blocks per worker: the one it runs, one or two that
 			// wait in its stdin, and results on their way out.
-			j.cfg.MaxPending = 8*workers + 8
+			j.cfg.MaxPending = 4*workers + 4
 		}
 	}
 	var status int

@@ -260,9 +260,13 @@ func (s *Session) answerLines(f *Flight, part []byte, k int, now time.Time) {
 	}
 	s.answered += k
 	f.done += k
-	if f.Out == nil {
-		f.Out = part
-	} else {
+	switch {
+	case f.Out == nil && f.done == len(f.Items):
+		f.Out = part // the whole block's answers came at once
+	case f.Out == nil:
+		// Room for answers about as long as the lines, as often they are.
+		f.Out = append(make([]byte, 0, max(len(f.lines), 2*len(part))), part...)
+	default:
 		f.Out = append(f.Out, part...)
 	}
 	f.Marks = append(f.Marks, Mark{N: f.done, At: now})
