@@ -140,7 +140,10 @@ func (rr *resultReader) run() {
 // a last line without a newline is not an answer (the worker died writing
 // it).
 func (rr *resultReader) readLines(sr *sampledReader) {
-	buf := make([]byte, 64<<10)
+	// Reads of at most 16 KiB keep each chunk, which the answers it holds
+	// keep alive until they are delivered, among the Go heap's small
+	// objects.
+	buf := make([]byte, 16<<10)
 	var part []byte // the start of a line whose newline has not come yet
 	for {
 		n, err := sr.Read(buf)

@@ -503,7 +503,11 @@ func (s *Session) Send(f *Flight) {
 			// A block of lines, written at once.
 			first := int(f.Items[0])
 			f.lines = LineSpan(f.Input, first, first+len(f.Items))
-			s.pending = append(s.pending, f.lines...)
+			if len(s.pending) == 0 {
+				s.pending = f.lines // no copy; its capacity ends with it
+			} else {
+				s.pending = append(s.pending, f.lines...)
+			}
 			s.line.sent += int64(len(f.lines))
 		} else {
 			s.pending = append(append(s.pending, f.Input...), '\n')
