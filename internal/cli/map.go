@@ -42,7 +42,7 @@ The worker:
   on stdout before, or a line too many, fails with cause protocol. One that
   has read its lines and only waits for more without answering does not
   flush: safepool says so, and fails the line after --stall-timeout.
-  safepool writes lines to a worker in blocks, up to 256 lines or 64 KiB
+  safepool writes lines to a worker in blocks, up to 1024 lines or 64 KiB
   and about 5 ms of work by the time lines take (a line at a time when they
   take long), or up to --pipeline lines ahead when it is given; they wait
   in the worker's stdin. The oldest line not yet answered is the one the
