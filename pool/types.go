@@ -523,7 +523,10 @@ type Config struct {
 	// that line is charged, and the lines sent behind it, still in its
 	// stdin, go back to the queue uncharged. Line tasks sent ahead of time
 	// need a worker that flushes each answer. A task that has been charged
-	// before runs with nothing sent behind it.
+	// before runs with nothing sent behind it. A line batch (Task.Items) is
+	// one task in flight, written at once; a line worker takes another
+	// while the lines it has not answered are less than about 10 ms of
+	// work, by its recent time per line.
 	Pipeline int
 	// MaxPending bounds the tasks submitted but not yet delivered on
 	// Results; Submit blocks while it is reached. This, not the input size,
