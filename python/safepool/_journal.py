@@ -68,7 +68,7 @@ class Journal:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         (version,) = db.execute("PRAGMA user_version").fetchone()
-        if version > 1:
+        if version > 2:
             db.close()
             raise ValueError("journal %s was made by a newer safepool (schema version %d)" % (self.path, version))
         db.executescript(_schema())
