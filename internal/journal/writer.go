@@ -4,8 +4,8 @@ import (
 	"database/sql"
 	"encoding/binary"
 	"fmt"
-	"strconv"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -141,9 +141,9 @@ func (j *Journal) Start(r Run) (*Writer, error) {
 	}
 	w := &Writer{
 		j: j, runID: id, run: r,
-		kick: make(chan struct{}, 1),
-		stop: make(chan struct{}),
-		done: make(chan struct{}),
+		kick:     make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
 		live:     make(map[uint64]*liveTask),
 		pids:     make(map[uint64]int),
 		retrying: make(map[uint64]bool),
@@ -836,7 +836,7 @@ func (w *Writer) endSpan(b *rows) {
 		keys:     make([]byte, 0, cap(s.keys)),
 		runtimes: make([]byte, 0, cap(s.runtimes)),
 		peaks:    make([]byte, 0, cap(s.peaks)),
-		lengths: make([]byte, 0, cap(s.lengths)),
-		output:  make([]byte, 0, cap(s.output)),
+		lengths:  make([]byte, 0, cap(s.lengths)),
+		output:   make([]byte, 0, cap(s.output)),
 	}
 }
