@@ -11,14 +11,12 @@ package journal
 import (
 	"database/sql"
 	_ "embed"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
 	"time"
 
-	"github.com/cespare/xxhash/v2"
 	_ "modernc.org/sqlite" // the pure-Go SQLite driver, registered as "sqlite"
 )
 
@@ -108,33 +106,6 @@ type Run struct {
 	// StoreOutput reports whether done tasks' outputs go into the journal,
 	// for a resumed map to replay.
 	StoreOutput bool
-}
-
-// Key is a task's key: what resume matches inputs by. Resume compares
-// keys only among runs of the same kind and command, so a key is made of
-// the input alone.
-type Key [16]byte
-
-// Seeds of the key's two halves.
-const keySeed1, keySeed2 = 0x73616665706f6f6c, 0x6a6f75726e616c32
-
-// KeyOf returns the key of a task's input: two 64-bit xxHash of it with
-// different seeds, 128 bits. A key costs a few nanoseconds for a short
-// line where SHA-256 cost several times as much, and map keys every line.
-// Two different inputs share a key by chance with a probability of about
-// 2^-128 per pair: about 3e-27 for a million done tasks against a million
-// inputs. The hash is not cryptographic: inputs crafted to collide could
-// make resume skip one of them.
-func KeyOf(input []byte) Key {
-	var d xxhash.Digest
-	var k Key
-	d.ResetWithSeed(keySeed1)
-	d.Write(input)
-	binary.LittleEndian.PutUint64(k[:8], d.Sum64())
-	d.ResetWithSeed(keySeed2)
-	d.Write(input)
-	binary.LittleEndian.PutUint64(k[8:], d.Sum64())
-	return k
 }
 
 // CommandString renders a command's words as one string for Run.Command.

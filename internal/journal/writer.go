@@ -17,15 +17,16 @@ const (
 	// FlushEvery is how often the writer commits what it was given: what
 	// a SIGKILL of the supervisor can lose at most.
 	FlushEvery = 150 * time.Millisecond
-	// flushRows is how many waiting records make the writer commit at
-	// once, before FlushEvery is up.
-	flushRows = 8192
+	// flushRows is how much waiting work makes the writer commit at
+	// once, before FlushEvery is up. Work is counted in records, and a
+	// record of a batch counts as many as its items.
+	flushRows = 32 * 1024
 	// chunkSize is how many records one chunk of the queue holds.
 	chunkSize = 1024
-	// maxQueued is how many records may wait for the goroutine before
-	// the pool's events wait for it: about 2 MiB of records, which become
-	// about 8 MiB of rows in a transaction.
-	maxQueued = 16 * chunkSize
+	// maxQueued is how much work may wait for the goroutine before the
+	// pool's events wait for it: at most about 8 MiB of records, or that
+	// many items of batches with their inputs and outputs.
+	maxQueued = 64 * 1024
 )
 
 // Writer writes one run into the journal. Its methods only append a record
@@ -43,7 +44,7 @@ type Writer struct {
 	// it while maxQueued records wait.
 	room *sync.Cond
 	// recs is the queue, in chunks of chunkSize records, so that it grows
-	// without copying; n counts the records in it. free holds emptied
+	// without copying; n counts the work in it (add). free holds emptied
 	// chunks for reuse.
 	recs [][]record
 	n    int
@@ -130,6 +131,18 @@ type record struct {
 	result  *pool.Result  // recTask
 	ev      *pool.Event   // recEvent: a copy
 	batch   *liveTask     // recBatch
+}
+
+// weight is how much work r is for the writer: a batch's records count
+// its items.
+func (r *record) weight() int {
+	switch {
+	case r.batch != nil:
+		return max(1, len(r.batch.seqs))
+	case r.result != nil && r.result.Items != nil:
+		return max(1, len(r.result.Items))
+	}
+	return 1
 }
 
 // Start adds a row for the run r and starts the writer's goroutine.
@@ -253,10 +266,11 @@ func (w *Writer) add(r record) {
 	}
 	last := &w.recs[len(w.recs)-1]
 	*last = append(*last, r)
-	w.n++
+	before := w.n
+	w.n += r.weight()
 	n := w.n
 	w.mu.Unlock()
-	if n == flushRows {
+	if before < flushRows && n >= flushRows {
 		select {
 		case w.kick <- struct{}{}:
 		default:
@@ -637,6 +651,7 @@ func (w *Writer) batchEnded(b *rows, res *pool.Result, at int64) {
 		return
 	}
 	once := doneAtOnce(res)
+	sp := w.span
 	for i := range res.Items {
 		it := &res.Items[i]
 		if it.Index < 0 || it.Index >= len(lt.seqs) || lt.seqs[it.Index] == 0 {
@@ -648,7 +663,11 @@ func (w *Writer) batchEnded(b *rows, res *pool.Result, at int64) {
 			if start.IsZero() {
 				start, end = a.Start, a.End
 			}
-			w.spanAdd(b, lt.seqs[it.Index], lt.keys[it.Index], it.Output, a, start.UnixNano(), end.UnixNano())
+			if sp.add(lt.seqs[it.Index], lt.keys[it.Index], it.Output, a, start.UnixNano(), end.UnixNano(), w.run.StoreOutput) {
+				w.span = sp
+				w.endSpan(b)
+				sp = w.span
+			}
 		} else {
 			w.taskRow(b, lt, it.Index, res, it.Output, at)
 			delete(w.retrying, it.ID)
@@ -656,6 +675,7 @@ func (w *Writer) batchEnded(b *rows, res *pool.Result, at int64) {
 		lt.inputs[it.Index], lt.seqs[it.Index] = nil, 0 // ended: let its input go
 		lt.left--
 	}
+	w.span = sp
 	if lt.left <= 0 {
 		// The ids its attempts started as: the batch's, and those of
 		// the parts split from it.
@@ -788,7 +808,15 @@ type span struct {
 // with out, to the span, and writes the span when it is full. start and
 // end bound its run: a's, or its item's in a batch.
 func (w *Writer) spanAdd(b *rows, seq uint64, key Key, out []byte, a *pool.Attempt, start, end int64) {
-	s := &w.span
+	if w.span.add(seq, key, out, a, start, end, w.run.StoreOutput) {
+		w.endSpan(b)
+	}
+}
+
+// add adds a task to s, as spanAdd, and reports whether s is full. The
+// items of a batch are added to a copy of the writer's span on the stack:
+// a slice stored in the heap costs a write barrier while the GC runs.
+func (s *span) add(seq uint64, key Key, out []byte, a *pool.Attempt, start, end int64, storeOutput bool) bool {
 	if s.n == 0 {
 		s.first, s.prev = seq, seq
 		s.started, s.ended, s.pid, s.peak = start, end, a.WorkerPID, 0
@@ -798,7 +826,7 @@ func (w *Writer) spanAdd(b *rows, seq uint64, key Key, out []byte, a *pool.Attem
 	s.keys = append(s.keys, key[:]...)
 	s.runtimes = binary.AppendUvarint(s.runtimes, uint64(max(end-start, 0)/1000))
 	s.peaks = binary.AppendUvarint(s.peaks, uint64(max(a.PeakRSS, 0)>>10))
-	if w.run.StoreOutput {
+	if storeOutput {
 		s.lengths = binary.AppendUvarint(s.lengths, uint64(len(out)))
 		s.output = append(s.output, out...)
 	}
@@ -808,9 +836,7 @@ func (w *Writer) spanAdd(b *rows, seq uint64, key Key, out []byte, a *pool.Attem
 	}
 	s.peak = max(s.peak, a.PeakRSS)
 	s.n++
-	if s.n >= maxSpan || len(s.output) >= maxSpanOutput {
-		w.endSpan(b)
-	}
+	return s.n >= maxSpan || len(s.output) >= maxSpanOutput
 }
 
 // endSpan adds the span's row to b, if it holds any task, and starts the
