@@ -235,7 +235,7 @@ func (w *Writer) Observe(ev pool.Event) {
 			w.add(record{kind: recTask, id: ev.TaskID, at: ev.Time.UnixNano(), result: ev.Result})
 		}
 	case pool.EventWorkerStarted, pool.EventWorkerExited, pool.EventMemory, pool.EventMemorySample,
-		pool.EventWorkerStalled, pool.EventWorkerOutOfStep:
+		pool.EventWorkerStalled, pool.EventWorkerOutOfStep, pool.EventAdmissionWait, pool.EventAdmissionWaitEnded:
 		w.add(record{kind: recEvent, ev: &ev})
 	}
 }
@@ -738,6 +738,8 @@ func (w *Writer) poolEvent(b *rows, ev *pool.Event) {
 		w.event(b, at, "stalled", w.seqOf(ev.TaskID), ev.WorkerPID, ev.Message)
 	case pool.EventWorkerOutOfStep:
 		w.event(b, at, "out-of-step", w.seqOf(ev.TaskID), ev.WorkerPID, ev.Message)
+	case pool.EventAdmissionWait, pool.EventAdmissionWaitEnded:
+		w.event(b, at, string(ev.Kind), w.seqOf(ev.TaskID), 0, "")
 	case pool.EventMemory:
 		if m := ev.Memory; m != nil {
 			b.samples.add(at, int64(0), "allowed", int64(m.Allows))

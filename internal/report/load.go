@@ -96,7 +96,7 @@ type loader struct {
 func (l *loader) load(ctx context.Context) (*Run, error) {
 	l.r = &Run{States: map[string]int{}, MarkCounts: map[string]int{}, ExitStatus: -1}
 	steps := []func(context.Context) error{
-		l.loadRun, l.loadCounts, l.loadRows, l.loadSeries, l.loadWorkers, l.loadMarks,
+		l.loadRun, l.loadCounts, l.loadRows, l.loadSeries, l.loadWorkers, l.loadMarks, l.loadWaits,
 	}
 	for _, step := range steps {
 		if err := step(ctx); err != nil {
@@ -531,4 +531,39 @@ func closeRows(rows *sql.Rows) error {
 		err = cerr
 	}
 	return err
+}
+
+// loadWaits measures the admission waits from the pool's events: each
+// admission-wait to the admission-wait-ended after it.
+func (l *loader) loadWaits(ctx context.Context) error {
+	r := l.r
+	rows, err := l.db.QueryContext(ctx, `SELECT at, kind FROM event WHERE run_id = ?1
+		AND kind IN ('admission-wait', 'admission-wait-ended') ORDER BY at`, r.ID)
+	if err != nil {
+		return l.fail("reading admission waits", err)
+	}
+	var began int64 = -1
+	for rows.Next() {
+		var at int64
+		var kind string
+		if err := rows.Scan(&at, &kind); err != nil {
+			rows.Close()
+			return l.fail("reading admission waits", err)
+		}
+		switch {
+		case kind == "admission-wait" && began < 0:
+			began = at
+			r.Waits++
+		case kind == "admission-wait-ended" && began >= 0:
+			r.Waited += time.Duration(max(at-began, 0))
+			began = -1
+		}
+	}
+	if err := closeRows(rows); err != nil {
+		return l.fail("reading admission waits", err)
+	}
+	if began >= 0 {
+		r.Waited += time.Duration(max(l.end-began, 0))
+	}
+	return nil
 }
