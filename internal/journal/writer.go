@@ -84,6 +84,7 @@ type liveTask struct {
 	key      Key
 	input    []byte
 	inserted bool // whether its row is in the database (as pending)
+	aged     bool // whether a commit has seen it live already
 	// A batch's items, index by index; left counts those not ended.
 	seqs   []uint64
 	keys   []Key
@@ -349,15 +350,20 @@ func (w *Writer) flush(recs [][]record) {
 		}
 	}
 	w.endSpan(b)
-	// Tasks that outlive the transaction are written as pending, so that
+	// Tasks that outlive a whole interval are written as pending, so that
 	// the journal lists them if the supervisor dies; most tasks end
-	// within one interval and are written once, whole. A batch's items
-	// are not: rows of every item in flight would cost more than the
-	// items.
+	// within one and are written once, whole, many to a span row. (Those
+	// live at one commit only are mostly queued ones, hundreds at every
+	// commit of a run of short tasks.) A batch's items are not: rows of
+	// every item in flight would cost more than the items.
 	for _, lt := range w.live {
-		if !lt.inserted && lt.seqs == nil {
+		switch {
+		case lt.inserted || lt.seqs != nil:
+		case lt.aged:
 			b.tasks.add(int64(lt.seq), lt.key[:], lt.input, "pending", 0, nil, nil, nil, nil)
 			lt.inserted = true
+		default:
+			lt.aged = true
 		}
 	}
 	w.mu.Lock()
