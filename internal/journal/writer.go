@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/safepool/safepool/internal/memory"
 	"github.com/safepool/safepool/pool"
 )
 
@@ -71,9 +72,14 @@ type Writer struct {
 	// attempt was charged a failure, for the retry mark of the next one.
 	pids     map[uint64]int
 	retrying map[uint64]bool
-	span     span  // the tasks done at their first attempt since the last span row
-	batch    rows  // the rows of one transaction
-	err      error // the first write error
+	// workers are the live workers' pids; sampleWorkers reports whether
+	// the writer samples their memory itself at every commit, when the
+	// pool has no memory governor to do so (Describe).
+	workers       map[int]bool
+	sampleWorkers bool
+	span          span  // the tasks done at their first attempt since the last span row
+	batch         rows  // the rows of one transaction
+	err           error // the first write error
 }
 
 // liveTask is the writer's record of a task the pool holds: one input,
@@ -161,6 +167,7 @@ func (j *Journal) Start(r Run) (*Writer, error) {
 		live:     make(map[uint64]*liveTask),
 		pids:     make(map[uint64]int),
 		retrying: make(map[uint64]bool),
+		workers:  make(map[int]bool),
 	}
 	w.room = sync.NewCond(&w.mu)
 	if r.MemLimit > 0 {
@@ -172,7 +179,9 @@ func (j *Journal) Start(r Run) (*Writer, error) {
 
 // Describe sets the run's figures that are known only once its pool is
 // made: Run.Workers, MemoryMode and MemBudget. The writer must exist before
-// the pool, so that it sees the pool's first events.
+// the pool, so that it sees the pool's first events. A memBudget of 0 says
+// the pool has no memory governor, whose samples give the journal the
+// workers' memory: the writer then samples it itself at every commit.
 func (w *Writer) Describe(workers int, memoryMode string, memBudget int64) {
 	w.add(record{kind: recRun, pid: workers, text: memoryMode, at: memBudget})
 }
@@ -369,8 +378,12 @@ func (w *Writer) flush(recs [][]record) {
 	w.mu.Lock()
 	running := w.running
 	w.mu.Unlock()
+	now := time.Now().UnixNano()
 	if running != nil {
-		b.samples.add(time.Now().UnixNano(), int64(0), "running", int64(running()))
+		b.samples.add(now, int64(0), "running", int64(running()))
+	}
+	if w.sampleWorkers && len(w.workers) > 0 {
+		w.sampleMemory(b, now)
 	}
 	if w.err != nil || b.empty() {
 		return
@@ -378,6 +391,22 @@ func (w *Writer) flush(recs [][]record) {
 	if err := w.commit(b); err != nil {
 		w.err = err
 	}
+}
+
+// sampleMemory adds samples of each live worker's memory and their total,
+// as the memory governor's samples would give them: what each worker's
+// process tree alone holds (memory.TreePrivateMemory).
+func (w *Writer) sampleMemory(b *rows, at int64) {
+	var total int64
+	for pid := range w.workers {
+		m, err := memory.TreePrivateMemory(pid)
+		if err != nil {
+			continue // gone since it was seen, or not measurable here
+		}
+		total += m
+		b.samples.add(at, int64(pid), "worker", m)
+	}
+	b.samples.add(at, int64(0), "total", total)
 }
 
 // commit writes b in one transaction.
@@ -575,6 +604,7 @@ func (w *Writer) rows(b *rows, r *record) {
 		w.event(b, r.at, "notice", 0, 0, r.text)
 	case recRun:
 		b.runs.add(int64(r.pid), r.text, nullInt(r.at), w.runID)
+		w.sampleWorkers = r.at <= 0
 	case recStarted:
 		w.pids[r.id] = r.pid
 		if w.retrying[r.id] {
@@ -740,6 +770,11 @@ func (w *Writer) poolEvent(b *rows, ev *pool.Event) {
 	switch ev.Kind {
 	case pool.EventWorkerStarted, pool.EventWorkerExited:
 		w.event(b, at, string(ev.Kind), 0, ev.WorkerPID, "")
+		if ev.Kind == pool.EventWorkerStarted {
+			w.workers[ev.WorkerPID] = true
+		} else {
+			delete(w.workers, ev.WorkerPID)
+		}
 	case pool.EventWorkerStalled:
 		w.event(b, at, "stalled", w.seqOf(ev.TaskID), ev.WorkerPID, ev.Message)
 	case pool.EventWorkerOutOfStep:
