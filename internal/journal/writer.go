@@ -699,7 +699,8 @@ func (w *Writer) batchEnded(b *rows, res *pool.Result, at int64) {
 			if start.IsZero() {
 				start, end = a.Start, a.End
 			}
-			if sp.add(lt.seqs[it.Index], lt.keys[it.Index], it.Output, a, start.UnixNano(), end.UnixNano(), w.run.StoreOutput) {
+			var full bool
+			if sp, full = sp.add(lt.seqs[it.Index], lt.keys[it.Index], it.Output, a, start.UnixNano(), end.UnixNano(), w.run.StoreOutput); full {
 				w.span = sp
 				w.endSpan(b)
 				sp = w.span
@@ -708,7 +709,9 @@ func (w *Writer) batchEnded(b *rows, res *pool.Result, at int64) {
 			w.taskRow(b, lt, it.Index, res, it.Output, at)
 			delete(w.retrying, it.ID)
 		}
-		lt.inputs[it.Index], lt.seqs[it.Index] = nil, 0 // ended: let its input go
+		// Ended. Its input goes with the batch's record, when the last
+		// item ends: clearing it here would cost a write barrier an item.
+		lt.seqs[it.Index] = 0
 		lt.left--
 	}
 	w.span = sp
@@ -851,15 +854,18 @@ type span struct {
 // with out, to the span, and writes the span when it is full. start and
 // end bound its run: a's, or its item's in a batch.
 func (w *Writer) spanAdd(b *rows, seq uint64, key Key, out []byte, a *pool.Attempt, start, end int64) {
-	if w.span.add(seq, key, out, a, start, end, w.run.StoreOutput) {
+	var full bool
+	if w.span, full = w.span.add(seq, key, out, a, start, end, w.run.StoreOutput); full {
 		w.endSpan(b)
 	}
 }
 
-// add adds a task to s, as spanAdd, and reports whether s is full. The
-// items of a batch are added to a copy of the writer's span on the stack:
-// a slice stored in the heap costs a write barrier while the GC runs.
-func (s *span) add(seq uint64, key Key, out []byte, a *pool.Attempt, start, end int64, storeOutput bool) bool {
+// add returns s with a task added, as spanAdd, and reports whether it is
+// full. It takes and returns s by value so that the items of a batch are
+// added to a local copy of the writer's span: a slice stored through a
+// pointer costs a write barrier while the GC runs, which was most of the
+// cost of an item.
+func (s span) add(seq uint64, key Key, out []byte, a *pool.Attempt, start, end int64, storeOutput bool) (span, bool) {
 	if s.n == 0 {
 		s.first, s.prev = seq, seq
 		s.started, s.ended, s.pid, s.peak = start, end, a.WorkerPID, 0
@@ -879,7 +885,7 @@ func (s *span) add(seq uint64, key Key, out []byte, a *pool.Attempt, start, end 
 	}
 	s.peak = max(s.peak, a.PeakRSS)
 	s.n++
-	return s.n >= maxSpan || len(s.output) >= maxSpanOutput
+	return s, s.n >= maxSpan || len(s.output) >= maxSpanOutput
 }
 
 // endSpan adds the span's row to b, if it holds any task, and starts the
