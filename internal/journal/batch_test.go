@@ -359,11 +359,11 @@ func TestKillDuringSpans(t *testing.T) {
 		if done < want {
 			t.Errorf("round %d: %d tasks done in the journal, want at least %d (given to the writer more than %v before the kill)", round, done, want, lost)
 		}
-		var given uint64 // none when the kill came before the first batch
+		var last uint64 // none when the kill came before the first batch
 		if len(log) > 0 {
-			given = log[len(log)-1].n
+			last = log[len(log)-1].n
 		}
-		t.Logf("round %d: %d items given, %d in the journal", round, given, done)
+		t.Logf("round %d: %d items given, %d in the journal", round, last, done)
 		j.Close()
 	}
 }
