@@ -280,7 +280,8 @@ func killedWriter(path string) int {
 // TestKillDuringSpans kills a process that writes span rows as fast as it
 // can, at random moments, five times into one journal: the file is never
 // corrupt, every span row is whole, and what was given to the writer more
-// than half a second before the kill is in the journal.
+// than two seconds before the kill is in the journal (typically all but the
+// last few tens of milliseconds are).
 func TestKillDuringSpans(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "j.db")
 	for round := range 5 {
@@ -344,9 +345,12 @@ func TestKillDuringSpans(t *testing.T) {
 		}); err != nil {
 			t.Errorf("round %d: reading the spans: %v", round, err)
 		}
-		// What waits in the writer's queue (maxQueued) takes longer to
-		// commit under the race detector.
-		lost := 500 * time.Millisecond
+		// The writer commits every FlushEvery what it was given; what
+		// waits in its queue (maxQueued) and the commit itself take
+		// longer on a loaded machine, and under the race detector. The
+		// bound says that commits go on during the run, not only at its
+		// end; the log shows how much was lost.
+		lost := 2 * time.Second
 		if raceEnabled {
 			lost = 5 * time.Second
 		}
