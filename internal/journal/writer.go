@@ -20,14 +20,14 @@ const (
 	FlushEvery = 150 * time.Millisecond
 	// flushRows is how much waiting work makes the writer commit at
 	// once, before FlushEvery is up. Work is counted in records, and a
-	// record of a batch counts as many as its items.
-	flushRows = 32 * 1024
+	// record of a batch counts as a quarter of its items (weight).
+	flushRows = 8192
 	// chunkSize is how many records one chunk of the queue holds.
 	chunkSize = 1024
 	// maxQueued is how much work may wait for the goroutine before the
-	// pool's events wait for it: at most about 8 MiB of records, or that
-	// many items of batches with their inputs and outputs.
-	maxQueued = 64 * 1024
+	// pool's events wait for it: at most about 2 MiB of records, or 32 Ki
+	// items of batches with their inputs and outputs.
+	maxQueued = 16 * chunkSize
 )
 
 // Writer writes one run into the journal. Its methods only append a record
@@ -140,14 +140,15 @@ type record struct {
 	batch   *liveTask     // recBatch
 }
 
-// weight is how much work r is for the writer: a batch's records count
-// its items.
+// weight is how much work r is for the writer: a batch's records count a
+// quarter of its items, each of which costs the writer several times less
+// than a task of its own.
 func (r *record) weight() int {
 	switch {
 	case r.batch != nil:
-		return max(1, len(r.batch.seqs))
+		return max(1, len(r.batch.seqs)/4)
 	case r.result != nil && r.result.Items != nil:
-		return max(1, len(r.result.Items))
+		return max(1, len(r.result.Items)/4)
 	}
 	return 1
 }
