@@ -328,6 +328,14 @@ func (g *governor) committedLocked() int64 {
 // predicted life. When nothing runs, it always may, so that the pool never
 // stalls.
 func (g *governor) admit(t *task) bool {
+	// A wait that begins or ends is told once g.mu is released, so that
+	// an observer may ask the pool about memory.
+	var told *Event
+	defer func() {
+		if told != nil {
+			g.p.emit(*told)
+		}
+	}()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	ok := len(g.res) == 0
@@ -341,6 +349,12 @@ func (g *governor) admit(t *task) bool {
 		case time.Since(g.lastStaggered) < gap:
 		default:
 			ok = g.fitsAtOnceLocked(t, c) || g.fitsOverTimeLocked(t, c)
+		}
+	}
+	if g.blocked == ok {
+		told = &Event{Kind: EventAdmissionWait, TaskID: t.id}
+		if ok {
+			told.Kind = EventAdmissionWaitEnded
 		}
 	}
 	g.blocked = !ok

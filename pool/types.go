@@ -371,6 +371,13 @@ const (
 	// answers may belong to other lines: Stats.OutOfStep counts such
 	// workers.
 	EventWorkerOutOfStep EventKind = "worker-out-of-step"
+	// EventAdmissionWait: the memory governor did not admit TaskID, the
+	// task at the head of the queue: queued tasks wait for memory from now.
+	// EventAdmissionWaitEnded follows when it admits a task again.
+	EventAdmissionWait EventKind = "admission-wait"
+	// EventAdmissionWaitEnded: the memory governor admitted TaskID after
+	// an EventAdmissionWait: the wait lasted from that event to this one.
+	EventAdmissionWaitEnded EventKind = "admission-wait-ended"
 )
 
 // Config configures a Pool. The zero value of each field is a usable default,

@@ -94,6 +94,7 @@ func (jj *jobJournal) describe(p *pool.Pool) {
 		budget = st.Budget
 	}
 	jj.w.Describe(p.Workers(), p.MemoryMode(), budget)
+	jj.w.Watch(func() int { return p.Stats().Running })
 	for _, n := range p.Notices() {
 		jj.w.Notice(n)
 	}
@@ -133,16 +134,16 @@ func (jj *jobJournal) flushed(ok bool) {
 	jj.unflushed = jj.unflushed[:0]
 }
 
-// key returns the key of an input, or "" without a journal.
-func (jj *jobJournal) key(input []byte) string {
+// key returns the key of an input, or the zero Key without a journal.
+func (jj *jobJournal) key(input []byte) journal.Key {
 	if jj == nil {
-		return ""
+		return journal.Key{}
 	}
-	return journal.Key(jj.kind, jj.command, input)
+	return journal.KeyOf(input)
 }
 
 // finished says whether an earlier run finished the input of key, and how.
-func (jj *jobJournal) finished(key string) (journal.Finished, bool, error) {
+func (jj *jobJournal) finished(key journal.Key) (journal.Finished, bool, error) {
 	if jj == nil || jj.rs == nil {
 		return journal.Finished{}, false, nil
 	}
@@ -150,14 +151,22 @@ func (jj *jobJournal) finished(key string) (journal.Finished, bool, error) {
 }
 
 // submit records the seq-th input before it goes to the pool as task id.
-func (jj *jobJournal) submit(id, seq uint64, key string, input []byte) {
+func (jj *jobJournal) submit(id, seq uint64, key journal.Key, input []byte) {
 	if jj != nil {
 		jj.w.Submit(id, seq, key, input)
 	}
 }
 
+// submitBatch records the inputs numbered seqs, with keys, before they go
+// to the pool as one batch task (Task.Items) of id id.
+func (jj *jobJournal) submitBatch(id uint64, seqs []uint64, keys []journal.Key, inputs [][]byte) {
+	if jj != nil {
+		jj.w.SubmitBatch(id, seqs, keys, inputs)
+	}
+}
+
 // skip records the seq-th input as skipped.
-func (jj *jobJournal) skip(seq uint64, key string, input []byte, f journal.Finished) {
+func (jj *jobJournal) skip(seq uint64, key journal.Key, input []byte, f journal.Finished) {
 	if jj != nil {
 		cause := ""
 		if f.State != string(pool.Done) {

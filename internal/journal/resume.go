@@ -1,7 +1,9 @@
 package journal
 
 import (
+	"container/list"
 	"database/sql"
+	"encoding/binary"
 	"errors"
 	"fmt"
 )
@@ -22,62 +24,245 @@ type Finished struct {
 // was not resumed (the start of the batch) to the one before the current
 // run, so that a journal reused for a fresh run starts over. A Resumer is
 // for one goroutine.
+//
+// It reads the keys of every task those runs finished into memory once,
+// about 60 bytes a task: keys packed in span rows cannot be looked up by
+// SQL. Outputs stay in the file until an input needs one.
 type Resumer struct {
-	stmt          *sql.Stmt
-	kind, command string
-	// seen counts, for each key found finished, how many inputs of the
-	// current run had it: the n-th input with a key is skipped only when
-	// earlier runs finished that key n times. Only keys found are kept.
-	seen map[string]int
+	db   *sql.DB
+	path string
+	// heads maps a key to its first unused entry in entries and tails to
+	// its last; entries of one key are chained by next, done ones first,
+	// so that the n-th input with a key is skipped only when earlier runs
+	// finished that key n times, and replays a done one's output when
+	// there is one.
+	heads   map[Key]*[2]int32
+	entries []entry
+	causes  map[int32]string // by entry: the cause of a failed or poison task
+	// spans caches the outputs of the spans read last, for replay.
+	spans     map[int64]*list.Element
+	spanOrder *list.List // of *spanOutput, most recent first
+	getSpan   *sql.Stmt
+	getTask   *sql.Stmt
 }
+
+// entry is one finished task of an earlier run.
+type entry struct {
+	next  int32 // the next entry with the same key, or -1
+	state uint8 // stateDone, stateFailed, statePoison
+	// row is the span's rowid and index its task's index in it; or, for
+	// a task row, row is its run and index its id.
+	row   int64
+	index uint32
+	span  bool
+}
+
+const (
+	stateDone uint8 = iota
+	stateFailed
+	statePoison
+)
+
+var stateNames = [...]string{stateDone: "done", stateFailed: "failed", statePoison: "poison"}
+
+// spanOutput is the outputs of one span row, with where each begins.
+type spanOutput struct {
+	row    int64
+	starts []int // len count+1
+	output []byte
+}
+
+// spansCached is how many spans' outputs a Resumer keeps: input in its
+// old order reads each span once.
+const spansCached = 16
 
 // Resumer returns a Resumer for the writer's run. With failedToo, tasks
 // that failed or were poison in an earlier run count as finished (they are
 // skipped, as GNU parallel's --resume does); without it, only done ones.
 func (w *Writer) Resumer(failedToo bool) (*Resumer, error) {
+	db := w.j.db
 	var base sql.NullInt64
-	err := w.j.db.QueryRow(`SELECT max(id) FROM run WHERE kind = ? AND command = ? AND resumed = 0 AND id < ?`,
+	err := db.QueryRow(`SELECT max(id) FROM run WHERE kind = ? AND command = ? AND resumed = 0 AND id < ?`,
 		w.run.Kind, w.run.Command, w.runID).Scan(&base)
 	if err != nil {
 		return nil, fmt.Errorf("journal: reading %s: %w", w.j.path, err)
 	}
-	// Made here rather than with the schema: see schema.sql.
-	if _, err := w.j.db.Exec(`CREATE INDEX IF NOT EXISTS task_key ON task(key, state)`); err != nil {
-		return nil, fmt.Errorf("journal: indexing %s: %w", w.j.path, err)
+	r := &Resumer{db: db, path: w.j.path, heads: make(map[Key]*[2]int32), causes: make(map[int32]string),
+		spans: make(map[int64]*list.Element), spanOrder: list.New()}
+	runs := `SELECT id FROM run WHERE kind = ?1 AND command = ?2 AND id >= ?3 AND id < ?4`
+	args := []any{w.run.Kind, w.run.Command, base.Int64, w.runID}
+	if err := r.loadSpans(runs, args); err != nil {
+		return nil, err
 	}
 	states := `'done'`
 	if failedToo {
 		states = `'done', 'failed', 'poison'`
 	}
-	// Prefer a done row: its output is the one to replay.
-	stmt, err := w.j.db.Prepare(fmt.Sprintf(`SELECT state, cause, output FROM task
-		WHERE key = ? AND state IN (%s) AND run_id IN (SELECT id FROM run WHERE kind = ? AND command = ? AND id >= %d AND id < %d)
-		ORDER BY state <> 'done', run_id, id LIMIT 1 OFFSET ?`, states, base.Int64, w.runID))
-	if err != nil {
+	// Done rows first: their output is the one to replay.
+	if err := r.loadTasks(`SELECT run_id, id, key, state, cause FROM task WHERE state IN (`+states+`)
+		AND run_id IN (`+runs+`) ORDER BY state <> 'done', run_id, id`, args); err != nil {
+		return nil, err
+	}
+	if r.getSpan, err = db.Prepare(`SELECT lengths, output FROM span WHERE rowid = ?`); err != nil {
 		return nil, fmt.Errorf("journal: reading %s: %w", w.j.path, err)
 	}
-	r := &Resumer{stmt: stmt, seen: make(map[string]int)}
-	r.kind, r.command = w.run.Kind, w.run.Command
+	if r.getTask, err = db.Prepare(`SELECT output FROM task WHERE run_id = ? AND id = ?`); err != nil {
+		r.getSpan.Close()
+		return nil, fmt.Errorf("journal: reading %s: %w", w.j.path, err)
+	}
 	return r, nil
+}
+
+// add chains e after the entries of key k.
+func (r *Resumer) add(k Key, e entry) {
+	i := int32(len(r.entries))
+	e.next = -1
+	r.entries = append(r.entries, e)
+	if h := r.heads[k]; h != nil {
+		r.entries[h[1]].next = i
+		h[1] = i
+		return
+	}
+	r.heads[k] = &[2]int32{i, i}
+}
+
+// loadSpans reads the keys of the spans of the runs that runs selects.
+func (r *Resumer) loadSpans(runs string, args []any) error {
+	rows, err := r.db.Query(`SELECT rowid, count, keys FROM span WHERE run_id IN (`+runs+`) ORDER BY run_id, rowid`, args...)
+	if err != nil {
+		return fmt.Errorf("journal: reading %s: %w", r.path, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var row int64
+		var n int
+		var keys sql.RawBytes
+		if err := rows.Scan(&row, &n, &keys); err != nil {
+			return fmt.Errorf("journal: reading %s: %w", r.path, err)
+		}
+		if len(keys) != n*len(Key{}) {
+			return fmt.Errorf("journal: reading %s: span %d holds %d tasks and %d bytes of keys", r.path, row, n, len(keys))
+		}
+		for i := range n {
+			r.add(Key(keys[i*16:i*16+16]), entry{state: stateDone, row: row, index: uint32(i), span: true})
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("journal: reading %s: %w", r.path, err)
+	}
+	return nil
+}
+
+// loadTasks reads the keys of the task rows that q selects.
+func (r *Resumer) loadTasks(q string, args []any) error {
+	rows, err := r.db.Query(q, args...)
+	if err != nil {
+		return fmt.Errorf("journal: reading %s: %w", r.path, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var run, id int64
+		var key sql.RawBytes
+		var state string
+		var cause sql.NullString
+		if err := rows.Scan(&run, &id, &key, &state, &cause); err != nil {
+			return fmt.Errorf("journal: reading %s: %w", r.path, err)
+		}
+		if len(key) != len(Key{}) {
+			continue // a key of an older schema, which no input has now
+		}
+		e := entry{state: stateDone, row: run, index: uint32(id)}
+		switch state {
+		case "failed":
+			e.state = stateFailed
+		case "poison":
+			e.state = statePoison
+		}
+		if e.state != stateDone && cause.String != "" {
+			r.causes[int32(len(r.entries))] = cause.String
+		}
+		r.add(Key(key), e)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("journal: reading %s: %w", r.path, err)
+	}
+	return nil
 }
 
 // Lookup returns what an earlier run left of the next input with key, and
 // false when it has to run.
-func (r *Resumer) Lookup(key string) (Finished, bool, error) {
-	n := r.seen[key]
-	var f Finished
-	var cause sql.NullString
-	err := r.stmt.QueryRow(key, r.kind, r.command, n).Scan(&f.State, &cause, &f.Output)
-	if errors.Is(err, sql.ErrNoRows) {
+func (r *Resumer) Lookup(key Key) (Finished, bool, error) {
+	h := r.heads[key]
+	if h == nil || h[0] < 0 {
 		return Finished{}, false, nil
 	}
-	if err != nil {
-		return Finished{}, false, fmt.Errorf("journal: looking up a task: %w", err)
+	i := h[0]
+	e := &r.entries[i]
+	h[0] = e.next
+	f := Finished{State: stateNames[e.state], Cause: r.causes[i]}
+	if e.state != stateDone {
+		return f, true, nil
 	}
-	r.seen[key] = n + 1
-	f.Cause = cause.String
+	var err error
+	if e.span {
+		f.Output, err = r.spanOutput(e.row, int(e.index))
+	} else {
+		err = r.getTask.QueryRow(e.row, int64(e.index)).Scan(&f.Output)
+		if errors.Is(err, sql.ErrNoRows) {
+			err = nil
+		}
+	}
+	if err != nil {
+		return Finished{}, false, fmt.Errorf("journal: reading the output of a task in %s: %w", r.path, err)
+	}
 	return f, true, nil
 }
 
-// Close frees the Resumer's statement.
-func (r *Resumer) Close() error { return r.stmt.Close() }
+// spanOutput returns the output of the i-th task of the span of rowid row,
+// or nil when the span has no outputs.
+func (r *Resumer) spanOutput(row int64, i int) ([]byte, error) {
+	var so *spanOutput
+	if el := r.spans[row]; el != nil {
+		r.spanOrder.MoveToFront(el)
+		so = el.Value.(*spanOutput)
+	} else {
+		var lengths, output []byte
+		if err := r.getSpan.QueryRow(row).Scan(&lengths, &output); err != nil {
+			return nil, err
+		}
+		so = &spanOutput{row: row, output: output}
+		if lengths != nil {
+			so.starts = append(so.starts, 0)
+			for len(lengths) > 0 {
+				l, n := binary.Uvarint(lengths)
+				if n <= 0 {
+					return nil, fmt.Errorf("span %d: bad output lengths", row)
+				}
+				lengths = lengths[n:]
+				so.starts = append(so.starts, so.starts[len(so.starts)-1]+int(l))
+			}
+			if so.starts[len(so.starts)-1] != len(output) {
+				return nil, fmt.Errorf("span %d: output lengths do not add up to its output", row)
+			}
+		}
+		r.spans[row] = r.spanOrder.PushFront(so)
+		if r.spanOrder.Len() > spansCached {
+			last := r.spanOrder.Back()
+			delete(r.spans, last.Value.(*spanOutput).row)
+			r.spanOrder.Remove(last)
+		}
+	}
+	if so.starts == nil {
+		return nil, nil
+	}
+	if i+1 >= len(so.starts) {
+		return nil, fmt.Errorf("span %d has no task %d", row, i)
+	}
+	return so.output[so.starts[i]:so.starts[i+1]:so.starts[i+1]], nil
+}
+
+// Close frees the Resumer's statements.
+func (r *Resumer) Close() error {
+	r.getSpan.Close()
+	return r.getTask.Close()
+}

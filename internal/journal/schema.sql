@@ -3,8 +3,13 @@
 -- sizes are bytes. A database may hold several runs: a run resumed with
 -- --resume is a new row of run whose tasks skip what an earlier run of the
 -- same journal finished.
+--
+-- Most tasks end done at their first attempt: those are written in bulk,
+-- many to a row of span, with their keys and outputs packed in blobs.
+-- Every other task (pending, failed, poison, cancelled, skipped, done after
+-- a retry) has a row of task of its own, with its attempts in attempt.
 
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
 
 -- One row per invocation of `safepool run`, `safepool map` or a Python pool.
 CREATE TABLE IF NOT EXISTS run (
@@ -22,12 +27,12 @@ CREATE TABLE IF NOT EXISTS run (
 	resumed      INTEGER NOT NULL DEFAULT 0  -- 1 when run with --resume or --resume-failed: it skips what runs since the last run without them finished
 );
 
--- One row per task of a run, written when it is submitted and updated when
--- it reaches its terminal state.
+-- One row per task of a run that is not in a span: written when it ends,
+-- or as pending when it outlives a commit, and then updated when it ends.
 CREATE TABLE IF NOT EXISTS task (
 	run_id    INTEGER NOT NULL REFERENCES run(id),
 	id        INTEGER NOT NULL,      -- the submission number in its run, from 1
-	key       TEXT NOT NULL,         -- hex SHA-256 of the command and the input (or function and arguments)
+	key       BLOB NOT NULL,         -- run and map: the input's 16-byte key (journal.KeyOf); python: hex SHA-256 text of the function and arguments
 	input     BLOB,                  -- the input line, or a short repr for Python
 	state     TEXT NOT NULL,         -- 'pending', or the terminal state: done, failed, poison, cancelled, skipped (finished in an earlier run: done, or with --resume failed or poison, which cause then says)
 	attempts  INTEGER NOT NULL DEFAULT 0,
@@ -38,11 +43,32 @@ CREATE TABLE IF NOT EXISTS task (
 	PRIMARY KEY (run_id, id)
 );
 -- The index of tasks by key, task_key ON task(key, state), is made by the
--- first run that resumes (journal.Writer.Resumer), in bulk. Keys are
--- random, so a run that kept it up to date would touch a page of it at
--- random for every task: it made the writer's CPU time 1.6 times as long.
+-- first Python run that resumes, in bulk: Python looks tasks up by key
+-- one at a time. Keys are random, so a run that kept it up to date would
+-- touch a page of it at random for every task. Resume in Go reads the keys
+-- of the runs it resumes at once, and needs no index.
 
--- One row per attempt, as it ends.
+-- Tasks done at their first attempt, many to a row: those a commit
+-- writes, in the order they ended, up to 4096 to a row. Their rows are not
+-- in task, nor their attempts in attempt, and their inputs are not kept.
+CREATE TABLE IF NOT EXISTS span (
+	run_id     INTEGER NOT NULL REFERENCES run(id),
+	first      INTEGER NOT NULL,     -- the id (as task.id) of its first task
+	count      INTEGER NOT NULL,     -- how many tasks it holds
+	ids        BLOB NOT NULL,        -- each task's id less the one before (the first: less first), zigzag varints
+	keys       BLOB NOT NULL,        -- each task's key, 16 bytes each, in the same order
+	runtimes   BLOB NOT NULL,        -- each task's attempt's time in microseconds, varints
+	peaks      BLOB NOT NULL,        -- each task's attempt's PeakRSS in KiB (0: unknown), varints
+	lengths    BLOB,                 -- map: each output's length, varints; NULL when outputs are not kept
+	output     BLOB,                 -- map: the outputs one after the other, for resume to replay
+	started    INTEGER NOT NULL,     -- the earliest start of their attempts
+	ended      INTEGER NOT NULL,     -- the latest end of their attempts
+	worker_pid INTEGER,              -- the worker that ran them all, or NULL when several did
+	peak       INTEGER               -- the highest PeakRSS of their attempts
+);
+CREATE INDEX IF NOT EXISTS span_run ON span(run_id, first);
+
+-- One row per attempt of a task in task, as it ends.
 CREATE TABLE IF NOT EXISTS attempt (
 	run_id     INTEGER NOT NULL,
 	task_id    INTEGER NOT NULL,
@@ -69,7 +95,9 @@ CREATE TABLE IF NOT EXISTS sample (
 CREATE INDEX IF NOT EXISTS sample_run ON sample(run_id, at);
 
 -- Everything else worth marking on the time axis: worker-started,
--- worker-exited, oom, preempted, retry, poison, stalled, out-of-step, notice.
+-- worker-exited, oom, preempted, retry, poison, stalled, out-of-step, notice,
+-- admission-wait (queued tasks began to wait for memory; task_id the head of
+-- the queue) and admission-wait-ended (the governor admitted task_id).
 CREATE TABLE IF NOT EXISTS event (
 	run_id     INTEGER NOT NULL,
 	at         INTEGER NOT NULL,

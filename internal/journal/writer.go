@@ -2,12 +2,15 @@ package journal
 
 import (
 	"database/sql"
+	"encoding/binary"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/safepool/safepool/internal/memory"
 	"github.com/safepool/safepool/pool"
 )
 
@@ -15,15 +18,19 @@ const (
 	// FlushEvery is how often the writer commits what it was given: what
 	// a SIGKILL of the supervisor can lose at most.
 	FlushEvery = 150 * time.Millisecond
-	// flushRows is how many waiting records make the writer commit at
-	// once, before FlushEvery is up.
-	flushRows = 8192
+	// flushRows is how much waiting work makes the writer commit at
+	// once, before FlushEvery is up. Work is counted in records, and a
+	// record of a batch counts as half its items (weight).
+	flushRows = 32 * 1024
 	// chunkSize is how many records one chunk of the queue holds.
 	chunkSize = 1024
-	// maxQueued is how many records may wait for the goroutine before
-	// the pool's events wait for it: about 2 MiB of records, which become
-	// about 8 MiB of rows in a transaction.
-	maxQueued = 16 * chunkSize
+	// maxQueued is how much work may wait for the goroutine before the
+	// pool's events wait for it: at most about 8 MiB of records, or 128 Ki
+	// items of batches with their inputs and outputs. A queue a quarter
+	// as long made map with a journal about 15% slower on short lines:
+	// the engine waited whenever a commit took longer than the queue
+	// lasted.
+	maxQueued = 64 * 1024
 )
 
 // Writer writes one run into the journal. Its methods only append a record
@@ -41,7 +48,7 @@ type Writer struct {
 	// it while maxQueued records wait.
 	room *sync.Cond
 	// recs is the queue, in chunks of chunkSize records, so that it grows
-	// without copying; n counts the records in it. free holds emptied
+	// without copying; n counts the work in it (add). free holds emptied
 	// chunks for reuse.
 	recs [][]record
 	n    int
@@ -54,21 +61,53 @@ type Writer struct {
 	stop chan struct{} // closed by Close
 	done chan struct{} // closed by the goroutine when it has written all
 
+	// running, when set by Watch, counts the attempts running, for the
+	// samples of series running at every commit. Only the goroutine calls it.
+	running func() int
+
 	// Owned by the goroutine.
-	live    map[uint64]*liveTask // tasks submitted to the pool and not ended, by pool id
-	running int64                // attempts running
-	batch   rows                 // the rows of one transaction
-	err     error                // the first write error
+	live map[uint64]*liveTask // tasks submitted to the pool and not ended, by pool id (a batch's: its first item's)
+	// bases are the ids of the live batches, in order, for finding the
+	// batch of an item split from it; some may have ended (see find).
+	bases []uint64
+	// pids are the workers of the attempts that started, by the pool's
+	// task id, until the task ends; retrying are the ids whose last
+	// attempt was charged a failure, for the retry mark of the next one.
+	pids     map[uint64]int
+	retrying map[uint64]bool
+	// workers are the live workers' pids; sampleWorkers reports whether
+	// the writer samples their memory itself at every commit, when the
+	// pool has no memory governor to do so (Describe).
+	workers       map[int]bool
+	sampleWorkers bool
+	span          span  // the tasks done at their first attempt since the last span row
+	batch         rows  // the rows of one transaction
+	err           error // the first write error
 }
 
-// liveTask is the writer's record of a task the pool holds.
+// liveTask is the writer's record of a task the pool holds: one input,
+// or the inputs of a batch (Task.Items), whose items have the pool ids
+// from the batch's id up.
 type liveTask struct {
 	seq      uint64 // the task's id in the journal: its input's number
-	key      string
+	key      Key
 	input    []byte
 	inserted bool // whether its row is in the database (as pending)
-	worker   int  // the worker of its running attempt, or 0
-	failed   bool // whether a charged attempt of it failed
+	aged     bool // whether a commit has seen it live already
+	// A batch's items, index by index; left counts those not ended.
+	seqs   []uint64
+	keys   []Key
+	inputs [][]byte
+	left   int
+}
+
+// item returns the journal id, key and input of the i-th item of lt, or
+// of lt when it is not a batch.
+func (lt *liveTask) item(i int) (uint64, Key, []byte) {
+	if lt.seqs == nil {
+		return lt.seq, lt.key, lt.input
+	}
+	return lt.seqs[i], lt.keys[i], lt.inputs[i]
 }
 
 // recordKind says what a record holds.
@@ -76,6 +115,7 @@ type recordKind uint8
 
 const (
 	recSubmit  recordKind = iota // Submit
+	recBatch                     // SubmitBatch
 	recSkip                      // Skip
 	recNotice                    // Notice
 	recStarted                   // EventAttemptStarted
@@ -94,12 +134,26 @@ type record struct {
 	seq     uint64 // the journal's task id (submit, skip)
 	at      int64  // Unix nanoseconds
 	pid     int
-	key     string
+	key     Key
 	input   []byte
 	text    string        // skip: the earlier run's cause, or ""; notice: the text
 	attempt *pool.Attempt // recAttempt: a copy
 	result  *pool.Result  // recTask
 	ev      *pool.Event   // recEvent: a copy
+	batch   *liveTask     // recBatch
+}
+
+// weight is how much work r is for the writer: a batch's records count
+// half its items, each of which costs the writer several times less than
+// a task of its own.
+func (r *record) weight() int {
+	switch {
+	case r.batch != nil:
+		return max(1, len(r.batch.seqs)/2)
+	case r.result != nil && r.result.Items != nil:
+		return max(1, len(r.result.Items)/2)
+	}
+	return 1
 }
 
 // Start adds a row for the run r and starts the writer's goroutine.
@@ -111,10 +165,13 @@ func (j *Journal) Start(r Run) (*Writer, error) {
 	}
 	w := &Writer{
 		j: j, runID: id, run: r,
-		kick: make(chan struct{}, 1),
-		stop: make(chan struct{}),
-		done: make(chan struct{}),
-		live: make(map[uint64]*liveTask),
+		kick:     make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+		live:     make(map[uint64]*liveTask),
+		pids:     make(map[uint64]int),
+		retrying: make(map[uint64]bool),
+		workers:  make(map[int]bool),
 	}
 	w.room = sync.NewCond(&w.mu)
 	if r.MemLimit > 0 {
@@ -126,9 +183,20 @@ func (j *Journal) Start(r Run) (*Writer, error) {
 
 // Describe sets the run's figures that are known only once its pool is
 // made: Run.Workers, MemoryMode and MemBudget. The writer must exist before
-// the pool, so that it sees the pool's first events.
+// the pool, so that it sees the pool's first events. A memBudget of 0 says
+// the pool has no memory governor, whose samples give the journal the
+// workers' memory: the writer then samples it itself at every commit.
 func (w *Writer) Describe(workers int, memoryMode string, memBudget int64) {
 	w.add(record{kind: recRun, pid: workers, text: memoryMode, at: memBudget})
+}
+
+// Watch gives the writer a count of the attempts running, which it
+// samples as series running at every commit, whether the memory governor
+// is on or not. running must be safe to call from another goroutine.
+func (w *Writer) Watch(running func() int) {
+	w.mu.Lock()
+	w.running = running
+	w.mu.Unlock()
 }
 
 // RunID returns the id of the run's row.
@@ -137,14 +205,22 @@ func (w *Writer) RunID() int64 { return w.runID }
 // Submit records that the task of pool id id, the seq-th input, with key
 // and input, was submitted to the pool. It must be called before the
 // pool's events about the task can come: before Pool.Submit.
-func (w *Writer) Submit(id, seq uint64, key string, input []byte) {
+func (w *Writer) Submit(id, seq uint64, key Key, input []byte) {
 	w.add(record{kind: recSubmit, id: id, seq: seq, key: key, input: input})
+}
+
+// SubmitBatch records that the batch task of pool id id (Task.Items:
+// len(seqs) items, with the pool ids id, id+1, ...) was submitted, its
+// items the inputs numbered seqs, with keys and inputs. Like Submit, it
+// must be called before Pool.Submit. The writer keeps the slices.
+func (w *Writer) SubmitBatch(id uint64, seqs []uint64, keys []Key, inputs [][]byte) {
+	w.add(record{kind: recBatch, id: id, batch: &liveTask{seqs: seqs, keys: keys, inputs: inputs, left: len(seqs)}})
 }
 
 // Skip records that the seq-th input was not run because an earlier run
 // finished it: state skipped, and cause, when not empty, the cause of the
 // earlier run's failure (resume without --resume-failed).
-func (w *Writer) Skip(seq uint64, key string, input []byte, cause string) {
+func (w *Writer) Skip(seq uint64, key Key, input []byte, cause string) {
 	w.add(record{kind: recSkip, seq: seq, key: key, input: input, text: cause, at: time.Now().UnixNano()})
 }
 
@@ -154,21 +230,26 @@ func (w *Writer) Notice(text string) {
 }
 
 // Observe records ev. It is meant to be called from the pool's Observer.
+// A task's end (EventTaskEnded) marks it ended in the journal: a caller
+// that must first get the task's output out, as map does, gives that event
+// once it has.
 func (w *Writer) Observe(ev pool.Event) {
 	switch ev.Kind {
 	case pool.EventAttemptStarted:
 		w.add(record{kind: recStarted, id: ev.TaskID, pid: ev.WorkerPID, at: ev.Time.UnixNano()})
 	case pool.EventAttemptEnded:
-		if ev.Attempt != nil {
-			a := *ev.Attempt
-			w.add(record{kind: recAttempt, id: ev.TaskID, attempt: &a})
+		// A first attempt that succeeded is in its task's Result, which
+		// the span row records: most attempts cost no record.
+		if a := ev.Attempt; a != nil && !(a.Number == 1 && a.Cause == "" && a.Signal == "" && a.Message == "") {
+			c := *a
+			w.add(record{kind: recAttempt, id: ev.TaskID, attempt: &c})
 		}
 	case pool.EventTaskEnded:
 		if ev.Result != nil {
 			w.add(record{kind: recTask, id: ev.TaskID, at: ev.Time.UnixNano(), result: ev.Result})
 		}
 	case pool.EventWorkerStarted, pool.EventWorkerExited, pool.EventMemory, pool.EventMemorySample,
-		pool.EventWorkerStalled, pool.EventWorkerOutOfStep:
+		pool.EventWorkerStalled, pool.EventWorkerOutOfStep, pool.EventAdmissionWait, pool.EventAdmissionWaitEnded:
 		w.add(record{kind: recEvent, ev: &ev})
 	}
 }
@@ -199,10 +280,11 @@ func (w *Writer) add(r record) {
 	}
 	last := &w.recs[len(w.recs)-1]
 	*last = append(*last, r)
-	w.n++
+	before := w.n
+	w.n += r.weight()
 	n := w.n
 	w.mu.Unlock()
-	if n == flushRows {
+	if before < flushRows && n >= flushRows {
 		select {
 		case w.kick <- struct{}{}:
 		default:
@@ -280,14 +362,32 @@ func (w *Writer) flush(recs [][]record) {
 			w.rows(b, &c[i])
 		}
 	}
-	// Tasks that outlive the transaction are written as pending, so that
+	w.endSpan(b)
+	// Tasks that outlive a whole interval are written as pending, so that
 	// the journal lists them if the supervisor dies; most tasks end
-	// within one interval and are written once, whole.
+	// within one and are written once, whole, many to a span row. (Those
+	// live at one commit only are mostly queued ones, hundreds at every
+	// commit of a run of short tasks.) A batch's items are not: rows of
+	// every item in flight would cost more than the items.
 	for _, lt := range w.live {
-		if !lt.inserted {
-			b.tasks.add(int64(lt.seq), lt.key, lt.input, "pending", 0, nil, nil, nil, nil)
+		switch {
+		case lt.inserted || lt.seqs != nil:
+		case lt.aged:
+			b.tasks.add(int64(lt.seq), lt.key[:], lt.input, "pending", 0, nil, nil, nil, nil)
 			lt.inserted = true
+		default:
+			lt.aged = true
 		}
+	}
+	w.mu.Lock()
+	running := w.running
+	w.mu.Unlock()
+	now := time.Now().UnixNano()
+	if running != nil {
+		b.samples.add(now, int64(0), "running", int64(running()))
+	}
+	if w.sampleWorkers && len(w.workers) > 0 {
+		w.sampleMemory(b, now)
 	}
 	if w.err != nil || b.empty() {
 		return
@@ -297,6 +397,22 @@ func (w *Writer) flush(recs [][]record) {
 	}
 }
 
+// sampleMemory adds samples of each live worker's memory and their total,
+// as the memory governor's samples would give them: what each worker's
+// process tree alone holds (memory.TreePrivateMemory).
+func (w *Writer) sampleMemory(b *rows, at int64) {
+	var total int64
+	for pid := range w.workers {
+		m, err := memory.TreePrivateMemory(pid)
+		if err != nil {
+			continue // gone since it was seen, or not measurable here
+		}
+		total += m
+		b.samples.add(at, int64(pid), "worker", m)
+	}
+	b.samples.add(at, int64(0), "total", total)
+}
+
 // commit writes b in one transaction.
 func (w *Writer) commit(b *rows) error {
 	tx, err := w.j.db.Begin()
@@ -304,7 +420,7 @@ func (w *Writer) commit(b *rows) error {
 		return err
 	}
 	defer tx.Rollback() // after Commit, a no-op
-	for _, t := range []*table{&b.tasks, &b.doneTasks, &b.attempts, &b.okAttempts, &b.samples, &b.events} {
+	for _, t := range b.inserts() {
 		if err := t.insert(tx); err != nil {
 			return err
 		}
@@ -331,17 +447,19 @@ func (w *Writer) commit(b *rows) error {
 
 // rows are the rows one transaction writes, table by table.
 type rows struct {
-	tasks, attempts, samples, events table
-	// doneTasks and okAttempts are tasks done at their first attempt, and
-	// those attempts: most rows.
-	doneTasks, okAttempts table
+	tasks, spans, attempts, samples, events table
 	// updates are of tasks written as pending, runs of the run's row.
 	updates, runs table
 }
 
+// inserts are b's tables of rows to insert.
+func (b *rows) inserts() []*table {
+	return []*table{&b.tasks, &b.spans, &b.attempts, &b.samples, &b.events}
+}
+
 // reset empties b, keeping its memory for the next transaction.
 func (b *rows) reset() {
-	for _, t := range []*table{&b.tasks, &b.doneTasks, &b.attempts, &b.okAttempts, &b.samples, &b.events, &b.updates, &b.runs} {
+	for _, t := range append(b.inserts(), &b.updates, &b.runs) {
 		clear(t.args)
 		t.args = t.args[:0]
 	}
@@ -349,7 +467,7 @@ func (b *rows) reset() {
 
 func (b *rows) empty() bool {
 	n := 0
-	for _, t := range []*table{&b.tasks, &b.doneTasks, &b.attempts, &b.okAttempts, &b.samples, &b.events, &b.updates, &b.runs} {
+	for _, t := range append(b.inserts(), &b.updates, &b.runs) {
 		n += len(t.args)
 	}
 	return n == 0
@@ -361,15 +479,14 @@ type table struct {
 	cols int   // values per row
 	args []any // the rows' values one after the other
 	// into is the table and its columns; row is one row's values, "?"
-	// for those to bind and literals for the others: the run's id, which
-	// every row has, and in the common rows (a task done at its first
-	// attempt) the values those share. Binding costs more than SQL text.
-	// Both are set by rows.
+	// for those to bind and the run's id, which every row has, as a
+	// literal. Both are set by rows.
 	into, row string
 }
 
 var (
 	taskInto    = `task (run_id, id, key, input, state, attempts, cause, peak, output, ended)`
+	spanInto    = `span (run_id, first, count, ids, keys, runtimes, peaks, lengths, output, started, ended, worker_pid, peak)`
 	attemptInto = `attempt (run_id, task_id, number, worker_pid, started, ended, cause, exit_code, signal, peak, message)`
 	sampleInto  = `sample (run_id, at, worker_pid, series, value)`
 	eventInto   = `event (run_id, at, kind, task_id, worker_pid, detail)`
@@ -433,117 +550,244 @@ func insertSQL(into, row string, n int) string {
 	return b.String()
 }
 
+// find returns the live task that holds the pool's task id, and the
+// index of id's item in it when it is a batch: a task split from a batch
+// (an item charged on its own, the items given back) has the id of its
+// first item. It returns nil for an id of no live task.
+func (w *Writer) find(id uint64) (*liveTask, int) {
+	if lt := w.live[id]; lt != nil {
+		return lt, 0
+	}
+	i, _ := slices.BinarySearch(w.bases, id+1) // the first base after id
+	if i == 0 {
+		return nil, 0
+	}
+	base := w.bases[i-1]
+	if lt := w.live[base]; lt != nil && id-base < uint64(len(lt.seqs)) {
+		return lt, int(id - base)
+	}
+	return nil, 0
+}
+
+// seqOf returns the journal id of the pool's task id, or 0.
+func (w *Writer) seqOf(id uint64) uint64 {
+	if lt, i := w.find(id); lt != nil {
+		seq, _, _ := lt.item(i)
+		return seq
+	}
+	return 0
+}
+
 // rows adds the rows of one record to b.
 func (w *Writer) rows(b *rows, r *record) {
 	if b.tasks.into == "" {
 		run := strconv.FormatInt(w.runID, 10)
 		row := func(binds int) string { return "(" + run + strings.Repeat(", ?", binds) + ")" }
 		b.tasks.into, b.tasks.row = taskInto, row(9)
+		b.spans.into, b.spans.row = spanInto, row(12)
 		b.attempts.into, b.attempts.row = attemptInto, row(10)
 		b.samples.into, b.samples.row = sampleInto, row(4)
 		b.events.into, b.events.row = eventInto, row(5)
-		// id, key, input, peak, output, ended
-		b.doneTasks.into, b.doneTasks.row = taskInto, "("+run+", ?, ?, ?, 'done', 1, NULL, ?, ?, ?)"
-		// task_id, worker_pid, started, ended, exit_code, peak
-		b.okAttempts.into, b.okAttempts.row = attemptInto, "("+run+", ?, 1, ?, ?, ?, '', ?, NULL, ?, NULL)"
 	}
-	lt := w.live[r.id] // nil for records of no task
 	switch r.kind {
 	case recSubmit:
 		w.live[r.id] = &liveTask{seq: r.seq, key: r.key, input: r.input}
-		return
+	case recBatch:
+		if len(r.batch.seqs) == 0 {
+			return
+		}
+		w.live[r.id] = r.batch
+		if n := len(w.bases); n > 0 && len(w.live) < n/2 {
+			// Drop the bases of ended batches, now and then.
+			w.bases = slices.DeleteFunc(w.bases, func(id uint64) bool { return w.live[id] == nil })
+		}
+		w.bases = append(w.bases, r.id)
 	case recSkip:
-		b.tasks.add(int64(r.seq), r.key, r.input, "skipped", 0, nullString(r.text), nil, nil, r.at)
-		return
+		b.tasks.add(int64(r.seq), r.key[:], r.input, "skipped", 0, nullString(r.text), nil, nil, r.at)
 	case recNotice:
 		w.event(b, r.at, "notice", 0, 0, r.text)
-		return
 	case recRun:
 		b.runs.add(int64(r.pid), r.text, nullInt(r.at), w.runID)
-		return
+		w.sampleWorkers = r.at <= 0
 	case recStarted:
-		w.running++
-		if lt == nil {
-			return
+		w.pids[r.id] = r.pid
+		if w.retrying[r.id] {
+			delete(w.retrying, r.id)
+			w.event(b, r.at, "retry", w.seqOf(r.id), r.pid, "")
 		}
-		lt.worker = r.pid
-		if lt.failed {
-			lt.failed = false
-			w.event(b, r.at, "retry", lt.seq, r.pid, "")
-		}
-		return
 	case recAttempt:
-		w.running = max(0, w.running-1)
-		a := r.attempt
-		if lt == nil {
-			return
-		}
-		lt.worker = 0
-		exit := any(nil)
-		if a.ExitCode >= 0 {
-			exit = int64(a.ExitCode)
-		}
-		if a.Number == 1 && a.Cause == "" && a.Signal == "" && a.Message == "" {
-			b.okAttempts.add(int64(lt.seq), int64(a.WorkerPID), a.Start.UnixNano(), a.End.UnixNano(), exit, nullInt(a.PeakRSS))
-		} else {
-			b.attempts.add(int64(lt.seq), int64(a.Number), int64(a.WorkerPID), a.Start.UnixNano(), a.End.UnixNano(),
-				string(a.Cause), exit, nullString(a.Signal), nullInt(a.PeakRSS), nullString(a.Message))
-		}
-		switch a.Cause {
-		case "", pool.CauseCancelled:
-		case pool.CausePreempted:
-			w.event(b, a.End.UnixNano(), "preempted", lt.seq, a.WorkerPID, "")
-		case pool.CauseOOM:
-			lt.failed = true
-			w.event(b, a.End.UnixNano(), "oom", lt.seq, a.WorkerPID, a.Message)
-		default:
-			lt.failed = true
-		}
-		return
+		w.attempt(b, r.id, r.attempt)
 	case recTask:
-		res := r.result
-		if lt == nil {
-			return
+		if r.result.Items != nil {
+			w.batchEnded(b, r.result, r.at)
+		} else {
+			w.taskEnded(b, r.id, r.result, r.at)
 		}
-		delete(w.live, r.id)
-		var attempts int
-		var peak int64
-		for _, a := range res.Attempts {
-			attempts = max(attempts, a.Number)
-			peak = max(peak, a.PeakRSS)
+	case recEvent:
+		w.poolEvent(b, r.ev)
+	}
+}
+
+// attempt records an attempt that did not simply succeed at once.
+func (w *Writer) attempt(b *rows, id uint64, a *pool.Attempt) {
+	delete(w.pids, id)
+	seq := w.seqOf(id)
+	if seq == 0 {
+		return
+	}
+	w.attemptRow(b, seq, a)
+	switch a.Cause {
+	case "", pool.CauseCancelled:
+	case pool.CausePreempted:
+		w.event(b, a.End.UnixNano(), "preempted", seq, a.WorkerPID, "")
+	case pool.CauseOOM:
+		w.retrying[id] = true
+		w.event(b, a.End.UnixNano(), "oom", seq, a.WorkerPID, a.Message)
+	default:
+		w.retrying[id] = true
+	}
+}
+
+func (w *Writer) attemptRow(b *rows, seq uint64, a *pool.Attempt) {
+	exit := any(nil)
+	if a.ExitCode >= 0 {
+		exit = int64(a.ExitCode)
+	}
+	b.attempts.add(int64(seq), int64(a.Number), int64(a.WorkerPID), a.Start.UnixNano(), a.End.UnixNano(),
+		string(a.Cause), exit, nullString(a.Signal), nullInt(a.PeakRSS), nullString(a.Message))
+}
+
+// doneAtOnce reports whether res is of a task done at its first attempt,
+// whose attempt no record gave: a task for a span row.
+func doneAtOnce(res *pool.Result) bool {
+	if res.State != pool.Done || len(res.Attempts) != 1 {
+		return false
+	}
+	a := &res.Attempts[0]
+	return a.Number == 1 && a.Cause == "" && a.Signal == "" && a.Message == ""
+}
+
+// taskEnded records the end of a task that is not a batch.
+func (w *Writer) taskEnded(b *rows, id uint64, res *pool.Result, at int64) {
+	lt := w.live[id]
+	if lt == nil {
+		return
+	}
+	delete(w.live, id)
+	delete(w.pids, id)
+	delete(w.retrying, id)
+	if doneAtOnce(res) && !lt.inserted {
+		a := &res.Attempts[0]
+		w.spanAdd(b, lt.seq, lt.key, res.Output, a, a.Start.UnixNano(), a.End.UnixNano())
+		return
+	}
+	w.taskRow(b, lt, 0, res, res.Output, at)
+}
+
+// batchEnded records the end of items of a batch, which res settles.
+func (w *Writer) batchEnded(b *rows, res *pool.Result, at int64) {
+	lt := w.live[res.ID]
+	if lt == nil || lt.seqs == nil {
+		return
+	}
+	once := doneAtOnce(res)
+	sp := w.span
+	for i := range res.Items {
+		it := &res.Items[i]
+		if it.Index < 0 || it.Index >= len(lt.seqs) || lt.seqs[it.Index] == 0 {
+			continue // not of the batch, or ended already
 		}
-		cause := any(nil)
-		if res.State != pool.Done {
-			cause = nullString(string(res.Cause()))
+		if once {
+			a := &res.Attempts[0]
+			start, end := it.Start, it.End
+			if start.IsZero() {
+				start, end = a.Start, a.End
+			}
+			var full bool
+			if sp, full = sp.add(lt.seqs[it.Index], lt.keys[it.Index], it.Output, a, start.UnixNano(), end.UnixNano(), w.run.StoreOutput); full {
+				w.span = sp
+				w.endSpan(b)
+				sp = w.span
+			}
+		} else {
+			w.taskRow(b, lt, it.Index, res, it.Output, at)
+			delete(w.retrying, it.ID)
 		}
-		var out any
-		if w.run.StoreOutput && res.State == pool.Done {
-			out = res.Output
-			if res.Output == nil {
+		// Ended. Its input goes with the batch's record, when the last
+		// item ends: clearing it here would cost a write barrier an item.
+		lt.seqs[it.Index] = 0
+		lt.left--
+	}
+	w.span = sp
+	if lt.left <= 0 {
+		// The ids its attempts started as: the batch's, and those of
+		// the parts split from it.
+		delete(w.live, res.ID)
+		for id := range w.pids {
+			if id-res.ID < uint64(len(lt.seqs)) {
+				delete(w.pids, id)
+			}
+		}
+	}
+}
+
+// taskRow writes the row of the i-th item of lt (lt itself when it is not
+// a batch), which res ended, with output.
+func (w *Writer) taskRow(b *rows, lt *liveTask, i int, res *pool.Result, output []byte, at int64) {
+	seq, key, input := lt.item(i)
+	var attempts int
+	var peak int64
+	for _, a := range res.Attempts {
+		attempts = max(attempts, a.Number)
+		peak = max(peak, a.PeakRSS)
+	}
+	cause := any(nil)
+	var out any
+	if res.State == pool.Done {
+		if n := len(res.Attempts); n > 0 {
+			// Its last attempt succeeded and, numbered 1, was given no
+			// record (Observe).
+			if a := &res.Attempts[n-1]; a.Number == 1 && a.Cause == "" && a.Signal == "" && a.Message == "" {
+				w.attemptRow(b, seq, a)
+			}
+		}
+		if w.run.StoreOutput {
+			out = output
+			if output == nil {
 				out = []byte{}
 			}
 		}
-		if lt.inserted {
-			b.updates.add(string(res.State), int64(attempts), cause, nullInt(peak), out, r.at, w.runID, int64(lt.seq))
-		} else if res.State == pool.Done && attempts == 1 {
-			b.doneTasks.add(int64(lt.seq), lt.key, lt.input, nullInt(peak), out, r.at)
-		} else {
-			b.tasks.add(int64(lt.seq), lt.key, lt.input, string(res.State), int64(attempts), cause, nullInt(peak), out, r.at)
-		}
-		if res.State == pool.Poison {
-			w.event(b, r.at, "poison", lt.seq, 0, "")
-		}
-		return
+	} else {
+		cause = nullString(string(res.Cause()))
 	}
-	ev := r.ev
+	if lt.inserted {
+		b.updates.add(string(res.State), int64(attempts), cause, nullInt(peak), out, at, w.runID, int64(seq))
+	} else {
+		b.tasks.add(int64(seq), key[:], input, string(res.State), int64(attempts), cause, nullInt(peak), out, at)
+	}
+	if res.State == pool.Poison {
+		w.event(b, at, "poison", seq, 0, "")
+	}
+}
+
+// poolEvent records an event of the pool that is neither an attempt nor
+// a task's end.
+func (w *Writer) poolEvent(b *rows, ev *pool.Event) {
 	at := ev.Time.UnixNano()
 	switch ev.Kind {
 	case pool.EventWorkerStarted, pool.EventWorkerExited:
 		w.event(b, at, string(ev.Kind), 0, ev.WorkerPID, "")
+		if ev.Kind == pool.EventWorkerStarted {
+			w.workers[ev.WorkerPID] = true
+		} else {
+			delete(w.workers, ev.WorkerPID)
+		}
 	case pool.EventWorkerStalled:
 		w.event(b, at, "stalled", w.seqOf(ev.TaskID), ev.WorkerPID, ev.Message)
 	case pool.EventWorkerOutOfStep:
 		w.event(b, at, "out-of-step", w.seqOf(ev.TaskID), ev.WorkerPID, ev.Message)
+	case pool.EventAdmissionWait, pool.EventAdmissionWaitEnded:
+		w.event(b, at, string(ev.Kind), w.seqOf(ev.TaskID), 0, "")
 	case pool.EventMemory:
 		if m := ev.Memory; m != nil {
 			b.samples.add(at, int64(0), "allowed", int64(m.Allows))
@@ -553,7 +797,6 @@ func (w *Writer) rows(b *rows, r *record) {
 		if w.run.MemLimit > 0 {
 			b.samples.add(at, int64(0), "limit", w.run.MemLimit)
 		}
-		b.samples.add(at, int64(0), "running", w.running)
 		m := ev.Memory
 		if m == nil {
 			return
@@ -562,18 +805,11 @@ func (w *Writer) rows(b *rows, r *record) {
 		b.samples.add(at, int64(0), "budget", m.Budget)
 		b.samples.add(at, int64(0), "allowed", int64(m.Allows))
 		for _, u := range ev.Usage {
-			if t := w.live[u.TaskID]; t != nil && t.worker != 0 {
-				b.samples.add(at, int64(t.worker), "worker", u.Bytes)
+			if pid := w.pids[u.TaskID]; pid != 0 {
+				b.samples.add(at, int64(pid), "worker", u.Bytes)
 			}
 		}
 	}
-}
-
-func (w *Writer) seqOf(id uint64) uint64 {
-	if lt := w.live[id]; lt != nil {
-		return lt.seq
-	}
-	return 0
 }
 
 func (w *Writer) event(b *rows, at int64, kind string, seq uint64, pid int, detail string) {
@@ -592,4 +828,94 @@ func nullString(s string) any {
 		return nil
 	}
 	return s
+}
+
+const (
+	// maxSpan is how many tasks a span row holds at most, and
+	// maxSpanOutput about how many bytes of output: what resume reads to
+	// replay one output of it.
+	maxSpan       = 4096
+	maxSpanOutput = 1 << 20
+)
+
+// span gathers the tasks done at their first attempt for one row of span
+// (schema.sql).
+type span struct {
+	n           int
+	first, prev uint64 // the journal ids of its first and last tasks
+	ids, keys   []byte
+	runtimes    []byte
+	peaks       []byte
+	lengths     []byte // with Run.StoreOutput
+	output      []byte
+	started     int64
+	ended       int64
+	pid         int // the worker that ran them all, or 0
+	peak        int64
+}
+
+// spanAdd adds the seq-th input, with key, done at its first attempt a
+// with out, to the span, and writes the span when it is full. start and
+// end bound its run: a's, or its item's in a batch.
+func (w *Writer) spanAdd(b *rows, seq uint64, key Key, out []byte, a *pool.Attempt, start, end int64) {
+	var full bool
+	if w.span, full = w.span.add(seq, key, out, a, start, end, w.run.StoreOutput); full {
+		w.endSpan(b)
+	}
+}
+
+// add returns s with a task added, as spanAdd, and reports whether it is
+// full. It takes and returns s by value so that the items of a batch are
+// added to a local copy of the writer's span: a slice stored through a
+// pointer costs a write barrier while the GC runs, which was most of the
+// cost of an item.
+func (s span) add(seq uint64, key Key, out []byte, a *pool.Attempt, start, end int64, storeOutput bool) (span, bool) {
+	if s.n == 0 {
+		s.first, s.prev = seq, seq
+		s.started, s.ended, s.pid, s.peak = start, end, a.WorkerPID, 0
+	}
+	s.ids = binary.AppendVarint(s.ids, int64(seq-s.prev)) // zigzag
+	s.prev = seq
+	s.keys = append(s.keys, key[:]...)
+	s.runtimes = binary.AppendUvarint(s.runtimes, uint64(max(end-start, 0)/1000))
+	s.peaks = binary.AppendUvarint(s.peaks, uint64(max(a.PeakRSS, 0)>>10))
+	if storeOutput {
+		s.lengths = binary.AppendUvarint(s.lengths, uint64(len(out)))
+		s.output = append(s.output, out...)
+	}
+	s.started, s.ended = min(s.started, start), max(s.ended, end)
+	if s.pid != a.WorkerPID {
+		s.pid = 0
+	}
+	s.peak = max(s.peak, a.PeakRSS)
+	s.n++
+	return s, s.n >= maxSpan || len(s.output) >= maxSpanOutput
+}
+
+// endSpan adds the span's row to b, if it holds any task, and starts the
+// next one.
+func (w *Writer) endSpan(b *rows) {
+	s := &w.span
+	if s.n == 0 {
+		return
+	}
+	var lengths, output any
+	if w.run.StoreOutput {
+		lengths, output = s.lengths, s.output
+		if s.output == nil {
+			output = []byte{}
+		}
+	}
+	b.spans.add(int64(s.first), int64(s.n), s.ids, s.keys, s.runtimes, s.peaks, lengths, output, s.started, s.ended,
+		nullInt(int64(s.pid)), nullInt(s.peak))
+	// The row keeps the slices until the transaction ends: the next span
+	// has its own, the size of this one's.
+	*s = span{
+		ids:      make([]byte, 0, cap(s.ids)),
+		keys:     make([]byte, 0, cap(s.keys)),
+		runtimes: make([]byte, 0, cap(s.runtimes)),
+		peaks:    make([]byte, 0, cap(s.peaks)),
+		lengths:  make([]byte, 0, cap(s.lengths)),
+		output:   make([]byte, 0, cap(s.output)),
+	}
 }

@@ -30,8 +30,8 @@ import (
 )
 
 // schemaVersion is the journal's PRAGMA user_version that this package
-// reads.
-const schemaVersion = 1
+// reads; it reads version 1, before span rows, too.
+const schemaVersion = 2
 
 // ErrNoRun means the journal has no run of the id asked for, or no run at
 // all.
@@ -45,40 +45,41 @@ var ErrNotJournal = errors.New("report: not a safepool journal")
 // that a running supervisor writes can be read at the same time.
 func Load(ctx context.Context, path string, opt Options) (*Run, error) {
 	opt.normalize()
-	db, err := open(path)
+	db, v, err := open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer db.Close()
-	l := &loader{db: db, opt: opt}
+	l := &loader{db: db, opt: opt, spans: v >= 2}
 	return l.load(ctx)
 }
 
-// open opens the journal read-only and checks its schema version.
-func open(path string) (*sql.DB, error) {
+// open opens the journal read-only and checks its schema version, which
+// it returns.
+func open(path string) (*sql.DB, int, error) {
 	if _, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("report: %w", err)
+		return nil, 0, fmt.Errorf("report: %w", err)
 	}
 	abs, err := filepath.Abs(path)
 	if err != nil {
-		return nil, fmt.Errorf("report: %w", err)
+		return nil, 0, fmt.Errorf("report: %w", err)
 	}
 	u := url.URL{Scheme: "file", OmitHost: true, Path: abs,
 		RawQuery: "mode=ro&_pragma=query_only(1)&_pragma=busy_timeout(5000)"}
 	db, err := sql.Open("sqlite", u.String())
 	if err != nil {
-		return nil, fmt.Errorf("report: opening %s: %w", path, err)
+		return nil, 0, fmt.Errorf("report: opening %s: %w", path, err)
 	}
 	var v int
 	if err := db.QueryRow("PRAGMA user_version").Scan(&v); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("%w: %s: %v", ErrNotJournal, path, err)
+		return nil, 0, fmt.Errorf("%w: %s: %v", ErrNotJournal, path, err)
 	}
-	if v != schemaVersion {
+	if v != schemaVersion && v != 1 {
 		db.Close()
-		return nil, fmt.Errorf("%w: %s has schema version %d, want %d", ErrNotJournal, path, v, schemaVersion)
+		return nil, 0, fmt.Errorf("%w: %s has schema version %d, want %d", ErrNotJournal, path, v, schemaVersion)
 	}
-	return db, nil
+	return db, v, nil
 }
 
 // loader reads one run; its queries bound what they return by opt.
@@ -88,12 +89,14 @@ type loader struct {
 	r   *Run
 	t0  int64 // the run's start, Unix ns
 	end int64 // the end of the time axis, Unix ns
+	// spans reports whether the journal has span rows (schema version 2).
+	spans bool
 }
 
 func (l *loader) load(ctx context.Context) (*Run, error) {
 	l.r = &Run{States: map[string]int{}, MarkCounts: map[string]int{}, ExitStatus: -1}
 	steps := []func(context.Context) error{
-		l.loadRun, l.loadCounts, l.loadRows, l.loadSeries, l.loadWorkers, l.loadMarks,
+		l.loadRun, l.loadCounts, l.loadRows, l.loadSeries, l.loadWorkers, l.loadMarks, l.loadWaits,
 	}
 	for _, step := range steps {
 		if err := step(ctx); err != nil {
@@ -149,11 +152,15 @@ func (l *loader) loadRun(ctx context.Context) error {
 		// The supervisor died or still runs: the axis ends at the last
 		// thing the journal recorded.
 		var last sql.NullInt64
+		spanEnd := ""
+		if l.spans {
+			spanEnd = " UNION ALL SELECT MAX(ended) FROM span WHERE run_id = ?1"
+		}
 		err := l.db.QueryRowContext(ctx, `SELECT MAX(m) FROM (
 			SELECT MAX(at) m FROM sample WHERE run_id = ?1
 			UNION ALL SELECT MAX(at) FROM event WHERE run_id = ?1
 			UNION ALL SELECT MAX(ended) FROM attempt WHERE run_id = ?1
-			UNION ALL SELECT MAX(ended) FROM task WHERE run_id = ?1)`, id).Scan(&last)
+			UNION ALL SELECT MAX(ended) FROM task WHERE run_id = ?1`+spanEnd+`)`, id).Scan(&last)
 		if err != nil {
 			return l.fail("finding the run's last record", err)
 		}
@@ -182,6 +189,9 @@ func (l *loader) loadCounts(ctx context.Context) error {
 	}
 	if err := closeRows(rows); err != nil {
 		return l.fail("counting tasks", err)
+	}
+	if err := l.spanCounts(ctx); err != nil {
+		return err
 	}
 
 	causes := map[string]*CauseCount{}
@@ -267,8 +277,7 @@ func (l *loader) loadRows(ctx context.Context) error {
 		if err := l.readRows(ctx, taskSelect+" ORDER BY t.id", r.ID); err != nil {
 			return err
 		}
-		r.RowsLeftOut = r.Tasks - len(r.Rows)
-		return nil
+		return l.addSpanRows(ctx)
 	}
 	var ids []int64
 	seen := map[int64]bool{}
@@ -311,8 +320,7 @@ func (l *loader) loadRows(ctx context.Context) error {
 	if err := l.readRows(ctx, q, r.ID); err != nil {
 		return err
 	}
-	r.RowsLeftOut = r.Tasks - len(r.Rows)
-	return nil
+	return l.addSpanRows(ctx)
 }
 
 // readRows appends the tasks that q reads.
@@ -523,4 +531,39 @@ func closeRows(rows *sql.Rows) error {
 		err = cerr
 	}
 	return err
+}
+
+// loadWaits measures the admission waits from the pool's events: each
+// admission-wait to the admission-wait-ended after it.
+func (l *loader) loadWaits(ctx context.Context) error {
+	r := l.r
+	rows, err := l.db.QueryContext(ctx, `SELECT at, kind FROM event WHERE run_id = ?1
+		AND kind IN ('admission-wait', 'admission-wait-ended') ORDER BY at`, r.ID)
+	if err != nil {
+		return l.fail("reading admission waits", err)
+	}
+	var began int64 = -1
+	for rows.Next() {
+		var at int64
+		var kind string
+		if err := rows.Scan(&at, &kind); err != nil {
+			rows.Close()
+			return l.fail("reading admission waits", err)
+		}
+		switch {
+		case kind == "admission-wait" && began < 0:
+			began = at
+			r.Waits++
+		case kind == "admission-wait-ended" && began >= 0:
+			r.Waited += time.Duration(max(at-began, 0))
+			began = -1
+		}
+	}
+	if err := closeRows(rows); err != nil {
+		return l.fail("reading admission waits", err)
+	}
+	if began >= 0 {
+		r.Waited += time.Duration(max(l.end-began, 0))
+	}
+	return nil
 }

@@ -28,6 +28,7 @@ type pageData struct {
 	Limit       string
 	States      []count
 	MarkCards   []count
+	Waited      string
 	Memory      *chart
 	Concurrency *chart
 	Rows        []rowView
@@ -92,6 +93,7 @@ func Write(w io.Writer, r *Run, opt Options) error {
 		label := markPlurals[k]
 		d.MarkCards = append(d.MarkCards, count{Name: k, Label: label, Count: n, Bad: n > 0 && k != "retry"})
 	}
+	d.Waited = shortDuration(r.Waited)
 	for _, t := range r.Rows {
 		v := rowView{TaskRow: t, RuntimeNS: int64(t.Runtime), PeakBytes: t.Peak,
 			Runtime: shortDuration(t.Runtime), Peak: "?"}

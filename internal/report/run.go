@@ -91,6 +91,13 @@ type Run struct {
 	// MarkCounts counts every such event of the run by kind, drawn or not.
 	Marks      []Mark
 	MarkCounts map[string]int
+
+	// Waits counts the times queued tasks began to wait for memory (the
+	// pool's admission-wait events), and Waited is how long they waited
+	// in all, measured from those events to the ends of the waits (or to
+	// the run's end for a wait that did not end).
+	Waits  int
+	Waited time.Duration
 }
 
 // Span is how long the run lasted, as drawn.

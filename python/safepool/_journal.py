@@ -68,7 +68,7 @@ class Journal:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         (version,) = db.execute("PRAGMA user_version").fetchone()
-        if version > 1:
+        if version > 2:
             db.close()
             raise ValueError("journal %s was made by a newer safepool (schema version %d)" % (self.path, version))
         db.executescript(_schema())
@@ -134,10 +134,19 @@ class _Call:
                 self.db.execute("BEGIN")
                 self.last = now
 
-    def task(self, seq, k, arg, state, cause=None, attempts=0, output=None):
-        self.write("INSERT INTO task (run_id, id, key, input, state, attempts, cause, output, ended)"
-                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (self.run_id, seq, k, _short(arg), state, attempts, cause, output, time.time_ns()))
+    def task(self, seq, k, arg, state, cause=None, attempts=0, output=None, peak=None):
+        self.write("INSERT INTO task (run_id, id, key, input, state, attempts, cause, peak, output, ended)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (self.run_id, seq, k, _short(arg), state, attempts, cause, peak or None, output, time.time_ns()))
+
+    def attempts(self, seq, history):
+        """Rows of attempt for a failed task's attempts (TaskFailed.history)."""
+        for a in history:
+            self.write("INSERT INTO attempt (run_id, task_id, number, worker_pid, started, ended, cause,"
+                       " exit_code, signal, peak, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (self.run_id, seq, a.number, a.pid, int(a.start * 1e9), int(a.end * 1e9), a.cause or "",
+                        a.exit_code if a.exit_code >= 0 else None, a.signal or None, a.peak_rss or None,
+                        a.message or None))
 
     def run(self, iterable, chunksize, ordered, progress):
         from .errors import TaskFailed
@@ -191,7 +200,10 @@ class _Call:
                     failed = True
                     cause = getattr(value, "cause", None) or type(value).__name__
                     state = "poison" if cause == "poison" else "failed"
-                    self.task(seq, k, arg, state, cause, getattr(value, "attempts", 1) or 1)
+                    history = getattr(value, "history", None) or ()
+                    peak = max([a.peak_rss for a in history] + [getattr(value, "peak_rss", 0) or 0])
+                    self.task(seq, k, arg, state, cause, getattr(value, "attempts", 1) or 1, peak=peak)
+                    self.attempts(seq, history)
                 else:
                     self.task(seq, k, arg, "done", None, 1, pickle.dumps(value, protocol=4))
                 yield value

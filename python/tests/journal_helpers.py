@@ -11,3 +11,10 @@ def square_once(x):
     if x == 3 and not os.path.exists(os.path.join(d, "fixed")):
         raise ValueError("three")
     return x * x
+
+
+def die_on_three(x):
+    """x*x; the worker process exits 3 at x == 3."""
+    if x == 3:
+        os._exit(3)
+    return x * x

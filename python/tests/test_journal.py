@@ -52,6 +52,19 @@ class Journal(unittest.TestCase):
         self.assertEqual(rows, [(1, "done", 5), (1, "failed", 1), (2, "skipped", 6),
                                 (3, "done", 3), (3, "skipped", 5)])
 
+    def test_failed_attempts(self):
+        # A task whose worker dies keeps its attempts and their causes.
+        with safepool.Pool(2, journal=self.path) as pool:
+            got = pool.map(journal_helpers.die_on_three, range(5), errors="return")
+        self.assertIsInstance(got[3], Exception)
+        db = sqlite3.connect(self.path)
+        task = db.execute("SELECT state, cause, attempts FROM task WHERE id = 4").fetchall()
+        attempts = db.execute("SELECT task_id, number, cause, exit_code, worker_pid > 0, ended >= started"
+                              " FROM attempt ORDER BY 1, 2").fetchall()
+        db.close()
+        self.assertEqual(task, [("failed", "exit:3", 1)])
+        self.assertEqual(attempts, [(4, 1, "exit:3", 3, 1, 1)])
+
     def test_resume_needs_journal(self):
         with self.assertRaises(ValueError):
             safepool.Pool(1, resume=True)

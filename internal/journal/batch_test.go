@@ -1,0 +1,373 @@
+package journal
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/safepool/safepool/internal/protocol"
+	"github.com/safepool/safepool/pool"
+)
+
+// The test binary is also the processes some tests run: a framed worker
+// that takes batches, or a writer to be killed; helperEnv names which.
+const helperEnv = "SAFEPOOL_JOURNAL_TEST_HELPER"
+
+func TestMain(m *testing.M) {
+	switch os.Getenv(helperEnv) {
+	case "batch-worker":
+		os.Exit(batchWorker())
+	case "writer":
+		os.Exit(killedWriter(os.Args[len(os.Args)-1]))
+	}
+	os.Exit(m.Run())
+}
+
+// helper returns a command that runs this test binary as helper mode.
+func helper(mode string, args ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], append([]string{"-test.run=^$", "--"}, args...)...)
+	cmd.Env = append(os.Environ(), helperEnv+"="+mode)
+	return cmd
+}
+
+// batchWorker is a framed/2 worker: items are lines of a batch's payload;
+// it answers "ok:ITEM", fails an item "fail" with an item error, and exits
+// 3 at an item "die" (the death is charged to that item).
+func batchWorker() int {
+	in := protocol.NewReader(os.NewFile(3, "tasks"), 0)
+	out := protocol.NewWriter(os.NewFile(4, "results"))
+	out.WriteFrame(protocol.Frame{Kind: protocol.KindReady, Payload: []byte(`{"version":2}`)})
+	out.Flush()
+	index := func(i uint32, rest []byte) []byte { return append(binary.BigEndian.AppendUint32(nil, i), rest...) }
+	for {
+		f, err := in.ReadFrame()
+		if err != nil {
+			return 0
+		}
+		indexes, payload, _ := protocol.ParseBatch(f.Payload)
+		items := strings.Split(string(payload), "\n")
+		for _, i := range indexes {
+			out.WriteFrame(protocol.Frame{Kind: protocol.KindStart, ID: f.ID, Payload: index(i, nil)})
+			out.Flush()
+			switch items[i] {
+			case "die":
+				return 3
+			case "fail":
+				out.WriteFrame(protocol.Frame{Kind: protocol.KindItemError, ID: f.ID, Payload: index(i, []byte("no"))})
+			default:
+				out.WriteFrame(protocol.Frame{Kind: protocol.KindItem, ID: f.ID, Payload: index(i, []byte("ok:"+items[i]))})
+			}
+		}
+		out.Flush()
+	}
+}
+
+// runBatches journals a real pool of batch workers over batches of inputs,
+// numbered from 1 across batches, and returns the writer's run id.
+func runBatches(t *testing.T, j *Journal, batches ...[]string) int64 {
+	t.Helper()
+	w, err := j.Start(Run{Kind: "map", Command: "[]", StoreOutput: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := helper("batch-worker")
+	p, err := pool.New(pool.Config{
+		Command: cmd.Args, Env: cmd.Env, Protocol: pool.Framed, Workers: 2,
+		Observer: func(ev pool.Event) { w.Observe(ev) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		defer p.Close()
+		var seq uint64
+		for _, b := range batches {
+			seqs, keys, inputs := make([]uint64, len(b)), make([]Key, len(b)), make([][]byte, len(b))
+			for i, in := range b {
+				seq++
+				seqs[i], keys[i], inputs[i] = seq, KeyOf([]byte(in)), []byte(in)
+			}
+			// The pool numbers a batch's items as the journal does here.
+			w.SubmitBatch(seqs[0], seqs, keys, inputs)
+			if _, err := p.Submit(t.Context(), pool.Task{Input: []byte(strings.Join(b, "\n")), Items: len(b)}); err != nil {
+				return
+			}
+		}
+	}()
+	for range p.Results() {
+	}
+	if err := w.Close(0); err != nil {
+		t.Fatal(err)
+	}
+	return w.RunID()
+}
+
+// TestBatchRows journals batches of a real pool: the items done at the
+// first attempt go into span rows, many to a row; an item that failed and
+// one whose worker died keep a task row each, with their attempts and
+// causes; and a resumed run finds each input by its content, line by line,
+// in another order and with inputs added.
+func TestBatchRows(t *testing.T) {
+	j, err := Open(filepath.Join(t.TempDir(), "j.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	runBatches(t, j, []string{"a", "b", "fail", "c"}, []string{"d", "die", "e"}, []string{"a"})
+
+	db := j.DB()
+	var spans, inSpans int
+	db.QueryRow(`SELECT count(*), coalesce(sum(count), 0) FROM span`).Scan(&spans, &inSpans)
+	if inSpans != 6 || spans < 1 || spans > 3 {
+		t.Errorf("span rows, tasks in them = %d, %d, want 1 to 3, 6", spans, inSpans)
+	}
+	type row struct {
+		id              int64
+		input, state    string
+		cause           string
+		attempts, tries int
+	}
+	var got []row
+	rows, err := db.Query(`SELECT id, CAST(input AS TEXT), state, coalesce(cause, ''), attempts,
+		(SELECT count(*) FROM attempt a WHERE a.run_id = t.run_id AND a.task_id = t.id) FROM task t ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var r row
+		rows.Scan(&r.id, &r.input, &r.state, &r.cause, &r.attempts, &r.tries)
+		got = append(got, r)
+	}
+	rows.Close()
+	want := []row{
+		{3, "fail", "failed", "task-error", 1, 1},
+		{6, "die", "failed", "exit:3", 1, 1},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("task rows = %v, want %v", got, want)
+	}
+	var ids []uint64
+	if err := j.EachDone(func(_ int64, id uint64, _ Key) error { ids = append(ids, id); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(ids)
+	if fmt.Sprint(ids) != "[1 2 4 5 7 8]" {
+		t.Errorf("done ids = %v, want [1 2 4 5 7 8]", ids)
+	}
+
+	// Resume: reordered, with a new input and one more a than was done.
+	w, err := j.Start(Run{Kind: "map", Command: "[]", StoreOutput: true, Resumed: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(0)
+	r, err := w.Resumer(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for _, tt := range []struct {
+		in    string
+		found bool
+	}{
+		{"e", true}, {"a", true}, {"x", false}, {"fail", false}, {"a", true}, {"a", false}, {"c", true}, {"die", false}, {"b", true},
+	} {
+		f, ok, err := r.Lookup(KeyOf([]byte(tt.in)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok != tt.found || ok && string(f.Output) != "ok:"+tt.in {
+			t.Errorf("Lookup(%s) = %q, %v, want %q, %v", tt.in, f.Output, ok, "ok:"+tt.in, tt.found)
+		}
+	}
+}
+
+// TestSpanReplay writes spans of many tasks with outputs and resumes them
+// in another order: every output comes back whole, across span rows and
+// the Resumer's cache of them.
+func TestSpanReplay(t *testing.T) {
+	j, err := Open(filepath.Join(t.TempDir(), "j.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	run := Run{Kind: "map", Command: "[]", StoreOutput: true}
+	w, err := j.Start(run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 3*maxSpan + 100
+	input := func(i int) []byte { return []byte("line " + strconv.Itoa(i)) }
+	output := func(i int) []byte { return []byte(strings.Repeat("o", i%7) + strconv.Itoa(i)) }
+	for i := 1; i <= n; i++ {
+		feed(w, uint64(i), uint64(i), KeyOf(input(i)), input(i), pool.Done, output(i))
+	}
+	if err := w.Close(0); err != nil {
+		t.Fatal(err)
+	}
+	var spans int
+	j.DB().QueryRow(`SELECT count(*) FROM span`).Scan(&spans)
+	if spans < 4 {
+		t.Errorf("%d span rows for %d tasks, want at least 4", spans, n)
+	}
+	run.Resumed = true
+	w, err = j.Start(run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(0)
+	r, err := w.Resumer(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	order := rand.Perm(n)
+	for _, i := range order {
+		i++
+		f, ok, err := r.Lookup(KeyOf(input(i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok || string(f.Output) != string(output(i)) {
+			t.Fatalf("Lookup(%s) = %q, %v, want %q, true", input(i), f.Output, ok, output(i))
+		}
+	}
+}
+
+// killedWriter writes batches of done items into the journal at path as
+// fast as it can, and says on stdout how many it has given the writer,
+// until it is killed.
+func killedWriter(path string) int {
+	j, err := Open(path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	w, err := j.Start(Run{Kind: "map", Command: "[]", StoreOutput: true})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	const items = 4096
+	out := bufio.NewWriter(os.Stdout)
+	for id := uint64(1); ; id += items {
+		seqs, keys, inputs := make([]uint64, items), make([]Key, items), make([][]byte, items)
+		res := pool.Result{ID: id, State: pool.Done, Items: make([]pool.Item, items)}
+		now := time.Now()
+		for i := range items {
+			in := strconv.AppendUint(nil, id+uint64(i), 10)
+			seqs[i], keys[i], inputs[i] = id+uint64(i), KeyOf(in), in
+			res.Items[i] = pool.Item{ID: id + uint64(i), Index: i, Output: in, Start: now, End: now}
+		}
+		res.Attempts = []pool.Attempt{{Number: 1, WorkerPID: 1, Start: now, End: now, ExitCode: -1}}
+		w.SubmitBatch(id, seqs, keys, inputs)
+		w.Observe(pool.Event{Kind: pool.EventTaskEnded, Time: now, TaskID: id, Result: &res})
+		fmt.Fprintln(out, id+items-1)
+		out.Flush()
+	}
+}
+
+// TestKillDuringSpans kills a process that writes span rows as fast as it
+// can, at random moments, five times into one journal: the file is never
+// corrupt, every span row is whole, and what was given to the writer more
+// than two seconds before the kill is in the journal (typically all but the
+// last few tens of milliseconds are).
+func TestKillDuringSpans(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "j.db")
+	for round := range 5 {
+		cmd := helper("writer", path)
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		type given struct {
+			at time.Time
+			n  uint64
+		}
+		lines := make(chan given, 1024)
+		go func() {
+			defer close(lines)
+			sc := bufio.NewScanner(stdout)
+			for sc.Scan() {
+				n, _ := strconv.ParseUint(sc.Text(), 10, 64)
+				lines <- given{time.Now(), n}
+			}
+		}()
+		deadline := time.After(time.Duration(700+rand.IntN(800)) * time.Millisecond)
+		var log []given
+	wait:
+		for {
+			select {
+			case g := <-lines:
+				log = append(log, g)
+			case <-deadline:
+				break wait
+			}
+		}
+		cmd.Process.Signal(syscall.SIGKILL)
+		killed := time.Now()
+		for g := range lines {
+			log = append(log, g)
+		}
+		cmd.Wait()
+
+		j, err := Open(path)
+		if err != nil {
+			t.Fatalf("round %d: opening the journal after the kill: %v", round, err)
+		}
+		var check string
+		j.DB().QueryRow(`PRAGMA integrity_check`).Scan(&check)
+		if check != "ok" {
+			t.Errorf("round %d: integrity_check = %q, want ok", round, check)
+		}
+		var run int64
+		j.DB().QueryRow(`SELECT max(id) FROM run`).Scan(&run)
+		var done uint64
+		if err := j.EachDone(func(r int64, _ uint64, _ Key) error {
+			if r == run {
+				done++
+			}
+			return nil
+		}); err != nil {
+			t.Errorf("round %d: reading the spans: %v", round, err)
+		}
+		// The writer commits every FlushEvery what it was given; what
+		// waits in its queue (maxQueued) and the commit itself take
+		// longer on a loaded machine, and under the race detector. The
+		// bound says that commits go on during the run, not only at its
+		// end; the log shows how much was lost.
+		lost := 2 * time.Second
+		if raceEnabled {
+			lost = 5 * time.Second
+		}
+		var want uint64
+		for _, g := range log {
+			if killed.Sub(g.at) > lost {
+				want = g.n
+			}
+		}
+		if done < want {
+			t.Errorf("round %d: %d tasks done in the journal, want at least %d (given to the writer more than %v before the kill)", round, done, want, lost)
+		}
+		var last uint64 // none when the kill came before the first batch
+		if len(log) > 0 {
+			last = log[len(log)-1].n
+		}
+		t.Logf("round %d: %d items given, %d in the journal", round, last, done)
+		j.Close()
+	}
+}

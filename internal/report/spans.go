@@ -1,0 +1,161 @@
+package report
+
+import (
+	"cmp"
+	"context"
+	"encoding/binary"
+	"slices"
+	"time"
+
+	"github.com/safepool/safepool/internal/journal"
+)
+
+// spanCounts adds the tasks of the run's span rows (tasks done at their
+// first attempt, many to a row) to the counts: each is a task done, and
+// an attempt that succeeded.
+func (l *loader) spanCounts(ctx context.Context) error {
+	if !l.spans {
+		return nil
+	}
+	var n int
+	err := l.db.QueryRowContext(ctx, "SELECT COALESCE(SUM(count), 0) FROM span WHERE run_id = ?", l.r.ID).Scan(&n)
+	if err != nil {
+		return l.fail("counting tasks", err)
+	}
+	if n > 0 {
+		l.r.States["done"] += n
+		l.r.Tasks += n
+		l.r.Attempts += n
+	}
+	return nil
+}
+
+// spanRows reads the tasks of the run's span rows as table rows, and
+// returns those to show with room rows for them: all when they fit, else
+// the longest-running half and the largest other half. Their inputs are
+// not in the journal.
+func (l *loader) spanRows(ctx context.Context, room int) ([]TaskRow, error) {
+	if !l.spans || room <= 0 {
+		return nil, nil
+	}
+	rows, err := l.db.QueryContext(ctx, "SELECT first, count, ids, runtimes, peaks FROM span WHERE run_id = ? ORDER BY rowid", l.r.ID)
+	if err != nil {
+		return nil, l.fail("reading tasks", err)
+	}
+	defer rows.Close()
+	// byTime and bySize keep the room longest and the room largest,
+	// trimmed now and then, so that memory is bounded by room.
+	var byTime, bySize []TaskRow
+	trim := func(s []TaskRow, by func(a, b TaskRow) int) []TaskRow {
+		slices.SortFunc(s, by)
+		return s[:min(len(s), room)]
+	}
+	longer := func(a, b TaskRow) int { return cmp.Or(cmp.Compare(b.Runtime, a.Runtime), cmp.Compare(a.ID, b.ID)) }
+	larger := func(a, b TaskRow) int { return cmp.Or(cmp.Compare(b.Peak, a.Peak), cmp.Compare(a.ID, b.ID)) }
+	for rows.Next() {
+		var first uint64
+		var n int
+		var ids, runtimes, peaks []byte
+		if err := rows.Scan(&first, &n, &ids, &runtimes, &peaks); err != nil {
+			return nil, l.fail("reading tasks", err)
+		}
+		seqs, err := journal.SpanIDs(first, n, ids)
+		if err != nil {
+			return nil, l.fail("reading tasks", err)
+		}
+		for _, seq := range seqs {
+			t := TaskRow{ID: int64(seq), State: "done", Attempts: 1}
+			if v, k := binary.Uvarint(runtimes); k > 0 {
+				t.Runtime, runtimes = time.Duration(v)*time.Microsecond, runtimes[k:]
+			}
+			if v, k := binary.Uvarint(peaks); k > 0 {
+				t.Peak, peaks = int64(v)<<10, peaks[k:]
+			}
+			byTime = append(byTime, t)
+			bySize = append(bySize, t)
+		}
+		if len(byTime) > 4*room+maxSpanTasks {
+			byTime, bySize = trim(byTime, longer), trim(bySize, larger)
+		}
+	}
+	if err := closeRows(rows); err != nil {
+		return nil, l.fail("reading tasks", err)
+	}
+	if len(byTime) <= room {
+		return byTime, nil
+	}
+	byTime, bySize = trim(byTime, longer), trim(bySize, larger)
+	seen := map[int64]bool{}
+	var out []TaskRow
+	for i, s := range [][]TaskRow{byTime, bySize} {
+		want := room
+		if i == 0 {
+			want = (room + 1) / 2
+		}
+		for _, t := range s {
+			if len(out) >= want {
+				break
+			}
+			if !seen[t.ID] {
+				seen[t.ID] = true
+				out = append(out, t)
+			}
+		}
+	}
+	return out, nil
+}
+
+// maxSpanTasks is the most tasks one span row holds (internal/journal).
+const maxSpanTasks = 4096
+
+// addSpanRows adds the tasks of span rows to the table's rows, which the
+// task rows filled: when all do not fit, every task that did not end done
+// first, then the longest-running half and the largest other half of all
+// the rest.
+func (l *loader) addSpanRows(ctx context.Context) error {
+	r := l.r
+	defer func() { r.RowsLeftOut = r.Tasks - len(r.Rows) }()
+	limit := l.opt.MaxRows
+	spans, err := l.spanRows(ctx, limit)
+	if err != nil || len(spans) == 0 {
+		return err
+	}
+	byID := func(a, b TaskRow) int { return cmp.Compare(a.ID, b.ID) }
+	if len(r.Rows)+len(spans) <= limit {
+		r.Rows = slices.SortedFunc(slices.Values(append(r.Rows, spans...)), byID)
+		return nil
+	}
+	var keep, rest []TaskRow
+	for _, t := range r.Rows {
+		if t.State != "done" && t.State != "skipped" && len(keep) < limit {
+			keep = append(keep, t)
+		} else {
+			rest = append(rest, t)
+		}
+	}
+	rest = append(rest, spans...)
+	room := limit - len(keep)
+	seen := map[int64]bool{}
+	for i, by := range []func(a, b TaskRow) int{
+		func(a, b TaskRow) int { return cmp.Or(cmp.Compare(b.Runtime, a.Runtime), byID(a, b)) },
+		func(a, b TaskRow) int { return cmp.Or(cmp.Compare(b.Peak, a.Peak), byID(a, b)) },
+	} {
+		want := len(keep) + room
+		if i == 0 {
+			want = len(keep) + (room+1)/2
+		}
+		slices.SortFunc(rest, by)
+		for _, t := range rest {
+			if len(keep) >= want {
+				break
+			}
+			if !seen[t.ID] {
+				seen[t.ID] = true
+				keep = append(keep, t)
+			}
+		}
+	}
+	slices.SortFunc(keep, byID)
+	r.Rows = keep
+	return nil
+}
