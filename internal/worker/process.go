@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -106,8 +107,12 @@ type Process struct {
 	taskPipe *syscall.Stat_t
 
 	// copiers counts the goroutines copying the worker's stdout/stderr; they
-	// end when the pipe reaches EOF or CloseIO closes the read end.
-	copiers  sync.WaitGroup
+	// end when the pipe reaches EOF or CloseIO closes the read end. The
+	// last one to end sends on copied (which may hold a token from a
+	// copier that ended before the next one started: CloseIO checks the
+	// count again).
+	copiers  atomic.Int32
+	copied   chan struct{}
 	tail     tailBuffer
 	closeIO  sync.Once
 	readEnds []*os.File // supervisor-side read ends closed by CloseIO
@@ -324,10 +329,18 @@ func (p *Process) output(dst io.Writer, tail *tailBuffer) (*os.File, error) {
 	case dst != nil:
 		sink = dst
 	}
+	if p.copied == nil {
+		p.copied = make(chan struct{}, 1)
+	}
 	p.copiers.Add(1)
 	go func() {
-		defer p.copiers.Done()
 		copyOut(sink, r)
+		if p.copiers.Add(-1) == 0 {
+			select {
+			case p.copied <- struct{}{}:
+			default:
+			}
+		}
 	}()
 	return w, nil
 }
@@ -452,20 +465,33 @@ func (p *Process) Retire(patience, grace time.Duration) {
 // still holds the pipes must not keep readers blocked.
 func (p *Process) CloseIO(linger time.Duration) {
 	p.closeIO.Do(func() {
-		drained := make(chan struct{})
-		go func() { p.copiers.Wait(); close(drained) }()
-		t := time.NewTimer(linger)
-		select {
-		case <-drained:
-		case <-t.C:
-		}
-		t.Stop()
+		p.awaitCopiers(linger)
 		if p.Tasks != nil {
 			p.Tasks.Close()
 		}
 		p.closeReadEnds()
-		<-drained
+		p.awaitCopiers(-1)
 	})
+}
+
+// awaitCopiers waits until the output copiers have ended, for at most
+// limit when limit >= 0. Copiers that ended already cost no goroutine and
+// no timer, as with a one-shot process whose output has been read by the
+// time it is reaped.
+func (p *Process) awaitCopiers(limit time.Duration) {
+	var timeout <-chan time.Time
+	for p.copiers.Load() > 0 {
+		if timeout == nil && limit >= 0 {
+			t := time.NewTimer(limit)
+			defer t.Stop()
+			timeout = t.C
+		}
+		select {
+		case <-p.copied:
+		case <-timeout:
+			return
+		}
+	}
 }
 
 func (p *Process) closeReadEnds() {
