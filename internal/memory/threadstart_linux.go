@@ -156,13 +156,24 @@ func traced(cmd *exec.Cmd) {
 	cmd.SysProcAttr = &attr
 }
 
-// releaseTraced raises the oom_score_adj of the child pid, which stopped at
-// its exec (PTRACE_TRACEME), and lets it go on. It must run on the thread
-// that started the child: that thread is its tracer. The child's program
-// has not run yet, so that nothing it forks can inherit the supervisor's
-// oom_score_adj, as with the shim (DESIGN.md, invariant 6). A child that
-// ended before it stopped is left to its waiter, unreaped.
+// releaseTraced raises the oom_score_adj of the child pid, which is
+// stopping at its exec (PTRACE_TRACEME), and lets it go on once stopped.
+// It must run on the thread that started the child: that thread is its
+// tracer. The child's program has not run yet, so that nothing it forks
+// can inherit the supervisor's oom_score_adj, as with the shim (DESIGN.md,
+// invariant 6). A child that ended before it stopped is left to its
+// waiter, unreaped.
+//
+// The score is written first, while the child finishes its exec, rather
+// than once it has stopped: the write then costs the child no wait. The
+// child has its own memory by then (exec.Cmd.Start returns once the exec
+// has closed the child's close-on-exec descriptors, after the kernel gave
+// it a new address space), so the kernel does not hand the score on to the
+// supervisor, with which it shared its memory until then (vfork); and its
+// pid cannot have been reused, because only its Process reaps it, and that
+// starts after this returns.
 func releaseTraced(pid int) {
+	_ = SetOOMScoreAdj(pid, 1000)
 	var info unix.Siginfo
 	for {
 		err := unix.Waitid(unix.P_PID, pid, &info, unix.WSTOPPED|unix.WEXITED|unix.WNOWAIT|unix.WALL, nil)
@@ -177,7 +188,6 @@ func releaseTraced(pid int) {
 	if info.Code != cldTrapped {
 		return
 	}
-	_ = SetOOMScoreAdj(pid, 1000)
 	// Consume the stop (only stops: an exit stays for the waiter), then
 	// detach without delivering the SIGTRAP.
 	for {

@@ -59,6 +59,15 @@ func threadCgroups(t *testing.T) map[string]string {
 func TestStartFromThread(t *testing.T) {
 	m := requireThreadStart(t)
 	own := cgroupLine(mustRead(t, "/proc/self/cgroup"), ModeCgroupV1)
+	// The worker's score is written while it ends its exec: never while it
+	// still shares the supervisor's memory, or the kernel would give the
+	// supervisor the same score.
+	score := mustRead(t, "/proc/self/oom_score_adj")
+	defer func() {
+		if got := mustRead(t, "/proc/self/oom_score_adj"); got != score {
+			t.Errorf("supervisor oom_score_adj after the starts = %q, want %q as before", got, score)
+		}
+	}()
 	for i := range 20 {
 		g, err := m.NewGroup("thread", 64*mib)
 		if err != nil {
