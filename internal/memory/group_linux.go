@@ -63,12 +63,6 @@ type Group struct {
 	// It holds the descriptor plus one, so that 0 means not open; guarded
 	// by mu.
 	v1Peak int
-	// v1OOM is v1's memory.oom_control, kept open in the same way: each
-	// attempt of a one-shot worker reads its counter twice.
-	v1OOM int
-	// v1Tasks is v1's tasks file, kept open for write in the same way, for
-	// the thread that each start places in the group.
-	v1Tasks int
 }
 
 // Path returns the group's directory, such as
@@ -138,19 +132,22 @@ func (g *Group) Start(cmd *exec.Cmd) error {
 		}
 		return err
 	}
-	// The lock is held for the start, so that Remove cannot close the
-	// tasks file under the start thread.
 	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.removed {
+	removed := g.removed
+	g.mu.Unlock()
+	if removed {
 		return fmt.Errorf("memory: group %s was removed", g.path)
 	}
-	tasks, ok := g.v1FD(&g.v1Tasks, "tasks", unix.O_WRONLY)
-	if !ok {
-		return fmt.Errorf("memory: start in %s: cannot open its tasks file", g.path)
+	// Opened for each start, not kept: a worker holds one file of its
+	// group between starts (the peak), which the pool's file budget counts.
+	path := filepath.Join(g.path, "tasks")
+	tasks, err := unix.Open(path, unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("memory: start in %s: %w", g.path, &os.PathError{Op: "open", Path: path, Err: err})
 	}
 	traced(cmd)
 	back, err := startFromThread(cmd, tasks, g.path, g.m.det.Own)
+	unix.Close(tasks)
 	if back != nil {
 		// Never again: each such thread is held until its child ends.
 		g.m.threadStart.Store(false)
@@ -176,28 +173,7 @@ func (g *Group) Started() {
 // raised before the victim is sent SIGKILL, so it is current by the time
 // Wait reports the death. Kernels without the counter (v1 before Linux
 // 4.13) give an error matching errors.ErrUnsupported.
-func (g *Group) OOMKills() (uint64, error) {
-	g.mu.Lock()
-	fd, ok := g.v1FD(&g.v1OOM, "memory.oom_control", unix.O_RDONLY)
-	if !ok {
-		g.mu.Unlock()
-		return g.ctrl.oomKills(g.path)
-	}
-	var buf [256]byte
-	n, err := unix.Pread(fd, buf[:], 0)
-	g.mu.Unlock()
-	if err != nil {
-		return 0, fmt.Errorf("memory: read %s/memory.oom_control: %w", g.path, err)
-	}
-	v, ok, err := parseKey(buf[:n], "oom_kill")
-	if err != nil {
-		return 0, err
-	}
-	if !ok {
-		return 0, fmt.Errorf("memory: no oom_kill in %s/memory.oom_control: %w", g.path, errors.ErrUnsupported)
-	}
-	return v, nil
-}
+func (g *Group) OOMKills() (uint64, error) { return g.ctrl.oomKills(g.path) }
 
 // Usage returns the group's current memory use in bytes, page cache
 // included.
@@ -258,7 +234,7 @@ func (g *Group) v1FD(slot *int, name string, mode int) (fd int, ok bool) {
 
 // closeV1Files closes what v1FD opened. g.mu must be held.
 func (g *Group) closeV1Files() {
-	for _, slot := range []*int{&g.v1Peak, &g.v1OOM, &g.v1Tasks} {
+	for _, slot := range []*int{&g.v1Peak} {
 		if *slot != 0 {
 			unix.Close(*slot - 1)
 			*slot = 0

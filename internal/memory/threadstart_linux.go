@@ -20,9 +20,8 @@ import (
 // worker's group, forks and execs the worker from it (Go forks on the
 // calling thread), and moves the thread back before the worker's program
 // runs: the worker is in its group from its first instruction, with one
-// exec instead of the shim's two. Both tasks files stay open (the group's
-// in its Group, home's for the process's life), so a start costs two
-// writes, no open.
+// exec instead of the shim's two. Home's tasks file stays open for the
+// process's life, so that the way back needs no new file.
 //
 // The shim also raised the worker's oom_score_adj before the worker ran;
 // a forked child instead starts with the supervisor's, and a worker that
