@@ -1,7 +1,6 @@
 package memory
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -17,7 +16,7 @@ import (
 
 // readCgroupFile reads a small cgroup control file.
 func readCgroupFile(path string) (string, error) {
-	b, err := os.ReadFile(path)
+	b, err := readSmall(path)
 	if err != nil {
 		return "", err
 	}
@@ -105,7 +104,7 @@ func parseLimit(s string) (limit int64, ok bool, err error) {
 // as memory.events, memory.stat or v1 memory.oom_control. ok is false when
 // the key is absent.
 func readKey(path, key string) (v uint64, ok bool, err error) {
-	b, err := os.ReadFile(path)
+	b, err := readSmall(path)
 	if err != nil {
 		return 0, false, err
 	}
@@ -113,25 +112,26 @@ func readKey(path, key string) (v uint64, ok bool, err error) {
 }
 
 func parseKey(b []byte, key string) (v uint64, ok bool, err error) {
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		k, val, found := strings.Cut(sc.Text(), " ")
-		if !found || k != key {
+	for len(b) > 0 {
+		var line []byte
+		line, b, _ = bytes.Cut(b, []byte{'\n'})
+		k, val, found := bytes.Cut(line, []byte{' '})
+		if !found || string(k) != key {
 			continue
 		}
-		v, err := strconv.ParseUint(strings.TrimSpace(val), 10, 64)
+		v, err := strconv.ParseUint(string(bytes.TrimSpace(val)), 10, 64)
 		if err != nil {
 			return 0, false, fmt.Errorf("memory: parse %s %q: %w", key, val, err)
 		}
 		return v, true, nil
 	}
-	return 0, false, sc.Err()
+	return 0, false, nil
 }
 
 // readProcs lists the pids in a cgroup's cgroup.procs. A missing group
 // reads as empty.
 func readProcs(dir string) ([]int, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	b, err := readSmall(filepath.Join(dir, "cgroup.procs"))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}

@@ -138,8 +138,16 @@ func (g *Group) Start(cmd *exec.Cmd) error {
 	if removed {
 		return fmt.Errorf("memory: group %s was removed", g.path)
 	}
+	// Opened for each start, not kept: a worker holds one file of its
+	// group between starts (the peak), which the pool's file budget counts.
+	path := filepath.Join(g.path, "tasks")
+	tasks, err := unix.Open(path, unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("memory: start in %s: %w", g.path, &os.PathError{Op: "open", Path: path, Err: err})
+	}
 	traced(cmd)
-	back, err := startFromThread(cmd, g.path, g.m.det.Own)
+	back, err := startFromThread(cmd, tasks, g.path, g.m.det.Own)
+	unix.Close(tasks)
 	if back != nil {
 		// Never again: each such thread is held until its child ends.
 		g.m.threadStart.Store(false)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -58,6 +59,15 @@ func threadCgroups(t *testing.T) map[string]string {
 func TestStartFromThread(t *testing.T) {
 	m := requireThreadStart(t)
 	own := cgroupLine(mustRead(t, "/proc/self/cgroup"), ModeCgroupV1)
+	// The worker's score is written while it ends its exec: never while it
+	// still shares the supervisor's memory, or the kernel would give the
+	// supervisor the same score.
+	score := mustRead(t, "/proc/self/oom_score_adj")
+	defer func() {
+		if got := mustRead(t, "/proc/self/oom_score_adj"); got != score {
+			t.Errorf("supervisor oom_score_adj after the starts = %q, want %q as before", got, score)
+		}
+	}()
 	for i := range 20 {
 		g, err := m.NewGroup("thread", 64*mib)
 		if err != nil {
@@ -98,6 +108,92 @@ func TestStartFromThread(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// TestStartThreadHomeBeforeWorkerRuns: by the time the worker's program
+// may run, no thread of the supervisor is left in the worker's group,
+// where the kernel would count it among the candidates of the group's OOM
+// kill (scored by the supervisor's whole memory).
+func TestStartThreadHomeBeforeWorkerRuns(t *testing.T) {
+	m := requireThreadStart(t)
+	g, err := m.NewGroup("home", 64*mib)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Remove()
+	var seen []string
+	beforeRelease = func(dir string) {
+		b, err := os.ReadFile(filepath.Join(dir, "tasks"))
+		if err != nil {
+			seen = append(seen, "error: "+err.Error())
+			return
+		}
+		for _, tid := range strings.Fields(string(b)) {
+			if _, err := os.Stat("/proc/self/task/" + tid); err == nil {
+				seen = append(seen, tid)
+			}
+		}
+	}
+	defer func() { beforeRelease = nil }()
+	for range 5 {
+		cmd := exec.Command("/bin/true")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		if err := g.Start(cmd); err != nil {
+			t.Fatal(err)
+		}
+		if err := waitTimeout(t, cmd, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(seen) > 0 {
+		t.Errorf("supervisor threads in the worker's group when its program could run: %v", seen)
+	}
+}
+
+// TestKillSparesSupervisorThread: a slot's cleanup (Group.Kill) never
+// signals the supervisor, even while one of its threads is in the group,
+// and it kills the group's other processes.
+func TestKillSparesSupervisorThread(t *testing.T) {
+	m := requireThreadStart(t)
+	g, err := m.NewGroup("spare", 64*mib)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Remove()
+	cmd := exec.Command("/bin/sleep", "60")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
+	if err := g.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if unix.Gettid() == unix.Getpid() {
+			errc <- os.ErrInvalid
+			return
+		}
+		if err := placeThreadIn(g.Path()); err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		kerr := g.Kill()
+		if err := placeThreadIn(m.Detection().Own); err != nil {
+			errc <- err
+			return // ends the thread, which leaves the group with it
+		}
+		runtime.UnlockOSThread()
+		errc <- kerr
+	}()
+	if err := <-errc; err == os.ErrInvalid {
+		t.Skip("the goroutine ran on the leader's thread")
+	} else if err != nil {
+		t.Fatalf("Kill with a supervisor thread in the group = %v", err)
+	}
+	if err := waitTimeout(t, cmd, time.Minute); signalOf(err) != syscall.SIGKILL {
+		t.Errorf("worker ended with %v, want SIGKILL", err)
+	}
+	// Still here: the supervisor was not signalled.
 }
 
 // TestStartFromThreadOOM: a worker started from a thread is OOM-killed in
@@ -149,7 +245,7 @@ func TestThreadChargeStaysWithLeader(t *testing.T) {
 			done <- result{err: os.ErrInvalid}
 			return
 		}
-		if err := placeThread(g.Path()); err != nil {
+		if err := placeThreadIn(g.Path()); err != nil {
 			done <- result{err: err}
 			return
 		}
@@ -159,7 +255,7 @@ func TestThreadChargeStaysWithLeader(t *testing.T) {
 		}
 		u, err := g.Usage()
 		runtime.KeepAlive(b)
-		if berr := placeThread(home); berr != nil {
+		if berr := placeThreadIn(home); berr != nil {
 			panic(berr) // no thread may stay behind in the group
 		}
 		done <- result{u, err}
@@ -174,6 +270,16 @@ func TestThreadChargeStaysWithLeader(t *testing.T) {
 	if r.usage > 16*mib {
 		t.Errorf("group usage after a thread in it touched 64 MiB = %d, want the pages charged to the leader's cgroup (under 16 MiB)", r.usage)
 	}
+}
+
+// placeThreadIn moves the calling thread into the v1 cgroup dir.
+func placeThreadIn(dir string) error {
+	tasks, err := unix.Open(filepath.Join(dir, "tasks"), unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(tasks)
+	return placeThread(tasks, dir)
 }
 
 func mustRead(t *testing.T, path string) string {

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -106,8 +107,12 @@ type Process struct {
 	taskPipe *syscall.Stat_t
 
 	// copiers counts the goroutines copying the worker's stdout/stderr; they
-	// end when the pipe reaches EOF or CloseIO closes the read end.
-	copiers  sync.WaitGroup
+	// end when the pipe reaches EOF or CloseIO closes the read end. The
+	// last one to end sends on copied (which may hold a token from a
+	// copier that ended before the next one started: CloseIO checks the
+	// count again).
+	copiers  atomic.Int32
+	copied   chan struct{}
 	tail     tailBuffer
 	closeIO  sync.Once
 	readEnds []*os.File // supervisor-side read ends closed by CloseIO
@@ -139,7 +144,7 @@ func Start(spec Spec) (_ *Process, err error) {
 	p := &Process{cmd: cmd, done: make(chan struct{})}
 
 	// childEnds are closed in the supervisor once the child has them.
-	var childEnds []*os.File
+	childEnds, err := p.connect(spec, cmd)
 	defer func() {
 		for _, f := range childEnds {
 			f.Close()
@@ -151,86 +156,10 @@ func Start(spec Spec) (_ *Process, err error) {
 			}
 		}
 	}()
-	pipe := func() (r, w *os.File, err error) {
-		r, w, err = os.Pipe()
-		if err != nil {
-			return nil, nil, fmt.Errorf("%w: pipe: %w", ErrStart, err)
-		}
-		return r, w, nil
-	}
-
-	switch spec.IO {
-	case IOLine:
-		inR, inW, err := pipe()
-		if err != nil {
-			return nil, err
-		}
-		childEnds = append(childEnds, inR)
-		p.Tasks = inW
-		outR, outW, err := pipe()
-		if err != nil {
-			return nil, err
-		}
-		childEnds = append(childEnds, outW)
-		p.Results = outR
-		p.readEnds = append(p.readEnds, outR)
-		cmd.Stdin, cmd.Stdout = inR, outW
-	case IOFramed:
-		taskR, taskW, err := pipe()
-		if err != nil {
-			return nil, err
-		}
-		childEnds = append(childEnds, taskR)
-		p.Tasks = taskW
-		resR, resW, err := pipe()
-		if err != nil {
-			return nil, err
-		}
-		childEnds = append(childEnds, resW)
-		p.Results = resR
-		p.readEnds = append(p.readEnds, resR)
-		cmd.ExtraFiles = []*os.File{taskR, resW} // fd 3 and fd 4
-	}
-	if spec.IO == IONone {
-		if spec.Stdin != nil {
-			cmd.Stdin = spec.Stdin
-			cmd.WaitDelay = stdinDelay
-		} else if f, err := devNull(); err == nil {
-			// exec.Cmd would open and close /dev/null for every process.
-			cmd.Stdin = f
-		}
-	}
-	if spec.IO != IOLine {
-		w, err := p.output(spec.Stdout, nil)
-		if err != nil {
-			return nil, err
-		}
-		if w != nil {
-			childEnds = append(childEnds, w)
-		}
-		cmd.Stdout = w
-	}
-	w, err := p.output(spec.Stderr, &p.tail)
 	if err != nil {
 		return nil, err
 	}
-	childEnds = append(childEnds, w)
-	cmd.Stderr = w
-
-	s, scored := spec.Cgroup.(Starter)
-	if scored {
-		err = s.Start(cmd)
-	} else {
-		if spec.Cgroup != nil {
-			if err := spec.Cgroup.Prepare(cmd); err != nil {
-				return nil, fmt.Errorf("%w: cgroup: %w", ErrStart, err)
-			}
-		}
-		err = cmd.Start()
-		if spec.Cgroup != nil {
-			spec.Cgroup.Started()
-		}
-	}
+	scored, err := launch(spec.Cgroup, cmd)
 	if errors.Is(err, syscall.E2BIG) {
 		// Name the worker's own command, not the program that exec ran (a
 		// cgroup shim's shell), and say which limit it broke.
@@ -252,6 +181,77 @@ func Start(spec Spec) (_ *Process, err error) {
 	return p, nil
 }
 
+// launch starts cmd in group, if any: through it when it is a Starter
+// (scored: the process has its oom_score_adj already), else readied by
+// its Prepare.
+func launch(group Cgroup, cmd *exec.Cmd) (scored bool, err error) {
+	if s, ok := group.(Starter); ok {
+		return true, s.Start(cmd)
+	}
+	if group != nil {
+		if err := group.Prepare(cmd); err != nil {
+			return false, fmt.Errorf("cgroup: %w", err)
+		}
+		defer group.Started()
+	}
+	return false, cmd.Start()
+}
+
+// connect gives cmd its standard streams and pipes as spec.IO says. It
+// returns the child's ends, which the caller closes once the child has
+// them (or has failed to start); the supervisor's ends are p's.
+func (p *Process) connect(spec Spec, cmd *exec.Cmd) (childEnds []*os.File, err error) {
+	pipe := func() (r, w *os.File, err error) {
+		r, w, err = os.Pipe()
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: pipe: %w", ErrStart, err)
+		}
+		return r, w, nil
+	}
+	if spec.IO != IONone {
+		taskR, taskW, err := pipe()
+		if err != nil {
+			return childEnds, err
+		}
+		childEnds = append(childEnds, taskR)
+		p.Tasks = taskW
+		resR, resW, err := pipe()
+		if err != nil {
+			return childEnds, err
+		}
+		childEnds = append(childEnds, resW)
+		p.Results = resR
+		p.readEnds = append(p.readEnds, resR)
+		if spec.IO == IOLine {
+			cmd.Stdin, cmd.Stdout = taskR, resW
+		} else {
+			cmd.ExtraFiles = []*os.File{taskR, resW} // fd 3 and fd 4
+		}
+	} else if spec.Stdin != nil {
+		cmd.Stdin = spec.Stdin
+		cmd.WaitDelay = stdinDelay
+	} else if f, err := devNull(); err == nil {
+		// exec.Cmd would open and close /dev/null for every process.
+		cmd.Stdin = f
+	}
+	if spec.IO != IOLine {
+		w, err := p.output(spec.Stdout, nil)
+		if err != nil {
+			return childEnds, err
+		}
+		if w != nil {
+			childEnds = append(childEnds, w)
+		}
+		cmd.Stdout = w
+	}
+	w, err := p.output(spec.Stderr, &p.tail)
+	if err != nil {
+		return childEnds, err
+	}
+	cmd.Stderr = w
+	return append(childEnds, w), nil
+}
+
 // outputPipe returns a pipe for a child's output stream: the read end r,
 // the supervisor's, is read through the runtime's poller; the write end w,
 // only ever handed to the child, is blocking and never registered with the
@@ -259,10 +259,11 @@ func Start(spec Spec) (_ *Process, err error) {
 // w blocking again: some ten system calls per process for nothing.)
 func outputPipe() (r, w *os.File, err error) {
 	var fds [2]int
-	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
 		return nil, nil, os.NewSyscallError("pipe2", err)
 	}
-	if err := unix.SetNonblock(fds[1], false); err != nil {
+	// The flags of a new read end are known: set them in one call.
+	if _, err := unix.FcntlInt(uintptr(fds[0]), unix.F_SETFL, unix.O_RDONLY|unix.O_NONBLOCK); err != nil {
 		unix.Close(fds[0])
 		unix.Close(fds[1])
 		return nil, nil, os.NewSyscallError("fcntl", err)
@@ -328,12 +329,33 @@ func (p *Process) output(dst io.Writer, tail *tailBuffer) (*os.File, error) {
 	case dst != nil:
 		sink = dst
 	}
+	if p.copied == nil {
+		p.copied = make(chan struct{}, 1)
+	}
 	p.copiers.Add(1)
 	go func() {
-		defer p.copiers.Done()
-		io.Copy(sink, r)
+		copyOut(sink, r)
+		if p.copiers.Add(-1) == 0 {
+			select {
+			case p.copied <- struct{}{}:
+			default:
+			}
+		}
 	}()
 	return w, nil
+}
+
+// copyBufs holds the buffers of the output copiers: io.Copy would allocate
+// 32 KiB per stream, two per one-shot process, and the garbage collector
+// would then run every few hundred processes.
+var copyBufs = sync.Pool{New: func() any { return new([32 << 10]byte) }}
+
+// copyOut copies r to dst until EOF or an error, through a pooled buffer.
+func copyOut(dst io.Writer, r *os.File) {
+	buf := copyBufs.Get().(*[32 << 10]byte)
+	defer copyBufs.Put(buf)
+	// Hide r's WriteTo, which would copy through a buffer of its own.
+	io.CopyBuffer(dst, struct{ io.Reader }{r}, buf[:])
 }
 
 func dupFile(f *os.File) (*os.File, error) {
@@ -443,20 +465,33 @@ func (p *Process) Retire(patience, grace time.Duration) {
 // still holds the pipes must not keep readers blocked.
 func (p *Process) CloseIO(linger time.Duration) {
 	p.closeIO.Do(func() {
-		drained := make(chan struct{})
-		go func() { p.copiers.Wait(); close(drained) }()
-		t := time.NewTimer(linger)
-		select {
-		case <-drained:
-		case <-t.C:
-		}
-		t.Stop()
+		p.awaitCopiers(linger)
 		if p.Tasks != nil {
 			p.Tasks.Close()
 		}
 		p.closeReadEnds()
-		<-drained
+		p.awaitCopiers(-1)
 	})
+}
+
+// awaitCopiers waits until the output copiers have ended, for at most
+// limit when limit >= 0. Copiers that ended already cost no goroutine and
+// no timer, as with a one-shot process whose output has been read by the
+// time it is reaped.
+func (p *Process) awaitCopiers(limit time.Duration) {
+	var timeout <-chan time.Time
+	for p.copiers.Load() > 0 {
+		if timeout == nil && limit >= 0 {
+			t := time.NewTimer(limit)
+			defer t.Stop()
+			timeout = t.C
+		}
+		select {
+		case <-p.copied:
+		case <-timeout:
+			return
+		}
+	}
 }
 
 func (p *Process) closeReadEnds() {

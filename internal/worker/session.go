@@ -297,15 +297,18 @@ type Session struct {
 	// readerDone: the result reader sent its last event.
 	readerDone bool
 
-	oomBase  uint64         // the group's oom_kill count when the process or attempt began
-	oomMark  memory.OOMMark // the enclosing cgroup's OOM witness then
-	deadline *time.Timer    // earliest timeout, start-up deadline or patience
-	probe    *time.Timer    // line protocol: the next look at the worker
-	spawned  time.Time      // when the process started
-	freeAt   time.Time      // framed: when the process last had no task running
-	startBy  startDeadline  // framed: when the process must be ready
-	line     lineState      // line protocol: the checks
-	lineTime time.Duration  // line protocol: recent time per line; 0 before the first
+	oomBase uint64 // the group's oom_kill count when the process or attempt began
+	// groupCounts: the group's own counter could be read at the start, so
+	// that it, not the enclosing cgroup's witness, judges an OOM kill.
+	groupCounts bool
+	oomMark     memory.OOMMark // the enclosing cgroup's OOM witness then
+	deadline    *time.Timer    // earliest timeout, start-up deadline or patience
+	probe       *time.Timer    // line protocol: the next look at the worker
+	spawned     time.Time      // when the process started
+	freeAt      time.Time      // framed: when the process last had no task running
+	startBy     startDeadline  // framed: when the process must be ready
+	line        lineState      // line protocol: the checks
+	lineTime    time.Duration  // line protocol: recent time per line; 0 before the first
 
 	// The group's peak is read and reset at most every peakEvery.
 	peakAt   time.Time // when the peak was last reset
@@ -325,7 +328,9 @@ func StartSession(cfg Config, host Host) (*Session, error) {
 	}
 	if cfg.Group != nil {
 		spec.Cgroup = cfg.Group
-		s.oomBase, _ = cfg.Group.OOMKills()
+		var err error
+		s.oomBase, err = cfg.Group.OOMKills()
+		s.groupCounts = err == nil
 		if spec.IO == IONone {
 			_ = cfg.Group.ResetPeak() // the attempt is the process
 		}
@@ -590,9 +595,11 @@ func (s *Session) startFlight(f *Flight, at time.Time) {
 }
 
 // markOOM starts the window in which the enclosing cgroup's OOM witness
-// judges the process's death, where workers share that cgroup.
+// judges the process's death, where workers share that cgroup. A process
+// whose group counts its own OOM kills needs no window (and its start no
+// read of the enclosing counter).
 func (s *Session) markOOM() {
-	if s.cfg.Witness != nil {
+	if s.cfg.Witness != nil && !s.groupCounts {
 		s.oomMark = s.cfg.Witness.Snapshot()
 	}
 }
