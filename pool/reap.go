@@ -27,7 +27,8 @@ func (r *runner) reap() {
 			// running is charged (or not), the rest go back.
 			att := attemptOf(c.Outcome)
 			att.Start = c.Flight.Clock()
-			r.p.send(report{kind: reportAttempt, task: t, att: att, answers: c.Flight.Answers, charge: b == blameCharge})
+			r.p.send(report{kind: reportAttempt, task: t, att: att, answers: c.Flight.Answers, charge: b == blameCharge,
+				running: c.Running})
 			charged = charged || b == blameCharge
 			continue
 		}

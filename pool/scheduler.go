@@ -32,10 +32,11 @@ type report struct {
 	output []byte
 	stderr []byte
 	// answers are the answered items of a batch's attempt; charge says
-	// that the batch's next item is charged with att (its worker died
-	// running it).
+	// that the batch's item at position running is charged with att (its
+	// worker died running it).
 	answers []worker.Answer
 	charge  bool
+	running int
 	start   *StartError // reportStartupFailure
 	// charged says, for reportStartupFailure, that a task was charged for
 	// the death, so that it may have been the task's doing.
@@ -292,7 +293,7 @@ func (s *scheduler) givenBack(t *task) {
 // attemptEnded settles a task whose attempt ended, and records the attempt.
 func (s *scheduler) attemptEnded(rep report) {
 	t, a := rep.task, rep.att
-	if len(rep.answers) == 1 {
+	if len(rep.answers) == 1 && rep.answers[0].Span <= 1 {
 		// A batch task of one item: its answer is the attempt's.
 		an := rep.answers[0]
 		a.Start, a.End = an.Start, an.End
@@ -312,8 +313,9 @@ func (s *scheduler) attemptEnded(rep report) {
 // batchEnded settles a batch whose attempt ended: with every item
 // answered, or with its worker's death while it ran. The items answered
 // are done, in one Result; an item that failed, and the item the death is
-// charged to, are settled each as a task of its own; the items after that
-// go back to the queue as a batch, uncharged.
+// charged to, are settled each as a task of its own; the items the worker
+// ran but whose answers it had not sent, and the items after the charged
+// one, go back to the queue uncharged, as two batches.
 func (s *scheduler) batchEnded(rep report) {
 	t, a := rep.task, rep.att
 	if a.Cause == "" && s.gov != nil {
@@ -322,13 +324,15 @@ func (s *scheduler) batchEnded(rep report) {
 	s.forget(t)
 	var done []Item
 	var failed []worker.Answer
+	answered := 0
 	for _, an := range rep.answers {
+		answered += max(an.Span, 1)
 		if an.Failed {
 			failed = append(failed, an)
 			continue
 		}
-		done = append(done, Item{ID: t.base + uint64(an.Index), Index: int(an.Index), Output: an.Output,
-			Start: an.Start, End: an.End})
+		done = append(done, Item{ID: t.base + uint64(an.Index), Index: int(an.Index), Span: an.Span,
+			Output: an.Output, Start: an.Start, End: an.End})
 	}
 	if len(done) > 0 {
 		s.p.count(func(st *Stats) { st.Attempts++ })
@@ -346,8 +350,11 @@ func (s *scheduler) batchEnded(rep report) {
 	if len(done) > 0 {
 		parts++
 	}
-	rest := t.items[len(rep.answers):]
+	rest := t.items[answered:]
+	var unsent []uint32
 	if len(rest) > 0 && rep.charge {
+		run := min(max(rep.running, answered), len(t.items)-1)
+		unsent, rest = t.items[answered:run], t.items[run:]
 		u := t // a batch of one item keeps its charges
 		if len(t.items) > 1 {
 			u = t.split(rest[:1])
@@ -356,10 +363,13 @@ func (s *scheduler) batchEnded(rep report) {
 		s.settleAttempt(u, a, nil, nil)
 		rest = rest[1:]
 	}
-	if len(rest) > 0 {
-		parts++
-		u := t.split(rest)
-		s.apply(u, settle(taskView{}, ending{givenBack: true}, s.policy(), memVerdict{}), nil, nil)
+	// The queue takes each at its head: the later items first.
+	for _, back := range [][]uint32{rest, unsent} {
+		if len(back) > 0 {
+			parts++
+			u := t.split(back)
+			s.apply(u, settle(taskView{}, ending{givenBack: true}, s.policy(), memVerdict{}), nil, nil)
+		}
 	}
 	s.pending += parts - 1
 }

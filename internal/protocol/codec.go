@@ -67,3 +67,23 @@ func ItemIndex(p []byte) (index uint32, rest []byte, ok bool) {
 	}
 	return binary.BigEndian.Uint32(p), p[4:], true
 }
+
+// ParseItems splits the payload of an items frame (KindItems) into the
+// index of its range's first item, the range's item count and the output.
+// It reports false when p is too short or the count is 0.
+func ParseItems(p []byte) (first, count uint32, output []byte, ok bool) {
+	if len(p) < 8 {
+		return 0, 0, nil, false
+	}
+	first, count = binary.BigEndian.Uint32(p), binary.BigEndian.Uint32(p[4:])
+	return first, count, p[8:], count > 0
+}
+
+// AppendItems appends an items frame for task id: the results, as one
+// output, of the count items from first on.
+func AppendItems(b []byte, id uint64, first, count uint32, output []byte) []byte {
+	b = AppendHeader(b, uint8(KindItems), id, 8+len(output))
+	b = binary.BigEndian.AppendUint32(b, first)
+	b = binary.BigEndian.AppendUint32(b, count)
+	return append(b, output...)
+}

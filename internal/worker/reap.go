@@ -60,6 +60,12 @@ type Casualty struct {
 	Unread bool
 	// Outcome is the attempt, if the owner charges it with the death.
 	Outcome Outcome
+	// Running, for a batch, is the position in its Items of the item the
+	// process was running, the one to charge: the item that its page or
+	// its last start frame names, or else the first unanswered. The items
+	// between those answered (Flight.Answered) and it were run, but their
+	// answers were not sent.
+	Running int
 }
 
 // Reap ends the Session once Done is closed: it collects what the process
@@ -93,10 +99,15 @@ func (s *Session) Reap() *Death {
 		if d.Cause == CauseTimeout && f.unstarted {
 			o.Message += ", handed over but never started (no start frame)"
 		}
-		d.Flights = append(d.Flights, Casualty{Flight: f, Started: f.started, Outcome: o,
+		c := Casualty{Flight: f, Started: f.started, Outcome: o, Running: f.answered,
 			Bystander: s.victim != nil && f != s.victim,
-			Unread:    line && read >= 0 && read <= f.off})
+			Unread:    line && read >= 0 && read <= f.off}
+		if f.Items != nil && f.started {
+			c.Running = s.runningItem(f)
+		}
+		d.Flights = append(d.Flights, c)
 	}
+	proc.freePage()
 	switch {
 	case s.killMsg != "":
 		d.Failure = errors.New(s.killMsg)

@@ -132,8 +132,14 @@ type Flight struct {
 	// is answered, or with the process.
 	Items []uint32
 	// Answers are the answers of a batch's items so far, in the order of
-	// Items.
+	// Items; an answer of a range (Answer.Span) stands for several.
 	Answers []Answer
+	// answered counts the items that Answers answer.
+	answered int
+	// seen is the position in Items of the running item that the
+	// session last saw, in a start frame, an answer or the worker's page;
+	// clock is when it saw it.
+	seen int
 	// clock is when the running item of a batch started (for a plain
 	// task, the task): its timeout runs from there.
 	clock time.Time
@@ -157,11 +163,19 @@ func (f *Flight) StartedAt() time.Time { return f.start }
 // started); zero if it has not.
 func (f *Flight) Clock() time.Time { return f.clock }
 
-// Answer is the answer of one item of a batch.
+// Answered is how many items of batch f its Answers answer.
+func (f *Flight) Answered() int { return f.answered }
+
+// Answer is the answer of one item of a batch, or of a range of its items.
 type Answer struct {
-	// Index is the item's index in the batch's payload.
+	// Index is the item's index in the batch's payload; for a range, its
+	// first item's.
 	Index uint32
-	// Output is the item's result; nil for an item error.
+	// Span, for the answer of a range (an items frame), is how many items
+	// it answers: the next Span items of the batch's Items from Index on,
+	// whose results Output holds together. 0 for one item's answer.
+	Span int
+	// Output is the item's result (the range's); nil for an item error.
 	Output []byte
 	// Failed reports an item error, whose text is Message.
 	Failed  bool
@@ -216,6 +230,7 @@ type Session struct {
 	inflight  []*Flight // sent to the process, oldest first
 	ready     bool      // the framed worker sent ready
 	batches   bool      // the framed worker takes batch tasks
+	ranges    bool      // and answers them in ranges, marking its items in the page
 	answered  int       // tasks the process finished
 	retiring  bool      // no more tasks; end the process when idle
 	retired   bool      // the session told the process to end
