@@ -6,8 +6,8 @@
 // batch task (pool.Task.Items), whose items each keep their own fate: the
 // pool's policy (retries, the memory governor's OOM retry, poison) applies
 // to each item as to any task, and a worker death is blamed on the item
-// whose start frame came last. The wire format, bridge/3, is specified in
-// docs/protocol.md.
+// that the worker's running-item page (or its last start frame) names. The
+// wire format, bridge/4, is specified in docs/protocol.md.
 package bridge
 
 import (

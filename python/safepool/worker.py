@@ -2,13 +2,15 @@
 
 The ``safepool`` binary starts it as ``python3 -c "from safepool.worker
 import main; main()"`` and speaks the framed worker protocol of
-docs/protocol.md to it on fds 3 and 4, version 2: a task is a batch of
+docs/protocol.md to it on fds 3 and 4, version 3: a task is a batch of
 items (calls of the user's function). Before it calls the function on an
-item, the worker writes that item's start frame, with the previous item's
-answer, and flushes: when the worker dies, the binary has the answers of the
-items before, and knows which item killed it. An item answers with an item
-frame, or with an item-error frame for an exception that the pool is to
-retry.
+item, the worker writes the item's position in the running-item page that
+the binary gave it (fd 5), a write to memory: when the worker dies, the
+binary reads there which item killed it. It sends the values of a run of
+items as one pickled list in one items frame (at the end of the batch, or
+after HOLD seconds); an exception is answered alone, with an item frame, or
+an item-error frame for an exception that the pool is to retry. Without a
+page it speaks version 2: a start frame before each item.
 
 The worker is spawned fresh, never forked. Before it answers ``ready`` it
 takes the client's ``sys.path`` and ``sys.argv``, imports the client's
