@@ -41,11 +41,38 @@ func AppendBatch(b []byte, id uint64, indexes []uint32, payload []byte) []byte {
 	return append(b, payload...)
 }
 
+// BatchRange, set in the count of a batch frame (PageVersion), says that
+// the frame's items are a range: the count's other bits are the number of
+// items m, and one index follows, the first; the items are first to
+// first+m-1.
+const BatchRange = 1 << 31
+
+// AppendBatchRange appends a batch frame for task id whose items are the m
+// items from first on, in the compact form of PageVersion (BatchRange).
+func AppendBatchRange(b []byte, id uint64, first, m uint32, payload []byte) []byte {
+	b = AppendHeader(b, uint8(KindBatch), id, 8+len(payload))
+	b = binary.BigEndian.AppendUint32(b, BatchRange|m)
+	b = binary.BigEndian.AppendUint32(b, first)
+	return append(b, payload...)
+}
+
 // ParseBatch splits the payload of a batch frame into its item indexes and
-// the task's payload. It reports false when p is too short for its count.
+// the task's payload, in either form. It reports false when p is too short
+// for its count.
 func ParseBatch(p []byte) (indexes []uint32, payload []byte, ok bool) {
 	if len(p) < 4 {
 		return nil, nil, false
+	}
+	if c := binary.BigEndian.Uint32(p); c&BatchRange != 0 {
+		if len(p) < 8 {
+			return nil, nil, false
+		}
+		first := binary.BigEndian.Uint32(p[4:])
+		indexes = make([]uint32, c&^BatchRange)
+		for i := range indexes {
+			indexes[i] = first + uint32(i)
+		}
+		return indexes, p[8:], true
 	}
 	m := uint64(binary.BigEndian.Uint32(p))
 	if 4+4*m > uint64(len(p)) {

@@ -54,3 +54,17 @@ func TestItemsFrame(t *testing.T) {
 		t.Error("ReadFrame took an items frame of 4 bytes")
 	}
 }
+
+// A batch frame in the compact form of framed/3 names a range of items by
+// its first index.
+func TestBatchRange(t *testing.T) {
+	b := protocol.AppendBatchRange(nil, 9, 3, 3, []byte("pay"))
+	f, err := protocol.NewReader(bytes.NewReader(b), 0).ReadFrame()
+	if err != nil || f.Kind != protocol.KindBatch {
+		t.Fatalf("ReadFrame = %+v, %v", f, err)
+	}
+	ix, payload, ok := protocol.ParseBatch(f.Payload)
+	if !ok || len(ix) != 3 || ix[0] != 3 || ix[2] != 5 || string(payload) != "pay" {
+		t.Fatalf("ParseBatch = %v, %q, %v", ix, payload, ok)
+	}
+}

@@ -450,6 +450,12 @@ func (s *Session) Send(f *Flight) {
 				protocol.Version, protocol.BatchVersion))
 			return
 		}
+		if s.ranges && len(f.Items) < protocol.BatchRange && consecutive(f.Items) {
+			// Its items are a range (the pool only splits batches so): the
+			// compact form, with no index list.
+			s.pending = protocol.AppendBatchRange(s.pending, f.ID, f.Items[0], uint32(len(f.Items)), f.Input)
+			break
+		}
 		s.pending = protocol.AppendBatch(s.pending, f.ID, f.Items, f.Input)
 	}
 }

@@ -25,6 +25,9 @@ READY_PAYLOAD = b'{"version":3,"sdk":"python"}'
 # The item count and item indexes of a batch frame, the index that starts
 # the payload of a batch's start, item and item-error frames.
 INDEX = struct.Struct(">I")
+# Set in a batch frame's count (framed/3): its items are a range, and the
+# count is followed by the first index alone, not by the list of indexes.
+BATCH_RANGE = 1 << 31
 # The head of an items frame's payload: its first item's index, its count.
 RANGE = struct.Struct(">II")
 # The running-item page: its size, the environment variable that names its

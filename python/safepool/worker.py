@@ -33,9 +33,10 @@ try:
 except ImportError:  # an interpreter without the C accelerator
     from pickle import dumps as _dumps, loads
 
-from safepool._protocol import (APPLY, BATCH, ERROR, ERROR_RECORD, FRAMED, HEADER, INDEX, ITEM,  # noqa: F401
-                                ITEM_ERROR, ITEMS, MAP, OK, PAGE_FD, PAGE_NONE, PAGE_POS, PAGE_SIZE, RAISED,
-                                RANGE, READY, READY_PAYLOAD, READY_PAYLOAD_V2, RESULT, STAR, START, TASK)
+from safepool._protocol import (APPLY, BATCH, BATCH_RANGE, ERROR, ERROR_RECORD, FRAMED, HEADER,  # noqa: F401
+                                INDEX, ITEM, ITEM_ERROR, ITEMS, MAP, OK, PAGE_FD, PAGE_NONE, PAGE_POS,
+                                PAGE_SIZE, RAISED, RANGE, READY, READY_PAYLOAD, READY_PAYLOAD_V2, RESULT, STAR,
+                                START, TASK)
 from safepool import _oob  # big buffers out of band
 
 
@@ -238,8 +239,13 @@ def _run_item(payload, fns):
 
 
 def _batch_head(payload):
-    """The item indexes of a batch frame, and where its payload starts."""
+    """The item indexes of a batch frame, and where its payload starts:
+    a range for the compact form (BATCH_RANGE in its count, then the first
+    index), else the list of indexes."""
     (m,) = INDEX.unpack_from(payload)
+    if m & BATCH_RANGE:
+        (first,) = INDEX.unpack_from(payload, 4)
+        return range(first, first + (m & ~BATCH_RANGE)), 8
     indexes = INDEX_ARRAY(m).unpack_from(payload, 4) if m != 1 else INDEX.unpack_from(payload, 4)
     return indexes, 4 + 4 * m
 
@@ -385,11 +391,10 @@ def _run_batch(task_id, payload, write, flush):
     the item runs: when the worker dies, the binary knows which item killed
     it, and has the answers of those before."""
     pack, pack_index = HEADER.pack, INDEX.pack
-    (m,) = INDEX.unpack_from(payload)
-    indexes = INDEX_ARRAY(m).unpack_from(payload, 4) if m != 1 else INDEX.unpack_from(payload, 4)
+    indexes, at = _batch_head(payload)
     answer = b""
     try:
-        mode, fn_bytes, items, *extra = _oob.worker_decode(memoryview(payload)[4 + 4 * m:])
+        mode, fn_bytes, items, *extra = _oob.worker_decode(memoryview(payload)[at:])
         fn = _function(fn_bytes, _fns)
         limits = extra[0] if extra else None
     except Exception as e:
