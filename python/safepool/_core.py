@@ -527,31 +527,38 @@ class _Core:
         sent = next((t[0] for t in taken if t[0] is not None), None)
         if sent is None:
             return
+        # The last frame of the batch: once its results are decoded, the
+        # batch's ticket is released (its argument buffers closed, its
+        # results' region emptied), before the last item is settled, so
+        # that a caller woken by it finds them gone; not left to the
+        # collector.
+        ticket = sent.ticket if sent.left <= 0 else None
         try:
-            self._settle_items(sent, entries, taken, at, payload, meta)
+            self._settle_items(sent, entries, taken, at, payload, meta, ticket)
         finally:
-            if sent.left <= 0 and sent.ticket is not None:
-                # Every item of the batch has its result, decoded: its
-                # ticket is released now, not left to the collector.
-                sent.ticket.release()
+            if ticket is not None:
+                ticket.release()
 
-    def _settle_items(self, sent, entries, taken, at, payload, meta):
-        """Settle the items of an items frame, whose outputs start at at."""
+    def _settle_items(self, sent, entries, taken, at, payload, meta, ticket):
+        """Settle the items of an items frame, whose outputs start at at;
+        release ticket, if given, once every result is decoded."""
         view = memoryview(payload)
         attempts = meta.get("attempts") or ()
         job, positions, items = sent.job, sent.positions, sent.items
         fast = meta.get("state") == "done" and len(attempts) == 1
         last = attempts[0] if fast else None
         decode = _oob.decode
-        for (index, span, size, start, end), (s, fresh) in zip(entries, taken):
+        final = len(entries) - 1
+        for j, ((index, span, size, start, end), (s, fresh)) in enumerate(zip(entries, taken)):
             out = view[at:at + size]
             at += size
             if s is None:
                 continue
+            release = ticket if j == final else None
             if span and fast:
                 # A range: its values in one list, all returned.
                 try:
-                    tag, values = decode(out)
+                    tag, values = decode(out, release)
                 except Exception as e:
                     tag, values = None, e
                 if tag == OK and len(values) == span:
@@ -566,9 +573,9 @@ class _Core:
             for k in ks:
                 m = meta
                 if attempts and start:
-                    final = dict(attempts[-1], start=start, end=end)
-                    m = dict(meta, attempts=list(attempts[:-1]) + [final])
-                self._on_result(job, positions[k], items[k], m, out)
+                    last_run = dict(attempts[-1], start=start, end=end)
+                    m = dict(meta, attempts=list(attempts[:-1]) + [last_run])
+                self._on_result(job, positions[k], items[k], m, out, release if k == ks[-1] else None)
 
     def _settle_range(self, job, positions, index, span, values, fresh, start, end, last):
         """Settle the span items from index on, done at their first attempt
