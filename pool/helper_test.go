@@ -158,6 +158,7 @@ func runWorker(mode string) int {
 //	grow:MB          keep MB more megabytes for the rest of the worker's life, then answer
 //	pid              answer with the worker's pid
 //	spew:OUT:ERR:N   (one-shot) write OUT bytes of spewPattern to stdout and ERR to stderr, then exit N
+//	mute             answer nothing (line protocol)
 //	twice            answer with two lines at once: "extra" and the answer (line protocol)
 //	twice-slow       write "extra", and the answer 300 ms later, then wait 300 ms before reading on
 //	closein          answer, then close stdin and sleep
@@ -217,6 +218,8 @@ func behave(in string) (string, error) {
 		os.Exit(0)
 	case "fail":
 		return "", errors.New("this task fails")
+	case "mute":
+		return "", nil // no answer (line protocol)
 	case "once":
 		file, rest, _ := strings.Cut(arg, ":")
 		if _, err := os.Stat(file); err != nil {

@@ -24,6 +24,7 @@
 package pool
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -346,8 +347,13 @@ func (p *Pool) Submit(ctx context.Context, t Task) (uint64, error) {
 	}
 	tk := &task{id: p.lastID + 1, t: t, need: max(t.MemHint, 0)}
 	if t.Items > 0 {
-		if p.cfg.Protocol != Framed || p.cfg.KeepOrder {
-			return 0, errors.New("pool: batch tasks (Task.Items) need the framed protocol, without KeepOrder")
+		switch {
+		case p.cfg.Protocol == Line:
+			if n := bytes.Count(t.Input, []byte{'\n'}); n != t.Items || t.Input[len(t.Input)-1] != '\n' {
+				return 0, fmt.Errorf("pool: a line batch of %d items holds %d lines, each ended by a newline", t.Items, n)
+			}
+		case p.cfg.Protocol != Framed || p.cfg.KeepOrder:
+			return 0, errors.New("pool: batch tasks (Task.Items) need the line protocol, or the framed protocol without KeepOrder")
 		}
 		tk.base, tk.items = tk.id, make([]uint32, t.Items)
 		for i := range tk.items {

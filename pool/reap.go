@@ -22,13 +22,13 @@ func (r *runner) reap() {
 		t := c.Flight.Task.(*task)
 		v := flightView{started: c.Started, bystander: c.Bystander, unread: c.Unread, line: line, passed: t.exitZeroPass}
 		b := blame(v, d.Cause)
-		if t.items != nil && (len(c.Flight.Answers) > 0 || b == blameCharge) {
+		if t.items != nil && (c.Flight.Answered() > 0 || b == blameCharge) {
 			// A batch: its answered items are done, the item it was
 			// running is charged (or not), the rest go back.
 			att := attemptOf(c.Outcome)
 			att.Start = c.Flight.Clock()
-			r.p.send(report{kind: reportAttempt, task: t, att: att, answers: c.Flight.Answers, charge: b == blameCharge,
-				running: c.Running})
+			r.p.send(report{kind: reportAttempt, task: t, att: att, answers: c.Flight.Answers,
+				lines: lineItems(t, c.Flight), out: c.Flight.Out, charge: b == blameCharge, running: c.Running})
 			charged = charged || b == blameCharge
 			continue
 		}

@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"strconv"
@@ -234,7 +235,31 @@ func (h *sessionHost) Started(f *worker.Flight) {
 
 func (h *sessionHost) Ended(f *worker.Flight, o worker.Outcome, output []byte) {
 	h.lineTime = h.s.LineTime()
-	h.p.send(report{kind: reportAttempt, task: f.Task.(*task), att: attemptOf(o), output: output, answers: f.Answers})
+	t := f.Task.(*task)
+	h.p.send(report{kind: reportAttempt, task: t, att: attemptOf(o), output: output, answers: f.Answers,
+		lines: lineItems(t, f), out: f.Out})
+}
+
+// lineItems are the items of line batch t that flight f answered, done,
+// each with its answer line (in f.Out) and the time its answer came; nil
+// for other flights. An item runs from the answer before it (or from the
+// flight's start) to its own: the line protocol says no more.
+func lineItems(t *task, f *worker.Flight) []Item {
+	if f.Out == nil {
+		return nil
+	}
+	items := make([]Item, 0, f.Marks[len(f.Marks)-1].N)
+	out, start := f.Out, f.StartedAt()
+	for _, m := range f.Marks {
+		for len(items) < m.N {
+			i := bytes.IndexByte(out, '\n')
+			k := t.items[len(items)]
+			items = append(items, Item{ID: t.base + uint64(k), Index: int(k), Output: out[:i:i], Start: start, End: m.At})
+			out = out[i+1:]
+		}
+		start = m.At
+	}
+	return items
 }
 
 func (h *sessionHost) Note(n worker.Note) {

@@ -37,7 +37,11 @@ type report struct {
 	answers []worker.Answer
 	charge  bool
 	running int
-	start   *StartError // reportStartupFailure
+	// lines are the done items of a line batch's attempt, and out their
+	// answer lines, each with its newline (worker.Flight.Out).
+	lines []Item
+	out   []byte
+	start *StartError // reportStartupFailure
 	// charged says, for reportStartupFailure, that a task was charged for
 	// the death, so that it may have been the task's doing.
 	charged bool
@@ -293,6 +297,11 @@ func (s *scheduler) givenBack(t *task) {
 // attemptEnded settles a task whose attempt ended, and records the attempt.
 func (s *scheduler) attemptEnded(rep report) {
 	t, a := rep.task, rep.att
+	if len(rep.lines) == 1 {
+		// A line batch of one item: its answer is the attempt's.
+		it := rep.lines[0]
+		a.Start, a.End, rep.output = it.Start, it.End, it.Output
+	}
 	if len(rep.answers) == 1 && rep.answers[0].Span <= 1 {
 		// A batch task of one item: its answer is the attempt's.
 		an := rep.answers[0]
@@ -322,9 +331,8 @@ func (s *scheduler) batchEnded(rep report) {
 		s.gov.observe(t.id, a)
 	}
 	s.forget(t)
-	var done []Item
+	done, answered := rep.lines, len(rep.lines)
 	var failed []worker.Answer
-	answered := 0
 	for _, an := range rep.answers {
 		answered += max(an.Span, 1)
 		if an.Failed {
@@ -335,11 +343,15 @@ func (s *scheduler) batchEnded(rep report) {
 			Output: an.Output, Start: an.Start, End: an.End})
 	}
 	if len(done) > 0 {
-		s.p.count(func(st *Stats) { st.Attempts++ })
+		ran := 0
+		for _, it := range done {
+			ran += max(it.Span, 1)
+		}
+		s.p.count(func(st *Stats) { st.Attempts += ran }) // an attempt per item that ran
 		ok := a
 		ok.Cause, ok.Message, ok.ExitCode, ok.Signal, ok.Number = "", "", -1, "", 1
 		s.startFail, s.everOK = 0, true
-		s.finishItems(t, Done, done, []Attempt{ok})
+		s.finishItems(t, Done, done, []Attempt{ok}, rep.out)
 	}
 	for _, an := range failed {
 		fa := a
@@ -446,7 +458,11 @@ func (s *scheduler) finish(t *task, st State, output, stderr []byte) {
 				items[0].Start, items[0].End = t.attempts[n-1].Start, t.attempts[n-1].End
 			}
 		}
-		s.finishItems(t, st, items, t.attempts)
+		var out []byte
+		if len(items) == 1 && st == Done && s.p.cfg.Protocol == Line {
+			out = append(output[:len(output):len(output)], '\n') // a line batch's output is its lines
+		}
+		s.finishItems(t, st, items, t.attempts, out)
 		return
 	}
 	r := Result{ID: t.id, Input: t.t.Input, Args: t.t.Args, State: st, Output: output, Stderr: stderr, Attempts: t.attempts}
@@ -454,9 +470,10 @@ func (s *scheduler) finish(t *task, st State, output, stderr []byte) {
 	s.deliver(r)
 }
 
-// finishItems gives items of batch t the terminal state st, in one Result.
-func (s *scheduler) finishItems(t *task, st State, items []Item, attempts []Attempt) {
-	s.deliver(Result{ID: t.base, Input: t.t.Input, State: st, Attempts: attempts, Items: items})
+// finishItems gives items of batch t the terminal state st, in one Result,
+// with out, a line batch's answer lines.
+func (s *scheduler) finishItems(t *task, st State, items []Item, attempts []Attempt, out []byte) {
+	s.deliver(Result{ID: t.base, Input: t.t.Input, State: st, Attempts: attempts, Items: items, Output: out})
 }
 
 // deliver counts r, tells the observer, and queues r for delivery (with
@@ -468,7 +485,13 @@ func (s *scheduler) deliver(r Result) {
 		s.out = append(s.out, r)
 		return
 	}
-	s.held[r.ID] = r
+	// A Result of a line batch settles a range of ids, named by its
+	// first (KeepOrder takes no framed batches, whose Results may not).
+	first := r.ID
+	if r.Items != nil {
+		first = r.Items[0].ID
+	}
+	s.held[first] = r
 	for {
 		r, ok := s.held[s.nextOut]
 		if !ok {
@@ -476,7 +499,7 @@ func (s *scheduler) deliver(r Result) {
 		}
 		delete(s.held, s.nextOut)
 		s.out = append(s.out, r)
-		s.nextOut++
+		s.nextOut += uint64(r.count())
 	}
 }
 

@@ -146,10 +146,16 @@ type Task struct {
 	// attempt (a need it learns later can only be larger). Zero means no
 	// hint.
 	MemHint int64
-	// Items, when positive, makes the task a batch of that many items
-	// (framed protocol only; not with Config.KeepOrder): Input holds them
-	// in a format of the worker's own, and the worker answers each item on
-	// its own (docs/protocol.md, framed/2). The task takes the ids from its
+	// Items, when positive, makes the task a batch of that many items.
+	// With the framed protocol (not with Config.KeepOrder), Input holds
+	// them in a format of the worker's own, and the worker answers each
+	// item on its own (docs/protocol.md, framed/2). With the line protocol,
+	// Input is a block of Items lines, each ended by a newline, written to
+	// the worker at once; the worker answers each line with a line, as for
+	// lines sent one by one, and the running line is the oldest unanswered
+	// one, whose time Config.Timeout bounds. With MaxTasksPerWorker, a
+	// worker takes a block while it has answered fewer lines than that.
+	// The task takes the ids from its
 	// id (Submit's) to its id+Items-1, one per item, and each item keeps
 	// its own fate: when the worker dies running item k, the items it
 	// answered are done, item k alone is charged and settled as a task of
@@ -241,8 +247,12 @@ type Result struct {
 	// settles, all in its State: a batch's items may end in several
 	// Results (the done items of a run in one, an item that was charged or
 	// failed in one of its own, later). ID is then the batch's id, and
-	// Output and Stderr are unset; an item's Output is in its Item. Nil for
-	// other tasks.
+	// Stderr is unset; an item's Output is in its Item. Output is unset
+	// for a framed batch; for a line batch that is done, it holds the
+	// items' answer lines in order, each with its newline, in one slice
+	// that the Items' Outputs share. With Config.KeepOrder, line batches'
+	// Results come in the order of their first items. Nil for other
+	// tasks.
 	Items []Item
 
 	// out is the one-shot output the result carries, with what went to
@@ -523,7 +533,10 @@ type Config struct {
 	// that line is charged, and the lines sent behind it, still in its
 	// stdin, go back to the queue uncharged. Line tasks sent ahead of time
 	// need a worker that flushes each answer. A task that has been charged
-	// before runs with nothing sent behind it.
+	// before runs with nothing sent behind it. A line batch (Task.Items) is
+	// one task in flight, written at once; a line worker takes another
+	// while the lines it has not answered are less than about 10 ms of
+	// work, by its recent time per line.
 	Pipeline int
 	// MaxPending bounds the tasks submitted but not yet delivered on
 	// Results; Submit blocks while it is reached. This, not the input size,
@@ -562,7 +575,8 @@ type Stats struct {
 	// Queued counts tasks waiting for a worker, including retries in
 	// backoff (a batch, or the part of one that waits, is one).
 	Queued int
-	// Attempts counts attempts that ended, of every cause.
+	// Attempts counts attempts that ended, of every cause; the items of a
+	// batch that a worker answered in one run count one attempt each.
 	Attempts int
 	// Preempted counts attempts the memory governor stopped.
 	Preempted int

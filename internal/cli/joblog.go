@@ -55,6 +55,8 @@ func openJoblog(path string) (*joblog, error) {
 type joblogTask struct {
 	seq   uint64 // the input's number, the row's task_id
 	input string // escaped
+	// rowed says that the row of the task's successful attempt is written.
+	rowed bool
 }
 
 // submit notes the input of pool task id, the seq-th input, before it is
@@ -79,16 +81,46 @@ func (j *joblog) observe(ev pool.Event) {
 	case ev.Kind == pool.EventAttemptEnded && ev.Attempt != nil:
 		j.mu.Lock()
 		defer j.mu.Unlock()
+		t := j.inputs[ev.TaskID]
+		if ev.Attempt.Cause == "" {
+			t.rowed = true
+			j.inputs[ev.TaskID] = t
+		}
 		if j.err != nil {
 			return
 		}
-		t := j.inputs[ev.TaskID]
 		row := joblogRow(t.seq, t.input, ev.Attempt)
 		_, j.err = j.f.WriteString(row)
+	case ev.Kind == pool.EventTaskEnded && ev.Result.Items != nil:
+		j.endItems(ev.Result)
 	case ev.Kind == pool.EventTaskEnded:
 		j.mu.Lock()
 		delete(j.inputs, ev.TaskID)
 		j.mu.Unlock()
+	}
+}
+
+// endItems forgets the items of a batch's result, after it writes the row
+// of each item that is done without an attempt of its own: the lines a
+// worker answered in a block share the block's attempt, with the item's
+// own times.
+func (j *joblog) endItems(r *pool.Result) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	var b strings.Builder
+	for i := range r.Items {
+		it := &r.Items[i]
+		t := j.inputs[it.ID]
+		delete(j.inputs, it.ID)
+		if r.State != pool.Done || t.rowed || len(r.Attempts) == 0 {
+			continue
+		}
+		a := r.Attempts[len(r.Attempts)-1]
+		a.Start, a.End = it.Start, it.End
+		b.WriteString(joblogRow(t.seq, t.input, &a))
+	}
+	if j.err == nil && b.Len() > 0 {
+		_, j.err = j.f.WriteString(b.String())
 	}
 }
 

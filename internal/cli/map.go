@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"runtime"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -41,9 +42,12 @@ The worker:
   on stdout before, or a line too many, fails with cause protocol. One that
   has read its lines and only waits for more without answering does not
   flush: safepool says so, and fails the line after --stall-timeout.
-  safepool sends up to --pipeline lines ahead (fewer when lines take long),
-  which wait in the worker's stdin; the oldest line not yet answered is the
-  one the worker is running, and only it is charged if the worker dies.
+  safepool writes lines to a worker in blocks, up to 1024 lines or 64 KiB
+  and about 5 ms of work by the time lines take (a line at a time when they
+  take long), or up to --pipeline lines ahead when it is given; they wait
+  in the worker's stdin. The oldest line not yet answered is the one the
+  worker is running, and only it is charged if the worker dies: the lines
+  it answered are kept, the lines after it run again, uncharged.
   With --framed the worker speaks the framed protocol of docs/protocol.md on
   fds 3 and 4 instead, and its own stdout also goes to safepool's stderr.
 
@@ -114,7 +118,7 @@ func (a *mapArgs) flagSet() *pflag.FlagSet {
 	a.common.registerPool(fs, "give a task up to `N` more attempts when its worker dies during it: killed, crashed or exited")
 	fs.IntVar(&a.maxTasks, "max-tasks", 0, "replace a worker after it has done `N` tasks (default: never)")
 	fs.Var(newSizeValue(&a.maxRSS), "max-rss", "replace a worker whose memory is over `SIZE` after a task (default: never)")
-	fs.IntVar(&a.pipeline, "pipeline", 0, "send up to `N` tasks to a worker before it answers the first (default 32 lines, 8 with --framed)")
+	fs.IntVar(&a.pipeline, "pipeline", 0, "send up to `N` tasks to a worker before it answers the first, one line a task (default: lines in blocks; 32 lines with --journal or --max-tasks; 8 tasks with --framed)")
 	fs.Var(newSizeValue(&a.maxLine), "max-line", "fail a task whose answer line is longer than `SIZE` (default 64MiB)")
 	fs.DurationVar(&a.stall, "stall-timeout", defaultStall, "fail a line the worker has read and holds unanswered while it only waits for more input (it does not flush) after `DURATION`; 0: never")
 	fs.DurationVar(&a.start, "start-timeout", 0, "give a new worker `DURATION` to be ready, more while it computes: a --framed worker's ready frame, a line worker's first read (default 30s)")
@@ -243,7 +247,11 @@ func runMap(ctx context.Context, e *env, args []string) error {
 		src:  src,
 		task: func(_ uint64, input []byte) pool.Task { return pool.Task{Input: input} },
 		emit: func(o *output, r *pool.Result) {
-			if r.State == pool.Done {
+			switch {
+			case r.State != pool.Done:
+			case r.Items != nil:
+				o.stdout(r.Output) // a block's answer lines, each with its newline
+			default:
 				o.stdout(r.Output, newline)
 			}
 		},
@@ -258,6 +266,22 @@ func runMap(ctx context.Context, e *env, args []string) error {
 		messages:   true,
 		viaShell:   viaShell,
 		e:          e,
+	}
+	// Line workers get the input in blocks of lines, unless something
+	// needs a task per line: the journal keeps one row per task and skips
+	// lines by their task, --max-tasks counts a worker's tasks exactly, and
+	// --pipeline N asks for at most N lines ahead.
+	if protocol == pool.Line && a.nats.url == "" && a.common.journal.path == "" && a.maxTasks == 0 && a.pipeline == 0 {
+		if fs, ok := src.(*fileSource); ok {
+			j.blocks = newLineBlocks(fs)
+			workers := cfg.Workers
+			if workers == 0 {
+				workers = runtime.NumCPU()
+			}
+			// A few blocks per worker: the one it runs, one or two that
+			// wait in its stdin, and results on their way out.
+			j.cfg.MaxPending = 4*workers + 4
+		}
 	}
 	var status int
 	if a.nats.url != "" {
@@ -276,8 +300,9 @@ var newline = []byte{'\n'}
 // defaultStall is --stall-timeout's default, the pool's own.
 const defaultStall = 10 * time.Second
 
-// defaultLinePipeline is how many lines safepool map may send to a line
-// worker ahead of its answers. The pool's own default is 1, for workers
+// defaultLinePipeline is how many tasks safepool map may send to a line
+// worker ahead of its answers: blocks of lines, or lines where each line is
+// a task (--journal, --max-tasks). The pool's own default is 1, for workers
 // that may not flush each answer; safepool map asks its workers to flush,
 // and short lines run several times faster with a few dozen in flight.
 // The pool sends fewer to a worker whose lines take long.

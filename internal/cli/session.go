@@ -35,6 +35,9 @@ type job struct {
 	task func(seq uint64, input []byte) pool.Task
 	// emit writes what a result shows on the output.
 	emit func(o *output, r *pool.Result)
+	// blocks, when not nil, cuts the input into blocks of lines, each one
+	// task (safepool map with line workers); src is then not read.
+	blocks *lineBlocks
 
 	joblog  string // path of --joblog, or ""
 	metrics string // --metrics ADDR, or ""
@@ -218,6 +221,10 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 			feedMu.Unlock()
 			p.Abort(err)
 		}
+		if j.blocks != nil {
+			c.total.Store(int64(j.feedBlocks(ctx, p, jl, fail)))
+			return
+		}
 		// seq numbers inputs (the {#} of run, the journal's task ids);
 		// id numbers the tasks submitted to the pool, as the pool does.
 		var seq, id uint64
@@ -354,6 +361,9 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 				break
 			}
 			lastID = r.ID
+			if j.blocks != nil {
+				j.blocks.observe(&r)
+			}
 			sum.add(&r)
 			if o.err != nil {
 				break

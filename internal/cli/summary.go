@@ -124,6 +124,22 @@ func (s *summary) setTasks(st pool.Stats) {
 // add lists one result among the failed or recovered tasks, as it is. The
 // counts of tasks come from the pool (setTasks).
 func (s *summary) add(r *pool.Result) {
+	if r.Items != nil && r.State != pool.Done && r.State != pool.Cancelled {
+		// A batch's items that failed together: each is listed, by its id
+		// and its input.
+		for i := range r.Items {
+			it := r.Items[i]
+			one := *r
+			one.ID, one.Input, one.Items = it.ID, itemInput(r, &it), nil
+			s.add(&one)
+		}
+		return
+	}
+	if len(r.Items) == 1 {
+		one := *r
+		one.ID, one.Input, one.Items = r.Items[0].ID, itemInput(r, &r.Items[0]), nil
+		r = &one
+	}
 	switch r.State {
 	case pool.Done:
 		s.addRecovered(r)

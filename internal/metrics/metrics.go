@@ -102,7 +102,8 @@ func (c *Collector) Observe(ev pool.Event) {
 		c.attempts.WithLabelValues(cause).Inc()
 	case pool.EventTaskEnded:
 		if ev.Result.State != pool.Done {
-			c.failures.WithLabelValues(string(ev.Result.State), string(ev.Result.Cause())).Inc()
+			n := max(len(ev.Result.Items), 1) // each item of a batch is a task
+			c.failures.WithLabelValues(string(ev.Result.State), string(ev.Result.Cause())).Add(float64(n))
 		}
 	}
 }

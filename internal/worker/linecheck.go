@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -164,46 +165,118 @@ func (s *Session) earlyOutput(n int) {
 	s.outOfStep(fmt.Sprintf("the worker wrote %s on stdout before it was given a line", quoteOutput(buf[:k], n)))
 }
 
-// handleLines matches result lines with the lines in flight, oldest first.
-// When a read brings more lines than there are lines in flight, the worker
-// wrote a line too many, most likely for the last line it read: that line
-// fails, and the worker is killed.
+// handleLines matches the answer lines of a chunk with the lines in
+// flight, oldest first: a plain flight takes one, a block (a line batch) as
+// many as it has unanswered, counted in bulk. When a read brings more lines
+// than there are lines unanswered, the worker wrote a line too many, most
+// likely for the last line it read: that line fails, and the worker is
+// killed.
 func (s *Session) handleLines(ev Event) {
 	if s.killed == CauseProtocol {
 		return // what follows a protocol error is not trusted
 	}
-	lines, extra := ev.lines, len(ev.lines)-len(s.inflight)
-	if extra > 0 {
-		lines = lines[:max(len(s.inflight)-1, 0)]
+	data := ev.chunk
+	got, due := bytes.Count(data, newline), s.unanswered()
+	take := got
+	if got > due {
+		take = max(due-1, 0)
 	}
-	for _, line := range lines {
+	now := time.Now()
+	for take > 0 {
 		head := s.inflight[0]
-		if ev.consumed < head.end {
+		var k int
+		if head.lines != nil {
+			k = min(take, len(head.Items)-head.done)
+		} else {
+			k = 1
+		}
+		// Each line taken must answer a line the worker had read.
+		if head.lines != nil && ev.consumed < head.off+int64(head.lineStart(head.done+k)) {
+			read := 0
+			for read < k && ev.consumed >= head.off+int64(head.lineStart(head.done+read+1)) {
+				read++
+			}
+			k = read // the lines before the first unread one are answers
+		}
+		if k == 0 || head.lines == nil && ev.consumed < head.end {
+			first := data[:bytes.IndexByte(data, '\n')]
 			s.outOfStep(fmt.Sprintf("the worker wrote %s before it had read the line of task %d",
-				quoteOutput(line, len(line)), head.ID))
+				quoteOutput(first, len(first)), head.runningID()))
 			return
 		}
-		if d := time.Since(head.start); s.lineTime == 0 {
+		cut := len(data)
+		if k < take || got > take {
+			cut = lineCut(data, k)
+		}
+		part := data[:cut:cut]
+		data = data[cut:]
+		take -= k
+		if d := now.Sub(head.clock) / time.Duration(k); s.lineTime == 0 {
 			s.lineTime = max(d, 1)
 		} else {
 			s.lineTime = max(s.lineTime+(d-s.lineTime)/8, 1)
 		}
-		s.succeed(head, line)
-		now := time.Now()
 		s.line.progress, s.line.stallFrom = now, time.Time{}
-		if len(s.inflight) > 0 {
-			// The next line runs from the moment this one was answered.
+		if head.lines == nil {
+			s.succeed(head, part[:len(part)-1])
+		} else {
+			s.answerLines(head, part, k, now)
+		}
+		if len(s.inflight) > 0 && s.inflight[0] != head {
+			// The next line runs from the moment this one was answered,
+			// which is when its attempt ended.
+			now = time.Now()
 			s.startFlight(s.inflight[0], now)
 		}
 	}
-	if extra > 0 {
-		first := ev.lines[len(lines)]
-		if len(s.inflight) == 0 {
+	if got > due {
+		first := data[:bytes.IndexByte(data, '\n')]
+		if due == 0 {
 			s.outOfStep(fmt.Sprintf("the worker wrote %s when no line was waiting for an answer", quoteOutput(first, len(first))))
 			return
 		}
 		s.outOfStep(fmt.Sprintf("the worker wrote %d lines (the first %s) where %d were due",
-			len(ev.lines)-len(lines), quoteOutput(first, len(first)), len(s.inflight)))
+			got-max(due-1, 0), quoteOutput(first, len(first)), due))
+	}
+}
+
+var newline = []byte{'\n'}
+
+// lineCut is where the first k lines of data end.
+func lineCut(data []byte, k int) int {
+	off := 0
+	for ; k > 0; k-- {
+		off += bytes.IndexByte(data[off:], '\n') + 1
+	}
+	return off
+}
+
+// answerLines records k answer lines, part, of line batch f, which came
+// at now: the batch ends with its last line; until then, its next line
+// runs from now.
+func (s *Session) answerLines(f *Flight, part []byte, k int, now time.Time) {
+	if s.answered == 0 {
+		s.host.Up()
+	}
+	s.answered += k
+	f.done += k
+	switch {
+	case f.Out == nil && f.done == len(f.Items):
+		f.Out = part // the whole block's answers came at once
+	case f.Out == nil:
+		// Room for answers about as long as the lines, as often they are.
+		f.Out = append(make([]byte, 0, max(len(f.lines), 2*len(part))), part...)
+	default:
+		f.Out = append(f.Out, part...)
+	}
+	f.Marks = append(f.Marks, Mark{N: f.done, At: now})
+	if f.done == len(f.Items) {
+		s.succeed(f, nil)
+		return
+	}
+	f.clock = now
+	if f.Timeout > 0 {
+		s.armDeadline()
 	}
 }
 
@@ -216,7 +289,7 @@ func (s *Session) outOfStep(what string) {
 	}
 	var id uint64
 	if len(s.inflight) > 0 {
-		id = s.inflight[0].ID
+		id = s.inflight[0].runningID()
 	}
 	msg := what + "; " + oneLineHint
 	if s.answered > 0 {
@@ -245,10 +318,10 @@ func (s *Session) checkStall(now time.Time) {
 	head := s.inflight[0]
 	if !l.noticed && d >= min(stallNotice, limit/2) {
 		l.noticed = true
-		s.host.Note(Note{Kind: NoteStalled, ID: head.ID, Answered: s.answered, Message: fmt.Sprintf(
+		s.host.Note(Note{Kind: NoteStalled, ID: head.runningID(), Answered: s.answered, Message: fmt.Sprintf(
 			"worker %d read the line of task %d but has not answered it for %v, and waits for more input: "+
 				"it most likely holds its answers in an output buffer; %s (the attempt fails after %v of this)",
-			s.proc.Pid, head.ID, d.Round(100*time.Millisecond), flushHint, limit)})
+			s.proc.Pid, head.runningID(), d.Round(100*time.Millisecond), flushHint, limit)})
 	}
 	if d >= limit {
 		l.stalled = true

@@ -13,13 +13,15 @@ import (
 	"github.com/safepool/safepool/internal/protocol"
 )
 
-// maxLinesPerEvent bounds how many result lines, already buffered, the
-// reader hands to the session at once.
+// maxLinesPerEvent bounds how many frames, already buffered, the reader
+// hands to the session at once.
 const maxLinesPerEvent = 256
 
 // Event is what a reader goroutine saw on a worker's result pipe.
 type Event struct {
-	lines  [][]byte         // line protocol: result lines, without their newlines
+	// chunk holds whole answer lines of a line worker, each with its
+	// newline, as one read completed them.
+	chunk  []byte
 	frames []protocol.Frame // framed protocol: the frames read at once
 	err    error            // io.EOF, or what was wrong; the reader's last event
 	// consumed is, for lines, no less than how much of its stdin the
@@ -128,32 +130,66 @@ func (rr *resultReader) run() {
 	// After each read, note how much of its stdin the worker had read at
 	// most: every line read so far was written before that.
 	sr := &sampledReader{r: rr.r, sample: rr.pipe.readAtMost}
-	br := bufio.NewReaderSize(sr, 64<<10)
+	rr.readLines(sr)
+}
+
+// readLines reads answer lines from sr and hands them to the session in
+// chunks: after each read, the whole lines it completed, copied at once,
+// with how much of its stdin the worker had read at most then. A line longer
+// than maxLine is an error as soon as maxLine+1 bytes of it have been read;
+// a last line without a newline is not an answer (the worker died writing
+// it).
+func (rr *resultReader) readLines(sr *sampledReader) {
+	// Reads of at most 16 KiB keep each chunk, which the answers it holds
+	// keep alive until they are delivered, among the Go heap's small
+	// objects.
+	buf := make([]byte, 16<<10)
+	var part []byte // the start of a line whose newline has not come yet
 	for {
-		line, err := readLine(br, rr.maxLine)
+		n, err := sr.Read(buf)
+		data := buf[:n]
+		if i := bytes.LastIndexByte(data, '\n'); i >= 0 {
+			whole := data[:i+1]
+			chunk := make([]byte, len(part)+len(whole))
+			copy(chunk[copy(chunk, part):], whole)
+			part = append(part[:0], data[i+1:]...)
+			if int64(len(chunk)) > rr.maxLine+1 && longestLine(chunk) > rr.maxLine {
+				rr.send(Event{err: &LineTooLongError{Max: rr.maxLine}})
+				return
+			}
+			if !rr.send(Event{chunk: chunk, consumed: sr.last}) {
+				return
+			}
+		} else {
+			part = append(part, data...)
+		}
+		if int64(len(part)) > rr.maxLine {
+			rr.send(Event{err: &LineTooLongError{Max: rr.maxLine}})
+			return
+		}
 		if err != nil {
-			rr.send(Event{err: err})
-			return
-		}
-		// Hand over, with it, the whole lines already buffered.
-		lines := [][]byte{line}
-		for len(lines) < maxLinesPerEvent && err == nil {
-			buf, _ := br.Peek(br.Buffered())
-			if bytes.IndexByte(buf, '\n') < 0 {
-				break
+			if err == io.ErrUnexpectedEOF {
+				err = io.EOF
 			}
-			if line, err = readLine(br, rr.maxLine); err == nil {
-				lines = append(lines, line)
-			}
-		}
-		if !rr.send(Event{lines: lines, consumed: sr.last}) {
-			return
-		}
-		if err != nil { // a line over the bound
 			rr.send(Event{err: err})
 			return
 		}
 	}
+}
+
+// longestLine is the length of the longest line of chunk, without its
+// newline.
+func longestLine(chunk []byte) int64 {
+	var m int
+	for len(chunk) > 0 {
+		i := bytes.IndexByte(chunk, '\n')
+		if i < 0 {
+			i = len(chunk)
+		}
+		m = max(m, i)
+		chunk = chunk[min(i+1, len(chunk)):]
+	}
+	return int64(m)
 }
 
 // sampledReader calls sample after every read that returned data, and
@@ -181,45 +217,6 @@ type LineTooLongError struct {
 
 func (e *LineTooLongError) Error() string {
 	return fmt.Sprintf("the worker wrote an answer line longer than the limit of %s", bytesize.Format(e.Max))
-}
-
-// readLine returns the next line without its newline. A line longer than
-// max bytes is an error as soon as max+1 bytes of it have been read: no more
-// is buffered. A last line without a newline is not a result: the worker
-// died while writing it.
-func readLine(br *bufio.Reader, max int64) ([]byte, error) {
-	frag, err := br.ReadSlice('\n')
-	if err == nil {
-		if int64(len(frag))-1 > max {
-			return nil, &LineTooLongError{Max: max}
-		}
-		return append([]byte(nil), frag[:len(frag)-1]...), nil
-	}
-	if err != bufio.ErrBufferFull {
-		if err == io.ErrUnexpectedEOF {
-			err = io.EOF
-		}
-		return nil, err
-	}
-	var line []byte
-	for {
-		// frag holds no newline, or ends with it when err is nil.
-		n := int64(len(line) + len(frag))
-		if err == nil {
-			n-- // the newline
-		}
-		if n > max {
-			return nil, &LineTooLongError{Max: max}
-		}
-		line = append(line, frag...)
-		if err == nil {
-			return line[:len(line)-1], nil
-		}
-		if err != bufio.ErrBufferFull {
-			return nil, io.EOF
-		}
-		frag, err = br.ReadSlice('\n')
-	}
 }
 
 // writeTasks writes each message to the worker's task pipe, batching what is

@@ -99,10 +99,14 @@ func (s *Session) Reap() *Death {
 		if d.Cause == CauseTimeout && f.unstarted {
 			o.Message += ", handed over but never started (no start frame)"
 		}
+		off := f.off
+		if f.lines != nil {
+			off += int64(f.lineStart(f.done)) // the line of a block that runs
+		}
 		c := Casualty{Flight: f, Started: f.started, Outcome: o, Running: f.answered,
 			Bystander: s.victim != nil && f != s.victim,
-			Unread:    line && read >= 0 && read <= f.off}
-		if f.Items != nil && f.started {
+			Unread:    line && read >= 0 && read <= off}
+		if f.Items != nil && f.lines == nil && f.started {
 			c.Running = s.runningItem(f)
 		}
 		d.Flights = append(d.Flights, c)

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"time"
@@ -126,20 +127,34 @@ type Flight struct {
 	Timeout time.Duration
 	// Task is the caller's own record of the task.
 	Task any
-	// Items, for a batch task (framed, protocol.BatchVersion), are the
-	// indexes of the items of Input to run, in order; nil for a plain
-	// task. The worker answers each item; the flight ends when the last
-	// is answered, or with the process.
+	// Items, for a batch task, are the indexes of the items of Input to
+	// run, in order; nil for a plain task. For a framed worker
+	// (protocol.BatchVersion) Input is the batch's payload; for a line
+	// worker, Input holds one line per item, each ended by a newline, and
+	// Items must be a range of consecutive indexes, whose lines are written
+	// to the worker at once. The worker answers each item; the flight ends
+	// when the last is answered, or with the process.
 	Items []uint32
-	// Answers are the answers of a batch's items so far, in the order of
-	// Items; an answer of a range (Answer.Span) stands for several.
+	// Answers are the answers of a framed batch's items so far, in the
+	// order of Items; an answer of a range (Answer.Span) stands for
+	// several.
 	Answers []Answer
 	// answered counts the items that Answers answer.
 	answered int
-	// seen is the position in Items of the running item that the
-	// session last saw, in a start frame, an answer or the worker's page;
-	// clock is when it saw it.
+	// seen is the position in Items of the running item of a framed
+	// batch that the session last saw, in a start frame, an answer or the
+	// worker's page; clock is when it saw it.
 	seen int
+	// Out, for a line batch, holds the answer lines so far, each with its
+	// newline, in the order of Items; Marks says when they came.
+	Out   []byte
+	Marks []Mark
+	// lines is what was written of a line batch: the lines of its items.
+	lines []byte
+	// done counts a line batch's answered lines; next and nextOff are a
+	// line of lines (counting from 0) and where it starts, a cursor that
+	// only moves on.
+	done, next, nextOff int
 	// clock is when the running item of a batch started (for a plain
 	// task, the task): its timeout runs from there.
 	clock time.Time
@@ -156,15 +171,67 @@ type Flight struct {
 	unstarted bool
 }
 
+// Mark says when the answers of a line batch came: the answers up to the
+// N-th (counting from 1) had come by At.
+type Mark struct {
+	N  int
+	At time.Time
+}
+
+// Answered is how many items of a batch the worker has answered.
+func (f *Flight) Answered() int {
+	if f.lines != nil {
+		return f.done
+	}
+	return f.answered // an answer of a range stands for several
+}
+
+// lineStart is where the n-th line of a line batch (from 0) starts in
+// f.lines.
+func (f *Flight) lineStart(n int) int {
+	if n < f.next {
+		f.next, f.nextOff = 0, 0
+	}
+	for f.next < n {
+		i := bytes.IndexByte(f.lines[f.nextOff:], '\n')
+		f.nextOff += i + 1
+		f.next++
+	}
+	return f.nextOff
+}
+
+// runningID is the id of the item of f that runs: for a batch, its first
+// unanswered item.
+func (f *Flight) runningID() uint64 {
+	if f.Items == nil || f.Answered() >= len(f.Items) {
+		return f.ID
+	}
+	return f.ID + uint64(f.Items[f.Answered()]-f.Items[0])
+}
+
+// LineSpan returns the lines of input, which holds lines each ended by a
+// newline, from the first-th (counting from 0) to the one before end.
+func LineSpan(input []byte, first, end int) []byte {
+	if first == 0 && bytes.Count(input, []byte{'\n'}) == end {
+		return input[:len(input):len(input)]
+	}
+	off := 0
+	for i := 0; i < first; i++ {
+		off += bytes.IndexByte(input[off:], '\n') + 1
+	}
+	stop := off
+	for i := first; i < end; i++ {
+		stop += bytes.IndexByte(input[stop:], '\n') + 1
+	}
+	return input[off:stop:stop]
+}
+
 // StartedAt is when f started running; zero if it has not.
 func (f *Flight) StartedAt() time.Time { return f.start }
 
 // Clock is when f's running item started (for a plain task, when the task
 // started); zero if it has not.
 func (f *Flight) Clock() time.Time { return f.clock }
-
-// Answered is how many items of batch f its Answers answer.
-func (f *Flight) Answered() int { return f.answered }
 
 // Answer is the answer of one item of a batch, or of a range of its items.
 type Answer struct {
@@ -391,11 +458,11 @@ func (s *Session) HasRoom() bool {
 			return false
 		}
 	case IOLine:
-		if !s.line.gateOpen || len(s.inflight) >= s.lineDepth() {
+		if !s.line.gateOpen || !s.lineRoom() {
 			return false
 		}
 	}
-	if cfg.MaxTasks > 0 && s.answered+len(s.inflight) >= cfg.MaxTasks {
+	if cfg.MaxTasks > 0 && s.answered+s.unanswered() >= cfg.MaxTasks {
 		return false
 	}
 	select {
@@ -406,14 +473,32 @@ func (s *Session) HasRoom() bool {
 	}
 }
 
-// lineDepth is how many lines a line worker may have in flight: one until
-// it has answered, then as many as it answers in PipelineAhead, up to
-// Config.Pipeline.
-func (s *Session) lineDepth() int {
-	if s.lineTime <= 0 {
-		return 1
+// lineRoom reports whether a line worker may be sent more: one flight
+// until it has answered, then as many lines as it answers in
+// PipelineAhead (by its recent time per line), in at most Config.Pipeline
+// flights. A block of lines is one flight of many lines.
+func (s *Session) lineRoom() bool {
+	if len(s.inflight) == 0 {
+		return true
 	}
-	return int(min(int64(s.cfg.Pipeline), 1+int64(PipelineAhead/s.lineTime)))
+	if s.lineTime <= 0 || len(s.inflight) >= s.cfg.Pipeline {
+		return false
+	}
+	return int64(s.unanswered()) < 1+int64(PipelineAhead/s.lineTime)
+}
+
+// unanswered counts the tasks in flight, each item of a batch as one, less
+// the items the worker has answered.
+func (s *Session) unanswered() int {
+	n := 0
+	for _, f := range s.inflight {
+		if f.Items != nil {
+			n += len(f.Items) - f.Answered()
+		} else {
+			n++
+		}
+	}
+	return n
 }
 
 // Send encodes f for the process; Flush hands what was encoded to the
@@ -426,9 +511,21 @@ func (s *Session) Send(f *Flight) {
 	case IONone:
 		s.startFlight(f, s.spawned)
 	case IOLine:
-		s.pending = append(append(s.pending, f.Input...), '\n')
 		f.off = s.line.sent
-		s.line.sent += int64(len(f.Input)) + 1
+		if f.Items != nil {
+			// A block of lines, written at once.
+			first := int(f.Items[0])
+			f.lines = LineSpan(f.Input, first, first+len(f.Items))
+			if len(s.pending) == 0 {
+				s.pending = f.lines // no copy; its capacity ends with it
+			} else {
+				s.pending = append(s.pending, f.lines...)
+			}
+			s.line.sent += int64(len(f.lines))
+		} else {
+			s.pending = append(append(s.pending, f.Input...), '\n')
+			s.line.sent += int64(len(f.Input)) + 1
+		}
 		f.end = s.line.sent
 		s.line.progress = f.sent
 		s.armProbe()
@@ -653,7 +750,9 @@ func (s *Session) succeed(f *Flight, output []byte) {
 	if s.answered == 0 {
 		s.host.Up()
 	}
-	s.answered++
+	if f.lines == nil {
+		s.answered++ // a line batch counts its lines as they are answered
+	}
 	cfg := &s.cfg
 	if cfg.MaxTasks > 0 && s.answered >= cfg.MaxTasks {
 		s.retiring = true
