@@ -28,7 +28,7 @@ func (r *runner) reap() {
 			att := attemptOf(c.Outcome)
 			att.Start = c.Flight.Clock()
 			r.p.send(report{kind: reportAttempt, task: t, att: att, answers: c.Flight.Answers,
-				lines: lineItems(t, c.Flight), out: c.Flight.Out, charge: b == blameCharge})
+				lines: lineItems(t, c.Flight), out: c.Flight.Out, charge: b == blameCharge, running: c.Running})
 			charged = charged || b == blameCharge
 			continue
 		}

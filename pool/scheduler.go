@@ -32,10 +32,11 @@ type report struct {
 	output []byte
 	stderr []byte
 	// answers are the answered items of a batch's attempt; charge says
-	// that the batch's next item is charged with att (its worker died
-	// running it).
+	// that the batch's item at position running is charged with att (its
+	// worker died running it).
 	answers []worker.Answer
 	charge  bool
+	running int
 	// lines are the done items of a line batch's attempt, and out their
 	// answer lines, each with its newline (worker.Flight.Out).
 	lines []Item
@@ -301,7 +302,7 @@ func (s *scheduler) attemptEnded(rep report) {
 		it := rep.lines[0]
 		a.Start, a.End, rep.output = it.Start, it.End, it.Output
 	}
-	if len(rep.answers) == 1 {
+	if len(rep.answers) == 1 && rep.answers[0].Span <= 1 {
 		// A batch task of one item: its answer is the attempt's.
 		an := rep.answers[0]
 		a.Start, a.End = an.Start, an.End
@@ -321,8 +322,9 @@ func (s *scheduler) attemptEnded(rep report) {
 // batchEnded settles a batch whose attempt ended: with every item
 // answered, or with its worker's death while it ran. The items answered
 // are done, in one Result; an item that failed, and the item the death is
-// charged to, are settled each as a task of its own; the items after that
-// go back to the queue as a batch, uncharged.
+// charged to, are settled each as a task of its own; the items the worker
+// ran but whose answers it had not sent, and the items after the charged
+// one, go back to the queue uncharged, as two batches.
 func (s *scheduler) batchEnded(rep report) {
 	t, a := rep.task, rep.att
 	if a.Cause == "" && s.gov != nil {
@@ -331,19 +333,21 @@ func (s *scheduler) batchEnded(rep report) {
 	s.forget(t)
 	done, answered := rep.lines, len(rep.lines)
 	var failed []worker.Answer
-	if rep.answers != nil {
-		answered = len(rep.answers)
-	}
 	for _, an := range rep.answers {
+		answered += max(an.Span, 1)
 		if an.Failed {
 			failed = append(failed, an)
 			continue
 		}
-		done = append(done, Item{ID: t.base + uint64(an.Index), Index: int(an.Index), Output: an.Output,
-			Start: an.Start, End: an.End})
+		done = append(done, Item{ID: t.base + uint64(an.Index), Index: int(an.Index), Span: an.Span,
+			Output: an.Output, Start: an.Start, End: an.End})
 	}
 	if len(done) > 0 {
-		s.p.count(func(st *Stats) { st.Attempts += len(done) }) // an attempt per item that ran
+		ran := 0
+		for _, it := range done {
+			ran += max(it.Span, 1)
+		}
+		s.p.count(func(st *Stats) { st.Attempts += ran }) // an attempt per item that ran
 		ok := a
 		ok.Cause, ok.Message, ok.ExitCode, ok.Signal, ok.Number = "", "", -1, "", 1
 		s.startFail, s.everOK = 0, true
@@ -359,7 +363,10 @@ func (s *scheduler) batchEnded(rep report) {
 		parts++
 	}
 	rest := t.items[answered:]
+	var unsent []uint32
 	if len(rest) > 0 && rep.charge {
+		run := min(max(rep.running, answered), len(t.items)-1)
+		unsent, rest = t.items[answered:run], t.items[run:]
 		u := t // a batch of one item keeps its charges
 		if len(t.items) > 1 {
 			u = t.split(rest[:1])
@@ -368,10 +375,13 @@ func (s *scheduler) batchEnded(rep report) {
 		s.settleAttempt(u, a, nil, nil)
 		rest = rest[1:]
 	}
-	if len(rest) > 0 {
-		parts++
-		u := t.split(rest)
-		s.apply(u, settle(taskView{}, ending{givenBack: true}, s.policy(), memVerdict{}), nil, nil)
+	// The queue takes each at its head: the later items first.
+	for _, back := range [][]uint32{rest, unsent} {
+		if len(back) > 0 {
+			parts++
+			u := t.split(back)
+			s.apply(u, settle(taskView{}, ending{givenBack: true}, s.policy(), memVerdict{}), nil, nil)
+		}
 	}
 	s.pending += parts - 1
 }

@@ -166,12 +166,18 @@ type Task struct {
 	Items int
 }
 
-// Item is the outcome of one item of a batch task that its Result carries.
+// Item is the outcome of one item of a batch task that its Result carries,
+// or of a range of its items.
 type Item struct {
 	// ID is the item's id: its batch's id (Result.ID) plus Index.
 	ID uint64
 	// Index is the item's index in the batch.
 	Index int
+	// Span, for a range of items that a worker answered together (an
+	// items frame of the framed protocol), is how many items it stands
+	// for: Index and those after it, whose results Output holds together
+	// in the worker's own format. 0 for one item.
+	Span int
 	// Output is the item's result, for an item that is done.
 	Output []byte
 	// Start and End bound the item's last run; zero if it never ran.
@@ -257,7 +263,11 @@ type Result struct {
 // count is how many submitted ids r settles: its items, or 1.
 func (r *Result) count() int {
 	if r.Items != nil {
-		return len(r.Items)
+		n := 0
+		for _, it := range r.Items {
+			n += max(it.Span, 1)
+		}
+		return n
 	}
 	return 1
 }

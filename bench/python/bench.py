@@ -21,6 +21,8 @@ TPUT = [  # (peer, label)
     ("joblib", "joblib Parallel (batch_size=1)"),
     ("joblib_auto", "joblib Parallel (batch_size=auto)"),
     ("safepool_imap", "safepool.Pool.imap (adaptive chunks)"),
+    ("safepool_imap1", "safepool.Pool.imap (chunksize=1)"),
+    ("mp_pool", "multiprocessing.Pool.imap (fork, chunksize=1)"),
     ("safepool_executor_map", "safepool.Executor.map (adaptive chunks)"),
     ("safepool_empty", "safepool.Pool start + 2 tasks + terminate (no 20k tasks)"),
 ]
@@ -243,11 +245,15 @@ def reading(med, wmed, pmed, kill):
                  "then run the tasks), and terminate %.0f ms."
                  % (pmed["total"], pmed["import"], pmed["start"], pmed["map"], pmed["terminate"]))
     lines.append("- On a running pool, `safepool.Pool.map` did %.2fx the throughput of "
-                 "`multiprocessing.Pool.map`: a chunk of items is one batch task of the "
-                 "supervisor's pool, pickled once each way, but its worker writes each item's "
-                 "result and the next item's start before that item runs (so that a death is "
-                 "blamed on its item, and the items answered survive it), where multiprocessing "
-                 "sends a chunk's results as one message and blames nothing." % (wmed["safepool_map"] / wmed["mp_pool_chunked"]))
+                 "`multiprocessing.Pool.map` (the target is at least 1x: %s): a chunk of items is "
+                 "one batch task of the supervisor's pool, pickled once each way; its worker marks "
+                 "each item in a page of memory it shares with the supervisor before running it "
+                 "(so that a death is blamed on its item), and sends the values of a run of items "
+                 "as one pickled list." % (wmed["safepool_map"] / wmed["mp_pool_chunked"],
+                                          "met" if wmed["safepool_map"] >= wmed["mp_pool_chunked"] else "not met"))
+    lines.append("- One item at a time (`imap`, chunksize=1), safepool did %.2fx multiprocessing's "
+                 "throughput: each item is a round trip through the supervisor."
+                 % (med["safepool_imap1"] / med["mp_pool"]))
     for variant, label in KILL:
         rs = kill[variant]
         got = sorted(r["got"] for r in rs)[len(rs) // 2]

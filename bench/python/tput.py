@@ -34,6 +34,12 @@ def safepool_imap():
         return sum(p.imap(sq, range(N)))
 
 
+def safepool_imap1():
+    import safepool
+    with safepool.Pool(W) as p:
+        return sum(p.imap(sq, range(N), chunksize=1))
+
+
 def safepool_executor_map():
     import safepool
     with safepool.Executor(W) as ex:

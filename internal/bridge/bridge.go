@@ -6,8 +6,8 @@
 // batch task (pool.Task.Items), whose items each keep their own fate: the
 // pool's policy (retries, the memory governor's OOM retry, poison) applies
 // to each item as to any task, and a worker death is blamed on the item
-// whose start frame came last. The wire format, bridge/3, is specified in
-// docs/protocol.md.
+// that the worker's running-item page (or its last start frame) names. The
+// wire format, bridge/4, is specified in docs/protocol.md.
 package bridge
 
 import (
@@ -32,8 +32,9 @@ import (
 // Version is the bridge protocol version that Hello and Ready carry.
 // Version 1 ran batches of items as one task under the client's own policy;
 // version 2 runs one item per task under the pool's; version 3 adds batch
-// tasks (KindBatch, KindItems), whose items each keep their own fate.
-const Version = 3
+// tasks (KindBatch, KindItems), whose items each keep their own fate;
+// version 4 adds ranges to KindItems: one output for several items.
+const Version = 4
 
 // VersionError is the error of a session whose client speaks another version
 // of the bridge protocol. The bridge sends its text to the client in an end
@@ -487,7 +488,7 @@ func writeItems(bw *bufio.Writer, r *pool.Result) error {
 	}
 	taskErr := r.State == pool.Failed && r.Cause() == pool.CauseTaskError
 	outs := make([][]byte, len(r.Items))
-	head := make([]byte, 0, 8+len(meta)+24*len(r.Items))
+	head := make([]byte, 0, 8+len(meta)+28*len(r.Items))
 	head = binary.BigEndian.AppendUint32(head, uint32(len(meta)))
 	head = append(head, meta...)
 	head = binary.BigEndian.AppendUint32(head, uint32(len(r.Items)))
@@ -498,6 +499,7 @@ func writeItems(bw *bufio.Writer, r *pool.Result) error {
 			outs[i] = []byte(r.Attempts[len(r.Attempts)-1].Message)
 		}
 		head = binary.BigEndian.AppendUint32(head, uint32(it.Index))
+		head = binary.BigEndian.AppendUint32(head, uint32(it.Span))
 		head = binary.BigEndian.AppendUint32(head, uint32(len(outs[i])))
 		head = binary.BigEndian.AppendUint64(head, math.Float64bits(unixSeconds(it.Start)))
 		head = binary.BigEndian.AppendUint64(head, math.Float64bits(unixSeconds(it.End)))

@@ -8,10 +8,13 @@ import (
 	"encoding/json"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/safepool/safepool/internal/protocol"
 	"github.com/safepool/safepool/pool"
@@ -23,8 +26,11 @@ import (
 // is a text, a NUL and a record, "sleep" sleeps for a minute, and any other
 // task is answered "did " and the task.
 func TestMain(m *testing.M) {
-	if os.Getenv("SAFEPOOL_BRIDGE_TEST_WORKER") == "1" {
+	switch os.Getenv("SAFEPOOL_BRIDGE_TEST_WORKER") {
+	case "1":
 		os.Exit(helperWorker())
+	case "page":
+		os.Exit(pageWorker())
 	}
 	os.Exit(m.Run())
 }
@@ -76,6 +82,73 @@ func helperWorker() int {
 	}
 }
 
+// pageWorker is a framed/3 worker that answers a batch's items in ranges,
+// as the Python worker does: it marks each item in its running-item page
+// before it runs it, and sends the answers it holds (one items frame,
+// "did x" for each, comma-separated) when an item is "flush", before an
+// item "fail" (which it answers with an item-error frame), and at the end
+// of the batch. An item "die" kills it with SIGKILL, its answers unsent.
+func pageWorker() int {
+	in := protocol.NewReader(os.NewFile(3, "tasks"), 0)
+	out := protocol.NewWriter(os.NewFile(4, "results"))
+	send := func(f protocol.Frame) {
+		out.WriteFrame(f)
+		out.Flush()
+	}
+	fd, err := strconv.Atoi(os.Getenv(protocol.EnvPageFD))
+	if err != nil {
+		return 2
+	}
+	page, err := unix.Mmap(fd, 0, protocol.PageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return 2
+	}
+	send(protocol.Frame{Kind: protocol.KindReady, Payload: []byte(`{"version":3}`)})
+	for {
+		f, err := in.ReadFrame()
+		if err != nil || f.Kind != protocol.KindBatch {
+			return 0
+		}
+		indexes, payload, _ := protocol.ParseBatch(f.Payload)
+		items := strings.Split(string(payload), ",")
+		binary.NativeEndian.PutUint32(page[protocol.PagePosOff:], protocol.PageNone)
+		binary.NativeEndian.PutUint64(page[protocol.PageIDOff:], f.ID)
+		binary.NativeEndian.PutUint32(page[protocol.PagePosOff:], 0)
+		send(protocol.Frame{Kind: protocol.KindStart, ID: f.ID, Payload: binary.BigEndian.AppendUint32(nil, indexes[0])})
+		var held []string
+		first := 0
+		flush := func() {
+			if len(held) > 0 {
+				send(protocol.Frame{Kind: protocol.KindItems, ID: f.ID, Payload: protocol.AppendItems(nil, 0,
+					indexes[first], uint32(len(held)), []byte(strings.Join(held, ",")))[protocol.HeaderSize:]})
+			}
+			held = nil
+		}
+		for pos, i := range indexes {
+			binary.NativeEndian.PutUint32(page[protocol.PagePosOff:], uint32(pos))
+			switch items[i] {
+			case "die":
+				syscall.Kill(os.Getpid(), syscall.SIGKILL)
+				time.Sleep(time.Minute)
+			case "fail":
+				flush()
+				send(protocol.Frame{Kind: protocol.KindItemError, ID: f.ID,
+					Payload: append(binary.BigEndian.AppendUint32(nil, i), "it failed\x00rec"...)})
+				first = pos + 1
+				continue
+			}
+			if len(held) == 0 {
+				first = pos
+			}
+			held = append(held, "did "+items[i])
+			if items[i] == "flush" {
+				flush()
+			}
+		}
+		flush()
+	}
+}
+
 // session runs Serve on pipes and returns the client's ends.
 type session struct {
 	t    *testing.T
@@ -99,7 +172,13 @@ func (s *session) serveErr() error {
 
 func start(t *testing.T, h Hello) *session {
 	t.Helper()
-	t.Setenv("SAFEPOOL_BRIDGE_TEST_WORKER", "1")
+	return startWith(t, h, "1")
+}
+
+// startWith starts a session whose workers are the helper named worker.
+func startWith(t *testing.T, h Hello, worker string) *session {
+	t.Helper()
+	t.Setenv("SAFEPOOL_BRIDGE_TEST_WORKER", worker)
 	inR, inW, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -216,7 +295,8 @@ func TestPipelinedDeathBlame(t *testing.T) {
 	}
 }
 
-// itemsOf splits an items frame into its meta and its items' outputs by id.
+// itemsOf splits an items frame into its meta and its items' outputs by id;
+// the items of a range each get the range's output.
 func itemsOf(t *testing.T, f frame) (Meta, map[uint64]string) {
 	t.Helper()
 	if f.kind != KindItems {
@@ -230,15 +310,70 @@ func itemsOf(t *testing.T, f frame) (Meta, map[uint64]string) {
 	}
 	p = p[4+n:]
 	count := int(binary.BigEndian.Uint32(p))
-	entries, data := p[4:4+24*count], p[4+24*count:]
+	entries, data := p[4:4+28*count], p[4+28*count:]
 	outs := map[uint64]string{}
 	for i := 0; i < count; i++ {
-		e := entries[24*i:]
-		index, size := binary.BigEndian.Uint32(e), binary.BigEndian.Uint32(e[4:])
-		outs[f.id+uint64(index)] = string(data[:size])
+		e := entries[28*i:]
+		index, span, size := binary.BigEndian.Uint32(e), binary.BigEndian.Uint32(e[4:]), binary.BigEndian.Uint32(e[8:])
+		for k := range max(span, 1) {
+			outs[f.id+uint64(index+k)] = string(data[:size])
+		}
 		data = data[size:]
 	}
 	return m, outs
+}
+
+// TestBatchPageBlame: a framed/3 worker answers a batch in ranges and
+// marks the item it runs in its page, and dies on "die". The items whose
+// answers it had sent are done, once; "die" alone is charged (skip:
+// failed); "b", which it ran but had not answered, and the items after
+// "die" run again, uncharged, on the next worker; the item that fails is
+// settled on its own.
+func TestBatchPageBlame(t *testing.T) {
+	s := startWith(t, Hello{Workers: 1, OnWorkerDeath: "skip"}, "page")
+	if f := s.next(); f.kind != KindReady {
+		t.Fatalf("first frame kind = %d, want ready", f.kind)
+	}
+	items := "a,flush,b,die,c,fail,d"
+	payload := binary.BigEndian.AppendUint32(nil, 7)
+	payload = binary.BigEndian.AppendUint32(payload, 0) // no options
+	s.send(KindBatch, 1, append(payload, items...))
+	state := map[uint64]string{}
+	outs := map[uint64]string{}
+	pids := map[uint64]int{}
+	for len(state) < 7 {
+		m, o := itemsOf(t, s.next())
+		for id, out := range o {
+			if _, dup := state[id]; dup {
+				t.Errorf("item %d settled twice", id)
+			}
+			state[id], outs[id] = m.State, out
+			pids[id] = m.Attempts[len(m.Attempts)-1].PID
+			if m.State == "failed" && id == 4 && (len(m.Attempts) != 1 || m.Attempts[0].Cause != "signal:SIGKILL") {
+				t.Errorf("item 4 = %+v, want failed once with signal:SIGKILL", m)
+			}
+			if m.State == "done" && (len(m.Attempts) != 1 || m.Attempts[0].Number != 1) {
+				t.Errorf("item %d = %+v, want done at its first charged attempt", id, m)
+			}
+		}
+	}
+	for id, want := range map[uint64]string{1: "done", 2: "done", 3: "done", 4: "failed", 5: "done", 6: "failed", 7: "done"} {
+		if state[id] != want {
+			t.Errorf("item %d = %s, want %s", id, state[id], want)
+		}
+	}
+	if outs[1] != "did a,did flush" || outs[3] != "did b" || outs[5] != "did c" || outs[7] != "did d" {
+		t.Errorf("outputs %v: want the range a..flush, then b, c and d each in a range of their own", outs)
+	}
+	if pids[1] != pids[4] || pids[3] == pids[4] || pids[5] != pids[3] {
+		t.Errorf("pids %v: want a, flush and die on the first worker, b and the items after die on the next", pids)
+	}
+	s.send(KindClose, 0, nil)
+	f := s.next()
+	var end End
+	if f.kind != KindEnd || json.Unmarshal(f.payload, &end) != nil || end.Error != "" || end.Stats.Done != 5 {
+		t.Errorf("end = %d %s, want no error and 5 done", f.kind, f.payload)
+	}
 }
 
 // TestBatchBlame: a batch of items is one task; its worker dies on the
@@ -411,8 +546,8 @@ func TestBadHello(t *testing.T) {
 		{"version", `{"version":9,"command":["true"]}`, "the binary is older than the client"},
 		{"old client", `{"version":1,"command":["true"]}`, "the client is older than the binary"},
 		{"json", `{`, "bad hello"},
-		{"policy", `{"version":3,"command":["true"],"on_worker_death":"maybe"}`, "on_worker_death"},
-		{"command", `{"version":3,"command":["/nonexistent/worker"]}`, "starting the pool"},
+		{"policy", `{"version":4,"command":["true"],"on_worker_death":"maybe"}`, "on_worker_death"},
+		{"command", `{"version":4,"command":["/nonexistent/worker"]}`, "starting the pool"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -443,7 +578,7 @@ func TestBadHello(t *testing.T) {
 
 func TestConfigOfHello(t *testing.T) {
 	// The members as the Python client sends them.
-	const hello = `{"version": 3, "command": ["w"], "workers": 3, "mem_limit": 1024, "timeout": 1.5,
+	const hello = `{"version": 4, "command": ["w"], "workers": 3, "mem_limit": 1024, "timeout": 1.5,
 		"retries": 4, "on_worker_death": "retry",
 		"no_governor": true, "mem_budget": 2147483648, "mem_reserve": 1048576, "mem_per_task": 4096,
 		"preempt_above": 0.9, "preempt_psi": -1, "backoff": 0.25, "max_backoff": 2.0, "task_error_retries": 2}`

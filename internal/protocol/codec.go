@@ -41,11 +41,38 @@ func AppendBatch(b []byte, id uint64, indexes []uint32, payload []byte) []byte {
 	return append(b, payload...)
 }
 
+// BatchRange, set in the count of a batch frame (PageVersion), says that
+// the frame's items are a range: the count's other bits are the number of
+// items m, and one index follows, the first; the items are first to
+// first+m-1.
+const BatchRange = 1 << 31
+
+// AppendBatchRange appends a batch frame for task id whose items are the m
+// items from first on, in the compact form of PageVersion (BatchRange).
+func AppendBatchRange(b []byte, id uint64, first, m uint32, payload []byte) []byte {
+	b = AppendHeader(b, uint8(KindBatch), id, 8+len(payload))
+	b = binary.BigEndian.AppendUint32(b, BatchRange|m)
+	b = binary.BigEndian.AppendUint32(b, first)
+	return append(b, payload...)
+}
+
 // ParseBatch splits the payload of a batch frame into its item indexes and
-// the task's payload. It reports false when p is too short for its count.
+// the task's payload, in either form. It reports false when p is too short
+// for its count.
 func ParseBatch(p []byte) (indexes []uint32, payload []byte, ok bool) {
 	if len(p) < 4 {
 		return nil, nil, false
+	}
+	if c := binary.BigEndian.Uint32(p); c&BatchRange != 0 {
+		if len(p) < 8 {
+			return nil, nil, false
+		}
+		first := binary.BigEndian.Uint32(p[4:])
+		indexes = make([]uint32, c&^BatchRange)
+		for i := range indexes {
+			indexes[i] = first + uint32(i)
+		}
+		return indexes, p[8:], true
 	}
 	m := uint64(binary.BigEndian.Uint32(p))
 	if 4+4*m > uint64(len(p)) {
@@ -66,4 +93,24 @@ func ItemIndex(p []byte) (index uint32, rest []byte, ok bool) {
 		return 0, nil, false
 	}
 	return binary.BigEndian.Uint32(p), p[4:], true
+}
+
+// ParseItems splits the payload of an items frame (KindItems) into the
+// index of its range's first item, the range's item count and the output.
+// It reports false when p is too short or the count is 0.
+func ParseItems(p []byte) (first, count uint32, output []byte, ok bool) {
+	if len(p) < 8 {
+		return 0, 0, nil, false
+	}
+	first, count = binary.BigEndian.Uint32(p), binary.BigEndian.Uint32(p[4:])
+	return first, count, p[8:], count > 0
+}
+
+// AppendItems appends an items frame for task id: the results, as one
+// output, of the count items from first on.
+func AppendItems(b []byte, id uint64, first, count uint32, output []byte) []byte {
+	b = AppendHeader(b, uint8(KindItems), id, 8+len(output))
+	b = binary.BigEndian.AppendUint32(b, first)
+	b = binary.BigEndian.AppendUint32(b, count)
+	return append(b, output...)
 }

@@ -34,6 +34,13 @@ const Version = 1
 // to a worker that announced BatchVersion.
 const BatchVersion = 2
 
+// PageVersion is the version that adds answer ranges and the running-item
+// page to BatchVersion: a worker that announces it may answer the items of
+// a batch in ranges (KindItems), one frame for many items, and mark the
+// item it runs in the page (EnvPageFD) instead of sending a start frame for
+// each. A supervisor accepts it as it does BatchVersion.
+const PageVersion = 3
+
 // HeaderSize is the size in bytes of a frame header.
 const HeaderSize = 13
 
@@ -52,6 +59,29 @@ const (
 	// EnvResultFD is the file descriptor the worker writes its frames to,
 	// "4" unless the supervisor says otherwise.
 	EnvResultFD = "SAFEPOOL_RESULT_FD"
+	// EnvPageFD is the file descriptor of the running-item page
+	// (PageVersion): a memory file of PageSize bytes that the worker maps
+	// shared and the supervisor reads. Unset when there is none.
+	EnvPageFD = "SAFEPOOL_PAGE_FD"
+)
+
+// The running-item page (PageVersion). Its words are in the machine's own
+// byte order (the worker and the supervisor share one machine):
+//
+//	offset  size  field
+//	0       8     id of the batch task running, uint64 (0: none yet)
+//	8       4     position, in the batch frame's index list, of the item
+//	              running, uint32 (PageNone: none)
+//
+// Before it starts a batch the worker writes PageNone at offset 8, then the
+// id, then the position of its first item; before each further item, the
+// item's position. A write to memory, it costs no system call, and it is
+// still there when the worker is killed.
+const (
+	PageSize   = 4096
+	PageIDOff  = 0
+	PagePosOff = 8
+	PageNone   = ^uint32(0)
 )
 
 // Framed is the value of EnvProtocol for workers that speak this version of
@@ -92,6 +122,12 @@ const (
 	// KindItemError reports that one item of a batch failed: the 4-byte
 	// big-endian item index, then a UTF-8 message.
 	KindItemError Kind = 9
+	// KindItems carries the results of a range of items of a batch
+	// (PageVersion): the 4-byte big-endian index of the range's first
+	// item, the 4-byte big-endian count c, then one output for the c
+	// items, in a format of the worker's own. The range is the next c items
+	// of the batch's index list. See ParseItems.
+	KindItems Kind = 10
 )
 
 var kindNames = [...]string{
@@ -104,6 +140,7 @@ var kindNames = [...]string{
 	KindBatch:     "batch",
 	KindItem:      "item",
 	KindItemError: "item-error",
+	KindItems:     "items",
 }
 
 // String returns the kind's name as the specification spells it, such as
@@ -117,7 +154,7 @@ func (k Kind) String() string {
 
 // Valid reports whether k is one of the kinds this version defines.
 func (k Kind) Valid() bool {
-	return k >= KindReady && k <= KindItemError
+	return k >= KindReady && k <= KindItems
 }
 
 // Frame is one message on the wire.
@@ -182,6 +219,8 @@ func check(off int64, k Kind, id uint64, n uint64, maxPayload uint64) *FormatErr
 		return &FormatError{Offset: off, Reason: fmt.Sprintf("start frame with a %d-byte payload, want none or an item index", n)}
 	case (k == KindItem || k == KindItemError || k == KindBatch) && n < 4:
 		return &FormatError{Offset: off, Reason: fmt.Sprintf("%s frame with a %d-byte payload, want at least 4", k, n)}
+	case k == KindItems && n < 8:
+		return &FormatError{Offset: off, Reason: fmt.Sprintf("items frame with a %d-byte payload, want at least 8", n)}
 	}
 	return nil
 }

@@ -54,7 +54,7 @@ func TestKindString(t *testing.T) {
 		{"error", KindError, "error"},
 		{"heartbeat", KindHeartbeat, "heartbeat"},
 		{"zero", 0, "kind(0)"},
-		{"unknown", 10, "kind(10)"},
+		{"unknown", 11, "kind(11)"},
 		{"max", 255, "kind(255)"},
 	}
 	for _, tt := range tests {
@@ -119,7 +119,7 @@ func TestWriteFrameInvalid(t *testing.T) {
 		reason string
 	}{
 		{"kind zero", Frame{Kind: 0, ID: 1}, "unknown kind 0"},
-		{"unknown kind", Frame{Kind: 10, ID: 1}, "unknown kind 10"},
+		{"unknown kind", Frame{Kind: 11, ID: 1}, "unknown kind 11"},
 		{"ready with id", Frame{Kind: KindReady, ID: 3, Payload: ReadyPayload()}, "ready frame with id 3, want 0"},
 		{"heartbeat with id", Frame{Kind: KindHeartbeat, ID: 1}, "heartbeat frame with id 1, want 0"},
 		{"heartbeat with payload", Frame{Kind: KindHeartbeat, Payload: []byte("x")}, "heartbeat frame with a 1-byte payload, want none"},

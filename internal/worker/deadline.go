@@ -25,6 +25,9 @@ func (s *Session) armDeadline() {
 	for _, f := range s.inflight {
 		if f.Timeout > 0 && f.started {
 			earliest(f.clock.Add(f.Timeout))
+			if s.watchesPage(f) {
+				earliest(time.Now().Add(pagePoll(f.Timeout)))
+			}
 		}
 	}
 	if f := s.waitingToStart(); f != nil && f.Timeout > 0 {
@@ -114,6 +117,7 @@ func (s *Session) CheckDeadlines() {
 		s.Kill(CauseTimeout)
 		return
 	}
+	s.lookAtPage(now)
 	for _, f := range s.inflight {
 		if f.Timeout > 0 && f.started && !now.Before(f.clock.Add(f.Timeout)) {
 			s.victim = f
@@ -169,11 +173,11 @@ func (s *Session) handleFrame(fr protocol.Frame) {
 			s.protocolError("a second ready frame")
 		case err != nil:
 			s.protocolError(err.Error())
-		case v != protocol.Version && v != protocol.BatchVersion:
-			s.protocolError(fmt.Sprintf("worker speaks protocol version %d, supervisor %d and %d",
-				v, protocol.Version, protocol.BatchVersion))
+		case v < protocol.Version || v > protocol.PageVersion:
+			s.protocolError(fmt.Sprintf("worker speaks protocol version %d, supervisor %d to %d",
+				v, protocol.Version, protocol.PageVersion))
 		default:
-			s.ready, s.batches = true, v == protocol.BatchVersion
+			s.ready, s.batches, s.ranges = true, v >= protocol.BatchVersion, v >= protocol.PageVersion
 			s.host.Up()
 		}
 	case protocol.KindStart:
@@ -189,6 +193,8 @@ func (s *Session) handleFrame(fr protocol.Frame) {
 		s.startFlight(f, time.Now())
 	case protocol.KindItem, protocol.KindItemError:
 		s.answerItem(fr)
+	case protocol.KindItems:
+		s.answerRange(fr)
 	case protocol.KindResult, protocol.KindError:
 		f := s.flightByID(fr.ID)
 		if f == nil || f.Items != nil {
@@ -212,10 +218,10 @@ func (s *Session) handleFrame(fr protocol.Frame) {
 // nextItem is the index of the item of batch f that the worker must start
 // or answer next; ok is false when every item is answered.
 func nextItem(f *Flight) (index uint32, ok bool) {
-	if len(f.Answers) >= len(f.Items) {
+	if f.answered >= len(f.Items) {
 		return 0, false
 	}
-	return f.Items[len(f.Answers)], true
+	return f.Items[f.answered], true
 }
 
 // startItem handles the start frame of an item of batch f: the batch starts
@@ -229,6 +235,7 @@ func (s *Session) startItem(f *Flight, p []byte) {
 		return
 	}
 	now := time.Now()
+	f.seen = f.answered
 	if !f.started {
 		s.startFlight(f, now)
 		return
@@ -264,9 +271,88 @@ func (s *Session) answerItem(fr protocol.Frame) {
 	} else {
 		a.Failed, a.Message = true, string(rest)
 	}
+	s.recordAnswer(f, a, 1, now)
+}
+
+// recordAnswer records answer a of n items of batch f, which came at now: the
+// next item's time runs from here until its start frame (or the page
+// shows it), and the batch ends with its last item.
+func (s *Session) recordAnswer(f *Flight, a Answer, n int, now time.Time) {
 	f.Answers = append(f.Answers, a)
-	f.clock = now // the next item's time runs from here until its start frame
-	if len(f.Answers) == len(f.Items) {
+	f.answered += n
+	f.clock, f.seen = now, f.answered
+	if f.answered == len(f.Items) {
 		s.succeed(f, nil)
 	}
+}
+
+// answerRange handles an items frame: the answers of the next items of a
+// batch, in one output (protocol.PageVersion).
+func (s *Session) answerRange(fr protocol.Frame) {
+	f := s.flightByID(fr.ID)
+	first, n, out, ok := protocol.ParseItems(fr.Payload)
+	var want uint32
+	more := false
+	if f != nil && f.Items != nil && s.ranges {
+		want, more = nextItem(f)
+	}
+	if !ok || !more || first != want || int(n) > len(f.Items)-f.answered || !consecutive(f.Items[f.answered:f.answered+int(n)]) {
+		s.protocolError(fmt.Sprintf("items frame for task %d, items %d to %d, which are not the next items of a batch in flight",
+			fr.ID, first, uint64(first)+uint64(n)-1))
+		return
+	}
+	now := time.Now()
+	if !f.started {
+		s.startFlight(f, now) // lenient: a worker may skip the start frame
+	}
+	s.recordAnswer(f, Answer{Index: first, Span: int(n), Output: out, Start: f.clock, End: now}, int(n), now)
+}
+
+// consecutive reports whether the indexes follow each other, as those of a
+// range must.
+func consecutive(ix []uint32) bool {
+	for i := 1; i < len(ix); i++ {
+		if ix[i] != ix[i-1]+1 {
+			return false
+		}
+	}
+	return true
+}
+
+// pagePoll is how often the session reads the page of a worker that runs a
+// batch whose items have a timeout: an item's time runs from when the
+// session first saw it in the page, so an item may overrun its timeout by
+// up to this much, never run less.
+func pagePoll(timeout time.Duration) time.Duration {
+	return min(max(timeout/16, 2*time.Millisecond), 250*time.Millisecond)
+}
+
+// watchesPage reports whether f's items are timed through the page: f is
+// a started batch with a timeout, run by a worker that marks its items
+// there.
+func (s *Session) watchesPage(f *Flight) bool {
+	return f.Items != nil && f.started && f.Timeout > 0 && s.ranges && s.proc.page != nil
+}
+
+// lookAtPage moves the clock of the running batch to now when the page
+// shows that a later item of it has started.
+func (s *Session) lookAtPage(now time.Time) {
+	f := s.runningFlight()
+	if f == nil || !s.watchesPage(f) {
+		return
+	}
+	if m, ok := s.proc.readPage(); ok && m.id == f.ID && int(m.pos) > f.seen && int(m.pos) < len(f.Items) {
+		f.seen, f.clock = int(m.pos), now
+	}
+}
+
+// runningItem is the position in f's Items of the item the worker was
+// running when it died: the item its page names, when the page names one
+// of f's unanswered items, or else the first unanswered. f has started.
+func (s *Session) runningItem(f *Flight) int {
+	pos := f.answered
+	if m, ok := s.proc.readPage(); ok && s.ranges && m.id == f.ID && int(m.pos) > pos && int(m.pos) < len(f.Items) {
+		pos = int(m.pos)
+	}
+	return max(pos, f.seen)
 }

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/safepool/safepool/internal/protocol"
 )
 
 // Cgroup places a process in a control group before any of its code runs.
@@ -98,6 +100,10 @@ type Process struct {
 	// fd 4 for IOFramed), or nil.
 	Results *os.File
 
+	// page is the supervisor's read-only mapping of a framed worker's
+	// running-item page (protocol.PageVersion), or nil.
+	page []byte
+
 	cmd  *exec.Cmd
 	done chan struct{}
 	exit Exit // written before done is closed
@@ -153,6 +159,10 @@ func Start(spec Spec) (_ *Process, err error) {
 			p.closeReadEnds()
 			if p.Tasks != nil {
 				p.Tasks.Close()
+			}
+			if p.page != nil {
+				freePage(p.page)
+				p.page = nil
 			}
 		}
 	}()
@@ -226,6 +236,16 @@ func (p *Process) connect(spec Spec, cmd *exec.Cmd) (childEnds []*os.File, err e
 			cmd.Stdin, cmd.Stdout = taskR, resW
 		} else {
 			cmd.ExtraFiles = []*os.File{taskR, resW} // fd 3 and fd 4
+			if f, m, err := newPage(); err == nil {
+				// fd 5; a worker without it sends a start frame per item.
+				childEnds = append(childEnds, f)
+				p.page = m
+				cmd.ExtraFiles = append(cmd.ExtraFiles, f)
+				if cmd.Env == nil {
+					cmd.Env = os.Environ()
+				}
+				cmd.Env = append(cmd.Env[:len(cmd.Env):len(cmd.Env)], protocol.EnvPageFD+"=5")
+			}
 		}
 	} else if spec.Stdin != nil {
 		cmd.Stdin = spec.Stdin
@@ -491,6 +511,24 @@ func (p *Process) awaitCopiers(limit time.Duration) {
 		case <-timeout:
 			return
 		}
+	}
+}
+
+// readPage reads the mark in the process's running-item page; ok is false
+// when it has none, or the page names no item.
+func (p *Process) readPage() (pageMark, bool) {
+	if p.page == nil {
+		return pageMark{}, false
+	}
+	return readPage(p.page)
+}
+
+// freePage unmaps the running-item page. Only the Session's owner
+// calls it, once it has read the page for the last time.
+func (p *Process) freePage() {
+	if p.page != nil {
+		freePage(p.page)
+		p.page = nil
 	}
 }
 

@@ -60,6 +60,12 @@ type Casualty struct {
 	Unread bool
 	// Outcome is the attempt, if the owner charges it with the death.
 	Outcome Outcome
+	// Running, for a batch, is the position in its Items of the item the
+	// process was running, the one to charge: the item that its page or
+	// its last start frame names, or else the first unanswered. The items
+	// between those answered (Flight.Answered) and it were run, but their
+	// answers were not sent.
+	Running int
 }
 
 // Reap ends the Session once Done is closed: it collects what the process
@@ -97,10 +103,15 @@ func (s *Session) Reap() *Death {
 		if f.lines != nil {
 			off += int64(f.lineStart(f.done)) // the line of a block that runs
 		}
-		d.Flights = append(d.Flights, Casualty{Flight: f, Started: f.started, Outcome: o,
+		c := Casualty{Flight: f, Started: f.started, Outcome: o, Running: f.answered,
 			Bystander: s.victim != nil && f != s.victim,
-			Unread:    line && read >= 0 && read <= off})
+			Unread:    line && read >= 0 && read <= off}
+		if f.Items != nil && f.lines == nil && f.started {
+			c.Running = s.runningItem(f)
+		}
+		d.Flights = append(d.Flights, c)
 	}
+	proc.freePage()
 	switch {
 	case s.killMsg != "":
 		d.Failure = errors.New(s.killMsg)

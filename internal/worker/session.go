@@ -136,8 +136,15 @@ type Flight struct {
 	// when the last is answered, or with the process.
 	Items []uint32
 	// Answers are the answers of a framed batch's items so far, in the
-	// order of Items.
+	// order of Items; an answer of a range (Answer.Span) stands for
+	// several.
 	Answers []Answer
+	// answered counts the items that Answers answer.
+	answered int
+	// seen is the position in Items of the running item of a framed
+	// batch that the session last saw, in a start frame, an answer or the
+	// worker's page; clock is when it saw it.
+	seen int
 	// Out, for a line batch, holds the answer lines so far, each with its
 	// newline, in the order of Items; Marks says when they came.
 	Out   []byte
@@ -176,7 +183,7 @@ func (f *Flight) Answered() int {
 	if f.lines != nil {
 		return f.done
 	}
-	return len(f.Answers)
+	return f.answered // an answer of a range stands for several
 }
 
 // lineStart is where the n-th line of a line batch (from 0) starts in
@@ -226,11 +233,16 @@ func (f *Flight) StartedAt() time.Time { return f.start }
 // started); zero if it has not.
 func (f *Flight) Clock() time.Time { return f.clock }
 
-// Answer is the answer of one item of a batch.
+// Answer is the answer of one item of a batch, or of a range of its items.
 type Answer struct {
-	// Index is the item's index in the batch's payload.
+	// Index is the item's index in the batch's payload; for a range, its
+	// first item's.
 	Index uint32
-	// Output is the item's result; nil for an item error.
+	// Span, for the answer of a range (an items frame), is how many items
+	// it answers: the next Span items of the batch's Items from Index on,
+	// whose results Output holds together. 0 for one item's answer.
+	Span int
+	// Output is the item's result (the range's); nil for an item error.
 	Output []byte
 	// Failed reports an item error, whose text is Message.
 	Failed  bool
@@ -285,6 +297,7 @@ type Session struct {
 	inflight  []*Flight // sent to the process, oldest first
 	ready     bool      // the framed worker sent ready
 	batches   bool      // the framed worker takes batch tasks
+	ranges    bool      // and answers them in ranges, marking its items in the page
 	answered  int       // tasks the process finished
 	retiring  bool      // no more tasks; end the process when idle
 	retired   bool      // the session told the process to end
@@ -538,6 +551,12 @@ func (s *Session) Send(f *Flight) {
 			s.protocolError(fmt.Sprintf("the worker speaks framed/%d, which has no batch tasks (framed/%d)",
 				protocol.Version, protocol.BatchVersion))
 			return
+		}
+		if s.ranges && len(f.Items) < protocol.BatchRange && consecutive(f.Items) {
+			// Its items are a range (the pool only splits batches so): the
+			// compact form, with no index list.
+			s.pending = protocol.AppendBatchRange(s.pending, f.ID, f.Items[0], uint32(len(f.Items)), f.Input)
+			break
 		}
 		s.pending = protocol.AppendBatch(s.pending, f.ID, f.Items, f.Input)
 	}

@@ -87,6 +87,20 @@ class _Chunk:
         return rest
 
 
+class _Sent:
+    """A chunk sent as one batch: its items, and which of them are settled."""
+
+    __slots__ = ("job", "positions", "items", "ticket", "left", "settled")
+
+    def __init__(self, job, positions, items, ticket):
+        self.job = job
+        self.positions = positions  # a range, or a list of positions in the job
+        self.items = items
+        self.ticket = ticket  # the payload's _oob.Ticket: kept until every item has its result
+        self.left = len(items)  # items not settled
+        self.settled = bytearray(len(items))  # 1 for each item settled
+
+
 class _Core:
     """One pool's binary, its pipes and the bookkeeping of items."""
 
@@ -115,10 +129,9 @@ class _Core:
         self._cond = threading.Condition(self._lock)  # writer's queue and job completion
         self._queue = []  # guarded by _lock: chunks to send, in order (a list used as FIFO via _qhead)
         self._qhead = 0
-        # guarded by _lock: item id -> (job, position, item, _oob.Ticket, id of its batch)
-        self._inflight: dict[int, tuple] = {}
-        self._batches: dict[int, int] = {}  # guarded by _lock: batch id -> its items in _inflight
-        self._window = 0  # most batches in _batches (the binary's max_pending); 0: no limit
+        # guarded by _lock: the number of a batch's first item -> its _Sent
+        self._inflight: dict[int, _Sent] = {}
+        self._window = 0  # most batches in _inflight (the binary's max_pending); 0: no limit
         self._ahead = ahead  # most items of windowed jobs in _inflight; 0: no limit
         self._ahead_used = 0  # guarded by _lock: items of windowed jobs in _inflight
         self._next_id = 1  # only the writer thread uses it
@@ -135,7 +148,8 @@ class _Core:
         self._killed: list[tuple] = []  # guarded by _lock: (fn, mode, item) of items whose worker died
         self._abort_reason: BaseException | None = None  # set by the abort policy
         self._aborted: list[tuple] = []  # the reader thread's: (job, pos, item) cancelled by the pool
-        self._stats: list[tuple] = []  # guarded by _lock: per item done
+        # guarded by _lock: (job id, positions, start, end, pid, peak) of the items done
+        self._stats: list[tuple] = []
         # Called (from the reader thread) with the BrokenPool error when the
         # pool breaks; the Executor logs it, as ProcessPoolExecutor does.
         self.on_broken = None
@@ -216,7 +230,7 @@ class _Core:
         to the room its items have. Called with _lock held."""
         if self._control:
             return "control", self._control.pop(0)
-        room = 1 << 30 if not self._window or len(self._batches) < self._window else 0
+        room = 1 << 30 if not self._window or len(self._inflight) < self._window else 0
         if room <= 0 or self._qhead >= len(self._queue):
             if self._out is None or self._ended.is_set():
                 return "exit", None
@@ -237,7 +251,7 @@ class _Core:
                 del self._queue[:self._qhead]
                 self._qhead = 0
         if chunk.job.windowed:
-            self._ahead_used += len(chunk.items)  # given back by _untrack, or by _send_chunk
+            self._ahead_used += len(chunk.items)  # given back by _take, or by _send_chunk
         return "chunk", chunk
 
     def _write_loop(self):
@@ -312,13 +326,15 @@ class _Core:
             self._fail_waited(job, chunk.positions, chunk.items)
             return
         limits = self._limits_of(job, chunk.start_by)
-        positions, items = list(chunk.positions), list(chunk.items)
+        positions, items = chunk.positions, list(chunk.items)
+        if not isinstance(positions, range):
+            positions = list(positions)
         try:
             # One pickle for the chunk: the binary runs it as one batch task,
             # whose items each keep their own fate.
             payload, ticket = self._encode(job, items, limits)
         except Exception:
-            positions, items = self._picklable(job, positions, items, limits)
+            positions, items = self._picklable(job, list(positions), items, limits)
             if not items:
                 return
             try:
@@ -331,16 +347,12 @@ class _Core:
                 return
         n = len(items)
         # Task numbers must follow each other without gaps: number only
-        # what is written, and record it before the answer can come. Each
-        # item holds the batch's ticket, which lives until every item of
-        # the batch has its result.
+        # what is written, and record it before the answer can come. The
+        # batch holds its ticket until every item of it has its result.
         ident = self._next_id
         self._next_id += n
         with self._lock:
-            inflight = self._inflight
-            for i in range(n):
-                inflight[ident + i] = (job, positions[i], items[i], ticket, ident)
-            self._batches[ident] = n
+            self._inflight[ident] = _Sent(job, positions, items, ticket)
         # The call's own timeout and memory hint go to the engine with the
         # task (docs/protocol.md, batch).
         meta = {name: job.opts[name] for name in ("timeout", "mem") if job.opts and job.opts.get(name)}
@@ -378,25 +390,34 @@ class _Core:
             self._ahead_used -= n
             self._cond.notify_all()
 
-    def _untrack(self, ident: int):
-        """Forget the sent item ident and return (job, position, item), or
-        None if unknown, and wake the writer if that makes room. Called with
-        _lock held."""
-        sent = self._inflight.pop(ident, None)
+    def _take(self, base: int, index: int, count: int):
+        """Mark the count items from index on of the batch whose first item
+        is numbered base as settled, and wake the writer if that makes room.
+        Return (its _Sent, None) when none of them was settled before, or
+        (its _Sent, the indexes of those that were not), or (None, ()) for
+        an unknown batch. Called with _lock held."""
+        sent = self._inflight.get(base)
         if sent is None:
-            return None
-        if sent[0].windowed:
-            self._ahead_used -= 1
-            if self._ahead_used + 1 == self._ahead:
-                self._cond.notify_all()
-        left = self._batches.get(sent[4], 0) - 1
-        if left > 0:
-            self._batches[sent[4]] = left
+            return None, ()
+        flags = sent.settled
+        fresh = None
+        if flags.find(1, index, index + count) >= 0:
+            fresh = [k for k in range(index, index + count) if not flags[k]]
+            for k in fresh:
+                flags[k] = 1
+            count = len(fresh)
         else:
-            self._batches.pop(sent[4], None)
-            if len(self._batches) + 1 == self._window:
+            flags[index:index + count] = b"\1" * count
+        if sent.job.windowed and count:
+            self._ahead_used -= count
+            if self._ahead_used < self._ahead <= self._ahead_used + count:
                 self._cond.notify_all()
-        return sent
+        sent.left -= count
+        if sent.left <= 0:
+            del self._inflight[base]
+            if len(self._inflight) + 1 == self._window:
+                self._cond.notify_all()
+        return sent, fresh
 
     def _send_control(self, kind: int):
         with self._lock:
@@ -417,12 +438,15 @@ class _Core:
                 if len(payload) < length:
                     break
                 if kind == K_RESULT:
+                    # A batch of one item (the binary runs them as tasks
+                    # with nats), numbered ident.
                     (n,) = META_LEN.unpack_from(payload)
                     meta = json.loads(payload[4:4 + n])
                     with self._lock:
-                        sent = self._untrack(ident)
-                    if sent is not None:
-                        self._on_result(sent[0], sent[1], sent[2], meta, memoryview(payload)[4 + n:], sent[3])
+                        sent, fresh = self._take(ident, 0, 1)
+                    if sent is not None and fresh is None:
+                        self._on_result(sent.job, sent.positions[0], sent.items[0], meta,
+                                        memoryview(payload)[4 + n:], sent.ticket)
                     # Hold nothing of the task while waiting for the next
                     # frame: its arguments and results are the caller's.
                     sent = meta = payload = None
@@ -469,9 +493,9 @@ class _Core:
             self._broken = reason
         with self._lock:
             self._stopping = True
-            items = [sent[:3] for sent in self._inflight.values()]
+            items = [(sent.job, sent.positions[k], sent.items[k]) for sent in self._inflight.values()
+                     for k, done in enumerate(sent.settled) if not done]
             self._inflight.clear()
-            self._batches.clear()
             self._ahead_used = 0
             chunks = [c for c in self._queue[self._qhead:] if c is not None]
             self._queue, self._qhead = [], 0
@@ -489,7 +513,8 @@ class _Core:
 
     def _on_items(self, base: int, payload: bytes):
         """Settle the items of a batch that an items frame reports, all in
-        one state."""
+        one state: each entry is one item's, or a range's, whose values
+        come in one pickled list."""
         (n,) = META_LEN.unpack_from(payload)
         meta = json.loads(payload[4:4 + n])
         at = 4 + n
@@ -498,67 +523,77 @@ class _Core:
         entries = list(ITEM_ENTRY.iter_unpack(payload[at:at + count * ITEM_ENTRY.size]))
         at += count * ITEM_ENTRY.size
         with self._lock:
-            sent = [self._untrack(base + e[0]) for e in entries]
-            # The batch's ticket is released once every item of it has its
-            # result (and those here are decoded), not left to the collector.
-            last_of_batch = base not in self._batches
-        ticket = next((s[3] for s in sent if s is not None), None) if last_of_batch else None
+            taken = [self._take(base, e[0], e[1] or 1) for e in entries]
+        sent = next((t[0] for t in taken if t[0] is not None), None)
+        if sent is None:
+            return
+        # The last frame of the batch: once its results are decoded, the
+        # batch's ticket is released (its argument buffers closed, its
+        # results' region emptied), before the last item is settled, so
+        # that a caller woken by it finds them gone; not left to the
+        # collector.
+        ticket = sent.ticket if sent.left <= 0 else None
         try:
-            self._settle_items(entries, sent, at, payload, meta, ticket)
+            self._settle_items(sent, entries, taken, at, payload, meta, ticket)
         finally:
-            sent = None
             if ticket is not None:
                 ticket.release()
 
-    def _settle_items(self, entries, sent, at, payload, meta, ticket):
-        """Settle the items of an items frame, whose outputs start at at."""
+    def _settle_items(self, sent, entries, taken, at, payload, meta, ticket):
+        """Settle the items of an items frame, whose outputs start at at;
+        release ticket, if given, once every result is decoded."""
         view = memoryview(payload)
         attempts = meta.get("attempts") or ()
-        if meta.get("state") != "done" or len(attempts) != 1:
-            for (index, size, start, end), s in zip(entries, sent):
-                out = view[at:at + size]
-                at += size
-                if s is not None:
-                    m = meta
-                    if attempts and start:
-                        last = dict(attempts[-1], start=start, end=end)
-                        m = dict(meta, attempts=list(attempts[:-1]) + [last])
-                    self._on_result(s[0], s[1], s[2], m, out)
-            return
-        # Done at the first attempt: the common case, kept short, and
-        # settled in one call.
-        last = attempts[0]
-        pid, peak = last.get("pid", 0), last.get("peak_rss", 0)
-        decode, stats, ends, positions, values, job = _oob.decode, [], [], [], [], None
-        for (index, size, start, end), s in zip(entries, sent):
+        job, positions, items = sent.job, sent.positions, sent.items
+        fast = meta.get("state") == "done" and len(attempts) == 1
+        last = attempts[0] if fast else None
+        decode = _oob.decode
+        final = len(entries) - 1
+        for j, ((index, span, size, start, end), (s, fresh)) in enumerate(zip(entries, taken)):
             out = view[at:at + size]
             at += size
             if s is None:
                 continue
-            job, pos = s[0], s[1]
-            try:
-                tag, value = decode(out)
-            except Exception:
-                tag = None
-            if tag != OK:
-                # An exception, or a result that cannot be unpickled here.
-                self._on_result(job, pos, s[2], {"state": "done", "attempts": [dict(last, start=start, end=end)]},
-                                out)
+            release = ticket if j == final else None
+            if span and fast:
+                # A range: its values in one list, all returned.
+                try:
+                    tag, values = decode(out, release)
+                except Exception as e:
+                    tag, values = None, e
+                if tag == OK and len(values) == span:
+                    self._settle_range(job, positions, index, span, values, fresh, start, end, last)
+                    continue
+                exc = _errors().RemoteError("cannot unpickle the results: %r" % (values,), cause="task-error",
+                                            attempts=1, function=job.fn)
+                for k in (range(index, index + span) if fresh is None else fresh):
+                    self._settle(job, positions[k], False, exc)
                 continue
-            stats.append((job.id, pos, start, end, pid, peak))
-            ends.append(end)
-            positions.append(pos)
-            values.append(value)
-        if not positions:
-            return
-        if ticket is not None:
-            ticket.release()  # every result is decoded
-        job.observe(stats[0][2], ends)  # the items of a batch are one job's
-        if positions[-1] - positions[0] == len(positions) - 1:
-            positions = range(positions[0], positions[-1] + 1)
-        job.settle_many(positions, values)
+            ks = range(index, index + (span or 1)) if fresh is None else fresh
+            for k in ks:
+                m = meta
+                if attempts and start:
+                    last_run = dict(attempts[-1], start=start, end=end)
+                    m = dict(meta, attempts=list(attempts[:-1]) + [last_run])
+                self._on_result(job, positions[k], items[k], m, out, release if k == ks[-1] else None)
+
+    def _settle_range(self, job, positions, index, span, values, fresh, start, end, last):
+        """Settle the span items from index on, done at their first attempt
+        with values; fresh, when not None, are the only ones not settled
+        yet."""
+        ps = positions[index:index + span]
+        if fresh is not None:
+            keep = set(fresh)
+            pairs = [(positions[k], values[k - index]) for k in range(index, index + span) if k in keep]
+            ps, values = [p for p, _ in pairs], [v for _, v in pairs]
+            if not ps:
+                return
+        job.observe(start, [end] * len(ps))
+        if isinstance(ps, list) and ps[-1] - ps[0] == len(ps) - 1:
+            ps = range(ps[0], ps[-1] + 1)
+        job.settle_many(ps, values)
         with self._lock:
-            self._stats.extend(stats)
+            self._stats.append((job.id, ps, start, end, last.get("pid", 0), last.get("peak_rss", 0)))
             self._outstanding -= len(values)
             if self._outstanding == 0:
                 self._cond.notify_all()
@@ -586,7 +621,7 @@ class _Core:
                 start, end = last.get("start", 0.0), last.get("end", 0.0)
                 job.observe(start, (end,))
                 with self._lock:
-                    self._stats.append((job.id, pos, start, end, last.get("pid", 0), last.get("peak_rss", 0)))
+                    self._stats.append((job.id, (pos,), start, end, last.get("pid", 0), last.get("peak_rss", 0)))
             if tag == OK:
                 self._settle(job, pos, True, value)
                 return
@@ -792,7 +827,7 @@ class _Core:
         with self._lock:
             items = list(self._stats)
         return [{"job": job_id, "index": pos, "start": start, "end": end, "pid": pid, "peak_rss": peak}
-                for job_id, pos, start, end, pid, peak in items]
+                for job_id, ps, start, end, pid, peak in items for pos in ps]
 
 
 def _charged(attempts) -> int:

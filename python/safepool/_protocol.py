@@ -15,23 +15,41 @@ FRAMED = "framed/1"
 READY, TASK, START, RESULT, ERROR, HEARTBEAT = 1, 2, 3, 4, 5, 6
 # framed/2: batch tasks, answered item by item.
 BATCH, ITEM, ITEM_ERROR = 7, 8, 9
-# The worker's ready payload: it takes batches.
-READY_PAYLOAD = b'{"version":2,"sdk":"python"}'
+# framed/3: answers of a range of a batch's items in one frame, and the
+# running-item page.
+ITEMS = 10
+# The worker's ready payload: it takes batches (framed/2 where it has no
+# running-item page, framed/3 where it has).
+READY_PAYLOAD_V2 = b'{"version":2,"sdk":"python"}'
+READY_PAYLOAD = b'{"version":3,"sdk":"python"}'
 # The item count and item indexes of a batch frame, the index that starts
 # the payload of a batch's start, item and item-error frames.
 INDEX = struct.Struct(">I")
+# Set in a batch frame's count (framed/3): its items are a range, and the
+# count is followed by the first index alone, not by the list of indexes.
+BATCH_RANGE = 1 << 31
+# The head of an items frame's payload: its first item's index, its count.
+RANGE = struct.Struct(">II")
+# The running-item page: its size, the environment variable that names its
+# descriptor, and, as native words, the id of the batch running (uint64 at
+# byte 0) and the position of its item running (uint32 at byte 8).
+PAGE_SIZE = 4096
+PAGE_FD = "SAFEPOOL_PAGE_FD"
+PAGE_POS = 2  # the position's index in the page's uint32 words
+PAGE_NONE = 0xFFFFFFFF
 
 # The bridge protocol: client <-> safepool binary.
-BRIDGE_VERSION = 3
+BRIDGE_VERSION = 4
 K_HELLO, K_TASK, K_CLOSE, K_ABORT, K_TASK_META, K_BATCH = 1, 2, 3, 4, 5, 6
 K_READY, K_RESULT, K_END, K_ITEMS = 16, 17, 18, 19
 # The length of the JSON before the payload of task+ and result frames.
 META_LEN = struct.Struct(">I")
 # A batch frame's head: its item count and the length of its JSON options.
 BATCH_HEAD = struct.Struct(">II")
-# One item's entry in an items frame: its index, its output's size, and the
-# start and end of its last run.
-ITEM_ENTRY = struct.Struct(">IIdd")
+# One entry of an items frame: its item's index, its span (0 for one item;
+# for a range of items, how many, whose values its output holds as one
+# pickled list), its output's size, and the start and end of its last run.
+ITEM_ENTRY = struct.Struct(">IIIdd")
 
 # A task's payload is the pickled tuple (mode, function, item) or (mode,
 # function, item, limits): mode says how the item is passed to the function.

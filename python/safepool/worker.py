@@ -2,13 +2,15 @@
 
 The ``safepool`` binary starts it as ``python3 -c "from safepool.worker
 import main; main()"`` and speaks the framed worker protocol of
-docs/protocol.md to it on fds 3 and 4, version 2: a task is a batch of
+docs/protocol.md to it on fds 3 and 4, version 3: a task is a batch of
 items (calls of the user's function). Before it calls the function on an
-item, the worker writes that item's start frame, with the previous item's
-answer, and flushes: when the worker dies, the binary has the answers of the
-items before, and knows which item killed it. An item answers with an item
-frame, or with an item-error frame for an exception that the pool is to
-retry.
+item, the worker writes the item's position in the running-item page that
+the binary gave it (fd 5), a write to memory: when the worker dies, the
+binary reads there which item killed it. It sends the values of a run of
+items as one pickled list in one items frame (at the end of the batch, or
+after HOLD seconds); an exception is answered alone, with an item frame, or
+an item-error frame for an exception that the pool is to retry. Without a
+page it speaks version 2: a start frame before each item.
 
 The worker is spawned fresh, never forked. Before it answers ``ready`` it
 takes the client's ``sys.path`` and ``sys.argv``, imports the client's
@@ -24,14 +26,17 @@ the parent's main module needs runpy.
 import os
 import sys
 import time
+from time import monotonic as _monotonic
 
 try:
     from _pickle import dumps as _dumps, loads
 except ImportError:  # an interpreter without the C accelerator
     from pickle import dumps as _dumps, loads
 
-from safepool._protocol import (APPLY, BATCH, ERROR, ERROR_RECORD, FRAMED, HEADER, INDEX, ITEM,  # noqa: F401
-                                ITEM_ERROR, MAP, OK, RAISED, READY, READY_PAYLOAD, RESULT, STAR, START, TASK)
+from safepool._protocol import (APPLY, BATCH, BATCH_RANGE, ERROR, ERROR_RECORD, FRAMED, HEADER,  # noqa: F401
+                                INDEX, ITEM, ITEM_ERROR, ITEMS, MAP, OK, PAGE_FD, PAGE_NONE, PAGE_POS,
+                                PAGE_SIZE, RAISED, RANGE, READY, READY_PAYLOAD, READY_PAYLOAD_V2, RESULT, STAR,
+                                START, TASK)
 from safepool import _oob  # big buffers out of band
 
 
@@ -233,17 +238,163 @@ def _run_item(payload, fns):
 
 
 
-def _run_batch(task_id, payload, write, flush):
-    """Run the items of a batch frame that its indexes name, in order. Each
-    item's answer and the next item's start frame go in one write, flushed
-    before the item runs: when the worker dies, the binary knows which item
-    killed it, and has the answers of those before."""
-    pack, pack_index = HEADER.pack, INDEX.pack
+def _batch_head(payload):
+    """The item indexes of a batch frame, and where its payload starts:
+    a range for the compact form (BATCH_RANGE in its count, then the first
+    index), else the list of indexes."""
     (m,) = INDEX.unpack_from(payload)
+    if m & BATCH_RANGE:
+        (first,) = INDEX.unpack_from(payload, 4)
+        return range(first, first + (m & ~BATCH_RANGE)), 8
     indexes = INDEX_ARRAY(m).unpack_from(payload, 4) if m != 1 else INDEX.unpack_from(payload, 4)
+    return indexes, 4 + 4 * m
+
+
+def _unrunnable(task_id, indexes, e, write, flush):
+    """Answer every item of a batch that cannot run (its function cannot be
+    unpickled, say) with why."""
+    pack, pack_index = HEADER.pack, INDEX.pack
+    out = dumps((RAISED, _exc_record(e)))
+    for i in indexes:
+        write(pack(4, START, task_id) + pack_index(i) + pack(4 + len(out), ITEM, task_id) + pack_index(i))
+        write(out)
+    flush()
+
+
+# How long a worker that marks its items in the page may hold answers
+# before it sends them: the work a death loses (its items run again,
+# uncharged), and how late an item's result may reach the client. An item
+# that takes longer is sent alone, as soon as it is done; quicker ones go
+# in ranges of this much work, where a frame's cost is lost in the noise.
+HOLD = 0.002
+
+
+def _run_batch_page(task_id, payload, write, flush, page, page_id):
+    """Run the items of a batch frame (framed/3): mark each item's position
+    in the running-item page before it runs (a write to memory, which the
+    binary reads when the worker dies), and send the values of a range of
+    items in one items frame, one pickled list: at the end of the batch,
+    at most HOLD seconds after the range began, and before an item that
+    raised. The binary charges a death to the item in the page; items run
+    but whose answers were not sent run again, uncharged."""
+    pack, pack_index = HEADER.pack, INDEX.pack
+    indexes, at = _batch_head(payload)
+    page[PAGE_POS] = PAGE_NONE
+    page_id[0] = task_id
+    page[PAGE_POS] = 0
+    write(pack(4, START, task_id) + pack_index(indexes[0]))
+    flush()
+    try:
+        mode, fn_bytes, items, *extra = _oob.worker_decode(memoryview(payload)[at:])
+        fn = _function(fn_bytes, _fns)
+        limits = extra[0] if extra else None
+    except Exception as e:
+        _unrunnable(task_id, indexes, e, write, flush)
+        return
+    n = len(indexes)
+    base = indexes[0]
+    if indexes[-1] - base != n - 1:
+        # Not a range (the engine sends none such): each item answered
+        # alone, with its start frame.
+        _run_batch(task_id, payload, write, flush)
+        return
+    fast = mode == MAP and not limits
+    now = _monotonic
+    values = []
+    first = 0  # the position of the first value held
+    pos = 0
+    send_at = last = now() + HOLD
+    last -= HOLD
+    # The clock is read at position check, every step items: step doubles
+    # while items are quick, and is 1 for slow ones.
+    check, step = 1, 1
+
+    def send_values(upto):
+        # The values of positions first..upto-1 in one frame.
+        count = upto - first
+        if count == 1:
+            try:
+                out = _oob.worker_encode((OK, values[0]))
+            except Exception:
+                out = _answer(values[0])
+            write(pack(4 + len(out), ITEM, task_id) + pack_index(indexes[first]))
+            write(out)
+        elif count:
+            try:
+                out = _oob.worker_encode((OK, values))
+            except Exception:
+                # Some value cannot be sent: each goes alone, and says so.
+                for k, v in enumerate(values):
+                    try:
+                        o = _oob.worker_encode((OK, v))
+                    except Exception:
+                        o = _answer(v)
+                    write(pack(4 + len(o), ITEM, task_id) + pack_index(indexes[first + k]))
+                    write(o)
+                return
+            write(pack(8 + len(out), ITEMS, task_id) + RANGE.pack(indexes[first], count))
+            write(out)
+        values.clear()
+
+    while pos < n:
+        try:
+            if fast:
+                append = values.append
+                for pos in range(pos, n):
+                    page[PAGE_POS] = pos
+                    append(fn(items[base + pos]))
+                    if pos >= check:
+                        t = now()
+                        if t >= send_at:
+                            send_values(pos + 1)
+                            flush()
+                            first, send_at = pos + 1, t + HOLD
+                        step = step * 2 if step < 1024 and t - last < HOLD / 16 else 1
+                        check, last = pos + step, t
+                pos = n
+                break
+            for pos in range(pos, n):
+                page[PAGE_POS] = pos
+                kind, out = _invoke(mode, fn, items[indexes[pos]], limits)
+                if kind is None:
+                    values.append(out)
+                    if now() < send_at:
+                        continue
+                    send_values(pos + 1)
+                    flush()
+                    first, send_at = pos + 1, now() + HOLD
+                    continue
+                # An exception: the values before go first, then its answer.
+                send_values(pos)
+                write(pack(4 + len(out), ITEM if kind == RESULT else ITEM_ERROR, task_id) + pack_index(indexes[pos]))
+                write(out)
+                flush()
+                first, send_at = pos + 1, now() + HOLD
+            pos = n
+        except Exception as e:
+            # fn raised, in the quick loop: the values before go first.
+            send_values(pos)
+            out = dumps((RAISED, _exc_record(e)))
+            write(pack(4 + len(out), ITEM, task_id) + pack_index(indexes[pos]))
+            write(out)
+            flush()
+            pos += 1
+            first, send_at = pos, now() + HOLD
+    send_values(n)
+    flush()
+
+
+def _run_batch(task_id, payload, write, flush):
+    """Run the items of a batch frame that its indexes name, in order
+    (framed/2, for a worker without a running-item page). Each item's
+    answer and the next item's start frame go in one write, flushed before
+    the item runs: when the worker dies, the binary knows which item killed
+    it, and has the answers of those before."""
+    pack, pack_index = HEADER.pack, INDEX.pack
+    indexes, at = _batch_head(payload)
     answer = b""
     try:
-        mode, fn_bytes, items, *extra = _oob.worker_decode(memoryview(payload)[4 + 4 * m:])
+        mode, fn_bytes, items, *extra = _oob.worker_decode(memoryview(payload)[at:])
         fn = _function(fn_bytes, _fns)
         limits = extra[0] if extra else None
     except Exception as e:
@@ -301,6 +452,18 @@ _fns = {}  # the functions of the tasks run so far, by their pickle
 def _call(mode, fn, item, limits):
     """Call fn on item as mode says; return the kind and payload of the
     answer."""
+    kind, out = _invoke(mode, fn, item, limits)
+    if kind is not None:
+        return kind, out
+    try:
+        return RESULT, _oob.worker_encode((OK, out))
+    except Exception:
+        return RESULT, _answer(out)
+
+
+def _invoke(mode, fn, item, limits):
+    """Call fn on item as mode says; return (None, its value), or the kind
+    and payload of the answer of an exception."""
     # The task's limits: "soft" (seconds), "start_by" (Unix time) and "wait"
     # (seconds) for an item that must not start late, and which exceptions
     # the pool retries: "retry" (all of them) and "retry_on" (classes).
@@ -333,10 +496,7 @@ def _call(mode, fn, item, limits):
             return ERROR, record[2].encode("utf-8", "replace").replace(ERROR_RECORD, b" ") + ERROR_RECORD + \
                 dumps(record)
         return RESULT, dumps((RAISED, record))
-    try:
-        return RESULT, _oob.worker_encode((OK, value))
-    except Exception:
-        return RESULT, _answer(value)
+    return None, value
 
 
 def _answer(value) -> bytes:
@@ -361,7 +521,18 @@ def main():
     fns = _fns
     write, flush, pack = results.write, results.flush, HEADER.pack
 
-    write(pack(len(READY_PAYLOAD), READY, 0) + READY_PAYLOAD)
+    page = page_id = None
+    page_fd = os.environ.get(PAGE_FD)
+    if page_fd:
+        try:
+            import mmap
+            m = mmap.mmap(int(page_fd), PAGE_SIZE)
+            os.close(int(page_fd))
+            page, page_id = memoryview(m).cast("I"), memoryview(m)[:8].cast("Q")
+        except (OSError, ValueError):
+            page = None
+    ready = READY_PAYLOAD if page is not None else READY_PAYLOAD_V2
+    write(pack(len(ready), READY, 0) + ready)
     flush()
     read = tasks.read
     size = HEADER.size
@@ -376,7 +547,10 @@ def main():
         if len(payload) != length:
             sys.exit("safepool.worker: protocol error: cut payload")
         if kind == BATCH:
-            _run_batch(task_id, payload, write, flush)
+            if page is not None:
+                _run_batch_page(task_id, payload, write, flush, page, page_id)
+            else:
+                _run_batch(task_id, payload, write, flush)
             continue
         if kind != TASK:
             sys.exit("safepool.worker: protocol error: kind %d" % kind)

@@ -247,6 +247,13 @@ def rendezvous(directory, n, wait):
     return start, time.time(), met
 
 
+def die_once_at_after(d, seconds, x, at=3):
+    """die_once_at, for items that take seconds before item at."""
+    if x < at:
+        time.sleep(seconds)
+    return die_once_at(d, x, at)
+
+
 def die_once_at(d, x, at=3):
     """Note a run of item x in d; on item `at`, the first time, kill the
     worker with SIGKILL mid-task."""
