@@ -270,12 +270,12 @@ func (g *governor) capacityLocked() int64 {
 }
 
 // baseLocked is the predicted peak of a task with no history of its own.
-func (g *governor) baseLocked() (int64, string) {
+func (g *governor) baseLocked() (int64, Basis) {
 	if g.fromPeaks > 0 {
-		return g.fromPeaks, "peaks"
+		return g.fromPeaks, BasisPeaks
 	}
 	if g.hint > 0 {
-		return g.hint, "hint"
+		return g.hint, BasisHint
 	}
 	// A cold start: three times the most any running attempt uses so far. The
 	// attempts are admitted coldStep apart, so the estimate grows with
@@ -286,7 +286,7 @@ func (g *governor) baseLocked() (int64, string) {
 			most = max(most, g.slots[r.slot].usage)
 		}
 	}
-	return max(3*most, g.budget/64, 1), "cold start"
+	return max(3*most, g.budget/64, 1), BasisColdStart
 }
 
 // predictLocked is the predicted peak of a task that needs need bytes by
@@ -337,7 +337,7 @@ func (g *governor) admit(t *task) bool {
 		gap := g.staggerLocked()
 		g.staggered = gap > 0
 		switch {
-		case basis == "cold start" && time.Since(g.lastCold) < coldStep && !g.roomyLocked(base, c):
+		case basis == BasisColdStart && time.Since(g.lastCold) < coldStep && !g.roomyLocked(base, c):
 		case time.Since(g.lastStaggered) < gap:
 		default:
 			ok = g.fitsAtOnceLocked(t, c) || g.fitsOverTimeLocked(t, c)
@@ -504,7 +504,7 @@ func (g *governor) fitsOverTimeLocked(t *task, capacity int64) bool {
 // took t may have bound it already.
 func (g *governor) reserve(t *task) {
 	g.mu.Lock()
-	if _, basis := g.baseLocked(); basis == "cold start" {
+	if _, basis := g.baseLocked(); basis == BasisColdStart {
 		g.lastCold = time.Now()
 	}
 	if g.staggered {

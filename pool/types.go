@@ -310,11 +310,23 @@ type MemoryState struct {
 	// Allows is how many attempts of the predicted peak fit Budget, from 1
 	// to Config.Workers.
 	Allows int
-	// Basis says where Predicted comes from: "cold start" (no data yet:
-	// half the budget), "hint" (Config.MemPerTask) or "peaks" (a high
-	// percentile of the peaks of finished attempts).
-	Basis string
+	// Basis says where Predicted comes from.
+	Basis Basis
 }
+
+// Basis says where the governor's predicted peak of a task comes from.
+type Basis string
+
+const (
+	// BasisColdStart: no attempt has ended yet and no hint was given; the
+	// prediction is three times the most a running attempt uses so far
+	// (at least 1/64 of the budget).
+	BasisColdStart Basis = "cold start"
+	// BasisHint: Config.MemPerTask.
+	BasisHint Basis = "hint"
+	// BasisPeaks: a high percentile of the peaks of finished attempts.
+	BasisPeaks Basis = "peaks"
+)
 
 // TaskUsage is a worker's memory at a sample, named by a task the worker
 // runs (EventAttemptStarted says which worker that is).
