@@ -724,7 +724,7 @@ func (g *governor) needAfter(t *task, peak int64) int64 {
 // budget it plans with and where that comes from, and what measures each
 // worker: its cgroup, or without one the private memory of its process
 // tree, such as "memory governor on: a budget of 2.7 GiB (the enclosing
-// cgroup's limit of 3.0 GiB less a reserve), each worker measured by the
+// cgroup's limit of 3 GiB less a reserve), each worker measured by the
 // private memory of its process tree (anonymous memory and swap)".
 func (p *Pool) MemoryGovernor() string {
 	if p.gov == nil {

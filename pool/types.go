@@ -581,3 +581,21 @@ type Stats struct {
 	// Started is when the pool was created.
 	Started time.Time
 }
+
+// CountEnded adds r's terminal state to Done, Failed, Cancelled or Poison:
+// one for a task, one for each item of a batch. A pool counts its own
+// results so; a program that collects results from pools elsewhere (the
+// cluster's submitter) counts them with it, not with rules of its own.
+func (s *Stats) CountEnded(r *Result) {
+	n := r.count()
+	switch r.State {
+	case Done:
+		s.Done += n
+	case Failed:
+		s.Failed += n
+	case Cancelled:
+		s.Cancelled += n
+	case Poison:
+		s.Poison += n
+	}
+}
