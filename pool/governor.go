@@ -270,12 +270,12 @@ func (g *governor) capacityLocked() int64 {
 }
 
 // baseLocked is the predicted peak of a task with no history of its own.
-func (g *governor) baseLocked() (int64, string) {
+func (g *governor) baseLocked() (int64, Basis) {
 	if g.fromPeaks > 0 {
-		return g.fromPeaks, "peaks"
+		return g.fromPeaks, BasisPeaks
 	}
 	if g.hint > 0 {
-		return g.hint, "hint"
+		return g.hint, BasisHint
 	}
 	// A cold start: three times the most any running attempt uses so far. The
 	// attempts are admitted coldStep apart, so the estimate grows with
@@ -286,7 +286,7 @@ func (g *governor) baseLocked() (int64, string) {
 			most = max(most, g.slots[r.slot].usage)
 		}
 	}
-	return max(3*most, g.budget/64, 1), "cold start"
+	return max(3*most, g.budget/64, 1), BasisColdStart
 }
 
 // predictLocked is the predicted peak of a task that needs need bytes by
@@ -345,7 +345,7 @@ func (g *governor) admit(t *task) bool {
 		gap := g.staggerLocked()
 		g.staggered = gap > 0
 		switch {
-		case basis == "cold start" && time.Since(g.lastCold) < coldStep && !g.roomyLocked(base, c):
+		case basis == BasisColdStart && time.Since(g.lastCold) < coldStep && !g.roomyLocked(base, c):
 		case time.Since(g.lastStaggered) < gap:
 		default:
 			ok = g.fitsAtOnceLocked(t, c) || g.fitsOverTimeLocked(t, c)
@@ -518,7 +518,7 @@ func (g *governor) fitsOverTimeLocked(t *task, capacity int64) bool {
 // took t may have bound it already.
 func (g *governor) reserve(t *task) {
 	g.mu.Lock()
-	if _, basis := g.baseLocked(); basis == "cold start" {
+	if _, basis := g.baseLocked(); basis == BasisColdStart {
 		g.lastCold = time.Now()
 	}
 	if g.staggered {
@@ -738,7 +738,7 @@ func (g *governor) needAfter(t *task, peak int64) int64 {
 // budget it plans with and where that comes from, and what measures each
 // worker: its cgroup, or without one the private memory of its process
 // tree, such as "memory governor on: a budget of 2.7 GiB (the enclosing
-// cgroup's limit of 3.0 GiB less a reserve), each worker measured by the
+// cgroup's limit of 3 GiB less a reserve), each worker measured by the
 // private memory of its process tree (anonymous memory and swap)".
 func (p *Pool) MemoryGovernor() string {
 	if p.gov == nil {
@@ -849,77 +849,24 @@ func (g *governor) run() {
 
 // sample reads memory once and acts on it.
 func (g *governor) sample() {
-	g.mu.Lock()
-	meters := make([]meter, len(g.slots))
-	for i, s := range g.slots {
-		meters[i] = s.meter
-	}
-	g.mu.Unlock()
-	// The workers first, then the walls: what grows in between counts as
-	// outside, which errs on the cautious side.
-	usage := make([]int64, len(meters))
-	var inUse int64
-	for i, m := range meters {
-		if u, ok := m.read(); ok {
-			usage[i] = u
-			inUse += u
-		}
-	}
-	hostUsed, hostErr := int64(0), error(nil)
-	if g.host > 0 {
-		hostUsed, hostErr = g.sensor.HostUsed()
-	}
-	cgUsed, cgErr := int64(0), error(nil)
-	if g.cg > 0 {
-		cgUsed, cgErr = g.sensor.CgroupUsed()
-	}
-	short := false
-	if g.preemptAbove > 0 {
-		short = hostErr == nil && g.host > 0 && float64(hostUsed) > g.preemptAbove*float64(g.host) ||
-			cgErr == nil && g.cg > 0 && float64(cgUsed) > g.preemptAbove*float64(g.cg)
-	}
-	if !short && g.preemptPSI > 0 {
-		if psi, err := g.sensor.Pressure(); err == nil && psi > g.preemptPSI {
-			short = true
-		}
-	}
+	meters, usage, inUse := g.readWorkers()
+	w := g.readWalls()
 
 	g.mu.Lock()
 	now := time.Now()
-	for i, m := range meters {
-		if g.slots[i].meter == m {
-			g.slots[i].usage = usage[i]
-		}
-	}
-	// Only an attempt alone on its worker is traced: with several tasks in
-	// flight, the worker's memory is not one task's.
-	perSlot := make([]int, len(meters))
-	for _, r := range g.res {
-		if r.slot >= 0 {
-			perSlot[r.slot]++
-		}
-	}
-	for _, r := range g.res {
-		if r.slot >= 0 && meters[r.slot] != (meter{}) && g.slots[r.slot].meter == meters[r.slot] {
-			if perSlot[r.slot] == 1 {
-				r.trace = appendTrace(r.trace, usagePoint{age: now.Sub(r.start), usage: usage[r.slot]})
-			} else {
-				r.trace = nil
-			}
-		}
-	}
+	g.recordLocked(meters, usage, now)
 	g.inUse = inUse
 	if g.unlearnt {
 		g.learnLocked()
 	}
-	if hostErr == nil && g.host > 0 {
-		g.hostOutside = max(0, hostUsed-inUse)
+	if w.hostErr == nil && g.host > 0 {
+		g.hostOutside = max(0, w.hostUsed-inUse)
 	}
-	if cgErr == nil && g.cg > 0 {
-		g.cgOutside = max(0, cgUsed-inUse)
+	if w.cgErr == nil && g.cg > 0 {
+		g.cgOutside = max(0, w.cgUsed-inUse)
 	}
 	victim, slot := uint64(0), -1
-	if short && (g.victim == 0 || time.Since(g.victimAt) > victimPatience) {
+	if w.short && (g.victim == 0 || time.Since(g.victimAt) > victimPatience) {
 		victim, slot = g.youngestLocked()
 		if victim != 0 {
 			g.victim, g.victimAt = victim, time.Now()
@@ -946,6 +893,85 @@ func (g *governor) sample() {
 	g.emitIfChanged()
 	if ev != nil {
 		g.p.emit(*ev)
+	}
+}
+
+// readWorkers reads what the worker in each slot holds now, without the
+// lock: the slots' meters, each one's usage (0 when it cannot tell), and
+// their sum.
+func (g *governor) readWorkers() (meters []meter, usage []int64, inUse int64) {
+	g.mu.Lock()
+	meters = make([]meter, len(g.slots))
+	for i, s := range g.slots {
+		meters[i] = s.meter
+	}
+	g.mu.Unlock()
+	usage = make([]int64, len(meters))
+	for i, m := range meters {
+		if u, ok := m.read(); ok {
+			usage[i] = u
+			inUse += u
+		}
+	}
+	return meters, usage, inUse
+}
+
+// walls is what sample reads of the host and of the supervisor's cgroup.
+type walls struct {
+	hostUsed int64 // host memory in use, when g.host > 0 and hostErr is nil
+	hostErr  error
+	cgUsed   int64 // the cgroup's working set, when g.cg > 0 and cgErr is nil
+	cgErr    error
+	short    bool // memory runs short: above the watermark, or under pressure
+}
+
+// readWalls reads the host's and the cgroup's use, after the workers'
+// (what grows in between counts as outside, which errs on the cautious
+// side), and says whether memory runs short.
+func (g *governor) readWalls() walls {
+	var w walls
+	if g.host > 0 {
+		w.hostUsed, w.hostErr = g.sensor.HostUsed()
+	}
+	if g.cg > 0 {
+		w.cgUsed, w.cgErr = g.sensor.CgroupUsed()
+	}
+	if g.preemptAbove > 0 {
+		w.short = w.hostErr == nil && g.host > 0 && float64(w.hostUsed) > g.preemptAbove*float64(g.host) ||
+			w.cgErr == nil && g.cg > 0 && float64(w.cgUsed) > g.preemptAbove*float64(g.cg)
+	}
+	if !w.short && g.preemptPSI > 0 {
+		if psi, err := g.sensor.Pressure(); err == nil && psi > g.preemptPSI {
+			w.short = true
+		}
+	}
+	return w
+}
+
+// recordLocked stores the usage read from meters in the slots that still
+// have them, and adds it, at now, to the trace of each attempt alone on
+// its worker: with several tasks in flight, the worker's memory is not one
+// task's.
+func (g *governor) recordLocked(meters []meter, usage []int64, now time.Time) {
+	for i, m := range meters {
+		if g.slots[i].meter == m {
+			g.slots[i].usage = usage[i]
+		}
+	}
+	perSlot := make([]int, len(meters))
+	for _, r := range g.res {
+		if r.slot >= 0 {
+			perSlot[r.slot]++
+		}
+	}
+	for _, r := range g.res {
+		if r.slot >= 0 && meters[r.slot] != (meter{}) && g.slots[r.slot].meter == meters[r.slot] {
+			if perSlot[r.slot] == 1 {
+				r.trace = appendTrace(r.trace, usagePoint{age: now.Sub(r.start), usage: usage[r.slot]})
+			} else {
+				r.trace = nil
+			}
+		}
 	}
 }
 

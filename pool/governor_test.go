@@ -81,7 +81,7 @@ func TestGovernorAdmission(t *testing.T) {
 		t.Errorf("at most %d attempts ran at once, want 2 or 3 (budget 3 × %d bytes)", c.most, m)
 	}
 	st, ok := p.Memory()
-	if !ok || st.Basis != "peaks" || st.Allows < 1 || st.Allows > 3 {
+	if !ok || st.Basis != pool.BasisPeaks || st.Allows < 1 || st.Allows > 3 {
 		t.Errorf("Memory() = %+v, %v; want the governor on, planning from peaks, allowing 1 to 3", st, ok)
 	}
 	if len(c.memory) == 0 {

@@ -112,6 +112,19 @@ func runWorker(mode string) int {
 		code := runWorker("line")
 		fmt.Println("done, bye")
 		return code
+	case "unflushed-ticker", "unflushed-timer":
+		// The same, with a timer pending all along, as most Go programs
+		// have (a ticker, a context deadline): the Go runtime then keeps
+		// a thread waiting in epoll_wait.
+		if mode == "unflushed-ticker" {
+			go func() {
+				for range time.Tick(100 * time.Millisecond) {
+				}
+			}()
+		} else {
+			time.AfterFunc(time.Hour, func() {})
+		}
+		return runWorker("unflushed")
 	case "unflushed":
 		// A line worker that never flushes its answers: they wait in its
 		// buffer while it blocks reading for more input.

@@ -140,27 +140,33 @@ func TestLineOutputAfterStop(t *testing.T) {
 // (EventWorkerStalled, naming the fix) and its attempt fails with
 // CauseProtocol after StallTimeout, instead of hanging forever. Such a
 // worker never answers, so the pool gives up as for a worker that cannot
-// start.
+// start. The same holds for a Go worker with a timer pending, whose
+// runtime keeps a thread waiting in epoll_wait.
 func TestLineStall(t *testing.T) {
-	var ev events
-	cfg := lineConfig("unflushed", 1)
-	cfg.StallTimeout = time.Second
-	cfg.Observer = ev.observe
-	start := time.Now()
-	got, p := run(t, cfg, "a", "b", "c", "d", "e")
-	r := got[1]
-	if r.State != pool.Failed || r.Cause() != pool.CauseProtocol || !strings.Contains(r.Attempts[0].Message, "python3 -u") {
-		t.Errorf("task 1 = %s %+v, want failed with protocol, naming the fix", r.State, r.Attempts)
+	for _, mode := range []string{"unflushed", "unflushed-ticker", "unflushed-timer"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			var ev events
+			cfg := lineConfig(mode, 1)
+			cfg.StallTimeout = time.Second
+			cfg.Observer = ev.observe
+			start := time.Now()
+			got, p := run(t, cfg, "a", "b", "c", "d", "e")
+			r := got[1]
+			if r.State != pool.Failed || r.Cause() != pool.CauseProtocol || !strings.Contains(r.Attempts[0].Message, "python3 -u") {
+				t.Errorf("task 1 = %s %+v, want failed with protocol, naming the fix", r.State, r.Attempts)
+			}
+			st := ev.of(pool.EventWorkerStalled)
+			if len(st) == 0 || st[0].TaskID != 1 || !strings.Contains(st[0].Message, "flush") {
+				t.Errorf("stall events = %+v, want one for task 1 that names the fix", st)
+			}
+			var se *pool.StartError
+			if err := p.Err(); !errors.As(err, &se) || se.Cause != pool.CauseProtocol {
+				t.Errorf("Err() = %v, want a *StartError with cause protocol", err)
+			}
+			t.Logf("ended in %v", time.Since(start))
+		})
 	}
-	st := ev.of(pool.EventWorkerStalled)
-	if len(st) == 0 || st[0].TaskID != 1 || !strings.Contains(st[0].Message, "flush") {
-		t.Errorf("stall events = %+v, want one for task 1 that names the fix", st)
-	}
-	var se *pool.StartError
-	if err := p.Err(); !errors.As(err, &se) || se.Cause != pool.CauseProtocol {
-		t.Errorf("Err() = %v, want a *StartError with cause protocol", err)
-	}
-	t.Logf("ended in %v", time.Since(start))
 }
 
 // TestLineStallMawk: Debian's awk buffers its output on a pipe; without

@@ -454,6 +454,11 @@ func (p *Pool) Stats() Stats {
 // MemoryModeReason says why.
 func (p *Pool) MemoryMode() string { return p.mem.Mode().String() }
 
+// MemoryPerWorker reports whether each worker has a memory cgroup of its
+// own (MemoryMode "cgroup-v1" or "cgroup-v2"): exact peaks, limits the
+// kernel enforces, and OOM kills read from the worker's own counter.
+func (p *Pool) MemoryPerWorker() bool { return p.mem.Mode().PerWorker() }
+
 // MemoryModeReason explains MemoryMode in one line.
 func (p *Pool) MemoryModeReason() string { return p.mem.Reason() }
 

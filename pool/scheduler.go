@@ -510,19 +510,7 @@ var maxFailed = 1000
 // ended counts r's terminal state, keeps it among the last failures if it
 // failed, and tells the observer.
 func (p *Pool) ended(r Result) {
-	n := r.count()
-	p.count(func(s *Stats) {
-		switch r.State {
-		case Done:
-			s.Done += n
-		case Failed:
-			s.Failed += n
-		case Cancelled:
-			s.Cancelled += n
-		case Poison:
-			s.Poison += n
-		}
-	})
+	p.count(func(s *Stats) { s.CountEnded(&r) })
 	if r.State == Failed || r.State == Poison {
 		f := r
 		f.Output, f.Stderr, f.out = nil, nil, nil

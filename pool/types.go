@@ -330,11 +330,23 @@ type MemoryState struct {
 	// Allows is how many attempts of the predicted peak fit Budget, from 1
 	// to Config.Workers.
 	Allows int
-	// Basis says where Predicted comes from: "cold start" (no data yet:
-	// half the budget), "hint" (Config.MemPerTask) or "peaks" (a high
-	// percentile of the peaks of finished attempts).
-	Basis string
+	// Basis says where Predicted comes from.
+	Basis Basis
 }
+
+// Basis says where the governor's predicted peak of a task comes from.
+type Basis string
+
+const (
+	// BasisColdStart: no attempt has ended yet and no hint was given; the
+	// prediction is three times the most a running attempt uses so far
+	// (at least 1/64 of the budget).
+	BasisColdStart Basis = "cold start"
+	// BasisHint: Config.MemPerTask.
+	BasisHint Basis = "hint"
+	// BasisPeaks: a high percentile of the peaks of finished attempts.
+	BasisPeaks Basis = "peaks"
+)
 
 // TaskUsage is a worker's memory at a sample, named by a task the worker
 // runs (EventAttemptStarted says which worker that is).
@@ -599,4 +611,22 @@ type Stats struct {
 	OutOfStep int
 	// Started is when the pool was created.
 	Started time.Time
+}
+
+// CountEnded adds r's terminal state to Done, Failed, Cancelled or Poison:
+// one for a task, one for each item of a batch. A pool counts its own
+// results so; a program that collects results from pools elsewhere (the
+// cluster's submitter) counts them with it, not with rules of its own.
+func (s *Stats) CountEnded(r *Result) {
+	n := r.count()
+	switch r.State {
+	case Done:
+		s.Done += n
+	case Failed:
+		s.Failed += n
+	case Cancelled:
+		s.Cancelled += n
+	case Poison:
+		s.Poison += n
+	}
 }

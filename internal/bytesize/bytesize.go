@@ -22,8 +22,18 @@ func Format(n int64) string {
 		f /= unit
 		i++
 	}
-	if f >= 10 || f == math.Trunc(f) {
-		return strconv.FormatFloat(f, 'f', 0, 64) + " " + suffixes[i]
+	// Round as shown before choosing the form, so that 9.97 MiB reads
+	// "10 MiB" like 10 MiB does, and 1023.7 KiB reads "1 MiB".
+	r := math.Round(f*10) / 10
+	if r >= 10 {
+		r = math.Round(f)
 	}
-	return strconv.FormatFloat(f, 'f', 1, 64) + " " + suffixes[i]
+	if r >= unit && i < len(suffixes)-1 {
+		r /= unit
+		i++
+	}
+	if r == math.Trunc(r) {
+		return strconv.FormatFloat(r, 'f', 0, 64) + " " + suffixes[i]
+	}
+	return strconv.FormatFloat(r, 'f', 1, 64) + " " + suffixes[i]
 }

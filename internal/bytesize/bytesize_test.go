@@ -18,6 +18,12 @@ func TestFormat(t *testing.T) {
 		{2040109465, "1.9 GiB"},
 		{3 << 29, "1.5 GiB"},
 		{15 << 30, "15 GiB"},
+		// Rounded as shown: no "10.0 MiB" beside "10 MiB", no "1024 KiB".
+		{10<<20 - 1<<10, "10 MiB"},
+		{1<<20 - 100, "1 MiB"},
+		{2<<20 - 1, "2 MiB"},
+		{1<<30 + 1<<20, "1 GiB"},
+		{9_900_000, "9.4 MiB"},
 	}
 	for _, tt := range tests {
 		if got := Format(tt.in); got != tt.want {

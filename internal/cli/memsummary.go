@@ -12,11 +12,11 @@ import (
 // memorySummary is the memory governor's plan at the end of a run, in the
 // JSON summary.
 type memorySummary struct {
-	BudgetBytes    int64  `json:"budget_bytes"`
-	PredictedBytes int64  `json:"predicted_bytes"`
-	Allows         int    `json:"allows"`
-	Basis          string `json:"basis"`
-	Workers        int    `json:"workers"`
+	BudgetBytes    int64      `json:"budget_bytes"`
+	PredictedBytes int64      `json:"predicted_bytes"`
+	Allows         int        `json:"allows"`
+	Basis          pool.Basis `json:"basis"`
+	Workers        int        `json:"workers"`
 }
 
 // setMemory records the governor's plan and the pool's preemptions.
@@ -36,7 +36,7 @@ func (s *summary) setMemory(st pool.MemoryState, ok bool, workers, preempted int
 // "; memory allowed 3 of 16 at once (1.6 GiB each), 2 attempts preempted".
 func (s *summary) memoryNote() string {
 	var parts []string
-	if m := s.Memory; m != nil && m.Basis != "cold start" && m.Allows < m.Workers {
+	if m := s.Memory; m != nil && m.Basis != pool.BasisColdStart && m.Allows < m.Workers {
 		parts = append(parts, fmt.Sprintf("memory allowed %d of %d at once (%s each)", m.Allows, m.Workers, bytesize.Format(m.PredictedBytes)))
 	}
 	if s.Preempted > 0 {

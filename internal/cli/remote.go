@@ -205,16 +205,7 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 			}
 		}
 		jl.observe(pool.Event{Kind: pool.EventTaskEnded, TaskID: r.ID, Result: &r})
-		switch r.State {
-		case pool.Done:
-			counts.Done++
-		case pool.Failed:
-			counts.Failed++
-		case pool.Poison:
-			counts.Poison++
-		case pool.Cancelled:
-			counts.Cancelled++
-		}
+		counts.CountEnded(&r)
 		sum.add(&r)
 		if o.err == nil {
 			j.emit(o, &r)

@@ -28,6 +28,14 @@ var sizeUnits = map[string]float64{
 	"tb":  1e12,
 }
 
+// sizeError says why a size does not parse.
+type sizeError struct {
+	Input string // the size as given
+	Why   string // what is wrong with it
+}
+
+func (e *sizeError) Error() string { return fmt.Sprintf("size %q: %s", e.Input, e.Why) }
+
 // parseSize parses a byte count such as "512MiB", "1.5G", "800K" or "4096".
 // Units are case-insensitive. Zero is allowed; negative sizes are not.
 func parseSize(s string) (int64, error) {
@@ -38,19 +46,19 @@ func parseSize(s string) (int64, error) {
 	}
 	num, unit := t[:i], strings.ToLower(strings.TrimSpace(t[i:]))
 	if num == "" {
-		return 0, fmt.Errorf("size %q: want a number with an optional unit, such as 512MiB", s)
+		return 0, &sizeError{s, "want a number with an optional unit, such as 512MiB"}
 	}
 	mult, ok := sizeUnits[unit]
 	if !ok {
-		return 0, fmt.Errorf("size %q: unknown unit %q (want B, K, M, G, T, KiB, MiB, GiB, TiB, kB, MB, GB or TB)", s, t[i:])
+		return 0, &sizeError{s, fmt.Sprintf("unknown unit %q (want B, K, M, G, T, KiB, MiB, GiB, TiB, kB, MB, GB or TB)", t[i:])}
 	}
 	f, err := strconv.ParseFloat(num, 64)
 	if err != nil {
-		return 0, fmt.Errorf("size %q: bad number %q", s, num)
+		return 0, &sizeError{s, fmt.Sprintf("bad number %q", num)}
 	}
 	v := f * mult
 	if v >= math.MaxInt64 {
-		return 0, fmt.Errorf("size %q: too large", s)
+		return 0, &sizeError{s, "too large"}
 	}
 	return int64(math.Round(v)), nil
 }
@@ -89,7 +97,11 @@ func (v *sizeValue) Set(s string) error {
 	n, err := parseSize(s)
 	if err != nil {
 		// pflag wraps this as: invalid argument "x" for "--mem-limit" flag: ...
-		return errors.New(strings.TrimPrefix(err.Error(), fmt.Sprintf("size %q: ", s)))
+		var se *sizeError
+		if errors.As(err, &se) {
+			return errors.New(se.Why)
+		}
+		return err
 	}
 	if n == 0 && v.zeroErr != "" {
 		return errors.New(v.zeroErr)

@@ -59,6 +59,22 @@ func TestParseSize(t *testing.T) {
 	}
 }
 
+// TestSizeFlagError: a size flag's error says what is wrong, once, without
+// the "size ...:" that parseSize's own error starts with (pflag names the
+// value and the flag), and parseSize's error carries its parts as fields.
+func TestSizeFlagError(t *testing.T) {
+	var n int64
+	err := newSizeValue(&n).Set("12XB")
+	if err == nil || strings.Contains(err.Error(), "size") || !strings.HasPrefix(err.Error(), `unknown unit "XB"`) {
+		t.Errorf("Set(%q) = %v, want the unknown unit alone", "12XB", err)
+	}
+	_, err = parseSize("12XB")
+	var se *sizeError
+	if !errors.As(err, &se) || se.Input != "12XB" || !strings.HasPrefix(se.Why, "unknown unit") {
+		t.Errorf("parseSize(%q) = %v, want a *sizeError for the input with why", "12XB", err)
+	}
+}
+
 func TestFormatSizeFlag(t *testing.T) {
 	tests := []struct {
 		in   int64

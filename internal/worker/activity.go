@@ -19,8 +19,10 @@ type Activity struct {
 	// Pollers counts threads blocked in poll, select or epoll: waiting on
 	// several descriptors, which may or may not include the task pipe.
 	Pollers int
-	// Parked counts threads blocked on a futex (a lock or a condition) or
-	// waiting for a child process to end.
+	// Parked counts threads blocked on a futex (a lock or a condition),
+	// waiting for a child process to end, or in an epoll wait that only a
+	// timeout or another thread of the same process can end (the idle
+	// poller of a Go program with a pending timer).
 	Parked int
 	// Blocked counts threads blocked in anything else: a sleep, a read of
 	// another file or socket, a page fault.
@@ -49,6 +51,8 @@ func (a Activity) WaitsForInput(cpuSame bool) bool {
 // nothing else: some thread reads the task pipe, and every other thread is
 // parked on a lock or waits for a child. A thread that sleeps, polls, or
 // reads anything else may be doing the task's work, so it rules a stall out.
+// A thread parked with a timeout is not ruled out: the Go runtime keeps one
+// in epoll_wait for its timers, as C programs keep one on a timed condition.
 // The caller checks, besides, that no CPU time was used.
 func (a Activity) StallsOnInput() bool {
 	return a.Readers > 0 && a.Pollers == 0 && a.Blocked == 0 && a.Running == 0

@@ -19,6 +19,9 @@ var (
 	pollCalls = append([]uint64{unix.SYS_PPOLL, unix.SYS_PSELECT6, unix.SYS_EPOLL_PWAIT, unix.SYS_EPOLL_PWAIT2},
 		archPollCalls...)
 	parkCalls = []uint64{unix.SYS_FUTEX, unix.SYS_FUTEX_WAITV, unix.SYS_WAIT4, unix.SYS_WAITID}
+	// epollCalls are the poll calls whose first argument is an epoll
+	// descriptor, whose interest list /proc shows.
+	epollCalls = append([]uint64{unix.SYS_EPOLL_PWAIT, unix.SYS_EPOLL_PWAIT2}, archEpollCalls...)
 )
 
 // Observe returns what the worker's process tree (the worker and every
@@ -152,12 +155,46 @@ func (o *observer) classify(pid int, sc []string) {
 			o.a.Blocked++
 		}
 	case slices.Contains(pollCalls, nr):
-		o.a.Pollers++
+		if len(sc) > 1 && slices.Contains(epollCalls, nr) && o.waitsOnTimer(pid, sc[1]) {
+			o.a.Parked++
+		} else {
+			o.a.Pollers++
+		}
 	case slices.Contains(parkCalls, nr):
 		o.a.Parked++
 	default:
 		o.a.Blocked++
 	}
+}
+
+// waitsOnTimer reports whether epoll descriptor epfd (in hex) of process
+// pid watches nothing but eventfds: a thread blocked on it waits for its
+// timeout or for another thread of its own process, like a lock with a
+// timeout, and nothing outside can end the wait. That is the Go runtime's
+// idle network poller in any Go program with a pending timer (a ticker, a
+// context deadline): it must not rule out a stall, or a Go worker that
+// holds its answers in a buffer would never be caught. An epoll set that
+// watches a pipe, a socket, a file or a timerfd may be the task's work.
+func (o *observer) waitsOnTimer(pid int, epfd string) bool {
+	n, err := strconv.ParseUint(strings.TrimPrefix(epfd, "0x"), 16, 32)
+	if err != nil {
+		return false
+	}
+	proc := "/proc/" + strconv.Itoa(pid)
+	info, err := os.ReadFile(proc + "/fdinfo/" + strconv.FormatUint(n, 10))
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(info), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || f[0] != "tfd:" {
+			continue
+		}
+		if target, err := os.Readlink(proc + "/fd/" + f[1]); err != nil || target != "anon_inode:[eventfd]" {
+			return false
+		}
+	}
+	return true
 }
 
 // isTaskPipe reports whether descriptor fd (in hex, as /proc shows system

@@ -1,8 +1,11 @@
 package worker
 
 import (
+	"os/exec"
 	"testing"
 	"time"
+
+	"github.com/safepool/safepool/internal/testenv"
 )
 
 // start starts args as a line worker and ends it when the test ends.
@@ -37,6 +40,17 @@ func eventually(t *testing.T, p *Process, cond func(Activity) bool) (Activity, b
 	return a, false
 }
 
+// epollReader reads its stdin in one thread while another waits in epoll
+// on an eventfd or on a pipe (its argument).
+const epollReader = `
+import os, select, sys, threading
+fd = os.eventfd(0) if sys.argv[1] == "eventfd" else os.pipe()[0]
+ep = select.epoll()
+ep.register(fd, select.EPOLLIN)
+threading.Thread(target=lambda: ep.poll(3600), daemon=True).start()
+sys.stdin.buffer.raw.read(1)
+`
+
 func TestObserve(t *testing.T) {
 	tests := []struct {
 		name  string
@@ -53,9 +67,20 @@ func TestObserve(t *testing.T) {
 		// A child that sleeps while another reads rules a stall out.
 		{"reads and sleeps", []string{"sh", "-c", "sleep 60 & cat; exit 0"}, func(a Activity) bool { return a.Readers == 1 && a.Blocked == 1 }, false},
 		{"busy", []string{"sh", "-c", "while :; do :; done"}, func(a Activity) bool { return a.Running == 1 }, false},
+		// A thread in epoll on an eventfd alone waits for a timeout or
+		// for its own process, as the Go runtime's idle poller does: it
+		// is parked, and does not rule a stall out...
+		{"reads and waits on a timer", []string{"python3", "-c", epollReader, "eventfd"},
+			func(a Activity) bool { return a.Readers == 1 && a.Parked >= 1 && a.Pollers == 0 }, true},
+		// ...but epoll on a pipe may be the task's work.
+		{"reads and polls a pipe", []string{"python3", "-c", epollReader, "pipe"},
+			func(a Activity) bool { return a.Readers == 1 && a.Pollers == 1 }, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			if _, err := exec.LookPath(tt.args[0]); err != nil {
+				testenv.SkipOrFail(t, tt.args[0]+" is not installed")
+			}
 			p := start(t, tt.args...)
 			a, ok := eventually(t, p, tt.cond)
 			if !ok {
