@@ -326,7 +326,7 @@ func TestResumeBlocks(t *testing.T) {
 	type summary struct {
 		Tasks struct {
 			Submitted, Done, Failed, Skipped int
-			SkippedFailed                   int `json:"skipped_failed"`
+			SkippedFailed                    int `json:"skipped_failed"`
 		}
 	}
 	// mapRun runs map over in, and returns its output, its summary and the
