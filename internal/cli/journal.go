@@ -169,6 +169,14 @@ func (jj *jobJournal) submitBatch(id uint64, seqs []uint64, keys []journal.Key, 
 	}
 }
 
+// submitLines records the lines of block, numbered seqs, with keys, before
+// they go to the pool as one batch task of id id.
+func (jj *jobJournal) submitLines(id uint64, seqs []uint64, keys []journal.Key, block []byte) {
+	if jj != nil {
+		jj.w.SubmitLines(id, seqs, keys, block)
+	}
+}
+
 // skip records the seq-th input as skipped.
 func (jj *jobJournal) skip(seq uint64, key journal.Key, input []byte, f journal.Finished) {
 	if jj != nil {

@@ -200,24 +200,24 @@ func (j *job) feedBlocks(ctx context.Context, p *pool.Pool, jl *joblog, jj *jobJ
 		// Every line's key, at once; then the lines to run, which the
 		// writer keeps: each submitted part of the block has its own.
 		all := make([]journal.Key, n)
-		lines := journal.KeyLines(block, all, make([][]byte, 0, n))
+		journal.KeyLines(block, all)
 		if !jj.resuming() {
 			seqs := make([]uint64, n)
 			for i := range seqs {
 				seqs[i] = seq + uint64(i) + 1
 			}
 			seq += uint64(n)
-			if !j.submitLines(ctx, p, jl, jj, &id, block, seqs, all, lines) {
+			if !j.submitLines(ctx, p, jl, jj, &id, block, seqs, all) {
 				return id
 			}
 			continue
 		}
 		var seqs []uint64
 		var keys []journal.Key
-		var inputs [][]byte
 		start, off := 0, 0 // where the lines to run begin; where line i begins
-		for i, line := range lines {
+		for i := range n {
 			seq++
+			line := block[off : off+bytes.IndexByte(block[off:], '\n')]
 			next := off + len(line) + 1
 			f, done, err := jj.finished(all[i])
 			if err != nil {
@@ -228,44 +228,45 @@ func (j *job) feedBlocks(ctx context.Context, p *pool.Pool, jl *joblog, jj *jobJ
 				if seqs == nil {
 					seqs = make([]uint64, 0, n-i)
 					keys = make([]journal.Key, 0, n-i)
-					inputs = make([][]byte, 0, n-i)
 				}
-				seqs, keys, inputs = append(seqs, seq), append(keys, all[i]), append(inputs, line)
+				seqs, keys = append(seqs, seq), append(keys, all[i])
 				off = next
 				continue
 			}
-			if !j.submitLines(ctx, p, jl, jj, &id, block[start:off], seqs, keys, inputs) {
+			if !j.submitLines(ctx, p, jl, jj, &id, block[start:off], seqs, keys) {
 				return id
 			}
-			seqs, keys, inputs = nil, nil, nil
+			seqs, keys = nil, nil
 			start, off = next, next
 			if feedStopped(ctx, p) {
 				return id
 			}
 			fb.skip(j.mode, jj, seq, all[i], line, f, id)
 		}
-		if !j.submitLines(ctx, p, jl, jj, &id, block[start:], seqs, keys, inputs) {
+		if !j.submitLines(ctx, p, jl, jj, &id, block[start:], seqs, keys) {
 			return id
 		}
 	}
 }
 
-// submitLines submits region, the lines inputs numbered seqs with keys,
-// as one task of the pool, after the job log and the journal have them;
-// *id, the pool's id of the last line submitted, advances by their number.
-// It reports false when the pool is stopping.
+// submitLines submits region, lines numbered seqs with keys, as one task
+// of the pool, after the job log and the journal have them; *id, the
+// pool's id of the last line submitted, advances by their number. It
+// reports false when the pool is stopping.
 func (j *job) submitLines(ctx context.Context, p *pool.Pool, jl *joblog, jj *jobJournal, id *uint64,
-	region []byte, seqs []uint64, keys []journal.Key, inputs [][]byte) bool {
+	region []byte, seqs []uint64, keys []journal.Key) bool {
 	m := len(seqs)
 	if m == 0 {
 		return true
 	}
 	if jl != nil {
-		for i := range m {
-			jl.submit(*id+uint64(i)+1, seqs[i], inputs[i])
+		for i, rest := 0, region; i < m; i++ {
+			k := bytes.IndexByte(rest, '\n')
+			jl.submit(*id+uint64(i)+1, seqs[i], rest[:k])
+			rest = rest[k+1:]
 		}
 	}
-	jj.submitBatch(*id+1, seqs, keys, inputs)
+	jj.submitLines(*id+1, seqs, keys, region)
 	if _, err := p.Submit(ctx, pool.Task{Input: region, Items: m}); err != nil {
 		return false // the pool is stopping; the results loop reports why
 	}

@@ -95,22 +95,18 @@ func mergeRound(acc, val uint64) uint64 {
 
 // KeyLines keys the lines of block, each ended by a newline, at once:
 // keys[i] is KeyOf of the i-th line without its newline, for as many lines
-// as keys holds. It returns lines with the lines appended, without their
-// newlines, as slices of block.
-func KeyLines(block []byte, keys []Key, lines [][]byte) [][]byte {
+// as keys holds (a last line may lack its newline).
+func KeyLines(block []byte, keys []Key) {
 	for i := range keys {
 		k := bytes.IndexByte(block, '\n')
 		if k < 0 {
 			k = len(block)
 		}
-		line := block[:k:k]
-		h1, h2 := xxh64Pair(line)
+		h1, h2 := xxh64Pair(block[:k])
 		binary.LittleEndian.PutUint64(keys[i][:8], h1)
 		binary.LittleEndian.PutUint64(keys[i][8:], h2)
-		lines = append(lines, line)
 		block = block[min(k+1, len(block)):]
 	}
-	return lines
 }
 
 // xxh64Pair is xxh64 of b with keySeed1 and with keySeed2, in one pass.
