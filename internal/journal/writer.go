@@ -414,6 +414,15 @@ func (w *Writer) committer() {
 // in one transaction.
 func (w *Writer) flush(recs [][]record) {
 	b := <-w.freeRows
+	if b.tasks.into == "" {
+		run := strconv.FormatInt(w.runID, 10)
+		row := func(binds int) string { return "(" + run + strings.Repeat(", ?", binds) + ")" }
+		b.tasks.into, b.tasks.row = taskInto, row(9)
+		b.spans.into, b.spans.row = spanInto, row(12)
+		b.attempts.into, b.attempts.row = attemptInto, row(10)
+		b.samples.into, b.samples.row = sampleInto, row(4)
+		b.events.into, b.events.row = eventInto, row(5)
+	}
 	for _, c := range recs {
 		for i := range c {
 			w.rows(b, &c[i])
@@ -636,15 +645,6 @@ func (w *Writer) seqOf(id uint64) uint64 {
 
 // rows adds the rows of one record to b.
 func (w *Writer) rows(b *rows, r *record) {
-	if b.tasks.into == "" {
-		run := strconv.FormatInt(w.runID, 10)
-		row := func(binds int) string { return "(" + run + strings.Repeat(", ?", binds) + ")" }
-		b.tasks.into, b.tasks.row = taskInto, row(9)
-		b.spans.into, b.spans.row = spanInto, row(12)
-		b.attempts.into, b.attempts.row = attemptInto, row(10)
-		b.samples.into, b.samples.row = sampleInto, row(4)
-		b.events.into, b.events.row = eventInto, row(5)
-	}
 	switch r.kind {
 	case recSubmit:
 		w.live[r.id] = &liveTask{seq: r.seq, key: r.key, input: r.input}
@@ -746,35 +746,29 @@ func (w *Writer) batchEnded(b *rows, res *pool.Result, at int64) {
 	if lt == nil || lt.seqs == nil {
 		return
 	}
-	once := doneAtOnce(res)
-	sp := w.span
-	for i := range res.Items {
-		it := &res.Items[i]
-		if it.Index < 0 || it.Index >= len(lt.seqs) || lt.seqs[it.Index] == 0 {
-			continue // not of the batch, or ended already
-		}
-		if once {
-			a := &res.Attempts[0]
-			start, end := it.Start, it.End
-			if start.IsZero() {
-				start, end = a.Start, a.End
-			}
-			var full bool
-			if sp, full = sp.add(lt.seqs[it.Index], lt.keys[it.Index], it.Output, a, start.UnixNano(), end.UnixNano(), w.run.StoreOutput); full {
-				w.span = sp
+	if doneAtOnce(res) {
+		// Done at once, as most are: the items go to span rows, many
+		// at a time.
+		for i := 0; i < len(res.Items); {
+			i = w.span.addItems(lt, res.Items, i, &res.Attempts[0], w.run.StoreOutput)
+			if w.span.full() {
 				w.endSpan(b)
-				sp = w.span
 			}
-		} else {
+		}
+	} else {
+		for i := range res.Items {
+			it := &res.Items[i]
+			if it.Index < 0 || it.Index >= len(lt.seqs) || lt.seqs[it.Index] == 0 {
+				continue // not of the batch, or ended already
+			}
 			w.taskRow(b, lt, it.Index, res, it.Output, at)
 			delete(w.retrying, it.ID)
+			// Ended. Its input goes with the batch's record, when the
+			// last item ends.
+			lt.seqs[it.Index] = 0
+			lt.left--
 		}
-		// Ended. Its input goes with the batch's record, when the last
-		// item ends: clearing it here would cost a write barrier an item.
-		lt.seqs[it.Index] = 0
-		lt.left--
 	}
-	w.span = sp
 	if lt.left <= 0 {
 		// The ids its attempts started as: the batch's, and those of
 		// the parts split from it.
@@ -946,6 +940,61 @@ func (s span) add(seq uint64, key Key, out []byte, a *pool.Attempt, start, end i
 	s.peak = max(s.peak, a.PeakRSS)
 	s.n++
 	return s, s.n >= maxSpan || len(s.output) >= maxSpanOutput
+}
+
+// full reports whether the span is full: its row is to be written.
+func (s *span) full() bool { return s.n >= maxSpan || len(s.output) >= maxSpanOutput }
+
+// addItems adds the items of lt from items[i] on, which its first attempt
+// a did, to the span, as add does one by one, until the span is full; it
+// marks them ended in lt, and returns the index of the first item it did
+// not take. An item not of lt, or ended already, is passed over. It works
+// on local copies of the span's slices, so that an item costs no write
+// barrier of a slice stored through a pointer while the GC runs.
+func (s *span) addItems(lt *liveTask, items []pool.Item, i int, a *pool.Attempt, storeOutput bool) int {
+	ids, keys, runtimes, peaks, lengths, output := s.ids, s.keys, s.runtimes, s.peaks, s.lengths, s.output
+	n, prev, started, ended := s.n, s.prev, s.started, s.ended
+	aStart, aEnd := a.Start.UnixNano(), a.End.UnixNano()
+	peak := uint64(max(a.PeakRSS, 0) >> 10)
+	if n == 0 {
+		s.pid, s.peak = a.WorkerPID, 0
+	}
+	for ; i < len(items) && n < maxSpan && len(output) < maxSpanOutput; i++ {
+		it := &items[i]
+		if it.Index < 0 || it.Index >= len(lt.seqs) || lt.seqs[it.Index] == 0 {
+			continue // not of the batch, or ended already
+		}
+		seq := lt.seqs[it.Index]
+		start, end := aStart, aEnd
+		if !it.Start.IsZero() {
+			start, end = it.Start.UnixNano(), it.End.UnixNano()
+		}
+		if n == 0 {
+			s.first, prev, started, ended = seq, seq, start, end
+		}
+		ids = binary.AppendVarint(ids, int64(seq-prev)) // zigzag
+		prev = seq
+		keys = append(keys, lt.keys[it.Index][:]...)
+		runtimes = binary.AppendUvarint(runtimes, uint64(max(end-start, 0)/1000))
+		peaks = binary.AppendUvarint(peaks, peak)
+		if storeOutput {
+			lengths = binary.AppendUvarint(lengths, uint64(len(it.Output)))
+			output = append(output, it.Output...)
+		}
+		started, ended = min(started, start), max(ended, end)
+		n++
+		// Ended. Its input goes with the batch's record, when the last
+		// item ends: clearing it here would cost a write barrier an item.
+		lt.seqs[it.Index] = 0
+		lt.left--
+	}
+	if s.pid != a.WorkerPID {
+		s.pid = 0
+	}
+	s.peak = max(s.peak, a.PeakRSS)
+	s.ids, s.keys, s.runtimes, s.peaks, s.lengths, s.output = ids, keys, runtimes, peaks, lengths, output
+	s.n, s.prev, s.started, s.ended = n, prev, started, ended
+	return i
 }
 
 // endSpan adds the span's row to b, if it holds any task, and starts the
