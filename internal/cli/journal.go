@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/safepool/safepool/internal/journal"
@@ -142,6 +143,9 @@ func (jj *jobJournal) key(input []byte) journal.Key {
 	return journal.KeyOf(input)
 }
 
+// resuming reports whether earlier runs' work is looked up and skipped.
+func (jj *jobJournal) resuming() bool { return jj != nil && jj.rs != nil }
+
 // finished says whether an earlier run finished the input of key, and how.
 func (jj *jobJournal) finished(key journal.Key) (journal.Finished, bool, error) {
 	if jj == nil || jj.rs == nil {
@@ -162,6 +166,14 @@ func (jj *jobJournal) submit(id, seq uint64, key journal.Key, input []byte) {
 func (jj *jobJournal) submitBatch(id uint64, seqs []uint64, keys []journal.Key, inputs [][]byte) {
 	if jj != nil {
 		jj.w.SubmitBatch(id, seqs, keys, inputs)
+	}
+}
+
+// submitLines records the lines of block, numbered seqs, with keys, before
+// they go to the pool as one batch task of id id.
+func (jj *jobJournal) submitLines(id uint64, seqs []uint64, keys []journal.Key, block []byte) {
+	if jj != nil {
+		jj.w.SubmitLines(id, seqs, keys, block)
 	}
 }
 
@@ -210,6 +222,28 @@ type replay struct {
 // replayAhead is how many replayed outputs may wait between the feeder and the
 // results loop; the feeder waits beyond it.
 const replayAhead = 256
+
+// feedBack is what the feeder gives the rest of a job: why it failed,
+// the inputs it skipped, and the outputs of map's skipped inputs, to write
+// in their place.
+type feedBack struct {
+	fail                   func(error)
+	replays                chan<- replay
+	skipped, skippedFailed atomic.Int64
+}
+
+// skip records the seq-th input, with key, as skipped because an earlier
+// run finished it as f, and sends map's output of it to be written after
+// the pool's task after.
+func (fb *feedBack) skip(mode string, jj *jobJournal, seq uint64, key journal.Key, input []byte, f journal.Finished, after uint64) {
+	jj.skip(seq, key, input, f)
+	fb.skipped.Add(1)
+	if f.State != string(pool.Done) {
+		fb.skippedFailed.Add(1)
+	} else if mode == "map" {
+		fb.replays <- replay{after: after, output: f.Output}
+	}
+}
 
 // feedStopped reports whether the feeder should stop skipping inputs: the
 // run was interrupted or the pool has stopped.

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/safepool/safepool/internal/journal"
 	"github.com/safepool/safepool/pool"
 )
 
@@ -166,30 +167,111 @@ func readWholeLine(br *bufio.Reader) ([]byte, error) {
 
 // feedBlocks submits the input in blocks of lines until it ends, the pool
 // stops or reading fails (then fail is called). It returns the number of
-// lines submitted.
-func (j *job) feedBlocks(ctx context.Context, p *pool.Pool, jl *joblog, fail func(error)) uint64 {
-	var id uint64
+// lines submitted to the pool. With a journal, each line is keyed and, when
+// resuming, looked up: a line an earlier run finished is skipped (and its
+// output replayed for map), and the lines around it go in blocks of their
+// own, so that a replayed output keeps its place in --keep-order.
+func (j *job) feedBlocks(ctx context.Context, p *pool.Pool, jl *joblog, jj *jobJournal, fb *feedBack) uint64 {
+	var id, seq uint64 // the pool's ids and the journal's, of the last line
 	for {
 		block, n, err := j.blocks.next(j.blocks.size())
 		if err == io.EOF {
 			return id
 		}
 		if err != nil {
-			fail(fmt.Errorf("reading input: %w", err))
+			fb.fail(fmt.Errorf("reading input: %w", err))
 			return id
 		}
-		if jl != nil {
-			for i, rest := 0, block; i < n; i++ {
-				k := bytes.IndexByte(rest, '\n')
-				jl.submit(id+uint64(i)+1, id+uint64(i)+1, rest[:k])
-				rest = rest[k+1:]
+		if jj == nil {
+			if jl != nil {
+				for i, rest := 0, block; i < n; i++ {
+					k := bytes.IndexByte(rest, '\n')
+					jl.submit(id+uint64(i)+1, id+uint64(i)+1, rest[:k])
+					rest = rest[k+1:]
+				}
 			}
+			if _, err := p.Submit(ctx, pool.Task{Input: block, Items: n}); err != nil {
+				return id // the pool is stopping; the results loop reports why
+			}
+			id += uint64(n)
+			seq = id
+			continue
 		}
-		if _, err := p.Submit(ctx, pool.Task{Input: block, Items: n}); err != nil {
-			return id // the pool is stopping; the results loop reports why
+		// Every line's key, at once; then the lines to run, which the
+		// writer keeps: each submitted part of the block has its own.
+		all := make([]journal.Key, n)
+		journal.KeyLines(block, all)
+		if !jj.resuming() {
+			seqs := make([]uint64, n)
+			for i := range seqs {
+				seqs[i] = seq + uint64(i) + 1
+			}
+			seq += uint64(n)
+			if !j.submitLines(ctx, p, jl, jj, &id, block, seqs, all) {
+				return id
+			}
+			continue
 		}
-		id += uint64(n)
+		var seqs []uint64
+		var keys []journal.Key
+		start, off := 0, 0 // where the lines to run begin; where line i begins
+		for i := range n {
+			seq++
+			line := block[off : off+bytes.IndexByte(block[off:], '\n')]
+			next := off + len(line) + 1
+			f, done, err := jj.finished(all[i])
+			if err != nil {
+				fb.fail(err)
+				return id
+			}
+			if !done {
+				if seqs == nil {
+					seqs = make([]uint64, 0, n-i)
+					keys = make([]journal.Key, 0, n-i)
+				}
+				seqs, keys = append(seqs, seq), append(keys, all[i])
+				off = next
+				continue
+			}
+			if !j.submitLines(ctx, p, jl, jj, &id, block[start:off], seqs, keys) {
+				return id
+			}
+			seqs, keys = nil, nil
+			start, off = next, next
+			if feedStopped(ctx, p) {
+				return id
+			}
+			fb.skip(j.mode, jj, seq, all[i], line, f, id)
+		}
+		if !j.submitLines(ctx, p, jl, jj, &id, block[start:], seqs, keys) {
+			return id
+		}
 	}
+}
+
+// submitLines submits region, lines numbered seqs with keys, as one task
+// of the pool, after the job log and the journal have them; *id, the
+// pool's id of the last line submitted, advances by their number. It
+// reports false when the pool is stopping.
+func (j *job) submitLines(ctx context.Context, p *pool.Pool, jl *joblog, jj *jobJournal, id *uint64,
+	region []byte, seqs []uint64, keys []journal.Key) bool {
+	m := len(seqs)
+	if m == 0 {
+		return true
+	}
+	if jl != nil {
+		for i, rest := 0, region; i < m; i++ {
+			k := bytes.IndexByte(rest, '\n')
+			jl.submit(*id+uint64(i)+1, seqs[i], rest[:k])
+			rest = rest[k+1:]
+		}
+	}
+	jj.submitLines(*id+1, seqs, keys, region)
+	if _, err := p.Submit(ctx, pool.Task{Input: region, Items: m}); err != nil {
+		return false // the pool is stopping; the results loop reports why
+	}
+	*id += uint64(m)
+	return true
 }
 
 // itemInput is the input of item it of r: its line, for a block of lines.

@@ -118,7 +118,7 @@ func (a *mapArgs) flagSet() *pflag.FlagSet {
 	a.common.registerPool(fs, "give a task up to `N` more attempts when its worker dies during it: killed, crashed or exited")
 	fs.IntVar(&a.maxTasks, "max-tasks", 0, "replace a worker after it has done `N` tasks (default: never)")
 	fs.Var(newSizeValue(&a.maxRSS), "max-rss", "replace a worker whose memory is over `SIZE` after a task (default: never)")
-	fs.IntVar(&a.pipeline, "pipeline", 0, "send up to `N` tasks to a worker before it answers the first, one line a task (default: lines in blocks; 32 lines with --journal or --max-tasks; 8 tasks with --framed)")
+	fs.IntVar(&a.pipeline, "pipeline", 0, "send up to `N` tasks to a worker before it answers the first, one line a task (default: lines in blocks; 32 lines with --max-tasks; 8 tasks with --framed)")
 	fs.Var(newSizeValue(&a.maxLine), "max-line", "fail a task whose answer line is longer than `SIZE` (default 64MiB)")
 	fs.DurationVar(&a.stall, "stall-timeout", defaultStall, "fail a line the worker has read and holds unanswered while it only waits for more input (it does not flush) after `DURATION`; 0: never")
 	fs.DurationVar(&a.start, "start-timeout", 0, "give a new worker `DURATION` to be ready, more while it computes: a --framed worker's ready frame, a line worker's first read (default 30s)")
@@ -268,10 +268,10 @@ func runMap(ctx context.Context, e *env, args []string) error {
 		e:          e,
 	}
 	// Line workers get the input in blocks of lines, unless something
-	// needs a task per line: the journal keeps one row per task and skips
-	// lines by their task, --max-tasks counts a worker's tasks exactly, and
-	// --pipeline N asks for at most N lines ahead.
-	if protocol == pool.Line && a.nats.url == "" && a.common.journal.path == "" && a.maxTasks == 0 && a.pipeline == 0 {
+	// needs a task per line: --max-tasks counts a worker's tasks exactly,
+	// and --pipeline N asks for at most N lines ahead. The journal keys,
+	// skips and records lines one by one inside blocks (feedBlocks).
+	if protocol == pool.Line && a.nats.url == "" && a.maxTasks == 0 && a.pipeline == 0 {
 		if fs, ok := src.(*fileSource); ok {
 			j.blocks = newLineBlocks(fs)
 			workers := cfg.Workers
@@ -302,7 +302,7 @@ const defaultStall = 10 * time.Second
 
 // defaultLinePipeline is how many tasks safepool map may send to a line
 // worker ahead of its answers: blocks of lines, or lines where each line is
-// a task (--journal, --max-tasks). The pool's own default is 1, for workers
+// a task (--max-tasks). The pool's own default is 1, for workers
 // that may not flush each answer; safepool map asks its workers to flush,
 // and short lines run several times faster with a few dozen in flight.
 // The pool sends fewer to a worker whose lines take long.

@@ -48,27 +48,33 @@ func TestKillResume(t *testing.T) {
 		t.Skip("kills 40 supervisors")
 	}
 	bin := buildSafepool(t)
-	const inputs = 240
-	var in bytes.Buffer
-	for i := range inputs {
-		// A repeated input is a task of its own, done as often as it
-		// comes.
-		fmt.Fprintf(&in, "%d\n", i%(inputs-10))
-	}
 	for _, tt := range []struct {
-		name string
-		args func(effects string) []string
+		name   string
+		inputs int
+		args   func(effects string) []string
 	}{
-		{"run", func(effects string) []string {
+		{"run", 240, func(effects string) []string {
 			return []string{"run", "-k", "-j", "4", "--", "sh", "-c",
 				`sleep 0.0$(($1 % 5 + 1)); echo "$1" >> ` + effects + `; echo "out $1"`, "sh", "{}"}
 		}},
-		{"map -k", func(effects string) []string {
+		{"map -k", 240, func(effects string) []string {
 			return []string{"map", "-k", "-j", "3", "--pipeline", "4", "--worker",
 				`while read l; do sleep 0.0$(($l % 5 + 1)); echo "$l" >> ` + effects + `; echo "out $l"; done`}
 		}},
+		// Lines in blocks: most lines are quick, so that blocks grow to
+		// hundreds of lines; a few sleep, so that kills find them running.
+		{"map -k blocks", 60000, func(effects string) []string {
+			return []string{"map", "-k", "-j", "3", "--worker",
+				`while read l; do case $l in *000) sleep 0.05;; esac; echo "$l" >> ` + effects + `; echo "out $l"; done`}
+		}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
+			var in bytes.Buffer
+			for i := range tt.inputs {
+				// A repeated input is a task of its own, done as often
+				// as it comes.
+				fmt.Fprintf(&in, "%d\n", i%(tt.inputs-10))
+			}
 			dir := t.TempDir()
 			effects := filepath.Join(dir, "effects")
 			db := filepath.Join(dir, "journal.db")
@@ -78,7 +84,7 @@ func TestKillResume(t *testing.T) {
 			}
 			rng := rand.New(rand.NewPCG(1, uint64(time.Now().UnixNano())))
 			var all bytes.Buffer // every run's stdout
-			kills := 0
+			kills, ended := 0, 0
 			for i := 0; ; i++ {
 				var stdout, stderr bytes.Buffer
 				joblog := filepath.Join(dir, fmt.Sprintf("joblog.%d", i))
@@ -97,20 +103,23 @@ func TestKillResume(t *testing.T) {
 					}
 				}
 				err := cmd.Wait()
+				if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && !ws.Signaled() {
+					ended++ // it finished before the kill came
+				}
 				all.Write(stdout.Bytes())
 				if last {
 					if err != nil {
 						t.Fatalf("last run: %v\n%s", err, stderr.String())
 					}
-					if tt.name == "map -k" && stdout.String() != want.String() {
+					if tt.name != "run" && stdout.String() != want.String() {
 						t.Errorf("last run's output =\n%s\nwant\n%s", stdout.String(), want.String())
 					}
 					break
 				}
 				checkJoblog(t, db, joblog)
 			}
-			t.Logf("%d supervisors killed", kills)
-			checkDoneOnce(t, db, tt.args(effects)[0], in.Bytes())
+			t.Logf("%d supervisors killed, %d runs ended", kills, ended)
+			checkDoneOnce(t, db, tt.args(effects)[0], in.Bytes(), ended)
 
 			// Every task's effect is there; more than once only for
 			// tasks that a kill interrupted.
@@ -121,7 +130,7 @@ func TestKillResume(t *testing.T) {
 			if got, wantN := countLines(string(data)), countLines(in.String()); !containsAll(got, wantN) {
 				t.Errorf("effects = %v, want at least %v", got, wantN)
 			} else {
-				t.Logf("%d effects for %d tasks", len(strings.Split(strings.TrimSpace(string(data)), "\n")), inputs)
+				t.Logf("%d effects for %d tasks", len(strings.Split(strings.TrimSpace(string(data)), "\n")), tt.inputs)
 			}
 			if tt.name == "run" {
 				// Each task's output is printed by the run that did it;
@@ -143,8 +152,10 @@ func TestKillResume(t *testing.T) {
 }
 
 // checkDoneOnce checks that the journal has each input done exactly as
-// often as it comes, over all the runs.
-func checkDoneOnce(t *testing.T, db, kind string, input []byte) {
+// often as it comes, over all the runs, and that the runs that ended
+// (wantEnded: the last, and any that finished before its kill came) have
+// their end in the journal.
+func checkDoneOnce(t *testing.T, db, kind string, input []byte, wantEnded int) {
 	t.Helper()
 	j, err := journal.Open(db)
 	if err != nil {
@@ -169,8 +180,8 @@ func checkDoneOnce(t *testing.T, db, kind string, input []byte) {
 	var runs, ended int
 	j.DB().QueryRow(`SELECT count(*), count(ended) FROM run WHERE kind = ?`, kind).Scan(&runs, &ended)
 	// A supervisor killed before it added its run has no row.
-	if runs < 2 || runs > 21 || ended != 1 {
-		t.Errorf("runs, ended runs = %d, %d, want 2 to 21, 1", runs, ended)
+	if runs < 2 || runs > 21 || ended != wantEnded {
+		t.Errorf("runs, ended runs = %d, %d, want 2 to 21, %d", runs, ended, wantEnded)
 	}
 }
 
@@ -237,4 +248,198 @@ func containsAll(got, want map[string]int) bool {
 		}
 	}
 	return true
+}
+
+// lineReadsWorker is a line worker, the fixture line-reads REC FAIL
+// FIXED: it answers each line l with "r l", exits with status 3 at the
+// line FAIL unless the file FIXED exists, and writes to REC the most whole
+// lines it got in one read of its stdin, each time that grows: lines sent
+// as one block come in one read, lines sent as tasks of their own do not.
+func lineReadsWorker(rec, fail, fixed string) int {
+	buf := make([]byte, 1<<20)
+	var part []byte // a line not whole yet
+	out := bufio.NewWriter(os.Stdout)
+	most := 0
+	for {
+		n, err := os.Stdin.Read(buf)
+		data := append(part, buf[:n]...)
+		lines := 0
+		for {
+			k := bytes.IndexByte(data, '\n')
+			if k < 0 {
+				break
+			}
+			line := string(data[:k])
+			data = data[k+1:]
+			lines++
+			if line == fail {
+				if _, err := os.Stat(fixed); err != nil {
+					out.Flush()
+					return 3
+				}
+			}
+			fmt.Fprintf(out, "r %s\n", line)
+		}
+		part = append(part[:0:0], data...)
+		if err := out.Flush(); err != nil {
+			return 1
+		}
+		if lines > most {
+			most = lines
+			if err := os.WriteFile(rec, []byte(strconv.Itoa(most)), 0o644); err != nil {
+				return 1
+			}
+		}
+		if err != nil {
+			return 0
+		}
+	}
+}
+
+// TestResumeBlocks checks that map with a journal moves lines in blocks,
+// and that --resume does too: an extended and reordered input skips the
+// lines an earlier run finished, line by line, and runs the rest in
+// blocks (whole blocks come to the worker in one read, hundreds of lines
+// where tasks of a line each come a few dozen at most); a line failing
+// inside a block gets a task row of its own, the lines done with it go to
+// span rows, and --resume-failed runs it alone again.
+func TestResumeBlocks(t *testing.T) {
+	bin := buildSafepool(t)
+	dir := t.TempDir()
+	db := filepath.Join(dir, "journal.db")
+	fixed := filepath.Join(dir, "fixed")
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fixture := filepath.Join(dir, "fixture")
+	if err := os.Symlink(self, fixture); err != nil {
+		t.Fatal(err)
+	}
+	lines := func(from, to, step int) []int {
+		var ls []int
+		for i := from; i != to; i += step {
+			ls = append(ls, i)
+		}
+		return ls
+	}
+	type summary struct {
+		Tasks struct {
+			Submitted, Done, Failed, Skipped int
+			SkippedFailed                    int `json:"skipped_failed"`
+		}
+	}
+	// mapRun runs map over in, and returns its output, its summary and the
+	// most lines its workers got in one read.
+	mapRun := func(name string, in []int, flags ...string) (string, summary, int) {
+		t.Helper()
+		var stdin, stdout, stderr bytes.Buffer
+		for _, l := range in {
+			fmt.Fprintf(&stdin, "%d\n", l)
+		}
+		js := filepath.Join(dir, name+".json")
+		// One path for every run: it is in the command, which resume
+		// matches.
+		rec := filepath.Join(dir, "reads")
+		os.Remove(rec)
+		args := append([]string{"map", "-k", "-j", "2", "--journal", db, "--json", js}, flags...)
+		cmd := exec.Command(bin, append(args, "--", fixture, "line-reads", rec, "1500", fixed)...)
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = &stdin, &stdout, &stderr
+		err := cmd.Run()
+		t.Logf("%s: %v: %s", name, err, strings.TrimSpace(stderr.String()))
+		data, rerr := os.ReadFile(js)
+		if rerr != nil {
+			t.Fatalf("%s: %v\n%s", name, rerr, stderr.String())
+		}
+		var s summary
+		if err := json.Unmarshal(data, &s); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		data, _ = os.ReadFile(rec)
+		most, _ := strconv.Atoi(string(data))
+		return stdout.String(), s, most
+	}
+	want := func(in []int, skip int) string {
+		var b strings.Builder
+		for _, l := range in {
+			if l != skip {
+				fmt.Fprintf(&b, "r %d\n", l)
+			}
+		}
+		return b.String()
+	}
+	count := func(query string, args ...any) int {
+		t.Helper()
+		j, err := journal.Open(db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer j.Close()
+		var n int
+		if err := j.DB().QueryRow(query, args...).Scan(&n); err != nil {
+			t.Fatalf("%s: %v", query, err)
+		}
+		return n
+	}
+	lastRun := func() int { return count(`SELECT max(id) FROM run`) }
+
+	// The first 3000 lines; line 1500 fails (its worker exits).
+	in1 := lines(0, 3000, 1)
+	out, s, most := mapRun("1", in1)
+	if out != want(in1, 1500) {
+		t.Errorf("run 1's output is not every line but 1500's, in order")
+	}
+	if s.Tasks.Done != 2999 || s.Tasks.Failed != 1 || most < 100 {
+		t.Errorf("run 1: %+v, at most %d lines in a read; want 2999 done, 1 failed, in blocks (100 lines or more in a read)", s, most)
+	}
+	run := lastRun()
+	if n := count(`SELECT count(*) FROM task WHERE run_id = ? AND state = 'failed' AND input = CAST('1500' AS BLOB)`, run); n != 1 {
+		t.Errorf("run 1: %d task rows of line 1500 failed, want 1", n)
+	}
+	if n := count(`SELECT count(*) FROM task WHERE run_id = ? AND state = 'done'`, run); n > 30 {
+		t.Errorf("run 1: %d task rows done, want the lines done at once in span rows", n)
+	}
+	if n := count(`SELECT coalesce(sum(count), 0) FROM span WHERE run_id = ?`, run) +
+		count(`SELECT count(*) FROM task WHERE run_id = ? AND state = 'done'`, run); n != 2999 {
+		t.Errorf("run 1: %d lines done in span and task rows, want 2999", n)
+	}
+
+	// Extended and reordered: the new lines first, then the old ones.
+	in2 := lines(4999, -1, -1)
+	out, s, most = mapRun("2", in2, "--resume")
+	if out != want(in2, 1500) {
+		t.Errorf("run 2's output is not every line but 1500's, in order")
+	}
+	if s.Tasks.Submitted != 2000 || s.Tasks.Done != 2000 || s.Tasks.Skipped != 3000 || s.Tasks.SkippedFailed != 1 || most < 100 {
+		t.Errorf("run 2: %+v, at most %d lines in a read; want 2000 done in blocks (100 lines or more in a read), 3000 skipped, 1 of them failed", s, most)
+	}
+	if n := count(`SELECT coalesce(sum(count), 0) FROM span WHERE run_id = ?`, lastRun()); n != 2000 {
+		t.Errorf("run 2: %d lines in span rows, want 2000", n)
+	}
+
+	// --resume-failed runs line 1500 again, and only it.
+	if err := os.WriteFile(fixed, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, s, _ = mapRun("3", in2, "--resume-failed")
+	if out != want(in2, -1) {
+		t.Errorf("run 3's output is not every line in order")
+	}
+	if s.Tasks.Submitted != 1 || s.Tasks.Done != 1 || s.Tasks.Skipped != 4999 {
+		t.Errorf("run 3: %+v, want 1 done, 4999 skipped", s)
+	}
+	j, err := journal.Open(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	done := map[journal.Key]int{}
+	if err := j.EachDone(func(_ int64, _ uint64, k journal.Key) error { done[k]++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range in2 {
+		if k := journal.KeyOf([]byte(strconv.Itoa(l))); done[k] != 1 {
+			t.Errorf("line %d done %d times in the journal, want 1", l, done[k])
+		}
+	}
 }

@@ -186,6 +186,8 @@ func fixtureMain() int {
 		return 1
 	case "framed":
 		return framedWorker()
+	case "line-reads":
+		return lineReadsWorker(args[1], args[2], args[3])
 	case "kill-self":
 		syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		time.Sleep(time.Minute)

@@ -209,19 +209,19 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	// replayCh carries the outputs of map tasks an earlier run did, from
 	// the feeder to the results loop, which writes them in their place.
 	replayCh := make(chan replay, replayAhead)
-	var skipped, skippedFailed atomic.Int64
+	fb := &feedBack{replays: replayCh}
+	fb.fail = func(err error) {
+		feedMu.Lock()
+		feedErr = err
+		feedMu.Unlock()
+		p.Abort(err)
+	}
 	go func() {
 		defer close(feedDone)
 		defer p.Close()
 		defer close(replayCh)
-		fail := func(err error) {
-			feedMu.Lock()
-			feedErr = err
-			feedMu.Unlock()
-			p.Abort(err)
-		}
 		if j.blocks != nil {
-			c.total.Store(int64(j.feedBlocks(ctx, p, jl, fail)))
+			c.total.Store(int64(j.feedBlocks(ctx, p, jl, jj, fb)))
 			return
 		}
 		// seq numbers inputs (the {#} of run, the journal's task ids);
@@ -234,27 +234,21 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 				return
 			}
 			if err != nil {
-				fail(fmt.Errorf("reading input: %w", err))
+				fb.fail(fmt.Errorf("reading input: %w", err))
 				return
 			}
 			seq++
 			key := jj.key(in)
 			f, done, err := jj.finished(key)
 			if err != nil {
-				fail(err)
+				fb.fail(err)
 				return
 			}
 			if done {
 				if feedStopped(ctx, p) {
 					return
 				}
-				jj.skip(seq, key, in, f)
-				skipped.Add(1)
-				if f.State != string(pool.Done) {
-					skippedFailed.Add(1)
-				} else if j.mode == "map" {
-					replayCh <- replay{after: id, output: f.Output}
-				}
+				fb.skip(j.mode, jj, seq, key, in, f, id)
 				continue
 			}
 			id++
@@ -359,7 +353,10 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 				results = nil
 				break
 			}
-			lastID = r.ID
+			lastID = max(lastID, r.ID)
+			if n := len(r.Items); n > 0 {
+				lastID = max(lastID, r.Items[n-1].ID) // a block's last line
+			}
 			if j.blocks != nil {
 				j.blocks.observe(&r)
 			}
@@ -401,8 +398,8 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 
 	stats := p.Stats()
 	sum.setTasks(stats)
-	sum.Tasks.Skipped = int(skipped.Load())
-	sum.Tasks.SkippedFailed = int(skippedFailed.Load())
+	sum.Tasks.Skipped = int(fb.skipped.Load())
+	sum.Tasks.SkippedFailed = int(fb.skippedFailed.Load())
 	sum.Attempts = stats.Attempts
 	sum.WorkersStarted = stats.WorkersStarted
 	sum.WorkerDeaths = stats.WorkerDeaths

@@ -39,9 +39,9 @@ type Journal struct {
 // Open opens the journal at path, creating it with its schema if needed.
 func Open(path string) (*Journal, error) {
 	q := url.Values{}
-	// Pages of 64 KiB (for a new file): span rows are long blobs, and
-	// fewer pages cost the writer fewer system calls, about 7% of its CPU
-	// time per item in BenchmarkWriterBatch.
+	// Pages of 64 KiB are asked for, but a new file gets 4 KiB ones:
+	// journal_mode(WAL) writes its first page before page_size applies
+	// (docs/architecture.md, "The journal").
 	for _, p := range []string{"page_size(65536)", "journal_mode(WAL)", "synchronous(NORMAL)", "busy_timeout(10000)"} {
 		q.Add("_pragma", p)
 	}

@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"bytes"
 	"encoding/binary"
 	"math/bits"
 )
@@ -90,4 +91,55 @@ func mergeRound(acc, val uint64) uint64 {
 	val = round(0, val)
 	acc ^= val
 	return acc*prime1 + prime4
+}
+
+// KeyLines keys the lines of block, each ended by a newline, at once:
+// keys[i] is KeyOf of the i-th line without its newline, for as many lines
+// as keys holds (a last line may lack its newline).
+func KeyLines(block []byte, keys []Key) {
+	for i := range keys {
+		k := bytes.IndexByte(block, '\n')
+		if k < 0 {
+			k = len(block)
+		}
+		h1, h2 := xxh64Pair(block[:k])
+		binary.LittleEndian.PutUint64(keys[i][:8], h1)
+		binary.LittleEndian.PutUint64(keys[i][8:], h2)
+		block = block[min(k+1, len(block)):]
+	}
+}
+
+// xxh64Pair is xxh64 of b with keySeed1 and with keySeed2, in one pass.
+func xxh64Pair(b []byte) (uint64, uint64) {
+	n := len(b)
+	if n >= 32 {
+		return xxh64(b, keySeed1), xxh64(b, keySeed2)
+	}
+	h, g := uint64(keySeed1+prime5)+uint64(n), uint64(keySeed2+prime5)+uint64(n)
+	for ; len(b) >= 8; b = b[8:] {
+		r := round(0, binary.LittleEndian.Uint64(b[:8]))
+		h = bits.RotateLeft64(h^r, 27)*prime1 + prime4
+		g = bits.RotateLeft64(g^r, 27)*prime1 + prime4
+	}
+	if len(b) >= 4 {
+		r := uint64(binary.LittleEndian.Uint32(b[:4])) * prime1
+		h = bits.RotateLeft64(h^r, 23)*prime2 + prime3
+		g = bits.RotateLeft64(g^r, 23)*prime2 + prime3
+		b = b[4:]
+	}
+	for ; len(b) > 0; b = b[1:] {
+		r := uint64(b[0]) * prime5
+		h = bits.RotateLeft64(h^r, 11) * prime1
+		g = bits.RotateLeft64(g^r, 11) * prime1
+	}
+	return avalanche(h), avalanche(g)
+}
+
+func avalanche(h uint64) uint64 {
+	h ^= h >> 33
+	h *= prime2
+	h ^= h >> 29
+	h *= prime3
+	h ^= h >> 32
+	return h
 }

@@ -3,6 +3,7 @@ package journal
 import (
 	"bytes"
 	"crypto/sha256"
+	"fmt"
 	"testing"
 
 	"github.com/cespare/xxhash/v2"
@@ -39,4 +40,40 @@ func BenchmarkKeySHA256(b *testing.B) {
 	for range b.N {
 		sha256.Sum256(in)
 	}
+}
+
+// TestKeyLines checks that KeyLines keys each line of a block as KeyOf
+// keys it alone, for lines of every length around xxh64's blocks, and a
+// last line without its newline.
+func TestKeyLines(t *testing.T) {
+	var block []byte
+	var want [][]byte
+	for n := range 80 {
+		line := bytes.Repeat([]byte{byte(n + 1), 'y', 0xfd}, n)[:n]
+		line = bytes.ReplaceAll(line, []byte{'\n'}, []byte{'z'})
+		want = append(want, line)
+		block = append(append(block, line...), '\n')
+	}
+	block = append(block, "last"...)
+	want = append(want, []byte("last"))
+	keys := make([]Key, len(want))
+	KeyLines(block, keys)
+	for i, line := range want {
+		if keys[i] != KeyOf(line) {
+			t.Errorf("key of line %d (%d bytes) = %x, want KeyOf's %x", i, len(line), keys[i], KeyOf(line))
+		}
+	}
+}
+
+func BenchmarkKeyLines(b *testing.B) {
+	var block []byte
+	for i := range 1024 {
+		block = fmt.Appendf(block, "%d\n", 1000000+i)
+	}
+	keys := make([]Key, 1024)
+	b.SetBytes(int64(len(block)))
+	for range b.N {
+		KeyLines(block, keys)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*1024), "ns/line")
 }
