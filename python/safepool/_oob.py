@@ -254,6 +254,13 @@ def _pread_into(fd, buf, offset):
         view, offset = view[n:], offset + n
 
 
+def _unknown(data):
+    """The error of a payload whose first byte is neither a pickle's (0x80,
+    protocol 2 and later) nor an envelope this release knows."""
+    return ValueError("safepool: a payload of an unknown format (first byte 0x%02x): the client and its "
+                      "workers run different safepool releases; install one release" % data[0])
+
+
 def dumpable() -> bool:
     """Whether other processes of this user may open this process's
     descriptors through /proc (prctl PR_GET_DUMPABLE)."""
@@ -396,6 +403,8 @@ def decode(data, ticket=None):
     of the task's inbox region; then release ticket (the task has ended)."""
     try:
         if not data or (data[0] != ENVELOPE and data[0] != DIRECT_ENVELOPE):
+            if data and data[0] < 0x80:
+                raise _unknown(data)
             return _loads(data)
         env, region, n = _RESULT.unpack_from(data)
         pos = _RESULT.size
@@ -433,6 +442,8 @@ def worker_decode(payload):
     remember where its result's big buffers go."""
     if not payload or (payload[0] != ENVELOPE and payload[0] != DIRECT_ENVELOPE):
         _reply[0] = None
+        if payload and payload[0] < 0x80:
+            raise _unknown(payload)
         return _loads(payload)
     env, pid, box_fd, box_ino, region, fd, ino, size, n = _TASK.unpack_from(payload)
     _reply[0] = (pid, box_fd, box_ino, region) if box_fd >= 0 else None

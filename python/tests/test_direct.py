@@ -56,6 +56,13 @@ class Direct(unittest.TestCase):
             self.assertEqual(list(pool.imap(dh.total, lists, chunksize=2)), [sum(x) for x in lists])
             self.assertTrue(pool.apply(dh.text, (7, 5 * MiB)) == dh.text(7, 5 * MiB))
 
+    def test_unknown_envelope_says_so(self):
+        # A payload of a later release's format (an envelope byte this one
+        # does not know) is refused with why, in the worker and the client.
+        for fn in (_oob.worker_decode, _oob.decode):
+            with self.assertRaisesRegex(ValueError, "different safepool releases"):
+                fn(b"\x07" + bytes(64))
+
     def test_worker_killed_writing_a_result_is_blamed(self):
         fn = functools.partial(dh.die_writing_once, self.dir)
         n = 64 * MiB
