@@ -56,6 +56,32 @@ class Direct(unittest.TestCase):
             self.assertEqual(list(pool.imap(dh.total, lists, chunksize=2)), [sum(x) for x in lists])
             self.assertTrue(pool.apply(dh.text, (7, 5 * MiB)) == dh.text(7, 5 * MiB))
 
+    def test_results_keep_to_their_slots(self):
+        # In one process: the client's side encodes a batch of 4 items, the
+        # worker's side decodes it and answers items 1 and 3 directly, each
+        # in its own slot; a result bigger than its slots goes in band.
+        items = [dh.text(i, 100 * KiB) for i in range(4)]
+        payload, ticket = _oob.encode((0, b"", items))
+        self.assertEqual(payload[0], _oob.DIRECT_ENVELOPE)
+        self.assertLess(len(payload), 200, "the batch's pickle is not in the frame")
+        self.assertEqual(_oob.worker_decode(payload)[2], items)
+        _oob.worker_slots(4)
+        slot = _oob.REGION // 4
+        one, three = _oob.worker_encode(items[1], 1), _oob.worker_encode(items[3], 3)
+        for out, i in ((one, 1), (three, 3)):
+            self.assertEqual(out[0], _oob.DIRECT_ENVELOPE)
+            (start, _), = [_oob._SPAN.unpack_from(out, _oob._RESULT.size)]
+            self.assertTrue(i * slot <= start < (i + 1) * slot, (i, start))
+        self.assertTrue(_oob.decode(three) == items[3])
+        self.assertTrue(_oob.decode(one, ticket) == items[1])
+        # A batch of 2**30 items: slots of 4 KiB, too small for 100 KiB.
+        payload, ticket = _oob.encode((0, b"", items))
+        _oob.worker_decode(payload)
+        _oob.worker_slots(1 << 30)
+        out = _oob.worker_encode(items[2], 2)
+        self.assertEqual(out[0], 0x80, "a result too big for its slots goes in band")
+        self.assertTrue(_oob.decode(out, ticket) == items[2])
+
     def test_unknown_envelope_says_so(self):
         # A payload of a later release's format (an envelope byte this one
         # does not know) is refused with why, in the worker and the client.
