@@ -37,7 +37,10 @@ one more buffer, the last, in the task's argument file or in the task's inbox
 region, and the frame that the supervisor relays carries only the header that
 names it (the envelope byte is DIRECT_ENVELOPE). The supervisor still sees
 every frame, so its per-item record, the running-item page and blame are the
-same; only the bytes take another way. A smaller pickle stays in the frame:
+same; only the bytes take another way. The receiver unpickles the pickle
+where it lies, through a mapping (the client's is read-only and goes once
+the result is unpickled: unpickling copies what it keeps, so the pages
+that the worker wrote are not kept). A smaller pickle stays in the frame:
 below DIRECT, a memory file costs more than the copies it saves.
 
 Where results go in a batch's region: the region is cut into one slot per
@@ -413,16 +416,32 @@ def decode(data, ticket=None):
         box = _client_inbox()
         if not box:
             raise OSError("safepool: a result came out of band but this process has no inbox")
-        # The items of a batch put theirs one after another in its region.
-        lo = min(off for off, _ in spans)
-        end = max(off + length for off, length in spans)
-        whole = bytearray(end - lo)
-        _pread_into(box.fd, whole, region * REGION + lo)
-        view = memoryview(whole)
-        buffers = [view[off - lo:off - lo + length] for off, length in spans]
-        if env == DIRECT_ENVELOPE:
-            return _loads(buffers.pop(), buffers=buffers)
-        return _loads(memoryview(data)[pos:], buffers=buffers)
+        pickled = spans.pop() if env == DIRECT_ENVELOPE else None
+        buffers = []
+        if spans:
+            # The buffers are copied out: the objects unpickled keep them.
+            lo = min(off for off, _ in spans)
+            end = max(off + length for off, length in spans)
+            whole = bytearray(end - lo)
+            _pread_into(box.fd, whole, region * REGION + lo)
+            view = memoryview(whole)
+            buffers = [view[off - lo:off - lo + length] for off, length in spans]
+        if pickled is None:
+            return _loads(memoryview(data)[pos:], buffers=buffers)
+        # The pickle is read where it lies, through a read-only mapping
+        # that goes once it is unpickled (unpickling copies what it keeps).
+        off, length = pickled
+        at = region * REGION + off
+        page = at - at % mmap.ALLOCATIONGRANULARITY
+        mm = mmap.mmap(box.fd, at - page + length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=page)
+        try:
+            with memoryview(mm) as view:
+                return _loads(view[at - page:], buffers=buffers)
+        finally:
+            try:
+                mm.close()
+            except BufferError:  # still exported: the collector unmaps it
+                pass
     finally:
         if ticket is not None:
             ticket.release()
