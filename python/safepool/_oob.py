@@ -31,9 +31,31 @@ worker. So a worker that dies in the middle of a task leaves nothing, and a
 retried task's arguments are still there for the next worker. The inbox
 itself is closed when the client process ends.
 
+The direct path: a pickle of at least DIRECT bytes (a batch of many items,
+a list of results) does not go through the supervisor either. It travels as
+one more buffer, the last, in the task's argument file or in the task's inbox
+region, and the frame that the supervisor relays carries only the header that
+names it (the envelope byte is DIRECT_ENVELOPE). The supervisor still sees
+every frame, so its per-item record, the running-item page and blame are the
+same; only the bytes take another way. The receiver unpickles the pickle
+where it lies, through a mapping (the client's is read-only and goes once
+the result is unpickled: unpickling copies what it keeps, so the pages
+that the worker wrote are not kept). A smaller pickle stays in the frame:
+below DIRECT, a memory file costs more than the copies it saves.
+
+Where results go in a batch's region: the region is cut into one slot per
+item of the batch (its items are numbered in the payload, which every worker
+that runs some of them gets whole), and the result of the items from index i
+to j goes only in the slots i to j. After a death the supervisor splits the
+batch and runs its parts on other workers at once; their items differ, and
+so do their slots, so none overwrites a result that a frame already named and
+the client has not read yet. A result that does not fit in its slots goes in
+band, through the pipes.
+
 The payload format: a plain pickle (first byte 0x80), or ENVELOPE followed
-by a header (see _TASK and _RESULT) and the pickle. Small payloads carry
-only the header naming the inbox region.
+by a header (see _TASK and _RESULT) and the pickle, or DIRECT_ENVELOPE
+followed by the header alone (its last span is the pickle). Small payloads
+carry only the header naming the inbox region.
 """
 import mmap
 import os
@@ -49,6 +71,10 @@ except ImportError:  # an interpreter without the C accelerator
 THRESHOLD = int(os.environ.get("SAFEPOOL_OOB_THRESHOLD", 1 << 20))
 
 ENVELOPE = 0x01
+# The envelope of a payload whose pickle is out of band too: its last span.
+DIRECT_ENVELOPE = 0x02
+# Pickles of at least this many bytes go out of band (the direct path).
+DIRECT = int(os.environ.get("SAFEPOOL_DIRECT_THRESHOLD", 64 << 10))
 # A task: envelope byte, client pid, inbox fd, inbox inode, region, argument
 # file fd, its inode, its size, number of buffers; then (offset, length) per
 # buffer and the pickle.
@@ -64,7 +90,7 @@ _SPAN = struct.Struct("<QQ")
 IN_BAND = [False]
 
 # Each task's region of the inbox; a result's buffers must fit in it.
-REGION = 1 << 36
+REGION = 1 << 40
 # Region numbers go round after this many (2**63 bytes is the file size limit).
 _REGIONS = (1 << 62) // REGION
 _ALIGN = 64
@@ -231,6 +257,13 @@ def _pread_into(fd, buf, offset):
         view, offset = view[n:], offset + n
 
 
+def _unknown(data):
+    """The error of a payload whose first byte is neither a pickle's (0x80,
+    protocol 2 and later) nor an envelope this release knows."""
+    return ValueError("safepool: a payload of an unknown format (first byte 0x%02x): the client and its "
+                      "workers run different safepool releases; install one release" % data[0])
+
+
 def dumpable() -> bool:
     """Whether other processes of this user may open this process's
     descriptors through /proc (prctl PR_GET_DUMPABLE)."""
@@ -336,11 +369,14 @@ def encode(obj, main_importable=True):
         return (_dumps_inband(obj) if main_importable else dumps_payload(obj, False)), None
     data = _dumps(obj, big) if main_importable else _dumps_checked(obj, big)
     fd, ino, spans, size = -1, 0, (), 0
+    direct = len(data) >= DIRECT
+    if direct:
+        big.append(memoryview(data))  # the pickle goes last
     if big:
         try:
             fd = os.memfd_create("safepool-args", os.MFD_CLOEXEC)
         except OSError:  # out of descriptors, say: in band
-            big = []
+            big, direct = [], False
             data = _dumps_inband(obj)
         else:
             spans, size = _layout(big)
@@ -353,9 +389,9 @@ def encode(obj, main_importable=True):
                 raise
             ino = os.fstat(fd).st_ino
     ticket = Ticket(fd, box or None, region)
-    head = _TASK.pack(ENVELOPE, os.getpid(), box.fd if box else -1, box.ino if box else 0, region,
-                      fd, ino, size, len(spans))
-    return b"".join([head] + [_SPAN.pack(*s) for s in spans] + [data]), ticket
+    head = _TASK.pack(DIRECT_ENVELOPE if direct else ENVELOPE, os.getpid(), box.fd if box else -1,
+                      box.ino if box else 0, region, fd, ino, size, len(spans))
+    return b"".join([head] + [_SPAN.pack(*s) for s in spans] + ([] if direct else [data])), ticket
 
 
 def _dumps_inband(obj):
@@ -369,22 +405,43 @@ def decode(data, ticket=None):
     """Unpickle a worker's result in the client, copying its big buffers out
     of the task's inbox region; then release ticket (the task has ended)."""
     try:
-        if not data or data[0] != ENVELOPE:
+        if not data or (data[0] != ENVELOPE and data[0] != DIRECT_ENVELOPE):
+            if data and data[0] < 0x80:
+                raise _unknown(data)
             return _loads(data)
-        _, region, n = _RESULT.unpack_from(data)
+        env, region, n = _RESULT.unpack_from(data)
         pos = _RESULT.size
         spans = [_SPAN.unpack_from(data, pos + i * _SPAN.size) for i in range(n)]
         pos += n * _SPAN.size
         box = _client_inbox()
         if not box:
             raise OSError("safepool: a result came out of band but this process has no inbox")
-        # The items of a batch put theirs one after another in its region.
-        lo = min(off for off, _ in spans)
-        end = max(off + length for off, length in spans)
-        whole = bytearray(end - lo)
-        _pread_into(box.fd, whole, region * REGION + lo)
-        view = memoryview(whole)
-        return _loads(memoryview(data)[pos:], buffers=[view[off - lo:off - lo + length] for off, length in spans])
+        pickled = spans.pop() if env == DIRECT_ENVELOPE else None
+        buffers = []
+        if spans:
+            # The buffers are copied out: the objects unpickled keep them.
+            lo = min(off for off, _ in spans)
+            end = max(off + length for off, length in spans)
+            whole = bytearray(end - lo)
+            _pread_into(box.fd, whole, region * REGION + lo)
+            view = memoryview(whole)
+            buffers = [view[off - lo:off - lo + length] for off, length in spans]
+        if pickled is None:
+            return _loads(memoryview(data)[pos:], buffers=buffers)
+        # The pickle is read where it lies, through a read-only mapping
+        # that goes once it is unpickled (unpickling copies what it keeps).
+        off, length = pickled
+        at = region * REGION + off
+        page = at - at % mmap.ALLOCATIONGRANULARITY
+        mm = mmap.mmap(box.fd, at - page + length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=page)
+        try:
+            with memoryview(mm) as view:
+                return _loads(view[at - page:], buffers=buffers)
+        finally:
+            try:
+                mm.close()
+            except BufferError:  # still exported: the collector unmaps it
+                pass
     finally:
         if ticket is not None:
             ticket.release()
@@ -394,21 +451,22 @@ def decode(data, ticket=None):
 
 # The task being run: (client pid, inbox fd, inbox inode, region), or None.
 _reply = [None]
-# Where the next result's big buffers go in the task's region: the items of
-# a batch answer one after another, and the client reads them all at the end.
-_cursor = [0]
+# The size of an item's slot in the task's region (see "Where results go").
+_slot = [REGION]
 _inbox_fds = {}  # (pid, fd, inode) -> this worker's descriptor of that inbox
 
 
 def worker_decode(payload):
     """Unpickle a task's payload in a worker, mapping its big buffers, and
     remember where its result's big buffers go."""
-    if not payload or payload[0] != ENVELOPE:
+    if not payload or (payload[0] != ENVELOPE and payload[0] != DIRECT_ENVELOPE):
         _reply[0] = None
+        if payload and payload[0] < 0x80:
+            raise _unknown(payload)
         return _loads(payload)
-    _, pid, box_fd, box_ino, region, fd, ino, size, n = _TASK.unpack_from(payload)
+    env, pid, box_fd, box_ino, region, fd, ino, size, n = _TASK.unpack_from(payload)
     _reply[0] = (pid, box_fd, box_ino, region) if box_fd >= 0 else None
-    _cursor[0] = 0
+    _slot[0] = REGION
     pos = _TASK.size
     spans = [_SPAN.unpack_from(payload, pos + i * _SPAN.size) for i in range(n)]
     pos += n * _SPAN.size
@@ -421,7 +479,15 @@ def worker_decode(payload):
             os.close(own)
         view = memoryview(mm)
         buffers = [view[off:off + length] for off, length in spans]
+    if env == DIRECT_ENVELOPE:
+        return _loads(buffers.pop(), buffers=buffers)
     return _loads(memoryview(payload)[pos:], buffers=buffers)
+
+
+def worker_slots(count):
+    """Cut the running task's region into count slots, one per item of its
+    batch (see "Where results go")."""
+    _slot[0] = max(REGION // max(count, 1) // 4096 * 4096, 4096)
 
 
 def _worker_inbox(reply):
@@ -434,28 +500,33 @@ def _worker_inbox(reply):
     return own
 
 
-def worker_encode(obj):
-    """Pickle a batch's result in a worker, writing its big buffers into the
-    task's inbox region when the client gave one."""
+def worker_encode(obj, index=0, count=1):
+    """Pickle the result of count items of a batch from index on in a
+    worker, writing its big buffers (and its pickle, when big: the direct
+    path) into their slots of the task's inbox region when the client gave
+    one."""
     reply = _reply[0]
     if reply is None:
         return _dumps_inband(obj)
     big = []
     data = _dumps(obj, big)
-    if not big:
+    direct = len(data) >= DIRECT
+    if direct:
+        big.append(memoryview(data))  # the pickle goes last
+    elif not big:
         return data
     spans, size = _layout(big)
-    cur = _cursor[0]
+    slot = _slot[0]
+    cur = index * slot
     spans = [(off + cur, length) for off, length in spans]
     try:
-        if cur + size > REGION:
-            raise OSError("result too large for its region")
+        if size > count * slot or cur + size > REGION:
+            raise OSError("result too large for its slots")
         fd = _worker_inbox(reply)
         base = reply[3] * REGION
         for (off, _), b in zip(spans, big):
             _pwrite_all(fd, b, base + off)
     except OSError:
         return _dumps_inband(obj)  # no room, or no access: through the pipe
-    _cursor[0] = cur + (size + 4095) // 4096 * 4096
-    head = _RESULT.pack(ENVELOPE, reply[3], len(spans))
-    return b"".join([head] + [_SPAN.pack(*s) for s in spans] + [data])
+    head = _RESULT.pack(DIRECT_ENVELOPE if direct else ENVELOPE, reply[3], len(spans))
+    return b"".join([head] + [_SPAN.pack(*s) for s in spans] + ([] if direct else [data]))

@@ -286,6 +286,7 @@ def _run_batch_page(task_id, payload, write, flush, page, page_id):
     flush()
     try:
         mode, fn_bytes, items, *extra = _oob.worker_decode(memoryview(payload)[at:])
+        _oob.worker_slots(len(items))
         fn = _function(fn_bytes, _fns)
         limits = extra[0] if extra else None
     except Exception as e:
@@ -314,19 +315,19 @@ def _run_batch_page(task_id, payload, write, flush, page, page_id):
         count = upto - first
         if count == 1:
             try:
-                out = _oob.worker_encode((OK, values[0]))
+                out = _oob.worker_encode((OK, values[0]), indexes[first])
             except Exception:
                 out = _answer(values[0])
             write(pack(4 + len(out), ITEM, task_id) + pack_index(indexes[first]))
             write(out)
         elif count:
             try:
-                out = _oob.worker_encode((OK, values))
+                out = _oob.worker_encode((OK, values), indexes[first], count)
             except Exception:
                 # Some value cannot be sent: each goes alone, and says so.
                 for k, v in enumerate(values):
                     try:
-                        o = _oob.worker_encode((OK, v))
+                        o = _oob.worker_encode((OK, v), indexes[first + k])
                     except Exception:
                         o = _answer(v)
                     write(pack(4 + len(o), ITEM, task_id) + pack_index(indexes[first + k]))
@@ -395,6 +396,7 @@ def _run_batch(task_id, payload, write, flush):
     answer = b""
     try:
         mode, fn_bytes, items, *extra = _oob.worker_decode(memoryview(payload)[at:])
+        _oob.worker_slots(len(items))
         fn = _function(fn_bytes, _fns)
         limits = extra[0] if extra else None
     except Exception as e:
@@ -421,12 +423,12 @@ def _run_batch(task_id, payload, write, flush):
                 out = dumps((RAISED, _exc_record(e)))
             else:
                 try:
-                    out = encode((OK, value))
+                    out = encode((OK, value), i)
                 except Exception:
                     out = _answer(value)
         else:
             try:
-                kind, out = _call(mode, fn, items[i], limits)
+                kind, out = _call(mode, fn, items[i], limits, i)
             except Exception as e:
                 kind, out = RESULT, dumps((RAISED, _exc_record(e)))
         answer = pack(4 + len(out), ITEM if kind == RESULT else ITEM_ERROR, task_id) + pack_index(i) + out
@@ -449,14 +451,14 @@ def INDEX_ARRAY(m):
 _fns = {}  # the functions of the tasks run so far, by their pickle
 
 
-def _call(mode, fn, item, limits):
-    """Call fn on item as mode says; return the kind and payload of the
-    answer."""
+def _call(mode, fn, item, limits, index=0):
+    """Call fn on item, the index-th of its batch, as mode says; return the
+    kind and payload of the answer."""
     kind, out = _invoke(mode, fn, item, limits)
     if kind is not None:
         return kind, out
     try:
-        return RESULT, _oob.worker_encode((OK, out))
+        return RESULT, _oob.worker_encode((OK, out), index)
     except Exception:
         return RESULT, _answer(out)
 

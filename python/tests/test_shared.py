@@ -300,7 +300,14 @@ else:
         marker = sys.argv[1]
         h = safepool.share(numpy.ones(8 << 20 // 8))
         pool = safepool.Pool(2, initializer=sh.remember, initargs=(h,))
-        res = [pool.apply_async(sh.hold, (numpy.ones((2 << 20) // 8), marker)) for _ in range(4)]
+        # Big results (direct pickles) come back from both workers through
+        # the client's inbox, which they then hold open.
+        assert pool.map(sh.identity, ["x" * (1 << 18)] * 8, chunksize=1) == ["x" * (1 << 18)] * 8
+        # The first two run: one with a big array out of band, one with a
+        # big pickle (the direct path); the others wait.
+        res = [pool.apply_async(sh.hold, (numpy.ones((2 << 20) // 8), marker)),
+               pool.apply_async(sh.hold, (list(range(1 << 16)), marker))]
+        res += [pool.apply_async(sh.hold, (numpy.ones((2 << 20) // 8), marker)) for _ in range(2)]
         while len([n for n in os.listdir(os.path.dirname(marker)) if n.startswith("m.")]) < 2:
             time.sleep(0.05)
         print("ready", flush=True)
@@ -357,6 +364,10 @@ else:
             held = [t for q in [p.pid] + pids for t in sh.fds_named(q, "/memfd:safepool")]
             self.assertTrue(any("safepool-shared" in t for t in held))
             self.assertTrue(any("safepool-args" in t for t in held))
+            # Each task in flight has its argument file, the direct one's too.
+            self.assertEqual(len(sh.fds_named(p.pid, "/memfd:safepool-args")), 4)
+            self.assertTrue(any(sh.fds_named(q, "/memfd:safepool-inbox") for q in pids),
+                            "a worker holds the client's inbox")
             inodes = set().union(*(memfd_inodes(q) for q in [p.pid] + pids))
             p.kill()
             p.wait()

@@ -1,0 +1,63 @@
+"""Task functions for test_direct: they must live in an importable module."""
+import os
+import signal
+import threading
+import time
+
+
+def text(i, n):
+    """A str of n characters that names i: in band in its pickle, so a big
+    one makes a big pickle (the direct path), not an out-of-band buffer."""
+    head = "%d:" % i
+    return head + "x" * (n - len(head))
+
+
+def length(s):
+    return len(s)
+
+
+def total(xs):
+    return sum(xs)
+
+
+def _inbox_fd():
+    for n in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink("/proc/self/fd/" + n).startswith("/memfd:safepool-inbox"):
+                return int(n)
+        except OSError:
+            continue
+    return None
+
+
+def _kill_when_writing():
+    # Watch this worker's inbox descriptor (the worker opens it to write
+    # its first out-of-band result): once the region holds some of the
+    # result's pages, the worker dies, in the middle of the write.
+    while True:
+        fd = _inbox_fd()
+        if fd is not None and os.fstat(fd).st_blocks > 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(0.0002)
+
+
+def die_writing_once(directory, i, n):
+    """text(i, n), except that the first call for i kills its worker while
+    it writes the result into the client's inbox."""
+    marker = os.path.join(directory, "w%d" % i)
+    if not os.path.exists(marker):
+        with open(marker, "w"):
+            pass
+        threading.Thread(target=_kill_when_writing, daemon=True).start()
+    return text(i, n)
+
+
+def text_or_die_once(directory, at, i, n):
+    """text(i, n); the first call for at kills its worker."""
+    if i == at:
+        marker = os.path.join(directory, "d%d" % i)
+        if not os.path.exists(marker):
+            with open(marker, "w"):
+                pass
+            os.kill(os.getpid(), signal.SIGKILL)
+    return text(i, n)
