@@ -165,13 +165,18 @@ func TestKillSparesSupervisorThread(t *testing.T) {
 	if err := g.Start(cmd); err != nil {
 		t.Fatal(err)
 	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if unix.Gettid() == unix.Getpid() {
-			errc <- os.ErrInvalid
-			return
+	waited := false
+	defer func() {
+		if !waited { // a failed check: end and reap the sleeper anyway
+			cmd.Process.Kill()
+			cmd.Wait()
 		}
+	}()
+	errc := make(chan error, 1)
+	// kill runs on a locked thread that is not the leader: a thread that
+	// ends while locked takes nothing of the process with it.
+	kill := func() {
+		runtime.LockOSThread()
 		if err := placeThreadIn(g.Path()); err != nil {
 			runtime.UnlockOSThread()
 			errc <- err
@@ -184,13 +189,26 @@ func TestKillSparesSupervisorThread(t *testing.T) {
 		}
 		runtime.UnlockOSThread()
 		errc <- kerr
+	}
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if unix.Gettid() != unix.Getpid() {
+			kill()
+			return
+		}
+		// On the leader's thread, which must not move: while this
+		// goroutine holds it, another goroutine runs on another thread.
+		done := make(chan struct{})
+		go func() { defer close(done); kill() }()
+		<-done
 	}()
-	if err := <-errc; err == os.ErrInvalid {
-		t.Skip("the goroutine ran on the leader's thread")
-	} else if err != nil {
+	if err := <-errc; err != nil {
 		t.Fatalf("Kill with a supervisor thread in the group = %v", err)
 	}
-	if err := waitTimeout(t, cmd, time.Minute); signalOf(err) != syscall.SIGKILL {
+	err = waitTimeout(t, cmd, time.Minute)
+	waited = true
+	if signalOf(err) != syscall.SIGKILL {
 		t.Errorf("worker ended with %v, want SIGKILL", err)
 	}
 	// Still here: the supervisor was not signalled.
