@@ -35,6 +35,7 @@ import threading
 import time
 import weakref
 
+from ._options import format_size
 from ._pickling import dumps_function, dumps_payload  # noqa: F401  (dumps_function: the jobs' import)
 from ._protocol import (APPLY, BATCH_HEAD, ERROR_RECORD, HEADER, ITEM_ENTRY, K_ABORT, K_BATCH,  # noqa: F401
                         K_CLOSE, K_END, K_ITEMS, K_READY, K_RESULT, META_LEN, MAP, OK, RAISED, STAR)
@@ -864,7 +865,7 @@ def _death_message(job, item, cause, n, last, state="failed") -> str:
     msg = "the worker died running %s (%s%s) after %d attempt%s" % (
         _call_repr(job, item), cause, ", poison" if state == "poison" else "", n, "" if n == 1 else "s")
     if last and last.get("peak_rss"):
-        msg += ", peak memory %.1f MiB" % (last["peak_rss"] / 1048576)
+        msg += ", peak memory " + format_size(last["peak_rss"])
     if last and last.get("message"):
         msg += ": " + last["message"].strip().splitlines()[-1]
     return msg

@@ -29,6 +29,36 @@ def parse_size(size) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+_SUFFIXES = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+
+def format_size(n: int) -> str:
+    """Render n bytes as the binary's messages do (internal/bytesize):
+    "312 B", "800 KiB", "1.9 GiB", "64 MiB". One decimal is shown below 10
+    units unless the value is whole, rounded as shown before the form is
+    chosen, so that a size reads the same in the client's words and in the
+    binary's."""
+    n = int(n)
+    if n < 1024:
+        return "%d B" % n
+    f, i = float(n), -1
+    while f >= 1024 and i < len(_SUFFIXES) - 1:
+        f /= 1024
+        i += 1
+
+    def half_up(x):  # Go's math.Round, for x >= 0
+        return float(int(x + 0.5))
+    r = half_up(f * 10) / 10
+    if r >= 10:
+        r = half_up(f)
+    if r >= 1024 and i < len(_SUFFIXES) - 1:
+        r /= 1024
+        i += 1
+    if r == int(r):
+        return "%d %s" % (r, _SUFFIXES[i])
+    return "%.1f %s" % (r, _SUFFIXES[i])
+
+
 # Start methods whose workers, like safepool's, are fresh interpreters that
 # import the parent's main module and inherit none of its state.
 SPAWN_LIKE = ("spawn", "forkserver")

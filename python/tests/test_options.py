@@ -215,3 +215,24 @@ class ExecutorStats(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class Sizes(unittest.TestCase):
+    """format_size reads like the binary's sizes (internal/bytesize's
+    TestFormat has the same table), so that one message never shows
+    "256.0 MiB" beside "256 MiB"."""
+
+    def test_format_size(self):
+        from safepool._options import format_size
+        for n, want in [(0, "0 B"), (312, "312 B"), (1024, "1 KiB"), (800 << 10, "800 KiB"),
+                        (1 << 20, "1 MiB"), (64 << 20, "64 MiB"), (256 << 20, "256 MiB"),
+                        (1932735283, "1.8 GiB"), (2040109465, "1.9 GiB"), (3 << 29, "1.5 GiB"),
+                        (15 << 30, "15 GiB"), ((10 << 20) - (1 << 10), "10 MiB"), ((1 << 20) - 100, "1 MiB"),
+                        ((2 << 20) - 1, "2 MiB"), ((1 << 30) + (1 << 20), "1 GiB"), (9_900_000, "9.4 MiB")]:
+            self.assertEqual(format_size(n), want, "format_size(%d)" % n)
+
+    def test_death_message_size(self):
+        import types
+        from safepool._core import MAP, _death_message
+        msg = _death_message(types.SimpleNamespace(fn=len, mode=MAP), 7, "oom", 1, {"peak_rss": 256 << 20})
+        self.assertEqual(msg, "the worker died running len(7) (oom) after 1 attempt, peak memory 256 MiB")
