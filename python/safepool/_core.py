@@ -445,6 +445,8 @@ class _Core:
                     meta = json.loads(payload[4:4 + n])
                     with self._lock:
                         sent, fresh = self._take(ident, 0, 1)
+                    if sent is not None and sent.ticket is not None:
+                        sent.ticket.dirty = True  # one item a batch: no reason to save the punch
                     if sent is not None and fresh is None:
                         self._on_result(sent.job, sent.positions[0], sent.items[0], meta,
                                         memoryview(payload)[4 + n:], sent.ticket)
@@ -534,6 +536,12 @@ class _Core:
         # that a caller woken by it finds them gone; not left to the
         # collector.
         ticket = sent.ticket if sent.left <= 0 else None
+        if sent.ticket is not None and not sent.ticket.dirty:
+            attempts = meta.get("attempts") or ()
+            if meta.get("state") != "done" or len(attempts) != 1 or any(
+                    e[2] and _oob.out_of_band(payload[o:o + 1])
+                    for e, o in zip(entries, _offsets(entries, at))):
+                sent.ticket.dirty = True
         try:
             self._settle_items(sent, entries, taken, at, payload, meta, ticket)
         finally:
@@ -829,6 +837,13 @@ class _Core:
             items = list(self._stats)
         return [{"job": job_id, "index": pos, "start": start, "end": end, "pid": pid, "peak_rss": peak}
                 for job_id, ps, start, end, pid, peak in items for pos in ps]
+
+
+def _offsets(entries, at):
+    """The offsets of the entries' outputs in an items frame, from at on."""
+    for e in entries:
+        yield at
+        at += e[2]
 
 
 def _charged(attempts) -> int:

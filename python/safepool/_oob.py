@@ -335,25 +335,40 @@ def _client_inbox():
 
 class Ticket:
     """What a task's out-of-band data holds in the client: its argument file
-    and its inbox region. release() frees both; garbage collection does too."""
-    __slots__ = ("fd", "inbox", "region", "__weakref__")
+    and its inbox region. release() frees both; garbage collection does too.
+
+    dirty says whether a worker may have written into the region: the client
+    sets it when a result came out of band or an item's attempt did not end
+    well (a worker can die halfway through writing). A clean region is not
+    punched: fallocate through ctypes costs a system call and a hand-off of
+    the interpreter's lock for every batch, which on small batches is most
+    of what the client does."""
+    __slots__ = ("fd", "inbox", "region", "dirty", "__weakref__")
 
     def __init__(self, fd, inbox, region):
-        self.fd, self.inbox, self.region = fd, inbox, region
+        self.fd, self.inbox, self.region, self.dirty = fd, inbox, region, False
 
     def release(self):
         fd, self.fd = self.fd, -1
         if fd >= 0:
             os.close(fd)
         box, self.inbox = self.inbox, None
-        if box:
+        if box and self.dirty:
             box.punch(self.region)
 
     def __del__(self):
+        # Dropped without its results (the pool aborted, say): a worker
+        # may have been writing.
+        self.dirty = True
         try:
             self.release()
         except Exception:
             pass
+
+
+def out_of_band(output) -> bool:
+    """Report whether a worker's result output refers to its inbox region."""
+    return len(output) > 0 and (output[0] == ENVELOPE or output[0] == DIRECT_ENVELOPE)
 
 
 def encode(obj, main_importable=True):
@@ -409,6 +424,8 @@ def decode(data, ticket=None):
             if data and data[0] < 0x80:
                 raise _unknown(data)
             return _loads(data)
+        if ticket is not None:
+            ticket.dirty = True  # the worker wrote into the region
         env, region, n = _RESULT.unpack_from(data)
         pos = _RESULT.size
         spans = [_SPAN.unpack_from(data, pos + i * _SPAN.size) for i in range(n)]

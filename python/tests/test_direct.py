@@ -82,6 +82,22 @@ class Direct(unittest.TestCase):
         self.assertEqual(out[0], 0x80, "a result too big for its slots goes in band")
         self.assertTrue(_oob.decode(out, ticket) == items[2])
 
+    def test_clean_batches_leave_the_inbox_alone(self):
+        # A batch whose results all came in band, each item done at its
+        # first attempt, never had its region written: releasing it costs
+        # no fallocate. A result that came through the inbox is punched.
+        punched = []
+        punch = _oob._Inbox.punch
+        _oob._Inbox.punch = lambda box, region: (punched.append(region), punch(box, region))[1]
+        try:
+            with safepool.Pool(2) as pool:
+                self.assertEqual(pool.map(abs, range(-50, 50), chunksize=5), [abs(i) for i in range(-50, 50)])
+                self.assertEqual(punched, [], "clean batches punched their regions")
+                self.assertEqual(pool.starmap(dh.text, [(1, 100 * KiB)], chunksize=1), [dh.text(1, 100 * KiB)])
+                self.assertEqual(len(punched), 1, "the region of a result that came through it")
+        finally:
+            _oob._Inbox.punch = punch
+
     def test_unknown_envelope_says_so(self):
         # A payload of a later release's format (an envelope byte this one
         # does not know) is refused with why, in the worker and the client.
