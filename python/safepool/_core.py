@@ -536,12 +536,6 @@ class _Core:
         # that a caller woken by it finds them gone; not left to the
         # collector.
         ticket = sent.ticket if sent.left <= 0 else None
-        if sent.ticket is not None and not sent.ticket.dirty:
-            attempts = meta.get("attempts") or ()
-            if meta.get("state") != "done" or len(attempts) != 1 or any(
-                    e[2] and _oob.out_of_band(payload[o:o + 1])
-                    for e, o in zip(entries, _offsets(entries, at))):
-                sent.ticket.dirty = True
         try:
             self._settle_items(sent, entries, taken, at, payload, meta, ticket)
         finally:
@@ -556,11 +550,19 @@ class _Core:
         job, positions, items = sent.job, sent.positions, sent.items
         fast = meta.get("state") == "done" and len(attempts) == 1
         last = attempts[0] if fast else None
+        # The batch's inbox region is punched at release only if a worker
+        # may have written it: an attempt that did not end well, or a
+        # result that came through it (see _oob.Ticket).
+        mark = sent.ticket
+        if mark is not None and not fast:
+            mark.dirty = True
         decode = _oob.decode
         final = len(entries) - 1
         for j, ((index, span, size, start, end), (s, fresh)) in enumerate(zip(entries, taken)):
             out = view[at:at + size]
             at += size
+            if mark is not None and _oob.out_of_band(out):
+                mark.dirty = True
             if s is None:
                 continue
             release = ticket if j == final else None
@@ -837,13 +839,6 @@ class _Core:
             items = list(self._stats)
         return [{"job": job_id, "index": pos, "start": start, "end": end, "pid": pid, "peak_rss": peak}
                 for job_id, ps, start, end, pid, peak in items for pos in ps]
-
-
-def _offsets(entries, at):
-    """The offsets of the entries' outputs in an items frame, from at on."""
-    for e in entries:
-        yield at
-        at += e[2]
 
 
 def _charged(attempts) -> int:
