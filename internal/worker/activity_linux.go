@@ -2,6 +2,7 @@ package worker
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -48,13 +49,20 @@ func (p *Process) Observe() (Activity, error) {
 			return o.a, nil
 		case err == nil:
 			queue = append(queue, kids...)
-		case pid != p.Pid && os.IsNotExist(err):
+		case pid != p.Pid && gone(err):
 			// A descendant that ended since its parent was read.
 		default:
 			return Activity{}, fmt.Errorf("%w: %w", ErrNoActivity, err)
 		}
 	}
 	return o.a, nil
+}
+
+// gone reports whether err says that a process or thread read under /proc
+// has ended since it was listed: its directory is gone (ENOENT), or a file
+// of it answers ESRCH, as a thread's stat does while the thread is reaped.
+func gone(err error) bool {
+	return os.IsNotExist(err) || errors.Is(err, syscall.ESRCH)
 }
 
 // observer adds up the Activity of the processes it is shown.
@@ -89,7 +97,7 @@ func (o *observer) process(pid int) ([]int, error) {
 	for _, t := range tids {
 		tdir := dir + "/task/" + t.Name()
 		k, err := o.thread(pid, tdir)
-		if os.IsNotExist(err) {
+		if gone(err) {
 			continue // the thread ended
 		}
 		if err != nil || o.a.Running > 0 {

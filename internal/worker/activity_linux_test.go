@@ -93,6 +93,30 @@ func TestObserve(t *testing.T) {
 	}
 }
 
+// TestObserveThreadsComeAndGo: a thread that ends while the worker is
+// looked at (its /proc entry listed, then gone: ENOENT or ESRCH) is skipped,
+// not an error that leaves the stall watch blind.
+func TestObserveThreadsComeAndGo(t *testing.T) {
+	if _, err := exec.LookPath("python3"); err != nil {
+		testenv.SkipOrFail(t, "python3 is not installed")
+	}
+	p := start(t, "python3", "-c", `
+import sys, threading
+def churn():
+    while True:
+        ts = [threading.Thread(target=lambda: None) for _ in range(8)]
+        for t in ts: t.start()
+        for t in ts: t.join()
+threading.Thread(target=churn, daemon=True).start()
+sys.stdin.readline()
+`)
+	for i := 0; i < 2000; i++ {
+		if _, err := p.Observe(); err != nil {
+			t.Fatalf("Observe() #%d = %v", i, err)
+		}
+	}
+}
+
 func TestObserveCPU(t *testing.T) {
 	p := start(t, "sh", "-c", "while :; do :; done")
 	a, _ := eventually(t, p, func(a Activity) bool { return true })
