@@ -365,6 +365,11 @@ else:
             self.assertTrue(any("safepool-shared" in t for t in held))
             self.assertTrue(any("safepool-args" in t for t in held))
             # Each task in flight has its argument file, the direct one's too.
+            # The client's writer thread makes them in its own time, which
+            # under load may be after the first two tasks have started.
+            deadline = time.monotonic() + 20
+            while len(sh.fds_named(p.pid, "/memfd:safepool-args")) < 4 and time.monotonic() < deadline:
+                time.sleep(0.05)
             self.assertEqual(len(sh.fds_named(p.pid, "/memfd:safepool-args")), 4)
             self.assertTrue(any(sh.fds_named(q, "/memfd:safepool-inbox") for q in pids),
                             "a worker holds the client's inbox")
