@@ -2,6 +2,7 @@ package pool_test
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -227,12 +228,24 @@ func TestBatchAbort(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, b := range []string{"a\nhang\nb", "c\nd"} {
+	// The abort comes once the second item hangs (the marker file says so,
+	// and the first item's answer was flushed before it started), not
+	// after a fixed delay that a slow start under load could outlast.
+	marker := filepath.Join(t.TempDir(), "hanging")
+	for _, b := range []string{"a\nonce:" + marker + ":hang\nb", "c\nd"} {
 		if _, err := p.Submit(context.Background(), pool.Task{Input: []byte(b), Items: strings.Count(b, "\n") + 1}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	time.AfterFunc(300*time.Millisecond, func() { p.Abort(nil); p.Abort(nil) })
+	go func() {
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if _, err := os.Stat(marker); err == nil {
+				break
+			}
+		}
+		p.Abort(nil)
+		p.Abort(nil)
+	}()
 	state := map[uint64]pool.State{}
 	for r := range p.Results() {
 		for _, it := range r.Items {
