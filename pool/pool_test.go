@@ -186,10 +186,11 @@ func TestCauses(t *testing.T) {
 		{name: "sigkill", input: "kill", protos: protocols, want: "signal:SIGKILL", signal: "SIGKILL", exit: -1},
 		{name: "segfault", input: "segv", protos: protocols, want: pool.CauseSegfault, signal: "SIGSEGV", exit: -1},
 		{name: "exit code", input: "exit:3", protos: protocols, want: "exit:3", exit: 3},
-		// The timeout leaves room for a one-shot worker (this test binary,
-		// slow to start under the race detector) to start.
-		{name: "timeout", input: "hang", protos: protocols, cfg: func(c *pool.Config) { c.Timeout = 1500 * time.Millisecond },
-			want: pool.CauseTimeout, signal: "SIGKILL", exit: -1, message: "killed after 1.5s"},
+		// The timeout applies to the healthy tasks too, so it leaves room
+		// for a one-shot worker (this test binary, slow to start under the
+		// race detector on a loaded machine) to start and answer.
+		{name: "timeout", input: "hang", protos: protocols, cfg: func(c *pool.Config) { c.Timeout = 4 * time.Second },
+			want: pool.CauseTimeout, signal: "SIGKILL", exit: -1, message: "killed after 4s"},
 		// The line protocol cannot tell an extra line from the next result,
 		// so only the framed protocol can promise to catch garbage.
 		{name: "garbage", input: "garbage", protos: []pool.Protocol{pool.Framed}, want: pool.CauseProtocol, exit: -1,
