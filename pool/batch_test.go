@@ -96,7 +96,7 @@ func checkOutputs(t *testing.T, got map[uint64]*itemOutcome, items []string, wan
 			t.Errorf("item %d settled %d times", id, o.results)
 		case skip[id]:
 		case o.state != pool.Done || o.output != want(in):
-			t.Errorf("item %d = %s %q, want done %q", id, o.state, o.output, want(in))
+			t.Errorf("item %d = %s %q (attempts %+v), want done %q", id, o.state, o.output, o.attempts, want(in))
 		case len(o.attempts) != 1 || o.attempts[0].Number != 1:
 			t.Errorf("item %d has attempts %+v, want one", id, o.attempts)
 		}

@@ -240,3 +240,33 @@ func TestLinePipelineSlowLines(t *testing.T) {
 		t.Errorf("4 slow lines ran on %d workers, want 4", len(pids))
 	}
 }
+
+// TestPipelineShare submits as many long tasks as there are workers to
+// pipelined pools whose workers become ready at different times: each task
+// runs on a worker of its own, at once, instead of queueing behind another
+// on the first worker ready.
+func TestPipelineShare(t *testing.T) {
+	for _, proto := range []pool.Protocol{pool.Framed, pool.Line} {
+		t.Run(string(proto), func(t *testing.T) {
+			cfg := config(proto, 4)
+			cfg.Pipeline = 8
+			inputs := []string{"sleep:1500", "sleep:1500", "sleep:1500", "sleep:1500"}
+			got, _ := run(t, cfg, inputs...)
+			pids := map[int]bool{}
+			for id, r := range got {
+				if r.State != pool.Done || len(r.Attempts) != 1 {
+					t.Fatalf("task %d = %s with %d attempts, want done with 1", id, r.State, len(r.Attempts))
+				}
+				pids[r.Attempts[0].WorkerPID] = true
+				// A task queued behind another on its worker starts when
+				// that one ends, 1.5 s after it started.
+				if wait := r.Attempts[0].Start.Sub(got[1].Attempts[0].Start); wait > time.Second {
+					t.Errorf("task %d started %v after task 1", id, wait.Round(time.Millisecond))
+				}
+			}
+			if len(pids) != len(inputs) {
+				t.Errorf("%d tasks ran on %d workers, want one each", len(inputs), len(pids))
+			}
+		})
+	}
+}

@@ -62,6 +62,10 @@ type Pool struct {
 	// procs counts the one-shot attempts starting or running now: those
 	// that hold files.
 	procs atomic.Int64
+	// backlog is how many tasks are waiting to run or running, as the
+	// loop saw them last; a runner reads it to take no more than its share
+	// (see runner.hasRoom).
+	backlog atomic.Int64
 
 	submitMu sync.Mutex // serialises Submit so that ids follow the order of acceptance
 	lastID   uint64     // guarded by submitMu

@@ -137,6 +137,16 @@ func (r *runner) hasRoom() bool {
 	if !r.s.HasRoom() {
 		return false
 	}
+	// A process with work queued takes no more than its share of the
+	// backlog, so that a few long tasks are not all queued behind one
+	// another on the first worker ready while the others start or idle.
+	// With a long backlog the share is the whole pipeline.
+	if n := r.s.InFlight(); n > 0 {
+		w := int64(r.p.cfg.Workers)
+		if share := (r.p.backlog.Load() + w - 1) / w; int64(n) >= share {
+			return false
+		}
+	}
 	// A task that has failed before runs with nothing queued behind it, so
 	// that no task dispatched after it keeps it from counting as running
 	// alone (the memory governor's poison rule).

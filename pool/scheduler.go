@@ -93,6 +93,7 @@ func (p *Pool) loop() {
 			abortC = nil
 			s.abort()
 		}
+		p.backlog.Store(int64(len(s.queue) + len(s.live)))
 	}
 	s.stopTimer()
 	p.shutdown()

@@ -451,6 +451,9 @@ func (s *Session) Last() *Flight {
 	return s.inflight[len(s.inflight)-1]
 }
 
+// InFlight is how many tasks the process has been sent and not ended.
+func (s *Session) InFlight() int { return len(s.inflight) }
+
 // HasRoom reports whether the process may take another task.
 func (s *Session) HasRoom() bool {
 	cfg := &s.cfg
