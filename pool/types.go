@@ -555,7 +555,10 @@ type Config struct {
 	// before runs with nothing sent behind it. A line batch (Task.Items) is
 	// one task in flight, written at once; a line worker takes another
 	// while the lines it has not answered are less than about 10 ms of
-	// work, by its recent time per line.
+	// work, by its recent time per line. A worker with tasks in flight
+	// takes another only while it holds fewer than its share of the tasks
+	// waiting or running (their number over Workers, rounded up), so that a
+	// few long tasks spread over all workers, even those still starting.
 	Pipeline int
 	// MaxPending bounds the tasks submitted but not yet delivered on
 	// Results; Submit blocks while it is reached. This, not the input size,
