@@ -99,6 +99,11 @@ func (s *Session) CheckDeadlines() {
 	now := time.Now()
 	cfg := &s.cfg
 	switch {
+	case (!s.eofAt.IsZero() || !s.brokenAt.IsZero()) && s.proc.Exited():
+		// The process died within its patience, and its owner, late on a
+		// loaded machine, looked at the deadline before Done: its exit
+		// status, which Done brings, names the cause, not the pipe.
+		return
 	case !s.eofAt.IsZero() && !now.Before(s.eofAt.Add(eofPatience)):
 		s.Kill(CauseProtocol)
 		return

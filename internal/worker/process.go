@@ -419,6 +419,20 @@ func (p *Process) wait() {
 	close(p.done)
 }
 
+// Exited reports whether the process has ended, whether or not wait has
+// seen it yet. It looks without blocking and without reaping.
+func (p *Process) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+	}
+	var info unix.Siginfo // Signo stays 0 while the process lives
+	err := unix.Waitid(unix.P_PID, p.Pid, &info, unix.WEXITED|unix.WNOWAIT|unix.WNOHANG, nil)
+	// ECHILD: wait has reaped it already, and is about to close done.
+	return err == unix.ECHILD || (err == nil && info.Signo == int32(unix.SIGCHLD))
+}
+
 // Done is closed once the process has ended and been reaped.
 func (p *Process) Done() <-chan struct{} { return p.done }
 
