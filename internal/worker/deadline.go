@@ -98,12 +98,14 @@ func (s *Session) CheckDeadlines() {
 	s.deadline = nil
 	now := time.Now()
 	cfg := &s.cfg
-	switch {
-	case (!s.eofAt.IsZero() || !s.brokenAt.IsZero()) && s.proc.Exited():
-		// The process died within its patience, and its owner, late on a
-		// loaded machine, looked at the deadline before Done: its exit
-		// status, which Done brings, names the cause, not the pipe.
+	if s.proc.Exited() {
+		// The process died by itself before a deadline made it, and its
+		// owner, late on a loaded machine, looked at the deadline before
+		// Done: its exit status, which Done brings, names the cause (an
+		// OOM kill, a signal), not a closed pipe or the clock.
 		return
+	}
+	switch {
 	case !s.eofAt.IsZero() && !now.Before(s.eofAt.Add(eofPatience)):
 		s.Kill(CauseProtocol)
 		return

@@ -329,38 +329,47 @@ func TestSessionOneShotSucceeds(t *testing.T) {
 }
 
 // TestSessionLateOwner: a worker is SIGKILLed, so its result pipe reaches
-// EOF and it dies at once; its owner, late on a loaded machine, looks at
-// the EOF deadline only after the patience has passed, with Done ready
-// too. The death is still the signal, not a closed pipe.
+// EOF and it dies at once; its owner, late on a loaded machine, looks at a
+// deadline that has passed (the EOF patience, or the task's timeout) only
+// with Done ready too. The death is still the signal, not a closed pipe or
+// a timeout.
 func TestSessionLateOwner(t *testing.T) {
-	s, err := StartSession(helperConfig("framed", IOFramed), &host{})
-	if err != nil {
-		t.Fatalf("StartSession() = %v", err)
-	}
-	give := time.After(20 * time.Second)
-	next := func() {
-		select {
-		case ev := <-s.Events():
-			s.Handle(ev)
-		case <-give:
-			s.Cancel(true)
+	for _, late := range []string{"eof", "timeout"} {
+		t.Run(late, func(t *testing.T) {
+			s, err := StartSession(helperConfig("framed", IOFramed), &host{})
+			if err != nil {
+				t.Fatalf("StartSession() = %v", err)
+			}
+			give := time.After(20 * time.Second)
+			next := func() {
+				select {
+				case ev := <-s.Events():
+					s.Handle(ev)
+				case <-give:
+					s.Cancel(true)
+					<-s.Done()
+					t.Fatalf("the worker was not ready, or not killed, within 20s (death %+v)", s.Reap())
+				}
+			}
+			for !s.HasRoom() {
+				next()
+			}
+			s.Send(&Flight{ID: 1, Input: []byte("kill"), Timeout: time.Millisecond})
+			s.Flush()
+			for s.eofAt.IsZero() {
+				next()
+			}
 			<-s.Done()
-			t.Fatalf("the worker was not ready, or not killed, within 20s (death %+v)", s.Reap())
-		}
-	}
-	for !s.HasRoom() {
-		next()
-	}
-	s.Send(&Flight{ID: 1, Input: []byte("kill")})
-	s.Flush()
-	for s.eofAt.IsZero() {
-		next()
-	}
-	<-s.Done()
-	s.eofAt = time.Now().Add(-time.Second) // the patience has passed
-	s.CheckDeadlines()
-	d := s.Reap()
-	if d.Cause != SignalCause(syscall.SIGKILL) || d.Killed != "" {
-		t.Fatalf("Death = cause %q killed %q, want %q by nobody", d.Cause, d.Killed, SignalCause(syscall.SIGKILL))
+			if late == "eof" {
+				s.eofAt = time.Now().Add(-time.Second) // the patience has passed
+			} else {
+				s.eofAt = time.Time{} // only the task's 1ms has passed
+			}
+			s.CheckDeadlines()
+			d := s.Reap()
+			if d.Cause != SignalCause(syscall.SIGKILL) || d.Killed != "" {
+				t.Fatalf("Death = cause %q killed %q, want %q by nobody", d.Cause, d.Killed, SignalCause(syscall.SIGKILL))
+			}
+		})
 	}
 }
