@@ -63,6 +63,13 @@ type Group struct {
 	// It holds the descriptor plus one, so that 0 means not open; guarded
 	// by mu.
 	v1Peak int
+	// v1OOM is v1's memory.oom_control, kept open the same way: a one-shot
+	// slot reads it twice per job, and a cgroup file's open and close cost
+	// more than its read. (Not cgroup.procs, read once per job: v1 builds
+	// its list once per open file and serves that list again for a second
+	// after each read, so a kept one would list processes already gone.)
+	// Guarded by mu.
+	v1OOM int
 }
 
 // Path returns the group's directory, such as
@@ -173,7 +180,50 @@ func (g *Group) Started() {
 // raised before the victim is sent SIGKILL, so it is current by the time
 // Wait reports the death. Kernels without the counter (v1 before Linux
 // 4.13) give an error matching errors.ErrUnsupported.
-func (g *Group) OOMKills() (uint64, error) { return g.ctrl.oomKills(g.path) }
+func (g *Group) OOMKills() (uint64, error) {
+	g.mu.Lock()
+	fd, ok := g.v1FD(&g.v1OOM, "memory.oom_control", unix.O_RDONLY)
+	if !ok {
+		g.mu.Unlock()
+		return g.ctrl.oomKills(g.path)
+	}
+	b, err := preadAll(fd)
+	g.mu.Unlock()
+	path := filepath.Join(g.path, "memory.oom_control")
+	if err != nil {
+		return 0, fmt.Errorf("memory: read %s: %w", path, err)
+	}
+	v, ok, err := parseKey(b, "oom_kill")
+	if err != nil {
+		return 0, err
+	}
+	if !ok {
+		return 0, fmt.Errorf("memory: no oom_kill in %s: %w", path, errors.ErrUnsupported)
+	}
+	return v, nil
+}
+
+// preadAll reads the control file fd whole from offset 0: the kernel
+// builds a cgroup file's text again for each read at offset 0.
+func preadAll(fd int) ([]byte, error) {
+	buf := make([]byte, 0, 512)
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := unix.Pread(fd, buf[len(buf):cap(buf)], int64(len(buf)))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			return buf, nil
+		}
+		buf = buf[:len(buf)+n]
+	}
+}
 
 // Usage returns the group's current memory use in bytes, page cache
 // included.
@@ -234,7 +284,7 @@ func (g *Group) v1FD(slot *int, name string, mode int) (fd int, ok bool) {
 
 // closeV1Files closes what v1FD opened. g.mu must be held.
 func (g *Group) closeV1Files() {
-	for _, slot := range []*int{&g.v1Peak} {
+	for _, slot := range []*int{&g.v1Peak, &g.v1OOM} {
 		if *slot != 0 {
 			unix.Close(*slot - 1)
 			*slot = 0

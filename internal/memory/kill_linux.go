@@ -57,7 +57,7 @@ func killAll(c controller, dir string) error {
 // (threadstart_linux.go) and must never be killed.
 func readOthers(dir string) ([]int, error) {
 	pids, err := readProcs(dir)
-	return slices.DeleteFunc(pids, func(pid int) bool { return pid == os.Getpid() }), err
+	return slices.DeleteFunc(pids, func(pid int) bool { return pid == supervisorPID }), err
 }
 
 // killListed sends SIGKILL to those of pids that are still in dir once a
