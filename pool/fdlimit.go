@@ -6,9 +6,9 @@ import "fmt"
 // supervisor at once, by protocol: the supervisor's ends of the worker's
 // pipes and, until the worker has started, the child's ends; /dev/null as
 // its stdin where it has no stdin pipe; the pidfd Go keeps while it runs;
-// and four for its cgroup: the peak and OOM counter files kept open
-// (cgroup v1), the directory or tasks file that starts the worker in it,
-// and a file being read.
+// and four for its cgroup: under v1 the peak, OOM counter and tasks files
+// kept open, under v2 the peak kept and the directory that starts the
+// worker in it; and a file being read.
 func filesPerWorker(p Protocol) int {
 	const cgroup = 4
 	switch p {

@@ -342,8 +342,9 @@ func TestCgroupV2Kernel(t *testing.T) {
 // TestGroupFilesKeptAcrossJobs runs one group the way a one-shot slot does,
 // job after job: processes start in it, its OOM counter and process list
 // are read, it is killed empty. Under cgroup v1 the group keeps
-// memory.oom_control open between jobs (TestOOMKill checks that a read
-// through it sees a new kill), and never cgroup.procs, which v1 would
+// memory.oom_control (TestOOMKill checks that a read through it sees a
+// new kill) and tasks (each job's processes must still start in the
+// group) open between jobs, and never cgroup.procs, which v1 would
 // serve stale to a kept file: each job's list must be its own. Remove
 // closes what was kept.
 func TestGroupFilesKeptAcrossJobs(t *testing.T) {
@@ -385,8 +386,10 @@ func TestGroupFilesKeptAcrossJobs(t *testing.T) {
 		}
 	}
 	if m.Mode() == ModeCgroupV1 {
-		if n := openCount(t, filepath.Join(g.Path(), "memory.oom_control")); n != 1 {
-			t.Errorf("memory.oom_control open %d times after three jobs, want once, kept", n)
+		for _, name := range []string{"memory.oom_control", "tasks"} {
+			if n := openCount(t, filepath.Join(g.Path(), name)); n != 1 {
+				t.Errorf("%s open %d times after three jobs, want once, kept", name, n)
+			}
 		}
 		if n := openCount(t, filepath.Join(g.Path(), "cgroup.procs")); n != 0 {
 			t.Errorf("cgroup.procs open %d times between jobs, want 0", n)
@@ -395,7 +398,7 @@ func TestGroupFilesKeptAcrossJobs(t *testing.T) {
 	if err := g.Remove(); err != nil {
 		t.Fatalf("Remove() = %v", err)
 	}
-	for _, name := range []string{"memory.oom_control", "cgroup.procs", "memory.max_usage_in_bytes"} {
+	for _, name := range []string{"memory.oom_control", "tasks", "memory.max_usage_in_bytes"} {
 		if n := openCount(t, filepath.Join(g.Path(), name)); n != 0 {
 			t.Errorf("%s open %d times after Remove, want 0", name, n)
 		}

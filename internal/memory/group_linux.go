@@ -70,6 +70,11 @@ type Group struct {
 	// after each read, so a kept one would list processes already gone.)
 	// Guarded by mu.
 	v1OOM int
+	// v1Tasks is v1's tasks file, kept open for writing for the starts
+	// from a thread (Start), for the same reason; a write is never
+	// served from anything kept. Guarded by mu, which Start holds while
+	// the start thread uses it.
+	v1Tasks int
 }
 
 // Path returns the group's directory, such as
@@ -139,22 +144,25 @@ func (g *Group) Start(cmd *exec.Cmd) error {
 		}
 		return err
 	}
+	// Held for the start, so that Remove cannot close the kept tasks file
+	// while the start thread writes to it.
 	g.mu.Lock()
-	removed := g.removed
-	g.mu.Unlock()
-	if removed {
+	defer g.mu.Unlock()
+	if g.removed {
 		return fmt.Errorf("memory: group %s was removed", g.path)
 	}
-	// Opened for each start, not kept: a worker holds one file of its
-	// group between starts (the peak), which the pool's file budget counts.
-	path := filepath.Join(g.path, "tasks")
-	tasks, err := unix.Open(path, unix.O_WRONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("memory: start in %s: %w", g.path, &os.PathError{Op: "open", Path: path, Err: err})
+	tasks, ok := g.v1FD(&g.v1Tasks, "tasks", unix.O_WRONLY)
+	if !ok {
+		path := filepath.Join(g.path, "tasks")
+		fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("memory: start in %s: %w", g.path, &os.PathError{Op: "open", Path: path, Err: err})
+		}
+		defer unix.Close(fd)
+		tasks = fd
 	}
 	traced(cmd)
 	back, err := startFromThread(cmd, tasks, g.path, g.m.det.Own)
-	unix.Close(tasks)
 	if back != nil {
 		// Never again: each such thread is held until its child ends.
 		g.m.threadStart.Store(false)
@@ -284,7 +292,7 @@ func (g *Group) v1FD(slot *int, name string, mode int) (fd int, ok bool) {
 
 // closeV1Files closes what v1FD opened. g.mu must be held.
 func (g *Group) closeV1Files() {
-	for _, slot := range []*int{&g.v1Peak, &g.v1OOM} {
+	for _, slot := range []*int{&g.v1Peak, &g.v1OOM, &g.v1Tasks} {
 		if *slot != 0 {
 			unix.Close(*slot - 1)
 			*slot = 0
