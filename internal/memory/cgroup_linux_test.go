@@ -343,8 +343,8 @@ func TestCgroupV2Kernel(t *testing.T) {
 // job after job: processes start in it, its OOM counter and process list
 // are read, it is killed empty. Under cgroup v1 the group keeps
 // memory.oom_control (TestOOMKill checks that a read through it sees a
-// new kill) and tasks (each job's processes must still start in the
-// group) open between jobs, and never cgroup.procs, which v1 would
+// new kill), tasks (each job's processes must still start in the group)
+// and its directory open between jobs, and never cgroup.procs, which v1 would
 // serve stale to a kept file: each job's list must be its own. Remove
 // closes what was kept.
 func TestGroupFilesKeptAcrossJobs(t *testing.T) {
@@ -366,7 +366,7 @@ func TestGroupFilesKeptAcrossJobs(t *testing.T) {
 			}
 			cmds = append(cmds, cmd)
 		}
-		pids, err := readProcs(g.Path())
+		pids, err := g.procs()
 		slices.Sort(pids)
 		want := []int{cmds[0].Process.Pid, cmds[1].Process.Pid}
 		slices.Sort(want)
@@ -381,12 +381,12 @@ func TestGroupFilesKeptAcrossJobs(t *testing.T) {
 				t.Errorf("job %d: sleeper %d: %v, want killed by SIGKILL", job, cmd.Process.Pid, err)
 			}
 		}
-		if pids, err := readProcs(g.Path()); err != nil || len(pids) != 0 {
+		if pids, err := g.procs(); err != nil || len(pids) != 0 {
 			t.Errorf("job %d: procs() after Kill = %v, %v, want empty", job, pids, err)
 		}
 	}
 	if m.Mode() == ModeCgroupV1 {
-		for _, name := range []string{"memory.oom_control", "tasks"} {
+		for _, name := range []string{"memory.oom_control", "tasks", "."} {
 			if n := openCount(t, filepath.Join(g.Path(), name)); n != 1 {
 				t.Errorf("%s open %d times after three jobs, want once, kept", name, n)
 			}
@@ -398,7 +398,7 @@ func TestGroupFilesKeptAcrossJobs(t *testing.T) {
 	if err := g.Remove(); err != nil {
 		t.Fatalf("Remove() = %v", err)
 	}
-	for _, name := range []string{"memory.oom_control", "tasks", "memory.max_usage_in_bytes"} {
+	for _, name := range []string{"memory.oom_control", "tasks", "memory.max_usage_in_bytes", "."} {
 		if n := openCount(t, filepath.Join(g.Path(), name)); n != 0 {
 			t.Errorf("%s open %d times after Remove, want 0", name, n)
 		}

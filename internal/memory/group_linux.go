@@ -70,6 +70,10 @@ type Group struct {
 	// after each read, so a kept one would list processes already gone.)
 	// Guarded by mu.
 	v1OOM int
+	// v1Dir is the group's directory (O_PATH), kept open under v1 so that
+	// the check for processes left after each job opens cgroup.procs
+	// without walking the group's long path again. Guarded by mu.
+	v1Dir int
 	// v1Tasks is v1's tasks file, kept open for writing for the starts
 	// from a thread (Start), for the same reason; a write is never
 	// served from anything kept. Guarded by mu, which Start holds while
@@ -211,6 +215,22 @@ func (g *Group) OOMKills() (uint64, error) {
 	return v, nil
 }
 
+// procs lists the pids in the group, opening its cgroup.procs anew each
+// time (see v1OOM), from the kept directory under v1.
+func (g *Group) procs() ([]int, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	dir, ok := g.v1FD(&g.v1Dir, ".", unix.O_PATH|unix.O_DIRECTORY)
+	if !ok {
+		return readProcs(g.path)
+	}
+	b, err := readSmallAt(dir, "cgroup.procs", filepath.Join(g.path, "cgroup.procs"))
+	if err != nil {
+		return nil, err
+	}
+	return parseProcs(b)
+}
+
 // preadAll reads the control file fd whole from offset 0: the kernel
 // builds a cgroup file's text again for each read at offset 0.
 func preadAll(fd int) ([]byte, error) {
@@ -292,7 +312,7 @@ func (g *Group) v1FD(slot *int, name string, mode int) (fd int, ok bool) {
 
 // closeV1Files closes what v1FD opened. g.mu must be held.
 func (g *Group) closeV1Files() {
-	for _, slot := range []*int{&g.v1Peak, &g.v1OOM, &g.v1Tasks} {
+	for _, slot := range []*int{&g.v1Peak, &g.v1OOM, &g.v1Tasks, &g.v1Dir} {
 		if *slot != 0 {
 			unix.Close(*slot - 1)
 			*slot = 0
@@ -331,7 +351,7 @@ func (g *Group) ResetPeak() error {
 // most, until none is left. It does not reap them: the worker's parent
 // still calls Wait. It returns an error matching ErrStillPopulated if
 // processes remain.
-func (g *Group) Kill() error { return killAll(g.ctrl, g.path) }
+func (g *Group) Kill() error { return killAllFrom(g.ctrl, g.path, g.procs) }
 
 // Remove kills what is left in the group, then removes its directory,
 // retrying briefly while the kernel reports it busy. After Remove, the
