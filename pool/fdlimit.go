@@ -6,10 +6,11 @@ import "fmt"
 // supervisor at once, by protocol: the supervisor's ends of the worker's
 // pipes and, until the worker has started, the child's ends; /dev/null as
 // its stdin where it has no stdin pipe; the pidfd Go keeps while it runs;
-// and three for its cgroup: the peak file kept open, the directory that
-// starts the worker in it (cgroup v2), and a file being read.
+// and five for its cgroup: under v1 the peak, OOM counter and tasks files
+// and the directory kept open, under v2 the peak kept and the directory
+// that starts the worker in it; and a file being read.
 func filesPerWorker(p Protocol) int {
-	const cgroup = 3
+	const cgroup = 5
 	switch p {
 	case Line:
 		return 6 + 1 + cgroup // stdin, stdout and stderr pipes; pidfd

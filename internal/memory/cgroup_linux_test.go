@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -336,4 +337,87 @@ func TestCgroupV2Kernel(t *testing.T) {
 	if max, _ := readCgroupFile(filepath.Join(g.Path(), "memory.max")); max != fmt.Sprint(128*mib) {
 		t.Errorf("memory.max = %q, want %d", max, 128*mib)
 	}
+}
+
+// TestGroupFilesKeptAcrossJobs runs one group the way a one-shot slot does,
+// job after job: processes start in it, its OOM counter and process list
+// are read, it is killed empty. Under cgroup v1 the group keeps
+// memory.oom_control (TestOOMKill checks that a read through it sees a
+// new kill), tasks (each job's processes must still start in the group)
+// and its directory open between jobs, and never cgroup.procs, which v1 would
+// serve stale to a kept file: each job's list must be its own. Remove
+// closes what was kept.
+func TestGroupFilesKeptAcrossJobs(t *testing.T) {
+	m := requireCgroups(t)
+	g, err := m.NewGroup("slot", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Remove()
+	for job := range 3 {
+		if n, err := g.OOMKills(); err != nil || n != 0 {
+			t.Fatalf("job %d: OOMKills() = %d, %v, want 0", job, n, err)
+		}
+		var cmds []*exec.Cmd
+		for range 2 {
+			cmd := helperCommand(t, "sleep")
+			if err := g.Start(cmd); err != nil {
+				t.Fatal(err)
+			}
+			cmds = append(cmds, cmd)
+		}
+		pids, err := g.procs()
+		slices.Sort(pids)
+		want := []int{cmds[0].Process.Pid, cmds[1].Process.Pid}
+		slices.Sort(want)
+		if err != nil || !slices.Equal(pids, want) {
+			t.Errorf("job %d: procs() = %v, %v, want %v", job, pids, err, want)
+		}
+		if err := g.Kill(); err != nil {
+			t.Fatalf("job %d: Kill() = %v", job, err)
+		}
+		for _, cmd := range cmds {
+			if err := waitTimeout(t, cmd, 10*time.Second); signalOf(err) != syscall.SIGKILL {
+				t.Errorf("job %d: sleeper %d: %v, want killed by SIGKILL", job, cmd.Process.Pid, err)
+			}
+		}
+		if pids, err := g.procs(); err != nil || len(pids) != 0 {
+			t.Errorf("job %d: procs() after Kill = %v, %v, want empty", job, pids, err)
+		}
+	}
+	if m.Mode() == ModeCgroupV1 {
+		for _, name := range []string{"memory.oom_control", "tasks", "."} {
+			if n := openCount(t, filepath.Join(g.Path(), name)); n != 1 {
+				t.Errorf("%s open %d times after three jobs, want once, kept", name, n)
+			}
+		}
+		if n := openCount(t, filepath.Join(g.Path(), "cgroup.procs")); n != 0 {
+			t.Errorf("cgroup.procs open %d times between jobs, want 0", n)
+		}
+	}
+	if err := g.Remove(); err != nil {
+		t.Fatalf("Remove() = %v", err)
+	}
+	for _, name := range []string{"memory.oom_control", "tasks", "memory.max_usage_in_bytes", "."} {
+		if n := openCount(t, filepath.Join(g.Path(), name)); n != 0 {
+			t.Errorf("%s open %d times after Remove, want 0", name, n)
+		}
+	}
+}
+
+// openCount returns how many of this process's descriptors are open on
+// path.
+func openCount(t *testing.T, path string) int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range entries {
+		if target, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name())); err == nil && strings.TrimSuffix(target, " (deleted)") == path {
+			n++
+		}
+	}
+	return n
 }

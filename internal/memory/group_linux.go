@@ -63,6 +63,22 @@ type Group struct {
 	// It holds the descriptor plus one, so that 0 means not open; guarded
 	// by mu.
 	v1Peak int
+	// v1OOM is v1's memory.oom_control, kept open the same way: a one-shot
+	// slot reads it twice per job, and a cgroup file's open and close cost
+	// more than its read. (Not cgroup.procs, read once per job: v1 builds
+	// its list once per open file and serves that list again for a second
+	// after each read, so a kept one would list processes already gone.)
+	// Guarded by mu.
+	v1OOM int
+	// v1Dir is the group's directory (O_PATH), kept open under v1 so that
+	// the check for processes left after each job opens cgroup.procs
+	// without walking the group's long path again. Guarded by mu.
+	v1Dir int
+	// v1Tasks is v1's tasks file, kept open for writing for the starts
+	// from a thread (Start), for the same reason; a write is never
+	// served from anything kept. Guarded by mu, which Start holds while
+	// the start thread uses it.
+	v1Tasks int
 }
 
 // Path returns the group's directory, such as
@@ -132,22 +148,25 @@ func (g *Group) Start(cmd *exec.Cmd) error {
 		}
 		return err
 	}
+	// Held for the start, so that Remove cannot close the kept tasks file
+	// while the start thread writes to it.
 	g.mu.Lock()
-	removed := g.removed
-	g.mu.Unlock()
-	if removed {
+	defer g.mu.Unlock()
+	if g.removed {
 		return fmt.Errorf("memory: group %s was removed", g.path)
 	}
-	// Opened for each start, not kept: a worker holds one file of its
-	// group between starts (the peak), which the pool's file budget counts.
-	path := filepath.Join(g.path, "tasks")
-	tasks, err := unix.Open(path, unix.O_WRONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("memory: start in %s: %w", g.path, &os.PathError{Op: "open", Path: path, Err: err})
+	tasks, ok := g.v1FD(&g.v1Tasks, "tasks", unix.O_WRONLY)
+	if !ok {
+		path := filepath.Join(g.path, "tasks")
+		fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("memory: start in %s: %w", g.path, &os.PathError{Op: "open", Path: path, Err: err})
+		}
+		defer unix.Close(fd)
+		tasks = fd
 	}
 	traced(cmd)
 	back, err := startFromThread(cmd, tasks, g.path, g.m.det.Own)
-	unix.Close(tasks)
 	if back != nil {
 		// Never again: each such thread is held until its child ends.
 		g.m.threadStart.Store(false)
@@ -173,7 +192,66 @@ func (g *Group) Started() {
 // raised before the victim is sent SIGKILL, so it is current by the time
 // Wait reports the death. Kernels without the counter (v1 before Linux
 // 4.13) give an error matching errors.ErrUnsupported.
-func (g *Group) OOMKills() (uint64, error) { return g.ctrl.oomKills(g.path) }
+func (g *Group) OOMKills() (uint64, error) {
+	g.mu.Lock()
+	fd, ok := g.v1FD(&g.v1OOM, "memory.oom_control", unix.O_RDONLY)
+	if !ok {
+		g.mu.Unlock()
+		return g.ctrl.oomKills(g.path)
+	}
+	b, err := preadAll(fd)
+	g.mu.Unlock()
+	path := filepath.Join(g.path, "memory.oom_control")
+	if err != nil {
+		return 0, fmt.Errorf("memory: read %s: %w", path, err)
+	}
+	v, ok, err := parseKey(b, "oom_kill")
+	if err != nil {
+		return 0, err
+	}
+	if !ok {
+		return 0, fmt.Errorf("memory: no oom_kill in %s: %w", path, errors.ErrUnsupported)
+	}
+	return v, nil
+}
+
+// procs lists the pids in the group, opening its cgroup.procs anew each
+// time (see v1OOM), from the kept directory under v1.
+func (g *Group) procs() ([]int, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	dir, ok := g.v1FD(&g.v1Dir, ".", unix.O_PATH|unix.O_DIRECTORY)
+	if !ok {
+		return readProcs(g.path)
+	}
+	b, err := readSmallAt(dir, "cgroup.procs", filepath.Join(g.path, "cgroup.procs"))
+	if err != nil {
+		return nil, err
+	}
+	return parseProcs(b)
+}
+
+// preadAll reads the control file fd whole from offset 0: the kernel
+// builds a cgroup file's text again for each read at offset 0.
+func preadAll(fd int) ([]byte, error) {
+	buf := make([]byte, 0, 512)
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := unix.Pread(fd, buf[len(buf):cap(buf)], int64(len(buf)))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			return buf, nil
+		}
+		buf = buf[:len(buf)+n]
+	}
+}
 
 // Usage returns the group's current memory use in bytes, page cache
 // included.
@@ -234,7 +312,7 @@ func (g *Group) v1FD(slot *int, name string, mode int) (fd int, ok bool) {
 
 // closeV1Files closes what v1FD opened. g.mu must be held.
 func (g *Group) closeV1Files() {
-	for _, slot := range []*int{&g.v1Peak} {
+	for _, slot := range []*int{&g.v1Peak, &g.v1OOM, &g.v1Tasks, &g.v1Dir} {
 		if *slot != 0 {
 			unix.Close(*slot - 1)
 			*slot = 0
@@ -273,7 +351,7 @@ func (g *Group) ResetPeak() error {
 // most, until none is left. It does not reap them: the worker's parent
 // still calls Wait. It returns an error matching ErrStillPopulated if
 // processes remain.
-func (g *Group) Kill() error { return killAll(g.ctrl, g.path) }
+func (g *Group) Kill() error { return killAllFrom(g.ctrl, g.path, g.procs) }
 
 // Remove kills what is left in the group, then removes its directory,
 // retrying briefly while the kernel reports it busy. After Remove, the

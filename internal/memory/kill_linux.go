@@ -27,6 +27,11 @@ const (
 // none is left, or killTimeout. Zombies are not listed in cgroup.procs, so
 // it does not wait for the processes' parents to reap them.
 func killAll(c controller, dir string) error {
+	return killAllFrom(c, dir, func() ([]int, error) { return readProcs(dir) })
+}
+
+// killAllFrom is killAll with the group's pids listed by procs.
+func killAllFrom(c controller, dir string, procs func() ([]int, error)) error {
 	if kf := c.killFile(); kf != "" {
 		if p := filepath.Join(dir, kf); exists(p) {
 			// On failure, the loop below signals each process instead.
@@ -36,7 +41,7 @@ func killAll(c controller, dir string) error {
 	deadline := time.Now().Add(killTimeout)
 	delay := time.Millisecond
 	for {
-		pids, err := readOthers(dir)
+		pids, err := others(procs)
 		if err != nil {
 			return err
 		}
@@ -46,24 +51,24 @@ func killAll(c controller, dir string) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%w: %d in %s", ErrStillPopulated, len(pids), dir)
 		}
-		killListed(dir, pids)
+		killListed(procs, pids)
 		time.Sleep(delay)
 		delay = min(2*delay, pollMax)
 	}
 }
 
-// readOthers lists the pids in dir's cgroup.procs but the supervisor's
-// own, which is listed while one of its threads forks a worker there
+// others lists the pids procs gives but the supervisor's own, which is
+// listed while one of its threads forks a worker in the group
 // (threadstart_linux.go) and must never be killed.
-func readOthers(dir string) ([]int, error) {
-	pids, err := readProcs(dir)
-	return slices.DeleteFunc(pids, func(pid int) bool { return pid == os.Getpid() }), err
+func others(procs func() ([]int, error)) ([]int, error) {
+	pids, err := procs()
+	return slices.DeleteFunc(pids, func(pid int) bool { return pid == supervisorPID }), err
 }
 
-// killListed sends SIGKILL to those of pids that are still in dir once a
-// pidfd pins them, so that a pid reused by a process outside the group is
-// never signalled.
-func killListed(dir string, pids []int) {
+// killListed sends SIGKILL to those of pids that procs still lists once
+// a pidfd pins them, so that a pid reused by a process outside the group
+// is never signalled.
+func killListed(procs func() ([]int, error), pids []int) {
 	fds := make(map[int]int, len(pids))
 	for _, pid := range pids {
 		fd, err := unix.PidfdOpen(pid, 0)
@@ -79,7 +84,7 @@ func killListed(dir string, pids []int) {
 	if len(fds) == 0 {
 		return
 	}
-	still, _ := readOthers(dir)
+	still, _ := others(procs)
 	in := make(map[int]bool, len(still))
 	for _, pid := range still {
 		in[pid] = true

@@ -11,8 +11,12 @@ import (
 // register a cgroupfs file with epoll and take it out again, four system
 // calls more on every read, and one-shot workers read two such files per
 // start.
-func readSmall(path string) ([]byte, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+func readSmall(path string) ([]byte, error) { return readSmallAt(unix.AT_FDCWD, path, path) }
+
+// readSmallAt is readSmall of the file name in the directory dir (a
+// descriptor, or AT_FDCWD), called path in errors.
+func readSmallAt(dir int, name, path string) ([]byte, error) {
+	fd, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
 	}
