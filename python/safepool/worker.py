@@ -339,6 +339,11 @@ def _run_batch_page(task_id, payload, write, flush, page, page_id):
         # is read between blocks. A block doubles while blocks are quick
         # (up to 1024 items), and is 1 item long after a slow one.
         append = values.append
+        if type(items) is range:
+            # A range's items as a list: taking one from a range makes
+            # its number with arbitrary-precision arithmetic, from a list
+            # only counts a reference.
+            items, base = list(items[base:base + n]), 0
         last, step = now(), 1
         while pos < n:
             stop = pos + step if pos + step < n else n
