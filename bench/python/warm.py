@@ -3,19 +3,26 @@ already running (its start and shutdown are not timed).
 
     /usr/bin/python3 bench/python/warm.py PEER [N]
 
-prints one line of JSON: {"peer", "n", "seconds", "tasks_per_s"}, the best
-of 3 maps on the same pool.
+prints one line of JSON: {"peer", "n", "seconds", "tasks_per_s",
+"median_tasks_per_s", "maps"}: the best (seconds, tasks_per_s) and the
+median of MAPS maps on the same pool (MAPS=3 unless the environment says
+otherwise). The input is range(N), or list(range(N)) with INPUT=list.
+PYTHON_DIR names another revision's python/ directory to measure.
 """
 import json
 import os
+import statistics
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO, "python"))
+# PYTHON_DIR: the safepool package's parent to measure (another revision's
+# python/, with its binary in safepool/_bin), by default this tree's.
+sys.path.insert(0, os.environ.get("PYTHON_DIR") or os.path.join(REPO, "python"))
 
 N = int(sys.argv[2]) if len(sys.argv) > 2 else 20000
 W = 2
+MAPS = int(os.environ.get("MAPS", "3"))
 
 
 def sq(x):
@@ -42,12 +49,15 @@ if __name__ == "__main__":
     peer = sys.argv[1]
     pool, run, stop = make(peer)
     run(sq, range(2 * W))  # the workers are up
-    best = None
-    for _ in range(3):
+    items = list(range(N)) if os.environ.get("INPUT") == "list" else range(N)
+    want = sum(i * i for i in range(N))
+    times = []
+    for _ in range(MAPS):
         t = time.perf_counter()
-        s = sum(run(sq, range(N)))
-        dt = time.perf_counter() - t
-        assert s == sum(i * i for i in range(N)), peer
-        best = dt if best is None else min(best, dt)
+        s = sum(run(sq, items))
+        times.append(time.perf_counter() - t)
+        assert s == want, peer
     stop()
-    print(json.dumps({"peer": peer, "n": N, "seconds": best, "tasks_per_s": N / best}))
+    best = min(times)
+    print(json.dumps({"peer": peer, "n": N, "seconds": best, "tasks_per_s": N / best,
+                      "median_tasks_per_s": N / statistics.median(times), "maps": MAPS}))

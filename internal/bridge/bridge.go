@@ -225,6 +225,29 @@ type Options struct {
 	// Stdout and Stderr receive the workers' stdout and stderr. Nil means
 	// the bridge process's own.
 	Stdout, Stderr io.Writer
+	// SetProcs lets Serve set the process's GOMAXPROCS for the pool it
+	// runs (procsFor), unless the environment sets GOMAXPROCS. It is for a
+	// process that runs nothing but the session (safepool __bridge).
+	SetProcs bool
+}
+
+// procsFor is the GOMAXPROCS of a bridge process whose pool runs workers
+// workers (0: one per CPU) on cpus CPUs: one per 8 workers, at least 1 and
+// at most cpus. A batch passes through several goroutines on its way to a
+// worker and back (the client's reader, the pool's loop, the runner, the
+// task pipe's writer, the result reader). With one P they run in turn on
+// the thread that was woken; with more, each hand-off may wake another
+// thread, and while the workers keep every CPU busy, a woken thread waits
+// for one. The pool's own work per batch is small, so a P per 8 workers
+// leaves the bridge room on big pools.
+func procsFor(workers, cpus int) int {
+	if cpus < 1 {
+		cpus = 1
+	}
+	if workers <= 0 {
+		workers = cpus
+	}
+	return min(max((workers+7)/8, 1), cpus)
 }
 
 // Serve runs one session: it reads a Hello and then tasks from in, runs them
@@ -268,6 +291,9 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opt Options) error 
 	}
 	if opt.Stderr == nil {
 		opt.Stderr = os.Stderr
+	}
+	if opt.SetProcs && os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(procsFor(h.Workers, runtime.NumCPU()))
 	}
 	window := maxPending(h)
 	cfg := configOf(h)

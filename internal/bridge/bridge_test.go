@@ -662,3 +662,24 @@ func TestTaskMetaBad(t *testing.T) {
 		return
 	}
 }
+
+// TestProcsFor: a bridge process runs with one P per 8 workers, at least 1
+// and at most one per CPU; a pool of one worker per CPU counts its CPUs.
+func TestProcsFor(t *testing.T) {
+	tests := []struct{ workers, cpus, want int }{
+		{2, 2, 1},
+		{8, 2, 1},
+		{9, 2, 2},
+		{64, 2, 2},
+		{64, 16, 8},
+		{200, 16, 16},
+		{0, 2, 1},
+		{0, 16, 2},
+		{4, 0, 1},
+	}
+	for _, tt := range tests {
+		if got := procsFor(tt.workers, tt.cpus); got != tt.want {
+			t.Errorf("procsFor(%d, %d) = %d, want %d", tt.workers, tt.cpus, got, tt.want)
+		}
+	}
+}

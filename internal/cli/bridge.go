@@ -56,7 +56,7 @@ func runBridge(ctx context.Context, e *env, args []string) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	go watchParent(ctx, cancel) // ends with ctx, which runBridge cancels on return
-	err := bridge.Serve(ctx, in, out, bridge.Options{Stdout: e.stdout, Stderr: e.stderr})
+	err := bridge.Serve(ctx, in, out, bridge.Options{Stdout: e.stdout, Stderr: e.stderr, SetProcs: true})
 	if err != nil {
 		return &statusError{status: exitFailed, err: err}
 	}

@@ -327,7 +327,9 @@ class _Core:
             self._fail_waited(job, chunk.positions, chunk.items)
             return
         limits = self._limits_of(job, chunk.start_by)
-        positions, items = chunk.positions, list(chunk.items)
+        positions, items = chunk.positions, chunk.items
+        if not isinstance(items, range):
+            items = list(items)
         if not isinstance(positions, range):
             positions = list(positions)
         try:

@@ -204,7 +204,10 @@ class Pool:
         from ._core import _Chunk
         from ._jobs import AsyncResult
         self._check()
-        items = iterable if isinstance(iterable, list) else list(iterable)
+        # A range is cut into ranges: a chunk travels as range(a, b), not
+        # as the list of its numbers, which the client would make, pickle
+        # and keep, and each worker unpickle.
+        items = iterable if isinstance(iterable, (list, range)) else list(iterable)
         display = None
         if progress:
             from . import _progress

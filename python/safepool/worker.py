@@ -304,11 +304,7 @@ def _run_batch_page(task_id, payload, write, flush, page, page_id):
     values = []
     first = 0  # the position of the first value held
     pos = 0
-    send_at = last = now() + HOLD
-    last -= HOLD
-    # The clock is read at position check, every step items: step doubles
-    # while items are quick, and is 1 for slow ones.
-    check, step = 1, 1
+    send_at = now() + HOLD
 
     def send_values(upto):
         # The values of positions first..upto-1 in one frame.
@@ -337,50 +333,63 @@ def _run_batch_page(task_id, payload, write, flush, page, page_id):
             write(out)
         values.clear()
 
-    while pos < n:
-        try:
-            if fast:
-                append = values.append
-                for pos in range(pos, n):
+    if fast:
+        # The common case, a map's items with no limits, runs in blocks
+        # with nothing but the mark and the call for each item; the clock
+        # is read between blocks. A block doubles while blocks are quick
+        # (up to 1024 items), and is 1 item long after a slow one.
+        append = values.append
+        if type(items) is range:
+            # A range's items as a list: taking one from a range makes
+            # its number with arbitrary-precision arithmetic, from a list
+            # only counts a reference.
+            items, base = list(items[base:base + n]), 0
+        last, step = now(), 1
+        while pos < n:
+            stop = pos + step if pos + step < n else n
+            try:
+                for pos in range(pos, stop):
                     page[PAGE_POS] = pos
                     append(fn(items[base + pos]))
-                    if pos >= check:
-                        t = now()
-                        if t >= send_at:
-                            send_values(pos + 1)
-                            flush()
-                            first, send_at = pos + 1, t + HOLD
-                        step = step * 2 if step < 1024 and t - last < HOLD / 16 else 1
-                        check, last = pos + step, t
-                pos = n
-                break
-            for pos in range(pos, n):
-                page[PAGE_POS] = pos
-                kind, out = _invoke(mode, fn, items[indexes[pos]], limits)
-                if kind is None:
-                    values.append(out)
-                    if now() < send_at:
-                        continue
-                    send_values(pos + 1)
-                    flush()
-                    first, send_at = pos + 1, now() + HOLD
-                    continue
-                # An exception: the values before go first, then its answer.
+            except Exception as e:
+                # The values before the item that raised go first.
                 send_values(pos)
-                write(pack(4 + len(out), ITEM if kind == RESULT else ITEM_ERROR, task_id) + pack_index(indexes[pos]))
+                out = dumps((RAISED, _exc_record(e)))
+                write(pack(4 + len(out), ITEM, task_id) + pack_index(indexes[pos]))
                 write(out)
                 flush()
-                first, send_at = pos + 1, now() + HOLD
-            pos = n
-        except Exception as e:
-            # fn raised, in the quick loop: the values before go first.
-            send_values(pos)
-            out = dumps((RAISED, _exc_record(e)))
-            write(pack(4 + len(out), ITEM, task_id) + pack_index(indexes[pos]))
-            write(out)
+                pos += 1
+                first, send_at = pos, now() + HOLD
+                last, step = now(), 1
+                continue
+            pos = stop
+            t = now()
+            if t >= send_at:
+                send_values(pos)
+                flush()
+                first, send_at = pos, t + HOLD
+            step = step * 2 if step < 1024 and t - last < HOLD / 16 else 1
+            last = t
+        send_values(n)
+        flush()
+        return
+    for pos in range(n):
+        page[PAGE_POS] = pos
+        kind, out = _invoke(mode, fn, items[indexes[pos]], limits)
+        if kind is None:
+            values.append(out)
+            if now() < send_at:
+                continue
+            send_values(pos + 1)
             flush()
-            pos += 1
-            first, send_at = pos, now() + HOLD
+            first, send_at = pos + 1, now() + HOLD
+            continue
+        # An exception: the values before go first, then its answer.
+        send_values(pos)
+        write(pack(4 + len(out), ITEM if kind == RESULT else ITEM_ERROR, task_id) + pack_index(indexes[pos]))
+        write(out)
+        flush()
+        first, send_at = pos + 1, now() + HOLD
     send_values(n)
     flush()
 

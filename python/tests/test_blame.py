@@ -68,6 +68,21 @@ class MidChunkDeath(unittest.TestCase):
         self.assertEqual([x for i, x in enumerate(out) if i != 3], [x * x for x in range(6) if x != 3])
         self.assertEqual(self.runs(), {x: 1 for x in range(6)})
 
+    def test_a_range_travels_as_ranges(self):
+        # A range's chunks go as ranges (a stepped one too); the rest of a
+        # chunk behind a death runs again from the same range.
+        items = range(40, 0, -3)
+        fn = functools.partial(helpers.die_once_at, self.dir, at=22)
+        with safepool.SafePool(2, retry_killed_tasks=1) as pool:
+            self.assertEqual(pool.map(fn, items, chunksize=7), [x * x for x in items])
+            killed = pool.get_killed_tasks()
+        self.assertEqual([args for _, args in killed], [(22,)])
+        runs = self.runs()
+        self.assertEqual(runs.pop(22), 2)
+        for x in items[:6]:  # before it in its chunk: held answers may run again
+            self.assertIn(runs.pop(x), (1, 2), "item %d" % x)
+        self.assertEqual(runs, {x: 1 for x in items[7:]})
+
 
 if __name__ == "__main__":
     unittest.main()
