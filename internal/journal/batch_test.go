@@ -2,7 +2,9 @@ package journal
 
 import (
 	"bufio"
+	"database/sql"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -369,5 +371,184 @@ func TestKillDuringSpans(t *testing.T) {
 		}
 		t.Logf("round %d: %d items given, %d in the journal", round, last, done)
 		j.Close()
+	}
+}
+
+// TestSpanFileLost writes spans of many tasks, with ids out of order, and
+// then damages the span file as a crash of the system can (its tail cut
+// short, a page in the middle not what was written): the damaged spans'
+// tasks are not found by resume (they run again), every other task's
+// output comes back whole, EachDone reports the loss, and a run appended
+// after the torn tail is resumed whole.
+func TestSpanFileLost(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "j.db")
+	j, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	run := Run{Kind: "map", Command: "[]", StoreOutput: true}
+	w, err := j.Start(run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 3*maxSpan + 100
+	input := func(i int) []byte { return []byte("line " + strconv.Itoa(i)) }
+	output := func(i int) []byte { return []byte(strings.Repeat("o", i%7) + strconv.Itoa(i)) }
+	// Runs of consecutive ids, and ids alone, in a shuffled order.
+	order := make([]int, 0, n)
+	for i := 1; i <= n; i += 10 {
+		order = append(order, i)
+	}
+	rand.Shuffle(len(order), func(a, b int) { order[a], order[b] = order[b], order[a] })
+	var seqs []int
+	for _, first := range order {
+		for i := first; i < first+10 && i <= n; i++ {
+			if i%10 == 3 {
+				continue
+			}
+			seqs = append(seqs, i)
+		}
+	}
+	for i := 1; i <= n; i += 10 {
+		seqs = append(seqs, i+2)
+	}
+	for k, i := range seqs {
+		feed(w, uint64(k+1), uint64(i), KeyOf(input(i)), input(i), pool.Done, output(i))
+	}
+	if err := w.Close(0); err != nil {
+		t.Fatal(err)
+	}
+	// Every id is in the spans once.
+	got := map[uint64]int{}
+	if err := j.EachDone(func(_ int64, id uint64, k Key) error {
+		got[id]++
+		if k != KeyOf(input(int(id))) {
+			t.Errorf("task %d has the key of another input", id)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != n {
+		t.Fatalf("EachDone gave %d tasks, want %d", len(got), n)
+	}
+
+	// Damage the first span's data in the middle, and cut the last one's.
+	type spanRow struct {
+		first    uint64
+		count    int
+		ids      []byte
+		at, size int64
+	}
+	var spans []spanRow
+	rows, err := j.DB().Query(`SELECT first, count, ids, data_at, data_size FROM span ORDER BY data_at`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var s spanRow
+		if err := rows.Scan(&s.first, &s.count, &s.ids, &s.at, &s.size); err != nil {
+			t.Fatal(err)
+		}
+		spans = append(spans, s)
+	}
+	rows.Close()
+	if len(spans) < 3 {
+		t.Fatalf("%d span rows, want at least 3", len(spans))
+	}
+	lost := map[uint64]bool{}
+	for _, s := range []spanRow{spans[0], spans[len(spans)-1]} {
+		ids, err := SpanIDs(s.first, s.count, s.ids)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range ids {
+			lost[id] = true
+		}
+	}
+	f, err := os.OpenFile(SpanFile(path), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("x"), spans[0].at+spans[0].size/2); err != nil {
+		t.Fatal(err)
+	}
+	last := spans[len(spans)-1]
+	if err := f.Truncate(last.at + last.size/2); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if err := j.EachDone(func(int64, uint64, Key) error { return nil }); !errors.Is(err, ErrSpanLost) {
+		t.Errorf("EachDone over a damaged span file: %v, want ErrSpanLost", err)
+	}
+
+	// Resume finds every task but the lost ones, with its output.
+	resume := func(want func(i int) bool) {
+		t.Helper()
+		run.Resumed = true
+		w, err := j.Start(run)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Close(0)
+		r, err := w.Resumer(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		for i := 1; i <= n; i++ {
+			f, ok, err := r.Lookup(KeyOf(input(i)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ok != want(i) || ok && string(f.Output) != string(output(i)) {
+				t.Fatalf("Lookup(%s) = %q, %v; want found %v", input(i), f.Output, ok, want(i))
+			}
+		}
+	}
+	resume(func(i int) bool { return !lost[uint64(i)] })
+
+	// A new run appends after the torn tail; resumed, it is whole.
+	run.Resumed = false
+	w, err = j.Start(run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= n; i++ {
+		feed(w, uint64(i), uint64(i), KeyOf(input(i)), input(i), pool.Done, output(i))
+	}
+	if err := w.Close(0); err != nil {
+		t.Fatal(err)
+	}
+	resume(func(int) bool { return true })
+}
+
+// TestOlderSchema opens a journal of schema version 2: it is refused with
+// ErrOlderSchema, and left as it was.
+func TestOlderSchema(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "j.db")
+	j, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.DB().Exec(`PRAGMA user_version = 2`); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	if j, err := Open(path); !errors.Is(err, ErrOlderSchema) {
+		if err == nil {
+			j.Close()
+		}
+		t.Fatalf("Open of a version 2 journal: %v, want ErrOlderSchema", err)
+	}
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var v int
+	if err := db.QueryRow(`PRAGMA user_version`).Scan(&v); err != nil || v != 2 {
+		t.Errorf("user_version after the refusal = %d, %v; want 2", v, err)
 	}
 }

@@ -3,30 +3,102 @@ package journal
 import (
 	"database/sql"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"hash/crc32"
+	"io"
+	"io/fs"
+	"os"
 )
+
+// ErrSpanLost means a span row's data are not whole in the span file: the
+// file lost its tail in a crash of the system (the span file, like the
+// WAL, is not synced at every commit), or was removed. Resume runs the
+// row's tasks again.
+var ErrSpanLost = errors.New("journal: span data lost")
+
+// spanReader reads span rows' data from a journal's span file, opened at
+// the first read.
+type spanReader struct {
+	path string
+	f    *os.File
+	buf  []byte
+}
+
+// read returns the data of a span row of count tasks, at and size bytes
+// in the span file with checksum crc: its keys, its outputs' lengths and
+// its outputs (schema.sql). They are valid until the next read. It
+// returns ErrSpanLost when they are not whole.
+func (r *spanReader) read(count int, at, size, crc int64) (keys, lengths, output []byte, err error) {
+	if r.f == nil {
+		f, err := os.Open(r.path)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil, nil, fmt.Errorf("%w: %s does not exist", ErrSpanLost, r.path)
+		}
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		r.f = f
+	}
+	if at < 0 || size <= 0 || size > 1<<40 {
+		return nil, nil, nil, fmt.Errorf("journal: a span row has data of %d bytes at %d", size, at)
+	}
+	if int64(cap(r.buf)) < size {
+		r.buf = make([]byte, size)
+	}
+	b := r.buf[:size]
+	if _, err := r.f.ReadAt(b, at); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, nil, nil, fmt.Errorf("%w: %s ends before byte %d", ErrSpanLost, r.path, at+size)
+		}
+		return nil, nil, nil, err
+	}
+	if int64(crc32.Checksum(b, castagnoli)) != crc {
+		return nil, nil, nil, fmt.Errorf("%w: the %d bytes at %d of %s are not those written", ErrSpanLost, size, at, r.path)
+	}
+	l, k := binary.Uvarint(b)
+	if k <= 0 || uint64(len(b)-k) < uint64(count)*16 || uint64(len(b)-k-count*16) < l {
+		return nil, nil, nil, fmt.Errorf("journal: the data of a span row of %d tasks at %d of %s are not of one", count, at, r.path)
+	}
+	b = b[k:]
+	return b[:count*16], b[count*16 : count*16+int(l)], b[count*16+int(l):], nil
+}
+
+func (r *spanReader) close() {
+	if r.f != nil {
+		r.f.Close()
+		r.f = nil
+	}
+}
 
 // EachDone calls f for every task the journal has as done, in span rows
 // and in task rows: its run, its id in the run (the input's number) and
-// its key. A key of another length than Key's (a Python run's, or an
-// older schema's) is given as the zero Key. It stops at f's first error.
+// its key. A key of another length than Key's (a Python run's) is given
+// as the zero Key. It stops at f's first error, and fails with
+// ErrSpanLost when a span row's data are not whole.
 func (j *Journal) EachDone(f func(run int64, id uint64, key Key) error) error {
-	rows, err := j.db.Query(`SELECT run_id, first, count, ids, keys FROM span ORDER BY run_id, rowid`)
+	rows, err := j.db.Query(`SELECT run_id, first, count, ids, data_at, data_size, data_crc FROM span ORDER BY run_id, rowid`)
 	if err != nil {
 		return fmt.Errorf("journal: reading %s: %w", j.path, err)
 	}
 	defer rows.Close()
+	sr := &spanReader{path: SpanFile(j.path)}
+	defer sr.close()
 	for rows.Next() {
-		var run int64
+		var run, at, size, crc int64
 		var first uint64
 		var n int
-		var ids, keys []byte
-		if err := rows.Scan(&run, &first, &n, &ids, &keys); err != nil {
+		var ids []byte
+		if err := rows.Scan(&run, &first, &n, &ids, &at, &size, &crc); err != nil {
 			return fmt.Errorf("journal: reading %s: %w", j.path, err)
 		}
 		seqs, err := SpanIDs(first, n, ids)
-		if err != nil || len(keys) != n*len(Key{}) {
-			return fmt.Errorf("journal: reading %s: span of run %d from task %d is damaged", j.path, run, first)
+		if err != nil {
+			return fmt.Errorf("journal: reading %s: span of run %d from task %d: %w", j.path, run, first, err)
+		}
+		keys, _, _, err := sr.read(n, at, size, crc)
+		if err != nil {
+			return fmt.Errorf("journal: reading %s: span of run %d from task %d: %w", j.path, run, first, err)
 		}
 		for i, seq := range seqs {
 			if err := f(run, seq, Key(keys[i*16:i*16+16])); err != nil {
@@ -65,21 +137,55 @@ func (j *Journal) EachDone(f func(run int64, id uint64, key Key) error) error {
 }
 
 // SpanIDs decodes the ids of the n tasks of a span row whose first task
-// is first (schema.sql: span.ids).
+// is first (schema.sql: span.ids, runs of consecutive ids).
 func SpanIDs(first uint64, n int, ids []byte) ([]uint64, error) {
 	out := make([]uint64, 0, n)
-	prev := first
+	expect := first
 	for len(ids) > 0 {
 		d, k := binary.Varint(ids)
 		if k <= 0 {
 			return nil, fmt.Errorf("journal: bad span ids")
 		}
 		ids = ids[k:]
-		prev += uint64(d)
-		out = append(out, prev)
+		l, k := binary.Uvarint(ids)
+		if k <= 0 || l > uint64(n-len(out)) {
+			return nil, fmt.Errorf("journal: bad span ids")
+		}
+		ids = ids[k:]
+		start := expect + uint64(d)
+		for i := range l {
+			out = append(out, start+i)
+		}
+		expect = start + l
 	}
 	if len(out) != n {
 		return nil, fmt.Errorf("journal: a span of %d tasks has %d ids", n, len(out))
 	}
 	return out, nil
+}
+
+// SpanParts decodes the parts of a span row of n tasks (schema.sql:
+// span.parts) and calls f for each: how many tasks, their attempt's time
+// and its PeakRSS in bytes (0: unknown).
+func SpanParts(n int, parts []byte, f func(count int, runtime, peak int64)) error {
+	seen := 0
+	for len(parts) > 0 {
+		var v [3]uint64
+		for i := range v {
+			x, k := binary.Uvarint(parts)
+			if k <= 0 {
+				return fmt.Errorf("journal: bad span parts")
+			}
+			v[i], parts = x, parts[k:]
+		}
+		if v[0] == 0 || v[0] > uint64(n-seen) {
+			return fmt.Errorf("journal: bad span parts")
+		}
+		seen += int(v[0])
+		f(int(v[0]), int64(v[1])*1000, int64(v[2])<<10)
+	}
+	if seen != n {
+		return fmt.Errorf("journal: a span of %d tasks has parts of %d", n, seen)
+	}
+	return nil
 }

@@ -5,6 +5,9 @@ import (
 	"database/sql"
 	"encoding/binary"
 	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -89,6 +92,7 @@ type Writer struct {
 	// making the rows of a block's lines and writing them each took
 	// about half of the writer's time, which was what bounded map's
 	// throughput with a journal.
+	spanFile  *os.File // the span file, appended to by the committer, which opens it
 	toCommit  chan *rows
 	freeRows  chan *rows
 	committed chan struct{} // closed by the committer when it has written all
@@ -399,6 +403,13 @@ func (w *Writer) loop() {
 // it is: the pool goes on, and Close reports the error.
 func (w *Writer) committer() {
 	defer close(w.committed)
+	defer func() {
+		if w.spanFile != nil {
+			if err := w.spanFile.Close(); err != nil && w.err == nil {
+				w.err = err
+			}
+		}
+	}()
 	for b := range w.toCommit {
 		if w.err == nil {
 			if err := w.commit(b); err != nil {
@@ -418,7 +429,7 @@ func (w *Writer) flush(recs [][]record) {
 		run := strconv.FormatInt(w.runID, 10)
 		row := func(binds int) string { return "(" + run + strings.Repeat(", ?", binds) + ")" }
 		b.tasks.into, b.tasks.row = taskInto, row(9)
-		b.spans.into, b.spans.row = spanInto, row(12)
+		b.spans.into, b.spans.row = spanInto, row(11)
 		b.attempts.into, b.attempts.row = attemptInto, row(10)
 		b.samples.into, b.samples.row = sampleInto, row(4)
 		b.events.into, b.events.row = eventInto, row(5)
@@ -478,8 +489,17 @@ func (w *Writer) sampleMemory(b *rows, at int64) {
 	b.samples.add(at, int64(0), "total", total)
 }
 
-// commit writes b in one transaction.
+// commit appends b's span data to the span file, then writes b in one
+// transaction: a row of span is never committed before its data are in
+// the file.
 func (w *Writer) commit(b *rows) error {
+	if len(b.spanData) > 0 {
+		base, err := w.appendSpans(b.spanData)
+		if err != nil {
+			return err
+		}
+		b.placeSpans(base)
+	}
 	tx, err := w.j.db.Begin()
 	if err != nil {
 		return err
@@ -510,11 +530,59 @@ func (w *Writer) commit(b *rows) error {
 	return tx.Commit()
 }
 
+// appendSpans appends data to the span file, opened at the first call,
+// with one write(2), and returns the offset they begin at. The file is
+// opened to append, so that another process writing the same journal
+// does not write over them: one write to a regular file is not
+// interleaved with another's.
+func (w *Writer) appendSpans(data []byte) (int64, error) {
+	if w.spanFile == nil {
+		f, err := os.OpenFile(SpanFile(w.j.path), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			return 0, err
+		}
+		w.spanFile = f
+	}
+	n, err := w.spanFile.Write(data)
+	if err != nil {
+		return 0, err
+	}
+	end, err := w.spanFile.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return 0, err
+	}
+	return end - int64(n), nil
+}
+
 // rows are the rows one transaction writes, table by table.
 type rows struct {
 	tasks, spans, attempts, samples, events table
 	// updates are of tasks written as pending, runs of the run's row.
 	updates, runs table
+	// spanData are the data of the span rows, for the span file: each
+	// row's data_at is where its data begin here until placeSpans.
+	spanData []byte
+}
+
+// Columns of a span row in table.args, from its first (schema.sql).
+const (
+	spanDataAt   = 8
+	spanDataSize = 9
+	spanDataCRC  = 10
+)
+
+// castagnoli is CRC-32C's table: the checksum of span data.
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// placeSpans sets the place and checksum of b's span rows once their data
+// were written to the span file from offset base on.
+func (b *rows) placeSpans(base int64) {
+	t := &b.spans
+	for i := 0; i < len(t.args); i += t.cols {
+		at, size := t.args[i+spanDataAt].(int64), t.args[i+spanDataSize].(int64)
+		t.args[i+spanDataCRC] = int64(crc32.Checksum(b.spanData[at:at+size], castagnoli))
+		t.args[i+spanDataAt] = base + at
+	}
 }
 
 // inserts are b's tables of rows to insert.
@@ -528,6 +596,7 @@ func (b *rows) reset() {
 		clear(t.args)
 		t.args = t.args[:0]
 	}
+	b.spanData = b.spanData[:0]
 }
 
 func (b *rows) empty() bool {
@@ -551,7 +620,7 @@ type table struct {
 
 var (
 	taskInto    = `task (run_id, id, key, input, state, attempts, cause, peak, output, ended)`
-	spanInto    = `span (run_id, first, count, ids, keys, runtimes, peaks, lengths, output, started, ended, worker_pid, peak)`
+	spanInto    = `span (run_id, first, count, ids, parts, started, ended, worker_pid, peak, data_at, data_size, data_crc)`
 	attemptInto = `attempt (run_id, task_id, number, worker_pid, started, ended, cause, exit_code, signal, peak, message)`
 	sampleInto  = `sample (run_id, at, worker_pid, series, value)`
 	eventInto   = `event (run_id, at, kind, task_id, worker_pid, detail)`
@@ -734,7 +803,7 @@ func (w *Writer) taskEnded(b *rows, id uint64, res *pool.Result, at int64) {
 	delete(w.retrying, id)
 	if doneAtOnce(res) && !lt.inserted {
 		a := &res.Attempts[0]
-		w.spanAdd(b, lt.seq, lt.key, res.Output, a, a.Start.UnixNano(), a.End.UnixNano())
+		w.spanAdd(b, lt.seq, lt.key, res.Output, a)
 		return
 	}
 	w.taskRow(b, lt, 0, res, res.Output, at)
@@ -889,138 +958,165 @@ const (
 )
 
 // span gathers the tasks done at their first attempt for one row of span
-// (schema.sql).
+// (schema.sql). Its keys, lengths and output go to the span file.
 type span struct {
-	n           int
-	first, prev uint64 // the journal ids of its first and last tasks
-	ids, keys   []byte
-	runtimes    []byte
-	peaks       []byte
-	lengths     []byte // with Run.StoreOutput
-	output      []byte
-	started     int64
-	ended       int64
-	pid         int // the worker that ran them all, or 0
-	peak        int64
+	n     int
+	first uint64 // the journal id of its first task
+	// The run of consecutive ids being added, [runStart, runEnd), not in
+	// ids yet; expect is where the run after the last in ids was expected
+	// to start (schema.sql: span.ids).
+	runStart, runEnd, expect uint64
+	ids, parts               []byte
+	keys                     []byte
+	lengths                  []byte // with Run.StoreOutput
+	output                   []byte
+	started                  int64
+	ended                    int64
+	pid                      int // the worker that ran them all, or 0
+	peak                     int64
 }
 
 // spanAdd adds the seq-th input, with key, done at its first attempt a
-// with out, to the span, and writes the span when it is full. start and
-// end bound its run: a's, or its item's in a batch.
-func (w *Writer) spanAdd(b *rows, seq uint64, key Key, out []byte, a *pool.Attempt, start, end int64) {
-	var full bool
-	if w.span, full = w.span.add(seq, key, out, a, start, end, w.run.StoreOutput); full {
+// with out, to the span, as a part of its own, and writes the span when
+// it is full.
+func (w *Writer) spanAdd(b *rows, seq uint64, key Key, out []byte, a *pool.Attempt) {
+	s := &w.span
+	if s.n == 0 {
+		s.begin(seq, a)
+	}
+	s.addID(seq)
+	s.keys = append(s.keys, key[:]...)
+	if w.run.StoreOutput {
+		s.lengths = binary.AppendUvarint(s.lengths, uint64(len(out)))
+		s.output = append(s.output, out...)
+	}
+	s.n++
+	s.part(1, a.Start.UnixNano(), a.End.UnixNano(), a)
+	if s.full() {
 		w.endSpan(b)
 	}
 }
 
-// add returns s with a task added, as spanAdd, and reports whether it is
-// full. It takes and returns s by value so that the items of a batch are
-// added to a local copy of the writer's span: a slice stored through a
-// pointer costs a write barrier while the GC runs, which was most of the
-// cost of an item.
-func (s span) add(seq uint64, key Key, out []byte, a *pool.Attempt, start, end int64, storeOutput bool) (span, bool) {
-	if s.n == 0 {
-		s.first, s.prev = seq, seq
-		s.started, s.ended, s.pid, s.peak = start, end, a.WorkerPID, 0
+// begin starts the span with the seq-th input, whose attempt is a.
+func (s *span) begin(seq uint64, a *pool.Attempt) {
+	s.first, s.expect, s.runStart, s.runEnd = seq, seq, seq, seq
+	s.started, s.ended, s.pid, s.peak = a.Start.UnixNano(), a.End.UnixNano(), a.WorkerPID, 0
+}
+
+// addID adds seq to the span's runs of ids.
+func (s *span) addID(seq uint64) {
+	if seq == s.runEnd {
+		s.runEnd++
+		return
 	}
-	s.ids = binary.AppendVarint(s.ids, int64(seq-s.prev)) // zigzag
-	s.prev = seq
-	s.keys = append(s.keys, key[:]...)
-	s.runtimes = binary.AppendUvarint(s.runtimes, uint64(max(end-start, 0)/1000))
-	s.peaks = binary.AppendUvarint(s.peaks, uint64(max(a.PeakRSS, 0)>>10))
-	if storeOutput {
-		s.lengths = binary.AppendUvarint(s.lengths, uint64(len(out)))
-		s.output = append(s.output, out...)
+	s.endRun()
+	s.runStart, s.runEnd = seq, seq+1
+}
+
+// endRun adds the run being added to ids.
+func (s *span) endRun() {
+	if s.runEnd == s.runStart {
+		return
 	}
+	s.ids = binary.AppendVarint(s.ids, int64(s.runStart-s.expect)) // zigzag
+	s.ids = binary.AppendUvarint(s.ids, s.runEnd-s.runStart)
+	s.expect = s.runEnd
+	s.runStart = s.runEnd
+}
+
+// part records that the last n tasks added ran from start to end in
+// attempt a.
+func (s *span) part(n int, start, end int64, a *pool.Attempt) {
+	s.parts = binary.AppendUvarint(s.parts, uint64(n))
+	s.parts = binary.AppendUvarint(s.parts, uint64(max(end-start, 0)/1000))
+	s.parts = binary.AppendUvarint(s.parts, uint64(max(a.PeakRSS, 0)>>10))
 	s.started, s.ended = min(s.started, start), max(s.ended, end)
 	if s.pid != a.WorkerPID {
 		s.pid = 0
 	}
 	s.peak = max(s.peak, a.PeakRSS)
-	s.n++
-	return s, s.n >= maxSpan || len(s.output) >= maxSpanOutput
 }
 
 // full reports whether the span is full: its row is to be written.
 func (s *span) full() bool { return s.n >= maxSpan || len(s.output) >= maxSpanOutput }
 
 // addItems adds the items of lt from items[i] on, which its first attempt
-// a did, to the span, as add does one by one, until the span is full; it
-// marks them ended in lt, and returns the index of the first item it did
-// not take. An item not of lt, or ended already, is passed over. It works
-// on local copies of the span's slices, so that an item costs no write
-// barrier of a slice stored through a pointer while the GC runs.
+// a did, to the span, as one part, until the span is full; it marks them
+// ended in lt, and returns the index of the first item it did not take.
+// An item not of lt, or ended already, is passed over. It works on local
+// copies of the span's slices, so that an item costs no write barrier of
+// a slice stored through a pointer while the GC runs.
 func (s *span) addItems(lt *liveTask, items []pool.Item, i int, a *pool.Attempt, storeOutput bool) int {
-	ids, keys, runtimes, peaks, lengths, output := s.ids, s.keys, s.runtimes, s.peaks, s.lengths, s.output
-	n, prev, started, ended := s.n, s.prev, s.started, s.ended
-	aStart, aEnd := a.Start.UnixNano(), a.End.UnixNano()
-	peak := uint64(max(a.PeakRSS, 0) >> 10)
-	if n == 0 {
-		s.pid, s.peak = a.WorkerPID, 0
-	}
+	keys, lengths, output := s.keys, s.lengths, s.output
+	n := s.n
+	added := 0
+	var firstItem, lastItem *pool.Item
 	for ; i < len(items) && n < maxSpan && len(output) < maxSpanOutput; i++ {
 		it := &items[i]
 		if it.Index < 0 || it.Index >= len(lt.seqs) || lt.seqs[it.Index] == 0 {
 			continue // not of the batch, or ended already
 		}
 		seq := lt.seqs[it.Index]
-		start, end := aStart, aEnd
-		if !it.Start.IsZero() {
-			start, end = it.Start.UnixNano(), it.End.UnixNano()
-		}
 		if n == 0 {
-			s.first, prev, started, ended = seq, seq, start, end
+			s.begin(seq, a)
 		}
-		ids = binary.AppendVarint(ids, int64(seq-prev)) // zigzag
-		prev = seq
+		if seq == s.runEnd {
+			s.runEnd++
+		} else {
+			s.addID(seq)
+		}
 		keys = append(keys, lt.keys[it.Index][:]...)
-		runtimes = binary.AppendUvarint(runtimes, uint64(max(end-start, 0)/1000))
-		peaks = binary.AppendUvarint(peaks, peak)
 		if storeOutput {
 			lengths = binary.AppendUvarint(lengths, uint64(len(it.Output)))
 			output = append(output, it.Output...)
 		}
-		started, ended = min(started, start), max(ended, end)
+		if firstItem == nil {
+			firstItem = it
+		}
+		lastItem = it
 		n++
+		added++
 		// Ended. Its input goes with the batch's record, when the last
 		// item ends: clearing it here would cost a write barrier an item.
 		lt.seqs[it.Index] = 0
 		lt.left--
 	}
-	if s.pid != a.WorkerPID {
-		s.pid = 0
+	s.keys, s.lengths, s.output, s.n = keys, lengths, output, n
+	if added > 0 {
+		// The part runs from its first item's start to its last's end,
+		// or over the attempt when the items were not timed.
+		start, end := a.Start.UnixNano(), a.End.UnixNano()
+		if !firstItem.Start.IsZero() && !lastItem.End.IsZero() {
+			start, end = firstItem.Start.UnixNano(), lastItem.End.UnixNano()
+		}
+		s.part(added, start, end, a)
 	}
-	s.peak = max(s.peak, a.PeakRSS)
-	s.ids, s.keys, s.runtimes, s.peaks, s.lengths, s.output = ids, keys, runtimes, peaks, lengths, output
-	s.n, s.prev, s.started, s.ended = n, prev, started, ended
 	return i
 }
 
-// endSpan adds the span's row to b, if it holds any task, and starts the
-// next one.
+// endSpan adds the span's row to b, and its data to b's span data, if it
+// holds any task, and starts the next one. The committer sets the row's
+// place in the span file and its checksum (rows.placeSpans).
 func (w *Writer) endSpan(b *rows) {
 	s := &w.span
 	if s.n == 0 {
 		return
 	}
-	var lengths, output any
-	if w.run.StoreOutput {
-		lengths, output = s.lengths, s.output
-		if s.output == nil {
-			output = []byte{}
-		}
-	}
-	b.spans.add(int64(s.first), int64(s.n), s.ids, s.keys, s.runtimes, s.peaks, lengths, output, s.started, s.ended,
-		nullInt(int64(s.pid)), nullInt(s.peak))
-	// The row keeps the slices until the transaction ends: the next span
-	// has its own, the size of this one's.
+	s.endRun()
+	at := len(b.spanData)
+	b.spanData = binary.AppendUvarint(b.spanData, uint64(len(s.lengths)))
+	b.spanData = append(b.spanData, s.keys...)
+	b.spanData = append(b.spanData, s.lengths...)
+	b.spanData = append(b.spanData, s.output...)
+	b.spans.add(int64(s.first), int64(s.n), s.ids, s.parts, s.started, s.ended,
+		nullInt(int64(s.pid)), nullInt(s.peak), int64(at), int64(len(b.spanData)-at), int64(0))
+	// The row keeps ids and parts until the transaction ends: the next
+	// span has its own. Its data were copied: their slices are reused.
 	*s = span{
-		ids:      make([]byte, 0, cap(s.ids)),
-		keys:     make([]byte, 0, cap(s.keys)),
-		runtimes: make([]byte, 0, cap(s.runtimes)),
-		peaks:    make([]byte, 0, cap(s.peaks)),
-		lengths:  make([]byte, 0, cap(s.lengths)),
-		output:   make([]byte, 0, cap(s.output)),
+		ids:     make([]byte, 0, cap(s.ids)),
+		parts:   make([]byte, 0, cap(s.parts)),
+		keys:    s.keys[:0],
+		lengths: s.lengths[:0],
+		output:  s.output[:0],
 	}
 }
