@@ -6,9 +6,11 @@
 -- same journal finished.
 --
 -- Most tasks end done at their first attempt: those are written in bulk,
--- many to a row of span, with their keys and outputs packed in blobs.
--- Every other task (pending, failed, poison, cancelled, skipped, done after
--- a retry) has a row of task of its own, with its attempts in attempt.
+-- many to a row of span, with their keys and outputs in the span file.
+-- Tasks a resumed run skips because an earlier run had them done are
+-- written in bulk too, to rows of skip. Every other task (pending, failed,
+-- poison, cancelled, skipped after a failure, done after a retry) has a
+-- row of task of its own, with its attempts in attempt.
 
 PRAGMA user_version = 3;
 
@@ -78,6 +80,20 @@ CREATE TABLE IF NOT EXISTS span (
 	-- the other, for resume to replay.
 );
 CREATE INDEX IF NOT EXISTS span_run ON span(run_id, first);
+
+-- Tasks a resumed run skipped because an earlier run had them done, many
+-- to a row: those a commit writes, up to 65536 to a row. They have no row
+-- in task (a skipped task whose earlier run failed, with --resume, has
+-- one, with its cause), and their keys and inputs are those of the
+-- earlier run's rows.
+CREATE TABLE IF NOT EXISTS skip (
+	run_id     INTEGER NOT NULL REFERENCES run(id),
+	first      INTEGER NOT NULL,     -- the id (as task.id) of its first task
+	count      INTEGER NOT NULL,     -- how many tasks it holds
+	ids        BLOB NOT NULL,        -- its tasks' ids, in runs as span.ids
+	ended      INTEGER NOT NULL      -- when the last of them was skipped
+);
+CREATE INDEX IF NOT EXISTS skip_run ON skip(run_id, first);
 
 -- One row per attempt of a task in task, as it ends.
 CREATE TABLE IF NOT EXISTS attempt (

@@ -85,6 +85,7 @@ type Writer struct {
 	workers       map[int]bool
 	sampleWorkers bool
 	span          span // the tasks done at their first attempt since the last span row
+	skip          skip // the tasks skipped as done since the last skip row
 
 	// The goroutine makes a transaction's rows while the committer, a
 	// goroutine of its own, writes the previous one's: the rows come
@@ -430,6 +431,7 @@ func (w *Writer) flush(recs [][]record) {
 		row := func(binds int) string { return "(" + run + strings.Repeat(", ?", binds) + ")" }
 		b.tasks.into, b.tasks.row = taskInto, row(9)
 		b.spans.into, b.spans.row = spanInto, row(11)
+		b.skips.into, b.skips.row = skipInto, row(4)
 		b.attempts.into, b.attempts.row = attemptInto, row(10)
 		b.samples.into, b.samples.row = sampleInto, row(4)
 		b.events.into, b.events.row = eventInto, row(5)
@@ -440,6 +442,7 @@ func (w *Writer) flush(recs [][]record) {
 		}
 	}
 	w.endSpan(b)
+	w.endSkip(b)
 	// Tasks that outlive a whole interval are written as pending, so that
 	// the journal lists them if the supervisor dies; most tasks end
 	// within one and are written once, whole, many to a span row. (Those
@@ -556,7 +559,7 @@ func (w *Writer) appendSpans(data []byte) (int64, error) {
 
 // rows are the rows one transaction writes, table by table.
 type rows struct {
-	tasks, spans, attempts, samples, events table
+	tasks, spans, skips, attempts, samples, events table
 	// updates are of tasks written as pending, runs of the run's row.
 	updates, runs table
 	// spanData are the data of the span rows, for the span file: each
@@ -587,7 +590,7 @@ func (b *rows) placeSpans(base int64) {
 
 // inserts are b's tables of rows to insert.
 func (b *rows) inserts() []*table {
-	return []*table{&b.tasks, &b.spans, &b.attempts, &b.samples, &b.events}
+	return []*table{&b.tasks, &b.spans, &b.skips, &b.attempts, &b.samples, &b.events}
 }
 
 // reset empties b, keeping its memory for the next transaction.
@@ -621,6 +624,7 @@ type table struct {
 var (
 	taskInto    = `task (run_id, id, key, input, state, attempts, cause, peak, output, ended)`
 	spanInto    = `span (run_id, first, count, ids, parts, started, ended, worker_pid, peak, data_at, data_size, data_crc)`
+	skipInto    = `skip (run_id, first, count, ids, ended)`
 	attemptInto = `attempt (run_id, task_id, number, worker_pid, started, ended, cause, exit_code, signal, peak, message)`
 	sampleInto  = `sample (run_id, at, worker_pid, series, value)`
 	eventInto   = `event (run_id, at, kind, task_id, worker_pid, detail)`
@@ -728,7 +732,20 @@ func (w *Writer) rows(b *rows, r *record) {
 		}
 		w.bases = append(w.bases, r.id)
 	case recSkip:
-		b.tasks.add(int64(r.seq), r.key[:], r.input, "skipped", 0, nullString(r.text), nil, nil, r.at)
+		if r.text != "" {
+			b.tasks.add(int64(r.seq), r.key[:], r.input, "skipped", 0, nullString(r.text), nil, nil, r.at)
+			return
+		}
+		sk := &w.skip
+		if sk.n == 0 {
+			sk.begin(r.seq)
+		}
+		sk.addID(r.seq)
+		sk.n++
+		sk.at = r.at
+		if sk.n >= maxSkip {
+			w.endSkip(b)
+		}
 	case recNotice:
 		w.event(b, r.at, "notice", 0, 0, r.text)
 	case recRun:
@@ -957,23 +974,56 @@ const (
 	maxSpanOutput = 1 << 20
 )
 
+// idRuns are the ids of a span or skip row, in runs of consecutive ids
+// (schema.sql: span.ids).
+type idRuns struct {
+	first uint64 // the first id
+	// The run of consecutive ids being added, [runStart, runEnd), not in
+	// ids yet; expect is where the run after the last in ids was expected
+	// to start.
+	runStart, runEnd, expect uint64
+	ids                      []byte
+}
+
+// begin starts the ids with seq.
+func (r *idRuns) begin(seq uint64) {
+	r.first, r.expect, r.runStart, r.runEnd = seq, seq, seq, seq
+}
+
+// addID adds seq to the runs.
+func (r *idRuns) addID(seq uint64) {
+	if seq == r.runEnd {
+		r.runEnd++
+		return
+	}
+	r.endRun()
+	r.runStart, r.runEnd = seq, seq+1
+}
+
+// endRun adds the run being added to ids.
+func (r *idRuns) endRun() {
+	if r.runEnd == r.runStart {
+		return
+	}
+	r.ids = binary.AppendVarint(r.ids, int64(r.runStart-r.expect)) // zigzag
+	r.ids = binary.AppendUvarint(r.ids, r.runEnd-r.runStart)
+	r.expect = r.runEnd
+	r.runStart = r.runEnd
+}
+
 // span gathers the tasks done at their first attempt for one row of span
 // (schema.sql). Its keys, lengths and output go to the span file.
 type span struct {
-	n     int
-	first uint64 // the journal id of its first task
-	// The run of consecutive ids being added, [runStart, runEnd), not in
-	// ids yet; expect is where the run after the last in ids was expected
-	// to start (schema.sql: span.ids).
-	runStart, runEnd, expect uint64
-	ids, parts               []byte
-	keys                     []byte
-	lengths                  []byte // with Run.StoreOutput
-	output                   []byte
-	started                  int64
-	ended                    int64
-	pid                      int // the worker that ran them all, or 0
-	peak                     int64
+	n int
+	idRuns
+	parts   []byte
+	keys    []byte
+	lengths []byte // with Run.StoreOutput
+	output  []byte
+	started int64
+	ended   int64
+	pid     int // the worker that ran them all, or 0
+	peak    int64
 }
 
 // spanAdd adds the seq-th input, with key, done at its first attempt a
@@ -982,7 +1032,7 @@ type span struct {
 func (w *Writer) spanAdd(b *rows, seq uint64, key Key, out []byte, a *pool.Attempt) {
 	s := &w.span
 	if s.n == 0 {
-		s.begin(seq, a)
+		s.start(seq, a)
 	}
 	s.addID(seq)
 	s.keys = append(s.keys, key[:]...)
@@ -997,31 +1047,10 @@ func (w *Writer) spanAdd(b *rows, seq uint64, key Key, out []byte, a *pool.Attem
 	}
 }
 
-// begin starts the span with the seq-th input, whose attempt is a.
-func (s *span) begin(seq uint64, a *pool.Attempt) {
-	s.first, s.expect, s.runStart, s.runEnd = seq, seq, seq, seq
+// start starts the span with the seq-th input, whose attempt is a.
+func (s *span) start(seq uint64, a *pool.Attempt) {
+	s.begin(seq)
 	s.started, s.ended, s.pid, s.peak = a.Start.UnixNano(), a.End.UnixNano(), a.WorkerPID, 0
-}
-
-// addID adds seq to the span's runs of ids.
-func (s *span) addID(seq uint64) {
-	if seq == s.runEnd {
-		s.runEnd++
-		return
-	}
-	s.endRun()
-	s.runStart, s.runEnd = seq, seq+1
-}
-
-// endRun adds the run being added to ids.
-func (s *span) endRun() {
-	if s.runEnd == s.runStart {
-		return
-	}
-	s.ids = binary.AppendVarint(s.ids, int64(s.runStart-s.expect)) // zigzag
-	s.ids = binary.AppendUvarint(s.ids, s.runEnd-s.runStart)
-	s.expect = s.runEnd
-	s.runStart = s.runEnd
 }
 
 // part records that the last n tasks added ran from start to end in
@@ -1058,7 +1087,7 @@ func (s *span) addItems(lt *liveTask, items []pool.Item, i int, a *pool.Attempt,
 		}
 		seq := lt.seqs[it.Index]
 		if n == 0 {
-			s.begin(seq, a)
+			s.start(seq, a)
 		}
 		if seq == s.runEnd {
 			s.runEnd++
@@ -1113,10 +1142,33 @@ func (w *Writer) endSpan(b *rows) {
 	// The row keeps ids and parts until the transaction ends: the next
 	// span has its own. Its data were copied: their slices are reused.
 	*s = span{
-		ids:     make([]byte, 0, cap(s.ids)),
+		idRuns:  idRuns{ids: make([]byte, 0, cap(s.ids))},
 		parts:   make([]byte, 0, cap(s.parts)),
 		keys:    s.keys[:0],
 		lengths: s.lengths[:0],
 		output:  s.output[:0],
 	}
+}
+
+// maxSkip is how many tasks a skip row holds at most.
+const maxSkip = 1 << 16
+
+// skip gathers the tasks a resumed run skips because an earlier run had
+// them done, for one row of skip (schema.sql).
+type skip struct {
+	n int
+	idRuns
+	at int64 // when the last was skipped
+}
+
+// endSkip adds the skip row to b, if it holds any task, and starts the
+// next one.
+func (w *Writer) endSkip(b *rows) {
+	sk := &w.skip
+	if sk.n == 0 {
+		return
+	}
+	sk.endRun()
+	b.skips.add(int64(sk.first), int64(sk.n), sk.ids, sk.at)
+	*sk = skip{}
 }

@@ -159,6 +159,9 @@ func (l *loader) loadRun(ctx context.Context) error {
 		if l.spans {
 			spanEnd = " UNION ALL SELECT MAX(ended) FROM span WHERE run_id = ?1"
 		}
+		if l.version >= 3 {
+			spanEnd += " UNION ALL SELECT MAX(ended) FROM skip WHERE run_id = ?1"
+		}
 		err := l.db.QueryRowContext(ctx, `SELECT MAX(m) FROM (
 			SELECT MAX(at) m FROM sample WHERE run_id = ?1
 			UNION ALL SELECT MAX(at) FROM event WHERE run_id = ?1

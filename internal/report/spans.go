@@ -13,7 +13,8 @@ import (
 
 // spanCounts adds the tasks of the run's span rows (tasks done at their
 // first attempt, many to a row) to the counts: each is a task done, and
-// an attempt that succeeded.
+// an attempt that succeeded; and those of its skip rows, tasks skipped.
+// Skipped tasks of skip rows are not listed in the table.
 func (l *loader) spanCounts(ctx context.Context) error {
 	if !l.spans {
 		return nil
@@ -27,6 +28,18 @@ func (l *loader) spanCounts(ctx context.Context) error {
 		l.r.States["done"] += n
 		l.r.Tasks += n
 		l.r.Attempts += n
+	}
+	if l.version < 3 {
+		return nil
+	}
+	// Tasks skipped as done in an earlier run, many to a row of skip.
+	err = l.db.QueryRowContext(ctx, "SELECT COALESCE(SUM(count), 0) FROM skip WHERE run_id = ?", l.r.ID).Scan(&n)
+	if err != nil {
+		return l.fail("counting tasks", err)
+	}
+	if n > 0 {
+		l.r.States["skipped"] += n
+		l.r.Tasks += n
 	}
 	return nil
 }

@@ -34,6 +34,18 @@ func TestSpansAndWaits(t *testing.T) {
 		VALUES (?, 1, 4, ?, ?, ?, ?, 0, 0, 0)`, id, ids, parts, start.UnixNano(), start.Add(time.Second).UnixNano())
 	checkSpanRun(t, j, map[int64]time.Duration{1: 1500 * time.Microsecond, 2: 1500 * time.Microsecond, 3: 0,
 		4: 4 * time.Millisecond, 5: 3 * time.Millisecond})
+
+	// Tasks 6 to 8 skipped as done in an earlier run, in a skip row, are
+	// counted as skipped.
+	ids = binary.AppendUvarint(binary.AppendVarint(nil, 0), 3)
+	mustExec(t, j, `INSERT INTO skip (run_id, first, count, ids, ended) VALUES (?, 6, 3, ?, ?)`, id, ids, start.UnixNano())
+	r, err := report.Load(context.Background(), j.path, report.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Tasks != 8 || r.States["skipped"] != 3 || r.States["done"] != 4 {
+		t.Errorf("tasks, skipped, done = %d, %d, %d; want 8, 3, 4", r.Tasks, r.States["skipped"], r.States["done"])
+	}
 }
 
 // TestSpansVersion2 reads the span rows of a journal of schema version 2,
