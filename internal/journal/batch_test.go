@@ -552,3 +552,83 @@ func TestOlderSchema(t *testing.T) {
 		t.Errorf("user_version after the refusal = %d, %v; want 2", v, err)
 	}
 }
+
+// TestSpanOutputKinds keeps outputs of every kind in span rows and
+// replays them on resume: a whole block of lines at once (its answer
+// lines as they came), lines of a block settled in several Results, and
+// then, in the same span, a framed batch's outputs, which may hold
+// newlines (the span's outputs then go with their lengths).
+func TestSpanOutputKinds(t *testing.T) {
+	j, err := Open(filepath.Join(t.TempDir(), "j.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	run := Run{Kind: "map", Command: "[]", StoreOutput: true}
+	want := map[string]string{}
+	now := time.Now()
+	// submit gives w a batch of inputs from seq on, with pool ids from id.
+	submit := func(w *Writer, id, seq uint64, inputs ...string) {
+		seqs, keys := make([]uint64, len(inputs)), make([]Key, len(inputs))
+		var block []byte
+		for i, in := range inputs {
+			seqs[i], keys[i] = seq+uint64(i), KeyOf([]byte(in))
+			block = append(append(block, in...), '\n')
+		}
+		w.SubmitLines(id, seqs, keys, block)
+	}
+	// end settles the items of batch id done: index and output, in turn;
+	// lines says they are a line batch's, whose Result.Output holds them.
+	end := func(w *Writer, id uint64, lines bool, inputs []string, settled ...any) {
+		res := pool.Result{ID: id, State: pool.Done,
+			Attempts: []pool.Attempt{{Number: 1, WorkerPID: 7, Start: now, End: now.Add(time.Millisecond), ExitCode: -1}}}
+		for k := 0; k < len(settled); k += 2 {
+			i, out := settled[k].(int), settled[k+1].(string)
+			res.Items = append(res.Items, pool.Item{ID: id + uint64(i), Index: i, Output: []byte(out)})
+			if lines {
+				res.Output = append(append(res.Output, out...), '\n')
+			}
+			want[inputs[i]] = out
+		}
+		w.Observe(pool.Event{Kind: pool.EventTaskEnded, Time: now, TaskID: id, Result: &res})
+	}
+	w, err := j.Start(run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b1 := []string{"l1", "l2", "l3"}
+	submit(w, 1, 1, b1...)
+	end(w, 1, true, b1, 0, "a", 1, "bb", 2, "")
+	b2 := []string{"m1", "m2"}
+	submit(w, 4, 4, b2...)
+	end(w, 4, true, b2, 1, "q")
+	end(w, 4, true, b2, 0, "p")
+	b3 := []string{"f1", "f2", "f3"}
+	submit(w, 6, 6, b3...)
+	end(w, 6, false, b3, 2, "x\ny", 0, "", 1, "z\n")
+	if err := w.Close(0); err != nil {
+		t.Fatal(err)
+	}
+	var spans, tasks int
+	j.DB().QueryRow(`SELECT count(*), sum(count) FROM span`).Scan(&spans, &tasks)
+	if spans != 1 || tasks != 8 {
+		t.Errorf("%d span rows of %d tasks, want 1 of 8", spans, tasks)
+	}
+	run.Resumed = true
+	w, err = j.Start(run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(0)
+	r, err := w.Resumer(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for in, out := range want {
+		f, ok, err := r.Lookup(KeyOf([]byte(in)))
+		if err != nil || !ok || string(f.Output) != out {
+			t.Errorf("Lookup(%s) = %q, %v, %v; want %q", in, f.Output, ok, err, out)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"bytes"
 	"database/sql"
 	"encoding/binary"
 	"errors"
@@ -25,23 +26,33 @@ type spanReader struct {
 	buf  []byte
 }
 
+// spanData is what the data of a span row hold (schema.sql).
+type spanData struct {
+	keys []byte // 16 bytes a task
+	// format is how the outputs are kept: outputsNone, outputsLines
+	// (output, each followed by a newline) or outputsWithLengths
+	// (lengths, varints, and output, the outputs one after the other).
+	format  byte
+	lengths []byte
+	output  []byte
+}
+
 // read returns the data of a span row of count tasks, at and size bytes
-// in the span file with checksum crc: its keys, its outputs' lengths and
-// its outputs (schema.sql). They are valid until the next read. It
-// returns ErrSpanLost when they are not whole.
-func (r *spanReader) read(count int, at, size, crc int64) (keys, lengths, output []byte, err error) {
+// in the span file with checksum crc. They are valid until the next read.
+// It returns ErrSpanLost when they are not whole.
+func (r *spanReader) read(count int, at, size, crc int64) (d spanData, err error) {
 	if r.f == nil {
 		f, err := os.Open(r.path)
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil, nil, fmt.Errorf("%w: %s does not exist", ErrSpanLost, r.path)
+			return d, fmt.Errorf("%w: %s does not exist", ErrSpanLost, r.path)
 		}
 		if err != nil {
-			return nil, nil, nil, err
+			return d, err
 		}
 		r.f = f
 	}
 	if at < 0 || size <= 0 || size > 1<<40 {
-		return nil, nil, nil, fmt.Errorf("journal: a span row has data of %d bytes at %d", size, at)
+		return d, fmt.Errorf("journal: a span row has data of %d bytes at %d", size, at)
 	}
 	if int64(cap(r.buf)) < size {
 		r.buf = make([]byte, size)
@@ -49,19 +60,71 @@ func (r *spanReader) read(count int, at, size, crc int64) (keys, lengths, output
 	b := r.buf[:size]
 	if _, err := r.f.ReadAt(b, at); err != nil {
 		if errors.Is(err, io.EOF) {
-			return nil, nil, nil, fmt.Errorf("%w: %s ends before byte %d", ErrSpanLost, r.path, at+size)
+			return d, fmt.Errorf("%w: %s ends before byte %d", ErrSpanLost, r.path, at+size)
 		}
-		return nil, nil, nil, err
+		return d, err
 	}
 	if int64(crc32.Checksum(b, castagnoli)) != crc {
-		return nil, nil, nil, fmt.Errorf("%w: the %d bytes at %d of %s are not those written", ErrSpanLost, size, at, r.path)
+		return d, fmt.Errorf("%w: the %d bytes at %d of %s are not those written", ErrSpanLost, size, at, r.path)
 	}
-	l, k := binary.Uvarint(b)
-	if k <= 0 || uint64(len(b)-k) < uint64(count)*16 || uint64(len(b)-k-count*16) < l {
-		return nil, nil, nil, fmt.Errorf("journal: the data of a span row of %d tasks at %d of %s are not of one", count, at, r.path)
+	bad := fmt.Errorf("journal: the data of a span row of %d tasks at %d of %s are not of one", count, at, r.path)
+	d.format, b = b[0], b[1:]
+	var l uint64
+	switch d.format {
+	case outputsNone, outputsLines:
+	case outputsWithLengths:
+		var k int
+		if l, k = binary.Uvarint(b); k <= 0 {
+			return d, bad
+		}
+		b = b[k:]
+	default:
+		return d, bad
 	}
-	b = b[k:]
-	return b[:count*16], b[count*16 : count*16+int(l)], b[count*16+int(l):], nil
+	if uint64(len(b)) < uint64(count)*16 || uint64(len(b)-count*16) < l {
+		return d, bad
+	}
+	d.keys, b = b[:count*16], b[count*16:]
+	d.lengths, d.output = b[:l], b[l:]
+	return d, nil
+}
+
+// starts returns where each of the n outputs of d begins in d.output,
+// and, last, where the last one ends, with sep, how many bytes follow
+// each output (its newline in outputsLines); nil when d keeps none.
+func (d *spanData) starts(n int) (starts []int, sep int, err error) {
+	switch d.format {
+	case outputsNone:
+		return nil, 0, nil
+	case outputsLines:
+		starts = make([]int, 1, n+1)
+		for at := 0; at < len(d.output); {
+			k := bytes.IndexByte(d.output[at:], '\n')
+			if k < 0 {
+				return nil, 0, fmt.Errorf("an output line without its newline")
+			}
+			at += k + 1
+			starts = append(starts, at)
+		}
+		sep = 1
+	default:
+		starts = make([]int, 1, n+1)
+		for lengths := d.lengths; len(lengths) > 0; {
+			l, k := binary.Uvarint(lengths)
+			if k <= 0 {
+				return nil, 0, fmt.Errorf("bad output lengths")
+			}
+			lengths = lengths[k:]
+			starts = append(starts, starts[len(starts)-1]+int(l))
+		}
+		if starts[len(starts)-1] != len(d.output) {
+			return nil, 0, fmt.Errorf("output lengths do not add up to its output")
+		}
+	}
+	if len(starts) != n+1 {
+		return nil, 0, fmt.Errorf("%d outputs for %d tasks", len(starts)-1, n)
+	}
+	return starts, sep, nil
 }
 
 func (r *spanReader) close() {
@@ -96,12 +159,12 @@ func (j *Journal) EachDone(f func(run int64, id uint64, key Key) error) error {
 		if err != nil {
 			return fmt.Errorf("journal: reading %s: span of run %d from task %d: %w", j.path, run, first, err)
 		}
-		keys, _, _, err := sr.read(n, at, size, crc)
+		d, err := sr.read(n, at, size, crc)
 		if err != nil {
 			return fmt.Errorf("journal: reading %s: span of run %d from task %d: %w", j.path, run, first, err)
 		}
 		for i, seq := range seqs {
-			if err := f(run, seq, Key(keys[i*16:i*16+16])); err != nil {
+			if err := f(run, seq, Key(d.keys[i*16:i*16+16])); err != nil {
 				return err
 			}
 		}

@@ -3,7 +3,6 @@ package journal
 import (
 	"container/list"
 	"database/sql"
-	"encoding/binary"
 	"errors"
 	"fmt"
 )
@@ -72,6 +71,7 @@ var stateNames = [...]string{stateDone: "done", stateFailed: "failed", statePois
 type spanOutput struct {
 	row    int64
 	starts []int // len count+1
+	sep    int   // the bytes after each output: its newline, or none
 	output []byte
 }
 
@@ -147,7 +147,7 @@ func (r *Resumer) loadSpans(runs string, args []any) error {
 		if err := rows.Scan(&row, &n, &at, &size, &crc); err != nil {
 			return fmt.Errorf("journal: reading %s: %w", r.path, err)
 		}
-		keys, _, _, err := r.data.read(n, at, size, crc)
+		d, err := r.data.read(n, at, size, crc)
 		if errors.Is(err, ErrSpanLost) {
 			continue
 		}
@@ -155,7 +155,7 @@ func (r *Resumer) loadSpans(runs string, args []any) error {
 			return fmt.Errorf("journal: reading span %d of %s: %w", row, r.path, err)
 		}
 		for i := range n {
-			r.add(Key(keys[i*16:i*16+16]), entry{state: stateDone, row: row, index: uint32(i), span: true})
+			r.add(Key(d.keys[i*16:i*16+16]), entry{state: stateDone, row: row, index: uint32(i), span: true})
 		}
 	}
 	if err := rows.Err(); err != nil {
@@ -242,26 +242,16 @@ func (r *Resumer) spanOutput(row int64, i int) ([]byte, error) {
 		if err := r.getSpan.QueryRow(row).Scan(&n, &at, &size, &crc); err != nil {
 			return nil, err
 		}
-		_, lengths, output, err := r.data.read(n, at, size, crc)
+		d, err := r.data.read(n, at, size, crc)
 		if err != nil {
 			return nil, err
 		}
-		// Copies: the reader's buffer is reused.
-		so = &spanOutput{row: row, output: append([]byte(nil), output...)}
-		if len(lengths) > 0 {
-			so.starts = append(so.starts, 0)
-			for len(lengths) > 0 {
-				l, n := binary.Uvarint(lengths)
-				if n <= 0 {
-					return nil, fmt.Errorf("span %d: bad output lengths", row)
-				}
-				lengths = lengths[n:]
-				so.starts = append(so.starts, so.starts[len(so.starts)-1]+int(l))
-			}
-			if so.starts[len(so.starts)-1] != len(output) {
-				return nil, fmt.Errorf("span %d: output lengths do not add up to its output", row)
-			}
+		starts, sep, err := d.starts(n)
+		if err != nil {
+			return nil, fmt.Errorf("span %d: %w", row, err)
 		}
+		// A copy: the reader's buffer is reused.
+		so = &spanOutput{row: row, starts: starts, sep: sep, output: append([]byte(nil), d.output...)}
 		r.spans[row] = r.spanOrder.PushFront(so)
 		if r.spanOrder.Len() > spansCached {
 			last := r.spanOrder.Back()
@@ -275,7 +265,8 @@ func (r *Resumer) spanOutput(row int64, i int) ([]byte, error) {
 	if i+1 >= len(so.starts) {
 		return nil, fmt.Errorf("span %d has no task %d", row, i)
 	}
-	return so.output[so.starts[i]:so.starts[i+1]:so.starts[i+1]], nil
+	end := so.starts[i+1] - so.sep
+	return so.output[so.starts[i]:end:end], nil
 }
 
 // Close frees the Resumer's statements and files.

@@ -74,10 +74,12 @@ CREATE TABLE IF NOT EXISTS span (
 	data_at    INTEGER NOT NULL,     -- where its data begin in the span file, in bytes
 	data_size  INTEGER NOT NULL,     -- how many bytes they take
 	data_crc   INTEGER NOT NULL      -- their CRC-32C (Castagnoli)
-	-- The data: the length of the output lengths (a varint), each task's
-	-- key (16 bytes each, in the order of ids), map: each output's length
-	-- (varints; none when outputs are not kept), and the outputs one after
-	-- the other, for resume to replay.
+	-- The data: a byte that says how outputs are kept (0: they are not;
+	-- 1: map's answer lines, each followed by a newline, none holding
+	-- one; 2: map's outputs with their lengths), then for 2 the length of
+	-- the lengths (a varint); each task's key (16 bytes each, in the
+	-- order of ids); for 2 each output's length (varints); and the
+	-- outputs one after the other, for resume to replay.
 );
 CREATE INDEX IF NOT EXISTS span_run ON span(run_id, first);
 

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/safepool/safepool/internal/memory"
 	"github.com/safepool/safepool/pool"
@@ -834,11 +835,20 @@ func (w *Writer) batchEnded(b *rows, res *pool.Result, at int64) {
 	}
 	if doneAtOnce(res) {
 		// Done at once, as most are: the items go to span rows, many
-		// at a time.
-		for i := 0; i < len(res.Items); {
-			i = w.span.addItems(lt, res.Items, i, &res.Attempts[0], w.run.StoreOutput)
+		// at a time; a whole block of lines, at once.
+		if w.span.n > 0 && !w.span.room(len(res.Items), len(res.Output)) {
+			w.endSpan(b)
+		}
+		if w.span.addBlock(lt, res, w.run.StoreOutput) {
 			if w.span.full() {
 				w.endSpan(b)
+			}
+		} else {
+			for i := 0; i < len(res.Items); {
+				i = w.span.addItems(lt, res, i, w.run.StoreOutput)
+				if w.span.full() {
+					w.endSpan(b)
+				}
 			}
 		}
 	} else {
@@ -1016,14 +1026,19 @@ func (r *idRuns) endRun() {
 type span struct {
 	n int
 	idRuns
-	parts   []byte
-	keys    []byte
-	lengths []byte // with Run.StoreOutput
-	output  []byte
-	started int64
-	ended   int64
-	pid     int // the worker that ran them all, or 0
-	peak    int64
+	parts []byte
+	keys  []byte
+	// With Run.StoreOutput, the outputs: lines (answer lines of line
+	// batches, which hold no newline) each with its newline, or, once an
+	// output of another kind comes (withLengths), the outputs one after
+	// the other with their lengths.
+	withLengths bool
+	lengths     []byte
+	output      []byte
+	started     int64
+	ended       int64
+	pid         int // the worker that ran them all, or 0
+	peak        int64
 }
 
 // spanAdd adds the seq-th input, with key, done at its first attempt a
@@ -1037,11 +1052,12 @@ func (w *Writer) spanAdd(b *rows, seq uint64, key Key, out []byte, a *pool.Attem
 	s.addID(seq)
 	s.keys = append(s.keys, key[:]...)
 	if w.run.StoreOutput {
+		s.useLengths()
 		s.lengths = binary.AppendUvarint(s.lengths, uint64(len(out)))
 		s.output = append(s.output, out...)
 	}
 	s.n++
-	s.part(1, a.Start.UnixNano(), a.End.UnixNano(), a)
+	s.part(1, a, nil, nil)
 	if s.full() {
 		w.endSpan(b)
 	}
@@ -1053,9 +1069,14 @@ func (s *span) start(seq uint64, a *pool.Attempt) {
 	s.started, s.ended, s.pid, s.peak = a.Start.UnixNano(), a.End.UnixNano(), a.WorkerPID, 0
 }
 
-// part records that the last n tasks added ran from start to end in
-// attempt a.
-func (s *span) part(n int, start, end int64, a *pool.Attempt) {
+// part records that the last n tasks added ran in attempt a: from the
+// start of the first's item to the end of the last's, or over a when the
+// items were not timed (or are nil: a task of its own).
+func (s *span) part(n int, a *pool.Attempt, first, last *pool.Item) {
+	start, end := a.Start.UnixNano(), a.End.UnixNano()
+	if first != nil && !first.Start.IsZero() && !last.End.IsZero() {
+		start, end = first.Start.UnixNano(), last.End.UnixNano()
+	}
 	s.parts = binary.AppendUvarint(s.parts, uint64(n))
 	s.parts = binary.AppendUvarint(s.parts, uint64(max(end-start, 0)/1000))
 	s.parts = binary.AppendUvarint(s.parts, uint64(max(a.PeakRSS, 0)>>10))
@@ -1069,13 +1090,78 @@ func (s *span) part(n int, start, end int64, a *pool.Attempt) {
 // full reports whether the span is full: its row is to be written.
 func (s *span) full() bool { return s.n >= maxSpan || len(s.output) >= maxSpanOutput }
 
-// addItems adds the items of lt from items[i] on, which its first attempt
-// a did, to the span, as one part, until the span is full; it marks them
-// ended in lt, and returns the index of the first item it did not take.
-// An item not of lt, or ended already, is passed over. It works on local
-// copies of the span's slices, so that an item costs no write barrier of
-// a slice stored through a pointer while the GC runs.
-func (s *span) addItems(lt *liveTask, items []pool.Item, i int, a *pool.Attempt, storeOutput bool) int {
+// useLengths turns the span's outputs from lines into outputs with their
+// lengths, for an output that may hold a newline.
+func (s *span) useLengths() {
+	if s.withLengths {
+		return
+	}
+	s.withLengths = true
+	out := s.output[:0]
+	for rest := s.output; len(rest) > 0; {
+		k := bytes.IndexByte(rest, '\n')
+		s.lengths = binary.AppendUvarint(s.lengths, uint64(k))
+		out = append(out, rest[:k]...) // in place: out never passes rest
+		rest = rest[k+1:]
+	}
+	s.output = out
+}
+
+// room reports whether n more tasks with size bytes of output fit in the
+// span.
+func (s *span) room(n, size int) bool {
+	return s.n+n <= maxSpan && len(s.output)+size <= maxSpanOutput
+}
+
+// addBlock adds every item of lt, which res settles done at its first
+// attempt, at once, and reports whether it did: when res holds all of
+// lt's items in order, their ids are consecutive, they fit in the span
+// and their outputs, when kept, are the answer lines of a line batch
+// (Result.Output). Otherwise addItems is for them.
+func (s *span) addBlock(lt *liveTask, res *pool.Result, storeOutput bool) bool {
+	items := res.Items
+	n := len(items)
+	if n == 0 || n != len(lt.seqs) || lt.left != n || !s.room(n, len(res.Output)) ||
+		lt.seqs[n-1]-lt.seqs[0] != uint64(n-1) || storeOutput && (res.Output == nil || s.withLengths) {
+		return false
+	}
+	for i := range items {
+		if items[i].Index != i {
+			return false
+		}
+	}
+	a := &res.Attempts[0]
+	first := lt.seqs[0]
+	if s.n == 0 {
+		s.start(first, a)
+	}
+	if first != s.runEnd {
+		s.addID(first)
+	}
+	s.runEnd = first + uint64(n)
+	s.keys = append(s.keys, unsafe.Slice((*byte)(unsafe.Pointer(&lt.keys[0])), n*len(Key{}))...)
+	if storeOutput {
+		s.output = append(s.output, res.Output...)
+	}
+	s.n += n
+	// Ended, all of them: the batch's record goes.
+	lt.left = 0
+	s.part(n, a, &items[0], &items[n-1])
+	return true
+}
+
+// addItems adds the items of res from res.Items[i] on, which its first
+// attempt did, to the span, as one part, until the span is full; it marks
+// them ended in lt, and returns the index of the first item it did not
+// take. An item not of lt, or ended already, is passed over. It works on
+// local copies of the span's slices, so that an item costs no write
+// barrier of a slice stored through a pointer while the GC runs.
+func (s *span) addItems(lt *liveTask, res *pool.Result, i int, storeOutput bool) int {
+	items, a := res.Items, &res.Attempts[0]
+	if storeOutput && res.Output == nil {
+		s.useLengths() // a framed batch's outputs may hold newlines
+	}
+	withLengths := s.withLengths
 	keys, lengths, output := s.keys, s.lengths, s.output
 	n := s.n
 	added := 0
@@ -1096,8 +1182,12 @@ func (s *span) addItems(lt *liveTask, items []pool.Item, i int, a *pool.Attempt,
 		}
 		keys = append(keys, lt.keys[it.Index][:]...)
 		if storeOutput {
-			lengths = binary.AppendUvarint(lengths, uint64(len(it.Output)))
-			output = append(output, it.Output...)
+			if withLengths {
+				lengths = binary.AppendUvarint(lengths, uint64(len(it.Output)))
+				output = append(output, it.Output...)
+			} else {
+				output = append(append(output, it.Output...), '\n')
+			}
 		}
 		if firstItem == nil {
 			firstItem = it
@@ -1112,16 +1202,18 @@ func (s *span) addItems(lt *liveTask, items []pool.Item, i int, a *pool.Attempt,
 	}
 	s.keys, s.lengths, s.output, s.n = keys, lengths, output, n
 	if added > 0 {
-		// The part runs from its first item's start to its last's end,
-		// or over the attempt when the items were not timed.
-		start, end := a.Start.UnixNano(), a.End.UnixNano()
-		if !firstItem.Start.IsZero() && !lastItem.End.IsZero() {
-			start, end = firstItem.Start.UnixNano(), lastItem.End.UnixNano()
-		}
-		s.part(added, start, end, a)
+		s.part(added, a, firstItem, lastItem)
 	}
 	return i
 }
+
+// How a span's data hold its outputs (schema.sql): the first byte of the
+// data.
+const (
+	outputsNone        = 0 // not kept
+	outputsLines       = 1 // each followed by a newline, and holding none
+	outputsWithLengths = 2 // a varint, the length of the lengths; the lengths; the outputs
+)
 
 // endSpan adds the span's row to b, and its data to b's span data, if it
 // holds any task, and starts the next one. The committer sets the row's
@@ -1133,7 +1225,15 @@ func (w *Writer) endSpan(b *rows) {
 	}
 	s.endRun()
 	at := len(b.spanData)
-	b.spanData = binary.AppendUvarint(b.spanData, uint64(len(s.lengths)))
+	switch {
+	case !w.run.StoreOutput:
+		b.spanData = append(b.spanData, outputsNone)
+	case s.withLengths:
+		b.spanData = append(b.spanData, outputsWithLengths)
+		b.spanData = binary.AppendUvarint(b.spanData, uint64(len(s.lengths)))
+	default:
+		b.spanData = append(b.spanData, outputsLines)
+	}
 	b.spanData = append(b.spanData, s.keys...)
 	b.spanData = append(b.spanData, s.lengths...)
 	b.spanData = append(b.spanData, s.output...)
