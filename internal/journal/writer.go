@@ -15,6 +15,8 @@ import (
 	"time"
 	"unsafe"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/safepool/safepool/internal/memory"
 	"github.com/safepool/safepool/pool"
 )
@@ -85,8 +87,9 @@ type Writer struct {
 	// pool has no memory governor to do so (Describe).
 	workers       map[int]bool
 	sampleWorkers bool
-	span          span // the tasks done at their first attempt since the last span row
-	skip          skip // the tasks skipped as done since the last skip row
+	span          span     // the tasks done at their first attempt since the last span row
+	spare         [][]byte // slices of span data written, to reuse (buffer)
+	skip          skip     // the tasks skipped as done since the last skip row
 
 	// The goroutine makes a transaction's rows while the committer, a
 	// goroutine of its own, writes the previous one's: the rows come
@@ -427,6 +430,11 @@ func (w *Writer) committer() {
 // in one transaction.
 func (w *Writer) flush(recs [][]record) {
 	b := <-w.freeRows
+	if len(w.spare) < maxSpare {
+		w.spare = append(w.spare, b.spare...)
+	}
+	clear(b.spare)
+	b.spare = b.spare[:0]
 	if b.tasks.into == "" {
 		run := strconv.FormatInt(w.runID, 10)
 		row := func(binds int) string { return "(" + run + strings.Repeat(", ?", binds) + ")" }
@@ -497,8 +505,8 @@ func (w *Writer) sampleMemory(b *rows, at int64) {
 // transaction: a row of span is never committed before its data are in
 // the file.
 func (w *Writer) commit(b *rows) error {
-	if len(b.spanData) > 0 {
-		base, err := w.appendSpans(b.spanData)
+	if b.spanSize > 0 {
+		base, err := w.appendSpans(b.spanData, b.spanSize)
 		if err != nil {
 			return err
 		}
@@ -534,12 +542,12 @@ func (w *Writer) commit(b *rows) error {
 	return tx.Commit()
 }
 
-// appendSpans appends data to the span file, opened at the first call,
-// with one write(2), and returns the offset they begin at. The file is
-// opened to append, so that another process writing the same journal
-// does not write over them: one write to a regular file is not
-// interleaved with another's.
-func (w *Writer) appendSpans(data []byte) (int64, error) {
+// appendSpans appends data, size bytes in all, to the span file, opened
+// at the first call, with one writev(2), and returns the offset they
+// begin at. The file is opened to append, so that another process writing
+// the same journal does not write over them: one write to a regular file
+// is not interleaved with another's.
+func (w *Writer) appendSpans(data [][]byte, size int64) (int64, error) {
 	if w.spanFile == nil {
 		f, err := os.OpenFile(SpanFile(w.j.path), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 		if err != nil {
@@ -547,25 +555,52 @@ func (w *Writer) appendSpans(data []byte) (int64, error) {
 		}
 		w.spanFile = f
 	}
-	n, err := w.spanFile.Write(data)
+	if len(data) > maxIovecs {
+		// More pieces than one writev takes: one buffer.
+		data = [][]byte{slices.Concat(data...)}
+	}
+	conn, err := w.spanFile.SyscallConn()
 	if err != nil {
 		return 0, err
+	}
+	var n int
+	var werr error
+	if err := conn.Write(func(fd uintptr) bool {
+		n, werr = unix.Writev(int(fd), data)
+		return werr != unix.EAGAIN
+	}); err != nil {
+		return 0, err
+	}
+	if werr != nil {
+		return 0, werr
+	}
+	if int64(n) != size {
+		// A regular file takes all but when the disk is full.
+		return 0, fmt.Errorf("wrote %d bytes of %d to %s", n, size, w.spanFile.Name())
 	}
 	end, err := w.spanFile.Seek(0, io.SeekCurrent)
 	if err != nil {
 		return 0, err
 	}
-	return end - int64(n), nil
+	return end - size, nil
 }
+
+// maxIovecs is how many buffers one writev(2) takes (IOV_MAX).
+const maxIovecs = 1024
 
 // rows are the rows one transaction writes, table by table.
 type rows struct {
 	tasks, spans, skips, attempts, samples, events table
 	// updates are of tasks written as pending, runs of the run's row.
 	updates, runs table
-	// spanData are the data of the span rows, for the span file: each
-	// row's data_at is where its data begin here until placeSpans.
-	spanData []byte
+	// spanData are the data of the span rows, for the span file, in
+	// pieces (the rows' data are the spans' slices, not copied), spanSize
+	// bytes in all: each row's data_at is where its data begin in them
+	// until placeSpans. spare are the span slices of the rows written, for
+	// the writer's goroutine to reuse (Writer.buffer).
+	spanData [][]byte
+	spanSize int64
+	spare    [][]byte
 }
 
 // Columns of a span row in table.args, from its first (schema.sql).
@@ -578,14 +613,12 @@ const (
 // castagnoli is CRC-32C's table: the checksum of span data.
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// placeSpans sets the place and checksum of b's span rows once their data
-// were written to the span file from offset base on.
+// placeSpans sets the place of b's span rows once their data were written
+// to the span file from offset base on.
 func (b *rows) placeSpans(base int64) {
 	t := &b.spans
 	for i := 0; i < len(t.args); i += t.cols {
-		at, size := t.args[i+spanDataAt].(int64), t.args[i+spanDataSize].(int64)
-		t.args[i+spanDataCRC] = int64(crc32.Checksum(b.spanData[at:at+size], castagnoli))
-		t.args[i+spanDataAt] = base + at
+		t.args[i+spanDataAt] = base + t.args[i+spanDataAt].(int64)
 	}
 }
 
@@ -600,8 +633,21 @@ func (b *rows) reset() {
 		clear(t.args)
 		t.args = t.args[:0]
 	}
-	b.spanData = b.spanData[:0]
+	for _, d := range b.spanData {
+		if cap(d) >= minSpare {
+			b.spare = append(b.spare, d[:0])
+		}
+	}
+	clear(b.spanData)
+	b.spanData, b.spanSize = b.spanData[:0], 0
 }
+
+// minSpare is the least capacity of a span's slice worth reusing, and
+// maxSpare how many the writer keeps.
+const (
+	minSpare = 4 << 10
+	maxSpare = 64
+)
 
 func (b *rows) empty() bool {
 	n := 0
@@ -1224,30 +1270,46 @@ func (w *Writer) endSpan(b *rows) {
 		return
 	}
 	s.endRun()
-	at := len(b.spanData)
+	var head []byte
 	switch {
 	case !w.run.StoreOutput:
-		b.spanData = append(b.spanData, outputsNone)
+		head = []byte{outputsNone}
 	case s.withLengths:
-		b.spanData = append(b.spanData, outputsWithLengths)
-		b.spanData = binary.AppendUvarint(b.spanData, uint64(len(s.lengths)))
+		head = binary.AppendUvarint([]byte{outputsWithLengths}, uint64(len(s.lengths)))
 	default:
-		b.spanData = append(b.spanData, outputsLines)
+		head = []byte{outputsLines}
 	}
-	b.spanData = append(b.spanData, s.keys...)
-	b.spanData = append(b.spanData, s.lengths...)
-	b.spanData = append(b.spanData, s.output...)
+	at, crc := b.spanSize, uint32(0)
+	for _, d := range [][]byte{head, s.keys, s.lengths, s.output} {
+		if len(d) > 0 {
+			b.spanData = append(b.spanData, d)
+			b.spanSize += int64(len(d))
+			crc = crc32.Update(crc, castagnoli, d)
+		}
+	}
 	b.spans.add(int64(s.first), int64(s.n), s.ids, s.parts, s.started, s.ended,
-		nullInt(int64(s.pid)), nullInt(s.peak), int64(at), int64(len(b.spanData)-at), int64(0))
-	// The row keeps ids and parts until the transaction ends: the next
-	// span has its own. Its data were copied: their slices are reused.
+		nullInt(int64(s.pid)), nullInt(s.peak), at, b.spanSize-at, int64(crc))
+	// The rows keep the span's slices until the transaction ends: the
+	// next span has its own, of the rows written before.
 	*s = span{
 		idRuns:  idRuns{ids: make([]byte, 0, cap(s.ids))},
 		parts:   make([]byte, 0, cap(s.parts)),
-		keys:    s.keys[:0],
-		lengths: s.lengths[:0],
-		output:  s.output[:0],
+		keys:    w.buffer(),
+		lengths: w.buffer(),
+		output:  w.buffer(),
 	}
+}
+
+// buffer returns an empty slice to reuse for a span's data, or nil.
+func (w *Writer) buffer() []byte {
+	n := len(w.spare)
+	if n == 0 {
+		return nil
+	}
+	d := w.spare[n-1]
+	w.spare[n-1] = nil
+	w.spare = w.spare[:n-1]
+	return d
 }
 
 // maxSkip is how many tasks a skip row holds at most.
