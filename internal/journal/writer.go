@@ -1160,21 +1160,20 @@ func (s *span) room(n, size int) bool {
 }
 
 // addBlock adds every item of lt, which res settles done at its first
-// attempt, at once, and reports whether it did: when res holds all of
-// lt's items in order, their ids are consecutive, they fit in the span
-// and their outputs, when kept, are the answer lines of a line batch
-// (Result.Output). Otherwise addItems is for them.
+// attempt, at once, and reports whether it did: when res is a line
+// batch's (Result.Output holds its answer lines) and holds all of lt's
+// items, their ids are consecutive and they fit in the span. Otherwise
+// addItems is for them.
 func (s *span) addBlock(lt *liveTask, res *pool.Result, storeOutput bool) bool {
 	items := res.Items
 	n := len(items)
-	if n == 0 || n != len(lt.seqs) || lt.left != n || !s.room(n, len(res.Output)) ||
-		lt.seqs[n-1]-lt.seqs[0] != uint64(n-1) || storeOutput && (res.Output == nil || s.withLengths) {
+	// A Result settles each of its items once, and a line batch's
+	// (Output set) holds them in the order of their lines (Result.Items):
+	// n items from index 0 to n-1 are all of lt's, in order.
+	if n == 0 || n != len(lt.seqs) || lt.left != n || items[0].Index != 0 || items[n-1].Index != n-1 ||
+		!s.room(n, len(res.Output)) || lt.seqs[n-1]-lt.seqs[0] != uint64(n-1) ||
+		res.Output == nil || storeOutput && s.withLengths {
 		return false
-	}
-	for i := range items {
-		if items[i].Index != i {
-			return false
-		}
 	}
 	a := &res.Attempts[0]
 	first := lt.seqs[0]
