@@ -632,3 +632,61 @@ func TestSpanOutputKinds(t *testing.T) {
 		}
 	}
 }
+
+// TestSpanDataOfAnother points a span row at another row's data, whole
+// and with their checksum, as a row whose data a crash lost could find a
+// later run's data where its own were: the data name their row, so the
+// row's tasks are not found by resume (they run again), and EachDone
+// reports the loss.
+func TestSpanDataOfAnother(t *testing.T) {
+	j, err := Open(filepath.Join(t.TempDir(), "j.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	run := Run{Kind: "map", Command: "[]", StoreOutput: true}
+	w, err := j.Start(run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = maxSpan + 10
+	input := func(i int) []byte { return []byte("line " + strconv.Itoa(i)) }
+	for i := 1; i <= n; i++ {
+		feed(w, uint64(i), uint64(i), KeyOf(input(i)), input(i), pool.Done, input(i))
+	}
+	if err := w.Close(0); err != nil {
+		t.Fatal(err)
+	}
+	// The second row gets the first's data.
+	res, err := j.DB().Exec(`UPDATE span SET (data_at, data_size, data_crc) =
+		(SELECT data_at, data_size, data_crc FROM span WHERE first = 1) WHERE first > 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k, _ := res.RowsAffected(); k != 1 {
+		t.Fatalf("%d span rows after the first, want 1", k)
+	}
+	if err := j.EachDone(func(int64, uint64, Key) error { return nil }); !errors.Is(err, ErrSpanLost) {
+		t.Errorf("EachDone: %v, want ErrSpanLost", err)
+	}
+	run.Resumed = true
+	w, err = j.Start(run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(0)
+	r, err := w.Resumer(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for i := 1; i <= n; i++ {
+		f, ok, err := r.Lookup(KeyOf(input(i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := i <= maxSpan; ok != want || ok && string(f.Output) != string(input(i)) {
+			t.Fatalf("Lookup(%s) = %q, %v; want found %v", input(i), f.Output, ok, want)
+		}
+	}
+}

@@ -37,10 +37,11 @@ type spanData struct {
 	output  []byte
 }
 
-// read returns the data of a span row of count tasks, at and size bytes
-// in the span file with checksum crc. They are valid until the next read.
-// It returns ErrSpanLost when they are not whole.
-func (r *spanReader) read(count int, at, size, crc int64) (d spanData, err error) {
+// read returns the data of the span row of run whose first task is first,
+// of count tasks, at and size bytes in the span file with checksum crc.
+// They are valid until the next read. It returns ErrSpanLost when they
+// are not whole, or are another row's.
+func (r *spanReader) read(run int64, first uint64, count int, at, size, crc int64) (d spanData, err error) {
 	if r.f == nil {
 		f, err := os.Open(r.path)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -68,6 +69,19 @@ func (r *spanReader) read(count int, at, size, crc int64) (d spanData, err error
 		return d, fmt.Errorf("%w: the %d bytes at %d of %s are not those written", ErrSpanLost, size, at, r.path)
 	}
 	bad := fmt.Errorf("journal: the data of a span row of %d tasks at %d of %s are not of one", count, at, r.path)
+	gotRun, k := binary.Uvarint(b)
+	if k <= 0 {
+		return d, bad
+	}
+	b = b[k:]
+	gotFirst, k := binary.Uvarint(b)
+	if k <= 0 || len(b) == k {
+		return d, bad
+	}
+	if gotRun != uint64(run) || gotFirst != first {
+		return d, fmt.Errorf("%w: the %d bytes at %d of %s are another span's", ErrSpanLost, size, at, r.path)
+	}
+	b = b[k:]
 	d.format, b = b[0], b[1:]
 	var l uint64
 	switch d.format {
@@ -159,7 +173,7 @@ func (j *Journal) EachDone(f func(run int64, id uint64, key Key) error) error {
 		if err != nil {
 			return fmt.Errorf("journal: reading %s: span of run %d from task %d: %w", j.path, run, first, err)
 		}
-		d, err := sr.read(n, at, size, crc)
+		d, err := sr.read(run, first, n, at, size, crc)
 		if err != nil {
 			return fmt.Errorf("journal: reading %s: span of run %d from task %d: %w", j.path, run, first, err)
 		}

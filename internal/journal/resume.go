@@ -108,7 +108,7 @@ func (w *Writer) Resumer(failedToo bool) (*Resumer, error) {
 		r.data.close()
 		return nil, err
 	}
-	if r.getSpan, err = db.Prepare(`SELECT count, data_at, data_size, data_crc FROM span WHERE rowid = ?`); err != nil {
+	if r.getSpan, err = db.Prepare(`SELECT run_id, first, count, data_at, data_size, data_crc FROM span WHERE rowid = ?`); err != nil {
 		r.data.close()
 		return nil, fmt.Errorf("journal: reading %s: %w", w.j.path, err)
 	}
@@ -136,18 +136,19 @@ func (r *Resumer) add(k Key, e entry) {
 // loadSpans reads the keys of the spans of the runs that runs selects,
 // passing over those whose data are lost.
 func (r *Resumer) loadSpans(runs string, args []any) error {
-	rows, err := r.db.Query(`SELECT rowid, count, data_at, data_size, data_crc FROM span WHERE run_id IN (`+runs+`) ORDER BY run_id, rowid`, args...)
+	rows, err := r.db.Query(`SELECT rowid, run_id, first, count, data_at, data_size, data_crc FROM span WHERE run_id IN (`+runs+`) ORDER BY run_id, rowid`, args...)
 	if err != nil {
 		return fmt.Errorf("journal: reading %s: %w", r.path, err)
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var row, at, size, crc int64
+		var row, run, at, size, crc int64
+		var first uint64
 		var n int
-		if err := rows.Scan(&row, &n, &at, &size, &crc); err != nil {
+		if err := rows.Scan(&row, &run, &first, &n, &at, &size, &crc); err != nil {
 			return fmt.Errorf("journal: reading %s: %w", r.path, err)
 		}
-		d, err := r.data.read(n, at, size, crc)
+		d, err := r.data.read(run, first, n, at, size, crc)
 		if errors.Is(err, ErrSpanLost) {
 			continue
 		}
@@ -238,11 +239,12 @@ func (r *Resumer) spanOutput(row int64, i int) ([]byte, error) {
 		so = el.Value.(*spanOutput)
 	} else {
 		var n int
-		var at, size, crc int64
-		if err := r.getSpan.QueryRow(row).Scan(&n, &at, &size, &crc); err != nil {
+		var run, at, size, crc int64
+		var first uint64
+		if err := r.getSpan.QueryRow(row).Scan(&run, &first, &n, &at, &size, &crc); err != nil {
 			return nil, err
 		}
-		d, err := r.data.read(n, at, size, crc)
+		d, err := r.data.read(run, first, n, at, size, crc)
 		if err != nil {
 			return nil, err
 		}

@@ -1269,14 +1269,16 @@ func (w *Writer) endSpan(b *rows) {
 		return
 	}
 	s.endRun()
-	var head []byte
+	// The head names the row, so that data a crash lost and a later run
+	// wrote over are never taken for the row's.
+	head := binary.AppendUvarint(binary.AppendUvarint(nil, uint64(w.runID)), s.first)
 	switch {
 	case !w.run.StoreOutput:
-		head = []byte{outputsNone}
+		head = append(head, outputsNone)
 	case s.withLengths:
-		head = binary.AppendUvarint([]byte{outputsWithLengths}, uint64(len(s.lengths)))
+		head = binary.AppendUvarint(append(head, outputsWithLengths), uint64(len(s.lengths)))
 	default:
-		head = []byte{outputsLines}
+		head = append(head, outputsLines)
 	}
 	at, crc := b.spanSize, uint32(0)
 	for _, d := range [][]byte{head, s.keys, s.lengths, s.output} {

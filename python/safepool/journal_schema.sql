@@ -74,7 +74,9 @@ CREATE TABLE IF NOT EXISTS span (
 	data_at    INTEGER NOT NULL,     -- where its data begin in the span file, in bytes
 	data_size  INTEGER NOT NULL,     -- how many bytes they take
 	data_crc   INTEGER NOT NULL      -- their CRC-32C (Castagnoli)
-	-- The data: a byte that says how outputs are kept (0: they are not;
+	-- The data: the row's run_id and first (varints), which a reader
+	-- checks, so that data a crash lost and a later run wrote over are
+	-- not taken for the row's; a byte that says how outputs are kept (0: they are not;
 	-- 1: map's answer lines, each followed by a newline, none holding
 	-- one; 2: map's outputs with their lengths), then for 2 the length of
 	-- the lengths (a varint); each task's key (16 bytes each, in the
