@@ -603,12 +603,9 @@ type rows struct {
 	spare    [][]byte
 }
 
-// Columns of a span row in table.args, from its first (schema.sql).
-const (
-	spanDataAt   = 8
-	spanDataSize = 9
-	spanDataCRC  = 10
-)
+// spanDataAt is the column of a span row's data_at in table.args, from
+// its first (schema.sql).
+const spanDataAt = 8
 
 // castagnoli is CRC-32C's table: the checksum of span data.
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -1262,7 +1259,7 @@ const (
 
 // endSpan adds the span's row to b, and its data to b's span data, if it
 // holds any task, and starts the next one. The committer sets the row's
-// place in the span file and its checksum (rows.placeSpans).
+// place in the span file (rows.placeSpans).
 func (w *Writer) endSpan(b *rows) {
 	s := &w.span
 	if s.n == 0 {
