@@ -125,9 +125,14 @@ func (lb *lineBlocks) next(maxLines int) ([]byte, int, error) {
 				region = region[:bytes.IndexByte(region, '\n')+1]
 			}
 		}
-		c := bytes.Count(region, newline)
-		if c > maxLines-n {
-			c = maxLines - n
+		var c int
+		if need := maxLines - n; need < len(region)/64 {
+			// A few lines of many buffered (one at a time until the
+			// results tell how long lines take, as in a resume that
+			// skips them all): count no further than them.
+			region, c = firstLines(region, need)
+		} else if c = bytes.Count(region, newline); c > need {
+			c = need
 			region = region[:lineEnd(region, c)]
 		}
 		if block == nil {
@@ -141,6 +146,16 @@ func (lb *lineBlocks) next(maxLines int) ([]byte, int, error) {
 		return nil, 0, io.EOF
 	}
 	return block, n, nil
+}
+
+// firstLines returns the first k lines of b, whose last line ends with a
+// newline, or all of them when it has fewer, and how many they are.
+func firstLines(b []byte, k int) ([]byte, int) {
+	off, c := 0, 0
+	for ; c < k && off < len(b); c++ {
+		off += bytes.IndexByte(b[off:], '\n') + 1
+	}
+	return b[:off], c
 }
 
 // lineEnd is where the first k lines of b end.

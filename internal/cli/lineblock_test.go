@@ -3,6 +3,7 @@ package cli
 import (
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -42,6 +43,9 @@ func TestLineBlocks(t *testing.T) {
 		{name: "last line without newline", in: "1\n2\n3", maxLines: 5, want: []string{"1\n2\n", "3\n"}},
 		{name: "empty lines", in: "\n\na\n", maxLines: 5, want: []string{"\n\na\n"}},
 		{name: "a line over the byte bound", in: "a\n" + long + "\nb\n", maxLines: 5, want: []string{"a\n", long + "\n", "b\n"}},
+		// A few lines of many buffered are cut without counting the rest.
+		{name: "few of many", in: strings.Repeat("ab\n", 500), maxLines: 7,
+			want: append(slices.Repeat([]string{strings.Repeat("ab\n", 7)}, 71), "ab\nab\nab\n")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := blocksOf(t, strings.NewReader(tc.in), tc.maxLines)

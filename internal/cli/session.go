@@ -353,6 +353,40 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 				results = nil
 				break
 			}
+			if j.cfg.KeepOrder {
+				// The outputs replayed before r's task was submitted
+				// come first: the feeder sent them before it submitted
+				// the task, so they wait in the channel, where select
+				// could leave them behind r.
+				first := r.ID
+				if len(r.Items) > 0 {
+					first = r.Items[0].ID
+				}
+			drain:
+				for {
+					if held != nil {
+						if held.after >= first {
+							break
+						}
+						emitReplay(held)
+						held, replays = nil, replayCh
+						continue
+					}
+					if replays == nil {
+						break
+					}
+					select {
+					case rp, ok := <-replays:
+						if !ok {
+							replays, replayCh = nil, nil
+							break drain
+						}
+						held, replays = &rp, nil
+					default:
+						break drain
+					}
+				}
+			}
 			lastID = max(lastID, r.ID)
 			if n := len(r.Items); n > 0 {
 				lastID = max(lastID, r.Items[n-1].ID) // a block's last line

@@ -2,7 +2,9 @@ package journal
 
 import (
 	"bufio"
+	"database/sql"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -369,5 +371,322 @@ func TestKillDuringSpans(t *testing.T) {
 		}
 		t.Logf("round %d: %d items given, %d in the journal", round, last, done)
 		j.Close()
+	}
+}
+
+// TestSpanFileLost writes spans of many tasks, with ids out of order, and
+// then damages the span file as a crash of the system can (its tail cut
+// short, a page in the middle not what was written): the damaged spans'
+// tasks are not found by resume (they run again), every other task's
+// output comes back whole, EachDone reports the loss, and a run appended
+// after the torn tail is resumed whole.
+func TestSpanFileLost(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "j.db")
+	j, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	run := Run{Kind: "map", Command: "[]", StoreOutput: true}
+	w, err := j.Start(run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 3*maxSpan + 100
+	input := func(i int) []byte { return []byte("line " + strconv.Itoa(i)) }
+	output := func(i int) []byte { return []byte(strings.Repeat("o", i%7) + strconv.Itoa(i)) }
+	// Runs of consecutive ids, and ids alone, in a shuffled order.
+	order := make([]int, 0, n)
+	for i := 1; i <= n; i += 10 {
+		order = append(order, i)
+	}
+	rand.Shuffle(len(order), func(a, b int) { order[a], order[b] = order[b], order[a] })
+	var seqs []int
+	for _, first := range order {
+		for i := first; i < first+10 && i <= n; i++ {
+			if i%10 == 3 {
+				continue
+			}
+			seqs = append(seqs, i)
+		}
+	}
+	for i := 1; i <= n; i += 10 {
+		seqs = append(seqs, i+2)
+	}
+	for k, i := range seqs {
+		feed(w, uint64(k+1), uint64(i), KeyOf(input(i)), input(i), pool.Done, output(i))
+	}
+	if err := w.Close(0); err != nil {
+		t.Fatal(err)
+	}
+	// Every id is in the spans once.
+	got := map[uint64]int{}
+	if err := j.EachDone(func(_ int64, id uint64, k Key) error {
+		got[id]++
+		if k != KeyOf(input(int(id))) {
+			t.Errorf("task %d has the key of another input", id)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != n {
+		t.Fatalf("EachDone gave %d tasks, want %d", len(got), n)
+	}
+
+	// Damage the first span's data in the middle, and cut the last one's.
+	type spanRow struct {
+		first    uint64
+		count    int
+		ids      []byte
+		at, size int64
+	}
+	var spans []spanRow
+	rows, err := j.DB().Query(`SELECT first, count, ids, data_at, data_size FROM span ORDER BY data_at`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var s spanRow
+		if err := rows.Scan(&s.first, &s.count, &s.ids, &s.at, &s.size); err != nil {
+			t.Fatal(err)
+		}
+		spans = append(spans, s)
+	}
+	rows.Close()
+	if len(spans) < 3 {
+		t.Fatalf("%d span rows, want at least 3", len(spans))
+	}
+	lost := map[uint64]bool{}
+	for _, s := range []spanRow{spans[0], spans[len(spans)-1]} {
+		ids, err := SpanIDs(s.first, s.count, s.ids)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range ids {
+			lost[id] = true
+		}
+	}
+	f, err := os.OpenFile(SpanFile(path), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("x"), spans[0].at+spans[0].size/2); err != nil {
+		t.Fatal(err)
+	}
+	last := spans[len(spans)-1]
+	if err := f.Truncate(last.at + last.size/2); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if err := j.EachDone(func(int64, uint64, Key) error { return nil }); !errors.Is(err, ErrSpanLost) {
+		t.Errorf("EachDone over a damaged span file: %v, want ErrSpanLost", err)
+	}
+
+	// Resume finds every task but the lost ones, with its output.
+	resume := func(want func(i int) bool) {
+		t.Helper()
+		run.Resumed = true
+		w, err := j.Start(run)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Close(0)
+		r, err := w.Resumer(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		for i := 1; i <= n; i++ {
+			f, ok, err := r.Lookup(KeyOf(input(i)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ok != want(i) || ok && string(f.Output) != string(output(i)) {
+				t.Fatalf("Lookup(%s) = %q, %v; want found %v", input(i), f.Output, ok, want(i))
+			}
+		}
+	}
+	resume(func(i int) bool { return !lost[uint64(i)] })
+
+	// A new run appends after the torn tail; resumed, it is whole.
+	run.Resumed = false
+	w, err = j.Start(run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= n; i++ {
+		feed(w, uint64(i), uint64(i), KeyOf(input(i)), input(i), pool.Done, output(i))
+	}
+	if err := w.Close(0); err != nil {
+		t.Fatal(err)
+	}
+	resume(func(int) bool { return true })
+}
+
+// TestOlderSchema opens a journal of schema version 2: it is refused with
+// ErrOlderSchema, and left as it was.
+func TestOlderSchema(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "j.db")
+	j, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.DB().Exec(`PRAGMA user_version = 2`); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	if j, err := Open(path); !errors.Is(err, ErrOlderSchema) {
+		if err == nil {
+			j.Close()
+		}
+		t.Fatalf("Open of a version 2 journal: %v, want ErrOlderSchema", err)
+	}
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var v int
+	if err := db.QueryRow(`PRAGMA user_version`).Scan(&v); err != nil || v != 2 {
+		t.Errorf("user_version after the refusal = %d, %v; want 2", v, err)
+	}
+}
+
+// TestSpanOutputKinds keeps outputs of every kind in span rows and
+// replays them on resume: a whole block of lines at once (its answer
+// lines as they came), lines of a block settled in several Results, and
+// then, in the same span, a framed batch's outputs, which may hold
+// newlines (the span's outputs then go with their lengths).
+func TestSpanOutputKinds(t *testing.T) {
+	j, err := Open(filepath.Join(t.TempDir(), "j.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	run := Run{Kind: "map", Command: "[]", StoreOutput: true}
+	want := map[string]string{}
+	now := time.Now()
+	// submit gives w a batch of inputs from seq on, with pool ids from id.
+	submit := func(w *Writer, id, seq uint64, inputs ...string) {
+		seqs, keys := make([]uint64, len(inputs)), make([]Key, len(inputs))
+		var block []byte
+		for i, in := range inputs {
+			seqs[i], keys[i] = seq+uint64(i), KeyOf([]byte(in))
+			block = append(append(block, in...), '\n')
+		}
+		w.SubmitLines(id, seqs, keys, block)
+	}
+	// end settles the items of batch id done: index and output, in turn;
+	// lines says they are a line batch's, whose Result.Output holds them.
+	end := func(w *Writer, id uint64, lines bool, inputs []string, settled ...any) {
+		res := pool.Result{ID: id, State: pool.Done,
+			Attempts: []pool.Attempt{{Number: 1, WorkerPID: 7, Start: now, End: now.Add(time.Millisecond), ExitCode: -1}}}
+		for k := 0; k < len(settled); k += 2 {
+			i, out := settled[k].(int), settled[k+1].(string)
+			res.Items = append(res.Items, pool.Item{ID: id + uint64(i), Index: i, Output: []byte(out)})
+			if lines {
+				res.Output = append(append(res.Output, out...), '\n')
+			}
+			want[inputs[i]] = out
+		}
+		w.Observe(pool.Event{Kind: pool.EventTaskEnded, Time: now, TaskID: id, Result: &res})
+	}
+	w, err := j.Start(run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b1 := []string{"l1", "l2", "l3"}
+	submit(w, 1, 1, b1...)
+	end(w, 1, true, b1, 0, "a", 1, "bb", 2, "")
+	b2 := []string{"m1", "m2"}
+	submit(w, 4, 4, b2...)
+	end(w, 4, true, b2, 1, "q")
+	end(w, 4, true, b2, 0, "p")
+	b3 := []string{"f1", "f2", "f3"}
+	submit(w, 6, 6, b3...)
+	end(w, 6, false, b3, 2, "x\ny", 0, "", 1, "z\n")
+	if err := w.Close(0); err != nil {
+		t.Fatal(err)
+	}
+	var spans, tasks int
+	j.DB().QueryRow(`SELECT count(*), sum(count) FROM span`).Scan(&spans, &tasks)
+	if spans != 1 || tasks != 8 {
+		t.Errorf("%d span rows of %d tasks, want 1 of 8", spans, tasks)
+	}
+	run.Resumed = true
+	w, err = j.Start(run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(0)
+	r, err := w.Resumer(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for in, out := range want {
+		f, ok, err := r.Lookup(KeyOf([]byte(in)))
+		if err != nil || !ok || string(f.Output) != out {
+			t.Errorf("Lookup(%s) = %q, %v, %v; want %q", in, f.Output, ok, err, out)
+		}
+	}
+}
+
+// TestSpanDataOfAnother points a span row at another row's data, whole
+// and with their checksum, as a row whose data a crash lost could find a
+// later run's data where its own were: the data name their row, so the
+// row's tasks are not found by resume (they run again), and EachDone
+// reports the loss.
+func TestSpanDataOfAnother(t *testing.T) {
+	j, err := Open(filepath.Join(t.TempDir(), "j.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	run := Run{Kind: "map", Command: "[]", StoreOutput: true}
+	w, err := j.Start(run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = maxSpan + 10
+	input := func(i int) []byte { return []byte("line " + strconv.Itoa(i)) }
+	for i := 1; i <= n; i++ {
+		feed(w, uint64(i), uint64(i), KeyOf(input(i)), input(i), pool.Done, input(i))
+	}
+	if err := w.Close(0); err != nil {
+		t.Fatal(err)
+	}
+	// The second row gets the first's data.
+	res, err := j.DB().Exec(`UPDATE span SET (data_at, data_size, data_crc) =
+		(SELECT data_at, data_size, data_crc FROM span WHERE first = 1) WHERE first > 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k, _ := res.RowsAffected(); k != 1 {
+		t.Fatalf("%d span rows after the first, want 1", k)
+	}
+	if err := j.EachDone(func(int64, uint64, Key) error { return nil }); !errors.Is(err, ErrSpanLost) {
+		t.Errorf("EachDone: %v, want ErrSpanLost", err)
+	}
+	run.Resumed = true
+	w, err = j.Start(run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(0)
+	r, err := w.Resumer(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for i := 1; i <= n; i++ {
+		f, ok, err := r.Lookup(KeyOf(input(i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := i <= maxSpan; ok != want || ok && string(f.Output) != string(input(i)) {
+			t.Fatalf("Lookup(%s) = %q, %v; want found %v", input(i), f.Output, ok, want)
+		}
 	}
 }

@@ -1,11 +1,15 @@
 // Package journal keeps the journal of safepool runs: a SQLite database in
 // WAL mode (schema.sql) that one consumer of a pool's event stream writes,
-// and from which a rerun with --resume learns what earlier runs finished.
+// with the span file beside it (SpanFile) for the keys and outputs of the
+// tasks done at their first attempt, and from which a rerun with --resume
+// learns what earlier runs finished.
 //
 // The writer commits what it is given in one transaction every
-// FlushEvery, or sooner when many rows wait (group commit): a SIGKILL of
-// the supervisor loses at most the events of the last interval, and
-// SQLite's WAL never leaves the file corrupt.
+// FlushEvery, or sooner when many rows wait (group commit), after
+// appending the transaction's span data to the span file: a SIGKILL of the
+// supervisor loses at most the events of the last interval, SQLite's WAL
+// never leaves the database corrupt, and span data that a crash of the
+// system lost are known by their checksum, their tasks run again.
 package journal
 
 import (
@@ -24,11 +28,19 @@ import (
 var schema string
 
 // schemaVersion is the user_version schema.sql sets.
-const schemaVersion = 2
+const schemaVersion = 3
 
 // ErrNewerSchema means the journal was made by a newer safepool, whose
 // schema this one does not know.
 var ErrNewerSchema = errors.New("journal: made by a newer safepool")
+
+// ErrOlderSchema means the journal was made by an older safepool, whose
+// keys and span rows this one does not read: a new journal file is needed
+// (`safepool report` still reads it).
+var ErrOlderSchema = errors.New("journal: made by an older safepool")
+
+// SpanFile returns the path of the span file of the journal at path.
+func SpanFile(path string) string { return path + "-spans" }
 
 // Journal is an open journal file. Close must be called when done with it.
 type Journal struct {
@@ -68,6 +80,10 @@ func (j *Journal) init() error {
 	}
 	if v > schemaVersion {
 		return fmt.Errorf("%w: %s has schema version %d, this safepool knows %d", ErrNewerSchema, j.path, v, schemaVersion)
+	}
+	if v != 0 && v < schemaVersion {
+		return fmt.Errorf("%w: %s has schema version %d, this safepool writes and resumes %d: use a new journal file",
+			ErrOlderSchema, j.path, v, schemaVersion)
 	}
 	if _, err := j.db.Exec(schema); err != nil {
 		return fmt.Errorf("journal: creating the schema in %s: %w", j.path, err)

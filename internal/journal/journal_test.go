@@ -123,13 +123,22 @@ func TestRowsWritten(t *testing.T) {
 	w.Submit(2, 2, KeyOf([]byte("y")), []byte("y"))
 	time.Sleep(2 * FlushEvery) // the second task is written as pending
 	feed(w, 3, 3, KeyOf([]byte("z")), []byte("z"), pool.Failed, nil)
+	// Skipped as done: ids 4, and 10 to 19 but 15, in a skip row; skipped
+	// after a failure: a task row with the cause.
 	w.Skip(4, KeyOf([]byte("w")), []byte("w"), "")
+	for i := uint64(10); i < 20; i++ {
+		if i != 15 {
+			w.Skip(i, KeyOf([]byte("v")), []byte("v"), "")
+		}
+	}
+	w.Skip(5, KeyOf([]byte("u")), []byte("u"), "exit:1")
 	if err := w.Close(1); err != nil {
 		t.Fatal(err)
 	}
 	got := map[string]int{}
 	rows, err := j.DB().Query(`SELECT state, count(*) FROM task GROUP BY state
-		UNION ALL SELECT 'done', sum(count) FROM span`)
+		UNION ALL SELECT 'done', sum(count) FROM span
+		UNION ALL SELECT 'skipped', sum(count) FROM skip`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,9 +149,19 @@ func TestRowsWritten(t *testing.T) {
 		got[s] += n
 	}
 	rows.Close()
-	want := map[string]int{"done": 1, "pending": 1, "failed": 1, "skipped": 1}
+	want := map[string]int{"done": 1, "pending": 1, "failed": 1, "skipped": 11}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("tasks by state = %v, want %v", got, want)
+	}
+	var first uint64
+	var n int
+	var ids []byte
+	var cause string
+	j.DB().QueryRow(`SELECT first, count, ids FROM skip`).Scan(&first, &n, &ids)
+	j.DB().QueryRow(`SELECT cause FROM task WHERE state = 'skipped'`).Scan(&cause)
+	skipped, err := SpanIDs(first, n, ids)
+	if want := []uint64{4, 10, 11, 12, 13, 14, 16, 17, 18, 19}; err != nil || !slices.Equal(skipped, want) || cause != "exit:1" {
+		t.Errorf("skip row's ids = %v, %v, task row's cause %q; want %v, exit:1", skipped, err, cause, want)
 	}
 	var attempts, status int
 	j.DB().QueryRow(`SELECT count(*) FROM attempt`).Scan(&attempts)

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"math/bits"
+
+	"github.com/zeebo/xxh3"
 )
 
 // Key is a task's key: what resume matches inputs by. Resume compares
@@ -11,86 +13,21 @@ import (
 // the input alone.
 type Key [16]byte
 
-// Seeds of the key's two halves.
-const keySeed1, keySeed2 = 0x73616665706f6f6c, 0x6a6f75726e616c32
-
-// KeyOf returns the key of a task's input: its 64-bit xxHash (XXH64) with
-// two different seeds, 128 bits. A key of a short line costs several
-// times less than its SHA-256 (BenchmarkKeyOf, BenchmarkKeySHA256), and
-// map keys every line. Two different inputs share a key by chance with a probability of
-// about 2^-128 per pair: about 3e-27 for a million done tasks against a
-// million inputs. The hash is not cryptographic: inputs crafted to collide
-// could make resume skip one of them.
+// KeyOf returns the key of a task's input: its 128-bit XXH3 hash
+// (github.com/zeebo/xxh3's Hash128), high half first, both halves little
+// endian. A key of a short line costs several times less than its
+// SHA-256, and less than the two XXH64 of schema version 2
+// (BenchmarkKeyOf, BenchmarkKeySHA256), and map keys every line. Two
+// different inputs share a key by chance with a probability of about
+// 2^-128 per pair: about 3e-27 for a million done tasks against a million
+// inputs. The hash is not cryptographic: inputs crafted to collide could
+// make resume skip one of them.
 func KeyOf(input []byte) Key {
 	var k Key
-	binary.LittleEndian.PutUint64(k[:8], xxh64(input, keySeed1))
-	binary.LittleEndian.PutUint64(k[8:], xxh64(input, keySeed2))
+	h := xxh3.Hash128(input)
+	binary.LittleEndian.PutUint64(k[:8], h.Hi)
+	binary.LittleEndian.PutUint64(k[8:], h.Lo)
 	return k
-}
-
-const (
-	prime1 uint64 = 11400714785074694791
-	prime2 uint64 = 14029467366897019727
-	prime3 uint64 = 1609587929392839161
-	prime4 uint64 = 9650029242287828579
-	prime5 uint64 = 2870177450012600261
-)
-
-// xxh64 is XXH64 of b with seed, as github.com/cespare/xxhash computes it
-// (which has no one-shot function with a seed: its Digest costs several
-// times as much on short inputs).
-func xxh64(b []byte, seed uint64) uint64 {
-	n := len(b)
-	var h uint64
-	if n >= 32 {
-		v1, v2, v3, v4 := seed+prime1+prime2, seed+prime2, seed, seed-prime1
-		for len(b) >= 32 {
-			v1 = round(v1, binary.LittleEndian.Uint64(b[0:8:len(b)]))
-			v2 = round(v2, binary.LittleEndian.Uint64(b[8:16:len(b)]))
-			v3 = round(v3, binary.LittleEndian.Uint64(b[16:24:len(b)]))
-			v4 = round(v4, binary.LittleEndian.Uint64(b[24:32:len(b)]))
-			b = b[32:len(b):len(b)]
-		}
-		h = bits.RotateLeft64(v1, 1) + bits.RotateLeft64(v2, 7) + bits.RotateLeft64(v3, 12) + bits.RotateLeft64(v4, 18)
-		h = mergeRound(h, v1)
-		h = mergeRound(h, v2)
-		h = mergeRound(h, v3)
-		h = mergeRound(h, v4)
-	} else {
-		h = seed + prime5
-	}
-	h += uint64(n)
-	for ; len(b) >= 8; b = b[8:] {
-		h ^= round(0, binary.LittleEndian.Uint64(b[:8]))
-		h = bits.RotateLeft64(h, 27)*prime1 + prime4
-	}
-	if len(b) >= 4 {
-		h ^= uint64(binary.LittleEndian.Uint32(b[:4])) * prime1
-		h = bits.RotateLeft64(h, 23)*prime2 + prime3
-		b = b[4:]
-	}
-	for ; len(b) > 0; b = b[1:] {
-		h ^= uint64(b[0]) * prime5
-		h = bits.RotateLeft64(h, 11) * prime1
-	}
-	h ^= h >> 33
-	h *= prime2
-	h ^= h >> 29
-	h *= prime3
-	h ^= h >> 32
-	return h
-}
-
-func round(acc, input uint64) uint64 {
-	acc += input * prime2
-	acc = bits.RotateLeft64(acc, 31)
-	return acc * prime1
-}
-
-func mergeRound(acc, val uint64) uint64 {
-	val = round(0, val)
-	acc ^= val
-	return acc*prime1 + prime4
 }
 
 // KeyLines keys the lines of block, each ended by a newline, at once:
@@ -98,48 +35,110 @@ func mergeRound(acc, val uint64) uint64 {
 // as keys holds (a last line may lack its newline).
 func KeyLines(block []byte, keys []Key) {
 	for i := range keys {
-		k := bytes.IndexByte(block, '\n')
-		if k < 0 {
-			k = len(block)
+		k := lineEnd(block)
+		var hi, lo uint64
+		if k <= 16 {
+			hi, lo = hash128Short(block[:k])
+		} else {
+			h := xxh3.Hash128(block[:k])
+			hi, lo = h.Hi, h.Lo
 		}
-		h1, h2 := xxh64Pair(block[:k])
-		binary.LittleEndian.PutUint64(keys[i][:8], h1)
-		binary.LittleEndian.PutUint64(keys[i][8:], h2)
+		binary.LittleEndian.PutUint64(keys[i][:8], hi)
+		binary.LittleEndian.PutUint64(keys[i][8:], lo)
 		block = block[min(k+1, len(block)):]
 	}
 }
 
-// xxh64Pair is xxh64 of b with keySeed1 and with keySeed2, in one pass.
-func xxh64Pair(b []byte) (uint64, uint64) {
-	n := len(b)
-	if n >= 32 {
-		return xxh64(b, keySeed1), xxh64(b, keySeed2)
+// lineEnd returns the index of block's first newline, or its length when
+// it has none. A short line's newline is found in the first 8 or 16 bytes
+// a word at a time, which costs less than a call of bytes.IndexByte.
+func lineEnd(block []byte) int {
+	const ones, highs, newlines = 0x0101010101010101, 0x8080808080808080, 0x0a0a0a0a0a0a0a0a
+	if len(block) >= 16 {
+		x := binary.LittleEndian.Uint64(block) ^ newlines
+		if t := (x - ones) &^ x & highs; t != 0 {
+			return bits.TrailingZeros64(t) / 8
+		}
+		x = binary.LittleEndian.Uint64(block[8:]) ^ newlines
+		if t := (x - ones) &^ x & highs; t != 0 {
+			return 8 + bits.TrailingZeros64(t)/8
+		}
 	}
-	h, g := uint64(keySeed1+prime5)+uint64(n), uint64(keySeed2+prime5)+uint64(n)
-	for ; len(b) >= 8; b = b[8:] {
-		r := round(0, binary.LittleEndian.Uint64(b[:8]))
-		h = bits.RotateLeft64(h^r, 27)*prime1 + prime4
-		g = bits.RotateLeft64(g^r, 27)*prime1 + prime4
+	if k := bytes.IndexByte(block, '\n'); k >= 0 {
+		return k
 	}
-	if len(b) >= 4 {
-		r := uint64(binary.LittleEndian.Uint32(b[:4])) * prime1
-		h = bits.RotateLeft64(h^r, 23)*prime2 + prime3
-		g = bits.RotateLeft64(g^r, 23)*prime2 + prime3
-		b = b[4:]
-	}
-	for ; len(b) > 0; b = b[1:] {
-		r := uint64(b[0]) * prime5
-		h = bits.RotateLeft64(h^r, 11) * prime1
-		g = bits.RotateLeft64(g^r, 11) * prime1
-	}
-	return avalanche(h), avalanche(g)
+	return len(block)
 }
 
-func avalanche(h uint64) uint64 {
-	h ^= h >> 33
-	h *= prime2
-	h ^= h >> 29
-	h *= prime3
-	h ^= h >> 32
-	return h
+// Constants of XXH3 (its primes, and words of its default secret).
+const (
+	prime32_2 = 2246822519
+	prime64_1 = 11400714785074694791
+	prime64_2 = 14029467366897019727
+	prime64_3 = 1609587929392839161
+	secret16  = 0xdb979083e96dd4de
+	secret24  = 0x1f67b3b7a4a44072
+	secret32  = 0x78e5c0cc4ee679cb
+	secret40  = 0x2172ffcc7dd05a82
+	secret48  = 0x8e2443f7744608b8
+	secret56  = 0x4c263a81e69035e0
+	secret32x = 0xbe4ba423 ^ 0x396cfeb8 // the secret's first two 32-bit words
+	secret32y = 0x1cad21f7 ^ 0x2c81017c // and the next two
+)
+
+// hash128Short is XXH3-128 of b, at most 16 bytes long, as xxh3.Hash128
+// computes it (TestKeyOf checks every length): the same steps, inlined
+// into KeyLines, which keys every line of map's input. It returns the
+// high half, then the low.
+func hash128Short(b []byte) (hi, lo uint64) {
+	l := len(b)
+	switch {
+	case l > 8:
+		inLo := binary.LittleEndian.Uint64(b)
+		inHi := binary.LittleEndian.Uint64(b[l-8:])
+		mh, ml := bits.Mul64(inLo^inHi^(secret32^secret40), prime64_1)
+		ml += uint64(l-1) << 54
+		inHi ^= secret48 ^ secret56
+		mh += inHi + uint64(uint32(inHi))*(prime32_2-1)
+		ml ^= bits.ReverseBytes64(mh)
+		hi, lo = bits.Mul64(ml, prime64_2)
+		hi += mh * prime64_2
+		return avalanche3(hi), avalanche3(lo)
+	case l > 3:
+		in64 := uint64(binary.LittleEndian.Uint32(b)) + uint64(binary.LittleEndian.Uint32(b[l-4:]))<<32
+		hi, lo = bits.Mul64(in64^(secret16^secret24), prime64_1+uint64(l)<<2)
+		hi += lo << 1
+		lo ^= hi >> 3
+		lo ^= lo >> 35
+		lo *= 0x9fb21c651e98df25
+		lo ^= lo >> 28
+		return avalanche3(hi), lo
+	case l == 3:
+		lo = (uint64(b[0])|uint64(b[1])<<8)<<16 + uint64(b[2]) + 3<<8
+	case l == 2:
+		lo = (uint64(b[0])|uint64(b[1])<<8)*(1<<24+1)>>8 + 2<<8
+	case l == 1:
+		lo = uint64(b[0])*(1<<24+1<<16+1) + 1<<8
+	default:
+		return 0x99aa06d3014798d8, 0x6001c324468d497f
+	}
+	hi = uint64(bits.RotateLeft32(bits.ReverseBytes32(uint32(lo)), 13))
+	lo ^= secret32x
+	hi ^= secret32y
+	return avalancheSmall(hi), avalancheSmall(lo)
+}
+
+func avalanche3(x uint64) uint64 {
+	x ^= x >> 37
+	x *= 0x165667919e3779f9
+	x ^= x >> 32
+	return x
+}
+
+func avalancheSmall(x uint64) uint64 {
+	x *= prime64_2
+	x ^= x >> 29
+	x *= prime64_3
+	x ^= x >> 32
+	return x
 }

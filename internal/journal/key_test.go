@@ -6,19 +6,19 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/cespare/xxhash/v2"
+	"github.com/zeebo/xxh3"
 )
 
-// TestXXH64 checks xxh64 against github.com/cespare/xxhash's Digest with
-// a seed, for inputs of every length around its blocks.
-func TestXXH64(t *testing.T) {
+// TestKeyOf checks KeyOf against github.com/zeebo/xxh3's Hash128 and
+// that inputs of different lengths get different keys.
+func TestKeyOf(t *testing.T) {
 	for n := range 100 {
 		b := bytes.Repeat([]byte{byte(n), 'x', 0xfe}, n)[:n]
-		for _, seed := range []uint64{0, keySeed1, keySeed2} {
-			d := xxhash.NewWithSeed(seed)
-			d.Write(b)
-			if got, want := xxh64(b, seed), d.Sum64(); got != want {
-				t.Errorf("xxh64(%d bytes, %#x) = %#x, want %#x", n, seed, got, want)
+		h := xxh3.Hash128(b).Bytes() // big endian: Hi, then Lo
+		k := KeyOf(b)
+		for i := range 8 {
+			if k[i] != h[7-i] || k[8+i] != h[15-i] {
+				t.Fatalf("KeyOf(%d bytes) = %x, want the halves of %x little endian", n, k, h)
 			}
 		}
 	}
@@ -43,7 +43,7 @@ func BenchmarkKeySHA256(b *testing.B) {
 }
 
 // TestKeyLines checks that KeyLines keys each line of a block as KeyOf
-// keys it alone, for lines of every length around xxh64's blocks, and a
+// keys it alone, for lines of every length around XXH3's cases, and a
 // last line without its newline.
 func TestKeyLines(t *testing.T) {
 	var block []byte

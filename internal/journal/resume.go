@@ -3,7 +3,6 @@ package journal
 import (
 	"container/list"
 	"database/sql"
-	"encoding/binary"
 	"errors"
 	"fmt"
 )
@@ -26,8 +25,10 @@ type Finished struct {
 // for one goroutine.
 //
 // It reads the keys of every task those runs finished into memory once,
-// about 60 bytes a task: keys packed in span rows cannot be looked up by
-// SQL. Outputs stay in the file until an input needs one.
+// about 60 bytes a task: keys packed in span data cannot be looked up by
+// SQL. Outputs stay in the file until an input needs one. A span row
+// whose data the span file lost (ErrSpanLost) is passed over: its tasks
+// run again.
 type Resumer struct {
 	db   *sql.DB
 	path string
@@ -44,6 +45,7 @@ type Resumer struct {
 	spanOrder *list.List // of *spanOutput, most recent first
 	getSpan   *sql.Stmt
 	getTask   *sql.Stmt
+	data      *spanReader
 }
 
 // entry is one finished task of an earlier run.
@@ -69,6 +71,7 @@ var stateNames = [...]string{stateDone: "done", stateFailed: "failed", statePois
 type spanOutput struct {
 	row    int64
 	starts []int // len count+1
+	sep    int   // the bytes after each output: its newline, or none
 	output []byte
 }
 
@@ -88,10 +91,11 @@ func (w *Writer) Resumer(failedToo bool) (*Resumer, error) {
 		return nil, fmt.Errorf("journal: reading %s: %w", w.j.path, err)
 	}
 	r := &Resumer{db: db, path: w.j.path, heads: make(map[Key]*[2]int32), causes: make(map[int32]string),
-		spans: make(map[int64]*list.Element), spanOrder: list.New()}
+		spans: make(map[int64]*list.Element), spanOrder: list.New(), data: &spanReader{path: SpanFile(w.j.path)}}
 	runs := `SELECT id FROM run WHERE kind = ?1 AND command = ?2 AND id >= ?3 AND id < ?4`
 	args := []any{w.run.Kind, w.run.Command, base.Int64, w.runID}
 	if err := r.loadSpans(runs, args); err != nil {
+		r.data.close()
 		return nil, err
 	}
 	states := `'done'`
@@ -101,13 +105,16 @@ func (w *Writer) Resumer(failedToo bool) (*Resumer, error) {
 	// Done rows first: their output is the one to replay.
 	if err := r.loadTasks(`SELECT run_id, id, key, state, cause FROM task WHERE state IN (`+states+`)
 		AND run_id IN (`+runs+`) ORDER BY state <> 'done', run_id, id`, args); err != nil {
+		r.data.close()
 		return nil, err
 	}
-	if r.getSpan, err = db.Prepare(`SELECT lengths, output FROM span WHERE rowid = ?`); err != nil {
+	if r.getSpan, err = db.Prepare(`SELECT run_id, first, count, data_at, data_size, data_crc FROM span WHERE rowid = ?`); err != nil {
+		r.data.close()
 		return nil, fmt.Errorf("journal: reading %s: %w", w.j.path, err)
 	}
 	if r.getTask, err = db.Prepare(`SELECT output FROM task WHERE run_id = ? AND id = ?`); err != nil {
 		r.getSpan.Close()
+		r.data.close()
 		return nil, fmt.Errorf("journal: reading %s: %w", w.j.path, err)
 	}
 	return r, nil
@@ -126,25 +133,30 @@ func (r *Resumer) add(k Key, e entry) {
 	r.heads[k] = &[2]int32{i, i}
 }
 
-// loadSpans reads the keys of the spans of the runs that runs selects.
+// loadSpans reads the keys of the spans of the runs that runs selects,
+// passing over those whose data are lost.
 func (r *Resumer) loadSpans(runs string, args []any) error {
-	rows, err := r.db.Query(`SELECT rowid, count, keys FROM span WHERE run_id IN (`+runs+`) ORDER BY run_id, rowid`, args...)
+	rows, err := r.db.Query(`SELECT rowid, run_id, first, count, data_at, data_size, data_crc FROM span WHERE run_id IN (`+runs+`) ORDER BY run_id, rowid`, args...)
 	if err != nil {
 		return fmt.Errorf("journal: reading %s: %w", r.path, err)
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var row int64
+		var row, run, at, size, crc int64
+		var first uint64
 		var n int
-		var keys sql.RawBytes
-		if err := rows.Scan(&row, &n, &keys); err != nil {
+		if err := rows.Scan(&row, &run, &first, &n, &at, &size, &crc); err != nil {
 			return fmt.Errorf("journal: reading %s: %w", r.path, err)
 		}
-		if len(keys) != n*len(Key{}) {
-			return fmt.Errorf("journal: reading %s: span %d holds %d tasks and %d bytes of keys", r.path, row, n, len(keys))
+		d, err := r.data.read(run, first, n, at, size, crc)
+		if errors.Is(err, ErrSpanLost) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("journal: reading span %d of %s: %w", row, r.path, err)
 		}
 		for i := range n {
-			r.add(Key(keys[i*16:i*16+16]), entry{state: stateDone, row: row, index: uint32(i), span: true})
+			r.add(Key(d.keys[i*16:i*16+16]), entry{state: stateDone, row: row, index: uint32(i), span: true})
 		}
 	}
 	if err := rows.Err(); err != nil {
@@ -226,25 +238,22 @@ func (r *Resumer) spanOutput(row int64, i int) ([]byte, error) {
 		r.spanOrder.MoveToFront(el)
 		so = el.Value.(*spanOutput)
 	} else {
-		var lengths, output []byte
-		if err := r.getSpan.QueryRow(row).Scan(&lengths, &output); err != nil {
+		var n int
+		var run, at, size, crc int64
+		var first uint64
+		if err := r.getSpan.QueryRow(row).Scan(&run, &first, &n, &at, &size, &crc); err != nil {
 			return nil, err
 		}
-		so = &spanOutput{row: row, output: output}
-		if lengths != nil {
-			so.starts = append(so.starts, 0)
-			for len(lengths) > 0 {
-				l, n := binary.Uvarint(lengths)
-				if n <= 0 {
-					return nil, fmt.Errorf("span %d: bad output lengths", row)
-				}
-				lengths = lengths[n:]
-				so.starts = append(so.starts, so.starts[len(so.starts)-1]+int(l))
-			}
-			if so.starts[len(so.starts)-1] != len(output) {
-				return nil, fmt.Errorf("span %d: output lengths do not add up to its output", row)
-			}
+		d, err := r.data.read(run, first, n, at, size, crc)
+		if err != nil {
+			return nil, err
 		}
+		starts, sep, err := d.starts(n)
+		if err != nil {
+			return nil, fmt.Errorf("span %d: %w", row, err)
+		}
+		// A copy: the reader's buffer is reused.
+		so = &spanOutput{row: row, starts: starts, sep: sep, output: append([]byte(nil), d.output...)}
 		r.spans[row] = r.spanOrder.PushFront(so)
 		if r.spanOrder.Len() > spansCached {
 			last := r.spanOrder.Back()
@@ -258,11 +267,13 @@ func (r *Resumer) spanOutput(row int64, i int) ([]byte, error) {
 	if i+1 >= len(so.starts) {
 		return nil, fmt.Errorf("span %d has no task %d", row, i)
 	}
-	return so.output[so.starts[i]:so.starts[i+1]:so.starts[i+1]], nil
+	end := so.starts[i+1] - so.sep
+	return so.output[so.starts[i]:end:end], nil
 }
 
-// Close frees the Resumer's statements.
+// Close frees the Resumer's statements and files.
 func (r *Resumer) Close() error {
+	r.data.close()
 	r.getSpan.Close()
 	return r.getTask.Close()
 }

@@ -5,11 +5,17 @@ import (
 	"database/sql"
 	"encoding/binary"
 	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/safepool/safepool/internal/memory"
 	"github.com/safepool/safepool/pool"
@@ -81,7 +87,9 @@ type Writer struct {
 	// pool has no memory governor to do so (Describe).
 	workers       map[int]bool
 	sampleWorkers bool
-	span          span // the tasks done at their first attempt since the last span row
+	span          span     // the tasks done at their first attempt since the last span row
+	spare         [][]byte // slices of span data written, to reuse (buffer)
+	skip          skip     // the tasks skipped as done since the last skip row
 
 	// The goroutine makes a transaction's rows while the committer, a
 	// goroutine of its own, writes the previous one's: the rows come
@@ -89,6 +97,7 @@ type Writer struct {
 	// making the rows of a block's lines and writing them each took
 	// about half of the writer's time, which was what bounded map's
 	// throughput with a journal.
+	spanFile  *os.File // the span file, appended to by the committer, which opens it
 	toCommit  chan *rows
 	freeRows  chan *rows
 	committed chan struct{} // closed by the committer when it has written all
@@ -399,6 +408,13 @@ func (w *Writer) loop() {
 // it is: the pool goes on, and Close reports the error.
 func (w *Writer) committer() {
 	defer close(w.committed)
+	defer func() {
+		if w.spanFile != nil {
+			if err := w.spanFile.Close(); err != nil && w.err == nil {
+				w.err = err
+			}
+		}
+	}()
 	for b := range w.toCommit {
 		if w.err == nil {
 			if err := w.commit(b); err != nil {
@@ -414,11 +430,17 @@ func (w *Writer) committer() {
 // in one transaction.
 func (w *Writer) flush(recs [][]record) {
 	b := <-w.freeRows
+	if len(w.spare) < maxSpare {
+		w.spare = append(w.spare, b.spare...)
+	}
+	clear(b.spare)
+	b.spare = b.spare[:0]
 	if b.tasks.into == "" {
 		run := strconv.FormatInt(w.runID, 10)
 		row := func(binds int) string { return "(" + run + strings.Repeat(", ?", binds) + ")" }
 		b.tasks.into, b.tasks.row = taskInto, row(9)
-		b.spans.into, b.spans.row = spanInto, row(12)
+		b.spans.into, b.spans.row = spanInto, row(11)
+		b.skips.into, b.skips.row = skipInto, row(4)
 		b.attempts.into, b.attempts.row = attemptInto, row(10)
 		b.samples.into, b.samples.row = sampleInto, row(4)
 		b.events.into, b.events.row = eventInto, row(5)
@@ -429,6 +451,7 @@ func (w *Writer) flush(recs [][]record) {
 		}
 	}
 	w.endSpan(b)
+	w.endSkip(b)
 	// Tasks that outlive a whole interval are written as pending, so that
 	// the journal lists them if the supervisor dies; most tasks end
 	// within one and are written once, whole, many to a span row. (Those
@@ -478,8 +501,17 @@ func (w *Writer) sampleMemory(b *rows, at int64) {
 	b.samples.add(at, int64(0), "total", total)
 }
 
-// commit writes b in one transaction.
+// commit appends b's span data to the span file, then writes b in one
+// transaction: a row of span is never committed before its data are in
+// the file.
 func (w *Writer) commit(b *rows) error {
+	if b.spanSize > 0 {
+		base, err := w.appendSpans(b.spanData, b.spanSize)
+		if err != nil {
+			return err
+		}
+		b.placeSpans(base)
+	}
 	tx, err := w.j.db.Begin()
 	if err != nil {
 		return err
@@ -510,16 +542,86 @@ func (w *Writer) commit(b *rows) error {
 	return tx.Commit()
 }
 
+// appendSpans appends data, size bytes in all, to the span file, opened
+// at the first call, with one writev(2), and returns the offset they
+// begin at. The file is opened to append, so that another process writing
+// the same journal does not write over them: one write to a regular file
+// is not interleaved with another's.
+func (w *Writer) appendSpans(data [][]byte, size int64) (int64, error) {
+	if w.spanFile == nil {
+		f, err := os.OpenFile(SpanFile(w.j.path), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			return 0, err
+		}
+		w.spanFile = f
+	}
+	if len(data) > maxIovecs {
+		// More pieces than one writev takes: one buffer.
+		data = [][]byte{slices.Concat(data...)}
+	}
+	conn, err := w.spanFile.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var n int
+	var werr error
+	if err := conn.Write(func(fd uintptr) bool {
+		n, werr = unix.Writev(int(fd), data)
+		return werr != unix.EAGAIN
+	}); err != nil {
+		return 0, err
+	}
+	if werr != nil {
+		return 0, werr
+	}
+	if int64(n) != size {
+		// A regular file takes all but when the disk is full.
+		return 0, fmt.Errorf("wrote %d bytes of %d to %s", n, size, w.spanFile.Name())
+	}
+	end, err := w.spanFile.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return 0, err
+	}
+	return end - size, nil
+}
+
+// maxIovecs is how many buffers one writev(2) takes (IOV_MAX).
+const maxIovecs = 1024
+
 // rows are the rows one transaction writes, table by table.
 type rows struct {
-	tasks, spans, attempts, samples, events table
+	tasks, spans, skips, attempts, samples, events table
 	// updates are of tasks written as pending, runs of the run's row.
 	updates, runs table
+	// spanData are the data of the span rows, for the span file, in
+	// pieces (the rows' data are the spans' slices, not copied), spanSize
+	// bytes in all: each row's data_at is where its data begin in them
+	// until placeSpans. spare are the span slices of the rows written, for
+	// the writer's goroutine to reuse (Writer.buffer).
+	spanData [][]byte
+	spanSize int64
+	spare    [][]byte
+}
+
+// spanDataAt is the column of a span row's data_at in table.args, from
+// its first (schema.sql).
+const spanDataAt = 8
+
+// castagnoli is CRC-32C's table: the checksum of span data.
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// placeSpans sets the place of b's span rows once their data were written
+// to the span file from offset base on.
+func (b *rows) placeSpans(base int64) {
+	t := &b.spans
+	for i := 0; i < len(t.args); i += t.cols {
+		t.args[i+spanDataAt] = base + t.args[i+spanDataAt].(int64)
+	}
 }
 
 // inserts are b's tables of rows to insert.
 func (b *rows) inserts() []*table {
-	return []*table{&b.tasks, &b.spans, &b.attempts, &b.samples, &b.events}
+	return []*table{&b.tasks, &b.spans, &b.skips, &b.attempts, &b.samples, &b.events}
 }
 
 // reset empties b, keeping its memory for the next transaction.
@@ -528,7 +630,21 @@ func (b *rows) reset() {
 		clear(t.args)
 		t.args = t.args[:0]
 	}
+	for _, d := range b.spanData {
+		if cap(d) >= minSpare {
+			b.spare = append(b.spare, d[:0])
+		}
+	}
+	clear(b.spanData)
+	b.spanData, b.spanSize = b.spanData[:0], 0
 }
+
+// minSpare is the least capacity of a span's slice worth reusing, and
+// maxSpare how many the writer keeps.
+const (
+	minSpare = 4 << 10
+	maxSpare = 64
+)
 
 func (b *rows) empty() bool {
 	n := 0
@@ -551,7 +667,8 @@ type table struct {
 
 var (
 	taskInto    = `task (run_id, id, key, input, state, attempts, cause, peak, output, ended)`
-	spanInto    = `span (run_id, first, count, ids, keys, runtimes, peaks, lengths, output, started, ended, worker_pid, peak)`
+	spanInto    = `span (run_id, first, count, ids, parts, started, ended, worker_pid, peak, data_at, data_size, data_crc)`
+	skipInto    = `skip (run_id, first, count, ids, ended)`
 	attemptInto = `attempt (run_id, task_id, number, worker_pid, started, ended, cause, exit_code, signal, peak, message)`
 	sampleInto  = `sample (run_id, at, worker_pid, series, value)`
 	eventInto   = `event (run_id, at, kind, task_id, worker_pid, detail)`
@@ -659,7 +776,20 @@ func (w *Writer) rows(b *rows, r *record) {
 		}
 		w.bases = append(w.bases, r.id)
 	case recSkip:
-		b.tasks.add(int64(r.seq), r.key[:], r.input, "skipped", 0, nullString(r.text), nil, nil, r.at)
+		if r.text != "" {
+			b.tasks.add(int64(r.seq), r.key[:], r.input, "skipped", 0, nullString(r.text), nil, nil, r.at)
+			return
+		}
+		sk := &w.skip
+		if sk.n == 0 {
+			sk.begin(r.seq)
+		}
+		sk.addID(r.seq)
+		sk.n++
+		sk.at = r.at
+		if sk.n >= maxSkip {
+			w.endSkip(b)
+		}
 	case recNotice:
 		w.event(b, r.at, "notice", 0, 0, r.text)
 	case recRun:
@@ -734,7 +864,7 @@ func (w *Writer) taskEnded(b *rows, id uint64, res *pool.Result, at int64) {
 	delete(w.retrying, id)
 	if doneAtOnce(res) && !lt.inserted {
 		a := &res.Attempts[0]
-		w.spanAdd(b, lt.seq, lt.key, res.Output, a, a.Start.UnixNano(), a.End.UnixNano())
+		w.spanAdd(b, lt.seq, lt.key, res.Output, a)
 		return
 	}
 	w.taskRow(b, lt, 0, res, res.Output, at)
@@ -748,11 +878,20 @@ func (w *Writer) batchEnded(b *rows, res *pool.Result, at int64) {
 	}
 	if doneAtOnce(res) {
 		// Done at once, as most are: the items go to span rows, many
-		// at a time.
-		for i := 0; i < len(res.Items); {
-			i = w.span.addItems(lt, res.Items, i, &res.Attempts[0], w.run.StoreOutput)
+		// at a time; a whole block of lines, at once.
+		if w.span.n > 0 && !w.span.room(len(res.Items), len(res.Output)) {
+			w.endSpan(b)
+		}
+		if w.span.addBlock(lt, res, w.run.StoreOutput) {
 			if w.span.full() {
 				w.endSpan(b)
+			}
+		} else {
+			for i := 0; i < len(res.Items); {
+				i = w.span.addItems(lt, res, i, w.run.StoreOutput)
+				if w.span.full() {
+					w.endSpan(b)
+				}
 			}
 		}
 	} else {
@@ -888,15 +1027,56 @@ const (
 	maxSpanOutput = 1 << 20
 )
 
+// idRuns are the ids of a span or skip row, in runs of consecutive ids
+// (schema.sql: span.ids).
+type idRuns struct {
+	first uint64 // the first id
+	// The run of consecutive ids being added, [runStart, runEnd), not in
+	// ids yet; expect is where the run after the last in ids was expected
+	// to start.
+	runStart, runEnd, expect uint64
+	ids                      []byte
+}
+
+// begin starts the ids with seq.
+func (r *idRuns) begin(seq uint64) {
+	r.first, r.expect, r.runStart, r.runEnd = seq, seq, seq, seq
+}
+
+// addID adds seq to the runs.
+func (r *idRuns) addID(seq uint64) {
+	if seq == r.runEnd {
+		r.runEnd++
+		return
+	}
+	r.endRun()
+	r.runStart, r.runEnd = seq, seq+1
+}
+
+// endRun adds the run being added to ids.
+func (r *idRuns) endRun() {
+	if r.runEnd == r.runStart {
+		return
+	}
+	r.ids = binary.AppendVarint(r.ids, int64(r.runStart-r.expect)) // zigzag
+	r.ids = binary.AppendUvarint(r.ids, r.runEnd-r.runStart)
+	r.expect = r.runEnd
+	r.runStart = r.runEnd
+}
+
 // span gathers the tasks done at their first attempt for one row of span
-// (schema.sql).
+// (schema.sql). Its keys, lengths and output go to the span file.
 type span struct {
-	n           int
-	first, prev uint64 // the journal ids of its first and last tasks
-	ids, keys   []byte
-	runtimes    []byte
-	peaks       []byte
-	lengths     []byte // with Run.StoreOutput
+	n int
+	idRuns
+	parts []byte
+	keys  []byte
+	// With Run.StoreOutput, the outputs: lines (answer lines of line
+	// batches, which hold no newline) each with its newline, or, once an
+	// output of another kind comes (withLengths), the outputs one after
+	// the other with their lengths.
+	withLengths bool
+	lengths     []byte
 	output      []byte
 	started     int64
 	ended       int64
@@ -905,122 +1085,250 @@ type span struct {
 }
 
 // spanAdd adds the seq-th input, with key, done at its first attempt a
-// with out, to the span, and writes the span when it is full. start and
-// end bound its run: a's, or its item's in a batch.
-func (w *Writer) spanAdd(b *rows, seq uint64, key Key, out []byte, a *pool.Attempt, start, end int64) {
-	var full bool
-	if w.span, full = w.span.add(seq, key, out, a, start, end, w.run.StoreOutput); full {
+// with out, to the span, as a part of its own, and writes the span when
+// it is full.
+func (w *Writer) spanAdd(b *rows, seq uint64, key Key, out []byte, a *pool.Attempt) {
+	s := &w.span
+	if s.n == 0 {
+		s.start(seq, a)
+	}
+	s.addID(seq)
+	s.keys = append(s.keys, key[:]...)
+	if w.run.StoreOutput {
+		s.useLengths()
+		s.lengths = binary.AppendUvarint(s.lengths, uint64(len(out)))
+		s.output = append(s.output, out...)
+	}
+	s.n++
+	s.part(1, a, nil, nil)
+	if s.full() {
 		w.endSpan(b)
 	}
 }
 
-// add returns s with a task added, as spanAdd, and reports whether it is
-// full. It takes and returns s by value so that the items of a batch are
-// added to a local copy of the writer's span: a slice stored through a
-// pointer costs a write barrier while the GC runs, which was most of the
-// cost of an item.
-func (s span) add(seq uint64, key Key, out []byte, a *pool.Attempt, start, end int64, storeOutput bool) (span, bool) {
-	if s.n == 0 {
-		s.first, s.prev = seq, seq
-		s.started, s.ended, s.pid, s.peak = start, end, a.WorkerPID, 0
+// start starts the span with the seq-th input, whose attempt is a.
+func (s *span) start(seq uint64, a *pool.Attempt) {
+	s.begin(seq)
+	s.started, s.ended, s.pid, s.peak = a.Start.UnixNano(), a.End.UnixNano(), a.WorkerPID, 0
+}
+
+// part records that the last n tasks added ran in attempt a: from the
+// start of the first's item to the end of the last's, or over a when the
+// items were not timed (or are nil: a task of its own).
+func (s *span) part(n int, a *pool.Attempt, first, last *pool.Item) {
+	start, end := a.Start.UnixNano(), a.End.UnixNano()
+	if first != nil && !first.Start.IsZero() && !last.End.IsZero() {
+		start, end = first.Start.UnixNano(), last.End.UnixNano()
 	}
-	s.ids = binary.AppendVarint(s.ids, int64(seq-s.prev)) // zigzag
-	s.prev = seq
-	s.keys = append(s.keys, key[:]...)
-	s.runtimes = binary.AppendUvarint(s.runtimes, uint64(max(end-start, 0)/1000))
-	s.peaks = binary.AppendUvarint(s.peaks, uint64(max(a.PeakRSS, 0)>>10))
-	if storeOutput {
-		s.lengths = binary.AppendUvarint(s.lengths, uint64(len(out)))
-		s.output = append(s.output, out...)
-	}
+	s.parts = binary.AppendUvarint(s.parts, uint64(n))
+	s.parts = binary.AppendUvarint(s.parts, uint64(max(end-start, 0)/1000))
+	s.parts = binary.AppendUvarint(s.parts, uint64(max(a.PeakRSS, 0)>>10))
 	s.started, s.ended = min(s.started, start), max(s.ended, end)
 	if s.pid != a.WorkerPID {
 		s.pid = 0
 	}
 	s.peak = max(s.peak, a.PeakRSS)
-	s.n++
-	return s, s.n >= maxSpan || len(s.output) >= maxSpanOutput
 }
 
 // full reports whether the span is full: its row is to be written.
 func (s *span) full() bool { return s.n >= maxSpan || len(s.output) >= maxSpanOutput }
 
-// addItems adds the items of lt from items[i] on, which its first attempt
-// a did, to the span, as add does one by one, until the span is full; it
-// marks them ended in lt, and returns the index of the first item it did
-// not take. An item not of lt, or ended already, is passed over. It works
-// on local copies of the span's slices, so that an item costs no write
-// barrier of a slice stored through a pointer while the GC runs.
-func (s *span) addItems(lt *liveTask, items []pool.Item, i int, a *pool.Attempt, storeOutput bool) int {
-	ids, keys, runtimes, peaks, lengths, output := s.ids, s.keys, s.runtimes, s.peaks, s.lengths, s.output
-	n, prev, started, ended := s.n, s.prev, s.started, s.ended
-	aStart, aEnd := a.Start.UnixNano(), a.End.UnixNano()
-	peak := uint64(max(a.PeakRSS, 0) >> 10)
-	if n == 0 {
-		s.pid, s.peak = a.WorkerPID, 0
+// useLengths turns the span's outputs from lines into outputs with their
+// lengths, for an output that may hold a newline.
+func (s *span) useLengths() {
+	if s.withLengths {
+		return
 	}
+	s.withLengths = true
+	out := s.output[:0]
+	for rest := s.output; len(rest) > 0; {
+		k := bytes.IndexByte(rest, '\n')
+		s.lengths = binary.AppendUvarint(s.lengths, uint64(k))
+		out = append(out, rest[:k]...) // in place: out never passes rest
+		rest = rest[k+1:]
+	}
+	s.output = out
+}
+
+// room reports whether n more tasks with size bytes of output fit in the
+// span.
+func (s *span) room(n, size int) bool {
+	return s.n+n <= maxSpan && len(s.output)+size <= maxSpanOutput
+}
+
+// addBlock adds every item of lt, which res settles done at its first
+// attempt, at once, and reports whether it did: when res is a line
+// batch's (Result.Output holds its answer lines) and holds all of lt's
+// items, their ids are consecutive and they fit in the span. Otherwise
+// addItems is for them.
+func (s *span) addBlock(lt *liveTask, res *pool.Result, storeOutput bool) bool {
+	items := res.Items
+	n := len(items)
+	// A Result settles each of its items once, and a line batch's
+	// (Output set) holds them in the order of their lines (Result.Items):
+	// n items from index 0 to n-1 are all of lt's, in order.
+	if n == 0 || n != len(lt.seqs) || lt.left != n || items[0].Index != 0 || items[n-1].Index != n-1 ||
+		!s.room(n, len(res.Output)) || lt.seqs[n-1]-lt.seqs[0] != uint64(n-1) ||
+		res.Output == nil || storeOutput && s.withLengths {
+		return false
+	}
+	a := &res.Attempts[0]
+	first := lt.seqs[0]
+	if s.n == 0 {
+		s.start(first, a)
+	}
+	if first != s.runEnd {
+		s.addID(first)
+	}
+	s.runEnd = first + uint64(n)
+	s.keys = append(s.keys, unsafe.Slice((*byte)(unsafe.Pointer(&lt.keys[0])), n*len(Key{}))...)
+	if storeOutput {
+		s.output = append(s.output, res.Output...)
+	}
+	s.n += n
+	// Ended, all of them: the batch's record goes.
+	lt.left = 0
+	s.part(n, a, &items[0], &items[n-1])
+	return true
+}
+
+// addItems adds the items of res from res.Items[i] on, which its first
+// attempt did, to the span, as one part, until the span is full; it marks
+// them ended in lt, and returns the index of the first item it did not
+// take. An item not of lt, or ended already, is passed over. It works on
+// local copies of the span's slices, so that an item costs no write
+// barrier of a slice stored through a pointer while the GC runs.
+func (s *span) addItems(lt *liveTask, res *pool.Result, i int, storeOutput bool) int {
+	items, a := res.Items, &res.Attempts[0]
+	if storeOutput && res.Output == nil {
+		s.useLengths() // a framed batch's outputs may hold newlines
+	}
+	withLengths := s.withLengths
+	keys, lengths, output := s.keys, s.lengths, s.output
+	n := s.n
+	added := 0
+	var firstItem, lastItem *pool.Item
 	for ; i < len(items) && n < maxSpan && len(output) < maxSpanOutput; i++ {
 		it := &items[i]
 		if it.Index < 0 || it.Index >= len(lt.seqs) || lt.seqs[it.Index] == 0 {
 			continue // not of the batch, or ended already
 		}
 		seq := lt.seqs[it.Index]
-		start, end := aStart, aEnd
-		if !it.Start.IsZero() {
-			start, end = it.Start.UnixNano(), it.End.UnixNano()
-		}
 		if n == 0 {
-			s.first, prev, started, ended = seq, seq, start, end
+			s.start(seq, a)
 		}
-		ids = binary.AppendVarint(ids, int64(seq-prev)) // zigzag
-		prev = seq
+		if seq == s.runEnd {
+			s.runEnd++
+		} else {
+			s.addID(seq)
+		}
 		keys = append(keys, lt.keys[it.Index][:]...)
-		runtimes = binary.AppendUvarint(runtimes, uint64(max(end-start, 0)/1000))
-		peaks = binary.AppendUvarint(peaks, peak)
 		if storeOutput {
-			lengths = binary.AppendUvarint(lengths, uint64(len(it.Output)))
-			output = append(output, it.Output...)
+			if withLengths {
+				lengths = binary.AppendUvarint(lengths, uint64(len(it.Output)))
+				output = append(output, it.Output...)
+			} else {
+				output = append(append(output, it.Output...), '\n')
+			}
 		}
-		started, ended = min(started, start), max(ended, end)
+		if firstItem == nil {
+			firstItem = it
+		}
+		lastItem = it
 		n++
+		added++
 		// Ended. Its input goes with the batch's record, when the last
 		// item ends: clearing it here would cost a write barrier an item.
 		lt.seqs[it.Index] = 0
 		lt.left--
 	}
-	if s.pid != a.WorkerPID {
-		s.pid = 0
+	s.keys, s.lengths, s.output, s.n = keys, lengths, output, n
+	if added > 0 {
+		s.part(added, a, firstItem, lastItem)
 	}
-	s.peak = max(s.peak, a.PeakRSS)
-	s.ids, s.keys, s.runtimes, s.peaks, s.lengths, s.output = ids, keys, runtimes, peaks, lengths, output
-	s.n, s.prev, s.started, s.ended = n, prev, started, ended
 	return i
 }
 
-// endSpan adds the span's row to b, if it holds any task, and starts the
-// next one.
+// How a span's data hold its outputs (schema.sql): the first byte of the
+// data.
+const (
+	outputsNone        = 0 // not kept
+	outputsLines       = 1 // each followed by a newline, and holding none
+	outputsWithLengths = 2 // a varint, the length of the lengths; the lengths; the outputs
+)
+
+// endSpan adds the span's row to b, and its data to b's span data, if it
+// holds any task, and starts the next one. The committer sets the row's
+// place in the span file (rows.placeSpans).
 func (w *Writer) endSpan(b *rows) {
 	s := &w.span
 	if s.n == 0 {
 		return
 	}
-	var lengths, output any
-	if w.run.StoreOutput {
-		lengths, output = s.lengths, s.output
-		if s.output == nil {
-			output = []byte{}
+	s.endRun()
+	// The head names the row, so that data a crash lost and a later run
+	// wrote over are never taken for the row's.
+	head := binary.AppendUvarint(binary.AppendUvarint(nil, uint64(w.runID)), s.first)
+	switch {
+	case !w.run.StoreOutput:
+		head = append(head, outputsNone)
+	case s.withLengths:
+		head = binary.AppendUvarint(append(head, outputsWithLengths), uint64(len(s.lengths)))
+	default:
+		head = append(head, outputsLines)
+	}
+	at, crc := b.spanSize, uint32(0)
+	for _, d := range [][]byte{head, s.keys, s.lengths, s.output} {
+		if len(d) > 0 {
+			b.spanData = append(b.spanData, d)
+			b.spanSize += int64(len(d))
+			crc = crc32.Update(crc, castagnoli, d)
 		}
 	}
-	b.spans.add(int64(s.first), int64(s.n), s.ids, s.keys, s.runtimes, s.peaks, lengths, output, s.started, s.ended,
-		nullInt(int64(s.pid)), nullInt(s.peak))
-	// The row keeps the slices until the transaction ends: the next span
-	// has its own, the size of this one's.
+	b.spans.add(int64(s.first), int64(s.n), s.ids, s.parts, s.started, s.ended,
+		nullInt(int64(s.pid)), nullInt(s.peak), at, b.spanSize-at, int64(crc))
+	// The rows keep the span's slices until the transaction ends: the
+	// next span has its own, of the rows written before.
 	*s = span{
-		ids:      make([]byte, 0, cap(s.ids)),
-		keys:     make([]byte, 0, cap(s.keys)),
-		runtimes: make([]byte, 0, cap(s.runtimes)),
-		peaks:    make([]byte, 0, cap(s.peaks)),
-		lengths:  make([]byte, 0, cap(s.lengths)),
-		output:   make([]byte, 0, cap(s.output)),
+		idRuns:  idRuns{ids: make([]byte, 0, cap(s.ids))},
+		parts:   make([]byte, 0, cap(s.parts)),
+		keys:    w.buffer(),
+		lengths: w.buffer(),
+		output:  w.buffer(),
 	}
+}
+
+// buffer returns an empty slice to reuse for a span's data, or nil.
+func (w *Writer) buffer() []byte {
+	n := len(w.spare)
+	if n == 0 {
+		return nil
+	}
+	d := w.spare[n-1]
+	w.spare[n-1] = nil
+	w.spare = w.spare[:n-1]
+	return d
+}
+
+// maxSkip is how many tasks a skip row holds at most.
+const maxSkip = 1 << 16
+
+// skip gathers the tasks a resumed run skips because an earlier run had
+// them done, for one row of skip (schema.sql).
+type skip struct {
+	n int
+	idRuns
+	at int64 // when the last was skipped
+}
+
+// endSkip adds the skip row to b, if it holds any task, and starts the
+// next one.
+func (w *Writer) endSkip(b *rows) {
+	sk := &w.skip
+	if sk.n == 0 {
+		return
+	}
+	sk.endRun()
+	b.skips.add(int64(sk.first), int64(sk.n), sk.ids, sk.at)
+	*sk = skip{}
 }

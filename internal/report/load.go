@@ -30,8 +30,9 @@ import (
 )
 
 // schemaVersion is the journal's PRAGMA user_version that this package
-// reads; it reads version 1, before span rows, too.
-const schemaVersion = 2
+// reads; it reads version 1, before span rows, and version 2, whose span
+// rows held their tasks' runtimes and peaks one by one, too.
+const schemaVersion = 3
 
 // ErrNoRun means the journal has no run of the id asked for, or no run at
 // all.
@@ -50,7 +51,7 @@ func Load(ctx context.Context, path string, opt Options) (*Run, error) {
 		return nil, err
 	}
 	defer db.Close()
-	l := &loader{db: db, opt: opt, spans: v >= 2}
+	l := &loader{db: db, opt: opt, spans: v >= 2, version: v}
 	return l.load(ctx)
 }
 
@@ -75,7 +76,7 @@ func open(path string) (*sql.DB, int, error) {
 		db.Close()
 		return nil, 0, fmt.Errorf("%w: %s: %v", ErrNotJournal, path, err)
 	}
-	if v != schemaVersion && v != 1 {
+	if v != schemaVersion && v != 1 && v != 2 {
 		db.Close()
 		return nil, 0, fmt.Errorf("%w: %s has schema version %d, want %d", ErrNotJournal, path, v, schemaVersion)
 	}
@@ -89,8 +90,10 @@ type loader struct {
 	r   *Run
 	t0  int64 // the run's start, Unix ns
 	end int64 // the end of the time axis, Unix ns
-	// spans reports whether the journal has span rows (schema version 2).
-	spans bool
+	// spans reports whether the journal has span rows (schema version 2
+	// on); version is the journal's schema version.
+	spans   bool
+	version int
 }
 
 func (l *loader) load(ctx context.Context) (*Run, error) {
@@ -155,6 +158,9 @@ func (l *loader) loadRun(ctx context.Context) error {
 		spanEnd := ""
 		if l.spans {
 			spanEnd = " UNION ALL SELECT MAX(ended) FROM span WHERE run_id = ?1"
+		}
+		if l.version >= 3 {
+			spanEnd += " UNION ALL SELECT MAX(ended) FROM skip WHERE run_id = ?1"
 		}
 		err := l.db.QueryRowContext(ctx, `SELECT MAX(m) FROM (
 			SELECT MAX(at) m FROM sample WHERE run_id = ?1

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"slices"
 	"time"
 
@@ -12,7 +13,8 @@ import (
 
 // spanCounts adds the tasks of the run's span rows (tasks done at their
 // first attempt, many to a row) to the counts: each is a task done, and
-// an attempt that succeeded.
+// an attempt that succeeded; and those of its skip rows, tasks skipped.
+// Skipped tasks of skip rows are not listed in the table.
 func (l *loader) spanCounts(ctx context.Context) error {
 	if !l.spans {
 		return nil
@@ -27,6 +29,18 @@ func (l *loader) spanCounts(ctx context.Context) error {
 		l.r.Tasks += n
 		l.r.Attempts += n
 	}
+	if l.version < 3 {
+		return nil
+	}
+	// Tasks skipped as done in an earlier run, many to a row of skip.
+	err = l.db.QueryRowContext(ctx, "SELECT COALESCE(SUM(count), 0) FROM skip WHERE run_id = ?", l.r.ID).Scan(&n)
+	if err != nil {
+		return l.fail("counting tasks", err)
+	}
+	if n > 0 {
+		l.r.States["skipped"] += n
+		l.r.Tasks += n
+	}
 	return nil
 }
 
@@ -38,7 +52,11 @@ func (l *loader) spanRows(ctx context.Context, room int) ([]TaskRow, error) {
 	if !l.spans || room <= 0 {
 		return nil, nil
 	}
-	rows, err := l.db.QueryContext(ctx, "SELECT first, count, ids, runtimes, peaks FROM span WHERE run_id = ? ORDER BY rowid", l.r.ID)
+	q := "SELECT first, count, ids, parts, NULL FROM span WHERE run_id = ? ORDER BY rowid"
+	if l.version == 2 {
+		q = "SELECT first, count, ids, runtimes, peaks FROM span WHERE run_id = ? ORDER BY rowid"
+	}
+	rows, err := l.db.QueryContext(ctx, q, l.r.ID)
 	if err != nil {
 		return nil, l.fail("reading tasks", err)
 	}
@@ -55,25 +73,22 @@ func (l *loader) spanRows(ctx context.Context, room int) ([]TaskRow, error) {
 	for rows.Next() {
 		var first uint64
 		var n int
-		var ids, runtimes, peaks []byte
-		if err := rows.Scan(&first, &n, &ids, &runtimes, &peaks); err != nil {
+		var ids, parts, peaks []byte
+		if err := rows.Scan(&first, &n, &ids, &parts, &peaks); err != nil {
 			return nil, l.fail("reading tasks", err)
 		}
-		seqs, err := journal.SpanIDs(first, n, ids)
+		var tasks []TaskRow
+		var err error
+		if l.version == 2 {
+			tasks, err = spanTasksV2(first, n, ids, parts, peaks)
+		} else {
+			tasks, err = spanTasks(first, n, ids, parts)
+		}
 		if err != nil {
 			return nil, l.fail("reading tasks", err)
 		}
-		for _, seq := range seqs {
-			t := TaskRow{ID: int64(seq), State: "done", Attempts: 1}
-			if v, k := binary.Uvarint(runtimes); k > 0 {
-				t.Runtime, runtimes = time.Duration(v)*time.Microsecond, runtimes[k:]
-			}
-			if v, k := binary.Uvarint(peaks); k > 0 {
-				t.Peak, peaks = int64(v)<<10, peaks[k:]
-			}
-			byTime = append(byTime, t)
-			bySize = append(bySize, t)
-		}
+		byTime = append(byTime, tasks...)
+		bySize = append(bySize, tasks...)
 		if len(byTime) > 4*room+maxSpanTasks {
 			byTime, bySize = trim(byTime, longer), trim(bySize, larger)
 		}
@@ -103,6 +118,51 @@ func (l *loader) spanRows(ctx context.Context, room int) ([]TaskRow, error) {
 		}
 	}
 	return out, nil
+}
+
+// spanTasks are the tasks of a span row of schema version 3: a task of a
+// part of several, which ran as one attempt, is given the part's time
+// shared out evenly, and its peak.
+func spanTasks(first uint64, n int, ids, parts []byte) ([]TaskRow, error) {
+	seqs, err := journal.SpanIDs(first, n, ids)
+	if err != nil {
+		return nil, err
+	}
+	tasks := make([]TaskRow, 0, n)
+	err = journal.SpanParts(n, parts, func(count int, runtime, peak int64) {
+		each := time.Duration(runtime / int64(count))
+		for range count {
+			tasks = append(tasks, TaskRow{ID: int64(seqs[len(tasks)]), State: "done", Attempts: 1, Runtime: each, Peak: peak})
+		}
+	})
+	return tasks, err
+}
+
+// spanTasksV2 are the tasks of a span row of schema version 2: ids as
+// zigzag varint deltas, a runtime and a peak for each task.
+func spanTasksV2(first uint64, n int, ids, runtimes, peaks []byte) ([]TaskRow, error) {
+	tasks := make([]TaskRow, 0, n)
+	prev := first
+	for len(ids) > 0 {
+		d, k := binary.Varint(ids)
+		if k <= 0 {
+			return nil, fmt.Errorf("bad span ids")
+		}
+		ids = ids[k:]
+		prev += uint64(d)
+		t := TaskRow{ID: int64(prev), State: "done", Attempts: 1}
+		if v, k := binary.Uvarint(runtimes); k > 0 {
+			t.Runtime, runtimes = time.Duration(v)*time.Microsecond, runtimes[k:]
+		}
+		if v, k := binary.Uvarint(peaks); k > 0 {
+			t.Peak, peaks = int64(v)<<10, peaks[k:]
+		}
+		tasks = append(tasks, t)
+	}
+	if len(tasks) != n {
+		return nil, fmt.Errorf("a span of %d tasks has %d ids", n, len(tasks))
+	}
+	return tasks, nil
 }
 
 // maxSpanTasks is the most tasks one span row holds (internal/journal).

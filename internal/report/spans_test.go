@@ -12,13 +12,53 @@ import (
 // TestSpansAndWaits reads a run whose done tasks are in a span row (as
 // the journal writes tasks done at their first attempt) beside task rows,
 // and whose admission waits are events: the span's tasks are counted and
-// listed with their runtimes and peaks, and the waits are measured.
+// listed with their runtimes and peaks (a part of several tasks shares
+// its time out), and the waits are measured.
 func TestSpansAndWaits(t *testing.T) {
 	j := newTestJournal(t)
 	start := time.Unix(1_700_000_000, 0)
-	id := j.addRun(t, runRow{started: start, ended: start.Add(10 * time.Second), kind: "map", command: "[]",
-		argv: []string{"safepool", "map"}, workers: 2, memoryMode: "cgroup-v2", exitStatus: 1})
-	// Tasks 1, 2, 4 and 5 done in one span; task 3 failed.
+	id := addSpanRun(t, j, start)
+	// Tasks 1, 2, 4 and 5 done in one span, in runs 1-2, 5, 4; 1 and 2
+	// ran as one part of 3 ms; task 3 failed.
+	var ids, parts []byte
+	for _, r := range [][2]int64{{0, 2}, {2, 1}, {-2, 1}} {
+		ids = binary.AppendVarint(ids, r[0])
+		ids = binary.AppendUvarint(ids, uint64(r[1]))
+	}
+	for _, p := range [][3]uint64{{2, 3000, 2048}, {1, 3000, 3072}, {1, 4000, 4096}} { // tasks, µs, KiB
+		for _, v := range p {
+			parts = binary.AppendUvarint(parts, v)
+		}
+	}
+	mustExec(t, j, `INSERT INTO span (run_id, first, count, ids, parts, started, ended, data_at, data_size, data_crc)
+		VALUES (?, 1, 4, ?, ?, ?, ?, 0, 0, 0)`, id, ids, parts, start.UnixNano(), start.Add(time.Second).UnixNano())
+	checkSpanRun(t, j, map[int64]time.Duration{1: 1500 * time.Microsecond, 2: 1500 * time.Microsecond, 3: 0,
+		4: 4 * time.Millisecond, 5: 3 * time.Millisecond})
+
+	// Tasks 6 to 8 skipped as done in an earlier run, in a skip row, are
+	// counted as skipped.
+	ids = binary.AppendUvarint(binary.AppendVarint(nil, 0), 3)
+	mustExec(t, j, `INSERT INTO skip (run_id, first, count, ids, ended) VALUES (?, 6, 3, ?, ?)`, id, ids, start.UnixNano())
+	r, err := report.Load(context.Background(), j.path, report.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Tasks != 8 || r.States["skipped"] != 3 || r.States["done"] != 4 {
+		t.Errorf("tasks, skipped, done = %d, %d, %d; want 8, 3, 4", r.Tasks, r.States["skipped"], r.States["done"])
+	}
+}
+
+// TestSpansVersion2 reads the span rows of a journal of schema version 2,
+// which held each task's runtime and peak.
+func TestSpansVersion2(t *testing.T) {
+	j := newTestJournal(t)
+	mustExec(t, j, `DROP TABLE span`)
+	mustExec(t, j, `CREATE TABLE span (run_id INTEGER NOT NULL, first INTEGER NOT NULL, count INTEGER NOT NULL,
+		ids BLOB NOT NULL, keys BLOB NOT NULL, runtimes BLOB NOT NULL, peaks BLOB NOT NULL, lengths BLOB, output BLOB,
+		started INTEGER NOT NULL, ended INTEGER NOT NULL, worker_pid INTEGER, peak INTEGER)`)
+	mustExec(t, j, `PRAGMA user_version = 2`)
+	start := time.Unix(1_700_000_000, 0)
+	id := addSpanRun(t, j, start)
 	var ids, keys, runtimes, peaks []byte
 	prev := uint64(1)
 	for i, seq := range []uint64{1, 2, 5, 4} {
@@ -30,6 +70,15 @@ func TestSpansAndWaits(t *testing.T) {
 	}
 	mustExec(t, j, `INSERT INTO span (run_id, first, count, ids, keys, runtimes, peaks, started, ended)
 		VALUES (?, 1, 4, ?, ?, ?, ?, ?, ?)`, id, ids, keys, runtimes, peaks, start.UnixNano(), start.Add(time.Second).UnixNano())
+	checkSpanRun(t, j, map[int64]time.Duration{1: time.Millisecond, 2: 2 * time.Millisecond, 3: 0,
+		4: 4 * time.Millisecond, 5: 3 * time.Millisecond})
+}
+
+// addSpanRun adds the run of the span tests, with its failed task 3 and
+// its admission waits, and returns its id.
+func addSpanRun(t *testing.T, j *testJournal, start time.Time) int64 {
+	id := j.addRun(t, runRow{started: start, ended: start.Add(10 * time.Second), kind: "map", command: "[]",
+		argv: []string{"safepool", "map"}, workers: 2, memoryMode: "cgroup-v2", exitStatus: 1})
 	mustExec(t, j, `INSERT INTO task (run_id, id, key, input, state, attempts, cause, ended)
 		VALUES (?, 3, x'00', 'three', 'failed', 1, 'exit:1', ?)`, id, start.Add(time.Second).UnixNano())
 	for _, ev := range []struct {
@@ -38,6 +87,13 @@ func TestSpansAndWaits(t *testing.T) {
 	}{{2 * time.Second, "admission-wait"}, {3 * time.Second, "admission-wait-ended"}, {9 * time.Second, "admission-wait"}} {
 		mustExec(t, j, `INSERT INTO event (run_id, at, kind) VALUES (?, ?, ?)`, id, start.Add(ev.at).UnixNano(), ev.kind)
 	}
+	return id
+}
+
+// checkSpanRun loads the run of addSpanRun and checks its counts, its
+// tasks' runtimes (want), task 4's peak and the waits.
+func checkSpanRun(t *testing.T, j *testJournal, want map[int64]time.Duration) {
+	t.Helper()
 	r, err := report.Load(context.Background(), j.path, report.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -45,7 +101,6 @@ func TestSpansAndWaits(t *testing.T) {
 	if r.Tasks != 5 || r.States["done"] != 4 || r.States["failed"] != 1 || r.Attempts != 4 {
 		t.Errorf("tasks, done, failed, attempts = %d, %d, %d, %d; want 5, 4, 1, 4", r.Tasks, r.States["done"], r.States["failed"], r.Attempts)
 	}
-	want := map[int64]time.Duration{1: time.Millisecond, 2: 2 * time.Millisecond, 3: 0, 4: 4 * time.Millisecond, 5: 3 * time.Millisecond}
 	if len(r.Rows) != 5 {
 		t.Fatalf("%d rows, want 5", len(r.Rows))
 	}

@@ -23,6 +23,7 @@ import threading
 import time
 
 _FLUSH_EVERY = 0.15
+_SCHEMA_VERSION = 3  # the user_version of journal_schema.sql
 _INPUT_MAX = 256
 
 
@@ -68,9 +69,13 @@ class Journal:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         (version,) = db.execute("PRAGMA user_version").fetchone()
-        if version > 2:
+        if version > _SCHEMA_VERSION:
             db.close()
             raise ValueError("journal %s was made by a newer safepool (schema version %d)" % (self.path, version))
+        if 0 < version < _SCHEMA_VERSION:
+            db.close()
+            raise ValueError("journal %s was made by an older safepool (schema version %d, this one writes %d):"
+                             " use a new journal file" % (self.path, version, _SCHEMA_VERSION))
         db.executescript(_schema())
         return db
 

@@ -1,15 +1,18 @@
 -- The journal of safepool runs: one SQLite database (WAL mode) that one
--- consumer of the pool's event stream writes. Times are Unix nanoseconds;
+-- consumer of the pool's event stream writes, and the span file next to it
+-- (see span). Times are Unix nanoseconds;
 -- sizes are bytes. A database may hold several runs: a run resumed with
 -- --resume is a new row of run whose tasks skip what an earlier run of the
 -- same journal finished.
 --
 -- Most tasks end done at their first attempt: those are written in bulk,
--- many to a row of span, with their keys and outputs packed in blobs.
--- Every other task (pending, failed, poison, cancelled, skipped, done after
--- a retry) has a row of task of its own, with its attempts in attempt.
+-- many to a row of span, with their keys and outputs in the span file.
+-- Tasks a resumed run skips because an earlier run had them done are
+-- written in bulk too, to rows of skip. Every other task (pending, failed,
+-- poison, cancelled, skipped after a failure, done after a retry) has a
+-- row of task of its own, with its attempts in attempt.
 
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;
 
 -- One row per invocation of `safepool run`, `safepool map` or a Python pool.
 CREATE TABLE IF NOT EXISTS run (
@@ -51,22 +54,50 @@ CREATE TABLE IF NOT EXISTS task (
 -- Tasks done at their first attempt, many to a row: those a commit
 -- writes, in the order they ended, up to 4096 to a row. Their rows are not
 -- in task, nor their attempts in attempt, and their inputs are not kept.
+-- Their keys and outputs, the bulk of a run of short tasks, are not in the
+-- database but in the span file next to it (the journal's path with
+-- "-spans" added), which a commit appends them to before the transaction
+-- that adds their rows: each row says where its data lie in that file,
+-- and their CRC-32C, so that data lost with the system's page cache (the
+-- span file is not synced, as the WAL is not with synchronous=NORMAL) are
+-- known as lost, and their tasks run again.
 CREATE TABLE IF NOT EXISTS span (
 	run_id     INTEGER NOT NULL REFERENCES run(id),
 	first      INTEGER NOT NULL,     -- the id (as task.id) of its first task
 	count      INTEGER NOT NULL,     -- how many tasks it holds
-	ids        BLOB NOT NULL,        -- each task's id less the one before (the first: less first), zigzag varints
-	keys       BLOB NOT NULL,        -- each task's key, 16 bytes each, in the same order
-	runtimes   BLOB NOT NULL,        -- each task's attempt's time in microseconds, varints
-	peaks      BLOB NOT NULL,        -- each task's attempt's PeakRSS in KiB (0: unknown), varints
-	lengths    BLOB,                 -- map: each output's length, varints; NULL when outputs are not kept
-	output     BLOB,                 -- map: the outputs one after the other, for resume to replay
+	ids        BLOB NOT NULL,        -- its tasks' ids in runs of consecutive ids: for each run, its first id less the id after the run before (the first: less first) as a zigzag varint, then its length as a varint
+	parts      BLOB NOT NULL,        -- its tasks in parts that ran as one attempt (a block of lines, or one task), in order: for each, how many tasks, their attempt's time in microseconds and its PeakRSS in KiB (0: unknown), varints
 	started    INTEGER NOT NULL,     -- the earliest start of their attempts
 	ended      INTEGER NOT NULL,     -- the latest end of their attempts
 	worker_pid INTEGER,              -- the worker that ran them all, or NULL when several did
-	peak       INTEGER               -- the highest PeakRSS of their attempts
+	peak       INTEGER,              -- the highest PeakRSS of their attempts
+	data_at    INTEGER NOT NULL,     -- where its data begin in the span file, in bytes
+	data_size  INTEGER NOT NULL,     -- how many bytes they take
+	data_crc   INTEGER NOT NULL      -- their CRC-32C (Castagnoli)
+	-- The data: the row's run_id and first (varints), which a reader
+	-- checks, so that data a crash lost and a later run wrote over are
+	-- not taken for the row's; a byte that says how outputs are kept (0: they are not;
+	-- 1: map's answer lines, each followed by a newline, none holding
+	-- one; 2: map's outputs with their lengths), then for 2 the length of
+	-- the lengths (a varint); each task's key (16 bytes each, in the
+	-- order of ids); for 2 each output's length (varints); and the
+	-- outputs one after the other, for resume to replay.
 );
 CREATE INDEX IF NOT EXISTS span_run ON span(run_id, first);
+
+-- Tasks a resumed run skipped because an earlier run had them done, many
+-- to a row: those a commit writes, up to 65536 to a row. They have no row
+-- in task (a skipped task whose earlier run failed, with --resume, has
+-- one, with its cause), and their keys and inputs are those of the
+-- earlier run's rows.
+CREATE TABLE IF NOT EXISTS skip (
+	run_id     INTEGER NOT NULL REFERENCES run(id),
+	first      INTEGER NOT NULL,     -- the id (as task.id) of its first task
+	count      INTEGER NOT NULL,     -- how many tasks it holds
+	ids        BLOB NOT NULL,        -- its tasks' ids, in runs as span.ids
+	ended      INTEGER NOT NULL      -- when the last of them was skipped
+);
+CREATE INDEX IF NOT EXISTS skip_run ON skip(run_id, first);
 
 -- One row per attempt of a task in task, as it ends.
 CREATE TABLE IF NOT EXISTS attempt (

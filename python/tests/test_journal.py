@@ -65,6 +65,21 @@ class Journal(unittest.TestCase):
         self.assertEqual(task, [("failed", "exit:3", 1)])
         self.assertEqual(attempts, [(4, 1, "exit:3", 3, 1, 1)])
 
+    def test_older_journal(self):
+        # A journal of an older schema is refused, with a clear error,
+        # and left as it was.
+        db = sqlite3.connect(self.path)
+        db.execute("CREATE TABLE run (id INTEGER PRIMARY KEY)")
+        db.execute("PRAGMA user_version = 2")
+        db.commit()
+        db.close()
+        with self.assertRaisesRegex(ValueError, "older safepool.*schema version 2"):
+            safepool.Pool(1, journal=self.path)
+        db = sqlite3.connect(self.path)
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        db.close()
+        self.assertEqual(version, 2)
+
     def test_resume_needs_journal(self):
         with self.assertRaises(ValueError):
             safepool.Pool(1, resume=True)
