@@ -44,15 +44,15 @@ func expand(command []string, input []byte) []string {
 // oneShot runs one attempt of t and reports it.
 func (r *runner) oneShot(t *task) {
 	cfg := &r.p.cfg
-	args := t.t.Args
+	args, path := t.t.Args, ""
 	if args == nil {
-		args = expand(cfg.Command, t.t.Input)
+		args, path = expand(cfg.Command, t.t.Input), r.p.commandPath
 	}
 	// The previous attempt's output is no use any more.
 	t.out.release()
 	t.out = nil
 	out := r.p.spool.newOutput() // written by the process's copiers until CloseIO returns
-	spec := worker.Spec{Args: args, Env: cfg.Env, Dir: cfg.Dir, IO: worker.IONone, Stdout: out.stdout, Stderr: out.stderr}
+	spec := worker.Spec{Args: args, Path: path, Env: cfg.Env, Dir: cfg.Dir, IO: worker.IONone, Stdout: out.stdout, Stderr: out.stderr}
 	if t.t.Stdin != nil {
 		spec.Stdin = bytes.NewReader(t.t.Stdin)
 	}
