@@ -136,13 +136,7 @@ func (g *Group) Prepare(cmd *exec.Cmd) error {
 // first instruction, with one exec. Otherwise it starts cmd as Prepare
 // readies it, and under cgroup v2 raises the started process's
 // oom_score_adj to 1000 (v1's shim raises its own before the worker runs).
-func (g *Group) Start(cmd *exec.Cmd) error { return g.StartThen(cmd, nil) }
-
-// StartThen is Start, and once cmd has started, runs then (if not nil) on
-// a goroutine of its own: under cgroup v1 on the one that started cmd from
-// the group, so that a waiter for cmd costs no goroutine of its own. It
-// never runs then when it returns an error.
-func (g *Group) StartThen(cmd *exec.Cmd, then func()) error {
+func (g *Group) Start(cmd *exec.Cmd) error {
 	if g.ctrl.mode() != ModeCgroupV1 || g.m == nil || !g.m.threadStart.Load() {
 		if err := g.Prepare(cmd); err != nil {
 			return err
@@ -151,9 +145,6 @@ func (g *Group) StartThen(cmd *exec.Cmd, then func()) error {
 		g.Started()
 		if err == nil && g.ctrl.mode() != ModeCgroupV1 {
 			_ = SetOOMScoreAdj(cmd.Process.Pid, 1000)
-		}
-		if err == nil && then != nil {
-			go then()
 		}
 		return err
 	}
@@ -175,7 +166,7 @@ func (g *Group) StartThen(cmd *exec.Cmd, then func()) error {
 		tasks = fd
 	}
 	traced(cmd)
-	back, err := startFromThread(cmd, tasks, g.path, g.m.det.Own, then)
+	back, err := startFromThread(cmd, tasks, g.path, g.m.det.Own)
 	if back != nil {
 		// Never again: each such thread is held until its child ends.
 		g.m.threadStart.Store(false)

@@ -94,11 +94,7 @@ var supervisorPID = os.Getpid()
 // and ends once the child has ended (not before: the child's Pdeathsig is
 // tied to the thread that forked it); back reports that, so that later
 // starts use the shim.
-//
-// Once cmd has started, then, if not nil, runs on the goroutine that
-// started it (a new one, not the caller's), after the result is returned:
-// a waiter that needs a goroutine anyway costs none of its own.
-func startFromThread(cmd *exec.Cmd, tasks int, dir, home string, then func()) (back error, err error) {
+func startFromThread(cmd *exec.Cmd, tasks int, dir, home string) (back error, err error) {
 	type result struct{ back, err error }
 	done := make(chan result, 1)
 	go func() {
@@ -107,7 +103,7 @@ func startFromThread(cmd *exec.Cmd, tasks int, dir, home string, then func()) (b
 			// The leader's cgroup decides where the supervisor's memory
 			// is charged: never move it. While this goroutine holds it,
 			// the nested call runs on another thread.
-			back, err := startFromThread(cmd, tasks, dir, home, then)
+			back, err := startFromThread(cmd, tasks, dir, home)
 			runtime.UnlockOSThread()
 			done <- result{back, err}
 			return
@@ -133,17 +129,11 @@ func startFromThread(cmd *exec.Cmd, tasks int, dir, home string, then func()) (b
 		if back == nil {
 			runtime.UnlockOSThread()
 			done <- result{err: err}
-			if err == nil && then != nil {
-				then()
-			}
 			return
 		}
 		back = fmt.Errorf("thread %d stays in %s: %w", unix.Gettid(), dir, back)
 		done <- result{back: back, err: err}
 		if err == nil {
-			if then != nil {
-				go then()
-			}
 			waitGone(cmd.Process.Pid)
 		}
 		// Returning while locked ends the thread, and with it its place
@@ -236,7 +226,7 @@ func probeThreadStart(dir, home string) error {
 	defer unix.Close(tasks)
 	cmd := exec.Command("/bin/true")
 	traced(cmd)
-	back, err := startFromThread(cmd, tasks, dir, home, nil)
+	back, err := startFromThread(cmd, tasks, dir, home)
 	if err == nil {
 		err = cmd.Wait()
 	}

@@ -34,10 +34,7 @@ type Cgroup interface {
 // Start's own write of the score. *memory.Group implements it: under
 // cgroup v1 it forks from a thread placed in the group.
 type Starter interface {
-	// StartThen starts cmd, and once it has started runs then on a
-	// goroutine of its own (under v1, the one that forked cmd); it never
-	// runs then when it returns an error.
-	StartThen(cmd *exec.Cmd, then func()) error
+	Start(cmd *exec.Cmd) error
 }
 
 // IO says which pipes a worker gets.
@@ -179,7 +176,7 @@ func Start(spec Spec) (_ *Process, err error) {
 	if err != nil {
 		return nil, err
 	}
-	scored, err := launch(spec.Cgroup, cmd, p.wait)
+	scored, err := launch(spec.Cgroup, cmd)
 	if errors.Is(err, syscall.E2BIG) {
 		// Name the worker's own command, not the program that exec ran (a
 		// cgroup shim's shell), and say which limit it broke.
@@ -196,17 +193,17 @@ func Start(spec Spec) (_ *Process, err error) {
 	// has set this already, before the worker's code ran.
 	if !scored {
 		_ = os.WriteFile("/proc/"+strconv.Itoa(p.Pid)+"/oom_score_adj", []byte("1000"), 0)
-		go p.wait()
 	}
+	go p.wait()
 	return p, nil
 }
 
 // launch starts cmd in group, if any: through it when it is a Starter
-// (scored: the process has its oom_score_adj already, and wait runs
-// already, on the goroutine that started it), else readied by its Prepare.
-func launch(group Cgroup, cmd *exec.Cmd, wait func()) (scored bool, err error) {
+// (scored: the process has its oom_score_adj already), else readied by
+// its Prepare.
+func launch(group Cgroup, cmd *exec.Cmd) (scored bool, err error) {
 	if s, ok := group.(Starter); ok {
-		return true, s.StartThen(cmd, wait)
+		return true, s.Start(cmd)
 	}
 	if group != nil {
 		if err := group.Prepare(cmd); err != nil {
@@ -399,19 +396,15 @@ func dupFile(f *os.File) (*os.File, error) {
 // wait is the only place that waits for the process. It first observes the
 // death without reaping, so that the process group id cannot be reused while
 // it kills what is left of the group (grandchildren), then reaps.
-//
-// It may start before Start has returned (launch), so it takes the pid
-// from cmd, which Start wrote before, not from p.Pid.
 func (p *Process) wait() {
-	pid := p.cmd.Process.Pid
 	var info unix.Siginfo
 	for {
-		err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		err := unix.Waitid(unix.P_PID, p.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
 		if err != unix.EINTR {
 			break
 		}
 	}
-	_ = unix.Kill(-pid, unix.SIGKILL)
+	_ = unix.Kill(-p.Pid, unix.SIGKILL)
 	err := p.cmd.Wait()
 	e := Exit{Code: -1, Time: time.Now()}
 	st := p.cmd.ProcessState
