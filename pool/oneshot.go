@@ -44,9 +44,13 @@ func expand(command []string, input []byte) []string {
 // oneShot runs one attempt of t and reports it.
 func (r *runner) oneShot(t *task) {
 	cfg := &r.p.cfg
-	args, path := t.t.Args, ""
+	args := t.t.Args
 	if args == nil {
-		args, path = expand(cfg.Command, t.t.Input), r.p.commandPath
+		args = expand(cfg.Command, t.t.Input)
+	}
+	path := ""
+	if len(args) > 0 && args[0] == cfg.Command[0] {
+		path = r.p.commandPath // the same name, found once
 	}
 	// The previous attempt's output is no use any more.
 	t.out.release()
