@@ -179,11 +179,6 @@ func (a *mapArgs) parse(e *env, args []string) error {
 	if a.nats.url != "" {
 		return usagef("map", "--pipe does not work with --nats")
 	}
-	for _, name := range []string{"journal", "resume", "resume-failed"} {
-		if fs.Changed(name) {
-			return usagef("map", "--%s does not work with --pipe yet: a block's output is not kept in the journal", name)
-		}
-	}
 	for _, name := range []string{"framed", "pipeline", "max-tasks", "max-rss", "max-line", "stall-timeout", "start-timeout"} {
 		if fs.Changed(name) {
 			return usagef("map", "--%s is for persistent workers, not --pipe", name)
@@ -213,7 +208,7 @@ func runMap(ctx context.Context, e *env, args []string) error {
 		command, viaShell = workerCommand(a.worker)
 	}
 	if a.pipe {
-		return runMapPipe(ctx, e, &a, command, viaShell)
+		return runMapPipe(ctx, e, &a, command, viaShell, append([]string{"safepool", "map"}, args...))
 	}
 	protocol := pool.Line
 	if a.framed {

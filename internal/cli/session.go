@@ -47,6 +47,20 @@ type job struct {
 	journal    journalFlags
 	keyCommand []string
 	argv       []string
+	// journalInput, when set, is what the journal keeps of an input in
+	// place of the input itself (map --pipe: the block's place in the
+	// input, not its megabytes); the key is still the input's.
+	journalInput func(input []byte) []byte
+	// journaled, when set, says whether a result's end goes to the
+	// journal once written (map --pipe: not when its output was too long
+	// to keep, so that resume runs it again).
+	journaled func(r *pool.Result) bool
+	// rawReplay reports whether a replayed output is written as it is
+	// (map --pipe: a block's whole output), not as a line.
+	rawReplay bool
+	// replayAhead is how many replayed outputs may wait for the results
+	// loop; 0 means the default, replayAhead.
+	replayAhead int
 	jsonPath   string // path of the JSON summary, "-" for stdout, or ""
 	progress   bool   // whether to draw the progress bar
 	quiet      bool   // print no summary when every task succeeded
@@ -208,7 +222,11 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	feedDone := make(chan struct{})
 	// replayCh carries the outputs of map tasks an earlier run did, from
 	// the feeder to the results loop, which writes them in their place.
-	replayCh := make(chan replay, replayAhead)
+	ahead := replayAhead
+	if j.replayAhead > 0 {
+		ahead = j.replayAhead
+	}
+	replayCh := make(chan replay, ahead)
 	fb := &feedBack{replays: replayCh}
 	fb.fail = func(err error) {
 		feedMu.Lock()
@@ -244,17 +262,21 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 				fb.fail(err)
 				return
 			}
+			jin := in
+			if jj != nil && j.journalInput != nil {
+				jin = j.journalInput(in)
+			}
 			if done {
 				if feedStopped(ctx, p) {
 					return
 				}
-				fb.skip(j.mode, jj, seq, key, in, f, id)
+				fb.skip(j.mode, jj, seq, key, jin, f, id)
 				continue
 			}
 			id++
 			t := j.task(seq, in)
 			jl.submit(id, seq, t.Input)
-			jj.submit(id, seq, key, in)
+			jj.submit(id, seq, key, jin)
 			if _, err := p.Submit(ctx, t); err != nil {
 				return // the pool is stopping; the results loop reports why
 			}
@@ -323,7 +345,11 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	var lastID uint64
 	emitReplay := func(rp *replay) {
 		if o.err == nil {
-			o.stdout(rp.output, newline)
+			if j.rawReplay {
+				o.stdout(rp.output)
+			} else {
+				o.stdout(rp.output, newline)
+			}
 			if flushC == nil && o.out.Buffered() > 0 {
 				flushT.Reset(outputLinger)
 				flushC = flushT.C
@@ -399,7 +425,9 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 				break
 			}
 			j.emit(o, &r)
-			jj.written(&r)
+			if j.journaled == nil || j.journaled(&r) {
+				jj.written(&r)
+			}
 			if flushC == nil && o.out.Buffered() > 0 {
 				flushT.Reset(outputLinger)
 				flushC = flushT.C

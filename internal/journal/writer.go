@@ -38,6 +38,12 @@ const (
 	// the engine waited whenever a commit took longer than the queue
 	// lasted.
 	maxQueued = 64 * 1024
+	// flushBytes and maxQueuedBytes are flushRows and maxQueued for the
+	// outputs of tasks that are not batches, which map --pipe's blocks may
+	// make megabytes long: the outputs waiting for a commit take at most
+	// about maxQueuedBytes of memory (and one output however long).
+	flushBytes     = 8 << 20
+	maxQueuedBytes = 32 << 20
 )
 
 // Writer writes one run into the journal. Its methods only append a record
@@ -60,6 +66,9 @@ type Writer struct {
 	recs [][]record
 	n    int
 	free [][]record
+	// bytes counts the outputs in recs of tasks that are not batches
+	// (record.bytes).
+	bytes int
 	// closed reports whether Close has begun: records that come later are
 	// dropped.
 	closed bool
@@ -188,6 +197,16 @@ func (r *record) weight() int {
 	return 1
 }
 
+// bytes is how many bytes of output r holds that no weight counts: the
+// output of a task that is not a batch, which map --pipe's blocks make
+// long.
+func (r *record) bytes() int {
+	if r.result != nil && r.result.Items == nil {
+		return len(r.result.Output)
+	}
+	return 0
+}
+
 // Start adds a row for the run r and starts the writer's goroutine.
 // Close must be called to end it.
 func (j *Journal) Start(r Run) (*Writer, error) {
@@ -302,8 +321,9 @@ func (w *Writer) Observe(ev pool.Event) {
 }
 
 func (w *Writer) add(r record) {
+	size := r.bytes()
 	w.mu.Lock()
-	for w.n >= maxQueued && !w.closed {
+	for (w.n >= maxQueued || w.bytes > 0 && w.bytes+size > maxQueuedBytes) && !w.closed {
 		// The journal is behind: the pool waits, so that memory stays
 		// bounded, rather than the queue growing with the input.
 		select {
@@ -327,11 +347,12 @@ func (w *Writer) add(r record) {
 	}
 	last := &w.recs[len(w.recs)-1]
 	*last = append(*last, r)
-	before := w.n
+	before, beforeBytes := w.n, w.bytes
 	w.n += r.weight()
-	n := w.n
+	w.bytes += size
+	n, queued := w.n, w.bytes
 	w.mu.Unlock()
-	if before < flushRows && n >= flushRows {
+	if before < flushRows && n >= flushRows || beforeBytes < flushBytes && queued >= flushBytes {
 		select {
 		case w.kick <- struct{}{}:
 		default:
@@ -384,7 +405,7 @@ func (w *Writer) loop() {
 		}
 		w.mu.Lock()
 		recs := w.recs
-		w.recs, w.n = spare[:0], 0
+		w.recs, w.n, w.bytes = spare[:0], 0, 0
 		w.room.Broadcast()
 		w.mu.Unlock()
 		w.flush(recs)
@@ -631,7 +652,7 @@ func (b *rows) reset() {
 		t.args = t.args[:0]
 	}
 	for _, d := range b.spanData {
-		if cap(d) >= minSpare {
+		if cap(d) >= minSpare && cap(d) <= maxSpareSize {
 			b.spare = append(b.spare, d[:0])
 		}
 	}
@@ -640,10 +661,12 @@ func (b *rows) reset() {
 }
 
 // minSpare is the least capacity of a span's slice worth reusing, and
-// maxSpare how many the writer keeps.
+// maxSpare how many the writer keeps. A slice longer than maxSpareSize,
+// of a long output of map --pipe, is not kept.
 const (
-	minSpare = 4 << 10
-	maxSpare = 64
+	minSpare     = 4 << 10
+	maxSpare     = 64
+	maxSpareSize = 2 * maxSpanOutput
 )
 
 func (b *rows) empty() bool {
