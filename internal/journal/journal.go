@@ -51,10 +51,12 @@ type Journal struct {
 // Open opens the journal at path, creating it with its schema if needed.
 func Open(path string) (*Journal, error) {
 	q := url.Values{}
-	// Pages of 64 KiB are asked for, but a new file gets 4 KiB ones:
-	// journal_mode(WAL) writes its first page before page_size applies
-	// (docs/architecture.md, "The journal").
-	for _, p := range []string{"page_size(65536)", "journal_mode(WAL)", "synchronous(NORMAL)", "busy_timeout(10000)"} {
+	// Every connection asks for 64 KiB pages, which only a new file
+	// takes; WAL mode, kept in the file, is set by init once the schema
+	// made the first page. (The driver runs _pragma values sorted by
+	// name: journal_mode(WAL) here would write a first page of 4 KiB
+	// before page_size applied.)
+	for _, p := range []string{"page_size(65536)", "synchronous(NORMAL)", "busy_timeout(10000)"} {
 		q.Add("_pragma", p)
 	}
 	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
@@ -87,6 +89,11 @@ func (j *Journal) init() error {
 	}
 	if _, err := j.db.Exec(schema); err != nil {
 		return fmt.Errorf("journal: creating the schema in %s: %w", j.path, err)
+	}
+	// After the schema, so that a new file's first page has the page
+	// size asked for; on a file in WAL mode already, it does nothing.
+	if _, err := j.db.Exec("PRAGMA journal_mode=WAL"); err != nil {
+		return fmt.Errorf("journal: setting WAL mode in %s: %w", j.path, err)
 	}
 	return nil
 }
