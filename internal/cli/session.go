@@ -61,10 +61,10 @@ type job struct {
 	// replayAhead is how many replayed outputs may wait for the results
 	// loop; 0 means the default, replayAhead.
 	replayAhead int
-	jsonPath   string // path of the JSON summary, "-" for stdout, or ""
-	progress   bool   // whether to draw the progress bar
-	quiet      bool   // print no summary when every task succeeded
-	messages   bool   // whether the summary shows attempt messages
+	jsonPath    string // path of the JSON summary, "-" for stdout, or ""
+	progress    bool   // whether to draw the progress bar
+	quiet       bool   // print no summary when every task succeeded
+	messages    bool   // whether the summary shows attempt messages
 	// viaShell reports whether the command runs under a shell that stays
 	// between safepool and the command, so that an exit status 128+N may
 	// be the shell's report of a child killed by signal N.
