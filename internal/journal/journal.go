@@ -52,10 +52,9 @@ type Journal struct {
 func Open(path string) (*Journal, error) {
 	q := url.Values{}
 	// Every connection asks for 64 KiB pages, which only a new file
-	// takes; WAL mode, kept in the file, is set by init once the schema
-	// made the first page. (The driver runs _pragma values sorted by
-	// name: journal_mode(WAL) here would write a first page of 4 KiB
-	// before page_size applied.)
+	// takes; WAL mode, kept in the file, is set by init, after them. (The
+	// driver runs _pragma values sorted by name: journal_mode(WAL) here
+	// would make a new file's first page, of 4 KiB, before page_size.)
 	for _, p := range []string{"page_size(65536)", "synchronous(NORMAL)", "busy_timeout(10000)"} {
 		q.Add("_pragma", p)
 	}
@@ -87,13 +86,14 @@ func (j *Journal) init() error {
 		return fmt.Errorf("%w: %s has schema version %d, this safepool writes and resumes %d: use a new journal file",
 			ErrOlderSchema, j.path, v, schemaVersion)
 	}
-	if _, err := j.db.Exec(schema); err != nil {
-		return fmt.Errorf("journal: creating the schema in %s: %w", j.path, err)
-	}
-	// After the schema, so that a new file's first page has the page
-	// size asked for; on a file in WAL mode already, it does nothing.
+	// Before the schema, which is then written to the WAL unsynced, not
+	// through a rollback journal synced at every step: on a new file,
+	// that cost about 40 fsyncs, a tenth of map's time on 1M lines.
 	if _, err := j.db.Exec("PRAGMA journal_mode=WAL"); err != nil {
 		return fmt.Errorf("journal: setting WAL mode in %s: %w", j.path, err)
+	}
+	if _, err := j.db.Exec(schema); err != nil {
+		return fmt.Errorf("journal: creating the schema in %s: %w", j.path, err)
 	}
 	return nil
 }
