@@ -578,35 +578,56 @@ func pipeBlockWorker(log, stall, fail, fixed string) int {
 	return closeOK(f)
 }
 
-// pipeInput is the input of the map --pipe resume tests: n lines of 7
-// bytes, which --block 700 cuts into blocks of 100 lines, and what the
-// fixture pipe-block makes of it.
-func pipeInput(n int) (in, want []byte) {
+// pipeInput is the input of the map --pipe resume tests: n lines of
+// width bytes, numbered, which --block 100*width cuts into blocks of 100
+// lines, and what the fixture pipe-block makes of it.
+func pipeInput(n, width int) (in, want []byte) {
 	var ib, wb bytes.Buffer
 	for i := range n {
-		fmt.Fprintf(&ib, "%06d\n", i)
-		fmt.Fprintf(&wb, "p %06d\n", i)
+		fmt.Fprintf(&ib, "%s\n", pipeLine(i, width))
+		fmt.Fprintf(&wb, "p %s\n", pipeLine(i, width))
 	}
 	return ib.Bytes(), wb.Bytes()
 }
 
+// pipeLine is the i-th line of pipeInput, without its newline.
+func pipeLine(i, width int) string { return fmt.Sprintf("%0*d", width-1, i) }
+
 // blocksRun reads the fixture pipe-block's log: the blocks that ran, by
-// their first line, in the order they ended.
+// the number of their first line, in the order they ended.
 func blocksRun(t *testing.T, log string) []string {
 	t.Helper()
 	data, err := os.ReadFile(log)
 	if err != nil && !os.IsNotExist(err) {
 		t.Fatal(err)
 	}
-	return strings.Fields(string(data))
+	var blocks []string
+	for _, f := range strings.Fields(string(data)) {
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			t.Fatalf("log %s: %v", log, err)
+		}
+		blocks = append(blocks, strconv.Itoa(n))
+	}
+	return blocks
 }
 
 // TestResumePipe SIGKILLs map -k --pipe --block while a block stalls, the
 // blocks before it done and their outputs written, then resumes it with
 // --resume: the output is that of an uninterrupted run, and the blocks
 // done before are not run again, their outputs replayed from the journal.
+//
+// Blocks of 7-byte lines make outputs that wait in the output's buffer;
+// blocks of 1000-byte lines make outputs longer than it, written out at
+// once, which the journal must learn of as soon.
 func TestResumePipe(t *testing.T) {
 	bin := buildSafepool(t)
+	for _, width := range []int{7, 1000} {
+		t.Run(fmt.Sprintf("lines of %d bytes", width), func(t *testing.T) { testResumePipe(t, bin, width) })
+	}
+}
+
+func testResumePipe(t *testing.T, bin string, width int) {
 	dir := t.TempDir()
 	self, err := os.Executable()
 	if err != nil {
@@ -617,10 +638,10 @@ func TestResumePipe(t *testing.T) {
 		t.Fatal(err)
 	}
 	db, log, fixed := filepath.Join(dir, "journal.db"), filepath.Join(dir, "log"), filepath.Join(dir, "fixed")
-	in, want := pipeInput(3000) // 30 blocks of 100 lines
+	in, want := pipeInput(3000, width) // 30 blocks of 100 lines
 	args := func(flags ...string) []string {
-		a := append([]string{"map", "-k", "-j", "2", "--pipe", "--block", "700", "--journal", db}, flags...)
-		return append(a, "--", fixture, "pipe-block", log, "001500", "none", fixed)
+		a := append([]string{"map", "-k", "-j", "2", "--pipe", "--block", strconv.Itoa(100 * width), "--journal", db}, flags...)
+		return append(a, "--", fixture, "pipe-block", log, pipeLine(1500, width), "none", fixed)
 	}
 	cmd := exec.Command(bin, args()...)
 	cmd.Stdin = bytes.NewReader(in)
@@ -647,7 +668,7 @@ func TestResumePipe(t *testing.T) {
 	if err := os.WriteFile(fixed, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.HasPrefix(want, stdout1.Bytes()) || stdout1.Len() < 1500*9 {
+	if !bytes.HasPrefix(want, stdout1.Bytes()) || stdout1.Len() < 1500*(width+2) {
 		t.Fatalf("the killed run wrote %d bytes, want the output of the first 15 blocks at least", stdout1.Len())
 	}
 	before := blocksRun(t, log)
@@ -697,11 +718,11 @@ func TestResumePipeFailed(t *testing.T) {
 		t.Fatal(err)
 	}
 	db, log, fixed := filepath.Join(dir, "journal.db"), filepath.Join(dir, "log"), filepath.Join(dir, "fixed")
-	in, want := pipeInput(1000) // 10 blocks of 100 lines
+	in, want := pipeInput(1000, 7) // 10 blocks of 100 lines
 	run := func(name string, flags ...string) (string, error) {
 		t.Helper()
 		args := append([]string{"map", "-j", "2", "--pipe", "--block", "700", "--journal", db}, flags...)
-		cmd := exec.Command(bin, append(args, "--", fixture, "pipe-block", log, "none", "000500", fixed)...)
+		cmd := exec.Command(bin, append(args, "--", fixture, "pipe-block", log, "none", pipeLine(500, 7), fixed)...)
 		cmd.Stdin = bytes.NewReader(in)
 		var stdout, stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -747,7 +768,7 @@ func TestResumePipeFailed(t *testing.T) {
 	if sorted(out) != sorted(string(want)) {
 		t.Errorf("--resume-failed's output is not every block's")
 	}
-	if again := blocksRun(t, log)[9:]; !slices.Equal(again, []string{"000500"}) {
-		t.Errorf("--resume-failed ran blocks %v, want only 000500", again)
+	if again := blocksRun(t, log)[9:]; !slices.Equal(again, []string{"500"}) {
+		t.Errorf("--resume-failed ran blocks %v, want only 500", again)
 	}
 }

@@ -428,7 +428,14 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 			if j.journaled == nil || j.journaled(&r) {
 				jj.written(&r)
 			}
-			if flushC == nil && o.out.Buffered() > 0 {
+			switch {
+			case o.out.Buffered() == 0:
+				// All written out already, as a long output is, which
+				// the buffer passes on at once: the journal learns of
+				// it now, not at the next flush, which only buffered
+				// output starts.
+				jj.flushed(o.err == nil)
+			case flushC == nil:
 				flushT.Reset(outputLinger)
 				flushC = flushT.C
 			}

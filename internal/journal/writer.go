@@ -555,6 +555,18 @@ func (w *Writer) commit(b *rows) error {
 			}
 		}
 	}
+	if len(b.deletes.args) > 0 {
+		st, err := tx.Prepare(`DELETE FROM task WHERE run_id = ? AND id = ?`)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		for _, id := range b.deletes.args {
+			if _, err := st.Exec(w.runID, id); err != nil {
+				return err
+			}
+		}
+	}
 	for i := 0; i < len(b.runs.args); i += b.runs.cols {
 		if _, err := tx.Exec(`UPDATE run SET workers = ?, memory_mode = ?, mem_budget = ? WHERE id = ?`, b.runs.args[i:i+b.runs.cols]...); err != nil {
 			return err
@@ -612,8 +624,10 @@ const maxIovecs = 1024
 // rows are the rows one transaction writes, table by table.
 type rows struct {
 	tasks, spans, skips, attempts, samples, events table
-	// updates are of tasks written as pending, runs of the run's row.
-	updates, runs table
+	// updates are of tasks written as pending, runs of the run's row;
+	// deletes are the ids of tasks written as pending that went into a
+	// span, done at their first attempt.
+	updates, runs, deletes table
 	// spanData are the data of the span rows, for the span file, in
 	// pieces (the rows' data are the spans' slices, not copied), spanSize
 	// bytes in all: each row's data_at is where its data begin in them
@@ -647,7 +661,7 @@ func (b *rows) inserts() []*table {
 
 // reset empties b, keeping its memory for the next transaction.
 func (b *rows) reset() {
-	for _, t := range append(b.inserts(), &b.updates, &b.runs) {
+	for _, t := range append(b.inserts(), &b.updates, &b.runs, &b.deletes) {
 		clear(t.args)
 		t.args = t.args[:0]
 	}
@@ -671,7 +685,7 @@ const (
 
 func (b *rows) empty() bool {
 	n := 0
-	for _, t := range append(b.inserts(), &b.updates, &b.runs) {
+	for _, t := range append(b.inserts(), &b.updates, &b.runs, &b.deletes) {
 		n += len(t.args)
 	}
 	return n == 0
@@ -885,7 +899,14 @@ func (w *Writer) taskEnded(b *rows, id uint64, res *pool.Result, at int64) {
 	delete(w.live, id)
 	delete(w.pids, id)
 	delete(w.retrying, id)
-	if doneAtOnce(res) && !lt.inserted {
+	if doneAtOnce(res) {
+		// Into a span, also when it was written as pending (a block of
+		// map --pipe that ran for seconds): its output, megabytes
+		// long, then goes to the span file, not through SQLite's
+		// pages, which write it twice.
+		if lt.inserted {
+			b.deletes.add(int64(lt.seq))
+		}
 		a := &res.Attempts[0]
 		w.spanAdd(b, lt.seq, lt.key, res.Output, a)
 		return
@@ -1120,7 +1141,14 @@ func (w *Writer) spanAdd(b *rows, seq uint64, key Key, out []byte, a *pool.Attem
 	if w.run.StoreOutput {
 		s.useLengths()
 		s.lengths = binary.AppendUvarint(s.lengths, uint64(len(out)))
-		s.output = append(s.output, out...)
+		if s.n == 0 && len(out) > maxSpareSize {
+			// A long output, such as a block's of map --pipe, alone in
+			// its span: its data take the Result's slice, not a copy
+			// (too long to be kept for reuse, it is never written to).
+			s.output = out
+		} else {
+			s.output = append(s.output, out...)
+		}
 	}
 	s.n++
 	s.part(1, a, nil, nil)
