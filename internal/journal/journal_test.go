@@ -467,3 +467,49 @@ func TestLongOutputs(t *testing.T) {
 		}
 	}
 }
+
+// TestPendingToSpan checks that a task written as pending, which then
+// ends done at its first attempt, ends in a span row with its output, its
+// task row gone, as a block of map --pipe that runs for seconds does.
+func TestPendingToSpan(t *testing.T) {
+	j, err := Open(filepath.Join(t.TempDir(), "j.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	w, err := j.Start(Run{Kind: "map", Command: "pending", StoreOutput: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := KeyOf([]byte("block"))
+	w.Submit(1, 1, key, []byte("bytes 0-4"))
+	time.Sleep(3 * FlushEvery) // written as pending
+	var pending int
+	j.DB().QueryRow(`SELECT count(*) FROM task WHERE state = 'pending'`).Scan(&pending)
+	now := time.Now()
+	a := pool.Attempt{Number: 1, WorkerPID: 100, Start: now, End: now, ExitCode: 0}
+	w.Observe(pool.Event{Kind: pool.EventTaskEnded, Time: now, TaskID: 1,
+		Result: &pool.Result{ID: 1, State: pool.Done, Output: []byte("out"), Attempts: []pool.Attempt{a}}})
+	if err := w.Close(0); err != nil {
+		t.Fatal(err)
+	}
+	var tasks, spans int
+	j.DB().QueryRow(`SELECT count(*) FROM task`).Scan(&tasks)
+	j.DB().QueryRow(`SELECT coalesce(sum(count), 0) FROM span`).Scan(&spans)
+	if pending != 1 || tasks != 0 || spans != 1 {
+		t.Errorf("pending rows while it ran, task rows, span tasks = %d, %d, %d; want 1, 0, 1", pending, tasks, spans)
+	}
+	w, err = j.Start(Run{Kind: "map", Command: "pending", StoreOutput: true, Resumed: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(0)
+	rs, err := w.Resumer(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rs.Close()
+	if f, ok, err := rs.Lookup(key); err != nil || !ok || string(f.Output) != "out" {
+		t.Errorf("resume: %v, %v, output %q; want done, out", ok, err, f.Output)
+	}
+}
