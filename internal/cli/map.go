@@ -66,7 +66,9 @@ its whole stdout is the block's output, as blocks finish or, with
 --keep-order, in input order. A block whose process dies or fails is
 retried (--retries) or failed whole, and writes nothing on stdout; the
 summary names it by its bytes in the input and says why. safepool holds a
-few blocks per worker in memory, whatever the input size.
+few blocks per worker in memory, whatever the input size. With --journal,
+a block is a task keyed by its content: --resume skips the blocks done
+before, writing the outputs the journal kept of them, and runs the rest.
 
 Exit status:
   0  every task succeeded, or there was no input
