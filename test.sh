@@ -36,6 +36,8 @@ go test -race -count=1 -timeout 20m ./...
 # 200000 inputs take about 20 s here.
 echo "== fuzz the framed protocol decoder (${FUZZTIME:=200000x})"
 go test -run='^$' -fuzz=FuzzReadFrame -fuzztime="$FUZZTIME" ./internal/protocol/
+echo "== fuzz the journal's line keys against XXH3-128 (${KEYFUZZ:=100000x})"
+go test -run='^$' -fuzz=FuzzKeyLines -fuzztime="$KEYFUZZ" ./internal/journal/
 if [ -d python/tests ]; then
 	echo "== python client"
 	# Some tests run programs under Debian's /usr/bin/python3 with packages

@@ -48,11 +48,15 @@ func (r *runner) oneShot(t *task) {
 	if args == nil {
 		args = expand(cfg.Command, t.t.Input)
 	}
+	path := ""
+	if len(args) > 0 && args[0] == cfg.Command[0] {
+		path = r.p.commandPath // the same name, found once
+	}
 	// The previous attempt's output is no use any more.
 	t.out.release()
 	t.out = nil
 	out := r.p.spool.newOutput() // written by the process's copiers until CloseIO returns
-	spec := worker.Spec{Args: args, Env: cfg.Env, Dir: cfg.Dir, IO: worker.IONone, Stdout: out.stdout, Stderr: out.stderr}
+	spec := worker.Spec{Args: args, Path: path, Env: cfg.Env, Dir: cfg.Dir, IO: worker.IONone, Stdout: out.stdout, Stderr: out.stderr}
 	if t.t.Stdin != nil {
 		spec.Stdin = bytes.NewReader(t.t.Stdin)
 	}

@@ -1,9 +1,12 @@
 package pool_test
 
 import (
+	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/safepool/safepool/pool"
 )
@@ -75,5 +78,68 @@ func TestOneShotCgroupEmptiedBetweenAttempts(t *testing.T) {
 	}
 	if r := got[2]; r.State != pool.Done || strings.TrimSpace(string(r.Output)) != "gone" {
 		t.Errorf("task 2 = %s %q, output %q; want done and the escaped process gone", r.State, r.Cause(), r.Output)
+	}
+}
+
+// TestOneShotCommandFoundOnce: a one-shot pool looks its program up in
+// PATH once, in New, and runs the file it found for every task that names
+// it, even when PATH would now find another one first; a task whose own
+// Args name another program has it looked up when it runs.
+func TestOneShotCommandFoundOnce(t *testing.T) {
+	dirA, dirB := t.TempDir(), t.TempDir()
+	script := func(dir, name, out string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("#!/bin/sh\necho "+out+"\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	script(dirA, "sp-prog", "a")
+	script(dirB, "sp-prog", "b")
+	script(dirB, "sp-other", "other")
+	path := os.Getenv("PATH")
+	t.Setenv("PATH", dirA+":"+path)
+	p, err := pool.New(pool.Config{Command: []string{"sp-prog", "{}"}, Protocol: pool.OneShot, Workers: 1})
+	if err != nil {
+		t.Fatalf("New() = %v", err)
+	}
+	// From now on PATH finds dirB's sp-prog first.
+	t.Setenv("PATH", dirB+":"+dirA+":"+path)
+	tasks := []pool.Task{
+		{Input: []byte("1")},
+		{Input: []byte("2"), Args: []string{"sp-prog", "2"}},
+		{Input: []byte("3"), Args: []string{"sp-other"}},
+	}
+	go func() {
+		defer p.Close()
+		for _, tk := range tasks {
+			if _, err := p.Submit(context.Background(), tk); err != nil {
+				return
+			}
+		}
+	}()
+	got := map[uint64]string{}
+	timeout := time.After(time.Minute)
+	for done := false; !done; {
+		select {
+		case r, ok := <-p.Results():
+			if !ok {
+				done = true
+				break
+			}
+			if r.State != pool.Done {
+				t.Errorf("task %d = %s %q, want done", r.ID, r.State, r.Cause())
+			}
+			got[r.ID] = strings.TrimSpace(string(r.Output))
+		case <-timeout:
+			p.Abort(nil)
+			p.Abort(nil)
+			t.Fatalf("pool did not end within a minute")
+		}
+	}
+	want := map[uint64]string{1: "a", 2: "a", 3: "other"}
+	for id, w := range want {
+		if got[id] != w {
+			t.Errorf("task %d output = %q, want %q", id, got[id], w)
+		}
 	}
 }

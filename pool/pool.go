@@ -29,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -59,6 +60,9 @@ type Pool struct {
 	spool    *spooler // keeps one-shot output; nil for other protocols
 	// notices says what the pool changed of its configuration, and why.
 	notices []string
+	// commandPath is where Config.Command[0] was found, an absolute path,
+	// or empty (then each start looks it up).
+	commandPath string
 	// procs counts the one-shot attempts starting or running now: those
 	// that hold files.
 	procs atomic.Int64
@@ -157,7 +161,8 @@ func New(cfg Config) (*Pool, error) {
 	if err := cfg.normalize(); err != nil {
 		return nil, err
 	}
-	if err := checkCommand(cfg); err != nil {
+	path, err := checkCommand(cfg)
+	if err != nil {
 		return nil, err
 	}
 	var notices []string
@@ -175,6 +180,11 @@ func New(cfg Config) (*Pool, error) {
 		abortCh:  make(chan struct{}),
 		killCh:   make(chan struct{}),
 		quit:     make(chan struct{}),
+	}
+	if filepath.IsAbs(path) {
+		// Looked up once for the pool, not per process (a one-shot pool
+		// starts many): the same file, as long as the pool lives.
+		p.commandPath = path
 	}
 	p.stats.Started = time.Now()
 	// Every worker gets a memory cgroup of its own where cgroups can be
@@ -325,14 +335,15 @@ func (c *Config) normalize() error {
 
 // checkCommand fails fast when the worker program does not exist. A one-shot
 // command whose program name comes from the input is checked per attempt.
-func checkCommand(c Config) error {
+func checkCommand(c Config) (path string, err error) {
 	if c.Protocol == OneShot && strings.Contains(c.Command[0], "{}") {
-		return nil
+		return "", nil
 	}
-	if _, err := exec.LookPath(c.Command[0]); err != nil {
-		return &StartError{Command: c.Command, Err: err}
+	path, err = exec.LookPath(c.Command[0])
+	if err != nil {
+		return "", &StartError{Command: c.Command, Err: err}
 	}
-	return nil
+	return path, nil
 }
 
 // Submit queues one task and returns its id. It blocks while MaxPending

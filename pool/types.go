@@ -407,7 +407,10 @@ const (
 type Config struct {
 	// Command is the worker's argument vector; Command[0] is looked up in
 	// PATH. For one-shot workers every "{}" is replaced by the task's Input
-	// unless the task has its own Args.
+	// unless the task has its own Args. A one-shot process whose program
+	// is named Command[0] runs the file New found there, looked up once for
+	// the pool; a Command[0] that holds "{}", and a task's own Args naming
+	// another program, are looked up for each process.
 	Command []string
 	// Protocol is how tasks reach workers. Empty means OneShot.
 	Protocol Protocol

@@ -77,3 +77,24 @@ func BenchmarkKeyLines(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*1024), "ns/line")
 }
+
+// FuzzKeyLines: whatever the block, each line's key from KeyLines (which
+// hashes short lines with XXH3's steps inline) is KeyOf's for that line.
+func FuzzKeyLines(f *testing.F) {
+	for _, s := range []string{"", "\n", "a\nbb\n\nccc", "0123456789abcdef\n0123456789abcdefg\n", "\xff\x00\n\x01"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, block []byte) {
+		lines := bytes.Split(block, []byte{'\n'})
+		if len(block) > 0 && block[len(block)-1] == '\n' {
+			lines = lines[:len(lines)-1]
+		}
+		keys := make([]Key, len(lines))
+		KeyLines(block, keys)
+		for i, line := range lines {
+			if keys[i] != KeyOf(line) {
+				t.Fatalf("key of line %d %q = %x, want KeyOf's %x", i, line, keys[i], KeyOf(line))
+			}
+		}
+	})
+}

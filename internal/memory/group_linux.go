@@ -232,13 +232,17 @@ func (g *Group) procs() ([]int, error) {
 }
 
 // preadAll reads the control file fd whole from offset 0: the kernel
-// builds a cgroup file's text again for each read at offset 0.
+// builds a cgroup file's text again for each read at offset 0. A read
+// that leaves room in the buffer has reached the end: the kernel fills a
+// control file's read (a seq_file) until the buffer is full or the text
+// ends, so that a small file takes one system call, not two.
 func preadAll(fd int) ([]byte, error) {
 	buf := make([]byte, 0, 512)
 	for {
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)]
 		}
+		room := cap(buf) - len(buf)
 		n, err := unix.Pread(fd, buf[len(buf):cap(buf)], int64(len(buf)))
 		if err == unix.EINTR {
 			continue
@@ -246,10 +250,10 @@ func preadAll(fd int) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		if n == 0 {
+		buf = buf[:len(buf)+n]
+		if n < room {
 			return buf, nil
 		}
-		buf = buf[:len(buf)+n]
 	}
 }
 

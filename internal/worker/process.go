@@ -53,8 +53,12 @@ const (
 
 // Spec describes a worker process to start.
 type Spec struct {
-	// Args is the argument vector; Args[0] is looked up in PATH.
+	// Args is the argument vector; Args[0] is looked up in PATH unless
+	// Path is set.
 	Args []string
+	// Path, if not empty, is the program to run, Args[0] as the caller
+	// found it already (exec.LookPath).
+	Path string
 	// Env is the environment; nil means the supervisor's.
 	Env []string
 	// Dir is the working directory; empty means the supervisor's.
@@ -141,9 +145,12 @@ func Start(spec Spec) (_ *Process, err error) {
 	if len(spec.Args) == 0 {
 		return nil, fmt.Errorf("%w: empty command", ErrStart)
 	}
-	path, err := exec.LookPath(spec.Args[0])
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrStart, err)
+	path := spec.Path
+	if path == "" {
+		var err error
+		if path, err = exec.LookPath(spec.Args[0]); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrStart, err)
+		}
 	}
 	cmd := &exec.Cmd{Path: path, Args: spec.Args, Env: spec.Env, Dir: spec.Dir}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
