@@ -772,3 +772,57 @@ func TestResumePipeFailed(t *testing.T) {
 		t.Errorf("--resume-failed ran blocks %v, want only 500", again)
 	}
 }
+
+// TestResumePipeLongOutput checks that map --pipe with a journal keeps a
+// block's output over the pool's memory (3 MB, over --block) but not one
+// over maxJournalOutput, which it says, and which --resume runs again,
+// the output whole either way.
+func TestResumePipeLongOutput(t *testing.T) {
+	bin := buildSafepool(t)
+	dir := t.TempDir()
+	db, log := filepath.Join(dir, "journal.db"), filepath.Join(dir, "log")
+	long := strconv.Itoa(maxJournalOutput + 1)
+	script := `b=$(cat); case $b in a) head -c ` + long + ` /dev/zero;; b) head -c 3000000 /dev/zero;; esac; echo $b >> ` + log
+	run := func(flags ...string) (int, string) {
+		t.Helper()
+		args := append([]string{"map", "-k", "-j", "2", "--pipe", "--block", "2", "--journal", db}, flags...)
+		cmd := exec.Command(bin, append(args, "--", "sh", "-c", script)...)
+		cmd.Stdin = strings.NewReader("a\nb\n")
+		var stderr bytes.Buffer
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		n, _ := io.Copy(io.Discard, out)
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("%v: %v\n%s", flags, err, stderr.String())
+		}
+		return int(n), stderr.String()
+	}
+	want := maxJournalOutput + 1 + 3000000
+	n, stderr := run()
+	if n != want || !strings.Contains(stderr, "the journal does not keep it") {
+		t.Errorf("first run: %d bytes of output, want %d; stderr:\n%s", n, want, stderr)
+	}
+	n, stderr = run("--resume")
+	if n != want || !strings.Contains(stderr, "1 skipped, done in an earlier run") {
+		t.Errorf("resumed run: %d bytes of output, want %d; stderr:\n%s", n, want, stderr)
+	}
+	if got := blocksLog(t, log); !slices.Equal(got, []string{"a", "b", "a"}) && !slices.Equal(got, []string{"b", "a", "a"}) {
+		t.Errorf("blocks run: %v, want a and b, then a again", got)
+	}
+}
+
+// blocksLog reads a log of words, one a line.
+func blocksLog(t *testing.T, path string) []string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Fields(string(data))
+}
