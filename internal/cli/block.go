@@ -20,6 +20,9 @@ type blockReader struct {
 	eof   bool
 	// files are the input files read one after the other, closed by close.
 	files *fileSource
+	// at is the input offset of the block next returned last, and end
+	// the offset after it.
+	at, end int64
 }
 
 // newBlockReader reads the blocks of the named files one after the other
@@ -82,6 +85,7 @@ func (b *blockReader) next() ([]byte, error) {
 	if cut < len(buf) {
 		b.carry = bytes.Clone(buf[cut:])
 	}
+	b.at, b.end = b.end, b.end+int64(cut)
 	return buf[:cut:cut], nil
 }
 
@@ -90,8 +94,8 @@ func (b *blockReader) total() int64 { return -1 }
 
 func (b *blockReader) close() error { return b.files.close() }
 
-// blockLabel names a block in the summary and the job log: its bytes in
-// the input, counting from 0.
-func blockLabel(off int64, n int) []byte {
-	return fmt.Appendf(nil, "bytes %d-%d", off, off+int64(n)-1)
+// label names the block next returned last in the summary, the job log
+// and the journal: its bytes in the input, counting from 0.
+func (b *blockReader) label() []byte {
+	return fmt.Appendf(nil, "bytes %d-%d", b.at, b.end-1)
 }

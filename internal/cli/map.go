@@ -66,7 +66,9 @@ its whole stdout is the block's output, as blocks finish or, with
 --keep-order, in input order. A block whose process dies or fails is
 retried (--retries) or failed whole, and writes nothing on stdout; the
 summary names it by its bytes in the input and says why. safepool holds a
-few blocks per worker in memory, whatever the input size.
+few blocks per worker in memory, whatever the input size. With --journal,
+a block is a task keyed by its content: --resume skips the blocks done
+before, writing the outputs the journal kept of them, and runs the rest.
 
 Exit status:
   0  every task succeeded, or there was no input
@@ -179,11 +181,6 @@ func (a *mapArgs) parse(e *env, args []string) error {
 	if a.nats.url != "" {
 		return usagef("map", "--pipe does not work with --nats")
 	}
-	for _, name := range []string{"journal", "resume", "resume-failed"} {
-		if fs.Changed(name) {
-			return usagef("map", "--%s does not work with --pipe yet: a block's output is not kept in the journal", name)
-		}
-	}
 	for _, name := range []string{"framed", "pipeline", "max-tasks", "max-rss", "max-line", "stall-timeout", "start-timeout"} {
 		if fs.Changed(name) {
 			return usagef("map", "--%s is for persistent workers, not --pipe", name)
@@ -213,7 +210,7 @@ func runMap(ctx context.Context, e *env, args []string) error {
 		command, viaShell = workerCommand(a.worker)
 	}
 	if a.pipe {
-		return runMapPipe(ctx, e, &a, command, viaShell)
+		return runMapPipe(ctx, e, &a, command, viaShell, append([]string{"safepool", "map"}, args...))
 	}
 	protocol := pool.Line
 	if a.framed {

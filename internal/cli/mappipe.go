@@ -3,6 +3,8 @@ package cli
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"runtime"
 	"strings"
 
@@ -19,7 +21,14 @@ const maxBlock = 1 << 30
 // one-shot task whose process reads the block on its stdin, and whose
 // stdout, when it succeeds, is the block's output. A block whose process
 // dies or fails is retried or failed whole, with its cause, as any task.
-func runMapPipe(ctx context.Context, e *env, a *mapArgs, command []string, viaShell bool) error {
+//
+// With --journal, a block is a task keyed by its content: a rerun cuts the
+// same input into the same blocks, and --resume skips those an earlier
+// run finished, writing the output the journal kept of each done one in
+// its place. A block's output is read into memory to be kept, up to
+// maxJournalOutput; the journal's writer holds a bounded amount of such
+// outputs until it commits them to its span file (journal.Writer).
+func runMapPipe(ctx context.Context, e *env, a *mapArgs, command []string, viaShell bool, argv []string) error {
 	cfg, err := a.common.config("map", pool.OneShot, command)
 	if err != nil {
 		return err
@@ -41,39 +50,84 @@ func runMapPipe(ctx context.Context, e *env, a *mapArgs, command []string, viaSh
 	}
 	defer src.close()
 
-	var off int64 // the input offset of the next block; the feeder's
+	journaled := a.common.journal.path != ""
+	toldUnkept := false
 	j := &job{
 		mode: "map",
 		cfg:  cfg,
 		src:  src,
+		// The feeder calls task, and journalInput, for the block src
+		// returned last.
 		task: func(_ uint64, block []byte) pool.Task {
-			t := pool.Task{Input: blockLabel(off, len(block)), Args: command, Stdin: block}
-			off += int64(len(block))
-			return t
+			return pool.Task{Input: src.label(), Args: command, Stdin: block}
 		},
 		emit: func(o *output, r *pool.Result) {
 			// As in safepool map, a failed task writes nothing on stdout;
 			// what its process said on stderr is passed on.
-			if r.State == pool.Done {
+			switch {
+			case r.State != pool.Done:
+			case journaled && keepOutput(r):
+				o.stdout(r.Output)
+			default:
+				if journaled && !toldUnkept {
+					toldUnkept = true
+					o.stderr(fmt.Appendf(nil, "safepool: a block's output is over %s: the journal does not keep it, and --resume runs such blocks again\n",
+						formatSizeFlag(maxJournalOutput)))
+				}
 				o.stdoutFrom(r.OutputReader())
 			}
 			o.stderrFrom(r.StderrReader())
 			r.Release()
 		},
-		joblog:   a.common.joblog,
-		metrics:  a.common.metrics,
-		jsonPath: a.json,
-		progress: a.common.progressOn(e.stderr),
-		quiet:    a.common.quiet,
-		messages: true,
-		viaShell: viaShell,
-		e:        e,
+		joblog:       a.common.joblog,
+		journal:      a.common.journal,
+		metrics:      a.common.metrics,
+		keyCommand:   command,
+		argv:         argv,
+		journalInput: func([]byte) []byte { return src.label() },
+		// A done block whose output was not kept stays out of the
+		// journal's done tasks.
+		journaled:   func(r *pool.Result) bool { return r.State != pool.Done || r.Output != nil },
+		rawReplay:   true,
+		replayAhead: workers,
+		jsonPath:    a.json,
+		progress:    a.common.progressOn(e.stderr),
+		quiet:       a.common.quiet,
+		messages:    true,
+		viaShell:    viaShell,
+		e:           e,
 	}
 	_, status := j.execute(ctx)
 	if status != exitOK {
 		return &statusError{status: status}
 	}
 	return nil
+}
+
+// maxJournalOutput is the longest output of a block that the journal
+// keeps: a longer one stays in the pool's temporary file, and --resume
+// runs its block again.
+const maxJournalOutput = 64 << 20
+
+// keepOutput reads the output of r, a done block, into r.Output when the
+// pool kept it in its temporary file, for the journal, and reports
+// whether r.Output now holds the whole output (never nil then). An output
+// over maxJournalOutput is left where it is.
+func keepOutput(r *pool.Result) bool {
+	if r.Output == nil {
+		rd := r.OutputReader()
+		b, err := io.ReadAll(io.LimitReader(rd, maxJournalOutput+1))
+		if err != nil || len(b) > maxJournalOutput {
+			return false
+		}
+		if len(b) > 0 {
+			// Spilled: what was read is the whole output.
+			r.Output = b
+			return true
+		}
+		r.Output = []byte{}
+	}
+	return true
 }
 
 // unescapeRecend undoes the escapes --recend understands: \n, \t, \r, \0

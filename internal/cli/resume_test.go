@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -531,4 +532,297 @@ func TestResumeLostSpans(t *testing.T) {
 	if s.Tasks.Done != lastCount || s.Tasks.Skipped != n-lastCount {
 		t.Errorf("run 2: %+v; want the %d lines of the lost span done again, the %d others skipped", s.Tasks, lastCount, n-lastCount)
 	}
+}
+
+// pipeBlockWorker is a map --pipe command, the fixture pipe-block LOG
+// STALL FAIL FIXED: it reads its block of lines and writes "p LINE" for
+// each, then appends the block's first line to LOG, one line a run of it
+// that succeeded. Unless the file FIXED exists, a block holding the line
+// STALL waits for FIXED and then exits with status 1, and one holding
+// FAIL exits with status 3, both writing nothing.
+func pipeBlockWorker(log, stall, fail, fixed string) int {
+	in, err := io.ReadAll(os.Stdin)
+	if err != nil {
+		return 1
+	}
+	lines := strings.Split(strings.TrimSuffix(string(in), "\n"), "\n")
+	if _, err := os.Stat(fixed); err != nil {
+		for _, l := range lines {
+			switch l {
+			case stall:
+				for {
+					if _, err := os.Stat(fixed); err == nil {
+						return 1
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+			case fail:
+				return 3
+			}
+		}
+	}
+	var out bytes.Buffer
+	for _, l := range lines {
+		fmt.Fprintf(&out, "p %s\n", l)
+	}
+	if _, err := os.Stdout.Write(out.Bytes()); err != nil {
+		return 1
+	}
+	f, err := os.OpenFile(log, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return 1
+	}
+	if _, err := f.WriteString(lines[0] + "\n"); err != nil {
+		return 1
+	}
+	return closeOK(f)
+}
+
+// pipeInput is the input of the map --pipe resume tests: n lines of
+// width bytes, numbered, which --block 100*width cuts into blocks of 100
+// lines, and what the fixture pipe-block makes of it.
+func pipeInput(n, width int) (in, want []byte) {
+	var ib, wb bytes.Buffer
+	for i := range n {
+		fmt.Fprintf(&ib, "%s\n", pipeLine(i, width))
+		fmt.Fprintf(&wb, "p %s\n", pipeLine(i, width))
+	}
+	return ib.Bytes(), wb.Bytes()
+}
+
+// pipeLine is the i-th line of pipeInput, without its newline.
+func pipeLine(i, width int) string { return fmt.Sprintf("%0*d", width-1, i) }
+
+// blocksRun reads the fixture pipe-block's log: the blocks that ran, by
+// the number of their first line, in the order they ended.
+func blocksRun(t *testing.T, log string) []string {
+	t.Helper()
+	data, err := os.ReadFile(log)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var blocks []string
+	for _, f := range strings.Fields(string(data)) {
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			t.Fatalf("log %s: %v", log, err)
+		}
+		blocks = append(blocks, strconv.Itoa(n))
+	}
+	return blocks
+}
+
+// TestResumePipe SIGKILLs map -k --pipe --block while a block stalls, the
+// blocks before it done and their outputs written, then resumes it with
+// --resume: the output is that of an uninterrupted run, and the blocks
+// done before are not run again, their outputs replayed from the journal.
+//
+// Blocks of 7-byte lines make outputs that wait in the output's buffer;
+// blocks of 1000-byte lines make outputs longer than it, written out at
+// once, which the journal must learn of as soon.
+func TestResumePipe(t *testing.T) {
+	bin := buildSafepool(t)
+	for _, width := range []int{7, 1000} {
+		t.Run(fmt.Sprintf("lines of %d bytes", width), func(t *testing.T) { testResumePipe(t, bin, width) })
+	}
+}
+
+func testResumePipe(t *testing.T, bin string, width int) {
+	dir := t.TempDir()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fixture := filepath.Join(dir, "fixture")
+	if err := os.Symlink(self, fixture); err != nil {
+		t.Fatal(err)
+	}
+	db, log, fixed := filepath.Join(dir, "journal.db"), filepath.Join(dir, "log"), filepath.Join(dir, "fixed")
+	in, want := pipeInput(3000, width) // 30 blocks of 100 lines
+	args := func(flags ...string) []string {
+		a := append([]string{"map", "-k", "-j", "2", "--pipe", "--block", strconv.Itoa(100 * width), "--journal", db}, flags...)
+		return append(a, "--", fixture, "pipe-block", log, pipeLine(1500, width), "none", fixed)
+	}
+	cmd := exec.Command(bin, args()...)
+	cmd.Stdin = bytes.NewReader(in)
+	var stdout1, stderr1 bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout1, &stderr1
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Blocks 0 to 14 end; block 15 stalls, and -k holds the outputs of
+	// those after it.
+	for deadline := time.Now().Add(60 * time.Second); len(blocksRun(t, log)) < 15; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("blocks run: %v; stderr:\n%s", blocksRun(t, log), stderr1.String())
+		}
+	}
+	// Their outputs are written and committed within a few FlushEvery.
+	time.Sleep(10 * journal.FlushEvery)
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	if err := os.WriteFile(fixed, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(want, stdout1.Bytes()) || stdout1.Len() < 1500*(width+2) {
+		t.Fatalf("the killed run wrote %d bytes, want the output of the first 15 blocks at least", stdout1.Len())
+	}
+	before := blocksRun(t, log)
+	t.Logf("before the kill, %d blocks ran: %v", len(before), before)
+
+	cmd = exec.Command(bin, args("--resume")...)
+	cmd.Stdin = bytes.NewReader(in)
+	var stdout2, stderr2 bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout2, &stderr2
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("resumed run: %v\n%s", err, stderr2.String())
+	}
+	if !bytes.Equal(stdout2.Bytes(), want) {
+		t.Errorf("the resumed run's output (%d bytes) is not an uninterrupted run's (%d bytes)", stdout2.Len(), len(want))
+	}
+	again := blocksRun(t, log)[len(before):]
+	for _, b := range again {
+		if n, _ := strconv.Atoi(b); n < 1500 {
+			t.Errorf("block %s ran again, though done before the kill", b)
+		}
+	}
+	ran := map[string]bool{}
+	for _, b := range blocksRun(t, log) {
+		ran[b] = true
+	}
+	if len(ran) != 30 {
+		t.Errorf("%d blocks ran in all, want 30", len(ran))
+	}
+	if !strings.Contains(stderr2.String(), "15 skipped") && !strings.Contains(stderr2.String(), "skipped, done") {
+		t.Errorf("the resumed run's summary says nothing of skipped blocks:\n%s", stderr2.String())
+	}
+	t.Logf("resumed: %d blocks ran: %v; %s", len(again), again, strings.TrimSpace(stderr2.String()))
+}
+
+// TestResumePipeFailed checks that map --pipe --resume skips a block that
+// failed, and --resume-failed runs it again, alone, writing the outputs of
+// the others from the journal.
+func TestResumePipeFailed(t *testing.T) {
+	bin := buildSafepool(t)
+	dir := t.TempDir()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fixture := filepath.Join(dir, "fixture")
+	if err := os.Symlink(self, fixture); err != nil {
+		t.Fatal(err)
+	}
+	db, log, fixed := filepath.Join(dir, "journal.db"), filepath.Join(dir, "log"), filepath.Join(dir, "fixed")
+	in, want := pipeInput(1000, 7) // 10 blocks of 100 lines
+	run := func(name string, flags ...string) (string, error) {
+		t.Helper()
+		args := append([]string{"map", "-j", "2", "--pipe", "--block", "700", "--journal", db}, flags...)
+		cmd := exec.Command(bin, append(args, "--", fixture, "pipe-block", log, "none", pipeLine(500, 7), fixed)...)
+		cmd.Stdin = bytes.NewReader(in)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		t.Logf("%s: %v: %s", name, err, strings.TrimSpace(stderr.String()))
+		return stdout.String(), err
+	}
+	sorted := func(s string) string {
+		ls := strings.SplitAfter(s, "\n")
+		slices.Sort(ls)
+		return strings.Join(ls, "")
+	}
+	wantBut5 := strings.Replace(string(want), string(want[500*9:600*9]), "", 1)
+
+	out, err := run("first")
+	if err == nil {
+		t.Fatal("the first run succeeded, though block 5 fails")
+	}
+	if sorted(out) != sorted(wantBut5) {
+		t.Errorf("first run's output is not every block's but block 5's")
+	}
+	if n := len(blocksRun(t, log)); n != 9 {
+		t.Fatalf("%d blocks ran, want 9", n)
+	}
+	if err := os.WriteFile(fixed, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// --resume skips the failed block too, as GNU parallel's does.
+	out, err = run("resume", "--resume")
+	if sorted(out) != sorted(wantBut5) {
+		t.Errorf("--resume's output is not every block's but block 5's")
+	}
+	if n := len(blocksRun(t, log)); n != 9 {
+		t.Errorf("--resume ran %d blocks, want none", n-9)
+	}
+	if err == nil {
+		t.Errorf("--resume succeeded, though it skipped a failed block")
+	}
+	out, err = run("resume-failed", "--resume-failed")
+	if err != nil {
+		t.Errorf("--resume-failed: %v", err)
+	}
+	if sorted(out) != sorted(string(want)) {
+		t.Errorf("--resume-failed's output is not every block's")
+	}
+	if again := blocksRun(t, log)[9:]; !slices.Equal(again, []string{"500"}) {
+		t.Errorf("--resume-failed ran blocks %v, want only 500", again)
+	}
+}
+
+// TestResumePipeLongOutput checks that map --pipe with a journal keeps a
+// block's output over the pool's memory (3 MB, over --block) but not one
+// over maxJournalOutput, which it says, and which --resume runs again,
+// the output whole either way.
+func TestResumePipeLongOutput(t *testing.T) {
+	bin := buildSafepool(t)
+	dir := t.TempDir()
+	db, log := filepath.Join(dir, "journal.db"), filepath.Join(dir, "log")
+	long := strconv.Itoa(maxJournalOutput + 1)
+	script := `b=$(cat); case $b in a) head -c ` + long + ` /dev/zero;; b) head -c 3000000 /dev/zero;; esac; echo $b >> ` + log
+	run := func(flags ...string) (int, string) {
+		t.Helper()
+		args := append([]string{"map", "-k", "-j", "2", "--pipe", "--block", "2", "--journal", db}, flags...)
+		cmd := exec.Command(bin, append(args, "--", "sh", "-c", script)...)
+		cmd.Stdin = strings.NewReader("a\nb\n")
+		var stderr bytes.Buffer
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		n, _ := io.Copy(io.Discard, out)
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("%v: %v\n%s", flags, err, stderr.String())
+		}
+		return int(n), stderr.String()
+	}
+	want := maxJournalOutput + 1 + 3000000
+	n, stderr := run()
+	if n != want || !strings.Contains(stderr, "the journal does not keep it") {
+		t.Errorf("first run: %d bytes of output, want %d; stderr:\n%s", n, want, stderr)
+	}
+	n, stderr = run("--resume")
+	if n != want || !strings.Contains(stderr, "1 skipped, done in an earlier run") {
+		t.Errorf("resumed run: %d bytes of output, want %d; stderr:\n%s", n, want, stderr)
+	}
+	if got := blocksLog(t, log); !slices.Equal(got, []string{"a", "b", "a"}) && !slices.Equal(got, []string{"b", "a", "a"}) {
+		t.Errorf("blocks run: %v, want a and b, then a again", got)
+	}
+}
+
+// blocksLog reads a log of words, one a line.
+func blocksLog(t *testing.T, path string) []string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Fields(string(data))
 }

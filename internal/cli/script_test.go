@@ -188,6 +188,8 @@ func fixtureMain() int {
 		return framedWorker()
 	case "line-reads":
 		return lineReadsWorker(args[1], args[2], args[3])
+	case "pipe-block":
+		return pipeBlockWorker(args[1], args[2], args[3], args[4])
 	case "kill-self":
 		syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		time.Sleep(time.Minute)

@@ -47,10 +47,24 @@ type job struct {
 	journal    journalFlags
 	keyCommand []string
 	argv       []string
-	jsonPath   string // path of the JSON summary, "-" for stdout, or ""
-	progress   bool   // whether to draw the progress bar
-	quiet      bool   // print no summary when every task succeeded
-	messages   bool   // whether the summary shows attempt messages
+	// journalInput, when set, is what the journal keeps of an input in
+	// place of the input itself (map --pipe: the block's place in the
+	// input, not its megabytes); the key is still the input's.
+	journalInput func(input []byte) []byte
+	// journaled, when set, says whether a result's end goes to the
+	// journal once written (map --pipe: not when its output was too long
+	// to keep, so that resume runs it again).
+	journaled func(r *pool.Result) bool
+	// rawReplay reports whether a replayed output is written as it is
+	// (map --pipe: a block's whole output), not as a line.
+	rawReplay bool
+	// replayAhead is how many replayed outputs may wait for the results
+	// loop; 0 means the default, replayAhead.
+	replayAhead int
+	jsonPath    string // path of the JSON summary, "-" for stdout, or ""
+	progress    bool   // whether to draw the progress bar
+	quiet       bool   // print no summary when every task succeeded
+	messages    bool   // whether the summary shows attempt messages
 	// viaShell reports whether the command runs under a shell that stays
 	// between safepool and the command, so that an exit status 128+N may
 	// be the shell's report of a child killed by signal N.
@@ -208,7 +222,11 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	feedDone := make(chan struct{})
 	// replayCh carries the outputs of map tasks an earlier run did, from
 	// the feeder to the results loop, which writes them in their place.
-	replayCh := make(chan replay, replayAhead)
+	ahead := replayAhead
+	if j.replayAhead > 0 {
+		ahead = j.replayAhead
+	}
+	replayCh := make(chan replay, ahead)
 	fb := &feedBack{replays: replayCh}
 	fb.fail = func(err error) {
 		feedMu.Lock()
@@ -244,17 +262,21 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 				fb.fail(err)
 				return
 			}
+			jin := in
+			if jj != nil && j.journalInput != nil {
+				jin = j.journalInput(in)
+			}
 			if done {
 				if feedStopped(ctx, p) {
 					return
 				}
-				fb.skip(j.mode, jj, seq, key, in, f, id)
+				fb.skip(j.mode, jj, seq, key, jin, f, id)
 				continue
 			}
 			id++
 			t := j.task(seq, in)
 			jl.submit(id, seq, t.Input)
-			jj.submit(id, seq, key, in)
+			jj.submit(id, seq, key, jin)
 			if _, err := p.Submit(ctx, t); err != nil {
 				return // the pool is stopping; the results loop reports why
 			}
@@ -323,7 +345,11 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	var lastID uint64
 	emitReplay := func(rp *replay) {
 		if o.err == nil {
-			o.stdout(rp.output, newline)
+			if j.rawReplay {
+				o.stdout(rp.output)
+			} else {
+				o.stdout(rp.output, newline)
+			}
 			if flushC == nil && o.out.Buffered() > 0 {
 				flushT.Reset(outputLinger)
 				flushC = flushT.C
@@ -399,8 +425,17 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 				break
 			}
 			j.emit(o, &r)
-			jj.written(&r)
-			if flushC == nil && o.out.Buffered() > 0 {
+			if j.journaled == nil || j.journaled(&r) {
+				jj.written(&r)
+			}
+			switch {
+			case o.out.Buffered() == 0:
+				// All written out already, as a long output is, which
+				// the buffer passes on at once: the journal learns of
+				// it now, not at the next flush, which only buffered
+				// output starts.
+				jj.flushed(o.err == nil)
+			case flushC == nil:
 				flushT.Reset(outputLinger)
 				flushC = flushT.C
 			}

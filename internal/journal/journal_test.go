@@ -398,3 +398,118 @@ func TestSamplesWithoutGovernor(t *testing.T) {
 		t.Errorf("worker samples, total samples, highest total, samples of 2 running = %d, %d, %d, %d; want each above 0", workers, totals, most, running)
 	}
 }
+
+// TestPageSize checks that a new journal has the 64 KiB pages its DSN asks
+// for, in WAL mode, and keeps both when opened again.
+func TestPageSize(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "j.db")
+	for i := range 2 {
+		j, err := Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var size int
+		var mode string
+		if err := j.DB().QueryRow("PRAGMA page_size").Scan(&size); err != nil {
+			t.Fatal(err)
+		}
+		if err := j.DB().QueryRow("PRAGMA journal_mode").Scan(&mode); err != nil {
+			t.Fatal(err)
+		}
+		if size != 65536 || mode != "wal" {
+			t.Errorf("open %d: page_size %d, journal_mode %s; want 65536, wal", i+1, size, mode)
+		}
+		if err := j.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestLongOutputs writes tasks of their own whose outputs are megabytes
+// long, as map --pipe's blocks make them, more of them than the writer
+// queues at once, and checks that resume gives each its output back.
+func TestLongOutputs(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "j.db")
+	j, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	out := func(i int) []byte {
+		return slices.Repeat([]byte{byte('a' + i)}, 3<<20+i)
+	}
+	const n = 16 // 48 MiB, over maxQueuedBytes
+	w, err := j.Start(Run{Kind: "map", Command: "long", StoreOutput: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		in := []byte(strconv.Itoa(i))
+		feed(w, uint64(i+1), uint64(i+1), KeyOf(in), in, pool.Done, out(i))
+	}
+	if err := w.Close(0); err != nil {
+		t.Fatal(err)
+	}
+	w, err = j.Start(Run{Kind: "map", Command: "long", StoreOutput: true, Resumed: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(0)
+	rs, err := w.Resumer(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rs.Close()
+	for i := range n {
+		f, ok, err := rs.Lookup(KeyOf([]byte(strconv.Itoa(i))))
+		if err != nil || !ok || f.State != "done" || !slices.Equal(f.Output, out(i)) {
+			t.Errorf("task %d: %v, %v, %s, %d bytes of output; want done, its %d bytes", i, ok, err, f.State, len(f.Output), len(out(i)))
+		}
+	}
+}
+
+// TestPendingToSpan checks that a task written as pending, which then
+// ends done at its first attempt, ends in a span row with its output, its
+// task row gone, as a block of map --pipe that runs for seconds does.
+func TestPendingToSpan(t *testing.T) {
+	j, err := Open(filepath.Join(t.TempDir(), "j.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	w, err := j.Start(Run{Kind: "map", Command: "pending", StoreOutput: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := KeyOf([]byte("block"))
+	w.Submit(1, 1, key, []byte("bytes 0-4"))
+	time.Sleep(3 * FlushEvery) // written as pending
+	var pending int
+	j.DB().QueryRow(`SELECT count(*) FROM task WHERE state = 'pending'`).Scan(&pending)
+	now := time.Now()
+	a := pool.Attempt{Number: 1, WorkerPID: 100, Start: now, End: now, ExitCode: 0}
+	w.Observe(pool.Event{Kind: pool.EventTaskEnded, Time: now, TaskID: 1,
+		Result: &pool.Result{ID: 1, State: pool.Done, Output: []byte("out"), Attempts: []pool.Attempt{a}}})
+	if err := w.Close(0); err != nil {
+		t.Fatal(err)
+	}
+	var tasks, spans int
+	j.DB().QueryRow(`SELECT count(*) FROM task`).Scan(&tasks)
+	j.DB().QueryRow(`SELECT coalesce(sum(count), 0) FROM span`).Scan(&spans)
+	if pending != 1 || tasks != 0 || spans != 1 {
+		t.Errorf("pending rows while it ran, task rows, span tasks = %d, %d, %d; want 1, 0, 1", pending, tasks, spans)
+	}
+	w, err = j.Start(Run{Kind: "map", Command: "pending", StoreOutput: true, Resumed: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(0)
+	rs, err := w.Resumer(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rs.Close()
+	if f, ok, err := rs.Lookup(key); err != nil || !ok || string(f.Output) != "out" {
+		t.Errorf("resume: %v, %v, output %q; want done, out", ok, err, f.Output)
+	}
+}

@@ -254,6 +254,11 @@ func (r *Resumer) spanOutput(row int64, i int) ([]byte, error) {
 		}
 		// A copy: the reader's buffer is reused.
 		so = &spanOutput{row: row, starts: starts, sep: sep, output: append([]byte(nil), d.output...)}
+		if len(so.output) > maxSpanOutput {
+			// A long output, such as a block's of map --pipe, has a
+			// span of its own, read once: kept, it would hold memory.
+			return so.slice(row, i)
+		}
 		r.spans[row] = r.spanOrder.PushFront(so)
 		if r.spanOrder.Len() > spansCached {
 			last := r.spanOrder.Back()
@@ -261,6 +266,11 @@ func (r *Resumer) spanOutput(row int64, i int) ([]byte, error) {
 			r.spanOrder.Remove(last)
 		}
 	}
+	return so.slice(row, i)
+}
+
+// slice returns the output of the i-th task of so, the span of rowid row.
+func (so *spanOutput) slice(row int64, i int) ([]byte, error) {
 	if so.starts == nil {
 		return nil, nil
 	}

@@ -31,12 +31,13 @@ CREATE TABLE IF NOT EXISTS run (
 );
 
 -- One row per task of a run that is not in a span: written when it ends,
--- or as pending when it outlives a commit, and then updated when it ends.
+-- or as pending when it outlives a commit, and then updated when it ends
+-- (or deleted, when it ends done at its first attempt: a span holds it).
 CREATE TABLE IF NOT EXISTS task (
 	run_id    INTEGER NOT NULL REFERENCES run(id),
 	id        INTEGER NOT NULL,      -- the submission number in its run, from 1
 	key       BLOB NOT NULL,         -- run and map: the input's 16-byte key (journal.KeyOf); python: hex SHA-256 text of the function and arguments
-	input     BLOB,                  -- the input line, or a short repr for Python
+	input     BLOB,                  -- the input line (map --pipe: the block's bytes in the input, such as 'bytes 0-1048575'), or a short repr for Python
 	state     TEXT NOT NULL,         -- 'pending', or the terminal state: done, failed, poison, cancelled, skipped (finished in an earlier run: done, or with --resume failed or poison, which cause then says)
 	attempts  INTEGER NOT NULL DEFAULT 0,
 	cause     TEXT,                  -- the last attempt's cause when not done

@@ -38,6 +38,12 @@ const (
 	// the engine waited whenever a commit took longer than the queue
 	// lasted.
 	maxQueued = 64 * 1024
+	// flushBytes and maxQueuedBytes are flushRows and maxQueued for the
+	// outputs of tasks that are not batches, which map --pipe's blocks may
+	// make megabytes long: the outputs waiting for a commit take at most
+	// about maxQueuedBytes of memory (and one output however long).
+	flushBytes     = 8 << 20
+	maxQueuedBytes = 32 << 20
 )
 
 // Writer writes one run into the journal. Its methods only append a record
@@ -60,6 +66,9 @@ type Writer struct {
 	recs [][]record
 	n    int
 	free [][]record
+	// bytes counts the outputs in recs of tasks that are not batches
+	// (record.bytes).
+	bytes int
 	// closed reports whether Close has begun: records that come later are
 	// dropped.
 	closed bool
@@ -188,6 +197,16 @@ func (r *record) weight() int {
 	return 1
 }
 
+// bytes is how many bytes of output r holds that no weight counts: the
+// output of a task that is not a batch, which map --pipe's blocks make
+// long.
+func (r *record) bytes() int {
+	if r.result != nil && r.result.Items == nil {
+		return len(r.result.Output)
+	}
+	return 0
+}
+
 // Start adds a row for the run r and starts the writer's goroutine.
 // Close must be called to end it.
 func (j *Journal) Start(r Run) (*Writer, error) {
@@ -302,8 +321,9 @@ func (w *Writer) Observe(ev pool.Event) {
 }
 
 func (w *Writer) add(r record) {
+	size := r.bytes()
 	w.mu.Lock()
-	for w.n >= maxQueued && !w.closed {
+	for (w.n >= maxQueued || w.bytes > 0 && w.bytes+size > maxQueuedBytes) && !w.closed {
 		// The journal is behind: the pool waits, so that memory stays
 		// bounded, rather than the queue growing with the input.
 		select {
@@ -327,11 +347,12 @@ func (w *Writer) add(r record) {
 	}
 	last := &w.recs[len(w.recs)-1]
 	*last = append(*last, r)
-	before := w.n
+	before, beforeBytes := w.n, w.bytes
 	w.n += r.weight()
-	n := w.n
+	w.bytes += size
+	n, queued := w.n, w.bytes
 	w.mu.Unlock()
-	if before < flushRows && n >= flushRows {
+	if before < flushRows && n >= flushRows || beforeBytes < flushBytes && queued >= flushBytes {
 		select {
 		case w.kick <- struct{}{}:
 		default:
@@ -384,7 +405,7 @@ func (w *Writer) loop() {
 		}
 		w.mu.Lock()
 		recs := w.recs
-		w.recs, w.n = spare[:0], 0
+		w.recs, w.n, w.bytes = spare[:0], 0, 0
 		w.room.Broadcast()
 		w.mu.Unlock()
 		w.flush(recs)
@@ -534,6 +555,18 @@ func (w *Writer) commit(b *rows) error {
 			}
 		}
 	}
+	if len(b.deletes.args) > 0 {
+		st, err := tx.Prepare(`DELETE FROM task WHERE run_id = ? AND id = ?`)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		for _, id := range b.deletes.args {
+			if _, err := st.Exec(w.runID, id); err != nil {
+				return err
+			}
+		}
+	}
 	for i := 0; i < len(b.runs.args); i += b.runs.cols {
 		if _, err := tx.Exec(`UPDATE run SET workers = ?, memory_mode = ?, mem_budget = ? WHERE id = ?`, b.runs.args[i:i+b.runs.cols]...); err != nil {
 			return err
@@ -591,8 +624,10 @@ const maxIovecs = 1024
 // rows are the rows one transaction writes, table by table.
 type rows struct {
 	tasks, spans, skips, attempts, samples, events table
-	// updates are of tasks written as pending, runs of the run's row.
-	updates, runs table
+	// updates are of tasks written as pending, runs of the run's row;
+	// deletes are the ids of tasks written as pending that went into a
+	// span, done at their first attempt.
+	updates, runs, deletes table
 	// spanData are the data of the span rows, for the span file, in
 	// pieces (the rows' data are the spans' slices, not copied), spanSize
 	// bytes in all: each row's data_at is where its data begin in them
@@ -626,12 +661,12 @@ func (b *rows) inserts() []*table {
 
 // reset empties b, keeping its memory for the next transaction.
 func (b *rows) reset() {
-	for _, t := range append(b.inserts(), &b.updates, &b.runs) {
+	for _, t := range append(b.inserts(), &b.updates, &b.runs, &b.deletes) {
 		clear(t.args)
 		t.args = t.args[:0]
 	}
 	for _, d := range b.spanData {
-		if cap(d) >= minSpare {
+		if cap(d) >= minSpare && cap(d) <= maxSpareSize {
 			b.spare = append(b.spare, d[:0])
 		}
 	}
@@ -640,15 +675,17 @@ func (b *rows) reset() {
 }
 
 // minSpare is the least capacity of a span's slice worth reusing, and
-// maxSpare how many the writer keeps.
+// maxSpare how many the writer keeps. A slice longer than maxSpareSize,
+// of a long output of map --pipe, is not kept.
 const (
-	minSpare = 4 << 10
-	maxSpare = 64
+	minSpare     = 4 << 10
+	maxSpare     = 64
+	maxSpareSize = 2 * maxSpanOutput
 )
 
 func (b *rows) empty() bool {
 	n := 0
-	for _, t := range append(b.inserts(), &b.updates, &b.runs) {
+	for _, t := range append(b.inserts(), &b.updates, &b.runs, &b.deletes) {
 		n += len(t.args)
 	}
 	return n == 0
@@ -862,7 +899,14 @@ func (w *Writer) taskEnded(b *rows, id uint64, res *pool.Result, at int64) {
 	delete(w.live, id)
 	delete(w.pids, id)
 	delete(w.retrying, id)
-	if doneAtOnce(res) && !lt.inserted {
+	if doneAtOnce(res) {
+		// Into a span, also when it was written as pending (a block of
+		// map --pipe that ran for seconds): its output, megabytes
+		// long, then goes to the span file, not through SQLite's
+		// pages, which write it twice.
+		if lt.inserted {
+			b.deletes.add(int64(lt.seq))
+		}
 		a := &res.Attempts[0]
 		w.spanAdd(b, lt.seq, lt.key, res.Output, a)
 		return
@@ -1097,7 +1141,14 @@ func (w *Writer) spanAdd(b *rows, seq uint64, key Key, out []byte, a *pool.Attem
 	if w.run.StoreOutput {
 		s.useLengths()
 		s.lengths = binary.AppendUvarint(s.lengths, uint64(len(out)))
-		s.output = append(s.output, out...)
+		if s.n == 0 && len(out) > maxSpareSize {
+			// A long output, such as a block's of map --pipe, alone in
+			// its span: its data take the Result's slice, not a copy
+			// (too long to be kept for reuse, it is never written to).
+			s.output = out
+		} else {
+			s.output = append(s.output, out...)
+		}
 	}
 	s.n++
 	s.part(1, a, nil, nil)
