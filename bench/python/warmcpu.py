@@ -5,8 +5,10 @@ binary, its workers) and grandchildren spent, per map.
 
     /usr/bin/python3 bench/python/warmcpu.py safepool_map|mp_pool_chunked [N [REPS]]
 
-prints one line of JSON: {"peer", "n", "reps", "wall_ms", "cpu_ms": {name:
-ms per map}}, where a name is the process's comm and pid.
+PYTHON_DIR names another revision's python/ directory to measure; CHUNKSIZE
+gives map's chunksize. Prints one line of JSON: {"peer", "n", "reps",
+"wall_ms", "cpu_ms": {name: ms per map}}, where a name is the process's comm
+and pid.
 """
 import json
 import os
@@ -14,7 +16,9 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO, "python"))
+# PYTHON_DIR: the safepool package's parent to measure (another revision's
+# python/, with its binary in safepool/_bin), by default this tree's.
+sys.path.insert(0, os.environ.get("PYTHON_DIR") or os.path.join(REPO, "python"))
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -64,6 +68,7 @@ if __name__ == "__main__":
     peer = sys.argv[1]
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 20000
     reps = int(sys.argv[3]) if len(sys.argv) > 3 else 300
+    chunksize = int(os.environ["CHUNKSIZE"]) if os.environ.get("CHUNKSIZE") else None
     if peer == "safepool_map":
         import safepool
         pool = safepool.Pool(2)
@@ -77,7 +82,7 @@ if __name__ == "__main__":
     before = {p: cpu(p) for p in pids}
     t = time.perf_counter()
     for _ in range(reps):
-        pool.map(sq, range(n))
+        pool.map(sq, range(n), chunksize)
     wall = time.perf_counter() - t
     after = {p: cpu(p) for p in pids}
     out = {name(p): round((after[p] - before[p]) / reps * 1e3, 3) for p in pids}

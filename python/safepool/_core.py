@@ -46,6 +46,12 @@ _live_cores = weakref.WeakSet()
 # The causes of attempts that did not end in a worker death.
 _NOT_DEATHS = frozenset(("", "task-error", "preempted", "cancelled"))
 
+# A function's time per item (Pool.map's batch size) is learnt from ranges
+# of at least this many items, where a frame's own cost is small, for the
+# functions of this many recent maps.
+PER_ITEM_SPAN = 64
+PER_ITEM_FUNCTIONS = 32
+
 
 def _at_exit():
     for core in list(_live_cores):
@@ -151,6 +157,10 @@ class _Core:
         self._aborted: list[tuple] = []  # the reader thread's: (job, pos, item) cancelled by the pool
         # guarded by _lock: (job id, positions, start, end, pid, peak) of the items done
         self._stats: list[tuple] = []
+        # guarded by _lock: the recent seconds per item of the functions (by
+        # their pickles) of the last PER_ITEM_FUNCTIONS maps, from the ranges
+        # of at least PER_ITEM_SPAN items that their workers answered.
+        self._per_item: dict[bytes, float] = {}
         # Called (from the reader thread) with the BrokenPool error when the
         # pool breaks; the Executor logs it, as ProcessPoolExecutor does.
         self.on_broken = None
@@ -607,9 +617,26 @@ class _Core:
         job.settle_many(ps, values)
         with self._lock:
             self._stats.append((job.id, ps, start, end, last.get("pid", 0), last.get("peak_rss", 0)))
+            if span >= PER_ITEM_SPAN and end > start:
+                self._note_time_per_item(job.fn_bytes, (end - start) / span)
             self._outstanding -= len(values)
             if self._outstanding == 0:
                 self._cond.notify_all()
+
+    def _note_time_per_item(self, fn_bytes: bytes, per: float):
+        """Fold per, the seconds per item of a range of the function pickled
+        as fn_bytes (from the binary's clock: its run and its answer's way
+        back), into its recent time per item. Called with _lock held."""
+        known = self._per_item.pop(fn_bytes, None)
+        self._per_item[fn_bytes] = per if known is None else (known + per) / 2
+        if len(self._per_item) > PER_ITEM_FUNCTIONS:
+            del self._per_item[next(iter(self._per_item))]  # the least recently seen
+
+    def time_per_item(self, fn_bytes: bytes) -> float:
+        """The recent seconds per item of the function pickled as fn_bytes,
+        or 0 when none of its ranges has been answered lately."""
+        with self._lock:
+            return self._per_item.get(fn_bytes, 0.0)
 
     def _on_result(self, job, pos, item, meta: dict, output, ticket=None):
         state = meta.get("state")

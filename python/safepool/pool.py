@@ -10,6 +10,16 @@ from ._options import EngineOptions, check_context, parse_size
 # _launch), so this module imports it only where it is used: _core, _jobs,
 # and typing, which only the annotations name.
 TYPE_CHECKING = False
+
+# The least work, in seconds, that a batch of a map holds when the time per
+# item of its function is known (from the function's earlier batches) and
+# chunksize is not given. Whatever its size, a batch costs the pool about a
+# quarter of a millisecond of CPU (through the binary to a worker and back,
+# in the client, the binary and the worker): quick items in multiprocessing's
+# chunks of a quarter of a share spend more on that than on the work. A map
+# whose work is less than this a worker runs in one batch a worker; longer
+# maps keep multiprocessing's chunks, which spread uneven work.
+BATCH_WORK = 0.002
 if TYPE_CHECKING:
     from typing import Any, Callable, Iterable, List, Optional, Union
 
@@ -192,13 +202,21 @@ class Pool:
             raise ValueError("Pool not running")
         self._core.check_running()
 
-    def _chunksize(self, n: int, chunksize: Optional[int]) -> int:
+    def _chunksize(self, n: int, chunksize: Optional[int], fn_bytes: bytes = b"") -> int:
+        """The batch size of a map of n items of the function pickled as
+        fn_bytes: chunksize if given; else about a quarter of an equal share
+        per worker, as multiprocessing does, but no less than BATCH_WORK of
+        the function's recent time per item, up to an equal share."""
         if chunksize is not None:
             if chunksize < 1:
                 raise ValueError("chunksize must be at least 1")
             return chunksize
-        size, extra = divmod(n, self._core.processes * 4)
-        return size + 1 if extra else max(size, 1)
+        workers = self._core.processes
+        size = max(-(-n // (workers * 4)), 1)
+        per = self._core.time_per_item(fn_bytes)
+        if per:
+            size = max(size, min(-(-BATCH_WORK // per), -(-n // workers)))
+        return int(size)
 
     def _map_async(self, fn, iterable, chunksize, mode, callback, error_callback, errors, progress=False):
         from ._core import _Chunk
@@ -213,7 +231,7 @@ class Pool:
             from . import _progress
             display = _progress.make(progress, len(items))
         res = AsyncResult(self._core, fn, mode, len(items), False, callback, error_callback, errors, display)
-        cs = self._chunksize(len(items), chunksize)
+        cs = self._chunksize(len(items), chunksize, res._job.fn_bytes)
         for start in range(0, len(items), cs):
             part = items[start:start + cs]
             self._core.submit(_Chunk(res._job, range(start, start + len(part)), part))
@@ -284,7 +302,10 @@ class Pool:
         """Return [func(x) for x in iterable], computed by the workers.
 
         Items are sent in batches of chunksize (by default about a quarter
-        of an equal share per worker, as multiprocessing does). When a task
+        of an equal share per worker, as multiprocessing does, or larger
+        ones of at least BATCH_WORK of work, up to an equal share, when the
+        function's time per item is known from its earlier batches in this
+        pool). When a task
         fails, map raises its exception after the others have finished: the
         first failure in input order, safepool.WorkerDied if its worker died.
         With errors="return", it returns the exceptions in place of the

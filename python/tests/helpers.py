@@ -133,6 +133,10 @@ def identity(x):
     return x
 
 
+def negate(x):
+    return -x
+
+
 def raise_with(message):
     raise ValueError(message)
 

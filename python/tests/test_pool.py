@@ -31,6 +31,40 @@ class PoolBasics(unittest.TestCase):
     def test_map_chunksize(self):
         self.assertEqual(self.pool.map(helpers.square, range(10), chunksize=3), [i * i for i in range(10)])
 
+    def chunk_sizes(self, call):
+        """The sizes of the batches that call() submits on self.pool."""
+        core = self.pool._core
+        sizes = []
+        submit = core.submit
+
+        def spy(chunk):
+            sizes.append(len(chunk.items))
+            submit(chunk)
+        core.submit = spy
+        try:
+            call()
+        finally:
+            del core.submit
+        return sizes
+
+    def test_map_of_quick_items_goes_in_one_batch_a_worker(self):
+        # The first map of a function is cut as multiprocessing does; once
+        # its time per item is known (well under a microsecond here; the
+        # test allows 10), a map with less than pool.BATCH_WORK of work a
+        # worker goes in one batch a worker, which spends less of the
+        # pool's per-batch cost. (negate: a function no other test maps.)
+        first = self.chunk_sizes(lambda: self.pool.map(helpers.negate, range(20000)))
+        self.assertEqual(first, [2500] * 8)
+        again = self.chunk_sizes(lambda: self.assertEqual(self.pool.map(helpers.negate, range(400)),
+                                                          [-i for i in range(400)]))
+        self.assertEqual(again, [200, 200])
+
+    def test_map_of_slow_items_keeps_four_batches_a_worker(self):
+        # Items of 10 ms: multiprocessing's chunks, which spread uneven work.
+        for _ in range(2):
+            sizes = self.chunk_sizes(lambda: self.pool.map(helpers.sleep_for, [0.01] * 16))
+            self.assertEqual(sizes, [2] * 8)
+
     def test_starmap(self):
         self.assertEqual(self.pool.starmap(helpers.add, [(1, 2), (3, 4)]), [3, 7])
 
