@@ -153,9 +153,16 @@ func (rr *resultReader) readLines(sr *sampledReader) {
 			chunk := make([]byte, len(part)+len(whole))
 			copy(chunk[copy(chunk, part):], whole)
 			part = append(part[:0], data[i+1:]...)
-			if int64(len(chunk)) > rr.maxLine+1 && longestLine(chunk) > rr.maxLine {
-				rr.send(Event{err: &LineTooLongError{Max: rr.maxLine}})
-				return
+			if int64(len(chunk)) > rr.maxLine+1 {
+				if at := firstLongLine(chunk, rr.maxLine); at >= 0 {
+					// The whole lines before the long one, read with it,
+					// are answers: only the line it answers is at fault.
+					if at > 0 && !rr.send(Event{chunk: chunk[:at], consumed: sr.last}) {
+						return
+					}
+					rr.send(Event{err: &LineTooLongError{Max: rr.maxLine}})
+					return
+				}
 			}
 			if !rr.send(Event{chunk: chunk, consumed: sr.last}) {
 				return
@@ -177,19 +184,20 @@ func (rr *resultReader) readLines(sr *sampledReader) {
 	}
 }
 
-// longestLine is the length of the longest line of chunk, without its
-// newline.
-func longestLine(chunk []byte) int64 {
-	var m int
-	for len(chunk) > 0 {
-		i := bytes.IndexByte(chunk, '\n')
+// firstLongLine is the offset in chunk of its first line longer than limit
+// bytes without its newline, or -1 when there is none.
+func firstLongLine(chunk []byte, limit int64) int {
+	for at := 0; at < len(chunk); {
+		i := bytes.IndexByte(chunk[at:], '\n')
 		if i < 0 {
-			i = len(chunk)
+			i = len(chunk) - at
 		}
-		m = max(m, i)
-		chunk = chunk[min(i+1, len(chunk)):]
+		if int64(i) > limit {
+			return at
+		}
+		at += i + 1
 	}
-	return int64(m)
+	return -1
 }
 
 // sampledReader calls sample after every read that returned data, and

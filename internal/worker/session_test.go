@@ -66,6 +66,12 @@ func runHelper(mode string) int {
 				return 0
 			}
 			input := strings.TrimSuffix(line, "\n")
+			if input == "longafter" {
+				// Its answer and, in the same write, a line over any
+				// limit of a few KiB.
+				os.Stdout.WriteString("ok:longafter\n" + strings.Repeat("x", 8000) + "\n")
+				continue
+			}
 			if input == "twice" {
 				// A line too many, written with the answer in one write so
 				// that both reach the session in one read: written apart,
@@ -371,5 +377,31 @@ func TestSessionLateOwner(t *testing.T) {
 				t.Fatalf("Death = cause %q killed %q, want %q by nobody", d.Cause, d.Killed, SignalCause(syscall.SIGKILL))
 			}
 		})
+	}
+}
+
+// TestSessionLongLineAfterAnswers: a line worker writes an answer and, in
+// the same write, a line longer than MaxLine. The answer, read with the
+// long line, is still an answer: only what the long line answers is at
+// fault.
+func TestSessionLongLineAfterAnswers(t *testing.T) {
+	cfg := helperConfig("line", IOLine)
+	cfg.MaxLine = 1024
+	h, d := drive(t, cfg, []string{"a", "longafter"}, false, 20*time.Second)
+	if d.Cause != CauseProtocol {
+		t.Fatalf("Death = cause %q, want %q", d.Cause, CauseProtocol)
+	}
+	var got []string
+	for _, e := range h.ended {
+		if e.o.Cause != "" {
+			t.Errorf("answer %d ended with cause %q (%s), want answered", e.id, e.o.Cause, e.o.Message)
+		}
+		got = append(got, e.output)
+	}
+	if strings.Join(got, ",") != "ok:a,ok:longafter" {
+		t.Errorf("answers = %q, want ok:a and ok:longafter", got)
+	}
+	for _, c := range d.Flights {
+		t.Errorf("flight %d in flight at the death (%s), want none", c.Flight.ID, c.Outcome.Message)
 	}
 }
