@@ -137,11 +137,12 @@ func (r *runner) hasRoom() bool {
 	if !r.s.HasRoom() {
 		return false
 	}
-	// A process with work queued takes no more than its share of the
-	// backlog, so that a few long tasks are not all queued behind one
+	// A framed process with work queued takes no more than its share of
+	// the backlog, so that a few long tasks are not all queued behind one
 	// another on the first worker ready while the others start or idle.
-	// With a long backlog the share is the whole pipeline.
-	if n := r.s.InFlight(); n > 0 {
+	// With a long backlog the share is the whole pipeline. (A line worker
+	// has its own bound: about 10 ms of work, by its time per line.)
+	if n := r.s.InFlight(); n > 0 && r.p.cfg.Protocol == Framed {
 		w := int64(r.p.cfg.Workers)
 		if share := (r.p.backlog.Load() + w - 1) / w; int64(n) >= share {
 			return false

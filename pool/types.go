@@ -558,7 +558,7 @@ type Config struct {
 	// before runs with nothing sent behind it. A line batch (Task.Items) is
 	// one task in flight, written at once; a line worker takes another
 	// while the lines it has not answered are less than about 10 ms of
-	// work, by its recent time per line. A worker with tasks in flight
+	// work, by its recent time per line. A framed worker with tasks in flight
 	// takes another only while it holds fewer than its share of the tasks
 	// waiting or running (their number over Workers, rounded up), so that a
 	// few long tasks spread over all workers, even those still starting.
