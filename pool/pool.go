@@ -126,6 +126,9 @@ type task struct {
 	// fileWaits counts the times the task's one-shot process could not
 	// start for want of file descriptors while no other process ran.
 	fileWaits int
+	// early counts the answers of the batch's running attempt that were
+	// delivered before it ended (scheduler.answered); the loop's alone.
+	early int
 }
 
 func (t *task) charged() int { return t.deaths + t.errors + t.ooms }

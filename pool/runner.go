@@ -251,6 +251,11 @@ func (h *sessionHost) Ended(f *worker.Flight, o worker.Outcome, output []byte) {
 		lines: lineItems(t, f), out: f.Out})
 }
 
+func (h *sessionHost) Answered(f *worker.Flight, a worker.Answer, i int) {
+	h.p.send(report{kind: reportAnswered, task: f.Task.(*task), answers: []worker.Answer{a}, running: i,
+		att: Attempt{WorkerPID: h.s.PID(), Start: f.StartedAt()}})
+}
+
 // lineItems are the items of line batch t that flight f answered, done,
 // each with its answer line (in f.Out) and the time its answer came; nil
 // for other flights. An item runs from the answer before it (or from the

@@ -22,6 +22,10 @@ const (
 	reportWorkerUp
 	// reportStartupFailure: a worker died before doing any work.
 	reportStartupFailure
+	// reportAnswered: the worker of a running batch answered a range of its
+	// items, answers[0], its answer number running (worker.Host.Answered);
+	// att has the worker's pid and the attempt's start.
+	reportAnswered
 )
 
 // report is a message from a runner to the loop.
@@ -246,6 +250,8 @@ func (s *scheduler) report(rep report) {
 		s.givenBack(rep.task)
 	case reportWorkerUp:
 		s.startFail = 0
+	case reportAnswered:
+		s.answered(rep)
 	case reportStartupFailure:
 		if rep.charged && s.everOK {
 			break // the command works: the task made it fail
@@ -320,6 +326,26 @@ func (s *scheduler) attemptEnded(rep report) {
 	s.settleAttempt(t, a, rep.output, rep.stderr)
 }
 
+// answered delivers, done, the items of a range that the worker of a
+// running batch answered before the batch's end, so that its caller gets
+// them while the worker runs the rest. Only answers that follow those
+// delivered so far (t.early, a prefix of the attempt's answers) go early;
+// batchEnded settles the others, as it does every answer of a batch of
+// which none went early.
+func (s *scheduler) answered(rep report) {
+	t, an := rep.task, rep.answers[0]
+	if rep.running != t.early || an.Failed || an.Span < 1 || s.live[t.id] != t {
+		return
+	}
+	t.early++
+	s.p.count(func(st *Stats) { st.Attempts += an.Span }) // an attempt per item that ran
+	ok := Attempt{Number: 1, WorkerPID: rep.att.WorkerPID, Start: rep.att.Start, End: an.End, ExitCode: -1}
+	s.startFail, s.everOK = 0, true
+	s.pending++ // a part of its own
+	s.finishItems(t, Done, []Item{{ID: t.base + uint64(an.Index), Index: int(an.Index), Span: an.Span,
+		Output: an.Output, Start: an.Start, End: an.End}}, []Attempt{ok}, nil)
+}
+
 // batchEnded settles a batch whose attempt ended: with every item
 // answered, or with its worker's death while it ran. The items answered
 // are done, in one Result; an item that failed, and the item the death is
@@ -334,8 +360,13 @@ func (s *scheduler) batchEnded(rep report) {
 	s.forget(t)
 	done, answered := rep.lines, len(rep.lines)
 	var failed []worker.Answer
-	for _, an := range rep.answers {
+	early := t.early // answers delivered already (answered)
+	t.early = 0
+	for k, an := range rep.answers {
 		answered += max(an.Span, 1)
+		if k < early {
+			continue
+		}
 		if an.Failed {
 			failed = append(failed, an)
 			continue

@@ -246,7 +246,9 @@ type Result struct {
 	// Items, for a batch task (Task.Items), are the items this Result
 	// settles, all in its State: a batch's items may end in several
 	// Results (the done items of a run in one, an item that was charged or
-	// failed in one of its own, later). ID is then the batch's id, and
+	// failed in one of its own, later; a range that a framed/3 worker
+	// answers while the batch runs in one of its own at once). ID is then
+	// the batch's id, and
 	// Stderr is unset; an item's Output is in its Item. Output is unset
 	// for a framed batch; for a line batch that is done, it holds the
 	// items' answer lines in order, each with its newline, in one slice

@@ -87,7 +87,8 @@ func helperWorker() int {
 // before it runs it, and sends the answers it holds (one items frame,
 // "did x" for each, comma-separated) when an item is "flush", before an
 // item "fail" (which it answers with an item-error frame), and at the end
-// of the batch. An item "die" kills it with SIGKILL, its answers unsent.
+// of the batch. An item "die" kills it with SIGKILL, its answers unsent;
+// an item "hang" sleeps for a minute.
 func pageWorker() int {
 	in := protocol.NewReader(os.NewFile(3, "tasks"), 0)
 	out := protocol.NewWriter(os.NewFile(4, "results"))
@@ -129,6 +130,8 @@ func pageWorker() int {
 			switch items[i] {
 			case "die":
 				syscall.Kill(os.Getpid(), syscall.SIGKILL)
+				time.Sleep(time.Minute)
+			case "hang":
 				time.Sleep(time.Minute)
 			case "fail":
 				flush()
@@ -373,6 +376,50 @@ func TestBatchPageBlame(t *testing.T) {
 	var end End
 	if f.kind != KindEnd || json.Unmarshal(f.payload, &end) != nil || end.Error != "" || end.Stats.Done != 5 {
 		t.Errorf("end = %d %s, want no error and 5 done", f.kind, f.payload)
+	}
+}
+
+// TestBatchRangeBeforeEnd: the items of a range that a framed/3 worker
+// answers before its batch ends reach the client at once, done, while the
+// worker runs the rest; after an abort, the batch's other items are
+// settled, and none of the range's again.
+func TestBatchRangeBeforeEnd(t *testing.T) {
+	s := startWith(t, Hello{Workers: 1}, "page")
+	if f := s.next(); f.kind != KindReady {
+		t.Fatalf("first frame kind = %d, want ready", f.kind)
+	}
+	payload := binary.BigEndian.AppendUint32(nil, 4)
+	payload = binary.BigEndian.AppendUint32(payload, 0) // no options
+	s.send(KindBatch, 1, append(payload, "a,flush,hang,b"...))
+	// "hang" runs for a minute: the range must not wait for it.
+	if err := s.rf.SetReadDeadline(time.Now().Add(20 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	m, outs := itemsOf(t, s.next())
+	if m.State != "done" || len(m.Attempts) != 1 || len(outs) != 2 || outs[1] != "did a,did flush" ||
+		outs[2] != "did a,did flush" {
+		t.Fatalf("first frame = %+v %v, want items 1 and 2 done, in one range", m, outs)
+	}
+	if err := s.rf.SetReadDeadline(time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	s.send(KindAbort, 0, nil)
+	settled := map[uint64]string{}
+	for {
+		f := s.next()
+		if f.kind == KindEnd {
+			break
+		}
+		m, o := itemsOf(t, f)
+		for id := range o {
+			if _, dup := settled[id]; dup || id < 3 {
+				t.Errorf("item %d settled again (%s)", id, m.State)
+			}
+			settled[id] = m.State
+		}
+	}
+	if len(settled) != 2 || settled[3] == "" || settled[4] == "" || settled[3] == "done" || settled[4] == "done" {
+		t.Errorf("after the abort, items settled %v, want 3 and 4 once each, not done", settled)
 	}
 }
 

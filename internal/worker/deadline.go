@@ -290,6 +290,13 @@ func (s *Session) recordAnswer(f *Flight, a Answer, n int, now time.Time) {
 	f.clock, f.seen = now, f.answered
 	if f.answered == len(f.Items) {
 		s.succeed(f, nil)
+		return
+	}
+	if a.Span > 0 {
+		// A range before the batch's end (a worker sends one after some
+		// time, or early in a long batch, see docs/protocol.md): its
+		// items may be delivered now, not when the batch ends.
+		s.host.Answered(f, a, len(f.Answers)-1)
 	}
 }
 

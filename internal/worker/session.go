@@ -92,6 +92,12 @@ type Host interface {
 	// Ended is called when f ended while the process lives: with a result
 	// (o.Cause empty, output set) or a task error.
 	Ended(f *Flight, o Outcome, output []byte)
+	// Answered is called when the worker of batch f answered a range of
+	// its items (an items frame) and other items of f remain: a is that
+	// answer, f.Answers[i]. Its items are done, as the items answered
+	// before are, whatever happens to the rest of f; f.Answers keeps a for
+	// Ended and for a death.
+	Answered(f *Flight, a Answer, i int)
 	// Note is called with something a user should hear about the process.
 	Note(n Note)
 }

@@ -121,9 +121,10 @@ type ending struct {
 	output string
 }
 
-func (h *host) Up()               {}
-func (h *host) Started(f *Flight) {}
-func (h *host) Note(n Note)       { h.notes = append(h.notes, n) }
+func (h *host) Up()                                 {}
+func (h *host) Started(f *Flight)                   {}
+func (h *host) Answered(f *Flight, a Answer, i int) {}
+func (h *host) Note(n Note)                         { h.notes = append(h.notes, n) }
 func (h *host) Ended(f *Flight, o Outcome, output []byte) {
 	h.ended = append(h.ended, ending{f.ID, o, string(output)})
 }
