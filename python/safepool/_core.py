@@ -17,7 +17,10 @@ business: each answer names its item.
 Threads: the caller's threads create jobs and queue chunks; one writer
 thread pickles and sends chunks (so that no thread that handles results ever
 blocks on a full pipe); one reader thread receives results and settles
-items. Both are daemons and end when the binary's pipes close.
+items. Both are daemons and end when the binary's pipes close. A caller
+that will wait for its results (Pool.map) writes its chunks itself, in the
+writer's role, when no other thread holds it (send_queued): its first chunk
+leaves without waiting for the writer thread to wake.
 
 Flow control: the writer keeps at most the binary's max_pending batches
 sent without all their results; the others wait here. The binary reads
@@ -141,7 +144,10 @@ class _Core:
         self._window = 0  # most batches in _inflight (the binary's max_pending); 0: no limit
         self._ahead = ahead  # most items of windowed jobs in _inflight; 0: no limit
         self._ahead_used = 0  # guarded by _lock: items of windowed jobs in _inflight
-        self._next_id = 1  # only the writer thread uses it
+        self._next_id = 1  # only the thread in the writer's role uses it
+        # guarded by _lock: a thread writes to the binary (the writer thread,
+        # or a caller in send_queued); only it takes chunks from the queue.
+        self._writing = False
         self._outstanding = 0  # guarded by _lock: items submitted and not settled
         self._control = []  # guarded by _lock: control frames for the writer (close, abort)
         self._stopping = False  # guarded by _lock: no more items are sent
@@ -202,8 +208,9 @@ class _Core:
         """Report whether new chunks are still accepted."""
         return not (self._stopping or self._draining)
 
-    def submit(self, chunk: _Chunk):
-        """Queue chunk's items to be sent."""
+    def submit(self, chunk: _Chunk, wake: bool = True):
+        """Queue chunk's items to be sent. wake=False leaves the writer
+        thread asleep: the caller then calls send_queued."""
         wait = self.option(chunk.job, "wait_timeout", self.wait_timeout)
         if wait:
             chunk.start_by = time.time() + wait
@@ -213,7 +220,8 @@ class _Core:
                 reason = self._broken
             else:
                 self._queue.append(chunk)
-                self._cond.notify_all()
+                if wake:
+                    self._cond.notify_all()
                 return
         self._cancel(chunk.job, chunk.positions, chunk.items, reason)
 
@@ -265,39 +273,80 @@ class _Core:
             self._ahead_used += len(chunk.items)  # given back by _take, or by _send_chunk
         return "chunk", chunk
 
+    def _next_locked(self):
+        """_take_locked, with a chunk taken while the pool stops turned
+        into ("cancel", chunk). Called with _lock held."""
+        what, arg = self._take_locked()
+        if what == "chunk" and self._stopping:
+            what = "cancel"
+            if arg.job.windowed:
+                self._ahead_used -= len(arg.items)
+        return what, arg
+
     def _write_loop(self):
-        # The lock is never held while writing: a write may block until the
-        # binary reads, which it may do only after this process has read its
-        # results, which needs the lock.
-        flushed = True
-        try:
-            while True:
-                with self._lock:
-                    what, arg = self._take_locked()
-                    if what == "wait" and flushed:
-                        self._cond.wait()
-                        continue
-                    if what == "chunk" and self._stopping:
-                        what = "cancel"
-                        if arg.job.windowed:
-                            self._ahead_used -= len(arg.items)
+        # The writer thread: it sends what the callers leave (chunks that
+        # the window had no room for, those queued by threads that do not
+        # write, control frames) while no caller writes.
+        while True:
+            with self._lock:
+                what, arg = ("wait", None) if self._writing else self._next_locked()
                 if what == "exit":
                     return
                 if what == "wait":
-                    self._out.flush()
-                    flushed = True
+                    self._cond.wait()
                     continue
-                flushed = False
+                self._writing = True
+            if not self._pump(what, arg):
+                return
+
+    def send_queued(self):
+        """Send the queued chunks from this thread, as the writer thread
+        would, unless a thread is writing already: a caller that is about
+        to wait for its results (Pool.map) so saves the writer thread's
+        wake-up, and its first chunk leaves at once. The reader thread
+        never writes (see _pump)."""
+        with self._lock:
+            if self._writing or threading.current_thread() is self._reader:
+                self._cond.notify_all()  # the writer thread's, then
+                return
+            what, arg = self._next_locked()
+            if what == "wait" or what == "exit":
+                return
+            self._writing = True
+        self._pump(what, arg)
+
+    def _pump(self, what, arg) -> bool:
+        """Do what (from _next_locked), then the rest of what can be sent
+        now; flush, and give up the writer's role (_writing), which the
+        calling thread holds. Report whether the binary can still be
+        written to.
+
+        The lock is never held while writing: a write may block until the
+        binary reads, which it may do only after this process has read its
+        results, which needs the lock; so the reader thread never writes."""
+        ok = True
+        try:
+            while True:
                 if what == "control":
                     self._write_frame(arg, 0, b"")
-                    self._out.flush()
-                    flushed = True
                 elif what == "cancel":
                     self._cancel(arg.job, arg.positions, arg.items, None)
                 else:
                     self._send_chunk(arg)
+                with self._lock:
+                    what, arg = self._next_locked()
+                if what == "wait" or what == "exit":
+                    break
+            self._out.flush()
         except (OSError, ValueError, AttributeError):
-            return  # the binary is gone (or our end closed); the reader reports it
+            ok = False  # the binary is gone (or our end closed); the reader reports it
+        with self._lock:
+            self._writing = False
+            if self._control or self._qhead < len(self._queue) or self._out is None or self._ended.is_set():
+                # What came while this thread wrote is the writer thread's
+                # (and so is exiting).
+                self._cond.notify_all()
+        return ok
 
     def _limits_of(self, job, start_by):
         """The limits that go with each of job's items to the worker."""
@@ -611,7 +660,7 @@ class _Core:
             ps, values = [p for p, _ in pairs], [v for _, v in pairs]
             if not ps:
                 return
-        job.observe(start, [end] * len(ps))
+        job.observe(start, end, len(ps))
         if isinstance(ps, list) and ps[-1] - ps[0] == len(ps) - 1:
             ps = range(ps[0], ps[-1] + 1)
         job.settle_many(ps, values)
@@ -659,7 +708,7 @@ class _Core:
                 return
             if last is not None:
                 start, end = last.get("start", 0.0), last.get("end", 0.0)
-                job.observe(start, (end,))
+                job.observe(start, end, 1)
                 with self._lock:
                     self._stats.append((job.id, (pos,), start, end, last.get("pid", 0), last.get("peak_rss", 0)))
             if tag == OK:

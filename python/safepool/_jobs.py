@@ -71,8 +71,9 @@ class _Job:
         TaskCancelled."""
         return False
 
-    def observe(self, start: float, ends) -> None:
-        """Called with the start and the ends of items that succeeded."""
+    def observe(self, start: float, end: float, count: int) -> None:
+        """Called with the start and the end of count items that succeeded
+        one after another."""
 
 
 def timeout_error() -> Exception:
@@ -344,9 +345,9 @@ class IterResult:
         cap = self._max_chunk if self._ahead is None else max(1, self._ahead // 2)
         self._chunksize = max(1, min(want, 2 * self._chunksize, cap))
 
-    def observe(self, start, ends):
-        if len(ends) and ends[-1] > start:
-            per = (ends[-1] - start) / len(ends)
+    def observe(self, start, end, count):
+        if count and end > start:
+            per = (end - start) / count
             with self._cond:
                 self._per_item = per if self._per_item is None else 0.5 * (self._per_item + per)
 
@@ -433,5 +434,5 @@ class _IterJob(_Job):
     def settle_many(self, positions, values):
         self._owner._settle_many(positions, values)
 
-    def observe(self, start, ends):
-        self._owner.observe(start, ends)
+    def observe(self, start, end, count):
+        self._owner.observe(start, end, count)

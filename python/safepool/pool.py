@@ -218,7 +218,8 @@ class Pool:
             size = max(size, min(-(-BATCH_WORK // per), -(-n // workers)))
         return int(size)
 
-    def _map_async(self, fn, iterable, chunksize, mode, callback, error_callback, errors, progress=False):
+    def _map_async(self, fn, iterable, chunksize, mode, callback, error_callback, errors, progress=False,
+                   wait=False):
         from ._core import _Chunk
         from ._jobs import AsyncResult
         self._check()
@@ -234,7 +235,11 @@ class Pool:
         cs = self._chunksize(len(items), chunksize, res._job.fn_bytes)
         for start in range(0, len(items), cs):
             part = items[start:start + cs]
-            self._core.submit(_Chunk(res._job, range(start, start + len(part)), part))
+            self._core.submit(_Chunk(res._job, range(start, start + len(part)), part), wake=not wait)
+        if wait:
+            # The caller waits for the results: it writes the chunks itself
+            # (see _Core.send_queued).
+            self._core.send_queued()
         return res
 
     def _journaled_imap(self, func, iterable, chunksize, ordered, errors, progress):
@@ -321,7 +326,7 @@ class Pool:
             return results
         from ._core import MAP
         return self._map_async(func, iterable, chunksize, MAP, None, None, self._errors(errors),
-                               progress).get()
+                               progress, wait=True).get()
 
     def starmap_async(self, func: Callable, iterable: Iterable, chunksize: Optional[int] = None,
                       callback: Optional[Callable] = None, error_callback: Optional[Callable] = None, *,
@@ -335,7 +340,7 @@ class Pool:
         """Like map, but each item is an argument tuple: func(*item)."""
         from ._core import STAR
         return self._map_async(func, iterable, chunksize, STAR, None, None, self._errors(errors),
-                               progress).get()
+                               progress, wait=True).get()
 
     def imap(self, func: Callable, iterable: Iterable, chunksize: Optional[int] = None, *,
              errors: str = "raise", progress: bool = False) -> IterResult:

@@ -267,6 +267,9 @@ def _unrunnable(task_id, indexes, e, write, flush):
 # that takes longer is sent alone, as soon as it is done; quicker ones go
 # in ranges of this much work, where a frame's cost is lost in the noise.
 HOLD = 0.002
+# The least time a batch's first two thirds must have run for their values
+# to go before the batch ends (see _run_batch_page).
+EARLY = 0.0005
 
 
 def _run_batch_page(task_id, payload, write, flush, page, page_id):
@@ -339,18 +342,22 @@ def _run_batch_page(task_id, payload, write, flush, page, page_id):
         # is read between blocks. A block doubles while blocks are quick
         # (up to 1024 items), and is 1 item long after a slow one.
         append = values.append
-        if type(items) is range:
-            # A range's items as a list: taking one from a range makes
-            # its number with arbitrary-precision arithmetic, from a list
-            # only counts a reference.
-            items, base = list(items[base:base + n]), 0
+        mark = PAGE_POS
         last, step = now(), 1
+        # Once two thirds of a batch's items have run, their values go at
+        # once if they took long enough (EARLY) to be worth a frame: the
+        # client unpickles them while this worker runs the rest, and only
+        # the last third is left to unpickle when the batch ends.
+        early, early_at = n - n // 3, last + EARLY
         while pos < n:
             stop = pos + step if pos + step < n else n
             try:
-                for pos in range(pos, stop):
-                    page[PAGE_POS] = pos
-                    append(fn(items[base + pos]))
+                # A block's items come from a slice of the payload's (a
+                # range's slice is a range): no index arithmetic or
+                # subscript for each item, only the mark and the call.
+                for pos, x in enumerate(items[base + pos:base + stop], pos):
+                    page[mark] = pos
+                    append(fn(x))
             except Exception as e:
                 # The values before the item that raised go first.
                 send_values(pos)
@@ -364,10 +371,10 @@ def _run_batch_page(task_id, payload, write, flush, page, page_id):
                 continue
             pos = stop
             t = now()
-            if t >= send_at:
+            if t >= send_at or (pos >= early and t >= early_at):
                 send_values(pos)
                 flush()
-                first, send_at = pos, t + HOLD
+                first, send_at, early = pos, t + HOLD, n
             step = step * 2 if step < 1024 and t - last < HOLD / 16 else 1
             last = t
         send_values(n)

@@ -37,9 +37,9 @@ class PoolBasics(unittest.TestCase):
         sizes = []
         submit = core.submit
 
-        def spy(chunk):
+        def spy(chunk, **kw):
             sizes.append(len(chunk.items))
-            submit(chunk)
+            submit(chunk, **kw)
         core.submit = spy
         try:
             call()
