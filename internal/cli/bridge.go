@@ -7,6 +7,8 @@ import (
 	"os"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/safepool/safepool/internal/bridge"
 )
 
@@ -32,6 +34,14 @@ func runBridge(ctx context.Context, e *env, args []string) error {
 	registerHelp(fs)
 	if err := parseFlags(bridgeName, fs, args); err != nil {
 		return err
+	}
+	// The pipes' ends are the bridge's alone (the client keeps the other
+	// ends): made non-blocking, they are read and written through the
+	// runtime's poller, so that a goroutine waiting on the client parks
+	// instead of holding a thread in a system call, which the runtime's
+	// monitor then polls every 20 µs to take its processor back.
+	for _, fd := range []int{a.inFD, a.outFD} {
+		_ = unix.SetNonblock(fd, true) // a descriptor that refuses stays blocking, and works
 	}
 	in := os.NewFile(uintptr(a.inFD), "bridge-in")
 	out := os.NewFile(uintptr(a.outFD), "bridge-out")
