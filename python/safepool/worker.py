@@ -267,9 +267,6 @@ def _unrunnable(task_id, indexes, e, write, flush):
 # that takes longer is sent alone, as soon as it is done; quicker ones go
 # in ranges of this much work, where a frame's cost is lost in the noise.
 HOLD = 0.002
-# The least time a batch's first two thirds must have run for their values
-# to go before the batch ends (see _run_batch_page).
-EARLY = 0.0005
 
 
 def _run_batch_page(task_id, payload, write, flush, page, page_id):
@@ -344,11 +341,6 @@ def _run_batch_page(task_id, payload, write, flush, page, page_id):
         append = values.append
         mark = PAGE_POS
         last, step = now(), 1
-        # Once two thirds of a batch's items have run, their values go at
-        # once if they took long enough (EARLY) to be worth a frame: the
-        # client unpickles them while this worker runs the rest, and only
-        # the last third is left to unpickle when the batch ends.
-        early, early_at = n - n // 3, last + EARLY
         while pos < n:
             stop = pos + step if pos + step < n else n
             try:
@@ -371,10 +363,10 @@ def _run_batch_page(task_id, payload, write, flush, page, page_id):
                 continue
             pos = stop
             t = now()
-            if t >= send_at or (pos >= early and t >= early_at):
+            if t >= send_at:
                 send_values(pos)
                 flush()
-                first, send_at, early = pos, t + HOLD, n
+                first, send_at = pos, t + HOLD
             step = step * 2 if step < 1024 and t - last < HOLD / 16 else 1
             last = t
         send_values(n)
