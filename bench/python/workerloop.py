@@ -34,7 +34,7 @@ def sq(x):
 
 def main():
     m = mmap.mmap(-1, 4096)
-    page, page_id = memoryview(m).cast("I"), memoryview(m)[:8].cast("Q")
+    page, page_id = memoryview(m).cast("I"), memoryview(m)[:16].cast("Q")
     items = list(range(N))
     fn = _pickling.dumps_function(sq, True)
     head = INDEX.pack(BATCH_RANGE | N) + INDEX.pack(0)

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"strconv"
@@ -30,7 +31,9 @@ func TestMain(m *testing.M) {
 	case "1":
 		os.Exit(helperWorker())
 	case "page":
-		os.Exit(pageWorker())
+		os.Exit(pageWorker(0))
+	case "pagebias":
+		os.Exit(pageWorker(1000))
 	}
 	os.Exit(m.Run())
 }
@@ -88,8 +91,9 @@ func helperWorker() int {
 // "did x" for each, comma-separated) when an item is "flush", before an
 // item "fail" (which it answers with an item-error frame), and at the end
 // of the batch. An item "die" kills it with SIGKILL, its answers unsent;
-// an item "hang" sleeps for a minute.
-func pageWorker() int {
+// an item "hang" sleeps for a minute. With a bias (framed/4), it marks
+// each item by its position plus the bias, and writes the bias in the page.
+func pageWorker(bias uint32) int {
 	in := protocol.NewReader(os.NewFile(3, "tasks"), 0)
 	out := protocol.NewWriter(os.NewFile(4, "results"))
 	send := func(f protocol.Frame) {
@@ -104,7 +108,11 @@ func pageWorker() int {
 	if err != nil {
 		return 2
 	}
-	send(protocol.Frame{Kind: protocol.KindReady, Payload: []byte(`{"version":3}`)})
+	version := protocol.PageVersion
+	if bias != 0 {
+		version = protocol.BiasVersion
+	}
+	send(protocol.Frame{Kind: protocol.KindReady, Payload: fmt.Appendf(nil, `{"version":%d}`, version)})
 	for {
 		f, err := in.ReadFrame()
 		if err != nil || f.Kind != protocol.KindBatch {
@@ -113,8 +121,9 @@ func pageWorker() int {
 		indexes, payload, _ := protocol.ParseBatch(f.Payload)
 		items := strings.Split(string(payload), ",")
 		binary.NativeEndian.PutUint32(page[protocol.PagePosOff:], protocol.PageNone)
+		binary.NativeEndian.PutUint32(page[protocol.PageBiasOff:], bias)
 		binary.NativeEndian.PutUint64(page[protocol.PageIDOff:], f.ID)
-		binary.NativeEndian.PutUint32(page[protocol.PagePosOff:], 0)
+		binary.NativeEndian.PutUint32(page[protocol.PagePosOff:], bias)
 		send(protocol.Frame{Kind: protocol.KindStart, ID: f.ID, Payload: binary.BigEndian.AppendUint32(nil, indexes[0])})
 		var held []string
 		first := 0
@@ -126,7 +135,7 @@ func pageWorker() int {
 			held = nil
 		}
 		for pos, i := range indexes {
-			binary.NativeEndian.PutUint32(page[protocol.PagePosOff:], uint32(pos))
+			binary.NativeEndian.PutUint32(page[protocol.PagePosOff:], bias+uint32(pos))
 			switch items[i] {
 			case "die":
 				syscall.Kill(os.Getpid(), syscall.SIGKILL)
@@ -331,9 +340,16 @@ func itemsOf(t *testing.T, f frame) (Meta, map[uint64]string) {
 // answers it had sent are done, once; "die" alone is charged (skip:
 // failed); "b", which it ran but had not answered, and the items after
 // "die" run again, uncharged, on the next worker; the item that fails is
-// settled on its own.
+// settled on its own. The same with a framed/4 worker whose marks are the
+// positions plus a bias: the supervisor subtracts it.
 func TestBatchPageBlame(t *testing.T) {
-	s := startWith(t, Hello{Workers: 1, OnWorkerDeath: "skip"}, "page")
+	for _, worker := range []string{"page", "pagebias"} {
+		t.Run(worker, func(t *testing.T) { testBatchPageBlame(t, worker) })
+	}
+}
+
+func testBatchPageBlame(t *testing.T, worker string) {
+	s := startWith(t, Hello{Workers: 1, OnWorkerDeath: "skip"}, worker)
 	if f := s.next(); f.kind != KindReady {
 		t.Fatalf("first frame kind = %d, want ready", f.kind)
 	}

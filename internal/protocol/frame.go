@@ -41,6 +41,13 @@ const BatchVersion = 2
 // each. A supervisor accepts it as it does BatchVersion.
 const PageVersion = 3
 
+// BiasVersion is the version that adds the page's bias word (PageBiasOff)
+// to PageVersion: a worker that announces it may mark an item by a number
+// of its own that differs from the item's position by the bias, which it
+// changes in the same 8-byte store as the mark. A supervisor reads the bias
+// of every page (a worker of PageVersion leaves it 0).
+const BiasVersion = 4
+
 // HeaderSize is the size in bytes of a frame header.
 const HeaderSize = 13
 
@@ -70,18 +77,22 @@ const (
 //
 //	offset  size  field
 //	0       8     id of the batch task running, uint64 (0: none yet)
-//	8       4     position, in the batch frame's index list, of the item
-//	              running, uint32 (PageNone: none)
+//	8       4     the mark of the item running, uint32 (PageNone: none)
+//	12      4     the bias, uint32 (BiasVersion; 0 before)
 //
-// Before it starts a batch the worker writes PageNone at offset 8, then the
-// id, then the position of its first item; before each further item, the
-// item's position. A write to memory, it costs no system call, and it is
-// still there when the worker is killed.
+// The position of the item running, in the batch frame's index list, is
+// the mark minus the bias, modulo 2^32. Before it starts a batch the worker
+// writes PageNone at offset 8 and 0 at 12, then the id, then the mark of
+// its first item; before each further item, the item's mark. A worker that
+// changes the bias writes it and the mark in one aligned 8-byte store, and
+// the supervisor reads them in one 8-byte load. A write to memory, it costs
+// no system call, and it is still there when the worker is killed.
 const (
-	PageSize   = 4096
-	PageIDOff  = 0
-	PagePosOff = 8
-	PageNone   = ^uint32(0)
+	PageSize    = 4096
+	PageIDOff   = 0
+	PagePosOff  = 8
+	PageBiasOff = 12
+	PageNone    = ^uint32(0)
 )
 
 // Framed is the value of EnvProtocol for workers that speak this version of

@@ -180,9 +180,9 @@ func (s *Session) handleFrame(fr protocol.Frame) {
 			s.protocolError("a second ready frame")
 		case err != nil:
 			s.protocolError(err.Error())
-		case v < protocol.Version || v > protocol.PageVersion:
+		case v < protocol.Version || v > protocol.BiasVersion:
 			s.protocolError(fmt.Sprintf("worker speaks protocol version %d, supervisor %d to %d",
-				v, protocol.Version, protocol.PageVersion))
+				v, protocol.Version, protocol.BiasVersion))
 		default:
 			s.ready, s.batches, s.ranges = true, v >= protocol.BatchVersion, v >= protocol.PageVersion
 			s.host.Up()

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"encoding/binary"
 	"sync/atomic"
 	"unsafe"
 
@@ -15,19 +16,23 @@ type pageMark struct {
 }
 
 // readPage reads the mark in page m, which the worker may be writing: the
-// id is read before and after the position, and the reading is taken only
-// when both agree. ok is false when the page names no item.
+// id is read before and after the mark and the bias (one 8-byte load), and
+// the reading is taken only when both agree. The position is the mark
+// minus the bias. ok is false when the page names no item.
 func readPage(m []byte) (mark pageMark, ok bool) {
-	if len(m) < protocol.PagePosOff+4 {
+	if len(m) < protocol.PageBiasOff+4 {
 		return pageMark{}, false
 	}
 	id := (*uint64)(unsafe.Pointer(&m[protocol.PageIDOff]))
-	pos := (*uint32)(unsafe.Pointer(&m[protocol.PagePosOff]))
+	word := (*uint64)(unsafe.Pointer(&m[protocol.PagePosOff]))
 	for range 4 {
 		a := atomic.LoadUint64(id)
-		p := atomic.LoadUint32(pos)
+		var w [8]byte
+		binary.NativeEndian.PutUint64(w[:], atomic.LoadUint64(word))
 		if atomic.LoadUint64(id) == a {
-			return pageMark{id: a, pos: p}, a != 0 && p != protocol.PageNone
+			p := binary.NativeEndian.Uint32(w[:])
+			bias := binary.NativeEndian.Uint32(w[protocol.PageBiasOff-protocol.PagePosOff:])
+			return pageMark{id: a, pos: p - bias}, a != 0 && p != protocol.PageNone
 		}
 	}
 	return pageMark{}, false

@@ -3,9 +3,10 @@
 and of the bridge protocol, and the layout of a task's payload and of its
 answer. docs/protocol.md specifies both protocols.
 
-Imports only struct: every worker imports it before it is ready.
+Imports only struct (and sys): every worker imports it before it is ready.
 """
 import struct
+import sys
 
 # Every frame: payload length (uint32), kind (uint8), id (uint64), big-endian.
 HEADER = struct.Struct(">IBQ")
@@ -19,9 +20,9 @@ BATCH, ITEM, ITEM_ERROR = 7, 8, 9
 # running-item page.
 ITEMS = 10
 # The worker's ready payload: it takes batches (framed/2 where it has no
-# running-item page, framed/3 where it has).
+# running-item page, framed/4, the page with its bias word, where it has).
 READY_PAYLOAD_V2 = b'{"version":2,"sdk":"python"}'
-READY_PAYLOAD = b'{"version":3,"sdk":"python"}'
+READY_PAYLOAD = b'{"version":4,"sdk":"python"}'
 # The item count and item indexes of a batch frame, the index that starts
 # the payload of a batch's start, item and item-error frames.
 INDEX = struct.Struct(">I")
@@ -32,11 +33,24 @@ BATCH_RANGE = 1 << 31
 RANGE = struct.Struct(">II")
 # The running-item page: its size, the environment variable that names its
 # descriptor, and, as native words, the id of the batch running (uint64 at
-# byte 0) and the position of its item running (uint32 at byte 8).
+# byte 0), the mark of its item running (uint32 at byte 8) and the bias
+# (uint32 at byte 12, framed/4): the item's position is the mark minus the
+# bias.
 PAGE_SIZE = 4096
 PAGE_FD = "SAFEPOOL_PAGE_FD"
 PAGE_POS = 2  # the position's index in the page's uint32 words
 PAGE_NONE = 0xFFFFFFFF
+# The page's mark (offset 8) and bias (offset 12) as one 8-byte word, the
+# second of the page's uint64 words: a worker changes the bias in the same
+# store as the mark (framed/4).
+PAGE_WORD = 1
+_BIAS_SHIFT = 32 if sys.byteorder == "little" else 0
+
+
+def page_word(mark: int, bias: int) -> int:
+    """The 8-byte word of mark and bias, in the machine's byte order."""
+    return (mark << (32 - _BIAS_SHIFT)) | (bias << _BIAS_SHIFT)
+
 
 # The bridge protocol: client <-> safepool binary.
 BRIDGE_VERSION = 4

@@ -2,11 +2,11 @@
 
 The ``safepool`` binary starts it as ``python3 -c "from safepool.worker
 import main; main()"`` and speaks the framed worker protocol of
-docs/protocol.md to it on fds 3 and 4, version 3: a task is a batch of
+docs/protocol.md to it on fds 3 and 4, version 4: a task is a batch of
 items (calls of the user's function). Before it calls the function on an
-item, the worker writes the item's position in the running-item page that
-the binary gave it (fd 5), a write to memory: when the worker dies, the
-binary reads there which item killed it. It sends the values of a run of
+item, the worker marks the item in the running-item page that the binary
+gave it (fd 5), a write to memory: when the worker dies, the binary reads
+there which item killed it. It sends the values of a run of
 items as one pickled list in one items frame (at the end of the batch, or
 after HOLD seconds); an exception is answered alone, with an item frame, or
 an item-error frame for an exception that the pool is to retry. Without a
@@ -35,8 +35,8 @@ except ImportError:  # an interpreter without the C accelerator
 
 from safepool._protocol import (APPLY, BATCH, BATCH_RANGE, ERROR, ERROR_RECORD, FRAMED, HEADER,  # noqa: F401
                                 INDEX, ITEM, ITEM_ERROR, ITEMS, MAP, OK, PAGE_FD, PAGE_NONE, PAGE_POS,
-                                PAGE_SIZE, RAISED, RANGE, READY, READY_PAYLOAD, READY_PAYLOAD_V2, RESULT, STAR,
-                                START, TASK)
+                                PAGE_SIZE, PAGE_WORD, RAISED, RANGE, READY, READY_PAYLOAD, READY_PAYLOAD_V2,
+                                RESULT, STAR, START, TASK, page_word)
 from safepool import _oob  # big buffers out of band
 
 
@@ -269,19 +269,20 @@ def _unrunnable(task_id, indexes, e, write, flush):
 HOLD = 0.002
 
 
-def _run_batch_page(task_id, payload, write, flush, page, page_id):
-    """Run the items of a batch frame (framed/3): mark each item's position
-    in the running-item page before it runs (a write to memory, which the
-    binary reads when the worker dies), and send the values of a range of
-    items in one items frame, one pickled list: at the end of the batch,
-    at most HOLD seconds after the range began, and before an item that
-    raised. The binary charges a death to the item in the page; items run
-    but whose answers were not sent run again, uncharged."""
+def _run_batch_page(task_id, payload, write, flush, page, words):
+    """Run the items of a batch frame (framed/4): mark each item in the
+    running-item page before it runs (a write to memory, which the binary
+    reads when the worker dies), and send the values of a range of items in
+    one items frame, one pickled list: at the end of the batch, at most
+    HOLD seconds after the range began, and before an item that raised.
+    The binary charges a death to the item in the page; items run but whose
+    answers were not sent run again, uncharged. page is the page as uint32
+    words, words as uint64 words (the batch's id, and the mark and bias)."""
     pack, pack_index = HEADER.pack, INDEX.pack
     indexes, at = _batch_head(payload)
-    page[PAGE_POS] = PAGE_NONE
-    page_id[0] = task_id
-    page[PAGE_POS] = 0
+    words[PAGE_WORD] = page_word(PAGE_NONE, 0)
+    words[0] = task_id
+    words[PAGE_WORD] = page_word(0, 0)
     write(pack(4, START, task_id) + pack_index(indexes[0]))
     flush()
     try:
@@ -341,16 +342,31 @@ def _run_batch_page(task_id, payload, write, flush, page, page_id):
         append = values.append
         mark = PAGE_POS
         last, step = now(), 1
+        # A range of numbers that fit the page's mark marks each item by
+        # its number, with the first's as the bias (the page then names
+        # position number - bias): the loop needs no counter of its own.
+        bias = items[base] if type(items) is range and items.step == 1 else -1
+        if 0 <= bias and items[base + n - 1] < PAGE_NONE:
+            words[PAGE_WORD] = page_word(bias, bias)  # still position 0
+        else:
+            bias = -1
         while pos < n:
             stop = pos + step if pos + step < n else n
             try:
                 # A block's items come from a slice of the payload's (a
                 # range's slice is a range): no index arithmetic or
                 # subscript for each item, only the mark and the call.
-                for pos, x in enumerate(items[base + pos:base + stop], pos):
-                    page[mark] = pos
-                    append(fn(x))
+                if bias >= 0:
+                    for x in items[base + pos:base + stop]:
+                        page[mark] = x
+                        append(fn(x))
+                else:
+                    for pos, x in enumerate(items[base + pos:base + stop], pos):
+                        page[mark] = pos
+                        append(fn(x))
             except Exception as e:
+                if bias >= 0:
+                    pos = x - bias
                 # The values before the item that raised go first.
                 send_values(pos)
                 out = dumps((RAISED, _exc_record(e)))
@@ -538,7 +554,7 @@ def main():
             import mmap
             m = mmap.mmap(int(page_fd), PAGE_SIZE)
             os.close(int(page_fd))
-            page, page_id = memoryview(m).cast("I"), memoryview(m)[:8].cast("Q")
+            page, page_id = memoryview(m).cast("I"), memoryview(m)[:16].cast("Q")
         except (OSError, ValueError):
             page = None
     ready = READY_PAYLOAD if page is not None else READY_PAYLOAD_V2

@@ -258,6 +258,18 @@ def die_once_at_after(d, seconds, x, at=3):
     return die_once_at(d, x, at)
 
 
+def die_once_at_each(d, ats, x):
+    """Note a run of item x in d; on each item of ats, the first time, kill
+    the worker with SIGKILL mid-task."""
+    with open(os.path.join(d, "ran-%d" % x), "a") as f:
+        f.write("x")
+    mark = os.path.join(d, "died-%d" % x)
+    if x in ats and not os.path.exists(mark):
+        open(mark, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * x
+
+
 def die_once_at(d, x, at=3):
     """Note a run of item x in d; on item `at`, the first time, kill the
     worker with SIGKILL mid-task."""

@@ -83,6 +83,24 @@ class MidChunkDeath(unittest.TestCase):
             self.assertIn(runs.pop(x), (1, 2), "item %d" % x)
         self.assertEqual(runs, {x: 1 for x in items[7:]})
 
+    def test_a_range_marks_its_items_by_their_numbers(self):
+        # The worker marks a range's items by their numbers, with the
+        # batch's first number as the page's bias: a death is charged to
+        # its item in a batch whose numbers do not start at 0, and in the
+        # rest of it, split off after the first death, whose first number
+        # is another.
+        items = range(100, 112)
+        fn = functools.partial(helpers.die_once_at_each, self.dir, (103, 108))
+        with safepool.SafePool(1, retry_killed_tasks=1) as pool:
+            self.assertEqual(pool.map(fn, items, chunksize=12), [x * x for x in items])
+            killed = pool.get_killed_tasks()
+        self.assertEqual([args for _, args in killed], [(103,), (108,)])
+        runs = self.runs()
+        self.assertEqual((runs.pop(103), runs.pop(108)), (2, 2))
+        for x in (100, 101, 102, 104, 105, 106, 107):  # ran before a death: held answers may run again
+            self.assertIn(runs.pop(x), (1, 2), "item %d" % x)
+        self.assertEqual(runs, {x: 1 for x in range(109, 112)})
+
 
 if __name__ == "__main__":
     unittest.main()
