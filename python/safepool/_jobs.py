@@ -134,6 +134,7 @@ class AsyncResult:
 
     def _value(self):
         job = self._job
+        job.make_values()
         if job.failed:
             raised = raised_failures(job.failed, self._errors)
             if raised:
@@ -178,16 +179,56 @@ class _ListJob(_Job):
 
     def __init__(self, core, fn, mode, n, owner):
         super().__init__(core, fn, mode)
-        self.values = [None] * n
+        # The results' list, made when a result comes that is not a whole
+        # range's values, or when the job is done (make_values). Until then
+        # the lists of ranges' values are kept as they come, in _parts: a
+        # map whose batches all come back whole then needs no list of
+        # n Nones made before its first batch leaves (some 80 µs for 20000
+        # items), nor the copies into it: its result is the first range's
+        # list, extended by the others'.
+        self.values = None
+        self._parts = {}  # guarded by _lock: the position of a range's first item -> its values
+        self._n = n
         self.failed = {}
         self._left = n
         self._lock = threading.Lock()
         self._owner = owner
 
+    def make_values(self):
+        """Make the results' list if it is not made yet."""
+        with self._lock:
+            self._values_locked()
+
+    def _values_locked(self):
+        """The results' list, made from the ranges' values so far if it is
+        not made yet. Called with _lock held."""
+        if self.values is not None:
+            return self.values
+        parts, n = self._parts, self._n
+        self._parts = None
+        at, out = 0, None
+        for start in sorted(parts):
+            if start != at:
+                break
+            part = parts[start]
+            at += len(part)
+            if out is None:
+                out = part
+            else:
+                out += part
+        if out is not None and at == n:
+            self.values = out  # the ranges cover the job, in order
+            return out
+        values = [None] * n
+        for start, part in parts.items():
+            values[start:start + len(part)] = part
+        self.values = values
+        return values
+
     def settle(self, pos, ok, value):
         with self._lock:
             if ok:
-                self.values[pos] = value
+                self._values_locked()[pos] = value
             else:
                 self.failed[pos] = value
             self._left -= 1
@@ -199,12 +240,18 @@ class _ListJob(_Job):
             self._owner._finish()
 
     def settle_many(self, positions, values):
+        """Settle the items at positions with values, a list that the job
+        may keep."""
         with self._lock:
             if isinstance(positions, range) and positions.step == 1:
-                self.values[positions.start:positions.stop] = values
+                if self.values is None:
+                    self._parts[positions.start] = values
+                else:
+                    self.values[positions.start:positions.stop] = values
             else:
+                out = self._values_locked()
                 for p, v in zip(positions, values):
-                    self.values[p] = v
+                    out[p] = v
             self._left -= len(values)
             done = self._left == 0
         progress = self._owner._progress

@@ -63,6 +63,13 @@ def sleep_for(seconds):
     return seconds
 
 
+def fail_at_value(seconds):
+    """sleep_for, but a negative value raises ValueError."""
+    if seconds < 0:
+        raise ValueError("negative: %r" % seconds)
+    return sleep_for(seconds)
+
+
 def pid_of(_=None):
     return os.getpid()
 

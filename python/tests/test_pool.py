@@ -85,6 +85,18 @@ class PoolBasics(unittest.TestCase):
         self.assertFalse(r.successful())
         self.assertIsInstance(errs[0], ValueError)
 
+    def test_map_keeps_order_when_batches_end_out_of_order(self):
+        # The first batch ends after the second worker's two: the batches'
+        # lists of values come back in another order than theirs (each
+        # whole: its items take less than the worker holds values), and
+        # make one list in input order.
+        items = [0.0004] * 4 + [0.0] * 12
+        self.assertEqual(self.pool.map(helpers.sleep_for, items, chunksize=4), items)
+        out = self.pool.map_async(helpers.fail_at_value, [0.3, 0.0, 0.0, -1, 0.0, 0.0], chunksize=2,
+                                  errors="return").get(30)
+        self.assertEqual(out[:3] + out[4:], [0.3, 0.0, 0.0, 0.0, 0.0])
+        self.assertIsInstance(out[3], ValueError)
+
     def test_imap_ordered(self):
         self.assertEqual(list(self.pool.imap(helpers.square, range(500))), [i * i for i in range(500)])
 
