@@ -405,3 +405,54 @@ func TestSessionLongLineAfterAnswers(t *testing.T) {
 		t.Errorf("flight %d in flight at the death (%s), want none", c.Flight.ID, c.Outcome.Message)
 	}
 }
+
+// TestSessionLateWriter: a line worker reads its line and SIGKILLs itself
+// while the goroutine that wrote the line, late on a loaded machine, has
+// not yet counted what write(2) took. The line was read: its flight is
+// charged with the death, not taken for unread and given back (which
+// would let a line that kills every worker run, and kill, once more than
+// its retries allow).
+func TestSessionLateWriter(t *testing.T) {
+	s, err := StartSession(helperConfig("line", IOLine), &host{})
+	if err != nil {
+		t.Fatalf("StartSession() = %v", err)
+	}
+	reaped := make(chan struct{})
+	s.pipe.wrote = func() {
+		// Counted only once the worker is dead and the session has
+		// reaped it, or has waited a second for the count.
+		<-s.Done()
+		select {
+		case <-reaped:
+		case <-time.After(time.Second):
+		}
+	}
+	give := time.NewTimer(20 * time.Second)
+	defer give.Stop()
+	for sent := false; ; {
+		if !sent && s.HasRoom() {
+			s.Send(&Flight{ID: 1, Input: []byte("kill")})
+			s.Flush()
+			sent = true
+			continue
+		}
+		select {
+		case ev := <-s.Events():
+			s.Handle(ev)
+		case <-s.Probe():
+			s.Look(time.Now())
+		case <-give.C:
+			s.Cancel(true)
+		case <-s.Done():
+			d := s.Reap()
+			close(reaped)
+			if d.Cause != SignalCause(syscall.SIGKILL) || len(d.Flights) != 1 {
+				t.Fatalf("Death = cause %q with %d flights, want %q with 1", d.Cause, len(d.Flights), SignalCause(syscall.SIGKILL))
+			}
+			if c := d.Flights[0]; !c.Started || c.Unread {
+				t.Errorf("casualty = started %v, unread %v; want started, read (the worker died of it)", c.Started, c.Unread)
+			}
+			return
+		}
+	}
+}
