@@ -9,9 +9,8 @@ import "fmt"
 // and five for its cgroup: under v1 the peak, OOM counter and tasks files
 // and the directory kept open, under v2 the peak kept and the directory
 // that starts the worker in it; and a file being read. A one-shot slot has
-// two cgroups, and beside its job's pipes it holds the read ends of the job
-// that ended until it is settled, or the next job's pipes, made ahead
-// (oneshot.go).
+// two cgroups, and the read ends of a job that ended stay open until it is
+// settled, while the next job starts (oneshot.go).
 func filesPerWorker(p Protocol) int {
 	const cgroup = 5
 	switch p {
@@ -20,9 +19,9 @@ func filesPerWorker(p Protocol) int {
 	case Framed:
 		return 8 + 2 + cgroup // task, result, stdout and stderr pipes; /dev/null, pidfd
 	}
-	// stdout and stderr pipes, /dev/null, pidfd; the ended job's read ends
-	// or the next job's pipes; two cgroups, one file read at a time.
-	return 4 + 2 + 4 + 2*cgroup - 1
+	// stdout and stderr pipes, /dev/null, pidfd; the ended job's read ends;
+	// two cgroups, one file read at a time.
+	return 4 + 2 + 2 + 2*cgroup - 1
 }
 
 // fileReserve is what the supervisor keeps for itself beyond the files

@@ -39,10 +39,8 @@ type shot struct {
 // settled first and the runner then waits for the loop, as with one group.
 func (r *runner) runOneShot() {
 	defer r.p.spool.leave()
-	defer r.dropReady()
 	var cur *shot
 	for {
-		r.prepare()
 		if cur == nil {
 			select {
 			case t := <-r.p.dispatch:
@@ -99,14 +97,8 @@ func (r *runner) startShot(t *task) *shot {
 	// The previous attempt's output is no use any more.
 	t.out.release()
 	t.out = nil
-	out, outs := r.ready.out, r.ready.pipes
-	r.ready = readyOutput{}
-	if out == nil {
-		out = r.p.spool.newOutput()
-	}
-	// out is written by the process's copiers until CloseIO returns.
-	spec := worker.Spec{Args: args, Path: path, Env: cfg.Env, Dir: cfg.Dir, IO: worker.IONone,
-		Stdout: out.stdout, Stderr: out.stderr, Outputs: outs}
+	out := r.p.spool.newOutput() // written by the process's copiers until CloseIO returns
+	spec := worker.Spec{Args: args, Path: path, Env: cfg.Env, Dir: cfg.Dir, IO: worker.IONone, Stdout: out.stdout, Stderr: out.stderr}
 	if t.t.Stdin != nil {
 		spec.Stdin = bytes.NewReader(t.t.Stdin)
 	}
@@ -127,37 +119,6 @@ func (r *runner) startShot(t *task) *shot {
 	r.started(ses)
 	ses.Send(&worker.Flight{ID: t.id, Input: t.t.Input, Timeout: t.timeout(cfg), Task: t})
 	return sh
-}
-
-// readyOutput is what the next job's output needs, made while the slot
-// waits or its job runs (runner.prepare).
-type readyOutput struct {
-	out   *attemptOutput  // nil when none is ready
-	pipes *worker.Outputs // out's pipes; nil when they could not be made
-}
-
-// prepare makes the next job's output streams and pipes ahead, unless they
-// are ready already. Pipes that cannot be made now (no file descriptor to
-// spare) are made at the start, which then says why it fails, if it does.
-func (r *runner) prepare() {
-	if r.ready.out != nil {
-		return
-	}
-	out := r.p.spool.newOutput()
-	pipes, err := worker.NewOutputs(out.stdout, out.stderr)
-	if err != nil {
-		pipes = nil
-	}
-	r.ready = readyOutput{out: out, pipes: pipes}
-}
-
-// dropReady closes what prepare made and no job used.
-func (r *runner) dropReady() {
-	if r.ready.pipes != nil {
-		r.ready.pipes.Close()
-	}
-	r.ready.out.release()
-	r.ready = readyOutput{}
 }
 
 // endShot settles sh, whose process has ended: it reaps its session,

@@ -24,8 +24,6 @@ type runner struct {
 	// spare in turn, so that the next job can start while the previous
 	// one's group is still being read and emptied (oneshot.go).
 	spare *memory.Group
-	// ready is a one-shot slot's next output, made ahead (oneshot.go).
-	ready readyOutput
 	// preempt carries the ids of tasks the memory governor stops (see
 	// Pool.preempt). An id that is not running on the slot is ignored.
 	preempt <-chan uint64

@@ -77,10 +77,6 @@ type Spec struct {
 	Stdin io.Reader
 	// Cgroup, if not nil, is the group the worker starts in.
 	Cgroup Cgroup
-	// Outputs, with IONone, if not nil, are the worker's stdout and stderr
-	// made ahead by NewOutputs, in place of those Stdout and Stderr would
-	// get. Start takes them over, whether it succeeds or not.
-	Outputs *Outputs
 }
 
 // Exit says how a worker process ended.
@@ -120,15 +116,6 @@ type Process struct {
 	// worker's threads that read it; nil without one.
 	taskPipe *syscall.Stat_t
 
-	*streams // its output pipes' read ends and their copiers
-	closeIO  sync.Once
-
-	stopOnce sync.Once
-}
-
-// streams are the supervisor's ends of a process's output pipes (and of
-// the result pipe) and the goroutines that copy its output.
-type streams struct {
 	// copiers counts the goroutines copying the worker's stdout/stderr; they
 	// end when the pipe reaches EOF or CloseIO closes the read end. The
 	// last one to end sends on copied (which may hold a token from a
@@ -137,49 +124,10 @@ type streams struct {
 	copiers  atomic.Int32
 	copied   chan struct{}
 	tail     tailBuffer
+	closeIO  sync.Once
 	readEnds []*os.File // supervisor-side read ends closed by CloseIO
-}
 
-// Outputs are the stdout and stderr pipes of a process with IONone, made
-// before it starts, with their copiers already waiting: a start given them
-// (Spec.Outputs) only hands the child its ends. A one-shot slot makes the
-// next job's while a job runs, so that making them is not on the path from
-// one job's end to the next one's start. Outputs not given to a start must
-// be closed with Close.
-type Outputs struct {
-	streams
-	// stdout and stderr are the child's ends; stdout is nil when the
-	// stream is discarded.
-	stdout, stderr *os.File
-}
-
-// NewOutputs makes a process's stdout and stderr pipes, whose copiers
-// write to stdout and stderr (as Spec.Stdout and Spec.Stderr say).
-func NewOutputs(stdout, stderr io.Writer) (*Outputs, error) {
-	o := &Outputs{}
-	w, err := o.output(stdout, nil)
-	if err != nil {
-		o.Close()
-		return nil, err
-	}
-	o.stdout = w
-	if o.stderr, err = o.output(stderr, &o.tail); err != nil {
-		o.Close()
-		return nil, err
-	}
-	return o, nil
-}
-
-// Close closes the pipes of Outputs that no start took, which ends their
-// copiers.
-func (o *Outputs) Close() {
-	for _, f := range []*os.File{o.stdout, o.stderr} {
-		if f != nil {
-			f.Close()
-		}
-	}
-	o.stdout, o.stderr = nil, nil
-	o.closeReadEnds()
+	stopOnce sync.Once
 }
 
 // stdinDelay bounds how long Wait lets exec.Cmd's copier of Spec.Stdin go
@@ -194,13 +142,6 @@ var ErrStart = errors.New("worker: cannot start")
 // group, SIGKILL when the supervisor dies (Pdeathsig), and oom_score_adj
 // 1000 so that the kernel picks workers before the supervisor.
 func Start(spec Spec) (_ *Process, err error) {
-	if o := spec.Outputs; o != nil {
-		defer func() {
-			if o.stderr != nil {
-				o.Close() // not taken over: Start failed before
-			}
-		}()
-	}
 	if len(spec.Args) == 0 {
 		return nil, fmt.Errorf("%w: empty command", ErrStart)
 	}
@@ -213,7 +154,7 @@ func Start(spec Spec) (_ *Process, err error) {
 	}
 	cmd := &exec.Cmd{Path: path, Args: spec.Args, Env: spec.Env, Dir: spec.Dir}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	p := &Process{cmd: cmd, done: make(chan struct{}), streams: &streams{}}
+	p := &Process{cmd: cmd, done: make(chan struct{})}
 
 	// childEnds are closed in the supervisor once the child has them.
 	childEnds, err := p.connect(spec, cmd)
@@ -320,17 +261,6 @@ func (p *Process) connect(spec Spec, cmd *exec.Cmd) (childEnds []*os.File, err e
 		// exec.Cmd would open and close /dev/null for every process.
 		cmd.Stdin = f
 	}
-	if o := spec.Outputs; o != nil && spec.IO == IONone {
-		// Made ahead: the child's ends are closed here once it has them.
-		p.streams = &o.streams
-		if o.stdout != nil {
-			childEnds = append(childEnds, o.stdout)
-		}
-		cmd.Stdout, cmd.Stderr = o.stdout, o.stderr
-		childEnds = append(childEnds, o.stderr)
-		o.stdout, o.stderr = nil, nil
-		return childEnds, nil
-	}
 	if spec.IO != IOLine {
 		w, err := p.output(spec.Stdout, nil)
 		if err != nil {
@@ -400,7 +330,7 @@ func argSizes(args, env []string) string {
 // output returns the write end to hand the child for one of its output
 // streams, starting a copier into dst (and tail) where needed. It returns nil
 // when the stream is discarded and there is no tail to keep.
-func (p *streams) output(dst io.Writer, tail *tailBuffer) (*os.File, error) {
+func (p *Process) output(dst io.Writer, tail *tailBuffer) (*os.File, error) {
 	if tail == nil {
 		if dst == nil {
 			return nil, nil
@@ -623,7 +553,7 @@ func (p *Process) freePage() {
 	}
 }
 
-func (p *streams) closeReadEnds() {
+func (p *Process) closeReadEnds() {
 	for _, f := range p.readEnds {
 		f.Close()
 	}
