@@ -8,7 +8,9 @@ import "fmt"
 // its stdin where it has no stdin pipe; the pidfd Go keeps while it runs;
 // and five for its cgroup: under v1 the peak, OOM counter and tasks files
 // and the directory kept open, under v2 the peak kept and the directory
-// that starts the worker in it; and a file being read.
+// that starts the worker in it; and a file being read. A one-shot slot has
+// two cgroups, and the read ends of a job that ended stay open until it is
+// settled, while the next job starts (oneshot.go).
 func filesPerWorker(p Protocol) int {
 	const cgroup = 5
 	switch p {
@@ -17,7 +19,9 @@ func filesPerWorker(p Protocol) int {
 	case Framed:
 		return 8 + 2 + cgroup // task, result, stdout and stderr pipes; /dev/null, pidfd
 	}
-	return 4 + 2 + cgroup // stdout and stderr pipes; /dev/null, pidfd
+	// stdout and stderr pipes, /dev/null, pidfd; the ended job's read ends;
+	// two cgroups, one file read at a time.
+	return 4 + 2 + 2 + 2*cgroup - 1
 }
 
 // fileReserve is what the supervisor keeps for itself beyond the files

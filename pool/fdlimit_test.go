@@ -74,8 +74,8 @@ func runFileLimit(mode string) int {
 	}
 	fmt.Println("workers:", p.Workers())
 	if mode == "fdsqueeze" {
-		// Leave room for the four files each worker keeps open for its
-		// cgroup, and for about two workers starting at once.
+		// Leave room for the eight files each worker keeps open for its
+		// two cgroups, and for about two workers starting at once.
 		var held []*os.File
 		for {
 			f, err := os.Open("/dev/null")
@@ -84,7 +84,7 @@ func runFileLimit(mode string) int {
 				return 1
 			}
 			held = append(held, f)
-			if entries, _ := os.ReadDir("/proc/self/fd"); len(entries) >= int(limit)-4*workers-20 {
+			if entries, _ := os.ReadDir("/proc/self/fd"); len(entries) >= int(limit)-8*workers-20 {
 				break
 			}
 		}

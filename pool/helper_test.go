@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -166,6 +167,7 @@ func runWorker(mode string) int {
 //	once:FILE:VERB   do VERB the first time (FILE does not exist yet), answer afterwards
 //	grandchild:FILE  start a grandchild that holds the worker's pipes, write its pid to FILE, then SIGKILL the worker
 //	oomscore         answer with the worker's own oom_score_adj
+//	groupprocs       answer with the number of processes in the worker's own memory cgroup
 //	escape:FILE      start "sleep 1000" in a session of its own (out of the worker's process group), write its pid to FILE, answer
 //	alive:FILE       answer "alive" if the process whose pid is in FILE runs (a zombie does not), else "gone"
 //	grow:MB          keep MB more megabytes for the rest of the worker's life, then answer
@@ -268,6 +270,8 @@ func behave(in string) (string, error) {
 			return "alive", nil
 		}
 		return "gone", nil
+	case "groupprocs":
+		return groupProcs()
 	case "oomscore":
 		b, err := os.ReadFile("/proc/self/oom_score_adj")
 		return strings.TrimSpace(string(b)), err
@@ -419,4 +423,31 @@ func runBatchWorker() int {
 		}
 		out.Flush()
 	}
+}
+
+// groupProcs counts the processes in the calling process's memory cgroup
+// (v1's memory hierarchy, else v2's unified one).
+func groupProcs() (string, error) {
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return "", err
+	}
+	dir := ""
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		parts := strings.SplitN(l, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		switch {
+		case slices.Contains(strings.Split(parts[1], ","), "memory"):
+			dir = "/sys/fs/cgroup/memory" + parts[2]
+		case parts[0] == "0" && parts[1] == "" && dir == "":
+			dir = "/sys/fs/cgroup" + parts[2]
+		}
+	}
+	procs, err := os.ReadFile(dir + "/cgroup.procs")
+	if err != nil {
+		return "", err
+	}
+	return strconv.Itoa(len(strings.Fields(string(procs)))), nil
 }

@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/safepool/safepool/internal/memory"
 	"github.com/safepool/safepool/internal/worker"
 )
 
@@ -14,21 +15,57 @@ import (
 // process could not start for want of file descriptors.
 const fileWait = 50 * time.Millisecond
 
+// shot is one one-shot attempt under way: its task, its session, where
+// its output goes and the cgroup its process runs in.
+type shot struct {
+	t     *task
+	ses   *worker.Session
+	out   *attemptOutput
+	group *memory.Group // nil without cgroup enforcement
+}
+
 // runOneShot runs each task it is given in a process of its own.
+//
+// A slot with two cgroups (spare set) starts the next job as soon as one
+// job's process has ended and been reaped, if the loop has a task ready at
+// that moment, in the group the ended job did not use; the ended job's own
+// bookkeeping (its pipes closed, its group's peak and OOM counter read, the
+// check that its group is empty, its report) follows while the next job
+// runs. That bookkeeping and the hand-off through the loop were the
+// supervisor's part of the time from one job's end to the next job's
+// program (docs/benchmarks.md, one-shot start). Each job still has a group
+// of its own for its whole life: its counters, its peak and what it leaves
+// behind are its own. When no task is ready at once, the ended job is
+// settled first and the runner then waits for the loop, as with one group.
 func (r *runner) runOneShot() {
 	defer r.p.spool.leave()
+	var cur *shot
 	for {
-		select {
-		case t := <-r.p.dispatch:
-			if r.p.gov != nil {
-				r.p.gov.bind(t.id, r.slot)
+		if cur == nil {
+			select {
+			case t := <-r.p.dispatch:
+				cur = r.startShot(t)
+			case <-r.p.quit:
+				return
+			case <-r.p.abortCh:
+				return
 			}
-			r.oneShot(t)
-		case <-r.p.quit:
-			return
-		case <-r.p.abortCh:
-			return
+			continue
 		}
+		r.waitOneShot(cur.ses, cur.out)
+		// Its process is gone: the task no longer runs beside the next one
+		// (scheduler.dispatched), though its report is still to come.
+		cur.t.ended.Store(true)
+		var next *shot
+		if r.spare != nil && !r.stopping() {
+			select {
+			case t := <-r.p.dispatch:
+				next = r.startShot(t)
+			default:
+			}
+		}
+		r.endShot(cur)
+		cur = next
 	}
 }
 
@@ -41,8 +78,13 @@ func expand(command []string, input []byte) []string {
 	return args
 }
 
-// oneShot runs one attempt of t and reports it.
-func (r *runner) oneShot(t *task) {
+// startShot starts an attempt of t in the slot's group, which then hands
+// over to the spare for the next start. It returns nil when the process
+// could not start (t is reported then).
+func (r *runner) startShot(t *task) *shot {
+	if r.p.gov != nil {
+		r.p.gov.bind(t.id, r.slot)
+	}
 	cfg := &r.p.cfg
 	args := t.t.Args
 	if args == nil {
@@ -65,21 +107,36 @@ func (r *runner) oneShot(t *task) {
 	ses, err := worker.StartSession(r.sessionConfig(spec), (*sessionHost)(r))
 	if err != nil {
 		r.startFailed(t, args, out, err)
-		return
+		return nil
+	}
+	sh := &shot{t: t, ses: ses, out: out, group: r.group}
+	if r.spare != nil {
+		r.group, r.spare = r.spare, r.group
+		if r.p.gov != nil {
+			r.p.gov.setGroup(r.slot, sh.group) // the group the governor measures the slot by
+		}
 	}
 	r.started(ses)
-	defer func() { r.s = nil }()
 	ses.Send(&worker.Flight{ID: t.id, Input: t.t.Input, Timeout: t.timeout(cfg), Task: t})
+	return sh
+}
 
-	r.waitOneShot(ses, out)
-	d := ses.Reap()
-	if r.group != nil {
-		// The slot's cgroup serves its next attempt too: what this one left
-		// there out of reach of its process group (a setsid descendant)
-		// must not weigh on that one's memory, peak or OOM count. Kill
-		// waits a few seconds at most; a process SIGKILL cannot end by
-		// then is stuck in the kernel, and nothing more can be done.
-		_ = r.group.Kill()
+// endShot settles sh, whose process has ended: it reaps its session,
+// empties its group and reports the attempt.
+func (r *runner) endShot(sh *shot) {
+	t, out := sh.t, sh.out
+	d := sh.ses.Reap()
+	if r.s == sh.ses {
+		r.s = nil
+	}
+	if sh.group != nil {
+		// The group serves a later attempt of the slot too: what this one
+		// left there out of reach of its process group (a setsid
+		// descendant) must not weigh on that one's memory, peak or OOM
+		// count. Kill waits a few seconds at most; a process SIGKILL
+		// cannot end by then is stuck in the kernel, and nothing more can
+		// be done.
+		_ = sh.group.Kill()
 	}
 	r.p.procs.Add(-1)
 	a := attemptOf(d.Flights[0].Outcome)

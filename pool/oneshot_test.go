@@ -65,19 +65,95 @@ func TestOneShotReusedCgroup(t *testing.T) {
 }
 
 // TestOneShotCgroupEmptiedBetweenAttempts: a process that one attempt
-// leaves in the slot's cgroup, out of reach of its process group (setsid),
-// is gone before the slot's next attempt starts there, so that it cannot
-// weigh on that attempt's memory, peak or OOM count.
+// leaves in its cgroup, out of reach of its process group (setsid), is
+// never in the group of another attempt: the slot's next attempt runs in
+// the slot's other group, and the one after, back in the first group, finds
+// the process gone, so that it cannot weigh on another attempt's memory,
+// peak or OOM count.
 func TestOneShotCgroupEmptiedBetweenAttempts(t *testing.T) {
 	requireCgroups(t)
 	file := filepath.Join(t.TempDir(), "pid")
 	cfg := config(pool.OneShot, 1)
-	got, _ := run(t, cfg, "escape:"+file, "alive:"+file)
+	got, _ := run(t, cfg, "escape:"+file, "groupprocs", "groupprocs", "alive:"+file)
 	if r := got[1]; r.State != pool.Done {
 		t.Fatalf("task 1 = %s %q, want done", r.State, r.Cause())
 	}
-	if r := got[2]; r.State != pool.Done || strings.TrimSpace(string(r.Output)) != "gone" {
-		t.Errorf("task 2 = %s %q, output %q; want done and the escaped process gone", r.State, r.Cause(), r.Output)
+	for _, id := range []uint64{2, 3} {
+		if r := got[id]; r.State != pool.Done || strings.TrimSpace(string(r.Output)) != "1" {
+			t.Errorf("task %d = %s %q, output %q; want done and only itself in its cgroup", id, r.State, r.Cause(), r.Output)
+		}
+	}
+	if r := got[4]; r.State != pool.Done || strings.TrimSpace(string(r.Output)) != "gone" {
+		t.Errorf("task 4 = %s %q, output %q; want done and the escaped process gone", r.State, r.Cause(), r.Output)
+	}
+}
+
+// TestOneShotAloneAtOneWorker: with one worker every attempt runs alone,
+// even when the runner takes the next task as soon as the previous job's
+// process has ended, before that job's report reaches the loop. A hog
+// among quick tasks is killed at the whole budget and is poison at its
+// first attempt, not retried as if it had run beside another.
+func TestOneShotAloneAtOneWorker(t *testing.T) {
+	requireCgroups(t)
+	cfg := config(pool.OneShot, 1)
+	cfg.MemBudget = 100 << 20
+	cfg.MemPerTask = 1 << 20 // admitted while the job before still holds its reservation
+	got, _ := run(t, cfg, "sleep:5", "sleep:5", "sleep:5", "hog", "sleep:5", "sleep:5")
+	r := got[4]
+	if r.State != pool.Poison || r.Cause() != pool.CauseOOM || len(r.Attempts) != 1 {
+		t.Fatalf("hog = %s %q after %d attempts, want poison after one oom", r.State, r.Cause(), len(r.Attempts))
+	}
+	for id, r := range got {
+		if id != 4 && r.State != pool.Done {
+			t.Errorf("task %d = %s %q, want done", id, r.State, r.Cause())
+		}
+	}
+}
+
+// TestOneShotRunningCount: Stats.Running never counts more attempts than
+// there are workers, although a runner takes its next task before the
+// report of the job that just ended reaches the loop.
+func TestOneShotRunningCount(t *testing.T) {
+	cfg := config(pool.OneShot, 1)
+	p, err := pool.New(cfg)
+	if err != nil {
+		t.Fatalf("New() = %v", err)
+	}
+	stop := make(chan struct{})
+	most := make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stop:
+				most <- n
+				return
+			default:
+			}
+			n = max(n, p.Stats().Running)
+			time.Sleep(100 * time.Microsecond)
+		}
+	}()
+	go func() {
+		defer p.Close()
+		for i := 0; i < 10; i++ {
+			if _, err := p.Submit(context.Background(), pool.Task{Input: []byte("x")}); err != nil {
+				return
+			}
+		}
+	}()
+	done := 0
+	for r := range p.Results() {
+		if r.State == pool.Done {
+			done++
+		}
+	}
+	close(stop)
+	if n := <-most; n > 1 {
+		t.Errorf("Stats().Running reached %d with 1 worker, want at most 1", n)
+	}
+	if done != 10 {
+		t.Errorf("%d tasks done, want 10", done)
 	}
 }
 

@@ -120,6 +120,14 @@ type task struct {
 	// alone reports whether the running attempt has had no other attempt
 	// beside it since it was dispatched.
 	alone bool
+	// ended is set by the runner that holds the task once its one-shot
+	// attempt's process has ended, before that runner may take another
+	// task (oneshot.go), and cleared by the loop as it forgets the attempt:
+	// an attempt whose report is still on its way runs beside nothing.
+	ended atomic.Bool
+	// uncounted says that the loop took the attempt out of Stats.Running
+	// when it saw it ended (scheduler.dispatched), before its report.
+	uncounted bool
 	// out is the output of the task's last one-shot attempt. The runner
 	// that holds the task sets it before it reports the attempt.
 	out *attemptOutput

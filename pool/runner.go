@@ -18,7 +18,12 @@ import (
 type runner struct {
 	p     *Pool
 	slot  int
-	group *memory.Group // nil without cgroup enforcement
+	group *memory.Group // the group the slot's next process starts in; nil without cgroup enforcement
+	// spare is a one-shot slot's second cgroup, nil for other protocols
+	// and without cgroup enforcement. The slot's processes use group and
+	// spare in turn, so that the next job can start while the previous
+	// one's group is still being read and emptied (oneshot.go).
+	spare *memory.Group
 	// preempt carries the ids of tasks the memory governor stops (see
 	// Pool.preempt). An id that is not running on the slot is ignored.
 	preempt <-chan uint64
@@ -33,6 +38,15 @@ func (r *runner) run() {
 	defer r.p.runners.Done()
 	if r.p.mem.Mode().PerWorker() {
 		g, err := r.p.mem.NewGroup("w"+strconv.Itoa(r.slot), r.limit())
+		if err == nil && r.p.cfg.Protocol == OneShot {
+			var spare *memory.Group
+			if spare, err = r.p.mem.NewGroup("w"+strconv.Itoa(r.slot)+"b", r.limit()); err == nil {
+				r.spare = spare
+				defer spare.Remove()
+			} else {
+				g.Remove()
+			}
+		}
 		if err != nil {
 			r.p.abortFor(0, fmt.Errorf("creating a cgroup for worker %d: %w", r.slot, err))
 		} else {

@@ -184,15 +184,26 @@ func (s *scheduler) dispatched() {
 	head := s.queue[0]
 	s.queue[0] = nil
 	s.queue = s.queue[1:]
+	running, gone := 0, 0
 	for _, o := range s.live {
+		if o.ended.Load() {
+			// Its process has ended and its runner took head: only its
+			// report is still to come.
+			if !o.uncounted {
+				o.uncounted = true
+				gone++
+			}
+			continue
+		}
 		o.alone = false
+		running++
 	}
-	head.alone = len(s.live) == 0
+	head.alone = running == 0
 	s.live[head.id] = head
 	if s.gov != nil {
 		s.gov.reserve(head)
 	}
-	s.p.count(func(st *Stats) { st.Queued--; st.Running++ })
+	s.p.count(func(st *Stats) { st.Queued--; st.Running += 1 - gone })
 }
 
 // delivered records that the first result was read from Results.
@@ -284,7 +295,11 @@ func (s *scheduler) forget(t *task) {
 	if s.gov != nil {
 		s.gov.release(t.id)
 	}
-	s.p.count(func(st *Stats) { st.Running-- })
+	if !t.uncounted {
+		s.p.count(func(st *Stats) { st.Running-- })
+	}
+	t.ended.Store(false)
+	t.uncounted = false
 }
 
 // policy is the pool's policy and state, for settle.

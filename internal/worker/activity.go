@@ -69,3 +69,8 @@ func Backlog(f *os.File) (int, error) { return backlog(f) }
 // ReaderGone reports whether f, the write end of a pipe, has no reader left:
 // every process that could read the other end has closed it or exited.
 func ReaderGone(f *os.File) bool { return readerGone(f) }
+
+// WritersGone reports whether f, the read end of a pipe, has no writer
+// left, so that reading it will reach EOF once what it holds is read.
+// Where that cannot be told it reports false.
+func WritersGone(f *os.File) bool { return writersGone(f) }

@@ -255,6 +255,23 @@ func backlog(f *os.File) (int, error) {
 	return n, ierr
 }
 
+func writersGone(f *os.File) bool {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return false
+	}
+	gone := false
+	_ = rc.Control(func(fd uintptr) {
+		// A pipe's read end polls POLLHUP once no writer is left, whatever
+		// it still holds.
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		if n, err := unix.Poll(fds, 0); err == nil && n > 0 {
+			gone = fds[0].Revents&unix.POLLHUP != 0
+		}
+	})
+	return gone
+}
+
 func readerGone(f *os.File) bool {
 	rc, err := f.SyscallConn()
 	if err != nil {

@@ -16,3 +16,5 @@ func pipeStat(f *os.File) *syscall.Stat_t { return nil }
 func backlog(f *os.File) (int, error) { return 0, errors.ErrUnsupported }
 
 func readerGone(f *os.File) bool { return false }
+
+func writersGone(f *os.File) bool { return false }

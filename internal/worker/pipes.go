@@ -7,10 +7,12 @@ import (
 	"io"
 	"math"
 	"os"
+	"sync"
 	"sync/atomic"
 
 	"github.com/safepool/safepool/internal/bytesize"
 	"github.com/safepool/safepool/internal/protocol"
+	"golang.org/x/sys/unix"
 )
 
 // maxLinesPerEvent bounds how many frames, already buffered, the reader
@@ -35,15 +37,70 @@ type Event struct {
 // taskPipe is the supervisor's end of a worker's task pipe. It counts the
 // bytes written, so that the session can tell how much of what it sent the
 // worker has read: what was written less what the pipe still holds.
+//
+// The count of what a write(2) took is made under mu, with the call, and
+// readAtLeast reads the count and the pipe under mu too. Counted after the
+// write returned, without it, the count lagged while the writer goroutine
+// waited to be scheduled: a worker could read a line and die of it in that
+// time, and its line was then taken for unread, given back uncharged, and
+// run (and died of) once more.
 type taskPipe struct {
 	f         *os.File
 	attempted atomic.Int64 // bytes handed to write(2), counted before the call
-	written   atomic.Int64 // bytes write(2) took, counted after it
+	// written is the bytes write(2) took. It changes only under mu; a
+	// load without mu (see Session.idleOnInput) may miss the last write.
+	written atomic.Int64
+	// mu is held across each write(2) and its count. f is non-blocking (it
+	// comes from os.Pipe): a write(2) never waits under mu; a full pipe is
+	// waited for in the poller, with mu released.
+	mu sync.Mutex
+	// wrote, when set, is called after each write(2) has returned and
+	// before what it took is counted: a test stands in it for a writer
+	// goroutine that is scheduled late.
+	wrote func()
 }
 
 func (tp *taskPipe) Write(p []byte) (int, error) {
 	tp.attempted.Add(int64(len(p)))
-	n, err := tp.f.Write(p)
+	rc, err := tp.f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	var werr error
+	err = rc.Write(func(fd uintptr) bool {
+		for n < len(p) {
+			k, err := tp.write(fd, p[n:])
+			n += k
+			switch err {
+			case nil, unix.EINTR:
+			case unix.EAGAIN:
+				return false // the pipe is full: wait for room
+			default:
+				werr = err
+				return true
+			}
+		}
+		return true
+	})
+	if werr != nil {
+		err = werr
+	}
+	if err != nil {
+		return n, &os.PathError{Op: "write", Path: tp.f.Name(), Err: err}
+	}
+	return n, nil
+}
+
+// write makes one write(2) of p to fd, and counts what it took.
+func (tp *taskPipe) write(fd uintptr, p []byte) (int, error) {
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	n, err := unix.Write(int(fd), p)
+	n = max(n, 0)
+	if tp.wrote != nil {
+		tp.wrote()
+	}
 	tp.written.Add(int64(n))
 	return n, err
 }
@@ -61,14 +118,16 @@ func (tp *taskPipe) readAtMost() int64 {
 }
 
 // readAtLeast returns how much the worker has surely read, or -1 when the
-// pipe cannot be asked (it was closed).
+// pipe cannot be asked (it was closed). It waits for a write(2) under way
+// to be counted.
 func (tp *taskPipe) readAtLeast() int64 {
-	w := tp.written.Load() // first: the pipe only holds what was written
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
 	n, err := Backlog(tp.f)
 	if err != nil {
 		return -1
 	}
-	return max(w-int64(n), 0)
+	return max(tp.written.Load()-int64(n), 0)
 }
 
 // resultReader reads a worker's result pipe and sends what it finds to

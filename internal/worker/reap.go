@@ -124,6 +124,11 @@ func (s *Session) Reap() *Death {
 
 // drainResults hands on what the dead worker wrote before it died, which is
 // still in the pipe unless the reader has already said it reached the end.
+// linger bounds the wait for a result pipe that a grandchild still holds
+// open; with no writer left, the reader's EOF is sure to come, and the
+// drain waits for it, however long the Host takes over what comes before
+// (a bound on that time would leave answers unread, and charge their
+// lines with the death).
 func (s *Session) drainResults() {
 	drain := time.NewTimer(linger)
 	defer drain.Stop()
@@ -137,7 +142,7 @@ func (s *Session) drainResults() {
 			// Results written before the death still count.
 			s.Handle(ev)
 		case <-drain.C:
-			open = false
+			open = WritersGone(s.proc.Results)
 		}
 	}
 }

@@ -11,8 +11,10 @@ import (
 )
 
 const (
-	// linger is how long a dead worker's pipes may keep delivering what it
-	// wrote before it died; past that a grandchild holding them is ignored.
+	// linger is how long a dead worker's pipes, still held open by a
+	// grandchild, may keep delivering what it wrote before it died; past
+	// that the grandchild is ignored. (A result pipe with no writer left is
+	// read to its end, however long that takes: see drainResults.)
 	linger = 200 * time.Millisecond
 	// eofPatience is how long a worker that closed its result pipe has to
 	// die by itself and say why, before it is killed for a protocol error.

@@ -90,10 +90,12 @@ func runHelper(mode string) int {
 }
 
 // behave does what input says: "die" exits 3 at once, "exit0" exits 0,
-// "kill" SIGKILLs itself, "hang" sleeps; anything else is answered
-// "ok:input".
+// "kill" SIGKILLs itself, "hang" sleeps, "nap" sleeps 20 ms and answers;
+// anything else is answered "ok:input".
 func behave(input string) string {
 	switch input {
+	case "nap":
+		time.Sleep(20 * time.Millisecond)
 	case "die":
 		fmt.Fprintln(os.Stderr, "worker: giving up on", input)
 		os.Exit(3)
@@ -113,6 +115,9 @@ type host struct {
 	ups   int
 	ended []ending
 	notes []Note
+	// slow is how long Ended takes, as a pool's runner does when the
+	// pool's loop is slow to take its report.
+	slow time.Duration
 }
 
 type ending struct {
@@ -126,6 +131,7 @@ func (h *host) Started(f *Flight)                   {}
 func (h *host) Answered(f *Flight, a Answer, i int) {}
 func (h *host) Note(n Note)                         { h.notes = append(h.notes, n) }
 func (h *host) Ended(f *Flight, o Outcome, output []byte) {
+	time.Sleep(h.slow)
 	h.ended = append(h.ended, ending{f.ID, o, string(output)})
 }
 
@@ -404,5 +410,115 @@ func TestSessionLongLineAfterAnswers(t *testing.T) {
 	}
 	for _, c := range d.Flights {
 		t.Errorf("flight %d in flight at the death (%s), want none", c.Flight.ID, c.Outcome.Message)
+	}
+}
+
+// TestSessionLateWriter: a line worker reads its line and SIGKILLs itself
+// while the goroutine that wrote the line, late on a loaded machine, has
+// not yet counted what write(2) took. The line was read: its flight is
+// charged with the death, not taken for unread and given back (which
+// would let a line that kills every worker run, and kill, once more than
+// its retries allow).
+func TestSessionLateWriter(t *testing.T) {
+	s, err := StartSession(helperConfig("line", IOLine), &host{})
+	if err != nil {
+		t.Fatalf("StartSession() = %v", err)
+	}
+	reaped := make(chan struct{})
+	s.pipe.wrote = func() {
+		// Counted only once the worker is dead and the session has
+		// reaped it, or has waited a second for the count.
+		<-s.Done()
+		select {
+		case <-reaped:
+		case <-time.After(time.Second):
+		}
+	}
+	give := time.NewTimer(20 * time.Second)
+	defer give.Stop()
+	for sent := false; ; {
+		if !sent && s.HasRoom() {
+			s.Send(&Flight{ID: 1, Input: []byte("kill")})
+			s.Flush()
+			sent = true
+			continue
+		}
+		select {
+		case ev := <-s.Events():
+			s.Handle(ev)
+		case <-s.Probe():
+			s.Look(time.Now())
+		case <-give.C:
+			s.Cancel(true)
+		case <-s.Done():
+			d := s.Reap()
+			close(reaped)
+			if d.Cause != SignalCause(syscall.SIGKILL) || len(d.Flights) != 1 {
+				t.Fatalf("Death = cause %q with %d flights, want %q with 1", d.Cause, len(d.Flights), SignalCause(syscall.SIGKILL))
+			}
+			if c := d.Flights[0]; !c.Started || c.Unread {
+				t.Errorf("casualty = started %v, unread %v; want started, read (the worker died of it)", c.Started, c.Unread)
+			}
+			return
+		}
+	}
+}
+
+// TestSessionSlowDrain: a line worker answers six lines after its first,
+// each in a write of its own, and dies of the next while its owner is busy
+// elsewhere.
+// Reaping it, the owner is slow to take each answer (its Host.Ended takes
+// 250 ms), so the answers take longer to hand on than a dead worker's
+// pipes are given (linger). They are still answers: no pipe is held by
+// anyone else, so the reader's EOF is sure to come. Only the line it died
+// of is charged.
+func TestSessionSlowDrain(t *testing.T) {
+	defer func(d time.Duration) { PipelineAhead = d }(PipelineAhead)
+	PipelineAhead = time.Hour // all seven lines in flight at once
+	h := &host{}
+	cfg := helperConfig("line", IOLine)
+	cfg.Pipeline = 8
+	s, err := StartSession(cfg, h)
+	if err != nil {
+		t.Fatalf("StartSession() = %v", err)
+	}
+	give := time.NewTimer(20 * time.Second)
+	defer give.Stop()
+	inputs := []string{"a", "nap", "nap", "nap", "nap", "nap", "nap", "kill"}
+	for len(inputs) > 0 || len(h.ended) < 1 {
+		if len(inputs) > 0 && s.HasRoom() {
+			s.Send(&Flight{ID: uint64(9 - len(inputs)), Input: []byte(inputs[0])})
+			s.Flush()
+			inputs = inputs[1:]
+			continue
+		}
+		select {
+		case ev := <-s.Events():
+			s.Handle(ev)
+		case <-s.Probe():
+			s.Look(time.Now())
+		case <-s.Done():
+			t.Fatalf("the worker died with %d lines left to send (death %+v)", len(inputs), s.Reap())
+		case <-give.C:
+			s.Cancel(true)
+			<-s.Done()
+			t.Fatalf("the lines were not all sent within 20s (death %+v)", s.Reap())
+		}
+	}
+	<-s.Done() // the owner takes no answer until the worker is dead
+	h.slow = 250 * time.Millisecond
+	d := s.Reap()
+	var got []uint64
+	for _, e := range h.ended {
+		got = append(got, e.id)
+	}
+	if fmt.Sprint(got) != "[1 2 3 4 5 6 7]" {
+		t.Errorf("answered = %v, want [1 2 3 4 5 6 7]", got)
+	}
+	if len(d.Flights) != 1 || d.Flights[0].Flight.ID != 8 || !d.Flights[0].Started {
+		for _, c := range d.Flights {
+			t.Logf("in flight at the death: %d (started %v)", c.Flight.ID, c.Started)
+		}
+		t.Fatalf("%d flights at the death, want only 8, started", len(d.Flights))
 	}
 }
