@@ -94,7 +94,9 @@ class MidChunkDeath(unittest.TestCase):
         with safepool.SafePool(1, retry_killed_tasks=1) as pool:
             self.assertEqual(pool.map(fn, items, chunksize=12), [x * x for x in items])
             killed = pool.get_killed_tasks()
-        self.assertEqual([args for _, args in killed], [(103,), (108,)])
+        # In either order: 103's retry may run before or after the rest of
+        # the batch, in which 108 dies.
+        self.assertEqual(sorted(args for _, args in killed), [(103,), (108,)])
         runs = self.runs()
         self.assertEqual((runs.pop(103), runs.pop(108)), (2, 2))
         for x in (100, 101, 102, 104, 105, 106, 107):  # ran before a death: held answers may run again
