@@ -225,10 +225,10 @@ func launch(group Cgroup, cmd *exec.Cmd) (pid int, scored bool, err error) {
 // all of cmd's streams are files (or nil) and nothing of it needs
 // exec.Cmd's goroutines (no WaitDelay, no Cancel), it forks and execs
 // through syscall.ForkExec with cmd's own SysProcAttr, and leaves
-// cmd.Process nil: exec.Cmd would copy and de-duplicate the environment
-// again, open a pidfd and close it after the wait, and build the
-// process's records, for every process (docs/benchmarks.md, one-shot
-// start). Otherwise it calls cmd.Start.
+// cmd.Process nil (wait then reaps it with wait4): exec.Cmd would copy and
+// de-duplicate the environment again, and build its own and os.Process's
+// records (and a pidfd where the runtime uses them), for every process
+// (docs/benchmarks.md, one-shot start). Otherwise it calls cmd.Start.
 func forkExec(cmd *exec.Cmd) (int, error) {
 	in, okIn := stream(cmd.Stdin)
 	out, okOut := stream(cmd.Stdout)
