@@ -141,20 +141,6 @@ func (g *Group) Start(cmd *exec.Cmd) error {
 	return err
 }
 
-// Spawner starts cmd, as readied by the group, on the calling thread and
-// returns its process id. [StartCmd] is one; a caller may start the
-// process without exec.Cmd's own machinery (one copy of the environment,
-// no pidfd), as long as it keeps every field of cmd.SysProcAttr.
-type Spawner func(cmd *exec.Cmd) (pid int, err error)
-
-// StartCmd is the Spawner that calls cmd.Start.
-func StartCmd(cmd *exec.Cmd) (int, error) {
-	if err := cmd.Start(); err != nil {
-		return 0, err
-	}
-	return cmd.Process.Pid, nil
-}
-
 // Spawn is Start with the process started by start, which must fork on
 // the calling thread (as cmd.Start and syscall.ForkExec do). It returns
 // the process's id.
