@@ -128,7 +128,7 @@ func (g *Group) Prepare(cmd *exec.Cmd) error {
 }
 
 // Start starts cmd inside the group, in place of Prepare, cmd.Start and
-// Started. Under cgroup v1 it forks cmd from a supervisor thread placed in
+// Started (cmd.Process is set, as by cmd.Start). Under cgroup v1 it forks cmd from a supervisor thread placed in
 // the group for the time of the fork, where the host allows it
 // ([Detection].ShimStart is nil), and raises its oom_score_adj to 1000
 // while it is stopped at its exec (threadstart_linux.go), so that the
@@ -137,44 +137,52 @@ func (g *Group) Prepare(cmd *exec.Cmd) error {
 // readies it, and under cgroup v2 raises the started process's
 // oom_score_adj to 1000 (v1's shim raises its own before the worker runs).
 func (g *Group) Start(cmd *exec.Cmd) error {
+	_, err := g.Spawn(cmd, StartCmd)
+	return err
+}
+
+// Spawn is Start with the process started by start, which must fork on
+// the calling thread (as cmd.Start and syscall.ForkExec do). It returns
+// the process's id.
+func (g *Group) Spawn(cmd *exec.Cmd, start Spawner) (pid int, err error) {
 	if g.ctrl.mode() != ModeCgroupV1 || g.m == nil || !g.m.threadStart.Load() {
 		if err := g.Prepare(cmd); err != nil {
-			return err
+			return 0, err
 		}
-		err := cmd.Start()
+		pid, err := start(cmd)
 		g.Started()
 		if err == nil && g.ctrl.mode() != ModeCgroupV1 {
-			_ = SetOOMScoreAdj(cmd.Process.Pid, 1000)
+			_ = SetOOMScoreAdj(pid, 1000)
 		}
-		return err
+		return pid, err
 	}
 	// Held for the start, so that Remove cannot close the kept tasks file
 	// while the start thread writes to it.
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.removed {
-		return fmt.Errorf("memory: group %s was removed", g.path)
+		return 0, fmt.Errorf("memory: group %s was removed", g.path)
 	}
 	tasks, ok := g.v1FD(&g.v1Tasks, "tasks", unix.O_WRONLY)
 	if !ok {
 		path := filepath.Join(g.path, "tasks")
 		fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return fmt.Errorf("memory: start in %s: %w", g.path, &os.PathError{Op: "open", Path: path, Err: err})
+			return 0, fmt.Errorf("memory: start in %s: %w", g.path, &os.PathError{Op: "open", Path: path, Err: err})
 		}
 		defer unix.Close(fd)
 		tasks = fd
 	}
 	traced(cmd)
-	back, err := startFromThread(cmd, tasks, g.path, g.m.det.Own)
+	pid, back, err := startFromThread(cmd, start, tasks, g.path, g.m.det.Own)
 	if back != nil {
 		// Never again: each such thread is held until its child ends.
 		g.m.threadStart.Store(false)
 	}
 	if err != nil {
-		return fmt.Errorf("memory: start in %s: %w", g.path, err)
+		return 0, fmt.Errorf("memory: start in %s: %w", g.path, err)
 	}
-	return nil
+	return pid, nil
 }
 
 // Started releases what Prepare opened. Call it after cmd.Start returns.

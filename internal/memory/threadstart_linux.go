@@ -86,7 +86,7 @@ var beforeRelease func(dir string)
 // supervisorPID is this process's id; Go never forks without exec.
 var supervisorPID = os.Getpid()
 
-// startFromThread starts cmd inside the v1 cgroup dir, whose tasks file
+// startFromThread starts cmd with start inside the v1 cgroup dir, whose tasks file
 // is open for writing as tasks, by forking it from a thread of the
 // supervisor that sits in dir for the time of the fork, then goes back to
 // home, the supervisor's own memory cgroup, before the child's program
@@ -94,8 +94,11 @@ var supervisorPID = os.Getpid()
 // and ends once the child has ended (not before: the child's Pdeathsig is
 // tied to the thread that forked it); back reports that, so that later
 // starts use the shim.
-func startFromThread(cmd *exec.Cmd, tasks int, dir, home string) (back error, err error) {
-	type result struct{ back, err error }
+func startFromThread(cmd *exec.Cmd, start Spawner, tasks int, dir, home string) (pid int, back error, err error) {
+	type result struct {
+		pid       int
+		back, err error
+	}
 	done := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -103,9 +106,9 @@ func startFromThread(cmd *exec.Cmd, tasks int, dir, home string) (back error, er
 			// The leader's cgroup decides where the supervisor's memory
 			// is charged: never move it. While this goroutine holds it,
 			// the nested call runs on another thread.
-			back, err := startFromThread(cmd, tasks, dir, home)
+			pid, back, err := startFromThread(cmd, start, tasks, dir, home)
 			runtime.UnlockOSThread()
-			done <- result{back, err}
+			done <- result{pid, back, err}
 			return
 		}
 		if err := placeThread(tasks, dir); err != nil {
@@ -114,7 +117,7 @@ func startFromThread(cmd *exec.Cmd, tasks int, dir, home string) (back error, er
 			done <- result{err: err}
 			return
 		}
-		err := cmd.Start()
+		pid, err := start(cmd)
 		// Home first: the child's place was fixed at the fork, and no
 		// thread of the supervisor is in dir once the child's program runs,
 		// so that nothing of the supervisor is in the group when the kernel
@@ -124,23 +127,23 @@ func startFromThread(cmd *exec.Cmd, tasks int, dir, home string) (back error, er
 			if beforeRelease != nil {
 				beforeRelease(dir)
 			}
-			releaseTraced(cmd.Process.Pid)
+			releaseTraced(pid)
 		}
 		if back == nil {
 			runtime.UnlockOSThread()
-			done <- result{err: err}
+			done <- result{pid: pid, err: err}
 			return
 		}
 		back = fmt.Errorf("thread %d stays in %s: %w", unix.Gettid(), dir, back)
-		done <- result{back: back, err: err}
+		done <- result{pid: pid, back: back, err: err}
 		if err == nil {
-			waitGone(cmd.Process.Pid)
+			waitGone(pid)
 		}
 		// Returning while locked ends the thread, and with it its place
 		// in dir.
 	}()
 	r := <-done
-	return r.back, r.err
+	return r.pid, r.back, r.err
 }
 
 // traced returns cmd set to stop at its exec, before the first instruction
@@ -226,7 +229,7 @@ func probeThreadStart(dir, home string) error {
 	defer unix.Close(tasks)
 	cmd := exec.Command("/bin/true")
 	traced(cmd)
-	back, err := startFromThread(cmd, tasks, dir, home)
+	_, back, err := startFromThread(cmd, StartCmd, tasks, dir, home)
 	if err == nil {
 		err = cmd.Wait()
 	}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -17,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/safepool/safepool/internal/memory"
 	"github.com/safepool/safepool/internal/protocol"
 )
 
@@ -30,11 +32,12 @@ type Cgroup interface {
 }
 
 // Starter is a Cgroup that starts the process itself, inside the group
-// and with oom_score_adj 1000, in place of Prepare, cmd.Start, Started and
+// and with oom_score_adj 1000, in place of Prepare, the start, Started and
 // Start's own write of the score. *memory.Group implements it: under
-// cgroup v1 it forks from a thread placed in the group.
+// cgroup v1 it forks from a thread placed in the group. It forks through
+// start, on the calling thread, and returns the process's id.
 type Starter interface {
-	Start(cmd *exec.Cmd) error
+	Spawn(cmd *exec.Cmd, start memory.Spawner) (pid int, err error)
 }
 
 // IO says which pipes a worker gets.
@@ -108,6 +111,8 @@ type Process struct {
 	// running-item page (protocol.PageVersion), or nil.
 	page []byte
 
+	// cmd describes the process; its Process is nil unless exec.Cmd
+	// started it (forkExec).
 	cmd  *exec.Cmd
 	done chan struct{}
 	exit Exit // written before done is closed
@@ -176,7 +181,7 @@ func Start(spec Spec) (_ *Process, err error) {
 	if err != nil {
 		return nil, err
 	}
-	scored, err := launch(spec.Cgroup, cmd)
+	pid, scored, err := launch(spec.Cgroup, cmd)
 	if errors.Is(err, syscall.E2BIG) {
 		// Name the worker's own command, not the program that exec ran (a
 		// cgroup shim's shell), and say which limit it broke.
@@ -185,7 +190,7 @@ func Start(spec Spec) (_ *Process, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrStart, err)
 	}
-	p.Pid = cmd.Process.Pid
+	p.Pid = pid
 	if p.Tasks != nil {
 		p.taskPipe = pipeStat(p.Tasks)
 	}
@@ -200,19 +205,88 @@ func Start(spec Spec) (_ *Process, err error) {
 
 // launch starts cmd in group, if any: through it when it is a Starter
 // (scored: the process has its oom_score_adj already), else readied by
-// its Prepare.
-func launch(group Cgroup, cmd *exec.Cmd) (scored bool, err error) {
+// its Prepare. It returns the process's id.
+func launch(group Cgroup, cmd *exec.Cmd) (pid int, scored bool, err error) {
 	if s, ok := group.(Starter); ok {
-		return true, s.Start(cmd)
+		pid, err := s.Spawn(cmd, forkExec)
+		return pid, true, err
 	}
 	if group != nil {
 		if err := group.Prepare(cmd); err != nil {
-			return false, fmt.Errorf("cgroup: %w", err)
+			return 0, false, fmt.Errorf("cgroup: %w", err)
 		}
 		defer group.Started()
 	}
-	return false, cmd.Start()
+	pid, err = forkExec(cmd)
+	return pid, false, err
 }
+
+// forkExec starts cmd on the calling thread and returns its pid. When
+// all of cmd's streams are files (or nil) and nothing of it needs
+// exec.Cmd's goroutines (no WaitDelay, no Cancel), it forks and execs
+// through syscall.ForkExec with cmd's own SysProcAttr, and leaves
+// cmd.Process nil (wait then reaps it with wait4): exec.Cmd would copy and
+// de-duplicate the environment again, and build its own and os.Process's
+// records (and a pidfd where the runtime uses them), for every process
+// (docs/benchmarks.md, one-shot start). Otherwise it calls cmd.Start.
+func forkExec(cmd *exec.Cmd) (int, error) {
+	in, okIn := stream(cmd.Stdin)
+	out, okOut := stream(cmd.Stdout)
+	errs, okErr := stream(cmd.Stderr)
+	if !okIn || !okOut || !okErr || cmd.WaitDelay != 0 || cmd.Cancel != nil || cmd.Err != nil || cmd.Process != nil {
+		if err := cmd.Start(); err != nil {
+			return 0, err
+		}
+		return cmd.Process.Pid, nil
+	}
+	files := make([]uintptr, 3, 3+len(cmd.ExtraFiles))
+	for i, f := range [3]*os.File{in, out, errs} {
+		if f == nil {
+			// As exec.Cmd does for a nil stream; typed nil files are
+			// passed on closed, as os.StartProcess does.
+			null, err := devNullRW()
+			if err != nil {
+				return 0, fmt.Errorf("open %s: %w", os.DevNull, err)
+			}
+			f = null
+		}
+		files[i] = f.Fd()
+	}
+	for _, f := range cmd.ExtraFiles {
+		files = append(files, f.Fd()) // a nil *os.File gives a closed fd
+	}
+	env := cmd.Env
+	if env == nil && cmd.Dir == "" {
+		// Already free of duplicate names (syscall's copy keeps the first).
+		env = syscall.Environ()
+	} else {
+		env = cmd.Environ() // with PWD for Dir, and de-duplicated
+	}
+	pid, err := syscall.ForkExec(cmd.Path, cmd.Args, &syscall.ProcAttr{Dir: cmd.Dir, Env: env, Files: files, Sys: cmd.SysProcAttr})
+	runtime.KeepAlive(cmd)
+	if err != nil {
+		return 0, &os.PathError{Op: "fork/exec", Path: cmd.Path, Err: err}
+	}
+	return pid, nil
+}
+
+// stream returns the file for one of cmd's standard streams: nil when
+// the stream is unset, the file itself (maybe a nil *os.File) when it is
+// an *os.File; ok is false for any other reader or writer.
+func stream(v any) (f *os.File, ok bool) {
+	if v == nil {
+		return nil, true
+	}
+	f, ok = v.(*os.File)
+	if ok && f == nil {
+		return nil, false // leave exec.Cmd's handling of a typed nil to it
+	}
+	return f, ok
+}
+
+// devNullRW is /dev/null opened for reading and writing once, for a
+// stream left unset.
+var devNullRW = sync.OnceValues(func() (*os.File, error) { return os.OpenFile(os.DevNull, os.O_RDWR, 0) })
 
 // connect gives cmd its standard streams and pipes as spec.IO says. It
 // returns the child's ends, which the caller closes once the child has
@@ -405,6 +479,11 @@ func (p *Process) wait() {
 		}
 	}
 	_ = unix.Kill(-p.Pid, unix.SIGKILL)
+	if p.cmd.Process == nil {
+		p.exit = reap(p.Pid)
+		close(p.done)
+		return
+	}
 	err := p.cmd.Wait()
 	e := Exit{Code: -1, Time: time.Now()}
 	st := p.cmd.ProcessState
@@ -424,6 +503,28 @@ func (p *Process) wait() {
 	}
 	p.exit = e
 	close(p.done)
+}
+
+// reap reaps pid, started by forkExec, and says how it ended.
+func reap(pid int) Exit {
+	var ws syscall.WaitStatus
+	var ru syscall.Rusage
+	for {
+		_, err := syscall.Wait4(pid, &ws, 0, &ru)
+		if err != syscall.EINTR {
+			if err != nil {
+				return Exit{Code: -1, Time: time.Now()}
+			}
+			break
+		}
+	}
+	e := Exit{Code: -1, Time: time.Now(), MaxRSS: ru.Maxrss * 1024}
+	if ws.Signaled() {
+		e.Signal = ws.Signal()
+	} else {
+		e.Code = ws.ExitStatus()
+	}
+	return e
 }
 
 // Exited reports whether the process has ended, whether or not wait has

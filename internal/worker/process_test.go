@@ -1,0 +1,93 @@
+package worker
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// startShell starts `sh -c script` as spec says, with its stdout in a file,
+// waits for it and returns the process, its exit and its stdout.
+func startShell(t *testing.T, spec Spec, script string) (*Process, Exit, string) {
+	t.Helper()
+	out, err := os.Create(filepath.Join(t.TempDir(), "stdout"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	spec.Args = []string{"/bin/sh", "-c", script}
+	spec.Stdout = out
+	p, err := Start(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.Done():
+	case <-time.After(10 * time.Second):
+		p.Kill()
+		t.Fatal("the process did not end")
+	}
+	p.CloseIO(time.Second)
+	b, err := os.ReadFile(out.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, p.Exit(), string(b)
+}
+
+// TestStartForkExec checks that a process whose streams are all files is
+// started without exec.Cmd (forkExec), with the environment, working
+// directory, exit status and signal exec.Cmd would have given it.
+func TestStartForkExec(t *testing.T) {
+	t.Setenv("SAFEPOOL_FORKEXEC_TEST", "inherited")
+	dir, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	p, e, out := startShell(t, Spec{IO: IONone}, `echo "$SAFEPOOL_FORKEXEC_TEST"; exit 7`)
+	if p.cmd.Process != nil {
+		t.Errorf("started through exec.Cmd (cmd.Process = %v), want syscall.ForkExec", p.cmd.Process)
+	}
+	if e.Code != 7 || e.Signal != 0 || e.MaxRSS <= 0 {
+		t.Errorf("Exit = %+v, want code 7, no signal, a peak RSS", e)
+	}
+	if got := strings.TrimSpace(out); got != "inherited" {
+		t.Errorf("stdout = %q, want the supervisor's environment (inherited)", got)
+	}
+
+	// With Dir and the supervisor's environment, exec.Cmd sets PWD.
+	p, e, out = startShell(t, Spec{IO: IONone, Dir: dir}, `echo "$PWD $(pwd -P) $SAFEPOOL_FORKEXEC_TEST"`)
+	if p.cmd.Process != nil || e.Code != 0 {
+		t.Errorf("cmd.Process = %v, Exit = %+v, want syscall.ForkExec, code 0", p.cmd.Process, e)
+	}
+	if want := dir + " " + dir + " inherited"; strings.TrimSpace(out) != want {
+		t.Errorf("stdout = %q, want %q", strings.TrimSpace(out), want)
+	}
+
+	// An explicit environment is the process's whole environment.
+	_, _, out = startShell(t, Spec{IO: IONone, Env: []string{"A=1", "A=2"}}, `echo "$A $SAFEPOOL_FORKEXEC_TEST"`)
+	if got := strings.TrimSpace(out); got != "2" {
+		t.Errorf("stdout = %q, want the last A of the given environment only (2)", got)
+	}
+
+	_, e, _ = startShell(t, Spec{IO: IONone}, `kill -9 $$`)
+	if e.Code != -1 || e.Signal != syscall.SIGKILL {
+		t.Errorf("Exit = %+v, want code -1, SIGKILL", e)
+	}
+
+	// A reader as stdin needs exec.Cmd's copier.
+	p, e, out = startShell(t, Spec{IO: IONone, Stdin: bytes.NewReader([]byte("from a reader\n"))}, `cat`)
+	if p.cmd.Process == nil || e.Code != 0 || out != "from a reader\n" {
+		t.Errorf("cmd.Process = %v, Exit = %+v, stdout %q, want exec.Cmd, code 0, the reader's line", p.cmd.Process, e, out)
+	}
+
+	if _, err := Start(Spec{Args: []string{"/nonexistent/program"}, Path: "/nonexistent/program", IO: IONone}); err == nil ||
+		!strings.Contains(err.Error(), "fork/exec /nonexistent/program") {
+		t.Errorf("Start(/nonexistent/program) = %v, want a fork/exec error naming it", err)
+	}
+}
