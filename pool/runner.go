@@ -208,7 +208,9 @@ func (r *runner) sessionConfig(spec worker.Spec) worker.Config {
 // spawn starts a new worker process in the slot. It reports whether it did.
 func (r *runner) spawn() bool {
 	cfg := &r.p.cfg
-	spec := worker.Spec{Args: cfg.Command, Env: cfg.Env, Dir: cfg.Dir, Stdout: cfg.Stdout, Stderr: cfg.Stderr}
+	// Every worker of the pool writes its stderr to the same stream: a
+	// line one leaves unfinished as it dies is ended there.
+	spec := worker.Spec{Args: cfg.Command, Env: cfg.Env, Dir: cfg.Dir, Stdout: cfg.Stdout, Stderr: cfg.Stderr, EndStderrLine: true}
 	if spec.Stderr == nil {
 		spec.Stderr = os.Stderr
 	}

@@ -74,6 +74,13 @@ type Spec struct {
 	// Stderr receives the worker's stderr; nil discards it. The last few
 	// KiB are also kept for StderrTail.
 	Stderr io.Writer
+	// EndStderrLine, when set, ends with a newline the last line that the
+	// worker left unfinished on Stderr when its stderr closes (it was
+	// killed while writing it), so that what is written to the same
+	// stream next (another worker's line, the supervisor's own message)
+	// starts a line of its own. Set it only for a stream the worker shares
+	// with others: a job's captured output is kept as it was written.
+	EndStderrLine bool
 	// Stdin, with IONone, is what the worker reads on its stdin, through
 	// a pipe that exec.Cmd fills and Wait ends (at the latest stdinDelay
 	// after the worker's death); nil gives it /dev/null.
@@ -345,7 +352,11 @@ func (p *Process) connect(spec Spec, cmd *exec.Cmd) (childEnds []*os.File, err e
 		}
 		cmd.Stdout = w
 	}
-	w, err := p.output(spec.Stderr, &p.tail)
+	dst := spec.Stderr
+	if dst != nil && spec.EndStderrLine {
+		dst = &lineEnder{w: dst}
+	}
+	w, err := p.output(dst, &p.tail)
 	if err != nil {
 		return childEnds, err
 	}
@@ -436,6 +447,9 @@ func (p *Process) output(dst io.Writer, tail *tailBuffer) (*os.File, error) {
 	p.copiers.Add(1)
 	go func() {
 		copyOut(sink, r)
+		if le, ok := dst.(*lineEnder); ok {
+			le.end()
+		}
 		if p.copiers.Add(-1) == 0 {
 			select {
 			case p.copied <- struct{}{}:
@@ -457,6 +471,30 @@ func copyOut(dst io.Writer, r *os.File) {
 	defer copyBufs.Put(buf)
 	// Hide r's WriteTo, which would copy through a buffer of its own.
 	io.CopyBuffer(dst, struct{ io.Reader }{r}, buf[:])
+}
+
+// lineEnder passes what is written to w through, and remembers whether
+// the last byte ended a line.
+type lineEnder struct {
+	w    io.Writer
+	open bool // something was written, and its last byte is not '\n'
+}
+
+func (l *lineEnder) Write(b []byte) (int, error) {
+	n, err := l.w.Write(b)
+	if n > 0 {
+		l.open = b[n-1] != '\n'
+	}
+	return n, err
+}
+
+// end ends the line left open, if any. Only the copier calls it, after
+// its last Write.
+func (l *lineEnder) end() {
+	if l.open {
+		l.open = false
+		l.w.Write([]byte{'\n'})
+	}
 }
 
 func dupFile(f *os.File) (*os.File, error) {

@@ -2,9 +2,11 @@ package worker
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -90,7 +92,7 @@ func runHelper(mode string) int {
 }
 
 // behave does what input says: "die" exits 3 at once, "exit0" exits 0,
-// "kill" SIGKILLs itself, "hang" sleeps, "nap" sleeps 20 ms and answers;
+// "kill" SIGKILLs itself, "halfline" does so after half a line of stderr, "hang" sleeps, "nap" sleeps 20 ms and answers;
 // anything else is answered "ok:input".
 func behave(input string) string {
 	switch input {
@@ -102,6 +104,11 @@ func behave(input string) string {
 	case "exit0":
 		os.Exit(0)
 	case "kill":
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		time.Sleep(time.Hour)
+	case "halfline":
+		// Killed in the middle of a line of its stderr.
+		os.Stderr.WriteString("worker: half a li")
 		syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		time.Sleep(time.Hour)
 	case "hang":
@@ -520,5 +527,49 @@ func TestSessionSlowDrain(t *testing.T) {
 			t.Logf("in flight at the death: %d (started %v)", c.Flight.ID, c.Started)
 		}
 		t.Fatalf("%d flights at the death, want only 8, started", len(d.Flights))
+	}
+}
+
+// lockedBuffer is a bytes.Buffer that a copier may write while a test reads.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestSessionEndStderrLine: a worker killed halfway through a line of its
+// stderr leaves that line ended when its stream is shared (EndStderrLine),
+// so that the next writer (another worker, the supervisor's own message)
+// starts a line of its own; a stream kept as the job wrote it (a one-shot
+// job's captured stderr) is left as it was.
+func TestSessionEndStderrLine(t *testing.T) {
+	for _, end := range []bool{true, false} {
+		t.Run(fmt.Sprint("end=", end), func(t *testing.T) {
+			var errs lockedBuffer
+			cfg := helperConfig("line", IOLine)
+			cfg.Spec.Stderr, cfg.Spec.EndStderrLine = &errs, end
+			_, d := drive(t, cfg, []string{"halfline"}, false, 20*time.Second)
+			if d.Cause != SignalCause(syscall.SIGKILL) {
+				t.Fatalf("cause = %q, want signal:SIGKILL", d.Cause)
+			}
+			want := "worker: half a li"
+			if end {
+				want += "\n"
+			}
+			if got := errs.String(); got != want {
+				t.Errorf("stderr = %q, want %q", got, want)
+			}
+		})
 	}
 }
