@@ -255,34 +255,26 @@ func backlog(f *os.File) (int, error) {
 	return n, ierr
 }
 
-func writersGone(f *os.File) bool {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return false
-	}
-	gone := false
-	_ = rc.Control(func(fd uintptr) {
-		// A pipe's read end polls POLLHUP once no writer is left, whatever
-		// it still holds.
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		if n, err := unix.Poll(fds, 0); err == nil && n > 0 {
-			gone = fds[0].Revents&unix.POLLHUP != 0
-		}
-	})
-	return gone
-}
+// writersGone: a pipe's read end polls POLLHUP once no writer is left,
+// whatever it still holds.
+func writersGone(f *os.File) bool { return pollNow(f, unix.POLLIN, unix.POLLHUP) }
 
-func readerGone(f *os.File) bool {
+// readerGone: a pipe's write end polls POLLERR once no reader is left.
+func readerGone(f *os.File) bool { return pollNow(f, unix.POLLOUT, unix.POLLERR) }
+
+// pollNow polls f for events without waiting, and reports whether the
+// answer has any of the bits of want.
+func pollNow(f *os.File, events, want int16) bool {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return false
 	}
-	gone := false
+	got := false
 	_ = rc.Control(func(fd uintptr) {
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+		fds := []unix.PollFd{{Fd: int32(fd), Events: events}}
 		if n, err := unix.Poll(fds, 0); err == nil && n > 0 {
-			gone = fds[0].Revents&unix.POLLERR != 0
+			got = fds[0].Revents&want != 0
 		}
 	})
-	return gone
+	return got
 }
