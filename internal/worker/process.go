@@ -249,8 +249,8 @@ func forkExec(cmd *exec.Cmd) (int, error) {
 	files := make([]uintptr, 3, 3+len(cmd.ExtraFiles))
 	for i, f := range [3]*os.File{in, out, errs} {
 		if f == nil {
-			// As exec.Cmd does for a nil stream; typed nil files are
-			// passed on closed, as os.StartProcess does.
+			// As exec.Cmd does for an unset stream (a typed nil file
+			// never gets here: stream leaves it to exec.Cmd).
 			null, err := devNullRW()
 			if err != nil {
 				return 0, fmt.Errorf("open %s: %w", os.DevNull, err)
