@@ -38,6 +38,8 @@ func TestMain(m *testing.M) {
 			os.Exit(runGovContainer())
 		case "container-seed":
 			os.Exit(runContainerSeed())
+		case "container-oneshot":
+			os.Exit(runContainerOneShot())
 		case "shared-block":
 			os.Exit(runSharedBlock())
 		case "readme-example":

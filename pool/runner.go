@@ -242,12 +242,13 @@ func (r *runner) started(s *worker.Session) {
 
 // shim readies a worker that has no cgroup of its own before its code runs:
 // its oom_score_adj and, backing Config.MemLimit, its data size limit,
-// which what it forks then inherits.
+// which what it forks then inherits; with one exec where the host allows
+// it (memory.Manager.Shim).
 func (r *runner) shim() memory.Shim {
 	if r.p.cfg.NoDataLimit {
-		return memory.Shim{}
+		return r.p.mem.Shim(0)
 	}
-	return memory.Shim{DataLimit: memory.DataLimitFor(r.p.cfg.MemLimit)}
+	return r.p.mem.Shim(memory.DataLimitFor(r.p.cfg.MemLimit))
 }
 
 // sessionHost is the runner as its session's worker.Host: it reports to

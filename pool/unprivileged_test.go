@@ -148,6 +148,9 @@ func TestOOMUnprivileged(t *testing.T) {
 	if !strings.Contains(text, "memory mode: enclosing-cgroup (") {
 		t.Errorf("supervisor output:\n%s\nwant memory mode enclosing-cgroup", text)
 	}
+	if strings.Contains(text, "shell shim") {
+		t.Errorf("supervisor output:\n%s\nwant workers started with one exec (traced to it), not through the shim", text)
+	}
 	t.Logf("supervisor output ends: %s", text[strings.LastIndex(text, "task 40"):])
 }
 
@@ -178,6 +181,56 @@ func runContainerSeed() int {
 			fmt.Printf(" attempts=%s", strings.Join(failed, ","))
 		}
 		fmt.Println()
+	}
+	fmt.Printf("memory mode: %s (%s)\n", p.MemoryMode(), p.MemoryModeReason())
+	return 0
+}
+
+// TestOneShotUnprivileged runs one-shot jobs as nobody, without cgroups
+// of their own: each job is its own program from the start (one exec, no
+// shell shim before it), so it gets its environment exactly as given (a
+// shell before it drops names such as "safepool.test", or adds SHLVL),
+// and what it forks at once has oom_score_adj 1000.
+func TestOneShotUnprivileged(t *testing.T) {
+	dir := containerFor(t, 300<<20)
+	text, err := superviseAsNobody(t, dir, workerEnv+"=container-oneshot")
+	if err != nil {
+		t.Fatalf("supervisor: %v; output:\n%s", err, text)
+	}
+	for i := 1; i <= 3; i++ {
+		want := fmt.Sprintf("task %d done: env=PATH safepool.test  score=1000\n", i)
+		if !strings.Contains(text, want) {
+			t.Errorf("supervisor output:\n%s\nwant %q", text, want)
+		}
+	}
+	if !strings.Contains(text, "memory mode: enclosing-cgroup (") || strings.Contains(text, "shell shim") {
+		t.Errorf("supervisor output:\n%s\nwant memory mode enclosing-cgroup, workers started with one exec", text)
+	}
+}
+
+// runContainerOneShot is the supervisor of TestOneShotUnprivileged: three
+// one-shot jobs that print the names in the environment their program was
+// started with (but the pool's own SAFEPOOL_ ones), and the oom_score_adj
+// of a process they fork.
+func runContainerOneShot() int {
+	p, err := pool.New(pool.Config{
+		Command: []string{"sh", "-c", `printf 'env=%s score=%s' "$(tr '\0' '\n' </proc/$$/environ | sed 's/=.*//' | grep -v '^SAFEPOOL_' | sort | tr '\n' ' ')" "$(cat /proc/self/oom_score_adj)"`},
+		Env:     []string{"safepool.test=kept", "PATH=/usr/bin:/bin"},
+		Workers: 2,
+		Stderr:  os.Stderr,
+	})
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	go func() {
+		defer p.Close()
+		for i := 0; i < 3; i++ {
+			p.Submit(context.Background(), pool.Task{Input: []byte("x")})
+		}
+	}()
+	for r := range p.Results() {
+		fmt.Printf("task %d %s: %s\n", r.ID, r.State, r.Output)
 	}
 	fmt.Printf("memory mode: %s (%s)\n", p.MemoryMode(), p.MemoryModeReason())
 	return 0

@@ -31,6 +31,10 @@ type Manager struct {
 	// shim. It is set once by detect and cleared for good when a thread
 	// could not leave a group.
 	threadStart atomic.Bool
+	// tracedStart reports whether workers without a cgroup of their own
+	// start traced to their exec (tracedstart_linux.go) rather than through
+	// the shim. It is set once by NewManager.
+	tracedStart atomic.Bool
 
 	mu     sync.Mutex
 	groups map[*Group]struct{} // groups not yet removed; guarded by mu
@@ -67,7 +71,23 @@ type system struct {
 // The error is reserved for failures that leave no usable Manager; there
 // are none today: Reason says why a better mode was not available.
 func NewManager() (*Manager, error) {
-	return detect(system{proc: "/proc", euid: os.Geteuid(), pid: os.Getpid(), write: writeCgroupFile, rmdir: rmdirCgroup}), nil
+	m := detect(system{proc: "/proc", euid: os.Geteuid(), pid: os.Getpid(), write: writeCgroupFile, rmdir: rmdirCgroup})
+	if !m.det.Mode.PerWorker() {
+		if err := probeTracedStart(); err != nil {
+			m.det.ShimStart = fmt.Errorf("a worker cannot be started traced to its exec: %w", err)
+		} else {
+			m.tracedStart.Store(true)
+		}
+	}
+	return m, nil
+}
+
+// Shim returns what readies each worker that has no cgroup of its own, with
+// dataLimit as its RLIMIT_DATA in bytes (0: none): started with one exec
+// where NewManager found that workers can start traced to their exec, else
+// through the shell shim.
+func (m *Manager) Shim(dataLimit int64) Shim {
+	return Shim{DataLimit: dataLimit, traced: m.tracedStart.Load()}
 }
 
 // detect is NewManager on sys.

@@ -80,11 +80,12 @@ type Detection struct {
 	// NoCgroups says why workers cannot have cgroups of their own; nil in
 	// ModeCgroupV1 and ModeCgroupV2.
 	NoCgroups error
-	// ShimStart says, in ModeCgroupV1, why workers start through a shell
-	// shim that moves itself into their group and then execs them (two
-	// execs per worker) rather than from a supervisor thread placed in the
-	// group (one exec); nil when they start from a thread, and in the other
-	// modes.
+	// ShimStart says why workers start through a shell shim that readies
+	// them and then execs them (two execs per worker): in ModeCgroupV1
+	// rather than from a supervisor thread placed in their group, in
+	// ModeEnclosing and ModeNone rather than traced to their exec (one
+	// exec each way); nil when they start with one exec, and in
+	// ModeCgroupV2.
 	ShimStart error
 	// Leftovers says what the cgroups that dead supervisors left could not
 	// be cleaned of; nil when nothing was left or all was removed.
@@ -116,6 +117,9 @@ func (d Detection) reason() string {
 			version, d.Own, filepath.Base(d.OOMCounter), oneLine(d.NoCgroups))
 	default:
 		fmt.Fprintf(&b, "no cgroup (%s): limits enforced by the supervisor, OOM kills confirmed from the kernel log only", oneLine(d.NoCgroups))
+	}
+	if !d.Mode.PerWorker() && d.ShimStart != nil {
+		fmt.Fprintf(&b, "; workers started through a shell shim (%s)", oneLine(d.ShimStart))
 	}
 	if d.Leftovers != nil {
 		b.WriteString("; leftovers of dead supervisors remain: " + oneLine(d.Leftovers))

@@ -40,6 +40,9 @@ func (m *Manager) NewGroup(name string, limit int64) (*Group, error) { return ni
 // Close does nothing outside Linux.
 func (m *Manager) Close() error { return nil }
 
+// Shim returns a Shim with dataLimit, which is ignored outside Linux.
+func (m *Manager) Shim(dataLimit int64) Shim { return Shim{DataLimit: dataLimit} }
+
 // Shim readies a worker without a cgroup of its own; outside Linux it does
 // nothing.
 type Shim struct {

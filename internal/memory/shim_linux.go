@@ -17,12 +17,49 @@ import (
 // stderr, and the worker does not run. argv and the environment are kept
 // as for [Group.Prepare] under cgroup v1.
 //
-// Shim has the methods of the worker package's Cgroup hook.
+// Shim has the methods of the worker package's Cgroup and Starter hooks.
+// A Shim from [Manager.Shim] starts workers through Spawn with one exec
+// where the host allows it (tracedstart_linux.go).
 type Shim struct {
 	// DataLimit is the worker's RLIMIT_DATA in bytes, soft and hard,
 	// rounded up to a KiB, and never above the supervisor's own hard
 	// limit, which it could not raise; zero means none. See DataLimitFor.
 	DataLimit int64
+	// traced lets Spawn start workers traced to their exec, setting the
+	// score and the limit there, in place of the shell.
+	traced bool
+}
+
+// Spawn starts cmd through start (which must fork on the calling thread)
+// with its oom_score_adj and data size limit set before its program runs,
+// and returns its process's id. Where the host allows it, and the program
+// gains no privileges at its exec, the worker is started traced to its
+// exec and readied there, with one exec; otherwise it starts through the
+// shim, as Prepare readies it.
+func (s Shim) Spawn(cmd *exec.Cmd, start Spawner) (int, error) {
+	if cmd.Process != nil {
+		return 0, errors.New("memory: Spawn after Start")
+	}
+	if cmd.Err != nil {
+		return 0, cmd.Err
+	}
+	if s.traced && !gainsPrivileges(cmd) {
+		return startTraced(cmd, start, dataLimiter(s.dataKiB()))
+	}
+	if err := s.Prepare(cmd); err != nil {
+		return 0, err
+	}
+	return start(cmd)
+}
+
+// dataKiB is DataLimit in KiB for the worker, within the supervisor's own
+// hard limit.
+func (s Shim) dataKiB() int64 {
+	var own unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_DATA, &own); err != nil {
+		own.Max = unix.RLIM_INFINITY
+	}
+	return dataKiB(s.DataLimit, own.Max)
 }
 
 // Prepare rewrites cmd to start through the shim. It must be called
@@ -34,11 +71,7 @@ func (s Shim) Prepare(cmd *exec.Cmd) error {
 	if cmd.Err != nil {
 		return cmd.Err
 	}
-	var own unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_DATA, &own); err != nil {
-		own.Max = unix.RLIM_INFINITY
-	}
-	wrapInShim(cmd, shimSpec{dataKiB: dataKiB(s.DataLimit, own.Max)}, bashPath())
+	wrapInShim(cmd, shimSpec{dataKiB: s.dataKiB()}, bashPath())
 	return nil
 }
 

@@ -127,7 +127,11 @@ func startFromThread(cmd *exec.Cmd, start Spawner, tasks int, dir, home string) 
 			if beforeRelease != nil {
 				beforeRelease(dir)
 			}
-			releaseTraced(pid)
+			if releaseTraced(pid, nil) != nil {
+				// The score could not be raised: the worker runs
+				// with the supervisor's, as it always did here.
+				_ = unix.PtraceDetach(pid)
+			}
 		}
 		if back == nil {
 			runtime.UnlockOSThread()
@@ -159,12 +163,14 @@ func traced(cmd *exec.Cmd) {
 }
 
 // releaseTraced raises the oom_score_adj of the child pid, which is
-// stopping at its exec (PTRACE_TRACEME), and lets it go on once stopped.
-// It must run on the thread that started the child: that thread is its
-// tracer. The child's program has not run yet, so that nothing it forks
-// can inherit the supervisor's oom_score_adj, as with the shim (DESIGN.md,
-// invariant 6). A child that ended before it stopped is left to its
-// waiter, unreaped.
+// stopping at its exec (PTRACE_TRACEME), calls atStop (if not nil) once it
+// has stopped, and then lets it go on. It must run on the thread that
+// started the child: that thread is its tracer. The child's program has
+// not run yet, so that nothing it forks can inherit the supervisor's
+// oom_score_adj, as with the shim (DESIGN.md, invariant 6). A child that
+// ended before it stopped is left to its waiter, unreaped. When the score
+// or atStop fails, it returns that error and leaves the child stopped, for
+// the caller to end or let go.
 //
 // The score is written first, while the child finishes its exec, rather
 // than once it has stopped: the write then costs the child no wait. The
@@ -174,8 +180,8 @@ func traced(cmd *exec.Cmd) {
 // supervisor, with which it shared its memory until then (vfork); and its
 // pid cannot have been reused, because only its Process reaps it, and that
 // starts after this returns.
-func releaseTraced(pid int) {
-	_ = SetOOMScoreAdj(pid, 1000)
+func releaseTraced(pid int, atStop func(pid int) error) error {
+	scoreErr := SetOOMScoreAdj(pid, 1000)
 	var info unix.Siginfo
 	for {
 		err := unix.Waitid(unix.P_PID, pid, &info, unix.WSTOPPED|unix.WEXITED|unix.WNOWAIT|unix.WALL, nil)
@@ -183,12 +189,12 @@ func releaseTraced(pid int) {
 			break
 		}
 		if !errors.Is(err, unix.EINTR) {
-			return
+			return nil
 		}
 	}
 	const cldTrapped = 4 // CLD_TRAPPED: a ptrace stop
 	if info.Code != cldTrapped {
-		return
+		return nil
 	}
 	// Consume the stop (only stops: an exit stays for the waiter), then
 	// detach without delivering the SIGTRAP.
@@ -198,7 +204,16 @@ func releaseTraced(pid int) {
 			break
 		}
 	}
+	if scoreErr != nil {
+		return scoreErr
+	}
+	if atStop != nil {
+		if err := atStop(pid); err != nil {
+			return err
+		}
+	}
 	_ = unix.PtraceDetach(pid)
+	return nil
 }
 
 // waitGone waits until process pid has ended (it may be a zombie still),
