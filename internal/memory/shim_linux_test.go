@@ -123,7 +123,8 @@ func TestShimKeepsSysProcAttr(t *testing.T) {
 
 // TestShimWithoutCgroup: a worker without a cgroup of its own, and what it
 // forks, get oom_score_adj 1000 and the data size limit before any of its
-// code runs.
+// code runs: through the shell shim, and started traced to its exec, which
+// runs the worker's own program with one exec.
 func TestShimWithoutCgroup(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -134,30 +135,50 @@ func TestShimWithoutCgroup(t *testing.T) {
 		{name: "200 MiB", limit: 200 * mib, want: fmt.Sprint(200 * mib)},
 		{name: "rounded up", limit: 200*mib + 1, want: fmt.Sprint(200*mib + 1024)},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			// The child of sh -c reports: it was forked after the shim ran.
-			cmd := exec.Command("sh", "-c", "cat /proc/self/oom_score_adj /proc/self/limits; exit 0")
-			if err := (Shim{DataLimit: tc.limit}).Prepare(cmd); err != nil {
-				t.Fatal(err)
+		for _, traced := range []bool{false, true} {
+			name := tc.name + ", shim"
+			if traced {
+				name = tc.name + ", traced"
 			}
-			out, err := cmd.Output()
-			if err != nil {
-				t.Fatalf("shim: %v", err)
-			}
-			adj, limits, _ := strings.Cut(string(out), "\n")
-			if adj != "1000" {
-				t.Errorf("oom_score_adj of the worker's child = %q, want 1000", adj)
-			}
-			var data []string
-			for _, line := range strings.Split(limits, "\n") {
-				if f, ok := strings.CutPrefix(line, "Max data size"); ok {
-					data = strings.Fields(f)
+			t.Run(name, func(t *testing.T) {
+				// The worker's own command line, then its child's reports:
+				// it was forked after the worker was readied.
+				cmd := exec.Command("sh", "-c", `tr '\0' ' ' </proc/$$/cmdline; echo; cat /proc/self/oom_score_adj /proc/self/limits; exit 0`, "worker")
+				path := cmd.Path
+				var out []byte
+				var err error
+				if traced {
+					var s string
+					s, err = spawnOutput(t, requireTracedStart(t, tc.limit), cmd)
+					out = []byte(s)
+				} else {
+					if err := (Shim{DataLimit: tc.limit}).Prepare(cmd); err != nil {
+						t.Fatal(err)
+					}
+					out, err = cmd.Output()
 				}
-			}
-			if len(data) < 2 || data[0] != tc.want || data[1] != tc.want {
-				t.Errorf("data size limit (soft, hard) = %q, want %s for both", data, tc.want)
-			}
-		})
+				if err != nil {
+					t.Fatalf("start: %v", err)
+				}
+				argv, rest, _ := strings.Cut(string(out), "\n")
+				if traced && (cmd.Path != path || !strings.HasPrefix(argv, "sh -c tr ")) {
+					t.Errorf("ran %s as %q, want %s itself (one exec, no shim)", cmd.Path, argv, path)
+				}
+				adj, limits, _ := strings.Cut(rest, "\n")
+				if adj != "1000" {
+					t.Errorf("oom_score_adj of the worker's child = %q, want 1000", adj)
+				}
+				var data []string
+				for _, line := range strings.Split(limits, "\n") {
+					if f, ok := strings.CutPrefix(line, "Max data size"); ok {
+						data = strings.Fields(f)
+					}
+				}
+				if len(data) < 2 || data[0] != tc.want || data[1] != tc.want {
+					t.Errorf("data size limit (soft, hard) = %q, want %s for both", data, tc.want)
+				}
+			})
+		}
 	}
 }
 

@@ -3,7 +3,6 @@ package memory
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,53 +25,6 @@ func requireTracedStart(t *testing.T, dataLimit int64) Shim {
 		t.Skipf("workers cannot start traced here: %v", err)
 	}
 	return Shim{DataLimit: dataLimit, traced: true}
-}
-
-// TestTracedStartWithoutCgroup: a worker without a cgroup of its own
-// started through a traced Shim runs its own program with one exec (no
-// shell before it), and what it forks at once has oom_score_adj 1000 and
-// the data size limit, soft and hard.
-func TestTracedStartWithoutCgroup(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		limit int64
-		want  string // Max data size in /proc/self/limits
-	}{
-		{name: "no limit", want: "unlimited"},
-		{name: "200 MiB", limit: 200 * mib, want: fmt.Sprint(200 * mib)},
-		{name: "rounded up", limit: 200*mib + 1, want: fmt.Sprint(200*mib + 1024)},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			s := requireTracedStart(t, tc.limit)
-			// The worker's own command line, then its child's reports.
-			cmd := exec.Command("sh", "-c", `tr '\0' ' ' </proc/$$/cmdline; echo; cat /proc/self/oom_score_adj /proc/self/limits; exit 0`, "worker")
-			path := cmd.Path
-			out, err := spawnOutput(t, s, cmd)
-			if err != nil {
-				t.Fatalf("traced start: %v", err)
-			}
-			if cmd.Path != path {
-				t.Errorf("Spawn ran %s, want %s itself (no shim)", cmd.Path, path)
-			}
-			argv, rest, _ := strings.Cut(out, "\n")
-			if !strings.HasPrefix(argv, "sh -c tr ") {
-				t.Errorf("the worker's command line = %q, want its own sh -c (one exec, no shim)", argv)
-			}
-			adj, limits, _ := strings.Cut(rest, "\n")
-			if adj != "1000" {
-				t.Errorf("oom_score_adj of the worker's child = %q, want 1000", adj)
-			}
-			var data []string
-			for _, line := range strings.Split(limits, "\n") {
-				if f, ok := strings.CutPrefix(line, "Max data size"); ok {
-					data = strings.Fields(f)
-				}
-			}
-			if len(data) < 2 || data[0] != tc.want || data[1] != tc.want {
-				t.Errorf("data size limit (soft, hard) = %q, want %s for both", data, tc.want)
-			}
-		})
-	}
 }
 
 // spawnOutput starts cmd through s.Spawn with its stdout on a pipe, and
