@@ -33,6 +33,7 @@ from __future__ import annotations
 import atexit
 import io
 import json
+import os
 import pickle
 import threading
 import time
@@ -42,7 +43,7 @@ from ._options import format_size
 from ._pickling import dumps_function, dumps_payload  # noqa: F401  (dumps_function: the jobs' import)
 from ._protocol import (APPLY, BATCH_HEAD, ERROR_RECORD, HEADER, ITEM_ENTRY, K_ABORT, K_BATCH,  # noqa: F401
                         K_CLOSE, K_END, K_ITEMS, K_READY, K_RESULT, META_LEN, MAP, OK, RAISED, STAR)
-from . import _oob  # big buffers out of band
+from . import _direct, _oob  # a map's values straight from its workers; big buffers out of band
 
 _live_cores = weakref.WeakSet()
 
@@ -107,7 +108,10 @@ class _Sent:
         self.positions = positions  # a range, or a list of positions in the job
         self.items = items
         self.ticket = ticket  # the payload's _oob.Ticket: kept until every item has its result
-        self.left = len(items)  # items not settled
+        # Items the binary has not answered: the batch is the binary's until
+        # then (its window, its ticket), even when the values of its items
+        # came straight from their workers (_direct) and are settled.
+        self.left = len(items)
         self.settled = bytearray(len(items))  # 1 for each item settled
 
 
@@ -172,7 +176,17 @@ class _Core:
         self.on_broken = None
 
         self._out = io.open(launch.to_fd, "wb", buffering=256 << 10)
-        self._in = io.open(launch.from_fd, "rb", buffering=256 << 10)
+        self._in_fd = launch.from_fd
+        # The read end of the pipe through which workers send a map's
+        # values straight to this process (_direct), or -1; the reader
+        # thread's, which reads it beside the binary's pipe.
+        direct = getattr(launch, "direct", None)
+        self._direct_fd = direct[0] if direct else -1
+        self._assembler = _direct.Assembler()
+        # guarded by _lock: a batch's inbox region -> its first item's
+        # number, for the batches in _inflight that have a region (the
+        # direct records name their batch by its region).
+        self._regions: dict[int, int] = {}
         self._reader = threading.Thread(target=self._read_loop, name="safepool-reader", daemon=True)
         self._reader.start()
         self._ready.wait()
@@ -415,6 +429,8 @@ class _Core:
         self._next_id += n
         with self._lock:
             self._inflight[ident] = _Sent(job, positions, items, ticket)
+            if ticket is not None:
+                self._regions[ticket.region] = ident
         # The call's own timeout and memory hint go to the engine with the
         # task (docs/protocol.md, batch).
         meta = {name: job.opts[name] for name in ("timeout", "mem") if job.opts and job.opts.get(name)}
@@ -452,15 +468,18 @@ class _Core:
             self._ahead_used -= n
             self._cond.notify_all()
 
-    def _take(self, base: int, index: int, count: int):
+    def _take(self, base: int, index: int, count: int, answered: bool = True):
         """Mark the count items from index on of the batch whose first item
         is numbered base as settled, and wake the writer if that makes room.
         Return (its _Sent, None) when none of them was settled before, or
         (its _Sent, the indexes of those that were not), or (None, ()) for
-        an unknown batch. Called with _lock held."""
+        an unknown batch. answered says that the binary answered them (its
+        frame); False for values that came straight from a worker, which
+        leave the batch to the binary. Called with _lock held."""
         sent = self._inflight.get(base)
         if sent is None:
             return None, ()
+        answers = count
         flags = sent.settled
         fresh = None
         if flags.find(1, index, index + count) >= 0:
@@ -474,9 +493,13 @@ class _Core:
             self._ahead_used -= count
             if self._ahead_used < self._ahead <= self._ahead_used + count:
                 self._cond.notify_all()
-        sent.left -= count
+        if not answered:
+            return sent, fresh
+        sent.left -= answers
         if sent.left <= 0:
             del self._inflight[base]
+            if sent.ticket is not None and self._regions.get(sent.ticket.region) == base:
+                del self._regions[sent.ticket.region]
             if len(self._inflight) + 1 == self._window:
                 self._cond.notify_all()
         return sent, fresh
@@ -489,16 +512,8 @@ class _Core:
     # ---- reader thread -----------------------------------------------------
 
     def _read_loop(self):
-        read = self._in.read
         try:
-            while True:
-                header = read(HEADER.size)
-                if len(header) < HEADER.size:
-                    break
-                length, kind, ident = HEADER.unpack(header)
-                payload = read(length) if length else b""
-                if len(payload) < length:
-                    break
+            for kind, ident, payload in self._frames():
                 if kind == K_RESULT:
                     # A batch of one item (the binary runs them as tasks
                     # with nats), numbered ident.
@@ -530,11 +545,132 @@ class _Core:
             if self._broken is None:
                 self._broken = _errors().BrokenPool("the safepool client failed reading results: %r" % e)
         finally:
-            self._on_end()
             try:
-                self._in.close()
-            except OSError:
+                # Values that workers sent before the binary ended are
+                # delivered; then the rest is settled as the end says.
+                self._drain_direct()
+            except Exception:
                 pass
+            self._on_end()
+            for fd in (self._in_fd, self._direct_fd):
+                if fd >= 0:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+            self._direct_fd = -1
+
+    def _frames(self):
+        """Yield (kind, id, payload) for each frame from the binary until
+        its pipe ends, handling the workers' direct records in between."""
+        fd = self._in_fd
+        poll = None
+        if self._direct_fd >= 0:
+            import select
+            poll = select.poll()
+            poll.register(fd, select.POLLIN)
+            poll.register(self._direct_fd, select.POLLIN)
+        size = HEADER.size
+        unpack = HEADER.unpack_from
+        read = os.read
+        buf = b""
+        while True:
+            at, n = 0, len(buf)
+            while n - at >= size:
+                length, kind, ident = unpack(buf, at)
+                end = at + size + length
+                if end > n:
+                    break
+                yield kind, ident, buf[at + size:end]
+                at = end
+            if at:
+                buf = buf[at:]
+            if len(buf) >= size:
+                # A frame that is not whole yet: a big one is read into
+                # its own buffer, without copying what came before again
+                # and again.
+                length, kind, ident = unpack(buf)
+                if length > 1 << 20:
+                    payload = bytearray(length)
+                    got = len(buf) - size
+                    payload[:got] = buf[size:]
+                    buf = b""
+                    view = memoryview(payload)
+                    while got < length:
+                        if poll is not None:
+                            self._wait_readable(poll, fd)
+                        k = os.readv(fd, [view[got:]])
+                        if k == 0:
+                            return
+                        got += k
+                    view.release()
+                    yield kind, ident, payload
+                    continue
+            if poll is not None:
+                self._wait_readable(poll, fd)
+            data = read(fd, 256 << 10)
+            if not data:
+                return
+            buf = buf + data if buf else data
+
+    def _wait_readable(self, poll, fd):
+        """Wait until the binary's pipe fd has something to read, settling
+        the direct records that come meanwhile."""
+        dfd = self._direct_fd
+        while True:
+            ready = False
+            for f, events in poll.poll():
+                if f == fd:
+                    ready = True
+                elif f == dfd and not self._drain_direct():
+                    poll.unregister(dfd)  # no writer left (the pool is ending)
+            if ready:
+                return
+
+    def _drain_direct(self) -> bool:
+        """Read and settle what the workers sent straight to this process
+        (_direct) and is in the pipe now; report whether the pipe may bring
+        more."""
+        dfd = self._direct_fd
+        if dfd < 0:
+            return False
+        feed = self._assembler.feed
+        while True:
+            try:
+                data = os.read(dfd, 1 << 20)
+            except BlockingIOError:
+                return True
+            if not data:
+                return False
+            for record in feed(data):
+                self._on_direct(*record)
+
+    def _on_direct(self, region, index, count, pid, start, end, output):
+        """Settle the count items from index on of the batch of region with
+        output, their values, sent by worker pid straight to this process:
+        the first values of an item win; an item settled already (its
+        values came before, from a worker that died before it told the
+        binary) is not settled again."""
+        with self._lock:
+            base = self._regions.get(region)
+            sent = self._inflight.get(base) if base is not None else None
+            if sent is None or index + count > len(sent.items):
+                return
+            sent, fresh = self._take(base, index, count, answered=False)
+        if fresh is not None and not fresh:
+            return
+        job = sent.job
+        try:
+            tag, values = _oob.decode(output)
+        except Exception as e:
+            tag, values = None, e
+        if tag == OK and len(values) == count:
+            self._settle_range(job, sent.positions, index, count, values, fresh, start, end, {"pid": pid})
+            return
+        exc = _errors().RemoteError("cannot unpickle the results: %r" % (values,), cause="task-error",
+                                    attempts=1, function=job.fn)
+        for k in (range(index, index + count) if fresh is None else fresh):
+            self._settle(job, sent.positions[k], False, exc)
 
     def _on_end(self):
         """The binary sent its end frame or exited: settle everything left."""
@@ -586,6 +722,10 @@ class _Core:
         at += 4
         entries = list(ITEM_ENTRY.iter_unpack(payload[at:at + count * ITEM_ENTRY.size]))
         at += count * ITEM_ENTRY.size
+        if self._direct_fd >= 0 and any(e[2] == 1 for e in entries) and _direct.SENT in payload[at:]:
+            # Values that a worker sent straight to this process: in the
+            # pipe before the worker told the binary, so they are there.
+            self._drain_direct()
         with self._lock:
             taken = [self._take(base, e[0], e[1] or 1) for e in entries]
         sent = next((t[0] for t in taken if t[0] is not None), None)
@@ -627,6 +767,24 @@ class _Core:
             if s is None:
                 continue
             release = ticket if j == final else None
+            if fresh is not None and not fresh:
+                # Settled already: their values came straight from a
+                # worker (_on_direct) that died before it told the binary,
+                # which ran them again. The first values stand; a death
+                # that the binary charged to one of them is still noted.
+                if any(a.get("cause") not in _NOT_DEATHS for a in attempts):
+                    with self._lock:
+                        self._killed.extend((job.fn, job.mode, items[k])
+                                            for k in range(index, index + (span or 1)))
+                continue
+            if out == _direct.SENT:
+                # Values sent straight to this process, yet not in its pipe
+                # (never so, unless a bug): the items fail rather than wait.
+                lost = _errors().RemoteError("the results sent straight to the client did not arrive",
+                                             cause="protocol", attempts=len(attempts), function=job.fn)
+                for k in (range(index, index + (span or 1)) if fresh is None else fresh):
+                    self._settle(job, positions[k], False, lost)
+                continue
             if span and fast:
                 # A range: its values in one list, all returned.
                 try:

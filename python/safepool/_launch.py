@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from . import _binary
+from . import _binary, _direct
 
 POLICIES = ("skip", "retry", "abort")
 
@@ -197,6 +197,19 @@ class Launch:
             env[ENV_MAIN] = main
         if initializer is not None:
             env[ENV_INIT] = self.init_file = _write_initializer(initializer, initargs, main is not None)
+        # The pipe through which workers send a map's values straight to
+        # this process (_direct). A worker that cannot open it (this
+        # process is not dumpable) sends them to the binary.
+        self.direct = None  # (read end, write end)
+        env.pop(_direct.ENV, None)
+        if not options.nats:
+            try:
+                r, w, spec = _direct.make_pipe()
+            except OSError:
+                pass
+            else:
+                self.direct = (r, w)
+                env[_direct.ENV] = spec
         try:
             self.proc = Process(binary, env)
         except OSError as e:
@@ -210,7 +223,15 @@ class Launch:
             pass  # the binary is gone already: the pool's reader reports it
 
     def cleanup(self):
-        """Remove the initializer's file."""
+        """Remove the initializer's file, and close the write end of the
+        direct pipe (workers that opened it hold their own)."""
+        direct = getattr(self, "direct", None)
+        if direct is not None and direct[1] >= 0:
+            try:
+                os.close(direct[1])
+            except OSError:
+                pass
+            self.direct = (direct[0], -1)
         if self.init_file:
             try:
                 os.unlink(self.init_file)
@@ -221,7 +242,7 @@ class Launch:
     def abandon(self):
         """Give up on the binary before a pool took it: close the pipes (the
         binary then kills its workers and exits) and reap it."""
-        for fd in (self.to_fd, self.from_fd):
+        for fd in (self.to_fd, self.from_fd) + ((self.direct[0],) if self.direct else ()):
             try:
                 os.close(fd)
             except OSError:
