@@ -177,12 +177,13 @@ class _Core:
 
         self._out = io.open(launch.to_fd, "wb", buffering=256 << 10)
         self._in_fd = launch.from_fd
-        # The read end of the pipe through which workers send a map's
-        # values straight to this process (_direct), or -1; the reader
-        # thread's, which reads it beside the binary's pipe.
+        # The read end of the door of the direct path, through which
+        # workers announce the pipes that send a map's values straight to
+        # this process (_direct), or -1; the reader thread's, which reads
+        # it and the pipes beside the binary's pipe (_receiver).
         direct = getattr(launch, "direct", None)
         self._direct_fd = direct[0] if direct else -1
-        self._assembler = _direct.Assembler()
+        self._receiver = None
         # guarded by _lock: a batch's inbox region -> its first item's
         # number, for the batches in _inflight that have a region (the
         # direct records name their batch by its region).
@@ -483,9 +484,14 @@ class _Core:
         flags = sent.settled
         fresh = None
         if flags.find(1, index, index + count) >= 0:
-            fresh = [k for k in range(index, index + count) if not flags[k]]
-            for k in fresh:
-                flags[k] = 1
+            if flags.find(0, index, index + count) < 0:
+                # All settled before (their values came straight from a
+                # worker, _on_direct): the binary's answer of a range.
+                fresh = []
+            else:
+                fresh = [k for k in range(index, index + count) if not flags[k]]
+                for k in fresh:
+                    flags[k] = 1
             count = len(fresh)
         else:
             flags[index:index + count] = b"\1" * count
@@ -552,12 +558,14 @@ class _Core:
             except Exception:
                 pass
             self._on_end()
-            for fd in (self._in_fd, self._direct_fd):
-                if fd >= 0:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
+            try:
+                os.close(self._in_fd)
+            except OSError:
+                pass
+            if self._receiver is not None:
+                self._receiver.close()
+            elif self._direct_fd >= 0:
+                os.close(self._direct_fd)
             self._direct_fd = -1
 
     def _frames(self):
@@ -569,7 +577,7 @@ class _Core:
             import select
             poll = select.poll()
             poll.register(fd, select.POLLIN)
-            poll.register(self._direct_fd, select.POLLIN)
+            self._receiver = _direct.Receiver(self._direct_fd, poll)
         size = HEADER.size
         unpack = HEADER.unpack_from
         read = os.read
@@ -616,36 +624,24 @@ class _Core:
     def _wait_readable(self, poll, fd):
         """Wait until the binary's pipe fd has something to read, settling
         the direct records that come meanwhile."""
-        dfd = self._direct_fd
+        receiver, settle = self._receiver, self._on_direct
         while True:
             ready = False
-            for f, events in poll.poll():
+            for f, _ in poll.poll():
                 if f == fd:
                     ready = True
-                elif f == dfd and not self._drain_direct():
-                    poll.unregister(dfd)  # no writer left (the pool is ending)
+                else:
+                    receiver.ready(f, settle)
             if ready:
                 return
 
-    def _drain_direct(self) -> bool:
+    def _drain_direct(self):
         """Read and settle what the workers sent straight to this process
-        (_direct) and is in the pipe now; report whether the pipe may bring
-        more."""
-        dfd = self._direct_fd
-        if dfd < 0:
-            return False
-        feed = self._assembler.feed
-        while True:
-            try:
-                data = os.read(dfd, 1 << 20)
-            except BlockingIOError:
-                return True
-            if not data:
-                return False
-            for record in feed(data):
-                self._on_direct(*record)
+        (_direct) and is in their pipes now."""
+        if self._receiver is not None:
+            self._receiver.drain(self._on_direct)
 
-    def _on_direct(self, region, index, count, pid, start, end, output):
+    def _on_direct(self, pid, region, index, count, start, end, output):
         """Settle the count items from index on of the batch of region with
         output, their values, sent by worker pid straight to this process:
         the first values of an item win; an item settled already (its
@@ -722,7 +718,7 @@ class _Core:
         at += 4
         entries = list(ITEM_ENTRY.iter_unpack(payload[at:at + count * ITEM_ENTRY.size]))
         at += count * ITEM_ENTRY.size
-        if self._direct_fd >= 0 and any(e[2] == 1 for e in entries) and _direct.SENT in payload[at:]:
+        if self._receiver is not None and any(e[2] == 1 for e in entries) and _direct.SENT in payload[at:]:
             # Values that a worker sent straight to this process: in the
             # pipe before the worker told the binary, so they are there.
             self._drain_direct()

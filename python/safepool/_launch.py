@@ -197,14 +197,14 @@ class Launch:
             env[ENV_MAIN] = main
         if initializer is not None:
             env[ENV_INIT] = self.init_file = _write_initializer(initializer, initargs, main is not None)
-        # The pipe through which workers send a map's values straight to
-        # this process (_direct). A worker that cannot open it (this
-        # process is not dumpable) sends them to the binary.
-        self.direct = None  # (read end, write end)
+        # The door through which workers make their ways to send a map's
+        # values straight to this process (_direct). A worker that cannot
+        # open it (this process is not dumpable) sends them to the binary.
+        self.direct = None  # the door's (read end, write end)
         env.pop(_direct.ENV, None)
         if not options.nats:
             try:
-                r, w, spec = _direct.make_pipe()
+                r, w, spec = _direct.make_door()
             except OSError:
                 pass
             else:
@@ -224,7 +224,7 @@ class Launch:
 
     def cleanup(self):
         """Remove the initializer's file, and close the write end of the
-        direct pipe (workers that opened it hold their own)."""
+        direct path's door: no worker announces its pipe any more."""
         direct = getattr(self, "direct", None)
         if direct is not None and direct[1] >= 0:
             try:
