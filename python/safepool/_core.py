@@ -184,6 +184,9 @@ class _Core:
         direct = getattr(launch, "direct", None)
         self._direct_fd = direct[0] if direct else -1
         self._receiver = None
+        # guarded by _lock: items settled with values that came straight
+        # from a worker, whose answer from the binary has not been read.
+        self._early = 0
         # guarded by _lock: a batch's inbox region -> its first item's
         # number, for the batches in _inflight that have a region (the
         # direct records name their batch by its region).
@@ -653,6 +656,7 @@ class _Core:
             if sent is None or index + count > len(sent.items):
                 return
             sent, fresh = self._take(base, index, count, answered=False)
+            self._early += count if fresh is None else len(fresh)
         if fresh is not None and not fresh:
             return
         job = sent.job
@@ -689,6 +693,7 @@ class _Core:
             self._broken = reason
         with self._lock:
             self._stopping = True
+            self._early = 0
             items = [(sent.job, sent.positions[k], sent.items[k]) for sent in self._inflight.values()
                      for k, done in enumerate(sent.settled) if not done]
             self._inflight.clear()
@@ -718,9 +723,11 @@ class _Core:
         at += 4
         entries = list(ITEM_ENTRY.iter_unpack(payload[at:at + count * ITEM_ENTRY.size]))
         at += count * ITEM_ENTRY.size
-        if self._receiver is not None and any(e[2] == 1 for e in entries) and _direct.SENT in payload[at:]:
-            # Values that a worker sent straight to this process: in the
-            # pipe before the worker told the binary, so they are there.
+        if self._receiver is not None:
+            # Values that workers sent straight to this process go first:
+            # they were in their pipes before the binary heard of them (an
+            # items frame that says SENT), or before a worker's death that
+            # has the binary run them again (the first values win).
             self._drain_direct()
         with self._lock:
             taken = [self._take(base, e[0], e[1] or 1) for e in entries]
@@ -738,6 +745,15 @@ class _Core:
         finally:
             if ticket is not None:
                 ticket.release()
+            # The answers of items settled before, with values that came
+            # straight from a worker (_on_direct): killed_tasks waits for them.
+            early = sum((e[1] or 1) - (len(f) if f is not None else e[1] or 1)
+                        for e, (s, f) in zip(entries, taken) if s is not None)
+            if early:
+                with self._lock:
+                    self._early -= early
+                    if self._early <= 0:
+                        self._cond.notify_all()
 
     def _settle_items(self, sent, entries, taken, at, payload, meta, ticket):
         """Settle the items of an items frame, whose outputs start at at;
@@ -1062,8 +1078,13 @@ class _Core:
     def killed_tasks(self):
         """(fn, mode, item) of each item whose worker died at least once,
         in the order of their first death, whether or not a retry then
-        succeeded."""
+        succeeded. It first waits for the binary's answers of the items
+        settled with values that came straight from their workers: a worker
+        that died after it sent them, and before it told the binary, had
+        the death charged to one of them."""
         with self._lock:
+            while self._early > 0 and not self._ended.is_set():
+                self._cond.wait()
             return list(self._killed)
 
     def stats(self):

@@ -228,6 +228,12 @@ def _open():
     return [w, r, pages, False]
 
 
+def start():
+    """Make this worker's pipe to its client, if the client has a door."""
+    if _pipe[0] is None:
+        _pipe[0] = _open()
+
+
 def _close(pipe):
     for fd in pipe[:2]:
         if fd >= 0:

@@ -572,6 +572,10 @@ def main():
             page, page_id = memoryview(m).cast("I"), memoryview(m)[:16].cast("Q")
         except (OSError, ValueError):
             page = None
+    if page is not None:
+        # The pipe of the direct path (_direct), made now so that the client
+        # has it open by the time the first values are ready.
+        _direct.start()
     ready = READY_PAYLOAD if page is not None else READY_PAYLOAD_V2
     write(pack(len(ready), READY, 0) + ready)
     flush()
