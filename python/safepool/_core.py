@@ -665,7 +665,7 @@ class _Core:
         except Exception as e:
             tag, values = None, e
         if tag == OK and len(values) == count:
-            self._settle_range(job, sent.positions, index, count, values, fresh, start, end, {"pid": pid})
+            self._settle_range(job, sent.positions, index, count, values, fresh, start, end, None)
             return
         exc = _errors().RemoteError("cannot unpickle the results: %r" % (values,), cause="task-error",
                                     attempts=1, function=job.fn)
@@ -780,14 +780,19 @@ class _Core:
                 continue
             release = ticket if j == final else None
             if fresh is not None and not fresh:
-                # Settled already: their values came straight from a
-                # worker (_on_direct) that died before it told the binary,
-                # which ran them again. The first values stand; a death
-                # that the binary charged to one of them is still noted.
-                if any(a.get("cause") not in _NOT_DEATHS for a in attempts):
-                    with self._lock:
-                        self._killed.extend((job.fn, job.mode, items[k])
-                                            for k in range(index, index + (span or 1)))
+                # Settled already, with values that came straight from a
+                # worker (_on_direct): here is their attempt's record. Or
+                # that worker died before it told the binary, which ran
+                # them again: the first values stand, and a death that the
+                # binary charged to one of them is noted.
+                ks = range(index, index + (span or 1))
+                with self._lock:
+                    if meta.get("state") == "done" and attempts:
+                        a = attempts[-1]
+                        self._stats.append((job.id, positions[index:index + (span or 1)], start or a.get("start", 0.0),
+                                            end or a.get("end", 0.0), a.get("pid", 0), a.get("peak_rss", 0)))
+                    if any(a.get("cause") not in _NOT_DEATHS for a in attempts):
+                        self._killed.extend((job.fn, job.mode, items[k]) for k in ks)
                 continue
             if out == _direct.SENT:
                 # Values sent straight to this process, yet not in its pipe
@@ -822,7 +827,9 @@ class _Core:
     def _settle_range(self, job, positions, index, span, values, fresh, start, end, last):
         """Settle the span items from index on, done at their first attempt
         with values; fresh, when not None, are the only ones not settled
-        yet."""
+        yet. last is their attempt's record, or None for values that came
+        straight from a worker: their record comes with the binary's
+        answer (_settle_items)."""
         ps = positions[index:index + span]
         if fresh is not None:
             keep = set(fresh)
@@ -835,7 +842,8 @@ class _Core:
             ps = range(ps[0], ps[-1] + 1)
         job.settle_many(ps, values)
         with self._lock:
-            self._stats.append((job.id, ps, start, end, last.get("pid", 0), last.get("peak_rss", 0)))
+            if last is not None:
+                self._stats.append((job.id, ps, start, end, last.get("pid", 0), last.get("peak_rss", 0)))
             if span >= PER_ITEM_SPAN and end > start:
                 self._note_time_per_item(job.fn_bytes, (end - start) / span)
             self._outstanding -= len(values)
