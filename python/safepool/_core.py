@@ -17,7 +17,8 @@ business: each answer names its item.
 Threads: the caller's threads create jobs and queue chunks; one writer
 thread pickles and sends chunks (so that no thread that handles results ever
 blocks on a full pipe); one reader thread receives results and settles
-items. Both are daemons and end when the binary's pipes close. A caller
+items, from the binary's pipe and from the workers' own pipes, which bring
+a map's values straight to this process (_direct). Both are daemons and end when the binary's pipes close. A caller
 that will wait for its results (Pool.map) writes its chunks itself, in the
 writer's role, when no other thread holds it (send_queued): its first chunk
 leaves without waiting for the writer thread to wake.
@@ -697,6 +698,7 @@ class _Core:
             items = [(sent.job, sent.positions[k], sent.items[k]) for sent in self._inflight.values()
                      for k, done in enumerate(sent.settled) if not done]
             self._inflight.clear()
+            self._regions.clear()
             self._ahead_used = 0
             chunks = [c for c in self._queue[self._qhead:] if c is not None]
             self._queue, self._qhead = [], 0

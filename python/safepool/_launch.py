@@ -214,6 +214,9 @@ class Launch:
             self.proc = Process(binary, env)
         except OSError as e:
             self.cleanup()
+            if self.direct is not None:
+                os.close(self.direct[0])
+                self.direct = None
             from .errors import BrokenPool
             raise BrokenPool("cannot start the safepool binary %s: %s" % (binary, e)) from e
         self.to_fd, self.from_fd = self.proc.to_fd, self.proc.from_fd
