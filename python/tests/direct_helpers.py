@@ -87,3 +87,23 @@ def die_around_send(d, when, at, x):
             return went
         _direct.send = dying_send
     return x * x, os.getpid()
+
+
+def not_dumpable():
+    """A pool's initializer: /proc/<pid>/fd of this worker is closed to
+    other processes of its user (PR_SET_DUMPABLE 0), so its client cannot
+    open the worker's pipe of the direct path."""
+    import ctypes
+    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)
+
+
+def square(x):
+    return x * x
+
+
+def pipe_state(_=None):
+    """Whether this worker has a pipe of the direct path, and whether its
+    client has read it (the byte put first in it is gone)."""
+    from safepool import _direct
+    pipe = _direct._pipe[0]
+    return bool(pipe), bool(pipe and (pipe[3] or _direct._unread(pipe[0]) == 0))

@@ -9,12 +9,16 @@ settled twice."""
 import functools
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import textwrap
 import unittest
 
 import safepool
 from tests import direct_helpers as dh
 from tests import helpers
+from tests.support import child_env
 from tests.test_direct import io_bytes
 
 
@@ -119,6 +123,45 @@ class DirectResults(unittest.TestCase):
         read, written = after[0] - before[0], after[1] - before[1]
         self.assertLess(read, 256 << 10, "the supervisor read %d bytes" % read)
         self.assertLess(written, 256 << 10, "the supervisor wrote %d bytes" % written)
+
+    def test_replaced_workers_leave_no_pipe(self):
+        # Workers replaced after every 2 batches: the new ones' pipes are
+        # opened in turn, and those of the ones gone are closed.
+        with safepool.Pool(2, max_tasks_per_child=2) as pool:
+            self.warm(pool)
+            fds = len(os.listdir("/proc/self/fd"))
+            for _ in range(20):
+                self.assertEqual(pool.map(helpers.square, range(2000), chunksize=500),
+                                 [x * x for x in range(2000)])
+            pool.map(helpers.square, range(4), chunksize=1)  # the last replacements are read
+            self.assertLessEqual(len(os.listdir("/proc/self/fd")), fds + 2)
+
+
+# A client whose workers it cannot open through /proc (they are not
+# dumpable; as root it could anyway, so it runs as nobody): the workers'
+# pipes are never read, and their values go through the binary, without a
+# worker ever waiting for the client.
+UNREADABLE_WORKERS = textwrap.dedent("""
+    import os, safepool
+    from tests import direct_helpers as dh
+    with safepool.Pool(2, initializer=dh.not_dumpable) as pool:
+        for n in (20000, 200000, 20000):
+            assert pool.map(dh.square, range(n)) == [x * x for x in range(n)]
+        assert sorted(pool.imap_unordered(dh.square, range(5000), chunksize=1000)) == [x * x for x in range(5000)]
+        assert set(pool.map(dh.pipe_state, range(8), chunksize=1)) == {(True, False)}
+    print("ok")
+""")
+
+
+class UnreadableWorkers(unittest.TestCase):
+    def test_values_go_through_the_binary(self):
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        argv = [sys.executable, "-c", UNREADABLE_WORKERS]
+        if os.geteuid() == 0:
+            argv = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"] + argv
+        out = subprocess.run(argv, env=child_env(HOME="/tmp"), cwd=here, capture_output=True, text=True,
+                             timeout=300)
+        self.assertEqual(out.stdout.strip(), "ok", out.stderr[-3000:])
 
 
 if __name__ == "__main__":
