@@ -17,7 +17,8 @@ business: each answer names its item.
 Threads: the caller's threads create jobs and queue chunks; one writer
 thread pickles and sends chunks (so that no thread that handles results ever
 blocks on a full pipe); one reader thread receives results and settles
-items. Both are daemons and end when the binary's pipes close. A caller
+items, from the binary's pipe and from the workers' own pipes, which bring
+a map's values straight to this process (_direct). Both are daemons and end when the binary's pipes close. A caller
 that will wait for its results (Pool.map) writes its chunks itself, in the
 writer's role, when no other thread holds it (send_queued): its first chunk
 leaves without waiting for the writer thread to wake.
@@ -33,6 +34,7 @@ from __future__ import annotations
 import atexit
 import io
 import json
+import os
 import pickle
 import threading
 import time
@@ -42,7 +44,7 @@ from ._options import format_size
 from ._pickling import dumps_function, dumps_payload  # noqa: F401  (dumps_function: the jobs' import)
 from ._protocol import (APPLY, BATCH_HEAD, ERROR_RECORD, HEADER, ITEM_ENTRY, K_ABORT, K_BATCH,  # noqa: F401
                         K_CLOSE, K_END, K_ITEMS, K_READY, K_RESULT, META_LEN, MAP, OK, RAISED, STAR)
-from . import _oob  # big buffers out of band
+from . import _direct, _oob  # a map's values straight from its workers; big buffers out of band
 
 _live_cores = weakref.WeakSet()
 
@@ -107,7 +109,10 @@ class _Sent:
         self.positions = positions  # a range, or a list of positions in the job
         self.items = items
         self.ticket = ticket  # the payload's _oob.Ticket: kept until every item has its result
-        self.left = len(items)  # items not settled
+        # Items the binary has not answered: the batch is the binary's until
+        # then (its window, its ticket), even when the values of its items
+        # came straight from their workers (_direct) and are settled.
+        self.left = len(items)
         self.settled = bytearray(len(items))  # 1 for each item settled
 
 
@@ -172,7 +177,21 @@ class _Core:
         self.on_broken = None
 
         self._out = io.open(launch.to_fd, "wb", buffering=256 << 10)
-        self._in = io.open(launch.from_fd, "rb", buffering=256 << 10)
+        self._in_fd = launch.from_fd
+        # The read end of the door of the direct path, through which
+        # workers announce the pipes that send a map's values straight to
+        # this process (_direct), or -1; the reader thread's, which reads
+        # it and the pipes beside the binary's pipe (_receiver).
+        direct = getattr(launch, "direct", None)
+        self._direct_fd = direct[0] if direct else -1
+        self._receiver = None
+        # guarded by _lock: items settled with values that came straight
+        # from a worker, whose answer from the binary has not been read.
+        self._early = 0
+        # guarded by _lock: a batch's inbox region -> its first item's
+        # number, for the batches in _inflight that have a region (the
+        # direct records name their batch by its region).
+        self._regions: dict[int, int] = {}
         self._reader = threading.Thread(target=self._read_loop, name="safepool-reader", daemon=True)
         self._reader.start()
         self._ready.wait()
@@ -415,6 +434,8 @@ class _Core:
         self._next_id += n
         with self._lock:
             self._inflight[ident] = _Sent(job, positions, items, ticket)
+            if ticket is not None:
+                self._regions[ticket.region] = ident
         # The call's own timeout and memory hint go to the engine with the
         # task (docs/protocol.md, batch).
         meta = {name: job.opts[name] for name in ("timeout", "mem") if job.opts and job.opts.get(name)}
@@ -452,21 +473,29 @@ class _Core:
             self._ahead_used -= n
             self._cond.notify_all()
 
-    def _take(self, base: int, index: int, count: int):
+    def _take(self, base: int, index: int, count: int, answered: bool = True):
         """Mark the count items from index on of the batch whose first item
         is numbered base as settled, and wake the writer if that makes room.
         Return (its _Sent, None) when none of them was settled before, or
         (its _Sent, the indexes of those that were not), or (None, ()) for
-        an unknown batch. Called with _lock held."""
+        an unknown batch. answered says that the binary answered them (its
+        frame); False for values that came straight from a worker, which
+        leave the batch to the binary. Called with _lock held."""
         sent = self._inflight.get(base)
         if sent is None:
             return None, ()
+        answers = count
         flags = sent.settled
         fresh = None
         if flags.find(1, index, index + count) >= 0:
-            fresh = [k for k in range(index, index + count) if not flags[k]]
-            for k in fresh:
-                flags[k] = 1
+            if flags.find(0, index, index + count) < 0:
+                # All settled before (their values came straight from a
+                # worker, _on_direct): the binary's answer of a range.
+                fresh = []
+            else:
+                fresh = [k for k in range(index, index + count) if not flags[k]]
+                for k in fresh:
+                    flags[k] = 1
             count = len(fresh)
         else:
             flags[index:index + count] = b"\1" * count
@@ -474,9 +503,13 @@ class _Core:
             self._ahead_used -= count
             if self._ahead_used < self._ahead <= self._ahead_used + count:
                 self._cond.notify_all()
-        sent.left -= count
+        if not answered:
+            return sent, fresh
+        sent.left -= answers
         if sent.left <= 0:
             del self._inflight[base]
+            if sent.ticket is not None and self._regions.get(sent.ticket.region) == base:
+                del self._regions[sent.ticket.region]
             if len(self._inflight) + 1 == self._window:
                 self._cond.notify_all()
         return sent, fresh
@@ -489,16 +522,8 @@ class _Core:
     # ---- reader thread -----------------------------------------------------
 
     def _read_loop(self):
-        read = self._in.read
         try:
-            while True:
-                header = read(HEADER.size)
-                if len(header) < HEADER.size:
-                    break
-                length, kind, ident = HEADER.unpack(header)
-                payload = read(length) if length else b""
-                if len(payload) < length:
-                    break
+            for kind, ident, payload in self._frames():
                 if kind == K_RESULT:
                     # A batch of one item (the binary runs them as tasks
                     # with nats), numbered ident.
@@ -530,11 +555,123 @@ class _Core:
             if self._broken is None:
                 self._broken = _errors().BrokenPool("the safepool client failed reading results: %r" % e)
         finally:
+            try:
+                # Values that workers sent before the binary ended are
+                # delivered; then the rest is settled as the end says.
+                self._drain_direct()
+            except Exception:
+                pass
             self._on_end()
             try:
-                self._in.close()
+                os.close(self._in_fd)
             except OSError:
                 pass
+            if self._receiver is not None:
+                self._receiver.close()
+            elif self._direct_fd >= 0:
+                os.close(self._direct_fd)
+            self._direct_fd = -1
+
+    def _frames(self):
+        """Yield (kind, id, payload) for each frame from the binary until
+        its pipe ends, handling the workers' direct records in between."""
+        fd = self._in_fd
+        poll = None
+        if self._direct_fd >= 0:
+            import select
+            poll = select.poll()
+            poll.register(fd, select.POLLIN)
+            self._receiver = _direct.Receiver(self._direct_fd, poll)
+        size = HEADER.size
+        unpack = HEADER.unpack_from
+        read = os.read
+        buf = b""
+        while True:
+            at, n = 0, len(buf)
+            while n - at >= size:
+                length, kind, ident = unpack(buf, at)
+                end = at + size + length
+                if end > n:
+                    break
+                yield kind, ident, buf[at + size:end]
+                at = end
+            if at:
+                buf = buf[at:]
+            if len(buf) >= size:
+                # A frame that is not whole yet: a big one is read into
+                # its own buffer, without copying what came before again
+                # and again.
+                length, kind, ident = unpack(buf)
+                if length > 1 << 20:
+                    payload = bytearray(length)
+                    got = len(buf) - size
+                    payload[:got] = buf[size:]
+                    buf = b""
+                    view = memoryview(payload)
+                    while got < length:
+                        if poll is not None:
+                            self._wait_readable(poll, fd)
+                        k = os.readv(fd, [view[got:]])
+                        if k == 0:
+                            return
+                        got += k
+                    view.release()
+                    yield kind, ident, payload
+                    continue
+            if poll is not None:
+                self._wait_readable(poll, fd)
+            data = read(fd, 256 << 10)
+            if not data:
+                return
+            buf = buf + data if buf else data
+
+    def _wait_readable(self, poll, fd):
+        """Wait until the binary's pipe fd has something to read, settling
+        the direct records that come meanwhile."""
+        receiver, settle = self._receiver, self._on_direct
+        while True:
+            ready = False
+            for f, _ in poll.poll():
+                if f == fd:
+                    ready = True
+                else:
+                    receiver.ready(f, settle)
+            if ready:
+                return
+
+    def _drain_direct(self):
+        """Read and settle what the workers sent straight to this process
+        (_direct) and is in their pipes now."""
+        if self._receiver is not None:
+            self._receiver.drain(self._on_direct)
+
+    def _on_direct(self, pid, region, index, count, start, end, output):
+        """Settle the count items from index on of the batch of region with
+        output, their values, sent by worker pid straight to this process:
+        the first values of an item win; an item settled already (its
+        values came before, from a worker that died before it told the
+        binary) is not settled again."""
+        with self._lock:
+            base = self._regions.get(region)
+            sent = self._inflight.get(base) if base is not None else None
+            if sent is None or index + count > len(sent.items):
+                return
+            sent, fresh = self._take(base, index, count, answered=False)
+            self._early += count if fresh is None else len(fresh)
+        if fresh is not None and not fresh:
+            return
+        job = sent.job
+        try:
+            tag, values = _oob.decode(output)
+        except Exception as e:
+            tag, values = None, e
+        if tag == OK and len(values) == count:
+            self._settle_range(job, sent.positions, index, count, values, fresh, start, end, None)
+            return
+        exc = _errors().RemoteError("cannot unpickle the results: %r" % (values,), cause="task-error",
+                                    attempts=1, function=job.fn)
+        for k in (range(index, index + count) if fresh is None else fresh):
+            self._settle(job, sent.positions[k], False, exc)
 
     def _on_end(self):
         """The binary sent its end frame or exited: settle everything left."""
@@ -557,9 +694,11 @@ class _Core:
             self._broken = reason
         with self._lock:
             self._stopping = True
+            self._early = 0
             items = [(sent.job, sent.positions[k], sent.items[k]) for sent in self._inflight.values()
                      for k, done in enumerate(sent.settled) if not done]
             self._inflight.clear()
+            self._regions.clear()
             self._ahead_used = 0
             chunks = [c for c in self._queue[self._qhead:] if c is not None]
             self._queue, self._qhead = [], 0
@@ -586,6 +725,12 @@ class _Core:
         at += 4
         entries = list(ITEM_ENTRY.iter_unpack(payload[at:at + count * ITEM_ENTRY.size]))
         at += count * ITEM_ENTRY.size
+        if self._receiver is not None:
+            # Values that workers sent straight to this process go first:
+            # they were in their pipes before the binary heard of them (an
+            # items frame that says SENT), or before a worker's death that
+            # has the binary run them again (the first values win).
+            self._drain_direct()
         with self._lock:
             taken = [self._take(base, e[0], e[1] or 1) for e in entries]
         sent = next((t[0] for t in taken if t[0] is not None), None)
@@ -602,6 +747,15 @@ class _Core:
         finally:
             if ticket is not None:
                 ticket.release()
+            # The answers of items settled before, with values that came
+            # straight from a worker (_on_direct): killed_tasks waits for them.
+            early = sum((e[1] or 1) - (len(f) if f is not None else e[1] or 1)
+                        for e, (s, f) in zip(entries, taken) if s is not None)
+            if early:
+                with self._lock:
+                    self._early -= early
+                    if self._early <= 0:
+                        self._cond.notify_all()
 
     def _settle_items(self, sent, entries, taken, at, payload, meta, ticket):
         """Settle the items of an items frame, whose outputs start at at;
@@ -627,6 +781,29 @@ class _Core:
             if s is None:
                 continue
             release = ticket if j == final else None
+            if fresh is not None and not fresh:
+                # Settled already, with values that came straight from a
+                # worker (_on_direct): here is their attempt's record. Or
+                # that worker died before it told the binary, which ran
+                # them again: the first values stand, and a death that the
+                # binary charged to one of them is noted.
+                ks = range(index, index + (span or 1))
+                with self._lock:
+                    if meta.get("state") == "done" and attempts:
+                        a = attempts[-1]
+                        self._stats.append((job.id, positions[index:index + (span or 1)], start or a.get("start", 0.0),
+                                            end or a.get("end", 0.0), a.get("pid", 0), a.get("peak_rss", 0)))
+                    if any(a.get("cause") not in _NOT_DEATHS for a in attempts):
+                        self._killed.extend((job.fn, job.mode, items[k]) for k in ks)
+                continue
+            if out == _direct.SENT:
+                # Values sent straight to this process, yet not in its pipe
+                # (never so, unless a bug): the items fail rather than wait.
+                lost = _errors().RemoteError("the results sent straight to the client did not arrive",
+                                             cause="protocol", attempts=len(attempts), function=job.fn)
+                for k in (range(index, index + (span or 1)) if fresh is None else fresh):
+                    self._settle(job, positions[k], False, lost)
+                continue
             if span and fast:
                 # A range: its values in one list, all returned.
                 try:
@@ -652,7 +829,9 @@ class _Core:
     def _settle_range(self, job, positions, index, span, values, fresh, start, end, last):
         """Settle the span items from index on, done at their first attempt
         with values; fresh, when not None, are the only ones not settled
-        yet."""
+        yet. last is their attempt's record, or None for values that came
+        straight from a worker: their record comes with the binary's
+        answer (_settle_items)."""
         ps = positions[index:index + span]
         if fresh is not None:
             keep = set(fresh)
@@ -665,7 +844,8 @@ class _Core:
             ps = range(ps[0], ps[-1] + 1)
         job.settle_many(ps, values)
         with self._lock:
-            self._stats.append((job.id, ps, start, end, last.get("pid", 0), last.get("peak_rss", 0)))
+            if last is not None:
+                self._stats.append((job.id, ps, start, end, last.get("pid", 0), last.get("peak_rss", 0)))
             if span >= PER_ITEM_SPAN and end > start:
                 self._note_time_per_item(job.fn_bytes, (end - start) / span)
             self._outstanding -= len(values)
@@ -908,8 +1088,13 @@ class _Core:
     def killed_tasks(self):
         """(fn, mode, item) of each item whose worker died at least once,
         in the order of their first death, whether or not a retry then
-        succeeded."""
+        succeeded. It first waits for the binary's answers of the items
+        settled with values that came straight from their workers: a worker
+        that died after it sent them, and before it told the binary, had
+        the death charged to one of them."""
         with self._lock:
+            while self._early > 0 and not self._ended.is_set():
+                self._cond.wait()
             return list(self._killed)
 
     def stats(self):

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from . import _binary
+from . import _binary, _direct
 
 POLICIES = ("skip", "retry", "abort")
 
@@ -197,10 +197,26 @@ class Launch:
             env[ENV_MAIN] = main
         if initializer is not None:
             env[ENV_INIT] = self.init_file = _write_initializer(initializer, initargs, main is not None)
+        # The door through which workers make their ways to send a map's
+        # values straight to this process (_direct). A worker that cannot
+        # open it (this process is not dumpable) sends them to the binary.
+        self.direct = None  # the door's (read end, write end)
+        env.pop(_direct.ENV, None)
+        if not options.nats:
+            try:
+                r, w, spec = _direct.make_door()
+            except OSError:
+                pass
+            else:
+                self.direct = (r, w)
+                env[_direct.ENV] = spec
         try:
             self.proc = Process(binary, env)
         except OSError as e:
             self.cleanup()
+            if self.direct is not None:
+                os.close(self.direct[0])
+                self.direct = None
             from .errors import BrokenPool
             raise BrokenPool("cannot start the safepool binary %s: %s" % (binary, e)) from e
         self.to_fd, self.from_fd = self.proc.to_fd, self.proc.from_fd
@@ -210,7 +226,15 @@ class Launch:
             pass  # the binary is gone already: the pool's reader reports it
 
     def cleanup(self):
-        """Remove the initializer's file."""
+        """Remove the initializer's file, and close the write end of the
+        direct path's door: no worker announces its pipe any more."""
+        direct = getattr(self, "direct", None)
+        if direct is not None and direct[1] >= 0:
+            try:
+                os.close(direct[1])
+            except OSError:
+                pass
+            self.direct = (direct[0], -1)
         if self.init_file:
             try:
                 os.unlink(self.init_file)
@@ -221,7 +245,7 @@ class Launch:
     def abandon(self):
         """Give up on the binary before a pool took it: close the pipes (the
         binary then kills its workers and exits) and reap it."""
-        for fd in (self.to_fd, self.from_fd):
+        for fd in (self.to_fd, self.from_fd) + ((self.direct[0],) if self.direct else ()):
             try:
                 os.close(fd)
             except OSError:

@@ -26,7 +26,7 @@ the parent's main module needs runpy.
 import os
 import sys
 import time
-from time import monotonic as _monotonic
+from time import monotonic as _monotonic, time as _time
 
 try:
     from _pickle import dumps as _dumps, loads
@@ -38,6 +38,7 @@ from safepool._protocol import (APPLY, BATCH, BATCH_RANGE, ERROR, ERROR_RECORD, 
                                 PAGE_SIZE, PAGE_WORD, RAISED, RANGE, READY, READY_PAYLOAD, READY_PAYLOAD_V2,
                                 RESULT, STAR, START, TASK, page_word)
 from safepool import _oob  # big buffers out of band
+from safepool import _direct  # a range's values straight to the client
 
 
 def dumps(obj) -> bytes:
@@ -302,6 +303,7 @@ def _run_batch_page(task_id, payload, write, flush, page, words):
         return
     fast = mode == MAP and not limits
     now = _monotonic
+    since = [_time()]  # when the range of the values held began (Unix time)
     values = []
     first = 0  # the position of the first value held
     pos = 0
@@ -330,6 +332,18 @@ def _run_batch_page(task_id, payload, write, flush, page, words):
                     write(pack(4 + len(o), ITEM, task_id) + pack_index(indexes[first + k]))
                     write(o)
                 return
+            reply = _oob._reply[0]
+            if fast and reply is not None and out[0] == 0x80:
+                # The values go to the client first, then the binary is
+                # told the range is answered (SENT): a death between the
+                # two leaves the values delivered and the items run again,
+                # and the client keeps the first values (_direct).
+                t = _time()
+                if _direct.send(out, reply[3], indexes[first], count, since[0], t):
+                    write(pack(9, ITEMS, task_id) + RANGE.pack(indexes[first], count) + _direct.SENT)
+                    since[0] = t
+                    values.clear()
+                    return
             write(pack(8 + len(out), ITEMS, task_id) + RANGE.pack(indexes[first], count))
             write(out)
         values.clear()
@@ -376,6 +390,7 @@ def _run_batch_page(task_id, payload, write, flush, page, words):
                 pos += 1
                 first, send_at = pos, now() + HOLD
                 last, step = now(), 1
+                since[0] = _time()
                 continue
             pos = stop
             t = now()
@@ -557,6 +572,10 @@ def main():
             page, page_id = memoryview(m).cast("I"), memoryview(m)[:16].cast("Q")
         except (OSError, ValueError):
             page = None
+    if page is not None:
+        # The pipe of the direct path (_direct), made now so that the client
+        # has it open by the time the first values are ready.
+        _direct.start()
     ready = READY_PAYLOAD if page is not None else READY_PAYLOAD_V2
     write(pack(len(ready), READY, 0) + ready)
     flush()

@@ -61,3 +61,49 @@ def text_or_die_once(directory, at, i, n):
                 pass
             os.kill(os.getpid(), signal.SIGKILL)
     return text(i, n)
+
+
+def die_around_send(d, when, at, x):
+    """Note a run of item x in d and return (x * x, this worker's pid). On
+    item `at`, the first time, make this worker die with SIGKILL the next
+    time it sends a range's values straight to the client (safepool._direct):
+    `when` is "before" (nothing written) or "after" (the values written,
+    the binary not yet told). A file "killed-WHEN" says that it did."""
+    with open(os.path.join(d, "ran-%d" % x), "a") as f:
+        f.write("x")
+    if x == at and not os.path.exists(os.path.join(d, "armed")):
+        open(os.path.join(d, "armed"), "w").close()
+        from safepool import _direct
+        send = _direct.send
+
+        def dying_send(*args):
+            if when == "before":
+                open(os.path.join(d, "killed-before"), "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+            went = send(*args)
+            if went:
+                open(os.path.join(d, "killed-after"), "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return went
+        _direct.send = dying_send
+    return x * x, os.getpid()
+
+
+def not_dumpable():
+    """A pool's initializer: /proc/<pid>/fd of this worker is closed to
+    other processes of its user (PR_SET_DUMPABLE 0), so its client cannot
+    open the worker's pipe of the direct path."""
+    import ctypes
+    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)
+
+
+def square(x):
+    return x * x
+
+
+def pipe_state(_=None):
+    """Whether this worker has a pipe of the direct path, and whether its
+    client has read it (the byte put first in it is gone)."""
+    from safepool import _direct
+    pipe = _direct._pipe[0]
+    return bool(pipe), bool(pipe and (pipe[3] or _direct._unread(pipe[0]) == 0))
