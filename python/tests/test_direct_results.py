@@ -18,7 +18,7 @@ import unittest
 import safepool
 from tests import direct_helpers as dh
 from tests import helpers
-from tests.support import child_env
+from tests.support import child_env, skip_or_fail
 from tests.test_direct import io_bytes
 
 
@@ -158,7 +158,13 @@ class UnreadableWorkers(unittest.TestCase):
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         argv = [sys.executable, "-c", UNREADABLE_WORKERS]
         if os.geteuid() == 0:
-            argv = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"] + argv
+            # As nobody, with an interpreter nobody may run (this one may
+            # live under root's home); the workers run the client's.
+            system = "/usr/bin/python3"
+            if not os.access(system, os.X_OK):
+                skip_or_fail(self, "%s is not installed" % system)
+            argv = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", system, "-c",
+                    UNREADABLE_WORKERS]
         out = subprocess.run(argv, env=child_env(HOME="/tmp"), cwd=here, capture_output=True, text=True,
                              timeout=300)
         self.assertEqual(out.stdout.strip(), "ok", out.stderr[-3000:])
