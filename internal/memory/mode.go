@@ -81,11 +81,10 @@ type Detection struct {
 	// ModeCgroupV1 and ModeCgroupV2.
 	NoCgroups error
 	// ShimStart says why workers start through a shell shim that readies
-	// them and then execs them (two execs per worker): in ModeCgroupV1
-	// rather than from a supervisor thread placed in their group, in
-	// ModeEnclosing and ModeNone rather than traced to their exec (one
-	// exec each way); nil when they start with one exec, and in
-	// ModeCgroupV2.
+	// them and then execs them (two execs per worker) rather than with one
+	// exec: in ModeCgroupV1, forked from a supervisor thread placed in
+	// their group; in ModeEnclosing and ModeNone, traced to their exec.
+	// It is nil when they start with one exec, and in ModeCgroupV2.
 	ShimStart error
 	// Leftovers says what the cgroups that dead supervisors left could not
 	// be cleaned of; nil when nothing was left or all was removed.
