@@ -143,6 +143,13 @@ class Launch:
                  options=None):
         """options (a _options.EngineOptions) adds the governor's and the
         retry policy's settings to the hello."""
+        worker = sys.modules.get("safepool.worker")
+        if worker is not None and getattr(worker, "_IMPORTING_MAIN", False):
+            main = getattr(sys.modules.get("__mp_main__"), "__file__", None) or "the main script"
+            raise RuntimeError(
+                "safepool: a pool was made while a worker was importing %s: each worker runs the main script "
+                "again to find your functions, so the code that makes the pool must be under "
+                "`if __name__ == \"__main__\":` (as with multiprocessing's spawn)" % main)
         self.processes, self.retries, self.policy = check_options(processes, retries, on_worker_death,
                                                                   initializer)
         self.timeout = timeout

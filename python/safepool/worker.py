@@ -123,11 +123,27 @@ def _run_main_path(path):
     sys.modules["__main__"] = main
 
 
+# True while the client's main script runs here as __mp_main__: a pool made
+# then is a script's own, made outside `if __name__ == "__main__":`, and
+# would start workers that run the script again (safepool._launch refuses).
+_IMPORTING_MAIN = False
+
+
 def _fix_main():
     """Import the client's main module as __mp_main__ and alias __main__."""
+    global _IMPORTING_MAIN
     spec = os.environ.get("SAFEPOOL_PY_MAIN")
     if not spec:
         return
+    _IMPORTING_MAIN = True
+    try:
+        _import_main(spec)
+    finally:
+        _IMPORTING_MAIN = False
+
+
+def _import_main(spec):
+    """Import the main module that spec (SAFEPOOL_PY_MAIN) names."""
     kind, _, value = spec.partition(":")
     if kind == "path":
         if not os.path.isfile(value):

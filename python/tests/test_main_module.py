@@ -110,5 +110,40 @@ class MainModule(unittest.TestCase):
         self.check_without("notebook")
 
 
+# A script that makes its pool without the `if __name__ == "__main__":`
+# guard, as a fork-based multiprocessing script may.
+UNGUARDED = """
+import safepool
+
+def double(x):
+    return 2 * x
+
+with safepool.Pool(2) as pool:
+    print(pool.map(double, range(3)))
+"""
+
+
+class Unguarded(unittest.TestCase):
+    def test_a_pool_made_while_a_worker_imports_the_script_says_why(self):
+        # Each worker runs the script again to find double; the pool it
+        # makes there is refused with the reason, and the client's pool
+        # breaks with it.
+        import os
+        import sys
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            script = os.path.join(d, "unguarded.py")
+            with open(script, "w") as f:
+                f.write(UNGUARDED)
+            out = subprocess.run([sys.executable, script], env=child_env(), cwd=d, capture_output=True,
+                                 text=True, timeout=120)
+        self.assertNotEqual(out.returncode, 0, out.stdout)
+        broken = [line for line in out.stderr.splitlines() if line.startswith("safepool.errors.BrokenPool")]
+        self.assertEqual(len(broken), 1, out.stderr)
+        # The client's error carries the worker's reason.
+        self.assertIn("a pool was made while a worker was importing %s" % script, broken[0])
+        self.assertIn('if __name__ == "__main__":', broken[0])
+
+
 if __name__ == "__main__":
     unittest.main()
