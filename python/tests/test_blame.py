@@ -12,6 +12,7 @@ import unittest
 
 import safepool
 from tests import helpers
+from tests.support import item_runs
 
 
 class MidChunkDeath(unittest.TestCase):
@@ -21,12 +22,7 @@ class MidChunkDeath(unittest.TestCase):
 
     def runs(self):
         """How many times each item ran."""
-        out = {}
-        for name in os.listdir(self.dir):
-            if name.startswith("ran-"):
-                with open(os.path.join(self.dir, name)) as f:
-                    out[int(name[4:])] = len(f.read())
-        return out
+        return item_runs(self.dir)
 
     def runs_after(self, at):
         """How many times each item from at on ran; those before it must

@@ -18,7 +18,7 @@ import unittest
 import safepool
 from tests import direct_helpers as dh
 from tests import helpers
-from tests.support import child_env, skip_or_fail
+from tests.support import child_env, item_runs, skip_or_fail
 from tests.test_direct import io_bytes
 
 
@@ -29,12 +29,7 @@ class DirectResults(unittest.TestCase):
 
     def runs(self):
         """How many times each item ran."""
-        out = {}
-        for name in os.listdir(self.dir):
-            if name.startswith("ran-"):
-                with open(os.path.join(self.dir, name)) as f:
-                    out[int(name[4:])] = len(f.read())
-        return out
+        return item_runs(self.dir)
 
     def warm(self, pool):
         # The workers' pipes are open, and the function's time per item is
