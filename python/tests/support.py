@@ -1,5 +1,7 @@
 """Test support: CI rules and process scans."""
 import os
+import shutil
+import subprocess
 import sys
 import time
 import unittest
@@ -131,3 +133,27 @@ def item_runs(dir):
             with open(os.path.join(dir, name)) as f:
                 out[int(name[4:])] = len(f.read())
     return out
+
+
+# Debian's interpreter, which nobody may run (one under root's home may not
+# be), and the command line that drops root to nobody before it.
+SYSTEM_PYTHON = "/usr/bin/python3"
+AS_NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+
+
+def run_client(test, code, nobody_only=False):
+    """Run the client program code from PYTHON_DIR and return its
+    CompletedProcess: as nobody under SYSTEM_PYTHON when this process is
+    root, else as this user, which nobody_only does not allow (the test is
+    then skipped, or fails under CI=true)."""
+    argv = [sys.executable]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            skip_or_fail(test, "setpriv (util-linux) is not installed")
+        if not os.access(SYSTEM_PYTHON, os.X_OK):
+            skip_or_fail(test, "%s is not installed" % SYSTEM_PYTHON)
+        argv = AS_NOBODY + [SYSTEM_PYTHON]
+    elif nobody_only:
+        skip_or_fail(test, "needs root to drop to nobody (the other tests run as this user)")
+    return subprocess.run(argv + ["-c", code], env=child_env(HOME="/tmp"), cwd=PYTHON_DIR, capture_output=True,
+                          text=True, timeout=300)

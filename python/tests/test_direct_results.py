@@ -9,8 +9,6 @@ settled twice."""
 import functools
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import textwrap
 import unittest
@@ -18,7 +16,7 @@ import unittest
 import safepool
 from tests import direct_helpers as dh
 from tests import helpers
-from tests.support import child_env, item_runs, skip_or_fail
+from tests.support import item_runs, run_client
 from tests.test_direct import io_bytes
 
 
@@ -150,20 +148,8 @@ UNREADABLE_WORKERS = textwrap.dedent("""
 
 class UnreadableWorkers(unittest.TestCase):
     def test_values_go_through_the_binary(self):
-        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        argv = [sys.executable, "-c", UNREADABLE_WORKERS]
-        if os.geteuid() == 0:
-            # As nobody, with an interpreter nobody may run (this one may
-            # live under root's home); the workers run the client's.
-            system = "/usr/bin/python3"
-            if not os.access(system, os.X_OK):
-                skip_or_fail(self, "%s is not installed" % system)
-            argv = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", system, "-c",
-                    UNREADABLE_WORKERS]
-        out = subprocess.run(argv, env=child_env(HOME="/tmp"), cwd=here, capture_output=True, text=True,
-                             timeout=300)
+        out = run_client(self, UNREADABLE_WORKERS)
         self.assertEqual(out.stdout.strip(), "ok", out.stderr[-3000:])
-
 
 if __name__ == "__main__":
     unittest.main()

@@ -16,7 +16,7 @@ import time
 import unittest
 
 from tests import shared_helpers as sh
-from tests.support import child_env, python_with, run_tests_under, skip_or_fail, wait_gone
+from tests.support import child_env, python_with, run_client, run_tests_under, skip_or_fail, wait_gone
 
 try:
     import numpy
@@ -409,12 +409,7 @@ else:
             # everything in band.
             # (Root's workers could open it anyway: CAP_SYS_PTRACE. So as
             # root, the client runs as nobody.)
-            here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-            argv = [sys.executable, "-c", NOT_DUMPABLE]
-            if os.geteuid() == 0:
-                argv = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"] + argv
-            out = subprocess.run(argv, env=child_env(HOME="/tmp"), cwd=here,
-                                 capture_output=True, text=True, timeout=300)
+            out = run_client(self, NOT_DUMPABLE)
             self.assertEqual(out.stdout.strip(), "ok", out.stderr[-3000:])
 
     UNPRIVILEGED = textwrap.dedent("""
@@ -434,17 +429,8 @@ else:
         def test_as_nobody(self):
             # Workers open the client's memory files through /proc/<pid>/fd,
             # which the kernel allows a process of the same user.
-            if os.geteuid() != 0:
-                skip_or_fail(self, "needs root to drop to nobody (the other tests run as this user)")
-            import shutil
-            if shutil.which("setpriv") is None:
-                skip_or_fail(self, "setpriv (util-linux) is not installed")
-            here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-            out = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
-                                  sys.executable, "-c", UNPRIVILEGED], env=child_env(HOME="/tmp"), cwd=here,
-                                 capture_output=True, text=True, timeout=300)
+            out = run_client(self, UNPRIVILEGED, nobody_only=True)
             self.assertEqual(out.stdout.strip(), "ok", out.stderr[-3000:])
-
 
 if __name__ == "__main__":
     unittest.main()
