@@ -29,8 +29,10 @@ TPUT = [  # (peer, label)
 WARM = [
     ("safepool_map", "safepool.Pool.map"),
     ("mp_pool_chunked", "multiprocessing.Pool.map (fork)"),
-    ("ppe", "ProcessPoolExecutor.map"),
 ]
+# bench/python/warmpair.py: (BLOCK, PAIRS) of each of its two passes: maps
+# one at a time in turn, and in turns of 40 maps back to back.
+WARM_PASSES = [(1, 400), (40, 20)]
 KILL = [
     ("safepool", "safepool.Pool(4)"),
     ("safepool_limit", "safepool.Pool(4, mem_limit=\"200MiB\")"),
@@ -103,7 +105,8 @@ def main():
     N_OF[0] = n
     tput = [p for p in TPUT if not (quick and p[0] == "joblib")]
     results = {p: [] for p, _ in tput}
-    warm = {p: [] for p, _ in WARM}
+    warm = {b: [] for b, _ in WARM_PASSES}
+    warm_ppe = []
     phases = []
     kill = {v: [] for v, _ in KILL}
     for r in range(runs):
@@ -113,9 +116,9 @@ def main():
             res = run_json([PY, "bench/python/tput.py", peer, str(n)])
             results[peer].append(res["tasks_per_s"])
             benchlib.log("python: run %d %s %.0f tasks/s" % (r + 1, peer, res["tasks_per_s"]))
-        for peer, _ in WARM:
-            res = run_json([PY, "bench/python/warm.py", peer, str(n)])
-            warm[peer].append(res["tasks_per_s"])
+        for block, pairs in WARM_PASSES:
+            warm[block].append(run_pair(n, block, pairs))
+        warm_ppe.append(run_json([PY, "bench/python/warm.py", "ppe", str(n)])["median_tasks_per_s"])
         phases.append(run_json([PY, "bench/python/phases.py", str(n)]))
         for variant, _ in KILL:
             res = run_kill(variant)
@@ -123,7 +126,18 @@ def main():
             benchlib.log("python: run %d %s %d/40 %.1fs %s" % (r + 1, variant, res["got"], res["seconds"],
                                                               res["causes"]))
     LOAD[:] = [load_before, loadavg()]
-    write(n, runs, tput, results, warm, phases, kill)
+    write(n, runs, tput, results, (warm, warm_ppe), phases, kill)
+
+
+def run_pair(n, block, pairs):
+    """One run of bench/python/warmpair.py: {peer: its JSON line}."""
+    env = dict(ENV, BLOCK=str(block))
+    out = subprocess.run([PY, "bench/python/warmpair.py", str(n), str(pairs)] + [p for p, _ in WARM], env=env,
+                         capture_output=True, text=True, timeout=600, cwd=benchlib.REPO)
+    if out.returncode != 0:
+        raise RuntimeError("warmpair failed: %s" % out.stderr[-2000:])
+    rows = [json.loads(line) for line in out.stdout.strip().splitlines()]
+    return {r["peer"]: r for r in rows}
 
 
 LOAD = ["?", "?"]  # the 1-minute load average when the run began and ended
@@ -144,8 +158,18 @@ def write(n, runs, tput, results, warm, phases, kill):
     rows = []
     for peer, label in tput:
         rows.append([label, benchlib.summary(results[peer]), "%.2f" % (med[peer] / mp), "%.1f" % (med[peer] / ppe)])
-    wmed = {p: sorted(v)[len(v) // 2] for p, v in warm.items()}
-    wrows = [[label, benchlib.summary(warm[p]), "%.2f" % (wmed[p] / wmed["mp_pool_chunked"])] for p, label in WARM]
+    warm, warm_ppe = warm
+    wrows, wmed = [], {}
+    for block, _ in WARM_PASSES:
+        runs_of = warm[block]
+        ratio = sorted(r["mp_pool_chunked"]["first_vs_this_median_of_pair_ratios"] for r in runs_of)
+        wmed[block] = ratio
+        for p, label in WARM:
+            ms = [r[p]["median_ms"] for r in runs_of]
+            rate = [r[p]["median_items_per_s"] for r in runs_of]
+            vs = "1.00" if p == "mp_pool_chunked" else benchlib.summary(ratio, "{:.2f}")
+            wrows.append([label, "%d" % block, benchlib.summary(ms, "{:.2f}"), benchlib.summary(rate), vs])
+    wrows.append(["ProcessPoolExecutor.map", "3 (warm.py)", "-", benchlib.summary(warm_ppe), "-"])
     pmed = {k: sorted(r[k] for r in phases)[len(phases) // 2] for k, _ in PHASES}
     prows = [[k, what, benchlib.summary([r[k] for r in phases], "{:.1f}")] for k, what in PHASES]
     krows = []
@@ -183,7 +207,8 @@ The machine's 1-minute load average was {load0} when the run began and
 {load1} when it ended (2 cores: anything above 0 is other work competing).
 
 Command: `RUNS={runs} bench/python/run` (measurements: `bench/python/tput.py
-PEER {n}`, `bench/python/warm.py PEER {n}`, `bench/python/phases.py {n}`,
+PEER {n}`, `bench/python/warmpair.py {n} PAIRS PEER PEER`,
+`bench/python/warm.py ppe {n}`, `bench/python/phases.py {n}`,
 `bench/python/kill.py VARIANT`).
 
 | pool | tasks/s | vs multiprocessing.Pool.map | vs ProcessPoolExecutor |
@@ -199,10 +224,17 @@ median (min-max) of {runs} runs):
 {prows}
 
 The same map on a pool that is already running (start and shutdown not
-timed; best of 3 maps per process, median over runs):
+timed): `bench/python/warmpair.py {n} PAIRS safepool_map mp_pool_chunked`,
+each pool warm in a process of its own, the maps run in turn (a turn of one
+map, 400 pairs, then turns of 40 maps back to back, 20 pairs), so that both
+pools see the same moments of a shared machine's load; per run, the median
+of the turns' map times, and the median of the pairs' ratios
+(multiprocessing's time over safepool's); median (min-max) over runs.
+ProcessPoolExecutor, whose map of {n} items takes seconds, is the median
+of 3 maps by `bench/python/warm.py ppe {n}`.
 
-| pool | tasks/s | vs multiprocessing.Pool.map |
-|---|---|---|
+| pool | maps a turn | ms a map | tasks/s | vs multiprocessing.Pool.map, paired |
+|---|---|---|---|---|
 {wrows}
 
 The seed scenario of /work/shared/peers/peers_kill.py with safepool: 40 tasks
@@ -244,13 +276,16 @@ def reading(med, wmed, pmed, kill):
                  "`map` %.0f ms (the workers, fresh interpreters that import the script, start, "
                  "then run the tasks), and terminate %.0f ms."
                  % (pmed["total"], pmed["import"], pmed["start"], pmed["map"], pmed["terminate"]))
-    lines.append("- On a running pool, `safepool.Pool.map` did %.2fx the throughput of "
-                 "`multiprocessing.Pool.map` (the target is at least 1x: %s): a chunk of items is "
-                 "one batch task of the supervisor's pool, pickled once each way; its worker marks "
-                 "each item in a page of memory it shares with the supervisor before running it "
-                 "(so that a death is blamed on its item), and sends the values of a run of items "
-                 "as one pickled list." % (wmed["safepool_map"] / wmed["mp_pool_chunked"],
-                                          "met" if wmed["safepool_map"] >= wmed["mp_pool_chunked"] else "not met"))
+    one, block = wmed[WARM_PASSES[0][0]], wmed[WARM_PASSES[1][0]]
+    low = min(one[0], block[0])
+    lines.append("- On a running pool, map by map in turn, `safepool.Pool.map` did %.2fx the throughput of "
+                 "`multiprocessing.Pool.map` with one map a turn (%.2fx-%.2fx over the runs) and %.2fx "
+                 "with 40 maps a turn (%.2fx-%.2fx); the target is at least 1x: %s. A chunk of items is "
+                 "one batch task of the supervisor's pool; its worker marks each item in a page of "
+                 "memory it shares with the supervisor before running it (so that a death is blamed on "
+                 "its item), and sends the values of a run of items as one pickled list straight to "
+                 "the client." % (one[len(one) // 2], one[0], one[-1], block[len(block) // 2], block[0],
+                                  block[-1], "met in every run" if low >= 1 else "not met in every run"))
     lines.append("- One item at a time (`imap`, chunksize=1), safepool did %.2fx multiprocessing's "
                  "throughput: each item is a round trip through the supervisor."
                  % (med["safepool_imap1"] / med["mp_pool"]))
