@@ -36,6 +36,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/safepool/safepool/internal/bytesize"
 	"github.com/safepool/safepool/internal/memory"
 	"github.com/safepool/safepool/internal/reaper"
 )
@@ -207,6 +208,11 @@ func New(cfg Config) (*Pool, error) {
 		return nil, fmt.Errorf("pool: memory control: %w", err)
 	}
 	p.mem = m
+	p.gov = newGovernor(p, &p.cfg, m.Mode())
+	if err := p.gov.checkBudget(); err != nil {
+		m.Close()
+		return nil, err
+	}
 	// Every worker carries the pool's marker, which its descendants
 	// inherit: the pool's end, or the guardian if the supervisor dies,
 	// ends every process that still has it (internal/reaper).
@@ -215,7 +221,6 @@ func New(cfg Config) (*Pool, error) {
 	if l, err := memory.WatchOOMKills(); err == nil {
 		p.oomLog = l
 	}
-	p.gov = newGovernor(p, &p.cfg, m.Mode())
 	if cfg.Protocol == OneShot {
 		p.spool = newSpooler(&p.cfg)
 	}
@@ -305,6 +310,14 @@ func (c *Config) normalize() error {
 		{"OutputInMemory", c.OutputInMemory}, {"StartTimeout", int64(c.StartTimeout)}, {"MaxLine", c.MaxLine}} {
 		if v.n < 0 {
 			return fmt.Errorf("pool: Config.%s is negative", v.name)
+		}
+	}
+	for _, v := range []struct {
+		name string
+		n    int64
+	}{{"MemLimit", c.MemLimit}, {"MemBudget", c.MemBudget}} {
+		if v.n > 0 && v.n < MinMemory {
+			return fmt.Errorf("pool: Config.%s of %d bytes is below MinMemory (%s): no process can start in it", v.name, v.n, bytesize.Format(MinMemory))
 		}
 	}
 	if c.Backoff == 0 {
