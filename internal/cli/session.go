@@ -234,6 +234,11 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		feedMu.Unlock()
 		p.Abort(err)
 	}
+	fb.stop = func(err error) {
+		feedMu.Lock()
+		feedErr = err
+		feedMu.Unlock()
+	}
 	go func() {
 		defer close(feedDone)
 		defer p.Close()
@@ -252,7 +257,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 				return
 			}
 			if err != nil {
-				fb.fail(fmt.Errorf("reading input: %w", err))
+				fb.stop(fmt.Errorf("reading input: %w", err))
 				return
 			}
 			seq++
@@ -502,6 +507,11 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		sum.Aborted = true
 		sum.AbortReason = abortReason(poolErr)
 		status = exitAborted
+	case readErr != nil:
+		// The input stopped early: what was read ran to its end.
+		sum.Aborted = true
+		sum.AbortReason = quoteMessage(readErr.Error())
+		status = exitAborted
 	case o.err != nil:
 		// The last results were refused after the pool had finished: the
 		// output is as incomplete as if the pool had been stopped.
@@ -521,8 +531,9 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		fmt.Fprintf(e.stderr, "safepool: %s out of step: answers given before may belong to other lines\n",
 			plural(stats.OutOfStep, "worker"))
 	}
-	if readErr != nil {
-		fmt.Fprintf(stderr, "safepool: %v\n", readErr)
+	if readErr != nil && sum.AbortReason != quoteMessage(readErr.Error()) {
+		// Said once: the summary gives the reason of the abort.
+		fmt.Fprintf(stderr, "safepool: %s\n", quoteMessage(readErr.Error()))
 	}
 	if o.err != nil && !stdoutClosed {
 		fmt.Fprintf(stderr, "safepool: writing output: %v\n", o.err)
