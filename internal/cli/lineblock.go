@@ -278,6 +278,9 @@ func (j *job) submitLines(ctx context.Context, p *pool.Pool, jl *joblog, jj *job
 			rest = rest[k+1:]
 		}
 	}
+	for i, seq := range seqs {
+		j.seqs.note(*id+uint64(i)+1, seq)
+	}
 	jj.submitLines(*id+1, seqs, keys, region)
 	if _, err := p.Submit(ctx, pool.Task{Input: region, Items: m}); err != nil {
 		return false // the pool is stopping; the results loop reports why

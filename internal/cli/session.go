@@ -70,6 +70,59 @@ type job struct {
 	// be the shell's report of a child killed by signal N.
 	viaShell bool
 	e        *env
+	// seqs numbers tasks by their inputs for the summary; set by execute.
+	seqs *taskSeqs
+}
+
+// taskSeqs maps the pool's id of a task to its input's number, where the
+// two differ: a resumed run skips the inputs an earlier run finished, and
+// the pool numbers only the tasks it gets. The summary and the JSON
+// summary then name a task by its input's number, as the job log and the
+// journal do. The feeder notes a task before it submits it; the results
+// loop forgets it once its result is in, so it holds the tasks under way.
+// A nil *taskSeqs maps every id to itself.
+type taskSeqs struct {
+	mu sync.Mutex
+	m  map[uint64]uint64 // guarded by mu
+}
+
+// note records that pool task id is the seq-th input.
+func (ts *taskSeqs) note(id, seq uint64) {
+	if ts == nil || id == seq {
+		return
+	}
+	ts.mu.Lock()
+	ts.m[id] = seq
+	ts.mu.Unlock()
+}
+
+// of returns the input's number of pool task id.
+func (ts *taskSeqs) of(id uint64) uint64 {
+	if ts == nil {
+		return id
+	}
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if seq, ok := ts.m[id]; ok {
+		return seq
+	}
+	return id
+}
+
+// forget drops the tasks of r, whose result is in.
+func (ts *taskSeqs) forget(r *pool.Result) {
+	if ts == nil {
+		return
+	}
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if len(ts.m) == 0 {
+		return
+	}
+	delete(ts.m, r.ID)
+	for _, it := range r.Items {
+		delete(ts.m, it.ID)
+	}
 }
 
 // output is where results go. Standard output is buffered and flushed when
@@ -126,6 +179,8 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	}
 	c := newCounters()
 	c.total.Store(j.src.total())
+	j.seqs = &taskSeqs{m: map[uint64]uint64{}}
+	sum.seqs = j.seqs
 
 	// Every output file is created before any work starts, so that a path
 	// that cannot be written costs nothing.
@@ -280,6 +335,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 			}
 			id++
 			t := j.task(seq, in)
+			j.seqs.note(id, seq)
 			jl.submit(id, seq, t.Input)
 			jj.submit(id, seq, key, jin)
 			if _, err := p.Submit(ctx, t); err != nil {
@@ -426,6 +482,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 				j.blocks.observe(&r)
 			}
 			sum.add(&r)
+			j.seqs.forget(&r)
 			if o.err != nil {
 				break
 			}
