@@ -260,6 +260,10 @@ func (p *Pool) reap() {
 	}
 }
 
+// DefaultGrace is Config.Grace when it is zero: how long a stopped worker
+// has between SIGTERM and SIGKILL.
+const DefaultGrace = 3 * time.Second
+
 const (
 	// defaultStartTimeout is long enough for an interpreter to import a
 	// large library from a cold disk, short enough that a worker that will
@@ -340,7 +344,7 @@ func (c *Config) normalize() error {
 		c.MaxPending = 64 + 4*c.Workers*c.Pipeline
 	}
 	if c.Grace == 0 {
-		c.Grace = 3 * time.Second
+		c.Grace = DefaultGrace
 	}
 	if c.StartupFailures == 0 {
 		c.StartupFailures = 3

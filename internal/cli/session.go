@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -169,7 +170,11 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	e := j.e
 	// Standard error may be gone (a closed terminal): what safepool says
 	// there is then lost, and nothing else changes.
-	stderr := lossyWriter{e.stderr}
+	// A reader of stdout or stderr that stops reading must not keep a
+	// stopping run from ending (stallGuard).
+	guard := newStallGuard(cmp.Or(j.cfg.Grace, pool.DefaultGrace))
+	stdoutW := guard.guard(e.stdout)
+	stderr := lossyWriter{guard.guard(e.stderr)}
 	sum := &summary{
 		Mode:      j.mode,
 		Command:   j.cfg.Command,
@@ -192,7 +197,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		return sum, exitUsage
 	}
 	defer jm.close()
-	jl, jsonOut, jj, err := j.openOutputs()
+	jl, jsonOut, jj, err := j.openOutputs(stdoutW)
 	if err != nil {
 		fmt.Fprintf(stderr, "safepool: %v\n", err)
 		return sum, exitUsage
@@ -267,7 +272,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	// What the pool changed of the configuration, such as fewer workers
 	// for the open-file limit.
 	for _, n := range p.Notices() {
-		prog.pause(func() { fmt.Fprintf(e.stderr, "safepool: %s\n", n) })
+		prog.pause(func() { fmt.Fprintf(stderr, "safepool: %s\n", n) })
 	}
 
 	// The feeder submits inputs; Submit blocks while the pool is full,
@@ -364,8 +369,10 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 			fmt.Fprintln(stderr, "safepool: interrupted; stopping workers (interrupt again to kill them now)")
 		})
 		p.Abort(errInterrupted)
+		guard.stop()
 		select {
 		case <-sig:
+			guard.giveUp()
 			prog.pause(func() { fmt.Fprintln(stderr, "safepool: killing workers") })
 			p.Abort(errInterrupted)
 		case <-resultsDone:
@@ -374,9 +381,9 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 
 	// Standard output needs the bar out of the way only when it shares the
 	// terminal with it.
-	var stdout io.Writer = e.stdout
+	var stdout io.Writer = stdoutW
 	if isTerminal(e.stdout) {
-		stdout = pausedWriter{prog, e.stdout}
+		stdout = pausedWriter{prog, stdoutW}
 	}
 	o := &output{out: bufio.NewWriterSize(stdout, 64<<10), errw: pausedWriter{prog, stderr}}
 	results := p.Results()
@@ -585,7 +592,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		status = exitFailed
 	}
 	if stats.OutOfStep > 0 && se == nil {
-		fmt.Fprintf(e.stderr, "safepool: %s out of step: answers given before may belong to other lines\n",
+		fmt.Fprintf(stderr, "safepool: %s out of step: answers given before may belong to other lines\n",
 			plural(stats.OutOfStep, "worker"))
 	}
 	if readErr != nil && sum.AbortReason != quoteMessage(readErr.Error()) {
@@ -618,8 +625,8 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 }
 
 // openOutputs creates the job log and the JSON summary's file, and opens
-// the journal.
-func (j *job) openOutputs() (*joblog, *jsonOutput, *jobJournal, error) {
+// the journal; stdout is where --json - writes.
+func (j *job) openOutputs(stdout io.Writer) (*joblog, *jsonOutput, *jobJournal, error) {
 	var jl *joblog
 	if j.joblog != "" {
 		var err error
@@ -632,7 +639,7 @@ func (j *job) openOutputs() (*joblog, *jsonOutput, *jobJournal, error) {
 		jl.close()
 		return nil, nil, nil, err
 	}
-	jsonOut, err := openJSONOutput(j.jsonPath, j.e.stdout)
+	jsonOut, err := openJSONOutput(j.jsonPath, stdout)
 	if err != nil {
 		jl.close()
 		jj.close(exitUsage)
