@@ -65,9 +65,31 @@ type writeResult struct {
 	err error
 }
 
+// guardChunk is the most a guardedWriter copies for one write: a larger
+// one (a block's whole output) is written in pieces of this size, so that
+// the copy never costs more memory than this.
+const guardChunk = 64 << 10
+
 func (gw *guardedWriter) Write(p []byte) (int, error) {
 	gw.mu.Lock()
 	defer gw.mu.Unlock()
+	n := 0
+	for len(p) > 0 {
+		m, err := gw.write(p[:min(len(p), guardChunk)])
+		n += m
+		if err == nil && m == 0 {
+			err = io.ErrShortWrite
+		}
+		if err != nil {
+			return n, err
+		}
+		p = p[m:]
+	}
+	return n, nil
+}
+
+// write writes p, at most guardChunk bytes; gw.mu is held.
+func (gw *guardedWriter) write(p []byte) (int, error) {
 	if gw.stalled {
 		return 0, errOutputStalled
 	}
