@@ -194,6 +194,9 @@ func (j *job) feedBlocks(ctx context.Context, p *pool.Pool, jl *joblog, jj *jobJ
 			fb.stop(fmt.Errorf("reading input: %w", err))
 			return id
 		}
+		if feedStopped(ctx, p) {
+			return id // a read that came back after the run stopped
+		}
 		if jj == nil {
 			if jl != nil {
 				for i, rest := 0, block; i < n; i++ {

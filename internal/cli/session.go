@@ -320,6 +320,11 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 				fb.stop(fmt.Errorf("reading input: %w", err))
 				return
 			}
+			if feedStopped(ctx, p) {
+				// A read that came back after the run stopped, which may
+				// have ended without this feeder (see the results loop).
+				return
+			}
 			seq++
 			key := jj.key(in)
 			f, done, err := jj.finished(key)
@@ -445,6 +450,23 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		case r, ok := <-results:
 			if !ok {
 				results = nil
+				if p.Err() != nil && (replayCh != nil || held != nil) {
+					// Aborted: Results closed while the feeder may be
+					// blocked reading an input that stays open and idle
+					// (tail -f log | safepool ...), and nothing can
+					// interrupt that read. The run ends without it: the
+					// outputs still to replay are not written (the
+					// journal keeps them for the next --resume), and the
+					// feeder's sends are drained until it returns, at its
+					// input's next line or end, or with the process.
+					if replayCh != nil {
+						go func(ch <-chan replay) {
+							for range ch {
+							}
+						}(replayCh)
+					}
+					replays, replayCh, held = nil, nil, nil
+				}
 				break
 			}
 			if j.cfg.KeepOrder {

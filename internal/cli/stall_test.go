@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"io"
 	"os"
 	"strings"
 	"syscall"
@@ -70,5 +71,49 @@ func TestInterruptWithStuckStdout(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("stderr does not say %q:\n%s", want, out)
 		}
+	}
+}
+
+// TestInterruptWithIdleInput: SIGTERM ends a run whose input is open but
+// idle (tail -f log | safepool run ...), where the feeder is blocked
+// reading it. It used to wait for the next line or the end of the input,
+// however many signals came.
+func TestInterruptWithIdleInput(t *testing.T) {
+	for _, args := range [][]string{
+		{"run", "--no-progress", "echo"},
+		{"map", "--no-progress", "--worker", "cat"},
+	} {
+		t.Run(args[0], func(t *testing.T) {
+			in, feed := io.Pipe()
+			defer feed.Close()
+			out := &lineCounter{want: 1, done: make(chan struct{})}
+			var stderr syncBuffer
+			ctx, cancel := context.WithCancelCause(context.Background())
+			defer cancel(nil)
+			ended := make(chan int, 1)
+			go func() { ended <- Run(ctx, args, in, out, &stderr) }()
+			go feed.Write([]byte("first\n")) // ends when the pipe is closed
+			select {
+			case <-out.done:
+			case code := <-ended:
+				t.Fatalf("Run = %d before the first line's output; stderr:\n%s", code, stderr.String())
+			case <-time.After(10 * time.Second):
+				t.Fatalf("no output for the first line within 10s; stderr:\n%s", stderr.String())
+			}
+			cancel(&SignalError{Signal: syscall.SIGTERM})
+			select {
+			case code := <-ended:
+				if code != exitAborted {
+					t.Errorf("Run = %d, want %d; stderr:\n%s", code, exitAborted, stderr.String())
+				}
+			case <-time.After(10 * time.Second):
+				feed.Close() // the feeder reads end of file, and Run ends
+				code := <-ended
+				t.Fatalf("Run did not end within 10s of SIGTERM while its input was idle (it did, %d, at the input's end); stderr:\n%s", code, stderr.String())
+			}
+			if want := "safepool: interrupted: 1 done"; !strings.Contains(stderr.String(), want) {
+				t.Errorf("stderr does not say %q:\n%s", want, stderr.String())
+			}
+		})
 	}
 }
