@@ -76,6 +76,7 @@ type governor struct {
 	cgBudget     int64   // cg less the reserve, or 0
 	budget       int64   // the smallest budget: the most one attempt may get
 	hint         int64   // Config.MemPerTask
+	memReserve   int64   // Config.MemReserve
 	preemptAbove float64 // fraction of host or cg in use; <= 0: off
 	preemptPSI   float64 // PSI full avg10 percent; <= 0: off
 
@@ -169,6 +170,7 @@ func newGovernor(p *Pool, cfg *Config, mode memory.Mode) *governor {
 		perWorker:    mode.PerWorker(),
 		userBudget:   cfg.MemBudget,
 		hint:         cfg.MemPerTask,
+		memReserve:   cfg.MemReserve,
 		preemptAbove: cfg.PreemptAbove,
 		preemptPSI:   cfg.PreemptPSI,
 		res:          make(map[uint64]*reservation),
@@ -228,6 +230,37 @@ func reserveFor(limit, reserve int64) int64 {
 		return reserve
 	}
 	return min(max(limit/10, minReserve), maxReserve)
+}
+
+// MinMemory is the least Config.MemLimit and Config.MemBudget may be, and
+// the least memory budget a pool with a cgroup per worker starts with. The
+// kernel charges a new process's own structures to its cgroup: in a cgroup
+// capped below this, a process cannot even start, and the start fails with
+// errors that name something else (ENFILE, ENOMEM) or takes the
+// supervisor's thread that starts it down with it.
+const MinMemory = 1 << 20
+
+// checkBudget reports a budget that would cap each worker's cgroup below
+// MinMemory: a reserve as large as the host's memory or the enclosing
+// cgroup's limit. Without a cgroup per worker a small budget only makes
+// tasks run one at a time, as memory running short does. Config.MemBudget
+// below MinMemory is refused before (Config.normalize).
+func (g *governor) checkBudget() error {
+	if g == nil || !g.perWorker || g.budget >= MinMemory {
+		return nil
+	}
+	size := g.host
+	wall := "the host's " + bytesize.Format(size)
+	if g.budget == g.cgBudget {
+		size = g.cg
+		wall = "the enclosing cgroup's limit of " + bytesize.Format(size)
+	}
+	left := "no memory"
+	if g.budget > 1 { // scopeBudget's 1 stands for nothing left
+		left = "only " + bytesize.Format(g.budget)
+	}
+	return fmt.Errorf("pool: a memory reserve of %s leaves the workers %s of %s (each worker's cgroup needs at least %s)",
+		bytesize.Format(reserveFor(size, g.memReserve)), left, wall, bytesize.Format(MinMemory))
 }
 
 // workerLimit is the memory limit of each worker's cgroup: Config.MemLimit,

@@ -22,6 +22,9 @@ type shot struct {
 	ses   *worker.Session
 	out   *attemptOutput
 	group *memory.Group // nil without cgroup enforcement
+	// token marks the attempt's processes apart from the pool's others,
+	// where no cgroup of its own holds them (leftovers); "" otherwise.
+	token string
 }
 
 // runOneShot runs each task it is given in a process of its own.
@@ -99,6 +102,10 @@ func (r *runner) startShot(t *task) *shot {
 	t.out = nil
 	out := r.p.spool.newOutput() // written by the process's copiers until CloseIO returns
 	spec := worker.Spec{Args: args, Path: path, Env: cfg.Env, Dir: cfg.Dir, IO: worker.IONone, Stdout: out.stdout, Stderr: out.stderr}
+	var token string
+	if r.p.left != nil && r.group == nil {
+		spec.Env, token = r.p.left.mark(cfg.Env)
+	}
 	if t.t.Stdin != nil {
 		spec.Stdin = bytes.NewReader(t.t.Stdin)
 	}
@@ -109,7 +116,7 @@ func (r *runner) startShot(t *task) *shot {
 		r.startFailed(t, args, out, err)
 		return nil
 	}
-	sh := &shot{t: t, ses: ses, out: out, group: r.group}
+	sh := &shot{t: t, ses: ses, out: out, group: r.group, token: token}
 	if r.spare != nil {
 		r.group, r.spare = r.spare, r.group
 		if r.p.gov != nil {
@@ -137,6 +144,9 @@ func (r *runner) endShot(sh *shot) {
 		// cannot end by then is stuck in the kernel, and nothing more can
 		// be done.
 		_ = sh.group.Kill()
+	}
+	if sh.token != "" {
+		r.p.left.ended(sh.token)
 	}
 	r.p.procs.Add(-1)
 	a := attemptOf(d.Flights[0].Outcome)

@@ -35,6 +35,26 @@ func TestArgumentTooLong(t *testing.T) {
 	t.Logf("message: %s", msg)
 }
 
+// TestArgumentWithNUL: a one-shot task whose argument holds a NUL byte
+// (an input read by lines that held one) fails with a message that names
+// the user's command and the argument, not "fork/exec /usr/bin/echo:
+// invalid argument" after the path of a cgroup's start.
+func TestArgumentWithNUL(t *testing.T) {
+	cfg := pool.Config{Command: []string{"echo", "x", "{}"}, Workers: 1}
+	got, _ := run(t, cfg, "ok", "a\x00b")
+	if r := got[1]; r.State != pool.Done {
+		t.Fatalf("task 1 = %s %s, want done", r.State, r.Cause())
+	}
+	r := got[2]
+	if r.State != pool.Failed || len(r.Attempts) != 1 || r.Cause() != pool.ExitCause(127) {
+		t.Fatalf("task 2 = %s %s after %d attempts, want failed exit:127 after 1", r.State, r.Cause(), len(r.Attempts))
+	}
+	msg := r.Attempts[0].Message
+	if want := "echo: invalid argument (argument 2 holds a NUL byte"; !strings.Contains(msg, want) || strings.Contains(msg, "/bin/") {
+		t.Errorf("message = %q, want it to say %q, without a path", msg, want)
+	}
+}
+
 // TestOneShotReusedCgroup: a slot's memory cgroup serves every one-shot
 // attempt it runs, one process at a time. An OOM kill in the second
 // attempt is that attempt's cause and not the next one's, and each

@@ -36,6 +36,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/safepool/safepool/internal/bytesize"
 	"github.com/safepool/safepool/internal/memory"
 	"github.com/safepool/safepool/internal/reaper"
 )
@@ -58,6 +59,9 @@ type Pool struct {
 	// receives, and ignores an id that is not running on it.
 	preempts []chan uint64
 	spool    *spooler // keeps one-shot output; nil for other protocols
+	// left ends what one-shot attempts leave behind where no worker cgroup
+	// does; nil for other protocols, and with a cgroup per worker.
+	left *leftovers
 	// notices says what the pool changed of its configuration, and why.
 	notices []string
 	// commandPath is where Config.Command[0] was found, an absolute path,
@@ -207,6 +211,11 @@ func New(cfg Config) (*Pool, error) {
 		return nil, fmt.Errorf("pool: memory control: %w", err)
 	}
 	p.mem = m
+	p.gov = newGovernor(p, &p.cfg, m.Mode())
+	if err := p.gov.checkBudget(); err != nil {
+		m.Close()
+		return nil, err
+	}
 	// Every worker carries the pool's marker, which its descendants
 	// inherit: the pool's end, or the guardian if the supervisor dies,
 	// ends every process that still has it (internal/reaper).
@@ -215,9 +224,12 @@ func New(cfg Config) (*Pool, error) {
 	if l, err := memory.WatchOOMKills(); err == nil {
 		p.oomLog = l
 	}
-	p.gov = newGovernor(p, &p.cfg, m.Mode())
 	if cfg.Protocol == OneShot {
 		p.spool = newSpooler(&p.cfg)
+		if !m.Mode().PerWorker() {
+			p.left = newLeftovers(p.quit)
+			go p.left.run() // ends when p.quit is closed; shutdown waits for it
+		}
 	}
 	for i := 0; i < cfg.Workers; i++ {
 		c := make(chan uint64, 1)
@@ -254,6 +266,10 @@ func (p *Pool) reap() {
 		p.setErr(fmt.Errorf("pool: ending the processes the workers left: %w", err))
 	}
 }
+
+// DefaultGrace is Config.Grace when it is zero: how long a stopped worker
+// has between SIGTERM and SIGKILL.
+const DefaultGrace = 3 * time.Second
 
 const (
 	// defaultStartTimeout is long enough for an interpreter to import a
@@ -307,6 +323,14 @@ func (c *Config) normalize() error {
 			return fmt.Errorf("pool: Config.%s is negative", v.name)
 		}
 	}
+	for _, v := range []struct {
+		name string
+		n    int64
+	}{{"MemLimit", c.MemLimit}, {"MemBudget", c.MemBudget}} {
+		if v.n > 0 && v.n < MinMemory {
+			return fmt.Errorf("pool: Config.%s of %d bytes is below MinMemory (%s): no process can start in it", v.name, v.n, bytesize.Format(MinMemory))
+		}
+	}
 	if c.Backoff == 0 {
 		c.Backoff = 50 * time.Millisecond
 	}
@@ -327,7 +351,7 @@ func (c *Config) normalize() error {
 		c.MaxPending = 64 + 4*c.Workers*c.Pipeline
 	}
 	if c.Grace == 0 {
-		c.Grace = 3 * time.Second
+		c.Grace = DefaultGrace
 	}
 	if c.StartupFailures == 0 {
 		c.StartupFailures = 3

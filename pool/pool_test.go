@@ -40,6 +40,8 @@ func TestMain(m *testing.M) {
 			os.Exit(runContainerSeed())
 		case "container-oneshot":
 			os.Exit(runContainerOneShot())
+		case "container-leftovers":
+			os.Exit(runContainerLeftovers())
 		case "shared-block":
 			os.Exit(runSharedBlock())
 		case "readme-example":

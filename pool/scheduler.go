@@ -109,6 +109,9 @@ func (p *Pool) loop() {
 func (p *Pool) shutdown() {
 	close(p.quit)
 	p.runners.Wait()
+	if p.left != nil {
+		<-p.left.done // its sweep, if one is under way
+	}
 	if err := p.mem.Close(); err != nil {
 		p.setErr(fmt.Errorf("pool: removing cgroups: %w", err))
 	}

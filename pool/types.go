@@ -487,7 +487,7 @@ type Config struct {
 	// worker; where cgroups cannot be created, the supervisor samples what
 	// the worker's process tree alone holds (anonymous memory and swap,
 	// not shared or file pages) and kills it over the limit. Zero means no
-	// limit. See docs/memory.md.
+	// limit; a limit below MinMemory is refused. See docs/memory.md.
 	MemLimit int64
 	// NoDataLimit reports whether to enforce MemLimit on workers without a
 	// cgroup of their own by sampling alone. By default they also get a
@@ -513,7 +513,10 @@ type Config struct {
 	// The governor plans with the smallest of MemBudget, the host's
 	// MemTotal (without a cgroup per worker, its MemAvailable at start)
 	// and the supervisor's own cgroup limit, the last two less
-	// MemReserve. Zero means no cap of the pool's own.
+	// MemReserve. Zero means no cap of the pool's own; a cap below
+	// MinMemory is refused. Where each worker has a cgroup of its own, its
+	// limit is at most the budget, and New refuses a budget (a reserve as
+	// large as the host's memory, say) below MinMemory.
 	MemBudget int64
 	// MemReserve is held back from the host's MemTotal and from the
 	// supervisor's cgroup limit for the supervisor, the kernel and other

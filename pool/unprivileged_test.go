@@ -7,7 +7,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -233,6 +235,71 @@ func runContainerOneShot() int {
 		fmt.Printf("task %d %s: %s\n", r.ID, r.State, r.Output)
 	}
 	fmt.Printf("memory mode: %s (%s)\n", p.MemoryMode(), p.MemoryModeReason())
+	return 0
+}
+
+// TestLeftoversUnprivileged: without a cgroup per worker, a daemon that a
+// one-shot job starts (setsid, out of its process group) ends soon after
+// its job, while the pool goes on, as it does where the job's cgroup is
+// emptied at its end. It used to live until the pool's end: one more
+// process with every job of a long run.
+func TestLeftoversUnprivileged(t *testing.T) {
+	dir := containerFor(t, 300<<20)
+	text, err := superviseAsNobody(t, dir, workerEnv+"=container-leftovers")
+	if err != nil {
+		t.Fatalf("supervisor: %v; output:\n%s", err, text)
+	}
+	if n := strings.Count(text, "daemon gone "); n != 4 || strings.Contains(text, "daemon alive ") {
+		t.Errorf("supervisor output:\n%s\nwant the daemons of the 4 ended jobs gone while the pool still runs", text)
+	}
+	if !strings.Contains(text, "memory mode: enclosing-cgroup (") {
+		t.Errorf("supervisor output:\n%s\nwant memory mode enclosing-cgroup", text)
+	}
+}
+
+// runContainerLeftovers is the supervisor of TestLeftoversUnprivileged:
+// four one-shot jobs that each start a daemon and print its pid, then,
+// with the pool still running a slow job, whether each daemon is alive
+// 3 s after its job ended.
+func runContainerLeftovers() int {
+	p, err := pool.New(pool.Config{
+		Command: []string{"sh", "-c", `if [ "$0" = slow ]; then exec sleep 30; fi; setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $!; sleep 0.5`},
+		Workers: 2,
+		Stderr:  os.Stderr,
+	})
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	for _, in := range []string{"a", "b", "c", "d"} {
+		p.Submit(context.Background(), pool.Task{Input: []byte(in)})
+	}
+	var pids []int
+	for len(pids) < 4 {
+		r := <-p.Results()
+		pid, err := strconv.Atoi(strings.TrimSpace(string(r.Output)))
+		if r.State != pool.Done || err != nil {
+			fmt.Printf("task %d %s %s: %q\n", r.ID, r.State, r.Cause(), r.Output)
+			return 1
+		}
+		pids = append(pids, pid)
+	}
+	p.Submit(context.Background(), pool.Task{Input: []byte("slow")})
+	time.Sleep(3 * time.Second)
+	for _, pid := range pids {
+		state := "gone"
+		if syscall.Kill(pid, 0) == nil {
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && strings.HasPrefix(string(b), "sleep\x00300") {
+				state = "alive"
+			}
+		}
+		fmt.Printf("daemon %s %d\n", state, pid)
+	}
+	fmt.Printf("memory mode: %s (%s)\n", p.MemoryMode(), p.MemoryModeReason())
+	p.Abort(nil)
+	p.Abort(nil)
+	for range p.Results() {
+	}
 	return 0
 }
 

@@ -31,7 +31,7 @@ func newBlockReader(names []string, stdin io.Reader, size int, recend []byte) (*
 	if len(names) == 0 {
 		names = []string{"-"}
 	}
-	fs, err := openFiles(names, stdin, '\n')
+	fs, err := openFiles(names, stdin, '\n', 0, "") // blocks bound themselves
 	if err != nil {
 		return nil, err
 	}

@@ -43,7 +43,7 @@ func (f *commonFlags) registerPool(fs *pflag.FlagSet, retriesUsage string) {
 	fs.IntVar(&f.retries, "retries", 0, retriesUsage)
 	fs.StringVar(&f.onDeath, "on-worker-death", "", "what to do when a worker dies during a task: `ACTION` is retry, skip or abort (default: retry when --retries > 0, else skip)")
 	fs.DurationVar(&f.timeout, "timeout", 0, "kill an attempt that runs longer than `DURATION`, such as 90s or 1h30m")
-	fs.Var(newSizeValue(&f.memLimit).nonZero("0 would mean no memory at all; omit the flag for no limit"), "mem-limit", "cap each worker's memory at `SIZE`, such as 512MiB or 2G; only that worker is killed when it goes over")
+	fs.Var(newSizeValue(&f.memLimit).nonZero("0 would mean no memory at all; omit the flag for no limit").atLeast(pool.MinMemory), "mem-limit", "cap each worker's memory at `SIZE`, such as 512MiB or 2G; only that worker is killed when it goes over")
 	boolVarP(fs, &f.noData, "no-data-limit", "", "without cgroups, hold workers to --mem-limit by sampling alone, without the data size limit (RLIMIT_DATA) that some runtimes cannot run under, such as Go built with -race")
 	f.mem.register(fs)
 	boolVarP(fs, &f.keepOrder, "keep-order", "k", "write outputs in input order, not as tasks finish")
@@ -243,7 +243,7 @@ type memoryFlags struct {
 }
 
 func (m *memoryFlags) register(fs *pflag.FlagSet) {
-	fs.Var(newSizeValue(&m.budget).nonZero("0 would leave the workers no memory at all; omit the flag for the default"), "mem-budget", "let the workers use at most `SIZE` together (default: the host's memory or the enclosing cgroup's limit, less a reserve)")
+	fs.Var(newSizeValue(&m.budget).nonZero("0 would leave the workers no memory at all; omit the flag for the default").atLeast(pool.MinMemory), "mem-budget", "let the workers use at most `SIZE` together (default: the host's memory or the enclosing cgroup's limit, less a reserve)")
 	fs.Var(newSizeValue(&m.perTask), "mem-per-task", "expect each task to need `SIZE` at its peak until peaks are measured, and set that aside for its whole run")
 	fs.Var(newSizeValue(&m.reserve), "mem-reserve", "hold `SIZE` of the host's memory and the cgroup's limit back for others (default: a tenth, 64MiB to 2GiB)")
 	m.high, m.psi = 95, 40

@@ -2,10 +2,12 @@ package cli
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"syscall"
 )
 
 // source yields the inputs of a job, one at a time, with backpressure: it
@@ -19,27 +21,75 @@ type source interface {
 	close() error
 }
 
-// lineReader reads items separated by sep from r. Items may be of any
-// length and hold any byte but sep. A last item without a separator counts;
-// an empty input has no items.
+// longInputError reports an input longer than the bound its command
+// allows. Reading stops there: an input with no end in sight (a file with
+// no newline in it, or find -print0 without -0) would otherwise be read
+// whole into memory, however large.
+type longInputError struct {
+	Input int64  // the input's number, counting from 1
+	Limit int    // the bound, in bytes
+	Start []byte // the input's first bytes
+	Sep   byte   // what ends inputs
+	Why   string // what the bound stands for, or ""
+}
+
+func (e *longInputError) Error() string {
+	// Start is given as it is: whoever shows the message quotes it
+	// (quoteMessage), and once only.
+	s := fmt.Sprintf("input %d is longer than %s (it starts '%s…')", e.Input, formatSizeFlag(int64(e.Limit)), e.Start)
+	if e.Why != "" {
+		s += ": " + e.Why
+	}
+	if e.Sep == '\n' && bytes.IndexByte(e.Start, 0) >= 0 {
+		s += "; it holds NUL bytes: for inputs that end with NUL, such as find -print0's, use -0"
+	}
+	return s
+}
+
+// longInputStart is how much of a long input its error shows.
+const longInputStart = 24
+
+// lineReader reads items separated by sep from r. Items hold any byte but
+// sep, and are at most max bytes long (0: any length). A last item without
+// a separator counts; an empty input has no items.
 type lineReader struct {
 	r   *bufio.Reader
 	sep byte
+	max int
 }
 
-func newLineReader(r io.Reader, sep byte) *lineReader {
-	return &lineReader{r: bufio.NewReaderSize(r, 64<<10), sep: sep}
+func newLineReader(r io.Reader, sep byte, max int) *lineReader {
+	return &lineReader{r: bufio.NewReaderSize(r, 64<<10), sep: sep, max: max}
 }
 
+// next returns the next item, or a *longInputError (Input not set) for one
+// longer than max, which it does not read further.
 func (l *lineReader) next() ([]byte, error) {
-	line, err := l.r.ReadBytes(l.sep)
-	switch {
-	case err == nil:
-		return line[:len(line)-1], nil
-	case err == io.EOF && len(line) > 0:
-		return line, nil
+	var item []byte
+	for {
+		frag, err := l.r.ReadSlice(l.sep)
+		ended := err == nil
+		if ended {
+			frag = frag[:len(frag)-1]
+		}
+		if l.max > 0 && len(item)+len(frag) > l.max {
+			start := append(item[:len(item):len(item)], frag[:min(len(frag), longInputStart)]...)
+			return nil, &longInputError{Limit: l.max, Start: start[:min(len(start), longInputStart)], Sep: l.sep}
+		}
+		item = append(item, frag...)
+		switch {
+		case ended:
+			if item == nil {
+				item = []byte{}
+			}
+			return item, nil
+		case err == bufio.ErrBufferFull:
+		case err == io.EOF && len(item) > 0:
+			return item, nil
+		default:
+			return nil, err
+		}
 	}
-	return nil, err
 }
 
 // argSource yields the arguments given after ":::".
@@ -63,19 +113,32 @@ type fileSource struct {
 	names []string
 	files []io.ReadCloser // opened up front, so a missing file fails fast
 	sep   byte
+	max   int    // the longest input, 0 for any length (longInputError)
+	why   string // what max stands for (longInputError.Why)
 	cur   *lineReader
-	i     int // index of the file cur reads
+	i     int   // index of the file cur reads
+	n     int64 // inputs read
 }
 
-// openFiles opens every named file, or returns the first error.
-func openFiles(names []string, stdin io.Reader, sep byte) (*fileSource, error) {
-	fs := &fileSource{names: names, sep: sep}
+// openFiles opens every named file, or returns the first error. Inputs
+// longer than max bytes (0: any length) stop the reading with a
+// *longInputError that says why, the bound's reason.
+func openFiles(names []string, stdin io.Reader, sep byte, max int, why string) (*fileSource, error) {
+	fs := &fileSource{names: names, sep: sep, max: max, why: why}
 	for _, name := range names {
 		if name == "-" {
 			fs.files = append(fs.files, io.NopCloser(stdin))
 			continue
 		}
 		f, err := os.Open(name)
+		if err == nil {
+			// A directory opens, and fails only at the first read, once
+			// the run has started.
+			if st, serr := f.Stat(); serr == nil && st.IsDir() {
+				f.Close()
+				err = &os.PathError{Op: "open", Path: name, Err: syscall.EISDIR}
+			}
+		}
 		if err != nil {
 			fs.close()
 			var pe *os.PathError
@@ -92,11 +155,17 @@ func openFiles(names []string, stdin io.Reader, sep byte) (*fileSource, error) {
 func (fs *fileSource) next() ([]byte, error) {
 	for fs.i < len(fs.files) {
 		if fs.cur == nil {
-			fs.cur = newLineReader(fs.files[fs.i], fs.sep)
+			fs.cur = newLineReader(fs.files[fs.i], fs.sep, fs.max)
 		}
 		line, err := fs.cur.next()
 		if err == nil {
+			fs.n++
 			return line, nil
+		}
+		var le *longInputError
+		if errors.As(err, &le) {
+			le.Input, le.Why = fs.n+1, fs.why
+			return nil, err
 		}
 		if err != io.EOF {
 			return nil, fmt.Errorf("reading %s: %w", fs.names[fs.i], err)
@@ -120,14 +189,15 @@ func (fs *fileSource) close() error {
 }
 
 // newSource chooses the inputs: the ":::" arguments when given, else the -a
-// files, else standard input.
-func newSource(argsAfterColons []string, haveColons bool, files []string, stdin io.Reader, sep byte) (source, error) {
+// files, else standard input. Inputs read from files or standard input are
+// at most max bytes long (see openFiles).
+func newSource(argsAfterColons []string, haveColons bool, files []string, stdin io.Reader, sep byte, max int, why string) (source, error) {
 	switch {
 	case haveColons:
 		return &argSource{args: argsAfterColons}, nil
 	case len(files) > 0:
-		return openFiles(files, stdin, sep)
+		return openFiles(files, stdin, sep, max, why)
 	default:
-		return openFiles([]string{"-"}, stdin, sep)
+		return openFiles([]string{"-"}, stdin, sep, max, why)
 	}
 }

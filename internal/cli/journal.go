@@ -227,7 +227,12 @@ const replayAhead = 256
 // the inputs it skipped, and the outputs of map's skipped inputs, to write
 // in their place.
 type feedBack struct {
-	fail                   func(error)
+	// fail stops the run with err: the pool aborts.
+	fail func(error)
+	// stop ends the input with err, such as an input that cannot be read:
+	// what was read runs to its end, and the run then exits as stopped
+	// before the end, with err as the reason.
+	stop                   func(error)
 	replays                chan<- replay
 	skipped, skippedFailed atomic.Int64
 }

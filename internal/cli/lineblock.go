@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sync/atomic"
@@ -107,7 +108,12 @@ func (lb *lineBlocks) next(maxLines int) ([]byte, int, error) {
 			if n > 0 {
 				break // the rest of this line may take a while to come
 			}
-			line, err := readWholeLine(br)
+			line, err := (&lineReader{r: br, sep: '\n', max: lb.files.max}).next()
+			var le *longInputError
+			if errors.As(err, &le) {
+				le.Why = lb.files.why // feedBlocks numbers it
+				return nil, 0, err
+			}
 			if err != nil {
 				return nil, 0, fmt.Errorf("reading %s: %w", lb.files.names[lb.files.i], err)
 			}
@@ -167,19 +173,6 @@ func lineEnd(b []byte, k int) int {
 	return off
 }
 
-// readWholeLine reads one line, of any length, without its newline; a last
-// line without one counts.
-func readWholeLine(br *bufio.Reader) ([]byte, error) {
-	line, err := br.ReadBytes('\n')
-	switch {
-	case err == nil:
-		return line[:len(line)-1], nil
-	case err == io.EOF && len(line) > 0:
-		return line, nil
-	}
-	return nil, err
-}
-
 // feedBlocks submits the input in blocks of lines until it ends, the pool
 // stops or reading fails (then fail is called). It returns the number of
 // lines submitted to the pool. With a journal, each line is keyed and, when
@@ -193,9 +186,16 @@ func (j *job) feedBlocks(ctx context.Context, p *pool.Pool, jl *joblog, jj *jobJ
 		if err == io.EOF {
 			return id
 		}
+		var le *longInputError
+		if errors.As(err, &le) {
+			le.Input = int64(seq) + 1
+		}
 		if err != nil {
-			fb.fail(fmt.Errorf("reading input: %w", err))
+			fb.stop(fmt.Errorf("reading input: %w", err))
 			return id
+		}
+		if feedStopped(ctx, p) {
+			return id // a read that came back after the run stopped
 		}
 		if jj == nil {
 			if jl != nil {
@@ -280,6 +280,9 @@ func (j *job) submitLines(ctx context.Context, p *pool.Pool, jl *joblog, jj *job
 			jl.submit(*id+uint64(i)+1, seqs[i], rest[:k])
 			rest = rest[k+1:]
 		}
+	}
+	for i, seq := range seqs {
+		j.seqs.note(*id+uint64(i)+1, seq)
 	}
 	jj.submitLines(*id+1, seqs, keys, region)
 	if _, err := p.Submit(ctx, pool.Task{Input: region, Items: m}); err != nil {

@@ -54,8 +54,10 @@ The worker:
 Output: one line for each task that succeeded, the worker's answer, as tasks
 finish or, with --keep-order, in input order. A failed task writes no line;
 the summary on stderr, --joblog and --json list it. Lines may be up to
---max-line long and hold any byte but newline. With no input, safepool map
-does nothing and exits 0. Since stdout carries the data, --json takes a FILE.
+--max-line long and hold any byte but newline; an input line longer than
+that and 64MiB stops the run: the lines before it run to the end. With no
+input, safepool map does nothing and exits 0. Since stdout carries the
+data, --json takes a FILE.
 
 Block mode, for commands that read their input to EOF (sort, wc, gzip, a
 transform that does not flush per line): --pipe cuts the input into blocks
@@ -78,7 +80,8 @@ Exit status:
   2  usage error, an output file that cannot be created, or the worker cannot
      start or keeps failing before it takes a task
   3  stopped before the end: Ctrl-C, SIGTERM, SIGHUP, stdout closed by its
-     reader (| head), or --on-worker-death abort
+     reader (| head), --on-worker-death abort, or an input that cannot be
+     read
 Ctrl-C, SIGTERM or SIGHUP stops the workers (SIGTERM, then SIGKILL after
 --grace), writes the job log and the JSON summary, prints the summary of what
 ran and exits 3. A second one kills the workers at once.
@@ -232,7 +235,10 @@ func runMap(ctx context.Context, e *env, args []string) error {
 	if cfg.Pipeline == 0 && protocol == pool.Line {
 		cfg.Pipeline = defaultLinePipeline
 	}
-	src, err := newSource(nil, false, a.common.argFiles, e.stdin, '\n')
+	// Input lines are bounded as answer lines are, so that a line with no
+	// end in sight cannot fill the supervisor's memory.
+	maxInput := int(max(a.maxLine, pool.DefaultMaxLine))
+	src, err := newSource(nil, false, a.common.argFiles, e.stdin, '\n', maxInput, "a longer line needs a larger --max-line")
 	if err != nil {
 		return &statusError{status: exitUsage, err: err}
 	}

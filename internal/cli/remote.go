@@ -102,7 +102,7 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 	stderr := lossyWriter{e.stderr}
 	sum := &summary{Mode: j.mode, Command: j.cfg.Command, StartTime: time.Now(), messages: j.messages,
 		viaShell: j.viaShell, MemoryMode: "cluster"}
-	jl, jsonOut, _, err := j.openOutputs() // no journal: check refuses --journal with --nats
+	jl, jsonOut, _, err := j.openOutputs(e.stdout) // no journal: check refuses --journal with --nats
 	if err != nil {
 		fmt.Fprintf(stderr, "safepool: %v\n", err)
 		return exitUsage

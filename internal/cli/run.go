@@ -45,7 +45,8 @@ Replacement strings, in CMD and ARGS:
 
 Inputs are the lines of stdin, or of the -a files, or the arguments after
 ":::". Empty lines are inputs too. With no input, safepool run does nothing
-and exits 0.
+and exits 0. An input longer than 1MiB (a file without newlines, or find
+-print0 without -0) stops the run: what was read before it runs to the end.
 
 Exit status:
   0  every task succeeded, or there was no input
@@ -53,7 +54,8 @@ Exit status:
   2  usage error, an output file that cannot be created, or CMD cannot
      start; nothing ran
   3  stopped before the end: Ctrl-C, SIGTERM, SIGHUP, stdout closed by its
-     reader (| head), or --on-worker-death abort
+     reader (| head), --on-worker-death abort, or an input that cannot be
+     read
 Ctrl-C, SIGTERM or SIGHUP stops the workers (SIGTERM, then SIGKILL after
 --grace), writes the job log and the JSON summary, prints the summary of what
 ran and exits 3. A second one kills the workers at once.
@@ -124,6 +126,12 @@ func (a *runArgs) parse(e *env, args []string) error {
 	return a.nats.check("run", fs)
 }
 
+// maxRunInput is the longest input run reads: eight times the longest
+// argument Linux passes to a program (MAX_ARG_STRLEN, 128 KiB), so that
+// inputs a replacement string shortens ({/}, {#}) still run, while one
+// with no end in sight cannot fill the supervisor's memory.
+const maxRunInput = 1 << 20
+
 func runRun(ctx context.Context, e *env, args []string) error {
 	var a runArgs
 	if err := a.parse(e, args); err != nil {
@@ -144,7 +152,8 @@ func runRun(ctx context.Context, e *env, args []string) error {
 	if a.null {
 		sep = 0
 	}
-	src, err := newSource(a.colonArgs, a.colons, a.common.argFiles, e.stdin, sep)
+	src, err := newSource(a.colonArgs, a.colons, a.common.argFiles, e.stdin, sep, maxRunInput,
+		"no program takes an argument that long (Linux allows 128 KiB per argument)")
 	if err != nil {
 		return &statusError{status: exitUsage, err: err}
 	}

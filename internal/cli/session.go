@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -70,6 +71,59 @@ type job struct {
 	// be the shell's report of a child killed by signal N.
 	viaShell bool
 	e        *env
+	// seqs numbers tasks by their inputs for the summary; set by execute.
+	seqs *taskSeqs
+}
+
+// taskSeqs maps the pool's id of a task to its input's number, where the
+// two differ: a resumed run skips the inputs an earlier run finished, and
+// the pool numbers only the tasks it gets. The summary and the JSON
+// summary then name a task by its input's number, as the job log and the
+// journal do. The feeder notes a task before it submits it; the results
+// loop forgets it once its result is in, so it holds the tasks under way.
+// A nil *taskSeqs maps every id to itself.
+type taskSeqs struct {
+	mu sync.Mutex
+	m  map[uint64]uint64 // guarded by mu
+}
+
+// note records that pool task id is the seq-th input.
+func (ts *taskSeqs) note(id, seq uint64) {
+	if ts == nil || id == seq {
+		return
+	}
+	ts.mu.Lock()
+	ts.m[id] = seq
+	ts.mu.Unlock()
+}
+
+// of returns the input's number of pool task id.
+func (ts *taskSeqs) of(id uint64) uint64 {
+	if ts == nil {
+		return id
+	}
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if seq, ok := ts.m[id]; ok {
+		return seq
+	}
+	return id
+}
+
+// forget drops the tasks of r, whose result is in.
+func (ts *taskSeqs) forget(r *pool.Result) {
+	if ts == nil {
+		return
+	}
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if len(ts.m) == 0 {
+		return
+	}
+	delete(ts.m, r.ID)
+	for _, it := range r.Items {
+		delete(ts.m, it.ID)
+	}
 }
 
 // output is where results go. Standard output is buffered and flushed when
@@ -116,7 +170,11 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	e := j.e
 	// Standard error may be gone (a closed terminal): what safepool says
 	// there is then lost, and nothing else changes.
-	stderr := lossyWriter{e.stderr}
+	// A reader of stdout or stderr that stops reading must not keep a
+	// stopping run from ending (stallGuard).
+	guard := newStallGuard(cmp.Or(j.cfg.Grace, pool.DefaultGrace))
+	stdoutW := guard.guard(e.stdout)
+	stderr := lossyWriter{guard.guard(e.stderr)}
 	sum := &summary{
 		Mode:      j.mode,
 		Command:   j.cfg.Command,
@@ -126,6 +184,8 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	}
 	c := newCounters()
 	c.total.Store(j.src.total())
+	j.seqs = &taskSeqs{m: map[uint64]uint64{}}
+	sum.seqs = j.seqs
 
 	// Every output file is created before any work starts, so that a path
 	// that cannot be written costs nothing.
@@ -137,7 +197,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		return sum, exitUsage
 	}
 	defer jm.close()
-	jl, jsonOut, jj, err := j.openOutputs()
+	jl, jsonOut, jj, err := j.openOutputs(stdoutW)
 	if err != nil {
 		fmt.Fprintf(stderr, "safepool: %v\n", err)
 		return sum, exitUsage
@@ -212,7 +272,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	// What the pool changed of the configuration, such as fewer workers
 	// for the open-file limit.
 	for _, n := range p.Notices() {
-		prog.pause(func() { fmt.Fprintf(e.stderr, "safepool: %s\n", n) })
+		prog.pause(func() { fmt.Fprintf(stderr, "safepool: %s\n", n) })
 	}
 
 	// The feeder submits inputs; Submit blocks while the pool is full,
@@ -234,6 +294,11 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		feedMu.Unlock()
 		p.Abort(err)
 	}
+	fb.stop = func(err error) {
+		feedMu.Lock()
+		feedErr = err
+		feedMu.Unlock()
+	}
 	go func() {
 		defer close(feedDone)
 		defer p.Close()
@@ -252,7 +317,12 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 				return
 			}
 			if err != nil {
-				fb.fail(fmt.Errorf("reading input: %w", err))
+				fb.stop(fmt.Errorf("reading input: %w", err))
+				return
+			}
+			if feedStopped(ctx, p) {
+				// A read that came back after the run stopped, which may
+				// have ended without this feeder (see the results loop).
 				return
 			}
 			seq++
@@ -275,6 +345,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 			}
 			id++
 			t := j.task(seq, in)
+			j.seqs.note(id, seq)
 			jl.submit(id, seq, t.Input)
 			jj.submit(id, seq, key, jin)
 			if _, err := p.Submit(ctx, t); err != nil {
@@ -303,8 +374,10 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 			fmt.Fprintln(stderr, "safepool: interrupted; stopping workers (interrupt again to kill them now)")
 		})
 		p.Abort(errInterrupted)
+		guard.stop()
 		select {
 		case <-sig:
+			guard.giveUp()
 			prog.pause(func() { fmt.Fprintln(stderr, "safepool: killing workers") })
 			p.Abort(errInterrupted)
 		case <-resultsDone:
@@ -313,9 +386,9 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 
 	// Standard output needs the bar out of the way only when it shares the
 	// terminal with it.
-	var stdout io.Writer = e.stdout
+	var stdout io.Writer = stdoutW
 	if isTerminal(e.stdout) {
-		stdout = pausedWriter{prog, e.stdout}
+		stdout = pausedWriter{prog, stdoutW}
 	}
 	o := &output{out: bufio.NewWriterSize(stdout, 64<<10), errw: pausedWriter{prog, stderr}}
 	results := p.Results()
@@ -377,6 +450,23 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		case r, ok := <-results:
 			if !ok {
 				results = nil
+				if p.Err() != nil && (replayCh != nil || held != nil) {
+					// Aborted: Results closed while the feeder may be
+					// blocked reading an input that stays open and idle
+					// (tail -f log | safepool ...), and nothing can
+					// interrupt that read. The run ends without it: the
+					// outputs still to replay are not written (the
+					// journal keeps them for the next --resume), and the
+					// feeder's sends are drained until it returns, at its
+					// input's next line or end, or with the process.
+					if replayCh != nil {
+						go func(ch <-chan replay) {
+							for range ch {
+							}
+						}(replayCh)
+					}
+					replays, replayCh, held = nil, nil, nil
+				}
 				break
 			}
 			if j.cfg.KeepOrder {
@@ -421,6 +511,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 				j.blocks.observe(&r)
 			}
 			sum.add(&r)
+			j.seqs.forget(&r)
 			if o.err != nil {
 				break
 			}
@@ -502,6 +593,11 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		sum.Aborted = true
 		sum.AbortReason = abortReason(poolErr)
 		status = exitAborted
+	case readErr != nil:
+		// The input stopped early: what was read ran to its end.
+		sum.Aborted = true
+		sum.AbortReason = quoteMessage(readErr.Error())
+		status = exitAborted
 	case o.err != nil:
 		// The last results were refused after the pool had finished: the
 		// output is as incomplete as if the pool had been stopped.
@@ -518,11 +614,12 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		status = exitFailed
 	}
 	if stats.OutOfStep > 0 && se == nil {
-		fmt.Fprintf(e.stderr, "safepool: %s out of step: answers given before may belong to other lines\n",
+		fmt.Fprintf(stderr, "safepool: %s out of step: answers given before may belong to other lines\n",
 			plural(stats.OutOfStep, "worker"))
 	}
-	if readErr != nil {
-		fmt.Fprintf(stderr, "safepool: %v\n", readErr)
+	if readErr != nil && sum.AbortReason != quoteMessage(readErr.Error()) {
+		// Said once: the summary gives the reason of the abort.
+		fmt.Fprintf(stderr, "safepool: %s\n", quoteMessage(readErr.Error()))
 	}
 	if o.err != nil && !stdoutClosed {
 		fmt.Fprintf(stderr, "safepool: writing output: %v\n", o.err)
@@ -550,8 +647,8 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 }
 
 // openOutputs creates the job log and the JSON summary's file, and opens
-// the journal.
-func (j *job) openOutputs() (*joblog, *jsonOutput, *jobJournal, error) {
+// the journal; stdout is where --json - writes.
+func (j *job) openOutputs(stdout io.Writer) (*joblog, *jsonOutput, *jobJournal, error) {
 	var jl *joblog
 	if j.joblog != "" {
 		var err error
@@ -564,7 +661,7 @@ func (j *job) openOutputs() (*joblog, *jsonOutput, *jobJournal, error) {
 		jl.close()
 		return nil, nil, nil, err
 	}
-	jsonOut, err := openJSONOutput(j.jsonPath, j.e.stdout)
+	jsonOut, err := openJSONOutput(j.jsonPath, stdout)
 	if err != nil {
 		jl.close()
 		jj.close(exitUsage)

@@ -83,6 +83,8 @@ type sizeValue struct {
 	set string // the text as given, for String
 	// zeroErr, if not empty, refuses 0 with this reason.
 	zeroErr string
+	// least, if positive, refuses sizes from 1 to least-1.
+	least int64
 }
 
 func newSizeValue(p *int64) *sizeValue { return &sizeValue{n: p} }
@@ -90,6 +92,13 @@ func newSizeValue(p *int64) *sizeValue { return &sizeValue{n: p} }
 // nonZero makes v refuse 0, saying why.
 func (v *sizeValue) nonZero(why string) *sizeValue {
 	v.zeroErr = why
+	return v
+}
+
+// atLeast makes v refuse sizes below n, other than 0 (see nonZero): a
+// memory limit of a few bytes is a size given without its unit.
+func (v *sizeValue) atLeast(n int64) *sizeValue {
+	v.least = n
 	return v
 }
 
@@ -105,6 +114,9 @@ func (v *sizeValue) Set(s string) error {
 	}
 	if n == 0 && v.zeroErr != "" {
 		return errors.New(v.zeroErr)
+	}
+	if n > 0 && n < v.least {
+		return fmt.Errorf("below the least a worker needs, %s (a size without a unit is in bytes: 512MiB, 2G)", formatSizeFlag(v.least))
 	}
 	*v.n = n
 	v.set = s

@@ -113,6 +113,9 @@ type summary struct {
 	// viaShell reports whether a shell stays between safepool and the
 	// command (job.viaShell), for the hint on exit statuses over 128.
 	viaShell bool
+	// seqs numbers the tasks it lists by their inputs (nil: the pool's ids
+	// are the inputs' numbers).
+	seqs *taskSeqs
 }
 
 // setTasks takes the counts of tasks by terminal state from the pool,
@@ -152,7 +155,7 @@ func (s *summary) add(r *pool.Result) {
 		return
 	}
 	ft := failedTask{
-		ID:       r.ID,
+		ID:       s.seqs.of(r.ID),
 		Input:    strings.ToValidUTF8(string(truncate(r.Input, jsonInputMax)), "\uFFFD"),
 		State:    string(r.State),
 		Cause:    string(r.Cause()),
@@ -191,7 +194,7 @@ func (s *summary) addRecovered(r *pool.Result) {
 		return
 	}
 	s.Recovered = append(s.Recovered, recoveredTask{
-		ID:       r.ID,
+		ID:       s.seqs.of(r.ID),
 		Input:    strings.ToValidUTF8(string(truncate(r.Input, jsonInputMax)), "\uFFFD"),
 		Attempts: r.Attempts[len(r.Attempts)-1].Number,
 		Causes:   causes,

@@ -209,7 +209,7 @@ func TestSources(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			src, err := newSource(tt.colons, tt.have, tt.files, strings.NewReader(tt.stdin), tt.sep)
+			src, err := newSource(tt.colons, tt.have, tt.files, strings.NewReader(tt.stdin), tt.sep, 0, "")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -225,7 +225,7 @@ func TestSources(t *testing.T) {
 }
 
 func TestSourceMissingFile(t *testing.T) {
-	_, err := newSource(nil, false, []string{"/nonexistent/in.txt"}, nil, '\n')
+	_, err := newSource(nil, false, []string{"/nonexistent/in.txt"}, nil, '\n', 0, "")
 	if err == nil || !strings.Contains(err.Error(), "cannot open input file /nonexistent/in.txt") {
 		t.Errorf("newSource(missing file) error = %v", err)
 	}
@@ -233,7 +233,7 @@ func TestSourceMissingFile(t *testing.T) {
 
 func TestLongLine(t *testing.T) {
 	line := bytes.Repeat([]byte("0123456789"), 1<<20) // 10 MiB
-	src := newLineReader(bytes.NewReader(append(line, '\n')), '\n')
+	src := newLineReader(bytes.NewReader(append(line, '\n')), '\n', len(line))
 	got, err := src.next()
 	if err != nil || !bytes.Equal(got, line) {
 		t.Fatalf("next() = %d bytes, %v; want %d bytes", len(got), err, len(line))
@@ -241,6 +241,79 @@ func TestLongLine(t *testing.T) {
 	if _, err := src.next(); err != io.EOF {
 		t.Errorf("second next() error = %v, want EOF", err)
 	}
+}
+
+// endless is an input with no separator in it, as a file without newlines
+// (or find -print0 read without -0) is: NUL bytes without end. It fails
+// the test once more than limit bytes are read from it.
+type endless struct {
+	t     *testing.T
+	read  int
+	limit int
+}
+
+func (e *endless) Read(p []byte) (int, error) {
+	if e.read > e.limit {
+		e.t.Errorf("read %d bytes of an endless input, want at most %d", e.read, e.limit)
+		return 0, errors.New("read too far")
+	}
+	clear(p)
+	e.read += len(p)
+	return len(p), nil
+}
+
+// TestLongInputStops: an input longer than the bound is not read whole
+// into memory (it used to be, however long): reading stops past the bound
+// with a *longInputError that numbers the input and says why, for the
+// inputs of run and map (a task per line) and for map's lines in blocks.
+func TestLongInputStops(t *testing.T) {
+	const max = 1 << 20
+	check := func(t *testing.T, err error, wantInput int64) {
+		t.Helper()
+		var le *longInputError
+		if !errors.As(err, &le) {
+			t.Fatalf("error = %v, want a *longInputError", err)
+		}
+		if le.Input != wantInput || le.Limit != max || le.Why != "why" {
+			t.Errorf("error = %+v, want input %d, limit %d and its reason", le, wantInput, max)
+		}
+		if msg := err.Error(); !strings.Contains(msg, "is longer than 1MiB") || !strings.Contains(msg, "use -0") {
+			t.Errorf("error = %q, want the bound and the hint about -0", msg)
+		}
+	}
+	t.Run("source", func(t *testing.T) {
+		in := &endless{t: t, limit: 2 * max}
+		src, err := newSource(nil, false, nil, io.MultiReader(strings.NewReader("a\nb\n"), in), '\n', max, "why")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer src.close()
+		for _, want := range []string{"a", "b"} {
+			if got, err := src.next(); err != nil || string(got) != want {
+				t.Fatalf("next() = %q, %v; want %q", got, err, want)
+			}
+		}
+		_, err = src.next()
+		check(t, err, 3)
+	})
+	t.Run("blocks", func(t *testing.T) {
+		in := &endless{t: t, limit: 2 * max}
+		fs, err := openFiles([]string{"-"}, io.MultiReader(strings.NewReader("a\nb\n"), in), '\n', max, "why")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer fs.close()
+		lb := newLineBlocks(fs)
+		if block, n, err := lb.next(10); err != nil || string(block) != "a\nb\n" || n != 2 {
+			t.Fatalf("next() = %q, %d, %v; want the two short lines", block, n, err)
+		}
+		_, _, err = lb.next(10)
+		var le *longInputError
+		if errors.As(err, &le) {
+			le.Input = 3 // feedBlocks numbers it
+		}
+		check(t, err, 3)
+	})
 }
 
 func TestEscapeInput(t *testing.T) {

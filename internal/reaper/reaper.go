@@ -100,9 +100,18 @@ func unmark(env []string) []string {
 	return out
 }
 
-// marked reports whether environ, the NUL-separated contents of
-// /proc/PID/environ, sets EnvMarker to a list that holds token.
-func marked(environ []byte, token string) bool {
+// Mark returns env (the process's environment when nil) with a new token
+// added to EnvMarker, and the token. A pool marks each one-shot attempt so:
+// what the attempt leaves behind can then be swept (SweepAny) once it has
+// ended, while the pool's other processes run on.
+func Mark(env []string) ([]string, string) {
+	token := newToken()
+	return mark(env, token), token
+}
+
+// markedAny reports whether environ, the NUL-separated contents of
+// /proc/PID/environ, sets EnvMarker to a list that holds one of tokens.
+func markedAny(environ []byte, tokens map[string]struct{}) bool {
 	prefix := []byte(EnvMarker + "=")
 	for len(environ) > 0 {
 		kv := environ
@@ -116,10 +125,16 @@ func marked(environ []byte, token string) bool {
 			continue
 		}
 		for t := range bytes.SplitSeq(v, []byte(":")) {
-			if string(t) == token {
+			if _, ok := tokens[string(t)]; ok {
 				return true
 			}
 		}
 	}
 	return false
+}
+
+// marked reports whether environ, the NUL-separated contents of
+// /proc/PID/environ, sets EnvMarker to a list that holds token.
+func marked(environ []byte, token string) bool {
+	return markedAny(environ, map[string]struct{}{token: {}})
 }

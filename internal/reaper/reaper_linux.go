@@ -123,7 +123,7 @@ func (g *Guard) Close() error {
 			// exec to finish, in a pool that ends as soon as it began.
 			skip = g.guardian.Process.Pid
 		}
-		g.closeErr = sweep(g.token, skip)
+		g.closeErr = sweep([]string{g.token}, skip)
 		if g.guardian != nil {
 			// Killing it, rather than closing its pipe, saves it a sweep
 			// of its own. Only now: had this process died during the
@@ -145,14 +145,23 @@ func (g *Guard) Close() error {
 //
 // It finds only the processes whose /proc/PID/environ it may read: those of
 // its own user, or all as root.
-func Sweep(token string) error { return sweep(token, 0) }
+func Sweep(token string) error { return sweep([]string{token}, 0) }
 
-// sweep is Sweep, which also leaves process skip alone.
-func sweep(token string, skip int) error {
-	if token == "" || strings.ContainsAny(token, ":\x00") {
-		return fmt.Errorf("reaper: invalid token %q", token)
+// SweepAny is Sweep for the processes marked with any of tokens, in one
+// look at /proc for them all.
+func SweepAny(tokens []string) error { return sweep(tokens, 0) }
+
+// sweep is SweepAny, which also leaves process skip alone.
+func sweep(tokens []string, skip int) error {
+	set := make(map[string]struct{}, len(tokens))
+	for _, token := range tokens {
+		if token == "" || strings.ContainsAny(token, ":\x00") {
+			return fmt.Errorf("reaper: invalid token %q", token)
+		}
+		set[token] = struct{}{}
 	}
-	s := sweeper{token: token, skip: skip, buf: make([]byte, 0, 64<<10)}
+	token := strings.Join(tokens, ",") // for messages
+	s := sweeper{tokens: set, skip: skip, buf: make([]byte, 0, 64<<10)}
 	deadline := time.Now().Add(sweepTimeout)
 	for {
 		n, err := s.round()
@@ -174,7 +183,7 @@ func sweep(token string, skip int) error {
 
 // sweeper is one Sweep's state.
 type sweeper struct {
-	token  string
+	tokens map[string]struct{}
 	skip   int    // a process not to look at, or 0
 	buf    []byte // reused for every environ read
 	pidfds []int  // the processes the current round killed
@@ -302,7 +311,7 @@ func (s *sweeper) marked(pid int) bool {
 		b = b[:len(b)+m]
 	}
 	s.buf = b
-	return marked(b, s.token)
+	return markedAny(b, s.tokens)
 }
 
 // init runs the guardian when Start started this executable as one. It

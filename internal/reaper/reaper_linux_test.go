@@ -166,7 +166,7 @@ func TestSweepForkingShell(t *testing.T) {
 	sh := start(t, cmd)
 	t.Cleanup(func() { Sweep(token) })
 	// Sweep while it forks.
-	s := sweeper{token: token}
+	s := sweeper{tokens: map[string]struct{}{token: {}}}
 	for deadline := time.Now().Add(30 * time.Second); countMarked(&s) < 50; time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the shell did not start 50 processes in 30 s")

@@ -27,3 +27,6 @@ func (g *Guard) Close() error { return nil }
 
 // Sweep returns errors.ErrUnsupported outside Linux.
 func Sweep(token string) error { return errors.ErrUnsupported }
+
+// SweepAny returns errors.ErrUnsupported outside Linux.
+func SweepAny(tokens []string) error { return errors.ErrUnsupported }

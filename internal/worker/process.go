@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -193,6 +194,13 @@ func Start(spec Spec) (_ *Process, err error) {
 		// Name the worker's own command, not the program that exec ran (a
 		// cgroup shim's shell), and say which limit it broke.
 		return nil, fmt.Errorf("%w: %s: %w (%s)", ErrStart, spec.Args[0], syscall.E2BIG, argSizes(spec.Args, cmd.Environ()))
+	}
+	if errors.Is(err, syscall.EINVAL) {
+		if i := nulArg(spec.Args); i >= 0 {
+			// exec's own words are "invalid argument", after the path of
+			// whatever it ran (a cgroup shim's shell): say which.
+			return nil, fmt.Errorf("%w: %s: %w (argument %d holds a NUL byte, which no program can be given: its arguments are C strings, which end at it)", ErrStart, spec.Args[0], syscall.EINVAL, i)
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrStart, err)
@@ -389,6 +397,17 @@ func outputPipe() (r, w *os.File, err error) {
 // Spec.Stdin: exec.Cmd hands an *os.File to the child as it is, and never
 // closes one it was given. Reading /dev/null has no position to share.
 var devNull = sync.OnceValues(func() (*os.File, error) { return os.Open(os.DevNull) })
+
+// nulArg returns the index of the first of args that holds a NUL byte, or
+// -1.
+func nulArg(args []string) int {
+	for i, a := range args {
+		if strings.IndexByte(a, 0) >= 0 {
+			return i
+		}
+	}
+	return -1
+}
 
 // maxArgLen is the longest argument or environment string Linux passes to
 // a program (MAX_ARG_STRLEN), its terminating NUL included.
