@@ -73,6 +73,17 @@ class Executor(concurrent.futures.Executor):
         self._shutdown = False
         self._lock = threading.Lock()
 
+    def __del__(self):
+        # As ProcessPoolExecutor's: an executor dropped without shutdown
+        # finishes the futures it has and then stops its workers, in the
+        # background.
+        if not getattr(self, "_shutdown", True):
+            self._shutdown = True
+            try:
+                threading.Thread(target=self._core.close, name="safepool-shutdown").start()
+            except RuntimeError:
+                pass  # the interpreter is shutting down: its exit handler terminates the pool
+
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
         """Schedule fn(*args, **kwargs) and return a Future for its result.
         The future fails with safepool.WorkerDied if the worker dies."""
@@ -132,7 +143,7 @@ class Executor(concurrent.futures.Executor):
             sizes = [_total(i) for i in iterables]
             display = _progress.make(progress, None if None in sizes else min(sizes, default=0))
         it = IterResult(self._core, fn, STAR, zip(*iterables), chunksize, True, "raise", ahead=buffersize,
-                        progress=display)
+                        progress=display, pool=self)
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def results():

@@ -55,6 +55,18 @@ def __getattr__(name):
     raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
 
+def _terminate_dropped(core):
+    """Terminate the core of a pool that was dropped, in a thread of its
+    own: the collector may run Pool.__del__ in any thread, even one of the
+    core's while it holds the core's lock. Not a daemon, so that the
+    program's end waits for the binary's exit."""
+    import threading
+    try:
+        threading.Thread(target=core.terminate, name="safepool-dropped").start()
+    except RuntimeError:
+        pass  # the interpreter is shutting down: its exit handler terminates the pool
+
+
 class Pool:
     """A process pool with multiprocessing.Pool's interface whose workers may
     die at any moment without hanging it.
@@ -189,11 +201,18 @@ class Pool:
         return "<%s.%s state=%s processes=%d>" % (type(self).__module__, type(self).__qualname__, self._state,
                                                  self._core.processes if self._state else 0)
 
-    def __del__(self, _warn=warnings.warn, _RUN=RUN):
-        # As multiprocessing.Pool: a pool that is dropped while it runs is a
-        # leak (its binary and workers run until the program exits).
-        if getattr(self, "_state", None) == _RUN:
+    def __del__(self, _warn=warnings.warn, _RUN=RUN, _CLOSE=CLOSE):
+        # As multiprocessing.Pool: a pool that is dropped while it runs is
+        # a mistake, which a warning reports, and it is terminated: its
+        # binary and workers must not run on until the program exits. No
+        # task is lost: a pool is dropped only once it has none queued or
+        # running for an AsyncResult, whose job keeps it until it is ready;
+        # an imap's iterator keeps it as long as it lives.
+        state = getattr(self, "_state", None)
+        if state == _RUN:
             _warn("unclosed running multiprocessing pool %r" % (self,), ResourceWarning, source=self)
+        if state in (_RUN, _CLOSE):
+            _terminate_dropped(self._core)
 
     # ---- submitting ----------------------------------------------------------
 
@@ -231,7 +250,8 @@ class Pool:
         if progress:
             from . import _progress
             display = _progress.make(progress, len(items))
-        res = AsyncResult(self._core, fn, mode, len(items), False, callback, error_callback, errors, display)
+        res = AsyncResult(self._core, fn, mode, len(items), False, callback, error_callback, errors, display,
+                          pool=self)
         cs = self._chunksize(len(items), chunksize, res._job.fn_bytes)
         for start in range(0, len(items), cs):
             part = items[start:start + cs]
@@ -258,7 +278,7 @@ class Pool:
             from . import _progress
             display = _progress.make(progress, _total(iterable))
         return IterResult(self._core, func, MAP, iterable, chunksize, ordered, errors, progress=display,
-                          on_ready=on_ready)
+                          on_ready=on_ready, pool=self)
 
     def apply_async(self, func: Callable, args: Iterable = (), kwds: Optional[dict] = None,
                     callback: Optional[Callable] = None,
@@ -279,7 +299,8 @@ class Pool:
         from ._options import call_options
         opts = call_options(timeout, soft_timeout, mem, retry_on, wait_timeout)
         self._check()
-        res = AsyncResult(self._core, func, APPLY, 1, True, callback, error_callback, self._errors("raise"))
+        res = AsyncResult(self._core, func, APPLY, 1, True, callback, error_callback, self._errors("raise"),
+                          pool=self)
         res._job.opts = opts
         self._core.submit(_Chunk(res._job, range(0, 1), [(tuple(args), dict(kwds or {}))]))
         return res

@@ -58,6 +58,12 @@ def raise_unpicklable(x):
     raise Unpicklable(x, x)
 
 
+def sleep_then_square(x):
+    """Sleep x seconds, then return x * x."""
+    time.sleep(x)
+    return x * x
+
+
 def sleep_for(seconds):
     time.sleep(seconds)
     return seconds

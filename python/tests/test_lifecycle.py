@@ -1,5 +1,8 @@
 """No worker or supervisor outlives a pool: terminate, Ctrl-C, SIGKILLed
-parent. And imap reads its input lazily with flat memory."""
+parent, a pool dropped without close. And imap reads its input lazily with
+flat memory, and an imap abandoned half way leaves no thread behind."""
+import gc
+import itertools
 import os
 import signal
 import subprocess
@@ -10,6 +13,8 @@ import threading
 import time
 import unittest
 import uuid
+import warnings
+import weakref
 
 import safepool
 from tests import helpers
@@ -93,6 +98,53 @@ class NoOrphans(unittest.TestCase):
         self.assertEqual(code, -signal.SIGKILL)
 
 
+class Dropped(unittest.TestCase):
+    """A pool or executor that the program drops without closing it is
+    stopped, as multiprocessing's and concurrent.futures' are: its binary
+    and workers do not run on until the program exits."""
+
+    def _marked(self, make):
+        marker = "safepool-test-" + uuid.uuid4().hex
+        os.environ["SAFEPOOL_TEST_MARKER"] = marker
+        try:
+            return make(), marker
+        finally:
+            del os.environ["SAFEPOOL_TEST_MARKER"]
+
+    def test_pool_dropped_while_running(self):
+        pool, marker = self._marked(lambda: safepool.Pool(2))
+        self.assertEqual(pool.map(helpers.square, range(10)), [x * x for x in range(10)])
+        me = {os.getpid()}
+        self.assertGreaterEqual(len(processes_with(marker, me)), 3)  # the binary and two workers
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            del pool
+            gc.collect()
+        self.assertTrue(any(issubclass(w.category, ResourceWarning) for w in caught), caught)
+        self.assertEqual(wait_gone(marker, me), [])
+
+    def test_pool_kept_by_its_pending_results(self):
+        # As multiprocessing's: an AsyncResult keeps its pool until it is
+        # ready, so that a pool made for one call is not stopped under it.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            r, marker = self._marked(lambda: safepool.Pool(2).map_async(helpers.sleep_then_square, [0.2] * 4))
+            gc.collect()
+            self.assertEqual(r.get(timeout=60), [0.2 * 0.2] * 4)
+            self.assertEqual(list(safepool.Pool(2).imap(helpers.square, range(5))), [0, 1, 4, 9, 16])
+            del r
+            gc.collect()
+        self.assertEqual(wait_gone(marker, {os.getpid()}), [])
+
+    def test_executor_dropped_finishes_its_futures(self):
+        ex, marker = self._marked(lambda: safepool.Executor(2))
+        futures = [ex.submit(helpers.sleep_then_square, 0.2) for _ in range(4)]
+        del ex
+        gc.collect()
+        self.assertEqual([f.result(timeout=60) for f in futures], [0.2 * 0.2] * 4)
+        self.assertEqual(wait_gone(marker, {os.getpid()}), [])
+
+
 class BackgroundJob(unittest.TestCase):
     def test_ctrl_c_tests_pass_with_sigint_ignored(self):
         # A background job of a shell without job control (`./test.sh &`
@@ -151,6 +203,35 @@ class LazyImap(unittest.TestCase):
         # multiprocessing's imap would read all 100 MB of input ahead.
         self.assertLess(ahead, 12_000)
         self.assertLess(grown, 32 << 20, "parent memory grew by %d bytes" % grown)
+
+    def test_abandoned_imap_leaves_no_thread(self):
+        # A loop that stops reading an imap half way (a break, an
+        # exception) drops it, and may do so many times over one pool: each
+        # time, its input (here endless) and the thread that reads it must
+        # go, not stay blocked until the pool ends.
+        def feeders():
+            return [t for t in threading.enumerate() if t.name == "safepool-imap-feeder"]
+
+        with safepool.Pool(2) as pool:
+            inputs = []
+            for _ in range(5):
+                source = (i for i in itertools.count())
+                inputs.append(weakref.ref(source))
+                for v in pool.imap(helpers.square, source):
+                    if v >= 100:
+                        break
+                del source
+            for _ in range(5):
+                it = iter(pool.imap_unordered(helpers.square, itertools.count()))
+                next(it)
+                del it
+            gc.collect()
+            deadline = time.monotonic() + 20  # a bound against a hang, not a speed requirement
+            while (feeders() or any(r() is not None for r in inputs)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.assertEqual(feeders(), [])
+            self.assertEqual([r() for r in inputs if r() is not None], [])
+            self.assertEqual(pool.map(helpers.square, range(5)), [0, 1, 4, 9, 16])
 
 
 if __name__ == "__main__":
