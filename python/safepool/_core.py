@@ -60,7 +60,7 @@ PER_ITEM_FUNCTIONS = 32
 
 def _at_exit():
     for core in list(_live_cores):
-        core.terminate(wait=1.0)
+        core.terminate(wait=1.0)  # not in a child that fork copied this process into: see terminate
 
 
 atexit.register(_at_exit)
@@ -138,6 +138,10 @@ class _Core:
         self.retry_all = launch.options.task_error_retries > 0
         self._launch = launch
         self._proc = launch.proc
+        # The process that owns the binary. A child that the program forks
+        # inherits this object (and runs the exit handler, and drops its
+        # pools) but not the pool: it must not stop it.
+        self._owner_pid = os.getpid()
         self.main_importable = launch.main is not None  # workers import the parent's __main__
 
         self._lock = threading.Lock()
@@ -1025,8 +1029,17 @@ class _Core:
             else:
                 self._cancel(c.job, c.positions, c.items, None)
 
+    def forked(self) -> bool:
+        """Report whether this is a copy, made by fork, in a child of the
+        process that owns the pool: a copy has none of the pool's threads,
+        and its binary is the parent's."""
+        return os.getpid() != self._owner_pid
+
     def close(self):
-        """Finish the queued work, then stop the binary and its workers."""
+        """Finish the queued work, then stop the binary and its workers.
+        A forked copy does nothing (see forked)."""
+        if self.forked():
+            return
         self.wait_idle()
         with self._lock:
             self._stopping = True
@@ -1048,7 +1061,10 @@ class _Core:
             self._cancel(c.job, c.positions, c.items, None)
 
     def terminate(self, wait: float | None = None):
-        """Abort and wait for the binary, which kills its workers, to exit."""
+        """Abort and wait for the binary, which kills its workers, to exit.
+        A forked copy does nothing (see forked)."""
+        if self.forked():
+            return
         if self._ended.is_set() and self._proc.poll() is not None:
             self._release()
             return

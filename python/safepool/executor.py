@@ -81,7 +81,7 @@ class Executor(concurrent.futures.Executor):
             self._shutdown = True
             try:
                 threading.Thread(target=self._core.close, name="safepool-shutdown").start()
-            except RuntimeError:
+            except Exception:
                 pass  # the interpreter is shutting down: its exit handler terminates the pool
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:

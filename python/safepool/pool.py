@@ -60,10 +60,10 @@ def _terminate_dropped(core):
     own: the collector may run Pool.__del__ in any thread, even one of the
     core's while it holds the core's lock. Not a daemon, so that the
     program's end waits for the binary's exit."""
-    import threading
     try:
+        import threading
         threading.Thread(target=core.terminate, name="safepool-dropped").start()
-    except RuntimeError:
+    except Exception:
         pass  # the interpreter is shutting down: its exit handler terminates the pool
 
 
@@ -209,6 +209,8 @@ class Pool:
         # running for an AsyncResult, whose job keeps it until it is ready;
         # an imap's iterator keeps it as long as it lives.
         state = getattr(self, "_state", None)
+        if state is None or self._core.forked():
+            return  # a child that fork copied the program into has only a copy of the pool
         if state == _RUN:
             _warn("unclosed running multiprocessing pool %r" % (self,), ResourceWarning, source=self)
         if state in (_RUN, _CLOSE):

@@ -145,6 +145,41 @@ class Dropped(unittest.TestCase):
         self.assertEqual(wait_gone(marker, {os.getpid()}), [])
 
 
+FORK_SCRIPT = """
+import os, sys, safepool
+from tests import helpers
+if __name__ == "__main__":
+    pool = safepool.Pool(2)
+    pool.map(helpers.square, range(4))
+    pid = os.fork()
+    if pid == 0:
+        # A child forked by the program (daemon code, a library) that ends
+        # normally: its exit handlers run, and the pool, which it
+        # inherited as an object, is dropped there.
+        with pool:
+            pass
+        del pool
+        sys.exit(0)
+    _, status = os.waitpid(pid, 0)
+    print(os.waitstatus_to_exitcode(status), pool.map(helpers.square, range(4)), flush=True)
+    pool.terminate()
+"""
+
+
+class Forked(unittest.TestCase):
+    def test_forked_child_leaves_the_pool_alone(self):
+        # The pool is the parent's: a child that inherited it by fork must
+        # not stop its binary (it used to SIGKILL it from its exit handler).
+        d = tempfile.mkdtemp()
+        script = os.path.join(d, "forker.py")
+        with open(script, "w") as f:
+            f.write(textwrap.dedent(FORK_SCRIPT))
+        out = subprocess.run([sys.executable, script], env=child_env(), cwd=PYTHON_DIR, capture_output=True,
+                             text=True, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.strip(), "0 [0, 1, 4, 9]", out.stderr)
+
+
 class BackgroundJob(unittest.TestCase):
     def test_ctrl_c_tests_pass_with_sigint_ignored(self):
         # A background job of a shell without job control (`./test.sh &`
