@@ -56,11 +56,25 @@ def main_attr(qualname: str):
     return obj
 
 
+def rebuild_exception(cls, args, state):
+    """The exception of class cls with args and state (its __dict__, or
+    None), made without calling cls's __init__: how an exception whose
+    __init__ takes other arguments than its args, which pickle cannot make
+    again, reaches the client as itself."""
+    e = cls.__new__(cls, *args)
+    e.args = args
+    if state:
+        e.__dict__.update(state)
+    return e
+
+
 def dumps_main_by_name(obj) -> bytes:
     """Pickle obj, sending the classes and functions of __main__ by name
     without looking them up here. The worker's __main__ may not have them
     (they came by value, with cloudpickle, from a client whose main module
-    workers cannot import); the client's has."""
+    workers cannot import); the client's has. What is local to a function
+    has no such name, and fails to pickle here. Exceptions are sent to be
+    made again without their __init__ (rebuild_exception)."""
     import io
     import pickle
 
@@ -69,7 +83,11 @@ def dumps_main_by_name(obj) -> bytes:
     class Pickler(pickle.Pickler):
         def reducer_override(self, o):
             if isinstance(o, (type, function)) and getattr(o, "__module__", None) in ("__main__", "__mp_main__"):
+                if "<locals>" in o.__qualname__:
+                    return NotImplemented  # pickle says "Can't pickle local object"
                 return main_attr, (o.__qualname__,)
+            if isinstance(o, BaseException):
+                return rebuild_exception, (type(o), o.args, getattr(o, "__dict__", None) or None)
             return NotImplemented
 
     buf = io.BytesIO()
@@ -181,11 +199,12 @@ def _exc_record(e):
     tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
     try:
         data = dumps(e)
-        loads(data)  # some exceptions pickle but do not unpickle
+        loads(data)  # some exceptions pickle but do not unpickle: their __init__ takes other arguments
     except Exception:
         try:
-            # Its class may be the client's __main__'s, sent by value: the
-            # client unpickles it (or reports it if it cannot).
+            # Made again from its class, args and attributes, without its
+            # __init__. Its class may be the client's __main__'s, sent by
+            # value: the client unpickles it (or reports it if it cannot).
             data = dumps_main_by_name(e)
         except Exception:
             data = None

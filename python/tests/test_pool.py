@@ -142,6 +142,22 @@ class PoolBasics(unittest.TestCase):
         self.assertIn("Unpicklable", str(cm.exception))
         self.assertIn("raise_unpicklable", cm.exception.__cause__.tb)
 
+    def test_exception_with_its_own_init(self):
+        # Its class, its args and its attributes, as the task raised it: an
+        # `except HTTPFailure` in the caller catches it (multiprocessing's
+        # result thread dies unpickling it, and its map hangs).
+        with self.assertRaises(helpers.HTTPFailure) as cm:
+            self.pool.apply(helpers.raise_http_failure, (404,))
+        e = cm.exception
+        self.assertEqual((str(e), e.args, e.status, e.body), ("HTTP 404: not here", ("HTTP 404: not here",), 404,
+                                                               "not here"))
+        self.assertIsInstance(e.__cause__, safepool.RemoteTraceback)
+        self.assertIn("raise_http_failure", e.__cause__.tb)
+        out = self.pool.map(helpers.raise_http_failure, [500, 503], errors="return")
+        self.assertEqual([(type(x), x.status) for x in out], [(helpers.HTTPFailure, 500), (helpers.HTTPFailure, 503)])
+        with safepool.Executor(1) as ex:
+            self.assertEqual(ex.submit(helpers.raise_http_failure, 410).exception(timeout=60).status, 410)
+
     def test_lambda(self):
         try:
             import cloudpickle  # noqa: F401
@@ -320,6 +336,45 @@ class MainScript(unittest.TestCase):
         # Workers import the script under another name and skip its main block.
         self.assertIn("imported as __mp_main__", out.stdout)
         self.assertEqual(out.stdout.count("result"), 1)
+
+
+    def test_local_function_or_class_result_from_main(self):
+        # A result that pickle cannot send (a function or class local to a
+        # function of the script) fails as multiprocessing reports it,
+        # MaybeEncodingError with the pickling error, not as a result the
+        # parent could not unpickle.
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        script = os.path.join(d, "script.py")
+        with open(script, "w") as f:
+            f.write(textwrap.dedent("""
+                import multiprocessing.pool, safepool
+
+                def make_adder(x):
+                    return lambda y: x + y
+
+                def make_record(x):
+                    class Record:
+                        pass
+                    r = Record()
+                    r.x = x
+                    return r
+
+                if __name__ == "__main__":
+                    with safepool.Pool(2) as pool:
+                        for fn in (make_adder, make_record):
+                            try:
+                                pool.apply(fn, (1,))
+                            except multiprocessing.pool.MaybeEncodingError as e:
+                                print(fn.__name__, "MaybeEncodingError", "local object" in str(e))
+                            except Exception as e:
+                                print(fn.__name__, type(e).__name__, e)
+            """))
+        out = subprocess.run([sys.executable, script], env=child_env(), capture_output=True, text=True,
+                             timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.splitlines(), ["make_adder MaybeEncodingError True",
+                                                   "make_record MaybeEncodingError True"])
 
 
 STDIN_SCRIPT = """
