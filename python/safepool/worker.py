@@ -208,7 +208,11 @@ def _exc_record(e):
             data = dumps_main_by_name(e)
         except Exception:
             data = None
-    return (data, tb, "%s: %s" % (type(e).__name__, e))
+    try:
+        text = "%s: %s" % (type(e).__name__, e)
+    except Exception:  # its __str__ fails; the traceback's text says so too
+        text = "%s: <exception str() failed>" % type(e).__name__
+    return (data, tb, text)
 
 
 def _short_repr(v, limit=1000) -> str:

@@ -72,6 +72,17 @@ def raise_http_failure(status):
     raise HTTPFailure(status, "not here")
 
 
+class NoText(Exception):
+    """An exception whose str() fails."""
+
+    def __str__(self):
+        raise RuntimeError("no text")
+
+
+def raise_no_text(x):
+    raise NoText(x)
+
+
 def sleep_then_square(x):
     """Sleep x seconds, then return x * x."""
     time.sleep(x)

@@ -158,6 +158,14 @@ class PoolBasics(unittest.TestCase):
         with safepool.Executor(1) as ex:
             self.assertEqual(ex.submit(helpers.raise_http_failure, 410).exception(timeout=60).status, 410)
 
+    def test_exception_whose_str_fails(self):
+        # It is the task's exception, as with multiprocessing: not a death
+        # of its worker (which a retry policy would run again).
+        with self.assertRaises(helpers.NoText) as cm:
+            self.pool.apply(helpers.raise_no_text, (1,))
+        self.assertEqual(cm.exception.args, (1,))
+        self.assertEqual(self.pool.failed_tasks()[-1][:3], (helpers.raise_no_text, ((1,), {}), "task-error"))
+
     def test_lambda(self):
         try:
             import cloudpickle  # noqa: F401
