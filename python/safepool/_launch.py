@@ -295,12 +295,23 @@ class Process:
         # The child's ends, at 5 or above, go to 3 and 4 in the child; copies
         # there cannot be overwritten by the dup2 to 3 or 4.
         a = b = -1
+        # Inheritable descriptors at or above the limit of open files
+        # (inherited, or opened before the program lowered the limit):
+        # posix_spawn refuses to close those (EBADF). They are made
+        # close-on-exec for the spawn instead, and inheritable again after.
+        above = []
         try:
             a = fcntl.fcntl(to_r, fcntl.F_DUPFD_CLOEXEC, 5)
             b = fcntl.fcntl(from_w, fcntl.F_DUPFD_CLOEXEC, 5)
             actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                        (os.POSIX_SPAWN_DUP2, a, 3), (os.POSIX_SPAWN_DUP2, b, 4)]
-            actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds() if fd > 4]
+            limit = os.sysconf("SC_OPEN_MAX")
+            for fd in _inheritable_fds():
+                if fd >= limit > 0:
+                    os.set_inheritable(fd, False)
+                    above.append(fd)
+                elif fd > 4:
+                    actions.append((os.POSIX_SPAWN_CLOSE, fd))
             self.pid = os.posix_spawn(binary, [binary, "__bridge", "--in-fd", "3", "--out-fd", "4"], env,
                                       file_actions=actions, setsid=True)
         except BaseException:
@@ -308,6 +319,8 @@ class Process:
                 os.close(fd)
             raise
         finally:
+            for fd in above:
+                os.set_inheritable(fd, True)
             for fd in (to_r, from_w, a, b):
                 if fd >= 0:
                     os.close(fd)
