@@ -227,6 +227,17 @@ class _Core:
         if self._stopping:
             raise ValueError("Pool not running")
 
+    def forbid_wait(self):
+        """Raise RuntimeError in this pool's reader thread, where result
+        callbacks run: a wait there for the pool's results would never end
+        (that thread delivers them), and every later call of the pool would
+        hang with it."""
+        if threading.current_thread() is self._reader:
+            raise RuntimeError(
+                "cannot wait for the pool's results in a result callback: callbacks run in the thread that "
+                "delivers the results, which would wait forever. Submit with apply_async or map_async from "
+                "the callback, without waiting, or wait in another thread")
+
     def accepting(self) -> bool:
         """Report whether new chunks are still accepted."""
         return not (self._stopping or self._draining)
@@ -989,6 +1000,8 @@ class _Core:
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until every submitted item is settled."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._outstanding > 0:
+            self.forbid_wait()
         with self._lock:
             while self._outstanding > 0:
                 remaining = None if deadline is None else deadline - time.monotonic()

@@ -126,7 +126,11 @@ class AsyncResult:
         return not self._job.failed
 
     def wait(self, timeout: Optional[float] = None) -> None:
-        """Wait until the result is available or timeout seconds pass."""
+        """Wait until the result is available or timeout seconds pass.
+        Raise RuntimeError in a result callback of the same pool (see
+        _Core.forbid_wait)."""
+        if not self._event.is_set():
+            self._job.core.forbid_wait()
         self._event.wait(timeout)
 
     def get(self, timeout: Optional[float] = None) -> Any:
@@ -134,7 +138,10 @@ class AsyncResult:
         exception (safepool.WorkerDied when its worker died) unless
         errors="return" was given, in which case exceptions stand in place
         of the failed results. Raise multiprocessing.TimeoutError if it does
-        not arrive within timeout seconds."""
+        not arrive within timeout seconds, and RuntimeError in a result
+        callback of the same pool (see _Core.forbid_wait)."""
+        if not self._event.is_set():
+            self._job.core.forbid_wait()
         if not self._event.wait(timeout):
             raise timeout_error()
         return self._value()
@@ -445,6 +452,7 @@ class IterResult:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise timeout_error()
+                self._core.forbid_wait()
                 self._cond.wait(remaining)
             self._consumed += 1
             self._cond.notify_all()

@@ -166,6 +166,26 @@ class PoolBasics(unittest.TestCase):
         self.assertEqual(cm.exception.args, (1,))
         self.assertEqual(self.pool.failed_tasks()[-1][:3], (helpers.raise_no_text, ((1,), {}), "task-error"))
 
+    def test_waiting_in_a_result_callback_raises(self):
+        # Callbacks run in the thread that delivers the pool's results: one
+        # that waits for results of the same pool would wait forever, and
+        # so would every later call of the pool. It gets an error instead.
+        got = []
+
+        def callback(value):
+            for wait in (lambda: self.pool.map(helpers.square, [value]),
+                         lambda: self.pool.apply(helpers.square, (value,)),
+                         lambda: next(self.pool.imap(helpers.square, [value]))):
+                try:
+                    got.append(wait())
+                except BaseException as e:
+                    got.append(e)
+
+        self.assertEqual(self.pool.apply_async(helpers.square, (3,), callback=callback).get(timeout=20), 9)
+        self.assertEqual([type(e) for e in got], [RuntimeError] * 3, got)
+        self.assertIn("callback", str(got[0]))
+        self.assertEqual(self.pool.map(helpers.square, range(3)), [0, 1, 4])
+
     def test_lambda(self):
         try:
             import cloudpickle  # noqa: F401
