@@ -17,6 +17,26 @@ def _log_broken(error: BaseException) -> None:
     logging.getLogger("concurrent.futures").critical("safepool.Executor is broken: %s", error)
 
 
+class _Future(concurrent.futures.Future):
+    """A Future of an Executor, whose result() and exception() raise
+    RuntimeError rather than wait forever when a done callback of the same
+    executor calls them before it is done (see _Core.forbid_wait)."""
+
+    def __init__(self, core):
+        super().__init__()
+        self._core = core
+
+    def result(self, timeout=None):
+        if not self.done():
+            self._core.forbid_wait()
+        return super().result(timeout)
+
+    def exception(self, timeout=None):
+        if not self.done():
+            self._core.forbid_wait()
+        return super().exception(timeout)
+
+
 class Executor(concurrent.futures.Executor):
     """A concurrent.futures.Executor whose workers may die without breaking it.
 
@@ -106,7 +126,7 @@ class Executor(concurrent.futures.Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._core.check_running()
-            f = concurrent.futures.Future()
+            f = _Future(self._core)
             job = _FutureJob(self._core, fn, f)
             job.opts = opts
             self._core.submit(_Chunk(job, range(0, 1), [(args, kwargs)]))
