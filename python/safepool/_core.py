@@ -566,7 +566,7 @@ class _Core:
                         self._broken = _errors().BrokenPool("the safepool binary cannot start the pool: %s"
                                                   % self._end_info.get("error", "unknown error"))
                     break
-        except Exception as e:  # a bug here must not hang the pool
+        except BaseException as e:  # a bug here must not hang the pool, nor pass for the binary's exit
             if self._broken is None:
                 self._broken = _errors().BrokenPool("the safepool client failed reading results: %r" % e)
         finally:

@@ -77,6 +77,15 @@ class _Job:
         one after another."""
 
 
+def report_callback_error():
+    """Print the exception being handled, which a callback raised, on
+    standard error."""
+    import sys
+    import traceback
+    print("safepool: exception in a result callback:", file=sys.stderr)
+    traceback.print_exc()
+
+
 def timeout_error() -> Exception:
     """multiprocessing.TimeoutError, which get() and next() raise on timeout
     as multiprocessing's do. multiprocessing is imported only then."""
@@ -172,13 +181,11 @@ class AsyncResult:
                     self._error_callback(pick_failure(raised))
             elif self._callback is not None:
                 self._callback(self._value())
-        except Exception:
-            # A callback that raises must not stop the thread that delivers
-            # every result; report it as an uncaught exception in a thread.
-            import sys
-            import traceback
-            print("safepool: exception in a result callback:", file=sys.stderr)
-            traceback.print_exc()
+        except BaseException:
+            # A callback that raises (even SystemExit) must not stop the
+            # thread that delivers every result; report it as an uncaught
+            # exception in a thread.
+            report_callback_error()
         finally:
             self._pool = None
             self._event.set()
@@ -311,10 +318,16 @@ class _FutureJob(_Job):
         if not self.future.running():
             if not self.future.set_running_or_notify_cancel():
                 return
-        if ok:
-            self.future.set_result(value)
-        else:
-            self.future.set_exception(value)
+        try:
+            if ok:
+                self.future.set_result(value)
+            else:
+                self.future.set_exception(value)
+        except BaseException:
+            # A done callback raised what the Future does not catch
+            # (SystemExit, say): it must not stop the thread that delivers
+            # every result.
+            report_callback_error()
 
     def settle_many(self, positions, values):
         self.settle(0, True, values[0])

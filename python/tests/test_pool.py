@@ -186,6 +186,28 @@ class PoolBasics(unittest.TestCase):
         self.assertIn("callback", str(got[0]))
         self.assertEqual(self.pool.map(helpers.square, range(3)), [0, 1, 4])
 
+    def test_callback_that_raises_systemexit(self):
+        # A callback's sys.exit() (or any exception) is reported, and the
+        # pool goes on: it used to end the thread that delivers results,
+        # and the pool broke with "the safepool binary exited unexpectedly".
+        import contextlib
+        import io
+
+        def callback(value):
+            sys.exit("fatal result %r" % value)
+
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            self.assertEqual(self.pool.apply_async(helpers.square, (3,), callback=callback).get(timeout=20), 9)
+            self.assertEqual(self.pool.map(helpers.square, range(3)), [0, 1, 4])
+        self.assertIn("fatal result 9", err.getvalue())
+        with safepool.Executor(1) as ex:
+            f = ex.submit(helpers.square, 2)
+            f.add_done_callback(lambda f: sys.exit(1))
+            with contextlib.redirect_stderr(io.StringIO()):
+                self.assertEqual(f.result(timeout=20), 4)
+                self.assertEqual(ex.submit(helpers.square, 5).result(timeout=20), 25)
+
     def test_lambda(self):
         try:
             import cloudpickle  # noqa: F401
