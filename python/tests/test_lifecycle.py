@@ -180,6 +180,43 @@ class Forked(unittest.TestCase):
         self.assertEqual(out.stdout.strip(), "0 [0, 1, 4, 9]", out.stderr)
 
 
+INIT_SCRIPT = """
+import sys, safepool
+from tests import helpers
+if __name__ == "__main__":
+    pool = safepool.Pool(2, initializer=helpers.sleep_for, initargs=(0,))
+    print(pool.map(helpers.square, range(4)), flush=True)
+    sys.stdin.read()
+"""
+
+
+class KilledClient(unittest.TestCase):
+    def test_initializer_leaves_no_file(self):
+        # The pickled initializer and its arguments (an array of some GiB,
+        # say) must not stay behind, in a temporary directory that may be
+        # memory, when the program is killed (by the OOM killer too).
+        tmp = tempfile.mkdtemp()
+        d = tempfile.mkdtemp()
+        script = os.path.join(d, "parent.py")
+        with open(script, "w") as f:
+            f.write(textwrap.dedent(INIT_SCRIPT))
+        marker = "safepool-test-" + uuid.uuid4().hex
+        proc = subprocess.Popen([sys.executable, script], env=child_env(TMPDIR=tmp, SAFEPOOL_TEST_MARKER=marker),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=PYTHON_DIR)
+        try:
+            self.assertEqual(proc.stdout.readline().strip(), b"[0, 1, 4, 9]")
+            proc.kill()
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for f in (proc.stdin, proc.stdout, proc.stderr):
+                f.close()
+        self.assertEqual(wait_gone(marker), [])
+        self.assertEqual(os.listdir(tmp), [])
+
+
 class BackgroundJob(unittest.TestCase):
     def test_ctrl_c_tests_pass_with_sigint_ignored(self):
         # A background job of a shell without job control (`./test.sh &`
