@@ -458,6 +458,7 @@ class IterResult:
                     ok, value = self._queue.popleft()
                     break
                 if self._total is not None and self._consumed >= self._total:
+                    self._pool = None  # nothing more to come from it
                     if self._input_error is not None:
                         e, self._input_error = self._input_error, None
                         raise e
