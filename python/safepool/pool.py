@@ -211,10 +211,10 @@ class Pool:
         state = getattr(self, "_state", None)
         if state is None or self._core.forked():
             return  # a child that fork copied the program into has only a copy of the pool
+        if state in (_RUN, _CLOSE):
+            _terminate_dropped(self._core)  # first: the warning raises where warnings are errors
         if state == _RUN:
             _warn("unclosed running multiprocessing pool %r" % (self,), ResourceWarning, source=self)
-        if state in (_RUN, _CLOSE):
-            _terminate_dropped(self._core)
 
     # ---- submitting ----------------------------------------------------------
 

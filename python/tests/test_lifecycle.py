@@ -123,6 +123,16 @@ class Dropped(unittest.TestCase):
         self.assertTrue(any(issubclass(w.category, ResourceWarning) for w in caught), caught)
         self.assertEqual(wait_gone(marker, me), [])
 
+    def test_pool_dropped_where_warnings_are_errors(self):
+        # As under `python -W error` or a test runner's filters: the warning
+        # raises in __del__, and the pool must still be stopped.
+        pool, marker = self._marked(lambda: safepool.Pool(1))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ResourceWarning)
+            del pool
+            gc.collect()
+        self.assertEqual(wait_gone(marker, {os.getpid()}), [])
+
     def test_pool_kept_by_its_pending_results(self):
         # As multiprocessing's: an AsyncResult keeps its pool until it is
         # ready, so that a pool made for one call is not stopped under it.
