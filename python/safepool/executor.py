@@ -1,5 +1,6 @@
 """safepool.Executor: a concurrent.futures.Executor that survives the OOM killer."""
 import concurrent.futures
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
@@ -93,11 +94,13 @@ class Executor(concurrent.futures.Executor):
         self._shutdown = False
         self._lock = threading.Lock()
 
-    def __del__(self):
+    def __del__(self, _finalizing=sys.is_finalizing):
         # As ProcessPoolExecutor's: an executor dropped without shutdown
         # finishes the futures it has and then stops its workers, in the
         # background.
-        if not getattr(self, "_shutdown", True):
+        if not getattr(self, "_shutdown", True) and not _finalizing():
+            # (At the interpreter's exit, the exit handler terminates it,
+            # and a thread started then would never run.)
             self._shutdown = True
             try:
                 threading.Thread(target=self._core.close, name="safepool-shutdown").start()

@@ -1,6 +1,7 @@
 """safepool.Pool: a drop-in for multiprocessing.Pool that survives the OOM killer."""
 from __future__ import annotations
 
+import sys
 import warnings
 
 from . import _launch
@@ -201,7 +202,7 @@ class Pool:
         return "<%s.%s state=%s processes=%d>" % (type(self).__module__, type(self).__qualname__, self._state,
                                                  self._core.processes if self._state else 0)
 
-    def __del__(self, _warn=warnings.warn, _RUN=RUN, _CLOSE=CLOSE):
+    def __del__(self, _warn=warnings.warn, _RUN=RUN, _CLOSE=CLOSE, _finalizing=sys.is_finalizing):
         # As multiprocessing.Pool: a pool that is dropped while it runs is
         # a mistake, which a warning reports, and it is terminated: its
         # binary and workers must not run on until the program exits. No
@@ -211,6 +212,11 @@ class Pool:
         state = getattr(self, "_state", None)
         if state is None or self._core.forked():
             return  # a child that fork copied the program into has only a copy of the pool
+        if _finalizing():
+            # The interpreter is exiting: its exit handler has terminated
+            # the pool, and a thread started now would never run (3.11's
+            # Thread.start then waits for it forever).
+            return
         if state in (_RUN, _CLOSE):
             _terminate_dropped(self._core)  # first: the warning raises where warnings are errors
         if state == _RUN:

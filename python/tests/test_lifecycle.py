@@ -18,7 +18,7 @@ import weakref
 
 import safepool
 from tests import helpers
-from tests.support import PYTHON_DIR, child_env, processes_with, python_sigint_default, wait_gone
+from tests.support import PYTHON_DIR, child_env, processes_with, python_sigint_default, run_client, wait_gone
 
 SCRIPT = """
 import sys, safepool
@@ -122,6 +122,20 @@ class Dropped(unittest.TestCase):
             gc.collect()
         self.assertTrue(any(issubclass(w.category, ResourceWarning) for w in caught), caught)
         self.assertEqual(wait_gone(marker, me), [])
+
+    def test_program_ends_with_pools_open(self):
+        # The interpreter's exit terminates them (its exit handler); their
+        # objects, dropped after it, must not wait for a thread that can no
+        # longer run (it hung, as nobody, in Thread.start).
+        out = run_client(self, textwrap.dedent("""
+            import safepool
+            from tests import helpers
+            pool = safepool.Pool(1)
+            executor = safepool.Executor(1)
+            print(pool.map(helpers.square, range(3)), executor.submit(helpers.square, 3).result(), flush=True)
+        """), timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout, "[0, 1, 4] 9\n")
 
     def test_pool_dropped_where_warnings_are_errors(self):
         # As under `python -W error` or a test runner's filters: the warning
