@@ -264,7 +264,18 @@ def _function(fn_bytes, fns):
     """The function pickled as fn_bytes, unpickled once per worker."""
     fn = fns.get(fn_bytes)
     if fn is None:
-        fn = loads(fn_bytes)
+        try:
+            fn = loads(fn_bytes)
+        except AttributeError as e:
+            main = sys.modules.get("__mp_main__")
+            if main is None or "'__mp_main__'" not in str(e):
+                raise
+            # The client's main script has it, this import of the script
+            # does not: it is defined under the script's main guard.
+            raise AttributeError(
+                "%s: workers import the main script %s without running its `if __name__ == "
+                "\"__main__\":` block, so a function defined in that block is not found; define it "
+                "at the top level of the script, or in a module" % (e, getattr(main, "__file__", ""))) from None
         if len(fns) > 32:
             fns.clear()
         fns[fn_bytes] = fn

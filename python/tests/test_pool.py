@@ -388,6 +388,32 @@ class MainScript(unittest.TestCase):
         self.assertEqual(out.stdout.count("result"), 1)
 
 
+    def test_function_defined_under_the_main_guard(self):
+        # As with multiprocessing's spawn, workers cannot find it; the error
+        # says why, not only that the attribute is missing.
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        script = os.path.join(d, "script.py")
+        with open(script, "w") as f:
+            f.write(textwrap.dedent("""
+                import safepool
+
+                if __name__ == "__main__":
+                    def double(x):
+                        return 2 * x
+
+                    with safepool.Pool(1) as pool:
+                        try:
+                            pool.map(double, range(3))
+                        except AttributeError as e:
+                            print(str(e))
+            """))
+        out = subprocess.run([sys.executable, script], env=child_env(), capture_output=True, text=True,
+                             timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("Can't get attribute 'double'", out.stdout)
+        self.assertIn('without running its `if __name__ == "__main__":` block', out.stdout)
+
     def test_local_function_or_class_result_from_main(self):
         # A result that pickle cannot send (a function or class local to a
         # function of the script) fails as multiprocessing reports it,
