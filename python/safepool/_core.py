@@ -60,7 +60,7 @@ PER_ITEM_FUNCTIONS = 32
 
 def _at_exit():
     for core in list(_live_cores):
-        core.terminate(wait=1.0)
+        core.terminate(wait=1.0)  # not in a child that fork copied this process into: see terminate
 
 
 atexit.register(_at_exit)
@@ -138,6 +138,10 @@ class _Core:
         self.retry_all = launch.options.task_error_retries > 0
         self._launch = launch
         self._proc = launch.proc
+        # The process that owns the binary. A child that the program forks
+        # inherits this object (and runs the exit handler, and drops its
+        # pools) but not the pool: it must not stop it.
+        self._owner_pid = os.getpid()
         self.main_importable = launch.main is not None  # workers import the parent's __main__
 
         self._lock = threading.Lock()
@@ -222,6 +226,17 @@ class _Core:
             raise _errors().BrokenPool("the pool aborted: %s" % self._abort_reason) from self._abort_reason
         if self._stopping:
             raise ValueError("Pool not running")
+
+    def forbid_wait(self):
+        """Raise RuntimeError in this pool's reader thread, where result
+        callbacks run: a wait there for the pool's results would never end
+        (that thread delivers them), and every later call of the pool would
+        hang with it."""
+        if threading.current_thread() is self._reader:
+            raise RuntimeError(
+                "cannot wait for the pool's results in a result callback: callbacks run in the thread that "
+                "delivers the results, which would wait forever. Submit with apply_async or map_async from "
+                "the callback, without waiting, or wait in another thread")
 
     def accepting(self) -> bool:
         """Report whether new chunks are still accepted."""
@@ -551,7 +566,7 @@ class _Core:
                         self._broken = _errors().BrokenPool("the safepool binary cannot start the pool: %s"
                                                   % self._end_info.get("error", "unknown error"))
                     break
-        except Exception as e:  # a bug here must not hang the pool
+        except BaseException as e:  # a bug here must not hang the pool, nor pass for the binary's exit
             if self._broken is None:
                 self._broken = _errors().BrokenPool("the safepool client failed reading results: %r" % e)
         finally:
@@ -985,6 +1000,8 @@ class _Core:
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until every submitted item is settled."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._outstanding > 0:
+            self.forbid_wait()
         with self._lock:
             while self._outstanding > 0:
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -1025,8 +1042,17 @@ class _Core:
             else:
                 self._cancel(c.job, c.positions, c.items, None)
 
+    def forked(self) -> bool:
+        """Report whether this is a copy, made by fork, in a child of the
+        process that owns the pool: a copy has none of the pool's threads,
+        and its binary is the parent's."""
+        return os.getpid() != self._owner_pid
+
     def close(self):
-        """Finish the queued work, then stop the binary and its workers."""
+        """Finish the queued work, then stop the binary and its workers.
+        A forked copy does nothing (see forked)."""
+        if self.forked():
+            return
         self.wait_idle()
         with self._lock:
             self._stopping = True
@@ -1048,7 +1074,10 @@ class _Core:
             self._cancel(c.job, c.positions, c.items, None)
 
     def terminate(self, wait: float | None = None):
-        """Abort and wait for the binary, which kills its workers, to exit."""
+        """Abort and wait for the binary, which kills its workers, to exit.
+        A forked copy does nothing (see forked)."""
+        if self.forked():
+            return
         if self._ended.is_set() and self._proc.poll() is not None:
             self._release()
             return

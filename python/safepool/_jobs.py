@@ -5,6 +5,7 @@ import collections
 import itertools
 import threading
 import time
+import weakref
 
 from ._core import APPLY, _Chunk, dumps_function
 
@@ -76,6 +77,15 @@ class _Job:
         one after another."""
 
 
+def report_callback_error():
+    """Print the exception being handled, which a callback raised, on
+    standard error."""
+    import sys
+    import traceback
+    print("safepool: exception in a result callback:", file=sys.stderr)
+    traceback.print_exc()
+
+
 def timeout_error() -> Exception:
     """multiprocessing.TimeoutError, which get() and next() raise on timeout
     as multiprocessing's do. multiprocessing is imported only then."""
@@ -96,7 +106,13 @@ class AsyncResult:
     multiprocessing.pool.AsyncResult."""
 
     def __init__(self, core, fn, mode, n: int, single: bool, callback, error_callback, errors: str,
-                 progress=None):
+                 progress=None, pool=None):
+        # The pool that made it, kept until the result is ready, as
+        # multiprocessing's results keep theirs: a pool dropped by the
+        # program is terminated (Pool.__del__), and one made for a single
+        # call, Pool().map_async(...), must live until its result is in.
+        # (The job's chunks, queued and sent, keep the job and this.)
+        self._pool = pool
         self._single = single
         self._callback = callback
         self._error_callback = error_callback
@@ -119,7 +135,11 @@ class AsyncResult:
         return not self._job.failed
 
     def wait(self, timeout: Optional[float] = None) -> None:
-        """Wait until the result is available or timeout seconds pass."""
+        """Wait until the result is available or timeout seconds pass.
+        Raise RuntimeError in a result callback of the same pool (see
+        _Core.forbid_wait)."""
+        if not self._event.is_set():
+            self._job.core.forbid_wait()
         self._event.wait(timeout)
 
     def get(self, timeout: Optional[float] = None) -> Any:
@@ -127,7 +147,10 @@ class AsyncResult:
         exception (safepool.WorkerDied when its worker died) unless
         errors="return" was given, in which case exceptions stand in place
         of the failed results. Raise multiprocessing.TimeoutError if it does
-        not arrive within timeout seconds."""
+        not arrive within timeout seconds, and RuntimeError in a result
+        callback of the same pool (see _Core.forbid_wait)."""
+        if not self._event.is_set():
+            self._job.core.forbid_wait()
         if not self._event.wait(timeout):
             raise timeout_error()
         return self._value()
@@ -158,14 +181,13 @@ class AsyncResult:
                     self._error_callback(pick_failure(raised))
             elif self._callback is not None:
                 self._callback(self._value())
-        except Exception:
-            # A callback that raises must not stop the thread that delivers
-            # every result; report it as an uncaught exception in a thread.
-            import sys
-            import traceback
-            print("safepool: exception in a result callback:", file=sys.stderr)
-            traceback.print_exc()
+        except BaseException:
+            # A callback that raises (even SystemExit) must not stop the
+            # thread that delivers every result; report it as an uncaught
+            # exception in a thread.
+            report_callback_error()
         finally:
+            self._pool = None
             self._event.set()
             job.values_ready()
 
@@ -296,10 +318,16 @@ class _FutureJob(_Job):
         if not self.future.running():
             if not self.future.set_running_or_notify_cancel():
                 return
-        if ok:
-            self.future.set_result(value)
-        else:
-            self.future.set_exception(value)
+        try:
+            if ok:
+                self.future.set_result(value)
+            else:
+                self.future.set_exception(value)
+        except BaseException:
+            # A done callback raised what the Future does not catch
+            # (SystemExit, say): it must not stop the thread that delivers
+            # every result.
+            report_callback_error()
 
     def settle_many(self, positions, values):
         self.settle(0, True, values[0])
@@ -318,10 +346,19 @@ class IterResult:
 
     def __init__(self, core, fn, mode, iterable: Iterable, chunksize: Optional[int], ordered: bool,
                  errors: str, ahead: Optional[int] = None, target: float = 0.02, max_chunk: int = 1024,
-                 progress=None, on_ready=None):
+                 progress=None, on_ready=None, pool=None):
         """progress (a _progress.Progress) counts settled items; on_ready,
         if given, is called (from the pool's threads) whenever next() may
-        have something new: a result, or the end of the input."""
+        have something new: a result, or the end of the input. pool, the
+        pool that made it, is kept as long as the iterator (see
+        AsyncResult).
+
+        The iterator is its consumer's alone: neither its job nor the
+        thread that reads its input hold it. A consumer that stops reading
+        half way (a break out of a for loop) drops it, and then the thread
+        ends and lets go of the input (_feed), instead of waiting, with the
+        input and the items read ahead, for the pool to stop."""
+        self._pool = pool
         self._job = _IterJob(core, fn, mode, self)
         self._progress = progress
         self._on_ready = on_ready
@@ -342,44 +379,14 @@ class IterResult:
         self._per_item = None  # mean seconds per item, from finished chunks
         self._target, self._max_chunk = target, max_chunk
         self._ahead = ahead
-        self._feeder = threading.Thread(target=self._feed, args=(iterable,), name="safepool-imap-feeder",
-                                        daemon=True)
+        self._feeder = threading.Thread(target=_feed, args=(weakref.ref(self), core, self._cond, iterable),
+                                        name="safepool-imap-feeder", daemon=True)
         self._feeder.start()
 
     def _limit(self):
         if self._ahead is not None:
             return self._ahead
         return 4 * self._core.processes * self._chunksize
-
-    def _feed(self, iterable):
-        pos = 0
-        try:
-            it = iter(iterable)
-            while True:
-                with self._cond:
-                    while self._fed - self._consumed >= self._limit():
-                        if not self._core.accepting():
-                            break
-                        self._cond.wait(0.2)
-                    room = self._limit() - (self._fed - self._consumed)
-                if not self._core.accepting():
-                    break
-                items = list(itertools.islice(it, max(1, min(self._chunksize, room))))
-                if not items:
-                    break
-                self._core.submit(_Chunk(self._job, range(pos, pos + len(items)), items))
-                pos += len(items)
-                with self._cond:
-                    self._fed = pos
-                self._adapt()
-        except BaseException as e:  # the input raised: the consumer sees it after the results before it
-            self._input_error = e
-        with self._cond:
-            self._total = pos
-            self._settled_more(0, 0)
-            self._cond.notify_all()
-        if self._on_ready is not None:
-            self._on_ready()
 
     def _adapt(self):
         if self._fixed is not None:
@@ -451,6 +458,7 @@ class IterResult:
                     ok, value = self._queue.popleft()
                     break
                 if self._total is not None and self._consumed >= self._total:
+                    self._pool = None  # nothing more to come from it
                     if self._input_error is not None:
                         e, self._input_error = self._input_error, None
                         raise e
@@ -458,6 +466,7 @@ class IterResult:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise timeout_error()
+                self._core.forbid_wait()
                 self._cond.wait(remaining)
             self._consumed += 1
             self._cond.notify_all()
@@ -470,16 +479,78 @@ class IterResult:
     __next__ = next
 
 
+def _feed(ref, core, cond, iterable):
+    """Read the input of the IterResult that ref names and submit its items
+    in chunks, keeping at most its limit of them submitted and not consumed.
+    The thread holds the iterator only while it submits: it ends, and drops
+    the input, when the iterator is gone (its consumer dropped it), when the
+    pool stops accepting items, or at the input's end."""
+    pos = 0
+    self = None
+    try:
+        it = iter(iterable)
+        iterable = None
+        while True:
+            with cond:
+                while True:
+                    self = ref()
+                    if self is None or not core.accepting():
+                        break
+                    room = self._limit() - (self._fed - self._consumed)
+                    if room > 0:
+                        break
+                    self = None  # not held while waiting: the consumer may drop it
+                    cond.wait(0.2)
+            if self is None:
+                return  # abandoned: nobody reads what would be submitted
+            if not core.accepting():
+                break
+            items = list(itertools.islice(it, max(1, min(self._chunksize, room))))
+            if not items:
+                break
+            core.submit(_Chunk(self._job, range(pos, pos + len(items)), items))
+            pos += len(items)
+            with cond:
+                self._fed = pos
+            self._adapt()
+            self = items = None
+    except BaseException as e:  # the input raised: the consumer sees it after the results before it
+        self = ref()
+        if self is None:
+            return
+        self._input_error = e
+    it = None
+    if self is None:
+        self = ref()
+        if self is None:
+            return
+    with cond:
+        self._total = pos
+        self._settled_more(0, 0)
+        cond.notify_all()
+    if self._on_ready is not None:
+        self._on_ready()
+
+
 class _IterJob(_Job):
+    """The job of an IterResult, which it holds weakly: results that come
+    for an iterator its consumer dropped are dropped."""
+
     def __init__(self, core, fn, mode, owner):
         super().__init__(core, fn, mode)
-        self._owner = owner
+        self._owner = weakref.ref(owner)
 
     def settle(self, pos, ok, value):
-        self._owner._settle(pos, ok, value)
+        owner = self._owner()
+        if owner is not None:
+            owner._settle(pos, ok, value)
 
     def settle_many(self, positions, values):
-        self._owner._settle_many(positions, values)
+        owner = self._owner()
+        if owner is not None:
+            owner._settle_many(positions, values)
 
     def observe(self, start, end, count):
-        self._owner.observe(start, end, count)
+        owner = self._owner()
+        if owner is not None:
+            owner.observe(start, end, count)

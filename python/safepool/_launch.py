@@ -22,7 +22,7 @@ POLICIES = ("skip", "retry", "abort")
 ENV_SYSPATH = "SAFEPOOL_PY_SYSPATH"  # the parent's sys.path, packed (pack_strings)
 ENV_ARGV = "SAFEPOOL_PY_ARGV"  # the parent's sys.argv, packed
 ENV_MAIN = "SAFEPOOL_PY_MAIN"  # "path:<file>" or "name:<module>": the parent's main module
-ENV_INIT = "SAFEPOOL_PY_INIT"  # a file holding the pickled (initializer, initargs)
+ENV_INIT = "SAFEPOOL_PY_INIT"  # the path of a file holding the pickled (initializer, initargs)
 
 # The worker's entry point. -c rather than -m: running a module with -m
 # imports runpy and pkgutil, which cost a worker about 10 ms at start.
@@ -185,7 +185,8 @@ class Launch:
             from . import _oob
             _oob.IN_BAND[0] = True
         frame = hello_frame(hello)
-        self.init_file = None
+        self.init_file = None  # where the workers read the initializer
+        self.init_fd = -1  # the memory file that holds it, or -1: init_file is a named file
         binary = _binary.find_binary()
         env = dict(os.environ)
         pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -203,7 +204,8 @@ class Launch:
         if main:
             env[ENV_MAIN] = main
         if initializer is not None:
-            env[ENV_INIT] = self.init_file = _write_initializer(initializer, initargs, main is not None)
+            self.init_file, self.init_fd = _write_initializer(initializer, initargs, main is not None)
+            env[ENV_INIT] = self.init_file
         # The door through which workers make their ways to send a map's
         # values straight to this process (_direct). A worker that cannot
         # open it (this process is not dumpable) sends them to the binary.
@@ -233,7 +235,7 @@ class Launch:
             pass  # the binary is gone already: the pool's reader reports it
 
     def cleanup(self):
-        """Remove the initializer's file, and close the write end of the
+        """Remove (or close) the initializer's file, and close the write end of the
         direct path's door: no worker announces its pipe any more."""
         direct = getattr(self, "direct", None)
         if direct is not None and direct[1] >= 0:
@@ -244,10 +246,13 @@ class Launch:
             self.direct = (direct[0], -1)
         if self.init_file:
             try:
-                os.unlink(self.init_file)
+                if self.init_fd >= 0:
+                    os.close(self.init_fd)
+                else:
+                    os.unlink(self.init_file)
             except OSError:
                 pass
-            self.init_file = None
+            self.init_file, self.init_fd = None, -1
 
     def abandon(self):
         """Give up on the binary before a pool took it: close the pipes (the
@@ -263,15 +268,37 @@ class Launch:
         self.cleanup()
 
 
-def _write_initializer(initializer, initargs, main_importable: bool) -> str:
-    import tempfile
+def _write_initializer(initializer, initargs, main_importable: bool):
+    """Write the pickled (initializer, initargs) where the workers read it.
+    Return its path and the descriptor by which this process holds it.
 
+    It is a memory file of this process, which workers open through
+    /proc/<pid>/fd/<n> (as the memory files of big arguments): it goes with
+    this process however that ends, SIGKILL included, where a named file
+    would stay behind (with initargs of some GiB, in a /tmp that may be
+    memory). A process that is not dumpable, whose descriptors other
+    processes cannot open, or a kernel without memfd_create, writes a
+    temporary file instead (descriptor -1), which Launch.cleanup removes."""
     from ._pickling import dumps_code
     data = dumps_code((initializer, tuple(initargs)), initializer, main_importable)
-    fd, path = tempfile.mkstemp(prefix="safepool-init-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    return path
+    try:
+        from ._oob import dumpable
+        if not dumpable():
+            raise OSError("not dumpable")
+        fd = os.memfd_create("safepool-init")
+    except (AttributeError, OSError):
+        import tempfile
+        fd, path = tempfile.mkstemp(prefix="safepool-init-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return path, -1
+    try:
+        with open(fd, "wb", closefd=False) as f:
+            f.write(data)
+    except BaseException:
+        os.close(fd)
+        raise
+    return "/proc/%d/fd/%d" % (os.getpid(), fd), fd
 
 
 class Process:
@@ -295,12 +322,23 @@ class Process:
         # The child's ends, at 5 or above, go to 3 and 4 in the child; copies
         # there cannot be overwritten by the dup2 to 3 or 4.
         a = b = -1
+        # Inheritable descriptors at or above the limit of open files
+        # (inherited, or opened before the program lowered the limit):
+        # posix_spawn refuses to close those (EBADF). They are made
+        # close-on-exec for the spawn instead, and inheritable again after.
+        above = []
         try:
             a = fcntl.fcntl(to_r, fcntl.F_DUPFD_CLOEXEC, 5)
             b = fcntl.fcntl(from_w, fcntl.F_DUPFD_CLOEXEC, 5)
             actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                        (os.POSIX_SPAWN_DUP2, a, 3), (os.POSIX_SPAWN_DUP2, b, 4)]
-            actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds() if fd > 4]
+            limit = os.sysconf("SC_OPEN_MAX")
+            for fd in _inheritable_fds():
+                if fd >= limit > 0:
+                    os.set_inheritable(fd, False)
+                    above.append(fd)
+                elif fd > 4:
+                    actions.append((os.POSIX_SPAWN_CLOSE, fd))
             self.pid = os.posix_spawn(binary, [binary, "__bridge", "--in-fd", "3", "--out-fd", "4"], env,
                                       file_actions=actions, setsid=True)
         except BaseException:
@@ -308,6 +346,8 @@ class Process:
                 os.close(fd)
             raise
         finally:
+            for fd in above:
+                os.set_inheritable(fd, True)
             for fd in (to_r, from_w, a, b):
                 if fd >= 0:
                     os.close(fd)

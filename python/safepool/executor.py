@@ -1,5 +1,6 @@
 """safepool.Executor: a concurrent.futures.Executor that survives the OOM killer."""
 import concurrent.futures
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
@@ -15,6 +16,26 @@ def _log_broken(error: BaseException) -> None:
     # this logger: here the error says which worker died and how.
     import logging
     logging.getLogger("concurrent.futures").critical("safepool.Executor is broken: %s", error)
+
+
+class _Future(concurrent.futures.Future):
+    """A Future of an Executor, whose result() and exception() raise
+    RuntimeError rather than wait forever when a done callback of the same
+    executor calls them before it is done (see _Core.forbid_wait)."""
+
+    def __init__(self, core):
+        super().__init__()
+        self._core = core
+
+    def result(self, timeout=None):
+        if not self.done():
+            self._core.forbid_wait()
+        return super().result(timeout)
+
+    def exception(self, timeout=None):
+        if not self.done():
+            self._core.forbid_wait()
+        return super().exception(timeout)
 
 
 class Executor(concurrent.futures.Executor):
@@ -73,6 +94,19 @@ class Executor(concurrent.futures.Executor):
         self._shutdown = False
         self._lock = threading.Lock()
 
+    def __del__(self, _finalizing=sys.is_finalizing):
+        # As ProcessPoolExecutor's: an executor dropped without shutdown
+        # finishes the futures it has and then stops its workers, in the
+        # background.
+        if not getattr(self, "_shutdown", True) and not _finalizing():
+            # (At the interpreter's exit, the exit handler terminates it,
+            # and a thread started then would never run.)
+            self._shutdown = True
+            try:
+                threading.Thread(target=self._core.close, name="safepool-shutdown").start()
+            except Exception:
+                pass  # the interpreter is shutting down: its exit handler terminates the pool
+
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
         """Schedule fn(*args, **kwargs) and return a Future for its result.
         The future fails with safepool.WorkerDied if the worker dies."""
@@ -95,7 +129,7 @@ class Executor(concurrent.futures.Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._core.check_running()
-            f = concurrent.futures.Future()
+            f = _Future(self._core)
             job = _FutureJob(self._core, fn, f)
             job.opts = opts
             self._core.submit(_Chunk(job, range(0, 1), [(args, kwargs)]))
@@ -132,7 +166,7 @@ class Executor(concurrent.futures.Executor):
             sizes = [_total(i) for i in iterables]
             display = _progress.make(progress, None if None in sizes else min(sizes, default=0))
         it = IterResult(self._core, fn, STAR, zip(*iterables), chunksize, True, "raise", ahead=buffersize,
-                        progress=display)
+                        progress=display, pool=self)
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def results():

@@ -1,6 +1,7 @@
 """safepool.Pool: a drop-in for multiprocessing.Pool that survives the OOM killer."""
 from __future__ import annotations
 
+import sys
 import warnings
 
 from . import _launch
@@ -53,6 +54,18 @@ def __getattr__(name):
         from .errors import FailedTask
         return FailedTask
     raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
+
+def _terminate_dropped(core):
+    """Terminate the core of a pool that was dropped, in a thread of its
+    own: the collector may run Pool.__del__ in any thread, even one of the
+    core's while it holds the core's lock. Not a daemon, so that the
+    program's end waits for the binary's exit."""
+    try:
+        import threading
+        threading.Thread(target=core.terminate, name="safepool-dropped").start()
+    except Exception:
+        pass  # the interpreter is shutting down: its exit handler terminates the pool
 
 
 class Pool:
@@ -189,10 +202,24 @@ class Pool:
         return "<%s.%s state=%s processes=%d>" % (type(self).__module__, type(self).__qualname__, self._state,
                                                  self._core.processes if self._state else 0)
 
-    def __del__(self, _warn=warnings.warn, _RUN=RUN):
-        # As multiprocessing.Pool: a pool that is dropped while it runs is a
-        # leak (its binary and workers run until the program exits).
-        if getattr(self, "_state", None) == _RUN:
+    def __del__(self, _warn=warnings.warn, _RUN=RUN, _CLOSE=CLOSE, _finalizing=sys.is_finalizing):
+        # As multiprocessing.Pool: a pool that is dropped while it runs is
+        # a mistake, which a warning reports, and it is terminated: its
+        # binary and workers must not run on until the program exits. No
+        # task is lost: a pool is dropped only once it has none queued or
+        # running for an AsyncResult, whose job keeps it until it is ready;
+        # an imap's iterator keeps it as long as it lives.
+        state = getattr(self, "_state", None)
+        if state is None or self._core.forked():
+            return  # a child that fork copied the program into has only a copy of the pool
+        if _finalizing():
+            # The interpreter is exiting: its exit handler has terminated
+            # the pool, and a thread started now would never run (3.11's
+            # Thread.start then waits for it forever).
+            return
+        if state in (_RUN, _CLOSE):
+            _terminate_dropped(self._core)  # first: the warning raises where warnings are errors
+        if state == _RUN:
             _warn("unclosed running multiprocessing pool %r" % (self,), ResourceWarning, source=self)
 
     # ---- submitting ----------------------------------------------------------
@@ -231,7 +258,8 @@ class Pool:
         if progress:
             from . import _progress
             display = _progress.make(progress, len(items))
-        res = AsyncResult(self._core, fn, mode, len(items), False, callback, error_callback, errors, display)
+        res = AsyncResult(self._core, fn, mode, len(items), False, callback, error_callback, errors, display,
+                          pool=self)
         cs = self._chunksize(len(items), chunksize, res._job.fn_bytes)
         for start in range(0, len(items), cs):
             part = items[start:start + cs]
@@ -258,7 +286,7 @@ class Pool:
             from . import _progress
             display = _progress.make(progress, _total(iterable))
         return IterResult(self._core, func, MAP, iterable, chunksize, ordered, errors, progress=display,
-                          on_ready=on_ready)
+                          on_ready=on_ready, pool=self)
 
     def apply_async(self, func: Callable, args: Iterable = (), kwds: Optional[dict] = None,
                     callback: Optional[Callable] = None,
@@ -279,7 +307,8 @@ class Pool:
         from ._options import call_options
         opts = call_options(timeout, soft_timeout, mem, retry_on, wait_timeout)
         self._check()
-        res = AsyncResult(self._core, func, APPLY, 1, True, callback, error_callback, self._errors("raise"))
+        res = AsyncResult(self._core, func, APPLY, 1, True, callback, error_callback, self._errors("raise"),
+                          pool=self)
         res._job.opts = opts
         self._core.submit(_Chunk(res._job, range(0, 1), [(tuple(args), dict(kwds or {}))]))
         return res

@@ -56,11 +56,25 @@ def main_attr(qualname: str):
     return obj
 
 
+def rebuild_exception(cls, args, state):
+    """The exception of class cls with args and state (its __dict__, or
+    None), made without calling cls's __init__: how an exception whose
+    __init__ takes other arguments than its args, which pickle cannot make
+    again, reaches the client as itself."""
+    e = cls.__new__(cls, *args)
+    e.args = args
+    if state:
+        e.__dict__.update(state)
+    return e
+
+
 def dumps_main_by_name(obj) -> bytes:
     """Pickle obj, sending the classes and functions of __main__ by name
     without looking them up here. The worker's __main__ may not have them
     (they came by value, with cloudpickle, from a client whose main module
-    workers cannot import); the client's has."""
+    workers cannot import); the client's has. What is local to a function
+    has no such name, and fails to pickle here. Exceptions are sent to be
+    made again without their __init__ (rebuild_exception)."""
     import io
     import pickle
 
@@ -69,7 +83,11 @@ def dumps_main_by_name(obj) -> bytes:
     class Pickler(pickle.Pickler):
         def reducer_override(self, o):
             if isinstance(o, (type, function)) and getattr(o, "__module__", None) in ("__main__", "__mp_main__"):
+                if "<locals>" in o.__qualname__:
+                    return NotImplemented  # pickle says "Can't pickle local object"
                 return main_attr, (o.__qualname__,)
+            if isinstance(o, BaseException):
+                return rebuild_exception, (type(o), o.args, getattr(o, "__dict__", None) or None)
             return NotImplemented
 
     buf = io.BytesIO()
@@ -181,15 +199,20 @@ def _exc_record(e):
     tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
     try:
         data = dumps(e)
-        loads(data)  # some exceptions pickle but do not unpickle
+        loads(data)  # some exceptions pickle but do not unpickle: their __init__ takes other arguments
     except Exception:
         try:
-            # Its class may be the client's __main__'s, sent by value: the
-            # client unpickles it (or reports it if it cannot).
+            # Made again from its class, args and attributes, without its
+            # __init__. Its class may be the client's __main__'s, sent by
+            # value: the client unpickles it (or reports it if it cannot).
             data = dumps_main_by_name(e)
         except Exception:
             data = None
-    return (data, tb, "%s: %s" % (type(e).__name__, e))
+    try:
+        text = "%s: %s" % (type(e).__name__, e)
+    except Exception:  # its __str__ fails; the traceback's text says so too
+        text = "%s: <exception str() failed>" % type(e).__name__
+    return (data, tb, text)
 
 
 def _short_repr(v, limit=1000) -> str:
@@ -241,7 +264,18 @@ def _function(fn_bytes, fns):
     """The function pickled as fn_bytes, unpickled once per worker."""
     fn = fns.get(fn_bytes)
     if fn is None:
-        fn = loads(fn_bytes)
+        try:
+            fn = loads(fn_bytes)
+        except AttributeError as e:
+            main = sys.modules.get("__mp_main__")
+            if main is None or "'__mp_main__'" not in str(e):
+                raise
+            # The client's main script has it, this import of the script
+            # does not: it is defined under the script's main guard.
+            raise AttributeError(
+                "%s: workers import the main script %s without running its `if __name__ == "
+                "\"__main__\":` block, so a function defined in that block is not found; define it "
+                "at the top level of the script, or in a module" % (e, getattr(main, "__file__", ""))) from None
         if len(fns) > 32:
             fns.clear()
         fns[fn_bytes] = fn

@@ -58,6 +58,37 @@ def raise_unpicklable(x):
     raise Unpicklable(x, x)
 
 
+class HTTPFailure(Exception):
+    """An exception whose __init__ takes other arguments than its args (as
+    many libraries' do): pickle sends it, and cannot make it again."""
+
+    def __init__(self, status, body):
+        super().__init__("HTTP %d: %s" % (status, body))
+        self.status = status
+        self.body = body
+
+
+def raise_http_failure(status):
+    raise HTTPFailure(status, "not here")
+
+
+class NoText(Exception):
+    """An exception whose str() fails."""
+
+    def __str__(self):
+        raise RuntimeError("no text")
+
+
+def raise_no_text(x):
+    raise NoText(x)
+
+
+def sleep_then_square(x):
+    """Sleep x seconds, then return x * x."""
+    time.sleep(x)
+    return x * x
+
+
 def sleep_for(seconds):
     time.sleep(seconds)
     return seconds

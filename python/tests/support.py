@@ -141,11 +141,12 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 AS_NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
 
 
-def run_client(test, code, nobody_only=False):
+def run_client(test, code, nobody_only=False, timeout=300):
     """Run the client program code from PYTHON_DIR and return its
     CompletedProcess: as nobody under SYSTEM_PYTHON when this process is
     root, else as this user, which nobody_only does not allow (the test is
-    then skipped, or fails under CI=true)."""
+    then skipped, or fails under CI=true). A program that runs longer than
+    timeout seconds is killed, and the test fails."""
     argv = [sys.executable]
     if os.geteuid() == 0:
         if shutil.which("setpriv") is None:
@@ -155,5 +156,8 @@ def run_client(test, code, nobody_only=False):
         argv = AS_NOBODY + [SYSTEM_PYTHON]
     elif nobody_only:
         skip_or_fail(test, "needs root to drop to nobody (the other tests run as this user)")
-    return subprocess.run(argv + ["-c", code], env=child_env(HOME="/tmp"), cwd=PYTHON_DIR, capture_output=True,
-                          text=True, timeout=300)
+    try:
+        return subprocess.run(argv + ["-c", code], env=child_env(HOME="/tmp"), cwd=PYTHON_DIR, capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        test.fail("the client program ran longer than %gs; its stderr ends: %s" % (timeout, (e.stderr or b"")[-2000:]))

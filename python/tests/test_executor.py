@@ -3,13 +3,17 @@ import concurrent.futures
 import multiprocessing
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import textwrap
 import threading
 import time
 import unittest
 
 import safepool
 from tests import helpers
+from tests.support import PYTHON_DIR, child_env
 
 
 def wait_for(cond, limit=60.0):
@@ -105,6 +109,38 @@ class ExecutorTest(unittest.TestCase):
             f = ex.submit(helpers.add, 2, b=3)
             self.assertIsInstance(f, concurrent.futures.Future)
             self.assertEqual(f.result(timeout=60), 5)
+
+    def test_waiting_in_a_done_callback_raises(self):
+        # Done callbacks run in the thread that delivers the results: one
+        # that waits for another future of the same executor would wait
+        # forever, and so would every later future and the shutdown. It
+        # gets an error. (In a child: a hang must fail the test, not stop it.)
+        code = textwrap.dedent("""
+            import time, safepool
+            from tests import helpers
+            got = []
+            with safepool.Executor(2) as ex:
+                def callback(f):
+                    for wait in (lambda: ex.submit(helpers.square, f.result()).result(),
+                                 lambda: ex.submit(helpers.square, 2).exception(),
+                                 lambda: next(ex.map(helpers.square, [1]))):
+                        try:
+                            got.append(wait())
+                        except BaseException as e:
+                            got.append(e)
+
+                ex.submit(helpers.square, 3).add_done_callback(callback)
+                assert ex.submit(helpers.square, 4).result(timeout=20) == 16
+                deadline = time.monotonic() + 20
+                while len(got) < 3 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                print([type(e).__name__ for e in got], "callback" in str(got[0]))
+                print(list(ex.map(helpers.square, range(3), timeout=20)))
+        """)
+        out = subprocess.run([sys.executable, "-c", code], env=child_env(), cwd=PYTHON_DIR, capture_output=True,
+                             text=True, timeout=90)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout, "['RuntimeError', 'RuntimeError', 'RuntimeError'] True\n[0, 1, 4]\n")
 
     def test_death_fails_only_its_future(self):
         with safepool.Executor(2) as ex:

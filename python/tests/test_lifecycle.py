@@ -1,5 +1,8 @@
 """No worker or supervisor outlives a pool: terminate, Ctrl-C, SIGKILLed
-parent. And imap reads its input lazily with flat memory."""
+parent, a pool dropped without close. And imap reads its input lazily with
+flat memory, and an imap abandoned half way leaves no thread behind."""
+import gc
+import itertools
 import os
 import signal
 import subprocess
@@ -10,10 +13,12 @@ import threading
 import time
 import unittest
 import uuid
+import warnings
+import weakref
 
 import safepool
 from tests import helpers
-from tests.support import PYTHON_DIR, child_env, processes_with, python_sigint_default, wait_gone
+from tests.support import PYTHON_DIR, child_env, processes_with, python_sigint_default, run_client, wait_gone
 
 SCRIPT = """
 import sys, safepool
@@ -93,6 +98,149 @@ class NoOrphans(unittest.TestCase):
         self.assertEqual(code, -signal.SIGKILL)
 
 
+class Dropped(unittest.TestCase):
+    """A pool or executor that the program drops without closing it is
+    stopped, as multiprocessing's and concurrent.futures' are: its binary
+    and workers do not run on until the program exits."""
+
+    def _marked(self, make):
+        marker = "safepool-test-" + uuid.uuid4().hex
+        os.environ["SAFEPOOL_TEST_MARKER"] = marker
+        try:
+            return make(), marker
+        finally:
+            del os.environ["SAFEPOOL_TEST_MARKER"]
+
+    def test_pool_dropped_while_running(self):
+        pool, marker = self._marked(lambda: safepool.Pool(2))
+        self.assertEqual(pool.map(helpers.square, range(10)), [x * x for x in range(10)])
+        me = {os.getpid()}
+        self.assertGreaterEqual(len(processes_with(marker, me)), 3)  # the binary and two workers
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            del pool
+            gc.collect()
+        self.assertTrue(any(issubclass(w.category, ResourceWarning) for w in caught), caught)
+        self.assertEqual(wait_gone(marker, me), [])
+
+    def test_program_ends_with_pools_open(self):
+        # The interpreter's exit terminates them (its exit handler); their
+        # objects, dropped after it, must not wait for a thread that can no
+        # longer run (it hung, as nobody, in Thread.start).
+        out = run_client(self, textwrap.dedent("""
+            import safepool
+            from tests import helpers
+            pool = safepool.Pool(1)
+            executor = safepool.Executor(1)
+            print(pool.map(helpers.square, range(3)), executor.submit(helpers.square, 3).result(), flush=True)
+        """), timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout, "[0, 1, 4] 9\n")
+
+    def test_pool_dropped_where_warnings_are_errors(self):
+        # As under `python -W error` or a test runner's filters: the warning
+        # raises in __del__, and the pool must still be stopped.
+        pool, marker = self._marked(lambda: safepool.Pool(1))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ResourceWarning)
+            del pool
+            gc.collect()
+        self.assertEqual(wait_gone(marker, {os.getpid()}), [])
+
+    def test_pool_kept_by_its_pending_results(self):
+        # As multiprocessing's: an AsyncResult keeps its pool until it is
+        # ready, so that a pool made for one call is not stopped under it.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            r, marker = self._marked(lambda: safepool.Pool(2).map_async(helpers.sleep_then_square, [0.2] * 4))
+            gc.collect()
+            self.assertEqual(r.get(timeout=60), [0.2 * 0.2] * 4)
+            self.assertEqual(list(safepool.Pool(2).imap(helpers.square, range(5))), [0, 1, 4, 9, 16])
+            del r
+            gc.collect()
+        self.assertEqual(wait_gone(marker, {os.getpid()}), [])
+
+    def test_executor_dropped_finishes_its_futures(self):
+        ex, marker = self._marked(lambda: safepool.Executor(2))
+        futures = [ex.submit(helpers.sleep_then_square, 0.2) for _ in range(4)]
+        del ex
+        gc.collect()
+        self.assertEqual([f.result(timeout=60) for f in futures], [0.2 * 0.2] * 4)
+        self.assertEqual(wait_gone(marker, {os.getpid()}), [])
+
+
+FORK_SCRIPT = """
+import os, sys, safepool
+from tests import helpers
+if __name__ == "__main__":
+    pool = safepool.Pool(2)
+    pool.map(helpers.square, range(4))
+    pid = os.fork()
+    if pid == 0:
+        # A child forked by the program (daemon code, a library) that ends
+        # normally: its exit handlers run, and the pool, which it
+        # inherited as an object, is dropped there.
+        with pool:
+            pass
+        del pool
+        sys.exit(0)
+    _, status = os.waitpid(pid, 0)
+    print(os.waitstatus_to_exitcode(status), pool.map(helpers.square, range(4)), flush=True)
+    pool.terminate()
+"""
+
+
+class Forked(unittest.TestCase):
+    def test_forked_child_leaves_the_pool_alone(self):
+        # The pool is the parent's: a child that inherited it by fork must
+        # not stop its binary (it used to SIGKILL it from its exit handler).
+        d = tempfile.mkdtemp()
+        script = os.path.join(d, "forker.py")
+        with open(script, "w") as f:
+            f.write(textwrap.dedent(FORK_SCRIPT))
+        out = subprocess.run([sys.executable, script], env=child_env(), cwd=PYTHON_DIR, capture_output=True,
+                             text=True, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.strip(), "0 [0, 1, 4, 9]", out.stderr)
+
+
+INIT_SCRIPT = """
+import sys, safepool
+from tests import helpers
+if __name__ == "__main__":
+    pool = safepool.Pool(2, initializer=helpers.sleep_for, initargs=(0,))
+    print(pool.map(helpers.square, range(4)), flush=True)
+    sys.stdin.read()
+"""
+
+
+class KilledClient(unittest.TestCase):
+    def test_initializer_leaves_no_file(self):
+        # The pickled initializer and its arguments (an array of some GiB,
+        # say) must not stay behind, in a temporary directory that may be
+        # memory, when the program is killed (by the OOM killer too).
+        tmp = tempfile.mkdtemp()
+        d = tempfile.mkdtemp()
+        script = os.path.join(d, "parent.py")
+        with open(script, "w") as f:
+            f.write(textwrap.dedent(INIT_SCRIPT))
+        marker = "safepool-test-" + uuid.uuid4().hex
+        proc = subprocess.Popen([sys.executable, script], env=child_env(TMPDIR=tmp, SAFEPOOL_TEST_MARKER=marker),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=PYTHON_DIR)
+        try:
+            self.assertEqual(proc.stdout.readline().strip(), b"[0, 1, 4, 9]")
+            proc.kill()
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for f in (proc.stdin, proc.stdout, proc.stderr):
+                f.close()
+        self.assertEqual(wait_gone(marker), [])
+        self.assertEqual(os.listdir(tmp), [])
+
+
 class BackgroundJob(unittest.TestCase):
     def test_ctrl_c_tests_pass_with_sigint_ignored(self):
         # A background job of a shell without job control (`./test.sh &`
@@ -151,6 +299,35 @@ class LazyImap(unittest.TestCase):
         # multiprocessing's imap would read all 100 MB of input ahead.
         self.assertLess(ahead, 12_000)
         self.assertLess(grown, 32 << 20, "parent memory grew by %d bytes" % grown)
+
+    def test_abandoned_imap_leaves_no_thread(self):
+        # A loop that stops reading an imap half way (a break, an
+        # exception) drops it, and may do so many times over one pool: each
+        # time, its input (here endless) and the thread that reads it must
+        # go, not stay blocked until the pool ends.
+        def feeders():
+            return [t for t in threading.enumerate() if t.name == "safepool-imap-feeder"]
+
+        with safepool.Pool(2) as pool:
+            inputs = []
+            for _ in range(5):
+                source = (i for i in itertools.count())
+                inputs.append(weakref.ref(source))
+                for v in pool.imap(helpers.square, source):
+                    if v >= 100:
+                        break
+                del source
+            for _ in range(5):
+                it = iter(pool.imap_unordered(helpers.square, itertools.count()))
+                next(it)
+                del it
+            gc.collect()
+            deadline = time.monotonic() + 20  # a bound against a hang, not a speed requirement
+            while (feeders() or any(r() is not None for r in inputs)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.assertEqual(feeders(), [])
+            self.assertEqual([r() for r in inputs if r() is not None], [])
+            self.assertEqual(pool.map(helpers.square, range(5)), [0, 1, 4, 9, 16])
 
 
 if __name__ == "__main__":

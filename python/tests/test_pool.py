@@ -142,6 +142,72 @@ class PoolBasics(unittest.TestCase):
         self.assertIn("Unpicklable", str(cm.exception))
         self.assertIn("raise_unpicklable", cm.exception.__cause__.tb)
 
+    def test_exception_with_its_own_init(self):
+        # Its class, its args and its attributes, as the task raised it: an
+        # `except HTTPFailure` in the caller catches it (multiprocessing's
+        # result thread dies unpickling it, and its map hangs).
+        with self.assertRaises(helpers.HTTPFailure) as cm:
+            self.pool.apply(helpers.raise_http_failure, (404,))
+        e = cm.exception
+        self.assertEqual((str(e), e.args, e.status, e.body), ("HTTP 404: not here", ("HTTP 404: not here",), 404,
+                                                               "not here"))
+        self.assertIsInstance(e.__cause__, safepool.RemoteTraceback)
+        self.assertIn("raise_http_failure", e.__cause__.tb)
+        out = self.pool.map(helpers.raise_http_failure, [500, 503], errors="return")
+        self.assertEqual([(type(x), x.status) for x in out], [(helpers.HTTPFailure, 500), (helpers.HTTPFailure, 503)])
+        with safepool.Executor(1) as ex:
+            self.assertEqual(ex.submit(helpers.raise_http_failure, 410).exception(timeout=60).status, 410)
+
+    def test_exception_whose_str_fails(self):
+        # It is the task's exception, as with multiprocessing: not a death
+        # of its worker (which a retry policy would run again).
+        with self.assertRaises(helpers.NoText) as cm:
+            self.pool.apply(helpers.raise_no_text, (1,))
+        self.assertEqual(cm.exception.args, (1,))
+        self.assertEqual(self.pool.failed_tasks()[-1][:3], (helpers.raise_no_text, ((1,), {}), "task-error"))
+
+    def test_waiting_in_a_result_callback_raises(self):
+        # Callbacks run in the thread that delivers the pool's results: one
+        # that waits for results of the same pool would wait forever, and
+        # so would every later call of the pool. It gets an error instead.
+        got = []
+
+        def callback(value):
+            for wait in (lambda: self.pool.map(helpers.square, [value]),
+                         lambda: self.pool.apply(helpers.square, (value,)),
+                         lambda: next(self.pool.imap(helpers.square, [value]))):
+                try:
+                    got.append(wait())
+                except BaseException as e:
+                    got.append(e)
+
+        self.assertEqual(self.pool.apply_async(helpers.square, (3,), callback=callback).get(timeout=20), 9)
+        self.assertEqual([type(e) for e in got], [RuntimeError] * 3, got)
+        self.assertIn("callback", str(got[0]))
+        self.assertEqual(self.pool.map(helpers.square, range(3)), [0, 1, 4])
+
+    def test_callback_that_raises_systemexit(self):
+        # A callback's sys.exit() (or any exception) is reported, and the
+        # pool goes on: it used to end the thread that delivers results,
+        # and the pool broke with "the safepool binary exited unexpectedly".
+        import contextlib
+        import io
+
+        def callback(value):
+            sys.exit("fatal result %r" % value)
+
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            self.assertEqual(self.pool.apply_async(helpers.square, (3,), callback=callback).get(timeout=20), 9)
+            self.assertEqual(self.pool.map(helpers.square, range(3)), [0, 1, 4])
+        self.assertIn("fatal result 9", err.getvalue())
+        with safepool.Executor(1) as ex:
+            f = ex.submit(helpers.square, 2)
+            f.add_done_callback(lambda f: sys.exit(1))
+            with contextlib.redirect_stderr(io.StringIO()):
+                self.assertEqual(f.result(timeout=20), 4)
+                self.assertEqual(ex.submit(helpers.square, 5).result(timeout=20), 25)
+
     def test_lambda(self):
         try:
             import cloudpickle  # noqa: F401
@@ -320,6 +386,71 @@ class MainScript(unittest.TestCase):
         # Workers import the script under another name and skip its main block.
         self.assertIn("imported as __mp_main__", out.stdout)
         self.assertEqual(out.stdout.count("result"), 1)
+
+
+    def test_function_defined_under_the_main_guard(self):
+        # As with multiprocessing's spawn, workers cannot find it; the error
+        # says why, not only that the attribute is missing.
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        script = os.path.join(d, "script.py")
+        with open(script, "w") as f:
+            f.write(textwrap.dedent("""
+                import safepool
+
+                if __name__ == "__main__":
+                    def double(x):
+                        return 2 * x
+
+                    with safepool.Pool(1) as pool:
+                        try:
+                            pool.map(double, range(3))
+                        except AttributeError as e:
+                            print(str(e))
+            """))
+        out = subprocess.run([sys.executable, script], env=child_env(), capture_output=True, text=True,
+                             timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("Can't get attribute 'double'", out.stdout)
+        self.assertIn('without running its `if __name__ == "__main__":` block', out.stdout)
+
+    def test_local_function_or_class_result_from_main(self):
+        # A result that pickle cannot send (a function or class local to a
+        # function of the script) fails as multiprocessing reports it,
+        # MaybeEncodingError with the pickling error, not as a result the
+        # parent could not unpickle.
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        script = os.path.join(d, "script.py")
+        with open(script, "w") as f:
+            f.write(textwrap.dedent("""
+                import multiprocessing.pool, safepool
+
+                def make_adder(x):
+                    return lambda y: x + y
+
+                def make_record(x):
+                    class Record:
+                        pass
+                    r = Record()
+                    r.x = x
+                    return r
+
+                if __name__ == "__main__":
+                    with safepool.Pool(2) as pool:
+                        for fn in (make_adder, make_record):
+                            try:
+                                pool.apply(fn, (1,))
+                            except multiprocessing.pool.MaybeEncodingError as e:
+                                print(fn.__name__, "MaybeEncodingError", "local object" in str(e))
+                            except Exception as e:
+                                print(fn.__name__, type(e).__name__, e)
+            """))
+        out = subprocess.run([sys.executable, script], env=child_env(), capture_output=True, text=True,
+                             timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.splitlines(), ["make_adder MaybeEncodingError True",
+                                                   "make_record MaybeEncodingError True"])
 
 
 STDIN_SCRIPT = """

@@ -71,6 +71,26 @@ class Inherited(unittest.TestCase):
             for fd in (r, w, high):
                 os.close(fd)
 
+    def test_inheritable_descriptor_above_the_limit(self):
+        # A program may hold an inheritable descriptor above its limit of
+        # open files (inherited, or opened before it lowered the limit):
+        # posix_spawn refuses to close it (EBADF), which made every pool
+        # fail to start with "Bad file descriptor".
+        code = (
+            "import os, resource, safepool\n"
+            "from tests import helpers\n"
+            "r, w = os.pipe()\n"
+            "os.dup2(w, 200, inheritable=True)\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
+            "with safepool.Pool(2) as pool:\n"
+            "    print(pool.map(helpers.square, range(5)))\n"
+            "    print(os.path.exists('/proc/%d/fd/200' % pool._core.pid), os.get_inheritable(200))\n")
+        out = subprocess.run([sys.executable, "-c", code], env=child_env(), cwd=os.path.dirname(
+            os.path.dirname(os.path.abspath(__file__))), capture_output=True, text=True, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        # Nor does it reach the binary; it stays inheritable for the program's other children.
+        self.assertEqual(out.stdout, "[0, 1, 4, 9, 16]\nFalse True\n")
+
 
 if __name__ == "__main__":
     unittest.main()
