@@ -59,8 +59,8 @@ type Pool struct {
 	// receives, and ignores an id that is not running on it.
 	preempts []chan uint64
 	spool    *spooler // keeps one-shot output; nil for other protocols
-	// left ends what one-shot attempts leave behind where no worker cgroup
-	// does; nil for other protocols, and with a cgroup per worker.
+	// left ends what ended one-shot attempts and persistent workers leave
+	// behind where no worker cgroup does; nil with a cgroup per worker.
 	left *leftovers
 	// notices says what the pool changed of its configuration, and why.
 	notices []string
@@ -226,10 +226,10 @@ func New(cfg Config) (*Pool, error) {
 	}
 	if cfg.Protocol == OneShot {
 		p.spool = newSpooler(&p.cfg)
-		if !m.Mode().PerWorker() {
-			p.left = newLeftovers(p.quit)
-			go p.left.run() // ends when p.quit is closed; shutdown waits for it
-		}
+	}
+	if !m.Mode().PerWorker() {
+		p.left = newLeftovers(p.quit)
+		go p.left.run() // ends when p.quit is closed; shutdown waits for it
 	}
 	for i := 0; i < cfg.Workers; i++ {
 		c := make(chan uint64, 1)

@@ -41,7 +41,9 @@ func TestMain(m *testing.M) {
 		case "container-oneshot":
 			os.Exit(runContainerOneShot())
 		case "container-leftovers":
-			os.Exit(runContainerLeftovers())
+			os.Exit(runContainerLeftovers(false))
+		case "container-leftovers-persistent":
+			os.Exit(runContainerLeftovers(true))
 		case "shared-block":
 			os.Exit(runSharedBlock())
 		case "readme-example":

@@ -8,6 +8,20 @@ package pool
 // were running are charged, and the tasks that had not started requeued.
 func (r *runner) reap() {
 	d := r.s.Reap()
+	if r.group != nil {
+		// The slot's group serves the next worker too: what this one left
+		// there out of reach of its process group (a setsid descendant)
+		// must not weigh on that one's memory, peak or OOM count, nor be
+		// killed for memory while it runs, which would be blamed on its
+		// task. As endShot does for a one-shot job; Kill waits a few
+		// seconds at most.
+		_ = r.group.Kill()
+	}
+	if r.token != "" {
+		// Without one, what it left is swept soon, by its token.
+		r.p.left.ended(r.token)
+		r.token = ""
+	}
 	if !d.Expected() {
 		r.p.count(func(s *Stats) { s.WorkerDeaths++ })
 	}

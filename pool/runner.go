@@ -29,6 +29,9 @@ type runner struct {
 	preempt <-chan uint64
 	// s is the session of the process in the slot; nil between processes.
 	s *worker.Session
+	// token marks a persistent worker's processes apart from the pool's
+	// others where no cgroup of its own holds them (leftovers); "" otherwise.
+	token string
 	// lineTime carries a line worker's recent time per line from one
 	// process of the slot to the next.
 	lineTime time.Duration
@@ -221,11 +224,19 @@ func (r *runner) spawn() bool {
 	if cfg.Protocol == Framed {
 		spec.IO = worker.IOFramed
 	}
+	var token string
+	if r.p.left != nil && r.group == nil {
+		spec.Env, token = r.p.left.mark(cfg.Env)
+	}
 	s, err := worker.StartSession(r.sessionConfig(spec), (*sessionHost)(r))
 	if err != nil {
+		if token != "" {
+			r.p.left.ended(token) // what a worker that failed to start began
+		}
 		r.p.send(report{kind: reportStartupFailure, start: &StartError{Command: cfg.Command, Err: err}})
 		return false
 	}
+	r.token = token
 	r.started(s)
 	return true
 }

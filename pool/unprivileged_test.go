@@ -244,29 +244,45 @@ func runContainerOneShot() int {
 // emptied at its end. It used to live until the pool's end: one more
 // process with every job of a long run.
 func TestLeftoversUnprivileged(t *testing.T) {
-	dir := containerFor(t, 300<<20)
-	text, err := superviseAsNobody(t, dir, workerEnv+"=container-leftovers")
-	if err != nil {
-		t.Fatalf("supervisor: %v; output:\n%s", err, text)
-	}
-	if n := strings.Count(text, "daemon gone "); n != 4 || strings.Contains(text, "daemon alive ") {
-		t.Errorf("supervisor output:\n%s\nwant the daemons of the 4 ended jobs gone while the pool still runs", text)
-	}
-	if !strings.Contains(text, "memory mode: enclosing-cgroup (") {
-		t.Errorf("supervisor output:\n%s\nwant memory mode enclosing-cgroup", text)
+	for _, c := range []struct{ name, mode string }{
+		{"one-shot", "container-leftovers"},
+		// Persistent workers replaced after each task: a daemon a task
+		// started goes soon after its worker.
+		{"persistent", "container-leftovers-persistent"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := containerFor(t, 300<<20)
+			text, err := superviseAsNobody(t, dir, workerEnv+"="+c.mode)
+			if err != nil {
+				t.Fatalf("supervisor: %v; output:\n%s", err, text)
+			}
+			if n := strings.Count(text, "daemon gone "); n != 4 || strings.Contains(text, "daemon alive ") {
+				t.Errorf("supervisor output:\n%s\nwant the daemons of the 4 ended jobs gone while the pool still runs", text)
+			}
+			if !strings.Contains(text, "memory mode: enclosing-cgroup (") {
+				t.Errorf("supervisor output:\n%s\nwant memory mode enclosing-cgroup", text)
+			}
+		})
 	}
 }
 
 // runContainerLeftovers is the supervisor of TestLeftoversUnprivileged:
-// four one-shot jobs that each start a daemon and print its pid, then,
-// with the pool still running a slow job, whether each daemon is alive
-// 3 s after its job ended.
-func runContainerLeftovers() int {
-	p, err := pool.New(pool.Config{
+// four one-shot jobs (or, persistent, four tasks of line workers replaced
+// after each task) that each start a daemon and print its pid, then, with
+// the pool still running a slow task, whether each daemon is alive 3 s
+// after its job or worker ended.
+func runContainerLeftovers(persistent bool) int {
+	cfg := pool.Config{
 		Command: []string{"sh", "-c", `if [ "$0" = slow ]; then exec sleep 30; fi; setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $!; sleep 0.5`},
 		Workers: 2,
 		Stderr:  os.Stderr,
-	})
+	}
+	if persistent {
+		cfg.Protocol = pool.Line
+		cfg.MaxTasksPerWorker = 1
+		cfg.Command = []string{"sh", "-c", `while read -r x; do if [ "$x" = slow ]; then sleep 30; fi; setsid sleep 300 </dev/null >/dev/null 2>&1 & d=$!; sleep 0.5; echo $d; done`}
+	}
+	p, err := pool.New(cfg)
 	if err != nil {
 		fmt.Println(err)
 		return 1
