@@ -359,12 +359,18 @@ class Initializer(unittest.TestCase):
 
 
 class MainScript(unittest.TestCase):
-    def test_functions_from_main(self):
+    def run_script(self, source):
+        """Run source, dedented, as a main script in a directory of its own."""
         d = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, d)
         script = os.path.join(d, "script.py")
         with open(script, "w") as f:
-            f.write(textwrap.dedent("""
+            f.write(textwrap.dedent(source))
+        return subprocess.run([sys.executable, script], env=child_env(), capture_output=True, text=True,
+                              timeout=120)
+
+    def test_functions_from_main(self):
+        out = self.run_script("""
                 import safepool
 
                 class Point:
@@ -378,24 +384,17 @@ class MainScript(unittest.TestCase):
                 if __name__ == "__main__":
                     with safepool.Pool(2) as pool:
                         print("result", [p.x for p in pool.map(triple, range(5))])
-            """))
-        out = subprocess.run([sys.executable, script], env=child_env(), capture_output=True, text=True,
-                             timeout=120)
+            """)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertIn("result [0, 3, 6, 9, 12]", out.stdout)
         # Workers import the script under another name and skip its main block.
         self.assertIn("imported as __mp_main__", out.stdout)
         self.assertEqual(out.stdout.count("result"), 1)
 
-
     def test_function_defined_under_the_main_guard(self):
         # As with multiprocessing's spawn, workers cannot find it; the error
         # says why, not only that the attribute is missing.
-        d = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, d)
-        script = os.path.join(d, "script.py")
-        with open(script, "w") as f:
-            f.write(textwrap.dedent("""
+        out = self.run_script("""
                 import safepool
 
                 if __name__ == "__main__":
@@ -407,9 +406,7 @@ class MainScript(unittest.TestCase):
                             pool.map(double, range(3))
                         except AttributeError as e:
                             print(str(e))
-            """))
-        out = subprocess.run([sys.executable, script], env=child_env(), capture_output=True, text=True,
-                             timeout=120)
+            """)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertIn("Can't get attribute 'double'", out.stdout)
         self.assertIn('without running its `if __name__ == "__main__":` block', out.stdout)
@@ -419,11 +416,7 @@ class MainScript(unittest.TestCase):
         # function of the script) fails as multiprocessing reports it,
         # MaybeEncodingError with the pickling error, not as a result the
         # parent could not unpickle.
-        d = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, d)
-        script = os.path.join(d, "script.py")
-        with open(script, "w") as f:
-            f.write(textwrap.dedent("""
+        out = self.run_script("""
                 import multiprocessing.pool, safepool
 
                 def make_adder(x):
@@ -445,9 +438,7 @@ class MainScript(unittest.TestCase):
                                 print(fn.__name__, "MaybeEncodingError", "local object" in str(e))
                             except Exception as e:
                                 print(fn.__name__, type(e).__name__, e)
-            """))
-        out = subprocess.run([sys.executable, script], env=child_env(), capture_output=True, text=True,
-                             timeout=120)
+            """)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout.splitlines(), ["make_adder MaybeEncodingError True",
                                                    "make_record MaybeEncodingError True"])
