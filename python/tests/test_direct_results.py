@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import textwrap
+import time
 import unittest
 
 import safepool
@@ -30,9 +31,19 @@ class DirectResults(unittest.TestCase):
         return item_runs(self.dir)
 
     def warm(self, pool):
-        # The workers' pipes are open, and the function's time per item is
+        # The workers' pipes are made, and the function's time per item is
         # known (the map below keeps its chunksize anyway).
         self.assertEqual(pool.map(helpers.square, range(200)), [x * x for x in range(200)])
+
+    def warm_one(self, pool):
+        """warm, for a pool of one worker, whose pipe is then open at both
+        ends: its client opens it once it reads the worker's announcement,
+        which on a loaded machine may come after the first map."""
+        self.warm(pool)
+        deadline = time.monotonic() + 30
+        while pool.apply(dh.pipe_state) != (True, True):
+            self.assertLess(time.monotonic(), deadline, "the client never opened the worker's pipe")
+            time.sleep(0.01)
 
     def test_killed_after_the_values_keeps_the_first(self):
         # The worker dies after its values reached the client and before
@@ -41,7 +52,7 @@ class DirectResults(unittest.TestCase):
         # worker's, each once.
         fn = functools.partial(dh.die_around_send, self.dir, "after", 3)
         with safepool.SafePool(1, retry_killed_tasks=1) as pool:
-            self.warm(pool)
+            self.warm_one(pool)
             first = pool.map(helpers.pid_of, [0])[0]
             out = pool.map(fn, range(8), chunksize=8)
             killed = pool.get_killed_tasks()
@@ -59,7 +70,7 @@ class DirectResults(unittest.TestCase):
         # settles: none twice, none missing.
         fn = functools.partial(dh.die_around_send, self.dir, "after", 3)
         with safepool.Pool(1, retries=1) as pool:
-            self.warm(pool)
+            self.warm_one(pool)
             out = list(pool.imap_unordered(fn, range(8), chunksize=8))
         self.assertTrue(os.path.exists(os.path.join(self.dir, "killed-after")), "the direct path was not taken")
         self.assertEqual(sorted(v for v, _ in out), [x * x for x in range(8)])
@@ -70,7 +81,7 @@ class DirectResults(unittest.TestCase):
         # already; the first value stands, and the pool goes on.
         fn = functools.partial(dh.die_around_send, self.dir, "after", 3)
         with safepool.Pool(1) as pool:
-            self.warm(pool)
+            self.warm_one(pool)
             out = pool.map_async(fn, range(8), chunksize=8, errors="return").get(60)
             self.assertEqual(pool.map(helpers.square, range(5)), [0, 1, 4, 9, 16])
         self.assertTrue(os.path.exists(os.path.join(self.dir, "killed-after")), "the direct path was not taken")
@@ -81,7 +92,7 @@ class DirectResults(unittest.TestCase):
         # elsewhere (item 7 charged) and come from the new worker.
         fn = functools.partial(dh.die_around_send, self.dir, "before", 3)
         with safepool.SafePool(1, retry_killed_tasks=1) as pool:
-            self.warm(pool)
+            self.warm_one(pool)
             first = pool.map(helpers.pid_of, [0])[0]
             out = pool.map(fn, range(8), chunksize=8)
             killed = pool.get_killed_tasks()
@@ -95,7 +106,7 @@ class DirectResults(unittest.TestCase):
     def test_killed_before_the_values_without_retries(self):
         fn = functools.partial(dh.die_around_send, self.dir, "before", 3)
         with safepool.Pool(1) as pool:
-            self.warm(pool)
+            self.warm_one(pool)
             out = pool.map_async(fn, range(8), chunksize=8, errors="return").get(60)
             failed = pool.failed_tasks()
         self.assertIsInstance(out[7], safepool.WorkerDied)
