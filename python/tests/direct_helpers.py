@@ -89,6 +89,16 @@ def die_around_send(d, when, at, x):
     return x * x, os.getpid()
 
 
+def hold_long():
+    """A pool's initializer: this worker sends a range's values at the
+    range's end, however long its items take (not after safepool.worker's
+    HOLD of 2 ms, which a loaded machine can pass in the middle of a few
+    items), so that a test knows which send is a range's and which item
+    the page marks last."""
+    import safepool.worker
+    safepool.worker.HOLD = 3600.0
+
+
 def not_dumpable():
     """A pool's initializer: /proc/<pid>/fd of this worker is closed to
     other processes of its user (PR_SET_DUMPABLE 0), so its client cannot

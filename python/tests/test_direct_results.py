@@ -51,7 +51,7 @@ class DirectResults(unittest.TestCase):
         # marked in the page) charged; the values returned are the dead
         # worker's, each once.
         fn = functools.partial(dh.die_around_send, self.dir, "after", 3)
-        with safepool.SafePool(1, retry_killed_tasks=1) as pool:
+        with safepool.SafePool(1, retry_killed_tasks=1, initializer=dh.hold_long) as pool:
             self.warm_one(pool)
             first = pool.map(helpers.pid_of, [0])[0]
             out = pool.map(fn, range(8), chunksize=8)
@@ -69,7 +69,7 @@ class DirectResults(unittest.TestCase):
         # The same through imap_unordered, which yields every value it
         # settles: none twice, none missing.
         fn = functools.partial(dh.die_around_send, self.dir, "after", 3)
-        with safepool.Pool(1, retries=1) as pool:
+        with safepool.Pool(1, retries=1, initializer=dh.hold_long) as pool:
             self.warm_one(pool)
             out = list(pool.imap_unordered(fn, range(8), chunksize=8))
         self.assertTrue(os.path.exists(os.path.join(self.dir, "killed-after")), "the direct path was not taken")
@@ -80,7 +80,7 @@ class DirectResults(unittest.TestCase):
         # No retries: the binary fails item 7, whose value the client has
         # already; the first value stands, and the pool goes on.
         fn = functools.partial(dh.die_around_send, self.dir, "after", 3)
-        with safepool.Pool(1) as pool:
+        with safepool.Pool(1, initializer=dh.hold_long) as pool:
             self.warm_one(pool)
             out = pool.map_async(fn, range(8), chunksize=8, errors="return").get(60)
             self.assertEqual(pool.map(helpers.square, range(5)), [0, 1, 4, 9, 16])
@@ -91,7 +91,7 @@ class DirectResults(unittest.TestCase):
         # The worker dies before it wrote its values: they run again
         # elsewhere (item 7 charged) and come from the new worker.
         fn = functools.partial(dh.die_around_send, self.dir, "before", 3)
-        with safepool.SafePool(1, retry_killed_tasks=1) as pool:
+        with safepool.SafePool(1, retry_killed_tasks=1, initializer=dh.hold_long) as pool:
             self.warm_one(pool)
             first = pool.map(helpers.pid_of, [0])[0]
             out = pool.map(fn, range(8), chunksize=8)
@@ -105,7 +105,7 @@ class DirectResults(unittest.TestCase):
 
     def test_killed_before_the_values_without_retries(self):
         fn = functools.partial(dh.die_around_send, self.dir, "before", 3)
-        with safepool.Pool(1) as pool:
+        with safepool.Pool(1, initializer=dh.hold_long) as pool:
             self.warm_one(pool)
             out = pool.map_async(fn, range(8), chunksize=8, errors="return").get(60)
             failed = pool.failed_tasks()
