@@ -701,3 +701,53 @@ func TestNoAgentFits(t *testing.T) {
 	big := submit(t, dir, "big", url, []string{"sleep:1", "sleep:2"}, "--mem-per-task", "1GiB")
 	big.waitLog(t, "2 tasks need more than 512 MiB of memory, and no agent has that much (the largest gives 64 MiB per task)", 20*time.Second)
 }
+
+// TestRunIDOtherInputs: a run id given again with other inputs (a second
+// batch under yesterday's name, or two submitters at once) must not show
+// the first run's results as the second's: the submitter refuses with
+// exit status 2. The same inputs, or fewer or more of them, carry the run
+// on.
+func TestRunIDOtherInputs(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	startServer(t, dir, "server", port)
+	startAgent(t, dir, "agent1", url, "-j", "2")
+	echo := func(name string, inputs ...string) *proc {
+		args := append([]string{"run", "--nats", url, "--run-id", "nightly", "-k", "echo", "out:{}", ":::"}, inputs...)
+		return start(t, dir, name, args...)
+	}
+	lines := func(in ...string) string {
+		var b strings.Builder
+		for _, s := range in {
+			b.WriteString("out:" + s + "\n")
+		}
+		return b.String()
+	}
+	first := echo("first", "a", "b", "c", "d")
+	if st := first.wait(t, 60*time.Second); st != 0 {
+		t.Fatalf("first run exited %d\n%s", st, first.stderr())
+	}
+	tests := []struct {
+		name   string
+		inputs []string
+		status int
+		out    string // stdout
+		errs   string // in stderr
+	}{
+		{"other", []string{"x", "y", "z"}, 2, "", "the run holds other inputs: task "},
+		{"one-other", []string{"a", "b", "Z", "d"}, 2, "out:a\nout:b\n", `ran "c", but input 3 here is "Z"`},
+		{"fewer", []string{"a", "b"}, 0, lines("a", "b"), "past this input's 2"},
+		{"more", []string{"a", "b", "c", "d", "e"}, 0, lines("a", "b", "c", "d", "e"), "resumed"},
+		{"more-other", []string{"a", "b", "c", "d", "f"}, 2, lines("a", "b", "c", "d"), `ran "e", but input 5 here is "f"`},
+	}
+	for _, tt := range tests {
+		p := echo(tt.name, tt.inputs...)
+		st := p.wait(t, 60*time.Second)
+		if st != tt.status || p.out.String() != tt.out || !strings.Contains(p.stderr(), tt.errs) {
+			t.Errorf("%s: run --run-id nightly ::: %s = status %d, stdout %q, want %d, %q and %q in stderr:\n%s",
+				tt.name, strings.Join(tt.inputs, " "), st, p.out.String(), tt.status, tt.out, tt.errs, p.stderr())
+		}
+	}
+}

@@ -1,8 +1,10 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -99,6 +101,55 @@ func (r *Run) Recorded(seq uint64) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.recorded[seq]
+}
+
+// RecordedPast reports whether a result of a task past the n-th was
+// recorded when the run was resumed: the run had more inputs than n.
+func (r *Run) RecordedPast(n uint64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for seq := range r.recorded {
+		if seq > n {
+			return true
+		}
+	}
+	return false
+}
+
+// Fed is what a submitter keeps of an input it read, to check that the
+// result it collects for that task is that input's: a run id given again
+// with other inputs, or by a second submitter at once, would otherwise show
+// another input's results as this input's.
+type Fed struct {
+	sum  [sha256.Size]byte
+	head []byte // the input's first bytes, for the error
+}
+
+// NewFed returns what to keep of input in.
+func NewFed(in []byte) Fed {
+	return Fed{sum: sha256.Sum256(in), head: bytes.Clone(in[:min(len(in), 48)])}
+}
+
+// ErrOtherInput is returned by Fed.Check when the run's task ran another
+// input than the submitter's.
+var ErrOtherInput = errors.New("cluster: the run holds other inputs")
+
+// Check returns an error wrapping ErrOtherInput unless rec is the result of
+// f's input in run.
+func (f Fed) Check(run string, rec *ResultRecord) error {
+	if sha256.Sum256(rec.Input) == f.sum {
+		return nil
+	}
+	return fmt.Errorf("%w: task %d of run %s ran %s, but input %d here is %s; --run-id carries on a run over the same inputs, so give other inputs a new run id",
+		ErrOtherInput, rec.Seq, run, quoteHead(rec.Input), rec.Seq, quoteHead(f.head))
+}
+
+// quoteHead quotes an input's first bytes.
+func quoteHead(in []byte) string {
+	if len(in) > 40 {
+		return fmt.Sprintf("%q...", in[:40])
+	}
+	return fmt.Sprintf("%q", in)
 }
 
 // Publish queues a task. The message id makes a publish retried after a
