@@ -135,7 +135,7 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 		if run.Resumed {
 			verb = "resumed"
 		}
-		fmt.Fprintf(stderr, "safepool: run %s %s on %s (collect it again with --run-id %s)\n", spec.ID, verb, nf.url, spec.ID)
+		fmt.Fprintf(stderr, "safepool: run %s %s on %s (collect it again with --run-id %s)\n", spec.ID, verb, cluster.Redact(nf.url), spec.ID)
 	}
 
 	// The collector stops when every task's result is in, or ctx ends.

@@ -117,6 +117,7 @@ func NewAgent(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 		return nil, err
 	}
 	a.conn = conn
+	conn.Notify(func(msg string) { fmt.Fprintf(a.cfg.Log, "safepool agent %s: %s\n", a.name, msg) })
 	for k := 0; k <= a.fit; k++ {
 		c, err := conn.stream.Consumer(ctx, consumerName(k))
 		if err != nil {
@@ -432,13 +433,21 @@ func (a *Agent) finishHeld(h *held, r pool.Result) {
 // finish applies decide's verdict to a task whose local result is r.
 func (a *Agent) finish(h *held, r pool.Result) {
 	defer a.finishing.Done()
-	defer func() {
+	// release gives the task's slot back: when the result is recorded, or
+	// at the latest when finish returns.
+	released := false
+	release := func() {
+		if released {
+			return
+		}
+		released = true
 		a.hold(-1)
 		select {
 		case a.freed <- struct{}{}:
 		default:
 		}
-	}()
+	}
+	defer release()
 	defer r.Release()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -515,8 +524,15 @@ func (a *Agent) finish(h *held, r pool.Result) {
 		if len(h.prior) > 0 || d.move == moveNak {
 			a.conn.attempts.Purge(ctx, key)
 		}
+		release()
 		if d.state == pool.Done {
-			retry(ctx, func(ctx context.Context) error { return h.msg.DoubleAck(ctx) })
+			// Once the result is recorded, the ack only spares a
+			// redelivery, which is acknowledged without running. A server
+			// restarted without this delivery in its state never answers
+			// it: try for AckWait at most, the slot given back meanwhile.
+			actx, cancel := context.WithTimeout(ctx, AckWait)
+			retry(actx, func(ctx context.Context) error { return h.msg.DoubleAck(ctx) })
+			cancel()
 		} else {
 			h.msg.TermWithReason(string(d.state))
 		}

@@ -751,3 +751,40 @@ func TestRunIDOtherInputs(t *testing.T) {
 		}
 	}
 }
+
+// TestServerLost: while the server is gone, the submitter and the agents
+// say so rather than wait in silence, and carry on when it is back,
+// without waiting on acknowledgements the restarted server never answers.
+// The URL's password is never shown.
+func TestServerLost(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	server := startServer(t, dir, "server", port)
+	// The embedded server has no accounts: it takes any user and password.
+	secretURL := fmt.Sprintf("nats://batch:s3cret@127.0.0.1:%d", port)
+	agent := startAgent(t, dir, "agent1", secretURL, "-j", "2")
+	const n = 6
+	sub := submit(t, dir, "run", secretURL, sleeps(n, 1500))
+	run := runIDOf(t, sub)
+	waitRecorded(t, url, run, 1, 30*time.Second)
+	server.kill()
+	sub.waitLog(t, "lost the connection to the NATS server", 15*time.Second)
+	agent.waitLog(t, "lost the connection to the NATS server", 15*time.Second)
+	startServer(t, dir, "server-again", port, "--store", filepath.Join(dir, "server"))
+	agent.waitLog(t, "reconnected to the NATS server", 15*time.Second)
+	// The tasks whose results were recorded while the server was gone
+	// (and which a server restarted after a SIGKILL may not know were
+	// delivered) must not hold the agent's slots: the run ends soon.
+	if st := sub.wait(t, 40*time.Second); st != 0 {
+		t.Fatalf("run exited %d, want 0\n%s", st, sub.stderr())
+	}
+	checkOutputs(t, sub, n)
+	checkRecorded(t, url, run, n)
+	for _, p := range []*proc{sub, agent} {
+		if strings.Contains(p.stderr(), "s3cret") {
+			t.Errorf("stderr shows the password:\n%s", p.stderr())
+		}
+	}
+}

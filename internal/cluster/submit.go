@@ -244,9 +244,13 @@ func (r *Run) Abort(ctx context.Context) error {
 	})
 }
 
-// Waiting says what keeps tasks from running, or "" when nothing does: no
-// live agent at all, or tasks in a memory class no live agent fits.
+// Waiting says what keeps tasks from running, or "" when nothing does: a
+// lost connection to the server, no live agent at all, or tasks in a
+// memory class no live agent fits.
 func (r *Run) Waiting(ctx context.Context) string {
+	if m := r.c.downMessage(); m != "" {
+		return m
+	}
 	agents, err := r.c.liveAgents(ctx)
 	if err != nil {
 		return ""
