@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -263,8 +264,7 @@ func (a *Agent) fetchLoop(ctx context.Context) {
 func (a *Agent) take(ctx context.Context, m jetstream.Msg) {
 	var t TaskMsg
 	if err := unmarshal(m.Data(), &t); err != nil {
-		fmt.Fprintf(a.cfg.Log, "safepool agent: dropping a message that is no task (%v)\n", err)
-		m.Term()
+		a.unreadable(ctx, m, err)
 		return
 	}
 	spec, err := a.spec(ctx, t.Run)
@@ -323,6 +323,49 @@ func (a *Agent) take(ctx context.Context, m jetstream.Msg) {
 		a.mu.Unlock()
 		m.NakWithDelay(time.Second)
 	}
+}
+
+// unreadable answers a message that is no task this agent can read (an
+// agent of another version of safepool, or not safepool's): when it names
+// a task of a run, that task is recorded failed, saying why, so that its
+// submitter does not wait for it for ever; then the message is dropped.
+func (a *Agent) unreadable(ctx context.Context, m jetstream.Msg, why error) {
+	var fields map[string]json.RawMessage
+	var id struct {
+		Run   string
+		Seq   uint64
+		Input []byte
+	}
+	if unmarshal(m.Data(), &fields) == nil {
+		unmarshal(fields["run"], &id.Run)
+		unmarshal(fields["seq"], &id.Seq)
+		unmarshal(fields["input"], &id.Input)
+	}
+	if CheckRunID(id.Run) != nil || id.Seq == 0 {
+		fmt.Fprintf(a.cfg.Log, "safepool agent %s: dropping a message that is no task (%v)\n", a.name, why)
+		m.Term()
+		return
+	}
+	msg := fmt.Sprintf("agent %s cannot read the task (%v): do the agents and the submitter run the same version of safepool?", a.name, why)
+	fmt.Fprintf(a.cfg.Log, "safepool agent %s: task %d of run %s: %s\n", a.name, id.Seq, id.Run, msg)
+	now := time.Now()
+	rec := ResultRecord{Seq: id.Seq, Input: id.Input, State: pool.Failed, Agent: a.name,
+		Attempts: []AttemptRecord{{Number: 1, Agent: a.name, Start: now, End: now, ExitCode: -1, Message: msg}}}
+	body, _ := marshal(rec)
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	err := retry(rctx, func(ctx context.Context) error {
+		_, err := a.conn.results.Create(ctx, taskKey(id.Run, id.Seq), body)
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		m.NakWithDelay(time.Second)
+		return
+	}
+	m.Term()
 }
 
 // hold counts n more held messages.

@@ -23,6 +23,7 @@ import (
 	"github.com/safepool/safepool/internal/cluster"
 	"github.com/safepool/safepool/internal/memory"
 	"github.com/safepool/safepool/internal/testenv"
+	"github.com/safepool/safepool/pool"
 )
 
 // The tests run the real safepool binary, built once by TestMain, as
@@ -786,5 +787,67 @@ func TestServerLost(t *testing.T) {
 		if strings.Contains(p.stderr(), "s3cret") {
 			t.Errorf("stderr shows the password:\n%s", p.stderr())
 		}
+	}
+}
+
+// TestOddBytes: arguments that are not valid UTF-8 (a Latin-1 file name)
+// reach the agent's command as the same bytes, not with U+FFFD in their
+// place, and so does a command template holding such bytes.
+func TestOddBytes(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	startServer(t, dir, "server", port)
+	startAgent(t, dir, "agent1", url, "-j", "2")
+	inputs := []string{"caf\xe9.wav", "b\xff\xfe\tc\r", "e\u2028f", " lead", "plain"}
+	p := start(t, dir, "run", append([]string{"run", "--nats", url, "-k", "printf", "\xab%s\xbb\n", "{}", ":::"}, inputs...)...)
+	if st := p.wait(t, 60*time.Second); st != 0 {
+		t.Fatalf("run exited %d\n%s", st, p.stderr())
+	}
+	var want strings.Builder
+	for _, in := range inputs {
+		want.WriteString("\xab" + in + "\xbb\n")
+	}
+	if got := p.out.String(); got != want.String() {
+		t.Errorf("stdout = %q, want %q", got, want.String())
+	}
+}
+
+// TestUnreadableTask: a task an agent cannot read (one from another
+// version of safepool) is recorded failed, saying why, rather than dropped
+// with its submitter waiting for it for ever.
+func TestUnreadableTask(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	startServer(t, dir, "server", port)
+	startAgent(t, dir, "agent1", url, "-j", "1")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	conn, err := cluster.Dial(ctx, url, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	run, err := conn.Begin(ctx, cluster.RunSpec{ID: "unreadable", Protocol: pool.OneShot, Command: []string{"echo", "{}"}}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := jetStreamOf(t, url)
+	// Arguments of a form this version does not know.
+	body := `{"run":"unreadable","seq":1,"input":"eA==","args":[["echo"],["x"]]}`
+	if _, err := js.Publish(ctx, "safepool.task.0.unreadable", []byte(body)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case rec := <-run.Results(ctx):
+		r := rec.Result()
+		if r.State != pool.Failed || string(r.Input) != "x" || !strings.Contains(r.Err().Error(), "cannot read the task") {
+			t.Errorf("result = %s %q %v, want failed, input x and why", r.State, r.Input, r.Err())
+		}
+	case <-ctx.Done():
+		t.Fatal("no result for a task the agent cannot read")
 	}
 }
