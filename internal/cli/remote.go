@@ -3,6 +3,7 @@ package cli
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -190,7 +191,12 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 			if run.Recorded(seq) {
 				continue
 			}
-			if err := run.Publish(cctx, cluster.TaskMsg{Seq: seq, Input: t.Input, Args: t.Args, Need: j.cfg.MemPerTask}); err != nil {
+			tm := cluster.TaskMsg{Seq: seq, Input: t.Input, Args: t.Args, Need: j.cfg.MemPerTask}
+			err = run.Publish(cctx, tm)
+			if errors.Is(err, cluster.ErrTooLarge) {
+				err = run.Fail(cctx, tm, err)
+			}
+			if err != nil {
 				send(fed{seq: seq, end: true, err: err})
 				return
 			}

@@ -851,3 +851,30 @@ func TestUnreadableTask(t *testing.T) {
 		t.Fatal("no result for a task the agent cannot read")
 	}
 }
+
+// TestInputTooLarge: an input too large for a NATS message fails its own
+// task, saying so; the rest of the run goes on.
+func TestInputTooLarge(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	startServer(t, dir, "server", port)
+	startAgent(t, dir, "agent1", url, "-j", "2")
+	in := "a\n" + strings.Repeat("x", 900<<10) + "\nb\nc\n"
+	if err := os.WriteFile(filepath.Join(dir, "in.txt"), []byte(in), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, dir, "map", "map", "--nats", url, "-k", "--json", "map.json", "-a", "in.txt", "--worker", "cat")
+	if st := p.wait(t, 60*time.Second); st != 1 {
+		t.Fatalf("map exited %d, want 1 (one failed task)\n%s", st, p.stderr())
+	}
+	if got := p.out.String(); got != "a\nb\nc\n" {
+		t.Errorf("stdout = %q, want a, b, c", got)
+	}
+	s := summaryOf(t, dir, "map")
+	if s.Tasks.Done != 3 || s.Tasks.Failed != 1 || len(s.Failed) != 1 || s.Failed[0].ID != 2 ||
+		!strings.Contains(s.Failed[0].Message, "more than a NATS message holds") {
+		t.Errorf("summary = %+v, want 3 done and task 2 failed, too large", s)
+	}
+}

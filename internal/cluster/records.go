@@ -93,6 +93,9 @@ type ResultRecord struct {
 	Input []byte     `json:"input"`
 	Args  Argv       `json:"args,omitempty"`
 	State pool.State `json:"state"`
+	// InputSum, when set, is the SHA-256 of an input too large to be
+	// recorded: Input and Args are then left out.
+	InputSum []byte `json:"input_sum,omitempty"`
 	// Output is the one-shot stdout or the line worker's answer; Stderr
 	// the one-shot stderr.
 	Output []byte `json:"output,omitempty"`
