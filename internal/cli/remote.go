@@ -3,6 +3,7 @@ package cli
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -135,7 +136,7 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 		if run.Resumed {
 			verb = "resumed"
 		}
-		fmt.Fprintf(stderr, "safepool: run %s %s on %s (collect it again with --run-id %s)\n", spec.ID, verb, nf.url, spec.ID)
+		fmt.Fprintf(stderr, "safepool: run %s %s on %s (collect it again with --run-id %s)\n", spec.ID, verb, cluster.Redact(nf.url), spec.ID)
 	}
 
 	// The collector stops when every task's result is in, or ctx ends.
@@ -144,39 +145,59 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 	results := run.Results(cctx)
 
 	// The feeder publishes inputs, at most remoteWindow ahead of the
-	// results, and says how many there were.
+	// results. It says each input it read on feed, in order, and at the end
+	// how many there were: a result is shown only once its input is read
+	// here and is the input the result ran (cluster.Fed).
 	type fed struct {
-		total uint64
+		seq   uint64
+		input cluster.Fed
+		end   bool // the input ended: seq is the total
 		err   error
 	}
-	feedDone := make(chan fed, 1)
+	feed := make(chan fed, 64)
 	window := make(chan struct{}, remoteWindow)
 	go func() {
+		// send reports false when the collector has stopped.
+		send := func(f fed) bool {
+			select {
+			case feed <- f:
+				return true
+			case <-cctx.Done():
+				return false
+			}
+		}
 		var seq uint64
 		for {
 			in, err := j.src.next()
 			if err == io.EOF {
-				feedDone <- fed{total: seq}
+				send(fed{seq: seq, end: true})
 				return
 			}
 			if err != nil {
-				feedDone <- fed{total: seq, err: fmt.Errorf("reading input: %w", err)}
+				send(fed{seq: seq, end: true, err: fmt.Errorf("reading input: %w", err)})
 				return
 			}
 			seq++
 			select {
 			case window <- struct{}{}:
 			case <-cctx.Done():
-				feedDone <- fed{total: seq, err: cctx.Err()}
 				return
 			}
 			jl.submit(seq, seq, in) // a remote run's task id is its input's number
+			t := j.task(seq, in)
+			if !send(fed{seq: seq, input: cluster.NewFed(t.Input)}) {
+				return
+			}
 			if run.Recorded(seq) {
 				continue
 			}
-			t := j.task(seq, in)
-			if err := run.Publish(cctx, cluster.TaskMsg{Seq: seq, Input: t.Input, Args: t.Args, Need: j.cfg.MemPerTask}); err != nil {
-				feedDone <- fed{total: seq, err: err}
+			tm := cluster.TaskMsg{Seq: seq, Input: t.Input, Args: t.Args, Need: j.cfg.MemPerTask}
+			err = run.Publish(cctx, tm)
+			if errors.Is(err, cluster.ErrTooLarge) {
+				err = run.Fail(cctx, tm, err)
+			}
+			if err != nil {
+				send(fed{seq: seq, end: true, err: err})
 				return
 			}
 		}
@@ -190,6 +211,15 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 	pending := map[uint64]*cluster.ResultRecord{} // -k: results waiting for their turn
 	next := uint64(1)
 	var abortReason string
+	// inputs holds what was read of each input whose result is not in yet;
+	// early, the results whose input is not read yet. A result past the
+	// last input (a resumed run's, of a longer input) is left out, and
+	// extra says so.
+	inputs := map[uint64]cluster.Fed{}
+	early := map[uint64]*cluster.ResultRecord{}
+	var read uint64
+	extra := false
+	var otherInput error // a result of another input: the run id is another run's
 	interrupted := false
 	waiting := time.NewTicker(waitingEvery)
 	defer waiting.Stop()
@@ -215,32 +245,63 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 		}
 	}
 
+	// collect takes the result of an input read here.
+	collect := func(rec *cluster.ResultRecord) {
+		in := inputs[rec.Seq]
+		delete(inputs, rec.Seq)
+		if err := in.Check(spec.ID, rec); err != nil {
+			otherInput = err
+			return
+		}
+		collected++
+		<-window
+		if !j.cfg.KeepOrder {
+			deliver(rec)
+		} else {
+			pending[rec.Seq] = rec
+			for pending[next] != nil {
+				deliver(pending[next])
+				delete(pending, next)
+				next++
+			}
+		}
+		o.flush()
+	}
+
 loop:
-	for !(totalKnown && collected == total) && abortReason == "" {
+	for !(totalKnown && collected == total) && abortReason == "" && otherInput == nil {
 		select {
-		case f := <-feedDone:
-			total, totalKnown = f.total, true
-			if f.err != nil && ctx.Err() == nil {
-				fmt.Fprintf(stderr, "safepool: %v\n", f.err)
-				abortReason = quoteMessage(f.err.Error())
+		case f := <-feed:
+			if f.end {
+				total, totalKnown = f.seq, true
+				extra = extra || len(early) > 0
+				clear(early)
+				if f.err != nil && ctx.Err() == nil {
+					fmt.Fprintf(stderr, "safepool: %v\n", f.err)
+					abortReason = quoteMessage(f.err.Error())
+				}
+				continue
+			}
+			read = f.seq
+			inputs[f.seq] = f.input
+			if rec := early[f.seq]; rec != nil {
+				delete(early, f.seq)
+				collect(rec)
 			}
 		case rec, ok := <-results:
 			if !ok {
 				break loop
 			}
-			collected++
-			<-window
-			if !j.cfg.KeepOrder {
-				deliver(&rec)
-			} else {
-				pending[rec.Seq] = &rec
-				for pending[next] != nil {
-					deliver(pending[next])
-					delete(pending, next)
-					next++
+			switch {
+			case rec.Seq <= read:
+				if _, ok := inputs[rec.Seq]; ok {
+					collect(&rec)
 				}
+			case totalKnown:
+				extra = true
+			default:
+				early[rec.Seq] = &rec
 			}
-			o.flush()
 		case <-waiting.C:
 			// What keeps tasks waiting is said once, not at every check.
 			if w := run.Waiting(ctx); w != said {
@@ -262,12 +323,19 @@ loop:
 		cancel()
 	}
 	if !totalKnown {
-		select {
-		case f := <-feedDone:
-			total = f.total
-		case <-time.After(time.Second):
-			total = collected + uint64(len(window))
+		// Interrupted or aborted: what the feeder has read by now.
+		total = read
+		for drained := false; !drained; {
+			select {
+			case f := <-feed:
+				total, drained = f.seq, f.end
+			default:
+				drained = true
+			}
 		}
+	}
+	if (extra || run.RecordedPast(total)) && otherInput == nil && totalKnown {
+		fmt.Fprintf(stderr, "safepool: run %s holds results of tasks past this input's %d; they are not shown\n", spec.ID, total)
 	}
 	sum.wall = time.Since(sum.StartTime)
 	counts.Submitted = int(total)
@@ -278,6 +346,9 @@ loop:
 
 	status := exitOK
 	switch {
+	case otherInput != nil:
+		sum.Aborted, sum.AbortReason = true, quoteMessage(otherInput.Error())
+		status = exitUsage
 	case interrupted:
 		sum.Aborted, sum.Interrupted = true, true
 		sum.AbortReason = errInterrupted.Error()

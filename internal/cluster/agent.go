@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -117,6 +118,7 @@ func NewAgent(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 		return nil, err
 	}
 	a.conn = conn
+	conn.Notify(func(msg string) { fmt.Fprintf(a.cfg.Log, "safepool agent %s: %s\n", a.name, msg) })
 	for k := 0; k <= a.fit; k++ {
 		c, err := conn.stream.Consumer(ctx, consumerName(k))
 		if err != nil {
@@ -262,8 +264,7 @@ func (a *Agent) fetchLoop(ctx context.Context) {
 func (a *Agent) take(ctx context.Context, m jetstream.Msg) {
 	var t TaskMsg
 	if err := unmarshal(m.Data(), &t); err != nil {
-		fmt.Fprintf(a.cfg.Log, "safepool agent: dropping a message that is no task (%v)\n", err)
-		m.Term()
+		a.unreadable(ctx, m, err)
 		return
 	}
 	spec, err := a.spec(ctx, t.Run)
@@ -322,6 +323,49 @@ func (a *Agent) take(ctx context.Context, m jetstream.Msg) {
 		a.mu.Unlock()
 		m.NakWithDelay(time.Second)
 	}
+}
+
+// unreadable answers a message that is no task this agent can read (an
+// agent of another version of safepool, or not safepool's): when it names
+// a task of a run, that task is recorded failed, saying why, so that its
+// submitter does not wait for it for ever; then the message is dropped.
+func (a *Agent) unreadable(ctx context.Context, m jetstream.Msg, why error) {
+	var fields map[string]json.RawMessage
+	var id struct {
+		Run   string
+		Seq   uint64
+		Input []byte
+	}
+	if unmarshal(m.Data(), &fields) == nil {
+		unmarshal(fields["run"], &id.Run)
+		unmarshal(fields["seq"], &id.Seq)
+		unmarshal(fields["input"], &id.Input)
+	}
+	if CheckRunID(id.Run) != nil || id.Seq == 0 {
+		fmt.Fprintf(a.cfg.Log, "safepool agent %s: dropping a message that is no task (%v)\n", a.name, why)
+		m.Term()
+		return
+	}
+	msg := fmt.Sprintf("agent %s cannot read the task (%v): do the agents and the submitter run the same version of safepool?", a.name, why)
+	fmt.Fprintf(a.cfg.Log, "safepool agent %s: task %d of run %s: %s\n", a.name, id.Seq, id.Run, msg)
+	now := time.Now()
+	rec := ResultRecord{Seq: id.Seq, Input: id.Input, State: pool.Failed, Agent: a.name,
+		Attempts: []AttemptRecord{{Number: 1, Agent: a.name, Start: now, End: now, ExitCode: -1, Message: msg}}}
+	body, _ := marshal(rec)
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	err := retry(rctx, func(ctx context.Context) error {
+		_, err := a.conn.results.Create(ctx, taskKey(id.Run, id.Seq), body)
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		m.NakWithDelay(time.Second)
+		return
+	}
+	m.Term()
 }
 
 // hold counts n more held messages.
@@ -432,13 +476,21 @@ func (a *Agent) finishHeld(h *held, r pool.Result) {
 // finish applies decide's verdict to a task whose local result is r.
 func (a *Agent) finish(h *held, r pool.Result) {
 	defer a.finishing.Done()
-	defer func() {
+	// release gives the task's slot back: when the result is recorded, or
+	// at the latest when finish returns.
+	released := false
+	release := func() {
+		if released {
+			return
+		}
+		released = true
 		a.hold(-1)
 		select {
 		case a.freed <- struct{}{}:
 		default:
 		}
-	}()
+	}
+	defer release()
 	defer r.Release()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -515,8 +567,15 @@ func (a *Agent) finish(h *held, r pool.Result) {
 		if len(h.prior) > 0 || d.move == moveNak {
 			a.conn.attempts.Purge(ctx, key)
 		}
+		release()
 		if d.state == pool.Done {
-			retry(ctx, func(ctx context.Context) error { return h.msg.DoubleAck(ctx) })
+			// Once the result is recorded, the ack only spares a
+			// redelivery, which is acknowledged without running. A server
+			// restarted without this delivery in its state never answers
+			// it: try for AckWait at most, the slot given back meanwhile.
+			actx, cancel := context.WithTimeout(ctx, AckWait)
+			retry(actx, func(ctx context.Context) error { return h.msg.DoubleAck(ctx) })
+			cancel()
 		} else {
 			h.msg.TermWithReason(string(d.state))
 		}

@@ -23,6 +23,7 @@ import (
 	"github.com/safepool/safepool/internal/cluster"
 	"github.com/safepool/safepool/internal/memory"
 	"github.com/safepool/safepool/internal/testenv"
+	"github.com/safepool/safepool/pool"
 )
 
 // The tests run the real safepool binary, built once by TestMain, as
@@ -700,4 +701,180 @@ func TestNoAgentFits(t *testing.T) {
 	}
 	big := submit(t, dir, "big", url, []string{"sleep:1", "sleep:2"}, "--mem-per-task", "1GiB")
 	big.waitLog(t, "2 tasks need more than 512 MiB of memory, and no agent has that much (the largest gives 64 MiB per task)", 20*time.Second)
+}
+
+// TestRunIDOtherInputs: a run id given again with other inputs (a second
+// batch under yesterday's name, or two submitters at once) must not show
+// the first run's results as the second's: the submitter refuses with
+// exit status 2. The same inputs, or fewer or more of them, carry the run
+// on.
+func TestRunIDOtherInputs(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	startServer(t, dir, "server", port)
+	startAgent(t, dir, "agent1", url, "-j", "2")
+	echo := func(name string, inputs ...string) *proc {
+		args := append([]string{"run", "--nats", url, "--run-id", "nightly", "-k", "echo", "out:{}", ":::"}, inputs...)
+		return start(t, dir, name, args...)
+	}
+	lines := func(in ...string) string {
+		var b strings.Builder
+		for _, s := range in {
+			b.WriteString("out:" + s + "\n")
+		}
+		return b.String()
+	}
+	first := echo("first", "a", "b", "c", "d")
+	if st := first.wait(t, 60*time.Second); st != 0 {
+		t.Fatalf("first run exited %d\n%s", st, first.stderr())
+	}
+	tests := []struct {
+		name   string
+		inputs []string
+		status int
+		out    string // stdout
+		errs   string // in stderr
+	}{
+		{"other", []string{"x", "y", "z"}, 2, "", "the run holds other inputs: task "},
+		{"one-other", []string{"a", "b", "Z", "d"}, 2, "out:a\nout:b\n", `ran "c", but input 3 here is "Z"`},
+		{"fewer", []string{"a", "b"}, 0, lines("a", "b"), "past this input's 2"},
+		{"more", []string{"a", "b", "c", "d", "e"}, 0, lines("a", "b", "c", "d", "e"), "resumed"},
+		{"more-other", []string{"a", "b", "c", "d", "f"}, 2, lines("a", "b", "c", "d"), `ran "e", but input 5 here is "f"`},
+	}
+	for _, tt := range tests {
+		p := echo(tt.name, tt.inputs...)
+		st := p.wait(t, 60*time.Second)
+		if st != tt.status || p.out.String() != tt.out || !strings.Contains(p.stderr(), tt.errs) {
+			t.Errorf("%s: run --run-id nightly ::: %s = status %d, stdout %q, want %d, %q and %q in stderr:\n%s",
+				tt.name, strings.Join(tt.inputs, " "), st, p.out.String(), tt.status, tt.out, tt.errs, p.stderr())
+		}
+	}
+}
+
+// TestServerLost: while the server is gone, the submitter and the agents
+// say so rather than wait in silence, and carry on when it is back,
+// without waiting on acknowledgements the restarted server never answers.
+// The URL's password is never shown.
+func TestServerLost(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	server := startServer(t, dir, "server", port)
+	// The embedded server has no accounts: it takes any user and password.
+	secretURL := fmt.Sprintf("nats://batch:s3cret@127.0.0.1:%d", port)
+	agent := startAgent(t, dir, "agent1", secretURL, "-j", "2")
+	const n = 6
+	sub := submit(t, dir, "run", secretURL, sleeps(n, 1500))
+	run := runIDOf(t, sub)
+	waitRecorded(t, url, run, 1, 30*time.Second)
+	server.kill()
+	sub.waitLog(t, "lost the connection to the NATS server", 15*time.Second)
+	agent.waitLog(t, "lost the connection to the NATS server", 15*time.Second)
+	startServer(t, dir, "server-again", port, "--store", filepath.Join(dir, "server"))
+	agent.waitLog(t, "reconnected to the NATS server", 15*time.Second)
+	// The tasks whose results were recorded while the server was gone
+	// (and which a server restarted after a SIGKILL may not know were
+	// delivered) must not hold the agent's slots: the run ends soon.
+	if st := sub.wait(t, 40*time.Second); st != 0 {
+		t.Fatalf("run exited %d, want 0\n%s", st, sub.stderr())
+	}
+	checkOutputs(t, sub, n)
+	checkRecorded(t, url, run, n)
+	for _, p := range []*proc{sub, agent} {
+		if strings.Contains(p.stderr(), "s3cret") {
+			t.Errorf("stderr shows the password:\n%s", p.stderr())
+		}
+	}
+}
+
+// TestOddBytes: arguments that are not valid UTF-8 (a Latin-1 file name)
+// reach the agent's command as the same bytes, not with U+FFFD in their
+// place, and so does a command template holding such bytes.
+func TestOddBytes(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	startServer(t, dir, "server", port)
+	startAgent(t, dir, "agent1", url, "-j", "2")
+	inputs := []string{"caf\xe9.wav", "b\xff\xfe\tc\r", "e\u2028f", " lead", "plain"}
+	p := start(t, dir, "run", append([]string{"run", "--nats", url, "-k", "printf", "\xab%s\xbb\n", "{}", ":::"}, inputs...)...)
+	if st := p.wait(t, 60*time.Second); st != 0 {
+		t.Fatalf("run exited %d\n%s", st, p.stderr())
+	}
+	var want strings.Builder
+	for _, in := range inputs {
+		want.WriteString("\xab" + in + "\xbb\n")
+	}
+	if got := p.out.String(); got != want.String() {
+		t.Errorf("stdout = %q, want %q", got, want.String())
+	}
+}
+
+// TestUnreadableTask: a task an agent cannot read (one from another
+// version of safepool) is recorded failed, saying why, rather than dropped
+// with its submitter waiting for it for ever.
+func TestUnreadableTask(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	startServer(t, dir, "server", port)
+	startAgent(t, dir, "agent1", url, "-j", "1")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	conn, err := cluster.Dial(ctx, url, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	run, err := conn.Begin(ctx, cluster.RunSpec{ID: "unreadable", Protocol: pool.OneShot, Command: []string{"echo", "{}"}}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := jetStreamOf(t, url)
+	// Arguments of a form this version does not know.
+	body := `{"run":"unreadable","seq":1,"input":"eA==","args":[["echo"],["x"]]}`
+	if _, err := js.Publish(ctx, "safepool.task.0.unreadable", []byte(body)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case rec := <-run.Results(ctx):
+		r := rec.Result()
+		if r.State != pool.Failed || string(r.Input) != "x" || !strings.Contains(r.Err().Error(), "cannot read the task") {
+			t.Errorf("result = %s %q %v, want failed, input x and why", r.State, r.Input, r.Err())
+		}
+	case <-ctx.Done():
+		t.Fatal("no result for a task the agent cannot read")
+	}
+}
+
+// TestInputTooLarge: an input too large for a NATS message fails its own
+// task, saying so; the rest of the run goes on.
+func TestInputTooLarge(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	startServer(t, dir, "server", port)
+	startAgent(t, dir, "agent1", url, "-j", "2")
+	in := "a\n" + strings.Repeat("x", 900<<10) + "\nb\nc\n"
+	if err := os.WriteFile(filepath.Join(dir, "in.txt"), []byte(in), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, dir, "map", "map", "--nats", url, "-k", "--json", "map.json", "-a", "in.txt", "--worker", "cat")
+	if st := p.wait(t, 60*time.Second); st != 1 {
+		t.Fatalf("map exited %d, want 1 (one failed task)\n%s", st, p.stderr())
+	}
+	if got := p.out.String(); got != "a\nb\nc\n" {
+		t.Errorf("stdout = %q, want a, b, c", got)
+	}
+	s := summaryOf(t, dir, "map")
+	if s.Tasks.Done != 3 || s.Tasks.Failed != 1 || len(s.Failed) != 1 || s.Failed[0].ID != 2 ||
+		!strings.Contains(s.Failed[0].Message, "more than a NATS message holds") {
+		t.Errorf("summary = %+v, want 3 done and task 2 failed, too large", s)
+	}
 }

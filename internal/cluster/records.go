@@ -2,7 +2,9 @@ package cluster
 
 import (
 	"encoding/json"
+	"fmt"
 	"time"
+	"unicode/utf8"
 
 	"github.com/safepool/safepool/pool"
 )
@@ -18,7 +20,7 @@ type RunSpec struct {
 	Protocol pool.Protocol `json:"protocol"`
 	// Command is the worker command: for one-shot runs the template, for
 	// information (each task carries its own argument vector).
-	Command []string `json:"command"`
+	Command Argv `json:"command"`
 	// Retries is how many more attempts a task gets after worker deaths
 	// under OnWorkerDeath Retry, counted over every machine.
 	Retries int `json:"retries"`
@@ -53,8 +55,8 @@ type TaskMsg struct {
 	Run string `json:"run"`
 	Seq uint64 `json:"seq"`
 	// Input is the input line; Args the one-shot argument vector.
-	Input []byte   `json:"input"`
-	Args  []string `json:"args,omitempty"`
+	Input []byte `json:"input"`
+	Args  Argv   `json:"args,omitempty"`
 	// Need is the memory in bytes the task is known to need, 0 if none;
 	// it decides the task's class.
 	Need int64 `json:"need,omitempty"`
@@ -89,8 +91,11 @@ type ResultRecord struct {
 	// Seq is the task's number in its run; Input and Args the task.
 	Seq   uint64     `json:"seq"`
 	Input []byte     `json:"input"`
-	Args  []string   `json:"args,omitempty"`
+	Args  Argv       `json:"args,omitempty"`
 	State pool.State `json:"state"`
+	// InputSum, when set, is the SHA-256 of an input too large to be
+	// recorded: Input and Args are then left out.
+	InputSum []byte `json:"input_sum,omitempty"`
 	// Output is the one-shot stdout or the line worker's answer; Stderr
 	// the one-shot stderr.
 	Output []byte `json:"output,omitempty"`
@@ -146,6 +151,63 @@ func attemptRecords(agent string, base int, as []pool.Attempt) []AttemptRecord {
 		})
 	}
 	return out
+}
+
+// Argv is an argument vector as it travels in records. JSON strings are
+// UTF-8, and encoding/json would replace other bytes (a Latin-1 file name)
+// with U+FFFD: an argument that is not valid UTF-8 travels as an object
+// {"bytes": base64} instead, so that every agent runs the same bytes. A
+// vector of UTF-8 arguments is a plain array of strings.
+type Argv []string
+
+// argBytes is the form of an argument that is not valid UTF-8.
+type argBytes struct {
+	Bytes []byte `json:"bytes"`
+}
+
+// MarshalJSON encodes v, each argument as a string or, if it is not valid
+// UTF-8, as its bytes.
+func (v Argv) MarshalJSON() ([]byte, error) {
+	if v == nil {
+		return []byte("null"), nil
+	}
+	out := make([]any, len(v))
+	for i, a := range v {
+		if utf8.ValidString(a) {
+			out[i] = a
+		} else {
+			out[i] = argBytes{Bytes: []byte(a)}
+		}
+	}
+	return json.Marshal(out)
+}
+
+// UnmarshalJSON decodes what MarshalJSON encodes.
+func (v *Argv) UnmarshalJSON(b []byte) error {
+	var raw []json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	if raw == nil {
+		*v = nil
+		return nil
+	}
+	out := make(Argv, len(raw))
+	for i, r := range raw {
+		if len(r) > 0 && r[0] == '{' {
+			var ab argBytes
+			if err := json.Unmarshal(r, &ab); err != nil {
+				return fmt.Errorf("argument %d: %w", i, err)
+			}
+			out[i] = string(ab.Bytes)
+			continue
+		}
+		if err := json.Unmarshal(r, &out[i]); err != nil {
+			return fmt.Errorf("argument %d: %w", i, err)
+		}
+	}
+	*v = out
+	return nil
 }
 
 // unmarshal decodes a JSON record.

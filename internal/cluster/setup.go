@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -24,6 +27,11 @@ type Conn struct {
 	// Replicas is how many servers hold each stream and bucket: 3 on a
 	// JetStream cluster, 1 on a single server.
 	Replicas int
+
+	mu        sync.Mutex   // guards the fields below, set by the connection's handlers
+	downSince time.Time    // when the connection was lost; zero while connected
+	downErr   error        // why, if known
+	notify    func(string) // told of each loss and return of the connection; may be nil
 }
 
 // Dial connects to the NATS server at url (a comma-separated list of
@@ -31,16 +39,19 @@ type Conn struct {
 // storage, replicated three times when the server is part of a cluster. The
 // connection reconnects for ever; Close ends it.
 func Dial(ctx context.Context, url, name string) (*Conn, error) {
+	c := &Conn{}
 	nc, err := nats.Connect(url,
 		nats.Name(name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250*time.Millisecond),
 		nats.RetryOnFailedConnect(false),
+		nats.DisconnectErrHandler(c.lost),
+		nats.ReconnectHandler(c.back),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("cluster: connecting to %s: %w", url, err)
+		return nil, fmt.Errorf("cluster: connecting to %s: %w", Redact(url), err)
 	}
-	c := &Conn{nc: nc}
+	c.nc = nc
 	if err := c.setup(ctx); err != nil {
 		nc.Close()
 		return nil, err
@@ -50,6 +61,78 @@ func Dial(ctx context.Context, url, name string) (*Conn, error) {
 
 // Close closes the connection.
 func (c *Conn) Close() { c.nc.Close() }
+
+// Notify has f told, in a sentence, each time the connection to the
+// server is lost and each time it is back, so that a long wait for an
+// absent server is not silent.
+func (c *Conn) Notify(f func(msg string)) {
+	c.mu.Lock()
+	c.notify = f
+	c.mu.Unlock()
+}
+
+// lost notes that the connection to the server is lost; the client
+// reconnects for ever.
+func (c *Conn) lost(nc *nats.Conn, err error) {
+	if nc.IsClosed() {
+		return // Close, not a loss
+	}
+	c.mu.Lock()
+	if c.downSince.IsZero() {
+		c.downSince = time.Now()
+	}
+	c.downErr = err
+	f := c.notify
+	c.mu.Unlock()
+	if f != nil {
+		f(c.downMessage())
+	}
+}
+
+// back notes that the connection to the server is back.
+func (c *Conn) back(nc *nats.Conn) {
+	c.mu.Lock()
+	since := c.downSince
+	c.downSince, c.downErr = time.Time{}, nil
+	f := c.notify
+	c.mu.Unlock()
+	if f != nil && !since.IsZero() {
+		f(fmt.Sprintf("reconnected to the NATS server at %s after %v", nc.ConnectedUrlRedacted(), time.Since(since).Round(time.Second)))
+	}
+}
+
+// downMessage says that the connection is lost and why, or returns ""
+// while it is up.
+func (c *Conn) downMessage() string {
+	c.mu.Lock()
+	since, err := c.downSince, c.downErr
+	c.mu.Unlock()
+	if since.IsZero() {
+		return ""
+	}
+	why := ""
+	if err != nil {
+		why = fmt.Sprintf(" (%v)", err)
+	}
+	return fmt.Sprintf("lost the connection to the NATS server%s; reconnecting to %s for as long as it takes", why, Redact(strings.Join(c.nc.Servers(), ",")))
+}
+
+// Redact returns urls, a comma-separated list of server URLs, with any
+// password hidden, for messages.
+func Redact(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, p := range parts {
+		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
+			if _, has := u.User.Password(); has {
+				u.User = url.UserPassword(u.User.Username(), "xxxxx")
+			} else {
+				u.User = url.User("xxxxx") // a token
+			}
+			parts[i] = u.String()
+		}
+	}
+	return strings.Join(parts, ",")
+}
 
 func (c *Conn) setup(ctx context.Context) error {
 	js, err := jetstream.New(c.nc)

@@ -1,8 +1,10 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -15,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/safepool/safepool/internal/bytesize"
+	"github.com/safepool/safepool/pool"
 )
 
 // NewRunID returns a fresh run id: the date and time, and random hex.
@@ -101,7 +104,57 @@ func (r *Run) Recorded(seq uint64) bool {
 	return r.recorded[seq]
 }
 
-// Publish queues a task. The message id makes a publish retried after a
+// RecordedPast reports whether a result of a task past the n-th was
+// recorded when the run was resumed: the run had more inputs than n.
+func (r *Run) RecordedPast(n uint64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for seq := range r.recorded {
+		if seq > n {
+			return true
+		}
+	}
+	return false
+}
+
+// Fed is what a submitter keeps of an input it read, to check that the
+// result it collects for that task is that input's: a run id given again
+// with other inputs, or by a second submitter at once, would otherwise show
+// another input's results as this input's.
+type Fed struct {
+	sum  [sha256.Size]byte
+	head []byte // the input's first bytes, for the error
+}
+
+// NewFed returns what to keep of input in.
+func NewFed(in []byte) Fed {
+	return Fed{sum: sha256.Sum256(in), head: bytes.Clone(in[:min(len(in), 48)])}
+}
+
+// ErrOtherInput is returned by Fed.Check when the run's task ran another
+// input than the submitter's.
+var ErrOtherInput = errors.New("cluster: the run holds other inputs")
+
+// Check returns an error wrapping ErrOtherInput unless rec is the result of
+// f's input in run.
+func (f Fed) Check(run string, rec *ResultRecord) error {
+	if sha256.Sum256(rec.Input) == f.sum || rec.InputSum != nil && bytes.Equal(rec.InputSum, f.sum[:]) {
+		return nil
+	}
+	return fmt.Errorf("%w: task %d of run %s ran %s, but input %d here is %s; --run-id carries on a run over the same inputs, so give other inputs a new run id",
+		ErrOtherInput, rec.Seq, run, quoteHead(rec.Input), rec.Seq, quoteHead(f.head))
+}
+
+// quoteHead quotes an input's first bytes.
+func quoteHead(in []byte) string {
+	if len(in) > 40 {
+		return fmt.Sprintf("%q...", in[:40])
+	}
+	return fmt.Sprintf("%q", in)
+}
+
+// Publish queues a task, or returns an error wrapping ErrTooLarge when it
+// does not fit a NATS message. The message id makes a publish retried after a
 // lost acknowledgement, or by a restarted submitter, a no-op.
 func (r *Run) Publish(ctx context.Context, t TaskMsg) error {
 	t.Run = r.Spec.ID
@@ -111,10 +164,33 @@ func (r *Run) Publish(ctx context.Context, t TaskMsg) error {
 		return err
 	}
 	if max := r.c.nc.MaxPayload() - 1024; int64(len(body)) > max {
-		return fmt.Errorf("cluster: task %d is %s, more than a NATS message holds (%s)", t.Seq, bytesize.Format(int64(len(body))), bytesize.Format(max))
+		return fmt.Errorf("%w: task %d is %s, more than a NATS message holds (%s)", ErrTooLarge, t.Seq, bytesize.Format(int64(len(body))), bytesize.Format(max))
 	}
 	return retry(ctx, func(ctx context.Context) error {
 		_, err := r.c.js.Publish(ctx, taskSubject(k, t.Run), body, jetstream.WithMsgID(msgID(t.Run, t.Seq, k)))
+		return err
+	})
+}
+
+// ErrTooLarge is returned by Publish for a task larger than a NATS message.
+var ErrTooLarge = errors.New("cluster: task too large")
+
+// Fail records task t failed, with why as its message, instead of
+// publishing it: for a task Publish refused with ErrTooLarge, so that one
+// input too large for the queue fails its task, as an output too large for
+// the results does, not the whole run. The record holds the input's
+// SHA-256, not the input.
+func (r *Run) Fail(ctx context.Context, t TaskMsg, why error) error {
+	sum := sha256.Sum256(t.Input)
+	now := time.Now()
+	rec := ResultRecord{Seq: t.Seq, InputSum: sum[:], State: pool.Failed, Agent: "submitter",
+		Attempts: []AttemptRecord{{Number: 1, Start: now, End: now, ExitCode: -1, Message: strings.TrimPrefix(why.Error(), "cluster: ")}}}
+	body, _ := marshal(rec)
+	return retry(ctx, func(ctx context.Context) error {
+		_, err := r.c.results.Create(ctx, taskKey(r.Spec.ID, t.Seq), body)
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return nil
+		}
 		return err
 	})
 }
@@ -193,9 +269,13 @@ func (r *Run) Abort(ctx context.Context) error {
 	})
 }
 
-// Waiting says what keeps tasks from running, or "" when nothing does: no
-// live agent at all, or tasks in a memory class no live agent fits.
+// Waiting says what keeps tasks from running, or "" when nothing does: a
+// lost connection to the server, no live agent at all, or tasks in a
+// memory class no live agent fits.
 func (r *Run) Waiting(ctx context.Context) string {
+	if m := r.c.downMessage(); m != "" {
+		return m
+	}
 	agents, err := r.c.liveAgents(ctx)
 	if err != nil {
 		return ""
