@@ -298,7 +298,7 @@ func (c *Config) normalize() error {
 	default:
 		return fmt.Errorf("pool: unknown protocol %q (want oneshot, line or framed)", c.Protocol)
 	}
-	if c.Workers <= 0 {
+	if c.Workers == 0 {
 		c.Workers = runtime.NumCPU()
 	}
 	switch c.OnWorkerDeath {
@@ -314,7 +314,8 @@ func (c *Config) normalize() error {
 	for _, v := range []struct {
 		name string
 		n    int64
-	}{{"Retries", int64(c.Retries)}, {"TaskErrorRetries", int64(c.TaskErrorRetries)},
+	}{{"Workers", int64(c.Workers)}, {"Grace", int64(c.Grace)}, {"Backoff", int64(c.Backoff)}, {"MaxBackoff", int64(c.MaxBackoff)},
+		{"Retries", int64(c.Retries)}, {"TaskErrorRetries", int64(c.TaskErrorRetries)},
 		{"MaxTasksPerWorker", int64(c.MaxTasksPerWorker)}, {"MaxRSS", c.MaxRSS}, {"MemLimit", c.MemLimit},
 		{"Timeout", int64(c.Timeout)}, {"Pipeline", int64(c.Pipeline)}, {"MaxPending", int64(c.MaxPending)},
 		{"MemBudget", c.MemBudget}, {"MemReserve", c.MemReserve}, {"MemPerTask", c.MemPerTask},

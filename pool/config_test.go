@@ -1,0 +1,43 @@
+package pool_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/safepool/safepool/pool"
+)
+
+// TestNegativeConfig: New refuses a negative count, size or duration and
+// names the field. Workers, Grace, Backoff and MaxBackoff used to be taken
+// as if they were zero (Workers: -1 ran one worker per CPU) or as no wait
+// at all, while Retries or Timeout of the same sign were refused.
+func TestNegativeConfig(t *testing.T) {
+	tests := []struct {
+		field string
+		cfg   pool.Config
+	}{
+		{"Workers", pool.Config{Workers: -1}},
+		{"Grace", pool.Config{Grace: -time.Second}},
+		{"Backoff", pool.Config{Backoff: -time.Millisecond, Retries: 1}},
+		{"MaxBackoff", pool.Config{MaxBackoff: -time.Second, Retries: 1}},
+		{"Retries", pool.Config{Retries: -1}},
+		{"Timeout", pool.Config{Timeout: -time.Second}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.field, func(t *testing.T) {
+			cfg := tt.cfg
+			cfg.Command = []string{"true"}
+			p, err := pool.New(cfg)
+			if err == nil {
+				p.Close()
+				for range p.Results() {
+				}
+				t.Fatalf("New(%s < 0) = nil error, want one", tt.field)
+			}
+			if want := "Config." + tt.field + " is negative"; !strings.Contains(err.Error(), want) {
+				t.Errorf("New(%s < 0) = %v, want an error saying %q", tt.field, err, want)
+			}
+		})
+	}
+}
