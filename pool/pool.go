@@ -267,6 +267,13 @@ func (p *Pool) reap() {
 	}
 }
 
+// MaxPipeline is the most Config.Pipeline may be. Each persistent worker
+// has room for that many tasks sent ahead, made when it starts: a
+// Pipeline in the billions used to end the program, out of memory, at
+// the first worker's start. A few dozen tasks ahead already hide the
+// round trip of the shortest tasks.
+const MaxPipeline = 1 << 16
+
 // DefaultGrace is Config.Grace when it is zero: how long a stopped worker
 // has between SIGTERM and SIGKILL.
 const DefaultGrace = 3 * time.Second
@@ -331,6 +338,9 @@ func (c *Config) normalize() error {
 		if v.n > 0 && v.n < MinMemory {
 			return fmt.Errorf("pool: Config.%s of %d bytes is below MinMemory (%s): no process can start in it", v.name, v.n, bytesize.Format(MinMemory))
 		}
+	}
+	if c.Pipeline > MaxPipeline {
+		return fmt.Errorf("pool: Config.Pipeline of %d is above MaxPipeline (%d)", c.Pipeline, MaxPipeline)
 	}
 	if c.Backoff == 0 {
 		c.Backoff = 50 * time.Millisecond

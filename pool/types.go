@@ -567,6 +567,7 @@ type Config struct {
 	// takes another only while it holds fewer than its share of the tasks
 	// waiting or running (their number over Workers, rounded up), so that a
 	// few long tasks spread over all workers, even those still starting.
+	// A Pipeline above MaxPipeline is refused.
 	Pipeline int
 	// MaxPending bounds the tasks submitted but not yet delivered on
 	// Results; Submit blocks while it is reached. This, not the input size,
