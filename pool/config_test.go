@@ -2,6 +2,8 @@ package pool_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -73,5 +75,58 @@ func TestMaxPipeline(t *testing.T) {
 		if r.State != pool.Done || string(r.Output) != "x" {
 			t.Errorf("task with Pipeline %d: %s %q, want done \"x\"", pool.MaxPipeline, r.State, r.Output)
 		}
+	}
+}
+
+// TestDirCannotBeEntered: workers whose Config.Dir is missing, or is a
+// file, fail to start with an error that names the directory. exec said
+// "fork/exec /usr/bin/cat: no such file or directory", of a program that
+// is there.
+func TestDirCannotBeEntered(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		dir   string
+		proto pool.Protocol
+		want  string
+	}{
+		{"missing, line", filepath.Join(t.TempDir(), "gone"), pool.Line, "no such file or directory"},
+		{"missing, one-shot", filepath.Join(t.TempDir(), "gone"), pool.OneShot, "no such file or directory"},
+		{"a file", file, pool.Line, "not a directory"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := pool.New(pool.Config{Command: []string{"cat"}, Protocol: tt.proto, Workers: 1, Dir: tt.dir})
+			if err != nil {
+				t.Fatal(err)
+			}
+			go func() {
+				p.Submit(context.Background(), pool.Task{Input: []byte("x")})
+				p.Close()
+			}()
+			var last pool.Result
+			for r := range p.Results() {
+				last = r
+			}
+			// A one-shot task that cannot start fails; a persistent worker
+			// that cannot start aborts the pool.
+			err = p.Err()
+			if err == nil {
+				err = last.Err()
+			}
+			msg := ""
+			if err != nil {
+				msg = err.Error()
+			}
+			if len(last.Attempts) > 0 {
+				msg += " " + last.Attempts[len(last.Attempts)-1].Message
+			}
+			if !strings.Contains(msg, "working directory: ") || !strings.Contains(msg, tt.dir) || !strings.Contains(msg, tt.want) {
+				t.Errorf("Dir %s: %q, want the directory named, and %q", tt.dir, msg, tt.want)
+			}
+		})
 	}
 }
