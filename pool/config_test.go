@@ -130,3 +130,42 @@ func TestDirCannotBeEntered(t *testing.T) {
 		})
 	}
 }
+
+// TestPercentagesForFractions: a PreemptAbove above 1, as a percentage
+// would be, is refused, and so is a PreemptPSI above 100. Either turned
+// its trigger off without a word: memory in use never passes 90 times the
+// host's, and pressure never passes 100%.
+func TestPercentagesForFractions(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  pool.Config
+		want string
+	}{
+		{"PreemptAbove 90", pool.Config{PreemptAbove: 90}, "Config.PreemptAbove of 90 is above 1: it is a fraction of memory (0.90 for 90%)"},
+		{"PreemptPSI 400", pool.Config{PreemptPSI: 400}, "Config.PreemptPSI of 400 is above 100"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := tt.cfg
+			cfg.Command = []string{"true"}
+			p, err := pool.New(cfg)
+			if err == nil {
+				p.Close()
+				for range p.Results() {
+				}
+				t.Fatalf("New(%s) = nil error, want one", tt.name)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("New(%s) = %v, want an error saying %q", tt.name, err, tt.want)
+			}
+		})
+	}
+	// 1 and 100 are allowed: the CLI's --mem-high 100 is 1.
+	p, err := pool.New(pool.Config{Command: []string{"true"}, PreemptAbove: 1, PreemptPSI: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	for range p.Results() {
+	}
+}

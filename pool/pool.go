@@ -339,6 +339,14 @@ func (c *Config) normalize() error {
 			return fmt.Errorf("pool: Config.%s of %d bytes is below MinMemory (%s): no process can start in it", v.name, v.n, bytesize.Format(MinMemory))
 		}
 	}
+	if c.PreemptAbove > 1 {
+		// A percentage here would turn the trigger off without a word:
+		// memory in use never passes 90 times the host's.
+		return fmt.Errorf("pool: Config.PreemptAbove of %v is above 1: it is a fraction of memory (%.2f for %v%%)", c.PreemptAbove, c.PreemptAbove/100, c.PreemptAbove)
+	}
+	if c.PreemptPSI > 100 {
+		return fmt.Errorf("pool: Config.PreemptPSI of %v is above 100: it is a percentage", c.PreemptPSI)
+	}
 	if c.Pipeline > MaxPipeline {
 		return fmt.Errorf("pool: Config.Pipeline of %d is above MaxPipeline (%d)", c.Pipeline, MaxPipeline)
 	}
