@@ -38,6 +38,7 @@ import (
 
 	"github.com/safepool/safepool/internal/bytesize"
 	"github.com/safepool/safepool/internal/memory"
+	"github.com/safepool/safepool/internal/protocol"
 	"github.com/safepool/safepool/internal/reaper"
 )
 
@@ -112,9 +113,11 @@ type task struct {
 	deaths    int       // charged attempts that ended in a worker death
 	errors    int       // charged attempts that ended in a task error
 	notBefore time.Time // backoff: not to run before this
-	// exitZeroPass records that a line worker exited 0 while the task was
-	// in flight, and the task was requeued uncharged once for it.
-	exitZeroPass bool
+	// passed records that the task was requeued uncharged once for a
+	// death that may not have been its doing: a line worker's exit 0
+	// while it was in flight, or a framed worker's death while it read the
+	// task (blame, settle.go). The next such death is charged.
+	passed bool
 	// ooms counts charged attempts the OOM killer took that the memory
 	// governor handles; they do not count against Config.Retries.
 	ooms int
@@ -403,7 +406,9 @@ func checkCommand(c Config) (path string, err error) {
 // Submit queues one task and returns its id. It blocks while MaxPending
 // tasks are submitted but not yet delivered on Results, until ctx is done, or
 // until the pool is closed or aborted (then it returns ErrClosed). The pool
-// keeps t.Input and t.Args: do not change them afterwards.
+// keeps t.Input and t.Args: do not change them afterwards. A framed task
+// whose frame would be over the protocol's 1 GiB limit is refused with an
+// error that wraps ErrTooLarge.
 func (p *Pool) Submit(ctx context.Context, t Task) (uint64, error) {
 	p.submitMu.Lock()
 	defer p.submitMu.Unlock()
@@ -413,6 +418,16 @@ func (p *Pool) Submit(ctx context.Context, t Task) (uint64, error) {
 	case <-p.abortCh:
 		return 0, ErrClosed
 	default:
+	}
+	if p.cfg.Protocol == Framed {
+		// A batch's frame holds its item indexes before the input.
+		n := int64(len(t.Input))
+		if t.Items > 0 {
+			n += 4 + 4*int64(t.Items)
+		}
+		if n > protocol.DefaultMaxPayload {
+			return 0, fmt.Errorf("%w: its frame would hold %d bytes, over the limit of %d", ErrTooLarge, n, protocol.DefaultMaxPayload)
+		}
 	}
 	tk := &task{id: p.lastID + 1, t: t, need: max(t.MemHint, 0)}
 	if t.Items > 0 {

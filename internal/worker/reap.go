@@ -58,6 +58,11 @@ type Casualty struct {
 	Bystander bool
 	// Unread reports that a line worker never read a byte of its line.
 	Unread bool
+	// Reading reports that a framed worker had read some or all of the
+	// frame of its oldest flight and not started it: it died reading or
+	// decoding it, or between tasks with it read ahead. (The frames
+	// behind a started flight may have been read ahead: never those.)
+	Reading bool
 	// Outcome is the attempt, if the owner charges it with the death.
 	Outcome Outcome
 	// Running, for a batch, is the position in its Items of the item the
@@ -94,7 +99,7 @@ func (s *Session) Reap() *Death {
 		d.Cause = s.classify(exit, s.spawned)
 	}
 	line := s.cfg.Spec.IO == IOLine
-	for _, f := range s.inflight {
+	for i, f := range s.inflight {
 		o := s.exitOutcome(exit, d.Cause, f)
 		if d.Cause == CauseTimeout && f.unstarted {
 			o.Message += ", handed over but never started (no start frame)"
@@ -105,9 +110,18 @@ func (s *Session) Reap() *Death {
 		}
 		c := Casualty{Flight: f, Started: f.started, Outcome: o, Running: f.answered,
 			Bystander: s.victim != nil && f != s.victim,
-			Unread:    line && read >= 0 && read <= off}
+			Unread:    line && read >= 0 && read <= off,
+			Reading:   s.cfg.Spec.IO == IOFramed && i == 0 && !f.started && read > f.off}
 		if f.Items != nil && f.lines == nil && f.started {
 			c.Running = s.runningItem(f)
+		}
+		if c.Reading {
+			// Charged, if it is, from when it was handed over.
+			c.Outcome.Start = f.sent
+			if c.Outcome.End.Before(f.sent) {
+				c.Outcome.End = f.sent
+			}
+			c.Outcome.Message += ", while it read the task's frame, before it started it"
 		}
 		d.Flights = append(d.Flights, c)
 	}
