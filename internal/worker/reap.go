@@ -179,7 +179,7 @@ func (s *Session) exitOutcome(exit Exit, cause Cause, f *Flight) Outcome {
 	if end.Before(f.start) {
 		end = f.start // its start frame was read from the pipe after the death
 	}
-	o := Outcome{Cause: cause, PID: s.proc.Pid, Start: f.start, End: end, ExitCode: exit.Code, PeakRSS: exit.MaxRSS}
+	o := Outcome{Cause: cause, PID: s.proc.Pid, Start: f.start, End: end, ExitCode: exit.Code, PeakRSS: ownPeak(exit.MaxRSS)}
 	if exit.Signal != 0 {
 		o.Signal = SignalName(exit.Signal)
 	}
@@ -304,4 +304,24 @@ func (s *Session) classify(exit Exit, started time.Time) Cause {
 		return CauseOOM
 	}
 	return SignalCause(exit.Signal)
+}
+
+// ownPeak is a process's peak resident set size from wait4 (maxrss), or 0
+// when it may be the supervisor's rather than the process's own. At its
+// exec the kernel keeps, as the process's maxrss, the peak of the memory
+// it had before: a process that the supervisor forked (Go forks with
+// CLONE_VM) had the supervisor's, so that a one-shot "sh -c 'exit 1'",
+// too short-lived to be sampled, was reported with the supervisor's 20
+// MiB, and the governor planned with that. A maxrss above the
+// supervisor's own peak is the process's; one at or below it cannot be
+// told from it: unknown.
+func ownPeak(maxRSS int64) int64 {
+	if maxRSS <= 0 {
+		return maxRSS
+	}
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil || maxRSS <= int64(ru.Maxrss)*1024 {
+		return 0
+	}
+	return maxRSS
 }
