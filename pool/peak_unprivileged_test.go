@@ -17,7 +17,9 @@ import (
 // as its peak. Its maxrss from wait4, the fallback, starts at exec from the
 // peak of the memory it was forked with: the supervisor's. A "true" under
 // a supervisor that holds 64 MiB was reported with a peak of 64 MiB and
-// more, and the governor planned with it.
+// more, and the governor planned with it. And a job that grows fast and
+// ends before its second sample is reported with its own peak, not with
+// what its one sample, 5 ms after its start, found.
 func TestOneShotPeakNotTheSupervisors(t *testing.T) {
 	dir := containerFor(t, 300<<20)
 	text, err := superviseAsNobody(t, dir, workerEnv+"=container-peak")
@@ -33,12 +35,37 @@ func TestOneShotPeakNotTheSupervisors(t *testing.T) {
 			t.Errorf("a one-shot true's peak = %d bytes, want under 32 MiB (unknown, 0, or its own); the supervisor holds 64 MiB\n%s", peak, text)
 		}
 	}
+	// A job that grows to 64 MiB and ends at once was sampled once, 5 ms
+	// after its start, and reported with what it held then, a few MiB.
+	g := regexp.MustCompile(`(?m)^grow done: peak (\d+)$`).FindStringSubmatch(text)
+	if g == nil {
+		t.Fatalf("supervisor output:\n%s\nwant the growing job done with its peak", text)
+	}
+	if peak, _ := strconv.ParseInt(g[1], 10, 64); peak < 64<<20 {
+		t.Errorf("a one-shot job that grew to 64 MiB: peak %d bytes, want at least 64 MiB\n%s", peak, text)
+	}
 }
 
 // runContainerPeak is the supervisor of TestOneShotPeakNotTheSupervisors:
-// it holds 64 MiB, and runs three jobs of "true", which hold next to
-// nothing, one at a time.
+// it holds 64 MiB and runs three jobs of "true", which hold next to
+// nothing, one at a time; before, when it held little, one job that grows
+// to 64 MiB and ends.
 func runContainerPeak() int {
+	cmd := append(workerCmd("oneshot"), "{}")
+	p, err := pool.New(pool.Config{Command: cmd, Env: workerEnvFor("oneshot"), Workers: 1, Stderr: os.Stderr})
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	go func() {
+		defer p.Close()
+		p.Submit(context.Background(), pool.Task{Input: []byte("grow:64")})
+	}()
+	for r := range p.Results() {
+		a := r.Attempts[len(r.Attempts)-1]
+		fmt.Printf("grow %s: peak %d\n%s", r.State, a.PeakRSS, a.Message)
+	}
+
 	hold := make([]byte, 64<<20)
 	for i := range hold {
 		hold[i] = 1
@@ -48,7 +75,7 @@ func runContainerPeak() int {
 		fmt.Println(err)
 		return 1
 	}
-	p, err := pool.New(pool.Config{Command: []string{tr}, Workers: 1, Stderr: os.Stderr})
+	p, err = pool.New(pool.Config{Command: []string{tr}, Workers: 1, Stderr: os.Stderr})
 	if err != nil {
 		fmt.Println(err)
 		return 1
@@ -63,5 +90,6 @@ func runContainerPeak() int {
 		fmt.Printf("task %d %s: peak %d\n", r.ID, r.State, r.Attempts[len(r.Attempts)-1].PeakRSS)
 	}
 	fmt.Printf("memory mode: %s, held %d\n", p.MemoryMode(), len(hold))
+
 	return 0
 }

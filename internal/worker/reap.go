@@ -188,7 +188,14 @@ func (s *Session) exitOutcome(exit Exit, cause Cause, f *Flight) Outcome {
 			o.PeakRSS = max(p, f.peak)
 		}
 	} else if s.watch != nil && s.watch.Peak() > 0 {
-		o.PeakRSS = max(s.watch.Peak(), f.peak)
+		p := max(s.watch.Peak(), f.peak)
+		if s.watch.Samples() < 2 {
+			// Sampled once, 5 ms after its start: what it held then says
+			// nothing of its peak (a job that grew to 60 MiB in 80 ms was
+			// reported at 1.5 MiB). Its own maxrss, when known, does.
+			p = max(p, o.PeakRSS)
+		}
+		o.PeakRSS = p
 	}
 	if cause != "" {
 		o.Message = s.deathMessage(cause, o.PeakRSS)
