@@ -17,6 +17,10 @@ var (
 	ErrClosed = errors.New("pool: closed")
 	// ErrAborted is wrapped by the error Err returns after the pool aborted.
 	ErrAborted = errors.New("pool: aborted")
+	// ErrTooLarge is wrapped by the error Submit returns for a framed task
+	// whose frame would be over the protocol's payload limit of 1 GiB,
+	// which a worker refuses (docs/protocol.md).
+	ErrTooLarge = errors.New("pool: task too large for the framed protocol")
 )
 
 // TaskError describes a task that did not finish: its terminal state, and the

@@ -259,6 +259,11 @@ func (g *governor) checkBudget() error {
 	if g.budget > 1 { // scopeBudget's 1 stands for nothing left
 		left = "only " + bytesize.Format(g.budget)
 	}
+	if g.preemptAbove > 0 && g.preemptAbove < 1 && int64(g.preemptAbove*float64(size)) < size-reserveFor(size, g.memReserve) {
+		// scopeBudget kept the budget under the watermark, not the reserve.
+		return fmt.Errorf("pool: Config.PreemptAbove of %v leaves the workers %s of %s (each worker's cgroup needs at least %s)",
+			g.preemptAbove, left, wall, bytesize.Format(MinMemory))
+	}
 	return fmt.Errorf("pool: a memory reserve of %s leaves the workers %s of %s (each worker's cgroup needs at least %s)",
 		bytesize.Format(reserveFor(size, g.memReserve)), left, wall, bytesize.Format(MinMemory))
 }

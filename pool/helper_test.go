@@ -92,6 +92,9 @@ func runWorker(mode string) int {
 			if string(f.Payload) == "swallow" {
 				continue // read, never started, never answered
 			}
+			if string(f.Payload) == "die-reading" {
+				return 9 // as a worker killed reading a task too big for it
+			}
 			out.WriteFrame(protocol.Frame{Kind: protocol.KindStart, ID: f.ID})
 			out.WriteFrame(protocol.Frame{Kind: protocol.KindResult, ID: f.ID, Payload: append([]byte("ok:"), f.Payload...)})
 			out.Flush()
@@ -182,6 +185,7 @@ func runWorker(mode string) int {
 //	spin:MS          use the CPU for MS milliseconds, then answer
 //	killat:MS        SIGKILL the worker itself at MS milliseconds since the Unix epoch
 //	swallow          (framed-raw only) read the task and never start or answer it
+//	die-reading      (framed-raw only) read the task and exit 9 before starting it
 //
 // Anything else is answered with "ok:" + input.
 func behave(in string) (string, error) {

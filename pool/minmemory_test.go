@@ -83,3 +83,21 @@ func TestReserveLeavesNoMemory(t *testing.T) {
 		t.Errorf("New with a reserve of 1 PiB = %v, want an error that says %q", err, want)
 	}
 }
+
+// TestWatermarkLeavesNoMemory: a PreemptAbove so low that the budget under
+// it is below MinMemory is refused with PreemptAbove named; the error used
+// to blame the memory reserve ("a memory reserve of 2 GiB leaves the
+// workers only 25 B"), which had nothing to do with it.
+func TestWatermarkLeavesNoMemory(t *testing.T) {
+	requireCgroups(t)
+	p, err := pool.New(pool.Config{Command: []string{"true"}, Workers: 1, PreemptAbove: 1e-9})
+	if err == nil {
+		p.Close()
+		for range p.Results() {
+		}
+		t.Fatal("New with PreemptAbove 1e-9 = nil error, want one")
+	}
+	if want := "Config.PreemptAbove of 1e-09 leaves the workers only"; !strings.Contains(err.Error(), want) {
+		t.Errorf("New with PreemptAbove 1e-9 = %v, want an error that says %q", err, want)
+	}
+}

@@ -38,6 +38,7 @@ import (
 
 	"github.com/safepool/safepool/internal/bytesize"
 	"github.com/safepool/safepool/internal/memory"
+	"github.com/safepool/safepool/internal/protocol"
 	"github.com/safepool/safepool/internal/reaper"
 )
 
@@ -112,9 +113,11 @@ type task struct {
 	deaths    int       // charged attempts that ended in a worker death
 	errors    int       // charged attempts that ended in a task error
 	notBefore time.Time // backoff: not to run before this
-	// exitZeroPass records that a line worker exited 0 while the task was
-	// in flight, and the task was requeued uncharged once for it.
-	exitZeroPass bool
+	// passed records that the task was requeued uncharged once for a
+	// death that may not have been its doing: a line worker's exit 0
+	// while it was in flight, or a framed worker's death while it read the
+	// task (blame, settle.go). The next such death is charged.
+	passed bool
 	// ooms counts charged attempts the OOM killer took that the memory
 	// governor handles; they do not count against Config.Retries.
 	ooms int
@@ -267,6 +270,13 @@ func (p *Pool) reap() {
 	}
 }
 
+// MaxPipeline is the most Config.Pipeline may be. Each persistent worker
+// has room for that many tasks sent ahead, made when it starts: a
+// Pipeline in the billions used to end the program, out of memory, at
+// the first worker's start. A few dozen tasks ahead already hide the
+// round trip of the shortest tasks.
+const MaxPipeline = 1 << 16
+
 // DefaultGrace is Config.Grace when it is zero: how long a stopped worker
 // has between SIGTERM and SIGKILL.
 const DefaultGrace = 3 * time.Second
@@ -298,7 +308,7 @@ func (c *Config) normalize() error {
 	default:
 		return fmt.Errorf("pool: unknown protocol %q (want oneshot, line or framed)", c.Protocol)
 	}
-	if c.Workers <= 0 {
+	if c.Workers == 0 {
 		c.Workers = runtime.NumCPU()
 	}
 	switch c.OnWorkerDeath {
@@ -314,7 +324,8 @@ func (c *Config) normalize() error {
 	for _, v := range []struct {
 		name string
 		n    int64
-	}{{"Retries", int64(c.Retries)}, {"TaskErrorRetries", int64(c.TaskErrorRetries)},
+	}{{"Workers", int64(c.Workers)}, {"Grace", int64(c.Grace)}, {"Backoff", int64(c.Backoff)}, {"MaxBackoff", int64(c.MaxBackoff)},
+		{"Retries", int64(c.Retries)}, {"TaskErrorRetries", int64(c.TaskErrorRetries)},
 		{"MaxTasksPerWorker", int64(c.MaxTasksPerWorker)}, {"MaxRSS", c.MaxRSS}, {"MemLimit", c.MemLimit},
 		{"Timeout", int64(c.Timeout)}, {"Pipeline", int64(c.Pipeline)}, {"MaxPending", int64(c.MaxPending)},
 		{"MemBudget", c.MemBudget}, {"MemReserve", c.MemReserve}, {"MemPerTask", c.MemPerTask},
@@ -330,6 +341,17 @@ func (c *Config) normalize() error {
 		if v.n > 0 && v.n < MinMemory {
 			return fmt.Errorf("pool: Config.%s of %d bytes is below MinMemory (%s): no process can start in it", v.name, v.n, bytesize.Format(MinMemory))
 		}
+	}
+	if c.PreemptAbove > 1 {
+		// A percentage here would turn the trigger off without a word:
+		// memory in use never passes 90 times the host's.
+		return fmt.Errorf("pool: Config.PreemptAbove of %v is above 1: it is a fraction of memory (%.2f for %v%%)", c.PreemptAbove, c.PreemptAbove/100, c.PreemptAbove)
+	}
+	if c.PreemptPSI > 100 {
+		return fmt.Errorf("pool: Config.PreemptPSI of %v is above 100: it is a percentage", c.PreemptPSI)
+	}
+	if c.Pipeline > MaxPipeline {
+		return fmt.Errorf("pool: Config.Pipeline of %d is above MaxPipeline (%d)", c.Pipeline, MaxPipeline)
 	}
 	if c.Backoff == 0 {
 		c.Backoff = 50 * time.Millisecond
@@ -384,7 +406,9 @@ func checkCommand(c Config) (path string, err error) {
 // Submit queues one task and returns its id. It blocks while MaxPending
 // tasks are submitted but not yet delivered on Results, until ctx is done, or
 // until the pool is closed or aborted (then it returns ErrClosed). The pool
-// keeps t.Input and t.Args: do not change them afterwards.
+// keeps t.Input and t.Args: do not change them afterwards. A framed task
+// whose frame would be over the protocol's 1 GiB limit is refused with an
+// error that wraps ErrTooLarge.
 func (p *Pool) Submit(ctx context.Context, t Task) (uint64, error) {
 	p.submitMu.Lock()
 	defer p.submitMu.Unlock()
@@ -394,6 +418,16 @@ func (p *Pool) Submit(ctx context.Context, t Task) (uint64, error) {
 	case <-p.abortCh:
 		return 0, ErrClosed
 	default:
+	}
+	if p.cfg.Protocol == Framed {
+		// A batch's frame holds its item indexes before the input.
+		n := int64(len(t.Input))
+		if t.Items > 0 {
+			n += 4 + 4*int64(t.Items)
+		}
+		if n > protocol.DefaultMaxPayload {
+			return 0, fmt.Errorf("%w: its frame would hold %d bytes, over the limit of %d", ErrTooLarge, n, protocol.DefaultMaxPayload)
+		}
 	}
 	tk := &task{id: p.lastID + 1, t: t, need: max(t.MemHint, 0)}
 	if t.Items > 0 {

@@ -34,7 +34,8 @@ func (r *runner) reap() {
 	var requeue []*task
 	for _, c := range d.Flights {
 		t := c.Flight.Task.(*task)
-		v := flightView{started: c.Started, bystander: c.Bystander, unread: c.Unread, line: line, passed: t.exitZeroPass}
+		v := flightView{started: c.Started, bystander: c.Bystander, unread: c.Unread, line: line, passed: t.passed,
+			reading: c.Reading && !d.Expected()}
 		b := blame(v, d.Cause)
 		if t.items != nil && (c.Flight.Answered() > 0 || b == blameCharge) {
 			// A batch: its answered items are done, the item it was
@@ -50,7 +51,7 @@ func (r *runner) reap() {
 		case blameRequeue:
 			requeue = append(requeue, t)
 		case blamePass:
-			t.exitZeroPass = true
+			t.passed = true
 			requeue = append(requeue, t)
 		default:
 			r.p.send(report{kind: reportAttempt, task: t, att: attemptOf(c.Outcome)})

@@ -15,6 +15,9 @@ import "time"
 //
 //	flight                                         | fate
 //	-----------------------------------------------+------------------------
+//	framed, oldest, read but not started, first    | back, uncharged, once
+//	time for the task (the worker's own death)     |
+//	framed, oldest, read but not started, again    | charged
 //	never started (line: sent behind the running)  | back, uncharged
 //	bystander of another flight's timeout/protocol | back, uncharged
 //	line not read at all (cause not preempt/cancel)| back, uncharged
@@ -196,9 +199,14 @@ type flightView struct {
 	// unread: a line worker never read a byte of this flight's line.
 	unread bool
 	line   bool // the line protocol
-	// passed: the task was given back once already for a line worker's
-	// exit 0 (task.exitZeroPass).
+	// passed: the task was given back once already, for a line worker's
+	// exit 0 or a framed worker's death while it read the task
+	// (task.passed).
 	passed bool
+	// reading: a framed worker that died on its own (not stopped by the
+	// pool) had read into this flight's frame, the oldest it held, and
+	// not started it.
+	reading bool
 }
 
 // blameFate is what blame decides for one flight.
@@ -207,12 +215,23 @@ type blameFate int
 const (
 	blameCharge  blameFate = iota // an attempt is charged with the death
 	blameRequeue                  // back to the queue, nothing charged
-	blamePass                     // back to the queue once, uncharged (task.exitZeroPass)
+	blamePass                     // back to the queue once, uncharged (task.passed)
 )
 
 // blame decides what becomes of flight f when its worker died of cause.
 func blame(f flightView, cause Cause) blameFate {
 	switch {
+	case f.reading && !f.bystander:
+		// The worker died with the task's frame read, or part of it,
+		// before it started it: reading a task too large for its memory,
+		// say. Requeued uncharged every time, such a task made the pool
+		// start worker after worker forever. It may have died between
+		// tasks with the frame read ahead: one uncharged run elsewhere,
+		// as for a line worker's exit 0; a second time, charge it.
+		if f.passed {
+			return blameCharge
+		}
+		return blamePass
 	case !f.started:
 		return blameRequeue
 	case f.bystander && (cause == CauseTimeout || cause == CauseProtocol):

@@ -186,6 +186,10 @@ func TestBlame(t *testing.T) {
 		{"line exit 0, first", flightView{started: true, line: true}, ExitCause(0), blamePass},
 		{"line exit 0, second", flightView{started: true, line: true, passed: true}, ExitCause(0), blameCharge},
 		{"framed exit 0", flightView{started: true}, ExitCause(0), blameCharge},
+		{"framed reading, first", flightView{reading: true}, CauseOOM, blamePass},
+		{"framed reading, second", flightView{reading: true, passed: true}, CauseOOM, blameCharge},
+		{"framed reading, timed out", flightView{reading: true, passed: true}, CauseTimeout, blameCharge},
+		{"framed reading, bystander", flightView{reading: true, bystander: true, passed: true}, CauseProtocol, blameRequeue},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -205,7 +205,10 @@ type Attempt struct {
 	// cgroup's peak when the worker has its own cgroup, otherwise the
 	// highest private memory (anonymous memory and swap of its process
 	// tree, never shared or file pages) sampled while the attempt ran, or
-	// for a worker too short-lived to sample, its peak resident set size.
+	// for a worker too short-lived to sample, its peak resident set size
+	// when that is above the supervisor's own (a process starts its exec
+	// with the peak of the memory it was forked with, the supervisor's:
+	// below that, its own cannot be told, and the peak is unknown).
 	// Zero means unknown. A persistent
 	// worker's cgroup peak is read and reset at most every 100 ms, so for
 	// tasks shorter than that it is the worker's peak over an interval of
@@ -533,11 +536,11 @@ type Config struct {
 	// PreemptAbove is the fraction of the host's memory, or of the
 	// supervisor's cgroup limit, in use above which the governor stops the
 	// youngest attempt. Zero means 0.95; a negative value turns this
-	// trigger off.
+	// trigger off; a value above 1 (a percentage) is refused.
 	PreemptAbove float64
 	// PreemptPSI is the memory pressure, PSI "full avg10" in percent,
 	// above which the governor stops the youngest attempt. Zero means 40;
-	// a negative value turns this trigger off.
+	// a negative value turns this trigger off; one above 100 is refused.
 	PreemptPSI float64
 
 	// OutputInMemory is how many bytes of each one-shot attempt's stdout,
@@ -567,6 +570,7 @@ type Config struct {
 	// takes another only while it holds fewer than its share of the tasks
 	// waiting or running (their number over Workers, rounded up), so that a
 	// few long tasks spread over all workers, even those still starting.
+	// A Pipeline above MaxPipeline is refused.
 	Pipeline int
 	// MaxPending bounds the tasks submitted but not yet delivered on
 	// Results; Submit blocks while it is reached. This, not the input size,

@@ -163,6 +163,8 @@ func (a *mapArgs) parse(e *env, args []string) error {
 		return usagef("map", "--max-tasks must be at least 0, not %d", a.maxTasks)
 	case fs.Changed("pipeline") && a.pipeline < 1:
 		return usagef("map", "--pipeline must be at least 1, not %d", a.pipeline)
+	case a.pipeline > pool.MaxPipeline:
+		return usagef("map", "--pipeline must be at most %d, not %d", pool.MaxPipeline, a.pipeline)
 	case fs.Changed("max-line") && a.maxLine < 1:
 		return usagef("map", "--max-line must be at least 1 byte")
 	case a.stall < 0 || a.start < 0:

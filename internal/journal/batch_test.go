@@ -690,3 +690,56 @@ func TestSpanDataOfAnother(t *testing.T) {
 		}
 	}
 }
+
+// TestForeignDatabase opens, as a journal, a SQLite database that another
+// program made: it is refused with ErrNotJournal and left as it was, with
+// no table of the journal's added and its journal mode unchanged.
+func TestForeignDatabase(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "customers.db")
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(`CREATE TABLE customers (name TEXT); INSERT INTO customers VALUES ('a')`); err != nil {
+		t.Fatal(err)
+	}
+	if j, err := Open(path); !errors.Is(err, ErrNotJournal) {
+		if err == nil {
+			j.Close()
+		}
+		t.Fatalf("Open of another program's database: %v, want ErrNotJournal", err)
+	}
+	var names []string
+	rows, err := db.Query(`SELECT name FROM sqlite_master ORDER BY name`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, n)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(names, []string{"customers"}) {
+		t.Errorf("tables after the refusal = %q, want [customers]", names)
+	}
+	var mode string
+	if err := db.QueryRow(`PRAGMA journal_mode`).Scan(&mode); err != nil || mode != "delete" {
+		t.Errorf("journal_mode after the refusal = %q, %v; want delete", mode, err)
+	}
+	// An empty file is a new journal, as a missing one is.
+	empty := filepath.Join(t.TempDir(), "empty.db")
+	if err := os.WriteFile(empty, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	j, err := Open(empty)
+	if err != nil {
+		t.Fatalf("Open of an empty file: %v", err)
+	}
+	j.Close()
+}

@@ -39,6 +39,11 @@ var ErrNewerSchema = errors.New("journal: made by a newer safepool")
 // (`safepool report` still reads it).
 var ErrOlderSchema = errors.New("journal: made by an older safepool")
 
+// ErrNotJournal means the file is a SQLite database of something else:
+// --journal naming a program's own database by mistake must not add
+// safepool's tables to it, nor switch it to WAL mode.
+var ErrNotJournal = errors.New("journal: not a safepool journal")
+
 // SpanFile returns the path of the span file of the journal at path.
 func SpanFile(path string) string { return path + "-spans" }
 
@@ -85,6 +90,18 @@ func (j *Journal) init() error {
 	if v != 0 && v < schemaVersion {
 		return fmt.Errorf("%w: %s has schema version %d, this safepool writes and resumes %d: use a new journal file",
 			ErrOlderSchema, j.path, v, schemaVersion)
+	}
+	if v == 0 {
+		// Every journal's schema sets user_version first, before its
+		// tables: a version 0 file that has any is another program's.
+		var objects int
+		if err := j.db.QueryRow("SELECT count(*) FROM sqlite_master").Scan(&objects); err != nil {
+			return fmt.Errorf("journal: reading %s: %w", j.path, err)
+		}
+		if objects > 0 {
+			return fmt.Errorf("%w: %s is a SQLite database of something else (it has tables, and no journal's schema version): name a new file",
+				ErrNotJournal, j.path)
+		}
 	}
 	// Before the schema, which is then written to the WAL unsynced, not
 	// through a rollback journal synced at every step: on a new file,

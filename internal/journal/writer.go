@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"database/sql"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
@@ -608,8 +609,16 @@ func (w *Writer) appendSpans(data [][]byte, size int64) (int64, error) {
 		return 0, werr
 	}
 	if int64(n) != size {
-		// A regular file takes all but when the disk is full.
-		return 0, fmt.Errorf("wrote %d bytes of %d to %s", n, size, w.spanFile.Name())
+		// A regular file takes all but when the disk is full, or the file
+		// reaches RLIMIT_FSIZE or a quota. writev reports only the
+		// short count: writing the rest says why. The partial data is
+		// not a record either way: no committed span row points at it.
+		rest := slices.Concat(data...)[n:]
+		_, err := w.spanFile.Write(rest)
+		if err == nil {
+			err = errors.New("short write")
+		}
+		return 0, fmt.Errorf("wrote %d bytes of %d to %s: %w", n, size, w.spanFile.Name(), err)
 	}
 	end, err := w.spanFile.Seek(0, io.SeekCurrent)
 	if err != nil {

@@ -101,6 +101,9 @@ func (w *Watch) Over() <-chan struct{} { return nil }
 // Peak returns 0.
 func (w *Watch) Peak() int64 { return 0 }
 
+// Samples returns 0 outside Linux.
+func (w *Watch) Samples() int { return 0 }
+
 // Current returns 0.
 func (w *Watch) Current() int64 { return 0 }
 

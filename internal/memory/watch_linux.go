@@ -34,8 +34,9 @@ type Watch struct {
 
 	mu sync.Mutex
 	// last is the latest sample and peak the highest since the start or
-	// ResetPeak, in bytes; guarded by mu.
+	// ResetPeak, in bytes; samples counts the samples taken; guarded by mu.
 	last, peak int64
+	samples    int
 }
 
 // StartWatch starts sampling the process pid and its descendants. A limit
@@ -61,6 +62,15 @@ func (w *Watch) Peak() int64 {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.peak
+}
+
+// Samples returns how many samples the watch has taken. The first is
+// taken 5 ms after the start and the next 100 ms later: a worker sampled
+// once may have grown far past its peak before it ended.
+func (w *Watch) Samples() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.samples
 }
 
 // Last returns the latest sample of the worker's private memory, in bytes;
@@ -120,6 +130,7 @@ func (w *Watch) run(s *treeSampler) {
 		now := time.Now()
 		w.mu.Lock()
 		w.last, w.peak = v, max(w.peak, v)
+		w.samples++
 		w.mu.Unlock()
 		if w.limit > 0 && v > w.limit && !overClosed {
 			close(w.over)

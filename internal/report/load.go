@@ -38,9 +38,12 @@ const schemaVersion = 3
 // all.
 var ErrNoRun = errors.New("report: no such run in the journal")
 
-// ErrNotJournal means the file is not a safepool journal, or one of a
-// schema version this package does not read.
+// ErrNotJournal means the file is not a safepool journal.
 var ErrNotJournal = errors.New("report: not a safepool journal")
+
+// ErrNewerSchema means the journal was made by a newer safepool, of a
+// schema version this package does not read.
+var ErrNewerSchema = errors.New("report: journal made by a newer safepool")
 
 // Load reads one run of the journal at path, opened read-only: a journal
 // that a running supervisor writes can be read at the same time.
@@ -76,9 +79,13 @@ func open(path string) (*sql.DB, int, error) {
 		db.Close()
 		return nil, 0, fmt.Errorf("%w: %s: %v", ErrNotJournal, path, err)
 	}
-	if v != schemaVersion && v != 1 && v != 2 {
+	if v > schemaVersion {
 		db.Close()
-		return nil, 0, fmt.Errorf("%w: %s has schema version %d, want %d", ErrNotJournal, path, v, schemaVersion)
+		return nil, 0, fmt.Errorf("%w: %s has schema version %d, this safepool reads 1 to %d", ErrNewerSchema, path, v, schemaVersion)
+	}
+	if v < 1 {
+		db.Close()
+		return nil, 0, fmt.Errorf("%w: %s has schema version %d, want 1 to %d", ErrNotJournal, path, v, schemaVersion)
 	}
 	return db, v, nil
 }

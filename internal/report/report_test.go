@@ -65,12 +65,17 @@ func TestRecordedRun(t *testing.T) {
 	}
 }
 
-// TestLoadErrors: a missing file, a file that is not a journal, and a run
-// that is not in the journal are errors that say so.
+// TestLoadErrors: a missing file, a file that is not a journal, a journal
+// of a newer safepool, and a run that is not in the journal are errors
+// that say so.
 func TestLoadErrors(t *testing.T) {
 	j := newTestJournal(t)
 	notJournal := filepath.Join(t.TempDir(), "notes.txt")
 	os.WriteFile(notJournal, []byte("not a database at all, longer than a header of one hundred bytes "+strings.Repeat("x", 100)), 0o644)
+	// A journal of a newer safepool is one: the error says so, not that
+	// the file is no journal at all.
+	newer := newTestJournal(t)
+	mustExec(t, newer, `PRAGMA user_version = 9`)
 	tests := []struct {
 		name string
 		path string
@@ -79,6 +84,7 @@ func TestLoadErrors(t *testing.T) {
 	}{
 		{"missing file", filepath.Join(t.TempDir(), "none.db"), 0, os.ErrNotExist},
 		{"not a journal", notJournal, 0, report.ErrNotJournal},
+		{"newer journal", newer.path, 0, report.ErrNewerSchema},
 		{"empty journal", j.path, 0, report.ErrNoRun},
 		{"no such run", j.path, 7, report.ErrNoRun},
 	}

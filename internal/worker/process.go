@@ -148,6 +148,22 @@ type Process struct {
 // group and holds the pipe without reading it.
 const stdinDelay = time.Second
 
+// checkDir returns why a process of the supervisor's cannot make dir its
+// working directory, or nil.
+func checkDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return &os.PathError{Op: "chdir", Path: dir, Err: syscall.ENOTDIR}
+	}
+	if err := syscall.Access(dir, 1); err != nil { // X_OK: may search it
+		return &os.PathError{Op: "chdir", Path: dir, Err: err}
+	}
+	return nil
+}
+
 // ErrStart wraps every error from Start.
 var ErrStart = errors.New("worker: cannot start")
 
@@ -200,6 +216,14 @@ func Start(spec Spec) (_ *Process, err error) {
 			// exec's own words are "invalid argument", after the path of
 			// whatever it ran (a cgroup shim's shell): say which.
 			return nil, fmt.Errorf("%w: %s: %w (argument %d holds a NUL byte, which no program can be given: its arguments are C strings, which end at it)", ErrStart, spec.Args[0], syscall.EINVAL, i)
+		}
+	}
+	if err != nil && spec.Dir != "" {
+		// The child's chdir failing is reported by exec as the program
+		// it was to run: "fork/exec /usr/bin/cat: no such file or
+		// directory", of a program that is there. Name the directory.
+		if derr := checkDir(spec.Dir); derr != nil {
+			return nil, fmt.Errorf("%w: %s: working directory: %w", ErrStart, spec.Args[0], derr)
 		}
 	}
 	if err != nil {

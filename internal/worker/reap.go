@@ -58,6 +58,11 @@ type Casualty struct {
 	Bystander bool
 	// Unread reports that a line worker never read a byte of its line.
 	Unread bool
+	// Reading reports that a framed worker had read some or all of the
+	// frame of its oldest flight and not started it: it died reading or
+	// decoding it, or between tasks with it read ahead. (The frames
+	// behind a started flight may have been read ahead: never those.)
+	Reading bool
 	// Outcome is the attempt, if the owner charges it with the death.
 	Outcome Outcome
 	// Running, for a batch, is the position in its Items of the item the
@@ -94,7 +99,7 @@ func (s *Session) Reap() *Death {
 		d.Cause = s.classify(exit, s.spawned)
 	}
 	line := s.cfg.Spec.IO == IOLine
-	for _, f := range s.inflight {
+	for i, f := range s.inflight {
 		o := s.exitOutcome(exit, d.Cause, f)
 		if d.Cause == CauseTimeout && f.unstarted {
 			o.Message += ", handed over but never started (no start frame)"
@@ -105,9 +110,18 @@ func (s *Session) Reap() *Death {
 		}
 		c := Casualty{Flight: f, Started: f.started, Outcome: o, Running: f.answered,
 			Bystander: s.victim != nil && f != s.victim,
-			Unread:    line && read >= 0 && read <= off}
+			Unread:    line && read >= 0 && read <= off,
+			Reading:   s.cfg.Spec.IO == IOFramed && i == 0 && !f.started && read > f.off}
 		if f.Items != nil && f.lines == nil && f.started {
 			c.Running = s.runningItem(f)
+		}
+		if c.Reading {
+			// Charged, if it is, from when it was handed over.
+			c.Outcome.Start = f.sent
+			if c.Outcome.End.Before(f.sent) {
+				c.Outcome.End = f.sent
+			}
+			c.Outcome.Message += ", while it read the task's frame, before it started it"
 		}
 		d.Flights = append(d.Flights, c)
 	}
@@ -165,7 +179,7 @@ func (s *Session) exitOutcome(exit Exit, cause Cause, f *Flight) Outcome {
 	if end.Before(f.start) {
 		end = f.start // its start frame was read from the pipe after the death
 	}
-	o := Outcome{Cause: cause, PID: s.proc.Pid, Start: f.start, End: end, ExitCode: exit.Code, PeakRSS: exit.MaxRSS}
+	o := Outcome{Cause: cause, PID: s.proc.Pid, Start: f.start, End: end, ExitCode: exit.Code, PeakRSS: ownPeak(exit.MaxRSS)}
 	if exit.Signal != 0 {
 		o.Signal = SignalName(exit.Signal)
 	}
@@ -174,7 +188,14 @@ func (s *Session) exitOutcome(exit Exit, cause Cause, f *Flight) Outcome {
 			o.PeakRSS = max(p, f.peak)
 		}
 	} else if s.watch != nil && s.watch.Peak() > 0 {
-		o.PeakRSS = max(s.watch.Peak(), f.peak)
+		p := max(s.watch.Peak(), f.peak)
+		if s.watch.Samples() < 2 {
+			// Sampled once, 5 ms after its start: what it held then says
+			// nothing of its peak (a job that grew to 60 MiB in 80 ms was
+			// reported at 1.5 MiB). Its own maxrss, when known, does.
+			p = max(p, o.PeakRSS)
+		}
+		o.PeakRSS = p
 	}
 	if cause != "" {
 		o.Message = s.deathMessage(cause, o.PeakRSS)
@@ -290,4 +311,24 @@ func (s *Session) classify(exit Exit, started time.Time) Cause {
 		return CauseOOM
 	}
 	return SignalCause(exit.Signal)
+}
+
+// ownPeak is a process's peak resident set size from wait4 (maxrss), or 0
+// when it may be the supervisor's rather than the process's own. At its
+// exec the kernel keeps, as the process's maxrss, the peak of the memory
+// it had before: a process that the supervisor forked (Go forks with
+// CLONE_VM) had the supervisor's, so that a one-shot "sh -c 'exit 1'",
+// too short-lived to be sampled, was reported with the supervisor's 20
+// MiB, and the governor planned with that. A maxrss above the
+// supervisor's own peak is the process's; one at or below it cannot be
+// told from it: unknown.
+func ownPeak(maxRSS int64) int64 {
+	if maxRSS <= 0 {
+		return maxRSS
+	}
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil || maxRSS <= int64(ru.Maxrss)*1024 {
+		return 0
+	}
+	return maxRSS
 }

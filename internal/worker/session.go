@@ -172,7 +172,8 @@ type Flight struct {
 	sent    time.Time // when it was handed to the writer
 	peak    int64     // the highest peak reading taken while it ran
 	// off and end bound the task's line in the bytes written to a line
-	// worker's stdin: the worker has read the line when it has read end.
+	// worker's stdin, or its frame in those written to a framed worker's
+	// task pipe: the worker has read it when it has read end.
 	off, end int64
 	// unstarted says that a framed worker never sent the start frame of
 	// this flight, which was timed from when it was handed over.
@@ -301,6 +302,10 @@ type Session struct {
 	gone     chan struct{} // closed when the session abandons the process
 	pipe     *taskPipe     // the task pipe, counting what was written
 	pending  []byte        // tasks encoded but not yet handed to the writer
+	// framedSent is the bytes of frames encoded so far (framed): a
+	// flight's frame is bytes off to end of them, as a line's is of
+	// lineState.sent.
+	framedSent int64
 
 	inflight  []*Flight // sent to the process, oldest first
 	ready     bool      // the framed worker sent ready
@@ -552,6 +557,12 @@ func (s *Session) Send(f *Flight) {
 			s.startFlight(f, f.sent)
 		}
 	case IOFramed:
+		before := len(s.pending)
+		defer func() {
+			f.off = s.framedSent
+			s.framedSent += int64(len(s.pending) - before)
+			f.end = s.framedSent
+		}()
 		if f.Items == nil {
 			s.pending = s.cfg.Frame(s.pending, f.ID, f.Input)
 			break

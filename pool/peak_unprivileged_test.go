@@ -1,0 +1,95 @@
+package pool_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"testing"
+
+	"github.com/safepool/safepool/pool"
+)
+
+// TestOneShotPeakNotTheSupervisors: without a cgroup per worker, a job too
+// short-lived to be sampled is not reported with the supervisor's memory
+// as its peak. Its maxrss from wait4, the fallback, starts at exec from the
+// peak of the memory it was forked with: the supervisor's. A "true" under
+// a supervisor that holds 64 MiB was reported with a peak of 64 MiB and
+// more, and the governor planned with it. And a job that grows fast and
+// ends before its second sample is reported with its own peak, not with
+// what its one sample, 5 ms after its start, found.
+func TestOneShotPeakNotTheSupervisors(t *testing.T) {
+	dir := containerFor(t, 300<<20)
+	text, err := superviseAsNobody(t, dir, workerEnv+"=container-peak")
+	if err != nil {
+		t.Fatalf("supervisor: %v; output:\n%s", err, text)
+	}
+	m := regexp.MustCompile(`(?m)^task \d+ done: peak (\d+)$`).FindAllStringSubmatch(text, -1)
+	if len(m) != 3 {
+		t.Fatalf("supervisor output:\n%s\nwant 3 tasks done with their peaks", text)
+	}
+	for _, g := range m {
+		if peak, _ := strconv.ParseInt(g[1], 10, 64); peak >= 32<<20 {
+			t.Errorf("a one-shot true's peak = %d bytes, want under 32 MiB (unknown, 0, or its own); the supervisor holds 64 MiB\n%s", peak, text)
+		}
+	}
+	// A job that grows to 64 MiB and ends at once was sampled once, 5 ms
+	// after its start, and reported with what it held then, a few MiB.
+	g := regexp.MustCompile(`(?m)^grow done: peak (\d+)$`).FindStringSubmatch(text)
+	if g == nil {
+		t.Fatalf("supervisor output:\n%s\nwant the growing job done with its peak", text)
+	}
+	if peak, _ := strconv.ParseInt(g[1], 10, 64); peak < 64<<20 {
+		t.Errorf("a one-shot job that grew to 64 MiB: peak %d bytes, want at least 64 MiB\n%s", peak, text)
+	}
+}
+
+// runContainerPeak is the supervisor of TestOneShotPeakNotTheSupervisors:
+// it holds 64 MiB and runs three jobs of "true", which hold next to
+// nothing, one at a time; before, when it held little, one job that grows
+// to 64 MiB and ends.
+func runContainerPeak() int {
+	cmd := append(workerCmd("oneshot"), "{}")
+	p, err := pool.New(pool.Config{Command: cmd, Env: workerEnvFor("oneshot"), Workers: 1, Stderr: os.Stderr})
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	go func() {
+		defer p.Close()
+		p.Submit(context.Background(), pool.Task{Input: []byte("grow:64")})
+	}()
+	for r := range p.Results() {
+		a := r.Attempts[len(r.Attempts)-1]
+		fmt.Printf("grow %s: peak %d\n%s", r.State, a.PeakRSS, a.Message)
+	}
+
+	hold := make([]byte, 64<<20)
+	for i := range hold {
+		hold[i] = 1
+	}
+	tr, err := exec.LookPath("true")
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	p, err = pool.New(pool.Config{Command: []string{tr}, Workers: 1, Stderr: os.Stderr})
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	go func() {
+		defer p.Close()
+		for i := 0; i < 3; i++ {
+			p.Submit(context.Background(), pool.Task{Input: []byte("x")})
+		}
+	}()
+	for r := range p.Results() {
+		fmt.Printf("task %d %s: peak %d\n", r.ID, r.State, r.Attempts[len(r.Attempts)-1].PeakRSS)
+	}
+	fmt.Printf("memory mode: %s, held %d\n", p.MemoryMode(), len(hold))
+
+	return 0
+}
