@@ -11,6 +11,20 @@ import (
 	"github.com/safepool/safepool/pool"
 )
 
+// refused returns the error of New for cfg, with "true" as its command;
+// a pool it makes anyway is closed at once, and the error is nil.
+func refused(t *testing.T, cfg pool.Config) error {
+	t.Helper()
+	cfg.Command = []string{"true"}
+	p, err := pool.New(cfg)
+	if err == nil {
+		p.Close()
+		for range p.Results() {
+		}
+	}
+	return err
+}
+
 // TestNegativeConfig: New refuses a negative count, size or duration and
 // names the field. Workers, Grace, Backoff and MaxBackoff used to be taken
 // as if they were zero (Workers: -1 ran one worker per CPU) or as no wait
@@ -29,13 +43,8 @@ func TestNegativeConfig(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.field, func(t *testing.T) {
-			cfg := tt.cfg
-			cfg.Command = []string{"true"}
-			p, err := pool.New(cfg)
+			err := refused(t, tt.cfg)
 			if err == nil {
-				p.Close()
-				for range p.Results() {
-				}
 				t.Fatalf("New(%s < 0) = nil error, want one", tt.field)
 			}
 			if want := "Config." + tt.field + " is negative"; !strings.Contains(err.Error(), want) {
@@ -146,13 +155,8 @@ func TestPercentagesForFractions(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg := tt.cfg
-			cfg.Command = []string{"true"}
-			p, err := pool.New(cfg)
+			err := refused(t, tt.cfg)
 			if err == nil {
-				p.Close()
-				for range p.Results() {
-				}
 				t.Fatalf("New(%s) = nil error, want one", tt.name)
 			}
 			if !strings.Contains(err.Error(), tt.want) {

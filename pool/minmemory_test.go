@@ -26,13 +26,8 @@ func TestMinMemory(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg := tt.cfg
-			cfg.Command = []string{"true"}
-			p, err := pool.New(cfg)
+			err := refused(t, tt.cfg)
 			if err == nil {
-				p.Close()
-				for range p.Results() {
-				}
 				t.Fatalf("New(%s %d) = nil error, want one", tt.name, max(tt.cfg.MemLimit, tt.cfg.MemBudget))
 			}
 			if !strings.Contains(err.Error(), "MinMemory") {

@@ -237,6 +237,16 @@ func startServer(t *testing.T, dir, name string, port int, extra ...string) *pro
 	return p
 }
 
+// newCluster returns a test's directory, with a NATS server started in it
+// on a free port, and the server's URL.
+func newCluster(t *testing.T) (dir, url string) {
+	t.Helper()
+	dir = t.TempDir()
+	port := freePort(t)
+	startServer(t, dir, "server", port)
+	return dir, fmt.Sprintf("nats://127.0.0.1:%d", port)
+}
+
 // startAgent starts an agent and waits until it says it is ready.
 func startAgent(t *testing.T, dir, name, url string, extra ...string) *proc {
 	t.Helper()
@@ -399,10 +409,7 @@ func runIDOf(t *testing.T, p *proc) string {
 // recorded exactly once.
 func TestAgentKilled(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	port := freePort(t)
-	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
-	startServer(t, dir, "server", port)
+	dir, url := newCluster(t)
 	var agents []*proc
 	for i := 1; i <= 3; i++ {
 		agents = append(agents, startAgent(t, dir, fmt.Sprintf("agent%d", i), url, "-j", "2"))
@@ -603,10 +610,7 @@ func TestOOMMovesToLargerAgent(t *testing.T) {
 		testenv.SkipOrFail(t, reason)
 		return
 	}
-	dir := t.TempDir()
-	port := freePort(t)
-	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
-	startServer(t, dir, "server", port)
+	dir, url := newCluster(t)
 	startAgent(t, dir, "small", url, "-j", "1", "--mem-limit", "64MiB")
 	large := startAgent(t, dir, "large", url, "-j", "1", "--mem-limit", "512MiB")
 	// The large agent is advertised but takes nothing until the small one
@@ -654,10 +658,7 @@ func readLog(dir, name string) string {
 // exits as the whole run would have.
 func TestSubmitterRestart(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	port := freePort(t)
-	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
-	startServer(t, dir, "server", port)
+	dir, url := newCluster(t)
 	startAgent(t, dir, "agent1", url, "-j", "2")
 	const n = 12
 	in := sleeps(n, 500)
@@ -689,10 +690,7 @@ func TestSubmitterRestart(t *testing.T) {
 // agent at all.
 func TestNoAgentFits(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	port := freePort(t)
-	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
-	startServer(t, dir, "server", port)
+	dir, url := newCluster(t)
 	alone := submit(t, dir, "alone", url, []string{"sleep:1"})
 	alone.waitLog(t, "no agent is connected", 20*time.Second)
 	startAgent(t, dir, "agent1", url, "-j", "1", "--mem-limit", "64MiB")
@@ -710,10 +708,7 @@ func TestNoAgentFits(t *testing.T) {
 // on.
 func TestRunIDOtherInputs(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	port := freePort(t)
-	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
-	startServer(t, dir, "server", port)
+	dir, url := newCluster(t)
 	startAgent(t, dir, "agent1", url, "-j", "2")
 	echo := func(name string, inputs ...string) *proc {
 		args := append([]string{"run", "--nats", url, "--run-id", "nightly", "-k", "echo", "out:{}", ":::"}, inputs...)
@@ -795,10 +790,7 @@ func TestServerLost(t *testing.T) {
 // place, and so does a command template holding such bytes.
 func TestOddBytes(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	port := freePort(t)
-	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
-	startServer(t, dir, "server", port)
+	dir, url := newCluster(t)
 	startAgent(t, dir, "agent1", url, "-j", "2")
 	inputs := []string{"caf\xe9.wav", "b\xff\xfe\tc\r", "e\u2028f", " lead", "plain"}
 	p := start(t, dir, "run", append([]string{"run", "--nats", url, "-k", "printf", "\xab%s\xbb\n", "{}", ":::"}, inputs...)...)
@@ -819,10 +811,7 @@ func TestOddBytes(t *testing.T) {
 // with its submitter waiting for it for ever.
 func TestUnreadableTask(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	port := freePort(t)
-	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
-	startServer(t, dir, "server", port)
+	dir, url := newCluster(t)
 	startAgent(t, dir, "agent1", url, "-j", "1")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -856,10 +845,7 @@ func TestUnreadableTask(t *testing.T) {
 // task, saying so; the rest of the run goes on.
 func TestInputTooLarge(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	port := freePort(t)
-	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
-	startServer(t, dir, "server", port)
+	dir, url := newCluster(t)
 	startAgent(t, dir, "agent1", url, "-j", "2")
 	in := "a\n" + strings.Repeat("x", 900<<10) + "\nb\nc\n"
 	if err := os.WriteFile(filepath.Join(dir, "in.txt"), []byte(in), 0o644); err != nil {
