@@ -40,6 +40,8 @@ func TestMain(m *testing.M) {
 			os.Exit(runContainerSeed())
 		case "container-oneshot":
 			os.Exit(runContainerOneShot())
+		case "container-gocrash":
+			os.Exit(runContainerGoCrash())
 		case "container-peak":
 			os.Exit(runContainerPeak())
 		case "container-leftovers":

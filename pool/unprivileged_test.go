@@ -238,6 +238,58 @@ func runContainerOneShot() int {
 	return 0
 }
 
+// TestGoCrashUnprivileged: without a cgroup, a Go worker that its data
+// size limit refuses memory dies with "fatal error: runtime: out of
+// memory", followed by many KiB of goroutine stacks. It is named
+// memory-limit; it used to read as any exit 2, the words out of sight of
+// the last 4 KiB of stderr kept. A Go panic's message is its first line,
+// not the last lines of its stack.
+func TestGoCrashUnprivileged(t *testing.T) {
+	dir := containerFor(t, 400<<20)
+	text, err := superviseAsNobody(t, dir, workerEnv+"=container-gocrash")
+	if err != nil {
+		t.Fatalf("supervisor: %v; output:\n%s", err, text)
+	}
+	for _, want := range []string{
+		"task 1 failed memory-limit: over the memory limit of 268435456 bytes\n",
+		"task 2 failed exit:2: panic: gopanic: deep enough\n",
+		"memory mode: enclosing-cgroup (",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("supervisor output:\n%s\nwant %q", text, want)
+		}
+	}
+}
+
+// runContainerGoCrash is the supervisor of TestGoCrashUnprivileged: two
+// one-shot jobs of this test binary under a 256 MiB limit, one allocating
+// 4 GiB of Go memory at once, one panicking deep in its stack.
+func runContainerGoCrash() int {
+	cfg := config(pool.OneShot, 2)
+	cfg.MemLimit = 256 << 20
+	cfg.Stderr = io.Discard
+	p, err := pool.New(cfg)
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	go func() {
+		defer p.Close()
+		for _, in := range []string{"gohuge", "gopanic"} {
+			p.Submit(context.Background(), pool.Task{Input: []byte(in)})
+		}
+	}()
+	for r := range p.Results() {
+		msg := ""
+		if n := len(r.Attempts); n > 0 {
+			msg = r.Attempts[n-1].Message
+		}
+		fmt.Printf("task %d %s %s: %s\n", r.ID, r.State, r.Cause(), msg)
+	}
+	fmt.Printf("memory mode: %s (%s)\n", p.MemoryMode(), p.MemoryModeReason())
+	return 0
+}
+
 // TestLeftoversUnprivileged: without a cgroup per worker, a daemon that a
 // one-shot job starts (setsid, out of its process group) ends soon after
 // its job, while the pool goes on, as it does where the job's cgroup is
