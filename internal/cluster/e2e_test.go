@@ -61,7 +61,7 @@ func TestMain(m *testing.M) {
 }
 
 // helper is a task: "alloc:N" touches N MiB and prints "ok N"; "sleep:MS"
-// sleeps MS milliseconds and prints "ok".
+// sleeps MS milliseconds and prints "ok"; "killagent:0" SIGKILLs its agent.
 func helper(arg string) int {
 	what, n, _ := strings.Cut(arg, ":")
 	v, _ := strconv.Atoi(n)
@@ -73,6 +73,11 @@ func helper(arg string) int {
 		}
 		time.Sleep(200 * time.Millisecond)
 		fmt.Println("ok", v, b[len(b)/2])
+	case "killagent":
+		// A task that ends whatever machine runs it: it SIGKILLs its
+		// agent, the process that started it.
+		syscall.Kill(os.Getppid(), syscall.SIGKILL)
+		time.Sleep(time.Minute)
 	case "sleep":
 		if f := os.Getenv(startsEnv); f != "" {
 			// Note the start, for tests that count how often tasks ran.
@@ -439,6 +444,33 @@ func TestAgentKilled(t *testing.T) {
 	starts := startsOf(dir, "agent1") + startsOf(dir, "agent3") + killedStarts
 	if killedStarts == 0 || starts <= n {
 		t.Errorf("%d task starts for %d tasks, %d of them on the killed agent: it was running no task", starts, n, killedStarts)
+	}
+}
+
+// TestTaskKillsAgents: a task that kills every agent that runs it is
+// lost with MaxLost agents and then recorded failed, cause agent-lost,
+// naming them, rather than handed on to take down agent after agent; the
+// other tasks complete on the agent left.
+func TestTaskKillsAgents(t *testing.T) {
+	t.Parallel()
+	dir, url := newCluster(t)
+	for i := 1; i <= cluster.MaxLost+1; i++ {
+		startAgent(t, dir, fmt.Sprintf("agent%d", i), url, "-j", "1")
+	}
+	const n = 6
+	inputs := append([]string{"killagent:0"}, sleeps(n-1, 100)...)
+	sub := submit(t, dir, "run", url, inputs)
+	if st := sub.wait(t, 120*time.Second); st != 1 {
+		t.Fatalf("run exited %d, want 1\n%s", st, sub.stderr())
+	}
+	checkOutputs(t, sub, n-1)
+	s := summaryOf(t, dir, "run")
+	if s.Tasks.Done != n-1 || s.Tasks.Failed != 1 {
+		t.Errorf("summary tasks = %+v, want %d done, 1 failed", s.Tasks, n-1)
+	}
+	if len(s.Failed) != 1 || s.Failed[0].ID != 1 || s.Failed[0].Cause != string(cluster.CauseAgentLost) ||
+		!strings.Contains(s.Failed[0].Message, fmt.Sprintf("lost with its agent %d times", cluster.MaxLost)) {
+		t.Errorf("failed tasks = %+v, want task 1 %s after %d agents lost", s.Failed, cluster.CauseAgentLost, cluster.MaxLost)
 	}
 }
 

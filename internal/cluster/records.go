@@ -107,9 +107,18 @@ type ResultRecord struct {
 }
 
 // attemptsRecord is the value in AttemptsBucket: the charged attempts of a
-// task's earlier deliveries.
+// task's earlier deliveries, the deliveries lost with their agent, and the
+// delivery running now.
 type attemptsRecord struct {
 	Attempts []AttemptRecord `json:"attempts"`
+	// Lost lists the deliveries whose agent took the task and was never
+	// heard of again about it: killed, or cut off for AckWait.
+	Lost []AttemptRecord `json:"lost,omitempty"`
+	// Claim is the delivery running now: the agent that took it and when.
+	// An agent that ends a delivery without a result (it hands the task
+	// on, or gives it back) rewrites the record without it; a claim found
+	// by the next delivery was lost.
+	Claim *AttemptRecord `json:"claim,omitempty"`
 }
 
 // AgentInfo is what an agent advertises in AgentsBucket.
