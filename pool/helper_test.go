@@ -105,6 +105,19 @@ func runWorker(mode string) int {
 		}
 	case "framed-batch":
 		return runBatchWorker()
+	case "flaky-start":
+		// A line worker whose starts numbered in the file $FLAKY_STARTS,
+		// from 2 to the number in $FLAKY_FAILS plus 1, die at once: a
+		// command that worked, then fails for a while, then works again.
+		file := os.Getenv("FLAKY_STARTS")
+		b, _ := os.ReadFile(file)
+		n := len(b) + 1
+		os.WriteFile(file, append(b, 'x'), 0o644)
+		if fails, _ := strconv.Atoi(os.Getenv("FLAKY_FAILS")); n >= 2 && n <= fails+1 {
+			fmt.Fprintln(os.Stderr, "license server unreachable")
+			return 4
+		}
+		return runWorker("line")
 	case "dead-at-start":
 		fmt.Fprintln(os.Stderr, "cannot load model: file not found")
 		return 4

@@ -622,6 +622,52 @@ func TestDeadAtStartup(t *testing.T) {
 	}
 }
 
+// TestStartupFailuresAfterWork: once a task has succeeded, workers that
+// fail at start-up a few times in a row (a resource away for a moment) do
+// not abort the pool: it waits longer between tries and goes on when they
+// start again. They used to abort it after three, however much work was
+// done. Failures in a row that last past the patience still abort it.
+func TestStartupFailuresAfterWork(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		fails    int
+		patience time.Duration
+		wantDone bool
+	}{
+		{"recovers", 5, time.Minute, true},
+		{"gives up", 1000, time.Second, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			defer pool.SetStartupPatience(c.patience)()
+			cfg := config(pool.Line, 1)
+			cfg.Env = append(workerEnvFor("flaky-start"), "FLAKY_STARTS="+filepath.Join(t.TempDir(), "starts"),
+				"FLAKY_FAILS="+strconv.Itoa(c.fails))
+			cfg.Stderr = io.Discard
+			cfg.MaxTasksPerWorker = 2
+			cfg.MaxBackoff = 200 * time.Millisecond
+			inputs := []string{"a", "b", "c", "d", "e", "f"}
+			start := time.Now()
+			got, p := run(t, cfg, inputs...)
+			done := 0
+			for _, r := range got {
+				if r.State == pool.Done {
+					done++
+				}
+			}
+			var se *pool.StartError
+			if c.wantDone {
+				if done != len(inputs) || p.Err() != nil {
+					t.Errorf("%d of %d done, Err() = %v; want all done after %d failed starts", done, len(inputs), p.Err(), c.fails)
+				}
+			} else if !errors.As(p.Err(), &se) || !strings.Contains(se.Stderr, "license server") || done != 2 {
+				t.Errorf("%d done, Err() = %v; want the 2 tasks of the first worker done, then a *StartError", done, p.Err())
+			} else if d := time.Since(start); d < c.patience {
+				t.Errorf("aborted after %v, before the patience of %v", d, c.patience)
+			}
+		})
+	}
+}
+
 func TestMaxTasksPerWorker(t *testing.T) {
 	for _, proto := range []pool.Protocol{pool.Line, pool.Framed} {
 		t.Run(string(proto), func(t *testing.T) {

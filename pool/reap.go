@@ -64,6 +64,9 @@ func (r *runner) reap() {
 	if !d.Expected() && d.Answered == 0 && (!charged || d.Stalled) {
 		se := &StartError{Command: r.p.cfg.Command, Cause: d.Cause, Stderr: d.Stderr, Err: d.Failure}
 		r.p.send(report{kind: reportStartupFailure, charged: charged, start: se})
+		r.failedStarts++
+	} else {
+		r.failedStarts = 0
 	}
 	for i := len(requeue) - 1; i >= 0; i-- {
 		r.p.send(report{kind: reportRequeue, task: requeue[i]})

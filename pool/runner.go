@@ -35,6 +35,9 @@ type runner struct {
 	// lineTime carries a line worker's recent time per line from one
 	// process of the slot to the next.
 	lineTime time.Duration
+	// failedStarts counts the slot's persistent workers in a row that
+	// failed before doing any work; it sets the wait before the next.
+	failedStarts int
 }
 
 func (r *runner) run() {
@@ -68,6 +71,17 @@ func (r *runner) run() {
 	r.runPersistent()
 }
 
+// restartDelay is the wait before the slot's next worker after
+// failedStarts failures in a row: 100 ms, doubled after each further
+// failure, up to Config.MaxBackoff.
+func (r *runner) restartDelay() time.Duration {
+	d := 100 * time.Millisecond
+	for i := 1; i < r.failedStarts && d < r.p.cfg.MaxBackoff; i++ {
+		d *= 2
+	}
+	return min(d, max(r.p.cfg.MaxBackoff, 100*time.Millisecond))
+}
+
 // limit is the memory limit of the slot's cgroup.
 func (r *runner) limit() int64 { return r.p.gov.workerLimit(r.p.cfg.MemLimit) }
 
@@ -92,14 +106,21 @@ func (r *runner) runPersistent() {
 			if r.stopping() {
 				return
 			}
-			if !r.spawn() {
-				// Give a failing command a moment before the next try; the
-				// loop aborts the pool after too many failures in a row.
+			if r.failedStarts > 0 {
+				// Give a failing command a moment before the next try,
+				// longer after each failure; the loop aborts the pool
+				// after too many failures in a row.
 				select {
-				case <-time.After(100 * time.Millisecond):
+				case <-time.After(r.restartDelay()):
 				case <-r.p.abortCh:
 				case <-r.p.quit:
 				}
+				if r.stopping() {
+					return
+				}
+			}
+			if !r.spawn() {
+				r.failedStarts++
 				continue
 			}
 		}

@@ -585,7 +585,12 @@ type Config struct {
 	// start-up deadline, before it takes a task (a framed task it starts, a
 	// line it reads), or when it holds its first line unanswered until
 	// StallTimeout while no worker has answered yet. A death during a task
-	// is the task's, never a start-up failure. Zero means 3.
+	// is the task's, never a start-up failure. Once an attempt has
+	// succeeded, the command works, and what fails it may pass (memory
+	// short for a moment, a file system away): the failures in a row must
+	// then also have lasted a minute. Between them a persistent slot waits 100 ms,
+	// twice as long after each further failure, up to MaxBackoff. Zero
+	// means 3.
 	StartupFailures int
 
 	// Stdout and Stderr receive persistent workers' own stdout (framed
