@@ -770,6 +770,13 @@ func TestRunIDOtherInputs(t *testing.T) {
 		{"more", []string{"a", "b", "c", "d", "e"}, 0, lines("a", "b", "c", "d", "e"), "resumed"},
 		{"more-other", []string{"a", "b", "c", "d", "f"}, 2, lines("a", "b", "c", "d"), `ran "e", but input 5 here is "f"`},
 	}
+	// Settings given again with the run id are the first run's: the
+	// submitter says so.
+	again := start(t, dir, "again", "run", "--nats", url, "--run-id", "nightly", "--retries", "2", "--timeout", "1m", "-k", "echo", "out:{}", ":::", "a")
+	if st := again.wait(t, 60*time.Second); st != 0 ||
+		!strings.Contains(again.stderr(), "run nightly keeps the settings it was first submitted with: --retries 0 (not 2), --on-worker-death skip (not retry), --timeout 0s (not 1m0s)\n") {
+		t.Errorf("run --run-id nightly --retries 2 --timeout 1m = status %d, want 0 and the settings kept named:\n%s", st, again.stderr())
+	}
 	for _, tt := range tests {
 		p := echo(tt.name, tt.inputs...)
 		st := p.wait(t, 60*time.Second)

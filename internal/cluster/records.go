@@ -49,6 +49,30 @@ type RunSpec struct {
 	Aborted bool `json:"aborted,omitempty"`
 }
 
+// SettingsKept lists, as flags with their values, the settings of a run
+// first submitted as s that a later submission asking for o does not
+// change: a run resumed with --run-id keeps its first settings, which its
+// agents already apply. Each entry reads "--retries 0 (not 2)".
+func (s RunSpec) SettingsKept(o RunSpec) []string {
+	var kept []string
+	note := func(flag string, was, asked any) {
+		if was != asked {
+			kept = append(kept, fmt.Sprintf("%s %v (not %v)", flag, was, asked))
+		}
+	}
+	note("--retries", s.Retries, o.Retries)
+	note("--on-worker-death", s.OnWorkerDeath, o.OnWorkerDeath)
+	note("--timeout", s.Timeout, o.Timeout)
+	note("--pipeline", s.Pipeline, o.Pipeline)
+	note("--stall-timeout", s.StallTimeout, o.StallTimeout)
+	note("--max-line", s.MaxLine, o.MaxLine)
+	note("--max-tasks", s.MaxTasks, o.MaxTasks)
+	note("--max-rss", s.MaxRSS, o.MaxRSS)
+	note("--start-timeout", s.StartTimeout, o.StartTimeout)
+	note("--task-error-retries", s.TaskErrorRetries, o.TaskErrorRetries)
+	return kept
+}
+
 // TaskMsg is one task as it travels on the stream.
 type TaskMsg struct {
 	// Run is the run's id; Seq the task's number in it, from 1.
