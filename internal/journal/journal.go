@@ -110,7 +110,7 @@ func (j *Journal) init() error {
 		return fmt.Errorf("journal: setting WAL mode in %s: %w", j.path, err)
 	}
 	if _, err := j.db.Exec(schema); err != nil {
-		return fmt.Errorf("journal: creating the schema in %s: %w", j.path, err)
+		return fmt.Errorf("journal: creating the schema in %s: %w", j.path, explainWrite(err, j.path))
 	}
 	return nil
 }

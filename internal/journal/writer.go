@@ -380,7 +380,7 @@ func (w *Writer) Close(exitStatus int) error {
 		w.err = err
 	}
 	if w.err != nil {
-		return fmt.Errorf("journal: writing %s: %w", w.j.path, w.err)
+		return fmt.Errorf("journal: writing %s: %w", w.j.path, explainWrite(w.err, w.j.path))
 	}
 	return nil
 }
