@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -177,8 +176,6 @@ func runWorker(mode string) int {
 //	sleep:MS         sleep, then answer
 //	hang             sleep forever
 //	hog              allocate and touch memory until killed
-//	gopanic          panic 300 calls deep: the Go runtime prints 100 frames after "panic: "
-//	gohuge           allocate 4 GiB at once on the Go heap
 //	garbage          write junk on the result pipe
 //	closeout         close the result pipe and keep living
 //	bye              answer, then exit 0 at once (line protocol; see framed-raw)
@@ -232,12 +229,6 @@ func behave(in string) (string, error) {
 			keep = append(keep, b)
 			time.Sleep(5 * time.Millisecond)
 		}
-	case "gopanic":
-		deepPanic(300)
-	case "gohuge":
-		b := make([]byte, 4<<30)
-		b[len(b)-1] = 1
-		runtime.KeepAlive(b)
 	case "garbage":
 		if os.Getenv(workerEnv) == "framed" {
 			// A whole header, of a kind that does not exist.
@@ -476,14 +467,4 @@ func groupProcs() (string, error) {
 		return "", err
 	}
 	return strconv.Itoa(len(strings.Fields(string(procs)))), nil
-}
-
-// deepPanic panics n calls deep, so that the Go runtime's dump of the
-// panicking goroutine runs to many KiB after its first line.
-func deepPanic(n int) {
-	if n > 0 {
-		deepPanic(n - 1)
-		return
-	}
-	panic("gopanic: deep enough")
 }

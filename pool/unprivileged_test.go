@@ -246,7 +246,15 @@ func runContainerOneShot() int {
 // not the last lines of its stack.
 func TestGoCrashUnprivileged(t *testing.T) {
 	dir := containerFor(t, 400<<20)
-	text, err := superviseAsNobody(t, dir, workerEnv+"=container-gocrash")
+	// The jobs are a Go program built without -race, which cannot run
+	// under a data size limit; nobody must be able to run it.
+	bin := filepath.Join(filepath.Dir(nobodyBinary(t)), "gocrash")
+	build := exec.Command("go", "build", "-o", bin, "./testdata/gocrash")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./testdata/gocrash: %v\n%s", err, out)
+	}
+	text, err := superviseAsNobody(t, dir, workerEnv+"=container-gocrash", "GOCRASH="+bin)
 	if err != nil {
 		t.Fatalf("supervisor: %v; output:\n%s", err, text)
 	}
@@ -262,20 +270,23 @@ func TestGoCrashUnprivileged(t *testing.T) {
 }
 
 // runContainerGoCrash is the supervisor of TestGoCrashUnprivileged: two
-// one-shot jobs of this test binary under a 256 MiB limit, one allocating
-// 4 GiB of Go memory at once, one panicking deep in its stack.
+// one-shot jobs of $GOCRASH under a 256 MiB limit, one allocating 4 GiB
+// of Go memory at once, one panicking deep in its stack.
 func runContainerGoCrash() int {
-	cfg := config(pool.OneShot, 2)
-	cfg.MemLimit = 256 << 20
-	cfg.Stderr = io.Discard
-	p, err := pool.New(cfg)
+	p, err := pool.New(pool.Config{
+		Command:  []string{os.Getenv("GOCRASH"), "{}"},
+		Protocol: pool.OneShot,
+		Workers:  2,
+		MemLimit: 256 << 20,
+		Stderr:   io.Discard,
+	})
 	if err != nil {
 		fmt.Println(err)
 		return 1
 	}
 	go func() {
 		defer p.Close()
-		for _, in := range []string{"gohuge", "gopanic"} {
+		for _, in := range []string{"huge", "panic"} {
 			p.Submit(context.Background(), pool.Task{Input: []byte(in)})
 		}
 	}()
