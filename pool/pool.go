@@ -97,6 +97,9 @@ type Pool struct {
 	err    error
 
 	emitMu sync.Mutex // serialises calls to cfg.Observer
+
+	holdMu sync.Mutex // serialises Pause and Resume
+	held   bool       // paused by Pause; guarded by holdMu
 }
 
 // task is the loop's record of one submitted task. Only the loop goroutine
@@ -237,7 +240,7 @@ func New(cfg Config) (*Pool, error) {
 	for i := 0; i < cfg.Workers; i++ {
 		c := make(chan uint64, 1)
 		p.preempts = append(p.preempts, c)
-		p.slots = append(p.slots, &runner{p: p, slot: i, preempt: c})
+		p.slots = append(p.slots, &runner{p: p, slot: i, preempt: c, hold: make(chan holdRequest)})
 	}
 	for _, r := range p.slots {
 		p.runners.Add(1)
@@ -249,6 +252,50 @@ func New(cfg Config) (*Pool, error) {
 	}
 	go p.loop()
 	return p, nil
+}
+
+// Pause stops every worker process of the pool where it is (SIGSTOP to its
+// process group) and starts no task and no worker until Resume, as a
+// terminal's Ctrl-Z stops the processes of a foreground job, which
+// safepool's workers are not: each has a process group of its own. While
+// paused, no clock of a task's timeout, start-up deadline or stall check
+// runs. Pausing a paused pool, or one that has ended, does nothing.
+// safepool's command line calls it on SIGTSTP, then stops itself.
+func (p *Pool) Pause() { p.hold(true) }
+
+// Resume lets the processes that Pause stopped go on (SIGCONT), and the
+// pool start tasks again.
+func (p *Pool) Resume() { p.hold(false) }
+
+// hold asks every runner to pause (or go on), and waits for their answers,
+// a few seconds at most: a runner that is not listening (the pool is
+// ending) is not waited for.
+func (p *Pool) hold(pause bool) {
+	p.holdMu.Lock()
+	defer p.holdMu.Unlock()
+	if p.held == pause {
+		return
+	}
+	p.held = pause
+	limit := time.NewTimer(2 * time.Second)
+	defer limit.Stop()
+	for _, r := range p.slots {
+		h := holdRequest{pause: pause, done: make(chan struct{})}
+		select {
+		case r.hold <- h:
+		case <-p.quit:
+			return
+		case <-p.abortCh:
+			return
+		case <-limit.C:
+			return
+		}
+		select {
+		case <-h.done:
+		case <-limit.C:
+			return
+		}
+	}
 }
 
 // preempt asks the runner of slot to stop task id to save memory. It never

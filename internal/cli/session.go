@@ -259,6 +259,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	c.pool.Store(p)
 	jm.attach(p)
 	jj.describe(p)
+	defer followTerminalStops(p)()
 
 	// Without a cgroup per worker, when memory flags were given, say once
 	// how memory is watched instead, and what the memory governor plans
