@@ -772,6 +772,17 @@ func (g *governor) needAfter(t *task, peak int64) int64 {
 	return min(max(peak+peak/4, 2*t.need, g.predictLocked(t.need)), g.budget)
 }
 
+// hadWhole reports whether t's attempt, which peaked at peak bytes, had
+// the whole budget: t needed all of it, so that it could start only with
+// nothing beside it, or its peak reached it (within a fiftieth, as where
+// its cgroup's limit is the budget and the kill came at that limit). Only
+// an OOM kill of such an attempt, run alone, shows that the task needs
+// more memory than the pool may use (poison). t.need is still the need the
+// attempt was given.
+func (g *governor) hadWhole(t *task, peak int64) bool {
+	return t.need >= g.budget || peak >= g.budget-g.budget/50
+}
+
 // MemoryGovernor says in one line whether the memory governor is on, the
 // budget it plans with and where that comes from, and what measures each
 // worker: its cgroup, or without one the private memory of its process

@@ -1,6 +1,7 @@
 package pool_test
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -227,6 +228,28 @@ func TestGovernorEnclosingPoison(t *testing.T) {
 	t.Logf("supervisor output:\n%s", text)
 }
 
+// TestGovernorEnclosingOutsideKill: one worker in a 600 MiB container,
+// beside a process that is not a worker and holds 400 MiB. A task that
+// grows to 300 MiB, well within the budget, is OOM-killed because of that
+// process, while it runs alone. That says nothing of what the task needs
+// beyond the budget: it is not poison, but retried, and once the other
+// process is gone (it ends as the first attempt ends), it is done.
+func TestGovernorEnclosingOutsideKill(t *testing.T) {
+	py := systemPython(t)
+	dir := containerFor(t, 600<<20)
+	text, err := superviseAsNobody(t, dir, workerEnv+"=gov-container", "SAFEPOOL_TEST_PYTHON="+py,
+		"SAFEPOOL_TEST_SCENARIO=outside-hog", "SAFEPOOL_TEST_TASKS=300 300 200")
+	if err != nil {
+		t.Fatalf("supervisor: %v; output:\n%s", err, text)
+	}
+	task := taskLines(text)[1]
+	list := attemptsOf(task)
+	if !strings.HasPrefix(task, "task 1 done ") || list[0] != "oom/0" {
+		t.Fatalf("supervisor output:\n%s\nwant task 1 OOM-killed alone (oom/0), then done", text)
+	}
+	t.Logf("supervisor output:\n%s", text)
+}
+
 // TestGovernorEnclosingPreemption: two tasks that each grow to 1 GiB, in a
 // 3 GiB container whose preemption watermark is lowered to half its limit,
 // while the governor was told (MemPerTask) they need 8 MiB. Together they
@@ -346,6 +369,7 @@ func memoryMount(t *testing.T) string {
 // attempts were preempted.
 func runGovContainer() int {
 	var release string // oom-retry: the file that lets task 1 free its memory
+	var stop func()    // outside-hog: ends the process that is not a worker
 	cfg := pool.Config{
 		Command: []string{os.Getenv("SAFEPOOL_TEST_PYTHON"), "-c", rampTask, "{}"},
 		Workers: 12,
@@ -387,6 +411,41 @@ func runGovContainer() int {
 		q.Close()
 		for range q.Results() {
 		}
+	case "outside-hog":
+		// A process that is not a worker holds 400 MiB of the container
+		// until task 1's first attempt ends.
+		cfg.Workers = 1
+		cfg.PreemptAbove, cfg.PreemptPSI = -1, -1
+		hog := exec.Command(cfg.Command[0], "-c",
+			`import sys; b = b"x" * (400 << 20); print("ready", flush=True); sys.stdin.read()`)
+		hog.Stderr = os.Stderr
+		in, err := hog.StdinPipe()
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		out, err := hog.StdoutPipe()
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		if err := hog.Start(); err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		var once sync.Once
+		stop = func() {
+			once.Do(func() {
+				hog.Process.Kill()
+				in.Close()
+				hog.Wait()
+			})
+		}
+		defer stop()
+		if line, err := bufio.NewReader(out).ReadString('\n'); line != "ready\n" {
+			fmt.Printf("the hog did not start: %q %v\n", line, err)
+			return 1
+		}
 	case "preempt":
 		cfg.Workers = 2
 		cfg.MemPerTask = 8 << 20
@@ -412,6 +471,14 @@ func runGovContainer() int {
 				time.AfterFunc(2*time.Second, free)
 			case e.Kind == pool.EventAttemptStarted && ended.Load():
 				free()
+			}
+		}
+	}
+	if stop != nil {
+		cfg.Observer = func(e pool.Event) {
+			n.observe(e)
+			if e.Kind == pool.EventAttemptEnded {
+				stop()
 			}
 		}
 	}

@@ -94,7 +94,8 @@ const (
 	Failed State = "failed"
 	// Cancelled means the task never finished because the pool aborted.
 	Cancelled State = "cancelled"
-	// Poison means the task was killed for memory even when it ran alone.
+	// Poison means the task was killed for memory even when it ran alone
+	// with the whole memory budget.
 	Poison State = "poison"
 )
 
