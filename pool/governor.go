@@ -3,6 +3,7 @@ package pool
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -812,6 +813,17 @@ func (g *governor) describe() string {
 	measure := "its own cgroup"
 	if !g.perWorker {
 		measure = "the private memory of its process tree (anonymous memory and swap)"
+	}
+	if g.budget <= 1 && g.budget != g.userBudget {
+		// scopeBudget's 1 stands for nothing left: the reserve took it all.
+		// Without a cgroup per worker (checkBudget refuses it with one)
+		// tasks then run one at a time.
+		wall := g.host
+		if g.budget == g.cgBudget {
+			wall = g.cg
+		}
+		return fmt.Sprintf("memory governor on: no memory left for the workers (%s, and the reserve is %s): tasks run one at a time, each worker measured by %s",
+			strings.TrimSuffix(from, " less a reserve"), bytesize.Format(reserveFor(wall, g.memReserve)), measure)
 	}
 	return fmt.Sprintf("memory governor on: a budget of %s (%s), each worker measured by %s", bytesize.Format(g.budget), from, measure)
 }

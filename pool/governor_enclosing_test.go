@@ -250,6 +250,20 @@ func TestGovernorEnclosingOutsideKill(t *testing.T) {
 	t.Logf("supervisor output:\n%s", text)
 }
 
+// TestGovernorEnclosingNoBudget: a reserve larger than the container's
+// limit leaves the workers nothing: the governor says so plainly (it used
+// to say "a budget of 1 B"), and the tasks run one at a time, all done.
+func TestGovernorEnclosingNoBudget(t *testing.T) {
+	text, _ := governedIn(t, "no-budget", "8 10 100", "8 10 100", "8 10 100")
+	want := "governor: memory governor on: no memory left for the workers (the enclosing cgroup's limit of 3 GiB, and the reserve is 4 GiB): tasks run one at a time, each worker measured by the private memory of its process tree"
+	if !strings.Contains(text, want) {
+		t.Errorf("supervisor output:\n%s\nwant %q", text, want)
+	}
+	if n := strings.Count(text, " done "); n != 3 || !strings.Contains(text, "most at once 1,") {
+		t.Errorf("supervisor output:\n%s\nwant 3 tasks done, one at a time", text)
+	}
+}
+
 // TestGovernorEnclosingPreemption: two tasks that each grow to 1 GiB, in a
 // 3 GiB container whose preemption watermark is lowered to half its limit,
 // while the governor was told (MemPerTask) they need 8 MiB. Together they
@@ -397,6 +411,9 @@ func runGovContainer() int {
 		cfg.Env = append(os.Environ(), "SAFEPOOL_TEST_RELEASE="+release)
 	case "poison":
 		cfg.Workers = 2
+	case "no-budget":
+		cfg.Workers = 2
+		cfg.MemReserve = 4 << 30
 	case "no-cgroup":
 		cfg.MemBudget = 2 << 30
 		// Say what a pool without the budget would plan with.
