@@ -28,6 +28,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -337,10 +338,15 @@ func (c *Config) normalize() error {
 	for _, v := range []struct {
 		name string
 		n    int64
-	}{{"MemLimit", c.MemLimit}, {"MemBudget", c.MemBudget}} {
+	}{{"MemLimit", c.MemLimit}, {"MemBudget", c.MemBudget}, {"MemPerTask", c.MemPerTask}} {
 		if v.n > 0 && v.n < MinMemory {
 			return fmt.Errorf("pool: Config.%s of %d bytes is below MinMemory (%s): no process can start in it", v.name, v.n, bytesize.Format(MinMemory))
 		}
+	}
+	if math.IsNaN(c.PreemptAbove) || math.IsNaN(c.PreemptPSI) {
+		// No comparison holds for NaN: the trigger would be off without
+		// a word.
+		return fmt.Errorf("pool: Config.PreemptAbove (%v) and Config.PreemptPSI (%v) must be numbers", c.PreemptAbove, c.PreemptPSI)
 	}
 	if c.PreemptAbove > 1 {
 		// A percentage here would turn the trigger off without a word:

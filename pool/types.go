@@ -532,7 +532,9 @@ type Config struct {
 	// known, and with it sets each task's predicted peak aside for the
 	// task's whole life, never counting on one task's growth to overlap
 	// another's end. Zero means no hint: the governor starts cautiously
-	// and learns both the peaks and how tasks grow over their lives.
+	// and learns both the peaks and how tasks grow over their lives. A
+	// hint below MinMemory is refused: it is a size given in bytes by
+	// mistake.
 	MemPerTask int64
 	// PreemptAbove is the fraction of the host's memory, or of the
 	// supervisor's cgroup limit, in use above which the governor stops the
