@@ -353,6 +353,12 @@ func (c *Config) normalize() error {
 		// memory in use never passes 90 times the host's.
 		return fmt.Errorf("pool: Config.PreemptAbove of %v is above 1: it is a fraction of memory (%.2f for %v%%)", c.PreemptAbove, c.PreemptAbove/100, c.PreemptAbove)
 	}
+	if c.PreemptAbove > 0 && c.PreemptAbove < 0.01 {
+		// A percentage given as a fraction of a hundred twice over (the
+		// Python client's mem_high=0.9, sent as 0.009): preemption
+		// whenever 0.9% of memory is in use, that is always.
+		return fmt.Errorf("pool: Config.PreemptAbove of %v is below 0.01: it is a fraction of memory (%.2f for %v%%)", c.PreemptAbove, c.PreemptAbove*100, c.PreemptAbove*10000)
+	}
 	if c.PreemptPSI > 100 {
 		return fmt.Errorf("pool: Config.PreemptPSI of %v is above 100: it is a percentage", c.PreemptPSI)
 	}

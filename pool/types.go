@@ -539,11 +539,13 @@ type Config struct {
 	// PreemptAbove is the fraction of the host's memory, or of the
 	// supervisor's cgroup limit, in use above which the governor stops the
 	// youngest attempt. Zero means 0.95; a negative value turns this
-	// trigger off; a value above 1 (a percentage) is refused.
+	// trigger off; a value above 1 (a percentage), or below 0.01 (a
+	// percentage divided by a hundred twice), is refused, and so is NaN.
 	PreemptAbove float64
 	// PreemptPSI is the memory pressure, PSI "full avg10" in percent,
 	// above which the governor stops the youngest attempt. Zero means 40;
-	// a negative value turns this trigger off; one above 100 is refused.
+	// a negative value turns this trigger off; one above 100, or NaN, is
+	// refused.
 	PreemptPSI float64
 
 	// OutputInMemory is how many bytes of each one-shot attempt's stdout,

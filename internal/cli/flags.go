@@ -259,6 +259,11 @@ func (m *memoryFlags) apply(cmd string, cfg *pool.Config) error {
 	if !(m.high >= 0 && m.high <= 100) {
 		return usagef(cmd, "--mem-high must be a percentage from 0 to 100, not %v", m.high)
 	}
+	if m.high > 0 && m.high < 1 {
+		// A fraction given for a percentage: 0.9 would stop the youngest
+		// task whenever 0.9% of memory is in use, that is always.
+		return usagef(cmd, "--mem-high is a percentage: %v would stop tasks whenever %v%% of memory is in use (for %v%%, give %v)", m.high, m.high, m.high*100, m.high*100)
+	}
 	if !(m.psi >= 0 && m.psi <= 100) {
 		return usagef(cmd, "--mem-psi must be a percentage from 0 to 100, not %v", m.psi)
 	}
