@@ -28,6 +28,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -384,15 +385,26 @@ func (c *Config) normalize() error {
 	for _, v := range []struct {
 		name string
 		n    int64
-	}{{"MemLimit", c.MemLimit}, {"MemBudget", c.MemBudget}} {
+	}{{"MemLimit", c.MemLimit}, {"MemBudget", c.MemBudget}, {"MemPerTask", c.MemPerTask}} {
 		if v.n > 0 && v.n < MinMemory {
 			return fmt.Errorf("pool: Config.%s of %d bytes is below MinMemory (%s): no process can start in it", v.name, v.n, bytesize.Format(MinMemory))
 		}
+	}
+	if math.IsNaN(c.PreemptAbove) || math.IsNaN(c.PreemptPSI) {
+		// No comparison holds for NaN: the trigger would be off without
+		// a word.
+		return fmt.Errorf("pool: Config.PreemptAbove (%v) and Config.PreemptPSI (%v) must be numbers", c.PreemptAbove, c.PreemptPSI)
 	}
 	if c.PreemptAbove > 1 {
 		// A percentage here would turn the trigger off without a word:
 		// memory in use never passes 90 times the host's.
 		return fmt.Errorf("pool: Config.PreemptAbove of %v is above 1: it is a fraction of memory (%.2f for %v%%)", c.PreemptAbove, c.PreemptAbove/100, c.PreemptAbove)
+	}
+	if c.PreemptAbove > 0 && c.PreemptAbove < 0.01 {
+		// A percentage given as a fraction of a hundred twice over (the
+		// Python client's mem_high=0.9, sent as 0.009): preemption
+		// whenever 0.9% of memory is in use, that is always.
+		return fmt.Errorf("pool: Config.PreemptAbove of %v is below 0.01: it is a fraction of memory (%.2f for %v%%)", c.PreemptAbove, c.PreemptAbove*100, c.PreemptAbove*10000)
 	}
 	if c.PreemptPSI > 100 {
 		return fmt.Errorf("pool: Config.PreemptPSI of %v is above 100: it is a percentage", c.PreemptPSI)

@@ -50,6 +50,8 @@ func TestMain(m *testing.M) {
 			os.Exit(runContainerLeftovers(true))
 		case "shared-block":
 			os.Exit(runSharedBlock())
+		case "container-device-oom":
+			os.Exit(runDeviceOOM())
 		case "readme-example":
 			os.Exit(runReadmeExample())
 		}

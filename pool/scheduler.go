@@ -454,7 +454,8 @@ func (s *scheduler) settleAttempt(t *task, a Attempt, output, stderr []byte) {
 	s.p.count(func(st *Stats) { st.Attempts++ })
 	var mem memVerdict
 	if s.gov != nil {
-		mem = memVerdict{governed: true, ownsOOM: s.gov.ownsOOM(s.p.cfg.MemLimit), need: s.gov.needAfter(t, a.PeakRSS)}
+		mem = memVerdict{governed: true, ownsOOM: s.gov.ownsOOM(s.p.cfg.MemLimit), need: s.gov.needAfter(t, a.PeakRSS),
+			whole: s.gov.hadWhole(t, a.PeakRSS)}
 	}
 	v := settle(taskView{deaths: t.deaths, errors: t.errors, ooms: t.ooms, alone: t.alone},
 		ending{cause: a.Cause}, s.policy(), mem)

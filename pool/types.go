@@ -94,7 +94,8 @@ const (
 	Failed State = "failed"
 	// Cancelled means the task never finished because the pool aborted.
 	Cancelled State = "cancelled"
-	// Poison means the task was killed for memory even when it ran alone.
+	// Poison means the task was killed for memory even when it ran alone
+	// with the whole memory budget.
 	Poison State = "poison"
 )
 
@@ -531,16 +532,20 @@ type Config struct {
 	// known, and with it sets each task's predicted peak aside for the
 	// task's whole life, never counting on one task's growth to overlap
 	// another's end. Zero means no hint: the governor starts cautiously
-	// and learns both the peaks and how tasks grow over their lives.
+	// and learns both the peaks and how tasks grow over their lives. A
+	// hint below MinMemory is refused: it is a size given in bytes by
+	// mistake.
 	MemPerTask int64
 	// PreemptAbove is the fraction of the host's memory, or of the
 	// supervisor's cgroup limit, in use above which the governor stops the
 	// youngest attempt. Zero means 0.95; a negative value turns this
-	// trigger off; a value above 1 (a percentage) is refused.
+	// trigger off; a value above 1 (a percentage), or below 0.01 (a
+	// percentage divided by a hundred twice), is refused, and so is NaN.
 	PreemptAbove float64
 	// PreemptPSI is the memory pressure, PSI "full avg10" in percent,
 	// above which the governor stops the youngest attempt. Zero means 40;
-	// a negative value turns this trigger off; one above 100 is refused.
+	// a negative value turns this trigger off; one above 100, or NaN, is
+	// refused.
 	PreemptPSI float64
 
 	// OutputInMemory is how many bytes of each one-shot attempt's stdout,

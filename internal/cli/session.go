@@ -264,7 +264,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	// Without a cgroup per worker, when memory flags were given, say once
 	// how memory is watched instead, and what the memory governor plans
 	// with and measures workers by.
-	if !p.MemoryPerWorker() && (j.cfg.MemLimit > 0 || j.cfg.MemBudget > 0 || j.cfg.MemPerTask > 0) {
+	if !p.MemoryPerWorker() && (j.cfg.MemLimit > 0 || j.cfg.MemBudget > 0 || j.cfg.MemPerTask > 0 || j.cfg.MemReserve > 0) {
 		prog.pause(func() {
 			fmt.Fprintf(stderr, "safepool: %s; %s\n", p.MemoryModeReason(), p.MemoryGovernor())
 		})
