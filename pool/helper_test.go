@@ -176,6 +176,7 @@ func runWorker(mode string) int {
 //	sleep:MS         sleep, then answer
 //	hang             sleep forever
 //	hog              allocate and touch memory until killed
+//	childhog         run a child that does hog, wait for it, and answer with how it ended
 //	garbage          write junk on the result pipe
 //	closeout         close the result pipe and keep living
 //	bye              answer, then exit 0 at once (line protocol; see framed-raw)
@@ -229,6 +230,11 @@ func behave(in string) (string, error) {
 			keep = append(keep, b)
 			time.Sleep(5 * time.Millisecond)
 		}
+	case "childhog":
+		cmd := exec.Command(os.Args[0], "hog")
+		cmd.Env = append(os.Environ(), workerEnv+"=oneshot")
+		err := cmd.Run()
+		return fmt.Sprintf("child: %v", err), nil
 	case "garbage":
 		if os.Getenv(workerEnv) == "framed" {
 			// A whole header, of a kind that does not exist.

@@ -810,6 +810,25 @@ func requireCgroups(t *testing.T) {
 	}
 }
 
+// TestChildOOMThenExit: the OOM killer takes a task's child, and the
+// persistent worker answers the task and lives on; when it later exits 3
+// during another task, that task fails with exit:3. It used to fail with
+// oom: the group's OOM count was compared with its count at the worker's
+// start, which the child's kill had raised.
+func TestChildOOMThenExit(t *testing.T) {
+	requireCgroups(t)
+	cfg := config(pool.Line, 1)
+	cfg.MemLimit = 100 << 20
+	cfg.Pipeline = 1
+	got, _ := run(t, cfg, "childhog", "a", "exit:3")
+	if r := got[1]; r.State != pool.Done || !strings.Contains(string(r.Output), "signal: killed") {
+		t.Errorf("task 1 = %s %q, want done with the child killed", r.State, r.Output)
+	}
+	if r := got[3]; r.State != pool.Failed || r.Cause() != pool.ExitCause(3) {
+		t.Errorf("task 3 = %s %s, want failed exit:3", r.State, r.Cause())
+	}
+}
+
 // TestRealOOMKill runs the seed scenario: 40 tasks on 4 workers, each worker
 // in its own memory cgroup, task 7 allocating until the kernel OOM-kills it.
 func TestRealOOMKill(t *testing.T) {

@@ -670,6 +670,14 @@ func (s *Session) startFlight(f *Flight, at time.Time) {
 	g := s.cfg.Group
 	if len(s.inflight) == 1 && s.cfg.Spec.IO != IONone {
 		s.markOOM() // the worker was idle: its window starts anew
+		if s.groupCounts {
+			// So does its group's count: a kill counted while the worker
+			// lived on (the OOM killer took a task's child, and the
+			// worker answered) is not the next death's cause.
+			if n, err := g.OOMKills(); err == nil {
+				s.oomBase = n
+			}
+		}
 		if s.watch != nil {
 			s.watch.ResetPeak() // and its peak
 		}
