@@ -1,6 +1,7 @@
 package pool_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"github.com/safepool/safepool/internal/memory"
 	"github.com/safepool/safepool/internal/testenv"
 	"github.com/safepool/safepool/pool"
+	"golang.org/x/sys/unix"
 )
 
 func TestMain(m *testing.M) {
@@ -701,8 +703,48 @@ keep = []
 for line in sys.stdin:
     if line.strip() == "grow":
         keep.append(b"x" * (60 << 20))
+    if line.startswith("read:"):
+        with open(line.strip()[5:], "rb") as f:
+            while f.read(1 << 20):
+                pass
     print(os.getpid(), flush=True)
 `
+
+// TestMaxRSSNotPageCache: a worker that reads a file larger than MaxRSS
+// holds little; its cgroup's page cache of that file does not make it
+// bloated. It used to be replaced after every such task.
+func TestMaxRSSNotPageCache(t *testing.T) {
+	requireCgroups(t)
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		testenv.SkipOrFail(t, "python3 is not installed")
+	}
+	// 150 MiB on disk, not in the page cache: the worker's reading
+	// brings it there, charged to the worker's cgroup.
+	path := filepath.Join(t.TempDir(), "big")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := bytes.Repeat([]byte("y"), 1<<20)
+	for i := 0; i < 150; i++ {
+		if _, err := f.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	cfg := pool.Config{Command: []string{py, "-c", growWorker}, Protocol: pool.Line, Workers: 1, MaxRSS: 100 << 20}
+	got, _ := run(t, cfg, "pid", "read:"+path, "pid")
+	if p1, p3 := string(got[1].Output), string(got[3].Output); p1 != p3 {
+		t.Errorf("worker pids = %s, %s: the worker was replaced after reading a file, want it kept", p1, p3)
+	}
+}
 
 func TestMaxRSS(t *testing.T) {
 	py, err := exec.LookPath("python3")

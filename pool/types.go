@@ -482,8 +482,9 @@ type Config struct {
 	// this many tasks. Zero means no limit.
 	MaxTasksPerWorker int
 	// MaxRSS replaces a persistent worker whose memory exceeds this many
-	// bytes after a task: its cgroup's usage, or without a cgroup of its
-	// own, what its process tree alone holds (anonymous memory and swap).
+	// bytes after a task: its cgroup's usage less its inactive page cache
+	// (files read once), or without a cgroup of its own, what its process
+	// tree alone holds (anonymous memory and swap).
 	// Zero means no limit.
 	MaxRSS int64
 	// MemLimit caps each worker's memory in bytes: the worker runs in a

@@ -851,11 +851,12 @@ func (s *Session) succeed(f *Flight, output []byte) {
 	s.endFlight(f, Outcome{ExitCode: -1}, output)
 }
 
-// memoryInUse is the process's memory: its cgroup's usage where it has one,
-// otherwise what its process tree alone holds.
+// memoryInUse is the process's memory: its cgroup's usage less the
+// inactive page cache where it has one (a worker that read a large file
+// once is not bloated), otherwise what its process tree alone holds.
 func (s *Session) memoryInUse() (int64, error) {
 	if s.cfg.Group != nil {
-		return s.cfg.Group.Usage()
+		return s.cfg.Group.WorkingSet()
 	}
 	return memory.TreePrivateMemory(s.proc.Pid)
 }
