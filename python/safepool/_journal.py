@@ -8,8 +8,10 @@ function's qualified name. A task's key is the SHA-256 of the function's
 name and the pickled argument, so a call resumed with resume=True skips the
 arguments an earlier call of the same function finished, whatever their
 place, and returns their results from the journal (pickled in task.output).
-Results are committed at most every 150 ms, from the calling thread: a
-SIGKILL loses at most the results of that interval, which run again.
+Results are committed at most every 150 ms, from the calling thread, and
+at the latest 150 ms after they came, from a timer's thread while the
+caller waits for the next: a SIGKILL loses at most the results of that
+interval, which run again.
 """
 
 import collections
@@ -117,6 +119,12 @@ class _Call:
         self.seen = {}
         self.rows = []
         self.last = time.monotonic()
+        # Rows written since the last commit; the timer that commits them
+        # (owned by the call: ended in run's finally); closed once the
+        # call has committed for the last time.
+        self.dirty = False
+        self.timer = None
+        self.closed = False
         self.db.execute("BEGIN")
 
     def finished(self, k):
@@ -135,9 +143,29 @@ class _Call:
             self.db.execute(sql, args)
             now = time.monotonic()
             if now - self.last >= _FLUSH_EVERY:
-                self.db.execute("COMMIT")
-                self.db.execute("BEGIN")
-                self.last = now
+                self._commit(now)
+                return
+            self.dirty = True
+            if self.timer is None:
+                # Committed by the timer if nothing comes after it in
+                # time: the next result may be hours away.
+                self.timer = threading.Timer(_FLUSH_EVERY - (now - self.last), self._flush)
+                self.timer.daemon = True
+                self.timer.start()
+
+    def _commit(self, now):
+        """Commits what was written; under self.lock."""
+        self.db.execute("COMMIT")
+        self.db.execute("BEGIN")
+        self.last = now
+        self.dirty = False
+
+    def _flush(self):
+        """The timer's: commits what waits, unless the call has ended."""
+        with self.lock:
+            self.timer = None
+            if self.dirty and not self.closed:
+                self._commit(time.monotonic())
 
     def task(self, seq, k, arg, state, cause=None, attempts=0, output=None, peak=None):
         self.write("INSERT INTO task (run_id, id, key, input, state, attempts, cause, peak, output, ended)"
@@ -215,10 +243,16 @@ class _Call:
             status = 1 if failed else 0
         finally:
             with self.lock:
+                self.closed = True
+                timer, self.timer = self.timer, None
+                if timer is not None:
+                    timer.cancel()
                 self.db.execute("COMMIT")
                 self.db.execute("UPDATE run SET ended = ?, exit_status = ? WHERE id = ?",
                                 (time.time_ns(), status, self.run_id))
                 self.db.close()
+            if timer is not None:
+                timer.join()  # it may have started: it finds the call closed
 
 
 class _Results:

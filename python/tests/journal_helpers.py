@@ -18,3 +18,26 @@ def die_on_three(x):
     if x == 3:
         os._exit(3)
     return x * x
+
+
+def quick_then_stuck(x):
+    """x*x at once for x < 2; for larger x, never returns (sleeps)."""
+    if x >= 2:
+        import time
+        time.sleep(600)
+    return x * x
+
+
+def imap_and_print(path):
+    """imap quick_then_stuck over range(4) with journal path, printing
+    each result as it comes: the test kills this program while the last
+    two run."""
+    import safepool
+    with safepool.Pool(2, journal=path) as pool:
+        for v in pool.imap(quick_then_stuck, range(4)):
+            print(v, flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+    imap_and_print(sys.argv[1])

@@ -2,8 +2,12 @@
 finished, by function and argument."""
 import os
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
 import tempfile
+import time
 import unittest
 
 import safepool
@@ -64,6 +68,29 @@ class Journal(unittest.TestCase):
         db.close()
         self.assertEqual(task, [("failed", "exit:3", 1)])
         self.assertEqual(attempts, [(4, 1, "exit:3", 3, 1, 1)])
+
+    def test_results_committed_while_waiting(self):
+        # The results of tasks that ended close together are committed
+        # within the flush interval even when nothing comes after them
+        # for a long time: they were committed only with the next result,
+        # so a SIGKILL while the next tasks ran (for hours, overnight)
+        # lost them, and resume ran them again.
+        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        child = subprocess.Popen([sys.executable, "-m", "tests.journal_helpers", self.path],
+                                 stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+        try:
+            got = [child.stdout.readline(), child.stdout.readline()]
+            self.assertEqual(got, ["0\n", "1\n"])
+            time.sleep(1)  # several flush intervals; tasks 2 and 3 still run
+            self.assertIsNone(child.poll())
+        finally:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            child.stdout.close()
+        db = sqlite3.connect(self.path)
+        rows = db.execute("SELECT id, state FROM task ORDER BY id").fetchall()
+        db.close()
+        self.assertEqual(rows, [(1, "done"), (2, "done")])
 
     def test_older_journal(self):
         # A journal of an older schema is refused, with a clear error,
