@@ -68,17 +68,27 @@ class Journal:
         # The pool's imap reads its input in a thread of its own: _Call
         # takes its lock around every use of the connection.
         db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        (version,) = db.execute("PRAGMA user_version").fetchone()
-        if version > _SCHEMA_VERSION:
+        try:
+            # The version before WAL mode, which changes the file.
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version > _SCHEMA_VERSION:
+                raise ValueError("journal %s was made by a newer safepool (schema version %d)" % (self.path, version))
+            if 0 < version < _SCHEMA_VERSION:
+                raise ValueError("journal %s was made by an older safepool (schema version %d, this one writes %d):"
+                                 " use a new journal file" % (self.path, version, _SCHEMA_VERSION))
+            if version == 0:
+                # A journal's schema sets user_version before its tables:
+                # a version 0 file with any is another program's.
+                (objects,) = db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                if objects:
+                    raise ValueError("journal %s is not a safepool journal: a SQLite database of something else"
+                                     " (it has tables, and no journal's schema version): name a new file" % self.path)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_schema())
+        except BaseException:
             db.close()
-            raise ValueError("journal %s was made by a newer safepool (schema version %d)" % (self.path, version))
-        if 0 < version < _SCHEMA_VERSION:
-            db.close()
-            raise ValueError("journal %s was made by an older safepool (schema version %d, this one writes %d):"
-                             " use a new journal file" % (self.path, version, _SCHEMA_VERSION))
-        db.executescript(_schema())
+            raise
         return db
 
     def imap(self, pool, func, iterable, chunksize, ordered, errors, progress):

@@ -107,6 +107,22 @@ class Journal(unittest.TestCase):
         db.close()
         self.assertEqual(version, 2)
 
+    def test_foreign_database(self):
+        # A program's own SQLite database named by mistake is refused and
+        # left as it was: it used to get the journal's tables, and WAL mode.
+        db = sqlite3.connect(self.path)
+        db.execute("CREATE TABLE customers (name TEXT)")
+        db.execute("INSERT INTO customers VALUES ('ada')")
+        db.commit()
+        db.close()
+        with self.assertRaisesRegex(ValueError, "not a safepool journal"):
+            safepool.Pool(1, journal=self.path)
+        db = sqlite3.connect(self.path)
+        tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        (mode,) = db.execute("PRAGMA journal_mode").fetchone()
+        db.close()
+        self.assertEqual((tables, mode), ([("customers",)], "delete"))
+
     def test_resume_needs_journal(self):
         with self.assertRaises(ValueError):
             safepool.Pool(1, resume=True)
