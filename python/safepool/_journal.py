@@ -23,6 +23,7 @@ import sqlite3
 import sys
 import threading
 import time
+import types
 
 _FLUSH_EVERY = 0.15
 _SCHEMA_VERSION = 3  # the user_version of journal_schema.sql
@@ -35,10 +36,36 @@ def _schema() -> str:
 
 
 def qualname(func) -> str:
-    """The name a function is known by in the journal: module.qualname."""
-    module = getattr(func, "__module__", None) or "?"
-    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
-    return "%s.%s" % (module, name)
+    """The name a function is known by in the journal: module.qualname for
+    a function that has a name of its own, importable. Other callables (a
+    lambda, a closure or nested function, a bound method, a partial, an
+    instance with __call__) share their qualname with others that compute
+    something else (every lambda of a module is <lambda>, scaler(2) and
+    scaler(3) are both scaler.<locals>.f, and a callable instance's repr
+    holds its address): their name is followed by a digest of the callable
+    as the pool sends it, code, closure and state, so that resume never
+    takes one's results for another's."""
+    module = getattr(func, "__module__", None) or type(func).__module__ or "?"
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+    if isinstance(func, types.FunctionType) and name and "<" not in name:
+        return "%s.%s" % (module, name)
+    if not name:
+        name = type(func).__qualname__
+    return "%s.%s#%s" % (module, name, _digest(func))
+
+
+def _digest(func) -> str:
+    """A digest of func by value: its pickle, or cloudpickle's."""
+    try:
+        data = pickle.dumps(func, protocol=4)
+    except Exception:
+        try:
+            import cloudpickle  # type: ignore
+            data = cloudpickle.dumps(func, protocol=4)
+        except Exception:
+            # Not sendable to a worker either: the call fails there.
+            data = repr(func).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def key(name: str, arg) -> str:

@@ -20,6 +20,29 @@ def die_on_three(x):
     return x * x
 
 
+class Scaler:
+    """x*k, noting the call in $JOURNAL_TEST_DIR/calls; apply and the
+    instance itself (__call__) are the task functions."""
+
+    def __init__(self, k):
+        self.k = k
+
+    def apply(self, x):
+        return self(x)
+
+    def __call__(self, x):
+        with open(os.path.join(os.environ["JOURNAL_TEST_DIR"], "calls"), "a") as f:
+            f.write("%d\n" % x)
+        return x * self.k
+
+
+def scaler(k):
+    """A closure: x*k."""
+    def scale(x):
+        return x * k
+    return scale
+
+
 def quick_then_stuck(x):
     """x*x at once for x < 2; for larger x, never returns (sleeps)."""
     if x >= 2:

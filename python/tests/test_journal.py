@@ -107,6 +107,31 @@ class Journal(unittest.TestCase):
         db.close()
         self.assertEqual(version, 2)
 
+    def test_callables_that_share_a_name(self):
+        # Bound methods of two instances, two closures of one function and
+        # two lambdas have the same qualname, and compute different
+        # things: resume gave the second the first's results (exit 0,
+        # wrong values). Each is now its own; the same callable again
+        # (an equal instance, in a new pool) still resumes.
+        with safepool.Pool(2, journal=self.path, resume=True) as pool:
+            self.assertEqual(pool.map(journal_helpers.Scaler(2).apply, range(4)), [0, 2, 4, 6])
+            self.assertEqual(pool.map(journal_helpers.Scaler(3).apply, range(4)), [0, 3, 6, 9])
+            self.assertEqual(pool.map(journal_helpers.Scaler(5), range(4)), [0, 5, 10, 15])
+        self.assertEqual(self.calls(), [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+        with safepool.Pool(2, journal=self.path, resume=True) as pool:
+            self.assertEqual(pool.map(journal_helpers.Scaler(3).apply, range(4)), [0, 3, 6, 9])
+            self.assertEqual(pool.map(journal_helpers.Scaler(5), range(4)), [0, 5, 10, 15])
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "calls")))
+        try:
+            import cloudpickle  # noqa: F401
+        except ImportError:
+            return  # closures and lambdas cannot be sent without it
+        with safepool.Pool(2, journal=self.path, resume=True) as pool:
+            self.assertEqual(pool.map(journal_helpers.scaler(2), range(4)), [0, 2, 4, 6])
+            self.assertEqual(pool.map(journal_helpers.scaler(3), range(4)), [0, 3, 6, 9])
+            self.assertEqual(pool.map(lambda x: x + 1, range(4)), [1, 2, 3, 4])
+            self.assertEqual(pool.map(lambda x: x - 1, range(4)), [-1, 0, 1, 2])
+
     def test_foreign_database(self):
         # A program's own SQLite database named by mistake is refused and
         # left as it was: it used to get the journal's tables, and WAL mode.
