@@ -743,3 +743,36 @@ func TestForeignDatabase(t *testing.T) {
 	}
 	j.Close()
 }
+
+// TestNotAFile: --journal naming something other than a regular file (a
+// device such as /dev/null, a FIFO, a directory) is refused with the
+// reason, and nothing is made beside it: SQLite made FILE-journal there
+// (in /dev, for /dev/null) before it failed with "disk I/O error".
+func TestNotAFile(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sub := filepath.Join(dir, "sub")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{fifo, sub} {
+		j, err := Open(path)
+		if err == nil {
+			j.Close()
+			t.Errorf("Open(%s) succeeded", path)
+			continue
+		}
+		if !strings.Contains(err.Error(), "not a regular file") {
+			t.Errorf("Open(%s) = %v, want it to say it is not a regular file", path, err)
+		}
+	}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if e.Name() != "fifo" && e.Name() != "sub" {
+			t.Errorf("made %s", e.Name())
+		}
+	}
+}
