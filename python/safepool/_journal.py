@@ -8,10 +8,11 @@ function's qualified name. A task's key is the SHA-256 of the function's
 name and the pickled argument, so a call resumed with resume=True skips the
 arguments an earlier call of the same function finished, whatever their
 place, and returns their results from the journal (pickled in task.output).
-Results are committed at most every 150 ms, from the calling thread, and
-at the latest 150 ms after they came, from a timer's thread while the
-caller waits for the next: a SIGKILL loses at most the results of that
-interval, which run again.
+A task's rows are written as it settles, from the pool's thread (also
+when its result waits, in input order, behind a task that still runs),
+and committed at most every 150 ms, and at the latest 150 ms after they
+came, from a timer's thread while no other comes: a SIGKILL loses at most
+the results of that interval, which run again.
 """
 
 import collections
@@ -134,7 +135,9 @@ class _Call:
         self.name = qualname(func)
         self.func = func
         self.db = journal._connect()
-        self.lock = threading.Lock()  # guards db, seen, last
+        # Guards db, seen, last, placed and error; the pool's threads
+        # write the rows of the tasks that settle (settled) under it.
+        self.lock = threading.RLock()
         resumed = journal.resume or journal.resume_failed
         cur = self.db.execute(
             "INSERT INTO run (started, kind, command, argv, workers, memory_mode, mem_budget, mem_limit, resumed)"
@@ -162,6 +165,12 @@ class _Call:
         self.dirty = False
         self.timer = None
         self.closed = False
+        # The pending inputs by their place among those the pool gets:
+        # (seq, key, arg) until their task settles; how many it got; and
+        # the first error writing a settled task's rows, for the caller.
+        self.placed = {}
+        self.fed = 0
+        self.error = None
         self.db.execute("BEGIN")
 
     def finished(self, k):
@@ -218,11 +227,40 @@ class _Call:
                         a.exit_code if a.exit_code >= 0 else None, a.signal or None, a.peak_rss or None,
                         a.message or None))
 
+    def settled(self, pos, ok, value):
+        """The pool's, from its threads: records the task of the pos-th
+        input it got as it settles, also when results wait in order
+        behind one that still runs (a kill then loses none of them)."""
+        try:
+            with self.lock:
+                if self.closed:
+                    return
+                seq, k, arg = self.placed.pop(pos)
+                self.record(seq, k, arg, value)
+        except Exception as e:  # the pool's thread must go on: the caller gets it
+            with self.lock:
+                if self.error is None:
+                    self.error = e
+
+    def record(self, seq, k, arg, value):
+        """Rows of the task seq, of key k and argument arg, that ended with
+        value (an exception when it failed)."""
+        if isinstance(value, BaseException):
+            cause = getattr(value, "cause", None) or type(value).__name__
+            state = "poison" if cause == "poison" else "failed"
+            history = getattr(value, "history", None) or ()
+            peak = max([a.peak_rss for a in history] + [getattr(value, "peak_rss", 0) or 0])
+            self.task(seq, k, arg, state, cause, getattr(value, "attempts", 1) or 1, peak=peak)
+            self.attempts(seq, history)
+        else:
+            self.task(seq, k, arg, "done", None, 1, pickle.dumps(value, protocol=4))
+
     def run(self, iterable, chunksize, ordered, progress):
         from .errors import TaskFailed
-        # Inputs in order: ("skip", value or exception) or ("run", seq, key, arg).
-        # The pool pulls the pending ones through pending(); its results
-        # come in the same order (ordered) and are matched here.
+        # Inputs in order: ("skip", value or exception) or ("run",).
+        # The pool pulls the pending ones through pending(), and settled
+        # records their tasks as they end; its results come in the same
+        # order (ordered) and are matched here.
         entries = collections.deque()
         status = 1
         try:
@@ -231,7 +269,10 @@ class _Call:
                     k = key(self.name, arg)
                     row = self.finished(k)
                     if row is None:
-                        entries.append(("run", seq, k, arg))
+                        entries.append(("run",))
+                        with self.lock:
+                            self.placed[self.fed] = (seq, k, arg)
+                            self.fed += 1
                         yield arg
                         continue
                     state, cause, output = row
@@ -243,7 +284,8 @@ class _Call:
                             "task failed in an earlier run (%s); resume_failed=True runs it again" % (cause or state),
                             cause=cause or state, task_args=arg, function=self.func)))
 
-            results = self.pool._imap(self.func, pending(), chunksize, True, "return", progress)
+            results = self.pool._imap(self.func, pending(), chunksize, True, "return", progress,
+                                      on_settle=self.settled)
             failed = False
             it = iter(results)
             while True:
@@ -265,17 +307,12 @@ class _Call:
                     v = entries.popleft()[1]
                     failed = failed or isinstance(v, BaseException)
                     yield v
-                _, seq, k, arg = entries.popleft()
-                if isinstance(value, BaseException):
-                    failed = True
-                    cause = getattr(value, "cause", None) or type(value).__name__
-                    state = "poison" if cause == "poison" else "failed"
-                    history = getattr(value, "history", None) or ()
-                    peak = max([a.peak_rss for a in history] + [getattr(value, "peak_rss", 0) or 0])
-                    self.task(seq, k, arg, state, cause, getattr(value, "attempts", 1) or 1, peak=peak)
-                    self.attempts(seq, history)
-                else:
-                    self.task(seq, k, arg, "done", None, 1, pickle.dumps(value, protocol=4))
+                entries.popleft()  # settled recorded its task
+                with self.lock:
+                    error, self.error = self.error, None
+                if error is not None:
+                    raise error
+                failed = failed or isinstance(value, BaseException)
                 yield value
             status = 1 if failed else 0
         finally:

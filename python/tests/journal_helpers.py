@@ -51,16 +51,23 @@ def quick_then_stuck(x):
     return x * x
 
 
-def imap_and_print(path):
-    """imap quick_then_stuck over range(4) with journal path, printing
-    each result as it comes: the test kills this program while the last
-    two run."""
+def stuck_first(x):
+    """x*x at once, but for x == 0, which never returns (sleeps)."""
+    if x == 0:
+        import time
+        time.sleep(600)
+    return x * x
+
+
+def imap_and_print(path, func, n):
+    """imap func over range(n) with journal path, printing each result as
+    it comes: the test kills this program while some still run."""
     import safepool
     with safepool.Pool(2, journal=path) as pool:
-        for v in pool.imap(quick_then_stuck, range(4)):
+        for v in pool.imap(func, range(n)):
             print(v, flush=True)
 
 
 if __name__ == "__main__":
     import sys
-    imap_and_print(sys.argv[1])
+    imap_and_print(sys.argv[1], globals()[sys.argv[2]], int(sys.argv[3]))

@@ -76,7 +76,7 @@ class Journal(unittest.TestCase):
         # so a SIGKILL while the next tasks ran (for hours, overnight)
         # lost them, and resume ran them again.
         env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        child = subprocess.Popen([sys.executable, "-m", "tests.journal_helpers", self.path],
+        child = subprocess.Popen([sys.executable, "-m", "tests.journal_helpers", self.path, "quick_then_stuck", "4"],
                                  stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
         try:
             got = [child.stdout.readline(), child.stdout.readline()]
@@ -106,6 +106,34 @@ class Journal(unittest.TestCase):
         (version,) = db.execute("PRAGMA user_version").fetchone()
         db.close()
         self.assertEqual(version, 2)
+
+    def test_results_held_for_order_committed(self):
+        # imap returns results in input order: those done behind a task
+        # that still runs wait for it. They are in the journal all the
+        # same: they were written only as the caller took them, and a
+        # SIGKILL while the first task ran lost them all.
+        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        child = subprocess.Popen([sys.executable, "-m", "tests.journal_helpers", self.path, "stuck_first", "8"],
+                                 stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+        rows = []
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and len(rows) < 4:
+                time.sleep(0.2)
+                try:
+                    db = sqlite3.connect(self.path)
+                    rows = db.execute("SELECT id, state FROM task ORDER BY id").fetchall()
+                    db.close()
+                except sqlite3.Error:
+                    pass
+            self.assertIsNone(child.poll())
+        finally:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            child.stdout.close()
+        # Tasks 2 to 8, but those sent to the first task's worker behind it.
+        self.assertGreaterEqual(len(rows), 4, rows)
+        self.assertTrue(all(state == "done" and 2 <= i <= 8 for i, state in rows), rows)
 
     def test_callables_that_share_a_name(self):
         # Bound methods of two instances, two closures of one function and
