@@ -272,6 +272,32 @@ func (l *loader) loadCounts(ctx context.Context) error {
 	if err := closeRows(rows); err != nil {
 		return l.fail("counting causes", err)
 	}
+	// A task row that has no attempt rows counts its attempts itself, the
+	// last of them with its cause: the Python client writes attempt rows
+	// only for a task whose worker died, and none for a task done, or
+	// failed by its function's exception.
+	rows, err = l.db.QueryContext(ctx, `SELECT COALESCE(cause, ''), SUM(attempts), COUNT(*) FROM task t
+		WHERE run_id = ?1 AND attempts > 0 AND state NOT IN ('skipped', 'pending')
+		AND NOT EXISTS (SELECT 1 FROM attempt a WHERE a.run_id = t.run_id AND a.task_id = t.id)
+		GROUP BY 1`, r.ID)
+	if err != nil {
+		return l.fail("counting attempts", err)
+	}
+	for rows.Next() {
+		var c string
+		var attempts, tasks int
+		if err := rows.Scan(&c, &attempts, &tasks); err != nil {
+			rows.Close()
+			return l.fail("counting attempts", err)
+		}
+		r.Attempts += attempts
+		if c != "" {
+			get(c).Attempts += tasks
+		}
+	}
+	if err := closeRows(rows); err != nil {
+		return l.fail("counting attempts", err)
+	}
 	rows, err = l.db.QueryContext(ctx, `SELECT cause, COUNT(*) FROM task
 		WHERE run_id = ? AND cause IS NOT NULL AND cause != '' GROUP BY cause`, r.ID)
 	if err != nil {
