@@ -58,7 +58,7 @@ def qualname(func) -> str:
 def _digest(func) -> str:
     """A digest of func by value: its pickle, or cloudpickle's."""
     try:
-        data = pickle.dumps(func, protocol=4)
+        data = _canonical_dumps(func)
     except Exception:
         try:
             import cloudpickle  # type: ignore
@@ -75,8 +75,30 @@ def key(name: str, arg) -> str:
     h.update(b"python\0")
     h.update(name.encode("utf-8", "surrogatepass"))
     h.update(b"\0")
-    h.update(pickle.dumps(arg, protocol=4))
+    h.update(_canonical_dumps(arg))
     return h.hexdigest()
+
+
+class _CanonicalPickler(pickle.Pickler):
+    """A pickler whose sets and frozensets list their elements in the order
+    of their own pickles: a set's order follows its elements' hashes,
+    which for strings and bytes change from one interpreter to the next
+    (PYTHONHASHSEED), so that the same argument had another key in the run
+    that resumes, and ran again. Other objects pickle as they do with
+    pickle.dumps. (persistent_id, unlike reducer_override, is asked about
+    every object, sets included.)"""
+
+    def persistent_id(self, obj):
+        if type(obj) in (set, frozenset):
+            return (type(obj).__name__, tuple(sorted(_canonical_dumps(e) for e in obj)))
+        return None
+
+
+def _canonical_dumps(obj) -> bytes:
+    import io
+    buf = io.BytesIO()
+    _CanonicalPickler(buf, protocol=4).dump(obj)
+    return buf.getvalue()
 
 
 class Journal:

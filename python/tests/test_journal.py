@@ -160,6 +160,25 @@ class Journal(unittest.TestCase):
             self.assertEqual(pool.map(lambda x: x + 1, range(4)), [1, 2, 3, 4])
             self.assertEqual(pool.map(lambda x: x - 1, range(4)), [-1, 0, 1, 2])
 
+    def test_set_arguments_keep_their_key(self):
+        # A set's order follows its elements' hashes, which for strings
+        # change with each interpreter (PYTHONHASHSEED): an argument
+        # holding a set had another key in the run that resumed, and ran
+        # again. Its key is now the same in every interpreter, and an
+        # argument without a set keeps the key it always had.
+        code = ("from safepool._journal import key; "
+                "print(key('m.f', ('x', {'alpha', 'beta', 'gamma', 'delta'}, frozenset({'a', 'b', 'c'}))))")
+        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        keys = {subprocess.run([sys.executable, "-c", code], env=dict(env, PYTHONHASHSEED=str(seed)),
+                               capture_output=True, text=True, check=True).stdout for seed in range(1, 6)}
+        self.assertEqual(len(keys), 1, keys)
+        import hashlib
+        import pickle
+        from safepool import _journal
+        arg = {"a": [1.5, None, b"x"], "b": ("t", 3)}
+        plain = hashlib.sha256(b"python\0m.f\0" + pickle.dumps(arg, protocol=4)).hexdigest()
+        self.assertEqual(_journal.key("m.f", arg), plain)
+
     def test_foreign_database(self):
         # A program's own SQLite database named by mistake is refused and
         # left as it was: it used to get the journal's tables, and WAL mode.
