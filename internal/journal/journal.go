@@ -45,6 +45,10 @@ var ErrOlderSchema = errors.New("journal: made by an older safepool")
 // safepool's tables to it, nor switch it to WAL mode.
 var ErrNotJournal = errors.New("journal: not a safepool journal")
 
+// ErrInUse means another supervisor runs the same kind and command in the
+// journal: two at once would each run the tasks it does not have as done.
+var ErrInUse = errors.New("journal: in use")
+
 // SpanFile returns the path of the span file of the journal at path.
 func SpanFile(path string) string { return path + "-spans" }
 
