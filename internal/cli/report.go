@@ -128,12 +128,14 @@ func runReport(ctx context.Context, e *env, args []string) error {
 // FIFO, /dev/stdout) is written into as it is: renaming over it would
 // put a regular file in its place, /dev/null's for every program.
 func writeFileAtomic(path string, write func(io.Writer) error) error {
+	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
+		// Opened by its own path, which the kernel follows: /dev/stdout
+		// is a link of /proc to a pipe that has no path.
+		return writeInto(path, write)
+	}
 	target := linkTarget(path)
 	perm := os.FileMode(0o644)
 	if fi, err := os.Stat(target); err == nil {
-		if !fi.Mode().IsRegular() {
-			return writeInto(path, target, write)
-		}
 		perm = fi.Mode().Perm() // the file's own, as a program writing it would keep
 	}
 	f, err := os.CreateTemp(filepath.Dir(target), "."+filepath.Base(target)+".*")
@@ -177,10 +179,10 @@ func linkTarget(path string) string {
 	return path
 }
 
-// writeInto writes through write into target, path's file that is not a
-// regular file, opened as it is.
-func writeInto(path, target string, write func(io.Writer) error) error {
-	f, err := os.OpenFile(target, os.O_WRONLY, 0)
+// writeInto writes through write into path, which is not a regular file,
+// opened as it is.
+func writeInto(path string, write func(io.Writer) error) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
 	if err != nil {
 		return fmt.Errorf("cannot open %s: %w", path, err)
 	}

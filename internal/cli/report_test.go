@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -177,6 +178,26 @@ func TestReportOutputNotRegular(t *testing.T) {
 		}
 		if !strings.Contains(got.String(), "</html>") {
 			t.Errorf("read %d bytes from the FIFO, not the page", got.Len())
+		}
+	})
+
+	t.Run("pipe by a link", func(t *testing.T) {
+		// /dev/stdout when stdout is a pipe: a link of /proc to a pipe,
+		// which has no path of its own to write beside.
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		read := make(chan []byte)
+		go func() {
+			b, _ := io.ReadAll(r)
+			read <- b
+		}()
+		report(t, fmt.Sprintf("/proc/self/fd/%d", w.Fd()))
+		w.Close()
+		if b := <-read; !strings.Contains(string(b), "</html>") {
+			t.Errorf("read %d bytes from the pipe, not the page", len(b))
 		}
 	})
 
