@@ -101,6 +101,21 @@ def _canonical_dumps(obj) -> bytes:
     return buf.getvalue()
 
 
+def _check_file(path):
+    """Refuses a path that is not a regular file: SQLite takes a device or
+    FIFO for an empty database, and makes its files beside it (in /dev,
+    for /dev/null) before failing with "disk I/O error"."""
+    import stat
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "something else")
+        raise ValueError("journal %s is not a regular file but %s: name a file" % (path, kind))
+
+
 class Journal:
     """One Pool's journal: the path, whether to resume, and the pool's
     figures for the run rows."""
@@ -109,6 +124,7 @@ class Journal:
         if not isinstance(path, (str, bytes, os.PathLike)):
             raise TypeError("journal must be a path, not %r" % (path,))
         self.path = os.fspath(path)
+        _check_file(self.path)
         self.resume = bool(resume)
         self.resume_failed = bool(resume_failed)
         # Open once now, so that a path that cannot be written fails here.

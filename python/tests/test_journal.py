@@ -195,6 +195,18 @@ class Journal(unittest.TestCase):
         db.close()
         self.assertEqual((tables, mode), ([("customers",)], "delete"))
 
+    def test_not_a_file(self):
+        # A FIFO or a directory is refused with the reason, and nothing is
+        # made beside it (for a device, SQLite made PATH-journal there).
+        fifo = os.path.join(self.dir, "fifo")
+        os.mkfifo(fifo)
+        sub = os.path.join(self.dir, "sub")
+        os.mkdir(sub)
+        for path, kind in ((fifo, "a FIFO"), (sub, "a directory")):
+            with self.assertRaisesRegex(ValueError, "not a regular file but " + kind):
+                safepool.Pool(1, journal=path)
+        self.assertEqual(sorted(os.listdir(self.dir)), ["fifo", "sub"])
+
     def test_resume_needs_journal(self):
         with self.assertRaises(ValueError):
             safepool.Pool(1, resume=True)
