@@ -662,6 +662,11 @@ func (j *job) openOutputs(stdout io.Writer) (*joblog, *jsonOutput, *jobJournal, 
 		jl.close()
 		return nil, nil, nil, err
 	}
+	if jj != nil {
+		// map keeps the output of every task in the journal, but map
+		// --pipe's blocks' (journaled), whose output may be too long.
+		jj.atEnd = j.mode == "map" && j.journaled == nil
+	}
 	jsonOut, err := openJSONOutput(j.jsonPath, stdout)
 	if err != nil {
 		jl.close()
