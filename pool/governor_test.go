@@ -170,8 +170,10 @@ func TestGovernorHog(t *testing.T) {
 			if n := len(r.Attempts); n > 3 {
 				t.Errorf("hog had %d attempts, want at most 3 (it needs the whole budget, then runs alone)", n)
 			}
+			// Killed alone at the whole budget, it is poison at once, and
+			// its one attempt says so (below) instead.
 			first := r.Attempts[0]
-			if !strings.Contains(first.Message, "at the worker's limit") || first.PeakRSS < 90<<20 {
+			if !strings.Contains(first.Message, "at the worker's limit") && len(r.Attempts) > 1 || first.PeakRSS < 90<<20 {
 				t.Errorf("first attempt = %q, peak %d; want an OOM kill at the worker's limit near 100 MiB", first.Message, first.PeakRSS)
 			}
 			last := r.Attempts[len(r.Attempts)-1]

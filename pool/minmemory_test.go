@@ -92,7 +92,10 @@ func TestWatermarkLeavesNoMemory(t *testing.T) {
 		}
 		t.Fatal("New with PreemptAbove 1e-9 = nil error, want one")
 	}
-	if want := "Config.PreemptAbove of 1e-09 leaves the workers only"; !strings.Contains(err.Error(), want) {
-		t.Errorf("New with PreemptAbove 1e-9 = %v, want an error that says %q", err, want)
+	// Refused as below 1% (a fraction taken for a percentage), or as
+	// leaving the workers too little: either way PreemptAbove is named,
+	// and the reserve is not blamed.
+	if want := "Config.PreemptAbove of 1e-09 "; !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "reserve") {
+		t.Errorf("New with PreemptAbove 1e-9 = %v, want an error that names %q, not the reserve", err, want)
 	}
 }
