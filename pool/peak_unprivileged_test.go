@@ -44,6 +44,15 @@ func TestOneShotPeakNotTheSupervisors(t *testing.T) {
 	if peak, _ := strconv.ParseInt(g[1], 10, 64); peak < 64<<20 {
 		t.Errorf("a one-shot job that grew to 64 MiB: peak %d bytes, want at least 64 MiB\n%s", peak, text)
 	}
+	// One that held 5 MiB for a moment was reported with its one early
+	// sample, 1.5 MiB; its peak is unknown (0) or its own.
+	g = regexp.MustCompile(`(?m)^small done: peak (\d+)$`).FindStringSubmatch(text)
+	if g == nil {
+		t.Fatalf("supervisor output:\n%s\nwant the small job done with its peak", text)
+	}
+	if peak, _ := strconv.ParseInt(g[1], 10, 64); peak != 0 && peak < 5<<20 {
+		t.Errorf("a one-shot job that held 5 MiB: peak %d bytes, want unknown (0) or at least 5 MiB\n%s", peak, text)
+	}
 }
 
 // runContainerPeak is the supervisor of TestOneShotPeakNotTheSupervisors:
@@ -64,6 +73,22 @@ func runContainerPeak() int {
 	for r := range p.Results() {
 		a := r.Attempts[len(r.Attempts)-1]
 		fmt.Printf("grow %s: peak %d\n%s", r.State, a.PeakRSS, a.Message)
+	}
+
+	// A job that holds 5 MiB for a moment and ends: sampled once, early.
+	if py, err := exec.LookPath("python3"); err == nil {
+		p, err = pool.New(pool.Config{Command: []string{py, "-c", "b = bytearray(5 << 20)"}, Workers: 1, Stderr: os.Stderr})
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		go func() {
+			defer p.Close()
+			p.Submit(context.Background(), pool.Task{Input: []byte("x")})
+		}()
+		for r := range p.Results() {
+			fmt.Printf("small %s: peak %d\n", r.State, r.Attempts[len(r.Attempts)-1].PeakRSS)
+		}
 	}
 
 	hold := make([]byte, 64<<20)

@@ -192,8 +192,9 @@ func (s *Session) exitOutcome(exit Exit, cause Cause, f *Flight) Outcome {
 		if s.watch.Samples() < 2 {
 			// Sampled once, 5 ms after its start: what it held then says
 			// nothing of its peak (a job that grew to 60 MiB in 80 ms was
-			// reported at 1.5 MiB). Its own maxrss, when known, does.
-			p = max(p, o.PeakRSS)
+			// reported at 1.5 MiB, one that held 5 MiB likewise). Its own
+			// maxrss, when known, does; otherwise the peak is unknown.
+			p = o.PeakRSS
 		}
 		o.PeakRSS = p
 	}
