@@ -143,6 +143,10 @@ type profile [profileBins]float64
 type slotMem struct {
 	meter meter
 	usage int64
+	// live says a persistent worker runs in the slot, and up that it has
+	// shown it is ready (a framed worker's ready frame, a line worker's
+	// first answer): what its start-up takes is in its usage by then.
+	live, up bool
 }
 
 // meter is what measures the worker in one runner slot: its cgroup, or,
@@ -662,7 +666,7 @@ func (g *governor) release(id uint64) {
 // setGroup records the cgroup of the worker in slot, or nil.
 func (g *governor) setGroup(slot int, grp *memory.Group) {
 	g.mu.Lock()
-	g.slots[slot] = slotMem{meter: meter{group: grp}}
+	g.slots[slot].meter, g.slots[slot].usage = meter{group: grp}, 0
 	g.mu.Unlock()
 }
 
@@ -675,8 +679,75 @@ func (g *governor) setWatch(slot int, w *memory.Watch) {
 		return
 	}
 	g.mu.Lock()
-	g.slots[slot] = slotMem{meter: meter{watch: w}}
+	g.slots[slot].meter, g.slots[slot].usage = meter{watch: w}, 0
 	g.mu.Unlock()
+}
+
+// workerLive records that a persistent worker started in slot (live) or
+// ended (!live). It does nothing when the governor is off.
+func (g *governor) workerLive(slot int, live bool) {
+	if g == nil {
+		return
+	}
+	g.mu.Lock()
+	g.slots[slot].live, g.slots[slot].up = live, false
+	g.mu.Unlock()
+}
+
+// workerUp records that slot's persistent worker is ready.
+func (g *governor) workerUp(slot int) {
+	if g == nil {
+		return
+	}
+	g.mu.Lock()
+	g.slots[slot].up = true
+	g.mu.Unlock()
+}
+
+// mayStartWorker reports whether slot may start a persistent worker now,
+// and if so counts it live from now (workerLive(slot, false) undoes that
+// when the start fails), so that slots asking at once are answered one
+// after another.
+// Workers that load a model or a library as they start hold much before
+// their first task: started together in a container too small for all of
+// them, they were OOM-killed together at start-up, and the pool gave up
+// with nothing done. So where memory is short (the workers, each at the
+// most a running worker holds and at least coldGuess, would not fit in
+// half the capacity), a worker starts only beside workers that are ready,
+// one start at a time, and only while one more worker of the most a
+// running one holds fits beside what is committed. The first worker
+// always may. It is always true when the governor is off.
+func (g *governor) mayStartWorker(slot int) bool {
+	if g == nil {
+		return true
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	live, starting := 0, false
+	var most int64
+	for i, s := range g.slots {
+		if i == slot || !s.live {
+			continue
+		}
+		live++
+		most = max(most, s.usage)
+		starting = starting || !s.up
+	}
+	c := g.capacityLocked()
+	ok := false
+	switch {
+	case live == 0:
+		ok = true
+	case int64(g.workers)*max(coldGuess, most) <= c/2:
+		ok = true
+	case starting:
+	default:
+		ok = g.committedLocked()+most <= c
+	}
+	if ok {
+		g.slots[slot].live, g.slots[slot].up = true, false
+	}
+	return ok
 }
 
 // observe learns from task id's successful attempt a, before its

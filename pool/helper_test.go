@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -116,6 +117,16 @@ func runWorker(mode string) int {
 			fmt.Fprintln(os.Stderr, "license server unreachable")
 			return 4
 		}
+		return runWorker("line")
+	case "fat-start":
+		// A line worker that loads $FAT_MB MiB before it reads a line,
+		// as a model or a large library would.
+		mb, _ := strconv.Atoi(os.Getenv("FAT_MB"))
+		fat := make([]byte, mb<<20)
+		for i := 0; i < len(fat); i += 4096 {
+			fat[i] = 1
+		}
+		defer runtime.KeepAlive(fat)
 		return runWorker("line")
 	case "dead-at-start":
 		fmt.Fprintln(os.Stderr, "cannot load model: file not found")

@@ -42,6 +42,8 @@ func TestMain(m *testing.M) {
 			os.Exit(runContainerSeed())
 		case "container-oneshot":
 			os.Exit(runContainerOneShot())
+		case "container-fatstart":
+			os.Exit(runContainerFatStart())
 		case "container-gocrash":
 			os.Exit(runContainerGoCrash())
 		case "container-peak":

@@ -80,6 +80,7 @@ func (r *runner) reap() {
 	for i := len(requeue) - 1; i >= 0; i-- {
 		r.p.send(report{kind: reportRequeue, task: requeue[i]})
 	}
+	r.p.gov.workerLive(r.slot, false)
 	r.s = nil
 }
 

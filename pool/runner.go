@@ -113,6 +113,24 @@ func (r *runner) run() {
 	r.runPersistent()
 }
 
+// waitForMemory waits until the memory governor lets the slot start a
+// persistent worker (governor.mayStartWorker). It reports false when the
+// pool stops meanwhile.
+func (r *runner) waitForMemory() bool {
+	for !r.p.gov.mayStartWorker(r.slot) {
+		select {
+		case <-time.After(200 * time.Millisecond):
+		case h := <-r.hold:
+			r.applyHold(h, nil)
+		case <-r.p.abortCh:
+			return false
+		case <-r.p.quit:
+			return false
+		}
+	}
+	return r.waitHeld()
+}
+
 // restartDelay is the wait before the slot's next worker after
 // failedStarts failures in a row: 100 ms, doubled after each further
 // failure, up to Config.MaxBackoff.
@@ -161,7 +179,11 @@ func (r *runner) runPersistent() {
 					return
 				}
 			}
+			if !r.waitForMemory() {
+				return
+			}
 			if !r.spawn() {
+				r.p.gov.workerLive(r.slot, false)
 				r.failedStarts++
 				continue
 			}
@@ -334,6 +356,8 @@ func (r *runner) shim() memory.Shim {
 type sessionHost runner
 
 func (h *sessionHost) Up() { h.p.send(report{kind: reportWorkerUp}) }
+
+func (h *sessionHost) Ready() { h.p.gov.workerUp(h.slot) }
 
 func (h *sessionHost) Started(f *worker.Flight) {
 	h.p.emit(Event{Kind: EventAttemptStarted, TaskID: f.ID, WorkerPID: h.s.PID(), Time: f.StartedAt()})

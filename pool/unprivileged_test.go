@@ -301,6 +301,53 @@ func runContainerGoCrash() int {
 	return 0
 }
 
+// TestFatStartUnprivileged: six line workers that each hold 100 MiB
+// before their first task, in a 400 MiB container, as nobody. They used to
+// start together, be OOM-killed together at start-up, and the pool gave
+// up with nothing done (exit 2 on the command line). The memory governor
+// now starts them one after another while memory is short, and only as
+// many as fit: every task is done.
+func TestFatStartUnprivileged(t *testing.T) {
+	dir := containerFor(t, 400<<20)
+	text, err := superviseAsNobody(t, dir, workerEnv+"=container-fatstart")
+	if err != nil {
+		t.Fatalf("supervisor: %v; output:\n%s", err, text)
+	}
+	t.Log(text)
+	if !strings.Contains(text, "done 30 of 30, err <nil>\n") {
+		t.Errorf("supervisor output:\n%s\nwant every task done", text)
+	}
+}
+
+// runContainerFatStart is the supervisor of TestFatStartUnprivileged.
+func runContainerFatStart() int {
+	cfg := config(pool.Line, 6)
+	cfg.Env = append(workerEnvFor("fat-start"), "FAT_MB=100")
+	cfg.Stderr = io.Discard
+	p, err := pool.New(cfg)
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	go func() {
+		defer p.Close()
+		for i := 0; i < 30; i++ {
+			p.Submit(context.Background(), pool.Task{Input: []byte("sleep:50")})
+		}
+	}()
+	done := 0
+	for r := range p.Results() {
+		if r.State == pool.Done {
+			done++
+		} else {
+			fmt.Printf("task %d %s %s: %s\n", r.ID, r.State, r.Cause(), r.Err())
+		}
+	}
+	fmt.Printf("done %d of 30, err %v\n", done, p.Err())
+	fmt.Printf("memory mode: %s (%s); started %d workers\n", p.MemoryMode(), p.MemoryModeReason(), p.Stats().WorkersStarted)
+	return 0
+}
+
 // TestLeftoversUnprivileged: without a cgroup per worker, a daemon that a
 // one-shot job starts (setsid, out of its process group) ends soon after
 // its job, while the pool goes on, as it does where the job's cgroup is

@@ -188,6 +188,7 @@ func (s *Session) handleFrame(fr protocol.Frame) {
 				v, protocol.Version, protocol.BiasVersion))
 		default:
 			s.ready, s.batches, s.ranges = true, v >= protocol.BatchVersion, v >= protocol.PageVersion
+			s.host.Ready()
 			s.host.Up()
 		}
 	case protocol.KindStart:

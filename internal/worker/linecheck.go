@@ -144,6 +144,7 @@ func (s *Session) checkGate(now time.Time) {
 	if ready {
 		s.line.gateOpen = true
 		s.startReader()
+		s.host.Ready()
 	}
 }
 

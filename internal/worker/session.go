@@ -90,6 +90,10 @@ type Host interface {
 	// Up is called when the process became ready (its ready frame) or gave
 	// its first answer.
 	Up()
+	// Ready is called once the process has started: a framed worker's
+	// ready frame, or a line worker seen waiting for its first line (or
+	// past StartTimeout). What its start-up took is in its memory by then.
+	Ready()
 	// Started is called when f started running.
 	Started(f *Flight)
 	// Ended is called when f ended while the process lives: with a result

@@ -134,6 +134,7 @@ type ending struct {
 }
 
 func (h *host) Up()                                 {}
+func (h *host) Ready()                              {}
 func (h *host) Started(f *Flight)                   {}
 func (h *host) Answered(f *Flight, a Answer, i int) {}
 func (h *host) Note(n Note)                         { h.notes = append(h.notes, n) }
