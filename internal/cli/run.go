@@ -104,6 +104,14 @@ func (a *runArgs) parse(e *env, args []string) error {
 	}
 	rest := fs.Args()
 	for i, s := range rest {
+		if s == "::::" || s == "::::+" {
+			// Left in CMD, it would be an argument of every job, with the
+			// file's name, while the inputs came from stdin.
+			return usagef("run", "%s (GNU parallel's input file) is not supported: use -a FILE", s)
+		}
+		if s == ":::+" {
+			return usagef("run", "%s (GNU parallel's linked input list) is not supported: give one ::: list", s)
+		}
 		if s == ":::" {
 			a.cmd, a.colonArgs, a.colons = rest[:i], rest[i+1:], true
 			break

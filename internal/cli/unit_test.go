@@ -121,6 +121,9 @@ func TestTemplate(t *testing.T) {
 		{"shell appended", []string{"echo a b"}, "x y", 1, []string{"sh", "-c", "echo a b 'x y'"}},
 		{"shell plain value", []string{"gzip -c {}"}, "a/b-1.txt", 1, []string{"sh", "-c", "gzip -c a/b-1.txt"}},
 		{"empty input", []string{"echo", "[{}]"}, "", 1, []string{"echo", "[]"}},
+		{"regular expression counts", []string{"grep", "-E", "^a{2}[0-9]{3}.{4}(ab){1}"}, "x", 1, []string{"grep", "-E", "^a{2}[0-9]{3}.{4}(ab){1}", "x"}},
+		{"braces of awk", []string{"awk", "{print $1}"}, "x", 1, []string{"awk", "{print $1}", "x"}},
+		{"not a number", []string{"echo", "{a}{0}{1x}"}, "x", 1, []string{"echo", "{a}{0}{1x}", "x"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -144,6 +147,15 @@ func TestTemplateErrors(t *testing.T) {
 		{"empty", nil, "missing command"},
 		{"slot", []string{"echo", "{%}"}, "{%}"},
 		{"command is a replacement", []string{"{}", "x"}, "sh -c"},
+		{"positional", []string{"echo", "{1}"}, "{1} of GNU parallel is not supported"},
+		{"positional with text", []string{"convert", "{1}", "out/{1}.png"}, "{1} of GNU parallel"},
+		{"positional extension", []string{"echo", "x{2.}.txt"}, "{2.} of GNU parallel"},
+		{"positional basename", []string{"echo", "{1/}"}, "{1/}"},
+		{"positional dirname", []string{"echo", "{1//}"}, "{1//}"},
+		{"positional both", []string{"echo", "{1/.}"}, "{1/.}"},
+		{"positional in a shell line", []string{"convert {1} {1.}.png"}, "{1} of GNU parallel"},
+		{"positional after an equals sign", []string{"tool", "--in={2}"}, "{2}"},
+		{"perl expression", []string{"echo", "{= s/a/b/ =}"}, "{= s/a/b/ =}"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -562,6 +574,9 @@ func TestUsageErrors(t *testing.T) {
 		{"missing command", []string{"run", "-j", "2"}, "safepool run: missing command"},
 		{"missing command before colons", []string{"run", ":::", "a"}, "safepool run: missing command"},
 		{"two colon lists", []string{"run", "echo", ":::", "a", ":::", "b"}, "safepool run: only one ::: list is supported"},
+		{"input file list", []string{"run", "echo", "::::", "f"}, "safepool run: :::: (GNU parallel's input file) is not supported: use -a FILE"},
+		{"linked list", []string{"run", "echo", ":::+", "a"}, "safepool run: :::+ (GNU parallel's linked input list) is not supported"},
+		{"positional", []string{"run", "echo", "{1}", ":::", "a"}, "safepool run: the replacement string {1} of GNU parallel is not supported"},
 		{"colons and -a", []string{"run", "-a", "f", "echo", ":::", "a"}, "safepool run: give inputs with -a or with :::, not both"},
 		{"slot", []string{"run", "echo", "{%}"}, "safepool run: the replacement string {%} (worker slot) is not supported"},
 		{"map no worker", []string{"map", "-j", "2"}, "safepool map: missing worker command (--worker 'CMD')"},
