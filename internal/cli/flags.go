@@ -210,8 +210,56 @@ func parseFlags(cmd string, fs *pflag.FlagSet, args []string) error {
 	if h := fs.Lookup("help"); h != nil && h.Value.String() == "true" {
 		return errHelp
 	}
+	var err error
+	fs.Visit(func(f *pflag.Flag) {
+		if err == nil {
+			err = dashArgument(f)
+		}
+	})
+	if err != nil {
+		return &usageError{cmd: cmd, err: err}
+	}
 	return nil
 }
+
+// dashArgument refuses an argument of f that starts with '-': pflag takes
+// the word after a flag as its argument whatever it is, so that in
+// "--joblog -k echo" -k would be a file name, not the flag, and nothing
+// would say so. "-" alone is stdin or stdout, where a flag takes it
+// (stdinOK); --recend's argument is text, which may start with '-'.
+func dashArgument(f *pflag.Flag) error {
+	if f.Name == "recend" || f.Hidden {
+		return nil
+	}
+	var values []string
+	switch v := f.Value.(type) {
+	case pflag.SliceValue:
+		values = v.GetSlice()
+	default:
+		if f.Value.Type() != "string" {
+			return nil // numbers, sizes, durations and --json check their own
+		}
+		values = []string{f.Value.String()}
+	}
+	for _, s := range values {
+		if !strings.HasPrefix(s, "-") || s == "-" && dashOK[f.Name] {
+			return nil
+		}
+		name, _ := pflag.UnquoteUsage(f)
+		hint := ""
+		if name == "FILE" || name == "DIR" || name == "OUT" {
+			hint = fmt.Sprintf(" (write ./%s for a file named so)", s)
+		}
+		if s == "-" {
+			return fmt.Errorf("--%s %s: - is not stdin or stdout here%s", f.Name, name, hint)
+		}
+		return fmt.Errorf("--%s %s: %s is a flag, where %s should be%s", f.Name, name, s, name, hint)
+	}
+	return nil
+}
+
+// dashOK are the flags that take "-" for stdin or stdout.
+var dashOK = map[string]bool{"arg-file": true, "output": true}
 
 // errHelp says that the user asked for help; the subcommand prints it and
 // exits 0.
