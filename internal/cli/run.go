@@ -217,7 +217,8 @@ func dryRun(e *env, tmpl *cmdTemplate, src source) error {
 			return nil
 		}
 		if err != nil {
-			return &statusError{status: exitFailed, err: err}
+			// As for a run: an input that cannot be read stops it (exit 3).
+			return &statusError{status: exitAborted, err: err}
 		}
 		seq++
 		args := tmpl.expand(in, seq)
