@@ -63,7 +63,8 @@ Block mode, for commands that read their input to EOF (sort, wc, gzip, a
 transform that does not flush per line): --pipe cuts the input into blocks
 of whole lines, each up to --block bytes (default 1MiB, as GNU parallel's
 --pipe), or of records ending with --recend. Each block is one task, run by
-a process of its own that reads the block on its stdin; when it succeeds,
+a process of its own that reads the block on its stdin ({#} in the
+command is the block's number: 'cat > part{#}'); when it succeeds,
 its whole stdout is the block's output, as blocks finish or, with
 --keep-order, in input order. A block whose process dies or fails is
 retried (--retries) or failed whole, and writes nothing on stdout; the
