@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"syscall"
+
+	"golang.org/x/term"
 )
 
 // source yields the inputs of a job, one at a time, with backpressure: it
@@ -200,4 +203,18 @@ func newSource(argsAfterColons []string, haveColons bool, files []string, stdin 
 	default:
 		return openFiles([]string{"-"}, stdin, sep, max, why)
 	}
+}
+
+// terminalNotice says on stderr that what (the inputs, the input) is read
+// from the terminal, with hint on how else to give it, when it is: stdin is read (no -a, or -a -) and is a
+// terminal. A command line that forgot its ::: or -a, or the pipe into
+// safepool, would otherwise wait without a word; GNU parallel warns too.
+func terminalNotice(e *env, files []string, what, hint string) {
+	if len(files) > 0 && !slices.Contains(files, "-") {
+		return
+	}
+	if f, ok := e.stdin.(*os.File); !ok || !term.IsTerminal(int(f.Fd())) {
+		return
+	}
+	fmt.Fprintf(e.stderr, "safepool: reading %s from the terminal until Ctrl-D (%s)\n", what, hint)
 }

@@ -246,6 +246,7 @@ func runMap(ctx context.Context, e *env, args []string) error {
 		return &statusError{status: exitUsage, err: err}
 	}
 	defer src.close()
+	terminalNotice(e, a.common.argFiles, "input lines", "give -a FILE, or pipe them in")
 
 	j := &job{
 		mode: "map",

@@ -51,6 +51,7 @@ func runMapPipe(ctx context.Context, e *env, a *mapArgs, command []string, viaSh
 		return &statusError{status: exitUsage, err: err}
 	}
 	defer src.close()
+	terminalNotice(e, a.common.argFiles, "the input", "give -a FILE, or pipe it in")
 
 	journaled := a.common.journal.path != ""
 	toldUnkept := false

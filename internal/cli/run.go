@@ -166,6 +166,9 @@ func runRun(ctx context.Context, e *env, args []string) error {
 		return &statusError{status: exitUsage, err: err}
 	}
 	defer src.close()
+	if !a.colons {
+		terminalNotice(e, a.common.argFiles, "inputs", "give them after ::: or with -a FILE, or pipe them in")
+	}
 
 	if a.dryRun {
 		return dryRun(e, tmpl, src)

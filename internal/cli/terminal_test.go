@@ -1,0 +1,91 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// openPTY returns the two ends of a new pseudo-terminal: what is written
+// to master is read from slave as typed on a terminal.
+func openPTY(t *testing.T) (master, slave *os.File) {
+	t.Helper()
+	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminal: %v", err)
+	}
+	t.Cleanup(func() { m.Close() })
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatalf("unlocking the pseudo-terminal: %v", err)
+	}
+	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatalf("naming the pseudo-terminal: %v", err)
+	}
+	s, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatalf("opening the pseudo-terminal: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return m, s
+}
+
+// TestTerminalNotice: inputs read from a terminal (a command line that
+// forgot its ::: or -a) are announced on stderr, so that safepool is not
+// taken for hung; they are still read, up to Ctrl-D. Inputs from elsewhere
+// are not announced.
+func TestTerminalNotice(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		notice string // "" when none is due
+		out    string
+	}{
+		{"run", []string{"run", "-q", "-k", "echo", "x"}, "reading inputs from the terminal until Ctrl-D (give them after ::: or with -a FILE", "x a\nx b\n"},
+		{"run -a -", []string{"run", "-q", "-k", "-a", "-", "echo", "x"}, "reading inputs from the terminal", "x a\nx b\n"},
+		{"run :::", []string{"run", "-q", "echo", "x", ":::", "c"}, "", "x c\n"},
+		{"run dry-run", []string{"run", "--dry-run", "echo"}, "reading inputs from the terminal", "echo a\necho b\n"},
+		{"map", []string{"map", "-q", "-k", "cat"}, "reading input lines from the terminal until Ctrl-D", "a\nb\n"},
+		{"map --pipe", []string{"map", "-q", "--pipe", "cat"}, "reading the input from the terminal until Ctrl-D", "a\nb\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			master, slave := openPTY(t)
+			var stdout, stderr bytes.Buffer
+			done := make(chan int, 1)
+			go func() { done <- Run(context.Background(), tc.args, slave, &stdout, &stderr) }()
+			if tc.notice != "" {
+				// Typed once safepool reads: a line and then Ctrl-D at the
+				// start of a line, the terminal's end of input.
+				if _, err := master.WriteString("a\nb\n\x04"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			select {
+			case code := <-done:
+				if code != 0 {
+					t.Fatalf("Run(%q) = %d, want 0; stderr:\n%s", tc.args, code, stderr.String())
+				}
+			case <-time.After(20 * time.Second):
+				master.WriteString("\x04\x04")
+				<-done
+				t.Fatalf("Run(%q) did not end at Ctrl-D; stderr:\n%s", tc.args, stderr.String())
+			}
+			if stdout.String() != tc.out {
+				t.Errorf("Run(%q) stdout = %q, want %q", tc.args, stdout.String(), tc.out)
+			}
+			got := strings.Contains(stderr.String(), "from the terminal")
+			if tc.notice == "" && got {
+				t.Errorf("Run(%q) stderr = %q, want no notice: the inputs are not read from the terminal", tc.args, stderr.String())
+			}
+			if tc.notice != "" && !strings.Contains(stderr.String(), "safepool: "+tc.notice) {
+				t.Errorf("Run(%q) stderr = %q, want the notice %q", tc.args, stderr.String(), tc.notice)
+			}
+		})
+	}
+}
