@@ -198,6 +198,14 @@ func runRun(ctx context.Context, e *env, args []string) error {
 		viaShell:   tmpl.viaShell(),
 		e:          e,
 	}
+	if !tmpl.shell && strings.ContainsAny(a.cmd[0], " \t|;&<>()$`*?") {
+		// 'gzip -9' {} or 'ls|wc': a shell command line cut in two, or
+		// without spaces, taken for a program's name.
+		j.notFoundHint = "a shell command line runs under sh -c when it is one argument with a space"
+		if line := strings.Join(a.cmd, " "); strings.ContainsAny(line, " \t") && !strings.Contains(line, "'") {
+			j.notFoundHint += ", such as '" + line + "'"
+		}
+	}
 	var status int
 	if a.nats.url != "" {
 		status = j.executeRemote(ctx, &a.nats)
