@@ -55,6 +55,11 @@ type cmdTemplate struct {
 	// appendInput reports whether CMD has no replacement string at all, in
 	// which case the input is added as the last argument.
 	appendInput bool
+	// ctxs are, in shell mode, where each replacement string of the
+	// command line stands: outside quotes, or inside '...' or "...", so
+	// that its value is quoted for that place (quoteValue). nil: every
+	// value is quoted as a word of its own (quoteContexts).
+	ctxs []quoteCtx
 }
 
 // parseTemplate parses the command of safepool run.
@@ -84,6 +89,7 @@ func parseTemplate(cmd []string) (*cmdTemplate, error) {
 	t.appendInput = !found
 	if t.shell {
 		t.exec = shellWords(cmd[0]).kind != shellKeep
+		t.ctxs, _ = quoteContexts(t.words[0])
 	}
 	return t, nil
 }
@@ -216,6 +222,7 @@ func tokenIndex(k replacement) int {
 // as --dry-run shows it.
 func (t *cmdTemplate) expand(input []byte, seq uint64) []string {
 	in := string(input)
+	n := 0 // replacement strings met so far, for t.ctxs
 	value := func(k replacement) string {
 		var v string
 		switch k {
@@ -233,7 +240,12 @@ func (t *cmdTemplate) expand(input []byte, seq uint64) []string {
 			v = strconv.FormatUint(seq, 10)
 		}
 		if t.shell {
-			v = shellQuote(v)
+			ctx := ctxBare
+			if n < len(t.ctxs) {
+				ctx = t.ctxs[n]
+			}
+			n++
+			v = quoteValue(v, ctx)
 		}
 		return v
 	}

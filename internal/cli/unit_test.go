@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"runtime/debug"
@@ -924,4 +925,73 @@ func addResults(s *summary, rs ...*pool.Result) {
 		}
 	}
 	s.setTasks(st)
+}
+
+// TestShellValuesInQuotes runs shell command lines of safepool run whose
+// replacement strings stand outside quotes, inside '...' and inside "...",
+// also within $(...), with hostile inputs, through sh: each value must
+// reach the command exactly as the input, never run as a command. A value
+// inside quotes used to be shell-quoted as a word of its own there: its
+// quotes became part of it, and $(...) or ; in it ran.
+func TestShellValuesInQuotes(t *testing.T) {
+	inputs := []string{"plain", "a b", "it's", `"`, "'", "''", "$(echo RAN)", "`echo RAN`", `\`, `a\nb`,
+		"a;echo RAN", "line\nbreak", "*", "$HOME", "!", "-n", "", "${x:-RAN}", `\"'$`, "{}"}
+	for _, tc := range []struct{ line, want string }{
+		{`printf '[%s]\n' {}`, "[V]\n"},
+		{`printf '[%s]\n' '{}'`, "[V]\n"},
+		{`printf '[%s]\n' "{}"`, "[V]\n"},
+		{`printf '[%s]\n' "<{}>" '<{}>' x{}x`, "[<V>]\n[<V>]\n[xVx]\n"},
+		{`printf '[%s]\n' "$(printf '%s' "{}")"`, "[V]\n"},
+		{`printf '[%s]\n' "$(printf '%s' '{}')"`, "[V]\n"},
+		{`printf '[%s]\n' "x'{}'y"`, "[x'V'y]\n"},
+		{`printf '[%s]\n' 'x"{}"y'`, "[x\"V\"y]\n"},
+		{`v="{}"; printf '[%s]\n' "$v"`, "[V]\n"},
+		{`printf '[%s]\n' {} # '{}'`, "[V]\n"},
+	} {
+		tmpl, err := parseTemplate([]string{tc.line})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tmpl.ctxs == nil {
+			t.Errorf("%s: quoteContexts could not follow it", tc.line)
+		}
+		for _, in := range inputs {
+			args := tmpl.argv([]byte(in), 1)
+			out, err := exec.Command(args[0], args[1:]...).Output()
+			if want := strings.ReplaceAll(tc.want, "V", in); err != nil || string(out) != want {
+				t.Errorf("%s with input %q: sh -c %q printed %q (%v), want %q", tc.line, in, args[2], out, err, want)
+			}
+		}
+	}
+}
+
+func TestQuoteContexts(t *testing.T) {
+	for _, tc := range []struct {
+		line string
+		want []quoteCtx // nil: not followed
+	}{
+		{`echo {} '{}' "{}"`, []quoteCtx{ctxBare, ctxSingle, ctxDouble}},
+		{`echo "a'{}'b" 'a"{}"b'`, []quoteCtx{ctxDouble, ctxSingle}},
+		{`echo \'{} \"{}`, []quoteCtx{ctxBare, ctxBare}},
+		{`echo "\"{}"`, []quoteCtx{ctxDouble}},
+		{`echo "$(echo '{}' "{}" {})"`, []quoteCtx{ctxSingle, ctxDouble, ctxBare}},
+		{`echo $(echo $(echo "{}") '{}') {}`, []quoteCtx{ctxDouble, ctxSingle, ctxBare}},
+		{`echo {} # it's "{}"` + "\n" + `echo '{}'`, []quoteCtx{ctxBare, ctxBare, ctxSingle}},
+		{"echo a#'{}'", []quoteCtx{ctxSingle}},
+		{"echo `echo {}`", nil},
+		{`echo ${x:-{}}`, nil},
+		{`echo $(( {} + 1 ))`, nil},
+		{"cat <<EOF\n{}\nEOF", nil},
+		{`echo "{}`, nil},
+		{`echo $(case {} in a) echo '{}';; esac)`, nil},
+		{`echo \{}`, nil},
+	} {
+		tmpl, err := parseTemplate([]string{tc.line})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(tmpl.ctxs, tc.want) {
+			t.Errorf("quoteContexts(%q) = %v, want %v", tc.line, tmpl.ctxs, tc.want)
+		}
+	}
 }
