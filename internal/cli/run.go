@@ -171,7 +171,7 @@ func runRun(ctx context.Context, e *env, args []string) error {
 	}
 
 	if a.dryRun {
-		return dryRun(e, tmpl, src)
+		return dryRun(ctx, e, tmpl, src)
 	}
 	j := &job{
 		mode: "run",
@@ -219,20 +219,54 @@ func runRun(ctx context.Context, e *env, args []string) error {
 }
 
 // dryRun prints the command of each input, one per line, quoted so that
-// sh would run the same argument vector.
-func dryRun(e *env, tmpl *cmdTemplate, src source) error {
+// sh would run the same argument vector. Ctrl-C, SIGTERM or SIGHUP (ctx)
+// stops it with exit 3, as it stops a run, also while it waits for an
+// input that does not come.
+func dryRun(ctx context.Context, e *env, tmpl *cmdTemplate, src source) error {
+	type item struct {
+		in  []byte
+		err error
+	}
+	items := make(chan item)
+	stop := make(chan struct{})
+	defer close(stop)
+	// The reader ends at the input's end or first error, or at its next
+	// read once dryRun has returned: a read of an idle stdin cannot be
+	// interrupted, and the process ends without it.
+	go func() {
+		for {
+			in, err := src.next()
+			select {
+			case items <- item{in, err}:
+			case <-stop:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
 	var seq uint64
 	for {
-		in, err := src.next()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			// As for a run: an input that cannot be read stops it (exit 3).
+		var it item
+		select {
+		case it = <-items:
+		case <-ctx.Done():
+			err := error(errInterrupted)
+			if s := interruptedBy(ctx); s != nil {
+				err = &SignalError{Signal: s}
+			}
 			return &statusError{status: exitAborted, err: err}
 		}
+		if errors.Is(it.err, io.EOF) {
+			return nil
+		}
+		if it.err != nil {
+			// As for a run: an input that cannot be read stops it (exit 3).
+			return &statusError{status: exitAborted, err: it.err}
+		}
 		seq++
-		args := tmpl.expand(in, seq)
+		args := tmpl.expand(it.in, seq)
 		line := args
 		if tmpl.shell {
 			// The command line sh -c would run, as GNU parallel shows it.

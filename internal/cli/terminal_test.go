@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"testing"
@@ -88,4 +89,55 @@ func TestTerminalNotice(t *testing.T) {
 			}
 		})
 	}
+}
+
+// endlessLines is an input that never ends.
+type endlessLines struct{}
+
+func (endlessLines) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = "x\n"[i%2]
+	}
+	return len(p), nil
+}
+
+// TestDryRunInterrupted: Ctrl-C (a cancelled context) stops --dry-run
+// with exit 3, as it stops a run: while it prints the commands of an input
+// without end, and while it waits for an input that does not come. It
+// used to go on until killed.
+func TestDryRunInterrupted(t *testing.T) {
+	idleR, idleW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idleR.Close()
+	for _, tc := range []struct {
+		name  string
+		stdin io.Reader
+	}{
+		{"busy", endlessLines{}},
+		{"idle", idleR},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			var stderr bytes.Buffer
+			done := make(chan int, 1)
+			go func() { done <- Run(ctx, []string{"run", "--dry-run", "echo"}, tc.stdin, io.Discard, &stderr) }()
+			time.Sleep(200 * time.Millisecond)
+			cancel()
+			select {
+			case code := <-done:
+				if code != exitAborted {
+					t.Errorf("Run = %d after the interrupt, want %d; stderr:\n%s", code, exitAborted, stderr.String())
+				}
+				if !strings.Contains(stderr.String(), "safepool: interrupted") {
+					t.Errorf("stderr = %q, want it to say the dry run was interrupted", stderr.String())
+				}
+			case <-time.After(10 * time.Second):
+				idleW.Close()
+				t.Fatal("--dry-run went on after the interrupt")
+			}
+		})
+	}
+	idleW.Close() // the reader of the idle input ends
 }
