@@ -3,6 +3,7 @@ package cli
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -217,4 +218,37 @@ func terminalNotice(e *env, files []string, what, hint string) {
 		return
 	}
 	fmt.Fprintf(e.stderr, "safepool: reading %s from the terminal until Ctrl-D (%s)\n", what, hint)
+}
+
+// openInterruptibly returns what open returns, or, as soon as ctx is done
+// (Ctrl-C, SIGTERM, SIGHUP), an error that stops the command with exit 3.
+// Opening an input file may block: a named pipe waits for its writer, and
+// nothing else would heed the signal meanwhile. What open returns after
+// that is closed when it does, or with the process.
+func openInterruptibly[S interface{ close() error }](ctx context.Context, open func() (S, error)) (S, error) {
+	type opened struct {
+		src S
+		err error
+	}
+	ch := make(chan opened, 1)
+	go func() { // ends when open returns
+		src, err := open()
+		ch <- opened{src, err}
+	}()
+	select {
+	case o := <-ch:
+		return o.src, o.err
+	case <-ctx.Done():
+		go func() { // ends when open returns
+			if o := <-ch; o.err == nil {
+				o.src.close()
+			}
+		}()
+		var zero S
+		err := error(errInterrupted)
+		if s := interruptedBy(ctx); s != nil {
+			err = &SignalError{Signal: s}
+		}
+		return zero, &statusError{status: exitAborted, err: err}
+	}
 }

@@ -241,9 +241,15 @@ func runMap(ctx context.Context, e *env, args []string) error {
 	// Input lines are bounded as answer lines are, so that a line with no
 	// end in sight cannot fill the supervisor's memory.
 	maxInput := int(max(a.maxLine, pool.DefaultMaxLine))
-	src, err := newSource(nil, false, a.common.argFiles, e.stdin, '\n', maxInput, "a longer line needs a larger --max-line")
+	src, err := openInterruptibly(ctx, func() (source, error) {
+		src, err := newSource(nil, false, a.common.argFiles, e.stdin, '\n', maxInput, "a longer line needs a larger --max-line")
+		if err != nil {
+			return nil, &statusError{status: exitUsage, err: err}
+		}
+		return src, nil
+	})
 	if err != nil {
-		return &statusError{status: exitUsage, err: err}
+		return err
 	}
 	defer src.close()
 	terminalNotice(e, a.common.argFiles, "input lines", "give -a FILE, or pipe them in")

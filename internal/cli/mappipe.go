@@ -46,9 +46,15 @@ func runMapPipe(ctx context.Context, e *env, a *mapArgs, command []string, viaSh
 	// ones to a temporary file.
 	cfg.MaxPending = 2 * workers
 	cfg.OutputInMemory = a.block
-	src, err := newBlockReader(a.common.argFiles, e.stdin, int(a.block), []byte(a.recend))
+	src, err := openInterruptibly(ctx, func() (*blockReader, error) {
+		src, err := newBlockReader(a.common.argFiles, e.stdin, int(a.block), []byte(a.recend))
+		if err != nil {
+			return nil, &statusError{status: exitUsage, err: err}
+		}
+		return src, nil
+	})
 	if err != nil {
-		return &statusError{status: exitUsage, err: err}
+		return err
 	}
 	defer src.close()
 	terminalNotice(e, a.common.argFiles, "the input", "give -a FILE, or pipe it in")

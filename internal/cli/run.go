@@ -160,10 +160,16 @@ func runRun(ctx context.Context, e *env, args []string) error {
 	if a.null {
 		sep = 0
 	}
-	src, err := newSource(a.colonArgs, a.colons, a.common.argFiles, e.stdin, sep, maxRunInput,
-		"no program takes an argument that long (Linux allows 128 KiB per argument)")
+	src, err := openInterruptibly(ctx, func() (source, error) {
+		src, err := newSource(a.colonArgs, a.colons, a.common.argFiles, e.stdin, sep, maxRunInput,
+			"no program takes an argument that long (Linux allows 128 KiB per argument)")
+		if err != nil {
+			return nil, &statusError{status: exitUsage, err: err}
+		}
+		return src, nil
+	})
 	if err != nil {
-		return &statusError{status: exitUsage, err: err}
+		return err
 	}
 	defer src.close()
 	if !a.colons {

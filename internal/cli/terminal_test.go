@@ -141,3 +141,49 @@ func TestDryRunInterrupted(t *testing.T) {
 	}
 	idleW.Close() // the reader of the idle input ends
 }
+
+// TestInterruptOpeningInput: Ctrl-C (a cancelled context) stops run and
+// map with exit 3 while they open an input file that blocks: a named pipe
+// whose writer has not come. The signal was caught and nothing heeded it
+// until a writer came.
+func TestInterruptOpeningInput(t *testing.T) {
+	for _, args := range [][]string{
+		{"run", "echo"},
+		{"map", "cat"},
+		{"map", "--pipe", "cat"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			fifo := t.TempDir() + "/inputs"
+			if err := unix.Mkfifo(fifo, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			var stderr bytes.Buffer
+			done := make(chan int, 1)
+			go func() {
+				done <- Run(ctx, append([]string{args[0], "-a", fifo}, args[1:]...), strings.NewReader(""), io.Discard, &stderr)
+			}()
+			time.Sleep(200 * time.Millisecond)
+			cancel()
+			ended := false
+			select {
+			case code := <-done:
+				ended = true
+				if code != exitAborted || !strings.Contains(stderr.String(), "safepool: interrupted") {
+					t.Errorf("Run = %d after the interrupt, stderr %q; want %d and a word about it", code, stderr.String(), exitAborted)
+				}
+			case <-time.After(10 * time.Second):
+				t.Error("still opening the input after the interrupt")
+			}
+			// The writer comes: the open that was left ends.
+			w, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.Close()
+			if !ended {
+				<-done
+			}
+		})
+	}
+}
