@@ -936,6 +936,7 @@ func addResults(s *summary, rs ...*pool.Result) {
 func TestShellValuesInQuotes(t *testing.T) {
 	inputs := []string{"plain", "a b", "it's", `"`, "'", "''", "$(echo RAN)", "`echo RAN`", `\`, `a\nb`,
 		"a;echo RAN", "line\nbreak", "*", "$HOME", "!", "-n", "", "${x:-RAN}", `\"'$`, "{}"}
+	dir := t.TempDir()
 	for _, tc := range []struct{ line, want string }{
 		{`printf '[%s]\n' {}`, "[V]\n"},
 		{`printf '[%s]\n' '{}'`, "[V]\n"},
@@ -957,7 +958,9 @@ func TestShellValuesInQuotes(t *testing.T) {
 		}
 		for _, in := range inputs {
 			args := tmpl.argv([]byte(in), 1)
-			out, err := exec.Command(args[0], args[1:]...).Output()
+			cmd := exec.Command(args[0], args[1:]...)
+			cmd.Dir = dir // where a value that broke out of its quotes would write
+			out, err := cmd.Output()
 			if want := strings.ReplaceAll(tc.want, "V", in); err != nil || string(out) != want {
 				t.Errorf("%s with input %q: sh -c %q printed %q (%v), want %q", tc.line, in, args[2], out, err, want)
 			}
