@@ -380,6 +380,35 @@ func TestAbortPolicy(t *testing.T) {
 	}
 }
 
+// TestAbortStartsNothingMore: under the Abort policy, no task starts once
+// a task has failed: a one-shot slot that ends a failed job starts no job
+// after it, as GNU parallel's --halt now,fail=1 starts none. The tasks after
+// the failed one end cancelled without an attempt.
+func TestAbortStartsNothingMore(t *testing.T) {
+	for _, workers := range []int{1, 2} {
+		t.Run(fmt.Sprintf("%d workers", workers), func(t *testing.T) {
+			for round := 0; round < 10; round++ {
+				cfg := config(pool.OneShot, workers)
+				cfg.OnWorkerDeath = pool.Abort
+				inputs := []string{"exit:3"}
+				if workers == 2 {
+					inputs = []string{"sleep:2000", "exit:3"}
+				}
+				for i := 0; i < 6; i++ {
+					inputs = append(inputs, "sleep:10")
+				}
+				got, _ := run(t, cfg, inputs...)
+				for id := uint64(len(inputs) - 5); id <= uint64(len(inputs)); id++ {
+					if r, ok := got[id]; ok && len(r.Attempts) > 0 {
+						t.Fatalf("round %d: task %d (%s) started after task %d failed under the Abort policy: %s after %+v",
+							round, id, inputs[id-1], len(inputs)-6, r.State, r.Attempts)
+					}
+				}
+			}
+		})
+	}
+}
+
 // TestBoundedShutdown aborts a pool whose workers ignore SIGTERM and hang:
 // it must end soon after the grace period.
 func TestBoundedShutdown(t *testing.T) {

@@ -177,6 +177,13 @@ func (s *scheduler) head() *task {
 	if s.aborting || len(s.queue) == 0 || (s.gov != nil && !s.gov.admit(s.queue[0])) {
 		return nil
 	}
+	if c := &s.p.cfg; c.OnWorkerDeath == Abort && c.Protocol == OneShot && len(s.live) >= len(s.p.slots) {
+		// A one-shot runner whose job has ended takes the next task before
+		// it reports the one that ended (runOneShot). Under Abort, that
+		// report may stop the pool: only a runner with nothing to report
+		// takes a task, so that none starts after a failure.
+		return nil
+	}
 	return s.queue[0]
 }
 
@@ -504,6 +511,9 @@ func (s *scheduler) apply(t *task, v verdict, output, stderr []byte) {
 		}
 		r := Result{ID: t.id, State: st, Attempts: t.attempts}
 		s.p.abortFor(t.id, &TaskError{Result: &r})
+		// At once, not when the loop next sees abortCh: a runner waiting
+		// for a task may be offered one in between.
+		s.abort()
 	}
 }
 

@@ -4,13 +4,15 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"slices"
 )
 
 // blockReader cuts its input into blocks of whole records for map --pipe,
 // as GNU parallel's --pipe --block does: a block is at most size bytes and
 // ends at the last record end (recend) within them; the partial record
 // after it starts the next block. A record longer than size makes a block
-// of its own, however long. The last block may lack a record end.
+// of its own, however long. The last block may lack a record end: what is
+// left at the end of the input is one block when it fits in size.
 type blockReader struct {
 	r      io.Reader
 	size   int
@@ -44,21 +46,40 @@ func newBlockReader(names []string, stdin io.Reader, size int, recend []byte) (*
 
 // next returns the next block, which the caller may keep: each block has
 // an array of its own.
+//
+// A block is cut at the last record end within its first size bytes, or,
+// when its first record is longer than that, at that record's end. At the
+// end of the input, what is left makes the last block when it fits in
+// size bytes, records and a last one without its end alike, as GNU
+// parallel does: a short input is one block, not its records and then its
+// unended last one. What was read past the cut (carry) starts the next
+// block, and counts within that block's size like what is read for it.
 func (b *blockReader) next() ([]byte, error) {
-	buf := make([]byte, len(b.carry), max(b.size, len(b.carry)))
+	// Room for a block and the byte that tells it is not the last one: a
+	// block of whole records needs no more.
+	buf := make([]byte, len(b.carry), max(b.size+1, len(b.carry)))
 	copy(buf, b.carry)
 	b.carry = nil
-	// Read up to size bytes, then on only while no record end is found.
-	searched, grown := 0, false
+	// long: no record ends within the first size bytes; searched: no
+	// record end starts in buf before it.
+	long, searched := false, 0
 	cut := -1
-	for {
-		if len(buf) >= b.size || b.eof {
-			// Within size, the last record end; beyond, the first.
-			find := bytes.LastIndex
-			if grown {
-				find = bytes.Index
+	for cut < 0 {
+		// A byte past size tells, before the end of the input, that the
+		// block cannot be the last one.
+		if len(buf) > b.size || b.eof {
+			if b.eof && len(buf) <= b.size {
+				cut = len(buf)
+				break
 			}
-			if i := find(buf[searched:], b.recend); i >= 0 {
+			if !long {
+				if i := bytes.LastIndex(buf[:b.size], b.recend); i >= 0 {
+					cut = i + len(b.recend)
+					break
+				}
+				long, searched = true, max(b.size-len(b.recend)+1, 0)
+			}
+			if i := bytes.Index(buf[searched:], b.recend); i >= 0 {
 				cut = searched + i + len(b.recend)
 				break
 			}
@@ -66,10 +87,10 @@ func (b *blockReader) next() ([]byte, error) {
 				cut = len(buf)
 				break
 			}
-			// One record is longer than a block: grow it to the
-			// record's end.
-			searched, grown = max(len(buf)-len(b.recend)+1, 0), true
-			buf = append(buf, make([]byte, b.size)...)[:len(buf)]
+			searched = max(len(buf)-len(b.recend)+1, 0)
+		}
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, b.size)
 		}
 		n, err := b.r.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]

@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"fmt"
 	"io"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
@@ -20,12 +22,16 @@ func TestBlockReader(t *testing.T) {
 		{name: "whole lines", in: "1\n2\n3\n4\n5\n", size: 4, recend: "\n", want: []string{"1\n2\n", "3\n4\n", "5\n"}},
 		{name: "cut before a partial line", in: "1\n22\n3\n", size: 4, recend: "\n", want: []string{"1\n", "22\n", "3\n"}},
 		{name: "last line without newline", in: "1\n2\n3", size: 4, recend: "\n", want: []string{"1\n2\n", "3"}},
+		{name: "short input, last line without newline", in: "a\nb\nc", size: 8, recend: "\n", want: []string{"a\nb\nc"}},
+		{name: "last line without newline fits the last block", in: "1\n2\n3\n4", size: 4, recend: "\n", want: []string{"1\n2\n", "3\n4"}},
 		{name: "record longer than a block", in: "a\nlongline\nb\n", size: 4, recend: "\n", want: []string{"a\n", "longline\n", "b\n"}},
 		{name: "long record at the end", in: "longline", size: 4, recend: "\n", want: []string{"longline"}},
 		{name: "block of exactly size", in: "123\n456\n", size: 4, recend: "\n", want: []string{"123\n", "456\n"}},
-		{name: "recend of two bytes", in: "a;;b;;c", size: 4, recend: ";;", want: []string{"a;;", "b;;", "c"}},
+		{name: "recend of two bytes", in: "a;;b;;c", size: 4, recend: ";;", want: []string{"a;;", "b;;c"}},
+		{name: "recend of two bytes, last record too long", in: "a;;b;;cc", size: 4, recend: ";;", want: []string{"a;;", "b;;", "cc"}},
 		{name: "recend split across reads", in: "abcde;;f;;", size: 3, recend: ";;", want: []string{"abcde;;", "f;;"}},
 		{name: "no recend", in: "abcdefghij", size: 4, recend: "", want: []string{"abcd", "efgh", "ij"}},
+		{name: "lines after a long record", in: "longlonglonglong\n1\n2\n3\n4\n5\n", size: 4, recend: "\n", want: []string{"longlonglonglong\n", "1\n2\n", "3\n4\n", "5\n"}},
 	} {
 		for _, one := range []bool{false, true} {
 			name := tc.name
@@ -56,6 +62,82 @@ func TestBlockReader(t *testing.T) {
 					t.Errorf("blocks of %q (size %d, recend %q) = %q, want %q", tc.in, tc.size, tc.recend, got, tc.want)
 				}
 			})
+		}
+	}
+}
+
+// chunkReader returns reads of random sizes, up to max bytes.
+type chunkReader struct {
+	r   io.Reader
+	rnd *rand.Rand
+	max int
+}
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	return c.r.Read(p[:min(len(p), 1+c.rnd.IntN(c.max))])
+}
+
+// TestBlockReaderBounds cuts random inputs, read in random pieces, and
+// checks every block: the blocks make the input; a block holds at most
+// size bytes unless it is one record longer than that; every block but
+// the last ends with a record end; and a block leaves out nothing of the
+// next record that would have fitted.
+func TestBlockReaderBounds(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for range 2000 {
+		size := 1 + rnd.IntN(40)
+		recend := []string{"\n", ";;", "abc"}[rnd.IntN(3)]
+		var in strings.Builder
+		for n := rnd.IntN(12); n > 0; n-- {
+			long := rnd.IntN(5) == 0
+			l := rnd.IntN(size)
+			if long {
+				l = size + rnd.IntN(4*size+200)
+			}
+			in.WriteString(strings.Repeat("x", l))
+			if n > 1 || rnd.IntN(2) == 0 {
+				in.WriteString(recend)
+			}
+		}
+		b, err := newBlockReader(nil, &chunkReader{r: strings.NewReader(in.String()), rnd: rnd, max: 1 + rnd.IntN(300)}, size, []byte(recend))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var blocks []string
+		for {
+			block, err := b.next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			blocks = append(blocks, string(block))
+		}
+		what := fmt.Sprintf("blocks of %q (size %d, recend %q): %q", in.String(), size, recend, blocks)
+		if strings.Join(blocks, "") != in.String() {
+			t.Fatalf("%s: do not make the input", what)
+		}
+		for i, block := range blocks {
+			last := i == len(blocks)-1
+			ends := strings.Count(block, recend)
+			if len(block) > size && (ends > 1 || ends == 1 && !strings.HasSuffix(block, recend)) {
+				t.Fatalf("%s: block %d is longer than %d and not one record", what, i, size)
+			}
+			if !last && !strings.HasSuffix(block, recend) {
+				t.Fatalf("%s: block %d does not end a record", what, i)
+			}
+			if last || len(block) > size {
+				continue
+			}
+			next := blocks[i+1]
+			rec := next
+			if j := strings.Index(next, recend); j >= 0 {
+				rec = next[:j+len(recend)]
+			}
+			if len(block)+len(rec) <= size && (strings.HasSuffix(rec, recend) || i+1 == len(blocks)-1) {
+				t.Fatalf("%s: block %d leaves out the next record, which fits", what, i)
+			}
 		}
 	}
 }

@@ -205,13 +205,171 @@ func registerHelp(fs *pflag.FlagSet) {
 // returns errHelp when -h or --help was given.
 func parseFlags(cmd string, fs *pflag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
-		return &usageError{cmd: cmd, err: err}
+		return &usageError{cmd: cmd, err: unknownFlagHint(cmd, fs, err)}
 	}
 	if h := fs.Lookup("help"); h != nil && h.Value.String() == "true" {
 		return errHelp
 	}
+	var err error
+	fs.Visit(func(f *pflag.Flag) {
+		if err == nil {
+			err = dashArgument(f)
+		}
+	})
+	if err != nil {
+		return &usageError{cmd: cmd, err: err}
+	}
 	return nil
 }
+
+// unknownFlagHint adds to pflag's error about an unknown flag what to
+// write instead: the flag meant, for a typo (--keep-ordr), or safepool's
+// way to do what a flag of GNU parallel or xargs does (--halt, -I {}).
+// Other errors are returned as they are.
+func unknownFlagHint(cmd string, fs *pflag.FlagSet, err error) error {
+	msg := err.Error()
+	var hint string
+	if name, ok := strings.CutPrefix(msg, "unknown flag: --"); ok {
+		name, _, _ = strings.Cut(name, "=")
+		hint = longFlagHints[name]
+		if h, ok := longFlagHints[cmd+" "+name]; ok {
+			hint = h
+		}
+		if hint == "" {
+			if near := nearestFlag(fs, name); near != "" {
+				hint = "did you mean --" + near + "?"
+			}
+		}
+	} else if rest, ok := strings.CutPrefix(msg, "unknown shorthand flag: '"); ok && len(rest) > 0 {
+		hint = shortFlagHints[cmd+" "+rest[:1]]
+	}
+	if hint == "" {
+		return err
+	}
+	return fmt.Errorf("%s (%s)", msg, hint)
+}
+
+// longFlagHints say what to write instead of a flag of GNU parallel or
+// xargs that safepool does not have, by its name, or by "run NAME" or
+// "map NAME" where it depends on the command.
+var longFlagHints = map[string]string{
+	"halt":        "--on-worker-death abort stops at the first failure, as --halt now,fail=1",
+	"retry":       "did you mean --retries?",
+	"tmpdir":      "large outputs are kept in $TMPDIR: set it",
+	"termseq":     "--timeout kills with SIGKILL; --grace is the time between SIGTERM and SIGKILL when stopping",
+	"bar":         "--progress shows a progress bar",
+	"eta":         "--progress shows the ETA",
+	"max-args":    "each job takes one input",
+	"max-lines":   "each job takes one input; map --pipe cuts blocks by --block bytes",
+	"ungroup":     "a job's output is written whole when it ends",
+	"line-buffer": "a job's output is written whole when it ends",
+	"tag":         "not supported: the job log and the summary name each task's input",
+	"delimiter":   "inputs end with a newline, or with NUL with -0",
+	"run pipe":    "--pipe is safepool map's: safepool map --pipe CMD",
+	"run block":   "--block is safepool map --pipe's",
+	"run recend":  "--recend is safepool map --pipe's",
+	"map null":    "-0 is safepool run's; map reads lines",
+	"map dry-run": "--dry-run is safepool run's",
+}
+
+// shortFlagHints are longFlagHints for one-letter flags, which xargs
+// users bring, by "run L" or "map L".
+var shortFlagHints = map[string]string{
+	"run I": "{} always stands for the input: leave -I {} out",
+	"run i": "{} always stands for the input: leave -i out",
+	"run n": "each job takes one input: leave -n 1 out",
+	"run L": "each job takes one input: leave -L 1 out",
+	"run N": "each job takes one input: leave -N 1 out",
+	"run d": "inputs end with a newline, or with NUL with -0",
+	"run r": "with no input, nothing runs: leave -r out",
+	"run t": "--dry-run shows the commands",
+	"map N": "map --pipe cuts blocks by --block bytes, not by records",
+	"map L": "map --pipe cuts blocks by --block bytes, not by lines",
+	"map 0": "-0 is safepool run's; map reads lines",
+}
+
+// nearestFlag returns the name of fs's flag closest to name, a typo of it
+// (one edit away for names of up to 4 bytes, two for longer ones), or "".
+func nearestFlag(fs *pflag.FlagSet, name string) string {
+	best, bestD := "", 3
+	if len(name) <= 4 {
+		bestD = 2
+	}
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Hidden {
+			return
+		}
+		if d := editDistance(name, f.Name); d < bestD {
+			best, bestD = f.Name, d
+		}
+	})
+	return best
+}
+
+// editDistance is the number of edits between a and b, in bytes: a byte
+// added, removed, changed, or two next to each other swapped.
+func editDistance(a, b string) int {
+	d := make([][]int, len(a)+1)
+	for i := range d {
+		d[i] = make([]int, len(b)+1)
+		d[i][0] = i
+	}
+	for j := range d[0] {
+		d[0][j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			d[i][j] = min(d[i-1][j]+1, d[i][j-1]+1, d[i-1][j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				d[i][j] = min(d[i][j], d[i-2][j-2]+1)
+			}
+		}
+	}
+	return d[len(a)][len(b)]
+}
+
+// dashArgument refuses an argument of f that starts with '-': pflag takes
+// the word after a flag as its argument whatever it is, so that in
+// "--joblog -k echo" -k would be a file name, not the flag, and nothing
+// would say so. "-" alone is stdin or stdout, where a flag takes it
+// (stdinOK); --recend's argument is text, which may start with '-'.
+func dashArgument(f *pflag.Flag) error {
+	if f.Name == "recend" || f.Hidden {
+		return nil
+	}
+	var values []string
+	switch v := f.Value.(type) {
+	case pflag.SliceValue:
+		values = v.GetSlice()
+	default:
+		if f.Value.Type() != "string" {
+			return nil // numbers, sizes, durations and --json check their own
+		}
+		values = []string{f.Value.String()}
+	}
+	for _, s := range values {
+		if !strings.HasPrefix(s, "-") || s == "-" && dashOK[f.Name] {
+			return nil
+		}
+		name, _ := pflag.UnquoteUsage(f)
+		hint := ""
+		if name == "FILE" || name == "DIR" || name == "OUT" {
+			hint = fmt.Sprintf(" (write ./%s for a file named so)", s)
+		}
+		if s == "-" {
+			return fmt.Errorf("--%s %s: - is not stdin or stdout here%s", f.Name, name, hint)
+		}
+		return fmt.Errorf("--%s %s: %s is a flag, where %s should be%s", f.Name, name, s, name, hint)
+	}
+	return nil
+}
+
+// dashOK are the flags that take "-" for stdin or stdout.
+var dashOK = map[string]bool{"arg-file": true, "output": true}
 
 // errHelp says that the user asked for help; the subcommand prints it and
 // exits 0.

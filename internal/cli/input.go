@@ -3,11 +3,15 @@ package cli
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"syscall"
+
+	"golang.org/x/term"
 )
 
 // source yields the inputs of a job, one at a time, with backpressure: it
@@ -199,5 +203,52 @@ func newSource(argsAfterColons []string, haveColons bool, files []string, stdin 
 		return openFiles(files, stdin, sep, max, why)
 	default:
 		return openFiles([]string{"-"}, stdin, sep, max, why)
+	}
+}
+
+// terminalNotice says on stderr that what (the inputs, the input) is read
+// from the terminal, with hint on how else to give it, when it is: stdin is read (no -a, or -a -) and is a
+// terminal. A command line that forgot its ::: or -a, or the pipe into
+// safepool, would otherwise wait without a word; GNU parallel warns too.
+func terminalNotice(e *env, files []string, what, hint string) {
+	if len(files) > 0 && !slices.Contains(files, "-") {
+		return
+	}
+	if f, ok := e.stdin.(*os.File); !ok || !term.IsTerminal(int(f.Fd())) {
+		return
+	}
+	fmt.Fprintf(e.stderr, "safepool: reading %s from the terminal until Ctrl-D (%s)\n", what, hint)
+}
+
+// openInterruptibly returns what open returns, or, as soon as ctx is done
+// (Ctrl-C, SIGTERM, SIGHUP), an error that stops the command with exit 3.
+// Opening an input file may block: a named pipe waits for its writer, and
+// nothing else would heed the signal meanwhile. What open returns after
+// that is closed when it does, or with the process.
+func openInterruptibly[S interface{ close() error }](ctx context.Context, open func() (S, error)) (S, error) {
+	type opened struct {
+		src S
+		err error
+	}
+	ch := make(chan opened, 1)
+	go func() { // ends when open returns
+		src, err := open()
+		ch <- opened{src, err}
+	}()
+	select {
+	case o := <-ch:
+		return o.src, o.err
+	case <-ctx.Done():
+		go func() { // ends when open returns
+			if o := <-ch; o.err == nil {
+				o.src.close()
+			}
+		}()
+		var zero S
+		err := error(errInterrupted)
+		if s := interruptedBy(ctx); s != nil {
+			err = &SignalError{Signal: s}
+		}
+		return zero, &statusError{status: exitAborted, err: err}
 	}
 }

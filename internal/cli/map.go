@@ -63,7 +63,8 @@ Block mode, for commands that read their input to EOF (sort, wc, gzip, a
 transform that does not flush per line): --pipe cuts the input into blocks
 of whole lines, each up to --block bytes (default 1MiB, as GNU parallel's
 --pipe), or of records ending with --recend. Each block is one task, run by
-a process of its own that reads the block on its stdin; when it succeeds,
+a process of its own that reads the block on its stdin ({#} in the
+command is the block's number: 'cat > part{#}'); when it succeeds,
 its whole stdout is the block's output, as blocks finish or, with
 --keep-order, in input order. A block whose process dies or fails is
 retried (--retries) or failed whole, and writes nothing on stdout; the
@@ -240,11 +241,18 @@ func runMap(ctx context.Context, e *env, args []string) error {
 	// Input lines are bounded as answer lines are, so that a line with no
 	// end in sight cannot fill the supervisor's memory.
 	maxInput := int(max(a.maxLine, pool.DefaultMaxLine))
-	src, err := newSource(nil, false, a.common.argFiles, e.stdin, '\n', maxInput, "a longer line needs a larger --max-line")
+	src, err := openInterruptibly(ctx, func() (source, error) {
+		src, err := newSource(nil, false, a.common.argFiles, e.stdin, '\n', maxInput, "a longer line needs a larger --max-line")
+		if err != nil {
+			return nil, &statusError{status: exitUsage, err: err}
+		}
+		return src, nil
+	})
 	if err != nil {
-		return &statusError{status: exitUsage, err: err}
+		return err
 	}
 	defer src.close()
+	terminalNotice(e, a.common.argFiles, "input lines", "give -a FILE, or pipe them in")
 
 	j := &job{
 		mode: "map",

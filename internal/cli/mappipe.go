@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/safepool/safepool/pool"
@@ -44,11 +46,18 @@ func runMapPipe(ctx context.Context, e *env, a *mapArgs, command []string, viaSh
 	// ones to a temporary file.
 	cfg.MaxPending = 2 * workers
 	cfg.OutputInMemory = a.block
-	src, err := newBlockReader(a.common.argFiles, e.stdin, int(a.block), []byte(a.recend))
+	src, err := openInterruptibly(ctx, func() (*blockReader, error) {
+		src, err := newBlockReader(a.common.argFiles, e.stdin, int(a.block), []byte(a.recend))
+		if err != nil {
+			return nil, &statusError{status: exitUsage, err: err}
+		}
+		return src, nil
+	})
 	if err != nil {
-		return &statusError{status: exitUsage, err: err}
+		return err
 	}
 	defer src.close()
+	terminalNotice(e, a.common.argFiles, "the input", "give -a FILE, or pipe it in")
 
 	journaled := a.common.journal.path != ""
 	toldUnkept := false
@@ -58,8 +67,8 @@ func runMapPipe(ctx context.Context, e *env, a *mapArgs, command []string, viaSh
 		src:  src,
 		// The feeder calls task, and journalInput, for the block src
 		// returned last.
-		task: func(_ uint64, block []byte) pool.Task {
-			return pool.Task{Input: src.label(), Args: command, Stdin: block}
+		task: func(seq uint64, block []byte) pool.Task {
+			return pool.Task{Input: src.label(), Args: blockArgs(command, seq), Stdin: block}
 		},
 		emit: func(o *output, r *pool.Result) {
 			// As in safepool map, a failed task writes nothing on stdout;
@@ -102,6 +111,22 @@ func runMapPipe(ctx context.Context, e *env, a *mapArgs, command []string, viaSh
 		return &statusError{status: status}
 	}
 	return nil
+}
+
+// blockArgs returns command with each {#} replaced by seq, the block's
+// number counting from 1, as in GNU parallel ('cat > part{#}' writes each
+// block to a file of its own). A number needs no shell quoting, so a
+// command line under sh -c takes it as it is.
+func blockArgs(command []string, seq uint64) []string {
+	if !slices.ContainsFunc(command, func(w string) bool { return strings.Contains(w, "{#}") }) {
+		return command
+	}
+	n := strconv.FormatUint(seq, 10)
+	args := make([]string, len(command))
+	for i, w := range command {
+		args[i] = strings.ReplaceAll(w, "{#}", n)
+	}
+	return args
 }
 
 // maxJournalOutput is the longest output of a block that the journal

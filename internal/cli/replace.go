@@ -55,6 +55,11 @@ type cmdTemplate struct {
 	// appendInput reports whether CMD has no replacement string at all, in
 	// which case the input is added as the last argument.
 	appendInput bool
+	// ctxs are, in shell mode, where each replacement string of the
+	// command line stands: outside quotes, or inside '...' or "...", so
+	// that its value is quoted for that place (quoteValue). nil: every
+	// value is quoted as a word of its own (quoteContexts).
+	ctxs []quoteCtx
 }
 
 // parseTemplate parses the command of safepool run.
@@ -84,6 +89,7 @@ func parseTemplate(cmd []string) (*cmdTemplate, error) {
 	t.appendInput = !found
 	if t.shell {
 		t.exec = shellWords(cmd[0]).kind != shellKeep
+		t.ctxs, _ = quoteContexts(t.words[0])
 	}
 	return t, nil
 }
@@ -104,6 +110,9 @@ func parseWord(w string) ([]part, error) {
 		if w[i] == '{' {
 			if strings.HasPrefix(w[i:], "{%}") {
 				return nil, fmt.Errorf("the replacement string {%%} (worker slot) is not supported")
+			}
+			if tok := parallelOnly(w, i); tok != "" {
+				return nil, fmt.Errorf("the replacement string %s of GNU parallel is not supported: safepool run has one list of inputs, and {} {.} {/} {//} {/.} stand for its input", tok)
 			}
 			matched := false
 			for _, rt := range replacementTokens {
@@ -129,6 +138,40 @@ func parseWord(w string) ([]part, error) {
 		parts = append(parts, part{lit: lit.String()})
 	}
 	return parts, nil
+}
+
+// parallelOnly returns the replacement string of GNU parallel that is not
+// one of safepool's and starts at w[i], a '{', or "". Left as text, such a
+// string would reach the command as it is, next to the input added as the
+// last argument, and the job would do something else without a word.
+//
+// Those are a positional string of an input source ({1}, {2.}, {1/}, {3//},
+// {1/.}) and a Perl expression ({= ... =}). A bare {N} is taken for one only
+// where it starts a word or follows a space, a quote or one of / = : , so
+// that a regular expression's count (a{2}, [0-9]{3}, .{4}) stays text.
+func parallelOnly(w string, i int) string {
+	if strings.HasPrefix(w[i:], "{=") && strings.Contains(w[i+2:], "=}") {
+		return w[i : i+2+strings.Index(w[i+2:], "=}")+2]
+	}
+	j := i + 1
+	for j < len(w) && w[j] >= '0' && w[j] <= '9' {
+		j++
+	}
+	if j == i+1 || w[i+1] == '0' {
+		return ""
+	}
+	for _, mod := range []string{".}", "//}", "/.}", "/}"} {
+		if strings.HasPrefix(w[j:], mod) {
+			return w[i : j+len(mod)]
+		}
+	}
+	if !strings.HasPrefix(w[j:], "}") {
+		return ""
+	}
+	if i == 0 || strings.IndexByte(" \t\n'\"/=:,", w[i-1]) >= 0 {
+		return w[i : j+1]
+	}
+	return ""
 }
 
 // command returns the template as an argument vector, for messages and
@@ -179,6 +222,7 @@ func tokenIndex(k replacement) int {
 // as --dry-run shows it.
 func (t *cmdTemplate) expand(input []byte, seq uint64) []string {
 	in := string(input)
+	n := 0 // replacement strings met so far, for t.ctxs
 	value := func(k replacement) string {
 		var v string
 		switch k {
@@ -196,7 +240,12 @@ func (t *cmdTemplate) expand(input []byte, seq uint64) []string {
 			v = strconv.FormatUint(seq, 10)
 		}
 		if t.shell {
-			v = shellQuote(v)
+			ctx := ctxBare
+			if n < len(t.ctxs) {
+				ctx = t.ctxs[n]
+			}
+			n++
+			v = quoteValue(v, ctx)
 		}
 		return v
 	}

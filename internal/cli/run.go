@@ -104,6 +104,14 @@ func (a *runArgs) parse(e *env, args []string) error {
 	}
 	rest := fs.Args()
 	for i, s := range rest {
+		if s == "::::" || s == "::::+" {
+			// Left in CMD, it would be an argument of every job, with the
+			// file's name, while the inputs came from stdin.
+			return usagef("run", "%s (GNU parallel's input file) is not supported: use -a FILE", s)
+		}
+		if s == ":::+" {
+			return usagef("run", "%s (GNU parallel's linked input list) is not supported: give one ::: list", s)
+		}
 		if s == ":::" {
 			a.cmd, a.colonArgs, a.colons = rest[:i], rest[i+1:], true
 			break
@@ -152,15 +160,24 @@ func runRun(ctx context.Context, e *env, args []string) error {
 	if a.null {
 		sep = 0
 	}
-	src, err := newSource(a.colonArgs, a.colons, a.common.argFiles, e.stdin, sep, maxRunInput,
-		"no program takes an argument that long (Linux allows 128 KiB per argument)")
+	src, err := openInterruptibly(ctx, func() (source, error) {
+		src, err := newSource(a.colonArgs, a.colons, a.common.argFiles, e.stdin, sep, maxRunInput,
+			"no program takes an argument that long (Linux allows 128 KiB per argument)")
+		if err != nil {
+			return nil, &statusError{status: exitUsage, err: err}
+		}
+		return src, nil
+	})
 	if err != nil {
-		return &statusError{status: exitUsage, err: err}
+		return err
 	}
 	defer src.close()
+	if !a.colons {
+		terminalNotice(e, a.common.argFiles, "inputs", "give them after ::: or with -a FILE, or pipe them in")
+	}
 
 	if a.dryRun {
-		return dryRun(e, tmpl, src)
+		return dryRun(ctx, e, tmpl, src)
 	}
 	j := &job{
 		mode: "run",
@@ -187,6 +204,14 @@ func runRun(ctx context.Context, e *env, args []string) error {
 		viaShell:   tmpl.viaShell(),
 		e:          e,
 	}
+	if !tmpl.shell && strings.ContainsAny(a.cmd[0], " \t|;&<>()$`*?") {
+		// 'gzip -9' {} or 'ls|wc': a shell command line cut in two, or
+		// without spaces, taken for a program's name.
+		j.notFoundHint = "a shell command line runs under sh -c when it is one argument with a space"
+		if line := strings.Join(a.cmd, " "); strings.ContainsAny(line, " \t") && !strings.Contains(line, "'") {
+			j.notFoundHint += ", such as '" + line + "'"
+		}
+	}
 	var status int
 	if a.nats.url != "" {
 		status = j.executeRemote(ctx, &a.nats)
@@ -200,19 +225,54 @@ func runRun(ctx context.Context, e *env, args []string) error {
 }
 
 // dryRun prints the command of each input, one per line, quoted so that
-// sh would run the same argument vector.
-func dryRun(e *env, tmpl *cmdTemplate, src source) error {
+// sh would run the same argument vector. Ctrl-C, SIGTERM or SIGHUP (ctx)
+// stops it with exit 3, as it stops a run, also while it waits for an
+// input that does not come.
+func dryRun(ctx context.Context, e *env, tmpl *cmdTemplate, src source) error {
+	type item struct {
+		in  []byte
+		err error
+	}
+	items := make(chan item)
+	stop := make(chan struct{})
+	defer close(stop)
+	// The reader ends at the input's end or first error, or at its next
+	// read once dryRun has returned: a read of an idle stdin cannot be
+	// interrupted, and the process ends without it.
+	go func() {
+		for {
+			in, err := src.next()
+			select {
+			case items <- item{in, err}:
+			case <-stop:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
 	var seq uint64
 	for {
-		in, err := src.next()
-		if errors.Is(err, io.EOF) {
+		var it item
+		select {
+		case it = <-items:
+		case <-ctx.Done():
+			err := error(errInterrupted)
+			if s := interruptedBy(ctx); s != nil {
+				err = &SignalError{Signal: s}
+			}
+			return &statusError{status: exitAborted, err: err}
+		}
+		if errors.Is(it.err, io.EOF) {
 			return nil
 		}
-		if err != nil {
-			return &statusError{status: exitFailed, err: err}
+		if it.err != nil {
+			// As for a run: an input that cannot be read stops it (exit 3).
+			return &statusError{status: exitAborted, err: it.err}
 		}
 		seq++
-		args := tmpl.expand(in, seq)
+		args := tmpl.expand(it.in, seq)
 		line := args
 		if tmpl.shell {
 			// The command line sh -c would run, as GNU parallel shows it.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
 	"sync"
 	"sync/atomic"
@@ -70,7 +71,10 @@ type job struct {
 	// between safepool and the command, so that an exit status 128+N may
 	// be the shell's report of a child killed by signal N.
 	viaShell bool
-	e        *env
+	// notFoundHint, when set, follows the error of a command that is not
+	// found: what the user most likely meant.
+	notFoundHint string
+	e            *env
 	// seqs numbers tasks by their inputs for the summary; set by execute.
 	seqs *taskSeqs
 }
@@ -248,6 +252,9 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		jl.close()
 		jj.close(exitUsage)
 		reason := quoteMessage(err.Error())
+		if j.notFoundHint != "" && errors.Is(err, exec.ErrNotFound) {
+			reason += "; " + j.notFoundHint
+		}
 		fmt.Fprintf(stderr, "safepool: %s\n", reason)
 		sum.Aborted, sum.AbortReason, sum.ExitStatus = true, reason, exitUsage
 		sum.wall = time.Since(sum.StartTime)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"runtime/debug"
@@ -121,6 +122,9 @@ func TestTemplate(t *testing.T) {
 		{"shell appended", []string{"echo a b"}, "x y", 1, []string{"sh", "-c", "echo a b 'x y'"}},
 		{"shell plain value", []string{"gzip -c {}"}, "a/b-1.txt", 1, []string{"sh", "-c", "gzip -c a/b-1.txt"}},
 		{"empty input", []string{"echo", "[{}]"}, "", 1, []string{"echo", "[]"}},
+		{"regular expression counts", []string{"grep", "-E", "^a{2}[0-9]{3}.{4}(ab){1}"}, "x", 1, []string{"grep", "-E", "^a{2}[0-9]{3}.{4}(ab){1}", "x"}},
+		{"braces of awk", []string{"awk", "{print $1}"}, "x", 1, []string{"awk", "{print $1}", "x"}},
+		{"not a number", []string{"echo", "{a}{0}{1x}"}, "x", 1, []string{"echo", "{a}{0}{1x}", "x"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -144,6 +148,15 @@ func TestTemplateErrors(t *testing.T) {
 		{"empty", nil, "missing command"},
 		{"slot", []string{"echo", "{%}"}, "{%}"},
 		{"command is a replacement", []string{"{}", "x"}, "sh -c"},
+		{"positional", []string{"echo", "{1}"}, "{1} of GNU parallel is not supported"},
+		{"positional with text", []string{"convert", "{1}", "out/{1}.png"}, "{1} of GNU parallel"},
+		{"positional extension", []string{"echo", "x{2.}.txt"}, "{2.} of GNU parallel"},
+		{"positional basename", []string{"echo", "{1/}"}, "{1/}"},
+		{"positional dirname", []string{"echo", "{1//}"}, "{1//}"},
+		{"positional both", []string{"echo", "{1/.}"}, "{1/.}"},
+		{"positional in a shell line", []string{"convert {1} {1.}.png"}, "{1} of GNU parallel"},
+		{"positional after an equals sign", []string{"tool", "--in={2}"}, "{2}"},
+		{"perl expression", []string{"echo", "{= s/a/b/ =}"}, "{= s/a/b/ =}"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -554,6 +567,14 @@ func TestUsageErrors(t *testing.T) {
 		{"no command", nil, "safepool runs commands"},
 		{"unknown command", []string{"frobnicate"}, `safepool: unknown command "frobnicate"`},
 		{"unknown flag", []string{"run", "--bogus", "echo"}, "safepool run: unknown flag: --bogus"},
+		{"typo", []string{"run", "--keep-ordr", "echo"}, "safepool run: unknown flag: --keep-ordr (did you mean --keep-order?)"},
+		{"swapped letters", []string{"run", "--jbos", "2", "echo"}, "safepool run: unknown flag: --jbos (did you mean --jobs?)"},
+		{"typo with a value", []string{"map", "--blocks=10M", "--pipe", "cat"}, "safepool map: unknown flag: --blocks (did you mean --block?)"},
+		{"parallel's halt", []string{"run", "--halt", "now,fail=1", "echo"}, "safepool run: unknown flag: --halt (--on-worker-death abort stops at the first failure"},
+		{"parallel's pipe on run", []string{"run", "--pipe", "wc"}, "safepool run: unknown flag: --pipe (--pipe is safepool map's: safepool map --pipe CMD)"},
+		{"xargs -I", []string{"run", "-I", "{}", "echo", "{}"}, "safepool run: unknown shorthand flag: 'I' in -I ({} always stands for the input: leave -I {} out)"},
+		{"xargs -n", []string{"run", "-n", "1", "echo"}, "safepool run: unknown shorthand flag: 'n' in -n (each job takes one input: leave -n 1 out)"},
+		{"map -0", []string{"map", "-0", "cat"}, "safepool map: unknown shorthand flag: '0' in -0 (-0 is safepool run's; map reads lines)"},
 		{"bad jobs", []string{"run", "-j", "x", "echo"}, `safepool run: invalid argument "x" for "-j, --jobs" flag`},
 		{"negative jobs", []string{"run", "-j", "-1", "echo"}, "safepool run: -j must be at least 0, not -1"},
 		{"bad size", []string{"run", "--mem-limit", "12XB", "echo"}, `safepool run: invalid argument "12XB" for "--mem-limit" flag: unknown unit "XB" (want B, K, M, G, T, KiB, MiB, GiB, TiB, kB, MB, GB or TB)`},
@@ -562,8 +583,17 @@ func TestUsageErrors(t *testing.T) {
 		{"missing command", []string{"run", "-j", "2"}, "safepool run: missing command"},
 		{"missing command before colons", []string{"run", ":::", "a"}, "safepool run: missing command"},
 		{"two colon lists", []string{"run", "echo", ":::", "a", ":::", "b"}, "safepool run: only one ::: list is supported"},
+		{"input file list", []string{"run", "echo", "::::", "f"}, "safepool run: :::: (GNU parallel's input file) is not supported: use -a FILE"},
+		{"linked list", []string{"run", "echo", ":::+", "a"}, "safepool run: :::+ (GNU parallel's linked input list) is not supported"},
+		{"positional", []string{"run", "echo", "{1}", ":::", "a"}, "safepool run: the replacement string {1} of GNU parallel is not supported"},
 		{"colons and -a", []string{"run", "-a", "f", "echo", ":::", "a"}, "safepool run: give inputs with -a or with :::, not both"},
 		{"slot", []string{"run", "echo", "{%}"}, "safepool run: the replacement string {%} (worker slot) is not supported"},
+		{"joblog takes a flag", []string{"run", "--joblog", "-k", "echo", ":::", "a"}, "safepool run: --joblog FILE: -k is a flag, where FILE should be (write ./-k for a file named so)"},
+		{"joblog to stdout", []string{"run", "--joblog", "-", "echo", ":::", "a"}, "safepool run: --joblog FILE: - is not stdin or stdout here"},
+		{"journal takes a flag", []string{"run", "--journal", "--resume", "echo", ":::", "a"}, "safepool run: --journal FILE: --resume is a flag"},
+		{"arg-file takes a flag", []string{"run", "-a", "-k", "echo"}, "safepool run: --arg-file FILE: -k is a flag"},
+		{"action takes a flag", []string{"run", "--on-worker-death", "-q", "echo"}, "safepool run: --on-worker-death ACTION: -q is a flag, where ACTION should be"},
+		{"map joblog takes the worker flag", []string{"map", "--joblog", "--worker", "cat"}, "safepool map: --joblog FILE: --worker is a flag"},
 		{"map no worker", []string{"map", "-j", "2"}, "safepool map: missing worker command (--worker 'CMD')"},
 		{"map both workers", []string{"map", "--worker", "cat", "cat"}, "safepool map: give the worker with --worker or after the flags, not both"},
 		{"map json stdout", []string{"map", "--json", "-", "--worker", "cat"}, "safepool map: --json needs a FILE: stdout carries the data"},
@@ -895,4 +925,76 @@ func addResults(s *summary, rs ...*pool.Result) {
 		}
 	}
 	s.setTasks(st)
+}
+
+// TestShellValuesInQuotes runs shell command lines of safepool run whose
+// replacement strings stand outside quotes, inside '...' and inside "...",
+// also within $(...), with hostile inputs, through sh: each value must
+// reach the command exactly as the input, never run as a command. A value
+// inside quotes used to be shell-quoted as a word of its own there: its
+// quotes became part of it, and $(...) or ; in it ran.
+func TestShellValuesInQuotes(t *testing.T) {
+	inputs := []string{"plain", "a b", "it's", `"`, "'", "''", "$(echo RAN)", "`echo RAN`", `\`, `a\nb`,
+		"a;echo RAN", "line\nbreak", "*", "$HOME", "!", "-n", "", "${x:-RAN}", `\"'$`, "{}"}
+	dir := t.TempDir()
+	for _, tc := range []struct{ line, want string }{
+		{`printf '[%s]\n' {}`, "[V]\n"},
+		{`printf '[%s]\n' '{}'`, "[V]\n"},
+		{`printf '[%s]\n' "{}"`, "[V]\n"},
+		{`printf '[%s]\n' "<{}>" '<{}>' x{}x`, "[<V>]\n[<V>]\n[xVx]\n"},
+		{`printf '[%s]\n' "$(printf '%s' "{}")"`, "[V]\n"},
+		{`printf '[%s]\n' "$(printf '%s' '{}')"`, "[V]\n"},
+		{`printf '[%s]\n' "x'{}'y"`, "[x'V'y]\n"},
+		{`printf '[%s]\n' 'x"{}"y'`, "[x\"V\"y]\n"},
+		{`v="{}"; printf '[%s]\n' "$v"`, "[V]\n"},
+		{`printf '[%s]\n' {} # '{}'`, "[V]\n"},
+	} {
+		tmpl, err := parseTemplate([]string{tc.line})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tmpl.ctxs == nil {
+			t.Errorf("%s: quoteContexts could not follow it", tc.line)
+		}
+		for _, in := range inputs {
+			args := tmpl.argv([]byte(in), 1)
+			cmd := exec.Command(args[0], args[1:]...)
+			cmd.Dir = dir // where a value that broke out of its quotes would write
+			out, err := cmd.Output()
+			if want := strings.ReplaceAll(tc.want, "V", in); err != nil || string(out) != want {
+				t.Errorf("%s with input %q: sh -c %q printed %q (%v), want %q", tc.line, in, args[2], out, err, want)
+			}
+		}
+	}
+}
+
+func TestQuoteContexts(t *testing.T) {
+	for _, tc := range []struct {
+		line string
+		want []quoteCtx // nil: not followed
+	}{
+		{`echo {} '{}' "{}"`, []quoteCtx{ctxBare, ctxSingle, ctxDouble}},
+		{`echo "a'{}'b" 'a"{}"b'`, []quoteCtx{ctxDouble, ctxSingle}},
+		{`echo \'{} \"{}`, []quoteCtx{ctxBare, ctxBare}},
+		{`echo "\"{}"`, []quoteCtx{ctxDouble}},
+		{`echo "$(echo '{}' "{}" {})"`, []quoteCtx{ctxSingle, ctxDouble, ctxBare}},
+		{`echo $(echo $(echo "{}") '{}') {}`, []quoteCtx{ctxDouble, ctxSingle, ctxBare}},
+		{`echo {} # it's "{}"` + "\n" + `echo '{}'`, []quoteCtx{ctxBare, ctxBare, ctxSingle}},
+		{"echo a#'{}'", []quoteCtx{ctxSingle}},
+		{"echo `echo {}`", nil},
+		{`echo ${x:-{}}`, nil},
+		{`echo $(( {} + 1 ))`, nil},
+		{"cat <<EOF\n{}\nEOF", nil},
+		{`echo "{}`, nil},
+		{`echo $(case {} in a) echo '{}';; esac)`, nil},
+		{`echo \{}`, nil},
+	} {
+		tmpl, err := parseTemplate([]string{tc.line})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(tmpl.ctxs, tc.want) {
+			t.Errorf("quoteContexts(%q) = %v, want %v", tc.line, tmpl.ctxs, tc.want)
+		}
+	}
 }
