@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/safepool/safepool/internal/testenv"
 )
 
 // These tests run the cgroup file conventions against a temp dir, so they
@@ -97,6 +99,7 @@ func TestCgroupV2Files(t *testing.T) {
 	if p, err := g.Peak(); p != 67100000 || err != nil {
 		t.Errorf("Peak() = %d, %v, want 67100000", p, err)
 	}
+	unresettablePeak(t, g)
 	writeFiles(t, unlimited.Path(), map[string]string{"memory.events": "low 0\n"})
 	if _, err := unlimited.OOMKills(); !errors.Is(err, errors.ErrUnsupported) {
 		t.Errorf("OOMKills() without oom_kill = %v, want ErrUnsupported", err)
@@ -358,5 +361,41 @@ func TestParseParentName(t *testing.T) {
 		if pid != tc.pid || ok != (tc.pid != 0) {
 			t.Errorf("parseParentName(%q) = %d, %v, want %d", tc.name, pid, ok, tc.pid)
 		}
+	}
+}
+
+// unresettablePeak checks g's peaks where memory.peak, 67100000 now, cannot
+// be reset (v2 kernels 5.19 to 6.11, where it is read-only): after
+// ResetPeak, Peak is unknown (0) until the lifetime peak rises, and then
+// that peak. It stands in for the read-only file with an immutable one,
+// which root cannot open for writing either.
+func unresettablePeak(t *testing.T, g *Group) {
+	t.Helper()
+	peak := filepath.Join(g.Path(), "memory.peak")
+	chattr, err := exec.LookPath("chattr")
+	if err != nil {
+		testenv.SkipOrFail(t, "chattr (e2fsprogs) is not installed")
+		return
+	}
+	if out, err := exec.Command(chattr, "+i", peak).CombinedOutput(); err != nil {
+		testenv.SkipOrFail(t, fmt.Sprintf("chattr +i on the test's directory: %v: %s", err, out))
+		return
+	}
+	mutable := func() {
+		if out, err := exec.Command(chattr, "-i", peak).CombinedOutput(); err != nil {
+			t.Fatalf("chattr -i: %v: %s", err, out)
+		}
+	}
+	defer mutable()
+	if err := g.ResetPeak(); err != nil {
+		t.Errorf("ResetPeak() with memory.peak not writable = %v, want nil", err)
+	}
+	if p, err := g.Peak(); p != 0 || err != nil {
+		t.Errorf("Peak() after ResetPeak, memory.peak unchanged = %d, %v, want 0 (unknown)", p, err)
+	}
+	mutable()
+	writeFiles(t, g.Path(), map[string]string{"memory.peak": "90000000\n"})
+	if p, err := g.Peak(); p != 90000000 || err != nil {
+		t.Errorf("Peak() after the lifetime peak rose = %d, %v, want 90000000", p, err)
 	}
 }

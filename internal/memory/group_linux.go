@@ -55,6 +55,14 @@ type Group struct {
 	// peakFD is memory.peak as opened by ResetPeak (v2); later reads must
 	// use it to see the reset. Guarded by mu.
 	peakFD *os.File
+	// peakBase is, on v2 kernels whose memory.peak cannot be reset (5.19
+	// to 6.11), the group's lifetime peak when ResetPeak was last called,
+	// and peakRelative says it is set: Peak is then that lifetime peak if
+	// it rose above peakBase (so it was reached since), else unknown. A
+	// one-shot slot's groups serve job after job: each job used to be
+	// reported with the largest peak of the jobs before it. Guarded by mu.
+	peakBase     int64
+	peakRelative bool
 	// removed is set once the directory is gone; guarded by mu.
 	removed bool
 	// v1Peak is v1's memory.max_usage_in_bytes, kept open for reading and
@@ -287,7 +295,11 @@ func (g *Group) Peak() (int64, error) {
 		}
 		return v, nil
 	}
-	return g.ctrl.peak(g.path, g.peakFD)
+	v, err := g.ctrl.peak(g.path, g.peakFD)
+	if err == nil && g.peakRelative && v <= g.peakBase {
+		return 0, nil // not above the peak before the reset: unknown
+	}
+	return v, err
 }
 
 // v1PeakFD returns the open memory.max_usage_in_bytes of a v1 group,
@@ -346,6 +358,14 @@ func (g *Group) ResetPeak() error {
 		return nil
 	}
 	f, err := g.ctrl.resetPeak(g.path)
+	if errors.Is(err, errors.ErrUnsupported) {
+		// memory.peak that cannot be reset (v2 before Linux 6.12): peaks
+		// from here count only when they rise above the one so far.
+		if v, perr := g.ctrl.peak(g.path, nil); perr == nil && v > 0 {
+			g.peakBase, g.peakRelative = v, true
+			return nil
+		}
+	}
 	if err != nil {
 		return err
 	}
