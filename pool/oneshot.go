@@ -46,14 +46,14 @@ func (r *runner) runOneShot() {
 	for {
 		if cur == nil {
 			var dispatch chan *task
-			if !r.paused {
+			if !r.paused && !r.p.holdWant.Load() {
 				dispatch = r.p.dispatch
 			}
 			select {
 			case t := <-dispatch:
 				cur = r.startShot(t)
-			case h := <-r.hold:
-				r.applyHold(h, nil)
+			case <-r.holdKick:
+				r.syncHold(nil)
 			case <-r.p.quit:
 				return
 			case <-r.p.abortCh:
@@ -66,7 +66,7 @@ func (r *runner) runOneShot() {
 		// (scheduler.dispatched), though its report is still to come.
 		cur.t.ended.Store(true)
 		var next *shot
-		if r.spare != nil && !r.stopping() && !r.paused {
+		if r.spare != nil && !r.stopping() && !r.paused && !r.p.holdWant.Load() {
 			select {
 			case t := <-r.p.dispatch:
 				next = r.startShot(t)
@@ -206,8 +206,8 @@ func (r *runner) waitOneShot(s *worker.Session, out *attemptOutput) {
 			s.CheckDeadlines()
 		case id := <-r.preempt:
 			s.Preempt(id)
-		case h := <-r.hold:
-			r.applyHold(h, s)
+		case <-r.holdKick:
+			r.syncHold(s)
 		case <-over:
 			over = nil
 			s.Kill(CauseMemoryLimit)

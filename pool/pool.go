@@ -99,8 +99,8 @@ type Pool struct {
 
 	emitMu sync.Mutex // serialises calls to cfg.Observer
 
-	holdMu sync.Mutex // serialises Pause and Resume
-	held   bool       // paused by Pause; guarded by holdMu
+	holdMu   sync.Mutex  // serialises Pause and Resume
+	holdWant atomic.Bool // paused by Pause: what the runners are to be
 }
 
 // task is the loop's record of one submitted task. Only the loop goroutine
@@ -241,7 +241,8 @@ func New(cfg Config) (*Pool, error) {
 	for i := 0; i < cfg.Workers; i++ {
 		c := make(chan uint64, 1)
 		p.preempts = append(p.preempts, c)
-		p.slots = append(p.slots, &runner{p: p, slot: i, preempt: c, hold: make(chan holdRequest)})
+		p.slots = append(p.slots, &runner{p: p, slot: i, preempt: c,
+			holdKick: make(chan struct{}, 1), holdAck: make(chan bool, 1)})
 	}
 	for _, r := range p.slots {
 		p.runners.Add(1)
@@ -268,36 +269,49 @@ func (p *Pool) Pause() { p.hold(true) }
 // pool start tasks again.
 func (p *Pool) Resume() { p.hold(false) }
 
-// hold asks every runner to pause (or go on), and waits for their answers,
-// a few seconds at most: a runner that is not listening (the pool is
-// ending) is not waited for.
+// hold asks every runner to pause (or go on), and waits for them to have
+// done it, holdWait at most: a runner busy elsewhere (reaping a process,
+// emptying a cgroup) does it once it comes back, so that a pause is never
+// lost, but it is not waited for longer.
 func (p *Pool) hold(pause bool) {
 	p.holdMu.Lock()
 	defer p.holdMu.Unlock()
-	if p.held == pause {
+	if p.holdWant.Load() == pause {
 		return
 	}
-	p.held = pause
-	limit := time.NewTimer(2 * time.Second)
+	for _, r := range p.slots {
+		select {
+		case <-r.holdAck: // an answer to an earlier request
+		default:
+		}
+	}
+	p.holdWant.Store(pause)
+	for _, r := range p.slots {
+		select {
+		case r.holdKick <- struct{}{}:
+		default: // a kick is pending: the runner reads holdWant then
+		}
+	}
+	limit := time.NewTimer(holdWait)
 	defer limit.Stop()
 	for _, r := range p.slots {
-		h := holdRequest{pause: pause, done: make(chan struct{})}
-		select {
-		case r.hold <- h:
-		case <-p.quit:
-			return
-		case <-p.abortCh:
-			return
-		case <-limit.C:
-			return
-		}
-		select {
-		case <-h.done:
-		case <-limit.C:
-			return
+		for done := false; !done; {
+			select {
+			case got := <-r.holdAck:
+				done = got == pause
+			case <-p.quit:
+				return
+			case <-p.abortCh:
+				return
+			case <-limit.C:
+				return
+			}
 		}
 	}
 }
+
+// holdWait is how long Pause and Resume wait for the runners.
+const holdWait = 5 * time.Second
 
 // preempt asks the runner of slot to stop task id to save memory. It never
 // blocks: a request while one is still pending is dropped, and the governor

@@ -38,41 +38,46 @@ type runner struct {
 	// failedStarts counts the slot's persistent workers in a row that
 	// failed before doing any work; it sets the wait before the next.
 	failedStarts int
-	// hold carries Pool.Pause's and Pool.Resume's requests; paused is the
-	// last one's: the slot's process is stopped, and the slot starts no
-	// task and no process.
-	hold   chan holdRequest
-	paused bool
+	// holdKick tells the runner that Pool.Pause or Pool.Resume changed
+	// the state the pool wants (Pool.holdWant); paused is the state the
+	// slot is in: its process stopped, and no task or process started.
+	// holdAck carries the state the runner put its slot in, for Pause and
+	// Resume to wait on. Both channels hold one value.
+	holdKick chan struct{}
+	holdAck  chan bool
+	paused   bool
 }
 
-// holdRequest asks a runner to pause its slot (pause) or to let it go on,
-// and is answered by closing done.
-type holdRequest struct {
-	pause bool
-	done  chan struct{}
-}
-
-// applyHold pauses or continues the slot's process, s (nil between
-// processes), as h asks, and answers it.
-func (r *runner) applyHold(h holdRequest, s *worker.Session) {
-	r.paused = h.pause
-	if s != nil {
-		if h.pause {
-			s.Pause()
-		} else {
-			s.Continue()
+// syncHold puts the slot in the state the pool wants, pausing or
+// continuing its process s (nil between processes), and says so on
+// holdAck. A runner busy elsewhere when it was asked does it once it
+// comes back: the request is not lost.
+func (r *runner) syncHold(s *worker.Session) {
+	want := r.p.holdWant.Load()
+	if want != r.paused {
+		r.paused = want
+		if s != nil {
+			if want {
+				s.Pause()
+			} else {
+				s.Continue()
+			}
 		}
 	}
-	close(h.done)
+	select {
+	case r.holdAck <- want:
+	default:
+	}
 }
 
 // waitHeld waits, while the slot is paused between processes, for the
 // pool to let it go on. It reports false when the pool stops meanwhile.
 func (r *runner) waitHeld() bool {
+	r.syncHold(nil)
 	for r.paused {
 		select {
-		case h := <-r.hold:
-			r.applyHold(h, nil)
+		case <-r.holdKick:
+			r.syncHold(nil)
 		case <-r.p.abortCh:
 			return false
 		case <-r.p.quit:
@@ -120,8 +125,8 @@ func (r *runner) waitForMemory() bool {
 	for !r.p.gov.mayStartWorker(r.slot) {
 		select {
 		case <-time.After(200 * time.Millisecond):
-		case h := <-r.hold:
-			r.applyHold(h, nil)
+		case <-r.holdKick:
+			r.syncHold(nil)
 		case <-r.p.abortCh:
 			return false
 		case <-r.p.quit:
@@ -190,7 +195,7 @@ func (r *runner) runPersistent() {
 		}
 		s := r.s
 		var dispatch chan *task
-		if !r.paused && r.hasRoom() {
+		if !r.paused && !r.p.holdWant.Load() && r.hasRoom() {
 			dispatch = r.p.dispatch
 		}
 		select {
@@ -219,8 +224,8 @@ func (r *runner) runPersistent() {
 			s.PipeBroken(err)
 		case id := <-r.preempt:
 			s.Preempt(id)
-		case h := <-r.hold:
-			r.applyHold(h, s)
+		case <-r.holdKick:
+			r.syncHold(s)
 		case <-s.OverLimit():
 			s.Kill(CauseMemoryLimit)
 		case <-quitC:

@@ -104,6 +104,8 @@ func signalName(s os.Signal) string {
 func followTerminalStops(p *pool.Pool) (stop func()) {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTSTP)
+	conts := make(chan os.Signal, 1)
+	signal.Notify(conts, syscall.SIGCONT)
 	done := make(chan struct{})
 	ended := make(chan struct{})
 	go func() { // ends when stop is called
@@ -115,10 +117,20 @@ func followTerminalStops(p *pool.Pool) (stop func()) {
 					continue
 				}
 				p.Pause()
+				select {
+				case <-conts: // an earlier one
+				default:
+				}
 				// SIGTSTP, once notified, cannot have its default action
 				// back (the runtime keeps its handler): SIGSTOP stops as
-				// it would. Kill returns once safepool is continued.
+				// it would. The stop may take hold after Kill returns
+				// (another thread takes the signal): only SIGCONT says
+				// that safepool was stopped and is going on.
 				_ = syscall.Kill(syscall.Getpid(), syscall.SIGSTOP)
+				select {
+				case <-conts:
+				case <-done:
+				}
 				p.Resume()
 			case <-done:
 				return
@@ -127,6 +139,7 @@ func followTerminalStops(p *pool.Pool) (stop func()) {
 	}()
 	return func() {
 		signal.Stop(sigs)
+		signal.Stop(conts)
 		close(done)
 		<-ended
 	}
