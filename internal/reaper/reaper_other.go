@@ -30,3 +30,6 @@ func Sweep(token string) error { return errors.ErrUnsupported }
 
 // SweepAny returns errors.ErrUnsupported outside Linux.
 func SweepAny(tokens []string) error { return errors.ErrUnsupported }
+
+// InitShim returns ran false outside Linux: the program goes on as usual.
+func InitShim() (code int, ran bool) { return 0, false }
