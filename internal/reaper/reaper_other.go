@@ -33,3 +33,9 @@ func SweepAny(tokens []string) error { return errors.ErrUnsupported }
 
 // InitShim returns ran false outside Linux: the program goes on as usual.
 func InitShim() (code int, ran bool) { return 0, false }
+
+// Suspend returns errors.ErrUnsupported outside Linux.
+func (g *Guard) Suspend() error { return errors.ErrUnsupported }
+
+// Resume returns errors.ErrUnsupported outside Linux.
+func (g *Guard) Resume() error { return errors.ErrUnsupported }
