@@ -336,7 +336,13 @@ func init() {
 // guard is the guardian's main: it waits for end of file on fd, then ends
 // the pool's processes and removes its cgroups, and returns the exit code.
 func guard(token, cgroupDir string, fd int) int {
-	signal.Ignore(syscall.SIGHUP, syscall.SIGINT, syscall.SIGPIPE)
+	// Nor does a signal that ends processes by the many before the
+	// SIGKILL that may follow (pkill -f safepool, kill -TERM -1, a service
+	// manager stopping the user's processes): the supervisor's SIGKILL
+	// would then find no guardian. It ends by itself once the supervisor
+	// has, and the supervisor's normal end kills it with SIGKILL.
+	signal.Ignore(syscall.SIGHUP, syscall.SIGINT, syscall.SIGPIPE,
+		syscall.SIGTERM, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGALRM)
 	// Its name in ps and top would be "exe", from /proc/self/exe.
 	_ = os.WriteFile("/proc/self/comm", []byte(guardianName), 0)
 	var b [64]byte
