@@ -263,11 +263,22 @@ func New(cfg Config) (*Pool, error) {
 // paused, no clock of a task's timeout, start-up deadline or stall check
 // runs. Pausing a paused pool, or one that has ended, does nothing.
 // safepool's command line calls it on SIGTSTP, then stops itself.
-func (p *Pool) Pause() { p.hold(true) }
+//
+// Every other process that carries the pool's marker is stopped too: the
+// daemons that tasks started in sessions or process groups of their own,
+// which the workers' groups do not hold, and would otherwise run on.
+func (p *Pool) Pause() {
+	p.hold(true)
+	// Only a /proc that cannot be read fails it: nothing is left to stop.
+	_ = p.guard.Suspend()
+}
 
 // Resume lets the processes that Pause stopped go on (SIGCONT), and the
 // pool start tasks again.
-func (p *Pool) Resume() { p.hold(false) }
+func (p *Pool) Resume() {
+	_ = p.guard.Resume()
+	p.hold(false)
+}
 
 // hold asks every runner to pause (or go on), and waits for them to have
 // done it, holdWait at most: a runner busy elsewhere (reaping a process,

@@ -8,9 +8,15 @@ import (
 	"os"
 
 	"github.com/safepool/safepool/internal/cli"
+	"github.com/safepool/safepool/internal/reaper"
 )
 
 func main() {
+	// As process 1 of a pid namespace (a container without an init),
+	// run under an init that reaps the orphans that jobs leave.
+	if code, ran := reaper.InitShim(); ran {
+		os.Exit(code)
+	}
 	// Run again as a pool's guardian (internal/reaper), the binary never
 	// gets here: the guardian runs in a package initialiser.
 	//

@@ -374,15 +374,29 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		sig := make(chan os.Signal, 1)
 		signal.Notify(sig, stopSignals()...)
 		defer signal.Stop(sig)
-		prog.pause(func() {
-			if s := interruptedBy(ctx); s != nil && s != os.Interrupt {
-				fmt.Fprintf(stderr, "safepool: interrupted by %s; stopping workers (signal again to kill them now)\n", signalName(s))
-				return
-			}
-			fmt.Fprintln(stderr, "safepool: interrupted; stopping workers (interrupt again to kill them now)")
-		})
-		p.Abort(errInterrupted)
+		// From now on a write that the reader of stdout or stderr does
+		// not take is given up after the grace period. The message below
+		// waits for the write under way, which may be one that no reader
+		// takes (a job's stderr to a stuck logger, a terminal stopped by
+		// Ctrl-S): the stop must not wait for it, only keep the message
+		// ahead of what the stop prints when it can.
 		guard.stop()
+		said := make(chan struct{})
+		go func() { // ends once its write is taken or given up: within the grace period
+			defer close(said)
+			prog.pause(func() {
+				if s := interruptedBy(ctx); s != nil && s != os.Interrupt {
+					fmt.Fprintf(stderr, "safepool: interrupted by %s; stopping workers (signal again to kill them now)\n", signalName(s))
+					return
+				}
+				fmt.Fprintln(stderr, "safepool: interrupted; stopping workers (interrupt again to kill them now)")
+			})
+		}()
+		select {
+		case <-said:
+		case <-time.After(stallMoment):
+		}
+		p.Abort(errInterrupted)
 		select {
 		case <-sig:
 			guard.giveUp()
@@ -390,6 +404,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 			p.Abort(errInterrupted)
 		case <-resultsDone:
 		}
+		<-said // the message before the summary
 	})
 
 	// Standard output needs the bar out of the way only when it shares the

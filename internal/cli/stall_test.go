@@ -117,3 +117,63 @@ func TestInterruptWithIdleInput(t *testing.T) {
 		})
 	}
 }
+
+// TestInterruptWithStuckStderr: when the reader of stderr has stopped
+// reading (2> >(a logger that hangs), a pager), safepool blocks writing a
+// job's stderr to the full pipe. SIGTERM still ends it within --grace and a
+// little. It used to stay blocked for as long as the reader did, however
+// many signals came: the interrupt's own message waited for that write
+// before the run was told to stop.
+func TestInterruptWithStuckStderr(t *testing.T) {
+	for _, args := range [][]string{
+		{"run", "-j", "2", "--no-progress", "--grace", "500ms", "--",
+			"sh", "-c", "head -c 100000 /dev/zero >&2"},
+		{"map", "-j", "2", "--no-progress", "--grace", "500ms", "--",
+			"sh", "-c", "while read l; do head -c 100000 /dev/zero >&2; echo $l; done"},
+	} {
+		t.Run(args[0], func(t *testing.T) {
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			defer w.Close()
+			ctx, cancel := context.WithCancelCause(context.Background())
+			defer cancel(nil)
+			ended := make(chan int, 1)
+			go func() {
+				ended <- Run(ctx, args, strings.NewReader(strings.Repeat("x\n", 1000)), io.Discard, w)
+			}()
+			// Wait until the pipe is full: safepool's next write to
+			// stderr then blocks.
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+				n, err := unix.IoctlGetInt(int(r.Fd()), unix.TIOCINQ) // FIONREAD
+				if err != nil {
+					t.Fatal(err)
+				}
+				if n >= 64<<10 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the pipe holds %d bytes after 10s, want it full", n)
+				}
+			}
+			time.Sleep(200 * time.Millisecond)
+			start := time.Now()
+			cancel(&SignalError{Signal: syscall.SIGTERM})
+			select {
+			case code := <-ended:
+				if code != exitAborted {
+					t.Errorf("Run = %d, want %d", code, exitAborted)
+				}
+				if took := time.Since(start); took > 5*time.Second {
+					t.Errorf("Run ended %v after SIGTERM, want within --grace (500ms) and a little", took.Round(time.Millisecond))
+				}
+			case <-time.After(10 * time.Second):
+				r.Close() // the writes fail, and Run ends
+				code := <-ended
+				t.Fatalf("Run did not end within 10s of SIGTERM while its stderr was not read (it did, %d, once the reader went away)", code)
+			}
+		})
+	}
+}

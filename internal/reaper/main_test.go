@@ -41,6 +41,7 @@ var roles = map[string]func(args []string) int{
 	"reapertest-supervise": superviseMain,
 	"reapertest-framed":    framedMain,
 	"reapertest-escape":    escapeMain,
+	"reapertest-init":      initMain,
 }
 
 // cliMain is cmd/safepool's main.

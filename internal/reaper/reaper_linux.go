@@ -336,7 +336,13 @@ func init() {
 // guard is the guardian's main: it waits for end of file on fd, then ends
 // the pool's processes and removes its cgroups, and returns the exit code.
 func guard(token, cgroupDir string, fd int) int {
-	signal.Ignore(syscall.SIGHUP, syscall.SIGINT, syscall.SIGPIPE)
+	// Nor does a signal that ends processes by the many before the
+	// SIGKILL that may follow (pkill -f safepool, kill -TERM -1, a service
+	// manager stopping the user's processes): the supervisor's SIGKILL
+	// would then find no guardian. It ends by itself once the supervisor
+	// has, and the supervisor's normal end kills it with SIGKILL.
+	signal.Ignore(syscall.SIGHUP, syscall.SIGINT, syscall.SIGPIPE,
+		syscall.SIGTERM, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGALRM)
 	// Its name in ps and top would be "exe", from /proc/self/exe.
 	_ = os.WriteFile("/proc/self/comm", []byte(guardianName), 0)
 	var b [64]byte
@@ -358,4 +364,78 @@ func guard(token, cgroupDir string, fd int) int {
 		return 1
 	}
 	return 0
+}
+
+// suspendRounds bounds Suspend's looks at /proc: each finds the processes
+// forked since the one before, by processes not yet stopped.
+const suspendRounds = 10
+
+// Suspend stops (SIGSTOP) every process but this one and the guardian that
+// carries the Guard's token: the pool's workers and every process they
+// started, whatever their process group or session. It looks again until
+// a look finds no process it had not stopped, as a process may fork while
+// it is being stopped. Resume continues them.
+func (g *Guard) Suspend() error {
+	seen := map[int]struct{}{}
+	for range suspendRounds {
+		n, err := g.signal(unix.SIGSTOP, seen)
+		if err != nil || n == 0 {
+			return err
+		}
+	}
+	return nil
+}
+
+// Resume continues (SIGCONT) every process that carries the Guard's
+// token, as Suspend stopped them.
+func (g *Guard) Resume() error {
+	_, err := g.signal(unix.SIGCONT, nil)
+	return err
+}
+
+// signal sends sig to every process but this one and the guardian that
+// carries the Guard's token and is not in seen, adds them to seen (when
+// not nil), and returns how many it signalled.
+func (g *Guard) signal(sig unix.Signal, seen map[int]struct{}) (int, error) {
+	skip := 0
+	if g.guardian != nil {
+		skip = g.guardian.Process.Pid
+	}
+	s := sweeper{tokens: map[string]struct{}{g.token: {}}, skip: skip, buf: make([]byte, 0, 64<<10)}
+	d, err := os.Open("/proc")
+	if err != nil {
+		return 0, fmt.Errorf("reaper: %w", err)
+	}
+	names, err := d.Readdirnames(-1)
+	d.Close()
+	if err != nil {
+		return 0, fmt.Errorf("reaper: reading /proc: %w", err)
+	}
+	self := os.Getpid()
+	n := 0
+	for _, name := range names {
+		pid, err := strconv.Atoi(name)
+		if err != nil || pid == self || pid == skip {
+			continue
+		}
+		if _, ok := seen[pid]; ok || !s.marked(pid) {
+			continue
+		}
+		fd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			if !errors.Is(err, unix.ESRCH) && unix.Kill(pid, sig) == nil {
+				n++ // no pidfd (Linux before 5.3, EMFILE): by pid
+			}
+		} else {
+			// Read again through the pinned pid: never a stranger.
+			if s.marked(pid) && unix.PidfdSendSignal(fd, sig, nil, 0) == nil {
+				n++
+			}
+			unix.Close(fd)
+		}
+		if seen != nil {
+			seen[pid] = struct{}{}
+		}
+	}
+	return n, nil
 }

@@ -257,6 +257,31 @@ func TestGuardianDetached(t *testing.T) {
 	}
 }
 
+// TestGuardianOutlivesSIGTERM: SIGTERM, and the other signals that
+// pkill -f safepool, kill -TERM -1 or a service manager send before SIGKILL,
+// do not end the guardian. They used to: the supervisor, SIGKILLed next as
+// the usual escalation goes, then left every daemon of its tasks, and as an
+// unprivileged user the jobs themselves, running.
+func TestGuardianOutlivesSIGTERM(t *testing.T) {
+	g := startGuard(t, "")
+	c := sleeper(t, g.Env(nil))
+	pid := g.guardian.Process.Pid
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGALRM} {
+		if err := syscall.Kill(pid, sig); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A fatal signal has begun to kill the process by the time kill
+	// returns: the exit code tells which it was.
+	g.pipe.Close()
+	if code := waitGuardian(t, g); code != 0 {
+		t.Errorf("guardian ended with %v after SIGTERM, SIGQUIT, SIGUSR1, SIGUSR2 and SIGALRM, want exit code 0", g.guardian.ProcessState)
+	}
+	if !c.killedBySIGKILL(t) {
+		t.Errorf("marked process ended with %v, want SIGKILL by the guardian", c.cmd.ProcessState)
+	}
+}
+
 // TestGuardianRemovesCgroups kills a process that cleared its environment
 // through the pool's cgroups, and removes them.
 func TestGuardianRemovesCgroups(t *testing.T) {

@@ -30,3 +30,12 @@ func Sweep(token string) error { return errors.ErrUnsupported }
 
 // SweepAny returns errors.ErrUnsupported outside Linux.
 func SweepAny(tokens []string) error { return errors.ErrUnsupported }
+
+// InitShim returns ran false outside Linux: the program goes on as usual.
+func InitShim() (code int, ran bool) { return 0, false }
+
+// Suspend returns errors.ErrUnsupported outside Linux.
+func (g *Guard) Suspend() error { return errors.ErrUnsupported }
+
+// Resume returns errors.ErrUnsupported outside Linux.
+func (g *Guard) Resume() error { return errors.ErrUnsupported }

@@ -197,15 +197,28 @@ class _Core:
         # direct records name their batch by its region).
         self._regions: dict[int, int] = {}
         self._reader = threading.Thread(target=self._read_loop, name="safepool-reader", daemon=True)
-        self._reader.start()
-        self._ready.wait()
-        if self._broken is not None:
-            self.terminate(wait=5.0)
-            raise self._broken
-        self._window = int(self._ready_info.get("max_pending") or 0)
-        self._writer = threading.Thread(target=self._write_loop, name="safepool-writer", daemon=True)
-        self._writer.start()
-        _live_cores.add(self)
+        try:
+            self._reader.start()
+            self._ready.wait()
+            if self._broken is not None:
+                self.terminate(wait=5.0)
+                raise self._broken
+            self._window = int(self._ready_info.get("max_pending") or 0)
+            self._writer = threading.Thread(target=self._write_loop, name="safepool-writer", daemon=True)
+            self._writer.start()
+            _live_cores.add(self)
+        except BaseException:
+            # Ctrl-C (KeyboardInterrupt) while the binary starts, in a
+            # program that goes on: no pool owns the binary, and the reader
+            # thread would keep this object, and the pipe to the binary,
+            # open until the program exits, the binary and its workers
+            # running all along. Closing the pipe makes the binary kill
+            # its workers and exit.
+            self._release()
+            if not self._proc.wait(5.0):
+                self._proc.kill()
+                self._proc.wait()
+            raise
 
     # ---- properties -------------------------------------------------------
 

@@ -233,6 +233,10 @@ class Launch:
             os.write(self.to_fd, frame)
         except OSError:
             pass  # the binary is gone already: the pool's reader reports it
+        except BaseException:
+            # Ctrl-C: no pool will own the binary.
+            self.abandon()
+            raise
 
     def cleanup(self):
         """Remove (or close) the initializer's file, and close the write end of the

@@ -98,6 +98,49 @@ class NoOrphans(unittest.TestCase):
         self.assertEqual(code, -signal.SIGKILL)
 
 
+class InterruptedStart(unittest.TestCase):
+    """Ctrl-C (KeyboardInterrupt) while a pool or an executor starts, in a
+    program that goes on (a notebook, a loop that catches it), leaves no
+    binary and no worker behind. The binary used to run on with its workers
+    until the program exited: the half-made pool's reader thread kept its
+    pipe to the binary open."""
+
+    def _interrupt_starts(self, make, tries=30):
+        marker = "safepool-test-" + uuid.uuid4().hex
+        os.environ["SAFEPOOL_TEST_MARKER"] = marker
+        old = signal.signal(signal.SIGALRM, signal.default_int_handler)
+        interrupted = 0
+        try:
+            for i in range(tries):
+                # From 1 ms to 60 ms into the start, which takes tens of ms.
+                signal.setitimer(signal.ITIMER_REAL, 0.001 + 0.002 * i)
+                try:
+                    try:
+                        made = make()
+                    finally:
+                        signal.setitimer(signal.ITIMER_REAL, 0)
+                except KeyboardInterrupt:
+                    interrupted += 1
+                    continue
+                made.terminate() if hasattr(made, "terminate") else made.shutdown(cancel_futures=True)
+                if hasattr(made, "join"):
+                    made.join()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+            del os.environ["SAFEPOOL_TEST_MARKER"]
+        self.assertGreater(interrupted, 0)
+        self.assertEqual(wait_gone(marker, {os.getpid()}), [],
+                         "processes left after %d interrupted starts" % interrupted)
+
+    def test_pool(self):
+        self._interrupt_starts(lambda: safepool.Pool(2))
+
+    def test_executor(self):
+        from safepool.executor import Executor
+        self._interrupt_starts(lambda: Executor(2))
+
+
 class Dropped(unittest.TestCase):
     """A pool or executor that the program drops without closing it is
     stopped, as multiprocessing's and concurrent.futures' are: its binary
