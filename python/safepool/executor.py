@@ -6,7 +6,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from . import _launch
-from ._options import EngineOptions, check_context, parse_size
+from ._options import EngineOptions, check_chunksize, check_context, parse_size
 
 __all__ = ["Executor"]
 
@@ -151,6 +151,7 @@ class Executor(concurrent.futures.Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._core.check_running()
+        chunksize = check_chunksize(chunksize)
         if buffersize is not None and buffersize < 1:
             raise ValueError("buffersize must be at least 1")
         from ._core import STAR

@@ -5,7 +5,7 @@ import sys
 import warnings
 
 from . import _launch
-from ._options import EngineOptions, check_context, parse_size
+from ._options import EngineOptions, check_chunksize, check_context, parse_size
 
 # Pool() starts the binary before it imports the rest of the client (see
 # _launch), so this module imports it only where it is used: _core, _jobs,
@@ -235,9 +235,7 @@ class Pool:
         per worker, as multiprocessing does, but no less than BATCH_WORK of
         the function's recent time per item, up to an equal share."""
         if chunksize is not None:
-            if chunksize < 1:
-                raise ValueError("chunksize must be at least 1")
-            return chunksize
+            return chunksize  # checked by the call (check_chunksize)
         workers = self._core.processes
         size = max(-(-n // (workers * 4)), 1)
         per = self._core.time_per_item(fn_bytes)
@@ -250,6 +248,7 @@ class Pool:
         from ._core import _Chunk
         from ._jobs import AsyncResult
         self._check()
+        chunksize = check_chunksize(chunksize)
         # A range is cut into ranges: a chunk travels as range(a, b), not
         # as the list of its numbers, which the client would make, pickle
         # and keep, and each worker unpickle.
@@ -275,12 +274,14 @@ class Pool:
         if self._journal is None:
             return None
         self._check()
+        chunksize = check_chunksize(chunksize)
         return self._journal.imap(self, func, iterable, chunksize, ordered, errors, progress)
 
     def _imap(self, func, iterable, chunksize, ordered, errors, progress, on_ready=None):
         from ._core import MAP
         from ._jobs import IterResult
         self._check()
+        chunksize = check_chunksize(chunksize)
         display = None
         if progress:
             from . import _progress

@@ -182,6 +182,15 @@ class ExecutorTest(unittest.TestCase):
         with safepool.Executor(2) as ex:
             self.assertEqual(list(ex.map(helpers.add, [1, 2, 3], [10, 20, 30])), [11, 22, 33])
 
+    def test_map_bad_chunksize_raises_from_the_call(self):
+        # As ProcessPoolExecutor.map. A negative chunksize used to reach the
+        # thread that reads the input unchecked, and the map waited forever.
+        with safepool.Executor(1) as ex:
+            for bad in (0, -1):
+                with self.assertRaisesRegex(ValueError, "chunksize must be at least 1"):
+                    ex.map(helpers.square, range(3), chunksize=bad)
+            self.assertEqual(list(ex.map(helpers.square, range(3), chunksize=10 ** 9, timeout=60)), [0, 1, 4])
+
     def test_shutdown(self):
         ex = safepool.Executor(1)
         f = ex.submit(helpers.sleep_for, 0.2)

@@ -114,6 +114,24 @@ class PoolBasics(unittest.TestCase):
         with self.assertRaises(RuntimeError):
             next(it)
 
+    def test_bad_chunksize_raises_from_the_call(self):
+        # As multiprocessing's imap, every call refuses a chunksize below 1
+        # at once. imap's input is read by a thread of its own: a negative
+        # chunksize used to reach it unchecked and stop it from submitting
+        # anything, and the iterator waited forever; 0 was taken as 1.
+        calls = {"map": self.pool.map, "map_async": self.pool.map_async, "starmap": self.pool.starmap,
+                 "imap": self.pool.imap, "imap_unordered": self.pool.imap_unordered}
+        for name, call in calls.items():
+            for bad in (0, -3):
+                with self.subTest(call=name, chunksize=bad):
+                    with self.assertRaisesRegex(ValueError, "chunksize must be at least 1"):
+                        call(helpers.square, [(1, 2)] if name == "starmap" else range(5), bad)
+            with self.subTest(call=name, chunksize=2.5):
+                with self.assertRaises(TypeError):
+                    call(helpers.square, range(5), 2.5)
+        self.assertEqual(list(self.pool.imap(helpers.square, range(5), 10 ** 9)), [0, 1, 4, 9, 16])
+        self.assertEqual(list(self.pool.imap(helpers.square, range(5), True)), [0, 1, 4, 9, 16])
+
     def test_exception_with_remote_traceback(self):
         with self.assertRaises(ValueError) as cm:
             self.pool.map(helpers.fail_at, range(5))
