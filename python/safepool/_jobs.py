@@ -302,6 +302,7 @@ class _FutureJob(_Job):
 
     def cancel_unsent(self):
         self.future.cancel()
+        _notify_cancelled(self.future)
         return True
 
     def on_send(self):
@@ -309,11 +310,13 @@ class _FutureJob(_Job):
         if f.running():
             return True
         if f.done():
+            _notify_cancelled(f)
             return False
         return f.set_running_or_notify_cancel()
 
     def settle(self, pos, ok, value):
         if self.future.done():
+            _notify_cancelled(self.future)
             return
         if not self.future.running():
             if not self.future.set_running_or_notify_cancel():
@@ -331,6 +334,25 @@ class _FutureJob(_Job):
 
     def settle_many(self, positions, values):
         self.settle(0, True, values[0])
+
+
+def _notify_cancelled(f):
+    """Tell the waiters of f, a future that was cancelled, that it is done.
+
+    Future.cancel() wakes result() and runs the done callbacks, but
+    concurrent.futures.wait() and as_completed() count a cancelled future
+    as done only once its executor calls set_running_or_notify_cancel(), as
+    ProcessPoolExecutor does when it meets it in its queue: without this,
+    wait() on a future cancelled before it was sent waited forever. Nothing
+    happens to a future that is not cancelled or whose waiters were told.
+
+    The state is read under the future's own lock (a reentrant one, which
+    set_running_or_notify_cancel takes again): that method logs a critical
+    message before it raises on a future whose waiters were told already,
+    and the public API cannot tell the two cancelled states apart."""
+    with f._condition:
+        if f._state == "CANCELLED":
+            f.set_running_or_notify_cancel()
 
 
 class IterResult:
