@@ -951,7 +951,7 @@ class _Core:
             # Stop first, so that no task is accepted after the caller saw
             # this failure.
             self.abort(_errors().WorkerDied("%s died (%s)" % (_call_repr(job, item), cause), cause=cause))
-        self._fail(job, pos, item, _errors().WorkerDied, cause,
+        self._fail(job, pos, item, _errors().death(cause), cause,
                    _death_message(job, item, cause, _charged(attempts), last, state), history, state)
 
     def _fail_waited(self, job, positions, items):
