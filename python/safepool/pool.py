@@ -251,8 +251,10 @@ class Pool:
         chunksize = check_chunksize(chunksize)
         # A range is cut into ranges: a chunk travels as range(a, b), not
         # as the list of its numbers, which the client would make, pickle
-        # and keep, and each worker unpickle.
-        items = iterable if isinstance(iterable, (list, range)) else list(iterable)
+        # and keep, and each worker unpickle. A list is sliced, but not a
+        # subclass of list: its items are what its own __iter__ gives (as
+        # multiprocessing reads them), which slicing would bypass.
+        items = iterable if type(iterable) in (list, range) else list(iterable)
         display = None
         if progress:
             from . import _progress

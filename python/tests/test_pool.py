@@ -114,6 +114,14 @@ class PoolBasics(unittest.TestCase):
         with self.assertRaises(RuntimeError):
             next(it)
 
+    def test_map_reads_a_list_subclass_as_it_iterates(self):
+        # multiprocessing reads the input by iterating it; slicing a list
+        # subclass whose __iter__ gives other items returned the wrong
+        # results, without an error.
+        doubled = helpers.Doubled([1, 2, 3])
+        self.assertEqual(self.pool.map(helpers.square, doubled), [4, 16, 36])
+        self.assertEqual(self.pool.map_async(helpers.square, doubled, 1).get(60), [4, 16, 36])
+
     def test_bad_chunksize_raises_from_the_call(self):
         # As multiprocessing's imap, every call refuses a chunksize below 1
         # at once. imap's input is read by a thread of its own: a negative
