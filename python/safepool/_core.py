@@ -161,6 +161,11 @@ class _Core:
         self._control = []  # guarded by _lock: control frames for the writer (close, abort)
         self._stopping = False  # guarded by _lock: no more items are sent
         self._draining = False  # guarded by _lock: no new chunks are accepted; those sent go on
+        # guarded by _lock: the threads that read an imap's input (_jobs._feed)
+        # and have not ended, and whether they must read all of it now (the
+        # pool is closing: see close).
+        self._feeders = 0
+        self._read_all = False
         self._broken: BaseException | None = None  # why the pool cannot run tasks
         self._ended = threading.Event()  # the end frame or end of file arrived
         self._ready = threading.Event()
@@ -241,6 +246,23 @@ class _Core:
     def accepting(self) -> bool:
         """Report whether new chunks are still accepted."""
         return not (self._stopping or self._draining)
+
+    def reading_all(self) -> bool:
+        """Report whether the imaps' inputs must be read to their end
+        without waiting for their consumers (the pool is closing)."""
+        return self._read_all
+
+    def feeder_started(self):
+        """Count a thread that reads an imap's input (see close)."""
+        with self._lock:
+            self._feeders += 1
+
+    def feeder_ended(self):
+        """Count a thread that reads an imap's input out."""
+        with self._lock:
+            self._feeders -= 1
+            if self._feeders == 0:
+                self._cond.notify_all()
 
     def submit(self, chunk: _Chunk, wake: bool = True):
         """Queue chunk's items to be sent. wake=False leaves the writer
@@ -998,12 +1020,13 @@ class _Core:
     # ---- lifecycle ---------------------------------------------------------
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until every submitted item is settled."""
+        """Wait until every submitted item is settled, and every imap's
+        input read (as far as its reader goes: see close)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        if self._outstanding > 0:
+        if self._outstanding > 0 or self._feeders > 0:
             self.forbid_wait()
         with self._lock:
-            while self._outstanding > 0:
+            while self._outstanding > 0 or self._feeders > 0:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -1050,9 +1073,20 @@ class _Core:
 
     def close(self):
         """Finish the queued work, then stop the binary and its workers.
-        A forked copy does nothing (see forked)."""
+        A forked copy does nothing (see forked).
+
+        The work includes the rest of the input of every imap and
+        Executor.map whose iterator is still held: as multiprocessing's
+        join() and ProcessPoolExecutor's shutdown() do, all of it is run,
+        and its results wait in the iterator. Its reader stops waiting for
+        the consumer (who may read only after this returns) and reads the
+        input to its end. Without this, the pattern `it = pool.imap(...);
+        pool.close(); pool.join(); list(it)` lost all but the first few
+        results, without an error."""
         if self.forked():
             return
+        with self._lock:
+            self._read_all = True
         self.wait_idle()
         with self._lock:
             self._stopping = True

@@ -403,9 +403,16 @@ class IterResult:
         self._ahead = ahead
         self._feeder = threading.Thread(target=_feed, args=(weakref.ref(self), core, self._cond, iterable),
                                         name="safepool-imap-feeder", daemon=True)
-        self._feeder.start()
+        core.feeder_started()
+        try:
+            self._feeder.start()
+        except BaseException:
+            core.feeder_ended()
+            raise
 
     def _limit(self):
+        if self._core.reading_all():
+            return 1 << 62  # the pool is closing: the whole input is run (_Core.close)
         if self._ahead is not None:
             return self._ahead
         return 4 * self._core.processes * self._chunksize
@@ -503,12 +510,21 @@ class IterResult:
 
 def _feed(ref, core, cond, iterable):
     """Read the input of the IterResult that ref names and submit its items
-    in chunks, keeping at most its limit of them submitted and not consumed.
-    The thread holds the iterator only while it submits: it ends, and drops
-    the input, when the iterator is gone (its consumer dropped it), when the
-    pool stops accepting items, or at the input's end."""
+    in chunks, keeping at most its limit of them submitted and not consumed
+    (no limit once the pool is closing: _Core.close). The thread holds the
+    iterator only while it submits: it ends, and drops the input, when the
+    iterator is gone (its consumer dropped it), when the pool stops
+    accepting items, or at the input's end."""
+    try:
+        _feed_items(ref, core, cond, iterable)
+    finally:
+        core.feeder_ended()
+
+
+def _feed_items(ref, core, cond, iterable):
     pos = 0
     self = None
+    stopped = False  # the pool stopped accepting items before the input's end
     try:
         it = iter(iterable)
         iterable = None
@@ -526,6 +542,7 @@ def _feed(ref, core, cond, iterable):
             if self is None:
                 return  # abandoned: nobody reads what would be submitted
             if not core.accepting():
+                stopped = True
                 break
             items = list(itertools.islice(it, max(1, min(self._chunksize, room))))
             if not items:
@@ -536,6 +553,24 @@ def _feed(ref, core, cond, iterable):
                 self._fed = pos
             self._adapt()
             self = items = None
+        if stopped:
+            # The pool was terminated (or the executor shut down with
+            # cancel_futures): what the input has left never runs. The
+            # consumer must not take the end of the results for the end of
+            # the input: it gets TaskCancelled there, if anything was left.
+            self = None
+            try:
+                next(it)
+            except StopIteration:
+                stopped = False
+            self = ref()
+            if self is None:
+                return
+            if stopped:
+                from .errors import TaskCancelled
+                self._input_error = TaskCancelled(
+                    "the pool stopped before the rest of the input was submitted: item %d on never ran" % pos,
+                    cause="cancelled", function=self._job.fn, state="cancelled")
     except BaseException as e:  # the input raised: the consumer sees it after the results before it
         self = ref()
         if self is None:

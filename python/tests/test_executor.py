@@ -229,6 +229,16 @@ class ExecutorTest(unittest.TestCase):
                     ex.map(helpers.square, range(3), chunksize=bad)
             self.assertEqual(list(ex.map(helpers.square, range(3), chunksize=10 ** 9, timeout=60)), [0, 1, 4])
 
+    def test_map_results_after_shutdown(self):
+        # As ProcessPoolExecutor, whose map submits all at once: shutdown()
+        # waits for the whole map, and its results are all there after.
+        # safepool's map reads ahead only a few batches, and it used to
+        # end after them, without an error.
+        ex = safepool.Executor(2)
+        it = ex.map(helpers.square, range(300))
+        ex.shutdown(wait=True)
+        self.assertEqual(list(it), [i * i for i in range(300)])
+
     def test_shutdown(self):
         ex = safepool.Executor(1)
         f = ex.submit(helpers.sleep_for, 0.2)

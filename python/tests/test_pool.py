@@ -1,5 +1,6 @@
 """safepool.Pool: results, failures, policies and worker deaths, on real processes."""
 import functools
+import itertools
 import os
 import shutil
 import subprocess
@@ -255,6 +256,52 @@ class PoolBasics(unittest.TestCase):
     def test_task_output_goes_to_stdout(self):
         # A task's prints must not corrupt the protocol.
         self.assertEqual(self.pool.map(helpers.print_and_return, range(3)), [0, 1, 2])
+
+
+class ImapAndClose(unittest.TestCase):
+    """An imap reads its input lazily, a few batches ahead of its consumer;
+    close() and join() must still run all of it, as multiprocessing's do,
+    and terminate() must not pass the input's cut for its end."""
+
+    def test_results_after_close_and_join(self):
+        # The pattern of many tutorials: the results are read after join.
+        # join() used to return once the few items read ahead were done,
+        # and the iterators then ended there, without an error.
+        pool = safepool.Pool(2)
+        self.addCleanup(pool.terminate)
+        ordered = pool.imap(helpers.square, range(300))
+        unordered = pool.imap_unordered(helpers.square, iter(range(200)), 3)
+        pool.close()
+        pool.join()
+        self.assertEqual(list(ordered), [i * i for i in range(300)])
+        self.assertEqual(sorted(unordered), [i * i for i in range(200)])
+
+    def test_dropped_iterator_does_not_hold_join(self):
+        # A dropped iterator's input is not read on: an endless one does
+        # not keep join() from returning.
+        pool = safepool.Pool(2)
+        self.addCleanup(pool.terminate)
+        self.assertEqual(next(pool.imap(helpers.square, itertools.count())), 0)
+        pool.close()
+        pool.join()
+
+    def test_terminate_says_the_rest_never_ran(self):
+        pool = safepool.Pool(1)
+        self.addCleanup(pool.terminate)
+        it = pool.imap(helpers.sleep_for, itertools.repeat(0.01, 1000), 1)
+        self.assertEqual(next(it), 0.01)
+        pool.terminate()
+        values, failures = [], []
+        while True:
+            try:
+                values.append(next(it))
+            except StopIteration:
+                break
+            except safepool.TaskCancelled as e:
+                failures.append(e)
+        self.assertLess(len(values), 999)
+        self.assertTrue(failures, "the iterator ended at the cut as if the input ended there")
+        self.assertIn("never ran", str(failures[-1]))
 
 
 class WorkerDeath(unittest.TestCase):
