@@ -80,6 +80,10 @@ def check_options(processes, retries, on_worker_death, initializer):
     filled in, or raise ValueError or TypeError."""
     if processes is None:
         processes = os.cpu_count() or 1
+    if isinstance(processes, float):
+        # As multiprocessing: the binary would refuse it, with a message
+        # about its own configuration.
+        raise TypeError("processes must be an int, not float")
     if processes < 1:
         raise ValueError("processes must be at least 1")
     if on_worker_death is None:
