@@ -31,6 +31,7 @@ long, terminate() would hang behind a full pipe.
 """
 from __future__ import annotations
 
+import _signal
 import atexit
 import io
 import json
@@ -114,6 +115,49 @@ class _Sent:
         # came straight from their workers (_direct) and are settled.
         self.left = len(items)
         self.settled = bytearray(len(items))  # 1 for each item settled
+
+
+class _Deferred:
+    """Hold back SIGINT's handler (KeyboardInterrupt) while the main thread
+    queues and writes a map's chunks (Pool.map writes them itself, in the
+    writer's role: see _Core._pump), and run it when the block is left.
+
+    A SIGINT that comes in the block is recorded; pending() reports it, so
+    that the writing stops after the frame it is in and leaves the rest to
+    the writer thread. Other threads, which never get KeyboardInterrupt,
+    and a SIGINT whose handler is not a Python function, are left as
+    they are."""
+
+    __slots__ = ("old", "got")
+
+    def __init__(self):
+        self.old = None
+        self.got = None
+
+    def pending(self) -> bool:
+        return self.got is not None
+
+    def _record(self, signum, frame):
+        self.got = (signum, frame)
+
+    # The C module's functions: the signal module's wrappers, which convert
+    # to and from enums, cost 13 µs a map where these cost 0.3.
+    def __enter__(self, _signal=_signal):
+        if threading.current_thread() is threading.main_thread():
+            old = _signal.getsignal(_signal.SIGINT)
+            if callable(old):
+                _signal.signal(_signal.SIGINT, self._record)
+                self.old = old
+        return self
+
+    def __exit__(self, *exc, _signal=_signal):
+        old = self.old
+        if old is None:
+            return
+        _signal.signal(_signal.SIGINT, old)
+        got, self.got = self.got, None
+        if got is not None:
+            old(*got)  # raises KeyboardInterrupt with the default handler
 
 
 class _Core:
@@ -355,27 +399,37 @@ class _Core:
             if not self._pump(what, arg):
                 return
 
-    def send_queued(self):
+    def send_queued(self, stop=None):
         """Send the queued chunks from this thread, as the writer thread
         would, unless a thread is writing already: a caller that is about
         to wait for its results (Pool.map) so saves the writer thread's
         wake-up, and its first chunk leaves at once. The reader thread
-        never writes (see _pump)."""
+        never writes (see _pump). stop, if given, is called after each
+        frame: when it returns true, the rest is left to the writer
+        thread."""
         with self._lock:
             if self._writing or threading.current_thread() is self._reader:
                 self._cond.notify_all()  # the writer thread's, then
                 return
             what, arg = self._next_locked()
             if what == "wait" or what == "exit":
+                self._cond.notify_all()  # what is queued is the writer thread's
                 return
             self._writing = True
-        self._pump(what, arg)
+        self._pump(what, arg, stop)
 
-    def _pump(self, what, arg) -> bool:
+    def _pump(self, what, arg, stop=None) -> bool:
         """Do what (from _next_locked), then the rest of what can be sent
-        now; flush, and give up the writer's role (_writing), which the
-        calling thread holds. Report whether the binary can still be
-        written to.
+        now (until stop() is true, if stop is given); flush, and give up
+        the writer's role (_writing), which the calling thread holds.
+        Report whether the binary can still be written to.
+
+        Nothing here may be cut short by an exception raised in the middle
+        (a KeyboardInterrupt, in a caller's main thread): a chunk half
+        pickled would be lost, a frame half written would corrupt the
+        stream, and the role would never be given back, which left every
+        later call of the pool waiting forever. A caller defers SIGINT
+        around it (interrupts_deferred).
 
         The lock is never held while writing: a write may block until the
         binary reads, which it may do only after this process has read its
@@ -389,6 +443,8 @@ class _Core:
                     self._cancel(arg.job, arg.positions, arg.items, None)
                 else:
                     self._send_chunk(arg)
+                if stop is not None and stop():
+                    break  # the rest is the writer thread's
                 with self._lock:
                     what, arg = self._next_locked()
                 if what == "wait" or what == "exit":
@@ -403,6 +459,11 @@ class _Core:
                 # (and so is exiting).
                 self._cond.notify_all()
         return ok
+
+    def interrupts_deferred(self):
+        """A context in which this thread's SIGINT is held back, and
+        delivered when it is left: see _Deferred."""
+        return _Deferred()
 
     def _limits_of(self, job, start_by):
         """The limits that go with each of job's items to the worker."""

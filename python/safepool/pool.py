@@ -262,13 +262,19 @@ class Pool:
         res = AsyncResult(self._core, fn, mode, len(items), False, callback, error_callback, errors, display,
                           pool=self)
         cs = self._chunksize(len(items), chunksize, res._job.fn_bytes)
-        for start in range(0, len(items), cs):
-            part = items[start:start + cs]
-            self._core.submit(_Chunk(res._job, range(start, start + len(part)), part), wake=not wait)
-        if wait:
-            # The caller waits for the results: it writes the chunks itself
-            # (see _Core.send_queued).
-            self._core.send_queued()
+        if not wait:
+            for start in range(0, len(items), cs):
+                part = items[start:start + cs]
+                self._core.submit(_Chunk(res._job, range(start, start + len(part)), part))
+            return res
+        # The caller waits for the results: it writes the chunks itself (see
+        # _Core.send_queued), with Ctrl-C held back until the frame it is
+        # writing is whole; then it leaves the rest to the writer thread.
+        with self._core.interrupts_deferred() as deferred:
+            for start in range(0, len(items), cs):
+                part = items[start:start + cs]
+                self._core.submit(_Chunk(res._job, range(start, start + len(part)), part), wake=False)
+            self._core.send_queued(deferred.pending)
         return res
 
     def _journaled_imap(self, func, iterable, chunksize, ordered, errors, progress):
