@@ -555,22 +555,15 @@ def _feed_items(ref, core, cond, iterable):
             self = items = None
         if stopped:
             # The pool was terminated (or the executor shut down with
-            # cancel_futures): what the input has left never runs. The
-            # consumer must not take the end of the results for the end of
-            # the input: it gets TaskCancelled there, if anything was left.
-            self = None
-            try:
-                next(it)
-            except StopIteration:
-                stopped = False
-            self = ref()
-            if self is None:
-                return
-            if stopped:
-                from .errors import TaskCancelled
-                self._input_error = TaskCancelled(
-                    "the pool stopped before the rest of the input was submitted: item %d on never ran" % pos,
-                    cause="cancelled", function=self._job.fn, state="cancelled")
+            # cancel_futures) before the input's end was seen: what it had
+            # left never runs. The consumer must not take the end of the
+            # results for the end of the input: it gets TaskCancelled there.
+            # (The input is not read on to see whether it had anything
+            # left: that could wait forever, for a queue, say.)
+            from .errors import TaskCancelled
+            self._input_error = TaskCancelled(
+                "the pool stopped before the input was read to its end: what it had left, from item %d on, "
+                "never ran" % pos, cause="cancelled", function=self._job.fn, state="cancelled")
     except BaseException as e:  # the input raised: the consumer sees it after the results before it
         self = ref()
         if self is None:
