@@ -174,6 +174,9 @@ class _Core:
         self.retries = launch.retries
         self.policy = launch.policy
         self.timeout = launch.timeout
+        # Items a worker runs before it is replaced (0: no limit); the
+        # binary does not cut a batch at it (see _jobs.IterResult).
+        self.max_tasks_per_child = getattr(launch, "max_tasks_per_child", 0)
         # The pool's defaults of the per-call limits (a job's opts override them).
         self.soft_timeout = launch.options.soft_timeout
         self.retry_on = launch.options.retry_on

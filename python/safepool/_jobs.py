@@ -396,6 +396,14 @@ class IterResult:
         self._consumed = 0
         self._total = None
         self._input_error = None
+        if chunksize is None and core.max_tasks_per_child:
+            # Batches of one, as multiprocessing's imap and
+            # ProcessPoolExecutor.map by default: a worker takes a batch
+            # while it has run fewer items than its limit, and runs it
+            # whole, so batches that grew would run several items in a
+            # worker meant to run one (maxtasksperchild=1, to keep each
+            # item's state apart).
+            chunksize = 1
         self._fixed = chunksize
         self._chunksize = chunksize or 1
         self._per_item = None  # mean seconds per item, from finished chunks

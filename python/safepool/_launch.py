@@ -157,6 +157,7 @@ class Launch:
         self.processes, self.retries, self.policy = check_options(processes, retries, on_worker_death,
                                                                   initializer)
         self.timeout = timeout
+        self.max_tasks_per_child = int(max_tasks_per_child or 0)
         hello = {
             "version": BRIDGE_VERSION,
             "command": [python or sys.executable, "-c", WORKER_CODE],

@@ -85,7 +85,9 @@ class Pool:
             worker when it starts. A worker whose initializer raises dies,
             and the pool breaks after a few such deaths in a row.
         maxtasksperchild: replace a worker after this many tasks (items;
-            multiprocessing counts batches). Same as max_tasks_per_child.
+            multiprocessing counts batches). A batch is never cut at the
+            limit: imap then sends batches of one unless given a
+            chunksize. Same as max_tasks_per_child.
         context: None, or a start method that means what safepool's
             workers are anyway: "spawn" or "forkserver", by name or as a
             multiprocessing context. "fork" raises ValueError: safepool

@@ -304,6 +304,19 @@ class ImapAndClose(unittest.TestCase):
         self.assertIn("never ran", str(failures[-1]))
 
 
+class MaxTasksPerChild(unittest.TestCase):
+    def test_imap_runs_each_item_in_a_fresh_worker(self):
+        # As multiprocessing's imap (batches of one by default) with
+        # maxtasksperchild=1: no item shares a worker. imap's batches used
+        # to grow with quick items, and a worker ran a whole batch.
+        with safepool.Pool(1, maxtasksperchild=1) as pool:
+            pids = list(pool.imap(helpers.pid_of, range(24)))
+        self.assertEqual(len(set(pids)), 24)
+        with safepool.Executor(1, max_tasks_per_child=1) as ex:
+            pids = list(ex.map(helpers.pid_of, range(12)))
+        self.assertEqual(len(set(pids)), 12)
+
+
 class WorkerDeath(unittest.TestCase):
     def test_sigkill_charges_only_the_running_item(self):
         with safepool.Pool(2) as pool:
