@@ -2,6 +2,7 @@ package pool_test
 
 import (
 	"context"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -152,6 +153,10 @@ func TestPercentagesForFractions(t *testing.T) {
 	}{
 		{"PreemptAbove 90", pool.Config{PreemptAbove: 90}, "Config.PreemptAbove of 90 is above 1: it is a fraction of memory (0.90 for 90%)"},
 		{"PreemptPSI 400", pool.Config{PreemptPSI: 400}, "Config.PreemptPSI of 400 is above 100"},
+		{"PreemptAbove NaN", pool.Config{PreemptAbove: math.NaN()}, "Config.PreemptAbove (NaN) and Config.PreemptPSI (0) must be numbers"},
+		{"PreemptPSI NaN", pool.Config{PreemptPSI: math.NaN()}, "Config.PreemptAbove (0) and Config.PreemptPSI (NaN) must be numbers"},
+		{"PreemptAbove of a percent", pool.Config{PreemptAbove: 0.009}, "Config.PreemptAbove of 0.009 is below 0.01: it is a fraction of memory (0.90 for 90%)"},
+		{"MemPerTask in bytes", pool.Config{MemPerTask: 512}, "Config.MemPerTask of 512 bytes is below MinMemory (1 MiB)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

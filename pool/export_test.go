@@ -22,3 +22,12 @@ func SetMaxFailed(n int) (restore func()) {
 	maxFailed = n
 	return func() { maxFailed = old }
 }
+
+// SetStartupPatience sets how long startup failures in a row must last to
+// abort a pool that has done some work, and returns a function that
+// restores it. It must not be called while a pool runs.
+func SetStartupPatience(d time.Duration) (restore func()) {
+	old := startupPatience
+	startupPatience = d
+	return func() { startupPatience = old }
+}

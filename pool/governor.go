@@ -3,6 +3,7 @@ package pool
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -45,6 +46,13 @@ const (
 	// victimPatience is how long a preemption may stay unanswered before
 	// the governor may choose another victim.
 	victimPatience = 2 * time.Second
+	// roomPatience is how long, at most, a task the OOM killer took waits
+	// for its need to fit while nothing else runs (admit): memory that
+	// processes outside the pool hold may be freed soon, or never.
+	roomPatience = time.Minute
+	// roomWindow is how long a high capacity stays the mark roomLocked
+	// waits for: after it, what others use now counts as lasting.
+	roomWindow = 5 * time.Minute
 	// Defaults of the Config fields of the same meaning.
 	defaultPreemptAbove = 0.95
 	defaultPreemptPSI   = 40
@@ -104,6 +112,10 @@ type governor struct {
 	lastCold      time.Time               // last admission on a cold start
 	staggered     bool                    // the last admit spaced admissions out
 	lastStaggered time.Time               // last dispatch while admissions were spaced out
+	roomFor       uint64                  // task waiting, with nothing running, for room (roomLocked), or 0
+	roomSince     time.Time               // when it began to
+	roomHigh      int64                   // the most capacity sampled over about the last roomWindow
+	roomHighAt    time.Time               // when roomHigh was sampled
 
 	wake chan struct{} // tells the loop to look at admission again
 }
@@ -363,8 +375,10 @@ func (g *governor) committedLocked() int64 {
 // admit reports whether t may start now: its predicted peak fits beside
 // what the running attempts hold, either at once or, once the governor has
 // seen how attempts grow and how long they live, at every moment of t's
-// predicted life. When nothing runs, it always may, so that the pool never
-// stalls.
+// predicted life. When nothing runs, it may, so that the pool never
+// stalls; but a task the OOM killer took first waits, for roomPatience at
+// most, until its need fits what memory processes outside the pool leave:
+// run at once, it would meet the same wall again.
 func (g *governor) admit(t *task) bool {
 	// A wait that begins or ends is told once g.mu is released, so that
 	// an observer may ask the pool about memory.
@@ -377,7 +391,10 @@ func (g *governor) admit(t *task) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	ok := len(g.res) == 0
-	if !ok {
+	switch {
+	case ok && t.ooms > 0:
+		ok = g.roomLocked(t)
+	case !ok:
 		base, basis := g.baseLocked()
 		c := g.capacityLocked()
 		gap := g.staggerLocked()
@@ -389,6 +406,9 @@ func (g *governor) admit(t *task) bool {
 			ok = g.fitsAtOnceLocked(t, c) || g.fitsOverTimeLocked(t, c)
 		}
 	}
+	if ok {
+		g.roomFor = 0
+	}
 	if g.blocked == ok {
 		told = &Event{Kind: EventAdmissionWait, TaskID: t.id}
 		if ok {
@@ -397,6 +417,24 @@ func (g *governor) admit(t *task) bool {
 	}
 	g.blocked = !ok
 	return ok
+}
+
+// roomLocked reports whether t, which the OOM killer took before, may
+// start now that nothing runs. Processes outside the pool may have held
+// the memory it lacked: a neighbour in the same container, a host short
+// of memory. Run at once, it would meet the same wall, and its need would
+// double up to the whole budget, where one more kill is poison. So it
+// waits until its need, with what idle workers hold, fits what memory
+// they leave, or at least they leave as much as they did at best lately
+// (roomHigh, less a tenth: others' lasting use is no reason to wait), or
+// until it has waited roomPatience.
+func (g *governor) roomLocked(t *task) bool {
+	if g.roomFor != t.id {
+		g.roomFor, g.roomSince = t.id, time.Now()
+	}
+	b, _ := g.baseLocked()
+	want := min(g.committedLocked()+g.predictFrom(b, t.need), g.roomHigh)
+	return g.capacityLocked() >= want-g.roomHigh/10 || time.Since(g.roomSince) >= roomPatience
 }
 
 // roomyLocked reports whether, on a cold start with the prediction base,
@@ -772,6 +810,17 @@ func (g *governor) needAfter(t *task, peak int64) int64 {
 	return min(max(peak+peak/4, 2*t.need, g.predictLocked(t.need)), g.budget)
 }
 
+// hadWhole reports whether t's attempt, which peaked at peak bytes, had
+// the whole budget: t needed all of it, so that it could start only with
+// nothing beside it, or its peak reached it (within a fiftieth, as where
+// its cgroup's limit is the budget and the kill came at that limit). Only
+// an OOM kill of such an attempt, run alone, shows that the task needs
+// more memory than the pool may use (poison). t.need is still the need the
+// attempt was given.
+func (g *governor) hadWhole(t *task, peak int64) bool {
+	return t.need >= g.budget || peak >= g.budget-g.budget/50
+}
+
 // MemoryGovernor says in one line whether the memory governor is on, the
 // budget it plans with and where that comes from, and what measures each
 // worker: its cgroup, or without one the private memory of its process
@@ -801,6 +850,17 @@ func (g *governor) describe() string {
 	measure := "its own cgroup"
 	if !g.perWorker {
 		measure = "the private memory of its process tree (anonymous memory and swap)"
+	}
+	if g.budget <= 1 && g.budget != g.userBudget {
+		// scopeBudget's 1 stands for nothing left: the reserve took it all.
+		// Without a cgroup per worker (checkBudget refuses it with one)
+		// tasks then run one at a time.
+		wall := g.host
+		if g.budget == g.cgBudget {
+			wall = g.cg
+		}
+		return fmt.Sprintf("memory governor on: no memory left for the workers (%s, and the reserve is %s): tasks run one at a time, each worker measured by %s",
+			strings.TrimSuffix(from, " less a reserve"), bytesize.Format(reserveFor(wall, g.memReserve)), measure)
 	}
 	return fmt.Sprintf("memory governor on: a budget of %s (%s), each worker measured by %s", bytesize.Format(g.budget), from, measure)
 }
@@ -902,6 +962,9 @@ func (g *governor) sample() {
 	}
 	if w.cgErr == nil && g.cg > 0 {
 		g.cgOutside = max(0, w.cgUsed-inUse)
+	}
+	if c := g.capacityLocked(); c >= g.roomHigh || now.Sub(g.roomHighAt) >= roomWindow {
+		g.roomHigh, g.roomHighAt = c, now
 	}
 	victim, slot := uint64(0), -1
 	if w.short && (g.victim == 0 || time.Since(g.victimAt) > victimPatience) {

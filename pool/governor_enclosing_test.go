@@ -1,6 +1,7 @@
 package pool_test
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -227,6 +228,71 @@ func TestGovernorEnclosingPoison(t *testing.T) {
 	t.Logf("supervisor output:\n%s", text)
 }
 
+// TestGovernorEnclosingOutsideKill: one worker in a 600 MiB container,
+// beside a process that is not a worker and holds 400 MiB. A task that
+// grows to 300 MiB, well within the budget, is OOM-killed because of that
+// process, while it runs alone. That says nothing of what the task needs
+// beyond the budget: it is not poison, but retried, and once the other
+// process is gone (it ends as the first attempt ends), it is done.
+func TestGovernorEnclosingOutsideKill(t *testing.T) {
+	text := outsideHog(t, 0, "SAFEPOOL_TEST_TASKS=300 300 200")
+	task := taskLines(text)[1]
+	list := attemptsOf(task)
+	if !strings.HasPrefix(task, "task 1 done ") || list[0] != "oom/0" {
+		t.Fatalf("supervisor output:\n%s\nwant task 1 OOM-killed alone (oom/0), then done", text)
+	}
+	t.Logf("supervisor output:\n%s", text)
+}
+
+// TestGovernorEnclosingOutsideKillWaits: as TestGovernorEnclosingOutsideKill,
+// but the process that is not a worker takes its 400 MiB while the task
+// runs (600 ms after it started, the task holding 300 MiB), and holds it
+// for 2.5 s more after the task's first attempt ends. The retry waits for
+// that memory to be freed, and is done; run at once, it met the same
+// wall again and again, its need doubling up to the whole budget, and
+// ended poison.
+func TestGovernorEnclosingOutsideKillWaits(t *testing.T) {
+	text := outsideHog(t, 2500*time.Millisecond, "SAFEPOOL_TEST_HOG_START=600ms", "SAFEPOOL_TEST_TASKS=300 300 2000")
+	task := taskLines(text)[1]
+	if list := attemptsOf(task); !strings.HasPrefix(task, "task 1 done ") || len(list) != 2 || list[0] != "oom/0" {
+		t.Fatalf("supervisor output:\n%s\nwant task 1 OOM-killed alone (oom/0), then done at its next attempt", text)
+	}
+	if !strings.Contains(text, "retry after the hog ended: true\n") {
+		t.Errorf("supervisor output:\n%s\nwant the retry to start after the hog ended", text)
+	}
+	t.Logf("supervisor output:\n%s", text)
+}
+
+// outsideHog runs the outside-hog scenario as nobody in a 600 MiB
+// container, the hog ending hold after the task's first attempt, with env
+// added (the task, when the hog starts), and returns the supervisor's
+// output.
+func outsideHog(t *testing.T, hold time.Duration, env ...string) string {
+	t.Helper()
+	py := systemPython(t)
+	dir := containerFor(t, 600<<20)
+	text, err := superviseAsNobody(t, dir, append([]string{workerEnv + "=gov-container", "SAFEPOOL_TEST_PYTHON=" + py,
+		"SAFEPOOL_TEST_SCENARIO=outside-hog", "SAFEPOOL_TEST_HOG_HOLD=" + hold.String()}, env...)...)
+	if err != nil {
+		t.Fatalf("supervisor: %v; output:\n%s", err, text)
+	}
+	return text
+}
+
+// TestGovernorEnclosingNoBudget: a reserve larger than the container's
+// limit leaves the workers nothing: the governor says so plainly (it used
+// to say "a budget of 1 B"), and the tasks run one at a time, all done.
+func TestGovernorEnclosingNoBudget(t *testing.T) {
+	text, _ := governedIn(t, "no-budget", "8 10 100", "8 10 100", "8 10 100")
+	want := "governor: memory governor on: no memory left for the workers (the enclosing cgroup's limit of 3 GiB, and the reserve is 4 GiB): tasks run one at a time, each worker measured by the private memory of its process tree"
+	if !strings.Contains(text, want) {
+		t.Errorf("supervisor output:\n%s\nwant %q", text, want)
+	}
+	if n := strings.Count(text, " done "); n != 3 || !strings.Contains(text, "most at once 1,") {
+		t.Errorf("supervisor output:\n%s\nwant 3 tasks done, one at a time", text)
+	}
+}
+
 // TestGovernorEnclosingPreemption: two tasks that each grow to 1 GiB, in a
 // 3 GiB container whose preemption watermark is lowered to half its limit,
 // while the governor was told (MemPerTask) they need 8 MiB. Together they
@@ -346,6 +412,7 @@ func memoryMount(t *testing.T) string {
 // attempts were preempted.
 func runGovContainer() int {
 	var release string // oom-retry: the file that lets task 1 free its memory
+	var h *hog         // outside-hog: the process that is not a worker
 	cfg := pool.Config{
 		Command: []string{os.Getenv("SAFEPOOL_TEST_PYTHON"), "-c", rampTask, "{}"},
 		Workers: 12,
@@ -373,6 +440,9 @@ func runGovContainer() int {
 		cfg.Env = append(os.Environ(), "SAFEPOOL_TEST_RELEASE="+release)
 	case "poison":
 		cfg.Workers = 2
+	case "no-budget":
+		cfg.Workers = 2
+		cfg.MemReserve = 4 << 30
 	case "no-cgroup":
 		cfg.MemBudget = 2 << 30
 		// Say what a pool without the budget would plan with.
@@ -386,6 +456,29 @@ func runGovContainer() int {
 		fmt.Printf("governor without a budget: %s\n", q.MemoryGovernor())
 		q.Close()
 		for range q.Results() {
+		}
+	case "outside-hog":
+		// A process that is not a worker holds 400 MiB of the container:
+		// from before the pool starts, or from SAFEPOOL_TEST_HOG_START
+		// after task 1's first attempt starts, until SAFEPOOL_TEST_HOG_HOLD
+		// after that attempt ends.
+		hold, err := time.ParseDuration(os.Getenv("SAFEPOOL_TEST_HOG_HOLD"))
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		cfg.Workers = 1
+		cfg.PreemptAbove, cfg.PreemptPSI = -1, -1
+		h = newHog(cfg.Command[0], hold)
+		defer h.stop()
+		if at := os.Getenv("SAFEPOOL_TEST_HOG_START"); at != "" {
+			if h.startAfter, err = time.ParseDuration(at); err != nil {
+				fmt.Println(err)
+				return 1
+			}
+		} else if err := h.start(); err != nil {
+			fmt.Println(err)
+			return 1
 		}
 	case "preempt":
 		cfg.Workers = 2
@@ -415,6 +508,12 @@ func runGovContainer() int {
 			}
 		}
 	}
+	if h != nil {
+		cfg.Observer = func(e pool.Event) {
+			n.observe(e)
+			h.observe(e)
+		}
+	}
 	p, err := pool.New(cfg)
 	if err != nil {
 		fmt.Println(err)
@@ -433,7 +532,8 @@ func runGovContainer() int {
 			p.Submit(context.Background(), pool.Task{Args: append(cfg.Command[:3:3], strings.Fields(in)...)})
 		}
 	}()
-	var retry time.Time // the start of task 2's last attempt, if it ran more than once
+	var retry time.Time     // the start of task 2's last attempt, if it ran more than once
+	var lastStart time.Time // the start of the last attempt of the last task
 	for r := range p.Results() {
 		var list []string
 		for i, a := range r.Attempts {
@@ -451,14 +551,95 @@ func runGovContainer() int {
 		if r.ID == 2 && len(r.Attempts) > 1 {
 			retry = last.Start
 		}
+		lastStart = last.Start
 	}
 	if release != "" {
 		fmt.Printf("retry after the neighbour began to free its memory: %v\n", retryAfterFree(release, retry))
+	}
+	if h != nil {
+		h.stop()
+		fmt.Printf("retry after the hog ended: %v\n", lastStart.After(time.Unix(0, h.ended.Load())))
 	}
 	st, _ := p.Memory()
 	fmt.Printf("most at once %d, memory allows %d\n", n.most, st.Allows)
 	fmt.Printf("preempted=%d\n", p.Stats().Preempted)
 	return 0
+}
+
+// hog is a process that is not a worker and holds 400 MiB, for the
+// outside-hog scenario: started before the pool (start), or startAfter
+// the first attempt starts; ended hold after the first attempt ends.
+type hog struct {
+	py         string
+	hold       time.Duration
+	startAfter time.Duration // 0: started before the pool
+
+	startOnce, stopOnce, firstStart, firstEnd sync.Once
+	mu                                        sync.Mutex
+	cmd                                       *exec.Cmd     // guarded by mu
+	done                                      chan struct{} // closed when it has ended
+	ended                                     atomic.Int64  // when it ended, Unix nanoseconds
+}
+
+func newHog(py string, hold time.Duration) *hog {
+	return &hog{py: py, hold: hold, done: make(chan struct{})}
+}
+
+// start starts the hog and waits until it holds its memory.
+func (h *hog) start() error {
+	var err error
+	h.startOnce.Do(func() {
+		cmd := exec.Command(h.py, "-c", `import sys; b = b"x" * (400 << 20); print("ready", flush=True); sys.stdin.read()`)
+		cmd.Stderr = os.Stderr
+		var out io.ReadCloser
+		if _, err = cmd.StdinPipe(); err != nil {
+			return
+		}
+		if out, err = cmd.StdoutPipe(); err != nil {
+			return
+		}
+		if err = cmd.Start(); err != nil {
+			return
+		}
+		h.mu.Lock()
+		h.cmd = cmd
+		h.mu.Unlock()
+		line, _ := bufio.NewReader(out).ReadString('\n')
+		go func() {
+			cmd.Wait()
+			h.ended.Store(time.Now().UnixNano())
+			close(h.done)
+		}()
+		if line != "ready\n" {
+			err = fmt.Errorf("the hog did not start: %q", line)
+		}
+	})
+	return err
+}
+
+// stop kills the hog, if it was started, and waits until it has ended.
+func (h *hog) stop() {
+	h.stopOnce.Do(func() {
+		h.mu.Lock()
+		cmd := h.cmd
+		h.mu.Unlock()
+		if cmd != nil {
+			cmd.Process.Kill()
+			<-h.done
+		}
+	})
+}
+
+// observe starts and stops the hog by the first attempt's events.
+func (h *hog) observe(e pool.Event) {
+	switch e.Kind {
+	case pool.EventAttemptStarted:
+		if h.startAfter > 0 {
+			h.firstStart.Do(func() { time.AfterFunc(h.startAfter, func() { h.start() }) })
+		}
+	case pool.EventAttemptEnded:
+		h.firstEnd.Do(func() { time.AfterFunc(h.hold, h.stop) })
+	}
 }
 
 // neighbours is an Observer that records, for each attempt, the most

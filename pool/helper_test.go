@@ -104,6 +104,19 @@ func runWorker(mode string) int {
 		}
 	case "framed-batch":
 		return runBatchWorker()
+	case "flaky-start":
+		// A line worker whose starts numbered in the file $FLAKY_STARTS,
+		// from 2 to the number in $FLAKY_FAILS plus 1, die at once: a
+		// command that worked, then fails for a while, then works again.
+		file := os.Getenv("FLAKY_STARTS")
+		b, _ := os.ReadFile(file)
+		n := len(b) + 1
+		os.WriteFile(file, append(b, 'x'), 0o644)
+		if fails, _ := strconv.Atoi(os.Getenv("FLAKY_FAILS")); n >= 2 && n <= fails+1 {
+			fmt.Fprintln(os.Stderr, "license server unreachable")
+			return 4
+		}
+		return runWorker("line")
 	case "dead-at-start":
 		fmt.Fprintln(os.Stderr, "cannot load model: file not found")
 		return 4
@@ -163,6 +176,7 @@ func runWorker(mode string) int {
 //	sleep:MS         sleep, then answer
 //	hang             sleep forever
 //	hog              allocate and touch memory until killed
+//	childhog         run a child that does hog, wait for it, and answer with how it ended
 //	garbage          write junk on the result pipe
 //	closeout         close the result pipe and keep living
 //	bye              answer, then exit 0 at once (line protocol; see framed-raw)
@@ -216,6 +230,11 @@ func behave(in string) (string, error) {
 			keep = append(keep, b)
 			time.Sleep(5 * time.Millisecond)
 		}
+	case "childhog":
+		cmd := exec.Command(os.Args[0], "hog")
+		cmd.Env = append(os.Environ(), workerEnv+"=oneshot")
+		err := cmd.Run()
+		return fmt.Sprintf("child: %v", err), nil
 	case "garbage":
 		if os.Getenv(workerEnv) == "framed" {
 			// A whole header, of a kind that does not exist.

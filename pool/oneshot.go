@@ -45,9 +45,15 @@ func (r *runner) runOneShot() {
 	var cur *shot
 	for {
 		if cur == nil {
+			var dispatch chan *task
+			if !r.paused {
+				dispatch = r.p.dispatch
+			}
 			select {
-			case t := <-r.p.dispatch:
+			case t := <-dispatch:
 				cur = r.startShot(t)
+			case h := <-r.hold:
+				r.applyHold(h, nil)
 			case <-r.p.quit:
 				return
 			case <-r.p.abortCh:
@@ -60,7 +66,7 @@ func (r *runner) runOneShot() {
 		// (scheduler.dispatched), though its report is still to come.
 		cur.t.ended.Store(true)
 		var next *shot
-		if r.spare != nil && !r.stopping() {
+		if r.spare != nil && !r.stopping() && !r.paused {
 			select {
 			case t := <-r.p.dispatch:
 				next = r.startShot(t)
@@ -200,11 +206,14 @@ func (r *runner) waitOneShot(s *worker.Session, out *attemptOutput) {
 			s.CheckDeadlines()
 		case id := <-r.preempt:
 			s.Preempt(id)
+		case h := <-r.hold:
+			r.applyHold(h, s)
 		case <-over:
 			over = nil
 			s.Kill(CauseMemoryLimit)
 		case <-abortC:
 			abortC = nil
+			s.Continue() // to act on its SIGTERM
 			s.Cancel(false)
 		case <-killC:
 			killC = nil

@@ -28,6 +28,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -97,6 +98,9 @@ type Pool struct {
 	err    error
 
 	emitMu sync.Mutex // serialises calls to cfg.Observer
+
+	holdMu sync.Mutex // serialises Pause and Resume
+	held   bool       // paused by Pause; guarded by holdMu
 }
 
 // task is the loop's record of one submitted task. Only the loop goroutine
@@ -237,7 +241,7 @@ func New(cfg Config) (*Pool, error) {
 	for i := 0; i < cfg.Workers; i++ {
 		c := make(chan uint64, 1)
 		p.preempts = append(p.preempts, c)
-		p.slots = append(p.slots, &runner{p: p, slot: i, preempt: c})
+		p.slots = append(p.slots, &runner{p: p, slot: i, preempt: c, hold: make(chan holdRequest)})
 	}
 	for _, r := range p.slots {
 		p.runners.Add(1)
@@ -249,6 +253,50 @@ func New(cfg Config) (*Pool, error) {
 	}
 	go p.loop()
 	return p, nil
+}
+
+// Pause stops every worker process of the pool where it is (SIGSTOP to its
+// process group) and starts no task and no worker until Resume, as a
+// terminal's Ctrl-Z stops the processes of a foreground job, which
+// safepool's workers are not: each has a process group of its own. While
+// paused, no clock of a task's timeout, start-up deadline or stall check
+// runs. Pausing a paused pool, or one that has ended, does nothing.
+// safepool's command line calls it on SIGTSTP, then stops itself.
+func (p *Pool) Pause() { p.hold(true) }
+
+// Resume lets the processes that Pause stopped go on (SIGCONT), and the
+// pool start tasks again.
+func (p *Pool) Resume() { p.hold(false) }
+
+// hold asks every runner to pause (or go on), and waits for their answers,
+// a few seconds at most: a runner that is not listening (the pool is
+// ending) is not waited for.
+func (p *Pool) hold(pause bool) {
+	p.holdMu.Lock()
+	defer p.holdMu.Unlock()
+	if p.held == pause {
+		return
+	}
+	p.held = pause
+	limit := time.NewTimer(2 * time.Second)
+	defer limit.Stop()
+	for _, r := range p.slots {
+		h := holdRequest{pause: pause, done: make(chan struct{})}
+		select {
+		case r.hold <- h:
+		case <-p.quit:
+			return
+		case <-p.abortCh:
+			return
+		case <-limit.C:
+			return
+		}
+		select {
+		case <-h.done:
+		case <-limit.C:
+			return
+		}
+	}
 }
 
 // preempt asks the runner of slot to stop task id to save memory. It never
@@ -337,15 +385,26 @@ func (c *Config) normalize() error {
 	for _, v := range []struct {
 		name string
 		n    int64
-	}{{"MemLimit", c.MemLimit}, {"MemBudget", c.MemBudget}} {
+	}{{"MemLimit", c.MemLimit}, {"MemBudget", c.MemBudget}, {"MemPerTask", c.MemPerTask}} {
 		if v.n > 0 && v.n < MinMemory {
 			return fmt.Errorf("pool: Config.%s of %d bytes is below MinMemory (%s): no process can start in it", v.name, v.n, bytesize.Format(MinMemory))
 		}
+	}
+	if math.IsNaN(c.PreemptAbove) || math.IsNaN(c.PreemptPSI) {
+		// No comparison holds for NaN: the trigger would be off without
+		// a word.
+		return fmt.Errorf("pool: Config.PreemptAbove (%v) and Config.PreemptPSI (%v) must be numbers", c.PreemptAbove, c.PreemptPSI)
 	}
 	if c.PreemptAbove > 1 {
 		// A percentage here would turn the trigger off without a word:
 		// memory in use never passes 90 times the host's.
 		return fmt.Errorf("pool: Config.PreemptAbove of %v is above 1: it is a fraction of memory (%.2f for %v%%)", c.PreemptAbove, c.PreemptAbove/100, c.PreemptAbove)
+	}
+	if c.PreemptAbove > 0 && c.PreemptAbove < 0.01 {
+		// A percentage given as a fraction of a hundred twice over (the
+		// Python client's mem_high=0.9, sent as 0.009): preemption
+		// whenever 0.9% of memory is in use, that is always.
+		return fmt.Errorf("pool: Config.PreemptAbove of %v is below 0.01: it is a fraction of memory (%.2f for %v%%)", c.PreemptAbove, c.PreemptAbove*100, c.PreemptAbove*10000)
 	}
 	if c.PreemptPSI > 100 {
 		return fmt.Errorf("pool: Config.PreemptPSI of %v is above 100: it is a percentage", c.PreemptPSI)

@@ -1,6 +1,7 @@
 package pool_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"github.com/safepool/safepool/internal/memory"
 	"github.com/safepool/safepool/internal/testenv"
 	"github.com/safepool/safepool/pool"
+	"golang.org/x/sys/unix"
 )
 
 func TestMain(m *testing.M) {
@@ -40,6 +42,8 @@ func TestMain(m *testing.M) {
 			os.Exit(runContainerSeed())
 		case "container-oneshot":
 			os.Exit(runContainerOneShot())
+		case "container-gocrash":
+			os.Exit(runContainerGoCrash())
 		case "container-peak":
 			os.Exit(runContainerPeak())
 		case "container-leftovers":
@@ -48,6 +52,8 @@ func TestMain(m *testing.M) {
 			os.Exit(runContainerLeftovers(true))
 		case "shared-block":
 			os.Exit(runSharedBlock())
+		case "container-device-oom":
+			os.Exit(runDeviceOOM())
 		case "readme-example":
 			os.Exit(runReadmeExample())
 		}
@@ -620,6 +626,52 @@ func TestDeadAtStartup(t *testing.T) {
 	}
 }
 
+// TestStartupFailuresAfterWork: once a task has succeeded, workers that
+// fail at start-up a few times in a row (a resource away for a moment) do
+// not abort the pool: it waits longer between tries and goes on when they
+// start again. They used to abort it after three, however much work was
+// done. Failures in a row that last past the patience still abort it.
+func TestStartupFailuresAfterWork(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		fails    int
+		patience time.Duration
+		wantDone bool
+	}{
+		{"recovers", 5, time.Minute, true},
+		{"gives up", 1000, time.Second, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			defer pool.SetStartupPatience(c.patience)()
+			cfg := config(pool.Line, 1)
+			cfg.Env = append(workerEnvFor("flaky-start"), "FLAKY_STARTS="+filepath.Join(t.TempDir(), "starts"),
+				"FLAKY_FAILS="+strconv.Itoa(c.fails))
+			cfg.Stderr = io.Discard
+			cfg.MaxTasksPerWorker = 2
+			cfg.MaxBackoff = 200 * time.Millisecond
+			inputs := []string{"a", "b", "c", "d", "e", "f"}
+			start := time.Now()
+			got, p := run(t, cfg, inputs...)
+			done := 0
+			for _, r := range got {
+				if r.State == pool.Done {
+					done++
+				}
+			}
+			var se *pool.StartError
+			if c.wantDone {
+				if done != len(inputs) || p.Err() != nil {
+					t.Errorf("%d of %d done, Err() = %v; want all done after %d failed starts", done, len(inputs), p.Err(), c.fails)
+				}
+			} else if !errors.As(p.Err(), &se) || !strings.Contains(se.Stderr, "license server") || done != 2 {
+				t.Errorf("%d done, Err() = %v; want the 2 tasks of the first worker done, then a *StartError", done, p.Err())
+			} else if d := time.Since(start); d < c.patience {
+				t.Errorf("aborted after %v, before the patience of %v", d, c.patience)
+			}
+		})
+	}
+}
+
 func TestMaxTasksPerWorker(t *testing.T) {
 	for _, proto := range []pool.Protocol{pool.Line, pool.Framed} {
 		t.Run(string(proto), func(t *testing.T) {
@@ -651,8 +703,48 @@ keep = []
 for line in sys.stdin:
     if line.strip() == "grow":
         keep.append(b"x" * (60 << 20))
+    if line.startswith("read:"):
+        with open(line.strip()[5:], "rb") as f:
+            while f.read(1 << 20):
+                pass
     print(os.getpid(), flush=True)
 `
+
+// TestMaxRSSNotPageCache: a worker that reads a file larger than MaxRSS
+// holds little; its cgroup's page cache of that file does not make it
+// bloated. It used to be replaced after every such task.
+func TestMaxRSSNotPageCache(t *testing.T) {
+	requireCgroups(t)
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		testenv.SkipOrFail(t, "python3 is not installed")
+	}
+	// 150 MiB on disk, not in the page cache: the worker's reading
+	// brings it there, charged to the worker's cgroup.
+	path := filepath.Join(t.TempDir(), "big")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := bytes.Repeat([]byte("y"), 1<<20)
+	for i := 0; i < 150; i++ {
+		if _, err := f.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	cfg := pool.Config{Command: []string{py, "-c", growWorker}, Protocol: pool.Line, Workers: 1, MaxRSS: 100 << 20}
+	got, _ := run(t, cfg, "pid", "read:"+path, "pid")
+	if p1, p3 := string(got[1].Output), string(got[3].Output); p1 != p3 {
+		t.Errorf("worker pids = %s, %s: the worker was replaced after reading a file, want it kept", p1, p3)
+	}
+}
 
 func TestMaxRSS(t *testing.T) {
 	py, err := exec.LookPath("python3")
@@ -757,6 +849,25 @@ func requireCgroups(t *testing.T) {
 	m.Close()
 	if !mode.PerWorker() {
 		testenv.SkipOrFail(t, reason)
+	}
+}
+
+// TestChildOOMThenExit: the OOM killer takes a task's child, and the
+// persistent worker answers the task and lives on; when it later exits 3
+// during another task, that task fails with exit:3. It used to fail with
+// oom: the group's OOM count was compared with its count at the worker's
+// start, which the child's kill had raised.
+func TestChildOOMThenExit(t *testing.T) {
+	requireCgroups(t)
+	cfg := config(pool.Line, 1)
+	cfg.MemLimit = 100 << 20
+	cfg.Pipeline = 1
+	got, _ := run(t, cfg, "childhog", "a", "exit:3")
+	if r := got[1]; r.State != pool.Done || !strings.Contains(string(r.Output), "signal: killed") {
+		t.Errorf("task 1 = %s %q, want done with the child killed", r.State, r.Output)
+	}
+	if r := got[3]; r.State != pool.Failed || r.Cause() != pool.ExitCause(3) {
+		t.Errorf("task 3 = %s %s, want failed exit:3", r.State, r.Cause())
 	}
 }
 

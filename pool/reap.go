@@ -1,5 +1,11 @@
 package pool
 
+import (
+	"fmt"
+
+	"github.com/safepool/safepool/internal/bytesize"
+)
+
 // What becomes of a persistent worker's attempts when it dies. How the
 // death is named is the session's (internal/worker/reap.go); what each
 // flight's task suffers for it is blame's (settle.go).
@@ -63,10 +69,38 @@ func (r *runner) reap() {
 	// in a row abort the pool. A death during a task is that task's.
 	if !d.Expected() && d.Answered == 0 && (!charged || d.Stalled) {
 		se := &StartError{Command: r.p.cfg.Command, Cause: d.Cause, Stderr: d.Stderr, Err: d.Failure}
+		if d.Cause == CauseOOM && se.Err == nil {
+			se.Err = r.startOOM()
+		}
 		r.p.send(report{kind: reportStartupFailure, charged: charged, start: se})
+		r.failedStarts++
+	} else {
+		r.failedStarts = 0
 	}
 	for i := len(requeue) - 1; i >= 0; i-- {
 		r.p.send(report{kind: reportRequeue, task: requeue[i]})
 	}
 	r.s = nil
+}
+
+// startOOM says why a worker that the OOM killer took before it took a
+// task may have been taken, and what to try. With a cgroup per worker,
+// its cgroup's limit may be less than it needs to start; and in every
+// mode, every slot starts its worker at once, so the workers' start-up
+// memory together may not fit the memory the pool may use.
+func (r *runner) startOOM() error {
+	if r.group != nil && r.p.cfg.MemLimit > 0 && r.limit() == r.p.cfg.MemLimit {
+		return fmt.Errorf("killed by the OOM killer before it took a task; its cgroup is limited to %s (the memory limit), which may be less than it needs to start",
+			bytesize.Format(r.limit()))
+	}
+	within := "the memory around them (the enclosing cgroup's limit or the host's)"
+	if g := r.p.gov; g != nil {
+		within = "the memory budget of " + bytesize.Format(g.budget)
+	}
+	if r.group != nil {
+		return fmt.Errorf("killed by the OOM killer before it took a task: one worker may need more than %s to start (its cgroup's limit), or %d workers starting at once more than that; try fewer workers",
+			within, r.p.cfg.Workers)
+	}
+	return fmt.Errorf("killed by the OOM killer before it took a task: %d workers starting at once may need more than %s; try fewer workers",
+		r.p.cfg.Workers, within)
 }

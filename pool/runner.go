@@ -35,6 +35,51 @@ type runner struct {
 	// lineTime carries a line worker's recent time per line from one
 	// process of the slot to the next.
 	lineTime time.Duration
+	// failedStarts counts the slot's persistent workers in a row that
+	// failed before doing any work; it sets the wait before the next.
+	failedStarts int
+	// hold carries Pool.Pause's and Pool.Resume's requests; paused is the
+	// last one's: the slot's process is stopped, and the slot starts no
+	// task and no process.
+	hold   chan holdRequest
+	paused bool
+}
+
+// holdRequest asks a runner to pause its slot (pause) or to let it go on,
+// and is answered by closing done.
+type holdRequest struct {
+	pause bool
+	done  chan struct{}
+}
+
+// applyHold pauses or continues the slot's process, s (nil between
+// processes), as h asks, and answers it.
+func (r *runner) applyHold(h holdRequest, s *worker.Session) {
+	r.paused = h.pause
+	if s != nil {
+		if h.pause {
+			s.Pause()
+		} else {
+			s.Continue()
+		}
+	}
+	close(h.done)
+}
+
+// waitHeld waits, while the slot is paused between processes, for the
+// pool to let it go on. It reports false when the pool stops meanwhile.
+func (r *runner) waitHeld() bool {
+	for r.paused {
+		select {
+		case h := <-r.hold:
+			r.applyHold(h, nil)
+		case <-r.p.abortCh:
+			return false
+		case <-r.p.quit:
+			return false
+		}
+	}
+	return true
 }
 
 func (r *runner) run() {
@@ -68,6 +113,17 @@ func (r *runner) run() {
 	r.runPersistent()
 }
 
+// restartDelay is the wait before the slot's next worker after
+// failedStarts failures in a row: 100 ms, doubled after each further
+// failure, up to Config.MaxBackoff.
+func (r *runner) restartDelay() time.Duration {
+	d := 100 * time.Millisecond
+	for i := 1; i < r.failedStarts && d < r.p.cfg.MaxBackoff; i++ {
+		d *= 2
+	}
+	return min(d, max(r.p.cfg.MaxBackoff, 100*time.Millisecond))
+}
+
 // limit is the memory limit of the slot's cgroup.
 func (r *runner) limit() int64 { return r.p.gov.workerLimit(r.p.cfg.MemLimit) }
 
@@ -89,23 +145,30 @@ func (r *runner) runPersistent() {
 	abortC, killC, quitC := r.p.abortCh, r.p.killCh, r.p.quit
 	for {
 		if r.s == nil {
-			if r.stopping() {
+			if r.stopping() || !r.waitHeld() {
 				return
 			}
-			if !r.spawn() {
-				// Give a failing command a moment before the next try; the
-				// loop aborts the pool after too many failures in a row.
+			if r.failedStarts > 0 {
+				// Give a failing command a moment before the next try,
+				// longer after each failure; the loop aborts the pool
+				// after too many failures in a row.
 				select {
-				case <-time.After(100 * time.Millisecond):
+				case <-time.After(r.restartDelay()):
 				case <-r.p.abortCh:
 				case <-r.p.quit:
 				}
+				if r.stopping() {
+					return
+				}
+			}
+			if !r.spawn() {
+				r.failedStarts++
 				continue
 			}
 		}
 		s := r.s
 		var dispatch chan *task
-		if r.hasRoom() {
+		if !r.paused && r.hasRoom() {
 			dispatch = r.p.dispatch
 		}
 		select {
@@ -134,13 +197,17 @@ func (r *runner) runPersistent() {
 			s.PipeBroken(err)
 		case id := <-r.preempt:
 			s.Preempt(id)
+		case h := <-r.hold:
+			r.applyHold(h, s)
 		case <-s.OverLimit():
 			s.Kill(CauseMemoryLimit)
 		case <-quitC:
 			quitC = nil
+			s.Continue()
 			s.Retire()
 		case <-abortC:
 			abortC = nil
+			s.Continue() // to act on its SIGTERM
 			s.Cancel(false)
 		case <-killC:
 			killC = nil

@@ -147,9 +147,15 @@ type scheduler struct {
 	pending   int
 	closed    bool
 	aborting  bool
-	startFail int  // startup failures in a row
-	everOK    bool // some attempt has succeeded
+	startFail int       // startup failures in a row
+	failSince time.Time // when the first of them was reported
+	everOK    bool      // some attempt has succeeded
 }
+
+// startupPatience is how long startup failures in a row must have lasted,
+// as well as numbering Config.StartupFailures, to abort a pool in which an
+// attempt has succeeded.
+var startupPatience = time.Minute
 
 func newScheduler(p *Pool) *scheduler {
 	return &scheduler{p: p, gov: p.gov, live: map[uint64]*task{}, held: map[uint64]Result{}, nextOut: 1}
@@ -270,8 +276,15 @@ func (s *scheduler) report(rep report) {
 		if rep.charged && s.everOK {
 			break // the command works: the task made it fail
 		}
+		now := time.Now()
+		if s.startFail == 0 {
+			s.failSince = now
+		}
 		s.startFail++
-		if s.startFail >= s.p.cfg.StartupFailures {
+		// A command that has worked may fail for a while for want of
+		// something passing (memory, a file system, a license server):
+		// an overnight run is not given up for a few failures in a row.
+		if s.startFail >= s.p.cfg.StartupFailures && (!s.everOK || now.Sub(s.failSince) >= startupPatience) {
 			s.p.abortFor(0, rep.start)
 		}
 	}
@@ -441,7 +454,8 @@ func (s *scheduler) settleAttempt(t *task, a Attempt, output, stderr []byte) {
 	s.p.count(func(st *Stats) { st.Attempts++ })
 	var mem memVerdict
 	if s.gov != nil {
-		mem = memVerdict{governed: true, ownsOOM: s.gov.ownsOOM(s.p.cfg.MemLimit), need: s.gov.needAfter(t, a.PeakRSS)}
+		mem = memVerdict{governed: true, ownsOOM: s.gov.ownsOOM(s.p.cfg.MemLimit), need: s.gov.needAfter(t, a.PeakRSS),
+			whole: s.gov.hadWhole(t, a.PeakRSS)}
 	}
 	v := settle(taskView{deaths: t.deaths, errors: t.errors, ooms: t.ooms, alone: t.alone},
 		ending{cause: a.Cause}, s.policy(), mem)

@@ -33,8 +33,8 @@ import "time"
 //	success                  | -      | done
 //	cancelled, or aborting   | (1)    | cancelled
 //	preempted                | -      | requeue at the head, need raised (2)
-//	memory OOM, ran alone    | ooms   | poison (and abort under Abort)
-//	memory OOM, not alone    | ooms   | retry after backoff(ooms), need raised
+//	memory OOM, alone, whole | ooms   | poison (and abort under Abort) (3)
+//	memory OOM, otherwise    | ooms   | retry after backoff(ooms), need raised
 //	task-error, retries left | errors | retry after backoff(errors)
 //	task-error, none left    | errors | failed
 //	death, Retry, retries left| deaths| retry after backoff(deaths)
@@ -42,7 +42,13 @@ import "time"
 //
 // (1) While aborting, an attempt is still charged by its cause (a task
 // error to errors, any worker death, an OOM kill too, to deaths), but the
-// task ends Cancelled whatever its retries. (2) With the governor on.
+// task ends Cancelled whatever its retries. (2) With the governor on. (3)
+// "alone, whole": the attempt ran with no other beside it and had the whole
+// budget (memVerdict.whole). An attempt that ran alone with less, because
+// others outside the pool held memory, or because it merely happened to run
+// alone (one worker, the last task of a batch), says nothing of what the
+// task needs beyond the budget: it is retried with its need raised, which
+// at least doubles each time up to the whole budget.
 //
 // "retries left" is TaskErrorRetries for task errors and Retries for worker
 // deaths, counted after the charge: a task runs at most 1+Retries times for
@@ -103,6 +109,9 @@ type memVerdict struct {
 	governed bool  // the governor runs
 	ownsOOM  bool  // an OOM kill is the governor's to handle
 	need     int64 // what the task needs after this attempt's peak
+	// whole says the attempt had the whole budget: the task's need was
+	// all of it, or the attempt's peak reached it (governor.hadWhole).
+	whole bool
 }
 
 // ending is how an attempt ended.
@@ -151,7 +160,7 @@ func settle(t taskView, e ending, pol policy, mem memVerdict) verdict {
 		if mem.governed {
 			v.need = mem.need // it was stopped before its peak: wait for more room
 		}
-	case memOOM && t.alone:
+	case memOOM && t.alone && mem.whole:
 		v.fate, v.abort = fatePoison, pol.onDeath == Abort
 	case memOOM:
 		v.fate, v.need, v.delay = fateRetry, mem.need, pol.backoffAfter(t.ooms)

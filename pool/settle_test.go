@@ -11,8 +11,9 @@ var (
 	settleCauses = []Cause{"", CauseOOM, CauseMemoryLimit, CauseSegfault, SignalCause(9), ExitCause(1),
 		ExitCause(0), CauseTimeout, CauseProtocol, CauseOutputLost, CauseTaskError, CausePreempted, CauseCancelled}
 	settleActions = []Action{Skip, Retry, Abort}
-	// settleGovs: none, a governor that owns OOM kills (run alone or not),
-	// and one that does not (a MemLimit below its budget).
+	// settleGovs: none, a governor that owns OOM kills (run alone with the
+	// whole budget, alone with less, or beside others), and one that does
+	// not (a MemLimit below its budget).
 	settleGovs = []struct {
 		name  string
 		mem   memVerdict
@@ -21,7 +22,8 @@ var (
 		{"no governor", memVerdict{}, false},
 		{"no governor, alone", memVerdict{}, true},
 		{"owns OOM, not alone", memVerdict{governed: true, ownsOOM: true, need: 900}, false},
-		{"owns OOM, alone", memVerdict{governed: true, ownsOOM: true, need: 900}, true},
+		{"owns OOM, alone", memVerdict{governed: true, ownsOOM: true, need: 900, whole: true}, true},
+		{"owns OOM, alone without the whole budget", memVerdict{governed: true, ownsOOM: true, need: 900}, true},
 		{"MemLimit below budget", memVerdict{governed: true, need: 900}, false},
 	}
 )
@@ -34,6 +36,7 @@ func testPolicy(a Action, aborting bool) policy {
 // TestSettleRows checks one row per rule of the table in settle.go.
 func TestSettleRows(t *testing.T) {
 	gov := memVerdict{governed: true, ownsOOM: true, need: 900}
+	whole := memVerdict{governed: true, ownsOOM: true, need: 900, whole: true}
 	tests := []struct {
 		name string
 		t    taskView
@@ -62,10 +65,14 @@ func TestSettleRows(t *testing.T) {
 			verdict{fate: fateRequeue, need: 900, number: 2}},
 		{"preempted without governor", taskView{}, ending{cause: CausePreempted}, testPolicy(Skip, false), memVerdict{},
 			verdict{fate: fateRequeue, number: 1}},
-		{"OOM alone is poison", taskView{alone: true}, ending{cause: CauseOOM}, testPolicy(Skip, false), gov,
+		{"OOM alone with the whole budget is poison", taskView{alone: true}, ending{cause: CauseOOM}, testPolicy(Skip, false), whole,
 			verdict{fate: fatePoison, charge: chargeOOM, number: 1}},
-		{"OOM alone, Abort", taskView{alone: true}, ending{cause: CauseOOM}, testPolicy(Abort, false), gov,
+		{"OOM alone with the whole budget, Abort", taskView{alone: true}, ending{cause: CauseOOM}, testPolicy(Abort, false), whole,
 			verdict{fate: fatePoison, charge: chargeOOM, abort: true, number: 1}},
+		{"OOM alone with less retries", taskView{alone: true, ooms: 1}, ending{cause: CauseOOM}, testPolicy(Abort, false), gov,
+			verdict{fate: fateRetry, charge: chargeOOM, need: 900, delay: 20 * time.Millisecond, number: 2}},
+		{"OOM with the whole budget, not alone, retries", taskView{}, ending{cause: CauseOOM}, testPolicy(Skip, false), whole,
+			verdict{fate: fateRetry, charge: chargeOOM, need: 900, delay: 10 * time.Millisecond, number: 1}},
 		{"OOM not alone retries past Retries", taskView{ooms: 5}, ending{cause: CauseOOM}, testPolicy(Skip, false), gov,
 			verdict{fate: fateRetry, charge: chargeOOM, need: 900, delay: 30 * time.Millisecond, number: 6}},
 		{"OOM not owned is a death", taskView{alone: true}, ending{cause: CauseOOM}, testPolicy(Skip, false),
@@ -127,7 +134,7 @@ func checkSweep(t *testing.T, name string, c Cause, act Action, left bool, mem m
 		want = fateCancelled
 	case c == CausePreempted:
 		want = fateRequeue
-	case memOOM && alone:
+	case memOOM && alone && mem.whole:
 		want = fatePoison
 	case memOOM:
 		want = fateRetry // however many times the OOM killer took it
@@ -162,7 +169,7 @@ func checkSweep(t *testing.T, name string, c Cause, act Action, left bool, mem m
 	if v.fate != fateRetry && v.delay != 0 {
 		t.Errorf("%s: delay = %v without a retry", name, v.delay)
 	}
-	if wantNeed := v.fate != fateCancelled && (memOOM && !alone || c == CausePreempted && mem.governed); (v.need > 0) != wantNeed {
+	if wantNeed := v.fate != fateCancelled && (memOOM && !(alone && mem.whole) || c == CausePreempted && mem.governed); (v.need > 0) != wantNeed {
 		t.Errorf("%s: need = %d, want it set: %v", name, v.need, wantNeed)
 	}
 }

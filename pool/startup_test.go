@@ -1,7 +1,9 @@
 package pool_test
 
 import (
+	"context"
 	"errors"
+	"io"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -143,5 +145,53 @@ func TestFramedNeverStarted(t *testing.T) {
 	}
 	if len(got) != len(inputs) {
 		t.Errorf("got %d results, want %d", len(got), len(inputs))
+	}
+}
+
+// TestStartOOMSaysWhy: persistent workers that the OOM killer takes as
+// they start, before any task, abort the pool; the StartError says why
+// and what to try, not a bare "dies at start-up (oom)": the worker's
+// cgroup limit (Config.MemLimit) may be too small for it to start, or
+// the workers starting at once may need more than the memory budget.
+func TestStartOOMSaysWhy(t *testing.T) {
+	requireCgroups(t)
+	py := systemPython(t)
+	for _, c := range []struct {
+		name string
+		cfg  func(*pool.Config)
+		want string
+	}{
+		{"memory limit", func(c *pool.Config) { c.MemLimit = 24 << 20 },
+			"its cgroup is limited to 24 MiB (the memory limit), which may be less than it needs to start"},
+		{"budget", func(c *pool.Config) { c.MemBudget = 24 << 20 },
+			"one worker may need more than the memory budget of 24 MiB to start (its cgroup's limit), or 2 workers starting at once more than that; try fewer workers"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := pool.Config{
+				// 64 MiB at start-up, then a line worker.
+				Command:  []string{py, "-c", "import sys\nfat = b'x' * (64 << 20)\nfor line in sys.stdin: print(line, end='', flush=True)"},
+				Protocol: pool.Line,
+				Workers:  2,
+				Stderr:   io.Discard,
+			}
+			c.cfg(&cfg)
+			p, err := pool.New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			go func() {
+				defer p.Close()
+				p.Submit(context.Background(), pool.Task{Input: []byte("a")})
+			}()
+			for range p.Results() {
+			}
+			var se *pool.StartError
+			if err := p.Err(); !errors.As(err, &se) || se.Cause != pool.CauseOOM {
+				t.Fatalf("Err() = %v, want a StartError of cause oom", err)
+			}
+			if !strings.Contains(se.Error(), c.want) {
+				t.Errorf("StartError = %q, want it to say %q", se.Error(), c.want)
+			}
+		})
 	}
 }

@@ -94,7 +94,8 @@ const (
 	Failed State = "failed"
 	// Cancelled means the task never finished because the pool aborted.
 	Cancelled State = "cancelled"
-	// Poison means the task was killed for memory even when it ran alone.
+	// Poison means the task was killed for memory even when it ran alone
+	// with the whole memory budget.
 	Poison State = "poison"
 )
 
@@ -481,8 +482,9 @@ type Config struct {
 	// this many tasks. Zero means no limit.
 	MaxTasksPerWorker int
 	// MaxRSS replaces a persistent worker whose memory exceeds this many
-	// bytes after a task: its cgroup's usage, or without a cgroup of its
-	// own, what its process tree alone holds (anonymous memory and swap).
+	// bytes after a task: its cgroup's usage less its inactive page cache
+	// (files read once), or without a cgroup of its own, what its process
+	// tree alone holds (anonymous memory and swap).
 	// Zero means no limit.
 	MaxRSS int64
 	// MemLimit caps each worker's memory in bytes: the worker runs in a
@@ -531,16 +533,20 @@ type Config struct {
 	// known, and with it sets each task's predicted peak aside for the
 	// task's whole life, never counting on one task's growth to overlap
 	// another's end. Zero means no hint: the governor starts cautiously
-	// and learns both the peaks and how tasks grow over their lives.
+	// and learns both the peaks and how tasks grow over their lives. A
+	// hint below MinMemory is refused: it is a size given in bytes by
+	// mistake.
 	MemPerTask int64
 	// PreemptAbove is the fraction of the host's memory, or of the
 	// supervisor's cgroup limit, in use above which the governor stops the
 	// youngest attempt. Zero means 0.95; a negative value turns this
-	// trigger off; a value above 1 (a percentage) is refused.
+	// trigger off; a value above 1 (a percentage), or below 0.01 (a
+	// percentage divided by a hundred twice), is refused, and so is NaN.
 	PreemptAbove float64
 	// PreemptPSI is the memory pressure, PSI "full avg10" in percent,
 	// above which the governor stops the youngest attempt. Zero means 40;
-	// a negative value turns this trigger off; one above 100 is refused.
+	// a negative value turns this trigger off; one above 100, or NaN, is
+	// refused.
 	PreemptPSI float64
 
 	// OutputInMemory is how many bytes of each one-shot attempt's stdout,
@@ -585,7 +591,12 @@ type Config struct {
 	// start-up deadline, before it takes a task (a framed task it starts, a
 	// line it reads), or when it holds its first line unanswered until
 	// StallTimeout while no worker has answered yet. A death during a task
-	// is the task's, never a start-up failure. Zero means 3.
+	// is the task's, never a start-up failure. Once an attempt has
+	// succeeded, the command works, and what fails it may pass (memory
+	// short for a moment, a file system away): the failures in a row must
+	// then also have lasted a minute. Between them a persistent slot waits 100 ms,
+	// twice as long after each further failure, up to MaxBackoff. Zero
+	// means 3.
 	StartupFailures int
 
 	// Stdout and Stderr receive persistent workers' own stdout (framed

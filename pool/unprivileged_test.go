@@ -238,6 +238,69 @@ func runContainerOneShot() int {
 	return 0
 }
 
+// TestGoCrashUnprivileged: without a cgroup, a Go worker that its data
+// size limit refuses memory dies with "fatal error: runtime: out of
+// memory", followed by many KiB of goroutine stacks. It is named
+// memory-limit; it used to read as any exit 2, the words out of sight of
+// the last 4 KiB of stderr kept. A Go panic's message is its first line,
+// not the last lines of its stack.
+func TestGoCrashUnprivileged(t *testing.T) {
+	dir := containerFor(t, 400<<20)
+	// The jobs are a Go program built without -race, which cannot run
+	// under a data size limit; nobody must be able to run it.
+	bin := filepath.Join(filepath.Dir(nobodyBinary(t)), "gocrash")
+	build := exec.Command("go", "build", "-o", bin, "./testdata/gocrash")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./testdata/gocrash: %v\n%s", err, out)
+	}
+	text, err := superviseAsNobody(t, dir, workerEnv+"=container-gocrash", "GOCRASH="+bin)
+	if err != nil {
+		t.Fatalf("supervisor: %v; output:\n%s", err, text)
+	}
+	for _, want := range []string{
+		"task 1 failed memory-limit: over the memory limit of 268435456 bytes\n",
+		"task 2 failed exit:2: panic: gopanic: deep enough\n",
+		"memory mode: enclosing-cgroup (",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("supervisor output:\n%s\nwant %q", text, want)
+		}
+	}
+}
+
+// runContainerGoCrash is the supervisor of TestGoCrashUnprivileged: two
+// one-shot jobs of $GOCRASH under a 256 MiB limit, one allocating 4 GiB
+// of Go memory at once, one panicking deep in its stack.
+func runContainerGoCrash() int {
+	p, err := pool.New(pool.Config{
+		Command:  []string{os.Getenv("GOCRASH"), "{}"},
+		Protocol: pool.OneShot,
+		Workers:  2,
+		MemLimit: 256 << 20,
+		Stderr:   io.Discard,
+	})
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	go func() {
+		defer p.Close()
+		for _, in := range []string{"huge", "panic"} {
+			p.Submit(context.Background(), pool.Task{Input: []byte(in)})
+		}
+	}()
+	for r := range p.Results() {
+		msg := ""
+		if n := len(r.Attempts); n > 0 {
+			msg = r.Attempts[n-1].Message
+		}
+		fmt.Printf("task %d %s %s: %s\n", r.ID, r.State, r.Cause(), msg)
+	}
+	fmt.Printf("memory mode: %s (%s)\n", p.MemoryMode(), p.MemoryModeReason())
+	return 0
+}
+
 // TestLeftoversUnprivileged: without a cgroup per worker, a daemon that a
 // one-shot job starts (setsid, out of its process group) ends soon after
 // its job, while the pool goes on, as it does where the job's cgroup is
@@ -474,6 +537,73 @@ func TestMemLimitUnprivileged(t *testing.T) {
 		}
 	}
 	t.Logf("supervisor output starts: %s", text[:strings.Index(text, "run 3:")])
+}
+
+// TestDeviceOOMUnprivileged: without a cgroup per worker, under
+// --mem-limit, a job that fails because a GPU ran out of its memory
+// ("CUDA out of memory", as PyTorch, the CUDA runtime, CuPy and ROCm say
+// it) fails with its own cause, exit:1, not memory-limit "over the memory
+// limit of 209715200 bytes": no limit of the worker's was involved. A job
+// the data size limit refuses its memory (MemoryError) is still
+// memory-limit.
+func TestDeviceOOMUnprivileged(t *testing.T) {
+	py := systemPython(t)
+	dir := containerFor(t, 1<<30)
+	text, err := superviseAsNobody(t, dir, workerEnv+"=container-device-oom", "SAFEPOOL_TEST_PYTHON="+py)
+	if err != nil {
+		t.Fatalf("supervisor: %v; output:\n%s", err, text)
+	}
+	want := []string{
+		"task 1 failed exit:1\n",
+		"task 2 failed exit:1\n",
+		"task 3 failed exit:1\n",
+		"task 4 failed exit:1\n",
+		"task 5 failed memory-limit\n",
+		"memory mode: enclosing-cgroup",
+	}
+	for _, w := range want {
+		if !strings.Contains(text, w) {
+			t.Errorf("supervisor output:\n%s\nwant %q", text, w)
+		}
+	}
+}
+
+// deviceOOMs are what a job writes on stderr when a GPU runs out of its
+// memory, then it exits 1.
+var deviceOOMs = []string{
+	"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 7.79 GiB of which 1.06 GiB is free.",
+	"RuntimeError: CUDA error: out of memory",
+	"cupy.cuda.memory.OutOfMemoryError: Out of memory allocating 1,024 bytes (allocated so far: 0 bytes).",
+	"torch.OutOfMemoryError: HIP out of memory. Tried to allocate 20.00 MiB.",
+}
+
+// runDeviceOOM is the supervisor of TestDeviceOOMUnprivileged: one-shot
+// jobs under a 200 MiB limit, the first ones failing as deviceOOMs say,
+// the last one asking Python for 300 MiB at once. It prints each task's
+// state and cause, then the memory mode.
+func runDeviceOOM() int {
+	p, err := pool.New(pool.Config{
+		Command:  []string{os.Getenv("SAFEPOOL_TEST_PYTHON"), "-c", "import sys\nif sys.argv[1] == 'host': x = bytearray(300 << 20)\nsys.exit(sys.argv[1])", "{}"},
+		Protocol: pool.OneShot,
+		MemLimit: 200 << 20,
+		Workers:  2,
+		Stderr:   io.Discard,
+	})
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	go func() {
+		defer p.Close()
+		for _, in := range append(deviceOOMs[:len(deviceOOMs):len(deviceOOMs)], "host") {
+			p.Submit(context.Background(), pool.Task{Input: []byte(in)})
+		}
+	}()
+	for r := range p.Results() {
+		fmt.Printf("task %d %s %s\n", r.ID, r.State, cause(r))
+	}
+	fmt.Printf("memory mode: %s (%s)\n", p.MemoryMode(), p.MemoryModeReason())
+	return 0
 }
 
 // runReadmeExample is the supervisor of TestMemLimitUnprivileged: the

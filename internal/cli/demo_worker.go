@@ -7,8 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"strconv"
+	"syscall"
 	"time"
 )
 
@@ -52,8 +52,7 @@ func runDemoWorker(ctx context.Context, e *env, args []string) error {
 		}
 		n, _ := strconv.Atoi(line)
 		if n == a.hog && n != 0 && a.shouldHog() {
-			hogMemory(ctx, a.hogMax)
-			return errors.New("demo worker: allocated the maximum and was not killed")
+			return hogMemory(ctx, e.stderr, a.hogMax)
 		}
 		select {
 		case <-time.After(a.sleep):
@@ -80,13 +79,26 @@ func (a *demoWorkerArgs) shouldHog() bool {
 	return true
 }
 
-// hogMemory allocates and touches 8 MiB every 5 ms up to max bytes, then
-// holds it for 10 s, waiting to be killed.
-func hogMemory(ctx context.Context, max int64) {
+// hogMemory maps and touches 8 MiB every 5 ms up to max bytes, then holds
+// it for 10 s, waiting to be killed. It maps its memory itself rather than
+// through the Go heap: without a cgroup, its data size limit refuses a
+// mapping, and it then says so in one line and exits 1, where the Go
+// runtime would print the stacks of all its goroutines after "fatal error:
+// runtime: out of memory".
+func hogMemory(ctx context.Context, stderr io.Writer, max int64) error {
 	const chunk = 8 << 20
 	var held [][]byte
+	defer func() {
+		for _, b := range held {
+			syscall.Munmap(b)
+		}
+	}()
 	for size := int64(0); size < max; size += chunk {
-		b := make([]byte, chunk)
+		b, err := syscall.Mmap(-1, 0, chunk, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANONYMOUS)
+		if err != nil {
+			fmt.Fprintf(stderr, "demo worker: holding %d MiB: %v\n", size>>20, err)
+			return &statusError{status: 1}
+		}
 		for i := 0; i < len(b); i += 4096 {
 			b[i] = 1
 		}
@@ -97,5 +109,5 @@ func hogMemory(ctx context.Context, max int64) {
 	case <-time.After(10 * time.Second):
 	case <-ctx.Done():
 	}
-	runtime.KeepAlive(held)
+	return errors.New("demo worker: allocated the maximum and was not killed")
 }

@@ -244,7 +244,7 @@ type memoryFlags struct {
 
 func (m *memoryFlags) register(fs *pflag.FlagSet) {
 	fs.Var(newSizeValue(&m.budget).nonZero("0 would leave the workers no memory at all; omit the flag for the default").atLeast(pool.MinMemory), "mem-budget", "let the workers use at most `SIZE` together (default: the host's memory or the enclosing cgroup's limit, less a reserve)")
-	fs.Var(newSizeValue(&m.perTask), "mem-per-task", "expect each task to need `SIZE` at its peak until peaks are measured, and set that aside for its whole run")
+	fs.Var(newSizeValue(&m.perTask).atLeast(pool.MinMemory), "mem-per-task", "expect each task to need `SIZE` at its peak until peaks are measured, and set that aside for its whole run")
 	fs.Var(newSizeValue(&m.reserve), "mem-reserve", "hold `SIZE` of the host's memory and the cgroup's limit back for others (default: a tenth, 64MiB to 2GiB)")
 	m.high, m.psi = 95, 40
 	fs.Float64Var(&m.high, "mem-high", m.high, "stop the youngest task when more than `PERCENT` of the host's memory or the cgroup's limit is in use; 0: never")
@@ -254,10 +254,17 @@ func (m *memoryFlags) register(fs *pflag.FlagSet) {
 
 // apply sets the governor's fields of cfg.
 func (m *memoryFlags) apply(cmd string, cfg *pool.Config) error {
-	if m.high < 0 || m.high > 100 {
+	// Written so that NaN, which no comparison holds for, is refused too:
+	// taken, it turned the trigger off without a word.
+	if !(m.high >= 0 && m.high <= 100) {
 		return usagef(cmd, "--mem-high must be a percentage from 0 to 100, not %v", m.high)
 	}
-	if m.psi < 0 || m.psi > 100 {
+	if m.high > 0 && m.high < 1 {
+		// A fraction given for a percentage: 0.9 would stop the youngest
+		// task whenever 0.9% of memory is in use, that is always.
+		return usagef(cmd, "--mem-high is a percentage: %v would stop tasks whenever %v%% of memory is in use (for %v%%, give %v)", m.high, m.high, m.high*100, m.high*100)
+	}
+	if !(m.psi >= 0 && m.psi <= 100) {
 		return usagef(cmd, "--mem-psi must be a percentage from 0 to 100, not %v", m.psi)
 	}
 	cfg.NoGovernor = m.off

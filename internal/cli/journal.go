@@ -40,6 +40,11 @@ type jobJournal struct {
 	j  *journal.Journal
 	w  *journal.Writer
 	rs *journal.Resumer // nil unless resuming
+	// atEnd reports whether the writer learns of a task's end from the
+	// pool's event, as it ends: map with its lines' outputs, which the
+	// journal keeps and --resume replays. Else it learns of it once the
+	// task's output is flushed out of the supervisor (written, flushed).
+	atEnd bool
 	// unflushed holds the results written to the output since it was last
 	// flushed; only the results loop uses it.
 	unflushed []*pool.Result
@@ -101,20 +106,23 @@ func (jj *jobJournal) describe(p *pool.Pool) {
 	}
 }
 
-// observe gives the writer an event of the pool, but for the ends of
-// tasks, which written and flushed give it.
+// observe gives the writer an event of the pool; the ends of tasks only
+// with atEnd, else written and flushed give them.
 func (jj *jobJournal) observe(ev pool.Event) {
-	if jj != nil && ev.Kind != pool.EventTaskEnded {
+	if jj != nil && (ev.Kind != pool.EventTaskEnded || jj.atEnd) {
 		jj.w.Observe(ev)
 	}
 }
 
 // written notes a result whose output has been written to the output's
-// buffer. The journal learns that its task ended only once that output is
-// out of the supervisor (flushed): a task the journal has as done never
-// loses its output to a SIGKILL, and is never run again by --resume.
+// buffer. Without atEnd, the journal learns that its task ended only once
+// that output is out of the supervisor (flushed): a task the journal has
+// as done never loses its output to a SIGKILL, and is never run again by
+// --resume. With atEnd, the journal keeps the output itself, and learnt
+// of the task as it ended: a line done behind one that still runs, which
+// map -k holds to write in order, is not lost to a kill.
 func (jj *jobJournal) written(r *pool.Result) {
-	if jj != nil {
+	if jj != nil && !jj.atEnd {
 		jj.unflushed = append(jj.unflushed, r)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -130,6 +131,9 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 	run, err := conn.Begin(ctx, spec, nf.runID != "")
 	if err != nil {
 		return fail(exitUsage, err)
+	}
+	if kept := run.Spec.SettingsKept(spec); run.Resumed && len(kept) > 0 {
+		fmt.Fprintf(stderr, "safepool: run %s keeps the settings it was first submitted with: %s\n", spec.ID, strings.Join(kept, ", "))
 	}
 	if !j.quiet {
 		verb := "started"

@@ -123,22 +123,72 @@ func runReport(ctx context.Context, e *env, args []string) error {
 
 // writeFileAtomic writes path through write: to a temporary file beside
 // it, renamed over path once complete, so that path is never left half
-// written.
+// written. A symbolic link is followed: the page replaces its target,
+// and the link stays. A path that is not a regular file (/dev/null, a
+// FIFO, /dev/stdout) is written into as it is: renaming over it would
+// put a regular file in its place, /dev/null's for every program.
 func writeFileAtomic(path string, write func(io.Writer) error) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
+		// Opened by its own path, which the kernel follows: /dev/stdout
+		// is a link of /proc to a pipe that has no path.
+		return writeInto(path, write)
+	}
+	target := linkTarget(path)
+	perm := os.FileMode(0o644)
+	if fi, err := os.Stat(target); err == nil {
+		perm = fi.Mode().Perm() // the file's own, as a program writing it would keep
+	}
+	f, err := os.CreateTemp(filepath.Dir(target), "."+filepath.Base(target)+".*")
 	if err != nil {
 		return fmt.Errorf("cannot create %s: %w", path, err)
 	}
 	defer os.Remove(f.Name()) // after a successful rename, there is nothing to remove
 	err = write(f)
 	if err == nil {
-		err = f.Chmod(0o644)
+		err = f.Chmod(perm)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(f.Name(), path)
+		err = os.Rename(f.Name(), target)
+	}
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
+}
+
+// linkTarget follows path's symbolic links, to a target that may not
+// exist yet.
+func linkTarget(path string) string {
+	for range 40 { // Linux's limit of links followed
+		fi, err := os.Lstat(path)
+		if err != nil || fi.Mode()&os.ModeSymlink == 0 {
+			return path
+		}
+		link, err := os.Readlink(path)
+		if err != nil {
+			return path
+		}
+		if !filepath.IsAbs(link) {
+			link = filepath.Join(filepath.Dir(path), link)
+		}
+		path = link
+	}
+	return path
+}
+
+// writeInto writes through write into path, which is not a regular file,
+// opened as it is.
+func writeInto(path string, write func(io.Writer) error) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("cannot open %s: %w", path, err)
+	}
+	err = write(f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)

@@ -4,12 +4,17 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
 	_ "modernc.org/sqlite"
+
+	"github.com/safepool/safepool/internal/testenv"
 )
 
 // newJournal makes a journal with the journal's schema and two runs of two
@@ -101,4 +106,121 @@ func TestReport(t *testing.T) {
 			t.Errorf("left behind %s", e.Name())
 		}
 	}
+}
+
+// TestReportOutputNotRegular: -o naming something other than a regular
+// file writes the page into it, as any program writing a file does, and
+// leaves it what it was. The page went to a temporary file renamed over
+// OUT: `safepool report -o /dev/null jobs.db`, run as root, replaced the
+// system's /dev/null with a regular file; a FIFO was replaced the same
+// way, and a symbolic link by the page instead of its target.
+func TestReportOutputNotRegular(t *testing.T) {
+	journal := newJournal(t)
+	dir := t.TempDir()
+	report := func(t *testing.T, out string) {
+		t.Helper()
+		var stderr bytes.Buffer
+		if code := Run(context.Background(), []string{"report", "-o", out, journal}, nil, io.Discard, &stderr); code != exitOK {
+			t.Fatalf("report -o %s = %d: %s", out, code, stderr.String())
+		}
+	}
+	mode := func(t *testing.T, path string) os.FileMode {
+		t.Helper()
+		fi, err := os.Lstat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Mode()
+	}
+
+	t.Run("device", func(t *testing.T) {
+		null := filepath.Join(dir, "null")
+		// A null device of its own, as /dev/null is: major 1, minor 3.
+		if err := unix.Mknod(null, unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))); err != nil {
+			testenv.SkipOrFail(t, "mknod (needs root): "+err.Error())
+			return
+		}
+		report(t, null)
+		if m := mode(t, null); m&os.ModeCharDevice == 0 {
+			t.Errorf("%s is now %v, want the character device it was", null, m)
+		}
+	})
+
+	t.Run("fifo", func(t *testing.T) {
+		fifo := filepath.Join(dir, "fifo")
+		if err := unix.Mkfifo(fifo, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		// Read and write ends at once: opening it never blocks, and the
+		// page's writer finds a reader.
+		f, err := os.OpenFile(fifo, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got bytes.Buffer
+		read := make(chan struct{})
+		go func() {
+			defer close(read)
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := f.Read(buf)
+				got.Write(buf[:n])
+				if err != nil {
+					return
+				}
+			}
+		}()
+		report(t, fifo)
+		f.Close() // ends the reader's Read
+		<-read
+		if m := mode(t, fifo); m&os.ModeNamedPipe == 0 {
+			t.Errorf("%s is now %v, want the FIFO it was", fifo, m)
+		}
+		if !strings.Contains(got.String(), "</html>") {
+			t.Errorf("read %d bytes from the FIFO, not the page", got.Len())
+		}
+	})
+
+	t.Run("pipe by a link", func(t *testing.T) {
+		// /dev/stdout when stdout is a pipe: a link of /proc to a pipe,
+		// which has no path of its own to write beside.
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		read := make(chan []byte)
+		go func() {
+			b, _ := io.ReadAll(r)
+			read <- b
+		}()
+		report(t, fmt.Sprintf("/proc/self/fd/%d", w.Fd()))
+		w.Close()
+		if b := <-read; !strings.Contains(string(b), "</html>") {
+			t.Errorf("read %d bytes from the pipe, not the page", len(b))
+		}
+	})
+
+	t.Run("symlink", func(t *testing.T) {
+		pages := filepath.Join(dir, "pages")
+		os.Mkdir(pages, 0o755)
+		target := filepath.Join(pages, "page.html")
+		link := filepath.Join(dir, "latest.html")
+		if err := os.Symlink(target, link); err != nil {
+			t.Fatal(err)
+		}
+		report(t, link)
+		if m := mode(t, link); m&os.ModeSymlink == 0 {
+			t.Errorf("%s is now %v, want the link it was", link, m)
+		}
+		if b, err := os.ReadFile(target); err != nil || !strings.Contains(string(b), "</html>") {
+			t.Errorf("the link's target holds %d bytes (%v), not the page", len(b), err)
+		}
+		entries, _ := os.ReadDir(pages)
+		for _, e := range entries {
+			if e.Name() != "page.html" {
+				t.Errorf("left behind %s", e.Name())
+			}
+		}
+	})
 }

@@ -3,6 +3,7 @@ package cli
 import (
 	"bufio"
 	"bytes"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -825,4 +826,94 @@ func blocksLog(t *testing.T, path string) []string {
 		t.Fatal(err)
 	}
 	return strings.Fields(string(data))
+}
+
+// TestKeepOrderJournalsHeldLines: map -k holds the lines done behind one
+// that still runs, to write them in order (as many as the pool keeps
+// undelivered); the journal has them done all the same, with their
+// outputs, so that a kill loses none of them. The journal learnt of a
+// task only once its output was written out, which -k delays until every
+// line before it is done: the lines done behind a slow first line were in
+// no row, and a SIGKILL lost them all (with tasks of minutes, the hours
+// of work of dozens of lines). --resume skips them, and replays their
+// outputs in their places.
+func TestKeepOrderJournalsHeldLines(t *testing.T) {
+	bin := buildSafepool(t)
+	dir := t.TempDir()
+	db := filepath.Join(dir, "journal.db")
+	release := filepath.Join(dir, "release")
+	var in, want bytes.Buffer
+	in.WriteString("slow\n")
+	want.WriteString("out slow\n")
+	for i := 1; i <= 200; i++ {
+		fmt.Fprintf(&in, "%d\n", i)
+		fmt.Fprintf(&want, "out %d\n", i)
+	}
+	// Lines one at a time (--pipeline 1): the pool keeps dozens of them
+	// done and undelivered behind the first (MaxPending).
+	const held = 10
+	worker := `while read l; do if [ "$l" = slow ]; then while [ ! -e ` + release + ` ]; do sleep 0.01; done; fi; echo "out $l"; done`
+	mapRun := func(extra ...string) *exec.Cmd {
+		args := append([]string{"map", "-k", "-j", "2", "--pipeline", "1", "--journal", db, "--json", filepath.Join(dir, "sum.json")}, extra...)
+		cmd := exec.Command(bin, append(args, "--worker", worker)...)
+		cmd.Stdin = bytes.NewReader(in.Bytes())
+		return cmd
+	}
+	done := func() int {
+		ro, err := sql.Open("sqlite", "file:"+db+"?mode=ro")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ro.Close()
+		var n int
+		if err := ro.QueryRow(`SELECT (SELECT coalesce(sum(count), 0) FROM span) + (SELECT count(*) FROM task WHERE state = 'done')`).Scan(&n); err != nil {
+			return -1 // not made yet
+		}
+		return n
+	}
+
+	first := mapRun()
+	var stderr bytes.Buffer
+	first.Stderr = &stderr
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if n = done(); n >= held {
+			break
+		}
+	}
+	first.Process.Signal(syscall.SIGKILL)
+	first.Wait()
+	if n < held {
+		t.Fatalf("while the first line ran, the journal had %d lines done, want the %d or more done behind it; stderr: %s", n, held, stderr.String())
+	}
+
+	if err := os.WriteFile(release, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var stdout bytes.Buffer
+	stderr.Reset()
+	resumed := mapRun("--resume")
+	resumed.Stdout, resumed.Stderr = &stdout, &stderr
+	if err := resumed.Run(); err != nil {
+		t.Fatalf("resumed: %v: %s", err, stderr.String())
+	}
+	if stdout.String() != want.String() {
+		t.Errorf("resumed output =\n%s\nwant every line in order", stdout.String())
+	}
+	var sum struct {
+		Tasks struct{ Submitted, Done, Skipped int }
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "sum.json"))
+	if err == nil {
+		err = json.Unmarshal(data, &sum)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Tasks.Skipped < n || sum.Tasks.Submitted+sum.Tasks.Skipped != 201 || sum.Tasks.Done != sum.Tasks.Submitted {
+		t.Errorf("resumed: %+v; want the %d lines the journal had done skipped, and the others done", sum.Tasks, n)
+	}
 }

@@ -182,7 +182,7 @@ func fixtureMain() int {
 		fmt.Fprintf(os.Stderr, "fixture: %s did not appear\n", args[1])
 		return 1
 	case "hog":
-		hogMemory(context.Background(), 8<<30)
+		hogMemory(context.Background(), os.Stderr, 8<<30)
 		return 1
 	case "framed":
 		return framedWorker()
@@ -217,7 +217,7 @@ func fixtureMain() int {
 			case "kill\n":
 				syscall.Kill(os.Getpid(), syscall.SIGKILL)
 			case "hog\n":
-				hogMemory(context.Background(), 8<<30)
+				hogMemory(context.Background(), os.Stderr, 8<<30)
 			}
 			if _, err := os.Stdout.Write(line); err != nil {
 				return 1

@@ -259,11 +259,12 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	c.pool.Store(p)
 	jm.attach(p)
 	jj.describe(p)
+	defer followTerminalStops(p)()
 
 	// Without a cgroup per worker, when memory flags were given, say once
 	// how memory is watched instead, and what the memory governor plans
 	// with and measures workers by.
-	if !p.MemoryPerWorker() && (j.cfg.MemLimit > 0 || j.cfg.MemBudget > 0 || j.cfg.MemPerTask > 0) {
+	if !p.MemoryPerWorker() && (j.cfg.MemLimit > 0 || j.cfg.MemBudget > 0 || j.cfg.MemPerTask > 0 || j.cfg.MemReserve > 0) {
 		prog.pause(func() {
 			fmt.Fprintf(stderr, "safepool: %s; %s\n", p.MemoryModeReason(), p.MemoryGovernor())
 		})
@@ -660,6 +661,11 @@ func (j *job) openOutputs(stdout io.Writer) (*joblog, *jsonOutput, *jobJournal, 
 	if err != nil {
 		jl.close()
 		return nil, nil, nil, err
+	}
+	if jj != nil {
+		// map keeps the output of every task in the journal, but map
+		// --pipe's blocks' (journaled), whose output may be too long.
+		jj.atEnd = j.mode == "map" && j.journaled == nil
 	}
 	jsonOut, err := openJSONOutput(j.jsonPath, stdout)
 	if err != nil {

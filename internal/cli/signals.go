@@ -1,14 +1,18 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
 	"github.com/safepool/safepool/pool"
+	"golang.org/x/sys/unix"
 )
 
 // stopSignals returns the signals that stop a run gracefully the first time
@@ -88,4 +92,95 @@ func signalName(s os.Signal) string {
 		return pool.SignalName(n)
 	}
 	return s.String()
+}
+
+// followTerminalStops makes Ctrl-Z stop the whole run, as it stops the
+// processes of a foreground pipeline: the terminal sends SIGTSTP to
+// safepool's process group, which p's workers are not in (each has a group
+// of its own), so on SIGTSTP safepool pauses them (pool.Pool.Pause) and
+// stops itself; once continued (fg, bg), it lets them go on. As the kernel
+// does for SIGTSTP, it does not stop when its process group is orphaned:
+// no shell would continue it. It returns a function that stops following.
+func followTerminalStops(p *pool.Pool) (stop func()) {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTSTP)
+	done := make(chan struct{})
+	ended := make(chan struct{})
+	go func() { // ends when stop is called
+		defer close(ended)
+		for {
+			select {
+			case <-sigs:
+				if orphanedGroup() {
+					continue
+				}
+				p.Pause()
+				// SIGTSTP, once notified, cannot have its default action
+				// back (the runtime keeps its handler): SIGSTOP stops as
+				// it would. Kill returns once safepool is continued.
+				_ = syscall.Kill(syscall.Getpid(), syscall.SIGSTOP)
+				p.Resume()
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(sigs)
+		close(done)
+		<-ended
+	}
+}
+
+// orphanedGroup reports whether safepool's process group is orphaned: no
+// member has a parent in another process group of the same session, which
+// a job-control shell would be. It says true when /proc cannot tell.
+func orphanedGroup() bool {
+	pgid, sid := syscall.Getpgrp(), 0
+	if s, err := unix.Getsid(0); err == nil {
+		sid = s
+	} else {
+		return true
+	}
+	dir, err := os.ReadDir("/proc")
+	if err != nil {
+		return true
+	}
+	for _, e := range dir {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		ppid, pg, _, ok := procGroup(pid)
+		if !ok || pg != pgid {
+			continue
+		}
+		if _, ppg, psid, ok := procGroup(ppid); ok && ppg != pgid && psid == sid {
+			return false
+		}
+	}
+	return true
+}
+
+// procGroup reads the parent, process group and session of pid from
+// /proc/PID/stat.
+func procGroup(pid int) (ppid, pgrp, sid int, ok bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, 0, 0, false
+	}
+	// After the command name, which may hold spaces and parentheses:
+	// state ppid pgrp session.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, 0, 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 4 {
+		return 0, 0, 0, false
+	}
+	ppid, err1 := strconv.Atoi(f[1])
+	pgrp, err2 := strconv.Atoi(f[2])
+	sid, err3 := strconv.Atoi(f[3])
+	return ppid, pgrp, sid, err1 == nil && err2 == nil && err3 == nil
 }

@@ -81,6 +81,7 @@ type held struct {
 	task  TaskMsg
 	spec  *RunSpec
 	prior []AttemptRecord // charged attempts of earlier deliveries
+	lost  []AttemptRecord // earlier deliveries lost with their agent
 }
 
 // NewAgent connects to cfg.URL and measures what the agent can offer.
@@ -288,10 +289,23 @@ func (a *Agent) take(ctx context.Context, m jetstream.Msg) {
 		if e, err := a.conn.attempts.Get(ctx, taskKey(t.Run, t.Seq)); err == nil {
 			var ar attemptsRecord
 			if unmarshal(e.Value(), &ar) == nil {
-				h.prior = ar.Attempts
+				h.prior, h.lost = ar.Attempts, ar.Lost
+				if c := ar.Claim; c != nil {
+					// The delivery before this one ended without a word
+					// from its agent.
+					c.End, c.Cause, c.ExitCode = time.Now(), CauseAgentLost, -1
+					c.Message = fmt.Sprintf("agent %s took the task at %s and was lost (killed, or cut off for %s)",
+						c.Agent, c.Start.Format(time.RFC3339), AckWait)
+					h.lost = append(h.lost, *c)
+				}
 			}
 		}
 	}
+	if len(h.lost) >= MaxLost {
+		a.lostTooOften(ctx, h)
+		return
+	}
+	a.claim(h)
 	l, err := a.localFor(spec)
 	if err != nil {
 		a.hold(1)
@@ -321,8 +335,64 @@ func (a *Agent) take(ctx context.Context, m jetstream.Msg) {
 			a.retired = append(a.retired, l)
 		}
 		a.mu.Unlock()
+		a.unclaim(ctx, h)
 		m.NakWithDelay(time.Second)
 	}
+}
+
+// claim records that this agent runs h's task now, so that the next
+// delivery, if this one ends without a word from the agent, counts it
+// lost. It does not wait for the server: a later write of the record on
+// this connection (noteAttempts, unclaim) lands after it, and a claim that
+// never lands only leaves a loss uncounted.
+func (a *Agent) claim(h *held) {
+	now := time.Now()
+	body, _ := marshal(attemptsRecord{Attempts: h.prior, Lost: h.lost,
+		Claim: &AttemptRecord{Agent: a.name, Start: now, End: now, ExitCode: -1}})
+	a.conn.js.PublishAsync(kvSubject(AttemptsBucket, taskKey(h.task.Run, h.task.Seq)), body)
+}
+
+// unclaim withdraws h's claim before its task is handed back without a
+// result: giving it back is no loss.
+func (a *Agent) unclaim(ctx context.Context, h *held) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	body, _ := marshal(attemptsRecord{Attempts: h.prior, Lost: h.lost})
+	retry(ctx, func(ctx context.Context) error {
+		_, err := a.conn.attempts.Put(ctx, taskKey(h.task.Run, h.task.Seq), body)
+		return err
+	})
+}
+
+// lostTooOften records h's task failed, without running it, once MaxLost
+// deliveries of it were lost with their agents.
+func (a *Agent) lostTooOften(ctx context.Context, h *held) {
+	agents := make([]string, 0, len(h.lost))
+	for _, l := range h.lost {
+		agents = append(agents, l.Agent)
+	}
+	t := h.task
+	msg := fmt.Sprintf("lost with its agent %d times (%s): it may be what ends them; not run again", len(h.lost), strings.Join(agents, ", "))
+	fmt.Fprintf(a.cfg.Log, "safepool agent %s: task %d of run %s: %s\n", a.name, t.Seq, t.Run, msg)
+	attempts := append(append([]AttemptRecord(nil), h.prior...), h.lost...)
+	last := &attempts[len(attempts)-1]
+	last.Message = joinMessage(last.Message, msg)
+	rec := ResultRecord{Seq: t.Seq, Input: t.Input, Args: t.Args, State: pool.Failed, Attempts: attempts, Agent: a.name}
+	body := a.fitPayload(&rec)
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	err := retry(rctx, func(ctx context.Context) error {
+		_, err := a.conn.results.Create(ctx, taskKey(t.Run, t.Seq), body)
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		h.msg.NakWithDelay(time.Second)
+		return
+	}
+	h.msg.TermWithReason(string(pool.Failed))
 }
 
 // unreadable answers a message that is no task this agent can read (an
@@ -504,12 +574,13 @@ func (a *Agent) finish(h *held, r pool.Result) {
 	key := taskKey(h.task.Run, h.task.Seq)
 	switch d.move {
 	case moveRelease:
+		a.unclaim(ctx, h)
 		h.msg.Nak()
 	case moveNak:
-		a.noteAttempts(ctx, key, all)
+		a.noteAttempts(ctx, h, all)
 		h.msg.NakWithDelay(d.delay)
 	case moveUp:
-		a.noteAttempts(ctx, key, all)
+		a.noteAttempts(ctx, h, all)
 		t := h.task
 		t.Need, t.Moved = d.need, t.Moved+1
 		k := ClassOf(t.Need)
@@ -561,10 +632,11 @@ func (a *Agent) finish(h *held, r pool.Result) {
 			return err
 		})
 		if err != nil {
+			a.unclaim(ctx, h)
 			h.msg.Nak()
 			return
 		}
-		if len(h.prior) > 0 || d.move == moveNak {
+		if len(h.prior) > 0 || len(h.lost) > 0 || d.move == moveNak {
 			a.conn.attempts.Purge(ctx, key)
 		}
 		release()
@@ -582,11 +654,12 @@ func (a *Agent) finish(h *held, r pool.Result) {
 	}
 }
 
-// noteAttempts records a task's attempts so far for its next delivery.
-func (a *Agent) noteAttempts(ctx context.Context, key string, all []AttemptRecord) {
-	body, _ := marshal(attemptsRecord{Attempts: all})
+// noteAttempts records h's task's attempts so far for its next delivery,
+// which withdraws this delivery's claim.
+func (a *Agent) noteAttempts(ctx context.Context, h *held, all []AttemptRecord) {
+	body, _ := marshal(attemptsRecord{Attempts: all, Lost: h.lost})
 	retry(ctx, func(ctx context.Context) error {
-		_, err := a.conn.attempts.Put(ctx, key, body)
+		_, err := a.conn.attempts.Put(ctx, taskKey(h.task.Run, h.task.Seq), body)
 		return err
 	})
 }

@@ -59,6 +59,18 @@ type placement struct {
 
 // isMemory reports whether an attempt that ended with c was killed for
 // memory.
+// MaxLost is how many times a task may be lost with the agent that ran it
+// (the agent killed, or cut off for AckWait) before it is recorded failed
+// with CauseAgentLost rather than handed to the next agent: a task that
+// kills whatever machine runs it would otherwise take down agent after
+// agent. It does not count against --retries, which a lost machine's
+// tasks do not spend.
+const MaxLost = 3
+
+// CauseAgentLost is the cause of a delivery whose agent took the task and
+// was not heard of again about it.
+const CauseAgentLost pool.Cause = "agent-lost"
+
 func isMemory(c pool.Cause) bool { return c == pool.CauseOOM || c == pool.CauseMemoryLimit }
 
 // deathsOf counts the charged worker deaths among as, memory kills aside.

@@ -61,7 +61,7 @@ func TestMain(m *testing.M) {
 }
 
 // helper is a task: "alloc:N" touches N MiB and prints "ok N"; "sleep:MS"
-// sleeps MS milliseconds and prints "ok".
+// sleeps MS milliseconds and prints "ok"; "killagent:0" SIGKILLs its agent.
 func helper(arg string) int {
 	what, n, _ := strings.Cut(arg, ":")
 	v, _ := strconv.Atoi(n)
@@ -73,6 +73,11 @@ func helper(arg string) int {
 		}
 		time.Sleep(200 * time.Millisecond)
 		fmt.Println("ok", v, b[len(b)/2])
+	case "killagent":
+		// A task that ends whatever machine runs it: it SIGKILLs its
+		// agent, the process that started it.
+		syscall.Kill(os.Getppid(), syscall.SIGKILL)
+		time.Sleep(time.Minute)
 	case "sleep":
 		if f := os.Getenv(startsEnv); f != "" {
 			// Note the start, for tests that count how often tasks ran.
@@ -442,6 +447,33 @@ func TestAgentKilled(t *testing.T) {
 	}
 }
 
+// TestTaskKillsAgents: a task that kills every agent that runs it is
+// lost with MaxLost agents and then recorded failed, cause agent-lost,
+// naming them, rather than handed on to take down agent after agent; the
+// other tasks complete on the agent left.
+func TestTaskKillsAgents(t *testing.T) {
+	t.Parallel()
+	dir, url := newCluster(t)
+	for i := 1; i <= cluster.MaxLost+1; i++ {
+		startAgent(t, dir, fmt.Sprintf("agent%d", i), url, "-j", "1")
+	}
+	const n = 6
+	inputs := append([]string{"killagent:0"}, sleeps(n-1, 100)...)
+	sub := submit(t, dir, "run", url, inputs)
+	if st := sub.wait(t, 120*time.Second); st != 1 {
+		t.Fatalf("run exited %d, want 1\n%s", st, sub.stderr())
+	}
+	checkOutputs(t, sub, n-1)
+	s := summaryOf(t, dir, "run")
+	if s.Tasks.Done != n-1 || s.Tasks.Failed != 1 {
+		t.Errorf("summary tasks = %+v, want %d done, 1 failed", s.Tasks, n-1)
+	}
+	if len(s.Failed) != 1 || s.Failed[0].ID != 1 || s.Failed[0].Cause != string(cluster.CauseAgentLost) ||
+		!strings.Contains(s.Failed[0].Message, fmt.Sprintf("lost with its agent %d times", cluster.MaxLost)) {
+		t.Errorf("failed tasks = %+v, want task 1 %s after %d agents lost", s.Failed, cluster.CauseAgentLost, cluster.MaxLost)
+	}
+}
+
 // TestServerRestart: the server is killed and restarted on the same store
 // in the middle of a run; nothing is lost.
 func TestServerRestart(t *testing.T) {
@@ -737,6 +769,13 @@ func TestRunIDOtherInputs(t *testing.T) {
 		{"fewer", []string{"a", "b"}, 0, lines("a", "b"), "past this input's 2"},
 		{"more", []string{"a", "b", "c", "d", "e"}, 0, lines("a", "b", "c", "d", "e"), "resumed"},
 		{"more-other", []string{"a", "b", "c", "d", "f"}, 2, lines("a", "b", "c", "d"), `ran "e", but input 5 here is "f"`},
+	}
+	// Settings given again with the run id are the first run's: the
+	// submitter says so.
+	again := start(t, dir, "again", "run", "--nats", url, "--run-id", "nightly", "--retries", "2", "--timeout", "1m", "-k", "echo", "out:{}", ":::", "a")
+	if st := again.wait(t, 60*time.Second); st != 0 ||
+		!strings.Contains(again.stderr(), "run nightly keeps the settings it was first submitted with: --retries 0 (not 2), --on-worker-death skip (not retry), --timeout 0s (not 1m0s)\n") {
+		t.Errorf("run --run-id nightly --retries 2 --timeout 1m = status %d, want 0 and the settings kept named:\n%s", st, again.stderr())
 	}
 	for _, tt := range tests {
 		p := echo(tt.name, tt.inputs...)

@@ -49,6 +49,30 @@ type RunSpec struct {
 	Aborted bool `json:"aborted,omitempty"`
 }
 
+// SettingsKept lists, as flags with their values, the settings of a run
+// first submitted as s that a later submission asking for o does not
+// change: a run resumed with --run-id keeps its first settings, which its
+// agents already apply. Each entry reads "--retries 0 (not 2)".
+func (s RunSpec) SettingsKept(o RunSpec) []string {
+	var kept []string
+	note := func(flag string, was, asked any) {
+		if was != asked {
+			kept = append(kept, fmt.Sprintf("%s %v (not %v)", flag, was, asked))
+		}
+	}
+	note("--retries", s.Retries, o.Retries)
+	note("--on-worker-death", s.OnWorkerDeath, o.OnWorkerDeath)
+	note("--timeout", s.Timeout, o.Timeout)
+	note("--pipeline", s.Pipeline, o.Pipeline)
+	note("--stall-timeout", s.StallTimeout, o.StallTimeout)
+	note("--max-line", s.MaxLine, o.MaxLine)
+	note("--max-tasks", s.MaxTasks, o.MaxTasks)
+	note("--max-rss", s.MaxRSS, o.MaxRSS)
+	note("--start-timeout", s.StartTimeout, o.StartTimeout)
+	note("--task-error-retries", s.TaskErrorRetries, o.TaskErrorRetries)
+	return kept
+}
+
 // TaskMsg is one task as it travels on the stream.
 type TaskMsg struct {
 	// Run is the run's id; Seq the task's number in it, from 1.
@@ -107,9 +131,18 @@ type ResultRecord struct {
 }
 
 // attemptsRecord is the value in AttemptsBucket: the charged attempts of a
-// task's earlier deliveries.
+// task's earlier deliveries, the deliveries lost with their agent, and the
+// delivery running now.
 type attemptsRecord struct {
 	Attempts []AttemptRecord `json:"attempts"`
+	// Lost lists the deliveries whose agent took the task and was never
+	// heard of again about it: killed, or cut off for AckWait.
+	Lost []AttemptRecord `json:"lost,omitempty"`
+	// Claim is the delivery running now: the agent that took it and when.
+	// An agent that ends a delivery without a result (it hands the task
+	// on, or gives it back) rewrites the record without it; a claim found
+	// by the next delivery was lost.
+	Claim *AttemptRecord `json:"claim,omitempty"`
 }
 
 // AgentInfo is what an agent advertises in AgentsBucket.

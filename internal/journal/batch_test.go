@@ -743,3 +743,89 @@ func TestForeignDatabase(t *testing.T) {
 	}
 	j.Close()
 }
+
+// TestNotAFile: --journal naming something other than a regular file (a
+// device such as /dev/null, a FIFO, a directory) is refused with the
+// reason, and nothing is made beside it: SQLite made FILE-journal there
+// (in /dev, for /dev/null) before it failed with "disk I/O error".
+func TestNotAFile(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sub := filepath.Join(dir, "sub")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{fifo, sub} {
+		j, err := Open(path)
+		if err == nil {
+			j.Close()
+			t.Errorf("Open(%s) succeeded", path)
+			continue
+		}
+		if !strings.Contains(err.Error(), "not a regular file") {
+			t.Errorf("Open(%s) = %v, want it to say it is not a regular file", path, err)
+		}
+	}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if e.Name() != "fifo" && e.Name() != "sub" {
+			t.Errorf("made %s", e.Name())
+		}
+	}
+}
+
+// TestOneRunOfACommandAtOnce: a second supervisor that starts a run of
+// the same kind and command in a journal while the first goes on is
+// refused: two supervisors resuming the same run each ran every task the
+// journal did not have as done, and a run started beside a fresh one
+// made the other's work invisible to the next --resume (which reads back
+// to the last run without it). Runs of other commands share the journal
+// as before, and the command is free again once its run has ended (or
+// its supervisor died: the lock is the process's).
+func TestOneRunOfACommandAtOnce(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "j.db")
+	open := func() *Journal {
+		t.Helper()
+		j, err := Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { j.Close() })
+		return j
+	}
+	first, second := open(), open()
+	w, err := first.Start(Run{Kind: "run", Command: `["work"]`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w2, err := second.Start(Run{Kind: "run", Command: `["work"]`, Resumed: true}); !errors.Is(err, ErrInUse) {
+		if err == nil {
+			w2.Close(0)
+		}
+		t.Errorf("a second run of the command while the first goes on: %v, want ErrInUse", err)
+	}
+	other, err := second.Start(Run{Kind: "map", Command: `["work"]`})
+	if err != nil {
+		t.Errorf("a run of another kind of the same command: %v", err)
+	} else {
+		other.Close(0)
+	}
+	if err := w.Close(0); err != nil {
+		t.Fatal(err)
+	}
+	w2, err := second.Start(Run{Kind: "run", Command: `["work"]`, Resumed: true})
+	if err != nil {
+		t.Fatalf("once the first run ended: %v", err)
+	}
+	w2.Close(0)
+	var runs int
+	if err := second.DB().QueryRow(`SELECT count(*) FROM run`).Scan(&runs); err != nil {
+		t.Fatal(err)
+	}
+	if runs != 3 {
+		t.Errorf("%d runs in the journal, want 3: the refused one adds none", runs)
+	}
+}

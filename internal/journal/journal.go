@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"time"
 
 	_ "modernc.org/sqlite" // the pure-Go SQLite driver, registered as "sqlite"
@@ -44,6 +45,10 @@ var ErrOlderSchema = errors.New("journal: made by an older safepool")
 // safepool's tables to it, nor switch it to WAL mode.
 var ErrNotJournal = errors.New("journal: not a safepool journal")
 
+// ErrInUse means another supervisor runs the same kind and command in the
+// journal: two at once would each run the tasks it does not have as done.
+var ErrInUse = errors.New("journal: in use")
+
 // SpanFile returns the path of the span file of the journal at path.
 func SpanFile(path string) string { return path + "-spans" }
 
@@ -55,6 +60,11 @@ type Journal struct {
 
 // Open opens the journal at path, creating it with its schema if needed.
 func Open(path string) (*Journal, error) {
+	// SQLite would take a device or FIFO for an empty database, and
+	// make its files beside it (in /dev, for /dev/null) before failing.
+	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("journal: %s is not a regular file but %s: name a file", path, fileKind(fi.Mode()))
+	}
 	q := url.Values{}
 	// Every connection asks for 64 KiB pages, which only a new file
 	// takes; WAL mode, kept in the file, is set by init, after them. (The
@@ -76,6 +86,21 @@ func Open(path string) (*Journal, error) {
 		return nil, err
 	}
 	return j, nil
+}
+
+// fileKind names the kind of file of mode m, which is not a regular one.
+func fileKind(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeCharDevice != 0, m&os.ModeDevice != 0:
+		return "a device"
+	case m&os.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	}
+	return "something else"
 }
 
 // init applies the schema to a new file and checks an old one's version.
@@ -110,7 +135,7 @@ func (j *Journal) init() error {
 		return fmt.Errorf("journal: setting WAL mode in %s: %w", j.path, err)
 	}
 	if _, err := j.db.Exec(schema); err != nil {
-		return fmt.Errorf("journal: creating the schema in %s: %w", j.path, err)
+		return fmt.Errorf("journal: creating the schema in %s: %w", j.path, explainWrite(err, j.path))
 	}
 	return nil
 }

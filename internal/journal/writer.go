@@ -108,6 +108,7 @@ type Writer struct {
 	// about half of the writer's time, which was what bounded map's
 	// throughput with a journal.
 	spanFile  *os.File // the span file, appended to by the committer, which opens it
+	lock      *os.File // holds the lock of the run's command (lockCommand) until Close
 	toCommit  chan *rows
 	freeRows  chan *rows
 	committed chan struct{} // closed by the committer when it has written all
@@ -211,12 +212,17 @@ func (r *record) bytes() int {
 // Start adds a row for the run r and starts the writer's goroutine.
 // Close must be called to end it.
 func (j *Journal) Start(r Run) (*Writer, error) {
-	id, err := j.insertRun(r, time.Now())
+	lock, err := j.lockCommand(r)
 	if err != nil {
 		return nil, err
 	}
+	id, err := j.insertRun(r, time.Now())
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
 	w := &Writer{
-		j: j, runID: id, run: r,
+		j: j, runID: id, run: r, lock: lock,
 		kick:      make(chan struct{}, 1),
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
@@ -379,10 +385,40 @@ func (w *Writer) Close(exitStatus int) error {
 		time.Now().UnixNano(), exitStatus, w.runID); err != nil && w.err == nil {
 		w.err = err
 	}
+	if w.lock != nil {
+		w.lock.Close() // the command is free for another run
+	}
 	if w.err != nil {
-		return fmt.Errorf("journal: writing %s: %w", w.j.path, w.err)
+		return fmt.Errorf("journal: writing %s: %w", w.j.path, explainWrite(w.err, w.j.path))
 	}
 	return nil
+}
+
+// lockCommand takes the lock of r's kind and command in the journal: a
+// write lock on one byte of the span file, far past its end, at a place
+// of the command's hash. It is an open file description's lock
+// (F_OFD_SETLK): the file closed, or the process dead, it is free again.
+// Another process's, or another open's, holding it is ErrInUse. A file
+// system without such locks takes none.
+func (j *Journal) lockCommand(r Run) (*os.File, error) {
+	f, err := os.OpenFile(SpanFile(j.path), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("journal: opening %s: %w", SpanFile(j.path), err)
+	}
+	k := KeyOf([]byte(r.Kind + "\x00" + r.Command))
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart, Len: 1,
+		Start: 1<<61 + int64(binary.LittleEndian.Uint64(k[:8])>>4)}
+	err = unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk)
+	switch {
+	case err == nil:
+		return f, nil
+	case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EACCES):
+		f.Close()
+		return nil, fmt.Errorf("%w: %s has a run of this command that still goes on (another safepool's): two at once would each do the tasks it has not done; wait for it to end, or name another journal file",
+			ErrInUse, j.path)
+	default:
+		return f, nil // no locks here (ENOLCK, EINVAL): as before
+	}
 }
 
 // loop is the writer's goroutine: it commits the queue every FlushEvery,

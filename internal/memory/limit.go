@@ -48,7 +48,8 @@ type Failure struct {
 // exit or a signal other than SIGKILL, which is never its own doing) and
 // either it said so on stderr in the words of a common runtime (Python's
 // MemoryError, C's "Cannot allocate memory", C++'s std::bad_alloc, Go's,
-// Java's, Rust's, numpy's or R's out-of-memory messages), or it crashed
+// Java's, Rust's, numpy's or R's out-of-memory messages; not a GPU's, such
+// as "CUDA out of memory", which no limit of the worker's caused), or it crashed
 // (SIGSEGV, SIGBUS, SIGABRT, as C code does on a null malloc) within a
 // quarter of the limit. A worker that grows by one large allocation fails
 // far below its limit: only its words tell.
@@ -79,11 +80,27 @@ var outOfMemoryWords = []string{
 	"virtual memory exhausted", // GNU xmalloc
 }
 
-// saysOutOfMemory reports whether text holds an allocation failure.
+// deviceWords name the memory of a GPU or another accelerator, in lower
+// case. A line that says an allocation failed in such memory ("CUDA out of
+// memory", torch's OutOfMemoryError on a GPU, CuPy's, ROCm's "HIP out of
+// memory") is about memory that no limit of the worker's touches.
+var deviceWords = []string{"cuda", "gpu", "cudnn", "cublas", "rocm", "hip out of memory", "hip error", "xpu", "mps backend", "opencl"}
+
+// saysOutOfMemory reports whether text holds a failure to allocate the
+// host's memory: a line in outOfMemoryWords that names no device memory.
 func saysOutOfMemory(text string) bool {
-	text = strings.ToLower(text)
-	for _, w := range outOfMemoryWords {
-		if strings.Contains(text, w) {
+	for _, line := range strings.Split(strings.ToLower(text), "\n") {
+		if containsAny(line, outOfMemoryWords) && !containsAny(line, deviceWords) {
+			return true
+		}
+	}
+	return false
+}
+
+// containsAny reports whether s contains any of words.
+func containsAny(s string, words []string) bool {
+	for _, w := range words {
+		if strings.Contains(s, w) {
 			return true
 		}
 	}

@@ -44,6 +44,11 @@ func TestRefusedMemory(t *testing.T) {
 		{name: "a C crash far from the limit", f: Failure{Signal: syscall.SIGSEGV, Private: 100 * mib}, want: false},
 		{name: "an error near the limit, not about memory", f: Failure{ExitCode: 1, Stderr: "ValueError: bad input\n", Private: 190 * mib}, want: false},
 		{name: "success", f: Failure{Stderr: "MemoryError caught and handled\n"}, want: false},
+		{name: "torch on a GPU", f: Failure{ExitCode: 1, Stderr: "  File \"train.py\", line 9, in <module>\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 7.79 GiB\n"}, want: false},
+		{name: "CUDA runtime", f: Failure{ExitCode: 1, Stderr: "RuntimeError: CUDA error: out of memory\n"}, want: false},
+		{name: "CuPy", f: Failure{ExitCode: 1, Stderr: "cupy.cuda.memory.OutOfMemoryError: Out of memory allocating 1,024 bytes (allocated so far: 0 bytes).\n"}, want: false},
+		{name: "ROCm", f: Failure{ExitCode: 1, Stderr: "torch.OutOfMemoryError: HIP out of memory. Tried to allocate 20.00 MiB\n"}, want: false},
+		{name: "the host's, after a GPU's", f: Failure{ExitCode: 1, Stderr: "warning: CUDA out of memory, falling back to the CPU\nMemoryError\n"}, want: true},
 		{name: "SIGKILL", f: Failure{Signal: syscall.SIGKILL, Stderr: "MemoryError\n", Private: 199 * mib}, want: false},
 		{name: "SIGTERM near the limit", f: Failure{Signal: syscall.SIGTERM, Private: 199 * mib}, want: false},
 	} {

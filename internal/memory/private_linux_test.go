@@ -120,6 +120,39 @@ func TestTreePrivateMemoryShared(t *testing.T) {
 	t.Logf("RSS %d MiB, private %d MiB", rss/mib, private/mib)
 }
 
+// TestWatchesShareScans: eight watches, each on a worker with a child,
+// look for new descendants every 100 ms, yet the host's processes are
+// scanned about once per scanShare, not once per watch: each scan reads
+// every process on the host. Each watch still sees its worker's child.
+func TestWatchesShareScans(t *testing.T) {
+	const workers, childMiB = 8, 16
+	var ws []*Watch
+	for range workers {
+		pid, _ := startHelper(t, "tree", strconv.Itoa(childMiB))
+		w := StartWatch(pid, 0)
+		defer w.Stop()
+		ws = append(ws, w)
+	}
+	for i, w := range ws {
+		waitFor(t, "watch "+strconv.Itoa(i)+" to count its worker's child", func() bool { return w.Current() >= childMiB*mib })
+	}
+	count := func() int {
+		procScans.mu.Lock()
+		defer procScans.mu.Unlock()
+		return procScans.scans
+	}
+	const span = time.Second
+	before := count()
+	time.Sleep(span)
+	scans := count() - before
+	// One watch alone scans span/scanEvery times; shared, the scans are
+	// at most one per scanShare, and a scan may come late under load.
+	if most := int(span/scanShare) + workers; scans > most {
+		t.Errorf("%d scans of /proc in %v for %d watches, want at most %d (one per %v)", scans, span, workers, most, scanShare)
+	}
+	t.Logf("%d scans of /proc in %v for %d watches", scans, span, workers)
+}
+
 // waitFor polls cond until it holds or a minute has passed.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()

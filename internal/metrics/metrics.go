@@ -95,17 +95,35 @@ func New() *Collector {
 func (c *Collector) Observe(ev pool.Event) {
 	switch ev.Kind {
 	case pool.EventAttemptEnded:
-		cause := string(ev.Attempt.Cause)
-		if cause == "" {
-			cause = "success"
+		// A successful attempt is counted with its task's end, below.
+		if cause := ev.Attempt.Cause; cause != "" {
+			c.attempts.WithLabelValues(string(cause)).Inc()
 		}
-		c.attempts.WithLabelValues(cause).Inc()
 	case pool.EventTaskEnded:
-		if ev.Result.State != pool.Done {
-			n := max(len(ev.Result.Items), 1) // each item of a batch is a task
-			c.failures.WithLabelValues(string(ev.Result.State), string(ev.Result.Cause())).Add(float64(n))
+		n := float64(tasks(ev.Result))
+		if ev.Result.State == pool.Done {
+			// A task done ended with one successful attempt. The items of
+			// a line batch that were answered end together, with no event
+			// of their own per attempt, and the pool counts an attempt for
+			// each (Stats.Attempts): so does this.
+			c.attempts.WithLabelValues("success").Add(n)
+			return
 		}
+		c.failures.WithLabelValues(string(ev.Result.State), string(ev.Result.Cause())).Add(n)
 	}
+}
+
+// tasks is how many tasks r settles: each item of a batch is one, and an
+// item that stands for a range of them (Item.Span) is as many.
+func tasks(r *pool.Result) int {
+	if r.Items == nil {
+		return 1
+	}
+	n := 0
+	for _, it := range r.Items {
+		n += max(it.Span, 1)
+	}
+	return n
 }
 
 // Attach makes the Collector read p's counts and memory, and starts

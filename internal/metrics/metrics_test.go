@@ -264,3 +264,59 @@ func TestServerErrors(t *testing.T) {
 		t.Errorf("GET /nothing = %s, want 404", resp.Status)
 	}
 }
+
+// TestBatchAttemptsCounted: the items of a line batch are tasks of their
+// own, each with its attempt, as the summary and --json count them
+// (Stats.Attempts). A batch whose lines are all answered ends in one
+// Result, with no attempt event of its own per line: attempts_total
+// counted it as nothing, so that a map of 400 lines in blocks served a
+// handful of successful attempts for 400 done tasks.
+func TestBatchAttemptsCounted(t *testing.T) {
+	c := metrics.New()
+	srv, err := metrics.Listen("127.0.0.1:0", c.Handler())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	defer c.Close()
+	p, err := pool.New(pool.Config{
+		Command:  []string{os.Args[0], "-test.run=^$"},
+		Env:      append(os.Environ(), workerEnv+"=1"),
+		Protocol: pool.Line,
+		Workers:  2,
+		Observer: c.Observe,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Attach(p)
+	const blocks, lines = 20, 20
+	go func() {
+		defer p.Close()
+		for b := 0; b < blocks; b++ {
+			in := strings.Repeat("work:1:0\n", lines)
+			if _, err := p.Submit(context.Background(), pool.Task{Input: []byte(in), Items: lines}); err != nil {
+				return
+			}
+		}
+		// And one plain task, counted once.
+		p.Submit(context.Background(), pool.Task{Input: []byte("work:1:0")})
+	}()
+	for range p.Results() {
+	}
+	if err := p.Err(); err != nil {
+		t.Fatalf("pool: %v", err)
+	}
+	m := scrape(t, srv.URL())
+	st := p.Stats()
+	const tasks = blocks*lines + 1
+	if st.Done != tasks || st.Attempts != tasks {
+		t.Fatalf("pool: %d done in %d attempts, want %d of each", st.Done, st.Attempts, tasks)
+	}
+	if got := m[`safepool_attempts_total{cause="success"}`]; got != tasks {
+		t.Errorf(`safepool_attempts_total{cause="success"} = %v, want %d: one per task done, as --json's attempts`, got, tasks)
+	}
+	if got := m[`safepool_tasks{state="done"}`]; got != tasks {
+		t.Errorf(`safepool_tasks{state="done"} = %v, want %d`, got, tasks)
+	}
+}

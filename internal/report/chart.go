@@ -216,6 +216,10 @@ func (c *chart) markLegend(r *Run) {
 	}
 }
 
+// aboveChart is how many times the workers' highest memory the budget or
+// the per-worker limit may be and still set the memory chart's scale.
+const aboveChart = 4
+
 // memoryChart draws the workers' memory together and one by one, the
 // budget and the per-worker limit.
 func memoryChart(r *Run) *chart {
@@ -227,14 +231,33 @@ func memoryChart(r *Run) *chart {
 	if len(limits) == 0 && r.Limit > 0 {
 		limits = constant(r.Limit, span)
 	}
+	// The scale is the workers' memory. The budget and the limit are on
+	// it when they are within reach; far above it (the budget is the
+	// host's memory by default), they would flatten the workers' lines
+	// on the axis, and the legend names them instead.
 	var top int64
-	for _, pts := range [][]Point{r.Total, budgets, limits} {
-		for _, p := range pts {
-			top = max(top, p.Value)
-		}
+	for _, p := range r.Total {
+		top = max(top, p.Value)
 	}
 	for _, w := range r.WorkerSeries {
 		top = max(top, w.Peak)
+	}
+	var above []legendItem
+	workers := top
+	for _, ref := range []struct {
+		pts          *[]Point
+		class, label string
+	}{{&budgets, "budget", "budget"}, {&limits, "limit", "per-worker limit"}} {
+		var m int64
+		for _, p := range *ref.pts {
+			m = max(m, p.Value)
+		}
+		if workers > 0 && m > aboveChart*workers {
+			*ref.pts = nil
+			above = append(above, legendItem{ref.class, fmt.Sprintf("%s %s, above the chart", ref.label, bytesize.Format(m))})
+			continue
+		}
+		top = max(top, m)
 	}
 	ymax, step := niceBytes(float64(top) * 1.05)
 	s := scale{span: span, ymax: ymax}
@@ -267,6 +290,7 @@ func memoryChart(r *Run) *chart {
 		c.Lines = append(c.Lines, line{Class: "limit", Points: s.steps(limits, span), Title: "per-worker limit"})
 		c.Legend = append(c.Legend, legendItem{"limit", "per-worker limit"})
 	}
+	c.Legend = append(c.Legend, above...)
 	c.marks(s, r.Marks)
 	c.markLegend(r)
 	return c

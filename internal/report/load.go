@@ -26,7 +26,8 @@ import (
 	"strings"
 	"time"
 
-	_ "modernc.org/sqlite" // the pure-Go SQLite driver, registered as "sqlite"
+	"modernc.org/sqlite" // the pure-Go SQLite driver, registered as "sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // schemaVersion is the journal's PRAGMA user_version that this package
@@ -68,16 +69,23 @@ func open(path string) (*sql.DB, int, error) {
 	if err != nil {
 		return nil, 0, fmt.Errorf("report: %w", err)
 	}
-	u := url.URL{Scheme: "file", OmitHost: true, Path: abs,
-		RawQuery: "mode=ro&_pragma=query_only(1)&_pragma=busy_timeout(5000)"}
-	db, err := sql.Open("sqlite", u.String())
-	if err != nil {
-		return nil, 0, fmt.Errorf("report: opening %s: %w", path, err)
+	db, v, err := openAs(abs, "mode=ro")
+	if code(err) == sqlite3.SQLITE_CANTOPEN && !exists(abs+"-wal") {
+		// SQLite reads a database in WAL mode through a shared-memory
+		// file beside it, which it makes if there is none: in a directory
+		// it cannot write (a read-only file system, another user's), it
+		// cannot open it. With no WAL beside it, no writer has it open
+		// (a writer keeps its WAL while connected) and what the file
+		// holds is all there is: it is read as it is, without the
+		// shared memory. A WAL left by a writer that was killed comes
+		// with its shared memory, which SQLite reads in that case.
+		db, v, err = openAs(abs, "immutable=1")
 	}
-	var v int
-	if err := db.QueryRow("PRAGMA user_version").Scan(&v); err != nil {
-		db.Close()
-		return nil, 0, fmt.Errorf("%w: %s: %v", ErrNotJournal, path, err)
+	if err != nil {
+		if code(err) == sqlite3.SQLITE_NOTADB {
+			return nil, 0, fmt.Errorf("%w: %s: %v", ErrNotJournal, path, err)
+		}
+		return nil, 0, fmt.Errorf("report: reading %s: %w", path, err)
 	}
 	if v > schemaVersion {
 		db.Close()
@@ -88,6 +96,37 @@ func open(path string) (*sql.DB, int, error) {
 		return nil, 0, fmt.Errorf("%w: %s has schema version %d, want 1 to %d", ErrNotJournal, path, v, schemaVersion)
 	}
 	return db, v, nil
+}
+
+// openAs opens the database at the absolute path abs with the URI
+// parameter mode, read only, and reads its schema version.
+func openAs(abs, mode string) (*sql.DB, int, error) {
+	u := url.URL{Scheme: "file", OmitHost: true, Path: abs,
+		RawQuery: mode + "&_pragma=query_only(1)&_pragma=busy_timeout(5000)"}
+	db, err := sql.Open("sqlite", u.String())
+	if err != nil {
+		return nil, 0, err
+	}
+	var v int
+	if err := db.QueryRow("PRAGMA user_version").Scan(&v); err != nil {
+		db.Close()
+		return nil, 0, err
+	}
+	return db, v, nil
+}
+
+// code is the primary SQLite result code of err, or 0.
+func code(err error) int {
+	var e *sqlite.Error
+	if errors.As(err, &e) {
+		return e.Code() & 0xff
+	}
+	return 0
+}
+
+func exists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
 }
 
 // loader reads one run; its queries bound what they return by opt.
@@ -232,6 +271,32 @@ func (l *loader) loadCounts(ctx context.Context) error {
 	}
 	if err := closeRows(rows); err != nil {
 		return l.fail("counting causes", err)
+	}
+	// A task row that has no attempt rows counts its attempts itself, the
+	// last of them with its cause: the Python client writes attempt rows
+	// only for a task whose worker died, and none for a task done, or
+	// failed by its function's exception.
+	rows, err = l.db.QueryContext(ctx, `SELECT COALESCE(cause, ''), SUM(attempts), COUNT(*) FROM task t
+		WHERE run_id = ?1 AND attempts > 0 AND state NOT IN ('skipped', 'pending')
+		AND NOT EXISTS (SELECT 1 FROM attempt a WHERE a.run_id = t.run_id AND a.task_id = t.id)
+		GROUP BY 1`, r.ID)
+	if err != nil {
+		return l.fail("counting attempts", err)
+	}
+	for rows.Next() {
+		var c string
+		var attempts, tasks int
+		if err := rows.Scan(&c, &attempts, &tasks); err != nil {
+			rows.Close()
+			return l.fail("counting attempts", err)
+		}
+		r.Attempts += attempts
+		if c != "" {
+			get(c).Attempts += tasks
+		}
+	}
+	if err := closeRows(rows); err != nil {
+		return l.fail("counting attempts", err)
 	}
 	rows, err = l.db.QueryContext(ctx, `SELECT cause, COUNT(*) FROM task
 		WHERE run_id = ? AND cause IS NOT NULL AND cause != '' GROUP BY cause`, r.ID)

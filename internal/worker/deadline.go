@@ -16,6 +16,9 @@ import (
 // framed worker's start-up deadline, and the end of the patience given to a
 // worker whose pipe closed or broke.
 func (s *Session) armDeadline() {
+	if !s.pausedAt.IsZero() {
+		return // Continue arms it
+	}
 	var at time.Time
 	earliest := func(t time.Time) {
 		if !t.IsZero() && (at.IsZero() || t.Before(at)) {

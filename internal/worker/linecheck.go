@@ -68,7 +68,7 @@ type lineState struct {
 // its start gate is shut, every stallLook while it holds lines. It does
 // nothing when a look is already due.
 func (s *Session) armProbe() {
-	if s.probe != nil || s.cfg.Spec.IO != IOLine || s.killed != "" || s.retired {
+	if s.probe != nil || s.cfg.Spec.IO != IOLine || s.killed != "" || s.retired || !s.pausedAt.IsZero() {
 		return
 	}
 	var d time.Duration

@@ -4,6 +4,7 @@
 package worker
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -744,17 +745,37 @@ func (p *Process) closeReadEnds() {
 // StderrTail returns the last few KiB the worker wrote to stderr.
 func (p *Process) StderrTail() string { return p.tail.String() }
 
-// tailBuffer keeps the last tailSize bytes written to it.
+// StderrCrash returns the first line of the last crash dump of the Go
+// runtime in the worker's stderr ("fatal error: ..." or "panic: ..."), or
+// "". A Go program that dies writes that line first and then the stacks
+// of its goroutines, often more than StderrTail keeps: without it, a Go
+// worker refused memory by its data size limit ("fatal error: runtime:
+// out of memory") read as any exit 2, and its message was three lines of a
+// stack.
+func (p *Process) StderrCrash() string { return p.tail.crashLine() }
+
+// tailBuffer keeps the last tailSize bytes written to it, and the first
+// line of the last Go crash dump among them or before them.
 type tailBuffer struct {
 	mu  sync.Mutex
 	buf []byte
+	// line holds the start of the line being written (at most
+	// crashLineMax bytes), to find crash headers in whatever chunks the
+	// stream arrives.
+	line  []byte
+	crash string // the last crash header seen, or ""
 }
 
-const tailSize = 4096
+const (
+	tailSize = 4096
+	// crashLineMax is how much of a crash header line is kept.
+	crashLineMax = 512
+)
 
 func (t *tailBuffer) Write(b []byte) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.scanLines(b)
 	n := len(b)
 	if len(b) >= tailSize {
 		t.buf = append(t.buf[:0], b[len(b)-tailSize:]...)
@@ -765,6 +786,57 @@ func (t *tailBuffer) Write(b []byte) (int, error) {
 		t.buf = append(t.buf[:0], t.buf[over:]...)
 	}
 	return n, nil
+}
+
+// scanLines follows b line by line, keeping the start of each line long
+// enough to tell a crash header.
+func (t *tailBuffer) scanLines(b []byte) {
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		part := b
+		if i >= 0 {
+			part = b[:i]
+		}
+		if room := crashLineMax - len(t.line); room > 0 {
+			t.line = append(t.line, part[:min(room, len(part))]...)
+		}
+		if i < 0 {
+			return
+		}
+		t.endLine()
+		b = b[i+1:]
+	}
+}
+
+// endLine records the line in t.line if it heads a crash dump, and starts
+// the next line.
+func (t *tailBuffer) endLine() {
+	if h := crashHeader(t.line); h != "" {
+		t.crash = h
+	}
+	t.line = t.line[:0]
+}
+
+// crashHeader returns the part of line that heads a Go runtime crash dump,
+// or "". "fatal error: " may follow text the program left on the line
+// unfinished; "panic: " must start it.
+func crashHeader(line []byte) string {
+	if i := bytes.Index(line, []byte("fatal error: ")); i >= 0 {
+		return strings.TrimSpace(string(line[i:]))
+	}
+	if bytes.HasPrefix(line, []byte("panic: ")) {
+		return strings.TrimSpace(string(line))
+	}
+	return ""
+}
+
+func (t *tailBuffer) crashLine() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if h := crashHeader(t.line); h != "" {
+		return h // the last line, unfinished
+	}
+	return t.crash
 }
 
 func (t *tailBuffer) String() string {

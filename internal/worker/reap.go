@@ -223,6 +223,11 @@ func (s *Session) deathMessage(c Cause, peak int64) string {
 	case CauseMemoryLimit:
 		return "over the memory limit of " + strconv.FormatInt(s.cfg.MemLimit, 10) + " bytes"
 	}
+	if h := s.proc.StderrCrash(); h != "" {
+		// A Go program's crash: its first line says what happened, the
+		// last ones are stacks.
+		return h
+	}
 	return LastLines(s.proc.StderrTail(), 3)
 }
 
@@ -298,7 +303,7 @@ func (s *Session) classify(exit Exit, started time.Time) Cause {
 	// size limit, and the worker fails in its own way: say memory-limit
 	// when that failure was the refusal.
 	if s.cfg.Group == nil && s.watch != nil && s.cfg.Shim.DataLimit > 0 && memory.RefusedMemory(memory.Failure{
-		Signal: exit.Signal, ExitCode: exit.Code, Stderr: s.proc.StderrTail(),
+		Signal: exit.Signal, ExitCode: exit.Code, Stderr: s.proc.StderrCrash() + "\n" + s.proc.StderrTail(),
 		Private: s.watch.Last(), Limit: s.cfg.MemLimit,
 	}) {
 		return CauseMemoryLimit

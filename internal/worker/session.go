@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/safepool/safepool/internal/memory"
@@ -336,6 +337,9 @@ type Session struct {
 	line        lineState      // line protocol: the checks
 	lineTime    time.Duration  // line protocol: recent time per line; 0 before the first
 
+	// pausedAt is when Pause stopped the process; zero when it runs.
+	pausedAt time.Time
+
 	// The group's peak is read and reset at most every peakEvery.
 	peakAt   time.Time // when the peak was last reset
 	peakRead bool      // peakLast is a reading taken at peakAt
@@ -436,6 +440,51 @@ func (s *Session) Deadline() <-chan time.Time {
 		return nil
 	}
 	return s.deadline.C
+}
+
+// Pause stops the process's group where it is (SIGSTOP) until Continue,
+// as a terminal's Ctrl-Z stops a foreground job, and stops its deadlines'
+// timers: a paused process is never timed out or found stalled. A
+// process the session is killing is left alone.
+func (s *Session) Pause() {
+	if !s.pausedAt.IsZero() || s.killed != "" {
+		return
+	}
+	s.pausedAt = time.Now()
+	_ = s.proc.Signal(syscall.SIGSTOP)
+	for _, t := range []**time.Timer{&s.deadline, &s.probe} {
+		if *t != nil {
+			(*t).Stop()
+			*t = nil
+		}
+	}
+}
+
+// Continue lets a paused process go on (SIGCONT), with every clock its
+// deadlines and stall checks count from moved on by the time it was
+// paused.
+func (s *Session) Continue() {
+	if s.pausedAt.IsZero() {
+		return
+	}
+	d := time.Since(s.pausedAt)
+	s.pausedAt = time.Time{}
+	shift := func(t *time.Time) {
+		if !t.IsZero() {
+			*t = t.Add(d)
+		}
+	}
+	for _, f := range s.inflight {
+		shift(&f.clock)
+		shift(&f.sent)
+	}
+	for _, t := range []*time.Time{&s.freeAt, &s.startBy.at, &s.eofAt, &s.brokenAt,
+		&s.line.gateUntil, &s.line.stallFrom, &s.line.progress} {
+		shift(t)
+	}
+	_ = s.proc.Signal(syscall.SIGCONT)
+	s.armDeadline()
+	s.armProbe()
 }
 
 // Probe fires when a line worker is due a look; then call Look.
@@ -621,6 +670,14 @@ func (s *Session) startFlight(f *Flight, at time.Time) {
 	g := s.cfg.Group
 	if len(s.inflight) == 1 && s.cfg.Spec.IO != IONone {
 		s.markOOM() // the worker was idle: its window starts anew
+		if s.groupCounts {
+			// So does its group's count: a kill counted while the worker
+			// lived on (the OOM killer took a task's child, and the
+			// worker answered) is not the next death's cause.
+			if n, err := g.OOMKills(); err == nil {
+				s.oomBase = n
+			}
+		}
 		if s.watch != nil {
 			s.watch.ResetPeak() // and its peak
 		}
@@ -794,11 +851,12 @@ func (s *Session) succeed(f *Flight, output []byte) {
 	s.endFlight(f, Outcome{ExitCode: -1}, output)
 }
 
-// memoryInUse is the process's memory: its cgroup's usage where it has one,
-// otherwise what its process tree alone holds.
+// memoryInUse is the process's memory: its cgroup's usage less the
+// inactive page cache where it has one (a worker that read a large file
+// once is not bloated), otherwise what its process tree alone holds.
 func (s *Session) memoryInUse() (int64, error) {
 	if s.cfg.Group != nil {
-		return s.cfg.Group.Usage()
+		return s.cfg.Group.WorkingSet()
 	}
 	return memory.TreePrivateMemory(s.proc.Pid)
 }

@@ -368,10 +368,13 @@ class IterResult:
 
     def __init__(self, core, fn, mode, iterable: Iterable, chunksize: Optional[int], ordered: bool,
                  errors: str, ahead: Optional[int] = None, target: float = 0.02, max_chunk: int = 1024,
-                 progress=None, on_ready=None, pool=None):
+                 progress=None, on_ready=None, pool=None, on_settle=None):
         """progress (a _progress.Progress) counts settled items; on_ready,
         if given, is called (from the pool's threads) whenever next() may
-        have something new: a result, or the end of the input. pool, the
+        have something new: a result, or the end of the input. on_settle,
+        if given, is called (from the pool's threads) with the position,
+        ok and value of each item as it settles, before next() can return
+        it, also when an earlier item keeps it waiting. pool, the
         pool that made it, is kept as long as the iterator (see
         AsyncResult).
 
@@ -384,6 +387,7 @@ class IterResult:
         self._job = _IterJob(core, fn, mode, self)
         self._progress = progress
         self._on_ready = on_ready
+        self._on_settle = on_settle
         self._settled = 0
         self._core = core
         self._ordered = ordered
@@ -449,6 +453,8 @@ class IterResult:
             self._queue.append((ok, value))
 
     def _settle(self, pos, ok, value):
+        if self._on_settle is not None:
+            self._on_settle(pos, ok, value)
         with self._cond:
             self._put(pos, ok, value)
             self._settled_more(1, 0 if ok else 1)
@@ -457,6 +463,9 @@ class IterResult:
             self._on_ready()
 
     def _settle_many(self, positions, values):
+        if self._on_settle is not None:
+            for p, v in zip(positions, values):
+                self._on_settle(p, True, v)
         with self._cond:
             for p, v in zip(positions, values):
                 self._put(p, True, v)

@@ -8,8 +8,11 @@ function's qualified name. A task's key is the SHA-256 of the function's
 name and the pickled argument, so a call resumed with resume=True skips the
 arguments an earlier call of the same function finished, whatever their
 place, and returns their results from the journal (pickled in task.output).
-Results are committed at most every 150 ms, from the calling thread: a
-SIGKILL loses at most the results of that interval, which run again.
+A task's rows are written as it settles, from the pool's thread (also
+when its result waits, in input order, behind a task that still runs),
+and committed at most every 150 ms, and at the latest 150 ms after they
+came, from a timer's thread while no other comes: a SIGKILL loses at most
+the results of that interval, which run again.
 """
 
 import collections
@@ -21,6 +24,7 @@ import sqlite3
 import sys
 import threading
 import time
+import types
 
 _FLUSH_EVERY = 0.15
 _SCHEMA_VERSION = 3  # the user_version of journal_schema.sql
@@ -33,10 +37,36 @@ def _schema() -> str:
 
 
 def qualname(func) -> str:
-    """The name a function is known by in the journal: module.qualname."""
-    module = getattr(func, "__module__", None) or "?"
-    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
-    return "%s.%s" % (module, name)
+    """The name a function is known by in the journal: module.qualname for
+    a function that has a name of its own, importable. Other callables (a
+    lambda, a closure or nested function, a bound method, a partial, an
+    instance with __call__) share their qualname with others that compute
+    something else (every lambda of a module is <lambda>, scaler(2) and
+    scaler(3) are both scaler.<locals>.f, and a callable instance's repr
+    holds its address): their name is followed by a digest of the callable
+    as the pool sends it, code, closure and state, so that resume never
+    takes one's results for another's."""
+    module = getattr(func, "__module__", None) or type(func).__module__ or "?"
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+    if isinstance(func, types.FunctionType) and name and "<" not in name:
+        return "%s.%s" % (module, name)
+    if not name:
+        name = type(func).__qualname__
+    return "%s.%s#%s" % (module, name, _digest(func))
+
+
+def _digest(func) -> str:
+    """A digest of func by value: its pickle, or cloudpickle's."""
+    try:
+        data = _canonical_dumps(func)
+    except Exception:
+        try:
+            import cloudpickle  # type: ignore
+            data = cloudpickle.dumps(func, protocol=4)
+        except Exception:
+            # Not sendable to a worker either: the call fails there.
+            data = repr(func).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def key(name: str, arg) -> str:
@@ -45,8 +75,45 @@ def key(name: str, arg) -> str:
     h.update(b"python\0")
     h.update(name.encode("utf-8", "surrogatepass"))
     h.update(b"\0")
-    h.update(pickle.dumps(arg, protocol=4))
+    h.update(_canonical_dumps(arg))
     return h.hexdigest()
+
+
+class _CanonicalPickler(pickle.Pickler):
+    """A pickler whose sets and frozensets list their elements in the order
+    of their own pickles: a set's order follows its elements' hashes,
+    which for strings and bytes change from one interpreter to the next
+    (PYTHONHASHSEED), so that the same argument had another key in the run
+    that resumes, and ran again. Other objects pickle as they do with
+    pickle.dumps. (persistent_id, unlike reducer_override, is asked about
+    every object, sets included.)"""
+
+    def persistent_id(self, obj):
+        if type(obj) in (set, frozenset):
+            return (type(obj).__name__, tuple(sorted(_canonical_dumps(e) for e in obj)))
+        return None
+
+
+def _canonical_dumps(obj) -> bytes:
+    import io
+    buf = io.BytesIO()
+    _CanonicalPickler(buf, protocol=4).dump(obj)
+    return buf.getvalue()
+
+
+def _check_file(path):
+    """Refuses a path that is not a regular file: SQLite takes a device or
+    FIFO for an empty database, and makes its files beside it (in /dev,
+    for /dev/null) before failing with "disk I/O error"."""
+    import stat
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "something else")
+        raise ValueError("journal %s is not a regular file but %s: name a file" % (path, kind))
 
 
 class Journal:
@@ -57,6 +124,7 @@ class Journal:
         if not isinstance(path, (str, bytes, os.PathLike)):
             raise TypeError("journal must be a path, not %r" % (path,))
         self.path = os.fspath(path)
+        _check_file(self.path)
         self.resume = bool(resume)
         self.resume_failed = bool(resume_failed)
         # Open once now, so that a path that cannot be written fails here.
@@ -66,17 +134,27 @@ class Journal:
         # The pool's imap reads its input in a thread of its own: _Call
         # takes its lock around every use of the connection.
         db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        (version,) = db.execute("PRAGMA user_version").fetchone()
-        if version > _SCHEMA_VERSION:
+        try:
+            # The version before WAL mode, which changes the file.
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version > _SCHEMA_VERSION:
+                raise ValueError("journal %s was made by a newer safepool (schema version %d)" % (self.path, version))
+            if 0 < version < _SCHEMA_VERSION:
+                raise ValueError("journal %s was made by an older safepool (schema version %d, this one writes %d):"
+                                 " use a new journal file" % (self.path, version, _SCHEMA_VERSION))
+            if version == 0:
+                # A journal's schema sets user_version before its tables:
+                # a version 0 file with any is another program's.
+                (objects,) = db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                if objects:
+                    raise ValueError("journal %s is not a safepool journal: a SQLite database of something else"
+                                     " (it has tables, and no journal's schema version): name a new file" % self.path)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_schema())
+        except BaseException:
             db.close()
-            raise ValueError("journal %s was made by a newer safepool (schema version %d)" % (self.path, version))
-        if 0 < version < _SCHEMA_VERSION:
-            db.close()
-            raise ValueError("journal %s was made by an older safepool (schema version %d, this one writes %d):"
-                             " use a new journal file" % (self.path, version, _SCHEMA_VERSION))
-        db.executescript(_schema())
+            raise
         return db
 
     def imap(self, pool, func, iterable, chunksize, ordered, errors, progress):
@@ -95,7 +173,9 @@ class _Call:
         self.name = qualname(func)
         self.func = func
         self.db = journal._connect()
-        self.lock = threading.Lock()  # guards db, seen, last
+        # Guards db, seen, last, placed and error; the pool's threads
+        # write the rows of the tasks that settle (settled) under it.
+        self.lock = threading.RLock()
         resumed = journal.resume or journal.resume_failed
         cur = self.db.execute(
             "INSERT INTO run (started, kind, command, argv, workers, memory_mode, mem_budget, mem_limit, resumed)"
@@ -117,6 +197,18 @@ class _Call:
         self.seen = {}
         self.rows = []
         self.last = time.monotonic()
+        # Rows written since the last commit; the timer that commits them
+        # (owned by the call: ended in run's finally); closed once the
+        # call has committed for the last time.
+        self.dirty = False
+        self.timer = None
+        self.closed = False
+        # The pending inputs by their place among those the pool gets:
+        # (seq, key, arg) until their task settles; how many it got; and
+        # the first error writing a settled task's rows, for the caller.
+        self.placed = {}
+        self.fed = 0
+        self.error = None
         self.db.execute("BEGIN")
 
     def finished(self, k):
@@ -135,9 +227,29 @@ class _Call:
             self.db.execute(sql, args)
             now = time.monotonic()
             if now - self.last >= _FLUSH_EVERY:
-                self.db.execute("COMMIT")
-                self.db.execute("BEGIN")
-                self.last = now
+                self._commit(now)
+                return
+            self.dirty = True
+            if self.timer is None:
+                # Committed by the timer if nothing comes after it in
+                # time: the next result may be hours away.
+                self.timer = threading.Timer(_FLUSH_EVERY - (now - self.last), self._flush)
+                self.timer.daemon = True
+                self.timer.start()
+
+    def _commit(self, now):
+        """Commits what was written; under self.lock."""
+        self.db.execute("COMMIT")
+        self.db.execute("BEGIN")
+        self.last = now
+        self.dirty = False
+
+    def _flush(self):
+        """The timer's: commits what waits, unless the call has ended."""
+        with self.lock:
+            self.timer = None
+            if self.dirty and not self.closed:
+                self._commit(time.monotonic())
 
     def task(self, seq, k, arg, state, cause=None, attempts=0, output=None, peak=None):
         self.write("INSERT INTO task (run_id, id, key, input, state, attempts, cause, peak, output, ended)"
@@ -153,11 +265,40 @@ class _Call:
                         a.exit_code if a.exit_code >= 0 else None, a.signal or None, a.peak_rss or None,
                         a.message or None))
 
+    def settled(self, pos, ok, value):
+        """The pool's, from its threads: records the task of the pos-th
+        input it got as it settles, also when results wait in order
+        behind one that still runs (a kill then loses none of them)."""
+        try:
+            with self.lock:
+                if self.closed:
+                    return
+                seq, k, arg = self.placed.pop(pos)
+                self.record(seq, k, arg, value)
+        except Exception as e:  # the pool's thread must go on: the caller gets it
+            with self.lock:
+                if self.error is None:
+                    self.error = e
+
+    def record(self, seq, k, arg, value):
+        """Rows of the task seq, of key k and argument arg, that ended with
+        value (an exception when it failed)."""
+        if isinstance(value, BaseException):
+            cause = getattr(value, "cause", None) or type(value).__name__
+            state = "poison" if cause == "poison" else "failed"
+            history = getattr(value, "history", None) or ()
+            peak = max([a.peak_rss for a in history] + [getattr(value, "peak_rss", 0) or 0])
+            self.task(seq, k, arg, state, cause, getattr(value, "attempts", 1) or 1, peak=peak)
+            self.attempts(seq, history)
+        else:
+            self.task(seq, k, arg, "done", None, 1, pickle.dumps(value, protocol=4))
+
     def run(self, iterable, chunksize, ordered, progress):
         from .errors import TaskFailed
-        # Inputs in order: ("skip", value or exception) or ("run", seq, key, arg).
-        # The pool pulls the pending ones through pending(); its results
-        # come in the same order (ordered) and are matched here.
+        # Inputs in order: ("skip", value or exception) or ("run",).
+        # The pool pulls the pending ones through pending(), and settled
+        # records their tasks as they end; its results come in the same
+        # order (ordered) and are matched here.
         entries = collections.deque()
         status = 1
         try:
@@ -166,7 +307,10 @@ class _Call:
                     k = key(self.name, arg)
                     row = self.finished(k)
                     if row is None:
-                        entries.append(("run", seq, k, arg))
+                        entries.append(("run",))
+                        with self.lock:
+                            self.placed[self.fed] = (seq, k, arg)
+                            self.fed += 1
                         yield arg
                         continue
                     state, cause, output = row
@@ -178,7 +322,8 @@ class _Call:
                             "task failed in an earlier run (%s); resume_failed=True runs it again" % (cause or state),
                             cause=cause or state, task_args=arg, function=self.func)))
 
-            results = self.pool._imap(self.func, pending(), chunksize, True, "return", progress)
+            results = self.pool._imap(self.func, pending(), chunksize, True, "return", progress,
+                                      on_settle=self.settled)
             failed = False
             it = iter(results)
             while True:
@@ -200,25 +345,26 @@ class _Call:
                     v = entries.popleft()[1]
                     failed = failed or isinstance(v, BaseException)
                     yield v
-                _, seq, k, arg = entries.popleft()
-                if isinstance(value, BaseException):
-                    failed = True
-                    cause = getattr(value, "cause", None) or type(value).__name__
-                    state = "poison" if cause == "poison" else "failed"
-                    history = getattr(value, "history", None) or ()
-                    peak = max([a.peak_rss for a in history] + [getattr(value, "peak_rss", 0) or 0])
-                    self.task(seq, k, arg, state, cause, getattr(value, "attempts", 1) or 1, peak=peak)
-                    self.attempts(seq, history)
-                else:
-                    self.task(seq, k, arg, "done", None, 1, pickle.dumps(value, protocol=4))
+                entries.popleft()  # settled recorded its task
+                with self.lock:
+                    error, self.error = self.error, None
+                if error is not None:
+                    raise error
+                failed = failed or isinstance(value, BaseException)
                 yield value
             status = 1 if failed else 0
         finally:
             with self.lock:
+                self.closed = True
+                timer, self.timer = self.timer, None
+                if timer is not None:
+                    timer.cancel()
                 self.db.execute("COMMIT")
                 self.db.execute("UPDATE run SET ended = ?, exit_status = ? WHERE id = ?",
                                 (time.time_ns(), status, self.run_id))
                 self.db.close()
+            if timer is not None:
+                timer.join()  # it may have started: it finds the call closed
 
 
 class _Results:

@@ -287,7 +287,7 @@ class Pool:
         chunksize = check_chunksize(chunksize)
         return self._journal.imap(self, func, iterable, chunksize, ordered, errors, progress)
 
-    def _imap(self, func, iterable, chunksize, ordered, errors, progress, on_ready=None):
+    def _imap(self, func, iterable, chunksize, ordered, errors, progress, on_ready=None, on_settle=None):
         from ._core import MAP
         from ._jobs import IterResult
         self._check()
@@ -297,7 +297,7 @@ class Pool:
             from . import _progress
             display = _progress.make(progress, _total(iterable))
         return IterResult(self._core, func, MAP, iterable, chunksize, ordered, errors, progress=display,
-                          on_ready=on_ready, pool=self)
+                          on_ready=on_ready, pool=self, on_settle=on_settle)
 
     def apply_async(self, func: Callable, args: Iterable = (), kwds: Optional[dict] = None,
                     callback: Optional[Callable] = None,

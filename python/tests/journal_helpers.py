@@ -18,3 +18,56 @@ def die_on_three(x):
     if x == 3:
         os._exit(3)
     return x * x
+
+
+class Scaler:
+    """x*k, noting the call in $JOURNAL_TEST_DIR/calls; apply and the
+    instance itself (__call__) are the task functions."""
+
+    def __init__(self, k):
+        self.k = k
+
+    def apply(self, x):
+        return self(x)
+
+    def __call__(self, x):
+        with open(os.path.join(os.environ["JOURNAL_TEST_DIR"], "calls"), "a") as f:
+            f.write("%d\n" % x)
+        return x * self.k
+
+
+def scaler(k):
+    """A closure: x*k."""
+    def scale(x):
+        return x * k
+    return scale
+
+
+def quick_then_stuck(x):
+    """x*x at once for x < 2; for larger x, never returns (sleeps)."""
+    if x >= 2:
+        import time
+        time.sleep(600)
+    return x * x
+
+
+def stuck_first(x):
+    """x*x at once, but for x == 0, which never returns (sleeps)."""
+    if x == 0:
+        import time
+        time.sleep(600)
+    return x * x
+
+
+def imap_and_print(path, func, n):
+    """imap func over range(n) with journal path, printing each result as
+    it comes: the test kills this program while some still run."""
+    import safepool
+    with safepool.Pool(2, journal=path) as pool:
+        for v in pool.imap(func, range(n)):
+            print(v, flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+    imap_and_print(sys.argv[1], globals()[sys.argv[2]], int(sys.argv[3]))

@@ -2,8 +2,12 @@
 finished, by function and argument."""
 import os
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
 import tempfile
+import time
 import unittest
 
 import safepool
@@ -65,6 +69,29 @@ class Journal(unittest.TestCase):
         self.assertEqual(task, [("failed", "exit:3", 1)])
         self.assertEqual(attempts, [(4, 1, "exit:3", 3, 1, 1)])
 
+    def test_results_committed_while_waiting(self):
+        # The results of tasks that ended close together are committed
+        # within the flush interval even when nothing comes after them
+        # for a long time: they were committed only with the next result,
+        # so a SIGKILL while the next tasks ran (for hours, overnight)
+        # lost them, and resume ran them again.
+        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        child = subprocess.Popen([sys.executable, "-m", "tests.journal_helpers", self.path, "quick_then_stuck", "4"],
+                                 stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+        try:
+            got = [child.stdout.readline(), child.stdout.readline()]
+            self.assertEqual(got, ["0\n", "1\n"])
+            time.sleep(1)  # several flush intervals; tasks 2 and 3 still run
+            self.assertIsNone(child.poll())
+        finally:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            child.stdout.close()
+        db = sqlite3.connect(self.path)
+        rows = db.execute("SELECT id, state FROM task ORDER BY id").fetchall()
+        db.close()
+        self.assertEqual(rows, [(1, "done"), (2, "done")])
+
     def test_older_journal(self):
         # A journal of an older schema is refused, with a clear error,
         # and left as it was.
@@ -79,6 +106,106 @@ class Journal(unittest.TestCase):
         (version,) = db.execute("PRAGMA user_version").fetchone()
         db.close()
         self.assertEqual(version, 2)
+
+    def test_results_held_for_order_committed(self):
+        # imap returns results in input order: those done behind a task
+        # that still runs wait for it. They are in the journal all the
+        # same: they were written only as the caller took them, and a
+        # SIGKILL while the first task ran lost them all.
+        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        child = subprocess.Popen([sys.executable, "-m", "tests.journal_helpers", self.path, "stuck_first", "8"],
+                                 stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+        rows = []
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and len(rows) < 4:
+                time.sleep(0.2)
+                try:
+                    db = sqlite3.connect(self.path)
+                    rows = db.execute("SELECT id, state FROM task ORDER BY id").fetchall()
+                    db.close()
+                except sqlite3.Error:
+                    pass
+            self.assertIsNone(child.poll())
+        finally:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            child.stdout.close()
+        # Tasks 2 to 8, but those sent to the first task's worker behind it.
+        self.assertGreaterEqual(len(rows), 4, rows)
+        self.assertTrue(all(state == "done" and 2 <= i <= 8 for i, state in rows), rows)
+
+    def test_callables_that_share_a_name(self):
+        # Bound methods of two instances, two closures of one function and
+        # two lambdas have the same qualname, and compute different
+        # things: resume gave the second the first's results (exit 0,
+        # wrong values). Each is now its own; the same callable again
+        # (an equal instance, in a new pool) still resumes.
+        with safepool.Pool(2, journal=self.path, resume=True) as pool:
+            self.assertEqual(pool.map(journal_helpers.Scaler(2).apply, range(4)), [0, 2, 4, 6])
+            self.assertEqual(pool.map(journal_helpers.Scaler(3).apply, range(4)), [0, 3, 6, 9])
+            self.assertEqual(pool.map(journal_helpers.Scaler(5), range(4)), [0, 5, 10, 15])
+        self.assertEqual(self.calls(), [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+        with safepool.Pool(2, journal=self.path, resume=True) as pool:
+            self.assertEqual(pool.map(journal_helpers.Scaler(3).apply, range(4)), [0, 3, 6, 9])
+            self.assertEqual(pool.map(journal_helpers.Scaler(5), range(4)), [0, 5, 10, 15])
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "calls")))
+        try:
+            import cloudpickle  # noqa: F401
+        except ImportError:
+            return  # closures and lambdas cannot be sent without it
+        with safepool.Pool(2, journal=self.path, resume=True) as pool:
+            self.assertEqual(pool.map(journal_helpers.scaler(2), range(4)), [0, 2, 4, 6])
+            self.assertEqual(pool.map(journal_helpers.scaler(3), range(4)), [0, 3, 6, 9])
+            self.assertEqual(pool.map(lambda x: x + 1, range(4)), [1, 2, 3, 4])
+            self.assertEqual(pool.map(lambda x: x - 1, range(4)), [-1, 0, 1, 2])
+
+    def test_set_arguments_keep_their_key(self):
+        # A set's order follows its elements' hashes, which for strings
+        # change with each interpreter (PYTHONHASHSEED): an argument
+        # holding a set had another key in the run that resumed, and ran
+        # again. Its key is now the same in every interpreter, and an
+        # argument without a set keeps the key it always had.
+        code = ("from safepool._journal import key; "
+                "print(key('m.f', ('x', {'alpha', 'beta', 'gamma', 'delta'}, frozenset({'a', 'b', 'c'}))))")
+        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        keys = {subprocess.run([sys.executable, "-c", code], env=dict(env, PYTHONHASHSEED=str(seed)),
+                               capture_output=True, text=True, check=True).stdout for seed in range(1, 6)}
+        self.assertEqual(len(keys), 1, keys)
+        import hashlib
+        import pickle
+        from safepool import _journal
+        arg = {"a": [1.5, None, b"x"], "b": ("t", 3)}
+        plain = hashlib.sha256(b"python\0m.f\0" + pickle.dumps(arg, protocol=4)).hexdigest()
+        self.assertEqual(_journal.key("m.f", arg), plain)
+
+    def test_foreign_database(self):
+        # A program's own SQLite database named by mistake is refused and
+        # left as it was: it used to get the journal's tables, and WAL mode.
+        db = sqlite3.connect(self.path)
+        db.execute("CREATE TABLE customers (name TEXT)")
+        db.execute("INSERT INTO customers VALUES ('ada')")
+        db.commit()
+        db.close()
+        with self.assertRaisesRegex(ValueError, "not a safepool journal"):
+            safepool.Pool(1, journal=self.path)
+        db = sqlite3.connect(self.path)
+        tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        (mode,) = db.execute("PRAGMA journal_mode").fetchone()
+        db.close()
+        self.assertEqual((tables, mode), ([("customers",)], "delete"))
+
+    def test_not_a_file(self):
+        # A FIFO or a directory is refused with the reason, and nothing is
+        # made beside it (for a device, SQLite made PATH-journal there).
+        fifo = os.path.join(self.dir, "fifo")
+        os.mkfifo(fifo)
+        sub = os.path.join(self.dir, "sub")
+        os.mkdir(sub)
+        for path, kind in ((fifo, "a FIFO"), (sub, "a directory")):
+            with self.assertRaisesRegex(ValueError, "not a regular file but " + kind):
+                safepool.Pool(1, journal=path)
+        self.assertEqual(sorted(os.listdir(self.dir)), ["fifo", "sub"])
 
     def test_resume_needs_journal(self):
         with self.assertRaises(ValueError):

@@ -1,0 +1,55 @@
+package journal
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+	"modernc.org/sqlite"
+)
+
+// SQLite's primary result codes for a failed write.
+const (
+	sqliteIOErr = 10 // SQLITE_IOERR, extended as SQLITE_IOERR_WRITE (778) and others
+	sqliteFull  = 13 // SQLITE_FULL
+)
+
+// explainWrite adds to err, a failed write of the journal at path, what
+// SQLite's own message leaves out: that the file size limit (ulimit -f) or
+// a full file system stopped it. SQLite says only "disk I/O error (778)"
+// or "database or disk is full". Other errors are returned as they are.
+func explainWrite(err error, path string) error {
+	var se *sqlite.Error
+	if !errors.As(err, &se) {
+		return err
+	}
+	if code := se.Code() & 0xff; code != sqliteIOErr && code != sqliteFull {
+		return err
+	}
+	if why := writeLimit(path); why != "" {
+		return fmt.Errorf("%w: %s", err, why)
+	}
+	return err
+}
+
+// writeLimit says why files of the journal at path may no longer grow, or
+// "" when neither the file size limit nor the file system's space is the
+// reason.
+func writeLimit(path string) string {
+	var rl unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_FSIZE, &rl) == nil && rl.Cur != unix.RLIM_INFINITY {
+		for _, f := range []string{path, path + "-wal", path + "-journal"} {
+			if st, err := os.Stat(f); err == nil && uint64(st.Size())+64<<10 > rl.Cur {
+				return fmt.Sprintf("%s has reached the file size limit (ulimit -f) of %d bytes", filepath.Base(f), rl.Cur)
+			}
+		}
+	}
+	var fs unix.Statfs_t
+	dir := filepath.Dir(path)
+	if unix.Statfs(dir, &fs) == nil && fs.Bavail*uint64(fs.Bsize) < 1<<20 {
+		return fmt.Sprintf("no space left on the file system of %s", dir)
+	}
+	return ""
+}
