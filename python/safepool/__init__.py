@@ -10,8 +10,8 @@ with a precise cause (safepool.WorkerDied), and never hangs the pool.
 """
 import sys as _sys
 
-__all__ = ["Pool", "Executor", "SafePool", "AsyncPool", "TaskFailed", "WorkerDied", "TaskCancelled",
-           "RemoteError", "RemoteTraceback", "BrokenPool", "Attempt", "FailedTask",
+__all__ = ["Pool", "Executor", "SafePool", "AsyncPool", "TaskFailed", "WorkerDied", "TaskTimeout",
+           "TaskCancelled", "RemoteError", "RemoteTraceback", "BrokenPool", "Attempt", "FailedTask",
            "SubProcessKilledException", "parse_size", "SoftTimeLimitExceeded", "WaitTimeout",
            "share", "share_file", "Shared"]
 

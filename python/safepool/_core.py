@@ -31,6 +31,7 @@ long, terminate() would hang behind a full pipe.
 """
 from __future__ import annotations
 
+import _signal
 import atexit
 import io
 import json
@@ -116,6 +117,49 @@ class _Sent:
         self.settled = bytearray(len(items))  # 1 for each item settled
 
 
+class _Deferred:
+    """Hold back SIGINT's handler (KeyboardInterrupt) while the main thread
+    queues and writes a map's chunks (Pool.map writes them itself, in the
+    writer's role: see _Core._pump), and run it when the block is left.
+
+    A SIGINT that comes in the block is recorded; pending() reports it, so
+    that the writing stops after the frame it is in and leaves the rest to
+    the writer thread. Other threads, which never get KeyboardInterrupt,
+    and a SIGINT whose handler is not a Python function, are left as
+    they are."""
+
+    __slots__ = ("old", "got")
+
+    def __init__(self):
+        self.old = None
+        self.got = None
+
+    def pending(self) -> bool:
+        return self.got is not None
+
+    def _record(self, signum, frame):
+        self.got = (signum, frame)
+
+    # The C module's functions: the signal module's wrappers, which convert
+    # to and from enums, cost 13 µs a map where these cost 0.3.
+    def __enter__(self, _signal=_signal):
+        if threading.current_thread() is threading.main_thread():
+            old = _signal.getsignal(_signal.SIGINT)
+            if callable(old):
+                _signal.signal(_signal.SIGINT, self._record)
+                self.old = old
+        return self
+
+    def __exit__(self, *exc, _signal=_signal):
+        old = self.old
+        if old is None:
+            return
+        _signal.signal(_signal.SIGINT, old)
+        got, self.got = self.got, None
+        if got is not None:
+            old(*got)  # raises KeyboardInterrupt with the default handler
+
+
 class _Core:
     """One pool's binary, its pipes and the bookkeeping of items."""
 
@@ -130,6 +174,9 @@ class _Core:
         self.retries = launch.retries
         self.policy = launch.policy
         self.timeout = launch.timeout
+        # Items a worker runs before it is replaced (0: no limit); the
+        # binary does not cut a batch at it (see _jobs.IterResult).
+        self.max_tasks_per_child = getattr(launch, "max_tasks_per_child", 0)
         # The pool's defaults of the per-call limits (a job's opts override them).
         self.soft_timeout = launch.options.soft_timeout
         self.retry_on = launch.options.retry_on
@@ -161,6 +208,11 @@ class _Core:
         self._control = []  # guarded by _lock: control frames for the writer (close, abort)
         self._stopping = False  # guarded by _lock: no more items are sent
         self._draining = False  # guarded by _lock: no new chunks are accepted; those sent go on
+        # guarded by _lock: the threads that read an imap's input (_jobs._feed)
+        # and have not ended, and whether they must read all of it now (the
+        # pool is closing: see close).
+        self._feeders = 0
+        self._read_all = False
         self._broken: BaseException | None = None  # why the pool cannot run tasks
         self._ended = threading.Event()  # the end frame or end of file arrived
         self._ready = threading.Event()
@@ -255,6 +307,23 @@ class _Core:
         """Report whether new chunks are still accepted."""
         return not (self._stopping or self._draining)
 
+    def reading_all(self) -> bool:
+        """Report whether the imaps' inputs must be read to their end
+        without waiting for their consumers (the pool is closing)."""
+        return self._read_all
+
+    def feeder_started(self):
+        """Count a thread that reads an imap's input (see close)."""
+        with self._lock:
+            self._feeders += 1
+
+    def feeder_ended(self):
+        """Count a thread that reads an imap's input out."""
+        with self._lock:
+            self._feeders -= 1
+            if self._feeders == 0:
+                self._cond.notify_all()
+
     def submit(self, chunk: _Chunk, wake: bool = True):
         """Queue chunk's items to be sent. wake=False leaves the writer
         thread asleep: the caller then calls send_queued."""
@@ -346,27 +415,37 @@ class _Core:
             if not self._pump(what, arg):
                 return
 
-    def send_queued(self):
+    def send_queued(self, stop=None):
         """Send the queued chunks from this thread, as the writer thread
         would, unless a thread is writing already: a caller that is about
         to wait for its results (Pool.map) so saves the writer thread's
         wake-up, and its first chunk leaves at once. The reader thread
-        never writes (see _pump)."""
+        never writes (see _pump). stop, if given, is called after each
+        frame: when it returns true, the rest is left to the writer
+        thread."""
         with self._lock:
             if self._writing or threading.current_thread() is self._reader:
                 self._cond.notify_all()  # the writer thread's, then
                 return
             what, arg = self._next_locked()
             if what == "wait" or what == "exit":
+                self._cond.notify_all()  # what is queued is the writer thread's
                 return
             self._writing = True
-        self._pump(what, arg)
+        self._pump(what, arg, stop)
 
-    def _pump(self, what, arg) -> bool:
+    def _pump(self, what, arg, stop=None) -> bool:
         """Do what (from _next_locked), then the rest of what can be sent
-        now; flush, and give up the writer's role (_writing), which the
-        calling thread holds. Report whether the binary can still be
-        written to.
+        now (until stop() is true, if stop is given); flush, and give up
+        the writer's role (_writing), which the calling thread holds.
+        Report whether the binary can still be written to.
+
+        Nothing here may be cut short by an exception raised in the middle
+        (a KeyboardInterrupt, in a caller's main thread): a chunk half
+        pickled would be lost, a frame half written would corrupt the
+        stream, and the role would never be given back, which left every
+        later call of the pool waiting forever. A caller defers SIGINT
+        around it (interrupts_deferred).
 
         The lock is never held while writing: a write may block until the
         binary reads, which it may do only after this process has read its
@@ -380,6 +459,8 @@ class _Core:
                     self._cancel(arg.job, arg.positions, arg.items, None)
                 else:
                     self._send_chunk(arg)
+                if stop is not None and stop():
+                    break  # the rest is the writer thread's
                 with self._lock:
                     what, arg = self._next_locked()
                 if what == "wait" or what == "exit":
@@ -394,6 +475,11 @@ class _Core:
                 # (and so is exiting).
                 self._cond.notify_all()
         return ok
+
+    def interrupts_deferred(self):
+        """A context in which this thread's SIGINT is held back, and
+        delivered when it is left: see _Deferred."""
+        return _Deferred()
 
     def _limits_of(self, job, start_by):
         """The limits that go with each of job's items to the worker."""
@@ -964,7 +1050,7 @@ class _Core:
             # Stop first, so that no task is accepted after the caller saw
             # this failure.
             self.abort(_errors().WorkerDied("%s died (%s)" % (_call_repr(job, item), cause), cause=cause))
-        self._fail(job, pos, item, _errors().WorkerDied, cause,
+        self._fail(job, pos, item, _errors().death(cause), cause,
                    _death_message(job, item, cause, _charged(attempts), last, state), history, state)
 
     def _fail_waited(self, job, positions, items):
@@ -1011,12 +1097,13 @@ class _Core:
     # ---- lifecycle ---------------------------------------------------------
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until every submitted item is settled."""
+        """Wait until every submitted item is settled, and every imap's
+        input read (as far as its reader goes: see close)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        if self._outstanding > 0:
+        if self._outstanding > 0 or self._feeders > 0:
             self.forbid_wait()
         with self._lock:
-            while self._outstanding > 0:
+            while self._outstanding > 0 or self._feeders > 0:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -1063,9 +1150,20 @@ class _Core:
 
     def close(self):
         """Finish the queued work, then stop the binary and its workers.
-        A forked copy does nothing (see forked)."""
+        A forked copy does nothing (see forked).
+
+        The work includes the rest of the input of every imap and
+        Executor.map whose iterator is still held: as multiprocessing's
+        join() and ProcessPoolExecutor's shutdown() do, all of it is run,
+        and its results wait in the iterator. Its reader stops waiting for
+        the consumer (who may read only after this returns) and reads the
+        input to its end. Without this, the pattern `it = pool.imap(...);
+        pool.close(); pool.join(); list(it)` lost all but the first few
+        results, without an error."""
         if self.forked():
             return
+        with self._lock:
+            self._read_all = True
         self.wait_idle()
         with self._lock:
             self._stopping = True

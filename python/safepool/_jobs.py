@@ -302,6 +302,7 @@ class _FutureJob(_Job):
 
     def cancel_unsent(self):
         self.future.cancel()
+        _notify_cancelled(self.future)
         return True
 
     def on_send(self):
@@ -309,11 +310,13 @@ class _FutureJob(_Job):
         if f.running():
             return True
         if f.done():
+            _notify_cancelled(f)
             return False
         return f.set_running_or_notify_cancel()
 
     def settle(self, pos, ok, value):
         if self.future.done():
+            _notify_cancelled(self.future)
             return
         if not self.future.running():
             if not self.future.set_running_or_notify_cancel():
@@ -331,6 +334,25 @@ class _FutureJob(_Job):
 
     def settle_many(self, positions, values):
         self.settle(0, True, values[0])
+
+
+def _notify_cancelled(f):
+    """Tell the waiters of f, a future that was cancelled, that it is done.
+
+    Future.cancel() wakes result() and runs the done callbacks, but
+    concurrent.futures.wait() and as_completed() count a cancelled future
+    as done only once its executor calls set_running_or_notify_cancel(), as
+    ProcessPoolExecutor does when it meets it in its queue: without this,
+    wait() on a future cancelled before it was sent waited forever. Nothing
+    happens to a future that is not cancelled or whose waiters were told.
+
+    The state is read under the future's own lock (a reentrant one, which
+    set_running_or_notify_cancel takes again): that method logs a critical
+    message before it raises on a future whose waiters were told already,
+    and the public API cannot tell the two cancelled states apart."""
+    with f._condition:
+        if f._state == "CANCELLED":
+            f.set_running_or_notify_cancel()
 
 
 class IterResult:
@@ -378,6 +400,14 @@ class IterResult:
         self._consumed = 0
         self._total = None
         self._input_error = None
+        if chunksize is None and core.max_tasks_per_child:
+            # Batches of one, as multiprocessing's imap and
+            # ProcessPoolExecutor.map by default: a worker takes a batch
+            # while it has run fewer items than its limit, and runs it
+            # whole, so batches that grew would run several items in a
+            # worker meant to run one (maxtasksperchild=1, to keep each
+            # item's state apart).
+            chunksize = 1
         self._fixed = chunksize
         self._chunksize = chunksize or 1
         self._per_item = None  # mean seconds per item, from finished chunks
@@ -385,9 +415,16 @@ class IterResult:
         self._ahead = ahead
         self._feeder = threading.Thread(target=_feed, args=(weakref.ref(self), core, self._cond, iterable),
                                         name="safepool-imap-feeder", daemon=True)
-        self._feeder.start()
+        core.feeder_started()
+        try:
+            self._feeder.start()
+        except BaseException:
+            core.feeder_ended()
+            raise
 
     def _limit(self):
+        if self._core.reading_all():
+            return 1 << 62  # the pool is closing: the whole input is run (_Core.close)
         if self._ahead is not None:
             return self._ahead
         return 4 * self._core.processes * self._chunksize
@@ -490,12 +527,21 @@ class IterResult:
 
 def _feed(ref, core, cond, iterable):
     """Read the input of the IterResult that ref names and submit its items
-    in chunks, keeping at most its limit of them submitted and not consumed.
-    The thread holds the iterator only while it submits: it ends, and drops
-    the input, when the iterator is gone (its consumer dropped it), when the
-    pool stops accepting items, or at the input's end."""
+    in chunks, keeping at most its limit of them submitted and not consumed
+    (no limit once the pool is closing: _Core.close). The thread holds the
+    iterator only while it submits: it ends, and drops the input, when the
+    iterator is gone (its consumer dropped it), when the pool stops
+    accepting items, or at the input's end."""
+    try:
+        _feed_items(ref, core, cond, iterable)
+    finally:
+        core.feeder_ended()
+
+
+def _feed_items(ref, core, cond, iterable):
     pos = 0
     self = None
+    stopped = False  # the pool stopped accepting items before the input's end
     try:
         it = iter(iterable)
         iterable = None
@@ -513,6 +559,7 @@ def _feed(ref, core, cond, iterable):
             if self is None:
                 return  # abandoned: nobody reads what would be submitted
             if not core.accepting():
+                stopped = True
                 break
             items = list(itertools.islice(it, max(1, min(self._chunksize, room))))
             if not items:
@@ -523,6 +570,17 @@ def _feed(ref, core, cond, iterable):
                 self._fed = pos
             self._adapt()
             self = items = None
+        if stopped:
+            # The pool was terminated (or the executor shut down with
+            # cancel_futures) before the input's end was seen: what it had
+            # left never runs. The consumer must not take the end of the
+            # results for the end of the input: it gets TaskCancelled there.
+            # (The input is not read on to see whether it had anything
+            # left: that could wait forever, for a queue, say.)
+            from .errors import TaskCancelled
+            self._input_error = TaskCancelled(
+                "the pool stopped before the input was read to its end: what it had left, from item %d on, "
+                "never ran" % pos, cause="cancelled", function=self._job.fn, state="cancelled")
     except BaseException as e:  # the input raised: the consumer sees it after the results before it
         self = ref()
         if self is None:

@@ -80,6 +80,10 @@ def check_options(processes, retries, on_worker_death, initializer):
     filled in, or raise ValueError or TypeError."""
     if processes is None:
         processes = os.cpu_count() or 1
+    if isinstance(processes, float):
+        # As multiprocessing: the binary would refuse it, with a message
+        # about its own configuration.
+        raise TypeError("processes must be an int, not float")
     if processes < 1:
         raise ValueError("processes must be at least 1")
     if on_worker_death is None:
@@ -153,6 +157,7 @@ class Launch:
         self.processes, self.retries, self.policy = check_options(processes, retries, on_worker_death,
                                                                   initializer)
         self.timeout = timeout
+        self.max_tasks_per_child = int(max_tasks_per_child or 0)
         hello = {
             "version": BRIDGE_VERSION,
             "command": [python or sys.executable, "-c", WORKER_CODE],

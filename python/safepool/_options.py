@@ -59,6 +59,25 @@ def format_size(n: int) -> str:
     return "%.1f %s" % (r, _SUFFIXES[i])
 
 
+def check_chunksize(chunksize):
+    """Return chunksize, None or an int of at least 1, or raise: TypeError
+    for what is not an integer, ValueError below 1. Checked in the calling
+    thread, for every call that takes one: an imap's input is read by a
+    thread of its own, which would otherwise meet a bad chunksize where no
+    caller sees it (a negative one never let it submit anything, and the
+    iterator waited forever)."""
+    if chunksize is None:
+        return None
+    import operator
+    try:
+        n = operator.index(chunksize)
+    except TypeError:
+        raise TypeError("chunksize must be an int or None, not %s" % type(chunksize).__name__) from None
+    if n < 1:
+        raise ValueError("chunksize must be at least 1, not %d" % n)
+    return n
+
+
 # Start methods whose workers, like safepool's, are fresh interpreters that
 # import the parent's main module and inherit none of its state.
 SPAWN_LIKE = ("spawn", "forkserver")

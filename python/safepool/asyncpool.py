@@ -167,6 +167,14 @@ class AsyncPool:
         return self._pool
 
 
+def _notify(loop, wake):
+    """Wake an _AsyncIter's consumer (from the pool's threads)."""
+    try:
+        loop.call_soon_threadsafe(wake.set)
+    except RuntimeError:
+        pass  # the loop is closed
+
+
 class _AsyncIter:
     """The async iterator of AsyncPool.imap: Pool.imap's iterator, polled
     without blocking when the pool says a result may be there."""
@@ -174,14 +182,13 @@ class _AsyncIter:
     def __init__(self, pool: Pool, func, iterable, chunksize, ordered: bool, errors: str, progress):
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        # on_ready holds the loop and the event, not this iterator: Pool's
+        # iterator would hold this one, which holds it, and a cycle lives
+        # until the collector runs. An iterator left half way must go at
+        # once (its input is not read on); a pool that closes reads to
+        # its end the input of every iterator still alive.
         self._it = pool._imap(func, iterable, chunksize, ordered, pool._errors(errors), progress,
-                              on_ready=self._notify)
-
-    def _notify(self):  # from the pool's threads
-        try:
-            self._loop.call_soon_threadsafe(self._wake.set)
-        except RuntimeError:
-            pass  # the loop is closed
+                              on_ready=functools.partial(_notify, self._loop, self._wake))
 
     def __aiter__(self):
         return self

@@ -3,9 +3,10 @@
 A pool imports this module when a task fails, not before.
 """
 import _thread
+import sys
 from typing import Any, Callable, List, NamedTuple, Optional
 
-__all__ = ["Attempt", "TaskFailed", "WorkerDied", "TaskCancelled", "RemoteError",
+__all__ = ["Attempt", "TaskFailed", "WorkerDied", "TaskTimeout", "TaskCancelled", "RemoteError",
            "RemoteTraceback", "BrokenPool", "FailedTask"]
 
 
@@ -80,6 +81,30 @@ class WorkerDied(TaskFailed):
     killer (``cause == "oom"``), a signal, a segfault or a timeout, or it
     exited. Only the task that was running is charged; the pool replaces the
     worker and goes on."""
+
+
+if sys.version_info >= (3, 11):
+    _TIMEOUTS = (TimeoutError,)  # concurrent.futures.TimeoutError is this one
+else:
+    from concurrent.futures import TimeoutError as _FuturesTimeout
+    _TIMEOUTS = (TimeoutError, _FuturesTimeout)
+
+
+class TaskTimeout(WorkerDied, *_TIMEOUTS):
+    """The task ran longer than its timeout (the pool's, or the call's), so
+    its worker was killed: a WorkerDied of cause ``timeout``.
+
+    It is also a TimeoutError (and a concurrent.futures.TimeoutError), as
+    the exception of a task that pebble's ProcessPool.schedule(timeout=...)
+    stopped is: code that catches TimeoutError around a task's result keeps
+    working. (AsyncResult.get(timeout) and an imap's next(timeout) raise
+    multiprocessing.TimeoutError when they stop waiting, as
+    multiprocessing's do: the task goes on.)"""
+
+
+def death(cause: str) -> type:
+    """The class of the exception of a task whose worker died of cause."""
+    return TaskTimeout if cause == "timeout" else WorkerDied
 
 
 class TaskCancelled(TaskFailed):

@@ -6,7 +6,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from . import _launch
-from ._options import EngineOptions, check_context, parse_size
+from ._options import EngineOptions, check_chunksize, check_context, parse_size
 
 __all__ = ["Executor"]
 
@@ -21,7 +21,9 @@ def _log_broken(error: BaseException) -> None:
 class _Future(concurrent.futures.Future):
     """A Future of an Executor, whose result() and exception() raise
     RuntimeError rather than wait forever when a done callback of the same
-    executor calls them before it is done (see _Core.forbid_wait)."""
+    executor calls them before it is done (see _Core.forbid_wait), and
+    which concurrent.futures.wait() and as_completed() see done as soon as
+    it is cancelled."""
 
     def __init__(self, core):
         super().__init__()
@@ -36,6 +38,15 @@ class _Future(concurrent.futures.Future):
         if not self.done():
             self._core.forbid_wait()
         return super().exception(timeout)
+
+    def cancel(self):
+        # Tell wait() and as_completed() at once, not when the future's
+        # turn to be sent comes (see _jobs._notify_cancelled).
+        if not super().cancel():
+            return False
+        from ._jobs import _notify_cancelled
+        _notify_cancelled(self)
+        return True
 
 
 class Executor(concurrent.futures.Executor):
@@ -151,6 +162,7 @@ class Executor(concurrent.futures.Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._core.check_running()
+        chunksize = check_chunksize(chunksize)
         if buffersize is not None and buffersize < 1:
             raise ValueError("buffersize must be at least 1")
         from ._core import STAR

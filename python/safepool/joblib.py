@@ -40,6 +40,12 @@ __all__ = ["SafepoolBackend"]
 
 DEATHS = ("return", "raise")
 
+# joblib 1.3 and later take a batch's outcome in the thread that completes
+# it (the backend's supports_retrieve_callback and retrieve_result_callback),
+# which return_as="generator" and "generator_unordered" need; joblib 1.2
+# calls get() on the object apply_async returned, from its own thread.
+_RETRIEVE = hasattr(ParallelBackendBase, "supports_retrieve_callback")
+
 
 class SafepoolBackend(AutoBatchingMixin, ParallelBackendBase):
     """joblib's ParallelBackend on a safepool.Pool: one pool per Parallel
@@ -48,6 +54,7 @@ class SafepoolBackend(AutoBatchingMixin, ParallelBackendBase):
     supports_timeout = True
     supports_sharedmem = False
     uses_threads = False
+    supports_retrieve_callback = _RETRIEVE
 
     def __init__(self, nesting_level: Optional[int] = None, inner_max_num_threads: Optional[int] = None,
                  deaths: str = "return", **pool_kwargs: Any):
@@ -105,6 +112,15 @@ class SafepoolBackend(AutoBatchingMixin, ParallelBackendBase):
         result.res = pool._map_async(fn, args, len(args) or 1, mode, result.completed, None, "return")
         return result
 
+    # joblib 1.5 and later name it submit (apply_async is deprecated there).
+    submit = apply_async
+
+    def retrieve_result_callback(self, out):
+        """joblib 1.3 and later: the batch's results, from out (what
+        apply_async returned, which the callback is called with), or
+        raise its failure. Called in the thread that completed it."""
+        return out.outcome()
+
     def terminate(self):
         """Stop the pool: its workers are killed."""
         if self._pool is not None:
@@ -115,9 +131,13 @@ class SafepoolBackend(AutoBatchingMixin, ParallelBackendBase):
         """A task raised: stop the rest at once. ensure_ready: the next
         batches get a new pool."""
         self.terminate()
-        if ensure_ready and getattr(self, "parallel", None) is not None:
-            self.configure(n_jobs=self.parallel.n_jobs, parallel=self.parallel,
-                           **self.parallel._backend_args)
+        parallel = getattr(self, "parallel", None)
+        if ensure_ready and parallel is not None:
+            # joblib 1.5 renamed _backend_args _backend_kwargs.
+            kwargs = getattr(parallel, "_backend_kwargs", None)
+            if kwargs is None:
+                kwargs = getattr(parallel, "_backend_args", {})
+            self.configure(n_jobs=parallel.n_jobs, parallel=parallel, **kwargs)
 
 
 class _BatchResult:
@@ -128,6 +148,7 @@ class _BatchResult:
         self.callback = callback
         self.single = single
         self.res = None
+        self.values = None  # the batch's results, once completed
 
     def _raised(self, values):
         """The exception that get() raises, or None: the first failure
@@ -140,17 +161,29 @@ class _BatchResult:
 
     def completed(self, values):
         # From the pool's thread: tell joblib the batch is done, which
-        # dispatches the next one. A batch that will raise does not: joblib
-        # stops at its get().
-        if self.callback is not None and self._raised(values) is None:
+        # dispatches the next one. joblib 1.3 and later take the outcome
+        # from this call (retrieve_result_callback), failure included: a
+        # batch whose callback never came would be waited for forever.
+        # joblib 1.2 stops at the get() of a batch that will raise, and is
+        # not told of it here.
+        self.values = values
+        if self.callback is None:
+            return
+        if _RETRIEVE:
+            self.callback(self)
+        elif self._raised(values) is None:
             self.callback(values[0] if self.single else values)
 
-    def get(self, timeout=None):
-        values = self.res.get(timeout)
-        e = self._raised(values)
+    def outcome(self):
+        """The results of the completed batch, or raise its failure."""
+        e = self._raised(self.values)
         if e is not None:
             raise e
-        return values[0] if self.single else values
+        return self.values[0] if self.single else self.values
+
+    def get(self, timeout=None):
+        self.values = self.res.get(timeout)
+        return self.outcome()
 
 
 register_parallel_backend("safepool", SafepoolBackend)

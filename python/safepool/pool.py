@@ -5,7 +5,7 @@ import sys
 import warnings
 
 from . import _launch
-from ._options import EngineOptions, check_context, parse_size
+from ._options import EngineOptions, check_chunksize, check_context, parse_size
 
 # Pool() starts the binary before it imports the rest of the client (see
 # _launch), so this module imports it only where it is used: _core, _jobs,
@@ -85,7 +85,9 @@ class Pool:
             worker when it starts. A worker whose initializer raises dies,
             and the pool breaks after a few such deaths in a row.
         maxtasksperchild: replace a worker after this many tasks (items;
-            multiprocessing counts batches). Same as max_tasks_per_child.
+            multiprocessing counts batches). A batch is never cut at the
+            limit: imap then sends batches of one unless given a
+            chunksize. Same as max_tasks_per_child.
         context: None, or a start method that means what safepool's
             workers are anyway: "spawn" or "forkserver", by name or as a
             multiprocessing context. "fork" raises ValueError: safepool
@@ -235,9 +237,7 @@ class Pool:
         per worker, as multiprocessing does, but no less than BATCH_WORK of
         the function's recent time per item, up to an equal share."""
         if chunksize is not None:
-            if chunksize < 1:
-                raise ValueError("chunksize must be at least 1")
-            return chunksize
+            return chunksize  # checked by the call (check_chunksize)
         workers = self._core.processes
         size = max(-(-n // (workers * 4)), 1)
         per = self._core.time_per_item(fn_bytes)
@@ -250,10 +250,13 @@ class Pool:
         from ._core import _Chunk
         from ._jobs import AsyncResult
         self._check()
+        chunksize = check_chunksize(chunksize)
         # A range is cut into ranges: a chunk travels as range(a, b), not
         # as the list of its numbers, which the client would make, pickle
-        # and keep, and each worker unpickle.
-        items = iterable if isinstance(iterable, (list, range)) else list(iterable)
+        # and keep, and each worker unpickle. A list is sliced, but not a
+        # subclass of list: its items are what its own __iter__ gives (as
+        # multiprocessing reads them), which slicing would bypass.
+        items = iterable if type(iterable) in (list, range) else list(iterable)
         display = None
         if progress:
             from . import _progress
@@ -261,13 +264,19 @@ class Pool:
         res = AsyncResult(self._core, fn, mode, len(items), False, callback, error_callback, errors, display,
                           pool=self)
         cs = self._chunksize(len(items), chunksize, res._job.fn_bytes)
-        for start in range(0, len(items), cs):
-            part = items[start:start + cs]
-            self._core.submit(_Chunk(res._job, range(start, start + len(part)), part), wake=not wait)
-        if wait:
-            # The caller waits for the results: it writes the chunks itself
-            # (see _Core.send_queued).
-            self._core.send_queued()
+        if not wait:
+            for start in range(0, len(items), cs):
+                part = items[start:start + cs]
+                self._core.submit(_Chunk(res._job, range(start, start + len(part)), part))
+            return res
+        # The caller waits for the results: it writes the chunks itself (see
+        # _Core.send_queued), with Ctrl-C held back until the frame it is
+        # writing is whole; then it leaves the rest to the writer thread.
+        with self._core.interrupts_deferred() as deferred:
+            for start in range(0, len(items), cs):
+                part = items[start:start + cs]
+                self._core.submit(_Chunk(res._job, range(start, start + len(part)), part), wake=False)
+            self._core.send_queued(deferred.pending)
         return res
 
     def _journaled_imap(self, func, iterable, chunksize, ordered, errors, progress):
@@ -275,12 +284,14 @@ class Pool:
         if self._journal is None:
             return None
         self._check()
+        chunksize = check_chunksize(chunksize)
         return self._journal.imap(self, func, iterable, chunksize, ordered, errors, progress)
 
     def _imap(self, func, iterable, chunksize, ordered, errors, progress, on_ready=None, on_settle=None):
         from ._core import MAP
         from ._jobs import IterResult
         self._check()
+        chunksize = check_chunksize(chunksize)
         display = None
         if progress:
             from . import _progress

@@ -2,12 +2,16 @@
 import asyncio
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import textwrap
 import time
 import unittest
 
 import safepool
 from tests import helpers
+from tests.support import PYTHON_DIR, child_env
 
 
 def wait_file(path, limit=60.0):
@@ -144,6 +148,42 @@ class AsyncPoolTest(unittest.TestCase):
                 self.assertTrue(all(c.done() for c in calls))
                 self.assertEqual([c.result() for c in calls], [0.2] * 4)
         self.run_async(main())
+
+    def test_close_after_an_imap_left_half_way(self):
+        # close() runs the whole input of every imap still alive (as
+        # Pool.close does); one left half way is not, so an endless input
+        # must not hold close(). It goes at once, without the collector
+        # (disabled here): it used to live in a reference cycle. (In a
+        # child: a hang must fail the test, not stop it.)
+        code = textwrap.dedent("""
+            import asyncio, gc, itertools, safepool
+            from tests import helpers
+
+            async def main():
+                async with safepool.AsyncPool(2) as pool:
+                    async for v in pool.imap(helpers.square, itertools.count()):
+                        if v > 100:
+                            break
+                    await pool.close()
+                    print("closed", flush=True)
+
+            gc.disable()
+            asyncio.run(main())
+        """)
+        try:
+            out = subprocess.run([sys.executable, "-c", code], env=child_env(), cwd=PYTHON_DIR,
+                                 capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            self.fail("close() waited for the input of an imap left half way")
+        self.assertEqual((out.returncode, out.stdout), (0, "closed\n"), out.stderr)
+
+    def test_imap_results_after_close(self):
+        async def main():
+            async with safepool.AsyncPool(2) as pool:
+                it = pool.imap(helpers.square, range(300))
+                await pool.close()
+                return [v async for v in it]
+        self.assertEqual(self.run_async(main()), [i * i for i in range(300)])
 
     def test_not_started(self):
         async def main():

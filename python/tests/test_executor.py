@@ -102,6 +102,44 @@ class SafepoolShutdown(ShutdownCancelFutures, unittest.TestCase):
         return safepool.Executor(n)
 
 
+class CancelledFuturesAreDone(unittest.TestCase):
+    """concurrent.futures.wait() and as_completed() count a cancelled future
+    as done only once its executor has called set_running_or_notify_cancel()
+    on it. A future cancelled before it was sent used to stay out of their
+    reach, and wait() on it waited forever."""
+
+    def _busy_executor(self):
+        """An executor of one worker held busy until the cleanup, with
+        futures queued behind it (at most two are sent ahead)."""
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        started, release = os.path.join(d, "started"), os.path.join(d, "release")
+        ex = safepool.Executor(1)
+        self.addCleanup(ex.shutdown, wait=True)
+        self.addCleanup(lambda: open(release, "w").close())
+        ex.submit(helpers.hold, started, release)
+        self.assertTrue(wait_for(lambda: os.path.exists(started)), "the first task never started")
+        return ex, [ex.submit(helpers.square, i) for i in range(6)]
+
+    def test_wait_on_a_cancelled_future(self):
+        ex, queued = self._busy_executor()
+        last = queued[-1]
+        self.assertTrue(last.cancel())
+        done, not_done = concurrent.futures.wait([last], timeout=10)
+        self.assertEqual((done, not_done), ({last}, set()))
+        self.assertEqual(list(concurrent.futures.as_completed([last], timeout=10)), [last])
+        self.assertTrue(last.cancel())  # cancelling again says so, and changes nothing
+
+    def test_wait_on_futures_cancelled_by_shutdown(self):
+        # (ProcessPoolExecutor leaves these out of wait()'s reach too.)
+        ex, queued = self._busy_executor()
+        ex.shutdown(wait=False, cancel_futures=True)
+        cancelled = [f for f in queued if f.cancelled()]
+        self.assertGreaterEqual(len(cancelled), 3)
+        done, not_done = concurrent.futures.wait(cancelled, timeout=10)
+        self.assertEqual(not_done, set())
+
+
 class ExecutorTest(unittest.TestCase):
     def test_is_an_executor(self):
         with safepool.Executor(2) as ex:
@@ -181,6 +219,25 @@ class ExecutorTest(unittest.TestCase):
     def test_map_several_iterables(self):
         with safepool.Executor(2) as ex:
             self.assertEqual(list(ex.map(helpers.add, [1, 2, 3], [10, 20, 30])), [11, 22, 33])
+
+    def test_map_bad_chunksize_raises_from_the_call(self):
+        # As ProcessPoolExecutor.map. A negative chunksize used to reach the
+        # thread that reads the input unchecked, and the map waited forever.
+        with safepool.Executor(1) as ex:
+            for bad in (0, -1):
+                with self.assertRaisesRegex(ValueError, "chunksize must be at least 1"):
+                    ex.map(helpers.square, range(3), chunksize=bad)
+            self.assertEqual(list(ex.map(helpers.square, range(3), chunksize=10 ** 9, timeout=60)), [0, 1, 4])
+
+    def test_map_results_after_shutdown(self):
+        # As ProcessPoolExecutor, whose map submits all at once: shutdown()
+        # waits for the whole map, and its results are all there after.
+        # safepool's map reads ahead only a few batches, and it used to
+        # end after them, without an error.
+        ex = safepool.Executor(2)
+        it = ex.map(helpers.square, range(300))
+        ex.shutdown(wait=True)
+        self.assertEqual(list(it), [i * i for i in range(300)])
 
     def test_shutdown(self):
         ex = safepool.Executor(1)

@@ -110,6 +110,40 @@ else:
             self.assertTrue(first & second, "the second call ran on other workers: %s %s" % (first, second))
             self.assertNotIn(os.getpid(), first | second)
 
+        def test_exception_then_another_call_in_a_parallel_block(self):
+            # A task that raises makes the backend start a new pool for the
+            # block's next call, with the block's keywords (which joblib
+            # 1.5 renamed: the backend used to fail with AttributeError).
+            with Parallel(backend="safepool", n_jobs=2) as parallel:
+                with self.assertRaises(ValueError):
+                    parallel(delayed(helpers.fail_at)(i) for i in range(10))
+                self.assertEqual(parallel(delayed(helpers.square)(i) for i in range(6)), [0, 1, 4, 9, 16, 25])
+
+        def test_results_as_a_generator(self):
+            # joblib 1.3 and later: return_as="generator" (and, from 1.4,
+            # "generator_unordered") needs a backend that takes each
+            # batch's outcome in the thread that completes it; the backend
+            # used to be refused ("does not support return_as=generator").
+            # joblib 1.2 has no return_as.
+            if not hasattr(joblib.parallel.ParallelBackendBase, "supports_retrieve_callback"):
+                with self.assertRaises(TypeError):
+                    Parallel(backend="safepool", n_jobs=2, return_as="generator")
+                return
+            with Parallel(backend="safepool", n_jobs=2, return_as="generator") as parallel:
+                out = parallel(delayed(helpers.kill_self_at)(i) for i in range(12))
+                self.assertNotIsInstance(out, list)
+                out = list(out)
+                self.assertIsInstance(out[7], safepool.WorkerDied)
+                self.assertEqual(out[:7] + out[8:], [i * i for i in range(12) if i != 7])
+                got = []
+                with self.assertRaises(ValueError):
+                    for v in parallel(delayed(helpers.fail_at)(i, at=9) for i in range(12)):
+                        got.append(v)
+                self.assertLess(len(got), 9)
+            unordered = Parallel(backend="safepool", n_jobs=2, return_as="generator_unordered")
+            self.assertEqual(sorted(unordered(delayed(helpers.sleep_for)(x) for x in (0.3, 0.1, 0.2, 0))),
+                             [0, 0.1, 0.2, 0.3])
+
         def test_n_jobs(self):
             backend = safepool.joblib.SafepoolBackend()
             self.assertEqual(backend.effective_n_jobs(-1), joblib.cpu_count())

@@ -141,6 +141,52 @@ class InterruptedStart(unittest.TestCase):
         self._interrupt_starts(lambda: Executor(2))
 
 
+CTRL_C_DURING_MAP = """
+import os, signal, threading, time, safepool
+from tests import helpers
+if __name__ == "__main__":
+    pool = safepool.Pool(2)
+    pool.map(helpers.square, range(4))
+    items = [list(range(20000)) for _ in range(300)]  # slow to pickle: map writes them itself
+    interrupted = 0
+    for delay in (0.005, 0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2):
+        timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        try:
+            try:
+                pool.map(len, items, 1)
+            finally:
+                timer.join()  # a map done before the signal: it comes here
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            interrupted += 1
+    print(interrupted > 0, pool.map(helpers.square, range(5)), flush=True)
+    pool.close()
+    pool.join()
+    print("joined", flush=True)
+"""
+
+
+class CtrlCDuringMap(unittest.TestCase):
+    def test_pool_works_after_ctrl_c_in_map(self):
+        # Pool.map pickles and writes its batches in the calling thread. A
+        # Ctrl-C there used to leave the pool with no thread to write for
+        # it (and could lose a batch, or cut a frame short): every later
+        # call and join() waited forever. multiprocessing's pool goes on.
+        d = tempfile.mkdtemp()
+        self.addCleanup(lambda: __import__("shutil").rmtree(d))
+        script = os.path.join(d, "parent.py")
+        with open(script, "w") as f:
+            f.write(CTRL_C_DURING_MAP)
+        try:
+            out = subprocess.run(python_sigint_default(script), env=child_env(), capture_output=True, text=True,
+                                 timeout=120, cwd=PYTHON_DIR)
+        except subprocess.TimeoutExpired as e:
+            self.fail("the pool hung after Ctrl-C in map: %s" % (e.stdout,))
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout, "True [0, 1, 4, 9, 16]\njoined\n")
+
+
 class Dropped(unittest.TestCase):
     """A pool or executor that the program drops without closing it is
     stopped, as multiprocessing's and concurrent.futures' are: its binary

@@ -1,5 +1,6 @@
 """Per-call and pool-wide limits: timeout, soft_timeout, retry_on, mem and
 wait_timeout, on real worker processes."""
+import concurrent.futures
 import os
 import tempfile
 import time
@@ -38,6 +39,35 @@ class TaskTimeout(unittest.TestCase):
                 slow.result(20)
             self.assertEqual(cm.exception.cause, "timeout")
             self.assertIsNone(neighbour.result(20))
+
+    def test_timeout_is_a_timeout_error(self):
+        # As pebble's ProcessPool.schedule(timeout=...): the task's future
+        # fails with an exception that `except TimeoutError` (and
+        # concurrent.futures.TimeoutError) catches, its worker is killed,
+        # and the next task runs on a fresh one.
+        with safepool.Executor(1) as ex:
+            slow = ex.submit_with(helpers.pid_of, (), timeout=30)
+            first = slow.result(20)
+            late = ex.submit_with(time.sleep, (30,), timeout=0.5)
+            after = ex.submit(helpers.pid_of)
+            try:
+                late.result(20)
+            except TimeoutError as e:
+                caught = e
+            self.assertIsInstance(caught, concurrent.futures.TimeoutError)
+            self.assertIsInstance(caught, safepool.TaskTimeout)
+            self.assertIsInstance(caught, safepool.WorkerDied)
+            self.assertEqual(caught.cause, "timeout")
+            self.assertNotEqual(after.result(20), first)
+        with safepool.Pool(1, timeout=0.5) as pool:
+            out = pool.map(time.sleep, [30, 0], errors="return")
+            self.assertIsInstance(out[0], TimeoutError)
+            self.assertEqual(out[1], None)
+            # A death of another cause is not one.
+            died = pool.apply_async(helpers.kill_self_at, (7,))
+            with self.assertRaises(safepool.WorkerDied) as cm:
+                died.get(20)
+            self.assertNotIsInstance(cm.exception, TimeoutError)
 
     def test_bad_timeout(self):
         with safepool.Pool(1) as pool:

@@ -53,6 +53,14 @@ class Hello(unittest.TestCase):
                 with self.assertRaises(exc):
                     safepool.Executor(1, **kw)
 
+    def test_processes_not_an_int(self):
+        # As multiprocessing.Pool(2.5); the binary used to be started with
+        # it, and the pool broke with a message about the binary's hello.
+        with self.assertRaisesRegex(TypeError, "processes must be an int"):
+            safepool.Pool(2.5)
+        with self.assertRaisesRegex(TypeError, "processes must be an int"):
+            safepool.Executor(2.5)
+
     def test_unknown_keyword(self):
         with self.assertRaises(TypeError):
             safepool.Pool(1, mem_bugdet="1GiB")

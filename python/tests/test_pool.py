@@ -1,5 +1,6 @@
 """safepool.Pool: results, failures, policies and worker deaths, on real processes."""
 import functools
+import itertools
 import os
 import shutil
 import subprocess
@@ -113,6 +114,32 @@ class PoolBasics(unittest.TestCase):
         self.assertEqual([next(it), next(it)], [1, 4])
         with self.assertRaises(RuntimeError):
             next(it)
+
+    def test_map_reads_a_list_subclass_as_it_iterates(self):
+        # multiprocessing reads the input by iterating it; slicing a list
+        # subclass whose __iter__ gives other items returned the wrong
+        # results, without an error.
+        doubled = helpers.Doubled([1, 2, 3])
+        self.assertEqual(self.pool.map(helpers.square, doubled), [4, 16, 36])
+        self.assertEqual(self.pool.map_async(helpers.square, doubled, 1).get(60), [4, 16, 36])
+
+    def test_bad_chunksize_raises_from_the_call(self):
+        # As multiprocessing's imap, every call refuses a chunksize below 1
+        # at once. imap's input is read by a thread of its own: a negative
+        # chunksize used to reach it unchecked and stop it from submitting
+        # anything, and the iterator waited forever; 0 was taken as 1.
+        calls = {"map": self.pool.map, "map_async": self.pool.map_async, "starmap": self.pool.starmap,
+                 "imap": self.pool.imap, "imap_unordered": self.pool.imap_unordered}
+        for name, call in calls.items():
+            for bad in (0, -3):
+                with self.subTest(call=name, chunksize=bad):
+                    with self.assertRaisesRegex(ValueError, "chunksize must be at least 1"):
+                        call(helpers.square, [(1, 2)] if name == "starmap" else range(5), bad)
+            with self.subTest(call=name, chunksize=2.5):
+                with self.assertRaises(TypeError):
+                    call(helpers.square, range(5), 2.5)
+        self.assertEqual(list(self.pool.imap(helpers.square, range(5), 10 ** 9)), [0, 1, 4, 9, 16])
+        self.assertEqual(list(self.pool.imap(helpers.square, range(5), True)), [0, 1, 4, 9, 16])
 
     def test_exception_with_remote_traceback(self):
         with self.assertRaises(ValueError) as cm:
@@ -229,6 +256,65 @@ class PoolBasics(unittest.TestCase):
     def test_task_output_goes_to_stdout(self):
         # A task's prints must not corrupt the protocol.
         self.assertEqual(self.pool.map(helpers.print_and_return, range(3)), [0, 1, 2])
+
+
+class ImapAndClose(unittest.TestCase):
+    """An imap reads its input lazily, a few batches ahead of its consumer;
+    close() and join() must still run all of it, as multiprocessing's do,
+    and terminate() must not pass the input's cut for its end."""
+
+    def test_results_after_close_and_join(self):
+        # The pattern of many tutorials: the results are read after join.
+        # join() used to return once the few items read ahead were done,
+        # and the iterators then ended there, without an error.
+        pool = safepool.Pool(2)
+        self.addCleanup(pool.terminate)
+        ordered = pool.imap(helpers.square, range(300))
+        unordered = pool.imap_unordered(helpers.square, iter(range(200)), 3)
+        pool.close()
+        pool.join()
+        self.assertEqual(list(ordered), [i * i for i in range(300)])
+        self.assertEqual(sorted(unordered), [i * i for i in range(200)])
+
+    def test_dropped_iterator_does_not_hold_join(self):
+        # A dropped iterator's input is not read on: an endless one does
+        # not keep join() from returning.
+        pool = safepool.Pool(2)
+        self.addCleanup(pool.terminate)
+        self.assertEqual(next(pool.imap(helpers.square, itertools.count())), 0)
+        pool.close()
+        pool.join()
+
+    def test_terminate_says_the_rest_never_ran(self):
+        pool = safepool.Pool(1)
+        self.addCleanup(pool.terminate)
+        it = pool.imap(helpers.sleep_for, itertools.repeat(0.01, 1000), 1)
+        self.assertEqual(next(it), 0.01)
+        pool.terminate()
+        values, failures = [], []
+        while True:
+            try:
+                values.append(next(it))
+            except StopIteration:
+                break
+            except safepool.TaskCancelled as e:
+                failures.append(e)
+        self.assertLess(len(values), 999)
+        self.assertTrue(failures, "the iterator ended at the cut as if the input ended there")
+        self.assertIn("never ran", str(failures[-1]))
+
+
+class MaxTasksPerChild(unittest.TestCase):
+    def test_imap_runs_each_item_in_a_fresh_worker(self):
+        # As multiprocessing's imap (batches of one by default) with
+        # maxtasksperchild=1: no item shares a worker. imap's batches used
+        # to grow with quick items, and a worker ran a whole batch.
+        with safepool.Pool(1, maxtasksperchild=1) as pool:
+            pids = list(pool.imap(helpers.pid_of, range(24)))
+        self.assertEqual(len(set(pids)), 24)
+        with safepool.Executor(1, max_tasks_per_child=1) as ex:
+            pids = list(ex.map(helpers.pid_of, range(12)))
+        self.assertEqual(len(set(pids)), 12)
 
 
 class WorkerDeath(unittest.TestCase):
