@@ -29,6 +29,7 @@ joblib batched several tasks together: the worker records which one ran.
 """
 from __future__ import annotations
 
+import queue
 from typing import Any, Optional
 
 import joblib
@@ -132,6 +133,16 @@ class SafepoolBackend(AutoBatchingMixin, ParallelBackendBase):
         batches get a new pool."""
         self.terminate()
         parallel = getattr(self, "parallel", None)
+        # joblib before 1.3 keeps the batches it had cut from the failed
+        # call's input and not yet sent (Parallel._ready_batches), and sends
+        # them first at the block's next call, whose results then began
+        # with the failed call's. They belong to the call that failed.
+        ready = getattr(parallel, "_ready_batches", None)
+        while ready is not None:
+            try:
+                ready.get_nowait()
+            except queue.Empty:
+                break
         if ensure_ready and parallel is not None:
             # joblib 1.5 renamed _backend_args _backend_kwargs.
             kwargs = getattr(parallel, "_backend_kwargs", None)
