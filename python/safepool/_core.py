@@ -169,6 +169,27 @@ class _Core:
 
         ahead bounds the items of windowed jobs (an Executor's futures)
         sent without a result; 0 means no bound other than the binary's."""
+        launch.taken = True  # this object ends the binary from here on
+        try:
+            self._take_over(launch, ahead)
+        except BaseException:
+            # Ctrl-C (KeyboardInterrupt) while the binary starts, in a
+            # program that goes on: no pool owns the binary, and the reader
+            # thread would keep this object, and the pipe to the binary,
+            # open until the program exits, the binary and its workers
+            # running all along. Closing the pipe makes the binary kill
+            # its workers and exit.
+            if getattr(self, "_out", None) is None:
+                launch.abandon()
+            else:
+                self._release()
+                if not self._proc.wait(5.0):
+                    self._proc.kill()
+                    self._proc.wait()
+            raise
+
+    def _take_over(self, launch, ahead):
+        """__init__'s work."""
         self.processes = launch.processes
         self._one_item_batches = getattr(launch, "one_item_batches", False)
         self.retries = launch.retries
@@ -249,28 +270,15 @@ class _Core:
         # direct records name their batch by its region).
         self._regions: dict[int, int] = {}
         self._reader = threading.Thread(target=self._read_loop, name="safepool-reader", daemon=True)
-        try:
-            self._reader.start()
-            self._ready.wait()
-            if self._broken is not None:
-                self.terminate(wait=5.0)
-                raise self._broken
-            self._window = int(self._ready_info.get("max_pending") or 0)
-            self._writer = threading.Thread(target=self._write_loop, name="safepool-writer", daemon=True)
-            self._writer.start()
-            _live_cores.add(self)
-        except BaseException:
-            # Ctrl-C (KeyboardInterrupt) while the binary starts, in a
-            # program that goes on: no pool owns the binary, and the reader
-            # thread would keep this object, and the pipe to the binary,
-            # open until the program exits, the binary and its workers
-            # running all along. Closing the pipe makes the binary kill
-            # its workers and exit.
-            self._release()
-            if not self._proc.wait(5.0):
-                self._proc.kill()
-                self._proc.wait()
-            raise
+        self._reader.start()
+        self._ready.wait()
+        if self._broken is not None:
+            self.terminate(wait=5.0)
+            raise self._broken
+        self._window = int(self._ready_info.get("max_pending") or 0)
+        self._writer = threading.Thread(target=self._write_loop, name="safepool-writer", daemon=True)
+        self._writer.start()
+        _live_cores.add(self)
 
     # ---- properties -------------------------------------------------------
 

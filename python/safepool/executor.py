@@ -88,19 +88,23 @@ class Executor(concurrent.futures.Executor):
                                 backoff=backoff, max_backoff=max_backoff,
                                 task_error_retries=task_error_retries, soft_timeout=soft_timeout,
                                 retry_on=retry_on, wait_timeout=wait_timeout, nats=nats)
-        launch = _launch.Launch(max_workers, initializer=initializer, initargs=initargs, retries=retries,
-                                on_worker_death=on_worker_death, timeout=timeout, mem_limit=parse_size(mem_limit),
-                                max_tasks_per_child=max_tasks_per_child, max_rss=parse_size(max_rss),
-                                grace=grace, options=options)
+        launch = None
         try:
+            launch = _launch.Launch(max_workers, initializer=initializer, initargs=initargs, retries=retries,
+                                    on_worker_death=on_worker_death, timeout=timeout,
+                                    mem_limit=parse_size(mem_limit), max_tasks_per_child=max_tasks_per_child,
+                                    max_rss=parse_size(max_rss), grace=grace, options=options)
             from ._core import _Core
+            # As ProcessPoolExecutor's call queue: at most one future more
+            # than there are workers is sent ahead. A future is running once
+            # sent, so shutdown(cancel_futures=True) cancels all the others.
+            self._core = _Core(launch, ahead=launch.processes + 1)
         except BaseException:
-            launch.abandon()
+            # Ctrl-C between the binary's start and the executor's taking
+            # it: nobody else would end it.
+            if launch is not None and not getattr(launch, "taken", False):
+                launch.abandon()
             raise
-        # As ProcessPoolExecutor's call queue: at most one future more than
-        # there are workers is sent ahead. A future is running once sent, so
-        # shutdown(cancel_futures=True) cancels all the others.
-        self._core = _Core(launch, ahead=launch.processes + 1)
         self._core.on_broken = _log_broken
         self._shutdown = False
         self._lock = threading.Lock()

@@ -178,18 +178,22 @@ class Pool:
                                 backoff=backoff, max_backoff=max_backoff,
                                 task_error_retries=task_error_retries, soft_timeout=soft_timeout,
                                 retry_on=retry_on, wait_timeout=wait_timeout, nats=nats)
-        launch = _launch.Launch(processes, initializer=initializer, initargs=initargs, retries=retries,
-                                on_worker_death=on_worker_death, timeout=timeout,
-                                mem_limit=parse_size(mem_limit),
-                                max_tasks_per_child=max_tasks_per_child or maxtasksperchild,
-                                max_rss=parse_size(max_rss), grace=grace, options=options)
+        launch = None
         try:
+            launch = _launch.Launch(processes, initializer=initializer, initargs=initargs, retries=retries,
+                                    on_worker_death=on_worker_death, timeout=timeout,
+                                    mem_limit=parse_size(mem_limit),
+                                    max_tasks_per_child=max_tasks_per_child or maxtasksperchild,
+                                    max_rss=parse_size(max_rss), grace=grace, options=options)
             from ._core import _Core
+            ahead = launch.processes + 1 if self._futures_ahead else 0
+            self._core = _Core(launch, ahead=ahead)
         except BaseException:
-            launch.abandon()
+            # Ctrl-C between the binary's start and the pool's taking it:
+            # nobody else would end it.
+            if launch is not None and not getattr(launch, "taken", False):
+                launch.abandon()
             raise
-        ahead = launch.processes + 1 if self._futures_ahead else 0
-        self._core = _Core(launch, ahead=ahead)
         if journal is not None:
             # Opened once the binary runs: see _options.
             try:
