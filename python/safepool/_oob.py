@@ -57,6 +57,7 @@ by a header (see _TASK and _RESULT) and the pickle, or DIRECT_ENVELOPE
 followed by the header alone (its last span is the pickle). Small payloads
 carry only the header naming the inbox region.
 """
+import errno
 import mmap
 import os
 import struct
@@ -491,7 +492,7 @@ def worker_decode(payload):
     if n:
         own = open_fd(pid, fd, ino)
         try:
-            mm = mmap.mmap(own, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            mm = _map_arguments(own, size)
         finally:
             os.close(own)
         view = memoryview(mm)
@@ -499,6 +500,37 @@ def worker_decode(payload):
     if env == DIRECT_ENVELOPE:
         return _loads(buffers.pop(), buffers=buffers)
     return _loads(memoryview(payload)[pos:], buffers=buffers)
+
+
+def _data_limit():
+    """This worker's data size limit (RLIMIT_DATA) in bytes, or 0 for none."""
+    if _data_limit_of[0] is None:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_DATA)[0]
+        _data_limit_of[0] = 0 if soft == resource.RLIM_INFINITY else soft
+    return _data_limit_of[0]
+
+
+_data_limit_of = [None]
+
+
+def _map_arguments(fd, size):
+    """Map a task's argument file: copy-on-write, so that its arrays are
+    writable and the writes stay here. A worker held to a memory limit
+    without a cgroup (a data size limit, docs/memory.md) is charged by the
+    kernel for the whole of a writable private mapping at once, pages
+    read or not: there an argument file of more than a quarter of the
+    limit, or one that the limit refuses, is mapped read-only, which is
+    charged for nothing (its arrays are then read-only, as a shared
+    array's are)."""
+    limit = _data_limit()
+    if not limit or size <= limit // 4:
+        try:
+            return mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as e:
+            if not limit or e.errno != errno.ENOMEM:
+                raise
+    return mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
 
 
 def worker_slots(count):

@@ -432,5 +432,30 @@ else:
             out = run_client(self, UNPRIVILEGED, nobody_only=True)
             self.assertEqual(out.stdout.strip(), "ok", out.stderr[-3000:])
 
+        def test_big_argument_under_a_data_limit(self):
+            # Without a cgroup per worker, mem_limit is held by a data size
+            # limit, which charges a writable private mapping in full: an
+            # argument larger than the limit, which the worker only reads
+            # and which costs it no private memory, failed with "Cannot
+            # allocate memory" as the task's error.
+            out = run_client(self, textwrap.dedent("""
+                import numpy, safepool
+                from tests import shared_helpers as sh
+                with safepool.Pool(1, mem_limit="200MiB") as pool:
+                    if pool.memory_mode.startswith("cgroup"):
+                        print("mode", pool.memory_mode)
+                        raise SystemExit
+                    big = numpy.ones(300 << 17)  # 300 MiB
+                    in_memfd, writable, total = pool.apply(sh.arg_info, (big,))
+                    assert in_memfd and not writable and total == big.size, (in_memfd, writable, total)
+                    # A small argument stays writable, as with multiprocessing.
+                    in_memfd, writable, total = pool.apply(sh.arg_info, (numpy.zeros(1 << 20),))
+                    assert in_memfd and writable and total == 1 << 20, (in_memfd, writable, total)
+                print("ok")
+            """), nobody_only=True)
+            if out.stdout.startswith("mode"):
+                skip_or_fail(self, "workers got cgroups as nobody (%s)" % out.stdout.strip())
+            self.assertEqual(out.stdout.strip(), "ok", out.stderr[-3000:])
+
 if __name__ == "__main__":
     unittest.main()
