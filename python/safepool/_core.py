@@ -442,6 +442,7 @@ class _Core:
                     self._settle(job, pos, False, e)
                 return
         n = len(items)
+        job.sent(n, len(payload) + (ticket.size if ticket is not None else 0))
         # Task numbers must follow each other without gaps: number only
         # what is written, and record it before the answer can come. The
         # batch holds its ticket until every item of it has its result.

@@ -344,10 +344,11 @@ class Ticket:
     punched: fallocate through ctypes costs a system call and a hand-off of
     the interpreter's lock for every batch, which on small batches is most
     of what the client does."""
-    __slots__ = ("fd", "inbox", "region", "dirty", "__weakref__")
+    __slots__ = ("fd", "inbox", "region", "dirty", "size", "__weakref__")
 
-    def __init__(self, fd, inbox, region):
+    def __init__(self, fd, inbox, region, size=0):
         self.fd, self.inbox, self.region, self.dirty = fd, inbox, region, False
+        self.size = size  # the argument file's bytes
 
     def release(self):
         fd, self.fd = self.fd, -1
@@ -404,7 +405,7 @@ def encode(obj, main_importable=True):
                 os.close(fd)
                 raise
             ino = os.fstat(fd).st_ino
-    ticket = Ticket(fd, box or None, region)
+    ticket = Ticket(fd, box or None, region, size)
     head = _TASK.pack(DIRECT_ENVELOPE if direct else ENVELOPE, os.getpid(), box.fd if box else -1,
                       box.ino if box else 0, region, fd, ino, size, len(spans))
     return b"".join([head] + [_SPAN.pack(*s) for s in spans] + ([] if direct else [data])), ticket

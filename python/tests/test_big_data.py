@@ -1,0 +1,57 @@
+"""Big data through the pool: what the client holds while arguments of some
+MiB each are on their way (safepool._oob, docs/python.md), with real
+workers."""
+import threading
+import unittest
+
+import safepool
+
+MiB = 1 << 20
+
+
+class Input:
+    """An input of n items of size bytes each, which counts how many
+    items were read."""
+
+    def __init__(self, n, size):
+        self.n, self.size, self.read = n, size, 0
+        self.lock = threading.Lock()
+
+    def __iter__(self):
+        for i in range(self.n):
+            with self.lock:
+                self.read += 1
+            yield bytes([i % 256]) * self.size
+
+
+class ReadAhead(unittest.TestCase):
+    def test_imap_bounds_big_items_by_their_bytes(self):
+        # imap read its input ahead by a bound in items, which grows with
+        # the batch size, and the batch size grows while items are quick:
+        # items of 4 MiB were all read ahead (and each held twice, as the
+        # object and in its argument file), and a container's client was
+        # OOM-killed on an input that multiprocessing ran in 120 MiB.
+        for ordered in (True, False):
+            data = Input(60, 4 * MiB)
+            ahead = 0
+            with safepool.Pool(2) as pool:
+                it = pool.imap(len, data) if ordered else pool.imap_unordered(len, data)
+                for consumed, n in enumerate(it, 1):
+                    self.assertEqual(n, 4 * MiB)
+                    threading.Event().wait(0.02)  # a consumer slower than the workers
+                    with data.lock:
+                        ahead = max(ahead, data.read - consumed)
+            # 32 MiB a worker: 16 items of 4 MiB read ahead, and a batch's
+            # worth that the feeder may take before it knows their size.
+            self.assertLessEqual(ahead, 20, "imap(ordered=%s) read %d items of 4 MiB ahead" % (ordered, ahead))
+
+    def test_small_items_still_batch(self):
+        # The bound in bytes leaves small items' batches alone.
+        with safepool.Pool(2) as pool:
+            it = pool.imap(abs, range(-20000, 0))
+            self.assertEqual(sum(it), sum(range(1, 20001)))
+            self.assertGreater(it._chunksize, 64)
+
+
+if __name__ == "__main__":
+    unittest.main()
