@@ -57,6 +57,13 @@ _NOT_DEATHS = frozenset(("", "task-error", "preempted", "cancelled"))
 PER_ITEM_SPAN = 64
 PER_ITEM_FUNCTIONS = 32
 
+# The batches sent and not answered hold at most about this many bytes per
+# worker (their payloads and argument files, which hold a copy of every
+# big argument), beside the binary's bound in batches; but there are always
+# one more of them than the workers, however big. imap reads its input
+# ahead by the same bound (_jobs.IterResult).
+AHEAD_BYTES = 32 << 20
+
 
 def _at_exit():
     for core in list(_live_cores):
@@ -102,10 +109,11 @@ class _Chunk:
 class _Sent:
     """A chunk sent as one batch: its items, and which of them are settled."""
 
-    __slots__ = ("job", "positions", "items", "ticket", "left", "settled")
+    __slots__ = ("job", "positions", "items", "ticket", "left", "settled", "size")
 
-    def __init__(self, job, positions, items, ticket):
+    def __init__(self, job, positions, items, ticket, size=0):
         self.job = job
+        self.size = size  # its bytes as sent: its payload and its argument file
         self.positions = positions  # a range, or a list of positions in the job
         self.items = items
         self.ticket = ticket  # the payload's _oob.Ticket: kept until every item has its result
@@ -151,6 +159,10 @@ class _Core:
         # guarded by _lock: the number of a batch's first item -> its _Sent
         self._inflight: dict[int, _Sent] = {}
         self._window = 0  # most batches in _inflight (the binary's max_pending); 0: no limit
+        # guarded by _lock: the bytes of the batches in _inflight (_Sent.size),
+        # and their bound (AHEAD_BYTES).
+        self._inflight_bytes = 0
+        self._bytes_window = AHEAD_BYTES * max(self.processes, 1)
         self._ahead = ahead  # most items of windowed jobs in _inflight; 0: no limit
         self._ahead_used = 0  # guarded by _lock: items of windowed jobs in _inflight
         self._next_id = 1  # only the thread in the writer's role uses it
@@ -284,6 +296,8 @@ class _Core:
         if self._control:
             return "control", self._control.pop(0)
         room = 1 << 30 if not self._window or len(self._inflight) < self._window else 0
+        if self._inflight_bytes >= self._bytes_window and len(self._inflight) > self.processes:
+            room = 0  # big batches: the reader notifies when one is answered
         if room <= 0 or self._qhead >= len(self._queue):
             if self._out is None or self._ended.is_set():
                 return "exit", None
@@ -442,14 +456,16 @@ class _Core:
                     self._settle(job, pos, False, e)
                 return
         n = len(items)
-        job.sent(n, len(payload) + (ticket.size if ticket is not None else 0))
+        size = len(payload) + (ticket.size if ticket is not None else 0)
+        job.sent(n, size)
         # Task numbers must follow each other without gaps: number only
         # what is written, and record it before the answer can come. The
         # batch holds its ticket until every item of it has its result.
         ident = self._next_id
         self._next_id += n
         with self._lock:
-            self._inflight[ident] = _Sent(job, positions, items, ticket)
+            self._inflight[ident] = _Sent(job, positions, items, ticket, size)
+            self._inflight_bytes += size
             if ticket is not None:
                 self._regions[ticket.region] = ident
         # The call's own timeout and memory hint go to the engine with the
@@ -526,7 +542,10 @@ class _Core:
             del self._inflight[base]
             if sent.ticket is not None and self._regions.get(sent.ticket.region) == base:
                 del self._regions[sent.ticket.region]
-            if len(self._inflight) + 1 == self._window:
+            was = self._inflight_bytes
+            self._inflight_bytes -= sent.size
+            if len(self._inflight) + 1 == self._window or \
+                    self._inflight_bytes < self._bytes_window <= was:
                 self._cond.notify_all()
         return sent, fresh
 

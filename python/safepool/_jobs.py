@@ -7,7 +7,7 @@ import threading
 import time
 import weakref
 
-from ._core import APPLY, _Chunk, dumps_function
+from ._core import AHEAD_BYTES, APPLY, _Chunk, dumps_function
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -18,12 +18,6 @@ _job_ids = itertools.count(1)
 ERRORS = ("raise", "return")
 # SafePool's: a task whose worker died gives None; other failures raise.
 KILLED_NONE = "killed-none"
-
-# imap's items read ahead of its consumer hold at most about this many
-# bytes per worker (the pickles and buffers of its arguments), beside its
-# bound in items; a batch holds at most a quarter of it. At least one item
-# more than the workers is read ahead, however big.
-AHEAD_BYTES = 32 << 20
 
 
 def check_errors(errors: str):
@@ -400,7 +394,8 @@ class IterResult:
         n = 4 * self._core.processes * self._chunksize
         size = self._item_bytes
         if size:
-            # Big items are bounded by their bytes too: each is held twice
+            # Big items are bounded by their bytes too (AHEAD_BYTES a
+            # worker, and a batch a quarter of it): each is held twice
             # until its result is read, as the input's object and as its
             # copy in the task's argument file.
             n = min(n, max(self._core.processes + 1, AHEAD_BYTES * self._core.processes // size))

@@ -1,12 +1,32 @@
 """Big data through the pool: what the client holds while arguments of some
 MiB each are on their way (safepool._oob, docs/python.md), with real
 workers."""
+import os
 import threading
+import time
 import unittest
 
 import safepool
 
 MiB = 1 << 20
+
+
+def slow_len(b):
+    time.sleep(0.05)
+    return len(b)
+
+
+def argument_files():
+    """The bytes of the tasks' argument files (memory files) this process
+    holds."""
+    total = 0
+    for n in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink("/proc/self/fd/" + n).startswith("/memfd:safepool-args"):
+                total += os.stat("/proc/self/fd/" + n).st_size
+        except OSError:
+            continue
+    return total
 
 
 class Input:
@@ -44,6 +64,25 @@ class ReadAhead(unittest.TestCase):
             # 32 MiB a worker: 16 items of 4 MiB read ahead, and a batch's
             # worth that the feeder may take before it knows their size.
             self.assertLessEqual(ahead, 20, "imap(ordered=%s) read %d items of 4 MiB ahead" % (ordered, ahead))
+
+    def test_batches_in_flight_are_bounded_by_their_bytes(self):
+        # Every batch sent and not answered holds a copy of its big
+        # arguments in its argument file. The client sent as many batches
+        # as the binary's window (64 and more), whatever their size: eight
+        # map_async calls of 10 arrays of 8 MiB took 1348 MiB of a
+        # container's memory, against 857 MiB with multiprocessing.
+        data = [[bytes([i]) * (4 * MiB) for i in range(8)] for _ in range(6)]
+        with safepool.Pool(2) as pool:
+            pool.map(len, [b"warm"] * 4)
+            calls = [pool.map_async(slow_len, d, chunksize=1) for d in data]
+            most = 0
+            while not all(c.ready() for c in calls):
+                most = max(most, argument_files())
+                time.sleep(0.005)
+            self.assertEqual([c.get() for c in calls], [[4 * MiB] * 8] * 6)
+        # 32 MiB a worker, and one batch beyond it.
+        self.assertGreater(most, 0)
+        self.assertLessEqual(most, 72 * MiB, "the argument files of the batches in flight held %d MiB" % (most >> 20))
 
     def test_small_items_still_batch(self):
         # The bound in bytes leaves small items' batches alone.
