@@ -32,6 +32,7 @@ long, terminate() would hang behind a full pipe.
 from __future__ import annotations
 
 import atexit
+import collections
 import io
 import json
 import os
@@ -63,6 +64,43 @@ PER_ITEM_FUNCTIONS = 32
 # one more of them than the workers, however big. imap reads its input
 # ahead by the same bound (_jobs.IterResult).
 AHEAD_BYTES = 32 << 20
+
+# The records of failed and killed tasks (failed_tasks, killed_tasks) keep
+# their tasks' arguments, but big ones (arrays and bytes of some MiB) only
+# up to this many bytes in all: past it, the oldest records' arguments
+# become Ellipsis, so that a long-lived pool whose tasks fail now and then
+# does not keep every failed array.
+KEEP_ARGS_BYTES = 64 << 20
+
+
+class _Records:
+    """Task records that hold their task's arguments (at index at), with
+    the big ones bounded by KEEP_ARGS_BYTES. Guarded by its core's lock."""
+
+    def __init__(self, at: int):
+        self._at = at
+        self._records: list[tuple] = []
+        self._big = collections.deque()  # (index in _records, bytes) of records with big arguments
+        self._bytes = 0
+
+    def append(self, record: tuple):
+        n = _oob.big_bytes(record[self._at])
+        if n:
+            self._big.append((len(self._records), n))
+            self._bytes += n
+        self._records.append(record)
+        while self._bytes > KEEP_ARGS_BYTES:
+            i, n = self._big.popleft()
+            self._bytes -= n
+            r = self._records[i]
+            self._records[i] = r[:self._at] + (...,) + r[self._at + 1:]
+
+    def extend(self, records):
+        for r in records:
+            self.append(r)
+
+    def __iter__(self):
+        return iter(self._records)
 
 
 def _at_exit():
@@ -178,8 +216,8 @@ class _Core:
         self._ready = threading.Event()
         self._ready_info: dict = {}
         self._end_info: dict = {}
-        self._failed: list[tuple] = []  # guarded by _lock
-        self._killed: list[tuple] = []  # guarded by _lock: (fn, mode, item) of items whose worker died
+        self._failed = _Records(1)  # guarded by _lock: (fn, item, cause, attempts)
+        self._killed = _Records(2)  # guarded by _lock: (fn, mode, item) of items whose worker died
         self._abort_reason: BaseException | None = None  # set by the abort policy
         self._aborted: list[tuple] = []  # the reader thread's: (job, pos, item) cancelled by the pool
         # guarded by _lock: (job id, positions, start, end, pid, peak) of the items done

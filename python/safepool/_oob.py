@@ -186,6 +186,29 @@ def _wrap(obj, budget):
     return obj
 
 
+def big_bytes(obj, budget=None) -> int:
+    """The bytes of the buffers in obj that would go out of band (numpy
+    arrays, bytes, bytearrays and memoryviews of at least THRESHOLD bytes),
+    looking into lists, tuples and dicts as _wrap does."""
+    if budget is None:
+        budget = [_WALK_BUDGET]
+    budget[0] -= 1
+    t = type(obj)
+    if t is bytes or t is bytearray or t is memoryview:
+        n = obj.nbytes if t is memoryview else len(obj)
+        return n if n >= THRESHOLD else 0
+    if t is list or t is tuple or t is dict:
+        total = 0
+        for v in (obj.values() if t is dict else obj):
+            if budget[0] <= 0:
+                break
+            total += big_bytes(v, budget)
+        return total
+    if any(_is_ndarray(c) for c in t.__mro__) and not obj.dtype.hasobject:
+        return obj.nbytes if obj.nbytes >= THRESHOLD else 0
+    return 0
+
+
 def _callback(big):
     def callback(pb):
         raw = pb.raw()

@@ -16,6 +16,10 @@ def slow_len(b):
     return len(b)
 
 
+def refuse(b):
+    raise ValueError("refused")
+
+
 def argument_files():
     """The bytes of the tasks' argument files (memory files) this process
     holds."""
@@ -90,6 +94,30 @@ class ReadAhead(unittest.TestCase):
             it = pool.imap(abs, range(-20000, 0))
             self.assertEqual(sum(it), sum(range(1, 20001)))
             self.assertGreater(it._chunksize, 64)
+
+
+class FailedRecords(unittest.TestCase):
+    def test_failed_tasks_keep_big_arguments_bounded(self):
+        # failed_tasks() kept every failed task's arguments for the pool's
+        # life: an imap of 8 MiB arrays of which one in four raised grew the
+        # client by 200 MiB every 100 items, until a 1 GiB container's
+        # OOM killer took it.
+        with safepool.Pool(2) as pool:
+            out = list(pool.imap(refuse, Input(40, 4 * MiB), errors="return"))
+            self.assertEqual(len(out), 40)
+            self.assertTrue(all(isinstance(e, ValueError) for e in out))
+            del out
+            failed = pool.failed_tasks()
+            self.assertEqual(len(failed), 40)
+            self.assertEqual({f.cause for f in failed}, {"task-error"})
+            kept = [f.args for f in failed if f.args is not ...]
+            # 64 MiB of them: the latest 16 to fail.
+            self.assertEqual(len(kept), 16, "%d failed tasks kept their 4 MiB arguments" % len(kept))
+            self.assertTrue(all(len(a) == 4 * MiB for a in kept))
+            self.assertEqual(failed[-1].args, kept[-1])
+            # Small arguments are all kept.
+            pool.map(refuse, range(100), errors="return")
+            self.assertEqual(sorted(f.args for f in pool.failed_tasks()[40:]), list(range(100)))
 
 
 if __name__ == "__main__":
