@@ -145,6 +145,20 @@ def _dtype_spec(dtype):
     return dtype.descr if dtype.fields is not None else dtype.str
 
 
+def _dtype_of(numpy, spec):
+    """The dtype of a _dtype_spec. A structured dtype's descr names its
+    padding (aligned fields, offsets) as fields without a name, which
+    numpy.dtype would make fields named f1, f2...: numpy's .npy reader
+    turns them back into offsets."""
+    if not isinstance(spec, list):
+        return numpy.dtype(spec)
+    try:
+        from numpy.lib.format import descr_to_dtype
+    except ImportError:  # numpy before 1.17
+        return numpy.dtype([tuple(f) for f in spec])
+    return descr_to_dtype([tuple(f) for f in spec])
+
+
 def share(obj) -> Shared:
     """Copy obj (bytes, any object with the buffer protocol, or a numpy
     array) once into a sealed anonymous memory file, and return a handle
@@ -156,6 +170,8 @@ def share(obj) -> Shared:
         import numpy
         if obj.dtype.hasobject:
             raise TypeError("cannot share an array of Python objects; share numbers, or pickle it")
+        if isinstance(obj, numpy.ma.MaskedArray):
+            raise TypeError("cannot share a masked array: share its data and its mask (.data, .mask) apart")
         order = "F" if obj.flags.f_contiguous and not obj.flags.c_contiguous else "C"
         if not (obj.flags.c_contiguous or obj.flags.f_contiguous):
             obj = numpy.ascontiguousarray(obj)
@@ -244,7 +260,7 @@ def _attach(pid, fd, ino, size, meta):
         except ImportError:
             return view  # a worker without numpy gets the bytes
         _, spec, shape, order = meta
-        dt = numpy.dtype([tuple(f) for f in spec] if isinstance(spec, list) else spec)
+        dt = _dtype_of(numpy, spec)
         count = 1
         for n in shape:
             count *= n

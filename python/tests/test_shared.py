@@ -206,6 +206,37 @@ else:
             # Here too.
             self.assertTrue(numpy.array_equal(handles[1].open(), want[1]))
 
+        def test_structured_dtypes_with_padding(self):
+            # A structured dtype with padding (aligned, or with offsets) was
+            # rebuilt from its descr with the padding as fields of its own,
+            # named f1, f3...: the array came back with another dtype.
+            offsets = numpy.dtype({"names": ["x", "y"], "formats": ["<i4", ">f8"], "offsets": [4, 16],
+                                   "itemsize": 32})
+            aligned = numpy.dtype([("a", "u1"), ("b", "<f8"), ("c", "S3")], align=True)
+            nested = numpy.dtype([("p", offsets), ("q", ">f4", (2, 3)), ("r", aligned)])
+            want = []
+            for dt in (offsets, aligned, nested):
+                a = numpy.zeros(1000, dtype=dt)
+                a.view("u1")[:] = numpy.arange(a.nbytes) % 251
+                want.append(a)
+            handles = [safepool.share(a) for a in want]
+            self.addCleanup(lambda: [h.close() for h in handles])
+            with safepool.Pool(1) as pool:
+                got = pool.map(sh.shared_info, handles)
+            for w, h, (g, readonly, _, mapped) in zip(want, handles, got):
+                self.assertEqual(g.dtype, w.dtype)
+                self.assertEqual(g.dtype.names, w.dtype.names)
+                # Field by field (padding is not copied; NaNs print alike).
+                self.assertEqual(repr(g.tolist()), repr(w.tolist()))
+                self.assertEqual(h.open().dtype, w.dtype)
+                self.assertTrue(readonly and mapped)
+
+        def test_masked_array_refused(self):
+            # Its mask cannot go with the shared data: it failed with "cannot
+            # reshape array", and would otherwise come back unmasked.
+            with self.assertRaisesRegex(TypeError, "masked"):
+                safepool.share(numpy.ma.masked_array(numpy.arange(10), mask=[True] * 10))
+
         def test_buffers(self):
             data = os.urandom(MiB + 5)
             with safepool.share(data) as h1, safepool.share(bytearray(b"xyz")) as h2, \
