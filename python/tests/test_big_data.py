@@ -120,5 +120,43 @@ class FailedRecords(unittest.TestCase):
             self.assertEqual(sorted(f.args for f in pool.failed_tasks()[40:]), list(range(100)))
 
 
+def mapped_memfds(pid, inodes):
+    """The inodes of inodes that process pid maps."""
+    found = set()
+    try:
+        with open("/proc/%d/maps" % pid) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 6 and int(parts[4]) in inodes:
+                    found.add(int(parts[4]))
+    except OSError:
+        pass
+    return found
+
+
+class SharedSegments(unittest.TestCase):
+    def test_workers_let_go_of_closed_segments(self):
+        # A worker kept every segment it had opened mapped for its life: a
+        # client that shared new data for each map (and closed it) grew a
+        # container by the data's size every map, until it was OOM-killed.
+        inodes = set()
+        with safepool.Pool(1) as pool:
+            for i in range(6):
+                with safepool.share(bytes([i]) * (8 * MiB)) as h:
+                    inodes.add(h.ino)
+                    self.assertEqual(pool.map(len, [h] * 3, chunksize=1), [8 * MiB] * 3)
+            live = safepool.share(b"x" * (2 * MiB))
+            self.addCleanup(live.close)
+            self.assertEqual(pool.map(len, [live] * 2, chunksize=1), [2 * MiB] * 2)
+            self.assertEqual(pool.map(abs, [-1, -2]), [1, 2])
+            workers = [int(p) for t in os.listdir("/proc/%d/task" % pool._core.pid)
+                       for p in open("/proc/%d/task/%s/children" % (pool._core.pid, t)).read().split()]
+            held = set()
+            for w in workers:
+                held |= mapped_memfds(w, inodes | {live.ino})
+            self.assertEqual(held & inodes, set(), "the workers still map %d closed segments" % len(held & inodes))
+            self.assertEqual(held, {live.ino}, "a segment still open stays mapped for the next tasks")
+
+
 if __name__ == "__main__":
     unittest.main()
