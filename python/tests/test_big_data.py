@@ -2,11 +2,16 @@
 MiB each are on their way (safepool._oob, docs/python.md), with real
 workers."""
 import os
+import subprocess
+import sys
+import tempfile
+import textwrap
 import threading
 import time
 import unittest
 
 import safepool
+from tests.support import PYTHON_DIR, child_env
 
 MiB = 1 << 20
 
@@ -156,6 +161,31 @@ class SharedSegments(unittest.TestCase):
                 held |= mapped_memfds(w, inodes | {live.ino})
             self.assertEqual(held & inodes, set(), "the workers still map %d closed segments" % len(held & inodes))
             self.assertEqual(held, {live.ino}, "a segment still open stays mapped for the next tasks")
+
+
+class InitializerFile(unittest.TestCase):
+    def test_no_file_left_when_tmpdir_is_full(self):
+        # A client that is not dumpable writes its initializer's arguments
+        # to a file in $TMPDIR; one that did not fit was left there.
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(os.rmdir, tmp)
+        code = textwrap.dedent("""
+            import ctypes, resource, signal, safepool
+            ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))  # a full $TMPDIR, as it were
+            try:
+                safepool.Pool(1, initializer=len, initargs=(b"x" * (4 << 20),))
+            except OSError as e:
+                print("refused", e.errno)
+        """)
+        out = subprocess.run([sys.executable, "-c", code], env=child_env(TMPDIR=tmp), cwd=PYTHON_DIR,
+                             capture_output=True, text=True, timeout=120)
+        self.assertTrue(out.stdout.startswith("refused"), out.stdout + out.stderr[-2000:])
+        left = os.listdir(tmp)
+        for name in left:
+            os.unlink(os.path.join(tmp, name))
+        self.assertEqual(left, [])
 
 
 if __name__ == "__main__":
