@@ -154,8 +154,10 @@ class SharedSegments(unittest.TestCase):
             self.addCleanup(live.close)
             self.assertEqual(pool.map(len, [live] * 2, chunksize=1), [2 * MiB] * 2)
             self.assertEqual(pool.map(abs, [-1, -2]), [1, 2])
-            workers = [int(p) for t in os.listdir("/proc/%d/task" % pool._core.pid)
-                       for p in open("/proc/%d/task/%s/children" % (pool._core.pid, t)).read().split()]
+            workers = []
+            for t in os.listdir("/proc/%d/task" % pool._core.pid):
+                with open("/proc/%d/task/%s/children" % (pool._core.pid, t)) as f:
+                    workers += [int(p) for p in f.read().split()]
             held = set()
             for w in workers:
                 held |= mapped_memfds(w, inodes | {live.ino})
