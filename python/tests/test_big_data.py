@@ -89,9 +89,11 @@ class ReadAhead(unittest.TestCase):
                 most = max(most, argument_files())
                 time.sleep(0.005)
             self.assertEqual([c.get() for c in calls], [[4 * MiB] * 8] * 6)
-        # 32 MiB a worker, and one batch beyond it.
+        # 32 MiB a worker, one batch beyond it, and the files of answered
+        # batches that are closed as their results are read (all 48 of
+        # them, 192 MiB, before).
         self.assertGreater(most, 0)
-        self.assertLessEqual(most, 72 * MiB, "the argument files of the batches in flight held %d MiB" % (most >> 20))
+        self.assertLessEqual(most, 96 * MiB, "the argument files of the batches in flight held %d MiB" % (most >> 20))
 
     def test_small_items_still_batch(self):
         # The bound in bytes leaves small items' batches alone.
@@ -158,9 +160,16 @@ class SharedSegments(unittest.TestCase):
             for t in os.listdir("/proc/%d/task" % pool._core.pid):
                 with open("/proc/%d/task/%s/children" % (pool._core.pid, t)) as f:
                     workers += [int(p) for p in f.read().split()]
-            held = set()
-            for w in workers:
-                held |= mapped_memfds(w, inodes | {live.ino})
+            # The worker lets go after its batch, which may be after its
+            # values reached this process.
+            deadline = time.monotonic() + 10
+            while True:
+                held = set()
+                for w in workers:
+                    held |= mapped_memfds(w, inodes | {live.ino})
+                if not held & inodes or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
             self.assertEqual(held & inodes, set(), "the workers still map %d closed segments" % len(held & inodes))
             self.assertEqual(held, {live.ino}, "a segment still open stays mapped for the next tasks")
 
