@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import _signal
 import atexit
+import collections
 import io
 import json
 import os
@@ -57,6 +58,50 @@ _NOT_DEATHS = frozenset(("", "task-error", "preempted", "cancelled"))
 # functions of this many recent maps.
 PER_ITEM_SPAN = 64
 PER_ITEM_FUNCTIONS = 32
+
+# The batches sent and not answered hold at most about this many bytes per
+# worker (their payloads and argument files, which hold a copy of every
+# big argument), beside the binary's bound in batches; but there are always
+# one more of them than the workers, however big. imap reads its input
+# ahead by the same bound (_jobs.IterResult).
+AHEAD_BYTES = 32 << 20
+
+# The records of failed and killed tasks (failed_tasks, killed_tasks) keep
+# their tasks' arguments, but big ones (arrays and bytes of some MiB) only
+# up to this many bytes in all: past it, the oldest records' arguments
+# become Ellipsis, so that a long-lived pool whose tasks fail now and then
+# does not keep every failed array.
+KEEP_ARGS_BYTES = 64 << 20
+
+
+class _Records:
+    """Task records that hold their task's arguments (at index at), with
+    the big ones bounded by KEEP_ARGS_BYTES. Guarded by its core's lock."""
+
+    def __init__(self, at: int):
+        self._at = at
+        self._records: list[tuple] = []
+        self._big = collections.deque()  # (index in _records, bytes) of records with big arguments
+        self._bytes = 0
+
+    def append(self, record: tuple):
+        n = _oob.big_bytes(record[self._at])
+        if n:
+            self._big.append((len(self._records), n))
+            self._bytes += n
+        self._records.append(record)
+        while self._bytes > KEEP_ARGS_BYTES:
+            i, n = self._big.popleft()
+            self._bytes -= n
+            r = self._records[i]
+            self._records[i] = r[:self._at] + (...,) + r[self._at + 1:]
+
+    def extend(self, records):
+        for r in records:
+            self.append(r)
+
+    def __iter__(self):
+        return iter(self._records)
 
 
 def _at_exit():
@@ -103,10 +148,11 @@ class _Chunk:
 class _Sent:
     """A chunk sent as one batch: its items, and which of them are settled."""
 
-    __slots__ = ("job", "positions", "items", "ticket", "left", "settled")
+    __slots__ = ("job", "positions", "items", "ticket", "left", "settled", "size")
 
-    def __init__(self, job, positions, items, ticket):
+    def __init__(self, job, positions, items, ticket, size=0):
         self.job = job
+        self.size = size  # its bytes as sent: its payload and its argument file
         self.positions = positions  # a range, or a list of positions in the job
         self.items = items
         self.ticket = ticket  # the payload's _oob.Ticket: kept until every item has its result
@@ -219,6 +265,10 @@ class _Core:
         # guarded by _lock: the number of a batch's first item -> its _Sent
         self._inflight: dict[int, _Sent] = {}
         self._window = 0  # most batches in _inflight (the binary's max_pending); 0: no limit
+        # guarded by _lock: the bytes of the batches in _inflight (_Sent.size),
+        # and their bound (AHEAD_BYTES).
+        self._inflight_bytes = 0
+        self._bytes_window = AHEAD_BYTES * max(self.processes, 1)
         self._ahead = ahead  # most items of windowed jobs in _inflight; 0: no limit
         self._ahead_used = 0  # guarded by _lock: items of windowed jobs in _inflight
         self._next_id = 1  # only the thread in the writer's role uses it
@@ -239,8 +289,8 @@ class _Core:
         self._ready = threading.Event()
         self._ready_info: dict = {}
         self._end_info: dict = {}
-        self._failed: list[tuple] = []  # guarded by _lock
-        self._killed: list[tuple] = []  # guarded by _lock: (fn, mode, item) of items whose worker died
+        self._failed = _Records(1)  # guarded by _lock: (fn, item, cause, attempts)
+        self._killed = _Records(2)  # guarded by _lock: (fn, mode, item) of items whose worker died
         self._abort_reason: BaseException | None = None  # set by the abort policy
         self._aborted: list[tuple] = []  # the reader thread's: (job, pos, item) cancelled by the pool
         # guarded by _lock: (job id, positions, start, end, pid, peak) of the items done
@@ -374,6 +424,8 @@ class _Core:
         if self._control:
             return "control", self._control.pop(0)
         room = 1 << 30 if not self._window or len(self._inflight) < self._window else 0
+        if self._inflight_bytes >= self._bytes_window and len(self._inflight) > self.processes:
+            room = 0  # big batches: the reader notifies when one is answered
         if room <= 0 or self._qhead >= len(self._queue):
             if self._out is None or self._ended.is_set():
                 return "exit", None
@@ -549,13 +601,16 @@ class _Core:
                     self._settle(job, pos, False, e)
                 return
         n = len(items)
+        size = len(payload) + (ticket.size if ticket is not None else 0)
+        job.sent(n, size)
         # Task numbers must follow each other without gaps: number only
         # what is written, and record it before the answer can come. The
         # batch holds its ticket until every item of it has its result.
         ident = self._next_id
         self._next_id += n
         with self._lock:
-            self._inflight[ident] = _Sent(job, positions, items, ticket)
+            self._inflight[ident] = _Sent(job, positions, items, ticket, size)
+            self._inflight_bytes += size
             if ticket is not None:
                 self._regions[ticket.region] = ident
         # The call's own timeout and memory hint go to the engine with the
@@ -632,7 +687,10 @@ class _Core:
             del self._inflight[base]
             if sent.ticket is not None and self._regions.get(sent.ticket.region) == base:
                 del self._regions[sent.ticket.region]
-            if len(self._inflight) + 1 == self._window:
+            was = self._inflight_bytes
+            self._inflight_bytes -= sent.size
+            if len(self._inflight) + 1 == self._window or \
+                    self._inflight_bytes < self._bytes_window <= was:
                 self._cond.notify_all()
         return sent, fresh
 

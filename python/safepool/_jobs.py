@@ -7,7 +7,7 @@ import threading
 import time
 import weakref
 
-from ._core import APPLY, _Chunk, dumps_function
+from ._core import AHEAD_BYTES, APPLY, _Chunk, dumps_function
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -75,6 +75,10 @@ class _Job:
     def observe(self, start: float, end: float, count: int) -> None:
         """Called with the start and the end of count items that succeeded
         one after another."""
+
+    def sent(self, count: int, nbytes: int) -> None:
+        """Called when a batch of count items is sent, with its size in
+        bytes: its payload and its argument file."""
 
 
 def report_callback_error():
@@ -413,6 +417,7 @@ class IterResult:
         self._per_item = None  # mean seconds per item, from finished chunks
         self._target, self._max_chunk = target, max_chunk
         self._ahead = ahead
+        self._item_bytes = 0  # the bytes of an item as sent, of the latest batch
         self._feeder = threading.Thread(target=_feed, args=(weakref.ref(self), core, self._cond, iterable),
                                         name="safepool-imap-feeder", daemon=True)
         core.feeder_started()
@@ -427,18 +432,33 @@ class IterResult:
             return 1 << 62  # the pool is closing: the whole input is run (_Core.close)
         if self._ahead is not None:
             return self._ahead
-        return 4 * self._core.processes * self._chunksize
+        n = 4 * self._core.processes * self._chunksize
+        size = self._item_bytes
+        if size:
+            # Big items are bounded by their bytes too (AHEAD_BYTES a
+            # worker, and a batch a quarter of it): each is held twice
+            # until its result is read, as the input's object and as its
+            # copy in the task's argument file.
+            n = min(n, max(self._core.processes + 1, AHEAD_BYTES * self._core.processes // size))
+        return n
 
     def _adapt(self):
         if self._fixed is not None:
             return
         with self._cond:
             per = self._per_item
+            size = self._item_bytes
         if per is None:
             return
         want = int(self._target / per) if per > 0 else self._max_chunk
         cap = self._max_chunk if self._ahead is None else max(1, self._ahead // 2)
+        if size:
+            cap = min(cap, max(1, AHEAD_BYTES // 4 // size))
         self._chunksize = max(1, min(want, 2 * self._chunksize, cap))
+
+    def sent(self, count, nbytes):
+        with self._cond:
+            self._item_bytes = nbytes // max(count, 1)
 
     def observe(self, start, end, count):
         if count and end > start:
@@ -621,3 +641,8 @@ class _IterJob(_Job):
         owner = self._owner()
         if owner is not None:
             owner.observe(start, end, count)
+
+    def sent(self, count, nbytes):
+        owner = self._owner()
+        if owner is not None:
+            owner.sent(count, nbytes)

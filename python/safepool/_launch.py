@@ -298,8 +298,12 @@ def _write_initializer(initializer, initargs, main_importable: bool):
     except (AttributeError, OSError):
         import tempfile
         fd, path = tempfile.mkstemp(prefix="safepool-init-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except BaseException:
+            os.unlink(path)  # a $TMPDIR too small for it, say: leave nothing
+            raise
         return path, -1
     try:
         with open(fd, "wb", closefd=False) as f:

@@ -57,6 +57,7 @@ by a header (see _TASK and _RESULT) and the pickle, or DIRECT_ENVELOPE
 followed by the header alone (its last span is the pickle). Small payloads
 carry only the header naming the inbox region.
 """
+import errno
 import mmap
 import os
 import struct
@@ -183,6 +184,29 @@ def _wrap(obj, budget):
         import numpy
         return numpy.ascontiguousarray(obj)  # as pickling it would
     return obj
+
+
+def big_bytes(obj, budget=None) -> int:
+    """The bytes of the buffers in obj that would go out of band (numpy
+    arrays, bytes, bytearrays and memoryviews of at least THRESHOLD bytes),
+    looking into lists, tuples and dicts as _wrap does."""
+    if budget is None:
+        budget = [_WALK_BUDGET]
+    budget[0] -= 1
+    t = type(obj)
+    if t is bytes or t is bytearray or t is memoryview:
+        n = obj.nbytes if t is memoryview else len(obj)
+        return n if n >= THRESHOLD else 0
+    if t is list or t is tuple or t is dict:
+        total = 0
+        for v in (obj.values() if t is dict else obj):
+            if budget[0] <= 0:
+                break
+            total += big_bytes(v, budget)
+        return total
+    if any(_is_ndarray(c) for c in t.__mro__) and not obj.dtype.hasobject:
+        return obj.nbytes if obj.nbytes >= THRESHOLD else 0
+    return 0
 
 
 def _callback(big):
@@ -343,10 +367,11 @@ class Ticket:
     punched: fallocate through ctypes costs a system call and a hand-off of
     the interpreter's lock for every batch, which on small batches is most
     of what the client does."""
-    __slots__ = ("fd", "inbox", "region", "dirty", "__weakref__")
+    __slots__ = ("fd", "inbox", "region", "dirty", "size", "__weakref__")
 
-    def __init__(self, fd, inbox, region):
+    def __init__(self, fd, inbox, region, size=0):
         self.fd, self.inbox, self.region, self.dirty = fd, inbox, region, False
+        self.size = size  # the argument file's bytes
 
     def release(self):
         fd, self.fd = self.fd, -1
@@ -403,7 +428,7 @@ def encode(obj, main_importable=True):
                 os.close(fd)
                 raise
             ino = os.fstat(fd).st_ino
-    ticket = Ticket(fd, box or None, region)
+    ticket = Ticket(fd, box or None, region, size)
     head = _TASK.pack(DIRECT_ENVELOPE if direct else ENVELOPE, os.getpid(), box.fd if box else -1,
                       box.ino if box else 0, region, fd, ino, size, len(spans))
     return b"".join([head] + [_SPAN.pack(*s) for s in spans] + ([] if direct else [data])), ticket
@@ -491,7 +516,7 @@ def worker_decode(payload):
     if n:
         own = open_fd(pid, fd, ino)
         try:
-            mm = mmap.mmap(own, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            mm = _map_arguments(own, size)
         finally:
             os.close(own)
         view = memoryview(mm)
@@ -499,6 +524,37 @@ def worker_decode(payload):
     if env == DIRECT_ENVELOPE:
         return _loads(buffers.pop(), buffers=buffers)
     return _loads(memoryview(payload)[pos:], buffers=buffers)
+
+
+def _data_limit():
+    """This worker's data size limit (RLIMIT_DATA) in bytes, or 0 for none."""
+    if _data_limit_of[0] is None:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_DATA)[0]
+        _data_limit_of[0] = 0 if soft == resource.RLIM_INFINITY else soft
+    return _data_limit_of[0]
+
+
+_data_limit_of = [None]
+
+
+def _map_arguments(fd, size):
+    """Map a task's argument file: copy-on-write, so that its arrays are
+    writable and the writes stay here. A worker held to a memory limit
+    without a cgroup (a data size limit, docs/memory.md) is charged by the
+    kernel for the whole of a writable private mapping at once, pages
+    read or not: there an argument file of more than a quarter of the
+    limit, or one that the limit refuses, is mapped read-only, which is
+    charged for nothing (its arrays are then read-only, as a shared
+    array's are)."""
+    limit = _data_limit()
+    if not limit or size <= limit // 4:
+        try:
+            return mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as e:
+            if not limit or e.errno != errno.ENOMEM:
+                raise
+    return mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
 
 
 def worker_slots(count):

@@ -11,8 +11,8 @@ mapped with PROT_READ and MAP_SHARED, without a copy: a memoryview, or a
 numpy array of the shared array's dtype, shape and order when numpy is
 importable. A worker opens the client's descriptor through
 /proc/<client pid>/fd/<n> (the same user may: the ptrace read check), once:
-the mapping is cached for the worker's life, so every task that gets the
-handle gets the same pages.
+the mapping is cached while the client's descriptor is open, so every task
+that gets the handle gets the same pages (sweep() forgets the closed ones).
 
 Lifetime: the client's descriptor is the segment's owner. It is closed by
 Shared.close() (or the with statement), or when the client process ends,
@@ -41,7 +41,7 @@ for _name in ("F_SEAL_SEAL", "F_SEAL_SHRINK", "F_SEAL_GROW", "F_SEAL_WRITE"):
 
 _live = {}  # id -> Shared: open handles, closed only by close() or exit
 _lock = threading.Lock()
-_maps = {}  # (pid, inode) -> mmap: the segments this process has opened
+_maps = {}  # (pid, inode) -> (fd, mmap): the segments this process has opened
 
 
 class Shared:
@@ -86,7 +86,8 @@ class Shared:
 
     def close(self):
         """Close this process's descriptor. Workers that have opened the data
-        keep their mapping; workers that have not can no longer open it, so
+        let go of their mapping after their batch, unless objects there
+        still use it; workers that have not can no longer open it, so
         close after the last task that uses it (or never: the end of the
         process closes it)."""
         with _lock:
@@ -145,6 +146,20 @@ def _dtype_spec(dtype):
     return dtype.descr if dtype.fields is not None else dtype.str
 
 
+def _dtype_of(numpy, spec):
+    """The dtype of a _dtype_spec. A structured dtype's descr names its
+    padding (aligned fields, offsets) as fields without a name, which
+    numpy.dtype would make fields named f1, f2...: numpy's .npy reader
+    turns them back into offsets."""
+    if not isinstance(spec, list):
+        return numpy.dtype(spec)
+    try:
+        from numpy.lib.format import descr_to_dtype
+    except ImportError:  # numpy before 1.17
+        return numpy.dtype([tuple(f) for f in spec])
+    return descr_to_dtype([tuple(f) for f in spec])
+
+
 def share(obj) -> Shared:
     """Copy obj (bytes, any object with the buffer protocol, or a numpy
     array) once into a sealed anonymous memory file, and return a handle
@@ -156,6 +171,8 @@ def share(obj) -> Shared:
         import numpy
         if obj.dtype.hasobject:
             raise TypeError("cannot share an array of Python objects; share numbers, or pickle it")
+        if isinstance(obj, numpy.ma.MaskedArray):
+            raise TypeError("cannot share a masked array: share its data and its mask (.data, .mask) apart")
         order = "F" if obj.flags.f_contiguous and not obj.flags.c_contiguous else "C"
         if not (obj.flags.c_contiguous or obj.flags.f_contiguous):
             obj = numpy.ascontiguousarray(obj)
@@ -225,18 +242,40 @@ def share_file(path, dtype=None, shape=None) -> Shared:
     return Shared(fd, size, meta)
 
 
+def sweep():
+    """Forget the mappings of other processes' segments that they have
+    closed (or that went with them): a worker keeps each segment it opened
+    mapped for the next tasks that get its handle, but not past the
+    client's close(), or a client that shares new data for each map would
+    leave all of it in every worker. A mapping that objects still use (an
+    initializer's global, say) stays until they go."""
+    me = os.getpid()
+    with _lock:
+        for (pid, ino), (fd, _) in list(_maps.items()):
+            if pid == me:
+                continue  # this process's own: close() forgets them
+            try:
+                gone = os.stat("/proc/%d/fd/%d" % (pid, fd)).st_ino != ino
+            except OSError:
+                gone = True
+            if gone:
+                del _maps[(pid, ino)]
+
+
 def _attach(pid, fd, ino, size, meta):
     """Open shared data in this process (the unpickling of a Shared)."""
     key = (pid, ino)
+    if _maps and key not in _maps:
+        sweep()
     with _lock:
-        mm = _maps.get(key)
+        mm = _maps.get(key, (0, None))[1]
         if mm is None and size:
             own = os.dup(fd) if pid == os.getpid() else open_fd(pid, fd, ino)
             try:
                 mm = mmap.mmap(own, size, access=mmap.ACCESS_READ)  # PROT_READ, MAP_SHARED
             finally:
                 os.close(own)
-            _maps[key] = mm
+            _maps[key] = (fd, mm)
     view = memoryview(mm) if size else memoryview(b"")
     if meta[0] == "ndarray":
         try:
@@ -244,7 +283,7 @@ def _attach(pid, fd, ino, size, meta):
         except ImportError:
             return view  # a worker without numpy gets the bytes
         _, spec, shape, order = meta
-        dt = numpy.dtype([tuple(f) for f in spec] if isinstance(spec, list) else spec)
+        dt = _dtype_of(numpy, spec)
         count = 1
         for n in shape:
             count *= n

@@ -646,6 +646,9 @@ def main():
                 _run_batch_page(task_id, payload, write, flush, page, page_id)
             else:
                 _run_batch(task_id, payload, write, flush)
+            shared = sys.modules.get("safepool._shared")
+            if shared is not None and shared._maps:
+                shared.sweep()  # let go of the segments the client closed
             continue
         if kind != TASK:
             sys.exit("safepool.worker: protocol error: kind %d" % kind)

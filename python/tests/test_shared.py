@@ -206,6 +206,37 @@ else:
             # Here too.
             self.assertTrue(numpy.array_equal(handles[1].open(), want[1]))
 
+        def test_structured_dtypes_with_padding(self):
+            # A structured dtype with padding (aligned, or with offsets) was
+            # rebuilt from its descr with the padding as fields of its own,
+            # named f1, f3...: the array came back with another dtype.
+            offsets = numpy.dtype({"names": ["x", "y"], "formats": ["<i4", ">f8"], "offsets": [4, 16],
+                                   "itemsize": 32})
+            aligned = numpy.dtype([("a", "u1"), ("b", "<f8"), ("c", "S3")], align=True)
+            nested = numpy.dtype([("p", offsets), ("q", ">f4", (2, 3)), ("r", aligned)])
+            want = []
+            for dt in (offsets, aligned, nested):
+                a = numpy.zeros(1000, dtype=dt)
+                a.view("u1")[:] = numpy.arange(a.nbytes) % 251
+                want.append(a)
+            handles = [safepool.share(a) for a in want]
+            self.addCleanup(lambda: [h.close() for h in handles])
+            with safepool.Pool(1) as pool:
+                got = pool.map(sh.shared_info, handles)
+            for w, h, (g, readonly, _, mapped) in zip(want, handles, got):
+                self.assertEqual(g.dtype, w.dtype)
+                self.assertEqual(g.dtype.names, w.dtype.names)
+                # Field by field (padding is not copied; NaNs print alike).
+                self.assertEqual(repr(g.tolist()), repr(w.tolist()))
+                self.assertEqual(h.open().dtype, w.dtype)
+                self.assertTrue(readonly and mapped)
+
+        def test_masked_array_refused(self):
+            # Its mask cannot go with the shared data: it failed with "cannot
+            # reshape array", and would otherwise come back unmasked.
+            with self.assertRaisesRegex(TypeError, "masked"):
+                safepool.share(numpy.ma.masked_array(numpy.arange(10), mask=[True] * 10))
+
         def test_buffers(self):
             data = os.urandom(MiB + 5)
             with safepool.share(data) as h1, safepool.share(bytearray(b"xyz")) as h2, \
@@ -430,6 +461,31 @@ else:
             # Workers open the client's memory files through /proc/<pid>/fd,
             # which the kernel allows a process of the same user.
             out = run_client(self, UNPRIVILEGED, nobody_only=True)
+            self.assertEqual(out.stdout.strip(), "ok", out.stderr[-3000:])
+
+        def test_big_argument_under_a_data_limit(self):
+            # Without a cgroup per worker, mem_limit is held by a data size
+            # limit, which charges a writable private mapping in full: an
+            # argument larger than the limit, which the worker only reads
+            # and which costs it no private memory, failed with "Cannot
+            # allocate memory" as the task's error.
+            out = run_client(self, textwrap.dedent("""
+                import numpy, safepool
+                from tests import shared_helpers as sh
+                with safepool.Pool(1, mem_limit="200MiB") as pool:
+                    if pool.memory_mode.startswith("cgroup"):
+                        print("mode", pool.memory_mode)
+                        raise SystemExit
+                    big = numpy.ones(300 << 17)  # 300 MiB
+                    in_memfd, writable, total = pool.apply(sh.arg_info, (big,))
+                    assert in_memfd and not writable and total == big.size, (in_memfd, writable, total)
+                    # A small argument stays writable, as with multiprocessing.
+                    in_memfd, writable, total = pool.apply(sh.arg_info, (numpy.zeros(1 << 20),))
+                    assert in_memfd and writable and total == 1 << 20, (in_memfd, writable, total)
+                print("ok")
+            """), nobody_only=True)
+            if out.stdout.startswith("mode"):
+                skip_or_fail(self, "workers got cgroups as nobody (%s)" % out.stdout.strip())
             self.assertEqual(out.stdout.strip(), "ok", out.stderr[-3000:])
 
 if __name__ == "__main__":
