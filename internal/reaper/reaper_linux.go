@@ -196,22 +196,12 @@ type sweeper struct {
 // round sends SIGKILL to every marked process once, and returns how many
 // it found alive.
 func (s *sweeper) round() (int, error) {
-	d, err := os.Open("/proc")
+	pids, err := s.markedPIDs(nil)
 	if err != nil {
-		return 0, fmt.Errorf("reaper: %w", err)
+		return 0, err
 	}
-	names, err := d.Readdirnames(-1)
-	d.Close()
-	if err != nil {
-		return 0, fmt.Errorf("reaper: reading /proc: %w", err)
-	}
-	self := os.Getpid()
 	n := 0
-	for _, name := range names {
-		pid, err := strconv.Atoi(name)
-		if err != nil || pid == self || pid == s.skip || !s.marked(pid) {
-			continue
-		}
+	for _, pid := range pids {
 		fd, err := unix.PidfdOpen(pid, 0)
 		switch {
 		case err == nil:
@@ -237,6 +227,33 @@ func (s *sweeper) round() (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// markedPIDs returns the processes, but this one, s.skip and those in
+// seen, whose environment carries one of s's tokens, from /proc.
+func (s *sweeper) markedPIDs(seen map[int]struct{}) ([]int, error) {
+	d, err := os.Open("/proc")
+	if err != nil {
+		return nil, fmt.Errorf("reaper: %w", err)
+	}
+	names, err := d.Readdirnames(-1)
+	d.Close()
+	if err != nil {
+		return nil, fmt.Errorf("reaper: reading /proc: %w", err)
+	}
+	self := os.Getpid()
+	var pids []int
+	for _, name := range names {
+		pid, err := strconv.Atoi(name)
+		if err != nil || pid == self || pid == s.skip {
+			continue
+		}
+		if _, ok := seen[pid]; ok || !s.marked(pid) {
+			continue
+		}
+		pids = append(pids, pid)
+	}
+	return pids, nil
 }
 
 // waitExit waits until every process the round killed has exited, or the
@@ -402,25 +419,12 @@ func (g *Guard) signal(sig unix.Signal, seen map[int]struct{}) (int, error) {
 		skip = g.guardian.Process.Pid
 	}
 	s := sweeper{tokens: map[string]struct{}{g.token: {}}, skip: skip, buf: make([]byte, 0, 64<<10)}
-	d, err := os.Open("/proc")
+	pids, err := s.markedPIDs(seen)
 	if err != nil {
-		return 0, fmt.Errorf("reaper: %w", err)
+		return 0, err
 	}
-	names, err := d.Readdirnames(-1)
-	d.Close()
-	if err != nil {
-		return 0, fmt.Errorf("reaper: reading /proc: %w", err)
-	}
-	self := os.Getpid()
 	n := 0
-	for _, name := range names {
-		pid, err := strconv.Atoi(name)
-		if err != nil || pid == self || pid == skip {
-			continue
-		}
-		if _, ok := seen[pid]; ok || !s.marked(pid) {
-			continue
-		}
+	for _, pid := range pids {
 		fd, err := unix.PidfdOpen(pid, 0)
 		if err != nil {
 			if !errors.Is(err, unix.ESRCH) && unix.Kill(pid, sig) == nil {
