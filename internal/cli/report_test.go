@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 	_ "modernc.org/sqlite"
@@ -171,6 +172,21 @@ func TestReportOutputNotRegular(t *testing.T) {
 			}
 		}()
 		report(t, fifo)
+		// The page may still wait in the FIFO: let the reader take it all
+		// before the close ends its Read.
+		// (Through SyscallConn: Fd would make the file blocking, and the
+		// close would then no longer end the Read.)
+		rc, err := f.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			n, ierr := 0, error(nil)
+			rc.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), unix.TIOCINQ) })
+			if ierr != nil || n == 0 {
+				break
+			}
+		}
 		f.Close() // ends the reader's Read
 		<-read
 		if m := mode(t, fifo); m&os.ModeNamedPipe == 0 {
