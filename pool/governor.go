@@ -114,7 +114,6 @@ type governor struct {
 	lastStaggered time.Time               // last dispatch while admissions were spaced out
 	roomFor       uint64                  // task waiting, with nothing running, for room (roomLocked), or 0
 	roomSince     time.Time               // when it began to
-	sampledFrom   time.Time               // when the last sample began to read
 	roomHigh      int64                   // the most capacity sampled over about the last roomWindow
 	roomHighAt    time.Time               // when roomHigh was sampled
 
@@ -438,16 +437,8 @@ func (g *governor) roomLocked(t *task) bool {
 		g.roomFor, g.roomSince = t.id, time.Now()
 	}
 	b, _ := g.baseLocked()
-	if time.Since(g.roomSince) >= roomPatience {
-		return true
-	}
-	if !g.sampledFrom.After(g.roomSince) {
-		// The memory outside was read before the wait began, maybe
-		// before what took the task's memory grew: read it again first.
-		return false
-	}
 	want := min(g.committedLocked()+g.predictFrom(b, t.need), g.roomHigh)
-	return g.capacityLocked() >= want-g.roomHigh/10
+	return g.capacityLocked() >= want-g.roomHigh/10 || time.Since(g.roomSince) >= roomPatience
 }
 
 // roomyLocked reports whether, on a cold start with the prediction base,
@@ -1027,13 +1018,11 @@ func (g *governor) run() {
 
 // sample reads memory once and acts on it.
 func (g *governor) sample() {
-	from := time.Now()
 	meters, usage, inUse := g.readWorkers()
 	w := g.readWalls()
 
 	g.mu.Lock()
 	now := time.Now()
-	g.sampledFrom = from
 	g.recordLocked(meters, usage, now)
 	g.inUse = inUse
 	if g.unlearnt {
