@@ -46,13 +46,6 @@ const (
 	// victimPatience is how long a preemption may stay unanswered before
 	// the governor may choose another victim.
 	victimPatience = 2 * time.Second
-	// roomPatience is how long, at most, a task the OOM killer took waits
-	// for its need to fit while nothing else runs (admit): memory that
-	// processes outside the pool hold may be freed soon, or never.
-	roomPatience = time.Minute
-	// roomWindow is how long a high capacity stays the mark roomLocked
-	// waits for: after it, what others use now counts as lasting.
-	roomWindow = 5 * time.Minute
 	// Defaults of the Config fields of the same meaning.
 	defaultPreemptAbove = 0.95
 	defaultPreemptPSI   = 40
@@ -112,10 +105,6 @@ type governor struct {
 	lastCold      time.Time               // last admission on a cold start
 	staggered     bool                    // the last admit spaced admissions out
 	lastStaggered time.Time               // last dispatch while admissions were spaced out
-	roomFor       uint64                  // task waiting, with nothing running, for room (roomLocked), or 0
-	roomSince     time.Time               // when it began to
-	roomHigh      int64                   // the most capacity sampled over about the last roomWindow
-	roomHighAt    time.Time               // when roomHigh was sampled
 
 	wake chan struct{} // tells the loop to look at admission again
 }
@@ -379,10 +368,8 @@ func (g *governor) committedLocked() int64 {
 // admit reports whether t may start now: its predicted peak fits beside
 // what the running attempts hold, either at once or, once the governor has
 // seen how attempts grow and how long they live, at every moment of t's
-// predicted life. When nothing runs, it may, so that the pool never
-// stalls; but a task the OOM killer took first waits, for roomPatience at
-// most, until its need fits what memory processes outside the pool leave:
-// run at once, it would meet the same wall again.
+// predicted life. When nothing runs, it always may, so that the pool never
+// stalls.
 func (g *governor) admit(t *task) bool {
 	// A wait that begins or ends is told once g.mu is released, so that
 	// an observer may ask the pool about memory.
@@ -395,10 +382,7 @@ func (g *governor) admit(t *task) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	ok := len(g.res) == 0
-	switch {
-	case ok && t.ooms > 0:
-		ok = g.roomLocked(t)
-	case !ok:
+	if !ok {
 		base, basis := g.baseLocked()
 		c := g.capacityLocked()
 		gap := g.staggerLocked()
@@ -410,9 +394,6 @@ func (g *governor) admit(t *task) bool {
 			ok = g.fitsAtOnceLocked(t, c) || g.fitsOverTimeLocked(t, c)
 		}
 	}
-	if ok {
-		g.roomFor = 0
-	}
 	if g.blocked == ok {
 		told = &Event{Kind: EventAdmissionWait, TaskID: t.id}
 		if ok {
@@ -421,24 +402,6 @@ func (g *governor) admit(t *task) bool {
 	}
 	g.blocked = !ok
 	return ok
-}
-
-// roomLocked reports whether t, which the OOM killer took before, may
-// start now that nothing runs. Processes outside the pool may have held
-// the memory it lacked: a neighbour in the same container, a host short
-// of memory. Run at once, it would meet the same wall, and its need would
-// double up to the whole budget, where one more kill is poison. So it
-// waits until its need, with what idle workers hold, fits what memory
-// they leave, or at least they leave as much as they did at best lately
-// (roomHigh, less a tenth: others' lasting use is no reason to wait), or
-// until it has waited roomPatience.
-func (g *governor) roomLocked(t *task) bool {
-	if g.roomFor != t.id {
-		g.roomFor, g.roomSince = t.id, time.Now()
-	}
-	b, _ := g.baseLocked()
-	want := min(g.committedLocked()+g.predictFrom(b, t.need), g.roomHigh)
-	return g.capacityLocked() >= want-g.roomHigh/10 || time.Since(g.roomSince) >= roomPatience
 }
 
 // roomyLocked reports whether, on a cold start with the prediction base,
@@ -1033,9 +996,6 @@ func (g *governor) sample() {
 	}
 	if w.cgErr == nil && g.cg > 0 {
 		g.cgOutside = max(0, w.cgUsed-inUse)
-	}
-	if c := g.capacityLocked(); c >= g.roomHigh || now.Sub(g.roomHighAt) >= roomWindow {
-		g.roomHigh, g.roomHighAt = c, now
 	}
 	victim, slot := uint64(0), -1
 	if w.short && (g.victim == 0 || time.Since(g.victimAt) > victimPatience) {

@@ -235,48 +235,19 @@ func TestGovernorEnclosingPoison(t *testing.T) {
 // beyond the budget: it is not poison, but retried, and once the other
 // process is gone (it ends as the first attempt ends), it is done.
 func TestGovernorEnclosingOutsideKill(t *testing.T) {
-	text := outsideHog(t, 0, "SAFEPOOL_TEST_TASKS=300 300 200")
+	py := systemPython(t)
+	dir := containerFor(t, 600<<20)
+	text, err := superviseAsNobody(t, dir, workerEnv+"=gov-container", "SAFEPOOL_TEST_PYTHON="+py,
+		"SAFEPOOL_TEST_SCENARIO=outside-hog", "SAFEPOOL_TEST_TASKS=300 300 200")
+	if err != nil {
+		t.Fatalf("supervisor: %v; output:\n%s", err, text)
+	}
 	task := taskLines(text)[1]
 	list := attemptsOf(task)
 	if !strings.HasPrefix(task, "task 1 done ") || list[0] != "oom/0" {
 		t.Fatalf("supervisor output:\n%s\nwant task 1 OOM-killed alone (oom/0), then done", text)
 	}
 	t.Logf("supervisor output:\n%s", text)
-}
-
-// TestGovernorEnclosingOutsideKillWaits: as TestGovernorEnclosingOutsideKill,
-// but the process that is not a worker takes its 400 MiB while the task
-// runs (600 ms after it started, the task holding 300 MiB), and holds it
-// for 2.5 s more after the task's first attempt ends. The retry waits for
-// that memory to be freed, and is done; run at once, it met the same
-// wall again and again, its need doubling up to the whole budget, and
-// ended poison.
-func TestGovernorEnclosingOutsideKillWaits(t *testing.T) {
-	text := outsideHog(t, 2500*time.Millisecond, "SAFEPOOL_TEST_HOG_START=600ms", "SAFEPOOL_TEST_TASKS=300 300 2000")
-	task := taskLines(text)[1]
-	if list := attemptsOf(task); !strings.HasPrefix(task, "task 1 done ") || len(list) != 2 || list[0] != "oom/0" {
-		t.Fatalf("supervisor output:\n%s\nwant task 1 OOM-killed alone (oom/0), then done at its next attempt", text)
-	}
-	if !strings.Contains(text, "retry after the hog ended: true\n") {
-		t.Errorf("supervisor output:\n%s\nwant the retry to start after the hog ended", text)
-	}
-	t.Logf("supervisor output:\n%s", text)
-}
-
-// outsideHog runs the outside-hog scenario as nobody in a 600 MiB
-// container, the hog ending hold after the task's first attempt, with env
-// added (the task, when the hog starts), and returns the supervisor's
-// output.
-func outsideHog(t *testing.T, hold time.Duration, env ...string) string {
-	t.Helper()
-	py := systemPython(t)
-	dir := containerFor(t, 600<<20)
-	text, err := superviseAsNobody(t, dir, append([]string{workerEnv + "=gov-container", "SAFEPOOL_TEST_PYTHON=" + py,
-		"SAFEPOOL_TEST_SCENARIO=outside-hog", "SAFEPOOL_TEST_HOG_HOLD=" + hold.String()}, env...)...)
-	if err != nil {
-		t.Fatalf("supervisor: %v; output:\n%s", err, text)
-	}
-	return text
 }
 
 // TestGovernorEnclosingNoBudget: a reserve larger than the container's
@@ -412,7 +383,7 @@ func memoryMount(t *testing.T) string {
 // attempts were preempted.
 func runGovContainer() int {
 	var release string // oom-retry: the file that lets task 1 free its memory
-	var h *hog         // outside-hog: the process that is not a worker
+	var stop func()    // outside-hog: ends the process that is not a worker
 	cfg := pool.Config{
 		Command: []string{os.Getenv("SAFEPOOL_TEST_PYTHON"), "-c", rampTask, "{}"},
 		Workers: 12,
@@ -458,26 +429,38 @@ func runGovContainer() int {
 		for range q.Results() {
 		}
 	case "outside-hog":
-		// A process that is not a worker holds 400 MiB of the container:
-		// from before the pool starts, or from SAFEPOOL_TEST_HOG_START
-		// after task 1's first attempt starts, until SAFEPOOL_TEST_HOG_HOLD
-		// after that attempt ends.
-		hold, err := time.ParseDuration(os.Getenv("SAFEPOOL_TEST_HOG_HOLD"))
+		// A process that is not a worker holds 400 MiB of the container
+		// until task 1's first attempt ends.
+		cfg.Workers = 1
+		cfg.PreemptAbove, cfg.PreemptPSI = -1, -1
+		hog := exec.Command(cfg.Command[0], "-c",
+			`import sys; b = b"x" * (400 << 20); print("ready", flush=True); sys.stdin.read()`)
+		hog.Stderr = os.Stderr
+		in, err := hog.StdinPipe()
 		if err != nil {
 			fmt.Println(err)
 			return 1
 		}
-		cfg.Workers = 1
-		cfg.PreemptAbove, cfg.PreemptPSI = -1, -1
-		h = newHog(cfg.Command[0], hold)
-		defer h.stop()
-		if at := os.Getenv("SAFEPOOL_TEST_HOG_START"); at != "" {
-			if h.startAfter, err = time.ParseDuration(at); err != nil {
-				fmt.Println(err)
-				return 1
-			}
-		} else if err := h.start(); err != nil {
+		out, err := hog.StdoutPipe()
+		if err != nil {
 			fmt.Println(err)
+			return 1
+		}
+		if err := hog.Start(); err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		var once sync.Once
+		stop = func() {
+			once.Do(func() {
+				hog.Process.Kill()
+				in.Close()
+				hog.Wait()
+			})
+		}
+		defer stop()
+		if line, err := bufio.NewReader(out).ReadString('\n'); line != "ready\n" {
+			fmt.Printf("the hog did not start: %q %v\n", line, err)
 			return 1
 		}
 	case "preempt":
@@ -508,10 +491,12 @@ func runGovContainer() int {
 			}
 		}
 	}
-	if h != nil {
+	if stop != nil {
 		cfg.Observer = func(e pool.Event) {
 			n.observe(e)
-			h.observe(e)
+			if e.Kind == pool.EventAttemptEnded {
+				stop()
+			}
 		}
 	}
 	p, err := pool.New(cfg)
@@ -532,8 +517,7 @@ func runGovContainer() int {
 			p.Submit(context.Background(), pool.Task{Args: append(cfg.Command[:3:3], strings.Fields(in)...)})
 		}
 	}()
-	var retry time.Time     // the start of task 2's last attempt, if it ran more than once
-	var lastStart time.Time // the start of the last attempt of the last task
+	var retry time.Time // the start of task 2's last attempt, if it ran more than once
 	for r := range p.Results() {
 		var list []string
 		for i, a := range r.Attempts {
@@ -551,95 +535,14 @@ func runGovContainer() int {
 		if r.ID == 2 && len(r.Attempts) > 1 {
 			retry = last.Start
 		}
-		lastStart = last.Start
 	}
 	if release != "" {
 		fmt.Printf("retry after the neighbour began to free its memory: %v\n", retryAfterFree(release, retry))
-	}
-	if h != nil {
-		h.stop()
-		fmt.Printf("retry after the hog ended: %v\n", lastStart.After(time.Unix(0, h.ended.Load())))
 	}
 	st, _ := p.Memory()
 	fmt.Printf("most at once %d, memory allows %d\n", n.most, st.Allows)
 	fmt.Printf("preempted=%d\n", p.Stats().Preempted)
 	return 0
-}
-
-// hog is a process that is not a worker and holds 400 MiB, for the
-// outside-hog scenario: started before the pool (start), or startAfter
-// the first attempt starts; ended hold after the first attempt ends.
-type hog struct {
-	py         string
-	hold       time.Duration
-	startAfter time.Duration // 0: started before the pool
-
-	startOnce, stopOnce, firstStart, firstEnd sync.Once
-	mu                                        sync.Mutex
-	cmd                                       *exec.Cmd     // guarded by mu
-	done                                      chan struct{} // closed when it has ended
-	ended                                     atomic.Int64  // when it ended, Unix nanoseconds
-}
-
-func newHog(py string, hold time.Duration) *hog {
-	return &hog{py: py, hold: hold, done: make(chan struct{})}
-}
-
-// start starts the hog and waits until it holds its memory.
-func (h *hog) start() error {
-	var err error
-	h.startOnce.Do(func() {
-		cmd := exec.Command(h.py, "-c", `import sys; b = b"x" * (400 << 20); print("ready", flush=True); sys.stdin.read()`)
-		cmd.Stderr = os.Stderr
-		var out io.ReadCloser
-		if _, err = cmd.StdinPipe(); err != nil {
-			return
-		}
-		if out, err = cmd.StdoutPipe(); err != nil {
-			return
-		}
-		if err = cmd.Start(); err != nil {
-			return
-		}
-		h.mu.Lock()
-		h.cmd = cmd
-		h.mu.Unlock()
-		line, _ := bufio.NewReader(out).ReadString('\n')
-		go func() {
-			cmd.Wait()
-			h.ended.Store(time.Now().UnixNano())
-			close(h.done)
-		}()
-		if line != "ready\n" {
-			err = fmt.Errorf("the hog did not start: %q", line)
-		}
-	})
-	return err
-}
-
-// stop kills the hog, if it was started, and waits until it has ended.
-func (h *hog) stop() {
-	h.stopOnce.Do(func() {
-		h.mu.Lock()
-		cmd := h.cmd
-		h.mu.Unlock()
-		if cmd != nil {
-			cmd.Process.Kill()
-			<-h.done
-		}
-	})
-}
-
-// observe starts and stops the hog by the first attempt's events.
-func (h *hog) observe(e pool.Event) {
-	switch e.Kind {
-	case pool.EventAttemptStarted:
-		if h.startAfter > 0 {
-			h.firstStart.Do(func() { time.AfterFunc(h.startAfter, func() { h.start() }) })
-		}
-	case pool.EventAttemptEnded:
-		h.firstEnd.Do(func() { time.AfterFunc(h.hold, h.stop) })
-	}
 }
 
 // neighbours is an Observer that records, for each attempt, the most
