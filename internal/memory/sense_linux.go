@@ -16,16 +16,45 @@ import (
 type Sensor struct {
 	loc   location // the supervisor's memory cgroup, when found
 	hasCg bool
+	// walls are the cgroups above loc.dir that have a memory limit of
+	// their own and count loc.dir's memory in theirs, nearest first; found
+	// once. Their usage holds processes beside the supervisor's cgroup.
+	walls []string
 }
 
-// NewSensor finds the supervisor's memory cgroup once. Without one (no
-// memory controller, not Linux) the Sensor still reads the host.
+// NewSensor finds the supervisor's memory cgroup, and the limited cgroups
+// above it, once. Without one (no memory controller, not Linux) the Sensor
+// still reads the host.
 func NewSensor() *Sensor {
 	loc, err := locate()
 	if err != nil {
 		return &Sensor{}
 	}
-	return &Sensor{loc: loc, hasCg: true}
+	return &Sensor{loc: loc, hasCg: true, walls: wallsAbove(loc)}
+}
+
+// wallsAbove lists the cgroups above loc.dir, up to loc.mount, that have a
+// memory limit of their own and count loc.dir's memory in theirs, nearest
+// first. Under cgroup v1 an ancestor whose memory.use_hierarchy is 0 does
+// not count its children's memory, nor limit it: the walk stops there.
+func wallsAbove(loc location) []string {
+	limitFile := "memory.max"
+	if loc.mode == ModeCgroupV1 {
+		limitFile = "memory.limit_in_bytes"
+	}
+	var walls []string
+	for dir := loc.dir; dir != loc.mount && strings.HasPrefix(dir, loc.mount+"/"); {
+		dir = filepath.Dir(dir)
+		if loc.mode == ModeCgroupV1 {
+			if h, err := readCgroupFile(filepath.Join(dir, "memory.use_hierarchy")); err == nil && h == "0" {
+				break
+			}
+		}
+		if _, ok, err := readLimit(filepath.Join(dir, limitFile)); err == nil && ok {
+			walls = append(walls, dir)
+		}
+	}
+	return walls
 }
 
 // HostTotal returns the host's MemTotal in bytes.
@@ -53,24 +82,60 @@ func (s *Sensor) CgroupLimit() (int64, bool, error) {
 	return ownLimit(s.loc)
 }
 
-// CgroupUsed returns the working set of the supervisor's own cgroup in
-// bytes: its usage (workers included, as they live below it) less its
-// inactive page cache, which the kernel reclaims before it OOM-kills. It
-// is what a container's limit is measured against. Without a memory
-// cgroup it returns an error matching errors.ErrUnsupported.
+// CgroupUsed returns how much of the limit that CgroupLimit returns is in
+// use, in bytes: the working set of the supervisor's own cgroup (its usage,
+// workers included, as they live below it, less its inactive page cache,
+// which the kernel reclaims before it OOM-kills). Where a cgroup above it
+// has a limit of its own, as when the program that started the supervisor
+// runs in a cgroup beside it, or a pod holds several containers, that
+// cgroup's working set holds what the processes beside the supervisor's
+// cgroup use: then the figure is the limit less the least room any of them
+// leaves (its limit less its working set), so that what is left under the
+// limit is what the tightest of them leaves. Without a memory cgroup it
+// returns an error matching errors.ErrUnsupported.
 func (s *Sensor) CgroupUsed() (int64, error) {
 	if !s.hasCg {
 		return 0, fmt.Errorf("memory: no memory cgroup: %w", errors.ErrUnsupported)
 	}
-	usageFile, inactiveKey := "memory.current", "inactive_file"
+	own, err := workingSet(s.loc.mode, s.loc.dir)
+	if err != nil || len(s.walls) == 0 {
+		return own, err
+	}
+	limit, ok, err := ownLimit(s.loc)
+	if err != nil || !ok {
+		return own, err
+	}
+	room := limit - own
+	limitFile := "memory.max"
 	if s.loc.mode == ModeCgroupV1 {
+		limitFile = "memory.limit_in_bytes"
+	}
+	for _, dir := range s.walls {
+		l, ok, err := readLimit(filepath.Join(dir, limitFile))
+		if err != nil || !ok {
+			continue // removed, or its limit lifted, since NewSensor
+		}
+		ws, err := workingSet(s.loc.mode, dir)
+		if err != nil {
+			continue
+		}
+		room = min(room, l-ws)
+	}
+	return max(own, limit-room), nil
+}
+
+// workingSet returns the usage of the cgroup dir less its inactive page
+// cache, in bytes.
+func workingSet(mode Mode, dir string) (int64, error) {
+	usageFile, inactiveKey := "memory.current", "inactive_file"
+	if mode == ModeCgroupV1 {
 		usageFile, inactiveKey = "memory.usage_in_bytes", "total_inactive_file"
 	}
-	usage, err := readInt(filepath.Join(s.loc.dir, usageFile))
+	usage, err := readInt(filepath.Join(dir, usageFile))
 	if err != nil {
 		return 0, err
 	}
-	inactive, ok, err := readKey(filepath.Join(s.loc.dir, "memory.stat"), inactiveKey)
+	inactive, ok, err := readKey(filepath.Join(dir, "memory.stat"), inactiveKey)
 	if err != nil || !ok {
 		return usage, nil // a missing statistic only makes the figure cautious
 	}

@@ -1,6 +1,8 @@
 package memory
 
 import (
+	"fmt"
+	"path/filepath"
 	"testing"
 )
 
@@ -53,5 +55,88 @@ func TestGroupWorkingSet(t *testing.T) {
 	ws, err := g.WorkingSet()
 	if err != nil || ws < 0 {
 		t.Errorf("WorkingSet() of an empty group = %d, %v", ws, err)
+	}
+}
+
+// TestCgroupUsedWalls runs CgroupUsed on fake cgroupfs trees where a
+// cgroup above the supervisor's has a limit, and processes beside the
+// supervisor's cgroup (the program that started it, in a cgroup of its
+// own) use memory under it: what is left under the smallest limit must be
+// the least room any limited cgroup leaves, not what the supervisor's own
+// cgroup alone leaves.
+func TestCgroupUsedWalls(t *testing.T) {
+	n := func(v int64) string { return fmt.Sprintf("%d\n", v) }
+	v2 := t.TempDir()
+	writeFiles(t, v2, map[string]string{
+		// The container: 1 GiB, of which the client beside the supervisor
+		// holds most.
+		"pod/memory.max":     n(1024 * mib),
+		"pod/memory.current": n(900 * mib),
+		"pod/memory.stat":    "anon 1\ninactive_file " + n(100*mib),
+		// The supervisor's cgroup, not limited: 100 MiB.
+		"pod/sup/memory.max":     "max\n",
+		"pod/sup/memory.current": n(110 * mib),
+		"pod/sup/memory.stat":    "inactive_file " + n(10*mib),
+		// Its own limit, larger than the pod's, which binds later.
+		"lim/memory.max":         n(2048 * mib),
+		"lim/memory.current":     n(300 * mib),
+		"lim/memory.stat":        "inactive_file 0\n",
+		"lim/sup/memory.max":     n(512 * mib),
+		"lim/sup/memory.current": n(200 * mib),
+		"lim/sup/memory.stat":    "inactive_file 0\n",
+		"alone/memory.max":       n(256 * mib),
+		"alone/memory.current":   n(64 * mib),
+		"alone/memory.stat":      "inactive_file 0\n",
+	})
+	v1 := t.TempDir()
+	writeFiles(t, v1, map[string]string{
+		"c/memory.limit_in_bytes":      n(600 * mib),
+		"c/memory.use_hierarchy":       "1\n",
+		"c/memory.usage_in_bytes":      n(450 * mib),
+		"c/memory.stat":                "total_inactive_file " + n(50*mib),
+		"c/s/memory.limit_in_bytes":    "9223372036854771712\n",
+		"c/s/memory.use_hierarchy":     "1\n",
+		"c/s/memory.usage_in_bytes":    n(40 * mib),
+		"c/s/memory.stat":              "total_inactive_file 0\nhierarchical_memory_limit " + n(600*mib),
+		"flat/memory.limit_in_bytes":   n(600 * mib),
+		"flat/memory.use_hierarchy":    "0\n",
+		"flat/memory.usage_in_bytes":   n(450 * mib),
+		"flat/memory.stat":             "total_inactive_file 0\n",
+		"flat/s/memory.limit_in_bytes": n(300 * mib),
+		"flat/s/memory.use_hierarchy":  "0\n",
+		"flat/s/memory.usage_in_bytes": n(40 * mib),
+		"flat/s/memory.stat":           "total_inactive_file 0\nhierarchical_memory_limit " + n(300*mib),
+	})
+	tests := []struct {
+		name  string
+		loc   location
+		walls int
+		limit int64
+		used  int64
+	}{
+		// 1 GiB less the pod's 224 MiB of room: the client's 700 MiB count.
+		{"v2 limit above", location{mode: ModeCgroupV2, mount: v2, dir: filepath.Join(v2, "pod/sup")}, 1, 1024 * mib, 800 * mib},
+		// The own limit leaves 312 MiB, the larger one above 1748 MiB.
+		{"v2 own limit binds", location{mode: ModeCgroupV2, mount: v2, dir: filepath.Join(v2, "lim/sup")}, 1, 512 * mib, 200 * mib},
+		{"v2 no cgroup above", location{mode: ModeCgroupV2, mount: v2, dir: filepath.Join(v2, "alone")}, 0, 256 * mib, 64 * mib},
+		{"v1 limit above", location{mode: ModeCgroupV1, mount: v1, dir: filepath.Join(v1, "c/s")}, 1, 600 * mib, 400 * mib},
+		// A parent that does not count its children's memory is no wall.
+		{"v1 no hierarchy", location{mode: ModeCgroupV1, mount: v1, dir: filepath.Join(v1, "flat/s")}, 0, 300 * mib, 40 * mib},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := &Sensor{loc: tt.loc, hasCg: true, walls: wallsAbove(tt.loc)}
+			if len(s.walls) != tt.walls {
+				t.Errorf("wallsAbove(%s) = %q, want %d", tt.loc.dir, s.walls, tt.walls)
+			}
+			limit, ok, err := s.CgroupLimit()
+			if err != nil || !ok || limit != tt.limit {
+				t.Errorf("CgroupLimit() = %d MiB, %v, %v, want %d MiB", limit/mib, ok, err, tt.limit/mib)
+			}
+			used, err := s.CgroupUsed()
+			if err != nil || used != tt.used {
+				t.Errorf("CgroupUsed() = %d MiB, %v, want %d MiB", used/mib, err, tt.used/mib)
+			}
+		})
 	}
 }
