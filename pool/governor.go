@@ -115,6 +115,21 @@ type reservation struct {
 	slot  int          // runner slot that took it, or -1 while on its way
 	start time.Time    // when the runner took it
 	trace []usagePoint // its slot's sampled usage since start, oldest first
+	// others is the least that processes other than the workers held
+	// within each wall, over the samples from the reservation to its
+	// release: what they held throughout the attempt. The least, because
+	// a worker's memory is read a little before the walls', so that what
+	// a worker grows by in between counts as others' for a sample.
+	others others
+}
+
+// others is what processes other than the workers hold within the walls
+// around them (the supervisor itself, the program that uses the pool,
+// whatever else runs in the same container or on the host): the working
+// set of the supervisor's cgroup, and the host's memory in use, less what
+// the workers hold.
+type others struct {
+	cg, host int64
 }
 
 // usagePoint is one sample of an attempt's memory: its usage at an age.
@@ -212,6 +227,14 @@ func newGovernor(p *Pool, cfg *Config, mode memory.Mode) *governor {
 	if g.budget == 0 {
 		return nil // nothing to plan with
 	}
+	// No worker runs yet: what the walls hold now is others'.
+	w := g.readWalls()
+	if w.hostErr == nil && g.host > 0 {
+		g.hostOutside = w.hostUsed
+	}
+	if w.cgErr == nil && g.cg > 0 {
+		g.cgOutside = w.cgUsed
+	}
 	g.last = g.stateLocked()
 	return g
 }
@@ -299,17 +322,61 @@ func (g *governor) ownsOOM(memLimit int64) bool {
 // capacityLocked is the memory the workers may use together now: the
 // budget less what others use within the same walls.
 func (g *governor) capacityLocked() int64 {
+	return g.capacityBeside(g.othersLocked())
+}
+
+// othersLocked is what processes other than the workers hold now, at the
+// last sample.
+func (g *governor) othersLocked() others {
+	return others{cg: g.cgOutside, host: g.hostOutside}
+}
+
+// capacityBeside is the memory the workers may use together while others
+// hold o: the budget less o within each wall.
+func (g *governor) capacityBeside(o others) int64 {
 	c := g.budget
 	if g.userBudget > 0 {
 		c = min(c, g.userBudget)
 	}
 	if g.hostBudget > 0 {
-		c = min(c, g.hostBudget-g.hostOutside)
+		c = min(c, g.hostBudget-o.host)
 	}
 	if g.cgBudget > 0 {
-		c = min(c, g.cgBudget-g.cgOutside)
+		c = min(c, g.cgBudget-o.cg)
 	}
 	return max(c, 0)
+}
+
+// wallBeside is the wall that leaves the workers the least memory while
+// others hold o, and what it leaves them: the enclosing cgroup's limit or
+// the host's memory, less o there. The reserve is not taken off: this is
+// where the kernel kills, not what the governor plans with. ok is false
+// when neither wall is known.
+func (g *governor) wallBeside(o others) (w wall, ok bool) {
+	if g.host > 0 {
+		w, ok = wall{size: g.host, held: o.host, room: g.host - o.host}, true
+	}
+	if g.cg > 0 && (!ok || g.cg-o.cg < w.room) {
+		w, ok = wall{cgroup: true, size: g.cg, held: o.cg, room: g.cg - o.cg}, true
+	}
+	return w, ok
+}
+
+// wall is one of the walls around the workers, as wallBeside sees it.
+type wall struct {
+	cgroup bool  // the enclosing cgroup's limit; else the host's memory
+	size   int64 // the limit, or the host's MemTotal
+	held   int64 // what processes other than the workers held within it
+	room   int64 // size less held: what it left the workers
+}
+
+// String names the wall in a message: "the enclosing cgroup's limit of
+// 600 MiB", "the host's memory of 16 GiB".
+func (w wall) String() string {
+	if w.cgroup {
+		return "the enclosing cgroup's limit of " + bytesize.Format(w.size)
+	}
+	return "the host's memory of " + bytesize.Format(w.size)
 }
 
 // baseLocked is the predicted peak of a task with no history of its own.
@@ -569,7 +636,7 @@ func (g *governor) reserve(t *task) {
 	}
 	r := g.res[t.id]
 	if r == nil {
-		r = &reservation{slot: -1}
+		r = &reservation{slot: -1, others: g.othersLocked()}
 		g.res[t.id] = r
 	}
 	if r.need == 0 && t.need > 0 {
@@ -585,7 +652,7 @@ func (g *governor) bind(id uint64, slot int) {
 	g.mu.Lock()
 	r := g.res[id]
 	if r == nil {
-		r = &reservation{}
+		r = &reservation{others: g.othersLocked()}
 		g.res[id] = r
 	}
 	r.slot, r.start = slot, time.Now()
@@ -593,11 +660,13 @@ func (g *governor) bind(id uint64, slot int) {
 }
 
 // release frees task id's reservation when its attempt ended or it went
-// back to the queue.
-func (g *governor) release(id uint64) {
+// back to the queue, and returns what processes other than the workers
+// held throughout (reservation.others).
+func (g *governor) release(id uint64) others {
 	g.mu.Lock()
 	var m meter
 	slot := -1
+	o := g.othersLocked()
 	if r := g.res[id]; r != nil {
 		if r.slot >= 0 {
 			slot, m = r.slot, g.slots[r.slot].meter
@@ -605,6 +674,7 @@ func (g *governor) release(id uint64) {
 		if r.need > 0 {
 			g.withNeed--
 		}
+		o = r.others
 	}
 	delete(g.res, id)
 	if g.victim == id {
@@ -615,7 +685,7 @@ func (g *governor) release(id uint64) {
 	// The slot's last sample still holds what the attempt used; while the
 	// loop waits for memory, read what the worker holds now.
 	if !blocked || m == (meter{}) {
-		return
+		return o
 	}
 	if u, ok := m.read(); ok {
 		g.mu.Lock()
@@ -624,6 +694,7 @@ func (g *governor) release(id uint64) {
 		}
 		g.mu.Unlock()
 	}
+	return o
 }
 
 // setGroup records the cgroup of the worker in slot, or nil.
@@ -844,15 +915,34 @@ func (g *governor) needAfter(t *task, peak int64) int64 {
 	return min(max(peak+peak/4, 2*t.need, g.predictLocked(t.need)), g.budget)
 }
 
-// hadWhole reports whether t's attempt, which peaked at peak bytes, had
-// the whole budget: t needed all of it, so that it could start only with
-// nothing beside it, or its peak reached it (within a fiftieth, as where
-// its cgroup's limit is the budget and the kill came at that limit). Only
-// an OOM kill of such an attempt, run alone, shows that the task needs
-// more memory than the pool may use (poison). t.need is still the need the
-// attempt was given.
-func (g *governor) hadWhole(t *task, peak int64) bool {
-	return t.need >= g.budget || peak >= g.budget-g.budget/50
+// judgeAlone says what an OOM kill of t's attempt, which peaked at peak
+// bytes, shows of the task if the attempt ran alone (settle asks only
+// then); t.need is still the need the attempt was given, and t.others what
+// processes other than the workers held throughout it.
+//
+// whole: the attempt had the whole budget. Its peak reached it (within a
+// fiftieth, as where its cgroup's limit is the budget and the kill came at
+// that limit), or it needed all of it, so that it could start only with
+// nothing beside it, and the others left it the budget: the walls, less
+// what they held, were no smaller. The task needs more memory than the
+// pool may use (poison).
+//
+// crowded: the others left it less than the budget, and it had all they
+// left: it needed at least the capacity beside them. The task may need no
+// more than the budget; what the others held is why it did not fit.
+// Judged against the budget alone, such a task was poison, though a
+// program that uses the pool and holds more than half its container's
+// memory was what left it no room.
+//
+// Neither: it may fit with more, and is retried with its need raised.
+func (g *governor) judgeAlone(t *task, peak int64) (whole, crowded bool) {
+	if peak >= g.budget-g.budget/50 {
+		return true, false
+	}
+	if w, ok := g.wallBeside(t.others); ok && w.room < g.budget {
+		return false, t.need >= g.capacityBeside(t.others)
+	}
+	return t.need >= g.budget, false
 }
 
 // MemoryGovernor says in one line whether the memory governor is on, the
@@ -903,6 +993,19 @@ func (g *governor) describe() string {
 func (g *governor) poisonMessage(a Attempt) string {
 	return fmt.Sprintf("killed by the OOM killer while running alone with the whole memory budget of %s (peak %s): it needs more memory than the pool may use",
 		bytesize.Format(g.budget), bytesize.Format(a.PeakRSS))
+}
+
+// crowdedMessage explains a task that failed because processes other than
+// the workers, holding o, left its attempt a, run alone, less memory than
+// it needed (judgeAlone's crowded), such as "killed by the OOM killer while
+// running alone (peak 180 MiB): processes other than the pool's workers
+// held 395 MiB of the enclosing cgroup's limit of 600 MiB, which left it
+// 205 MiB, less than it needs; it may fit within the memory budget of 536
+// MiB when they hold less".
+func (g *governor) crowdedMessage(a Attempt, o others) string {
+	w, _ := g.wallBeside(o)
+	return fmt.Sprintf("killed by the OOM killer while running alone (peak %s): processes other than the pool's workers held %s of %s, which left it %s, less than it needs; it may fit within the memory budget of %s when they hold less",
+		bytesize.Format(a.PeakRSS), bytesize.Format(w.held), w, bytesize.Format(max(w.room, 0)), bytesize.Format(g.budget))
 }
 
 // stateLocked is the governor's current plan.
@@ -993,9 +1096,15 @@ func (g *governor) sample() {
 	}
 	if w.hostErr == nil && g.host > 0 {
 		g.hostOutside = max(0, w.hostUsed-inUse)
+		for _, r := range g.res {
+			r.others.host = min(r.others.host, g.hostOutside)
+		}
 	}
 	if w.cgErr == nil && g.cg > 0 {
 		g.cgOutside = max(0, w.cgUsed-inUse)
+		for _, r := range g.res {
+			r.others.cg = min(r.others.cg, g.cgOutside)
+		}
 	}
 	victim, slot := uint64(0), -1
 	if w.short && (g.victim == 0 || time.Since(g.victimAt) > victimPatience) {

@@ -250,6 +250,93 @@ func TestGovernorEnclosingOutsideKill(t *testing.T) {
 	t.Logf("supervisor output:\n%s", text)
 }
 
+// TestGovernorEnclosingClientHeld: one worker in a 600 MiB container,
+// beside a process that is not a worker and holds 360 MiB for the whole
+// run, as a program that uses the pool holds its own data. A task that
+// grows to 300 MiB, half the limit and well within the budget, is
+// OOM-killed even while it runs alone. It is not poison (it would fit in
+// the budget): it fails, and its message says that the others held the
+// memory it lacked, how much, and what that left it.
+func TestGovernorEnclosingClientHeld(t *testing.T) {
+	py := systemPython(t)
+	dir := containerFor(t, 600<<20)
+	text, err := superviseAsNobody(t, dir, workerEnv+"=gov-container", "SAFEPOOL_TEST_PYTHON="+py,
+		"SAFEPOOL_TEST_SCENARIO=client-hog", "SAFEPOOL_TEST_HOG_MB=360", "SAFEPOOL_TEST_TASKS=300 300 200")
+	if err != nil {
+		t.Fatalf("supervisor: %v; output:\n%s", err, text)
+	}
+	checkCrowdedOut(t, text)
+}
+
+// TestGovernorEnclosingClientBeside: as TestGovernorEnclosingClientHeld,
+// but the process that holds 360 MiB runs in the container's cgroup and the
+// supervisor in a cgroup of its own below it, without a limit, as when the
+// program that uses the pool started it in a cgroup of its own: the
+// container's limit binds both, and the supervisor's own cgroup does not
+// hold the other's memory. The governor must still see it.
+func TestGovernorEnclosingClientBeside(t *testing.T) {
+	py := systemPython(t)
+	dir := containerFor(t, 600<<20)
+	sup := filepath.Join(dir, "supervisor")
+	if err := os.Mkdir(sup, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(sup) }) // before containerFor's cleanup removes dir
+	hog := exec.Command("sh", "-c", `echo $$ > "$0/cgroup.procs" && exec "$1" -c "$2"`, dir, py, hogScript)
+	hog.Stderr = os.Stderr
+	in, err := hog.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := hog.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hog.Env = append(os.Environ(), "SAFEPOOL_TEST_HOG_MB=360")
+	if err := hog.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		hog.Process.Kill()
+		in.Close()
+		hog.Wait()
+	})
+	if line, err := bufio.NewReader(out).ReadString('\n'); line != "ready\n" {
+		t.Fatalf("the process beside the supervisor did not start: %q %v", line, err)
+	}
+	text, err := superviseAsNobody(t, sup, workerEnv+"=gov-container", "SAFEPOOL_TEST_PYTHON="+py,
+		"SAFEPOOL_TEST_SCENARIO=client-beside", "SAFEPOOL_TEST_TASKS=300 300 200")
+	if err != nil {
+		t.Fatalf("supervisor: %v; output:\n%s", err, text)
+	}
+	checkCrowdedOut(t, text)
+}
+
+// checkCrowdedOut checks that task 1, in a 600 MiB container where others
+// hold 360 MiB, failed for memory after a few attempts, not poison, with a
+// message that says why.
+func checkCrowdedOut(t *testing.T, text string) {
+	t.Helper()
+	task := taskLines(text)[1]
+	if !strings.HasPrefix(task, "task 1 failed oom ") {
+		t.Fatalf("supervisor output:\n%s\nwant task 1 failed (oom), not poison: the others held the memory it lacked", text)
+	}
+	for _, want := range []string{"processes other than the pool's workers held ", " of the enclosing cgroup's limit of 600 MiB",
+		" left it ", "within the memory budget of 536 MiB"} {
+		if !strings.Contains(task, want) {
+			t.Errorf("%s: want the message to say %q", task, want)
+		}
+	}
+	if list := attemptsOf(task); len(list) > 3 {
+		t.Errorf("%s: %d attempts, want at most 3", task, len(list))
+	}
+	t.Logf("supervisor output:\n%s", text)
+}
+
+// hogScript is a Python program that holds $SAFEPOOL_TEST_HOG_MB MiB,
+// says "ready", and holds them until its stdin ends.
+const hogScript = `import os, sys; b = b"x" * (int(os.environ["SAFEPOOL_TEST_HOG_MB"]) << 20); print("ready", flush=True); sys.stdin.read()`
+
 // TestGovernorEnclosingNoBudget: a reserve larger than the container's
 // limit leaves the workers nothing: the governor says so plainly (it used
 // to say "a budget of 1 B"), and the tasks run one at a time, all done.
@@ -428,14 +515,21 @@ func runGovContainer() int {
 		q.Close()
 		for range q.Results() {
 		}
-	case "outside-hog":
-		// A process that is not a worker holds 400 MiB of the container
-		// until task 1's first attempt ends.
+	case "client-beside":
+		// The test runs the process that is not a worker.
 		cfg.Workers = 1
 		cfg.PreemptAbove, cfg.PreemptPSI = -1, -1
-		hog := exec.Command(cfg.Command[0], "-c",
-			`import sys; b = b"x" * (400 << 20); print("ready", flush=True); sys.stdin.read()`)
+	case "outside-hog", "client-hog":
+		// A process that is not a worker holds 400 MiB of the container
+		// until task 1's first attempt ends (outside-hog), or
+		// $SAFEPOOL_TEST_HOG_MB for the whole run (client-hog).
+		cfg.Workers = 1
+		cfg.PreemptAbove, cfg.PreemptPSI = -1, -1
+		hog := exec.Command(cfg.Command[0], "-c", hogScript)
 		hog.Stderr = os.Stderr
+		if os.Getenv("SAFEPOOL_TEST_HOG_MB") == "" {
+			hog.Env = append(os.Environ(), "SAFEPOOL_TEST_HOG_MB=400")
+		}
 		in, err := hog.StdinPipe()
 		if err != nil {
 			fmt.Println(err)
@@ -451,14 +545,17 @@ func runGovContainer() int {
 			return 1
 		}
 		var once sync.Once
-		stop = func() {
+		end := func() {
 			once.Do(func() {
 				hog.Process.Kill()
 				in.Close()
 				hog.Wait()
 			})
 		}
-		defer stop()
+		defer end()
+		if os.Getenv("SAFEPOOL_TEST_SCENARIO") == "outside-hog" {
+			stop = end
+		}
 		if line, err := bufio.NewReader(out).ReadString('\n'); line != "ready\n" {
 			fmt.Printf("the hog did not start: %q %v\n", line, err)
 			return 1

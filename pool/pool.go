@@ -131,6 +131,9 @@ type task struct {
 	// alone reports whether the running attempt has had no other attempt
 	// beside it since it was dispatched.
 	alone bool
+	// others is what processes other than the workers held throughout the
+	// last attempt, set as the loop forgets it (governor.release).
+	others others
 	// ended is set by the runner that holds the task once its one-shot
 	// attempt's process has ended, before that runner may take another
 	// task (oneshot.go), and cleared by the loop as it forgets the attempt:
@@ -164,7 +167,7 @@ func (t *task) count() int {
 // nothing charged yet: how a batch's items go their own ways.
 func (t *task) split(indexes []uint32) *task {
 	return &task{id: t.base + uint64(indexes[0]), t: t.t, base: t.base, items: indexes,
-		need: max(t.t.MemHint, 0), alone: t.alone}
+		need: max(t.t.MemHint, 0), alone: t.alone, others: t.others}
 }
 
 // timeout is the limit on t's attempts: its own Task.Timeout, else

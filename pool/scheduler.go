@@ -316,7 +316,7 @@ func (s *scheduler) abort() {
 func (s *scheduler) forget(t *task) {
 	delete(s.live, t.id)
 	if s.gov != nil {
-		s.gov.release(t.id)
+		t.others = s.gov.release(t.id)
 	}
 	if !t.uncounted {
 		s.p.count(func(st *Stats) { st.Running-- })
@@ -461,8 +461,8 @@ func (s *scheduler) settleAttempt(t *task, a Attempt, output, stderr []byte) {
 	s.p.count(func(st *Stats) { st.Attempts++ })
 	var mem memVerdict
 	if s.gov != nil {
-		mem = memVerdict{governed: true, ownsOOM: s.gov.ownsOOM(s.p.cfg.MemLimit), need: s.gov.needAfter(t, a.PeakRSS),
-			whole: s.gov.hadWhole(t, a.PeakRSS)}
+		mem = memVerdict{governed: true, ownsOOM: s.gov.ownsOOM(s.p.cfg.MemLimit), need: s.gov.needAfter(t, a.PeakRSS)}
+		mem.whole, mem.crowded = s.gov.judgeAlone(t, a.PeakRSS)
 	}
 	v := settle(taskView{deaths: t.deaths, errors: t.errors, ooms: t.ooms, alone: t.alone},
 		ending{cause: a.Cause}, s.policy(), mem)
@@ -470,8 +470,11 @@ func (s *scheduler) settleAttempt(t *task, a Attempt, output, stderr []byte) {
 	if a.Cause == CausePreempted {
 		s.p.count(func(st *Stats) { st.Preempted++ })
 	}
-	if v.fate == fatePoison {
+	switch {
+	case v.fate == fatePoison:
 		a.Message = s.gov.poisonMessage(a)
+	case v.crowded:
+		a.Message = s.gov.crowdedMessage(a, t.others)
 	}
 	a.Number = v.number
 	t.attempts = append(t.attempts, a)

@@ -34,6 +34,7 @@ import "time"
 //	cancelled, or aborting   | (1)    | cancelled
 //	preempted                | -      | requeue at the head, need raised (2)
 //	memory OOM, alone, whole | ooms   | poison (and abort under Abort) (3)
+//	memory OOM, alone, crowded| ooms  | failed (and abort under Abort) (4)
 //	memory OOM, otherwise    | ooms   | retry after backoff(ooms), need raised
 //	task-error, retries left | errors | retry after backoff(errors)
 //	task-error, none left    | errors | failed
@@ -48,7 +49,11 @@ import "time"
 // others outside the pool held memory, or because it merely happened to run
 // alone (one worker, the last task of a batch), says nothing of what the
 // task needs beyond the budget: it is retried with its need raised, which
-// at least doubles each time up to the whole budget.
+// at least doubles each time up to the whole budget. (4) "alone, crowded":
+// the attempt ran alone and had all the memory that processes other than
+// the workers left it, and that was less than the budget
+// (memVerdict.crowded): they, not the task, are why it did not fit, so it
+// is not poison; nor is it run again and again against the same wall.
 //
 // "retries left" is TaskErrorRetries for task errors and Retries for worker
 // deaths, counted after the charge: a task runs at most 1+Retries times for
@@ -109,9 +114,14 @@ type memVerdict struct {
 	governed bool  // the governor runs
 	ownsOOM  bool  // an OOM kill is the governor's to handle
 	need     int64 // what the task needs after this attempt's peak
-	// whole says the attempt had the whole budget: the task's need was
-	// all of it, or the attempt's peak reached it (governor.hadWhole).
+	// whole says the attempt had the whole budget: its peak reached it,
+	// or the task's need was all of it and processes other than the
+	// workers left it that much (governor.judgeAlone).
 	whole bool
+	// crowded says the attempt had all the memory that processes other
+	// than the workers left it, and that was less than the budget
+	// (governor.judgeAlone).
+	crowded bool
 }
 
 // ending is how an attempt ended.
@@ -132,6 +142,10 @@ type verdict struct {
 	// number is Attempt.Number: the charged attempts so far, counting this
 	// one; an uncharged attempt (success, preempted, cancelled) is one more.
 	number int
+	// crowded says the task failed because processes other than the
+	// workers left it too little memory (memVerdict.crowded), which its
+	// message says.
+	crowded bool
 }
 
 // settle decides what becomes of task t whose attempt ended as e.
@@ -162,6 +176,8 @@ func settle(t taskView, e ending, pol policy, mem memVerdict) verdict {
 		}
 	case memOOM && t.alone && mem.whole:
 		v.fate, v.abort = fatePoison, pol.onDeath == Abort
+	case memOOM && t.alone && mem.crowded:
+		v.fate, v.abort, v.crowded = fateFailed, pol.onDeath == Abort, true
 	case memOOM:
 		v.fate, v.need, v.delay = fateRetry, mem.need, pol.backoffAfter(t.ooms)
 	case c == CauseTaskError && t.errors <= pol.taskErrorRetries:

@@ -12,8 +12,8 @@ var (
 		ExitCause(0), CauseTimeout, CauseProtocol, CauseOutputLost, CauseTaskError, CausePreempted, CauseCancelled}
 	settleActions = []Action{Skip, Retry, Abort}
 	// settleGovs: none, a governor that owns OOM kills (run alone with the
-	// whole budget, alone with less, or beside others), and one that does
-	// not (a MemLimit below its budget).
+	// whole budget, alone with less, alone with all that others left, or
+	// beside others), and one that does not (a MemLimit below its budget).
 	settleGovs = []struct {
 		name  string
 		mem   memVerdict
@@ -24,6 +24,8 @@ var (
 		{"owns OOM, not alone", memVerdict{governed: true, ownsOOM: true, need: 900}, false},
 		{"owns OOM, alone", memVerdict{governed: true, ownsOOM: true, need: 900, whole: true}, true},
 		{"owns OOM, alone without the whole budget", memVerdict{governed: true, ownsOOM: true, need: 900}, true},
+		{"owns OOM, alone, crowded out", memVerdict{governed: true, ownsOOM: true, need: 900, crowded: true}, true},
+		{"owns OOM, crowded out, not alone", memVerdict{governed: true, ownsOOM: true, need: 900, crowded: true}, false},
 		{"MemLimit below budget", memVerdict{governed: true, need: 900}, false},
 	}
 )
@@ -37,6 +39,7 @@ func testPolicy(a Action, aborting bool) policy {
 func TestSettleRows(t *testing.T) {
 	gov := memVerdict{governed: true, ownsOOM: true, need: 900}
 	whole := memVerdict{governed: true, ownsOOM: true, need: 900, whole: true}
+	crowded := memVerdict{governed: true, ownsOOM: true, need: 900, crowded: true}
 	tests := []struct {
 		name string
 		t    taskView
@@ -69,6 +72,12 @@ func TestSettleRows(t *testing.T) {
 			verdict{fate: fatePoison, charge: chargeOOM, number: 1}},
 		{"OOM alone with the whole budget, Abort", taskView{alone: true}, ending{cause: CauseOOM}, testPolicy(Abort, false), whole,
 			verdict{fate: fatePoison, charge: chargeOOM, abort: true, number: 1}},
+		{"OOM alone, crowded out, fails", taskView{alone: true, ooms: 1}, ending{cause: CauseOOM}, testPolicy(Retry, false), crowded,
+			verdict{fate: fateFailed, charge: chargeOOM, number: 2, crowded: true}},
+		{"OOM alone, crowded out, Abort", taskView{alone: true}, ending{cause: CauseOOM}, testPolicy(Abort, false), crowded,
+			verdict{fate: fateFailed, charge: chargeOOM, abort: true, number: 1, crowded: true}},
+		{"OOM crowded out, not alone, retries", taskView{}, ending{cause: CauseOOM}, testPolicy(Skip, false), crowded,
+			verdict{fate: fateRetry, charge: chargeOOM, need: 900, delay: 10 * time.Millisecond, number: 1}},
 		{"OOM alone with less retries", taskView{alone: true, ooms: 1}, ending{cause: CauseOOM}, testPolicy(Abort, false), gov,
 			verdict{fate: fateRetry, charge: chargeOOM, need: 900, delay: 20 * time.Millisecond, number: 2}},
 		{"OOM with the whole budget, not alone, retries", taskView{}, ending{cause: CauseOOM}, testPolicy(Skip, false), whole,
@@ -136,6 +145,8 @@ func checkSweep(t *testing.T, name string, c Cause, act Action, left bool, mem m
 		want = fateRequeue
 	case memOOM && alone && mem.whole:
 		want = fatePoison
+	case memOOM && alone && mem.crowded:
+		want = fateFailed
 	case memOOM:
 		want = fateRetry // however many times the OOM killer took it
 	case c == CauseTaskError && left:
@@ -153,6 +164,9 @@ func checkSweep(t *testing.T, name string, c Cause, act Action, left bool, mem m
 	if aborting && (v.fate == fateRetry || v.fate == fateRequeue || v.abort) {
 		t.Errorf("%s: while aborting, verdict %+v runs the task again or aborts again", name, v)
 	}
+	if v.crowded != (v.fate == fateFailed && memOOM) {
+		t.Errorf("%s: crowded = %v with fate %d", name, v.crowded, v.fate)
+	}
 	if v.abort != (act == Abort && (v.fate == fateFailed && c != CauseTaskError || v.fate == fatePoison)) {
 		t.Errorf("%s: abort = %v under %s with fate %d", name, v.abort, act, v.fate)
 	}
@@ -169,7 +183,7 @@ func checkSweep(t *testing.T, name string, c Cause, act Action, left bool, mem m
 	if v.fate != fateRetry && v.delay != 0 {
 		t.Errorf("%s: delay = %v without a retry", name, v.delay)
 	}
-	if wantNeed := v.fate != fateCancelled && (memOOM && !(alone && mem.whole) || c == CausePreempted && mem.governed); (v.need > 0) != wantNeed {
+	if wantNeed := v.fate != fateCancelled && (memOOM && !(alone && (mem.whole || mem.crowded)) || c == CausePreempted && mem.governed); (v.need > 0) != wantNeed {
 		t.Errorf("%s: need = %d, want it set: %v", name, v.need, wantNeed)
 	}
 }

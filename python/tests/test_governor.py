@@ -1,6 +1,7 @@
 """The engine's memory governor applies to Python tasks: a task OOM-killed
 beside neighbours runs again with fewer and succeeds; one killed while it
-ran alone with the whole budget ends poison. Needs root and memory cgroups
+ran alone with the whole budget ends poison; one killed alone because the
+program that uses the pool held the memory it lacked fails, and says so. Needs root and memory cgroups
 (skipped elsewhere, a failure under CI=true)."""
 import json
 import os
@@ -124,6 +125,27 @@ class OOMRetry(unittest.TestCase):
         self.assertEqual([(f.cause, f.attempts) for f in pool.failed_tasks()], [("oom", e.attempts)])
         # The pool goes on.
         self.assertEqual(pool.apply(helpers.square, (5,)), 25)
+
+
+class ClientHeld(unittest.TestCase):
+    def test_memory_the_client_holds_is_not_the_task_s_fault(self):
+        # A wall of 600 MiB: the program that uses the pool holds 360 MiB
+        # in its own arrays, and its task grows to 300 MiB, within the
+        # pool's budget of 536 MiB. The OOM killer takes the task even while
+        # it runs alone: the client's memory, not the task, is why. It fails
+        # (it is not poison, which says it could never fit), and the message
+        # says what the others held and what that left it.
+        wall = _Wall(self, 600 << 20)
+        out = wall.run([sys.executable, "-m", "tests.client_held_scenario", "360", "300"], cwd=PYTHON_DIR,
+                       env=child_env(), capture_output=True, text=True, timeout=180)
+        self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        self.assertNotIn("result", res, "want the task killed beside the client's 360 MiB: %s" % res)
+        self.assertEqual((res["state"], res["cause"]), ("failed", "oom"), res)
+        self.assertLessEqual(res["attempts"], 3, res)
+        for want in ("processes other than the pool's workers held ", "of the enclosing cgroup's limit of 600 MiB",
+                     "it may fit within the memory budget of 536 MiB when they hold less"):
+            self.assertIn(want, res["message"], res)
 
 
 if __name__ == "__main__":
