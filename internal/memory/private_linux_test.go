@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestParseStatus(t *testing.T) {
@@ -209,8 +211,8 @@ func TestWatch(t *testing.T) {
 }
 
 // TestWatchCurrent: Current is the latest sample while the watch samples,
-// and 0 once the worker is gone or Stop was called, where Last keeps the
-// last sample.
+// and 0 once the worker is gone, has exited, or Stop was called, where
+// Last keeps the last sample.
 func TestWatchCurrent(t *testing.T) {
 	const childMiB = 64
 	parent, _ := startHelper(t, "tree", strconv.Itoa(childMiB))
@@ -223,6 +225,24 @@ func TestWatchCurrent(t *testing.T) {
 	waitFor(t, "Current to fall to 0 once the worker is gone", func() bool { return w.Current() == 0 })
 	if l := w.Last(); l < childMiB*mib {
 		t.Errorf("Last() = %d after the worker died, want its last sample, >= %d MiB", l, childMiB)
+	}
+
+	// A worker that is this process's child counts for nothing once it
+	// has exited, before the watch's next sample would see it gone: the
+	// kernel freed its memory as it exited.
+	child, _ := startHelper(t, "alloc", "64")
+	at := StartWatch(child, 0) // no limit: a sample every 100 ms
+	defer at.Stop()
+	waitFor(t, "a sample", func() bool { return at.Current() >= 64*mib })
+	if err := syscall.Kill(child, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	var info unix.Siginfo
+	if err := unix.Waitid(unix.P_PID, child, &info, unix.WEXITED|unix.WNOWAIT, nil); err != nil {
+		t.Fatal(err)
+	}
+	if c := at.Current(); c != 0 {
+		t.Errorf("Current() of a child that has exited = %d, want 0", c)
 	}
 
 	other, _ := startHelper(t, "tree", "8")

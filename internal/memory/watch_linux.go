@@ -8,6 +8,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // scanEvery is the least time between two looks for a watched worker's
@@ -26,6 +28,10 @@ const scanEvery = 100 * time.Millisecond
 // take to reach it. Its methods are safe for concurrent use. Stop must be
 // called once the worker is gone, to end the goroutine that samples.
 type Watch struct {
+	pid int
+	// child says pid was this process's child when the watch started:
+	// Current then asks the kernel whether it has ended.
+	child bool
 	limit int64
 	over  chan struct{} // closed at the first sample over limit
 	stop  chan struct{} // closed by Stop
@@ -43,6 +49,8 @@ type Watch struct {
 // > 0 is the private memory above which Over is closed; 0 means none.
 func StartWatch(pid int, limit int64) *Watch {
 	w := &Watch{
+		pid:   pid,
+		child: unix.Waitid(unix.P_PID, pid, new(unix.Siginfo), unix.WEXITED|unix.WNOWAIT|unix.WNOHANG, nil) == nil,
 		limit: limit,
 		over:  make(chan struct{}),
 		stop:  make(chan struct{}),
@@ -82,16 +90,33 @@ func (w *Watch) Last() int64 {
 }
 
 // Current returns the latest sample while the watch still samples, and 0
-// once it has stopped: after Stop, or once the worker is gone. It is what
-// the worker holds now, to within a sampling interval, where Last keeps
-// what it held last.
+// once it has stopped (after Stop, or once the worker is gone) or, for a
+// worker that is this process's child, once it has ended. It is what the
+// worker holds now, to within a sampling interval, where Last keeps what it
+// held last.
+//
+// The kernel frees a worker's memory as it exits, up to a sampling interval
+// before the watch would see it gone; until then, what its enclosing
+// cgroup holds less what the watches say would fall by its last sample, as
+// if others had freed that much.
 func (w *Watch) Current() int64 {
 	select {
 	case <-w.done:
 		return 0
 	default:
-		return w.Last()
 	}
+	if w.child && ended(w.pid) {
+		return 0
+	}
+	return w.Last()
+}
+
+// ended reports whether the child pid has exited: it waits to be reaped,
+// which this does not do, or has been (ECHILD).
+func ended(pid int) bool {
+	var info unix.Siginfo // Signo stays 0 while the process lives
+	err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT|unix.WNOHANG, nil)
+	return err == unix.ECHILD || err == nil && info.Signo == int32(unix.SIGCHLD)
 }
 
 // ResetPeak starts a new peak from the latest sample, such as when an
