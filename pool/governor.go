@@ -352,18 +352,19 @@ func (g *governor) capacityBeside(o others) int64 {
 // the host's memory, less o there. The reserve is not taken off: this is
 // where the kernel kills, not what the governor plans with. ok is false
 // when neither wall is known.
-func (g *governor) wallBeside(o others) (w wall, ok bool) {
+func (g *governor) wallBeside(o others) (w tightWall, ok bool) {
 	if g.host > 0 {
-		w, ok = wall{size: g.host, held: o.host, room: g.host - o.host}, true
+		w, ok = tightWall{size: g.host, held: o.host, room: g.host - o.host}, true
 	}
 	if g.cg > 0 && (!ok || g.cg-o.cg < w.room) {
-		w, ok = wall{cgroup: true, size: g.cg, held: o.cg, room: g.cg - o.cg}, true
+		w, ok = tightWall{cgroup: true, size: g.cg, held: o.cg, room: g.cg - o.cg}, true
 	}
 	return w, ok
 }
 
-// wall is one of the walls around the workers, as wallBeside sees it.
-type wall struct {
+// tightWall is the wall around the workers that leaves them the least, as
+// wallBeside sees it.
+type tightWall struct {
 	cgroup bool  // the enclosing cgroup's limit; else the host's memory
 	size   int64 // the limit, or the host's MemTotal
 	held   int64 // what processes other than the workers held within it
@@ -372,7 +373,7 @@ type wall struct {
 
 // String names the wall in a message: "the enclosing cgroup's limit of
 // 600 MiB", "the host's memory of 16 GiB".
-func (w wall) String() string {
+func (w tightWall) String() string {
 	if w.cgroup {
 		return "the enclosing cgroup's limit of " + bytesize.Format(w.size)
 	}

@@ -45,15 +45,15 @@ import "time"
 // error to errors, any worker death, an OOM kill too, to deaths), but the
 // task ends Cancelled whatever its retries. (2) With the governor on. (3)
 // "alone, whole": the attempt ran with no other beside it and had the whole
-// budget (memVerdict.whole). An attempt that ran alone with less, because
-// others outside the pool held memory, or because it merely happened to run
-// alone (one worker, the last task of a batch), says nothing of what the
-// task needs beyond the budget: it is retried with its need raised, which
-// at least doubles each time up to the whole budget. (4) "alone, crowded":
-// the attempt ran alone and had all the memory that processes other than
-// the workers left it, and that was less than the budget
-// (memVerdict.crowded): they, not the task, are why it did not fit, so it
-// is not poison; nor is it run again and again against the same wall.
+// budget (memVerdict.whole). An attempt that merely happened to run alone
+// (one worker, the last task of a batch) with a need below the memory it
+// could have, says nothing yet of what the task needs: it is retried with
+// its need raised, which at least doubles each time up to the whole
+// budget. (4) "alone, crowded": the attempt ran alone and had all the
+// memory that processes other than the workers left it, and that was less
+// than the budget (memVerdict.crowded): they, not the task, are why it did
+// not fit, so it is not poison; nor is it run again and again against the
+// same wall.
 //
 // "retries left" is TaskErrorRetries for task errors and Retries for worker
 // deaths, counted after the charge: a task runs at most 1+Retries times for
