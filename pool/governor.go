@@ -46,6 +46,12 @@ const (
 	// victimPatience is how long a preemption may stay unanswered before
 	// the governor may choose another victim.
 	victimPatience = 2 * time.Second
+	// othersSettle is how old a sample of what processes other than the
+	// workers hold must be, at an attempt's end, to count in what they held
+	// throughout it (reservation.others): older than the time from a
+	// worker's death to the loop's hearing of it, which waits for the
+	// worker's pipes to drain (a lingering grandchild's 200 ms at most).
+	othersSettle = 300 * time.Millisecond
 	// Defaults of the Config fields of the same meaning.
 	defaultPreemptAbove = 0.95
 	defaultPreemptPSI   = 40
@@ -116,11 +122,23 @@ type reservation struct {
 	start time.Time    // when the runner took it
 	trace []usagePoint // its slot's sampled usage since start, oldest first
 	// others is the least that processes other than the workers held
-	// within each wall, over the samples from the reservation to its
-	// release: what they held throughout the attempt. The least, because
-	// a worker's memory is read a little before the walls', so that what
-	// a worker grows by in between counts as others' for a sample.
+	// within each wall, at the reservation and at the samples until
+	// othersSettle before its release: what they held throughout the
+	// attempt. The least, because a worker's figure may lag behind what it
+	// holds (its watch's last sample), so that what it grew by since
+	// counts as others' for a sample. recent holds the samples not yet
+	// othersSettle old, oldest first: a worker's memory is freed as it
+	// dies (the OOM killer's reaper frees it before the worker exits), and
+	// until the next sample of its watch, the samples take that for others
+	// freeing memory.
 	others others
+	recent []othersAt
+}
+
+// othersAt is what processes other than the workers held at a sample.
+type othersAt struct {
+	at time.Time
+	o  others
 }
 
 // others is what processes other than the workers hold within the walls
@@ -130,6 +148,30 @@ type reservation struct {
 // the workers hold.
 type others struct {
 	cg, host int64
+}
+
+// least is the least of o and p within each wall.
+func (o others) least(p others) others {
+	return others{cg: min(o.cg, p.cg), host: min(o.host, p.host)}
+}
+
+// seen records, at a sample at now, that others held o: it joins the
+// least once othersSettle old.
+func (r *reservation) seen(now time.Time, o others) {
+	r.recent = append(r.recent, othersAt{at: now, o: o})
+	r.settle(now)
+}
+
+// settle adds to the least the samples that are othersSettle old at now,
+// and returns it.
+func (r *reservation) settle(now time.Time) others {
+	k := 0
+	for k < len(r.recent) && now.Sub(r.recent[k].at) >= othersSettle {
+		r.others = r.others.least(r.recent[k].o)
+		k++
+	}
+	r.recent = append(r.recent[:0], r.recent[k:]...)
+	return r.others
 }
 
 // usagePoint is one sample of an attempt's memory: its usage at an age.
@@ -675,7 +717,7 @@ func (g *governor) release(id uint64) others {
 		if r.need > 0 {
 			g.withNeed--
 		}
-		o = r.others
+		o = r.settle(time.Now())
 	}
 	delete(g.res, id)
 	if g.victim == id {
@@ -1097,15 +1139,12 @@ func (g *governor) sample() {
 	}
 	if w.hostErr == nil && g.host > 0 {
 		g.hostOutside = max(0, w.hostUsed-inUse)
-		for _, r := range g.res {
-			r.others.host = min(r.others.host, g.hostOutside)
-		}
 	}
 	if w.cgErr == nil && g.cg > 0 {
 		g.cgOutside = max(0, w.cgUsed-inUse)
-		for _, r := range g.res {
-			r.others.cg = min(r.others.cg, g.cgOutside)
-		}
+	}
+	for _, r := range g.res {
+		r.seen(now, g.othersLocked())
 	}
 	victim, slot := uint64(0), -1
 	if w.short && (g.victim == 0 || time.Since(g.victimAt) > victimPatience) {

@@ -3,6 +3,7 @@ package pool
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestJudgeAlone checks what an OOM kill of an attempt that ran alone
@@ -68,5 +69,36 @@ func TestCrowdedMessage(t *testing.T) {
 	got = g.crowdedMessage(Attempt{PeakRSS: 100 * mib}, others{cg: 100 * mib, host: 16<<30 - 200*mib})
 	if !strings.Contains(got, "of the host's memory of 16 GiB, which left it 200 MiB") {
 		t.Errorf("crowdedMessage() = %q, want it to name the host", got)
+	}
+}
+
+// TestReservationOthers checks what processes other than the workers held
+// throughout an attempt, as the samples say: the least, over the reading
+// at the reservation and the samples until othersSettle before its end;
+// the samples just before it may take a dying worker's memory, freed
+// before its watch saw it, for others freeing theirs.
+func TestReservationOthers(t *testing.T) {
+	const mib = 1 << 20
+	start := time.Now()
+	at := func(ms int) time.Time { return start.Add(time.Duration(ms) * time.Millisecond) }
+	r := &reservation{others: others{cg: 370 * mib, host: 2000 * mib}}
+	// As the worker grows, its watch lags behind: others look larger.
+	for ms := 100; ms <= 1000; ms += 100 {
+		r.seen(at(ms), others{cg: 450 * mib, host: 2080 * mib})
+	}
+	// It dies: its memory is freed before its watch's next sample.
+	r.seen(at(1100), others{cg: 150 * mib, host: 1780 * mib})
+	if got, want := r.settle(at(1150)), (others{cg: 370 * mib, host: 2000 * mib}); got != want {
+		t.Errorf("others at the end = %+v, want %+v (the reading at the reservation; not the dip just before the end)", got, want)
+	}
+	// A client that freed memory while the attempt ran, long before its end.
+	r = &reservation{others: others{cg: 370 * mib}}
+	r.seen(at(100), others{cg: 100 * mib})
+	r.seen(at(200), others{cg: 100 * mib})
+	if got := r.settle(at(1000)); got.cg != 100*mib {
+		t.Errorf("others at the end = %d MiB, want 100 MiB, what the client held after it freed memory", got.cg/mib)
+	}
+	if len(r.recent) != 0 {
+		t.Errorf("recent = %v after settling, want none", r.recent)
 	}
 }
