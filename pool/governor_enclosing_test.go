@@ -330,6 +330,16 @@ func checkCrowdedOut(t *testing.T, text string) {
 	if list := attemptsOf(task); len(list) > 3 {
 		t.Errorf("%s: %d attempts, want at most 3", task, len(list))
 	}
+	// What they held: the 360 MiB, the supervisor and the Python around
+	// them, not the task's own memory (less 10 MiB for a sample a little
+	// late with a worker's figure).
+	var held float64
+	if _, rest, ok := strings.Cut(task, " workers held "); ok {
+		fmt.Sscanf(rest, "%g MiB", &held)
+	}
+	if held < 350 || held > 500 {
+		t.Errorf("%s: want the others said to hold between 350 and 500 MiB, got %g", task, held)
+	}
 	t.Logf("supervisor output:\n%s", text)
 }
 
