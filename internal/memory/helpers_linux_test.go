@@ -118,6 +118,41 @@ func runHelper(mode string, args []string) int {
 			OOMScoreAdj: strings.TrimSpace(string(adj)),
 		})
 		return 0
+	case "cghog":
+		// Join the cgroup directory args[0], then hog.
+		err := os.WriteFile(filepath.Join(args[0], "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		return runHelper("hog", nil)
+	case "parent":
+		// Run the helper args[0] with args[1:] as a child, print "child
+		// PID", and "ended SIGNAL" or "ended CODE" when it has; exit when
+		// stdin closes.
+		exe, _ := os.Executable()
+		child := exec.Command(exe, args[1:]...)
+		child.Env = append(os.Environ(), helperEnv+"="+args[0])
+		child.Stderr = os.Stderr
+		child.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := child.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		fmt.Printf("child %d\n", child.Process.Pid)
+		err := child.Wait()
+		if sig := signalOf(err); sig > 0 {
+			fmt.Printf("ended %s\n", sig)
+		} else {
+			fmt.Printf("ended %d\n", child.ProcessState.ExitCode())
+		}
+		io.Copy(io.Discard, os.Stdin)
+		return 0
+	case "nap":
+		// Sleep args[0] (a duration), then exit.
+		d, _ := time.ParseDuration(args[0])
+		time.Sleep(d)
+		return 0
 	case "hog":
 		// Allocate and touch 20 MiB at a time. Stop at 1 GiB, so that a
 		// limit that does not hold fails the test rather than the host.

@@ -21,5 +21,5 @@ func WatchOOMKills() (*OOMLog, error) {
 		f.Close()
 		return nil, fmt.Errorf("memory: kernel log: %w", err)
 	}
-	return newOOMLog(f, time.Now), nil
+	return newOOMLog(f, time.Now, procLineage), nil
 }

@@ -83,18 +83,24 @@ func readStatus(pid int) (procStatus, error) {
 // last scan, such as a worker started since, makes a new one. A pid that
 // does not exist gives an error matching fs.ErrNotExist.
 func descendants(pid int) ([]int, error) {
+	tree, _, err := descendantsIn(pid)
+	return tree, err
+}
+
+// descendantsIn is descendants, with the scan it read them from.
+func descendantsIn(pid int) ([]int, *procScan, error) {
 	scan, err := procScans.get(pid)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if _, ok := scan.parent[pid]; !ok {
-		return nil, fmt.Errorf("memory: process %d: %w", pid, fs.ErrNotExist)
+		return nil, nil, fmt.Errorf("memory: process %d: %w", pid, fs.ErrNotExist)
 	}
 	tree := []int{pid}
 	for i := 0; i < len(tree); i++ {
 		tree = append(tree, scan.children[tree[i]]...)
 	}
-	return tree, nil
+	return tree, scan, nil
 }
 
 // scanShare is how long one scan of /proc serves the callers of
@@ -120,11 +126,12 @@ type sharedScan struct {
 	scans int
 }
 
-// procScan is the parent of every process in /proc, and its children, at
-// one moment.
+// procScan is the parent and start time of every process in /proc, and
+// its children, at one moment.
 type procScan struct {
 	at       time.Time
 	parent   map[int]int
+	start    map[int]uint64
 	children map[int][]int
 }
 
@@ -155,45 +162,72 @@ func scanProcs() (*procScan, error) {
 	if err != nil {
 		return nil, err
 	}
-	scan := &procScan{at: at, parent: make(map[int]int, len(entries)), children: make(map[int][]int)}
+	scan := &procScan{at: at, parent: make(map[int]int, len(entries)),
+		start: make(map[int]uint64, len(entries)), children: make(map[int][]int)}
 	var buf [512]byte
 	for _, e := range entries {
 		p, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		ppid, ok := readPPID(p, buf[:])
+		ppid, start, ok := readStat(p, buf[:])
 		if !ok {
 			continue // gone since the listing
 		}
-		scan.parent[p] = ppid
+		scan.parent[p], scan.start[p] = ppid, start
 		scan.children[ppid] = append(scan.children[ppid], p)
 	}
 	return scan, nil
 }
 
-// readPPID returns the parent pid of pid from /proc/pid/stat, reading into
-// buf.
-func readPPID(pid int, buf []byte) (int, bool) {
+// readStat returns the parent pid and the start time (clock ticks after
+// boot) of pid from /proc/pid/stat, reading into buf.
+func readStat(pid int, buf []byte) (ppid int, start uint64, ok bool) {
 	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0, false
+		return 0, 0, false
 	}
 	n, _ := f.Read(buf)
 	f.Close()
 	// "pid (comm) state ppid ...": comm may hold spaces and parentheses,
-	// so the fields start after the last ')'.
+	// so the fields start after the last ')'. The start time is field 22,
+	// the 20th after it.
 	i := bytes.LastIndexByte(buf[:n], ')')
 	if i < 0 {
-		return 0, false
+		return 0, 0, false
 	}
 	fields := bytes.Fields(buf[i+1 : n])
-	if len(fields) < 2 {
-		return 0, false
+	if len(fields) < 20 {
+		return 0, 0, false
 	}
-	ppid, err := strconv.Atoi(string(fields[1]))
-	return ppid, err == nil
+	ppid, err = strconv.Atoi(string(fields[1]))
+	if err != nil {
+		return 0, 0, false
+	}
+	start, err = strconv.ParseUint(string(fields[19]), 10, 64)
+	return ppid, start, err == nil
 }
+
+// procLineage returns pid and its ancestors, pid first, with their start
+// times, as /proc shows them now; nil when pid is gone. It stops at the
+// first ancestor gone since its child was read, and at process 1 (or a
+// parent outside the pid namespace, 0).
+func procLineage(pid int) []procID {
+	var line []procID
+	var buf [512]byte
+	for pid > 0 && len(line) < maxLineage {
+		ppid, start, ok := readStat(pid, buf[:])
+		if !ok {
+			break
+		}
+		line = append(line, procID{pid: pid, start: start})
+		pid = ppid
+	}
+	return line
+}
+
+// maxLineage bounds how many ancestors procLineage reads.
+const maxLineage = 256
 
 // TreePrivateMemory returns what pid and its descendants alone hold, in
 // bytes: their anonymous memory in RAM and in swap (RssAnon and VmSwap of

@@ -37,6 +37,9 @@ type Watch struct {
 	// ResetPeak, in bytes; samples counts the samples taken; guarded by mu.
 	last, peak int64
 	samples    int
+	// tree holds the processes seen in the tree; guarded by mu, written
+	// by the sampling goroutine.
+	tree map[int]treeMember
 }
 
 // StartWatch starts sampling the process pid and its descendants. A limit
@@ -47,9 +50,57 @@ func StartWatch(pid int, limit int64) *Watch {
 		over:  make(chan struct{}),
 		stop:  make(chan struct{}),
 		done:  make(chan struct{}),
+		tree:  make(map[int]treeMember),
 	}
-	go w.run(newTreeSampler(pid))
+	// The worker is the caller's child, not yet waited for: its pid is
+	// its own until then.
+	var buf [512]byte
+	if _, start, ok := readStat(pid, buf[:]); ok {
+		w.tree[pid] = treeMember{start: start, seen: time.Now()}
+	}
+	go w.run(newTreeSampler(pid, w))
 	return w
+}
+
+// Tree returns the processes the watch has seen in the worker's tree:
+// the worker, the descendants its scans found (every 100 ms or so), and
+// those gone in the last seconds. A descendant that lived less than a
+// scan's interval may not be in it.
+func (w *Watch) Tree() Tree {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	t := Tree{members: make(map[int]treeMember, len(w.tree))}
+	for pid, m := range w.tree {
+		t.members[pid] = m
+	}
+	return t
+}
+
+// joined records that the sampler found pid, started at start, in the
+// tree.
+func (w *Watch) joined(pid int, start uint64, at time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if m, ok := w.tree[pid]; ok && m.start == start {
+		return
+	}
+	w.tree[pid] = treeMember{start: start, seen: at}
+}
+
+// left records that the sampler found pid gone, and forgets the processes
+// gone for longer than a kill of theirs may take to be read.
+func (w *Watch) left(pid int, at time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if m, ok := w.tree[pid]; ok && m.gone.IsZero() {
+		m.gone = at
+		w.tree[pid] = m
+	}
+	for p, m := range w.tree {
+		if !m.gone.IsZero() && at.Sub(m.gone) > goneSlack {
+			delete(w.tree, p)
+		}
+	}
 }
 
 // Over returns a channel that is closed once a sample finds the worker's
@@ -154,10 +205,11 @@ type treeSampler struct {
 	files  map[int]*os.File // open /proc/PID/status of the known processes
 	buf    []byte
 	scanAt time.Time // when descendants were last looked for
+	w      *Watch    // told of the processes that join and leave the tree
 }
 
-func newTreeSampler(root int) *treeSampler {
-	return &treeSampler{root: root, files: make(map[int]*os.File), buf: make([]byte, 4096)}
+func newTreeSampler(root int, w *Watch) *treeSampler {
+	return &treeSampler{root: root, files: make(map[int]*os.File), buf: make([]byte, 4096), w: w}
 }
 
 // sample returns the tree's private memory. It fails once the root is
@@ -175,6 +227,7 @@ func (s *treeSampler) sample() (int64, error) {
 		if err != nil {
 			f.Close()
 			delete(s.files, pid)
+			s.w.left(pid, time.Now())
 			if pid == s.root {
 				return 0, err
 			}
@@ -189,13 +242,14 @@ func (s *treeSampler) sample() (int64, error) {
 // descendants found since.
 func (s *treeSampler) refresh() error {
 	pids := []int{s.root}
+	var scan *procScan
 	// The first sample looks at the root alone, which has hardly started.
 	if len(s.files) > 0 && time.Since(s.scanAt) >= scanEvery {
-		tree, err := descendants(s.root)
+		tree, sc, err := descendantsIn(s.root)
 		if err != nil {
 			return err
 		}
-		pids, s.scanAt = tree, time.Now()
+		pids, scan, s.scanAt = tree, sc, time.Now()
 	}
 	for _, pid := range pids {
 		if _, ok := s.files[pid]; ok {
@@ -209,6 +263,12 @@ func (s *treeSampler) refresh() error {
 			continue
 		}
 		s.files[pid] = f
+		if scan != nil && pid != s.root {
+			// By the start time the scan read: should the pid have
+			// passed to another process since, the tree holds the one
+			// the scan found, not that one.
+			s.w.joined(pid, scan.start[pid], scan.at)
+		}
 	}
 	return nil
 }

@@ -333,6 +333,13 @@ type Session struct {
 	// that it, not the enclosing cgroup's witness, judges an OOM kill.
 	groupCounts bool
 	oomMark     memory.OOMMark // the enclosing cgroup's OOM witness then
+	// oomSince starts the window in which a kill that the kernel log
+	// names in the process's tree is the death's cause: the start, or
+	// when the idle worker last took a task.
+	oomSince time.Time
+	// oomVictim is the process of the tree whose OOM kill classify
+	// found in the kernel log, for the death's message.
+	oomVictim memory.Victim
 	deadline    *time.Timer    // earliest timeout, start-up deadline or patience
 	probe       *time.Timer    // line protocol: the next look at the worker
 	spawned     time.Time      // when the process started
@@ -373,6 +380,7 @@ func StartSession(cfg Config, host Host) (*Session, error) {
 	}
 	s.markOOM()
 	s.spawned = time.Now()
+	s.oomSince = s.spawned
 	proc, err := Start(spec)
 	if err != nil {
 		return nil, err
@@ -684,6 +692,7 @@ func (s *Session) startFlight(f *Flight, at time.Time) {
 		}
 		if s.watch != nil {
 			s.watch.ResetPeak() // and its peak
+			s.oomSince = at     // and the kernel log's window
 		}
 		if g != nil && at.Sub(s.peakAt) >= peakEvery {
 			// The worker was idle: measure its peak from here.

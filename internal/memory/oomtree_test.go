@@ -1,0 +1,59 @@
+package memory
+
+import (
+	"testing"
+	"time"
+)
+
+func TestTreeHolds(t *testing.T) {
+	t0 := time.Unix(1e9, 0)
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	// The worker 10 (started at tick 500), its child 11 (tick 510), and
+	// 12 (tick 520), seen gone a second after t0.
+	tree := Tree{members: map[int]treeMember{
+		10: {start: 500, seen: t0},
+		11: {start: 510, seen: at(100 * time.Millisecond)},
+		12: {start: 520, seen: at(100 * time.Millisecond), gone: at(time.Second)},
+	}}
+	kill := func(pid int, read time.Duration, lineage ...procID) oomRecord {
+		return oomRecord{victim: Victim{PID: pid, Comm: "x"}, at: at(read), lineage: lineage}
+	}
+	outside := procID{pid: 1, start: 1}
+	tests := []struct {
+		name  string
+		tree  Tree
+		r     oomRecord
+		since time.Duration
+		want  bool
+	}{
+		{name: "the worker", tree: tree, r: kill(10, time.Second, procID{10, 500}, outside), want: true},
+		{name: "its child", tree: tree, r: kill(11, time.Second, procID{11, 510}, procID{10, 500}, outside), want: true},
+		{name: "a grandchild no scan saw", tree: tree,
+			r: kill(40, time.Second, procID{40, 900}, procID{11, 510}, procID{10, 500}, outside), want: true},
+		{name: "an escaped process seen in the tree", tree: tree,
+			r: kill(11, time.Second, procID{11, 510}, outside), want: true},
+		{name: "another process", tree: tree, r: kill(50, time.Second, procID{50, 900}, outside)},
+		{name: "another process with a child's pid", tree: tree,
+			r: kill(11, time.Second, procID{11, 700}, outside)},
+		{name: "a child of another process with the worker's pid", tree: tree,
+			r: kill(60, time.Second, procID{60, 900}, procID{10, 400}, outside)},
+		{name: "before the window", tree: tree, since: 2 * time.Second,
+			r: kill(11, time.Second, procID{11, 510}, procID{10, 500}, outside)},
+		{name: "the empty tree", r: kill(11, time.Second, procID{11, 510}, outside)},
+
+		// Without a lineage, the victim was reaped before the record was
+		// read: the pid and when it was read decide.
+		{name: "reaped child", tree: tree, r: kill(11, time.Second), want: true},
+		{name: "reaped child, seen gone", tree: tree, r: kill(12, time.Second+goneSlack), want: true},
+		{name: "a pid that was the tree's long ago", tree: tree, r: kill(12, 2*time.Second+goneSlack)},
+		{name: "a pid the tree took after the read", tree: tree, r: kill(11, 50*time.Millisecond)},
+		{name: "reaped, not the tree's", tree: tree, r: kill(13, time.Second)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.tree.holds(tt.r, at(tt.since)); got != tt.want {
+				t.Errorf("holds(%+v) = %v, want %v", tt.r, got, tt.want)
+			}
+		})
+	}
+}
