@@ -333,13 +333,6 @@ type Session struct {
 	// that it, not the enclosing cgroup's witness, judges an OOM kill.
 	groupCounts bool
 	oomMark     memory.OOMMark // the enclosing cgroup's OOM witness then
-	// oomSince starts the window in which a kill that the kernel log
-	// names in the process's tree is the death's cause: the start, or
-	// when the idle worker last took a task.
-	oomSince time.Time
-	// oomVictim is the process of the tree whose OOM kill classify
-	// found in the kernel log, for the death's message.
-	oomVictim memory.Victim
 	deadline    *time.Timer    // earliest timeout, start-up deadline or patience
 	probe       *time.Timer    // line protocol: the next look at the worker
 	spawned     time.Time      // when the process started
@@ -347,6 +340,14 @@ type Session struct {
 	startBy     startDeadline  // framed: when the process must be ready
 	line        lineState      // line protocol: the checks
 	lineTime    time.Duration  // line protocol: recent time per line; 0 before the first
+
+	// oomSince starts the window in which a kill that the kernel log
+	// names in the process's tree is the death's cause: the start, or
+	// when the idle worker last took a task.
+	oomSince time.Time
+	// oomVictim is the process of the tree whose OOM kill classify
+	// found in the kernel log, for the death's message.
+	oomVictim memory.Victim
 
 	// pausedAt is when Pause stopped the process; zero when it runs.
 	pausedAt time.Time
