@@ -46,8 +46,19 @@ type Tree struct {
 // treeMember is a process of a Tree.
 type treeMember struct {
 	start uint64    // its start time (see procID)
+	comm  [16]byte  // its name when last seen, zero-padded
 	seen  time.Time // when the watch first saw it
 	gone  time.Time // when the watch first found it gone; zero before
+}
+
+// named reports whether m was last seen with the name comm, or either name
+// is unknown.
+func (m treeMember) named(comm string) bool {
+	n := 0
+	for n < len(m.comm) && m.comm[n] != 0 {
+		n++
+	}
+	return n == 0 || comm == "" || string(m.comm[:n]) == comm
 }
 
 // oomRecord is a kill read from the kernel log.
@@ -79,10 +90,11 @@ func (t Tree) holds(r oomRecord, since time.Time) bool {
 	}
 	// The victim was gone before the kill was read, so no process had its
 	// pid then. It was the tree's process with that pid if that one was
-	// seen before the read (one seen only later started after it), and
-	// had not been gone long.
+	// seen before the read (one seen only later started after it), had
+	// not been gone long, and had the victim's name: another process would
+	// have to take the pid within seconds, and have the same name.
 	m, ok := t.members[r.victim.PID]
-	if !ok || m.seen.After(r.at) {
+	if !ok || m.seen.After(r.at) || !m.named(r.victim.Comm) {
 		return false
 	}
 	return m.gone.IsZero() || !r.at.After(m.gone.Add(goneSlack))

@@ -10,10 +10,13 @@ func TestTreeHolds(t *testing.T) {
 	at := func(d time.Duration) time.Time { return t0.Add(d) }
 	// The worker 10 (started at tick 500), its child 11 (tick 510), and
 	// 12 (tick 520), seen gone a second after t0.
+	var x [16]byte
+	copy(x[:], "x")
 	tree := Tree{members: map[int]treeMember{
 		10: {start: 500, seen: t0},
-		11: {start: 510, seen: at(100 * time.Millisecond)},
-		12: {start: 520, seen: at(100 * time.Millisecond), gone: at(time.Second)},
+		11: {start: 510, comm: x, seen: at(100 * time.Millisecond)},
+		12: {start: 520, comm: x, seen: at(100 * time.Millisecond), gone: at(time.Second)},
+		13: {start: 530, seen: at(100 * time.Millisecond)},
 	}}
 	kill := func(pid int, read time.Duration, lineage ...procID) oomRecord {
 		return oomRecord{victim: Victim{PID: pid, Comm: "x"}, at: at(read), lineage: lineage}
@@ -47,7 +50,10 @@ func TestTreeHolds(t *testing.T) {
 		{name: "reaped child, seen gone", tree: tree, r: kill(12, time.Second+goneSlack), want: true},
 		{name: "a pid that was the tree's long ago", tree: tree, r: kill(12, 2*time.Second+goneSlack)},
 		{name: "a pid the tree took after the read", tree: tree, r: kill(11, 50*time.Millisecond)},
-		{name: "reaped, not the tree's", tree: tree, r: kill(13, time.Second)},
+		{name: "reaped, not the tree's", tree: tree, r: kill(14, time.Second)},
+		{name: "reaped, another name", tree: tree,
+			r: oomRecord{victim: Victim{PID: 11, Comm: "y"}, at: at(time.Second)}},
+		{name: "reaped, name not seen", tree: tree, r: kill(13, time.Second), want: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -93,7 +93,7 @@ func descendantsIn(pid int) ([]int, *procScan, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if _, ok := scan.parent[pid]; !ok {
+	if _, ok := scan.procs[pid]; !ok {
 		return nil, nil, fmt.Errorf("memory: process %d: %w", pid, fs.ErrNotExist)
 	}
 	tree := []int{pid}
@@ -126,13 +126,28 @@ type sharedScan struct {
 	scans int
 }
 
-// procScan is the parent and start time of every process in /proc, and
-// its children, at one moment.
+// procScan is every process in /proc, and the children of each, at one
+// moment.
 type procScan struct {
 	at       time.Time
-	parent   map[int]int
-	start    map[int]uint64
+	procs    map[int]procEntry
 	children map[int][]int
+}
+
+// procEntry is what a scan read of one process in /proc/PID/stat.
+type procEntry struct {
+	ppid  int
+	start uint64   // its start time (see procID)
+	comm  [16]byte // its name, zero-padded: no allocation per process
+}
+
+// name returns e's comm as a string.
+func (e *procEntry) name() string {
+	n := bytes.IndexByte(e.comm[:], 0)
+	if n < 0 {
+		n = len(e.comm)
+	}
+	return string(e.comm[:n])
 }
 
 // get returns a scan that holds pid, or the newest one when pid is not in
@@ -142,7 +157,7 @@ func (s *sharedScan) get(pid int) (*procScan, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if l := s.last; l != nil && time.Since(l.at) < scanShare {
-		if _, ok := l.parent[pid]; ok {
+		if _, ok := l.procs[pid]; ok {
 			return l, nil
 		}
 	}
@@ -162,50 +177,51 @@ func scanProcs() (*procScan, error) {
 	if err != nil {
 		return nil, err
 	}
-	scan := &procScan{at: at, parent: make(map[int]int, len(entries)),
-		start: make(map[int]uint64, len(entries)), children: make(map[int][]int)}
+	scan := &procScan{at: at, procs: make(map[int]procEntry, len(entries)), children: make(map[int][]int)}
 	var buf [512]byte
 	for _, e := range entries {
 		p, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		ppid, start, ok := readStat(p, buf[:])
+		e, ok := readStat(p, buf[:])
 		if !ok {
 			continue // gone since the listing
 		}
-		scan.parent[p], scan.start[p] = ppid, start
-		scan.children[ppid] = append(scan.children[ppid], p)
+		scan.procs[p] = e
+		scan.children[e.ppid] = append(scan.children[e.ppid], p)
 	}
 	return scan, nil
 }
 
-// readStat returns the parent pid and the start time (clock ticks after
-// boot) of pid from /proc/pid/stat, reading into buf.
-func readStat(pid int, buf []byte) (ppid int, start uint64, ok bool) {
+// readStat reads the parent pid, the start time (clock ticks after boot)
+// and the name of pid from /proc/pid/stat, into buf.
+func readStat(pid int, buf []byte) (e procEntry, ok bool) {
 	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0, 0, false
+		return e, false
 	}
 	n, _ := f.Read(buf)
 	f.Close()
 	// "pid (comm) state ppid ...": comm may hold spaces and parentheses,
 	// so the fields start after the last ')'. The start time is field 22,
 	// the 20th after it.
+	open := bytes.IndexByte(buf[:n], '(')
 	i := bytes.LastIndexByte(buf[:n], ')')
-	if i < 0 {
-		return 0, 0, false
+	if open < 0 || i < open {
+		return e, false
 	}
+	copy(e.comm[:], buf[open+1:i])
 	fields := bytes.Fields(buf[i+1 : n])
 	if len(fields) < 20 {
-		return 0, 0, false
+		return e, false
 	}
-	ppid, err = strconv.Atoi(string(fields[1]))
+	e.ppid, err = strconv.Atoi(string(fields[1]))
 	if err != nil {
-		return 0, 0, false
+		return e, false
 	}
-	start, err = strconv.ParseUint(string(fields[19]), 10, 64)
-	return ppid, start, err == nil
+	e.start, err = strconv.ParseUint(string(fields[19]), 10, 64)
+	return e, err == nil
 }
 
 // procLineage returns pid and its ancestors, pid first, with their start
@@ -216,12 +232,12 @@ func procLineage(pid int) []procID {
 	var line []procID
 	var buf [512]byte
 	for pid > 0 && len(line) < maxLineage {
-		ppid, start, ok := readStat(pid, buf[:])
+		e, ok := readStat(pid, buf[:])
 		if !ok {
 			break
 		}
-		line = append(line, procID{pid: pid, start: start})
-		pid = ppid
+		line = append(line, procID{pid: pid, start: e.start})
+		pid = e.ppid
 	}
 	return line
 }

@@ -55,8 +55,8 @@ func StartWatch(pid int, limit int64) *Watch {
 	// The worker is the caller's child, not yet waited for: its pid is
 	// its own until then.
 	var buf [512]byte
-	if _, start, ok := readStat(pid, buf[:]); ok {
-		w.tree[pid] = treeMember{start: start, seen: time.Now()}
+	if e, ok := readStat(pid, buf[:]); ok {
+		w.tree[pid] = treeMember{start: e.start, comm: e.comm, seen: time.Now()}
 	}
 	go w.run(newTreeSampler(pid, w))
 	return w
@@ -76,15 +76,25 @@ func (w *Watch) Tree() Tree {
 	return t
 }
 
-// joined records that the sampler found pid, started at start, in the
-// tree.
-func (w *Watch) joined(pid int, start uint64, at time.Time) {
+// scanned records the processes of the tree that scan found: a new one
+// joins it, and one already in it may have a new name (after an exec).
+// Should a pid have passed to another process since the scan, the tree
+// holds the one the scan found, by its start time, not that one.
+func (w *Watch) scanned(pids []int, scan *procScan) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if m, ok := w.tree[pid]; ok && m.start == start {
-		return
+	for _, pid := range pids {
+		e, ok := scan.procs[pid]
+		if !ok {
+			continue
+		}
+		m, ok := w.tree[pid]
+		if !ok || m.start != e.start {
+			m = treeMember{start: e.start, seen: scan.at}
+		}
+		m.comm = e.comm
+		w.tree[pid] = m
 	}
-	w.tree[pid] = treeMember{start: start, seen: at}
 }
 
 // left records that the sampler found pid gone, and forgets the processes
@@ -242,14 +252,14 @@ func (s *treeSampler) sample() (int64, error) {
 // descendants found since.
 func (s *treeSampler) refresh() error {
 	pids := []int{s.root}
-	var scan *procScan
 	// The first sample looks at the root alone, which has hardly started.
 	if len(s.files) > 0 && time.Since(s.scanAt) >= scanEvery {
-		tree, sc, err := descendantsIn(s.root)
+		tree, scan, err := descendantsIn(s.root)
 		if err != nil {
 			return err
 		}
-		pids, scan, s.scanAt = tree, sc, time.Now()
+		pids, s.scanAt = tree, time.Now()
+		s.w.scanned(tree, scan)
 	}
 	for _, pid := range pids {
 		if _, ok := s.files[pid]; ok {
@@ -263,12 +273,6 @@ func (s *treeSampler) refresh() error {
 			continue
 		}
 		s.files[pid] = f
-		if scan != nil && pid != s.root {
-			// By the start time the scan read: should the pid have
-			// passed to another process since, the tree holds the one
-			// the scan found, not that one.
-			s.w.joined(pid, scan.start[pid], scan.at)
-		}
 	}
 	return nil
 }
