@@ -148,6 +148,16 @@ func runHelper(mode string, args []string) int {
 		}
 		io.Copy(io.Discard, os.Stdin)
 		return 0
+	case "watchlog":
+		// Start reading the kernel log, and say how that went.
+		l, err := WatchOOMKills()
+		if err != nil {
+			fmt.Println(err)
+			return 0
+		}
+		l.Close()
+		fmt.Println("watching")
+		return 0
 	case "nap":
 		// Sleep args[0] (a duration), then exit.
 		d, _ := time.ParseDuration(args[0])

@@ -25,7 +25,8 @@ const (
 // Close must be called to end the goroutine that reads the log.
 //
 // The kernel logs pids as seen from the initial pid namespace: a
-// supervisor in another pid namespace cannot match them to its workers.
+// supervisor in another pid namespace cannot match them to its workers,
+// and WatchOOMKills refuses to start there.
 type OOMLog struct {
 	src  io.ReadCloser    // one kernel log record per Read
 	done chan struct{}    // closed when the reading goroutine returns

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -204,4 +205,26 @@ func startWithPid(t *testing.T, pid int, mode string, args ...string) *os.Proces
 		p.Wait()
 	}
 	return nil
+}
+
+// TestWatchOOMKillsPidNamespace: in a pid namespace of its own, the kernel
+// log's pids are not the supervisor's, and it does not read the log.
+func TestWatchOOMKillsPidNamespace(t *testing.T) {
+	requireKernelLog(t)
+	if _, err := exec.LookPath("unshare"); err != nil {
+		testenv.SkipOrFail(t, "unshare (util-linux) is not installed")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("unshare", "--pid", "--fork", "--mount-proc", exe)
+	cmd.Env = append(os.Environ(), helperEnv+"=watchlog")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		testenv.SkipOrFail(t, fmt.Sprintf("cannot make a pid namespace: %v: %s", err, out))
+	}
+	if !strings.Contains(string(out), errPidNS.Error()) {
+		t.Errorf("WatchOOMKills() in a pid namespace of its own said %q, want %q", out, errPidNS)
+	}
 }
