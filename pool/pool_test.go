@@ -58,6 +58,8 @@ func TestMain(m *testing.M) {
 			os.Exit(runDeviceOOM())
 		case "readme-example":
 			os.Exit(runReadmeExample())
+		case "oom-tree":
+			os.Exit(runOOMTree())
 		}
 		os.Exit(runWorker(mode))
 	}

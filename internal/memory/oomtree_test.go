@@ -63,3 +63,36 @@ func TestTreeHolds(t *testing.T) {
 		})
 	}
 }
+
+// TestOOMLogTree: KilledInTree finds a kill of a tree's process among the
+// records, keeping the lineage read with the first of a kill's two records
+// when the victim is gone by the second.
+func TestOOMLogTree(t *testing.T) {
+	src := newFakeKmsg()
+	clock := &fakeClock{t: time.Unix(1e9, 0)}
+	reads := 0
+	lineage := func(pid int) []procID {
+		reads++
+		if pid == 11 && reads == 1 {
+			return []procID{{11, 510}, {10, 500}, {1, 1}}
+		}
+		return nil // reaped
+	}
+	l := newOOMLog(src, clock.now, lineage)
+	defer l.Close()
+	since := clock.now()
+	tree := Tree{members: map[int]treeMember{10: {start: 500, seen: since}}}
+
+	src.records <- []byte("6,1,1,-;oom-kill:constraint=CONSTRAINT_MEMCG,task=python3,pid=11,uid=0\n")
+	src.records <- []byte("3,2,2,-;Memory cgroup out of memory: Killed process 11 (python3) total-vm:1kB\n")
+	src.kill(12) // another process, reaped before it was read
+	if v, ok := l.KilledInTree(tree, since, 10*time.Second); !ok || v != (Victim{PID: 11, Comm: "python3"}) {
+		t.Errorf("KilledInTree() = %+v, %v; want 11 (python3)", v, ok)
+	}
+	if v, ok := l.KilledInTree(tree, clock.now().Add(time.Nanosecond), 0); ok {
+		t.Errorf("KilledInTree(after the records) = %+v, true; want false", v)
+	}
+	if v, ok := l.KilledInTree(Tree{}, since, 0); ok {
+		t.Errorf("KilledInTree(empty tree) = %+v, true; want false", v)
+	}
+}

@@ -76,16 +76,28 @@ func (w *Watch) Tree() Tree {
 	return t
 }
 
-// scanned records the processes of the tree that scan found: a new one
-// joins it, and one already in it may have a new name (after an exec).
-// Should a pid have passed to another process since the scan, the tree
-// holds the one the scan found, by its start time, not that one.
-func (w *Watch) scanned(pids []int, scan *procScan) {
+// scanned records the processes of the tree that scan found and the
+// sampler follows (open holds their status files): a new one joins the
+// tree, and one already in it may have a new name (after an exec). Should
+// a pid have passed to another process since the scan, the tree holds the
+// one the scan found, by its start time, not that one. A process the
+// sampler no longer follows is gone, and one gone for longer than a kill
+// of its may take to be read is forgotten.
+func (w *Watch) scanned(pids []int, scan *procScan, open map[int]*os.File) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	for pid, m := range w.tree {
+		if _, ok := open[pid]; !ok && m.gone.IsZero() {
+			m.gone = scan.at
+			w.tree[pid] = m
+		}
+		if !m.gone.IsZero() && scan.at.Sub(m.gone) > goneSlack {
+			delete(w.tree, pid)
+		}
+	}
 	for _, pid := range pids {
 		e, ok := scan.procs[pid]
-		if !ok {
+		if _, followed := open[pid]; !ok || !followed {
 			continue
 		}
 		m, ok := w.tree[pid]
@@ -97,19 +109,13 @@ func (w *Watch) scanned(pids []int, scan *procScan) {
 	}
 }
 
-// left records that the sampler found pid gone, and forgets the processes
-// gone for longer than a kill of theirs may take to be read.
+// left records that the sampler found pid gone.
 func (w *Watch) left(pid int, at time.Time) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if m, ok := w.tree[pid]; ok && m.gone.IsZero() {
 		m.gone = at
 		w.tree[pid] = m
-	}
-	for p, m := range w.tree {
-		if !m.gone.IsZero() && at.Sub(m.gone) > goneSlack {
-			delete(w.tree, p)
-		}
 	}
 }
 
@@ -252,14 +258,14 @@ func (s *treeSampler) sample() (int64, error) {
 // descendants found since.
 func (s *treeSampler) refresh() error {
 	pids := []int{s.root}
+	var scan *procScan
 	// The first sample looks at the root alone, which has hardly started.
 	if len(s.files) > 0 && time.Since(s.scanAt) >= scanEvery {
-		tree, scan, err := descendantsIn(s.root)
+		tree, sc, err := descendantsIn(s.root)
 		if err != nil {
 			return err
 		}
-		pids, s.scanAt = tree, time.Now()
-		s.w.scanned(tree, scan)
+		pids, scan, s.scanAt = tree, sc, time.Now()
 	}
 	for _, pid := range pids {
 		if _, ok := s.files[pid]; ok {
@@ -273,6 +279,9 @@ func (s *treeSampler) refresh() error {
 			continue
 		}
 		s.files[pid] = f
+	}
+	if scan != nil {
+		s.w.scanned(pids, scan, s.files)
 	}
 	return nil
 }
