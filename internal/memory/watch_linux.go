@@ -52,12 +52,6 @@ func StartWatch(pid int, limit int64) *Watch {
 		done:  make(chan struct{}),
 		tree:  make(map[int]treeMember),
 	}
-	// The worker is the caller's child, not yet waited for: its pid is
-	// its own until then.
-	var buf [512]byte
-	if e, ok := readStat(pid, buf[:]); ok {
-		w.tree[pid] = treeMember{start: e.start, comm: e.comm, seen: time.Now()}
-	}
 	go w.run(newTreeSampler(pid, w))
 	return w
 }
@@ -179,6 +173,14 @@ func (w *Watch) Stop() {
 func (w *Watch) run(s *treeSampler) {
 	defer close(w.done)
 	defer s.close()
+	// The worker is the caller's child, not yet waited for: its pid is
+	// its own until then. Read here, off the worker's start.
+	var buf [512]byte
+	if e, ok := readStat(s.root, buf[:]); ok {
+		w.mu.Lock()
+		w.tree[s.root] = treeMember{start: e.start, comm: e.comm, seen: time.Now()}
+		w.mu.Unlock()
+	}
 	t := time.NewTimer(minSample)
 	defer t.Stop()
 	overClosed := false
