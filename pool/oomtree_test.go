@@ -7,8 +7,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/safepool/safepool/internal/testenv"
 	"github.com/safepool/safepool/pool"
@@ -18,9 +20,9 @@ import (
 // cgroups: the cgroup filesystem is unmounted in its own mount namespace,
 // so its mode is no-cgroup and only the kernel log confirms OOM kills. It
 // runs two one-shot jobs behind "sh -c" at once. The first starts a child
-// that joins a 64 MiB memory cgroup the test made (through the test's own
-// view of the file system, /proc/PID/root) and allocates until the kernel
-// OOM-kills it; the shell exits 137. The second sleeps while that
+// that, after 300 ms, joins a 64 MiB memory cgroup the test made (through
+// the test's own view of the file system, /proc/PID/root) and allocates
+// until the kernel OOM-kills it; the shell exits 137. The second sleeps while that
 // happens, then exits 137 itself. The first is oom, naming the child; the
 // second, whose tree no kill touched, is exit:137.
 func TestOOMChildNoCgroup(t *testing.T) {
@@ -58,9 +60,7 @@ func TestOOMChildNoCgroup(t *testing.T) {
 
 // runOOMTree is the supervisor of TestOOMChildNoCgroup.
 func runOOMTree() int {
-	// The child joins the cgroup, then becomes the hog.
-	hog := `sh -c 'echo $$ > "$SAFEPOOL_TEST_CGROUP/cgroup.procs" && ` +
-		workerEnv + `=oneshot exec "$0" -test.run=^$ -- hog' "$0"; exit $?`
+	hog := workerEnv + `=oom-tree-hog "$0" -test.run='^$'; exit $?`
 	p, err := pool.New(pool.Config{
 		Command:    []string{"sh", "-c", "{}", os.Args[0]},
 		Workers:    2,
@@ -86,4 +86,21 @@ func runOOMTree() int {
 	}
 	fmt.Printf("memory mode: %s (%s)\n", p.MemoryMode(), p.MemoryModeReason())
 	return 0
+}
+
+// runOOMTreeHog is the child of TestOOMChildNoCgroup's first job. It
+// waits long enough to be seen in its worker's tree (its ancestry, read as
+// the kill is, usually says so alone, but not when its parent reaped it
+// first), joins the cgroup $SAFEPOOL_TEST_CGROUP and allocates until the
+// kernel OOM-kills it.
+func runOOMTreeHog() int {
+	time.Sleep(300 * time.Millisecond)
+	cgroup := os.Getenv("SAFEPOOL_TEST_CGROUP")
+	if err := os.WriteFile(filepath.Join(cgroup, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	_, err := behave("hog")
+	fmt.Fprintln(os.Stderr, err)
+	return 1
 }

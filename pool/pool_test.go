@@ -60,6 +60,8 @@ func TestMain(m *testing.M) {
 			os.Exit(runReadmeExample())
 		case "oom-tree":
 			os.Exit(runOOMTree())
+		case "oom-tree-hog":
+			os.Exit(runOOMTreeHog())
 		}
 		os.Exit(runWorker(mode))
 	}
