@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/procfs"
+	"golang.org/x/sys/unix"
 )
 
 // requireCgroups returns a Manager with working cgroups, closed when the
@@ -128,8 +129,9 @@ func runHelper(mode string, args []string) int {
 		return runHelper("hog", nil)
 	case "parent":
 		// Run the helper args[0] with args[1:] as a child, print "child
-		// PID", and "ended SIGNAL" or "ended CODE" when it has; exit when
-		// stdin closes.
+		// PID", and "ended SIGNAL" or "ended CODE" when it has ended and
+		// has been left unreaped for half a second (its kill, if any, is
+		// read while it is still there); exit when stdin closes.
 		exe, _ := os.Executable()
 		child := exec.Command(exe, args[1:]...)
 		child.Env = append(os.Environ(), helperEnv+"="+args[0])
@@ -140,6 +142,9 @@ func runHelper(mode string, args []string) int {
 			return 1
 		}
 		fmt.Printf("child %d\n", child.Process.Pid)
+		var info unix.Siginfo
+		unix.Waitid(unix.P_PID, child.Process.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		time.Sleep(500 * time.Millisecond)
 		err := child.Wait()
 		if sig := signalOf(err); sig > 0 {
 			fmt.Printf("ended %s\n", sig)

@@ -74,7 +74,8 @@ func helperComm() string {
 
 // TestKilledInTreeChild: the OOM killer takes the child of a watched
 // process, in a cgroup the watch knows nothing of; the kernel log names it,
-// and it is the tree's.
+// and it is the tree's, by its ancestry: its parent leaves it unreaped for
+// a while.
 func TestKilledInTreeChild(t *testing.T) {
 	l := requireKernelLog(t)
 	g, err := requireCgroups(t).NewGroup("tree-hog", 64*mib)

@@ -24,12 +24,15 @@ import (
 // which the Session knows nothing.
 
 // runTreeHelper runs the helpers of these tests: "cghog DIR" says "hog
-// PID" on stderr, joins the cgroup directory DIR and allocates until
-// killed (1 GiB at most); "nap DURATION" sleeps, then exits 0.
+// PID" on stderr, waits 300 ms (long enough to be seen in its worker's
+// tree, should its kill be read after its parent reaped it), joins the
+// cgroup directory DIR and allocates until killed (1 GiB at most); "nap
+// DURATION" sleeps, then exits 0.
 func runTreeHelper(mode string, args []string) int {
 	switch mode {
 	case "cghog":
 		fmt.Fprintf(os.Stderr, "hog %d\n", os.Getpid())
+		time.Sleep(300 * time.Millisecond)
 		err := os.WriteFile(filepath.Join(args[0], "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
