@@ -58,6 +58,10 @@ func TestMain(m *testing.M) {
 			os.Exit(runDeviceOOM())
 		case "readme-example":
 			os.Exit(runReadmeExample())
+		case "oom-tree":
+			os.Exit(runOOMTree())
+		case "oom-tree-hog":
+			os.Exit(runOOMTreeHog())
 		}
 		os.Exit(runWorker(mode))
 	}

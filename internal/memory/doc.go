@@ -11,8 +11,10 @@
 // and the supervisor measures each worker by what it alone holds
 // ([TreePrivateMemory], sampled by a [Watch]) and enforces limits itself.
 //
-// Sensing: [WatchOOMKills] reads the kernel log and confirms OOM kills by
-// pid, [HostMemTotal], [HostMemAvailable], [OwnCgroupLimit] and
+// Sensing: [WatchOOMKills] reads the kernel log and confirms OOM kills of
+// a worker or of any process of its tree ([OOMLog.KilledInTree], with the
+// processes a [Watch] saw, its [Tree]), told apart from other processes
+// with the same pid by their start times, [HostMemTotal], [HostMemAvailable], [OwnCgroupLimit] and
 // [PressureFull] feed the memory budget, and [TreePrivateMemory],
 // [ProcessRSS] and [ProcessPeakRSS] measure processes.
 package memory

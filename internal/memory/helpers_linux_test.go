@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/procfs"
+	"golang.org/x/sys/unix"
 )
 
 // requireCgroups returns a Manager with working cgroups, closed when the
@@ -117,6 +118,55 @@ func runHelper(mode string, args []string) int {
 			Cgroup:      string(cg),
 			OOMScoreAdj: strings.TrimSpace(string(adj)),
 		})
+		return 0
+	case "cghog":
+		// Join the cgroup directory args[0], then hog.
+		err := os.WriteFile(filepath.Join(args[0], "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		return runHelper("hog", nil)
+	case "parent":
+		// Run the helper args[0] with args[1:] as a child, print "child
+		// PID", and "ended SIGNAL" or "ended CODE" when it has ended and
+		// has been left unreaped for half a second (its kill, if any, is
+		// read while it is still there); exit when stdin closes.
+		exe, _ := os.Executable()
+		child := exec.Command(exe, args[1:]...)
+		child.Env = append(os.Environ(), helperEnv+"="+args[0])
+		child.Stderr = os.Stderr
+		child.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := child.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		fmt.Printf("child %d\n", child.Process.Pid)
+		var info unix.Siginfo
+		unix.Waitid(unix.P_PID, child.Process.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		time.Sleep(500 * time.Millisecond)
+		err := child.Wait()
+		if sig := signalOf(err); sig > 0 {
+			fmt.Printf("ended %s\n", sig)
+		} else {
+			fmt.Printf("ended %d\n", child.ProcessState.ExitCode())
+		}
+		io.Copy(io.Discard, os.Stdin)
+		return 0
+	case "watchlog":
+		// Start reading the kernel log, and say how that went.
+		l, err := WatchOOMKills()
+		if err != nil {
+			fmt.Println(err)
+			return 0
+		}
+		l.Close()
+		fmt.Println("watching")
+		return 0
+	case "nap":
+		// Sleep args[0] (a duration), then exit.
+		d, _ := time.ParseDuration(args[0])
+		time.Sleep(d)
 		return 0
 	case "hog":
 		// Allocate and touch 20 MiB at a time. Stop at 1 GiB, so that a

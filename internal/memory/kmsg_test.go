@@ -11,44 +11,45 @@ import (
 
 func TestParseOOMRecord(t *testing.T) {
 	for _, tc := range []struct {
-		name    string
-		rec     string
-		wantPid int
+		name     string
+		rec      string
+		wantPid  int
+		wantComm string
 	}{
 		{
 			name:    "memcg kill",
 			rec:     "3,419,8314717359,-;Memory cgroup out of memory: Killed process 5935 (python3) total-vm:78016kB, anon-rss:65280kB, file-rss:6620kB, shmem-rss:0kB, UID:0 pgtables:196kB oom_score_adj:0\n",
-			wantPid: 5935,
+			wantPid: 5935, wantComm: "python3",
 		},
 		{
 			name:    "global kill",
 			rec:     "3,1,2,-;Out of memory: Killed process 1234 (my worker) total-vm:1kB\n",
-			wantPid: 1234,
+			wantPid: 1234, wantComm: "my worker",
 		},
 		{
 			name:    "summary line",
 			rec:     "6,418,8314717347,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,oom_memcg=/a,task_memcg=/a/b,task=python3,pid=5935,uid=0\n",
-			wantPid: 5935,
+			wantPid: 5935, wantComm: "python3",
 		},
 		{
 			name:    "summary with a task name that looks like fields",
 			rec:     "6,1,2,-;oom-kill:constraint=CONSTRAINT_NONE,oom_memcg=/x,pid=7,uid=1,task_memcg=/,task=a,pid=9,uid=0,pid=42,uid=1000\n",
-			wantPid: 42,
+			wantPid: 42, wantComm: "a,pid=9,uid=0",
 		},
 		{
 			name:    "before 4.19",
 			rec:     "3,5,6,-;Killed process 77 (java) total-vm:10kB, anon-rss:1kB, file-rss:0kB\n",
-			wantPid: 77,
+			wantPid: 77, wantComm: "java",
 		},
 		{
 			name:    "sharing memory, before 5.1",
 			rec:     "6,5,6,-;Kill process 78 (java) sharing same memory\n",
-			wantPid: 78,
+			wantPid: 78, wantComm: "java",
 		},
 		{
 			name:    "continuation lines",
 			rec:     "3,7,8,-;Out of memory: Killed process 99 (x) total-vm:1kB\n SUBSYSTEM=memory\n DEVICE=+x:y\n",
-			wantPid: 99,
+			wantPid: 99, wantComm: "x",
 		},
 		{name: "old choice, not the kill", rec: "3,5,6,-;Out of memory: Kill process 76 (java) score 900 or sacrifice child\n"},
 		{name: "invoked", rec: "4,341,8314716777,-;python3 invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj=0\n"},
@@ -58,9 +59,9 @@ func TestParseOOMRecord(t *testing.T) {
 		{name: "unrelated", rec: "6,10,11,-;eth0: link up\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			pid, ok := parseOOMRecord([]byte(tc.rec))
-			if pid != tc.wantPid || ok != (tc.wantPid != 0) {
-				t.Errorf("parseOOMRecord(%q) = %d, %v, want %d", tc.rec, pid, ok, tc.wantPid)
+			v, ok := parseOOMRecord([]byte(tc.rec))
+			if v.PID != tc.wantPid || v.Comm != tc.wantComm || ok != (tc.wantPid != 0) {
+				t.Errorf("parseOOMRecord(%q) = %+v, %v, want %d (%s)", tc.rec, v, ok, tc.wantPid, tc.wantComm)
 			}
 		})
 	}
@@ -120,7 +121,7 @@ func (c *fakeClock) advance(d time.Duration) {
 func TestOOMLog(t *testing.T) {
 	src := newFakeKmsg()
 	clock := &fakeClock{t: time.Unix(1e9, 0)}
-	l := newOOMLog(src, clock.now)
+	l := newOOMLog(src, clock.now, nil)
 	defer l.Close()
 
 	src.records <- nil // overwritten records: reading goes on
@@ -157,7 +158,7 @@ func TestOOMLog(t *testing.T) {
 
 func TestOOMLogBounded(t *testing.T) {
 	src := newFakeKmsg()
-	l := newOOMLog(src, time.Now)
+	l := newOOMLog(src, time.Now, nil)
 	defer l.Close()
 	for pid := 1; pid <= maxOOMRecords+1; pid++ {
 		src.kill(pid)
@@ -180,7 +181,7 @@ func TestOOMLogBounded(t *testing.T) {
 
 func TestOOMLogClose(t *testing.T) {
 	src := newFakeKmsg()
-	l := newOOMLog(src, time.Now)
+	l := newOOMLog(src, time.Now, nil)
 	got := make(chan bool)
 	go func() { got <- l.Killed(7, time.Hour) }()
 	if err := l.Close(); err != nil {

@@ -25,17 +25,21 @@ const (
 // Close must be called to end the goroutine that reads the log.
 //
 // The kernel logs pids as seen from the initial pid namespace: a
-// supervisor in another pid namespace cannot match them to its workers.
+// supervisor in another pid namespace cannot match them to its workers,
+// and WatchOOMKills refuses to start there.
 type OOMLog struct {
-	src       io.ReadCloser    // one kernel log record per Read
-	done      chan struct{}    // closed when the reading goroutine returns
-	now       func() time.Time // the clock records are stamped with
+	src  io.ReadCloser    // one kernel log record per Read
+	done chan struct{}    // closed when the reading goroutine returns
+	now  func() time.Time // the clock records are stamped with
+	// lineage returns a victim and its ancestors (see oomRecord), read
+	// as its record is; nil where /proc cannot tell.
+	lineage   func(pid int) []procID
 	closeOnce sync.Once
 	closeErr  error // set by closeOnce
 
 	mu sync.Mutex
-	// seen maps a killed pid to when its record was read; guarded by mu.
-	seen map[int]time.Time
+	// seen maps a killed pid to its latest record; guarded by mu.
+	seen map[int]oomRecord
 	// order holds the pids of seen, oldest first; guarded by mu.
 	order []int
 	// changed is closed and replaced when a kill is recorded or the log
@@ -45,13 +49,15 @@ type OOMLog struct {
 	ended bool
 }
 
-// newOOMLog starts the goroutine that reads src.
-func newOOMLog(src io.ReadCloser, now func() time.Time) *OOMLog {
+// newOOMLog starts the goroutine that reads src. lineage, if not nil,
+// reads a victim's ancestry from /proc.
+func newOOMLog(src io.ReadCloser, now func() time.Time, lineage func(pid int) []procID) *OOMLog {
 	l := &OOMLog{
 		src:     src,
 		done:    make(chan struct{}),
 		now:     now,
-		seen:    make(map[int]time.Time),
+		lineage: lineage,
+		seen:    make(map[int]oomRecord),
 		changed: make(chan struct{}),
 	}
 	go l.read()
@@ -73,19 +79,35 @@ func (l *OOMLog) read() {
 		if err != nil {
 			return
 		}
-		if pid, ok := parseOOMRecord(buf[:n]); ok {
-			l.record(pid)
+		if v, ok := parseOOMRecord(buf[:n]); ok {
+			r := oomRecord{victim: v}
+			if l.lineage != nil {
+				// At once: the victim is dying, and once its parent has
+				// reaped it, /proc no longer tells whose it was.
+				r.lineage = l.lineage(v.PID)
+			}
+			r.at = l.now()
+			l.record(r)
 		}
 	}
 }
 
-func (l *OOMLog) record(pid int) {
+func (l *OOMLog) record(r oomRecord) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if _, ok := l.seen[pid]; ok {
+	pid := r.victim.PID
+	if old, ok := l.seen[pid]; ok {
 		l.order = slices.DeleteFunc(l.order, func(p int) bool { return p == pid })
+		// One kill is logged in two records (Linux 4.19+: the summary,
+		// then "Killed process"); the victim may be gone by the second.
+		if len(r.lineage) == 0 && r.at.Sub(old.at) < goneSlack {
+			r.lineage = old.lineage
+		}
+		if r.victim.Comm == "" {
+			r.victim.Comm = old.victim.Comm
+		}
 	}
-	l.seen[pid] = l.now()
+	l.seen[pid] = r
 	l.order = append(l.order, pid)
 	if len(l.order) > maxOOMRecords {
 		delete(l.seen, l.order[0])
@@ -115,6 +137,24 @@ func (l *OOMLog) Killed(pid int, wait time.Duration) bool {
 // such as the worker's start, which rules out kills of an earlier
 // process with the same pid.
 func (l *OOMLog) KilledSince(pid int, since time.Time, wait time.Duration) bool {
+	_, ok := l.find(since, func(r oomRecord) bool { return r.victim.PID == pid }, wait)
+	return ok
+}
+
+// KilledInTree returns a process of t that the kernel log says the OOM
+// killer killed, in a record read at or after since, waiting up to wait for
+// one to be read. See [Tree] for what makes a victim the tree's.
+func (l *OOMLog) KilledInTree(t Tree, since time.Time, wait time.Duration) (Victim, bool) {
+	if len(t.members) == 0 {
+		return Victim{}, false
+	}
+	r, ok := l.find(since, func(r oomRecord) bool { return t.holds(r, since) }, wait)
+	return r.victim, ok
+}
+
+// find returns the newest record read at or after since that match
+// accepts, waiting up to wait for one to be read.
+func (l *OOMLog) find(since time.Time, match func(oomRecord) bool, wait time.Duration) (oomRecord, bool) {
 	var timeout <-chan time.Time
 	if wait > 0 {
 		t := time.NewTimer(wait)
@@ -123,14 +163,23 @@ func (l *OOMLog) KilledSince(pid int, since time.Time, wait time.Duration) bool 
 	}
 	for {
 		l.mu.Lock()
-		at, ok := l.seen[pid]
+		var found oomRecord
+		ok := false
+		// order is oldest first, by when the records were read.
+		for i := len(l.order) - 1; i >= 0 && !ok; i-- {
+			found = l.seen[l.order[i]]
+			if found.at.Before(since) {
+				break
+			}
+			ok = match(found)
+		}
 		changed, ended := l.changed, l.ended
 		l.mu.Unlock()
-		if ok && !at.Before(since) {
-			return true
+		if ok {
+			return found, true
 		}
 		if ended || timeout == nil {
-			return false
+			return oomRecord{}, false
 		}
 		select {
 		case <-changed:

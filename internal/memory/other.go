@@ -113,6 +113,9 @@ func (w *Watch) ResetPeak() {}
 // Stop does nothing.
 func (w *Watch) Stop() {}
 
+// Tree returns the empty Tree: nothing is watched outside Linux.
+func (w *Watch) Tree() Tree { return Tree{} }
+
 // ProcessRSS returns errors.ErrUnsupported outside Linux.
 func ProcessRSS(pid int) (int64, error) { return 0, errors.ErrUnsupported }
 

@@ -83,18 +83,24 @@ func readStatus(pid int) (procStatus, error) {
 // last scan, such as a worker started since, makes a new one. A pid that
 // does not exist gives an error matching fs.ErrNotExist.
 func descendants(pid int) ([]int, error) {
+	tree, _, err := descendantsIn(pid)
+	return tree, err
+}
+
+// descendantsIn is descendants, with the scan it read them from.
+func descendantsIn(pid int) ([]int, *procScan, error) {
 	scan, err := procScans.get(pid)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if _, ok := scan.parent[pid]; !ok {
-		return nil, fmt.Errorf("memory: process %d: %w", pid, fs.ErrNotExist)
+	if _, ok := scan.procs[pid]; !ok {
+		return nil, nil, fmt.Errorf("memory: process %d: %w", pid, fs.ErrNotExist)
 	}
 	tree := []int{pid}
 	for i := 0; i < len(tree); i++ {
 		tree = append(tree, scan.children[tree[i]]...)
 	}
-	return tree, nil
+	return tree, scan, nil
 }
 
 // scanShare is how long one scan of /proc serves the callers of
@@ -120,12 +126,28 @@ type sharedScan struct {
 	scans int
 }
 
-// procScan is the parent of every process in /proc, and its children, at
-// one moment.
+// procScan is every process in /proc, and the children of each, at one
+// moment.
 type procScan struct {
 	at       time.Time
-	parent   map[int]int
+	procs    map[int]procEntry
 	children map[int][]int
+}
+
+// procEntry is what a scan read of one process in /proc/PID/stat.
+type procEntry struct {
+	ppid  int
+	start uint64   // its start time (see procID)
+	comm  [16]byte // its name, zero-padded: no allocation per process
+}
+
+// name returns e's comm as a string.
+func (e *procEntry) name() string {
+	n := bytes.IndexByte(e.comm[:], 0)
+	if n < 0 {
+		n = len(e.comm)
+	}
+	return string(e.comm[:n])
 }
 
 // get returns a scan that holds pid, or the newest one when pid is not in
@@ -135,7 +157,7 @@ func (s *sharedScan) get(pid int) (*procScan, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if l := s.last; l != nil && time.Since(l.at) < scanShare {
-		if _, ok := l.parent[pid]; ok {
+		if _, ok := l.procs[pid]; ok {
 			return l, nil
 		}
 	}
@@ -155,45 +177,73 @@ func scanProcs() (*procScan, error) {
 	if err != nil {
 		return nil, err
 	}
-	scan := &procScan{at: at, parent: make(map[int]int, len(entries)), children: make(map[int][]int)}
+	scan := &procScan{at: at, procs: make(map[int]procEntry, len(entries)), children: make(map[int][]int)}
 	var buf [512]byte
 	for _, e := range entries {
 		p, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		ppid, ok := readPPID(p, buf[:])
+		e, ok := readStat(p, buf[:])
 		if !ok {
 			continue // gone since the listing
 		}
-		scan.parent[p] = ppid
-		scan.children[ppid] = append(scan.children[ppid], p)
+		scan.procs[p] = e
+		scan.children[e.ppid] = append(scan.children[e.ppid], p)
 	}
 	return scan, nil
 }
 
-// readPPID returns the parent pid of pid from /proc/pid/stat, reading into
-// buf.
-func readPPID(pid int, buf []byte) (int, bool) {
+// readStat reads the parent pid, the start time (clock ticks after boot)
+// and the name of pid from /proc/pid/stat, into buf.
+func readStat(pid int, buf []byte) (e procEntry, ok bool) {
 	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0, false
+		return e, false
 	}
 	n, _ := f.Read(buf)
 	f.Close()
 	// "pid (comm) state ppid ...": comm may hold spaces and parentheses,
-	// so the fields start after the last ')'.
+	// so the fields start after the last ')'. The start time is field 22,
+	// the 20th after it.
+	open := bytes.IndexByte(buf[:n], '(')
 	i := bytes.LastIndexByte(buf[:n], ')')
-	if i < 0 {
-		return 0, false
+	if open < 0 || i < open {
+		return e, false
 	}
+	copy(e.comm[:], buf[open+1:i])
 	fields := bytes.Fields(buf[i+1 : n])
-	if len(fields) < 2 {
-		return 0, false
+	if len(fields) < 20 {
+		return e, false
 	}
-	ppid, err := strconv.Atoi(string(fields[1]))
-	return ppid, err == nil
+	e.ppid, err = strconv.Atoi(string(fields[1]))
+	if err != nil {
+		return e, false
+	}
+	e.start, err = strconv.ParseUint(string(fields[19]), 10, 64)
+	return e, err == nil
 }
+
+// procLineage returns pid and its ancestors, pid first, with their start
+// times, as /proc shows them now; nil when pid is gone. It stops at the
+// first ancestor gone since its child was read, and at process 1 (or a
+// parent outside the pid namespace, 0).
+func procLineage(pid int) []procID {
+	var line []procID
+	var buf [512]byte
+	for pid > 0 && len(line) < maxLineage {
+		e, ok := readStat(pid, buf[:])
+		if !ok {
+			break
+		}
+		line = append(line, procID{pid: pid, start: e.start})
+		pid = e.ppid
+	}
+	return line
+}
+
+// maxLineage bounds how many ancestors procLineage reads.
+const maxLineage = 256
 
 // TreePrivateMemory returns what pid and its descendants alone hold, in
 // bytes: their anonymous memory in RAM and in swap (RssAnon and VmSwap of

@@ -43,6 +43,9 @@ type Watch struct {
 	// ResetPeak, in bytes; samples counts the samples taken; guarded by mu.
 	last, peak int64
 	samples    int
+	// tree holds the processes seen in the tree; guarded by mu, written
+	// by the sampling goroutine.
+	tree map[int]treeMember
 }
 
 // StartWatch starts sampling the process pid and its descendants. A limit
@@ -55,9 +58,67 @@ func StartWatch(pid int, limit int64) *Watch {
 		over:  make(chan struct{}),
 		stop:  make(chan struct{}),
 		done:  make(chan struct{}),
+		tree:  make(map[int]treeMember),
 	}
-	go w.run(newTreeSampler(pid))
+	go w.run(newTreeSampler(pid, w))
 	return w
+}
+
+// Tree returns the processes the watch has seen in the worker's tree:
+// the worker, the descendants its scans found (every 100 ms or so), and
+// those gone in the last seconds. A descendant that lived less than a
+// scan's interval may not be in it.
+func (w *Watch) Tree() Tree {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	t := Tree{members: make(map[int]treeMember, len(w.tree))}
+	for pid, m := range w.tree {
+		t.members[pid] = m
+	}
+	return t
+}
+
+// scanned records the processes of the tree that scan found and the
+// sampler follows (open holds their status files): a new one joins the
+// tree, and one already in it may have a new name (after an exec). Should
+// a pid have passed to another process since the scan, the tree holds the
+// one the scan found, by its start time, not that one. A process the
+// sampler no longer follows is gone, and one gone for longer than a kill
+// of its may take to be read is forgotten.
+func (w *Watch) scanned(pids []int, scan *procScan, open map[int]*os.File) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for pid, m := range w.tree {
+		if _, ok := open[pid]; !ok && m.gone.IsZero() {
+			m.gone = scan.at
+			w.tree[pid] = m
+		}
+		if !m.gone.IsZero() && scan.at.Sub(m.gone) > goneSlack {
+			delete(w.tree, pid)
+		}
+	}
+	for _, pid := range pids {
+		e, ok := scan.procs[pid]
+		if _, followed := open[pid]; !ok || !followed {
+			continue
+		}
+		m, ok := w.tree[pid]
+		if !ok || m.start != e.start {
+			m = treeMember{start: e.start, seen: scan.at}
+		}
+		m.comm = e.comm
+		w.tree[pid] = m
+	}
+}
+
+// left records that the sampler found pid gone.
+func (w *Watch) left(pid int, at time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if m, ok := w.tree[pid]; ok && m.gone.IsZero() {
+		m.gone = at
+		w.tree[pid] = m
+	}
 }
 
 // Over returns a channel that is closed once a sample finds the worker's
@@ -137,6 +198,14 @@ func (w *Watch) Stop() {
 func (w *Watch) run(s *treeSampler) {
 	defer close(w.done)
 	defer s.close()
+	// The worker is the caller's child, not yet waited for: its pid is
+	// its own until then. Read here, off the worker's start.
+	var buf [512]byte
+	if e, ok := readStat(s.root, buf[:]); ok {
+		w.mu.Lock()
+		w.tree[s.root] = treeMember{start: e.start, comm: e.comm, seen: time.Now()}
+		w.mu.Unlock()
+	}
 	t := time.NewTimer(minSample)
 	defer t.Stop()
 	overClosed := false
@@ -179,10 +248,11 @@ type treeSampler struct {
 	files  map[int]*os.File // open /proc/PID/status of the known processes
 	buf    []byte
 	scanAt time.Time // when descendants were last looked for
+	w      *Watch    // told of the processes that join and leave the tree
 }
 
-func newTreeSampler(root int) *treeSampler {
-	return &treeSampler{root: root, files: make(map[int]*os.File), buf: make([]byte, 4096)}
+func newTreeSampler(root int, w *Watch) *treeSampler {
+	return &treeSampler{root: root, files: make(map[int]*os.File), buf: make([]byte, 4096), w: w}
 }
 
 // sample returns the tree's private memory. It fails once the root is
@@ -200,6 +270,7 @@ func (s *treeSampler) sample() (int64, error) {
 		if err != nil {
 			f.Close()
 			delete(s.files, pid)
+			s.w.left(pid, time.Now())
 			if pid == s.root {
 				return 0, err
 			}
@@ -214,13 +285,14 @@ func (s *treeSampler) sample() (int64, error) {
 // descendants found since.
 func (s *treeSampler) refresh() error {
 	pids := []int{s.root}
+	var scan *procScan
 	// The first sample looks at the root alone, which has hardly started.
 	if len(s.files) > 0 && time.Since(s.scanAt) >= scanEvery {
-		tree, err := descendants(s.root)
+		tree, sc, err := descendantsIn(s.root)
 		if err != nil {
 			return err
 		}
-		pids, s.scanAt = tree, time.Now()
+		pids, scan, s.scanAt = tree, sc, time.Now()
 	}
 	for _, pid := range pids {
 		if _, ok := s.files[pid]; ok {
@@ -234,6 +306,9 @@ func (s *treeSampler) refresh() error {
 			continue
 		}
 		s.files[pid] = f
+	}
+	if scan != nil {
+		s.w.scanned(pids, scan, s.files)
 	}
 	return nil
 }

@@ -237,6 +237,10 @@ func (s *Session) deathMessage(c Cause, peak int64) string {
 // cgroup such as a container's).
 func (s *Session) oomMessage(peak int64) string {
 	limit := s.cfg.Limit
+	if v := s.oomVictim; v.PID != 0 {
+		return fmt.Sprintf("the OOM killer killed process %d (%s) of the worker's tree (confirmed by the kernel log); %s",
+			v.PID, v.Comm, s.exitPhrase())
+	}
 	if s.cfg.Group == nil {
 		return "killed by the OOM killer (confirmed by the enclosing cgroup's oom_kill counter or the kernel log)"
 	}
@@ -244,6 +248,16 @@ func (s *Session) oomMessage(peak int64) string {
 		return "killed by the OOM killer at the worker's limit of " + bytesize.Format(limit)
 	}
 	return "killed by the OOM killer when memory ran out outside the worker's limit (host or enclosing cgroup)"
+}
+
+// exitPhrase says how the worker ended after a process of its tree was
+// killed.
+func (s *Session) exitPhrase() string {
+	exit := s.proc.Exit()
+	if exit.Signal != 0 {
+		return "the worker was killed by " + SignalName(exit.Signal)
+	}
+	return "the worker exited with " + strconv.Itoa(exit.Code)
 }
 
 // joinMessage joins the parts that are not empty with "; ".
@@ -309,14 +323,45 @@ func (s *Session) classify(exit Exit, started time.Time) Cause {
 	}) {
 		return CauseMemoryLimit
 	}
+	if !counted && s.cfg.OOMLog != nil && s.oomInTree(exit, started) {
+		return CauseOOM
+	}
 	if exit.Signal == 0 {
 		return ExitCause(exit.Code)
 	}
-	if !counted && exit.Signal == syscall.SIGKILL && s.cfg.OOMLog != nil &&
-		s.cfg.OOMLog.KilledSince(s.proc.Pid, started, oomLogWait) {
-		return CauseOOM
-	}
 	return SignalCause(exit.Signal)
+}
+
+// oomInTree reports whether the kernel log names an OOM kill of the
+// worker (when it died of SIGKILL) or of a process of its tree, such as
+// the program behind "sh -c" or a child a Python worker started, in the
+// window. The worker's own exit status does not matter: a shell exits
+// 137, a program that saw its child die may exit 1, or die of something
+// else. Like a worker cgroup's counter, the log says only that the OOM
+// killer took a process of the tree, and that is the cause.
+func (s *Session) oomInTree(exit Exit, started time.Time) bool {
+	// The record is written as the kill is sent. The worker's own death
+	// comes right after it; a descendant's comes before the worker
+	// noticed it and exited, so its record has been read by now, and a
+	// failure that may not be an OOM kill at all (exit 1) waits for
+	// nothing. A shell's 137 is likely its child's SIGKILL: that waits.
+	wait := time.Duration(0)
+	if memory.MaybeOOMKilled(exit.Signal, exit.Code) {
+		wait = oomLogWait
+	}
+	if s.watch == nil {
+		return exit.Signal == syscall.SIGKILL && s.cfg.OOMLog.KilledSince(s.proc.Pid, started, wait)
+	}
+	// The tree holds the worker too; its own record, read already, is
+	// looked for first, from its start.
+	if exit.Signal == syscall.SIGKILL && s.cfg.OOMLog.KilledSince(s.proc.Pid, started, 0) {
+		return true
+	}
+	v, ok := s.cfg.OOMLog.KilledInTree(s.watch.Tree(), s.oomSince, wait)
+	if ok && v.PID != s.proc.Pid {
+		s.oomVictim = v
+	}
+	return ok
 }
 
 // ownPeak is a process's peak resident set size from wait4 (maxrss), or 0

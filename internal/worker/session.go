@@ -341,6 +341,14 @@ type Session struct {
 	line        lineState      // line protocol: the checks
 	lineTime    time.Duration  // line protocol: recent time per line; 0 before the first
 
+	// oomSince starts the window in which a kill that the kernel log
+	// names in the process's tree is the death's cause: the start, or
+	// when the idle worker last took a task.
+	oomSince time.Time
+	// oomVictim is the process of the tree whose OOM kill classify
+	// found in the kernel log, for the death's message.
+	oomVictim memory.Victim
+
 	// pausedAt is when Pause stopped the process; zero when it runs.
 	pausedAt time.Time
 
@@ -373,6 +381,7 @@ func StartSession(cfg Config, host Host) (*Session, error) {
 	}
 	s.markOOM()
 	s.spawned = time.Now()
+	s.oomSince = s.spawned
 	proc, err := Start(spec)
 	if err != nil {
 		return nil, err
@@ -684,6 +693,7 @@ func (s *Session) startFlight(f *Flight, at time.Time) {
 		}
 		if s.watch != nil {
 			s.watch.ResetPeak() // and its peak
+			s.oomSince = at     // and the kernel log's window
 		}
 		if g != nil && at.Sub(s.peakAt) >= peakEvery {
 			// The worker was idle: measure its peak from here.

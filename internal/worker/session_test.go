@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -87,6 +88,8 @@ func runHelper(mode string) int {
 	case "oneshot":
 		behave(os.Args[len(os.Args)-1])
 		return 0
+	case "cghog", "nap":
+		return runTreeHelper(mode, os.Args[slices.Index(os.Args, "--")+1:])
 	}
 	return 2
 }
