@@ -229,6 +229,11 @@ type Options struct {
 	// runs (procsFor), unless the environment sets GOMAXPROCS. It is for a
 	// process that runs nothing but the session (safepool __bridge).
 	SetProcs bool
+	// Client is the process id of the client: while that process is
+	// stopped (a terminal's Ctrl-Z, SIGSTOP), the session's pool is
+	// paused (pool.Pool.Pause), and it goes on when the process is
+	// continued (followClient). Zero means no process is followed.
+	Client int
 }
 
 // procsFor is the GOMAXPROCS of a bridge process whose pool runs workers
@@ -316,11 +321,18 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opt Options) error 
 
 	var wg sync.WaitGroup
 	wg.Add(2)
+	stop := make(chan struct{})
+	if opt.Client > 0 {
+		wg.Add(1)
+		go func() { // owned by Serve: ends when stop is closed
+			defer wg.Done()
+			followClient(p, opt.Client, stop)
+		}()
+	}
 	go func() { // owned by Serve, which waits for it: it ends at end of file on in
 		defer wg.Done()
 		readTasks(ctx, br, p)
 	}()
-	stop := make(chan struct{})
 	go func() { // owned by Serve: ends when stop is closed
 		defer wg.Done()
 		select {
