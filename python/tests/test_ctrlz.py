@@ -1,0 +1,181 @@
+"""Ctrl-Z stops the whole program: while a program that uses a pool is
+stopped (SIGTSTP from the terminal, SIGTTIN, SIGTTOU or SIGSTOP), the pool's
+workers are stopped too and its tasks' timeouts do not run; fg (SIGCONT)
+lets everything go on. The binary and its workers, in a session of their
+own, used to run on while the program looked suspended."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import unittest
+import uuid
+
+import safepool
+from tests.support import PYTHON_DIR, child_env, wait_gone
+
+SCRIPT = """
+import json, os, signal, sys, time
+import safepool
+
+def tick(path):
+    # 20 lines of the worker's pid, 50 ms apart: 1 s of work.
+    for _ in range(20):
+        with open(path, "a") as f:
+            f.write("%d\\n" % os.getpid())
+        time.sleep(0.05)
+    with open(path) as f:
+        return len(f.read().split())
+
+if __name__ == "__main__":
+    mode, d = sys.argv[1], sys.argv[2]
+    if mode == "own-handler":
+        # A program's own Ctrl-Z handler, which tidies up and then stops.
+        def on_tstp(signum, frame):
+            open(os.path.join(d, "handled"), "w").close()
+            os.kill(os.getpid(), signal.SIGSTOP)
+        signal.signal(signal.SIGTSTP, on_tstp)
+    paths = [os.path.join(d, n) for n in "ab"]
+    # The time stopped must not count against the timeout of 1.5 s.
+    with safepool.Pool(2, timeout=1.5) as pool:
+        r = pool.map_async(tick, paths, chunksize=1)
+        while not r.ready():
+            time.sleep(0.02)
+        print(json.dumps(r.get()), flush=True)
+"""
+
+# Starts the program in a process group of its own, as a shell with job
+# control starts a job: its parent (the test) is in another group of the
+# session, so the kernel stops it on SIGTSTP (an orphaned group ignores it).
+_NEW_GROUP = "import os, sys; os.setpgid(0, 0); os.execv(sys.executable, [sys.executable] + sys.argv[1:])"
+
+
+def state(pid: int) -> str:
+    """The state letter of process pid ("R", "S", "T"...), or "" if gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def wait_until(what: str, cond, limit: float = 10.0):
+    """Wait for cond, limit seconds at most (a bound against hangs, not a
+    speed requirement)."""
+    deadline = time.monotonic() + limit
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("%s: not within %gs" % (what, limit))
+        time.sleep(0.01)
+
+
+class CtrlZ(unittest.TestCase):
+    def start(self, mode="plain"):
+        """Start the program; return it, the tick files of its two tasks
+        and its marker, once both tasks are ticking."""
+        d = tempfile.mkdtemp()
+        script = os.path.join(d, "prog.py")
+        with open(script, "w") as f:
+            f.write(textwrap.dedent(SCRIPT))
+        self.marker = "safepool-test-" + uuid.uuid4().hex
+        proc = subprocess.Popen([sys.executable, "-c", _NEW_GROUP, script, mode, d],
+                                env=child_env(SAFEPOOL_TEST_MARKER=self.marker), cwd=PYTHON_DIR,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(self._end, proc)
+        self.files = [os.path.join(d, n) for n in "ab"]
+        wait_until("both tasks ticking", lambda: all(self.ticks(f) >= 4 for f in self.files), 30)
+        return proc, d
+
+    def _end(self, proc):
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+    @staticmethod
+    def ticks(path: str) -> int:
+        try:
+            with open(path) as f:
+                return len(f.read().split())
+        except FileNotFoundError:
+            return 0
+
+    @staticmethod
+    def worker(path: str) -> int:
+        with open(path) as f:
+            return int(f.read().split()[0])
+
+    def assert_stopped(self, proc):
+        """The program is stopped; check that its workers are, and that
+        they make no progress for longer than the tasks' timeout."""
+        wait_until("the program stopped", lambda: state(proc.pid) == "T")
+        for f in self.files:
+            pid = self.worker(f)
+            wait_until("worker %d stopped (it is %r)" % (pid, state(pid)), lambda: state(pid) == "T", 5)
+        before = [self.ticks(f) for f in self.files]
+        time.sleep(2.0)
+        after = [self.ticks(f) for f in self.files]
+        self.assertEqual(after, before, "the tasks ticked on while the program was stopped")
+
+    def assert_done(self, proc):
+        out, err = proc.communicate(timeout=60)
+        self.assertEqual(proc.returncode, 0, err.decode(errors="replace")[-3000:])
+        # Every tick, and no timeout: the time stopped did not count.
+        self.assertEqual(json.loads(out), [20, 20], err.decode(errors="replace")[-3000:])
+
+    def test_stop_signals(self):
+        # Ctrl-Z, and the stops of a background job that reads from or
+        # writes to its terminal, reach the job's process group.
+        for sig in (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
+            with self.subTest(signal=sig.name):
+                proc, _ = self.start()
+                os.killpg(proc.pid, sig)
+                self.assert_stopped(proc)
+                os.killpg(proc.pid, signal.SIGCONT)
+                self.assert_done(proc)
+
+    def test_sigstop(self):
+        # kill -STOP of the program alone, which no handler can catch.
+        proc, _ = self.start()
+        os.kill(proc.pid, signal.SIGSTOP)
+        self.assert_stopped(proc)
+        os.kill(proc.pid, signal.SIGCONT)
+        self.assert_done(proc)
+
+    def test_own_handler(self):
+        # A program with its own SIGTSTP handler keeps it: the handler runs,
+        # and the stop it makes stops the pool.
+        proc, d = self.start("own-handler")
+        os.killpg(proc.pid, signal.SIGTSTP)
+        self.assert_stopped(proc)
+        self.assertTrue(os.path.exists(os.path.join(d, "handled")), "the program's handler did not run")
+        os.killpg(proc.pid, signal.SIGCONT)
+        self.assert_done(proc)
+
+    def test_killed_while_stopped(self):
+        # The program is killed while stopped (kill -9 %1): its binary and
+        # stopped workers go too.
+        proc, _ = self.start()
+        os.killpg(proc.pid, signal.SIGTSTP)
+        wait_until("the program stopped", lambda: state(proc.pid) == "T")
+        for f in self.files:
+            pid = self.worker(f)
+            wait_until("worker %d stopped" % pid, lambda: state(pid) == "T", 5)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        self.assertEqual(wait_gone(self.marker), [])
+
+    def test_no_handler_installed(self):
+        # The client follows stops without a signal handler of its own.
+        with safepool.Pool(1) as pool:
+            self.assertEqual(pool.apply(abs, (-1,)), 1)
+            for sig in (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCONT):
+                self.assertEqual(signal.getsignal(sig), signal.SIG_DFL, sig.name)
+
+
+if __name__ == "__main__":
+    unittest.main()
