@@ -1,6 +1,7 @@
 """Ctrl-Z stops the whole program: while a program that uses a pool is
 stopped (SIGTSTP from the terminal, SIGTTIN, SIGTTOU or SIGSTOP), the pool's
-workers are stopped too and its tasks' timeouts do not run; fg (SIGCONT)
+workers are stopped too and its tasks' timeouts (soft_timeout included) do
+not run; fg (SIGCONT)
 lets everything go on. The binary and its workers, in a session of their
 own, used to run on while the program looked suspended."""
 import json
@@ -39,8 +40,10 @@ if __name__ == "__main__":
             os.kill(os.getpid(), signal.SIGSTOP)
         signal.signal(signal.SIGTSTP, on_tstp)
     paths = [os.path.join(d, n) for n in "ab"]
-    # The time stopped must not count against the timeout of 1.5 s.
-    with safepool.Pool(2, timeout=1.5) as pool:
+    # The time stopped must not count against the timeout of 1.5 s (or
+    # the soft one).
+    limit = {"soft_timeout" if mode == "soft" else "timeout": 1.5}
+    with safepool.Pool(2, **limit) as pool:
         r = pool.map_async(tick, paths, chunksize=1)
         while not r.ready():
             time.sleep(0.02)
@@ -144,6 +147,15 @@ class CtrlZ(unittest.TestCase):
         os.kill(proc.pid, signal.SIGSTOP)
         self.assert_stopped(proc)
         os.kill(proc.pid, signal.SIGCONT)
+        self.assert_done(proc)
+
+    def test_soft_timeout(self):
+        # The workers' own clock of soft_timeout does not count the time
+        # stopped either.
+        proc, _ = self.start("soft")
+        os.killpg(proc.pid, signal.SIGTSTP)
+        self.assert_stopped(proc)
+        os.killpg(proc.pid, signal.SIGCONT)
         self.assert_done(proc)
 
     def test_own_handler(self):
