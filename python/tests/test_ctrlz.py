@@ -6,17 +6,20 @@ lets everything go on. The binary and its workers, in a session of their
 own, used to run on while the program looked suspended."""
 import json
 import os
+import pty
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import unittest
 import uuid
 
 import safepool
-from tests.support import PYTHON_DIR, child_env, wait_gone
+from tests.support import PYTHON_DIR, child_env, skip_or_fail, wait_gone
 
 SCRIPT = """
 import json, os, signal, sys, time
@@ -33,6 +36,8 @@ def tick(path):
 
 if __name__ == "__main__":
     mode, d = sys.argv[1], sys.argv[2]
+    with open(os.path.join(d, "pid"), "w") as f:
+        f.write(str(os.getpid()))
     if mode == "own-handler":
         # A program's own Ctrl-Z handler, which tidies up and then stops.
         def on_tstp(signum, frame):
@@ -47,7 +52,11 @@ if __name__ == "__main__":
         r = pool.map_async(tick, paths, chunksize=1)
         while not r.ready():
             time.sleep(0.02)
-        print(json.dumps(r.get()), flush=True)
+        result = json.dumps(r.get())
+    with open(os.path.join(d, "result.tmp"), "w") as f:
+        f.write(result)
+    os.rename(os.path.join(d, "result.tmp"), os.path.join(d, "result"))
+    print(result, flush=True)
 """
 
 # Starts the program in a process group of its own, as a shell with job
@@ -76,19 +85,24 @@ def wait_until(what: str, cond, limit: float = 10.0):
 
 
 class CtrlZ(unittest.TestCase):
-    def start(self, mode="plain"):
-        """Start the program; return it, the tick files of its two tasks
-        and its marker, once both tasks are ticking."""
+    def script(self):
+        """Write the program in a new directory; return both."""
         d = tempfile.mkdtemp()
         script = os.path.join(d, "prog.py")
         with open(script, "w") as f:
             f.write(textwrap.dedent(SCRIPT))
         self.marker = "safepool-test-" + uuid.uuid4().hex
+        self.files = [os.path.join(d, n) for n in "ab"]
+        return script, d
+
+    def start(self, mode="plain"):
+        """Start the program; return it and its directory, once both tasks
+        are ticking."""
+        script, d = self.script()
         proc = subprocess.Popen([sys.executable, "-c", _NEW_GROUP, script, mode, d],
                                 env=child_env(SAFEPOOL_TEST_MARKER=self.marker), cwd=PYTHON_DIR,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.addCleanup(self._end, proc)
-        self.files = [os.path.join(d, n) for n in "ab"]
         wait_until("both tasks ticking", lambda: all(self.ticks(f) >= 4 for f in self.files), 30)
         return proc, d
 
@@ -113,9 +127,11 @@ class CtrlZ(unittest.TestCase):
             return int(f.read().split()[0])
 
     def assert_stopped(self, proc):
-        """The program is stopped; check that its workers are, and that
-        they make no progress for longer than the tasks' timeout."""
-        wait_until("the program stopped", lambda: state(proc.pid) == "T")
+        """The program (a Popen, or its pid) is stopped; check that its
+        workers are, and that they make no progress for longer than the
+        tasks' timeout."""
+        pid = getattr(proc, "pid", proc)
+        wait_until("the program stopped", lambda: state(pid) == "T")
         for f in self.files:
             pid = self.worker(f)
             wait_until("worker %d stopped (it is %r)" % (pid, state(pid)), lambda: state(pid) == "T", 5)
@@ -129,6 +145,64 @@ class CtrlZ(unittest.TestCase):
         self.assertEqual(proc.returncode, 0, err.decode(errors="replace")[-3000:])
         # Every tick, and no timeout: the time stopped did not count.
         self.assertEqual(json.loads(out), [20, 20], err.decode(errors="replace")[-3000:])
+
+    def test_terminal_ctrl_z(self):
+        # A real terminal and a real shell: Ctrl-Z typed at bash, then fg.
+        bash = shutil.which("bash")
+        if bash is None:
+            skip_or_fail(self, "bash is not installed")
+        script, d = self.script()
+        env = child_env(SAFEPOOL_TEST_MARKER=self.marker, PS1="$ ", TERM="dumb")
+        shell, master = pty.fork()
+        if shell == 0:
+            try:
+                os.chdir(PYTHON_DIR)
+                os.execve(bash, [bash, "--norc", "--noprofile", "-i"], env)
+            finally:
+                os._exit(127)
+        out = []
+        reader = threading.Thread(target=self._drain, args=(master, out), daemon=True)
+        reader.start()
+
+        def end():
+            try:
+                os.kill(shell, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(shell, 0)
+            reader.join(10)
+            os.close(master)
+            wait_gone(self.marker)
+        self.addCleanup(end)
+
+        def typed(text: bytes):
+            os.write(master, text)
+
+        typed(("%s %s plain %s\n" % (sys.executable, script, d)).encode())
+        wait_until("both tasks ticking", lambda: all(self.ticks(f) >= 4 for f in self.files), 30)
+        with open(os.path.join(d, "pid")) as f:
+            pid = int(f.read())
+        typed(b"\x1a")  # Ctrl-Z
+        self.assert_stopped(pid)
+        typed(b"fg\n")
+        result = os.path.join(d, "result")
+        wait_until("the program's result (terminal: %r)" % b"".join(out)[-2000:], lambda: os.path.exists(result), 30)
+        with open(result) as f:
+            self.assertEqual(json.loads(f.read()), [20, 20])
+        typed(b"exit\n")
+
+    @staticmethod
+    def _drain(fd: int, out: list):
+        """Read the terminal's output until it closes, so that it never
+        fills up."""
+        while True:
+            try:
+                b = os.read(fd, 4096)
+            except OSError:
+                return
+            if not b:
+                return
+            out.append(b)
 
     def test_stop_signals(self):
         # Ctrl-Z, and the stops of a background job that reads from or
