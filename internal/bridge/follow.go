@@ -12,20 +12,31 @@ import (
 )
 
 // clientPoll is how often a session looks at whether its client is
-// stopped. The kernel tells no other process when one stops (a stop can
-// be waited for only by a parent or a tracer, and the client is the
-// bridge's parent), so the bridge reads the client's state from /proc.
-// Within 50 ms of a Ctrl-Z the workers stop too, which is as soon as a
-// user looks; a read of /proc/PID/stat is some microseconds.
+// stopped while its pool has work. The kernel tells no other process when
+// one stops (a stop can be waited for only by a parent or a tracer, and
+// the client is the bridge's parent), so the bridge reads the client's
+// state from /proc. Within 50 ms of a Ctrl-Z the workers stop too, which
+// is as soon as a user looks; a look is some microseconds.
 const clientPoll = 50 * time.Millisecond
+
+// idlePoll is how often a session looks while its pool is idle. A look
+// after each submitted task brings it back to clientPoll; this bound only
+// covers a task that the pool counts after that look.
+const idlePoll = time.Second
 
 // followClient pauses p while process pid is stopped, by a terminal's
 // Ctrl-Z (SIGTSTP), SIGTTIN, SIGTTOU or SIGSTOP alike, and resumes it once
 // the process is continued, until done is closed. It is the only caller of
 // p's Pause and Resume, and calls them in the order the client's states
-// were seen, each returning only once the pool is in that state: the
-// workers are never continued while the client is still seen stopped, nor
-// left stopped once it is seen running.
+// were seen, each once the one before has returned: the workers are never
+// continued while the client is still seen stopped, nor left stopped once
+// it is seen running.
+//
+// It looks every clientPoll while p has tasks that have not ended, or is
+// paused. An idle pool has nothing to stop, and a stopped client submits
+// nothing: it then looks every idlePoll, and clientPoll after submitted,
+// which the session signals after each task it submits. So a pool open
+// and idle in a program that does other things costs a look a second.
 //
 // Watching the client's state, rather than a SIGTSTP handler in the
 // client that tells the bridge, catches every stop, SIGSTOP included,
@@ -37,13 +48,13 @@ const clientPoll = 50 * time.Millisecond
 // or stopped by a tracer such as a debugger), leaves the pool as it is:
 // the session ends when the client is gone, and a tracer's stops are a
 // debugger's to make, which are often too short to be worth a pause.
-func followClient(p *pool.Pool, pid int, done <-chan struct{}) {
+func followClient(p *pool.Pool, pid int, done <-chan struct{}, submitted <-chan struct{}) {
 	proc, err := os.FindProcess(pid)
 	if err != nil {
 		return
 	}
 	defer proc.Release()
-	t := time.NewTicker(clientPoll)
+	t := time.NewTimer(clientPoll)
 	defer t.Stop()
 	paused := false
 	for {
@@ -62,12 +73,31 @@ func followClient(p *pool.Pool, pid int, done <-chan struct{}) {
 			paused = false
 			p.Resume()
 		}
+		wait := clientPoll
+		if !paused && idle(p) {
+			wait = idlePoll
+		}
+		t.Reset(wait)
 		select {
 		case <-done:
 			return
+		case <-submitted:
+			// Give the pool a moment to count the task before the look.
+			t.Reset(clientPoll)
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
 		case <-t.C:
 		}
 	}
+}
+
+// idle reports whether every task submitted to p has ended.
+func idle(p *pool.Pool) bool {
+	s := p.Stats()
+	return s.Submitted == s.Done+s.Failed+s.Cancelled+s.Poison
 }
 
 // isRunning reports whether a process in state st (the letter of

@@ -137,3 +137,11 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 	}
 }
+
+// BenchmarkProcState: what one look at the client's state costs.
+func BenchmarkProcState(b *testing.B) {
+	pid := os.Getppid()
+	for b.Loop() {
+		procState(pid)
+	}
+}
