@@ -42,8 +42,8 @@ func TestClientStoppedPausesPool(t *testing.T) {
 			s.next() // ready
 			dir := t.TempDir()
 			files := []string{filepath.Join(dir, "a"), filepath.Join(dir, "b")}
-			// 20 ticks of 50 ms: 1 s of work, timed out at 1.5 s.
-			meta := []byte(`{"timeout":1.5}`)
+			// 16 ticks of 50 ms: 0.8 s of work, timed out at 2 s.
+			meta := []byte(`{"timeout":2}`)
 			for i, f := range files {
 				p := binary.BigEndian.AppendUint32(nil, uint32(len(meta)))
 				s.send(KindTaskMeta, uint64(i+1), append(append(p, meta...), "tick:"+f...))
@@ -72,8 +72,11 @@ func TestClientStoppedPausesPool(t *testing.T) {
 			}
 			na, _ := ticks(files[0])
 			nb, _ := ticks(files[1])
+			if na >= 16 || nb >= 16 {
+				t.Fatalf("a task ended (%d and %d ticks) before the client stopped: nothing to check", na, nb)
+			}
 			// Longer than the tasks' timeout, and than their whole work.
-			time.Sleep(2 * time.Second)
+			time.Sleep(2500 * time.Millisecond)
 			if ga, _ := ticks(files[0]); ga != na {
 				t.Errorf("task a ticked %d times while its client was stopped, want none", ga-na)
 			}
@@ -90,8 +93,8 @@ func TestClientStoppedPausesPool(t *testing.T) {
 				}
 			}
 			for _, f := range files {
-				if n, _ := ticks(f); n != 20 {
-					t.Errorf("%s: %d ticks, want 20", filepath.Base(f), n)
+				if n, _ := ticks(f); n != 16 {
+					t.Errorf("%s: %d ticks, want 16", filepath.Base(f), n)
 				}
 			}
 			if f := s.next(); f.kind != KindEnd {
