@@ -322,18 +322,18 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opt Options) error 
 	var wg sync.WaitGroup
 	wg.Add(2)
 	stop := make(chan struct{})
-	var submitted chan struct{} // nil: no follower to tell
+	var sent *submissions // nil: no follower to tell
 	if opt.Client > 0 {
-		submitted = make(chan struct{}, 1)
+		sent = newSubmissions()
 		wg.Add(1)
 		go func() { // owned by Serve: ends when stop is closed
 			defer wg.Done()
-			followClient(p, opt.Client, stop, submitted)
+			followClient(p, opt.Client, stop, sent)
 		}()
 	}
 	go func() { // owned by Serve, which waits for it: it ends at end of file on in
 		defer wg.Done()
-		readTasks(ctx, br, p, submitted)
+		readTasks(ctx, br, p, sent)
 	}()
 	go func() { // owned by Serve: ends when stop is closed
 		defer wg.Done()
@@ -427,9 +427,9 @@ func killPool(p *pool.Pool, reason error) {
 }
 
 // readTasks submits the client's tasks to p until a close frame, and returns
-// at end of file on br. Any other end of the stream aborts p. After each
-// task it submits it signals submitted (nil: none), without waiting.
-func readTasks(ctx context.Context, br *bufio.Reader, p *pool.Pool, submitted chan<- struct{}) {
+// at end of file on br. Any other end of the stream aborts p. It counts
+// each task it submits in sent (nil: none).
+func readTasks(ctx context.Context, br *bufio.Reader, p *pool.Pool, sent *submissions) {
 	closed := false
 	for {
 		f, err := readFrame(br)
@@ -455,9 +455,8 @@ func readTasks(ctx context.Context, br *bufio.Reader, p *pool.Pool, submitted ch
 				continue
 			}
 			id, err := p.Submit(ctx, t)
-			select {
-			case submitted <- struct{}{}:
-			default: // one is pending, or none is wanted
+			if err == nil {
+				sent.add(t)
 			}
 			if err == nil && id != f.id {
 				// Task numbers must follow the pool's own, so that a

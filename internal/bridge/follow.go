@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -19,9 +20,7 @@ import (
 // is as soon as a user looks; a look is some microseconds.
 const clientPoll = 50 * time.Millisecond
 
-// idlePoll is how often a session looks while its pool is idle. A look
-// after each submitted task brings it back to clientPoll; this bound only
-// covers a task that the pool counts after that look.
+// idlePoll is how often a session looks while its pool is idle.
 const idlePoll = time.Second
 
 // followClient pauses p while process pid is stopped, by a terminal's
@@ -34,9 +33,9 @@ const idlePoll = time.Second
 //
 // It looks every clientPoll while p has tasks that have not ended, or is
 // paused. An idle pool has nothing to stop, and a stopped client submits
-// nothing: it then looks every idlePoll, and clientPoll after submitted,
-// which the session signals after each task it submits. So a pool open
-// and idle in a program that does other things costs a look a second.
+// nothing: it then looks every idlePoll, and at once when sent says that
+// the session submitted a task. So a pool open and idle in a program that
+// does other things costs a look a second.
 //
 // Watching the client's state, rather than a SIGTSTP handler in the
 // client that tells the bridge, catches every stop, SIGSTOP included,
@@ -48,7 +47,7 @@ const idlePoll = time.Second
 // or stopped by a tracer such as a debugger), leaves the pool as it is:
 // the session ends when the client is gone, and a tracer's stops are a
 // debugger's to make, which are often too short to be worth a pause.
-func followClient(p *pool.Pool, pid int, done <-chan struct{}, submitted <-chan struct{}) {
+func followClient(p *pool.Pool, pid int, done <-chan struct{}, sent *submissions) {
 	proc, err := os.FindProcess(pid)
 	if err != nil {
 		return
@@ -73,31 +72,50 @@ func followClient(p *pool.Pool, pid int, done <-chan struct{}, submitted <-chan 
 			paused = false
 			p.Resume()
 		}
-		wait := clientPoll
-		if !paused && idle(p) {
-			wait = idlePoll
+		// Busy, it ignores the tasks submitted: a look per task would
+		// cost a map of many small tasks.
+		wait, kick := clientPoll, (<-chan struct{})(nil)
+		if !paused && idle(p.Stats(), sent.n.Load()) {
+			wait, kick = idlePoll, sent.kick
 		}
 		t.Reset(wait)
 		select {
 		case <-done:
 			return
-		case <-submitted:
-			// Give the pool a moment to count the task before the look.
-			t.Reset(clientPoll)
-			select {
-			case <-done:
-				return
-			case <-t.C:
-			}
+		case <-kick:
 		case <-t.C:
 		}
 	}
 }
 
-// idle reports whether every task submitted to p has ended.
-func idle(p *pool.Pool) bool {
-	s := p.Stats()
-	return s.Submitted == s.Done+s.Failed+s.Cancelled+s.Poison
+// submissions counts the items the session submitted to its pool, and
+// tells the follower (followClient) of each task.
+type submissions struct {
+	n    atomic.Int64
+	kick chan struct{} // holds one value
+}
+
+func newSubmissions() *submissions { return &submissions{kick: make(chan struct{}, 1)} }
+
+// add counts the items of task t, which Submit accepted, and wakes the
+// follower if it waits. A nil s counts nothing.
+func (s *submissions) add(t pool.Task) {
+	if s == nil {
+		return
+	}
+	s.n.Add(int64(max(t.Items, 1)))
+	select {
+	case s.kick <- struct{}{}:
+	default: // one is pending
+	}
+}
+
+// idle reports whether a pool whose Stats are st has ended every one of
+// the sent items submitted to it. The pool counts an item in its Stats
+// some time after Submit has returned: until it has counted all sent, it
+// is not idle.
+func idle(st pool.Stats, sent int64) bool {
+	return int64(st.Submitted) >= sent && st.Submitted == st.Done+st.Failed+st.Cancelled+st.Poison
 }
 
 // isRunning reports whether a process in state st (the letter of

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/safepool/safepool/pool"
 )
 
 // TestClientStoppedPausesPool: while the client process is stopped, the
@@ -42,8 +44,8 @@ func TestClientStoppedPausesPool(t *testing.T) {
 			s.next() // ready
 			dir := t.TempDir()
 			files := []string{filepath.Join(dir, "a"), filepath.Join(dir, "b")}
-			// 16 ticks of 50 ms: 0.8 s of work, timed out at 2 s.
-			meta := []byte(`{"timeout":2}`)
+			// 30 ticks of 50 ms: 1.5 s of work, timed out at 3 s.
+			meta := []byte(`{"timeout":3}`)
 			for i, f := range files {
 				p := binary.BigEndian.AppendUint32(nil, uint32(len(meta)))
 				s.send(KindTaskMeta, uint64(i+1), append(append(p, meta...), "tick:"+f...))
@@ -72,11 +74,11 @@ func TestClientStoppedPausesPool(t *testing.T) {
 			}
 			na, _ := ticks(files[0])
 			nb, _ := ticks(files[1])
-			if na >= 16 || nb >= 16 {
+			if na >= 30 || nb >= 30 {
 				t.Fatalf("a task ended (%d and %d ticks) before the client stopped: nothing to check", na, nb)
 			}
 			// Longer than the tasks' timeout, and than their whole work.
-			time.Sleep(2500 * time.Millisecond)
+			time.Sleep(3500 * time.Millisecond)
 			if ga, _ := ticks(files[0]); ga != na {
 				t.Errorf("task a ticked %d times while its client was stopped, want none", ga-na)
 			}
@@ -93,8 +95,8 @@ func TestClientStoppedPausesPool(t *testing.T) {
 				}
 			}
 			for _, f := range files {
-				if n, _ := ticks(f); n != 16 {
-					t.Errorf("%s: %d ticks, want 16", filepath.Base(f), n)
+				if n, _ := ticks(f); n != 30 {
+					t.Errorf("%s: %d ticks, want 30", filepath.Base(f), n)
 				}
 			}
 			if f := s.next(); f.kind != KindEnd {
@@ -127,6 +129,30 @@ func TestProcState(t *testing.T) {
 	waitFor(t, "sleep stopped", func() bool { return procState(c.Process.Pid) == 'T' })
 	if st := procState(1 << 30); st != 0 {
 		t.Errorf("procState(no such process) = %q, want 0", st)
+	}
+}
+
+// TestIdle: a pool is idle when it has counted every item sent to it and
+// ended them all.
+func TestIdle(t *testing.T) {
+	tests := []struct {
+		name string
+		st   pool.Stats
+		sent int64
+		want bool
+	}{
+		{"nothing sent", pool.Stats{}, 0, true},
+		{"sent, not counted yet", pool.Stats{}, 3, false},
+		{"counted in part", pool.Stats{Submitted: 2, Done: 2}, 3, false},
+		{"running", pool.Stats{Submitted: 3, Done: 1, Running: 1}, 3, false},
+		{"all ended", pool.Stats{Submitted: 5, Done: 2, Failed: 1, Cancelled: 1, Poison: 1}, 5, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := idle(tt.st, tt.sent); got != tt.want {
+				t.Errorf("idle(%+v, %d) = %v, want %v", tt.st, tt.sent, got, tt.want)
+			}
+		})
 	}
 }
 

@@ -26,8 +26,8 @@ import json, os, signal, sys, time
 import safepool
 
 def tick(path):
-    # 16 lines of the worker's pid, 50 ms apart: 0.8 s of work.
-    for _ in range(16):
+    # 30 lines of the worker's pid, 50 ms apart: 1.5 s of work.
+    for _ in range(30):
         with open(path, "a") as f:
             f.write("%d\\n" % os.getpid())
         time.sleep(0.05)
@@ -45,9 +45,9 @@ if __name__ == "__main__":
             os.kill(os.getpid(), signal.SIGSTOP)
         signal.signal(signal.SIGTSTP, on_tstp)
     paths = [os.path.join(d, n) for n in "ab"]
-    # The time stopped must not count against the timeout of 2 s (or
+    # The time stopped must not count against the timeout of 3 s (or
     # the soft one).
-    limit = {"soft_timeout" if mode == "soft" else "timeout": 2.0}
+    limit = {"soft_timeout" if mode == "soft" else "timeout": 3.0}
     with safepool.Pool(2, **limit) as pool:
         r = pool.map_async(tick, paths, chunksize=1)
         while not r.ready():
@@ -136,8 +136,8 @@ class CtrlZ(unittest.TestCase):
             pid = self.worker(f)
             wait_until("worker %d stopped (it is %r)" % (pid, state(pid)), lambda: state(pid) == "T", 5)
         before = [self.ticks(f) for f in self.files]
-        self.assertLess(max(before), 16, "a task ended before the program stopped: nothing to check")
-        time.sleep(2.5)
+        self.assertLess(max(before), 30, "a task ended before the program stopped: nothing to check")
+        time.sleep(3.5)
         after = [self.ticks(f) for f in self.files]
         self.assertEqual(after, before, "the tasks ticked on while the program was stopped")
 
@@ -145,7 +145,7 @@ class CtrlZ(unittest.TestCase):
         out, err = proc.communicate(timeout=60)
         self.assertEqual(proc.returncode, 0, err.decode(errors="replace")[-3000:])
         # Every tick, and no timeout: the time stopped did not count.
-        self.assertEqual(json.loads(out), [16, 16], err.decode(errors="replace")[-3000:])
+        self.assertEqual(json.loads(out), [30, 30], err.decode(errors="replace")[-3000:])
 
     def test_terminal_ctrl_z(self):
         # A real terminal and a real shell: Ctrl-Z typed at bash, then fg.
@@ -189,7 +189,7 @@ class CtrlZ(unittest.TestCase):
         result = os.path.join(d, "result")
         wait_until("the program's result (terminal: %r)" % b"".join(out)[-2000:], lambda: os.path.exists(result), 30)
         with open(result) as f:
-            self.assertEqual(json.loads(f.read()), [16, 16])
+            self.assertEqual(json.loads(f.read()), [30, 30])
         typed(b"exit\n")
 
     @staticmethod
