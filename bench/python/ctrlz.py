@@ -16,6 +16,7 @@ thread's, from /proc/PID/task/*/schedstat) over 10 s of an idle Pool(2),
 per minute. Prints a Markdown table of medians (min-max).
 """
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -106,13 +107,14 @@ def start(binary, mode):
     return proc, d
 
 
-def end(proc):
+def end(proc, d):
     try:
         os.killpg(proc.pid, signal.SIGCONT)
         proc.kill()
     except ProcessLookupError:
         pass
     proc.wait()
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def stop_run(binary):
@@ -139,12 +141,12 @@ def stop_run(binary):
         used = sum(cpu_ms(w) for w in workers) - before
         return latency, used
     finally:
-        end(proc)
+        end(proc, d)
 
 
 def idle_run(binary, seconds=10.0):
     """The idle binary's CPU ms per minute."""
-    proc, _ = start(binary, "idle")
+    proc, d = start(binary, "idle")
     try:
         b = child_of(proc.pid)
         time.sleep(1.0)
@@ -153,7 +155,7 @@ def idle_run(binary, seconds=10.0):
         c1, t1 = binary_cpu_ns(b), time.monotonic()
         return (c1 - c0) / 1e6 * 60 / (t1 - t0)
     finally:
-        end(proc)
+        end(proc, d)
 
 
 def summary(xs):

@@ -88,6 +88,7 @@ class CtrlZ(unittest.TestCase):
     def script(self):
         """Write the program in a new directory; return both."""
         d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d, True)
         script = os.path.join(d, "prog.py")
         with open(script, "w") as f:
             f.write(textwrap.dedent(SCRIPT))
