@@ -103,7 +103,11 @@ def start(binary, mode):
         f.write(textwrap.dedent(PROGRAM))
     env = dict(os.environ, SAFEPOOL_BIN=binary, PYTHONPATH=os.path.join(REPO, "python"))
     proc = subprocess.Popen(["/usr/bin/python3", "-c", NEW_GROUP, script, mode, d], env=env, cwd=d)
-    wait_file(os.path.join(d, "up"))
+    try:
+        wait_file(os.path.join(d, "up"))
+    except BaseException:
+        end(proc, d)
+        raise
     return proc, d
 
 
@@ -165,7 +169,7 @@ def summary(xs):
 
 
 def main():
-    bins = sys.argv[1:]
+    bins = [os.path.abspath(b) for b in sys.argv[1:]]
     if not bins:
         sys.exit(__doc__)
     runs = max(1, int(os.environ.get("RUNS", "3")))
