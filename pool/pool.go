@@ -279,8 +279,12 @@ func (p *Pool) Pause() {
 // Resume lets the processes that Pause stopped go on (SIGCONT), and the
 // pool start tasks again.
 func (p *Pool) Resume() {
-	_ = p.guard.Resume()
+	// The runners first: each continues its worker only once its clocks
+	// are moved on and its page says how long it was paused, which a
+	// worker reads as soon as it runs. Then the daemons, and any worker
+	// whose runner has not come back within holdWait.
 	p.hold(false)
+	_ = p.guard.Resume()
 }
 
 // hold asks every runner to pause (or go on), and waits for them to have

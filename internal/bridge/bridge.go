@@ -229,6 +229,11 @@ type Options struct {
 	// runs (procsFor), unless the environment sets GOMAXPROCS. It is for a
 	// process that runs nothing but the session (safepool __bridge).
 	SetProcs bool
+	// Client is the process id of the client: while that process is
+	// stopped (a terminal's Ctrl-Z, SIGSTOP), the session's pool is
+	// paused (pool.Pool.Pause), and it goes on when the process is
+	// continued (followClient). Zero means no process is followed.
+	Client int
 }
 
 // procsFor is the GOMAXPROCS of a bridge process whose pool runs workers
@@ -316,11 +321,20 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opt Options) error 
 
 	var wg sync.WaitGroup
 	wg.Add(2)
+	stop := make(chan struct{})
+	var sent *submissions // nil: no follower to tell
+	if opt.Client > 0 {
+		sent = newSubmissions()
+		wg.Add(1)
+		go func() { // owned by Serve: ends when stop is closed
+			defer wg.Done()
+			followClient(p, opt.Client, stop, sent)
+		}()
+	}
 	go func() { // owned by Serve, which waits for it: it ends at end of file on in
 		defer wg.Done()
-		readTasks(ctx, br, p)
+		readTasks(ctx, br, p, sent)
 	}()
-	stop := make(chan struct{})
 	go func() { // owned by Serve: ends when stop is closed
 		defer wg.Done()
 		select {
@@ -413,8 +427,9 @@ func killPool(p *pool.Pool, reason error) {
 }
 
 // readTasks submits the client's tasks to p until a close frame, and returns
-// at end of file on br. Any other end of the stream aborts p.
-func readTasks(ctx context.Context, br *bufio.Reader, p *pool.Pool) {
+// at end of file on br. Any other end of the stream aborts p. It counts
+// each task it submits in sent (nil: none).
+func readTasks(ctx context.Context, br *bufio.Reader, p *pool.Pool, sent *submissions) {
 	closed := false
 	for {
 		f, err := readFrame(br)
@@ -440,6 +455,9 @@ func readTasks(ctx context.Context, br *bufio.Reader, p *pool.Pool) {
 				continue
 			}
 			id, err := p.Submit(ctx, t)
+			if err == nil {
+				sent.add(t)
+			}
 			if err == nil && id != f.id {
 				// Task numbers must follow the pool's own, so that a
 				// result's id is the client's task number.

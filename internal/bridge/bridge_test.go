@@ -24,7 +24,8 @@ import (
 // The test binary doubles as a framed worker that runs one item per task,
 // as the Python worker does: a task "die" kills the worker with SIGKILL
 // after its start frame, "fail" answers with an error frame whose payload
-// is a text, a NUL and a record, "sleep" sleeps for a minute, and any other
+// is a text, a NUL and a record, "sleep" sleeps for a minute, "tick:FILE"
+// appends the worker's pid to FILE 30 times, 50 ms apart, and any other
 // task is answered "did " and the task.
 func TestMain(m *testing.M) {
 	switch os.Getenv("SAFEPOOL_BRIDGE_TEST_WORKER") {
@@ -71,6 +72,18 @@ func helperWorker() int {
 			continue
 		}
 		send(protocol.Frame{Kind: protocol.KindStart, ID: f.ID})
+		if file, ok := strings.CutPrefix(string(f.Payload), "tick:"); ok {
+			// 30 lines of the worker's pid, one each 50 ms.
+			for range 30 {
+				t, err := os.OpenFile(file, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+				if err != nil {
+					return 2
+				}
+				fmt.Fprintln(t, os.Getpid())
+				t.Close()
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
 		switch string(f.Payload) {
 		case "sleep":
 			time.Sleep(time.Minute)
@@ -190,6 +203,13 @@ func start(t *testing.T, h Hello) *session {
 // startWith starts a session whose workers are the helper named worker.
 func startWith(t *testing.T, h Hello, worker string) *session {
 	t.Helper()
+	return startOpts(t, h, worker, Options{})
+}
+
+// startOpts starts a session whose workers are the helper named worker,
+// with opt's Client.
+func startOpts(t *testing.T, h Hello, worker string, opt Options) *session {
+	t.Helper()
 	t.Setenv("SAFEPOOL_BRIDGE_TEST_WORKER", worker)
 	inR, inW, err := os.Pipe()
 	if err != nil {
@@ -201,7 +221,7 @@ func startWith(t *testing.T, h Hello, worker string) *session {
 	}
 	s := &session{t: t, w: inW, r: bufio.NewReader(outR), rf: outR, done: make(chan error, 1)}
 	go func() {
-		err := Serve(context.Background(), inR, outW, Options{Stdout: io.Discard, Stderr: io.Discard})
+		err := Serve(context.Background(), inR, outW, Options{Stdout: io.Discard, Stderr: io.Discard, Client: opt.Client})
 		inR.Close()
 		outW.Close()
 		s.done <- err

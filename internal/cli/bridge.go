@@ -25,7 +25,8 @@ type bridgeArgs struct {
 // runBridge runs one bridge session. The session ends, and the workers are
 // killed, when the client closes its pipe, when the client process exits (its
 // pipe may be held open by a process it forked, so the parent pid is watched
-// too), or on SIGINT, SIGTERM or SIGHUP.
+// too), or on SIGINT, SIGTERM or SIGHUP. While the client process is
+// stopped (Ctrl-Z), the pool is paused.
 func runBridge(ctx context.Context, e *env, args []string) error {
 	a := bridgeArgs{inFD: 3, outFD: 4}
 	fs := newFlagSet(bridgeName)
@@ -63,10 +64,15 @@ func runBridge(ctx context.Context, e *env, args []string) error {
 	}()
 	defer func() { <-warmed }()
 
+	// The client is the bridge's parent process.
+	client := os.Getppid()
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	go watchParent(ctx, cancel) // ends with ctx, which runBridge cancels on return
-	err := bridge.Serve(ctx, in, out, bridge.Options{Stdout: e.stdout, Stderr: e.stderr, SetProcs: true})
+	go watchParent(ctx, cancel, client) // ends with ctx, which runBridge cancels on return
+	// Its pool is paused while the client is stopped (Ctrl-Z), as every
+	// process of a job stops.
+	err := bridge.Serve(ctx, in, out, bridge.Options{Stdout: e.stdout, Stderr: e.stderr, SetProcs: true,
+		Client: client})
 	if err != nil {
 		return &statusError{status: exitFailed, err: err}
 	}
@@ -76,11 +82,11 @@ func runBridge(ctx context.Context, e *env, args []string) error {
 // errParentExited cancels a bridge whose parent process has exited.
 var errParentExited = errors.New("the client process exited")
 
-// watchParent cancels ctx when the process's parent changes, that is when
-// the client that started it has exited. Pdeathsig is not used: it fires
-// when the client's thread that started the bridge ends, not its process.
-func watchParent(ctx context.Context, cancel context.CancelCauseFunc) {
-	ppid := os.Getppid()
+// watchParent cancels ctx when the process's parent is no longer ppid,
+// that is when the client that started it has exited. Pdeathsig is not
+// used: it fires when the client's thread that started the bridge ends,
+// not its process.
+func watchParent(ctx context.Context, cancel context.CancelCauseFunc, ppid int) {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	for {

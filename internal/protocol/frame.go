@@ -79,6 +79,7 @@ const (
 //	0       8     id of the batch task running, uint64 (0: none yet)
 //	8       4     the mark of the item running, uint32 (PageNone: none)
 //	12      4     the bias, uint32 (BiasVersion; 0 before)
+//	16      8     the time paused, uint64 nanoseconds, written by the supervisor
 //
 // The position of the item running, in the batch frame's index list, is
 // the mark minus the bias, modulo 2^32. Before it starts a batch the worker
@@ -87,12 +88,20 @@ const (
 // changes the bias writes it and the mark in one aligned 8-byte store, and
 // the supervisor reads them in one 8-byte load. A write to memory, it costs
 // no system call, and it is still there when the worker is killed.
+//
+// The time paused is the only word the supervisor writes: the time for
+// which it has stopped the worker's process group (Pool.Pause) in all,
+// to which it adds each pause before it continues the worker (SIGCONT).
+// A worker that keeps clocks of its own (the Python worker's soft time
+// limit) takes it off their time, as the supervisor does for its
+// deadlines.
 const (
-	PageSize    = 4096
-	PageIDOff   = 0
-	PagePosOff  = 8
-	PageBiasOff = 12
-	PageNone    = ^uint32(0)
+	PageSize      = 4096
+	PageIDOff     = 0
+	PagePosOff    = 8
+	PageBiasOff   = 12
+	PagePausedOff = 16
+	PageNone      = ^uint32(0)
 )
 
 // Framed is the value of EnvProtocol for workers that speak this version of

@@ -3,6 +3,7 @@ package worker
 import (
 	"encoding/binary"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"github.com/safepool/safepool/internal/protocol"
@@ -36,4 +37,13 @@ func readPage(m []byte) (mark pageMark, ok bool) {
 		}
 	}
 	return pageMark{}, false
+}
+
+// addPaused adds d to the time paused in page m (protocol.PagePausedOff),
+// which the worker reads once it is continued.
+func addPaused(m []byte, d time.Duration) {
+	if len(m) < protocol.PagePausedOff+8 || d <= 0 {
+		return
+	}
+	atomic.AddUint64((*uint64)(unsafe.Pointer(&m[protocol.PagePausedOff])), uint64(d))
 }

@@ -11,7 +11,8 @@ import (
 // newPage makes the running-item page of a framed worker
 // (protocol.PageVersion): a memory file of protocol.PageSize bytes, which
 // the worker gets as a descriptor and maps shared, and the supervisor's
-// read-only mapping of it. The file lives as long as one of them holds it:
+// mapping of it, in which it writes only the time paused
+// (protocol.PagePausedOff). The file lives as long as one of them holds it:
 // nothing is left behind when both are killed.
 func newPage() (f *os.File, m []byte, err error) {
 	fd, err := unix.MemfdCreate("safepool-page", unix.MFD_CLOEXEC)
@@ -23,7 +24,7 @@ func newPage() (f *os.File, m []byte, err error) {
 		f.Close()
 		return nil, nil, err
 	}
-	m, err = unix.Mmap(fd, 0, protocol.PageSize, unix.PROT_READ, unix.MAP_SHARED)
+	m, err = unix.Mmap(fd, 0, protocol.PageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		f.Close()
 		return nil, nil, os.NewSyscallError("mmap", err)

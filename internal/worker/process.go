@@ -116,8 +116,9 @@ type Process struct {
 	// fd 4 for IOFramed), or nil.
 	Results *os.File
 
-	// page is the supervisor's read-only mapping of a framed worker's
-	// running-item page (protocol.PageVersion), or nil.
+	// page is the supervisor's mapping of a framed worker's running-item
+	// page (protocol.PageVersion), or nil. The supervisor writes only its
+	// time paused (addPaused).
 	page []byte
 
 	// cmd describes the process; its Process is nil unless exec.Cmd
@@ -725,6 +726,14 @@ func (p *Process) readPage() (pageMark, bool) {
 		return pageMark{}, false
 	}
 	return readPage(p.page)
+}
+
+// addPaused adds d to the time paused in the process's running-item page,
+// if it has one.
+func (p *Process) addPaused(d time.Duration) {
+	if p.page != nil {
+		addPaused(p.page, d)
+	}
 }
 
 // freePage unmaps the running-item page. Only the Session's owner

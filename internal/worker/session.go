@@ -475,7 +475,8 @@ func (s *Session) Pause() {
 
 // Continue lets a paused process go on (SIGCONT), with every clock its
 // deadlines and stall checks count from moved on by the time it was
-// paused.
+// paused, and that time added to its running-item page's time paused
+// (protocol.PagePausedOff) for the worker's own clocks.
 func (s *Session) Continue() {
 	if s.pausedAt.IsZero() {
 		return
@@ -495,6 +496,8 @@ func (s *Session) Continue() {
 		&s.line.gateUntil, &s.line.stallFrom, &s.line.progress} {
 		shift(t)
 	}
+	// Before SIGCONT: the worker reads it as soon as it runs.
+	s.proc.addPaused(d)
 	_ = s.proc.Signal(syscall.SIGCONT)
 	s.armDeadline()
 	s.armProbe()

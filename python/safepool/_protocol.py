@@ -44,6 +44,10 @@ PAGE_NONE = 0xFFFFFFFF
 # second of the page's uint64 words: a worker changes the bias in the same
 # store as the mark (framed/4).
 PAGE_WORD = 1
+# The time paused (uint64 nanoseconds at byte 16), the third of the page's
+# uint64 words: the binary adds each pause of the worker to it before it
+# continues the worker.
+PAGE_PAUSED = 2
 _BIAS_SHIFT = 32 if sys.byteorder == "little" else 0
 
 

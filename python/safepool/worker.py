@@ -34,8 +34,8 @@ except ImportError:  # an interpreter without the C accelerator
     from pickle import dumps as _dumps, loads
 
 from safepool._protocol import (APPLY, BATCH, BATCH_RANGE, ERROR, ERROR_RECORD, FRAMED, HEADER,  # noqa: F401
-                                INDEX, ITEM, ITEM_ERROR, ITEMS, MAP, OK, PAGE_FD, PAGE_NONE, PAGE_POS,
-                                PAGE_SIZE, PAGE_WORD, RAISED, RANGE, READY, READY_PAYLOAD, READY_PAYLOAD_V2,
+                                INDEX, ITEM, ITEM_ERROR, ITEMS, MAP, OK, PAGE_FD, PAGE_NONE, PAGE_PAUSED,
+                                PAGE_POS, PAGE_SIZE, PAGE_WORD, RAISED, RANGE, READY, READY_PAYLOAD, READY_PAYLOAD_V2,
                                 RESULT, STAR, START, TASK, page_word)
 from safepool import _oob  # big buffers out of band
 from safepool import _direct  # a range's values straight to the client
@@ -225,23 +225,45 @@ def _short_repr(v, limit=1000) -> str:
 
 class _SoftLimit:
     """A task's soft time limit: SIGALRM, from an ITIMER_REAL timer armed
-    for each item, raises SoftTimeLimitExceeded in this (the main) thread."""
+    for each item, raises SoftTimeLimitExceeded in this (the main) thread.
 
-    def __init__(self):
+    The time the pool kept the worker stopped (Ctrl-Z of the program,
+    Pool.Pause), which the binary adds up in the running-item page, does
+    not count: a timer that fires after a pause is armed again for the
+    time paused since the item started."""
+
+    def __init__(self, paused):
+        """paused is the page's time paused as a one-word memoryview, or
+        None without a page."""
         import _signal
         from safepool._limits import SoftTimeLimitExceeded
         self._signal = _signal
         self._exc = SoftTimeLimitExceeded
+        self._paused = paused
         self.armed = 0.0  # the limit of the running item; 0: none
+        self._start = 0.0  # when it was armed (monotonic seconds)
+        self._base = 0  # the time paused then, in nanoseconds
         _signal.signal(_signal.SIGALRM, self._fire)
 
     def _fire(self, signum, frame):
-        limit, self.armed = self.armed, 0.0
-        if limit:
-            raise self._exc("the task ran longer than its soft time limit of %gs" % limit)
+        limit = self.armed
+        if not limit:
+            return
+        if self._paused is not None:
+            # The binary writes the time paused before it continues the
+            # worker, so it is whole by the time this runs.
+            left = self._start + limit + (self._paused[0] - self._base) / 1e9 - _monotonic()
+            if left > 0.001:
+                self._signal.setitimer(self._signal.ITIMER_REAL, left)
+                return
+        self.armed = 0.0
+        raise self._exc("the task ran longer than its soft time limit of %gs" % limit)
 
     def arm(self, seconds):
         self.armed = seconds
+        if self._paused is not None:
+            self._base = self._paused[0]
+        self._start = _monotonic()
         self._signal.setitimer(self._signal.ITIMER_REAL, seconds)
 
     def disarm(self):
@@ -250,6 +272,7 @@ class _SoftLimit:
 
 
 _soft = []  # the worker's _SoftLimit, made on first use
+_paused = [None]  # the running-item page's time paused (a one-word view), or None: no page
 
 
 def _wait_record(limit):
@@ -565,7 +588,7 @@ def _invoke(mode, fn, item, limits):
             return RESULT, dumps((RAISED, _wait_record(limits.get("wait", 0.0))))
         soft = limits.get("soft") or 0.0
         if soft and not _soft:
-            _soft.append(_SoftLimit())
+            _soft.append(_SoftLimit(_paused[0]))
     try:
         if soft:
             _soft[0].arm(soft)
@@ -620,6 +643,7 @@ def main():
             m = mmap.mmap(int(page_fd), PAGE_SIZE)
             os.close(int(page_fd))
             page, page_id = memoryview(m).cast("I"), memoryview(m)[:16].cast("Q")
+            _paused[0] = memoryview(m)[8 * PAGE_PAUSED:8 * PAGE_PAUSED + 8].cast("Q")
         except (OSError, ValueError):
             page = None
     if page is not None:

@@ -1,0 +1,176 @@
+package bridge
+
+import (
+	"encoding/binary"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/safepool/safepool/pool"
+)
+
+// TestClientStoppedPausesPool: while the client process is stopped, the
+// pool's workers are stopped too (state T) and make no progress, and the
+// time stopped counts against no task's timeout; once the client is
+// continued, the tasks end done. The workers used to run on while the
+// client, stopped by Ctrl-Z, looked suspended.
+func TestClientStoppedPausesPool(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		stop syscall.Signal
+	}{
+		{"SIGTSTP", syscall.SIGTSTP},
+		{"SIGSTOP", syscall.SIGSTOP},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			client := exec.Command("sleep", "60")
+			// A process group of its own whose parent (this test) is in
+			// another group of the session, as a shell makes for a job:
+			// the kernel stops it on SIGTSTP (an orphaned group ignores it).
+			client.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+			if err := client.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer func() {
+				client.Process.Kill()
+				client.Wait()
+			}()
+			s := startOpts(t, Hello{Workers: 2}, "1", Options{Client: client.Process.Pid})
+			s.next() // ready
+			dir := t.TempDir()
+			files := []string{filepath.Join(dir, "a"), filepath.Join(dir, "b")}
+			// 30 ticks of 50 ms: 1.5 s of work, timed out at 3 s.
+			meta := []byte(`{"timeout":3}`)
+			for i, f := range files {
+				p := binary.BigEndian.AppendUint32(nil, uint32(len(meta)))
+				s.send(KindTaskMeta, uint64(i+1), append(append(p, meta...), "tick:"+f...))
+			}
+			s.send(KindClose, 0, nil)
+			ticks := func(f string) (n, pid int) {
+				b, _ := os.ReadFile(f)
+				lines := strings.Fields(string(b))
+				if len(lines) > 0 {
+					pid, _ = strconv.Atoi(lines[0])
+				}
+				return len(lines), pid
+			}
+			waitFor(t, "both tasks ticking", func() bool {
+				na, _ := ticks(files[0])
+				nb, _ := ticks(files[1])
+				return na >= 4 && nb >= 4
+			})
+			if err := client.Process.Signal(tt.stop); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "client stopped", func() bool { return procState(client.Process.Pid) == 'T' })
+			for _, f := range files {
+				_, pid := ticks(f)
+				waitFor(t, "worker "+strconv.Itoa(pid)+" stopped", func() bool { return procState(pid) == 'T' })
+			}
+			na, _ := ticks(files[0])
+			nb, _ := ticks(files[1])
+			if na >= 30 || nb >= 30 {
+				t.Fatalf("a task ended (%d and %d ticks) before the client stopped: nothing to check", na, nb)
+			}
+			// Longer than the tasks' timeout, and than their whole work.
+			time.Sleep(3500 * time.Millisecond)
+			if ga, _ := ticks(files[0]); ga != na {
+				t.Errorf("task a ticked %d times while its client was stopped, want none", ga-na)
+			}
+			if gb, _ := ticks(files[1]); gb != nb {
+				t.Errorf("task b ticked %d times while its client was stopped, want none", gb-nb)
+			}
+			if err := client.Process.Signal(syscall.SIGCONT); err != nil {
+				t.Fatal(err)
+			}
+			got, _ := s.results(2)
+			for id, m := range got {
+				if m.State != "done" {
+					t.Errorf("task %d = %+v, want done: the time stopped counts against no timeout", id, m)
+				}
+			}
+			for _, f := range files {
+				if n, _ := ticks(f); n != 30 {
+					t.Errorf("%s: %d ticks, want 30", filepath.Base(f), n)
+				}
+			}
+			if f := s.next(); f.kind != KindEnd {
+				t.Errorf("last frame kind = %d, want end", f.kind)
+			}
+		})
+	}
+}
+
+// TestProcState: the state letter follows the last ')' of /proc/PID/stat,
+// whatever the command name holds.
+func TestProcState(t *testing.T) {
+	dir := t.TempDir()
+	// A command name with a space and a parenthesis, as a program may be
+	// named.
+	name := filepath.Join(dir, "a) b")
+	if err := os.Symlink("/bin/sleep", name); err != nil {
+		t.Fatal(err)
+	}
+	c := exec.Command(name, "60")
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		c.Process.Kill()
+		c.Wait()
+	}()
+	waitFor(t, "sleep sleeping", func() bool { return procState(c.Process.Pid) == 'S' })
+	c.Process.Signal(syscall.SIGSTOP)
+	waitFor(t, "sleep stopped", func() bool { return procState(c.Process.Pid) == 'T' })
+	if st := procState(1 << 30); st != 0 {
+		t.Errorf("procState(no such process) = %q, want 0", st)
+	}
+}
+
+// TestIdle: a pool is idle when it has counted every item sent to it and
+// ended them all.
+func TestIdle(t *testing.T) {
+	tests := []struct {
+		name string
+		st   pool.Stats
+		sent int64
+		want bool
+	}{
+		{"nothing sent", pool.Stats{}, 0, true},
+		{"sent, not counted yet", pool.Stats{}, 3, false},
+		{"counted in part", pool.Stats{Submitted: 2, Done: 2}, 3, false},
+		{"running", pool.Stats{Submitted: 3, Done: 1, Running: 1}, 3, false},
+		{"all ended", pool.Stats{Submitted: 5, Done: 2, Failed: 1, Cancelled: 1, Poison: 1}, 5, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := idle(tt.st, tt.sent); got != tt.want {
+				t.Errorf("idle(%+v, %d) = %v, want %v", tt.st, tt.sent, got, tt.want)
+			}
+		})
+	}
+}
+
+// waitFor waits for cond, 10 s at most (a bound against hangs, not a
+// speed requirement).
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10s", what)
+		}
+	}
+}
+
+// BenchmarkProcState: what one look at the client's state costs.
+func BenchmarkProcState(b *testing.B) {
+	pid := os.Getppid()
+	for b.Loop() {
+		procState(pid)
+	}
+}
