@@ -194,15 +194,18 @@ func (l *loader) addSpanRows(ctx context.Context) error {
 		}
 	}
 	rest = append(rest, spans...)
-	room := limit - len(keep)
+	// The rows not done, then the longest half of the room, then the
+	// largest up to the limit.
+	notDone := len(keep)
+	room := limit - notDone
 	seen := map[int64]bool{}
 	for i, by := range []func(a, b TaskRow) int{
 		func(a, b TaskRow) int { return cmp.Or(cmp.Compare(b.Runtime, a.Runtime), byID(a, b)) },
 		func(a, b TaskRow) int { return cmp.Or(cmp.Compare(b.Peak, a.Peak), byID(a, b)) },
 	} {
-		want := len(keep) + room
+		want := limit
 		if i == 0 {
-			want = len(keep) + (room+1)/2
+			want = notDone + (room+1)/2
 		}
 		slices.SortFunc(rest, by)
 		for _, t := range rest {

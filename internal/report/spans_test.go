@@ -3,6 +3,7 @@ package report_test
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"testing"
 	"time"
 
@@ -124,5 +125,59 @@ func mustExec(t *testing.T, j *testJournal, q string, args ...any) {
 	t.Helper()
 	if _, err := j.db.Exec(q, args...); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSpanRowsBounded: a run whose tasks are both in task rows (failed,
+// done after a retry) and in span rows fills the table up to MaxRows and
+// no further, every task that did not end done first. The table held
+// MaxRows plus the task rows done after a retry: 2059 rows for a run of
+// 50,000 tasks whose page said "up to 2000".
+func TestSpanRowsBounded(t *testing.T) {
+	j := newTestJournal(t)
+	start := time.Unix(1_700_000_000, 0)
+	id := j.addRun(t, runRow{started: start, ended: start.Add(time.Minute), kind: "run", command: "work {}",
+		argv: []string{"safepool", "run", "work", "{}"}, workers: 4, memoryMode: "cgroup-v2", exitStatus: 1})
+	// Tasks 1 to 6 have rows: 1 to 3 failed, 4 to 6 done at attempt 2.
+	for i := 1; i <= 6; i++ {
+		state, cause := "failed", any("exit:1")
+		if i > 3 {
+			state, cause = "done", nil
+		}
+		mustExec(t, j, `INSERT INTO task (run_id, id, key, input, state, attempts, cause, peak, ended)
+			VALUES (?, ?, x'00', ?, ?, 2, ?, ?, ?)`, id, i, fmt.Sprint(i), state, cause, int64(i)<<20, start.Add(time.Second).UnixNano())
+	}
+	// Tasks 7 to 106 are done in one span, each its own part.
+	const spanned = 100
+	ids := binary.AppendUvarint(binary.AppendVarint(nil, 0), spanned)
+	var parts []byte
+	for i := range spanned {
+		for _, v := range []uint64{1, uint64(1000 * (i + 1)), uint64(1024 * (spanned - i))} { // tasks, µs, KiB
+			parts = binary.AppendUvarint(parts, v)
+		}
+	}
+	mustExec(t, j, `INSERT INTO span (run_id, first, count, ids, parts, started, ended, data_at, data_size, data_crc)
+		VALUES (?, 7, ?, ?, ?, ?, ?, 0, 0, 0)`, id, spanned, ids, parts, start.UnixNano(), start.Add(time.Minute).UnixNano())
+
+	for _, maxRows := range []int{10, 50} {
+		r, err := report.Load(context.Background(), j.path, report.Options{MaxRows: maxRows})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Tasks != 6+spanned {
+			t.Fatalf("MaxRows %d: %d tasks, want %d", maxRows, r.Tasks, 6+spanned)
+		}
+		if len(r.Rows) != maxRows || r.RowsLeftOut != r.Tasks-maxRows {
+			t.Errorf("MaxRows %d: %d rows, %d left out; want %d and %d", maxRows, len(r.Rows), r.RowsLeftOut, maxRows, r.Tasks-maxRows)
+		}
+		failed := 0
+		for _, row := range r.Rows {
+			if row.State == "failed" {
+				failed++
+			}
+		}
+		if failed != 3 {
+			t.Errorf("MaxRows %d: %d failed tasks in the table, want all 3", maxRows, failed)
+		}
 	}
 }
