@@ -298,8 +298,11 @@ func (l *loader) loadCounts(ctx context.Context) error {
 	if err := closeRows(rows); err != nil {
 		return l.fail("counting attempts", err)
 	}
+	// A task a resumed run skipped because it had failed keeps the cause
+	// of its last attempt, in an earlier run: it is not counted here, as
+	// that attempt is not.
 	rows, err = l.db.QueryContext(ctx, `SELECT cause, COUNT(*) FROM task
-		WHERE run_id = ? AND cause IS NOT NULL AND cause != '' GROUP BY cause`, r.ID)
+		WHERE run_id = ? AND cause IS NOT NULL AND cause != '' AND state != 'skipped' GROUP BY cause`, r.ID)
 	if err != nil {
 		return l.fail("counting causes", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -179,5 +180,41 @@ func TestSpanRowsBounded(t *testing.T) {
 		if failed != 3 {
 			t.Errorf("MaxRows %d: %d failed tasks in the table, want all 3", maxRows, failed)
 		}
+	}
+}
+
+// TestResumedCauses: in a resumed run, the causes count the tasks of
+// this run whose last attempt ended so, not the tasks it skipped because
+// they had failed in an earlier run (whose rows keep that cause): the
+// table said 600 tasks' last attempt ended exit:1 in a run of 497 failed
+// tasks and no attempt of the 103 skipped ones.
+func TestResumedCauses(t *testing.T) {
+	j := newTestJournal(t)
+	start := time.Unix(1_700_000_000, 0)
+	id := j.addRun(t, runRow{started: start, ended: start.Add(time.Minute), kind: "run", command: "work {}",
+		argv: []string{"safepool", "run", "--resume", "work", "{}"}, workers: 4, memoryMode: "cgroup-v2", exitStatus: 1})
+	rows := []struct {
+		id       int
+		state    string
+		attempts int
+	}{{1, "skipped", 0}, {2, "skipped", 0}, {3, "failed", 2}}
+	for _, row := range rows {
+		mustExec(t, j, `INSERT INTO task (run_id, id, key, input, state, attempts, cause, ended)
+			VALUES (?, ?, x'00', ?, ?, ?, 'exit:1', ?)`, id, row.id, fmt.Sprint(row.id), row.state, row.attempts, start.Add(time.Second).UnixNano())
+	}
+	for n := 1; n <= 2; n++ {
+		mustExec(t, j, `INSERT INTO attempt (run_id, task_id, number, worker_pid, started, ended, cause, exit_code)
+			VALUES (?, 3, ?, 100, ?, ?, 'exit:1', 1)`, id, n, start.UnixNano(), start.Add(time.Second).UnixNano())
+	}
+	r, err := report.Load(context.Background(), j.path, report.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []report.CauseCount{{Cause: "exit:1", Attempts: 2, Tasks: 1}}
+	if !slices.Equal(r.Causes, want) {
+		t.Errorf("Causes = %+v, want %+v", r.Causes, want)
+	}
+	if r.States["skipped"] != 2 || r.States["failed"] != 1 {
+		t.Errorf("States = %v, want 2 skipped and 1 failed", r.States)
 	}
 }
