@@ -25,6 +25,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"modernc.org/sqlite" // the pure-Go SQLite driver, registered as "sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
@@ -337,7 +338,8 @@ func (l *loader) loadCounts(ctx context.Context) error {
 }
 
 // taskSelect reads TaskRow columns: a task with the time its attempts ran.
-var taskSelect = `SELECT t.id, substr(t.input, 1, ` + strconv.Itoa(inputPreview) + `), t.state, t.attempts, t.cause, t.peak,
+// One byte more than the preview is read, to know that it cut the input.
+var taskSelect = `SELECT t.id, substr(t.input, 1, ` + strconv.Itoa(inputPreview+1) + `), t.state, t.attempts, t.cause, t.peak,
 	COALESCE((SELECT SUM(a.ended - a.started) FROM attempt a WHERE a.run_id = t.run_id AND a.task_id = t.id), 0) AS runtime
 	FROM task t WHERE t.run_id = ?1`
 
@@ -435,17 +437,32 @@ func (l *loader) readRows(ctx context.Context, q string, args ...any) error {
 }
 
 // preview is the input as the table shows it: valid UTF-8, without
-// control characters, at most inputPreview bytes.
+// control characters, its first inputPreview bytes at most, cut between
+// two characters and ended with "…" when there is more.
 func preview(b []byte) string {
-	if len(b) > inputPreview {
+	cut := len(b) > inputPreview
+	if cut {
 		b = b[:inputPreview]
+		// Back to the start of a character the cut split, if it did; an
+		// input that is not UTF-8 there is shown as it is.
+		for i := len(b) - 1; i >= 0 && i > len(b)-utf8.UTFMax; i-- {
+			if utf8.RuneStart(b[i]) {
+				if !utf8.FullRune(b[i:]) {
+					b = b[:i]
+				}
+				break
+			}
+		}
 	}
-	out := make([]rune, 0, len(b))
+	out := make([]rune, 0, len(b)+1)
 	for _, c := range string(b) {
 		if c < 0x20 || c == 0x7f {
 			c = '·'
 		}
 		out = append(out, c)
+	}
+	if cut {
+		out = append(out, '…')
 	}
 	return string(out)
 }

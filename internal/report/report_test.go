@@ -253,3 +253,42 @@ func TestLoadAfterWriterKilled(t *testing.T) {
 		t.Errorf("%d tasks, end known %v, span %v; want 100, false, 1s (the last task's end)", r.Tasks, r.EndKnown, r.Span())
 	}
 }
+
+// TestInputPreview: the table shows an input's first bytes, cut between
+// two characters, and says with "…" that there is more; it showed 120
+// bytes of a longer input as if they were all of it, and a character
+// the cut split as U+FFFD.
+func TestInputPreview(t *testing.T) {
+	j := newTestJournal(t)
+	start := time.Unix(1_700_000_000, 0)
+	id := j.addRun(t, runRow{started: start, ended: start.Add(time.Minute), kind: "run", command: "work {}",
+		argv: []string{"safepool", "run", "work", "{}"}, workers: 4, memoryMode: "cgroup-v2", exitStatus: 1})
+	inputs := []string{
+		strings.Repeat("L", 120),       // all of it
+		strings.Repeat("L", 121),       // one byte more
+		"x" + strings.Repeat("é", 200), // é is two bytes: byte 120 is half of one
+		"bad \xff\xfe\x00 end",         // not UTF-8, and a control character
+	}
+	want := []string{
+		strings.Repeat("L", 120),
+		strings.Repeat("L", 120) + "…",
+		"x" + strings.Repeat("é", 59) + "…",
+		"bad \ufffd\ufffd· end",
+	}
+	for i, in := range inputs {
+		mustExec(t, j, `INSERT INTO task (run_id, id, key, input, state, attempts, cause)
+			VALUES (?, ?, x'00', ?, 'failed', 1, 'exit:1')`, id, i+1, []byte(in))
+	}
+	r, err := report.Load(context.Background(), j.path, report.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Rows) != len(want) {
+		t.Fatalf("%d rows, want %d", len(r.Rows), len(want))
+	}
+	for i, row := range r.Rows {
+		if row.Input != want[i] {
+			t.Errorf("input of task %d = %q, want %q", row.ID, row.Input, want[i])
+		}
+	}
+}
