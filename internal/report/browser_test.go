@@ -16,6 +16,7 @@ import (
 
 	"github.com/chromedp/cdproto/log"
 	"github.com/chromedp/cdproto/network"
+	cdppage "github.com/chromedp/cdproto/page"
 	cdpruntime "github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 
@@ -350,4 +351,71 @@ func TestPageWatchCatches(t *testing.T) {
 	if !slices.ContainsFunc(w.problems, func(p string) bool { return strings.Contains(p, "boom") }) {
 		t.Errorf("problems = %v, want the console error", w.problems)
 	}
+}
+
+// TestPageEscapesInChromium loads the page of a run whose command line,
+// inputs, causes and event details hold HTML and script, as inputs and
+// workers' messages may: the page runs none of it (no dialog opens, the
+// page's own script is its only one, no element of theirs is made) and
+// shows it as text.
+func TestPageEscapesInChromium(t *testing.T) {
+	j := newTestJournal(t)
+	start := time.Unix(1_700_000_000, 0)
+	const attack = `</td></title></svg><script>alert("x")</script><img src=x onerror=alert(1)>'"`
+	id := j.addRun(t, runRow{started: start, ended: start.Add(time.Minute), kind: "run", command: "work " + attack,
+		argv: []string{"safepool", "run", "work", attack}, workers: 2, memoryMode: "cgroup-v2", budget: 1 << 30, exitStatus: 1})
+	inputs := []string{attack, `"><svg onload=alert(2)>`, `<em id="made">em</em>`}
+	for i, in := range inputs {
+		j.exec(t, `INSERT INTO task (run_id, id, key, input, state, attempts, cause, peak, ended)
+			VALUES (?, ?, x'00', ?, 'failed', 1, ?, 1048576, ?)`, id, i+1, []byte(in), "exit:1"+attack, start.Add(time.Second).UnixNano())
+		j.exec(t, `INSERT INTO attempt (run_id, task_id, number, worker_pid, started, ended, cause, peak, message)
+			VALUES (?, ?, 1, 100, ?, ?, 'oom', 1048576, ?)`, id, i+1, start.UnixNano(), start.Add(time.Second).UnixNano(), attack)
+		j.exec(t, `INSERT INTO event (run_id, at, kind, task_id, worker_pid, detail) VALUES (?, ?, 'oom', ?, 100, ?)`,
+			id, start.Add(time.Second).UnixNano(), i+1, attack)
+	}
+	for k := range 10 {
+		j.exec(t, `INSERT INTO sample (run_id, at, worker_pid, series, value) VALUES (?, ?, 0, 'total', ?)`,
+			id, start.Add(time.Duration(k)*time.Second).UnixNano(), int64(k)<<20)
+	}
+	r, err := report.Load(context.Background(), j.path, report.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	if err := report.Write(&b, r, report.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := newBrowser(t)
+	var dialogs sync.Map
+	err = chromedp.Listen(ctx, func(ev any) {
+		if d, ok := ev.(*cdppage.EventJavascriptDialogOpening); ok {
+			dialogs.Store(d.Message, true)
+			go chromedp.Call(ctx, cdppage.HandleJavaScriptDialog, cdppage.HandleJavaScriptDialogParams{Accept: false})
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, w := openPage(t, ctx, b.Bytes())
+	dialogs.Range(func(k, _ any) bool {
+		t.Errorf("the page opened a dialog: %v", k)
+		return true
+	})
+	for sel, want := range map[string]int{"script": 1, "img": 0, "#made": 0, "[onerror], [onload]": 0, "#tasks tbody tr": 3} {
+		if got := eval[int](t, ctx, fmt.Sprintf("document.querySelectorAll(%q).length", sel)); got != want {
+			t.Errorf("%s: %d elements, want %d", sel, got, want)
+		}
+	}
+	if got := eval[string](t, ctx, `document.querySelector(".command").textContent`); got != "safepool run work "+attack {
+		t.Errorf("command = %q, want the argv as text", got)
+	}
+	got := eval[[]string](t, ctx, `Array.from(document.querySelectorAll("#tasks tbody td.input")).map(td => td.textContent)`)
+	if !slices.Equal(got, inputs) {
+		t.Errorf("inputs shown as %q, want %q as text", got, inputs)
+	}
+	titles := eval[[]string](t, ctx, `Array.from(document.querySelectorAll("#chart-memory g title")).map(e => e.textContent)`)
+	if len(titles) != 3 || !strings.HasSuffix(titles[0], ": "+attack) {
+		t.Errorf("OOM marks' titles = %q, want 3 ending in the detail as text", titles)
+	}
+	w.check(t, page)
 }
