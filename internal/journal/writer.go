@@ -903,6 +903,11 @@ func (w *Writer) attempt(b *rows, id uint64, a *pool.Attempt) {
 	if seq == 0 {
 		return
 	}
+	if w.retrying[id] && a.Number > 1 {
+		// A retry that could not start a worker: no start marked it.
+		delete(w.retrying, id)
+		w.event(b, a.Start.UnixNano(), "retry", seq, a.WorkerPID, "")
+	}
 	w.attemptRow(b, seq, a)
 	switch a.Cause {
 	case "", pool.CauseCancelled:
