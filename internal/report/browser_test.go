@@ -16,6 +16,7 @@ import (
 
 	"github.com/chromedp/cdproto/log"
 	"github.com/chromedp/cdproto/network"
+	"github.com/chromedp/cdproto/emulation"
 	cdppage "github.com/chromedp/cdproto/page"
 	cdpruntime "github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
@@ -418,4 +419,55 @@ func TestPageEscapesInChromium(t *testing.T) {
 		t.Errorf("OOM marks' titles = %q, want 3 ending in the detail as text", titles)
 	}
 	w.check(t, page)
+}
+
+// TestPageTimesInChromium: the page says when the run started and ended
+// in the reader's time zone, naming it, with UTC in the title; a page
+// without script (a text browser) shows UTC, named. It gave the start
+// in UTC only, as "13:48:08Z", and no end: a reader in New York had to
+// work out when an overnight run ended.
+func TestPageTimesInChromium(t *testing.T) {
+	j := newTestJournal(t)
+	start := time.Unix(1_700_000_000, 0) // 2023-11-14 22:13:20 UTC
+	ended := j.addRun(t, runRow{started: start, ended: start.Add(7*time.Hour + 30*time.Second), kind: "run", command: "work {}",
+		argv: []string{"safepool", "run", "work", "{}"}, workers: 2, memoryMode: "cgroup-v2", exitStatus: 0})
+	live := j.addRun(t, runRow{started: start, kind: "run", command: "work {}",
+		argv: []string{"safepool", "run", "work", "{}"}, workers: 2, memoryMode: "cgroup-v2", exitStatus: -1})
+	j.exec(t, `INSERT INTO sample (run_id, at, worker_pid, series, value) VALUES (?, ?, 0, 'total', 1)`,
+		live, start.Add(time.Hour).UnixNano())
+	ctx := newBrowser(t)
+	if _, err := chromedp.Call(ctx, emulation.SetTimezoneOverride, emulation.SetTimezoneOverrideParams{TimezoneID: "America/New_York"}); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		run                 int64
+		started, end, label string
+		endUTC              string
+	}{
+		{ended, "2023-11-14 17:13:20 EST", "2023-11-15 00:13:50 EST", "ended", "2023-11-15 05:13:50 UTC"},
+		{live, "2023-11-14 17:13:20 EST", "2023-11-14 18:13:20 EST", "last record", "2023-11-14 23:13:20 UTC"},
+	}
+	for _, tt := range tests {
+		r, err := report.Load(context.Background(), j.path, report.Options{RunID: tt.run})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b bytes.Buffer
+		if err := report.Write(&b, r, report.Options{}); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(b.String(), ">"+tt.endUTC+"</time>") || !strings.Contains(b.String(), ">2023-11-14 22:13:20 UTC</time>") {
+			t.Errorf("run %d: the page without script does not give the times in UTC, named", tt.run)
+		}
+		page, w := openPage(t, ctx, b.Bytes())
+		got := eval[[]string](t, ctx, `Array.from(document.querySelectorAll(".meta time")).map(e => e.parentNode.firstElementChild.textContent + ": " + e.textContent + " (" + e.title + ")")`)
+		want := []string{
+			"started: " + tt.started + " (2023-11-14 22:13:20 UTC)",
+			tt.label + ": " + tt.end + " (" + tt.endUTC + ")",
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("run %d: times = %q, want %q", tt.run, got, want)
+		}
+		w.check(t, page)
+	}
 }

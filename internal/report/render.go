@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/safepool/safepool/internal/bytesize"
 )
@@ -22,7 +23,8 @@ var page = template.Must(template.New("page").Parse(pageHTML))
 type pageData struct {
 	R           *Run
 	Command     string
-	Started     string
+	Started     clock
+	Ended       clock
 	Span        string
 	Budget      string
 	Limit       string
@@ -34,6 +36,17 @@ type pageData struct {
 	Rows        []rowView
 	Points      int
 	MaxRows     int
+}
+
+// clock is a moment as the page gives it: in UTC, named, and in the
+// form the page's script reads to give it in the reader's time zone.
+type clock struct {
+	UTC, ISO string
+}
+
+func clockOf(t time.Time) clock {
+	t = t.UTC()
+	return clock{UTC: t.Format("2006-01-02 15:04:05 UTC"), ISO: t.Format(time.RFC3339Nano)}
 }
 
 type count struct {
@@ -62,7 +75,8 @@ func Write(w io.Writer, r *Run, opt Options) error {
 	d := &pageData{
 		R:           r,
 		Command:     r.Command,
-		Started:     r.Started.UTC().Format("2006-01-02 15:04:05Z"),
+		Started:     clockOf(r.Started),
+		Ended:       clockOf(r.Ended),
 		Span:        shortDuration(r.Span()),
 		Budget:      sizeOrNone(r.Budget),
 		Limit:       sizeOrNone(r.Limit),
