@@ -16,7 +16,15 @@ import (
 //go:embed page.html
 var pageHTML string
 
-var page = template.Must(template.New("page").Parse(pageHTML))
+var page = template.Must(template.New("page").Funcs(template.FuncMap{"plural": plural}).Parse(pageHTML))
+
+// plural is one when n is 1, else many.
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
 
 // page is what the template reads: the run, and what is worked out of it
 // for the eye.
@@ -50,8 +58,9 @@ func clockOf(t time.Time) clock {
 }
 
 type count struct {
-	Name, Label string
-	Count       int
+	// Label and One name Count things, and one thing.
+	Name, Label, One string
+	Count            int
 	Bad         bool
 }
 
@@ -104,8 +113,7 @@ func Write(w io.Writer, r *Run, opt Options) error {
 	}
 	for _, k := range markKinds {
 		n := r.MarkCounts[k]
-		label := markPlurals[k]
-		d.MarkCards = append(d.MarkCards, count{Name: k, Label: label, Count: n, Bad: n > 0 && k != "retry"})
+		d.MarkCards = append(d.MarkCards, count{Name: k, Label: markPlurals[k], One: markOnes[k], Count: n, Bad: n > 0 && k != "retry"})
 	}
 	d.Waited = shortDuration(r.Waited)
 	for _, t := range r.Rows {
@@ -120,6 +128,14 @@ func Write(w io.Writer, r *Run, opt Options) error {
 		return fmt.Errorf("report: rendering: %w", err)
 	}
 	return nil
+}
+
+// markOnes name one mark in the summary.
+var markOnes = map[string]string{
+	"oom":       "OOM kill",
+	"preempted": "preemption",
+	"retry":     "retry",
+	"poison":    "poisoned",
 }
 
 // markPlurals name the counts of marks in the summary.

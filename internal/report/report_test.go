@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -289,6 +290,37 @@ func TestInputPreview(t *testing.T) {
 	for i, row := range r.Rows {
 		if row.Input != want[i] {
 			t.Errorf("input of task %d = %q, want %q", row.ID, row.Input, want[i])
+		}
+	}
+}
+
+// TestPageAsText: the page read as text, by a text browser, a screen
+// reader or a copy, keeps its words apart: the summary read "50000tasks"
+// and the legend "all workersbudgetper-worker limit", and one task, one
+// wait were "1 tasks", "1 waits for memory".
+func TestPageAsText(t *testing.T) {
+	j := newTestJournal(t)
+	workersRun(t, j, 300<<20, 80<<20)
+	start := time.Unix(1_700_000_000, 0)
+	mustExec(t, j, `INSERT INTO task (run_id, id, key, input, state, attempts, cause) VALUES (1, 1, x'00', 'one', 'failed', 1, 'exit:1')`)
+	mustExec(t, j, `INSERT INTO event (run_id, at, kind) VALUES (1, ?, 'admission-wait')`, start.Add(time.Second).UnixNano())
+	mustExec(t, j, `INSERT INTO event (run_id, at, kind) VALUES (1, ?, 'admission-wait-ended')`, start.Add(2*time.Second).UnixNano())
+	r, err := report.Load(context.Background(), j.path, report.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	if err := report.Write(&b, r, report.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	page := b.String()
+	page = page[strings.Index(page, "<body>"):]
+	page = regexp.MustCompile(`(?s)<script>.*?</script>`).ReplaceAllString(page, "")
+	text := strings.Join(strings.Fields(regexp.MustCompile(`<[^>]*>`).ReplaceAllString(page, "")), " ")
+	for _, want := range []string{"Summary 1 task 1 failed 1 attempt 0 OOM kills 0 preemptions 0 retries 0 poisoned 1 wait for memory, 1s in all",
+		"one worker each all workers budget per-worker limit"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("the page as text does not say %q:\n%s", want, text)
 		}
 	}
 }
