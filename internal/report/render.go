@@ -61,7 +61,7 @@ type count struct {
 	// Label and One name Count things, and one thing.
 	Name, Label, One string
 	Count            int
-	Bad         bool
+	Bad              bool
 }
 
 type rowView struct {
