@@ -350,10 +350,14 @@ func shortDuration(d time.Duration) string {
 	return trimZeroSeconds(d.Round(time.Minute).String())
 }
 
-// trimZeroSeconds turns "2m0s" into "2m", and leaves "1m10s" as it is.
+// trimZeroSeconds turns "2m0s" into "2m" and "3h0m0s" into "3h", and
+// leaves "1m10s" as it is.
 func trimZeroSeconds(s string) string {
 	if strings.HasSuffix(s, "m0s") {
-		return strings.TrimSuffix(s, "0s")
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
 	}
 	return s
 }
