@@ -117,7 +117,11 @@ func runReport(ctx context.Context, e *env, args []string) error {
 	if err := writeFileAtomic(a.out, func(w io.Writer) error { return report.Write(w, r, opt) }); err != nil {
 		return &statusError{status: exitFailed, err: err}
 	}
-	fmt.Fprintf(e.stderr, "safepool: wrote %s: run %d of %d, %s\n", a.out, r.ID, r.Runs, plural(r.Tasks, "task"))
+	note := ""
+	if n := r.EndNote(); n != "" {
+		note = " (" + n + ")"
+	}
+	fmt.Fprintf(e.stderr, "safepool: wrote %s: run %d of %d, %s%s\n", a.out, r.ID, r.Runs, plural(r.Tasks, "task"), note)
 	return nil
 }
 

@@ -29,6 +29,8 @@ import (
 
 	"modernc.org/sqlite" // the pure-Go SQLite driver, registered as "sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/safepool/safepool/internal/journal"
 )
 
 // schemaVersion is the journal's PRAGMA user_version that this package
@@ -56,7 +58,7 @@ func Load(ctx context.Context, path string, opt Options) (*Run, error) {
 		return nil, err
 	}
 	defer db.Close()
-	l := &loader{db: db, opt: opt, spans: v >= 2, version: v}
+	l := &loader{db: db, path: path, opt: opt, spans: v >= 2, version: v}
 	return l.load(ctx)
 }
 
@@ -132,11 +134,12 @@ func exists(path string) bool {
 
 // loader reads one run; its queries bound what they return by opt.
 type loader struct {
-	db  *sql.DB
-	opt Options
-	r   *Run
-	t0  int64 // the run's start, Unix ns
-	end int64 // the end of the time axis, Unix ns
+	db   *sql.DB
+	path string // the journal's
+	opt  Options
+	r    *Run
+	t0   int64 // the run's start, Unix ns
+	end  int64 // the end of the time axis, Unix ns
 	// spans reports whether the journal has span rows (schema version 2
 	// on); version is the journal's schema version.
 	spans   bool
@@ -197,8 +200,10 @@ func (l *loader) loadRun(ctx context.Context) error {
 	}
 	r.Started = time.Unix(0, l.t0)
 	l.end = ended.Int64
-	r.EndKnown = ended.Valid
 	if !ended.Valid {
+		if r.State, err = l.goesOn(ctx); err != nil {
+			return err
+		}
 		// The supervisor died or still runs: the axis ends at the last
 		// thing the journal recorded.
 		var last sql.NullInt64
@@ -222,6 +227,31 @@ func (l *loader) loadRun(ctx context.Context) error {
 	l.end = max(l.end, l.t0) // a clock that stepped back draws nothing rather than a negative axis
 	r.Ended = time.Unix(0, l.end)
 	return nil
+}
+
+// goesOn tells whether the run, which has no end in the journal, goes
+// on: a safepool that runs it holds the lock of its command (Python's
+// runs take none), and a later run of its command shows that it had
+// let the lock go.
+func (l *loader) goesOn(ctx context.Context) (RunState, error) {
+	r := l.r
+	if r.Kind != "run" && r.Kind != "map" {
+		return RunEndUnknown, nil
+	}
+	runs, ok := journal.CommandRuns(l.path, r.Kind, r.Command)
+	if !ok {
+		return RunEndUnknown, nil
+	}
+	var later bool
+	err := l.db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM run WHERE id > ? AND kind = ? AND command = ?)`,
+		r.ID, r.Kind, r.Command).Scan(&later)
+	if err != nil {
+		return 0, l.fail("looking for later runs", err)
+	}
+	if runs && !later {
+		return RunGoesOn, nil
+	}
+	return RunStopped, nil
 }
 
 func (l *loader) loadCounts(ctx context.Context) error {

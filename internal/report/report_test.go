@@ -250,8 +250,8 @@ func TestLoadAfterWriterKilled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Tasks != 100 || r.EndKnown || r.Span() != time.Second {
-		t.Errorf("%d tasks, end known %v, span %v; want 100, false, 1s (the last task's end)", r.Tasks, r.EndKnown, r.Span())
+	if r.Tasks != 100 || r.EndKnown() || r.Span() != time.Second {
+		t.Errorf("%d tasks, end known %v, span %v; want 100, false, 1s (the last task's end)", r.Tasks, r.EndKnown(), r.Span())
 	}
 }
 

@@ -46,10 +46,11 @@ type Run struct {
 	ID   int64
 	Runs int
 	// Started is when the run started. Ended is when it ended, or, when
-	// EndKnown is false (the supervisor died, or the run goes on), the
-	// last moment the journal recorded anything of it.
+	// State is not RunEnded, the last moment the journal recorded anything
+	// of it.
 	Started, Ended time.Time
-	EndKnown       bool
+	// State says whether the run ended, and if not, whether it goes on.
+	State RunState
 	// Kind is "run", "map" or "python"; Command the command template or
 	// the Python function; Argv the supervisor's arguments.
 	Kind, Command string
@@ -99,6 +100,43 @@ type Run struct {
 	Waits  int
 	Waited time.Duration
 }
+
+// RunState is what is known of a run's end.
+type RunState int
+
+const (
+	// RunEnded means that the journal holds the run's end.
+	RunEnded RunState = iota
+	// RunGoesOn means that the run has not ended: a safepool on this
+	// machine still runs it (it holds the journal's lock of the run's
+	// command, and the journal has no later run of that command).
+	RunGoesOn
+	// RunStopped means that the run did not end, and no safepool runs it
+	// now: its supervisor was killed, or the machine went down.
+	RunStopped
+	// RunEndUnknown means that the run has no end in the journal, and
+	// whether it goes on cannot be told: a Python run (which takes no
+	// lock), a journal without its span file, or a file system without
+	// locks.
+	RunEndUnknown
+)
+
+// EndNote says, for a run that has no end in the journal, whether it goes
+// on, in words; it is empty for a run that ended.
+func (r *Run) EndNote() string {
+	switch r.State {
+	case RunGoesOn:
+		return "still running: the page shows what the journal held when it was written"
+	case RunStopped:
+		return "did not end: no safepool runs it now; its supervisor was killed, or the machine went down"
+	case RunEndUnknown:
+		return "did not end: the supervisor died or still runs"
+	}
+	return ""
+}
+
+// EndKnown reports whether the journal holds the run's end.
+func (r *Run) EndKnown() bool { return r.State == RunEnded }
 
 // Span is how long the run lasted, as drawn.
 func (r *Run) Span() time.Duration { return r.Ended.Sub(r.Started) }
