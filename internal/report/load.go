@@ -331,9 +331,11 @@ func (l *loader) loadCounts(ctx context.Context) error {
 	}
 	// A task a resumed run skipped because it had failed keeps the cause
 	// of its last attempt, in an earlier run: it is not counted here, as
-	// that attempt is not.
+	// that attempt is not; nor is a task cancelled before it ran, which
+	// had no attempt.
 	rows, err = l.db.QueryContext(ctx, `SELECT cause, COUNT(*) FROM task
-		WHERE run_id = ? AND cause IS NOT NULL AND cause != '' AND state != 'skipped' GROUP BY cause`, r.ID)
+		WHERE run_id = ? AND cause IS NOT NULL AND cause != '' AND state != 'skipped' AND attempts > 0
+		GROUP BY cause`, r.ID)
 	if err != nil {
 		return l.fail("counting causes", err)
 	}

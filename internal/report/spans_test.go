@@ -218,3 +218,30 @@ func TestResumedCauses(t *testing.T) {
 		t.Errorf("States = %v, want 2 skipped and 1 failed", r.States)
 	}
 }
+
+// TestCancelledCauses: tasks cancelled before they ever ran have no last
+// attempt, and the causes do not count them: a run stopped by SIGTERM
+// said 80 tasks' last attempt was cancelled, of 4 cancelled attempts.
+func TestCancelledCauses(t *testing.T) {
+	j := newTestJournal(t)
+	start := time.Unix(1_700_000_000, 0)
+	id := j.addRun(t, runRow{started: start, ended: start.Add(time.Minute), kind: "run", command: "work {}",
+		argv: []string{"safepool", "run", "work", "{}"}, workers: 4, memoryMode: "cgroup-v2", exitStatus: 3})
+	for i, attempts := range []int{1, 0, 0} {
+		mustExec(t, j, `INSERT INTO task (run_id, id, key, input, state, attempts, cause, ended)
+			VALUES (?, ?, x'00', ?, 'cancelled', ?, 'cancelled', ?)`, id, i+1, fmt.Sprint(i+1), attempts, start.Add(time.Second).UnixNano())
+	}
+	mustExec(t, j, `INSERT INTO attempt (run_id, task_id, number, worker_pid, started, ended, cause)
+		VALUES (?, 1, 1, 100, ?, ?, 'cancelled')`, id, start.UnixNano(), start.Add(time.Second).UnixNano())
+	r, err := report.Load(context.Background(), j.path, report.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []report.CauseCount{{Cause: "cancelled", Attempts: 1, Tasks: 1}}
+	if !slices.Equal(r.Causes, want) {
+		t.Errorf("Causes = %+v, want %+v", r.Causes, want)
+	}
+	if r.States["cancelled"] != 3 || r.Attempts != 1 {
+		t.Errorf("cancelled, attempts = %d, %d; want 3, 1", r.States["cancelled"], r.Attempts)
+	}
+}
