@@ -471,3 +471,59 @@ func TestPageTimesInChromium(t *testing.T) {
 		w.check(t, page)
 	}
 }
+
+// TestRetryMarksLeaveChartsReadable: a run of many retries keeps its
+// charts readable: a retry is a tick at the top of the plot, not a line
+// across it, so that 500 of them do not cover the memory and the
+// attempts running (a resumed run of 497 retries drew a wall of lines
+// over them). OOM kills are still lines across.
+func TestRetryMarksLeaveChartsReadable(t *testing.T) {
+	j := newTestJournal(t)
+	start := time.Unix(1_700_000_000, 0)
+	id := j.addRun(t, runRow{started: start, ended: start.Add(500 * time.Second), kind: "run", command: "work {}",
+		argv: []string{"safepool", "run", "work", "{}"}, workers: 2, memoryMode: "cgroup-v2", exitStatus: 0})
+	for k := range 500 {
+		at := start.Add(time.Duration(k) * time.Second)
+		j.exec(t, `INSERT INTO sample (run_id, at, worker_pid, series, value) VALUES (?, ?, 0, 'total', ?)`, id, at.UnixNano(), int64(100+k%7)<<20)
+		j.exec(t, `INSERT INTO sample (run_id, at, worker_pid, series, value) VALUES (?, ?, 0, 'running', 2)`, id, at.UnixNano())
+		j.exec(t, `INSERT INTO event (run_id, at, kind, task_id, worker_pid) VALUES (?, ?, 'retry', ?, 100)`, id, at.Add(time.Second/2).UnixNano(), k+1)
+	}
+	j.exec(t, `INSERT INTO event (run_id, at, kind, task_id, worker_pid) VALUES (?, ?, 'oom', 7, 100)`, id, start.Add(250*time.Second).UnixNano())
+	r, err := report.Load(context.Background(), j.path, report.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	if err := report.Write(&b, r, report.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := newBrowser(t)
+	page, w := openPage(t, ctx, b.Bytes())
+	if got := eval[int](t, ctx, `document.querySelectorAll("#chart-memory line.mark-retry").length`); got != 500 {
+		t.Fatalf("%d retry marks, want 500", got)
+	}
+	// What is seen across the middle of each plot: not retry marks.
+	for _, chart := range []string{"memory", "concurrency"} {
+		hits := eval[int](t, ctx, fmt.Sprintf(`(function () {
+			var r = document.querySelector("#chart-%s rect.frame").getBoundingClientRect(), n = 0;
+			window.scrollTo(0, r.top + window.scrollY - 100);
+			r = document.querySelector("#chart-%s rect.frame").getBoundingClientRect();
+			for (var x = r.left + 2; x < r.right - 2; x += 1) {
+				var e = document.elementFromPoint(x, r.top + r.height / 2);
+				if (e && e.classList.contains("mark-retry")) n++;
+			}
+			return n;
+		})()`, chart, chart))
+		if hits > 0 {
+			t.Errorf("%s chart: retry marks cover %d points of its middle line", chart, hits)
+		}
+	}
+	oom := eval[float64](t, ctx, `(function () {
+		var f = document.querySelector("#chart-memory rect.frame").getBoundingClientRect();
+		return document.querySelector("#chart-memory line.mark-oom").getBoundingClientRect().height / f.height;
+	})()`)
+	if oom < 0.99 {
+		t.Errorf("the OOM kill's mark is %.0f%% of the plot's height, want a line across it", 100*oom)
+	}
+	w.check(t, page)
+}

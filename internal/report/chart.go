@@ -45,9 +45,15 @@ type line struct {
 
 type markView struct {
 	X     string
+	Y2    int // where its line ends: the plot's bottom, or a tick's
 	Class string
 	Title string
 }
+
+// retryTick is how far into the plot a retry's mark reaches: a tick,
+// not a line across, as a run may retry hundreds of times and its
+// lines would hide what the chart shows.
+const retryTick = 12
 
 type tick struct {
 	Pos   string // x for the time axis, y for the value axis
@@ -196,7 +202,11 @@ func (c *chart) marks(s scale, ms []Mark) {
 		if m.Detail != "" {
 			title += ": " + m.Detail
 		}
-		c.Marks = append(c.Marks, markView{X: num(s.x(m.At)), Class: "mark mark-" + m.Kind, Title: title})
+		y2 := c.Bottom()
+		if m.Kind == "retry" {
+			y2 = c.PlotY + retryTick
+		}
+		c.Marks = append(c.Marks, markView{X: num(s.x(m.At)), Y2: y2, Class: "mark mark-" + m.Kind, Title: title})
 	}
 }
 
