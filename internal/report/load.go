@@ -388,7 +388,7 @@ var rowPicks = []string{
 func (l *loader) loadRows(ctx context.Context) error {
 	r := l.r
 	limit := l.opt.MaxRows
-	if r.Tasks <= limit {
+	if r.Tasks-r.Unlisted <= limit {
 		if err := l.readRows(ctx, taskSelect+" ORDER BY t.id", r.ID); err != nil {
 			return err
 		}

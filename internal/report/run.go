@@ -74,9 +74,12 @@ type Run struct {
 	Causes   []CauseCount
 
 	// Rows are the tasks in the table, by id; RowsLeftOut says how many
-	// tasks are not in it.
+	// tasks are not in it for want of room, and Unlisted how many are
+	// never listed: those a resumed run skipped as done in an earlier
+	// run, of which the journal keeps only the number (skip rows).
 	Rows        []TaskRow
 	RowsLeftOut int
+	Unlisted    int
 
 	// Total, Budgets, Limits, Running and Allowed are the whole-pool
 	// series: the workers' memory together, the budget and the per-worker
@@ -159,6 +162,9 @@ type TaskRow struct {
 	Runtime time.Duration
 	// Peak is its highest peak memory in bytes; 0 when unknown.
 	Peak int64
+	// NoInput reports that the journal did not keep its input: a task
+	// done at its first attempt keeps only its key.
+	NoInput bool
 }
 
 // Point is one value of a series at a time since the run's start.

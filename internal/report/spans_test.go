@@ -1,10 +1,12 @@
 package report_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -243,5 +245,56 @@ func TestCancelledCauses(t *testing.T) {
 	}
 	if r.States["cancelled"] != 3 || r.Attempts != 1 {
 		t.Errorf("cancelled, attempts = %d, %d; want 3, 1", r.States["cancelled"], r.Attempts)
+	}
+}
+
+// TestUnlistedAndNoInput: the table's note tells the tasks a resumed run
+// skipped as done, which the journal only counts, from tasks left out
+// for room; and a task whose input the journal did not keep says so.
+// The page said of a resumed run "5 of 8 tasks: every task that did not
+// end done, then the longest-running and the largest of the rest. 3 are
+// left out", and showed the inputs of tasks done at once as blanks.
+func TestUnlistedAndNoInput(t *testing.T) {
+	j := newTestJournal(t)
+	start := time.Unix(1_700_000_000, 0)
+	id := addSpanRun(t, j, start) // task 3 failed, with its input
+	ids := binary.AppendUvarint(binary.AppendVarint(nil, 0), 2)
+	ids = binary.AppendUvarint(binary.AppendVarint(ids, 1), 2) // 1-2, 4-5
+	var parts []byte
+	for range 4 {
+		parts = binary.AppendUvarint(binary.AppendUvarint(binary.AppendUvarint(parts, 1), 1000), 1024)
+	}
+	mustExec(t, j, `INSERT INTO span (run_id, first, count, ids, parts, started, ended, data_at, data_size, data_crc)
+		VALUES (?, 1, 4, ?, ?, ?, ?, 0, 0, 0)`, id, ids, parts, start.UnixNano(), start.Add(time.Second).UnixNano())
+	skipped := binary.AppendUvarint(binary.AppendVarint(nil, 0), 3)
+	mustExec(t, j, `INSERT INTO skip (run_id, first, count, ids, ended) VALUES (?, 6, 3, ?, ?)`, id, skipped, start.UnixNano())
+	r, err := report.Load(context.Background(), j.path, report.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Tasks != 8 || len(r.Rows) != 5 || r.RowsLeftOut != 0 || r.Unlisted != 3 {
+		t.Errorf("tasks, rows, left out, unlisted = %d, %d, %d, %d; want 8, 5, 0, 3", r.Tasks, len(r.Rows), r.RowsLeftOut, r.Unlisted)
+	}
+	for _, row := range r.Rows {
+		if row.NoInput != (row.ID != 3) {
+			t.Errorf("task %d: NoInput %v, want %v", row.ID, row.NoInput, row.ID != 3)
+		}
+	}
+	var b bytes.Buffer
+	if err := report.Write(&b, r, report.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	page := b.String()
+	for _, want := range []string{
+		"5 of 8 tasks. 3 tasks skipped as done in an earlier run are not listed",
+		`<td class="input mono" data-v="three">three</td>`,
+		`>not kept</span></td>`,
+	} {
+		if !strings.Contains(page, want) {
+			t.Errorf("the page does not say %q", want)
+		}
+	}
+	if strings.Contains(page, "are left out") {
+		t.Errorf("the page says tasks are left out of the table for room")
 	}
 }
