@@ -435,6 +435,10 @@ func TestPageTimesInChromium(t *testing.T) {
 		argv: []string{"safepool", "run", "work", "{}"}, workers: 2, memoryMode: "cgroup-v2", exitStatus: -1})
 	j.exec(t, `INSERT INTO sample (run_id, at, worker_pid, series, value) VALUES (?, ?, 0, 'total', 1)`,
 		live, start.Add(time.Hour).UnixNano())
+	// An OOM kill 3h20m into the run that ended: its mark says when, by
+	// the clock too.
+	j.exec(t, `INSERT INTO event (run_id, at, kind, task_id, worker_pid) VALUES (?, ?, 'oom', 5, 100)`,
+		ended, start.Add(3*time.Hour+20*time.Minute).UnixNano())
 	ctx := newBrowser(t)
 	if _, err := chromedp.Call(ctx, emulation.SetTimezoneOverride, emulation.SetTimezoneOverrideParams{TimezoneID: "America/New_York"}); err != nil {
 		t.Fatal(err)
@@ -467,6 +471,15 @@ func TestPageTimesInChromium(t *testing.T) {
 		}
 		if !slices.Equal(got, want) {
 			t.Errorf("run %d: times = %q, want %q", tt.run, got, want)
+		}
+		if tt.run == ended {
+			if utc := "<title>OOM kill at 3h20m (2023-11-15 01:33:20 UTC), task 5, worker 100</title>"; !strings.Contains(b.String(), utc) {
+				t.Errorf("the page without script does not say %q", utc)
+			}
+			mark := eval[string](t, ctx, `document.querySelector("#chart-memory g title").textContent`)
+			if want := "OOM kill at 3h20m (2023-11-14 20:33:20 EST), task 5, worker 100"; mark != want {
+				t.Errorf("the OOM kill's mark says %q, want %q", mark, want)
+			}
 		}
 		w.check(t, page)
 	}

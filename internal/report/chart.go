@@ -45,6 +45,7 @@ type line struct {
 
 type markView struct {
 	X     string
+	At    clock // when it happened
 	Y2    int // where its line ends: the plot's bottom, or a tick's
 	Class string
 	Title string
@@ -190,9 +191,11 @@ func (c *chart) valueTicks(s scale, step float64, label func(v int64) string) {
 }
 
 // marks draws the run's marks as vertical lines.
-func (c *chart) marks(s scale, ms []Mark) {
+func (c *chart) marks(s scale, start time.Time, ms []Mark) {
 	for _, m := range ms {
-		title := fmt.Sprintf("%s at %s", markNames[m.Kind], shortDuration(m.At))
+		at := clockOf(start.Add(m.At))
+		// The page's script gives the clock in the reader's time zone.
+		title := fmt.Sprintf("%s at %s (%s)", markNames[m.Kind], shortDuration(m.At), at.UTC)
 		if m.TaskID != 0 {
 			title += fmt.Sprintf(", task %d", m.TaskID)
 		}
@@ -206,7 +209,7 @@ func (c *chart) marks(s scale, ms []Mark) {
 		if m.Kind == "retry" {
 			y2 = c.PlotY + retryTick
 		}
-		c.Marks = append(c.Marks, markView{X: num(s.x(m.At)), Y2: y2, Class: "mark mark-" + m.Kind, Title: title})
+		c.Marks = append(c.Marks, markView{X: num(s.x(m.At)), At: at, Y2: y2, Class: "mark mark-" + m.Kind, Title: title})
 	}
 }
 
@@ -301,7 +304,7 @@ func memoryChart(r *Run) *chart {
 		c.Legend = append(c.Legend, legendItem{"limit", "per-worker limit"})
 	}
 	c.Legend = append(c.Legend, above...)
-	c.marks(s, r.Marks)
+	c.marks(s, r.Started, r.Marks)
 	c.markLegend(r)
 	return c
 }
@@ -339,7 +342,7 @@ func concurrencyChart(r *Run) *chart {
 		c.Lines = append(c.Lines, line{Class: "allowed", Points: s.steps(r.Allowed, span), Title: "allowed by the memory governor"})
 		c.Legend = append(c.Legend, legendItem{"allowed", "allowed by the memory governor"})
 	}
-	c.marks(s, r.Marks)
+	c.marks(s, r.Started, r.Marks)
 	c.markLegend(r)
 	return c
 }
