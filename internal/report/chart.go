@@ -46,7 +46,7 @@ type line struct {
 type markView struct {
 	X     string
 	At    clock // when it happened
-	Y2    int // where its line ends: the plot's bottom, or a tick's
+	Y2    int   // where its line ends: the plot's bottom, or a tick's
 	Class string
 	Title string
 }
