@@ -407,7 +407,7 @@ func TestPageEscapesInChromium(t *testing.T) {
 			t.Errorf("%s: %d elements, want %d", sel, got, want)
 		}
 	}
-	if got := eval[string](t, ctx, `document.querySelector(".command").textContent`); got != "safepool run work "+attack {
+	if got := eval[string](t, ctx, `document.querySelector(".command").textContent`); got != "safepool run work '"+strings.ReplaceAll(attack, "'", `'\''`)+"'" {
 		t.Errorf("command = %q, want the argv as text", got)
 	}
 	got := eval[[]string](t, ctx, `Array.from(document.querySelectorAll("#tasks tbody td.input")).map(td => td.textContent)`)

@@ -95,7 +95,7 @@ func Write(w io.Writer, r *Run, opt Options) error {
 		MaxRows:     opt.MaxRows,
 	}
 	if len(r.Argv) > 0 {
-		d.Command = strings.Join(r.Argv, " ")
+		d.Command = commandLine(r.Argv)
 	}
 	seen := map[string]bool{}
 	addState := func(s string) {
@@ -151,4 +151,43 @@ func sizeOrNone(n int64) string {
 		return "none"
 	}
 	return bytesize.Format(n)
+}
+
+// commandShown is about how many bytes of a command line the page shows:
+// a run's inputs may all be on it, after :::.
+const commandShown = 1000
+
+// commandLine is argv as a shell reads it, each argument quoted where it
+// must be, cut after about commandShown bytes with the number of
+// arguments left out.
+func commandLine(argv []string) string {
+	var b strings.Builder
+	for i, a := range argv {
+		if i > 0 && b.Len()+len(a) > commandShown {
+			fmt.Fprintf(&b, " … and %d more %s", len(argv)-i, plural(len(argv)-i, "argument", "arguments"))
+			break
+		}
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(shellQuote(a))
+	}
+	return b.String()
+}
+
+// shellQuote is a as one word for sh: as it is when it holds nothing sh
+// reads otherwise ({} and the like included), else in single quotes.
+func shellQuote(a string) string {
+	safe := a != ""
+	for _, c := range a {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("_@%+=:,./-{}", c)) {
+			safe = false
+			break
+		}
+	}
+	// A brace with a comma is a brace expansion for bash.
+	if safe && !(strings.ContainsRune(a, '{') && strings.ContainsRune(a, ',')) {
+		return a
+	}
+	return "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
 }

@@ -7,6 +7,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"html"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -322,5 +323,49 @@ func TestPageAsText(t *testing.T) {
 		if !strings.Contains(text, want) {
 			t.Errorf("the page as text does not say %q:\n%s", want, text)
 		}
+	}
+}
+
+// TestCommandShown: the page gives the command line as a shell reads it,
+// each argument quoted where it must be, and only its first kilobyte or
+// so when it is long. It joined the arguments with spaces, so that
+// "sh -c 'exit 3'" read "sh -c exit 3", and gave the whole of a command
+// line of 100,000 inputs after :::, 790 KB at the top of the page.
+func TestCommandShown(t *testing.T) {
+	j := newTestJournal(t)
+	start := time.Unix(1_700_000_000, 0)
+	quoted := j.addRun(t, runRow{started: start, ended: start.Add(time.Minute), kind: "run", command: "[]",
+		argv: []string{"safepool", "run", "-j", "2", "--", "sh", "-c", `echo "$1" it's`, "sh", "{}", "", "a{b,c}"}, workers: 2, memoryMode: "cgroup-v2", exitStatus: 0})
+	long := []string{"safepool", "run", "--", "true", ":::"}
+	for i := range 100_000 {
+		long = append(long, fmt.Sprint(i+1))
+	}
+	big := j.addRun(t, runRow{started: start, ended: start.Add(time.Minute), kind: "run", command: "[]",
+		argv: long, workers: 2, memoryMode: "cgroup-v2", exitStatus: 0})
+	command := regexp.MustCompile(`<div class="command mono">([^<]*)</div>`)
+	shown := func(run int64) (string, int) {
+		r, err := report.Load(context.Background(), j.path, report.Options{RunID: run})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b bytes.Buffer
+		if err := report.Write(&b, r, report.Options{}); err != nil {
+			t.Fatal(err)
+		}
+		m := command.FindStringSubmatch(b.String())
+		if m == nil {
+			t.Fatalf("run %d: no command in the page", run)
+		}
+		return html.UnescapeString(m[1]), b.Len()
+	}
+	if got, _ := shown(quoted); got != `safepool run -j 2 -- sh -c 'echo "$1" it'\''s' sh {} '' 'a{b,c}'` {
+		t.Errorf("command shown as %s", got)
+	}
+	got, size := shown(big)
+	if !strings.HasPrefix(got, "safepool run -- true ::: 1 2 3 ") || len(got) > 1200 || !regexp.MustCompile(` … and 99\d{3} more arguments$`).MatchString(got) {
+		t.Errorf("command of 100,005 arguments shown as %d bytes: %.80q ... %q", len(got), got, got[max(0, len(got)-60):])
+	}
+	if size > 200<<10 {
+		t.Errorf("the page of a run with a long command line is %d bytes", size)
 	}
 }
