@@ -34,7 +34,8 @@ each kind of mark is drawn at most 500 times, and the table holds at most
 the largest of the rest. The page says what it left out.
 
 The journal is read only, so a run still going on (or whose supervisor was
-killed) can be looked at: the page shows what was recorded so far.
+killed) can be looked at: the page shows what was recorded so far, and says
+whether the run still goes on.
 
 Exit status:
   0  the page was written
