@@ -34,6 +34,7 @@ type pageData struct {
 	Started     clock
 	Ended       clock
 	Span        string
+	ExitMeaning string
 	Budget      string
 	Limit       string
 	States      []count
@@ -97,6 +98,9 @@ func Write(w io.Writer, r *Run, opt Options) error {
 	if len(r.Argv) > 0 {
 		d.Command = commandLine(r.Argv)
 	}
+	if r.Kind == "run" || r.Kind == "map" {
+		d.ExitMeaning = exitMeanings[r.ExitStatus]
+	}
 	seen := map[string]bool{}
 	addState := func(s string) {
 		if n, ok := r.States[s]; ok && !seen[s] {
@@ -151,6 +155,15 @@ func sizeOrNone(n int64) string {
 		return "none"
 	}
 	return bytesize.Format(n)
+}
+
+// exitMeanings say what the exit statuses of run and map mean (see
+// docs/cli.md, Exit status).
+var exitMeanings = map[int]string{
+	0: "every task succeeded",
+	1: "some tasks failed, or a map worker got out of step",
+	2: "a usage error, or the command could not start",
+	3: "stopped before the end",
 }
 
 // commandShown is about how many bytes of a command line the page shows:

@@ -369,3 +369,40 @@ func TestCommandShown(t *testing.T) {
 		t.Errorf("the page of a run with a long command line is %d bytes", size)
 	}
 }
+
+// TestExitStatusSaid: the page says what a run's exit status means, as
+// docs/cli.md does; "exit status 3" of a run stopped by a signal said
+// nothing of why 80 of its tasks were cancelled.
+func TestExitStatusSaid(t *testing.T) {
+	j := newTestJournal(t)
+	start := time.Unix(1_700_000_000, 0)
+	tests := []struct {
+		kind   string
+		status int
+		want   string
+	}{
+		{"run", 0, "exit status 0 (every task succeeded)"},
+		{"map", 1, "exit status 1 (some tasks failed, or a map worker got out of step)"},
+		{"run", 2, "exit status 2 (a usage error, or the command could not start)"},
+		{"run", 3, "exit status 3 (stopped before the end)"},
+		{"python", 1, "exit status 1 -j 2"}, // Python's statuses are its own
+	}
+	tag := regexp.MustCompile(`<[^>]*>`)
+	for _, tt := range tests {
+		id := j.addRun(t, runRow{started: start, ended: start.Add(time.Minute), kind: tt.kind, command: "work",
+			argv: []string{"Python"}, workers: 2, memoryMode: "cgroup-v2", exitStatus: tt.status})
+		r, err := report.Load(context.Background(), j.path, report.Options{RunID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b bytes.Buffer
+		if err := report.Write(&b, r, report.Options{}); err != nil {
+			t.Fatal(err)
+		}
+		text := strings.Join(strings.Fields(tag.ReplaceAllString(b.String(), " ")), " ")
+		if !strings.Contains(text, tt.want) {
+			i := strings.Index(text, "exit status")
+			t.Errorf("%s run of exit status %d: the page says %q, want %q", tt.kind, tt.status, text[i:min(len(text), i+70)], tt.want)
+		}
+	}
+}
