@@ -186,6 +186,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		Command:   j.cfg.Command,
 		StartTime: time.Now(),
 		messages:  j.messages,
+		listedIn:  listedIn(j.joblog, j.journal.path),
 		viaShell:  j.viaShell,
 	}
 	c := newCounters()
