@@ -118,9 +118,16 @@ func runReport(ctx context.Context, e *env, args []string) error {
 	if err := writeFileAtomic(a.out, func(w io.Writer) error { return report.Write(w, r, opt) }); err != nil {
 		return &statusError{status: exitFailed, err: err}
 	}
+	var states []string
+	for _, sc := range r.OrderedStates() {
+		states = append(states, fmt.Sprintf("%d %s", sc.Count, sc.State))
+	}
 	note := ""
+	if len(states) > 0 {
+		note = ": " + strings.Join(states, ", ")
+	}
 	if n := r.EndNote(); n != "" {
-		note = " (" + n + ")"
+		note += " (" + n + ")"
 	}
 	fmt.Fprintf(e.stderr, "safepool: wrote %s: run %d of %d, %s%s\n", a.out, r.ID, r.Runs, plural(r.Tasks, "task"), note)
 	return nil

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"html/template"
 	"io"
-	"maps"
-	"slices"
 	"strings"
 	"time"
 
@@ -73,10 +71,6 @@ type rowView struct {
 	Peak      string
 }
 
-// stateOrder is the order of the states in the summary; other states the
-// journal may hold follow.
-var stateOrder = []string{"done", "failed", "poison", "cancelled", "skipped", "pending"}
-
 // Write renders r as one self-contained HTML page. opt bounds the page as
 // it bounded Load; only MaxPoints and MaxRows are used, in what the page
 // says.
@@ -101,19 +95,9 @@ func Write(w io.Writer, r *Run, opt Options) error {
 	if r.Kind == "run" || r.Kind == "map" {
 		d.ExitMeaning = exitMeanings[r.ExitStatus]
 	}
-	seen := map[string]bool{}
-	addState := func(s string) {
-		if n, ok := r.States[s]; ok && !seen[s] {
-			seen[s] = true
-			d.States = append(d.States, count{Name: s, Count: n, Bad: n > 0 && (s == "failed" || s == "poison")})
-		}
-	}
-	for _, s := range stateOrder {
-		addState(s)
-	}
-	others := slices.Sorted(maps.Keys(r.States))
-	for _, s := range others {
-		addState(s)
+	for _, sc := range r.OrderedStates() {
+		s, n := sc.State, sc.Count
+		d.States = append(d.States, count{Name: s, Count: n, Bad: n > 0 && (s == "failed" || s == "poison")})
 	}
 	for _, k := range markKinds {
 		n := r.MarkCounts[k]

@@ -1,6 +1,10 @@
 package report
 
-import "time"
+import (
+	"maps"
+	"slices"
+	"time"
+)
 
 // Options bound what a report reads and draws. The zero value of each
 // field means its default.
@@ -123,6 +127,31 @@ const (
 	// locks.
 	RunEndUnknown
 )
+
+// StateCount is how many tasks of a run are in State.
+type StateCount struct {
+	State string
+	Count int
+}
+
+// stateOrder is the order of the states in OrderedStates; other states
+// the journal may hold follow, by name.
+var stateOrder = []string{"done", "failed", "poison", "cancelled", "skipped", "pending"}
+
+// OrderedStates are the run's tasks counted by state, done, failed,
+// poison, cancelled, skipped and pending first: the states the run's
+// tasks are in, and only those.
+func (r *Run) OrderedStates() []StateCount {
+	var out []StateCount
+	seen := map[string]bool{}
+	for _, s := range append(slices.Clone(stateOrder), slices.Sorted(maps.Keys(r.States))...) {
+		if n, ok := r.States[s]; ok && !seen[s] {
+			seen[s] = true
+			out = append(out, StateCount{s, n})
+		}
+	}
+	return out
+}
 
 // EndNote says, for a run that has no end in the journal, whether it goes
 // on, in words; it is empty for a run that ended.
