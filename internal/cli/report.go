@@ -34,7 +34,8 @@ each kind of mark is drawn at most 500 times, and the table holds at most
 the largest of the rest. The page says what it left out.
 
 The journal is read only, so a run still going on (or whose supervisor was
-killed) can be looked at: the page shows what was recorded so far.
+killed) can be looked at: the page shows what was recorded so far, and says
+whether the run still goes on.
 
 Exit status:
   0  the page was written
@@ -117,7 +118,18 @@ func runReport(ctx context.Context, e *env, args []string) error {
 	if err := writeFileAtomic(a.out, func(w io.Writer) error { return report.Write(w, r, opt) }); err != nil {
 		return &statusError{status: exitFailed, err: err}
 	}
-	fmt.Fprintf(e.stderr, "safepool: wrote %s: run %d of %d, %s\n", a.out, r.ID, r.Runs, plural(r.Tasks, "task"))
+	var states []string
+	for _, sc := range r.OrderedStates() {
+		states = append(states, fmt.Sprintf("%d %s", sc.Count, sc.State))
+	}
+	note := ""
+	if len(states) > 0 {
+		note = ": " + strings.Join(states, ", ")
+	}
+	if n := r.EndNote(); n != "" {
+		note += " (" + n + ")"
+	}
+	fmt.Fprintf(e.stderr, "safepool: wrote %s: run %d of %d, %s%s\n", a.out, r.ID, r.Runs, plural(r.Tasks, "task"), note)
 	return nil
 }
 

@@ -178,12 +178,15 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	// stopping run from ending (stallGuard).
 	guard := newStallGuard(cmp.Or(j.cfg.Grace, pool.DefaultGrace))
 	stdoutW := guard.guard(e.stdout)
-	stderr := lossyWriter{guard.guard(e.stderr)}
+	rawStderr := lossyWriter{guard.guard(e.stderr)}
+	jobStderr := &sharedStderr{w: rawStderr}
+	stderr := jobStderr.own()
 	sum := &summary{
 		Mode:      j.mode,
 		Command:   j.cfg.Command,
 		StartTime: time.Now(),
 		messages:  j.messages,
+		listedIn:  listedIn(j.joblog, j.journal.path),
 		viaShell:  j.viaShell,
 	}
 	c := newCounters()
@@ -211,10 +214,11 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	}
 	prog := &progress{}
 	if j.progress {
-		prog = startProgress(stderr, true, c)
+		// The bar is drawn over, and cleared from, the line it is on.
+		prog = startProgress(rawStderr, true, c)
 	}
 	if j.cfg.Stderr == nil && j.cfg.Protocol != pool.OneShot {
-		j.cfg.Stderr = pausedWriter{prog, stderr}
+		j.cfg.Stderr = pausedWriter{prog, jobStderr}
 	}
 	// The pool calls the observer under a lock of its own, so said needs
 	// none: each kind of notice is printed once.
@@ -413,7 +417,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	if isTerminal(e.stdout) {
 		stdout = pausedWriter{prog, stdoutW}
 	}
-	o := &output{out: bufio.NewWriterSize(stdout, 64<<10), errw: pausedWriter{prog, stderr}}
+	o := &output{out: bufio.NewWriterSize(stdout, 64<<10), errw: pausedWriter{prog, jobStderr}}
 	results := p.Results()
 	aborted := false
 	// abortOnWriteError stops the pool at the first error writing output.
@@ -761,4 +765,48 @@ type lossyWriter struct{ w io.Writer }
 func (l lossyWriter) Write(b []byte) (int, error) {
 	l.w.Write(b)
 	return len(b), nil
+}
+
+// sharedStderr is standard error as jobs and safepool share it: a job's
+// bytes go as they are (Write), and each of safepool's own messages
+// (own) starts a line of its own, after a newline when a job's last
+// bytes did not end one; else a summary glued to a job's binary bytes
+// or cut message would be missed by whoever looks for it.
+type sharedStderr struct {
+	mu   sync.Mutex
+	w    io.Writer
+	open bool // the last byte written did not end a line; guarded by mu
+}
+
+// Write writes a job's bytes as they are.
+func (s *sharedStderr) Write(b []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, err := s.w.Write(b)
+	if n > 0 {
+		s.open = b[n-1] != '\n'
+	}
+	return n, err
+}
+
+// own is the writer of safepool's own messages, each written in one call.
+func (s *sharedStderr) own() io.Writer { return ownStderr{s} }
+
+type ownStderr struct{ s *sharedStderr }
+
+func (o ownStderr) Write(b []byte) (int, error) {
+	s := o.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.open && len(b) > 0 {
+		if _, err := s.w.Write([]byte{'\n'}); err != nil {
+			return 0, err
+		}
+		s.open = false
+	}
+	n, err := s.w.Write(b)
+	if n > 0 {
+		s.open = b[n-1] != '\n'
+	}
+	return n, err
 }

@@ -113,6 +113,9 @@ type summary struct {
 	// viaShell reports whether a shell stays between safepool and the
 	// command (job.viaShell), for the hint on exit statuses over 128.
 	viaShell bool
+	// listedIn says where every task is listed, for the tasks the text
+	// summary leaves out (listedIn); "" means nowhere yet.
+	listedIn string
 	// seqs numbers the tasks it lists by their inputs (nil: the pool's ids
 	// are the inputs' numbers).
 	seqs *taskSeqs
@@ -266,7 +269,7 @@ func (s *summary) writeText(w io.Writer, quiet bool) {
 		b.WriteString("\n")
 	}
 	if more := len(s.Failed) + s.FailedOmitted - summaryListMax; more > 0 {
-		fmt.Fprintf(&b, "  and %d more failed tasks (see --joblog)\n", more)
+		fmt.Fprintf(&b, "  and %d more failed tasks (%s)\n", more, cmp.Or(s.listedIn, listedIn("", "")))
 	}
 	io.WriteString(w, b.String())
 	s.writeRecovered(w)
@@ -282,7 +285,7 @@ func (s *summary) writeRecovered(w io.Writer) {
 		fmt.Fprintf(w, "  %s\n", r.text())
 	}
 	if more := len(s.Recovered) + s.RecoveredOmitted - summaryListMax; more > 0 {
-		fmt.Fprintf(w, "  and %d more recovered tasks (see --joblog)\n", more)
+		fmt.Fprintf(w, "  and %d more recovered tasks (%s)\n", more, cmp.Or(s.listedIn, listedIn("", "")))
 	}
 }
 
@@ -405,3 +408,15 @@ func formatWall(d time.Duration) string {
 // bytes, such as the escape sequences a worker's stderr may hold, and
 // invalid UTF-8 are escaped as in inputs.
 func quoteMessage(s string) string { return escapeInput([]byte(s), len(s)) }
+
+// listedIn says where a run lists every task, for the summary to send a
+// reader to: the job log it writes, or its journal, or else --joblog.
+func listedIn(joblog, journal string) string {
+	switch {
+	case joblog != "":
+		return "the job log " + shellQuote(joblog) + " lists every task"
+	case journal != "":
+		return "the journal " + shellQuote(journal) + " holds every task: safepool report " + shellQuote(journal)
+	}
+	return "--joblog FILE lists every task"
+}

@@ -529,3 +529,65 @@ func TestPendingToSpan(t *testing.T) {
 		t.Errorf("resume: %v, %v, output %q; want done, out", ok, err, f.Output)
 	}
 }
+
+// TestRetryEvents: every retry is an event, also of a task whose
+// attempts could not start a worker (an argument holding a NUL byte):
+// its retries had no event, as a retry was marked when its worker
+// started, and a report counted 96 retries of a run that made 98.
+func TestRetryEvents(t *testing.T) {
+	j, err := Open(filepath.Join(t.TempDir(), "j.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	w, err := j.Start(Run{Kind: "run", Command: "[]"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := pool.New(pool.Config{
+		Command: []string{"sh", "-c", "exit 3", "sh", "{}"},
+		Workers: 2,
+		Retries: 2,
+		Backoff: time.Millisecond,
+		// Not to abort the pool: the failures to start are its point.
+		StartupFailures: 100,
+		Observer:        func(ev pool.Event) { w.Observe(ev) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Describe(p.Workers(), p.MemoryMode(), 0)
+	for i, in := range []string{"runs", "nul\x00byte"} {
+		w.Submit(uint64(i+1), uint64(i+1), KeyOf([]byte(in)), []byte(in))
+		if _, err := p.Submit(t.Context(), pool.Task{Input: []byte(in)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.Close()
+	for range p.Results() {
+	}
+	if err := w.Close(1); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := j.DB().Query(`SELECT task_id, COUNT(*) FROM event WHERE kind = 'retry' GROUP BY task_id ORDER BY task_id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	got := map[int]int{}
+	for rows.Next() {
+		var id, n int
+		if err := rows.Scan(&id, &n); err != nil {
+			t.Fatal(err)
+		}
+		got[id] = n
+	}
+	if got[1] != 2 || got[2] != 2 {
+		t.Errorf("retry events by task = %v, want 2 for each of tasks 1 and 2", got)
+	}
+	var attempts int
+	j.DB().QueryRow(`SELECT COUNT(*) FROM attempt WHERE task_id = 2`).Scan(&attempts)
+	if attempts != 3 {
+		t.Errorf("task 2 has %d attempts, want 3 (it cannot start, and is retried twice)", attempts)
+	}
+}

@@ -405,9 +405,7 @@ func (j *Journal) lockCommand(r Run) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("journal: opening %s: %w", SpanFile(j.path), err)
 	}
-	k := KeyOf([]byte(r.Kind + "\x00" + r.Command))
-	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart, Len: 1,
-		Start: 1<<61 + int64(binary.LittleEndian.Uint64(k[:8])>>4)}
+	lk := commandLock(r.Kind, r.Command)
 	err = unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk)
 	switch {
 	case err == nil:
@@ -419,6 +417,37 @@ func (j *Journal) lockCommand(r Run) (*os.File, error) {
 	default:
 		return f, nil // no locks here (ENOLCK, EINVAL): as before
 	}
+}
+
+// commandLock is the lock a run of kind and command takes in its
+// journal's span file (lockCommand): one byte far past the file's end, at
+// a place of the command's hash.
+func commandLock(kind, command string) unix.Flock_t {
+	k := KeyOf([]byte(kind + "\x00" + command))
+	return unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart, Len: 1,
+		Start: 1<<61 + int64(binary.LittleEndian.Uint64(k[:8])>>4)}
+}
+
+// CommandRuns reports whether a run of kind and command goes on in the
+// journal at path: whether a process holds the lock that such a run holds
+// from Start to Close (as long as it lives, even when killed before
+// Close). ok is false when that cannot be told: the journal has no span
+// file (a copy without it), or its file system has no such locks. It
+// does not say which run of the command holds it.
+func CommandRuns(path, kind, command string) (runs, ok bool) {
+	f, err := os.Open(SpanFile(path))
+	if err != nil {
+		return false, false
+	}
+	defer f.Close()
+	// A read lock is asked about, as the file is open for reading: the
+	// run's write lock conflicts with it.
+	lk := commandLock(kind, command)
+	lk.Type = unix.F_RDLCK
+	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &lk); err != nil {
+		return false, false
+	}
+	return lk.Type != unix.F_UNLCK, true
 }
 
 // loop is the writer's goroutine: it commits the queue every FlushEvery,
@@ -902,6 +931,11 @@ func (w *Writer) attempt(b *rows, id uint64, a *pool.Attempt) {
 	seq := w.seqOf(id)
 	if seq == 0 {
 		return
+	}
+	if w.retrying[id] && a.Number > 1 {
+		// A retry that could not start a worker: no start marked it.
+		delete(w.retrying, id)
+		w.event(b, a.Start.UnixNano(), "retry", seq, a.WorkerPID, "")
 	}
 	w.attemptRow(b, seq, a)
 	switch a.Cause {

@@ -14,8 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/cdproto/log"
 	"github.com/chromedp/cdproto/network"
+	cdppage "github.com/chromedp/cdproto/page"
 	cdpruntime "github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 
@@ -350,4 +352,191 @@ func TestPageWatchCatches(t *testing.T) {
 	if !slices.ContainsFunc(w.problems, func(p string) bool { return strings.Contains(p, "boom") }) {
 		t.Errorf("problems = %v, want the console error", w.problems)
 	}
+}
+
+// TestPageEscapesInChromium loads the page of a run whose command line,
+// inputs, causes and event details hold HTML and script, as inputs and
+// workers' messages may: the page runs none of it (no dialog opens, the
+// page's own script is its only one, no element of theirs is made) and
+// shows it as text.
+func TestPageEscapesInChromium(t *testing.T) {
+	j := newTestJournal(t)
+	start := time.Unix(1_700_000_000, 0)
+	const attack = `</td></title></svg><script>alert("x")</script><img src=x onerror=alert(1)>'"`
+	id := j.addRun(t, runRow{started: start, ended: start.Add(time.Minute), kind: "run", command: "work " + attack,
+		argv: []string{"safepool", "run", "work", attack}, workers: 2, memoryMode: "cgroup-v2", budget: 1 << 30, exitStatus: 1})
+	inputs := []string{attack, `"><svg onload=alert(2)>`, `<em id="made">em</em>`}
+	for i, in := range inputs {
+		j.exec(t, `INSERT INTO task (run_id, id, key, input, state, attempts, cause, peak, ended)
+			VALUES (?, ?, x'00', ?, 'failed', 1, ?, 1048576, ?)`, id, i+1, []byte(in), "exit:1"+attack, start.Add(time.Second).UnixNano())
+		j.exec(t, `INSERT INTO attempt (run_id, task_id, number, worker_pid, started, ended, cause, peak, message)
+			VALUES (?, ?, 1, 100, ?, ?, 'oom', 1048576, ?)`, id, i+1, start.UnixNano(), start.Add(time.Second).UnixNano(), attack)
+		j.exec(t, `INSERT INTO event (run_id, at, kind, task_id, worker_pid, detail) VALUES (?, ?, 'oom', ?, 100, ?)`,
+			id, start.Add(time.Second).UnixNano(), i+1, attack)
+	}
+	for k := range 10 {
+		j.exec(t, `INSERT INTO sample (run_id, at, worker_pid, series, value) VALUES (?, ?, 0, 'total', ?)`,
+			id, start.Add(time.Duration(k)*time.Second).UnixNano(), int64(k)<<20)
+	}
+	r, err := report.Load(context.Background(), j.path, report.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	if err := report.Write(&b, r, report.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := newBrowser(t)
+	var dialogs sync.Map
+	err = chromedp.Listen(ctx, func(ev any) {
+		if d, ok := ev.(*cdppage.EventJavascriptDialogOpening); ok {
+			dialogs.Store(d.Message, true)
+			go chromedp.Call(ctx, cdppage.HandleJavaScriptDialog, cdppage.HandleJavaScriptDialogParams{Accept: false})
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, w := openPage(t, ctx, b.Bytes())
+	dialogs.Range(func(k, _ any) bool {
+		t.Errorf("the page opened a dialog: %v", k)
+		return true
+	})
+	for sel, want := range map[string]int{"script": 1, "img": 0, "#made": 0, "[onerror], [onload]": 0, "#tasks tbody tr": 3} {
+		if got := eval[int](t, ctx, fmt.Sprintf("document.querySelectorAll(%q).length", sel)); got != want {
+			t.Errorf("%s: %d elements, want %d", sel, got, want)
+		}
+	}
+	if got := eval[string](t, ctx, `document.querySelector(".command").textContent`); got != "safepool run work '"+strings.ReplaceAll(attack, "'", `'\''`)+"'" {
+		t.Errorf("command = %q, want the argv as text", got)
+	}
+	got := eval[[]string](t, ctx, `Array.from(document.querySelectorAll("#tasks tbody td.input")).map(td => td.textContent)`)
+	if !slices.Equal(got, inputs) {
+		t.Errorf("inputs shown as %q, want %q as text", got, inputs)
+	}
+	titles := eval[[]string](t, ctx, `Array.from(document.querySelectorAll("#chart-memory g title")).map(e => e.textContent)`)
+	if len(titles) != 3 || !strings.HasSuffix(titles[0], ": "+attack) {
+		t.Errorf("OOM marks' titles = %q, want 3 ending in the detail as text", titles)
+	}
+	w.check(t, page)
+}
+
+// TestPageTimesInChromium: the page says when the run started and ended
+// in the reader's time zone, naming it, with UTC in the title; a page
+// without script (a text browser) shows UTC, named. It gave the start
+// in UTC only, as "13:48:08Z", and no end: a reader in New York had to
+// work out when an overnight run ended.
+func TestPageTimesInChromium(t *testing.T) {
+	j := newTestJournal(t)
+	start := time.Unix(1_700_000_000, 0) // 2023-11-14 22:13:20 UTC
+	ended := j.addRun(t, runRow{started: start, ended: start.Add(7*time.Hour + 30*time.Second), kind: "run", command: "work {}",
+		argv: []string{"safepool", "run", "work", "{}"}, workers: 2, memoryMode: "cgroup-v2", exitStatus: 0})
+	live := j.addRun(t, runRow{started: start, kind: "run", command: "work {}",
+		argv: []string{"safepool", "run", "work", "{}"}, workers: 2, memoryMode: "cgroup-v2", exitStatus: -1})
+	j.exec(t, `INSERT INTO sample (run_id, at, worker_pid, series, value) VALUES (?, ?, 0, 'total', 1)`,
+		live, start.Add(time.Hour).UnixNano())
+	// An OOM kill 3h20m into the run that ended: its mark says when, by
+	// the clock too.
+	j.exec(t, `INSERT INTO event (run_id, at, kind, task_id, worker_pid) VALUES (?, ?, 'oom', 5, 100)`,
+		ended, start.Add(3*time.Hour+20*time.Minute).UnixNano())
+	ctx := newBrowser(t)
+	if _, err := chromedp.Call(ctx, emulation.SetTimezoneOverride, emulation.SetTimezoneOverrideParams{TimezoneID: "America/New_York"}); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		run                 int64
+		started, end, label string
+		endUTC              string
+	}{
+		{ended, "2023-11-14 17:13:20 EST", "2023-11-15 00:13:50 EST", "ended", "2023-11-15 05:13:50 UTC"},
+		{live, "2023-11-14 17:13:20 EST", "2023-11-14 18:13:20 EST", "last record", "2023-11-14 23:13:20 UTC"},
+	}
+	for _, tt := range tests {
+		r, err := report.Load(context.Background(), j.path, report.Options{RunID: tt.run})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b bytes.Buffer
+		if err := report.Write(&b, r, report.Options{}); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(b.String(), ">"+tt.endUTC+"</time>") || !strings.Contains(b.String(), ">2023-11-14 22:13:20 UTC</time>") {
+			t.Errorf("run %d: the page without script does not give the times in UTC, named", tt.run)
+		}
+		page, w := openPage(t, ctx, b.Bytes())
+		got := eval[[]string](t, ctx, `Array.from(document.querySelectorAll(".meta time")).map(e => e.parentNode.firstElementChild.textContent + ": " + e.textContent + " (" + e.title + ")")`)
+		want := []string{
+			"started: " + tt.started + " (2023-11-14 22:13:20 UTC)",
+			tt.label + ": " + tt.end + " (" + tt.endUTC + ")",
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("run %d: times = %q, want %q", tt.run, got, want)
+		}
+		if tt.run == ended {
+			if utc := "<title>OOM kill at 3h20m (2023-11-15 01:33:20 UTC), task 5, worker 100</title>"; !strings.Contains(b.String(), utc) {
+				t.Errorf("the page without script does not say %q", utc)
+			}
+			mark := eval[string](t, ctx, `document.querySelector("#chart-memory g title").textContent`)
+			if want := "OOM kill at 3h20m (2023-11-14 20:33:20 EST), task 5, worker 100"; mark != want {
+				t.Errorf("the OOM kill's mark says %q, want %q", mark, want)
+			}
+		}
+		w.check(t, page)
+	}
+}
+
+// TestRetryMarksLeaveChartsReadable: a run of many retries keeps its
+// charts readable: a retry is a tick at the top of the plot, not a line
+// across it, so that 500 of them do not cover the memory and the
+// attempts running (a resumed run of 497 retries drew a wall of lines
+// over them). OOM kills are still lines across.
+func TestRetryMarksLeaveChartsReadable(t *testing.T) {
+	j := newTestJournal(t)
+	start := time.Unix(1_700_000_000, 0)
+	id := j.addRun(t, runRow{started: start, ended: start.Add(500 * time.Second), kind: "run", command: "work {}",
+		argv: []string{"safepool", "run", "work", "{}"}, workers: 2, memoryMode: "cgroup-v2", exitStatus: 0})
+	for k := range 500 {
+		at := start.Add(time.Duration(k) * time.Second)
+		j.exec(t, `INSERT INTO sample (run_id, at, worker_pid, series, value) VALUES (?, ?, 0, 'total', ?)`, id, at.UnixNano(), int64(100+k%7)<<20)
+		j.exec(t, `INSERT INTO sample (run_id, at, worker_pid, series, value) VALUES (?, ?, 0, 'running', 2)`, id, at.UnixNano())
+		j.exec(t, `INSERT INTO event (run_id, at, kind, task_id, worker_pid) VALUES (?, ?, 'retry', ?, 100)`, id, at.Add(time.Second/2).UnixNano(), k+1)
+	}
+	j.exec(t, `INSERT INTO event (run_id, at, kind, task_id, worker_pid) VALUES (?, ?, 'oom', 7, 100)`, id, start.Add(250*time.Second).UnixNano())
+	r, err := report.Load(context.Background(), j.path, report.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	if err := report.Write(&b, r, report.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := newBrowser(t)
+	page, w := openPage(t, ctx, b.Bytes())
+	if got := eval[int](t, ctx, `document.querySelectorAll("#chart-memory line.mark-retry").length`); got != 500 {
+		t.Fatalf("%d retry marks, want 500", got)
+	}
+	// What is seen across the middle of each plot: not retry marks.
+	for _, chart := range []string{"memory", "concurrency"} {
+		hits := eval[int](t, ctx, fmt.Sprintf(`(function () {
+			var r = document.querySelector("#chart-%s rect.frame").getBoundingClientRect(), n = 0;
+			window.scrollTo(0, r.top + window.scrollY - 100);
+			r = document.querySelector("#chart-%s rect.frame").getBoundingClientRect();
+			for (var x = r.left + 2; x < r.right - 2; x += 1) {
+				var e = document.elementFromPoint(x, r.top + r.height / 2);
+				if (e && e.classList.contains("mark-retry")) n++;
+			}
+			return n;
+		})()`, chart, chart))
+		if hits > 0 {
+			t.Errorf("%s chart: retry marks cover %d points of its middle line", chart, hits)
+		}
+	}
+	oom := eval[float64](t, ctx, `(function () {
+		var f = document.querySelector("#chart-memory rect.frame").getBoundingClientRect();
+		return document.querySelector("#chart-memory line.mark-oom").getBoundingClientRect().height / f.height;
+	})()`)
+	if oom < 0.99 {
+		t.Errorf("the OOM kill's mark is %.0f%% of the plot's height, want a line across it", 100*oom)
+	}
+	w.check(t, page)
 }

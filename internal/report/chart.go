@@ -45,9 +45,16 @@ type line struct {
 
 type markView struct {
 	X     string
+	At    clock // when it happened
+	Y2    int   // where its line ends: the plot's bottom, or a tick's
 	Class string
 	Title string
 }
+
+// retryTick is how far into the plot a retry's mark reaches: a tick,
+// not a line across, as a run may retry hundreds of times and its
+// lines would hide what the chart shows.
+const retryTick = 12
 
 type tick struct {
 	Pos   string // x for the time axis, y for the value axis
@@ -184,9 +191,11 @@ func (c *chart) valueTicks(s scale, step float64, label func(v int64) string) {
 }
 
 // marks draws the run's marks as vertical lines.
-func (c *chart) marks(s scale, ms []Mark) {
+func (c *chart) marks(s scale, start time.Time, ms []Mark) {
 	for _, m := range ms {
-		title := fmt.Sprintf("%s at %s", markNames[m.Kind], shortDuration(m.At))
+		at := clockOf(start.Add(m.At))
+		// The page's script gives the clock in the reader's time zone.
+		title := fmt.Sprintf("%s at %s (%s)", markNames[m.Kind], shortDuration(m.At), at.UTC)
 		if m.TaskID != 0 {
 			title += fmt.Sprintf(", task %d", m.TaskID)
 		}
@@ -196,7 +205,11 @@ func (c *chart) marks(s scale, ms []Mark) {
 		if m.Detail != "" {
 			title += ": " + m.Detail
 		}
-		c.Marks = append(c.Marks, markView{X: num(s.x(m.At)), Class: "mark mark-" + m.Kind, Title: title})
+		y2 := c.Bottom()
+		if m.Kind == "retry" {
+			y2 = c.PlotY + retryTick
+		}
+		c.Marks = append(c.Marks, markView{X: num(s.x(m.At)), At: at, Y2: y2, Class: "mark mark-" + m.Kind, Title: title})
 	}
 }
 
@@ -291,7 +304,7 @@ func memoryChart(r *Run) *chart {
 		c.Legend = append(c.Legend, legendItem{"limit", "per-worker limit"})
 	}
 	c.Legend = append(c.Legend, above...)
-	c.marks(s, r.Marks)
+	c.marks(s, r.Started, r.Marks)
 	c.markLegend(r)
 	return c
 }
@@ -329,7 +342,7 @@ func concurrencyChart(r *Run) *chart {
 		c.Lines = append(c.Lines, line{Class: "allowed", Points: s.steps(r.Allowed, span), Title: "allowed by the memory governor"})
 		c.Legend = append(c.Legend, legendItem{"allowed", "allowed by the memory governor"})
 	}
-	c.marks(s, r.Marks)
+	c.marks(s, r.Started, r.Marks)
 	c.markLegend(r)
 	return c
 }
@@ -350,10 +363,14 @@ func shortDuration(d time.Duration) string {
 	return trimZeroSeconds(d.Round(time.Minute).String())
 }
 
-// trimZeroSeconds turns "2m0s" into "2m", and leaves "1m10s" as it is.
+// trimZeroSeconds turns "2m0s" into "2m" and "3h0m0s" into "3h", and
+// leaves "1m10s" as it is.
 func trimZeroSeconds(s string) string {
 	if strings.HasSuffix(s, "m0s") {
-		return strings.TrimSuffix(s, "0s")
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
 	}
 	return s
 }

@@ -25,9 +25,12 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"modernc.org/sqlite" // the pure-Go SQLite driver, registered as "sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/safepool/safepool/internal/journal"
 )
 
 // schemaVersion is the journal's PRAGMA user_version that this package
@@ -55,7 +58,7 @@ func Load(ctx context.Context, path string, opt Options) (*Run, error) {
 		return nil, err
 	}
 	defer db.Close()
-	l := &loader{db: db, opt: opt, spans: v >= 2, version: v}
+	l := &loader{db: db, path: path, opt: opt, spans: v >= 2, version: v}
 	return l.load(ctx)
 }
 
@@ -131,11 +134,12 @@ func exists(path string) bool {
 
 // loader reads one run; its queries bound what they return by opt.
 type loader struct {
-	db  *sql.DB
-	opt Options
-	r   *Run
-	t0  int64 // the run's start, Unix ns
-	end int64 // the end of the time axis, Unix ns
+	db   *sql.DB
+	path string // the journal's
+	opt  Options
+	r    *Run
+	t0   int64 // the run's start, Unix ns
+	end  int64 // the end of the time axis, Unix ns
 	// spans reports whether the journal has span rows (schema version 2
 	// on); version is the journal's schema version.
 	spans   bool
@@ -196,8 +200,10 @@ func (l *loader) loadRun(ctx context.Context) error {
 	}
 	r.Started = time.Unix(0, l.t0)
 	l.end = ended.Int64
-	r.EndKnown = ended.Valid
 	if !ended.Valid {
+		if r.State, err = l.goesOn(ctx); err != nil {
+			return err
+		}
 		// The supervisor died or still runs: the axis ends at the last
 		// thing the journal recorded.
 		var last sql.NullInt64
@@ -221,6 +227,31 @@ func (l *loader) loadRun(ctx context.Context) error {
 	l.end = max(l.end, l.t0) // a clock that stepped back draws nothing rather than a negative axis
 	r.Ended = time.Unix(0, l.end)
 	return nil
+}
+
+// goesOn tells whether the run, which has no end in the journal, goes
+// on: a safepool that runs it holds the lock of its command (Python's
+// runs take none), and a later run of its command shows that it had
+// let the lock go.
+func (l *loader) goesOn(ctx context.Context) (RunState, error) {
+	r := l.r
+	if r.Kind != "run" && r.Kind != "map" {
+		return RunEndUnknown, nil
+	}
+	runs, ok := journal.CommandRuns(l.path, r.Kind, r.Command)
+	if !ok {
+		return RunEndUnknown, nil
+	}
+	var later bool
+	err := l.db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM run WHERE id > ? AND kind = ? AND command = ?)`,
+		r.ID, r.Kind, r.Command).Scan(&later)
+	if err != nil {
+		return 0, l.fail("looking for later runs", err)
+	}
+	if runs && !later {
+		return RunGoesOn, nil
+	}
+	return RunStopped, nil
 }
 
 func (l *loader) loadCounts(ctx context.Context) error {
@@ -298,8 +329,13 @@ func (l *loader) loadCounts(ctx context.Context) error {
 	if err := closeRows(rows); err != nil {
 		return l.fail("counting attempts", err)
 	}
+	// A task a resumed run skipped because it had failed keeps the cause
+	// of its last attempt, in an earlier run: it is not counted here, as
+	// that attempt is not; nor is a task cancelled before it ran, which
+	// had no attempt.
 	rows, err = l.db.QueryContext(ctx, `SELECT cause, COUNT(*) FROM task
-		WHERE run_id = ? AND cause IS NOT NULL AND cause != '' GROUP BY cause`, r.ID)
+		WHERE run_id = ? AND cause IS NOT NULL AND cause != '' AND state != 'skipped' AND attempts > 0
+		GROUP BY cause`, r.ID)
 	if err != nil {
 		return l.fail("counting causes", err)
 	}
@@ -334,7 +370,8 @@ func (l *loader) loadCounts(ctx context.Context) error {
 }
 
 // taskSelect reads TaskRow columns: a task with the time its attempts ran.
-var taskSelect = `SELECT t.id, substr(t.input, 1, ` + strconv.Itoa(inputPreview) + `), t.state, t.attempts, t.cause, t.peak,
+// One byte more than the preview is read, to know that it cut the input.
+var taskSelect = `SELECT t.id, substr(t.input, 1, ` + strconv.Itoa(inputPreview+1) + `), t.state, t.attempts, t.cause, t.peak,
 	COALESCE((SELECT SUM(a.ended - a.started) FROM attempt a WHERE a.run_id = t.run_id AND a.task_id = t.id), 0) AS runtime
 	FROM task t WHERE t.run_id = ?1`
 
@@ -351,7 +388,7 @@ var rowPicks = []string{
 func (l *loader) loadRows(ctx context.Context) error {
 	r := l.r
 	limit := l.opt.MaxRows
-	if r.Tasks <= limit {
+	if r.Tasks-r.Unlisted <= limit {
 		if err := l.readRows(ctx, taskSelect+" ORDER BY t.id", r.ID); err != nil {
 			return err
 		}
@@ -432,17 +469,32 @@ func (l *loader) readRows(ctx context.Context, q string, args ...any) error {
 }
 
 // preview is the input as the table shows it: valid UTF-8, without
-// control characters, at most inputPreview bytes.
+// control characters, its first inputPreview bytes at most, cut between
+// two characters and ended with "…" when there is more.
 func preview(b []byte) string {
-	if len(b) > inputPreview {
+	cut := len(b) > inputPreview
+	if cut {
 		b = b[:inputPreview]
+		// Back to the start of a character the cut split, if it did; an
+		// input that is not UTF-8 there is shown as it is.
+		for i := len(b) - 1; i >= 0 && i > len(b)-utf8.UTFMax; i-- {
+			if utf8.RuneStart(b[i]) {
+				if !utf8.FullRune(b[i:]) {
+					b = b[:i]
+				}
+				break
+			}
+		}
 	}
-	out := make([]rune, 0, len(b))
+	out := make([]rune, 0, len(b)+1)
 	for _, c := range string(b) {
 		if c < 0x20 || c == 0x7f {
 			c = '·'
 		}
 		out = append(out, c)
+	}
+	if cut {
+		out = append(out, '…')
 	}
 	return string(out)
 }

@@ -67,8 +67,8 @@ func TestReadOnlyJournal(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r.Tasks != 5 || !r.EndKnown {
-			t.Errorf("%d tasks, end known %v; want 5 and true", r.Tasks, r.EndKnown)
+		if r.Tasks != 5 || !r.EndKnown() {
+			t.Errorf("%d tasks, end known %v; want 5 and true", r.Tasks, r.EndKnown())
 		}
 		if _, err := os.Stat(j.path + "-shm"); !os.IsNotExist(err) {
 			t.Errorf("reading made %s-shm: %v", j.path, err)
@@ -97,8 +97,8 @@ func TestReadOnlyJournal(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r.Tasks != 100 || r.EndKnown {
-			t.Errorf("%d tasks, end known %v; want 100 (those in the WAL) and false", r.Tasks, r.EndKnown)
+		if r.Tasks != 100 || r.EndKnown() {
+			t.Errorf("%d tasks, end known %v; want 100 (those in the WAL) and false", r.Tasks, r.EndKnown())
 		}
 	})
 }

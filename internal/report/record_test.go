@@ -30,6 +30,9 @@ func TestMain(m *testing.M) {
 	if path := os.Getenv(writerEnv); path != "" {
 		os.Exit(killedWriter(path))
 	}
+	if path := os.Getenv(runnerEnv); path != "" {
+		os.Exit(runningJournal(path))
+	}
 	os.Exit(m.Run())
 }
 

@@ -7,9 +7,11 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"html"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -249,7 +251,158 @@ func TestLoadAfterWriterKilled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Tasks != 100 || r.EndKnown || r.Span() != time.Second {
-		t.Errorf("%d tasks, end known %v, span %v; want 100, false, 1s (the last task's end)", r.Tasks, r.EndKnown, r.Span())
+	if r.Tasks != 100 || r.EndKnown() || r.Span() != time.Second {
+		t.Errorf("%d tasks, end known %v, span %v; want 100, false, 1s (the last task's end)", r.Tasks, r.EndKnown(), r.Span())
+	}
+}
+
+// TestInputPreview: the table shows an input's first bytes, cut between
+// two characters, and says with "…" that there is more; it showed 120
+// bytes of a longer input as if they were all of it, and a character
+// the cut split as U+FFFD.
+func TestInputPreview(t *testing.T) {
+	j := newTestJournal(t)
+	start := time.Unix(1_700_000_000, 0)
+	id := j.addRun(t, runRow{started: start, ended: start.Add(time.Minute), kind: "run", command: "work {}",
+		argv: []string{"safepool", "run", "work", "{}"}, workers: 4, memoryMode: "cgroup-v2", exitStatus: 1})
+	inputs := []string{
+		strings.Repeat("L", 120),       // all of it
+		strings.Repeat("L", 121),       // one byte more
+		"x" + strings.Repeat("é", 200), // é is two bytes: byte 120 is half of one
+		"bad \xff\xfe\x00 end",         // not UTF-8, and a control character
+	}
+	want := []string{
+		strings.Repeat("L", 120),
+		strings.Repeat("L", 120) + "…",
+		"x" + strings.Repeat("é", 59) + "…",
+		"bad \ufffd\ufffd· end",
+	}
+	for i, in := range inputs {
+		mustExec(t, j, `INSERT INTO task (run_id, id, key, input, state, attempts, cause)
+			VALUES (?, ?, x'00', ?, 'failed', 1, 'exit:1')`, id, i+1, []byte(in))
+	}
+	r, err := report.Load(context.Background(), j.path, report.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Rows) != len(want) {
+		t.Fatalf("%d rows, want %d", len(r.Rows), len(want))
+	}
+	for i, row := range r.Rows {
+		if row.Input != want[i] {
+			t.Errorf("input of task %d = %q, want %q", row.ID, row.Input, want[i])
+		}
+	}
+}
+
+// TestPageAsText: the page read as text, by a text browser, a screen
+// reader or a copy, keeps its words apart: the summary read "50000tasks"
+// and the legend "all workersbudgetper-worker limit", and one task, one
+// wait were "1 tasks", "1 waits for memory".
+func TestPageAsText(t *testing.T) {
+	j := newTestJournal(t)
+	workersRun(t, j, 300<<20, 80<<20)
+	start := time.Unix(1_700_000_000, 0)
+	mustExec(t, j, `INSERT INTO task (run_id, id, key, input, state, attempts, cause) VALUES (1, 1, x'00', 'one', 'failed', 1, 'exit:1')`)
+	mustExec(t, j, `INSERT INTO event (run_id, at, kind) VALUES (1, ?, 'admission-wait')`, start.Add(time.Second).UnixNano())
+	mustExec(t, j, `INSERT INTO event (run_id, at, kind) VALUES (1, ?, 'admission-wait-ended')`, start.Add(2*time.Second).UnixNano())
+	r, err := report.Load(context.Background(), j.path, report.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	if err := report.Write(&b, r, report.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	page := b.String()
+	page = page[strings.Index(page, "<body>"):]
+	page = regexp.MustCompile(`(?s)<script>.*?</script>`).ReplaceAllString(page, "")
+	text := strings.Join(strings.Fields(regexp.MustCompile(`<[^>]*>`).ReplaceAllString(page, "")), " ")
+	for _, want := range []string{"Summary 1 task 1 failed 1 attempt 0 OOM kills 0 preemptions 0 retries 0 poisoned 1 wait for memory, 1s in all",
+		"one worker each all workers budget per-worker limit"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("the page as text does not say %q:\n%s", want, text)
+		}
+	}
+}
+
+// TestCommandShown: the page gives the command line as a shell reads it,
+// each argument quoted where it must be, and only its first kilobyte or
+// so when it is long. It joined the arguments with spaces, so that
+// "sh -c 'exit 3'" read "sh -c exit 3", and gave the whole of a command
+// line of 100,000 inputs after :::, 790 KB at the top of the page.
+func TestCommandShown(t *testing.T) {
+	j := newTestJournal(t)
+	start := time.Unix(1_700_000_000, 0)
+	quoted := j.addRun(t, runRow{started: start, ended: start.Add(time.Minute), kind: "run", command: "[]",
+		argv: []string{"safepool", "run", "-j", "2", "--", "sh", "-c", `echo "$1" it's`, "sh", "{}", "", "a{b,c}"}, workers: 2, memoryMode: "cgroup-v2", exitStatus: 0})
+	long := []string{"safepool", "run", "--", "true", ":::"}
+	for i := range 100_000 {
+		long = append(long, fmt.Sprint(i+1))
+	}
+	big := j.addRun(t, runRow{started: start, ended: start.Add(time.Minute), kind: "run", command: "[]",
+		argv: long, workers: 2, memoryMode: "cgroup-v2", exitStatus: 0})
+	command := regexp.MustCompile(`<div class="command mono">([^<]*)</div>`)
+	shown := func(run int64) (string, int) {
+		r, err := report.Load(context.Background(), j.path, report.Options{RunID: run})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b bytes.Buffer
+		if err := report.Write(&b, r, report.Options{}); err != nil {
+			t.Fatal(err)
+		}
+		m := command.FindStringSubmatch(b.String())
+		if m == nil {
+			t.Fatalf("run %d: no command in the page", run)
+		}
+		return html.UnescapeString(m[1]), b.Len()
+	}
+	if got, _ := shown(quoted); got != `safepool run -j 2 -- sh -c 'echo "$1" it'\''s' sh {} '' 'a{b,c}'` {
+		t.Errorf("command shown as %s", got)
+	}
+	got, size := shown(big)
+	if !strings.HasPrefix(got, "safepool run -- true ::: 1 2 3 ") || len(got) > 1200 || !regexp.MustCompile(` … and 99\d{3} more arguments$`).MatchString(got) {
+		t.Errorf("command of 100,005 arguments shown as %d bytes: %.80q ... %q", len(got), got, got[max(0, len(got)-60):])
+	}
+	if size > 200<<10 {
+		t.Errorf("the page of a run with a long command line is %d bytes", size)
+	}
+}
+
+// TestExitStatusSaid: the page says what a run's exit status means, as
+// docs/cli.md does; "exit status 3" of a run stopped by a signal said
+// nothing of why 80 of its tasks were cancelled.
+func TestExitStatusSaid(t *testing.T) {
+	j := newTestJournal(t)
+	start := time.Unix(1_700_000_000, 0)
+	tests := []struct {
+		kind   string
+		status int
+		want   string
+	}{
+		{"run", 0, "exit status 0 (every task succeeded)"},
+		{"map", 1, "exit status 1 (some tasks failed, or a map worker got out of step)"},
+		{"run", 2, "exit status 2 (a usage error, or the command could not start)"},
+		{"run", 3, "exit status 3 (stopped before the end)"},
+		{"python", 1, "exit status 1 -j 2"}, // Python's statuses are its own
+	}
+	tag := regexp.MustCompile(`<[^>]*>`)
+	for _, tt := range tests {
+		id := j.addRun(t, runRow{started: start, ended: start.Add(time.Minute), kind: tt.kind, command: "work",
+			argv: []string{"Python"}, workers: 2, memoryMode: "cgroup-v2", exitStatus: tt.status})
+		r, err := report.Load(context.Background(), j.path, report.Options{RunID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b bytes.Buffer
+		if err := report.Write(&b, r, report.Options{}); err != nil {
+			t.Fatal(err)
+		}
+		text := strings.Join(strings.Fields(tag.ReplaceAllString(b.String(), " ")), " ")
+		if !strings.Contains(text, tt.want) {
+			i := strings.Index(text, "exit status")
+			t.Errorf("%s run of exit status %d: the page says %q, want %q", tt.kind, tt.status, text[i:min(len(text), i+70)], tt.want)
+		}
 	}
 }

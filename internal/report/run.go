@@ -1,6 +1,10 @@
 package report
 
-import "time"
+import (
+	"maps"
+	"slices"
+	"time"
+)
 
 // Options bound what a report reads and draws. The zero value of each
 // field means its default.
@@ -46,10 +50,11 @@ type Run struct {
 	ID   int64
 	Runs int
 	// Started is when the run started. Ended is when it ended, or, when
-	// EndKnown is false (the supervisor died, or the run goes on), the
-	// last moment the journal recorded anything of it.
+	// State is not RunEnded, the last moment the journal recorded anything
+	// of it.
 	Started, Ended time.Time
-	EndKnown       bool
+	// State says whether the run ended, and if not, whether it goes on.
+	State RunState
 	// Kind is "run", "map" or "python"; Command the command template or
 	// the Python function; Argv the supervisor's arguments.
 	Kind, Command string
@@ -73,9 +78,12 @@ type Run struct {
 	Causes   []CauseCount
 
 	// Rows are the tasks in the table, by id; RowsLeftOut says how many
-	// tasks are not in it.
+	// tasks are not in it for want of room, and Unlisted how many are
+	// never listed: those a resumed run skipped as done in an earlier
+	// run, of which the journal keeps only the number (skip rows).
 	Rows        []TaskRow
 	RowsLeftOut int
+	Unlisted    int
 
 	// Total, Budgets, Limits, Running and Allowed are the whole-pool
 	// series: the workers' memory together, the budget and the per-worker
@@ -100,6 +108,68 @@ type Run struct {
 	Waited time.Duration
 }
 
+// RunState is what is known of a run's end.
+type RunState int
+
+const (
+	// RunEnded means that the journal holds the run's end.
+	RunEnded RunState = iota
+	// RunGoesOn means that the run has not ended: a safepool on this
+	// machine still runs it (it holds the journal's lock of the run's
+	// command, and the journal has no later run of that command).
+	RunGoesOn
+	// RunStopped means that the run did not end, and no safepool runs it
+	// now: its supervisor was killed, or the machine went down.
+	RunStopped
+	// RunEndUnknown means that the run has no end in the journal, and
+	// whether it goes on cannot be told: a Python run (which takes no
+	// lock), a journal without its span file, or a file system without
+	// locks.
+	RunEndUnknown
+)
+
+// StateCount is how many tasks of a run are in State.
+type StateCount struct {
+	State string
+	Count int
+}
+
+// stateOrder is the order of the states in OrderedStates; other states
+// the journal may hold follow, by name.
+var stateOrder = []string{"done", "failed", "poison", "cancelled", "skipped", "pending"}
+
+// OrderedStates are the run's tasks counted by state, done, failed,
+// poison, cancelled, skipped and pending first: the states the run's
+// tasks are in, and only those.
+func (r *Run) OrderedStates() []StateCount {
+	var out []StateCount
+	seen := map[string]bool{}
+	for _, s := range append(slices.Clone(stateOrder), slices.Sorted(maps.Keys(r.States))...) {
+		if n, ok := r.States[s]; ok && !seen[s] {
+			seen[s] = true
+			out = append(out, StateCount{s, n})
+		}
+	}
+	return out
+}
+
+// EndNote says, for a run that has no end in the journal, whether it goes
+// on, in words; it is empty for a run that ended.
+func (r *Run) EndNote() string {
+	switch r.State {
+	case RunGoesOn:
+		return "still running: the page shows what the journal held when it was written"
+	case RunStopped:
+		return "did not end: no safepool runs it now; its supervisor was killed, or the machine went down"
+	case RunEndUnknown:
+		return "did not end: the supervisor died or still runs"
+	}
+	return ""
+}
+
+// EndKnown reports whether the journal holds the run's end.
+func (r *Run) EndKnown() bool { return r.State == RunEnded }
+
 // Span is how long the run lasted, as drawn.
 func (r *Run) Span() time.Duration { return r.Ended.Sub(r.Started) }
 
@@ -121,6 +191,9 @@ type TaskRow struct {
 	Runtime time.Duration
 	// Peak is its highest peak memory in bytes; 0 when unknown.
 	Peak int64
+	// NoInput reports that the journal did not keep its input: a task
+	// done at its first attempt keeps only its key.
+	NoInput bool
 }
 
 // Point is one value of a series at a time since the run's start.

@@ -40,6 +40,7 @@ func (l *loader) spanCounts(ctx context.Context) error {
 	if n > 0 {
 		l.r.States["skipped"] += n
 		l.r.Tasks += n
+		l.r.Unlisted = n
 	}
 	return nil
 }
@@ -132,7 +133,7 @@ func spanTasks(first uint64, n int, ids, parts []byte) ([]TaskRow, error) {
 	err = journal.SpanParts(n, parts, func(count int, runtime, peak int64) {
 		each := time.Duration(runtime / int64(count))
 		for range count {
-			tasks = append(tasks, TaskRow{ID: int64(seqs[len(tasks)]), State: "done", Attempts: 1, Runtime: each, Peak: peak})
+			tasks = append(tasks, TaskRow{ID: int64(seqs[len(tasks)]), State: "done", Attempts: 1, Runtime: each, Peak: peak, NoInput: true})
 		}
 	})
 	return tasks, err
@@ -150,7 +151,7 @@ func spanTasksV2(first uint64, n int, ids, runtimes, peaks []byte) ([]TaskRow, e
 		}
 		ids = ids[k:]
 		prev += uint64(d)
-		t := TaskRow{ID: int64(prev), State: "done", Attempts: 1}
+		t := TaskRow{ID: int64(prev), State: "done", Attempts: 1, NoInput: true}
 		if v, k := binary.Uvarint(runtimes); k > 0 {
 			t.Runtime, runtimes = time.Duration(v)*time.Microsecond, runtimes[k:]
 		}
@@ -174,7 +175,7 @@ const maxSpanTasks = 4096
 // the rest.
 func (l *loader) addSpanRows(ctx context.Context) error {
 	r := l.r
-	defer func() { r.RowsLeftOut = r.Tasks - len(r.Rows) }()
+	defer func() { r.RowsLeftOut = r.Tasks - r.Unlisted - len(r.Rows) }()
 	limit := l.opt.MaxRows
 	spans, err := l.spanRows(ctx, limit)
 	if err != nil || len(spans) == 0 {
@@ -194,15 +195,18 @@ func (l *loader) addSpanRows(ctx context.Context) error {
 		}
 	}
 	rest = append(rest, spans...)
-	room := limit - len(keep)
+	// The rows not done, then the longest half of the room, then the
+	// largest up to the limit.
+	notDone := len(keep)
+	room := limit - notDone
 	seen := map[int64]bool{}
 	for i, by := range []func(a, b TaskRow) int{
 		func(a, b TaskRow) int { return cmp.Or(cmp.Compare(b.Runtime, a.Runtime), byID(a, b)) },
 		func(a, b TaskRow) int { return cmp.Or(cmp.Compare(b.Peak, a.Peak), byID(a, b)) },
 	} {
-		want := len(keep) + room
+		want := limit
 		if i == 0 {
-			want = len(keep) + (room+1)/2
+			want = notDone + (room+1)/2
 		}
 		slices.SortFunc(rest, by)
 		for _, t := range rest {
