@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/pflag"
 
@@ -111,12 +112,12 @@ func runReport(ctx context.Context, e *env, args []string) error {
 	}
 	if a.out == "-" {
 		if err := report.Write(e.stdout, r, opt); err != nil {
-			return &statusError{status: exitFailed, err: err}
+			return reportWriteError(err)
 		}
 		return nil
 	}
 	if err := writeFileAtomic(a.out, func(w io.Writer) error { return report.Write(w, r, opt) }); err != nil {
-		return &statusError{status: exitFailed, err: err}
+		return reportWriteError(err)
 	}
 	var states []string
 	for _, sc := range r.OrderedStates() {
@@ -131,6 +132,16 @@ func runReport(ctx context.Context, e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stderr, "safepool: wrote %s: run %d of %d, %s%s\n", a.out, r.ID, r.Runs, plural(r.Tasks, "task"), note)
 	return nil
+}
+
+// reportWriteError is the status of a page that could not be written. A
+// reader that went away (EPIPE, as after | head) wanted no more of it:
+// the command stops quietly with status 3, as run and map do then.
+func reportWriteError(err error) error {
+	if errors.Is(err, syscall.EPIPE) {
+		return &statusError{status: exitAborted}
+	}
+	return &statusError{status: exitFailed, err: err}
 }
 
 // writeFileAtomic writes path through write: to a temporary file beside

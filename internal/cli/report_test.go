@@ -240,3 +240,20 @@ func TestReportOutputNotRegular(t *testing.T) {
 		}
 	})
 }
+
+// TestReportReaderGone checks that a page written to a pipe whose reader
+// has gone (| head) stops quietly with status 3, as run and map do, rather
+// than failing with a broken-pipe error.
+func TestReportReaderGone(t *testing.T) {
+	journal := newJournal(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	defer w.Close()
+	var stderr bytes.Buffer
+	if code := Run(context.Background(), []string{"report", "-o", "-", journal}, nil, w, &stderr); code != exitAborted || stderr.Len() != 0 {
+		t.Fatalf("report -o - into a pipe without a reader = %d, stderr %q; want %d and nothing", code, stderr.String(), exitAborted)
+	}
+}
