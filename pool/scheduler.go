@@ -67,10 +67,14 @@ func (p *Pool) loop() {
 		if s.accepting() {
 			submitC = p.submitCh
 		}
-		var dispatchC chan *task
+		var dispatchC, pipelineC chan *task
 		head := s.head()
 		if head != nil {
 			dispatchC = p.dispatch
+			if p.idle.Load() == 0 {
+				// No worker is free: a busy one may take it behind its own.
+				pipelineC = p.pipeline
+			}
 		}
 		var outC chan Result
 		var first Result
@@ -81,7 +85,14 @@ func (p *Pool) loop() {
 		case t := <-submitC:
 			s.submit(t)
 		case dispatchC <- head:
+			if p.cfg.Protocol != OneShot {
+				p.idle.Add(-1) // an idle runner took it (runner.setIdle)
+			}
 			s.dispatched()
+		case pipelineC <- head:
+			s.dispatched()
+		case <-p.idleGone:
+			// The free workers went without a task: offer the head to busy ones.
 		case outC <- first:
 			s.delivered()
 		case <-s.timerC():
