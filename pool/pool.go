@@ -88,7 +88,6 @@ type Pool struct {
 	submitCh chan *task     // Submit → loop
 	dispatch chan *task     // loop → runners: a task to run now (persistent: on an idle worker)
 	pipeline chan *task     // loop → busy persistent runners: a task sent behind others, offered only while idle is 0
-	idleGone chan struct{}  // runners → loop: idle fell to 0 without a dispatch (one value at most)
 	reports  chan report    // runners → loop
 	results  chan Result    // loop → user
 	closeCh  chan struct{}  // closed by Close
@@ -204,7 +203,6 @@ func New(cfg Config) (*Pool, error) {
 		submitCh: make(chan *task),
 		dispatch: make(chan *task),
 		pipeline: make(chan *task),
-		idleGone: make(chan struct{}, 1),
 		reports:  make(chan report, cfg.Workers),
 		results:  make(chan Result),
 		closeCh:  make(chan struct{}),

@@ -272,8 +272,8 @@ func (r *runner) takeMore() {
 
 // setIdle records whether the runner waits, with its worker ready and
 // holding no task, for one on dispatch, and counts it in Pool.idle. When
-// the last idle runner stops being so without a task, the loop is told,
-// to offer its head to busy workers again.
+// the last idle runner stops being so without a task, it tells the loop,
+// which then offers its head to busy workers again.
 func (r *runner) setIdle(idle bool) {
 	if idle == r.idle {
 		return
@@ -284,10 +284,7 @@ func (r *runner) setIdle(idle bool) {
 		return
 	}
 	if r.p.idle.Add(-1) == 0 {
-		select {
-		case r.p.idleGone <- struct{}{}:
-		default:
-		}
+		r.p.send(report{kind: reportIdleGone})
 	}
 }
 

@@ -26,6 +26,9 @@ const (
 	// items, answers[0], its answer number running (worker.Host.Answered);
 	// att has the worker's pid and the attempt's start.
 	reportAnswered
+	// reportIdleGone: the last idle runner stopped being idle without a
+	// task (runner.setIdle); the loop offers its head to busy ones again.
+	reportIdleGone
 )
 
 // report is a message from a runner to the loop.
@@ -91,8 +94,6 @@ func (p *Pool) loop() {
 			s.dispatched()
 		case pipelineC <- head:
 			s.dispatched()
-		case <-p.idleGone:
-			// The free workers went without a task: offer the head to busy ones.
 		case outC <- first:
 			s.delivered()
 		case <-s.timerC():
@@ -290,6 +291,8 @@ func (s *scheduler) report(rep report) {
 		s.startFail = 0
 	case reportAnswered:
 		s.answered(rep)
+	case reportIdleGone:
+		// Nothing to do: the loop reads Pool.idle again before it waits.
 	case reportStartupFailure:
 		if rep.charged && s.everOK {
 			break // the command works: the task made it fail
