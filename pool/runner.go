@@ -216,10 +216,11 @@ func (r *runner) runPersistent() {
 			r.takeMore()
 			s.Flush()
 		case t := <-pipeline:
-			if !r.hasRoom() {
-				// It has had no room since it chose to wait for a task (the
-				// one it runs has run long): the task goes back to the queue,
-				// for a worker that is free or has room.
+			if r.p.idle.Load() > 0 || !r.hasRoom() {
+				// A worker became idle, or this one has had no room since
+				// it chose to wait (the task it runs has run long), while
+				// the loop offered t: t goes back to the queue's head,
+				// uncharged, for the idle worker or one with room.
 				r.p.send(report{kind: reportRequeue, task: t})
 				break
 			}

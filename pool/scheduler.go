@@ -74,7 +74,7 @@ func (p *Pool) loop() {
 		head := s.head()
 		if head != nil {
 			dispatchC = p.dispatch
-			if p.idle.Load() == 0 {
+			if p.idle.Load() == 0 && p.cfg.Protocol != OneShot {
 				// No worker is free: a busy one may take it behind its own.
 				pipelineC = p.pipeline
 			}
