@@ -270,3 +270,85 @@ func TestPipelineShare(t *testing.T) {
 		})
 	}
 }
+
+// TestIdleWorkerFirst runs a long task and three short ones on two
+// pipelined workers: the short ones run on the worker the long one leaves
+// free, one after another, and none waits behind the long one. A task goes
+// to an idle worker while there is one; a busy worker is sent a task behind
+// its own only while its items are known to be short, and not behind one
+// that has run long. Cold: the workers have answered nothing (the short
+// tasks come with the long one). Warm: after many tiny tasks, one short
+// task comes with the long one, the others once it has run a while.
+func TestIdleWorkerFirst(t *testing.T) {
+	const long, short = "sleep:3000", "sleep:100"
+	for _, proto := range []pool.Protocol{pool.Framed, pool.Line} {
+		for _, warm := range []bool{false, true} {
+			name := string(proto) + "/cold"
+			if warm {
+				name = string(proto) + "/warm"
+			}
+			t.Run(name, func(t *testing.T) {
+				cfg := config(proto, 2)
+				cfg.Pipeline = 8
+				p, err := pool.New(cfg)
+				if err != nil {
+					t.Fatalf("New() = %v", err)
+				}
+				defer p.Abort(nil)
+				ctx := context.Background()
+				submit := func(in string) {
+					if _, err := p.Submit(ctx, pool.Task{Input: []byte(in)}); err != nil {
+						t.Fatalf("Submit(%q) = %v", in, err)
+					}
+				}
+				if warm {
+					// Tiny tasks until both workers have answered some: both
+					// are ready, and know their items are short.
+					pids := map[int]bool{}
+					for round := 0; len(pids) < 2; round++ {
+						if round == 100 {
+							t.Fatalf("tiny tasks ran on %d workers after %d rounds, want 2", len(pids), round)
+						}
+						for i := range 20 {
+							submit("tiny" + strconv.Itoa(i))
+						}
+						for range 20 {
+							r := <-p.Results()
+							if r.State != pool.Done {
+								t.Fatalf("tiny task %d = %s, want done", r.ID, r.State)
+							}
+							pids[r.Attempts[0].WorkerPID] = true
+						}
+						time.Sleep(10 * time.Millisecond)
+					}
+				}
+				start := time.Now()
+				submit(long)
+				submit(short)
+				if warm {
+					time.Sleep(50 * time.Millisecond)
+				}
+				submit(short)
+				submit(short)
+				p.Close()
+				n := 0
+				for r := range p.Results() {
+					n++
+					in, took := string(r.Input), time.Since(start)
+					if r.State != pool.Done {
+						t.Errorf("task %d (%s) = %s, want done", r.ID, in, r.State)
+					}
+					// 3 short tasks one after another take 0.3 s; one sent
+					// behind the long task ends after 3 s.
+					if in == short && took > 1500*time.Millisecond {
+						t.Errorf("short task %d ended %v after the start, want under 1.5 s (it waited behind %s)",
+							r.ID, took.Round(time.Millisecond), long)
+					}
+				}
+				if n != 4 {
+					t.Errorf("%d results, want 4", n)
+				}
+			})
+		}
+	}
+}

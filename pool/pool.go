@@ -76,12 +76,18 @@ type Pool struct {
 	// loop saw them last; a runner reads it to take no more than its share
 	// (see runner.hasRoom).
 	backlog atomic.Int64
+	// idle counts the persistent runners whose worker is ready and holds
+	// no task, and which wait for one on dispatch (runner.setIdle). While
+	// one does, the loop offers the queue's head to them alone: a task goes
+	// to a free worker, never behind another task on a busy one.
+	idle atomic.Int64
 
 	submitMu sync.Mutex // serialises Submit so that ids follow the order of acceptance
 	lastID   uint64     // guarded by submitMu
 
 	submitCh chan *task     // Submit → loop
-	dispatch chan *task     // loop → runners: a task to run now
+	dispatch chan *task     // loop → runners: a task to run now (persistent: on an idle worker)
+	pipeline chan *task     // loop → busy persistent runners: a task sent behind others, offered only while idle is 0
 	reports  chan report    // runners → loop
 	results  chan Result    // loop → user
 	closeCh  chan struct{}  // closed by Close
@@ -199,6 +205,7 @@ func New(cfg Config) (*Pool, error) {
 		notices:  notices,
 		submitCh: make(chan *task),
 		dispatch: make(chan *task),
+		pipeline: make(chan *task),
 		reports:  make(chan report, cfg.Workers),
 		results:  make(chan Result),
 		closeCh:  make(chan struct{}),

@@ -32,9 +32,12 @@ type runner struct {
 	// token marks a persistent worker's processes apart from the pool's
 	// others where no cgroup of its own holds them (leftovers); "" otherwise.
 	token string
-	// lineTime carries a line worker's recent time per line from one
-	// process of the slot to the next.
-	lineTime time.Duration
+	// itemTime carries a persistent worker's recent time per item from
+	// one process of the slot to the next.
+	itemTime time.Duration
+	// idle says that the runner is counted in Pool.idle: its worker is
+	// ready and holds no task, and it takes tasks from Pool.dispatch.
+	idle bool
 	// failedStarts counts the slot's persistent workers in a row that
 	// failed before doing any work; it sets the wait before the next.
 	failedStarts int
@@ -165,9 +168,11 @@ func (r *runner) stopping() bool {
 // runPersistent runs one process after another in the slot, and hands
 // each what the loop dispatches while it has room.
 func (r *runner) runPersistent() {
+	defer r.setIdle(false)
 	abortC, killC, quitC := r.p.abortCh, r.p.killCh, r.p.quit
 	for {
 		if r.s == nil {
+			r.setIdle(false)
 			if r.stopping() || !r.waitHeld() {
 				return
 			}
@@ -194,23 +199,33 @@ func (r *runner) runPersistent() {
 			}
 		}
 		s := r.s
-		var dispatch chan *task
-		if !r.paused && !r.p.holdWant.Load() && r.hasRoom() {
+		// An idle worker takes tasks from dispatch; a busy one with room
+		// from pipeline, which the loop offers only while no worker is idle.
+		var dispatch, pipeline chan *task
+		room := !r.paused && !r.p.holdWant.Load() && r.hasRoom()
+		r.setIdle(room && s.InFlight() == 0)
+		if r.idle {
 			dispatch = r.p.dispatch
+		} else if room {
+			pipeline = r.p.pipeline
 		}
 		select {
 		case t := <-dispatch:
+			r.idle = false // the loop counted it out as it handed t over
 			r.send(t)
-			// Take what else is ready to go, and write it all at once.
-		more:
-			for r.hasRoom() {
-				select {
-				case t := <-dispatch:
-					r.send(t)
-				default:
-					break more
-				}
+			r.takeMore()
+			s.Flush()
+		case t := <-pipeline:
+			if r.p.idle.Load() > 0 || !r.hasRoom() {
+				// A worker became idle, or this one has had no room since
+				// it chose to wait (the task it runs has run long), while
+				// the loop offered t: t goes back to the queue's head,
+				// uncharged, for the idle worker or one with room.
+				r.p.send(report{kind: reportRequeue, task: t})
+				break
 			}
+			r.send(t)
+			r.takeMore()
 			s.Flush()
 		case ev := <-s.Events():
 			s.Handle(ev)
@@ -240,6 +255,37 @@ func (r *runner) runPersistent() {
 			killC = nil
 			s.Cancel(true)
 		}
+	}
+}
+
+// takeMore takes what else the loop offers busy workers while the process
+// has room, so that it is written at once with what was just taken.
+func (r *runner) takeMore() {
+	for r.hasRoom() {
+		select {
+		case t := <-r.p.pipeline:
+			r.send(t)
+		default:
+			return
+		}
+	}
+}
+
+// setIdle records whether the runner waits, with its worker ready and
+// holding no task, for one on dispatch, and counts it in Pool.idle. When
+// the last idle runner stops being so without a task, it tells the loop,
+// which then offers its head to busy workers again.
+func (r *runner) setIdle(idle bool) {
+	if idle == r.idle {
+		return
+	}
+	r.idle = idle
+	if idle {
+		r.p.idle.Add(1)
+		return
+	}
+	if r.p.idle.Add(-1) == 0 {
+		r.p.send(report{kind: reportIdleGone})
 	}
 }
 
@@ -298,7 +344,7 @@ func (r *runner) sessionConfig(spec worker.Spec) worker.Config {
 		MaxLine:      cfg.MaxLine,
 		MaxTasks:     cfg.MaxTasksPerWorker,
 		MaxRSS:       cfg.MaxRSS,
-		LineTime:     r.lineTime,
+		ItemTime:     r.itemTime,
 	}
 }
 
@@ -369,7 +415,7 @@ func (h *sessionHost) Started(f *worker.Flight) {
 }
 
 func (h *sessionHost) Ended(f *worker.Flight, o worker.Outcome, output []byte) {
-	h.lineTime = h.s.LineTime()
+	h.itemTime = h.s.ItemTime()
 	t := f.Task.(*task)
 	h.p.send(report{kind: reportAttempt, task: t, att: attemptOf(o), output: output, answers: f.Answers,
 		lines: lineItems(t, f), out: f.Out})

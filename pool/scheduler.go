@@ -26,6 +26,9 @@ const (
 	// items, answers[0], its answer number running (worker.Host.Answered);
 	// att has the worker's pid and the attempt's start.
 	reportAnswered
+	// reportIdleGone: the last idle runner stopped being idle without a
+	// task (runner.setIdle); the loop offers its head to busy ones again.
+	reportIdleGone
 )
 
 // report is a message from a runner to the loop.
@@ -67,10 +70,14 @@ func (p *Pool) loop() {
 		if s.accepting() {
 			submitC = p.submitCh
 		}
-		var dispatchC chan *task
+		var dispatchC, pipelineC chan *task
 		head := s.head()
 		if head != nil {
 			dispatchC = p.dispatch
+			if p.idle.Load() == 0 && p.cfg.Protocol != OneShot {
+				// No worker is free: a busy one may take it behind its own.
+				pipelineC = p.pipeline
+			}
 		}
 		var outC chan Result
 		var first Result
@@ -81,6 +88,11 @@ func (p *Pool) loop() {
 		case t := <-submitC:
 			s.submit(t)
 		case dispatchC <- head:
+			if p.cfg.Protocol != OneShot {
+				p.idle.Add(-1) // an idle runner took it (runner.setIdle)
+			}
+			s.dispatched()
+		case pipelineC <- head:
 			s.dispatched()
 		case outC <- first:
 			s.delivered()
@@ -279,6 +291,8 @@ func (s *scheduler) report(rep report) {
 		s.startFail = 0
 	case reportAnswered:
 		s.answered(rep)
+	case reportIdleGone:
+		// Nothing to do: the loop reads Pool.idle again before it waits.
 	case reportStartupFailure:
 		if rep.charged && s.everOK {
 			break // the command works: the task made it fail

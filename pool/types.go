@@ -572,10 +572,14 @@ type Config struct {
 	// before runs with nothing sent behind it. A line batch (Task.Items) is
 	// one task in flight, written at once; a line worker takes another
 	// while the lines it has not answered are less than about 10 ms of
-	// work, by its recent time per line. A framed worker with tasks in flight
-	// takes another only while it holds fewer than its share of the tasks
-	// waiting or running (their number over Workers, rounded up), so that a
-	// few long tasks spread over all workers, even those still starting.
+	// work, by its recent time per line. A task goes to an idle worker
+	// whenever one is ready; a persistent worker with tasks in flight is sent
+	// another only while no worker is idle, its items are known to be short
+	// (it has answered, and holds less than about 10 ms of work by its recent
+	// time per item) and the one it runs has not run 10 ms. A framed worker
+	// also holds no more than its share of the tasks waiting or running
+	// (their number over Workers, rounded up), so that a few long tasks
+	// spread over all workers, even those still starting.
 	// A Pipeline above MaxPipeline is refused.
 	Pipeline int
 	// MaxPending bounds the tasks submitted but not yet delivered on

@@ -212,11 +212,7 @@ func (s *Session) handleLines(ev Event) {
 		part := data[:cut:cut]
 		data = data[cut:]
 		take -= k
-		if d := now.Sub(head.clock) / time.Duration(k); s.lineTime == 0 {
-			s.lineTime = max(d, 1)
-		} else {
-			s.lineTime = max(s.lineTime+(d-s.lineTime)/8, 1)
-		}
+		s.noteItemTime(now.Sub(head.clock) / time.Duration(k))
 		s.line.progress, s.line.stallFrom = now, time.Time{}
 		if head.lines == nil {
 			s.succeed(head, part[:len(part)-1])

@@ -30,10 +30,13 @@ const (
 	peakEvery = 100 * time.Millisecond
 )
 
-// PipelineAhead is about how much work, by the recent time per line, a line
-// worker may have waiting in its stdin. Lines sent ahead save a round trip
-// each, which matters for lines of microseconds; for lines of seconds they
-// would only keep idle workers from the last lines of the input.
+// PipelineAhead is about how much work, by the recent time per item (a
+// line, a framed task, an item of a batch), a persistent worker may hold
+// beyond the one it runs: a line worker in its stdin, a framed worker in
+// its task pipe. Tasks sent ahead save a round trip each, which matters
+// for tasks of microseconds; for tasks of seconds they would only keep
+// idle workers from the last tasks, and hold a short task behind a long
+// one.
 var PipelineAhead = 10 * time.Millisecond
 
 // Config says how a Session runs its process, beyond the process itself.
@@ -79,9 +82,9 @@ type Config struct {
 	MaxTasks int
 	// MaxRSS retires the process once its memory is over it; 0: never.
 	MaxRSS int64
-	// LineTime is the recent time per line of the slot's previous process
-	// (see Session.LineTime); 0 if none.
-	LineTime time.Duration
+	// ItemTime is the recent time per item of the slot's previous process
+	// (see Session.ItemTime); 0 if none.
+	ItemTime time.Duration
 }
 
 // Host is told what happens in a Session while its process lives. Its
@@ -339,7 +342,7 @@ type Session struct {
 	freeAt      time.Time      // framed: when the process last had no task running
 	startBy     startDeadline  // framed: when the process must be ready
 	line        lineState      // line protocol: the checks
-	lineTime    time.Duration  // line protocol: recent time per line; 0 before the first
+	itemTime    time.Duration  // recent time per item (line, framed task, batch item); 0 before the first
 
 	// oomSince starts the window in which a kill that the kernel log
 	// names in the process's tree is the death's cause: the start, or
@@ -362,7 +365,7 @@ type Session struct {
 // IOLine and IOFramed it starts the goroutines that read and write the
 // process's pipes, which Reap ends. An error is Start's.
 func StartSession(cfg Config, host Host) (*Session, error) {
-	s := &Session{cfg: cfg, host: host, lineTime: cfg.LineTime}
+	s := &Session{cfg: cfg, host: host, itemTime: cfg.ItemTime}
 	spec := cfg.Spec
 	if spec.IO == IOFramed {
 		spec.Env = withEnv(spec.Env, protocol.EnvProtocol+"="+protocol.Framed,
@@ -434,9 +437,19 @@ func (s *Session) Spawned() time.Time { return s.spawned }
 // has a cgroup of its own.
 func (s *Session) Watch() *memory.Watch { return s.watch }
 
-// LineTime is the recent time per line of a line worker, a moving average;
-// 0 before the first answer.
-func (s *Session) LineTime() time.Duration { return s.lineTime }
+// ItemTime is the recent time per item of a persistent worker (a line, a
+// framed task, an item of a framed batch), a moving average; 0 before the
+// first answer.
+func (s *Session) ItemTime() time.Duration { return s.itemTime }
+
+// noteItemTime adds d, the time an item took, to the moving average.
+func (s *Session) noteItemTime(d time.Duration) {
+	if s.itemTime == 0 {
+		s.itemTime = max(d, 1)
+	} else {
+		s.itemTime = max(s.itemTime+(d-s.itemTime)/8, 1)
+	}
+}
 
 // Done is closed once the process has ended; then call Reap.
 func (s *Session) Done() <-chan struct{} { return s.proc.Done() }
@@ -540,11 +553,11 @@ func (s *Session) HasRoom() bool {
 	}
 	switch cfg.Spec.IO {
 	case IOFramed:
-		if !s.ready {
+		if !s.ready || !s.aheadRoom() {
 			return false
 		}
 	case IOLine:
-		if !s.line.gateOpen || !s.lineRoom() {
+		if !s.line.gateOpen || !s.aheadRoom() {
 			return false
 		}
 	}
@@ -559,18 +572,27 @@ func (s *Session) HasRoom() bool {
 	}
 }
 
-// lineRoom reports whether a line worker may be sent more: one flight
-// until it has answered, then as many lines as it answers in
-// PipelineAhead (by its recent time per line), in at most Config.Pipeline
-// flights. A block of lines is one flight of many lines.
-func (s *Session) lineRoom() bool {
+// aheadRoom reports whether the process may be sent one more task beyond
+// those it holds: at once when it holds none; with tasks in flight, only
+// while its items are known to be short: the one it runs has not run for
+// PipelineAhead, and those it holds are fewer than it answers in
+// PipelineAhead by its recent time per item (so one at most behind an
+// item of a few milliseconds, none behind one of 10 ms or more, none before
+// its first answer). A line block or a framed batch is one task of many
+// items. A task sent to a worker cannot be taken back: one sent behind a
+// task that turns out long waits for it, even if another worker is free by
+// then; this bound keeps that to tasks sent while items were short.
+func (s *Session) aheadRoom() bool {
 	if len(s.inflight) == 0 {
 		return true
 	}
-	if s.lineTime <= 0 || len(s.inflight) >= s.cfg.Pipeline {
+	if s.itemTime <= 0 {
 		return false
 	}
-	return int64(s.unanswered()) < 1+int64(PipelineAhead/s.lineTime)
+	if f := s.runningFlight(); f != nil && time.Since(f.clock) >= PipelineAhead {
+		return false
+	}
+	return int64(s.unanswered()) < 1+int64(PipelineAhead/s.itemTime)
 }
 
 // unanswered counts the tasks in flight, each item of a batch as one, less
@@ -888,8 +910,14 @@ func (s *Session) endFlight(f *Flight, o Outcome, output []byte) {
 	}
 	o.PID, o.Start, o.End = s.proc.Pid, f.start, time.Now()
 	o.PeakRSS = s.peakFor(f, o.End)
-	if s.cfg.Spec.IO == IOFramed && s.runningFlight() == nil {
-		s.freeAt = o.End // the next task's time runs from here if it is not started
+	if s.cfg.Spec.IO == IOFramed {
+		if o.Cause == "" || o.Cause == CauseTaskError {
+			n := time.Duration(max(len(f.Items), 1))
+			s.noteItemTime(o.End.Sub(f.start) / n)
+		}
+		if s.runningFlight() == nil {
+			s.freeAt = o.End // the next task's time runs from here if it is not started
+		}
 	}
 	s.host.Ended(f, o, output)
 	s.armDeadline()

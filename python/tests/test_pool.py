@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import unittest
 
 import safepool
@@ -302,6 +303,25 @@ class ImapAndClose(unittest.TestCase):
         self.assertLess(len(values), 999)
         self.assertTrue(failures, "the iterator ended at the cut as if the input ended there")
         self.assertIn("never ran", str(failures[-1]))
+
+
+class IdleWorkerFirst(unittest.TestCase):
+    """A task goes to an idle worker while there is one: short tasks do not
+    wait behind a long one on a busy worker while another is free."""
+
+    def test_short_tasks_beside_a_long_one(self):
+        # One worker runs the 3 s task; the other runs the three short ones,
+        # one after another, in about 0.3 s. One sent behind the long task
+        # would end after 3 s.
+        pool = safepool.Pool(2)
+        self.addCleanup(pool.terminate)
+        start = time.monotonic()
+        ended = []
+        for value in pool.imap_unordered(helpers.sleep_for, [3, 0.1, 0.1, 0.1]):
+            ended.append((value, time.monotonic() - start))
+        self.assertEqual(sorted(v for v, _ in ended), [0.1, 0.1, 0.1, 3])
+        late = [round(t, 2) for v, t in ended if v != 3 and t > 1.5]
+        self.assertEqual(late, [], "short tasks that waited behind the long one (s after the start)")
 
 
 class MaxTasksPerChild(unittest.TestCase):
