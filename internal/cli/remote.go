@@ -228,6 +228,8 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 	waiting := time.NewTicker(waitingEvery)
 	defer waiting.Stop()
 	said := ""
+	lostSeen := 0 // checks in a row that found the run gone from the server
+	lost := false // the server lost the run: there is nothing to abort
 
 	deliver := func(rec *cluster.ResultRecord) {
 		r := rec.Result()
@@ -307,6 +309,19 @@ loop:
 				early[rec.Seq] = &rec
 			}
 		case <-waiting.C:
+			// A server that lost the run (restarted on an empty store)
+			// will never give its results: say so and stop, rather than
+			// wait for ever. Seen twice in a row, so that a server
+			// setting itself up again is not taken for one that lost it.
+			if run.Lost(ctx) {
+				if lostSeen++; lostSeen >= 2 {
+					lost = true
+					abortReason = quoteMessage(fmt.Sprintf("the NATS server no longer holds run %s (restarted without its store, or the store was lost): the results not collected here are lost with it; run the command again to run those tasks", spec.ID))
+					fmt.Fprintf(stderr, "safepool: %s\n", abortReason)
+				}
+				continue
+			}
+			lostSeen = 0
 			// What keeps tasks waiting is said once, not at every check.
 			if w := run.Waiting(ctx); w != said {
 				if w != "" {
@@ -321,7 +336,7 @@ loop:
 	}
 	stopCollect()
 	o.flush()
-	if abortReason != "" && !interrupted {
+	if abortReason != "" && !interrupted && !lost {
 		actx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		run.Abort(actx)
 		cancel()

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/safepool/safepool/internal/bytesize"
@@ -43,6 +44,9 @@ type Agent struct {
 	capacity int64 // the most memory one task may use here
 	fit      int   // FitClass(capacity)
 	cons     []jetstream.Consumer
+	repairMu sync.Mutex // guards repairedAt
+	// repairedAt is when checkStore last looked at the server's store.
+	repairedAt time.Time
 
 	oneshot *local // never nil after NewAgent
 
@@ -257,7 +261,44 @@ func (a *Agent) fetchLoop(ctx context.Context) {
 				got++
 				a.take(ctx, m)
 			}
+			if err := b.Error(); err != nil {
+				a.fetchFailed(ctx, k, err)
+				break
+			}
 		}
+	}
+}
+
+// fetchFailed answers a failed pull from class k. A server that no longer
+// has the class's consumer (restarted on an empty store) answers every
+// pull with "no responders" at once: the agent checks the server's store
+// (checkStore) rather than spin or wait for ever.
+func (a *Agent) fetchFailed(ctx context.Context, k int, err error) {
+	if errors.Is(err, nats.ErrNoResponders) {
+		a.checkStore(ctx, k)
+	}
+	sleep(ctx, 250*time.Millisecond)
+}
+
+// checkStore sets the stream, the consumers and the buckets up again,
+// saying so, when the server no longer has class k's consumer: a server
+// restarted on an empty store. It looks at most every two seconds. Both
+// the fetch loop (a pull nobody answers) and keepAlive (for a while after
+// each reconnection, since an agent whose slots are all taken does not
+// pull) call it.
+func (a *Agent) checkStore(ctx context.Context, k int) {
+	a.repairMu.Lock()
+	defer a.repairMu.Unlock()
+	if time.Since(a.repairedAt) < 2*time.Second {
+		return
+	}
+	a.repairedAt = time.Now()
+	did, err := a.conn.repair(ctx, k)
+	switch {
+	case did:
+		fmt.Fprintf(a.cfg.Log, "safepool agent %s: the NATS server had no queue of tasks (restarted without its store?): set it up again; the runs it held are lost\n", a.name)
+	case err != nil && ctx.Err() == nil:
+		fmt.Fprintf(a.cfg.Log, "safepool agent %s: %v\n", a.name, err)
 	}
 }
 
@@ -743,6 +784,9 @@ func (a *Agent) keepAlive(ctx context.Context) {
 		a.mu.Unlock()
 		for _, m := range msgs {
 			m.InProgress()
+		}
+		if time.Since(a.conn.reconnectedAt()) < 30*time.Second {
+			a.checkStore(ctx, 0)
 		}
 	}
 }

@@ -31,6 +31,7 @@ type Conn struct {
 	mu        sync.Mutex   // guards the fields below, set by the connection's handlers
 	downSince time.Time    // when the connection was lost; zero while connected
 	downErr   error        // why, if known
+	backAt    time.Time    // when the connection last came back after a loss
 	notify    func(string) // told of each loss and return of the connection; may be nil
 }
 
@@ -94,11 +95,20 @@ func (c *Conn) back(nc *nats.Conn) {
 	c.mu.Lock()
 	since := c.downSince
 	c.downSince, c.downErr = time.Time{}, nil
+	c.backAt = time.Now()
 	f := c.notify
 	c.mu.Unlock()
 	if f != nil && !since.IsZero() {
 		f(fmt.Sprintf("reconnected to the NATS server at %s after %v", nc.ConnectedUrlRedacted(), time.Since(since).Round(time.Second)))
 	}
+}
+
+// reconnectedAt returns when the connection last came back after a loss,
+// or the zero time.
+func (c *Conn) reconnectedAt() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.backAt
 }
 
 // downMessage says that the connection is lost and why, or returns ""
@@ -151,7 +161,7 @@ func (c *Conn) setup(ctx context.Context) error {
 	// cluster starting, a server restarting): try for a while.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		err = c.create(ctx)
+		c.stream, err = c.create(ctx)
 		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
 			break
 		}
@@ -166,8 +176,8 @@ func (c *Conn) setup(ctx context.Context) error {
 }
 
 // create creates or updates the stream, the class consumers and the
-// buckets.
-func (c *Conn) create(ctx context.Context) error {
+// buckets, and returns the stream.
+func (c *Conn) create(ctx context.Context) (jetstream.Stream, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	st, err := c.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
@@ -179,9 +189,8 @@ func (c *Conn) create(ctx context.Context) error {
 		Duplicates: dedupWindow,
 	})
 	if err != nil {
-		return fmt.Errorf("stream %s: %w", StreamName, err)
+		return nil, fmt.Errorf("stream %s: %w", StreamName, err)
 	}
-	c.stream = st
 	for k := 0; k <= MaxClass; k++ {
 		_, err := st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 			Durable:       consumerName(k),
@@ -193,7 +202,7 @@ func (c *Conn) create(ctx context.Context) error {
 			Replicas:      c.Replicas,
 		})
 		if err != nil {
-			return fmt.Errorf("consumer %s: %w", consumerName(k), err)
+			return nil, fmt.Errorf("consumer %s: %w", consumerName(k), err)
 		}
 	}
 	for _, b := range []struct {
@@ -209,11 +218,34 @@ func (c *Conn) create(ctx context.Context) error {
 		b.cfg.Replicas = c.Replicas
 		kv, err := c.js.CreateOrUpdateKeyValue(ctx, b.cfg)
 		if err != nil {
-			return fmt.Errorf("bucket %s: %w", b.cfg.Bucket, err)
+			return nil, fmt.Errorf("bucket %s: %w", b.cfg.Bucket, err)
 		}
-		*b.kv = kv
+		if *b.kv == nil {
+			// A bucket set up again (repair) keeps its name: the
+			// handle made first serves it.
+			*b.kv = kv
+		}
 	}
-	return nil
+	return st, nil
+}
+
+// repair sets up again the stream, the class consumers and the buckets
+// when the server no longer has class k's consumer: a server restarted on
+// an empty store (or a store lost), or the objects deleted by hand. It
+// reports whether it did; the queued tasks and the results the server had
+// are gone, but agents and new runs carry on. The handles made by Dial
+// name the objects, so they serve the new ones.
+func (c *Conn) repair(ctx context.Context, k int) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err := c.js.Consumer(ctx, StreamName, consumerName(k))
+	if err == nil || !errors.Is(err, jetstream.ErrStreamNotFound) && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return false, nil // there, or no answer yet (a leader being elected)
+	}
+	if _, err := c.create(ctx); err != nil {
+		return false, fmt.Errorf("cluster: setting up JetStream again at %s: %w", c.nc.ConnectedUrlRedacted(), err)
+	}
+	return true, nil
 }
 
 // liveAgents returns the agents that advertise their capacity now.

@@ -269,6 +269,21 @@ func (r *Run) Abort(ctx context.Context) error {
 	})
 }
 
+// Lost reports whether the server no longer holds the run: it was
+// restarted on an empty store, or lost its store, or the run is older than
+// the seven days runs are kept. The run's queued tasks and recorded results
+// are gone with it, and no agent will record its results again. A server
+// that does not answer is not taken for one that lost the run.
+func (r *Run) Lost(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := r.c.js.KeyValue(ctx, RunsBucket); errors.Is(err, jetstream.ErrBucketNotFound) {
+		return true
+	}
+	_, err := r.c.runs.Get(ctx, r.Spec.ID)
+	return isGone(err)
+}
+
 // Waiting says what keeps tasks from running, or "" when nothing does: a
 // lost connection to the server, no live agent at all, or tasks in a
 // memory class no live agent fits.
