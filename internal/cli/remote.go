@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -336,9 +337,20 @@ loop:
 	}
 	stopCollect()
 	o.flush()
-	if abortReason != "" && !interrupted && !lost {
+	// A run stopped on purpose (Ctrl-C, SIGTERM, or the abort policy) is
+	// aborted: its queued tasks removed, its running ones stopped by the
+	// agents. One whose terminal hung up goes on, to be collected with
+	// --run-id, as does one whose submitter was killed.
+	detached := interrupted && interruptedBy(ctx) == syscall.SIGHUP
+	stopped := false
+	if !lost && !detached && (abortReason != "" || interrupted) {
 		actx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		run.Abort(actx)
+		if err := run.Abort(actx); err != nil {
+			fmt.Fprintf(stderr, "safepool: could not stop run %s on the agents: %v; it goes on, collect its results with --run-id %s\n", spec.ID, err, spec.ID)
+			detached = interrupted
+		} else {
+			stopped = true
+		}
 		cancel()
 	}
 	if !totalKnown {
@@ -374,7 +386,11 @@ loop:
 		if s := interruptedBy(ctx); s != nil {
 			sum.AbortReason = (&SignalError{Signal: s}).Error()
 		}
-		fmt.Fprintf(stderr, "safepool: run %s goes on on the agents; collect its results with --run-id %s\n", spec.ID, spec.ID)
+		if stopped {
+			fmt.Fprintf(stderr, "safepool: run %s stopped: its queued tasks are removed and the agents stop its running tasks\n", spec.ID)
+		} else if detached {
+			fmt.Fprintf(stderr, "safepool: run %s goes on on the agents; collect its results with --run-id %s\n", spec.ID, spec.ID)
+		}
 		status = exitAborted
 	case abortReason != "":
 		sum.Aborted, sum.AbortReason = true, abortReason

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -57,6 +58,10 @@ type Agent struct {
 	retired []*local
 	held    int                 // messages taken and not yet answered
 	specs   map[string]*RunSpec // run specifications read so far
+	// aborted holds the runs whose submitter aborted them (stopped by
+	// Ctrl-C, or --on-worker-death abort): their tasks are dropped and
+	// their workers stopped (stopRun).
+	aborted map[string]bool
 	place   placement           // what is known of the other agents
 	placeAt time.Time           // when place was read
 	// freed is signalled (without blocking) when a held message is
@@ -86,6 +91,10 @@ type held struct {
 	spec  *RunSpec
 	prior []AttemptRecord // charged attempts of earlier deliveries
 	lost  []AttemptRecord // earlier deliveries lost with their agent
+	// pid is the worker running the task in the one-shot pool, 0 before
+	// it starts; guarded by Agent.mu.
+	pid int
+	id  uint64 // the task's id in its local pool
 }
 
 // NewAgent connects to cfg.URL and measures what the agent can offer.
@@ -98,7 +107,7 @@ func NewAgent(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 	if cfg.Log == nil {
 		cfg.Log = io.Discard
 	}
-	a := &Agent{cfg: cfg, name: name, lines: map[string]*local{}, specs: map[string]*RunSpec{}, freed: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, name: name, lines: map[string]*local{}, specs: map[string]*RunSpec{}, aborted: map[string]bool{}, freed: make(chan struct{}, 1)}
 	// The one-shot pool runs every run's commands: each task carries its
 	// own argument vector, so the pool's command is only a placeholder
 	// that New does not look up ("{}": the program comes from the task).
@@ -156,13 +165,41 @@ func (a *Agent) poolConfig(protocol pool.Protocol, command []string) pool.Config
 
 // startLocal starts a local pool and its results reader.
 func (a *Agent) startLocal(pc pool.Config, run string) (*local, error) {
+	return a.startPool(pc, &local{run: run, tasks: map[uint64]*held{}, idle: time.Now(), done: make(chan struct{})})
+}
+
+// startPool starts l's pool with pc, and its results reader. The one-shot
+// pool tells which worker runs which task (watchAttempt), so that the
+// tasks of an aborted run can be stopped one by one.
+func (a *Agent) startPool(pc pool.Config, l *local) (*local, error) {
+	if l.run == "" {
+		pc.Observer = func(e pool.Event) { a.watchAttempt(l, e) }
+	}
 	p, err := pool.New(pc)
 	if err != nil {
 		return nil, err
 	}
-	l := &local{p: p, run: run, tasks: map[uint64]*held{}, idle: time.Now(), done: make(chan struct{})}
+	l.p = p
 	go a.readResults(l)
 	return l, nil
+}
+
+// watchAttempt notes the worker of each attempt the one-shot pool l
+// starts, and stops it at once if its run was aborted meanwhile.
+func (a *Agent) watchAttempt(l *local, e pool.Event) {
+	if e.Kind != pool.EventAttemptStarted || e.WorkerPID <= 0 {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	h := l.tasks[e.TaskID]
+	if h == nil {
+		return
+	}
+	h.pid = e.WorkerPID
+	if a.aborted[h.task.Run] {
+		a.stopWorker(h)
+	}
 }
 
 // Run pulls and runs tasks until ctx ends. Then it stops its workers,
@@ -315,7 +352,7 @@ func (a *Agent) take(ctx context.Context, m jetstream.Msg) {
 		m.NakWithDelay(time.Second)
 		return
 	}
-	if spec.Aborted {
+	if spec.Aborted || a.isAborted(t.Run) {
 		m.Term()
 		return
 	}
@@ -360,6 +397,7 @@ func (a *Agent) take(ctx context.Context, m jetstream.Msg) {
 	a.mu.Lock()
 	l.nextID++
 	id := l.nextID
+	h.id = id
 	l.tasks[id] = h
 	a.held++
 	a.mu.Unlock()
@@ -605,6 +643,12 @@ func (a *Agent) finish(h *held, r pool.Result) {
 	defer r.Release()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	if a.isAborted(h.task.Run) {
+		// Stopped because its submitter aborted the run: nobody waits
+		// for its result.
+		h.msg.Term()
+		return
+	}
 
 	base := 0
 	for _, p := range h.prior {
@@ -770,21 +814,100 @@ func (a *Agent) advertise(ctx context.Context) {
 	}
 }
 
+// isAborted reports whether run was found aborted.
+func (a *Agent) isAborted(run string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.aborted[run]
+}
+
+// checkAborted reads the specification of each run in runs, which the
+// agent holds tasks of, and stops those the submitter has aborted since.
+func (a *Agent) checkAborted(ctx context.Context, runs map[string]bool) {
+	for run := range runs {
+		if a.isAborted(run) {
+			continue
+		}
+		gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		e, err := a.conn.runs.Get(gctx, run)
+		cancel()
+		var s RunSpec
+		if err == nil && unmarshal(e.Value(), &s) == nil && s.Aborted {
+			a.stopRun(run)
+		}
+	}
+}
+
+// stopRun stops the tasks this agent holds of run, which its submitter
+// aborted: the run's persistent workers, and each one-shot worker running
+// one of its tasks (SIGTERM, then SIGKILL after the grace period). Their
+// messages are terminated (finish), and later ones dropped (take).
+func (a *Agent) stopRun(run string) {
+	a.mu.Lock()
+	if a.aborted[run] {
+		a.mu.Unlock()
+		return
+	}
+	a.aborted[run] = true
+	n := 0
+	for _, h := range a.oneshot.tasks {
+		if h.task.Run == run {
+			n++
+			if h.pid > 0 {
+				a.stopWorker(h)
+			}
+		}
+	}
+	l := a.lines[run]
+	if l != nil {
+		n += len(l.tasks)
+		delete(a.lines, run)
+		a.retired = append(a.retired, l)
+	}
+	a.mu.Unlock()
+	fmt.Fprintf(a.cfg.Log, "safepool agent %s: run %s was aborted by its submitter: stopping its %d tasks here\n", a.name, run, n)
+	if l != nil {
+		l.p.Abort(nil)
+	}
+}
+
+// stopWorker sends SIGTERM to the process group of the one-shot worker
+// running h, and SIGKILL after the grace period if it still runs h then.
+// a.mu is held.
+func (a *Agent) stopWorker(h *held) {
+	pid := h.pid
+	syscall.Kill(-pid, syscall.SIGTERM)
+	grace := a.cfg.Pool.Grace
+	if grace <= 0 {
+		grace = 3 * time.Second
+	}
+	time.AfterFunc(grace, func() {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if a.oneshot.tasks[h.id] == h && h.pid == pid {
+			syscall.Kill(-pid, syscall.SIGKILL)
+		}
+	})
+}
+
 // keepAlive tells JetStream every progressEvery that each held task is
 // still running, so that it is not given to another agent.
 func (a *Agent) keepAlive(ctx context.Context) {
 	for sleep(ctx, progressEvery) {
 		a.mu.Lock()
 		var msgs []jetstream.Msg
+		runs := map[string]bool{}
 		for _, l := range append([]*local{a.oneshot}, mapValues(a.lines)...) {
 			for _, h := range l.tasks {
 				msgs = append(msgs, h.msg)
+				runs[h.task.Run] = true
 			}
 		}
 		a.mu.Unlock()
 		for _, m := range msgs {
 			m.InProgress()
 		}
+		a.checkAborted(ctx, runs)
 		if time.Since(a.conn.reconnectedAt()) < 30*time.Second {
 			a.checkStore(ctx, 0)
 		}

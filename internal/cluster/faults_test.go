@@ -1,9 +1,12 @@
 package cluster_test
 
 import (
+	"bytes"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -38,4 +41,66 @@ func TestServerLostStore(t *testing.T) {
 		t.Fatalf("a new run exited %d, want 0\n%s", st, again.stderr())
 	}
 	checkOutputs(t, again, 3)
+}
+
+// workersOf lists the processes under p that run a helper task ("sleep:"
+// in their arguments).
+func workersOf(p *proc) []int {
+	var out []int
+	for _, pid := range descendants(p.cmd.Process.Pid) {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if bytes.Contains(b, []byte("sleep:")) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// TestSubmitterInterrupted: Ctrl-C (SIGINT) of the submitter stops the
+// run: the agents stop its running workers, within the grace period, and
+// drop its queued tasks. A submitter whose terminal hangs up (SIGHUP)
+// leaves its run going, to be collected with --run-id.
+func TestSubmitterInterrupted(t *testing.T) {
+	t.Parallel()
+	dir, url := newCluster(t)
+	agent := startAgent(t, dir, "agent1", url, "-j", "2", "--grace", "1s")
+	sub := submit(t, dir, "run", url, sleeps(6, 30000))
+	runIDOf(t, sub)
+	deadline := time.Now().Add(30 * time.Second)
+	for len(workersOf(agent)) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent started no worker:\n%s", agent.stderr())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	sub.cmd.Process.Signal(syscall.SIGINT)
+	if st := sub.wait(t, 20*time.Second); st != 3 {
+		t.Fatalf("run exited %d after SIGINT, want 3\n%s", st, sub.stderr())
+	}
+	if !strings.Contains(sub.stderr(), "the agents stop its running tasks") {
+		t.Errorf("stderr does not say the run stopped:\n%s", sub.stderr())
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for len(workersOf(agent)) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("workers %v of the interrupted run still run on the agent:\n%s", workersOf(agent), agent.stderr())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Nothing more of the run starts.
+	time.Sleep(2 * time.Second)
+	if n := startsOf(dir, "agent1"); n != 2 {
+		t.Errorf("%d tasks started on the agent, want the 2 that ran when the run was stopped", n)
+	}
+
+	hup := submit(t, dir, "hup", url, sleeps(2, 1500))
+	run := runIDOf(t, hup)
+	hup.cmd.Process.Signal(syscall.SIGHUP)
+	if st := hup.wait(t, 20*time.Second); st != 3 {
+		t.Fatalf("run exited %d after SIGHUP, want 3\n%s", st, hup.stderr())
+	}
+	if !strings.Contains(hup.stderr(), "goes on on the agents") {
+		t.Errorf("stderr does not say the run goes on:\n%s", hup.stderr())
+	}
+	waitRecorded(t, url, run, 2, 30*time.Second)
 }
