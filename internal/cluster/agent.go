@@ -62,8 +62,8 @@ type Agent struct {
 	// Ctrl-C, or --on-worker-death abort): their tasks are dropped and
 	// their workers stopped (stopRun).
 	aborted map[string]bool
-	place   placement           // what is known of the other agents
-	placeAt time.Time           // when place was read
+	place   placement // what is known of the other agents
+	placeAt time.Time // when place was read
 	// freed is signalled (without blocking) when a held message is
 	// answered, so that the fetch loop may take another.
 	freed chan struct{}
