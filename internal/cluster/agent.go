@@ -357,13 +357,16 @@ func (a *Agent) take(ctx context.Context, m jetstream.Msg) {
 		return
 	}
 	h := &held{msg: m, task: t, spec: spec}
+	// The result may be recorded already: the task was delivered before
+	// and its ack lost, or this message is a second copy of it, published
+	// again by a submitter resumed after JetStream's de-duplication window
+	// (an hour) had forgotten the first. Either way it is not run again.
+	if _, err := a.conn.results.Get(ctx, taskKey(t.Run, t.Seq)); err == nil {
+		m.Ack()
+		return
+	}
 	if md, err := m.Metadata(); err == nil && md.NumDelivered > 1 || t.Moved > 0 {
-		// Delivered before: the result may be recorded already (the
-		// ack was lost), and earlier attempts count.
-		if _, err := a.conn.results.Get(ctx, taskKey(t.Run, t.Seq)); err == nil {
-			m.Ack()
-			return
-		}
+		// Delivered before: earlier attempts count.
 		if e, err := a.conn.attempts.Get(ctx, taskKey(t.Run, t.Seq)); err == nil {
 			var ar attemptsRecord
 			if unmarshal(e.Value(), &ar) == nil {

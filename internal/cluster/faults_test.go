@@ -2,6 +2,8 @@ package cluster_test
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/safepool/safepool/internal/cluster"
 )
 
 // TestServerLostStore: the server is killed and started again on an empty
@@ -103,4 +107,49 @@ func TestSubmitterInterrupted(t *testing.T) {
 		t.Errorf("stderr does not say the run goes on:\n%s", hup.stderr())
 	}
 	waitRecorded(t, url, run, 2, 30*time.Second)
+}
+
+// TestRecordedTaskAgain: a second message of a task whose result is
+// recorded (published again by a submitter resumed after JetStream's
+// de-duplication window of an hour) is acknowledged without running the
+// task again.
+func TestRecordedTaskAgain(t *testing.T) {
+	t.Parallel()
+	dir, url := newCluster(t)
+	startAgent(t, dir, "agent1", url, "-j", "2")
+	sub := submit(t, dir, "run", url, sleeps(2, 10))
+	run := runIDOf(t, sub)
+	if st := sub.wait(t, 60*time.Second); st != 0 {
+		t.Fatalf("run exited %d, want 0\n%s", st, sub.stderr())
+	}
+	js := jetStreamOf(t, url)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// Task 1 again, as a new message (another message id).
+	argv := append(helperCmd()[:len(helperCmd())-1], "sleep:10")
+	body, _ := json.Marshal(cluster.TaskMsg{Run: run, Seq: 1, Input: []byte("sleep:10"), Args: argv})
+	if _, err := js.Publish(ctx, "safepool.task.0."+run, body); err != nil {
+		t.Fatal(err)
+	}
+	// The message is answered (the queue is empty), and the task did not
+	// start again.
+	st, err := js.Stream(ctx, cluster.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		info, err := st.Info(ctx)
+		if err == nil && info.State.Msgs == 0 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the second message of task 1 was never answered: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if n := startsOf(dir, "agent1"); n != 2 {
+		t.Errorf("%d task starts, want 2: a task whose result was recorded ran again", n)
+	}
+	checkRecorded(t, url, run, 2)
 }
