@@ -260,6 +260,7 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 			otherInput = err
 			return
 		}
+		in.Restore(rec)
 		collected++
 		<-window
 		if !j.cfg.KeepOrder {

@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -752,15 +754,25 @@ func (a *Agent) noteAttempts(ctx context.Context, h *held, all []AttemptRecord) 
 	})
 }
 
-// fitPayload encodes rec, cutting its output so that it fits one message:
-// what does not fit is said in the last attempt's message.
+// fitPayload encodes rec so that it fits one message. A record too large
+// leaves out its input first (the submitter has it: InputSum stands for
+// it), then, if that is not enough, its output, saying so in the last
+// attempt's message.
 func (a *Agent) fitPayload(rec *ResultRecord) []byte {
 	body, _ := marshal(rec)
 	limit := a.conn.nc.MaxPayload() - 4096
 	if int64(len(body)) <= limit {
 		return body
 	}
+	if rec.Input != nil || rec.Args != nil {
+		sum := sha256.Sum256(rec.Input)
+		rec.Input, rec.Args, rec.InputSum = nil, nil, sum[:]
+		if body, _ = marshal(rec); int64(len(body)) <= limit {
+			return body
+		}
+	}
 	lost := len(rec.Output) + len(rec.Stderr)
+	room := max(limit-(int64(len(body))-int64(base64.StdEncoding.EncodedLen(len(rec.Output))+base64.StdEncoding.EncodedLen(len(rec.Stderr)))), 0)
 	rec.Output, rec.Stderr = nil, nil
 	if rec.State == pool.Done {
 		rec.State = pool.Failed
@@ -768,8 +780,8 @@ func (a *Agent) fitPayload(rec *ResultRecord) []byte {
 	if n := len(rec.Attempts); n > 0 {
 		last := &rec.Attempts[n-1]
 		last.Cause = pool.CauseOutputLost
-		last.Message = joinMessage(last.Message, fmt.Sprintf("output of %s does not fit a NATS message of %s",
-			bytesize.Format(int64(lost)), bytesize.Format(limit)))
+		last.Message = joinMessage(last.Message, fmt.Sprintf("output of %s does not fit a NATS message of %s, which holds %s of output (encoded in base64); raise the server's max_payload (safepool server --max-payload)",
+			bytesize.Format(int64(lost)), bytesize.Format(limit), bytesize.Format(room/4*3)))
 	}
 	body, _ = marshal(rec)
 	return body

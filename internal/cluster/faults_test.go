@@ -153,3 +153,53 @@ func TestRecordedTaskAgain(t *testing.T) {
 	}
 	checkRecorded(t, url, run, 2)
 }
+
+// TestLargeOutput: a result whose input and output together do not fit a
+// NATS message leaves its input out (the submitter has it) rather than
+// lose its output: a 500 KiB line echoed by cat comes back whole under the
+// default 1 MiB limit. An output too large to fit alone is output-lost,
+// saying how much fits and how to allow more; with the server's
+// --max-payload raised, it fits.
+func TestLargeOutput(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	server := startServer(t, dir, "server", port)
+	agent := startAgent(t, dir, "agent1", url, "-j", "2")
+	big := strings.Repeat("y", 500_000)
+	if err := os.WriteFile(filepath.Join(dir, "in.txt"), []byte("a\n"+big+"\nb\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mapWith := func(name, worker string) *proc {
+		return start(t, dir, name, "map", "--nats", url, "-k", "--json", name+".json", "-a", "in.txt", "--worker", worker)
+	}
+	p := mapWith("cat", "cat")
+	if st := p.wait(t, 60*time.Second); st != 0 {
+		t.Fatalf("map --worker cat exited %d, want 0\n%s", st, p.stderr())
+	}
+	if got := p.out.String(); got != "a\n"+big+"\nb\n" {
+		t.Errorf("map --worker cat: stdout has %d bytes, want %d", len(got), len(big)+5)
+	}
+	// Each line twice over: 1000 KB of output, more than fits.
+	p = mapWith("double", "sed -u 's/.*/&&/'")
+	if st := p.wait(t, 60*time.Second); st != 1 {
+		t.Fatalf("map --worker sed exited %d, want 1\n%s", st, p.stderr())
+	}
+	s := summaryOf(t, dir, "double")
+	if len(s.Failed) != 1 || s.Failed[0].ID != 2 || s.Failed[0].Cause != "output-lost" ||
+		!strings.Contains(s.Failed[0].Message, "holds 765 KiB of output") || !strings.Contains(s.Failed[0].Message, "--max-payload") {
+		t.Errorf("failed = %+v, want task 2 output-lost, saying what fits", s.Failed)
+	}
+	server.kill()
+	agent.kill()
+	startServer(t, dir, "server-large", port, "--store", filepath.Join(dir, "server"), "--max-payload", "4MiB")
+	startAgent(t, dir, "agent2", url, "-j", "2")
+	p = mapWith("double-large", "sed -u 's/.*/&&/'")
+	if st := p.wait(t, 60*time.Second); st != 0 {
+		t.Fatalf("map --worker sed exited %d under --max-payload 4MiB, want 0\n%s", st, p.stderr())
+	}
+	if got := p.out.String(); got != "aa\n"+big+big+"\nbb\n" {
+		t.Errorf("map --worker sed: stdout has %d bytes, want %d", len(got), 2*len(big)+7)
+	}
+}

@@ -126,9 +126,22 @@ type Fed struct {
 	head []byte // the input's first bytes, for the error
 }
 
+// fedHead is how much of an input Fed keeps: what a summary shows of it
+// (a JSON summary shows 1 KiB).
+const fedHead = 1024
+
 // NewFed returns what to keep of input in.
 func NewFed(in []byte) Fed {
-	return Fed{sum: sha256.Sum256(in), head: bytes.Clone(in[:min(len(in), 48)])}
+	return Fed{sum: sha256.Sum256(in), head: bytes.Clone(in[:min(len(in), fedHead)])}
+}
+
+// Restore gives rec, a result of f's input recorded without it (an input
+// too large to travel with its output), the input's first bytes, which is
+// what summaries show of an input.
+func (f Fed) Restore(rec *ResultRecord) {
+	if rec.Input == nil && rec.InputSum != nil {
+		rec.Input = f.head
+	}
 }
 
 // ErrOtherInput is returned by Fed.Check when the run's task ran another
