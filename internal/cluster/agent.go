@@ -97,6 +97,10 @@ type held struct {
 	// it starts; guarded by Agent.mu.
 	pid int
 	id  uint64 // the task's id in its local pool
+	// claimedAt is when this delivery's claim was made: a claim of
+	// another time in AttemptsBucket is a later delivery's (superseded).
+	claimedAt time.Time
+	claimAck  jetstream.PubAckFuture // the claim's write; nil if it failed at once
 }
 
 // NewAgent connects to cfg.URL and measures what the agent can offer.
@@ -430,10 +434,11 @@ func (a *Agent) take(ctx context.Context, m jetstream.Msg) {
 // this connection (noteAttempts, unclaim) lands after it, and a claim that
 // never lands only leaves a loss uncounted.
 func (a *Agent) claim(h *held) {
-	now := time.Now()
+	now := time.Now().Round(0)
+	h.claimedAt = now
 	body, _ := marshal(attemptsRecord{Attempts: h.prior, Lost: h.lost,
 		Claim: &AttemptRecord{Agent: a.name, Start: now, End: now, ExitCode: -1}})
-	a.conn.js.PublishAsync(kvSubject(AttemptsBucket, taskKey(h.task.Run, h.task.Seq)), body)
+	h.claimAck, _ = a.conn.js.PublishAsync(kvSubject(AttemptsBucket, taskKey(h.task.Run, h.task.Seq)), body)
 }
 
 // unclaim withdraws h's claim before its task is handed back without a
@@ -662,6 +667,16 @@ func (a *Agent) finish(h *held, r pool.Result) {
 	all := append(append([]AttemptRecord(nil), h.prior...), attemptRecords(a.name, base, r.Attempts)...)
 	d := decide(r.State, r.Cause(), h.task.Need, all, h.spec, a.placement(ctx))
 	key := taskKey(h.task.Run, h.task.Seq)
+	if (d.move != moveRecord || d.state != pool.Done) && a.superseded(ctx, h) {
+		// This agent was cut off (stopped, or its network) for AckWait,
+		// and the task was delivered again: the newer delivery decides
+		// its fate. A result is kept (the first recorded is), but a
+		// failure, a retry or a hand-back here would take the place of
+		// an attempt that may yet succeed.
+		fmt.Fprintf(a.cfg.Log, "safepool agent %s: task %d of run %s was given to another agent while this one was cut off; its %s here is dropped\n",
+			a.name, h.task.Seq, h.task.Run, describe(r))
+		return
+	}
 	switch d.move {
 	case moveRelease:
 		a.unclaim(ctx, h)
@@ -742,6 +757,42 @@ func (a *Agent) finish(h *held, r pool.Result) {
 			h.msg.TermWithReason(string(d.state))
 		}
 	}
+}
+
+// superseded reports whether h's task was delivered again since this
+// agent took it: AttemptsBucket holds another delivery's claim.
+func (a *Agent) superseded(ctx context.Context, h *held) bool {
+	if h.claimedAt.IsZero() || h.claimAck == nil {
+		return false
+	}
+	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	// The claim must have landed, or the record read may be the one
+	// before it (a lost agent's claim, not a later one).
+	select {
+	case <-h.claimAck.Ok():
+	case <-h.claimAck.Err():
+		return false
+	case <-gctx.Done():
+		return false
+	}
+	e, err := a.conn.attempts.Get(gctx, taskKey(h.task.Run, h.task.Seq))
+	if err != nil {
+		return false
+	}
+	var ar attemptsRecord
+	if unmarshal(e.Value(), &ar) != nil || ar.Claim == nil {
+		return false
+	}
+	return ar.Claim.Agent != a.name || !ar.Claim.Start.Equal(h.claimedAt)
+}
+
+// describe names a local result for the agent's log: "failed (exit:1)".
+func describe(r pool.Result) string {
+	if c := r.Cause(); c != "" {
+		return fmt.Sprintf("%s (%s)", r.State, c)
+	}
+	return string(r.State)
 }
 
 // noteAttempts records h's task's attempts so far for its next delivery,

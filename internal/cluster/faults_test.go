@@ -203,3 +203,37 @@ func TestLargeOutput(t *testing.T) {
 		t.Errorf("map --worker sed: stdout has %d bytes, want %d", len(got), 2*len(big)+7)
 	}
 }
+
+// TestStoppedAgentLate: an agent stopped (SIGSTOP) for longer than AckWait
+// while it runs a task is taken for lost, and the task is given to
+// another agent. When the stopped agent is continued, its attempt's late
+// failure must not take the place of the newer attempt, which succeeds:
+// the task is recorded done, once.
+func TestStoppedAgentLate(t *testing.T) {
+	t.Parallel()
+	dir, url := newCluster(t)
+	stopped := startAgent(t, dir, "agent1", url, "-j", "1")
+	sub := submit(t, dir, "run", url, []string{"failon:agent1:5000", "sleep:10"})
+	run := runIDOf(t, sub)
+	deadline := time.Now().Add(30 * time.Second)
+	for startsOf(dir, "agent1") < 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("agent1 started no task:\n%s", stopped.stderr())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	stopped.cmd.Process.Signal(syscall.SIGSTOP)
+	// Its task fails meanwhile (its worker is not stopped); another agent
+	// takes the task once AckWait has passed, and runs it for 4 s.
+	startAgent(t, dir, "agent2", url, "-j", "1")
+	time.Sleep(cluster.AckWait + 2*time.Second)
+	stopped.cmd.Process.Signal(syscall.SIGCONT)
+	if st := sub.wait(t, 60*time.Second); st != 0 {
+		t.Fatalf("run exited %d, want 0: the stopped agent's late failure was kept\n%s", st, sub.stderr())
+	}
+	if s := summaryOf(t, dir, "run"); s.Tasks.Done != 2 {
+		t.Errorf("tasks = %+v, want 2 done", s.Tasks)
+	}
+	checkRecorded(t, url, run, 2)
+	stopped.waitLog(t, "its failed (exit:1) here is dropped", 10*time.Second)
+}
