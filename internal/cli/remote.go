@@ -231,6 +231,7 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 	said := ""
 	lostSeen := 0 // checks in a row that found the run gone from the server
 	lost := false // the server lost the run: there is nothing to abort
+	versionSaid := map[string]bool{} // agents said to run another version
 
 	deliver := func(rec *cluster.ResultRecord) {
 		r := rec.Result()
@@ -324,6 +325,12 @@ loop:
 				continue
 			}
 			lostSeen = 0
+			for name, msg := range run.OtherVersions(ctx, version()) {
+				if !versionSaid[name] {
+					versionSaid[name] = true
+					fmt.Fprintf(stderr, "safepool: %s\n", msg)
+				}
+			}
 			// What keeps tasks waiting is said once, not at every check.
 			if w := run.Waiting(ctx); w != said {
 				if w != "" {

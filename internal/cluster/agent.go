@@ -35,6 +35,9 @@ type AgentConfig struct {
 	Pool pool.Config
 	// Log receives the agent's messages, one line each. Nil means none.
 	Log io.Writer
+	// Version is the agent's version of safepool, advertised so that
+	// submitters can tell agents of another version.
+	Version string
 }
 
 // Agent runs a run's tasks on local supervised pools: one one-shot pool
@@ -869,7 +872,7 @@ func (a *Agent) placement(ctx context.Context) placement {
 func (a *Agent) advertise(ctx context.Context) {
 	h, _ := os.Hostname()
 	for {
-		info := AgentInfo{Name: a.name, Host: h, Slots: a.oneshot.p.Workers(), Capacity: a.capacity, MaxClass: a.fit, Updated: time.Now()}
+		info := AgentInfo{Name: a.name, Host: h, Slots: a.oneshot.p.Workers(), Capacity: a.capacity, MaxClass: a.fit, Updated: time.Now(), Version: a.cfg.Version}
 		body, _ := marshal(info)
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		a.conn.agents.Put(pctx, a.name, body)

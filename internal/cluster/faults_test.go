@@ -237,3 +237,31 @@ func TestStoppedAgentLate(t *testing.T) {
 	checkRecorded(t, url, run, 2)
 	stopped.waitLog(t, "its failed (exit:1) here is dropped", 10*time.Second)
 }
+
+// TestOtherVersion: the submitter names an agent that runs another version
+// of safepool (here one advertised by hand), and not the agents of its
+// own version.
+func TestOtherVersion(t *testing.T) {
+	t.Parallel()
+	dir, url := newCluster(t)
+	startAgent(t, dir, "agent1", url, "-j", "2")
+	js := jetStreamOf(t, url)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, cluster.AgentsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, _ := json.Marshal(cluster.AgentInfo{Name: "old1", Host: "oldhost", Slots: 1, Capacity: 1 << 30, MaxClass: 4, Updated: time.Now(), Version: "v0.9.0"})
+	if _, err := kv.Put(ctx, "old1", old); err != nil {
+		t.Fatal(err)
+	}
+	sub := submit(t, dir, "run", url, sleeps(2, 4000))
+	sub.waitLog(t, "agent old1 on oldhost runs safepool v0.9.0, not safepool ", 20*time.Second)
+	if st := sub.wait(t, 60*time.Second); st != 0 {
+		t.Fatalf("run exited %d, want 0\n%s", st, sub.stderr())
+	}
+	if strings.Contains(sub.stderr(), "agent agent1 ") {
+		t.Errorf("the submitter names an agent of its own version:\n%s", sub.stderr())
+	}
+}

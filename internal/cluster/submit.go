@@ -297,6 +297,29 @@ func (r *Run) Lost(ctx context.Context) bool {
 	return isGone(err)
 }
 
+// OtherVersions returns, for each live agent that runs another version of
+// safepool than version (or does not say which), its name and a sentence
+// saying so. Agents and submitters of one deployment should run the same
+// version: the tasks and records they exchange may change between versions.
+func (r *Run) OtherVersions(ctx context.Context, version string) map[string]string {
+	agents, err := r.c.liveAgents(ctx)
+	if err != nil {
+		return nil
+	}
+	out := map[string]string{}
+	for _, a := range agents {
+		if a.Version == version {
+			continue
+		}
+		v := "safepool " + a.Version
+		if a.Version == "" {
+			v = "a version of safepool that does not say which"
+		}
+		out[a.Name] = fmt.Sprintf("agent %s on %s runs %s, not safepool %s as this submitter: run the same version on every machine", a.Name, a.Host, v, version)
+	}
+	return out
+}
+
 // Waiting says what keeps tasks from running, or "" when nothing does: a
 // lost connection to the server, no live agent at all, or tasks in a
 // memory class no live agent fits.
