@@ -229,8 +229,8 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 	waiting := time.NewTicker(waitingEvery)
 	defer waiting.Stop()
 	said := ""
-	lostSeen := 0 // checks in a row that found the run gone from the server
-	lost := false // the server lost the run: there is nothing to abort
+	lostSeen := 0                    // checks in a row that found the run gone from the server
+	lost := false                    // the server lost the run: there is nothing to abort
 	versionSaid := map[string]bool{} // agents said to run another version
 
 	deliver := func(rec *cluster.ResultRecord) {
