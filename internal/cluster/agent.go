@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -289,7 +290,11 @@ func (a *Agent) fetchLoop(ctx context.Context) {
 		}
 		a.closeIdle()
 		got := 0
+		queued := a.queuedClasses(ctx)
 		for k := a.fit; k >= 0 && got < n && ctx.Err() == nil; k-- {
+			if k > 0 && queued != nil && !queued[k] {
+				continue
+			}
 			var b jetstream.MessageBatch
 			var err error
 			if k == 0 {
@@ -313,6 +318,32 @@ func (a *Agent) fetchLoop(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// queuedClasses returns the classes above 0 that hold tasks now, in one
+// request, or nil when it cannot tell. The fetch loop looks only at those:
+// a look at each class this agent fits, one after the other, cost a round
+// trip each, 3 s per task taken for an agent 400 ms (there and back) from
+// the server.
+func (a *Agent) queuedClasses(ctx context.Context) map[int]bool {
+	out := map[int]bool{}
+	if a.fit == 0 {
+		return out
+	}
+	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	info, err := a.conn.stream.Info(ictx, jetstream.WithSubjectFilter(subjectPrefix+".>"))
+	if err != nil {
+		return nil
+	}
+	for subj, n := range info.State.Subjects {
+		rest, ok := strings.CutPrefix(subj, subjectPrefix+".")
+		ks, _, _ := strings.Cut(rest, ".")
+		if k, err := strconv.Atoi(ks); ok && err == nil && n > 0 {
+			out[k] = true
+		}
+	}
+	return out
 }
 
 // fetchFailed answers a failed pull from class k. A server that no longer
@@ -668,7 +699,11 @@ func (a *Agent) finish(h *held, r pool.Result) {
 		base = max(base, p.Number)
 	}
 	all := append(append([]AttemptRecord(nil), h.prior...), attemptRecords(a.name, base, r.Attempts)...)
-	d := decide(r.State, r.Cause(), h.task.Need, all, h.spec, a.placement(ctx))
+	var pl placement
+	if r.State == pool.Poison || isMemory(r.Cause()) {
+		pl = a.placement(ctx) // only a kill for memory needs it: it costs round trips
+	}
+	d := decide(r.State, r.Cause(), h.task.Need, all, h.spec, pl)
 	key := taskKey(h.task.Run, h.task.Seq)
 	if (d.move != moveRecord || d.state != pool.Done) && a.superseded(ctx, h) {
 		// This agent was cut off (stopped, or its network) for AckWait,

@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -263,5 +265,102 @@ func TestOtherVersion(t *testing.T) {
 	}
 	if strings.Contains(sub.stderr(), "agent agent1 ") {
 		t.Errorf("the submitter names an agent of its own version:\n%s", sub.stderr())
+	}
+}
+
+// slowProxy forwards connections on a loopback port to target, each byte
+// delay late in each direction, like a link to a far machine; it returns
+// the port. Cleanup closes it and its connections.
+func slowProxy(t *testing.T, target int, delay time.Duration) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	type chunk struct {
+		due time.Time
+		b   []byte
+	}
+	pipe := func(from, to net.Conn) {
+		q := make(chan chunk, 4096)
+		wg.Go(func() {
+			defer close(q)
+			for {
+				b := make([]byte, 64<<10)
+				n, err := from.Read(b)
+				if n > 0 {
+					q <- chunk{time.Now().Add(delay), b[:n]}
+				}
+				if err != nil {
+					return
+				}
+			}
+		})
+		wg.Go(func() {
+			defer to.Close()
+			for c := range q {
+				time.Sleep(time.Until(c.due))
+				if _, err := to.Write(c.b); err != nil {
+					from.Close()
+					for range q {
+					}
+					return
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", target))
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c, s)
+			mu.Unlock()
+			pipe(c, s)
+			pipe(s, c)
+		}
+	})
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// TestSlowAgent: an agent 400 ms (there and back) from the server, as on
+// another continent, starts and runs its share of a run. Its set-up made
+// 26 requests one after the other within 10 s, and it could not start.
+func TestSlowAgent(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	startServer(t, dir, "server", port)
+	far := slowProxy(t, port, 200*time.Millisecond)
+	startAgent(t, dir, "far", fmt.Sprintf("nats://127.0.0.1:%d", far), "-j", "2")
+	began := time.Now()
+	sub := submit(t, dir, "run", url, sleeps(6, 1000))
+	if st := sub.wait(t, 90*time.Second); st != 0 {
+		t.Fatalf("run exited %d, want 0\n%s", st, sub.stderr())
+	}
+	t.Logf("6 tasks of 1 s on 2 slots 400 ms away: %v", time.Since(began).Round(100*time.Millisecond))
+	checkOutputs(t, sub, 6)
+	if n := startsOf(dir, "far"); n != 6 {
+		t.Errorf("%d task starts on the far agent, want 6", n)
 	}
 }

@@ -176,11 +176,13 @@ func (c *Conn) setup(ctx context.Context) error {
 }
 
 // create creates or updates the stream, the class consumers and the
-// buckets, and returns the stream.
+// buckets, and returns the stream. The consumers and buckets are set up
+// at once, each request with a time of its own: one after the other, the
+// 26 requests of a client far from the server (400 ms there and back) took
+// longer than the 10 s they had together, and its agent could not start.
 func (c *Conn) create(ctx context.Context) (jetstream.Stream, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	st, err := c.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	st, err := c.js.CreateOrUpdateStream(sctx, jetstream.StreamConfig{
 		Name:       StreamName,
 		Subjects:   []string{subjectPrefix + ".>"},
 		Retention:  jetstream.WorkQueuePolicy,
@@ -188,24 +190,11 @@ func (c *Conn) create(ctx context.Context) (jetstream.Stream, error) {
 		Replicas:   c.Replicas,
 		Duplicates: dedupWindow,
 	})
+	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", StreamName, err)
 	}
-	for k := 0; k <= MaxClass; k++ {
-		_, err := st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-			Durable:       consumerName(k),
-			FilterSubject: fmt.Sprintf("%s.%d.>", subjectPrefix, k),
-			AckPolicy:     jetstream.AckExplicitPolicy,
-			AckWait:       AckWait,
-			MaxDeliver:    -1,
-			MaxAckPending: -1,
-			Replicas:      c.Replicas,
-		})
-		if err != nil {
-			return nil, fmt.Errorf("consumer %s: %w", consumerName(k), err)
-		}
-	}
-	for _, b := range []struct {
+	buckets := []struct {
 		kv  *jetstream.KeyValue
 		cfg jetstream.KeyValueConfig
 	}{
@@ -213,17 +202,52 @@ func (c *Conn) create(ctx context.Context) (jetstream.Stream, error) {
 		{&c.results, jetstream.KeyValueConfig{Bucket: ResultsBucket, TTL: resultsTTL}},
 		{&c.attempts, jetstream.KeyValueConfig{Bucket: AttemptsBucket, TTL: resultsTTL}},
 		{&c.agents, jetstream.KeyValueConfig{Bucket: AgentsBucket, TTL: agentTTL}},
-	} {
-		b.cfg.Storage = jetstream.FileStorage
-		b.cfg.Replicas = c.Replicas
-		kv, err := c.js.CreateOrUpdateKeyValue(ctx, b.cfg)
+	}
+	errs := make([]error, MaxClass+1+len(buckets))
+	kvs := make([]jetstream.KeyValue, len(buckets))
+	var wg sync.WaitGroup
+	for k := 0; k <= MaxClass; k++ {
+		wg.Go(func() {
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			_, err := st.CreateOrUpdateConsumer(cctx, jetstream.ConsumerConfig{
+				Durable:       consumerName(k),
+				FilterSubject: fmt.Sprintf("%s.%d.>", subjectPrefix, k),
+				AckPolicy:     jetstream.AckExplicitPolicy,
+				AckWait:       AckWait,
+				MaxDeliver:    -1,
+				MaxAckPending: -1,
+				Replicas:      c.Replicas,
+			})
+			if err != nil {
+				errs[k] = fmt.Errorf("consumer %s: %w", consumerName(k), err)
+			}
+		})
+	}
+	for i, b := range buckets {
+		wg.Go(func() {
+			bctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			b.cfg.Storage = jetstream.FileStorage
+			b.cfg.Replicas = c.Replicas
+			kv, err := c.js.CreateOrUpdateKeyValue(bctx, b.cfg)
+			if err != nil {
+				errs[MaxClass+1+i] = fmt.Errorf("bucket %s: %w", b.cfg.Bucket, err)
+			}
+			kvs[i] = kv
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
 		if err != nil {
-			return nil, fmt.Errorf("bucket %s: %w", b.cfg.Bucket, err)
+			return nil, err // the first says it: they fail together
 		}
+	}
+	for i, b := range buckets {
 		if *b.kv == nil {
-			// A bucket set up again (repair) keeps its name: the
-			// handle made first serves it.
-			*b.kv = kv
+			// A bucket set up again (repair) keeps its name: the handle
+			// made first serves it.
+			*b.kv = kvs[i]
 		}
 	}
 	return st, nil
