@@ -99,8 +99,16 @@ func TestSubmitterInterrupted(t *testing.T) {
 		t.Errorf("%d tasks started on the agent, want the 2 that ran when the run was stopped", n)
 	}
 
-	hup := submit(t, dir, "hup", url, sleeps(2, 1500))
+	hup := submit(t, dir, "hup", url, sleeps(2, 3000))
 	run := runIDOf(t, hup)
+	// Both tasks are published once both run.
+	deadline = time.Now().Add(30 * time.Second)
+	for startsOf(dir, "agent1") < 4 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent did not start the second run's tasks:\n%s", agent.stderr())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	hup.cmd.Process.Signal(syscall.SIGHUP)
 	if st := hup.wait(t, 20*time.Second); st != 3 {
 		t.Fatalf("run exited %d after SIGHUP, want 3\n%s", st, hup.stderr())
