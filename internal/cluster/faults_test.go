@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/safepool/safepool/internal/cluster"
+	"github.com/safepool/safepool/internal/memory"
+	"github.com/safepool/safepool/internal/testenv"
 )
 
 // TestServerLostStore: the server is killed and started again on an empty
@@ -370,5 +372,35 @@ func TestSlowAgent(t *testing.T) {
 	checkOutputs(t, sub, 6)
 	if n := startsOf(dir, "far"); n != 6 {
 		t.Errorf("%d task starts on the far agent, want 6", n)
+	}
+}
+
+// TestSmallAgentPoison: a task killed for memory on the only agent, whose
+// --mem-limit is below class 0's bound (64 MiB), is recorded poison once.
+// It was published again into its own class, where JetStream dropped it as
+// a duplicate of the message being answered, and the run waited for ever.
+func TestSmallAgentPoison(t *testing.T) {
+	t.Parallel()
+	m, err := memory.NewManager()
+	if err != nil {
+		testenv.SkipOrFail(t, "memory cgroups: "+err.Error())
+		return
+	}
+	mode, reason := m.Mode(), m.Reason()
+	m.Close()
+	if !mode.PerWorker() {
+		testenv.SkipOrFail(t, reason)
+		return
+	}
+	dir, url := newCluster(t)
+	startAgent(t, dir, "small", url, "-j", "1", "--mem-limit", "32MiB")
+	sub := submit(t, dir, "run", url, []string{"alloc:100", "sleep:10"})
+	if st := sub.wait(t, 60*time.Second); st != 1 {
+		t.Fatalf("run exited %d, want 1 (one poison task)\n%s", st, sub.stderr())
+	}
+	s := summaryOf(t, dir, "run")
+	if s.Tasks.Done != 1 || s.Tasks.Poison != 1 || len(s.Failed) != 1 || s.Failed[0].ID != 1 ||
+		!strings.Contains(s.Failed[0].Message, "on the largest agent") {
+		t.Errorf("summary = %+v, want task 1 poison on the largest agent and 1 done", s)
 	}
 }
