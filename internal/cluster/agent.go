@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -330,18 +329,12 @@ func (a *Agent) queuedClasses(ctx context.Context) map[int]bool {
 	if a.fit == 0 {
 		return out
 	}
-	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	info, err := a.conn.stream.Info(ictx, jetstream.WithSubjectFilter(subjectPrefix+".>"))
+	counts, err := a.conn.classCounts(ctx)
 	if err != nil {
 		return nil
 	}
-	for subj, n := range info.State.Subjects {
-		rest, ok := strings.CutPrefix(subj, subjectPrefix+".")
-		ks, _, _ := strings.Cut(rest, ".")
-		if k, err := strconv.Atoi(ks); ok && err == nil && n > 0 {
-			out[k] = true
-		}
+	for k, n := range counts {
+		out[k] = n > 0
 	}
 	return out
 }

@@ -404,3 +404,27 @@ func TestSmallAgentPoison(t *testing.T) {
 		t.Errorf("summary = %+v, want task 1 poison on the largest agent and 1 done", s)
 	}
 }
+
+// TestSlowSubmitter: a submitter 200 ms (there and back) from the server
+// keeps collecting results and publishing tasks while it checks what may
+// keep its run waiting. The checks (some 40 requests) ran on the loop that
+// collects results and feeds the publisher, and held it most of the time:
+// 20 of 100 trivial tasks done in a minute. Now about 0.2 s a task (one
+// round trip to publish each).
+func TestSlowSubmitter(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	startServer(t, dir, "server", port)
+	startAgent(t, dir, "agent1", fmt.Sprintf("nats://127.0.0.1:%d", port), "-j", "2")
+	far := slowProxy(t, port, 100*time.Millisecond)
+	began := time.Now()
+	sub := submit(t, dir, "run", fmt.Sprintf("nats://127.0.0.1:%d", far), sleeps(40, 10))
+	// Unhindered, 40 tasks take about 10 s; held by its checks, the
+	// submitter took well over a minute.
+	if st := sub.wait(t, 50*time.Second); st != 0 {
+		t.Fatalf("run exited %d, want 0\n%s", st, sub.stderr())
+	}
+	t.Logf("40 tasks from 200 ms away: %v", time.Since(began).Round(100*time.Millisecond))
+	checkOutputs(t, sub, 40)
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -287,6 +288,26 @@ func (c *Conn) liveAgents(ctx context.Context) ([]AgentInfo, error) {
 		var a AgentInfo
 		if unmarshal(e.Value(), &a) == nil {
 			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+// classCounts returns how many tasks each memory class holds now (queued,
+// or delivered and not yet answered), in one request.
+func (c *Conn) classCounts(ctx context.Context) (map[int]uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	info, err := c.stream.Info(ctx, jetstream.WithSubjectFilter(subjectPrefix+".>"))
+	if err != nil {
+		return nil, err
+	}
+	out := map[int]uint64{}
+	for subj, n := range info.State.Subjects {
+		rest, _ := strings.CutPrefix(subj, subjectPrefix+".")
+		ks, _, _ := strings.Cut(rest, ".")
+		if k, err := strconv.Atoi(ks); err == nil {
+			out[k] += n
 		}
 	}
 	return out, nil

@@ -335,17 +335,15 @@ func (r *Run) Waiting(ctx context.Context) string {
 		return "no agent is connected; start one on each machine with: safepool agent --nats URL"
 	}
 	largest, capacity := largestClass(agents)
+	queued, err := r.c.classCounts(ctx)
+	if err != nil {
+		return ""
+	}
 	for k := MaxClass; k > largest; k-- {
-		c, err := r.c.stream.Consumer(ctx, consumerName(k))
-		if err != nil {
-			continue
+		if n := queued[k]; n > 0 {
+			return fmt.Sprintf("%d tasks need more than %s of memory, and no agent has that much (the largest gives %s per task); they wait for one",
+				n, bytesize.Format(classBound(k-1)), bytesize.Format(capacity))
 		}
-		info, err := c.Info(ctx)
-		if err != nil || info.NumPending == 0 {
-			continue
-		}
-		return fmt.Sprintf("%d tasks need more than %s of memory, and no agent has that much (the largest gives %s per task); they wait for one",
-			info.NumPending, bytesize.Format(classBound(k-1)), bytesize.Format(capacity))
 	}
 	return ""
 }
