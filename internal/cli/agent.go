@@ -63,7 +63,7 @@ func runAgent(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	ag, err := cluster.NewAgent(ctx, cluster.AgentConfig{URL: a.url, Name: a.name, Pool: cfg, Log: lossyWriter{e.stderr}})
+	ag, err := cluster.NewAgent(ctx, cluster.AgentConfig{URL: a.url, Name: a.name, Pool: cfg, Log: lossyWriter{e.stderr}, Version: version()})
 	if err != nil {
 		return &statusError{status: exitUsage, err: err}
 	}

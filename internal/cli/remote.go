@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -225,9 +227,41 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 	extra := false
 	var otherInput error // a result of another input: the run id is another run's
 	interrupted := false
-	waiting := time.NewTicker(waitingEvery)
-	defer waiting.Stop()
+	// The checker looks every waitingEvery at what may keep the run
+	// from ending, off this loop: its requests take round trips, many
+	// seconds from a server far away, while results come in.
+	type check struct {
+		lost     bool              // the server no longer holds the run
+		waiting  string            // what keeps tasks waiting, or ""
+		versions map[string]string // agents of another version
+	}
+	checks := make(chan check)
+	var checker sync.WaitGroup
+	checker.Go(func() { // ends with cctx; waited for below
+		t := time.NewTicker(waitingEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+			case <-cctx.Done():
+				return
+			}
+			c := check{lost: run.Lost(cctx)}
+			if !c.lost {
+				c.versions = run.OtherVersions(cctx, version())
+				c.waiting = run.Waiting(cctx)
+			}
+			select {
+			case checks <- c:
+			case <-cctx.Done():
+				return
+			}
+		}
+	})
 	said := ""
+	lostSeen := 0                    // checks in a row that found the run gone from the server
+	lost := false                    // the server lost the run: there is nothing to abort
+	versionSaid := map[string]bool{} // agents said to run another version
 
 	deliver := func(rec *cluster.ResultRecord) {
 		r := rec.Result()
@@ -257,6 +291,7 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 			otherInput = err
 			return
 		}
+		in.Restore(rec)
 		collected++
 		<-window
 		if !j.cfg.KeepOrder {
@@ -306,9 +341,28 @@ loop:
 			default:
 				early[rec.Seq] = &rec
 			}
-		case <-waiting.C:
+		case c := <-checks:
+			// A server that lost the run (restarted on an empty store)
+			// will never give its results: say so and stop, rather than
+			// wait for ever. Seen twice in a row, so that a server
+			// setting itself up again is not taken for one that lost it.
+			if c.lost {
+				if lostSeen++; lostSeen >= 2 {
+					lost = true
+					abortReason = quoteMessage(fmt.Sprintf("the NATS server no longer holds run %s (restarted without its store, or the store was lost): the results not collected here are lost with it; run the command again to run those tasks", spec.ID))
+					fmt.Fprintf(stderr, "safepool: %s\n", abortReason)
+				}
+				continue
+			}
+			lostSeen = 0
+			for name, msg := range c.versions {
+				if !versionSaid[name] {
+					versionSaid[name] = true
+					fmt.Fprintf(stderr, "safepool: %s\n", msg)
+				}
+			}
 			// What keeps tasks waiting is said once, not at every check.
-			if w := run.Waiting(ctx); w != said {
+			if w := c.waiting; w != said {
 				if w != "" {
 					fmt.Fprintf(stderr, "safepool: %s\n", w)
 				}
@@ -320,10 +374,22 @@ loop:
 		}
 	}
 	stopCollect()
+	checker.Wait()
 	o.flush()
-	if abortReason != "" && !interrupted {
+	// A run stopped on purpose (Ctrl-C, SIGTERM, or the abort policy) is
+	// aborted: its queued tasks removed, its running ones stopped by the
+	// agents. One whose terminal hung up goes on, to be collected with
+	// --run-id, as does one whose submitter was killed.
+	detached := interrupted && interruptedBy(ctx) == syscall.SIGHUP
+	stopped := false
+	if !lost && !detached && (abortReason != "" || interrupted) {
 		actx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		run.Abort(actx)
+		if err := run.Abort(actx); err != nil {
+			fmt.Fprintf(stderr, "safepool: could not stop run %s on the agents: %v; it goes on, collect its results with --run-id %s\n", spec.ID, err, spec.ID)
+			detached = interrupted
+		} else {
+			stopped = true
+		}
 		cancel()
 	}
 	if !totalKnown {
@@ -359,7 +425,11 @@ loop:
 		if s := interruptedBy(ctx); s != nil {
 			sum.AbortReason = (&SignalError{Signal: s}).Error()
 		}
-		fmt.Fprintf(stderr, "safepool: run %s goes on on the agents; collect its results with --run-id %s\n", spec.ID, spec.ID)
+		if stopped {
+			fmt.Fprintf(stderr, "safepool: run %s stopped: its queued tasks are removed and the agents stop its running tasks\n", spec.ID)
+		} else if detached {
+			fmt.Fprintf(stderr, "safepool: run %s goes on on the agents; collect its results with --run-id %s\n", spec.ID, spec.ID)
+		}
 		status = exitAborted
 	case abortReason != "":
 		sum.Aborted, sum.AbortReason = true, abortReason

@@ -41,6 +41,7 @@ func runServer(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&a.cfg.Name, "name", "", "name this server `NAME`; each server of a cluster needs its own")
 	fs.StringVar(&a.cfg.ClusterListen, "cluster", "", "take routes from the other servers of a JetStream cluster on `ADDR`, host:port")
 	fs.StringSliceVar(&a.routes, "routes", nil, "the other servers' cluster addresses, `URLS` such as nats://h2:6222,nats://h3:6222")
+	fs.Var(newSizeValue(&a.cfg.MaxPayload), "max-payload", "take messages of up to `SIZE` (default 1MiB, at most 64MiB): a task with its input, or a result with its output, must fit one")
 	boolVarP(fs, &a.quiet, "quiet", "q", "log only the address, not the NATS server's notices")
 	registerHelp(fs)
 	if err := parseFlags("server", fs, args); err != nil {

@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,8 +11,10 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/safepool/safepool/internal/bytesize"
@@ -31,6 +35,9 @@ type AgentConfig struct {
 	Pool pool.Config
 	// Log receives the agent's messages, one line each. Nil means none.
 	Log io.Writer
+	// Version is the agent's version of safepool, advertised so that
+	// submitters can tell agents of another version.
+	Version string
 }
 
 // Agent runs a run's tasks on local supervised pools: one one-shot pool
@@ -43,6 +50,9 @@ type Agent struct {
 	capacity int64 // the most memory one task may use here
 	fit      int   // FitClass(capacity)
 	cons     []jetstream.Consumer
+	repairMu sync.Mutex // guards repairedAt
+	// repairedAt is when checkStore last looked at the server's store.
+	repairedAt time.Time
 
 	oneshot *local // never nil after NewAgent
 
@@ -53,8 +63,12 @@ type Agent struct {
 	retired []*local
 	held    int                 // messages taken and not yet answered
 	specs   map[string]*RunSpec // run specifications read so far
-	place   placement           // what is known of the other agents
-	placeAt time.Time           // when place was read
+	// aborted holds the runs whose submitter aborted them (stopped by
+	// Ctrl-C, or --on-worker-death abort): their tasks are dropped and
+	// their workers stopped (stopRun).
+	aborted map[string]bool
+	place   placement // what is known of the other agents
+	placeAt time.Time // when place was read
 	// freed is signalled (without blocking) when a held message is
 	// answered, so that the fetch loop may take another.
 	freed chan struct{}
@@ -82,6 +96,14 @@ type held struct {
 	spec  *RunSpec
 	prior []AttemptRecord // charged attempts of earlier deliveries
 	lost  []AttemptRecord // earlier deliveries lost with their agent
+	// pid is the worker running the task in the one-shot pool, 0 before
+	// it starts; guarded by Agent.mu.
+	pid int
+	id  uint64 // the task's id in its local pool
+	// claimedAt is when this delivery's claim was made: a claim of
+	// another time in AttemptsBucket is a later delivery's (superseded).
+	claimedAt time.Time
+	claimAck  jetstream.PubAckFuture // the claim's write; nil if it failed at once
 }
 
 // NewAgent connects to cfg.URL and measures what the agent can offer.
@@ -94,7 +116,7 @@ func NewAgent(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 	if cfg.Log == nil {
 		cfg.Log = io.Discard
 	}
-	a := &Agent{cfg: cfg, name: name, lines: map[string]*local{}, specs: map[string]*RunSpec{}, freed: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, name: name, lines: map[string]*local{}, specs: map[string]*RunSpec{}, aborted: map[string]bool{}, freed: make(chan struct{}, 1)}
 	// The one-shot pool runs every run's commands: each task carries its
 	// own argument vector, so the pool's command is only a placeholder
 	// that New does not look up ("{}": the program comes from the task).
@@ -152,13 +174,41 @@ func (a *Agent) poolConfig(protocol pool.Protocol, command []string) pool.Config
 
 // startLocal starts a local pool and its results reader.
 func (a *Agent) startLocal(pc pool.Config, run string) (*local, error) {
+	return a.startPool(pc, &local{run: run, tasks: map[uint64]*held{}, idle: time.Now(), done: make(chan struct{})})
+}
+
+// startPool starts l's pool with pc, and its results reader. The one-shot
+// pool tells which worker runs which task (watchAttempt), so that the
+// tasks of an aborted run can be stopped one by one.
+func (a *Agent) startPool(pc pool.Config, l *local) (*local, error) {
+	if l.run == "" {
+		pc.Observer = func(e pool.Event) { a.watchAttempt(l, e) }
+	}
 	p, err := pool.New(pc)
 	if err != nil {
 		return nil, err
 	}
-	l := &local{p: p, run: run, tasks: map[uint64]*held{}, idle: time.Now(), done: make(chan struct{})}
+	l.p = p
 	go a.readResults(l)
 	return l, nil
+}
+
+// watchAttempt notes the worker of each attempt the one-shot pool l
+// starts, and stops it at once if its run was aborted meanwhile.
+func (a *Agent) watchAttempt(l *local, e pool.Event) {
+	if e.Kind != pool.EventAttemptStarted || e.WorkerPID <= 0 {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	h := l.tasks[e.TaskID]
+	if h == nil {
+		return
+	}
+	h.pid = e.WorkerPID
+	if a.aborted[h.task.Run] {
+		a.stopWorker(h)
+	}
 }
 
 // Run pulls and runs tasks until ctx ends. Then it stops its workers,
@@ -239,7 +289,11 @@ func (a *Agent) fetchLoop(ctx context.Context) {
 		}
 		a.closeIdle()
 		got := 0
+		queued := a.queuedClasses(ctx)
 		for k := a.fit; k >= 0 && got < n && ctx.Err() == nil; k-- {
+			if k > 0 && queued != nil && !queued[k] {
+				continue
+			}
 			var b jetstream.MessageBatch
 			var err error
 			if k == 0 {
@@ -257,7 +311,64 @@ func (a *Agent) fetchLoop(ctx context.Context) {
 				got++
 				a.take(ctx, m)
 			}
+			if err := b.Error(); err != nil {
+				a.fetchFailed(ctx, k, err)
+				break
+			}
 		}
+	}
+}
+
+// queuedClasses returns the classes above 0 that hold tasks now, in one
+// request, or nil when it cannot tell. The fetch loop looks only at those:
+// a look at each class this agent fits, one after the other, cost a round
+// trip each, 3 s per task taken for an agent 400 ms (there and back) from
+// the server.
+func (a *Agent) queuedClasses(ctx context.Context) map[int]bool {
+	out := map[int]bool{}
+	if a.fit == 0 {
+		return out
+	}
+	counts, err := a.conn.classCounts(ctx)
+	if err != nil {
+		return nil
+	}
+	for k, n := range counts {
+		out[k] = n > 0
+	}
+	return out
+}
+
+// fetchFailed answers a failed pull from class k. A server that no longer
+// has the class's consumer (restarted on an empty store) answers every
+// pull with "no responders" at once: the agent checks the server's store
+// (checkStore) rather than spin or wait for ever.
+func (a *Agent) fetchFailed(ctx context.Context, k int, err error) {
+	if errors.Is(err, nats.ErrNoResponders) {
+		a.checkStore(ctx, k)
+	}
+	sleep(ctx, 250*time.Millisecond)
+}
+
+// checkStore sets the stream, the consumers and the buckets up again,
+// saying so, when the server no longer has class k's consumer: a server
+// restarted on an empty store. It looks at most every two seconds. Both
+// the fetch loop (a pull nobody answers) and keepAlive (for a while after
+// each reconnection, since an agent whose slots are all taken does not
+// pull) call it.
+func (a *Agent) checkStore(ctx context.Context, k int) {
+	a.repairMu.Lock()
+	defer a.repairMu.Unlock()
+	if time.Since(a.repairedAt) < 2*time.Second {
+		return
+	}
+	a.repairedAt = time.Now()
+	did, err := a.conn.repair(ctx, k)
+	switch {
+	case did:
+		fmt.Fprintf(a.cfg.Log, "safepool agent %s: the NATS server had no queue of tasks (restarted without its store?): set it up again; the runs it held are lost\n", a.name)
+	case err != nil && ctx.Err() == nil:
+		fmt.Fprintf(a.cfg.Log, "safepool agent %s: %v\n", a.name, err)
 	}
 }
 
@@ -274,18 +385,21 @@ func (a *Agent) take(ctx context.Context, m jetstream.Msg) {
 		m.NakWithDelay(time.Second)
 		return
 	}
-	if spec.Aborted {
+	if spec.Aborted || a.isAborted(t.Run) {
 		m.Term()
 		return
 	}
 	h := &held{msg: m, task: t, spec: spec}
+	// The result may be recorded already: the task was delivered before
+	// and its ack lost, or this message is a second copy of it, published
+	// again by a submitter resumed after JetStream's de-duplication window
+	// (an hour) had forgotten the first. Either way it is not run again.
+	if _, err := a.conn.results.Get(ctx, taskKey(t.Run, t.Seq)); err == nil {
+		m.Ack()
+		return
+	}
 	if md, err := m.Metadata(); err == nil && md.NumDelivered > 1 || t.Moved > 0 {
-		// Delivered before: the result may be recorded already (the
-		// ack was lost), and earlier attempts count.
-		if _, err := a.conn.results.Get(ctx, taskKey(t.Run, t.Seq)); err == nil {
-			m.Ack()
-			return
-		}
+		// Delivered before: earlier attempts count.
 		if e, err := a.conn.attempts.Get(ctx, taskKey(t.Run, t.Seq)); err == nil {
 			var ar attemptsRecord
 			if unmarshal(e.Value(), &ar) == nil {
@@ -319,6 +433,7 @@ func (a *Agent) take(ctx context.Context, m jetstream.Msg) {
 	a.mu.Lock()
 	l.nextID++
 	id := l.nextID
+	h.id = id
 	l.tasks[id] = h
 	a.held++
 	a.mu.Unlock()
@@ -346,10 +461,11 @@ func (a *Agent) take(ctx context.Context, m jetstream.Msg) {
 // this connection (noteAttempts, unclaim) lands after it, and a claim that
 // never lands only leaves a loss uncounted.
 func (a *Agent) claim(h *held) {
-	now := time.Now()
+	now := time.Now().Round(0)
+	h.claimedAt = now
 	body, _ := marshal(attemptsRecord{Attempts: h.prior, Lost: h.lost,
 		Claim: &AttemptRecord{Agent: a.name, Start: now, End: now, ExitCode: -1}})
-	a.conn.js.PublishAsync(kvSubject(AttemptsBucket, taskKey(h.task.Run, h.task.Seq)), body)
+	h.claimAck, _ = a.conn.js.PublishAsync(kvSubject(AttemptsBucket, taskKey(h.task.Run, h.task.Seq)), body)
 }
 
 // unclaim withdraws h's claim before its task is handed back without a
@@ -564,14 +680,34 @@ func (a *Agent) finish(h *held, r pool.Result) {
 	defer r.Release()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	if a.isAborted(h.task.Run) {
+		// Stopped because its submitter aborted the run: nobody waits
+		// for its result.
+		h.msg.Term()
+		return
+	}
 
 	base := 0
 	for _, p := range h.prior {
 		base = max(base, p.Number)
 	}
 	all := append(append([]AttemptRecord(nil), h.prior...), attemptRecords(a.name, base, r.Attempts)...)
-	d := decide(r.State, r.Cause(), h.task.Need, all, h.spec, a.placement(ctx))
+	var pl placement
+	if r.State == pool.Poison || isMemory(r.Cause()) {
+		pl = a.placement(ctx) // only a kill for memory needs it: it costs round trips
+	}
+	d := decide(r.State, r.Cause(), h.task.Need, all, h.spec, pl)
 	key := taskKey(h.task.Run, h.task.Seq)
+	if (d.move != moveRecord || d.state != pool.Done) && a.superseded(ctx, h) {
+		// This agent was cut off (stopped, or its network) for AckWait,
+		// and the task was delivered again: the newer delivery decides
+		// its fate. A result is kept (the first recorded is), but a
+		// failure, a retry or a hand-back here would take the place of
+		// an attempt that may yet succeed.
+		fmt.Fprintf(a.cfg.Log, "safepool agent %s: task %d of run %s was given to another agent while this one was cut off; its %s here is dropped\n",
+			a.name, h.task.Seq, h.task.Run, describe(r))
+		return
+	}
 	switch d.move {
 	case moveRelease:
 		a.unclaim(ctx, h)
@@ -654,6 +790,42 @@ func (a *Agent) finish(h *held, r pool.Result) {
 	}
 }
 
+// superseded reports whether h's task was delivered again since this
+// agent took it: AttemptsBucket holds another delivery's claim.
+func (a *Agent) superseded(ctx context.Context, h *held) bool {
+	if h.claimedAt.IsZero() || h.claimAck == nil {
+		return false
+	}
+	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	// The claim must have landed, or the record read may be the one
+	// before it (a lost agent's claim, not a later one).
+	select {
+	case <-h.claimAck.Ok():
+	case <-h.claimAck.Err():
+		return false
+	case <-gctx.Done():
+		return false
+	}
+	e, err := a.conn.attempts.Get(gctx, taskKey(h.task.Run, h.task.Seq))
+	if err != nil {
+		return false
+	}
+	var ar attemptsRecord
+	if unmarshal(e.Value(), &ar) != nil || ar.Claim == nil {
+		return false
+	}
+	return ar.Claim.Agent != a.name || !ar.Claim.Start.Equal(h.claimedAt)
+}
+
+// describe names a local result for the agent's log: "failed (exit:1)".
+func describe(r pool.Result) string {
+	if c := r.Cause(); c != "" {
+		return fmt.Sprintf("%s (%s)", r.State, c)
+	}
+	return string(r.State)
+}
+
 // noteAttempts records h's task's attempts so far for its next delivery,
 // which withdraws this delivery's claim.
 func (a *Agent) noteAttempts(ctx context.Context, h *held, all []AttemptRecord) {
@@ -664,15 +836,25 @@ func (a *Agent) noteAttempts(ctx context.Context, h *held, all []AttemptRecord) 
 	})
 }
 
-// fitPayload encodes rec, cutting its output so that it fits one message:
-// what does not fit is said in the last attempt's message.
+// fitPayload encodes rec so that it fits one message. A record too large
+// leaves out its input first (the submitter has it: InputSum stands for
+// it), then, if that is not enough, its output, saying so in the last
+// attempt's message.
 func (a *Agent) fitPayload(rec *ResultRecord) []byte {
 	body, _ := marshal(rec)
 	limit := a.conn.nc.MaxPayload() - 4096
 	if int64(len(body)) <= limit {
 		return body
 	}
+	if rec.Input != nil || rec.Args != nil {
+		sum := sha256.Sum256(rec.Input)
+		rec.Input, rec.Args, rec.InputSum = nil, nil, sum[:]
+		if body, _ = marshal(rec); int64(len(body)) <= limit {
+			return body
+		}
+	}
 	lost := len(rec.Output) + len(rec.Stderr)
+	room := max(limit-(int64(len(body))-int64(base64.StdEncoding.EncodedLen(len(rec.Output))+base64.StdEncoding.EncodedLen(len(rec.Stderr)))), 0)
 	rec.Output, rec.Stderr = nil, nil
 	if rec.State == pool.Done {
 		rec.State = pool.Failed
@@ -680,8 +862,8 @@ func (a *Agent) fitPayload(rec *ResultRecord) []byte {
 	if n := len(rec.Attempts); n > 0 {
 		last := &rec.Attempts[n-1]
 		last.Cause = pool.CauseOutputLost
-		last.Message = joinMessage(last.Message, fmt.Sprintf("output of %s does not fit a NATS message of %s",
-			bytesize.Format(int64(lost)), bytesize.Format(limit)))
+		last.Message = joinMessage(last.Message, fmt.Sprintf("output of %s does not fit a NATS message of %s, which holds %s of output (encoded in base64); raise the server's max_payload (safepool server --max-payload)",
+			bytesize.Format(int64(lost)), bytesize.Format(limit), bytesize.Format(room/4*3)))
 	}
 	body, _ = marshal(rec)
 	return body
@@ -718,7 +900,7 @@ func (a *Agent) placement(ctx context.Context) placement {
 func (a *Agent) advertise(ctx context.Context) {
 	h, _ := os.Hostname()
 	for {
-		info := AgentInfo{Name: a.name, Host: h, Slots: a.oneshot.p.Workers(), Capacity: a.capacity, MaxClass: a.fit, Updated: time.Now()}
+		info := AgentInfo{Name: a.name, Host: h, Slots: a.oneshot.p.Workers(), Capacity: a.capacity, MaxClass: a.fit, Updated: time.Now(), Version: a.cfg.Version}
 		body, _ := marshal(info)
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		a.conn.agents.Put(pctx, a.name, body)
@@ -729,20 +911,102 @@ func (a *Agent) advertise(ctx context.Context) {
 	}
 }
 
+// isAborted reports whether run was found aborted.
+func (a *Agent) isAborted(run string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.aborted[run]
+}
+
+// checkAborted reads the specification of each run in runs, which the
+// agent holds tasks of, and stops those the submitter has aborted since.
+func (a *Agent) checkAborted(ctx context.Context, runs map[string]bool) {
+	for run := range runs {
+		if a.isAborted(run) {
+			continue
+		}
+		gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		e, err := a.conn.runs.Get(gctx, run)
+		cancel()
+		var s RunSpec
+		if err == nil && unmarshal(e.Value(), &s) == nil && s.Aborted {
+			a.stopRun(run)
+		}
+	}
+}
+
+// stopRun stops the tasks this agent holds of run, which its submitter
+// aborted: the run's persistent workers, and each one-shot worker running
+// one of its tasks (SIGTERM, then SIGKILL after the grace period). Their
+// messages are terminated (finish), and later ones dropped (take).
+func (a *Agent) stopRun(run string) {
+	a.mu.Lock()
+	if a.aborted[run] {
+		a.mu.Unlock()
+		return
+	}
+	a.aborted[run] = true
+	n := 0
+	for _, h := range a.oneshot.tasks {
+		if h.task.Run == run {
+			n++
+			if h.pid > 0 {
+				a.stopWorker(h)
+			}
+		}
+	}
+	l := a.lines[run]
+	if l != nil {
+		n += len(l.tasks)
+		delete(a.lines, run)
+		a.retired = append(a.retired, l)
+	}
+	a.mu.Unlock()
+	fmt.Fprintf(a.cfg.Log, "safepool agent %s: run %s was aborted by its submitter: stopping its %d tasks here\n", a.name, run, n)
+	if l != nil {
+		l.p.Abort(nil)
+	}
+}
+
+// stopWorker sends SIGTERM to the process group of the one-shot worker
+// running h, and SIGKILL after the grace period if it still runs h then.
+// a.mu is held.
+func (a *Agent) stopWorker(h *held) {
+	pid := h.pid
+	syscall.Kill(-pid, syscall.SIGTERM)
+	grace := a.cfg.Pool.Grace
+	if grace <= 0 {
+		grace = 3 * time.Second
+	}
+	time.AfterFunc(grace, func() {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if a.oneshot.tasks[h.id] == h && h.pid == pid {
+			syscall.Kill(-pid, syscall.SIGKILL)
+		}
+	})
+}
+
 // keepAlive tells JetStream every progressEvery that each held task is
 // still running, so that it is not given to another agent.
 func (a *Agent) keepAlive(ctx context.Context) {
 	for sleep(ctx, progressEvery) {
 		a.mu.Lock()
 		var msgs []jetstream.Msg
+		runs := map[string]bool{}
 		for _, l := range append([]*local{a.oneshot}, mapValues(a.lines)...) {
 			for _, h := range l.tasks {
 				msgs = append(msgs, h.msg)
+				runs[h.task.Run] = true
 			}
 		}
 		a.mu.Unlock()
 		for _, m := range msgs {
 			m.InProgress()
+		}
+		a.checkAborted(ctx, runs)
+		if time.Since(a.conn.reconnectedAt()) < 30*time.Second {
+			a.checkStore(ctx, 0)
 		}
 	}
 }

@@ -94,7 +94,11 @@ func decide(state pool.State, cause pool.Cause, need int64, all []AttemptRecord,
 	case state == pool.Cancelled:
 		return decision{move: moveRelease}
 	case state == pool.Poison || isMemory(cause):
-		next := max(need, pl.capacity+1)
+		// At least one class up: a message published again into its own
+		// class has the message id of the one being answered, which
+		// JetStream drops as a duplicate, and the task was lost (an agent
+		// of --mem-limit 32MiB, below class 0's 64 MiB, did so).
+		next := max(need, pl.capacity+1, classBound(ClassOf(need))+1)
 		if pl.largestClass >= ClassOf(next) && ClassOf(next) <= MaxClass && pl.capacity < classBound(MaxClass) {
 			return decision{move: moveUp, need: next}
 		}

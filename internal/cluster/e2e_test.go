@@ -61,7 +61,8 @@ func TestMain(m *testing.M) {
 }
 
 // helper is a task: "alloc:N" touches N MiB and prints "ok N"; "sleep:MS"
-// sleeps MS milliseconds and prints "ok"; "killagent:0" SIGKILLs its agent.
+// sleeps MS milliseconds and prints "ok"; "killagent:0" SIGKILLs its agent;
+// "failon:NAME:MS" fails on agent NAME only.
 func helper(arg string) int {
 	what, n, _ := strings.Cut(arg, ":")
 	v, _ := strconv.Atoi(n)
@@ -79,17 +80,34 @@ func helper(arg string) int {
 		syscall.Kill(os.Getppid(), syscall.SIGKILL)
 		time.Sleep(time.Minute)
 	case "sleep":
-		if f := os.Getenv(startsEnv); f != "" {
-			// Note the start, for tests that count how often tasks ran.
-			if fh, err := os.OpenFile(f, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644); err == nil {
-				fh.WriteString(arg + "\n")
-				fh.Close()
-			}
-		}
+		noteStart(arg)
 		time.Sleep(time.Duration(v) * time.Millisecond)
+		fmt.Println("ok")
+	case "failon":
+		// "failon:NAME:MS" fails after 300 ms on the agent called NAME,
+		// and elsewhere sleeps MS milliseconds and succeeds.
+		noteStart(arg)
+		name, ms, _ := strings.Cut(n, ":")
+		if strings.HasSuffix(os.Getenv(startsEnv), "starts-"+name) {
+			time.Sleep(300 * time.Millisecond)
+			return 1
+		}
+		d, _ := strconv.Atoi(ms)
+		time.Sleep(time.Duration(d) * time.Millisecond)
 		fmt.Println("ok")
 	}
 	return 0
+}
+
+// noteStart notes a task's start in the file startsEnv names, for tests
+// that count how often tasks ran, and where.
+func noteStart(arg string) {
+	if f := os.Getenv(startsEnv); f != "" {
+		if fh, err := os.OpenFile(f, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644); err == nil {
+			fh.WriteString(arg + "\n")
+			fh.Close()
+		}
+	}
 }
 
 // helperCmd is the one-shot command of a run whose inputs are helper args.

@@ -159,6 +159,9 @@ type AgentInfo struct {
 	MaxClass int `json:"max_class"`
 	// Updated is when the agent last refreshed the entry.
 	Updated time.Time `json:"updated"`
+	// Version is the agent's version of safepool ("safepool version");
+	// empty for an agent that does not say.
+	Version string `json:"version,omitempty"`
 }
 
 // Result converts a record into the pool.Result the CLI renders.

@@ -28,7 +28,14 @@ type ServerConfig struct {
 	ClusterName string
 	// Log reports whether to log the server's notices to stderr.
 	Log bool
+	// MaxPayload is the largest message, in bytes, the server takes: it
+	// bounds a task with its input, and a result with its output. Zero
+	// means NATS's default, 1 MiB; at most MaxPayloadLimit.
+	MaxPayload int64
 }
+
+// MaxPayloadLimit is the largest MaxPayload NATS allows, 64 MiB.
+const MaxPayloadLimit = 64 << 20
 
 // Server is a running embedded NATS server with JetStream.
 type Server struct {
@@ -56,6 +63,10 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		StoreDir:   cfg.StoreDir,
 		NoSigs:     true, // the caller owns signals
 	}
+	if cfg.MaxPayload < 0 || cfg.MaxPayload > MaxPayloadLimit {
+		return nil, fmt.Errorf("cluster: the largest message must be at most %d MiB, not %d bytes", MaxPayloadLimit>>20, cfg.MaxPayload)
+	}
+	opts.MaxPayload = int32(cfg.MaxPayload)
 	if cfg.ClusterListen != "" {
 		ch, cp, err := splitAddr(cfg.ClusterListen)
 		if err != nil {

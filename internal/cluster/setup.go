@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -31,6 +32,7 @@ type Conn struct {
 	mu        sync.Mutex   // guards the fields below, set by the connection's handlers
 	downSince time.Time    // when the connection was lost; zero while connected
 	downErr   error        // why, if known
+	backAt    time.Time    // when the connection last came back after a loss
 	notify    func(string) // told of each loss and return of the connection; may be nil
 }
 
@@ -94,11 +96,20 @@ func (c *Conn) back(nc *nats.Conn) {
 	c.mu.Lock()
 	since := c.downSince
 	c.downSince, c.downErr = time.Time{}, nil
+	c.backAt = time.Now()
 	f := c.notify
 	c.mu.Unlock()
 	if f != nil && !since.IsZero() {
 		f(fmt.Sprintf("reconnected to the NATS server at %s after %v", nc.ConnectedUrlRedacted(), time.Since(since).Round(time.Second)))
 	}
+}
+
+// reconnectedAt returns when the connection last came back after a loss,
+// or the zero time.
+func (c *Conn) reconnectedAt() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.backAt
 }
 
 // downMessage says that the connection is lost and why, or returns ""
@@ -151,7 +162,7 @@ func (c *Conn) setup(ctx context.Context) error {
 	// cluster starting, a server restarting): try for a while.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		err = c.create(ctx)
+		c.stream, err = c.create(ctx)
 		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
 			break
 		}
@@ -166,11 +177,13 @@ func (c *Conn) setup(ctx context.Context) error {
 }
 
 // create creates or updates the stream, the class consumers and the
-// buckets.
-func (c *Conn) create(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	st, err := c.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+// buckets, and returns the stream. The consumers and buckets are set up
+// at once, each request with a time of its own: one after the other, the
+// 26 requests of a client far from the server (400 ms there and back) took
+// longer than the 10 s they had together, and its agent could not start.
+func (c *Conn) create(ctx context.Context) (jetstream.Stream, error) {
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	st, err := c.js.CreateOrUpdateStream(sctx, jetstream.StreamConfig{
 		Name:       StreamName,
 		Subjects:   []string{subjectPrefix + ".>"},
 		Retention:  jetstream.WorkQueuePolicy,
@@ -178,25 +191,11 @@ func (c *Conn) create(ctx context.Context) error {
 		Replicas:   c.Replicas,
 		Duplicates: dedupWindow,
 	})
+	cancel()
 	if err != nil {
-		return fmt.Errorf("stream %s: %w", StreamName, err)
+		return nil, fmt.Errorf("stream %s: %w", StreamName, err)
 	}
-	c.stream = st
-	for k := 0; k <= MaxClass; k++ {
-		_, err := st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-			Durable:       consumerName(k),
-			FilterSubject: fmt.Sprintf("%s.%d.>", subjectPrefix, k),
-			AckPolicy:     jetstream.AckExplicitPolicy,
-			AckWait:       AckWait,
-			MaxDeliver:    -1,
-			MaxAckPending: -1,
-			Replicas:      c.Replicas,
-		})
-		if err != nil {
-			return fmt.Errorf("consumer %s: %w", consumerName(k), err)
-		}
-	}
-	for _, b := range []struct {
+	buckets := []struct {
 		kv  *jetstream.KeyValue
 		cfg jetstream.KeyValueConfig
 	}{
@@ -204,16 +203,74 @@ func (c *Conn) create(ctx context.Context) error {
 		{&c.results, jetstream.KeyValueConfig{Bucket: ResultsBucket, TTL: resultsTTL}},
 		{&c.attempts, jetstream.KeyValueConfig{Bucket: AttemptsBucket, TTL: resultsTTL}},
 		{&c.agents, jetstream.KeyValueConfig{Bucket: AgentsBucket, TTL: agentTTL}},
-	} {
-		b.cfg.Storage = jetstream.FileStorage
-		b.cfg.Replicas = c.Replicas
-		kv, err := c.js.CreateOrUpdateKeyValue(ctx, b.cfg)
-		if err != nil {
-			return fmt.Errorf("bucket %s: %w", b.cfg.Bucket, err)
-		}
-		*b.kv = kv
 	}
-	return nil
+	errs := make([]error, MaxClass+1+len(buckets))
+	kvs := make([]jetstream.KeyValue, len(buckets))
+	var wg sync.WaitGroup
+	for k := 0; k <= MaxClass; k++ {
+		wg.Go(func() {
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			_, err := st.CreateOrUpdateConsumer(cctx, jetstream.ConsumerConfig{
+				Durable:       consumerName(k),
+				FilterSubject: fmt.Sprintf("%s.%d.>", subjectPrefix, k),
+				AckPolicy:     jetstream.AckExplicitPolicy,
+				AckWait:       AckWait,
+				MaxDeliver:    -1,
+				MaxAckPending: -1,
+				Replicas:      c.Replicas,
+			})
+			if err != nil {
+				errs[k] = fmt.Errorf("consumer %s: %w", consumerName(k), err)
+			}
+		})
+	}
+	for i, b := range buckets {
+		wg.Go(func() {
+			bctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			b.cfg.Storage = jetstream.FileStorage
+			b.cfg.Replicas = c.Replicas
+			kv, err := c.js.CreateOrUpdateKeyValue(bctx, b.cfg)
+			if err != nil {
+				errs[MaxClass+1+i] = fmt.Errorf("bucket %s: %w", b.cfg.Bucket, err)
+			}
+			kvs[i] = kv
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err // the first says it: they fail together
+		}
+	}
+	for i, b := range buckets {
+		if *b.kv == nil {
+			// A bucket set up again (repair) keeps its name: the handle
+			// made first serves it.
+			*b.kv = kvs[i]
+		}
+	}
+	return st, nil
+}
+
+// repair sets up again the stream, the class consumers and the buckets
+// when the server no longer has class k's consumer: a server restarted on
+// an empty store (or a store lost), or the objects deleted by hand. It
+// reports whether it did; the queued tasks and the results the server had
+// are gone, but agents and new runs carry on. The handles made by Dial
+// name the objects, so they serve the new ones.
+func (c *Conn) repair(ctx context.Context, k int) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err := c.js.Consumer(ctx, StreamName, consumerName(k))
+	if err == nil || !errors.Is(err, jetstream.ErrStreamNotFound) && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return false, nil // there, or no answer yet (a leader being elected)
+	}
+	if _, err := c.create(ctx); err != nil {
+		return false, fmt.Errorf("cluster: setting up JetStream again at %s: %w", c.nc.ConnectedUrlRedacted(), err)
+	}
+	return true, nil
 }
 
 // liveAgents returns the agents that advertise their capacity now.
@@ -231,6 +288,26 @@ func (c *Conn) liveAgents(ctx context.Context) ([]AgentInfo, error) {
 		var a AgentInfo
 		if unmarshal(e.Value(), &a) == nil {
 			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+// classCounts returns how many tasks each memory class holds now (queued,
+// or delivered and not yet answered), in one request.
+func (c *Conn) classCounts(ctx context.Context) (map[int]uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	info, err := c.stream.Info(ctx, jetstream.WithSubjectFilter(subjectPrefix+".>"))
+	if err != nil {
+		return nil, err
+	}
+	out := map[int]uint64{}
+	for subj, n := range info.State.Subjects {
+		rest, _ := strings.CutPrefix(subj, subjectPrefix+".")
+		ks, _, _ := strings.Cut(rest, ".")
+		if k, err := strconv.Atoi(ks); err == nil {
+			out[k] += n
 		}
 	}
 	return out, nil

@@ -126,9 +126,22 @@ type Fed struct {
 	head []byte // the input's first bytes, for the error
 }
 
+// fedHead is how much of an input Fed keeps: what a summary shows of it
+// (a JSON summary shows 1 KiB).
+const fedHead = 1024
+
 // NewFed returns what to keep of input in.
 func NewFed(in []byte) Fed {
-	return Fed{sum: sha256.Sum256(in), head: bytes.Clone(in[:min(len(in), 48)])}
+	return Fed{sum: sha256.Sum256(in), head: bytes.Clone(in[:min(len(in), fedHead)])}
+}
+
+// Restore gives rec, a result of f's input recorded without it (an input
+// too large to travel with its output), the input's first bytes, which is
+// what summaries show of an input.
+func (f Fed) Restore(rec *ResultRecord) {
+	if rec.Input == nil && rec.InputSum != nil {
+		rec.Input = f.head
+	}
 }
 
 // ErrOtherInput is returned by Fed.Check when the run's task ran another
@@ -269,6 +282,44 @@ func (r *Run) Abort(ctx context.Context) error {
 	})
 }
 
+// Lost reports whether the server no longer holds the run: it was
+// restarted on an empty store, or lost its store, or the run is older than
+// the seven days runs are kept. The run's queued tasks and recorded results
+// are gone with it, and no agent will record its results again. A server
+// that does not answer is not taken for one that lost the run.
+func (r *Run) Lost(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := r.c.js.KeyValue(ctx, RunsBucket); errors.Is(err, jetstream.ErrBucketNotFound) {
+		return true
+	}
+	_, err := r.c.runs.Get(ctx, r.Spec.ID)
+	return isGone(err)
+}
+
+// OtherVersions returns, for each live agent that runs another version of
+// safepool than version (or does not say which), its name and a sentence
+// saying so. Agents and submitters of one deployment should run the same
+// version: the tasks and records they exchange may change between versions.
+func (r *Run) OtherVersions(ctx context.Context, version string) map[string]string {
+	agents, err := r.c.liveAgents(ctx)
+	if err != nil {
+		return nil
+	}
+	out := map[string]string{}
+	for _, a := range agents {
+		if a.Version == version {
+			continue
+		}
+		v := "safepool " + a.Version
+		if a.Version == "" {
+			v = "a version of safepool that does not say which"
+		}
+		out[a.Name] = fmt.Sprintf("agent %s on %s runs %s, not safepool %s as this submitter: run the same version on every machine", a.Name, a.Host, v, version)
+	}
+	return out
+}
+
 // Waiting says what keeps tasks from running, or "" when nothing does: a
 // lost connection to the server, no live agent at all, or tasks in a
 // memory class no live agent fits.
@@ -284,17 +335,15 @@ func (r *Run) Waiting(ctx context.Context) string {
 		return "no agent is connected; start one on each machine with: safepool agent --nats URL"
 	}
 	largest, capacity := largestClass(agents)
+	queued, err := r.c.classCounts(ctx)
+	if err != nil {
+		return ""
+	}
 	for k := MaxClass; k > largest; k-- {
-		c, err := r.c.stream.Consumer(ctx, consumerName(k))
-		if err != nil {
-			continue
+		if n := queued[k]; n > 0 {
+			return fmt.Sprintf("%d tasks need more than %s of memory, and no agent has that much (the largest gives %s per task); they wait for one",
+				n, bytesize.Format(classBound(k-1)), bytesize.Format(capacity))
 		}
-		info, err := c.Info(ctx)
-		if err != nil || info.NumPending == 0 {
-			continue
-		}
-		return fmt.Sprintf("%d tasks need more than %s of memory, and no agent has that much (the largest gives %s per task); they wait for one",
-			info.NumPending, bytesize.Format(classBound(k-1)), bytesize.Format(capacity))
 	}
 	return ""
 }

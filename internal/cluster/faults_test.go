@@ -1,0 +1,430 @@
+package cluster_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/safepool/safepool/internal/cluster"
+	"github.com/safepool/safepool/internal/memory"
+	"github.com/safepool/safepool/internal/testenv"
+)
+
+// TestServerLostStore: the server is killed and started again on an empty
+// store (no persistence, or its disk lost) in the middle of a run. The run
+// cannot complete, since its queue and results are gone: the submitter
+// says so and exits 3 rather than wait for ever, and the agent sets the
+// queue up again and runs the next run.
+func TestServerLostStore(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	server := startServer(t, dir, "server", port)
+	agent := startAgent(t, dir, "agent1", url, "-j", "2")
+	sub := submit(t, dir, "run", url, sleeps(10, 1000))
+	run := runIDOf(t, sub)
+	waitRecorded(t, url, run, 1, 30*time.Second)
+	server.kill()
+	startServer(t, dir, "server-empty", port, "--store", filepath.Join(dir, "empty"))
+	if st := sub.wait(t, 40*time.Second); st != 3 {
+		t.Fatalf("run exited %d, want 3\n%s", st, sub.stderr())
+	}
+	if want := "the NATS server no longer holds run " + run; !strings.Contains(sub.stderr(), want) {
+		t.Errorf("stderr does not say %q:\n%s", want, sub.stderr())
+	}
+	agent.waitLog(t, "set it up again", 20*time.Second)
+	// The agent serves a new run on the new store.
+	again := submit(t, dir, "again", url, sleeps(3, 10))
+	if st := again.wait(t, 40*time.Second); st != 0 {
+		t.Fatalf("a new run exited %d, want 0\n%s", st, again.stderr())
+	}
+	checkOutputs(t, again, 3)
+}
+
+// workersOf lists the processes under p that run a helper task ("sleep:"
+// in their arguments).
+func workersOf(p *proc) []int {
+	var out []int
+	for _, pid := range descendants(p.cmd.Process.Pid) {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if bytes.Contains(b, []byte("sleep:")) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// TestSubmitterInterrupted: Ctrl-C (SIGINT) of the submitter stops the
+// run: the agents stop its running workers, within the grace period, and
+// drop its queued tasks. A submitter whose terminal hangs up (SIGHUP)
+// leaves its run going, to be collected with --run-id.
+func TestSubmitterInterrupted(t *testing.T) {
+	t.Parallel()
+	dir, url := newCluster(t)
+	agent := startAgent(t, dir, "agent1", url, "-j", "2", "--grace", "1s")
+	sub := submit(t, dir, "run", url, sleeps(6, 30000))
+	runIDOf(t, sub)
+	deadline := time.Now().Add(30 * time.Second)
+	for len(workersOf(agent)) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent started no worker:\n%s", agent.stderr())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	sub.cmd.Process.Signal(syscall.SIGINT)
+	if st := sub.wait(t, 20*time.Second); st != 3 {
+		t.Fatalf("run exited %d after SIGINT, want 3\n%s", st, sub.stderr())
+	}
+	if !strings.Contains(sub.stderr(), "the agents stop its running tasks") {
+		t.Errorf("stderr does not say the run stopped:\n%s", sub.stderr())
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for len(workersOf(agent)) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("workers %v of the interrupted run still run on the agent:\n%s", workersOf(agent), agent.stderr())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Nothing more of the run starts.
+	time.Sleep(2 * time.Second)
+	if n := startsOf(dir, "agent1"); n != 2 {
+		t.Errorf("%d tasks started on the agent, want the 2 that ran when the run was stopped", n)
+	}
+
+	hup := submit(t, dir, "hup", url, sleeps(2, 3000))
+	run := runIDOf(t, hup)
+	// Both tasks are published once both run.
+	deadline = time.Now().Add(30 * time.Second)
+	for startsOf(dir, "agent1") < 4 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent did not start the second run's tasks:\n%s", agent.stderr())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	hup.cmd.Process.Signal(syscall.SIGHUP)
+	if st := hup.wait(t, 20*time.Second); st != 3 {
+		t.Fatalf("run exited %d after SIGHUP, want 3\n%s", st, hup.stderr())
+	}
+	if !strings.Contains(hup.stderr(), "goes on on the agents") {
+		t.Errorf("stderr does not say the run goes on:\n%s", hup.stderr())
+	}
+	waitRecorded(t, url, run, 2, 30*time.Second)
+}
+
+// TestRecordedTaskAgain: a second message of a task whose result is
+// recorded (published again by a submitter resumed after JetStream's
+// de-duplication window of an hour) is acknowledged without running the
+// task again.
+func TestRecordedTaskAgain(t *testing.T) {
+	t.Parallel()
+	dir, url := newCluster(t)
+	startAgent(t, dir, "agent1", url, "-j", "2")
+	sub := submit(t, dir, "run", url, sleeps(2, 10))
+	run := runIDOf(t, sub)
+	if st := sub.wait(t, 60*time.Second); st != 0 {
+		t.Fatalf("run exited %d, want 0\n%s", st, sub.stderr())
+	}
+	js := jetStreamOf(t, url)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// Task 1 again, as a new message (another message id).
+	argv := append(helperCmd()[:len(helperCmd())-1], "sleep:10")
+	body, _ := json.Marshal(cluster.TaskMsg{Run: run, Seq: 1, Input: []byte("sleep:10"), Args: argv})
+	if _, err := js.Publish(ctx, "safepool.task.0."+run, body); err != nil {
+		t.Fatal(err)
+	}
+	// The message is answered (the queue is empty), and the task did not
+	// start again.
+	st, err := js.Stream(ctx, cluster.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		info, err := st.Info(ctx)
+		if err == nil && info.State.Msgs == 0 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the second message of task 1 was never answered: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if n := startsOf(dir, "agent1"); n != 2 {
+		t.Errorf("%d task starts, want 2: a task whose result was recorded ran again", n)
+	}
+	checkRecorded(t, url, run, 2)
+}
+
+// TestLargeOutput: a result whose input and output together do not fit a
+// NATS message leaves its input out (the submitter has it) rather than
+// lose its output: a 500 KiB line echoed by cat comes back whole under the
+// default 1 MiB limit. An output too large to fit alone is output-lost,
+// saying how much fits and how to allow more; with the server's
+// --max-payload raised, it fits.
+func TestLargeOutput(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	server := startServer(t, dir, "server", port)
+	agent := startAgent(t, dir, "agent1", url, "-j", "2")
+	big := strings.Repeat("y", 500_000)
+	if err := os.WriteFile(filepath.Join(dir, "in.txt"), []byte("a\n"+big+"\nb\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mapWith := func(name, worker string) *proc {
+		return start(t, dir, name, "map", "--nats", url, "-k", "--json", name+".json", "-a", "in.txt", "--worker", worker)
+	}
+	p := mapWith("cat", "cat")
+	if st := p.wait(t, 60*time.Second); st != 0 {
+		t.Fatalf("map --worker cat exited %d, want 0\n%s", st, p.stderr())
+	}
+	if got := p.out.String(); got != "a\n"+big+"\nb\n" {
+		t.Errorf("map --worker cat: stdout has %d bytes, want %d", len(got), len(big)+5)
+	}
+	// Each line twice over: 1000 KB of output, more than fits.
+	p = mapWith("double", "sed -u 's/.*/&&/'")
+	if st := p.wait(t, 60*time.Second); st != 1 {
+		t.Fatalf("map --worker sed exited %d, want 1\n%s", st, p.stderr())
+	}
+	s := summaryOf(t, dir, "double")
+	if len(s.Failed) != 1 || s.Failed[0].ID != 2 || s.Failed[0].Cause != "output-lost" ||
+		!strings.Contains(s.Failed[0].Message, "holds 765 KiB of output") || !strings.Contains(s.Failed[0].Message, "--max-payload") {
+		t.Errorf("failed = %+v, want task 2 output-lost, saying what fits", s.Failed)
+	}
+	server.kill()
+	agent.kill()
+	startServer(t, dir, "server-large", port, "--store", filepath.Join(dir, "server"), "--max-payload", "4MiB")
+	startAgent(t, dir, "agent2", url, "-j", "2")
+	p = mapWith("double-large", "sed -u 's/.*/&&/'")
+	if st := p.wait(t, 60*time.Second); st != 0 {
+		t.Fatalf("map --worker sed exited %d under --max-payload 4MiB, want 0\n%s", st, p.stderr())
+	}
+	if got := p.out.String(); got != "aa\n"+big+big+"\nbb\n" {
+		t.Errorf("map --worker sed: stdout has %d bytes, want %d", len(got), 2*len(big)+7)
+	}
+}
+
+// TestStoppedAgentLate: an agent stopped (SIGSTOP) for longer than AckWait
+// while it runs a task is taken for lost, and the task is given to
+// another agent. When the stopped agent is continued, its attempt's late
+// failure must not take the place of the newer attempt, which succeeds:
+// the task is recorded done, once.
+func TestStoppedAgentLate(t *testing.T) {
+	t.Parallel()
+	dir, url := newCluster(t)
+	stopped := startAgent(t, dir, "agent1", url, "-j", "1")
+	sub := submit(t, dir, "run", url, []string{"failon:agent1:5000", "sleep:10"})
+	run := runIDOf(t, sub)
+	deadline := time.Now().Add(30 * time.Second)
+	for startsOf(dir, "agent1") < 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("agent1 started no task:\n%s", stopped.stderr())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	stopped.cmd.Process.Signal(syscall.SIGSTOP)
+	// Its task fails meanwhile (its worker is not stopped); another agent
+	// takes the task once AckWait has passed, and runs it for 4 s.
+	startAgent(t, dir, "agent2", url, "-j", "1")
+	time.Sleep(cluster.AckWait + 2*time.Second)
+	stopped.cmd.Process.Signal(syscall.SIGCONT)
+	if st := sub.wait(t, 60*time.Second); st != 0 {
+		t.Fatalf("run exited %d, want 0: the stopped agent's late failure was kept\n%s", st, sub.stderr())
+	}
+	if s := summaryOf(t, dir, "run"); s.Tasks.Done != 2 {
+		t.Errorf("tasks = %+v, want 2 done", s.Tasks)
+	}
+	checkRecorded(t, url, run, 2)
+	stopped.waitLog(t, "its failed (exit:1) here is dropped", 10*time.Second)
+}
+
+// TestOtherVersion: the submitter names an agent that runs another version
+// of safepool (here one advertised by hand), and not the agents of its
+// own version.
+func TestOtherVersion(t *testing.T) {
+	t.Parallel()
+	dir, url := newCluster(t)
+	startAgent(t, dir, "agent1", url, "-j", "2")
+	js := jetStreamOf(t, url)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, cluster.AgentsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, _ := json.Marshal(cluster.AgentInfo{Name: "old1", Host: "oldhost", Slots: 1, Capacity: 1 << 30, MaxClass: 4, Updated: time.Now(), Version: "v0.9.0"})
+	if _, err := kv.Put(ctx, "old1", old); err != nil {
+		t.Fatal(err)
+	}
+	sub := submit(t, dir, "run", url, sleeps(2, 4000))
+	sub.waitLog(t, "agent old1 on oldhost runs safepool v0.9.0, not safepool ", 20*time.Second)
+	if st := sub.wait(t, 60*time.Second); st != 0 {
+		t.Fatalf("run exited %d, want 0\n%s", st, sub.stderr())
+	}
+	if strings.Contains(sub.stderr(), "agent agent1 ") {
+		t.Errorf("the submitter names an agent of its own version:\n%s", sub.stderr())
+	}
+}
+
+// slowProxy forwards connections on a loopback port to target, each byte
+// delay late in each direction, like a link to a far machine; it returns
+// the port. Cleanup closes it and its connections.
+func slowProxy(t *testing.T, target int, delay time.Duration) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	type chunk struct {
+		due time.Time
+		b   []byte
+	}
+	pipe := func(from, to net.Conn) {
+		q := make(chan chunk, 4096)
+		wg.Go(func() {
+			defer close(q)
+			for {
+				b := make([]byte, 64<<10)
+				n, err := from.Read(b)
+				if n > 0 {
+					q <- chunk{time.Now().Add(delay), b[:n]}
+				}
+				if err != nil {
+					return
+				}
+			}
+		})
+		wg.Go(func() {
+			defer to.Close()
+			for c := range q {
+				time.Sleep(time.Until(c.due))
+				if _, err := to.Write(c.b); err != nil {
+					from.Close()
+					for range q {
+					}
+					return
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", target))
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c, s)
+			mu.Unlock()
+			pipe(c, s)
+			pipe(s, c)
+		}
+	})
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// TestSlowAgent: an agent 400 ms (there and back) from the server, as on
+// another continent, starts and runs its share of a run. Its set-up made
+// 26 requests one after the other within 10 s, and it could not start.
+func TestSlowAgent(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	startServer(t, dir, "server", port)
+	far := slowProxy(t, port, 200*time.Millisecond)
+	startAgent(t, dir, "far", fmt.Sprintf("nats://127.0.0.1:%d", far), "-j", "2")
+	began := time.Now()
+	sub := submit(t, dir, "run", url, sleeps(6, 1000))
+	if st := sub.wait(t, 90*time.Second); st != 0 {
+		t.Fatalf("run exited %d, want 0\n%s", st, sub.stderr())
+	}
+	t.Logf("6 tasks of 1 s on 2 slots 400 ms away: %v", time.Since(began).Round(100*time.Millisecond))
+	checkOutputs(t, sub, 6)
+	if n := startsOf(dir, "far"); n != 6 {
+		t.Errorf("%d task starts on the far agent, want 6", n)
+	}
+}
+
+// TestSmallAgentPoison: a task killed for memory on the only agent, whose
+// --mem-limit is below class 0's bound (64 MiB), is recorded poison once.
+// It was published again into its own class, where JetStream dropped it as
+// a duplicate of the message being answered, and the run waited for ever.
+func TestSmallAgentPoison(t *testing.T) {
+	t.Parallel()
+	m, err := memory.NewManager()
+	if err != nil {
+		testenv.SkipOrFail(t, "memory cgroups: "+err.Error())
+		return
+	}
+	mode, reason := m.Mode(), m.Reason()
+	m.Close()
+	if !mode.PerWorker() {
+		testenv.SkipOrFail(t, reason)
+		return
+	}
+	dir, url := newCluster(t)
+	startAgent(t, dir, "small", url, "-j", "1", "--mem-limit", "32MiB")
+	sub := submit(t, dir, "run", url, []string{"alloc:100", "sleep:10"})
+	if st := sub.wait(t, 60*time.Second); st != 1 {
+		t.Fatalf("run exited %d, want 1 (one poison task)\n%s", st, sub.stderr())
+	}
+	s := summaryOf(t, dir, "run")
+	if s.Tasks.Done != 1 || s.Tasks.Poison != 1 || len(s.Failed) != 1 || s.Failed[0].ID != 1 ||
+		!strings.Contains(s.Failed[0].Message, "on the largest agent") {
+		t.Errorf("summary = %+v, want task 1 poison on the largest agent and 1 done", s)
+	}
+}
+
+// TestSlowSubmitter: a submitter 200 ms (there and back) from the server
+// keeps collecting results and publishing tasks while it checks what may
+// keep its run waiting. The checks (some 40 requests) ran on the loop that
+// collects results and feeds the publisher, and held it most of the time:
+// 20 of 100 trivial tasks done in a minute. Now about 0.2 s a task (one
+// round trip to publish each).
+func TestSlowSubmitter(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	startServer(t, dir, "server", port)
+	startAgent(t, dir, "agent1", fmt.Sprintf("nats://127.0.0.1:%d", port), "-j", "2")
+	far := slowProxy(t, port, 100*time.Millisecond)
+	began := time.Now()
+	sub := submit(t, dir, "run", fmt.Sprintf("nats://127.0.0.1:%d", far), sleeps(40, 10))
+	// Unhindered, 40 tasks take about 10 s; held by its checks, the
+	// submitter took well over a minute.
+	if st := sub.wait(t, 50*time.Second); st != 0 {
+		t.Fatalf("run exited %d, want 0\n%s", st, sub.stderr())
+	}
+	t.Logf("40 tasks from 200 ms away: %v", time.Since(began).Round(100*time.Millisecond))
+	checkOutputs(t, sub, 40)
+}
