@@ -216,6 +216,7 @@ func runMap(ctx context.Context, e *env, args []string) error {
 		command, viaShell = workerCommand(a.worker)
 	}
 	if a.pipe {
+		setCollector(true)
 		return runMapPipe(ctx, e, &a, command, viaShell, append([]string{"safepool", "map"}, args...))
 	}
 	protocol := pool.Line

@@ -998,3 +998,31 @@ func TestQuoteContexts(t *testing.T) {
 		}
 	}
 }
+
+// TestSetCollector checks the collector's GOGC: 300 for what holds a
+// small heap, Go's 100 for map --pipe's blocks, and the environment's
+// GOGC whenever it is set.
+func TestSetCollector(t *testing.T) {
+	was := debug.SetGCPercent(100)
+	defer debug.SetGCPercent(was)
+	gogc := func() int {
+		v := debug.SetGCPercent(100)
+		debug.SetGCPercent(v)
+		return v
+	}
+	t.Setenv("GOGC", "")
+	setCollector(false)
+	if got := gogc(); got != 300 {
+		t.Errorf("GOGC = %d, want 300", got)
+	}
+	setCollector(true)
+	if got := gogc(); got != 100 {
+		t.Errorf("GOGC with blocks = %d, want 100", got)
+	}
+	t.Setenv("GOGC", "50")
+	debug.SetGCPercent(50)
+	setCollector(false)
+	if got := gogc(); got != 50 {
+		t.Errorf("GOGC set to 50 in the environment = %d after setCollector", got)
+	}
+}
