@@ -126,31 +126,27 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		writeTopUsage(stderr)
 		return exitUsage
 	}
-	setCollector(false)
 	return exitStatus(stderr, cmd.run(ctx, e, args[1:]))
 }
 
-// setCollector sets the garbage collector's GOGC for what this process
-// holds, unless the environment sets GOGC; blocks says that it holds
-// blocks of input (map --pipe). Most of safepool's live heap is small and
-// bounded (the lines in flight, the tasks queued ahead, a bridge's
-// batches), and at Go's default of 100 it collects every few megabytes:
-// in map of a million trivial lines the collector took about a third of
-// the run, and the supervisor, not the workers, set the pace. There 300
-// lets the heap grow to four times what is live before a collection, some
-// 5 to 15 MB more at the peak, flat in the input's size
-// (docs/benchmarks.md). Blocks are most of what map --pipe holds (a few
-// per worker, of up to --block each): there 300 would add three times
-// those blocks, some 90 MB with 10M blocks, so it keeps Go's default.
-func setCollector(blocks bool) {
-	if os.Getenv("GOGC") != "" {
-		return
+// lineMapGOGC is the garbage collector's GOGC in map of lines or framed
+// tasks (not --pipe), unless the environment sets GOGC. There the live
+// heap is small and bounded (the lines in flight and their answers), and
+// at Go's default of 100 the collector runs every few megabytes: in map of
+// a million trivial lines it took about a third of the run, and the
+// supervisor, not the workers, set the pace. 300 lets the heap grow to
+// four times what is live before a collection, some 5 to 15 MB more at
+// the peak, flat in the input's size (docs/benchmarks.md). Elsewhere the
+// live heap can be large (map --pipe's blocks, run -k's outputs held for
+// order, a Python client's batches), and four times it would be too
+// much: those keep Go's default.
+const lineMapGOGC = 300
+
+// setLineMapGOGC sets GOGC to lineMapGOGC unless the environment sets it.
+func setLineMapGOGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(lineMapGOGC)
 	}
-	if blocks {
-		debug.SetGCPercent(100)
-		return
-	}
-	debug.SetGCPercent(300)
 }
 
 // exitStatus prints err as Run does and returns its exit status.

@@ -216,9 +216,9 @@ func runMap(ctx context.Context, e *env, args []string) error {
 		command, viaShell = workerCommand(a.worker)
 	}
 	if a.pipe {
-		setCollector(true)
 		return runMapPipe(ctx, e, &a, command, viaShell, append([]string{"safepool", "map"}, args...))
 	}
+	setLineMapGOGC()
 	protocol := pool.Line
 	if a.framed {
 		protocol = pool.Framed

@@ -999,10 +999,9 @@ func TestQuoteContexts(t *testing.T) {
 	}
 }
 
-// TestSetCollector checks the collector's GOGC: 300 for what holds a
-// small heap, Go's 100 for map --pipe's blocks, and the environment's
-// GOGC whenever it is set.
-func TestSetCollector(t *testing.T) {
+// TestLineMapGOGC checks the collector's GOGC in map of lines: 300, or
+// the environment's GOGC whenever it is set.
+func TestLineMapGOGC(t *testing.T) {
 	was := debug.SetGCPercent(100)
 	defer debug.SetGCPercent(was)
 	gogc := func() int {
@@ -1011,18 +1010,14 @@ func TestSetCollector(t *testing.T) {
 		return v
 	}
 	t.Setenv("GOGC", "")
-	setCollector(false)
-	if got := gogc(); got != 300 {
-		t.Errorf("GOGC = %d, want 300", got)
-	}
-	setCollector(true)
-	if got := gogc(); got != 100 {
-		t.Errorf("GOGC with blocks = %d, want 100", got)
+	setLineMapGOGC()
+	if got := gogc(); got != lineMapGOGC {
+		t.Errorf("GOGC = %d, want %d", got, lineMapGOGC)
 	}
 	t.Setenv("GOGC", "50")
 	debug.SetGCPercent(50)
-	setCollector(false)
+	setLineMapGOGC()
 	if got := gogc(); got != 50 {
-		t.Errorf("GOGC set to 50 in the environment = %d after setCollector", got)
+		t.Errorf("GOGC set to 50 in the environment = %d after setLineMapGOGC", got)
 	}
 }
