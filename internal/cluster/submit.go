@@ -326,7 +326,7 @@ func (p *Publisher) settle(ctx context.Context) error {
 				case <-g.ack.Err():
 					g.ack = nil
 				default:
-					if time.Since(g.sent) > pubAckWait {
+					if len(g.ack.Ok()) == 0 && time.Since(g.sent) > pubAckWait {
 						g.ack = nil
 					}
 				}
