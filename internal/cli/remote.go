@@ -151,9 +151,11 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 	results := run.Results(cctx)
 
 	// The feeder publishes inputs, at most remoteWindow ahead of the
-	// results. It says each input it read on feed, in order, and at the end
-	// how many there were: a result is shown only once its input is read
-	// here and is the input the result ran (cluster.Fed).
+	// results, without waiting a round trip for each (cluster.Publisher).
+	// It says each input it read on feed, in order, and at the end how many
+	// there were, once the server acknowledged them all: a result is shown
+	// only once its input is read here and is the input the result ran
+	// (cluster.Fed).
 	type fed struct {
 		seq   uint64
 		input cluster.Fed
@@ -172,10 +174,15 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 				return false
 			}
 		}
+		pub := run.Publisher()
 		var seq uint64
 		for {
 			in, err := j.src.next()
 			if err == io.EOF {
+				if err := pub.Flush(cctx); err != nil {
+					send(fed{seq: seq, end: true, err: err})
+					return
+				}
 				send(fed{seq: seq, end: true})
 				return
 			}
@@ -198,7 +205,7 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 				continue
 			}
 			tm := cluster.TaskMsg{Seq: seq, Input: t.Input, Args: t.Args, Need: j.cfg.MemPerTask}
-			err = run.Publish(cctx, tm)
+			err = pub.Publish(cctx, tm)
 			if errors.Is(err, cluster.ErrTooLarge) {
 				err = run.Fail(cctx, tm, err)
 			}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -283,6 +284,14 @@ func TestOtherVersion(t *testing.T) {
 // the port. Cleanup closes it and its connections.
 func slowProxy(t *testing.T, target int, delay time.Duration) int {
 	t.Helper()
+	port, _ := cuttableProxy(t, target, delay)
+	return port
+}
+
+// cuttableProxy is slowProxy, and returns as well cut, which closes the
+// connections open, dropping what they still carry, as a link that breaks.
+func cuttableProxy(t *testing.T, target int, delay time.Duration) (port int, cut func()) {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -349,7 +358,14 @@ func slowProxy(t *testing.T, target int, delay time.Duration) int {
 			pipe(s, c)
 		}
 	})
-	return l.Addr().(*net.TCPAddr).Port
+	cut = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+	return l.Addr().(*net.TCPAddr).Port, cut
 }
 
 // TestSlowAgent: an agent 400 ms (there and back) from the server, as on
@@ -409,8 +425,9 @@ func TestSmallAgentPoison(t *testing.T) {
 // keeps collecting results and publishing tasks while it checks what may
 // keep its run waiting. The checks (some 40 requests) ran on the loop that
 // collects results and feeds the publisher, and held it most of the time:
-// 20 of 100 trivial tasks done in a minute. Now about 0.2 s a task (one
-// round trip to publish each).
+// 20 of 100 trivial tasks done in a minute. (It then published a task a
+// round trip, 0.2 s; TestFarSubmitterQueues checks that it no longer
+// does.)
 func TestSlowSubmitter(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -427,4 +444,102 @@ func TestSlowSubmitter(t *testing.T) {
 	}
 	t.Logf("40 tasks from 200 ms away: %v", time.Since(began).Round(100*time.Millisecond))
 	checkOutputs(t, sub, 40)
+}
+
+// TestFarSubmitterQueues: a submitter 400 ms (there and back) from the
+// server queues 200 tasks without a round trip each, and each runs once.
+// Publishing one task a round trip, the submitter needed at least
+// 200 x 0.4 s = 80 s only to queue them. The tasks are echo, not the
+// test's helper, so that starting 200 of them takes little of the machine.
+func TestFarSubmitterQueues(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	startServer(t, dir, "server", port)
+	startAgent(t, dir, "agent1", url, "-j", "4")
+	far := slowProxy(t, port, 200*time.Millisecond)
+	const n = 200
+	var in []string
+	for i := 1; i <= n; i++ {
+		in = append(in, fmt.Sprintf("task%d", i))
+	}
+	began := time.Now()
+	args := append([]string{"run", "--nats", fmt.Sprintf("nats://127.0.0.1:%d", far), "--json", "run.json", "echo", "{}", ":::"}, in...)
+	sub := start(t, dir, "run", args...)
+	run := runIDOf(t, sub)
+	if st := sub.wait(t, 50*time.Second); st != 0 {
+		t.Fatalf("run exited %d, want 0\n%s", st, sub.stderr())
+	}
+	t.Logf("%d tasks from 400 ms away: %v", n, time.Since(began).Round(100*time.Millisecond))
+	out := strings.Fields(sub.out.String())
+	slices.Sort(out)
+	slices.Sort(in)
+	if !slices.Equal(out, in) {
+		t.Errorf("stdout holds %d lines, not each input once:\n%s", len(out), sub.out.String())
+	}
+	if s := summaryOf(t, dir, "run"); s.Tasks.Done != n {
+		t.Errorf("tasks = %+v, want %d done", s.Tasks, n)
+	}
+	checkRecorded(t, url, run, n)
+	if q := queuedEver(t, url); q != n {
+		t.Errorf("the stream stored %d messages, want %d", q, n)
+	}
+}
+
+// queuedEver returns how many messages the task stream on url ever
+// stored: its last sequence number.
+func queuedEver(t *testing.T, url string) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := jetStreamOf(t, url).Stream(ctx, cluster.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.LastSeq
+}
+
+// TestServerKilledMidPublish: the server is SIGKILLed as the first tasks
+// of a far submitter reach it, and their acknowledgements, on the way
+// back, are lost with the link; the server is started again on its store. The submitter sends again what was
+// not acknowledged, with the same message ids: each task is queued once
+// (the stream stored n messages in all) and runs once.
+func TestServerKilledMidPublish(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	server := startServer(t, dir, "server", port)
+	far, cut := cuttableProxy(t, port, 200*time.Millisecond)
+	const n = 100
+	sub := submit(t, dir, "run", fmt.Sprintf("nats://127.0.0.1:%d", far), sleeps(n, 0))
+	run := runIDOf(t, sub)
+	deadline := time.Now().Add(30 * time.Second)
+	for queuedEver(t, url) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no task queued after 30 s:\n%s", sub.stderr())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cut() // the acknowledgements on the way are lost
+	server.kill()
+	startServer(t, dir, "server-again", port, "--store", filepath.Join(dir, "server"))
+	t.Logf("%d tasks on the restarted server's store", queuedEver(t, url))
+	startAgent(t, dir, "agent1", url, "-j", "4")
+	if st := sub.wait(t, 60*time.Second); st != 0 {
+		t.Fatalf("run exited %d, want 0\n%s", st, sub.stderr())
+	}
+	checkOutputs(t, sub, n)
+	if starts := startsOf(dir, "agent1"); starts != n {
+		t.Errorf("%d task starts, want %d", starts, n)
+	}
+	checkRecorded(t, url, run, n)
+	if q := queuedEver(t, url); q != n {
+		t.Errorf("the stream stored %d messages, want %d: a task was queued twice, or lost", q, n)
+	}
 }

@@ -166,23 +166,176 @@ func quoteHead(in []byte) string {
 	return fmt.Sprintf("%q", in)
 }
 
-// Publish queues a task, or returns an error wrapping ErrTooLarge when it
-// does not fit a NATS message. The message id makes a publish retried after a
-// lost acknowledgement, or by a restarted submitter, a no-op.
+// Publish queues a task and waits for the server's acknowledgement, or
+// returns an error wrapping ErrTooLarge when it does not fit a NATS
+// message. The message id makes a publish retried after a lost
+// acknowledgement, or by a restarted submitter, a no-op. A Publisher queues
+// many tasks without a round trip each.
 func (r *Run) Publish(ctx context.Context, t TaskMsg) error {
-	t.Run = r.Spec.ID
-	k := ClassOf(t.Need)
-	body, err := marshal(t)
+	subj, id, body, err := r.message(t)
 	if err != nil {
 		return err
 	}
-	if max := r.c.nc.MaxPayload() - 1024; int64(len(body)) > max {
-		return fmt.Errorf("%w: task %d is %s, more than a NATS message holds (%s)", ErrTooLarge, t.Seq, bytesize.Format(int64(len(body))), bytesize.Format(max))
-	}
 	return retry(ctx, func(ctx context.Context) error {
-		_, err := r.c.js.Publish(ctx, taskSubject(k, t.Run), body, jetstream.WithMsgID(msgID(t.Run, t.Seq, k)))
+		_, err := r.c.js.Publish(ctx, subj, body, jetstream.WithMsgID(id))
 		return err
 	})
+}
+
+// message returns task t's subject, message id and body, or an error
+// wrapping ErrTooLarge.
+func (r *Run) message(t TaskMsg) (subj, id string, body []byte, err error) {
+	t.Run = r.Spec.ID
+	k := ClassOf(t.Need)
+	body, err = marshal(t)
+	if err != nil {
+		return "", "", nil, err
+	}
+	if max := r.c.nc.MaxPayload() - 1024; int64(len(body)) > max {
+		return "", "", nil, fmt.Errorf("%w: task %d is %s, more than a NATS message holds (%s)", ErrTooLarge, t.Seq, bytesize.Format(int64(len(body))), bytesize.Format(max))
+	}
+	return taskSubject(k, t.Run), msgID(t.Run, t.Seq, k), body, nil
+}
+
+// pubWindow and pubBytes bound a Publisher's publishes in flight, by number
+// and by size: a submitter a round trip of D from the server queues up to
+// pubWindow tasks every D, and holds at most pubBytes of them (and one
+// more) in memory.
+const (
+	pubWindow = 512
+	pubBytes  = 4 << 20
+)
+
+// pubAckWait is how long a Publisher waits for a publish's
+// acknowledgement before it sends the message again.
+const pubAckWait = 10 * time.Second
+
+// Publisher queues a run's tasks without waiting a round trip for each:
+// it keeps up to pubWindow publishes (pubBytes of messages) in flight, and
+// waits for the oldest's acknowledgement before it sends more. A publish
+// that fails, or is not acknowledged within pubAckWait (the server lost
+// or restarting), is sent again with the same message id until the server
+// acknowledges it, so that JetStream's de-duplication keeps one copy of
+// each task. A Publisher is used by one goroutine.
+type Publisher struct {
+	r       *Run
+	pending []*inFlight // oldest first
+	bytes   int         // the size of pending's messages
+}
+
+// inFlight is a publish not acknowledged yet.
+type inFlight struct {
+	subj, id string
+	body     []byte
+	ack      jetstream.PubAckFuture // nil: failed, to send again
+	sent     time.Time
+}
+
+// Publisher returns a Publisher of r's tasks.
+func (r *Run) Publisher() *Publisher {
+	return &Publisher{r: r}
+}
+
+// Publish sends task t, first waiting for acknowledgements while the
+// publishes in flight fill the window, or returns an error wrapping
+// ErrTooLarge when t does not fit a NATS message. Any other error is ctx's:
+// the tasks published and not acknowledged are then not known to be queued
+// (a submitter resumed with the run's id publishes them again).
+func (p *Publisher) Publish(ctx context.Context, t TaskMsg) error {
+	subj, id, body, err := p.r.message(t)
+	if err != nil {
+		return err
+	}
+	for len(p.pending) >= pubWindow || len(p.pending) > 0 && p.bytes+len(body) > pubBytes {
+		if err := p.settle(ctx); err != nil {
+			return err
+		}
+	}
+	f := &inFlight{subj: subj, id: id, body: body}
+	p.send(f)
+	p.pending = append(p.pending, f)
+	p.bytes += len(body)
+	return nil
+}
+
+// Flush waits until the server acknowledged every task published, or ctx
+// ends.
+func (p *Publisher) Flush(ctx context.Context) error {
+	for len(p.pending) > 0 {
+		if err := p.settle(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// send publishes f without waiting for its acknowledgement; f.ack is left
+// nil when it could not be sent (not connected, and the reconnect buffer
+// full).
+func (p *Publisher) send(f *inFlight) {
+	f.sent = time.Now()
+	f.ack, _ = p.r.c.js.PublishAsync(f.subj, f.body, jetstream.WithMsgID(f.id))
+}
+
+// pop forgets the oldest publish, acknowledged.
+func (p *Publisher) pop() {
+	p.bytes -= len(p.pending[0].body)
+	p.pending[0] = nil
+	p.pending = p.pending[1:]
+}
+
+// settle waits until the oldest publish is acknowledged and forgets it.
+// While it fails, it is sent again, with backoff, and with it every other
+// publish in flight that failed meanwhile, as after a server restart.
+func (p *Publisher) settle(ctx context.Context) error {
+	f := p.pending[0]
+	wait := 100 * time.Millisecond
+	for {
+		if f.ack != nil {
+			// An acknowledgement in already is taken before a timer
+			// that ran out while the feeder waited.
+			select {
+			case <-f.ack.Ok():
+				p.pop()
+				return nil
+			default:
+			}
+			late := time.NewTimer(time.Until(f.sent.Add(pubAckWait)))
+			select {
+			case <-f.ack.Ok():
+				late.Stop()
+				p.pop()
+				return nil
+			case <-f.ack.Err():
+				f.ack = nil
+			case <-late.C:
+				f.ack = nil
+			case <-ctx.Done():
+				late.Stop()
+				return fmt.Errorf("cluster: publishing task: %w", ctx.Err())
+			}
+			late.Stop()
+		}
+		if !sleep(ctx, wait) {
+			return fmt.Errorf("cluster: publishing task: %w", ctx.Err())
+		}
+		wait = min(2*wait, 2*time.Second)
+		for _, g := range p.pending {
+			if g.ack != nil {
+				select {
+				case <-g.ack.Err():
+					g.ack = nil
+				default:
+					if len(g.ack.Ok()) == 0 && time.Since(g.sent) > pubAckWait {
+						g.ack = nil
+					}
+				}
+			}
+			if g.ack == nil {
+				p.send(g)
+			}
+		}
+	}
 }
 
 // ErrTooLarge is returned by Publish for a task larger than a NATS message.
