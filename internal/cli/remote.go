@@ -232,7 +232,22 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 	early := map[uint64]*cluster.ResultRecord{}
 	var read uint64
 	extra := false
-	var otherInput error // a result of another input: the run id is another run's
+	// otherInput is the first result found of another input than the one
+	// read here for its task (the run id is another run's), and otherSeq
+	// that task. The results of the inputs before it are still collected
+	// and shown, as after an input that cannot be read; none after it.
+	var otherInput error
+	var otherSeq uint64
+	// before reports whether every input read before otherSeq has its
+	// result collected (inputs are read in order, so all of them are).
+	before := func() bool {
+		for seq := range inputs {
+			if seq < otherSeq {
+				return false
+			}
+		}
+		return true
+	}
 	interrupted := false
 	// The checker looks every waitingEvery at what may keep the run
 	// from ending, off this loop: its requests take round trips, many
@@ -294,8 +309,11 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 	collect := func(rec *cluster.ResultRecord) {
 		in := inputs[rec.Seq]
 		delete(inputs, rec.Seq)
+		if otherInput != nil && rec.Seq > otherSeq {
+			return
+		}
 		if err := in.Check(spec.ID, rec); err != nil {
-			otherInput = err
+			otherInput, otherSeq = err, rec.Seq
 			return
 		}
 		in.Restore(rec)
@@ -315,7 +333,7 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 	}
 
 loop:
-	for !(totalKnown && collected == total) && abortReason == "" && otherInput == nil {
+	for !(totalKnown && collected == total) && abortReason == "" && !(otherInput != nil && before()) {
 		select {
 		case f := <-feed:
 			if f.end {
