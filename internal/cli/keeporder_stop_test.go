@@ -20,8 +20,8 @@ import (
 )
 
 // keepOrderJob is the command of the stop tests: input "slow" runs until
-// the file release exists, the others end at once; each job writes its
-// line once its output is printed.
+// the file release exists, the others end at once; each prints "done"
+// and its input.
 func keepOrderJob(release string) []string {
 	return []string{"sh", "-c", `if [ $1 = slow ]; then while [ ! -e ` + release + ` ]; do sleep 0.02; done; fi; echo done $1`, "sh", "{}"}
 }
@@ -49,8 +49,8 @@ func joblogFileRows(path string) []string {
 
 // TestKeepOrderStopWritesHeld stops a local run -k while its first job
 // runs and the three after it are done, held for order: their outputs are
-// written at the stop, the journal has them done and nothing else, and
-// --resume runs only the first job, so that the two runs' outputs make
+// written at the stop and counted done, and --resume, which runs only
+// the tasks the journal does not have done, runs only the first job, so that the two runs' outputs make
 // the whole output. A second signal, which kills the workers at once, does
 // the same.
 func TestKeepOrderStopWritesHeld(t *testing.T) {

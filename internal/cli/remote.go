@@ -423,13 +423,13 @@ loop:
 		cancel()
 	}
 	if j.cfg.KeepOrder {
-		// Results collected behind one that never came (a task the
-		// interrupt stopped on the agents, or one after the abort
-		// policy's failure) are shown now, in input order without it:
-		// an aborted run cannot be collected again, so they would be
-		// lost, although recorded done. Once the run is stopped, so
-		// that a slow reader of stdout does not keep its tasks going.
-		// Those past another input's result are not shown.
+		// Results collected behind a task that was still running when
+		// the run stopped (Ctrl-C, SIGTERM, the abort policy) are shown
+		// now, in input order without it: an aborted run cannot be
+		// collected again, so they would be lost, although recorded
+		// done. After the run is stopped, so that a slow reader of
+		// stdout does not keep its tasks going. Those past another
+		// input's result are not shown.
 		for _, seq := range slices.Sorted(maps.Keys(pending)) {
 			if otherInput == nil || seq < otherSeq {
 				deliver(pending[seq])
