@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -354,6 +356,9 @@ loop:
 			}
 		case rec, ok := <-results:
 			if !ok {
+				// The collector stops only when ctx ends: this is the
+				// interrupt, seen here before ctx.Done below.
+				interrupted = ctx.Err() != nil
 				break loop
 			}
 			switch {
@@ -417,6 +422,22 @@ loop:
 		}
 		cancel()
 	}
+	if j.cfg.KeepOrder {
+		// Results collected behind a task that was still running when
+		// the run stopped (Ctrl-C, SIGTERM, the abort policy) are shown
+		// now, in input order without it: an aborted run cannot be
+		// collected again, so they would be lost, although recorded
+		// done. After the run is stopped, so that a slow reader of
+		// stdout does not keep its tasks going. Those past another
+		// input's result are not shown.
+		for _, seq := range slices.Sorted(maps.Keys(pending)) {
+			if otherInput == nil || seq < otherSeq {
+				deliver(pending[seq])
+			}
+			delete(pending, seq)
+		}
+	}
+	o.flush()
 	if !totalKnown {
 		// Interrupted or aborted: what the feeder has read by now.
 		total = read
