@@ -183,7 +183,7 @@ func serveRemote(ctx context.Context, url string, h Hello, br *bufio.Reader, bw 
 	// for now, it waits for what is in flight to be acknowledged, sending
 	// again what was lost, since the client may wait for those tasks'
 	// results before it sends more.
-	var pubLast uint64 // the publisher's last task handed on; read once pubDone is closed
+	var pubLast uint64 // the last task the publisher published; read once pubDone is closed
 	pubDone := make(chan struct{})
 	go func() { // owned by serveRemote, which waits for it: it ends when rctx ends, or after a publish error
 		defer close(pubDone)
