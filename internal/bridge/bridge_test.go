@@ -210,6 +210,20 @@ func startWith(t *testing.T, h Hello, worker string) *session {
 // with opt's Client.
 func startOpts(t *testing.T, h Hello, worker string, opt Options) *session {
 	t.Helper()
+	if h.Version == 0 {
+		h.Version = Version
+	}
+	if h.Command == nil {
+		h.Command = []string{os.Args[0]}
+	}
+	b, _ := json.Marshal(h)
+	return startHello(t, b, worker, opt)
+}
+
+// startHello starts a session whose workers are the helper named worker,
+// with opt's Client, and sends it hello.
+func startHello(t *testing.T, hello []byte, worker string, opt Options) *session {
+	t.Helper()
 	t.Setenv("SAFEPOOL_BRIDGE_TEST_WORKER", worker)
 	inR, inW, err := os.Pipe()
 	if err != nil {
@@ -233,14 +247,7 @@ func startOpts(t *testing.T, h Hello, worker string, opt Options) *session {
 		}
 		s.rf.Close()
 	})
-	if h.Version == 0 {
-		h.Version = Version
-	}
-	if h.Command == nil {
-		h.Command = []string{os.Args[0]}
-	}
-	b, _ := json.Marshal(h)
-	s.send(KindHello, 0, b)
+	s.send(KindHello, 0, hello)
 	return s
 }
 

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -87,76 +88,133 @@ func serveRemote(ctx context.Context, url string, h Hello, br *bufio.Reader, bw 
 	defer stop()
 	results := run.Results(rctx)
 
-	// The reader publishes the client's tasks and says on events what the
-	// client wants: more tasks (their count), a close, an abort, or that
-	// it is gone.
+	// The reader reads the client's frames. It hands the tasks, in order,
+	// and the close to the publisher on tasks, and says at once on events
+	// an abort, the client gone or a bad frame, so that these stop the run
+	// even while the publisher waits for the server.
 	type event struct {
-		published uint64 // the highest task number published so far
+		published uint64 // the highest task number handed to the publisher so far
 		closed    bool
 		err       error // abort: errClientAbort, errParentGone, a bad frame or a publish error
 	}
+	type handed struct {
+		task   cluster.TaskMsg
+		closed bool // the client's close frame, after every task
+	}
 	events := make(chan event, 16)
+	tasks := make(chan handed, 64)
+	var read atomic.Uint64 // the highest task number the reader took
+	send := func(e event) bool {
+		select {
+		case events <- e:
+			return true
+		case <-rctx.Done():
+			return false
+		}
+	}
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { // owned by serveRemote, which waits for it: it ends at end of file on br or when rctx ends
+	go func() { // owned by serveRemote, which waits for it: it ends at end of file on br
 		defer wg.Done()
-		send := func(e event) bool {
+		// drain reads the client until it closes its pipe, once
+		// serveRemote is done with it or after a frame that ends the run.
+		drain := func() { _, _ = io.Copy(io.Discard, br) }
+		hand := func(h handed) bool {
 			select {
-			case events <- e:
+			case tasks <- h:
 				return true
 			case <-rctx.Done():
 				return false
 			}
 		}
-		var last uint64
 		for {
 			f, err := readFrame(br)
 			if err != nil {
-				send(event{published: last, err: errParentGone})
+				send(event{err: errParentGone})
 				return
 			}
+			var t pool.Task
 			switch f.kind {
-			case KindTask, KindTaskMeta, KindBatch:
-				t := pool.Task{Input: f.payload}
-				switch f.kind {
-				case KindTaskMeta:
-					t, err = taskOf(f.payload)
-				case KindBatch:
-					// With nats the client sends batches of one item
-					// (python/safepool/_core.py): a cluster task is one
-					// item, with one recorded result.
-					if t, err = batchOf(f.payload); err == nil && t.Items != 1 {
-						err = fmt.Errorf("bridge: a batch of %d items with nats, which takes one item a task", t.Items)
-					}
-				}
-				if err != nil {
-					send(event{published: last, err: err})
-					continue
-				}
-				if f.id != last+1 {
-					send(event{published: last, err: fmt.Errorf("bridge: task %d sent out of order (want %d)", f.id, last+1)})
-					continue
-				}
-				need := t.MemHint
-				if need == 0 {
-					need = h.MemPerTask
-				}
-				if err := run.Publish(rctx, cluster.TaskMsg{Seq: f.id, Input: t.Input, Need: need, Items: t.Items}); err != nil {
-					send(event{published: last, err: err})
-					continue
-				}
-				last = f.id
-				if !send(event{published: last}) {
-					// serveRemote is done: drain the client until it closes.
-					_, _ = io.Copy(io.Discard, br)
-					return
+			case KindTask:
+				t = pool.Task{Input: f.payload}
+			case KindTaskMeta:
+				t, err = taskOf(f.payload)
+			case KindBatch:
+				// With nats the client sends batches of one item
+				// (python/safepool/_core.py): a cluster task is one
+				// item, with one recorded result.
+				if t, err = batchOf(f.payload); err == nil && t.Items != 1 {
+					err = fmt.Errorf("bridge: a batch of %d items with nats, which takes one item a task", t.Items)
 				}
 			case KindClose:
-				send(event{published: last, closed: true})
+				if !hand(handed{closed: true}) {
+					drain()
+					return
+				}
+				continue
 			case KindAbort:
-				send(event{published: last, err: errClientAbort})
+				err = errClientAbort
 			default:
-				send(event{published: last, err: fmt.Errorf("bridge: unexpected frame of kind %d", f.kind)})
+				err = fmt.Errorf("bridge: unexpected frame of kind %d", f.kind)
+			}
+			if err == nil && f.id != read.Load()+1 {
+				err = fmt.Errorf("bridge: task %d sent out of order (want %d)", f.id, read.Load()+1)
+			}
+			if err != nil {
+				send(event{err: err})
+				drain()
+				return
+			}
+			need := t.MemHint
+			if need == 0 {
+				need = h.MemPerTask
+			}
+			read.Store(f.id)
+			if !hand(handed{task: cluster.TaskMsg{Seq: f.id, Input: t.Input, Need: need, Items: t.Items}}) {
+				drain()
+				return
+			}
+		}
+	}()
+
+	// The publisher queues the tasks without waiting a round trip for
+	// each (cluster.Publisher: many in flight, each sent again until the
+	// server acknowledges it). When the client has nothing more to send
+	// for now, it waits for what is in flight to be acknowledged, sending
+	// again what was lost, since the client may wait for those tasks'
+	// results before it sends more.
+	var pubLast uint64 // the last task the publisher published; read once pubDone is closed
+	pubDone := make(chan struct{})
+	go func() { // owned by serveRemote, which waits for it: it ends when rctx ends, or after a publish error
+		defer close(pubDone)
+		pub := run.Publisher()
+		for {
+			var got handed
+			select {
+			case got = <-tasks:
+			default:
+				if pub.Flush(rctx) != nil {
+					return
+				}
+				select {
+				case got = <-tasks:
+				case <-rctx.Done():
+					return
+				}
+			}
+			if got.closed {
+				if !send(event{published: pubLast, closed: true}) {
+					return
+				}
+				continue
+			}
+			if err := pub.Publish(rctx, got.task); err != nil {
+				send(event{published: pubLast, err: err})
+				return
+			}
+			pubLast = got.task.Seq
+			if !send(event{published: pubLast}) {
+				return
 			}
 		}
 	}()
@@ -236,12 +294,15 @@ loop:
 		}
 	}
 	stop()
+	<-pubDone // nothing is published after this, nor after the run's abort
 	if abort != nil {
 		actx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		_ = run.Abort(actx)
 		cancel()
-		// The tasks published and not ended are cancelled, as a local
-		// pool's are when it aborts.
+		// The tasks the client sent and not ended are cancelled, as a
+		// local pool's are when it aborts: those published, and those
+		// read but not yet published.
+		published = max(published, pubLast, read.Load())
 		for seq := uint64(1); seq <= published; seq++ {
 			if !delivered[seq] {
 				deliver(seq, Meta{State: string(pool.Cancelled), Attempts: []Attempt{}}, nil)

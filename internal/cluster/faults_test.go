@@ -5,12 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -284,88 +282,8 @@ func TestOtherVersion(t *testing.T) {
 // the port. Cleanup closes it and its connections.
 func slowProxy(t *testing.T, target int, delay time.Duration) int {
 	t.Helper()
-	port, _ := cuttableProxy(t, target, delay)
+	port, _ := testenv.Proxy(t, target, delay)
 	return port
-}
-
-// cuttableProxy is slowProxy, and returns as well cut, which closes the
-// connections open, dropping what they still carry, as a link that breaks.
-func cuttableProxy(t *testing.T, target int, delay time.Duration) (port int, cut func()) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	type chunk struct {
-		due time.Time
-		b   []byte
-	}
-	pipe := func(from, to net.Conn) {
-		q := make(chan chunk, 4096)
-		wg.Go(func() {
-			defer close(q)
-			for {
-				b := make([]byte, 64<<10)
-				n, err := from.Read(b)
-				if n > 0 {
-					q <- chunk{time.Now().Add(delay), b[:n]}
-				}
-				if err != nil {
-					return
-				}
-			}
-		})
-		wg.Go(func() {
-			defer to.Close()
-			for c := range q {
-				time.Sleep(time.Until(c.due))
-				if _, err := to.Write(c.b); err != nil {
-					from.Close()
-					for range q {
-					}
-					return
-				}
-			}
-		})
-	}
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", target))
-			if err != nil {
-				c.Close()
-				continue
-			}
-			mu.Lock()
-			conns = append(conns, c, s)
-			mu.Unlock()
-			pipe(c, s)
-			pipe(s, c)
-		}
-	})
-	cut = func() {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	}
-	return l.Addr().(*net.TCPAddr).Port, cut
 }
 
 // TestSlowAgent: an agent 400 ms (there and back) from the server, as on
@@ -515,7 +433,7 @@ func TestServerKilledMidPublish(t *testing.T) {
 	port := freePort(t)
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
 	server := startServer(t, dir, "server", port)
-	far, cut := cuttableProxy(t, port, 200*time.Millisecond)
+	far, cut := testenv.Proxy(t, port, 200*time.Millisecond)
 	const n = 100
 	sub := submit(t, dir, "run", fmt.Sprintf("nats://127.0.0.1:%d", far), sleeps(n, 0))
 	run := runIDOf(t, sub)

@@ -206,17 +206,27 @@ const (
 	pubBytes  = 4 << 20
 )
 
-// pubAckWait is how long a Publisher waits for a publish's
-// acknowledgement before it sends the message again.
-const pubAckWait = 10 * time.Second
+// pubAckWait is how long a Publisher first waits for a publish's
+// acknowledgement before it sends the message again, and pubAckWaitMax
+// how long at most: each time a publish is not acknowledged in time, its
+// next wait is twice as long. Sending again early is harmless, since
+// JetStream drops a message id it stored within dedupWindow; the doubling
+// keeps a link slower than pubAckWait for a window of messages (4 MiB on
+// a few Mbit/s) from sending the same messages again and again. The
+// connection's own limit (WithPublishAsyncTimeout in setup) is 30 s.
+const (
+	pubAckWait    = 2 * time.Second
+	pubAckWaitMax = 30 * time.Second
+)
 
 // Publisher queues a run's tasks without waiting a round trip for each:
 // it keeps up to pubWindow publishes (pubBytes of messages) in flight, and
 // waits for the oldest's acknowledgement before it sends more. A publish
-// that fails, or is not acknowledged within pubAckWait (the server lost
-// or restarting), is sent again with the same message id until the server
-// acknowledges it, so that JetStream's de-duplication keeps one copy of
-// each task. A Publisher is used by one goroutine.
+// that fails, or is not acknowledged within its wait (pubAckWait at
+// first: the server lost or restarting, a cluster electing a leader), is
+// sent again with the same message id until the server acknowledges it,
+// so that JetStream's de-duplication keeps one copy of each task. A
+// Publisher is used by one goroutine.
 type Publisher struct {
 	r       *Run
 	pending []*inFlight // oldest first
@@ -229,6 +239,7 @@ type inFlight struct {
 	body     []byte
 	ack      jetstream.PubAckFuture // nil: failed, to send again
 	sent     time.Time
+	wait     time.Duration // how long after sent the acknowledgement is late
 }
 
 // Publisher returns a Publisher of r's tasks.
@@ -251,7 +262,7 @@ func (p *Publisher) Publish(ctx context.Context, t TaskMsg) error {
 			return err
 		}
 	}
-	f := &inFlight{subj: subj, id: id, body: body}
+	f := &inFlight{subj: subj, id: id, body: body, wait: pubAckWait}
 	p.send(f)
 	p.pending = append(p.pending, f)
 	p.bytes += len(body)
@@ -300,7 +311,7 @@ func (p *Publisher) settle(ctx context.Context) error {
 				return nil
 			default:
 			}
-			late := time.NewTimer(time.Until(f.sent.Add(pubAckWait)))
+			late := time.NewTimer(time.Until(f.sent.Add(f.wait)))
 			select {
 			case <-f.ack.Ok():
 				late.Stop()
@@ -310,6 +321,7 @@ func (p *Publisher) settle(ctx context.Context) error {
 				f.ack = nil
 			case <-late.C:
 				f.ack = nil
+				f.wait = min(2*f.wait, pubAckWaitMax)
 			case <-ctx.Done():
 				late.Stop()
 				return fmt.Errorf("cluster: publishing task: %w", ctx.Err())
@@ -326,8 +338,9 @@ func (p *Publisher) settle(ctx context.Context) error {
 				case <-g.ack.Err():
 					g.ack = nil
 				default:
-					if len(g.ack.Ok()) == 0 && time.Since(g.sent) > pubAckWait {
+					if len(g.ack.Ok()) == 0 && time.Since(g.sent) > g.wait {
 						g.ack = nil
+						g.wait = min(2*g.wait, pubAckWaitMax)
 					}
 				}
 			}
