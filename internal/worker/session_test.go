@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"os/signal"
 	"slices"
 	"strings"
 	"sync"
@@ -95,10 +96,15 @@ func runHelper(mode string) int {
 }
 
 // behave does what input says: "die" exits 3 at once, "exit0" exits 0,
-// "kill" SIGKILLs itself, "halfline" does so after half a line of stderr, "hang" sleeps, "nap" sleeps 20 ms and answers;
+// "kill" SIGKILLs itself, "halfline" does so after half a line of stderr, "hang" sleeps, "nap" sleeps 20 ms and answers,
+// "lateanswer" answers when it gets SIGTERM (and lives on);
 // anything else is answered "ok:input".
 func behave(input string) string {
 	switch input {
+	case "lateanswer":
+		term := make(chan os.Signal, 1)
+		signal.Notify(term, syscall.SIGTERM)
+		<-term
 	case "nap":
 		time.Sleep(20 * time.Millisecond)
 	case "die":
@@ -279,6 +285,36 @@ func TestSessionCause(t *testing.T) {
 			}
 			if d.Expected() {
 				t.Errorf("Death.Expected() = true for a death the session did not intend")
+			}
+		})
+	}
+}
+
+// TestSessionTimeoutGrace: a persistent worker whose task ran out of time
+// gets SIGTERM, and SIGKILL after TimeoutGrace; what it writes in the
+// grace, here the timed-out task's answer, is not taken: the task ends
+// with CauseTimeout.
+func TestSessionTimeoutGrace(t *testing.T) {
+	for _, io := range []IO{IOFramed, IOLine} {
+		mode := map[IO]string{IOFramed: "framed", IOLine: "line"}[io]
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			cfg := helperConfig(mode, io)
+			cfg.Timeout, cfg.TimeoutGrace = 300*time.Millisecond, 700*time.Millisecond
+			start := time.Now()
+			h, d := drive(t, cfg, []string{"lateanswer"}, false, 20*time.Second)
+			if took := time.Since(start); took < cfg.Timeout+cfg.TimeoutGrace {
+				t.Errorf("the worker ended %v after its start, before its grace was over", took)
+			}
+			if len(h.ended) != 0 {
+				t.Errorf("answers = %+v, want none: the answer came after the timeout", h.ended)
+			}
+			if d.Cause != CauseTimeout || d.Killed != CauseTimeout || d.Exit.Signal != syscall.SIGKILL || len(d.Flights) != 1 {
+				t.Fatalf("Death = %+v, want killed for a timeout by SIGKILL, one flight", d)
+			}
+			if o := d.Flights[0].Outcome; o.Cause != CauseTimeout ||
+				o.Message != "killed after 300ms: SIGTERM, then SIGKILL after a grace of 700ms" {
+				t.Errorf("Outcome = %+v, want the timeout, SIGTERM then SIGKILL", o)
 			}
 		})
 	}
