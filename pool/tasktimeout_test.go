@@ -195,3 +195,66 @@ func TestTimeoutGraceOOM(t *testing.T) {
 		})
 	}
 }
+
+// TestTimeoutGraceAbort: an abort during the grace after a timeout does not
+// wait for the grace: the worker is stopped as on any abort, SIGKILLed
+// after Config.Grace, and a second Abort kills it at once. A long grace
+// keeps neither the pool nor a goroutine alive.
+func TestTimeoutGraceAbort(t *testing.T) {
+	for _, proto := range protocols {
+		for _, twice := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/twice=%v", proto, twice), func(t *testing.T) {
+				cfg := config(proto, 1) // Grace 500ms
+				cfg.Timeout = 200 * time.Millisecond
+				cfg.TimeoutGrace = time.Minute
+				started := make(chan struct{}, 1)
+				cfg.Observer = func(e pool.Event) {
+					if e.Kind == pool.EventAttemptStarted {
+						select {
+						case started <- struct{}{}:
+						default:
+						}
+					}
+				}
+				p, err := pool.New(cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := p.Submit(context.Background(), pool.Task{Input: []byte("hang")}); err != nil {
+					t.Fatal(err)
+				}
+				<-started
+				time.Sleep(cfg.Timeout + 300*time.Millisecond) // into the grace
+				begin := time.Now()
+				p.Abort(nil)
+				if twice {
+					p.Abort(nil)
+				}
+				var got []pool.Result
+				timeout := time.After(20 * time.Second)
+			read:
+				for {
+					select {
+					case r, ok := <-p.Results():
+						if !ok {
+							break read
+						}
+						got = append(got, r)
+					case <-timeout:
+						t.Fatalf("the pool did not end within 20s of the abort, in a grace of %v", cfg.TimeoutGrace)
+					}
+				}
+				took := time.Since(begin)
+				if took > 5*time.Second || twice && took > 2*time.Second {
+					t.Errorf("the pool ended %v after the abort, want within Config.Grace and a little", took)
+				}
+				if len(got) == 1 {
+					t.Logf("%s after %v: %s %+v", got[0].State, took, got[0].Cause(), got[0].Attempts)
+				}
+				if len(got) != 1 || got[0].State != pool.Cancelled && got[0].State != pool.Failed {
+					t.Errorf("results = %+v, want the task ended", got)
+				}
+			})
+		}
+	}
+}
