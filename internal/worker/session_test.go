@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -97,7 +98,7 @@ func runHelper(mode string) int {
 
 // behave does what input says: "die" exits 3 at once, "exit0" exits 0,
 // "kill" SIGKILLs itself, "halfline" does so after half a line of stderr, "hang" sleeps, "nap" sleeps 20 ms and answers,
-// "lateanswer" answers when it gets SIGTERM (and lives on);
+// "lateanswer" answers when it gets SIGTERM (and lives on), "termgrow" holds 128 MiB more once it gets SIGTERM;
 // anything else is answered "ok:input".
 func behave(input string) string {
 	switch input {
@@ -105,6 +106,16 @@ func behave(input string) string {
 		term := make(chan os.Signal, 1)
 		signal.Notify(term, syscall.SIGTERM)
 		<-term
+	case "termgrow":
+		term := make(chan os.Signal, 1)
+		signal.Notify(term, syscall.SIGTERM)
+		<-term
+		b := make([]byte, 128<<20)
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = 1
+		}
+		time.Sleep(time.Hour)
+		runtime.KeepAlive(b)
 	case "nap":
 		time.Sleep(20 * time.Millisecond)
 	case "die":
@@ -317,6 +328,41 @@ func TestSessionTimeoutGrace(t *testing.T) {
 				t.Errorf("Outcome = %+v, want the timeout, SIGTERM then SIGKILL", o)
 			}
 		})
+	}
+}
+
+// TestSessionTimeoutGraceOverLimit: a process without a cgroup of its own
+// is held to MemLimit during its grace after a timeout too: one that grows
+// past it then is killed at once, and its death is memory-limit.
+func TestSessionTimeoutGraceOverLimit(t *testing.T) {
+	cfg := helperConfig("oneshot", IONone, "--", "termgrow")
+	cfg.Timeout, cfg.TimeoutGrace, cfg.MemLimit = 200*time.Millisecond, 30*time.Second, 32<<20
+	s, err := StartSession(cfg, &host{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Send(&Flight{ID: 1, Timeout: cfg.Timeout})
+	start := time.Now()
+	give := time.NewTimer(20 * time.Second)
+	defer give.Stop()
+	for done := false; !done; {
+		select {
+		case <-s.Done():
+			done = true
+		case <-s.Deadline():
+			s.CheckDeadlines()
+		case <-s.OverLimit():
+			s.Kill(CauseMemoryLimit)
+		case <-give.C:
+			s.Cancel(true)
+		}
+	}
+	d := s.Reap()
+	if d.Cause != CauseMemoryLimit || len(d.Flights) != 1 || d.Flights[0].Outcome.Cause != CauseMemoryLimit {
+		t.Errorf("Death = %+v after %v, want memory-limit", d, time.Since(start))
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("the process ended %v after its start, want at once when over the limit in its grace", took)
 	}
 }
 
