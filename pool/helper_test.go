@@ -185,7 +185,9 @@ func runWorker(mode string) int {
 //	segv             die of SIGSEGV
 //	exit:N           exit with status N
 //	sleep:MS         sleep, then answer
-//	hang             sleep forever
+//	hang             sleep forever, ignoring SIGTERM
+//	termtrap:FILE:N  sleep until SIGTERM, then write "cleaned" to FILE and exit with status N
+//	termhog          sleep until SIGTERM, then do hog
 //	hog              allocate and touch memory until killed
 //	childhog         run a child that does hog, wait for it, and answer with how it ended
 //	garbage          write junk on the result pipe
@@ -231,6 +233,19 @@ func behave(in string) (string, error) {
 	case "hang":
 		signal.Ignore(syscall.SIGTERM)
 		select {}
+	case "termtrap":
+		file, code, _ := strings.Cut(arg, ":")
+		n, _ := strconv.Atoi(code)
+		term := make(chan os.Signal, 1)
+		signal.Notify(term, syscall.SIGTERM)
+		<-term
+		os.WriteFile(file, []byte("cleaned"), 0o644)
+		os.Exit(n)
+	case "termhog":
+		term := make(chan os.Signal, 1)
+		signal.Notify(term, syscall.SIGTERM)
+		<-term
+		return behave("hog")
 	case "hog":
 		var keep [][]byte
 		for {

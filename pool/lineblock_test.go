@@ -161,6 +161,7 @@ func TestLineBlockTimeout(t *testing.T) {
 	items := []string{"sleep:150", "sleep:150", "sleep:150", "hang", "sleep:150", "sleep:150"}
 	cfg := config(pool.Line, 1)
 	cfg.Timeout = 400 * time.Millisecond
+	cfg.TimeoutGrace = -1 // when the clock runs out, not how the hanging item ends
 	got, _, _ := runLineBlocks(t, cfg, items)
 	checkDone(t, got, items, 4)
 	o := got[4]

@@ -368,6 +368,10 @@ const MaxPipeline = 1 << 16
 // has between SIGTERM and SIGKILL.
 const DefaultGrace = 3 * time.Second
 
+// DefaultTimeoutGrace is Config.TimeoutGrace when it is zero: how long an
+// attempt that ran out of time has between SIGTERM and SIGKILL.
+const DefaultTimeoutGrace = 3 * time.Second
+
 const (
 	// defaultStartTimeout is long enough for an interpreter to import a
 	// large library from a cold disk, short enough that a worker that will
@@ -472,6 +476,9 @@ func (c *Config) normalize() error {
 	}
 	if c.Grace == 0 {
 		c.Grace = DefaultGrace
+	}
+	if c.TimeoutGrace == 0 {
+		c.TimeoutGrace = DefaultTimeoutGrace
 	}
 	if c.StartupFailures == 0 {
 		c.StartupFailures = 3

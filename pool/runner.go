@@ -340,6 +340,7 @@ func (r *runner) sessionConfig(spec worker.Spec) worker.Config {
 		StartTimeout: cfg.StartTimeout,
 		StallTimeout: cfg.StallTimeout,
 		Grace:        cfg.Grace,
+		TimeoutGrace: cfg.TimeoutGrace,
 		Pipeline:     cfg.Pipeline,
 		MaxLine:      cfg.MaxLine,
 		MaxTasks:     cfg.MaxTasksPerWorker,

@@ -54,8 +54,9 @@ const (
 	CauseMemoryLimit = worker.CauseMemoryLimit
 	// CauseSegfault means the worker died of SIGSEGV or SIGBUS.
 	CauseSegfault = worker.CauseSegfault
-	// CauseTimeout means the attempt ran longer than Config.Timeout and its
-	// worker was killed.
+	// CauseTimeout means the attempt ran longer than Config.Timeout (or its
+	// task's own Timeout) and its worker was ended: SIGTERM, then SIGKILL
+	// after Config.TimeoutGrace, whatever signal or exit ended it.
 	CauseTimeout = worker.CauseTimeout
 	// CauseProtocol means the worker wrote something the protocol does not
 	// allow, or closed its pipes while alive, and was killed.
@@ -138,8 +139,9 @@ type Task struct {
 	// the task's Result is delivered.
 	Stdin []byte
 	// Timeout, when positive, bounds this task's attempts in place of
-	// Config.Timeout: an attempt that runs longer is killed and ends with
-	// CauseTimeout. Zero means Config.Timeout.
+	// Config.Timeout: an attempt that runs longer is ended (SIGTERM, then
+	// SIGKILL after Config.TimeoutGrace) with CauseTimeout. Zero means
+	// Config.Timeout.
 	Timeout time.Duration
 	// MemHint, when positive, is the memory in bytes the caller expects the
 	// task to need. The memory governor admits the task only where that
@@ -454,8 +456,21 @@ type Config struct {
 	// start frame (framed), or from when its line was written to an idle
 	// worker or the line before it was answered (line). A framed task that
 	// the worker never starts is timed from when it was handed to an idle
-	// worker. Zero means no limit.
+	// worker. Zero means no limit. An attempt that runs out of time gets
+	// SIGTERM (to its worker's process group) and TimeoutGrace to end
+	// before SIGKILL.
 	Timeout time.Duration
+	// TimeoutGrace is how long an attempt that ran out of Timeout (a
+	// task's own or the pool's) has between SIGTERM and SIGKILL, to clean
+	// up: remove temporary files, write a checkpoint. Its cause is
+	// CauseTimeout however it then ends (it exits by itself, SIGTERM kills
+	// it, SIGKILL does), unless memory ends it first during the grace: an
+	// OOM kill (CauseOOM) or MemLimit (CauseMemoryLimit), named as at any
+	// other time. A persistent worker is ended so too, with the task it
+	// runs: what it writes after the SIGTERM is not taken as an answer,
+	// and the tasks sent behind it go back to the queue. Zero means
+	// DefaultTimeoutGrace; a negative value means SIGKILL at once.
+	TimeoutGrace time.Duration
 	// StartTimeout is how long a framed worker has to send its ready frame.
 	// A worker that has not sent it by then is killed, as one that failed
 	// to start, unless it is still working (its processes ran or used CPU

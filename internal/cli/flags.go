@@ -31,6 +31,9 @@ type commonFlags struct {
 	quiet     bool
 	grace     time.Duration
 	metrics   string // --metrics ADDR, or ""
+
+	// timeoutGrace is --timeout-grace: 0 means SIGKILL at once.
+	timeoutGrace time.Duration
 }
 
 // register adds the shared flags to fs. Flags that only one subcommand has
@@ -42,7 +45,8 @@ func (f *commonFlags) registerPool(fs *pflag.FlagSet, retriesUsage string) {
 	fs.MarkHidden("max-procs")
 	fs.IntVar(&f.retries, "retries", 0, retriesUsage)
 	fs.StringVar(&f.onDeath, "on-worker-death", "", "what to do when a worker dies during a task: `ACTION` is retry, skip or abort (default: retry when --retries > 0, else skip)")
-	fs.DurationVar(&f.timeout, "timeout", 0, "kill an attempt that runs longer than `DURATION`, such as 90s or 1h30m")
+	fs.DurationVar(&f.timeout, "timeout", 0, "end an attempt that runs longer than `DURATION`, such as 90s or 1h30m: SIGTERM, then SIGKILL after --timeout-grace")
+	f.registerTimeoutGrace(fs)
 	fs.Var(newSizeValue(&f.memLimit).nonZero("0 would mean no memory at all; omit the flag for no limit").atLeast(pool.MinMemory), "mem-limit", "cap each worker's memory at `SIZE`, such as 512MiB or 2G; only that worker is killed when it goes over")
 	boolVarP(fs, &f.noData, "no-data-limit", "", "without cgroups, hold workers to --mem-limit by sampling alone, without the data size limit (RLIMIT_DATA) that some runtimes cannot run under, such as Go built with -race")
 	f.mem.register(fs)
@@ -67,6 +71,12 @@ func (f *commonFlags) registerOutput(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.grace, "grace", 0, "give stopped workers `DURATION` between SIGTERM and SIGKILL (default 3s)")
 }
 
+// registerTimeoutGrace adds --timeout-grace, which run, map and agent
+// share.
+func (f *commonFlags) registerTimeoutGrace(fs *pflag.FlagSet) {
+	fs.DurationVar(&f.timeoutGrace, "timeout-grace", pool.DefaultTimeoutGrace, "give an attempt that ran past --timeout `DURATION` between SIGTERM and SIGKILL to clean up; 0: SIGKILL at once")
+}
+
 // config returns the pool configuration the flags ask for.
 func (f *commonFlags) config(cmd string, protocol pool.Protocol, command []string) (pool.Config, error) {
 	cfg := pool.Config{
@@ -80,6 +90,10 @@ func (f *commonFlags) config(cmd string, protocol pool.Protocol, command []strin
 		KeepOrder:   f.keepOrder,
 		Grace:       f.grace,
 	}
+	cfg.TimeoutGrace = f.timeoutGrace
+	if f.timeoutGrace == 0 {
+		cfg.TimeoutGrace = -1 // the pool's way to say SIGKILL at once
+	}
 	if f.jobs < 0 {
 		return cfg, usagef(cmd, "-j must be at least 0, not %d", f.jobs)
 	}
@@ -91,6 +105,9 @@ func (f *commonFlags) config(cmd string, protocol pool.Protocol, command []strin
 	}
 	if f.grace < 0 {
 		return cfg, usagef(cmd, "--grace must not be negative")
+	}
+	if f.timeoutGrace < 0 {
+		return cfg, usagef(cmd, "--timeout-grace must not be negative")
 	}
 	if err := f.journal.check(cmd); err != nil {
 		return cfg, err
@@ -256,7 +273,7 @@ var longFlagHints = map[string]string{
 	"halt":        "--on-worker-death abort stops at the first failure, as --halt now,fail=1",
 	"retry":       "did you mean --retries?",
 	"tmpdir":      "large outputs are kept in $TMPDIR: set it",
-	"termseq":     "--timeout kills with SIGKILL; --grace is the time between SIGTERM and SIGKILL when stopping",
+	"termseq":     "--timeout sends SIGTERM, then SIGKILL after --timeout-grace (0: SIGKILL at once)",
 	"bar":         "--progress shows a progress bar",
 	"eta":         "--progress shows the ETA",
 	"max-args":    "each job takes one input",

@@ -34,7 +34,7 @@ func (n *natsFlags) register(fs *pflag.FlagSet) {
 // agentFlags are the flags of run and map that, with --nats, belong to the
 // agents (safepool agent takes them), not to the run.
 var agentFlags = []string{"jobs", "max-procs", "mem-limit", "no-data-limit", "mem-budget", "mem-reserve",
-	"mem-high", "mem-psi", "no-governor", "grace"}
+	"mem-high", "mem-psi", "no-governor", "grace", "timeout-grace"}
 
 // check refuses --run-id without --nats, and with --nats the flags that are
 // the agents'.

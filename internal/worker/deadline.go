@@ -19,6 +19,18 @@ func (s *Session) armDeadline() {
 	if !s.pausedAt.IsZero() {
 		return // Continue arms it
 	}
+	if s.deadline != nil {
+		s.deadline.Stop()
+		s.deadline = nil
+	}
+	if !s.termAt.IsZero() {
+		// The process is being ended for a timeout: only the end of its
+		// grace counts now.
+		if at := s.graceEnds(); !at.IsZero() {
+			s.deadline = time.NewTimer(time.Until(at))
+		}
+		return
+	}
 	var at time.Time
 	earliest := func(t time.Time) {
 		if !t.IsZero() && (at.IsZero() || t.Before(at)) {
@@ -43,10 +55,6 @@ func (s *Session) armDeadline() {
 		if !t.IsZero() {
 			earliest(t.Add(eofPatience))
 		}
-	}
-	if s.deadline != nil {
-		s.deadline.Stop()
-		s.deadline = nil
 	}
 	if !at.IsZero() {
 		s.deadline = time.NewTimer(time.Until(at))
@@ -108,6 +116,15 @@ func (s *Session) CheckDeadlines() {
 		// OOM kill, a signal), not a closed pipe or the clock.
 		return
 	}
+	if !s.termAt.IsZero() {
+		if at := s.graceEnds(); !at.IsZero() && !now.Before(at) {
+			s.graceOver = true
+			s.Kill(CauseTimeout)
+			return
+		}
+		s.armDeadline()
+		return
+	}
 	switch {
 	case !s.eofAt.IsZero() && !now.Before(s.eofAt.Add(eofPatience)):
 		s.Kill(CauseProtocol)
@@ -130,8 +147,7 @@ func (s *Session) CheckDeadlines() {
 	s.lookAtPage(now)
 	for _, f := range s.inflight {
 		if f.Timeout > 0 && f.started && !now.Before(f.clock.Add(f.Timeout)) {
-			s.victim = f
-			s.Kill(CauseTimeout)
+			s.timeOut(f)
 			return
 		}
 	}
@@ -140,8 +156,7 @@ func (s *Session) CheckDeadlines() {
 		// from when it could have.
 		f.unstarted = true
 		s.startFlight(f, s.waitingSince(f))
-		s.victim = f
-		s.Kill(CauseTimeout)
+		s.timeOut(f)
 		return
 	}
 	s.armDeadline()
@@ -149,6 +164,12 @@ func (s *Session) CheckDeadlines() {
 
 // Handle processes one event from the result pipe.
 func (s *Session) Handle(ev Event) {
+	if ev.err == nil && !s.termAt.IsZero() {
+		// Written after its attempt ran out of time (or read after): the
+		// timed-out task is not answered late, and the tasks sent behind
+		// it go back to the queue as when the worker is killed at once.
+		return
+	}
 	if ev.err != nil {
 		s.readerDone = true
 		if s.killed == "" && s.eofAt.IsZero() {

@@ -93,11 +93,8 @@ func (s *Session) Reap() *Death {
 	s.stopTimers()
 
 	exit := proc.Exit()
-	d := &Death{PID: proc.Pid, Exit: exit, Cause: s.killed, Killed: s.killed, Retired: s.retired,
+	d := &Death{PID: proc.Pid, Exit: exit, Cause: s.deathCause(exit), Killed: s.killed, Retired: s.retired,
 		Answered: s.answered, Stalled: s.line.stalled, Stderr: proc.StderrTail()}
-	if d.Cause == "" && (s.cfg.Spec.IO != IONone || exit.Code != 0 || exit.Signal != 0) {
-		d.Cause = s.classify(exit, s.spawned)
-	}
 	line := s.cfg.Spec.IO == IOLine
 	for i, f := range s.inflight {
 		o := s.exitOutcome(exit, d.Cause, f)
@@ -220,7 +217,13 @@ func (s *Session) deathMessage(c Cause, peak int64) string {
 		if s.victim != nil {
 			limit = s.victim.Timeout
 		}
-		return "killed after " + limit.String()
+		if s.termAt.IsZero() {
+			return "killed after " + limit.String()
+		}
+		if s.graceOver {
+			return fmt.Sprintf("killed after %v: SIGTERM, then SIGKILL after a grace of %v", limit, s.cfg.TimeoutGrace)
+		}
+		return "killed after " + limit.String() + ": SIGTERM, and " + s.exitPhrase()
 	case CauseMemoryLimit:
 		return "over the memory limit of " + strconv.FormatInt(s.cfg.MemLimit, 10) + " bytes"
 	}
@@ -285,8 +288,46 @@ func LastLines(s string, n int) string {
 	return strings.Join(keep, " | ")
 }
 
+// deathCause decides why the process ended: why the session killed it,
+// or else what classify finds (nothing for a one-shot process that exited
+// 0). A process sent SIGTERM for a timeout is the timeout's however it then
+// ends (its own exit, SIGTERM, the SIGKILL after the grace), unless memory
+// ended it during the grace, as it would have without the timeout: an OOM
+// kill that memoryCause confirms, or the session's kill over MemLimit.
+func (s *Session) deathCause(exit Exit) Cause {
+	switch {
+	case s.killed == CauseTimeout && !s.termAt.IsZero():
+		if s.overLimit {
+			return CauseMemoryLimit
+		}
+		if c := s.memoryCause(exit, s.spawned); c != "" {
+			return c
+		}
+		return CauseTimeout
+	case s.killed != "":
+		return s.killed
+	case s.cfg.Spec.IO != IONone || exit.Code != 0 || exit.Signal != 0:
+		return s.classify(exit, s.spawned)
+	}
+	return ""
+}
+
 // classify names the cause of a death the session did not cause itself.
 func (s *Session) classify(exit Exit, started time.Time) Cause {
+	if c := s.memoryCause(exit, started); c != "" {
+		return c
+	}
+	if exit.Signal == 0 {
+		return ExitCause(exit.Code)
+	}
+	return SignalCause(exit.Signal)
+}
+
+// memoryCause names a death that memory caused: an OOM kill that the
+// worker cgroup's counter, the enclosing cgroup's witness or the kernel log
+// confirms, or, without a cgroup, the kernel's refusal of memory past the
+// data size limit. It is "" for any other death.
+func (s *Session) memoryCause(exit Exit, started time.Time) Cause {
 	// The OOM killer may have taken a process inside the worker (sh -c
 	// 'prog'), after which the worker itself exits with 137: the group's
 	// counter tells, whatever the worker's own status.
@@ -307,9 +348,9 @@ func (s *Session) classify(exit Exit, started time.Time) Cause {
 	// Where workers share the supervisor's cgroup, its counter confirms
 	// a kill only when its rise is accounted for by exactly the deaths
 	// that may be kills (memory.OOMWitness). A worker the session retired
-	// may have been SIGKILLed by the session itself, which is never an OOM
-	// kill.
-	if !counted && !s.retired && memory.MaybeOOMKilled(exit.Signal, exit.Code) {
+	// or ended after a timeout may have been SIGKILLed by the session
+	// itself, which is never an OOM kill.
+	if !counted && !s.retired && !s.sentKill && memory.MaybeOOMKilled(exit.Signal, exit.Code) {
 		if w := s.cfg.Witness; w != nil && w.Confirm(s.oomMark) {
 			return CauseOOM
 		}
@@ -326,10 +367,7 @@ func (s *Session) classify(exit Exit, started time.Time) Cause {
 	if !counted && s.cfg.OOMLog != nil && s.oomInTree(exit, started) {
 		return CauseOOM
 	}
-	if exit.Signal == 0 {
-		return ExitCause(exit.Code)
-	}
-	return SignalCause(exit.Signal)
+	return ""
 }
 
 // oomInTree reports whether the kernel log names an OOM kill of the

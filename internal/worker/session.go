@@ -74,6 +74,10 @@ type Config struct {
 	// Grace is the time between SIGTERM and SIGKILL when the process is
 	// stopped, and the patience given to a retired process.
 	Grace time.Duration
+	// TimeoutGrace is the time between SIGTERM and SIGKILL when an attempt
+	// runs out of time, for the job to clean up; 0 or less means SIGKILL at
+	// once.
+	TimeoutGrace time.Duration
 	// Pipeline is the most tasks in flight at once.
 	Pipeline int
 	// MaxLine bounds an answer line (IOLine).
@@ -331,6 +335,18 @@ type Session struct {
 	// readerDone: the result reader sent its last event.
 	readerDone bool
 
+	// termAt is when the session sent SIGTERM to the process group
+	// because an attempt ran out of time, giving it cfg.TimeoutGrace to
+	// end before SIGKILL; zero otherwise. From then on nothing the worker
+	// writes is taken as an answer.
+	termAt time.Time
+	// sentKill: the session sent SIGKILL, or may have (Process.Stop).
+	sentKill bool
+	// graceOver: the process outlived the grace and was sent SIGKILL.
+	graceOver bool
+	// overLimit: the session killed the process over MemLimit.
+	overLimit bool
+
 	oomBase uint64 // the group's oom_kill count when the process or attempt began
 	// groupCounts: the group's own counter could be read at the start, so
 	// that it, not the enclosing cgroup's witness, judges an OOM kill.
@@ -526,9 +542,10 @@ func (s *Session) Probe() <-chan time.Time {
 
 // OverLimit is closed once the process's private memory went over
 // MemLimit, where it has no cgroup of its own and is not being killed
-// already; otherwise it is nil.
+// already (a process in its grace after a timeout still is held to the
+// limit); otherwise it is nil.
 func (s *Session) OverLimit() <-chan struct{} {
-	if s.watch == nil || s.killed != "" {
+	if s.watch == nil || s.sentKill || s.killed != "" && s.termAt.IsZero() {
 		return nil
 	}
 	return s.watch.Over()
@@ -769,12 +786,48 @@ func (s *Session) peakFor(f *Flight, now time.Time) int64 {
 }
 
 // Kill ends the process at once and remembers why, unless it was already
-// being killed for another cause.
+// being killed for another cause. (Over the memory limit during the grace
+// after a timeout, the death is the memory limit's: see deathCause.)
 func (s *Session) Kill(c Cause) {
 	if s.killed == "" {
 		s.killed = c
 	}
+	if c == CauseMemoryLimit && !s.sentKill {
+		s.overLimit = true
+	}
+	s.sentKill = true
 	s.proc.Kill()
+}
+
+// timeOut ends the process because flight f ran out of time: SIGTERM to
+// its process group, so that the job may clean up (remove its temporary
+// files, write a checkpoint), then SIGKILL once cfg.TimeoutGrace has
+// passed if anything is left of it; SIGKILL at once without a grace. The
+// deadline timer, the owner's like every other, brings the SIGKILL
+// (CheckDeadlines); Reap stops it. The attempt's cause is CauseTimeout
+// however the process then ends, unless memory ends it first.
+func (s *Session) timeOut(f *Flight) {
+	s.victim = f
+	if s.cfg.TimeoutGrace <= 0 || s.killed != "" {
+		s.Kill(CauseTimeout)
+		return
+	}
+	s.killed, s.termAt = CauseTimeout, time.Now()
+	_ = s.proc.Signal(syscall.SIGTERM)
+	if s.probe != nil {
+		s.probe.Stop()
+		s.probe = nil
+	}
+	s.armDeadline()
+}
+
+// graceEnds is when the grace after a timeout's SIGTERM ends; zero when
+// none runs.
+func (s *Session) graceEnds() time.Time {
+	if s.termAt.IsZero() || s.sentKill {
+		return time.Time{}
+	}
+	return s.termAt.Add(s.cfg.TimeoutGrace)
 }
 
 // Preempt stops the process if it runs task id (for a line worker: holds
@@ -807,6 +860,7 @@ func (s *Session) Cancel(now bool) {
 	if s.killed == "" || s.cfg.Spec.IO != IONone {
 		s.killed = CauseCancelled
 	}
+	s.sentKill = true // now, or after Grace
 	if now {
 		s.proc.Kill()
 		return

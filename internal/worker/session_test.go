@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"os/signal"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -95,10 +97,25 @@ func runHelper(mode string) int {
 }
 
 // behave does what input says: "die" exits 3 at once, "exit0" exits 0,
-// "kill" SIGKILLs itself, "halfline" does so after half a line of stderr, "hang" sleeps, "nap" sleeps 20 ms and answers;
+// "kill" SIGKILLs itself, "halfline" does so after half a line of stderr, "hang" sleeps, "nap" sleeps 20 ms and answers,
+// "lateanswer" answers when it gets SIGTERM (and lives on), "termgrow" holds 128 MiB more once it gets SIGTERM;
 // anything else is answered "ok:input".
 func behave(input string) string {
 	switch input {
+	case "lateanswer":
+		term := make(chan os.Signal, 1)
+		signal.Notify(term, syscall.SIGTERM)
+		<-term
+	case "termgrow":
+		term := make(chan os.Signal, 1)
+		signal.Notify(term, syscall.SIGTERM)
+		<-term
+		b := make([]byte, 128<<20)
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = 1
+		}
+		time.Sleep(time.Hour)
+		runtime.KeepAlive(b)
 	case "nap":
 		time.Sleep(20 * time.Millisecond)
 	case "die":
@@ -281,6 +298,71 @@ func TestSessionCause(t *testing.T) {
 				t.Errorf("Death.Expected() = true for a death the session did not intend")
 			}
 		})
+	}
+}
+
+// TestSessionTimeoutGrace: a persistent worker whose task ran out of time
+// gets SIGTERM, and SIGKILL after TimeoutGrace; what it writes in the
+// grace, here the timed-out task's answer, is not taken: the task ends
+// with CauseTimeout.
+func TestSessionTimeoutGrace(t *testing.T) {
+	for _, io := range []IO{IOFramed, IOLine} {
+		mode := map[IO]string{IOFramed: "framed", IOLine: "line"}[io]
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			cfg := helperConfig(mode, io)
+			cfg.Timeout, cfg.TimeoutGrace = 300*time.Millisecond, 700*time.Millisecond
+			start := time.Now()
+			h, d := drive(t, cfg, []string{"lateanswer"}, false, 20*time.Second)
+			if took := time.Since(start); took < cfg.Timeout+cfg.TimeoutGrace {
+				t.Errorf("the worker ended %v after its start, before its grace was over", took)
+			}
+			if len(h.ended) != 0 {
+				t.Errorf("answers = %+v, want none: the answer came after the timeout", h.ended)
+			}
+			if d.Cause != CauseTimeout || d.Killed != CauseTimeout || d.Exit.Signal != syscall.SIGKILL || len(d.Flights) != 1 {
+				t.Fatalf("Death = %+v, want killed for a timeout by SIGKILL, one flight", d)
+			}
+			if o := d.Flights[0].Outcome; o.Cause != CauseTimeout ||
+				o.Message != "killed after 300ms: SIGTERM, then SIGKILL after a grace of 700ms" {
+				t.Errorf("Outcome = %+v, want the timeout, SIGTERM then SIGKILL", o)
+			}
+		})
+	}
+}
+
+// TestSessionTimeoutGraceOverLimit: a process without a cgroup of its own
+// is held to MemLimit during its grace after a timeout too: one that grows
+// past it then is killed at once, and its death is memory-limit.
+func TestSessionTimeoutGraceOverLimit(t *testing.T) {
+	cfg := helperConfig("oneshot", IONone, "--", "termgrow")
+	cfg.Timeout, cfg.TimeoutGrace, cfg.MemLimit = 200*time.Millisecond, 30*time.Second, 32<<20
+	s, err := StartSession(cfg, &host{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Send(&Flight{ID: 1, Timeout: cfg.Timeout})
+	start := time.Now()
+	give := time.NewTimer(20 * time.Second)
+	defer give.Stop()
+	for done := false; !done; {
+		select {
+		case <-s.Done():
+			done = true
+		case <-s.Deadline():
+			s.CheckDeadlines()
+		case <-s.OverLimit():
+			s.Kill(CauseMemoryLimit)
+		case <-give.C:
+			s.Cancel(true)
+		}
+	}
+	d := s.Reap()
+	if d.Cause != CauseMemoryLimit || len(d.Flights) != 1 || d.Flights[0].Outcome.Cause != CauseMemoryLimit {
+		t.Errorf("Death = %+v after %v, want memory-limit", d, time.Since(start))
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("the process ended %v after its start, want at once when over the limit in its grace", took)
 	}
 }
 
