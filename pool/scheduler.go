@@ -488,7 +488,7 @@ func (s *scheduler) settleAttempt(t *task, a Attempt, output, stderr []byte) {
 	case v.fate == fatePoison:
 		a.Message = s.gov.poisonMessage(a)
 	case v.crowded:
-		a.Message = s.gov.crowdedMessage(a, t.others)
+		a.Message, a.Crowded = s.gov.crowdedMessage(a, t.others), true
 	}
 	a.Number = v.number
 	t.attempts = append(t.attempts, a)

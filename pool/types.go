@@ -223,6 +223,13 @@ type Attempt struct {
 	// was wrong on the wire for a protocol error, or the tail of a one-shot
 	// process's stderr.
 	Message string
+	// Crowded reports whether the attempt was killed by the OOM killer
+	// while it ran alone because processes other than the pool's workers
+	// held the memory it lacked: Cause is CauseOOM, the task ends Failed
+	// rather than Poison, and Message says who held what. It says nothing
+	// of what the task needs, so a caller that runs the task again
+	// elsewhere need not give it more memory.
+	Crowded bool
 }
 
 // Result is the outcome of one task: its terminal state and every attempt.
