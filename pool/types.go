@@ -628,6 +628,13 @@ type Stats struct {
 	Done, Failed, Cancelled, Poison int
 	// Running counts attempts running now (a batch's is one).
 	Running int
+	// Settling counts one-shot attempts whose job has ended, and whose
+	// runner has taken its next task, while the pool has yet to settle
+	// them (a retry, or a terminal state): they no longer run, but their
+	// tasks are in no other count yet. For tasks without Items, Queued,
+	// Running, Settling and the terminal states add up to Submitted in
+	// every Stats.
+	Settling int
 	// Queued counts tasks waiting for a worker, including retries in
 	// backoff (a batch, or the part of one that waits, is one).
 	Queued int
