@@ -321,6 +321,9 @@ func checkCrowdedOut(t *testing.T, text string) {
 	if !strings.HasPrefix(task, "task 1 failed oom ") {
 		t.Fatalf("supervisor output:\n%s\nwant task 1 failed (oom), not poison: the others held the memory it lacked", text)
 	}
+	if !strings.Contains(task, " crowded=true ") {
+		t.Errorf("%s: want its last attempt marked Crowded", task)
+	}
 	for _, want := range []string{"processes other than the pool's workers held ", " of the enclosing cgroup's limit of 600 MiB",
 		" left it ", "within the memory budget of 536 MiB"} {
 		if !strings.Contains(task, want) {
@@ -638,7 +641,7 @@ func runGovContainer() int {
 		if len(r.Attempts) > 0 {
 			last = r.Attempts[len(r.Attempts)-1]
 		}
-		fmt.Printf("task %d %s %s attempts=%s number=%d %q\n", r.ID, r.State, cause(r), strings.Join(list, ","), last.Number, last.Message)
+		fmt.Printf("task %d %s %s attempts=%s number=%d crowded=%v %q\n", r.ID, r.State, cause(r), strings.Join(list, ","), last.Number, last.Crowded, last.Message)
 		if r.ID == 2 && len(r.Attempts) > 1 {
 			retry = last.Start
 		}

@@ -162,6 +162,10 @@ type scheduler struct {
 	startFail int       // startup failures in a row
 	failSince time.Time // when the first of them was reported
 	everOK    bool      // some attempt has succeeded
+	// left counts what forget and abort took tasks out of in Stats and
+	// countState has not yet taken away: a task leaves one count in the
+	// same step as it enters its next.
+	left struct{ running, settling, queued int }
 }
 
 // startupPatience is how long startup failures in a row must have lasted,
@@ -231,7 +235,7 @@ func (s *scheduler) dispatched() {
 	if s.gov != nil {
 		s.gov.reserve(head)
 	}
-	s.p.count(func(st *Stats) { st.Queued--; st.Running += 1 - gone })
+	s.p.count(func(st *Stats) { st.Queued--; st.Running += 1 - gone; st.Settling += gone })
 }
 
 // delivered records that the first result was read from Results.
@@ -315,10 +319,12 @@ func (s *scheduler) report(rep report) {
 func (s *scheduler) abort() {
 	s.aborting = true
 	for _, t := range s.queue {
+		s.left.queued++
 		s.finish(t, Cancelled, nil, nil)
 	}
 	s.queue = nil
 	for _, t := range s.delayed {
+		s.left.queued++
 		s.finish(t, Cancelled, nil, nil)
 	}
 	s.delayed = nil
@@ -332,11 +338,30 @@ func (s *scheduler) forget(t *task) {
 	if s.gov != nil {
 		t.others = s.gov.release(t.id)
 	}
-	if !t.uncounted {
-		s.p.count(func(st *Stats) { st.Running-- })
+	if t.uncounted {
+		s.left.settling++
+	} else {
+		s.left.running++
 	}
 	t.ended.Store(false)
 	t.uncounted = false
+}
+
+// countState counts, with f, the next state of the tasks that forget or
+// abort took out of theirs, in the same step as it takes them out: a
+// Stats (a scrape of the metrics) between the two would find them in no
+// state, the states' sum short of Submitted. A nil f takes them out alone.
+func (s *scheduler) countState(f func(st *Stats)) {
+	l := s.left
+	s.left.running, s.left.settling, s.left.queued = 0, 0, 0
+	s.p.count(func(st *Stats) {
+		st.Running -= l.running
+		st.Settling -= l.settling
+		st.Queued -= l.queued
+		if f != nil {
+			f(st)
+		}
+	})
 }
 
 // policy is the pool's policy and state, for settle.
@@ -410,6 +435,7 @@ func (s *scheduler) batchEnded(rep report) {
 		s.gov.observe(t.id, a)
 	}
 	s.forget(t)
+	defer s.countState(nil) // no part left, every answer delivered early
 	done, answered := rep.lines, len(rep.lines)
 	var failed []worker.Answer
 	early := t.early // answers delivered already (answered)
@@ -488,7 +514,7 @@ func (s *scheduler) settleAttempt(t *task, a Attempt, output, stderr []byte) {
 	case v.fate == fatePoison:
 		a.Message = s.gov.poisonMessage(a)
 	case v.crowded:
-		a.Message = s.gov.crowdedMessage(a, t.others)
+		a.Message, a.Crowded = s.gov.crowdedMessage(a, t.others), true
 	}
 	a.Number = v.number
 	t.attempts = append(t.attempts, a)
@@ -515,11 +541,11 @@ func (s *scheduler) apply(t *task, v verdict, output, stderr []byte) {
 		s.finish(t, Cancelled, output, stderr)
 	case fateRequeue:
 		s.queue = append([]*task{t}, s.queue...)
-		s.p.count(func(st *Stats) { st.Queued++ })
+		s.countState(func(st *Stats) { st.Queued++ })
 	case fateRetry:
 		t.notBefore = time.Now().Add(v.delay)
 		heap.Push(&s.delayed, t)
-		s.p.count(func(st *Stats) { st.Queued++ })
+		s.countState(func(st *Stats) { st.Queued++ })
 	}
 	if v.abort {
 		st := Failed
@@ -571,6 +597,7 @@ func (s *scheduler) finishItems(t *task, st State, items []Item, attempts []Atte
 // KeepOrder, once every earlier one is delivered).
 func (s *scheduler) deliver(r Result) {
 	s.ended += r.count()
+	s.countState(func(st *Stats) { st.CountEnded(&r) })
 	s.p.ended(r)
 	if !s.p.cfg.KeepOrder {
 		s.out = append(s.out, r)
@@ -598,10 +625,9 @@ func (s *scheduler) deliver(r Result) {
 // ones, so that a long run that fails often does not grow without bound.
 var maxFailed = 1000
 
-// ended counts r's terminal state, keeps it among the last failures if it
-// failed, and tells the observer.
+// ended keeps r among the last failures if it failed, and tells the
+// observer; its terminal state is counted already (scheduler.deliver).
 func (p *Pool) ended(r Result) {
-	p.count(func(s *Stats) { s.CountEnded(&r) })
 	if r.State == Failed || r.State == Poison {
 		f := r
 		f.Output, f.Stderr, f.out = nil, nil, nil

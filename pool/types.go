@@ -225,6 +225,13 @@ type Attempt struct {
 	// was wrong on the wire for a protocol error, or the tail of a one-shot
 	// process's stderr.
 	Message string
+	// Crowded reports whether the attempt was killed by the OOM killer
+	// while it ran alone because processes other than the pool's workers
+	// held the memory it lacked: Cause is CauseOOM, the task ends Failed
+	// rather than Poison, and Message says who held what. It says nothing
+	// of what the task needs, so a caller that runs the task again
+	// elsewhere need not give it more memory.
+	Crowded bool
 }
 
 // Result is the outcome of one task: its terminal state and every attempt.
@@ -636,6 +643,13 @@ type Stats struct {
 	Done, Failed, Cancelled, Poison int
 	// Running counts attempts running now (a batch's is one).
 	Running int
+	// Settling counts one-shot attempts whose job has ended, and whose
+	// runner has taken its next task, while the pool has yet to settle
+	// them (a retry, or a terminal state): they no longer run, but their
+	// tasks are in no other count yet. For tasks without Items, Queued,
+	// Running, Settling and the terminal states add up to Submitted in
+	// every Stats.
+	Settling int
 	// Queued counts tasks waiting for a worker, including retries in
 	// backoff (a batch, or the part of one that waits, is one).
 	Queued int

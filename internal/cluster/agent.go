@@ -687,16 +687,9 @@ func (a *Agent) finish(h *held, r pool.Result) {
 		return
 	}
 
-	base := 0
-	for _, p := range h.prior {
-		base = max(base, p.Number)
-	}
-	all := append(append([]AttemptRecord(nil), h.prior...), attemptRecords(a.name, base, r.Attempts)...)
-	var pl placement
-	if r.State == pool.Poison || isMemory(r.Cause()) {
-		pl = a.placement(ctx) // only a kill for memory needs it: it costs round trips
-	}
-	d := decide(r.State, r.Cause(), h.task.Need, all, h.spec, pl)
+	all, d := judge(a.name, &r, h.prior, h.task.Need, h.spec, func() placement {
+		return a.placement(ctx) // only a kill for memory needs it: it costs round trips
+	})
 	key := taskKey(h.task.Run, h.task.Seq)
 	if (d.move != moveRecord || d.state != pool.Done) && a.superseded(ctx, h) {
 		// This agent was cut off (stopped, or its network) for AckWait,
@@ -715,6 +708,10 @@ func (a *Agent) finish(h *held, r pool.Result) {
 	case moveNak:
 		a.noteAttempts(ctx, h, all)
 		h.msg.NakWithDelay(d.delay)
+		if d.crowded {
+			fmt.Fprintf(a.cfg.Log, "safepool agent %s: task %d of run %s crowded out here (processes other than the workers held the memory it lacked); handed back to class %d as before\n",
+				a.name, h.task.Seq, h.task.Run, ClassOf(h.task.Need))
+		}
 	case moveUp:
 		a.noteAttempts(ctx, h, all)
 		t := h.task
@@ -759,6 +756,11 @@ func (a *Agent) finish(h *held, r pool.Result) {
 			last := &rec.Attempts[len(rec.Attempts)-1]
 			last.Message = joinMessage(last.Message, d.note)
 		}
+		if d.crowded && len(rec.Attempts) > 0 {
+			// The processes that crowded it out are this machine's.
+			last := &rec.Attempts[len(rec.Attempts)-1]
+			last.Message = joinMessage(last.Message, "on agent "+a.name)
+		}
 		body := a.fitPayload(&rec)
 		err := retry(ctx, func(ctx context.Context) error {
 			_, err := a.conn.results.Create(ctx, key, body)
@@ -788,6 +790,25 @@ func (a *Agent) finish(h *held, r pool.Result) {
 			h.msg.TermWithReason(string(d.state))
 		}
 	}
+}
+
+// judge is how an agent called agent reports its local result r of a task
+// to decide: it returns every attempt so far (prior, the attempts of
+// earlier deliveries, then r's, numbered after them) and decide's verdict,
+// for the task's need and its run's spec. place is called only for a kill
+// for memory that may move the task up a class.
+func judge(agent string, r *pool.Result, prior []AttemptRecord, need int64, spec *RunSpec, place func() placement) ([]AttemptRecord, decision) {
+	base := 0
+	for _, p := range prior {
+		base = max(base, p.Number)
+	}
+	all := append(append([]AttemptRecord(nil), prior...), attemptRecords(agent, base, r.Attempts)...)
+	crowded := len(r.Attempts) > 0 && r.Attempts[len(r.Attempts)-1].Crowded
+	var pl placement
+	if !crowded && (r.State == pool.Poison || isMemory(r.Cause())) {
+		pl = place()
+	}
+	return all, decide(r.State, r.Cause(), crowded, need, all, spec, pl)
 }
 
 // superseded reports whether h's task was delivered again since this

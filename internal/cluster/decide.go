@@ -15,6 +15,10 @@ import (
 //	-------------------------------------+----------------------------------
 //	done                                 | record done, ack
 //	cancelled (the agent is stopping)    | nak at once, nothing charged
+//	crowded out (oom, alone, others held | as a death below: its need and
+//	  the memory it lacked), Retry,      |   class unchanged, note the
+//	  retries left                       |   attempts, nak with a backoff
+//	crowded out, otherwise               | record failed (oom), term
 //	memory (oom, memory-limit, poison),  | publish with a larger need into
 //	  a live agent fits the next class   |   the next class, ack this one
 //	memory, no live agent fits more      | record poison, term
@@ -28,6 +32,15 @@ import (
 // so the local pool has no retries of its own. "Retries left" counts the
 // task's charged worker deaths on every agent, memory deaths aside: as on
 // one machine, a kill for memory does not count against --retries.
+//
+// A task crowded out (pool.Attempt.Crowded: killed for memory while it ran
+// alone, because processes other than the agent's workers held what it
+// lacked) says nothing of what it needs: on one machine it ends failed, not
+// poison, and its need is not raised. Here it is not moved up a class nor
+// recorded poison either; it is a worker death like any other, which the
+// run's policy may retry, on whichever agent (this one too) takes it next,
+// and which counts against --retries, so that a task no agent ever has the
+// room for ends failed rather than goes round for ever.
 
 // move is what an agent does with a task's message.
 type move int
@@ -45,6 +58,9 @@ type decision struct {
 	state pool.State    // moveRecord: the state recorded
 	delay time.Duration // moveNak
 	need  int64         // moveUp: the task's new need
+	// crowded says the death was a crowding out (pool.Attempt.Crowded),
+	// judged as a worker death, not as the task's own memory need.
+	crowded bool
 	// note, for a poison task no agent fits, says so for the summary.
 	note string
 }
@@ -57,8 +73,6 @@ type placement struct {
 	largestCap   int64
 }
 
-// isMemory reports whether an attempt that ended with c was killed for
-// memory.
 // MaxLost is how many times a task may be lost with the agent that ran it
 // (the agent killed, or cut off for AckWait) before it is recorded failed
 // with CauseAgentLost rather than handed to the next agent: a task that
@@ -71,13 +85,16 @@ const MaxLost = 3
 // was not heard of again about it.
 const CauseAgentLost pool.Cause = "agent-lost"
 
+// isMemory reports whether an attempt that ended with c was killed for
+// memory.
 func isMemory(c pool.Cause) bool { return c == pool.CauseOOM || c == pool.CauseMemoryLimit }
 
-// deathsOf counts the charged worker deaths among as, memory kills aside.
+// deathsOf counts the charged worker deaths among as, memory kills aside
+// but crowdings out counted.
 func deathsOf(as []AttemptRecord) int {
 	n := 0
 	for _, a := range as {
-		if a.Cause.IsWorkerDeath() && !isMemory(a.Cause) {
+		if a.Cause.IsWorkerDeath() && (!isMemory(a.Cause) || a.Crowded) {
 			n++
 		}
 	}
@@ -85,14 +102,20 @@ func deathsOf(as []AttemptRecord) int {
 }
 
 // decide says what becomes of a task whose local result is state, with
-// its last cause, given every attempt so far (earlier deliveries and this
-// one) and the run's policy.
-func decide(state pool.State, cause pool.Cause, need int64, all []AttemptRecord, spec *RunSpec, pl placement) decision {
+// its last cause, and crowded when its last attempt was crowded out
+// (pool.Attempt.Crowded), given every attempt so far (earlier deliveries
+// and this one) and the run's policy.
+func decide(state pool.State, cause pool.Cause, crowded bool, need int64, all []AttemptRecord, spec *RunSpec, pl placement) decision {
 	switch {
 	case state == pool.Done:
 		return decision{move: moveRecord, state: pool.Done}
 	case state == pool.Cancelled:
 		return decision{move: moveRelease}
+	case crowded && state != pool.Poison:
+		if d := deathsOf(all); spec.OnWorkerDeath == pool.Retry && d <= spec.Retries {
+			return decision{move: moveNak, delay: backoff(d), crowded: true}
+		}
+		return decision{move: moveRecord, state: pool.Failed, crowded: true}
 	case state == pool.Poison || isMemory(cause):
 		// At least one class up: a message published again into its own
 		// class has the message id of the one being answered, which

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -62,11 +63,29 @@ func TestMain(m *testing.M) {
 
 // helper is a task: "alloc:N" touches N MiB and prints "ok N"; "sleep:MS"
 // sleeps MS milliseconds and prints "ok"; "killagent:0" SIGKILLs its agent;
-// "failon:NAME:MS" fails on agent NAME only.
+// "failon:NAME:MS" fails on agent NAME only; "touch:N" is "alloc:N" outside
+// the Go heap (no race detector's shadow of it). "hold:N", not a task,
+// holds N MiB, says "ready" and holds them until its stdin ends.
 func helper(arg string) int {
 	what, n, _ := strings.Cut(arg, ":")
 	v, _ := strconv.Atoi(n)
 	switch what {
+	case "touch", "hold":
+		b, err := syscall.Mmap(-1, 0, v<<20, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = 1
+		}
+		if what == "hold" {
+			fmt.Println("ready")
+			io.Copy(io.Discard, os.Stdin)
+			return 0
+		}
+		time.Sleep(200 * time.Millisecond)
+		fmt.Println("ok", v)
 	case "alloc":
 		b := make([]byte, v<<20)
 		for i := 0; i < len(b); i += 4096 {
@@ -126,12 +145,19 @@ type proc struct {
 // start starts safepool with args in dir; Cleanup kills it.
 func start(t *testing.T, dir, name string, args ...string) *proc {
 	t.Helper()
+	return startProg(t, dir, name, safepoolBin, args...)
+}
+
+// startProg is start with another program than safepool, such as a shell
+// that runs it.
+func startProg(t *testing.T, dir, name, prog string, args ...string) *proc {
+	t.Helper()
 	p := &proc{log: filepath.Join(dir, name+".log"), waited: make(chan struct{})}
 	f, err := os.Create(p.log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.cmd = exec.Command(safepoolBin, args...)
+	p.cmd = exec.Command(prog, args...)
 	p.cmd.Dir = dir
 	p.cmd.Env = append(os.Environ(), startsEnv+"="+filepath.Join(dir, "starts-"+name))
 	p.cmd.Stdout = &p.out

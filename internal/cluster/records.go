@@ -108,6 +108,10 @@ type AttemptRecord struct {
 	Signal    string     `json:"signal,omitempty"`
 	PeakRSS   int64      `json:"peak_rss,omitempty"`
 	Message   string     `json:"message,omitempty"`
+	// Crowded is pool.Attempt.Crowded: killed for memory while it ran
+	// alone because processes other than the agent's workers held what it
+	// lacked.
+	Crowded bool `json:"crowded,omitempty"`
 }
 
 // ResultRecord is a task's one recorded result, the value in ResultsBucket.
@@ -171,6 +175,7 @@ func (r *ResultRecord) Result() pool.Result {
 		res.Attempts = append(res.Attempts, pool.Attempt{
 			Number: a.Number, WorkerPID: a.WorkerPID, Start: a.Start, End: a.End,
 			Cause: a.Cause, ExitCode: a.ExitCode, Signal: a.Signal, PeakRSS: a.PeakRSS, Message: a.Message,
+			Crowded: a.Crowded,
 		})
 	}
 	return res
@@ -184,6 +189,7 @@ func attemptRecords(agent string, base int, as []pool.Attempt) []AttemptRecord {
 		out = append(out, AttemptRecord{
 			Number: base + a.Number, Agent: agent, WorkerPID: a.WorkerPID, Start: a.Start, End: a.End,
 			Cause: a.Cause, ExitCode: a.ExitCode, Signal: a.Signal, PeakRSS: a.PeakRSS, Message: a.Message,
+			Crowded: a.Crowded,
 		})
 	}
 	return out

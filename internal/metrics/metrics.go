@@ -6,7 +6,7 @@
 //
 // The metrics, all named safepool_*:
 //
-//	tasks{state}                     gauge: tasks queued, running, done, failed, cancelled, poison (pool.Stats)
+//	tasks{state}                     gauge: tasks queued, running (Stats.Running and Settling), done, failed, cancelled, poison (pool.Stats)
 //	tasks_submitted_total            counter: tasks accepted by Submit
 //	attempts_total{cause}            counter: attempts that ended, by cause ("success" when none)
 //	task_failures_total{state,cause} counter: tasks that ended failed, poison or cancelled, by their last cause
@@ -190,7 +190,7 @@ func waitsForMemory(st pool.Stats, workers int) bool {
 type poolCollector Collector
 
 var (
-	tasksDesc       = prometheus.NewDesc("safepool_tasks", "Tasks by state: queued (including retries in backoff), running, or the terminal state.", []string{"state"}, nil)
+	tasksDesc       = prometheus.NewDesc("safepool_tasks", "Tasks by state: queued (including retries in backoff), running (including attempts that ended and are being settled), or the terminal state.", []string{"state"}, nil)
 	submittedDesc   = prometheus.NewDesc("safepool_tasks_submitted_total", "Tasks accepted by the pool.", nil, nil)
 	preemptedDesc   = prometheus.NewDesc("safepool_preemptions_total", "Attempts the memory governor stopped to save memory.", nil, nil)
 	workersDesc     = prometheus.NewDesc("safepool_workers", "Workers the pool runs at once (-j).", nil, nil)
@@ -229,7 +229,9 @@ func (pc *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		state string
 		n     int
 	}{
-		{"queued", st.Queued}, {"running", st.Running}, {"done", st.Done},
+		// A task whose one-shot job ended and that the pool has yet to
+		// settle is still running as far as its state goes.
+		{"queued", st.Queued}, {"running", st.Running + st.Settling}, {"done", st.Done},
 		{"failed", st.Failed}, {"cancelled", st.Cancelled}, {"poison", st.Poison},
 	} {
 		gauge(tasksDesc, float64(s.n), s.state)

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -319,4 +321,121 @@ func TestBatchAttemptsCounted(t *testing.T) {
 	if got := m[`safepool_tasks{state="done"}`]; got != tasks {
 		t.Errorf(`safepool_tasks{state="done"} = %v, want %d`, got, tasks)
 	}
+}
+
+// TestTasksSumToSubmitted scrapes the metrics over and over while many
+// short tasks run, and checks that every scrape has each submitted task in
+// exactly one state: sum(safepool_tasks) == safepool_tasks_submitted_total.
+// Besides scrapes at any time, the pool's Observer has one taken as each
+// attempt ends, and waits for it: the moment a task whose attempt ended
+// used to have left running but not reached its next state (queued again,
+// or terminal). A one-shot task whose job ended also left running as its
+// runner took the next task, until the loop settled it.
+func TestTasksSumToSubmitted(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  pool.Config
+		in   func(i int) string
+		n    int
+	}{
+		{"line", pool.Config{Command: []string{os.Args[0], "-test.run=^$"}, Env: append(os.Environ(), workerEnv+"=1"), Protocol: pool.Line},
+			func(int) string { return "work:1:0" }, 1000},
+		// Every third task fails once and is retried, so that tasks go
+		// back to the queue as well as to a terminal state.
+		{"one-shot", pool.Config{Command: []string{"sh", "-c", `[ -e "$0" ] || { : > "$0"; exit 1; }`, "{}"}, Retries: 1},
+			func(i int) string {
+				if i%3 == 0 {
+					return filepath.Join(t.TempDir(), "ran")
+				}
+				return "/"
+			}, 600},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := metrics.New()
+			defer c.Close()
+			stop := make(chan struct{})
+			asks := make(chan chan struct{})
+			cfg := tc.cfg
+			cfg.Workers, cfg.Stderr = 2, io.Discard
+			cfg.Observer = func(e pool.Event) {
+				c.Observe(e)
+				if e.Kind != pool.EventAttemptEnded {
+					return
+				}
+				// The scraper scrapes while the pool's loop waits here.
+				done := make(chan struct{})
+				select {
+				case asks <- done:
+					<-done
+				case <-stop:
+				}
+			}
+			p, err := pool.New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Attach(p)
+			go func() {
+				defer p.Close()
+				for i := 0; i < tc.n; i++ {
+					if _, err := p.Submit(context.Background(), pool.Task{Input: []byte(tc.in(i))}); err != nil {
+						return
+					}
+				}
+			}()
+			type report struct{ scrapes, asked, wrong int }
+			reports := make(chan report)
+			go func() {
+				var r report
+				h := c.Handler()
+				for {
+					var done chan struct{}
+					select {
+					case <-stop:
+						reports <- r
+						return
+					case done = <-asks:
+						r.asked++
+					default:
+					}
+					w := httptest.NewRecorder()
+					h.ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
+					if done != nil {
+						close(done)
+					}
+					m := parse(t, w.Body)
+					sum := 0.0
+					for _, s := range []string{"queued", "running", "done", "failed", "cancelled", "poison"} {
+						sum += m[`safepool_tasks{state="`+s+`"}`]
+					}
+					if sub := m["safepool_tasks_submitted_total"]; sum != sub {
+						if r.wrong == 0 {
+							t.Errorf("a scrape has %v tasks in a state and %v submitted:\n%s", sum, sub, tasksOf(m))
+						}
+						r.wrong++
+					}
+					r.scrapes++
+				}
+			}()
+			for range p.Results() {
+			}
+			close(stop)
+			r := <-reports
+			t.Logf("%d scrapes (%d as an attempt ended), %d with the tasks' states not summing to those submitted", r.scrapes, r.asked, r.wrong)
+			if st := p.Stats(); st.Done != tc.n || st.Submitted != tc.n {
+				t.Errorf("%d done of %d submitted, want %d", st.Done, st.Submitted, tc.n)
+			}
+		})
+	}
+}
+
+// tasksOf formats the safepool_tasks metrics of m.
+func tasksOf(m map[string]float64) string {
+	var b strings.Builder
+	for k, v := range m {
+		if strings.HasPrefix(k, "safepool_tasks") {
+			fmt.Fprintf(&b, "%s %v\n", k, v)
+		}
+	}
+	return b.String()
 }
