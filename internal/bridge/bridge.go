@@ -107,6 +107,12 @@ type Hello struct {
 	// empty means the pool's default).
 	Retries       int    `json:"retries"`
 	OnWorkerDeath string `json:"on_worker_death"`
+	// Clock is the path of the pool clock's file (clock.go), which the
+	// client made and which the bridge opens read-write, maps, and keeps
+	// standing still while the pool is paused for the stopped client.
+	// Empty means no pool clock. A bridge that cannot open it (or that has
+	// no client to follow) leaves it alone: it then reads CLOCK_MONOTONIC.
+	Clock string `json:"clock,omitempty"`
 }
 
 // TaskMeta is the options of one task sent in a KindTaskMeta frame. Zero
@@ -325,10 +331,17 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opt Options) error 
 	var sent *submissions // nil: no follower to tell
 	if opt.Client > 0 {
 		sent = newSubmissions()
+		var clock *poolClock
+		if h.Clock != "" {
+			// A clock that cannot be opened is the clock of a pool never
+			// paused: wait_timeout counts the time stopped, as before it.
+			clock, _ = openClock(h.Clock)
+		}
 		wg.Add(1)
 		go func() { // owned by Serve: ends when stop is closed
 			defer wg.Done()
-			followClient(p, opt.Client, stop, sent)
+			defer clock.close()
+			followClient(p, opt.Client, stop, sent, clock)
 		}()
 	}
 	go func() { // owned by Serve, which waits for it: it ends at end of file on in

@@ -43,11 +43,15 @@ const idlePoll = time.Second
 // signal handlers, only between bytecodes), and leaves the client's own
 // signal handlers alone.
 //
+// The pool clock c (nil: none) stands still while p is paused: it is
+// stopped before p is paused and goes on before p is resumed, so that a
+// worker continued finds it running.
+//
 // A client that exits, or is seen neither stopped nor running (a zombie,
 // or stopped by a tracer such as a debugger), leaves the pool as it is:
 // the session ends when the client is gone, and a tracer's stops are a
 // debugger's to make, which are often too short to be worth a pause.
-func followClient(p *pool.Pool, pid int, done <-chan struct{}, sent *submissions) {
+func followClient(p *pool.Pool, pid int, done <-chan struct{}, sent *submissions, c *poolClock) {
 	proc, err := os.FindProcess(pid)
 	if err != nil {
 		return
@@ -67,9 +71,11 @@ func followClient(p *pool.Pool, pid int, done <-chan struct{}, sent *submissions
 		switch {
 		case st == 'T' && !paused:
 			paused = true
+			c.pause(monotonic())
 			p.Pause()
 		case isRunning(st) && paused:
 			paused = false
+			c.resume(monotonic())
 			p.Resume()
 		}
 		// Busy, it ignores the tasks submitted: a look per task would

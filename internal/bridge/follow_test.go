@@ -18,7 +18,8 @@ import (
 // pool's workers are stopped too (state T) and make no progress, and the
 // time stopped counts against no task's timeout; once the client is
 // continued, the tasks end done. The workers used to run on while the
-// client, stopped by Ctrl-Z, looked suspended.
+// client, stopped by Ctrl-Z, looked suspended. The pool clock stands still
+// meanwhile.
 func TestClientStoppedPausesPool(t *testing.T) {
 	for _, tt := range []struct {
 		name string
@@ -40,9 +41,13 @@ func TestClientStoppedPausesPool(t *testing.T) {
 				client.Process.Kill()
 				client.Wait()
 			}()
-			s := startOpts(t, Hello{Workers: 2}, "1", Options{Client: client.Process.Pid})
-			s.next() // ready
 			dir := t.TempDir()
+			clockPath := filepath.Join(dir, "clock")
+			if err := os.WriteFile(clockPath, make([]byte, ClockSize), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			s := startOpts(t, Hello{Workers: 2, Clock: clockPath}, "1", Options{Client: client.Process.Pid})
+			s.next() // ready
 			files := []string{filepath.Join(dir, "a"), filepath.Join(dir, "b")}
 			// 30 ticks of 50 ms: 1.5 s of work, timed out at 3 s.
 			meta := []byte(`{"timeout":3}`)
@@ -77,8 +82,15 @@ func TestClientStoppedPausesPool(t *testing.T) {
 			if na >= 30 || nb >= 30 {
 				t.Fatalf("a task ended (%d and %d ticks) before the client stopped: nothing to check", na, nb)
 			}
+			paused, r1 := readClock(t, clockPath)
+			if !paused {
+				t.Errorf("the pool clock runs while the pool is paused")
+			}
 			// Longer than the tasks' timeout, and than their whole work.
 			time.Sleep(3500 * time.Millisecond)
+			if _, r2 := readClock(t, clockPath); r2 != r1 {
+				t.Errorf("the pool clock moved %v while the pool was paused, want 0", time.Duration(r2-r1))
+			}
 			if ga, _ := ticks(files[0]); ga != na {
 				t.Errorf("task a ticked %d times while its client was stopped, want none", ga-na)
 			}
@@ -87,6 +99,10 @@ func TestClientStoppedPausesPool(t *testing.T) {
 			}
 			if err := client.Process.Signal(syscall.SIGCONT); err != nil {
 				t.Fatal(err)
+			}
+			waitFor(t, "the pool clock running", func() bool { p, _ := readClock(t, clockPath); return !p })
+			if _, r3 := readClock(t, clockPath); r3 < r1 || r3-r1 > int64(time.Second) {
+				t.Errorf("the pool clock went on %v after the pause, want from where it stood", time.Duration(r3-r1))
 			}
 			got, _ := s.results(2)
 			for id, m := range got {
@@ -103,6 +119,73 @@ func TestClientStoppedPausesPool(t *testing.T) {
 				t.Errorf("last frame kind = %d, want end", f.kind)
 			}
 		})
+	}
+}
+
+// readClock reads the pool clock of the file at path as a client does:
+// whether it stands still, and its reading in nanoseconds.
+func readClock(t *testing.T, path string) (paused bool, reading int64) {
+	t.Helper()
+	now := monotonic()
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) < ClockSize {
+		t.Fatalf("reading the pool clock: %v (%d bytes)", err, len(b))
+	}
+	w := binary.NativeEndian.Uint64(b)
+	return w&ClockPaused != 0, clockReading(w, now)
+}
+
+// TestPoolClock: the pool clock stands still from pause to resume, and
+// goes on from where it stood; a second pause or resume does nothing.
+func TestPoolClock(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "clock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write(make([]byte, ClockSize))
+	f.Close()
+	c, err := openClock(f.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	word := func() uint64 { return binary.NativeEndian.Uint64(c.m) }
+	steps := []struct {
+		name     string
+		do       func()
+		now      int64 // CLOCK_MONOTONIC of the reading
+		want     int64 // the reading
+		wantStop bool
+	}{
+		{"never paused", func() {}, 1000, 1000, false},
+		{"resumed unpaused", func() { c.resume(1500) }, 2000, 2000, false},
+		{"paused", func() { c.pause(3000) }, 3500, 3000, true},
+		{"paused twice", func() { c.pause(4000) }, 5000, 3000, true},
+		{"resumed", func() { c.resume(6000) }, 6000, 3000, false},
+		{"running on", func() {}, 7000, 4000, false},
+		{"resumed twice", func() { c.resume(7500) }, 8000, 5000, false},
+		{"paused again", func() { c.pause(9000) }, 9999, 6000, true},
+		{"resumed again", func() { c.resume(10000) }, 12000, 8000, false},
+	}
+	for _, st := range steps {
+		st.do()
+		w := word()
+		if got := clockReading(w, st.now); got != st.want || (w&ClockPaused != 0) != st.wantStop {
+			t.Errorf("%s: clockReading(%#x, %d) = %d (paused %v), want %d (paused %v)",
+				st.name, w, st.now, got, w&ClockPaused != 0, st.want, st.wantStop)
+		}
+	}
+	var nilClock *poolClock
+	nilClock.pause(1) // does nothing
+	nilClock.resume(2)
+	nilClock.close()
+	if _, err := openClock(filepath.Join(t.TempDir(), "none")); err == nil {
+		t.Errorf("openClock(missing file) = nil error")
+	}
+	short := filepath.Join(t.TempDir(), "short")
+	os.WriteFile(short, []byte{0}, 0o600)
+	if _, err := openClock(short); err == nil {
+		t.Errorf("openClock(1-byte file) = nil error")
 	}
 }
 

@@ -45,7 +45,7 @@ import weakref
 from ._options import format_size
 from ._pickling import dumps_function, dumps_payload  # noqa: F401  (dumps_function: the jobs' import)
 from ._protocol import (APPLY, BATCH_HEAD, ERROR_RECORD, HEADER, ITEM_ENTRY, K_ABORT, K_BATCH,  # noqa: F401
-                        K_CLOSE, K_END, K_ITEMS, K_READY, K_RESULT, META_LEN, MAP, OK, RAISED, STAR)
+                        K_CLOSE, K_END, K_ITEMS, K_READY, K_RESULT, META_LEN, MAP, OK, RAISED, STAR, clock_now)
 from . import _direct, _oob  # a map's values straight from its workers; big buffers out of band
 
 _live_cores = weakref.WeakSet()
@@ -125,6 +125,12 @@ def _errors():
     return errors
 
 
+def _pool_clock(word):
+    """A function that reads the pool clock whose word is word, in seconds."""
+    monotonic_ns = time.monotonic_ns
+    return lambda: clock_now(word, monotonic_ns)
+
+
 class _Chunk:
     """Items of one job, written to the binary together."""
 
@@ -134,8 +140,10 @@ class _Chunk:
         self.job = job
         self.positions = positions  # a range, or a list of positions in the job
         self.items = items
-        # Unix time after which the items that have not started are
-        # skipped (wait_timeout), or 0: set when the chunk is submitted.
+        # The time after which the items that have not started are skipped
+        # (wait_timeout), or 0: set when the chunk is submitted. It is a
+        # reading of the pool clock (_Core._wait_now), or Unix time without
+        # one.
         self.start_by = start_by
 
     def split(self, n: int) -> "_Chunk":
@@ -248,6 +256,12 @@ class _Core:
         self.soft_timeout = launch.options.soft_timeout
         self.retry_on = launch.options.retry_on
         self.wait_timeout = launch.options.wait_timeout
+        # What wait_timeout counts: the pool clock, which stands still while
+        # the binary keeps the pool paused for this process stopped (Ctrl-Z),
+        # or Unix time without one (nats=, where the workers are other
+        # machines'). The worker checks the same clock (_limits_of).
+        self._clock = launch.clock
+        self._wait_now = _pool_clock(launch.clock) if launch.clock is not None else time.time
         # Every exception is retried by the binary (not only retry_on's).
         self.retry_all = launch.options.task_error_retries > 0
         self._launch = launch
@@ -387,7 +401,7 @@ class _Core:
         thread asleep: the caller then calls send_queued."""
         wait = self.option(chunk.job, "wait_timeout", self.wait_timeout)
         if wait:
-            chunk.start_by = time.time() + wait
+            chunk.start_by = self._wait_now() + wait
         with self._lock:
             self._outstanding += len(chunk.items)
             if self._stopping or self._broken is not None or self._draining:
@@ -548,7 +562,7 @@ class _Core:
         if soft:
             limits["soft"] = soft
         if start_by:
-            limits["start_by"] = start_by
+            limits["run_by" if self._clock is not None else "start_by"] = start_by
             limits["wait"] = self.option(job, "wait_timeout", self.wait_timeout)
         if self.retry_all:
             limits["retry"] = True
@@ -572,7 +586,7 @@ class _Core:
                 self._outstanding -= n
                 self._cond.notify_all()
             return
-        if chunk.start_by and time.time() > chunk.start_by:
+        if chunk.start_by and self._wait_now() > chunk.start_by:
             # It waited here past its wait_timeout: it never runs.
             with self._lock:
                 self._give_back(job, n)
@@ -1284,6 +1298,7 @@ class _Core:
                 pass
         _live_cores.discard(self)
         self._launch.cleanup()
+        self._launch.close_clock()
 
     # ---- reports -----------------------------------------------------------
 

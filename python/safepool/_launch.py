@@ -30,7 +30,7 @@ WORKER_CODE = "from safepool.worker import main; main()"
 
 _SIGKILL = 9  # the signal module would import enum
 
-from ._protocol import BRIDGE_VERSION, K_HELLO
+from ._protocol import BRIDGE_VERSION, CLOCK_ENV, CLOCK_SIZE, K_HELLO
 
 # How many tasks (items) the binary sends a worker ahead of its answers.
 PIPELINE = 2
@@ -189,6 +189,18 @@ class Launch:
                 raise ValueError("initializer does not work with nats=: the workers run on the agents")
             from . import _oob
             _oob.IN_BAND[0] = True
+        # The pool clock, which stands still while the binary keeps the pool
+        # paused for this process stopped (Ctrl-Z): what wait_timeout counts.
+        # The agents' workers run on other machines, and are never paused.
+        self.clock = None  # its word (a one-word memoryview), or None: wait_timeout counts Unix time
+        self.clock_fd = -1
+        if not options.nats:
+            try:
+                path, self.clock_fd, self.clock = _make_clock()
+            except (AttributeError, OSError, ValueError):
+                pass
+            else:
+                hello["clock"] = path
         frame = hello_frame(hello)
         self.init_file = None  # where the workers read the initializer
         self.init_fd = -1  # the memory file that holds it, or -1: init_file is a named file
@@ -200,6 +212,9 @@ class Launch:
         env[ENV_ARGV] = pack_strings(sys.argv)
         env.pop(ENV_MAIN, None)
         env.pop(ENV_INIT, None)
+        env.pop(CLOCK_ENV, None)
+        if self.clock is not None:
+            env[CLOCK_ENV] = hello["clock"]
         # None: workers import no __main__. The agents' workers do not:
         # what it defines goes by value with cloudpickle.
         self.main = main = None if options.nats else main_spec()
@@ -228,6 +243,7 @@ class Launch:
             self.proc = Process(binary, env)
         except OSError as e:
             self.cleanup()
+            self.close_clock()
             if self.direct is not None:
                 os.close(self.direct[0])
                 self.direct = None
@@ -263,6 +279,17 @@ class Launch:
                 pass
             self.init_file, self.init_fd = None, -1
 
+    def close_clock(self):
+        """Close this process's descriptor of the pool clock, once no worker
+        is to start (workers open it through /proc when they start). The
+        mapping, clock, stays readable."""
+        if getattr(self, "clock_fd", -1) >= 0:
+            try:
+                os.close(self.clock_fd)
+            except OSError:
+                pass
+            self.clock_fd = -1
+
     def abandon(self):
         """Give up on the binary before a pool took it: close the pipes (the
         binary then kills its workers and exits) and reap it."""
@@ -275,6 +302,24 @@ class Launch:
             self.proc.kill()
             self.proc.wait()
         self.cleanup()
+        self.close_clock()
+
+
+def _make_clock():
+    """Make the pool clock's file (docs/protocol.md): a memory file of
+    CLOCK_SIZE zero bytes, a pool never paused, mapped here. Return the path
+    by which the binary and the workers open it (/proc/<pid>/fd/<n>, as the
+    memory files of big arguments), its descriptor and its word. A binary
+    or worker that cannot open it reads CLOCK_MONOTONIC: the word left 0."""
+    import mmap
+    fd = os.memfd_create("safepool-clock", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, CLOCK_SIZE)
+        word = memoryview(mmap.mmap(fd, CLOCK_SIZE, prot=mmap.PROT_READ)).cast("Q")
+    except BaseException:
+        os.close(fd)
+        raise
+    return "/proc/%d/fd/%d" % (os.getpid(), fd), fd, word
 
 
 def _write_initializer(initializer, initargs, main_importable: bool):

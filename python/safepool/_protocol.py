@@ -81,3 +81,30 @@ MAP, STAR, APPLY = 0, 1, 2
 # the payload back whole.
 OK, RAISED = 0, 1
 ERROR_RECORD = b"\0"
+
+# The pool clock (docs/protocol.md, "The pool clock"): a clock that stands
+# still while the binary keeps the pool paused for a stopped client, which
+# wait_timeout counts on. The client makes its file (CLOCK_SIZE bytes of a
+# memory file), names it in the hello ("clock") and to its workers
+# (CLOCK_ENV); the binary alone writes its one 8-byte word, in the
+# machine's byte order: bit 63 clear, the nanoseconds the pool has been
+# paused (the clock reads CLOCK_MONOTONIC minus them); bit 63 set, the
+# clock's reading in nanoseconds, standing still (the pool is paused).
+CLOCK_ENV = "SAFEPOOL_PY_CLOCK"
+CLOCK_SIZE = 8
+CLOCK_PAUSED = 1 << 63
+
+
+def clock_now(word, monotonic_ns) -> float:
+    """The pool clock's reading in seconds. word is the clock's word (a
+    one-word memoryview), or None without a pool clock: the clock is then
+    CLOCK_MONOTONIC, as that of a pool never paused."""
+    # CLOCK_MONOTONIC first, the word second: a thread stopped between
+    # the two gets an earlier reading of the clock, never a later one.
+    now = monotonic_ns()
+    if word is None:
+        return now / 1e9
+    w = word[0]
+    if w & CLOCK_PAUSED:
+        return (w & ~CLOCK_PAUSED) / 1e9
+    return (now - w) / 1e9

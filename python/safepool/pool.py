@@ -133,6 +133,7 @@ class Pool:
         wait_timeout: seconds an item may wait, from its submission, for
             its start (queued behind others, or for memory); one that
             waited longer never runs and fails with safepool.WaitTimeout.
+            The time this program was stopped (Ctrl-Z) does not count.
         nats: a NATS server's URL ("nats://queue:4222"): the items run on
             the safepool agents of that server instead of local workers,
             which need the same Python and your modules importable

@@ -36,7 +36,7 @@ except ImportError:  # an interpreter without the C accelerator
 from safepool._protocol import (APPLY, BATCH, BATCH_RANGE, ERROR, ERROR_RECORD, FRAMED, HEADER,  # noqa: F401
                                 INDEX, ITEM, ITEM_ERROR, ITEMS, MAP, OK, PAGE_FD, PAGE_NONE, PAGE_PAUSED,
                                 PAGE_POS, PAGE_SIZE, PAGE_WORD, RAISED, RANGE, READY, READY_PAYLOAD, READY_PAYLOAD_V2,
-                                RESULT, STAR, START, TASK, page_word)
+                                RESULT, STAR, START, TASK, CLOCK_ENV, CLOCK_SIZE, clock_now, page_word)
 from safepool import _oob  # big buffers out of band
 from safepool import _direct  # a range's values straight to the client
 
@@ -273,6 +273,26 @@ class _SoftLimit:
 
 _soft = []  # the worker's _SoftLimit, made on first use
 _paused = [None]  # the running-item page's time paused (a one-word view), or None: no page
+_clock = [None]  # the pool clock's word (a one-word view), or None: none (_open_clock)
+
+
+def _open_clock():
+    """Map the pool clock that the client names in CLOCK_ENV, which
+    wait_timeout counts on (docs/protocol.md). Without it (the client made
+    none, or this process cannot open the client's file), the clock read is
+    CLOCK_MONOTONIC, as the binary's clock of a pool never paused."""
+    path = os.environ.get(CLOCK_ENV)
+    if not path:
+        return
+    try:
+        import mmap
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _clock[0] = memoryview(mmap.mmap(fd, CLOCK_SIZE, prot=mmap.PROT_READ)).cast("Q")
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):
+        pass
 
 
 def _wait_record(limit):
@@ -578,13 +598,15 @@ def _call(mode, fn, item, limits, index=0):
 def _invoke(mode, fn, item, limits):
     """Call fn on item as mode says; return (None, its value), or the kind
     and payload of the answer of an exception."""
-    # The task's limits: "soft" (seconds), "start_by" (Unix time) and "wait"
+    # The task's limits: "soft" (seconds), "run_by" (a reading of the pool
+    # clock) or "start_by" (Unix time, without a pool clock) and "wait"
     # (seconds) for an item that must not start late, and which exceptions
     # the pool retries: "retry" (all of them) and "retry_on" (classes).
     soft = 0.0
     if limits:
+        run_by = limits.get("run_by")
         start_by = limits.get("start_by")
-        if start_by and time.time() > start_by:
+        if (run_by and clock_now(_clock[0], time.monotonic_ns) > run_by) or (start_by and time.time() > start_by):
             return RESULT, dumps((RAISED, _wait_record(limits.get("wait", 0.0))))
         soft = limits.get("soft") or 0.0
         if soft and not _soft:
@@ -632,6 +654,7 @@ def main():
     os.set_inheritable(tasks.fileno(), False)
     os.set_inheritable(results.fileno(), False)
     _setup()
+    _open_clock()
     fns = _fns
     write, flush, pack = results.write, results.flush, HEADER.pack
 

@@ -1,9 +1,10 @@
 """Ctrl-Z stops the whole program: while a program that uses a pool is
 stopped (SIGTSTP from the terminal, SIGTTIN, SIGTTOU or SIGSTOP), the pool's
 workers are stopped too and its tasks' timeouts (soft_timeout included) do
-not run; fg (SIGCONT)
-lets everything go on. The binary and its workers, in a session of their
-own, used to run on while the program looked suspended."""
+not run, nor does the time stopped count against the wait_timeout of
+the items queued; fg (SIGCONT) lets everything go on. The binary and its
+workers, in a session of their own, used to run on while the program
+looked suspended."""
 import json
 import os
 import pty
@@ -57,6 +58,36 @@ if __name__ == "__main__":
         f.write(result)
     os.rename(os.path.join(d, "result.tmp"), os.path.join(d, "result"))
     print(result, flush=True)
+"""
+
+WAIT_SCRIPT = """
+import json, os, sys, time
+import safepool
+
+def busy(path, seconds):
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(seconds)
+
+if __name__ == "__main__":
+    d, seconds = sys.argv[1], float(sys.argv[2])
+    with open(os.path.join(d, "pid"), "w") as f:
+        f.write(str(os.getpid()))
+    with safepool.Pool(1) as pool:
+        pool.apply(abs, (1,))  # the worker is up
+        b = pool.apply_async(busy, (os.path.join(d, "busy"), seconds))
+        # More items than the binary takes ahead (its max_pending): some
+        # wait in the binary and the worker, the others in this process.
+        late = [pool.apply_async(abs, (-i,), wait_timeout=3) for i in range(120)]
+        b.get()
+        out = []
+        for r in late:
+            try:
+                r.get()
+                out.append("done")
+            except safepool.WaitTimeout:
+                out.append("wait-timeout")
+    print(json.dumps(out), flush=True)
 """
 
 # Starts the program in a process group of its own, as a shell with job
@@ -257,6 +288,49 @@ class CtrlZ(unittest.TestCase):
         proc.wait(timeout=30)
         self.assertEqual(wait_gone(self.marker), [])
 
+    def run_waiting(self, seconds: float, stop: float):
+        """Run WAIT_SCRIPT: a task of seconds on the pool's one worker, and
+        120 items with a wait_timeout of 3 s queued behind it; stop the
+        program for stop seconds (0: not at all) once the task runs. Return
+        the items' outcomes."""
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d, True)
+        script = os.path.join(d, "prog.py")
+        with open(script, "w") as f:
+            f.write(textwrap.dedent(WAIT_SCRIPT))
+        marker = "safepool-test-" + uuid.uuid4().hex
+        proc = subprocess.Popen([sys.executable, "-c", _NEW_GROUP, script, d, str(seconds)],
+                                env=child_env(SAFEPOOL_TEST_MARKER=marker), cwd=PYTHON_DIR,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(wait_gone, marker)
+        self.addCleanup(self._end, proc)
+        busy = os.path.join(d, "busy")
+        if stop:
+            wait_until("the task running", lambda: os.path.exists(busy) and os.path.getsize(busy) > 0, 30)
+            os.kill(proc.pid, signal.SIGSTOP)
+            wait_until("the program stopped", lambda: state(proc.pid) == "T")
+            with open(busy) as f:
+                worker = int(f.read())
+            wait_until("the worker stopped", lambda: state(worker) == "T", 5)
+            time.sleep(stop)
+            os.kill(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=60)
+        self.assertEqual(proc.returncode, 0, err.decode(errors="replace")[-3000:])
+        return json.loads(out)
+
+    def test_wait_timeout_stopped(self):
+        # Stopped 4.5 s with items queued whose wait_timeout is 3 s behind a
+        # task of 1 s: they waited about 1 s of the pool's time, and run. The
+        # time stopped used to count, and every one failed.
+        got = self.run_waiting(1.0, 4.5)
+        self.assertEqual(got, ["done"] * 120, "items failed for the time the program was stopped")
+
+    def test_wait_timeout_not_stopped(self):
+        # The control: behind a task of 4.5 s, never stopped, they wait too
+        # long.
+        got = self.run_waiting(4.5, 0)
+        self.assertEqual(got, ["wait-timeout"] * 120)
+
     def test_no_handler_installed(self):
         # The client follows stops without a signal handler of its own.
         sigs = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCONT)
@@ -264,6 +338,24 @@ class CtrlZ(unittest.TestCase):
         with safepool.Pool(1) as pool:
             self.assertEqual(pool.apply(abs, (-1,)), 1)
             self.assertEqual([signal.getsignal(s) for s in sigs], before)
+
+
+class PoolClock(unittest.TestCase):
+    def test_reading(self):
+        # The pool clock's word (docs/protocol.md): the time paused while the
+        # pool runs, the reading itself (bit 63 set) while it is paused.
+        from array import array
+        from safepool._protocol import CLOCK_PAUSED, clock_now
+        tests = [
+            ("never paused", 0, 5_000_000_000, 5.0),
+            ("ran on after a pause", 2_000_000_000, 5_000_000_000, 3.0),
+            ("paused", CLOCK_PAUSED | 1_500_000_000, 5_000_000_000, 1.5),
+        ]
+        for name, word, now, want in tests:
+            with self.subTest(name):
+                view = memoryview(array("Q", [word])).cast("B").cast("Q")
+                self.assertEqual(clock_now(view, lambda: now), want)
+        self.assertEqual(clock_now(None, lambda: 7_000_000_000), 7.0)
 
 
 if __name__ == "__main__":
