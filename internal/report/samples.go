@@ -6,6 +6,8 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"math"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -45,7 +47,8 @@ const (
 // samplesQuery reads the run's samples of the series the report draws
 // (a worker's memory, and the whole pool's series with worker_pid 0) into
 // the bucketer of handle ?1; ?2 the run. %s is the table, or the table
-// NOT INDEXED when the run has all its samples.
+// NOT INDEXED when the run has all its samples; the caller adds which
+// part of them.
 const samplesQuery = `SELECT ` + samplesFunc + `(?1, worker_pid * 6 + CASE series
 		WHEN 'worker' THEN 0 WHEN 'total' THEN 1 WHEN 'budget' THEN 2
 		WHEN 'limit' THEN 3 WHEN 'running' THEN 4 ELSE 5 END, at, value)
@@ -179,6 +182,38 @@ func (k *bucket) keep(at, v int64) {
 	}
 }
 
+// merge adds the spans of o, which read other samples, to b's.
+func (b *bucketer) merge(o *bucketer) {
+	for key, os := range o.series {
+		s := b.series[key]
+		if s == nil {
+			b.series[key] = os
+			continue
+		}
+		s.peak = max(s.peak, os.peak)
+		merged := make([]bucket, 0, len(s.buckets)+len(os.buckets))
+		i, j := 0, 0
+		for i < len(s.buckets) || j < len(os.buckets) {
+			switch {
+			case j == len(os.buckets) || i < len(s.buckets) && s.buckets[i].i < os.buckets[j].i:
+				merged = append(merged, s.buckets[i])
+				i++
+			case i == len(s.buckets) || os.buckets[j].i < s.buckets[i].i:
+				merged = append(merged, os.buckets[j])
+				j++
+			default:
+				k := s.buckets[i]
+				k.keep(os.buckets[j].at, os.buckets[j].value)
+				merged = append(merged, k)
+				i++
+				j++
+			}
+		}
+		s.buckets = merged
+	}
+	b.skipped += o.skipped
+}
+
 // points are the series' highest samples, one a span, in time order,
 // with times from t0.
 func (s *bucketSeries) points(t0 int64) []Point {
@@ -192,33 +227,79 @@ func (s *bucketSeries) points(t0 int64) []Point {
 	return pts
 }
 
+// scans is how many scans of the samples may run at once, each on a
+// connection of its own over a part of them: one a CPU, up to 4.
+// minScanRows is the fewest rows of the table worth a scan of their own.
+// Tests change them.
+var (
+	scans             = func() int { return min(runtime.GOMAXPROCS(0), 4) }
+	minScanRows int64 = 1 << 18
+)
+
 // loadSamples reads the run's series and its workers' in one pass over
-// its samples.
+// its samples: in parts read at once, up to a part a CPU, when they are
+// many.
 func (l *loader) loadSamples(ctx context.Context) error {
 	r := l.r
-	b := newBucketer(l.t0, max(l.end-l.t0, 1), int64(l.opt.MaxPoints))
-	h := lastHandle.Add(1)
-	bucketers.Store(h, b)
-	defer bucketers.Delete(h)
-
 	// When no other run of the journal has samples (a journal of one
 	// run, or of runs without any), the table is read from end to end,
-	// in the order it is stored: twice as fast as through the index of
-	// samples by run, which then reads every row of the table too, out
-	// of the index's order.
-	table := "sample"
+	// in the order it is stored, in parts by rowid: twice as fast as
+	// through the index of samples by run, which then reads every row of
+	// the table too, out of the index's order. Otherwise the run's
+	// samples are read through the index, in parts by time.
 	var others bool
+	var rows int64
 	err := l.db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM sample WHERE run_id < ?1)
-		OR EXISTS (SELECT 1 FROM sample WHERE run_id > ?1)`, r.ID).Scan(&others)
+		OR EXISTS (SELECT 1 FROM sample WHERE run_id > ?1), COALESCE((SELECT MAX(rowid) FROM sample), 0)`,
+		r.ID).Scan(&others, &rows)
 	if err != nil {
 		return l.fail("reading samples", err)
 	}
-	if !others {
-		table = "sample NOT INDEXED"
+	n := int64(scans())
+	n = max(min(n, rows/minScanRows), 1)
+	// Part k of n reads the samples from bounds[k] (included) to
+	// bounds[k+1]; the first and last are open, so that every sample is
+	// read, whatever its time or rowid, even one written since.
+	q, bounds := samplesQuery+" AND rowid >= ?3 AND rowid < ?4", make([]int64, n+1)
+	q = fmt.Sprintf(q, "sample NOT INDEXED")
+	from, length := int64(0), rows+1
+	if others {
+		q = fmt.Sprintf(samplesQuery+" AND at >= ?3 AND at < ?4", "sample")
+		from, length = l.t0, max(l.end-l.t0, 1)
 	}
-	var ignored any
-	if err := l.db.QueryRowContext(ctx, fmt.Sprintf(samplesQuery, table), h, r.ID).Scan(&ignored); err != nil {
+	for k := int64(1); k < n; k++ {
+		bounds[k] = from + length/n*k
+	}
+	bounds[0], bounds[n] = math.MinInt64, math.MaxInt64
+
+	// The parts are read on connections of their own: of a run that
+	// goes on, a part read later may see samples written since the end
+	// of the axis was found, as a query after another did before. Those
+	// fall in spans past the last, which the chart draws at its edge.
+	span := max(l.end-l.t0, 1)
+	parts := make([]*bucketer, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for k := range parts {
+		b := newBucketer(l.t0, span, int64(l.opt.MaxPoints))
+		parts[k] = b
+		h := lastHandle.Add(1)
+		bucketers.Store(h, b)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer bucketers.Delete(h)
+			var ignored any
+			errs[k] = l.db.QueryRowContext(ctx, q, h, r.ID, bounds[k], bounds[k+1]).Scan(&ignored)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
 		return l.fail("reading samples", err)
+	}
+	b := parts[0]
+	for _, p := range parts[1:] {
+		b.merge(p)
 	}
 
 	whole := func(code int64) []Point { return b.series[code].points(l.t0) }

@@ -102,10 +102,18 @@ const bucketedSQL = `SELECT series, worker_pid, at, MAX(value) FROM sample WHERE
 // GROUP BY gives, span by span: in a journal of two runs (the samples of
 // the other are not this one's), with samples out of time order, before
 // the run's start and after its end, of series the report does not draw,
-// and many workers of which the highest peaks are drawn.
+// and many workers of which the highest peaks are drawn; read in one
+// part, or in parts at once.
 func TestSamplesAsSQL(t *testing.T) {
-	for _, alone := range []bool{true, false} {
-		t.Run(fmt.Sprintf("alone=%v", alone), func(t *testing.T) {
+	for _, c := range []struct {
+		alone bool
+		scans int
+	}{{true, 1}, {false, 1}, {true, 3}, {false, 3}} {
+		alone := c.alone
+		t.Run(fmt.Sprintf("alone=%v,scans=%d", c.alone, c.scans), func(t *testing.T) {
+			// Parts of a few thousand samples each: the table has about
+			// 100,000.
+			defer report.SetScans(c.scans, 1000)()
 			j := newTestJournal(t)
 			start := time.Unix(1_700_000_000, 0)
 			length := 10 * time.Minute
