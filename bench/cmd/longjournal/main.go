@@ -3,8 +3,8 @@
 // whose memory governor sampled every 100 ms (each worker's memory, their
 // total, the budget, what it allowed and the per-worker limit: 20 samples
 // a tick, 7.2 million in all), with the running attempts sampled at each
-// commit (every second), about 57,600 tasks of 10 s, most done at their
-// first attempt (in span rows, as the journal writes them) and one in 200
+// commit (every second), about 57,000 tasks of 5 to 15 s, most done at
+// their first attempt (in span rows, as the journal writes them) and one in 200
 // killed for OOM and retried (task, attempt and event rows), each kill
 // replacing its worker.
 //
