@@ -9,6 +9,7 @@ import (
 	"math"
 	"runtime"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,20 +21,21 @@ import (
 // governor sampled every 100 ms has 7.2 million. They are read in one
 // pass, through the aggregate function samplesFunc, which puts each in
 // its span of time as it comes and keeps the highest of each span, series
-// and worker: no sample is sorted nor copied into Go but the highest ones.
-// (GROUP BY in SQL sorted every sample, three times over: 9 s of a 10 s
-// report of such a run.)
+// and worker: no sample is sorted, nor kept in Go but the highest ones.
+// (Three queries with GROUP BY in SQL each looked every sample up and
+// sorted those they kept: 9 s of a 10 s report of such a run.)
 
 // samplesFunc is the name of the aggregate function, registered with the
 // SQLite driver (by Load, before it opens the journal) for every
-// connection the process opens after. Its arguments: a
-// handle (of bucketers), the sample's series and worker as one key
-// (seriesKey), its time and its value. It returns nothing worth reading:
-// what it gathered is in the bucketer of the handle.
+// connection the process opens after. Its arguments: a handle (of
+// bucketers), the sample's series and worker as one key (worker_pid *
+// seriesCodes + the series' code), its time and its value. It returns
+// nothing worth reading: what it gathered is in the bucketer of the
+// handle.
 const samplesFunc = "safepool_report_samples"
 
-// seriesCodes number the series the report draws, as samplesWhere gives
-// them: the key of a sample is worker_pid * seriesCodes + its code.
+// The codes of the series the report draws, as samplesQuery gives them:
+// the key of a sample is worker_pid * seriesCodes + its code.
 const (
 	codeWorker = iota
 	codeTotal
@@ -49,7 +51,7 @@ const (
 // the bucketer of handle ?1; ?2 the run. %s is the table, or the table
 // NOT INDEXED when the run has all its samples; the caller adds which
 // part of them.
-const samplesQuery = `SELECT ` + samplesFunc + `(?1, worker_pid * 6 + CASE series
+var samplesQuery = `SELECT ` + samplesFunc + `(?1, worker_pid * ` + strconv.Itoa(seriesCodes) + ` + CASE series
 		WHEN 'worker' THEN 0 WHEN 'total' THEN 1 WHEN 'budget' THEN 2
 		WHEN 'limit' THEN 3 WHEN 'running' THEN 4 ELSE 5 END, at, value)
 	FROM %s WHERE run_id = ?2
@@ -93,9 +95,7 @@ func (a *samplesAgg) Step(_ *sqlite.FunctionContext, args []driver.Value) error 
 	v, ok3 := args[3].(int64)
 	if !ok1 || !ok2 || !ok3 {
 		// A value that is not an integer is not one the journal
-		// writes; SQLite's MAX would compare it otherwise. It is left
-		// out, as the chart could not draw it.
-		a.b.skipped++
+		// writes: it is left out, as the chart could not draw it.
 		return nil
 	}
 	a.b.add(key, at, v)
@@ -122,7 +122,6 @@ type bucketer struct {
 	// it saves the look-up when it is.
 	lastKey int64
 	last    *bucketSeries
-	skipped int
 }
 
 // bucketSeries are the spans of one series that have samples, in order of
@@ -211,7 +210,6 @@ func (b *bucketer) merge(o *bucketer) {
 		}
 		s.buckets = merged
 	}
-	b.skipped += o.skipped
 }
 
 // points are the series' highest samples, one a span, in time order,
