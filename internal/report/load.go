@@ -53,6 +53,11 @@ var ErrNewerSchema = errors.New("report: journal made by a newer safepool")
 // that a running supervisor writes can be read at the same time.
 func Load(ctx context.Context, path string, opt Options) (*Run, error) {
 	opt.normalize()
+	// Before the connection: the driver adds its functions to
+	// connections as it opens them.
+	if err := registerSamplesFunc(); err != nil {
+		return nil, fmt.Errorf("report: %w", err)
+	}
 	db, v, err := open(path)
 	if err != nil {
 		return nil, err
@@ -149,7 +154,7 @@ type loader struct {
 func (l *loader) load(ctx context.Context) (*Run, error) {
 	l.r = &Run{States: map[string]int{}, MarkCounts: map[string]int{}, ExitStatus: -1}
 	steps := []func(context.Context) error{
-		l.loadRun, l.loadCounts, l.loadRows, l.loadSeries, l.loadWorkers, l.loadMarks, l.loadWaits,
+		l.loadRun, l.loadCounts, l.loadRows, l.loadSamples, l.loadMarks, l.loadWaits,
 	}
 	for _, step := range steps {
 		if err := step(ctx); err != nil {
@@ -497,92 +502,6 @@ func preview(b []byte) string {
 		out = append(out, '…')
 	}
 	return string(out)
-}
-
-// bucketed reads series in at most MaxPoints spans of time each, the
-// highest value of each span (SQLite takes the bare column at from the
-// row of the MAX), in one pass over the run's samples: ?1 run, ?2 the
-// run's start, ?3 MaxPoints, ?4 the run's length plus one; the caller adds
-// which samples.
-const bucketed = `SELECT series, worker_pid, at, MAX(value) FROM sample WHERE run_id = ?1 AND %s
-	GROUP BY series, worker_pid, (at - ?2) * ?3 / ?4 ORDER BY series, worker_pid, at`
-
-// series reads the series of the samples that where selects into
-// dst[series][pid].
-func (l *loader) series(ctx context.Context, where string, dst map[string]map[int][]Point) error {
-	span := max(l.end-l.t0, 1)
-	rows, err := l.db.QueryContext(ctx, fmt.Sprintf(bucketed, where), l.r.ID, l.t0, int64(l.opt.MaxPoints), span+1)
-	if err != nil {
-		return l.fail("reading samples", err)
-	}
-	for rows.Next() {
-		var (
-			series string
-			pid    int
-			at, v  int64
-		)
-		if err := rows.Scan(&series, &pid, &at, &v); err != nil {
-			rows.Close()
-			return l.fail("reading samples", err)
-		}
-		if dst[series] == nil {
-			dst[series] = map[int][]Point{}
-		}
-		dst[series][pid] = append(dst[series][pid], Point{At: time.Duration(at - l.t0), Value: v})
-	}
-	if err := closeRows(rows); err != nil {
-		return l.fail("reading samples", err)
-	}
-	return nil
-}
-
-func (l *loader) loadSeries(ctx context.Context) error {
-	r := l.r
-	got := map[string]map[int][]Point{}
-	if err := l.series(ctx, "worker_pid = 0 AND series IN ('total', 'budget', 'limit', 'running', 'allowed')", got); err != nil {
-		return err
-	}
-	r.Total, r.Budgets, r.Limits = got["total"][0], got["budget"][0], got["limit"][0]
-	r.Running, r.Allowed = got["running"][0], got["allowed"][0]
-	return nil
-}
-
-func (l *loader) loadWorkers(ctx context.Context) error {
-	r := l.r
-	rows, err := l.db.QueryContext(ctx, `SELECT worker_pid, MAX(value) m FROM sample
-		WHERE run_id = ? AND series = 'worker' GROUP BY worker_pid ORDER BY m DESC, worker_pid`, r.ID)
-	if err != nil {
-		return l.fail("reading workers", err)
-	}
-	var pids []string
-	n := 0
-	for rows.Next() {
-		var w WorkerSeries
-		if err := rows.Scan(&w.PID, &w.Peak); err != nil {
-			rows.Close()
-			return l.fail("reading workers", err)
-		}
-		n++
-		if len(r.WorkerSeries) < l.opt.MaxWorkers {
-			r.WorkerSeries = append(r.WorkerSeries, w)
-			pids = append(pids, strconv.Itoa(w.PID))
-		}
-	}
-	if err := closeRows(rows); err != nil {
-		return l.fail("reading workers", err)
-	}
-	r.WorkersLeftOut = n - len(r.WorkerSeries)
-	if len(pids) == 0 {
-		return nil
-	}
-	got := map[string]map[int][]Point{}
-	if err := l.series(ctx, "series = 'worker' AND worker_pid IN ("+strings.Join(pids, ",")+")", got); err != nil {
-		return err
-	}
-	for i := range r.WorkerSeries {
-		r.WorkerSeries[i].Points = got["worker"][r.WorkerSeries[i].PID]
-	}
-	return nil
 }
 
 // derivedMarks read a kind of mark from the attempts and tasks, for a
