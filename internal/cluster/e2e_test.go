@@ -126,6 +126,13 @@ type proc struct {
 // start starts safepool with args in dir; Cleanup kills it.
 func start(t *testing.T, dir, name string, args ...string) *proc {
 	t.Helper()
+	return startWith(t, dir, name, nil, args...)
+}
+
+// startWith starts safepool as start does, first calling set, when not
+// nil, on its command: to give it another stdin or stdout.
+func startWith(t *testing.T, dir, name string, set func(*exec.Cmd), args ...string) *proc {
+	t.Helper()
 	p := &proc{log: filepath.Join(dir, name+".log"), waited: make(chan struct{})}
 	f, err := os.Create(p.log)
 	if err != nil {
@@ -137,6 +144,9 @@ func start(t *testing.T, dir, name string, args ...string) *proc {
 	p.cmd.Stdout = &p.out
 	p.cmd.Stderr = f
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if set != nil {
+		set(p.cmd)
+	}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
