@@ -101,9 +101,12 @@ const remoteWindow = 4096
 const waitingEvery = 3 * time.Second
 
 // tendEvery is how often the submitter tends the publishes in flight
-// (cluster.Publisher.Tend) while it has no input to publish: a publish
-// whose acknowledgement is lost is sent again within this of its first
-// wait, 2 s.
+// (cluster.Publisher.Tend), whether or not input comes: a publish that
+// failed, or whose acknowledgement is late (2 s at first), is sent again
+// within tendEvery. A timer rather than a Flush when the input pauses, as
+// the Python bridge does: a Flush holds the feeder a round trip, or as
+// long as the server is away, and an input that never pauses for long
+// would leave a lost publish until the window fills.
 const tendEvery = time.Second
 
 // executeRemote runs the job on the agents of a NATS deployment and
