@@ -10,7 +10,9 @@ import (
 	"os"
 	"slices"
 	"syscall"
+	"time"
 
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 )
 
@@ -116,6 +118,7 @@ func (a *argSource) close() error { return nil }
 type fileSource struct {
 	names []string
 	files []io.ReadCloser // opened up front, so a missing file fails fast
+	ins   []io.Reader     // files as opened, standard input as given (interruptReads)
 	sep   byte
 	max   int    // the longest input, 0 for any length (longInputError)
 	why   string // what max stands for (longInputError.Why)
@@ -132,6 +135,7 @@ func openFiles(names []string, stdin io.Reader, sep byte, max int, why string) (
 	for _, name := range names {
 		if name == "-" {
 			fs.files = append(fs.files, io.NopCloser(stdin))
+			fs.ins = append(fs.ins, stdin)
 			continue
 		}
 		f, err := os.Open(name)
@@ -152,6 +156,7 @@ func openFiles(names []string, stdin io.Reader, sep byte, max int, why string) (
 			return nil, fmt.Errorf("cannot open input file %s: %w", name, err)
 		}
 		fs.files = append(fs.files, f)
+		fs.ins = append(fs.ins, f)
 	}
 	return fs, nil
 }
@@ -192,6 +197,91 @@ func (fs *fileSource) close() error {
 	return first
 }
 
+// readInterrupter is a source whose reads can be made to return at once,
+// from another goroutine than the one reading.
+type readInterrupter interface {
+	// interruptReads makes the read under way, and later ones, return an
+	// error at once where the input allows it, and reports whether every
+	// read now ends of itself: interrupted, or of an input that never
+	// blocks for long (a regular file, the ::: arguments).
+	interruptReads() bool
+	// resumeReads undoes interruptReads.
+	resumeReads()
+}
+
+func (a *argSource) interruptReads() bool { return true }
+func (a *argSource) resumeReads()         {}
+
+// deadliner is an input whose reads take a deadline: an *os.File of a pipe
+// or socket the runtime polls.
+type deadliner interface{ SetReadDeadline(time.Time) error }
+
+func (fs *fileSource) interruptReads() bool {
+	ends := true
+	for _, in := range fs.ins {
+		f, isFile := in.(*os.File)
+		if isFile {
+			if st, err := f.Stat(); err == nil && st.Mode().IsRegular() {
+				continue
+			}
+		}
+		d, ok := in.(deadliner)
+		if ok && isFile {
+			// A file accepts a deadline once the runtime polls it, but
+			// heeds it only while it is in non-blocking mode, which
+			// f.Fd ends.
+			ok = nonBlocking(f)
+		}
+		if !ok || d.SetReadDeadline(time.Unix(1, 0)) != nil {
+			ends = false // a pipe or terminal read in blocking mode, or a reader of unknown kind
+		}
+	}
+	return ends
+}
+
+// nonBlocking reports whether f's reads go through the runtime's poller,
+// whose deadlines interrupt them: f is in non-blocking mode.
+func nonBlocking(f *os.File) bool {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return false
+	}
+	nb := false
+	rc.Control(func(fd uintptr) {
+		flags, err := unix.FcntlInt(fd, unix.F_GETFL, 0)
+		nb = err == nil && flags&unix.O_NONBLOCK != 0
+	})
+	return nb
+}
+
+func (fs *fileSource) resumeReads() {
+	for _, in := range fs.ins {
+		if d, ok := in.(deadliner); ok {
+			d.SetReadDeadline(time.Time{})
+		}
+	}
+}
+
+// stopReading ends the goroutine that reads src once its sends are given
+// up (it closes done as it returns): it interrupts the read under way and
+// waits for the goroutine. A read that cannot be interrupted (a standard
+// input that the runtime does not poll, as a pipe in blocking mode) is
+// left to end when it returns, at its input's next line or end, or with
+// the process: nothing else would end it.
+func stopReading(src source, done <-chan struct{}) {
+	select {
+	case <-done:
+		return
+	default:
+	}
+	ri, ok := src.(readInterrupter)
+	if !ok || !ri.interruptReads() {
+		return
+	}
+	<-done
+	ri.resumeReads()
+}
+
 // newSource chooses the inputs: the ":::" arguments when given, else the -a
 // files, else standard input. Inputs read from files or standard input are
 // at most max bytes long (see openFiles).
@@ -214,10 +304,23 @@ func terminalNotice(e *env, files []string, what, hint string) {
 	if len(files) > 0 && !slices.Contains(files, "-") {
 		return
 	}
-	if f, ok := e.stdin.(*os.File); !ok || !term.IsTerminal(int(f.Fd())) {
+	if f, ok := e.stdin.(*os.File); !ok || !fileIsTerminal(f) {
 		return
 	}
 	fmt.Fprintf(e.stderr, "safepool: reading %s from the terminal until Ctrl-D (%s)\n", what, hint)
+}
+
+// fileIsTerminal reports whether f is a terminal. Unlike f.Fd, it leaves
+// f in the runtime's poller: a read of f can still be interrupted
+// (stopReading).
+func fileIsTerminal(f *os.File) bool {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return false
+	}
+	is := false
+	rc.Control(func(fd uintptr) { is = term.IsTerminal(int(fd)) })
+	return is
 }
 
 // openInterruptibly returns what open returns, or, as soon as ctx is done

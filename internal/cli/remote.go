@@ -100,6 +100,15 @@ const remoteWindow = 4096
 // waitingEvery is how often the submitter checks that its tasks can run.
 const waitingEvery = 3 * time.Second
 
+// tendEvery is how often the submitter tends the publishes in flight
+// (cluster.Publisher.Tend), whether or not input comes: a publish that
+// failed, or whose acknowledgement is late (2 s at first), is sent again
+// within tendEvery. A timer rather than a Flush when the input pauses, as
+// the Python bridge does: a Flush holds the feeder a round trip, or as
+// long as the server is away, and an input that never pauses for long
+// would leave a lost publish until the window fills.
+const tendEvery = time.Second
+
 // executeRemote runs the job on the agents of a NATS deployment and
 // returns its exit status: the same output, summary, job log and JSON
 // summary as a local run.
@@ -152,12 +161,39 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 	defer stopCollect()
 	results := run.Results(cctx)
 
+	// The reader reads the inputs, one ahead of the feeder, so that the
+	// feeder does not block on a quiet input (tail -f jobs | safepool run
+	// --nats ...) and tends its publishes meanwhile.
+	type input struct {
+		in  []byte
+		err error // io.EOF at the end
+	}
+	reads := make(chan input)
+	readDone := make(chan struct{})
+	go func() { // owned by executeRemote: it ends at the input's end or error, or once cctx ends and its read returns (stopReading)
+		defer close(readDone)
+		for {
+			in, err := j.src.next()
+			select {
+			case reads <- input{in, err}:
+			case <-cctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+
 	// The feeder publishes inputs, at most remoteWindow ahead of the
 	// results, without waiting a round trip for each (cluster.Publisher).
 	// It says each input it read on feed, in order, and at the end how many
 	// there were, once the server acknowledged them all: a result is shown
 	// only once its input is read here and is the input the result ran
-	// (cluster.Fed).
+	// (cluster.Fed). While publishes are in flight it tends them every
+	// tendEvery, also while the input is quiet: a publish lost just before
+	// a pause would otherwise be sent again only at the next input, and its
+	// task not queued for as long as the input stays quiet.
 	type fed struct {
 		seq   uint64
 		input cluster.Fed
@@ -166,7 +202,9 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 	}
 	feed := make(chan fed, 64)
 	window := make(chan struct{}, remoteWindow)
-	go func() {
+	feedDone := make(chan struct{})
+	go func() { // owned by executeRemote, which waits for it: it ends at the input's end, after an error, or when cctx ends
+		defer close(feedDone)
 		// send reports false when the collector has stopped.
 		send := func(f fed) bool {
 			select {
@@ -177,9 +215,24 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 			}
 		}
 		pub := run.Publisher()
+		tend := time.NewTimer(tendEvery)
+		tend.Stop()
+		defer tend.Stop()
+		tending := false // tend is set: publishes are in flight
 		var seq uint64
 		for {
-			in, err := j.src.next()
+			var got input
+			select {
+			case got = <-reads:
+			case <-tend.C:
+				if tending = pub.Tend(); tending {
+					tend.Reset(tendEvery)
+				}
+				continue
+			case <-cctx.Done():
+				return
+			}
+			in, err := got.in, got.err
 			if err == io.EOF {
 				if err := pub.Flush(cctx); err != nil {
 					send(fed{seq: seq, end: true, err: err})
@@ -214,6 +267,10 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 			if err != nil {
 				send(fed{seq: seq, end: true, err: err})
 				return
+			}
+			if !tending {
+				tending = true
+				tend.Reset(tendEvery)
 			}
 		}
 	}()
@@ -405,6 +462,8 @@ loop:
 	}
 	stopCollect()
 	checker.Wait()
+	<-feedDone
+	stopReading(j.src, readDone)
 	o.flush()
 	// A run stopped on purpose (Ctrl-C, SIGTERM, or the abort policy) is
 	// aborted: its queued tasks removed, its running ones stopped by the

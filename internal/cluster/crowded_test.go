@@ -90,7 +90,7 @@ func TestCrowdedOut(t *testing.T) {
 		t.Fatalf("the process beside the agent did not start: %q %v", line, err)
 	}
 
-	agent := startProg(t, dir, "crowded", "sh", "-c",
+	agent := startProg(t, dir, "crowded", "sh", nil, "-c",
 		`echo $$ > "$0/cgroup.procs" && exec setpriv --reuid 65534 --regid 65534 --clear-groups "$1" agent --nats "$2" --name crowded -j 1`,
 		cg, agentBin, url)
 	agent.waitLog(t, "slots", 30*time.Second)

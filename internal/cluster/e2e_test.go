@@ -145,12 +145,19 @@ type proc struct {
 // start starts safepool with args in dir; Cleanup kills it.
 func start(t *testing.T, dir, name string, args ...string) *proc {
 	t.Helper()
-	return startProg(t, dir, name, safepoolBin, args...)
+	return startProg(t, dir, name, safepoolBin, nil, args...)
 }
 
-// startProg is start with another program than safepool, such as a shell
-// that runs it.
-func startProg(t *testing.T, dir, name, prog string, args ...string) *proc {
+// startWith starts safepool as start does, first calling set, when not
+// nil, on its command: to give it another stdin or stdout.
+func startWith(t *testing.T, dir, name string, set func(*exec.Cmd), args ...string) *proc {
+	t.Helper()
+	return startProg(t, dir, name, safepoolBin, set, args...)
+}
+
+// startProg is startWith with another program than safepool, such as a
+// shell that runs it.
+func startProg(t *testing.T, dir, name, prog string, set func(*exec.Cmd), args ...string) *proc {
 	t.Helper()
 	p := &proc{log: filepath.Join(dir, name+".log"), waited: make(chan struct{})}
 	f, err := os.Create(p.log)
@@ -163,6 +170,9 @@ func startProg(t *testing.T, dir, name, prog string, args ...string) *proc {
 	p.cmd.Stdout = &p.out
 	p.cmd.Stderr = f
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if set != nil {
+		set(p.cmd)
+	}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

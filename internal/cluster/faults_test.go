@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -459,5 +460,86 @@ func TestServerKilledMidPublish(t *testing.T) {
 	checkRecorded(t, url, run, n)
 	if q := queuedEver(t, url); q != n {
 		t.Errorf("the stream stored %d messages, want %d: a task was queued twice, or lost", q, n)
+	}
+}
+
+// TestQuietInputLostPublish: the link of a submitter that reads a pipe
+// kept open (tail -f jobs | safepool run --nats ...) breaks just after it
+// published two inputs, which are lost with it, and the input then stays
+// quiet. The submitter sends them again although no input comes: their
+// tasks run and their results are shown. It sent them again only at its
+// next input or the input's end, and they waited, unqueued, for as long
+// as the input was quiet.
+func TestQuietInputLostPublish(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	startServer(t, dir, "server", port)
+	startAgent(t, dir, "agent1", url, "-j", "2")
+	link := testenv.NewLink(t, port, 0)
+	in, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	outPath := filepath.Join(dir, "run.out")
+	out, err := os.Create(outPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	args := append([]string{"run", "--nats", fmt.Sprintf("nats://127.0.0.1:%d", link.Port), "--json", "run.json"}, helperCmd()...)
+	sub := startWith(t, dir, "run", func(c *exec.Cmd) { c.Stdin, c.Stdout = in, out }, args...)
+	in.Close()
+	run := runIDOf(t, sub)
+	// lines returns how many results the submitter has shown.
+	lines := func() int {
+		b, _ := os.ReadFile(outPath)
+		return bytes.Count(b, []byte("\n"))
+	}
+	waitLines := func(n int, limit time.Duration) {
+		t.Helper()
+		deadline := time.Now().Add(limit)
+		for lines() < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d results shown after %v with the input open and quiet, want %d; %d tasks queued ever\n%s", lines(), limit, n, queuedEver(t, url), sub.stderr())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	fmt.Fprintln(w, "sleep:100")
+	waitLines(1, 30*time.Second)
+
+	// The next two inputs are published into a link that holds them, then
+	// breaks: they never reach the server.
+	link.Hold()
+	fmt.Fprintln(w, "sleep:101")
+	fmt.Fprintln(w, "sleep:102")
+	deadline := time.Now().Add(10 * time.Second)
+	for held := link.Held(); !bytes.Contains(held, []byte(run+".2.c")) || !bytes.Contains(held, []byte(run+".3.c")); held = link.Held() {
+		if time.Now().After(deadline) {
+			t.Fatalf("inputs 2 and 3 not published after 10 s:\n%s", sub.stderr())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	link.Cut()
+	if q := queuedEver(t, url); q != 1 {
+		t.Fatalf("%d tasks queued when the link broke, want 1", q)
+	}
+	cutAt := time.Now()
+	waitLines(3, 30*time.Second)
+	t.Logf("the lost tasks' results shown %v after the link broke", time.Since(cutAt).Round(10*time.Millisecond))
+
+	w.Close()
+	if st := sub.wait(t, 30*time.Second); st != 0 {
+		t.Fatalf("run exited %d, want 0\n%s", st, sub.stderr())
+	}
+	if s := summaryOf(t, dir, "run"); s.Tasks.Done != 3 {
+		t.Errorf("tasks = %+v, want 3 done", s.Tasks)
+	}
+	checkRecorded(t, url, run, 3)
+	if q := queuedEver(t, url); q != 3 {
+		t.Errorf("the stream stored %d messages, want 3: a task was queued twice, or lost", q)
 	}
 }

@@ -333,22 +333,49 @@ func (p *Publisher) settle(ctx context.Context) error {
 		}
 		wait = min(2*wait, 2*time.Second)
 		for _, g := range p.pending {
-			if g.ack != nil {
-				select {
-				case <-g.ack.Err():
-					g.ack = nil
-				default:
-					if len(g.ack.Ok()) == 0 && time.Since(g.sent) > g.wait {
-						g.ack = nil
-						g.wait = min(2*g.wait, pubAckWaitMax)
-					}
-				}
+			p.resend(g)
+		}
+	}
+}
+
+// resend sends g again when its publish failed or its acknowledgement is
+// late, and reports whether it is still to be acknowledged.
+func (p *Publisher) resend(g *inFlight) bool {
+	if g.ack != nil {
+		select {
+		case <-g.ack.Err():
+			g.ack = nil
+		default:
+			if len(g.ack.Ok()) > 0 {
+				return false
 			}
-			if g.ack == nil {
-				p.send(g)
+			if time.Since(g.sent) > g.wait {
+				g.ack = nil
+				g.wait = min(2*g.wait, pubAckWaitMax)
 			}
 		}
 	}
+	if g.ack == nil {
+		p.send(g)
+	}
+	return true
+}
+
+// Tend does without waiting what Publish and Flush do while they wait: it
+// forgets the publishes acknowledged, oldest first, and sends again those
+// that failed or whose acknowledgement is late. It reports whether
+// publishes remain to be acknowledged. A caller that stops publishing for
+// a while (its input is quiet) calls it every so often meanwhile, so that
+// the publishes lost just before the pause are sent again: nothing else
+// would until the next Publish or Flush.
+func (p *Publisher) Tend() bool {
+	for len(p.pending) > 0 && p.pending[0].ack != nil && len(p.pending[0].ack.Ok()) > 0 {
+		p.pop()
+	}
+	for _, g := range p.pending {
+		p.resend(g)
+	}
+	return len(p.pending) > 0
 }
 
 // ErrTooLarge is returned by Publish for a task larger than a NATS message.

@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"sync"
@@ -16,27 +17,45 @@ import (
 // connections.
 func Proxy(t testing.TB, target int, delay time.Duration) (port int, cut func()) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l := NewLink(t, target, delay)
+	return l.Port, l.Cut
+}
+
+// Link is a proxy as Proxy starts, with more control over what it
+// carries: it can hold what its clients send, so that a test knows that
+// what a client sent is lost when it cuts the link.
+type Link struct {
+	// Port is the loopback port the proxy listens on.
+	Port int
+
+	mu    sync.Mutex
+	conns []net.Conn
+	hold  bool         // what clients send is held, not forwarded
+	held  bytes.Buffer // what clients sent while hold was set
+}
+
+// NewLink starts a proxy as Proxy does, and returns it. t's cleanup closes
+// the proxy and its connections.
+func NewLink(t testing.TB, target int, delay time.Duration) *Link {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	var conns []net.Conn
+	l := &Link{Port: ln.Addr().(*net.TCPAddr).Port}
 	var wg sync.WaitGroup
 	t.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
+		ln.Close()
+		l.Cut()
 		wg.Wait()
 	})
 	type chunk struct {
 		due time.Time
 		b   []byte
 	}
-	pipe := func(from, to net.Conn) {
+	// pipe forwards from to to; what a client sends (fromClient) is held
+	// instead while hold is set.
+	pipe := func(from, to net.Conn, fromClient bool) {
 		q := make(chan chunk, 4096)
 		wg.Go(func() {
 			defer close(q)
@@ -55,6 +74,15 @@ func Proxy(t testing.TB, target int, delay time.Duration) (port int, cut func())
 			defer to.Close()
 			for c := range q {
 				time.Sleep(time.Until(c.due))
+				l.mu.Lock()
+				held := fromClient && l.hold
+				if held {
+					l.held.Write(c.b)
+				}
+				l.mu.Unlock()
+				if held {
+					continue
+				}
 				if _, err := to.Write(c.b); err != nil {
 					from.Close()
 					for range q {
@@ -66,7 +94,7 @@ func Proxy(t testing.TB, target int, delay time.Duration) (port int, cut func())
 	}
 	wg.Go(func() {
 		for {
-			c, err := l.Accept()
+			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
@@ -75,19 +103,42 @@ func Proxy(t testing.TB, target int, delay time.Duration) (port int, cut func())
 				c.Close()
 				continue
 			}
-			mu.Lock()
-			conns = append(conns, c, s)
-			mu.Unlock()
-			pipe(c, s)
-			pipe(s, c)
+			l.mu.Lock()
+			l.conns = append(l.conns, c, s)
+			l.mu.Unlock()
+			pipe(c, s, true)
+			pipe(s, c, false)
 		}
 	})
-	cut = func() {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
+	return l
+}
+
+// Cut closes the connections open, dropping what they still carry and
+// what the link holds, as a link that breaks; the proxy takes new
+// connections after it, and forwards what they carry.
+func (l *Link) Cut() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range l.conns {
+		c.Close()
 	}
-	return l.Addr().(*net.TCPAddr).Port, cut
+	l.conns = nil
+	l.hold = false
+	l.held.Reset()
+}
+
+// Hold makes the link keep what its clients send from now on instead of
+// forwarding it, until Cut drops it; what the server sends still goes
+// through.
+func (l *Link) Hold() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.hold = true
+}
+
+// Held returns a copy of what the link holds.
+func (l *Link) Held() []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return bytes.Clone(l.held.Bytes())
 }
