@@ -6,7 +6,7 @@
 //
 // The metrics, all named safepool_*:
 //
-//	tasks{state}                     gauge: tasks queued, running (Stats.Running and Settling), done, failed, cancelled, poison (pool.Stats)
+//	tasks{state}                     gauge: tasks queued, running, settling, done, failed, cancelled, poison (pool.Stats)
 //	tasks_submitted_total            counter: tasks accepted by Submit
 //	attempts_total{cause}            counter: attempts that ended, by cause ("success" when none)
 //	task_failures_total{state,cause} counter: tasks that ended failed, poison or cancelled, by their last cause
@@ -230,8 +230,9 @@ func (pc *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		n     int
 	}{
 		// A task whose one-shot job ended and that the pool has yet to
-		// settle is still running as far as its state goes.
-		{"queued", st.Queued}, {"running", st.Running + st.Settling}, {"done", st.Done},
+		// settle is in none of the others for that instant: settling,
+		// so that running stays at most the workers.
+		{"queued", st.Queued}, {"running", st.Running}, {"settling", st.Settling}, {"done", st.Done},
 		{"failed", st.Failed}, {"cancelled", st.Cancelled}, {"poison", st.Poison},
 	} {
 		gauge(tasksDesc, float64(s.n), s.state)

@@ -405,7 +405,7 @@ func TestTasksSumToSubmitted(t *testing.T) {
 					}
 					m := parse(t, w.Body)
 					sum := 0.0
-					for _, s := range []string{"queued", "running", "done", "failed", "cancelled", "poison"} {
+					for _, s := range []string{"queued", "running", "settling", "done", "failed", "cancelled", "poison"} {
 						sum += m[`safepool_tasks{state="`+s+`"}`]
 					}
 					if sub := m["safepool_tasks_submitted_total"]; sum != sub {
