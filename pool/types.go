@@ -654,8 +654,10 @@ type Stats struct {
 	Running int
 	// RunningAttempts counts the attempts of the tasks in Running: a
 	// batch's attempt is one, whatever the number of its items. It is the
-	// count to compare with the number of workers. For tasks without Items
-	// it equals Running.
+	// count to compare with the number of workers. It is never above
+	// Running, and for tasks without Items equals it, but for a moment as
+	// an attempt ends: the attempt leaves RunningAttempts before its task
+	// (or each part of its batch) is counted in its next state.
 	RunningAttempts int
 	// Settling counts one-shot attempts whose job has ended, and whose
 	// runner has taken its next task, while the pool has yet to settle
