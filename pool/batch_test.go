@@ -27,13 +27,15 @@ type itemOutcome struct {
 }
 
 // runBatches submits each batch of items as one task and returns every
-// item's outcome by item id. Each Result must settle items of one batch.
+// item's outcome by item id. Each Result must settle items of one batch,
+// and the pool's Stats count items throughout (checkItemStats).
 func runBatches(t *testing.T, cfg pool.Config, batches ...[]string) map[uint64]*itemOutcome {
 	t.Helper()
 	p, err := pool.New(cfg)
 	if err != nil {
 		t.Fatalf("New() = %v", err)
 	}
+	defer checkItemStats(t, p)()
 	go func() {
 		defer p.Close()
 		for _, b := range batches {

@@ -17,13 +17,15 @@ func blockOf(items []string) []byte { return []byte(strings.Join(items, "\n") + 
 // runLineBlocks submits each block of lines as one line batch and returns
 // every item's outcome by id, and the order in which the items' results
 // came. It checks that each Result of done items carries their answer
-// lines, in order, in its Output.
+// lines, in order, in its Output, and that the pool's Stats count lines
+// throughout (checkItemStats).
 func runLineBlocks(t *testing.T, cfg pool.Config, blocks ...[]string) (map[uint64]*itemOutcome, []uint64, *pool.Pool) {
 	t.Helper()
 	p, err := pool.New(cfg)
 	if err != nil {
 		t.Fatalf("New() = %v", err)
 	}
+	defer checkItemStats(t, p)()
 	go func() {
 		defer p.Close()
 		for _, b := range blocks {
@@ -65,6 +67,43 @@ func runLineBlocks(t *testing.T, cfg pool.Config, blocks ...[]string) (map[uint6
 		case <-timeout:
 			p.Abort(nil)
 			t.Fatal("the pool did not end within two minutes")
+		}
+	}
+}
+
+// checkItemStats samples p's Stats until the function it returns is called,
+// when p has ended: in every sample, the tasks in each state (a batch's
+// items each) add up to those submitted, and RunningAttempts, where a
+// block's attempt counts once, is never above Running; at the end none is
+// queued or running.
+func checkItemStats(t *testing.T, p *pool.Pool) func() {
+	t.Helper()
+	stop, done := make(chan struct{}), make(chan string)
+	go func() {
+		wrong := ""
+		for {
+			select {
+			case <-stop:
+				done <- wrong
+				return
+			default:
+			}
+			st := p.Stats()
+			sum := st.Queued + st.Running + st.Settling + st.Done + st.Failed + st.Cancelled + st.Poison
+			if wrong == "" && (sum != st.Submitted || st.RunningAttempts > st.Running) {
+				wrong = fmt.Sprintf("%+v", st)
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+	}()
+	return func() {
+		t.Helper()
+		close(stop)
+		if wrong := <-done; wrong != "" {
+			t.Errorf("Stats %s: the states do not add up to Submitted, or count more attempts than tasks running", wrong)
+		}
+		if st := p.Stats(); st.Queued != 0 || st.Running != 0 || st.RunningAttempts != 0 || st.Settling != 0 {
+			t.Errorf("Stats at the end = %+v, want none queued or running", st)
 		}
 	}
 }

@@ -145,9 +145,13 @@ type task struct {
 	// task (oneshot.go), and cleared by the loop as it forgets the attempt:
 	// an attempt whose report is still on its way runs beside nothing.
 	ended atomic.Bool
-	// uncounted says that the loop took the attempt out of Stats.Running
-	// when it saw it ended (scheduler.dispatched), before its report.
-	uncounted bool
+	// in is the count of Stats that holds the task's items (its one for a
+	// task that is not a batch) until the loop counts them in their next
+	// state: Queued from Submit, Running from dispatch, Settling once the
+	// loop saw its one-shot attempt ended before its report
+	// (scheduler.dispatched). A part split from a batch starts in the
+	// batch's. The loop's alone.
+	in holder
 	// out is the output of the task's last one-shot attempt. The runner
 	// that holds the task sets it before it reports the attempt.
 	out *attemptOutput
@@ -170,10 +174,11 @@ func (t *task) count() int {
 }
 
 // split returns a task of batch t that runs the items at indexes, with
-// nothing charged yet: how a batch's items go their own ways.
+// nothing charged yet, its items counted where the batch's are (in): how a
+// batch's items go their own ways.
 func (t *task) split(indexes []uint32) *task {
 	return &task{id: t.base + uint64(indexes[0]), t: t.t, base: t.base, items: indexes,
-		need: max(t.t.MemHint, 0), alone: t.alone, others: t.others}
+		need: max(t.t.MemHint, 0), alone: t.alone, others: t.others, in: t.in}
 }
 
 // timeout is the limit on t's attempts: its own Task.Timeout, else

@@ -162,10 +162,27 @@ type scheduler struct {
 	startFail int       // startup failures in a row
 	failSince time.Time // when the first of them was reported
 	everOK    bool      // some attempt has succeeded
-	// left counts what forget and abort took tasks out of in Stats and
-	// countState has not yet taken away: a task leaves one count in the
-	// same step as it enters its next.
-	left struct{ running, settling, queued int }
+}
+
+// holder names the count of Stats that holds a task's items while they
+// are in no terminal state (task.in).
+type holder int
+
+const (
+	inQueued   holder = iota // Stats.Queued: waiting to run, or a retry in backoff
+	inRunning                // Stats.Running: dispatched
+	inSettling               // Stats.Settling: its one-shot process ended, its report still to come
+)
+
+// of is h's count in st.
+func (h holder) of(st *Stats) *int {
+	switch h {
+	case inRunning:
+		return &st.Running
+	case inSettling:
+		return &st.Settling
+	}
+	return &st.Queued
 }
 
 // startupPatience is how long startup failures in a row must have lasted,
@@ -208,7 +225,7 @@ func (s *scheduler) submit(t *task) {
 	s.pending++
 	s.queue = append(s.queue, t)
 	n := t.count()
-	s.p.count(func(st *Stats) { st.Submitted += n; st.Queued++ })
+	s.p.count(func(st *Stats) { st.Submitted += n; st.Queued += n })
 }
 
 // dispatched records that a runner took the queue's head.
@@ -216,14 +233,16 @@ func (s *scheduler) dispatched() {
 	head := s.queue[0]
 	s.queue[0] = nil
 	s.queue = s.queue[1:]
-	running, gone := 0, 0
+	running, gone, settling := 0, 0, 0
 	for _, o := range s.live {
 		if o.ended.Load() {
 			// Its process has ended and its runner took head: only its
-			// report is still to come.
-			if !o.uncounted {
-				o.uncounted = true
+			// report is still to come. (A one-shot task: never a batch,
+			// so none of its items went early.)
+			if o.in == inRunning {
+				o.in = inSettling
 				gone++
+				settling += o.count()
 			}
 			continue
 		}
@@ -235,7 +254,14 @@ func (s *scheduler) dispatched() {
 	if s.gov != nil {
 		s.gov.reserve(head)
 	}
-	s.p.count(func(st *Stats) { st.Queued--; st.Running += 1 - gone; st.Settling += gone })
+	n := head.count()
+	head.in = inRunning
+	s.p.count(func(st *Stats) {
+		st.Queued -= n
+		st.Running += n - settling
+		st.Settling += settling
+		st.RunningAttempts += 1 - gone
+	})
 }
 
 // delivered records that the first result was read from Results.
@@ -319,48 +345,40 @@ func (s *scheduler) report(rep report) {
 func (s *scheduler) abort() {
 	s.aborting = true
 	for _, t := range s.queue {
-		s.left.queued++
-		s.finish(t, Cancelled, nil, nil)
+		s.finish(t, Cancelled, nil, nil) // out of Queued as it is counted cancelled
 	}
 	s.queue = nil
 	for _, t := range s.delayed {
-		s.left.queued++
 		s.finish(t, Cancelled, nil, nil)
 	}
 	s.delayed = nil
-	s.p.count(func(st *Stats) { st.Queued = 0 })
 }
 
 // forget drops a task whose attempt ended, or that came back unrun, from
-// the running tasks.
+// the running tasks. Its items stay in Running (or Settling) until move
+// counts them in their next state.
 func (s *scheduler) forget(t *task) {
 	delete(s.live, t.id)
 	if s.gov != nil {
 		t.others = s.gov.release(t.id)
 	}
-	if t.uncounted {
-		s.left.settling++
-	} else {
-		s.left.running++
+	if t.in == inRunning {
+		// In Settling, it left RunningAttempts as dispatched moved it.
+		s.p.count(func(st *Stats) { st.RunningAttempts-- })
 	}
 	t.ended.Store(false)
-	t.uncounted = false
 }
 
-// countState counts, with f, the next state of the tasks that forget or
-// abort took out of theirs, in the same step as it takes them out: a
+// move counts n of t's items in their next state, with to, and takes them
+// out of the count that holds them (t.in) in the same update of Stats: a
 // Stats (a scrape of the metrics) between the two would find them in no
-// state, the states' sum short of Submitted. A nil f takes them out alone.
-func (s *scheduler) countState(f func(st *Stats)) {
-	l := s.left
-	s.left.running, s.left.settling, s.left.queued = 0, 0, 0
+// state, or in two, and the states' sum would not be Submitted. The parts
+// a batch splits into move each with its own items (batchEnded).
+func (s *scheduler) move(t *task, n int, to func(st *Stats)) {
+	from := t.in
 	s.p.count(func(st *Stats) {
-		st.Running -= l.running
-		st.Settling -= l.settling
-		st.Queued -= l.queued
-		if f != nil {
-			f(st)
-		}
+		*from.of(st) -= n
+		to(st)
 	})
 }
 
@@ -435,7 +453,6 @@ func (s *scheduler) batchEnded(rep report) {
 		s.gov.observe(t.id, a)
 	}
 	s.forget(t)
-	defer s.countState(nil) // no part left, every answer delivered early
 	done, answered := rep.lines, len(rep.lines)
 	var failed []worker.Answer
 	early := t.early // answers delivered already (answered)
@@ -541,11 +558,11 @@ func (s *scheduler) apply(t *task, v verdict, output, stderr []byte) {
 		s.finish(t, Cancelled, output, stderr)
 	case fateRequeue:
 		s.queue = append([]*task{t}, s.queue...)
-		s.countState(func(st *Stats) { st.Queued++ })
+		s.requeued(t)
 	case fateRetry:
 		t.notBefore = time.Now().Add(v.delay)
 		heap.Push(&s.delayed, t)
-		s.countState(func(st *Stats) { st.Queued++ })
+		s.requeued(t)
 	}
 	if v.abort {
 		st := Failed
@@ -558,6 +575,13 @@ func (s *scheduler) apply(t *task, v verdict, output, stderr []byte) {
 		// for a task may be offered one in between.
 		s.abort()
 	}
+}
+
+// requeued counts t's items queued again.
+func (s *scheduler) requeued(t *task) {
+	n := t.count()
+	s.move(t, n, func(st *Stats) { st.Queued += n })
+	t.in = inQueued
 }
 
 // finish gives t its terminal state st: it counts it, records a failure,
@@ -584,20 +608,22 @@ func (s *scheduler) finish(t *task, st State, output, stderr []byte) {
 	}
 	r := Result{ID: t.id, Input: t.t.Input, Args: t.t.Args, State: st, Output: output, Stderr: stderr, Attempts: t.attempts}
 	t.putOutput(&r) // one-shot output, in memory or spilled
-	s.deliver(r)
+	s.deliver(t, r)
 }
 
 // finishItems gives items of batch t the terminal state st, in one Result,
 // with out, a line batch's answer lines.
 func (s *scheduler) finishItems(t *task, st State, items []Item, attempts []Attempt, out []byte) {
-	s.deliver(Result{ID: t.base, Input: t.t.Input, State: st, Attempts: attempts, Items: items, Output: out})
+	s.deliver(t, Result{ID: t.base, Input: t.t.Input, State: st, Attempts: attempts, Items: items, Output: out})
 }
 
-// deliver counts r, tells the observer, and queues r for delivery (with
-// KeepOrder, once every earlier one is delivered).
-func (s *scheduler) deliver(r Result) {
-	s.ended += r.count()
-	s.countState(func(st *Stats) { st.CountEnded(&r) })
+// deliver counts r, the end of t or of items of it, tells the observer,
+// and queues r for delivery (with KeepOrder, once every earlier one is
+// delivered).
+func (s *scheduler) deliver(t *task, r Result) {
+	n := r.count()
+	s.ended += n
+	s.move(t, n, func(st *Stats) { st.CountEnded(&r) })
 	s.p.ended(r)
 	if !s.p.cfg.KeepOrder {
 		s.out = append(s.out, r)

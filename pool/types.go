@@ -633,25 +633,40 @@ type Config struct {
 	Observer func(Event)
 }
 
-// Stats counts what a pool has done so far.
+// Stats counts what a pool has done so far. Tasks are counted in one unit
+// throughout: each item of a batch (Task.Items), such as a line of a block
+// of lines, counts as one task in every count of tasks. Queued, Running,
+// Settling and the terminal states (Done, Failed, Cancelled, Poison) add
+// up to Submitted in every Stats: each task is counted in exactly one of
+// them, and a task (or a batch's part) leaves one in the same update as it
+// enters the next.
 type Stats struct {
-	// Submitted counts tasks accepted by Submit; each item of a batch
-	// (Task.Items) counts as one.
+	// Submitted counts tasks accepted by Submit.
 	Submitted int
-	// Done, Failed, Cancelled and Poison count tasks in each terminal state;
-	// each item of a batch counts as one.
+	// Done, Failed, Cancelled and Poison count tasks in each terminal state.
 	Done, Failed, Cancelled, Poison int
-	// Running counts attempts running now (a batch's is one).
+	// Running counts tasks dispatched to a worker whose attempt has not
+	// ended: those a worker runs now and, with Config.Pipeline above 1,
+	// those sent ahead to it. A batch's items are all there until its
+	// attempt ends (but for a range that a framed worker answers before
+	// the end, which is Done at once); they then go each to its next state
+	// (Done, charged, or back to the queue).
 	Running int
+	// RunningAttempts counts the attempts of the tasks in Running: a
+	// batch's attempt is one, whatever the number of its items. It is the
+	// count to compare with the number of workers. It is never above
+	// Running, and for tasks without Items equals it, but for a moment as
+	// an attempt ends: the attempt leaves RunningAttempts before its task
+	// (or each part of its batch) is counted in its next state.
+	RunningAttempts int
 	// Settling counts one-shot attempts whose job has ended, and whose
 	// runner has taken its next task, while the pool has yet to settle
 	// them (a retry, or a terminal state): they no longer run, but their
-	// tasks are in no other count yet. For tasks without Items, Queued,
-	// Running, Settling and the terminal states add up to Submitted in
-	// every Stats.
+	// tasks are in no other count yet.
 	Settling int
 	// Queued counts tasks waiting for a worker, including retries in
-	// backoff (a batch, or the part of one that waits, is one).
+	// backoff: every item of a batch that waits, whole or as the part of
+	// one that was sent back.
 	Queued int
 	// Attempts counts attempts that ended, of every cause; the items of a
 	// batch that a worker answered in one run count one attempt each.

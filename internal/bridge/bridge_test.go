@@ -451,6 +451,11 @@ func TestBatchRangeBeforeEnd(t *testing.T) {
 	for {
 		f := s.next()
 		if f.kind == KindEnd {
+			var end End
+			if err := json.Unmarshal(f.payload, &end); err != nil {
+				t.Fatalf("end frame %q: %v", f.payload, err)
+			}
+			checkEndStats(t, end.Stats, 4)
 			break
 		}
 		m, o := itemsOf(t, f)
@@ -512,6 +517,18 @@ func TestBatchBlame(t *testing.T) {
 	var end End
 	if f.kind != KindEnd || json.Unmarshal(f.payload, &end) != nil || end.Error != "" || end.Stats.Done != 4 {
 		t.Errorf("end = %d %s, want no error and 4 done", f.kind, f.payload)
+	}
+	checkEndStats(t, end.Stats, 6)
+}
+
+// checkEndStats checks the counts of a pool that has ended, with items
+// submitted in batches: each item counted once in a terminal state, none
+// left queued or running, as the parts of a batch each moved on.
+func checkEndStats(t *testing.T, st pool.Stats, items int) {
+	t.Helper()
+	if st.Submitted != items || st.Done+st.Failed+st.Cancelled+st.Poison != items ||
+		st.Queued != 0 || st.Running != 0 || st.RunningAttempts != 0 || st.Settling != 0 {
+		t.Errorf("stats at the end = %+v, want the %d items each in a terminal state", st, items)
 	}
 }
 

@@ -100,7 +100,7 @@ func (jj *jobJournal) describe(p *pool.Pool) {
 		budget = st.Budget
 	}
 	jj.w.Describe(p.Workers(), p.MemoryMode(), budget)
-	jj.w.Watch(func() int { return p.Stats().Running })
+	jj.w.Watch(func() int { return p.Stats().RunningAttempts }) // a block of lines is one
 	for _, n := range p.Notices() {
 		jj.w.Notice(n)
 	}

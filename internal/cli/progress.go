@@ -139,8 +139,9 @@ func (p *progress) drawLocked() {
 
 // describe renders the counts: "done 12 failed 1 running 4 mem 3.1 GiB
 // memory allows 4 ETA 20s", where "memory allows" is how many tasks at once
-// the memory governor admits.
-// Failed counts poison tasks too.
+// the memory governor admits. Failed counts poison tasks too. Running
+// counts tasks, as done does (with map, lines: each of a block's), where
+// "memory allows" counts attempts (a block of lines is one).
 func (p *progress) describe(st pool.Stats, total, ended int64) string {
 	s := fmt.Sprintf("done %d failed %d running %d", st.Done, st.Failed+st.Poison, st.Running)
 	if used := p.mem.Load(); used >= 0 {

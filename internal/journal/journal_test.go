@@ -311,7 +311,7 @@ func TestPoolRun(t *testing.T) {
 		budget = st.Budget
 	}
 	w.Describe(p.Workers(), p.MemoryMode(), budget)
-	w.Watch(func() int { return p.Stats().Running })
+	w.Watch(func() int { return p.Stats().RunningAttempts })
 	for i, in := range []string{"a", "bad", "c"} {
 		w.Submit(uint64(i+1), uint64(i+1), KeyOf([]byte(in)), []byte(in))
 		if _, err := p.Submit(t.Context(), pool.Task{Input: []byte(in)}); err != nil {
@@ -391,7 +391,7 @@ func TestSamplesWithoutGovernor(t *testing.T) {
 		t.Fatal("NoGovernor: the pool has a governor")
 	}
 	w.Describe(p.Workers(), p.MemoryMode(), 0)
-	w.Watch(func() int { return p.Stats().Running })
+	w.Watch(func() int { return p.Stats().RunningAttempts })
 	for i, in := range []string{"0.6", "0.6"} {
 		w.Submit(uint64(i+1), uint64(i+1), KeyOf([]byte(in)), []byte(in))
 		if _, err := p.Submit(t.Context(), pool.Task{Input: []byte(in)}); err != nil {

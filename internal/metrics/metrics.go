@@ -6,7 +6,8 @@
 //
 // The metrics, all named safepool_*:
 //
-//	tasks{state}                     gauge: tasks queued, running, settling, done, failed, cancelled, poison (pool.Stats)
+//	tasks{state}                     gauge: tasks queued, running, settling, done, failed, cancelled, poison (pool.Stats);
+//	                                 each line of a block of lines counts in each state, and the states add up to tasks_submitted_total
 //	tasks_submitted_total            counter: tasks accepted by Submit
 //	attempts_total{cause}            counter: attempts that ended, by cause ("success" when none)
 //	task_failures_total{state,cause} counter: tasks that ended failed, poison or cancelled, by their last cause
@@ -179,10 +180,12 @@ func (c *Collector) sample(p *pool.Pool) {
 // governor: some are queued, and a worker is free. The loop hands a task
 // to a free worker at once unless the governor holds it back, so over a
 // sampling interval nothing else keeps both true (but a retry's backoff).
-// Running counts the tasks sent ahead to persistent workers too, so a
-// pipelined pool is never counted as waiting while its workers are busy.
+// RunningAttempts counts the tasks sent ahead to persistent workers too,
+// so a pipelined pool is never counted as waiting while its workers are
+// busy; it counts a block of lines as one attempt, where Running counts
+// its lines: one block would fill every worker.
 func waitsForMemory(st pool.Stats, workers int) bool {
-	return st.Queued > 0 && st.Running < workers
+	return st.Queued > 0 && st.RunningAttempts < workers
 }
 
 // poolCollector reads the pool's Stats and Memory when scraped, so that

@@ -36,7 +36,9 @@ func TestMain(m *testing.M) {
 }
 
 // lineWorker answers each line of stdin: "work:MB:MS" after holding MB MiB
-// for MS milliseconds, "hog" never, as it allocates until it is killed.
+// for MS milliseconds, "hog" never, as it allocates until it is killed,
+// and "die:PATH" at once, but the first time (PATH does not exist yet), when
+// it makes PATH and exits 1 instead.
 func lineWorker() {
 	in := bufio.NewReader(os.Stdin)
 	for {
@@ -57,6 +59,11 @@ func lineWorker() {
 			for {
 				touch(16 << 20)
 				time.Sleep(5 * time.Millisecond)
+			}
+		case "die":
+			if _, err := os.Stat(arg); err != nil {
+				os.WriteFile(arg, nil, 0o644)
+				os.Exit(1)
 			}
 		}
 		fmt.Println("ok")
@@ -330,16 +337,31 @@ func TestBatchAttemptsCounted(t *testing.T) {
 // attempt ends, and waits for it: the moment a task whose attempt ended
 // used to have left running but not reached its next state (queued again,
 // or terminal). A one-shot task whose job ended also left running as its
-// runner took the next task, until the loop settled it.
+// runner took the next task, until the loop settled it. map's blocks of
+// lines (Task.Items) count a line as a task in every state: a block's
+// lines that its dead worker answered are done, the line it ran is
+// charged and the rest requeued, each part in its own step, with a scrape
+// after each (EventTaskEnded); queued and running used to count blocks.
 func TestTasksSumToSubmitted(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		cfg  pool.Config
-		in   func(i int) string
-		n    int
+		name  string
+		cfg   pool.Config
+		in    func(i int) string
+		n     int // tasks: lines, with block
+		block int // lines in a task (Task.Items); 0: a task is a line
 	}{
 		{"line", pool.Config{Command: []string{os.Args[0], "-test.run=^$"}, Env: append(os.Environ(), workerEnv+"=1"), Protocol: pool.Line},
-			func(int) string { return "work:1:0" }, 1000},
+			func(int) string { return "work:1:0" }, 1000, 0},
+		// Blocks of 10 lines, as map sends them; a worker dies once in
+		// the middle of two blocks, which are answered in part.
+		{"line-blocks", pool.Config{Command: []string{os.Args[0], "-test.run=^$"}, Env: append(os.Environ(), workerEnv+"=1"), Protocol: pool.Line,
+			Retries: 1},
+			func(i int) string {
+				if i == 305 || i == 1234 {
+					return "die:" + filepath.Join(t.TempDir(), "died")
+				}
+				return "work:1:0"
+			}, 2000, 10},
 		// Every third task fails once and is retried, so that tasks go
 		// back to the queue as well as to a terminal state.
 		{"one-shot", pool.Config{Command: []string{"sh", "-c", `[ -e "$0" ] || { : > "$0"; exit 1; }`, "{}"}, Retries: 1},
@@ -348,7 +370,7 @@ func TestTasksSumToSubmitted(t *testing.T) {
 					return filepath.Join(t.TempDir(), "ran")
 				}
 				return "/"
-			}, 600},
+			}, 600, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := metrics.New()
@@ -359,7 +381,7 @@ func TestTasksSumToSubmitted(t *testing.T) {
 			cfg.Workers, cfg.Stderr = 2, io.Discard
 			cfg.Observer = func(e pool.Event) {
 				c.Observe(e)
-				if e.Kind != pool.EventAttemptEnded {
+				if e.Kind != pool.EventAttemptEnded && e.Kind != pool.EventTaskEnded {
 					return
 				}
 				// The scraper scrapes while the pool's loop waits here.
@@ -377,8 +399,20 @@ func TestTasksSumToSubmitted(t *testing.T) {
 			c.Attach(p)
 			go func() {
 				defer p.Close()
-				for i := 0; i < tc.n; i++ {
-					if _, err := p.Submit(context.Background(), pool.Task{Input: []byte(tc.in(i))}); err != nil {
+				if tc.block == 0 {
+					for i := 0; i < tc.n; i++ {
+						if _, err := p.Submit(context.Background(), pool.Task{Input: []byte(tc.in(i))}); err != nil {
+							return
+						}
+					}
+					return
+				}
+				for i := 0; i < tc.n; i += tc.block {
+					var b strings.Builder
+					for k := i; k < i+tc.block; k++ {
+						b.WriteString(tc.in(k) + "\n")
+					}
+					if _, err := p.Submit(context.Background(), pool.Task{Input: []byte(b.String()), Items: tc.block}); err != nil {
 						return
 					}
 				}
@@ -417,13 +451,29 @@ func TestTasksSumToSubmitted(t *testing.T) {
 					r.scrapes++
 				}
 			}()
-			for range p.Results() {
+			parts := map[uint64]int{} // Results by block (the id of its first line)
+			for r := range p.Results() {
+				parts[r.ID]++
 			}
 			close(stop)
 			r := <-reports
-			t.Logf("%d scrapes (%d as an attempt ended), %d with the tasks' states not summing to those submitted", r.scrapes, r.asked, r.wrong)
-			if st := p.Stats(); st.Done != tc.n || st.Submitted != tc.n {
+			t.Logf("%d scrapes (%d as an attempt or task ended), %d with the tasks' states not summing to those submitted", r.scrapes, r.asked, r.wrong)
+			st := p.Stats()
+			if st.Done != tc.n || st.Submitted != tc.n {
 				t.Errorf("%d done of %d submitted, want %d", st.Done, st.Submitted, tc.n)
+			}
+			if tc.block > 0 {
+				// The blocks of lines 305 and 1234 (ids from 1): lines
+				// done, the line charged, then done on its retry, and the
+				// rest requeued, then done.
+				for _, id := range []uint64{301, 1231} {
+					if parts[id] < 3 {
+						t.Errorf("the block of line %d ended in %d Results, want 3 or more: answered in part when its worker died", id, parts[id])
+					}
+				}
+				if st.WorkerDeaths != 2 {
+					t.Errorf("%d worker deaths, want 2", st.WorkerDeaths)
+				}
 			}
 		})
 	}
