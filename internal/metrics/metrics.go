@@ -234,7 +234,7 @@ func (pc *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	}{
 		// A task whose one-shot job ended and that the pool has yet to
 		// settle is in none of the others for that instant: settling,
-		// so that running stays at most the workers.
+		// so that one-shot tasks running are at most the workers.
 		{"queued", st.Queued}, {"running", st.Running}, {"settling", st.Settling}, {"done", st.Done},
 		{"failed", st.Failed}, {"cancelled", st.Cancelled}, {"poison", st.Poison},
 	} {
