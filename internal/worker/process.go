@@ -685,12 +685,27 @@ func (p *Process) Retire(patience, grace time.Duration) {
 	}()
 }
 
+// drainLimit bounds how long CloseIO waits, past its linger, for output
+// copiers whose pipes still hold what has not been read.
+const drainLimit = 10 * time.Second
+
 // CloseIO closes the supervisor's ends of the worker's pipes, after waiting up
 // to linger for its output to drain. Call it after Done: a grandchild that
 // still holds the pipes must not keep readers blocked.
+//
+// Past linger, a pipe that still holds unread bytes is not closed yet: what
+// the process wrote before it died is in its pipes by the time it is done,
+// and a copier that has not read it all is slow (its writes block, or the
+// machine is too busy to run it), not waiting for a grandchild; closing the
+// pipe would cut the output, and nothing would tell. It waits while a pipe
+// holds bytes, for at most drainLimit more, so that a grandchild that goes
+// on writing cannot hold the worker's end for ever.
 func (p *Process) CloseIO(linger time.Duration) {
 	p.closeIO.Do(func() {
 		p.awaitCopiers(linger)
+		for end := time.Now().Add(drainLimit); p.copiers.Load() > 0 && p.unread() && time.Now().Before(end); {
+			p.awaitCopiers(linger / 10)
+		}
 		if p.Tasks != nil {
 			p.Tasks.Close()
 		}
@@ -743,6 +758,24 @@ func (p *Process) freePage() {
 		freePage(p.page)
 		p.page = nil
 	}
+}
+
+// unread reports whether a pipe that CloseIO closes holds bytes not read
+// yet.
+func (p *Process) unread() bool {
+	for _, f := range p.readEnds {
+		rc, err := f.SyscallConn()
+		if err != nil {
+			continue
+		}
+		n := 0
+		// TIOCINQ is FIONREAD: the bytes a pipe holds.
+		rc.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.TIOCINQ) })
+		if n > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *Process) closeReadEnds() {

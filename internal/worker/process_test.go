@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -89,5 +90,50 @@ func TestStartForkExec(t *testing.T) {
 	if _, err := Start(Spec{Args: []string{"/nonexistent/program"}, Path: "/nonexistent/program", IO: IONone}); err == nil ||
 		!strings.Contains(err.Error(), "fork/exec /nonexistent/program") {
 		t.Errorf("Start(/nonexistent/program) = %v, want a fork/exec error naming it", err)
+	}
+}
+
+// slowWriter keeps what is written to it, taking delay over each Write.
+type slowWriter struct {
+	delay time.Duration
+	mu    sync.Mutex
+	n     int
+}
+
+func (w *slowWriter) Write(b []byte) (int, error) {
+	time.Sleep(w.delay)
+	w.mu.Lock()
+	w.n += len(b)
+	w.mu.Unlock()
+	return len(b), nil
+}
+
+func (w *slowWriter) written() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.n
+}
+
+// TestCloseIOSlowCopier: a process that wrote more than its pipe holds
+// and died is done while its pipe still holds up to 64 KiB; a copier
+// whose writes are slow (a busy disk, a busy machine) takes longer than
+// CloseIO's linger to read it. CloseIO must wait for it rather than cut
+// the output, as it did (the copier had 163840 of the 200000 bytes).
+func TestCloseIOSlowCopier(t *testing.T) {
+	const size = 200000
+	w := &slowWriter{delay: 300 * time.Millisecond}
+	p, err := Start(Spec{IO: IONone, Args: []string{"/bin/sh", "-c", "head -c 200000 /dev/zero"}, Stdout: w})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.Done():
+	case <-time.After(30 * time.Second):
+		p.Kill()
+		t.Fatal("the process did not end")
+	}
+	p.CloseIO(linger)
+	if got := w.written(); got != size {
+		t.Errorf("the copier wrote %d of the %d bytes the process wrote before it died", got, size)
 	}
 }
