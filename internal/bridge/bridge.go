@@ -80,6 +80,11 @@ type Hello struct {
 	// Grace is the time in seconds between SIGTERM and SIGKILL when workers
 	// are stopped. Zero means the pool's default.
 	Grace float64 `json:"grace"`
+	// TimeoutGrace is the time in seconds that a task which ran out of its
+	// timeout has between SIGTERM and SIGKILL (pool.Config.TimeoutGrace):
+	// absent (nil) means the pool's default, 0 means SIGKILL at once. A
+	// negative value is refused.
+	TimeoutGrace *float64 `json:"timeout_grace,omitempty"`
 
 	// NoGovernor, MemBudget, MemReserve, MemPerTask, PreemptAbove and
 	// PreemptPSI are the pool.Config fields of the same names (the
@@ -294,6 +299,12 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opt Options) error 
 		_ = bw.Flush()
 		return err
 	}
+	if h.TimeoutGrace != nil && *h.TimeoutGrace < 0 {
+		err := fmt.Errorf("bridge: negative timeout_grace %g in the hello", *h.TimeoutGrace)
+		_ = writeJSON(bw, KindEnd, End{Error: err.Error()})
+		_ = bw.Flush()
+		return err
+	}
 	if url := remoteURL(f.payload); url != "" { // Pool(nats=URL): the agents run the tasks (remote.go)
 		return serveRemote(ctx, url, h, br, bw, opt)
 	}
@@ -390,6 +401,7 @@ func configOf(h Hello) pool.Config {
 		Backoff:           seconds(h.Backoff),
 		MaxBackoff:        seconds(h.MaxBackoff),
 		Timeout:           seconds(h.Timeout),
+		TimeoutGrace:      timeoutGrace(h.TimeoutGrace),
 		MaxTasksPerWorker: h.MaxTasksPerWorker,
 		MaxRSS:            h.MaxRSS,
 		MemLimit:          h.MemLimit,
@@ -403,6 +415,22 @@ func configOf(h Hello) pool.Config {
 		MaxPending:        maxPending(h),
 		Grace:             seconds(h.Grace),
 	}
+}
+
+// timeoutGrace returns the pool.Config.TimeoutGrace for the hello's
+// timeout_grace: nil is the pool's default (0), 0 is SIGKILL at once (a
+// negative duration), and a positive value is that many seconds.
+func timeoutGrace(s *float64) time.Duration {
+	switch {
+	case s == nil:
+		return 0
+	case *s <= 0:
+		return -1
+	}
+	if d := seconds(*s); d > 0 {
+		return d
+	}
+	return time.Nanosecond // a grace too short to count is still a grace
 }
 
 // actionOf returns the pool.Action that the hello's on_worker_death names;

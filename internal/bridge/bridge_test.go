@@ -654,6 +654,7 @@ func TestBadHello(t *testing.T) {
 		{"old client", `{"version":1,"command":["true"]}`, "the client is older than the binary"},
 		{"json", `{`, "bad hello"},
 		{"policy", `{"version":4,"command":["true"],"on_worker_death":"maybe"}`, "on_worker_death"},
+		{"timeout grace", `{"version":4,"command":["true"],"timeout_grace":-1}`, "negative timeout_grace"},
 		{"command", `{"version":4,"command":["/nonexistent/worker"]}`, "starting the pool"},
 	}
 	for _, tt := range tests {
@@ -688,7 +689,8 @@ func TestConfigOfHello(t *testing.T) {
 	const hello = `{"version": 4, "command": ["w"], "workers": 3, "mem_limit": 1024, "timeout": 1.5,
 		"retries": 4, "on_worker_death": "retry",
 		"no_governor": true, "mem_budget": 2147483648, "mem_reserve": 1048576, "mem_per_task": 4096,
-		"preempt_above": 0.9, "preempt_psi": -1, "backoff": 0.25, "max_backoff": 2.0, "task_error_retries": 2}`
+		"preempt_above": 0.9, "preempt_psi": -1, "backoff": 0.25, "max_backoff": 2.0, "task_error_retries": 2,
+		"timeout_grace": 0.5}`
 	var h Hello
 	if err := json.Unmarshal([]byte(hello), &h); err != nil {
 		t.Fatal(err)
@@ -701,6 +703,7 @@ func TestConfigOfHello(t *testing.T) {
 		{"Workers", cfg.Workers, 3},
 		{"MemLimit", cfg.MemLimit, int64(1024)},
 		{"Timeout", cfg.Timeout, 1500 * time.Millisecond},
+		{"TimeoutGrace", cfg.TimeoutGrace, 500 * time.Millisecond},
 		{"NoGovernor", cfg.NoGovernor, true},
 		{"MemBudget", cfg.MemBudget, int64(2 << 30)},
 		{"MemReserve", cfg.MemReserve, int64(1 << 20)},
@@ -720,6 +723,30 @@ func TestConfigOfHello(t *testing.T) {
 				t.Errorf("configOf(hello).%s = %v, want %v", tt.name, tt.got, tt.want)
 			}
 		})
+	}
+}
+
+// TestHelloTimeoutGrace: a hello without timeout_grace (an older client's)
+// leaves the pool's default grace, and timeout_grace 0 asks for SIGKILL at
+// once, which pool.Config spells as a negative TimeoutGrace.
+func TestHelloTimeoutGrace(t *testing.T) {
+	tests := []struct {
+		hello string
+		want  time.Duration
+	}{
+		{`{"version": 4, "command": ["w"], "timeout": 1}`, 0},
+		{`{"version": 4, "command": ["w"], "timeout": 1, "timeout_grace": 0}`, -1},
+		{`{"version": 4, "command": ["w"], "timeout": 1, "timeout_grace": 2.5}`, 2500 * time.Millisecond},
+		{`{"version": 4, "command": ["w"], "timeout": 1, "timeout_grace": 1e-12}`, time.Nanosecond},
+	}
+	for _, tt := range tests {
+		var h Hello
+		if err := json.Unmarshal([]byte(tt.hello), &h); err != nil {
+			t.Fatal(err)
+		}
+		if got := configOf(h).TimeoutGrace; got != tt.want {
+			t.Errorf("configOf(%s).TimeoutGrace = %v, want %v", tt.hello, got, tt.want)
+		}
 	}
 }
 

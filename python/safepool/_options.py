@@ -133,6 +133,21 @@ def _seconds(value, name: str, default: float) -> float:
     return float(value)
 
 
+def _grace(value, name: str):
+    """A grace in seconds: None (the binary's default), or a finite number
+    of at least 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("%s must be a number of seconds, not %r" % (name, value))
+    if value < 0:
+        raise ValueError("%s must not be negative (0 sends SIGKILL at once; None is the default, 3 s), not %r"
+                         % (name, value))
+    if value != value or value == float("inf"):
+        raise ValueError("%s must be a finite number of seconds, not %r" % (name, value))
+    return float(value)
+
+
 def check_retry_on(value, name: str = "retry_on") -> tuple:
     """Return value (an exception class or a tuple of them; None: none) as a tuple."""
     if value is None:
@@ -187,7 +202,7 @@ class EngineOptions:
 
     def __init__(self, *, mem_budget=None, mem_per_task=None, mem_reserve=None, mem_high=None,
                  mem_psi=None, no_governor=False, backoff=None, max_backoff=None, task_error_retries=0,
-                 soft_timeout=None, retry_on=None, wait_timeout=None, nats=None):
+                 soft_timeout=None, retry_on=None, wait_timeout=None, nats=None, timeout_grace=None):
         self.mem_budget = parse_size(mem_budget)
         self.mem_per_task = parse_size(mem_per_task)
         self.mem_reserve = parse_size(mem_reserve)
@@ -211,6 +226,9 @@ class EngineOptions:
         if task_error_retries < 0:
             raise ValueError("task_error_retries must not be negative")
         self.task_error_retries = task_error_retries
+        # Seconds between SIGTERM and SIGKILL for a task past its timeout;
+        # None: the binary's default (3 s), 0: SIGKILL at once.
+        self.timeout_grace = _grace(timeout_grace, "timeout_grace")
         # The pool's defaults of the per-call limits, which go with each
         # item to its worker (see call_options).
         self.soft_timeout = _limit(soft_timeout, "soft_timeout") or 0.0
@@ -234,7 +252,9 @@ class EngineOptions:
             "backoff": self.backoff,
             "max_backoff": self.max_backoff,
             "task_error_retries": self.task_error_retries,
-        } | ({"nats": self.nats} if self.nats else {})
+        } | ({"nats": self.nats} if self.nats else {}) | (
+            # Absent, not 0, for the default: 0 is SIGKILL at once.
+            {"timeout_grace": self.timeout_grace} if self.timeout_grace is not None else {})
 
 
 def journal_options(journal, resume, resume_failed):

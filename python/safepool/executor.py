@@ -66,6 +66,7 @@ class Executor(concurrent.futures.Executor):
                  initializer: Optional[Callable] = None, initargs: Iterable = (), *,
                  max_tasks_per_child: Optional[int] = None, retries: int = 0,
                  on_worker_death: Optional[str] = None, timeout: Optional[float] = None,
+                 timeout_grace: Optional[float] = None,
                  mem_limit: Union[int, str, None] = None, max_rss: Union[int, str, None] = None,
                  grace: Optional[float] = None, mem_budget: Union[int, str, None] = None,
                  mem_per_task: Union[int, str, None] = None, mem_reserve: Union[int, str, None] = None,
@@ -87,7 +88,8 @@ class Executor(concurrent.futures.Executor):
                                 mem_high=mem_high, mem_psi=mem_psi, no_governor=no_governor,
                                 backoff=backoff, max_backoff=max_backoff,
                                 task_error_retries=task_error_retries, soft_timeout=soft_timeout,
-                                retry_on=retry_on, wait_timeout=wait_timeout, nats=nats)
+                                retry_on=retry_on, wait_timeout=wait_timeout, nats=nats,
+                                timeout_grace=timeout_grace)
         launch = None
         try:
             launch = _launch.Launch(max_workers, initializer=initializer, initargs=initargs, retries=retries,

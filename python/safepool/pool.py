@@ -96,8 +96,13 @@ class Pool:
         on_worker_death: "skip" (fail the task, go on), "retry" (run it
             again up to `retries` times, then fail it) or "abort" (fail it
             and stop the pool). None means "retry" if retries else "skip".
-        timeout: seconds a task may run before its worker is killed and the
-            task fails with cause "timeout".
+        timeout: seconds a task may run before its worker is ended
+            (SIGTERM to its process group, then SIGKILL after
+            timeout_grace) and the task fails with cause "timeout".
+        timeout_grace: seconds a task past its timeout (the pool's or its
+            call's) has between SIGTERM and SIGKILL, to clean up in a
+            SIGTERM handler; None: 3, 0: SIGKILL at once. Its cause is
+            "timeout" however it then ends.
         mem_limit: each worker's memory cap, in bytes or as "512MiB": the
             worker runs in a memory cgroup of its own, so the kernel kills
             only it, and the task fails with cause "oom".
@@ -158,6 +163,7 @@ class Pool:
     def __init__(self, processes: Optional[int] = None, initializer: Optional[Callable] = None,
                  initargs: Iterable = (), maxtasksperchild: Optional[int] = None, context: Any = None, *,
                  retries: int = 0, on_worker_death: Optional[str] = None, timeout: Optional[float] = None,
+                 timeout_grace: Optional[float] = None,
                  mem_limit: Union[int, str, None] = None, max_tasks_per_child: Optional[int] = None,
                  max_rss: Union[int, str, None] = None, grace: Optional[float] = None,
                  mem_budget: Union[int, str, None] = None, mem_per_task: Union[int, str, None] = None,
@@ -178,7 +184,8 @@ class Pool:
                                 mem_high=mem_high, mem_psi=mem_psi, no_governor=no_governor,
                                 backoff=backoff, max_backoff=max_backoff,
                                 task_error_retries=task_error_retries, soft_timeout=soft_timeout,
-                                retry_on=retry_on, wait_timeout=wait_timeout, nats=nats)
+                                retry_on=retry_on, wait_timeout=wait_timeout, nats=nats,
+                                timeout_grace=timeout_grace)
         launch = None
         try:
             launch = _launch.Launch(processes, initializer=initializer, initargs=initargs, retries=retries,

@@ -325,3 +325,18 @@ class Doubled(list):
     def __iter__(self):
         for x in list.__iter__(self):
             yield 2 * x
+
+
+def clean_up_on_sigterm(marker, started):
+    """Install a SIGTERM handler that writes the file marker and exits, write
+    the file started, and sleep: a task that cleans up when its timeout's
+    SIGTERM comes."""
+    def on_term(signum, frame):
+        with open(marker, "w") as f:
+            f.write("cleaned up")
+        os._exit(0)
+    signal.signal(signal.SIGTERM, on_term)
+    with open(started, "w"):
+        pass
+    time.sleep(60)
+    return "not timed out"

@@ -53,6 +53,26 @@ class Hello(unittest.TestCase):
                 with self.assertRaises(exc):
                     safepool.Executor(1, **kw)
 
+    def test_timeout_grace(self):
+        # Absent for the default, which an older binary, ignoring it, has
+        # too; 0 (SIGKILL at once) is sent as 0.
+        self.assertNotIn("timeout_grace", hello_of())
+        self.assertEqual(hello_of(timeout_grace=2)["timeout_grace"], 2.0)
+        self.assertEqual(hello_of(timeout_grace=0)["timeout_grace"], 0.0)
+
+    def test_bad_timeout_grace(self):
+        for value, exc, msg in [(-1, ValueError, "timeout_grace must not be negative"),
+                                (-0.5, ValueError, "timeout_grace must not be negative"),
+                                (float("inf"), ValueError, "finite"), ("3s", TypeError, "number of seconds"),
+                                (True, TypeError, "number of seconds")]:
+            with self.subTest(value=value):
+                with self.assertRaisesRegex(exc, msg):
+                    safepool.Pool(1, timeout=1, timeout_grace=value)
+                with self.assertRaisesRegex(exc, msg):
+                    safepool.Executor(1, timeout=1, timeout_grace=value)
+                with self.assertRaisesRegex(exc, msg):
+                    safepool.SafePool(1, timeout=1, timeout_grace=value)
+
     def test_processes_not_an_int(self):
         # As multiprocessing.Pool(2.5); the binary used to be started with
         # it, and the pool broke with a message about the binary's hello.
@@ -204,6 +224,76 @@ class Retries(unittest.TestCase):
             self.assertIsInstance(f.exception(timeout=60), safepool.WorkerDied)
             self.assertLess(time.monotonic() - t, 30)
             self.assertEqual(f.exception().attempts, 2)
+
+
+class PoolLike:
+    """An Executor with the few methods of Pool that TimeoutGrace uses."""
+
+    def __init__(self, ex):
+        self.ex = ex
+
+    def apply(self, fn, args):
+        return self.ex.submit(fn, *args).result(timeout=60)
+
+    def apply_async(self, fn, args):
+        f = self.ex.submit(fn, *args)
+        f.get = f.result
+        return f
+
+    def terminate(self):
+        self.ex.shutdown(wait=True, cancel_futures=True)
+
+
+class TimeoutGrace(unittest.TestCase):
+    """timeout_grace: the time a task past its timeout has, after SIGTERM,
+    to clean up before SIGKILL."""
+
+    def run_past_timeout(self, pool_class, **kw):
+        """Run helpers.clean_up_on_sigterm past a timeout of 0.5 s in a pool
+        of pool_class with the keywords kw; return the exception its call
+        raised (or its result) and whether its SIGTERM handler wrote its
+        marker."""
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        marker, started = os.path.join(d, "marker"), os.path.join(d, "started")
+        pool = pool_class(1, timeout=0.5, **kw)
+        try:
+            # A first task imports the helpers, so that the timed one
+            # installs its handler well within its timeout.
+            self.assertEqual(pool.apply(helpers.square, (3,)), 9)
+            try:
+                out = pool.apply_async(helpers.clean_up_on_sigterm, (marker, started)).get(timeout=60)
+            except safepool.TaskTimeout as e:
+                out = e
+        finally:
+            pool.terminate()
+        self.assertTrue(os.path.exists(started), "the task never ran")
+        return out, os.path.exists(marker)
+
+    def test_grace_lets_the_task_clean_up(self):
+        exc, cleaned = self.run_past_timeout(safepool.Pool, timeout_grace=2)
+        self.assertIsInstance(exc, safepool.TaskTimeout)
+        self.assertEqual(exc.cause, "timeout")
+        self.assertTrue(cleaned, "the task's SIGTERM handler did not run in its timeout_grace")
+
+    def test_zero_grace_kills_at_once(self):
+        exc, cleaned = self.run_past_timeout(safepool.Pool, timeout_grace=0)
+        self.assertIsInstance(exc, safepool.TaskTimeout)
+        self.assertEqual(exc.cause, "timeout")
+        self.assertFalse(cleaned, "timeout_grace=0 sent SIGTERM before SIGKILL")
+
+    def test_safepool_takes_it(self):
+        # SafePool (as AsyncPool and the joblib backend) passes it on to
+        # Pool; its task past its timeout is skipped: None.
+        out, cleaned = self.run_past_timeout(safepool.SafePool, timeout_grace=0)
+        self.assertIsNone(out)
+        self.assertFalse(cleaned, "timeout_grace=0 sent SIGTERM before SIGKILL")
+
+    def test_executor_takes_it(self):
+        exc, cleaned = self.run_past_timeout(lambda n, **kw: PoolLike(safepool.Executor(n, **kw)),
+                                             timeout_grace=0)
+        self.assertIsInstance(exc, safepool.TaskTimeout)
+        self.assertFalse(cleaned, "timeout_grace=0 sent SIGTERM before SIGKILL")
 
 
 class ExecutorStats(unittest.TestCase):
