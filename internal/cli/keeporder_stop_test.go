@@ -200,17 +200,7 @@ func recordedOf(js jetstream.JetStream, run string) int {
 func TestKeepOrderStopWritesHeldNats(t *testing.T) {
 	bin := buildSafepool(t)
 	dir := t.TempDir()
-	server := startDaemon(t, bin, "server", "-q", "--store", filepath.Join(dir, "store"), "--listen", "127.0.0.1:0")
-	listening := regexp.MustCompile(`listening on (nats://\S+),`)
-	var url string
-	if !waitFor(20*time.Second, func() bool {
-		if m := listening.FindStringSubmatch(server.String()); m != nil {
-			url = m[1]
-		}
-		return url != ""
-	}) {
-		t.Fatalf("the server did not start:\n%s", server.String())
-	}
+	url := startNatsServer(t, bin, dir)
 	agent := startDaemon(t, bin, "agent", "--nats", url, "--name", "a1", "-j", "4", "--no-governor")
 	if !waitFor(30*time.Second, func() bool { return strings.Contains(agent.String(), "slots") }) {
 		t.Fatalf("the agent did not start:\n%s", agent.String())

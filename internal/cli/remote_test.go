@@ -34,17 +34,7 @@ func remoteGoroutines() []string {
 func TestRemoteQuietInputInterrupted(t *testing.T) {
 	bin := buildSafepool(t)
 	dir := t.TempDir()
-	server := startDaemon(t, bin, "server", "-q", "--store", filepath.Join(dir, "store"), "--listen", "127.0.0.1:0")
-	listening := regexp.MustCompile(`listening on (nats://\S+),`)
-	var url string
-	if !waitFor(20*time.Second, func() bool {
-		if m := listening.FindStringSubmatch(server.String()); m != nil {
-			url = m[1]
-		}
-		return url != ""
-	}) {
-		t.Fatalf("the server did not start:\n%s", server.String())
-	}
+	url := startNatsServer(t, bin, dir)
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -79,4 +69,22 @@ func TestRemoteQuietInputInterrupted(t *testing.T) {
 	if len(left) > 0 {
 		t.Errorf("%d goroutines of the run left after it returned:\n%s", len(left), strings.Join(left, "\n\n"))
 	}
+}
+
+// startNatsServer starts `safepool server` with its store in dir on a free
+// port, ended with the test, and returns its URL once it listens.
+func startNatsServer(t *testing.T, bin, dir string) string {
+	t.Helper()
+	server := startDaemon(t, bin, "server", "-q", "--store", filepath.Join(dir, "store"), "--listen", "127.0.0.1:0")
+	listening := regexp.MustCompile(`listening on (nats://\S+),`)
+	var url string
+	if !waitFor(20*time.Second, func() bool {
+		if m := listening.FindStringSubmatch(server.String()); m != nil {
+			url = m[1]
+		}
+		return url != ""
+	}) {
+		t.Fatalf("the server did not start:\n%s", server.String())
+	}
+	return url
 }
