@@ -201,6 +201,7 @@ func runWorker(mode string) int {
 //	escape:FILE      start "sleep 1000" in a session of its own (out of the worker's process group), write its pid to FILE, answer
 //	alive:FILE       answer "alive" if the process whose pid is in FILE runs (a zombie does not), else "gone"
 //	grow:MB          keep MB more megabytes for the rest of the worker's life, then answer
+//	lategrow:MB      sleep 400 ms (four samples' worth of a watch), then do grow:MB
 //	pid              answer with the worker's pid
 //	spew:OUT:ERR:N   (one-shot) write OUT bytes of spewPattern to stdout and ERR to stderr, then exit N
 //	mute             answer nothing (line protocol)
@@ -331,6 +332,9 @@ func behave(in string) (string, error) {
 			b[i] = 1
 		}
 		grown = append(grown, b)
+	case "lategrow":
+		time.Sleep(400 * time.Millisecond)
+		return behave("grow:" + arg)
 	case "pid":
 		return strconv.Itoa(os.Getpid()), nil
 	case "spew":

@@ -118,3 +118,51 @@ func runContainerPeak() int {
 
 	return 0
 }
+
+// TestOneShotLatePeakUnprivileged: without a cgroup per worker, a one-shot
+// job that grows only in its last moment, after samples of a few MiB, is
+// reported with what it grew to, not with its samples: it holds 64 MiB
+// only between its last sample and its exit, which its maxrss (less what
+// the last sample found of shared memory and file pages) shows. It was
+// reported at a few MiB.
+func TestOneShotLatePeakUnprivileged(t *testing.T) {
+	dir := containerFor(t, 300<<20)
+	text, err := superviseAsNobody(t, dir, workerEnv+"=container-late-peak")
+	if err != nil {
+		t.Fatalf("supervisor: %v; output:\n%s", err, text)
+	}
+	m := regexp.MustCompile(`(?m)^lategrow done: peak (\d+)$`).FindAllStringSubmatch(text, -1)
+	if len(m) != 3 {
+		t.Fatalf("supervisor output:\n%s\nwant 3 late-growing jobs done with their peaks", text)
+	}
+	for _, g := range m {
+		if peak, _ := strconv.ParseInt(g[1], 10, 64); peak < 64<<20 {
+			t.Errorf("a one-shot job that grew to 64 MiB after 400 ms: peak %d bytes, want at least 64 MiB\n%s", peak, text)
+		}
+	}
+	t.Logf("supervisor output:\n%s", text)
+}
+
+// runContainerLatePeak is the supervisor of
+// TestOneShotLatePeakUnprivileged: it runs three jobs, one at a time, that
+// sleep 400 ms, then grow to 64 MiB and end.
+func runContainerLatePeak() int {
+	cmd := append(workerCmd("oneshot"), "{}")
+	p, err := pool.New(pool.Config{Command: cmd, Env: workerEnvFor("oneshot"), Workers: 1, Stderr: os.Stderr})
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	go func() {
+		defer p.Close()
+		for range 3 {
+			p.Submit(context.Background(), pool.Task{Input: []byte("lategrow:64")})
+		}
+	}()
+	for r := range p.Results() {
+		a := r.Attempts[len(r.Attempts)-1]
+		fmt.Printf("lategrow %s: peak %d\n%s", r.State, a.PeakRSS, a.Message)
+	}
+	fmt.Printf("memory mode: %s (%s)\n", p.MemoryMode(), p.MemoryModeReason())
+	return 0
+}

@@ -48,6 +48,8 @@ func TestMain(m *testing.M) {
 			os.Exit(runContainerGoCrash())
 		case "container-peak":
 			os.Exit(runContainerPeak())
+		case "container-late-peak":
+			os.Exit(runContainerLatePeak())
 		case "container-leftovers":
 			os.Exit(runContainerLeftovers(false))
 		case "container-leftovers-persistent":

@@ -207,11 +207,14 @@ type Attempt struct {
 	// PeakRSS is the highest memory use seen for the attempt in bytes: the
 	// cgroup's peak when the worker has its own cgroup, otherwise the
 	// highest private memory (anonymous memory and swap of its process
-	// tree, never shared or file pages) sampled while the attempt ran, or
-	// for a worker too short-lived to sample, its peak resident set size
-	// when that is above the supervisor's own (a process starts its exec
-	// with the peak of the memory it was forked with, the supervisor's:
-	// below that, its own cannot be told, and the peak is unknown).
+	// tree, never shared or file pages) sampled while the attempt ran, or,
+	// when the worker ended and grew after its last sample, what it then
+	// held alone if that is higher: its peak resident set size less the
+	// shared memory and file pages of its last sample. A worker too
+	// short-lived to sample twice has that figure alone. The peak resident
+	// set size counts only above the supervisor's own (a process starts
+	// its exec with the peak of the memory it was forked with, the
+	// supervisor's: below that, its own cannot be told).
 	// Zero means unknown. A persistent
 	// worker's cgroup peak is read and reset at most every 100 ms, so for
 	// tasks shorter than that it is the worker's peak over an interval of

@@ -104,6 +104,9 @@ func (w *Watch) Peak() int64 { return 0 }
 // Samples returns 0 outside Linux.
 func (w *Watch) Samples() int { return 0 }
 
+// LastResident returns the zero Resident.
+func (w *Watch) LastResident() Resident { return Resident{} }
+
 // Current returns 0.
 func (w *Watch) Current() int64 { return 0 }
 

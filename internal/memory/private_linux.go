@@ -23,6 +23,8 @@ type procStatus struct {
 	rssAnon int64 // RssAnon: anonymous memory in RAM
 	swap    int64 // VmSwap: anonymous memory in swap (shmem swap is not here)
 	data    int64 // VmData: private writable mappings, what RLIMIT_DATA counts
+	shared  int64 // RssFile + RssShmem: file pages and shared memory in RAM
+	hwm     int64 // VmHWM: the process's peak resident memory since its exec
 	hasMM   bool  // the process has memory: not a zombie or a kernel thread
 }
 
@@ -49,6 +51,10 @@ func parseStatus(b []byte) (procStatus, error) {
 			dst = &s.swap
 		case "VmData":
 			dst = &s.data
+		case "VmHWM":
+			dst = &s.hwm
+		case "RssFile", "RssShmem":
+			dst = &s.shared
 		default:
 			continue
 		}
@@ -57,7 +63,7 @@ func parseStatus(b []byte) (procStatus, error) {
 		if err != nil || string(unit) != "kB" {
 			return procStatus{}, fmt.Errorf("memory: parse status %s: %q", key, val)
 		}
-		*dst = v * 1024
+		*dst += v * 1024
 		s.hasMM = true
 	}
 	return s, nil

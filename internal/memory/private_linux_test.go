@@ -23,8 +23,8 @@ func TestParseStatus(t *testing.T) {
 	}{
 		{
 			name: "process",
-			text: "Name:\tpython3\nVmPeak:\t   13884 kB\nVmData:\t    4660 kB\nVmRSS:\t    8224 kB\nRssAnon:\t    2764 kB\nRssFile:\t    5460 kB\nRssShmem:\t  409600 kB\nVmSwap:\t      12 kB\nThreads:\t1\n",
-			want: procStatus{rssAnon: 2764 * 1024, swap: 12 * 1024, data: 4660 * 1024, hasMM: true},
+			text: "Name:\tpython3\nVmPeak:\t   13884 kB\nVmHWM:\t  418200 kB\nVmData:\t    4660 kB\nVmRSS:\t    8224 kB\nRssAnon:\t    2764 kB\nRssFile:\t    5460 kB\nRssShmem:\t  409600 kB\nVmSwap:\t      12 kB\nThreads:\t1\n",
+			want: procStatus{rssAnon: 2764 * 1024, swap: 12 * 1024, data: 4660 * 1024, shared: (5460 + 409600) * 1024, hwm: 418200 * 1024, hasMM: true},
 		},
 		{name: "zombie", text: "Name:\tsh\nState:\tZ (zombie)\nThreads:\t1\n"},
 		{name: "bad number", text: "RssAnon:\t12x kB\n", wantErr: true},
@@ -187,6 +187,11 @@ func TestWatch(t *testing.T) {
 	waitFor(t, "a sample", func() bool { return unlimited.Peak() > 0 })
 	if p := unlimited.Peak(); p >= 64*mib {
 		t.Errorf("Peak() of a reader of 128 MiB of shared memory = %d, want its private memory only", p)
+	}
+	// But it is resident, and the watch knows it, to tell a peak of
+	// resident memory from one of private memory.
+	if r := unlimited.LastResident(); r.Shared < 128*mib || r.HWM < 128*mib {
+		t.Errorf("LastResident() of a reader of 128 MiB of shared memory = %+v, want Shared and HWM >= 128 MiB", r)
 	}
 	unlimited.ResetPeak()
 	unlimited.Stop()

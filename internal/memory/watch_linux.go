@@ -43,6 +43,9 @@ type Watch struct {
 	// ResetPeak, in bytes; samples counts the samples taken; guarded by mu.
 	last, peak int64
 	samples    int
+	// resident is what the latest sample read of the tree's resident
+	// memory beside its private memory; guarded by mu.
+	resident Resident
 	// tree holds the processes seen in the tree; guarded by mu, written
 	// by the sampling goroutine.
 	tree map[int]treeMember
@@ -142,6 +145,16 @@ func (w *Watch) Samples() int {
 	return w.samples
 }
 
+// LastResident returns what the latest sample read of the worker's
+// resident memory beside its private memory; the zero Resident before the
+// first sample. With the worker's maxrss, taken as it ended, it tells what
+// the worker grew to after its last sample (see [Resident.LatePrivate]).
+func (w *Watch) LastResident() Resident {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.resident
+}
+
 // Last returns the latest sample of the worker's private memory, in bytes;
 // 0 before the first.
 func (w *Watch) Last() int64 {
@@ -217,13 +230,13 @@ func (w *Watch) run(s *treeSampler) {
 			return
 		case <-t.C:
 		}
-		v, err := s.sample()
+		v, res, err := s.sample()
 		if err != nil {
 			return // the worker is gone
 		}
 		now := time.Now()
 		w.mu.Lock()
-		w.last, w.peak = v, max(w.peak, v)
+		w.last, w.peak, w.resident = v, max(w.peak, v), res
 		w.samples++
 		w.mu.Unlock()
 		if w.limit > 0 && v > w.limit && !overClosed {
@@ -255,13 +268,14 @@ func newTreeSampler(root int, w *Watch) *treeSampler {
 	return &treeSampler{root: root, files: make(map[int]*os.File), buf: make([]byte, 4096), w: w}
 }
 
-// sample returns the tree's private memory. It fails once the root is
-// gone.
-func (s *treeSampler) sample() (int64, error) {
+// sample returns the tree's private memory, and what it read of the
+// tree's resident memory beside it. It fails once the root is gone.
+func (s *treeSampler) sample() (int64, Resident, error) {
 	if err := s.refresh(); err != nil {
-		return 0, err
+		return 0, Resident{}, err
 	}
 	var total int64
+	var res Resident
 	for pid, f := range s.files {
 		st, err := s.read(f)
 		if err == nil && !st.hasMM && pid == s.root {
@@ -272,13 +286,14 @@ func (s *treeSampler) sample() (int64, error) {
 			delete(s.files, pid)
 			s.w.left(pid, time.Now())
 			if pid == s.root {
-				return 0, err
+				return 0, Resident{}, err
 			}
 			continue // a descendant exited
 		}
 		total += st.private()
+		res.HWM, res.Shared = max(res.HWM, st.hwm), max(res.Shared, st.shared)
 	}
-	return total, nil
+	return total, res, nil
 }
 
 // refresh opens the status files of the root and, every scanEvery, of the

@@ -185,15 +185,7 @@ func (s *Session) exitOutcome(exit Exit, cause Cause, f *Flight) Outcome {
 			o.PeakRSS = max(p, f.peak)
 		}
 	} else if s.watch != nil && s.watch.Peak() > 0 {
-		p := max(s.watch.Peak(), f.peak)
-		if s.watch.Samples() < 2 {
-			// Sampled once, 5 ms after its start: what it held then says
-			// nothing of its peak (a job that grew to 60 MiB in 80 ms was
-			// reported at 1.5 MiB, one that held 5 MiB likewise). Its own
-			// maxrss, when known, does; otherwise the peak is unknown.
-			p = o.PeakRSS
-		}
-		o.PeakRSS = p
+		o.PeakRSS = sampledPeak(max(s.watch.Peak(), f.peak), s.watch.Samples(), o.PeakRSS, s.watch.LastResident())
 	}
 	if cause != "" {
 		o.Message = s.deathMessage(cause, o.PeakRSS)
@@ -400,6 +392,39 @@ func (s *Session) oomInTree(exit Exit, started time.Time) bool {
 		s.oomVictim = v
 	}
 	return ok
+}
+
+// sampledPeak is the peak of private memory of a worker without a cgroup
+// of its own, which ended: sampled is the highest of the samples that
+// watched it, samples how many there were, last what the latest read of
+// its resident memory beside the private, and maxRSS its own peak resident
+// memory (see ownPeak; 0: unknown). It returns 0 when the peak is unknown.
+//
+// The samples alone miss what a worker grows to between its last sample
+// and its end, up to 100 ms: a job that held 64 MiB only in its last
+// moment, after samples of a few MiB, was reported at a few MB. maxrss
+// sees it, but counts shared memory and file pages, which the samples
+// leave out on purpose (a 400 MiB block that every worker maps is no
+// worker's): taken always, it charged each reader of such a block with
+// it. Less the shared memory of the last sample, and only when it is a
+// peak reached after that sample, it is what the worker grew to alone
+// (see memory.Resident.LatePrivate).
+func sampledPeak(sampled int64, samples int, maxRSS int64, last memory.Resident) int64 {
+	if maxRSS <= 0 {
+		maxRSS = 0
+	}
+	if samples < 2 {
+		// Sampled once, 5 ms after its start: what it held then says
+		// nothing of its peak (a job that grew to 60 MiB in 80 ms was
+		// reported at 1.5 MiB, one that held 5 MiB likewise). Its own
+		// maxrss, less the shared memory of that sample, does when
+		// known; otherwise the peak is unknown.
+		if maxRSS == 0 {
+			return 0
+		}
+		return max(maxRSS-last.Shared, 0)
+	}
+	return max(sampled, last.LatePrivate(maxRSS))
 }
 
 // ownPeak is a process's peak resident set size from wait4 (maxrss), or 0

@@ -98,9 +98,13 @@ func runHelper(mode string) int {
 
 // behave does what input says: "die" exits 3 at once, "exit0" exits 0,
 // "kill" SIGKILLs itself, "halfline" does so after half a line of stderr, "hang" sleeps, "nap" sleeps 20 ms and answers,
-// "lateanswer" answers when it gets SIGTERM (and lives on), "termgrow" holds 128 MiB more once it gets SIGTERM;
+// "lateanswer" answers when it gets SIGTERM (and lives on), "termgrow" holds 128 MiB more once it gets SIGTERM,
+// "lategrow:MB[:FILE]" grows by MB MiB after 400 ms (see lateGrow);
 // anything else is answered "ok:input".
 func behave(input string) string {
+	if arg, ok := strings.CutPrefix(input, "lategrow:"); ok {
+		lateGrow(arg)
+	}
 	switch input {
 	case "lateanswer":
 		term := make(chan os.Signal, 1)
