@@ -3,7 +3,6 @@ package memory
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"time"
 )
@@ -28,15 +27,11 @@ func WatchOOMKills() (*OOMLog, error) {
 		}
 		return nil, fmt.Errorf("memory: kernel log: %w", err)
 	}
-	// /dev/kmsg can be polled, so the runtime's poller serves Read, and
-	// Close wakes a pending Read: the goroutine ends without a timeout.
-	f, err := os.Open("/dev/kmsg")
+	// /dev/kmsg can be polled, so the runtime's poller waits for it, and
+	// Close wakes a pending wait: the goroutine ends without a timeout.
+	k, err := openKmsg()
 	if err != nil {
 		return nil, fmt.Errorf("memory: kernel log: %w", err)
 	}
-	if _, err := f.Seek(0, io.SeekEnd); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("memory: kernel log: %w", err)
-	}
-	return newOOMLog(f, time.Now, procLineage), nil
+	return newOOMLog(k, time.Now, procLineage), nil
 }

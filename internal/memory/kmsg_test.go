@@ -3,6 +3,7 @@ package memory
 import (
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -67,28 +68,69 @@ func TestParseOOMRecord(t *testing.T) {
 	}
 }
 
-// fakeKmsg serves records one per Read, as /dev/kmsg does. A nil record
-// reads as EPIPE.
+// fakeKmsg serves records one per read, as /dev/kmsg does: what add logs
+// stays there until it is read. A nil record reads as EPIPE.
 type fakeKmsg struct {
-	records chan []byte
+	mu      sync.Mutex
+	pending [][]byte // logged and not read yet; guarded by mu
+	logged  chan struct{}
 	closed  chan struct{}
-	once    sync.Once
+	// run, when not nil, holds back await (the reading goroutine) until
+	// it is closed, as a busy scheduler may.
+	run  chan struct{}
+	once sync.Once
 }
 
 func newFakeKmsg() *fakeKmsg {
-	return &fakeKmsg{records: make(chan []byte), closed: make(chan struct{})}
+	return &fakeKmsg{logged: make(chan struct{}, 1), closed: make(chan struct{})}
 }
 
-func (f *fakeKmsg) Read(b []byte) (int, error) {
+// add logs a record.
+func (f *fakeKmsg) add(rec []byte) {
+	f.mu.Lock()
+	f.pending = append(f.pending, rec)
+	f.mu.Unlock()
 	select {
-	case r := <-f.records:
-		if r == nil {
-			return 0, syscall.EPIPE
-		}
-		return copy(b, r), nil
+	case f.logged <- struct{}{}:
+	default:
+	}
+}
+
+func (f *fakeKmsg) readNow(b []byte) (int, error) {
+	select {
 	case <-f.closed:
 		return 0, os.ErrClosed
+	default:
 	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.pending) == 0 {
+		return 0, errNoRecord
+	}
+	r := f.pending[0]
+	f.pending = f.pending[1:]
+	if r == nil {
+		return 0, syscall.EPIPE
+	}
+	return copy(b, r), nil
+}
+
+func (f *fakeKmsg) await(try func() bool) error {
+	if f.run != nil {
+		select {
+		case <-f.run:
+		case <-f.closed:
+			return os.ErrClosed
+		}
+	}
+	for !try() {
+		select {
+		case <-f.logged:
+		case <-f.closed:
+			return os.ErrClosed
+		}
+	}
+	return nil
 }
 
 func (f *fakeKmsg) Close() error {
@@ -97,7 +139,7 @@ func (f *fakeKmsg) Close() error {
 }
 
 func (f *fakeKmsg) kill(pid int) {
-	f.records <- fmt.Appendf(nil, "3,1,1,-;Out of memory: Killed process %d (w) total-vm:1kB\n", pid)
+	f.add(fmt.Appendf(nil, "3,1,1,-;Out of memory: Killed process %d (w) total-vm:1kB\n", pid))
 }
 
 // fakeClock is a clock tests move by hand.
@@ -124,10 +166,9 @@ func TestOOMLog(t *testing.T) {
 	l := newOOMLog(src, clock.now, nil)
 	defer l.Close()
 
-	src.records <- nil // overwritten records: reading goes on
+	src.add(nil) // overwritten records: reading goes on
 	src.kill(100)
-	// The record is parsed once the next Read starts; a wait covers it.
-	if !l.Killed(100, 10*time.Second) {
+	if !l.Killed(100, 0) {
 		t.Errorf("Killed(100) = false after its record, want true")
 	}
 	if l.Killed(101, 0) {
@@ -156,6 +197,51 @@ func TestOOMLog(t *testing.T) {
 	}
 }
 
+// TestOOMLogCatchUp: a lookup finds a kill logged before it began without
+// a wait, though the reading goroutine has not run since (a loaded
+// machine), and one logged while it waits by the end of its wait: it
+// reads what the log holds itself. Each record is recorded once.
+func TestOOMLogCatchUp(t *testing.T) {
+	src := newFakeKmsg()
+	src.run = make(chan struct{}) // the reading goroutine is held back
+	l := newOOMLog(src, time.Now, nil)
+	defer l.Close()
+	since := time.Now()
+
+	src.kill(300)
+	src.add(nil) // overwritten records
+	src.kill(301)
+	if !l.KilledSince(300, since, 0) {
+		t.Errorf("KilledSince(300, 0) = false for a record logged before, want true")
+	}
+	if !l.Killed(301, 0) {
+		t.Errorf("Killed(301, 0) = false for a record logged before, want true")
+	}
+	if l.Killed(302, 0) {
+		t.Errorf("Killed(302, 0) = true, want false")
+	}
+
+	got := make(chan bool)
+	go func() { got <- l.Killed(303, 200*time.Millisecond) }()
+	time.Sleep(20 * time.Millisecond)
+	src.kill(303)
+	if !<-got {
+		t.Errorf("Killed(303, 200ms) = false for a record logged while it waited, want true")
+	}
+
+	close(src.run)
+	src.kill(304)
+	if !l.Killed(304, 10*time.Second) {
+		t.Errorf("Killed(304) = false once the reading goroutine runs, want true")
+	}
+	l.mu.Lock()
+	order := slices.Clone(l.order)
+	l.mu.Unlock()
+	if want := []int{300, 301, 303, 304}; !slices.Equal(order, want) {
+		t.Errorf("OOMLog recorded %v, want %v", order, want)
+	}
+}
+
 func TestOOMLogBounded(t *testing.T) {
 	src := newFakeKmsg()
 	l := newOOMLog(src, time.Now, nil)
@@ -164,7 +250,6 @@ func TestOOMLogBounded(t *testing.T) {
 		src.kill(pid)
 	}
 	src.kill(1) // a second kill of a forgotten pid brings it back
-	src.records <- []byte("6,1,1,-;flush\n")
 	if l.Killed(2, 0) {
 		t.Errorf("Killed(2) = true after %d newer records, want false", maxOOMRecords)
 	}

@@ -2,7 +2,6 @@ package memory
 
 import (
 	"errors"
-	"io"
 	"slices"
 	"sync"
 	"syscall"
@@ -20,15 +19,43 @@ const (
 	kmsgRecordMax = 8192
 )
 
+// errNoRecord is what an oomSource's readNow returns when it holds no
+// record to read now.
+var errNoRecord = errors.New("no record to read now")
+
+// oomSource is the kernel log as an OOMLog reads it, one record per read:
+// /dev/kmsg (kmsgFile), or a fake in tests.
+type oomSource interface {
+	// readNow reads the next record into b without waiting: errNoRecord
+	// when there is none to read yet, syscall.EPIPE when records were
+	// overwritten before they were read (the next read returns the
+	// oldest one left), any other error once the source is closed or
+	// broken.
+	readNow(b []byte) (int, error)
+	// await calls try until it returns true, waiting between the calls
+	// that return false until a record may be there to read. It fails,
+	// without calling try again, once the source is closed.
+	await(try func() bool) error
+	// Close ends the source and wakes a pending await.
+	Close() error
+}
+
 // OOMLog remembers the pids that the kernel log says the OOM killer
 // killed, from [WatchOOMKills] on. Its methods are safe for concurrent use.
 // Close must be called to end the goroutine that reads the log.
+//
+// A goroutine reads the log as records come, so that a victim's ancestry
+// is read from /proc while it is still there. A lookup does not rely on it
+// alone: on a loaded machine that goroutine may not have run since a
+// record came, so each lookup first reads, itself, every record that the
+// log holds (catchUp). What was logged before a lookup began is recorded
+// before it answers.
 //
 // The kernel logs pids as seen from the initial pid namespace: a
 // supervisor in another pid namespace cannot match them to its workers,
 // and WatchOOMKills refuses to start there.
 type OOMLog struct {
-	src  io.ReadCloser    // one kernel log record per Read
+	src  oomSource
 	done chan struct{}    // closed when the reading goroutine returns
 	now  func() time.Time // the clock records are stamped with
 	// lineage returns a victim and its ancestors (see oomRecord), read
@@ -36,6 +63,14 @@ type OOMLog struct {
 	lineage   func(pid int) []procID
 	closeOnce sync.Once
 	closeErr  error // set by closeOnce
+
+	// readMu is held to read one record from src and record it, by the
+	// reading goroutine or by a lookup's catchUp, so that once a catchUp
+	// holds it, every record read before is recorded, and records are
+	// recorded in the log's order.
+	readMu sync.Mutex
+	// buf is the record read; guarded by readMu.
+	buf []byte
 
 	mu sync.Mutex
 	// seen maps a killed pid to its latest record; guarded by mu.
@@ -51,12 +86,13 @@ type OOMLog struct {
 
 // newOOMLog starts the goroutine that reads src. lineage, if not nil,
 // reads a victim's ancestry from /proc.
-func newOOMLog(src io.ReadCloser, now func() time.Time, lineage func(pid int) []procID) *OOMLog {
+func newOOMLog(src oomSource, now func() time.Time, lineage func(pid int) []procID) *OOMLog {
 	l := &OOMLog{
 		src:     src,
 		done:    make(chan struct{}),
 		now:     now,
 		lineage: lineage,
+		buf:     make([]byte, kmsgRecordMax),
 		seen:    make(map[int]oomRecord),
 		changed: make(chan struct{}),
 	}
@@ -64,22 +100,53 @@ func newOOMLog(src io.ReadCloser, now func() time.Time, lineage func(pid int) []
 	return l
 }
 
-// read parses records until src fails, which Close makes it do.
+// read records what src holds whenever it may hold something, until it
+// fails, which Close makes it do.
 func (l *OOMLog) read() {
 	defer close(l.done)
 	defer l.end()
-	buf := make([]byte, kmsgRecordMax)
-	for {
-		n, err := l.src.Read(buf)
-		if errors.Is(err, syscall.EPIPE) {
-			// Records were overwritten before we read them; the next
-			// read returns the oldest one left.
-			continue
-		}
+	var failed error
+	for failed == nil {
+		err := l.src.await(func() bool {
+			ok, err := l.next()
+			failed = err
+			return ok || err != nil
+		})
 		if err != nil {
 			return
 		}
-		if v, ok := parseOOMRecord(buf[:n]); ok {
+	}
+}
+
+// catchUp records every record that src holds now, which includes every
+// record logged before it was called. It does not wait for any: with
+// nothing to read, it costs a read that fails at once.
+func (l *OOMLog) catchUp() {
+	for {
+		if ok, _ := l.next(); !ok {
+			return
+		}
+	}
+}
+
+// next reads one record from src, if there is one to read now, and records
+// it if it is a kill. It reports whether it read one; err is src's failure.
+func (l *OOMLog) next() (bool, error) {
+	l.readMu.Lock()
+	defer l.readMu.Unlock()
+	for {
+		n, err := l.src.readNow(l.buf)
+		switch {
+		case errors.Is(err, syscall.EPIPE):
+			// Records were overwritten before we read them; the next
+			// read returns the oldest one left.
+			continue
+		case errors.Is(err, errNoRecord):
+			return false, nil
+		case err != nil:
+			return false, err
+		}
+		if v, ok := parseOOMRecord(l.buf[:n]); ok {
 			r := oomRecord{victim: v}
 			if l.lineage != nil {
 				// At once: the victim is dying, and once its parent has
@@ -89,6 +156,7 @@ func (l *OOMLog) read() {
 			r.at = l.now()
 			l.record(r)
 		}
+		return true, nil
 	}
 }
 
@@ -126,9 +194,11 @@ func (l *OOMLog) end() {
 }
 
 // Killed reports whether the kernel logged an OOM kill of pid in the last
-// few minutes, waiting up to wait for the record to arrive. The kernel
-// logs the kill before the victim dies, so a short wait (100ms) after
-// Wait reports a SIGKILL suffices in practice.
+// few minutes, waiting up to wait for the record to arrive. A record
+// logged before the call is found without a wait, however late the
+// reading goroutine is. The kernel logs the kill as it sends the SIGKILL,
+// so the record may come just after Wait reports the victim's death: a
+// short wait (100ms) then suffices in practice.
 func (l *OOMLog) Killed(pid int, wait time.Duration) bool {
 	return l.KilledSince(pid, l.now().Add(-oomRecordTTL), wait)
 }
@@ -153,7 +223,9 @@ func (l *OOMLog) KilledInTree(t Tree, since time.Time, wait time.Duration) (Vict
 }
 
 // find returns the newest record read at or after since that match
-// accepts, waiting up to wait for one to be read.
+// accepts, waiting up to wait for one to be read. It reads what the log
+// holds first, and again for its last look after a wait: a record logged
+// before either is never missed.
 func (l *OOMLog) find(since time.Time, match func(oomRecord) bool, wait time.Duration) (oomRecord, bool) {
 	var timeout <-chan time.Time
 	if wait > 0 {
@@ -161,7 +233,11 @@ func (l *OOMLog) find(since time.Time, match func(oomRecord) bool, wait time.Dur
 		defer t.Stop()
 		timeout = t.C
 	}
-	for {
+	for look := true; ; {
+		if look {
+			l.catchUp()
+			look = false
+		}
 		l.mu.Lock()
 		var found oomRecord
 		ok := false
@@ -184,7 +260,7 @@ func (l *OOMLog) find(since time.Time, match func(oomRecord) bool, wait time.Dur
 		select {
 		case <-changed:
 		case <-timeout:
-			timeout = nil // one last look
+			timeout, look = nil, true // one last look
 		}
 	}
 }

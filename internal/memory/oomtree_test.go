@@ -83,8 +83,8 @@ func TestOOMLogTree(t *testing.T) {
 	since := clock.now()
 	tree := Tree{members: map[int]treeMember{10: {start: 500, seen: since}}}
 
-	src.records <- []byte("6,1,1,-;oom-kill:constraint=CONSTRAINT_MEMCG,task=python3,pid=11,uid=0\n")
-	src.records <- []byte("3,2,2,-;Memory cgroup out of memory: Killed process 11 (python3) total-vm:1kB\n")
+	src.add([]byte("6,1,1,-;oom-kill:constraint=CONSTRAINT_MEMCG,task=python3,pid=11,uid=0\n"))
+	src.add([]byte("3,2,2,-;Memory cgroup out of memory: Killed process 11 (python3) total-vm:1kB\n"))
 	src.kill(12) // another process, reaped before it was read
 	if v, ok := l.KilledInTree(tree, since, 10*time.Second); !ok || v != (Victim{PID: 11, Comm: "python3"}) {
 		t.Errorf("KilledInTree() = %+v, %v; want 11 (python3)", v, ok)

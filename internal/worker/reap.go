@@ -372,9 +372,12 @@ func (s *Session) memoryCause(exit Exit, started time.Time) Cause {
 func (s *Session) oomInTree(exit Exit, started time.Time) bool {
 	// The record is written as the kill is sent. The worker's own death
 	// comes right after it; a descendant's comes before the worker
-	// noticed it and exited, so its record has been read by now, and a
+	// noticed it and exited, so its record is in the kernel log by now.
+	// A lookup reads what the log holds before it answers (the log's
+	// reading goroutine may not have run yet on a loaded machine), so a
 	// failure that may not be an OOM kill at all (exit 1) waits for
-	// nothing. A shell's 137 is likely its child's SIGKILL: that waits.
+	// nothing more. A shell's 137 is likely its child's SIGKILL: that
+	// waits.
 	wait := time.Duration(0)
 	if memory.MaybeOOMKilled(exit.Signal, exit.Code) {
 		wait = oomLogWait
@@ -382,8 +385,8 @@ func (s *Session) oomInTree(exit Exit, started time.Time) bool {
 	if s.watch == nil {
 		return exit.Signal == syscall.SIGKILL && s.cfg.OOMLog.KilledSince(s.proc.Pid, started, wait)
 	}
-	// The tree holds the worker too; its own record, read already, is
-	// looked for first, from its start.
+	// The tree holds the worker too; its own record, in the log already,
+	// is looked for first, from its start.
 	if exit.Signal == syscall.SIGKILL && s.cfg.OOMLog.KilledSince(s.proc.Pid, started, 0) {
 		return true
 	}
