@@ -25,7 +25,7 @@ import (
 // as the Python worker does: a task "die" kills the worker with SIGKILL
 // after its start frame, "fail" answers with an error frame whose payload
 // is a text, a NUL and a record, "sleep" sleeps for a minute, "tick:FILE"
-// appends the worker's pid to FILE 30 times, 50 ms apart, and any other
+// appends the worker's pid to FILE tickCount times, 50 ms apart, and any other
 // task is answered "did " and the task.
 func TestMain(m *testing.M) {
 	switch os.Getenv("SAFEPOOL_BRIDGE_TEST_WORKER") {
@@ -73,8 +73,8 @@ func helperWorker() int {
 		}
 		send(protocol.Frame{Kind: protocol.KindStart, ID: f.ID})
 		if file, ok := strings.CutPrefix(string(f.Payload), "tick:"); ok {
-			// 30 lines of the worker's pid, one each 50 ms.
-			for range 30 {
+			// tickCount lines of the worker's pid, one each 50 ms.
+			for range tickCount {
 				t, err := os.OpenFile(file, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 				if err != nil {
 					return 2

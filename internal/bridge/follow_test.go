@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"encoding/binary"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +22,12 @@ import (
 // client, stopped by Ctrl-Z, looked suspended. The pool clock stands still
 // meanwhile.
 func TestClientStoppedPausesPool(t *testing.T) {
+	// The work is short beside the timeout, so that a worker slowed down
+	// many times over by a loaded machine (the race detector's build of
+	// this binary, beside the compiles of other packages' tests, ticked
+	// every 200 ms) still ends in time; the pause is longer than the
+	// timeout, so that a timeout that counted it would end the tasks.
+	const timeout, pause = 4 * time.Second, 4500 * time.Millisecond
 	for _, tt := range []struct {
 		name string
 		stop syscall.Signal
@@ -49,8 +56,8 @@ func TestClientStoppedPausesPool(t *testing.T) {
 			s := startOpts(t, Hello{Workers: 2, Clock: clockPath}, "1", Options{Client: client.Process.Pid})
 			s.next() // ready
 			files := []string{filepath.Join(dir, "a"), filepath.Join(dir, "b")}
-			// 30 ticks of 50 ms: 1.5 s of work, timed out at 3 s.
-			meta := []byte(`{"timeout":3}`)
+			// tickCount ticks of 50 ms: 0.6 s of work, timed out at 4 s.
+			meta := []byte(fmt.Sprintf(`{"timeout":%g}`, timeout.Seconds()))
 			for i, f := range files {
 				p := binary.BigEndian.AppendUint32(nil, uint32(len(meta)))
 				s.send(KindTaskMeta, uint64(i+1), append(append(p, meta...), "tick:"+f...))
@@ -67,7 +74,7 @@ func TestClientStoppedPausesPool(t *testing.T) {
 			waitFor(t, "both tasks ticking", func() bool {
 				na, _ := ticks(files[0])
 				nb, _ := ticks(files[1])
-				return na >= 4 && nb >= 4
+				return na >= 3 && nb >= 3
 			})
 			if err := client.Process.Signal(tt.stop); err != nil {
 				t.Fatal(err)
@@ -79,7 +86,7 @@ func TestClientStoppedPausesPool(t *testing.T) {
 			}
 			na, _ := ticks(files[0])
 			nb, _ := ticks(files[1])
-			if na >= 30 || nb >= 30 {
+			if na >= tickCount || nb >= tickCount {
 				t.Fatalf("a task ended (%d and %d ticks) before the client stopped: nothing to check", na, nb)
 			}
 			paused, r1 := readClock(t, clockPath)
@@ -87,7 +94,7 @@ func TestClientStoppedPausesPool(t *testing.T) {
 				t.Errorf("the pool clock runs while the pool is paused")
 			}
 			// Longer than the tasks' timeout, and than their whole work.
-			time.Sleep(3500 * time.Millisecond)
+			time.Sleep(pause)
 			if _, r2 := readClock(t, clockPath); r2 != r1 {
 				t.Errorf("the pool clock moved %v while the pool was paused, want 0", time.Duration(r2-r1))
 			}
@@ -111,8 +118,8 @@ func TestClientStoppedPausesPool(t *testing.T) {
 				}
 			}
 			for _, f := range files {
-				if n, _ := ticks(f); n != 30 {
-					t.Errorf("%s: %d ticks, want 30", filepath.Base(f), n)
+				if n, _ := ticks(f); n != tickCount {
+					t.Errorf("%s: %d ticks, want %d", filepath.Base(f), n, tickCount)
 				}
 			}
 			if f := s.next(); f.kind != KindEnd {
@@ -121,6 +128,10 @@ func TestClientStoppedPausesPool(t *testing.T) {
 		})
 	}
 }
+
+// tickCount is how many times a "tick:FILE" task of the test worker
+// ticks, 50 ms apart.
+const tickCount = 12
 
 // readClock reads the pool clock of the file at path as a client does:
 // whether it stands still, and its reading in nanoseconds.
