@@ -201,7 +201,7 @@ func runWorker(mode string) int {
 //	escape:FILE      start "sleep 1000" in a session of its own (out of the worker's process group), write its pid to FILE, answer
 //	alive:FILE       answer "alive" if the process whose pid is in FILE runs (a zombie does not), else "gone"
 //	grow:MB          keep MB more megabytes for the rest of the worker's life, then answer
-//	lategrow:MB      sleep 400 ms (four samples' worth of a watch), then do grow:MB
+//	lategrow:MB      (one-shot) sleep 400 ms (four samples' worth of a watch), then map MB megabytes, every page in, and exit 0 at once, answering nothing
 //	pid              answer with the worker's pid
 //	spew:OUT:ERR:N   (one-shot) write OUT bytes of spewPattern to stdout and ERR to stderr, then exit N
 //	mute             answer nothing (line protocol)
@@ -334,7 +334,18 @@ func behave(in string) (string, error) {
 		grown = append(grown, b)
 	case "lategrow":
 		time.Sleep(400 * time.Millisecond)
-		return behave("grow:" + arg)
+		mb, _ := strconv.Atoi(arg)
+		// Every page in at once (MAP_POPULATE), with no write of this
+		// program's, which under the race detector would also touch its
+		// shadow of the page, as much memory again.
+		if _, err := syscall.Mmap(-1, 0, mb<<20, syscall.PROT_READ|syscall.PROT_WRITE,
+			syscall.MAP_PRIVATE|syscall.MAP_ANONYMOUS|syscall.MAP_POPULATE); err != nil {
+			return "", err
+		}
+		// At once, with none of the exit's hooks: the race detector's ran
+		// long enough for a sample to find the new pages, which left
+		// TestOneShotLatePeakUnprivileged nothing to check.
+		syscall.Exit(0)
 	case "pid":
 		return strconv.Itoa(os.Getpid()), nil
 	case "spew":
