@@ -51,6 +51,8 @@ type Agent struct {
 	fit      int   // FitClass(capacity)
 	cons     []jetstream.Consumer
 	repairMu sync.Mutex // guards repairedAt
+	// startMu is held by the take that starts its task (startHeld).
+	startMu sync.Mutex
 	// repairedAt is when checkStore last looked at the server's store.
 	repairedAt time.Time
 
@@ -78,8 +80,8 @@ type Agent struct {
 }
 
 // local is one local pool and the messages it holds, by the pool's task
-// id. Only the agent's fetch loop submits to it, so ids are known before
-// Submit returns.
+// id. Only startHeld submits to it, one task at a time, so ids are known
+// before Submit returns.
 type local struct {
 	p      *pool.Pool
 	run    string // the run of a line pool; "" for the one-shot pool
@@ -289,6 +291,9 @@ func (a *Agent) fetchLoop(ctx context.Context) {
 		a.closeIdle()
 		got := 0
 		queued := a.queuedClasses(ctx)
+		// The messages fetched are taken at once, each claimed in round
+		// trips of its own (take); the next fetch waits for them all.
+		var taking sync.WaitGroup
 		for k := a.fit; k >= 0 && got < n && ctx.Err() == nil; k-- {
 			if k > 0 && queued != nil && !queued[k] {
 				continue
@@ -308,13 +313,14 @@ func (a *Agent) fetchLoop(ctx context.Context) {
 			}
 			for m := range b.Messages() {
 				got++
-				a.take(ctx, m)
+				taking.Go(func() { a.take(ctx, m) })
 			}
 			if err := b.Error(); err != nil {
 				a.fetchFailed(ctx, k, err)
 				break
 			}
 		}
+		taking.Wait()
 	}
 }
 
@@ -372,6 +378,9 @@ func (a *Agent) checkStore(ctx context.Context, k int) {
 }
 
 // take starts a message's task on a local pool, or answers it at once.
+// The fetch loop takes the messages of a fetch at once: the round trips
+// of their claims overlap, and their starts (startHeld) follow one
+// another.
 func (a *Agent) take(ctx context.Context, m jetstream.Msg) {
 	var t TaskMsg
 	if err := unmarshal(m.Data(), &t); err != nil {
@@ -392,13 +401,30 @@ func (a *Agent) take(ctx context.Context, m jetstream.Msg) {
 	if !a.claim(ctx, h) {
 		return
 	}
+	if !a.startHeld(ctx, h) {
+		// The pool has stopped: the agent is stopping, or a run's line
+		// workers could not start (the tasks it held are recorded failed
+		// by readResults). The next task of the run gets a new pool.
+		a.unclaim(ctx, h)
+		m.NakWithDelay(time.Second)
+	}
+}
+
+// startHeld submits h's task, claimed, to its local pool, and reports
+// whether the pool took it. Only one take at a time starts its task: a
+// local pool's ids are counted here before Submit gives them, and a run's
+// line pool is started once.
+func (a *Agent) startHeld(ctx context.Context, h *held) bool {
+	a.startMu.Lock()
+	defer a.startMu.Unlock()
+	t, spec := h.task, h.spec
 	l, err := a.localFor(spec)
 	if err != nil {
 		a.hold(1)
 		a.finishing.Add(1)
 		go a.finish(h, pool.Result{ID: t.Seq, Input: t.Input, Args: t.Args, State: pool.Failed,
 			Attempts: []pool.Attempt{{Number: 1, Start: time.Now(), End: time.Now(), ExitCode: -1, Message: err.Error()}}})
-		return
+		return true
 	}
 	timeout := spec.Timeout
 	task := pool.Task{Input: t.Input, Args: t.Args, Timeout: timeout, MemHint: t.Need, Items: t.Items}
@@ -410,9 +436,6 @@ func (a *Agent) take(ctx context.Context, m jetstream.Msg) {
 	a.held++
 	a.mu.Unlock()
 	if _, err := l.p.Submit(ctx, task); err != nil {
-		// The pool has stopped: the agent is stopping, or a run's line
-		// workers could not start (the tasks it held are recorded failed
-		// by readResults). The next task of the run gets a new pool.
 		a.mu.Lock()
 		delete(l.tasks, id)
 		l.nextID--
@@ -422,9 +445,9 @@ func (a *Agent) take(ctx context.Context, m jetstream.Msg) {
 			a.retired = append(a.retired, l)
 		}
 		a.mu.Unlock()
-		a.unclaim(ctx, h)
-		m.NakWithDelay(time.Second)
+		return false
 	}
+	return true
 }
 
 // claim claims h's task for this delivery, and reports whether to run it;
@@ -446,10 +469,16 @@ func (a *Agent) claim(ctx context.Context, h *held) bool {
 	m, t := h.msg, h.task
 	key := taskKey(t.Run, t.Seq)
 	var seq uint64
-	redelivered := t.Moved > 0
+	first := true // this message's first delivery
 	if md, err := m.Metadata(); err == nil {
 		seq = md.Sequence.Stream
-		redelivered = redelivered || md.NumDelivered > 1
+		first = md.NumDelivered <= 1
+	}
+	redelivered := !first || t.Moved > 0
+	if !redelivered && seq != 0 {
+		if run, answered := a.claimFirst(ctx, h, seq); answered {
+			return run
+		}
 	}
 	var ended uint64 // a claimed message found gone from the stream
 	for range 10 {
@@ -465,6 +494,9 @@ func (a *Agent) claim(ctx context.Context, h *held) bool {
 		h.prior, h.lost = ar.Attempts, ar.Lost
 		if c := ar.Claim; c != nil {
 			switch {
+			case ar.ClaimMsg != 0 && ar.ClaimMsg == seq && first && c.Agent == a.name:
+				// This delivery's own claim (claimFirst's, its answer
+				// lost): no loss.
 			case ar.ClaimMsg != 0 && ar.ClaimMsg == seq || ar.ClaimMsg == 0 && redelivered:
 				// This message's delivery before this one ended without a
 				// word from its agent. (A claim that names no message is an
@@ -522,6 +554,49 @@ func (a *Agent) claim(ctx context.Context, h *held) bool {
 	}
 	a.later(ctx, m, t, errors.New("its attempts record keeps changing"))
 	return false
+}
+
+// claimFirst claims h's task, delivered for the first time from message
+// seq, as a new task is claimed: it creates the task's attempts record,
+// which succeeds only if there is none, while it reads whether the result
+// is recorded, in one round trip for both. An absent record means that no
+// delivery runs the task: a delivery leaves its claim there until it hands
+// the task back. It reports whether to run the task, and whether it
+// answered the message or claimed the task; when it did neither (a record
+// exists: the task ran before, or this message is a second copy), claim
+// reads the record.
+func (a *Agent) claimFirst(ctx context.Context, h *held, seq uint64) (run, answered bool) {
+	m, t := h.msg, h.task
+	key := taskKey(t.Run, t.Seq)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	now := time.Now().Round(0)
+	body, _ := marshal(attemptsRecord{Claim: &AttemptRecord{Agent: a.name, Start: now, End: now, ExitCode: -1}, ClaimMsg: seq})
+	var rerr error
+	var wg sync.WaitGroup
+	wg.Go(func() { _, rerr = a.conn.results.Get(ctx, key) })
+	_, cerr := a.conn.attempts.Create(ctx, key, body)
+	wg.Wait()
+	if cerr != nil {
+		return false, false
+	}
+	if rerr != nil && !isGone(rerr) {
+		_, rerr = a.conn.results.Get(ctx, key)
+	}
+	switch {
+	case rerr == nil:
+		// Recorded (by a delivery that left no record: an agent cannot
+		// read the task, or an agent of an earlier version purged it).
+		m.Ack()
+		return false, true
+	case isGone(rerr):
+		h.claimedAt = now
+		return true, true
+	default:
+		a.unclaim(ctx, h)
+		a.later(ctx, m, t, rerr)
+		return false, true
+	}
 }
 
 // records reads, at once, whether the result of the task of key is
