@@ -3,6 +3,7 @@ package cluster_test
 import (
 	"context"
 	"encoding/json"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -19,8 +20,8 @@ import (
 // after the de-duplication window, a copy moved up a class. The tests below
 // publish it by hand.
 
-// publishCopy queues a copy of task seq of run, sleeping ms, as a new
-// message; moved marks it as a copy moved up a class.
+// publishCopy queues a copy of task seq of run, whose input is input, as a
+// new message; moved marks it as a copy moved up a class.
 func publishCopy(t *testing.T, js jetstream.JetStream, run string, seq uint64, input string, moved int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -43,7 +44,7 @@ func watchAttempts(t *testing.T, js jetstream.JetStream, run string, seq uint64)
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := kv.Watch(ctx, run+"."+itoa(seq))
+	w, err := kv.Watch(ctx, run+"."+strconv.FormatUint(seq, 10))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,8 +66,6 @@ func watchAttempts(t *testing.T, js jetstream.JetStream, run string, seq uint64)
 	}
 }
 
-func itoa(n uint64) string { b, _ := json.Marshal(n); return string(b) }
-
 // resultOf reads the recorded result of task seq of run.
 func resultOf(t *testing.T, js jetstream.JetStream, run string, seq uint64) cluster.ResultRecord {
 	t.Helper()
@@ -76,7 +75,7 @@ func resultOf(t *testing.T, js jetstream.JetStream, run string, seq uint64) clus
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := kv.Get(ctx, run+"."+itoa(seq))
+	e, err := kv.Get(ctx, run+"."+strconv.FormatUint(seq, 10))
 	if err != nil {
 		t.Fatalf("task %d: no result: %v", seq, err)
 	}
@@ -111,8 +110,8 @@ func waitQueueEmpty(t *testing.T, js jetstream.JetStream, limit time.Duration) {
 // up a class) are queued while the task runs on agent1. The other agent,
 // which takes them, runs neither: the task runs once, its result is
 // recorded once with its one attempt, and agent1, alive, is never
-// recorded lost. The copies ran at once beside the first, and a copy that
-// had moved took agent1's claim for a lost agent's.
+// recorded lost. Both copies started on agent2 beside the first, and the
+// copy marked moved took the other copy's live claim for a lost agent's.
 func TestSecondCopyWhileRunning(t *testing.T) {
 	t.Parallel()
 	dir, url := newCluster(t)
