@@ -51,6 +51,8 @@ type Agent struct {
 	fit      int   // FitClass(capacity)
 	cons     []jetstream.Consumer
 	repairMu sync.Mutex // guards repairedAt
+	// startMu is held by the take that starts its task (startHeld).
+	startMu sync.Mutex
 	// repairedAt is when checkStore last looked at the server's store.
 	repairedAt time.Time
 
@@ -78,8 +80,8 @@ type Agent struct {
 }
 
 // local is one local pool and the messages it holds, by the pool's task
-// id. Only the agent's fetch loop submits to it, so ids are known before
-// Submit returns.
+// id. Only startHeld submits to it, one task at a time, so ids are known
+// before Submit returns.
 type local struct {
 	p      *pool.Pool
 	run    string // the run of a line pool; "" for the one-shot pool
@@ -103,7 +105,6 @@ type held struct {
 	// claimedAt is when this delivery's claim was made: a claim of
 	// another time in AttemptsBucket is a later delivery's (superseded).
 	claimedAt time.Time
-	claimAck  jetstream.PubAckFuture // the claim's write; nil if it failed at once
 }
 
 // NewAgent connects to cfg.URL and measures what the agent can offer.
@@ -290,6 +291,9 @@ func (a *Agent) fetchLoop(ctx context.Context) {
 		a.closeIdle()
 		got := 0
 		queued := a.queuedClasses(ctx)
+		// The messages fetched are taken at once, each claimed in round
+		// trips of its own (take); the next fetch waits for them all.
+		var taking sync.WaitGroup
 		for k := a.fit; k >= 0 && got < n && ctx.Err() == nil; k-- {
 			if k > 0 && queued != nil && !queued[k] {
 				continue
@@ -309,13 +313,14 @@ func (a *Agent) fetchLoop(ctx context.Context) {
 			}
 			for m := range b.Messages() {
 				got++
-				a.take(ctx, m)
+				taking.Go(func() { a.take(ctx, m) })
 			}
 			if err := b.Error(); err != nil {
 				a.fetchFailed(ctx, k, err)
 				break
 			}
 		}
+		taking.Wait()
 	}
 }
 
@@ -373,6 +378,9 @@ func (a *Agent) checkStore(ctx context.Context, k int) {
 }
 
 // take starts a message's task on a local pool, or answers it at once.
+// The fetch loop takes the messages of a fetch at once: the round trips
+// of their claims overlap, and their starts (startHeld) follow one
+// another.
 func (a *Agent) take(ctx context.Context, m jetstream.Msg) {
 	var t TaskMsg
 	if err := unmarshal(m.Data(), &t); err != nil {
@@ -390,43 +398,33 @@ func (a *Agent) take(ctx context.Context, m jetstream.Msg) {
 		return
 	}
 	h := &held{msg: m, task: t, spec: spec}
-	// The result may be recorded already: the task was delivered before
-	// and its ack lost, or this message is a second copy of it, published
-	// again by a submitter resumed after JetStream's de-duplication window
-	// (an hour) had forgotten the first. Either way it is not run again.
-	if _, err := a.conn.results.Get(ctx, taskKey(t.Run, t.Seq)); err == nil {
-		m.Ack()
+	if !a.claim(ctx, h) {
 		return
 	}
-	if md, err := m.Metadata(); err == nil && md.NumDelivered > 1 || t.Moved > 0 {
-		// Delivered before: earlier attempts count.
-		if e, err := a.conn.attempts.Get(ctx, taskKey(t.Run, t.Seq)); err == nil {
-			var ar attemptsRecord
-			if unmarshal(e.Value(), &ar) == nil {
-				h.prior, h.lost = ar.Attempts, ar.Lost
-				if c := ar.Claim; c != nil {
-					// The delivery before this one ended without a word
-					// from its agent.
-					c.End, c.Cause, c.ExitCode = time.Now(), CauseAgentLost, -1
-					c.Message = fmt.Sprintf("agent %s took the task at %s and was lost (killed, or cut off for %s)",
-						c.Agent, c.Start.Format(time.RFC3339), AckWait)
-					h.lost = append(h.lost, *c)
-				}
-			}
-		}
+	if !a.startHeld(ctx, h) {
+		// The pool has stopped: the agent is stopping, or a run's line
+		// workers could not start (the tasks it held are recorded failed
+		// by readResults). The next task of the run gets a new pool.
+		a.unclaim(ctx, h)
+		m.NakWithDelay(time.Second)
 	}
-	if len(h.lost) >= MaxLost {
-		a.lostTooOften(ctx, h)
-		return
-	}
-	a.claim(h)
+}
+
+// startHeld submits h's task, claimed, to its local pool, and reports
+// whether the pool took it. Only one take at a time starts its task: a
+// local pool's ids are counted here before Submit gives them, and a run's
+// line pool is started once.
+func (a *Agent) startHeld(ctx context.Context, h *held) bool {
+	a.startMu.Lock()
+	defer a.startMu.Unlock()
+	t, spec := h.task, h.spec
 	l, err := a.localFor(spec)
 	if err != nil {
 		a.hold(1)
 		a.finishing.Add(1)
 		go a.finish(h, pool.Result{ID: t.Seq, Input: t.Input, Args: t.Args, State: pool.Failed,
 			Attempts: []pool.Attempt{{Number: 1, Start: time.Now(), End: time.Now(), ExitCode: -1, Message: err.Error()}}})
-		return
+		return true
 	}
 	timeout := spec.Timeout
 	task := pool.Task{Input: t.Input, Args: t.Args, Timeout: timeout, MemHint: t.Need, Items: t.Items}
@@ -438,9 +436,6 @@ func (a *Agent) take(ctx context.Context, m jetstream.Msg) {
 	a.held++
 	a.mu.Unlock()
 	if _, err := l.p.Submit(ctx, task); err != nil {
-		// The pool has stopped: the agent is stopping, or a run's line
-		// workers could not start (the tasks it held are recorded failed
-		// by readResults). The next task of the run gets a new pool.
 		a.mu.Lock()
 		delete(l.tasks, id)
 		l.nextID--
@@ -450,22 +445,215 @@ func (a *Agent) take(ctx context.Context, m jetstream.Msg) {
 			a.retired = append(a.retired, l)
 		}
 		a.mu.Unlock()
+		return false
+	}
+	return true
+}
+
+// claim claims h's task for this delivery, and reports whether to run it;
+// when it does not, it has answered the message.
+//
+// The task is not run when its result is recorded already: the task was
+// delivered before and its ack lost, or this message is a second copy of
+// it. Nor is it run when another message of the task holds the claim and is
+// still on the stream: that message's delivery runs the task now, or will
+// run it once delivered again (its agent lost), so this copy is dropped.
+// Copies come from a publish sent again after a lone server restarted
+// (JetStream then forgets the ids of the messages consumed, and the de-
+// duplication misses), or by a submitter resumed after the de-duplication
+// window (an hour), or from a task moved up a class. A claim of this very
+// message is a delivery lost with its agent: it is counted (h.lost). The
+// claim is written only if the record is still as read (a compare and
+// set), so that of two deliveries taking the task at once, one runs it.
+func (a *Agent) claim(ctx context.Context, h *held) bool {
+	m, t := h.msg, h.task
+	key := taskKey(t.Run, t.Seq)
+	var seq uint64
+	first := true // this message's first delivery
+	if md, err := m.Metadata(); err == nil {
+		seq = md.Sequence.Stream
+		first = md.NumDelivered <= 1
+	}
+	redelivered := !first || t.Moved > 0
+	if !redelivered && seq != 0 {
+		if run, answered := a.claimFirst(ctx, h, seq); answered {
+			return run
+		}
+	}
+	var ended uint64 // a claimed message found gone from the stream
+	for range 10 {
+		recorded, ar, rev, err := a.records(ctx, key)
+		if err != nil {
+			a.later(ctx, m, t, err)
+			return false
+		}
+		if recorded {
+			m.Ack()
+			return false
+		}
+		h.prior, h.lost = ar.Attempts, ar.Lost
+		if c := ar.Claim; c != nil {
+			switch {
+			case ar.ClaimMsg != 0 && ar.ClaimMsg == seq && first && c.Agent == a.name:
+				// This delivery's own claim (claimFirst's, its answer
+				// lost): no loss.
+			case ar.ClaimMsg != 0 && ar.ClaimMsg == seq || ar.ClaimMsg == 0 && redelivered:
+				// This message's delivery before this one ended without a
+				// word from its agent. (A claim that names no message is an
+				// older agent's: it is taken for this message's.)
+				c.End, c.Cause, c.ExitCode = time.Now(), CauseAgentLost, -1
+				c.Message = fmt.Sprintf("agent %s took the task at %s and was lost (killed, or cut off for %s)",
+					c.Agent, c.Start.Format(time.RFC3339), AckWait)
+				h.lost = append(h.lost, *c)
+			case ar.ClaimMsg == 0 || ar.ClaimMsg == ended:
+				// The claim's message was answered without a result
+				// (handed on, the claim not withdrawn), or an older
+				// agent's claim is found by a first delivery: nothing is
+				// known to run the task.
+			default:
+				queued, err := a.queued(ctx, ar.ClaimMsg, t)
+				if err != nil {
+					a.later(ctx, m, t, err)
+					return false
+				}
+				if queued {
+					fmt.Fprintf(a.cfg.Log, "safepool agent %s: task %d of run %s is held by message %d (taken by agent %s at %s): this copy of it, message %d, is dropped\n",
+						a.name, t.Seq, t.Run, ar.ClaimMsg, c.Agent, c.Start.Format(time.RFC3339), seq)
+					m.Ack()
+					return false
+				}
+				// Its delivery ended: read again, since its result may
+				// have been recorded meanwhile.
+				ended = ar.ClaimMsg
+				continue
+			}
+		}
+		if len(h.lost) >= MaxLost {
+			a.lostTooOften(ctx, h)
+			return false
+		}
+		now := time.Now().Round(0)
+		body, _ := marshal(attemptsRecord{Attempts: h.prior, Lost: h.lost,
+			Claim: &AttemptRecord{Agent: a.name, Start: now, End: now, ExitCode: -1}, ClaimMsg: seq})
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		if rev == 0 {
+			_, err = a.conn.attempts.Create(cctx, key, body)
+		} else {
+			_, err = a.conn.attempts.Update(cctx, key, body, rev)
+		}
+		cancel()
+		if err == nil {
+			h.claimedAt = now
+			return true
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			a.later(ctx, m, t, err)
+			return false
+		}
+		// Another delivery wrote the record since it was read.
+	}
+	a.later(ctx, m, t, errors.New("its attempts record keeps changing"))
+	return false
+}
+
+// claimFirst claims h's task, delivered for the first time from message
+// seq, as a new task is claimed: it creates the task's attempts record,
+// which succeeds only if there is none, while it reads whether the result
+// is recorded, in one round trip for both. An absent record means that no
+// delivery runs the task: a delivery leaves its claim there until it hands
+// the task back. It reports whether to run the task, and whether it
+// answered the message or claimed the task; when it did neither (a record
+// exists: the task ran before, or this message is a second copy), claim
+// reads the record.
+func (a *Agent) claimFirst(ctx context.Context, h *held, seq uint64) (run, answered bool) {
+	m, t := h.msg, h.task
+	key := taskKey(t.Run, t.Seq)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	now := time.Now().Round(0)
+	body, _ := marshal(attemptsRecord{Claim: &AttemptRecord{Agent: a.name, Start: now, End: now, ExitCode: -1}, ClaimMsg: seq})
+	var rerr error
+	var wg sync.WaitGroup
+	wg.Go(func() { _, rerr = a.conn.results.Get(ctx, key) })
+	_, cerr := a.conn.attempts.Create(ctx, key, body)
+	wg.Wait()
+	if cerr != nil {
+		return false, false
+	}
+	if rerr != nil && !isGone(rerr) {
+		_, rerr = a.conn.results.Get(ctx, key)
+	}
+	switch {
+	case rerr == nil:
+		// Recorded (by a delivery that left no record: an agent cannot
+		// read the task, or an agent of an earlier version purged it).
+		m.Ack()
+		return false, true
+	case isGone(rerr):
+		h.claimedAt = now
+		return true, true
+	default:
 		a.unclaim(ctx, h)
-		m.NakWithDelay(time.Second)
+		a.later(ctx, m, t, rerr)
+		return false, true
 	}
 }
 
-// claim records that this agent runs h's task now, so that the next
-// delivery, if this one ends without a word from the agent, counts it
-// lost. It does not wait for the server: a later write of the record on
-// this connection (noteAttempts, unclaim) lands after it, and a claim that
-// never lands only leaves a loss uncounted.
-func (a *Agent) claim(h *held) {
-	now := time.Now().Round(0)
-	h.claimedAt = now
-	body, _ := marshal(attemptsRecord{Attempts: h.prior, Lost: h.lost,
-		Claim: &AttemptRecord{Agent: a.name, Start: now, End: now, ExitCode: -1}})
-	h.claimAck, _ = a.conn.js.PublishAsync(kvSubject(AttemptsBucket, taskKey(h.task.Run, h.task.Seq)), body)
+// records reads, at once, whether the result of the task of key is
+// recorded, and its attempts record with the record's revision (0 when
+// there is none).
+func (a *Agent) records(ctx context.Context, key string) (recorded bool, ar attemptsRecord, rev uint64, err error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var rerr error
+	var wg sync.WaitGroup
+	wg.Go(func() { _, rerr = a.conn.results.Get(ctx, key) })
+	e, aerr := a.conn.attempts.Get(ctx, key)
+	wg.Wait()
+	switch {
+	case rerr == nil:
+		return true, ar, 0, nil
+	case !isGone(rerr):
+		return false, ar, 0, rerr
+	case aerr != nil && isGone(aerr):
+		return false, ar, 0, nil
+	case aerr != nil:
+		return false, ar, 0, aerr
+	}
+	if unmarshal(e.Value(), &ar) != nil {
+		ar = attemptsRecord{} // unreadable: written over
+	}
+	return false, ar, e.Revision(), nil
+}
+
+// queued reports whether message seq of the task stream is still there,
+// holding task t: its delivery has not ended.
+func (a *Agent) queued(ctx context.Context, seq uint64, t TaskMsg) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	raw, err := a.conn.stream.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	var o TaskMsg
+	if unmarshal(raw.Data, &o) != nil || o.Run != t.Run || o.Seq != t.Seq {
+		return false, nil // another task's: the stream was set up again since
+	}
+	return true, nil
+}
+
+// later hands m, task t's message, back for a while when its records
+// cannot be read or written now.
+func (a *Agent) later(ctx context.Context, m jetstream.Msg, t TaskMsg, err error) {
+	if ctx.Err() != nil {
+		m.NakWithDelay(time.Second) // the agent is stopping
+		return
+	}
+	fmt.Fprintf(a.cfg.Log, "safepool agent %s: task %d of run %s: %v; handed back for a second\n", a.name, t.Seq, t.Run, err)
+	m.NakWithDelay(time.Second)
 }
 
 // unclaim withdraws h's claim before its task is handed back without a
@@ -774,9 +962,11 @@ func (a *Agent) finish(h *held, r pool.Result) {
 			h.msg.Nak()
 			return
 		}
-		if len(h.prior) > 0 || len(h.lost) > 0 || d.move == moveNak {
-			a.conn.attempts.Purge(ctx, key)
-		}
+		// The attempts record keeps this delivery's claim (it was purged
+		// here): a copy of the task that found no result a moment before
+		// it was recorded would have found no claim either, and run the
+		// task again. Kept, the copy waits for this message to be
+		// answered, then reads the result (claim).
 		release()
 		if d.state == pool.Done {
 			// Once the result is recorded, the ack only spares a
@@ -814,20 +1004,11 @@ func judge(agent string, r *pool.Result, prior []AttemptRecord, need int64, spec
 // superseded reports whether h's task was delivered again since this
 // agent took it: AttemptsBucket holds another delivery's claim.
 func (a *Agent) superseded(ctx context.Context, h *held) bool {
-	if h.claimedAt.IsZero() || h.claimAck == nil {
+	if h.claimedAt.IsZero() {
 		return false
 	}
 	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	// The claim must have landed, or the record read may be the one
-	// before it (a lost agent's claim, not a later one).
-	select {
-	case <-h.claimAck.Ok():
-	case <-h.claimAck.Err():
-		return false
-	case <-gctx.Done():
-		return false
-	}
 	e, err := a.conn.attempts.Get(gctx, taskKey(h.task.Run, h.task.Seq))
 	if err != nil {
 		return false

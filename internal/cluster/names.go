@@ -105,9 +105,6 @@ func consumerName(k int) string { return fmt.Sprintf("class-%d", k) }
 // taskKey is the key of a task in the results and attempts buckets.
 func taskKey(run string, seq uint64) string { return fmt.Sprintf("%s.%d", run, seq) }
 
-// kvSubject is the subject that a write of key in bucket is published on.
-func kvSubject(bucket, key string) string { return "$KV." + bucket + "." + key }
-
 // msgID is the de-duplication id of a task's message in class k: the same
 // task published twice into one class is queued once, and a task moved to
 // a larger class is a new message.

@@ -144,9 +144,15 @@ type attemptsRecord struct {
 	Lost []AttemptRecord `json:"lost,omitempty"`
 	// Claim is the delivery running now: the agent that took it and when.
 	// An agent that ends a delivery without a result (it hands the task
-	// on, or gives it back) rewrites the record without it; a claim found
-	// by the next delivery was lost.
+	// on, or gives it back) rewrites the record without it; one that
+	// records the result leaves it. A claim found by the next delivery of
+	// the same message was lost with its agent.
 	Claim *AttemptRecord `json:"claim,omitempty"`
+	// ClaimMsg is the stream sequence of the message whose delivery holds
+	// Claim; 0 from an agent of an earlier version. A delivery of another
+	// message of the task (a second copy) is not run while ClaimMsg is on
+	// the stream.
+	ClaimMsg uint64 `json:"claim_msg,omitempty"`
 }
 
 // AgentInfo is what an agent advertises in AgentsBucket.

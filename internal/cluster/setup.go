@@ -146,9 +146,9 @@ func Redact(urls string) string {
 }
 
 func (c *Conn) setup(ctx context.Context) error {
-	// An agent's claims are published without waiting (Agent.claim): a
-	// claim the server never acknowledges (it was lost meanwhile) is
-	// forgotten after a while rather than held for ever.
+	// A Publisher's tasks are published without waiting: a publish the
+	// server never acknowledges (it was lost meanwhile) is forgotten
+	// after a while rather than held for ever (and sent again).
 	js, err := jetstream.New(c.nc, jetstream.WithPublishAsyncTimeout(30*time.Second))
 	if err != nil {
 		return fmt.Errorf("cluster: JetStream: %w", err)
