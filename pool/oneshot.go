@@ -130,7 +130,7 @@ func (r *runner) startShot(t *task) *shot {
 		}
 	}
 	r.started(ses)
-	ses.Send(&worker.Flight{ID: t.id, Input: t.t.Input, Timeout: t.timeout(cfg), Task: t})
+	ses.Send(&worker.Flight{ID: t.id, Input: t.t.Input, Timeout: t.timeout(cfg), TimeoutGrace: t.timeoutGrace(cfg), Task: t})
 	return sh
 }
 

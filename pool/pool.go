@@ -190,6 +190,16 @@ func (t *task) timeout(cfg *Config) time.Duration {
 	return cfg.Timeout
 }
 
+// timeoutGrace is the grace of t's attempts that run out of time: its own
+// Task.TimeoutGrace, else cfg.TimeoutGrace (which New made nonzero); 0
+// or less means SIGKILL at once.
+func (t *task) timeoutGrace(cfg *Config) time.Duration {
+	if t.t.TimeoutGrace != 0 {
+		return t.t.TimeoutGrace
+	}
+	return cfg.TimeoutGrace
+}
+
 // New validates cfg, checks that the worker command can be started, and
 // starts the pool's workers. A command that cannot be found or executed is
 // reported at once as a *StartError.

@@ -321,7 +321,8 @@ func (r *runner) send(t *task) {
 	if r.p.gov != nil {
 		r.p.gov.bind(t.id, r.slot)
 	}
-	r.s.Send(&worker.Flight{ID: t.id, Input: t.t.Input, Timeout: t.timeout(&r.p.cfg), Task: t, Items: t.items})
+	r.s.Send(&worker.Flight{ID: t.id, Input: t.t.Input, Timeout: t.timeout(&r.p.cfg),
+		TimeoutGrace: t.timeoutGrace(&r.p.cfg), Task: t, Items: t.items})
 }
 
 // sessionConfig is what a session of this slot runs with, for spec.

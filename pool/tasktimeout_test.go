@@ -171,6 +171,60 @@ func TestTimeoutGrace(t *testing.T) {
 	}
 }
 
+// TestTaskTimeoutGrace: a task's own TimeoutGrace replaces
+// Config.TimeoutGrace for that task only, longer or shorter: in a pool that
+// SIGKILLs at once, a task with a grace runs its SIGTERM handler, and one
+// without is killed before it can; in a pool with a long grace, a task whose
+// own grace is negative is SIGKILLed at once, and one with a short grace is
+// SIGKILLed when it is over, not the pool's.
+func TestTaskTimeoutGrace(t *testing.T) {
+	for _, proto := range protocols {
+		t.Run(string(proto), func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := config(proto, 2)
+			cfg.Timeout = 400 * time.Millisecond
+			cfg.TimeoutGrace = -1 // SIGKILL at once
+			got := runTasks(t, cfg,
+				pool.Task{Input: []byte("termtrap:" + dir + "/own:7"), TimeoutGrace: 5 * time.Second},
+				pool.Task{Input: []byte("termtrap:" + dir + "/pools:7")},
+			)
+			if r := got[1]; r.State != pool.Failed || r.Cause() != pool.CauseTimeout || r.Attempts[0].ExitCode != 7 ||
+				!strings.Contains(r.Attempts[0].Message, "SIGTERM, and the worker exited with 7") {
+				t.Errorf("task with its own grace = %s %+v, want failed with timeout, exit 7 after SIGTERM", r.State, r.Attempts)
+			}
+			if b, err := os.ReadFile(dir + "/own"); string(b) != "cleaned" {
+				t.Errorf("the SIGTERM handler of the task with its own grace did not run: %q, %v", b, err)
+			}
+			if r := got[2]; r.State != pool.Failed || r.Cause() != pool.CauseTimeout || r.Attempts[0].Signal != "SIGKILL" ||
+				r.Attempts[0].Message != "killed after 400ms" {
+				t.Errorf("task with the pool's grace = %s %+v, want failed with timeout, SIGKILL at once", r.State, r.Attempts)
+			}
+			if _, err := os.Stat(dir + "/pools"); err == nil {
+				t.Errorf("the SIGTERM handler of a task in a pool without a grace ran")
+			}
+
+			cfg.TimeoutGrace = 30 * time.Second
+			got = runTasks(t, cfg,
+				pool.Task{Input: []byte("termtrap:" + dir + "/none:7"), TimeoutGrace: -1},
+				pool.Task{Input: []byte("hang"), TimeoutGrace: 300 * time.Millisecond},
+			)
+			if r := got[1]; r.State != pool.Failed || r.Cause() != pool.CauseTimeout || r.Attempts[0].Signal != "SIGKILL" ||
+				r.Attempts[0].Message != "killed after 400ms" {
+				t.Errorf("task with a negative grace = %s %+v, want failed with timeout, SIGKILL at once", r.State, r.Attempts)
+			}
+			if _, err := os.Stat(dir + "/none"); err == nil {
+				t.Errorf("the SIGTERM handler of a task with a negative grace ran")
+			}
+			if r := got[2]; r.State != pool.Failed || r.Cause() != pool.CauseTimeout || r.Attempts[0].Signal != "SIGKILL" ||
+				!strings.Contains(r.Attempts[0].Message, "SIGKILL after a grace of 300ms") {
+				t.Errorf("task with a short grace = %s %+v, want failed with timeout, SIGKILL after 300ms", r.State, r.Attempts)
+			} else if d := r.Attempts[0].End.Sub(r.Attempts[0].Start); d > 20*time.Second {
+				t.Errorf("task with a short grace ran %v, want it SIGKILLed after its own grace, not the pool's", d)
+			}
+		})
+	}
+}
+
 // TestTimeoutGraceOOM: a job that the OOM killer takes during its grace
 // after a timeout is named as any OOM kill is, by its cgroup's counter:
 // oom, not timeout. The others time out as usual.

@@ -56,7 +56,8 @@ const (
 	CauseSegfault = worker.CauseSegfault
 	// CauseTimeout means the attempt ran longer than Config.Timeout (or its
 	// task's own Timeout) and its worker was ended: SIGTERM, then SIGKILL
-	// after Config.TimeoutGrace, whatever signal or exit ended it.
+	// after Config.TimeoutGrace (or its task's own TimeoutGrace), whatever
+	// signal or exit ended it.
 	CauseTimeout = worker.CauseTimeout
 	// CauseProtocol means the worker wrote something the protocol does not
 	// allow, or closed its pipes while alive, and was killed.
@@ -140,9 +141,16 @@ type Task struct {
 	Stdin []byte
 	// Timeout, when positive, bounds this task's attempts in place of
 	// Config.Timeout: an attempt that runs longer is ended (SIGTERM, then
-	// SIGKILL after Config.TimeoutGrace) with CauseTimeout. Zero means
+	// SIGKILL after TimeoutGrace) with CauseTimeout. Zero means
 	// Config.Timeout.
 	Timeout time.Duration
+	// TimeoutGrace is how long an attempt of this task that ran out of
+	// its timeout (its own or Config.Timeout) has between SIGTERM and
+	// SIGKILL, in place of Config.TimeoutGrace; it is to a task what
+	// Config.TimeoutGrace is to the pool, so that one pool can run tasks
+	// that need different graces (a cluster agent runs many runs). Zero
+	// means Config.TimeoutGrace; a negative value means SIGKILL at once.
+	TimeoutGrace time.Duration
 	// MemHint, when positive, is the memory in bytes the caller expects the
 	// task to need. The memory governor admits the task only where that
 	// much fits, as if the task had learned that need from an earlier

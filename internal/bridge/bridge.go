@@ -81,9 +81,10 @@ type Hello struct {
 	// are stopped. Zero means the pool's default.
 	Grace float64 `json:"grace"`
 	// TimeoutGrace is the time in seconds that a task which ran out of its
-	// timeout has between SIGTERM and SIGKILL (pool.Config.TimeoutGrace):
-	// absent (nil) means the pool's default, 0 means SIGKILL at once. A
-	// negative value is refused.
+	// timeout has between SIGTERM and SIGKILL (pool.Config.TimeoutGrace;
+	// with NATS, the run's, cluster.RunSpec.TimeoutGrace): absent (nil)
+	// means the pool's default (each agent's own), 0 means SIGKILL at
+	// once. A negative value is refused.
 	TimeoutGrace *float64 `json:"timeout_grace,omitempty"`
 
 	// NoGovernor, MemBudget, MemReserve, MemPerTask, PreemptAbove and
@@ -417,9 +418,11 @@ func configOf(h Hello) pool.Config {
 	}
 }
 
-// timeoutGrace returns the pool.Config.TimeoutGrace for the hello's
-// timeout_grace: nil is the pool's default (0), 0 is SIGKILL at once (a
-// negative duration), and a positive value is that many seconds.
+// timeoutGrace returns the pool.Config.TimeoutGrace (or, for a session on
+// the agents, the cluster.RunSpec.TimeoutGrace) for the hello's
+// timeout_grace: nil is the pool's default (0; on the agents, each agent's
+// own), 0 is SIGKILL at once (a negative duration), and a positive value
+// is that many seconds.
 func timeoutGrace(s *float64) time.Duration {
 	switch {
 	case s == nil:

@@ -69,6 +69,7 @@ func serveRemote(ctx context.Context, url string, h Hello, br *bufio.Reader, bw 
 		Retries: h.Retries, OnWorkerDeath: action, Timeout: seconds(h.Timeout),
 		Pipeline: h.Pipeline, MaxTasks: h.MaxTasksPerWorker, MaxRSS: h.MaxRSS,
 		TaskErrorRetries: h.TaskErrorRetries,
+		TimeoutGrace:     timeoutGrace(h.TimeoutGrace), // absent: each agent's own
 	}
 	run, err := conn.Begin(ctx, spec, false)
 	if err != nil {

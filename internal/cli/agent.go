@@ -19,10 +19,10 @@ a machine that is lost hands its tasks on after a few seconds
 `
 
 const agentOutro = `
--j, the memory flags, --mem-limit, --timeout, --timeout-grace and --grace
-are this machine's: the agent pulls only the memory classes that fit
---mem-limit (or its memory budget). --retries and --on-worker-death are the
-run's, given to run or map.
+-j, the memory flags, --mem-limit and --grace are this machine's: the agent
+pulls only the memory classes that fit --mem-limit (or its memory budget).
+--timeout and --timeout-grace are too, for runs that give none of their own.
+--retries and --on-worker-death are the run's, given to run or map.
 
 Examples:
   safepool agent --nats nats://queue.example:4222 -j 8 --mem-limit 4GiB
@@ -42,7 +42,7 @@ func runAgent(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&a.name, "name", "", "name this agent `NAME` in results (default: host name and process id)")
 	fs.IntVarP(&a.common.jobs, "jobs", "j", 0, "run up to `N` tasks at once (default: the number of CPUs); the memory governor may take fewer")
 	fs.DurationVar(&a.common.timeout, "timeout", 0, "end an attempt that runs longer than `DURATION`, unless the run gives its own --timeout: SIGTERM, then SIGKILL after --timeout-grace")
-	a.common.registerTimeoutGrace(fs)
+	a.common.registerTimeoutGrace(fs, ", unless the run gives its own --timeout-grace")
 	fs.Var(newSizeValue(&a.common.memLimit).nonZero("0 would mean no memory at all; omit the flag for no limit"), "mem-limit", "cap each worker's memory at `SIZE`; the agent takes only tasks whose need fits")
 	boolVarP(fs, &a.common.noData, "no-data-limit", "", "without cgroups, hold workers to --mem-limit by sampling alone")
 	a.common.mem.register(fs)

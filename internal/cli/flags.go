@@ -46,7 +46,7 @@ func (f *commonFlags) registerPool(fs *pflag.FlagSet, retriesUsage string) {
 	fs.IntVar(&f.retries, "retries", 0, retriesUsage)
 	fs.StringVar(&f.onDeath, "on-worker-death", "", "what to do when a worker dies during a task: `ACTION` is retry, skip or abort (default: retry when --retries > 0, else skip)")
 	fs.DurationVar(&f.timeout, "timeout", 0, "end an attempt that runs longer than `DURATION`, such as 90s or 1h30m: SIGTERM, then SIGKILL after --timeout-grace")
-	f.registerTimeoutGrace(fs)
+	f.registerTimeoutGrace(fs, " (with --nats: the run's, in place of each agent's own)")
 	fs.Var(newSizeValue(&f.memLimit).nonZero("0 would mean no memory at all; omit the flag for no limit").atLeast(pool.MinMemory), "mem-limit", "cap each worker's memory at `SIZE`, such as 512MiB or 2G; only that worker is killed when it goes over")
 	boolVarP(fs, &f.noData, "no-data-limit", "", "without cgroups, hold workers to --mem-limit by sampling alone, without the data size limit (RLIMIT_DATA) that some runtimes cannot run under, such as Go built with -race")
 	f.mem.register(fs)
@@ -72,9 +72,9 @@ func (f *commonFlags) registerOutput(fs *pflag.FlagSet) {
 }
 
 // registerTimeoutGrace adds --timeout-grace, which run, map and agent
-// share.
-func (f *commonFlags) registerTimeoutGrace(fs *pflag.FlagSet) {
-	fs.DurationVar(&f.timeoutGrace, "timeout-grace", pool.DefaultTimeoutGrace, "give an attempt that ran past --timeout `DURATION` between SIGTERM and SIGKILL to clean up; 0: SIGKILL at once")
+// share; more, in its usage, says whose it is with --nats.
+func (f *commonFlags) registerTimeoutGrace(fs *pflag.FlagSet, more string) {
+	fs.DurationVar(&f.timeoutGrace, "timeout-grace", pool.DefaultTimeoutGrace, "give an attempt that ran past --timeout `DURATION` between SIGTERM and SIGKILL to clean up"+more+"; 0: SIGKILL at once")
 }
 
 // config returns the pool configuration the flags ask for.

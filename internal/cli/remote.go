@@ -24,6 +24,9 @@ import (
 type natsFlags struct {
 	url   string // --nats URL; "" runs locally
 	runID string // --run-id ID
+	// timeoutGrace: --timeout-grace was given with --nats, so that the
+	// run carries it to the agents (else each agent's own applies).
+	timeoutGrace bool
 }
 
 func (n *natsFlags) register(fs *pflag.FlagSet) {
@@ -34,7 +37,7 @@ func (n *natsFlags) register(fs *pflag.FlagSet) {
 // agentFlags are the flags of run and map that, with --nats, belong to the
 // agents (safepool agent takes them), not to the run.
 var agentFlags = []string{"jobs", "max-procs", "mem-limit", "no-data-limit", "mem-budget", "mem-reserve",
-	"mem-high", "mem-psi", "no-governor", "grace", "timeout-grace"}
+	"mem-high", "mem-psi", "no-governor", "grace"}
 
 // check refuses --run-id without --nats, and with --nats the flags that are
 // the agents'.
@@ -48,6 +51,7 @@ func (n *natsFlags) check(cmd string, fs *pflag.FlagSet) error {
 				return usagef(cmd, "--%s is a flag of each machine's safepool agent, not of the run, with --nats", name)
 			}
 		}
+		n.timeoutGrace = fs.Changed("timeout-grace")
 		// The run's record with --nats is the results bucket
 		// (--run-id collects it again); the journal and the metrics
 		// consume a local pool's events.
@@ -137,6 +141,11 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 	}
 	defer conn.Close()
 	spec := remoteSpec(j.cfg)
+	if nf.timeoutGrace {
+		// The flag's default is not the run's: unset, each agent's
+		// own --timeout-grace applies.
+		spec.TimeoutGrace = j.cfg.TimeoutGrace
+	}
 	spec.ID = nf.runID
 	if spec.ID == "" {
 		spec.ID = cluster.NewRunID()

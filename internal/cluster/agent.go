@@ -30,8 +30,9 @@ type AgentConfig struct {
 	// the host name and the process id.
 	Name string
 	// Pool is the local pool's configuration: Workers (-j), the memory
-	// flags, MemLimit, Timeout (used when a run has none), Grace. Its
-	// Command, Protocol, retries and Observer are the agent's to set.
+	// flags, MemLimit, Timeout and TimeoutGrace (used when a run has
+	// none), Grace. Its Command, Protocol, retries and Observer are the
+	// agent's to set.
 	Pool pool.Config
 	// Log receives the agent's messages, one line each. Nil means none.
 	Log io.Writer
@@ -427,7 +428,7 @@ func (a *Agent) startHeld(ctx context.Context, h *held) bool {
 		return true
 	}
 	timeout := spec.Timeout
-	task := pool.Task{Input: t.Input, Args: t.Args, Timeout: timeout, MemHint: t.Need, Items: t.Items}
+	task := pool.Task{Input: t.Input, Args: t.Args, Timeout: timeout, TimeoutGrace: spec.TimeoutGrace, MemHint: t.Need, Items: t.Items}
 	a.mu.Lock()
 	l.nextID++
 	id := l.nextID

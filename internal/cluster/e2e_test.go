@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -66,6 +67,8 @@ func TestMain(m *testing.M) {
 // "failon:NAME:MS" fails on agent NAME only; "touch:N" is "alloc:N" outside
 // the Go heap (no race detector's shadow of it). "hold:N", not a task,
 // holds N MiB, says "ready" and holds them until its stdin ends.
+// "termtrap:FILE" waits for SIGTERM, then writes "cleaned" to FILE and
+// exits 7; "termignore:0" ignores SIGTERM and sleeps.
 func helper(arg string) int {
 	what, n, _ := strings.Cut(arg, ":")
 	v, _ := strconv.Atoi(n)
@@ -93,6 +96,15 @@ func helper(arg string) int {
 		}
 		time.Sleep(200 * time.Millisecond)
 		fmt.Println("ok", v, b[len(b)/2])
+	case "termtrap":
+		term := make(chan os.Signal, 1)
+		signal.Notify(term, syscall.SIGTERM)
+		<-term
+		os.WriteFile(n, []byte("cleaned"), 0o644)
+		return 7
+	case "termignore":
+		signal.Ignore(syscall.SIGTERM)
+		time.Sleep(time.Minute)
 	case "killagent":
 		// A task that ends whatever machine runs it: it SIGKILLs its
 		// agent, the process that started it.

@@ -28,6 +28,11 @@ type RunSpec struct {
 	OnWorkerDeath pool.Action `json:"on_worker_death"`
 	// Timeout bounds each attempt; zero means the agent's own --timeout.
 	Timeout time.Duration `json:"timeout"`
+	// TimeoutGrace is the time an attempt that ran past its timeout has
+	// between SIGTERM and SIGKILL (pool.Task.TimeoutGrace): zero means the
+	// agent's own --timeout-grace, a negative value SIGKILL at once
+	// (--timeout-grace 0).
+	TimeoutGrace time.Duration `json:"timeout_grace,omitempty"`
 	// Pipeline and StallTimeout configure line workers (map); zero means
 	// the pool's defaults.
 	Pipeline     int           `json:"pipeline,omitempty"`
@@ -63,6 +68,7 @@ func (s RunSpec) SettingsKept(o RunSpec) []string {
 	note("--retries", s.Retries, o.Retries)
 	note("--on-worker-death", s.OnWorkerDeath, o.OnWorkerDeath)
 	note("--timeout", s.Timeout, o.Timeout)
+	note("--timeout-grace", graceFlag(s.TimeoutGrace), graceFlag(o.TimeoutGrace))
 	note("--pipeline", s.Pipeline, o.Pipeline)
 	note("--stall-timeout", s.StallTimeout, o.StallTimeout)
 	note("--max-line", s.MaxLine, o.MaxLine)
@@ -71,6 +77,18 @@ func (s RunSpec) SettingsKept(o RunSpec) []string {
 	note("--start-timeout", s.StartTimeout, o.StartTimeout)
 	note("--task-error-retries", s.TaskErrorRetries, o.TaskErrorRetries)
 	return kept
+}
+
+// graceFlag is RunSpec.TimeoutGrace as --timeout-grace says it: "unset"
+// for the agents' own, 0s for SIGKILL at once.
+func graceFlag(d time.Duration) string {
+	switch {
+	case d == 0:
+		return "unset"
+	case d < 0:
+		return "0s"
+	}
+	return d.String()
 }
 
 // TaskMsg is one task as it travels on the stream.

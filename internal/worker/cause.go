@@ -26,7 +26,8 @@ const (
 	CauseSegfault Cause = "segfault"
 	// CauseTimeout means the attempt ran longer than its limit (the task's
 	// own, or pool.Config.Timeout) and its worker was ended (SIGTERM, then
-	// SIGKILL after Config.TimeoutGrace), however it then ended.
+	// SIGKILL after its grace: Flight.TimeoutGrace or Config.TimeoutGrace),
+	// however it then ended.
 	CauseTimeout Cause = "timeout"
 	// CauseProtocol means the worker wrote something the protocol does not
 	// allow, or closed its pipes while alive, and was killed.

@@ -213,7 +213,7 @@ func (s *Session) deathMessage(c Cause, peak int64) string {
 			return "killed after " + limit.String()
 		}
 		if s.graceOver {
-			return fmt.Sprintf("killed after %v: SIGTERM, then SIGKILL after a grace of %v", limit, s.cfg.TimeoutGrace)
+			return fmt.Sprintf("killed after %v: SIGTERM, then SIGKILL after a grace of %v", limit, s.timeoutGrace(s.victim))
 		}
 		return "killed after " + limit.String() + ": SIGTERM, and " + s.exitPhrase()
 	case CauseMemoryLimit:

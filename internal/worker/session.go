@@ -75,8 +75,8 @@ type Config struct {
 	// stopped, and the patience given to a retired process.
 	Grace time.Duration
 	// TimeoutGrace is the time between SIGTERM and SIGKILL when an attempt
-	// runs out of time, for the job to clean up; 0 or less means SIGKILL at
-	// once.
+	// runs out of time, for the job to clean up, unless its Flight gives
+	// its own; 0 or less means SIGKILL at once.
 	TimeoutGrace time.Duration
 	// Pipeline is the most tasks in flight at once.
 	Pipeline int
@@ -145,6 +145,10 @@ type Flight struct {
 	Input []byte
 	// Timeout is the limit on the attempt; 0 means none.
 	Timeout time.Duration
+	// TimeoutGrace, when the attempt runs out of Timeout, is the time
+	// between SIGTERM and SIGKILL in place of Config.TimeoutGrace: 0 means
+	// Config.TimeoutGrace, a negative value SIGKILL at once.
+	TimeoutGrace time.Duration
 	// Task is the caller's own record of the task.
 	Task any
 	// Items, for a batch task, are the indexes of the items of Input to
@@ -336,7 +340,7 @@ type Session struct {
 	readerDone bool
 
 	// termAt is when the session sent SIGTERM to the process group
-	// because an attempt ran out of time, giving it cfg.TimeoutGrace to
+	// because an attempt ran out of time, giving it the victim's grace to
 	// end before SIGKILL; zero otherwise. From then on nothing the worker
 	// writes is taken as an answer.
 	termAt time.Time
@@ -801,14 +805,14 @@ func (s *Session) Kill(c Cause) {
 
 // timeOut ends the process because flight f ran out of time: SIGTERM to
 // its process group, so that the job may clean up (remove its temporary
-// files, write a checkpoint), then SIGKILL once cfg.TimeoutGrace has
-// passed if anything is left of it; SIGKILL at once without a grace. The
+// files, write a checkpoint), then SIGKILL once f's grace (timeoutGrace)
+// has passed if anything is left of it; SIGKILL at once without a grace. The
 // deadline timer, the owner's like every other, brings the SIGKILL
 // (CheckDeadlines); Reap stops it. The attempt's cause is CauseTimeout
 // however the process then ends, unless memory ends it first.
 func (s *Session) timeOut(f *Flight) {
 	s.victim = f
-	if s.cfg.TimeoutGrace <= 0 || s.killed != "" {
+	if s.timeoutGrace(f) <= 0 || s.killed != "" {
 		s.Kill(CauseTimeout)
 		return
 	}
@@ -827,7 +831,17 @@ func (s *Session) graceEnds() time.Time {
 	if s.termAt.IsZero() || s.sentKill {
 		return time.Time{}
 	}
-	return s.termAt.Add(s.cfg.TimeoutGrace)
+	return s.termAt.Add(s.timeoutGrace(s.victim))
+}
+
+// timeoutGrace is the time between SIGTERM and SIGKILL when flight f runs
+// out of time: its own Flight.TimeoutGrace, else cfg.TimeoutGrace; 0 or
+// less means SIGKILL at once.
+func (s *Session) timeoutGrace(f *Flight) time.Duration {
+	if f != nil && f.TimeoutGrace != 0 {
+		return f.TimeoutGrace
+	}
+	return s.cfg.TimeoutGrace
 }
 
 // Preempt stops the process if it runs task id (for a line worker: holds

@@ -101,8 +101,9 @@ class Pool:
             timeout_grace) and the task fails with cause "timeout".
         timeout_grace: seconds a task past its timeout (the pool's or its
             call's) has between SIGTERM and SIGKILL, to clean up in a
-            SIGTERM handler; None: 3, 0: SIGKILL at once. Its cause is
-            "timeout" however it then ends.
+            SIGTERM handler; None: 3 (with nats, each agent's own
+            --timeout-grace), 0: SIGKILL at once. Its cause is "timeout"
+            however it then ends.
         mem_limit: each worker's memory cap, in bytes or as "512MiB": the
             worker runs in a memory cgroup of its own, so the kernel kills
             only it, and the task fails with cause "oom".

@@ -145,6 +145,22 @@ class ClusterTest(unittest.TestCase):
         finally:
             pool.terminate()
 
+    def test_timeout_grace(self):
+        # The pool's timeout_grace is the run's, in place of each agent's
+        # own (3 s here): 0 SIGKILLs a task past its timeout at once, and
+        # its SIGTERM handler never runs; without one, the agent's grace
+        # lets the handler run.
+        for grace, cleans in [(0, False), (None, True)]:
+            marker = os.path.join(self.dir, "marker-%s" % grace)
+            started = os.path.join(self.dir, "started-%s" % grace)
+            with safepool.Pool(1, nats=self.url, timeout=2, timeout_grace=grace) as pool:
+                with self.assertRaises(safepool.TaskTimeout) as cm:
+                    pool.apply(helpers.clean_up_on_sigterm, (marker, started))
+            self.assertEqual(cm.exception.cause, "timeout")
+            self.assertTrue(os.path.exists(started), "the task never ran")
+            self.assertEqual(os.path.exists(marker), cleans,
+                             "timeout_grace=%s: the SIGTERM handler ran: %s" % (grace, os.path.exists(marker)))
+
     def test_agent_killed_mid_run(self):
         marks = os.path.join(self.dir, "marks")
         os.mkdir(marks)
