@@ -217,7 +217,7 @@ func (s *Session) deathMessage(c Cause, peak int64) string {
 		}
 		return "killed after " + limit.String() + ": SIGTERM, and " + s.exitPhrase()
 	case CauseMemoryLimit:
-		return "over the memory limit of " + strconv.FormatInt(s.cfg.MemLimit, 10) + " bytes"
+		return "over the memory limit of " + bytesize.Format(s.cfg.MemLimit)
 	}
 	if h := s.proc.StderrCrash(); h != "" {
 		// A Go program's crash: its first line says what happened, the
