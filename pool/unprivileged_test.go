@@ -259,7 +259,7 @@ func TestGoCrashUnprivileged(t *testing.T) {
 		t.Fatalf("supervisor: %v; output:\n%s", err, text)
 	}
 	for _, want := range []string{
-		"task 1 failed memory-limit: over the memory limit of 268435456 bytes\n",
+		"task 1 failed memory-limit: over the memory limit of 256 MiB\n",
 		"task 2 failed exit:2: panic: gopanic: deep enough\n",
 		"memory mode: enclosing-cgroup (",
 	} {

@@ -37,10 +37,19 @@ type Failure struct {
 	ExitCode int
 	// Stderr is the end of what it wrote on stderr.
 	Stderr string
+	// Crash is the first line of the last crash dump of the Go runtime
+	// in its stderr ("fatal error: ...", "SIGSEGV: segmentation
+	// violation"), or "".
+	Crash string
 	// Private is its private memory at the last sample, in bytes.
 	Private int64
 	// Limit is its memory limit in bytes (not the data size limit above).
 	Limit int64
+	// Data is the largest data size (VmData) of a process of its tree at
+	// the last sample, in bytes.
+	Data int64
+	// DataLimit is its data size limit in bytes, or 0.
+	DataLimit int64
 }
 
 // RefusedMemory reports whether a worker's failure was, most likely, the
@@ -49,10 +58,11 @@ type Failure struct {
 // either it said so on stderr in the words of a common runtime (Python's
 // MemoryError, C's "Cannot allocate memory", C++'s std::bad_alloc, Go's,
 // Java's, Rust's, numpy's or R's out-of-memory messages; not a GPU's, such
-// as "CUDA out of memory", which no limit of the worker's caused), or it crashed
-// (SIGSEGV, SIGBUS, SIGABRT, as C code does on a null malloc) within a
-// quarter of the limit. A worker that grows by one large allocation fails
-// far below its limit: only its words tell.
+// as "CUDA out of memory", which no limit of the worker's caused), or it
+// crashed near its limit (see nearLimit): it died of SIGSEGV, SIGBUS or
+// SIGABRT, as C code does on a null malloc, or the Go runtime died of one
+// of them (see goFault) and exited 2. A worker that grows by one large
+// allocation fails far below its limit: only its words tell.
 func RefusedMemory(f Failure) bool {
 	if f.Signal == 0 && f.ExitCode == 0 || f.Signal == syscall.SIGKILL {
 		return false
@@ -62,7 +72,50 @@ func RefusedMemory(f Failure) bool {
 	}
 	switch f.Signal {
 	case syscall.SIGSEGV, syscall.SIGBUS, syscall.SIGABRT:
-		return f.Limit > 0 && f.Private >= f.Limit-f.Limit/4
+		return nearLimit(f)
+	case 0:
+		return f.ExitCode == 2 && goFault(f.Crash) && nearLimit(f)
+	}
+	return false
+}
+
+// nearLimit reports whether a worker was near what the kernel lets it
+// have when it failed: its private memory at the last sample within a
+// quarter of its limit, or the data size of one of its processes within a
+// quarter of its data size limit. The second is how a Go worker fails: Go
+// maps its heap over address space it reserved beforehand, which the
+// kernel does not count against the data size limit when it is mapped, so
+// its data size runs past the limit with little memory in use, and the
+// runtime's next small mapping of its own (for the garbage collector) is
+// refused.
+func nearLimit(f Failure) bool {
+	return f.Limit > 0 && f.Private >= f.Limit-f.Limit/4 ||
+		f.DataLimit > 0 && f.Data >= f.DataLimit-f.DataLimit/4
+}
+
+// goFaultHeaders start the first line of a Go runtime crash dump that a
+// fault caused: the runtime's names of SIGSEGV, SIGBUS and SIGABRT, which
+// head the dump of a signal the runtime could not turn into a panic (one
+// in the runtime's own code, such as the garbage collector's, or in C
+// code), and the throw of a fault in the runtime that it caught as a
+// panic. The runtime then exits 2 (with GOTRACEBACK=crash it aborts, and
+// the signal says it all). A fault in the program's own Go code is a panic
+// ("panic: runtime error: invalid memory address or nil pointer
+// dereference"), which tells nothing of memory.
+var goFaultHeaders = []string{
+	"SIGSEGV: segmentation violation",
+	"SIGBUS: bus error",
+	"SIGABRT: abort",
+	"fatal error: unexpected signal during runtime execution",
+}
+
+// goFault reports whether crash, the first line of a Go runtime crash
+// dump, is that of a fault (goFaultHeaders).
+func goFault(crash string) bool {
+	for _, h := range goFaultHeaders {
+		if strings.HasPrefix(crash, h) {
+			return true
+		}
 	}
 	return false
 }

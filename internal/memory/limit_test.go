@@ -42,6 +42,16 @@ func TestRefusedMemory(t *testing.T) {
 		{name: "strerror", f: Failure{ExitCode: 1, Stderr: "convert: Cannot allocate memory\n"}, want: true},
 		{name: "a C crash near the limit", f: Failure{Signal: syscall.SIGSEGV, Private: 160 * mib}, want: true},
 		{name: "a C crash far from the limit", f: Failure{Signal: syscall.SIGSEGV, Private: 100 * mib}, want: false},
+		{name: "a C crash with its data size near the data size limit", f: Failure{Signal: syscall.SIGSEGV, Private: 10 * mib, Data: 220 * mib}, want: true},
+		{name: "a Go fault near the limit", f: Failure{ExitCode: 2, Crash: "SIGSEGV: segmentation violation", Private: 160 * mib}, want: true},
+		{name: "a Go fault past the data size limit", f: Failure{ExitCode: 2, Crash: "SIGSEGV: segmentation violation", Private: 2 * mib, Data: 344 * mib}, want: true},
+		{name: "a Go bus error near the limit", f: Failure{ExitCode: 2, Crash: "SIGBUS: bus error", Private: 190 * mib}, want: true},
+		{name: "a Go fault caught in the runtime near the limit", f: Failure{ExitCode: 2, Crash: "fatal error: unexpected signal during runtime execution", Private: 190 * mib}, want: true},
+		{name: "a Go fault far from the limits", f: Failure{ExitCode: 2, Crash: "SIGSEGV: segmentation violation", Private: 100 * mib, Data: 150 * mib}, want: false},
+		{name: "a Go panic near the limit", f: Failure{ExitCode: 2, Crash: "panic: runtime error: invalid memory address or nil pointer dereference", Private: 190 * mib}, want: false},
+		{name: "a Go SIGQUIT near the limit", f: Failure{ExitCode: 2, Crash: "SIGQUIT: quit", Private: 190 * mib}, want: false},
+		{name: "exit 2 near the limit without a crash", f: Failure{ExitCode: 2, Stderr: "usage: prog FILE\n", Private: 190 * mib, Data: 230 * mib}, want: false},
+		{name: "a Go fault's header, exit 1", f: Failure{ExitCode: 1, Crash: "SIGSEGV: segmentation violation", Private: 190 * mib}, want: false},
 		{name: "an error near the limit, not about memory", f: Failure{ExitCode: 1, Stderr: "ValueError: bad input\n", Private: 190 * mib}, want: false},
 		{name: "success", f: Failure{Stderr: "MemoryError caught and handled\n"}, want: false},
 		{name: "torch on a GPU", f: Failure{ExitCode: 1, Stderr: "  File \"train.py\", line 9, in <module>\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 7.79 GiB\n"}, want: false},
@@ -54,7 +64,7 @@ func TestRefusedMemory(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := tc.f
-			f.Limit = limit
+			f.Limit, f.DataLimit = limit, DataLimitFor(limit)
 			if got := RefusedMemory(f); got != tc.want {
 				t.Errorf("RefusedMemory(%+v) = %v, want %v", f, got, tc.want)
 			}

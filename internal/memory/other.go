@@ -107,6 +107,9 @@ func (w *Watch) Samples() int { return 0 }
 // LastResident returns the zero Resident.
 func (w *Watch) LastResident() Resident { return Resident{} }
 
+// LastData returns 0.
+func (w *Watch) LastData() int64 { return 0 }
+
 // Current returns 0.
 func (w *Watch) Current() int64 { return 0 }
 

@@ -46,6 +46,9 @@ type Watch struct {
 	// resident is what the latest sample read of the tree's resident
 	// memory beside its private memory; guarded by mu.
 	resident Resident
+	// data is the largest data size (VmData) of a process of the tree at
+	// the latest sample, in bytes; guarded by mu.
+	data int64
 	// tree holds the processes seen in the tree; guarded by mu, written
 	// by the sampling goroutine.
 	tree map[int]treeMember
@@ -163,6 +166,16 @@ func (w *Watch) Last() int64 {
 	return w.last
 }
 
+// LastData returns the largest data size (VmData: private writable
+// mappings, what RLIMIT_DATA counts) of a process of the worker's tree at
+// the latest sample, in bytes; 0 before the first. The data size limit is
+// per process: the largest tells how near to it the tree came.
+func (w *Watch) LastData() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.data
+}
+
 // Current returns the latest sample while the watch still samples, and 0
 // once it has stopped (after Stop, or once the worker is gone) or, for a
 // worker that is this process's child, once it has ended. It is what the
@@ -230,13 +243,13 @@ func (w *Watch) run(s *treeSampler) {
 			return
 		case <-t.C:
 		}
-		v, res, err := s.sample()
+		v, res, data, err := s.sample()
 		if err != nil {
 			return // the worker is gone
 		}
 		now := time.Now()
 		w.mu.Lock()
-		w.last, w.peak, w.resident = v, max(w.peak, v), res
+		w.last, w.peak, w.resident, w.data = v, max(w.peak, v), res, data
 		w.samples++
 		w.mu.Unlock()
 		if w.limit > 0 && v > w.limit && !overClosed {
@@ -268,13 +281,14 @@ func newTreeSampler(root int, w *Watch) *treeSampler {
 	return &treeSampler{root: root, files: make(map[int]*os.File), buf: make([]byte, 4096), w: w}
 }
 
-// sample returns the tree's private memory, and what it read of the
-// tree's resident memory beside it. It fails once the root is gone.
-func (s *treeSampler) sample() (int64, Resident, error) {
+// sample returns the tree's private memory, what it read of the tree's
+// resident memory beside it, and the largest data size of a process of
+// the tree. It fails once the root is gone.
+func (s *treeSampler) sample() (int64, Resident, int64, error) {
 	if err := s.refresh(); err != nil {
-		return 0, Resident{}, err
+		return 0, Resident{}, 0, err
 	}
-	var total int64
+	var total, data int64
 	var res Resident
 	for pid, f := range s.files {
 		st, err := s.read(f)
@@ -286,14 +300,15 @@ func (s *treeSampler) sample() (int64, Resident, error) {
 			delete(s.files, pid)
 			s.w.left(pid, time.Now())
 			if pid == s.root {
-				return 0, Resident{}, err
+				return 0, Resident{}, 0, err
 			}
 			continue // a descendant exited
 		}
 		total += st.private()
 		res.HWM, res.Shared = max(res.HWM, st.hwm), max(res.Shared, st.shared)
+		data = max(data, st.data)
 	}
-	return total, res, nil
+	return total, res, data, nil
 }
 
 // refresh opens the status files of the root and, every scanEvery, of the

@@ -788,12 +788,13 @@ func (p *Process) closeReadEnds() {
 func (p *Process) StderrTail() string { return p.tail.String() }
 
 // StderrCrash returns the first line of the last crash dump of the Go
-// runtime in the worker's stderr ("fatal error: ..." or "panic: ..."), or
-// "". A Go program that dies writes that line first and then the stacks
-// of its goroutines, often more than StderrTail keeps: without it, a Go
-// worker refused memory by its data size limit ("fatal error: runtime:
-// out of memory") read as any exit 2, and its message was three lines of a
-// stack.
+// runtime in the worker's stderr ("fatal error: ...", "panic: ..." or, for
+// a fatal signal, its name: "SIGSEGV: segmentation violation"), or "". A
+// Go program that dies writes that line first and then the stacks of its
+// goroutines, often more than StderrTail keeps: without it, a Go worker
+// refused memory by its data size limit ("fatal error: runtime: out of
+// memory") read as any exit 2, and its message was three lines of a stack
+// (or, after a fatal signal, of its register dump).
 func (p *Process) StderrCrash() string { return p.tail.crashLine() }
 
 // tailBuffer keeps the last tailSize bytes written to it, and the first
@@ -806,6 +807,9 @@ type tailBuffer struct {
 	// stream arrives.
 	line  []byte
 	crash string // the last crash header seen, or ""
+	// relay says a dump's separator of a relayed SIGQUIT ("-----") was
+	// seen since crash was recorded (see crashHeader).
+	relay bool
 }
 
 const (
@@ -853,15 +857,18 @@ func (t *tailBuffer) scanLines(b []byte) {
 // endLine records the line in t.line if it heads a crash dump, and starts
 // the next line.
 func (t *tailBuffer) endLine() {
-	if h := crashHeader(t.line); h != "" {
-		t.crash = h
+	if h := crashHeader(t.line); h != "" && !(t.relay && h == goQuitHeader) {
+		t.crash, t.relay = h, false
+	} else if t.crash != "" && string(t.line) == goRelaySeparator {
+		t.relay = true
 	}
 	t.line = t.line[:0]
 }
 
 // crashHeader returns the part of line that heads a Go runtime crash dump,
 // or "". "fatal error: " may follow text the program left on the line
-// unfinished; "panic: " must start it.
+// unfinished, and so may the name of a fatal signal (goSignalHeaders);
+// "panic: " must start it.
 func crashHeader(line []byte) string {
 	if i := bytes.Index(line, []byte("fatal error: ")); i >= 0 {
 		return strings.TrimSpace(string(line[i:]))
@@ -869,13 +876,48 @@ func crashHeader(line []byte) string {
 	if bytes.HasPrefix(line, []byte("panic: ")) {
 		return strings.TrimSpace(string(line))
 	}
+	for _, h := range goSignalHeaders {
+		if bytes.HasSuffix(line, []byte(h)) {
+			return h
+		}
+	}
 	return ""
 }
+
+// goSignalHeaders are the lines that head a Go runtime crash dump after a
+// signal it does not turn into a panic (a fault in the runtime's own code
+// or in C code, SIGQUIT, SIGABRT): the signal's name in the runtime's
+// table (sigtable in runtime/sigtab_linux_generic.go), which the runtime
+// prints alone on its line, before "PC=... m=... sigcode=...", the stacks
+// and the registers, and exits 2. A fault the runtime caught as a panic in
+// its own code is "fatal error: unexpected signal during runtime
+// execution" instead, and one in the program's code a panic.
+var goSignalHeaders = []string{
+	"SIGSEGV: segmentation violation",
+	"SIGBUS: bus error",
+	"SIGFPE: floating-point exception",
+	"SIGILL: illegal instruction",
+	"SIGTRAP: trace trap",
+	"SIGABRT: abort",
+	"SIGSTKFLT: stack fault",
+	"SIGSYS: bad system call",
+	goQuitHeader,
+}
+
+const (
+	// goQuitHeader heads the dump of a Go program sent SIGQUIT.
+	goQuitHeader = "SIGQUIT: quit"
+	// goRelaySeparator is the line that a Go runtime crashing with
+	// GOTRACEBACK=crash writes before it sends itself SIGQUIT, for every
+	// thread to dump its stack under a goQuitHeader of its own: the dump
+	// is the first header's, not those.
+	goRelaySeparator = "-----"
+)
 
 func (t *tailBuffer) crashLine() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if h := crashHeader(t.line); h != "" {
+	if h := crashHeader(t.line); h != "" && !(t.relay && h == goQuitHeader) {
 		return h // the last line, unfinished
 	}
 	return t.crash

@@ -217,7 +217,7 @@ func (s *Session) deathMessage(c Cause, peak int64) string {
 		}
 		return "killed after " + limit.String() + ": SIGTERM, and " + s.exitPhrase()
 	case CauseMemoryLimit:
-		return "over the memory limit of " + strconv.FormatInt(s.cfg.MemLimit, 10) + " bytes"
+		return "over the memory limit of " + bytesize.Format(s.cfg.MemLimit)
 	}
 	if h := s.proc.StderrCrash(); h != "" {
 		// A Go program's crash: its first line says what happened, the
@@ -351,8 +351,10 @@ func (s *Session) memoryCause(exit Exit, started time.Time) Cause {
 	// size limit, and the worker fails in its own way: say memory-limit
 	// when that failure was the refusal.
 	if s.cfg.Group == nil && s.watch != nil && s.cfg.Shim.DataLimit > 0 && memory.RefusedMemory(memory.Failure{
-		Signal: exit.Signal, ExitCode: exit.Code, Stderr: s.proc.StderrCrash() + "\n" + s.proc.StderrTail(),
+		Signal: exit.Signal, ExitCode: exit.Code,
+		Stderr: s.proc.StderrCrash() + "\n" + s.proc.StderrTail(), Crash: s.proc.StderrCrash(),
 		Private: s.watch.Last(), Limit: s.cfg.MemLimit,
+		Data: s.watch.LastData(), DataLimit: s.cfg.Shim.DataLimit,
 	}) {
 		return CauseMemoryLimit
 	}

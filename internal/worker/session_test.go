@@ -99,11 +99,16 @@ func runHelper(mode string) int {
 // behave does what input says: "die" exits 3 at once, "exit0" exits 0,
 // "kill" SIGKILLs itself, "halfline" does so after half a line of stderr, "hang" sleeps, "nap" sleeps 20 ms and answers,
 // "lateanswer" answers when it gets SIGTERM (and lives on), "termgrow" holds 128 MiB more once it gets SIGTERM,
-// "lategrow:MB[:FILE]" grows by MB MiB after 400 ms (see lateGrow);
+// "lategrow:MB[:FILE]" grows by MB MiB after 400 ms (see lateGrow),
+// "gofault:private:N" and "gofault:data:N" crash as a Go runtime that
+// faulted, N bytes in (see goFault);
 // anything else is answered "ok:input".
 func behave(input string) string {
 	if arg, ok := strings.CutPrefix(input, "lategrow:"); ok {
 		lateGrow(arg)
+	}
+	if arg, ok := strings.CutPrefix(input, "gofault:"); ok {
+		goFault(arg)
 	}
 	switch input {
 	case "lateanswer":
