@@ -21,11 +21,12 @@ const (
 	// exitFailed: the pool ran to the end but some tasks failed.
 	exitFailed = 1
 	// exitUsage: bad flags, sizes or arguments, or a command that cannot
-	// start; nothing ran.
+	// start; no task was done (cannotStart).
 	exitUsage = 2
 	// exitAborted: the run was stopped before the end: by Ctrl-C (SIGINT),
-	// SIGTERM or SIGHUP, by the reader of stdout going away (EPIPE), or by
-	// --on-worker-death abort.
+	// SIGTERM or SIGHUP, by the reader of stdout going away (EPIPE), by
+	// --on-worker-death abort, or by workers that can no longer start
+	// after tasks were done.
 	exitAborted = 3
 )
 

@@ -596,9 +596,9 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 
 	status := exitOK
 	stdoutClosed := errors.Is(o.err, syscall.EPIPE)
-	var se *pool.StartError
+	se := cannotStart(poolErr, stats)
 	switch {
-	case errors.As(poolErr, &se):
+	case se != nil:
 		// Workers keep failing before they take any task: the command is
 		// wrong. When tasks ran all the same (their workers died of them,
 		// or held them unanswered), the summary says so task by task.
@@ -700,6 +700,22 @@ func (j *job) openOutputs(stdout io.Writer) (*joblog, *jsonOutput, *jobJournal, 
 		return nil, nil, nil, err
 	}
 	return jl, jsonOut, jj, nil
+}
+
+// cannotStart returns the *pool.StartError the pool aborted with when its
+// command never worked in this run (no task done), and nil otherwise. That
+// run exits 2 (the command cannot start), even when its workers died of the
+// tasks they took or held them unanswered. A pool whose command has worked
+// also gives up on workers that keep failing at start-up, but only after a
+// minute of failures in a row (Config.StartupFailures): tasks ran and their
+// output was written, so that run was stopped before the end, and exits 3.
+// "Worked" is the pool's own test: it waits that minute once a task is done.
+func cannotStart(poolErr error, stats pool.Stats) *pool.StartError {
+	var se *pool.StartError
+	if stats.Done > 0 || !errors.As(poolErr, &se) {
+		return nil
+	}
+	return se
 }
 
 // abortReason says why the pool aborted, for the summary.
