@@ -43,11 +43,8 @@ type jobJournal struct {
 	// atEnd reports whether the writer learns of a task's end from the
 	// pool's event, as it ends: map with its lines' outputs, which the
 	// journal keeps and --resume replays. Else it learns of it once the
-	// task's output is flushed out of the supervisor (written, flushed).
+	// task's output is flushed out of the supervisor (ended).
 	atEnd bool
-	// unflushed holds the results written to the output since it was last
-	// flushed; only the results loop uses it.
-	unflushed []*pool.Result
 }
 
 // openJournal opens the journal file before anything runs, so that a path
@@ -107,40 +104,24 @@ func (jj *jobJournal) describe(p *pool.Pool) {
 }
 
 // observe gives the writer an event of the pool; the ends of tasks only
-// with atEnd, else written and flushed give them.
+// with atEnd, else ended gives them.
 func (jj *jobJournal) observe(ev pool.Event) {
 	if jj != nil && (ev.Kind != pool.EventTaskEnded || jj.atEnd) {
 		jj.w.Observe(ev)
 	}
 }
 
-// written notes a result whose output has been written to the output's
-// buffer. Without atEnd, the journal learns that its task ended only once
-// that output is out of the supervisor (flushed): a task the journal has
+// ended gives the writer the end of r's task, whose output was written
+// out of the supervisor at at (outputLedger.flushed). Without atEnd, that
+// is when the journal learns that the task ended: a task the journal has
 // as done never loses its output to a SIGKILL, and is never run again by
 // --resume. With atEnd, the journal keeps the output itself, and learnt
 // of the task as it ended: a line done behind one that still runs, which
 // map -k holds to write in order, is not lost to a kill.
-func (jj *jobJournal) written(r *pool.Result) {
+func (jj *jobJournal) ended(r *pool.Result, at time.Time) {
 	if jj != nil && !jj.atEnd {
-		jj.unflushed = append(jj.unflushed, r)
+		jj.w.Observe(pool.Event{Kind: pool.EventTaskEnded, Time: at, TaskID: r.ID, Result: r})
 	}
-}
-
-// flushed gives the writer the ends of the tasks written since the last
-// flush, when it succeeded.
-func (jj *jobJournal) flushed(ok bool) {
-	if jj == nil {
-		return
-	}
-	now := time.Now()
-	for i, r := range jj.unflushed {
-		if ok {
-			jj.w.Observe(pool.Event{Kind: pool.EventTaskEnded, Time: now, TaskID: r.ID, Result: r})
-		}
-		jj.unflushed[i] = nil
-	}
-	jj.unflushed = jj.unflushed[:0]
 }
 
 // key returns the key of an input, or the zero Key without a journal.

@@ -57,6 +57,14 @@ func (m *jobMetrics) observe(ev pool.Event) {
 	}
 }
 
+// unwritten moves n tasks from done to unwritten: their output was not
+// written (outputLedger).
+func (m *jobMetrics) unwritten(n int) {
+	if m != nil {
+		m.c.AddUnwritten(n)
+	}
+}
+
 func (m *jobMetrics) attach(p *pool.Pool) {
 	if m != nil {
 		m.c.Attach(p)

@@ -285,6 +285,7 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 	}()
 
 	o := &output{out: bufio.NewWriterSize(e.stdout, 64<<10), errw: stderr}
+	led := &outputLedger{}
 	var counts pool.Stats
 	var total uint64
 	totalKnown := false
@@ -367,6 +368,9 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 		sum.add(&r)
 		if o.err == nil {
 			j.emit(o, &r)
+			led.written(&r, false)
+		} else {
+			led.lost(&r)
 		}
 		if r.State != pool.Done && spec.OnWorkerDeath == pool.Abort && abortReason == "" {
 			abortReason = quoteMessage(fmt.Sprintf("%v (--on-worker-death abort)", r.Err()))
@@ -398,6 +402,7 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 			}
 		}
 		o.flush()
+		led.flushed(o.err == nil)
 	}
 
 loop:
@@ -474,6 +479,7 @@ loop:
 	<-feedDone
 	stopReading(j.src, readDone)
 	o.flush()
+	led.flushed(o.err == nil)
 	// A run stopped on purpose (Ctrl-C, SIGTERM, or the abort policy) is
 	// aborted: its queued tasks removed, its running ones stopped by the
 	// agents. One whose terminal hung up goes on, to be collected with
@@ -506,6 +512,7 @@ loop:
 		}
 	}
 	o.flush()
+	led.flushed(o.err == nil)
 	if !totalKnown {
 		// Interrupted or aborted: what the feeder has read by now.
 		total = read
@@ -524,7 +531,7 @@ loop:
 	sum.wall = time.Since(sum.StartTime)
 	counts.Submitted = int(total)
 	counts.Cancelled += int(total) - counts.Done - counts.Failed - counts.Poison - counts.Cancelled
-	sum.setTasks(counts)
+	sum.setTasks(counts, led)
 	sum.Attempts = counts.Attempts
 	sum.WorkerDeaths = counts.WorkerDeaths
 

@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
 	"strings"
 	"syscall"
 
 	"github.com/spf13/pflag"
 
+	"github.com/safepool/safepool/internal/journal"
 	"github.com/safepool/safepool/pool"
 )
 
@@ -177,7 +180,7 @@ func runRun(ctx context.Context, e *env, args []string) error {
 	}
 
 	if a.dryRun {
-		return dryRun(ctx, e, tmpl, src)
+		return dryRun(ctx, e, tmpl, src, a.common.journal, a.cmd)
 	}
 	j := &job{
 		mode: "run",
@@ -227,8 +230,16 @@ func runRun(ctx context.Context, e *env, args []string) error {
 // dryRun prints the command of each input, one per line, quoted so that
 // sh would run the same argument vector. Ctrl-C, SIGTERM or SIGHUP (ctx)
 // stops it with exit 3, as it stops a run, also while it waits for an
-// input that does not come.
-func dryRun(ctx context.Context, e *env, tmpl *cmdTemplate, src source) error {
+// input that does not come. With --resume or --resume-failed (jf), it
+// leaves out the inputs that run would skip, as the journal of keyCommand
+// has them (dryResumer), and says on stderr how many.
+func dryRun(ctx context.Context, e *env, tmpl *cmdTemplate, src source, jf journalFlags, keyCommand []string) error {
+	rs, closeJournal, err := dryResumer(jf, keyCommand)
+	if err != nil {
+		return &statusError{status: exitUsage, err: err}
+	}
+	defer closeJournal()
+	skipped := 0
 	type item struct {
 		in  []byte
 		err error
@@ -265,13 +276,31 @@ func dryRun(ctx context.Context, e *env, tmpl *cmdTemplate, src source) error {
 			return &statusError{status: exitAborted, err: err}
 		}
 		if errors.Is(it.err, io.EOF) {
+			if skipped > 0 {
+				them := "them"
+				if skipped == 1 {
+					them = "it"
+				}
+				fmt.Fprintf(e.stderr, "safepool: dry run: %s left out, finished in an earlier run in the journal %s (a run with the same flags skips %s)\n",
+					plural(skipped, "input"), shellQuote(jf.path), them)
+			}
 			return nil
 		}
 		if it.err != nil {
 			// As for a run: an input that cannot be read stops it (exit 3).
 			return &statusError{status: exitAborted, err: it.err}
 		}
-		seq++
+		seq++ // {#} counts the inputs skipped too, as in the run
+		if rs != nil {
+			_, done, err := rs.Lookup(journal.KeyOf(it.in))
+			if err != nil {
+				return &statusError{status: exitFailed, err: err}
+			}
+			if done {
+				skipped++
+				continue
+			}
+		}
 		args := tmpl.expand(it.in, seq)
 		line := args
 		if tmpl.shell {
@@ -291,6 +320,30 @@ func dryRun(ctx context.Context, e *env, tmpl *cmdTemplate, src source) error {
 			return &statusError{status: exitFailed, err: err}
 		}
 	}
+}
+
+// dryResumer returns what a run with jf would skip of the inputs, by the
+// journal of safepool run's command cmd, or nil when it would skip nothing:
+// no --resume or --resume-failed, or no journal yet (which a run would
+// create, and a dry run does not). The journal is only read: no run is
+// added to it and no lock taken.
+// close closes the journal once the dry run is over.
+func dryResumer(jf journalFlags, cmd []string) (rs *journal.Resumer, close func(), err error) {
+	if !jf.resuming() {
+		return nil, func() {}, nil
+	}
+	if _, err := os.Stat(jf.path); errors.Is(err, fs.ErrNotExist) {
+		return nil, func() {}, nil
+	}
+	j, err := journal.Open(jf.path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("cannot open the journal: %w", err)
+	}
+	if rs, err = j.Resumer("run", journal.CommandString(cmd), jf.resume); err != nil {
+		j.Close()
+		return nil, nil, err
+	}
+	return rs, func() { rs.Close(); j.Close() }, nil
 }
 
 // stdoutFrom appends what rd reads to the job's standard output.

@@ -418,6 +418,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		stdout = pausedWriter{prog, stdoutW}
 	}
 	o := &output{out: bufio.NewWriterSize(stdout, 64<<10), errw: pausedWriter{prog, jobStderr}}
+	led := &outputLedger{jj: jj, jm: jm}
 	results := p.Results()
 	aborted := false
 	// abortOnWriteError stops the pool at the first error writing output.
@@ -540,19 +541,18 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 			sum.add(&r)
 			j.seqs.forget(&r)
 			if o.err != nil {
+				led.lost(&r)
 				break
 			}
 			j.emit(o, &r)
-			if j.journaled == nil || j.journaled(&r) {
-				jj.written(&r)
-			}
+			led.written(&r, j.journaled == nil || j.journaled(&r))
 			switch {
 			case o.out.Buffered() == 0:
 				// All written out already, as a long output is, which
 				// the buffer passes on at once: the journal learns of
 				// it now, not at the next flush, which only buffered
 				// output starts.
-				jj.flushed(o.err == nil)
+				led.flushed(o.err == nil)
 			case flushC == nil:
 				flushT.Reset(outputLinger)
 				flushC = flushT.C
@@ -561,7 +561,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		case <-flushC:
 			flushC = nil
 			o.flush()
-			jj.flushed(o.err == nil)
+			led.flushed(o.err == nil)
 			abortOnWriteError()
 		}
 	}
@@ -572,7 +572,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	}
 	prog.finish()
 	o.flush()
-	jj.flushed(o.err == nil)
+	led.flushed(o.err == nil)
 	sum.wall = time.Since(sum.StartTime)
 
 	poolErr := p.Err()
@@ -584,7 +584,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	feedMu.Unlock()
 
 	stats := p.Stats()
-	sum.setTasks(stats)
+	sum.setTasks(stats, led)
 	sum.Tasks.Skipped = int(fb.skipped.Load())
 	sum.Tasks.SkippedFailed = int(fb.skippedFailed.Load())
 	sum.Attempts = stats.Attempts

@@ -71,6 +71,10 @@ type taskCounts struct {
 	Failed    int `json:"failed"`
 	Cancelled int `json:"cancelled"`
 	Poison    int `json:"poison"`
+	// Unwritten counts tasks that succeeded but whose output was not
+	// written out of safepool (outputLedger): not done, since the journal
+	// does not have them as done and --resume runs them again.
+	Unwritten int `json:"unwritten"`
 	// Skipped counts inputs not run because an earlier run of the journal
 	// finished them (--resume); they are not among Submitted.
 	// SkippedFailed counts those of them that had failed or were poison
@@ -122,9 +126,12 @@ type summary struct {
 }
 
 // setTasks takes the counts of tasks by terminal state from the pool,
-// which counts them once for every consumer.
-func (s *summary) setTasks(st pool.Stats) {
-	s.Tasks = taskCounts{Submitted: st.Submitted, Done: st.Done, Failed: st.Failed, Cancelled: st.Cancelled, Poison: st.Poison}
+// which counts them once for every consumer, and moves the tasks done
+// whose output led found not written from done to unwritten.
+func (s *summary) setTasks(st pool.Stats, led *outputLedger) {
+	unwritten := led.count()
+	s.Tasks = taskCounts{Submitted: st.Submitted, Done: st.Done - unwritten, Unwritten: unwritten,
+		Failed: st.Failed, Cancelled: st.Cancelled, Poison: st.Poison}
 }
 
 // add lists one result among the failed or recovered tasks, as it is. The
@@ -252,6 +259,9 @@ func (s *summary) writeText(w io.Writer, quiet bool) {
 	fmt.Fprintf(&b, "%d done, %d failed", s.Tasks.Done, s.Tasks.Failed)
 	if s.Tasks.Poison > 0 {
 		fmt.Fprintf(&b, ", %d poison", s.Tasks.Poison)
+	}
+	if s.Tasks.Unwritten > 0 {
+		fmt.Fprintf(&b, ", %d output not written", s.Tasks.Unwritten)
 	}
 	if s.Tasks.Cancelled > 0 {
 		fmt.Fprintf(&b, ", %d cancelled", s.Tasks.Cancelled)

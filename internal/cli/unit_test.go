@@ -928,7 +928,7 @@ func addResults(s *summary, rs ...*pool.Result) {
 			st.Poison++
 		}
 	}
-	s.setTasks(st)
+	s.setTasks(st, nil)
 }
 
 // TestShellValuesInQuotes runs shell command lines of safepool run whose

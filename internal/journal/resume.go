@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 )
 
 // Finished is what an earlier run left of a task: how it ended and, for a
@@ -83,17 +84,31 @@ const spansCached = 16
 // that failed or were poison in an earlier run count as finished (they are
 // skipped, as GNU parallel's --resume does); without it, only done ones.
 func (w *Writer) Resumer(failedToo bool) (*Resumer, error) {
-	db := w.j.db
+	return w.j.resumer(w.run.Kind, w.run.Command, w.runID, failedToo)
+}
+
+// Resumer returns a Resumer over the runs of kind and command that a run
+// started now with --resume would look at, for a dry run that shows what
+// it would run without starting one: it writes nothing. failedToo is as
+// for Writer.Resumer.
+func (j *Journal) Resumer(kind, command string, failedToo bool) (*Resumer, error) {
+	return j.resumer(kind, command, math.MaxInt64, failedToo)
+}
+
+// resumer returns a Resumer over the runs of kind and command before run
+// id before, from the last one that was not resumed.
+func (j *Journal) resumer(kind, command string, before int64, failedToo bool) (*Resumer, error) {
+	db := j.db
 	var base sql.NullInt64
 	err := db.QueryRow(`SELECT max(id) FROM run WHERE kind = ? AND command = ? AND resumed = 0 AND id < ?`,
-		w.run.Kind, w.run.Command, w.runID).Scan(&base)
+		kind, command, before).Scan(&base)
 	if err != nil {
-		return nil, fmt.Errorf("journal: reading %s: %w", w.j.path, err)
+		return nil, fmt.Errorf("journal: reading %s: %w", j.path, err)
 	}
-	r := &Resumer{db: db, path: w.j.path, heads: make(map[Key]*[2]int32), causes: make(map[int32]string),
-		spans: make(map[int64]*list.Element), spanOrder: list.New(), data: &spanReader{path: SpanFile(w.j.path)}}
+	r := &Resumer{db: db, path: j.path, heads: make(map[Key]*[2]int32), causes: make(map[int32]string),
+		spans: make(map[int64]*list.Element), spanOrder: list.New(), data: &spanReader{path: SpanFile(j.path)}}
 	runs := `SELECT id FROM run WHERE kind = ?1 AND command = ?2 AND id >= ?3 AND id < ?4`
-	args := []any{w.run.Kind, w.run.Command, base.Int64, w.runID}
+	args := []any{kind, command, base.Int64, before}
 	if err := r.loadSpans(runs, args); err != nil {
 		r.data.close()
 		return nil, err
@@ -110,12 +125,12 @@ func (w *Writer) Resumer(failedToo bool) (*Resumer, error) {
 	}
 	if r.getSpan, err = db.Prepare(`SELECT run_id, first, count, data_at, data_size, data_crc FROM span WHERE rowid = ?`); err != nil {
 		r.data.close()
-		return nil, fmt.Errorf("journal: reading %s: %w", w.j.path, err)
+		return nil, fmt.Errorf("journal: reading %s: %w", j.path, err)
 	}
 	if r.getTask, err = db.Prepare(`SELECT output FROM task WHERE run_id = ? AND id = ?`); err != nil {
 		r.getSpan.Close()
 		r.data.close()
-		return nil, fmt.Errorf("journal: reading %s: %w", w.j.path, err)
+		return nil, fmt.Errorf("journal: reading %s: %w", j.path, err)
 	}
 	return r, nil
 }

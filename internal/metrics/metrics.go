@@ -6,7 +6,8 @@
 //
 // The metrics, all named safepool_*:
 //
-//	tasks{state}                     gauge: tasks queued, running, settling, done, failed, cancelled, poison (pool.Stats);
+//	tasks{state}                     gauge: tasks queued, running, settling, done, unwritten, failed, cancelled, poison
+//	                                 (pool.Stats, with AddUnwritten's tasks moved from done to unwritten);
 //	                                 each line of a block of lines counts in each state, and the states add up to tasks_submitted_total
 //	tasks_submitted_total            counter: tasks accepted by Submit
 //	attempts_total{cause}            counter: attempts that ended, by cause ("success" when none)
@@ -55,6 +56,10 @@ type Collector struct {
 	reg *prometheus.Registry
 
 	pool atomic.Pointer[pool.Pool] // nil until Attach
+
+	// unwritten counts the tasks the pool has done whose output the
+	// consumer of the results could not write out (AddUnwritten).
+	unwritten atomic.Int64
 
 	attempts *prometheus.CounterVec // by cause
 	failures *prometheus.CounterVec // by state and cause
@@ -127,6 +132,14 @@ func tasks(r *pool.Result) int {
 	return n
 }
 
+// AddUnwritten says that n more of the tasks the pool counts done are not
+// done after all: their output was not written out (a full disk, a reader
+// gone). They are served as state "unwritten", not "done". Call it only
+// for tasks whose end the pool has delivered.
+func (c *Collector) AddUnwritten(n int) {
+	c.unwritten.Add(int64(n))
+}
+
 // Attach makes the Collector read p's counts and memory, and starts
 // sampling admission. Call it once, with the pool whose Observer is
 // Observe.
@@ -193,7 +206,7 @@ func waitsForMemory(st pool.Stats, workers int) bool {
 type poolCollector Collector
 
 var (
-	tasksDesc       = prometheus.NewDesc("safepool_tasks", "Tasks by state: queued (including retries in backoff), running (including attempts that ended and are being settled), or the terminal state.", []string{"state"}, nil)
+	tasksDesc       = prometheus.NewDesc("safepool_tasks", "Tasks by state: queued (including retries in backoff), running (including attempts that ended and are being settled), the terminal state, or unwritten (succeeded, but the output was not written out).", []string{"state"}, nil)
 	submittedDesc   = prometheus.NewDesc("safepool_tasks_submitted_total", "Tasks accepted by the pool.", nil, nil)
 	preemptedDesc   = prometheus.NewDesc("safepool_preemptions_total", "Attempts the memory governor stopped to save memory.", nil, nil)
 	workersDesc     = prometheus.NewDesc("safepool_workers", "Workers the pool runs at once (-j).", nil, nil)
@@ -221,6 +234,9 @@ func (pc *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	if p == nil {
 		return
 	}
+	// Read before Stats: a task is unwritten only after the pool has
+	// counted it done, so that done never goes below zero.
+	unwritten := int(c.unwritten.Load())
 	st := p.Stats()
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
@@ -235,8 +251,8 @@ func (pc *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		// A task whose one-shot job ended and that the pool has yet to
 		// settle is in none of the others for that instant: settling,
 		// so that one-shot tasks running are at most the workers.
-		{"queued", st.Queued}, {"running", st.Running}, {"settling", st.Settling}, {"done", st.Done},
-		{"failed", st.Failed}, {"cancelled", st.Cancelled}, {"poison", st.Poison},
+		{"queued", st.Queued}, {"running", st.Running}, {"settling", st.Settling}, {"done", st.Done - unwritten},
+		{"unwritten", unwritten}, {"failed", st.Failed}, {"cancelled", st.Cancelled}, {"poison", st.Poison},
 	} {
 		gauge(tasksDesc, float64(s.n), s.state)
 	}

@@ -489,3 +489,57 @@ func tasksOf(m map[string]float64) string {
 	}
 	return b.String()
 }
+
+// TestUnwrittenNotDone: the tasks whose output the CLI could not write out
+// (AddUnwritten) are served as state "unwritten", not "done", and the
+// states still add up to the tasks submitted, as in --json.
+func TestUnwrittenNotDone(t *testing.T) {
+	c := metrics.New()
+	srv, err := metrics.Listen("127.0.0.1:0", c.Handler())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	defer c.Close()
+	p, err := pool.New(pool.Config{
+		Command:  []string{os.Args[0], "-test.run=^$"},
+		Env:      append(os.Environ(), workerEnv+"=1"),
+		Protocol: pool.Line,
+		Workers:  2,
+		Observer: c.Observe,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Attach(p)
+	const tasks, unwritten = 6, 2
+	go func() {
+		defer p.Close()
+		for range tasks {
+			if _, err := p.Submit(context.Background(), pool.Task{Input: []byte("work:1:0")}); err != nil {
+				return
+			}
+		}
+	}()
+	for range p.Results() {
+	}
+	if err := p.Err(); err != nil {
+		t.Fatalf("pool: %v", err)
+	}
+	c.AddUnwritten(unwritten)
+	m := scrape(t, srv.URL())
+	for state, want := range map[string]float64{"done": tasks - unwritten, "unwritten": unwritten} {
+		if got := m[`safepool_tasks{state="`+state+`"}`]; got != want {
+			t.Errorf(`safepool_tasks{state=%q} = %v, want %v`, state, got, want)
+		}
+	}
+	sum := 0.0
+	for k, v := range m {
+		if strings.HasPrefix(k, "safepool_tasks{") {
+			sum += v
+		}
+	}
+	if sub := m["safepool_tasks_submitted_total"]; sum != sub {
+		t.Errorf("the states of safepool_tasks add up to %v, want safepool_tasks_submitted_total, %v", sum, sub)
+	}
+}
