@@ -345,7 +345,10 @@ func TestSessionTimeoutGrace(t *testing.T) {
 // past it then is killed at once, and its death is memory-limit.
 func TestSessionTimeoutGraceOverLimit(t *testing.T) {
 	cfg := helperConfig("oneshot", IONone, "--", "termgrow")
-	cfg.Timeout, cfg.TimeoutGrace, cfg.MemLimit = 200*time.Millisecond, 30*time.Second, 32<<20
+	// The timeout leaves the worker time to set its SIGTERM handler: a
+	// race build on a loaded machine had not in 200 ms, and died of the
+	// SIGTERM itself.
+	cfg.Timeout, cfg.TimeoutGrace, cfg.MemLimit = 3*time.Second, 30*time.Second, 32<<20
 	s, err := StartSession(cfg, &host{})
 	if err != nil {
 		t.Fatal(err)
