@@ -184,6 +184,15 @@ func (s *Session) exitOutcome(exit Exit, cause Cause, f *Flight) Outcome {
 		if p, err := g.Peak(); err == nil && p > 0 {
 			o.PeakRSS = max(p, f.peak)
 		}
+		if f.started && s.peakRead && end.Sub(s.peakAt) < peakEvery {
+			// As peakFor charges an attempt that ends within peakEvery
+			// of the last reading: that reading may have been taken, and
+			// the peak started anew, as the worker was dying, its memory
+			// already freed (the answer before the death is often read
+			// after it), so that the group's peak since holds only what
+			// the dead worker left there.
+			o.PeakRSS = max(o.PeakRSS, s.peakLast)
+		}
 	} else if s.watch != nil && s.watch.Peak() > 0 {
 		o.PeakRSS = sampledPeak(max(s.watch.Peak(), f.peak), s.watch.Samples(), o.PeakRSS, s.watch.LastResident())
 	}

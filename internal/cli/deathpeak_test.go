@@ -1,0 +1,93 @@
+package cli
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/safepool/safepool/internal/memory"
+	"github.com/safepool/safepool/internal/testenv"
+)
+
+// killerWorker is a Python line worker that answers each line with itself
+// and SIGKILLs itself on every tenth (a line that is a multiple of 10).
+const killerWorker = `import os, signal, sys
+for line in sys.stdin:
+    if int(line) % 10 == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    print(line.strip(), flush=True)
+`
+
+// TestMapDeathPeakAfterAnswer: a map worker with a cgroup of its own that
+// answers lines and dies of the next one at once is charged, for that
+// death, at least what it held while it ran. The supervisor often reads the
+// answers before a death after it: its reading of the slot cgroup's peak
+// then started the peak anew from what the dead worker had left there, a
+// few hundred KiB, and the death, with the lines answered in its block,
+// was charged that: 7 to 20 of these 100 deaths.
+func TestMapDeathPeakAfterAnswer(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		testenv.SkipOrFail(t, "python3 is not installed")
+		return
+	}
+	m, err := memory.NewManager()
+	if err != nil {
+		testenv.SkipOrFail(t, "memory cgroups: "+err.Error())
+		return
+	}
+	mode, reason := m.Mode(), m.Reason()
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !mode.PerWorker() {
+		testenv.SkipOrFail(t, "memory cgroups: "+reason)
+		return
+	}
+	dir := t.TempDir()
+	worker := filepath.Join(dir, "w.py")
+	if err := os.WriteFile(worker, []byte(killerWorker), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	joblog := filepath.Join(dir, "jobs.tsv")
+	var in strings.Builder
+	for i := 1; i <= 1000; i++ {
+		in.WriteString(strconv.Itoa(i) + "\n")
+	}
+	var out, stderr syncBuffer
+	code := Run(context.Background(), []string{"map", "-j", "3", "--no-progress", "--joblog", joblog,
+		"--worker", py + " -u " + worker}, strings.NewReader(in.String()), &out, &stderr)
+	if code != exitFailed {
+		t.Fatalf("Run = %d, want %d (tasks failed); stderr:\n%s", code, exitFailed, stderr.String())
+	}
+	b, err := os.ReadFile(joblog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deaths, small := 0, 0
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n")[1:] {
+		f := strings.Split(line, "\t")
+		// task_id input attempt worker_pid start runtime exit_status signal cause peak_rss_bytes
+		if len(f) < 10 || f[8] == "-" {
+			continue
+		}
+		deaths++
+		// A Python interpreter holds 3 MiB and more of its own.
+		if peak, _ := strconv.ParseInt(f[9], 10, 64); peak < 2<<20 {
+			small++
+			if small <= 3 {
+				t.Errorf("task %s: its worker died with a peak of %d bytes, want at least the 2 MiB a Python interpreter holds", f[0], peak)
+			}
+		}
+	}
+	if deaths != 100 {
+		t.Errorf("%d deaths in the job log, want 100 (one a tenth line)", deaths)
+	}
+	if small > 0 {
+		t.Errorf("%d of %d deaths charged under 2 MiB", small, deaths)
+	}
+}
