@@ -170,7 +170,8 @@ func (s *Session) stopTimers() {
 
 // exitOutcome is the outcome of flight f, ended as the process exited, of
 // cause (empty: a one-shot process that succeeded). Its peak is the most of
-// what the group or watch read and f's peak, a reading taken while it ran.
+// what the group or watch read and f's peak, a reading taken while it ran,
+// and, in a group, the last reading when it is recent (see peakFor).
 func (s *Session) exitOutcome(exit Exit, cause Cause, f *Flight) Outcome {
 	end := exit.Time
 	if end.Before(f.start) {
