@@ -367,7 +367,8 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	}()
 
 	// On the first interrupt the pool stops gracefully; on a second one
-	// it kills the workers at once.
+	// it kills the workers at once. The first one again within relayWindow
+	// is not a second one (see relayed).
 	var interrupted atomic.Bool
 	resultsDone := make(chan struct{})
 	interruptDone := make(chan struct{})
@@ -401,12 +402,20 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		case <-time.After(stallMoment):
 		}
 		p.Abort(errInterrupted)
-		select {
-		case <-sig:
-			guard.giveUp()
-			prog.pause(func() { fmt.Fprintln(stderr, "safepool: killing workers") })
-			p.Abort(errInterrupted)
-		case <-resultsDone:
+	second:
+		for {
+			select {
+			case s := <-sig:
+				if relayed(ctx, s, time.Now()) {
+					continue // the first one again, passed on by timeout(1)
+				}
+				guard.giveUp()
+				prog.pause(func() { fmt.Fprintln(stderr, "safepool: killing workers") })
+				p.Abort(errInterrupted)
+				break second
+			case <-resultsDone:
+				break second
+			}
 		}
 		<-said // the message before the summary
 	})
