@@ -190,7 +190,8 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		viaShell:  j.viaShell,
 	}
 	c := newCounters()
-	c.total.Store(j.src.total())
+	srcTotal := j.src.total()
+	c.total.Store(srcTotal)
 	j.seqs = &taskSeqs{m: map[uint64]uint64{}}
 	sum.seqs = j.seqs
 
@@ -291,6 +292,9 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	// which is the backpressure that keeps memory flat.
 	var feedErr error
 	var feedMu sync.Mutex // guards feedErr
+	// inputEnded says that the feeder read the input to its end: a run
+	// stopped before says how much of it was not run.
+	var inputEnded atomic.Bool
 	feedDone := make(chan struct{})
 	// replayCh carries the outputs of map tasks an earlier run did, from
 	// the feeder to the results loop, which writes them in their place.
@@ -316,7 +320,9 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		defer p.Close()
 		defer close(replayCh)
 		if j.blocks != nil {
-			c.total.Store(int64(j.feedBlocks(ctx, p, jl, jj, fb)))
+			n, ended := j.feedBlocks(ctx, p, jl, jj, fb)
+			c.total.Store(int64(n))
+			inputEnded.Store(ended)
 			return
 		}
 		// seq numbers inputs (the {#} of run, the journal's task ids);
@@ -326,6 +332,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 			in, err := j.src.next()
 			if err == io.EOF {
 				c.total.Store(int64(id))
+				inputEnded.Store(true)
 				return
 			}
 			if err != nil {
@@ -648,6 +655,14 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	case stats.OutOfStep > 0:
 		// Every task is done, but some answers may belong to other lines.
 		status = exitFailed
+	}
+	if sum.Aborted && readErr == nil && !inputEnded.Load() {
+		// Inputs never read are no task of the run, and the counts
+		// above leave them out.
+		sum.notRead = -1
+		if srcTotal >= 0 { // the ::: arguments, counted
+			sum.notRead = max(srcTotal-int64(sum.Tasks.Submitted+sum.Tasks.Skipped), 0)
+		}
 	}
 	if stats.OutOfStep > 0 && se == nil {
 		fmt.Fprintf(stderr, "safepool: %s out of step: answers given before may belong to other lines\n",
