@@ -3,7 +3,9 @@ package cli
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -48,7 +50,8 @@ func TestStopSaysWhatWasNotRead(t *testing.T) {
 	}
 	defer devNull.Close()
 
-	args := []string{"run", "--no-progress", "-j", "1", "--grace", "0s", "sleep", ":::"}
+	jsonPath := filepath.Join(t.TempDir(), "sum.json")
+	args := []string{"run", "--no-progress", "-j", "1", "--grace", "0s", "--json", jsonPath, "sleep", ":::"}
 	for range 100 {
 		args = append(args, "10")
 	}
@@ -60,6 +63,13 @@ func TestStopSaysWhatWasNotRead(t *testing.T) {
 	read, _ := strconv.Atoi(m[1])
 	if want := "; " + strconv.Itoa(100-read) + " more inputs not run"; m[2] != want {
 		t.Errorf("run ::: (100 arguments), %d tasks read: the summary ends %q, want %q; stderr:\n%s", read, m[2], want, stderr)
+	}
+	var js struct {
+		NotRead *int `json:"inputs_not_read"`
+	}
+	if b, err := os.ReadFile(jsonPath); err != nil || json.Unmarshal(b, &js) != nil || js.NotRead == nil || *js.NotRead != 100-read {
+		b, _ := os.ReadFile(jsonPath)
+		t.Errorf("run ::: (100 arguments), %d tasks read: the JSON summary's inputs_not_read is not %d: %s", read, 100-read, b)
 	}
 
 	for _, tc := range []struct {

@@ -659,9 +659,9 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	if sum.Aborted && readErr == nil && !inputEnded.Load() {
 		// Inputs never read are no task of the run, and the counts
 		// above leave them out.
-		sum.notRead = -1
+		sum.NotRead = -1
 		if srcTotal >= 0 { // the ::: arguments, counted
-			sum.notRead = max(srcTotal-int64(sum.Tasks.Submitted+sum.Tasks.Skipped), 0)
+			sum.NotRead = max(srcTotal-int64(sum.Tasks.Submitted+sum.Tasks.Skipped), 0)
 		}
 	}
 	if stats.OutOfStep > 0 && se == nil {

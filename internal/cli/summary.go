@@ -109,6 +109,10 @@ type summary struct {
 	// what it planned with at the end, or nil when it was off.
 	Preempted int            `json:"preempted"`
 	Memory    *memorySummary `json:"memory,omitempty"`
+	// NotRead is, for a run stopped before the end of its input, the
+	// number of inputs it did not read (the ::: arguments), or -1 when
+	// that number is unknown (lines still to come); 0 otherwise.
+	NotRead int64 `json:"inputs_not_read,omitempty"`
 
 	wall time.Duration
 	// messages reports whether to show attempt messages in the text
@@ -123,10 +127,6 @@ type summary struct {
 	// seqs numbers the tasks it lists by their inputs (nil: the pool's ids
 	// are the inputs' numbers).
 	seqs *taskSeqs
-	// notRead is, for a run stopped before the end of its input, the
-	// number of inputs it did not read (the ::: arguments), or -1 when
-	// that number is unknown (lines still to come); 0 otherwise.
-	notRead int64
 }
 
 // setTasks takes the counts of tasks by terminal state from the pool,
@@ -246,11 +246,11 @@ func (s *summary) skippedNote() string {
 // "; the rest of the input not read".
 func (s *summary) notReadNote() string {
 	switch {
-	case s.notRead == 1:
+	case s.NotRead == 1:
 		return "; 1 more input not run"
-	case s.notRead > 1:
-		return fmt.Sprintf("; %d more inputs not run", s.notRead)
-	case s.notRead < 0:
+	case s.NotRead > 1:
+		return fmt.Sprintf("; %d more inputs not run", s.NotRead)
+	case s.NotRead < 0:
 		return "; the rest of the input not read"
 	}
 	return ""
