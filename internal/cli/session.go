@@ -271,7 +271,11 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	c.pool.Store(p)
 	jm.attach(p)
 	jj.describe(p)
-	defer followTerminalStops(p)()
+	var paused atomic.Bool
+	defer followTerminalStops(p, &paused)()
+	defer watchTerminalReads(&paused, func(n string) {
+		prog.pause(func() { fmt.Fprintf(stderr, "safepool: %s\n", n) })
+	})()
 
 	// Without a cgroup per worker, when memory flags were given, say once
 	// how memory is watched instead, and what the memory governor plans

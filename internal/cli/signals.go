@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -124,8 +125,9 @@ func signalName(s os.Signal) string {
 // of its own), so on SIGTSTP safepool pauses them (pool.Pool.Pause) and
 // stops itself; once continued (fg, bg), it lets them go on. As the kernel
 // does for SIGTSTP, it does not stop when its process group is orphaned:
-// no shell would continue it. It returns a function that stops following.
-func followTerminalStops(p *pool.Pool) (stop func()) {
+// no shell would continue it. paused is true from before the pause until
+// after the resume. It returns a function that stops following.
+func followTerminalStops(p *pool.Pool, paused *atomic.Bool) (stop func()) {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTSTP)
 	conts := make(chan os.Signal, 1)
@@ -140,6 +142,7 @@ func followTerminalStops(p *pool.Pool) (stop func()) {
 				if orphanedGroup() {
 					continue
 				}
+				paused.Store(true)
 				p.Pause()
 				select {
 				case <-conts: // an earlier one
@@ -156,6 +159,7 @@ func followTerminalStops(p *pool.Pool) (stop func()) {
 				case <-done:
 				}
 				p.Resume()
+				paused.Store(false)
 			case <-done:
 				return
 			}
