@@ -175,16 +175,16 @@ func lineEnd(b []byte, k int) int {
 
 // feedBlocks submits the input in blocks of lines until it ends, the pool
 // stops or reading fails (then fail is called). It returns the number of
-// lines submitted to the pool. With a journal, each line is keyed and, when
+// lines submitted to the pool, and whether the input was read to its end. With a journal, each line is keyed and, when
 // resuming, looked up: a line an earlier run finished is skipped (and its
 // output replayed for map), and the lines around it go in blocks of their
 // own, so that a replayed output keeps its place in --keep-order.
-func (j *job) feedBlocks(ctx context.Context, p *pool.Pool, jl *joblog, jj *jobJournal, fb *feedBack) uint64 {
+func (j *job) feedBlocks(ctx context.Context, p *pool.Pool, jl *joblog, jj *jobJournal, fb *feedBack) (uint64, bool) {
 	var id, seq uint64 // the pool's ids and the journal's, of the last line
 	for {
 		block, n, err := j.blocks.next(j.blocks.size())
 		if err == io.EOF {
-			return id
+			return id, true
 		}
 		var le *longInputError
 		if errors.As(err, &le) {
@@ -192,10 +192,10 @@ func (j *job) feedBlocks(ctx context.Context, p *pool.Pool, jl *joblog, jj *jobJ
 		}
 		if err != nil {
 			fb.stop(fmt.Errorf("reading input: %w", err))
-			return id
+			return id, false
 		}
 		if feedStopped(ctx, p) {
-			return id // a read that came back after the run stopped
+			return id, false // a read that came back after the run stopped
 		}
 		if jj == nil {
 			if jl != nil {
@@ -206,7 +206,7 @@ func (j *job) feedBlocks(ctx context.Context, p *pool.Pool, jl *joblog, jj *jobJ
 				}
 			}
 			if _, err := p.Submit(ctx, pool.Task{Input: block, Items: n}); err != nil {
-				return id // the pool is stopping; the results loop reports why
+				return id, false // the pool is stopping; the results loop reports why
 			}
 			id += uint64(n)
 			seq = id
@@ -223,7 +223,7 @@ func (j *job) feedBlocks(ctx context.Context, p *pool.Pool, jl *joblog, jj *jobJ
 			}
 			seq += uint64(n)
 			if !j.submitLines(ctx, p, jl, jj, &id, block, seqs, all) {
-				return id
+				return id, false
 			}
 			continue
 		}
@@ -237,7 +237,7 @@ func (j *job) feedBlocks(ctx context.Context, p *pool.Pool, jl *joblog, jj *jobJ
 			f, done, err := jj.finished(all[i])
 			if err != nil {
 				fb.fail(err)
-				return id
+				return id, false
 			}
 			if !done {
 				if seqs == nil {
@@ -249,17 +249,17 @@ func (j *job) feedBlocks(ctx context.Context, p *pool.Pool, jl *joblog, jj *jobJ
 				continue
 			}
 			if !j.submitLines(ctx, p, jl, jj, &id, block[start:off], seqs, keys) {
-				return id
+				return id, false
 			}
 			seqs, keys = nil, nil
 			start, off = next, next
 			if feedStopped(ctx, p) {
-				return id
+				return id, false
 			}
 			fb.skip(j.mode, jj, seq, all[i], line, f, id)
 		}
 		if !j.submitLines(ctx, p, jl, jj, &id, block[start:], seqs, keys) {
-			return id
+			return id, false
 		}
 	}
 }

@@ -317,7 +317,8 @@ func dryRun(ctx context.Context, e *env, tmpl *cmdTemplate, src source, jf journ
 				// The reader has gone (| head): stop, quietly.
 				return &statusError{status: exitAborted}
 			}
-			return &statusError{status: exitFailed, err: err}
+			// As for a run: stdout not writable (a full disk) stops it.
+			return &statusError{status: exitAborted, err: fmt.Errorf("writing output: %w", err)}
 		}
 	}
 }

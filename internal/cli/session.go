@@ -190,7 +190,8 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		viaShell:  j.viaShell,
 	}
 	c := newCounters()
-	c.total.Store(j.src.total())
+	srcTotal := j.src.total()
+	c.total.Store(srcTotal)
 	j.seqs = &taskSeqs{m: map[uint64]uint64{}}
 	sum.seqs = j.seqs
 
@@ -270,7 +271,11 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	c.pool.Store(p)
 	jm.attach(p)
 	jj.describe(p)
-	defer followTerminalStops(p)()
+	var paused atomic.Bool
+	defer followTerminalStops(p, &paused)()
+	defer watchTerminalReads(&paused, func(n string) {
+		prog.pause(func() { fmt.Fprintf(stderr, "safepool: %s\n", n) })
+	})()
 
 	// Without a cgroup per worker, when memory flags were given, say once
 	// how memory is watched instead, and what the memory governor plans
@@ -291,6 +296,9 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	// which is the backpressure that keeps memory flat.
 	var feedErr error
 	var feedMu sync.Mutex // guards feedErr
+	// inputEnded says that the feeder read the input to its end: a run
+	// stopped before says how much of it was not run.
+	var inputEnded atomic.Bool
 	feedDone := make(chan struct{})
 	// replayCh carries the outputs of map tasks an earlier run did, from
 	// the feeder to the results loop, which writes them in their place.
@@ -316,7 +324,9 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		defer p.Close()
 		defer close(replayCh)
 		if j.blocks != nil {
-			c.total.Store(int64(j.feedBlocks(ctx, p, jl, jj, fb)))
+			n, ended := j.feedBlocks(ctx, p, jl, jj, fb)
+			c.total.Store(int64(n))
+			inputEnded.Store(ended)
 			return
 		}
 		// seq numbers inputs (the {#} of run, the journal's task ids);
@@ -326,6 +336,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 			in, err := j.src.next()
 			if err == io.EOF {
 				c.total.Store(int64(id))
+				inputEnded.Store(true)
 				return
 			}
 			if err != nil {
@@ -367,7 +378,8 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	}()
 
 	// On the first interrupt the pool stops gracefully; on a second one
-	// it kills the workers at once.
+	// it kills the workers at once. The first one again within relayWindow
+	// is not a second one (see relayed).
 	var interrupted atomic.Bool
 	resultsDone := make(chan struct{})
 	interruptDone := make(chan struct{})
@@ -401,12 +413,20 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		case <-time.After(stallMoment):
 		}
 		p.Abort(errInterrupted)
-		select {
-		case <-sig:
-			guard.giveUp()
-			prog.pause(func() { fmt.Fprintln(stderr, "safepool: killing workers") })
-			p.Abort(errInterrupted)
-		case <-resultsDone:
+	second:
+		for {
+			select {
+			case s := <-sig:
+				if relayed(ctx, s, time.Now()) {
+					continue // the first one again, passed on by timeout(1)
+				}
+				guard.giveUp()
+				prog.pause(func() { fmt.Fprintln(stderr, "safepool: killing workers") })
+				p.Abort(errInterrupted)
+				break second
+			case <-resultsDone:
+				break second
+			}
 		}
 		<-said // the message before the summary
 	})
@@ -639,6 +659,14 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	case stats.OutOfStep > 0:
 		// Every task is done, but some answers may belong to other lines.
 		status = exitFailed
+	}
+	if sum.Aborted && readErr == nil && !inputEnded.Load() {
+		// Inputs never read are no task of the run, and the counts
+		// above leave them out.
+		sum.NotRead = -1
+		if srcTotal >= 0 { // the ::: arguments, counted
+			sum.NotRead = max(srcTotal-int64(sum.Tasks.Submitted+sum.Tasks.Skipped), 0)
+		}
 	}
 	if stats.OutOfStep > 0 && se == nil {
 		fmt.Fprintf(stderr, "safepool: %s out of step: answers given before may belong to other lines\n",

@@ -9,7 +9,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/safepool/safepool/pool"
 	"golang.org/x/sys/unix"
@@ -35,6 +37,8 @@ var stopSignals = sync.OnceValue(func() []os.Signal {
 type SignalError struct {
 	// Signal is the signal received.
 	Signal os.Signal
+	// at is when NotifyContext received it (zero otherwise).
+	at time.Time
 }
 
 func (e *SignalError) Error() string {
@@ -64,7 +68,7 @@ func NotifyContext(parent context.Context) (ctx context.Context, stop func()) {
 	go func() { // ends when stop is called
 		select {
 		case s := <-sigs:
-			cancel(&SignalError{Signal: s})
+			cancel(&SignalError{Signal: s, at: time.Now()})
 		case <-done:
 		}
 	}()
@@ -86,6 +90,27 @@ func interruptedBy(ctx context.Context) os.Signal {
 	return nil
 }
 
+// relayWindow is how soon after the signal that stopped a run the same
+// signal is taken for that one again, passed on by a program in between
+// rather than sent anew. timeout(1), unless --foreground, sends a signal it
+// gets to its whole process group, which safepool is in: a Ctrl-C reaches
+// safepool from the terminal and again from timeout a moment later (and
+// timeout's own SIGTERM reaches it twice, sent to it and to the group). A
+// person who presses Ctrl-C twice does so further apart, or presses again.
+const relayWindow = 250 * time.Millisecond
+
+// relayed reports whether s, received while a run stops, is the signal that
+// stopped it (the cause of ctx) received again within relayWindow: the same
+// signal passed on, which must not count as the second one that kills the
+// workers at once.
+func relayed(ctx context.Context, s os.Signal, now time.Time) bool {
+	var se *SignalError
+	if !errors.As(context.Cause(ctx), &se) || se.at.IsZero() {
+		return false
+	}
+	return se.Signal == s && now.Sub(se.at) < relayWindow
+}
+
 // signalName returns "SIGHUP" for syscall.SIGHUP.
 func signalName(s os.Signal) string {
 	if n, ok := s.(syscall.Signal); ok {
@@ -100,8 +125,9 @@ func signalName(s os.Signal) string {
 // of its own), so on SIGTSTP safepool pauses them (pool.Pool.Pause) and
 // stops itself; once continued (fg, bg), it lets them go on. As the kernel
 // does for SIGTSTP, it does not stop when its process group is orphaned:
-// no shell would continue it. It returns a function that stops following.
-func followTerminalStops(p *pool.Pool) (stop func()) {
+// no shell would continue it. paused is true from before the pause until
+// after the resume. It returns a function that stops following.
+func followTerminalStops(p *pool.Pool, paused *atomic.Bool) (stop func()) {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTSTP)
 	conts := make(chan os.Signal, 1)
@@ -116,6 +142,7 @@ func followTerminalStops(p *pool.Pool) (stop func()) {
 				if orphanedGroup() {
 					continue
 				}
+				paused.Store(true)
 				p.Pause()
 				select {
 				case <-conts: // an earlier one
@@ -132,6 +159,7 @@ func followTerminalStops(p *pool.Pool) (stop func()) {
 				case <-done:
 				}
 				p.Resume()
+				paused.Store(false)
 			case <-done:
 				return
 			}

@@ -109,6 +109,10 @@ type summary struct {
 	// what it planned with at the end, or nil when it was off.
 	Preempted int            `json:"preempted"`
 	Memory    *memorySummary `json:"memory,omitempty"`
+	// NotRead is, for a run stopped before the end of its input, the
+	// number of inputs it did not read (the ::: arguments), or -1 when
+	// that number is unknown (lines still to come); 0 otherwise.
+	NotRead int64 `json:"inputs_not_read,omitempty"`
 
 	wall time.Duration
 	// messages reports whether to show attempt messages in the text
@@ -237,6 +241,21 @@ func (s *summary) skippedNote() string {
 		s.Tasks.Skipped, s.Tasks.SkippedFailed)
 }
 
+// notReadNote says what a run stopped before the end of its input did not
+// read, which its counts of tasks leave out: "; 28 more inputs not run", or
+// "; the rest of the input not read".
+func (s *summary) notReadNote() string {
+	switch {
+	case s.NotRead == 1:
+		return "; 1 more input not run"
+	case s.NotRead > 1:
+		return fmt.Sprintf("; %d more inputs not run", s.NotRead)
+	case s.NotRead < 0:
+		return "; the rest of the input not read"
+	}
+	return ""
+}
+
 // writeText writes the summary for people. When all tasks succeeded it is
 // one line, or nothing when quiet is set or there were no tasks.
 func (s *summary) writeText(w io.Writer, quiet bool) {
@@ -266,7 +285,7 @@ func (s *summary) writeText(w io.Writer, quiet bool) {
 	if s.Tasks.Cancelled > 0 {
 		fmt.Fprintf(&b, ", %d cancelled", s.Tasks.Cancelled)
 	}
-	fmt.Fprintf(&b, " of %s in %s%s%s\n", plural(s.Tasks.Submitted, "task"), formatWall(s.wall), s.memoryNote(), s.skippedNote())
+	fmt.Fprintf(&b, " of %s in %s%s%s%s\n", plural(s.Tasks.Submitted, "task"), formatWall(s.wall), s.memoryNote(), s.skippedNote(), s.notReadNote())
 	if s.AbortReason != "" && !s.Interrupted {
 		fmt.Fprintf(&b, "safepool: aborted because %s\n", s.AbortReason)
 	}

@@ -643,6 +643,16 @@ func (p *Process) Signal(sig syscall.Signal) error {
 	return nil
 }
 
+// Terminate sends SIGTERM to the worker's process group, then SIGCONT, as
+// kill(1) does for a stopped job: a stopped process (one that read the
+// terminal from the background, or got SIGSTOP) takes SIGTERM only once it
+// goes on, and would otherwise wait for the SIGKILL after the grace, its
+// handler never run.
+func (p *Process) Terminate() {
+	_ = p.Signal(syscall.SIGTERM)
+	_ = p.Signal(syscall.SIGCONT)
+}
+
 // Kill sends SIGKILL to the worker's process group.
 func (p *Process) Kill() { _ = p.Signal(syscall.SIGKILL) }
 
@@ -655,7 +665,7 @@ func (p *Process) Stop(grace time.Duration) {
 		if p.Tasks != nil {
 			p.Tasks.Close()
 		}
-		_ = p.Signal(syscall.SIGTERM)
+		p.Terminate()
 		go func() {
 			t := time.NewTimer(grace)
 			defer t.Stop()

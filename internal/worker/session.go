@@ -817,7 +817,7 @@ func (s *Session) timeOut(f *Flight) {
 		return
 	}
 	s.killed, s.termAt = CauseTimeout, time.Now()
-	_ = s.proc.Signal(syscall.SIGTERM)
+	s.proc.Terminate()
 	if s.probe != nil {
 		s.probe.Stop()
 		s.probe = nil
