@@ -38,6 +38,7 @@ import io
 import json
 import os
 import pickle
+import sys
 import threading
 import time
 import weakref
@@ -105,8 +106,30 @@ class _Records:
 
 
 def _at_exit():
-    for core in list(_live_cores):
+    cores = list(_live_cores)
+    for core in cores:
         core.terminate(wait=1.0)  # not in a child that fork copied this process into: see terminate
+    if cores:
+        _keep_interrupt_exit()
+
+
+def _keep_interrupt_exit():
+    """Let a program that ends on an unhandled KeyboardInterrupt still end
+    by SIGINT, as the interpreter makes it, rather than with status 1.
+
+    CPython records the unhandled interrupt in a flag that every exec() or
+    eval() of source text clears and sets again only if that code raises
+    KeyboardInterrupt; the flag is read after the exit handlers. Terminating
+    a pool cancels its tasks, which imports the errors module in the reader
+    thread, and its NamedTuples are made with eval: a shell loop or make
+    then saw exit status 1 and went on after Ctrl-C. Running source text
+    that raises KeyboardInterrupt sets the flag again."""
+    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    if type(last) is KeyboardInterrupt and not hasattr(sys, "ps1") and not sys.flags.interactive:
+        try:
+            exec("raise KeyboardInterrupt")
+        except KeyboardInterrupt:
+            pass
 
 
 atexit.register(_at_exit)
