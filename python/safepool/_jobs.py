@@ -76,6 +76,13 @@ class _Job:
         """Called with the start and the end of count items that succeeded
         one after another."""
 
+    def fail_many(self, positions, excs) -> None:
+        """Settle the items at positions as failed, each with its exception
+        in excs."""
+        settle = self.settle
+        for pos, exc in zip(positions, excs):
+            settle(pos, False, exc)
+
     def sent(self, count: int, nbytes: int) -> None:
         """Called when a batch of count items is sent, with its size in
         bytes: its payload and its argument file."""
@@ -262,6 +269,19 @@ class _ListJob(_Job):
         progress = self._owner._progress
         if progress is not None:
             progress.update(1, 0 if ok else 1)
+        if done:
+            self._owner._finish()
+
+    def fail_many(self, positions, excs):
+        # One lock and one progress update for them all: terminate() fails
+        # every item of a map not yet run at once, a million of them maybe.
+        with self._lock:
+            self.failed.update(zip(positions, excs))
+            self._left -= len(excs)
+            done = self._left == 0
+        progress = self._owner._progress
+        if progress is not None:
+            progress.update(len(excs), len(excs))
         if done:
             self._owner._finish()
 

@@ -370,6 +370,37 @@ class TerminateWithBacklog(unittest.TestCase):
             r.get(timeout=30)
         self.assertTrue(r.ready())
 
+    def test_terminate_cancels_a_big_map_at_once(self):
+        # Ctrl-C in `with Pool(...) as pool: pool.map(f, big)` waited while
+        # every item not run was failed one by one: 7 s for a million
+        # items, and past about 1.3 million terminate() gave up waiting for
+        # the binary after 10 s and killed it. The items of a map are now
+        # failed together (a few calls, not one per item), each with its
+        # own TaskCancelled.
+        from safepool import _jobs
+        n = 200_000
+        pool = safepool.Pool(2)
+        r = pool.map_async(time.sleep, [0.0001] * n)
+        time.sleep(0.5)
+        calls = [0]
+        settle = _jobs._ListJob.settle
+
+        def counted(job, pos, ok, value):
+            calls[0] += 1
+            settle(job, pos, ok, value)
+        _jobs._ListJob.settle = counted
+        try:
+            pool.terminate()
+            with self.assertRaises(safepool.TaskCancelled):
+                r.get(timeout=60)
+        finally:
+            _jobs._ListJob.settle = settle
+        failed = r._job.failed
+        self.assertGreater(len(failed), n // 2)
+        self.assertTrue(all(isinstance(e, safepool.TaskCancelled) for e in failed.values()))
+        self.assertEqual({e.task_args for e in failed.values()}, {0.0001})
+        self.assertLess(calls[0], 1000, "items settled one by one")
+
 
 class LazyImap(unittest.TestCase):
     def test_100k_items_flat_memory(self):
