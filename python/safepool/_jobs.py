@@ -424,6 +424,7 @@ class IterResult:
         self._consumed = 0
         self._total = None
         self._input_error = None
+        self._abandoned = False  # guarded by _cond: abandon() was called
         if chunksize is None and core.max_tasks_per_child:
             # Batches of one, as multiprocessing's imap and
             # ProcessPoolExecutor.map by default: a worker takes a batch
@@ -530,6 +531,13 @@ class IterResult:
     def __iter__(self):
         return self
 
+    def abandon(self):
+        """Read no more of the input, as when the iterator is dropped: the
+        items submitted already run, and their results are kept here."""
+        with self._cond:
+            self._abandoned = True
+            self._cond.notify_all()
+
     def next(self, timeout: Optional[float] = None):
         """Return the next result, waiting at most timeout seconds (then
         raise multiprocessing.TimeoutError)."""
@@ -558,7 +566,15 @@ class IterResult:
             self._cond.notify_all()
         if not ok and self._errors != "return":
             if self._errors != KILLED_NONE or not _killed(value):
-                raise value
+                try:
+                    raise value
+                finally:
+                    # The exception's traceback holds this frame: without
+                    # this, the two would hold each other, and this
+                    # iterator, which a consumer that leaves its loop on
+                    # the exception drops, would live (and its input be
+                    # read on) until the garbage collector found them.
+                    value = None
             return None
         return value
 
@@ -589,6 +605,8 @@ def _feed_items(ref, core, cond, iterable):
             with cond:
                 while True:
                     self = ref()
+                    if self is not None and self._abandoned:
+                        self = None
                     if self is None or not core.accepting():
                         break
                     room = self._limit() - (self._fed - self._consumed)

@@ -188,17 +188,25 @@ class Executor(concurrent.futures.Executor):
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def results():
-            while True:
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                try:
-                    box = [it.next(remaining)]
-                except StopIteration:
-                    return
-                except mp_timeout:
-                    raise concurrent.futures.TimeoutError() from None
-                # Yielded from a list, so that this generator holds no
-                # reference to the result while the caller has it.
-                yield box.pop()
+            try:
+                while True:
+                    remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    try:
+                        box = [it.next(remaining)]
+                    except StopIteration:
+                        return
+                    except mp_timeout:
+                        raise concurrent.futures.TimeoutError() from None
+                    # Yielded from a list, so that this generator holds no
+                    # reference to the result while the caller has it.
+                    yield box.pop()
+            finally:
+                # Ended early (a task's exception, the timeout, or the
+                # consumer closing it): as ProcessPoolExecutor's map, which
+                # then cancels the futures not yet running, the rest of the
+                # input never runs, also not in shutdown(), which otherwise
+                # runs all of a map still held.
+                it.abandon()
 
         return results()
 
