@@ -541,6 +541,12 @@ class IterResult:
     def next(self, timeout: Optional[float] = None):
         """Return the next result, waiting at most timeout seconds (then
         raise multiprocessing.TimeoutError)."""
+        return self.step(timeout)
+
+    def step(self, timeout: Optional[float] = None, end: Any = None):
+        """As next(), but return end, if it is not None, at the end of the
+        results, rather than raise StopIteration: a caller can then tell
+        the end from a task that raised StopIteration."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
@@ -556,6 +562,8 @@ class IterResult:
                     if self._input_error is not None:
                         e, self._input_error = self._input_error, None
                         raise e
+                    if end is not None:
+                        return end
                     raise StopIteration
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:

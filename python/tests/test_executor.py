@@ -245,6 +245,18 @@ class ExecutorTest(unittest.TestCase):
         self.assertIsInstance(raised, concurrent.futures.TimeoutError)
         self.assertLess(len(ex.stats()), 100)
 
+    def test_map_task_raising_stop_iteration(self):
+        # As ProcessPoolExecutor's map (a generator, PEP 479): the task's
+        # StopIteration becomes a RuntimeError there. It used to end the
+        # results early, without an error: list() gave [0].
+        with safepool.Executor(2) as ex:
+            it = ex.map(helpers.stop_at, range(4))
+            self.assertEqual(next(it), 0)
+            with self.assertRaisesRegex(RuntimeError, "StopIteration") as cm:
+                next(it)
+            self.assertIsInstance(cm.exception.__cause__, StopIteration)
+            self.assertEqual(list(ex.map(helpers.stop_at, [0, 2, 3])), [0, 2, 3])
+
     def test_map_several_iterables(self):
         with safepool.Executor(2) as ex:
             self.assertEqual(list(ex.map(helpers.add, [1, 2, 3], [10, 20, 30])), [11, 22, 33])
