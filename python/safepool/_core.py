@@ -340,6 +340,9 @@ class _Core:
         self._read_all = False
         self._broken: BaseException | None = None  # why the pool cannot run tasks
         self._ended = threading.Event()  # the end frame or end of file arrived
+        # terminate() killed the binary, which had not ended within its
+        # wait: what it left is cancelled, not broken.
+        self._killed = False
         self._ready = threading.Event()
         self._ready_info: dict = {}
         self._end_info: dict = {}
@@ -909,7 +912,7 @@ class _Core:
 
     def _on_end(self):
         """The binary sent its end frame or exited: settle everything left."""
-        if not self._end_info and self._broken is None:
+        if not self._end_info and self._broken is None and not self._killed:
             code = self._proc.poll()
             if not self._ready.is_set():
                 # A binary older than this client (bridge/1) refuses its
@@ -941,8 +944,13 @@ class _Core:
             self._ended.set()
             self._cond.notify_all()
         self._ready.set()
+        by_job = {}  # each job's items failed at once (see _cancel)
         for job, pos, item in items:
-            self._cancel(job, (pos,), (item,), reason)
+            positions, args = by_job.setdefault(job, ([], []))
+            positions.append(pos)
+            args.append(item)
+        for job, (positions, args) in by_job.items():
+            self._cancel(job, positions, args, reason)
         for c in chunks:
             self._cancel(c.job, c.positions, c.items, reason)
         if self.on_broken is not None and isinstance(self._broken, _errors().BrokenPool):
@@ -1359,6 +1367,8 @@ class _Core:
             # The binary does not answer: kill it (its workers die with
             # it). Its pipe then breaks, which frees a writer blocked on it;
             # closing our end below would wait for that writer.
+            with self._lock:
+                self._killed = self._stopping
             self._proc.kill()
         # Closing our end makes the bridge kill whatever is left.
         self._release()

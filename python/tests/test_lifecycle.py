@@ -401,6 +401,24 @@ class TerminateWithBacklog(unittest.TestCase):
         self.assertEqual({e.task_args for e in failed.values()}, {0.0001})
         self.assertLess(calls[0], 1000, "items settled one by one")
 
+    def test_terminate_that_kills_the_binary_cancels(self):
+        # terminate() kills the binary when it has not ended within its
+        # wait (10 s; 1 s at the program's exit): as with a map of 4
+        # million items. Its tasks are cancelled by the caller, not lost
+        # to a binary that "exited unexpectedly (status -9)".
+        pool = safepool.Pool(2)
+        pool.apply(helpers.square, (2,))  # the binary is up
+        r = pool.map_async(time.sleep, [300] * 10, chunksize=1)
+        deadline = time.monotonic() + 30
+        while not pool._core._inflight and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the binary has some
+        pool._core.terminate(wait=0.0)
+        with self.assertRaises(safepool.TaskCancelled):
+            r.get(timeout=30)
+        pool.terminate()
+        with self.assertRaises(ValueError):
+            pool.map(helpers.square, [1])
+
 
 class LazyImap(unittest.TestCase):
     def test_100k_items_flat_memory(self):
