@@ -34,10 +34,12 @@ from __future__ import annotations
 import _signal
 import atexit
 import collections
+import gc
 import io
 import json
 import os
 import pickle
+import sys
 import threading
 import time
 import weakref
@@ -105,8 +107,30 @@ class _Records:
 
 
 def _at_exit():
-    for core in list(_live_cores):
+    cores = list(_live_cores)
+    for core in cores:
         core.terminate(wait=1.0)  # not in a child that fork copied this process into: see terminate
+    if cores:
+        _keep_interrupt_exit()
+
+
+def _keep_interrupt_exit():
+    """Let a program that ends on an unhandled KeyboardInterrupt still end
+    by SIGINT, as the interpreter makes it, rather than with status 1.
+
+    CPython records the unhandled interrupt in a flag that every exec() or
+    eval() of source text clears and sets again only if that code raises
+    KeyboardInterrupt; the flag is read after the exit handlers. Terminating
+    a pool cancels its tasks, which imports the errors module in the reader
+    thread, and its NamedTuples are made with eval: a shell loop or make
+    then saw exit status 1 and went on after Ctrl-C. Running source text
+    that raises KeyboardInterrupt sets the flag again."""
+    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    if type(last) is KeyboardInterrupt and not hasattr(sys, "ps1") and not sys.flags.interactive:
+        try:
+            exec("raise KeyboardInterrupt")
+        except KeyboardInterrupt:
+            pass
 
 
 atexit.register(_at_exit)
@@ -129,6 +153,22 @@ def _pool_clock(word):
     """A function that reads the pool clock whose word is word, in seconds."""
     monotonic_ns = time.monotonic_ns
     return lambda: clock_now(word, monotonic_ns)
+
+
+def _runs(entries):
+    """The entries of an items frame, each run of consecutive items without
+    output (the binary answers a cancelled batch item by item) made one
+    entry whose span is the run's length."""
+    out = []
+    for e in entries:
+        if out and not e[2]:
+            p = out[-1]
+            n = p[1] or 1
+            if not p[2] and e[0] == p[0] + n:
+                out[-1] = (p[0], n + (e[1] or 1), 0, p[3], p[4])
+                continue
+        out.append(e)
+    return out
 
 
 class _Chunk:
@@ -300,6 +340,9 @@ class _Core:
         self._read_all = False
         self._broken: BaseException | None = None  # why the pool cannot run tasks
         self._ended = threading.Event()  # the end frame or end of file arrived
+        # terminate() killed the binary, which had not ended within its
+        # wait: what it left is cancelled, not broken.
+        self._killed = False
         self._ready = threading.Event()
         self._ready_info: dict = {}
         self._end_info: dict = {}
@@ -869,7 +912,7 @@ class _Core:
 
     def _on_end(self):
         """The binary sent its end frame or exited: settle everything left."""
-        if not self._end_info and self._broken is None:
+        if not self._end_info and self._broken is None and not self._killed:
             code = self._proc.poll()
             if not self._ready.is_set():
                 # A binary older than this client (bridge/1) refuses its
@@ -901,8 +944,13 @@ class _Core:
             self._ended.set()
             self._cond.notify_all()
         self._ready.set()
+        by_job = {}  # each job's items failed at once (see _cancel)
         for job, pos, item in items:
-            self._cancel(job, (pos,), (item,), reason)
+            positions, args = by_job.setdefault(job, ([], []))
+            positions.append(pos)
+            args.append(item)
+        for job, (positions, args) in by_job.items():
+            self._cancel(job, positions, args, reason)
         for c in chunks:
             self._cancel(c.job, c.positions, c.items, reason)
         if self.on_broken is not None and isinstance(self._broken, _errors().BrokenPool):
@@ -919,6 +967,8 @@ class _Core:
         at += 4
         entries = list(ITEM_ENTRY.iter_unpack(payload[at:at + count * ITEM_ENTRY.size]))
         at += count * ITEM_ENTRY.size
+        if count > 1 and self._cancelled_unrun(meta):
+            entries = _runs(entries)
         if self._receiver is not None:
             # Values that workers sent straight to this process go first:
             # they were in their pipes before the binary heard of them (an
@@ -967,6 +1017,12 @@ class _Core:
             mark.dirty = True
         decode = _oob.decode
         final = len(entries) - 1
+        # Items that the stopping pool cancelled before they ran, all failed
+        # at once (see _cancel) rather than each through _on_result, which
+        # fails them the same way; an item with a death among its attempts
+        # goes there, to be recorded as killed.
+        cancelled = self._cancelled_unrun(meta)
+        gone = []  # the indexes of those items
         for j, ((index, span, size, start, end), (s, fresh)) in enumerate(zip(entries, taken)):
             out = view[at:at + size]
             at += size
@@ -1013,12 +1069,23 @@ class _Core:
                     self._settle(job, positions[k], False, exc)
                 continue
             ks = range(index, index + (span or 1)) if fresh is None else fresh
+            if cancelled:
+                gone.extend(ks)
+                continue
             for k in ks:
                 m = meta
                 if attempts and start:
                     last_run = dict(attempts[-1], start=start, end=end)
                     m = dict(meta, attempts=list(attempts[:-1]) + [last_run])
                 self._on_result(job, positions[k], items[k], m, out, release if k == ks[-1] else None)
+        if gone:
+            self._cancel(job, [positions[k] for k in gone], [items[k] for k in gone], None)
+
+    def _cancelled_unrun(self, meta: dict) -> bool:
+        """Report whether the items of an answer of meta are items that the
+        stopping pool cancelled, none of whose attempts ended in a death."""
+        return (self._stopping and meta.get("state") == "cancelled"
+                and all(a.get("cause") in _NOT_DEATHS for a in meta.get("attempts") or ()))
 
     def _settle_range(self, job, positions, index, span, values, fresh, start, end, last):
         """Settle the span items from index on, done at their first attempt
@@ -1159,20 +1226,40 @@ class _Core:
                 self._cond.notify_all()
 
     def _cancel(self, job, positions, items, reason: BaseException | None):
+        """Fail the items at positions (and of arguments items) of job as
+        cancelled, all at once: terminate() cancels every item of a map
+        that has not run, and settling them one by one took 7 s for a
+        million, while the program waited after its Ctrl-C."""
         errors = _errors()
         if reason is not None and isinstance(reason, errors.BrokenPool):
             # The pool broke (its workers cannot start, or the binary
             # exited): the tasks fail with why.
-            for pos in positions:
-                self._settle(job, pos, False, reason)
-            return
-        for pos, item in zip(positions, items):
-            exc = errors.TaskCancelled("the task was cancelled: the pool %s" %
-                                ("stopped" if reason is None else "broke: %s" % reason),
-                                cause="cancelled", task_args=item, function=job.fn, state="cancelled")
+            excs = [reason] * len(positions)
+        else:
+            text = "the task was cancelled: the pool %s" % ("stopped" if reason is None else "broke: %s" % reason)
+            cancelled, fn = errors.TaskCancelled, job.fn
+            # The collector, which the new exceptions would set off again
+            # and again, each time over all of them, is held off while
+            # they are made (a million took 2.6 s with it, 1 s without).
+            collecting = len(items) > 1000 and gc.isenabled()
+            if collecting:
+                gc.disable()
+            try:
+                excs = [cancelled(text, cause="cancelled", task_args=item, function=fn, state="cancelled")
+                        for item in items]
+            finally:
+                if collecting:
+                    gc.enable()
             if reason is not None:
-                exc.__cause__ = reason
-            self._settle(job, pos, False, exc)
+                for exc in excs:
+                    exc.__cause__ = reason
+        if not excs:
+            return
+        job.fail_many(positions, excs)
+        with self._lock:
+            self._outstanding -= len(excs)
+            if self._outstanding == 0:
+                self._cond.notify_all()
 
     # ---- lifecycle ---------------------------------------------------------
 
@@ -1280,6 +1367,8 @@ class _Core:
             # The binary does not answer: kill it (its workers die with
             # it). Its pipe then breaks, which frees a writer blocked on it;
             # closing our end below would wait for that writer.
+            with self._lock:
+                self._killed = self._stopping
             self._proc.kill()
         # Closing our end makes the bridge kill whatever is left.
         self._release()

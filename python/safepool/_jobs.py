@@ -76,6 +76,13 @@ class _Job:
         """Called with the start and the end of count items that succeeded
         one after another."""
 
+    def fail_many(self, positions, excs) -> None:
+        """Settle the items at positions as failed, each with its exception
+        in excs."""
+        settle = self.settle
+        for pos, exc in zip(positions, excs):
+            settle(pos, False, exc)
+
     def sent(self, count: int, nbytes: int) -> None:
         """Called when a batch of count items is sent, with its size in
         bytes: its payload and its argument file."""
@@ -265,6 +272,19 @@ class _ListJob(_Job):
         if done:
             self._owner._finish()
 
+    def fail_many(self, positions, excs):
+        # One lock and one progress update for them all: terminate() fails
+        # every item of a map not yet run at once, a million of them maybe.
+        with self._lock:
+            self.failed.update(zip(positions, excs))
+            self._left -= len(excs)
+            done = self._left == 0
+        progress = self._owner._progress
+        if progress is not None:
+            progress.update(len(excs), len(excs))
+        if done:
+            self._owner._finish()
+
     def settle_many(self, positions, values):
         """Settle the items at positions with values, a list that the job
         may keep."""
@@ -404,6 +424,7 @@ class IterResult:
         self._consumed = 0
         self._total = None
         self._input_error = None
+        self._abandoned = False  # guarded by _cond: abandon() was called
         if chunksize is None and core.max_tasks_per_child:
             # Batches of one, as multiprocessing's imap and
             # ProcessPoolExecutor.map by default: a worker takes a batch
@@ -510,9 +531,22 @@ class IterResult:
     def __iter__(self):
         return self
 
+    def abandon(self):
+        """Read no more of the input, as when the iterator is dropped: the
+        items submitted already run, and their results are kept here."""
+        with self._cond:
+            self._abandoned = True
+            self._cond.notify_all()
+
     def next(self, timeout: Optional[float] = None):
         """Return the next result, waiting at most timeout seconds (then
         raise multiprocessing.TimeoutError)."""
+        return self.step(timeout)
+
+    def step(self, timeout: Optional[float] = None, end: Any = None):
+        """As next(), but return end, if it is not None, at the end of the
+        results, rather than raise StopIteration: a caller can then tell
+        the end from a task that raised StopIteration."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
@@ -528,6 +562,8 @@ class IterResult:
                     if self._input_error is not None:
                         e, self._input_error = self._input_error, None
                         raise e
+                    if end is not None:
+                        return end
                     raise StopIteration
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -538,7 +574,15 @@ class IterResult:
             self._cond.notify_all()
         if not ok and self._errors != "return":
             if self._errors != KILLED_NONE or not _killed(value):
-                raise value
+                try:
+                    raise value
+                finally:
+                    # The exception's traceback holds this frame: without
+                    # this, the two would hold each other, and this
+                    # iterator, which a consumer that leaves its loop on
+                    # the exception drops, would live (and its input be
+                    # read on) until the garbage collector found them.
+                    value = None
             return None
         return value
 
@@ -569,6 +613,8 @@ def _feed_items(ref, core, cond, iterable):
             with cond:
                 while True:
                     self = ref()
+                    if self is not None and self._abandoned:
+                        self = None
                     if self is None or not core.accepting():
                         break
                     room = self._limit() - (self._fed - self._consumed)

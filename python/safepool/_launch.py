@@ -80,12 +80,13 @@ def check_options(processes, retries, on_worker_death, initializer):
     filled in, or raise ValueError or TypeError."""
     if processes is None:
         processes = os.cpu_count() or 1
-    if isinstance(processes, float):
-        # As multiprocessing: the binary would refuse it, with a message
-        # about its own configuration.
-        raise TypeError("processes must be an int, not float")
+    # Checked here, with the argument's name: the binary would refuse what
+    # is not an int (or not a number) with a message about its hello that
+    # blames a client of another version.
+    processes = _count(processes, "processes")
     if processes < 1:
         raise ValueError("processes must be at least 1")
+    retries = _count(retries, "retries")
     if on_worker_death is None:
         on_worker_death = "retry" if retries else "skip"
     if on_worker_death not in POLICIES:
@@ -95,6 +96,30 @@ def check_options(processes, retries, on_worker_death, initializer):
     if initializer is not None and not callable(initializer):
         raise TypeError("initializer must be a callable")
     return processes, (retries if on_worker_death == "retry" else 0), on_worker_death
+
+
+def _count(value, name: str) -> int:
+    """value as an int (an int, or an integer such as numpy's), or raise
+    TypeError naming the argument."""
+    if isinstance(value, bool):
+        raise TypeError("%s must be an int, not bool" % name)
+    try:
+        return value.__index__()  # operator.index, without importing operator
+    except (AttributeError, TypeError):
+        raise TypeError("%s must be an int, not %s" % (name, type(value).__name__)) from None
+
+
+def check_seconds(value, name: str) -> float:
+    """value (seconds: None, or a finite number of at least 0) as a float,
+    0.0 for None, or raise TypeError or ValueError naming the argument."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("%s must be a number of seconds or None, not %r" % (name, value))
+    if not 0 <= value < float("inf"):  # NaN too
+        raise ValueError("%s must be a finite number of seconds of at least 0 (None: the default), not %r"
+                         % (name, value))
+    return float(value)
 
 
 def json_string(s: str) -> str:
@@ -163,10 +188,10 @@ class Launch:
             "command": [python or sys.executable, "-c", WORKER_CODE],
             "workers": self.processes,
             "mem_limit": int(mem_limit or 0),
-            "timeout": float(timeout or 0),
+            "timeout": check_seconds(timeout, "timeout"),
             "max_tasks_per_worker": int(max_tasks_per_child or 0),
             "max_rss": int(max_rss or 0),
-            "grace": float(grace or 0),
+            "grace": check_seconds(grace, "grace"),
             "pipeline": PIPELINE,
             # The pool's policy, which the binary applies to every item.
             "retries": self.retries,

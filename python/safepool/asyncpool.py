@@ -167,6 +167,9 @@ class AsyncPool:
         return self._pool
 
 
+_END = object()  # the end of an _AsyncIter's results
+
+
 def _notify(loop, wake):
     """Wake an _AsyncIter's consumer (from the pool's threads)."""
     try:
@@ -200,9 +203,13 @@ class _AsyncIter:
             # sets it again.
             self._wake.clear()
             try:
-                return self._it.next(0)
-            except StopIteration:
-                raise StopAsyncIteration from None
+                # The end is _END, not StopIteration: a task that raised
+                # StopIteration raises it here (a RuntimeError once out of
+                # this coroutine) rather than end the iteration there.
+                value = self._it.step(0, _END)
             except NotYet:
-                pass
-            await self._wake.wait()
+                await self._wake.wait()
+                continue
+            if value is _END:
+                raise StopAsyncIteration
+            return value

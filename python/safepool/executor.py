@@ -187,18 +187,33 @@ class Executor(concurrent.futures.Executor):
                         progress=display, pool=self)
         deadline = None if timeout is None else time.monotonic() + timeout
 
+        end = object()
+
         def results():
-            while True:
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                try:
-                    box = [it.next(remaining)]
-                except StopIteration:
-                    return
-                except mp_timeout:
-                    raise concurrent.futures.TimeoutError() from None
-                # Yielded from a list, so that this generator holds no
-                # reference to the result while the caller has it.
-                yield box.pop()
+            try:
+                while True:
+                    remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    try:
+                        # The end of the results is end, not StopIteration:
+                        # a task that raised StopIteration raises it here,
+                        # which this generator turns into a RuntimeError, as
+                        # ProcessPoolExecutor's map does, rather than end
+                        # the results there without an error.
+                        box = [it.step(remaining, end)]
+                    except mp_timeout:
+                        raise concurrent.futures.TimeoutError() from None
+                    if box[0] is end:
+                        return
+                    # Yielded from a list, so that this generator holds no
+                    # reference to the result while the caller has it.
+                    yield box.pop()
+            finally:
+                # Ended early (a task's exception, the timeout, or the
+                # consumer closing it): as ProcessPoolExecutor's map, which
+                # then cancels the futures not yet running, the rest of the
+                # input never runs, also not in shutdown(), which otherwise
+                # runs all of a map still held.
+                it.abandon()
 
         return results()
 

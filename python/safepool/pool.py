@@ -410,8 +410,10 @@ class Pool:
 
     def imap_unordered(self, func: Callable, iterable: Iterable, chunksize: Optional[int] = None, *,
                        errors: str = "raise", progress: bool = False) -> IterResult:
-        """Like imap, but results come as they are ready."""
-        return self._imap(func, iterable, chunksize, False, self._errors(errors), progress)
+        """Like imap, but results come as they are ready (in input order,
+        with a journal, which records and resumes them as imap's)."""
+        return (self._journaled_imap(func, iterable, chunksize, False, self._errors(errors), progress)
+                or self._imap(func, iterable, chunksize, False, self._errors(errors), progress))
 
     # ---- lifecycle -------------------------------------------------------------
 

@@ -340,3 +340,10 @@ def clean_up_on_sigterm(marker, started):
         pass
     time.sleep(60)
     return "not timed out"
+
+
+def stop_at(x, at=1):
+    """x, but raise StopIteration at x == at."""
+    if x == at:
+        raise StopIteration("task %d" % x)
+    return x

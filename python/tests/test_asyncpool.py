@@ -74,6 +74,24 @@ class AsyncPoolTest(unittest.TestCase):
                 self.assertEqual(await pool.apply(helpers.square, (3,)), 9)
         self.run_async(main())
 
+    def test_task_raising_stop_iteration(self):
+        # A task's StopIteration raises where awaited (as a RuntimeError, as
+        # from any coroutine), and iteration goes on; it used to end the
+        # iteration there, without an error.
+        async def main():
+            async with safepool.AsyncPool(2) as pool:
+                got = []
+                it = pool.imap(helpers.stop_at, range(4))
+                while True:
+                    try:
+                        got.append(await it.__anext__())
+                    except StopAsyncIteration:
+                        break
+                    except RuntimeError as e:
+                        got.append(type(e.__cause__).__name__)
+                self.assertEqual(got, [0, "StopIteration", 2, 3])
+        self.run_async(main())
+
     def test_loop_is_not_blocked(self):
         # While a task runs for a while, other coroutines run: no call
         # blocks the loop's thread.

@@ -216,6 +216,47 @@ class ExecutorTest(unittest.TestCase):
                 self.assertEqual(v, n * n)
                 self.assertLessEqual(len(pulled) - n, 10 + 1)
 
+    def test_map_that_raises_runs_no_more_of_its_input(self):
+        # As ProcessPoolExecutor's map, whose iterator cancels the futures
+        # not yet running when it ends early: leaving the with block after
+        # a task's exception used to run the whole rest of the input (the
+        # iterator lived on in a cycle with the exception, and shutdown
+        # runs all of a map still held).
+        # (Not assertRaises, which clears the traceback's frames: a program
+        # keeps the exception, to log it or raise it again.)
+        raised = None
+        with safepool.Executor(2) as ex:
+            try:
+                for _ in ex.map(helpers.fail_at_value, [0.0, -1.0] + [0.005] * 2000, buffersize=8):
+                    pass
+            except ValueError as e:
+                raised = e
+        self.assertIsInstance(raised, ValueError)
+        self.assertLess(len(ex.stats()), 100)
+
+    def test_map_timed_out_runs_no_more_of_its_input(self):
+        raised = None
+        with safepool.Executor(2) as ex:
+            try:
+                for _ in ex.map(helpers.fail_at_value, [0.0] + [0.05] * 2000, timeout=0.3, buffersize=8):
+                    pass
+            except concurrent.futures.TimeoutError as e:
+                raised = e
+        self.assertIsInstance(raised, concurrent.futures.TimeoutError)
+        self.assertLess(len(ex.stats()), 100)
+
+    def test_map_task_raising_stop_iteration(self):
+        # As ProcessPoolExecutor's map (a generator, PEP 479): the task's
+        # StopIteration becomes a RuntimeError there. It used to end the
+        # results early, without an error: list() gave [0].
+        with safepool.Executor(2) as ex:
+            it = ex.map(helpers.stop_at, range(4))
+            self.assertEqual(next(it), 0)
+            with self.assertRaisesRegex(RuntimeError, "StopIteration") as cm:
+                next(it)
+            self.assertIsInstance(cm.exception.__cause__, StopIteration)
+            self.assertEqual(list(ex.map(helpers.stop_at, [0, 2, 3])), [0, 2, 3])
+
     def test_map_several_iterables(self):
         with safepool.Executor(2) as ex:
             self.assertEqual(list(ex.map(helpers.add, [1, 2, 3], [10, 20, 30])), [11, 22, 33])

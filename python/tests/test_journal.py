@@ -56,6 +56,20 @@ class Journal(unittest.TestCase):
         self.assertEqual(rows, [(1, "done", 5), (1, "failed", 1), (2, "skipped", 6),
                                 (3, "done", 3), (3, "skipped", 5)])
 
+    def test_imap_unordered(self):
+        # The guide says that with a journal imap_unordered is recorded,
+        # resumed and in input order; it went around the journal: nothing
+        # recorded, everything run again on resume, in completion order.
+        open(os.path.join(self.dir, "fixed"), "w").close()
+        with safepool.Pool(2, journal=self.path) as pool:
+            got = list(pool.imap_unordered(journal_helpers.square_once, range(8)))
+        self.assertEqual(got, [i * i for i in range(8)])
+        self.assertEqual(self.calls(), list(range(8)))
+        with safepool.Pool(2, journal=self.path, resume=True) as pool:
+            got = list(pool.imap_unordered(journal_helpers.square_once, range(10)))
+        self.assertEqual(got, [i * i for i in range(10)])
+        self.assertEqual(self.calls(), [8, 9])
+
     def test_failed_attempts(self):
         # A task whose worker dies keeps its attempts and their causes.
         with safepool.Pool(2, journal=self.path) as pool:

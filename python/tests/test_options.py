@@ -81,6 +81,35 @@ class Hello(unittest.TestCase):
         with self.assertRaisesRegex(TypeError, "processes must be an int"):
             safepool.Executor(2.5)
 
+    def test_bad_pool_timing_and_counts(self):
+        # Each used to reach the binary: a string timeout was converted
+        # (timeout="abc" said only "could not convert string to float"), a
+        # negative one broke the pool with the engine's "Config.Timeout is
+        # negative", and inf, NaN or retries=1.5 broke it with a message
+        # that blamed a client of another version.
+        for kw, exc, msg in [({"timeout": "0.5"}, TypeError, "timeout must be a number of seconds"),
+                             ({"timeout": -1}, ValueError, "timeout must be a finite number of seconds"),
+                             ({"timeout": float("inf")}, ValueError, "timeout must be a finite"),
+                             ({"timeout": float("nan")}, ValueError, "timeout must be a finite"),
+                             ({"grace": "x"}, TypeError, "grace must be a number of seconds"),
+                             ({"grace": -1}, ValueError, "grace must be a finite"),
+                             ({"retries": 1.5}, TypeError, "retries must be an int, not float"),
+                             ({"retries": "1"}, TypeError, "retries must be an int, not str")]:
+            with self.subTest(kw=kw):
+                with self.assertRaisesRegex(exc, msg):
+                    safepool.Pool(1, **kw)
+                with self.assertRaisesRegex(exc, msg):
+                    safepool.Executor(1, **kw)
+        with self.assertRaisesRegex(TypeError, "processes must be an int, not str"):
+            safepool.Pool("2")
+
+    def test_good_pool_timing_and_counts(self):
+        class Two:  # an integer that is not an int, as numpy's
+            def __index__(self):
+                return 2
+        with safepool.Pool(Two(), retries=Two(), timeout=0, grace=0) as pool:
+            self.assertEqual(pool.map(helpers.square, range(4)), [0, 1, 4, 9])
+
     def test_unknown_keyword(self):
         with self.assertRaises(TypeError):
             safepool.Pool(1, mem_bugdet="1GiB")
