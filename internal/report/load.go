@@ -78,15 +78,17 @@ func open(path string) (*sql.DB, int, error) {
 		return nil, 0, fmt.Errorf("report: %w", err)
 	}
 	db, v, err := openAs(abs, "mode=ro")
-	if code(err) == sqlite3.SQLITE_CANTOPEN && !exists(abs+"-wal") {
+	if c := code(err); (c == sqlite3.SQLITE_CANTOPEN || c == sqlite3.SQLITE_READONLY) && !exists(abs+"-wal") {
 		// SQLite reads a database in WAL mode through a shared-memory
 		// file beside it, which it makes if there is none: in a directory
-		// it cannot write (a read-only file system, another user's), it
-		// cannot open it. With no WAL beside it, no writer has it open
-		// (a writer keeps its WAL while connected) and what the file
-		// holds is all there is: it is read as it is, without the
-		// shared memory. A WAL left by a writer that was killed comes
-		// with its shared memory, which SQLite reads in that case.
+		// it cannot write it cannot open it, with SQLITE_CANTOPEN on a
+		// read-only file system and SQLITE_READONLY_DIRECTORY where
+		// permissions forbid it (another user's directory). With no WAL
+		// beside it, no writer has it open (a writer keeps its WAL while
+		// connected) and what the file holds is all there is: it is read
+		// as it is, without the shared memory. A WAL left by a writer
+		// that was killed comes with its shared memory, which SQLite
+		// reads in that case.
 		db, v, err = openAs(abs, "immutable=1")
 	}
 	if err != nil {
