@@ -26,7 +26,7 @@ type Finished struct {
 // for one goroutine.
 //
 // It reads the keys of every task those runs finished into memory once,
-// about 60 bytes a task: keys packed in span data cannot be looked up by
+// about 100 bytes a task: keys packed in span data cannot be looked up by
 // SQL. Outputs stay in the file until an input needs one. A span row
 // whose data the span file lost (ErrSpanLost) is passed over: its tasks
 // run again.
