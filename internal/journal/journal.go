@@ -83,7 +83,7 @@ func Open(path string) (*Journal, error) {
 	j := &Journal{db: db, path: path}
 	if err := j.init(); err != nil {
 		db.Close()
-		return nil, err
+		return nil, explainOpen(err, path)
 	}
 	return j, nil
 }
