@@ -3,6 +3,8 @@ package cli
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sync/atomic"
 	"time"
 
@@ -243,4 +245,32 @@ func (fb *feedBack) skip(mode string, jj *jobJournal, seq uint64, key journal.Ke
 // run was interrupted or the pool has stopped.
 func feedStopped(ctx context.Context, p *pool.Pool) bool {
 	return ctx.Err() != nil || p.Err() != nil
+}
+
+// journalFileAt names the file of the journal at file that path is,
+// however spelt (./jobs.db, a symbolic link to it), or returns "" when it
+// is none of them: the journal, its span file, WAL or shared memory.
+func journalFileAt(path, file string) string {
+	abs := func(p string) string {
+		a, err := filepath.Abs(p)
+		if err != nil {
+			return filepath.Clean(p)
+		}
+		return a
+	}
+	target, targetErr := os.Stat(path)
+	for _, f := range []struct{ path, what string }{
+		{file, "the journal"},
+		{journal.SpanFile(file), "the journal's span file"},
+		{file + "-wal", "the journal's WAL"},
+		{file + "-shm", "the journal's shared memory"},
+	} {
+		if abs(path) == abs(f.path) {
+			return f.what
+		}
+		if fi, err := os.Stat(f.path); err == nil && targetErr == nil && os.SameFile(fi, target) {
+			return f.what
+		}
+	}
+	return ""
 }

@@ -12,7 +12,6 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/safepool/safepool/internal/journal"
 	"github.com/safepool/safepool/internal/report"
 )
 
@@ -94,34 +93,6 @@ func (a *reportArgs) parse(e *env, args []string) error {
 		}
 	}
 	return nil
-}
-
-// journalFileAt names the file of the journal at file that path is,
-// however spelt (./jobs.db, a symbolic link to it), or returns "" when it
-// is none of them: the journal, its span file, WAL or shared memory.
-func journalFileAt(path, file string) string {
-	abs := func(p string) string {
-		a, err := filepath.Abs(p)
-		if err != nil {
-			return filepath.Clean(p)
-		}
-		return a
-	}
-	target, targetErr := os.Stat(path)
-	for _, f := range []struct{ path, what string }{
-		{file, "the journal"},
-		{journal.SpanFile(file), "the journal's span file"},
-		{file + "-wal", "the journal's WAL"},
-		{file + "-shm", "the journal's shared memory"},
-	} {
-		if abs(path) == abs(f.path) {
-			return f.what
-		}
-		if fi, err := os.Stat(f.path); err == nil && targetErr == nil && os.SameFile(fi, target) {
-			return f.what
-		}
-	}
-	return ""
 }
 
 func runReport(ctx context.Context, e *env, args []string) error {
