@@ -206,6 +206,15 @@ func (l *loader) loadRun(ctx context.Context) error {
 		r.ExitStatus = int(exit.Int64)
 	}
 	r.Started = time.Unix(0, l.t0)
+	var incompleteAt sql.NullInt64
+	err = l.db.QueryRowContext(ctx, `SELECT at, detail FROM event WHERE run_id = ? AND kind = ? ORDER BY at LIMIT 1`,
+		id, journal.IncompleteEvent).Scan(&incompleteAt, &r.Incomplete)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return l.fail("reading the run's events", err)
+	}
+	if incompleteAt.Valid {
+		r.IncompleteAt = time.Unix(0, incompleteAt.Int64)
+	}
 	l.end = ended.Int64
 	if !ended.Valid {
 		if r.State, err = l.goesOn(ctx); err != nil {

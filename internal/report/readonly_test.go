@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/safepool/safepool/internal/journal"
 	"github.com/safepool/safepool/internal/report"
 	"github.com/safepool/safepool/internal/testenv"
 )
@@ -202,5 +203,34 @@ func copyFile(t *testing.T, src, dst string, perm os.FileMode) {
 	}
 	if err := out.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestIncompleteJournal reads a run whose journal could not be written to
+// its end (journal.IncompleteEvent): it ended, but its note says that the
+// journal is incomplete, for the page and the line on stderr, rather than
+// nothing, as for a run whose journal holds all it did.
+func TestIncompleteJournal(t *testing.T) {
+	j := newTestJournal(t)
+	j.addRun(t, runRow{started: time.Unix(1, 0), ended: time.Unix(9, 0), kind: "map", command: "work",
+		workers: 2, memoryMode: "cgroup-v2", exitStatus: 1})
+	mustExec(t, j, `INSERT INTO task (run_id, id, key, input, state, ended) VALUES (1, 1, ?, 'x', 'done', ?)`,
+		taskKey("work", []byte{1}), int64(2e9))
+	mustExec(t, j, `INSERT INTO event (run_id, at, kind, detail) VALUES (1, ?, ?, 'database or disk is full (13)')`,
+		int64(3e9), journal.IncompleteEvent)
+	r, err := report.Load(context.Background(), j.path, report.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "the journal is incomplete: writing it failed 2s after the start (database or disk is full (13))"
+	if !r.EndKnown() || !strings.HasPrefix(r.EndNote(), want) {
+		t.Errorf("end known %v, EndNote() = %q; want true and %q...", r.EndKnown(), r.EndNote(), want)
+	}
+	var page strings.Builder
+	if err := report.Write(&page, r, report.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(page.String(), want) {
+		t.Errorf("the page does not say %q", want)
 	}
 }
