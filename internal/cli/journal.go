@@ -226,6 +226,7 @@ type feedBack struct {
 	stop                   func(error)
 	replays                chan<- replay
 	skipped, skippedFailed atomic.Int64
+	metrics                *jobMetrics // counts the skipped inputs too
 }
 
 // skip records the seq-th input, with key, as skipped because an earlier
@@ -234,6 +235,7 @@ type feedBack struct {
 func (fb *feedBack) skip(mode string, jj *jobJournal, seq uint64, key journal.Key, input []byte, f journal.Finished, after uint64) {
 	jj.skip(seq, key, input, f)
 	fb.skipped.Add(1)
+	fb.metrics.skipped(f.State)
 	if f.State != string(pool.Done) {
 		fb.skippedFailed.Add(1)
 	} else if mode == "map" {

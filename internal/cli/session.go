@@ -299,7 +299,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		ahead = j.replayAhead
 	}
 	replayCh := make(chan replay, ahead)
-	fb := &feedBack{replays: replayCh}
+	fb := &feedBack{replays: replayCh, metrics: jm}
 	fb.fail = func(err error) {
 		feedMu.Lock()
 		feedErr = err
