@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -54,5 +55,36 @@ func TestOutputsOverJournal(t *testing.T) {
 				t.Fatalf("the journal after run %s %s: resumed = %d, %q; want both inputs skipped", tt.flag, tt.path, code, stderr)
 			}
 		})
+	}
+}
+
+// TestResumeOtherCommand resumes with a command other than the earlier
+// run's: every input runs, as documented, and safepool now says so, and
+// which command the journal's last run had; it used to run the whole batch
+// again without a word. A first run with --resume, on a journal with no
+// run of its kind, says nothing.
+func TestResumeOtherCommand(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "jobs.db")
+	run := func(args ...string) string {
+		t.Helper()
+		var stderr bytes.Buffer
+		code := Run(context.Background(), append([]string{"run", "--no-progress", "--journal", db, "--resume"}, args...),
+			strings.NewReader(""), io.Discard, &stderr)
+		if code != exitOK {
+			t.Fatalf("run %q = %d: %s", args, code, stderr.String())
+		}
+		return stderr.String()
+	}
+	const notice = "has no earlier run of this command"
+	if got := run("echo", "{}", ":::", "a", "b"); strings.Contains(got, notice) {
+		t.Errorf("a first run with --resume says %q", got)
+	}
+	if got := run("echo", "{}", ":::", "a", "b"); strings.Contains(got, notice) || !strings.Contains(got, "2 skipped") {
+		t.Errorf("a resumed run of the same command says %q, want 2 skipped and no notice", got)
+	}
+	got := run("echo", "x{}", ":::", "a", "b")
+	want := "safepool: --resume: the journal " + db + " has no earlier run of this command, so every input runs (its last safepool run ran echo '{}': the command must be the same, word for word)\n"
+	if !strings.Contains(got, want) || !strings.Contains(got, "2 tasks done") {
+		t.Errorf("a resumed run of another command says %q, want %q and 2 tasks done", got, want)
 	}
 }

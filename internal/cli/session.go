@@ -248,6 +248,9 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		}
 		return sum, exitUsage
 	}
+	if jj != nil && jj.notice != "" {
+		fmt.Fprintf(stderr, "safepool: %s\n", jj.notice)
+	}
 	p, err := pool.New(j.cfg)
 	if err != nil {
 		// The command cannot start (or the engine rejects the
