@@ -143,9 +143,13 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 // much: those keep Go's default.
 const lineMapGOGC = 300
 
-// setLineMapGOGC sets GOGC to lineMapGOGC unless the environment sets it.
-func setLineMapGOGC() {
-	if os.Getenv("GOGC") == "" {
+// setLineMapGOGC sets GOGC to lineMapGOGC unless the environment sets it
+// or the run resumes: a resumed map holds the keys of every task that
+// earlier runs finished (journal.Resumer), a live heap that grows with
+// the journal, and four times it would be too much (2 million keys, some
+// 200 MiB, made a supervisor of 800 MiB).
+func setLineMapGOGC(resuming bool) {
+	if os.Getenv("GOGC") == "" && !resuming {
 		debug.SetGCPercent(lineMapGOGC)
 	}
 }

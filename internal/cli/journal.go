@@ -2,7 +2,11 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -40,6 +44,8 @@ type jobJournal struct {
 	j  *journal.Journal
 	w  *journal.Writer
 	rs *journal.Resumer // nil unless resuming
+	// notice is what to say on stderr before the run, or "".
+	notice string
 	// atEnd reports whether the writer learns of a task's end from the
 	// pool's event, as it ends: map with its lines' outputs, which the
 	// journal keeps and --resume replays. Else it learns of it once the
@@ -83,8 +89,36 @@ func (jj *jobJournal) start(cfg *pool.Config) error {
 		if jj.rs, err = w.Resumer(jj.flags.resume); err != nil {
 			return err
 		}
+		if jj.rs.Runs() == 0 {
+			jj.notice, err = noEarlierRun(jj.j, jj.flags.path, jj.kind, journal.CommandString(jj.command))
+			if err != nil {
+				return err
+			}
+		}
 	}
 	return nil
+}
+
+// noEarlierRun is the notice of a --resume that finds no earlier run of
+// its kind and command in the journal at path, but one of another command
+// of that kind: every input runs. A command changed by mistake (another
+// path to the script, a flag of its own) would otherwise run a whole
+// batch again without a word. A journal with no run of the kind, as on a
+// first run with --resume, is no mistake: "" then.
+func noEarlierRun(j *journal.Journal, path, kind, command string) (string, error) {
+	other, err := j.LastCommand(kind, command)
+	if err != nil || other == "" {
+		return "", err
+	}
+	var words []string
+	if json.Unmarshal([]byte(other), &words) == nil {
+		for i, w := range words {
+			words[i] = shellQuote(w)
+		}
+		other = strings.Join(words, " ")
+	}
+	return fmt.Sprintf("--resume: the journal %s has no earlier run of this command, so every input runs (its last safepool %s ran %s: the command must be the same, word for word)",
+		path, kind, other), nil
 }
 
 // describe records what the pool made of the configuration.
@@ -224,6 +258,7 @@ type feedBack struct {
 	stop                   func(error)
 	replays                chan<- replay
 	skipped, skippedFailed atomic.Int64
+	metrics                *jobMetrics // counts the skipped inputs too
 }
 
 // skip records the seq-th input, with key, as skipped because an earlier
@@ -232,6 +267,7 @@ type feedBack struct {
 func (fb *feedBack) skip(mode string, jj *jobJournal, seq uint64, key journal.Key, input []byte, f journal.Finished, after uint64) {
 	jj.skip(seq, key, input, f)
 	fb.skipped.Add(1)
+	fb.metrics.skipped(f.State)
 	if f.State != string(pool.Done) {
 		fb.skippedFailed.Add(1)
 	} else if mode == "map" {
@@ -243,4 +279,32 @@ func (fb *feedBack) skip(mode string, jj *jobJournal, seq uint64, key journal.Ke
 // run was interrupted or the pool has stopped.
 func feedStopped(ctx context.Context, p *pool.Pool) bool {
 	return ctx.Err() != nil || p.Err() != nil
+}
+
+// journalFileAt names the file of the journal at file that path is,
+// however spelt (./jobs.db, a symbolic link to it), or returns "" when it
+// is none of them: the journal, its span file, WAL or shared memory.
+func journalFileAt(path, file string) string {
+	abs := func(p string) string {
+		a, err := filepath.Abs(p)
+		if err != nil {
+			return filepath.Clean(p)
+		}
+		return a
+	}
+	target, targetErr := os.Stat(path)
+	for _, f := range []struct{ path, what string }{
+		{file, "the journal"},
+		{journal.SpanFile(file), "the journal's span file"},
+		{file + "-wal", "the journal's WAL"},
+		{file + "-shm", "the journal's shared memory"},
+	} {
+		if abs(path) == abs(f.path) {
+			return f.what
+		}
+		if fi, err := os.Stat(f.path); err == nil && targetErr == nil && os.SameFile(fi, target) {
+			return f.what
+		}
+	}
+	return ""
 }

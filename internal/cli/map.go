@@ -218,7 +218,7 @@ func runMap(ctx context.Context, e *env, args []string) error {
 	if a.pipe {
 		return runMapPipe(ctx, e, &a, command, viaShell, append([]string{"safepool", "map"}, args...))
 	}
-	setLineMapGOGC()
+	setLineMapGOGC(a.common.journal.resuming())
 	protocol := pool.Line
 	if a.framed {
 		protocol = pool.Framed

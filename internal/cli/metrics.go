@@ -65,6 +65,14 @@ func (m *jobMetrics) unwritten(n int) {
 	}
 }
 
+// skipped counts an input that an earlier run finished in state, and
+// that this one skips.
+func (m *jobMetrics) skipped(state string) {
+	if m != nil {
+		m.c.AddSkipped(pool.State(state))
+	}
+}
+
 func (m *jobMetrics) attach(p *pool.Pool) {
 	if m != nil {
 		m.c.Attach(p)

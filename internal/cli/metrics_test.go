@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -126,5 +127,55 @@ func TestMetricsAddressInUse(t *testing.T) {
 		strings.NewReader(""), &stdout, &stderr)
 	if code != exitUsage || stdout.Len() != 0 || !strings.Contains(stderr.String(), "cannot serve metrics") {
 		t.Errorf("run --metrics %s (in use) = %d, stdout %q, stderr %q; want %d, nothing run", ln.Addr(), code, stdout.String(), stderr.String(), exitUsage)
+	}
+}
+
+// TestMetricsSkipped resumes a run with --metrics: the inputs that the
+// earlier run finished are counted as safepool_tasks_skipped_total, by
+// the state it left them in, as the summary and --json count them; they
+// used to be in no metric.
+func TestMetricsSkipped(t *testing.T) {
+	journal := filepath.Join(t.TempDir(), "jobs.db")
+	command := []string{"--", "sh", "-c", "case $1 in x) exit 1;; slow) sleep 1.5;; esac", "sh", "{}", ":::", "a", "b", "x"}
+	args := append([]string{"run", "-j", "2", "--no-progress", "--journal", journal}, command...)
+	if code := Run(context.Background(), args, strings.NewReader(""), io.Discard, io.Discard); code != exitFailed {
+		t.Fatalf("the first run = %d, want %d", code, exitFailed)
+	}
+	stderr := &lineWatcher{re: regexp.MustCompile(`metrics at (\S+)`), found: make(chan string, 1)}
+	done := make(chan int)
+	go func() {
+		args := append([]string{"run", "-j", "2", "--no-progress", "--journal", journal, "--resume", "--metrics", "127.0.0.1:0"}, command...)
+		done <- Run(context.Background(), append(args, "slow"), strings.NewReader(""), io.Discard, stderr)
+	}()
+	var url string
+	select {
+	case url = <-stderr.found:
+	case code := <-done:
+		t.Fatalf("run ended (%d) before saying where the metrics are: %s", code, stderr.String())
+	}
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	var last map[string]float64
+	code := -1
+	for code < 0 {
+		select {
+		case code = <-done:
+		case <-time.After(50 * time.Millisecond):
+			if m, err := scrapeMetrics(client, url); err == nil {
+				last = m
+			}
+		}
+	}
+	if code != exitFailed {
+		t.Errorf("resumed run = %d, want %d (a skipped task had failed); stderr: %s", code, exitFailed, stderr.String())
+	}
+	for name, want := range map[string]float64{
+		`safepool_tasks_skipped_total{state="done"}`:   2,
+		`safepool_tasks_skipped_total{state="failed"}`: 1,
+		`safepool_tasks_skipped_total{state="poison"}`: 0,
+		"safepool_tasks_submitted_total":               1,
+	} {
+		if got, ok := last[name]; !ok || got != want {
+			t.Errorf("last scrape: %s = %v (served: %v), want %v", name, got, ok, want)
+		}
 	}
 }

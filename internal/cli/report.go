@@ -87,8 +87,10 @@ func (a *reportArgs) parse(e *env, args []string) error {
 	if a.out == "" {
 		a.out = strings.TrimSuffix(a.file, filepath.Ext(a.file)) + ".html"
 	}
-	if a.out == a.file {
-		return usagef("report", "the page would overwrite the journal: give -o OUT")
+	if a.out != "-" {
+		if what := journalFileAt(a.out, a.file); what != "" {
+			return usagef("report", "the page would overwrite %s: give -o OUT", what)
+		}
 	}
 	return nil
 }

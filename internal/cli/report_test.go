@@ -62,6 +62,10 @@ func TestReport(t *testing.T) {
 	dir := filepath.Dir(journal)
 	notJournal := filepath.Join(dir, "notes.txt")
 	os.WriteFile(notJournal, []byte(strings.Repeat("not a database\n", 20)), 0o644)
+	link := filepath.Join(dir, "link.html")
+	if err := os.Symlink(journal, link); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name   string
 		args   []string
@@ -79,6 +83,12 @@ func TestReport(t *testing.T) {
 		{"no FILE", nil, exitUsage, "", "", "missing journal FILE"},
 		{"two FILEs", []string{journal, journal}, exitUsage, "", "", "give one journal FILE, not 2"},
 		{"page over journal", []string{"-o", journal, journal}, exitUsage, "", "", "would overwrite the journal"},
+		// The page used to replace the journal when its name was spelt
+		// otherwise.
+		{"page over journal spelt otherwise", []string{"-o", dir + "/./jobs.db", journal}, exitUsage, "", "", "would overwrite the journal"},
+		{"page over journal through a link", []string{"-o", link, journal}, exitUsage, "", "", "would overwrite the journal"},
+		{"page over span file", []string{"-o", journal + "-spans", journal}, exitUsage, "", "", "would overwrite the journal's span file"},
+		{"page over WAL", []string{"-o", journal + "-wal", journal}, exitUsage, "", "", "would overwrite the journal's WAL"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

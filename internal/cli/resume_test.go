@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -915,5 +916,54 @@ func TestKeepOrderJournalsHeldLines(t *testing.T) {
 	}
 	if sum.Tasks.Skipped < n || sum.Tasks.Submitted+sum.Tasks.Skipped != 201 || sum.Tasks.Done != sum.Tasks.Submitted {
 		t.Errorf("resumed: %+v; want the %d lines the journal had done skipped, and the others done", sum.Tasks, n)
+	}
+}
+
+// TestResumeHeap checks that a resumed map of lines lets its heap grow to
+// about twice what is live, Go's default, not four times as a map of
+// lines without a journal does: a resumed run holds the keys of every task
+// earlier runs finished, 300,000 here, some 30 MiB live (a batch of 20
+// million lines holds 2 GiB). The collector's trace gives each
+// collection's live heap and the next goal.
+func TestResumeHeap(t *testing.T) {
+	bin := buildSafepool(t)
+	dir := t.TempDir()
+	db := filepath.Join(dir, "journal.db")
+	var in strings.Builder
+	for i := range 300000 {
+		fmt.Fprintf(&in, "%d\n", i)
+	}
+	mapRun := func(env []string, flags ...string) string {
+		t.Helper()
+		var stderr bytes.Buffer
+		cmd := exec.Command(bin, append([]string{"map", "-j", "2", "--journal", db}, append(flags, "--worker", "cat")...)...)
+		cmd.Env = append(os.Environ(), env...)
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = strings.NewReader(in.String()), io.Discard, &stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("map %v: %v: %s", flags, err, stderr.String())
+		}
+		return stderr.String()
+	}
+	mapRun([]string{"GOGC="})
+	trace := mapRun([]string{"GOGC=", "GODEBUG=gctrace=1"}, "--resume")
+	// gc 7 @3.558s 4%: ..., 682->706->210 MB, 878 MB goal, ...: the goal
+	// of a line is that of its collection, set at the end of the one
+	// before, with the live heap that one left.
+	gc := regexp.MustCompile(`\d+->\d+->(\d+) MB, (\d+) MB goal`)
+	seen, live := 0, 0
+	for _, m := range gc.FindAllStringSubmatch(trace, -1) {
+		goal, _ := strconv.Atoi(m[2])
+		// Below 16 MB live, the heap's minimum goal (4 MB) and stacks
+		// weigh too much.
+		if live >= 16 {
+			seen++
+			if goal > 3*live {
+				t.Errorf("a collection left %d MB live and the next one's goal was %d MB, want at most 3 times it", live, goal)
+			}
+		}
+		live, _ = strconv.Atoi(m[1])
+	}
+	if seen == 0 {
+		t.Fatalf("no collection with 16 MB live or more in the resumed run's trace:\n%s", trace)
 	}
 }

@@ -249,6 +249,9 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		}
 		return sum, exitUsage
 	}
+	if jj != nil && jj.notice != "" {
+		fmt.Fprintf(stderr, "safepool: %s\n", jj.notice)
+	}
 	p, err := pool.New(j.cfg)
 	if err != nil {
 		// The command cannot start (or the engine rejects the
@@ -307,7 +310,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		ahead = j.replayAhead
 	}
 	replayCh := make(chan replay, ahead)
-	fb := &feedBack{replays: replayCh}
+	fb := &feedBack{replays: replayCh, metrics: jm}
 	fb.fail = func(err error) {
 		feedMu.Lock()
 		feedErr = err
@@ -704,6 +707,17 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 // openOutputs creates the job log and the JSON summary's file, and opens
 // the journal; stdout is where --json - writes.
 func (j *job) openOutputs(stdout io.Writer) (*joblog, *jsonOutput, *jobJournal, error) {
+	if j.journal.path != "" {
+		// Either would be created, empty, over the journal's file.
+		for _, o := range []struct{ flag, path string }{{"--joblog", j.joblog}, {"--json", j.jsonPath}} {
+			if o.path == "" || o.path == "-" {
+				continue
+			}
+			if what := journalFileAt(o.path, j.journal.path); what != "" {
+				return nil, nil, nil, fmt.Errorf("%s %s would overwrite %s: name another file", o.flag, o.path, what)
+			}
+		}
+	}
 	var jl *joblog
 	if j.joblog != "" {
 		var err error

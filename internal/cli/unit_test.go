@@ -1004,7 +1004,7 @@ func TestQuoteContexts(t *testing.T) {
 }
 
 // TestLineMapGOGC checks the collector's GOGC in map of lines: 300, or
-// the environment's GOGC whenever it is set.
+// the environment's GOGC whenever it is set; Go's default when resuming.
 func TestLineMapGOGC(t *testing.T) {
 	was := debug.SetGCPercent(100)
 	defer debug.SetGCPercent(was)
@@ -1014,13 +1014,17 @@ func TestLineMapGOGC(t *testing.T) {
 		return v
 	}
 	t.Setenv("GOGC", "")
-	setLineMapGOGC()
+	setLineMapGOGC(true)
+	if got := gogc(); got != 100 {
+		t.Errorf("GOGC = %d when resuming, want 100", got)
+	}
+	setLineMapGOGC(false)
 	if got := gogc(); got != lineMapGOGC {
 		t.Errorf("GOGC = %d, want %d", got, lineMapGOGC)
 	}
 	t.Setenv("GOGC", "50")
 	debug.SetGCPercent(50)
-	setLineMapGOGC()
+	setLineMapGOGC(false)
 	if got := gogc(); got != 50 {
 		t.Errorf("GOGC set to 50 in the environment = %d after setLineMapGOGC", got)
 	}

@@ -829,3 +829,39 @@ func TestOneRunOfACommandAtOnce(t *testing.T) {
 		t.Errorf("%d runs in the journal, want 3: the refused one adds none", runs)
 	}
 }
+
+// TestOpenExplains opens journals that cannot be: the error says why, as
+// SQLite's own ("unable to open database file (14)") does not.
+func TestOpenExplains(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, path, want string
+	}{
+		{"no directory", filepath.Join(dir, "missing", "j.db"), "the directory " + filepath.Join(dir, "missing") + " does not exist"},
+		{"a file for a directory", filepath.Join(file, "j.db"), file + " is not a directory"},
+	}
+	if os.Geteuid() != 0 { // root writes whatever the mode
+		ro := filepath.Join(dir, "ro")
+		if err := os.Mkdir(ro, 0o555); err != nil {
+			t.Fatal(err)
+		}
+		tests = append(tests, struct{ name, path, want string }{
+			"a directory that cannot be written", filepath.Join(ro, "j.db"), "no file can be made in " + ro})
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			j, err := Open(tt.path)
+			if err == nil {
+				j.Close()
+				t.Fatalf("Open(%s) succeeded", tt.path)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("Open(%s) = %v, want it to say %q", tt.path, err, tt.want)
+			}
+		})
+	}
+}

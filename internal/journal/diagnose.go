@@ -10,11 +10,61 @@ import (
 	"modernc.org/sqlite"
 )
 
-// SQLite's primary result codes for a failed write.
+// SQLite's primary result codes for a failed write or open.
 const (
-	sqliteIOErr = 10 // SQLITE_IOERR, extended as SQLITE_IOERR_WRITE (778) and others
-	sqliteFull  = 13 // SQLITE_FULL
+	sqlitePerm     = 3  // SQLITE_PERM
+	sqliteReadOnly = 8  // SQLITE_READONLY, extended as SQLITE_READONLY_DIRECTORY (1544) and others
+	sqliteIOErr    = 10 // SQLITE_IOERR, extended as SQLITE_IOERR_WRITE (778) and others
+	sqliteFull     = 13 // SQLITE_FULL
+	sqliteCantOpen = 14 // SQLITE_CANTOPEN
 )
+
+// explainOpen adds to err, a journal at path that could not be opened or
+// made, what SQLite's own message leaves out: that its directory does not
+// exist, or that the file or its directory cannot be written (SQLite says
+// only "unable to open database file (14)" or "attempt to write a readonly
+// database"). Other errors are returned as they are.
+func explainOpen(err error, path string) error {
+	var se *sqlite.Error
+	if !errors.As(err, &se) {
+		return err
+	}
+	switch se.Code() & 0xff {
+	case sqlitePerm, sqliteReadOnly, sqliteCantOpen:
+	default:
+		return err
+	}
+	if why := openProblem(path); why != "" {
+		return fmt.Errorf("%w: %s", err, why)
+	}
+	return err
+}
+
+// openProblem says why the journal at path cannot be opened to write, or
+// "" when the file system does not tell.
+func openProblem(path string) string {
+	dir := filepath.Dir(path)
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return fmt.Sprintf("the directory %s does not exist", dir)
+	case err != nil:
+		return err.Error()
+	case !fi.IsDir():
+		return fmt.Sprintf("%s is not a directory", dir)
+	}
+	if _, err := os.Stat(path); err == nil {
+		if err := unix.Access(path, unix.W_OK); err != nil {
+			return fmt.Sprintf("%s cannot be written (%v)", path, err)
+		}
+	}
+	// SQLite makes the WAL and its shared memory beside the journal, also
+	// to read a journal that exists.
+	if err := unix.Access(dir, unix.W_OK); err != nil {
+		return fmt.Sprintf("no file can be made in %s (%v), where the journal needs its WAL beside it", dir, err)
+	}
+	return ""
+}
 
 // explainWrite adds to err, a failed write of the journal at path, what
 // SQLite's own message leaves out: that the file size limit (ulimit -f) or

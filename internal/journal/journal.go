@@ -49,6 +49,11 @@ var ErrNotJournal = errors.New("journal: not a safepool journal")
 // journal: two at once would each run the tasks it does not have as done.
 var ErrInUse = errors.New("journal: in use")
 
+// IncompleteEvent is the kind of the event that Writer.Close adds when
+// writing the journal failed (a full disk): what the run did from its
+// time on is not in the journal. Its detail is the error.
+const IncompleteEvent = "journal-incomplete"
+
 // SpanFile returns the path of the span file of the journal at path.
 func SpanFile(path string) string { return path + "-spans" }
 
@@ -83,7 +88,7 @@ func Open(path string) (*Journal, error) {
 	j := &Journal{db: db, path: path}
 	if err := j.init(); err != nil {
 		db.Close()
-		return nil, err
+		return nil, explainOpen(err, path)
 	}
 	return j, nil
 }

@@ -591,3 +591,46 @@ func TestRetryEvents(t *testing.T) {
 		t.Errorf("task 2 has %d attempts, want 3 (it cannot start, and is retried twice)", attempts)
 	}
 }
+
+// TestIncompleteJournal makes the journal fail to write mid-run (its span
+// file turned into a directory, as a full disk would fail it): Close
+// returns the error, and records in the run's row an exit status of at
+// least 1 and an IncompleteEvent, so that a reader does not take what
+// the journal holds for the whole run. The run was recorded as ended with
+// the exit status it was given, 0, as if complete.
+func TestIncompleteJournal(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "j.db")
+	j, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	w, err := j.Start(Run{Kind: "map", Command: "[]"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(SpanFile(path)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(SpanFile(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i := uint64(1); i <= 3; i++ {
+		in := []byte(strconv.FormatUint(i, 10))
+		feed(w, i, i, KeyOf(in), in, pool.Done, in)
+	}
+	if err := w.Close(0); err == nil {
+		t.Fatal("Close = nil after the span file could not be written")
+	}
+	var exit, events int
+	var detail string
+	if err := j.DB().QueryRow(`SELECT exit_status FROM run`).Scan(&exit); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.DB().QueryRow(`SELECT count(*), coalesce(max(detail), '') FROM event WHERE kind = ?`, IncompleteEvent).Scan(&events, &detail); err != nil {
+		t.Fatal(err)
+	}
+	if exit != 1 || events != 1 || detail == "" {
+		t.Errorf("exit status %d, %d %s events (detail %q); want 1, and 1 with the error", exit, events, IncompleteEvent, detail)
+	}
+}

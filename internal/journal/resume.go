@@ -26,13 +26,14 @@ type Finished struct {
 // for one goroutine.
 //
 // It reads the keys of every task those runs finished into memory once,
-// about 60 bytes a task: keys packed in span data cannot be looked up by
+// about 100 bytes a task: keys packed in span data cannot be looked up by
 // SQL. Outputs stay in the file until an input needs one. A span row
 // whose data the span file lost (ErrSpanLost) is passed over: its tasks
 // run again.
 type Resumer struct {
 	db   *sql.DB
 	path string
+	runs int // the earlier runs it looks at
 	// heads maps a key to its first unused entry in entries and tails to
 	// its last; entries of one key are chained by next, done ones first,
 	// so that the n-th input with a key is skipped only when earlier runs
@@ -109,6 +110,10 @@ func (j *Journal) resumer(kind, command string, before int64, failedToo bool) (*
 		spans: make(map[int64]*list.Element), spanOrder: list.New(), data: &spanReader{path: SpanFile(j.path)}}
 	runs := `SELECT id FROM run WHERE kind = ?1 AND command = ?2 AND id >= ?3 AND id < ?4`
 	args := []any{kind, command, base.Int64, before}
+	if err := db.QueryRow(`SELECT count(*) FROM (`+runs+`)`, args...).Scan(&r.runs); err != nil {
+		r.data.close()
+		return nil, fmt.Errorf("journal: reading %s: %w", j.path, err)
+	}
 	if err := r.loadSpans(runs, args); err != nil {
 		r.data.close()
 		return nil, err
@@ -133,6 +138,27 @@ func (j *Journal) resumer(kind, command string, before int64, failedToo bool) (*
 		return nil, fmt.Errorf("journal: reading %s: %w", j.path, err)
 	}
 	return r, nil
+}
+
+// Runs returns how many earlier runs the Resumer looks at: none when the
+// journal has no run of the same kind and command before this one, and
+// every input runs.
+func (r *Resumer) Runs() int { return r.runs }
+
+// LastCommand returns the command (as Run.Command) of the last run of
+// kind in the journal other than of command, or "" when there is none: a
+// --resume that finds no earlier run of its command names it, in case
+// the command was changed by mistake.
+func (j *Journal) LastCommand(kind, command string) (string, error) {
+	var c string
+	err := j.db.QueryRow(`SELECT command FROM run WHERE kind = ? AND command <> ? ORDER BY id DESC LIMIT 1`, kind, command).Scan(&c)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("journal: reading %s: %w", j.path, err)
+	}
+	return c, nil
 }
 
 // add chains e after the entries of key k.

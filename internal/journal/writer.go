@@ -113,6 +113,7 @@ type Writer struct {
 	freeRows  chan *rows
 	committed chan struct{} // closed by the committer when it has written all
 	err       error         // the first write error; the committer's until committed is closed
+	errAt     time.Time     // when err happened; as err
 }
 
 // liveTask is the writer's record of a task the pool holds: one input,
@@ -368,8 +369,10 @@ func (w *Writer) add(r record) {
 }
 
 // Close writes what is left, marks the run ended with exitStatus, ends the
-// goroutine and returns the first error writing the journal. It does not
-// close the Journal.
+// goroutine and returns the first error writing the journal. After such
+// an error, the journal stopped recording the run: Close adds an event of
+// kind IncompleteEvent and records an exit status of at least 1, if there
+// is room for them. It does not close the Journal.
 func (w *Writer) Close(exitStatus int) error {
 	w.mu.Lock()
 	already := w.closed
@@ -381,6 +384,15 @@ func (w *Writer) Close(exitStatus int) error {
 	}
 	close(w.stop)
 	<-w.done
+	if w.err != nil {
+		// What the run did after the error is not in the journal: the
+		// run's row says so (IncompleteEvent), lest its end, written
+		// now when there is room again, pass it for the whole run; and
+		// the run exits 1 for it.
+		exitStatus = max(exitStatus, 1)
+		w.j.db.Exec(`INSERT INTO event (run_id, at, kind, detail) VALUES (?, ?, ?, ?)`,
+			w.runID, w.errAt.UnixNano(), IncompleteEvent, explainWrite(w.err, w.j.path).Error())
+	}
 	if _, err := w.j.db.Exec(`UPDATE run SET ended = ?, exit_status = ? WHERE id = ?`,
 		time.Now().UnixNano(), exitStatus, w.runID); err != nil && w.err == nil {
 		w.err = err
@@ -505,7 +517,7 @@ func (w *Writer) committer() {
 	for b := range w.toCommit {
 		if w.err == nil {
 			if err := w.commit(b); err != nil {
-				w.err = err
+				w.err, w.errAt = err, time.Now()
 			}
 		}
 		b.reset()

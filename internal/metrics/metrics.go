@@ -10,6 +10,8 @@
 //	                                 (pool.Stats, with AddUnwritten's tasks moved from done to unwritten);
 //	                                 each line of a block of lines counts in each state, and the states add up to tasks_submitted_total
 //	tasks_submitted_total            counter: tasks accepted by Submit
+//	tasks_skipped_total{state}       counter: inputs not submitted because an earlier run finished them (AddSkipped),
+//	                                 by the state it left them in: done, failed or poison
 //	attempts_total{cause}            counter: attempts that ended, by cause ("success" when none)
 //	task_failures_total{state,cause} counter: tasks that ended failed, poison or cancelled, by their last cause
 //	preemptions_total                counter: attempts the memory governor stopped
@@ -63,6 +65,7 @@ type Collector struct {
 
 	attempts *prometheus.CounterVec // by cause
 	failures *prometheus.CounterVec // by state and cause
+	skipped  *prometheus.CounterVec // by the state an earlier run left the task in
 
 	// The admission sampler's counts; the sampler writes them under mu,
 	// and scrapes read them.
@@ -89,9 +92,18 @@ func New() *Collector {
 			Name: "safepool_task_failures_total",
 			Help: "Tasks that ended failed, poison or cancelled, by terminal state and last cause.",
 		}, []string{"state", "cause"}),
+		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "safepool_tasks_skipped_total",
+			Help: "Inputs not submitted because an earlier run of the journal finished them (--resume), by the state it left them in.",
+		}, []string{"state"}),
 		stop: make(chan struct{}),
 	}
-	c.reg.MustRegister(c.attempts, c.failures, (*poolCollector)(c),
+	// Served from the start, at 0 without --resume, as the summary's
+	// and the JSON summary's counts are.
+	for _, s := range []pool.State{pool.Done, pool.Failed, pool.Poison} {
+		c.skipped.WithLabelValues(string(s))
+	}
+	c.reg.MustRegister(c.attempts, c.failures, c.skipped, (*poolCollector)(c),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return c
 }
@@ -138,6 +150,12 @@ func tasks(r *pool.Result) int {
 // for tasks whose end the pool has delivered.
 func (c *Collector) AddUnwritten(n int) {
 	c.unwritten.Add(int64(n))
+}
+
+// AddSkipped counts an input that was not submitted because an earlier
+// run finished it, leaving it in state (done, failed or poison).
+func (c *Collector) AddSkipped(state pool.State) {
+	c.skipped.WithLabelValues(string(state)).Inc()
 }
 
 // Attach makes the Collector read p's counts and memory, and starts

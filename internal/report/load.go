@@ -78,15 +78,17 @@ func open(path string) (*sql.DB, int, error) {
 		return nil, 0, fmt.Errorf("report: %w", err)
 	}
 	db, v, err := openAs(abs, "mode=ro")
-	if code(err) == sqlite3.SQLITE_CANTOPEN && !exists(abs+"-wal") {
+	if c := code(err); (c == sqlite3.SQLITE_CANTOPEN || c == sqlite3.SQLITE_READONLY) && !exists(abs+"-wal") {
 		// SQLite reads a database in WAL mode through a shared-memory
 		// file beside it, which it makes if there is none: in a directory
-		// it cannot write (a read-only file system, another user's), it
-		// cannot open it. With no WAL beside it, no writer has it open
-		// (a writer keeps its WAL while connected) and what the file
-		// holds is all there is: it is read as it is, without the
-		// shared memory. A WAL left by a writer that was killed comes
-		// with its shared memory, which SQLite reads in that case.
+		// it cannot write it cannot open it, with SQLITE_CANTOPEN on a
+		// read-only file system and SQLITE_READONLY_DIRECTORY where
+		// permissions forbid it (another user's directory). With no WAL
+		// beside it, no writer has it open (a writer keeps its WAL while
+		// connected) and what the file holds is all there is: it is read
+		// as it is, without the shared memory. A WAL left by a writer
+		// that was killed comes with its shared memory, which SQLite
+		// reads in that case.
 		db, v, err = openAs(abs, "immutable=1")
 	}
 	if err != nil {
@@ -204,6 +206,15 @@ func (l *loader) loadRun(ctx context.Context) error {
 		r.ExitStatus = int(exit.Int64)
 	}
 	r.Started = time.Unix(0, l.t0)
+	var incompleteAt sql.NullInt64
+	err = l.db.QueryRowContext(ctx, `SELECT at, detail FROM event WHERE run_id = ? AND kind = ? ORDER BY at LIMIT 1`,
+		id, journal.IncompleteEvent).Scan(&incompleteAt, &r.Incomplete)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return l.fail("reading the run's events", err)
+	}
+	if incompleteAt.Valid {
+		r.IncompleteAt = time.Unix(0, incompleteAt.Int64)
+	}
 	l.end = ended.Int64
 	if !ended.Valid {
 		if r.State, err = l.goesOn(ctx); err != nil {

@@ -30,6 +30,10 @@ func TestMain(m *testing.M) {
 	if path := os.Getenv(writerEnv); path != "" {
 		os.Exit(killedWriter(path))
 	}
+	if path := os.Getenv(loaderEnv); path != "" {
+		fmt.Println(loadSummary(path))
+		os.Exit(0)
+	}
 	if path := os.Getenv(runnerEnv); path != "" {
 		os.Exit(runningJournal(path))
 	}

@@ -145,7 +145,7 @@ func sizeOrNone(n int64) string {
 // docs/cli.md, Exit status).
 var exitMeanings = map[int]string{
 	0: "every task succeeded",
-	1: "some tasks failed, or a map worker got out of step",
+	1: "some tasks failed, a map worker got out of step, or the journal, job log or JSON summary could not be written in full",
 	2: "a usage error, or the command could not start",
 	3: "stopped before the end",
 }

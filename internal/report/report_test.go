@@ -382,7 +382,7 @@ func TestExitStatusSaid(t *testing.T) {
 		want   string
 	}{
 		{"run", 0, "exit status 0 (every task succeeded)"},
-		{"map", 1, "exit status 1 (some tasks failed, or a map worker got out of step)"},
+		{"map", 1, "exit status 1 (some tasks failed, a map worker got out of step, or the journal, job log or JSON summary could not be written in full)"},
 		{"run", 2, "exit status 2 (a usage error, or the command could not start)"},
 		{"run", 3, "exit status 3 (stopped before the end)"},
 		{"python", 1, "exit status 1 -j 2"}, // Python's statuses are its own

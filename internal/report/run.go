@@ -1,6 +1,7 @@
 package report
 
 import (
+	"fmt"
 	"maps"
 	"slices"
 	"time"
@@ -67,6 +68,11 @@ type Run struct {
 	Budget, Limit int64
 	// ExitStatus is the process's exit status, or -1 when unknown.
 	ExitStatus int
+	// Incomplete is, when writing the journal failed during the run (a
+	// full disk), the error, and IncompleteAt when it happened: what the
+	// run did from then on is not in the journal. Empty when it did not.
+	Incomplete   string
+	IncompleteAt time.Time
 
 	// Tasks counts the run's tasks, and States counts them by state
 	// ("pending", done, failed, poison, cancelled, skipped).
@@ -119,7 +125,8 @@ const (
 	// command, and the journal has no later run of that command).
 	RunGoesOn
 	// RunStopped means that the run did not end, and no safepool runs it
-	// now: its supervisor was killed, or the machine went down.
+	// now: its supervisor was killed, the machine went down, or the journal
+	// could not be written to its end.
 	RunStopped
 	// RunEndUnknown means that the run has no end in the journal, and
 	// whether it goes on cannot be told: a Python run (which takes no
@@ -154,13 +161,19 @@ func (r *Run) OrderedStates() []StateCount {
 }
 
 // EndNote says, for a run that has no end in the journal, whether it goes
-// on, in words; it is empty for a run that ended.
+// on, in words, and for a run whose journal could not be written to the
+// end, that it is incomplete; it is empty for a run that ended and whose
+// journal is whole.
 func (r *Run) EndNote() string {
+	if r.Incomplete != "" {
+		return fmt.Sprintf("the journal is incomplete: writing it failed %s after the start (%s), and what the run did since is not in it",
+			shortDuration(r.IncompleteAt.Sub(r.Started)), r.Incomplete)
+	}
 	switch r.State {
 	case RunGoesOn:
 		return "still running: the page shows what the journal held when it was written"
 	case RunStopped:
-		return "did not end: no safepool runs it now; its supervisor was killed, or the machine went down"
+		return "did not end: no safepool runs it now; its supervisor was killed, the machine went down, or a full disk kept the journal from recording its end"
 	case RunEndUnknown:
 		return "did not end: the supervisor died or still runs"
 	}
