@@ -476,9 +476,10 @@ loop:
 	}
 	// Output that cannot be written stops the run, as on one machine: a
 	// reader that has gone (| head -1) wants no more, and the agents
-	// would otherwise run every task for nobody.
+	// would otherwise run every task for nobody. A run whose every result
+	// is in is not aborted: --run-id can still collect it.
 	stdoutClosed := errors.Is(o.err, syscall.EPIPE)
-	if o.err != nil && abortReason == "" && !interrupted {
+	if o.err != nil && abortReason == "" && !interrupted && !(totalKnown && collected == total) {
 		abortReason = quoteMessage(fmt.Sprintf("writing output: %v", o.err))
 		if stdoutClosed {
 			abortReason = errStdoutClosed.Error()
