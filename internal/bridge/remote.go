@@ -330,7 +330,24 @@ loop:
 // remoteMeta returns the result frame's meta and payload of a recorded
 // result. A task error's payload is the worker's error payload whole, which
 // the agent records as the output (see cluster.Agent).
+//
+// A task an agent failed without running it has no cause: its worker could
+// not start there (the client's Python is not at the same path on that
+// machine, or safepool is not importable there), or the agent could not
+// read it. Its last attempt is given the cause task-error, with the
+// agent's message: a client takes a failed attempt without a cause for a
+// cancellation, which waits for the end of a pool that does not end, and
+// would wait for ever.
 func remoteMeta(rec *cluster.ResultRecord) (Meta, []byte) {
 	r := rec.Result()
-	return metaOf(&r), rec.Output
+	m := metaOf(&r)
+	if r.State == pool.Failed || r.State == pool.Poison {
+		if len(m.Attempts) == 0 {
+			m.Attempts = []Attempt{{Number: 1, ExitCode: -1}}
+		}
+		if last := &m.Attempts[len(m.Attempts)-1]; last.Cause == "" {
+			last.Cause = string(pool.CauseTaskError)
+		}
+	}
+	return m, rec.Output
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -63,7 +64,13 @@ func startAgent(t *testing.T, port int) {
 // at url (Pool(nats=URL)), run by the helper worker.
 func startRemote(t *testing.T, url string) *session {
 	t.Helper()
-	h, _ := json.Marshal(Hello{Version: Version, Command: []string{os.Args[0]}, Workers: 2})
+	return startRemoteCommand(t, url, []string{os.Args[0]})
+}
+
+// startRemoteCommand is startRemote with the worker command command.
+func startRemoteCommand(t *testing.T, url string, command []string) *session {
+	t.Helper()
+	h, _ := json.Marshal(Hello{Version: Version, Command: command, Workers: 2})
 	var m map[string]any
 	_ = json.Unmarshal(h, &m)
 	m["nats"] = url
@@ -150,6 +157,43 @@ func TestRemoteFarServer(t *testing.T) {
 	}
 	if q := queuedEver(t, port); q != n {
 		t.Errorf("the stream stored %d messages, want %d", q, n)
+	}
+}
+
+// TestRemoteWorkerCannotStart: a task whose worker cannot start on the
+// agent (the client's Python is not at that path there, or dies at once
+// because safepool is not importable there) comes back failed with a
+// cause and the agent's message. Without a cause, the Python client took
+// it for a cancellation by a pool that had aborted, waited for that
+// pool's end, and Pool.map never returned.
+func TestRemoteWorkerCannotStart(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		command []string
+		says    string
+	}{
+		{"absent", []string{"/nonexistent/python3"}, "/nonexistent/python3"},
+		{"dies", []string{"/bin/sh", "-c", "echo No module named safepool >&2; exit 1"}, "No module named safepool"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			port := startNATS(t)
+			startAgent(t, port)
+			s := startRemoteCommand(t, natsURL(port), tc.command)
+			s.rf.SetReadDeadline(time.Now().Add(time.Minute))
+			s.send(KindTask, 1, []byte("t1"))
+			m, _ := result(t, s.next())
+			if m.State != string(pool.Failed) || len(m.Attempts) == 0 {
+				t.Fatalf("result = %+v, want failed with an attempt", m)
+			}
+			last := m.Attempts[len(m.Attempts)-1]
+			if last.Cause != string(pool.CauseTaskError) || !strings.Contains(last.Message, tc.says) {
+				t.Errorf("last attempt = %+v, want cause %s and a message naming %q", last, pool.CauseTaskError, tc.says)
+			}
+			s.send(KindClose, 0, nil)
+			if f := s.next(); f.kind != KindEnd {
+				t.Fatalf("frame kind = %d after the result, want end", f.kind)
+			}
+		})
 	}
 }
 

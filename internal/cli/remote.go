@@ -406,7 +406,7 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 	}
 
 loop:
-	for !(totalKnown && collected == total) && abortReason == "" && !(otherInput != nil && before()) {
+	for !(totalKnown && collected == total) && abortReason == "" && !(otherInput != nil && before()) && o.err == nil {
 		select {
 		case f := <-feed:
 			if f.end {
@@ -472,6 +472,17 @@ loop:
 		case <-ctx.Done():
 			interrupted = true
 			break loop
+		}
+	}
+	// Output that cannot be written stops the run, as on one machine: a
+	// reader that has gone (| head -1) wants no more, and the agents
+	// would otherwise run every task for nobody. A run whose every result
+	// is in is not aborted: --run-id can still collect it.
+	stdoutClosed := errors.Is(o.err, syscall.EPIPE)
+	if o.err != nil && abortReason == "" && !interrupted && !(totalKnown && collected == total) {
+		abortReason = quoteMessage(fmt.Sprintf("writing output: %v", o.err))
+		if stdoutClosed {
+			abortReason = errStdoutClosed.Error()
 		}
 	}
 	stopCollect()
@@ -556,11 +567,19 @@ loop:
 		sum.Aborted, sum.AbortReason = true, abortReason
 		status = exitAborted
 	case o.err != nil:
+		// The last results were refused after every task had ended.
 		sum.Aborted = true
 		sum.AbortReason = quoteMessage(fmt.Sprintf("writing output: %v", o.err))
+		if errors.Is(o.err, syscall.EPIPE) {
+			sum.AbortReason = errStdoutClosed.Error()
+		}
 		status = exitAborted
 	case !sum.ok():
 		status = exitFailed
+	}
+	stdoutClosed = errors.Is(o.err, syscall.EPIPE)
+	if o.err != nil && !stdoutClosed {
+		fmt.Fprintf(stderr, "safepool: writing output: %v\n", o.err)
 	}
 	sum.ExitStatus = status
 	if err := jl.close(); err != nil {
@@ -568,7 +587,7 @@ loop:
 		status = max(status, exitFailed)
 		sum.ExitStatus = status
 	}
-	if err := jsonOut.write(sum); err != nil {
+	if err := jsonOut.write(sum); err != nil && !(stdoutClosed && jsonOut.path == "-") {
 		fmt.Fprintf(stderr, "safepool: %v\n", err)
 		status = max(status, exitFailed)
 	}

@@ -121,6 +121,50 @@ func TestSubmitterInterrupted(t *testing.T) {
 	waitRecorded(t, url, run, 2, 30*time.Second)
 }
 
+// TestStdoutClosed: a submitter whose stdout's reader has gone (| head -1)
+// stops the run at its first output, as a local run does: exit 3, "stdout
+// was closed", its queued tasks removed and its running workers stopped on
+// the agent, rather than waiting for every task to run for nobody.
+func TestStdoutClosed(t *testing.T) {
+	t.Parallel()
+	dir, url := newCluster(t)
+	agent := startAgent(t, dir, "agent1", url, "-j", "2", "--grace", "1s")
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close() // the reader is gone before the first output
+	defer w.Close()
+	inputs := append([]string{"sleep:10"}, sleeps(5, 30000)...)
+	sub := startWith(t, dir, "run", func(c *exec.Cmd) { c.Stdout = w },
+		append(append([]string{"run", "--nats", url, "--json", "run.json"}, helperCmd()...), append([]string{":::"}, inputs...)...)...)
+	w.Close()
+	if st := sub.wait(t, 25*time.Second); st != 3 {
+		t.Fatalf("run exited %d with its stdout closed, want 3\n%s", st, sub.stderr())
+	}
+	if !strings.Contains(sub.stderr(), "aborted because stdout was closed") {
+		t.Errorf("stderr does not say stdout was closed:\n%s", sub.stderr())
+	}
+	if strings.Contains(sub.stderr(), "broken pipe") {
+		t.Errorf("stderr names a broken pipe:\n%s", sub.stderr())
+	}
+	s := summaryOf(t, dir, "run")
+	if s.Tasks.Submitted != 6 || s.Tasks.Done != 0 || s.Tasks.Cancelled == 0 {
+		t.Errorf("tasks %+v, want 6 submitted, none done (the output was not written), some cancelled", s.Tasks)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(workersOf(agent)) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("workers %v of the stopped run still run on the agent:\n%s", workersOf(agent), agent.stderr())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second)
+	if n := startsOf(dir, "agent1"); n > 3 {
+		t.Errorf("%d tasks started on the agent after the run stopped, want at most the 3 that could run before", n)
+	}
+}
+
 // TestRecordedTaskAgain: a second message of a task whose result is
 // recorded (published again by a submitter resumed after JetStream's
 // de-duplication window of an hour) is acknowledged without running the

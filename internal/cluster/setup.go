@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,6 +35,9 @@ type Conn struct {
 	downErr   error        // why, if known
 	backAt    time.Time    // when the connection last came back after a loss
 	notify    func(string) // told of each loss and return of the connection; may be nil
+	denied    error        // the last permissions violation the server reported
+	stopSetup func()       // while setup runs: ends its requests, which a violation leaves unanswered
+	setUp     bool         // setup has ended: asyncErr prints what it is told
 }
 
 // Dial connects to the NATS server at url (a comma-separated list of
@@ -49,6 +53,7 @@ func Dial(ctx context.Context, url, name string) (*Conn, error) {
 		nats.RetryOnFailedConnect(false),
 		nats.DisconnectErrHandler(c.lost),
 		nats.ReconnectHandler(c.back),
+		nats.ErrorHandler(c.asyncErr),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: connecting to %s: %w", Redact(url), err)
@@ -88,6 +93,26 @@ func (c *Conn) lost(nc *nats.Conn, err error) {
 	c.mu.Unlock()
 	if f != nil {
 		f(c.downMessage())
+	}
+}
+
+// asyncErr is told of the errors the server reports apart from any
+// request, such as a permissions violation, which a request the server
+// refuses to pass on never returns: it notes the last permissions
+// violation, which setup names rather than wait for replies that cannot
+// come, and once set up prints each error, as NATS does by default.
+func (c *Conn) asyncErr(nc *nats.Conn, sub *nats.Subscription, err error) {
+	c.mu.Lock()
+	if errors.Is(err, nats.ErrPermissionViolation) {
+		c.denied = err
+		if c.stopSetup != nil {
+			c.stopSetup()
+		}
+	}
+	setUp := c.setUp
+	c.mu.Unlock()
+	if setUp {
+		fmt.Fprintf(os.Stderr, "safepool: NATS: %v\n", err)
 	}
 }
 
@@ -160,18 +185,58 @@ func (c *Conn) setup(ctx context.Context) error {
 	}
 	// Setting up may race with the server still electing leaders (a
 	// cluster starting, a server restarting): try for a while.
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	c.mu.Lock()
+	c.stopSetup = stop
+	c.mu.Unlock()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		c.stream, err = c.create(ctx)
-		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+		c.stream, err = c.create(sctx)
+		if err == nil {
 			break
 		}
-		if !sleep(ctx, 500*time.Millisecond) {
+		if why := c.hopeless(err); why != nil {
+			err = why
+			break
+		}
+		if time.Now().After(deadline) || sctx.Err() != nil || !sleep(sctx, 500*time.Millisecond) {
 			break
 		}
 	}
+	c.mu.Lock()
+	c.stopSetup, c.setUp = nil, true
+	c.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("cluster: setting up JetStream at %s: %w", c.nc.ConnectedUrlRedacted(), err)
+	}
+	return nil
+}
+
+// ErrNoJetStream is returned by Dial when the NATS deployment does not
+// give the connection's user JetStream: the server runs without it, or
+// the user's account has it disabled, or the user may not use its API.
+var ErrNoJetStream = errors.New("no JetStream")
+
+// hopeless returns why setting up failed when trying again cannot help,
+// or nil: the server runs without JetStream, the user's account has it
+// disabled, or the server refused the user a JetStream request. These were
+// tried again for 30 s, silently, and then named only by what the last
+// request returned ("no responders available for request", "context
+// deadline exceeded").
+func (c *Conn) hopeless(err error) error {
+	c.mu.Lock()
+	denied := c.denied
+	c.mu.Unlock()
+	switch {
+	case denied != nil:
+		return fmt.Errorf("%w for this user: %v; the user needs to publish and subscribe to JetStream's API ($JS.>), to safepool's subjects (safepool.>, $KV.>) and to replies (_INBOX.>)", ErrNoJetStream, denied)
+	case errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount):
+		return fmt.Errorf("%w for this user's account: the NATS server runs JetStream, but not for this account (jetstream: enabled in the account's configuration): %v", ErrNoJetStream, err)
+	case errors.Is(err, nats.ErrNoResponders):
+		if on, _ := c.nc.ConnectedServerJetStream(); !on {
+			return fmt.Errorf("%w: the NATS server runs without JetStream (start nats-server with -js, or jetstream {} in its configuration; safepool server runs it): %v", ErrNoJetStream, err)
+		}
 	}
 	return nil
 }
