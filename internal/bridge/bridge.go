@@ -7,7 +7,7 @@
 // pool's policy (retries, the memory governor's OOM retry, poison) applies
 // to each item as to any task, and a worker death is blamed on the item
 // that the worker's running-item page (or its last start frame) names. The
-// wire format, bridge/4, is specified in docs/protocol.md.
+// wire format, bridge/5, is specified in docs/protocol.md.
 package bridge
 
 import (
@@ -33,8 +33,10 @@ import (
 // Version 1 ran batches of items as one task under the client's own policy;
 // version 2 runs one item per task under the pool's; version 3 adds batch
 // tasks (KindBatch, KindItems), whose items each keep their own fate;
-// version 4 adds ranges to KindItems: one output for several items.
-const Version = 4
+// version 4 adds ranges to KindItems: one output for several items;
+// version 5 sends a run of items without output (cancelled, say) as one
+// entry of KindItems.
+const Version = 5
 
 // VersionError is the error of a session whose client speaks another version
 // of the bridge protocol. The bridge sends its text to the client in an end
@@ -569,18 +571,24 @@ func writeResults(bw *bufio.Writer, p *pool.Pool) error {
 }
 
 // writeItems writes the result of items of a batch in a KindItems frame.
+// In a frame whose state is not done, a run of consecutive items without
+// output and with the same start and end (the items of a batch that an
+// abort cancelled before they ran, say) is one entry whose span is the
+// run's length (bridge/5): cancelling a batch of a million items costs one
+// entry, not a million.
 func writeItems(bw *bufio.Writer, r *pool.Result) error {
 	meta, err := json.Marshal(metaOf(r))
 	if err != nil {
 		return fmt.Errorf("bridge: encoding a result: %w", err)
 	}
 	taskErr := r.State == pool.Failed && r.Cause() == pool.CauseTaskError
-	outs := make([][]byte, len(r.Items))
-	head := make([]byte, 0, 8+len(meta)+28*len(r.Items))
+	entries := itemEntries(r)
+	outs := make([][]byte, len(entries))
+	head := make([]byte, 0, 8+len(meta)+28*len(entries))
 	head = binary.BigEndian.AppendUint32(head, uint32(len(meta)))
 	head = append(head, meta...)
-	head = binary.BigEndian.AppendUint32(head, uint32(len(r.Items)))
-	for i, it := range r.Items {
+	head = binary.BigEndian.AppendUint32(head, uint32(len(entries)))
+	for i, it := range entries {
 		outs[i] = it.Output
 		if taskErr {
 			// The worker's error payload whole, as for a task's result.
@@ -593,6 +601,47 @@ func writeItems(bw *bufio.Writer, r *pool.Result) error {
 		head = binary.BigEndian.AppendUint64(head, math.Float64bits(unixSeconds(it.End)))
 	}
 	return writeFrame(bw, KindItems, r.ID, append([][]byte{head}, outs...)...)
+}
+
+// itemEntries returns the entries of r's items frame: r's items, with each
+// run of two or more consecutive items that are not done, have no output
+// (and no task error's payload) and share their start and end made one item
+// whose Span is the run's length. A done entry with a span is a range that
+// a worker answered together, whose output holds every value: those are
+// left as they are.
+func itemEntries(r *pool.Result) []pool.Item {
+	if r.State == pool.Done || (r.State == pool.Failed && r.Cause() == pool.CauseTaskError) || len(r.Items) < 2 {
+		return r.Items
+	}
+	alone := func(it *pool.Item) bool { return it.Span == 0 && len(it.Output) == 0 }
+	var out []pool.Item
+	for i := 0; i < len(r.Items); {
+		it := r.Items[i]
+		j := i + 1
+		if alone(&it) {
+			for j < len(r.Items) {
+				n := &r.Items[j]
+				if !alone(n) || n.Index != it.Index+(j-i) || !n.Start.Equal(it.Start) || !n.End.Equal(it.End) {
+					break
+				}
+				j++
+			}
+			if j-i > 1 {
+				it.Span = j - i
+			}
+		}
+		if out == nil && j-i > 1 {
+			out = append(make([]pool.Item, 0, len(r.Items)/(j-i)+1), r.Items[:i]...)
+		}
+		if out != nil {
+			out = append(out, it)
+		}
+		i = j
+	}
+	if out == nil {
+		return r.Items
+	}
+	return out
 }
 
 func metaOf(r *pool.Result) Meta {

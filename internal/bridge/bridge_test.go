@@ -471,6 +471,67 @@ func TestBatchRangeBeforeEnd(t *testing.T) {
 	}
 }
 
+// TestAbortCancelsBatchesInRuns: an abort cancels the items of batches
+// that did not run as runs, one entry each in the items frames (bridge/5),
+// not an entry per item: a client's terminate() of millions of items would
+// otherwise read and settle millions of entries. Every item is settled
+// once, none done.
+func TestAbortCancelsBatchesInRuns(t *testing.T) {
+	const n = 5000 // items a batch
+	s := startWith(t, Hello{Workers: 1}, "page")
+	if f := s.next(); f.kind != KindReady {
+		t.Fatalf("first frame kind = %d, want ready", f.kind)
+	}
+	for b := range 3 {
+		items := make([]string, n)
+		for i := range items {
+			items[i] = "x"
+		}
+		if b == 0 {
+			items[0] = "hang" // the one worker's: the other batches wait in the queue
+		}
+		payload := binary.BigEndian.AppendUint32(nil, n)
+		payload = binary.BigEndian.AppendUint32(payload, 0) // no options
+		s.send(KindBatch, uint64(1+b*n), append(payload, strings.Join(items, ",")...))
+	}
+	s.send(KindAbort, 0, nil)
+	settled := map[uint64]string{}
+	entries := 0
+	for {
+		f := s.next()
+		if f.kind == KindEnd {
+			var end End
+			if err := json.Unmarshal(f.payload, &end); err != nil {
+				t.Fatalf("end frame %q: %v", f.payload, err)
+			}
+			checkEndStats(t, end.Stats, 3*n)
+			break
+		}
+		m, o := itemsOf(t, f)
+		k := 4 + binary.BigEndian.Uint32(f.payload)
+		entries += int(binary.BigEndian.Uint32(f.payload[k:]))
+		for id := range o {
+			if _, dup := settled[id]; dup {
+				t.Errorf("item %d settled twice", id)
+			}
+			settled[id] = m.State
+		}
+	}
+	if len(settled) != 3*n {
+		t.Errorf("%d items settled, want %d", len(settled), 3*n)
+	}
+	for id, st := range settled {
+		if st == "done" {
+			t.Errorf("item %d is done, want cancelled by the abort", id)
+		}
+	}
+	// The hanging item and the rest of its batch, and the two batches that
+	// never ran: a few runs, whatever the abort found running.
+	if entries > 6 {
+		t.Errorf("the abort's items frames hold %d entries for %d items, want a few runs", entries, 3*n)
+	}
+}
+
 // TestBatchBlame: a batch of items is one task; its worker dies on the
 // third. The two items answered are done at once, in one frame; the third
 // alone is charged (skip: failed); the items after it run once, uncharged,
@@ -653,9 +714,9 @@ func TestBadHello(t *testing.T) {
 		{"version", `{"version":9,"command":["true"]}`, "the binary is older than the client"},
 		{"old client", `{"version":1,"command":["true"]}`, "the client is older than the binary"},
 		{"json", `{`, "bad hello"},
-		{"policy", `{"version":4,"command":["true"],"on_worker_death":"maybe"}`, "on_worker_death"},
-		{"timeout grace", `{"version":4,"command":["true"],"timeout_grace":-1}`, "negative timeout_grace"},
-		{"command", `{"version":4,"command":["/nonexistent/worker"]}`, "starting the pool"},
+		{"policy", `{"version":5,"command":["true"],"on_worker_death":"maybe"}`, "on_worker_death"},
+		{"timeout grace", `{"version":5,"command":["true"],"timeout_grace":-1}`, "negative timeout_grace"},
+		{"command", `{"version":5,"command":["/nonexistent/worker"]}`, "starting the pool"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -686,7 +747,7 @@ func TestBadHello(t *testing.T) {
 
 func TestConfigOfHello(t *testing.T) {
 	// The members as the Python client sends them.
-	const hello = `{"version": 4, "command": ["w"], "workers": 3, "mem_limit": 1024, "timeout": 1.5,
+	const hello = `{"version": 5, "command": ["w"], "workers": 3, "mem_limit": 1024, "timeout": 1.5,
 		"retries": 4, "on_worker_death": "retry",
 		"no_governor": true, "mem_budget": 2147483648, "mem_reserve": 1048576, "mem_per_task": 4096,
 		"preempt_above": 0.9, "preempt_psi": -1, "backoff": 0.25, "max_backoff": 2.0, "task_error_retries": 2,
@@ -734,10 +795,10 @@ func TestHelloTimeoutGrace(t *testing.T) {
 		hello string
 		want  time.Duration
 	}{
-		{`{"version": 4, "command": ["w"], "timeout": 1}`, 0},
-		{`{"version": 4, "command": ["w"], "timeout": 1, "timeout_grace": 0}`, -1},
-		{`{"version": 4, "command": ["w"], "timeout": 1, "timeout_grace": 2.5}`, 2500 * time.Millisecond},
-		{`{"version": 4, "command": ["w"], "timeout": 1, "timeout_grace": 1e-12}`, time.Nanosecond},
+		{`{"version": 5, "command": ["w"], "timeout": 1}`, 0},
+		{`{"version": 5, "command": ["w"], "timeout": 1, "timeout_grace": 0}`, -1},
+		{`{"version": 5, "command": ["w"], "timeout": 1, "timeout_grace": 2.5}`, 2500 * time.Millisecond},
+		{`{"version": 5, "command": ["w"], "timeout": 1, "timeout_grace": 1e-12}`, time.Nanosecond},
 	}
 	for _, tt := range tests {
 		var h Hello
@@ -815,5 +876,31 @@ func TestProcsFor(t *testing.T) {
 		if got := procsFor(tt.workers, tt.cpus); got != tt.want {
 			t.Errorf("procsFor(%d, %d) = %d, want %d", tt.workers, tt.cpus, got, tt.want)
 		}
+	}
+}
+
+// TestItemEntries: runs of consecutive items without output, with the
+// same times, in a state other than done, become one entry each; items
+// with an output or other times, gaps, and done ranges stay as they are.
+func TestItemEntries(t *testing.T) {
+	t0 := time.Unix(100, 0)
+	items := []pool.Item{{Index: 0}, {Index: 1}, {Index: 2}, {Index: 4}, {Index: 5, Start: t0, End: t0},
+		{Index: 6}, {Index: 7}, {Index: 8, Output: []byte("x")}, {Index: 9}}
+	type entry struct{ index, span int }
+	entriesOf := func(r *pool.Result) []entry {
+		var out []entry
+		for _, it := range itemEntries(r) {
+			out = append(out, entry{it.Index, it.Span})
+		}
+		return out
+	}
+	got := entriesOf(&pool.Result{State: pool.Cancelled, Items: items})
+	want := []entry{{0, 3}, {4, 0}, {5, 0}, {6, 2}, {8, 0}, {9, 0}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("cancelled entries = %v, want %v", got, want)
+	}
+	done := &pool.Result{State: pool.Done, Items: []pool.Item{{Index: 0}, {Index: 1}}}
+	if got := entriesOf(done); len(got) != 2 {
+		t.Errorf("done entries = %v, want both items as they are", got)
 	}
 }

@@ -51,6 +51,9 @@ const (
 	// each, then the start and end of its last run, big-endian IEEE 754
 	// Unix seconds, 0 if unknown), then the n outputs one after the other.
 	// The id is the batch's, so an item's number is the id plus its index.
+	// Since bridge/4 an entry is 28 bytes, with a span after the index: in
+	// a done frame, a range of items answered together, in another state
+	// (bridge/5), a run of items that each have the entry's output (writeItems).
 	KindItems Kind = 19
 )
 

@@ -112,13 +112,15 @@ func runReport(ctx context.Context, e *env, args []string) error {
 		}
 		return &statusError{status: status, err: err}
 	}
+	where := a.out
 	if a.out == "-" {
+		// The line below goes on stderr all the same: it is not part of
+		// the page, and it says whether the run still goes on.
+		where = "the page on stdout"
 		if err := report.Write(e.stdout, r, opt); err != nil {
 			return reportWriteError(err)
 		}
-		return nil
-	}
-	if err := writeFileAtomic(a.out, func(w io.Writer) error { return report.Write(w, r, opt) }); err != nil {
+	} else if err := writeFileAtomic(a.out, func(w io.Writer) error { return report.Write(w, r, opt) }); err != nil {
 		return reportWriteError(err)
 	}
 	var states []string
@@ -132,7 +134,7 @@ func runReport(ctx context.Context, e *env, args []string) error {
 	if n := r.EndNote(); n != "" {
 		note += " (" + n + ")"
 	}
-	fmt.Fprintf(e.stderr, "safepool: wrote %s: run %d of %d, %s%s\n", a.out, r.ID, r.Runs, plural(r.Tasks, "task"), note)
+	fmt.Fprintf(e.stderr, "safepool: wrote %s: run %d of %d, %s%s\n", where, r.ID, r.Runs, plural(r.Tasks, "task"), note)
 	return nil
 }
 

@@ -155,22 +155,6 @@ def _pool_clock(word):
     return lambda: clock_now(word, monotonic_ns)
 
 
-def _runs(entries):
-    """The entries of an items frame, each run of consecutive items without
-    output (the binary answers a cancelled batch item by item) made one
-    entry whose span is the run's length."""
-    out = []
-    for e in entries:
-        if out and not e[2]:
-            p = out[-1]
-            n = p[1] or 1
-            if not p[2] and e[0] == p[0] + n:
-                out[-1] = (p[0], n + (e[1] or 1), 0, p[3], p[4])
-                continue
-        out.append(e)
-    return out
-
-
 class _Chunk:
     """Items of one job, written to the binary together."""
 
@@ -967,8 +951,6 @@ class _Core:
         at += 4
         entries = list(ITEM_ENTRY.iter_unpack(payload[at:at + count * ITEM_ENTRY.size]))
         at += count * ITEM_ENTRY.size
-        if count > 1 and self._cancelled_unrun(meta):
-            entries = _runs(entries)
         if self._receiver is not None:
             # Values that workers sent straight to this process go first:
             # they were in their pipes before the binary heard of them (an

@@ -57,7 +57,7 @@ def page_word(mark: int, bias: int) -> int:
 
 
 # The bridge protocol: client <-> safepool binary.
-BRIDGE_VERSION = 4
+BRIDGE_VERSION = 5
 K_HELLO, K_TASK, K_CLOSE, K_ABORT, K_TASK_META, K_BATCH = 1, 2, 3, 4, 5, 6
 K_READY, K_RESULT, K_END, K_ITEMS = 16, 17, 18, 19
 # The length of the JSON before the payload of task+ and result frames.
@@ -65,8 +65,10 @@ META_LEN = struct.Struct(">I")
 # A batch frame's head: its item count and the length of its JSON options.
 BATCH_HEAD = struct.Struct(">II")
 # One entry of an items frame: its item's index, its span (0 for one item;
-# for a range of items, how many, whose values its output holds as one
-# pickled list), its output's size, and the start and end of its last run.
+# for a range of items, how many: in a done frame, a range whose values its
+# output holds as one pickled list; in another state (bridge/5), a run of
+# items that each have the entry's output, such as cancelled ones), its
+# output's size, and the start and end of its last run.
 ITEM_ENTRY = struct.Struct(">IIIdd")
 
 # A task's payload is the pickled tuple (mode, function, item) or (mode,

@@ -3,6 +3,7 @@ parent, a pool dropped without close. And imap reads its input lazily with
 flat memory, and an imap abandoned half way leaves no thread behind."""
 import gc
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -400,6 +401,39 @@ class TerminateWithBacklog(unittest.TestCase):
         self.assertTrue(all(isinstance(e, safepool.TaskCancelled) for e in failed.values()))
         self.assertEqual({e.task_args for e in failed.values()}, {0.0001})
         self.assertLess(calls[0], 1000, "items settled one by one")
+
+    def test_terminate_reads_cancelled_items_as_runs(self):
+        # The binary sent an entry (28 bytes) for each item that an abort
+        # cancelled, which the client read one by one: terminate() of a map
+        # of 4 million items took over 10 s, and the binary was killed.
+        # Since bridge/5 a run of items cancelled together is one entry.
+        from safepool import _core
+        from safepool._protocol import META_LEN
+        n = 200_000
+        pool = safepool.Pool(2)
+        r = pool.map_async(time.sleep, [0.0001] * n)
+        time.sleep(0.5)
+        entries = {}  # state: entries read
+        on_items = _core._Core._on_items
+
+        def counted(core, base, payload):
+            (k,) = META_LEN.unpack_from(payload)
+            state = json.loads(bytes(payload[4:4 + k])).get("state")
+            (count,) = META_LEN.unpack_from(payload, 4 + k)
+            entries[state] = entries.get(state, 0) + count
+            on_items(core, base, payload)
+        _core._Core._on_items = counted
+        try:
+            pool.terminate()
+            with self.assertRaises(safepool.TaskCancelled):
+                r.get(timeout=60)
+        finally:
+            _core._Core._on_items = on_items
+        failed = r._job.failed
+        self.assertGreater(len(failed), n // 2)
+        self.assertTrue(all(isinstance(e, safepool.TaskCancelled) for e in failed.values()))
+        self.assertLess(entries.get("cancelled", 0), 100,
+                        "the binary sent %s entries for %d items cancelled" % (entries, len(failed)))
 
     def test_terminate_that_kills_the_binary_cancels(self):
         # terminate() kills the binary when it has not ended within its
