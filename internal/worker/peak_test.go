@@ -97,24 +97,30 @@ func lateGrow(arg string) {
 // One that holds a shared block throughout is not charged the block.
 func TestSessionLatePeak(t *testing.T) {
 	if os.Getenv(latePeakInnerEnv) == "" {
-		// A job's maxrss at or below the supervisor's own cannot be told
-		// from the one it inherits at its fork (ownPeak), and this
+		// A job's maxrss at or below the supervisor's own peak cannot be
+		// told from the one it inherits at its fork (ownPeak), and this
 		// package's other tests grow this process past 300 MiB: the test
 		// runs again in a fresh process of this binary, as its
-		// supervisor.
+		// supervisor. That process inherits, as its getrusage maxrss,
+		// the peak of this one, which is made at least 160 MiB here:
+		// what counts is its own peak since its exec, as for a
+		// supervisor that a large Python program started.
+		big := make([]byte, 160*mib)
+		for i := range big {
+			big[i] = 1
+		}
 		cmd := exec.Command(os.Args[0], "-test.run=^TestSessionLatePeak$", "-test.count=1", "-test.v")
 		cmd.Env = append(os.Environ(), latePeakInnerEnv+"=1")
 		out, err := cmd.CombinedOutput()
+		runtime.KeepAlive(big)
 		t.Logf("in a fresh process:\n%s", out)
 		if err != nil {
 			t.Fatalf("TestSessionLatePeak in a fresh process: %v", err)
 		}
 		return
 	}
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	if own := ru.Maxrss * 1024; own >= 64*mib {
-		t.Fatalf("this process's maxrss is %d bytes already: a job's 64 MiB cannot be told from it", own)
+	if own, err := memory.ProcessPeakRSS(os.Getpid()); err != nil || own >= 64*mib {
+		t.Fatalf("this process's own peak is %d bytes already (%v): a job's 64 MiB cannot be told from it", own, err)
 	}
 	block := sharedFile(t, 128*mib)
 	for _, tc := range []struct {

@@ -3,8 +3,10 @@ package worker
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -451,13 +453,39 @@ func sampledPeak(sampled int64, samples int, maxRSS int64, last memory.Resident)
 // MiB, and the governor planned with that. A maxrss above the
 // supervisor's own peak is the process's; one at or below it cannot be
 // told from it: unknown.
+//
+// The supervisor's own peak is that of its memory since its exec (VmHWM),
+// what a process forked from it inherits; not its getrusage maxrss, which
+// holds in the same way the peak of whatever process started it: a
+// supervisor started by a Python program of 2 GiB of arrays would have
+// called unknown every job's peak below 2 GiB.
 func ownPeak(maxRSS int64) int64 {
 	if maxRSS <= 0 {
 		return maxRSS
 	}
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil || maxRSS <= int64(ru.Maxrss)*1024 {
+	if maxRSS <= supervisorPeak.Load() {
+		return 0 // the supervisor's peak only grows: no need to read it again
+	}
+	peak, err := memory.ProcessPeakRSS(os.Getpid())
+	if err != nil {
+		var ru syscall.Rusage
+		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+			return 0
+		}
+		peak = int64(ru.Maxrss) * 1024
+	}
+	for {
+		old := supervisorPeak.Load()
+		if peak <= old || supervisorPeak.CompareAndSwap(old, peak) {
+			break
+		}
+	}
+	if maxRSS <= peak {
 		return 0
 	}
 	return maxRSS
 }
+
+// supervisorPeak is the highest of the supervisor's own peaks that ownPeak
+// has read, in bytes.
+var supervisorPeak atomic.Int64
