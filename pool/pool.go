@@ -211,6 +211,7 @@ func New(cfg Config) (*Pool, error) {
 	if err != nil {
 		return nil, err
 	}
+	cfg.Stdout, cfg.Stderr = syncWriters(cfg.Stdout, cfg.Stderr)
 	var notices []string
 	if n := cfg.fitFiles(); n != "" {
 		notices = append(notices, n)

@@ -638,6 +638,11 @@ type Config struct {
 
 	// Stdout and Stderr receive persistent workers' own stdout (framed
 	// protocol only) and stderr. Nil means the supervisor's stderr for both.
+	// A file is handed to the workers as it is. Any other writer gets
+	// what they write as it arrives, one Write at a time across both
+	// fields, so they may be one writer, such as a bytes.Buffer; a line
+	// that a worker writes in pieces, or longer than a pipe holds, may be
+	// cut by another worker's output.
 	Stdout, Stderr io.Writer
 	// Observer, if not nil, is called for every Event, from the pool's
 	// goroutines. It must return quickly and must not call the pool.
