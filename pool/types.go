@@ -298,8 +298,9 @@ func (r *Result) count() int {
 	return 1
 }
 
-// Cause returns the cause of the task's last attempt, or "" when the task is
-// done or never ran.
+// Cause returns the cause of the task's last attempt: "" when the task is
+// done, and for a task that never ran, CauseCancelled if it was cancelled
+// and "" otherwise.
 func (r *Result) Cause() Cause {
 	if len(r.Attempts) == 0 {
 		if r.State == Cancelled {
