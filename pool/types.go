@@ -621,7 +621,10 @@ type Config struct {
 	// bounds the pool's memory. Zero means 64 + 4×Workers×Pipeline.
 	MaxPending int
 	// Grace is how long a worker has between SIGTERM and SIGKILL when the
-	// pool stops it. Zero means 3s.
+	// pool stops it. A persistent worker that the pool retires (at Close,
+	// or after MaxTasksPerWorker or MaxRSS) first has Grace to exit by
+	// itself once its task pipe or stdin is closed, and only then gets
+	// SIGTERM. Zero means 3s.
 	Grace time.Duration
 	// StartupFailures is how many workers in a row may fail before they
 	// take any task before the pool aborts with a *StartError. A worker
