@@ -130,7 +130,8 @@ func Pipes() (tasks, results *os.File, err error) {
 	// files of its own, which the protocol must not touch.
 	for _, fd := range []int{taskFD, resultFD} {
 		if err := isPipe(fd); err != nil {
-			return nil, nil, &inheritedError{fmt.Sprintf("serve: not started by a safepool supervisor: %s is set, but fd %d %v (the variables were inherited from a worker, not its pipes)",
+			return nil, nil, &inheritedError{fmt.Sprintf(
+				"serve: not started by a safepool supervisor: %s is set, but fd %d %v (the variables were inherited from a worker, not its pipes)",
 				protocol.EnvProtocol, fd, err)}
 		}
 	}
@@ -149,8 +150,6 @@ func Pipes() (tasks, results *os.File, err error) {
 	return tasks, results, nil
 }
 
-// envFD returns the file descriptor named by the environment variable name,
-// or def if it is unset.
 // inheritedError is ErrNoSupervisor for a process that has the
 // supervisor's variables without its pipes; its own text says so, since
 // ErrNoSupervisor's says that SAFEPOOL_PROTOCOL is not set.
@@ -159,6 +158,8 @@ type inheritedError struct{ msg string }
 func (e *inheritedError) Error() string { return e.msg }
 func (e *inheritedError) Unwrap() error { return ErrNoSupervisor }
 
+// envFD returns the file descriptor named by the environment variable name,
+// or def if it is unset.
 func envFD(name string, def int) (int, error) {
 	s := os.Getenv(name)
 	if s == "" {
