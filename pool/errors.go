@@ -30,6 +30,8 @@ type TaskError struct {
 	Result *Result
 }
 
+// Error says which task ended how, after how many attempts, with the
+// first line of the last attempt's message.
 func (e *TaskError) Error() string {
 	r := e.Result
 	var b strings.Builder
@@ -87,6 +89,8 @@ func (e *StartError) Error() string {
 	return b.String()
 }
 
+// Unwrap returns Err, so that errors.Is matches, for example,
+// fs.ErrNotExist for a command that is not there.
 func (e *StartError) Unwrap() error { return e.Err }
 
 // AbortError is the error Err returns after the pool aborted. It wraps
@@ -99,6 +103,7 @@ type AbortError struct {
 	Reason error
 }
 
+// Error reads "pool: aborted", followed by the reason if there is one.
 func (e *AbortError) Error() string {
 	if e.Reason == nil {
 		return ErrAborted.Error()

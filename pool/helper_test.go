@@ -204,6 +204,7 @@ func runWorker(mode string) int {
 //	lategrow:MB      (one-shot) sleep 400 ms (four samples' worth of a watch), then map MB megabytes, every page in, and exit 0 at once, answering nothing
 //	pid              answer with the worker's pid
 //	spew:OUT:ERR:N   (one-shot) write OUT bytes of spewPattern to stdout and ERR to stderr, then exit N
+//	chatter:N        write N lines "chatter I" to stdout and N to stderr, then answer
 //	mute             answer nothing (line protocol)
 //	twice            answer with two lines at once: "extra" and the answer (line protocol)
 //	twice-slow       write "extra", and the answer 300 ms later, then wait 300 ms before reading on
@@ -348,6 +349,12 @@ func behave(in string) (string, error) {
 		syscall.Exit(0)
 	case "pid":
 		return strconv.Itoa(os.Getpid()), nil
+	case "chatter":
+		n, _ := strconv.Atoi(arg)
+		for i := range n {
+			fmt.Fprintf(os.Stdout, "chatter %d\n", i)
+			fmt.Fprintf(os.Stderr, "chatter %d\n", i)
+		}
 	case "spew":
 		var out, errs int64
 		var code int

@@ -211,6 +211,7 @@ func New(cfg Config) (*Pool, error) {
 	if err != nil {
 		return nil, err
 	}
+	cfg.Stdout, cfg.Stderr = syncWriters(cfg.Stdout, cfg.Stderr)
 	var notices []string
 	if n := cfg.fitFiles(); n != "" {
 		notices = append(notices, n)
@@ -590,9 +591,10 @@ func (p *Pool) Results() <-chan Result { return p.results }
 
 // Abort stops the pool: no task is dispatched any more, queued tasks end
 // Cancelled, and running workers get SIGTERM, then SIGKILL after
-// Config.Grace; their tasks end Cancelled. reason, if not nil, is reported by
-// Err. Calling Abort again kills the workers at once. Results is still
-// delivered until closed.
+// Config.Grace; their tasks end Cancelled, but for those their workers
+// answer before they end (as a worker that handles SIGTERM may), which end
+// Done. reason, if not nil, is reported by Err. Calling Abort again kills
+// the workers at once. Results is still delivered until closed.
 func (p *Pool) Abort(reason error) {
 	first := false
 	p.abortOnce.Do(func() {
@@ -623,7 +625,10 @@ func (p *Pool) setErr(err error) {
 
 // Err returns nil if the pool was not aborted, and otherwise an *AbortError
 // saying why: the reason given to Abort, the failed task under the Abort
-// policy, or a *StartError when workers could not start.
+// policy, or a *StartError when workers could not start. Once Results is
+// closed, a pool that was not aborted may also report what failed as it
+// ended: its cgroups could not be removed, or the processes its workers
+// left could not be ended; that error is not an *AbortError.
 func (p *Pool) Err() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -298,8 +298,9 @@ func (r *Result) count() int {
 	return 1
 }
 
-// Cause returns the cause of the task's last attempt, or "" when the task is
-// done or never ran.
+// Cause returns the cause of the task's last attempt: "" when the task is
+// done, and for a task that never ran, CauseCancelled if it was cancelled
+// and "" otherwise.
 func (r *Result) Cause() Cause {
 	if len(r.Attempts) == 0 {
 		if r.State == Cancelled {
@@ -620,7 +621,10 @@ type Config struct {
 	// bounds the pool's memory. Zero means 64 + 4×Workers×Pipeline.
 	MaxPending int
 	// Grace is how long a worker has between SIGTERM and SIGKILL when the
-	// pool stops it. Zero means 3s.
+	// pool stops it. A persistent worker that the pool retires (at Close,
+	// or after MaxTasksPerWorker or MaxRSS) first has Grace to exit by
+	// itself once its task pipe or stdin is closed, and only then gets
+	// SIGTERM. Zero means 3s.
 	Grace time.Duration
 	// StartupFailures is how many workers in a row may fail before they
 	// take any task before the pool aborts with a *StartError. A worker
@@ -638,6 +642,11 @@ type Config struct {
 
 	// Stdout and Stderr receive persistent workers' own stdout (framed
 	// protocol only) and stderr. Nil means the supervisor's stderr for both.
+	// A file is handed to the workers as it is. Any other writer gets
+	// what they write as it arrives, one Write at a time across both
+	// fields, so they may be one writer, such as a bytes.Buffer; a line
+	// that a worker writes in pieces, or longer than a pipe holds, may be
+	// cut by another worker's output.
 	Stdout, Stderr io.Writer
 	// Observer, if not nil, is called for every Event, from the pool's
 	// goroutines. It must return quickly and must not call the pool.

@@ -12,3 +12,6 @@ import (
 func openFD(fd int, name string) (*os.File, error) {
 	return nil, fmt.Errorf("serve: %s (fd %d): %w", name, fd, errors.ErrUnsupported)
 }
+
+// isPipe accepts fd: openFD fails instead.
+func isPipe(fd int) error { return nil }

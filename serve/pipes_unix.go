@@ -3,6 +3,7 @@
 package serve
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"syscall"
@@ -17,4 +18,18 @@ func openFD(fd int, name string) (*os.File, error) {
 	}
 	syscall.CloseOnExec(fd)
 	return os.NewFile(uintptr(fd), name), nil
+}
+
+// isPipe returns nil if fd is an open pipe or socket, and otherwise says
+// what it is.
+func isPipe(fd int) error {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("is not open (%w)", err)
+	}
+	switch uint32(st.Mode) & syscall.S_IFMT {
+	case syscall.S_IFIFO, syscall.S_IFSOCK:
+		return nil
+	}
+	return errors.New("is not a pipe")
 }

@@ -61,8 +61,10 @@ type Options struct {
 
 // ErrNoSupervisor is returned by Run and Pipes when the program was not
 // started by a safepool supervisor as a framed worker: SAFEPOOL_PROTOCOL is
-// not set. A program can check for it to fall back to another mode, such as
-// reading its input from the command line.
+// not set, or the descriptors it implies are not the supervisor's pipes
+// (a program started by a worker of another SDK may inherit the variable
+// without the pipes). A program can check for it to fall back to another
+// mode, such as reading its input from the command line.
 var ErrNoSupervisor = errors.New("serve: not started by a safepool supervisor (" + protocol.EnvProtocol + " is not set)")
 
 // Run serves tasks from the supervisor that started this process until the
@@ -93,9 +95,17 @@ func Run(ctx context.Context, h Handler) error {
 // Pipes marks both descriptors close-on-exec, so that programs the worker
 // starts do not inherit the protocol's pipes, and makes them non-blocking,
 // so that RunWith can interrupt a pending read when its context is done.
+// It then removes SAFEPOOL_PROTOCOL, SAFEPOOL_TASK_FD and
+// SAFEPOOL_RESULT_FD from the process's environment, so that those
+// programs do not inherit them either and do not take themselves for
+// workers.
+//
 // It returns an error wrapping ErrNoSupervisor if SAFEPOOL_PROTOCOL is not
-// set, and an error if it names a protocol other than "framed/1" or a
-// descriptor is invalid or not open.
+// set, or if a descriptor it implies is not an open pipe or socket (the
+// process inherited the variables, not the pipes, from a worker that
+// started it), and another error if SAFEPOOL_PROTOCOL names a protocol
+// other than "framed/1" or a descriptor variable is not a descriptor
+// number.
 func Pipes() (tasks, results *os.File, err error) {
 	switch p := os.Getenv(protocol.EnvProtocol); p {
 	case "":
@@ -115,6 +125,16 @@ func Pipes() (tasks, results *os.File, err error) {
 	if taskFD == resultFD {
 		return nil, nil, fmt.Errorf("serve: task and result pipes are both fd %d", taskFD)
 	}
+	// A process that has the variables but not the pipes inherited them
+	// from a worker that started it: the descriptors are closed, or are
+	// files of its own, which the protocol must not touch.
+	for _, fd := range []int{taskFD, resultFD} {
+		if err := isPipe(fd); err != nil {
+			return nil, nil, &inheritedError{fmt.Sprintf(
+				"serve: not started by a safepool supervisor: %s is set, but fd %d %v (the variables were inherited from a worker, not its pipes)",
+				protocol.EnvProtocol, fd, err)}
+		}
+	}
 	if tasks, err = openFD(taskFD, "safepool-tasks"); err != nil {
 		return nil, nil, err
 	}
@@ -122,8 +142,21 @@ func Pipes() (tasks, results *os.File, err error) {
 		tasks.Close()
 		return nil, nil, err
 	}
+	// The programs the worker starts do not inherit the pipes, so they
+	// must not inherit the variables that name them either.
+	for _, name := range []string{protocol.EnvProtocol, protocol.EnvTaskFD, protocol.EnvResultFD} {
+		os.Unsetenv(name)
+	}
 	return tasks, results, nil
 }
+
+// inheritedError is ErrNoSupervisor for a process that has the
+// supervisor's variables without its pipes; its own text says so, since
+// ErrNoSupervisor's says that SAFEPOOL_PROTOCOL is not set.
+type inheritedError struct{ msg string }
+
+func (e *inheritedError) Error() string { return e.msg }
+func (e *inheritedError) Unwrap() error { return ErrNoSupervisor }
 
 // envFD returns the file descriptor named by the environment variable name,
 // or def if it is unset.

@@ -26,8 +26,11 @@ import (
 const envWorker = "SAFEPOOL_SERVE_TEST_WORKER"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(envWorker) == "1" {
+	switch os.Getenv(envWorker) {
+	case "1":
 		os.Exit(workerMain())
+	case "child":
+		os.Exit(childMain())
 	}
 	goleak.VerifyTestMain(m)
 }
@@ -35,6 +38,11 @@ func TestMain(m *testing.M) {
 // workerMain is the worker process that TestWorkerProcess* start: the test
 // binary re-run with envWorker set, serving workerHandler through serve.Run.
 func workerMain() int {
+	// The pipes' descriptors, for "cloexec": Pipes takes the variables
+	// out of the environment.
+	for _, name := range []string{protocol.EnvTaskFD, protocol.EnvResultFD} {
+		pipeFDs = append(pipeFDs, os.Getenv(name))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
 	err := serve.Run(ctx, workerHandler)
@@ -46,6 +54,27 @@ func workerMain() int {
 	}
 	fmt.Fprintln(os.Stderr, "worker:", err)
 	return 1
+}
+
+// pipeFDs holds SAFEPOOL_TASK_FD and SAFEPOOL_RESULT_FD as the worker
+// process found them.
+var pipeFDs []string
+
+// childMain is a program that a worker starts ("child"): built with serve,
+// it falls back to another mode when it was not started by a supervisor,
+// as ErrNoSupervisor's doc suggests. It says which way Run went.
+func childMain() int {
+	fmt.Printf("%s=%q: ", protocol.EnvProtocol, os.Getenv(protocol.EnvProtocol))
+	err := serve.Run(context.Background(), upper)
+	switch {
+	case errors.Is(err, serve.ErrNoSupervisor):
+		fmt.Print("not a worker")
+	case err != nil:
+		fmt.Print("Run: ", err)
+	default:
+		fmt.Print("Run returned nil")
+	}
+	return 0
 }
 
 // workerHandler runs commands of the form "verb argument".
@@ -64,14 +93,19 @@ func workerHandler(ctx context.Context, payload []byte) ([]byte, error) {
 		panic(arg)
 	case "exit":
 		os.Exit(7)
+	case "child": // runs childMain, a program the worker starts
+		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), envWorker+"=child")
+		out, err := cmd.Output()
+		if err != nil {
+			return nil, fmt.Errorf("child: %v", err)
+		}
+		return out, nil
 	case "cloexec": // reports whether the protocol's pipes are close-on-exec
 		var flags []string
-		for _, name := range []string{protocol.EnvTaskFD, protocol.EnvResultFD} {
-			fd := 3
-			if name == protocol.EnvResultFD {
-				fd = 4
-			}
-			if s := os.Getenv(name); s != "" {
+		for i, s := range pipeFDs {
+			fd := 3 + i
+			if s != "" {
 				fmt.Sscan(s, &fd)
 			}
 			v, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
@@ -494,6 +528,9 @@ func TestPipesEnvironment(t *testing.T) {
 		name           string
 		proto, tfd, rf string
 		noSupervisor   bool
+		// files puts regular files at the descriptors named, or at 3 and
+		// 4 with defaultFDs.
+		files, defaultFDs bool
 	}{
 		{name: "not started by safepool", noSupervisor: true},
 		{name: "line protocol", proto: "line"},
@@ -501,13 +538,24 @@ func TestPipesEnvironment(t *testing.T) {
 		{name: "task fd not a number", proto: protocol.Framed, tfd: "three"},
 		{name: "negative fd", proto: protocol.Framed, rf: "-4"},
 		{name: "same fd twice", proto: protocol.Framed, tfd: "5", rf: "5"},
-		{name: "fd not open", proto: protocol.Framed, tfd: "1000", rf: "1001"},
+		// The variables without the pipes: inherited from a worker by a
+		// program it started, which has other files there, or none.
+		{name: "fd not open", proto: protocol.Framed, tfd: "1000", rf: "1001", noSupervisor: true},
+		{name: "fds not pipes", proto: protocol.Framed, files: true, noSupervisor: true},
+		{name: "default fds not pipes", proto: protocol.Framed, files: true, defaultFDs: true, noSupervisor: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			if tt.files {
+				tt.tfd, tt.rf = regularFiles(t, tt.defaultFDs)
+			}
 			t.Setenv(protocol.EnvProtocol, tt.proto)
 			t.Setenv(protocol.EnvTaskFD, tt.tfd)
 			t.Setenv(protocol.EnvResultFD, tt.rf)
+			if tt.defaultFDs {
+				os.Unsetenv(protocol.EnvTaskFD)
+				os.Unsetenv(protocol.EnvResultFD)
+			}
 			tasks, results, err := serve.Pipes()
 			if err == nil {
 				tasks.Close()
@@ -522,6 +570,43 @@ func TestPipesEnvironment(t *testing.T) {
 			}
 		})
 	}
+}
+
+// regularFiles opens two empty regular files and returns their
+// descriptors, or with at3and4 puts them at 3 and 4, what those held
+// before being put back when the test ends. It fails the test if
+// anything was written to them.
+func regularFiles(t *testing.T, at3and4 bool) (tfd, rfd string) {
+	t.Helper()
+	var fds [2]int
+	for i := range fds {
+		f, err := os.CreateTemp(t.TempDir(), "notapipe")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if b, err := os.ReadFile(f.Name()); err != nil || len(b) > 0 {
+				t.Errorf("a file at a descriptor the variables name holds %q (%v), want nothing", b, err)
+			}
+		})
+		fds[i] = int(f.Fd())
+		if at3and4 {
+			target := 3 + i
+			saved, err := unix.FcntlInt(uintptr(target), unix.F_DUPFD_CLOEXEC, 100)
+			if err == nil {
+				t.Cleanup(func() { unix.Dup2(saved, target); unix.CloseOnExec(target); unix.Close(saved) })
+			} else {
+				t.Cleanup(func() { unix.Close(target) })
+			}
+			if err := unix.Dup2(fds[i], target); err != nil {
+				t.Fatal(err)
+			}
+			unix.CloseOnExec(target)
+			fds[i] = target
+		}
+		t.Cleanup(func() { f.Close() })
+	}
+	return fmt.Sprint(fds[0]), fmt.Sprint(fds[1])
 }
 
 // worker is the test binary running workerMain, with the supervisor's ends
@@ -617,13 +702,16 @@ func TestWorkerProcess(t *testing.T) {
 			}
 			// All at once: the worker must take them one by one.
 			s.send(task(1, "echo a"), task(2, "print hello"), task(3, "fail nope"),
-				task(4, "panic boom"), task(5, "echo b"), task(6, "cloexec"))
+				task(4, "panic boom"), task(5, "echo b"), task(6, "cloexec"), task(7, "child"))
 			s.expect(start(1), result(1, "a"), start(2), result(2, "printed"),
 				start(3), failure(3, "nope"), start(4))
 			if f := s.next(); f.Kind != protocol.KindError || !strings.HasPrefix(string(f.Payload), "panic: boom") {
 				t.Fatalf("ReadFrame() = %s, want an error frame with the panic", show(f))
 			}
 			s.expect(start(5), result(5, "b"), start(6), result(6, tt.want))
+			// A program the worker starts inherits neither the pipes nor
+			// the variables that name them: it is no worker.
+			s.expect(start(7), result(7, protocol.EnvProtocol+`="": not a worker`))
 
 			// Closing the task pipe, as the supervisor does when it is done
 			// or as the kernel does when it dies, makes the worker exit 0.
