@@ -653,13 +653,19 @@ def main():
     results = os.fdopen(int(os.environ.get("SAFEPOOL_RESULT_FD", "4")), "wb")
     os.set_inheritable(tasks.fileno(), False)
     os.set_inheritable(results.fileno(), False)
+    page_fd = os.environ.get(PAGE_FD)
+    # The pipes are not inherited, and neither is their description: a
+    # program that a task starts is not this pool's worker, and one that
+    # looks for these (a Go worker built with serve, a Python program that
+    # runs safepool.worker) would take itself for one.
+    for name in ("SAFEPOOL_PROTOCOL", "SAFEPOOL_TASK_FD", "SAFEPOOL_RESULT_FD", PAGE_FD):
+        os.environ.pop(name, None)
     _setup()
     _open_clock()
     fns = _fns
     write, flush, pack = results.write, results.flush, HEADER.pack
 
     page = page_id = None
-    page_fd = os.environ.get(PAGE_FD)
     if page_fd:
         try:
             import mmap

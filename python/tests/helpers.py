@@ -347,3 +347,15 @@ def stop_at(x, at=1):
     if x == at:
         raise StopIteration("task %d" % x)
     return x
+
+
+def child_sees_worker_environment(_=None):
+    """What a program that a task starts finds of the worker's pipes in
+    its environment: the names of the SAFEPOOL_ variables it was given."""
+    import subprocess
+    import sys
+    out = subprocess.run(
+        [sys.executable, "-c", "import os; print(sorted(k for k in os.environ if k in "
+         "('SAFEPOOL_PROTOCOL', 'SAFEPOOL_TASK_FD', 'SAFEPOOL_RESULT_FD', 'SAFEPOOL_PAGE_FD')))"],
+        capture_output=True, text=True, check=True)
+    return out.stdout.strip()

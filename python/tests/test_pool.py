@@ -27,6 +27,11 @@ class PoolBasics(unittest.TestCase):
     def test_map(self):
         self.assertEqual(self.pool.map(helpers.square, range(1000)), [i * i for i in range(1000)])
 
+    def test_task_child_is_not_a_worker(self):
+        # A program a task starts inherits neither the worker's pipes nor
+        # the variables that name them.
+        self.assertEqual(self.pool.apply(helpers.child_sees_worker_environment), "[]")
+
     def test_map_empty(self):
         self.assertEqual(self.pool.map(helpers.square, []), [])
 
