@@ -339,8 +339,10 @@ func submit(t *testing.T, dir, name, url string, inputs []string, extra ...strin
 
 // summaryOf reads a run's JSON summary.
 type summaryJSON struct {
-	ExitStatus int `json:"exit_status"`
-	Tasks      struct {
+	ExitStatus   int `json:"exit_status"`
+	WorkerDeaths int `json:"worker_deaths"`
+	Attempts     int `json:"attempts"`
+	Tasks        struct {
 		Submitted, Done, Failed, Cancelled, Poison int
 	} `json:"tasks"`
 	Failed []struct {
