@@ -679,7 +679,7 @@ func (a *Agent) lostTooOften(ctx context.Context, h *held) {
 	t := h.task
 	msg := fmt.Sprintf("lost with its agent %d times (%s): it may be what ends them; not run again", len(h.lost), strings.Join(agents, ", "))
 	fmt.Fprintf(a.cfg.Log, "safepool agent %s: task %d of run %s: %s\n", a.name, t.Seq, t.Run, msg)
-	attempts := append(append([]AttemptRecord(nil), h.prior...), h.lost...)
+	attempts := withLost(h.prior, h.lost)
 	last := &attempts[len(attempts)-1]
 	last.Message = joinMessage(last.Message, msg)
 	rec := ResultRecord{Seq: t.Seq, Input: t.Input, Args: t.Args, State: pool.Failed, Attempts: attempts, Agent: a.name}
@@ -920,7 +920,7 @@ func (a *Agent) finish(h *held, r pool.Result) {
 		h.msg.Ack()
 	case moveRecord:
 		rec := ResultRecord{Seq: h.task.Seq, Input: h.task.Input, Args: h.task.Args, State: d.state,
-			Output: r.Output, Stderr: r.Stderr, Attempts: all, Agent: a.name}
+			Output: r.Output, Stderr: r.Stderr, Attempts: withLost(all, h.lost), Agent: a.name}
 		if len(r.Items) == 1 {
 			// A batch of one item (the Python client's task): its output.
 			rec.Output = r.Items[0].Output
@@ -1000,6 +1000,35 @@ func judge(agent string, r *pool.Result, prior []AttemptRecord, need int64, spec
 		pl = place()
 	}
 	return all, decide(r.State, r.Cause(), crowded, need, all, spec, pl)
+}
+
+// withLost returns a task's attempts as its result records them: its
+// charged attempts, all, with the deliveries lost with their agent (lost,
+// cause CauseAgentLost) among them in the order they started, so that the
+// job log and the summary show each lost attempt, as a local run shows a
+// worker death. A loss is not charged (it does not spend --retries): like
+// a local preempted attempt, it shares its number with the next charged
+// attempt.
+func withLost(all, lost []AttemptRecord) []AttemptRecord {
+	out := make([]AttemptRecord, 0, len(all)+len(lost))
+	i, j := 0, 0
+	for i < len(all) || j < len(lost) {
+		if j < len(lost) && (i == len(all) || lost[j].Start.Before(all[i].Start)) {
+			l := lost[j]
+			l.Number = 1
+			if i < len(all) {
+				l.Number = all[i].Number
+			} else if i > 0 {
+				l.Number = all[i-1].Number + 1
+			}
+			out = append(out, l)
+			j++
+			continue
+		}
+		out = append(out, all[i])
+		i++
+	}
+	return out
 }
 
 // superseded reports whether h's task was delivered again since this

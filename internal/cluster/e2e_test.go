@@ -513,6 +513,37 @@ func TestAgentKilled(t *testing.T) {
 	if killedStarts == 0 || starts <= n {
 		t.Errorf("%d task starts for %d tasks, %d of them on the killed agent: it was running no task", starts, n, killedStarts)
 	}
+	// Each task the killed agent was running shows its lost attempt, as a
+	// local run shows a worker death: recovered in the summary, and an
+	// attempt of cause agent-lost in the job log, numbered as the attempt
+	// that then succeeded (a loss does not spend --retries).
+	lostIDs := map[uint64]bool{}
+	for _, r := range s.Recovered {
+		if slices.Contains(r.Causes, string(cluster.CauseAgentLost)) {
+			lostIDs[r.ID] = true
+		}
+	}
+	if len(lostIDs) == 0 {
+		t.Errorf("recovered = %+v, want the tasks lost with agent2, cause %s", s.Recovered, cluster.CauseAgentLost)
+	}
+	jl, err := os.ReadFile(filepath.Join(dir, "run.tsv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := map[uint64][]string{} // task id: the cause of each attempt, with its number
+	for _, line := range strings.Split(strings.TrimSpace(string(jl)), "\n")[1:] {
+		f := strings.Split(line, "\t")
+		id, _ := strconv.ParseUint(f[0], 10, 64)
+		rows[id] = append(rows[id], f[2]+":"+f[8])
+	}
+	for id := range lostIDs {
+		if !slices.Contains(rows[id], "1:"+string(cluster.CauseAgentLost)) || !slices.Contains(rows[id], "1:-") {
+			t.Errorf("task %d: job log attempts %v, want 1:%s then 1:- (done)", id, rows[id], cluster.CauseAgentLost)
+		}
+	}
+	if s.Attempts != n+len(lostIDs) {
+		t.Errorf("attempts = %d, want %d: %d tasks and %d lost attempts", s.Attempts, n+len(lostIDs), n, len(lostIDs))
+	}
 }
 
 // TestTaskKillsAgents: a task that kills every agent that runs it is
