@@ -216,8 +216,12 @@ func (a *Agent) watchAttempt(l *local, e pool.Event) {
 // Run pulls and runs tasks until ctx ends. Then it stops its workers,
 // hands back the tasks it holds, and returns.
 func (a *Agent) Run(ctx context.Context) error {
-	fmt.Fprintf(a.cfg.Log, "safepool agent %s: %d slots, up to %s per task (memory classes 0-%d), on %s\n",
-		a.name, a.oneshot.p.Workers(), bytesize.Format(a.capacity), a.fit, a.conn.nc.ConnectedUrlRedacted())
+	slots := "1 slot"
+	if n := a.oneshot.p.Workers(); n != 1 {
+		slots = fmt.Sprintf("%d slots", n)
+	}
+	fmt.Fprintf(a.cfg.Log, "safepool agent %s: %s, up to %s per task (memory classes 0-%d), on %s\n",
+		a.name, slots, bytesize.Format(a.capacity), a.fit, a.conn.nc.ConnectedUrlRedacted())
 	var bg sync.WaitGroup
 	bgCtx, stopBg := context.WithCancel(context.Background())
 	bg.Add(2)
@@ -915,8 +919,8 @@ func (a *Agent) finish(h *held, r pool.Result) {
 			h.msg.Nak()
 			return
 		}
-		fmt.Fprintf(a.cfg.Log, "safepool agent %s: task %d of run %s killed for memory here; handed on needing %s\n",
-			a.name, t.Seq, t.Run, bytesize.Format(t.Need))
+		fmt.Fprintf(a.cfg.Log, "safepool agent %s: task %d of run %s killed for memory here; handed on needing more than %s\n",
+			a.name, t.Seq, t.Run, bytesize.Format(t.Need-1))
 		h.msg.Ack()
 	case moveRecord:
 		rec := ResultRecord{Seq: h.task.Seq, Input: h.task.Input, Args: h.task.Args, State: d.state,

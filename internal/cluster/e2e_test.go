@@ -323,7 +323,7 @@ func startAgent(t *testing.T, dir, name, url string, extra ...string) *proc {
 	t.Helper()
 	args := append([]string{"agent", "--nats", url, "--name", name}, extra...)
 	p := start(t, dir, name, args...)
-	p.waitLog(t, "slots", 30*time.Second)
+	p.waitLog(t, " per task (memory classes", 30*time.Second)
 	return p
 }
 
