@@ -571,6 +571,9 @@ func TestTaskKillsAgents(t *testing.T) {
 		!strings.Contains(s.Failed[0].Message, fmt.Sprintf("lost with its agent %d times", cluster.MaxLost)) {
 		t.Errorf("failed tasks = %+v, want task 1 %s after %d agents lost", s.Failed, cluster.CauseAgentLost, cluster.MaxLost)
 	}
+	if l := readLog(dir, "agent4"); !strings.Contains(l, "agent4: 1 slot, up to") {
+		t.Errorf("agent4 -j 1 does not say it has 1 slot:\n%s", l)
+	}
 }
 
 // TestServerRestart: the server is killed and restarted on the same store
@@ -770,6 +773,10 @@ func TestOOMMovesToLargerAgent(t *testing.T) {
 	}
 	if len(s.Failed) != 1 || s.Failed[0].ID != 4 || s.Failed[0].State != "poison" || !strings.Contains(s.Failed[0].Message, "largest agent") {
 		t.Errorf("failed = %+v, want task 4 poison on the largest agent", s.Failed)
+	}
+	// The task needs more than the small agent's 64 MiB, not 64 MiB.
+	if l := readLog(dir, "small"); !strings.Contains(l, "handed on needing more than 64 MiB\n") {
+		t.Errorf("the small agent's log does not say the task needs more than its 64 MiB:\n%s", l)
 	}
 }
 
