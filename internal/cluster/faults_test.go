@@ -593,3 +593,52 @@ func TestQuietInputLostPublish(t *testing.T) {
 		t.Errorf("the stream stored %d messages, want 3: a task was queued twice, or lost", q)
 	}
 }
+
+// TestAgentSameName: a second agent given the name of a live agent is
+// refused (exit status 2, naming the other), rather than overwrite its
+// entry in the agents bucket and delete it when either stops. An agent
+// started again under the name of one that was SIGKILLed, whose entry has
+// not expired yet, takes the name over once the entry goes unrefreshed.
+func TestAgentSameName(t *testing.T) {
+	t.Parallel()
+	dir, url := newCluster(t)
+	ready := " per task (memory classes"
+	first := start(t, dir, "first", "agent", "--nats", url, "--name", "dup", "-j", "1")
+	first.waitLog(t, ready, 30*time.Second)
+	second := start(t, dir, "second", "agent", "--nats", url, "--name", "dup", "-j", "1")
+	if st := second.wait(t, 40*time.Second); st != 2 {
+		t.Fatalf("a second agent named dup exited %d, want 2\n%s", st, second.stderr())
+	}
+	if s := second.stderr(); !strings.Contains(s, fmt.Sprintf("agent dup runs on %s, pid %d; give this one another --name", hostname(t), first.cmd.Process.Pid)) {
+		t.Errorf("the second agent does not name the first:\n%s", s)
+	}
+	js := jetStreamOf(t, url)
+	kv, err := js.KeyValue(context.Background(), cluster.AgentsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(context.Background(), "dup")
+	var info struct {
+		PID int `json:"pid"`
+	}
+	if err == nil {
+		err = json.Unmarshal(e.Value(), &info)
+	}
+	if err != nil || info.PID != first.cmd.Process.Pid {
+		t.Errorf("the entry of agent dup = %+v (%v), want the first agent's (pid %d)", info, err, first.cmd.Process.Pid)
+	}
+	first.kill()
+	third := start(t, dir, "third", "agent", "--nats", url, "--name", "dup", "-j", "1")
+	third.waitLog(t, ready, 40*time.Second)
+	if s := third.stderr(); !strings.Contains(s, "waiting up to") {
+		t.Errorf("the agent started again as dup does not say that it waits for the old entry:\n%s", s)
+	}
+}
+
+func hostname(t *testing.T) string {
+	h, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
