@@ -278,7 +278,9 @@ loop:
 			deliver(rec.Seq, m, out)
 			if rec.State != pool.Done && action == pool.Abort {
 				for _, a := range m.Attempts {
-					if pool.Cause(a.Cause).IsWorkerDeath() {
+					// A delivery lost with its agent was handed to another
+					// agent, and is no worker death of the run's policy.
+					if c := pool.Cause(a.Cause); c.IsWorkerDeath() && c != cluster.CauseAgentLost {
 						abort = fmt.Errorf("task %d: worker died (%s) and on_worker_death is abort", rec.Seq, a.Cause)
 					}
 				}

@@ -113,6 +113,16 @@ const waitingEvery = 3 * time.Second
 // would leave a lost publish until the window fills.
 const tendEvery = time.Second
 
+// remoteDeath reports whether an attempt of a remote run that ended with
+// cause c counts in the summary's worker deaths. As on one machine, an
+// output lost (output-lost: here, a result too large for a NATS message) is
+// the task's failure, not a worker that died: a local pool does not count
+// it either (pool.Stats.WorkerDeaths), and the task is counted once, as
+// failed.
+func remoteDeath(c pool.Cause) bool {
+	return c.IsWorkerDeath() && c != pool.CauseOutputLost
+}
+
 // executeRemote runs the job on the agents of a NATS deployment and
 // returns its exit status: the same output, summary, job log and JSON
 // summary as a local run.
@@ -359,7 +369,7 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 		for i := range r.Attempts {
 			jl.observe(pool.Event{Kind: pool.EventAttemptEnded, TaskID: r.ID, Attempt: &r.Attempts[i]})
 			counts.Attempts++
-			if r.Attempts[i].Cause.IsWorkerDeath() {
+			if remoteDeath(r.Attempts[i].Cause) {
 				counts.WorkerDeaths++
 			}
 		}

@@ -2,8 +2,10 @@ package cluster
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -47,6 +49,7 @@ type AgentConfig struct {
 type Agent struct {
 	cfg      AgentConfig
 	name     string
+	instance string // AgentInfo.Instance: this process's entry under name
 	conn     *Conn
 	capacity int64 // the most memory one task may use here
 	fit      int   // FitClass(capacity)
@@ -152,7 +155,85 @@ func NewAgent(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 		}
 		a.cons = append(a.cons, c)
 	}
+	if err := a.claimName(ctx); err != nil {
+		a.close()
+		return nil, err
+	}
 	return a, nil
+}
+
+// nameWait is how long a starting agent watches an entry of its name, left
+// by an agent it cannot tell dead, for a refresh: two refreshes and a
+// second. An agent that refreshes it meanwhile is live.
+const nameWait = 2*agentTTL/3 + time.Second
+
+// ErrNameTaken is returned by NewAgent when a live agent has the name.
+var ErrNameTaken = errors.New("cluster: an agent of that name is running")
+
+// claimName advertises the agent under its name, and refuses the name when
+// a live agent has it: the name tells agents apart in AgentsBucket (two of
+// one name overwrite each other's capacity, and the first to stop deletes
+// the other's), in the claims of tasks, and in results and messages
+// ("lost with its agent b1"). An entry that is not refreshed within
+// nameWait was left by an agent that is gone (killed, and started again
+// before its entry expired): it is taken over.
+func (a *Agent) claimName(ctx context.Context) error {
+	a.instance = randomHex(8)
+	_, err := a.conn.agents.Create(ctx, a.name, a.info())
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, jetstream.ErrKeyExists) {
+		return fmt.Errorf("cluster: advertising agent %s: %w", a.name, err)
+	}
+	e, err := a.conn.agents.Get(ctx, a.name)
+	if isGone(err) {
+		return nil // expired since: advertise writes it
+	}
+	if err != nil {
+		return fmt.Errorf("cluster: reading the entry of agent %s: %w", a.name, err)
+	}
+	fmt.Fprintf(a.cfg.Log, "safepool agent %s: an agent of this name was advertised %s ago; waiting up to %s to see whether it runs\n",
+		a.name, time.Since(e.Created()).Round(time.Second), nameWait)
+	seen := e.Revision()
+	deadline := time.Now().Add(nameWait)
+	for time.Now().Before(deadline) {
+		if !sleep(ctx, 250*time.Millisecond) {
+			return ctx.Err()
+		}
+		e, err := a.conn.agents.Get(ctx, a.name)
+		if isGone(err) {
+			return nil // deleted (it stopped) or expired
+		}
+		if err != nil || e.Revision() == seen {
+			continue
+		}
+		var other AgentInfo
+		if unmarshal(e.Value(), &other) == nil && other.Instance != a.instance {
+			pid := ""
+			if other.PID > 0 {
+				pid = fmt.Sprintf(", pid %d", other.PID)
+			}
+			return fmt.Errorf("%w: agent %s runs on %s%s; give this one another --name", ErrNameTaken, a.name, other.Host, pid)
+		}
+		seen = e.Revision()
+	}
+	return nil
+}
+
+// info returns the agent's entry in AgentsBucket.
+func (a *Agent) info() []byte {
+	h, _ := os.Hostname()
+	body, _ := marshal(AgentInfo{Name: a.name, Host: h, Slots: a.oneshot.p.Workers(), Capacity: a.capacity, MaxClass: a.fit,
+		Updated: time.Now(), Version: a.cfg.Version, PID: os.Getpid(), Instance: a.instance})
+	return body
+}
+
+// randomHex returns n random bytes in hex.
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // Name returns the agent's name.
@@ -216,8 +297,12 @@ func (a *Agent) watchAttempt(l *local, e pool.Event) {
 // Run pulls and runs tasks until ctx ends. Then it stops its workers,
 // hands back the tasks it holds, and returns.
 func (a *Agent) Run(ctx context.Context) error {
-	fmt.Fprintf(a.cfg.Log, "safepool agent %s: %d slots, up to %s per task (memory classes 0-%d), on %s\n",
-		a.name, a.oneshot.p.Workers(), bytesize.Format(a.capacity), a.fit, a.conn.nc.ConnectedUrlRedacted())
+	slots := "1 slot"
+	if n := a.oneshot.p.Workers(); n != 1 {
+		slots = fmt.Sprintf("%d slots", n)
+	}
+	fmt.Fprintf(a.cfg.Log, "safepool agent %s: %s, up to %s per task (memory classes 0-%d), on %s\n",
+		a.name, slots, bytesize.Format(a.capacity), a.fit, a.conn.nc.ConnectedUrlRedacted())
 	var bg sync.WaitGroup
 	bgCtx, stopBg := context.WithCancel(context.Background())
 	bg.Add(2)
@@ -244,11 +329,27 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.finishing.Wait()
 	stopBg()
 	bg.Wait()
-	dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	a.conn.agents.Delete(dctx, a.name)
-	cancel()
+	a.unadvertise()
 	a.conn.Close()
 	return nil
+}
+
+// unadvertise deletes the agent's entry in AgentsBucket, if it is still
+// this agent's: another agent may have taken the name over since (this
+// one was stopped, SIGSTOP, for longer than its entry lives), and its
+// entry is not this one's to delete.
+func (a *Agent) unadvertise() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	e, err := a.conn.agents.Get(ctx, a.name)
+	if err != nil {
+		return
+	}
+	var info AgentInfo
+	if unmarshal(e.Value(), &info) != nil || info.Instance != a.instance {
+		return
+	}
+	a.conn.agents.Delete(ctx, a.name, jetstream.LastRevision(e.Revision()))
 }
 
 // close ends what NewAgent started, when it fails.
@@ -679,7 +780,7 @@ func (a *Agent) lostTooOften(ctx context.Context, h *held) {
 	t := h.task
 	msg := fmt.Sprintf("lost with its agent %d times (%s): it may be what ends them; not run again", len(h.lost), strings.Join(agents, ", "))
 	fmt.Fprintf(a.cfg.Log, "safepool agent %s: task %d of run %s: %s\n", a.name, t.Seq, t.Run, msg)
-	attempts := append(append([]AttemptRecord(nil), h.prior...), h.lost...)
+	attempts := withLost(h.prior, h.lost)
 	last := &attempts[len(attempts)-1]
 	last.Message = joinMessage(last.Message, msg)
 	rec := ResultRecord{Seq: t.Seq, Input: t.Input, Args: t.Args, State: pool.Failed, Attempts: attempts, Agent: a.name}
@@ -915,12 +1016,12 @@ func (a *Agent) finish(h *held, r pool.Result) {
 			h.msg.Nak()
 			return
 		}
-		fmt.Fprintf(a.cfg.Log, "safepool agent %s: task %d of run %s killed for memory here; handed on needing %s\n",
-			a.name, t.Seq, t.Run, bytesize.Format(t.Need))
+		fmt.Fprintf(a.cfg.Log, "safepool agent %s: task %d of run %s killed for memory here; handed on needing more than %s\n",
+			a.name, t.Seq, t.Run, bytesize.Format(t.Need-1))
 		h.msg.Ack()
 	case moveRecord:
 		rec := ResultRecord{Seq: h.task.Seq, Input: h.task.Input, Args: h.task.Args, State: d.state,
-			Output: r.Output, Stderr: r.Stderr, Attempts: all, Agent: a.name}
+			Output: r.Output, Stderr: r.Stderr, Attempts: withLost(all, h.lost), Agent: a.name}
 		if len(r.Items) == 1 {
 			// A batch of one item (the Python client's task): its output.
 			rec.Output = r.Items[0].Output
@@ -1000,6 +1101,35 @@ func judge(agent string, r *pool.Result, prior []AttemptRecord, need int64, spec
 		pl = place()
 	}
 	return all, decide(r.State, r.Cause(), crowded, need, all, spec, pl)
+}
+
+// withLost returns a task's attempts as its result records them: its
+// charged attempts, all, with the deliveries lost with their agent (lost,
+// cause CauseAgentLost) among them in the order they started, so that the
+// job log and the summary show each lost attempt, as a local run shows a
+// worker death. A loss is not charged (it does not spend --retries): like
+// a local preempted attempt, it shares its number with the next charged
+// attempt.
+func withLost(all, lost []AttemptRecord) []AttemptRecord {
+	out := make([]AttemptRecord, 0, len(all)+len(lost))
+	i, j := 0, 0
+	for i < len(all) || j < len(lost) {
+		if j < len(lost) && (i == len(all) || lost[j].Start.Before(all[i].Start)) {
+			l := lost[j]
+			l.Number = 1
+			if i < len(all) {
+				l.Number = all[i].Number
+			} else if i > 0 {
+				l.Number = all[i-1].Number + 1
+			}
+			out = append(out, l)
+			j++
+			continue
+		}
+		out = append(out, all[i])
+		i++
+	}
+	return out
 }
 
 // superseded reports whether h's task was delivered again since this
@@ -1101,12 +1231,9 @@ func (a *Agent) placement(ctx context.Context) placement {
 
 // advertise keeps the agent's capacity in AgentsBucket until ctx ends.
 func (a *Agent) advertise(ctx context.Context) {
-	h, _ := os.Hostname()
 	for {
-		info := AgentInfo{Name: a.name, Host: h, Slots: a.oneshot.p.Workers(), Capacity: a.capacity, MaxClass: a.fit, Updated: time.Now(), Version: a.cfg.Version}
-		body, _ := marshal(info)
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		a.conn.agents.Put(pctx, a.name, body)
+		a.conn.agents.Put(pctx, a.name, a.info())
 		cancel()
 		if !sleep(ctx, agentTTL/3) {
 			return

@@ -160,7 +160,8 @@ func TestSecondCopyWhileRunning(t *testing.T) {
 // TestSecondCopyAgentKilled: a copy of a task running on agent1 is dropped
 // by agent2; then agent1 is SIGKILLed with its worker. The task is not
 // lost with the dropped copy: its own message, delivered again after
-// AckWait, runs it once on agent2, counting agent1's loss once.
+// AckWait, runs it once on agent2, counting agent1's loss once, which its
+// result shows.
 func TestSecondCopyAgentKilled(t *testing.T) {
 	t.Parallel()
 	dir, url := newCluster(t)
@@ -189,8 +190,12 @@ func TestSecondCopyAgentKilled(t *testing.T) {
 	}
 	checkRecorded(t, url, run, 1)
 	rec := resultOf(t, js, run, 1)
-	if rec.State != "done" || rec.Agent != "agent2" || len(rec.Attempts) != 1 {
-		t.Errorf("result = %s by %s with attempts %+v, want done by agent2 in one attempt", rec.State, rec.Agent, rec.Attempts)
+	// Its result shows agent1's lost attempt once, uncharged, then
+	// agent2's.
+	if rec.State != "done" || rec.Agent != "agent2" || len(rec.Attempts) != 2 ||
+		rec.Attempts[0].Agent != "agent1" || rec.Attempts[0].Cause != cluster.CauseAgentLost || rec.Attempts[0].Number != 1 ||
+		rec.Attempts[1].Agent != "agent2" || rec.Attempts[1].Cause != "" || rec.Attempts[1].Number != 1 {
+		t.Errorf("result = %s by %s with attempts %+v, want done by agent2 after agent1's lost attempt, both attempt 1", rec.State, rec.Agent, rec.Attempts)
 	}
 	// agent1's loss was counted (toward MaxLost) by the delivery that ran
 	// the task, and by no other.

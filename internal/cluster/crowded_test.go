@@ -123,7 +123,7 @@ func TestCrowdedOut(t *testing.T) {
 	agent := startProg(t, dir, "crowded", "sh", nil, "-c",
 		`echo $$ > "$0/cgroup.procs" && exec setpriv --reuid 65534 --regid 65534 --clear-groups "$1" agent --nats "$2" --name crowded -j 1`,
 		cg, agentBin, url)
-	agent.waitLog(t, "slots", 30*time.Second)
+	agent.waitLog(t, " per task (memory classes", 30*time.Second)
 	worker := []string{"env", helperEnv + "=1", workerBin, "-test.run=^$", "{}"}
 	run := func(name string, extra ...string) *proc {
 		args := append([]string{"run", "--nats", url, "--json", name + ".json"}, extra...)

@@ -176,3 +176,34 @@ func TestJudgeCrowded(t *testing.T) {
 		t.Errorf("judge of an oom not crowded out = %+v (placement asked: %v), want %+v", d, placed, want)
 	}
 }
+
+// TestWithLost: the deliveries lost with their agent take their place
+// among a task's attempts in the order they started, each numbered as the
+// charged attempt after it: a loss does not spend --retries.
+func TestWithLost(t *testing.T) {
+	t0 := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	lost := func(s int) AttemptRecord {
+		return AttemptRecord{Agent: "b", Start: at(s), Cause: CauseAgentLost, ExitCode: -1}
+	}
+	charged := func(n, s int, c pool.Cause) AttemptRecord {
+		return AttemptRecord{Number: n, Agent: "a", Start: at(s), Cause: c}
+	}
+	got := withLost([]AttemptRecord{charged(1, 10, "exit:1"), charged(2, 30, "")}, []AttemptRecord{lost(0), lost(20)})
+	var seen []string
+	for _, a := range got {
+		seen = append(seen, fmt.Sprintf("%d:%s", a.Number, a.Cause))
+	}
+	if want := "[1:agent-lost 1:exit:1 2:agent-lost 2:]"; fmt.Sprint(seen) != want {
+		t.Errorf("withLost = %v, want %s", seen, want)
+	}
+	// Lost after every charged attempt (recorded agent-lost): the number
+	// the next would have had.
+	got = withLost([]AttemptRecord{charged(1, 10, "exit:1")}, []AttemptRecord{lost(20), lost(40)})
+	if len(got) != 3 || got[1].Number != 2 || got[2].Number != 2 {
+		t.Errorf("withLost after the charged attempts = %+v, want numbers 1, 2, 2", got)
+	}
+	if got = withLost(nil, []AttemptRecord{lost(0)}); len(got) != 1 || got[0].Number != 1 {
+		t.Errorf("withLost(nil, one loss) = %+v, want attempt 1", got)
+	}
+}

@@ -323,7 +323,7 @@ func startAgent(t *testing.T, dir, name, url string, extra ...string) *proc {
 	t.Helper()
 	args := append([]string{"agent", "--nats", url, "--name", name}, extra...)
 	p := start(t, dir, name, args...)
-	p.waitLog(t, "slots", 30*time.Second)
+	p.waitLog(t, " per task (memory classes", 30*time.Second)
 	return p
 }
 
@@ -339,8 +339,10 @@ func submit(t *testing.T, dir, name, url string, inputs []string, extra ...strin
 
 // summaryOf reads a run's JSON summary.
 type summaryJSON struct {
-	ExitStatus int `json:"exit_status"`
-	Tasks      struct {
+	ExitStatus   int `json:"exit_status"`
+	WorkerDeaths int `json:"worker_deaths"`
+	Attempts     int `json:"attempts"`
+	Tasks        struct {
 		Submitted, Done, Failed, Cancelled, Poison int
 	} `json:"tasks"`
 	Failed []struct {
@@ -511,6 +513,37 @@ func TestAgentKilled(t *testing.T) {
 	if killedStarts == 0 || starts <= n {
 		t.Errorf("%d task starts for %d tasks, %d of them on the killed agent: it was running no task", starts, n, killedStarts)
 	}
+	// Each task the killed agent was running shows its lost attempt, as a
+	// local run shows a worker death: recovered in the summary, and an
+	// attempt of cause agent-lost in the job log, numbered as the attempt
+	// that then succeeded (a loss does not spend --retries).
+	lostIDs := map[uint64]bool{}
+	for _, r := range s.Recovered {
+		if slices.Contains(r.Causes, string(cluster.CauseAgentLost)) {
+			lostIDs[r.ID] = true
+		}
+	}
+	if len(lostIDs) == 0 {
+		t.Errorf("recovered = %+v, want the tasks lost with agent2, cause %s", s.Recovered, cluster.CauseAgentLost)
+	}
+	jl, err := os.ReadFile(filepath.Join(dir, "run.tsv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := map[uint64][]string{} // task id: the cause of each attempt, with its number
+	for _, line := range strings.Split(strings.TrimSpace(string(jl)), "\n")[1:] {
+		f := strings.Split(line, "\t")
+		id, _ := strconv.ParseUint(f[0], 10, 64)
+		rows[id] = append(rows[id], f[2]+":"+f[8])
+	}
+	for id := range lostIDs {
+		if !slices.Contains(rows[id], "1:"+string(cluster.CauseAgentLost)) || !slices.Contains(rows[id], "1:-") {
+			t.Errorf("task %d: job log attempts %v, want 1:%s then 1:- (done)", id, rows[id], cluster.CauseAgentLost)
+		}
+	}
+	if s.Attempts != n+len(lostIDs) {
+		t.Errorf("attempts = %d, want %d: %d tasks and %d lost attempts", s.Attempts, n+len(lostIDs), n, len(lostIDs))
+	}
 }
 
 // TestTaskKillsAgents: a task that kills every agent that runs it is
@@ -537,6 +570,9 @@ func TestTaskKillsAgents(t *testing.T) {
 	if len(s.Failed) != 1 || s.Failed[0].ID != 1 || s.Failed[0].Cause != string(cluster.CauseAgentLost) ||
 		!strings.Contains(s.Failed[0].Message, fmt.Sprintf("lost with its agent %d times", cluster.MaxLost)) {
 		t.Errorf("failed tasks = %+v, want task 1 %s after %d agents lost", s.Failed, cluster.CauseAgentLost, cluster.MaxLost)
+	}
+	if l := readLog(dir, "agent4"); !strings.Contains(l, "agent4: 1 slot, up to") {
+		t.Errorf("agent4 -j 1 does not say it has 1 slot:\n%s", l)
 	}
 }
 
@@ -737,6 +773,10 @@ func TestOOMMovesToLargerAgent(t *testing.T) {
 	}
 	if len(s.Failed) != 1 || s.Failed[0].ID != 4 || s.Failed[0].State != "poison" || !strings.Contains(s.Failed[0].Message, "largest agent") {
 		t.Errorf("failed = %+v, want task 4 poison on the largest agent", s.Failed)
+	}
+	// The task needs more than the small agent's 64 MiB, not 64 MiB.
+	if l := readLog(dir, "small"); !strings.Contains(l, "handed on needing more than 64 MiB\n") {
+		t.Errorf("the small agent's log does not say the task needs more than its 64 MiB:\n%s", l)
 	}
 }
 

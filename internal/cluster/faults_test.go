@@ -215,7 +215,8 @@ func TestRecordedTaskAgain(t *testing.T) {
 // lose its output: a 500 KiB line echoed by cat comes back whole under the
 // default 1 MiB limit. An output too large to fit alone is output-lost,
 // saying how much fits and how to allow more; with the server's
-// --max-payload raised, it fits.
+// --max-payload raised, it fits. A lost output is not counted a worker
+// death, as on one machine.
 func TestLargeOutput(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -246,6 +247,11 @@ func TestLargeOutput(t *testing.T) {
 	if len(s.Failed) != 1 || s.Failed[0].ID != 2 || s.Failed[0].Cause != "output-lost" ||
 		!strings.Contains(s.Failed[0].Message, "holds 765 KiB of output") || !strings.Contains(s.Failed[0].Message, "--max-payload") {
 		t.Errorf("failed = %+v, want task 2 output-lost, saying what fits", s.Failed)
+	}
+	// As on one machine, a lost output fails its task once: no worker
+	// died.
+	if s.WorkerDeaths != 0 {
+		t.Errorf("worker_deaths = %d with an output lost and no worker dead, want 0", s.WorkerDeaths)
 	}
 	server.kill()
 	agent.kill()
@@ -586,4 +592,53 @@ func TestQuietInputLostPublish(t *testing.T) {
 	if q := queuedEver(t, url); q != 3 {
 		t.Errorf("the stream stored %d messages, want 3: a task was queued twice, or lost", q)
 	}
+}
+
+// TestAgentSameName: a second agent given the name of a live agent is
+// refused (exit status 2, naming the other), rather than overwrite its
+// entry in the agents bucket and delete it when either stops. An agent
+// started again under the name of one that was SIGKILLed, whose entry has
+// not expired yet, takes the name over once the entry goes unrefreshed.
+func TestAgentSameName(t *testing.T) {
+	t.Parallel()
+	dir, url := newCluster(t)
+	ready := " per task (memory classes"
+	first := start(t, dir, "first", "agent", "--nats", url, "--name", "dup", "-j", "1")
+	first.waitLog(t, ready, 30*time.Second)
+	second := start(t, dir, "second", "agent", "--nats", url, "--name", "dup", "-j", "1")
+	if st := second.wait(t, 40*time.Second); st != 2 {
+		t.Fatalf("a second agent named dup exited %d, want 2\n%s", st, second.stderr())
+	}
+	if s := second.stderr(); !strings.Contains(s, fmt.Sprintf("agent dup runs on %s, pid %d; give this one another --name", hostname(t), first.cmd.Process.Pid)) {
+		t.Errorf("the second agent does not name the first:\n%s", s)
+	}
+	js := jetStreamOf(t, url)
+	kv, err := js.KeyValue(context.Background(), cluster.AgentsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(context.Background(), "dup")
+	var info struct {
+		PID int `json:"pid"`
+	}
+	if err == nil {
+		err = json.Unmarshal(e.Value(), &info)
+	}
+	if err != nil || info.PID != first.cmd.Process.Pid {
+		t.Errorf("the entry of agent dup = %+v (%v), want the first agent's (pid %d)", info, err, first.cmd.Process.Pid)
+	}
+	first.kill()
+	third := start(t, dir, "third", "agent", "--nats", url, "--name", "dup", "-j", "1")
+	third.waitLog(t, ready, 40*time.Second)
+	if s := third.stderr(); !strings.Contains(s, "waiting up to") {
+		t.Errorf("the agent started again as dup does not say that it waits for the old entry:\n%s", s)
+	}
+}
+
+func hostname(t *testing.T) string {
+	h, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
 }

@@ -190,6 +190,12 @@ type AgentInfo struct {
 	// Version is the agent's version of safepool ("safepool version");
 	// empty for an agent that does not say.
 	Version string `json:"version,omitempty"`
+	// PID is the agent's process id, and Instance a random id the agent
+	// draws when it starts: an agent's entry is keyed by its name, and
+	// Instance tells whose entry it is (Agent.claimName). Empty from an
+	// agent of an earlier version.
+	PID      int    `json:"pid,omitempty"`
+	Instance string `json:"instance,omitempty"`
 }
 
 // Result converts a record into the pool.Result the CLI renders.
