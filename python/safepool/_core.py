@@ -53,7 +53,9 @@ from . import _direct, _oob  # a map's values straight from its workers; big buf
 _live_cores = weakref.WeakSet()
 
 # The causes of attempts that did not end in a worker death.
-_NOT_DEATHS = frozenset(("", "task-error", "preempted", "cancelled"))
+# Causes of an attempt whose worker did not die: output-lost is an output
+# that could not reach the client (a result too large for a NATS message).
+_NOT_DEATHS = frozenset(("", "task-error", "preempted", "cancelled", "output-lost"))
 
 # A function's time per item (Pool.map's batch size) is learnt from ranges
 # of at least this many items, where a frame's own cost is small, for the
@@ -1427,8 +1429,10 @@ def _call_repr(job, item) -> str:
 
 
 def _death_message(job, item, cause, n, last, state="failed") -> str:
-    msg = "the worker died running %s (%s%s) after %d attempt%s" % (
-        _call_repr(job, item), cause, ", poison" if state == "poison" else "", n, "" if n == 1 else "s")
+    what = ("the output of %s was lost" if cause in _NOT_DEATHS else "the worker died running %s") % (
+        _call_repr(job, item),)
+    msg = "%s (%s%s) after %d attempt%s" % (
+        what, cause, ", poison" if state == "poison" else "", n, "" if n == 1 else "s")
     if last and last.get("peak_rss"):
         msg += ", peak memory " + format_size(last["peak_rss"])
     if last and last.get("message"):

@@ -145,6 +145,18 @@ class ClusterTest(unittest.TestCase):
         finally:
             pool.terminate()
 
+    def test_output_too_large(self):
+        # A result too large for a NATS message fails its item only, with
+        # the cause output-lost; its worker did not die, and the message
+        # says what happened.
+        with safepool.Pool(1, nats=self.url) as pool:
+            with self.assertRaises(safepool.WorkerDied) as cm:
+                pool.apply(bytes, (2_000_000,))
+            self.assertEqual(cm.exception.cause, "output-lost")
+            self.assertIn("the output of bytes(2000000) was lost (output-lost)", str(cm.exception))
+            self.assertNotIn("worker died", str(cm.exception))
+            self.assertEqual(pool.map(bytes, [1, 2]), [bytes(1), bytes(2)])
+
     def test_timeout_grace(self):
         # The pool's timeout_grace is the run's, in place of each agent's
         # own (3 s here): 0 SIGKILLs a task past its timeout at once, and
