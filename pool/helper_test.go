@@ -128,6 +128,16 @@ func runWorker(mode string) int {
 		}
 		defer runtime.KeepAlive(fat)
 		return runWorker("line")
+	case "fat-map-start":
+		// As fat-start, with the pages mapped in at once (MAP_POPULATE)
+		// rather than written one by one, which under the race detector
+		// would touch as much shadow memory again.
+		mb, _ := strconv.Atoi(os.Getenv("FAT_MB"))
+		if _, err := syscall.Mmap(-1, 0, mb<<20, syscall.PROT_READ|syscall.PROT_WRITE,
+			syscall.MAP_PRIVATE|syscall.MAP_ANONYMOUS|syscall.MAP_POPULATE); err != nil {
+			return 4
+		}
+		return runWorker("line")
 	case "dead-at-start":
 		fmt.Fprintln(os.Stderr, "cannot load model: file not found")
 		return 4
@@ -202,6 +212,7 @@ func runWorker(mode string) int {
 //	alive:FILE       answer "alive" if the process whose pid is in FILE runs (a zombie does not), else "gone"
 //	grow:MB          keep MB more megabytes for the rest of the worker's life, then answer
 //	lategrow:MB      (one-shot) sleep 400 ms (four samples' worth of a watch), then map MB megabytes, every page in, and exit 0 at once, answering nothing
+//	hold:MB          map MB MiB more, every page in, for the rest of the worker's life
 //	pid              answer with the worker's pid
 //	spew:OUT:ERR:N   (one-shot) write OUT bytes of spewPattern to stdout and ERR to stderr, then exit N
 //	mute             answer nothing (line protocol)
@@ -332,6 +343,15 @@ func behave(in string) (string, error) {
 			b[i] = 1
 		}
 		grown = append(grown, b)
+	case "hold":
+		// MB MiB more for the rest of the worker's life, every page in at
+		// once (MAP_POPULATE), as lategrow does.
+		mb, _ := strconv.Atoi(arg)
+		if _, err := syscall.Mmap(-1, 0, mb<<20, syscall.PROT_READ|syscall.PROT_WRITE,
+			syscall.MAP_PRIVATE|syscall.MAP_ANONYMOUS|syscall.MAP_POPULATE); err != nil {
+			return "", err
+		}
+		return "held:" + arg, nil
 	case "lategrow":
 		time.Sleep(400 * time.Millisecond)
 		mb, _ := strconv.Atoi(arg)
