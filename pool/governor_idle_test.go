@@ -27,7 +27,7 @@ func TestIdleWorkersShedUnprivileged(t *testing.T) {
 		t.Fatalf("supervisor: %v; output:\n%s", err, text)
 	}
 	t.Log(text)
-	if !strings.Contains(text, "done 13 of 13, err <nil>\n") {
+	if !strings.Contains(text, "done 19 of 19, err <nil>\n") {
 		t.Errorf("supervisor output:\n%s\nwant every task done", text)
 	}
 }
@@ -43,8 +43,10 @@ func runContainerIdleWorkers() int {
 		fmt.Println(err)
 		return 1
 	}
+	// Enough tasks before the large one for all three workers to be
+	// started and idle by then.
 	inputs := []string{}
-	for range 6 {
+	for range 12 {
 		inputs = append(inputs, "sleep:300")
 	}
 	inputs = append(inputs, "hold:250")
@@ -59,6 +61,11 @@ func runContainerIdleWorkers() int {
 	}()
 	done := 0
 	for r := range p.Results() {
+		if string(r.Input) == "hold:250" {
+			for _, a := range r.Attempts {
+				fmt.Printf("hold attempt %d: %s, peak %d MiB\n", a.Number, a.Cause, a.PeakRSS>>20)
+			}
+		}
 		if r.State == pool.Done {
 			done++
 		} else {
