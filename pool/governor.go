@@ -111,6 +111,7 @@ type governor struct {
 	lastCold      time.Time               // last admission on a cold start
 	staggered     bool                    // the last admit spaced admissions out
 	lastStaggered time.Time               // last dispatch while admissions were spaced out
+	shedding      bool                    // the head waits for idle workers to end (idleInTheWayLocked)
 
 	wake chan struct{} // tells the loop to look at admission again
 }
@@ -479,7 +480,8 @@ func (g *governor) committedLocked() int64 {
 // what the running attempts hold, either at once or, once the governor has
 // seen how attempts grow and how long they live, at every moment of t's
 // predicted life. When nothing runs, it always may, so that the pool never
-// stalls.
+// stalls, unless idle workers hold what t needs: then it waits for them to
+// end (idleInTheWayLocked).
 func (g *governor) admit(t *task) bool {
 	// A wait that begins or ends is told once g.mu is released, so that
 	// an observer may ask the pool about memory.
@@ -489,10 +491,21 @@ func (g *governor) admit(t *task) bool {
 			g.p.emit(*told)
 		}
 	}()
+	var shed []int
+	defer func() {
+		for _, slot := range shed {
+			g.p.preempt(slot, shedIdle)
+		}
+	}()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	ok := len(g.res) == 0
-	if !ok {
+	if ok {
+		shed = g.idleInTheWayLocked(t)
+		ok = shed == nil
+	}
+	g.shedding = !ok && shed != nil
+	if !ok && shed == nil {
 		base, basis := g.baseLocked()
 		c := g.capacityLocked()
 		gap := g.staggerLocked()
@@ -512,6 +525,45 @@ func (g *governor) admit(t *task) bool {
 	}
 	g.blocked = !ok
 	return ok
+}
+
+// shedIdle, sent to a slot in place of a task's id to preempt, asks the
+// slot to end its worker if it is idle (no task has the id 0).
+const shedIdle = 0
+
+// idleInTheWayLocked returns, when nothing runs, the slots whose idle
+// persistent workers t must not run beside, or nil when it may start now.
+// A persistent worker holds memory while idle (what it loaded, what its
+// tasks left). When t carries a need of its own (it was OOM-killed or
+// preempted) that does not fit beside what the idle workers hold, other
+// than the one that will take it, they are asked to end, and t waits until
+// they have: run beside them, such a task was killed again and again, and
+// once its need was the whole budget it was judged poison ("it needs more
+// memory than the pool may use") or crowded out by others, though it would
+// have fitted alone. While t waits, no worker starts (mayStartWorker); the
+// slots start theirs again when memory allows, as after any exit.
+func (g *governor) idleInTheWayLocked(t *task) []int {
+	if t.need <= 0 {
+		return nil
+	}
+	keep := -1 // the worker left to take t: one that is ready, if any
+	for i, s := range g.slots {
+		if s.live && (keep < 0 || s.up && !g.slots[keep].up) {
+			keep = i
+		}
+	}
+	var held int64
+	var shed []int
+	for i, s := range g.slots {
+		if i != keep && s.live {
+			held += s.usage
+			shed = append(shed, i)
+		}
+	}
+	if held == 0 || g.predictLocked(t.need)+held <= g.capacityLocked() {
+		return nil
+	}
+	return shed
 }
 
 // roomyLocked reports whether, on a cold start with the prediction base,
@@ -815,6 +867,8 @@ func (g *governor) mayStartWorker(slot int) bool {
 	switch {
 	case live == 0:
 		ok = true
+	case g.shedding:
+		// The head waits for idle workers to end (idleInTheWayLocked).
 	case int64(g.workers)*max(coldGuess, most) <= c/2:
 		ok = true
 	case starting:

@@ -32,6 +32,40 @@ func workerCmd(mode string) []string {
 	return []string{os.Args[0], "-test.run=^$", "--", "worker:" + mode}
 }
 
+// holdMemory maps mb MiB for the rest of the process's life, every page
+// in. It asks the kernel to fill them in at once (MAP_POPULATE), with no
+// write of this program's, which under the race detector would also touch
+// its shadow of the pages, as much memory again. Where memory is short the
+// kernel may leave pages out without a word, and no OOM kill: then every
+// page is written, and the fault of a page that does not fit meets the OOM
+// killer as any program's would.
+func holdMemory(mb int) error {
+	before := rssAnon()
+	b, err := syscall.Mmap(-1, 0, mb<<20, syscall.PROT_READ|syscall.PROT_WRITE,
+		syscall.MAP_PRIVATE|syscall.MAP_ANONYMOUS|syscall.MAP_POPULATE)
+	if err != nil {
+		return err
+	}
+	if rssAnon()-before < int64(mb)<<20*3/4 {
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = 1
+		}
+	}
+	return nil
+}
+
+// rssAnon is the process's anonymous resident memory (RssAnon), or 0.
+func rssAnon() int64 {
+	status, _ := os.ReadFile("/proc/self/status")
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "RssAnon:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
 // workerEnvFor returns the environment for workers in mode.
 func workerEnvFor(mode string) []string {
 	return append(os.Environ(), workerEnv+"="+mode)
@@ -128,6 +162,15 @@ func runWorker(mode string) int {
 		}
 		defer runtime.KeepAlive(fat)
 		return runWorker("line")
+	case "fat-map-start":
+		// As fat-start, with the pages mapped in at once (MAP_POPULATE)
+		// rather than written one by one, which under the race detector
+		// would touch as much shadow memory again.
+		mb, _ := strconv.Atoi(os.Getenv("FAT_MB"))
+		if err := holdMemory(mb); err != nil {
+			return 4
+		}
+		return runWorker("line")
 	case "dead-at-start":
 		fmt.Fprintln(os.Stderr, "cannot load model: file not found")
 		return 4
@@ -202,6 +245,7 @@ func runWorker(mode string) int {
 //	alive:FILE       answer "alive" if the process whose pid is in FILE runs (a zombie does not), else "gone"
 //	grow:MB          keep MB more megabytes for the rest of the worker's life, then answer
 //	lategrow:MB      (one-shot) sleep 400 ms (four samples' worth of a watch), then map MB megabytes, every page in, and exit 0 at once, answering nothing
+//	hold:MB          map MB MiB more, every page in, for the rest of the worker's life
 //	pid              answer with the worker's pid
 //	spew:OUT:ERR:N   (one-shot) write OUT bytes of spewPattern to stdout and ERR to stderr, then exit N
 //	chatter:N        write N lines "chatter I" to stdout and N to stderr, then answer
@@ -333,6 +377,14 @@ func behave(in string) (string, error) {
 			b[i] = 1
 		}
 		grown = append(grown, b)
+	case "hold":
+		// MB MiB more for the rest of the worker's life, every page in at
+		// once (MAP_POPULATE), as lategrow does.
+		mb, _ := strconv.Atoi(arg)
+		if err := holdMemory(mb); err != nil {
+			return "", err
+		}
+		return "held:" + arg, nil
 	case "lategrow":
 		time.Sleep(400 * time.Millisecond)
 		mb, _ := strconv.Atoi(arg)

@@ -44,6 +44,8 @@ func TestMain(m *testing.M) {
 			os.Exit(runContainerOneShot())
 		case "container-fatstart":
 			os.Exit(runContainerFatStart())
+		case "container-idle-workers":
+			os.Exit(runContainerIdleWorkers())
 		case "container-gocrash":
 			os.Exit(runContainerGoCrash())
 		case "container-peak":

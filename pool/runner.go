@@ -238,6 +238,13 @@ func (r *runner) runPersistent() {
 		case err := <-s.WriteErr():
 			s.PipeBroken(err)
 		case id := <-r.preempt:
+			if id == shedIdle {
+				// The memory governor needs what an idle worker holds.
+				if s.InFlight() == 0 {
+					s.Retire()
+				}
+				break
+			}
 			s.Preempt(id)
 		case <-r.holdKick:
 			r.syncHold(s)
