@@ -1,13 +1,14 @@
 package cli
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/procfs"
 )
 
 // ttyStopEvery is how often watchTerminalReads looks for stopped jobs.
@@ -83,25 +84,15 @@ type procStat struct {
 
 // readProcStat reads /proc/PID/stat.
 func readProcStat(pid int) (procStat, bool) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	p, err := procfs.NewProc(pid)
 	if err != nil {
 		return procStat{}, false
 	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
+	st, err := p.Stat()
+	if err != nil || st.State == "" {
 		return procStat{}, false
 	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 6 || len(f[0]) != 1 {
-		return procStat{}, false
-	}
-	var n [5]int
-	for k := range n {
-		if n[k], err = strconv.Atoi(f[k+1]); err != nil {
-			return procStat{}, false
-		}
-	}
-	return procStat{state: f[0][0], ppid: n[0], pgrp: n[1], sid: n[2], tty: n[3], tpgid: n[4]}, true
+	return procStat{state: st.State[0], ppid: st.PPID, pgrp: st.PGRP, sid: st.Session, tty: st.TTY, tpgid: st.TPGID}, true
 }
 
 // terminalStopped returns the descendants of self (whose stat is me) that
