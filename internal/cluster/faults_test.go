@@ -645,7 +645,9 @@ func hostname(t *testing.T) string {
 
 // TestFailedOutputTooLarge: a task that fails (exit 3) having written more
 // stderr than a NATS message holds keeps its cause, its output cut to what
-// fits (stdout's first bytes, stderr's last), saying so.
+// fits (stdout's first bytes, stderr's last), saying so. And the summary
+// counts the worker deaths a local run counts: the exit, not the job the
+// pool ended for its timeout.
 func TestFailedOutputTooLarge(t *testing.T) {
 	t.Parallel()
 	dir, url := newCluster(t)
@@ -665,5 +667,8 @@ func TestFailedOutputTooLarge(t *testing.T) {
 	}
 	if !strings.Contains(p.out.String(), strings.Repeat("o", 100<<10)) {
 		t.Errorf("the submitter's stdout lacks the task's stdout (%d bytes)", p.out.Len())
+	}
+	if s.WorkerDeaths != 1 {
+		t.Errorf("worker_deaths = %d, want 1 as on one machine: the exit, not the timeout", s.WorkerDeaths)
 	}
 }
