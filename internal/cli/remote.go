@@ -113,14 +113,34 @@ const waitingEvery = 3 * time.Second
 // would leave a lost publish until the window fills.
 const tendEvery = time.Second
 
-// remoteDeath reports whether an attempt of a remote run that ended with
-// cause c counts in the summary's worker deaths. As on one machine, an
-// output lost (output-lost: here, a result too large for a NATS message) is
-// the task's failure, not a worker that died: a local pool does not count
-// it either (pool.Stats.WorkerDeaths), and the task is counted once, as
-// failed.
-func remoteDeath(c pool.Cause) bool {
-	return c.IsWorkerDeath() && c != pool.CauseOutputLost
+// remoteDeath reports whether an attempt of a remote run of protocol
+// proto that ended with cause c counts in the summary's worker deaths, by
+// the rule of a local pool (pool.Stats.WorkerDeaths): a worker counts
+// when it died other than by the pool ending it on purpose. For a one-shot
+// job (safepool run), the pool ending it for its timeout or its memory
+// limit ends the attempt, as a job's exit does, and is no death
+// (pool/oneshot.go: a death the session did not kill); a persistent worker
+// (map, the Python client) the pool kills for a task's timeout, its
+// memory limit or a protocol error is a worker lost, and counts
+// (worker.Death.Expected: only retired, cancelled and preempted workers do
+// not). An output lost (output-lost: here, a result too large for a NATS
+// message) is the task's failure, not a worker that died: a local pool
+// does not count it either, and the task is counted once, as failed. An
+// agent lost (agent-lost) counts: its workers went with it.
+//
+// The agent's record keeps the cause alone, not whether the pool killed
+// the process: a one-shot job ended for its timeout whose memory then
+// ended it during the grace (cause oom) counts here and not on one
+// machine, and a job refused memory past its data size limit without a
+// cgroup (cause memory-limit, not killed) the other way round.
+func remoteDeath(proto pool.Protocol, c pool.Cause) bool {
+	switch {
+	case !c.IsWorkerDeath() || c == pool.CauseOutputLost:
+		return false
+	case proto == pool.OneShot:
+		return c != pool.CauseTimeout && c != pool.CauseMemoryLimit && c != pool.CauseProtocol
+	}
+	return true
 }
 
 // executeRemote runs the job on the agents of a NATS deployment and
@@ -369,7 +389,7 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 		for i := range r.Attempts {
 			jl.observe(pool.Event{Kind: pool.EventAttemptEnded, TaskID: r.ID, Attempt: &r.Attempts[i]})
 			counts.Attempts++
-			if remoteDeath(r.Attempts[i].Cause) {
+			if remoteDeath(spec.Protocol, r.Attempts[i].Cause) {
 				counts.WorkerDeaths++
 			}
 		}

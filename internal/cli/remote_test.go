@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,6 +12,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/safepool/safepool/internal/cluster"
+	"github.com/safepool/safepool/pool"
 )
 
 // remoteGoroutines returns the stacks of the goroutines executeRemote
@@ -87,4 +91,65 @@ func startNatsServer(t *testing.T, bin, dir string) string {
 		t.Fatalf("the server did not start:\n%s", server.String())
 	}
 	return url
+}
+
+// TestRemoteDeathAsLocal runs a run and a map locally, each with a task
+// that exits 3 and one ended for its timeout, and checks that remoteDeath
+// counts, from the causes of their attempts, the worker deaths the local
+// summary counts: a one-shot job ended for its timeout is no worker death,
+// a line worker ended for it is. And that an agent lost counts, an output
+// lost not.
+func TestRemoteDeathAsLocal(t *testing.T) {
+	dir := t.TempDir()
+	worker := filepath.Join(dir, "w.sh")
+	if err := os.WriteFile(worker, []byte("#!/bin/sh\nwhile read l; do case $l in t) sleep 60;; e) exit 3;; esac; echo \"$l\"; done\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		proto pool.Protocol
+		args  []string
+	}{
+		{pool.OneShot, []string{"run", "-j", "3", "--", "sh", "-c", "case $0 in t) sleep 60;; e) exit 3;; esac", "{}", ":::", "t", "e", "ok"}},
+		{pool.Line, []string{"map", "-j", "1", "--worker", worker}},
+	} {
+		js := filepath.Join(dir, string(c.proto)+".json")
+		args := append([]string{c.args[0], "--json", js, "--timeout", "1s", "--timeout-grace", "0"}, c.args[1:]...)
+		var stdout, stderr bytes.Buffer
+		if code := Run(context.Background(), args, strings.NewReader("a\nt\nb\ne\nc\n"), &stdout, &stderr); code != 1 {
+			t.Fatalf("%s exited %d, want 1\n%s", c.args[0], code, stderr.String())
+		}
+		b, err := os.ReadFile(js)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var s struct {
+			WorkerDeaths int `json:"worker_deaths"`
+			Failed       []struct {
+				Cause    pool.Cause `json:"cause"`
+				Attempts int        `json:"attempts"`
+			} `json:"failed"`
+		}
+		if err := json.Unmarshal(b, &s); err != nil {
+			t.Fatal(err)
+		}
+		var causes []pool.Cause
+		deaths := 0
+		for _, f := range s.Failed {
+			causes = append(causes, f.Cause)
+			if remoteDeath(c.proto, f.Cause) {
+				deaths++
+			}
+		}
+		if len(causes) != 2 {
+			t.Fatalf("%s: failed with %v, want a timeout and exit:3\n%s", c.args[0], causes, b)
+		}
+		if deaths != s.WorkerDeaths {
+			t.Errorf("%s: remoteDeath counts %d worker deaths for %v, the local run %d", c.args[0], deaths, causes, s.WorkerDeaths)
+		}
+	}
+	for _, p := range []pool.Protocol{pool.OneShot, pool.Line, pool.Framed} {
+		if !remoteDeath(p, cluster.CauseAgentLost) || remoteDeath(p, pool.CauseOutputLost) {
+			t.Errorf("%s: an agent lost must count as a worker death, an output lost not", p)
+		}
+	}
 }

@@ -784,7 +784,7 @@ func (a *Agent) lostTooOften(ctx context.Context, h *held) {
 	last := &attempts[len(attempts)-1]
 	last.Message = joinMessage(last.Message, msg)
 	rec := ResultRecord{Seq: t.Seq, Input: t.Input, Args: t.Args, State: pool.Failed, Attempts: attempts, Agent: a.name}
-	body := a.fitPayload(&rec)
+	body := a.fitPayload(&rec, true)
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	err := retry(rctx, func(ctx context.Context) error {
@@ -1051,7 +1051,8 @@ func (a *Agent) finish(h *held, r pool.Result) {
 			last := &rec.Attempts[len(rec.Attempts)-1]
 			last.Message = joinMessage(last.Message, "on agent "+a.name)
 		}
-		body := a.fitPayload(&rec)
+		// A framed task's error payload is cut no more than a result is.
+		body := a.fitPayload(&rec, !(h.spec.Protocol == pool.Framed && r.Cause() == pool.CauseTaskError))
 		err := retry(ctx, func(ctx context.Context) error {
 			_, err := a.conn.results.Create(ctx, key, body)
 			if errors.Is(err, jetstream.ErrKeyExists) {
@@ -1171,9 +1172,15 @@ func (a *Agent) noteAttempts(ctx context.Context, h *held, all []AttemptRecord) 
 
 // fitPayload encodes rec so that it fits one message. A record too large
 // leaves out its input first (the submitter has it: InputSum stands for
-// it), then, if that is not enough, its output, saying so in the last
-// attempt's message.
-func (a *Agent) fitPayload(rec *ResultRecord) []byte {
+// it). If that is not enough, a task that failed keeps its state and its
+// last attempt's cause, and its output is cut to what fits: the first
+// bytes of its stdout and the last of its stderr (where a failure is
+// told), the last attempt's message saying how much was cut. A task that
+// succeeded, whose output is its result and cannot be cut, is recorded
+// failed with cause output-lost instead, as is a failed task whose output
+// may not be cut (cut false: a framed task's error, whose output is the
+// worker's error payload whole).
+func (a *Agent) fitPayload(rec *ResultRecord, cut bool) []byte {
 	body, _ := marshal(rec)
 	limit := a.conn.nc.MaxPayload() - 4096
 	if int64(len(body)) <= limit {
@@ -1186,13 +1193,19 @@ func (a *Agent) fitPayload(rec *ResultRecord) []byte {
 			return body
 		}
 	}
+	n := len(rec.Attempts)
+	if rec.State != pool.Done && n > 0 && rec.Attempts[n-1].Cause != "" && cut {
+		if body, ok := cutOutput(rec, limit); ok {
+			return body
+		}
+	}
 	lost := len(rec.Output) + len(rec.Stderr)
 	room := max(limit-(int64(len(body))-int64(base64.StdEncoding.EncodedLen(len(rec.Output))+base64.StdEncoding.EncodedLen(len(rec.Stderr)))), 0)
 	rec.Output, rec.Stderr = nil, nil
 	if rec.State == pool.Done {
 		rec.State = pool.Failed
 	}
-	if n := len(rec.Attempts); n > 0 {
+	if n > 0 {
 		last := &rec.Attempts[n-1]
 		last.Cause = pool.CauseOutputLost
 		last.Message = joinMessage(last.Message, fmt.Sprintf("output of %s does not fit a NATS message of %s, which holds %s of output (encoded in base64); raise the server's max_payload (safepool server --max-payload)",
@@ -1200,6 +1213,44 @@ func (a *Agent) fitPayload(rec *ResultRecord) []byte {
 	}
 	body, _ = marshal(rec)
 	return body
+}
+
+// cutOutput cuts the output of rec, a failed task's record too large for
+// a message of limit bytes, to what fits: its cause and state stay. The
+// room left is shared between stdout, which keeps its first bytes, and
+// stderr, which keeps its last; what one of them does not need goes to
+// the other. The last attempt's message says what was cut. It reports
+// false when even the record without output does not fit.
+func cutOutput(rec *ResultRecord, limit int64) ([]byte, bool) {
+	out, errOut := rec.Output, rec.Stderr
+	last := &rec.Attempts[len(rec.Attempts)-1]
+	msg := last.Message
+	// The note is written with the figures it will hold at most, so that
+	// the room measured with it stays enough for the final one.
+	last.Message = joinMessage(msg, cutNote(int64(len(out)), int64(len(out)), int64(len(errOut)), int64(len(errOut)), limit))
+	rec.Output, rec.Stderr = nil, nil
+	body, _ := marshal(rec)
+	room := limit - int64(len(body)) - 64 // the fields' names, base64's padding, the note's figures
+	if room < 0 {
+		rec.Output, rec.Stderr, last.Message = out, errOut, msg
+		return nil, false
+	}
+	// Bytes that fit: base64 takes 4 characters for every 3 bytes.
+	fits := room / 4 * 3
+	keepOut := min(int64(len(out)), max(fits/2, fits-int64(len(errOut))))
+	keepErr := min(int64(len(errOut)), fits-keepOut)
+	rec.Output = out[:keepOut]
+	rec.Stderr = errOut[int64(len(errOut))-keepErr:]
+	last.Message = joinMessage(msg, cutNote(keepOut, int64(len(out)), keepErr, int64(len(errOut)), limit))
+	body, _ = marshal(rec)
+	return body, true
+}
+
+// cutNote says how much of a failed task's output was kept to fit a
+// message of limit bytes.
+func cutNote(keptOut, out, keptErr, errOut, limit int64) string {
+	return fmt.Sprintf("output cut to fit a NATS message of %s: stdout %s kept of %s (the first), stderr %s kept of %s (the last); raise the server's max_payload (safepool server --max-payload) to keep it whole",
+		bytesize.Format(limit), bytesize.Format(keptOut), bytesize.Format(out), bytesize.Format(keptErr), bytesize.Format(errOut))
 }
 
 func joinMessage(a, b string) string {

@@ -64,7 +64,8 @@ func TestMain(m *testing.M) {
 
 // helper is a task: "alloc:N" touches N MiB and prints "ok N"; "sleep:MS"
 // sleeps MS milliseconds and prints "ok"; "killagent:0" SIGKILLs its agent;
-// "failon:NAME:MS" fails on agent NAME only; "touch:N" is "alloc:N" outside
+// "failon:NAME:MS" fails on agent NAME only; "spew:N" writes N MiB to
+// stderr and exits 3; "touch:N" is "alloc:N" outside
 // the Go heap (no race detector's shadow of it). "hold:N", not a task,
 // holds N MiB, says "ready" and holds them until its stdin ends.
 // "termtrap:FILE" waits for SIGTERM, then writes "cleaned" to FILE and
@@ -114,6 +115,12 @@ func helper(arg string) int {
 		noteStart(arg)
 		time.Sleep(time.Duration(v) * time.Millisecond)
 		fmt.Println("ok")
+	case "spew":
+		// "spew:N" writes 100 KiB to stdout, N MiB to stderr ending
+		// "the end", and exits 3.
+		fmt.Println(strings.Repeat("o", 100<<10))
+		os.Stderr.WriteString(strings.Repeat("e", v<<20) + "\nthe end\n")
+		return 3
 	case "failon":
 		// "failon:NAME:MS" fails after 300 ms on the agent called NAME,
 		// and elsewhere sleeps MS milliseconds and succeeds.

@@ -642,3 +642,33 @@ func hostname(t *testing.T) string {
 	}
 	return h
 }
+
+// TestFailedOutputTooLarge: a task that fails (exit 3) having written more
+// stderr than a NATS message holds keeps its cause, its output cut to what
+// fits (stdout's first bytes, stderr's last), saying so. And the summary
+// counts the worker deaths a local run counts: the exit, not the job the
+// pool ended for its timeout.
+func TestFailedOutputTooLarge(t *testing.T) {
+	t.Parallel()
+	dir, url := newCluster(t)
+	startAgent(t, dir, "agent1", url, "-j", "3")
+	p := submit(t, dir, "run", url, []string{"spew:2", "sleep:60000", "sleep:10"}, "--timeout", "3s", "--timeout-grace", "0")
+	if st := p.wait(t, 60*time.Second); st != 1 {
+		t.Fatalf("run exited %d, want 1\n%s", st, p.stderr())
+	}
+	s := summaryOf(t, dir, "run")
+	if len(s.Failed) != 2 || s.Failed[0].ID != 1 || s.Failed[0].Cause != "exit:3" ||
+		!strings.Contains(s.Failed[0].Message, "output cut to fit a NATS message") || !strings.Contains(s.Failed[0].Message, "kept of 2 MiB (the last)") ||
+		s.Failed[1].ID != 2 || s.Failed[1].Cause != "timeout" {
+		t.Errorf("failed = %+v, want task 1 exit:3 saying its output was cut, task 2 timeout", s.Failed)
+	}
+	if !strings.Contains(p.stderr(), "the end\n") {
+		t.Errorf("the submitter's stderr lacks the end of the task's stderr")
+	}
+	if !strings.Contains(p.out.String(), strings.Repeat("o", 100<<10)) {
+		t.Errorf("the submitter's stdout lacks the task's stdout (%d bytes)", p.out.Len())
+	}
+	if s.WorkerDeaths != 1 {
+		t.Errorf("worker_deaths = %d, want 1 as on one machine: the exit, not the timeout", s.WorkerDeaths)
+	}
+}
