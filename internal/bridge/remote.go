@@ -279,8 +279,10 @@ loop:
 			if rec.State != pool.Done && action == pool.Abort {
 				for _, a := range m.Attempts {
 					// A delivery lost with its agent was handed to another
-					// agent, and is no worker death of the run's policy.
-					if c := pool.Cause(a.Cause); c.IsWorkerDeath() && c != cluster.CauseAgentLost {
+					// agent, and is no worker death of the run's policy;
+					// nor is an output too large for a NATS message, whose
+					// worker did not die.
+					if c := pool.Cause(a.Cause); c.IsWorkerDeath() && c != cluster.CauseAgentLost && c != pool.CauseOutputLost {
 						abort = fmt.Errorf("task %d: worker died (%s) and on_worker_death is abort", rec.Seq, a.Cause)
 					}
 				}

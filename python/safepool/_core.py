@@ -1176,8 +1176,9 @@ class _Core:
             self._fail(job, pos, item, _errors().RemoteError, "task-error", "the worker failed the task: " + msg,
                        history)
             return
-        # The worker died, and the pool's policy is spent (or it was poison).
-        if self.policy == "abort":
+        # The worker died, and the pool's policy is spent (or it was poison);
+        # or its output was lost, which is no death of the pool's policy.
+        if self.policy == "abort" and cause not in _NOT_DEATHS:
             # Stop first, so that no task is accepted after the caller saw
             # this failure.
             self.abort(_errors().WorkerDied("%s died (%s)" % (_call_repr(job, item), cause), cause=cause))

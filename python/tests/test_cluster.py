@@ -156,6 +156,12 @@ class ClusterTest(unittest.TestCase):
             self.assertIn("the output of bytes(2000000) was lost (output-lost)", str(cm.exception))
             self.assertNotIn("worker died", str(cm.exception))
             self.assertEqual(pool.map(bytes, [1, 2]), [bytes(1), bytes(2)])
+        # Nor is it a worker death for on_worker_death="abort".
+        with safepool.Pool(1, nats=self.url, on_worker_death="abort") as pool:
+            with self.assertRaises(safepool.WorkerDied) as cm:
+                pool.apply(bytes, (2_000_000,))
+            self.assertEqual(cm.exception.cause, "output-lost")
+            self.assertEqual(pool.map(bytes, [1, 2]), [bytes(1), bytes(2)])
 
     def test_timeout_grace(self):
         # The pool's timeout_grace is the run's, in place of each agent's
