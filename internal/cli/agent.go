@@ -67,6 +67,9 @@ func runAgent(ctx context.Context, e *env, args []string) error {
 	}
 	ag, err := cluster.NewAgent(ctx, cluster.AgentConfig{URL: a.url, Name: a.name, Pool: cfg, Log: lossyWriter{e.stderr}, Version: version()})
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while it waited for the server, as a running agent stops
+		}
 		return &statusError{status: exitUsage, err: err}
 	}
 	if err := ag.Run(ctx); err != nil {

@@ -111,6 +111,37 @@ type held struct {
 	claimedAt time.Time
 }
 
+// dialEvery is how often an agent tries again to reach a NATS server that
+// did not answer.
+const dialEvery = 2 * time.Second
+
+// dial connects to the agent's server. An agent is a service, often
+// started beside the server or before it (by a batch system, a pod, a unit
+// file): while no server answers at its URL, it says so once and tries
+// again every dialEvery until one does or ctx ends. Any other failure
+// (credentials, no JetStream) ends it at once.
+func (a *Agent) dial(ctx context.Context) (*Conn, error) {
+	said := false
+	for {
+		conn, err := Dial(ctx, a.cfg.URL, "safepool agent "+a.name)
+		if err == nil || !errors.Is(err, nats.ErrNoServers) {
+			if err == nil && said {
+				fmt.Fprintf(a.cfg.Log, "safepool agent %s: the NATS server at %s answers\n", a.name, Redact(a.cfg.URL))
+			}
+			return conn, err
+		}
+		if !said {
+			fmt.Fprintf(a.cfg.Log, "safepool agent %s: %v; trying again every %v until a server answers (SIGINT or SIGTERM stops the agent)\n", a.name, err, dialEvery)
+			said = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("cluster: stopped while waiting for the NATS server at %s: %w", Redact(a.cfg.URL), context.Cause(ctx))
+		case <-time.After(dialEvery):
+		}
+	}
+}
+
 // NewAgent connects to cfg.URL and measures what the agent can offer.
 func NewAgent(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 	name := cfg.Name
@@ -139,7 +170,7 @@ func NewAgent(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 		a.capacity, _ = memory.HostMemTotal()
 	}
 	a.fit = FitClass(a.capacity)
-	conn, err := Dial(ctx, cfg.URL, "safepool agent "+name)
+	conn, err := a.dial(ctx)
 	if err != nil {
 		l.p.Abort(nil)
 		<-l.done

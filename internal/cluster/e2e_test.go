@@ -1016,3 +1016,28 @@ func TestInputTooLarge(t *testing.T) {
 		t.Errorf("summary = %+v, want 3 done and task 2 failed, too large", s)
 	}
 }
+
+// TestAgentBeforeServer: an agent started before its server waits for it,
+// saying so, and runs tasks once the server is up; an agent stopped while
+// it waits ends at once with status 0, as a running agent does.
+func TestAgentBeforeServer(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	agent := start(t, dir, "agent", "agent", "--nats", url, "--name", "early", "-j", "2")
+	agent.waitLog(t, "until a server answers", 30*time.Second)
+	quitter := start(t, dir, "quitter", "agent", "--nats", url, "--name", "quitter")
+	quitter.waitLog(t, "until a server answers", 30*time.Second)
+	quitter.cmd.Process.Signal(syscall.SIGTERM)
+	if st := quitter.wait(t, 10*time.Second); st != 0 {
+		t.Fatalf("an agent stopped while it waited exited %d, want 0\n%s", st, quitter.stderr())
+	}
+	startServer(t, dir, "server", port)
+	agent.waitLog(t, " per task (memory classes", 30*time.Second)
+	sub := submit(t, dir, "run", url, sleeps(4, 100))
+	if st := sub.wait(t, 60*time.Second); st != 0 {
+		t.Fatalf("run exited %d, want 0\n%s", st, sub.stderr())
+	}
+	checkOutputs(t, sub, 4)
+}
