@@ -169,6 +169,53 @@ func TestLineStall(t *testing.T) {
 	}
 }
 
+// TestLineStallWholeStream: a command that answers only at the end of its
+// input (sort, wc -l) stalls as a line worker; its failure names map
+// --pipe, which runs such commands, not only the flush that cannot help.
+func TestLineStallWholeStream(t *testing.T) {
+	var ev events
+	cfg := pool.Config{Command: []string{"sort"}, Protocol: pool.Line, Workers: 1,
+		StallTimeout: time.Second, Grace: 500 * time.Millisecond, Observer: ev.observe}
+	got, _ := run(t, cfg, "b", "a")
+	if r := got[1]; r.State != pool.Failed || r.Cause() != pool.CauseProtocol || !strings.Contains(r.Attempts[0].Message, "map --pipe") {
+		t.Errorf("task 1 = %s %+v, want failed with protocol, naming map --pipe", r.State, r.Attempts)
+	}
+	if st := ev.of(pool.EventWorkerStalled); len(st) == 0 || !strings.Contains(st[0].Message, "map --pipe") {
+		t.Errorf("stall events = %+v, want one that names map --pipe", st)
+	}
+}
+
+// TestLineStallSkipped: a worker that answers lines, then reads one and
+// writes nothing for it, stalls on its last line. Its answers after the
+// skipped line were taken for the answers of the lines before their own:
+// the failure says that it may have skipped a line and that the answers it
+// gave may belong to other lines, not only that it buffers its output.
+func TestLineStallSkipped(t *testing.T) {
+	var ev events
+	cfg := pool.Config{Command: []string{"sh", "-c", `while read l; do [ "$l" = b ] || echo "ok:$l"; done`},
+		Protocol: pool.Line, Workers: 1, StallTimeout: time.Second, Grace: 500 * time.Millisecond, Observer: ev.observe}
+	got, _ := run(t, cfg, "a", "b", "c")
+	// Which line stalls depends on how the lines were sent: b, sent
+	// alone, or c, after b in a block.
+	failed := 0
+	for id, r := range got {
+		if r.State != pool.Failed {
+			continue
+		}
+		failed++
+		if m := r.Attempts[0].Message; r.Cause() != pool.CauseProtocol || !strings.Contains(m, "no answer for a line") ||
+			!strings.Contains(m, "answers it gave before may belong to other lines") {
+			t.Errorf("task %d = %s %+v, want failed with protocol, saying a line may have been skipped", id, r.State, r.Attempts)
+		}
+	}
+	if failed == 0 {
+		t.Errorf("results = %+v, want a line failed", got)
+	}
+	if st := ev.of(pool.EventWorkerStalled); len(st) == 0 || !strings.Contains(st[0].Message, "no answer for a line") {
+		t.Errorf("stall events = %+v, want one that says a line may have been skipped", st)
+	}
+}
+
 // TestLineStallMawk: Debian's awk buffers its output on a pipe; without
 // -W interactive it stalls, and is caught. With it, it works.
 func TestLineStallMawk(t *testing.T) {
