@@ -2,7 +2,9 @@ package pool_test
 
 import (
 	"errors"
+	"fmt"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -89,6 +91,43 @@ func TestLineExtraLine(t *testing.T) {
 	}
 	if e := ev.of(pool.EventWorkerOutOfStep); len(e) != 1 || !strings.Contains(e[0].Message, "may belong to other lines") {
 		t.Errorf("out-of-step events = %+v, want one that says earlier answers may be wrong", e)
+	}
+}
+
+// TestLineExtraLineCounted: a worker that writes a stray line after the
+// answers to several lines, all in one write, is out of step, and the
+// message counts the lines it wrote in that write and the lines due, as
+// they were: one more line than were due.
+func TestLineExtraLineCounted(t *testing.T) {
+	var ev events
+	cfg := lineConfig("extra-per-read", 1)
+	cfg.Pipeline = 32
+	cfg.Observer = ev.observe
+	inputs := make([]string, 200)
+	for i := range inputs {
+		inputs[i] = strconv.Itoa(i + 1)
+	}
+	run(t, cfg, inputs...)
+	// A new worker's first line goes alone, to a worker seen reading; the
+	// lines after it go ahead once it has answered, and a read brings
+	// several: one such read must have been seen out of step.
+	several := false
+	for _, e := range ev.of(pool.EventWorkerOutOfStep) {
+		i := strings.Index(e.Message, "the worker wrote ")
+		var wrote, due int
+		if i < 0 || !strings.Contains(e.Message, "were due") {
+			continue // a stray line caught another way
+		}
+		if _, err := fmt.Sscanf(e.Message[i:], "the worker wrote %d lines where %d were due", &wrote, &due); err != nil {
+			t.Fatalf("out-of-step event %q: %v", e.Message, err)
+		}
+		if wrote != due+1 {
+			t.Errorf("out-of-step event %q: want one more line written than were due", e.Message)
+		}
+		several = several || due > 1
+	}
+	if !several {
+		t.Errorf("out-of-step events = %+v, want one for a read of several lines", ev.of(pool.EventWorkerOutOfStep))
 	}
 }
 

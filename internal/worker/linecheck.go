@@ -237,8 +237,10 @@ func (s *Session) handleLines(ev Event) {
 			s.outOfStep(fmt.Sprintf("the worker wrote %s when no line was waiting for an answer", quoteOutput(first, len(first))))
 			return
 		}
-		s.outOfStep(fmt.Sprintf("the worker wrote %d lines (the first %s) where %d were due",
-			got-max(due-1, 0), quoteOutput(first, len(first)), due))
+		// The lines before the last one due were taken as answers; from
+		// the last one due on, none is.
+		s.outOfStep(fmt.Sprintf("the worker wrote %d lines where %d were due (%s and the lines after it not taken as answers)",
+			got, due, quoteOutput(first, len(first))))
 	}
 }
 
