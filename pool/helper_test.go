@@ -196,6 +196,36 @@ func runWorker(mode string) int {
 			time.AfterFunc(time.Hour, func() {})
 		}
 		return runWorker("unflushed")
+	case "extra-per-read":
+		// A line worker that answers the whole lines each read brings in
+		// one write, with a stray line after the answers when the read
+		// brought more than one line. It waits a little before each read,
+		// for the lines sent ahead to gather.
+		buf := make([]byte, 1<<16)
+		var part string
+		for {
+			time.Sleep(20 * time.Millisecond)
+			n, err := os.Stdin.Read(buf)
+			if n == 0 || err != nil {
+				return 0
+			}
+			data := part + string(buf[:n])
+			end := strings.LastIndexByte(data, '\n')
+			if end < 0 {
+				part = data
+				continue
+			}
+			lines := strings.Split(data[:end], "\n")
+			part = data[end+1:]
+			var out strings.Builder
+			for _, l := range lines {
+				out.WriteString("ok:" + l + "\n")
+			}
+			if len(lines) > 1 {
+				out.WriteString("extra\n")
+			}
+			os.Stdout.WriteString(out.String())
+		}
 	case "unflushed":
 		// A line worker that never flushes its answers: they wait in its
 		// buffer while it blocks reading for more input.

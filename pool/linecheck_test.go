@@ -2,7 +2,9 @@ package pool_test
 
 import (
 	"errors"
+	"fmt"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -92,6 +94,43 @@ func TestLineExtraLine(t *testing.T) {
 	}
 }
 
+// TestLineExtraLineCounted: a worker that writes a stray line after the
+// answers to several lines, all in one write, is out of step, and the
+// message counts the lines it wrote in that write and the lines due, as
+// they were: one more line than were due.
+func TestLineExtraLineCounted(t *testing.T) {
+	var ev events
+	cfg := lineConfig("extra-per-read", 1)
+	cfg.Pipeline = 32
+	cfg.Observer = ev.observe
+	inputs := make([]string, 200)
+	for i := range inputs {
+		inputs[i] = strconv.Itoa(i + 1)
+	}
+	run(t, cfg, inputs...)
+	// A new worker's first line goes alone, to a worker seen reading; the
+	// lines after it go ahead once it has answered, and a read brings
+	// several: one such read must have been seen out of step.
+	several := false
+	for _, e := range ev.of(pool.EventWorkerOutOfStep) {
+		i := strings.Index(e.Message, "the worker wrote ")
+		var wrote, due int
+		if i < 0 || !strings.Contains(e.Message, "were due") {
+			continue // a stray line caught another way
+		}
+		if _, err := fmt.Sscanf(e.Message[i:], "the worker wrote %d lines where %d were due", &wrote, &due); err != nil {
+			t.Fatalf("out-of-step event %q: %v", e.Message, err)
+		}
+		if wrote != due+1 {
+			t.Errorf("out-of-step event %q: want one more line written than were due", e.Message)
+		}
+		several = several || due > 1
+	}
+	if !several {
+		t.Errorf("out-of-step events = %+v, want one for a read of several lines", ev.of(pool.EventWorkerOutOfStep))
+	}
+}
+
 // TestLineAnswerBeforeInput: a line that comes before the worker has read
 // the line it would answer (the task pipe still holds it) is not taken for
 // its answer. The worker is killed and counted out of step (the answer it
@@ -166,6 +205,53 @@ func TestLineStall(t *testing.T) {
 			}
 			t.Logf("ended in %v", time.Since(start))
 		})
+	}
+}
+
+// TestLineStallWholeStream: a command that answers only at the end of its
+// input (sort, wc -l) stalls as a line worker; its failure names map
+// --pipe, which runs such commands, not only the flush that cannot help.
+func TestLineStallWholeStream(t *testing.T) {
+	var ev events
+	cfg := pool.Config{Command: []string{"sort"}, Protocol: pool.Line, Workers: 1,
+		StallTimeout: time.Second, Grace: 500 * time.Millisecond, Observer: ev.observe}
+	got, _ := run(t, cfg, "b", "a")
+	if r := got[1]; r.State != pool.Failed || r.Cause() != pool.CauseProtocol || !strings.Contains(r.Attempts[0].Message, "map --pipe") {
+		t.Errorf("task 1 = %s %+v, want failed with protocol, naming map --pipe", r.State, r.Attempts)
+	}
+	if st := ev.of(pool.EventWorkerStalled); len(st) == 0 || !strings.Contains(st[0].Message, "map --pipe") {
+		t.Errorf("stall events = %+v, want one that names map --pipe", st)
+	}
+}
+
+// TestLineStallSkipped: a worker that answers lines, then reads one and
+// writes nothing for it, stalls on its last line. Its answers after the
+// skipped line were taken for the answers of the lines before their own:
+// the failure says that it may have skipped a line and that the answers it
+// gave may belong to other lines, not only that it buffers its output.
+func TestLineStallSkipped(t *testing.T) {
+	var ev events
+	cfg := pool.Config{Command: []string{"sh", "-c", `while read l; do [ "$l" = b ] || echo "ok:$l"; done`},
+		Protocol: pool.Line, Workers: 1, StallTimeout: time.Second, Grace: 500 * time.Millisecond, Observer: ev.observe}
+	got, _ := run(t, cfg, "a", "b", "c")
+	// Which line stalls depends on how the lines were sent: b, sent
+	// alone, or c, after b in a block.
+	failed := 0
+	for id, r := range got {
+		if r.State != pool.Failed {
+			continue
+		}
+		failed++
+		if m := r.Attempts[0].Message; r.Cause() != pool.CauseProtocol || !strings.Contains(m, "no answer for a line") ||
+			!strings.Contains(m, "answers it gave before may belong to other lines") {
+			t.Errorf("task %d = %s %+v, want failed with protocol, saying a line may have been skipped", id, r.State, r.Attempts)
+		}
+	}
+	if failed == 0 {
+		t.Errorf("results = %+v, want a line failed", got)
+	}
+	if st := ev.of(pool.EventWorkerStalled); len(st) == 0 || !strings.Contains(st[0].Message, "no answer for a line") {
+		t.Errorf("stall events = %+v, want one that says a line may have been skipped", st)
 	}
 }
 

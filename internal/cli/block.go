@@ -12,9 +12,12 @@ import (
 // ends at the last record end (recend) within them; the partial record
 // after it starts the next block. A record longer than size makes a block
 // of its own, however long. The last block may lack a record end: what is
-// left at the end of the input is one block when it fits in size.
+// left at the end of the input is one block when it fits in size. Several
+// input files are read as one stream, except that a file whose last record
+// has no record end ends a block there, as the end of the input does: its
+// last record is never joined to the next file's first.
 type blockReader struct {
-	r      io.Reader
+	r      *segmentReader
 	size   int
 	recend []byte
 	// carry is the partial record read after the last block's end.
@@ -41,7 +44,60 @@ func newBlockReader(names []string, stdin io.Reader, size int, recend []byte) (*
 	for i, f := range fs.files {
 		rs[i] = f
 	}
-	return &blockReader{r: io.MultiReader(rs...), size: size, recend: recend, files: fs}, nil
+	return &blockReader{r: &segmentReader{rs: rs, recend: recend}, size: size, recend: recend, files: fs}, nil
+}
+
+// segmentReader reads files one after the other. Where a file ends without
+// a record end (a last line without its newline), it returns io.EOF: the
+// segment of the input read so far ends there, and resume starts the next
+// one, so that the file's last record ends a block and is not joined to
+// the next file's first. Files that end with a record end, and empty ones,
+// run on into the next file within a segment.
+type segmentReader struct {
+	rs     []io.Reader
+	recend []byte
+	// tail holds the last bytes read from the current file, up to
+	// len(recend): whether it ends with a record end.
+	tail []byte
+	// ended: the current segment has returned io.EOF.
+	ended bool
+}
+
+func (s *segmentReader) Read(p []byte) (int, error) {
+	for {
+		if s.ended || len(s.rs) == 0 {
+			return 0, io.EOF
+		}
+		n, err := s.rs[0].Read(p)
+		if n > 0 {
+			s.tail = append(s.tail, p[:n]...)
+			if k := len(s.tail) - len(s.recend); k > 0 {
+				s.tail = append(s.tail[:0], s.tail[k:]...)
+			}
+		}
+		if err == io.EOF {
+			unended := len(s.tail) > 0 && !bytes.Equal(s.tail, s.recend)
+			s.rs, s.tail = s.rs[1:], s.tail[:0]
+			if unended && len(s.rs) > 0 {
+				s.ended = true
+			}
+			if n > 0 {
+				return n, nil
+			}
+			continue
+		}
+		return n, err
+	}
+}
+
+// resume starts the next segment after one that ended at a file without a
+// record end, and reports whether there was one.
+func (s *segmentReader) resume() bool {
+	if !s.ended {
+		return false
+	}
+	s.ended = false
+	return true
 }
 
 // next returns the next block, which the caller may keep: each block has
@@ -55,6 +111,9 @@ func newBlockReader(names []string, stdin io.Reader, size int, recend []byte) (*
 // unended last one. What was read past the cut (carry) starts the next
 // block, and counts within that block's size like what is read for it.
 func (b *blockReader) next() ([]byte, error) {
+	if b.eof && len(b.carry) == 0 && b.r.resume() {
+		b.eof = false // the input goes on in the next file
+	}
 	// Room for a block and the byte that tells it is not the last one: a
 	// block of whole records needs no more.
 	buf := make([]byte, len(b.carry), max(b.size+1, len(b.carry)))

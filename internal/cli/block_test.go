@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -139,6 +140,66 @@ func TestBlockReaderBounds(t *testing.T) {
 				t.Fatalf("%s: block %d leaves out the next record, which fits", what, i)
 			}
 		}
+	}
+}
+
+// TestBlockReaderFiles: the files of -a are read as one stream, but a file
+// whose last record has no record end ends its block there, as the end of
+// the input does: its last line is never joined to the next file's first
+// (b and c, below, are not one record "bc").
+func TestBlockReaderFiles(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		files  []string
+		size   int
+		recend string
+		want   []string
+	}{
+		{name: "files with newlines run on", files: []string{"a\nb\n", "c\nd\n"}, size: 100, recend: "\n",
+			want: []string{"a\nb\nc\nd\n"}},
+		{name: "a file without its last newline", files: []string{"a\nb", "c\nd\n"}, size: 100, recend: "\n",
+			want: []string{"a\nb", "c\nd\n"}},
+		{name: "a file without its last newline, blocks cut before", files: []string{"a\nbb\nc", "d\n"}, size: 4, recend: "\n",
+			want: []string{"a\n", "bb\nc", "d\n"}},
+		{name: "a long last record without its end", files: []string{"a\nlonglong", "d\n"}, size: 4, recend: "\n",
+			want: []string{"a\n", "longlong", "d\n"}},
+		{name: "empty files between", files: []string{"a", "", "b", ""}, size: 100, recend: "\n",
+			want: []string{"a", "b"}},
+		{name: "two-byte recend", files: []string{"a;;b;", ";c;;"}, size: 100, recend: ";;",
+			want: []string{"a;;b;", ";c;;"}},
+		{name: "no recend", files: []string{"abc", "def"}, size: 4, recend: "",
+			want: []string{"abcd", "ef"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			var names []string
+			for i, content := range tc.files {
+				name := fmt.Sprintf("%s/f%d", dir, i)
+				if err := os.WriteFile(name, []byte(content), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				names = append(names, name)
+			}
+			b, err := newBlockReader(names, nil, tc.size, []byte(tc.recend))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.close()
+			var got []string
+			for {
+				block, err := b.next()
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, string(block))
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("blocks of %q (size %d, recend %q) = %q, want %q", tc.files, tc.size, tc.recend, got, tc.want)
+			}
+		})
 	}
 }
 

@@ -44,6 +44,11 @@ const (
 const flushHint = "make it flush after each line: python3 -u (or PYTHONUNBUFFERED=1), " +
 	"awk -W interactive (mawk) or fflush() after print, stdbuf -oL for C programs, or an explicit flush"
 
+// wholeStreamHint points a command that answers only at the end of its
+// input, which no flush can make a line worker, to block mode.
+const wholeStreamHint = "a command that answers only at the end of its input (sort, wc -l) " +
+	"runs with map --pipe, as a process per block"
+
 // oneLineHint says what a line worker must write.
 const oneLineHint = "a line worker must write exactly one line to stdout for each line it reads, " +
 	"and other messages to stderr; a program that cannot keep to that should speak the framed protocol (map --framed)"
@@ -232,8 +237,10 @@ func (s *Session) handleLines(ev Event) {
 			s.outOfStep(fmt.Sprintf("the worker wrote %s when no line was waiting for an answer", quoteOutput(first, len(first))))
 			return
 		}
-		s.outOfStep(fmt.Sprintf("the worker wrote %d lines (the first %s) where %d were due",
-			got-max(due-1, 0), quoteOutput(first, len(first)), due))
+		// The lines before the last one due were taken as answers; from
+		// the last one due on, none is.
+		s.outOfStep(fmt.Sprintf("the worker wrote %d lines where %d were due (%s and the lines after it not taken as answers)",
+			got, due, quoteOutput(first, len(first))))
 	}
 }
 
@@ -317,14 +324,27 @@ func (s *Session) checkStall(now time.Time) {
 		l.noticed = true
 		s.host.Note(Note{Kind: NoteStalled, ID: head.runningID(), Answered: s.answered, Message: fmt.Sprintf(
 			"worker %d read the line of task %d but has not answered it for %v, and waits for more input: "+
-				"it most likely holds its answers in an output buffer; %s (the attempt fails after %v of this)",
-			s.proc.Pid, head.runningID(), d.Round(100*time.Millisecond), flushHint, limit)})
+				"it most likely holds its answers in an output buffer%s (the attempt fails after %v of this)",
+			s.proc.Pid, head.runningID(), d.Round(100*time.Millisecond), s.stallHint(), limit)})
 	}
 	if d >= limit {
 		l.stalled = true
 		s.protocolError(fmt.Sprintf("the worker read its line, then waited for more input for %v without answering: "+
-			"it does not flush its output; %s", limit, flushHint))
+			"it does not flush its output%s", limit, s.stallHint()))
 	}
+}
+
+// stallHint ends the message of a stall with its other likely cause and
+// the fixes. A worker that never answered may be a command that answers
+// only at the end of its input; one that answered lines before may have
+// written nothing for one of them, and then its answers since were taken
+// for the answers of the lines before their own.
+func (s *Session) stallHint() string {
+	if s.answered == 0 {
+		return "; " + flushHint + "; " + wholeStreamHint
+	}
+	return fmt.Sprintf(", or it wrote no answer for a line it read, and then the %d answers it gave before "+
+		"may belong to other lines; %s; %s", s.answered, flushHint, oneLineHint)
 }
 
 // idleOnInput reports whether the worker has read every line it was sent,
