@@ -97,7 +97,7 @@ func TestLineExtraLine(t *testing.T) {
 // TestLineExtraLineCounted: a worker that writes a stray line after the
 // answers to several lines, all in one write, is out of step, and the
 // message counts the lines it wrote in that write and the lines due, as
-// they were: one more line than were due.
+// they were: more lines than were due.
 func TestLineExtraLineCounted(t *testing.T) {
 	var ev events
 	cfg := lineConfig("extra-per-read", 1)
@@ -121,8 +121,11 @@ func TestLineExtraLineCounted(t *testing.T) {
 		if _, err := fmt.Sscanf(e.Message[i:], "the worker wrote %d lines where %d were due", &wrote, &due); err != nil {
 			t.Fatalf("out-of-step event %q: %v", e.Message, err)
 		}
-		if wrote != due+1 {
-			t.Errorf("out-of-step event %q: want one more line written than were due", e.Message)
+		// One read of the supervisor's may bring more than one of the
+		// worker's writes, each with its stray line: more lines written
+		// than were due, not always one more.
+		if wrote <= due {
+			t.Errorf("out-of-step event %q: want more lines written than were due", e.Message)
 		}
 		several = several || due > 1
 	}
