@@ -148,6 +148,46 @@ func TestLineBlockDeath(t *testing.T) {
 	}
 }
 
+// TestLineBlockExitZero: a line worker that exits 0 after reading a line
+// of a block, without answering it, gets one uncharged run of that line
+// elsewhere (it may have read the line ahead and ended between lines); the
+// second time the line is charged, and it then fails after 1+Retries
+// charged attempts, with one worker death for each run: one pass and two
+// charges. The pass was not recorded for a line of a block: the line came
+// back without it, got a second one as the head of its block and a third
+// once it ran alone, five deaths instead of three.
+func TestLineBlockExitZero(t *testing.T) {
+	tests := []struct {
+		name   string
+		blocks [][]string
+		bad    uint64 // the id of the line "exit:0"
+	}{
+		{"first", [][]string{{"exit:0", "b", "c", "d", "e"}}, 1},
+		{"middle", [][]string{{"a", "b", "exit:0", "d", "e"}}, 3},
+		{"alone", [][]string{{"a", "b"}, {"exit:0"}, {"d", "e"}}, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := config(pool.Line, 1)
+			cfg.OnWorkerDeath, cfg.Retries = pool.Retry, 1
+			got, _, p := runLineBlocks(t, cfg, tt.blocks...)
+			var items []string
+			for _, b := range tt.blocks {
+				items = append(items, b...)
+			}
+			checkDone(t, got, items, tt.bad)
+			o := got[tt.bad]
+			if o == nil || o.state != pool.Failed || len(o.attempts) != 2 ||
+				o.attempts[0].Cause != pool.ExitCause(0) || o.attempts[1].Number != 2 {
+				t.Fatalf("exiting line = %+v, want failed after two attempts, each exit:0", o)
+			}
+			if st := p.Stats(); st.Done != 4 || st.Failed != 1 || st.WorkerDeaths != 3 {
+				t.Errorf("stats = %+v, want 4 done, 1 failed and 3 worker deaths (one uncharged run, two charged)", st)
+			}
+		})
+	}
+}
+
 // TestLineBlockPoison: a line that kills every worker it runs on, in a
 // block of a 100,000-line input, fails alone after its retries; every
 // other line is done once, and the results come in input order.

@@ -126,7 +126,9 @@ type task struct {
 	// passed records that the task was requeued uncharged once for a
 	// death that may not have been its doing: a line worker's exit 0
 	// while it was in flight, or a framed worker's death while it read the
-	// task (blame, settle.go). The next such death is charged.
+	// task (blame, settle.go). The next such death is charged. A line
+	// block's pass is its running line's: that line goes back alone with
+	// passed set (scheduler.batchEnded), never the block.
 	passed bool
 	// ooms counts charged attempts the OOM killer took that the memory
 	// governor handles; they do not count against Config.Retries.

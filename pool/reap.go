@@ -43,13 +43,17 @@ func (r *runner) reap() {
 		v := flightView{started: c.Started, bystander: c.Bystander, unread: c.Unread, line: line, passed: t.passed,
 			reading: c.Reading && !d.Expected()}
 		b := blame(v, d.Cause)
-		if t.items != nil && (c.Flight.Answered() > 0 || b == blameCharge) {
+		if t.items != nil && (c.Flight.Answered() > 0 || b == blameCharge || (line && b == blamePass)) {
 			// A batch: its answered items are done, the item it was
-			// running is charged (or not), the rest go back.
+			// running is charged (or not), the rest go back. A line
+			// block's pass is the running line's, not the block's: that
+			// line goes back alone, passed, so that the next such death
+			// on it is charged.
 			att := attemptOf(c.Outcome)
 			att.Start = c.Flight.Clock()
 			r.p.send(report{kind: reportAttempt, task: t, att: att, answers: c.Flight.Answers,
-				lines: lineItems(t, c.Flight), out: c.Flight.Out, charge: b == blameCharge, running: c.Running})
+				lines: lineItems(t, c.Flight), out: c.Flight.Out, charge: b == blameCharge,
+				pass: line && b == blamePass, running: c.Running})
 			charged = charged || b == blameCharge
 			continue
 		}

@@ -40,9 +40,11 @@ type report struct {
 	stderr []byte
 	// answers are the answered items of a batch's attempt; charge says
 	// that the batch's item at position running is charged with att (its
-	// worker died running it).
+	// worker died running it); pass, that it goes back alone, uncharged,
+	// with its one pass spent (blamePass, task.passed).
 	answers []worker.Answer
 	charge  bool
+	pass    bool
 	running int
 	// lines are the done items of a line batch's attempt, and out their
 	// answer lines, each with its newline (worker.Flight.Out).
@@ -306,7 +308,7 @@ func (s *scheduler) due(now time.Time) {
 func (s *scheduler) report(rep report) {
 	switch rep.kind {
 	case reportAttempt:
-		if len(rep.task.items) > 1 || rep.charge {
+		if len(rep.task.items) > 1 || rep.charge || rep.pass {
 			s.batchEnded(rep)
 		} else {
 			s.attemptEnded(rep)
@@ -446,7 +448,9 @@ func (s *scheduler) answered(rep report) {
 // are done, in one Result; an item that failed, and the item the death is
 // charged to, are settled each as a task of its own; the items the worker
 // ran but whose answers it had not sent, and the items after the charged
-// one, go back to the queue uncharged, as two batches.
+// one, go back to the queue uncharged, as two batches. A line block's
+// running item given a pass instead (report.pass) goes back alone between
+// them, marked passed, so that its next such death is charged.
 func (s *scheduler) batchEnded(rep report) {
 	t, a := rep.task, rep.att
 	if a.Cause == "" && s.gov != nil {
@@ -491,7 +495,8 @@ func (s *scheduler) batchEnded(rep report) {
 	}
 	rest := t.items[answered:]
 	var unsent []uint32
-	if len(rest) > 0 && rep.charge {
+	var passed *task // the running item, given back alone with its pass spent
+	if len(rest) > 0 && (rep.charge || rep.pass) {
 		run := min(max(rep.running, answered), len(t.items)-1)
 		unsent, rest = t.items[answered:run], t.items[run:]
 		u := t // a batch of one item keeps its charges
@@ -499,16 +504,25 @@ func (s *scheduler) batchEnded(rep report) {
 			u = t.split(rest[:1])
 		}
 		parts++
-		s.settleAttempt(u, a, nil, nil)
+		if rep.charge {
+			s.settleAttempt(u, a, nil, nil)
+		} else {
+			u.passed, passed = true, u
+		}
 		rest = rest[1:]
 	}
 	// The queue takes each at its head: the later items first.
-	for _, back := range [][]uint32{rest, unsent} {
-		if len(back) > 0 {
-			parts++
-			u := t.split(back)
-			s.apply(u, settle(taskView{}, ending{givenBack: true}, s.policy(), memVerdict{}), nil, nil)
-		}
+	givenBack := settle(taskView{}, ending{givenBack: true}, s.policy(), memVerdict{})
+	if len(rest) > 0 {
+		parts++
+		s.apply(t.split(rest), givenBack, nil, nil)
+	}
+	if passed != nil {
+		s.apply(passed, givenBack, nil, nil)
+	}
+	if len(unsent) > 0 {
+		parts++
+		s.apply(t.split(unsent), givenBack, nil, nil)
 	}
 	s.pending += parts - 1
 }

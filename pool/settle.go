@@ -21,7 +21,7 @@ import "time"
 //	never started (line: sent behind the running)  | back, uncharged
 //	bystander of another flight's timeout/protocol | back, uncharged
 //	line not read at all (cause not preempt/cancel)| back, uncharged
-//	line worker exit:0, first time for the task    | back, uncharged, once
+//	line worker exit:0, first time for the line    | back, uncharged, once
 //	otherwise                                      | charged
 //
 // settle's rules, in order, first match wins ("memory OOM" is an OOM kill
