@@ -181,6 +181,9 @@ func TestLineBlockExitZero(t *testing.T) {
 				o.attempts[0].Cause != pool.ExitCause(0) || o.attempts[1].Number != 2 {
 				t.Fatalf("exiting line = %+v, want failed after two attempts, each exit:0", o)
 			}
+			if m := o.attempts[1].Message; !strings.Contains(m, "already run once, uncharged") {
+				t.Errorf("charged attempt's message = %q, want it to say the line had run once uncharged before", m)
+			}
 			if st := p.Stats(); st.Done != 4 || st.Failed != 1 || st.WorkerDeaths != 3 {
 				t.Errorf("stats = %+v, want 4 done, 1 failed and 3 worker deaths (one uncharged run, two charged)", st)
 			}

@@ -51,6 +51,9 @@ func (r *runner) reap() {
 			// on it is charged.
 			att := attemptOf(c.Outcome)
 			att.Start = c.Flight.Clock()
+			if b == blameCharge {
+				noteSecondExitZero(&att, v, d.Cause)
+			}
 			r.p.send(report{kind: reportAttempt, task: t, att: att, answers: c.Flight.Answers,
 				lines: lineItems(t, c.Flight), out: c.Flight.Out, charge: b == blameCharge,
 				pass: line && b == blamePass, running: c.Running})
@@ -64,7 +67,9 @@ func (r *runner) reap() {
 			t.passed = true
 			requeue = append(requeue, t)
 		default:
-			r.p.send(report{kind: reportAttempt, task: t, att: attemptOf(c.Outcome)})
+			att := attemptOf(c.Outcome)
+			noteSecondExitZero(&att, v, d.Cause)
+			r.p.send(report{kind: reportAttempt, task: t, att: att})
 			charged = true
 		}
 	}
@@ -86,6 +91,22 @@ func (r *runner) reap() {
 	}
 	r.p.gov.workerLive(r.slot, false)
 	r.s = nil
+}
+
+// noteSecondExitZero says, in the charged attempt att of a line whose
+// worker exited 0 after reading it (flight v), that the line had already
+// run once uncharged for the same reason (blame): such a worker writes
+// nothing on stderr, and the failure would say nothing of why it counts.
+func noteSecondExitZero(att *Attempt, v flightView, cause Cause) {
+	if cause != ExitCause(0) || !v.line || !v.passed {
+		return
+	}
+	note := "the worker exited 0 after reading this line, without answering it; the line had already run once, uncharged, on a worker that did the same"
+	if att.Message == "" {
+		att.Message = note
+	} else {
+		att.Message = note + ": " + att.Message
+	}
 }
 
 // startOOM says why a worker that the OOM killer took before it took a
