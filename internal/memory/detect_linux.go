@@ -148,8 +148,8 @@ func levelsUp(root string) int {
 	return up
 }
 
-// maxFindBelow bounds how many cgroups findBelow reads, so that a host
-// with very many cgroups does not slow the start down.
+// maxFindBelow bounds how many cgroups findBelow looks at on one level, so
+// that a host with very many cgroups does not slow the start down.
 const maxFindBelow = 10000
 
 // findBelow finds the directory of cgroup path, relative to this process's
@@ -161,7 +161,6 @@ const maxFindBelow = 10000
 // and miss its container's limit and oom_kill counter.
 func findBelow(mountPoint string, up int, path string, pid int) (string, bool) {
 	level := []string{mountPoint}
-	read := 0
 	for d := 0; d < up; d++ {
 		var next []string
 		for _, dir := range level {
@@ -174,7 +173,7 @@ func findBelow(mountPoint string, up int, path string, pid int) (string, bool) {
 					next = append(next, filepath.Join(dir, e.Name()))
 				}
 			}
-			if read += len(entries); read > maxFindBelow {
+			if len(next) > maxFindBelow {
 				return "", false
 			}
 		}
