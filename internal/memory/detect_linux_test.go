@@ -28,6 +28,10 @@ type fakeHost struct {
 	pid   int    // the supervisor
 	// deny makes the fake kernel refuse writes to these files.
 	deny map[string]error
+	// nsRoot reports whether the mount shows a cgroup namespace's root (a
+	// container's cgroup), which is not the hierarchy's root: the no-
+	// internal-process rule holds there too.
+	nsRoot bool
 }
 
 // newFakeV2 lays out a cgroup v2 hierarchy with the memory controller,
@@ -86,7 +90,7 @@ func (h *fakeHost) write(path, value string) error {
 	dir = filepath.Clean(dir)
 	switch file {
 	case "cgroup.subtree_control":
-		if pids, _ := readProcs(dir); len(pids) > 0 && dir != h.mount {
+		if pids, _ := readProcs(dir); len(pids) > 0 && (dir != h.mount || h.nsRoot) {
 			return &fs.PathError{Op: "write", Path: path, Err: syscall.EBUSY}
 		}
 		old, _ := readCgroupFile(path)

@@ -233,6 +233,9 @@ func runHelper(mode string, args []string) int {
 		child.Wait()
 		return 0
 	}
+	if code, ok := runCgroupHelper(mode, args); ok {
+		return code
+	}
 	fmt.Fprintf(os.Stderr, "unknown helper %q\n", mode)
 	return 2
 }

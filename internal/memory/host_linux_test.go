@@ -69,7 +69,7 @@ func TestLocateIn(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := locateIn(tc.cgroups, tc.mounts, controllers(tc.v2Memory))
+			got, err := locateIn(tc.cgroups, tc.mounts, controllers(tc.v2Memory), 1)
 			if got != tc.want || (err != nil) != tc.wantErr {
 				t.Errorf("locateIn = %+v, %v, want %+v, error %v", got, err, tc.want, tc.wantErr)
 			}
