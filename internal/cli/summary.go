@@ -39,6 +39,11 @@ type failedTask struct {
 	Message  string `json:"message"`
 
 	short string // the input shortened and escaped for the text summary
+	// explained reports whether Message is the pool's own explanation of
+	// the task's end (a poison task, or one that others' memory crowded
+	// out), which the text summary shows whole, also where the workers'
+	// stderr was already printed.
+	explained bool
 }
 
 // recoveredTask is a task that succeeded after one or more failed attempts.
@@ -182,6 +187,7 @@ func (s *summary) add(r *pool.Result) {
 		ft.ExitCode = last.ExitCode
 		ft.Signal = last.Signal
 		ft.Message = strings.TrimSpace(last.Message)
+		ft.explained = r.State == pool.Poison || last.Crowded
 	}
 	for _, a := range r.Attempts {
 		ft.PeakRSS = max(ft.PeakRSS, a.PeakRSS)
@@ -341,7 +347,11 @@ func (f *failedTask) text(messages, viaShell bool) string {
 	if f.PeakRSS > 0 {
 		fmt.Fprintf(&b, ", peak %s", bytesize.Format(f.PeakRSS))
 	}
-	if messages && f.Message != "" {
+	switch {
+	case f.Message == "":
+	case f.explained:
+		fmt.Fprintf(&b, ": %s", messageLine(f.Message, explanationMax))
+	case messages:
 		fmt.Fprintf(&b, ": %s", messageLine(f.Message, summaryMessageMax))
 	}
 	return b.String()
@@ -366,6 +376,10 @@ func shellStatusHint(cause string) string {
 // summaryMessageMax is how many bytes of an attempt's message a summary
 // line shows.
 const summaryMessageMax = 80
+
+// explanationMax is how many bytes of the pool's own explanation of a
+// task's end a summary line shows: enough for the whole of it.
+const explanationMax = 400
 
 // messageSep joins the last lines of a worker's stderr in an attempt's
 // message (pool.Attempt.Message).

@@ -495,6 +495,24 @@ func TestSummaryText(t *testing.T) {
 				"safepool: aborted because task 4 poison: oom after 3 attempts (--on-worker-death abort)\n" +
 				"  task 4 (input 'y') poison (task-error) after 3 attempts: ValueError: bad\n",
 		},
+		{
+			// run's summary shows no worker's stderr (the jobs printed
+			// it), but the pool's own explanation of a poison or crowded
+			// task, whole.
+			name: "explanations without messages",
+			results: []*pool.Result{
+				{ID: 2, State: pool.Poison, Input: []byte("1500"), Attempts: []pool.Attempt{
+					{Number: 2, Cause: pool.CauseOOM, ExitCode: -1, PeakRSS: 1013 << 20, Message: "killed by the OOM killer while running alone with the whole memory budget of 922 MiB (peak 1013 MiB): it needs more memory than the pool may use"}}},
+				{ID: 3, State: pool.Failed, Input: []byte("700"), Attempts: []pool.Attempt{
+					{Number: 2, Cause: pool.CauseOOM, ExitCode: -1, PeakRSS: 500 << 20, Crowded: true, Message: "killed by the OOM killer while running alone (peak 500 MiB): processes other than the pool's workers held 521 MiB"}}},
+				{ID: 4, State: pool.Failed, Input: []byte("x"), Attempts: []pool.Attempt{
+					{Number: 1, Cause: "exit:3", ExitCode: 3, Message: "stderr of the job"}}},
+			},
+			want: "safepool: 0 done, 2 failed, 1 poison of 3 tasks in 1.2s\n" +
+				"  task 2 (input '1500') poison (oom) after 2 attempts, peak 1013 MiB: killed by the OOM killer while running alone with the whole memory budget of 922 MiB (peak 1013 MiB): it needs more memory than the pool may use\n" +
+				"  task 3 (input '700') oom after 2 attempts, peak 500 MiB: killed by the OOM killer while running alone (peak 500 MiB): processes other than the pool's workers held 521 MiB\n" +
+				"  task 4 (input 'x') exit:3 after 1 attempt\n",
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
