@@ -1,0 +1,61 @@
+"""The Python client's data path (safepool._oob, safepool._pickling) with
+real workers: what a task's arguments and results go through, and what
+is said when they cannot go."""
+import time
+import unittest
+
+import safepool
+from safepool import _oob
+
+
+def sleep_tag(arg):
+    seconds, tag = arg
+    time.sleep(seconds)
+    return tag
+
+
+def identity(x):
+    return x
+
+
+class Regions(unittest.TestCase):
+    def setUp(self):
+        if not _oob._client_inbox():
+            self.skipTest("this process has no inbox (no memfd, or not dumpable)")
+        saved = _oob._REGIONS
+        self.addCleanup(setattr, _oob, "_REGIONS", saved)
+
+    def test_a_region_in_use_is_not_given_again(self):
+        # Region numbers go round (after about four million tasks): a
+        # task still running then shared its region with a new one.
+        _oob._REGIONS = 4  # regions 1, 2 and 3
+        held = [_oob.encode(("x", i))[1] for i in range(2)]
+        gone = _oob.encode(("x", 2))[1]
+        gone.release()
+        again = _oob.encode(("x", 3))[1]
+        self.assertNotIn(again.region, [t.region for t in held])
+        for t in held + [again]:
+            t.release()
+
+    def test_values_sent_straight_go_to_their_own_batch(self):
+        # The values a worker sends straight to the client name their
+        # batch by its region: a batch whose region a running one held
+        # was settled with that one's values, and the running one failed
+        # with "the results sent straight to the client did not arrive".
+        _oob._REGIONS = 17  # regions 1 to 16: more than the batches in flight
+        with safepool.Pool(2) as pool:
+            pool.map(identity, range(8), chunksize=2)  # both workers up, their pipes open
+            # Its first item is sent alone, after 1 s; the other two at
+            # once after, together, straight to the client.
+            a = pool.map_async(sleep_tag, [(1, "a0"), (0, "a1"), (0, "a2")], chunksize=3)
+            # Tasks one after another, until the region numbers come round
+            # to a's.
+            for i in range(_oob._REGIONS - 2):
+                self.assertEqual(pool.apply(identity, (i,)), i)
+            b = pool.map_async(sleep_tag, [(5, "b0"), (0, "b1"), (0, "b2")], chunksize=3)
+            self.assertEqual(a.get(60), ["a0", "a1", "a2"])
+            self.assertEqual(b.get(60), ["b0", "b1", "b2"])
+
+
+if __name__ == "__main__":
+    unittest.main()
