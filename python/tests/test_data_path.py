@@ -1,11 +1,13 @@
 """The Python client's data path (safepool._oob, safepool._pickling) with
 real workers: what a task's arguments and results go through, and what
 is said when they cannot go."""
+import threading
 import time
 import unittest
+from unittest import mock
 
 import safepool
-from safepool import _oob
+from safepool import _oob, _pickling
 
 
 def sleep_tag(arg):
@@ -16,6 +18,10 @@ def sleep_tag(arg):
 
 def identity(x):
     return x
+
+
+def init(*args):
+    pass
 
 
 class Regions(unittest.TestCase):
@@ -55,6 +61,24 @@ class Regions(unittest.TestCase):
             b = pool.map_async(sleep_tag, [(5, "b0"), (0, "b1"), (0, "b2")], chunksize=3)
             self.assertEqual(a.get(60), ["a0", "a1", "a2"])
             self.assertEqual(b.get(60), ["b0", "b1", "b2"])
+
+
+class Unpicklable(unittest.TestCase):
+    def test_initargs_without_cloudpickle(self):
+        # Without cloudpickle, initargs that pickle refuses were reported
+        # as the initializer's fault: "this one has no importable name (a
+        # lambda, a nested function or a closure)", of a function at the
+        # top level of a module.
+        with mock.patch.object(_pickling, "_cloudpickle", lambda: None):
+            with self.assertRaises(TypeError) as cm:
+                safepool.Pool(1, initializer=init, initargs=(threading.Lock(),))
+            self.assertIn("_thread.lock", str(cm.exception))
+            self.assertNotIn("importable name", str(cm.exception))
+            # The initializer's own fault is still said.
+            with self.assertRaisesRegex(TypeError, "no importable name"):
+                safepool.Pool(1, initializer=lambda: None)
+        with safepool.Pool(1, initializer=init, initargs=(1, b"x")) as pool:
+            self.assertEqual(pool.apply(identity, (2,)), 2)
 
 
 if __name__ == "__main__":
