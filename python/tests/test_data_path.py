@@ -8,6 +8,7 @@ from unittest import mock
 
 import safepool
 from safepool import _oob, _pickling
+from tests.support import skip_or_fail
 
 
 def sleep_tag(arg):
@@ -27,7 +28,7 @@ def init(*args):
 class Regions(unittest.TestCase):
     def setUp(self):
         if not _oob._client_inbox():
-            self.skipTest("this process has no inbox (no memfd, or not dumpable)")
+            skip_or_fail(self, "this process has no inbox (no memfd, or not dumpable)")
         saved = _oob._REGIONS
         self.addCleanup(setattr, _oob, "_REGIONS", saved)
 
