@@ -1,6 +1,7 @@
 """The Python client's data path (safepool._oob, safepool._pickling) with
 real workers: what a task's arguments and results go through, and what
 is said when they cannot go."""
+import functools
 import threading
 import time
 import unittest
@@ -23,6 +24,19 @@ def identity(x):
 
 def init(*args):
     pass
+
+
+def first_len(data, x):
+    return len(data) + x
+
+
+def rss():
+    """This process's resident memory, in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) << 10
+    return 0
 
 
 class Regions(unittest.TestCase):
@@ -80,6 +94,22 @@ class Unpicklable(unittest.TestCase):
                 safepool.Pool(1, initializer=lambda: None)
         with safepool.Pool(1, initializer=init, initargs=(1, b"x")) as pool:
             self.assertEqual(pool.apply(identity, (2,)), 2)
+
+
+class Functions(unittest.TestCase):
+    def test_workers_let_go_of_big_functions(self):
+        # A partial, a lambda or a closure is pickled with what it refers
+        # to, and a worker kept the last 33 functions it ran, each with
+        # its pickle: maps of functions of 32 MiB each, one after another,
+        # left 64 MiB more in the worker for each.
+        MiB = 1 << 20
+        with safepool.Pool(1) as pool:
+            before = pool.apply(rss)
+            for i in range(6):
+                fn = functools.partial(first_len, bytes([i]) * (32 * MiB))
+                self.assertEqual(pool.map(fn, range(3)), [32 * MiB + k for k in range(3)])
+            grown = pool.apply(rss) - before
+        self.assertLess(grown, 160 * MiB, "the worker keeps %d MiB more after 6 maps" % (grown // MiB))
 
 
 if __name__ == "__main__":
