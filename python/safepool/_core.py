@@ -678,6 +678,9 @@ class _Core:
             try:
                 self._encode(job, [item], limits)
             except Exception as e:
+                if hasattr(e, "add_note"):  # Python 3.11: say which of many items it was
+                    e.add_note("safepool: the arguments of %s, item %d of the call, cannot be sent to a worker"
+                               % (_call_repr(job, item), pos))
                 with self._lock:
                     self._give_back(job, 1)
                 self._settle(job, pos, False, e)

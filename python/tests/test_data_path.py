@@ -2,6 +2,7 @@
 real workers: what a task's arguments and results go through, and what
 is said when they cannot go."""
 import functools
+import sys
 import threading
 import time
 import unittest
@@ -94,6 +95,22 @@ class Unpicklable(unittest.TestCase):
                 safepool.Pool(1, initializer=lambda: None)
         with safepool.Pool(1, initializer=init, initargs=(1, b"x")) as pool:
             self.assertEqual(pool.apply(identity, (2,)), 2)
+
+    @unittest.skipUnless(sys.version_info >= (3, 11), "exception notes came with Python 3.11")
+    def test_argument_named(self):
+        # The pickling error of one item among many said nothing of which
+        # it was.
+        items = list(range(40))
+        items[23] = threading.Lock()
+        with safepool.Pool(2) as pool:
+            out = pool.map(identity, items, errors="return")
+            self.assertEqual([x for i, x in enumerate(out) if i != 23], [i for i in range(40) if i != 23])
+            self.assertIsInstance(out[23], TypeError)
+            self.assertRegex(" ".join(out[23].__notes__), r"identity\(<unlocked _thread.lock .*item 23 of the call")
+            with self.assertRaises(TypeError) as cm:
+                pool.map(identity, items)
+            self.assertIn("item 23", " ".join(cm.exception.__notes__))
+            self.assertEqual(pool.map(identity, range(3)), [0, 1, 2])
 
 
 class Functions(unittest.TestCase):
