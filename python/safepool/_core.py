@@ -1104,8 +1104,9 @@ class _Core:
         """Fold per, the seconds per item of a range of the function pickled
         as fn_bytes (from the binary's clock: its run and its answer's way
         back), into its recent time per item. Called with _lock held."""
-        known = self._per_item.pop(fn_bytes, None)
-        self._per_item[fn_bytes] = per if known is None else (known + per) / 2
+        key = _function_key(fn_bytes)
+        known = self._per_item.pop(key, None)
+        self._per_item[key] = per if known is None else (known + per) / 2
         if len(self._per_item) > PER_ITEM_FUNCTIONS:
             del self._per_item[next(iter(self._per_item))]  # the least recently seen
 
@@ -1113,7 +1114,7 @@ class _Core:
         """The recent seconds per item of the function pickled as fn_bytes,
         or 0 when none of its ranges has been answered lately."""
         with self._lock:
-            return self._per_item.get(fn_bytes, 0.0)
+            return self._per_item.get(_function_key(fn_bytes), 0.0)
 
     def _on_result(self, job, pos, item, meta: dict, output, ticket=None):
         state = meta.get("state")
@@ -1412,6 +1413,14 @@ def _attempt(a: dict | None, number: int):
     a = a or {}
     return _errors().Attempt(number, a.get("pid", 0), a.get("start", 0.0), a.get("end", 0.0), a.get("cause", ""),
                    a.get("exit_code", -1), a.get("signal", ""), a.get("peak_rss", 0), a.get("message", ""))
+
+
+def _function_key(fn_bytes: bytes):
+    """What _per_item knows a function by: its pickle, or for a big one (a
+    lambda or a closure pickled with an array it refers to) its length and
+    hash, so that the recent functions' times do not keep their pickles. A
+    collision would only size some batches by another function's time."""
+    return fn_bytes if len(fn_bytes) <= 4096 else (len(fn_bytes), hash(fn_bytes))
 
 
 def _call_repr(job, item) -> str:

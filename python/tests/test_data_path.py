@@ -2,6 +2,7 @@
 real workers: what a task's arguments and results go through, and what
 is said when they cannot go."""
 import functools
+import gc
 import sys
 import threading
 import time
@@ -127,6 +128,24 @@ class Functions(unittest.TestCase):
                 self.assertEqual(pool.map(fn, range(3)), [32 * MiB + k for k in range(3)])
             grown = pool.apply(rss) - before
         self.assertLess(grown, 160 * MiB, "the worker keeps %d MiB more after 6 maps" % (grown // MiB))
+
+    def test_client_lets_go_of_big_functions(self):
+        # The client learns each function's time per item, and kept the
+        # last 32 functions' pickles as the keys of what it learnt: maps
+        # of functions of 40 MiB each, one after another, left 40 MiB more
+        # in the client for each.
+        MiB = 1 << 20
+        with safepool.Pool(1) as pool:
+            gc.collect()  # a job and its result refer to each other: only the collector frees them
+            before = rss()
+            for i in range(8):
+                fn = functools.partial(first_len, bytes([i]) * (40 * MiB))
+                self.assertEqual(pool.map(fn, range(400), chunksize=200)[-1], 40 * MiB + 399)
+                del fn
+            gc.collect()
+            grown = rss() - before
+        # (The last map's function may stay until the next call.)
+        self.assertLess(grown, 160 * MiB, "the client keeps %d MiB more after 8 maps" % (grown // MiB))
 
 
 if __name__ == "__main__":
