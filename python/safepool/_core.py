@@ -339,9 +339,10 @@ class _Core:
         # guarded by _lock: (job id, positions, start, end, pid, peak) of the items done
         self._stats: list[tuple] = []
         # guarded by _lock: the recent seconds per item of the functions (by
-        # their pickles) of the last PER_ITEM_FUNCTIONS maps, from the ranges
-        # of at least PER_ITEM_SPAN items that their workers answered.
-        self._per_item: dict[bytes, float] = {}
+        # _function_key of their pickles) of the last PER_ITEM_FUNCTIONS maps,
+        # from the ranges of at least PER_ITEM_SPAN items that their workers
+        # answered.
+        self._per_item: dict = {}
         # Called (from the reader thread) with the BrokenPool error when the
         # pool breaks; the Executor logs it, as ProcessPoolExecutor does.
         self.on_broken = None
