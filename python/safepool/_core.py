@@ -668,7 +668,7 @@ class _Core:
 
     def _encode(self, job, items, limits):
         """The payload of a batch of job's items, and its ticket."""
-        head = (job.mode, job.fn_bytes, items)
+        head = (job.mode, job.fn_send, items)
         return _oob.encode(head + (limits,) if limits else head, self.main_importable)
 
     def _picklable(self, job, positions, items, limits):

@@ -7,6 +7,7 @@ import threading
 import time
 import weakref
 
+from . import _oob
 from ._core import AHEAD_BYTES, APPLY, _Chunk, dumps_function
 
 TYPE_CHECKING = False
@@ -61,6 +62,17 @@ class _Job:
         self.fn = fn
         self.mode = mode
         self.fn_bytes = dumps_function(fn, core.main_importable)
+        # What the batches carry: fn_bytes, or a big one shared (_oob.function_ref).
+        self.fn_send = _oob.function_ref(self.fn_bytes)
+
+    def __del__(self):
+        # No batch of the job is left to run: its shared function can go.
+        close = getattr(getattr(self, "fn_send", None), "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                pass
 
     def on_send(self) -> bool:
         """Called before the job's chunk is sent; False drops it."""

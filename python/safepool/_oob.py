@@ -457,6 +457,24 @@ def encode(obj, main_importable=True):
     return b"".join([head] + [_SPAN.pack(*s) for s in spans] + ([] if direct else [data])), ticket
 
 
+def function_ref(fn_bytes):
+    """What a job's batches carry for its function pickled as fn_bytes:
+    fn_bytes itself, or for one of at least THRESHOLD bytes (a lambda, a
+    closure or a partial pickled with the array or the model it refers to)
+    a safepool.Shared of it, which each worker maps, rather than a copy in
+    every batch's argument file: the client held one for each batch in
+    flight. The worker takes the read-only memoryview it opens as for
+    bytes. The caller closes the Shared when the job is gone (its batches
+    with it: a retry's batch is one of them)."""
+    if len(fn_bytes) < THRESHOLD or IN_BAND[0] or not _client_inbox():
+        return fn_bytes
+    from ._shared import share
+    try:
+        return share(fn_bytes)
+    except OSError:  # out of descriptors, say: in every batch, as before
+        return fn_bytes
+
+
 def _dumps_inband(obj):
     try:
         return _pdumps(obj, 5)

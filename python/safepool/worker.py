@@ -305,8 +305,12 @@ def _wait_record(limit):
 
 def _function(fn_bytes, fns):
     """The function pickled as fn_bytes, unpickled once per worker while
-    it is among the last 33 functions, of FUNCTIONS_BYTES in all."""
-    fn = fns.get(fn_bytes)
+    it is among the last 33 functions, of FUNCTIONS_BYTES in all. A big
+    function comes as a read-only memoryview of a memory file that the
+    client shares (_oob.function_ref): known by its mapping, which every
+    batch that carries it gets, rather than by a hash of its bytes."""
+    key = fn_bytes.obj if type(fn_bytes) is memoryview else fn_bytes
+    fn = fns.get(key)
     if fn is None:
         try:
             fn = loads(fn_bytes)
@@ -323,7 +327,7 @@ def _function(fn_bytes, fns):
         if len(fns) > 32 or _fns_bytes[0] + len(fn_bytes) > FUNCTIONS_BYTES:
             fns.clear()
             _fns_bytes[0] = 0
-        fns[fn_bytes] = fn
+        fns[key] = fn
         _fns_bytes[0] += len(fn_bytes)
     return fn
 

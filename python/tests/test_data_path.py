@@ -3,6 +3,7 @@ real workers: what a task's arguments and results go through, and what
 is said when they cannot go."""
 import functools
 import gc
+import os
 import sys
 import threading
 import time
@@ -32,11 +33,31 @@ def first_len(data, x):
     return len(data) + x
 
 
-def rss():
-    """This process's resident memory, in bytes."""
+def sleep_len(data, seconds):
+    time.sleep(seconds)
+    return len(data)
+
+
+def memfd_bytes(name):
+    """The bytes of the memory files named name (safepool-args,
+    safepool-shared) that this process holds, and how many there are."""
+    total = count = 0
+    for n in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink("/proc/self/fd/" + n).startswith("/memfd:" + name):
+                total += os.stat("/proc/self/fd/" + n).st_size
+                count += 1
+        except OSError:
+            continue
+    return total, count
+
+
+def private():
+    """This process's resident private memory (anonymous), in bytes: not
+    the pages of memory files it maps, which others share."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith("RssAnon:"):
                 return int(line.split()[1]) << 10
     return 0
 
@@ -119,15 +140,16 @@ class Functions(unittest.TestCase):
         # A partial, a lambda or a closure is pickled with what it refers
         # to, and a worker kept the last 33 functions it ran, each with
         # its pickle: maps of functions of 32 MiB each, one after another,
-        # left 64 MiB more in the worker for each.
+        # left 64 MiB more in the worker for each (32 MiB once the
+        # function is shared: its unpickled bytes).
         MiB = 1 << 20
         with safepool.Pool(1) as pool:
-            before = pool.apply(rss)
-            for i in range(6):
+            before = pool.apply(private)
+            for i in range(8):
                 fn = functools.partial(first_len, bytes([i]) * (32 * MiB))
                 self.assertEqual(pool.map(fn, range(3)), [32 * MiB + k for k in range(3)])
-            grown = pool.apply(rss) - before
-        self.assertLess(grown, 160 * MiB, "the worker keeps %d MiB more after 6 maps" % (grown // MiB))
+            grown = pool.apply(private) - before
+        self.assertLess(grown, 100 * MiB, "the worker keeps %d MiB more after 8 maps" % (grown // MiB))
 
     def test_client_lets_go_of_big_functions(self):
         # The client learns each function's time per item, and kept the
@@ -137,15 +159,35 @@ class Functions(unittest.TestCase):
         MiB = 1 << 20
         with safepool.Pool(1) as pool:
             gc.collect()  # a job and its result refer to each other: only the collector frees them
-            before = rss()
+            before = private()
             for i in range(8):
                 fn = functools.partial(first_len, bytes([i]) * (40 * MiB))
                 self.assertEqual(pool.map(fn, range(400), chunksize=200)[-1], 40 * MiB + 399)
                 del fn
             gc.collect()
-            grown = rss() - before
+            grown = private() - before
         # (The last map's function may stay until the next call.)
         self.assertLess(grown, 160 * MiB, "the client keeps %d MiB more after 8 maps" % (grown // MiB))
+
+    def test_a_big_function_is_sent_once(self):
+        # A function pickled with big data (a closure, a partial) went with
+        # every batch: into the argument file of each batch in flight, and
+        # out of it again in the worker. It is now shared once, for as long
+        # as the call's job lives.
+        MiB = 1 << 20
+        _, shared_before = memfd_bytes("safepool-shared")
+        with safepool.Pool(2) as pool:
+            fn = functools.partial(sleep_len, bytes(8 * MiB))
+            result = pool.map_async(fn, [0.5] * 8, chunksize=1)
+            peak = 0
+            while not result.ready():
+                peak = max(peak, memfd_bytes("safepool-args")[0])
+                time.sleep(0.02)
+            self.assertEqual(result.get(), [8 * MiB] * 8)
+            self.assertLess(peak, 8 * MiB, "the batches in flight held copies of the function")
+            del fn, result
+            gc.collect()
+            self.assertEqual(memfd_bytes("safepool-shared")[1], shared_before, "the shared function outlives its call")
 
 
 if __name__ == "__main__":
