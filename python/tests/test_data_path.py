@@ -154,20 +154,20 @@ class Functions(unittest.TestCase):
     def test_client_lets_go_of_big_functions(self):
         # The client learns each function's time per item, and kept the
         # last 32 functions' pickles as the keys of what it learnt: maps
-        # of functions of 40 MiB each, one after another, left 40 MiB more
+        # of functions of 24 MiB each, one after another, left 24 MiB more
         # in the client for each.
         MiB = 1 << 20
         with safepool.Pool(1) as pool:
             gc.collect()  # a job and its result refer to each other: only the collector frees them
             before = private()
             for i in range(8):
-                fn = functools.partial(first_len, bytes([i]) * (40 * MiB))
-                self.assertEqual(pool.map(fn, range(400), chunksize=200)[-1], 40 * MiB + 399)
+                fn = functools.partial(first_len, bytes([i]) * (24 * MiB))
+                self.assertEqual(pool.map(fn, range(400), chunksize=200)[-1], 24 * MiB + 399)
                 del fn
             gc.collect()
             grown = private() - before
         # (The last map's function may stay until the next call.)
-        self.assertLess(grown, 160 * MiB, "the client keeps %d MiB more after 8 maps" % (grown // MiB))
+        self.assertLess(grown, 110 * MiB, "the client keeps %d MiB more after 8 maps" % (grown // MiB))
 
     def test_a_big_function_is_sent_once(self):
         # A function pickled with big data (a closure, a partial) went with
@@ -185,8 +185,11 @@ class Functions(unittest.TestCase):
                 time.sleep(0.02)
             self.assertEqual(result.get(), [8 * MiB] * 8)
             self.assertLess(peak, 8 * MiB, "the batches in flight held copies of the function")
-            del fn, result
-            gc.collect()
+            # Closed with the call's end (just after its result is ready),
+            # not only when the collector frees the call's objects.
+            deadline = time.monotonic() + 10
+            while memfd_bytes("safepool-shared")[1] != shared_before and time.monotonic() < deadline:
+                time.sleep(0.02)
             self.assertEqual(memfd_bytes("safepool-shared")[1], shared_before, "the shared function outlives its call")
 
 
