@@ -172,8 +172,8 @@ class Functions(unittest.TestCase):
     def test_a_big_function_is_sent_once(self):
         # A function pickled with big data (a closure, a partial) went with
         # every batch: into the argument file of each batch in flight, and
-        # out of it again in the worker. It is now shared once, for as long
-        # as the call's job lives.
+        # out of it again in the worker. It is now shared once, until the
+        # call's results are all in.
         MiB = 1 << 20
         _, shared_before = memfd_bytes("safepool-shared")
         with safepool.Pool(2) as pool:
