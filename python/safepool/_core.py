@@ -339,9 +339,10 @@ class _Core:
         # guarded by _lock: (job id, positions, start, end, pid, peak) of the items done
         self._stats: list[tuple] = []
         # guarded by _lock: the recent seconds per item of the functions (by
-        # their pickles) of the last PER_ITEM_FUNCTIONS maps, from the ranges
-        # of at least PER_ITEM_SPAN items that their workers answered.
-        self._per_item: dict[bytes, float] = {}
+        # _function_key of their pickles) of the last PER_ITEM_FUNCTIONS maps,
+        # from the ranges of at least PER_ITEM_SPAN items that their workers
+        # answered.
+        self._per_item: dict = {}
         # Called (from the reader thread) with the BrokenPool error when the
         # pool breaks; the Executor logs it, as ProcessPoolExecutor does.
         self.on_broken = None
@@ -667,7 +668,7 @@ class _Core:
 
     def _encode(self, job, items, limits):
         """The payload of a batch of job's items, and its ticket."""
-        head = (job.mode, job.fn_bytes, items)
+        head = (job.mode, job.fn_send, items)
         return _oob.encode(head + (limits,) if limits else head, self.main_importable)
 
     def _picklable(self, job, positions, items, limits):
@@ -678,6 +679,9 @@ class _Core:
             try:
                 self._encode(job, [item], limits)
             except Exception as e:
+                if hasattr(e, "add_note"):  # Python 3.11: say which of many items it was
+                    e.add_note("safepool: the arguments of %s, item %d of the call, cannot be sent to a worker"
+                               % (_call_repr(job, item), pos))
                 with self._lock:
                     self._give_back(job, 1)
                 self._settle(job, pos, False, e)
@@ -1101,8 +1105,9 @@ class _Core:
         """Fold per, the seconds per item of a range of the function pickled
         as fn_bytes (from the binary's clock: its run and its answer's way
         back), into its recent time per item. Called with _lock held."""
-        known = self._per_item.pop(fn_bytes, None)
-        self._per_item[fn_bytes] = per if known is None else (known + per) / 2
+        key = _function_key(fn_bytes)
+        known = self._per_item.pop(key, None)
+        self._per_item[key] = per if known is None else (known + per) / 2
         if len(self._per_item) > PER_ITEM_FUNCTIONS:
             del self._per_item[next(iter(self._per_item))]  # the least recently seen
 
@@ -1110,7 +1115,7 @@ class _Core:
         """The recent seconds per item of the function pickled as fn_bytes,
         or 0 when none of its ranges has been answered lately."""
         with self._lock:
-            return self._per_item.get(fn_bytes, 0.0)
+            return self._per_item.get(_function_key(fn_bytes), 0.0)
 
     def _on_result(self, job, pos, item, meta: dict, output, ticket=None):
         state = meta.get("state")
@@ -1409,6 +1414,14 @@ def _attempt(a: dict | None, number: int):
     a = a or {}
     return _errors().Attempt(number, a.get("pid", 0), a.get("start", 0.0), a.get("end", 0.0), a.get("cause", ""),
                    a.get("exit_code", -1), a.get("signal", ""), a.get("peak_rss", 0), a.get("message", ""))
+
+
+def _function_key(fn_bytes: bytes):
+    """What _per_item knows a function by: its pickle, or for a big one (a
+    lambda or a closure pickled with an array it refers to) its length and
+    hash, so that the recent functions' times do not keep their pickles. A
+    collision would only size some batches by another function's time."""
+    return fn_bytes if len(fn_bytes) <= 4096 else (len(fn_bytes), hash(fn_bytes))
 
 
 def _call_repr(job, item) -> str:

@@ -7,6 +7,7 @@ import threading
 import time
 import weakref
 
+from . import _oob
 from ._core import AHEAD_BYTES, APPLY, _Chunk, dumps_function
 
 TYPE_CHECKING = False
@@ -61,6 +62,22 @@ class _Job:
         self.fn = fn
         self.mode = mode
         self.fn_bytes = dumps_function(fn, core.main_importable)
+        # What the batches carry: fn_bytes, or a big one shared (_oob.function_ref).
+        self.fn_send = _oob.function_ref(self.fn_bytes)
+
+    def release_function(self):
+        """Close the job's shared function, if it has one: no batch of the
+        job is left to run (a worker that runs one again, after a death,
+        gives values that the client no longer takes)."""
+        close = getattr(getattr(self, "fn_send", None), "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                pass
+
+    def __del__(self):
+        self.release_function()
 
     def on_send(self) -> bool:
         """Called before the job's chunk is sent; False drops it."""
@@ -307,7 +324,10 @@ class _ListJob(_Job):
             self._owner._finish()
 
     def values_ready(self):
-        pass
+        # Every item has its result: the shared function goes now, not when
+        # the collector frees the job and its result, which refer to each
+        # other.
+        self.release_function()
 
 
 class _FutureJob(_Job):

@@ -326,11 +326,29 @@ class _Inbox:
         self.ino = os.fstat(self.fd).st_ino
         self._next = 0
         self._lock = allocate_lock()
+        # The regions of the tickets not yet released. Region numbers go
+        # round, and a task may run for as long as millions of others take:
+        # its region must not be given again while it runs, or a worker of
+        # the new task would write into the old one's results, and values
+        # sent straight to this process (_direct), which name their batch
+        # by its region, would settle the new task's items.
+        self._used = set()
 
     def region(self):
+        """A region that no unreleased ticket holds; free() gives it back."""
         with self._lock:
-            self._next = self._next % (_REGIONS - 1) + 1
+            # Among len(used) + 1 numbers in a row, one is free.
+            for _ in range(len(self._used) + 1):
+                self._next = self._next % (_REGIONS - 1) + 1
+                if self._next not in self._used:
+                    break
+            self._used.add(self._next)
             return self._next
+
+    def free(self, region):
+        # Without the lock: a ticket's __del__ may run in the middle of
+        # region(), in the same thread, and set.discard is atomic.
+        self._used.discard(region)
 
     def punch(self, region):
         # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE: free the region's pages.
@@ -378,8 +396,12 @@ class Ticket:
         if fd >= 0:
             os.close(fd)
         box, self.inbox = self.inbox, None
-        if box and self.dirty:
-            box.punch(self.region)
+        if box:
+            try:
+                if self.dirty:
+                    box.punch(self.region)
+            finally:
+                box.free(self.region)  # punched first: a new task finds it empty
 
     def __del__(self):
         # Dropped without its results (the pool aborted, say): a worker
@@ -402,7 +424,6 @@ def encode(obj, main_importable=True):
     same payload), and releases it when the task has ended (decode() does,
     and so does garbage collection)."""
     box = False if IN_BAND[0] else _client_inbox()
-    region = box.region() if box else 0
     big = []
     if not box:  # no memfd, or workers cannot open this process's: in band
         from ._pickling import dumps_payload
@@ -428,10 +449,30 @@ def encode(obj, main_importable=True):
                 os.close(fd)
                 raise
             ino = os.fstat(fd).st_ino
-    ticket = Ticket(fd, box or None, region, size)
+    # The region is taken last, once nothing can fail: the ticket gives it back.
+    region = box.region()
+    ticket = Ticket(fd, box, region, size)
     head = _TASK.pack(DIRECT_ENVELOPE if direct else ENVELOPE, os.getpid(), box.fd if box else -1,
                       box.ino if box else 0, region, fd, ino, size, len(spans))
     return b"".join([head] + [_SPAN.pack(*s) for s in spans] + ([] if direct else [data])), ticket
+
+
+def function_ref(fn_bytes):
+    """What a job's batches carry for its function pickled as fn_bytes:
+    fn_bytes itself, or for one of at least THRESHOLD bytes (a lambda, a
+    closure or a partial pickled with the array or the model it refers to)
+    a safepool.Shared of it, which each worker maps, rather than a copy in
+    every batch's argument file: the client held one for each batch in
+    flight. The worker takes the read-only memoryview it opens as for
+    bytes. The caller closes the Shared when the job is gone (its batches
+    with it: a retry's batch is one of them)."""
+    if len(fn_bytes) < THRESHOLD or IN_BAND[0] or not _client_inbox():
+        return fn_bytes
+    from ._shared import share
+    try:
+        return share(fn_bytes)
+    except OSError:  # out of descriptors, say: in every batch, as before
+        return fn_bytes
 
 
 def _dumps_inband(obj):

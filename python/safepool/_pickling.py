@@ -50,6 +50,15 @@ def _cloudpickle():
     return cloudpickle
 
 
+def _pickles(obj) -> bool:
+    """Report whether the standard pickle takes obj."""
+    try:
+        pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return False
+    return True
+
+
 def dumps_code(obj, shown, main_importable: bool = True) -> bytes:
     """Pickle obj (a function, or a tuple holding functions) for a worker.
     shown is what error messages name. main_importable says whether workers
@@ -73,6 +82,11 @@ def dumps_code(obj, shown, main_importable: bool = True) -> bytes:
         first = e
     cp = _cloudpickle()
     if cp is None:
+        if obj is not shown and _pickles(shown):
+            # The function goes by name: what fails is beside it (an
+            # initializer's initargs, say), which no advice about
+            # functions would mend.
+            raise first
         raise TypeError(
             "cannot send %r to a worker process: the standard pickle sends functions by "
             "name, and this one has no importable name (a lambda, a nested function or a "

@@ -304,8 +304,13 @@ def _wait_record(limit):
 
 
 def _function(fn_bytes, fns):
-    """The function pickled as fn_bytes, unpickled once per worker."""
-    fn = fns.get(fn_bytes)
+    """The function pickled as fn_bytes, unpickled once per worker while
+    it is among the last 33 functions, of FUNCTIONS_BYTES in all. A big
+    function comes as a read-only memoryview of a memory file that the
+    client shares (_oob.function_ref): known by its mapping, which every
+    batch that carries it gets, rather than by a hash of its bytes."""
+    key = fn_bytes.obj if type(fn_bytes) is memoryview else fn_bytes
+    fn = fns.get(key)
     if fn is None:
         try:
             fn = loads(fn_bytes)
@@ -319,9 +324,11 @@ def _function(fn_bytes, fns):
                 "%s: workers import the main script %s without running its `if __name__ == "
                 "\"__main__\":` block, so a function defined in that block is not found; define it "
                 "at the top level of the script, or in a module" % (e, getattr(main, "__file__", ""))) from None
-        if len(fns) > 32:
+        if len(fns) > 32 or _fns_bytes[0] + len(fn_bytes) > FUNCTIONS_BYTES:
             fns.clear()
-        fns[fn_bytes] = fn
+            _fns_bytes[0] = 0
+        fns[key] = fn
+        _fns_bytes[0] += len(fn_bytes)
     return fn
 
 
@@ -581,6 +588,13 @@ def INDEX_ARRAY(m):
 
 
 _fns = {}  # the functions of the tasks run so far, by their pickle
+# The bytes of the pickles in _fns. A lambda, a closure or a partial is
+# pickled with what it refers to (a model, an array of some hundred MiB),
+# each of its kind a new function: past FUNCTIONS_BYTES, _fns keeps only
+# the last one, or a pool that maps one such function after another would
+# keep them all, and their pickles, in every worker.
+_fns_bytes = [0]
+FUNCTIONS_BYTES = 16 << 20
 
 
 def _call(mode, fn, item, limits, index=0):
