@@ -600,6 +600,8 @@ func TestUsageErrors(t *testing.T) {
 		{"map joblog takes the worker flag", []string{"map", "--joblog", "--worker", "cat"}, "safepool map: --joblog FILE: --worker is a flag"},
 		{"map no worker", []string{"map", "-j", "2"}, "safepool map: missing worker command (--worker 'CMD')"},
 		{"map both workers", []string{"map", "--worker", "cat", "cat"}, "safepool map: give the worker with --worker or after the flags, not both"},
+		{"map colons", []string{"map", "cat", ":::", "a"}, "safepool map: ::: (an input list of GNU parallel) is not map's: map reads its input from stdin or -a FILE"},
+		{"map --pipe input file list", []string{"map", "--pipe", "wc", "::::", "f"}, "safepool map: :::: (an input list of GNU parallel) is not map's"},
 		{"map json stdout", []string{"map", "--json", "-", "--worker", "cat"}, "safepool map: --json needs a FILE: stdout carries the data"},
 		{"map bad max-rss", []string{"map", "--max-rss", "lots", "--worker", "cat"}, `safepool map: invalid argument "lots" for "--max-rss" flag: want a number with an optional unit, such as 512MiB`},
 		{"demo extra", []string{"demo", "now"}, `safepool demo: unexpected argument "now"`},
