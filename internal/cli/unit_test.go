@@ -580,6 +580,7 @@ func TestUsageErrors(t *testing.T) {
 		{"parallel -u", []string{"run", "-u", "echo"}, "safepool run: unknown shorthand flag: 'u' in -u (a job's output is written whole when it ends)"},
 		{"parallel --memfree", []string{"map", "--memfree", "1G", "cat"}, "safepool map: unknown flag: --memfree (the memory governor starts a job only when its memory fits: see --mem-budget and --mem-reserve)"},
 		{"parallel --colsep", []string{"run", "--colsep", ",", "echo"}, "safepool run: unknown flag: --colsep (not supported: each input is one value, {}; split it in a shell command line)"},
+		{"both resumes", []string{"run", "--journal", "/nonexistent/j.db", "--resume-failed", "--resume", "echo"}, "safepool run: give --resume (skip the failed inputs) or --resume-failed (run them again), not both"},
 		{"map -0", []string{"map", "-0", "cat"}, "safepool map: unknown shorthand flag: '0' in -0 (-0 is safepool run's; map reads lines)"},
 		{"bad jobs", []string{"run", "-j", "x", "echo"}, `safepool run: invalid argument "x" for "-j, --jobs" flag`},
 		{"negative jobs", []string{"run", "-j", "-1", "echo"}, "safepool run: -j must be at least 0, not -1"},
