@@ -40,8 +40,8 @@ type commonFlags struct {
 // are added between the calls of registerPool and registerOutput by the
 // subcommand itself, so the help lists related flags together.
 func (f *commonFlags) registerPool(fs *pflag.FlagSet, retriesUsage string) {
-	fs.IntVarP(&f.jobs, "jobs", "j", 0, "run up to `N` workers at once (default: the number of CPUs); the memory governor may start fewer until it has measured some tasks, and when memory is short (--no-governor: always N)")
-	fs.IntVarP(&f.jobs, "max-procs", "P", 0, "same as -j, for xargs users")
+	fs.VarP(jobsValue{&f.jobs}, "jobs", "j", "run up to `N` workers at once (default: the number of CPUs); the memory governor may start fewer until it has measured some tasks, and when memory is short (--no-governor: always N)")
+	fs.VarP(jobsValue{&f.jobs}, "max-procs", "P", "same as -j, for xargs users")
 	fs.MarkHidden("max-procs")
 	fs.IntVar(&f.retries, "retries", 0, retriesUsage)
 	fs.StringVar(&f.onDeath, "on-worker-death", "", "what to do when a worker dies during a task: `ACTION` is retry, skip or abort (default: retry when --retries > 0, else skip)")
@@ -95,7 +95,7 @@ func (f *commonFlags) config(cmd string, protocol pool.Protocol, command []strin
 		cfg.TimeoutGrace = -1 // the pool's way to say SIGKILL at once
 	}
 	if f.jobs < 0 {
-		return cfg, usagef(cmd, "-j must be at least 0, not %d", f.jobs)
+		return cfg, usagef(cmd, "-j must be at least 0, not %d (GNU parallel's -j -N, the CPUs less N, is not supported)", f.jobs)
 	}
 	if f.retries < 0 {
 		return cfg, usagef(cmd, "--retries must be at least 0, not %d", f.retries)
@@ -155,6 +155,30 @@ func (j jsonValue) Set(s string) error {
 
 func (j jsonValue) String() string { return *j.p }
 func (j jsonValue) Type() string   { return "FILE" }
+
+// jobsValue is -j N, a number of jobs. GNU parallel's -j also takes +N
+// (the CPUs plus N) and N% (of the CPUs): read as a number, +2 ran two
+// jobs without a word, so those forms are refused. Its -N is refused by
+// commonFlags.config, as any negative number.
+type jobsValue struct{ p *int }
+
+func (v jobsValue) Set(s string) error {
+	switch {
+	case strings.HasPrefix(s, "+"):
+		return errors.New("GNU parallel's +N (the CPUs plus N) is not supported: give a number of jobs")
+	case strings.HasSuffix(s, "%"):
+		return errors.New("GNU parallel's N% (a share of the CPUs) is not supported: give a number of jobs")
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return errors.New("want a number of jobs")
+	}
+	*v.p = n
+	return nil
+}
+
+func (v jobsValue) String() string { return strconv.Itoa(*v.p) }
+func (v jobsValue) Type() string   { return "int" }
 
 // boolValue is a boolean flag that pflag's help shows as plain "--name",
 // without the "[=true|false]" it adds to its own bool flags.
