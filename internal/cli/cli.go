@@ -97,6 +97,8 @@ func unknownCommandHint(name string) string {
 		return " (safepool --version prints the version)"
 	case strings.HasPrefix(name, "-"):
 		return " (flags come after the command: safepool run " + name + " ...)"
+	case name == "parallel" || name == "xargs":
+		return " (safepool run takes the place of " + name + ": safepool run CMD ...)"
 	}
 	for _, c := range commands() {
 		if !c.hidden && editDistance(name, c.name) <= 1+len(c.name)/4 {

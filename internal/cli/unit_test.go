@@ -569,6 +569,7 @@ func TestUsageErrors(t *testing.T) {
 		{"unknown command", []string{"frobnicate"}, `safepool: unknown command "frobnicate"`},
 		{"flag before the command", []string{"-j", "4", "run", "echo"}, `safepool: unknown command "-j" (flags come after the command: safepool run -j ...)`},
 		{"command typo", []string{"rnu", "echo"}, `safepool: unknown command "rnu" (did you mean safepool run?)`},
+		{"parallel itself", []string{"parallel", "echo", ":::", "a"}, `safepool: unknown command "parallel" (safepool run takes the place of parallel: safepool run CMD ...)`},
 		{"program as in GNU parallel", []string{"echo", "{}", ":::", "a"}, `safepool: unknown command "echo" (to run it for each input, as GNU parallel does: safepool run echo ...)`},
 		{"unknown flag", []string{"run", "--bogus", "echo"}, "safepool run: unknown flag: --bogus"},
 		{"typo", []string{"run", "--keep-ordr", "echo"}, "safepool run: unknown flag: --keep-ordr (did you mean --keep-order?)"},
