@@ -342,9 +342,20 @@ var shortFlagHints = map[string]string{
 	"map 0": "-0 is safepool run's; map reads lines",
 }
 
-// nearestFlag returns the name of fs's flag closest to name, a typo of it
-// (one edit away for names of up to 4 bytes, two for longer ones), or "".
+// nearestFlag returns the name of fs's flag closest to name, or "": the
+// only flag that name begins (--dry for --dry-run: GNU parallel takes a
+// flag's unambiguous beginning for it), else the flag name is a typo of
+// (one edit away for names of up to 4 bytes, two for longer ones).
 func nearestFlag(fs *pflag.FlagSet, name string) string {
+	var starts []string
+	fs.VisitAll(func(f *pflag.Flag) {
+		if !f.Hidden && strings.HasPrefix(f.Name, name) {
+			starts = append(starts, f.Name)
+		}
+	})
+	if len(starts) == 1 && len(name) >= 2 {
+		return starts[0]
+	}
 	best, bestD := "", 3
 	if len(name) <= 4 {
 		bestD = 2

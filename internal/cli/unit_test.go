@@ -574,6 +574,8 @@ func TestUsageErrors(t *testing.T) {
 		{"unknown flag", []string{"run", "--bogus", "echo"}, "safepool run: unknown flag: --bogus"},
 		{"typo", []string{"run", "--keep-ordr", "echo"}, "safepool run: unknown flag: --keep-ordr (did you mean --keep-order?)"},
 		{"swapped letters", []string{"run", "--jbos", "2", "echo"}, "safepool run: unknown flag: --jbos (did you mean --jobs?)"},
+		{"beginning of a flag", []string{"run", "--dry", "echo"}, "safepool run: unknown flag: --dry (did you mean --dry-run?)"},
+		{"beginning of a flag with a value", []string{"run", "--ret=2", "echo"}, "safepool run: unknown flag: --ret (did you mean --retries?)"},
 		{"typo with a value", []string{"map", "--blocks=10M", "--pipe", "cat"}, "safepool map: unknown flag: --blocks (did you mean --block?)"},
 		{"parallel's halt", []string{"run", "--halt", "now,fail=1", "echo"}, "safepool run: unknown flag: --halt (--on-worker-death abort stops at the first failure"},
 		{"parallel's pipe on run", []string{"run", "--pipe", "wc"}, "safepool run: unknown flag: --pipe (--pipe is safepool map's: safepool map --pipe CMD)"},
