@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"runtime/debug"
 	"strings"
 )
@@ -87,6 +88,29 @@ func commands() []*command {
 	}
 }
 
+// unknownCommandHint says what was meant by name, which is no subcommand,
+// or returns "": a flag given before the subcommand, a typo of one, or a
+// program run as GNU parallel runs it (safepool gzip {} ::: a b).
+func unknownCommandHint(name string) string {
+	switch {
+	case name == "-V" || name == "-v" || name == "-version":
+		return " (safepool --version prints the version)"
+	case strings.HasPrefix(name, "-"):
+		return " (flags come after the command: safepool run " + name + " ...)"
+	case name == "parallel" || name == "xargs":
+		return " (safepool run takes the place of " + name + ": safepool run CMD ...)"
+	}
+	for _, c := range commands() {
+		if !c.hidden && editDistance(name, c.name) <= 1+len(c.name)/4 {
+			return " (did you mean safepool " + c.name + "?)"
+		}
+	}
+	if _, err := exec.LookPath(name); err == nil {
+		return " (to run it for each input, as GNU parallel does: safepool run " + name + " ...)"
+	}
+	return ""
+}
+
 // findCommand returns the subcommand called name, or nil.
 func findCommand(name string) *command {
 	for _, c := range commands() {
@@ -123,7 +147,7 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		writeTopUsage(stdout)
 		return exitOK
 	default:
-		fmt.Fprintf(stderr, "safepool: unknown command %q\n", args[0])
+		fmt.Fprintf(stderr, "safepool: unknown command %q%s\n", args[0], unknownCommandHint(args[0]))
 		writeTopUsage(stderr)
 		return exitUsage
 	}

@@ -40,8 +40,8 @@ type commonFlags struct {
 // are added between the calls of registerPool and registerOutput by the
 // subcommand itself, so the help lists related flags together.
 func (f *commonFlags) registerPool(fs *pflag.FlagSet, retriesUsage string) {
-	fs.IntVarP(&f.jobs, "jobs", "j", 0, "run up to `N` workers at once (default: the number of CPUs); the memory governor may start fewer until it has measured some tasks, and when memory is short (--no-governor: always N)")
-	fs.IntVarP(&f.jobs, "max-procs", "P", 0, "same as -j, for xargs users")
+	fs.VarP(jobsValue{&f.jobs}, "jobs", "j", "run up to `N` workers at once (default: the number of CPUs); the memory governor may start fewer until it has measured some tasks, and when memory is short (--no-governor: always N)")
+	fs.VarP(jobsValue{&f.jobs}, "max-procs", "P", "same as -j, for xargs users")
 	fs.MarkHidden("max-procs")
 	fs.IntVar(&f.retries, "retries", 0, retriesUsage)
 	fs.StringVar(&f.onDeath, "on-worker-death", "", "what to do when a worker dies during a task: `ACTION` is retry, skip or abort (default: retry when --retries > 0, else skip)")
@@ -95,7 +95,7 @@ func (f *commonFlags) config(cmd string, protocol pool.Protocol, command []strin
 		cfg.TimeoutGrace = -1 // the pool's way to say SIGKILL at once
 	}
 	if f.jobs < 0 {
-		return cfg, usagef(cmd, "-j must be at least 0, not %d", f.jobs)
+		return cfg, usagef(cmd, "-j must be at least 0, not %d (GNU parallel's -j -N, the CPUs less N, is not supported)", f.jobs)
 	}
 	if f.retries < 0 {
 		return cfg, usagef(cmd, "--retries must be at least 0, not %d", f.retries)
@@ -155,6 +155,30 @@ func (j jsonValue) Set(s string) error {
 
 func (j jsonValue) String() string { return *j.p }
 func (j jsonValue) Type() string   { return "FILE" }
+
+// jobsValue is -j N, a number of jobs. GNU parallel's -j also takes +N
+// (the CPUs plus N) and N% (of the CPUs): read as a number, +2 ran two
+// jobs without a word, so those forms are refused. Its -N is refused by
+// commonFlags.config, as any negative number.
+type jobsValue struct{ p *int }
+
+func (v jobsValue) Set(s string) error {
+	switch {
+	case strings.HasPrefix(s, "+"):
+		return errors.New("GNU parallel's +N (the CPUs plus N) is not supported: give a number of jobs")
+	case strings.HasSuffix(s, "%"):
+		return errors.New("GNU parallel's N% (a share of the CPUs) is not supported: give a number of jobs")
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return errors.New("want a number of jobs")
+	}
+	*v.p = n
+	return nil
+}
+
+func (v jobsValue) String() string { return strconv.Itoa(*v.p) }
+func (v jobsValue) Type() string   { return "int" }
 
 // boolValue is a boolean flag that pflag's help shows as plain "--name",
 // without the "[=true|false]" it adds to its own bool flags.
@@ -270,23 +294,32 @@ func unknownFlagHint(cmd string, fs *pflag.FlagSet, err error) error {
 // xargs that safepool does not have, by its name, or by "run NAME" or
 // "map NAME" where it depends on the command.
 var longFlagHints = map[string]string{
-	"halt":        "--on-worker-death abort stops at the first failure, as --halt now,fail=1",
-	"retry":       "did you mean --retries?",
-	"tmpdir":      "large outputs are kept in $TMPDIR: set it",
-	"termseq":     "--timeout sends SIGTERM, then SIGKILL after --timeout-grace (0: SIGKILL at once)",
-	"bar":         "--progress shows a progress bar",
-	"eta":         "--progress shows the ETA",
-	"max-args":    "each job takes one input",
-	"max-lines":   "each job takes one input; map --pipe cuts blocks by --block bytes",
-	"ungroup":     "a job's output is written whole when it ends",
-	"line-buffer": "a job's output is written whole when it ends",
-	"tag":         "not supported: the job log and the summary name each task's input",
-	"delimiter":   "inputs end with a newline, or with NUL with -0",
-	"run pipe":    "--pipe is safepool map's: safepool map --pipe CMD",
-	"run block":   "--block is safepool map --pipe's",
-	"run recend":  "--recend is safepool map --pipe's",
-	"map null":    "-0 is safepool run's; map reads lines",
-	"map dry-run": "--dry-run is safepool run's",
+	"halt":            "--on-worker-death abort stops at the first failure, as --halt now,fail=1",
+	"retry":           "did you mean --retries?",
+	"tmpdir":          "large outputs are kept in $TMPDIR: set it",
+	"termseq":         "--timeout sends SIGTERM, then SIGKILL after --timeout-grace (0: SIGKILL at once)",
+	"bar":             "--progress shows a progress bar",
+	"eta":             "--progress shows the ETA",
+	"max-args":        "each job takes one input",
+	"max-lines":       "each job takes one input; map --pipe cuts blocks by --block bytes",
+	"ungroup":         "a job's output is written whole when it ends",
+	"line-buffer":     "a job's output is written whole when it ends",
+	"tag":             "not supported: the job log and the summary name each task's input",
+	"delimiter":       "inputs end with a newline, or with NUL with -0",
+	"group":           "a job's output is written whole when it ends: leave --group out",
+	"tagstring":       "not supported: the job log and the summary name each task's input",
+	"colsep":          "not supported: each input is one value, {}; split it in a shell command line",
+	"memfree":         "the memory governor starts a job only when its memory fits: see --mem-budget and --mem-reserve",
+	"will-cite":       "safepool prints no citation notice: leave --will-cite out",
+	"no-run-if-empty": "with no input, nothing runs: leave --no-run-if-empty out",
+	"run replace":     "{} always stands for the input: leave --replace out",
+	"run xargs":       "each job takes one input",
+	"run verbose":     "--dry-run shows the commands",
+	"run pipe":        "--pipe is safepool map's: safepool map --pipe CMD",
+	"run block":       "--block is safepool map --pipe's",
+	"run recend":      "--recend is safepool map --pipe's",
+	"map null":        "-0 is safepool run's; map reads lines",
+	"map dry-run":     "--dry-run is safepool run's",
 }
 
 // shortFlagHints are longFlagHints for one-letter flags, which xargs
@@ -300,14 +333,29 @@ var shortFlagHints = map[string]string{
 	"run d": "inputs end with a newline, or with NUL with -0",
 	"run r": "with no input, nothing runs: leave -r out",
 	"run t": "--dry-run shows the commands",
+	"run v": "--dry-run shows the commands",
+	"run X": "each job takes one input",
+	"run m": "each job takes one input",
+	"run u": "a job's output is written whole when it ends",
 	"map N": "map --pipe cuts blocks by --block bytes, not by records",
 	"map L": "map --pipe cuts blocks by --block bytes, not by lines",
 	"map 0": "-0 is safepool run's; map reads lines",
 }
 
-// nearestFlag returns the name of fs's flag closest to name, a typo of it
-// (one edit away for names of up to 4 bytes, two for longer ones), or "".
+// nearestFlag returns the name of fs's flag closest to name, or "": the
+// only flag that name begins (--dry for --dry-run: GNU parallel takes a
+// flag's unambiguous beginning for it), else the flag name is a typo of
+// (one edit away for names of up to 4 bytes, two for longer ones).
 func nearestFlag(fs *pflag.FlagSet, name string) string {
+	var starts []string
+	fs.VisitAll(func(f *pflag.Flag) {
+		if !f.Hidden && strings.HasPrefix(f.Name, name) {
+			starts = append(starts, f.Name)
+		}
+	})
+	if len(starts) == 1 && len(name) >= 2 {
+		return starts[0]
+	}
 	best, bestD := "", 3
 	if len(name) <= 4 {
 		bestD = 2

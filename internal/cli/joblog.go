@@ -147,8 +147,8 @@ func joblogRow(id uint64, input string, a *pool.Attempt) string {
 	if a.ExitCode >= 0 {
 		exit = strconv.Itoa(a.ExitCode)
 	}
-	return fmt.Sprintf("%d\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n",
-		id, input, a.Number, a.WorkerPID,
+	return fmt.Sprintf("%d\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+		id, input, a.Number, pidOrDash(a.WorkerPID),
 		unixMillis(a.Start), seconds(a.End.Sub(a.Start)), exit,
 		orDash(a.Signal), orDash(string(a.Cause)), peakOrDash(a.PeakRSS))
 }
@@ -175,6 +175,16 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// pidOrDash renders a worker's pid, or "-" for an attempt that started no
+// process (its command could not start): 0, which kill(1) takes for its own
+// process group, is no pid to give a script.
+func pidOrDash(pid int) string {
+	if pid <= 0 {
+		return "-"
+	}
+	return strconv.Itoa(pid)
 }
 
 func peakOrDash(n int64) string {

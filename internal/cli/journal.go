@@ -27,6 +27,11 @@ func (f *journalFlags) check(cmd string) error {
 	if (f.resume || f.resumeFailed) && f.path == "" {
 		return usagef(cmd, "--resume and --resume-failed need --journal FILE")
 	}
+	if f.resume && f.resumeFailed {
+		// Given both, --resume won, whatever the order: the failed inputs
+		// were skipped, where GNU parallel runs them again.
+		return usagef(cmd, "give --resume (skip the failed inputs) or --resume-failed (run them again), not both")
+	}
 	return nil
 }
 

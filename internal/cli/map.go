@@ -3,6 +3,8 @@ package cli
 import (
 	"context"
 	"runtime"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -160,6 +162,10 @@ func (a *mapArgs) parse(e *env, args []string) error {
 		return usagef("map", "give the worker with --worker or after the flags, not both")
 	case a.worker == "" && len(a.argv) == 0:
 		return usagef("map", "missing worker command (--worker 'CMD')")
+	case slices.ContainsFunc(a.argv, isColons):
+		// Left in CMD, it would be an argument of every worker, while the
+		// input came from stdin.
+		return usagef("map", "%s (an input list of GNU parallel) is not map's: map reads its input from stdin or -a FILE", a.argv[slices.IndexFunc(a.argv, isColons)])
 	case a.maxTasks < 0:
 		return usagef("map", "--max-tasks must be at least 0, not %d", a.maxTasks)
 	case fs.Changed("pipeline") && a.pipeline < 1:
@@ -269,17 +275,18 @@ func runMap(ctx context.Context, e *env, args []string) error {
 				o.stdout(r.Output, newline)
 			}
 		},
-		joblog:     a.common.joblog,
-		journal:    a.common.journal,
-		metrics:    a.common.metrics,
-		keyCommand: command,
-		argv:       append([]string{"safepool", "map"}, args...),
-		jsonPath:   a.json,
-		progress:   a.common.progressOn(e.stderr),
-		quiet:      a.common.quiet,
-		messages:   true,
-		viaShell:   viaShell,
-		e:          e,
+		joblog:       a.common.joblog,
+		journal:      a.common.journal,
+		metrics:      a.common.metrics,
+		keyCommand:   command,
+		argv:         append([]string{"safepool", "map"}, args...),
+		jsonPath:     a.json,
+		progress:     a.common.progressOn(e.stderr),
+		quiet:        a.common.quiet,
+		messages:     true,
+		viaShell:     viaShell,
+		notFoundHint: a.notFoundHint(),
+		e:            e,
 	}
 	// Line workers get the input in blocks of lines, unless something
 	// needs a task per line: --max-tasks counts a worker's tasks exactly,
@@ -321,3 +328,23 @@ const defaultStall = 10 * time.Second
 // and short lines run several times faster with a few dozen in flight.
 // The pool sends fewer to a worker whose lines take long.
 const defaultLinePipeline = 32
+
+// isColons reports whether s is one of GNU parallel's input list markers.
+func isColons(s string) bool {
+	return s == ":::" || s == "::::" || s == ":::+" || s == "::::+"
+}
+
+// notFoundHint says how to give a shell command line, for a CMD after the
+// flags that is one: 'tr a-z A-Z' or 'sort|uniq' taken for a program's
+// name. CMD after the flags runs without a shell; --worker takes a
+// command line.
+func (a *mapArgs) notFoundHint() string {
+	if a.worker != "" || len(a.argv) == 0 || !strings.ContainsAny(a.argv[0], " \t|;&<>()$`*?") {
+		return ""
+	}
+	hint := "a shell command line is given with --worker"
+	if line := strings.Join(a.argv, " "); !strings.Contains(line, "'") {
+		hint += ", such as --worker '" + line + "'"
+	}
+	return hint
+}

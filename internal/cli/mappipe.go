@@ -98,15 +98,16 @@ func runMapPipe(ctx context.Context, e *env, a *mapArgs, command []string, viaSh
 		journalInput: func([]byte) []byte { return src.label() },
 		// A done block whose output was not kept stays out of the
 		// journal's done tasks.
-		journaled:   func(r *pool.Result) bool { return r.State != pool.Done || r.Output != nil },
-		rawReplay:   true,
-		replayAhead: workers,
-		jsonPath:    a.json,
-		progress:    a.common.progressOn(e.stderr),
-		quiet:       a.common.quiet,
-		messages:    true,
-		viaShell:    viaShell,
-		e:           e,
+		journaled:    func(r *pool.Result) bool { return r.State != pool.Done || r.Output != nil },
+		rawReplay:    true,
+		replayAhead:  workers,
+		jsonPath:     a.json,
+		progress:     a.common.progressOn(e.stderr),
+		quiet:        a.common.quiet,
+		messages:     true,
+		viaShell:     viaShell,
+		notFoundHint: a.notFoundHint(),
+		e:            e,
 	}
 	_, status := j.execute(ctx)
 	if status != exitOK {

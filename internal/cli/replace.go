@@ -81,7 +81,7 @@ func parseTemplate(cmd []string) (*cmdTemplate, error) {
 			}
 		}
 		if hasRepl && i == 0 && !t.shell {
-			return nil, fmt.Errorf("the command name %q cannot contain a replacement string; use: sh -c %q", w, w)
+			return nil, fmt.Errorf("the command name %q cannot contain a replacement string; %s", w, commandNameHint(cmd))
 		}
 		found = found || hasRepl
 		t.words = append(t.words, parts)
@@ -92,6 +92,33 @@ func parseTemplate(cmd []string) (*cmdTemplate, error) {
 		t.ctxs, _ = quoteContexts(t.words[0])
 	}
 	return t, nil
+}
+
+// commandNameHint says how to write cmd, whose command name holds a
+// replacement string: {} alone runs each input as a command line (sh -c
+// {}); otherwise one shell command line, where the value is quoted as a
+// word, as GNU parallel quotes it. (sh -c './bin/{}' would run a ; or
+// $(...) of an input as a command, and drop the words after it.)
+func commandNameHint(cmd []string) string {
+	if len(cmd) == 1 && cmd[0] == "{}" {
+		return "to run each input as a command line, write: sh -c {}"
+	}
+	words := make([]string, len(cmd))
+	for i, w := range cmd {
+		words[i] = w
+		if parts, err := parseWord(w); err == nil && len(parts) == 1 && parts[0].kind == replLiteral {
+			words[i] = shellQuote(w)
+		}
+	}
+	line := strings.Join(words, " ")
+	if len(cmd) == 1 {
+		line = "exec " + line // a space, so that it is a command line
+	}
+	hint := "write one argument with a space, a shell command line in which each value is quoted"
+	if !strings.Contains(line, "'") {
+		hint += ": '" + line + "'"
+	}
+	return hint
 }
 
 // viaShell reports whether a shell stays between safepool and the command.

@@ -707,6 +707,9 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 // openOutputs creates the job log and the JSON summary's file, and opens
 // the journal; stdout is where --json - writes.
 func (j *job) openOutputs(stdout io.Writer) (*joblog, *jsonOutput, *jobJournal, error) {
+	if err := j.outputOverInput(); err != nil {
+		return nil, nil, nil, err
+	}
 	if j.journal.path != "" {
 		// Either would be created, empty, over the journal's file.
 		for _, o := range []struct{ flag, path string }{{"--joblog", j.joblog}, {"--json", j.jsonPath}} {
