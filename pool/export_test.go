@@ -31,3 +31,12 @@ func SetStartupPatience(d time.Duration) (restore func()) {
 	startupPatience = d
 	return func() { startupPatience = old }
 }
+
+// SetStopWait sets how long the report of a worker that died of a stop
+// signal waits for an abort, and returns a function that restores it. It
+// must not be called while a pool runs.
+func SetStopWait(d time.Duration) (restore func()) {
+	old := stopWait
+	stopWait = d
+	return func() { stopWait = old }
+}

@@ -165,6 +165,7 @@ func (r *runner) endShot(sh *shot) {
 		r.p.count(func(s *Stats) { s.WorkerDeaths++ })
 	}
 	r.p.emit(Event{Kind: EventWorkerExited, WorkerPID: d.PID, Time: d.Exit.Time})
+	r.awaitStop(d.Cause, d.Killed)
 	t.out = out
 	r.p.send(report{kind: reportAttempt, task: t, att: a})
 }

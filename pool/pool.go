@@ -595,8 +595,13 @@ func (p *Pool) Results() <-chan Result { return p.results }
 // Cancelled, and running workers get SIGTERM, then SIGKILL after
 // Config.Grace; their tasks end Cancelled, but for those their workers
 // answer before they end (as a worker that handles SIGTERM may), which end
-// Done. reason, if not nil, is reported by Err. Calling Abort again kills
-// the workers at once. Results is still delivered until closed.
+// Done. A task whose worker died of a SIGTERM, SIGINT or SIGHUP that the
+// pool did not send, up to a second before Abort, ends Cancelled too: the
+// signal that stopped the caller most likely stopped the worker as well (a
+// batch scheduler signals every process of a job), and such a death is
+// reported a second late for that reason. reason, if not nil, is reported
+// by Err. Calling Abort again kills the workers at once. Results is still
+// delivered until closed.
 func (p *Pool) Abort(reason error) {
 	first := false
 	p.abortOnce.Do(func() {

@@ -32,6 +32,9 @@ func (r *runner) reap() {
 		r.p.count(func(s *Stats) { s.WorkerDeaths++ })
 	}
 	r.p.emit(Event{Kind: EventWorkerExited, WorkerPID: d.PID, Time: d.Exit.Time})
+	if !d.Expected() {
+		r.awaitStop(d.Cause, d.Killed)
+	}
 
 	charged := false
 	line := r.p.cfg.Protocol == Line

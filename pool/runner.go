@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/safepool/safepool/internal/memory"
@@ -472,4 +473,43 @@ func (h *sessionHost) Note(n worker.Note) {
 func attemptOf(o worker.Outcome) Attempt {
 	return Attempt{Cause: o.Cause, WorkerPID: o.PID, Start: o.Start, End: o.End, ExitCode: o.ExitCode,
 		Signal: o.Signal, PeakRSS: o.PeakRSS, Message: o.Message}
+}
+
+// stopWait is how long the report of a worker that died of a stop signal
+// the pool did not send waits for the pool to be aborted (awaitStop). A
+// variable for tests.
+var stopWait = time.Second
+
+// stoppedWith reports whether cause is a death by SIGTERM, SIGINT or
+// SIGHUP: the signals with which a batch scheduler or a service manager
+// stops a whole job (slurm's scancel and time limit, systemctl stop with
+// its default KillMode=control-group), sent to each of its processes, the
+// workers as well as the supervisor.
+func stoppedWith(cause Cause) bool {
+	switch cause {
+	case SignalCause(syscall.SIGTERM), SignalCause(syscall.SIGINT), SignalCause(syscall.SIGHUP):
+		return true
+	}
+	return false
+}
+
+// awaitStop holds the report of a worker that died of cause, which the pool
+// did not kill (killed is empty), for up to stopWait when cause is a stop
+// signal: the same signal sent to the supervisor is then on its way, and
+// the Abort that follows it must find the task still running, to end it
+// Cancelled like the other tasks the stop ends, rather than Failed (the
+// CLI's --resume runs cancelled tasks again, and skips failed ones).
+// Without that wait, which of the two comes first is a race. A death the
+// pool does not follow with an abort is only reported stopWait later.
+func (r *runner) awaitStop(cause, killed Cause) {
+	if killed != "" || !stoppedWith(cause) {
+		return
+	}
+	t := time.NewTimer(stopWait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-r.p.abortCh:
+	case <-r.p.quit:
+	}
 }

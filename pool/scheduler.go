@@ -101,6 +101,13 @@ func (p *Pool) loop() {
 		case <-s.timerC():
 			s.due(time.Now())
 		case rep := <-p.reports:
+			if abortC != nil && closed(abortC) {
+				// A runner may have seen the abort and reported what
+				// it then did (runner.awaitStop) before the loop saw
+				// it: the report is judged as aborting.
+				abortC = nil
+				s.abort()
+			}
 			s.report(rep)
 		case <-wakeC:
 			// Memory was sampled while the queue's head waited for it.
@@ -680,6 +687,16 @@ func (p *Pool) ended(r Result) {
 		p.mu.Unlock()
 	}
 	p.emit(Event{Kind: EventTaskEnded, TaskID: r.ID, Result: &r})
+}
+
+// closed reports whether c is closed.
+func closed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
 
 // send delivers rep to the loop. Once every task has ended (quit), nothing a

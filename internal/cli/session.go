@@ -188,6 +188,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		messages:  j.messages,
 		listedIn:  listedIn(j.joblog, j.journal.path),
 		viaShell:  j.viaShell,
+		textOnly:  j.jsonPath == "",
 	}
 	c := newCounters()
 	srcTotal := j.src.total()

@@ -132,6 +132,12 @@ type summary struct {
 	// seqs numbers the tasks it lists by their inputs (nil: the pool's ids
 	// are the inputs' numbers).
 	seqs *taskSeqs
+	// textOnly reports whether the summary is written as text alone (no
+	// --json): Failed then keeps only the summaryListMax tasks with the
+	// lowest ids, all that the text shows, and not jsonListMax of them
+	// with their messages (up to 4 KiB each, some 100 MiB of memory for
+	// 10,000 failed jobs with long stderr).
+	textOnly bool
 }
 
 // setTasks takes the counts of tasks by terminal state from the pool,
@@ -169,12 +175,27 @@ func (s *summary) add(r *pool.Result) {
 	case pool.Cancelled:
 		return
 	}
-	if len(s.Failed) >= jsonListMax {
+	id := s.seqs.of(r.ID)
+	at := len(s.Failed) // where it goes in Failed
+	switch {
+	case s.textOnly && len(s.Failed) >= summaryListMax:
+		// It takes the place of the highest id, if lower.
+		at = 0
+		for i := range s.Failed {
+			if s.Failed[i].ID > s.Failed[at].ID {
+				at = i
+			}
+		}
+		s.FailedOmitted++
+		if id > s.Failed[at].ID {
+			return
+		}
+	case len(s.Failed) >= jsonListMax:
 		s.FailedOmitted++
 		return
 	}
 	ft := failedTask{
-		ID:       s.seqs.of(r.ID),
+		ID:       id,
 		Input:    strings.ToValidUTF8(string(truncate(r.Input, jsonInputMax)), "\uFFFD"),
 		State:    string(r.State),
 		Cause:    string(r.Cause()),
@@ -191,6 +212,10 @@ func (s *summary) add(r *pool.Result) {
 	}
 	for _, a := range r.Attempts {
 		ft.PeakRSS = max(ft.PeakRSS, a.PeakRSS)
+	}
+	if at < len(s.Failed) {
+		s.Failed[at] = ft
+		return
 	}
 	s.Failed = append(s.Failed, ft)
 }
