@@ -37,6 +37,9 @@ func TestMain(m *testing.M) {
 	if path := os.Getenv(runnerEnv); path != "" {
 		os.Exit(runningJournal(path))
 	}
+	if path := os.Getenv(idleWriterEnv); path != "" {
+		os.Exit(idleWriter(path))
+	}
 	os.Exit(m.Run())
 }
 
