@@ -91,8 +91,19 @@ func Load(ctx context.Context, path string, opt Options) (*Run, error) {
 // writer has it open, or was killed, and SQLite reads its WAL through
 // its shared memory.
 func open(path string) (*sql.DB, int, error) {
-	if _, err := os.Stat(path); err != nil {
+	fi, err := os.Stat(path)
+	if err != nil {
 		return nil, 0, fmt.Errorf("report: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		// SQLite would wait for ever to open a FIFO (no signal stops it
+		// there), and fail on a pipe (<(cat jobs.db)) or a directory with
+		// an error that does not say why.
+		hint := ""
+		if fi.Mode()&os.ModeNamedPipe != 0 {
+			hint = ": a journal is read here and there, not from start to end; copy it to a file"
+		}
+		return nil, 0, fmt.Errorf("%w: %s is %s, not a file%s", ErrNotJournal, path, fileKind(fi.Mode()), hint)
 	}
 	abs, err := filepath.Abs(path)
 	if err != nil {
@@ -166,6 +177,21 @@ func code(err error) int {
 		return e.Code() & 0xff
 	}
 	return 0
+}
+
+// fileKind names the kind of file of mode m, which is not a regular one.
+func fileKind(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeNamedPipe != 0:
+		return "a FIFO or pipe"
+	case m&os.ModeDevice != 0:
+		return "a device"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	}
+	return "something else"
 }
 
 // errNotTried stands for an open not tried.
