@@ -191,3 +191,61 @@ func idleWriter(path string) int {
 	}
 	return 0
 }
+
+// TestHotRollbackJournalKept: a journal whose writer was killed as it made
+// the file (SQLite had not yet turned it to WAL mode) has a rollback
+// journal beside it, which a connection that may write rolls back: the
+// reader leaves it to the journal's next writer.
+func TestHotRollbackJournalKept(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "journal.db")
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), rollbackWriterEnv+"="+path)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(stdout).ReadString('\n')
+	cmd.Process.Kill()
+	cmd.Wait()
+	if line != "ready\n" {
+		t.Fatalf("writer said %q", line)
+	}
+	before, err := os.Stat(path + "-journal")
+	if err != nil || before.Size() == 0 {
+		t.Fatalf("no rollback journal to test with: %v", err)
+	}
+	_, err = report.Load(context.Background(), path, report.Options{})
+	t.Logf("Load: %v", err)
+	after, err := os.Stat(path + "-journal")
+	if err != nil || after.Size() != before.Size() {
+		t.Errorf("the rollback journal, %d bytes before the read, is not kept: %v", before.Size(), err)
+	}
+}
+
+// rollbackWriterEnv makes the test binary a writer that makes a database
+// in rollback mode, writes past its page cache within a transaction (so
+// that the rollback journal and the file are written), says "ready" and
+// waits to be killed.
+const rollbackWriterEnv = "SAFEPOOL_REPORT_TEST_ROLLBACK_WRITER"
+
+func rollbackWriter(path string) int {
+	db, err := sql.Open("sqlite", path+"?_pragma=cache_size(2)")
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	db.SetMaxOpenConns(1)
+	for _, q := range []string{"PRAGMA user_version = 3", "CREATE TABLE t (x BLOB)", "BEGIN",
+		"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 200) INSERT INTO t SELECT randomblob(4000) FROM n"} {
+		if _, err := db.Exec(q); err != nil {
+			fmt.Println(err)
+			return 1
+		}
+	}
+	fmt.Println("ready")
+	time.Sleep(time.Minute)
+	return 0
+}

@@ -112,7 +112,10 @@ func open(path string) (*sql.DB, int, error) {
 	var db *sql.DB
 	var v int
 	err = errNotTried
-	if walEmpty(abs) {
+	// A rollback journal beside it (its writer was killed as it made
+	// the file) is left to SQLite's read-only connection: one that may
+	// write would roll it back.
+	if walEmpty(abs) && !exists(abs+"-journal") {
 		if unix.Faccessat(unix.AT_FDCWD, abs, unix.W_OK, unix.AT_EACCESS) == nil {
 			db, v, err = openAs(abs, "mode=rw")
 		} else {
@@ -192,6 +195,11 @@ func fileKind(m os.FileMode) string {
 		return "a socket"
 	}
 	return "something else"
+}
+
+func exists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
 }
 
 // errNotTried stands for an open not tried.

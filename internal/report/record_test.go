@@ -40,6 +40,9 @@ func TestMain(m *testing.M) {
 	if path := os.Getenv(idleWriterEnv); path != "" {
 		os.Exit(idleWriter(path))
 	}
+	if path := os.Getenv(rollbackWriterEnv); path != "" {
+		os.Exit(rollbackWriter(path))
+	}
 	os.Exit(m.Run())
 }
 
