@@ -249,3 +249,26 @@ func rollbackWriter(path string) int {
 	time.Sleep(time.Minute)
 	return 0
 }
+
+// TestUnreadableJournal: a journal the reader may not read says so,
+// rather than SQLite's "unable to open database file".
+func TestUnreadableJournal(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root, to be two users")
+	}
+	path := closedJournal(t)
+	private := filepath.Join(worldReadableDir(t), "journal.db")
+	copyFile(t, path, private, 0o600)
+	bin := filepath.Join(worldReadableDir(t), "report.test")
+	copyFile(t, os.Args[0], bin, 0o755)
+	cmd := exec.Command(bin, "-test.run=^$")
+	cmd.Env = append(os.Environ(), loaderEnv+"="+private)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the reader as nobody: %v: %s", err, out)
+	}
+	if got := strings.TrimSpace(string(out)); !strings.HasSuffix(got, "permission denied") {
+		t.Errorf("Load of a journal nobody may not read = %q, want it to say permission denied", got)
+	}
+}

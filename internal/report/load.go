@@ -105,6 +105,13 @@ func open(path string) (*sql.DB, int, error) {
 		}
 		return nil, 0, fmt.Errorf("%w: %s is %s, not a file%s", ErrNotJournal, path, fileKind(fi.Mode()), hint)
 	}
+	// SQLite says "unable to open database file" of a file it may not
+	// read: the reason is told here.
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, 0, fmt.Errorf("report: %w", err)
+	}
+	f.Close()
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return nil, 0, fmt.Errorf("report: %w", err)
