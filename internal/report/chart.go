@@ -281,8 +281,16 @@ func memoryChart(r *Run) *chart {
 	c.timeTicks(s)
 	c.valueTicks(s, step, func(v int64) string { return bytesize.Format(v) })
 	for i, w := range r.WorkerSeries {
-		c.Lines = append(c.Lines, line{Class: fmt.Sprintf("worker w%d", i%8), Points: s.polyline(w.Points),
-			Title: fmt.Sprintf("worker %d, peak %s", w.PID, bytesize.Format(w.Peak))})
+		title := fmt.Sprintf("worker %d, peak %s", w.PID, bytesize.Format(w.Peak))
+		for _, seg := range w.Segments() {
+			pts := s.polyline(seg)
+			if len(seg) == 1 {
+				// One sample between two gaps: a stub, as a line of
+				// one point is not drawn.
+				pts += " " + num(s.x(seg[0].At)+2) + "," + num(s.y(seg[0].Value))
+			}
+			c.Lines = append(c.Lines, line{Class: fmt.Sprintf("worker w%d", i%8), Points: pts, Title: title})
+		}
 	}
 	if len(r.WorkerSeries) > 0 {
 		label := "one worker each"

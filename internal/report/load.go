@@ -27,6 +27,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"golang.org/x/sys/unix"
 	"modernc.org/sqlite" // the pure-Go SQLite driver, registered as "sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 
@@ -67,28 +68,82 @@ func Load(ctx context.Context, path string, opt Options) (*Run, error) {
 	return l.load(ctx)
 }
 
-// open opens the journal read-only and checks its schema version, which
+// open opens the journal for reading and checks its schema version, which
 // it returns.
+//
+// SQLite reads a database in WAL mode through a WAL and a shared-memory
+// file beside it, which it makes when they are not there; a connection
+// opened read-only never removes them, so that reading a finished
+// journal (whose writer removed both as it closed) would leave them
+// behind: to its owner, clutter; in a directory that others write too
+// (/tmp), files of the reader's that the journal's owner can neither
+// write nor remove, which keep it from opening the journal again
+// (--resume: "attempt to write a readonly database"). So a journal with
+// no WAL, or an empty one, which no writer has filled, is read
+//   - by a connection that may write, when the reader may write the
+//     journal: it writes nothing (query_only), and the last connection
+//     to close, which only it can be once no writer has the journal open,
+//     removes the WAL and the shared memory as a writer does;
+//   - as it is (immutable), when the reader may not write it: what the
+//     file holds is all there is, and nothing is made beside it.
+//
+// A journal whose WAL holds something is opened read-only (mode=ro): a
+// writer has it open, or was killed, and SQLite reads its WAL through
+// its shared memory.
 func open(path string) (*sql.DB, int, error) {
-	if _, err := os.Stat(path); err != nil {
+	fi, err := os.Stat(path)
+	if err != nil {
 		return nil, 0, fmt.Errorf("report: %w", err)
 	}
+	if !fi.Mode().IsRegular() {
+		// SQLite would wait for ever to open a FIFO (no signal stops it
+		// there), and fail on a pipe (<(cat jobs.db)) or a directory with
+		// an error that does not say why.
+		hint := ""
+		if fi.Mode()&os.ModeNamedPipe != 0 {
+			hint = ": a journal is read here and there, not from start to end; copy it to a file"
+		}
+		return nil, 0, fmt.Errorf("%w: %s is %s, not a file%s", ErrNotJournal, path, fileKind(fi.Mode()), hint)
+	}
+	// SQLite says "unable to open database file" of a file it may not
+	// read: the reason is told here.
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, 0, fmt.Errorf("report: %w", err)
+	}
+	f.Close()
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return nil, 0, fmt.Errorf("report: %w", err)
 	}
-	db, v, err := openAs(abs, "mode=ro")
-	if c := code(err); (c == sqlite3.SQLITE_CANTOPEN || c == sqlite3.SQLITE_READONLY) && !exists(abs+"-wal") {
-		// SQLite reads a database in WAL mode through a shared-memory
-		// file beside it, which it makes if there is none: in a directory
-		// it cannot write it cannot open it, with SQLITE_CANTOPEN on a
-		// read-only file system and SQLITE_READONLY_DIRECTORY where
-		// permissions forbid it (another user's directory). With no WAL
+	var db *sql.DB
+	var v int
+	err = errNotTried
+	// A rollback journal beside it (its writer was killed as it made
+	// the file) is left to SQLite's read-only connection: one that may
+	// write would roll it back.
+	if walEmpty(abs) && !exists(abs+"-journal") {
+		if unix.Faccessat(unix.AT_FDCWD, abs, unix.W_OK, unix.AT_EACCESS) == nil {
+			db, v, err = openAs(abs, "mode=rw")
+		} else {
+			db, v, err = openAs(abs, "immutable=1")
+		}
+	}
+	if err != nil {
+		// As before, read-only: where the above could not open it (a
+		// directory it cannot write) or did not try.
+		db, v, err = openAs(abs, "mode=ro")
+	}
+	if c := code(err); (c == sqlite3.SQLITE_CANTOPEN || c == sqlite3.SQLITE_READONLY) && walEmpty(abs) {
+		// SQLite cannot make the shared-memory file it wants in a
+		// directory it cannot write, with SQLITE_CANTOPEN on a read-only
+		// file system and SQLITE_READONLY_DIRECTORY where permissions
+		// forbid it (another user's directory). With nothing in a WAL
 		// beside it, no writer has it open (a writer keeps its WAL while
-		// connected) and what the file holds is all there is: it is read
-		// as it is, without the shared memory. A WAL left by a writer
-		// that was killed comes with its shared memory, which SQLite
-		// reads in that case.
+		// connected, and writes in it before it commits) and what the
+		// file holds is all there is: it is read as it is, without the
+		// shared memory. A WAL left by a writer that was killed comes
+		// with its shared memory, which SQLite reads in that case.
 		db, v, err = openAs(abs, "immutable=1")
 	}
 	if err != nil {
@@ -134,9 +189,35 @@ func code(err error) int {
 	return 0
 }
 
+// fileKind names the kind of file of mode m, which is not a regular one.
+func fileKind(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeNamedPipe != 0:
+		return "a FIFO or pipe"
+	case m&os.ModeDevice != 0:
+		return "a device"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	}
+	return "something else"
+}
+
 func exists(path string) bool {
 	_, err := os.Lstat(path)
 	return err == nil
+}
+
+// errNotTried stands for an open not tried.
+var errNotTried = errors.New("not tried")
+
+// walEmpty reports whether the journal at abs has no WAL beside it, or an
+// empty one: no record is in a WAL, and what the file holds is all there
+// is.
+func walEmpty(abs string) bool {
+	fi, err := os.Lstat(abs + "-wal")
+	return os.IsNotExist(err) || err == nil && fi.Mode().IsRegular() && fi.Size() == 0
 }
 
 // loader reads one run; its queries bound what they return by opt.

@@ -37,6 +37,12 @@ func TestMain(m *testing.M) {
 	if path := os.Getenv(runnerEnv); path != "" {
 		os.Exit(runningJournal(path))
 	}
+	if path := os.Getenv(idleWriterEnv); path != "" {
+		os.Exit(idleWriter(path))
+	}
+	if path := os.Getenv(rollbackWriterEnv); path != "" {
+		os.Exit(rollbackWriter(path))
+	}
 	os.Exit(m.Run())
 }
 

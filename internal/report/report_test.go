@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -89,15 +90,39 @@ func TestLoadErrors(t *testing.T) {
 		{"newer journal", newer.path, 0, report.ErrNewerSchema},
 		{"empty journal", j.path, 0, report.ErrNoRun},
 		{"no such run", j.path, 7, report.ErrNoRun},
+		// Not files: a FIFO kept Load waiting for ever to open it, deaf
+		// to Ctrl-C, a directory was "disk I/O error", and a pipe
+		// (<(cat jobs.db)) "unable to open database file".
+		{"directory", t.TempDir(), 0, report.ErrNotJournal},
+		{"FIFO", fifo(t), 0, report.ErrNotJournal},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := report.Load(context.Background(), tt.path, report.Options{RunID: tt.run})
-			if !errors.Is(err, tt.want) {
-				t.Errorf("Load(%s, run %d) = %v, want %v", tt.name, tt.run, err, tt.want)
+			done := make(chan error, 1)
+			go func() {
+				_, err := report.Load(context.Background(), tt.path, report.Options{RunID: tt.run})
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				if !errors.Is(err, tt.want) {
+					t.Errorf("Load(%s, run %d) = %v, want %v", tt.name, tt.run, err, tt.want)
+				}
+			case <-time.After(30 * time.Second):
+				t.Errorf("Load(%s) did not return in 30s", tt.name)
 			}
 		})
 	}
+}
+
+// fifo makes a FIFO for the test.
+func fifo(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "jobs.db")
+	if err := syscall.Mkfifo(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // syntheticRun writes a run of n tasks to j with samples every step over

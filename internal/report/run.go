@@ -220,6 +220,30 @@ type WorkerSeries struct {
 	PID    int
 	Peak   int64
 	Points []Point
+	// Breaks are the indices of Points that start a line anew: between
+	// such a point and the one before, the pool sampled its workers at
+	// least twice and this pid had no sample. It was no worker of the
+	// pool then (one-shot jobs end, and the kernel hands their pids out
+	// again to later ones), or ran no task; a line across the gap would
+	// show memory held all along.
+	Breaks []int
+}
+
+// Segments are the worker's points cut at its breaks: each is drawn as
+// a line of its own.
+func (w WorkerSeries) Segments() [][]Point {
+	var segs [][]Point
+	from := 0
+	for _, b := range w.Breaks {
+		if b > from && b < len(w.Points) {
+			segs = append(segs, w.Points[from:b])
+			from = b
+		}
+	}
+	if from < len(w.Points) {
+		segs = append(segs, w.Points[from:])
+	}
+	return segs
 }
 
 // Mark is an event on the time axis.

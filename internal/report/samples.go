@@ -225,6 +225,29 @@ func (s *bucketSeries) points(t0 int64) []Point {
 	return pts
 }
 
+// breaks are the indices of the series' points (its spans) after which
+// the pool's series had at least two spans with samples before the
+// series' next: see WorkerSeries.Breaks. Two, so that one sample missed
+// (a worker that could not be measured at a tick, or was between two
+// tasks) does not cut a line.
+func (s *bucketSeries) breaks(pool *bucketSeries) []int {
+	if s == nil || pool == nil {
+		return nil
+	}
+	var out []int
+	for k := 1; k < len(s.buckets); k++ {
+		a, b := s.buckets[k-1].i, s.buckets[k].i
+		if b-a < 3 {
+			continue
+		}
+		j, _ := slices.BinarySearchFunc(pool.buckets, a+1, func(x bucket, i int64) int { return cmp.Compare(x.i, i) })
+		if j+1 < len(pool.buckets) && pool.buckets[j+1].i < b {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
 // scans is how many scans of the samples may run at once, each on a
 // connection of its own over a part of them: one a CPU, up to 4.
 // minScanRows is the fewest rows of the table worth a scan of their own.
@@ -320,7 +343,9 @@ func (l *loader) loadSamples(ctx context.Context) error {
 		workers = workers[:l.opt.MaxWorkers]
 	}
 	for i := range workers {
-		workers[i].Points = b.series[int64(workers[i].PID)*seriesCodes+codeWorker].points(l.t0)
+		s := b.series[int64(workers[i].PID)*seriesCodes+codeWorker]
+		workers[i].Points = s.points(l.t0)
+		workers[i].Breaks = s.breaks(b.series[codeTotal])
 	}
 	r.WorkerSeries = workers
 	return nil
