@@ -1345,6 +1345,16 @@ class _Core:
             self._release()
             return
         self.abort()
+        if threading.current_thread() is self._reader:
+            # A result callback stops the pool (an error_callback that
+            # terminates it at the first failure). The binary's end can
+            # only be seen by this thread once the callback returns: waiting
+            # here held every result for 10 s and then killed the binary.
+            # Another thread waits, as multiprocessing's terminate does not
+            # join its result thread from that thread.
+            threading.Thread(target=self._finish, args=(wait if wait is not None else 10.0,),
+                             name="safepool-terminate").start()
+            return
         self._finish(wait if wait is not None else 10.0)
 
     def _finish(self, wait: float | None):
