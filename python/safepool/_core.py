@@ -1469,6 +1469,10 @@ def _rebuild_exception(record, job, item) -> BaseException:
         # As multiprocessing.Pool reports a result it cannot send.
         from multiprocessing.pool import MaybeEncodingError
         wrapped = MaybeEncodingError(exc, record[3])
+        # record[3] is the result's repr already, which is what
+        # multiprocessing's value holds: not the repr of that repr.
+        wrapped.value = record[3]
+        wrapped.args = (wrapped.exc, wrapped.value)
         wrapped.__cause__ = exc
         return wrapped
     return exc

@@ -43,5 +43,25 @@ class TerminateFromACallback(unittest.TestCase):
             pool.terminate()
 
 
+
+def make_adder(x):
+    return lambda y: x + y
+
+
+class UnpicklableResult(unittest.TestCase):
+    def test_maybe_encoding_error_as_multiprocessing_words_it(self):
+        # multiprocessing's MaybeEncodingError holds the result's repr in
+        # value and says "Error sending result: '<function ...>'"; its
+        # value was the repr of that repr ("'<function ...>'"), quoted twice.
+        import multiprocessing.pool
+        with safepool.Pool(1) as pool:
+            with self.assertRaises(multiprocessing.pool.MaybeEncodingError) as cm:
+                pool.apply(make_adder, (1,))
+        e = cm.exception
+        self.assertTrue(e.value.startswith("<function make_adder.<locals>.<lambda> at 0x"), e.value)
+        self.assertTrue(str(e).startswith("Error sending result: '<function make_adder.<locals>"), str(e))
+        self.assertEqual(e.args, (e.exc, e.value))
+
+
 if __name__ == "__main__":
     unittest.main()
