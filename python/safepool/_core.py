@@ -110,7 +110,18 @@ class _Records:
 
 def _at_exit():
     cores = list(_live_cores)
+    interrupted = type(getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)) is KeyboardInterrupt
     for core in cores:
+        if core.finish_at_exit and not interrupted and not core.forked():
+            # An Executor the program still holds, never shut down: as
+            # ProcessPoolExecutor's at the interpreter's exit, its futures
+            # run to their end (a script that submits work with done
+            # callbacks and ends lost it all, cancelled). Not after Ctrl-C.
+            try:
+                core.close()
+                continue
+            except BaseException:
+                pass  # a second Ctrl-C: stop at once
         core.terminate(wait=1.0)  # not in a child that fork copied this process into: see terminate
     if cores:
         _keep_interrupt_exit()
@@ -345,6 +356,9 @@ class _Core:
         # Called (from the reader thread) with the BrokenPool error when the
         # pool breaks; the Executor logs it, as ProcessPoolExecutor does.
         self.on_broken = None
+        # Whether the program's exit finishes the queued work (an Executor's,
+        # as ProcessPoolExecutor's) rather than terminate the pool.
+        self.finish_at_exit = False
 
         self._out = io.open(launch.to_fd, "wb", buffering=256 << 10)
         self._in_fd = launch.from_fd

@@ -108,6 +108,7 @@ class Executor(concurrent.futures.Executor):
                 launch.abandon()
             raise
         self._core.on_broken = _log_broken
+        self._core.finish_at_exit = True  # as ProcessPoolExecutor's: see _core._at_exit
         self._shutdown = False
         self._lock = threading.Lock()
 

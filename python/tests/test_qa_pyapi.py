@@ -1,10 +1,28 @@
 """Code written for multiprocessing.Pool and ProcessPoolExecutor, ported to
 safepool as the docs say, on real processes."""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
 import time
 import unittest
 
 import safepool
 from tests import helpers
+from tests.support import child_env
+
+
+def run_script(test, source):
+    """Run source, dedented, as a main script in a directory of its own."""
+    d = tempfile.mkdtemp()
+    test.addCleanup(shutil.rmtree, d)
+    script = os.path.join(d, "script.py")
+    with open(script, "w") as f:
+        f.write(textwrap.dedent(source))
+    return subprocess.run([sys.executable, script], env=child_env(), capture_output=True, text=True,
+                          timeout=120)
 
 
 class TerminateFromACallback(unittest.TestCase):
@@ -61,6 +79,39 @@ class UnpicklableResult(unittest.TestCase):
         self.assertTrue(e.value.startswith("<function make_adder.<locals>.<lambda> at 0x"), e.value)
         self.assertTrue(str(e).startswith("Error sending result: '<function make_adder.<locals>"), str(e))
         self.assertEqual(e.args, (e.exc, e.value))
+
+
+
+class ExecutorAtExit(unittest.TestCase):
+    def test_futures_of_an_executor_never_shut_down_finish(self):
+        # A script that submits its work with done callbacks and ends,
+        # holding the executor: ProcessPoolExecutor runs the futures to
+        # their end at the interpreter's exit. The exit handler terminated
+        # safepool's, and every future failed with TaskCancelled.
+        out = run_script(self, """
+                import time
+                import safepool
+
+                def work(x):
+                    time.sleep(0.3)
+                    return x * x
+
+                def report(f):
+                    try:
+                        print("done", f.result(), flush=True)
+                    except BaseException as e:
+                        print("failed", type(e).__name__, flush=True)
+
+                if __name__ == "__main__":
+                    executor = safepool.Executor(2)
+                    for x in range(4):
+                        executor.submit(work, x).add_done_callback(report)
+                    print("end of script", flush=True)
+            """)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        lines = out.stdout.splitlines()
+        self.assertEqual(lines[0], "end of script", out.stdout)
+        self.assertEqual(sorted(lines[1:]), ["done 0", "done 1", "done 4", "done 9"], out.stdout + out.stderr)
 
 
 if __name__ == "__main__":
