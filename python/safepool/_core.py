@@ -1235,7 +1235,14 @@ class _Core:
             # exited): the tasks fail with why.
             excs = [reason] * len(positions)
         else:
-            text = "the task was cancelled: the pool %s" % ("stopped" if reason is None else "broke: %s" % reason)
+            if reason is None and self._abort_reason is not None:
+                # on_worker_death="abort" stopped the pool: say whose death
+                # (the tasks of a call made just before it otherwise failed
+                # with "the pool stopped", as if terminate() had been called).
+                reason = self._abort_reason
+                text = "the task was cancelled: the pool aborted: %s" % reason
+            else:
+                text = "the task was cancelled: the pool %s" % ("stopped" if reason is None else "broke: %s" % reason)
             cancelled, fn = errors.TaskCancelled, job.fn
             # The collector, which the new exceptions would set off again
             # and again, each time over all of them, is held off while

@@ -114,5 +114,22 @@ class ExecutorAtExit(unittest.TestCase):
         self.assertEqual(sorted(lines[1:]), ["done 0", "done 1", "done 4", "done 9"], out.stdout + out.stderr)
 
 
+
+class AbortSaysWhy(unittest.TestCase):
+    def test_tasks_cancelled_by_an_abort_say_whose_death(self):
+        # on_worker_death="abort": the tasks the first death cancels said
+        # "the pool stopped", as after terminate(), not why it stopped.
+        with safepool.Pool(1, on_worker_death="abort") as pool:
+            dies = pool.apply_async(helpers.kill_self)
+            after = pool.apply_async(helpers.sleep_for, (0.1,))
+            with self.assertRaises(safepool.WorkerDied):
+                dies.get(60)
+            with self.assertRaises(safepool.TaskCancelled) as cm:
+                after.get(60)
+        self.assertIn("aborted", str(cm.exception))
+        self.assertIn("kill_self() died (signal:SIGKILL)", str(cm.exception))
+        self.assertIsInstance(cm.exception.__cause__, safepool.WorkerDied)
+
+
 if __name__ == "__main__":
     unittest.main()
