@@ -117,9 +117,11 @@ def _at_exit():
             # ProcessPoolExecutor's at the interpreter's exit, its futures
             # run to their end (a script that submits work with done
             # callbacks and ends lost it all, cancelled). Not after Ctrl-C.
+            # Unlike shutdown(), the input of a map whose iterator is still
+            # held is not read on: an endless one would never let the
+            # program end.
             try:
-                core.close()
-                continue
+                core.wait_submitted()
             except BaseException:
                 pass  # a second Ctrl-C: stop at once
         core.terminate(wait=1.0)  # not in a child that fork copied this process into: see terminate
@@ -1282,6 +1284,14 @@ class _Core:
                     return False
                 self._cond.wait(remaining)
         return True
+
+    def wait_submitted(self):
+        """Wait until every item submitted is settled, and those that
+        callbacks submit meanwhile, or the binary has ended. Unlike
+        wait_idle, the imaps' inputs are not read on (see _at_exit)."""
+        with self._lock:
+            while self._outstanding > 0 and not self._ended.is_set():
+                self._cond.wait()
 
     def cancel_pending(self):
         """Accept no new chunks, and cancel those not sent yet, as

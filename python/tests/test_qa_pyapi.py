@@ -87,8 +87,11 @@ class ExecutorAtExit(unittest.TestCase):
         # A script that submits its work with done callbacks and ends,
         # holding the executor: ProcessPoolExecutor runs the futures to
         # their end at the interpreter's exit. The exit handler terminated
-        # safepool's, and every future failed with TaskCancelled.
+        # safepool's, and every future failed with TaskCancelled. The
+        # endless input of a map whose iterator is still held is not read
+        # on, or the program would never end.
         out = run_script(self, """
+                import itertools
                 import time
                 import safepool
 
@@ -104,6 +107,8 @@ class ExecutorAtExit(unittest.TestCase):
 
                 if __name__ == "__main__":
                     executor = safepool.Executor(2)
+                    endless = executor.map(work, itertools.count())
+                    next(endless)
                     for x in range(4):
                         executor.submit(work, x).add_done_callback(report)
                     print("end of script", flush=True)
