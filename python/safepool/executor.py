@@ -60,6 +60,10 @@ class Executor(concurrent.futures.Executor):
     mp_context is checked as Pool's context: None, "spawn" or
     "forkserver" (or such a context) change nothing; "fork" raises
     ValueError. The other arguments are those of safepool.Pool.
+
+    As ProcessPoolExecutor's, an executor that is never shut down runs its
+    submitted futures to their end before the program exits (unless it
+    ends on Ctrl-C); the rest of the input of a map is not read then.
     """
 
     def __init__(self, max_workers: Optional[int] = None, mp_context: Any = None,
