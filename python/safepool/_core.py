@@ -120,6 +120,10 @@ def _at_exit():
             # Unlike shutdown(), the input of a map whose iterator is still
             # held is not read on: an endless one would never let the
             # program end.
+            # As ProcessPoolExecutor's, it takes no new futures from here
+            # on (a done callback that submits the next one would keep the
+            # program from ever ending).
+            core.exiting = True
             try:
                 core.wait_submitted()
             except BaseException:
@@ -361,6 +365,7 @@ class _Core:
         # Whether the program's exit finishes the queued work (an Executor's,
         # as ProcessPoolExecutor's) rather than terminate the pool.
         self.finish_at_exit = False
+        self.exiting = False  # the program's exit handler has begun with this pool (see _at_exit)
 
         self._out = io.open(launch.to_fd, "wb", buffering=256 << 10)
         self._in_fd = launch.from_fd

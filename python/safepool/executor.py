@@ -150,6 +150,8 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
+            if self._core.exiting:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             self._core.check_running()
             f = _Future(self._core)
             job = _FutureJob(self._core, fn, f)
@@ -172,6 +174,8 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
+            if self._core.exiting:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             self._core.check_running()
         chunksize = check_chunksize(chunksize)
         if buffersize is not None and buffersize < 1:

@@ -118,6 +118,43 @@ class ExecutorAtExit(unittest.TestCase):
         self.assertEqual(lines[0], "end of script", out.stdout)
         self.assertEqual(sorted(lines[1:]), ["done 0", "done 1", "done 4", "done 9"], out.stdout + out.stderr)
 
+    def test_no_new_futures_once_the_program_exits(self):
+        # As ProcessPoolExecutor: from the exit on, submit raises
+        # RuntimeError, so a done callback that submits the next future
+        # does not keep the program from ending. An exit handler of the
+        # program's that submitted got ValueError("Pool not running").
+        out = run_script(self, """
+                import atexit
+                import time
+
+                @atexit.register
+                def submit_at_the_end():  # registered first: runs last
+                    try:
+                        executor.submit(id, None)
+                    except Exception as e:
+                        print("at exit:", type(e).__name__, e, flush=True)
+
+                import safepool
+
+                def work(x):
+                    time.sleep(0.05)
+                    return x
+
+                def chain(f):
+                    try:
+                        executor.submit(work, f.result() + 1).add_done_callback(chain)
+                    except RuntimeError as e:
+                        print("chain:", e, flush=True)
+
+                if __name__ == "__main__":
+                    executor = safepool.Executor(2)
+                    executor.submit(work, 0).add_done_callback(chain)
+            """)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.splitlines(),
+                         ["chain: cannot schedule new futures after interpreter shutdown",
+                          "at exit: RuntimeError cannot schedule new futures after interpreter shutdown"],
+                         out.stdout + out.stderr)
 
 
 class AbortSaysWhy(unittest.TestCase):
