@@ -1291,9 +1291,9 @@ class _Core:
         return True
 
     def wait_submitted(self):
-        """Wait until every item submitted is settled, and those that
-        callbacks submit meanwhile, or the binary has ended. Unlike
-        wait_idle, the imaps' inputs are not read on (see _at_exit)."""
+        """Wait until every item submitted is settled, or the binary has
+        ended. Unlike wait_idle, the imaps' inputs are not read on (see
+        _at_exit)."""
         with self._lock:
             while self._outstanding > 0 and not self._ended.is_set():
                 self._cond.wait()
