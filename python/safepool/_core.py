@@ -1411,11 +1411,15 @@ class _Core:
         with self._lock:
             out, self._out = self._out, None
             self._cond.notify_all()
-        if out is not None:
-            try:
-                out.close()
-            except OSError:
-                pass
+        if out is None:
+            # Released already: terminate() in a result callback and join()
+            # (or two terminates) finish from two threads, and a descriptor
+            # closed twice may by then be another file's.
+            return
+        try:
+            out.close()
+        except OSError:
+            pass
         _live_cores.discard(self)
         self._launch.cleanup()
         self._launch.close_clock()

@@ -127,14 +127,13 @@ class ExecutorAtExit(unittest.TestCase):
                 import atexit
                 import time
 
-                @atexit.register
-                def submit_at_the_end():  # registered first: runs last
+                import safepool
+
+                def submit_at_the_end():
                     try:
                         executor.submit(id, None)
                     except Exception as e:
                         print("at exit:", type(e).__name__, e, flush=True)
-
-                import safepool
 
                 def work(x):
                     time.sleep(0.05)
@@ -147,6 +146,9 @@ class ExecutorAtExit(unittest.TestCase):
                         print("chain:", e, flush=True)
 
                 if __name__ == "__main__":
+                    # Here, not at the top, which workers run too; before
+                    # the pool's exit handler, so it runs after it.
+                    atexit.register(submit_at_the_end)
                     executor = safepool.Executor(2)
                     executor.submit(work, 0).add_done_callback(chain)
             """)
