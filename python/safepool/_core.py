@@ -110,7 +110,24 @@ class _Records:
 
 def _at_exit():
     cores = list(_live_cores)
+    interrupted = type(getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)) is KeyboardInterrupt
     for core in cores:
+        if core.finish_at_exit and not interrupted and not core.forked():
+            # An Executor the program still holds, never shut down: as
+            # ProcessPoolExecutor's at the interpreter's exit, its futures
+            # run to their end (a script that submits work with done
+            # callbacks and ends lost it all, cancelled). Not after Ctrl-C.
+            # Unlike shutdown(), the input of a map whose iterator is still
+            # held is not read on: an endless one would never let the
+            # program end.
+            # As ProcessPoolExecutor's, it takes no new futures from here
+            # on (a done callback that submits the next one would keep the
+            # program from ever ending).
+            core.exiting = True
+            try:
+                core.wait_submitted()
+            except BaseException:
+                pass  # a second Ctrl-C: stop at once
         core.terminate(wait=1.0)  # not in a child that fork copied this process into: see terminate
     if cores:
         _keep_interrupt_exit()
@@ -346,6 +363,10 @@ class _Core:
         # Called (from the reader thread) with the BrokenPool error when the
         # pool breaks; the Executor logs it, as ProcessPoolExecutor does.
         self.on_broken = None
+        # Whether the program's exit finishes the queued work (an Executor's,
+        # as ProcessPoolExecutor's) rather than terminate the pool.
+        self.finish_at_exit = False
+        self.exiting = False  # the program's exit handler has begun with this pool (see _at_exit)
 
         self._out = io.open(launch.to_fd, "wb", buffering=256 << 10)
         self._in_fd = launch.from_fd
@@ -1226,7 +1247,14 @@ class _Core:
             # exited): the tasks fail with why.
             excs = [reason] * len(positions)
         else:
-            text = "the task was cancelled: the pool %s" % ("stopped" if reason is None else "broke: %s" % reason)
+            if reason is None and self._abort_reason is not None:
+                # on_worker_death="abort" stopped the pool: say whose death
+                # (the tasks of a call made just before it otherwise failed
+                # with "the pool stopped", as if terminate() had been called).
+                reason = self._abort_reason
+                text = "the task was cancelled: the pool aborted: %s" % reason
+            else:
+                text = "the task was cancelled: the pool %s" % ("stopped" if reason is None else "broke: %s" % reason)
             cancelled, fn = errors.TaskCancelled, job.fn
             # The collector, which the new exceptions would set off again
             # and again, each time over all of them, is held off while
@@ -1266,6 +1294,14 @@ class _Core:
                     return False
                 self._cond.wait(remaining)
         return True
+
+    def wait_submitted(self):
+        """Wait until every item submitted is settled, or the binary has
+        ended. Unlike wait_idle, the imaps' inputs are not read on (see
+        _at_exit)."""
+        with self._lock:
+            while self._outstanding > 0 and not self._ended.is_set():
+                self._cond.wait()
 
     def cancel_pending(self):
         """Accept no new chunks, and cancel those not sent yet, as
@@ -1350,6 +1386,16 @@ class _Core:
             self._release()
             return
         self.abort()
+        if threading.current_thread() is self._reader:
+            # A result callback stops the pool (an error_callback that
+            # terminates it at the first failure). The binary's end can
+            # only be seen by this thread once the callback returns: waiting
+            # here held every result for 10 s and then killed the binary.
+            # Another thread waits, as multiprocessing's terminate does not
+            # join its result thread from that thread.
+            threading.Thread(target=self._finish, args=(wait if wait is not None else 10.0,),
+                             name="safepool-terminate").start()
+            return
         self._finish(wait if wait is not None else 10.0)
 
     def _finish(self, wait: float | None):
@@ -1370,11 +1416,15 @@ class _Core:
         with self._lock:
             out, self._out = self._out, None
             self._cond.notify_all()
-        if out is not None:
-            try:
-                out.close()
-            except OSError:
-                pass
+        if out is None:
+            # Released already: terminate() in a result callback and join()
+            # (or two terminates) finish from two threads, and a descriptor
+            # closed twice may by then be another file's.
+            return
+        try:
+            out.close()
+        except OSError:
+            pass
         _live_cores.discard(self)
         self._launch.cleanup()
         self._launch.close_clock()
@@ -1472,6 +1522,10 @@ def _rebuild_exception(record, job, item) -> BaseException:
         # As multiprocessing.Pool reports a result it cannot send.
         from multiprocessing.pool import MaybeEncodingError
         wrapped = MaybeEncodingError(exc, record[3])
+        # record[3] is the result's repr already, which is what
+        # multiprocessing's value holds: not the repr of that repr.
+        wrapped.value = record[3]
+        wrapped.args = (wrapped.exc, wrapped.value)
         wrapped.__cause__ = exc
         return wrapped
     return exc

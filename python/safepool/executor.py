@@ -60,6 +60,10 @@ class Executor(concurrent.futures.Executor):
     mp_context is checked as Pool's context: None, "spawn" or
     "forkserver" (or such a context) change nothing; "fork" raises
     ValueError. The other arguments are those of safepool.Pool.
+
+    As ProcessPoolExecutor's, an executor that is never shut down runs its
+    submitted futures to their end before the program exits (unless it
+    ends on Ctrl-C); the rest of the input of a map is not read then.
     """
 
     def __init__(self, max_workers: Optional[int] = None, mp_context: Any = None,
@@ -108,6 +112,7 @@ class Executor(concurrent.futures.Executor):
                 launch.abandon()
             raise
         self._core.on_broken = _log_broken
+        self._core.finish_at_exit = True  # as ProcessPoolExecutor's: see _core._at_exit
         self._shutdown = False
         self._lock = threading.Lock()
 
@@ -145,6 +150,8 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
+            if self._core.exiting:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             self._core.check_running()
             f = _Future(self._core)
             job = _FutureJob(self._core, fn, f)
@@ -167,6 +174,8 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
+            if self._core.exiting:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             self._core.check_running()
         chunksize = check_chunksize(chunksize)
         if buffersize is not None and buffersize < 1:

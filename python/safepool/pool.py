@@ -425,7 +425,8 @@ class Pool:
     def terminate(self) -> None:
         """Stop at once: kill the workers (SIGTERM, then SIGKILL after the
         grace period) and the binary. Unfinished tasks fail with
-        safepool.TaskCancelled."""
+        safepool.TaskCancelled. Called in a result callback, it returns
+        at once, and join() waits for the workers' end."""
         self._state = TERMINATE
         self._core.terminate()
 
