@@ -274,6 +274,24 @@ func TestServerErrors(t *testing.T) {
 	}
 }
 
+// TestURLOnEveryInterface: a server on every interface (":0") names
+// itself by localhost, an address a scraper on this machine can open,
+// and is scraped there; it used to say "http://[::]:PORT/metrics".
+func TestURLOnEveryInterface(t *testing.T) {
+	c := metrics.New()
+	defer c.Close()
+	srv, err := metrics.Listen(":0", c.Handler())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	u := srv.URL()
+	if !strings.HasPrefix(u, "http://localhost:") || !strings.HasSuffix(u, "/metrics") {
+		t.Fatalf("URL() = %q, want http://localhost:PORT/metrics", u)
+	}
+	scrape(t, u)
+}
+
 // TestBatchAttemptsCounted: the items of a line batch are tasks of their
 // own, each with its attempt, as the summary and --json count them
 // (Stats.Attempts). A batch whose lines are all answered ends in one

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 )
 
@@ -23,7 +24,7 @@ type Server struct {
 func Listen(addr string, h http.Handler) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("metrics: %w", err)
+		return nil, err
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", h)
@@ -49,8 +50,16 @@ func Listen(addr string, h http.Handler) (*Server, error) {
 // Addr is the address the server listens on, with the port it was given.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
-// URL is where the metrics are served.
-func (s *Server) URL() string { return "http://" + s.ln.Addr().String() + "/metrics" }
+// URL is where the metrics are served. A server listening on every
+// interface (":9100", "0.0.0.0:0") is named by localhost, which a browser
+// or curl on this machine can open, rather than by "[::]".
+func (s *Server) URL() string {
+	addr := s.ln.Addr().String()
+	if a, ok := s.ln.Addr().(*net.TCPAddr); ok && a.IP.IsUnspecified() {
+		addr = net.JoinHostPort("localhost", strconv.Itoa(a.Port))
+	}
+	return "http://" + addr + "/metrics"
+}
 
 // closeGrace is how long Close lets a scrape in progress finish.
 const closeGrace = time.Second
