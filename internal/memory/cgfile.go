@@ -104,11 +104,15 @@ func parseLimit(s string) (limit int64, ok bool, err error) {
 // as memory.events, memory.stat or v1 memory.oom_control. ok is false when
 // the key is absent.
 func readKey(path, key string) (v uint64, ok bool, err error) {
-	b, err := readSmall(path)
-	if err != nil {
-		return 0, false, err
+	type found struct {
+		v  uint64
+		ok bool
 	}
-	return parseKey(b, key)
+	f, err := withScratch(path, func(b []byte) (found, error) {
+		v, ok, err := parseKey(b, key)
+		return found{v, ok}, err
+	})
+	return f.v, f.ok, err
 }
 
 func parseKey(b []byte, key string) (v uint64, ok bool, err error) {

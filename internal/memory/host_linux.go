@@ -1,63 +1,92 @@
 package memory
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"io/fs"
 	"path/filepath"
 	"strings"
-
-	"github.com/prometheus/procfs"
 )
 
 // HostMemTotal returns the host's MemTotal in bytes.
 func HostMemTotal() (int64, error) {
-	mi, err := meminfo()
-	if err != nil {
-		return 0, err
-	}
-	if mi.MemTotalBytes == nil {
-		return 0, errors.New("memory: no MemTotal in /proc/meminfo")
-	}
-	return int64(*mi.MemTotalBytes), nil
+	total, _, err := meminfo()
+	return total, err
 }
 
 // HostMemAvailable returns the host's MemAvailable in bytes: the kernel's
 // estimate of what can be allocated without swapping.
 func HostMemAvailable() (int64, error) {
-	mi, err := meminfo()
-	if err != nil {
-		return 0, err
-	}
-	if mi.MemAvailableBytes == nil {
-		return 0, errors.New("memory: no MemAvailable in /proc/meminfo")
-	}
-	return int64(*mi.MemAvailableBytes), nil
+	_, avail, err := meminfo()
+	return avail, err
 }
 
-func meminfo() (procfs.Meminfo, error) {
-	fs, err := procfs.NewDefaultFS()
+// meminfo returns MemTotal and MemAvailable of /proc/meminfo, in bytes.
+func meminfo() (total, avail int64, err error) {
+	type both struct{ total, avail int64 }
+	v, err := withScratch("/proc/meminfo", func(b []byte) (both, error) {
+		t, avail, err := parseMeminfo(b)
+		return both{t, avail}, err
+	})
 	if err != nil {
-		return procfs.Meminfo{}, err
+		return 0, 0, fmt.Errorf("memory: reading /proc/meminfo: %w", err)
 	}
-	return fs.Meminfo()
+	return v.total, v.avail, nil
+}
+
+// parseMeminfo picks MemTotal and MemAvailable out of /proc/meminfo's
+// text, in bytes, without making a string of any line.
+func parseMeminfo(b []byte) (total, avail int64, err error) {
+	haveTotal, haveAvail := false, false
+	for len(b) > 0 && !(haveTotal && haveAvail) {
+		var line []byte
+		line, b, _ = bytes.Cut(b, []byte{'\n'})
+		var dst *int64
+		var have *bool
+		var rest []byte
+		var ok bool
+		if rest, ok = bytes.CutPrefix(line, []byte("MemTotal:")); ok {
+			dst, have = &total, &haveTotal
+		} else if rest, ok = bytes.CutPrefix(line, []byte("MemAvailable:")); ok {
+			dst, have = &avail, &haveAvail
+		} else {
+			continue
+		}
+		kb, ok := kibibytes(rest)
+		if !ok {
+			return 0, 0, fmt.Errorf("memory: unexpected line %q in /proc/meminfo", line)
+		}
+		*dst, *have = kb<<10, true
+	}
+	if !haveTotal || !haveAvail {
+		return 0, 0, errors.New("memory: no MemTotal or MemAvailable in /proc/meminfo")
+	}
+	return total, avail, nil
+}
+
+// kibibytes parses " 16314228 kB", the value of a /proc/meminfo line.
+func kibibytes(b []byte) (int64, bool) {
+	b = bytes.TrimSpace(b)
+	b, ok := bytes.CutSuffix(b, []byte(" kB"))
+	if !ok || len(b) == 0 || len(b) > 18 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
 }
 
 // PressureFull returns the "full avg10" of /proc/pressure/memory: the
 // percentage of the last ten seconds in which every non-idle task was
 // stalled on memory. Kernels without PSI give an error.
 func PressureFull() (avg10 float64, err error) {
-	fs, err := procfs.NewDefaultFS()
-	if err != nil {
-		return 0, err
-	}
-	psi, err := fs.PSIStatsForResource("memory")
-	if err != nil {
-		return 0, err
-	}
-	if psi.Full == nil {
-		return 0, errors.New("memory: no full line in /proc/pressure/memory")
-	}
-	return psi.Full.Avg10, nil
+	return withScratch("/proc/pressure/memory", parseFullAvg10)
 }
 
 // OwnCgroupLimit returns the memory limit of the supervisor's own cgroup,

@@ -2,6 +2,7 @@ package memory
 
 import (
 	"io/fs"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -16,12 +17,40 @@ func readSmall(path string) ([]byte, error) { return readSmallAt(unix.AT_FDCWD, 
 // readSmallAt is readSmall of the file name in the directory dir (a
 // descriptor, or AT_FDCWD), called path in errors.
 func readSmallAt(dir int, name, path string) ([]byte, error) {
+	return readInto(make([]byte, 0, 512), dir, name, path)
+}
+
+// scratch holds buffers for the files that are read only to pick a few
+// numbers out of them (/proc/meminfo, PSI, memory.stat), which the
+// governor's sampler reads ten times a second: read into a buffer of
+// their own each time, they were most of the supervisor's garbage, and
+// garbage makes its heap grow into pages that it has not touched yet,
+// which the kernel charges to its memory cgroup as they are touched
+// (docs/memory.md: an OOM kill of a worker leaves a moment in which such a
+// charge takes the supervisor).
+var scratch = sync.Pool{New: func() any { b := make([]byte, 0, 8<<10); return &b }}
+
+// withScratch reads the file path whole into a buffer of scratch and calls
+// parse with it; parse must not keep it.
+func withScratch[T any](path string, parse func([]byte) (T, error)) (T, error) {
+	bp := scratch.Get().(*[]byte)
+	b, err := readInto((*bp)[:0], unix.AT_FDCWD, path, path)
+	var v T
+	if err == nil {
+		v, err = parse(b)
+	}
+	*bp = b[:0]
+	scratch.Put(bp)
+	return v, err
+}
+
+// readInto is readSmallAt that reads into buf, growing it as needed.
+func readInto(buf []byte, dir int, name, path string) ([]byte, error) {
 	fd, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
 	}
 	defer unix.Close(fd)
-	buf := make([]byte, 0, 512)
 	for {
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)]

@@ -1,9 +1,9 @@
 package memory
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -63,14 +63,11 @@ func (s *Sensor) HostTotal() (int64, error) { return HostMemTotal() }
 // HostUsed returns the host's memory in use in bytes: MemTotal less
 // MemAvailable, so reclaimable page cache does not count.
 func (s *Sensor) HostUsed() (int64, error) {
-	mi, err := meminfo()
+	total, avail, err := meminfo()
 	if err != nil {
-		return 0, fmt.Errorf("memory: reading /proc/meminfo: %w", err)
+		return 0, err
 	}
-	if mi.MemTotalBytes == nil || mi.MemAvailableBytes == nil {
-		return 0, errors.New("memory: no MemTotal or MemAvailable in /proc/meminfo")
-	}
-	return int64(*mi.MemTotalBytes) - int64(*mi.MemAvailableBytes), nil
+	return total - avail, nil
 }
 
 // CgroupLimit returns the memory limit of the supervisor's cgroup and its
@@ -147,23 +144,28 @@ func workingSet(mode Mode, dir string) (int64, error) {
 // the host (/proc/pressure/memory). Kernels without PSI give an error.
 func (s *Sensor) Pressure() (float64, error) {
 	if s.hasCg && s.loc.mode == ModeCgroupV2 {
-		if b, err := os.ReadFile(filepath.Join(s.loc.dir, "memory.pressure")); err == nil {
-			return parseFullAvg10(string(b))
+		if v, err := withScratch(filepath.Join(s.loc.dir, "memory.pressure"), parseFullAvg10); err == nil {
+			return v, nil
 		}
 	}
 	return PressureFull()
 }
 
-// parseFullAvg10 reads avg10 from the "full" line of a PSI file.
-func parseFullAvg10(text string) (float64, error) {
-	for _, line := range strings.Split(text, "\n") {
-		rest, ok := strings.CutPrefix(line, "full ")
+// parseFullAvg10 reads avg10 from the "full" line of a PSI file
+// ("full avg10=0.00 avg60=0.00 avg300=0.00 total=0").
+func parseFullAvg10(b []byte) (float64, error) {
+	for len(b) > 0 {
+		var line []byte
+		line, b, _ = bytes.Cut(b, []byte{'\n'})
+		rest, ok := bytes.CutPrefix(line, []byte("full "))
 		if !ok {
 			continue
 		}
-		for _, f := range strings.Fields(rest) {
-			if v, ok := strings.CutPrefix(f, "avg10="); ok {
-				return strconv.ParseFloat(v, 64)
+		for len(rest) > 0 {
+			var f []byte
+			f, rest, _ = bytes.Cut(bytes.TrimLeft(rest, " "), []byte{' '})
+			if v, ok := bytes.CutPrefix(f, []byte("avg10=")); ok {
+				return strconv.ParseFloat(string(v), 64)
 			}
 		}
 	}
