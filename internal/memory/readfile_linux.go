@@ -23,11 +23,9 @@ func readSmallAt(dir int, name, path string) ([]byte, error) {
 // scratch holds buffers for the files that are read only to pick a few
 // numbers out of them (/proc/meminfo, PSI, memory.stat), which the
 // governor's sampler reads ten times a second: read into a buffer of
-// their own each time, they were most of the supervisor's garbage, and
-// garbage makes its heap grow into pages that it has not touched yet,
-// which the kernel charges to its memory cgroup as they are touched
-// (docs/memory.md: an OOM kill of a worker leaves a moment in which such a
-// charge takes the supervisor).
+// their own each time, with the procfs library's line-by-line parsing,
+// they were most of the supervisor's garbage (some 17 KB a sample), and
+// its heap grew on it.
 var scratch = sync.Pool{New: func() any { b := make([]byte, 0, 8<<10); return &b }}
 
 // withScratch reads the file path whole into a buffer of scratch and calls
