@@ -199,12 +199,14 @@ func runWorker(mode string) int {
 	case "extra-per-read":
 		// A line worker that answers the whole lines each read brings in
 		// one write, with a stray line after the answers when the read
-		// brought more than one line. It waits a little before each read,
-		// for the lines sent ahead to gather.
+		// brought more than one line. It waits before each read, for the
+		// lines sent ahead to gather: long enough for several to come even
+		// when the test's lines are submitted slowly (a loaded machine
+		// under the race detector took more than 20 ms a line).
 		buf := make([]byte, 1<<16)
 		var part string
 		for {
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(100 * time.Millisecond)
 			n, err := os.Stdin.Read(buf)
 			if n == 0 || err != nil {
 				return 0
