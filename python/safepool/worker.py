@@ -260,6 +260,12 @@ class _SoftLimit:
         raise self._exc("the task ran longer than its soft time limit of %gs" % limit)
 
     def arm(self, seconds):
+        signal = self._signal
+        if signal.getsignal(signal.SIGALRM) != self._fire:
+            # An earlier task of this worker took SIGALRM (its own alarm,
+            # a library's timeout): that task loses its soft limit, not
+            # every later one.
+            signal.signal(signal.SIGALRM, self._fire)
         self.armed = seconds
         if self._paused is not None:
             self._base = self._paused[0]

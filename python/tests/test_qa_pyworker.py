@@ -60,5 +60,21 @@ class TaskEndsItsWorker(unittest.TestCase):
         self.assertIn("(exit:7)", str(cm.exception))
 
 
+class TaskLeavesItsWorker(unittest.TestCase):
+    def test_a_task_that_takes_sigalrm_keeps_later_soft_timeouts(self):
+        # The soft limit's SIGALRM handler was installed once per worker:
+        # a task that took SIGALRM (and did not give it back) left every
+        # later task of that worker without its soft timeout.
+        with safepool.Pool(1, soft_timeout=1) as pool:
+            first = pool.apply(h.nap, (0,))
+            self.assertEqual(pool.apply(h.take_sigalrm, (1,)), 1)
+            t = time.monotonic()
+            with self.assertRaises(safepool.SoftTimeLimitExceeded):
+                pid = pool.apply(h.nap, (10,))
+                self.fail("nap(10) returned from worker %d (the first ran on %d)" % (pid, first))
+            self.assertLess(time.monotonic() - t, 8)
+            self.assertEqual(pool.apply(h.nap, (0,)), first, "the worker was replaced")
+
+
 if __name__ == "__main__":
     unittest.main()
