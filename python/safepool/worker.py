@@ -675,9 +675,6 @@ def main():
         _leave(e)
 
 
-_results = [None]  # the result pipe's file, once open
-
-
 def _leave(e):
     """End the worker at once for e, an exception that left the worker's
     loop: a task's (or the initializer's) sys.exit or KeyboardInterrupt, or
@@ -709,7 +706,9 @@ def _leave(e):
             sys.excepthook(type(e), e, e.__traceback__)
         except BaseException:
             pass
-    for f in (_results[0], sys.stdout, sys.stderr):
+    # Not the result pipe: every frame is flushed before a task runs, and
+    # what is still buffered is part of a frame that e interrupted.
+    for f in (sys.stdout, sys.stderr):
         try:
             if f is not None:
                 f.flush()
@@ -731,7 +730,7 @@ def _leave(e):
 def _serve():
     """Serve the binary's tasks until it closes the task pipe."""
     tasks = os.fdopen(int(os.environ.get("SAFEPOOL_TASK_FD", "3")), "rb")
-    results = _results[0] = os.fdopen(int(os.environ.get("SAFEPOOL_RESULT_FD", "4")), "wb")
+    results = os.fdopen(int(os.environ.get("SAFEPOOL_RESULT_FD", "4")), "wb")
     os.set_inheritable(tasks.fileno(), False)
     os.set_inheritable(results.fileno(), False)
     page_fd = os.environ.get(PAGE_FD)
