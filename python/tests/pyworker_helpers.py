@@ -56,3 +56,10 @@ def take_sigalrm(x):
 def nap(seconds):
     time.sleep(seconds)
     return os.getpid()
+
+
+def kill_the_binary(x):
+    """SIGKILL the worker's parent, the safepool binary."""
+    import signal
+    os.kill(os.getppid(), signal.SIGKILL)
+    time.sleep(30)

@@ -76,5 +76,20 @@ class TaskLeavesItsWorker(unittest.TestCase):
             self.assertEqual(pool.apply(h.nap, (0,)), first, "the worker was replaced")
 
 
+class BinaryKilled(unittest.TestCase):
+    def test_a_binary_killed_under_the_pool_breaks_it_and_says_so(self):
+        # The flag that tells terminate()'s own kill of the binary from an
+        # unexpected end shared its name with killed_tasks()'s records,
+        # which are never false: every end of the binary was taken for
+        # terminate()'s, and the tasks were "cancelled: the pool stopped".
+        pool = safepool.Pool(1)
+        self.addCleanup(pool.terminate)
+        with self.assertRaises(safepool.BrokenPool) as cm:
+            pool.apply(h.kill_the_binary, (1,))
+        self.assertIn("the safepool binary exited unexpectedly (status -9)", str(cm.exception))
+        with self.assertRaises(safepool.BrokenPool):
+            pool.apply(abs, (1,))
+
+
 if __name__ == "__main__":
     unittest.main()
