@@ -798,6 +798,15 @@ def _serve():
         write(out)
         flush()
     flush()
+    # The result pipe stays open until the process ends, through the
+    # interpreter's shutdown: the binary takes its end of file for the
+    # worker's exit, and kills a worker that lives on 200 ms past it (a
+    # protocol fault), which would cut its exit handlers short. The
+    # pool's grace bounds the shutdown instead.
+    _result_pipe.append(results)
+
+
+_result_pipe = []  # the result pipe's file, kept open once the tasks end
 
 
 if __name__ == "__main__":

@@ -63,3 +63,13 @@ def kill_the_binary(x):
     import signal
     os.kill(os.getppid(), signal.SIGKILL)
     time.sleep(30)
+
+
+def init_saves_at_exit(directory, seconds):
+    """An initializer whose exit handler takes seconds, then writes a file
+    named for the worker's pid in directory."""
+    def save():
+        time.sleep(seconds)
+        with open(os.path.join(directory, str(os.getpid())), "w") as f:
+            f.write("saved")
+    atexit.register(save)

@@ -1,4 +1,7 @@
 """What a task does to its worker process, and the cause safepool names."""
+import os
+import shutil
+import tempfile
 import time
 import unittest
 
@@ -74,6 +77,33 @@ class TaskLeavesItsWorker(unittest.TestCase):
                 self.fail("nap(10) returned from worker %d (the first ran on %d)" % (pid, first))
             self.assertLess(time.monotonic() - t, 8)
             self.assertEqual(pool.apply(h.nap, (0,)), first, "the worker was replaced")
+
+
+class WorkerEndsWithThePool(unittest.TestCase):
+    def test_close_lets_exit_handlers_finish(self):
+        # A worker closed its result pipe as its loop returned, before its
+        # interpreter's shutdown, and the binary killed it 200 ms later
+        # (a protocol fault): exit handlers that took longer were cut off.
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        pool = safepool.Pool(2, initializer=h.init_saves_at_exit, initargs=(d, 0.6))
+        pids = set(pool.map(h.pid, range(20), chunksize=1))
+        pool.close()
+        pool.join()
+        saved = set(int(name) for name in os.listdir(d))
+        # Both workers, whether or not the map's items reached them both.
+        self.assertEqual(len(saved), 2, "saved by %s, the items ran on %s" % (saved, pids))
+        self.assertLessEqual(pids, saved)
+
+    def test_close_bounds_a_hanging_exit_handler(self):
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        pool = safepool.Pool(1, initializer=h.init_saves_at_exit, initargs=(d, 3600), grace=1)
+        self.assertEqual(pool.apply(abs, (-1,)), 1)
+        t = time.monotonic()
+        pool.close()
+        pool.join()
+        self.assertLess(time.monotonic() - t, 20)
 
 
 class BinaryKilled(unittest.TestCase):
