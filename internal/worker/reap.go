@@ -187,13 +187,13 @@ func (s *Session) exitOutcome(exit Exit, cause Cause, f *Flight) Outcome {
 		if p, err := g.Peak(); err == nil && p > 0 {
 			o.PeakRSS = max(p, f.peak)
 		}
-		if f.started && s.peakRead && end.Sub(s.peakAt) < peakEvery {
+		if f.started && !s.peakAt.IsZero() && end.Sub(s.peakAt) < peakEvery {
 			// As peakFor charges an attempt that ends within peakEvery
 			// of the last reading: that reading may have been taken, and
 			// the peak started anew, as the worker was dying, its memory
-			// already freed (the answer before the death is often read
-			// after it), so that the group's peak since holds only what
-			// the dead worker left there.
+			// already freed (the answer or the start frame before the
+			// death is often read after it), so that the group's peak
+			// since holds only what the dead worker left there.
 			o.PeakRSS = max(o.PeakRSS, s.peakLast)
 		}
 	} else if s.watch != nil && s.watch.Peak() > 0 {

@@ -377,7 +377,7 @@ type Session struct {
 
 	// The group's peak is read and reset at most every peakEvery.
 	peakAt   time.Time // when the peak was last reset
-	peakRead bool      // peakLast is a reading taken at peakAt
+	peakRead bool      // peakLast is a reading that peakFor took at peakAt (not one at an idle worker's start)
 	peakLast int64     // the last reading: the peak of the interval before peakAt
 }
 
@@ -742,9 +742,16 @@ func (s *Session) startFlight(f *Flight, at time.Time) {
 			s.oomSince = at     // and the kernel log's window
 		}
 		if g != nil && at.Sub(s.peakAt) >= peakEvery {
-			// The worker was idle: measure its peak from here.
+			// The worker was idle: measure its peak from here. The peak
+			// until here is kept: a worker that dies right after its
+			// start frame may be dying already, its memory freed, when
+			// the frame is read (exitOutcome charges it this reading).
+			last, err := g.Peak()
 			if g.ResetPeak() == nil {
-				s.peakAt, s.peakRead = at, false
+				s.peakAt, s.peakRead, s.peakLast = at, false, 0
+				if err == nil {
+					s.peakLast = last
+				}
 			}
 		}
 	}

@@ -344,8 +344,9 @@ class _Core:
         self._broken: BaseException | None = None  # why the pool cannot run tasks
         self._ended = threading.Event()  # the end frame or end of file arrived
         # terminate() killed the binary, which had not ended within its
-        # wait: what it left is cancelled, not broken.
-        self._killed = False
+        # wait: what it left is cancelled, not broken. (Not _killed, the
+        # records of killed_tasks, which are never false.)
+        self._binary_killed = False
         self._ready = threading.Event()
         self._ready_info: dict = {}
         self._end_info: dict = {}
@@ -923,7 +924,7 @@ class _Core:
 
     def _on_end(self):
         """The binary sent its end frame or exited: settle everything left."""
-        if not self._end_info and self._broken is None and not self._killed:
+        if not self._end_info and self._broken is None and not self._binary_killed:
             code = self._proc.poll()
             if not self._ready.is_set():
                 # A binary older than this client (bridge/1) refuses its
@@ -1404,7 +1405,7 @@ class _Core:
             # it). Its pipe then breaks, which frees a writer blocked on it;
             # closing our end below would wait for that writer.
             with self._lock:
-                self._killed = self._stopping
+                self._binary_killed = self._stopping
             self._proc.kill()
         # Closing our end makes the bridge kill whatever is left.
         self._release()

@@ -260,6 +260,12 @@ class _SoftLimit:
         raise self._exc("the task ran longer than its soft time limit of %gs" % limit)
 
     def arm(self, seconds):
+        signal = self._signal
+        if signal.getsignal(signal.SIGALRM) != self._fire:
+            # An earlier task of this worker took SIGALRM (its own alarm,
+            # a library's timeout): that task loses its soft limit, not
+            # every later one.
+            signal.signal(signal.SIGALRM, self._fire)
         self.armed = seconds
         if self._paused is not None:
             self._base = self._paused[0]
@@ -663,6 +669,66 @@ def main():
     if os.environ.get("SAFEPOOL_PROTOCOL") != FRAMED:
         sys.exit("safepool.worker: started without SAFEPOOL_PROTOCOL=%s; "
                  "it is run by the safepool binary, not by hand" % FRAMED)
+    try:
+        _serve()
+    except BaseException as e:
+        _leave(e)
+
+
+def _leave(e):
+    """End the worker at once for e, an exception that left the worker's
+    loop: a task's (or the initializer's) sys.exit or KeyboardInterrupt, or
+    an error of the worker's own. The process ends as the interpreter would
+    end it for e (the exit status of sys.exit's code, the message or the
+    traceback on stderr, death by SIGINT for KeyboardInterrupt), but now,
+    without the interpreter's shutdown.
+
+    Not the interpreter's exit: the result pipe would close as the
+    exception unwound this module, while the shutdown (atexit handlers,
+    threads a task left running, a busy machine) can take longer than the
+    binary waits for a worker whose pipe closed to die, and it then kills
+    it for a protocol error, never learning the exit status. Here the pipe
+    closes as the process ends, and the exit status names the cause."""
+    import signal
+    code = 1
+    if isinstance(e, SystemExit):
+        if e.code is None:
+            code = 0
+        elif isinstance(e.code, int):
+            code = e.code & 0xFF  # what the kernel keeps of it
+        else:
+            try:
+                print(e.code, file=sys.stderr)
+            except BaseException:
+                pass
+    else:
+        try:
+            sys.excepthook(type(e), e, e.__traceback__)
+        except BaseException:
+            pass
+    # Not the result pipe: every frame is flushed before a task runs, and
+    # what is still buffered is part of a frame that e interrupted.
+    for f in (sys.stdout, sys.stderr):
+        try:
+            if f is not None:
+                f.flush()
+        except BaseException:
+            pass
+    if isinstance(e, KeyboardInterrupt):
+        # As the interpreter does: die by SIGINT, so that the cause is
+        # signal:SIGINT as for a worker interrupted from outside.
+        try:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        except BaseException:
+            pass
+        code = 128 + signal.SIGINT
+    os._exit(code)
+
+
+def _serve():
+    """Serve the binary's tasks until it closes the task pipe."""
     tasks = os.fdopen(int(os.environ.get("SAFEPOOL_TASK_FD", "3")), "rb")
     results = os.fdopen(int(os.environ.get("SAFEPOOL_RESULT_FD", "4")), "wb")
     os.set_inheritable(tasks.fileno(), False)
@@ -732,6 +798,15 @@ def main():
         write(out)
         flush()
     flush()
+    # The result pipe stays open until the process ends, through the
+    # interpreter's shutdown: the binary takes its end of file for the
+    # worker's exit, and kills a worker that lives on 200 ms past it (a
+    # protocol fault), which would cut its exit handlers short. The
+    # pool's grace bounds the shutdown instead.
+    _result_pipe.append(results)
+
+
+_result_pipe = []  # the result pipe's file, kept open once the tasks end
 
 
 if __name__ == "__main__":
