@@ -72,6 +72,12 @@ type system struct {
 // are none today: Reason says why a better mode was not available.
 func NewManager() (*Manager, error) {
 	m := detect(system{proc: "/proc", euid: os.Geteuid(), pid: os.Getpid(), write: writeCgroupFile, rmdir: rmdirCgroup})
+	if m.det.Mode == ModeEnclosing {
+		// The workers and what they start stay in the supervisor's cgroup:
+		// look for their descendants there, not among all of the host's
+		// processes (see scanWithin).
+		procScans.within(m.det.Own)
+	}
 	if !m.det.Mode.PerWorker() {
 		if err := probeTracedStart(); err != nil {
 			m.det.ShimStart = fmt.Errorf("a worker cannot be started traced to its exec: %w", err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"syscall"
@@ -130,6 +131,26 @@ type sharedScan struct {
 	last *procScan // guarded by mu
 	// scans counts the scans made, for tests; guarded by mu.
 	scans int
+	// cgroup, when not "", is a cgroup directory that holds every process
+	// a scan looks for (within); guarded by mu.
+	cgroup string
+}
+
+// within makes later scans look only at the processes of the cgroup dir
+// and the cgroups below it, listed in their cgroup.procs, rather than at
+// every process in /proc, falling back to /proc when a list cannot be
+// read. The supervisor calls it in ModeEnclosing, where the workers and
+// their descendants stay in its own cgroup: in a batch job's or a user
+// session's cgroup on a shared host, /proc holds every process of the
+// host, and a scan opened the stat file of each (a thousand files a
+// second with two workers), with kernel memory charged to the cgroup at
+// each open. After the kernel's OOM killer took a worker, and while its
+// memory was still being freed, such a charge made the kernel take the
+// supervisor next (docs/memory.md).
+func (s *sharedScan) within(dir string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cgroup, s.last = dir, nil
 }
 
 // procScan is every process in /proc, and the children of each, at one
@@ -167,9 +188,18 @@ func (s *sharedScan) get(pid int) (*procScan, error) {
 			return l, nil
 		}
 	}
-	scan, err := scanProcs()
-	if err != nil {
-		return nil, err
+	var scan *procScan
+	var err error
+	if s.cgroup != "" {
+		var pids []int
+		if pids, err = cgroupTreeProcs(s.cgroup); err == nil {
+			scan = scanPIDs(time.Now(), pids)
+		}
+	}
+	if scan == nil {
+		if scan, err = scanProcs(); err != nil {
+			return nil, err
+		}
 	}
 	s.last = scan
 	s.scans++
@@ -183,13 +213,20 @@ func scanProcs() (*procScan, error) {
 	if err != nil {
 		return nil, err
 	}
-	scan := &procScan{at: at, procs: make(map[int]procEntry, len(entries)), children: make(map[int][]int)}
-	var buf [512]byte
+	pids := make([]int, 0, len(entries))
 	for _, e := range entries {
-		p, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
+		if p, err := strconv.Atoi(e.Name()); err == nil {
+			pids = append(pids, p)
 		}
+	}
+	return scanPIDs(at, pids), nil
+}
+
+// scanPIDs reads the parent of each of pids, as a scan made at at.
+func scanPIDs(at time.Time, pids []int) *procScan {
+	scan := &procScan{at: at, procs: make(map[int]procEntry, len(pids)), children: make(map[int][]int)}
+	var buf [512]byte
+	for _, p := range pids {
 		e, ok := readStat(p, buf[:])
 		if !ok {
 			continue // gone since the listing
@@ -197,7 +234,43 @@ func scanProcs() (*procScan, error) {
 		scan.procs[p] = e
 		scan.children[e.ppid] = append(scan.children[e.ppid], p)
 	}
-	return scan, nil
+	return scan
+}
+
+// maxScanCgroups bounds how many cgroups cgroupTreeProcs lists.
+const maxScanCgroups = 1000
+
+// cgroupTreeProcs lists the processes of the cgroup dir and of the cgroups
+// below it, from their cgroup.procs.
+func cgroupTreeProcs(dir string) ([]int, error) {
+	var pids []int
+	dirs := []string{dir}
+	for i := 0; i < len(dirs); i++ {
+		if i == maxScanCgroups {
+			return nil, fmt.Errorf("memory: more than %d cgroups below %s", maxScanCgroups, dir)
+		}
+		b, err := readSmall(filepath.Join(dirs[i], "cgroup.procs"))
+		if err != nil {
+			return nil, err
+		}
+		for len(b) > 0 {
+			var line []byte
+			line, b, _ = bytes.Cut(b, []byte{'\n'})
+			if p, err := strconv.Atoi(string(line)); err == nil {
+				pids = append(pids, p)
+			}
+		}
+		entries, err := os.ReadDir(dirs[i])
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range entries {
+			if e.IsDir() {
+				dirs = append(dirs, filepath.Join(dirs[i], e.Name()))
+			}
+		}
+	}
+	return pids, nil
 }
 
 // readStat reads the parent pid, the start time (clock ticks after boot)

@@ -258,3 +258,75 @@ func TestWatchCurrent(t *testing.T) {
 		t.Errorf("Current() after Stop = %d, want 0", c)
 	}
 }
+
+// TestScanWithinCgroup: in ModeEnclosing a scan for a worker's descendants
+// looks only at the processes of the supervisor's cgroup (procScans.within),
+// not at every process of the host, whose stat files it opened ten times a
+// second; it finds the same tree, and falls back to /proc where the cgroup
+// cannot be listed.
+func TestScanWithinCgroup(t *testing.T) {
+	m := requireCgroups(t)
+	g, err := m.NewGroup("scan", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Remove()
+	cmd := helperCommand(t, "tree", "1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Prepare(cmd); err != nil {
+		t.Fatal(err)
+	}
+	err = cmd.Start()
+	g.Started()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		stdin.Close()
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+	}()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "ready ") {
+		t.Fatalf("tree helper said %q, %v", line, err)
+	}
+	parent := cmd.Process.Pid
+	child, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "ready ")))
+	if err != nil {
+		t.Fatalf("tree helper said %q", line)
+	}
+
+	procScans.mu.Lock()
+	saved := procScans.cgroup
+	procScans.mu.Unlock()
+	defer procScans.within(saved)
+	look := func(dir string) (tree []int, scanned int) {
+		t.Helper()
+		procScans.within(dir)
+		tree, scan, err := descendantsIn(parent)
+		if err != nil {
+			t.Fatalf("within %q: descendants(%d) = %v", dir, parent, err)
+		}
+		if len(tree) != 2 || tree[0] != parent || tree[1] != child {
+			t.Errorf("within %q: descendants(%d) = %v, want [%d %d]", dir, parent, tree, parent, child)
+		}
+		return tree, len(scan.procs)
+	}
+	_, all := look("")
+	_, in := look(g.path)
+	if in != 2 {
+		t.Errorf("a scan within the group read %d processes, want its 2 (the host has %d)", in, all)
+	}
+	if _, n := look(t.TempDir()); n != all && n < 3 {
+		t.Errorf("a scan within a directory that is no cgroup read %d processes, want every process in /proc", n)
+	}
+	t.Logf("processes read by a scan: %d in /proc, %d within the group", all, in)
+}
