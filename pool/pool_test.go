@@ -733,6 +733,29 @@ func TestMaxTasksPerWorker(t *testing.T) {
 	}
 }
 
+// TestNoReplacementAfterLastTask: a worker retired after its tasks
+// (MaxTasksPerWorker, MaxRSS) while another still runs the last task of a
+// closed pool is not replaced: nothing is left for a new one but to start
+// and be retired, which used to hold the pool's end by a worker's start
+// (a map worker that loads a model) or by Grace.
+func TestNoReplacementAfterLastTask(t *testing.T) {
+	for _, proto := range []pool.Protocol{pool.Line, pool.Framed} {
+		t.Run(string(proto), func(t *testing.T) {
+			cfg := config(proto, 2)
+			cfg.MaxTasksPerWorker = 1
+			got, p := run(t, cfg, "x", "sleep:3000")
+			for id, r := range got {
+				if r.State != pool.Done {
+					t.Errorf("task %d: %v (%v), want done", id, r.State, r.Err())
+				}
+			}
+			if n := p.Stats().WorkersStarted; n != 2 {
+				t.Errorf("WorkersStarted = %d, want 2: a worker was started after the last task was dispatched", n)
+			}
+		})
+	}
+}
+
 // growWorker is a line worker whose memory is easy to predict (this test
 // binary's is not under the race detector): "grow" keeps 60 MiB more, and
 // every line is answered with the worker's pid.
