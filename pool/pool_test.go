@@ -741,9 +741,14 @@ func TestMaxTasksPerWorker(t *testing.T) {
 func TestNoReplacementAfterLastTask(t *testing.T) {
 	for _, proto := range []pool.Protocol{pool.Line, pool.Framed} {
 		t.Run(string(proto), func(t *testing.T) {
+			t.Parallel()
 			cfg := config(proto, 2)
 			cfg.MaxTasksPerWorker = 1
-			got, p := run(t, cfg, "x", "sleep:3000")
+			// The first worker ready takes the long task, and "x" can only
+			// go to the other (the first has no room for a second task):
+			// once "x" is done, nothing waits, unless the second worker took
+			// longer than the long task to start.
+			got, p := run(t, cfg, "sleep:5000", "x")
 			for id, r := range got {
 				if r.State != pool.Done {
 					t.Errorf("task %d: %v (%v), want done", id, r.State, r.Err())
