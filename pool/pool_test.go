@@ -818,11 +818,57 @@ func TestMaxRSS(t *testing.T) {
 	if err != nil {
 		testenv.SkipOrFail(t, "python3 is not installed")
 	}
-	cfg := pool.Config{Command: []string{py, "-c", growWorker}, Protocol: pool.Line, Workers: 1, MaxRSS: 100 << 20}
+	var over []pool.Event
+	cfg := pool.Config{Command: []string{py, "-c", growWorker}, Protocol: pool.Line, Workers: 1, MaxRSS: 100 << 20,
+		Observer: func(ev pool.Event) {
+			if ev.Kind == pool.EventWorkerOverMaxRSS {
+				over = append(over, ev)
+			}
+		}}
 	got, _ := run(t, cfg, "pid", "grow", "pid", "grow", "pid")
 	p1, p2, p3 := string(got[1].Output), string(got[3].Output), string(got[5].Output)
 	if p1 != p2 || p2 == p3 {
 		t.Errorf("worker pids = %s %s %s, want the worker replaced only after it grew past 100 MiB", p1, p2, p3)
+	}
+	if len(over) != 0 {
+		t.Errorf("%s events: %q, want none: the worker grew past MaxRSS over its tasks", pool.EventWorkerOverMaxRSS, over[0].Message)
+	}
+}
+
+// TestMaxRSSBelowStart: with a MaxRSS below what a worker holds once
+// started, every worker is replaced after each task, and each task waits
+// for a start. That used to slow a batch down without a word; the pool
+// now says so once.
+func TestMaxRSSBelowStart(t *testing.T) {
+	for _, proto := range []pool.Protocol{pool.Line, pool.Framed} {
+		t.Run(string(proto), func(t *testing.T) {
+			var over []pool.Event
+			cfg := config(proto, 1)
+			cfg.MaxRSS = 1 << 10 // every worker holds more
+			cfg.Pipeline = 1     // one task to a worker
+			cfg.Observer = func(ev pool.Event) {
+				if ev.Kind == pool.EventWorkerOverMaxRSS {
+					over = append(over, ev)
+				}
+			}
+			got, p := run(t, cfg, "pid", "pid", "pid")
+			pids := map[string]bool{}
+			for _, r := range got {
+				pids[string(r.Output)] = true
+			}
+			if len(pids) != 3 {
+				t.Errorf("tasks ran on %d workers, want 3: one each", len(pids))
+			}
+			if n := p.Stats().WorkersStarted; n != 3 {
+				t.Errorf("WorkersStarted = %d, want 3", n)
+			}
+			if len(over) != 1 {
+				t.Fatalf("%d %s events, want 1", len(over), pool.EventWorkerOverMaxRSS)
+			}
+			if m := over[0].Message; !strings.Contains(m, "after its first task, over the max RSS of 1 KiB") {
+				t.Errorf("message = %q, want it to say the worker is over the max RSS of 1 KiB after its first task", m)
+			}
+		})
 	}
 }
 

@@ -488,11 +488,17 @@ func lineItems(t *task, f *worker.Flight) []Item {
 
 func (h *sessionHost) Note(n worker.Note) {
 	kind := EventWorkerStalled
-	if n.Kind == worker.NoteOutOfStep {
+	switch n.Kind {
+	case worker.NoteOutOfStep:
 		kind = EventWorkerOutOfStep
 		if n.Answered > 0 {
 			h.p.count(func(s *Stats) { s.OutOfStep++ })
 		}
+	case worker.NoteOverMaxRSS:
+		if h.p.saidOverMaxRSS.Swap(true) {
+			return // once per pool: it is about every worker
+		}
+		kind = EventWorkerOverMaxRSS
 	}
 	h.p.emit(Event{Kind: kind, TaskID: n.ID, WorkerPID: h.s.PID(), Message: n.Message})
 }
