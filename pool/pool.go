@@ -81,6 +81,8 @@ type Pool struct {
 	// one does, the loop offers the queue's head to them alone: a task goes
 	// to a free worker, never behind another task on a busy one.
 	idle atomic.Int64
+	// saidOverMaxRSS records that EventWorkerOverMaxRSS was sent.
+	saidOverMaxRSS atomic.Bool
 
 	submitMu sync.Mutex // serialises Submit so that ids follow the order of acceptance
 	lastID   uint64     // guarded by submitMu

@@ -733,6 +733,34 @@ func TestMaxTasksPerWorker(t *testing.T) {
 	}
 }
 
+// TestNoReplacementAfterLastTask: a worker retired after its tasks
+// (MaxTasksPerWorker, MaxRSS) while another still runs the last task of a
+// closed pool is not replaced: nothing is left for a new one but to start
+// and be retired, which used to hold the pool's end by a worker's start
+// (a map worker that loads a model) or by Grace.
+func TestNoReplacementAfterLastTask(t *testing.T) {
+	for _, proto := range []pool.Protocol{pool.Line, pool.Framed} {
+		t.Run(string(proto), func(t *testing.T) {
+			t.Parallel()
+			cfg := config(proto, 2)
+			cfg.MaxTasksPerWorker = 1
+			// The first worker ready takes the long task, and "x" can only
+			// go to the other (the first has no room for a second task):
+			// once "x" is done, nothing waits, unless the second worker took
+			// longer than the long task to start.
+			got, p := run(t, cfg, "sleep:5000", "x")
+			for id, r := range got {
+				if r.State != pool.Done {
+					t.Errorf("task %d: %v (%v), want done", id, r.State, r.Err())
+				}
+			}
+			if n := p.Stats().WorkersStarted; n != 2 {
+				t.Errorf("WorkersStarted = %d, want 2: a worker was started after the last task was dispatched", n)
+			}
+		})
+	}
+}
+
 // growWorker is a line worker whose memory is easy to predict (this test
 // binary's is not under the race detector): "grow" keeps 60 MiB more, and
 // every line is answered with the worker's pid.
@@ -790,11 +818,57 @@ func TestMaxRSS(t *testing.T) {
 	if err != nil {
 		testenv.SkipOrFail(t, "python3 is not installed")
 	}
-	cfg := pool.Config{Command: []string{py, "-c", growWorker}, Protocol: pool.Line, Workers: 1, MaxRSS: 100 << 20}
+	var over []pool.Event
+	cfg := pool.Config{Command: []string{py, "-c", growWorker}, Protocol: pool.Line, Workers: 1, MaxRSS: 100 << 20,
+		Observer: func(ev pool.Event) {
+			if ev.Kind == pool.EventWorkerOverMaxRSS {
+				over = append(over, ev)
+			}
+		}}
 	got, _ := run(t, cfg, "pid", "grow", "pid", "grow", "pid")
 	p1, p2, p3 := string(got[1].Output), string(got[3].Output), string(got[5].Output)
 	if p1 != p2 || p2 == p3 {
 		t.Errorf("worker pids = %s %s %s, want the worker replaced only after it grew past 100 MiB", p1, p2, p3)
+	}
+	if len(over) != 0 {
+		t.Errorf("%s events: %q, want none: the worker grew past MaxRSS over its tasks", pool.EventWorkerOverMaxRSS, over[0].Message)
+	}
+}
+
+// TestMaxRSSBelowStart: with a MaxRSS below what a worker holds once
+// started, every worker is replaced after each task, and each task waits
+// for a start. That used to slow a batch down without a word; the pool
+// now says so once.
+func TestMaxRSSBelowStart(t *testing.T) {
+	for _, proto := range []pool.Protocol{pool.Line, pool.Framed} {
+		t.Run(string(proto), func(t *testing.T) {
+			var over []pool.Event
+			cfg := config(proto, 1)
+			cfg.MaxRSS = 1 << 10 // every worker holds more
+			cfg.Pipeline = 1     // one task to a worker
+			cfg.Observer = func(ev pool.Event) {
+				if ev.Kind == pool.EventWorkerOverMaxRSS {
+					over = append(over, ev)
+				}
+			}
+			got, p := run(t, cfg, "pid", "pid", "pid")
+			pids := map[string]bool{}
+			for _, r := range got {
+				pids[string(r.Output)] = true
+			}
+			if len(pids) != 3 {
+				t.Errorf("tasks ran on %d workers, want 3: one each", len(pids))
+			}
+			if n := p.Stats().WorkersStarted; n != 3 {
+				t.Errorf("WorkersStarted = %d, want 3", n)
+			}
+			if len(over) != 1 {
+				t.Fatalf("%d %s events, want 1", len(over), pool.EventWorkerOverMaxRSS)
+			}
+			if m := over[0].Message; !strings.Contains(m, "after its first task, over the max RSS of 1 KiB") {
+				t.Errorf("message = %q, want it to say the worker is over the max RSS of 1 KiB after its first task", m)
+			}
+		})
 	}
 }
 

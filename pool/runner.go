@@ -42,6 +42,9 @@ type runner struct {
 	// failedStarts counts the slot's persistent workers in a row that
 	// failed before doing any work; it sets the wait before the next.
 	failedStarts int
+	// replacing says that the slot has started a worker before: the next
+	// one replaces it, and waits for work (waitForWork).
+	replacing bool
 	// holdKick tells the runner that Pool.Pause or Pool.Resume changed
 	// the state the pool wants (Pool.holdWant); paused is the state the
 	// slot is in: its process stopped, and no task or process started.
@@ -140,6 +143,27 @@ func (r *runner) waitForMemory() bool {
 	return r.waitHeld()
 }
 
+// waitForWork waits, before the slot replaces a worker that ended, while
+// the pool takes no more tasks (Close) and none waits to run: the tasks
+// left run on other workers, and a new one would only start to be retired
+// at the end, which holds the pool's end for its start or for Grace. A
+// task that comes back to the queue (its worker died, a retry) ends the
+// wait. It reports false when the pool stops meanwhile.
+func (r *runner) waitForWork() bool {
+	for closed(r.p.closeCh) && r.p.Stats().Queued == 0 {
+		select {
+		case <-time.After(20 * time.Millisecond):
+		case <-r.holdKick:
+			r.syncHold(nil)
+		case <-r.p.abortCh:
+			return false
+		case <-r.p.quit:
+			return false
+		}
+	}
+	return true
+}
+
 // restartDelay is the wait before the slot's next worker after
 // failedStarts failures in a row: 100 ms, doubled after each further
 // failure, up to Config.MaxBackoff.
@@ -190,9 +214,13 @@ func (r *runner) runPersistent() {
 					return
 				}
 			}
+			if r.replacing && !r.waitForWork() {
+				return
+			}
 			if !r.waitForMemory() {
 				return
 			}
+			r.replacing = true
 			if !r.spawn() {
 				r.p.gov.workerLive(r.slot, false)
 				r.failedStarts++
@@ -460,11 +488,17 @@ func lineItems(t *task, f *worker.Flight) []Item {
 
 func (h *sessionHost) Note(n worker.Note) {
 	kind := EventWorkerStalled
-	if n.Kind == worker.NoteOutOfStep {
+	switch n.Kind {
+	case worker.NoteOutOfStep:
 		kind = EventWorkerOutOfStep
 		if n.Answered > 0 {
 			h.p.count(func(s *Stats) { s.OutOfStep++ })
 		}
+	case worker.NoteOverMaxRSS:
+		if h.p.saidOverMaxRSS.Swap(true) {
+			return // once per pool: it is about every worker
+		}
+		kind = EventWorkerOverMaxRSS
 	}
 	h.p.emit(Event{Kind: kind, TaskID: n.ID, WorkerPID: h.s.PID(), Message: n.Message})
 }

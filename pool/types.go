@@ -420,6 +420,13 @@ const (
 	// answers may belong to other lines: Stats.OutOfStep counts such
 	// workers.
 	EventWorkerOutOfStep EventKind = "worker-out-of-step"
+	// EventWorkerOverMaxRSS: a persistent worker held more than
+	// Config.MaxRSS after its first task (for a line worker, its first
+	// line or block of lines), so that it was replaced at once; Message
+	// says how much it held. Most likely every worker holds that much once
+	// started, and each task then waits for a new worker's start. It is
+	// sent once per pool.
+	EventWorkerOverMaxRSS EventKind = "worker-over-max-rss"
 	// EventAdmissionWait: the memory governor did not admit TaskID, the
 	// task at the head of the queue: queued tasks wait for memory from now.
 	// EventAdmissionWaitEnded follows when it admits a task again.

@@ -231,7 +231,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		jm.observe(ev)
 		jj.observe(ev)
 		switch ev.Kind {
-		case pool.EventWorkerStalled, pool.EventWorkerOutOfStep:
+		case pool.EventWorkerStalled, pool.EventWorkerOutOfStep, pool.EventWorkerOverMaxRSS:
 			if !said[ev.Kind] {
 				said[ev.Kind] = true
 				prog.pause(func() { fmt.Fprintf(stderr, "safepool: %s\n", quoteMessage(ev.Message)) })

@@ -323,7 +323,8 @@ func (w *Writer) Observe(ev pool.Event) {
 			w.add(record{kind: recTask, id: ev.TaskID, at: ev.Time.UnixNano(), result: ev.Result})
 		}
 	case pool.EventWorkerStarted, pool.EventWorkerExited, pool.EventMemory, pool.EventMemorySample,
-		pool.EventWorkerStalled, pool.EventWorkerOutOfStep, pool.EventAdmissionWait, pool.EventAdmissionWaitEnded:
+		pool.EventWorkerStalled, pool.EventWorkerOutOfStep, pool.EventWorkerOverMaxRSS,
+		pool.EventAdmissionWait, pool.EventAdmissionWaitEnded:
 		w.add(record{kind: recEvent, ev: &ev})
 	}
 }
@@ -1110,6 +1111,8 @@ func (w *Writer) poolEvent(b *rows, ev *pool.Event) {
 		w.event(b, at, "stalled", w.seqOf(ev.TaskID), ev.WorkerPID, ev.Message)
 	case pool.EventWorkerOutOfStep:
 		w.event(b, at, "out-of-step", w.seqOf(ev.TaskID), ev.WorkerPID, ev.Message)
+	case pool.EventWorkerOverMaxRSS:
+		w.event(b, at, "over-max-rss", w.seqOf(ev.TaskID), ev.WorkerPID, ev.Message)
 	case pool.EventAdmissionWait, pool.EventAdmissionWaitEnded:
 		w.event(b, at, string(ev.Kind), w.seqOf(ev.TaskID), 0, "")
 	case pool.EventMemory:

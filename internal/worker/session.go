@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/safepool/safepool/internal/bytesize"
 	"github.com/safepool/safepool/internal/memory"
 	"github.com/safepool/safepool/internal/protocol"
 )
@@ -124,6 +125,8 @@ const (
 	NoteOutOfStep NoteKind = iota
 	// NoteStalled: a line worker has stalled for a while.
 	NoteStalled
+	// NoteOverMaxRSS: a worker is over Config.MaxRSS after its first task.
+	NoteOverMaxRSS
 )
 
 // Note is something a user should hear about a process.
@@ -960,6 +963,16 @@ func (s *Session) succeed(f *Flight, output []byte) {
 	if cfg.MaxRSS > 0 {
 		if rss, err := s.memoryInUse(); err == nil && rss > cfg.MaxRSS {
 			s.retiring = true
+			if s.answered <= max(len(f.Items), 1) {
+				// Over MaxRSS after its first task: most likely every
+				// worker is, once started, and each task then waits for
+				// a start, with nothing else to say why it is slow.
+				s.host.Note(Note{Kind: NoteOverMaxRSS, ID: f.ID, Answered: s.answered, Message: fmt.Sprintf(
+					"worker %d holds %s after its first task, over the max RSS of %s, and is replaced: "+
+						"a worker that holds as much once started is replaced after every task, and each task then waits for a new worker to start; "+
+						"give a max RSS above what a worker holds once started",
+					s.proc.Pid, bytesize.Format(rss), bytesize.Format(cfg.MaxRSS))})
+			}
 		}
 	}
 	s.endFlight(f, Outcome{ExitCode: -1}, output)

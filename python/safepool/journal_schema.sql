@@ -127,7 +127,9 @@ CREATE TABLE IF NOT EXISTS sample (
 CREATE INDEX IF NOT EXISTS sample_run ON sample(run_id, at);
 
 -- Everything else worth marking on the time axis: worker-started,
--- worker-exited, oom, preempted, retry, poison, stalled, out-of-step, notice,
+-- worker-exited, oom, preempted, retry, poison, stalled, out-of-step,
+-- over-max-rss (a worker over map's --max-rss after its first task, once
+-- per run), notice,
 -- admission-wait (queued tasks began to wait for memory; task_id the head of
 -- the queue) and admission-wait-ended (the governor admitted task_id).
 CREATE TABLE IF NOT EXISTS event (
