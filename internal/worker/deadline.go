@@ -189,6 +189,9 @@ func (s *Session) Handle(ev Event) {
 		s.handleLines(ev)
 		return
 	}
+	if len(ev.frames) > 0 {
+		s.line.progress, s.line.stallFrom = time.Now(), time.Time{} // no stall while frames come
+	}
 	for _, f := range ev.frames {
 		s.handleFrame(f)
 	}
