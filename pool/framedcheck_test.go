@@ -119,3 +119,22 @@ func TestFramedSlowIsNotStalled(t *testing.T) {
 		t.Errorf("stall events = %+v, want none", st)
 	}
 }
+
+// TestFramedExitZeroReading: a framed worker that exits 0 after reading a
+// task's frame, before it starts it, gets one uncharged run elsewhere; the
+// second time the task is charged, and its failure says why. It said
+// ", while it read the task's frame, before it started it", a clause
+// with no sentence, and nothing of the uncharged run before.
+func TestFramedExitZeroReading(t *testing.T) {
+	cfg := config(pool.Framed, 1)
+	cfg.Env = workerEnvFor("framed-raw")
+	got, _ := run(t, cfg, "exit0-reading")
+	r := got[1]
+	if r.State != pool.Failed || r.Cause() != pool.ExitCause(0) || len(r.Attempts) != 1 {
+		t.Fatalf("task = %s %v after %d attempts, want failed exit:0 after 1", r.State, r.Cause(), len(r.Attempts))
+	}
+	if m := r.Attempts[0].Message; !strings.HasPrefix(m, "the worker exited 0 after reading this task's frame") ||
+		!strings.Contains(m, "already run once, uncharged") {
+		t.Errorf("message %q, want one that says the worker exited 0 reading the task, which had run once uncharged", m)
+	}
+}

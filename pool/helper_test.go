@@ -130,6 +130,9 @@ func runWorker(mode string) int {
 			if string(f.Payload) == "die-reading" {
 				return 9 // as a worker killed reading a task too big for it
 			}
+			if string(f.Payload) == "exit0-reading" {
+				return 0 // as a worker that ends between tasks, one read ahead
+			}
 			out.WriteFrame(protocol.Frame{Kind: protocol.KindStart, ID: f.ID})
 			res := protocol.Frame{Kind: protocol.KindResult, ID: f.ID, Payload: append([]byte("ok:"), f.Payload...)}
 			switch string(f.Payload) {
@@ -307,6 +310,7 @@ func runWorker(mode string) int {
 //	killat:MS        SIGKILL the worker itself at MS milliseconds since the Unix epoch
 //	swallow          (framed-raw only) read the task and never start or answer it
 //	die-reading      (framed-raw only) read the task and exit 9 before starting it
+//	exit0-reading    (framed-raw only) read the task and exit 0 before starting it
 //	answer-twice     (framed-raw only) send the task's result frame twice
 //	unflushed-result (framed-raw only) start the task, write its result without flushing it, and read on
 //	short-length     (framed-raw only) answer with a result frame whose length is one byte short
