@@ -42,7 +42,7 @@ const (
 
 // flushHint says how to make common programs flush each line.
 const flushHint = "make it flush after each line: python3 -u (or PYTHONUNBUFFERED=1), " +
-	"awk -W interactive (mawk) or fflush() after print, stdbuf -oL for C programs, or an explicit flush"
+	"awk -W interactive (mawk) or fflush() after print, $| = 1 in Perl, stdbuf -oL for C programs, or an explicit flush"
 
 // wholeStreamHint points a command that answers only at the end of its
 // input, which no flush can make a line worker, to block mode.
