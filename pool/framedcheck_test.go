@@ -2,6 +2,7 @@ package pool_test
 
 import (
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -136,5 +137,22 @@ func TestFramedExitZeroReading(t *testing.T) {
 	if m := r.Attempts[0].Message; !strings.HasPrefix(m, "the worker exited 0 after reading this task's frame") ||
 		!strings.Contains(m, "already run once, uncharged") {
 		t.Errorf("message %q, want one that says the worker exited 0 reading the task, which had run once uncharged", m)
+	}
+}
+
+// TestFramedDeathMidFrame: a framed worker killed while it writes a
+// result (the OOM killer, taking a worker with a large result) leaves a
+// frame cut short. The task's cause is the death, not protocol: the end of
+// the pipe inside a frame was taken for a protocol error at once, before
+// the exit status could say how the worker died.
+func TestFramedDeathMidFrame(t *testing.T) {
+	cfg := config(pool.Framed, 1)
+	cfg.Env = workerEnvFor("framed-raw")
+	got, _ := run(t, cfg, "die-mid-frame", "a")
+	if r := got[1]; r.State != pool.Failed || r.Cause() != pool.SignalCause(syscall.SIGKILL) {
+		t.Errorf("task die-mid-frame = %s %v %+v, want failed with signal:SIGKILL", r.State, r.Cause(), r.Attempts)
+	}
+	if r := got[2]; r.State != pool.Done {
+		t.Errorf("task a = %s %v, want done", r.State, r.Cause())
 	}
 }

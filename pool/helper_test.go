@@ -130,6 +130,19 @@ func runWorker(mode string) int {
 			if string(f.Payload) == "die-reading" {
 				return 9 // as a worker killed reading a task too big for it
 			}
+			if string(f.Payload) == "die-mid-frame" {
+				// Killed while writing a large result: the frame is
+				// cut short, and the pipe closes a little before the
+				// process is reaped.
+				out.WriteFrame(protocol.Frame{Kind: protocol.KindStart, ID: f.ID})
+				out.Flush()
+				r := os.NewFile(4, "results")
+				r.Write(append(protocol.AppendHeader(nil, uint8(protocol.KindResult), f.ID, 1000), "cut short"...))
+				r.Close()
+				time.Sleep(20 * time.Millisecond)
+				syscall.Kill(os.Getpid(), syscall.SIGKILL)
+				select {}
+			}
 			if string(f.Payload) == "exit0-reading" {
 				return 0 // as a worker that ends between tasks, one read ahead
 			}
@@ -310,6 +323,7 @@ func runWorker(mode string) int {
 //	killat:MS        SIGKILL the worker itself at MS milliseconds since the Unix epoch
 //	swallow          (framed-raw only) read the task and never start or answer it
 //	die-reading      (framed-raw only) read the task and exit 9 before starting it
+//	die-mid-frame    (framed-raw only) write part of a result frame, close fd 4, then SIGKILL itself
 //	exit0-reading    (framed-raw only) read the task and exit 0 before starting it
 //	answer-twice     (framed-raw only) send the task's result frame twice
 //	unflushed-result (framed-raw only) start the task, write its result without flushing it, and read on

@@ -335,6 +335,7 @@ type Session struct {
 	killMsg   string    // what the worker did wrong, when killed for it
 	victim    *Flight   // the flight that timed out or erred, if any
 	eofAt     time.Time // when the result pipe reached EOF
+	eofMsg    string    // what the worker did wrong if it lives on past eofPatience, or ""
 	brokenAt  time.Time // when a write to the task pipe failed
 	brokenErr error     // how it failed
 	// readerDone: the result reader sent its last event.
