@@ -130,8 +130,42 @@ func runWorker(mode string) int {
 			if string(f.Payload) == "die-reading" {
 				return 9 // as a worker killed reading a task too big for it
 			}
+			if string(f.Payload) == "die-mid-frame" {
+				// Killed while writing a large result: the frame is
+				// cut short, and the pipe closes a little before the
+				// process is reaped.
+				out.WriteFrame(protocol.Frame{Kind: protocol.KindStart, ID: f.ID})
+				out.Flush()
+				r := os.NewFile(4, "results")
+				r.Write(append(protocol.AppendHeader(nil, uint8(protocol.KindResult), f.ID, 1000), "cut short"...))
+				r.Close()
+				time.Sleep(20 * time.Millisecond)
+				syscall.Kill(os.Getpid(), syscall.SIGKILL)
+				select {}
+			}
+			if string(f.Payload) == "exit0-reading" {
+				return 0 // as a worker that ends between tasks, one read ahead
+			}
 			out.WriteFrame(protocol.Frame{Kind: protocol.KindStart, ID: f.ID})
-			out.WriteFrame(protocol.Frame{Kind: protocol.KindResult, ID: f.ID, Payload: append([]byte("ok:"), f.Payload...)})
+			res := protocol.Frame{Kind: protocol.KindResult, ID: f.ID, Payload: append([]byte("ok:"), f.Payload...)}
+			switch string(f.Payload) {
+			case "answer-twice":
+				out.WriteFrame(res)
+			case "unflushed-result":
+				// Started, then answered into the buffer, which is
+				// flushed only with the next task's frames.
+				out.Flush()
+				out.WriteFrame(res)
+				continue
+			case "short-length":
+				// A header whose length leaves out the payload's last
+				// byte, which then starts the next frame.
+				out.Flush()
+				h := protocol.AppendHeader(nil, uint8(protocol.KindResult), f.ID, len(res.Payload)-1)
+				os.NewFile(4, "results").Write(append(h, res.Payload...))
+				continue
+			}
+			out.WriteFrame(res)
 			out.Flush()
 			if string(f.Payload) == "bye" {
 				return 0
@@ -291,6 +325,11 @@ func runWorker(mode string) int {
 //	killat:MS        SIGKILL the worker itself at MS milliseconds since the Unix epoch
 //	swallow          (framed-raw only) read the task and never start or answer it
 //	die-reading      (framed-raw only) read the task and exit 9 before starting it
+//	die-mid-frame    (framed-raw only) write part of a result frame, close fd 4, then SIGKILL itself
+//	exit0-reading    (framed-raw only) read the task and exit 0 before starting it
+//	answer-twice     (framed-raw only) send the task's result frame twice
+//	unflushed-result (framed-raw only) start the task, write its result without flushing it, and read on
+//	short-length     (framed-raw only) answer with a result frame whose length is one byte short
 //
 // Anything else is answered with "ok:" + input.
 func behave(in string) (string, error) {

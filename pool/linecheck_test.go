@@ -362,3 +362,19 @@ func TestLineTooLong(t *testing.T) {
 		}
 	}
 }
+
+// TestLineStallPerl: a Perl line worker buffers its output on a pipe, as
+// Python does; the stall's message names Perl's fix, $| = 1, which it
+// left out.
+func TestLineStallPerl(t *testing.T) {
+	if _, err := exec.LookPath("perl"); err != nil {
+		t.Skip("no perl:", err)
+	}
+	var ev events
+	cfg := pool.Config{Command: []string{"perl", "-ne", "print"}, Protocol: pool.Line, Workers: 1,
+		StallTimeout: time.Second, Grace: 500 * time.Millisecond, Observer: ev.observe}
+	got, _ := run(t, cfg, "a")
+	if r := got[1]; r.State != pool.Failed || r.Cause() != pool.CauseProtocol || !strings.Contains(r.Attempts[0].Message, "$| = 1 in Perl") {
+		t.Errorf("task 1 = %s %+v, want failed with protocol, naming $| = 1", r.State, r.Attempts)
+	}
+}

@@ -101,7 +101,16 @@ func (r *runner) reap() {
 // run once uncharged for the same reason (blame): such a worker writes
 // nothing on stderr, and the failure would say nothing of why it counts.
 func noteSecondExitZero(att *Attempt, v flightView, cause Cause) {
-	if cause != ExitCause(0) || !v.line || !v.passed {
+	if cause != ExitCause(0) || !v.passed {
+		return
+	}
+	if v.reading {
+		// A framed worker's: the worker's own message says no more.
+		att.Message = "the worker exited 0 after reading this task's frame, before it started it; " +
+			"the task had already run once, uncharged, on a worker that did the same"
+		return
+	}
+	if !v.line {
 		return
 	}
 	note := "the worker exited 0 after reading this line, without answering it; the line had already run once, uncharged, on a worker that did the same"

@@ -406,9 +406,10 @@ const (
 	// sample and Usage each busy worker's memory. Only the governor
 	// samples: with it off, no such event is sent.
 	EventMemorySample EventKind = "memory-sample"
-	// EventWorkerStalled: a line worker has read the line of TaskID and
-	// waits for more input without answering, most likely because it holds
-	// its answer in an output buffer. It is sent once per worker process, a
+	// EventWorkerStalled: a line worker has read the line of TaskID (a
+	// framed worker, the frame of TaskID) and waits for more input without
+	// answering, most likely because it holds its answer in an output
+	// buffer. It is sent once per worker process, a
 	// few seconds into the stall; Config.StallTimeout later the attempt
 	// fails. Message names the fix.
 	EventWorkerStalled EventKind = "worker-stalled"
@@ -418,7 +419,10 @@ const (
 	// CauseProtocol if the worker had read it, and goes back to the queue
 	// uncharged if not. When the worker had answered other lines, those
 	// answers may belong to other lines: Stats.OutOfStep counts such
-	// workers.
+	// workers. It is also sent for a framed worker killed for a protocol
+	// error while it ran no task (a second answer, a frame whose length
+	// was short, bytes that are not a frame): no attempt carries that
+	// error, and results the worker sent before may be wrong.
 	EventWorkerOutOfStep EventKind = "worker-out-of-step"
 	// EventWorkerOverMaxRSS: a persistent worker held more than
 	// Config.MaxRSS after its first task (for a line worker, its first
@@ -508,7 +512,8 @@ type Config struct {
 	// StallTimeout is how long a line worker may hold lines it has read
 	// without answering while it does nothing but wait for more input
 	// (blocked reading its stdin, its task pipe empty, no CPU used): the
-	// mark of a worker that does not flush its output. After a few seconds
+	// mark of a worker that does not flush its output. The same holds for
+	// a framed worker that holds tasks and waits reading its task pipe. After a few seconds
 	// of it the pool sends EventWorkerStalled; after StallTimeout the
 	// attempt fails with CauseProtocol. A worker that uses CPU, sleeps, or
 	// waits on anything but its stdin is never stalled. Zero means 10s; a
@@ -705,8 +710,9 @@ type Stats struct {
 	// WorkerDeaths counts worker processes that ended other than by the pool
 	// stopping or retiring them.
 	WorkerDeaths int
-	// OutOfStep counts line workers caught out of step
-	// (EventWorkerOutOfStep) after they had answered other lines. When it
+	// OutOfStep counts line workers caught out of step, and framed
+	// workers that broke the protocol while they ran no task
+	// (EventWorkerOutOfStep), after they had answered other tasks. When it
 	// is not zero, some answers delivered as Done may belong to other
 	// inputs: a caller should treat the run as failed.
 	OutOfStep int

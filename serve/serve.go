@@ -65,7 +65,12 @@ type Options struct {
 // (a program started by a worker of another SDK may inherit the variable
 // without the pipes). A program can check for it to fall back to another
 // mode, such as reading its input from the command line.
-var ErrNoSupervisor = errors.New("serve: not started by a safepool supervisor (" + protocol.EnvProtocol + " is not set)")
+//
+// Its message names safepool map's --framed, without which map runs the
+// program as a line worker, with no protocol variables: the likeliest way
+// to meet it.
+var ErrNoSupervisor = errors.New("serve: not started by a safepool supervisor (" + protocol.EnvProtocol +
+	" is not set): run it as a framed worker, with safepool map --framed")
 
 // Run serves tasks from the supervisor that started this process until the
 // supervisor closes the task pipe, and then returns nil. It uses the pipes

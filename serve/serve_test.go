@@ -755,3 +755,14 @@ func TestWorkerProcessSIGTERM(t *testing.T) {
 		t.Errorf("worker Wait() = %v, want exit status 3 (Run returned context.Canceled)", err)
 	}
 }
+
+// TestNoSupervisorNamesFramed: a serve worker given to safepool map
+// without --framed runs as a line worker, with no protocol variables; its
+// error, which map quotes, says how to run it.
+func TestNoSupervisorNamesFramed(t *testing.T) {
+	t.Setenv(protocol.EnvProtocol, "")
+	err := serve.Run(context.Background(), upper)
+	if !errors.Is(err, serve.ErrNoSupervisor) || !strings.Contains(err.Error(), "safepool map --framed") {
+		t.Errorf("Run() = %v, want ErrNoSupervisor naming safepool map --framed", err)
+	}
+}

@@ -128,7 +128,7 @@ func (a *mapArgs) flagSet() *pflag.FlagSet {
 	fs.Var(newSizeValue(&a.maxRSS), "max-rss", "replace a worker whose memory is over `SIZE` after a task (default: never)")
 	fs.IntVar(&a.pipeline, "pipeline", 0, "send up to `N` tasks to a worker before it answers the first, one line a task (default: lines in blocks; 32 lines with --max-tasks; 8 tasks with --framed)")
 	fs.Var(newSizeValue(&a.maxLine), "max-line", "fail a task whose answer line is longer than `SIZE` (default 64MiB)")
-	fs.DurationVar(&a.stall, "stall-timeout", defaultStall, "fail a line the worker has read and holds unanswered while it only waits for more input (it does not flush) after `DURATION`; 0: never")
+	fs.DurationVar(&a.stall, "stall-timeout", defaultStall, "fail a line (or --framed task) the worker has read and holds unanswered while it only waits for more input (it does not flush) after `DURATION`; 0: never")
 	fs.DurationVar(&a.start, "start-timeout", 0, "give a new worker `DURATION` to be ready, more while it computes: a --framed worker's ready frame, a line worker's first read (default 30s)")
 	boolVarP(fs, &a.pipe, "pipe", "", "cut the input into blocks of whole lines (see --block, --recend) and run the command once per block, the block on its stdin, its whole stdout the block's output; for commands that read to EOF, such as sort, wc or gzip")
 	a.block = defaultBlock

@@ -673,8 +673,13 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		}
 	}
 	if stats.OutOfStep > 0 && se == nil {
-		fmt.Fprintf(stderr, "safepool: %s out of step: answers given before may belong to other lines\n",
-			plural(stats.OutOfStep, "worker"))
+		if j.cfg.Protocol == pool.Framed {
+			fmt.Fprintf(stderr, "safepool: %s broke the framed protocol: results they sent before may be wrong\n",
+				plural(stats.OutOfStep, "worker"))
+		} else {
+			fmt.Fprintf(stderr, "safepool: %s out of step: answers given before may belong to other lines\n",
+				plural(stats.OutOfStep, "worker"))
+		}
 	}
 	if readErr != nil && sum.AbortReason != quoteMessage(readErr.Error()) {
 		// Said once: the summary gives the reason of the abort.

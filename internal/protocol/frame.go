@@ -355,6 +355,12 @@ func (r *Reader) readFrame() (Frame, error) {
 	size := uint64(n32)
 	f := Frame{Kind: Kind(kind), ID: id}
 	if ferr := check(start, f.Kind, f.ID, size, r.maxPayload); ferr != nil {
+		if t := textPrefix(r.hdr[:]); len(t) >= 4 {
+			// A length field of text is a length of 538 MB or more:
+			// most likely a message printed on the wrong descriptor.
+			ferr.Reason += fmt.Sprintf(" (the header's bytes begin with text, %q: not a frame; "+
+				"text belongs on stdout or stderr, never with the frames)", t)
+		}
 		return Frame{}, ferr
 	}
 	f.Payload, err = r.readPayload(int(size))
@@ -362,6 +368,17 @@ func (r *Reader) readFrame() (Frame, error) {
 		return Frame{}, err
 	}
 	return f, nil
+}
+
+// textPrefix returns the printable ASCII at the start of b: a line of
+// text, up to its end.
+func textPrefix(b []byte) []byte {
+	for i, c := range b {
+		if c < ' ' || c > '~' {
+			return b[:i]
+		}
+	}
+	return b
 }
 
 // readPayload reads exactly n payload bytes. n has been checked against the

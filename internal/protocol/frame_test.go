@@ -292,6 +292,14 @@ func TestReadFrame(t *testing.T) {
 			wantErr: isFormat(0, "heartbeat frame with id 5, want 0", nil), errDesc: "bad heartbeat",
 		},
 		{
+			// A worker that prints to its result pipe: the error quotes
+			// the text, which a kind alone ("unknown kind 111") hid.
+			name: "text", in: raw([]byte("hello world\n"), encode(t, Frame{Kind: KindReady, Payload: ReadyPayload()})),
+			wantErr: isFormat(0, `unknown kind 111 (the header's bytes begin with text, "hello world": not a frame; `+
+				"text belongs on stdout or stderr, never with the frames)", nil),
+			errDesc: "unknown kind, quoting the text",
+		},
+		{
 			name: "ready with id", in: raw(hdr(2, KindReady, 1), []byte("{}")),
 			wantErr: isFormat(0, "ready frame with id 1, want 0", nil), errDesc: "bad ready",
 		},

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -127,6 +128,10 @@ func (s *Session) CheckDeadlines() {
 	}
 	switch {
 	case !s.eofAt.IsZero() && !now.Before(s.eofAt.Add(eofPatience)):
+		if s.eofMsg != "" {
+			s.protocolError(s.eofMsg)
+			return
+		}
 		s.Kill(CauseProtocol)
 		return
 	case !s.brokenAt.IsZero() && !now.Before(s.brokenAt.Add(eofPatience)):
@@ -176,7 +181,13 @@ func (s *Session) Handle(ev Event) {
 			// The worker closed its result pipe, or wrote garbage. Either way
 			// it can no longer be trusted; give it a moment to die by itself
 			// so that its exit status can tell more.
-			if ev.err != io.EOF {
+			switch {
+			case errors.Is(ev.err, io.ErrUnexpectedEOF):
+				// A frame cut short by the end of the pipe: most
+				// likely the worker died writing it (an OOM kill of
+				// a large result), which its exit status will say.
+				s.eofMsg = "the worker closed its result pipe in the middle of a frame"
+			case ev.err != io.EOF:
 				s.protocolError(ev.err.Error())
 				return
 			}
@@ -188,6 +199,9 @@ func (s *Session) Handle(ev Event) {
 	if s.cfg.Spec.IO == IOLine {
 		s.handleLines(ev)
 		return
+	}
+	if len(ev.frames) > 0 {
+		s.line.progress, s.line.stallFrom = time.Now(), time.Time{} // no stall while frames come
 	}
 	for _, f := range ev.frames {
 		s.handleFrame(f)

@@ -42,7 +42,7 @@ const (
 
 // flushHint says how to make common programs flush each line.
 const flushHint = "make it flush after each line: python3 -u (or PYTHONUNBUFFERED=1), " +
-	"awk -W interactive (mawk) or fflush() after print, stdbuf -oL for C programs, or an explicit flush"
+	"awk -W interactive (mawk) or fflush() after print, $| = 1 in Perl, stdbuf -oL for C programs, or an explicit flush"
 
 // wholeStreamHint points a command that answers only at the end of its
 // input, which no flush can make a line worker, to block mode.
@@ -73,11 +73,18 @@ type lineState struct {
 // its start gate is shut, every stallLook while it holds lines. It does
 // nothing when a look is already due.
 func (s *Session) armProbe() {
-	if s.probe != nil || s.cfg.Spec.IO != IOLine || s.killed != "" || s.retired || !s.pausedAt.IsZero() {
+	if s.probe != nil || s.cfg.Spec.IO == IONone || s.killed != "" || s.retired || !s.pausedAt.IsZero() {
 		return
 	}
 	var d time.Duration
 	switch {
+	case s.cfg.Spec.IO == IOFramed:
+		// A framed worker has no start gate: it is looked at for a
+		// stall once it holds tasks (checkHeld).
+		if !s.ready || len(s.inflight) == 0 {
+			return
+		}
+		d = stallLook
 	case !s.line.gateOpen:
 		d = s.line.gateLook
 		s.line.gateLook = min(2*d, gateMaxLook)
@@ -96,7 +103,7 @@ func (s *Session) Look(now time.Time) {
 	if s.killed != "" || s.retired {
 		return
 	}
-	if !s.line.gateOpen {
+	if s.cfg.Spec.IO == IOLine && !s.line.gateOpen {
 		s.checkGate(now)
 	} else {
 		s.checkHeld(now)
@@ -319,6 +326,10 @@ func (s *Session) checkStall(now time.Time) {
 		return
 	}
 	d, limit := now.Sub(l.stallFrom), s.cfg.StallTimeout
+	if s.cfg.Spec.IO == IOFramed {
+		s.framedStall(d, limit)
+		return
+	}
 	head := s.inflight[0]
 	if !l.noticed && d >= min(stallNotice, limit/2) {
 		l.noticed = true
@@ -351,7 +362,11 @@ func (s *Session) stallHint() string {
 // has not written an answer the reader has yet to read, and does nothing
 // but wait for more input; with the CPU time its tree has used.
 func (s *Session) idleOnInput() (uint64, bool) {
-	if s.pipe.written.Load() != s.line.sent {
+	sent := s.line.sent
+	if s.cfg.Spec.IO == IOFramed {
+		sent = s.framedSent
+	}
+	if s.pipe.written.Load() != sent {
 		return 0, false // the writer still has lines to write
 	}
 	for _, f := range []*os.File{s.proc.Tasks, s.proc.Results} {
@@ -384,4 +399,42 @@ func quoteOutput(b []byte, n int) string {
 		q += " (and more)"
 	}
 	return q
+}
+
+// framedHint says what most likely keeps a framed worker that waits for a
+// task from answering the one it holds.
+const framedHint = "its result frame most likely sits in a buffer: flush fd 4 after each frame " +
+	"(in Python, results.flush() after results.write()); or the length in a frame's header is larger " +
+	"than the payload it wrote, and the supervisor waits for the rest"
+
+// framedStall handles a framed worker that holds tasks, has read every
+// frame it was sent, and has waited for more on its task pipe, using no
+// CPU, for d: the supervisor and the worker wait for each other. It is
+// noticed, then fails once d reaches limit. A worker that reads its tasks
+// from a thread of its own (serve reads them through the Go runtime's
+// poller, which counts as a poll) while another works is never seen so.
+func (s *Session) framedStall(d, limit time.Duration) {
+	l := &s.line
+	head := s.runningFlight()
+	if head == nil {
+		head = s.inflight[0]
+	}
+	if !l.noticed && d >= min(stallNotice, limit/2) {
+		l.noticed = true
+		s.host.Note(Note{Kind: NoteStalled, ID: head.runningID(), Answered: s.answered, Message: fmt.Sprintf(
+			"worker %d read task %d but has not answered it for %v, and waits for another task on its task pipe: "+
+				"%s (the attempt fails after %v of this)",
+			s.proc.Pid, head.runningID(), d.Round(100*time.Millisecond), framedHint, limit)})
+	}
+	if d < limit {
+		return
+	}
+	l.stalled = true
+	if f := s.waitingToStart(); f != nil {
+		// Read and never started: charged all the same, or it would go
+		// back to the queue, uncharged, to stall worker after worker.
+		s.startFlight(f, s.waitingSince(f))
+	}
+	s.protocolError(fmt.Sprintf("the worker read its task, then waited for another on its task pipe for %v without answering: %s",
+		limit, framedHint))
 }

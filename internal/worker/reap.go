@@ -120,7 +120,12 @@ func (s *Session) Reap() *Death {
 			if c.Outcome.End.Before(f.sent) {
 				c.Outcome.End = f.sent
 			}
-			c.Outcome.Message += ", while it read the task's frame, before it started it"
+			const reading = "while it read the task's frame, before it started it"
+			if c.Outcome.Message == "" {
+				c.Outcome.Message = reading // an exit 0 says nothing else
+			} else {
+				c.Outcome.Message += ", " + reading
+			}
 		}
 		d.Flights = append(d.Flights, c)
 	}

@@ -121,7 +121,8 @@ type Host interface {
 type NoteKind int
 
 const (
-	// NoteOutOfStep: a line worker wrote a line that cannot be an answer.
+	// NoteOutOfStep: a line worker wrote a line that cannot be an answer,
+	// or a framed worker broke the protocol while no task was running.
 	NoteOutOfStep NoteKind = iota
 	// NoteStalled: a line worker has stalled for a while.
 	NoteStalled
@@ -337,6 +338,7 @@ type Session struct {
 	killMsg   string    // what the worker did wrong, when killed for it
 	victim    *Flight   // the flight that timed out or erred, if any
 	eofAt     time.Time // when the result pipe reached EOF
+	eofMsg    string    // what the worker did wrong if it lives on past eofPatience, or ""
 	brokenAt  time.Time // when a write to the task pipe failed
 	brokenErr error     // how it failed
 	// readerDone: the result reader sent its last event.
@@ -674,6 +676,8 @@ func (s *Session) Send(f *Flight) {
 			s.framedSent += int64(len(s.pending) - before)
 			f.end = s.framedSent
 		}()
+		s.line.progress = f.sent
+		s.armProbe()
 		if f.Items == nil {
 			s.pending = s.cfg.Frame(s.pending, f.ID, f.Input)
 			break
@@ -943,8 +947,29 @@ func (s *Session) protocolError(msg string) {
 			}
 		}
 		s.killMsg = msg
+		if s.victim == nil && s.ready {
+			s.strayFrame(msg)
+		}
 	}
 	s.Kill(CauseProtocol)
+}
+
+// strayFrame tells the user of a framed worker killed for a protocol error
+// when no task was running: no attempt carries the message, and without a
+// note the worker would be replaced without a word (a second answer, or the
+// rest of a frame whose length field was too short, once its task is done).
+func (s *Session) strayFrame(msg string) {
+	note := fmt.Sprintf("worker %d broke the framed protocol and was killed: %s; no task was running, so none was charged", s.proc.Pid, msg)
+	if s.answered > 0 {
+		// A frame cut short is taken for a whole one: the results
+		// before the error may hold the wrong bytes.
+		results := "the 1 result"
+		if s.answered > 1 {
+			results = fmt.Sprintf("the %d results", s.answered)
+		}
+		note += "; " + results + " it sent before went out as they came, and may be wrong"
+	}
+	s.host.Note(Note{Kind: NoteOutOfStep, Answered: s.answered, Message: note})
 }
 
 // succeed ends f with its output and checks whether the process should be
