@@ -1,4 +1,4 @@
-"""Tasks that end their worker, for test_qa_pyworker: they must live in an
+"""Tasks that end their worker, for test_worker_exits: they must live in an
 importable module."""
 import atexit
 import os

@@ -6,7 +6,7 @@ import time
 import unittest
 
 import safepool
-from tests import pyworker_helpers as h
+from tests import exit_helpers as h
 
 
 class TaskEndsItsWorker(unittest.TestCase):
