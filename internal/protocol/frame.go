@@ -355,12 +355,7 @@ func (r *Reader) readFrame() (Frame, error) {
 	size := uint64(n32)
 	f := Frame{Kind: Kind(kind), ID: id}
 	if ferr := check(start, f.Kind, f.ID, size, r.maxPayload); ferr != nil {
-		if t := textPrefix(r.hdr[:]); len(t) >= 4 {
-			// A length field of text is a length of 538 MB or more:
-			// most likely a message printed on the wrong descriptor.
-			ferr.Reason += fmt.Sprintf(" (the header's bytes begin with text, %q: not a frame; "+
-				"text belongs on stdout or stderr, never with the frames)", t)
-		}
+		quoteText(ferr, r.hdr[:])
 		return Frame{}, ferr
 	}
 	f.Payload, err = r.readPayload(int(size))
@@ -368,6 +363,17 @@ func (r *Reader) readFrame() (Frame, error) {
 		return Frame{}, err
 	}
 	return f, nil
+}
+
+// quoteText adds to ferr, the error of the frame header hdr, the text that
+// hdr begins with, if it begins with four printable characters or more: a
+// length field of text is a length of 538 MB or more, most likely a
+// message printed on the wrong descriptor.
+func quoteText(ferr *FormatError, hdr []byte) {
+	if t := textPrefix(hdr); len(t) >= 4 {
+		ferr.Reason += fmt.Sprintf(" (the header's bytes begin with text, %q: not a frame; "+
+			"text belongs on stdout or stderr, never with the frames)", t)
+	}
 }
 
 // textPrefix returns the printable ASCII at the start of b: a line of

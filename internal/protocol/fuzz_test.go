@@ -108,6 +108,7 @@ func FuzzReadFrame(f *testing.F) {
 			k := Kind(data[pos+4])
 			id := binary.BigEndian.Uint64(data[pos+5:])
 			if fe := check(int64(pos), k, id, n, effective); fe != nil {
+				quoteText(fe, data[pos:pos+HeaderSize])
 				wantErr = isFormat(int64(pos), fe.Reason, fe.err)
 				continue
 			}
