@@ -180,6 +180,7 @@ func runRun(ctx context.Context, e *env, args []string) error {
 	}
 
 	if a.dryRun {
+		dryRunNotice(e, &a)
 		return dryRun(ctx, e, tmpl, src, a.common.journal, a.cmd)
 	}
 	j := &job{
@@ -225,6 +226,31 @@ func runRun(ctx context.Context, e *env, args []string) error {
 		return &statusError{status: status}
 	}
 	return nil
+}
+
+// dryRunNotice says on stderr which of a's outputs a dry run leaves
+// unwritten, since it runs nothing: a user who adds --dry-run to the
+// command line of a real run would otherwise find no job log or summary
+// file and not know why (and, with --json -, commands where the summary
+// was expected on stdout).
+func dryRunNotice(e *env, a *runArgs) {
+	var skipped []string
+	if a.common.joblog != "" {
+		skipped = append(skipped, "--joblog")
+	}
+	if a.json != "" {
+		skipped = append(skipped, "--json")
+	}
+	if a.common.journal.path != "" && !a.common.journal.resume && !a.common.journal.resumeFailed {
+		skipped = append(skipped, "--journal")
+	}
+	if a.common.metrics != "" {
+		skipped = append(skipped, "--metrics")
+	}
+	if len(skipped) == 0 {
+		return
+	}
+	fmt.Fprintf(e.stderr, "safepool: dry run: nothing runs, so %s writes nothing\n", strings.Join(skipped, ", "))
 }
 
 // dryRun prints the command of each input, one per line, quoted so that
