@@ -166,6 +166,15 @@ func (a *mapArgs) parse(e *env, args []string) error {
 		// Left in CMD, it would be an argument of every worker, while the
 		// input came from stdin.
 		return usagef("map", "%s (an input list of GNU parallel) is not map's: map reads its input from stdin or -a FILE", a.argv[slices.IndexFunc(a.argv, isColons)])
+	case slices.ContainsFunc(a.argv, a.unreplaced):
+		// map starts each worker once, with no input of its own: the
+		// word would reach every worker as it is ('cat {}' failed per
+		// block, 'echo {}' broke the line protocol).
+		tok := a.argv[slices.IndexFunc(a.argv, a.unreplaced)]
+		if a.pipe {
+			return usagef("map", "%s is not replaced by map: each block reaches the worker on its stdin (GNU parallel's --cat and --fifo are not supported); safepool run runs a command per input with %s in it", tok, tok)
+		}
+		return usagef("map", "%s is not replaced by map: a worker reads its inputs on stdin, one line each; safepool run runs a command per input with %s in it", tok, tok)
 	case a.maxTasks < 0:
 		return usagef("map", "--max-tasks must be at least 0, not %d", a.maxTasks)
 	case fs.Changed("pipeline") && a.pipeline < 1:
@@ -332,6 +341,23 @@ const defaultLinePipeline = 32
 // isColons reports whether s is one of GNU parallel's input list markers.
 func isColons(s string) bool {
 	return s == ":::" || s == "::::" || s == ":::+" || s == "::::+"
+}
+
+// unreplaced reports whether the word s of CMD is one of run's
+// replacement strings ({} {.} {/} {//} {/.} {#}) that map would pass on
+// as it is: all of them, but {#} with --pipe (the block's number). Only a
+// whole word is taken for one, so that a program such as jq or awk keeps
+// its braces.
+func (a *mapArgs) unreplaced(s string) bool {
+	if a.pipe && s == "{#}" {
+		return false
+	}
+	for _, r := range replacementTokens {
+		if s == r.tok {
+			return true
+		}
+	}
+	return false
 }
 
 // notFoundHint says how to give a shell command line, for a CMD after the
