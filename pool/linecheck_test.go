@@ -115,11 +115,15 @@ func TestLineExtraLineCounted(t *testing.T) {
 	for _, e := range ev.of(pool.EventWorkerOutOfStep) {
 		i := strings.Index(e.Message, "the worker wrote ")
 		var wrote, due int
-		if i < 0 || !strings.Contains(e.Message, "were due") {
+		if i < 0 || !strings.Contains(e.Message, " due (") {
 			continue // a stray line caught another way
 		}
-		if _, err := fmt.Sscanf(e.Message[i:], "the worker wrote %d lines where %d were due", &wrote, &due); err != nil {
+		var verb string
+		if _, err := fmt.Sscanf(e.Message[i:], "the worker wrote %d lines where %d %s due", &wrote, &due, &verb); err != nil {
 			t.Fatalf("out-of-step event %q: %v", e.Message, err)
+		}
+		if want := map[bool]string{true: "was", false: "were"}[due == 1]; verb != want {
+			t.Errorf("out-of-step event %q: %q where %q belongs", e.Message, verb, want)
 		}
 		// One read of the supervisor's may bring more than one of the
 		// worker's writes, each with its stray line: more lines written

@@ -246,8 +246,12 @@ func (s *Session) handleLines(ev Event) {
 		}
 		// The lines before the last one due were taken as answers; from
 		// the last one due on, none is.
-		s.outOfStep(fmt.Sprintf("the worker wrote %d lines where %d were due (%s and the lines after it not taken as answers)",
-			got, due, quoteOutput(first, len(first))))
+		were := "were"
+		if due == 1 {
+			were = "was"
+		}
+		s.outOfStep(fmt.Sprintf("the worker wrote %d lines where %d %s due (%s and the lines after it not taken as answers)",
+			got, due, were, quoteOutput(first, len(first))))
 	}
 }
 
