@@ -20,6 +20,8 @@ fi
 missing=""
 command -v gcc >/dev/null || missing="$missing gcc"
 command -v mawk >/dev/null || missing="$missing mawk"
+# A test of the memory package counts its helper's opens with strace.
+command -v strace >/dev/null || missing="$missing strace"
 # The report's tests render it in headless Chromium.
 command -v chromium >/dev/null || missing="$missing chromium"
 if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -214,6 +214,37 @@ func runHelper(mode string, args []string) int {
 		fmt.Println("ready", sum)
 		time.Sleep(time.Hour)
 		return 0
+	case "scanloop":
+		// Scan for the descendants of the pid args[1] ("self": this
+		// process) within the cgroup dir args[0] ("": in all of /proc),
+		// and sample the memory as the governor does, args[2]
+		// times, each scan a new one.
+		pid, _ := strconv.Atoi(args[1])
+		if args[1] == "self" {
+			pid = os.Getpid()
+		}
+		n, _ := strconv.Atoi(args[2])
+		procScans.within(args[0])
+		sensor := NewSensor()
+		for i := 0; i < n; i++ {
+			procScans.mu.Lock()
+			procScans.last = nil
+			procScans.mu.Unlock()
+			if tree, _, err := descendantsIn(pid); err != nil || len(tree) != 1 {
+				fmt.Fprintf(os.Stderr, "scan %d: descendants(%d) = %v, %v\n", i, pid, tree, err)
+				return 1
+			}
+			if _, err := sensor.CgroupUsed(); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+			if _, err := sensor.HostUsed(); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+			sensor.Pressure() // PSI may be missing
+		}
+		return 0
 	case "tree":
 		// Start an "alloc" child, report its pid, and kill it when stdin
 		// closes.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -132,8 +133,15 @@ type sharedScan struct {
 	// scans counts the scans made, for tests; guarded by mu.
 	scans int
 	// cgroup, when not "", is a cgroup directory that holds every process
-	// a scan looks for (within); guarded by mu.
+	// a scan looks for (within), and top that directory, kept open to be
+	// listed again; guarded by mu.
 	cgroup string
+	top    *os.File
+	// proc is /proc, kept open to be listed again, or nil; guarded by mu.
+	proc *os.File
+	// stats keeps the stat files of the processes scanned open from one
+	// scan to the next (kept_linux.go); guarded by mu.
+	stats statFiles
 }
 
 // within makes later scans look only at the processes of the cgroup dir
@@ -147,10 +155,21 @@ type sharedScan struct {
 // each open. After the kernel's OOM killer took a worker, and while its
 // memory was still being freed, such a charge made the kernel take the
 // supervisor next (docs/memory.md).
+//
+// The cgroup's directory and cgroup.procs, and the stat file of each
+// process, are kept open from one scan to the next (kept_linux.go), so
+// that a scan opens no file.
 func (s *sharedScan) within(dir string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.cgroup, s.last = dir, nil
+	if s.top != nil {
+		s.top.Close()
+		s.top = nil
+	}
+	if dir != "" {
+		keepDir(dir)
+	}
 }
 
 // procScan is every process in /proc, and the children of each, at one
@@ -191,13 +210,26 @@ func (s *sharedScan) get(pid int) (*procScan, error) {
 	var scan *procScan
 	var err error
 	if s.cgroup != "" {
+		if s.top == nil {
+			s.top, _ = os.Open(s.cgroup) // nil: listed the usual way
+		}
 		var pids []int
-		if pids, err = cgroupTreeProcs(s.cgroup); err == nil {
-			scan = scanPIDs(time.Now(), pids)
+		if pids, err = cgroupTreeProcs(s.cgroup, s.top); err == nil {
+			scan = scanPIDs(time.Now(), pids, &s.stats)
+		} else if s.top != nil {
+			s.top.Close()
+			s.top = nil
 		}
 	}
 	if scan == nil {
-		if scan, err = scanProcs(); err != nil {
+		if s.proc == nil {
+			s.proc, _ = os.Open("/proc") // nil: listed the usual way
+		}
+		if scan, err = scanProcs(s.proc, &s.stats); err != nil {
+			if s.proc != nil {
+				s.proc.Close()
+				s.proc = nil
+			}
 			return nil, err
 		}
 	}
@@ -206,10 +238,19 @@ func (s *sharedScan) get(pid int) (*procScan, error) {
 	return scan, nil
 }
 
-// scanProcs reads the parent of every process in /proc.
-func scanProcs() (*procScan, error) {
+// scanProcs reads the parent of every process in /proc, listed through
+// proc (/proc open) and read through stats when they are not nil.
+func scanProcs(proc *os.File, stats *statFiles) (*procScan, error) {
 	at := time.Now()
-	entries, err := os.ReadDir("/proc")
+	var entries []os.DirEntry
+	var err error
+	if proc != nil {
+		if _, err = proc.Seek(0, io.SeekStart); err == nil {
+			entries, err = proc.ReadDir(-1)
+		}
+	} else {
+		entries, err = os.ReadDir("/proc")
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -219,20 +260,33 @@ func scanProcs() (*procScan, error) {
 			pids = append(pids, p)
 		}
 	}
-	return scanPIDs(at, pids), nil
+	return scanPIDs(at, pids, stats), nil
 }
 
-// scanPIDs reads the parent of each of pids, as a scan made at at.
-func scanPIDs(at time.Time, pids []int) *procScan {
+// scanPIDs reads the parent of each of pids, as a scan made at at, through
+// the stat files kept in stats when it is not nil.
+func scanPIDs(at time.Time, pids []int, stats *statFiles) *procScan {
 	scan := &procScan{at: at, procs: make(map[int]procEntry, len(pids)), children: make(map[int][]int)}
 	var buf [512]byte
 	for _, p := range pids {
-		e, ok := readStat(p, buf[:])
+		var e procEntry
+		var ok bool
+		if stats != nil {
+			var n int
+			if n, ok = stats.read(p, buf[:]); ok {
+				e, ok = parseStat(buf[:n])
+			}
+		} else {
+			e, ok = readStat(p, buf[:])
+		}
 		if !ok {
 			continue // gone since the listing
 		}
 		scan.procs[p] = e
 		scan.children[e.ppid] = append(scan.children[e.ppid], p)
+	}
+	if stats != nil {
+		stats.endScan()
 	}
 	return scan
 }
@@ -241,8 +295,9 @@ func scanPIDs(at time.Time, pids []int) *procScan {
 const maxScanCgroups = 1000
 
 // cgroupTreeProcs lists the processes of the cgroup dir and of the cgroups
-// below it, from their cgroup.procs.
-func cgroupTreeProcs(dir string) ([]int, error) {
+// below it, from their cgroup.procs. top, when not nil, is dir open, to
+// be listed from its start again.
+func cgroupTreeProcs(dir string, top *os.File) ([]int, error) {
 	var pids []int
 	dirs := []string{dir}
 	for i := 0; i < len(dirs); i++ {
@@ -260,7 +315,14 @@ func cgroupTreeProcs(dir string) ([]int, error) {
 				pids = append(pids, p)
 			}
 		}
-		entries, err := os.ReadDir(dirs[i])
+		var entries []os.DirEntry
+		if i == 0 && top != nil {
+			if _, err = top.Seek(0, io.SeekStart); err == nil {
+				entries, err = top.ReadDir(-1)
+			}
+		} else {
+			entries, err = os.ReadDir(dirs[i])
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -282,6 +344,13 @@ func readStat(pid int, buf []byte) (e procEntry, ok bool) {
 	}
 	n, _ := f.Read(buf)
 	f.Close()
+	return parseStat(buf[:max(n, 0)])
+}
+
+// parseStat picks the parent pid, the start time and the name out of the
+// text of a /proc/pid/stat file.
+func parseStat(buf []byte) (e procEntry, ok bool) {
+	n := len(buf)
 	// "pid (comm) state ppid ...": comm may hold spaces and parentheses,
 	// so the fields start after the last ')'. The start time is field 22,
 	// the 20th after it.
@@ -295,6 +364,7 @@ func readStat(pid int, buf []byte) (e procEntry, ok bool) {
 	if len(fields) < 20 {
 		return e, false
 	}
+	var err error
 	e.ppid, err = strconv.Atoi(string(fields[1]))
 	if err != nil {
 		return e, false

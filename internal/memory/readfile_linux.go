@@ -44,6 +44,11 @@ func withScratch[T any](path string, parse func([]byte) (T, error)) (T, error) {
 
 // readInto is readSmallAt that reads into buf, growing it as needed.
 func readInto(buf []byte, dir int, name, path string) ([]byte, error) {
+	if dir == unix.AT_FDCWD {
+		if b, ok, err := kept.read(buf, path); ok {
+			return b, err
+		}
+	}
 	fd, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, &fs.PathError{Op: "open", Path: path, Err: err}

@@ -7,7 +7,7 @@ import "testing"
 // process's stat file on the host.
 func BenchmarkScanProcs(b *testing.B) {
 	for b.Loop() {
-		if _, err := scanProcs(); err != nil {
+		if _, err := scanProcs(nil, nil); err != nil {
 			b.Fatal(err)
 		}
 	}

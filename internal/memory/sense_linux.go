@@ -30,7 +30,13 @@ func NewSensor() *Sensor {
 	if err != nil {
 		return &Sensor{}
 	}
-	return &Sensor{loc: loc, hasCg: true, walls: wallsAbove(loc)}
+	walls := wallsAbove(loc)
+	// Read ten times a second for the pool's life: kept open.
+	keepDir(loc.dir)
+	for _, dir := range walls {
+		keepDir(dir)
+	}
+	return &Sensor{loc: loc, hasCg: true, walls: walls}
 }
 
 // wallsAbove lists the cgroups above loc.dir, up to loc.mount, that have a

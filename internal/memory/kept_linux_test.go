@@ -1,0 +1,127 @@
+package memory
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/safepool/safepool/internal/testenv"
+)
+
+// TestScanOpensNoFile: the files the supervisor reads ten times a second
+// (the scan of its cgroup for each worker's descendants, and the
+// governor's samples of the host and of its cgroup) are opened once, not
+// at each read: the kernel charges each open's memory to the supervisor's
+// cgroup, which in enclosing-cgroup mode could make the kernel kill the
+// supervisor just after a worker (kept_linux.go). Counted with strace in
+// a helper process that scans 5 times and 45 times, within a cgroup
+// (enclosing-cgroup mode) and in all of /proc (no-cgroup mode), there in
+// a pid namespace of its own as in a container, where the processes are
+// few enough to be kept: the 40 more scans must open (next to) nothing.
+func TestScanOpensNoFile(t *testing.T) {
+	m := requireCgroups(t)
+	strace, err := exec.LookPath("strace")
+	if err != nil {
+		testenv.SkipOrFail(t, "strace is not installed (test.sh installs it)")
+	}
+	g, err := m.NewGroup("kept", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Remove()
+	sleeper := helperCommand(t, "sleep")
+	if err := g.Start(sleeper); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		sleeper.Process.Kill()
+		sleeper.Wait()
+	}()
+	opens := func(dir string, n int) int {
+		t.Helper()
+		out := filepath.Join(t.TempDir(), "strace.txt")
+		var cmd *exec.Cmd
+		if dir != "" {
+			scan := helperCommand(t, "scanloop", dir, strconv.Itoa(sleeper.Process.Pid), strconv.Itoa(n))
+			cmd = exec.Command(strace, append([]string{"-f", "-qq", "-e", "trace=open,openat", "-o", out, "--"}, scan.Args...)...)
+			cmd.Env = scan.Env
+		} else {
+			// In a pid namespace of its own, as in a container, so that
+			// /proc holds a few processes, all of which can be kept.
+			scan := helperCommand(t, "scanloop", dir, "self", strconv.Itoa(n))
+			cmd = exec.Command("unshare", append([]string{"-p", "-f", "--mount-proc", "--", strace, "-f", "-qq", "-e", "trace=open,openat", "-o", out, "--"}, scan.Args...)...)
+			cmd.Env = scan.Env
+		}
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("scanloop %d: %v\n%s", n, err, b)
+		}
+		b, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		count := 0
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, "open") && !strings.Contains(line, "ENOENT") {
+				count++
+			}
+		}
+		return count
+	}
+	for _, tc := range []struct{ name, dir string }{
+		{"within the cgroup", g.path}, // enclosing-cgroup mode
+		{"all of /proc", ""},          // no-cgroup mode, in a pid namespace
+	} {
+		few, many := opens(tc.dir, 5), opens(tc.dir, 45)
+		t.Logf("%s: opens: %d in 5 scans and samples, %d in 45", tc.name, few, many)
+		if many-few > 4 {
+			t.Errorf("%s: 40 more scans and samples opened %d files more, want at most 4: the files are not kept open", tc.name, many-few)
+		}
+	}
+}
+
+// TestKeptFileOfRemovedCgroup: a kept file of a cgroup that is removed
+// reads as gone (ENODEV through the kept descriptor, then ENOENT), and
+// one made again under the same name is read anew.
+func TestKeptFileOfRemovedCgroup(t *testing.T) {
+	m := requireCgroups(t)
+	g, err := m.NewGroup("kept-removed", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := g.path
+	keepDir(path)
+	file := filepath.Join(path, "memory.usage_in_bytes")
+	if _, err := readInt(file); err != nil {
+		t.Fatal(err)
+	}
+	kept.mu.Lock()
+	_, open := kept.fds[file]
+	kept.mu.Unlock()
+	if !open {
+		t.Fatalf("%s is not kept open after a read", file)
+	}
+	if err := g.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readInt(file); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("read of a removed cgroup's kept file = %v, want an error matching fs.ErrNotExist", err)
+	}
+	kept.mu.Lock()
+	_, open = kept.fds[file]
+	kept.mu.Unlock()
+	if open {
+		t.Errorf("the removed cgroup's file is still kept open")
+	}
+	if err := os.Mkdir(path, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(path)
+	if v, err := readInt(file); err != nil || v != 0 {
+		t.Errorf("read of the cgroup made again = %d, %v, want 0", v, err)
+	}
+}
