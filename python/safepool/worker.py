@@ -132,13 +132,24 @@ def _run_main_path(path):
     code = compile(source, path, "exec", dont_inherit=True)
     main = type(sys)("__mp_main__")
     main.__dict__.update(__file__=path, __cached__=None, __loader__=None, __package__="", __spec__=None)
-    sys.modules["__mp_main__"] = main
+    # Both names from the start, as multiprocessing's spawn has them when it
+    # runs the script: importing multiprocessing (or joblib, which does) for
+    # the first time sets sys.modules["__mp_main__"] to sys.modules["__main__"],
+    # which would otherwise be this process's -c module, and the script's
+    # functions and classes could not be pickled here by name (a task that
+    # pickles a dataclass of the script, or starts a multiprocessing pool of
+    # its functions).
+    worker_main = sys.modules.get("__main__")
+    sys.modules["__main__"] = sys.modules["__mp_main__"] = main
     try:
         exec(code, main.__dict__)
     except BaseException:
         del sys.modules["__mp_main__"]
+        if worker_main is not None:
+            sys.modules["__main__"] = worker_main
         raise
-    sys.modules["__main__"] = main
+    # The script may have set either name meanwhile.
+    sys.modules["__main__"] = sys.modules["__mp_main__"] = main
 
 
 # True while the client's main script runs here as __mp_main__: a pool made
