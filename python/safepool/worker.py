@@ -451,6 +451,7 @@ def _run_batch_page(task_id, payload, write, flush, page, words):
                 return
             reply = _oob._reply[0]
             if fast and reply is not None and out[0] == 0x80:
+                _flush_output()  # what the items printed, before the client has their values
                 # The values go to the client first, then the binary is
                 # told the range is answered (SENT): a death between the
                 # two leaves the values delivered and the items run again,
@@ -738,6 +739,32 @@ def _leave(e):
     os._exit(code)
 
 
+def _flush_output():
+    """Write out what tasks printed and Python still buffers: stdout is
+    buffered in blocks when it is not a terminal (a script run as `python3
+    script.py > log.txt`), and a worker that is killed (by the OOM killer,
+    or by SIGTERM when the pool is terminated) loses its buffer."""
+    try:
+        sys.stdout.flush()
+    except Exception:  # None, closed, or a reader gone: as the task's own print would find it
+        pass
+    try:
+        sys.stderr.flush()
+    except Exception:
+        pass
+
+
+def _flushing(flush_results):
+    """flush_results (the result pipe's flush), preceded by _flush_output:
+    each frame that answers items goes out after what those items printed,
+    so that the lines of the tasks whose results were sent are written, and
+    before the client sees the results."""
+    def flush():
+        _flush_output()
+        flush_results()
+    return flush
+
+
 def _serve():
     """Serve the binary's tasks until it closes the task pipe."""
     tasks = os.fdopen(int(os.environ.get("SAFEPOOL_TASK_FD", "3")), "rb")
@@ -754,7 +781,8 @@ def _serve():
     _setup()
     _open_clock()
     fns = _fns
-    write, flush, pack = results.write, results.flush, HEADER.pack
+    write, pack = results.write, HEADER.pack
+    flush = _flushing(results.flush)
 
     page = page_id = None
     if page_fd:

@@ -62,3 +62,59 @@ class ScriptThatImportsMultiprocessing(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class PrintsOfTasksInAFile(unittest.TestCase):
+    # Run as `python3 script.py > log.txt`, a worker's stdout is a file,
+    # which Python buffers in blocks of 8 KiB. What its tasks printed
+    # stayed in the worker's buffer until the worker exited normally, so
+    # the with block's terminate() (SIGTERM) lost all of it, and so did a
+    # worker killed by the OOM killer: the lines of the tasks it had
+    # finished before.
+    SCRIPT = """
+        import os
+        import sys
+        import safepool
+
+        def task(x):
+            print("task", x, "printed")
+            if x == 5:
+                os.kill(os.getpid(), 9)
+            return x
+
+        if __name__ == "__main__":
+            with safepool.Pool(2) as pool:
+                # One worker runs items 0 to 5, one by one, then dies.
+                results = pool.map(task, range(6), chunksize=6, errors="return")
+                print("map 1 done", flush=True)
+                print("results", [type(r).__name__ for r in results], flush=True)
+                pool.map(task, range(6, 10))
+                print("map 2 done", flush=True)
+            print("pool left", flush=True)
+    """
+
+    def test_lines_printed_by_tasks_are_written_as_their_results_go(self):
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        log = os.path.join(d, "log.txt")
+        env = child_env()
+        env.pop("PYTHONUNBUFFERED", None)
+        script = os.path.join(d, "script.py")
+        with open(script, "w") as f:
+            f.write(textwrap.dedent(self.SCRIPT))
+        with open(log, "w") as f:
+            out = subprocess.run([sys.executable, script], env=env, cwd=d, stdout=f, stderr=subprocess.PIPE,
+                                 text=True, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        with open(log) as f:
+            lines = f.read().splitlines()
+        # Each item's line is there before the line the program printed
+        # after its map; the dying item 5 wrote its own line or not.
+        for x in range(10):
+            if x == 5:
+                continue
+            self.assertIn("task %d printed" % x, lines, lines)
+            self.assertLess(lines.index("task %d printed" % x),
+                            lines.index("map 1 done" if x < 5 else "map 2 done"), lines)
+        self.assertIn("results ['int', 'int', 'int', 'int', 'int', 'WorkerDied']", lines)
+        self.assertEqual(lines[-1], "pool left", lines)
