@@ -75,6 +75,41 @@ def main_spec():
     return "path:" + path
 
 
+def interpreter_flags() -> list:
+    """The command-line options of this interpreter that workers get too,
+    as multiprocessing's spawn gives its workers (-O, -W, -X dev, -X
+    utf8..., and -u): a script run as `python3 -O -W ignore script.py` runs its
+    tasks without asserts and without warnings. Not -E or -I, which would
+    make workers ignore the PYTHONPATH by which they import safepool."""
+    f = sys.flags
+    args = []
+    if f.optimize > 0:
+        args.append("-" + "O" * f.optimize)
+    for name, opt in (("dont_write_bytecode", "B"), ("no_site", "S"), ("no_user_site", "s"),
+                      ("safe_path", "P"), ("bytes_warning", "b"), ("verbose", "v")):
+        v = int(getattr(f, name, 0))
+        if v > 0:
+            args.append("-" + opt * v)
+    # -u, which sys.flags does not show: the streams are unbuffered.
+    import io
+    if isinstance(getattr(sys.__stdout__, "buffer", None), io.FileIO):
+        args.append("-u")
+    warnopts = list(sys.warnoptions)
+    # What -b and -X dev add to sys.warnoptions themselves.
+    for implied in (("error::BytesWarning" if f.bytes_warning > 1 else "default::BytesWarning")
+                    if f.bytes_warning else None,
+                    "default" if f.dev_mode else None):
+        if implied in warnopts:
+            warnopts.remove(implied)
+    args.extend("-W" + opt for opt in warnopts)
+    xoptions = dict(getattr(sys, "_xoptions", {}))
+    if f.dev_mode:
+        xoptions["dev"] = True
+    for name, value in xoptions.items():
+        args.extend(("-X", name if value is True else "%s=%s" % (name, value)))
+    return args
+
+
 def check_options(processes, retries, on_worker_death, initializer):
     """Return (processes, retries, policy) checked and with their defaults
     filled in, or raise ValueError or TypeError."""
@@ -185,7 +220,7 @@ class Launch:
         self.max_tasks_per_child = int(max_tasks_per_child or 0)
         hello = {
             "version": BRIDGE_VERSION,
-            "command": [python or sys.executable, "-c", WORKER_CODE],
+            "command": [python or sys.executable, *interpreter_flags(), "-c", WORKER_CODE],
             "workers": self.processes,
             "mem_limit": int(mem_limit or 0),
             "timeout": check_seconds(timeout, "timeout"),

@@ -12,15 +12,19 @@ import unittest
 from tests.support import child_env
 
 
-def run_script(test, source, args=(), python=None, timeout=120):
+def run_script(test, source, args=(), python=None, timeout=120, env_drop=()):
     """Run source, dedented, as script.py in a directory of its own, and
-    return its CompletedProcess."""
+    return its CompletedProcess. env_drop: variables of this process's
+    environment that the script does not get."""
     d = tempfile.mkdtemp()
     test.addCleanup(shutil.rmtree, d)
     script = os.path.join(d, "script.py")
     with open(script, "w") as f:
         f.write(textwrap.dedent(source))
-    return subprocess.run((python or [sys.executable]) + [script, *args], env=child_env(), cwd=d,
+    env = child_env()
+    for name in env_drop:
+        env.pop(name, None)
+    return subprocess.run((python or [sys.executable]) + [script, *args], env=env, cwd=d,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -118,3 +122,28 @@ class PrintsOfTasksInAFile(unittest.TestCase):
                             lines.index("map 1 done" if x < 5 else "map 2 done"), lines)
         self.assertIn("results ['int', 'int', 'int', 'int', 'int', 'WorkerDied']", lines)
         self.assertEqual(lines[-1], "pool left", lines)
+
+
+class InterpreterOptions(unittest.TestCase):
+    # `python3 -O -W ignore script.py`: multiprocessing's spawn gives its
+    # workers the interpreter's options; safepool's workers ran without
+    # them, with their asserts on and every warning the user silenced.
+    def test_workers_get_the_options_of_the_interpreter(self):
+        out = run_script(self, """
+                import sys
+                import warnings
+                import safepool
+
+                def task(x):
+                    warnings.warn("a warning the user silenced")
+                    return (sys.flags.optimize, sys.flags.dev_mode, "utf8" in sys._xoptions, __debug__,
+                            type(sys.stdout.buffer).__name__)
+
+                if __name__ == "__main__":
+                    with safepool.Pool(1) as pool:
+                        print(pool.apply(task, (1,)))
+            """, python=[sys.executable, "-O", "-W", "ignore::UserWarning", "-X", "dev", "-X", "utf8", "-u"],
+            env_drop=("PYTHONUNBUFFERED",))
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.splitlines(), ["(1, True, True, False, 'FileIO')"])
+        self.assertNotIn("a warning the user silenced", out.stderr)
