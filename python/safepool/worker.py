@@ -191,9 +191,14 @@ def _import_main(spec):
 def _setup():
     paths = os.environ.get("SAFEPOOL_PY_SYSPATH")
     if paths:
-        for p in reversed(unpack_strings(paths)):
-            if p not in sys.path:
-                sys.path.insert(0, p)
+        # The client's sys.path, in its order, as multiprocessing's spawn
+        # sets it; then this interpreter's own entries that it lacks, but
+        # not the working directory ("") that `python3 -c` put first: a
+        # module of the directory the program was started from (a data
+        # directory's calendar.py, say) must not hide the standard
+        # library's from the tasks when the client does not see it.
+        client = unpack_strings(paths)
+        sys.path[:] = client + [p for p in sys.path if p and p not in client]
     argv = os.environ.get("SAFEPOOL_PY_ARGV")
     if argv is not None:
         sys.argv = unpack_strings(argv)

@@ -12,10 +12,10 @@ import unittest
 from tests.support import child_env
 
 
-def run_script(test, source, args=(), python=None, timeout=120, env_drop=()):
-    """Run source, dedented, as script.py in a directory of its own, and
-    return its CompletedProcess. env_drop: variables of this process's
-    environment that the script does not get."""
+def run_script(test, source, args=(), python=None, timeout=120, env_drop=(), cwd=None):
+    """Run source, dedented, as script.py in a directory of its own (and
+    there, or in cwd), and return its CompletedProcess. env_drop: variables
+    of this process's environment that the script does not get."""
     d = tempfile.mkdtemp()
     test.addCleanup(shutil.rmtree, d)
     script = os.path.join(d, "script.py")
@@ -24,7 +24,7 @@ def run_script(test, source, args=(), python=None, timeout=120, env_drop=()):
     env = child_env()
     for name in env_drop:
         env.pop(name, None)
-    return subprocess.run((python or [sys.executable]) + [script, *args], env=env, cwd=d,
+    return subprocess.run((python or [sys.executable]) + [script, *args], env=env, cwd=cwd or d,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -147,3 +147,30 @@ class InterpreterOptions(unittest.TestCase):
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout.splitlines(), ["(1, True, True, False, 'FileIO')"])
         self.assertNotIn("a warning the user silenced", out.stderr)
+
+
+class ModulesOfTheWorkingDirectory(unittest.TestCase):
+    # `cd data && python3 ~/proj/script.py`: the program's sys.path has the
+    # script's directory, not the working directory. Its workers ran
+    # `python3 -c`, which put the working directory ("") in front of the
+    # standard library, so a calendar.py there was imported by the tasks
+    # instead of the standard library's.
+    def test_tasks_import_what_the_program_would(self):
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        with open(os.path.join(d, "calendar.py"), "w") as f:
+            f.write("raise ImportError('the calendar.py of the working directory')\n")
+        out = run_script(self, """
+                import sys
+                import safepool
+
+                def task(x):
+                    import calendar
+                    return calendar.isleap(x)
+
+                if __name__ == "__main__":
+                    with safepool.Pool(1) as pool:
+                        print(pool.map(task, [2024, 2023], errors="return"))
+            """, cwd=d)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.splitlines(), ["[True, False]"])
