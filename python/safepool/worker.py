@@ -773,7 +773,11 @@ def _flushing(flush_results):
 def _serve():
     """Serve the binary's tasks until it closes the task pipe."""
     tasks = os.fdopen(int(os.environ.get("SAFEPOOL_TASK_FD", "3")), "rb")
-    results = os.fdopen(int(os.environ.get("SAFEPOOL_RESULT_FD", "4")), "wb")
+    # Not closed by Python, but when the process ends (see the end): a file
+    # object that owned it would warn, as an unclosed file, when the
+    # interpreter frees it (a ResourceWarning under -X dev, an error under
+    # -W error).
+    results = open(int(os.environ.get("SAFEPOOL_RESULT_FD", "4")), "wb", closefd=False)
     os.set_inheritable(tasks.fileno(), False)
     os.set_inheritable(results.fileno(), False)
     page_fd = os.environ.get(PAGE_FD)
@@ -842,6 +846,7 @@ def _serve():
         write(out)
         flush()
     flush()
+    tasks.close()
     # The result pipe stays open until the process ends, through the
     # interpreter's shutdown: the binary takes its end of file for the
     # worker's exit, and kills a worker that lives on 200 ms past it (a

@@ -147,6 +147,28 @@ class InterpreterOptions(unittest.TestCase):
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout.splitlines(), ["(1, True, True, False, 'FileIO')"])
         self.assertNotIn("a warning the user silenced", out.stderr)
+        self.assertNotIn("ResourceWarning", out.stderr)
+
+    def test_warnings_as_errors_leave_the_workers_quiet(self):
+        # Under -W error (or -X dev, or PYTHONWARNINGS=error in the
+        # environment), a worker's own pipes, which it left to the
+        # interpreter to close, made each worker print an unclosed file's
+        # ResourceWarning, as an error, at its exit.
+        out = run_script(self, """
+                import safepool
+
+                def square(x):
+                    return x * x
+
+                if __name__ == "__main__":
+                    pool = safepool.Pool(2, max_tasks_per_child=2)
+                    print(pool.map(square, range(6)))
+                    pool.close()
+                    pool.join()
+            """, python=[sys.executable, "-W", "error", "-X", "dev"])
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.splitlines(), ["[0, 1, 4, 9, 16, 25]"])
+        self.assertEqual(out.stderr, "")
 
 
 class ModulesOfTheWorkingDirectory(unittest.TestCase):
