@@ -23,6 +23,10 @@ ENV_SYSPATH = "SAFEPOOL_PY_SYSPATH"  # the parent's sys.path, packed (pack_strin
 ENV_ARGV = "SAFEPOOL_PY_ARGV"  # the parent's sys.argv, packed
 ENV_MAIN = "SAFEPOOL_PY_MAIN"  # "path:<file>" or "name:<module>": the parent's main module
 ENV_INIT = "SAFEPOOL_PY_INIT"  # the path of a file holding the pickled (initializer, initargs)
+# The client's PYTHONPATH, packed: none (unset) or one string. Workers get
+# the package's directory in front of it, to import safepool.worker, and
+# set it back for the tasks and the programs they start.
+ENV_PYTHONPATH = "SAFEPOOL_PY_PYTHONPATH"
 
 # The worker's entry point. -c rather than -m: running a module with -m
 # imports runpy and pkgutil, which cost a worker about 10 ms at start.
@@ -267,6 +271,7 @@ class Launch:
         binary = _binary.find_binary()
         env = dict(os.environ)
         pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env[ENV_PYTHONPATH] = pack_strings([env["PYTHONPATH"]] if "PYTHONPATH" in env else [])
         env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env[ENV_SYSPATH] = pack_strings([p if p else os.getcwd() for p in sys.path])
         env[ENV_ARGV] = pack_strings(sys.argv)

@@ -189,6 +189,17 @@ def _import_main(spec):
 
 
 def _setup():
+    pythonpath = os.environ.pop("SAFEPOOL_PY_PYTHONPATH", None)
+    if pythonpath is not None:
+        # The client's own: the directory of safepool that the client put
+        # in front for this worker's start is not for the programs that
+        # tasks start (another Python, a tool of another environment,
+        # which would import this environment's packages first).
+        pythonpath = unpack_strings(pythonpath)
+        if pythonpath:
+            os.environ["PYTHONPATH"] = pythonpath[0]
+        else:
+            os.environ.pop("PYTHONPATH", None)
     paths = os.environ.get("SAFEPOOL_PY_SYSPATH")
     if paths:
         # The client's sys.path, in its order, as multiprocessing's spawn

@@ -196,3 +196,30 @@ class ModulesOfTheWorkingDirectory(unittest.TestCase):
             """, cwd=d)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout.splitlines(), ["[True, False]"])
+
+
+class EnvironmentOfTheTasks(unittest.TestCase):
+    # The client puts safepool's directory in front of PYTHONPATH for the
+    # workers' start. The tasks kept it, and so did every program they
+    # started: another Python, or a tool of another environment, then
+    # imported this environment's packages before its own.
+    def test_tasks_and_their_programs_get_the_client_pythonpath(self):
+        from tests.support import PYTHON_DIR
+        out = run_script(self, """
+                import os
+                import subprocess
+                import sys
+                sys.path.insert(0, sys.argv[1])  # safepool, not through PYTHONPATH
+                import safepool
+
+                def task(x):
+                    child = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('PYTHONPATH'))"],
+                                           capture_output=True, text=True).stdout.strip()
+                    return os.environ.get("PYTHONPATH"), child
+
+                if __name__ == "__main__":
+                    with safepool.Pool(1) as pool:
+                        print(pool.apply(task, (1,)))
+            """, args=[PYTHON_DIR], env_drop=("PYTHONPATH",))
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.splitlines(), ["(None, 'None')"])
