@@ -224,7 +224,9 @@ class Launch:
         self.max_tasks_per_child = int(max_tasks_per_child or 0)
         hello = {
             "version": BRIDGE_VERSION,
-            "command": [python or sys.executable, *interpreter_flags(), "-c", WORKER_CODE],
+            # This interpreter's options, not another's (python).
+            "command": [python or sys.executable, *(interpreter_flags() if python is None else ()), "-c",
+                        WORKER_CODE],
             "workers": self.processes,
             "mem_limit": int(mem_limit or 0),
             "timeout": check_seconds(timeout, "timeout"),
