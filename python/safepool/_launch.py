@@ -23,6 +23,12 @@ ENV_SYSPATH = "SAFEPOOL_PY_SYSPATH"  # the parent's sys.path, packed (pack_strin
 ENV_ARGV = "SAFEPOOL_PY_ARGV"  # the parent's sys.argv, packed
 ENV_MAIN = "SAFEPOOL_PY_MAIN"  # "path:<file>" or "name:<module>": the parent's main module
 ENV_INIT = "SAFEPOOL_PY_INIT"  # the path of a file holding the pickled (initializer, initargs)
+# A packed value longer than this (sys.argv of a script run on thousands of
+# files, `script.py inputs/*.json`) goes in a file that the variable's name
+# with _FILE appended names: exec refuses an environment string above 128
+# KiB (MAX_ARG_STRLEN) with E2BIG, and the whole environment and arguments
+# above ARG_MAX, so that neither the binary nor its workers could start.
+ENV_STRING_MAX = 32 << 10
 # The client's PYTHONPATH, packed: none (unset) or one string. Workers get
 # the package's directory in front of it, to import safepool.worker, and
 # set it back for the tasks and the programs they start.
@@ -275,8 +281,21 @@ class Launch:
         pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env[ENV_PYTHONPATH] = pack_strings([env["PYTHONPATH"]] if "PYTHONPATH" in env else [])
         env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env[ENV_SYSPATH] = pack_strings([p if p else os.getcwd() for p in sys.path])
-        env[ENV_ARGV] = pack_strings(sys.argv)
+        self.files = []  # (path, descriptor) of the files of values too long for the environment
+        for name, value in ((ENV_SYSPATH, pack_strings([p if p else os.getcwd() for p in sys.path])),
+                            (ENV_ARGV, pack_strings(sys.argv))):
+            env.pop(name + "_FILE", None)
+            if len(value) <= ENV_STRING_MAX:
+                env[name] = value
+                continue
+            env.pop(name, None)
+            try:
+                path, fd = _write_file("safepool-" + name[len("SAFEPOOL_PY_"):].lower(), os.fsencode(value))
+            except BaseException:
+                self.cleanup()
+                raise
+            self.files.append((path, fd))
+            env[name + "_FILE"] = path
         env.pop(ENV_MAIN, None)
         env.pop(ENV_INIT, None)
         env.pop(CLOCK_ENV, None)
@@ -327,7 +346,8 @@ class Launch:
             raise
 
     def cleanup(self):
-        """Remove (or close) the initializer's file, and close the write end of the
+        """Remove (or close) the initializer's file and those of sys.argv and
+        sys.path too long for the environment, and close the write end of the
         direct path's door: no worker announces its pipe any more."""
         direct = getattr(self, "direct", None)
         if direct is not None and direct[1] >= 0:
@@ -336,15 +356,19 @@ class Launch:
             except OSError:
                 pass
             self.direct = (direct[0], -1)
+        files = getattr(self, "files", [])
         if self.init_file:
+            files.append((self.init_file, self.init_fd))
+            self.init_file, self.init_fd = None, -1
+        while files:
+            path, fd = files.pop()
             try:
-                if self.init_fd >= 0:
-                    os.close(self.init_fd)
+                if fd >= 0:
+                    os.close(fd)
                 else:
-                    os.unlink(self.init_file)
+                    os.unlink(path)
             except OSError:
                 pass
-            self.init_file, self.init_fd = None, -1
 
     def close_clock(self):
         """Close this process's descriptor of the pool clock, once no worker
@@ -401,15 +425,22 @@ def _write_initializer(initializer, initargs, main_importable: bool):
     processes cannot open, or a kernel without memfd_create, writes a
     temporary file instead (descriptor -1), which Launch.cleanup removes."""
     from ._pickling import dumps_code
-    data = dumps_code((initializer, tuple(initargs)), initializer, main_importable)
+    return _write_file("safepool-init", dumps_code((initializer, tuple(initargs)), initializer, main_importable))
+
+
+def _write_file(name: str, data: bytes):
+    """Write data in a memory file named name (or, where workers could not
+    open it, a temporary file: see _write_initializer). Return the path by
+    which workers open it and the descriptor by which this process holds
+    it (-1: a named file, to remove)."""
     try:
         from ._oob import dumpable
         if not dumpable():
             raise OSError("not dumpable")
-        fd = os.memfd_create("safepool-init")
+        fd = os.memfd_create(name)
     except (AttributeError, OSError):
         import tempfile
-        fd, path = tempfile.mkstemp(prefix="safepool-init-")
+        fd, path = tempfile.mkstemp(prefix=name + "-")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

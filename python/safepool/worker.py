@@ -188,6 +188,19 @@ def _import_main(spec):
         sys.modules["__main__"] = sys.modules["__mp_main__"] = main
 
 
+def _packed_env(name):
+    """The packed strings of the environment variable name, or of the file
+    that name + "_FILE" names when they were too long for the environment
+    (safepool._launch.ENV_STRING_MAX), or None."""
+    value = os.environ.get(name)
+    if value is None:
+        path = os.environ.get(name + "_FILE")
+        if path:
+            with open(path, "rb") as f:
+                value = os.fsdecode(f.read())
+    return value
+
+
 def _setup():
     pythonpath = os.environ.pop("SAFEPOOL_PY_PYTHONPATH", None)
     if pythonpath is not None:
@@ -200,7 +213,7 @@ def _setup():
             os.environ["PYTHONPATH"] = pythonpath[0]
         else:
             os.environ.pop("PYTHONPATH", None)
-    paths = os.environ.get("SAFEPOOL_PY_SYSPATH")
+    paths = _packed_env("SAFEPOOL_PY_SYSPATH")
     if paths:
         # The client's sys.path, in its order, as multiprocessing's spawn
         # sets it; then this interpreter's own entries that it lacks, but
@@ -210,7 +223,7 @@ def _setup():
         # library's from the tasks when the client does not see it.
         client = unpack_strings(paths)
         sys.path[:] = client + [p for p in sys.path if p and p not in client]
-    argv = os.environ.get("SAFEPOOL_PY_ARGV")
+    argv = _packed_env("SAFEPOOL_PY_ARGV")
     if argv is not None:
         sys.argv = unpack_strings(argv)
     _fix_main()

@@ -223,3 +223,28 @@ class EnvironmentOfTheTasks(unittest.TestCase):
             """, args=[PYTHON_DIR], env_drop=("PYTHONPATH",))
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout.splitlines(), ["(None, 'None')"])
+
+
+class ManyArguments(unittest.TestCase):
+    # `python3 script.py inputs/*.json`: workers get the script's sys.argv
+    # (its top level may read it), which went in one environment variable.
+    # Past 128 KiB exec refuses such a string (E2BIG), and the pool could
+    # not start: "cannot start the safepool binary: Argument list too long".
+    def test_a_script_run_on_thousands_of_files(self):
+        files = ["inputs/2024/some-directory/record-%06d.json" % i for i in range(5000)]
+        self.assertGreater(sum(map(len, files)), 200 << 10)
+        out = run_script(self, """
+                import sys
+                import safepool
+
+                def argv(x):
+                    return sys.argv
+
+                if __name__ == "__main__":
+                    # One item per worker, each worker new.
+                    with safepool.Pool(1, maxtasksperchild=1) as pool:
+                        got = pool.map(argv, range(2), chunksize=1)
+                    print(len(sys.argv), all(a == sys.argv for a in got))
+            """, args=files)
+        self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+        self.assertEqual(out.stdout.splitlines(), ["5001 True"])
