@@ -248,3 +248,38 @@ class ManyArguments(unittest.TestCase):
             """, args=files)
         self.assertEqual(out.returncode, 0, out.stderr[-3000:])
         self.assertEqual(out.stdout.splitlines(), ["5001 True"])
+
+
+class PackageMainWithoutCloudpickle(unittest.TestCase):
+    # `python3 -m pkg` runs pkg/__main__.py, which workers never import
+    # (it often runs the program at its top level). Without cloudpickle,
+    # what it defines cannot be sent; the message said that the program
+    # had no script file, "read from standard input, or run with -c or
+    # interactively", which was none of these.
+    def test_the_message_names_the_package_main(self):
+        from tests.support import python_without, skip_or_fail
+        python = python_without("cloudpickle")
+        if python is None:
+            skip_or_fail(self, "every Python here has cloudpickle, even without site-packages")
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        os.mkdir(os.path.join(d, "pkg"))
+        open(os.path.join(d, "pkg", "__init__.py"), "w").close()
+        with open(os.path.join(d, "pkg", "__main__.py"), "w") as f:
+            f.write(textwrap.dedent("""
+                import safepool
+
+                def double(x):
+                    return 2 * x
+
+                with safepool.Pool(1) as pool:
+                    try:
+                        pool.map(double, range(3))
+                    except TypeError as e:
+                        print(e)
+            """))
+        out = subprocess.run(python + ["-m", "pkg"], env=child_env(), cwd=d, capture_output=True, text=True,
+                             timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("it is %s, the __main__.py of a package" % os.path.join(d, "pkg", "__main__.py"), out.stdout)
+        self.assertNotIn("standard input", out.stdout)
