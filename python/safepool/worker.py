@@ -456,7 +456,10 @@ def _run_batch_page(task_id, payload, write, flush, page, words):
     send_at = now() + HOLD
 
     def send_values(upto):
-        # The values of positions first..upto-1 in one frame.
+        # The values of positions first..upto-1 in one frame, after what
+        # the items printed (a frame bigger than the pipe's buffer is
+        # written at once, before the flush).
+        _flush_output()
         count = upto - first
         if count == 1:
             try:
@@ -480,7 +483,6 @@ def _run_batch_page(task_id, payload, write, flush, page, words):
                 return
             reply = _oob._reply[0]
             if fast and reply is not None and out[0] == 0x80:
-                _flush_output()  # what the items printed, before the client has their values
                 # The values go to the client first, then the binary is
                 # told the range is answered (SENT): a death between the
                 # two leaves the values delivered and the items run again,
@@ -597,6 +599,8 @@ def _run_batch(task_id, payload, write, flush):
     fast = mode == MAP and not limits
     encode = _oob.worker_encode
     for i in indexes:
+        if answer:
+            _flush_output()  # what the item printed, before its answer
         write(answer + pack(4, START, task_id) + pack_index(i))
         flush()
         kind = RESULT
@@ -618,6 +622,7 @@ def _run_batch(task_id, payload, write, flush):
             except Exception as e:
                 kind, out = RESULT, dumps((RAISED, _exc_record(e)))
         answer = pack(4 + len(out), ITEM if kind == RESULT else ITEM_ERROR, task_id) + pack_index(i) + out
+    _flush_output()
     write(answer)
     flush()
 
@@ -785,9 +790,10 @@ def _flush_output():
 
 def _flushing(flush_results):
     """flush_results (the result pipe's flush), preceded by _flush_output:
-    each frame that answers items goes out after what those items printed,
-    so that the lines of the tasks whose results were sent are written, and
-    before the client sees the results."""
+    each frame goes out after what the items before it printed, so that
+    the lines of the tasks whose results were sent are written. (The
+    answers also call _flush_output before they are written: a frame
+    bigger than the result pipe's buffer goes out as it is written.)"""
     def flush():
         _flush_output()
         flush_results()
@@ -866,6 +872,7 @@ def _serve():
         except Exception as e:
             # The task cannot run (its function cannot be unpickled, say).
             kind, out = RESULT, dumps((RAISED, _exc_record(e)))
+        _flush_output()
         write(pack(len(out), kind, task_id))
         write(out)
         flush()

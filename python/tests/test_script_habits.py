@@ -283,3 +283,44 @@ class PackageMainWithoutCloudpickle(unittest.TestCase):
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertIn("it is %s, the __main__.py of a package" % os.path.join(d, "pkg", "__main__.py"), out.stdout)
         self.assertNotIn("standard input", out.stdout)
+
+
+class PrintsBeforeResults(unittest.TestCase):
+    # The line a task printed is in the file before the line the program
+    # prints for its result, also when the result is bigger than the
+    # result pipe's buffer (20 KB here), whose frame goes out as it is
+    # written.
+    def test_each_task_line_comes_before_its_result_line(self):
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        script = os.path.join(d, "script.py")
+        with open(script, "w") as f:
+            f.write(textwrap.dedent("""
+                import safepool
+
+                def task(x):
+                    print("task", x)
+                    return "y" * 20000
+
+                if __name__ == "__main__":
+                    with safepool.Pool(2) as pool:
+                        for i, r in enumerate(pool.imap(task, range(200))):
+                            print("result", i, flush=True)
+            """))
+        env = child_env()
+        env.pop("PYTHONUNBUFFERED", None)
+        log = os.path.join(d, "log.txt")
+        with open(log, "w") as f:
+            out = subprocess.run([sys.executable, script], env=env, cwd=d, stdout=f, stderr=subprocess.PIPE,
+                                 text=True, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        seen, early = set(), []
+        with open(log) as f:
+            for line in f:
+                what, x = line.split()
+                if what == "task":
+                    seen.add(x)
+                elif x not in seen:
+                    early.append(x)
+        self.assertEqual(len(seen), 200)
+        self.assertEqual(early, [])
