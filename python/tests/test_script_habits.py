@@ -12,20 +12,35 @@ import unittest
 from tests.support import child_env
 
 
-def run_script(test, source, args=(), python=None, timeout=120, env_drop=(), cwd=None):
+def run_script(test, source, args=(), python=None, timeout=120, env_drop=(), cwd=None, stdout=None, env=None):
     """Run source, dedented, as script.py in a directory of its own (and
     there, or in cwd), and return its CompletedProcess. env_drop: variables
-    of this process's environment that the script does not get."""
+    of this process's environment that the script does not get; env: more
+    variables; stdout: a file for its stdout (else it is captured)."""
+    extra = env or {}
     d = tempfile.mkdtemp()
     test.addCleanup(shutil.rmtree, d)
     script = os.path.join(d, "script.py")
     with open(script, "w") as f:
         f.write(textwrap.dedent(source))
-    env = child_env()
+    env = child_env(**extra)
     for name in env_drop:
         env.pop(name, None)
     return subprocess.run((python or [sys.executable]) + [script, *args], env=env, cwd=cwd or d,
-                          capture_output=True, text=True, timeout=timeout)
+                          stdout=stdout or subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
+
+
+def run_script_to_file(test, source):
+    """Run source as run_script does, its stdout a file and without
+    PYTHONUNBUFFERED, as `python3 script.py > log.txt` from a shell;
+    return its CompletedProcess and the lines of its stdout."""
+    d = tempfile.mkdtemp()
+    test.addCleanup(shutil.rmtree, d)
+    log = os.path.join(d, "log.txt")
+    with open(log, "w") as f:
+        out = run_script(test, source, env_drop=("PYTHONUNBUFFERED",), stdout=f)
+    with open(log) as f:
+        return out, f.read().splitlines()
 
 
 class ScriptThatImportsMultiprocessing(unittest.TestCase):
@@ -64,9 +79,6 @@ class ScriptThatImportsMultiprocessing(unittest.TestCase):
         self.assertEqual(out.stdout.splitlines(), ["save [0, 1, 2]", "nested [5, 14]"])
 
 
-if __name__ == "__main__":
-    unittest.main()
-
 
 class PrintsOfTasksInAFile(unittest.TestCase):
     # Run as `python3 script.py > log.txt`, a worker's stdout is a file,
@@ -98,20 +110,8 @@ class PrintsOfTasksInAFile(unittest.TestCase):
     """
 
     def test_lines_printed_by_tasks_are_written_as_their_results_go(self):
-        d = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, d)
-        log = os.path.join(d, "log.txt")
-        env = child_env()
-        env.pop("PYTHONUNBUFFERED", None)
-        script = os.path.join(d, "script.py")
-        with open(script, "w") as f:
-            f.write(textwrap.dedent(self.SCRIPT))
-        with open(log, "w") as f:
-            out = subprocess.run([sys.executable, script], env=env, cwd=d, stdout=f, stderr=subprocess.PIPE,
-                                 text=True, timeout=120)
+        out, lines = run_script_to_file(self, self.SCRIPT)
         self.assertEqual(out.returncode, 0, out.stderr)
-        with open(log) as f:
-            lines = f.read().splitlines()
         # Each item's line is there before the line the program printed
         # after its map; the dying item 5 wrote its own line or not.
         for x in range(10):
@@ -150,8 +150,8 @@ class InterpreterOptions(unittest.TestCase):
         self.assertNotIn("ResourceWarning", out.stderr)
 
     def test_warnings_as_errors_leave_the_workers_quiet(self):
-        # Under -W error (or -X dev, or PYTHONWARNINGS=error in the
-        # environment), a worker's own pipes, which it left to the
+        # Under -W error and -X dev (here from the environment, which
+        # workers always had), a worker's own pipes, which it left to the
         # interpreter to close, made each worker print an unclosed file's
         # ResourceWarning, as an error, at its exit.
         out = run_script(self, """
@@ -165,7 +165,7 @@ class InterpreterOptions(unittest.TestCase):
                     print(pool.map(square, range(6)))
                     pool.close()
                     pool.join()
-            """, python=[sys.executable, "-W", "error", "-X", "dev"])
+            """, env={"PYTHONWARNINGS": "error", "PYTHONDEVMODE": "1"})
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout.splitlines(), ["[0, 1, 4, 9, 16, 25]"])
         self.assertEqual(out.stderr, "")
@@ -291,11 +291,7 @@ class PrintsBeforeResults(unittest.TestCase):
     # result pipe's buffer (20 KB here), whose frame goes out as it is
     # written.
     def test_each_task_line_comes_before_its_result_line(self):
-        d = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, d)
-        script = os.path.join(d, "script.py")
-        with open(script, "w") as f:
-            f.write(textwrap.dedent("""
+        out, lines = run_script_to_file(self, """
                 import safepool
 
                 def task(x):
@@ -306,21 +302,18 @@ class PrintsBeforeResults(unittest.TestCase):
                     with safepool.Pool(2) as pool:
                         for i, r in enumerate(pool.imap(task, range(200))):
                             print("result", i, flush=True)
-            """))
-        env = child_env()
-        env.pop("PYTHONUNBUFFERED", None)
-        log = os.path.join(d, "log.txt")
-        with open(log, "w") as f:
-            out = subprocess.run([sys.executable, script], env=env, cwd=d, stdout=f, stderr=subprocess.PIPE,
-                                 text=True, timeout=120)
+            """)
         self.assertEqual(out.returncode, 0, out.stderr)
         seen, early = set(), []
-        with open(log) as f:
-            for line in f:
-                what, x = line.split()
-                if what == "task":
-                    seen.add(x)
-                elif x not in seen:
-                    early.append(x)
+        for line in lines:
+            what, x = line.split()
+            if what == "task":
+                seen.add(x)
+            elif x not in seen:
+                early.append(x)
         self.assertEqual(len(seen), 200)
         self.assertEqual(early, [])
+
+
+if __name__ == "__main__":
+    unittest.main()
