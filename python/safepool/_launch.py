@@ -23,6 +23,16 @@ ENV_SYSPATH = "SAFEPOOL_PY_SYSPATH"  # the parent's sys.path, packed (pack_strin
 ENV_ARGV = "SAFEPOOL_PY_ARGV"  # the parent's sys.argv, packed
 ENV_MAIN = "SAFEPOOL_PY_MAIN"  # "path:<file>" or "name:<module>": the parent's main module
 ENV_INIT = "SAFEPOOL_PY_INIT"  # the path of a file holding the pickled (initializer, initargs)
+# A packed value longer than this (sys.argv of a script run on thousands of
+# files, `script.py inputs/*.json`) goes in a file that the variable's name
+# with _FILE appended names: exec refuses an environment string above 128
+# KiB (MAX_ARG_STRLEN) with E2BIG, and the whole environment and arguments
+# above ARG_MAX, so that neither the binary nor its workers could start.
+ENV_STRING_MAX = 32 << 10
+# The client's PYTHONPATH, packed: none (unset) or one string. Workers get
+# the package's directory in front of it, to import safepool.worker, and
+# set it back for the tasks and the programs they start.
+ENV_PYTHONPATH = "SAFEPOOL_PY_PYTHONPATH"
 
 # The worker's entry point. -c rather than -m: running a module with -m
 # imports runpy and pkgutil, which cost a worker about 10 ms at start.
@@ -73,6 +83,41 @@ def main_spec():
     if os.path.splitext(os.path.basename(path))[0] == "ipython":
         return None
     return "path:" + path
+
+
+def interpreter_flags() -> list:
+    """The command-line options of this interpreter that workers get too,
+    as multiprocessing's spawn gives its workers (-O, -W, -X dev, -X
+    utf8..., and -u): a script run as `python3 -O -W ignore script.py` runs its
+    tasks without asserts and without warnings. Not -E or -I, which would
+    make workers ignore the PYTHONPATH by which they import safepool."""
+    f = sys.flags
+    args = []
+    if f.optimize > 0:
+        args.append("-" + "O" * f.optimize)
+    for name, opt in (("dont_write_bytecode", "B"), ("no_site", "S"), ("no_user_site", "s"),
+                      ("safe_path", "P"), ("bytes_warning", "b"), ("verbose", "v")):
+        v = int(getattr(f, name, 0))
+        if v > 0:
+            args.append("-" + opt * v)
+    # -u, which sys.flags does not show: the streams are unbuffered.
+    import io
+    if isinstance(getattr(sys.__stdout__, "buffer", None), io.FileIO):
+        args.append("-u")
+    warnopts = list(sys.warnoptions)
+    # What -b and -X dev add to sys.warnoptions themselves.
+    for implied in (("error::BytesWarning" if f.bytes_warning > 1 else "default::BytesWarning")
+                    if f.bytes_warning else None,
+                    "default" if f.dev_mode else None):
+        if implied in warnopts:
+            warnopts.remove(implied)
+    args.extend("-W" + opt for opt in warnopts)
+    xoptions = dict(getattr(sys, "_xoptions", {}))
+    if f.dev_mode:
+        xoptions["dev"] = True
+    for name, value in xoptions.items():
+        args.extend(("-X", name if value is True else "%s=%s" % (name, value)))
+    return args
 
 
 def check_options(processes, retries, on_worker_death, initializer):
@@ -185,7 +230,9 @@ class Launch:
         self.max_tasks_per_child = int(max_tasks_per_child or 0)
         hello = {
             "version": BRIDGE_VERSION,
-            "command": [python or sys.executable, "-c", WORKER_CODE],
+            # This interpreter's options, not another's (python).
+            "command": [python or sys.executable, *(interpreter_flags() if python is None else ()), "-c",
+                        WORKER_CODE],
             "workers": self.processes,
             "mem_limit": int(mem_limit or 0),
             "timeout": check_seconds(timeout, "timeout"),
@@ -232,9 +279,23 @@ class Launch:
         binary = _binary.find_binary()
         env = dict(os.environ)
         pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env[ENV_PYTHONPATH] = pack_strings([env["PYTHONPATH"]] if "PYTHONPATH" in env else [])
         env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env[ENV_SYSPATH] = pack_strings([p if p else os.getcwd() for p in sys.path])
-        env[ENV_ARGV] = pack_strings(sys.argv)
+        self.files = []  # (path, descriptor) of the files of values too long for the environment
+        for name, value in ((ENV_SYSPATH, pack_strings([p if p else os.getcwd() for p in sys.path])),
+                            (ENV_ARGV, pack_strings(sys.argv))):
+            env.pop(name + "_FILE", None)
+            if len(value) <= ENV_STRING_MAX:
+                env[name] = value
+                continue
+            env.pop(name, None)
+            try:
+                path, fd = _write_file("safepool-" + name[len("SAFEPOOL_PY_"):].lower(), os.fsencode(value))
+            except BaseException:
+                self.cleanup()
+                raise
+            self.files.append((path, fd))
+            env[name + "_FILE"] = path
         env.pop(ENV_MAIN, None)
         env.pop(ENV_INIT, None)
         env.pop(CLOCK_ENV, None)
@@ -285,7 +346,8 @@ class Launch:
             raise
 
     def cleanup(self):
-        """Remove (or close) the initializer's file, and close the write end of the
+        """Remove (or close) the initializer's file and those of sys.argv and
+        sys.path too long for the environment, and close the write end of the
         direct path's door: no worker announces its pipe any more."""
         direct = getattr(self, "direct", None)
         if direct is not None and direct[1] >= 0:
@@ -294,15 +356,19 @@ class Launch:
             except OSError:
                 pass
             self.direct = (direct[0], -1)
+        files = getattr(self, "files", [])
         if self.init_file:
+            files.append((self.init_file, self.init_fd))
+            self.init_file, self.init_fd = None, -1
+        while files:
+            path, fd = files.pop()
             try:
-                if self.init_fd >= 0:
-                    os.close(self.init_fd)
+                if fd >= 0:
+                    os.close(fd)
                 else:
-                    os.unlink(self.init_file)
+                    os.unlink(path)
             except OSError:
                 pass
-            self.init_file, self.init_fd = None, -1
 
     def close_clock(self):
         """Close this process's descriptor of the pool clock, once no worker
@@ -359,15 +425,22 @@ def _write_initializer(initializer, initargs, main_importable: bool):
     processes cannot open, or a kernel without memfd_create, writes a
     temporary file instead (descriptor -1), which Launch.cleanup removes."""
     from ._pickling import dumps_code
-    data = dumps_code((initializer, tuple(initargs)), initializer, main_importable)
+    return _write_file("safepool-init", dumps_code((initializer, tuple(initargs)), initializer, main_importable))
+
+
+def _write_file(name: str, data: bytes):
+    """Write data in a memory file named name (or, where workers could not
+    open it, a temporary file: see _write_initializer). Return the path by
+    which workers open it and the descriptor by which this process holds
+    it (-1: a named file, to remove)."""
     try:
         from ._oob import dumpable
         if not dumpable():
             raise OSError("not dumpable")
-        fd = os.memfd_create("safepool-init")
+        fd = os.memfd_create(name)
     except (AttributeError, OSError):
         import tempfile
-        fd, path = tempfile.mkstemp(prefix="safepool-init-")
+        fd, path = tempfile.mkstemp(prefix=name + "-")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

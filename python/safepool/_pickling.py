@@ -42,6 +42,23 @@ def _dumps_checked(obj) -> bytes:
     return buf.getvalue()
 
 
+def _why_no_main() -> str:
+    """Why workers do not import this program's main module (see
+    _launch.main_spec), for the messages above."""
+    import sys
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    name = getattr(spec, "name", None) or ""
+    if name == "__main__" or name.endswith(".__main__"):
+        # python3 -m pkg, or a directory or zip file run as a program:
+        # such a __main__.py often runs the program at its top level, and
+        # workers never run it (as multiprocessing's spawn does not).
+        return ("it is %s, the __main__.py of a package, directory or zip file run as a program, which "
+                "workers do not run" % (getattr(spec, "origin", None) or getattr(main, "__file__", None) or name))
+    return ("this program has no script file (it was read from standard input, or run with -c or "
+            "interactively)")
+
+
 def _cloudpickle():
     try:
         import cloudpickle  # type: ignore
@@ -73,10 +90,9 @@ def dumps_code(obj, shown, main_importable: bool = True) -> bytes:
             what = "it is defined" if e.obj is shown else "it uses %r, defined" % (e.obj,)
             raise TypeError(
                 "cannot send %r to a worker process: %s in the main module, which "
-                "workers cannot import because this program has no script file (it was read "
-                "from standard input, or run with -c or interactively). Define it in a module "
+                "workers cannot import because %s. Define it in a module "
                 "that the program imports, or install cloudpickle, which safepool then uses to "
-                "send it by value." % (shown, what)) from None
+                "send it by value." % (shown, what, _why_no_main())) from None
         return cp.dumps(obj, pickle.HIGHEST_PROTOCOL)
     except Exception as e:
         first = e
@@ -117,8 +133,7 @@ def dumps_payload(obj, main_importable: bool = True) -> bytes:
         if cp is None:
             raise TypeError(
                 "cannot send %r to a worker process: it is defined in the main module, which workers "
-                "cannot import because this program has no script file (it was read from standard "
-                "input, or run with -c or interactively). Define it in a module that the program "
+                "cannot import because %s. Define it in a module that the program "
                 "imports, or install cloudpickle, which safepool then uses to send it by value."
-                % (e.obj,)) from None
+                % (e.obj, _why_no_main())) from None
         return cp.dumps(obj, pickle.HIGHEST_PROTOCOL)

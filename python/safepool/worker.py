@@ -132,13 +132,24 @@ def _run_main_path(path):
     code = compile(source, path, "exec", dont_inherit=True)
     main = type(sys)("__mp_main__")
     main.__dict__.update(__file__=path, __cached__=None, __loader__=None, __package__="", __spec__=None)
-    sys.modules["__mp_main__"] = main
+    # Both names from the start, as multiprocessing's spawn has them when it
+    # runs the script: importing multiprocessing (or joblib, which does) for
+    # the first time sets sys.modules["__mp_main__"] to sys.modules["__main__"],
+    # which would otherwise be this process's -c module, and the script's
+    # functions and classes could not be pickled here by name (a task that
+    # pickles a dataclass of the script, or starts a multiprocessing pool of
+    # its functions).
+    worker_main = sys.modules.get("__main__")
+    sys.modules["__main__"] = sys.modules["__mp_main__"] = main
     try:
         exec(code, main.__dict__)
     except BaseException:
         del sys.modules["__mp_main__"]
+        if worker_main is not None:
+            sys.modules["__main__"] = worker_main
         raise
-    sys.modules["__main__"] = main
+    # The script may have set either name meanwhile.
+    sys.modules["__main__"] = sys.modules["__mp_main__"] = main
 
 
 # True while the client's main script runs here as __mp_main__: a pool made
@@ -177,13 +188,42 @@ def _import_main(spec):
         sys.modules["__main__"] = sys.modules["__mp_main__"] = main
 
 
+def _packed_env(name):
+    """The packed strings of the environment variable name, or of the file
+    that name + "_FILE" names when they were too long for the environment
+    (safepool._launch.ENV_STRING_MAX), or None."""
+    value = os.environ.get(name)
+    if value is None:
+        path = os.environ.get(name + "_FILE")
+        if path:
+            with open(path, "rb") as f:
+                value = os.fsdecode(f.read())
+    return value
+
+
 def _setup():
-    paths = os.environ.get("SAFEPOOL_PY_SYSPATH")
+    pythonpath = os.environ.pop("SAFEPOOL_PY_PYTHONPATH", None)
+    if pythonpath is not None:
+        # The client's own: the directory of safepool that the client put
+        # in front for this worker's start is not for the programs that
+        # tasks start (another Python, a tool of another environment,
+        # which would import this environment's packages first).
+        pythonpath = unpack_strings(pythonpath)
+        if pythonpath:
+            os.environ["PYTHONPATH"] = pythonpath[0]
+        else:
+            os.environ.pop("PYTHONPATH", None)
+    paths = _packed_env("SAFEPOOL_PY_SYSPATH")
     if paths:
-        for p in reversed(unpack_strings(paths)):
-            if p not in sys.path:
-                sys.path.insert(0, p)
-    argv = os.environ.get("SAFEPOOL_PY_ARGV")
+        # The client's sys.path, in its order, as multiprocessing's spawn
+        # sets it; then this interpreter's own entries that it lacks, but
+        # not the working directory ("") that `python3 -c` put first: a
+        # module of the directory the program was started from (a data
+        # directory's calendar.py, say) must not hide the standard
+        # library's from the tasks when the client does not see it.
+        client = unpack_strings(paths)
+        sys.path[:] = client + [p for p in sys.path if p and p not in client]
+    argv = _packed_env("SAFEPOOL_PY_ARGV")
     if argv is not None:
         sys.argv = unpack_strings(argv)
     _fix_main()
@@ -416,7 +456,10 @@ def _run_batch_page(task_id, payload, write, flush, page, words):
     send_at = now() + HOLD
 
     def send_values(upto):
-        # The values of positions first..upto-1 in one frame.
+        # The values of positions first..upto-1 in one frame, after what
+        # the items printed (a frame bigger than the pipe's buffer is
+        # written at once, before the flush).
+        _flush_output()
         count = upto - first
         if count == 1:
             try:
@@ -556,6 +599,8 @@ def _run_batch(task_id, payload, write, flush):
     fast = mode == MAP and not limits
     encode = _oob.worker_encode
     for i in indexes:
+        if answer:
+            _flush_output()  # what the item printed, before its answer
         write(answer + pack(4, START, task_id) + pack_index(i))
         flush()
         kind = RESULT
@@ -577,6 +622,7 @@ def _run_batch(task_id, payload, write, flush):
             except Exception as e:
                 kind, out = RESULT, dumps((RAISED, _exc_record(e)))
         answer = pack(4 + len(out), ITEM if kind == RESULT else ITEM_ERROR, task_id) + pack_index(i) + out
+    _flush_output()
     write(answer)
     flush()
 
@@ -727,10 +773,41 @@ def _leave(e):
     os._exit(code)
 
 
+def _flush_output():
+    """Write out what tasks printed and Python still buffers: stdout is
+    buffered in blocks when it is not a terminal (a script run as `python3
+    script.py > log.txt`), and a worker that is killed (by the OOM killer,
+    or by SIGTERM when the pool is terminated) loses its buffer."""
+    try:
+        sys.stdout.flush()
+    except Exception:  # None, closed, or a reader gone: as the task's own print would find it
+        pass
+    try:
+        sys.stderr.flush()
+    except Exception:
+        pass
+
+
+def _flushing(flush_results):
+    """flush_results (the result pipe's flush), preceded by _flush_output:
+    each frame goes out after what the items before it printed, so that
+    the lines of the tasks whose results were sent are written. (The
+    answers also call _flush_output before they are written: a frame
+    bigger than the result pipe's buffer goes out as it is written.)"""
+    def flush():
+        _flush_output()
+        flush_results()
+    return flush
+
+
 def _serve():
     """Serve the binary's tasks until it closes the task pipe."""
     tasks = os.fdopen(int(os.environ.get("SAFEPOOL_TASK_FD", "3")), "rb")
-    results = os.fdopen(int(os.environ.get("SAFEPOOL_RESULT_FD", "4")), "wb")
+    # Not closed by Python, but when the process ends (see the end): a file
+    # object that owned it would warn, as an unclosed file, when the
+    # interpreter frees it (a ResourceWarning under -X dev, an error under
+    # -W error).
+    results = open(int(os.environ.get("SAFEPOOL_RESULT_FD", "4")), "wb", closefd=False)
     os.set_inheritable(tasks.fileno(), False)
     os.set_inheritable(results.fileno(), False)
     page_fd = os.environ.get(PAGE_FD)
@@ -743,7 +820,8 @@ def _serve():
     _setup()
     _open_clock()
     fns = _fns
-    write, flush, pack = results.write, results.flush, HEADER.pack
+    write, pack = results.write, HEADER.pack
+    flush = _flushing(results.flush)
 
     page = page_id = None
     if page_fd:
@@ -794,10 +872,12 @@ def _serve():
         except Exception as e:
             # The task cannot run (its function cannot be unpickled, say).
             kind, out = RESULT, dumps((RAISED, _exc_record(e)))
+        _flush_output()
         write(pack(len(out), kind, task_id))
         write(out)
         flush()
     flush()
+    tasks.close()
     # The result pipe stays open until the process ends, through the
     # interpreter's shutdown: the binary takes its end of file for the
     # worker's exit, and kills a worker that lives on 200 ms past it (a
