@@ -260,6 +260,10 @@ func New(cfg Config) (*Pool, error) {
 	p.cfg.Env = p.guard.Env(p.cfg.Env)
 	if l, err := memory.WatchOOMKills(); err == nil {
 		p.oomLog = l
+		if !m.Mode().PerWorker() {
+			// The workers' OOM kills are the supervisor's cgroup's.
+			l.KeepReserve()
+		}
 	}
 	if cfg.Protocol == OneShot {
 		p.spool = newSpooler(&p.cfg)

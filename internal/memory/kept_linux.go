@@ -120,10 +120,13 @@ func preadAllInto(buf []byte, fd int) ([]byte, error) {
 }
 
 // statFiles keeps the /proc/PID/stat files of the processes a scan read,
-// open from one scan to the next. It is used by one scan at a time.
+// open from one scan to the next. It is used by one scan at a time, and
+// read (readKept) by the kernel log's reader beside it; each read holds mu
+// alone, so that that reader never waits for a whole scan.
 type statFiles struct {
-	fds map[int]int // pid -> descriptor
-	// seen marks the pids read by the scan under way.
+	mu  sync.Mutex
+	fds map[int]int // pid -> descriptor; guarded by mu
+	// seen marks the pids read by the scan under way; guarded by mu.
 	seen map[int]bool
 }
 
@@ -132,6 +135,8 @@ type statFiles struct {
 // not its number: once the process is gone it reads ESRCH, and a process
 // that took its number since is opened anew.
 func (s *statFiles) read(pid int, buf []byte) (n int, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.fds == nil {
 		s.fds, s.seen = map[int]int{}, map[int]bool{}
 	}
@@ -157,9 +162,28 @@ func (s *statFiles) read(pid int, buf []byte) (n int, ok bool) {
 	return n, err == nil
 }
 
+// readKept reads and parses /proc/pid/stat through the descriptor kept
+// for pid, if there is one, without opening any file; ok is false when
+// there is none or the process is gone.
+func (s *statFiles) readKept(pid int, buf []byte) (e procEntry, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fd, kept := s.fds[pid]
+	if !kept {
+		return e, false
+	}
+	n, err := unix.Pread(fd, buf, 0)
+	if err != nil || n <= 0 {
+		return e, false
+	}
+	return parseStat(buf[:n])
+}
+
 // endScan closes the descriptors of the processes the scan that ends did
 // not read: gone, or no longer in the cgroup.
 func (s *statFiles) endScan() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for pid, fd := range s.fds {
 		if !s.seen[pid] {
 			delete(s.fds, pid)

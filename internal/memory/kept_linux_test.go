@@ -6,11 +6,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/safepool/safepool/internal/testenv"
+	"golang.org/x/sys/unix"
 )
 
 // TestScanOpensNoFile: the files the supervisor reads ten times a second
@@ -123,5 +125,49 @@ func TestKeptFileOfRemovedCgroup(t *testing.T) {
 	defer os.Remove(path)
 	if v, err := readInt(file); err != nil || v != 0 {
 		t.Errorf("read of the cgroup made again = %d, %v, want 0", v, err)
+	}
+}
+
+// TestParseStat: the fields of /proc/PID/stat after a name that holds
+// spaces and parentheses, and text that is not a stat line.
+func TestParseStat(t *testing.T) {
+	line := "4242 (a) b (c)) S 17 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100 18446744073709551615\n"
+	e, ok := parseStat([]byte(line))
+	if !ok || e.ppid != 17 || e.start != 987654 || e.name() != "a) b (c)" {
+		t.Errorf("parseStat(%q) = ppid %d, start %d, name %q, %v; want 17, 987654, %q, true", line, e.ppid, e.start, e.name(), ok, "a) b (c)")
+	}
+	for _, bad := range []string{"", "4242 (x) S 17", "4242 x S 17 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5", "4242 (x) S -3 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654"} {
+		if e, ok := parseStat([]byte(bad)); ok {
+			t.Errorf("parseStat(%q) = %+v, true; want false", bad, e)
+		}
+	}
+}
+
+// TestListPIDs: /proc listed through its kept descriptor, into a buffer
+// too small for one read, holds this process and the same processes as
+// os.ReadDir, read again from the start.
+func TestListPIDs(t *testing.T) {
+	fd, err := unix.Open("/proc", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, 512)
+	for round := 0; round < 2; round++ {
+		pids, _, err := listPIDs(fd, nil, buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(pids, os.Getpid()) {
+			t.Errorf("round %d: /proc listed %d processes, not this one (%d)", round, len(pids), os.Getpid())
+		}
+		if len(pids) < 3 {
+			t.Errorf("round %d: /proc listed %d processes: %v", round, len(pids), pids)
+		}
+		for _, p := range pids {
+			if p <= 0 {
+				t.Errorf("round %d: pid %d listed", round, p)
+			}
+		}
 	}
 }

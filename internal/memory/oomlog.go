@@ -82,6 +82,9 @@ type OOMLog struct {
 	changed chan struct{}
 	// ended is set when the reading goroutine stops; guarded by mu.
 	ended bool
+	// reserve is the memory given back as each record is read
+	// (KeepReserve), or nil; guarded by mu.
+	reserve *memReserve
 }
 
 // newOOMLog starts the goroutine that reads src. lineage, if not nil,
@@ -95,6 +98,12 @@ func newOOMLog(src oomSource, now func() time.Time, lineage func(pid int) []proc
 		buf:     make([]byte, kmsgRecordMax),
 		seen:    make(map[int]oomRecord),
 		changed: make(chan struct{}),
+	}
+	// Touched now, not when the first kill is read into it: a page
+	// faulted in then, with the cgroup at its limit and the victim not
+	// yet gone, made the kernel take the supervisor next.
+	for i := range l.buf {
+		l.buf[i] = 1
 	}
 	go l.read()
 	return l
@@ -146,6 +155,12 @@ func (l *OOMLog) next() (bool, error) {
 		case err != nil:
 			return false, err
 		}
+		// Before anything is made of the record: it may be the report of
+		// a kill whose victim's memory is not yet freed.
+		l.mu.Lock()
+		reserve := l.reserve
+		l.mu.Unlock()
+		reserve.release()
 		if v, ok := parseOOMRecord(l.buf[:n]); ok {
 			r := oomRecord{victim: v}
 			if l.lineage != nil {
@@ -271,6 +286,11 @@ func (l *OOMLog) Close() error {
 	l.closeOnce.Do(func() {
 		l.closeErr = l.src.Close()
 		<-l.done
+		l.mu.Lock()
+		reserve := l.reserve
+		l.reserve = nil
+		l.mu.Unlock()
+		reserve.free()
 	})
 	return l.closeErr
 }

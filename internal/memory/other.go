@@ -134,6 +134,15 @@ func SetOOMScoreAdj(pid, score int) error { return errors.ErrUnsupported }
 // WatchOOMKills returns errors.ErrUnsupported outside Linux.
 func WatchOOMKills() (*OOMLog, error) { return nil, errors.ErrUnsupported }
 
+// memReserve holds no memory outside Linux.
+type memReserve struct{}
+
+func (r *memReserve) release() {}
+func (r *memReserve) free()    {}
+
+// KeepReserve does nothing outside Linux.
+func (l *OOMLog) KeepReserve() {}
+
 // HostMemTotal returns errors.ErrUnsupported outside Linux.
 func HostMemTotal() (int64, error) { return 0, errors.ErrUnsupported }
 

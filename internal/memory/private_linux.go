@@ -2,6 +2,7 @@ package memory
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // A worker without a cgroup of its own is measured by what it alone holds:
@@ -137,10 +140,15 @@ type sharedScan struct {
 	// listed again; guarded by mu.
 	cgroup string
 	top    *os.File
-	// proc is /proc, kept open to be listed again, or nil; guarded by mu.
-	proc *os.File
+	// proc is /proc's descriptor, kept open to be listed again while
+	// procOpen, dents the buffer it is listed into, and pids the list of
+	// the last scan; guarded by mu.
+	proc     int
+	procOpen bool
+	dents    []byte
+	pids     []int
 	// stats keeps the stat files of the processes scanned open from one
-	// scan to the next (kept_linux.go); guarded by mu.
+	// scan to the next (kept_linux.go); it guards itself.
 	stats statFiles
 }
 
@@ -222,14 +230,7 @@ func (s *sharedScan) get(pid int) (*procScan, error) {
 		}
 	}
 	if scan == nil {
-		if s.proc == nil {
-			s.proc, _ = os.Open("/proc") // nil: listed the usual way
-		}
-		if scan, err = scanProcs(s.proc, &s.stats); err != nil {
-			if s.proc != nil {
-				s.proc.Close()
-				s.proc = nil
-			}
+		if scan, err = s.scanProcs(); err != nil {
 			return nil, err
 		}
 	}
@@ -238,19 +239,10 @@ func (s *sharedScan) get(pid int) (*procScan, error) {
 	return scan, nil
 }
 
-// scanProcs reads the parent of every process in /proc, listed through
-// proc (/proc open) and read through stats when they are not nil.
-func scanProcs(proc *os.File, stats *statFiles) (*procScan, error) {
+// scanProcs reads the parent of every process in /proc.
+func scanProcs() (*procScan, error) {
 	at := time.Now()
-	var entries []os.DirEntry
-	var err error
-	if proc != nil {
-		if _, err = proc.Seek(0, io.SeekStart); err == nil {
-			entries, err = proc.ReadDir(-1)
-		}
-	} else {
-		entries, err = os.ReadDir("/proc")
-	}
+	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil, err
 	}
@@ -260,7 +252,70 @@ func scanProcs(proc *os.File, stats *statFiles) (*procScan, error) {
 			pids = append(pids, p)
 		}
 	}
-	return scanPIDs(at, pids, stats), nil
+	return scanPIDs(at, pids, nil), nil
+}
+
+// scanProcs is scanProcs of a shared scan: /proc kept open and listed
+// into a buffer of its own, each process's stat file kept open
+// (kept_linux.go), so that a scan opens no file and makes little garbage.
+// Called with s.mu held.
+func (s *sharedScan) scanProcs() (*procScan, error) {
+	at := time.Now()
+	if !s.procOpen {
+		fd, err := unix.Open("/proc", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, &fs.PathError{Op: "open", Path: "/proc", Err: err}
+		}
+		s.proc, s.procOpen = fd, true
+	}
+	pids, dents, err := listPIDs(s.proc, s.pids[:0], s.dents)
+	s.dents = dents
+	if err != nil {
+		unix.Close(s.proc)
+		s.procOpen = false
+		return nil, &fs.PathError{Op: "readdirent", Path: "/proc", Err: err}
+	}
+	s.pids = pids
+	return scanPIDs(at, pids, &s.stats), nil
+}
+
+// listPIDs appends to pids the numeric names in the directory dir (an open
+// descriptor, read from its start), reading its entries into buf.
+func listPIDs(dir int, pids []int, buf []byte) ([]int, []byte, error) {
+	if buf == nil {
+		buf = make([]byte, 32<<10)
+	}
+	if _, err := unix.Seek(dir, 0, io.SeekStart); err != nil {
+		return pids, buf, err
+	}
+	for {
+		n, err := unix.Getdents(dir, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return pids, buf, err
+		}
+		if n <= 0 {
+			return pids, buf, nil
+		}
+		// Each entry: inode (8), offset (8), record length (2), type
+		// (1), then the name, ended by a zero byte.
+		for b := buf[:n]; len(b) >= 19; {
+			reclen := int(binary.NativeEndian.Uint16(b[16:18]))
+			if reclen < 19 || reclen > len(b) {
+				return pids, buf, fmt.Errorf("bad directory entry of %d bytes", reclen)
+			}
+			name := b[19:reclen]
+			if i := bytes.IndexByte(name, 0); i >= 0 {
+				name = name[:i]
+			}
+			if v, ok := parseDecimal(name); ok && v > 0 && v < 1<<31 {
+				pids = append(pids, int(v))
+			}
+			b = b[reclen:]
+		}
+	}
 }
 
 // scanPIDs reads the parent of each of pids, as a scan made at at, through
@@ -360,28 +415,81 @@ func parseStat(buf []byte) (e procEntry, ok bool) {
 		return e, false
 	}
 	copy(e.comm[:], buf[open+1:i])
-	fields := bytes.Fields(buf[i+1 : n])
-	if len(fields) < 20 {
+	// Walked in place rather than split (bytes.Fields): a scan reads
+	// every process, ten times a second.
+	rest := buf[i+1 : n]
+	var ppid, start uint64
+	var okPPID, okStart bool
+	for k := 0; k <= 19; k++ {
+		var field []byte
+		field, rest = nextField(rest)
+		if field == nil {
+			return e, false
+		}
+		switch k {
+		case 1:
+			ppid, okPPID = parseDecimal(field)
+		case 19:
+			start, okStart = parseDecimal(field)
+		}
+	}
+	if !okPPID || !okStart || ppid > 1<<31 {
 		return e, false
 	}
-	var err error
-	e.ppid, err = strconv.Atoi(string(fields[1]))
-	if err != nil {
-		return e, false
+	e.ppid, e.start = int(ppid), start
+	return e, true
+}
+
+// nextField returns the first field of b separated by white space, and
+// what follows it; nil when there is none.
+func nextField(b []byte) (field, rest []byte) {
+	i := 0
+	for i < len(b) && (b[i] == ' ' || b[i] == '\n' || b[i] == '\t') {
+		i++
 	}
-	e.start, err = strconv.ParseUint(string(fields[19]), 10, 64)
-	return e, err == nil
+	j := i
+	for j < len(b) && b[j] != ' ' && b[j] != '\n' && b[j] != '\t' {
+		j++
+	}
+	if i == j {
+		return nil, nil
+	}
+	return b[i:j], b[j:]
+}
+
+// parseDecimal parses b, digits only, without allocating.
+func parseDecimal(b []byte) (uint64, bool) {
+	if len(b) == 0 || len(b) > 19 {
+		return 0, false
+	}
+	var v uint64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		v = v*10 + uint64(c-'0')
+	}
+	return v, true
 }
 
 // procLineage returns pid and its ancestors, pid first, with their start
 // times, as /proc shows them now; nil when pid is gone. It stops at the
 // first ancestor gone since its child was read, and at process 1 (or a
 // parent outside the pid namespace, 0).
+//
+// It is read as the kernel's OOM killer reports a kill, when the cgroup
+// may be at its limit, so it reads through the stat files the scans keep
+// open where they have the process (a worker and its descendants, and the
+// supervisor, in a scan's cgroup or /proc): an open would charge the
+// cgroup then (kept_linux.go).
 func procLineage(pid int) []procID {
 	var line []procID
 	var buf [512]byte
 	for pid > 0 && len(line) < maxLineage {
-		e, ok := readStat(pid, buf[:])
+		e, ok := procScans.stats.readKept(pid, buf[:])
+		if !ok {
+			e, ok = readStat(pid, buf[:])
+		}
 		if !ok {
 			break
 		}
