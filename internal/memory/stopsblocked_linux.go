@@ -8,7 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// WithStopsBlocked calls f on a thread of its own with SIGTTIN, SIGTTOU
+// WithStopsBlocked calls f locked to the calling thread, with SIGTTIN, SIGTTOU
 // and SIGTSTP blocked, and a child that f starts on that thread starts with
 // them blocked too. Go starts a child with vfork: the thread that starts
 // it waits in the kernel until the child calls exec or exits, and no stop
