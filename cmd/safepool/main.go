@@ -12,6 +12,8 @@ import (
 )
 
 func main() {
+	// Before anything can write to a terminal or start a process.
+	primeProcessStart()
 	// As process 1 of a pid namespace (a container without an init),
 	// run under an init that reaps the orphans that jobs leave.
 	if code, ran := reaper.InitShim(); ran {

@@ -184,3 +184,7 @@ func (m *Manager) Dir() string { return "" }
 
 // RemoveAbandoned does nothing outside Linux, where there are no cgroups.
 func RemoveAbandoned(dir string) error { return nil }
+
+// WithStopsBlocked calls f: outside Linux, Go does not start children
+// with vfork.
+func WithStopsBlocked(f func()) { f() }

@@ -244,7 +244,7 @@ func probeThreadStart(dir, home string) error {
 	defer unix.Close(tasks)
 	cmd := exec.Command("/bin/true")
 	traced(cmd)
-	_, back, err := startFromThread(cmd, StartCmd, tasks, dir, home)
+	_, back, err := startFromThread(cmd, startProbe, tasks, dir, home)
 	if err == nil {
 		err = cmd.Wait()
 	}

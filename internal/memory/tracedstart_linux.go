@@ -97,7 +97,7 @@ func gainsPrivileges(cmd *exec.Cmd) bool {
 // debugger) forbids it.
 func probeTracedStart() error {
 	cmd := exec.Command("/bin/true")
-	if _, err := startTraced(cmd, StartCmd, nil); err != nil {
+	if _, err := startTraced(cmd, startProbe, nil); err != nil {
 		if cmd.Process != nil {
 			cmd.Process.Release() // startTraced reaped it
 		}

@@ -362,6 +362,7 @@ func guard(token, cgroupDir string, fd int) int {
 		syscall.SIGTERM, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGALRM)
 	// Its name in ps and top would be "exe", from /proc/self/exe.
 	_ = os.WriteFile("/proc/self/comm", []byte(guardianName), 0)
+	continueStarting(os.Getppid())
 	var b [64]byte
 	for {
 		n, err := unix.Read(fd, b[:])
