@@ -220,6 +220,9 @@ func New(cfg Config) (*Pool, error) {
 	if n := cfg.fitFiles(); n != "" {
 		notices = append(notices, n)
 	}
+	if n := cfg.fitPids(); n != "" {
+		notices = append(notices, n)
+	}
 	p := &Pool{
 		cfg:      cfg,
 		notices:  notices,

@@ -7,8 +7,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/safepool/safepool/internal/memory"
 	"github.com/safepool/safepool/internal/testenv"
@@ -119,5 +122,88 @@ func TestFewFilesStartNotCharged(t *testing.T) {
 	}
 	if reached == 0 {
 		t.Fatalf("no limit from 11 to 16 made a job unable to start for want of files")
+	}
+}
+
+// pidsHierarchy returns where the cgroup v1 pids hierarchy is mounted and
+// this process's cgroup in it, or skips t (fails it under CI=true).
+func pidsHierarchy(t *testing.T) (mount, path string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		testenv.SkipOrFail(t, "making a pids cgroup needs root")
+		return "", ""
+	}
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(mi), "\n") {
+		pre, post, ok := strings.Cut(l, " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(f) < 5 || len(g) < 3 || g[0] != "cgroup" || f[3] != "/" || !slices.Contains(strings.Split(g[2], ","), "pids") {
+			continue
+		}
+		mount = f[4]
+	}
+	if mount == "" {
+		testenv.SkipOrFail(t, "no cgroup v1 pids hierarchy is mounted whole")
+		return "", ""
+	}
+	cg, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(cg), "\n") {
+		if f := strings.SplitN(l, ":", 3); len(f) == 3 && slices.Contains(strings.Split(f[1], ","), "pids") {
+			return mount, f[2]
+		}
+	}
+	testenv.SkipOrFail(t, "this process is in no pids cgroup")
+	return "", ""
+}
+
+// TestPidsLimitCapsWorkers runs safepool run -j 64 in a pids cgroup that
+// allows 40 processes and threads: it runs fewer workers at once, says so,
+// and every job completes. Each worker takes a process and a thread of the
+// supervisor's (that waits for it); past the limit the Go runtime could
+// not make a thread and aborted the supervisor ("pthread_create failed",
+// a dump of every goroutine, exit 2), where xargs -P 64 finishes.
+func TestPidsLimitCapsWorkers(t *testing.T) {
+	mount, path := pidsHierarchy(t)
+	bin := buildSafepool(t)
+	dir := filepath.Join(mount, path, fmt.Sprintf("safepool-test-%d", os.Getpid()))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// The supervisor's workers may take a moment to leave it.
+		for i := 0; ; i++ {
+			err := os.Remove(dir)
+			if err == nil || i == 100 {
+				if err != nil {
+					t.Errorf("removing the pids cgroup: %v", err)
+				}
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
+	if err := os.WriteFile(filepath.Join(dir, "pids.max"), []byte("40"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"-c", `echo $$ > "$0/cgroup.procs" && shift && exec "$@"`, dir, "x",
+		bin, "run", "-j", "64", "--no-progress", "--", "sh", "-c", "exec sleep 0.05", ":::"}
+	for i := 1; i <= 300; i++ {
+		args = append(args, strconv.Itoa(i))
+	}
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command("sh", args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if err != nil || !strings.Contains(stderr.String(), "safepool: 300 tasks done in ") {
+		t.Fatalf("safepool run -j 64 under pids.max 40: %v, want exit 0 and every task done; stderr:\n%s", err, stderr.String())
+	}
+	if want := "instead of 64: the pids cgroup " + dir + " allows 40 processes and threads (pids.max)"; !strings.Contains(stderr.String(), want) {
+		t.Errorf("stderr:\n%s\nwant a notice that fewer workers run, and why: %q", stderr.String(), want)
 	}
 }
