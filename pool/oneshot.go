@@ -12,7 +12,7 @@ import (
 )
 
 // fileWait is how long a runner waits before it gives back a task whose
-// process could not start for want of file descriptors.
+// process could not start for want of file descriptors or processes.
 const fileWait = 50 * time.Millisecond
 
 // shot is one one-shot attempt under way: its task, its session, where
@@ -171,19 +171,29 @@ func (r *runner) endShot(sh *shot) {
 }
 
 // startFailed reports t's process, which could not start with err: as a
-// requeue when it was for want of files, else as an attempt that exited 127.
+// requeue when it was for want of files or processes, else as an attempt
+// that exited 127.
 func (r *runner) startFailed(t *task, args []string, out *attemptOutput, err error) {
 	start := time.Now()
 	others := r.p.procs.Add(-1) > 0
-	if outOfFiles(err, t, others) {
+	short := waitToStart(err, t, others)
+	if short || shortOf(err) {
 		// Not the task's doing: it runs again, uncharged, once running
-		// processes have given their files back.
+		// processes have given their files or process slots back. With
+		// none of the pool's running, after a few waits, what holds them
+		// is not the pool's: the start counts as a failure of the
+		// command, uncharged, so that a shortage that lasts aborts the run
+		// (Config.StartupFailures) instead of failing every task in turn
+		// with a cause (exit:127) that blames the task.
 		select {
 		case <-time.After(fileWait):
 		case <-r.p.abortCh:
 		case <-r.p.quit:
 		}
 		r.p.send(report{kind: reportRequeue, task: t})
+		if !short {
+			r.p.send(report{kind: reportStartupFailure, start: &StartError{Command: args, Err: err}})
+		}
 		return
 	}
 	// Like a shell, call a command that cannot be run exit status 127.
@@ -226,21 +236,23 @@ func (r *runner) waitOneShot(s *worker.Session, out *attemptOutput) {
 	}
 }
 
-// maxFileWaits is how many times a task waits for file descriptors while
-// no other process of the pool runs or starts, before it fails.
+// maxFileWaits is how many times a task waits for file descriptors or
+// processes while no other process of the pool runs or starts, before its
+// start counts as a failure of the command (EBADF: of the task).
 const maxFileWaits = 3
 
-// outOfFiles reports whether err says that t's process could not start for
-// want of file descriptors, and t should wait and run again uncharged: while
-// others of the pool's processes run or start (they will give theirs back),
-// and a few times when none does (a file the supervisor held for a moment).
+// waitToStart reports whether err says that t's process could not start for
+// want of file descriptors or of processes, and t should wait and run again
+// uncharged: while others of the pool's processes run or start (they will
+// give theirs back), and a few times when none does (a file the supervisor
+// held for a moment).
 //
 // EBADF from fork/exec is counted with them, but only a few times: with the
 // file table full, starting a process was seen to fail with it now and then
 // (1 start in some thousands); it is the supervisor's trouble, not the task's.
-func outOfFiles(err error, t *task, others bool) bool {
+func waitToStart(err error, t *task, others bool) bool {
 	switch {
-	case errors.Is(err, syscall.EMFILE), errors.Is(err, syscall.ENFILE):
+	case shortOf(err):
 		if others {
 			return true
 		}
@@ -250,4 +262,13 @@ func outOfFiles(err error, t *task, others bool) bool {
 	}
 	t.fileWaits++
 	return t.fileWaits <= maxFileWaits
+}
+
+// shortOf reports whether err, from starting a worker process, says that
+// the supervisor or the system ran out of something that ending processes
+// give back: file descriptors (EMFILE: ulimit -n; ENFILE: the system's
+// table) or processes (EAGAIN from fork: a pids cgroup's pids.max, ulimit
+// -u, the system's threads-max). The command is not at fault.
+func shortOf(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.EAGAIN)
 }

@@ -160,7 +160,7 @@ type task struct {
 	// that holds the task sets it before it reports the attempt.
 	out *attemptOutput
 	// fileWaits counts the times the task's one-shot process could not
-	// start for want of file descriptors while no other process ran.
+	// start for want of file descriptors or processes while no other ran.
 	fileWaits int
 	// early counts the answers of the batch's running attempt that were
 	// delivered before it ended (scheduler.answered); the loop's alone.
@@ -218,6 +218,9 @@ func New(cfg Config) (*Pool, error) {
 	cfg.Stdout, cfg.Stderr = syncWriters(cfg.Stdout, cfg.Stderr)
 	var notices []string
 	if n := cfg.fitFiles(); n != "" {
+		notices = append(notices, n)
+	}
+	if n := cfg.fitPids(); n != "" {
 		notices = append(notices, n)
 	}
 	p := &Pool{

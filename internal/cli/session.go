@@ -323,7 +323,11 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		feedErr = err
 		feedMu.Unlock()
 	}
-	go func() {
+	// The feeder closes the channel it was given: the results loop sets
+	// replayCh to nil once it stops reading it, which may be before the
+	// feeder's first statement when the pool aborts at once (a worker's
+	// cgroup that cannot be made, for want of files).
+	go func(replayCh chan<- replay) {
 		defer close(feedDone)
 		defer p.Close()
 		defer close(replayCh)
@@ -379,7 +383,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 				return // the pool is stopping; the results loop reports why
 			}
 		}
-	}()
+	}(replayCh)
 
 	// On the first interrupt the pool stops gracefully; on a second one
 	// it kills the workers at once. The first one again within relayWindow

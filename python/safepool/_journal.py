@@ -224,11 +224,14 @@ class _Call:
 
     def write(self, sql, args):
         with self.lock:
-            self.db.execute(sql, args)
-            now = time.monotonic()
-            if now - self.last >= _FLUSH_EVERY:
-                self._commit(now)
-                return
+            try:
+                self.db.execute(sql, args)
+                now = time.monotonic()
+                if now - self.last >= _FLUSH_EVERY:
+                    self._commit(now)
+                    return
+            except sqlite3.Error as e:
+                raise _named(e, self.j.path) from e
             self.dirty = True
             if self.timer is None:
                 # Committed by the timer if nothing comes after it in
@@ -239,7 +242,10 @@ class _Call:
 
     def _commit(self, now):
         """Commits what was written; under self.lock."""
-        self.db.execute("COMMIT")
+        # SQLite may have rolled the transaction back as a write failed
+        # (a full disk): then there is nothing to commit.
+        if self.db.in_transaction:
+            self.db.execute("COMMIT")
         self.db.execute("BEGIN")
         self.last = now
         self.dirty = False
@@ -249,7 +255,11 @@ class _Call:
         with self.lock:
             self.timer = None
             if self.dirty and not self.closed:
-                self._commit(time.monotonic())
+                try:
+                    self._commit(time.monotonic())
+                except sqlite3.Error as e:  # the caller gets it, as settled's
+                    if self.error is None:
+                        self.error = _named(e, self.j.path)
 
     def task(self, seq, k, arg, state, cause=None, attempts=0, output=None, peak=None):
         self.write("INSERT INTO task (run_id, id, key, input, state, attempts, cause, peak, output, ended)"
@@ -301,6 +311,9 @@ class _Call:
         # order (ordered) and are matched here.
         entries = collections.deque()
         status = 1
+        # Whether an error leaves the call: one in closing the journal
+        # below must not hide it (a full disk fails both).
+        raising = False
         try:
             def pending():
                 for seq, arg in enumerate(iterable, 1):
@@ -353,16 +366,25 @@ class _Call:
                 failed = failed or isinstance(value, BaseException)
                 yield value
             status = 1 if failed else 0
+        except BaseException:
+            raising = True
+            raise
         finally:
             with self.lock:
                 self.closed = True
                 timer, self.timer = self.timer, None
                 if timer is not None:
                     timer.cancel()
-                self.db.execute("COMMIT")
-                self.db.execute("UPDATE run SET ended = ?, exit_status = ? WHERE id = ?",
-                                (time.time_ns(), status, self.run_id))
-                self.db.close()
+                try:
+                    if self.db.in_transaction:
+                        self.db.execute("COMMIT")
+                    self.db.execute("UPDATE run SET ended = ?, exit_status = ? WHERE id = ?",
+                                    (time.time_ns(), status, self.run_id))
+                except sqlite3.Error as e:
+                    if not raising:
+                        raise _named(e, self.j.path) from e
+                finally:
+                    self.db.close()
             if timer is not None:
                 timer.join()  # it may have started: it finds the call closed
 
@@ -383,6 +405,12 @@ class _Results:
         if self._errors == "raise" and isinstance(value, BaseException):
             raise value
         return value
+
+
+def _named(e: sqlite3.Error, path: str) -> sqlite3.Error:
+    """e, of the same type, saying which journal could not be written:
+    SQLite's own message (database or disk is full) names no file."""
+    return type(e)("writing the journal %s: %s" % (path, e))
 
 
 def _short(arg) -> bytes:

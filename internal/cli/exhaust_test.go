@@ -1,0 +1,209 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/safepool/safepool/internal/memory"
+	"github.com/safepool/safepool/internal/testenv"
+)
+
+// needWorkerCgroups skips t, or fails it under CI=true, unless safepool
+// makes a memory cgroup per worker here (root, or a delegated subtree):
+// the tests below need the files those cgroups take.
+func needWorkerCgroups(t *testing.T) {
+	t.Helper()
+	m, err := memory.NewManager()
+	if err != nil {
+		testenv.SkipOrFail(t, "memory cgroups: "+err.Error())
+		return
+	}
+	mode, reason := m.Mode(), m.Reason()
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !mode.PerWorker() {
+		testenv.SkipOrFail(t, "memory cgroups: "+reason)
+	}
+}
+
+// runWithFiles runs bin with args under an open-file limit of limit
+// (ulimit -n, soft and hard), stdin seq 1..n, and returns its exit status
+// and stderr.
+func runWithFiles(t *testing.T, bin string, limit, n int, args ...string) (int, string) {
+	t.Helper()
+	var in bytes.Buffer
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&in, "%d\n", i)
+	}
+	cmd := exec.Command("sh", append([]string{"-c", `ulimit -n "$0" && exec "$@"`, fmt.Sprint(limit), bin}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stdin, cmd.Stderr = &in, &stderr
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return code, stderr.String()
+}
+
+// TestFewFilesAbortNoPanic: a pool that aborts at once, before the input's
+// feeder has begun (here a worker's cgroup that cannot be made for want of
+// files), ends with its reason, exit 3. The feeder closed the channel of
+// replayed outputs through the variable the results loop sets to nil as it
+// stops reading it: "panic: close of nil channel" in about half the runs.
+func TestFewFilesAbortNoPanic(t *testing.T) {
+	needWorkerCgroups(t)
+	bin := buildSafepool(t)
+	aborted := 0
+	for i := range 20 {
+		// 9 or 10 files are open as the pool starts: one or two more let
+		// it start, and no worker's cgroup be made.
+		limit := 10 + i%2
+		code, stderr := runWithFiles(t, bin, limit, 200, "run", "-j", "8", "--no-progress", "--", "true")
+		if strings.Contains(stderr, "panic") {
+			t.Fatalf("ulimit -n %d: exit %d, and it panicked:\n%s", limit, code, stderr)
+		}
+		if code == exitAborted && strings.Contains(stderr, "too many open files") {
+			aborted++
+		}
+	}
+	if aborted == 0 {
+		t.Fatalf("no run aborted for want of files: the limits no longer reach the case")
+	}
+}
+
+// TestFewFilesStartNotCharged: a job whose process cannot start for want
+// of files while none of the pool's run (a limit too low for one worker)
+// is not charged for it, as the task's own failure with cause exit:127:
+// the run aborts with the reason (exit 2, no job ran), every task
+// cancelled, so that --resume runs them all. Each task used to fail in
+// turn, "exit:127", as if its command could not be found.
+func TestFewFilesStartNotCharged(t *testing.T) {
+	needWorkerCgroups(t)
+	bin := buildSafepool(t)
+	dir := t.TempDir()
+	reached := 0
+	for limit := 11; limit <= 16; limit++ {
+		js := filepath.Join(dir, fmt.Sprintf("%d.json", limit))
+		code, stderr := runWithFiles(t, bin, limit, 20, "run", "-j", "4", "--no-progress", "--json", js, "--", "sh", "-c", "echo {}")
+		if !strings.Contains(stderr, "cannot start") || !strings.Contains(stderr, "too many open files") {
+			continue // another limit: the pool could not be made, or the jobs ran
+		}
+		reached++
+		data, err := os.ReadFile(js)
+		if err != nil {
+			t.Fatalf("ulimit -n %d: %v; stderr:\n%s", limit, err, stderr)
+		}
+		var s struct {
+			Tasks taskCounts
+		}
+		if err := json.Unmarshal(data, &s); err != nil {
+			t.Fatal(err)
+		}
+		if s.Tasks.Failed != 0 || code != exitUsage {
+			t.Errorf("ulimit -n %d: exit %d, tasks %+v; want exit %d and no task failed (the supervisor lacked files, not the jobs); stderr:\n%s",
+				limit, code, s.Tasks, exitUsage, stderr)
+		}
+		if strings.Contains(stderr, "exit:127") {
+			t.Errorf("ulimit -n %d: a task is blamed with exit:127; stderr:\n%s", limit, stderr)
+		}
+	}
+	if reached == 0 {
+		t.Fatalf("no limit from 11 to 16 made a job unable to start for want of files")
+	}
+}
+
+// pidsHierarchy returns where the cgroup v1 pids hierarchy is mounted and
+// this process's cgroup in it, or skips t (fails it under CI=true).
+func pidsHierarchy(t *testing.T) (mount, path string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		testenv.SkipOrFail(t, "making a pids cgroup needs root")
+		return "", ""
+	}
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(mi), "\n") {
+		pre, post, ok := strings.Cut(l, " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(f) < 5 || len(g) < 3 || g[0] != "cgroup" || f[3] != "/" || !slices.Contains(strings.Split(g[2], ","), "pids") {
+			continue
+		}
+		mount = f[4]
+	}
+	if mount == "" {
+		testenv.SkipOrFail(t, "no cgroup v1 pids hierarchy is mounted whole")
+		return "", ""
+	}
+	cg, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(cg), "\n") {
+		if f := strings.SplitN(l, ":", 3); len(f) == 3 && slices.Contains(strings.Split(f[1], ","), "pids") {
+			return mount, f[2]
+		}
+	}
+	testenv.SkipOrFail(t, "this process is in no pids cgroup")
+	return "", ""
+}
+
+// TestPidsLimitCapsWorkers runs safepool run -j 64 in a pids cgroup that
+// allows 40 processes and threads: it runs fewer workers at once, says so,
+// and every job completes. Each worker takes a process and a thread of the
+// supervisor's (that waits for it); past the limit the Go runtime could
+// not make a thread and aborted the supervisor ("pthread_create failed",
+// a dump of every goroutine, exit 2), where xargs -P 64 finishes.
+func TestPidsLimitCapsWorkers(t *testing.T) {
+	mount, path := pidsHierarchy(t)
+	bin := buildSafepool(t)
+	dir := filepath.Join(mount, path, fmt.Sprintf("safepool-test-%d", os.Getpid()))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// The supervisor's workers may take a moment to leave it.
+		for i := 0; ; i++ {
+			err := os.Remove(dir)
+			if err == nil || i == 100 {
+				if err != nil {
+					t.Errorf("removing the pids cgroup: %v", err)
+				}
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
+	if err := os.WriteFile(filepath.Join(dir, "pids.max"), []byte("40"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"-c", `echo $$ > "$0/cgroup.procs" && shift && exec "$@"`, dir, "x",
+		bin, "run", "-j", "64", "--no-progress", "--", "sh", "-c", "exec sleep 0.05", ":::"}
+	for i := 1; i <= 300; i++ {
+		args = append(args, strconv.Itoa(i))
+	}
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command("sh", args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if err != nil || !strings.Contains(stderr.String(), "safepool: 300 tasks done in ") {
+		t.Fatalf("safepool run -j 64 under pids.max 40: %v, want exit 0 and every task done; stderr:\n%s", err, stderr.String())
+	}
+	if want := "instead of 64: the pids cgroup " + dir + " allows 40 processes and threads (pids.max)"; !strings.Contains(stderr.String(), want) {
+		t.Errorf("stderr:\n%s\nwant a notice that fewer workers run, and why: %q", stderr.String(), want)
+	}
+}

@@ -1,0 +1,6 @@
+//go:build !linux
+
+package pool
+
+// pidsRoom is not implemented here: the number of workers is not capped.
+func pidsRoom() (limit, inUse int64, dir string, ok bool) { return 0, 0, "", false }

@@ -1,0 +1,70 @@
+"""Pool(journal=...) on a file system that fills up: the error says the
+journal could not be written and which file, and resume=True then does
+what the journal does not hold."""
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+import unittest
+
+import safepool
+from tests import helpers
+
+_PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Run with the file size limit at 256 KiB (ulimit -f, as a full disk)
+# once the workers have started: the journal's rows outgrow it. Python ignores SIGXFSZ, so SQLite gets
+# EFBIG and says "database or disk is full".
+_SCRIPT = textwrap.dedent("""
+    import resource, sqlite3, sys
+    sys.path.insert(0, sys.argv[1])
+    import safepool
+    from tests import helpers
+    try:
+        with safepool.Pool(2, journal=sys.argv[2]) as pool:
+            # The limit is the client's, not its workers', which are
+            # started by now: they would inherit it, and fail to write
+            # their tasks' data to shared memory files.
+            pool.map(helpers.square, [0, 1])
+            resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
+            pool.map(helpers.square, range(20000))
+    except sqlite3.Error as e:
+        print("error:", e)
+        sys.exit(3)
+    print("no error")
+""")
+
+
+class JournalFull(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir)
+        self.path = os.path.join(self.dir, "j.db")
+
+    def test_full_then_resume(self):
+        p = subprocess.run([sys.executable, "-c", _SCRIPT, _PYTHON_DIR, self.path],
+                           capture_output=True, text=True, timeout=120)
+        # It used to end with "cannot commit - no transaction is active",
+        # raised as the call closed the journal, over the error that
+        # mattered, which named no file.
+        self.assertEqual(p.returncode, 3, "stdout:\n%s\nstderr:\n%s" % (p.stdout, p.stderr))
+        self.assertIn("error: writing the journal %s: " % self.path, p.stdout)
+        self.assertNotIn("no transaction", p.stdout)
+
+        with safepool.Pool(2, journal=self.path, resume=True) as pool:
+            got = pool.map(helpers.square, range(20000))
+        self.assertEqual(got, [x * x for x in range(20000)])
+        db = sqlite3.connect(self.path)
+        self.addCleanup(db.close)
+        (last,) = db.execute("SELECT max(id) FROM run").fetchone()
+        counts = dict(db.execute("SELECT state, count(*) FROM task WHERE run_id = ? GROUP BY state", (last,)))
+        # Skipped: what the full journal had committed, which may be
+        # nothing when it filled before its first commit.
+        self.assertEqual(counts.get("done", 0) + counts.get("skipped", 0), 20000, counts)
+
+
+if __name__ == "__main__":
+    unittest.main()
