@@ -154,7 +154,7 @@ func TestListPIDs(t *testing.T) {
 	defer unix.Close(fd)
 	buf := make([]byte, 512)
 	for round := 0; round < 2; round++ {
-		pids, _, err := listPIDs(fd, nil, buf)
+		pids, _, err := ListPIDs(fd, nil, buf)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -268,7 +268,7 @@ func (s *sharedScan) scanProcs() (*procScan, error) {
 		}
 		s.proc, s.procOpen = fd, true
 	}
-	pids, dents, err := listPIDs(s.proc, s.pids[:0], s.dents)
+	pids, dents, err := ListPIDs(s.proc, s.pids[:0], s.dents)
 	s.dents = dents
 	if err != nil {
 		unix.Close(s.proc)
@@ -279,9 +279,12 @@ func (s *sharedScan) scanProcs() (*procScan, error) {
 	return scanPIDs(at, pids, &s.stats), nil
 }
 
-// listPIDs appends to pids the numeric names in the directory dir (an open
-// descriptor, read from its start), reading its entries into buf.
-func listPIDs(dir int, pids []int, buf []byte) ([]int, []byte, error) {
+// ListPIDs appends to pids the numeric names in the directory dir, an open
+// descriptor of /proc or of a /proc/PID/task, read from its start, reading
+// its entries into buf (made when nil) and returning it for the next call:
+// a list of the processes or threads that allocates nothing once pids and
+// buf are big enough.
+func ListPIDs(dir int, pids []int, buf []byte) ([]int, []byte, error) {
 	if buf == nil {
 		buf = make([]byte, 32<<10)
 	}

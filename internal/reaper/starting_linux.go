@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/safepool/safepool/internal/memory"
 	"golang.org/x/sys/unix"
 )
 
@@ -18,13 +19,95 @@ const startingEvery = 250 * time.Millisecond
 // continueStarting continues, every startingEvery until the process
 // ends, the children of the supervisor sup that a stop signal stopped
 // before their exec (continueStartingOnce).
+//
+// A child can be stuck so only while a thread of the supervisor waits for
+// it, uninterruptible (D), and the stop leaves the other threads stopped
+// (T) or, when the supervisor handles the signal itself, waiting for a
+// scheduler that the stuck starts hold. So each look first reads the
+// states of the supervisor's threads, through files kept open and read
+// again from their start (threadWatch), and looks at the children only
+// when a thread is D or T: the guardian shares the supervisor's memory
+// cgroup when the workers have none of their own, and opening the files
+// of every thread and child four times a second charged it with kernel
+// memory all the time (internal/memory/kept_linux.go says why that
+// matters).
 func continueStarting(sup int) {
+	w := newThreadWatch(sup)
 	go func() { // ends with the guardian
 		t := time.NewTicker(startingEvery)
 		for range t.C {
-			continueStartingOnce(sup)
+			if w.stuck() {
+				continueStartingOnce(sup)
+			}
 		}
 	}()
+}
+
+// threadWatch reads the states of a process's threads through their stat
+// files, kept open from one look to the next, and its task directory,
+// kept open and listed again.
+type threadWatch struct {
+	pid   int
+	dir   int // /proc/PID/task, or -1
+	dents []byte
+	tids  []int
+	fds   map[int]int // thread id -> its stat file
+	seen  map[int]bool
+	buf   [512]byte
+}
+
+func newThreadWatch(pid int) *threadWatch {
+	w := &threadWatch{pid: pid, fds: map[int]int{}, seen: map[int]bool{}}
+	dir, err := unix.Open("/proc/"+strconv.Itoa(pid)+"/task", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		dir = -1
+	}
+	w.dir = dir
+	return w
+}
+
+// stuck reports whether a thread of the process is stopped or in an
+// uninterruptible wait; true when it cannot tell.
+func (w *threadWatch) stuck() bool {
+	if w.dir < 0 {
+		return true
+	}
+	tids, dents, err := memory.ListPIDs(w.dir, w.tids[:0], w.dents)
+	w.dents = dents
+	if err != nil {
+		return true
+	}
+	w.tids = tids
+	clear(w.seen)
+	found := false
+	for _, tid := range tids {
+		w.seen[tid] = true
+		fd, ok := w.fds[tid]
+		if !ok {
+			fd, err = unix.Open("/proc/"+strconv.Itoa(w.pid)+"/task/"+strconv.Itoa(tid)+"/stat", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				continue
+			}
+			w.fds[tid] = fd
+		}
+		n, err := unix.Pread(fd, w.buf[:], 0)
+		if err != nil || n <= 0 {
+			continue // ended since the listing
+		}
+		if i := bytes.LastIndexByte(w.buf[:n], ')'); i >= 0 && i+2 < n {
+			switch w.buf[i+2] {
+			case 'T', 't', 'D':
+				found = true
+			}
+		}
+	}
+	for tid, fd := range w.fds {
+		if !w.seen[tid] {
+			unix.Close(fd)
+			delete(w.fds, tid)
+		}
+	}
+	return found
 }
 
 // continueStartingOnce sends SIGCONT to the children of sup that are
