@@ -27,10 +27,13 @@ type leftovers struct {
 	wake   chan struct{}
 	quit   <-chan struct{} // the pool's: closed when it shuts down
 	done   chan struct{}   // closed when run returns
+	// among, when not nil, lists the processes a sweep looks at: those
+	// of the enclosing cgroup, rather than every process in /proc.
+	among func() ([]int, error)
 }
 
-func newLeftovers(quit <-chan struct{}) *leftovers {
-	return &leftovers{wake: make(chan struct{}, 1), quit: quit, done: make(chan struct{})}
+func newLeftovers(quit <-chan struct{}, among func() ([]int, error)) *leftovers {
+	return &leftovers{wake: make(chan struct{}, 1), quit: quit, done: make(chan struct{}), among: among}
 }
 
 // mark returns env with a token of its own for an attempt, and the token.
@@ -65,7 +68,11 @@ func (l *leftovers) run() {
 		l.mu.Unlock()
 		// A process that survives SIGKILL here is found again, and
 		// reported, by the pool's sweep at its end.
-		_ = reaper.SweepAny(tokens)
+		if l.among != nil {
+			_ = reaper.SweepAnyAmong(tokens, l.among)
+		} else {
+			_ = reaper.SweepAny(tokens)
+		}
 		t := time.NewTimer(leftoverEvery)
 		select {
 		case <-t.C:

@@ -272,7 +272,16 @@ func New(cfg Config) (*Pool, error) {
 		p.spool = newSpooler(&p.cfg)
 	}
 	if !m.Mode().PerWorker() {
-		p.left = newLeftovers(p.quit)
+		var among func() ([]int, error)
+		if m.Mode() == memory.ModeEnclosing {
+			// Every process the workers start stays in the cgroup: a
+			// sweep after each second of jobs reads the environment of
+			// those alone, not of every process of the host (an open
+			// each, charged to the cgroup the workers share). The
+			// pool's last sweep still looks at all of /proc.
+			among = m.EnclosedPIDs
+		}
+		p.left = newLeftovers(p.quit, among)
 		go p.left.run() // ends when p.quit is closed; shutdown waits for it
 	}
 	for i := 0; i < cfg.Workers; i++ {

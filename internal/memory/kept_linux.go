@@ -30,6 +30,13 @@ import (
 // in. A worker's own cgroup is not: it is removed and made again, and a
 // descriptor kept open would hold a removed cgroup's file.
 
+// neverKept names the files of a kept directory that are opened for each
+// read all the same: cgroup v1 caches the list of a cgroup.procs or tasks
+// file that is open, and reads it again from its start out of that cache
+// for as long as it is read again within a second, so a list read through
+// a kept descriptor ten times a second would never change.
+var neverKept = map[string]bool{"cgroup.procs": true, "tasks": true}
+
 // maxKept bounds how many descriptors keptFiles holds, and maxKeptStats how
 // many stat files of processes a scan keeps open.
 const (
@@ -73,7 +80,7 @@ func keepDir(dir string) {
 func (k *keptFiles) read(buf []byte, path string) (b []byte, ok bool, err error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if !k.files[path] && !k.dirs[filepath.Dir(path)] {
+	if !k.files[path] && !k.dirs[filepath.Dir(path)] || neverKept[filepath.Base(path)] {
 		return nil, false, nil
 	}
 	for try := 0; ; try++ {

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/safepool/safepool/internal/testenv"
 	"golang.org/x/sys/unix"
@@ -24,7 +25,8 @@ import (
 // a helper process that scans 5 times and 45 times, within a cgroup
 // (enclosing-cgroup mode) and in all of /proc (no-cgroup mode), there in
 // a pid namespace of its own as in a container, where the processes are
-// few enough to be kept: the 40 more scans must open (next to) nothing.
+// few enough to be kept: the 40 more scans must open (next to) nothing but
+// the cgroup's cgroup.procs, which is read afresh (neverKept).
 func TestScanOpensNoFile(t *testing.T) {
 	m := requireCgroups(t)
 	strace, err := exec.LookPath("strace")
@@ -68,7 +70,8 @@ func TestScanOpensNoFile(t *testing.T) {
 		}
 		count := 0
 		for _, line := range strings.Split(string(b), "\n") {
-			if strings.Contains(line, "open") && !strings.Contains(line, "ENOENT") {
+			// cgroup.procs is opened for each scan (neverKept).
+			if strings.Contains(line, "open") && !strings.Contains(line, "ENOENT") && !strings.Contains(line, "/cgroup.procs") {
 				count++
 			}
 		}
@@ -168,6 +171,60 @@ func TestListPIDs(t *testing.T) {
 			if p <= 0 {
 				t.Errorf("round %d: pid %d listed", round, p)
 			}
+		}
+	}
+}
+
+// TestScanWithinSeesNewProcess: a scan within a cgroup finds a process
+// that joined the cgroup since the last scan. Cgroup v1 serves a
+// cgroup.procs read again through the same descriptor from a cache that
+// a reader coming back within a second keeps alive, so the list is read
+// through a new descriptor each time (neverKept).
+func TestScanWithinSeesNewProcess(t *testing.T) {
+	m := requireCgroups(t)
+	g, err := m.NewGroup("scan-new", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Remove()
+	procScans.mu.Lock()
+	saved := procScans.cgroup
+	procScans.mu.Unlock()
+	defer procScans.within(saved)
+	procScans.within(g.path)
+	scan := func() *procScan {
+		t.Helper()
+		procScans.mu.Lock()
+		procScans.last = nil
+		procScans.mu.Unlock()
+		s, err := procScans.get(1 << 30) // a pid that is never there: a new scan
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	var started []*exec.Cmd
+	defer func() {
+		for _, c := range started {
+			c.Process.Kill()
+			c.Wait()
+		}
+	}()
+	for i := 0; i < 3; i++ {
+		cmd := helperCommand(t, "sleep")
+		if err := g.Start(cmd); err != nil {
+			t.Fatal(err)
+		}
+		started = append(started, cmd)
+		// Scans ten times a second, as the watches make them, for a
+		// while before the next process joins.
+		var s *procScan
+		for k := 0; k < 5; k++ {
+			s = scan()
+			time.Sleep(100 * time.Millisecond)
+		}
+		if _, ok := s.procs[cmd.Process.Pid]; !ok {
+			t.Fatalf("process %d, started in the group before the last 5 scans, is not in the scan (%d processes)", cmd.Process.Pid, len(s.procs))
 		}
 	}
 }

@@ -188,3 +188,6 @@ func RemoveAbandoned(dir string) error { return nil }
 // WithStopsBlocked calls f: outside Linux, Go does not start children
 // with vfork.
 func WithStopsBlocked(f func()) { f() }
+
+// EnclosedPIDs fails outside Linux: there is no enclosing cgroup.
+func (m *Manager) EnclosedPIDs() ([]int, error) { return nil, ErrNoCgroups }

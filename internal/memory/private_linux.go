@@ -349,6 +349,17 @@ func scanPIDs(at time.Time, pids []int, stats *statFiles) *procScan {
 	return scan
 }
 
+// EnclosedPIDs lists the processes of the supervisor's memory cgroup and
+// of the cgroups below it, in ModeEnclosing, where the workers and every
+// process they start stay there; in other modes it fails. It reads the
+// lists through files kept open where it can (kept_linux.go).
+func (m *Manager) EnclosedPIDs() ([]int, error) {
+	if m.det.Mode != ModeEnclosing || m.det.Own == "" {
+		return nil, fmt.Errorf("memory: no enclosing cgroup (mode %s)", m.det.Mode)
+	}
+	return cgroupTreeProcs(m.det.Own, nil)
+}
+
 // maxScanCgroups bounds how many cgroups cgroupTreeProcs lists.
 const maxScanCgroups = 1000
 

@@ -151,8 +151,22 @@ func Sweep(token string) error { return sweep([]string{token}, 0) }
 // look at /proc for them all.
 func SweepAny(tokens []string) error { return sweep(tokens, 0) }
 
+// SweepAnyAmong is SweepAny that looks only at the processes that among
+// lists, such as those of the memory cgroup that holds the pool and every
+// process it starts, rather than at every process in /proc, whose
+// environments it would read (an open each, charged to the caller's
+// memory cgroup, which matters there: internal/memory/kept_linux.go). It
+// looks at /proc when among fails.
+func SweepAnyAmong(tokens []string, among func() ([]int, error)) error {
+	return sweepAmong(tokens, 0, among)
+}
+
 // sweep is SweepAny, which also leaves process skip alone.
-func sweep(tokens []string, skip int) error {
+func sweep(tokens []string, skip int) error { return sweepAmong(tokens, skip, nil) }
+
+// sweepAmong is sweep among the processes that among lists, when it is not
+// nil.
+func sweepAmong(tokens []string, skip int, among func() ([]int, error)) error {
 	set := make(map[string]struct{}, len(tokens))
 	for _, token := range tokens {
 		if token == "" || strings.ContainsAny(token, ":\x00") {
@@ -161,7 +175,7 @@ func sweep(tokens []string, skip int) error {
 		set[token] = struct{}{}
 	}
 	token := strings.Join(tokens, ",") // for messages
-	s := sweeper{tokens: set, skip: skip, buf: make([]byte, 0, 64<<10)}
+	s := sweeper{tokens: set, skip: skip, among: among, buf: make([]byte, 0, 64<<10)}
 	deadline := time.Now().Add(sweepTimeout)
 	for {
 		n, err := s.round()
@@ -184,7 +198,9 @@ func sweep(tokens []string, skip int) error {
 // sweeper is one Sweep's state.
 type sweeper struct {
 	tokens map[string]struct{}
-	skip   int    // a process not to look at, or 0
+	skip   int // a process not to look at, or 0
+	// among, when not nil, lists the processes to look at (else /proc).
+	among  func() ([]int, error)
 	buf    []byte // reused for every environ read
 	pidfds []int  // the processes the current round killed
 	// blind reports whether the round killed a process by pid, without a
@@ -232,20 +248,34 @@ func (s *sweeper) round() (int, error) {
 // markedPIDs returns the processes, but this one, s.skip and those in
 // seen, whose environment carries one of s's tokens, from /proc.
 func (s *sweeper) markedPIDs(seen map[int]struct{}) ([]int, error) {
-	d, err := os.Open("/proc")
-	if err != nil {
-		return nil, fmt.Errorf("reaper: %w", err)
+	var listed []int
+	if s.among != nil {
+		if l, err := s.among(); err == nil {
+			listed = l
+		} else {
+			s.among = nil // and from now on
+		}
 	}
-	names, err := d.Readdirnames(-1)
-	d.Close()
-	if err != nil {
-		return nil, fmt.Errorf("reaper: reading /proc: %w", err)
+	if s.among == nil {
+		d, err := os.Open("/proc")
+		if err != nil {
+			return nil, fmt.Errorf("reaper: %w", err)
+		}
+		names, err := d.Readdirnames(-1)
+		d.Close()
+		if err != nil {
+			return nil, fmt.Errorf("reaper: reading /proc: %w", err)
+		}
+		for _, name := range names {
+			if pid, err := strconv.Atoi(name); err == nil {
+				listed = append(listed, pid)
+			}
+		}
 	}
 	self := os.Getpid()
 	var pids []int
-	for _, name := range names {
-		pid, err := strconv.Atoi(name)
-		if err != nil || pid == self || pid == s.skip {
+	for _, pid := range listed {
+		if pid == self || pid == s.skip {
 			continue
 		}
 		if _, ok := seen[pid]; ok || !s.marked(pid) {

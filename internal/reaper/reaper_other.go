@@ -31,6 +31,11 @@ func Sweep(token string) error { return errors.ErrUnsupported }
 // SweepAny returns errors.ErrUnsupported outside Linux.
 func SweepAny(tokens []string) error { return errors.ErrUnsupported }
 
+// SweepAnyAmong returns errors.ErrUnsupported outside Linux.
+func SweepAnyAmong(tokens []string, among func() ([]int, error)) error {
+	return errors.ErrUnsupported
+}
+
 // InitShim returns ran false outside Linux: the program goes on as usual.
 func InitShim() (code int, ran bool) { return 0, false }
 
