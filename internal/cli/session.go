@@ -235,7 +235,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	prog := &progress{}
 	if j.progress {
 		// The bar is drawn over, and cleared from, the line it is on.
-		prog = startProgress(rawStderr, true, c)
+		prog = startProgress(rawStderr, true, c, e.stderr)
 	}
 	if j.cfg.Stderr == nil && j.cfg.Protocol != pool.OneShot {
 		j.cfg.Stderr = pausedWriter{prog, jobStderr}
