@@ -52,8 +52,28 @@ func (c *Config) fitFiles() string {
 	if n >= c.Workers {
 		return ""
 	}
-	notice := fmt.Sprintf("running %d workers at once instead of %d: the open-file limit (ulimit -n) is %d, %d files are open, and each worker needs up to %d",
-		n, c.Workers, limit, inUse, per)
+	notice := fmt.Sprintf("running %s at once instead of %d: the open-file limit (ulimit -n) is %d, %d files are open and safepool keeps %d for itself, %s, and each worker needs up to %d",
+		plural(n, "worker"), c.Workers, limit, inUse, fileReserve, leaves(limit-inUse-fileReserve), per)
+	if int64(n*per) > limit-inUse-fileReserve {
+		notice += "; one runs anyway"
+	}
 	c.Workers = n
 	return notice
+}
+
+// plural is n followed by noun, with an s unless n is 1.
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+// leaves says how much of a limit is left for the workers, in the notices
+// that say why fewer run.
+func leaves(left int64) string {
+	if left <= 0 {
+		return "which leaves none for the workers"
+	}
+	return fmt.Sprintf("which leaves %d for the workers", left)
 }

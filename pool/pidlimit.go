@@ -36,8 +36,11 @@ func (c *Config) fitPids() string {
 	if n >= c.Workers {
 		return ""
 	}
-	notice := fmt.Sprintf("running %d workers at once instead of %d: the pids cgroup %s allows %d processes and threads (pids.max), %d are in use, and each worker takes %d (its process and a thread of safepool's), more when its command starts others",
-		n, c.Workers, dir, limit, inUse, pidsPerWorker)
+	notice := fmt.Sprintf("running %s at once instead of %d: the pids cgroup %s allows %d processes and threads (pids.max), %d are in use and safepool keeps %d for its threads and what the jobs start, %s, and each worker takes %d (its process and a thread of safepool's)",
+		plural(n, "worker"), c.Workers, dir, limit, inUse, pidsReserve, leaves(limit-inUse-pidsReserve), pidsPerWorker)
+	if int64(n*pidsPerWorker) > limit-inUse-pidsReserve {
+		notice += "; one runs anyway"
+	}
 	c.Workers = n
 	return notice
 }

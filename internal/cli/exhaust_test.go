@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -203,7 +204,48 @@ func TestPidsLimitCapsWorkers(t *testing.T) {
 	if err != nil || !strings.Contains(stderr.String(), "safepool: 300 tasks done in ") {
 		t.Fatalf("safepool run -j 64 under pids.max 40: %v, want exit 0 and every task done; stderr:\n%s", err, stderr.String())
 	}
-	if want := "instead of 64: the pids cgroup " + dir + " allows 40 processes and threads (pids.max)"; !strings.Contains(stderr.String(), want) {
-		t.Errorf("stderr:\n%s\nwant a notice that fewer workers run, and why: %q", stderr.String(), want)
+	checkCapNotice(t, stderr.String(), 64, `running (1 worker|[0-9]+ workers) at once instead of 64: the pids cgroup `+regexp.QuoteMeta(dir)+
+		` allows (40) processes and threads \(pids\.max\), ([0-9]+) are in use and safepool keeps ([0-9]+) for its threads and what the jobs start, which leaves ([0-9]+) for the workers, and each worker takes ([0-9]+) \(its process and a thread of safepool's\)`)
+}
+
+// TestFileLimitNotice runs safepool run -j 8 under open-file limits that
+// leave room for one worker and for three: the notice that says so counts
+// one worker in the singular, and its figures add up (the files safepool
+// keeps for itself used to be left out of it).
+func TestFileLimitNotice(t *testing.T) {
+	bin := buildSafepool(t)
+	for _, limit := range []string{"64", "100"} {
+		out, err := exec.Command("sh", "-c", `ulimit -n "$0" && exec "$@"`, limit,
+			bin, "run", "-j", "8", "--no-progress", "true", ":::", "1", "2").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "safepool: 2 tasks done in ") {
+			t.Fatalf("ulimit -n %s; safepool run -j 8: %v, want every task done; output:\n%s", limit, err, out)
+		}
+		checkCapNotice(t, string(out), 8, `running (1 worker|[0-9]+ workers) at once instead of 8: the open-file limit \(ulimit -n\) is (`+limit+
+			`), ([0-9]+) files are open and safepool keeps ([0-9]+) for itself, which leaves ([0-9]+) for the workers, and each worker needs up to ([0-9]+)`)
+	}
+}
+
+// checkCapNotice checks that text, of a run with -j asked, has a line
+// "safepool: " + pattern,
+// whose groups are the workers, the limit, what is in use, what safepool
+// keeps, what is left and what each worker takes, and that its figures
+// add up: the limit less the rest is what is left, and as many workers as
+// fit in that run.
+func checkCapNotice(t *testing.T, text string, asked int, pattern string) {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)^safepool: ` + pattern + `$`).FindStringSubmatch(text)
+	if m == nil {
+		t.Errorf("output:\n%s\nwant a line matching %q", text, pattern)
+		return
+	}
+	n := map[string]int{}
+	for i, name := range []string{"workers", "limit", "inUse", "kept", "left", "per"} {
+		n[name], _ = strconv.Atoi(strings.Fields(m[i+1])[0])
+	}
+	if n["limit"]-n["inUse"]-n["kept"] != n["left"] {
+		t.Errorf("notice %q: %d - %d - %d is not %d", m[0], n["limit"], n["inUse"], n["kept"], n["left"])
+	}
+	if want := max(1, min(asked, n["left"]/n["per"])); n["workers"] != want {
+		t.Errorf("notice %q: %d workers, want %d", m[0], n["workers"], want)
 	}
 }

@@ -35,6 +35,9 @@ type joblog struct {
 	// the pool holds are here, so it is bounded like the pool's queue.
 	inputs map[uint64]joblogTask
 	err    error // the first write error
+	// size is how many bytes of whole rows the file holds: a write cut
+	// short (a full disk) is cut off there, so that no half row is left.
+	size int64
 }
 
 // openJoblog creates (or truncates) path and writes the header row, so that
@@ -44,11 +47,28 @@ func openJoblog(path string) (*joblog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot create the job log: %w", err)
 	}
-	if _, err := f.WriteString(strings.Join(joblogColumns, "\t") + "\n"); err != nil {
+	j := &joblog{f: f, inputs: make(map[uint64]joblogTask)}
+	if err := j.write(strings.Join(joblogColumns, "\t") + "\n"); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("cannot write the job log: %w", err)
 	}
-	return &joblog{f: f, inputs: make(map[uint64]joblogTask)}, nil
+	return j, nil
+}
+
+// write writes rows, whole: when the write is cut short (a full disk),
+// the part written is cut off the file, so that a reader of the job log
+// (a script, or GNU parallel's --resume habits) never meets half a row. A
+// pipe keeps what was written. j.mu is held, or j is not shared yet.
+func (j *joblog) write(rows string) error {
+	n, err := j.f.WriteString(rows)
+	if err != nil {
+		if n > 0 {
+			j.f.Truncate(j.size)
+		}
+		return err
+	}
+	j.size += int64(n)
+	return nil
 }
 
 // joblogTask is what the job log keeps of a task the pool holds.
@@ -90,7 +110,7 @@ func (j *joblog) observe(ev pool.Event) {
 			return
 		}
 		row := joblogRow(t.seq, t.input, ev.Attempt)
-		_, j.err = j.f.WriteString(row)
+		j.err = j.write(row)
 	case ev.Kind == pool.EventTaskEnded && ev.Result.Items != nil:
 		j.endItems(ev.Result)
 	case ev.Kind == pool.EventTaskEnded:
@@ -120,7 +140,7 @@ func (j *joblog) endItems(r *pool.Result) {
 		b.WriteString(joblogRow(t.seq, t.input, &a))
 	}
 	if j.err == nil && b.Len() > 0 {
-		_, j.err = j.f.WriteString(b.String())
+		j.err = j.write(b.String())
 	}
 }
 

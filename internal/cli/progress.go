@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/schollz/progressbar/v3"
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 
 	"github.com/safepool/safepool/internal/bytesize"
@@ -66,8 +67,13 @@ type progress struct {
 	mu  sync.Mutex // serialises the bar and the writes made under pause
 	bar *progressbar.ProgressBar
 	// known reports whether the bar has been given the total; stopped
-	// reports whether finish has run. Both are guarded by mu.
-	known, stopped bool
+	// reports whether finish has run; shown reports whether the bar is
+	// on the screen, to be cleared. All are guarded by mu.
+	known, stopped, shown bool
+	// tty is the terminal the bar is drawn on, or -1; pgrp is safepool's
+	// process group. The bar is drawn only while that group is the
+	// terminal's foreground one (foreground).
+	tty, pgrp int
 
 	stop chan struct{} // closed by finish
 	done chan struct{} // closed when the ticker goroutine has returned
@@ -76,11 +82,16 @@ type progress struct {
 // progressInterval is how often the bar is redrawn and memory sampled.
 const progressInterval = 200 * time.Millisecond
 
-// startProgress starts drawing to w when on is true.
-func startProgress(w io.Writer, on bool, c *counters) *progress {
-	p := &progress{c: c, start: time.Now()}
+// startProgress starts drawing to w when on is true. tty is the file w
+// writes to, the terminal whose foreground group is checked before each
+// drawing.
+func startProgress(w io.Writer, on bool, c *counters, tty io.Writer) *progress {
+	p := &progress{c: c, start: time.Now(), tty: -1}
 	if !on {
 		return p
+	}
+	if f, ok := tty.(*os.File); ok {
+		p.tty, p.pgrp = int(f.Fd()), unix.Getpgrp()
 	}
 	p.mem.Store(-1)
 	p.bar = progressbar.NewOptions64(-1,
@@ -122,9 +133,14 @@ func (p *progress) loop() {
 
 // drawLocked redraws the bar with the current counts; p.mu must be held.
 func (p *progress) drawLocked() {
-	if p.stopped {
+	if p.stopped || !p.foreground() {
+		// In the background (safepool ... &, or Ctrl-Z then bg), the
+		// terminal is the shell's and the foreground job's: a bar drawn
+		// there would land over their lines. It is drawn again after fg.
+		p.shown = false
 		return
 	}
+	p.shown = true
 	st := p.c.stats()
 	total, ended := p.c.total.Load(), endedOf(st)
 	if total > 0 && !p.known {
@@ -170,9 +186,30 @@ func (p *progress) pause(f func()) {
 		f()
 		return
 	}
-	p.bar.Clear()
+	p.clearLocked()
 	f()
 	p.drawLocked()
+}
+
+// clearLocked clears the bar from the screen when it is there, and safepool
+// still in the foreground; p.mu must be held.
+func (p *progress) clearLocked() {
+	if p.shown && p.foreground() {
+		p.bar.Clear()
+	}
+	p.shown = false
+}
+
+// foreground reports whether safepool's process group is the foreground
+// one of the terminal the bar is drawn on, as pv checks: one ioctl
+// (tcgetpgrp). A terminal that is not safepool's controlling terminal,
+// whose foreground group cannot be read, counts as foreground.
+func (p *progress) foreground() bool {
+	if p.tty < 0 {
+		return true
+	}
+	pg, err := unix.IoctlGetInt(p.tty, unix.TIOCGPGRP)
+	return err != nil || pg == p.pgrp
 }
 
 // finish stops drawing and clears the bar.
@@ -184,7 +221,7 @@ func (p *progress) finish() {
 	<-p.done
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.bar.Clear()
+	p.clearLocked()
 	p.bar.Exit()
 	p.stopped = true
 }

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -314,7 +313,7 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 		}
 	}()
 
-	o := &output{out: bufio.NewWriterSize(e.stdout, 64<<10), errw: stderr}
+	o := newOutput(e.stdout, stderr, e.stdout)
 	led := &outputLedger{}
 	var counts pool.Stats
 	var total uint64

@@ -344,7 +344,7 @@ func dryRun(ctx context.Context, e *env, tmpl *cmdTemplate, src source, jf journ
 				return &statusError{status: exitAborted}
 			}
 			// As for a run: stdout not writable (a full disk) stops it.
-			return &statusError{status: exitAborted, err: fmt.Errorf("writing output: %w", err)}
+			return &statusError{status: exitAborted, err: fmt.Errorf("writing output: %w", nameStdout(e.stdout, err))}
 		}
 	}
 }
@@ -376,7 +376,8 @@ func dryResumer(jf journalFlags, cmd []string) (rs *journal.Resumer, close func(
 // stdoutFrom appends what rd reads to the job's standard output.
 func (o *output) stdoutFrom(rd io.Reader) {
 	if o.err == nil {
-		_, o.err = io.Copy(o.out, rd)
+		_, err := io.Copy(o.out, rd)
+		o.fail(err)
 	}
 }
 
@@ -387,7 +388,7 @@ func (o *output) stderrFrom(rd io.Reader) {
 	if l, ok := rd.(interface{ Len() int }); ok && l.Len() == 0 || o.err != nil {
 		return
 	}
-	if o.err = o.out.Flush(); o.err == nil {
+	if o.fail(o.out.Flush()); o.err == nil {
 		_, o.err = io.Copy(o.errw, rd)
 	}
 }

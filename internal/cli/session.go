@@ -137,13 +137,31 @@ type output struct {
 	out  *bufio.Writer
 	errw io.Writer
 	err  error // the first write error
+	// stdoutFile is safepool's standard output, which out writes to.
+	stdoutFile io.Writer
+}
+
+// newOutput returns the output that buffers what goes to w, a writer of
+// stdoutFile (safepool's standard output), and writes the jobs' standard
+// error to stderr.
+func newOutput(w, stderr, stdoutFile io.Writer) *output {
+	return &output{out: bufio.NewWriterSize(w, 64<<10), errw: stderr, stdoutFile: stdoutFile}
+}
+
+// fail notes err, when not nil, as the first write error, naming the file
+// stdout was redirected to (nameStdout).
+func (o *output) fail(err error) {
+	if err != nil && o.err == nil {
+		o.err = nameStdout(o.stdoutFile, err)
+	}
 }
 
 // stdout appends to the job's standard output.
 func (o *output) stdout(b ...[]byte) {
 	for _, p := range b {
 		if o.err == nil {
-			_, o.err = o.out.Write(p)
+			_, err := o.out.Write(p)
+			o.fail(err)
 		}
 	}
 }
@@ -152,7 +170,7 @@ func (o *output) stdout(b ...[]byte) {
 // standard output, so that a terminal shows them in order.
 func (o *output) stderr(b []byte) {
 	if o.err == nil {
-		o.err = o.out.Flush()
+		o.fail(o.out.Flush())
 	}
 	if o.err == nil {
 		_, o.err = o.errw.Write(b)
@@ -164,7 +182,7 @@ const outputLinger = 5 * time.Millisecond
 
 func (o *output) flush() {
 	if o.err == nil {
-		o.err = o.out.Flush()
+		o.fail(o.out.Flush())
 	}
 }
 
@@ -217,7 +235,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	prog := &progress{}
 	if j.progress {
 		// The bar is drawn over, and cleared from, the line it is on.
-		prog = startProgress(rawStderr, true, c)
+		prog = startProgress(rawStderr, true, c, e.stderr)
 	}
 	if j.cfg.Stderr == nil && j.cfg.Protocol != pool.OneShot {
 		j.cfg.Stderr = pausedWriter{prog, jobStderr}
@@ -445,7 +463,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 	if isTerminal(e.stdout) {
 		stdout = pausedWriter{prog, stdoutW}
 	}
-	o := &output{out: bufio.NewWriterSize(stdout, 64<<10), errw: pausedWriter{prog, jobStderr}}
+	o := newOutput(stdout, pausedWriter{prog, jobStderr}, e.stdout)
 	led := &outputLedger{jj: jj, jm: jm}
 	results := p.Results()
 	aborted := false

@@ -138,6 +138,10 @@ type summary struct {
 	// with their messages (up to 4 KiB each, some 100 MiB of memory for
 	// 10,000 failed jobs with long stderr).
 	textOnly bool
+	// outputLost counts the failed tasks whose output could not be kept
+	// (output-lost); outputLostMessage is the first one's message.
+	outputLost        int
+	outputLostMessage string
 }
 
 // setTasks takes the counts of tasks by terminal state from the pool,
@@ -174,6 +178,12 @@ func (s *summary) add(r *pool.Result) {
 		return
 	case pool.Cancelled:
 		return
+	}
+	if r.Cause() == pool.CauseOutputLost {
+		s.outputLost++
+		if n := len(r.Attempts); n > 0 && s.outputLostMessage == "" {
+			s.outputLostMessage = r.Attempts[n-1].Message
+		}
 	}
 	id := s.seqs.of(r.ID)
 	at := len(s.Failed) // where it goes in Failed
@@ -331,8 +341,35 @@ func (s *summary) writeText(w io.Writer, quiet bool) {
 	if more := len(s.Failed) + s.FailedOmitted - summaryListMax; more > 0 {
 		fmt.Fprintf(&b, "  and %d more failed tasks (%s)\n", more, cmp.Or(s.listedIn, listedIn("", "")))
 	}
+	b.WriteString(s.outputLostNote())
 	io.WriteString(w, b.String())
 	s.writeRecovered(w)
+}
+
+// outputLostNote says once why the failed tasks of cause output-lost lost
+// their output, when a temporary file in $TMPDIR could not be written:
+// "safepool: $TMPDIR (/tmp) was full: 3 tasks lost their output
+// (output-lost)\n". Each task's line says only output-lost; the reason is
+// in its message (pool's spool), the same for all.
+func (s *summary) outputLostNote() string {
+	if s.outputLost == 0 {
+		return ""
+	}
+	_, rest, ok := strings.Cut(s.outputLostMessage, " temporary file in ")
+	rest, _, _ = strings.Cut(rest, "; the job was stopped")
+	i := strings.LastIndex(rest, ": ")
+	if !ok || i < 0 {
+		return ""
+	}
+	dir, why := rest[:i], rest[i+2:]
+	lost := fmt.Sprintf("%s lost their output (output-lost)", plural(s.outputLost, "task"))
+	if s.outputLost == 1 {
+		lost = "1 task lost its output (output-lost)"
+	}
+	if why == syscall.ENOSPC.Error() || why == syscall.EDQUOT.Error() {
+		return fmt.Sprintf("safepool: $TMPDIR (%s) was full: %s\n", dir, lost)
+	}
+	return fmt.Sprintf("safepool: $TMPDIR (%s) could not be written (%s): %s\n", dir, why, lost)
 }
 
 // writeRecovered lists the tasks that succeeded only after a retry.

@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"os"
 	"time"
@@ -67,9 +68,11 @@ type Journal struct {
 func Open(path string) (*Journal, error) {
 	// SQLite would take a device or FIFO for an empty database, and
 	// make its files beside it (in /dev, for /dev/null) before failing.
-	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
+	fi, err := os.Stat(path)
+	if err == nil && !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("journal: %s is not a regular file but %s: name a file", path, fileKind(fi.Mode()))
 	}
+	created := errors.Is(err, fs.ErrNotExist)
 	q := url.Values{}
 	// Every connection asks for 64 KiB pages, which only a new file
 	// takes; WAL mode, kept in the file, is set by init, after them. (The
@@ -88,9 +91,23 @@ func Open(path string) (*Journal, error) {
 	j := &Journal{db: db, path: path}
 	if err := j.init(); err != nil {
 		db.Close()
+		if created {
+			removeUnmade(path)
+		}
 		return nil, explainOpen(err, path)
 	}
 	return j, nil
+}
+
+// removeUnmade removes the file of a journal that Open made but could not
+// set up, when it is still empty (on a full disk, SQLite leaves it so): it
+// holds nothing, and left behind it would pass for a journal, which the
+// report takes for another program's database. A file that has anything in
+// it may be another run's, made meanwhile, and stays.
+func removeUnmade(path string) {
+	if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() && fi.Size() == 0 {
+		os.Remove(path)
+	}
 }
 
 // fileKind names the kind of file of mode m, which is not a regular one.
