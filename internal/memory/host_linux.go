@@ -69,17 +69,11 @@ func parseMeminfo(b []byte) (total, avail int64, err error) {
 func kibibytes(b []byte) (int64, bool) {
 	b = bytes.TrimSpace(b)
 	b, ok := bytes.CutSuffix(b, []byte(" kB"))
-	if !ok || len(b) == 0 || len(b) > 18 {
+	if !ok || len(b) > 18 {
 		return 0, false
 	}
-	var n int64
-	for _, c := range b {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		n = n*10 + int64(c-'0')
-	}
-	return n, true
+	n, ok := parseDecimal(b)
+	return int64(n), ok
 }
 
 // PressureFull returns the "full avg10" of /proc/pressure/memory: the
