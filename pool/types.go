@@ -134,6 +134,13 @@ type Task struct {
 	// process to run, overriding Config.Command. Nil means Config.Command
 	// with every "{}" replaced by Input.
 	Args []string
+	// SlotArgs, for one-shot workers only, when not nil, gives the whole
+	// argument vector of each attempt from the number of the worker slot
+	// that runs it (1 to Config.Workers, as in SlotEnv), in place of Args
+	// and Config.Command; a retry may run in another slot. It is called on
+	// the slot's goroutine, one call per attempt, and must be safe for
+	// concurrent use. Result.Args stays Args.
+	SlotArgs func(slot int) []string
 	// Stdin, for one-shot workers only, is what the task's process reads
 	// on its stdin, such as a block of lines; each attempt reads it from
 	// the start. Nil gives the process /dev/null. The pool keeps it until
@@ -459,7 +466,7 @@ type Config struct {
 	// Env is the workers' environment. Nil means the supervisor's own, as
 	// it is when New is called. The pool adds SAFEPOOL_RUN, the marker by
 	// which it finds and ends every process the workers leave behind
-	// (docs/processes.md).
+	// (docs/processes.md), and SlotEnv, the worker's slot number.
 	Env []string
 	// Dir is the workers' working directory. Empty means the supervisor's.
 	Dir string
