@@ -59,15 +59,6 @@ type runner struct {
 	env []string
 }
 
-// SlotEnv is the environment variable the pool sets in every worker process
-// it starts: the number of the worker slot the process runs in, from 1 to
-// Config.Workers, in decimal. A process that replaces another (after a
-// death, or Config.MaxTasksPerWorker) runs in the slot of the one it
-// replaces, so that a resource given to each slot (a GPU, a scratch
-// directory) has at most one process at a time. A value inherited from the
-// supervisor's environment is replaced.
-const SlotEnv = "SAFEPOOL_SLOT"
-
 // slotEnv returns env (nil: the supervisor's environment) with SlotEnv set
 // to slot, and no other SlotEnv.
 func slotEnv(env []string, slot int) []string {

@@ -447,6 +447,15 @@ const (
 	EventAdmissionWaitEnded EventKind = "admission-wait-ended"
 )
 
+// SlotEnv is the environment variable the pool sets in every worker process
+// it starts: the number of the worker slot the process runs in, from 1 to
+// Pool.Workers, in decimal. A process that replaces another (after a death,
+// Config.MaxTasksPerWorker or Config.MaxRSS) runs in the slot of the one it
+// replaces, so that a resource given to each slot (a GPU, a scratch
+// directory) has one worker process at a time. A value inherited from the
+// supervisor's environment is replaced.
+const SlotEnv = "SAFEPOOL_SLOT"
+
 // Config configures a Pool. The zero value of each field is a usable default,
 // except Command, which is required.
 type Config struct {
