@@ -172,7 +172,7 @@ func (a *mapArgs) parse(e *env, args []string) error {
 		// block, 'echo {}' broke the line protocol).
 		tok := a.argv[slices.IndexFunc(a.argv, a.unreplaced)]
 		if tok == "{%}" {
-			return usagef("map", "{%%} is not replaced by map: a worker serves many inputs and finds its slot, 1 to -j, in $SAFEPOOL_SLOT (write a shell command line, such as 'CUDA_VISIBLE_DEVICES=$SAFEPOOL_SLOT worker.py'); with --pipe, {%%} is the slot of the block's process")
+			return usagef("map", "{%%} is not replaced by map: a worker serves many inputs and finds its slot, 1 to -j, in $SAFEPOOL_SLOT (for one GPU per worker: --worker 'CUDA_VISIBLE_DEVICES=$((SAFEPOOL_SLOT - 1)) worker.py'); with --pipe, {%%} is the slot of the block's process")
 		}
 		if a.pipe {
 			return usagef("map", "%s is not replaced by map: each block reaches the worker on its stdin (GNU parallel's --cat and --fifo are not supported); safepool run runs a command per input with %s in it", tok, tok)

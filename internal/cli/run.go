@@ -162,7 +162,7 @@ func runRun(ctx context.Context, e *env, args []string) error {
 	if a.nats.url != "" && tmpl.slotted() {
 		// The submitter makes each task's arguments; the slot is known
 		// only on the agent that runs it.
-		return usagef("run", "{%%} (the job slot) is not supported with --nats: each job has its slot on its agent, 1 to the agent's -j, in $SAFEPOOL_SLOT (write a shell command line, such as 'CUDA_VISIBLE_DEVICES=$SAFEPOOL_SLOT cmd {}')")
+		return usagef("run", "{%%} (the job slot) is not supported with --nats: each job has its slot on its agent, 1 to the agent's -j, in $SAFEPOOL_SLOT (for one GPU per job, a shell command line: 'CUDA_VISIBLE_DEVICES=$((SAFEPOOL_SLOT - 1)) cmd {}')")
 	}
 	cfg, err := a.common.config("run", pool.OneShot, tmpl.command())
 	if err != nil {
