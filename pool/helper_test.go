@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/safepool/safepool/internal/protocol"
+	"github.com/safepool/safepool/pool"
 	"github.com/safepool/safepool/serve"
 )
 
@@ -331,6 +332,8 @@ func runWorker(mode string) int {
 //	unflushed-result (framed-raw only) start the task, write its result without flushing it, and read on
 //	short-length     (framed-raw only) answer with a result frame whose length is one byte short
 //
+//	slot:X           answer X/$SAFEPOOL_SLOT/the worker's pid
+//
 // Anything else is answered with "ok:" + input.
 func behave(in string) (string, error) {
 	verb, arg, _ := strings.Cut(in, ":")
@@ -438,6 +441,8 @@ func behave(in string) (string, error) {
 		return "gone", nil
 	case "groupprocs":
 		return groupProcs()
+	case "slot":
+		return arg + "/" + os.Getenv(pool.SlotEnv) + "/" + strconv.Itoa(os.Getpid()), nil
 	case "oomscore":
 		b, err := os.ReadFile("/proc/self/oom_score_adj")
 		return strings.TrimSpace(string(b)), err

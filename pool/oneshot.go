@@ -96,7 +96,9 @@ func (r *runner) startShot(t *task) *shot {
 	}
 	cfg := &r.p.cfg
 	args := t.t.Args
-	if args == nil {
+	if t.t.SlotArgs != nil {
+		args = t.t.SlotArgs(r.slot + 1)
+	} else if args == nil {
 		args = expand(cfg.Command, t.t.Input)
 	}
 	path := ""
@@ -107,10 +109,10 @@ func (r *runner) startShot(t *task) *shot {
 	t.out.release()
 	t.out = nil
 	out := r.p.spool.newOutput() // written by the process's copiers until CloseIO returns
-	spec := worker.Spec{Args: args, Path: path, Env: cfg.Env, Dir: cfg.Dir, IO: worker.IONone, Stdout: out.stdout, Stderr: out.stderr}
+	spec := worker.Spec{Args: args, Path: path, Env: r.env, Dir: cfg.Dir, IO: worker.IONone, Stdout: out.stdout, Stderr: out.stderr}
 	var token string
 	if r.p.left != nil && r.group == nil {
-		spec.Env, token = r.p.left.mark(cfg.Env)
+		spec.Env, token = r.p.left.mark(r.env)
 	}
 	if t.t.Stdin != nil {
 		spec.Stdin = bytes.NewReader(t.t.Stdin)

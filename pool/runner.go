@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -53,6 +54,24 @@ type runner struct {
 	holdKick chan struct{}
 	holdAck  chan bool
 	paused   bool
+	// env is the environment of the slot's processes: Config.Env (or the
+	// supervisor's) with SlotEnv set to the slot's number; made once, in run.
+	env []string
+}
+
+// slotEnv returns env (nil: the supervisor's environment) with SlotEnv set
+// to slot, and no other SlotEnv.
+func slotEnv(env []string, slot int) []string {
+	if env == nil {
+		env = os.Environ()
+	}
+	out := make([]string, 0, len(env)+1)
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, SlotEnv+"=") {
+			out = append(out, kv)
+		}
+	}
+	return append(out, SlotEnv+"="+strconv.Itoa(slot))
 }
 
 // syncHold puts the slot in the state the pool wants, pausing or
@@ -96,6 +115,7 @@ func (r *runner) waitHeld() bool {
 
 func (r *runner) run() {
 	defer r.p.runners.Done()
+	r.env = slotEnv(r.p.cfg.Env, r.slot+1)
 	if r.p.mem.Mode().PerWorker() {
 		g, err := r.p.mem.NewGroup("w"+strconv.Itoa(r.slot), r.limit())
 		if err == nil && r.p.cfg.Protocol == OneShot {
@@ -391,7 +411,7 @@ func (r *runner) spawn() bool {
 	cfg := &r.p.cfg
 	// Every worker of the pool writes its stderr to the same stream: a
 	// line one leaves unfinished as it dies is ended there.
-	spec := worker.Spec{Args: cfg.Command, Env: cfg.Env, Dir: cfg.Dir, Stdout: cfg.Stdout, Stderr: cfg.Stderr, EndStderrLine: true}
+	spec := worker.Spec{Args: cfg.Command, Env: r.env, Dir: cfg.Dir, Stdout: cfg.Stdout, Stderr: cfg.Stderr, EndStderrLine: true}
 	if spec.Stderr == nil {
 		spec.Stderr = os.Stderr
 	}
@@ -404,7 +424,7 @@ func (r *runner) spawn() bool {
 	}
 	var token string
 	if r.p.left != nil && r.group == nil {
-		spec.Env, token = r.p.left.mark(cfg.Env)
+		spec.Env, token = r.p.left.mark(r.env)
 	}
 	s, err := worker.StartSession(r.sessionConfig(spec), (*sessionHost)(r))
 	if err != nil {

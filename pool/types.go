@@ -134,6 +134,13 @@ type Task struct {
 	// process to run, overriding Config.Command. Nil means Config.Command
 	// with every "{}" replaced by Input.
 	Args []string
+	// SlotArgs, for one-shot workers only, when not nil, gives the whole
+	// argument vector of each attempt from the number of the worker slot
+	// that runs it (1 to Config.Workers, as in SlotEnv), in place of Args
+	// and Config.Command; a retry may run in another slot. It is called on
+	// the slot's goroutine, one call per attempt, and must be safe for
+	// concurrent use. Result.Args stays Args.
+	SlotArgs func(slot int) []string
 	// Stdin, for one-shot workers only, is what the task's process reads
 	// on its stdin, such as a block of lines; each attempt reads it from
 	// the start. Nil gives the process /dev/null. The pool keeps it until
@@ -440,6 +447,15 @@ const (
 	EventAdmissionWaitEnded EventKind = "admission-wait-ended"
 )
 
+// SlotEnv is the environment variable the pool sets in every worker process
+// it starts: the number of the worker slot the process runs in, from 1 to
+// Pool.Workers, in decimal. A process that replaces another (after a death,
+// Config.MaxTasksPerWorker or Config.MaxRSS) runs in the slot of the one it
+// replaces, so that a resource given to each slot (a GPU, a scratch
+// directory) has one worker process at a time. A value inherited from the
+// supervisor's environment is replaced.
+const SlotEnv = "SAFEPOOL_SLOT"
+
 // Config configures a Pool. The zero value of each field is a usable default,
 // except Command, which is required.
 type Config struct {
@@ -459,7 +475,7 @@ type Config struct {
 	// Env is the workers' environment. Nil means the supervisor's own, as
 	// it is when New is called. The pool adds SAFEPOOL_RUN, the marker by
 	// which it finds and ends every process the workers leave behind
-	// (docs/processes.md).
+	// (docs/processes.md), and SlotEnv, the worker's slot number.
 	Env []string
 	// Dir is the workers' working directory. Empty means the supervisor's.
 	Dir string

@@ -171,6 +171,9 @@ func (a *mapArgs) parse(e *env, args []string) error {
 		// word would reach every worker as it is ('cat {}' failed per
 		// block, 'echo {}' broke the line protocol).
 		tok := a.argv[slices.IndexFunc(a.argv, a.unreplaced)]
+		if tok == "{%}" {
+			return usagef("map", "{%%} is not replaced by map: a worker serves many inputs and finds its slot, 1 to -j, in $SAFEPOOL_SLOT (for one GPU per worker: --worker 'CUDA_VISIBLE_DEVICES=$((SAFEPOOL_SLOT - 1)) worker.py'); with --pipe, {%%} is the slot of the block's process")
+		}
 		if a.pipe {
 			return usagef("map", "%s is not replaced by map: each block reaches the worker on its stdin (GNU parallel's --cat and --fifo are not supported); safepool run runs a command per input with %s in it", tok, tok)
 		}
@@ -344,12 +347,12 @@ func isColons(s string) bool {
 }
 
 // unreplaced reports whether the word s of CMD is one of run's
-// replacement strings ({} {.} {/} {//} {/.} {#}) that map would pass on
-// as it is: all of them, but {#} with --pipe (the block's number). Only a
-// whole word is taken for one, so that a program such as jq or awk keeps
-// its braces.
+// replacement strings ({} {.} {/} {//} {/.} {#} {%}) that map would pass
+// on as it is: all of them, but {#} and {%} with --pipe (the block's number,
+// the job slot). Only a whole word is taken for one, so that a program such
+// as jq or awk keeps its braces.
 func (a *mapArgs) unreplaced(s string) bool {
-	if a.pipe && s == "{#}" {
+	if a.pipe && (s == "{#}" || s == "{%}") {
 		return false
 	}
 	for _, r := range replacementTokens {

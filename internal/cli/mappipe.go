@@ -63,6 +63,7 @@ func runMapPipe(ctx context.Context, e *env, a *mapArgs, command []string, viaSh
 
 	journaled := a.common.journal.path != ""
 	toldUnkept := false
+	slotted := slices.ContainsFunc(command, func(w string) bool { return strings.Contains(w, "{%}") })
 	j := &job{
 		mode: "map",
 		cfg:  cfg,
@@ -70,7 +71,11 @@ func runMapPipe(ctx context.Context, e *env, a *mapArgs, command []string, viaSh
 		// The feeder calls task, and journalInput, for the block src
 		// returned last.
 		task: func(seq uint64, block []byte) pool.Task {
-			return pool.Task{Input: src.label(), Args: blockArgs(command, seq), Stdin: block}
+			args := blockArgs(command, seq)
+			if !slotted {
+				return pool.Task{Input: src.label(), Args: args, Stdin: block}
+			}
+			return pool.Task{Input: src.label(), Stdin: block, SlotArgs: func(slot int) []string { return slotArgs(args, slot) }}
 		},
 		emit: func(o *output, r *pool.Result) {
 			// As in safepool map, a failed task writes nothing on stdout;
@@ -130,6 +135,18 @@ func blockArgs(command []string, seq uint64) []string {
 		args[i] = strings.ReplaceAll(w, "{#}", n)
 	}
 	return args
+}
+
+// slotArgs returns args with each {%} replaced by slot, the job slot that
+// runs the block's attempt, from 1 to -j, as in GNU parallel; like {#}, a
+// number needs no shell quoting.
+func slotArgs(args []string, slot int) []string {
+	n := strconv.Itoa(slot)
+	out := make([]string, len(args))
+	for i, w := range args {
+		out[i] = strings.ReplaceAll(w, "{%}", n)
+	}
+	return out
 }
 
 // maxJournalOutput is the longest output of a block that the journal

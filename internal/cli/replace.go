@@ -17,6 +17,7 @@ const (
 	replDir                   // {//} the dirname of the input
 	replBaseNoExt             // {/.} the basename without its extension
 	replSeq                   // {#}  the job number
+	replSlot                  // {%}  the job slot: the worker slot that runs the attempt
 )
 
 // replacementTokens lists the recognised replacement strings, longest first
@@ -31,6 +32,7 @@ var replacementTokens = []struct {
 	{"{/.}", replBaseNoExt},
 	{"{/}", replBase},
 	{"{#}", replSeq},
+	{"{%}", replSlot},
 }
 
 // part is a literal piece of text or one replacement string.
@@ -135,9 +137,6 @@ func parseWord(w string) ([]part, error) {
 	var lit strings.Builder
 	for i := 0; i < len(w); {
 		if w[i] == '{' {
-			if strings.HasPrefix(w[i:], "{%}") {
-				return nil, fmt.Errorf("the replacement string {%%} (worker slot) is not supported")
-			}
 			if tok := parallelOnly(w, i); tok != "" {
 				return nil, fmt.Errorf("the replacement string %s of GNU parallel is not supported: safepool run has one list of inputs, and {} {.} {/} {//} {/.} stand for its input", tok)
 			}
@@ -245,9 +244,22 @@ func tokenIndex(k replacement) int {
 	return 0
 }
 
+// slotted reports whether the template holds {%}, the job slot, so that
+// each attempt's argument vector depends on the slot that runs it.
+func (t *cmdTemplate) slotted() bool {
+	for _, w := range t.words {
+		for _, p := range w {
+			if p.kind == replSlot {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // expand returns the argument vector of job number seq with the given input,
-// as --dry-run shows it.
-func (t *cmdTemplate) expand(input []byte, seq uint64) []string {
+// run in job slot slot, as --dry-run shows it.
+func (t *cmdTemplate) expand(input []byte, seq uint64, slot int) []string {
 	in := string(input)
 	n := 0 // replacement strings met so far, for t.ctxs
 	value := func(k replacement) string {
@@ -265,6 +277,8 @@ func (t *cmdTemplate) expand(input []byte, seq uint64) []string {
 			v = noExt(basename(in))
 		case replSeq:
 			v = strconv.FormatUint(seq, 10)
+		case replSlot:
+			v = strconv.Itoa(slot)
 		}
 		if t.shell {
 			ctx := ctxBare
@@ -305,10 +319,11 @@ func (t *cmdTemplate) expand(input []byte, seq uint64) []string {
 	return args
 }
 
-// argv returns the argument vector that runs job number seq: expand's,
-// with the exec that lets a single command replace the shell.
-func (t *cmdTemplate) argv(input []byte, seq uint64) []string {
-	args := t.expand(input, seq)
+// argv returns the argument vector that runs job number seq in job slot
+// slot: expand's, with the exec that lets a single command replace the
+// shell.
+func (t *cmdTemplate) argv(input []byte, seq uint64, slot int) []string {
+	args := t.expand(input, seq, slot)
 	if t.exec {
 		args[2] = t.execPrefix() + args[2]
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"runtime"
 	"strings"
 	"syscall"
 
@@ -37,8 +38,11 @@ Replacement strings, in CMD and ARGS:
   {//}   the dirname ("." when there is none)   dir
   {/.}   the basename without its extension     song
   {#}    the job number, counting from 1        1
+  {%}    the job slot, 1 to -j: the worker      2
+         slot that runs the attempt (a retry's
+         own); also $SAFEPOOL_SLOT in every job
   When CMD has none of them, the input is added as its last argument.
-  {%} (job slot) and positional {1} {2} are not supported.
+  Positional {1} {2} are not supported.
   CMD runs directly, without a shell. When CMD is a single argument that
   contains spaces, such as 'gzip -c {} > {}.gz', it runs under sh -c and each
   value is shell-quoted, as in GNU parallel. When that command line is a
@@ -155,6 +159,11 @@ func runRun(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return usagef("run", "%v", err)
 	}
+	if a.nats.url != "" && tmpl.slotted() {
+		// The submitter makes each task's arguments; the slot is known
+		// only on the agent that runs it.
+		return usagef("run", "{%%} (the job slot) is not supported with --nats: each job has its slot on its agent, 1 to the agent's -j, in $SAFEPOOL_SLOT (for one GPU per job, a shell command line: 'CUDA_VISIBLE_DEVICES=$((SAFEPOOL_SLOT - 1)) cmd {}')")
+	}
 	cfg, err := a.common.config("run", pool.OneShot, tmpl.command())
 	if err != nil {
 		return err
@@ -181,14 +190,20 @@ func runRun(ctx context.Context, e *env, args []string) error {
 
 	if a.dryRun {
 		dryRunNotice(e, &a)
-		return dryRun(ctx, e, tmpl, src, a.common.journal, a.cmd)
+		return dryRun(ctx, e, tmpl, src, a.common.journal, a.cmd, cfg.Workers)
 	}
+	slotted := tmpl.slotted()
 	j := &job{
 		mode: "run",
 		cfg:  cfg,
 		src:  src,
 		task: func(seq uint64, input []byte) pool.Task {
-			return pool.Task{Input: input, Args: tmpl.argv(input, seq)}
+			if slotted {
+				// {%} is the slot of the worker that runs the attempt,
+				// known only when it starts; a retry has its own.
+				return pool.Task{Input: input, SlotArgs: func(slot int) []string { return tmpl.argv(input, seq, slot) }}
+			}
+			return pool.Task{Input: input, Args: tmpl.argv(input, seq, 0)}
 		},
 		emit: func(o *output, r *pool.Result) {
 			// A job's output may be larger than memory: the pool keeps
@@ -258,8 +273,14 @@ func dryRunNotice(e *env, a *runArgs) {
 // stops it with exit 3, as it stops a run, also while it waits for an
 // input that does not come. With --resume or --resume-failed (jf), it
 // leaves out the inputs that run would skip, as the journal of keyCommand
-// has them (dryResumer), and says on stderr how many.
-func dryRun(ctx context.Context, e *env, tmpl *cmdTemplate, src source, jf journalFlags, keyCommand []string) error {
+// has them (dryResumer), and says on stderr how many. Nothing runs, so no
+// job has a slot: {%} shows the one job number seq would have if jobs
+// ended in turn, ((seq-1) mod workers) + 1, where workers is -j (0: the
+// CPUs); GNU parallel's dry run shows a slot from 1 to -j too.
+func dryRun(ctx context.Context, e *env, tmpl *cmdTemplate, src source, jf journalFlags, keyCommand []string, workers int) error {
+	if workers <= 0 {
+		workers = runtime.NumCPU()
+	}
 	rs, closeJournal, err := dryResumer(jf, keyCommand)
 	if err != nil {
 		return &statusError{status: exitUsage, err: err}
@@ -327,7 +348,7 @@ func dryRun(ctx context.Context, e *env, tmpl *cmdTemplate, src source, jf journ
 				continue
 			}
 		}
-		args := tmpl.expand(it.in, seq)
+		args := tmpl.expand(it.in, seq, int((seq-1)%uint64(workers))+1)
 		line := args
 		if tmpl.shell {
 			// The command line sh -c would run, as GNU parallel shows it.

@@ -132,8 +132,38 @@ func TestTemplate(t *testing.T) {
 			if err != nil {
 				t.Fatalf("parseTemplate(%q) error: %v", tt.cmd, err)
 			}
-			if got := tmpl.expand([]byte(tt.input), tt.seq); !reflect.DeepEqual(got, tt.want) {
+			if got := tmpl.expand([]byte(tt.input), tt.seq, 0); !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("expand(%q, %d) = %q, want %q", tt.input, tt.seq, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestTemplateSlot: {%} is the slot given to expand, in each form of the
+// command, and counts as a replacement string (the input is not added).
+func TestTemplateSlot(t *testing.T) {
+	tests := []struct {
+		name string
+		cmd  []string
+		slot int
+		want []string
+	}{
+		{"argv", []string{"env", "CUDA_VISIBLE_DEVICES={%}", "train", "{}"}, 2, []string{"env", "CUDA_VISIBLE_DEVICES=2", "train", "in put"}},
+		{"alone", []string{"echo", "{%}"}, 3, []string{"echo", "3"}},
+		{"shell", []string{"CUDA_VISIBLE_DEVICES={%} train {} > out.{%}"}, 1, []string{"sh", "-c", "CUDA_VISIBLE_DEVICES=1 train 'in put' > out.1"}},
+		{"shell quoted", []string{`echo "slot {%}" '{%}'`}, 4, []string{"sh", "-c", `echo "slot 4" '4'`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tmpl, err := parseTemplate(tt.cmd)
+			if err != nil {
+				t.Fatalf("parseTemplate(%q) error: %v", tt.cmd, err)
+			}
+			if !tmpl.slotted() {
+				t.Errorf("parseTemplate(%q).slotted() = false, want true", tt.cmd)
+			}
+			if got := tmpl.expand([]byte("in put"), 1, tt.slot); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("expand(%q, 1, %d) = %q, want %q", "in put", tt.slot, got, tt.want)
 			}
 		})
 	}
@@ -146,7 +176,6 @@ func TestTemplateErrors(t *testing.T) {
 		want string
 	}{
 		{"empty", nil, "missing command"},
-		{"slot", []string{"echo", "{%}"}, "{%}"},
 		{"command is a replacement", []string{"{}", "x"}, "a shell command line in which each value is quoted: '{} x'"},
 		{"command is the input", []string{"{}"}, "sh -c {}"},
 		{"positional", []string{"echo", "{1}"}, "{1} of GNU parallel is not supported"},
@@ -629,7 +658,8 @@ func TestUsageErrors(t *testing.T) {
 		{"input in the command's path", []string{"run", "./bin/{}", ":::", "a"}, `safepool run: the command name "./bin/{}" cannot contain a replacement string; write one argument with a space, a shell command line in which each value is quoted: 'exec ./bin/{}'`},
 		{"input as the command, with arguments", []string{"run", "{}", "-l", "/tmp", ":::", "ls"}, `safepool run: the command name "{}" cannot contain a replacement string; write one argument with a space, a shell command line in which each value is quoted: '{} -l /tmp'`},
 		{"colons and -a", []string{"run", "-a", "f", "echo", ":::", "a"}, "safepool run: give inputs with -a or with :::, not both"},
-		{"slot", []string{"run", "echo", "{%}"}, "safepool run: the replacement string {%} (worker slot) is not supported"},
+		{"slot with nats", []string{"run", "--nats", "nats://127.0.0.1:1", "echo", "{%}", ":::", "a"}, "safepool run: {%} (the job slot) is not supported with --nats: each job has its slot on its agent"},
+		{"slot in map", []string{"map", "-j", "2", "worker.py", "{%}"}, "safepool map: {%} is not replaced by map: a worker serves many inputs and finds its slot, 1 to -j, in $SAFEPOOL_SLOT"},
 		{"joblog takes a flag", []string{"run", "--joblog", "-k", "echo", ":::", "a"}, "safepool run: --joblog FILE: -k is a flag, where FILE should be (write ./-k for a file named so)"},
 		{"joblog to stdout", []string{"run", "--joblog", "-", "echo", ":::", "a"}, "safepool run: --joblog FILE: - is not stdin or stdout here"},
 		{"journal takes a flag", []string{"run", "--journal", "--resume", "echo", ":::", "a"}, "safepool run: --journal FILE: --resume is a flag"},
@@ -849,10 +879,10 @@ func TestShellTemplate(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := tmpl.argv([]byte("a b"), 1); !slices.Equal(got, tt.argv) {
+		if got := tmpl.argv([]byte("a b"), 1, 0); !slices.Equal(got, tt.argv) {
 			t.Errorf("%q: argv = %q, want %q", tt.cmd, got, tt.argv)
 		}
-		if got := tmpl.expand([]byte("a b"), 1)[2]; got != tt.dry {
+		if got := tmpl.expand([]byte("a b"), 1, 0)[2]; got != tt.dry {
 			t.Errorf("%q: expand = %q, want %q", tt.cmd, got, tt.dry)
 		}
 		if got := tmpl.viaShell(); got != tt.viaShell {
@@ -1004,7 +1034,7 @@ func TestShellValuesInQuotes(t *testing.T) {
 			t.Errorf("%s: quoteContexts could not follow it", tc.line)
 		}
 		for _, in := range inputs {
-			args := tmpl.argv([]byte(in), 1)
+			args := tmpl.argv([]byte(in), 1, 0)
 			cmd := exec.Command(args[0], args[1:]...)
 			cmd.Dir = dir // where a value that broke out of its quotes would write
 			out, err := cmd.Output()

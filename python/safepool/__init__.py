@@ -13,7 +13,7 @@ import sys as _sys
 __all__ = ["Pool", "Executor", "SafePool", "AsyncPool", "TaskFailed", "WorkerDied", "TaskTimeout",
            "TaskCancelled", "RemoteError", "RemoteTraceback", "BrokenPool", "Attempt", "FailedTask",
            "SubProcessKilledException", "parse_size", "SoftTimeLimitExceeded", "WaitTimeout",
-           "share", "share_file", "Shared"]
+           "share", "share_file", "Shared", "worker_slot"]
 
 # The names are imported on first use, so that importing safepool costs
 # next to nothing: every worker imports the parent's main script, which
@@ -32,6 +32,34 @@ def __getattr__(name):
         globals()[name] = value
         return value
     raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
+
+def worker_slot():
+    """Return the number of the worker slot this process runs in, from 1 to
+    the pool's ``processes`` (``max_workers``), or None outside a worker.
+
+    Each slot has at most one worker process at a time: a worker that
+    replaces one that died (OOM kill, signal, segfault) or was recycled
+    (``maxtasksperchild``) has the slot of the one it replaces. So a slot
+    can stand for a resource that only one worker may use, such as a GPU,
+    read in the initializer or in a task::
+
+        def pin(gpus):
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpus[safepool.worker_slot() - 1]
+
+        safepool.Pool(len(gpus), initializer=pin, initargs=(gpus,))
+
+    It is the ``SAFEPOOL_SLOT`` environment variable, which the supervisor
+    sets in every worker process (and a process that the worker starts
+    inherits), as GNU parallel's ``{%}``; the program of a job of
+    ``safepool run`` has it too.
+    """
+    import os
+    value = os.environ.get("SAFEPOOL_SLOT")
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
 
 
 def __dir__():

@@ -84,6 +84,8 @@ class Pool:
         initializer, initargs: initializer(*initargs) runs once in each
             worker when it starts. A worker whose initializer raises dies,
             and the pool breaks after a few such deaths in a row.
+            safepool.worker_slot() says there which slot, 1 to processes,
+            the worker has (one GPU per worker: docs/python.md).
         maxtasksperchild: replace a worker after this many tasks (items;
             multiprocessing counts batches). A batch is never cut at the
             limit: imap then sends batches of one unless given a

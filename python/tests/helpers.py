@@ -359,3 +359,16 @@ def child_sees_worker_environment(_=None):
          "('SAFEPOOL_PROTOCOL', 'SAFEPOOL_TASK_FD', 'SAFEPOOL_RESULT_FD', 'SAFEPOOL_PAGE_FD')))"],
         capture_output=True, text=True, check=True)
     return out.stdout.strip()
+
+
+def pin_gpu(gpus):
+    """An initializer that pins this worker to the GPU of its slot, as
+    docs/python.md shows."""
+    import safepool
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpus[safepool.worker_slot() - 1]
+
+
+def slot_info(_=None):
+    """Return this worker's slot, its pinned GPU and its pid."""
+    import safepool
+    return safepool.worker_slot(), os.environ.get("CUDA_VISIBLE_DEVICES"), os.getpid()
