@@ -9,7 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/safepool/safepool/internal/memory"
 	"github.com/safepool/safepool/internal/testenv"
 )
 
@@ -35,19 +34,7 @@ func TestMapDeathPeakAfterAnswer(t *testing.T) {
 		testenv.SkipOrFail(t, "python3 is not installed")
 		return
 	}
-	m, err := memory.NewManager()
-	if err != nil {
-		testenv.SkipOrFail(t, "memory cgroups: "+err.Error())
-		return
-	}
-	mode, reason := m.Mode(), m.Reason()
-	if err := m.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if !mode.PerWorker() {
-		testenv.SkipOrFail(t, "memory cgroups: "+reason)
-		return
-	}
+	needWorkerCgroups(t)
 	dir := t.TempDir()
 	worker := filepath.Join(dir, "w.py")
 	if err := os.WriteFile(worker, []byte(killerWorker), 0o644); err != nil {
