@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/prometheus/procfs"
+	"golang.org/x/sys/unix"
 )
 
 // pidsRoom finds the pids cgroup, among this process's and those above it
@@ -92,4 +93,91 @@ func readPids(dir string) (limit, inUse int64, has bool) {
 		return 0, 0, false
 	}
 	return limit, inUse, true
+}
+
+// nprocRoom returns the soft RLIMIT_NPROC (`ulimit -u`) of this process,
+// how many processes and threads of its real user it can see, and that
+// user, when the limit applies to it. The kernel counts every thread of
+// the user's against it, and lets through only root and processes with
+// CAP_SYS_RESOURCE or CAP_SYS_ADMIN in the first user namespace; root of
+// a container with a user namespace of its own is held to it. Processes of
+// the same user outside this process's pid namespace count too, but are
+// not seen here.
+func nprocRoom() (limit, inUse int64, uid int, ok bool) {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NPROC, &rl); err != nil || rl.Cur == unix.RLIM_INFINITY || rl.Cur > 1<<31 {
+		return 0, 0, 0, false
+	}
+	uid = os.Getuid()
+	if exemptFromNproc(uid) {
+		return 0, 0, 0, false
+	}
+	inUse, ok = userThreads(uid)
+	return int64(rl.Cur), inUse, uid, ok
+}
+
+// exemptFromNproc tells whether RLIMIT_NPROC does not hold this process,
+// whose real user is uid: root, or a process with CAP_SYS_RESOURCE or
+// CAP_SYS_ADMIN, in the first user namespace.
+func exemptFromNproc(uid int) bool {
+	b, err := os.ReadFile("/proc/self/uid_map")
+	if err != nil || strings.Join(strings.Fields(string(b)), " ") != "0 0 4294967295" {
+		return false
+	}
+	if uid == 0 {
+		return true
+	}
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	const capSysAdmin, capSysResource = 21, 24
+	eff, ok := statusField(status, "CapEff:")
+	if !ok {
+		return false
+	}
+	caps, err := strconv.ParseUint(eff, 16, 64)
+	return err == nil && caps&(1<<capSysAdmin|1<<capSysResource) != 0
+}
+
+// userThreads counts the threads of the processes in /proc whose real user
+// is uid. ok is false when /proc cannot be listed.
+func userThreads(uid int) (n int64, ok bool) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, false
+	}
+	want := strconv.Itoa(uid)
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		status, err := os.ReadFile(filepath.Join("/proc", e.Name(), "status"))
+		if err != nil {
+			continue // ended since the listing
+		}
+		ids, ok := statusField(status, "Uid:")
+		if !ok || ids != want {
+			continue
+		}
+		threads, ok := statusField(status, "Threads:")
+		if t, err := strconv.ParseInt(threads, 10, 64); ok && err == nil {
+			n += t
+		}
+	}
+	return n, true
+}
+
+// statusField returns the first word of the line of /proc/PID/status that
+// starts with key ("Uid:" gives the real user).
+func statusField(status []byte, key string) (string, bool) {
+	for line := range strings.SplitSeq(string(status), "\n") {
+		if rest, found := strings.CutPrefix(line, key); found {
+			if f := strings.Fields(rest); len(f) > 0 {
+				return f[0], true
+			}
+			return "", false
+		}
+	}
+	return "", false
 }

@@ -220,7 +220,11 @@ func New(cfg Config) (*Pool, error) {
 	if n := cfg.fitFiles(); n != "" {
 		notices = append(notices, n)
 	}
-	if n := cfg.fitPids(); n != "" {
+	n, err := cfg.fitPids()
+	if err != nil {
+		return nil, err
+	}
+	if n != "" {
 		notices = append(notices, n)
 	}
 	p := &Pool{

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -206,6 +207,66 @@ func TestPidsLimitCapsWorkers(t *testing.T) {
 	}
 	checkCapNotice(t, stderr.String(), 64, `running (1 worker|[0-9]+ workers) at once instead of 64: the pids cgroup `+regexp.QuoteMeta(dir)+
 		` allows (40) processes and threads \(pids\.max\), ([0-9]+) are in use and safepool keeps ([0-9]+) for its threads and what the jobs start, which leaves ([0-9]+) for the workers, and each worker takes ([0-9]+) \(its process and a thread of safepool's\)`)
+}
+
+// TestNprocLimitCapsWorkers runs safepool run -j 64 as a user of its own
+// under a limit on that user's processes and threads (ulimit -u, as a
+// batch system or a login's limits.conf may set): it runs fewer workers at
+// once, says so, and every job completes. Under a limit that leaves too
+// little for safepool's own threads it refuses to run, with the reason.
+// Both used to go on and hope: the Go runtime aborted the supervisor, or
+// its guard, when it could not make a thread ("pthread_create failed", a
+// dump of every goroutine).
+func TestNprocLimitCapsWorkers(t *testing.T) {
+	if os.Getuid() != 0 {
+		testenv.SkipOrFail(t, "needs root to run safepool as a user of its own")
+	}
+	for _, tool := range []string{"setpriv", "prlimit"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			testenv.SkipOrFail(t, tool+" (util-linux) is not installed")
+		}
+	}
+	dir, err := os.MkdirTemp("", "safepool-nproc-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "safepool")
+	if err := os.Rename(buildSafepool(t), bin); err != nil {
+		t.Fatal(err)
+	}
+	// A user no other process has: the limit counts every thread of the
+	// user's.
+	uid := strconv.Itoa(40000 + os.Getpid()%20000)
+	run := func(limit string, inputs int) (string, error) {
+		args := []string{"--nproc=" + limit, "--", "setpriv", "--reuid", uid, "--regid", uid, "--clear-groups",
+			bin, "run", "-j", "64", "--no-progress", "--", "sh", "-c", "exec sleep 0.05", ":::"}
+		for i := 1; i <= inputs; i++ {
+			args = append(args, strconv.Itoa(i))
+		}
+		cmd := exec.Command("prlimit", args...)
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := run("40", 300)
+	if err != nil || !strings.Contains(out, "safepool: 300 tasks done in ") {
+		t.Fatalf("safepool run -j 64 under ulimit -u 40: %v, want exit 0 and every task done; output:\n%s", err, out)
+	}
+	checkCapNotice(t, out, 64, `running (1 worker|[0-9]+ workers) at once instead of 64: the limit on processes and threads of user `+uid+
+		` \(ulimit -u\) is (40), ([0-9]+) are in use and safepool keeps ([0-9]+) for its threads and what the jobs start, which leaves ([0-9]+) for the workers, and each worker takes ([0-9]+) \(its process and a thread of safepool's\)`)
+
+	out, err = run("10", 3)
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 2 || !strings.Contains(out, "safepool: too few processes left to run: the limit on processes and threads of user "+uid+" (ulimit -u) is 10 and ") {
+		t.Errorf("safepool run under ulimit -u 10: %v, want exit 2 and the reason; output:\n%s", err, out)
+	}
+	if strings.Contains(out, "goroutine ") {
+		t.Errorf("output holds a Go stack dump:\n%s", out)
+	}
 }
 
 // TestFileLimitNotice runs safepool run -j 8 under open-file limits that
