@@ -40,20 +40,7 @@ func TestDemoUnprivileged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// go test's directories are for their owner only: nobody runs a
-	// safepool built where it may.
-	dir, err := os.MkdirTemp("", "safepool-demo-nobody-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "safepool")
-	if err := os.Rename(buildSafepool(t), bin); err != nil {
-		t.Fatal(err)
-	}
+	bin, dir := buildSafepoolForAll(t)
 	cmd := exec.Command("sh", "-c",
 		`echo $$ > "$0/cgroup.procs" && exec setpriv --reuid 65534 --regid 65534 --clear-groups "$1" demo --no-progress`,
 		g.Path(), bin)
@@ -73,4 +60,25 @@ func TestDemoUnprivileged(t *testing.T) {
 	if strings.Contains(out, "goroutine ") {
 		t.Errorf("output holds a Go stack dump:\n%s", out)
 	}
+}
+
+// buildSafepoolForAll builds safepool in a directory of its own that every
+// user may read and enter, removed at the test's end, and returns the
+// binary and the directory. go test's directories are for their owner
+// only: other users run a safepool built where they may.
+func buildSafepoolForAll(t *testing.T) (bin, dir string) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "safepool-for-all-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin = filepath.Join(dir, "safepool")
+	if err := os.Rename(buildSafepool(t), bin); err != nil {
+		t.Fatal(err)
+	}
+	return bin, dir
 }

@@ -226,18 +226,7 @@ func TestNprocLimitCapsWorkers(t *testing.T) {
 			testenv.SkipOrFail(t, tool+" (util-linux) is not installed")
 		}
 	}
-	dir, err := os.MkdirTemp("", "safepool-nproc-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "safepool")
-	if err := os.Rename(buildSafepool(t), bin); err != nil {
-		t.Fatal(err)
-	}
+	bin, dir := buildSafepoolForAll(t)
 	// A user no other process has: the limit counts every thread of the
 	// user's.
 	uid := strconv.Itoa(40000 + os.Getpid()%20000)
