@@ -184,6 +184,12 @@ type Ready struct {
 	// the pool's queue has room; a client that keeps within MaxPending
 	// never finds its frames unread, so that an abort frame is read at once.
 	MaxPending int `json:"max_pending"`
+	// Workers is how many workers the pool runs at once: the number asked
+	// for, or fewer where a limit leaves room for fewer (Notices says why).
+	Workers int `json:"workers"`
+	// Notices is pool.Pool.Notices: what the pool changed of what was
+	// asked, one sentence each, for the client to show its user.
+	Notices []string `json:"notices,omitempty"`
 }
 
 // Meta describes a task's outcome in a result frame.
@@ -331,7 +337,8 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opt Options) error 
 		return fmt.Errorf("bridge: starting the pool: %w", err)
 	}
 	ready := Ready{Version: Version, PID: os.Getpid(), MemoryMode: p.MemoryMode(),
-		MemoryModeReason: p.MemoryModeReason(), MaxPending: window}
+		MemoryModeReason: p.MemoryModeReason(), MaxPending: window,
+		Workers: p.Workers(), Notices: p.Notices()}
 	if err := writeJSON(bw, KindReady, ready); err == nil {
 		err = bw.Flush()
 	}

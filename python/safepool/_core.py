@@ -42,6 +42,7 @@ import pickle
 import sys
 import threading
 import time
+import warnings
 import weakref
 
 from ._options import format_size
@@ -392,6 +393,13 @@ class _Core:
             self.terminate(wait=5.0)
             raise self._broken
         self._window = int(self._ready_info.get("max_pending") or 0)
+        workers = self._ready_info.get("workers")
+        if isinstance(workers, int) and 0 < workers < self.processes:
+            # A limit (open files, processes) left room for fewer workers:
+            # chunks are sized for the workers that run.
+            self.processes = workers
+        for notice in self._ready_info.get("notices") or ():
+            warnings.warn("safepool: " + notice, RuntimeWarning, stacklevel=_caller_level())
         self._writer = threading.Thread(target=self._write_loop, name="safepool-writer", daemon=True)
         self._writer.start()
         _live_cores.add(self)
@@ -1530,3 +1538,14 @@ def _rebuild_exception(record, job, item) -> BaseException:
         wrapped.__cause__ = exc
         return wrapped
     return exc
+
+
+def _caller_level() -> int:
+    """The stacklevel of warnings.warn, called from this module, that names
+    the first frame outside the safepool package: the user's line that made
+    the pool."""
+    level, frame = 1, sys._getframe(1)
+    package = __name__.rpartition(".")[0]
+    while frame is not None and (frame.f_globals.get("__name__") or "").partition(".")[0] == package:
+        level, frame = level + 1, frame.f_back
+    return level
