@@ -399,6 +399,25 @@ def _notify_cancelled(f):
             f.set_running_or_notify_cancel()
 
 
+def _result_bytes(value) -> int:
+    """About the bytes that value holds, counting what makes results big:
+    buffers (a numpy array's or a memoryview's nbytes, bytes, bytearray,
+    str) on their own or directly in a tuple, a list or a dict's values.
+    Other objects count 0: they are not looked into."""
+    parts = value.values() if isinstance(value, dict) else value if isinstance(value, (tuple, list)) else (value,)
+    total = 0
+    for k, v in enumerate(parts):
+        if k == 64:
+            break  # a long list of small things: they are not what fills memory
+        if isinstance(v, (bytes, bytearray, str)):
+            total += len(v)
+        else:
+            nbytes = getattr(v, "nbytes", None)
+            if isinstance(nbytes, int):
+                total += nbytes
+    return total
+
+
 class IterResult:
     """The iterator returned by imap and imap_unordered.
 
@@ -459,6 +478,10 @@ class IterResult:
         self._target, self._max_chunk = target, max_chunk
         self._ahead = ahead
         self._item_bytes = 0  # the bytes of an item as sent, of the latest batch
+        # About the bytes of a result (_result_bytes), of the latest one
+        # settled; guarded by _cond.
+        self._result_bytes = 0
+        self._results_seen = False  # guarded by _cond: a result was settled
         self._feeder = threading.Thread(target=_feed, args=(weakref.ref(self), core, self._cond, iterable),
                                         name="safepool-imap-feeder", daemon=True)
         core.feeder_started()
@@ -480,6 +503,17 @@ class IterResult:
             # worker, and a batch a quarter of it): each is held twice
             # until its result is read, as the input's object and as its
             # copy in the task's argument file.
+            n = min(n, max(self._core.processes + 1, AHEAD_BYTES * self._core.processes // size))
+        if not self._results_seen:
+            # The size of the results is not known yet: as few ahead as
+            # keep every worker busy, so that the first results, should
+            # they be big, are not many.
+            n = min(n, (self._core.processes + 1) * self._chunksize)
+        size = self._result_bytes
+        if size:
+            # Big results too: each waits here until it is consumed, so a
+            # consumer slower than the workers holds as many as are in
+            # flight (a few batches a worker, of arrays of 200 MB say).
             n = min(n, max(self._core.processes + 1, AHEAD_BYTES * self._core.processes // size))
         return n
 
@@ -516,7 +550,11 @@ class IterResult:
     def _settle(self, pos, ok, value):
         if self._on_settle is not None:
             self._on_settle(pos, ok, value)
+        size = _result_bytes(value) if ok else None
         with self._cond:
+            if size is not None:  # a failure says nothing of the results' size
+                self._result_bytes = size
+            self._results_seen = True
             self._put(pos, ok, value)
             self._settled_more(1, 0 if ok else 1)
             self._cond.notify_all()
@@ -527,7 +565,9 @@ class IterResult:
         if self._on_settle is not None:
             for p, v in zip(positions, values):
                 self._on_settle(p, True, v)
+        size = _result_bytes(values[0]) if len(values) else 0  # one stands for a range's
         with self._cond:
+            self._result_bytes, self._results_seen = size, True
             for p, v in zip(positions, values):
                 self._put(p, True, v)
             self._settled_more(len(values), 0)
