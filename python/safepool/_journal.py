@@ -127,6 +127,11 @@ class Journal:
         _check_file(self.path)
         self.resume = bool(resume)
         self.resume_failed = bool(resume_failed)
+        # The functions this pool's calls have run: a pool without resume
+        # starts a batch over at its first call of a function, and its
+        # later calls of it continue that batch (see _Call).
+        self._called = set()
+        self._called_lock = threading.Lock()
         # Open once now, so that a path that cannot be written fails here.
         self._connect().close()
 
@@ -177,11 +182,20 @@ class _Call:
         # write the rows of the tasks that settle (settled) under it.
         self.lock = threading.RLock()
         resumed = journal.resume or journal.resume_failed
+        with journal._called_lock:
+            again = self.name in journal._called
+            journal._called.add(self.name)
+        # The run's resumed column says whether it continues the batch of
+        # the runs before it, where a later resume=True begins to look:
+        # a call that skips what they finished, and also a later call of a
+        # function that this pool already called without resume. Written
+        # as 0, such a call began a batch of its own, and resume=True then
+        # ran the work of the program's earlier calls of it again.
         cur = self.db.execute(
             "INSERT INTO run (started, kind, command, argv, workers, memory_mode, mem_budget, mem_limit, resumed)"
             " VALUES (?, 'python', ?, ?, ?, ?, NULL, NULL, ?)",
             (time.time_ns(), self.name, json.dumps(sys.argv), pool._core.processes, str(getattr(pool, "memory_mode", "") or ""),
-             1 if resumed else 0))
+             1 if resumed or again else 0))
         self.run_id = cur.lastrowid
         self.lookup = None
         if resumed:

@@ -56,6 +56,28 @@ class Journal(unittest.TestCase):
         self.assertEqual(rows, [(1, "done", 5), (1, "failed", 1), (2, "skipped", 6),
                                 (3, "done", 3), (3, "skipped", 5)])
 
+    def test_resume_after_several_calls(self):
+        # A program that maps the same function over two inputs, killed in
+        # the second call, and started again with resume=True: the first
+        # call's work is skipped too, not only the last call's.
+        with safepool.Pool(2, journal=self.path) as pool:
+            self.assertEqual(pool.map(journal_helpers.square_once, [0, 1, 2]), [0, 1, 4])
+            self.assertEqual(pool.map(journal_helpers.square_once, [10, 11]), [100, 121])
+        self.assertEqual(self.calls(), [0, 1, 2, 10, 11])
+        with safepool.Pool(2, journal=self.path, resume=True) as pool:
+            self.assertEqual(pool.map(journal_helpers.square_once, [0, 1, 2]), [0, 1, 4])
+            self.assertEqual(pool.map(journal_helpers.square_once, [10, 11, 12]), [100, 121, 144])
+        self.assertEqual(self.calls(), [12])
+        # A pool without resume starts over at its first call of the
+        # function, and its later calls of it do not skip.
+        with safepool.Pool(2, journal=self.path) as pool:
+            self.assertEqual(pool.map(journal_helpers.square_once, [0, 1]), [0, 1])
+            self.assertEqual(pool.map(journal_helpers.square_once, [1, 5]), [1, 25])
+        self.assertEqual(self.calls(), [0, 1, 1, 5])
+        with safepool.Pool(2, journal=self.path, resume=True) as pool:
+            self.assertEqual(pool.map(journal_helpers.square_once, [0, 1, 1, 2, 5]), [0, 1, 1, 4, 25])
+        self.assertEqual(self.calls(), [2])
+
     def test_imap_unordered(self):
         # The guide says that with a journal imap_unordered is recorded,
         # resumed and in input order; it went around the journal: nothing
