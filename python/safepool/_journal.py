@@ -136,6 +136,16 @@ class Journal:
         self._connect().close()
 
     def _connect(self):
+        created = not os.path.lexists(self.path)
+        try:
+            return self._setup()
+        except sqlite3.Error as e:
+            error = _open_error(e, self.path)  # while the file is there
+            if created:
+                _remove_unmade(self.path)
+            raise error from e
+
+    def _setup(self):
         # The pool's imap reads its input in a thread of its own: _Call
         # takes its lock around every use of the connection.
         db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
@@ -425,6 +435,75 @@ def _named(e: sqlite3.Error, path: str) -> sqlite3.Error:
     """e, of the same type, saying which journal could not be written:
     SQLite's own message (database or disk is full) names no file."""
     return type(e)("writing the journal %s: %s" % (path, e))
+
+
+def _remove_unmade(path: str):
+    """Removes the file of a journal that Journal made but could not set
+    up, when it is still empty (on a full disk, SQLite leaves it so): left
+    behind, it would pass for a journal. A file with anything in it may be
+    another program's, made meanwhile, and stays."""
+    try:
+        st = os.stat(path)
+        if st.st_size == 0 and os.path.isfile(path):
+            os.remove(path)
+    except OSError:
+        pass
+
+
+def _open_error(e: sqlite3.Error, path: str) -> sqlite3.Error:
+    """e, of the same type, naming the journal that could not be opened or
+    set up and, when the file system tells, why: SQLite's own message
+    ("unable to open database file", "attempt to write a readonly
+    database", "database or disk is full") names no file and no reason."""
+    why = ""
+    code = getattr(e, "sqlite_errorcode", None)  # Python 3.11 on
+    primary = code & 0xFF if code is not None else None
+    if primary in (3, 8, 14) or (primary is None and isinstance(e, sqlite3.OperationalError)):
+        why = _open_problem(path)  # SQLITE_PERM, SQLITE_READONLY, SQLITE_CANTOPEN
+    if not why and (primary in (10, 13) or (primary is None and isinstance(e, sqlite3.OperationalError))):
+        why = _write_limit(path)  # SQLITE_IOERR, SQLITE_FULL
+    if primary == 11 or (primary is None and "malformed" in str(e)):  # SQLITE_CORRUPT
+        why = "the file is damaged: name a new journal file"
+    return type(e)("cannot open the journal %s: %s%s" % (path, e, ": " + why if why else ""))
+
+
+def _open_problem(path: str) -> str:
+    """Why the journal at path cannot be opened to write, or "" when the
+    file system does not tell."""
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(d):
+        return "the directory %s does not exist" % d
+    if not os.path.isdir(d):
+        return "%s is not a directory" % d
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        return "%s cannot be written (permission denied)" % path
+    # SQLite makes the WAL and its shared memory beside the journal, also
+    # to read one that exists.
+    if not os.access(d, os.W_OK | os.X_OK):
+        return "no file can be made in %s (permission denied), where the journal needs its WAL beside it" % d
+    return ""
+
+
+def _write_limit(path: str) -> str:
+    """Why files of the journal at path may no longer grow (the file size
+    limit or a full file system), or ""."""
+    try:
+        import resource
+        cur = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if cur != resource.RLIM_INFINITY:
+            for f in (path, path + "-wal", path + "-journal"):
+                if os.path.exists(f) and os.path.getsize(f) + (64 << 10) > cur:
+                    return "%s has reached the file size limit (ulimit -f) of %d bytes" % (os.path.basename(f), cur)
+    except (ImportError, OSError, ValueError):
+        pass
+    d = os.path.dirname(os.path.abspath(path))
+    try:
+        st = os.statvfs(d)
+        if st.f_bavail * st.f_frsize < (1 << 20):
+            return "no space left on the file system of %s" % d
+    except OSError:
+        pass
+    return ""
 
 
 def _short(arg) -> bytes:
