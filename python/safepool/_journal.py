@@ -219,6 +219,7 @@ class _Call:
                            " ORDER BY state <> 'done', run_id, id LIMIT 1 OFFSET ?"
                            % (states, base or 0, self.run_id))
         self.seen = {}
+        self.said_unreadable = False
         self.rows = []
         self.last = time.monotonic()
         # Rows written since the last commit; the timer that commits them
@@ -285,6 +286,17 @@ class _Call:
                     if self.error is None:
                         self.error = _named(e, self.j.path)
 
+    def unreadable(self, e):
+        """Says once per call that results of earlier runs no longer
+        unpickle (e, the first error), and that their tasks run again."""
+        if self.said_unreadable:
+            return
+        self.said_unreadable = True
+        import warnings
+        warnings.warn("safepool: the journal %s holds results of earlier calls of %s that no longer unpickle"
+                      " (%s: %s): their tasks run again" % (self.j.path, self.name, type(e).__name__, e),
+                      RuntimeWarning)
+
     def task(self, seq, k, arg, state, cause=None, attempts=0, output=None, peak=None):
         self.write("INSERT INTO task (run_id, id, key, input, state, attempts, cause, peak, output, ended)"
                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -343,6 +355,20 @@ class _Call:
                 for seq, arg in enumerate(iterable, 1):
                     k = key(self.name, arg)
                     row = self.finished(k)
+                    bad = None
+                    while row is not None and row[0] == "done":
+                        try:
+                            value = pickle.loads(row[2]) if row[2] is not None else None
+                            break
+                        except Exception as e:
+                            # Its class or module renamed or gone since:
+                            # the result is of no use. Another run's may
+                            # be (one that ran the task again), or the
+                            # task runs again, as a lost one does.
+                            bad = e
+                            row = self.finished(k)
+                    if row is None and bad is not None:
+                        self.unreadable(bad)
                     if row is None:
                         entries.append(("run",))
                         with self.lock:
@@ -353,7 +379,7 @@ class _Call:
                     state, cause, output = row
                     self.task(seq, k, arg, "skipped", cause if state != "done" else None)
                     if state == "done":
-                        entries.append(("skip", pickle.loads(output) if output is not None else None))
+                        entries.append(("skip", value))
                     else:
                         entries.append(("skip", TaskFailed(
                             "task failed in an earlier run (%s); resume_failed=True runs it again" % (cause or state),

@@ -78,6 +78,29 @@ class Journal(unittest.TestCase):
             self.assertEqual(pool.map(journal_helpers.square_once, [0, 1, 1, 2, 5]), [0, 1, 1, 4, 25])
         self.assertEqual(self.calls(), [2])
 
+    def test_results_that_no_longer_unpickle(self):
+        # A result of an earlier run that no longer unpickles (its class
+        # renamed since) runs its task again, with a warning, where the
+        # call failed with the unpickling's error; a later resume takes
+        # the result of the run that ran it again, without a word.
+        with safepool.Pool(2, journal=self.path) as pool:
+            self.assertEqual([r.x for r in pool.map(journal_helpers.versioned, range(4))], [0, 1, 2, 3])
+        self.assertEqual(self.calls(), [0, 1, 2, 3])
+        with open(os.path.join(self.dir, "version"), "w") as f:
+            f.write("2")
+        with safepool.Pool(2, journal=self.path, resume=True) as pool:
+            with self.assertWarnsRegex(RuntimeWarning, "no longer unpickle .*AttributeError.*run again"):
+                got = pool.map(journal_helpers.versioned, range(5))
+        self.assertEqual([r.x for r in got], [0, 1, 2, 3, 4])
+        self.assertEqual(self.calls(), [0, 1, 2, 3, 4])
+        import warnings
+        with safepool.Pool(2, journal=self.path, resume=True) as pool:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                got = pool.map(journal_helpers.versioned, range(5))
+        self.assertEqual([r.x for r in got], [0, 1, 2, 3, 4])
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "calls")))
+
     def test_imap_unordered(self):
         # The guide says that with a journal imap_unordered is recorded,
         # resumed and in input order; it went around the journal: nothing
