@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import types
+import weakref
 
 _FLUSH_EVERY = 0.15
 _SCHEMA_VERSION = 3  # the user_version of journal_schema.sql
@@ -132,6 +133,9 @@ class Journal:
         # later calls of it continue that batch (see _Call).
         self._called = set()
         self._called_lock = threading.Lock()
+        # The command locks this pool's calls hold, by function: [file,
+        # how many calls hold it] (see _lock_command).
+        self._held = {}
         # Open once now, so that a path that cannot be written fails here.
         self._connect().close()
 
@@ -172,6 +176,31 @@ class Journal:
             raise
         return db
 
+    def _hold(self, name):
+        """Takes the lock of calls of name in the journal for a call, and
+        returns what releases it (once, however often it is called).
+        Calls of the pool share one lock: only another process's, or
+        another pool's, is refused."""
+        with self._called_lock:
+            held = self._held.get(name)
+            if held is None:
+                held = self._held[name] = [_lock_command(self.path, name), 0]
+            held[1] += 1
+        released = []
+
+        def release():
+            with self._called_lock:
+                if released:
+                    return
+                released.append(True)
+                held[1] -= 1
+                if held[1] == 0:
+                    if self._held.get(name) is held:
+                        del self._held[name]
+                    if held[0] is not None:
+                        held[0].close()
+        return release
+
     def imap(self, pool, func, iterable, chunksize, ordered, errors, progress):
         """pool.imap(func, iterable) through the journal: an iterator of
         results in input order. Results come in order even when not
@@ -187,7 +216,14 @@ class _Call:
         self.pool = pool
         self.name = qualname(func)
         self.func = func
-        self.db = journal._connect()
+        self.release = journal._hold(self.name)
+        # Also when the call is dropped before its first result.
+        weakref.finalize(self, self.release)
+        try:
+            self.db = journal._connect()
+        except BaseException:
+            self.release()
+            raise
         # Guards db, seen, last, placed and error; the pool's threads
         # write the rows of the tasks that settle (settled) under it.
         self.lock = threading.RLock()
@@ -435,6 +471,7 @@ class _Call:
                         raise _named(e, self.j.path) from e
                 finally:
                     self.db.close()
+                    self.release()
             if timer is not None:
                 timer.join()  # it may have started: it finds the call closed
 
@@ -461,6 +498,43 @@ def _named(e: sqlite3.Error, path: str) -> sqlite3.Error:
     """e, of the same type, saying which journal could not be written:
     SQLite's own message (database or disk is full) names no file."""
     return type(e)("writing the journal %s: %s" % (path, e))
+
+
+def _lock_command(path: str, name: str):
+    """Takes the lock that calls of the function name hold in the journal
+    at path while they run, and returns the file that holds it, or None
+    where no lock can be taken. As safepool run and map do for their
+    command (internal/journal: lockCommand), it is a write lock of the
+    open file (F_OFD_SETLK) on one byte of the span file beside the
+    journal, far past its end, at a place of the name's SHA-256 (where
+    safepool report looks, to tell a call that goes on from one whose
+    program is gone): two programs that ran the same function on one
+    journal at once would each run what it does not have as done.
+    Another's holding it raises RuntimeError."""
+    import errno
+    import fcntl
+    import struct
+    if not hasattr(fcntl, "F_OFD_SETLK"):
+        return None
+    digest = hashlib.sha256(b"python\0" + name.encode("utf-8", "surrogatepass")).digest()
+    start = (1 << 61) + (int.from_bytes(digest[:8], "little") >> 4)
+    try:
+        f = open(path + "-spans", "ab")
+    except OSError:
+        return None  # taking no lock, as before
+    # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for an
+    # open file's lock), padded to its size.
+    lock = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, start, 1, 0)
+    try:
+        fcntl.fcntl(f.fileno(), fcntl.F_OFD_SETLK, lock)
+    except OSError as e:
+        f.close()
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            raise RuntimeError("journal %s is in use: a call of %s goes on in another program (or another pool):"
+                               " two at once would each run what it does not have as done; wait for it to end,"
+                               " or name another journal file" % (path, name)) from None
+        return None  # no such locks here (ENOLCK, EINVAL)
+    return f
 
 
 def _remove_unmade(path: str):

@@ -68,11 +68,6 @@ def imap_and_print(path, func, n):
             print(v, flush=True)
 
 
-if __name__ == "__main__":
-    import sys
-    imap_and_print(sys.argv[1], globals()[sys.argv[2]], int(sys.argv[3]))
-
-
 class Versioned:
     """A result that unpickles only in the version it was made in: the
     content of $JOURNAL_TEST_DIR/version, as a class renamed since
@@ -101,3 +96,8 @@ def versioned(x):
     with open(os.path.join(os.environ["JOURNAL_TEST_DIR"], "calls"), "a") as f:
         f.write("%d\n" % x)
     return Versioned(x)
+
+
+if __name__ == "__main__":
+    import sys
+    imap_and_print(sys.argv[1], globals()[sys.argv[2]], int(sys.argv[3]))
