@@ -141,6 +141,14 @@ class Journal:
 
     def _connect(self):
         created = not os.path.lexists(self.path)
+        if not created and not _can_write(self.path):
+            # SQLite would open it read-only, and make the WAL and its
+            # shared memory beside it, this user's, before it failed to
+            # write: left behind, in a directory that others write too
+            # (/tmp), its owner can open the journal no more ("attempt
+            # to write a readonly database").
+            raise sqlite3.OperationalError("cannot open the journal %s: %s cannot be written (permission denied):"
+                                           " a pool adds its records to its journal" % (self.path, self.path))
         try:
             return self._setup()
         except sqlite3.Error as e:
@@ -535,6 +543,14 @@ def _lock_command(path: str, name: str):
                                " or name another journal file" % (path, name)) from None
         return None  # no such locks here (ENOLCK, EINVAL)
     return f
+
+
+def _can_write(path: str) -> bool:
+    """Whether this process may write the file at path, by its effective
+    ids, as opening it would be judged."""
+    if os.access in os.supports_effective_ids:
+        return os.access(path, os.W_OK, effective_ids=True)
+    return os.access(path, os.W_OK)
 
 
 def _remove_unmade(path: str):
