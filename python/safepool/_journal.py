@@ -224,14 +224,16 @@ class _Call:
         self.pool = pool
         self.name = qualname(func)
         self.func = func
-        self.release = journal._hold(self.name)
+        # Connected first, as its checks make nothing beside a journal
+        # this program may not write; the lock's span file might be.
+        self.db = journal._connect()
+        try:
+            self.release = journal._hold(self.name)
+        except BaseException:
+            self.db.close()
+            raise
         # Also when the call is dropped before its first result.
         weakref.finalize(self, self.release)
-        try:
-            self.db = journal._connect()
-        except BaseException:
-            self.release()
-            raise
         # Guards db, seen, last, placed and error; the pool's threads
         # write the rows of the tasks that settle (settled) under it.
         self.lock = threading.RLock()
