@@ -76,13 +76,15 @@ func Open(path string) (*Journal, error) {
 		return nil, fmt.Errorf("journal: %s is not a regular file but %s: name a file", path, fileKind(fi.Mode()))
 	}
 	created := errors.Is(err, fs.ErrNotExist)
-	if err == nil && !canWrite(path) {
-		// SQLite would open it read-only, and make the WAL and its
-		// shared memory beside it, the reader's, before it failed to
-		// write: left behind, in a directory that others write too
-		// (/tmp), its owner can open the journal no more ("attempt to
-		// write a readonly database").
-		return nil, fmt.Errorf("journal: %s cannot be written (permission denied): a run adds its records to its journal", path)
+	if err == nil {
+		if werr := writable(path); werr != nil {
+			// SQLite would open it read-only, and make the WAL and its
+			// shared memory beside it, the reader's, before it failed to
+			// write: left behind, in a directory that others write too
+			// (/tmp), its owner can open the journal no more ("attempt to
+			// write a readonly database").
+			return nil, fmt.Errorf("journal: %s cannot be written (%v): a run adds its records to its journal", path, werr)
+		}
 	}
 	q := url.Values{}
 	// Every connection asks for 64 KiB pages, which only a new file
@@ -110,10 +112,11 @@ func Open(path string) (*Journal, error) {
 	return j, nil
 }
 
-// canWrite reports whether this process may write the file at path, by
-// its effective ids, as opening it would be judged.
-func canWrite(path string) bool {
-	return unix.Faccessat(unix.AT_FDCWD, path, unix.W_OK, unix.AT_EACCESS) == nil
+// writable returns why this process may not write the file at path, by
+// its effective ids, as opening it would be judged (permission denied, a
+// read-only file system), or nil when it may.
+func writable(path string) error {
+	return unix.Faccessat(unix.AT_FDCWD, path, unix.W_OK, unix.AT_EACCESS)
 }
 
 // OpenRead opens the journal at path, which exists, to read what earlier
@@ -129,7 +132,7 @@ func OpenRead(path string) (*Journal, error) {
 	if err != nil {
 		return nil, fmt.Errorf("journal: %w", err)
 	}
-	if !fi.Mode().IsRegular() || canWrite(path) {
+	if !fi.Mode().IsRegular() || writable(path) == nil {
 		return Open(path)
 	}
 	mode := "immutable=1"
