@@ -41,8 +41,17 @@ type joblog struct {
 }
 
 // openJoblog creates (or truncates) path and writes the header row, so that
-// a path that cannot be written is found before any work starts.
-func openJoblog(path string) (*joblog, error) {
+// a path that cannot be written is found before any work starts. With
+// resume (--resume, --resume-failed), a job log that an earlier run wrote
+// there is kept and added to (joblogToAppend), as GNU parallel's --resume
+// does: rerun with the same command line after a kill, the run wrote over
+// the rows of the runs before it, which said what they had done.
+func openJoblog(path string, resume bool) (*joblog, error) {
+	if resume {
+		if f, size := joblogToAppend(path); f != nil {
+			return &joblog{f: f, inputs: make(map[uint64]joblogTask), size: size}, nil
+		}
+	}
 	f, err := os.Create(path)
 	if err != nil {
 		return nil, fmt.Errorf("cannot create the job log: %w", err)
@@ -53,6 +62,41 @@ func openJoblog(path string) (*joblog, error) {
 		return nil, fmt.Errorf("cannot write the job log: %w", err)
 	}
 	return j, nil
+}
+
+// joblogToAppend opens path to append to, with its size, when it is a
+// regular file that holds a job log of whole rows: the header row first,
+// the last row ended by its newline. Else (no such file, an empty one,
+// another file named by mistake) it returns nil, and the file is made
+// anew.
+func joblogToAppend(path string) (*os.File, int64) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return nil, 0
+	}
+	fi, err := f.Stat()
+	header := strings.Join(joblogColumns, "\t") + "\n"
+	if err != nil || !fi.Mode().IsRegular() || fi.Size() < int64(len(header)) {
+		f.Close()
+		return nil, 0
+	}
+	r, err := os.Open(path)
+	if err != nil {
+		f.Close()
+		return nil, 0
+	}
+	defer r.Close()
+	head := make([]byte, len(header))
+	last := make([]byte, 1)
+	if _, err := r.ReadAt(head, 0); err != nil || string(head) != header {
+		f.Close()
+		return nil, 0
+	}
+	if _, err := r.ReadAt(last, fi.Size()-1); err != nil || last[0] != '\n' {
+		f.Close()
+		return nil, 0
+	}
+	return f, fi.Size()
 }
 
 // write writes rows, whole: when the write is cut short (a full disk),

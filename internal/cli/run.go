@@ -383,7 +383,7 @@ func dryResumer(jf journalFlags, cmd []string) (rs *journal.Resumer, close func(
 	if _, err := os.Stat(jf.path); errors.Is(err, fs.ErrNotExist) {
 		return nil, func() {}, nil
 	}
-	j, err := journal.Open(jf.path)
+	j, err := journal.OpenRead(jf.path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("cannot open the journal: %w", err)
 	}

@@ -752,7 +752,7 @@ func (j *job) openOutputs(stdout io.Writer) (*joblog, *jsonOutput, *jobJournal, 
 	var jl *joblog
 	if j.joblog != "" {
 		var err error
-		if jl, err = openJoblog(j.joblog); err != nil {
+		if jl, err = openJoblog(j.joblog, j.journal.resuming()); err != nil {
 			return nil, nil, nil, err
 		}
 	}

@@ -427,7 +427,7 @@ func TestJoblogRows(t *testing.T) {
 // has ended, before the job log is closed.
 func TestJoblogFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "jobs.tsv")
-	jl, err := openJoblog(path)
+	jl, err := openJoblog(path, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -461,7 +461,7 @@ func TestJoblogFile(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("joblog file =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	if _, err := openJoblog(filepath.Join(t.TempDir(), "no", "such", "dir")); err == nil {
+	if _, err := openJoblog(filepath.Join(t.TempDir(), "no", "such", "dir"), false); err == nil {
 		t.Errorf("openJoblog(missing dir) succeeded")
 	}
 }

@@ -2,6 +2,7 @@ package journal
 
 import (
 	"bufio"
+	"bytes"
 	"database/sql"
 	"encoding/binary"
 	"errors"
@@ -844,6 +845,34 @@ func TestOpenExplains(t *testing.T) {
 		{"no directory", filepath.Join(dir, "missing", "j.db"), "the directory " + filepath.Join(dir, "missing") + " does not exist"},
 		{"a file for a directory", filepath.Join(file, "j.db"), file + " is not a directory"},
 	}
+	// A journal whose first page was written over, and a file of text.
+	damaged := filepath.Join(dir, "damaged.db")
+	j, err := Open(damaged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := j.Start(Run{Kind: "run", Command: `["true"]`, Workers: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Close(0)
+	j.Close()
+	f, err := os.OpenFile(damaged, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(bytes.Repeat([]byte{0xff}, 12), 100); err != nil { // page 1's b-tree header
+		t.Fatal(err)
+	}
+	f.Close()
+	text := filepath.Join(dir, "inputs.txt")
+	if err := os.WriteFile(text, bytes.Repeat([]byte("an input line\n"), 100), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests = append(tests, []struct{ name, path, want string }{
+		{"a damaged journal", damaged, damaged + " is damaged"},
+		{"a text file", text, text + " is no SQLite database"},
+	}...)
 	if os.Geteuid() != 0 { // root writes whatever the mode
 		ro := filepath.Join(dir, "ro")
 		if err := os.Mkdir(ro, 0o555); err != nil {

@@ -15,15 +15,19 @@ const (
 	sqlitePerm     = 3  // SQLITE_PERM
 	sqliteReadOnly = 8  // SQLITE_READONLY, extended as SQLITE_READONLY_DIRECTORY (1544) and others
 	sqliteIOErr    = 10 // SQLITE_IOERR, extended as SQLITE_IOERR_WRITE (778) and others
+	sqliteCorrupt  = 11 // SQLITE_CORRUPT
 	sqliteFull     = 13 // SQLITE_FULL
 	sqliteCantOpen = 14 // SQLITE_CANTOPEN
+	sqliteNotADB   = 26 // SQLITE_NOTADB
 )
 
 // explainOpen adds to err, a journal at path that could not be opened or
 // made, what SQLite's own message leaves out: that its directory does not
 // exist, or that the file or its directory cannot be written (SQLite says
 // only "unable to open database file (14)" or "attempt to write a readonly
-// database"). Other errors are returned as they are.
+// database"), or that the file is damaged or no database at all (SQLite
+// says "database disk image is malformed" or "file is not a database").
+// Other errors are returned as they are.
 func explainOpen(err error, path string) error {
 	var se *sqlite.Error
 	if !errors.As(err, &se) {
@@ -31,6 +35,10 @@ func explainOpen(err error, path string) error {
 	}
 	switch se.Code() & 0xff {
 	case sqlitePerm, sqliteReadOnly, sqliteCantOpen:
+	case sqliteCorrupt:
+		return fmt.Errorf("%w: %s is damaged (cut short, or written over): no run can resume from it or be added to it; name a new journal file", err, path)
+	case sqliteNotADB:
+		return fmt.Errorf("%w: %s is no SQLite database, so no journal: name a new file", err, path)
 	default:
 		return err
 	}

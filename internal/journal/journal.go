@@ -21,7 +21,10 @@ import (
 	"io/fs"
 	"net/url"
 	"os"
+	"path/filepath"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	_ "modernc.org/sqlite" // the pure-Go SQLite driver, registered as "sqlite"
 )
@@ -73,6 +76,16 @@ func Open(path string) (*Journal, error) {
 		return nil, fmt.Errorf("journal: %s is not a regular file but %s: name a file", path, fileKind(fi.Mode()))
 	}
 	created := errors.Is(err, fs.ErrNotExist)
+	if err == nil {
+		if werr := writable(path); werr != nil {
+			// SQLite would open it read-only, and make the WAL and its
+			// shared memory beside it, the reader's, before it failed to
+			// write: left behind, in a directory that others write too
+			// (/tmp), its owner can open the journal no more ("attempt to
+			// write a readonly database").
+			return nil, fmt.Errorf("journal: %s cannot be written (%v): a run adds its records to its journal", path, werr)
+		}
+	}
 	q := url.Values{}
 	// Every connection asks for 64 KiB pages, which only a new file
 	// takes; WAL mode, kept in the file, is set by init, after them. (The
@@ -97,6 +110,64 @@ func Open(path string) (*Journal, error) {
 		return nil, explainOpen(err, path)
 	}
 	return j, nil
+}
+
+// writable returns why this process may not write the file at path, by
+// its effective ids, as opening it would be judged (permission denied, a
+// read-only file system), or nil when it may.
+func writable(path string) error {
+	return unix.Faccessat(unix.AT_FDCWD, path, unix.W_OK, unix.AT_EACCESS)
+}
+
+// OpenRead opens the journal at path, which exists, to read what earlier
+// runs did (Journal.Resumer), for a dry run. A journal this process may
+// write is opened as by Open. One it may not (another user's) is opened
+// read-only and so that nothing is made beside it: as it is when no WAL
+// beside it holds records, else read-only through the WAL (SQLite then
+// reads the shared memory that the writer made): SQLite's WAL and shared
+// memory, made by a reader beside another user's journal, would be left
+// behind, the reader's, and keep the journal's owner from opening it.
+func OpenRead(path string) (*Journal, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("journal: %w", err)
+	}
+	if !fi.Mode().IsRegular() || writable(path) == nil {
+		return Open(path)
+	}
+	mode := "immutable=1"
+	if wal, err := os.Stat(path + "-wal"); err == nil && wal.Size() > 0 {
+		mode = "mode=ro"
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("journal: %w", err)
+	}
+	u := url.URL{Scheme: "file", OmitHost: true, Path: abs,
+		RawQuery: mode + "&_pragma=query_only(1)&_pragma=busy_timeout(10000)"}
+	db, err := sql.Open("sqlite", u.String())
+	if err != nil {
+		return nil, fmt.Errorf("journal: opening %s: %w", path, err)
+	}
+	var v int
+	if err := db.QueryRow("PRAGMA user_version").Scan(&v); err != nil {
+		db.Close()
+		return nil, explainOpen(fmt.Errorf("journal: reading %s: %w", path, err), path)
+	}
+	switch {
+	case v > schemaVersion:
+		err = fmt.Errorf("%w: %s has schema version %d, this safepool knows %d", ErrNewerSchema, path, v, schemaVersion)
+	case v != 0 && v < schemaVersion:
+		err = fmt.Errorf("%w: %s has schema version %d, this safepool writes and resumes %d: use a new journal file",
+			ErrOlderSchema, path, v, schemaVersion)
+	case v == 0:
+		err = fmt.Errorf("%w: %s has no journal's schema version", ErrNotJournal, path)
+	}
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	return &Journal{db: db, path: path}, nil
 }
 
 // removeUnmade removes the file of a journal that Open made but could not

@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS run (
 	mem_budget   INTEGER,            -- the governor's budget, NULL when it is off
 	mem_limit    INTEGER,            -- --mem-limit per worker, NULL when none
 	exit_status  INTEGER,            -- the process's exit status, NULL until it ends
-	resumed      INTEGER NOT NULL DEFAULT 0  -- 1 when run with --resume or --resume-failed: it skips what runs since the last run without them finished
+	resumed      INTEGER NOT NULL DEFAULT 0  -- 1 when run with --resume or --resume-failed: it skips what runs since the last run without them finished; 1 too for a Python pool's later call of a function it called before, which continues its first call's batch
 );
 
 -- One row per task of a run that is not in a span: written when it ends,

@@ -2,6 +2,7 @@ package journal
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"database/sql"
 	"encoding/binary"
 	"errors"
@@ -434,11 +435,21 @@ func (j *Journal) lockCommand(r Run) (*os.File, error) {
 
 // commandLock is the lock a run of kind and command takes in its
 // journal's span file (lockCommand): one byte far past the file's end, at
-// a place of the command's hash.
+// a place of the command's hash. A Python client's call (kind "python",
+// its function's name as command) takes the same kind of lock while it
+// runs, at a place of the SHA-256 of kind and command, which Python has
+// at hand (python/safepool/_journal.py: _lock_command).
 func commandLock(kind, command string) unix.Flock_t {
-	k := KeyOf([]byte(kind + "\x00" + command))
+	var h [8]byte
+	if kind == "python" {
+		sum := sha256.Sum256([]byte(kind + "\x00" + command))
+		copy(h[:], sum[:8])
+	} else {
+		k := KeyOf([]byte(kind + "\x00" + command))
+		copy(h[:], k[:8])
+	}
 	return unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart, Len: 1,
-		Start: 1<<61 + int64(binary.LittleEndian.Uint64(k[:8])>>4)}
+		Start: 1<<61 + int64(binary.LittleEndian.Uint64(h[:])>>4)}
 }
 
 // CommandRuns reports whether a run of kind and command goes on in the

@@ -4,12 +4,17 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/safepool/safepool/internal/journal"
 	"github.com/safepool/safepool/internal/report"
@@ -118,5 +123,43 @@ func TestRunGoesOn(t *testing.T) {
 	}
 	if got := state(2); got != report.RunEndUnknown {
 		t.Errorf("run 2, without the span file: state %v, want %v (unknown)", got, report.RunEndUnknown)
+	}
+}
+
+// TestPythonCallGoesOn: a Python client's call that has no end in the
+// journal is said to go on while a program holds the lock that the client
+// takes for its function's calls (python/safepool/_journal.py:
+// _lock_command, whose place in the span file this test computes as the
+// client does), and to have stopped once none holds it. Python's runs
+// were always "the supervisor died or still runs".
+func TestPythonCallGoesOn(t *testing.T) {
+	j := newTestJournal(t)
+	start := time.Now().Add(-time.Minute)
+	j.addRun(t, runRow{started: start, kind: "python", command: "job.embed", workers: 2, memoryMode: "cgroup-v2", exitStatus: -1})
+	state := func() report.RunState {
+		t.Helper()
+		r, err := report.Load(context.Background(), j.path, report.Options{RunID: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.State
+	}
+	f, err := os.OpenFile(journal.SpanFile(j.path), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sum := sha256.Sum256([]byte("python\x00job.embed"))
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart, Len: 1,
+		Start: 1<<61 + int64(binary.LittleEndian.Uint64(sum[:8])>>4)}
+	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk); err != nil {
+		t.Skipf("no open file locks here: %v", err)
+	}
+	if got := state(); got != report.RunGoesOn {
+		t.Errorf("a Python call whose program holds its lock: state %v, want %v (goes on)", got, report.RunGoesOn)
+	}
+	f.Close()
+	if got := state(); got != report.RunStopped {
+		t.Errorf("a Python call whose lock no program holds: state %v, want %v (stopped)", got, report.RunStopped)
 	}
 }

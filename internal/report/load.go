@@ -327,12 +327,12 @@ func (l *loader) loadRun(ctx context.Context) error {
 }
 
 // goesOn tells whether the run, which has no end in the journal, goes
-// on: a safepool that runs it holds the lock of its command (Python's
-// runs take none), and a later run of its command shows that it had
-// let the lock go.
+// on: a safepool that runs it holds the lock of its command (a Python
+// call, of its function), and a later run of its command shows that it
+// had let the lock go.
 func (l *loader) goesOn(ctx context.Context) (RunState, error) {
 	r := l.r
-	if r.Kind != "run" && r.Kind != "map" {
+	if r.Kind != "run" && r.Kind != "map" && r.Kind != "python" {
 		return RunEndUnknown, nil
 	}
 	runs, ok := journal.CommandRuns(l.path, r.Kind, r.Command)

@@ -129,9 +129,10 @@ const (
 	// could not be written to its end.
 	RunStopped
 	// RunEndUnknown means that the run has no end in the journal, and
-	// whether it goes on cannot be told: a Python run (which takes no
-	// lock), a journal without its span file, or a file system without
-	// locks.
+	// whether it goes on cannot be told: a journal without its span
+	// file, a file system without locks, or a run of another kind than
+	// run, map and python (whose calls lock the span file as run and map
+	// do since this version).
 	RunEndUnknown
 )
 

@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import types
+import weakref
 
 _FLUSH_EVERY = 0.15
 _SCHEMA_VERSION = 3  # the user_version of journal_schema.sql
@@ -127,10 +128,36 @@ class Journal:
         _check_file(self.path)
         self.resume = bool(resume)
         self.resume_failed = bool(resume_failed)
+        # The functions this pool's calls have run: a pool without resume
+        # starts a batch over at its first call of a function, and its
+        # later calls of it continue that batch (see _Call).
+        self._called = set()
+        self._called_lock = threading.Lock()
+        # The command locks this pool's calls hold, by function: [file,
+        # how many calls hold it] (see _lock_command).
+        self._held = {}
         # Open once now, so that a path that cannot be written fails here.
         self._connect().close()
 
     def _connect(self):
+        created = not os.path.lexists(self.path)
+        if not created and not _can_write(self.path):
+            # SQLite would open it read-only, and make the WAL and its
+            # shared memory beside it, this user's, before it failed to
+            # write: left behind, in a directory that others write too
+            # (/tmp), its owner can open the journal no more ("attempt
+            # to write a readonly database").
+            raise sqlite3.OperationalError("cannot open the journal %s: %s cannot be written (permission denied):"
+                                           " a pool adds its records to its journal" % (self.path, self.path))
+        try:
+            return self._setup()
+        except sqlite3.Error as e:
+            error = _open_error(e, self.path)  # while the file is there
+            if created:
+                _remove_unmade(self.path)
+            raise error from e
+
+    def _setup(self):
         # The pool's imap reads its input in a thread of its own: _Call
         # takes its lock around every use of the connection.
         db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
@@ -157,6 +184,31 @@ class Journal:
             raise
         return db
 
+    def _hold(self, name):
+        """Takes the lock of calls of name in the journal for a call, and
+        returns what releases it (once, however often it is called).
+        Calls of the pool share one lock: only another process's, or
+        another pool's, is refused."""
+        with self._called_lock:
+            held = self._held.get(name)
+            if held is None:
+                held = self._held[name] = [_lock_command(self.path, name), 0]
+            held[1] += 1
+        released = []
+
+        def release():
+            with self._called_lock:
+                if released:
+                    return
+                released.append(True)
+                held[1] -= 1
+                if held[1] == 0:
+                    if self._held.get(name) is held:
+                        del self._held[name]
+                    if held[0] is not None:
+                        held[0].close()
+        return release
+
     def imap(self, pool, func, iterable, chunksize, ordered, errors, progress):
         """pool.imap(func, iterable) through the journal: an iterator of
         results in input order. Results come in order even when not
@@ -172,16 +224,34 @@ class _Call:
         self.pool = pool
         self.name = qualname(func)
         self.func = func
+        # Connected first, as its checks make nothing beside a journal
+        # this program may not write; the lock's span file might be.
         self.db = journal._connect()
+        try:
+            self.release = journal._hold(self.name)
+        except BaseException:
+            self.db.close()
+            raise
+        # Also when the call is dropped before its first result.
+        weakref.finalize(self, self.release)
         # Guards db, seen, last, placed and error; the pool's threads
         # write the rows of the tasks that settle (settled) under it.
         self.lock = threading.RLock()
         resumed = journal.resume or journal.resume_failed
+        with journal._called_lock:
+            again = self.name in journal._called
+            journal._called.add(self.name)
+        # The run's resumed column says whether it continues the batch of
+        # the runs before it, where a later resume=True begins to look:
+        # a call that skips what they finished, and also a later call of a
+        # function that this pool already called without resume. Written
+        # as 0, such a call began a batch of its own, and resume=True then
+        # ran the work of the program's earlier calls of it again.
         cur = self.db.execute(
             "INSERT INTO run (started, kind, command, argv, workers, memory_mode, mem_budget, mem_limit, resumed)"
             " VALUES (?, 'python', ?, ?, ?, ?, NULL, NULL, ?)",
             (time.time_ns(), self.name, json.dumps(sys.argv), pool._core.processes, str(getattr(pool, "memory_mode", "") or ""),
-             1 if resumed else 0))
+             1 if resumed or again else 0))
         self.run_id = cur.lastrowid
         self.lookup = None
         if resumed:
@@ -195,6 +265,7 @@ class _Call:
                            " ORDER BY state <> 'done', run_id, id LIMIT 1 OFFSET ?"
                            % (states, base or 0, self.run_id))
         self.seen = {}
+        self.said_unreadable = False
         self.rows = []
         self.last = time.monotonic()
         # Rows written since the last commit; the timer that commits them
@@ -261,6 +332,17 @@ class _Call:
                     if self.error is None:
                         self.error = _named(e, self.j.path)
 
+    def unreadable(self, e):
+        """Says once per call that results of earlier runs no longer
+        unpickle (e, the first error), and that their tasks run again."""
+        if self.said_unreadable:
+            return
+        self.said_unreadable = True
+        import warnings
+        warnings.warn("safepool: the journal %s holds results of earlier calls of %s that no longer unpickle"
+                      " (%s: %s): their tasks run again" % (self.j.path, self.name, type(e).__name__, e),
+                      RuntimeWarning)
+
     def task(self, seq, k, arg, state, cause=None, attempts=0, output=None, peak=None):
         self.write("INSERT INTO task (run_id, id, key, input, state, attempts, cause, peak, output, ended)"
                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -319,6 +401,20 @@ class _Call:
                 for seq, arg in enumerate(iterable, 1):
                     k = key(self.name, arg)
                     row = self.finished(k)
+                    bad = None
+                    while row is not None and row[0] == "done":
+                        try:
+                            value = pickle.loads(row[2]) if row[2] is not None else None
+                            break
+                        except Exception as e:
+                            # Its class or module renamed or gone since:
+                            # the result is of no use. Another run's may
+                            # be (one that ran the task again), or the
+                            # task runs again, as a lost one does.
+                            bad = e
+                            row = self.finished(k)
+                    if row is None and bad is not None:
+                        self.unreadable(bad)
                     if row is None:
                         entries.append(("run",))
                         with self.lock:
@@ -329,7 +425,7 @@ class _Call:
                     state, cause, output = row
                     self.task(seq, k, arg, "skipped", cause if state != "done" else None)
                     if state == "done":
-                        entries.append(("skip", pickle.loads(output) if output is not None else None))
+                        entries.append(("skip", value))
                     else:
                         entries.append(("skip", TaskFailed(
                             "task failed in an earlier run (%s); resume_failed=True runs it again" % (cause or state),
@@ -385,6 +481,7 @@ class _Call:
                         raise _named(e, self.j.path) from e
                 finally:
                     self.db.close()
+                    self.release()
             if timer is not None:
                 timer.join()  # it may have started: it finds the call closed
 
@@ -411,6 +508,120 @@ def _named(e: sqlite3.Error, path: str) -> sqlite3.Error:
     """e, of the same type, saying which journal could not be written:
     SQLite's own message (database or disk is full) names no file."""
     return type(e)("writing the journal %s: %s" % (path, e))
+
+
+def _lock_command(path: str, name: str):
+    """Takes the lock that calls of the function name hold in the journal
+    at path while they run, and returns the file that holds it, or None
+    where no lock can be taken. As safepool run and map do for their
+    command (internal/journal: lockCommand), it is a write lock of the
+    open file (F_OFD_SETLK) on one byte of the span file beside the
+    journal, far past its end, at a place of the name's SHA-256 (where
+    safepool report looks, to tell a call that goes on from one whose
+    program is gone): two programs that ran the same function on one
+    journal at once would each run what it does not have as done.
+    Another's holding it raises RuntimeError."""
+    import errno
+    import fcntl
+    import struct
+    if not hasattr(fcntl, "F_OFD_SETLK"):
+        return None
+    digest = hashlib.sha256(b"python\0" + name.encode("utf-8", "surrogatepass")).digest()
+    start = (1 << 61) + (int.from_bytes(digest[:8], "little") >> 4)
+    try:
+        f = open(path + "-spans", "ab")
+    except OSError:
+        return None  # taking no lock, as before
+    # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for an
+    # open file's lock), padded to its size.
+    lock = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, start, 1, 0)
+    try:
+        fcntl.fcntl(f.fileno(), fcntl.F_OFD_SETLK, lock)
+    except OSError as e:
+        f.close()
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            raise RuntimeError("journal %s is in use: a call of %s goes on in another program (or another pool):"
+                               " two at once would each run what it does not have as done; wait for it to end,"
+                               " or name another journal file" % (path, name)) from None
+        return None  # no such locks here (ENOLCK, EINVAL)
+    return f
+
+
+def _can_write(path: str) -> bool:
+    """Whether this process may write the file at path, by its effective
+    ids, as opening it would be judged."""
+    if os.access in os.supports_effective_ids:
+        return os.access(path, os.W_OK, effective_ids=True)
+    return os.access(path, os.W_OK)
+
+
+def _remove_unmade(path: str):
+    """Removes the file of a journal that Journal made but could not set
+    up, when it is still empty (on a full disk, SQLite leaves it so): left
+    behind, it would pass for a journal. A file with anything in it may be
+    another program's, made meanwhile, and stays."""
+    try:
+        st = os.stat(path)
+        if st.st_size == 0 and os.path.isfile(path):
+            os.remove(path)
+    except OSError:
+        pass
+
+
+def _open_error(e: sqlite3.Error, path: str) -> sqlite3.Error:
+    """e, of the same type, naming the journal that could not be opened or
+    set up and, when the file system tells, why: SQLite's own message
+    ("unable to open database file", "attempt to write a readonly
+    database", "database or disk is full") names no file and no reason."""
+    why = ""
+    code = getattr(e, "sqlite_errorcode", None)  # Python 3.11 on
+    primary = code & 0xFF if code is not None else None
+    if primary in (3, 8, 14) or (primary is None and isinstance(e, sqlite3.OperationalError)):
+        why = _open_problem(path)  # SQLITE_PERM, SQLITE_READONLY, SQLITE_CANTOPEN
+    if not why and (primary in (10, 13) or (primary is None and isinstance(e, sqlite3.OperationalError))):
+        why = _write_limit(path)  # SQLITE_IOERR, SQLITE_FULL
+    if primary == 11 or (primary is None and "malformed" in str(e)):  # SQLITE_CORRUPT
+        why = "the file is damaged: name a new journal file"
+    return type(e)("cannot open the journal %s: %s%s" % (path, e, ": " + why if why else ""))
+
+
+def _open_problem(path: str) -> str:
+    """Why the journal at path cannot be opened to write, or "" when the
+    file system does not tell."""
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(d):
+        return "the directory %s does not exist" % d
+    if not os.path.isdir(d):
+        return "%s is not a directory" % d
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        return "%s cannot be written (permission denied)" % path
+    # SQLite makes the WAL and its shared memory beside the journal, also
+    # to read one that exists.
+    if not os.access(d, os.W_OK | os.X_OK):
+        return "no file can be made in %s (permission denied), where the journal needs its WAL beside it" % d
+    return ""
+
+
+def _write_limit(path: str) -> str:
+    """Why files of the journal at path may no longer grow (the file size
+    limit or a full file system), or ""."""
+    try:
+        import resource
+        cur = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if cur != resource.RLIM_INFINITY:
+            for f in (path, path + "-wal", path + "-journal"):
+                if os.path.exists(f) and os.path.getsize(f) + (64 << 10) > cur:
+                    return "%s has reached the file size limit (ulimit -f) of %d bytes" % (os.path.basename(f), cur)
+    except (ImportError, OSError, ValueError):
+        pass
+    d = os.path.dirname(os.path.abspath(path))
+    try:
+        st = os.statvfs(d)
+        if st.f_bavail * st.f_frsize < (1 << 20):
+            return "no space left on the file system of %s" % d
+    except OSError:
+        pass
+    return ""
 
 
 def _short(arg) -> bytes:

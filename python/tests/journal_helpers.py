@@ -68,6 +68,36 @@ def imap_and_print(path, func, n):
             print(v, flush=True)
 
 
+class Versioned:
+    """A result that unpickles only in the version it was made in: the
+    content of $JOURNAL_TEST_DIR/version, as a class renamed since
+    would fail."""
+
+    def __init__(self, x):
+        self.x = x
+        self.version = _version()
+
+    def __setstate__(self, state):
+        if state["version"] != _version():
+            raise AttributeError("Versioned of version %s, now %s" % (state["version"], _version()))
+        self.__dict__.update(state)
+
+
+def _version():
+    try:
+        with open(os.path.join(os.environ["JOURNAL_TEST_DIR"], "version")) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def versioned(x):
+    """Versioned(x), noting the call in $JOURNAL_TEST_DIR/calls."""
+    with open(os.path.join(os.environ["JOURNAL_TEST_DIR"], "calls"), "a") as f:
+        f.write("%d\n" % x)
+    return Versioned(x)
+
+
 if __name__ == "__main__":
     import sys
     imap_and_print(sys.argv[1], globals()[sys.argv[2]], int(sys.argv[3]))

@@ -56,6 +56,51 @@ class Journal(unittest.TestCase):
         self.assertEqual(rows, [(1, "done", 5), (1, "failed", 1), (2, "skipped", 6),
                                 (3, "done", 3), (3, "skipped", 5)])
 
+    def test_resume_after_several_calls(self):
+        # A program that maps the same function over two inputs, killed in
+        # the second call, and started again with resume=True: the first
+        # call's work is skipped too, not only the last call's.
+        with safepool.Pool(2, journal=self.path) as pool:
+            self.assertEqual(pool.map(journal_helpers.square_once, [0, 1, 2]), [0, 1, 4])
+            self.assertEqual(pool.map(journal_helpers.square_once, [10, 11]), [100, 121])
+        self.assertEqual(self.calls(), [0, 1, 2, 10, 11])
+        with safepool.Pool(2, journal=self.path, resume=True) as pool:
+            self.assertEqual(pool.map(journal_helpers.square_once, [0, 1, 2]), [0, 1, 4])
+            self.assertEqual(pool.map(journal_helpers.square_once, [10, 11, 12]), [100, 121, 144])
+        self.assertEqual(self.calls(), [12])
+        # A pool without resume starts over at its first call of the
+        # function, and its later calls of it do not skip.
+        with safepool.Pool(2, journal=self.path) as pool:
+            self.assertEqual(pool.map(journal_helpers.square_once, [0, 1]), [0, 1])
+            self.assertEqual(pool.map(journal_helpers.square_once, [1, 5]), [1, 25])
+        self.assertEqual(self.calls(), [0, 1, 1, 5])
+        with safepool.Pool(2, journal=self.path, resume=True) as pool:
+            self.assertEqual(pool.map(journal_helpers.square_once, [0, 1, 1, 2, 5]), [0, 1, 1, 4, 25])
+        self.assertEqual(self.calls(), [2])
+
+    def test_results_that_no_longer_unpickle(self):
+        # A result of an earlier run that no longer unpickles (its class
+        # renamed since) runs its task again, with a warning, where the
+        # call failed with the unpickling's error; a later resume takes
+        # the result of the run that ran it again, without a word.
+        with safepool.Pool(2, journal=self.path) as pool:
+            self.assertEqual([r.x for r in pool.map(journal_helpers.versioned, range(4))], [0, 1, 2, 3])
+        self.assertEqual(self.calls(), [0, 1, 2, 3])
+        with open(os.path.join(self.dir, "version"), "w") as f:
+            f.write("2")
+        with safepool.Pool(2, journal=self.path, resume=True) as pool:
+            with self.assertWarnsRegex(RuntimeWarning, "no longer unpickle .*AttributeError.*run again"):
+                got = pool.map(journal_helpers.versioned, range(5))
+        self.assertEqual([r.x for r in got], [0, 1, 2, 3, 4])
+        self.assertEqual(self.calls(), [0, 1, 2, 3, 4])
+        import warnings
+        with safepool.Pool(2, journal=self.path, resume=True) as pool:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                got = pool.map(journal_helpers.versioned, range(5))
+        self.assertEqual([r.x for r in got], [0, 1, 2, 3, 4])
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "calls")))
+
     def test_imap_unordered(self):
         # The guide says that with a journal imap_unordered is recorded,
         # resumed and in input order; it went around the journal: nothing
@@ -105,6 +150,50 @@ class Journal(unittest.TestCase):
         rows = db.execute("SELECT id, state FROM task ORDER BY id").fetchall()
         db.close()
         self.assertEqual(rows, [(1, "done"), (2, "done")])
+
+    def test_one_program_at_a_time(self):
+        # While a program's call of a function runs on a journal, another
+        # program's call of it is refused, as a second safepool run of one
+        # command is: both ran everything the journal did not have as
+        # done. safepool report tells such a call from one whose program
+        # was killed. A call of another function, and calls of the pool
+        # that holds the lock, go on.
+        from safepool._binary import find_binary
+        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        # Imported, so that its function has the name it has here (as
+        # python3 -m, it is __main__'s).
+        child = subprocess.Popen([sys.executable, "-c", "import sys; from tests import journal_helpers as h;"
+                                  " h.imap_and_print(sys.argv[1], h.quick_then_stuck, 4)", self.path],
+                                 stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+
+        def report():
+            p = subprocess.run([find_binary(), "report", "--run", "1", "-o", os.path.join(self.dir, "r.html"), self.path],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            return p.stderr
+
+        try:
+            self.assertEqual([child.stdout.readline(), child.stdout.readline()], ["0\n", "1\n"])
+            with safepool.Pool(2, journal=self.path, resume=True) as pool:
+                with self.assertRaisesRegex(RuntimeError, "journal %s is in use: a call of tests.journal_helpers.quick_then_stuck"
+                                            % self.path):
+                    pool.map(journal_helpers.quick_then_stuck, range(2))
+                self.assertEqual(pool.map(journal_helpers.square_once, range(3)), [0, 1, 4])
+            self.assertIn("still running", report())
+        finally:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            child.stdout.close()
+        self.assertIn("did not end: no safepool runs it now", report())
+        with safepool.Pool(2, journal=self.path, resume=True) as pool:
+            self.assertEqual(pool.map(journal_helpers.quick_then_stuck, range(2)), [0, 1])
+            # Two calls of one function at once in one pool.
+            first = pool.imap(journal_helpers.square_once, range(3))
+            self.assertEqual(next(first), 0)
+            self.assertEqual(pool.map(journal_helpers.square_once, range(5, 7)), [25, 36])
+            self.assertEqual(list(first), [1, 4])
+        with safepool.Pool(2, journal=self.path) as pool:
+            self.assertEqual(pool.map(journal_helpers.square_once, range(2)), [0, 1])
 
     def test_older_journal(self):
         # A journal of an older schema is refused, with a clear error,

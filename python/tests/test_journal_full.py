@@ -65,6 +65,76 @@ class JournalFull(unittest.TestCase):
         # nothing when it filled before its first commit.
         self.assertEqual(counts.get("done", 0) + counts.get("skipped", 0), 20000, counts)
 
+    def test_new_journal_that_cannot_be_made(self):
+        # A new journal that the file size limit keeps from being set up:
+        # the error names it and the reason (SQLite's said only "disk I/O
+        # error" or "database or disk is full"), and no empty file is left
+        # that would pass for a journal.
+        script = textwrap.dedent("""
+            import resource, sqlite3, sys
+            sys.path.insert(0, sys.argv[1])
+            import safepool
+            resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+            try:
+                safepool.Pool(1, journal=sys.argv[2])
+            except sqlite3.Error as e:
+                print("error:", e)
+                sys.exit(3)
+            print("no error")
+        """)
+        p = subprocess.run([sys.executable, "-c", script, _PYTHON_DIR, self.path],
+                           capture_output=True, text=True, timeout=120)
+        self.assertEqual(p.returncode, 3, "stdout:\n%s\nstderr:\n%s" % (p.stdout, p.stderr))
+        self.assertIn("error: cannot open the journal %s: " % self.path, p.stdout)
+        self.assertIn("has reached the file size limit (ulimit -f) of 0 bytes", p.stdout)
+        self.assertEqual(os.listdir(self.dir), [])
+
+    def test_journal_that_cannot_be_opened(self):
+        # The errors of a journal that cannot be opened name it, and say
+        # why when the file system tells.
+        missing = os.path.join(self.dir, "no", "j.db")
+        with self.assertRaisesRegex(sqlite3.OperationalError, "cannot open the journal %s: .*: the directory %s does not exist"
+                                    % (missing, os.path.dirname(missing))):
+            safepool.Pool(1, journal=missing)
+        with open(self.path, "wb") as f:
+            f.write(b"SQLite format 3\0" + b"\x10\x00\x01\x01" + b"\0" * 4076)
+        with self.assertRaisesRegex(sqlite3.DatabaseError, "cannot open the journal %s: " % self.path):
+            safepool.Pool(1, journal=self.path)
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs root, to be two users")
+    def test_another_users_journal(self):
+        # Another user's journal in a directory that others write too
+        # (/tmp): refused, and nothing of this user's is left beside it.
+        # SQLite made the WAL and shared memory before it failed to
+        # write, and they kept the journal's owner from opening it again.
+        os.chmod(self.dir, 0o1777)
+        script = textwrap.dedent("""
+            import sqlite3, sys
+            sys.path.insert(0, sys.argv[1])
+            import safepool
+            try:
+                with safepool.Pool(1, journal=sys.argv[2]) as pool:
+                    pool.map(abs, [-1, -2])
+            except sqlite3.Error as e:
+                print("error:", e)
+                sys.exit(3)
+            print("no error")
+        """)
+
+        def run(uid):
+            return subprocess.run([sys.executable, "-c", script, _PYTHON_DIR, self.path], capture_output=True,
+                                  text=True, timeout=120, user=uid, group=uid, extra_groups=[], cwd=self.dir)
+
+        p = run(65534)
+        self.assertEqual((p.returncode, p.stdout), (0, "no error\n"), p.stderr)
+        p = run(65533)
+        self.assertEqual(p.returncode, 3, "stdout:\n%s\nstderr:\n%s" % (p.stdout, p.stderr))
+        self.assertEqual(sorted(f for f in os.listdir(self.dir) if f.startswith("j.db")), ["j.db", "j.db-spans"])
+        self.assertIn("error: cannot open the journal %s: %s cannot be written (permission denied)"
+                      % (self.path, self.path), p.stdout)
+        p = run(65534)
+        self.assertEqual((p.returncode, p.stdout), (0, "no error\n"), p.stderr)
+
 
 if __name__ == "__main__":
     unittest.main()
