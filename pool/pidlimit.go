@@ -50,7 +50,7 @@ func (l pidLimit) room() int64 { return l.limit - l.inUse }
 func (c *Config) fitPids() (string, error) {
 	var tightest pidLimit
 	found := false
-	for _, l := range pidLimits() {
+	for _, l := range pidLimits(int64(c.Workers*pidsPerWorker + pidsReserve)) {
 		if !found || l.room() < tightest.room() {
 			tightest, found = l, true
 		}
@@ -76,14 +76,15 @@ func (c *Config) fitPids() (string, error) {
 }
 
 // pidLimits returns the limits on processes and threads that apply to this
-// process and can be read.
-func pidLimits() []pidLimit {
+// process and can be read; RLIMIT_NPROC only where it may leave less room
+// than need.
+func pidLimits(need int64) []pidLimit {
 	var limits []pidLimit
 	if limit, inUse, dir, ok := pidsRoom(); ok {
 		limits = append(limits, pidLimit{limit, inUse,
 			fmt.Sprintf("the pids cgroup %s allows %d processes and threads (pids.max)", dir, limit)})
 	}
-	if limit, inUse, uid, ok := nprocRoom(); ok {
+	if limit, inUse, uid, ok := nprocRoom(need); ok {
 		limits = append(limits, pidLimit{limit, inUse,
 			fmt.Sprintf("the limit on processes and threads of user %d (ulimit -u) is %d", uid, limit)})
 	}

@@ -102,8 +102,9 @@ func readPids(dir string) (limit, inUse int64, has bool) {
 // CAP_SYS_RESOURCE or CAP_SYS_ADMIN in the first user namespace; root of
 // a container with a user namespace of its own is held to it. Processes of
 // the same user outside this process's pid namespace count too, but are
-// not seen here.
-func nprocRoom() (limit, inUse int64, uid int, ok bool) {
+// not seen here. Where every thread of the system together leaves the
+// limit need to spare, none of the user's are counted, and ok is false.
+func nprocRoom(need int64) (limit, inUse int64, uid int, ok bool) {
 	var rl unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NPROC, &rl); err != nil || rl.Cur == unix.RLIM_INFINITY || rl.Cur > 1<<31 {
 		return 0, 0, 0, false
@@ -111,6 +112,9 @@ func nprocRoom() (limit, inUse int64, uid int, ok bool) {
 	uid = os.Getuid()
 	if exemptFromNproc(uid) {
 		return 0, 0, 0, false
+	}
+	if all, ok := systemThreads(); ok && int64(rl.Cur)-all >= need {
+		return 0, 0, 0, false // the usual case: ulimit -u in the tens of thousands
 	}
 	inUse, ok = userThreads(uid)
 	return int64(rl.Cur), inUse, uid, ok
@@ -166,6 +170,22 @@ func userThreads(uid int) (n int64, ok bool) {
 		}
 	}
 	return n, true
+}
+
+// systemThreads returns how many threads the system has, from the fourth
+// field of /proc/loadavg ("2/345": 345).
+func systemThreads() (int64, bool) {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0, false
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 4 {
+		return 0, false
+	}
+	_, total, found := strings.Cut(f[3], "/")
+	n, err := strconv.ParseInt(total, 10, 64)
+	return n, found && err == nil
 }
 
 // statusField returns the first word of the line of /proc/PID/status that

@@ -16,3 +16,11 @@ func TestUserThreads(t *testing.T) {
 		t.Error("root in the first user namespace is held to RLIMIT_NPROC")
 	}
 }
+
+// TestSystemThreads reads the system's threads, among them this process's.
+func TestSystemThreads(t *testing.T) {
+	n, ok := systemThreads()
+	if mine, _ := userThreads(os.Getuid()); !ok || n < mine {
+		t.Errorf("systemThreads() = %d, %v; want at least this user's %d", n, ok, mine)
+	}
+}
