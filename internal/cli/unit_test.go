@@ -670,6 +670,8 @@ func TestUsageErrors(t *testing.T) {
 		{"map both workers", []string{"map", "--worker", "cat", "cat"}, "safepool map: give the worker with --worker or after the flags, not both"},
 		{"map colons", []string{"map", "cat", ":::", "a"}, "safepool map: ::: (an input list of GNU parallel) is not map's: map reads its input from stdin or -a FILE"},
 		{"map --pipe input file list", []string{"map", "--pipe", "wc", "::::", "f"}, "safepool map: :::: (an input list of GNU parallel) is not map's"},
+		{"map --worker and colons", []string{"map", "--worker", "tr a-z A-Z", ":::", "a", "b"}, "safepool map: ::: (an input list of GNU parallel) is not map's: map reads its input from stdin or -a FILE"},
+		{"map --worker and input file list", []string{"map", "--pipe", "--worker", "wc -l", "::::", "f"}, "safepool map: :::: (an input list of GNU parallel) is not map's"},
 		{"map replacement string", []string{"map", "echo", "{}"}, "safepool map: {} is not replaced by map: a worker reads its inputs on stdin, one line each"},
 		{"map --pipe replacement string", []string{"map", "--pipe", "--block", "1M", "wc", "-l", "{/}"}, "safepool map: {/} is not replaced by map: each block reaches the worker on its stdin (GNU parallel's --cat and --fifo are not supported)"},
 		{"map line number", []string{"map", "echo", "{#}"}, "safepool map: {#} is not replaced by map"},
