@@ -125,15 +125,18 @@ func (f *commonFlags) config(cmd string, protocol pool.Protocol, command []strin
 	return cfg, nil
 }
 
-// progressOn decides whether to show the progress bar on stderr.
-func (f *commonFlags) progressOn(stderr io.Writer) bool {
+// progressOn decides whether to show the progress bar on stderr. typed:
+// the inputs are read from the terminal, where the bar, redrawn five times
+// a second, would wipe out the line being typed; it is then off unless
+// --progress asks for it.
+func (f *commonFlags) progressOn(stderr io.Writer, typed bool) bool {
 	switch f.progress {
 	case "on":
 		return true
 	case "off":
 		return false
 	}
-	return isTerminal(stderr)
+	return !typed && isTerminal(stderr)
 }
 
 // jsonValue is --json FILE, the same in run and map. Its argument is

@@ -356,14 +356,16 @@ func newSource(argsAfterColons []string, haveColons bool, files []string, stdin 
 // from the terminal, with hint on how else to give it, when it is: stdin is read (no -a, or -a -) and is a
 // terminal. A command line that forgot its ::: or -a, or the pipe into
 // safepool, would otherwise wait without a word; GNU parallel warns too.
-func terminalNotice(e *env, files []string, what, hint string) {
+// It reports whether the inputs are read from the terminal.
+func terminalNotice(e *env, files []string, what, hint string) bool {
 	if len(files) > 0 && !slices.Contains(files, "-") {
-		return
+		return false
 	}
 	if f, ok := e.stdin.(*os.File); !ok || !fileIsTerminal(f) {
-		return
+		return false
 	}
 	fmt.Fprintf(e.stderr, "safepool: reading %s from the terminal until Ctrl-D (%s)\n", what, hint)
+	return true
 }
 
 // fileIsTerminal reports whether f is a terminal. Unlike f.Fd, it leaves

@@ -272,7 +272,7 @@ func runMap(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer src.close()
-	terminalNotice(e, a.common.argFiles, "input lines", "give -a FILE, or pipe them in")
+	typed := terminalNotice(e, a.common.argFiles, "input lines", "give -a FILE, or pipe them in")
 
 	j := &job{
 		mode: "map",
@@ -294,7 +294,7 @@ func runMap(ctx context.Context, e *env, args []string) error {
 		keyCommand:   command,
 		argv:         append([]string{"safepool", "map"}, args...),
 		jsonPath:     a.json,
-		progress:     a.common.progressOn(e.stderr),
+		progress:     a.common.progressOn(e.stderr, typed),
 		quiet:        a.common.quiet,
 		messages:     true,
 		viaShell:     viaShell,
