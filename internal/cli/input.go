@@ -190,6 +190,14 @@ func openFiles(names []string, stdin io.Reader, sep byte, max int, why string) (
 	fs := &fileSource{names: names, sep: sep, max: max, why: why}
 	for _, name := range names {
 		if name == "-" {
+			if f, ok := stdin.(*os.File); ok {
+				// As for -a DIR: said at once (exit 2), rather than at
+				// the first read, once the run has started (exit 3).
+				if st, err := f.Stat(); err == nil && st.IsDir() {
+					fs.close()
+					return nil, errors.New("cannot read inputs from stdin: it is a directory")
+				}
+			}
 			fs.files = append(fs.files, io.NopCloser(stdin))
 			fs.ins = append(fs.ins, stdin)
 			continue

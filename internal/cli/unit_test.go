@@ -708,6 +708,29 @@ func TestMissingInputFile(t *testing.T) {
 	}
 }
 
+// TestStdinDirectory: a directory on stdin (< DIR) is refused at once,
+// as -a DIR is (exit 2); it was read once the run had started, and the
+// run stopped with exit 3 ('read /dev/stdin: is a directory').
+func TestStdinDirectory(t *testing.T) {
+	for _, args := range [][]string{
+		{"run", "echo"},
+		{"run", "-a", "-", "echo"},
+		{"map", "cat"},
+		{"map", "--pipe", "cat"},
+	} {
+		dir, err := os.Open(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var stdout, stderr bytes.Buffer
+		code := Run(context.Background(), args, dir, &stdout, &stderr)
+		dir.Close()
+		if code != exitUsage || stderr.String() != "safepool: cannot read inputs from stdin: it is a directory\n" {
+			t.Errorf("Run(%q) < DIR = %d, stderr %q", args, code, stderr.String())
+		}
+	}
+}
+
 func TestHelpListsEveryFlag(t *testing.T) {
 	for _, name := range []string{"run", "map", "report", "demo"} {
 		t.Run(name, func(t *testing.T) {
