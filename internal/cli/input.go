@@ -104,8 +104,8 @@ func (l *lineReader) next() ([]byte, error) {
 // slice, a line was copied at every growth, by a quarter at a time, and
 // each copy kept until the garbage collector ran: reading a 200 MB line
 // took the supervisor to 866 MB (map's GOGC=300), and refusing one past
-// the 64 MiB bound to 241 MB. In pieces, an item costs itself while it is
-// read, and twice itself for the moment join copies it.
+// the 64 MiB bound to 241-364 MB. In pieces, an item costs itself while it
+// is read, and twice itself for the moment join copies it.
 type pieces struct {
 	ps [][]byte
 	n  int // the bytes held
