@@ -203,7 +203,41 @@ func (r *runner) startFailed(t *task, args []string, out *attemptOutput, err err
 	out.stderr.Write([]byte(err.Error() + "\n"))
 	t.out = out
 	r.p.send(report{kind: reportAttempt, task: t, att: a})
+	if inputsFault(err, args, t.t.Input) {
+		// The task's own failure: it says nothing of whether the command
+		// can start, and three such inputs at the start of a run aborted
+		// it (exit 2) before the inputs after them ran.
+		return
+	}
 	r.p.send(report{kind: reportStartupFailure, charged: true, start: &StartError{Command: args, Err: err}})
+}
+
+// maxArgStrlen is the longest argument Linux passes to a program
+// (MAX_ARG_STRLEN), its terminating NUL included.
+const maxArgStrlen = 32 * 4096
+
+// inputsFault reports whether err, which a process of args could not
+// start with, is the doing of the task's input rather than the command's:
+// an argument holding a NUL byte (exec refuses it with EINVAL, and only an
+// input brings one), or an argument too long (E2BIG) that the input made
+// so, being longer without it than the limit by less than the input's
+// length.
+func inputsFault(err error, args []string, input []byte) bool {
+	switch {
+	case errors.Is(err, syscall.EINVAL):
+		for _, a := range args {
+			if strings.IndexByte(a, 0) >= 0 {
+				return true
+			}
+		}
+	case errors.Is(err, syscall.E2BIG) && len(input) > 0:
+		longest := 0
+		for _, a := range args {
+			longest = max(longest, len(a))
+		}
+		return longest >= maxArgStrlen && longest-len(input) < maxArgStrlen
+	}
+	return false
 }
 
 // waitOneShot waits for the one-shot session s to end, and ends its

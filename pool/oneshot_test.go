@@ -55,6 +55,29 @@ func TestArgumentWithNUL(t *testing.T) {
 	}
 }
 
+// TestInputsFaultFirst: tasks whose inputs no program can be given (an
+// argument too long, or holding a NUL byte) fail on their own, exit:127,
+// when they come first too: they say nothing of whether the command can
+// start. Three of them before any task was done were taken for a command
+// that cannot start, and the pool aborted, the tasks after them cancelled.
+func TestInputsFaultFirst(t *testing.T) {
+	for _, bad := range []string{strings.Repeat("a", 300<<10), "a\x00b"} {
+		cfg := pool.Config{Command: []string{"echo", "{}"}, Workers: 1}
+		got, p := run(t, cfg, bad, bad, bad, bad, "ok")
+		for id := uint64(1); id <= 4; id++ {
+			if r := got[id]; r.State != pool.Failed || r.Cause() != pool.ExitCause(127) {
+				t.Errorf("task %d = %s %s, want failed exit:127", id, r.State, r.Cause())
+			}
+		}
+		if r := got[5]; r.State != pool.Done {
+			t.Errorf("task 5 = %s %s, want done", r.State, r.Cause())
+		}
+		if err := p.Err(); err != nil {
+			t.Errorf("the pool ended with %v, want no error", err)
+		}
+	}
+}
+
 // TestOneShotReusedCgroup: a slot's memory cgroup serves every one-shot
 // attempt it runs, one process at a time. An OOM kill in the second
 // attempt is that attempt's cause and not the next one's, and each

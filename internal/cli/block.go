@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"slices"
 )
 
 // blockReader cuts its input into blocks of whole records for map --pipe,
@@ -149,9 +148,14 @@ func (b *blockReader) next() ([]byte, error) {
 			searched = max(len(buf)-len(b.recend)+1, 0)
 		}
 		if len(buf) == cap(buf) {
-			buf = slices.Grow(buf, b.size)
+			// A record longer than a block: double, as append's growth
+			// by a quarter at a time copied a 200 MB record over and over,
+			// and the copies took the supervisor to three times it.
+			buf = append(buf[:cap(buf)], make([]byte, max(b.size, len(buf)))...)[:len(buf)]
 		}
-		n, err := b.r.Read(buf[len(buf):cap(buf)])
+		// No more than a block's worth a read, so that what is read past
+		// a long record's end, the next block's start, is no more than that.
+		n, err := b.r.Read(buf[len(buf):min(cap(buf), len(buf)+max(b.size+1, 64<<10))])
 		buf = buf[:len(buf)+n]
 		if err == io.EOF {
 			b.eof = true

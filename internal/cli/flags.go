@@ -125,15 +125,18 @@ func (f *commonFlags) config(cmd string, protocol pool.Protocol, command []strin
 	return cfg, nil
 }
 
-// progressOn decides whether to show the progress bar on stderr.
-func (f *commonFlags) progressOn(stderr io.Writer) bool {
+// progressOn decides whether to show the progress bar on stderr. typed:
+// the inputs are read from the terminal, where the bar, redrawn five times
+// a second, would wipe out the line being typed; it is then off unless
+// --progress asks for it.
+func (f *commonFlags) progressOn(stderr io.Writer, typed bool) bool {
 	switch f.progress {
 	case "on":
 		return true
 	case "off":
 		return false
 	}
-	return isTerminal(stderr)
+	return !typed && isTerminal(stderr)
 }
 
 // jsonValue is --json FILE, the same in run and map. Its argument is
@@ -318,7 +321,7 @@ var longFlagHints = map[string]string{
 	"run pipe":        "--pipe is safepool map's: safepool map --pipe CMD",
 	"run block":       "--block is safepool map --pipe's",
 	"run recend":      "--recend is safepool map --pipe's",
-	"map null":        "-0 is safepool run's; map reads lines",
+	"map null":        "-0 is safepool run's; map reads lines, and map --pipe cuts records at --recend '\\0'",
 	"map dry-run":     "--dry-run is safepool run's",
 }
 
@@ -339,7 +342,7 @@ var shortFlagHints = map[string]string{
 	"run u": "a job's output is written whole when it ends",
 	"map N": "map --pipe cuts blocks by --block bytes, not by records",
 	"map L": "map --pipe cuts blocks by --block bytes, not by lines",
-	"map 0": "-0 is safepool run's; map reads lines",
+	"map 0": "-0 is safepool run's; map reads lines, and map --pipe cuts records at --recend '\\0'",
 }
 
 // nearestFlag returns the name of fs's flag closest to name, or "": the

@@ -158,14 +158,15 @@ func (a *mapArgs) parse(e *env, args []string) error {
 	}
 	a.argv = fs.Args()
 	switch {
+	case slices.ContainsFunc(a.argv, isColons):
+		// Left in CMD, it would be an argument of every worker, while the
+		// input came from stdin. Said before the worker given twice:
+		// after --worker 'CMD', the list is what GNU parallel's habit adds.
+		return usagef("map", "%s (an input list of GNU parallel) is not map's: map reads its input from stdin or -a FILE", a.argv[slices.IndexFunc(a.argv, isColons)])
 	case a.worker != "" && len(a.argv) > 0:
 		return usagef("map", "give the worker with --worker or after the flags, not both")
 	case a.worker == "" && len(a.argv) == 0:
 		return usagef("map", "missing worker command (--worker 'CMD')")
-	case slices.ContainsFunc(a.argv, isColons):
-		// Left in CMD, it would be an argument of every worker, while the
-		// input came from stdin.
-		return usagef("map", "%s (an input list of GNU parallel) is not map's: map reads its input from stdin or -a FILE", a.argv[slices.IndexFunc(a.argv, isColons)])
 	case slices.ContainsFunc(a.argv, a.unreplaced):
 		// map starts each worker once, with no input of its own: the
 		// word would reach every worker as it is ('cat {}' failed per
@@ -271,7 +272,7 @@ func runMap(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer src.close()
-	terminalNotice(e, a.common.argFiles, "input lines", "give -a FILE, or pipe them in")
+	typed := terminalNotice(e, a.common.argFiles, "input lines", "give -a FILE, or pipe them in")
 
 	j := &job{
 		mode: "map",
@@ -293,7 +294,7 @@ func runMap(ctx context.Context, e *env, args []string) error {
 		keyCommand:   command,
 		argv:         append([]string{"safepool", "map"}, args...),
 		jsonPath:     a.json,
-		progress:     a.common.progressOn(e.stderr),
+		progress:     a.common.progressOn(e.stderr, typed),
 		quiet:        a.common.quiet,
 		messages:     true,
 		viaShell:     viaShell,

@@ -59,7 +59,7 @@ func runMapPipe(ctx context.Context, e *env, a *mapArgs, command []string, viaSh
 		return err
 	}
 	defer src.close()
-	terminalNotice(e, a.common.argFiles, "the input", "give -a FILE, or pipe it in")
+	typed := terminalNotice(e, a.common.argFiles, "the input", "give -a FILE, or pipe it in")
 
 	journaled := a.common.journal.path != ""
 	toldUnkept := false
@@ -107,7 +107,7 @@ func runMapPipe(ctx context.Context, e *env, a *mapArgs, command []string, viaSh
 		rawReplay:    true,
 		replayAhead:  workers,
 		jsonPath:     a.json,
-		progress:     a.common.progressOn(e.stderr),
+		progress:     a.common.progressOn(e.stderr, typed),
 		quiet:        a.common.quiet,
 		messages:     true,
 		viaShell:     viaShell,

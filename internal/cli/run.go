@@ -184,9 +184,7 @@ func runRun(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer src.close()
-	if !a.colons {
-		terminalNotice(e, a.common.argFiles, "inputs", "give them after ::: or with -a FILE, or pipe them in")
-	}
+	typed := !a.colons && terminalNotice(e, a.common.argFiles, "inputs", "give them after ::: or with -a FILE, or pipe them in")
 
 	if a.dryRun {
 		dryRunNotice(e, &a)
@@ -218,7 +216,7 @@ func runRun(ctx context.Context, e *env, args []string) error {
 		keyCommand: a.cmd,
 		argv:       append([]string{"safepool", "run"}, args...),
 		jsonPath:   a.json,
-		progress:   a.common.progressOn(e.stderr),
+		progress:   a.common.progressOn(e.stderr, typed),
 		quiet:      a.common.quiet,
 		viaShell:   tmpl.viaShell(),
 		e:          e,

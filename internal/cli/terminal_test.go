@@ -187,3 +187,78 @@ func TestInterruptOpeningInput(t *testing.T) {
 		})
 	}
 }
+
+// TestNoBarWhileTyping: while the inputs are typed on the terminal that
+// stderr also is, no progress bar is drawn unless --progress asks for
+// one: redrawn five times a second, with a carriage return and an erase
+// to the end of the line, it wiped out the line being typed.
+func TestNoBarWhileTyping(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		bar  bool
+	}{
+		{"run", []string{"run", "-k", "echo"}, false},
+		{"run -a -", []string{"run", "-k", "-a", "-", "echo"}, false},
+		{"map", []string{"map", "-k", "cat"}, false},
+		{"map --pipe", []string{"map", "--pipe", "cat"}, false},
+		{"run --progress", []string{"run", "--progress", "-k", "echo"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			master, slave := openPTY(t)
+			chunks := make(chan string, 64)
+			go func() { // ends when master is closed (the test's cleanup)
+				buf := make([]byte, 4096)
+				for {
+					n, err := master.Read(buf)
+					if n > 0 {
+						chunks <- string(buf[:n])
+					}
+					if err != nil {
+						close(chunks)
+						return
+					}
+				}
+			}()
+			var stdout bytes.Buffer
+			done := make(chan int, 1)
+			go func() { done <- Run(context.Background(), tc.args, slave, &stdout, slave) }()
+			// A line typed, a pause while the next one is typed (long
+			// enough for several of the bar's redraws), then Ctrl-D.
+			if _, err := master.WriteString("a\n"); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(1500 * time.Millisecond)
+			if _, err := master.WriteString("b\n\x04"); err != nil {
+				t.Fatal(err)
+			}
+			var code int
+			select {
+			case code = <-done:
+			case <-time.After(30 * time.Second):
+				master.WriteString("\x04\x04")
+				<-done
+				t.Fatalf("Run(%q) did not end at Ctrl-D", tc.args)
+			}
+			// What the terminal shows: read until it is quiet.
+			var shown strings.Builder
+			for quiet := false; !quiet; {
+				select {
+				case c, ok := <-chunks:
+					if !ok {
+						quiet = true
+					}
+					shown.WriteString(c)
+				case <-time.After(500 * time.Millisecond):
+					quiet = true
+				}
+			}
+			if code != 0 {
+				t.Fatalf("Run(%q) = %d, want 0; the terminal shows:\n%q", tc.args, code, shown.String())
+			}
+			if got := strings.Contains(shown.String(), "running "); got != tc.bar {
+				t.Errorf("Run(%q): bar drawn = %v, want %v; the terminal shows:\n%q", tc.args, got, tc.bar, shown.String())
+			}
+		})
+	}
+}

@@ -635,7 +635,8 @@ func TestUsageErrors(t *testing.T) {
 		{"parallel --memfree", []string{"map", "--memfree", "1G", "cat"}, "safepool map: unknown flag: --memfree (the memory governor starts a job only when its memory fits: see --mem-budget and --mem-reserve)"},
 		{"parallel --colsep", []string{"run", "--colsep", ",", "echo"}, "safepool run: unknown flag: --colsep (not supported: each input is one value, {}; split it in a shell command line)"},
 		{"both resumes", []string{"run", "--journal", "/nonexistent/j.db", "--resume-failed", "--resume", "echo"}, "safepool run: give --resume (skip the failed inputs) or --resume-failed (run them again), not both"},
-		{"map -0", []string{"map", "-0", "cat"}, "safepool map: unknown shorthand flag: '0' in -0 (-0 is safepool run's; map reads lines)"},
+		{"map -0", []string{"map", "-0", "cat"}, "safepool map: unknown shorthand flag: '0' in -0 (-0 is safepool run's; map reads lines, and map --pipe cuts records at --recend '\\0')"},
+		{"map --pipe --null", []string{"map", "--pipe", "--null", "cat"}, "safepool map: unknown flag: --null (-0 is safepool run's; map reads lines, and map --pipe cuts records at --recend '\\0')"},
 		{"bad jobs", []string{"run", "-j", "x", "echo"}, `safepool run: invalid argument "x" for "-j, --jobs" flag`},
 		{"negative jobs", []string{"run", "-j", "-1", "echo"}, "safepool run: -j must be at least 0, not -1 (GNU parallel's -j -N, the CPUs less N, is not supported)"},
 		{"parallel's jobs plus", []string{"run", "-j", "+2", "echo"}, `safepool run: invalid argument "+2" for "-j, --jobs" flag: GNU parallel's +N (the CPUs plus N) is not supported: give a number of jobs`},
@@ -670,6 +671,8 @@ func TestUsageErrors(t *testing.T) {
 		{"map both workers", []string{"map", "--worker", "cat", "cat"}, "safepool map: give the worker with --worker or after the flags, not both"},
 		{"map colons", []string{"map", "cat", ":::", "a"}, "safepool map: ::: (an input list of GNU parallel) is not map's: map reads its input from stdin or -a FILE"},
 		{"map --pipe input file list", []string{"map", "--pipe", "wc", "::::", "f"}, "safepool map: :::: (an input list of GNU parallel) is not map's"},
+		{"map --worker and colons", []string{"map", "--worker", "tr a-z A-Z", ":::", "a", "b"}, "safepool map: ::: (an input list of GNU parallel) is not map's: map reads its input from stdin or -a FILE"},
+		{"map --worker and input file list", []string{"map", "--pipe", "--worker", "wc -l", "::::", "f"}, "safepool map: :::: (an input list of GNU parallel) is not map's"},
 		{"map replacement string", []string{"map", "echo", "{}"}, "safepool map: {} is not replaced by map: a worker reads its inputs on stdin, one line each"},
 		{"map --pipe replacement string", []string{"map", "--pipe", "--block", "1M", "wc", "-l", "{/}"}, "safepool map: {/} is not replaced by map: each block reaches the worker on its stdin (GNU parallel's --cat and --fifo are not supported)"},
 		{"map line number", []string{"map", "echo", "{#}"}, "safepool map: {#} is not replaced by map"},
@@ -703,6 +706,29 @@ func TestMissingInputFile(t *testing.T) {
 	code := Run(context.Background(), []string{"run", "-a", "/nonexistent/list", "echo"}, strings.NewReader(""), &stdout, &stderr)
 	if code != exitUsage || stderr.String() != "safepool: cannot open input file /nonexistent/list: no such file or directory\n" {
 		t.Errorf("Run(-a missing) = %d, stderr %q", code, stderr.String())
+	}
+}
+
+// TestStdinDirectory: a directory on stdin (< DIR) is refused at once,
+// as -a DIR is (exit 2); it was read once the run had started, and the
+// run stopped with exit 3 ('read /dev/stdin: is a directory').
+func TestStdinDirectory(t *testing.T) {
+	for _, args := range [][]string{
+		{"run", "echo"},
+		{"run", "-a", "-", "echo"},
+		{"map", "cat"},
+		{"map", "--pipe", "cat"},
+	} {
+		dir, err := os.Open(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var stdout, stderr bytes.Buffer
+		code := Run(context.Background(), args, dir, &stdout, &stderr)
+		dir.Close()
+		if code != exitUsage || stderr.String() != "safepool: cannot read inputs from stdin: it is a directory\n" {
+			t.Errorf("Run(%q) < DIR = %d, stderr %q", args, code, stderr.String())
+		}
 	}
 }
 
