@@ -259,6 +259,20 @@ class PoolBasics(unittest.TestCase):
             self.assertGreater(s["pid"], 0)
             self.assertLessEqual(s["start"], s["end"])
 
+    def test_stats_lists_only_tasks_that_succeeded(self):
+        # A task that raised is in failed_tasks(), not in stats(), which
+        # lists the tasks that succeeded: it used to be in both.
+        with safepool.Pool(2) as pool:
+            rs = [pool.apply_async(helpers.fail_at, (x,)) for x in range(5)]
+            for x, r in enumerate(rs):
+                if x == 2:
+                    with self.assertRaises(ValueError):
+                        r.get(timeout=60)
+                else:
+                    self.assertEqual(r.get(timeout=60), x)
+            self.assertEqual(len(pool.failed_tasks()), 1)
+            self.assertEqual(sorted(s["job"] for s in pool.stats()), [1, 2, 4, 5])
+
     def test_task_output_goes_to_stdout(self):
         # A task's prints must not corrupt the protocol.
         self.assertEqual(self.pool.map(helpers.print_and_return, range(3)), [0, 1, 2])
