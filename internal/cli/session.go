@@ -329,7 +329,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		ahead = j.replayAhead
 	}
 	replayCh := make(chan replay, ahead)
-	fb := &feedBack{replays: replayCh, metrics: jm}
+	fb := &feedBack{replays: replayCh, metrics: jm, skipped: &c.skipped}
 	fb.fail = func(err error) {
 		feedMu.Lock()
 		feedErr = err
@@ -351,7 +351,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		defer close(replayCh)
 		if j.blocks != nil {
 			n, ended := j.feedBlocks(ctx, p, jl, jj, fb)
-			c.total.Store(int64(n))
+			c.total.Store(int64(n) + c.skipped.Load())
 			inputEnded.Store(ended)
 			return
 		}
@@ -361,7 +361,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		for {
 			in, err := j.src.next()
 			if err == io.EOF {
-				c.total.Store(int64(id))
+				c.total.Store(int64(seq)) // the inputs skipped too
 				inputEnded.Store(true)
 				return
 			}
