@@ -263,6 +263,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		jj.close(exitUsage)
 		fmt.Fprintf(stderr, "safepool: %v\n", err)
 		sum.Aborted, sum.AbortReason, sum.ExitStatus = true, quoteMessage(err.Error()), exitUsage
+		sum.NotRead = noneRead(srcTotal)
 		if err := jsonOut.write(sum); err != nil {
 			fmt.Fprintf(stderr, "safepool: %v\n", err)
 		}
@@ -284,6 +285,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		}
 		fmt.Fprintf(stderr, "safepool: %s\n", reason)
 		sum.Aborted, sum.AbortReason, sum.ExitStatus = true, reason, exitUsage
+		sum.NotRead = noneRead(srcTotal)
 		sum.wall = time.Since(sum.StartTime)
 		if err := jsonOut.write(sum); err != nil {
 			fmt.Fprintf(stderr, "safepool: %v\n", err)
@@ -773,6 +775,16 @@ func (j *job) openOutputs(stdout io.Writer) (*joblog, *jsonOutput, *jobJournal, 
 		return nil, nil, nil, err
 	}
 	return jl, jsonOut, jj, nil
+}
+
+// noneRead is the summary's NotRead for a run that ended before it read
+// any of its input (srcTotal inputs, -1 when not known): all of the :::
+// arguments, or the lines, whose number is not known.
+func noneRead(srcTotal int64) int64 {
+	if srcTotal > 0 {
+		return srcTotal
+	}
+	return -1
 }
 
 // cannotStart returns the *pool.StartError the pool aborted with when its
