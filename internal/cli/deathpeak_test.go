@@ -78,3 +78,59 @@ func TestMapDeathPeakAfterAnswer(t *testing.T) {
 		t.Errorf("%d of %d deaths charged under 2 MiB", small, deaths)
 	}
 }
+
+// bigThenDieWorker is a Python line worker that fills 100 MiB and exits 1
+// on the line "big", exits 5 at once on "die", and answers other lines.
+const bigThenDieWorker = `import sys
+for line in sys.stdin:
+    if line.strip() == "big":
+        hog = bytearray(100 << 20)
+        sys.exit(1)
+    if line.strip() == "die":
+        sys.exit(5)
+    print(line.strip(), flush=True)
+`
+
+// TestMapDeathPeakOfReplacement: a map worker that dies of the first line
+// it runs is charged its own peak, not that of the worker it replaced in
+// its slot's cgroup. The replaced worker's 100 MiB were read as the
+// replacement's peak at its first line, and charged to that line.
+func TestMapDeathPeakOfReplacement(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		testenv.SkipOrFail(t, "python3 is not installed")
+		return
+	}
+	needWorkerCgroups(t)
+	dir := t.TempDir()
+	worker := filepath.Join(dir, "w.py")
+	if err := os.WriteFile(worker, []byte(bigThenDieWorker), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	joblog := filepath.Join(dir, "jobs.tsv")
+	var out, stderr syncBuffer
+	code := Run(context.Background(), []string{"map", "-j", "1", "--no-progress", "--joblog", joblog,
+		"--worker", py + " -u " + worker}, strings.NewReader("big\ndie\nok\n"), &out, &stderr)
+	if code != exitFailed {
+		t.Fatalf("Run = %d, want %d (tasks failed); stderr:\n%s", code, exitFailed, stderr.String())
+	}
+	b, err := os.ReadFile(joblog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peaks := map[string]int64{}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n")[1:] {
+		f := strings.Split(line, "\t")
+		// task_id input attempt worker_pid start runtime exit_status signal cause peak_rss_bytes
+		if len(f) < 10 {
+			t.Fatalf("job log row %q", line)
+		}
+		peaks[f[1]], _ = strconv.ParseInt(f[9], 10, 64)
+	}
+	if peaks["big"] < 100<<20 {
+		t.Errorf("big: peak %d, want at least the 100 MiB it filled; job log:\n%s", peaks["big"], b)
+	}
+	if p := peaks["die"]; p <= 0 || p >= 50<<20 {
+		t.Errorf("die: peak %d, want its own worker's (some MiB), not the 100 MiB of the worker before it; job log:\n%s", p, b)
+	}
+}

@@ -260,10 +260,13 @@ type feedBack struct {
 	// stop ends the input with err, such as an input that cannot be read:
 	// what was read runs to its end, and the run then exits as stopped
 	// before the end, with err as the reason.
-	stop                   func(error)
-	replays                chan<- replay
-	skipped, skippedFailed atomic.Int64
-	metrics                *jobMetrics // counts the skipped inputs too
+	stop    func(error)
+	replays chan<- replay
+	// skipped counts the inputs skipped (the progress bar's count, which
+	// the summary reads too); skippedFailed those of them that had failed.
+	skipped       *atomic.Int64
+	skippedFailed atomic.Int64
+	metrics       *jobMetrics // counts the skipped inputs too
 }
 
 // skip records the seq-th input, with key, as skipped because an earlier

@@ -25,8 +25,12 @@ import (
 // goroutines, hence atomics.
 type counters struct {
 	pool   atomic.Pointer[pool.Pool] // nil until the pool is made
-	total  atomic.Int64              // number of inputs, or -1 until the input ends
+	total  atomic.Int64              // number of inputs, skipped ones included, or -1 until the input ends
 	allows atomic.Int64              // attempts the memory governor allows at once, or -1
+	// skipped counts the inputs not run because an earlier run of the
+	// journal finished them (--resume): the feeder counts them here, and
+	// the summary and the bar read this one count.
+	skipped atomic.Int64
 }
 
 func newCounters() *counters {
@@ -66,10 +70,11 @@ type progress struct {
 
 	mu  sync.Mutex // serialises the bar and the writes made under pause
 	bar *progressbar.ProgressBar
-	// known reports whether the bar has been given the total; stopped
+	// max is the total the bar was given, 0 until it is known; stopped
 	// reports whether finish has run; shown reports whether the bar is
 	// on the screen, to be cleared. All are guarded by mu.
-	known, stopped, shown bool
+	max            int64
+	stopped, shown bool
 	// tty is the terminal the bar is drawn on, or -1; pgrp is safepool's
 	// process group. The bar is drawn only while that group is the
 	// terminal's foreground one (foreground).
@@ -142,14 +147,20 @@ func (p *progress) drawLocked() {
 	}
 	p.shown = true
 	st := p.c.stats()
-	total, ended := p.c.total.Load(), endedOf(st)
-	if total > 0 && !p.known {
+	total, ended, skipped := p.c.total.Load(), endedOf(st), p.c.skipped.Load()
+	if total > 0 && total != p.max {
+		// Known from the start for ::: arguments, at the input's end for
+		// lines.
 		p.bar.ChangeMax64(total)
-		p.known = true
+		p.max = total
 	}
-	p.bar.Describe(p.describe(st, total, ended))
-	if p.known {
-		p.bar.Set64(ended)
+	// The ETA is this run's: its tasks left at the pace of those ended.
+	p.bar.Describe(p.describe(st, total-skipped, ended))
+	if p.max > 0 {
+		// The inputs an earlier run finished are part of the whole, done
+		// before this run: without them the bar of a resumed run stopped
+		// short of its end.
+		p.bar.Set64(ended + skipped)
 	}
 }
 

@@ -263,6 +263,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		jj.close(exitUsage)
 		fmt.Fprintf(stderr, "safepool: %v\n", err)
 		sum.Aborted, sum.AbortReason, sum.ExitStatus = true, quoteMessage(err.Error()), exitUsage
+		sum.NotRead = noneRead(srcTotal)
 		if err := jsonOut.write(sum); err != nil {
 			fmt.Fprintf(stderr, "safepool: %v\n", err)
 		}
@@ -284,6 +285,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		}
 		fmt.Fprintf(stderr, "safepool: %s\n", reason)
 		sum.Aborted, sum.AbortReason, sum.ExitStatus = true, reason, exitUsage
+		sum.NotRead = noneRead(srcTotal)
 		sum.wall = time.Since(sum.StartTime)
 		if err := jsonOut.write(sum); err != nil {
 			fmt.Fprintf(stderr, "safepool: %v\n", err)
@@ -329,7 +331,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		ahead = j.replayAhead
 	}
 	replayCh := make(chan replay, ahead)
-	fb := &feedBack{replays: replayCh, metrics: jm}
+	fb := &feedBack{replays: replayCh, metrics: jm, skipped: &c.skipped}
 	fb.fail = func(err error) {
 		feedMu.Lock()
 		feedErr = err
@@ -351,7 +353,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		defer close(replayCh)
 		if j.blocks != nil {
 			n, ended := j.feedBlocks(ctx, p, jl, jj, fb)
-			c.total.Store(int64(n))
+			c.total.Store(int64(n) + c.skipped.Load())
 			inputEnded.Store(ended)
 			return
 		}
@@ -361,7 +363,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		for {
 			in, err := j.src.next()
 			if err == io.EOF {
-				c.total.Store(int64(id))
+				c.total.Store(int64(seq)) // the inputs skipped too
 				inputEnded.Store(true)
 				return
 			}
@@ -773,6 +775,16 @@ func (j *job) openOutputs(stdout io.Writer) (*joblog, *jsonOutput, *jobJournal, 
 		return nil, nil, nil, err
 	}
 	return jl, jsonOut, jj, nil
+}
+
+// noneRead is the summary's NotRead for a run that ended before it read
+// any of its input (srcTotal inputs, -1 when not known): all of the :::
+// arguments, or the lines, whose number is not known.
+func noneRead(srcTotal int64) int64 {
+	if srcTotal > 0 {
+		return srcTotal
+	}
+	return -1
 }
 
 // cannotStart returns the *pool.StartError the pool aborted with when its

@@ -401,9 +401,11 @@ func StartSession(cfg Config, host Host) (*Session, error) {
 		var err error
 		s.oomBase, err = cfg.Group.OOMKills()
 		s.groupCounts = err == nil
-		if spec.IO == IONone {
-			_ = cfg.Group.ResetPeak() // the attempt is the process
-		}
+		// The peak is the new process's from its start: a persistent
+		// slot's group held the process this one replaces, whose peak
+		// was charged, at the first task here, to that task's death.
+		// (For a one-shot job, the attempt is the process.)
+		_ = cfg.Group.ResetPeak()
 	} else {
 		spec.Cgroup = cfg.Shim
 	}

@@ -1169,8 +1169,11 @@ class _Core:
             if last is not None:
                 start, end = last.get("start", 0.0), last.get("end", 0.0)
                 job.observe(start, end, 1)
-                with self._lock:
-                    self._stats.append((job.id, (pos,), start, end, last.get("pid", 0), last.get("peak_rss", 0)))
+                if tag == OK:
+                    # stats() lists the tasks that succeeded: one that
+                    # raised is among failed_tasks() instead.
+                    with self._lock:
+                        self._stats.append((job.id, (pos,), start, end, last.get("pid", 0), last.get("peak_rss", 0)))
             if tag == OK:
                 self._settle(job, pos, True, value)
                 return

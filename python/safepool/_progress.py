@@ -39,10 +39,14 @@ class LineProgress:
         self._start = time.monotonic()
 
     def _line(self) -> str:
+        # done counts the items settled, the failed ones too; the line
+        # says "done" of those that succeeded, as safepool's summary does,
+        # and counts the failed ones apart: "9/10 tasks done, 1 failed".
+        done = self.done - self.failed
         if self.total is None:
-            count = "%d tasks done" % self.done
+            count = "%d tasks done" % done
         else:
-            count = "%d/%d tasks done" % (self.done, self.total)
+            count = "%d/%d tasks done" % (done, self.total)
         if self.failed:
             count += ", %d failed" % self.failed
         return "\r%s: %s (%.1fs)" % (self.desc, count, time.monotonic() - self._start)

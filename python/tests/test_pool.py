@@ -259,6 +259,22 @@ class PoolBasics(unittest.TestCase):
             self.assertGreater(s["pid"], 0)
             self.assertLessEqual(s["start"], s["end"])
 
+    def test_stats_lists_only_tasks_that_succeeded(self):
+        # A task that raised is in failed_tasks(), not in stats(), which
+        # lists the tasks that succeeded: it used to be in both.
+        with safepool.Pool(2) as pool:
+            rs = [pool.apply_async(helpers.fail_at, (x,)) for x in range(5)]
+            for x, r in enumerate(rs):
+                if x == 2:
+                    with self.assertRaises(ValueError):
+                        r.get(timeout=60)
+                else:
+                    self.assertEqual(r.get(timeout=60), x)
+            self.assertEqual(len(pool.failed_tasks()), 1)
+            # One job a call, numbered in order: the third raised.
+            jobs = sorted(s["job"] for s in pool.stats())
+            self.assertEqual(jobs, [jobs[0], jobs[0] + 1, jobs[0] + 3, jobs[0] + 4])
+
     def test_task_output_goes_to_stdout(self):
         # A task's prints must not corrupt the protocol.
         self.assertEqual(self.pool.map(helpers.print_and_return, range(3)), [0, 1, 2])
