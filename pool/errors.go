@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/safepool/safepool/internal/worker"
 )
@@ -71,7 +72,7 @@ type StartError struct {
 // which carries that prefix already.
 func (e *StartError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "worker %q ", strings.Join(e.Command, " "))
+	fmt.Fprintf(&b, "worker %s ", quoteCommand(e.Command))
 	switch {
 	case e.Cause == "":
 		b.WriteString("cannot start")
@@ -92,6 +93,26 @@ func (e *StartError) Error() string {
 // Unwrap returns Err, so that errors.Is matches, for example,
 // fs.ErrNotExist for a command that is not there.
 func (e *StartError) Unwrap() error { return e.Err }
+
+// maxQuotedCommand is how much of a command line quoteCommand quotes, in
+// bytes.
+const maxQuotedCommand = 256
+
+// quoteCommand quotes the command line args for a message, as %q does,
+// cut to its first maxQuotedCommand bytes with a note of how many were
+// left out. A one-shot command line holds its input, up to 1 MiB, and a
+// start failure quoted it whole: a message of a megabyte.
+func quoteCommand(args []string) string {
+	line := strings.Join(args, " ")
+	if len(line) <= maxQuotedCommand {
+		return fmt.Sprintf("%q", line)
+	}
+	cut := maxQuotedCommand
+	for cut > 0 && !utf8.RuneStart(line[cut]) {
+		cut-- // not within a character
+	}
+	return fmt.Sprintf("%q (%d more bytes left out)", line[:cut]+"…", len(line)-cut)
+}
 
 // AbortError is the error Err returns after the pool aborted. It wraps
 // ErrAborted and, where the abort had one, its reason.

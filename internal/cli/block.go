@@ -39,11 +39,7 @@ func newBlockReader(names []string, stdin io.Reader, size int, recend []byte) (*
 	if err != nil {
 		return nil, err
 	}
-	rs := make([]io.Reader, len(fs.files))
-	for i, f := range fs.files {
-		rs[i] = f
-	}
-	return &blockReader{r: &segmentReader{rs: rs, recend: recend}, size: size, recend: recend, files: fs}, nil
+	return &blockReader{r: &segmentReader{fs: fs, recend: recend}, size: size, recend: recend, files: fs}, nil
 }
 
 // segmentReader reads files one after the other. Where a file ends without
@@ -53,7 +49,7 @@ func newBlockReader(names []string, stdin io.Reader, size int, recend []byte) (*
 // the next file's first. Files that end with a record end, and empty ones,
 // run on into the next file within a segment.
 type segmentReader struct {
-	rs     []io.Reader
+	fs     *fileSource // the files, opened as the reading reaches them
 	recend []byte
 	// tail holds the last bytes read from the current file, up to
 	// len(recend): whether it ends with a record end.
@@ -64,10 +60,14 @@ type segmentReader struct {
 
 func (s *segmentReader) Read(p []byte) (int, error) {
 	for {
-		if s.ended || len(s.rs) == 0 {
+		if s.ended {
 			return 0, io.EOF
 		}
-		n, err := s.rs[0].Read(p)
+		r, err := s.fs.reader()
+		if err != nil {
+			return 0, err // io.EOF after the last file
+		}
+		n, err := r.Read(p)
 		if n > 0 {
 			s.tail = append(s.tail, p[:n]...)
 			if k := len(s.tail) - len(s.recend); k > 0 {
@@ -76,8 +76,9 @@ func (s *segmentReader) Read(p []byte) (int, error) {
 		}
 		if err == io.EOF {
 			unended := len(s.tail) > 0 && !bytes.Equal(s.tail, s.recend)
-			s.rs, s.tail = s.rs[1:], s.tail[:0]
-			if unended && len(s.rs) > 0 {
+			s.fs.nextFile()
+			s.tail = s.tail[:0]
+			if unended && s.fs.i < len(s.fs.names) {
 				s.ended = true
 			}
 			if n > 0 {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"sync"
 	"syscall"
 	"time"
 
@@ -170,65 +171,203 @@ func (a *argSource) total() int64 { return int64(len(a.args)) }
 func (a *argSource) close() error { return nil }
 
 // fileSource reads the items of several files one after the other. "-"
-// stands for standard input.
+// stands for standard input. It holds at most one file open, the one it
+// reads, and opens each as the reading reaches it: every -a file held
+// open from the start took a file each from the open-file limit, and more
+// files than the limit (ulimit -n) could not be read at all ("too many
+// open files"), however few at a time were being read.
 type fileSource struct {
 	names []string
-	files []io.ReadCloser // opened up front, so a missing file fails fast
-	ins   []io.Reader     // files as opened, standard input as given (interruptReads)
+	// found is what checkInputs found at each name, and, for "-", what
+	// standard input is when it is a file (nil otherwise): inputFileAt
+	// tells the input files by it.
+	found []os.FileInfo
+	stdin io.Reader
 	sep   byte
 	max   int    // the longest input, 0 for any length (longInputError)
 	why   string // what max stands for (longInputError.Why)
 	cur   *lineReader
-	i     int   // index of the file cur reads
+	i     int   // index of the file read, or to be opened next
 	n     int64 // inputs read
+
+	// mu guards what interruptReads, on another goroutine, sees of the
+	// file being read.
+	mu      sync.Mutex
+	in      io.Reader // names[i] as read, nil until it is opened
+	opened  *os.File  // in when safepool opened it, closed when done
+	opening bool      // an open that may wait is under way (a named pipe's writer)
+	stopped bool      // interruptReads was called, and no resumeReads since
+	closed  bool      // close was called: nothing more is opened
 }
 
-// openFiles opens every named file, or returns the first error. Inputs
-// longer than max bytes (0: any length) stop the reading with a
-// *longInputError that says why, the bound's reason.
+// errReadsStopped is what a read returns once interruptReads stopped them.
+var errReadsStopped = os.ErrDeadlineExceeded
+
+// openFiles checks every named file, or returns the first error, and
+// opens the first one. Inputs longer than max bytes (0: any length) stop
+// the reading with a *longInputError that says why, the bound's reason.
 func openFiles(names []string, stdin io.Reader, sep byte, max int, why string) (*fileSource, error) {
-	fs := &fileSource{names: names, sep: sep, max: max, why: why}
-	for _, name := range names {
-		if name == "-" {
-			if f, ok := stdin.(*os.File); ok {
-				// As for -a DIR: said at once (exit 2), rather than at
-				// the first read, once the run has started (exit 3).
-				if st, err := f.Stat(); err == nil && st.IsDir() {
-					fs.close()
-					return nil, errors.New("cannot read inputs from stdin: it is a directory")
-				}
-			}
-			fs.files = append(fs.files, io.NopCloser(stdin))
-			fs.ins = append(fs.ins, stdin)
-			continue
-		}
-		f, err := os.Open(name)
-		if err == nil {
-			// A directory opens, and fails only at the first read, once
-			// the run has started.
-			if st, serr := f.Stat(); serr == nil && st.IsDir() {
-				f.Close()
-				err = &os.PathError{Op: "open", Path: name, Err: syscall.EISDIR}
-			}
-		}
-		if err != nil {
-			fs.close()
-			var pe *os.PathError
-			if errors.As(err, &pe) {
-				err = pe.Err
-			}
-			return nil, fmt.Errorf("cannot open input file %s: %w", name, err)
-		}
-		fs.files = append(fs.files, f)
-		fs.ins = append(fs.ins, f)
+	found, err := checkInputs(names, stdin)
+	if err != nil {
+		return nil, err
+	}
+	fs := &fileSource{names: names, found: found, stdin: stdin, sep: sep, max: max, why: why}
+	// The first file is opened now: a named pipe whose writer has not
+	// come is waited for before the run starts, where Ctrl-C ends it at
+	// once (openInterruptibly).
+	if _, err := fs.reader(); err != nil && err != io.EOF {
+		return nil, err
 	}
 	return fs, nil
 }
 
+// checkInputs says at once, before anything runs, that an input file
+// cannot be read: missing, unreadable, a directory (which opens, and
+// fails only at the first read), or standard input that is a directory.
+// It returns what it found at each name. A regular file is opened and
+// closed at once; anything else is only looked at, since opening it may
+// wait or act (a named pipe waits for its writer, and a writer waiting
+// for it would be let through, then find it closed).
+func checkInputs(names []string, stdin io.Reader) ([]os.FileInfo, error) {
+	found := make([]os.FileInfo, len(names))
+	for i, name := range names {
+		if name == "-" {
+			if f, ok := stdin.(*os.File); ok {
+				if st, err := f.Stat(); err == nil {
+					if st.IsDir() {
+						// As for -a DIR: said at once (exit 2),
+						// rather than at the first read, once the run
+						// has started (exit 3).
+						return nil, errors.New("cannot read inputs from stdin: it is a directory")
+					}
+					found[i] = st
+				}
+			}
+			continue
+		}
+		st, err := checkInput(name)
+		if err != nil {
+			return nil, err
+		}
+		found[i] = st
+	}
+	return found, nil
+}
+
+// checkInput checks that the input file name can be read (see
+// checkInputs), and returns what is there.
+func checkInput(name string) (os.FileInfo, error) {
+	st, err := os.Stat(name)
+	switch {
+	case err != nil:
+	case st.IsDir():
+		err = syscall.EISDIR
+	case st.Mode().IsRegular():
+		var f *os.File
+		if f, err = os.Open(name); err == nil {
+			f.Close()
+		}
+	case st.Mode()&os.ModeSocket != 0:
+		err = syscall.ENXIO // what opening it says
+	default:
+		err = unix.Faccessat(unix.AT_FDCWD, name, unix.R_OK, unix.AT_EACCESS)
+	}
+	if err != nil {
+		return nil, inputFileError(name, err)
+	}
+	return st, nil
+}
+
+// inputFileError says that the input file name cannot be opened, and why.
+func inputFileError(name string, err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		err = pe.Err
+	}
+	return fmt.Errorf("cannot open input file %s: %w", name, err)
+}
+
+// reader returns the file being read, opening names[i] when the reading
+// reaches it, or io.EOF after the last one. A file that can no longer be
+// opened (deleted since the run started) is an error, as a failed read is.
+func (fs *fileSource) reader() (io.Reader, error) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if fs.in != nil {
+		return fs.in, nil
+	}
+	if fs.i >= len(fs.names) {
+		return nil, io.EOF
+	}
+	if fs.closed {
+		return nil, os.ErrClosed
+	}
+	if fs.stopped {
+		return nil, errReadsStopped
+	}
+	name := fs.names[fs.i]
+	if name == "-" {
+		fs.in = fs.stdin
+		return fs.in, nil
+	}
+	// The open is done without the lock: one that may wait (a named
+	// pipe's, for its writer) is marked, so that interruptReads can tell
+	// that it cannot end it.
+	fs.opening = fs.i >= len(fs.found) || fs.found[fs.i] == nil || !fs.found[fs.i].Mode().IsRegular()
+	fs.mu.Unlock()
+	f, err := os.Open(name)
+	if err == nil {
+		if st, serr := f.Stat(); serr == nil && st.IsDir() {
+			f.Close()
+			err = syscall.EISDIR
+		}
+	}
+	fs.mu.Lock()
+	fs.opening = false
+	if err != nil {
+		return nil, inputFileError(name, err)
+	}
+	if fs.closed {
+		f.Close()
+		return nil, os.ErrClosed
+	}
+	fs.in, fs.opened = f, f
+	if fs.stopped {
+		return nil, errReadsStopped
+	}
+	return fs.in, nil
+}
+
+// nextFile closes the file read, which has ended, and goes on to the next.
+func (fs *fileSource) nextFile() {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if fs.opened != nil && !fs.closed {
+		fs.opened.Close()
+	}
+	fs.in, fs.opened, fs.cur = nil, nil, nil
+	fs.i++
+}
+
+// name is the name of the file read, for messages.
+func (fs *fileSource) name() string {
+	if fs.i < len(fs.names) {
+		return fs.names[fs.i]
+	}
+	return ""
+}
+
 func (fs *fileSource) next() ([]byte, error) {
-	for fs.i < len(fs.files) {
+	for {
+		r, err := fs.reader()
+		if err == io.EOF {
+			return nil, io.EOF
+		}
+		if err != nil {
+			return nil, err
+		}
 		if fs.cur == nil {
-			fs.cur = newLineReader(fs.files[fs.i], fs.sep, fs.max)
+			fs.cur = newLineReader(r, fs.sep, fs.max)
 		}
 		line, err := fs.cur.next()
 		if err == nil {
@@ -241,24 +380,23 @@ func (fs *fileSource) next() ([]byte, error) {
 			return nil, err
 		}
 		if err != io.EOF {
-			return nil, fmt.Errorf("reading %s: %w", fs.names[fs.i], err)
+			return nil, fmt.Errorf("reading %s: %w", fs.name(), err)
 		}
-		fs.cur = nil
-		fs.i++
+		fs.nextFile()
 	}
-	return nil, io.EOF
 }
 
 func (fs *fileSource) total() int64 { return -1 }
 
 func (fs *fileSource) close() error {
-	var first error
-	for _, f := range fs.files {
-		if err := f.Close(); err != nil && first == nil {
-			first = err
-		}
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	fs.closed = true
+	if fs.opened == nil {
+		return nil
 	}
-	return first
+	// A read under way on another goroutine returns an error.
+	return fs.opened.Close()
 }
 
 // readInterrupter is a source whose reads can be made to return at once,
@@ -281,26 +419,34 @@ func (a *argSource) resumeReads()         {}
 type deadliner interface{ SetReadDeadline(time.Time) error }
 
 func (fs *fileSource) interruptReads() bool {
-	ends := true
-	for _, in := range fs.ins {
-		f, isFile := in.(*os.File)
-		if isFile {
-			if st, err := f.Stat(); err == nil && st.Mode().IsRegular() {
-				continue
-			}
-		}
-		d, ok := in.(deadliner)
-		if ok && isFile {
-			// A file accepts a deadline once the runtime polls it, but
-			// heeds it only while it is in non-blocking mode, which
-			// f.Fd ends.
-			ok = nonBlocking(f)
-		}
-		if !ok || d.SetReadDeadline(time.Unix(1, 0)) != nil {
-			ends = false // a pipe or terminal read in blocking mode, or a reader of unknown kind
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	// No file is opened from now on: only the file being read, or being
+	// opened, may keep a read from ending.
+	fs.stopped = true
+	if fs.opening {
+		return false // an open that waits for a named pipe's writer
+	}
+	in := fs.in
+	if in == nil {
+		return true
+	}
+	f, isFile := in.(*os.File)
+	if isFile {
+		if st, err := f.Stat(); err == nil && st.Mode().IsRegular() {
+			return true
 		}
 	}
-	return ends
+	d, ok := in.(deadliner)
+	if ok && isFile {
+		// A file accepts a deadline once the runtime polls it, but
+		// heeds it only while it is in non-blocking mode, which f.Fd
+		// ends.
+		ok = nonBlocking(f)
+	}
+	// A pipe or terminal read in blocking mode, or a reader of unknown
+	// kind, is not interrupted.
+	return ok && d.SetReadDeadline(time.Unix(1, 0)) == nil
 }
 
 // nonBlocking reports whether f's reads go through the runtime's poller,
@@ -319,10 +465,11 @@ func nonBlocking(f *os.File) bool {
 }
 
 func (fs *fileSource) resumeReads() {
-	for _, in := range fs.ins {
-		if d, ok := in.(deadliner); ok {
-			d.SetReadDeadline(time.Time{})
-		}
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	fs.stopped = false
+	if d, ok := fs.in.(deadliner); ok {
+		d.SetReadDeadline(time.Time{})
 	}
 }
 

@@ -44,7 +44,7 @@ const (
 // terminal, a stream) gets its answers as soon as its lines come.
 type lineBlocks struct {
 	files *fileSource
-	br    *bufio.Reader // reads files.files[files.i]; nil before it opens
+	br    *bufio.Reader // reads the file files reads; nil before it opens
 	// perLine is the recent time per line, in nanoseconds, that the
 	// results show: 0 before the first.
 	perLine atomic.Int64
@@ -83,10 +83,14 @@ func (lb *lineBlocks) next(maxLines int) ([]byte, int, error) {
 	n := 0
 	for n < maxLines && len(block) < blockBytes {
 		if lb.br == nil {
-			if lb.files.i >= len(lb.files.files) {
+			r, err := lb.files.reader()
+			if err == io.EOF {
 				break
 			}
-			lb.br = bufio.NewReaderSize(lb.files.files[lb.files.i], 64<<10)
+			if err != nil {
+				return nil, 0, err
+			}
+			lb.br = bufio.NewReaderSize(r, 64<<10)
 		}
 		br := lb.br
 		if br.Buffered() == 0 {
@@ -95,10 +99,10 @@ func (lb *lineBlocks) next(maxLines int) ([]byte, int, error) {
 			}
 			if _, err := br.Peek(1); err != nil {
 				if err != io.EOF {
-					return nil, 0, fmt.Errorf("reading %s: %w", lb.files.names[lb.files.i], err)
+					return nil, 0, fmt.Errorf("reading %s: %w", lb.files.name(), err)
 				}
 				lb.br = nil
-				lb.files.i++
+				lb.files.nextFile()
 				continue
 			}
 		}
@@ -115,7 +119,7 @@ func (lb *lineBlocks) next(maxLines int) ([]byte, int, error) {
 				return nil, 0, err
 			}
 			if err != nil {
-				return nil, 0, fmt.Errorf("reading %s: %w", lb.files.names[lb.files.i], err)
+				return nil, 0, fmt.Errorf("reading %s: %w", lb.files.name(), err)
 			}
 			block = append(line, '\n')
 			n = 1

@@ -13,7 +13,7 @@ import (
 // blocksOf cuts in into blocks of at most maxLines lines.
 func blocksOf(t *testing.T, r io.Reader, maxLines int) []string {
 	t.Helper()
-	lb := newLineBlocks(&fileSource{names: []string{"-"}, files: []io.ReadCloser{io.NopCloser(r)}})
+	lb := newLineBlocks(&fileSource{names: []string{"-"}, stdin: r})
 	var got []string
 	for {
 		b, n, err := lb.next(maxLines)
@@ -86,7 +86,7 @@ func TestLineBlocksPrompt(t *testing.T) {
 	}
 	defer r.Close()
 	defer w.Close()
-	lb := newLineBlocks(&fileSource{names: []string{"-"}, files: []io.ReadCloser{r}})
+	lb := newLineBlocks(&fileSource{names: []string{"-"}, stdin: r})
 	w.WriteString("1\n2\n3")
 	done := make(chan string, 1)
 	go func() {

@@ -66,7 +66,7 @@ func TestLongInputMemory(t *testing.T) {
 		{"a line past the bound", 2 * bound, 3, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			fs := &fileSource{names: []string{"-"}, files: []io.ReadCloser{io.NopCloser(&xLine{n: tc.n, nl: true})}, sep: '\n', max: bound}
+			fs := &fileSource{names: []string{"-"}, stdin: &xLine{n: tc.n, nl: true}, sep: '\n', max: bound}
 			lb := newLineBlocks(fs)
 			var block []byte
 			var n int

@@ -54,12 +54,10 @@ func inputFileAt(src source, path string) string {
 		// or a pipe may be both an input and an output.
 		return ""
 	}
-	for i, in := range fs.ins {
-		f, ok := in.(*os.File)
-		if !ok {
-			continue
-		}
-		if fi, err := f.Stat(); err == nil && os.SameFile(fi, target) {
+	// What is at each input's name when the run started: each file is
+	// opened only when the reading reaches it.
+	for i, fi := range fs.found {
+		if fi != nil && os.SameFile(fi, target) {
 			if fs.names[i] == "-" {
 				return "the file on standard input"
 			}
