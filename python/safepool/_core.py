@@ -284,6 +284,15 @@ class _Core:
                 if not self._proc.wait(5.0):
                     self._proc.kill()
                     self._proc.wait()
+                # The reader thread, which ends at the binary's end of
+                # file, makes the BrokenPool of a start that ended early:
+                # importing concurrent.futures runs eval(), which clears
+                # the interpreter's record of an unhandled Ctrl-C. Made
+                # while the program was on its way out, it ended with
+                # status 1 rather than by SIGINT.
+                reader = getattr(self, "_reader", None)
+                if reader is not None and reader is not threading.current_thread():
+                    reader.join(5.0)
             raise
 
     def _take_over(self, launch, ahead):

@@ -146,6 +146,42 @@ class InterruptedStart(unittest.TestCase):
         from safepool.executor import Executor
         self._interrupt_starts(lambda: Executor(2))
 
+    def test_no_client_thread_left(self):
+        # When the interrupted start returns, no thread of the client runs
+        # on. The reader thread, left to see the binary's end, went on into
+        # the program's exit from an unhandled Ctrl-C; making the BrokenPool
+        # of a start that ended early imports concurrent.futures, whose
+        # eval() clears the interpreter's record of the interrupt, and the
+        # program ended with exit status 1 instead of by SIGINT (one time
+        # in ten, Ctrl-C just after a script's start). Here the binary's
+        # stand-in never answers, exits when its input closes, and leaves
+        # a child that keeps the pipe to the client open a second more.
+        d = tempfile.mkdtemp()
+        self.addCleanup(lambda: __import__("shutil").rmtree(d))
+        binary = os.path.join(d, "safepool")
+        with open(binary, "w") as f:
+            f.write("#!/bin/sh\nsleep 1 3<&- &\ncat <&3 >/dev/null\n")
+        os.chmod(binary, 0o755)
+        old_bin = os.environ.get("SAFEPOOL_BIN")
+        os.environ["SAFEPOOL_BIN"] = binary
+        old = signal.signal(signal.SIGALRM, signal.default_int_handler)
+        before = set(threading.enumerate())
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.3)
+            with self.assertRaises(KeyboardInterrupt):
+                try:
+                    safepool.Pool(2)
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+            left = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
+        finally:
+            signal.signal(signal.SIGALRM, old)
+            if old_bin is None:
+                del os.environ["SAFEPOOL_BIN"]
+            else:
+                os.environ["SAFEPOOL_BIN"] = old_bin
+        self.assertEqual(left, [])
+
 
 CTRL_C_DURING_MAP = """
 import os, signal, threading, time, safepool
