@@ -22,10 +22,16 @@ from tests import helpers
 from tests.support import PYTHON_DIR, child_env, processes_with, python_sigint_default, run_client, wait_gone
 
 SCRIPT = """
-import sys, safepool
+import sys, time, safepool
 from tests import helpers
 if __name__ == "__main__":
     mode = sys.argv[1]
+    if mode == "executor":
+        with safepool.Executor(2) as ex:
+            futures = [ex.submit(helpers.sleep_for, 60) for _ in range(8)]
+            time.sleep(1)  # the workers are up and running the first two
+            print("running", flush=True)
+            futures[0].result()
     pool = safepool.Pool(2)
     pool.apply(helpers.square, (2,))  # the workers are up
     r = pool.map_async(helpers.sleep_for, [60] * 4, chunksize=1)
@@ -102,6 +108,16 @@ class NoOrphans(unittest.TestCase):
     def test_sigkilled_parent(self):
         code = self._run_script("plain", signal.SIGKILL)
         self.assertEqual(code, -signal.SIGKILL)
+
+    def test_ctrl_c_in_executor_with_block(self):
+        # Ctrl-C in an Executor's with block stops the executor at once, as
+        # in a Pool's: concurrent.futures' block waited for every future
+        # submitted (here four minutes of them) before the program could
+        # end by its KeyboardInterrupt.
+        start = time.monotonic()
+        code = self._run_script("executor", signal.SIGINT)
+        self.assertEqual(code, -signal.SIGINT)
+        self.assertLess(time.monotonic() - start, 40)
 
 
 class InterruptedStart(unittest.TestCase):
@@ -336,7 +352,7 @@ class Forked(unittest.TestCase):
 
 
 INIT_SCRIPT = """
-import sys, safepool
+import sys, time, safepool
 from tests import helpers
 if __name__ == "__main__":
     pool = safepool.Pool(2, initializer=helpers.sleep_for, initargs=(0,))
