@@ -145,7 +145,7 @@ class Executor(concurrent.futures.Executor):
             # and a thread started then would never run.)
             self._shutdown = True
             try:
-                threading.Thread(target=self._core.close, name="safepool-shutdown").start()
+                self._core.close_in_background()
             except Exception:
                 pass  # the interpreter is shutting down: its exit handler terminates the pool
 
@@ -264,9 +264,9 @@ class Executor(concurrent.futures.Executor):
         if wait:
             self._core.close()
         elif not already:
-            # Not a daemon: as with ProcessPoolExecutor, the interpreter
-            # waits for the running futures before it exits.
-            threading.Thread(target=self._core.close, name="safepool-shutdown").start()
+            # As with ProcessPoolExecutor, the interpreter waits for the
+            # running futures before it exits (see _core._at_exit).
+            self._core.close_in_background()
 
     @property
     def memory_mode(self) -> str:

@@ -32,6 +32,16 @@ if __name__ == "__main__":
             time.sleep(1)  # the workers are up and running the first two
             print("running", flush=True)
             futures[0].result()
+    if mode in ("dropped", "nowait"):
+        def start():
+            ex = safepool.Executor(2)
+            [ex.submit(helpers.sleep_for, 60) for _ in range(8)]
+            time.sleep(1)
+            if mode == "nowait":
+                ex.shutdown(wait=False)
+        start()  # the program's exit waits for the futures
+        print("running", flush=True)
+        sys.exit()
     pool = safepool.Pool(2)
     pool.apply(helpers.square, (2,))  # the workers are up
     r = pool.map_async(helpers.sleep_for, [60] * 4, chunksize=1)
@@ -104,6 +114,20 @@ class NoOrphans(unittest.TestCase):
     def test_ctrl_c_in_with_block(self):
         code = self._run_script("with", signal.SIGINT)
         self.assertEqual(code, -signal.SIGINT)
+
+    def test_ctrl_c_at_exit_waiting_for_executor(self):
+        # The exit of a program whose Executor was dropped or shut down
+        # with wait=False waits for its futures, as with
+        # ProcessPoolExecutor, but a Ctrl-C stops the wait: it came while
+        # the interpreter joined the thread that closed the executor,
+        # which printed it and ignored it ("Exception ignored in: <module
+        # 'threading'>"), and the program ran every future to its end (here
+        # four minutes) as if no Ctrl-C had come.
+        for mode in ("dropped", "nowait"):
+            with self.subTest(mode=mode):
+                start = time.monotonic()
+                self._run_script(mode, signal.SIGINT)
+                self.assertLess(time.monotonic() - start, 40)
 
     def test_sigkilled_parent(self):
         code = self._run_script("plain", signal.SIGKILL)
