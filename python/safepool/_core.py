@@ -126,7 +126,12 @@ def _at_exit():
             # program from ever ending).
             core.exiting = True
             try:
-                core.wait_submitted()
+                if core.closer is not None:
+                    # shutdown(wait=False), or an Executor dropped without
+                    # shutdown: its close goes on to its end.
+                    core.closer.join()
+                else:
+                    core.wait_submitted()
             except BaseException:
                 pass  # a second Ctrl-C: stop at once
         core.terminate(wait=1.0)  # not in a child that fork copied this process into: see terminate
@@ -284,6 +289,15 @@ class _Core:
                 if not self._proc.wait(5.0):
                     self._proc.kill()
                     self._proc.wait()
+                # The reader thread, which ends at the binary's end of
+                # file, makes the BrokenPool of a start that ended early:
+                # importing concurrent.futures runs eval(), which clears
+                # the interpreter's record of an unhandled Ctrl-C. Made
+                # while the program was on its way out, it ended with
+                # status 1 rather than by SIGINT.
+                reader = getattr(self, "_reader", None)
+                if reader is not None and reader is not threading.current_thread():
+                    reader.join(5.0)
             raise
 
     def _take_over(self, launch, ahead):
@@ -369,6 +383,8 @@ class _Core:
         # as ProcessPoolExecutor's) rather than terminate the pool.
         self.finish_at_exit = False
         self.exiting = False  # the program's exit handler has begun with this pool (see _at_exit)
+        # The thread of close_in_background, which the program's exit waits for.
+        self.closer = None
 
         self._out = io.open(launch.to_fd, "wb", buffering=256 << 10)
         self._in_fd = launch.from_fd
@@ -1374,6 +1390,19 @@ class _Core:
             self._stopping = True
         self._send_control(K_CLOSE)
         self._finish(None)
+
+    def close_in_background(self):
+        """Run close in a thread of its own, which the program's exit waits
+        for (_at_exit), as Executor.shutdown(wait=False) wants.
+
+        Not a non-daemon thread, which the interpreter would join before
+        the exit handlers run: a Ctrl-C there is printed and ignored
+        ("Exception ignored in: <module 'threading'>"), and the program
+        went on waiting for every future submitted. A Ctrl-C while the
+        exit handler waits stops the pool at once."""
+        t = threading.Thread(target=self.close, name="safepool-shutdown", daemon=True)
+        t.start()
+        self.closer = t
 
     def abort(self, reason: BaseException | None = None):
         """Stop at once: cancel queued items, kill running ones."""

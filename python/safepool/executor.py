@@ -64,6 +64,10 @@ class Executor(concurrent.futures.Executor):
     As ProcessPoolExecutor's, an executor that is never shut down runs its
     submitted futures to their end before the program exits (unless it
     ends on Ctrl-C); the rest of the input of a map is not read then.
+    Leaving a with block shuts it down with wait=True, as
+    ProcessPoolExecutor's does, unless KeyboardInterrupt leaves it: then
+    the futures not started are cancelled and the running ones fail with
+    TaskCancelled at once, as in Pool's block.
     """
 
     def __init__(self, max_workers: Optional[int] = None, mp_context: Any = None,
@@ -116,6 +120,22 @@ class Executor(concurrent.futures.Executor):
         self._shutdown = False
         self._lock = threading.Lock()
 
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            # Ctrl-C left the block: stop at once, as Pool's block does.
+            # shutdown(wait=True), which concurrent.futures' block calls,
+            # waited for every future submitted: a script that had
+            # submitted a few hundred long tasks did not end on Ctrl-C
+            # until all had run (ProcessPoolExecutor's does not either).
+            # Futures not started are cancelled, running ones fail with
+            # TaskCancelled.
+            with self._lock:
+                self._shutdown = True
+            self._core.cancel_pending()
+            self._core.terminate()
+            return False
+        return super().__exit__(exc_type, exc_val, exc_tb)
+
     def __del__(self, _finalizing=sys.is_finalizing):
         # As ProcessPoolExecutor's: an executor dropped without shutdown
         # finishes the futures it has and then stops its workers, in the
@@ -125,7 +145,7 @@ class Executor(concurrent.futures.Executor):
             # and a thread started then would never run.)
             self._shutdown = True
             try:
-                threading.Thread(target=self._core.close, name="safepool-shutdown").start()
+                self._core.close_in_background()
             except Exception:
                 pass  # the interpreter is shutting down: its exit handler terminates the pool
 
@@ -244,9 +264,9 @@ class Executor(concurrent.futures.Executor):
         if wait:
             self._core.close()
         elif not already:
-            # Not a daemon: as with ProcessPoolExecutor, the interpreter
-            # waits for the running futures before it exits.
-            threading.Thread(target=self._core.close, name="safepool-shutdown").start()
+            # As with ProcessPoolExecutor, the interpreter waits for the
+            # running futures before it exits (see _core._at_exit).
+            self._core.close_in_background()
 
     @property
     def memory_mode(self) -> str:

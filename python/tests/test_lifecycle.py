@@ -22,10 +22,26 @@ from tests import helpers
 from tests.support import PYTHON_DIR, child_env, processes_with, python_sigint_default, run_client, wait_gone
 
 SCRIPT = """
-import sys, safepool
+import sys, time, safepool
 from tests import helpers
 if __name__ == "__main__":
     mode = sys.argv[1]
+    if mode == "executor":
+        with safepool.Executor(2) as ex:
+            futures = [ex.submit(helpers.sleep_for, 60) for _ in range(8)]
+            time.sleep(1)  # the workers are up and running the first two
+            print("running", flush=True)
+            futures[0].result()
+    if mode in ("dropped", "nowait"):
+        def start():
+            ex = safepool.Executor(2)
+            [ex.submit(helpers.sleep_for, 60) for _ in range(8)]
+            time.sleep(1)
+            if mode == "nowait":
+                ex.shutdown(wait=False)
+        start()  # the program's exit waits for the futures
+        print("running", flush=True)
+        sys.exit()
     pool = safepool.Pool(2)
     pool.apply(helpers.square, (2,))  # the workers are up
     r = pool.map_async(helpers.sleep_for, [60] * 4, chunksize=1)
@@ -99,9 +115,33 @@ class NoOrphans(unittest.TestCase):
         code = self._run_script("with", signal.SIGINT)
         self.assertEqual(code, -signal.SIGINT)
 
+    def test_ctrl_c_at_exit_waiting_for_executor(self):
+        # The exit of a program whose Executor was dropped or shut down
+        # with wait=False waits for its futures, as with
+        # ProcessPoolExecutor, but a Ctrl-C stops the wait: it came while
+        # the interpreter joined the thread that closed the executor,
+        # which printed it and ignored it ("Exception ignored in: <module
+        # 'threading'>"), and the program ran every future to its end (here
+        # four minutes) as if no Ctrl-C had come.
+        for mode in ("dropped", "nowait"):
+            with self.subTest(mode=mode):
+                start = time.monotonic()
+                self._run_script(mode, signal.SIGINT)
+                self.assertLess(time.monotonic() - start, 40)
+
     def test_sigkilled_parent(self):
         code = self._run_script("plain", signal.SIGKILL)
         self.assertEqual(code, -signal.SIGKILL)
+
+    def test_ctrl_c_in_executor_with_block(self):
+        # Ctrl-C in an Executor's with block stops the executor at once, as
+        # in a Pool's: concurrent.futures' block waited for every future
+        # submitted (here four minutes of them) before the program could
+        # end by its KeyboardInterrupt.
+        start = time.monotonic()
+        code = self._run_script("executor", signal.SIGINT)
+        self.assertEqual(code, -signal.SIGINT)
+        self.assertLess(time.monotonic() - start, 40)
 
 
 class InterruptedStart(unittest.TestCase):
@@ -145,6 +185,42 @@ class InterruptedStart(unittest.TestCase):
     def test_executor(self):
         from safepool.executor import Executor
         self._interrupt_starts(lambda: Executor(2))
+
+    def test_no_client_thread_left(self):
+        # When the interrupted start returns, no thread of the client runs
+        # on. The reader thread, left to see the binary's end, went on into
+        # the program's exit from an unhandled Ctrl-C; making the BrokenPool
+        # of a start that ended early imports concurrent.futures, whose
+        # eval() clears the interpreter's record of the interrupt, and the
+        # program ended with exit status 1 instead of by SIGINT (one time
+        # in ten, Ctrl-C just after a script's start). Here the binary's
+        # stand-in never answers, exits when its input closes, and leaves
+        # a child that keeps the pipe to the client open a second more.
+        d = tempfile.mkdtemp()
+        self.addCleanup(lambda: __import__("shutil").rmtree(d))
+        binary = os.path.join(d, "safepool")
+        with open(binary, "w") as f:
+            f.write("#!/bin/sh\nsleep 1 3<&- &\ncat <&3 >/dev/null\n")
+        os.chmod(binary, 0o755)
+        old_bin = os.environ.get("SAFEPOOL_BIN")
+        os.environ["SAFEPOOL_BIN"] = binary
+        old = signal.signal(signal.SIGALRM, signal.default_int_handler)
+        before = set(threading.enumerate())
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.3)
+            with self.assertRaises(KeyboardInterrupt):
+                try:
+                    safepool.Pool(2)
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+            left = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
+        finally:
+            signal.signal(signal.SIGALRM, old)
+            if old_bin is None:
+                del os.environ["SAFEPOOL_BIN"]
+            else:
+                os.environ["SAFEPOOL_BIN"] = old_bin
+        self.assertEqual(left, [])
 
 
 CTRL_C_DURING_MAP = """
@@ -300,7 +376,7 @@ class Forked(unittest.TestCase):
 
 
 INIT_SCRIPT = """
-import sys, safepool
+import sys, time, safepool
 from tests import helpers
 if __name__ == "__main__":
     pool = safepool.Pool(2, initializer=helpers.sleep_for, initargs=(0,))
