@@ -29,17 +29,7 @@ for line in sys.stdin:
 // few hundred KiB, and the death, with the lines answered in its block,
 // was charged that: 7 to 20 of these 100 deaths.
 func TestMapDeathPeakAfterAnswer(t *testing.T) {
-	py, err := exec.LookPath("python3")
-	if err != nil {
-		testenv.SkipOrFail(t, "python3 is not installed")
-		return
-	}
-	needWorkerCgroups(t)
-	dir := t.TempDir()
-	worker := filepath.Join(dir, "w.py")
-	if err := os.WriteFile(worker, []byte(killerWorker), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	py, worker, dir := pythonWorkerWithCgroups(t, killerWorker)
 	joblog := filepath.Join(dir, "jobs.tsv")
 	var in strings.Builder
 	for i := 1; i <= 1000; i++ {
@@ -96,17 +86,7 @@ for line in sys.stdin:
 // its slot's cgroup. The replaced worker's 100 MiB were read as the
 // replacement's peak at its first line, and charged to that line.
 func TestMapDeathPeakOfReplacement(t *testing.T) {
-	py, err := exec.LookPath("python3")
-	if err != nil {
-		testenv.SkipOrFail(t, "python3 is not installed")
-		return
-	}
-	needWorkerCgroups(t)
-	dir := t.TempDir()
-	worker := filepath.Join(dir, "w.py")
-	if err := os.WriteFile(worker, []byte(bigThenDieWorker), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	py, worker, dir := pythonWorkerWithCgroups(t, bigThenDieWorker)
 	joblog := filepath.Join(dir, "jobs.tsv")
 	var out, stderr syncBuffer
 	code := Run(context.Background(), []string{"map", "-j", "1", "--no-progress", "--joblog", joblog,
@@ -133,4 +113,23 @@ func TestMapDeathPeakOfReplacement(t *testing.T) {
 	if p := peaks["die"]; p <= 0 || p >= 50<<20 {
 		t.Errorf("die: peak %d, want its own worker's (some MiB), not the 100 MiB of the worker before it; job log:\n%s", p, b)
 	}
+}
+
+// pythonWorkerWithCgroups skips t, or fails it under CI=true, unless
+// python3 is installed and safepool makes a memory cgroup per worker here;
+// it writes source as a worker script in a directory of t's and returns
+// python3, the script and the directory.
+func pythonWorkerWithCgroups(t *testing.T, source string) (py, worker, dir string) {
+	t.Helper()
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		testenv.SkipOrFail(t, "python3 is not installed")
+	}
+	needWorkerCgroups(t)
+	dir = t.TempDir()
+	worker = filepath.Join(dir, "w.py")
+	if err := os.WriteFile(worker, []byte(source), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return py, worker, dir
 }
