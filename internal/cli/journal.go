@@ -106,24 +106,43 @@ func (jj *jobJournal) start(cfg *pool.Config) error {
 
 // noEarlierRun is the notice of a --resume that finds no earlier run of
 // its kind and command in the journal at path, but one of another command
-// of that kind: every input runs. A command changed by mistake (another
-// path to the script, a flag of its own) would otherwise run a whole
-// batch again without a word. A journal with no run of the kind, as on a
-// first run with --resume, is no mistake: "" then.
+// of that kind, or runs of another kind only (map's where run resumes):
+// every input runs. A command changed by mistake (another path to the
+// script, a flag of its own) or the other subcommand would otherwise run a
+// whole batch again without a word. An empty journal, as on a first run
+// with --resume, is no mistake: "" then.
 func noEarlierRun(j *journal.Journal, path, kind, command string) (string, error) {
 	other, err := j.LastCommand(kind, command)
-	if err != nil || other == "" {
+	if err != nil {
 		return "", err
 	}
-	var words []string
-	if json.Unmarshal([]byte(other), &words) == nil {
-		for i, w := range words {
-			words[i] = shellQuote(w)
-		}
-		other = strings.Join(words, " ")
+	if other != "" {
+		return fmt.Sprintf("--resume: the journal %s has no earlier run of this command, so every input runs (its last safepool %s ran %s: the command must be the same, word for word)",
+			path, kind, commandText(other)), nil
 	}
-	return fmt.Sprintf("--resume: the journal %s has no earlier run of this command, so every input runs (its last safepool %s ran %s: the command must be the same, word for word)",
-		path, kind, other), nil
+	otherKind, other, err := j.LastOfOtherKind(kind)
+	if err != nil || otherKind == "" {
+		return "", err
+	}
+	what := "a Python program's calls"
+	if otherKind != "python" {
+		what = fmt.Sprintf("runs of safepool %s, the last of them of %s", otherKind, commandText(other))
+	}
+	return fmt.Sprintf("--resume: the journal %s has no earlier run of safepool %s, so every input runs (it holds %s: --resume skips only what runs of the same subcommand and command did)",
+		path, kind, what), nil
+}
+
+// commandText is a command as the journal records it (a JSON list of
+// words) in shell words, or as recorded when it is not such a list.
+func commandText(recorded string) string {
+	var words []string
+	if json.Unmarshal([]byte(recorded), &words) != nil {
+		return recorded
+	}
+	for i, w := range words {
+		words[i] = shellQuote(w)
+	}
+	return strings.Join(words, " ")
 }
 
 // describe records what the pool made of the configuration.

@@ -88,3 +88,24 @@ func TestResumeOtherCommand(t *testing.T) {
 		t.Errorf("a resumed run of another command says %q, want %q and 2 tasks done", got, want)
 	}
 }
+
+// TestResumeOtherSubcommand resumes run on a journal that holds only map's
+// runs: every input runs, and safepool says why, as for another command;
+// it said nothing and ran the whole batch again.
+func TestResumeOtherSubcommand(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "jobs.db")
+	var stderr bytes.Buffer
+	if code := Run(context.Background(), []string{"map", "--no-progress", "--journal", db, "cat"},
+		strings.NewReader("a\nb\n"), io.Discard, &stderr); code != exitOK {
+		t.Fatalf("map = %d: %s", code, stderr.String())
+	}
+	stderr.Reset()
+	if code := Run(context.Background(), []string{"run", "--no-progress", "--journal", db, "--resume", "echo", ":::", "a", "b"},
+		strings.NewReader(""), io.Discard, &stderr); code != exitOK {
+		t.Fatalf("run --resume = %d: %s", code, stderr.String())
+	}
+	want := "safepool: --resume: the journal " + db + " has no earlier run of safepool run, so every input runs (it holds runs of safepool map, the last of them of cat: --resume skips only what runs of the same subcommand and command did)\n"
+	if got := stderr.String(); !strings.Contains(got, want) || !strings.Contains(got, "2 tasks done") {
+		t.Errorf("run --resume on map's journal says %q, want %q and 2 tasks done", got, want)
+	}
+}

@@ -161,6 +161,20 @@ func (j *Journal) LastCommand(kind, command string) (string, error) {
 	return c, nil
 }
 
+// LastOfOtherKind returns the kind and command of the latest run in the
+// journal whose kind is not kind ("run", "map" or "python"), or "" and ""
+// when it has none.
+func (j *Journal) LastOfOtherKind(kind string) (otherKind, command string, err error) {
+	err = j.db.QueryRow(`SELECT kind, command FROM run WHERE kind <> ? ORDER BY id DESC LIMIT 1`, kind).Scan(&otherKind, &command)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", "", nil
+	}
+	if err != nil {
+		return "", "", fmt.Errorf("journal: reading %s: %w", j.path, err)
+	}
+	return otherKind, command, nil
+}
+
 // add chains e after the entries of key k.
 func (r *Resumer) add(k Key, e entry) {
 	i := int32(len(r.entries))
