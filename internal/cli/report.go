@@ -107,7 +107,7 @@ func runReport(ctx context.Context, e *env, args []string) error {
 	r, err := report.Load(ctx, a.file, opt)
 	if err != nil {
 		status := exitFailed
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, report.ErrNotJournal) || errors.Is(err, report.ErrNewerSchema) || errors.Is(err, report.ErrNoRun) {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, report.ErrNotJournal) || errors.Is(err, report.ErrDamaged) || errors.Is(err, report.ErrNewerSchema) || errors.Is(err, report.ErrNoRun) {
 			status = exitUsage
 		}
 		return &statusError{status: status, err: err}

@@ -46,6 +46,20 @@ var ErrNoRun = errors.New("report: no such run in the journal")
 // ErrNotJournal means the file is not a safepool journal.
 var ErrNotJournal = errors.New("report: not a safepool journal")
 
+// ErrDamaged means the journal's file is damaged: cut short, or written
+// over, so that SQLite finds it malformed.
+var ErrDamaged = errors.New("report: damaged journal")
+
+// damaged wraps err, a failure to read the journal at path, in ErrDamaged,
+// saying so, when SQLite found the file malformed; other errors are
+// returned as they are.
+func damaged(err error, path string) error {
+	if code(err) != sqlite3.SQLITE_CORRUPT {
+		return err
+	}
+	return fmt.Errorf("%w: %s (cut short, or written over): no page can be made from it: %v", ErrDamaged, path, err)
+}
+
 // ErrNewerSchema means the journal was made by a newer safepool, of a
 // schema version this package does not read.
 var ErrNewerSchema = errors.New("report: journal made by a newer safepool")
@@ -149,6 +163,9 @@ func open(path string) (*sql.DB, int, error) {
 	if err != nil {
 		if code(err) == sqlite3.SQLITE_NOTADB {
 			return nil, 0, fmt.Errorf("%w: %s: %v", ErrNotJournal, path, err)
+		}
+		if d := damaged(err, path); d != err {
+			return nil, 0, d
 		}
 		return nil, 0, fmt.Errorf("report: reading %s: %w", path, err)
 	}
@@ -663,6 +680,9 @@ func (l *loader) loadMarks(ctx context.Context) error {
 }
 
 func (l *loader) fail(what string, err error) error {
+	if d := damaged(err, l.path); d != err {
+		return d
+	}
 	return fmt.Errorf("report: %s: %w", what, err)
 }
 

@@ -69,8 +69,8 @@ func TestRecordedRun(t *testing.T) {
 }
 
 // TestLoadErrors: a missing file, a file that is not a journal, a journal
-// of a newer safepool, and a run that is not in the journal are errors
-// that say so.
+// of a newer safepool, a journal cut short, and a run that is not in the
+// journal are errors that say so.
 func TestLoadErrors(t *testing.T) {
 	j := newTestJournal(t)
 	notJournal := filepath.Join(t.TempDir(), "notes.txt")
@@ -79,6 +79,17 @@ func TestLoadErrors(t *testing.T) {
 	// the file is no journal at all.
 	newer := newTestJournal(t)
 	mustExec(t, newer, `PRAGMA user_version = 9`)
+	// A journal cut short (a copy that stopped half way): SQLite finds it
+	// malformed, which the error names as damage.
+	mustExec(t, j, `PRAGMA wal_checkpoint(TRUNCATE)`)
+	whole, err := os.ReadFile(j.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := filepath.Join(t.TempDir(), "cut.db")
+	if err := os.WriteFile(cut, whole[:len(whole)/2], 0o644); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name string
 		path string
@@ -88,6 +99,7 @@ func TestLoadErrors(t *testing.T) {
 		{"missing file", filepath.Join(t.TempDir(), "none.db"), 0, os.ErrNotExist},
 		{"not a journal", notJournal, 0, report.ErrNotJournal},
 		{"newer journal", newer.path, 0, report.ErrNewerSchema},
+		{"journal cut short", cut, 0, report.ErrDamaged},
 		{"empty journal", j.path, 0, report.ErrNoRun},
 		{"no such run", j.path, 7, report.ErrNoRun},
 		// Not files: a FIFO kept Load waiting for ever to open it, deaf
