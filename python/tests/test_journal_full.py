@@ -12,6 +12,7 @@ import unittest
 
 import safepool
 from tests import helpers
+from tests.support import SYSTEM_PYTHON, skip_or_fail
 
 _PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -121,8 +122,13 @@ class JournalFull(unittest.TestCase):
             print("no error")
         """)
 
+        # Debian's interpreter, which other users may run (one under
+        # root's home may not be).
+        if not os.access(SYSTEM_PYTHON, os.X_OK):
+            skip_or_fail(self, "%s is not installed" % SYSTEM_PYTHON)
+
         def run(uid):
-            return subprocess.run([sys.executable, "-c", script, _PYTHON_DIR, self.path], capture_output=True,
+            return subprocess.run([SYSTEM_PYTHON, "-c", script, _PYTHON_DIR, self.path], capture_output=True,
                                   text=True, timeout=120, user=uid, group=uid, extra_groups=[], cwd=self.dir)
 
         p = run(65534)
