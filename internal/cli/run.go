@@ -128,7 +128,7 @@ func (a *runArgs) parse(e *env, args []string) error {
 		a.cmd = rest
 	}
 	for _, s := range a.colonArgs {
-		if s == ":::" || s == "::::" || s == ":::+" {
+		if isColons(s) {
 			return usagef("run", "only one ::: list is supported (GNU parallel's combinations of several lists are not)")
 		}
 	}
