@@ -90,10 +90,34 @@ func parseTemplate(cmd []string) (*cmdTemplate, error) {
 	}
 	t.appendInput = !found
 	if t.shell {
+		if t.appendInput {
+			if err := appendedInputCheck(cmd[0]); err != nil {
+				return nil, err
+			}
+		}
 		t.exec = shellWords(cmd[0]).kind != shellKeep
 		t.ctxs, _ = quoteContexts(t.words[0])
 	}
 	return t, nil
+}
+
+// appendedInputCheck refuses a shell command line with no replacement
+// string where the input, added at its end after a space, would not be an
+// argument of its own: after a trailing backslash, which escapes that
+// space and joins the input to the last word ('cmd -x \' ran cmd with
+// " INPUT"), or in a comment ('cmd -x # note' ran cmd without its input,
+// and an input with a newline ran the rest of it as a command). GNU
+// parallel runs both as written.
+func appendedInputCheck(line string) error {
+	const fix = "write {} where the input goes"
+	if n := len(line) - len(strings.TrimRight(line, `\`)); n%2 == 1 {
+		return fmt.Errorf("the shell command line %q ends with a backslash, which would join the input added after it to its last word: %s", line, fix)
+	}
+	ctxs, ok := quoteContexts([]part{{lit: line + " "}, {kind: replInput}})
+	if ok && ctxs[len(ctxs)-1] == ctxComment {
+		return fmt.Errorf("the shell command line %q ends in a comment, where the input added at its end would be lost: %s, before the #", line, fix)
+	}
+	return nil
 }
 
 // commandNameHint says how to write cmd, whose command name holds a

@@ -30,6 +30,37 @@ func TestReplParityLinkedFileAfterList(t *testing.T) {
 	}
 }
 
+// TestReplParityAppendedInput: a shell command line with no replacement
+// string gets the input added at its end, as GNU parallel adds it. Where
+// that would not make the input an argument of its own, the line is
+// refused before anything runs: in a comment the input was lost (the job
+// ran without it, exit 0), and after a trailing backslash it was joined to
+// the last word with a space before it.
+func TestReplParityAppendedInput(t *testing.T) {
+	for _, tc := range []struct {
+		line   string
+		code   int
+		stdout string // with the input "a b"
+		stderr string // what the usage error says
+	}{
+		{`printf '[%s]\n' -x # the input`, exitUsage, "", "ends in a comment"},
+		{"printf '[%s]\\n' -x\t#", exitUsage, "", "ends in a comment"},
+		{`printf '[%s]\n' -x \`, exitUsage, "", "ends with a backslash"},
+		{`printf '[%s]\n' -x \\\`, exitUsage, "", "ends with a backslash"},
+		{`printf '[%s]\n' -x # note` + "\n" + `printf '[%s]\n'`, exitOK, "[-x]\n[a b]\n", ""},
+		{`printf '[%s]\n' x#y`, exitOK, "[x#y]\n[a b]\n", ""},
+		{`printf '[%s]\n' '#' "#"`, exitOK, "[#]\n[#]\n[a b]\n", ""},
+		{`printf '[%s]\n' \#`, exitOK, "[#]\n[a b]\n", ""},
+		{`printf '[%s]\n' -x \\`, exitOK, "[-x]\n[\\]\n[a b]\n", ""},
+		{`printf '[%s]\n' {} # {}`, exitOK, "[a b]\n", ""},
+	} {
+		code, stdout, stderr := runCLI(t, "", "run", "-q", tc.line, ":::", "a b")
+		if code != tc.code || stdout != tc.stdout || !strings.Contains(stderr, tc.stderr) {
+			t.Errorf("run %q ::: 'a b' = %d, stdout %q, stderr %q; want %d, %q and %q", tc.line, code, stdout, stderr, tc.code, tc.stdout, tc.stderr)
+		}
+	}
+}
+
 // TestReplParityValueInComment: a replacement string in a comment of a
 // shell command line stays in the comment, whatever newlines its input
 // holds. A newline ended the comment, and the rest of the input ran as a
