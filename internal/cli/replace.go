@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -90,6 +91,9 @@ func parseTemplate(cmd []string) (*cmdTemplate, error) {
 	}
 	t.appendInput = !found
 	if t.shell {
+		if err := escapedValueCheck(t.words[0]); err != nil {
+			return nil, err
+		}
 		if t.appendInput {
 			if err := appendedInputCheck(cmd[0]); err != nil {
 				return nil, err
@@ -99,6 +103,40 @@ func parseTemplate(cmd []string) (*cmdTemplate, error) {
 		t.ctxs, _ = quoteContexts(t.words[0])
 	}
 	return t, nil
+}
+
+// escapedValueCheck refuses a shell command line (parsed as parts)
+// where a backslash escapes the first byte of a replacement string's value:
+// one right before it, outside '...' and comments, where sh reads it as an
+// escape. No quoting of the value survives it: "\{}" ran a $(...) of an
+// input as a command, and \{} split an input with a space in two. A line
+// whose quotes are not followed (quoteContexts) is refused too, since the
+// backslash may be outside them.
+func escapedValueCheck(parts []part) error {
+	for k := 1; k < len(parts); k++ {
+		prev := parts[k-1]
+		if parts[k].kind == replLiteral || prev.kind != replLiteral {
+			continue
+		}
+		if n := len(prev.lit) - len(strings.TrimRight(prev.lit, `\`)); n%2 == 0 {
+			continue
+		}
+		// Where the value stands, in the line without that backslash.
+		without := slices.Concat(parts[:k-1], []part{{lit: prev.lit[:len(prev.lit)-1]}}, parts[k:])
+		nth := 0
+		for _, p := range parts[:k] {
+			if p.kind != replLiteral {
+				nth++
+			}
+		}
+		ctxs, ok := quoteContexts(without)
+		if ok && (ctxs[nth] == ctxSingle || ctxs[nth] == ctxComment) {
+			continue // a backslash in '...' or in a comment is itself
+		}
+		tok := replacementTokens[tokenIndex(parts[k].kind)].tok
+		return fmt.Errorf("a backslash right before %s in the shell command line would escape the first character of its value, whatever quotes it: write %s without it, or \\\\%s for a backslash before the value", tok, tok, tok)
+	}
+	return nil
 }
 
 // appendedInputCheck refuses a shell command line with no replacement
@@ -111,11 +149,11 @@ func parseTemplate(cmd []string) (*cmdTemplate, error) {
 func appendedInputCheck(line string) error {
 	const fix = "write {} where the input goes"
 	if n := len(line) - len(strings.TrimRight(line, `\`)); n%2 == 1 {
-		return fmt.Errorf("the shell command line %q ends with a backslash, which would join the input added after it to its last word: %s", line, fix)
+		return fmt.Errorf("the shell command line ends with a backslash, which would join the input added after it to its last word: %s", fix)
 	}
 	ctxs, ok := quoteContexts([]part{{lit: line + " "}, {kind: replInput}})
 	if ok && ctxs[len(ctxs)-1] == ctxComment {
-		return fmt.Errorf("the shell command line %q ends in a comment, where the input added at its end would be lost: %s, before the #", line, fix)
+		return fmt.Errorf("the shell command line ends in a comment, where the input added at its end would be lost: %s, before the #", fix)
 	}
 	return nil
 }

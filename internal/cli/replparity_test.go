@@ -85,3 +85,44 @@ func TestReplParityValueInComment(t *testing.T) {
 		}
 	}
 }
+
+// TestReplParityEscapedValue: a backslash right before a replacement
+// string of a shell command line, outside '...', escapes the first
+// character of its value, whatever quotes the value is in: "\{}" ran a
+// $(...) of an input as a command, and \{} split an input with a space in
+// two, each with exit 0. Such a line is refused before anything runs; a
+// backslash in '...' or in a comment, or an escaped one, is kept.
+func TestReplParityEscapedValue(t *testing.T) {
+	dir := t.TempDir()
+	ran := filepath.Join(dir, "ran")
+	input := "$(touch " + ran + ")'$(touch " + ran + ")' a"
+	for _, tc := range []struct {
+		line   string
+		code   int
+		stdout string // V stands for the input
+	}{
+		{`printf '[%s]\n' "\{}"`, exitUsage, ""},
+		{`printf '[%s]\n' \{}`, exitUsage, ""},
+		{`printf '[%s]\n' x\{.}`, exitUsage, ""},
+		{`printf '[%s]\n' "$(printf %s "\{}")"`, exitUsage, ""},
+		{"printf '[%s]\\n' `echo x` \\{}", exitUsage, ""},
+		{`printf '[%s]\n' '\{}' \{}`, exitUsage, ""},
+		{`printf '[%s]\n' '\{}'`, exitOK, `[\V]` + "\n"},
+		{`printf '[%s]\n' \\{} "\\{}"`, exitOK, `[\V]` + "\n" + `[\V]` + "\n"},
+		{`printf '[%s]\n' {} # \{}`, exitOK, "[V]\n"},
+	} {
+		code, stdout, stderr := runCLI(t, "", "run", "-q", tc.line, ":::", input)
+		if _, err := os.Stat(ran); err == nil {
+			t.Errorf("run %q ran a command from its input", tc.line)
+			os.Remove(ran)
+		}
+		want := strings.ReplaceAll(tc.stdout, "V", input)
+		if code != tc.code || stdout != want || tc.code == exitUsage && !strings.Contains(stderr, "backslash right before") {
+			t.Errorf("run %q ::: %q = %d, stdout %q, stderr %q; want %d and %q", tc.line, input, code, stdout, stderr, tc.code, want)
+		}
+	}
+	// The lines refused are those quoteContexts gave up on.
+	if ctxs, ok := quoteContexts([]part{{lit: `echo \`}, {kind: replInput}}); ok {
+		t.Errorf(`quoteContexts(echo \{}) = %v, true; want false`, ctxs)
+	}
+}

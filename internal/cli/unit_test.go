@@ -1090,7 +1090,6 @@ func TestQuoteContexts(t *testing.T) {
 		{"cat <<EOF\n{}\nEOF", nil},
 		{`echo "{}`, nil},
 		{`echo $(case {} in a) echo '{}';; esac)`, nil},
-		{`echo \{}`, nil},
 	} {
 		tmpl, err := parseTemplate([]string{tc.line})
 		if err != nil {
