@@ -199,7 +199,11 @@ func parseWord(w string) ([]part, error) {
 	var lit strings.Builder
 	for i := 0; i < len(w); {
 		if w[i] == '{' {
-			if tok := parallelOnly(w, i); tok != "" {
+			if tok := parallelOnly(w, i); tok == "{0#}" || tok == "{0%}" {
+				// GNU parallel pads them to the width of the number of
+				// jobs, which a run that streams its inputs does not know.
+				return nil, fmt.Errorf("the replacement string %s of GNU parallel (%s padded with zeros) is not supported: write %s, or pad it in a shell command line: 'cmd $(printf %%04d %s)'", tok, "{"+tok[2:], "{"+tok[2:], "{"+tok[2:])
+			} else if tok != "" {
 				return nil, fmt.Errorf("the replacement string %s of GNU parallel is not supported: safepool run has one list of inputs, and {} {.} {/} {//} {/.} stand for its input", tok)
 			}
 			matched := false
@@ -234,10 +238,16 @@ func parseWord(w string) ([]part, error) {
 // last argument, and the job would do something else without a word.
 //
 // Those are a positional string of an input source ({1}, {2.}, {1/}, {3//},
-// {1/.}) and a Perl expression ({= ... =}). A bare {N} is taken for one only
+// {1/.}), a Perl expression ({= ... =}), and the job number and slot
+// padded with zeros ({0#}, {0%}). A bare {N} is taken for one only
 // where it starts a word or follows a space, a quote or one of / = : , so
 // that a regular expression's count (a{2}, [0-9]{3}, .{4}) stays text.
 func parallelOnly(w string, i int) string {
+	for _, tok := range []string{"{0#}", "{0%}"} {
+		if strings.HasPrefix(w[i:], tok) {
+			return tok
+		}
+	}
 	if strings.HasPrefix(w[i:], "{=") && strings.Contains(w[i+2:], "=}") {
 		return w[i : i+2+strings.Index(w[i+2:], "=}")+2]
 	}

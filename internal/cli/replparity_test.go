@@ -126,3 +126,20 @@ func TestReplParityEscapedValue(t *testing.T) {
 		t.Errorf(`quoteContexts(echo \{}) = %v, true; want false`, ctxs)
 	}
 }
+
+// TestReplParityPaddedNumber: GNU parallel's {0#} and {0%}, the job number
+// and slot padded with zeros, are refused rather than passed on as text:
+// the job ran with "{0#}" and its input added after it, exit 0.
+func TestReplParityPaddedNumber(t *testing.T) {
+	for _, args := range [][]string{
+		{"echo", "part{0#}"},
+		{"echo", "{0%}"},
+		{"echo {0#} {}"},
+	} {
+		argv := append(append([]string{"run", "-q"}, args...), ":::", "a")
+		code, stdout, stderr := runCLI(t, "", argv...)
+		if code != exitUsage || stdout != "" || !strings.Contains(stderr, "padded with zeros") {
+			t.Errorf("run %q ::: a = %d, stdout %q, stderr %q; want %d and padded with zeros", args, code, stdout, stderr, exitUsage)
+		}
+	}
+}
