@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -90,10 +91,71 @@ func parseTemplate(cmd []string) (*cmdTemplate, error) {
 	}
 	t.appendInput = !found
 	if t.shell {
+		if err := escapedValueCheck(t.words[0]); err != nil {
+			return nil, err
+		}
+		if t.appendInput {
+			if err := appendedInputCheck(cmd[0]); err != nil {
+				return nil, err
+			}
+		}
 		t.exec = shellWords(cmd[0]).kind != shellKeep
 		t.ctxs, _ = quoteContexts(t.words[0])
 	}
 	return t, nil
+}
+
+// escapedValueCheck refuses a shell command line (parsed as parts)
+// where a backslash escapes the first byte of a replacement string's value:
+// one right before it, outside '...' and comments, where sh reads it as an
+// escape. No quoting of the value survives it: "\{}" ran a $(...) of an
+// input as a command, and \{} split an input with a space in two. A line
+// whose quotes are not followed (quoteContexts) is refused too, since the
+// backslash may be outside them.
+func escapedValueCheck(parts []part) error {
+	for k := 1; k < len(parts); k++ {
+		prev := parts[k-1]
+		if parts[k].kind == replLiteral || prev.kind != replLiteral {
+			continue
+		}
+		if n := len(prev.lit) - len(strings.TrimRight(prev.lit, `\`)); n%2 == 0 {
+			continue
+		}
+		// Where the value stands, in the line without that backslash.
+		without := slices.Concat(parts[:k-1], []part{{lit: prev.lit[:len(prev.lit)-1]}}, parts[k:])
+		nth := 0
+		for _, p := range parts[:k] {
+			if p.kind != replLiteral {
+				nth++
+			}
+		}
+		ctxs, ok := quoteContexts(without)
+		if ok && (ctxs[nth] == ctxSingle || ctxs[nth] == ctxComment) {
+			continue // a backslash in '...' or in a comment is itself
+		}
+		tok := replacementTokens[tokenIndex(parts[k].kind)].tok
+		return fmt.Errorf("a backslash right before %s in the shell command line would escape the first character of its value, whatever quotes it: write %s without it, or \\\\%s for a backslash before the value", tok, tok, tok)
+	}
+	return nil
+}
+
+// appendedInputCheck refuses a shell command line with no replacement
+// string where the input, added at its end after a space, would not be an
+// argument of its own: after a trailing backslash, which escapes that
+// space and joins the input to the last word ('cmd -x \' ran cmd with
+// " INPUT"), or in a comment ('cmd -x # note' ran cmd without its input,
+// and an input with a newline ran the rest of it as a command). GNU
+// parallel runs both as written.
+func appendedInputCheck(line string) error {
+	const fix = "write {} where the input goes"
+	if n := len(line) - len(strings.TrimRight(line, `\`)); n%2 == 1 {
+		return fmt.Errorf("the shell command line ends with a backslash, which would join the input added after it to its last word: %s", fix)
+	}
+	ctxs, ok := quoteContexts([]part{{lit: line + " "}, {kind: replInput}})
+	if ok && ctxs[len(ctxs)-1] == ctxComment {
+		return fmt.Errorf("the shell command line ends in a comment, where the input added at its end would be lost: %s, before the #", fix)
+	}
+	return nil
 }
 
 // commandNameHint says how to write cmd, whose command name holds a
@@ -137,7 +199,11 @@ func parseWord(w string) ([]part, error) {
 	var lit strings.Builder
 	for i := 0; i < len(w); {
 		if w[i] == '{' {
-			if tok := parallelOnly(w, i); tok != "" {
+			if tok := parallelOnly(w, i); tok == "{0#}" || tok == "{0%}" {
+				// GNU parallel pads them to the width of the number of
+				// jobs, which a run that streams its inputs does not know.
+				return nil, fmt.Errorf("the replacement string %s of GNU parallel (%s padded with zeros) is not supported: write %s, or pad it in a shell command line: 'cmd $(printf %%04d %s)'", tok, "{"+tok[2:], "{"+tok[2:], "{"+tok[2:])
+			} else if tok != "" {
 				return nil, fmt.Errorf("the replacement string %s of GNU parallel is not supported: safepool run has one list of inputs, and {} {.} {/} {//} {/.} stand for its input", tok)
 			}
 			matched := false
@@ -172,10 +238,16 @@ func parseWord(w string) ([]part, error) {
 // last argument, and the job would do something else without a word.
 //
 // Those are a positional string of an input source ({1}, {2.}, {1/}, {3//},
-// {1/.}) and a Perl expression ({= ... =}). A bare {N} is taken for one only
+// {1/.}), a Perl expression ({= ... =}), and the job number and slot
+// padded with zeros ({0#}, {0%}). A bare {N} is taken for one only
 // where it starts a word or follows a space, a quote or one of / = : , so
 // that a regular expression's count (a{2}, [0-9]{3}, .{4}) stays text.
 func parallelOnly(w string, i int) string {
+	for _, tok := range []string{"{0#}", "{0%}"} {
+		if strings.HasPrefix(w[i:], tok) {
+			return tok
+		}
+	}
 	if strings.HasPrefix(w[i:], "{=") && strings.Contains(w[i+2:], "=}") {
 		return w[i : i+2+strings.Index(w[i+2:], "=}")+2]
 	}

@@ -42,7 +42,7 @@ Replacement strings, in CMD and ARGS:
          slot that runs the attempt (a retry's
          own); also $SAFEPOOL_SLOT in every job
   When CMD has none of them, the input is added as its last argument.
-  Positional {1} {2} are not supported.
+  Positional {1} {2}, and {0#} {0%} (padded), are not supported.
   CMD runs directly, without a shell. When CMD is a single argument that
   contains spaces, such as 'gzip -c {} > {}.gz', it runs under sh -c and each
   value is shell-quoted, as in GNU parallel. When that command line is a
@@ -128,7 +128,7 @@ func (a *runArgs) parse(e *env, args []string) error {
 		a.cmd = rest
 	}
 	for _, s := range a.colonArgs {
-		if s == ":::" || s == "::::" || s == ":::+" {
+		if isColons(s) {
 			return usagef("run", "only one ::: list is supported (GNU parallel's combinations of several lists are not)")
 		}
 	}

@@ -17,6 +17,9 @@ const (
 	ctxSingle
 	// ctxDouble: inside "...", where $, `, " and \ are special.
 	ctxDouble
+	// ctxComment: in a comment (# to the end of the line), which a
+	// newline ends, whatever quotes the value is in.
+	ctxComment
 )
 
 // quoteValue returns v written so that sh reads it back as exactly v where
@@ -24,9 +27,14 @@ const (
 // reopened inside '...'; with $ ` " \ escaped inside "...". A value that
 // stood inside quotes ('{}' or "{}") was otherwise shell-quoted a second
 // time there: its quotes became part of it, and a $(...) or ; in it ran
-// as a command.
+// as a command. In a comment, each newline of v becomes a space: a
+// newline there, quoted or not, ended the comment, and the rest of the
+// value ran as a command (an input "x\ntouch f #" created f); the value of
+// a comment is read by nothing else.
 func quoteValue(v string, ctx quoteCtx) string {
 	switch ctx {
+	case ctxComment:
+		return shellQuote(strings.ReplaceAll(v, "\n", " "))
 	case ctxSingle:
 		return strings.ReplaceAll(v, "'", `'\''`)
 	case ctxDouble:
@@ -44,7 +52,8 @@ func quoteValue(v string, ctx quoteCtx) string {
 
 // quoteContexts finds where each replacement string of a shell command
 // line stands (parts, in order), as sh (POSIX, dash) parses the line:
-// outside quotes, inside '...' or inside "...", also within $(...).
+// outside quotes, inside '...' or inside "...", also within $(...), or
+// in a comment.
 // It reports false for a line it cannot follow for sure: here-documents,
 // backquotes, ${...}, $((...)), quotes left open. Such a line gets every
 // value shell-quoted as a word of its own, as GNU parallel does.
@@ -71,10 +80,12 @@ func quoteContexts(parts []part) ([]quoteCtx, bool) {
 			return nil, false
 		}
 		if p.kind != replLiteral {
-			switch top() {
-			case '\'':
+			switch {
+			case comment:
+				ctxs = append(ctxs, ctxComment)
+			case top() == '\'':
 				ctxs = append(ctxs, ctxSingle)
-			case '"':
+			case top() == '"':
 				ctxs = append(ctxs, ctxDouble)
 			default:
 				ctxs = append(ctxs, ctxBare)
