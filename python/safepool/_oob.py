@@ -57,16 +57,20 @@ by a header (see _TASK and _RESULT) and the pickle, or DIRECT_ENVELOPE
 followed by the header alone (its last span is the pickle). Small payloads
 carry only the header naming the inbox region.
 """
+import copyreg
 import errno
+import io
 import mmap
 import os
+import pickle
 import struct
+import sys
 from _thread import allocate_lock
 
 try:
-    from _pickle import dumps as _pdumps, loads as _loads, PickleBuffer
+    from _pickle import dumps as _pdumps, loads as _loads, PickleBuffer, Pickler
 except ImportError:  # an interpreter without the C accelerator
-    from pickle import dumps as _pdumps, loads as _loads, PickleBuffer
+    from pickle import dumps as _pdumps, loads as _loads, PickleBuffer, Pickler
 
 # Buffers of at least this many bytes go out of band.
 THRESHOLD = int(os.environ.get("SAFEPOOL_OOB_THRESHOLD", 1 << 20))
@@ -99,6 +103,88 @@ _ALIGN = 64
 # The walk that wraps bytes, bytearrays and memoryviews visits at most this
 # many objects: big buffers deep inside huge structures stay in band.
 _WALK_BUDGET = 10000
+
+
+# ---- read-only numpy arrays ----------------------------------------------------
+
+# multiprocessing pickles with the interpreter's default protocol, which is
+# 4 before Python 3.14: numpy then copies every array, read-only or not, and
+# it arrives writable. With protocol 5, which safepool uses, a read-only
+# array's buffer arrives read-only: an argument or a result made with
+# numpy.frombuffer(bytes), say, came read-only where multiprocessing's is
+# writable, and writing to it raised. So where the default is below 5, a
+# read-only array arrives as a writable copy, as multiprocessing's does.
+_WRITABLE_COPIES = pickle.DEFAULT_PROTOCOL < 5
+
+
+def _writable_array(buf, dtype, shape, order):
+    """The unpickling of a read-only array (see _reduce_array), as numpy's
+    own _frombuffer but writable. A buffer that came out of band lies in
+    memory of this process's own, a private copy already: the worker's
+    copy-on-write mapping of its argument file, or what the client copied
+    out of its inbox. The array is a writable view of it, not a second
+    copy (pickle made buf a read-only view of the same bytes). One that
+    came in the pickle (bytes) is copied. One in an argument file mapped
+    read-only (a data size limit, see _map_arguments) stays read-only."""
+    import numpy
+    flat = numpy.frombuffer(buf, dtype="u1")
+    under = getattr(buf, "obj", None)
+    if isinstance(under, (bytearray, mmap.mmap)):
+        whole = numpy.frombuffer(under, dtype="u1")
+        if whole.flags.writeable:
+            at = flat.__array_interface__["data"][0] - whole.__array_interface__["data"][0]
+            flat = whole[at:at + flat.size]
+    elif not flat.flags.writeable:
+        flat = numpy.frombuffer(bytearray(buf), dtype="u1")
+    return flat.view(dtype).reshape(shape, order=order)
+
+
+def _reduce_array(a):
+    """numpy.ndarray's reduction for protocol 5, but for a read-only array
+    whose buffer would go as it is: that arrives as a writable copy."""
+    rv = a.__reduce_ex__(5)
+    if not a.flags.writeable and type(rv[1][0]) is PickleBuffer:
+        return _writable_array, rv[1]
+    return rv
+
+
+def array_table():
+    """The dispatch table that makes read-only numpy arrays arrive
+    writable, as multiprocessing's do (see _WRITABLE_COPIES); None where
+    none is needed (numpy not imported: no arrays to pickle)."""
+    numpy = sys.modules.get("numpy")
+    if not _WRITABLE_COPIES or numpy is None or not hasattr(numpy, "ndarray"):
+        return None
+    # A plain dict: the C pickler reads it without calling Python code;
+    # copied each time, as copyreg.pickle may add to copyreg's.
+    table = copyreg.dispatch_table.copy()
+    table[numpy.ndarray] = _reduce_array
+    return table
+
+
+def pickler(cls, file, protocol, buffer_callback=None):
+    """An instance of cls (a Python subclass of pickle.Pickler) with the
+    array_table, if any."""
+    p = cls.__new__(cls)
+    table = array_table()
+    if table is not None:
+        p.dispatch_table = table  # read by Pickler.__init__
+    p.__init__(file, protocol, buffer_callback=buffer_callback)
+    return p
+
+
+class _Pickler(Pickler):
+    pass
+
+
+def _pdumps5(obj, buffer_callback=None):
+    """pickle.dumps(obj, 5, buffer_callback=buffer_callback) with the
+    array_table, if any."""
+    if array_table() is None:
+        return _pdumps(obj, 5, buffer_callback=buffer_callback)
+    buf = io.BytesIO()
+    pickler(_Pickler, buf, 5, buffer_callback).dump(obj)
+    return buf.getvalue()
 
 
 # ---- wrapping what pickle keeps in band ---------------------------------------
@@ -219,14 +305,14 @@ def _callback(big):
     return callback
 
 
-def _dumps(obj, big, pickler=None):
+def _dumps(obj, big, dump=None):
     """Pickle obj with protocol 5, appending the raw memoryview of each
     buffer of at least THRESHOLD bytes to big and leaving it out. A pickle
     that is still big (bytes in band), or that failed (a memoryview), is
     made again after _wrap: small payloads never pay for the walk."""
-    dump = pickler or _pdumps
+    dump = dump or _pdumps5
     try:
-        data = dump(obj, 5, buffer_callback=_callback(big))
+        data = dump(obj, buffer_callback=_callback(big))
         if len(data) < THRESHOLD:
             return data
     except TypeError:
@@ -235,19 +321,18 @@ def _dumps(obj, big, pickler=None):
     if wrapped is obj and data is not None:
         return data  # big, but nothing to take out of band
     del big[:]
-    return dump(wrapped, 5, buffer_callback=_callback(big))
+    return dump(wrapped, buffer_callback=_callback(big))
 
 
 def _dumps_checked(obj, big):
     """_dumps for workers that do not import the client's __main__ module:
     what is defined there makes it fall back to _pickling.dumps_payload
     (cloudpickle, or a TypeError saying what to do), in band."""
-    import io
     from ._pickling import _FromMain, _MainChecker, dumps_payload
 
-    def dump(o, protocol, buffer_callback):
+    def dump(o, buffer_callback):
         buf = io.BytesIO()
-        _MainChecker(buf, protocol, buffer_callback=buffer_callback).dump(o)
+        pickler(_MainChecker, buf, 5, buffer_callback).dump(o)
         return buf.getvalue()
     try:
         return _dumps(obj, big, dump)
@@ -477,9 +562,9 @@ def function_ref(fn_bytes):
 
 def _dumps_inband(obj):
     try:
-        return _pdumps(obj, 5)
+        return _pdumps5(obj)
     except TypeError:  # a memoryview
-        return _pdumps(_wrap(obj, [_WALK_BUDGET]), 5)
+        return _pdumps5(_wrap(obj, [_WALK_BUDGET]))
 
 
 def decode(data, ticket=None):
