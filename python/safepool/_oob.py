@@ -227,57 +227,77 @@ def _is_ndarray(t):
     return t.__name__ == "ndarray" and t.__module__ == "numpy"
 
 
-def _wrap(obj, budget):
+def _wrap(obj, budget, memo=None):
     """obj with its big bytes and bytearrays, its memoryviews and its big
     non-contiguous numpy arrays made ready for protocol 5, looking into
-    lists, tuples and dicts. budget is a one-item list counting down."""
+    lists, tuples and dicts. budget is a one-item list counting down.
+
+    memo maps the id of each object walked to what it became (itself, or
+    its copy): an object met twice becomes one copy, which pickle sends
+    once, so that the receiver gets one object where it is referred to
+    twice, as with pickle alone (two copies of an array that a task
+    writes through one name and reads through another gave it the old
+    values). A list or dict is in memo as its copy while its items are
+    walked: one that holds itself holds its copy, and the walk ends."""
+    if memo is None:
+        memo = {}
+    key = id(obj)
+    if key in memo:
+        return memo[key]
     budget[0] -= 1
     t = type(obj)
     if t is bytes or t is bytearray:
-        return _Bytes(obj) if len(obj) >= THRESHOLD else obj
-    if t is memoryview:
-        return _View(obj)
-    if t is list or t is tuple:
-        out = None
-        for i, v in enumerate(obj):
+        w = _Bytes(obj) if len(obj) >= THRESHOLD else obj
+    elif t is memoryview:
+        w = _View(obj)
+    elif t is list or t is dict:
+        out = [] if t is list else {}
+        memo[key] = out  # filled below if an item changes
+        changes = []
+        for k, v in (enumerate(obj) if t is list else obj.items()):
             if budget[0] <= 0:
                 break
             tv = type(v)
             if tv is int or tv is float or tv is str or v is None:
                 budget[0] -= 1
                 continue
-            w = _wrap(v, budget)
-            if w is not v:
-                if out is None:
-                    out = list(obj)
-                out[i] = w
-        if out is None:
-            return obj
-        return out if t is list else tuple(out)
-    if t is dict:
-        out = None
-        for k, v in obj.items():
-            if budget[0] <= 0:
-                break
-            w = _wrap(v, budget)
-            if w is not v:
-                if out is None:
-                    out = dict(obj)
-                out[k] = w
-        return obj if out is None else out
-    if _is_ndarray(t) and obj.nbytes >= THRESHOLD and not obj.dtype.hasobject \
+            wv = _wrap(v, budget, memo)
+            if wv is not v:
+                changes.append((k, wv))
+        if changes:
+            if t is list:
+                out.extend(obj)
+            else:
+                out.update(obj)
+            for k, wv in changes:
+                out[k] = wv
+            w = out
+        else:
+            w = obj
+    elif t is tuple:
+        memo[key] = obj  # a tuple cannot be made before its items
+        items = [_wrap(v, budget, memo) if budget[0] > 0 else v for v in obj]
+        w = tuple(items) if any(a is not b for a, b in zip(items, obj)) else obj
+    elif _is_ndarray(t) and obj.nbytes >= THRESHOLD and not obj.dtype.hasobject \
             and not (obj.flags.c_contiguous or obj.flags.f_contiguous):
         import numpy
-        return numpy.ascontiguousarray(obj)  # as pickling it would
-    return obj
+        w = numpy.ascontiguousarray(obj)  # as pickling it would
+    else:
+        return obj
+    memo[key] = w
+    return w
 
 
-def big_bytes(obj, budget=None) -> int:
+def big_bytes(obj, budget=None, seen=None) -> int:
     """The bytes of the buffers in obj that would go out of band (numpy
     arrays, bytes, bytearrays and memoryviews of at least THRESHOLD bytes),
-    looking into lists, tuples and dicts as _wrap does."""
+    looking into lists, tuples and dicts as _wrap does, and counting each
+    object once."""
     if budget is None:
-        budget = [_WALK_BUDGET]
+        budget, seen = [_WALK_BUDGET], set()
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
     budget[0] -= 1
     t = type(obj)
     if t is bytes or t is bytearray or t is memoryview:
@@ -288,7 +308,7 @@ def big_bytes(obj, budget=None) -> int:
         for v in (obj.values() if t is dict else obj):
             if budget[0] <= 0:
                 break
-            total += big_bytes(v, budget)
+            total += big_bytes(v, budget, seen)
         return total
     if any(_is_ndarray(c) for c in t.__mro__) and not obj.dtype.hasobject:
         return obj.nbytes if obj.nbytes >= THRESHOLD else 0

@@ -39,3 +39,24 @@ def argument_place(a):
     task's argument file, as mapped, not copied; whether writable)."""
     from tests.shared_helpers import mapped_from
     return mapped_from(a, "memfd:safepool-args"), a.flags.writeable
+
+
+def write_through_first(pair):
+    """Write through the first reference of pair (a tuple, list or dict of
+    two that refer to one array or bytearray, as the caller made it) and
+    read through the second: (whether they are one object, the second's
+    first element after the write)."""
+    if isinstance(pair, dict):
+        pair = [pair["x"], pair["y"]]
+    first, second = pair[0], pair[1]
+    first[0] = 99
+    return first is second, int(second[0])
+
+
+def holds_itself(x):
+    """For a list or dict that holds itself at index 1 or key "self", and a
+    big bytes at 0 or "b": (whether it still holds itself, the size of the
+    bytes)."""
+    if isinstance(x, dict):
+        return x["self"] is x, len(x["b"])
+    return x[1] is x, len(x[0])

@@ -122,6 +122,48 @@ else:
                 self.assertEqual(g.flags.f_contiguous, mp.flags.f_contiguous, i)
                 self.assertFalse(numpy.shares_memory(g, w))
 
+    class OneObjectTwice(unittest.TestCase):
+        # An object that one item refers to twice arrives as one object, as
+        # with pickle (multiprocessing): a big array that is not contiguous,
+        # or a big bytearray, arrived as two copies, so that a task writing
+        # through one name read the old values through the other.
+
+        def setUp(self):
+            base = numpy.arange(600000, dtype="f8")
+            self.t = base[::2]  # not contiguous: made contiguous to go out of band
+            self.ba = bytearray(2 * MiB)
+
+        def items(self):
+            t, ba = self.t, self.ba
+            return [(t, t), [t, t], {"x": t, "y": t}, (ba, ba), {"x": ba, "y": ba}]
+
+        def test_arguments(self):
+            items = self.items()
+            want = [ah.write_through_first(pickle.loads(pickle.dumps(x))) for x in items]
+            self.assertEqual(want, [(True, 99)] * len(items))
+            with safepool.Pool(2) as pool:
+                got = pool.map(ah.write_through_first, items)
+            self.assertEqual(got, want)
+
+        def test_results(self):
+            items = self.items()
+            with safepool.Pool(2) as pool:
+                got = pool.map(sh.identity, items)
+            for i, g in enumerate(got):
+                self.assertEqual(ah.write_through_first(g), (True, 99), "item %d" % i)
+
+        def test_holds_itself(self):
+            # A list or dict that holds itself beside a big buffer: the walk
+            # that takes buffers out of band recursed until RecursionError.
+            lst = [bytes(2 * MiB)]
+            lst.append(lst)
+            d = {"b": bytearray(2 * MiB)}
+            d["self"] = d
+            with safepool.Pool(1) as pool:
+                self.assertEqual(pool.map(ah.holds_itself, [lst, d]), [(True, 2 * MiB)] * 2)
+                back = pool.map(sh.identity, [lst, d])
+            self.assertEqual([ah.holds_itself(x) for x in back], [(True, 2 * MiB)] * 2)
+
 
 if __name__ == "__main__":
     unittest.main()
