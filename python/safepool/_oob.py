@@ -123,18 +123,18 @@ def _writable_array(buf, dtype, shape, order):
     memory of this process's own, a private copy already: the worker's
     copy-on-write mapping of its argument file, or what the client copied
     out of its inbox. The array is a writable view of it, not a second
-    copy (pickle made buf a read-only view of the same bytes). One that
-    came in the pickle (bytes) is copied. One in an argument file mapped
-    read-only (a data size limit, see _map_arguments) stays read-only."""
+    copy (pickle made buf a read-only view of the same bytes). One in an
+    argument file mapped read-only (a data size limit, see _map_arguments)
+    stays read-only. Any other (bytes, from the pickle) is copied."""
     import numpy
     flat = numpy.frombuffer(buf, dtype="u1")
     under = getattr(buf, "obj", None)
     if isinstance(under, (bytearray, mmap.mmap)):
         whole = numpy.frombuffer(under, dtype="u1")
-        if whole.flags.writeable:
-            at = flat.__array_interface__["data"][0] - whole.__array_interface__["data"][0]
+        at = flat.__array_interface__["data"][0] - whole.__array_interface__["data"][0]
+        if whole.flags.writeable and 0 <= at <= whole.size - flat.size:
             flat = whole[at:at + flat.size]
-    elif not flat.flags.writeable:
+    if not flat.flags.writeable and not isinstance(under, mmap.mmap):
         flat = numpy.frombuffer(bytearray(buf), dtype="u1")
     return flat.view(dtype).reshape(shape, order=order)
 
