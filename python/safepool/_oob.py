@@ -141,7 +141,7 @@ def _writable_array(buf, dtype, shape, order):
 
 def _reduce_array(a):
     """numpy.ndarray's reduction for protocol 5, but for a read-only array
-    whose buffer would go as it is: that arrives as a writable copy."""
+    whose buffer would go as it is: that one arrives writable."""
     rv = a.__reduce_ex__(5)
     if not a.flags.writeable and type(rv[1][0]) is PickleBuffer:
         return _writable_array, rv[1]
