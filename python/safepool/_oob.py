@@ -158,7 +158,7 @@ def array_table():
     # A plain dict: the C pickler reads it without calling Python code;
     # copied each time, as copyreg.pickle may add to copyreg's.
     table = copyreg.dispatch_table.copy()
-    table[numpy.ndarray] = _reduce_array
+    table.setdefault(numpy.ndarray, _reduce_array)  # the program's own reduction first
     return table
 
 
