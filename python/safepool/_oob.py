@@ -57,16 +57,20 @@ by a header (see _TASK and _RESULT) and the pickle, or DIRECT_ENVELOPE
 followed by the header alone (its last span is the pickle). Small payloads
 carry only the header naming the inbox region.
 """
+import copyreg
 import errno
+import io
 import mmap
 import os
+import pickle
 import struct
+import sys
 from _thread import allocate_lock
 
 try:
-    from _pickle import dumps as _pdumps, loads as _loads, PickleBuffer
+    from _pickle import dumps as _pdumps, loads as _loads, PickleBuffer, Pickler
 except ImportError:  # an interpreter without the C accelerator
-    from pickle import dumps as _pdumps, loads as _loads, PickleBuffer
+    from pickle import dumps as _pdumps, loads as _loads, PickleBuffer, Pickler
 
 # Buffers of at least this many bytes go out of band.
 THRESHOLD = int(os.environ.get("SAFEPOOL_OOB_THRESHOLD", 1 << 20))
@@ -99,6 +103,88 @@ _ALIGN = 64
 # The walk that wraps bytes, bytearrays and memoryviews visits at most this
 # many objects: big buffers deep inside huge structures stay in band.
 _WALK_BUDGET = 10000
+
+
+# ---- read-only numpy arrays ----------------------------------------------------
+
+# multiprocessing pickles with the interpreter's default protocol, which is
+# 4 before Python 3.14: numpy then copies every array, read-only or not, and
+# it arrives writable. With protocol 5, which safepool uses, a read-only
+# array's buffer arrives read-only: an argument or a result made with
+# numpy.frombuffer(bytes), say, came read-only where multiprocessing's is
+# writable, and writing to it raised. So where the default is below 5, a
+# read-only array arrives as a writable copy, as multiprocessing's does.
+_WRITABLE_COPIES = pickle.DEFAULT_PROTOCOL < 5
+
+
+def _writable_array(buf, dtype, shape, order):
+    """The unpickling of a read-only array (see _reduce_array), as numpy's
+    own _frombuffer but writable. A buffer that came out of band lies in
+    memory of this process's own, a private copy already: the worker's
+    copy-on-write mapping of its argument file, or what the client copied
+    out of its inbox. The array is a writable view of it, not a second
+    copy (pickle made buf a read-only view of the same bytes). One in an
+    argument file mapped read-only (a data size limit, see _map_arguments)
+    stays read-only. Any other (bytes, from the pickle) is copied."""
+    import numpy
+    flat = numpy.frombuffer(buf, dtype="u1")
+    under = getattr(buf, "obj", None)
+    if isinstance(under, (bytearray, mmap.mmap)):
+        whole = numpy.frombuffer(under, dtype="u1")
+        at = flat.__array_interface__["data"][0] - whole.__array_interface__["data"][0]
+        if whole.flags.writeable and 0 <= at <= whole.size - flat.size:
+            flat = whole[at:at + flat.size]
+    if not flat.flags.writeable and not isinstance(under, mmap.mmap):
+        flat = numpy.frombuffer(bytearray(buf), dtype="u1")
+    return flat.view(dtype).reshape(shape, order=order)
+
+
+def _reduce_array(a):
+    """numpy.ndarray's reduction for protocol 5, but for a read-only array
+    whose buffer would go as it is: that one arrives writable."""
+    rv = a.__reduce_ex__(5)
+    if not a.flags.writeable and type(rv[1][0]) is PickleBuffer:
+        return _writable_array, rv[1]
+    return rv
+
+
+def array_table():
+    """The dispatch table that makes read-only numpy arrays arrive
+    writable, as multiprocessing's do (see _WRITABLE_COPIES); None where
+    none is needed (numpy not imported: no arrays to pickle)."""
+    numpy = sys.modules.get("numpy")
+    if not _WRITABLE_COPIES or numpy is None or not hasattr(numpy, "ndarray"):
+        return None
+    # A plain dict: the C pickler reads it without calling Python code;
+    # copied each time, as copyreg.pickle may add to copyreg's.
+    table = copyreg.dispatch_table.copy()
+    table.setdefault(numpy.ndarray, _reduce_array)  # the program's own reduction first
+    return table
+
+
+def pickler(cls, file, protocol, buffer_callback=None):
+    """An instance of cls (a Python subclass of pickle.Pickler) with the
+    array_table, if any."""
+    p = cls.__new__(cls)
+    table = array_table()
+    if table is not None:
+        p.dispatch_table = table  # read by Pickler.__init__
+    p.__init__(file, protocol, buffer_callback=buffer_callback)
+    return p
+
+
+class _Pickler(Pickler):
+    pass
+
+
+def _pdumps5(obj, buffer_callback=None):
+    """pickle.dumps(obj, 5, buffer_callback=buffer_callback) with the
+    array_table, if any."""
+    if array_table() is None:
+        return _pdumps(obj, 5, buffer_callback=buffer_callback)
+    buf = io.BytesIO()
+    pickler(_Pickler, buf, 5, buffer_callback).dump(obj)
+    return buf.getvalue()
 
 
 # ---- wrapping what pickle keeps in band ---------------------------------------
@@ -141,57 +227,77 @@ def _is_ndarray(t):
     return t.__name__ == "ndarray" and t.__module__ == "numpy"
 
 
-def _wrap(obj, budget):
+def _wrap(obj, budget, memo=None):
     """obj with its big bytes and bytearrays, its memoryviews and its big
     non-contiguous numpy arrays made ready for protocol 5, looking into
-    lists, tuples and dicts. budget is a one-item list counting down."""
+    lists, tuples and dicts. budget is a one-item list counting down.
+
+    memo maps the id of each object walked to what it became (itself, or
+    its copy): an object met twice becomes one copy, which pickle sends
+    once, so that the receiver gets one object where it is referred to
+    twice, as with pickle alone (two copies of an array that a task
+    writes through one name and reads through another gave it the old
+    values). A list or dict is in memo as its copy while its items are
+    walked: one that holds itself holds its copy, and the walk ends."""
+    if memo is None:
+        memo = {}
+    key = id(obj)
+    if key in memo:
+        return memo[key]
     budget[0] -= 1
     t = type(obj)
     if t is bytes or t is bytearray:
-        return _Bytes(obj) if len(obj) >= THRESHOLD else obj
-    if t is memoryview:
-        return _View(obj)
-    if t is list or t is tuple:
-        out = None
-        for i, v in enumerate(obj):
+        w = _Bytes(obj) if len(obj) >= THRESHOLD else obj
+    elif t is memoryview:
+        w = _View(obj)
+    elif t is list or t is dict:
+        out = [] if t is list else {}
+        memo[key] = out  # filled below if an item changes
+        changes = []
+        for k, v in (enumerate(obj) if t is list else obj.items()):
             if budget[0] <= 0:
                 break
             tv = type(v)
             if tv is int or tv is float or tv is str or v is None:
                 budget[0] -= 1
                 continue
-            w = _wrap(v, budget)
-            if w is not v:
-                if out is None:
-                    out = list(obj)
-                out[i] = w
-        if out is None:
-            return obj
-        return out if t is list else tuple(out)
-    if t is dict:
-        out = None
-        for k, v in obj.items():
-            if budget[0] <= 0:
-                break
-            w = _wrap(v, budget)
-            if w is not v:
-                if out is None:
-                    out = dict(obj)
-                out[k] = w
-        return obj if out is None else out
-    if _is_ndarray(t) and obj.nbytes >= THRESHOLD and not obj.dtype.hasobject \
+            wv = _wrap(v, budget, memo)
+            if wv is not v:
+                changes.append((k, wv))
+        if changes:
+            if t is list:
+                out.extend(obj)
+            else:
+                out.update(obj)
+            for k, wv in changes:
+                out[k] = wv
+            w = out
+        else:
+            w = obj
+    elif t is tuple:
+        memo[key] = obj  # a tuple cannot be made before its items
+        items = [_wrap(v, budget, memo) if budget[0] > 0 else v for v in obj]
+        w = tuple(items) if any(a is not b for a, b in zip(items, obj)) else obj
+    elif _is_ndarray(t) and obj.nbytes >= THRESHOLD and not obj.dtype.hasobject \
             and not (obj.flags.c_contiguous or obj.flags.f_contiguous):
         import numpy
-        return numpy.ascontiguousarray(obj)  # as pickling it would
-    return obj
+        w = numpy.ascontiguousarray(obj)  # as pickling it would
+    else:
+        return obj
+    memo[key] = w
+    return w
 
 
-def big_bytes(obj, budget=None) -> int:
+def big_bytes(obj, budget=None, seen=None) -> int:
     """The bytes of the buffers in obj that would go out of band (numpy
     arrays, bytes, bytearrays and memoryviews of at least THRESHOLD bytes),
-    looking into lists, tuples and dicts as _wrap does."""
+    looking into lists, tuples and dicts as _wrap does, and counting each
+    object once."""
     if budget is None:
-        budget = [_WALK_BUDGET]
+        budget, seen = [_WALK_BUDGET], set()
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
     budget[0] -= 1
     t = type(obj)
     if t is bytes or t is bytearray or t is memoryview:
@@ -202,7 +308,7 @@ def big_bytes(obj, budget=None) -> int:
         for v in (obj.values() if t is dict else obj):
             if budget[0] <= 0:
                 break
-            total += big_bytes(v, budget)
+            total += big_bytes(v, budget, seen)
         return total
     if any(_is_ndarray(c) for c in t.__mro__) and not obj.dtype.hasobject:
         return obj.nbytes if obj.nbytes >= THRESHOLD else 0
@@ -219,14 +325,14 @@ def _callback(big):
     return callback
 
 
-def _dumps(obj, big, pickler=None):
+def _dumps(obj, big, dump=None):
     """Pickle obj with protocol 5, appending the raw memoryview of each
     buffer of at least THRESHOLD bytes to big and leaving it out. A pickle
     that is still big (bytes in band), or that failed (a memoryview), is
     made again after _wrap: small payloads never pay for the walk."""
-    dump = pickler or _pdumps
+    dump = dump or _pdumps5
     try:
-        data = dump(obj, 5, buffer_callback=_callback(big))
+        data = dump(obj, buffer_callback=_callback(big))
         if len(data) < THRESHOLD:
             return data
     except TypeError:
@@ -235,19 +341,18 @@ def _dumps(obj, big, pickler=None):
     if wrapped is obj and data is not None:
         return data  # big, but nothing to take out of band
     del big[:]
-    return dump(wrapped, 5, buffer_callback=_callback(big))
+    return dump(wrapped, buffer_callback=_callback(big))
 
 
 def _dumps_checked(obj, big):
     """_dumps for workers that do not import the client's __main__ module:
     what is defined there makes it fall back to _pickling.dumps_payload
     (cloudpickle, or a TypeError saying what to do), in band."""
-    import io
     from ._pickling import _FromMain, _MainChecker, dumps_payload
 
-    def dump(o, protocol, buffer_callback):
+    def dump(o, buffer_callback):
         buf = io.BytesIO()
-        _MainChecker(buf, protocol, buffer_callback=buffer_callback).dump(o)
+        pickler(_MainChecker, buf, 5, buffer_callback).dump(o)
         return buf.getvalue()
     try:
         return _dumps(obj, big, dump)
@@ -477,9 +582,9 @@ def function_ref(fn_bytes):
 
 def _dumps_inband(obj):
     try:
-        return _pdumps(obj, 5)
+        return _pdumps5(obj)
     except TypeError:  # a memoryview
-        return _pdumps(_wrap(obj, [_WALK_BUDGET]), 5)
+        return _pdumps5(_wrap(obj, [_WALK_BUDGET]))
 
 
 def decode(data, ticket=None):

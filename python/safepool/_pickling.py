@@ -14,6 +14,8 @@ value. Without it, a TypeError says what to do.
 """
 import pickle
 
+from ._oob import _pdumps5, pickler
+
 _MAIN_MODULES = ("__main__", "__mp_main__")
 
 
@@ -38,7 +40,7 @@ class _MainChecker(pickle.Pickler):
 def _dumps_checked(obj) -> bytes:
     import io
     buf = io.BytesIO()
-    _MainChecker(buf, pickle.HIGHEST_PROTOCOL).dump(obj)
+    pickler(_MainChecker, buf, pickle.HIGHEST_PROTOCOL).dump(obj)
     return buf.getvalue()
 
 
@@ -82,7 +84,7 @@ def dumps_code(obj, shown, main_importable: bool = True) -> bytes:
     import the parent's __main__ module (see _launch.main_spec)."""
     try:
         if main_importable:
-            return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+            return _pdumps5(obj)
         return _dumps_checked(obj)
     except _FromMain as e:
         cp = _cloudpickle()
@@ -125,7 +127,7 @@ def dumps_payload(obj, main_importable: bool = True) -> bytes:
     importable; otherwise a TypeError says what to do, instead of a worker
     failing to find it. Other pickling errors are raised as they are."""
     if main_importable:
-        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        return _pdumps5(obj)
     try:
         return _dumps_checked(obj)
     except _FromMain as e:
