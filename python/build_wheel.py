@@ -105,11 +105,17 @@ def record_hash(data: bytes) -> str:
     return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
+# DATA_FILES are the package's files other than Python and the binary that
+# it reads at run time (pyproject.toml's package-data lists them too).
+DATA_FILES = ("journal_schema.sql",)
+
+
 def package_files():
-    """(path in the wheel, path on disk) of the package's Python files."""
+    """(path in the wheel, path on disk) of the package's Python files and
+    of its DATA_FILES."""
     out = []
     for name in sorted(os.listdir(PACKAGE)):
-        if name.endswith(".py"):
+        if name.endswith(".py") or name in DATA_FILES:
             out.append(("safepool/" + name, os.path.join(PACKAGE, name)))
     return out
 

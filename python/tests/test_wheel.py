@@ -18,6 +18,17 @@ import build_wheel  # noqa: E402
 BINARY = os.path.join(PYTHON_DIR, "safepool", "_bin", "safepool")
 
 
+def package_data():
+    """The files pyproject.toml's package-data lists for the package."""
+    with open(os.path.join(PYTHON_DIR, "pyproject.toml"), encoding="utf-8") as f:
+        text = f.read()
+    section = text.split("[tool.setuptools.package-data]", 1)[1]
+    line = [l for l in section.splitlines() if l.startswith("safepool")][0]
+    names = [n.strip().strip('"') for n in line.split("[", 1)[1].rsplit("]", 1)[0].split(",")]
+    assert "journal_schema.sql" in names, names
+    return names
+
+
 class Wheel(unittest.TestCase):
     def setUp(self):
         if not os.path.exists(BINARY):
@@ -34,6 +45,10 @@ class Wheel(unittest.TestCase):
             names = z.namelist()
             self.assertIn("safepool/_bin/safepool", names)
             self.assertIn("safepool/pool.py", names)
+            # Every file the package names as its data, such as the
+            # journal's schema, which Pool(journal=...) reads.
+            for data in package_data():
+                self.assertIn("safepool/" + data, names)
             self.assertFalse([n for n in names if "__pycache__" in n or n.startswith("tests/")])
             mode = z.getinfo("safepool/_bin/safepool").external_attr >> 16
             self.assertEqual(mode & 0o777, 0o755)
