@@ -41,9 +41,11 @@ func (a *demoArgs) flagSet() *pflag.FlagSet {
 	fs := newFlagSet("demo")
 	fs.IntVarP(&a.jobs, "jobs", "j", 4, "run `N` workers")
 	fs.IntVar(&a.tasks, "tasks", 40, "run `N` tasks")
-	fs.IntVar(&a.hog, "hog", 7, "the task that allocates memory until it is killed")
+	fs.IntVar(&a.hog, "hog", 7, "make task `N` the one that allocates memory until it is killed")
 	a.memLimit = 256 << 20
-	fs.Var(newSizeValue(&a.memLimit), "mem-limit", "cap each worker's memory at `SIZE` (default 256MiB)")
+	limit := newSizeValue(&a.memLimit)
+	limit.set = "256MiB" // the default as help shows it
+	fs.Var(limit, "mem-limit", "cap each worker's memory at `SIZE`")
 	a.progress = "auto"
 	on := fs.VarPF(&choiceValue{p: &a.progress, v: "on"}, "progress", "", "show the progress bar (default: only when stderr is a terminal)")
 	on.NoOptDefVal = "true"
