@@ -167,27 +167,6 @@ else:
                 got = pool.map(ah.write_through_first, items)
             self.assertEqual(got, want)
 
-        def test_big_argument_under_a_data_limit(self):
-            # An argument file mapped read-only (a data size limit, which
-            # would charge a writable mapping in full) keeps a read-only
-            # array read-only, not a copy in the worker's limited memory.
-            out = run_client(self, textwrap.dedent("""
-                import numpy, safepool
-                from tests import shared_helpers as sh
-                with safepool.Pool(1, mem_limit="200MiB") as pool:
-                    if pool.memory_mode.startswith("cgroup"):
-                        print("mode", pool.memory_mode)
-                        raise SystemExit
-                    big = numpy.ones(300 << 17)  # 300 MiB
-                    big.flags.writeable = False
-                    in_memfd, writable, total = pool.apply(sh.arg_info, (big,))
-                    assert in_memfd and not writable and total == big.size, (in_memfd, writable, total)
-                print("ok")
-            """), nobody_only=True)
-            if out.stdout.startswith("mode"):
-                skip_or_fail(self, "workers got cgroups as nobody (%s)" % out.stdout.strip())
-            self.assertEqual(out.stdout.strip(), "ok", out.stderr[-3000:])
-
         def test_results(self):
             items = self.items()
             with safepool.Pool(2) as pool:
