@@ -62,7 +62,6 @@ import errno
 import io
 import mmap
 import os
-import pickle
 import struct
 import sys
 from _thread import allocate_lock
@@ -114,7 +113,13 @@ _WALK_BUDGET = 10000
 # numpy.frombuffer(bytes), say, came read-only where multiprocessing's is
 # writable, and writing to it raised. So where the default is below 5, a
 # read-only array arrives as a writable copy, as multiprocessing's does.
-_WRITABLE_COPIES = pickle.DEFAULT_PROTOCOL < 5
+def _writable_copies():
+    """Whether read-only arrays must arrive as writable copies. pickle is
+    imported here, only once there are arrays to send: a worker's start
+    imports no more than it needs."""
+    import pickle
+
+    return pickle.DEFAULT_PROTOCOL < 5
 
 
 def _writable_array(buf, dtype, shape, order):
@@ -150,10 +155,10 @@ def _reduce_array(a):
 
 def array_table():
     """The dispatch table that makes read-only numpy arrays arrive
-    writable, as multiprocessing's do (see _WRITABLE_COPIES); None where
+    writable, as multiprocessing's do (see _writable_copies); None where
     none is needed (numpy not imported: no arrays to pickle)."""
     numpy = sys.modules.get("numpy")
-    if not _WRITABLE_COPIES or numpy is None or not hasattr(numpy, "ndarray"):
+    if numpy is None or not hasattr(numpy, "ndarray") or not _writable_copies():
         return None
     # A plain dict: the C pickler reads it without calling Python code;
     # copied each time, as copyreg.pickle may add to copyreg's.
