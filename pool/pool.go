@@ -442,6 +442,14 @@ func (c *Config) normalize() error {
 	if c.Workers == 0 {
 		c.Workers = runtime.NumCPU()
 	}
+	for i, kv := range c.Env {
+		if strings.IndexByte(kv, 0) >= 0 {
+			// exec refuses it; dropped, a variable would be missing
+			// from every process without a word.
+			name, _, _ := strings.Cut(kv, "=")
+			return fmt.Errorf("pool: Config.Env[%d] (%q) holds a NUL byte", i, name)
+		}
+	}
 	switch c.OnWorkerDeath {
 	case "":
 		c.OnWorkerDeath = Skip

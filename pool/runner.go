@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -60,17 +61,33 @@ type runner struct {
 }
 
 // slotEnv returns env (nil: the supervisor's environment) with SlotEnv set
-// to slot, and no other SlotEnv.
+// to slot, and no other SlotEnv. No name is in it twice: where env repeats
+// one, its last value stays, as exec.Cmd keeps it, so that each process's
+// start can pass the slice as it is (worker.Spec.EnvUnique) rather than
+// de-duplicate a copy of it.
 func slotEnv(env []string, slot int) []string {
 	if env == nil {
 		env = os.Environ()
 	}
 	out := make([]string, 0, len(env)+1)
-	for _, kv := range env {
-		if !strings.HasPrefix(kv, SlotEnv+"=") {
-			out = append(out, kv)
+	seen := make(map[string]bool, len(env))
+	// From the end, so that a name's last value is the one kept.
+	for i := len(env) - 1; i >= 0; i-- {
+		kv := env[i]
+		name, _, ok := strings.Cut(kv, "=")
+		if !ok {
+			if kv != "" {
+				out = append(out, kv) // not NAME=VALUE: left as it is, as exec.Cmd leaves it
+			}
+			continue
 		}
+		if name == SlotEnv || seen[name] {
+			continue
+		}
+		seen[name] = true
+		out = append(out, kv)
 	}
+	slices.Reverse(out)
 	return append(out, SlotEnv+"="+strconv.Itoa(slot))
 }
 

@@ -475,7 +475,9 @@ type Config struct {
 	// Env is the workers' environment. Nil means the supervisor's own, as
 	// it is when New is called. The pool adds SAFEPOOL_RUN, the marker by
 	// which it finds and ends every process the workers leave behind
-	// (docs/processes.md), and SlotEnv, the worker's slot number.
+	// (docs/processes.md), and SlotEnv, the worker's slot number. A name
+	// given twice keeps its last value, as with exec.Cmd; an entry that
+	// holds a NUL byte makes New fail.
 	Env []string
 	// Dir is the workers' working directory. Empty means the supervisor's.
 	Dir string

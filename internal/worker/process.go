@@ -66,6 +66,10 @@ type Spec struct {
 	Path string
 	// Env is the environment; nil means the supervisor's.
 	Env []string
+	// EnvUnique says that Env names no variable twice: a process started
+	// without exec.Cmd gets it as it is, rather than a de-duplicated copy
+	// made for every process (a pool's slots make theirs once).
+	EnvUnique bool
 	// Dir is the working directory; empty means the supervisor's.
 	Dir string
 	// IO selects the pipes.
@@ -207,7 +211,11 @@ func Start(spec Spec) (_ *Process, err error) {
 	if err != nil {
 		return nil, err
 	}
-	pid, scored, err := launch(spec.Cgroup, cmd)
+	start := forkExec
+	if spec.EnvUnique && spec.Env != nil {
+		start = forkExecEnvAsIs
+	}
+	pid, scored, err := launch(spec.Cgroup, cmd, start)
 	if errors.Is(err, syscall.E2BIG) {
 		// Name the worker's own command, not the program that exec ran (a
 		// cgroup shim's shell), and say which limit it broke.
@@ -247,9 +255,9 @@ func Start(spec Spec) (_ *Process, err error) {
 // launch starts cmd in group, if any: through it when it is a Starter
 // (scored: the process has its oom_score_adj already), else readied by
 // its Prepare. It returns the process's id.
-func launch(group Cgroup, cmd *exec.Cmd) (pid int, scored bool, err error) {
+func launch(group Cgroup, cmd *exec.Cmd, start memory.Spawner) (pid int, scored bool, err error) {
 	if s, ok := group.(Starter); ok {
-		pid, err := s.Spawn(cmd, forkExec)
+		pid, err := s.Spawn(cmd, start)
 		return pid, true, err
 	}
 	if group != nil {
@@ -258,7 +266,7 @@ func launch(group Cgroup, cmd *exec.Cmd) (pid int, scored bool, err error) {
 		}
 		defer group.Started()
 	}
-	pid, err = forkExec(cmd)
+	pid, err = start(cmd)
 	return pid, false, err
 }
 
@@ -270,7 +278,15 @@ func launch(group Cgroup, cmd *exec.Cmd) (pid int, scored bool, err error) {
 // de-duplicate the environment again, and build its own and os.Process's
 // records (and a pidfd where the runtime uses them), for every process
 // (docs/benchmarks.md, one-shot start). Otherwise it calls cmd.Start.
-func forkExec(cmd *exec.Cmd) (int, error) {
+func forkExec(cmd *exec.Cmd) (int, error) { return forkExecEnv(cmd, false) }
+
+// forkExecEnvAsIs is forkExec for a cmd whose Env names no variable twice
+// (Spec.EnvUnique): it passes Env as it is.
+func forkExecEnvAsIs(cmd *exec.Cmd) (int, error) { return forkExecEnv(cmd, true) }
+
+// forkExecEnv is forkExec; with envAsIs, cmd.Env (not nil) is passed as it
+// is rather than through cmd.Environ's de-duplicated copy.
+func forkExecEnv(cmd *exec.Cmd, envAsIs bool) (int, error) {
 	in, okIn := stream(cmd.Stdin)
 	out, okOut := stream(cmd.Stdout)
 	errs, okErr := stream(cmd.Stderr)
@@ -297,7 +313,10 @@ func forkExec(cmd *exec.Cmd) (int, error) {
 		files = append(files, f.Fd()) // a nil *os.File gives a closed fd
 	}
 	env := cmd.Env
-	if env == nil && cmd.Dir == "" {
+	if envAsIs && env != nil {
+		// Free of duplicate names already; exec.Cmd adds PWD for Dir only
+		// to the supervisor's own environment.
+	} else if env == nil && cmd.Dir == "" {
 		// Already free of duplicate names (syscall's copy keeps the first).
 		env = syscall.Environ()
 	} else {
