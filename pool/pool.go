@@ -460,6 +460,9 @@ func (c *Config) normalize() error {
 	default:
 		return fmt.Errorf("pool: unknown OnWorkerDeath %q", c.OnWorkerDeath)
 	}
+	if c.OnWorkerDeath == Skip && c.Retries > 0 {
+		return fmt.Errorf("pool: Config.Retries is %d, but OnWorkerDeath skip retries nothing (Retry retries, then fails the task; Abort retries, then stops the pool)", c.Retries)
+	}
 	for _, v := range []struct {
 		name string
 		n    int64

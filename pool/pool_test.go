@@ -388,6 +388,53 @@ func TestAbortPolicy(t *testing.T) {
 	}
 }
 
+// TestAbortAfterRetries: under the Abort policy with Retries, a task
+// killed once runs again and the pool goes on; a task killed on every
+// attempt stops the pool once it has had 1+Retries of them, as GNU
+// parallel's --retries with --halt now,fail=1.
+func TestAbortAfterRetries(t *testing.T) {
+	for _, proto := range protocols {
+		t.Run(string(proto), func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := config(proto, 1)
+			cfg.OnWorkerDeath = pool.Abort
+			cfg.Retries = 2
+			inputs := []string{"a", "once:" + filepath.Join(dir, "m1") + ":kill", "b", "kill", "c", "d"}
+			got, p := run(t, cfg, inputs...)
+			once, always := got[2], got[4]
+			if once.State != pool.Done || len(once.Attempts) != 2 || once.Attempts[0].Cause != "signal:SIGKILL" {
+				t.Errorf("killed-once task = %s %+v, want done on attempt 2", once.State, once.Attempts)
+			}
+			if always.State != pool.Failed || len(always.Attempts) != 3 {
+				t.Errorf("always-killed task = %s with %d attempts, want failed after 3", always.State, len(always.Attempts))
+			}
+			var ae *pool.AbortError
+			if err := p.Err(); !errors.As(err, &ae) || ae.TaskID != 4 {
+				t.Fatalf("Err() = %v, want an abort caused by task 4", err)
+			}
+			// The others ran while task 4 waited out its backoffs: done,
+			// or cancelled by the abort.
+			for id, r := range got {
+				if id != 4 && r.State != pool.Done && r.State != pool.Cancelled {
+					t.Errorf("task %d = %s, want done or cancelled", id, r.State)
+				}
+			}
+			if len(got) != len(inputs) {
+				t.Errorf("got %d results, want %d", len(got), len(inputs))
+			}
+		})
+	}
+}
+
+// TestSkipWithRetries: Retries with the Skip policy, which retries
+// nothing, is refused rather than ignored.
+func TestSkipWithRetries(t *testing.T) {
+	_, err := pool.New(pool.Config{Command: []string{"/bin/true"}, OnWorkerDeath: pool.Skip, Retries: 2})
+	if err == nil || !strings.Contains(err.Error(), "OnWorkerDeath skip retries nothing") {
+		t.Fatalf("New = %v, want Retries with Skip refused", err)
+	}
+}
+
 // TestAbortStartsNothingMore: under the Abort policy, no task starts once
 // a task has failed: a one-shot slot that ends a failed job starts no job
 // after it, as GNU parallel's --halt now,fail=1 starts none. The tasks after

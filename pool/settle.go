@@ -38,7 +38,7 @@ import "time"
 //	memory OOM, otherwise    | ooms   | retry after backoff(ooms), need raised
 //	task-error, retries left | errors | retry after backoff(errors)
 //	task-error, none left    | errors | failed
-//	death, Retry, retries left| deaths| retry after backoff(deaths)
+//	death, retries left (5)  | deaths | retry after backoff(deaths)
 //	death, otherwise         | deaths | failed (and abort under Abort)
 //
 // (1) While aborting, an attempt is still charged by its cause (a task
@@ -54,6 +54,9 @@ import "time"
 // than the budget (memVerdict.crowded): they, not the task, are why it did
 // not fit, so it is not poison; nor is it run again and again against the
 // same wall.
+//
+// (5) Under Retry and Abort; Skip has no retries (New refuses Retries
+// with it).
 //
 // "retries left" is TaskErrorRetries for task errors and Retries for worker
 // deaths, counted after the charge: a task runs at most 1+Retries times for
@@ -184,7 +187,9 @@ func settle(t taskView, e ending, pol policy, mem memVerdict) verdict {
 		v.fate, v.delay = fateRetry, pol.backoffAfter(t.errors)
 	case c == CauseTaskError:
 		v.fate = fateFailed
-	case pol.onDeath == Retry && t.deaths <= pol.retries:
+	case pol.onDeath != Skip && t.deaths <= pol.retries:
+		// Under Abort too, as GNU parallel's --retries with --halt
+		// now,fail=1: the run stops for a task that failed them all.
 		v.fate, v.delay = fateRetry, pol.backoffAfter(t.deaths)
 	default:
 		v.fate, v.abort = fateFailed, pol.onDeath == Abort

@@ -98,8 +98,10 @@ func TestSettleRows(t *testing.T) {
 			verdict{fate: fateFailed, charge: chargeDeath, number: 3}},
 		{"death, Skip", taskView{}, ending{cause: CauseMemoryLimit}, testPolicy(Skip, false), memVerdict{},
 			verdict{fate: fateFailed, charge: chargeDeath, number: 1}},
-		{"death, Abort", taskView{}, ending{cause: CauseOutputLost}, testPolicy(Abort, false), memVerdict{},
-			verdict{fate: fateFailed, charge: chargeDeath, abort: true, number: 1}},
+		{"death, Abort, retries left", taskView{deaths: 1}, ending{cause: CauseOutputLost}, testPolicy(Abort, false), memVerdict{},
+			verdict{fate: fateRetry, charge: chargeDeath, delay: 20 * time.Millisecond, number: 2}},
+		{"death, Abort, none left", taskView{deaths: 2}, ending{cause: CauseOutputLost}, testPolicy(Abort, false), memVerdict{},
+			verdict{fate: fateFailed, charge: chargeDeath, abort: true, number: 3}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -153,7 +155,7 @@ func checkSweep(t *testing.T, name string, c Cause, act Action, left bool, mem m
 		want = fateRetry
 	case c == CauseTaskError:
 		want = fateFailed
-	case act == Retry && left:
+	case act != Skip && left:
 		want = fateRetry
 	default:
 		want = fateFailed

@@ -105,13 +105,15 @@ const (
 type Action string
 
 const (
-	// Skip marks the task failed and goes on with the others.
+	// Skip marks the task failed at its first worker death and goes on
+	// with the others (Config.Retries must be 0).
 	Skip Action = "skip"
 	// Retry runs the task again, up to Config.Retries more times, with
 	// exponential backoff; then it is failed.
 	Retry Action = "retry"
-	// Abort stops the whole pool: running tasks are killed and queued tasks
-	// are cancelled.
+	// Abort stops the whole pool once a task has failed its last attempt
+	// (after Config.Retries more, as with Retry): running tasks are killed
+	// and queued tasks are cancelled.
 	Abort Action = "abort"
 )
 
@@ -487,7 +489,8 @@ type Config struct {
 	// Skip otherwise.
 	OnWorkerDeath Action
 	// Retries is how many extra attempts a task gets after worker deaths
-	// when OnWorkerDeath is Retry.
+	// under Retry and Abort (Abort stops the pool once a task has used
+	// them all). With Skip it must be 0.
 	Retries int
 	// TaskErrorRetries is how many extra attempts a task gets after task
 	// errors (the worker reported failure and stayed alive). It is a budget

@@ -16,13 +16,13 @@ import (
 //	done                                 | record done, ack
 //	cancelled (the agent is stopping)    | nak at once, nothing charged
 //	crowded out (oom, alone, others held | as a death below: its need and
-//	  the memory it lacked), Retry,      |   class unchanged, note the
+//	  the memory it lacked), not Skip,   |   class unchanged, note the
 //	  retries left                       |   attempts, nak with a backoff
 //	crowded out, otherwise               | record failed (oom), term
 //	memory (oom, memory-limit, poison),  | publish with a larger need into
 //	  a live agent fits the next class   |   the next class, ack this one
 //	memory, no live agent fits more      | record poison, term
-//	death, Retry, retries left           | note the attempts, nak with a
+//	death, not Skip, retries left        | note the attempts, nak with a
 //	                                     |   backoff: any agent may take it
 //	death, otherwise; task error         | record failed, term
 //
@@ -112,7 +112,7 @@ func decide(state pool.State, cause pool.Cause, crowded bool, need int64, all []
 	case state == pool.Cancelled:
 		return decision{move: moveRelease}
 	case crowded && state != pool.Poison:
-		if d := deathsOf(all); spec.OnWorkerDeath == pool.Retry && d <= spec.Retries {
+		if d := deathsOf(all); spec.OnWorkerDeath != pool.Skip && d <= spec.Retries {
 			return decision{move: moveNak, delay: backoff(d), crowded: true}
 		}
 		return decision{move: moveRecord, state: pool.Failed, crowded: true}
@@ -131,7 +131,9 @@ func decide(state pool.State, cause pool.Cause, crowded bool, need int64, all []
 				bytesize.Format(pl.capacity), bytesize.Format(pl.largestCap))
 		}
 		return decision{move: moveRecord, state: pool.Poison, note: note}
-	case cause.IsWorkerDeath() && spec.OnWorkerDeath == pool.Retry:
+	case cause.IsWorkerDeath() && spec.OnWorkerDeath != pool.Skip:
+		// Under Abort too, as on one machine: the run stops for a task
+		// that failed every attempt.
 		if d := deathsOf(all); d <= spec.Retries {
 			return decision{move: moveNak, delay: backoff(d)}
 		}

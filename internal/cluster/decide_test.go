@@ -47,6 +47,7 @@ func TestDecide(t *testing.T) {
 	retry2 := &RunSpec{OnWorkerDeath: pool.Retry, Retries: 2}
 	skip := &RunSpec{OnWorkerDeath: pool.Skip}
 	abort := &RunSpec{OnWorkerDeath: pool.Abort}
+	abort2 := &RunSpec{OnWorkerDeath: pool.Abort, Retries: 2}
 	small := placement{capacity: 64 * mib, largestClass: 3, largestCap: 512 * mib}
 	largest := placement{capacity: 512 * mib, largestClass: 3, largestCap: 512 * mib}
 	for _, tc := range []struct {
@@ -77,6 +78,9 @@ func TestDecide(t *testing.T) {
 		{"death, no retries left: failed", pool.Failed, "signal:SIGKILL", false, 0, []AttemptRecord{death, death, death}, retry2, small, decision{move: moveRecord, state: pool.Failed}},
 		{"death under skip: failed", pool.Failed, "exit:3", false, 0, []AttemptRecord{death}, skip, small, decision{move: moveRecord, state: pool.Failed}},
 		{"task error: failed", pool.Failed, pool.CauseTaskError, false, 0, nil, retry2, small, decision{move: moveRecord, state: pool.Failed}},
+		{"death under abort, retries left: nak", pool.Failed, "exit:3", false, 0, []AttemptRecord{death}, abort2, small, decision{move: moveNak, delay: 50 * time.Millisecond}},
+		{"death under abort, no retries left: failed", pool.Failed, "exit:3", false, 0, []AttemptRecord{death, death, death}, abort2, small, decision{move: moveRecord, state: pool.Failed}},
+		{"death under abort without retries: failed", pool.Failed, "exit:3", false, 0, []AttemptRecord{death}, abort, small, decision{move: moveRecord, state: pool.Failed}},
 
 		// Crowded out: a worker death, whatever the agents' memory; the
 		// need and class stay, and it never ends poison.
