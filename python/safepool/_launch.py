@@ -140,7 +140,9 @@ def check_options(processes, retries, on_worker_death, initializer):
         raise ValueError("retries must not be negative")
     if initializer is not None and not callable(initializer):
         raise TypeError("initializer must be a callable")
-    return processes, (retries if on_worker_death == "retry" else 0), on_worker_death
+    # "abort" retries too, then stops the pool for a task that died on
+    # every attempt (GNU parallel's --retries with --halt now,fail=1).
+    return processes, (retries if on_worker_death in ("retry", "abort") else 0), on_worker_death
 
 
 def _count(value, name: str) -> int:

@@ -56,7 +56,8 @@ class Executor(concurrent.futures.Executor):
     timeout), only that task's future fails, with safepool.WorkerDied
     (after `retries` more attempts with on_worker_death="retry"); the
     executor replaces the worker and stays usable. With
-    on_worker_death="abort" the first death stops the executor instead.
+    on_worker_death="abort" the first task to die on its last attempt
+    (the first death, without `retries`) stops the executor instead.
     mp_context is checked as Pool's context: None, "spawn" or
     "forkserver" (or such a context) change nothing; "fork" raises
     ValueError. The other arguments are those of safepool.Pool.

@@ -436,6 +436,24 @@ class WorkerDeath(unittest.TestCase):
         finally:
             pool.terminate()
 
+    def test_abort_after_retries(self):
+        # With retries, "abort" runs a killed task again, and stops the pool
+        # only for a task killed on every attempt.
+        marker = os.path.join(tempfile.mkdtemp(), "killed")
+        pool = safepool.Pool(1, retries=2, on_worker_death="abort")
+        try:
+            self.assertEqual(pool.map(functools.partial(helpers.kill_once, marker=marker), range(6), chunksize=1),
+                             [i * i for i in range(6)])
+            with self.assertRaises(safepool.WorkerDied) as cm:
+                pool.map(helpers.kill_self_at, range(10), chunksize=1)
+            self.assertEqual(cm.exception.attempts, 3)
+            self.assertEqual([a.cause for a in cm.exception.history], ["signal:SIGKILL"] * 3)
+            with self.assertRaises(safepool.BrokenPool):
+                pool.map(helpers.square, range(3))
+        finally:
+            pool.terminate()
+            shutil.rmtree(os.path.dirname(marker), ignore_errors=True)
+
     def test_timeout(self):
         # The timeout is far above what the quick tasks need even on a busy
         # machine, and far below the slow one's.
