@@ -687,15 +687,22 @@ def _feed_items(ref, core, cond, iterable):
             if not core.accepting():
                 stopped = True
                 break
-            items = list(itertools.islice(it, max(1, min(self._chunksize, room))))
+            items = []
+            try:
+                for item in itertools.islice(it, max(1, min(self._chunksize, room))):
+                    items.append(item)
+            finally:
+                # Also when the input raises: the items read before it
+                # run, and their results come before its exception.
+                if items:
+                    core.submit(_Chunk(self._job, range(pos, pos + len(items)), items))
+                    pos += len(items)
+                    with cond:
+                        self._fed = pos
             if not items:
                 break
-            core.submit(_Chunk(self._job, range(pos, pos + len(items)), items))
-            pos += len(items)
-            with cond:
-                self._fed = pos
             self._adapt()
-            self = items = None
+            self = items = item = None
         if stopped:
             # The pool was terminated (or the executor shut down with
             # cancel_futures) before the input's end was seen: what it had

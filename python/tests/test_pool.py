@@ -121,6 +121,22 @@ class PoolBasics(unittest.TestCase):
         with self.assertRaises(RuntimeError):
             next(it)
 
+    def test_imap_input_error_after_many_items(self):
+        # The items read before the input raised all run, and their
+        # results come before its exception, as with multiprocessing's
+        # imap. The ones read into a batch not yet sent were dropped: with
+        # batches grown on quick items, 3000 items gave 2050 results.
+        def gen(n):
+            yield from range(n)
+            raise RuntimeError("input broke")
+        for name, chunksize, n in (("imap", None, 3000), ("imap_unordered", None, 3000), ("imap", 7, 100)):
+            with self.subTest(call=name, chunksize=chunksize):
+                got = []
+                with self.assertRaisesRegex(RuntimeError, "input broke"):
+                    for r in getattr(self.pool, name)(helpers.identity, gen(n), chunksize):
+                        got.append(r)
+                self.assertEqual(sorted(got), list(range(n)))
+
     def test_map_reads_a_list_subclass_as_it_iterates(self):
         # multiprocessing reads the input by iterating it; slicing a list
         # subclass whose __iter__ gives other items returned the wrong
