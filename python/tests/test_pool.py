@@ -2,6 +2,7 @@
 import functools
 import itertools
 import os
+import queue
 import shutil
 import subprocess
 import sys
@@ -136,6 +137,33 @@ class PoolBasics(unittest.TestCase):
                     for r in getattr(self.pool, name)(helpers.identity, gen(n), chunksize):
                         got.append(r)
                 self.assertEqual(sorted(got), list(range(n)))
+
+    def test_imap_sends_what_a_waiting_input_gave(self):
+        # An input that waits for more (a queue that the consumer feeds
+        # from the results, a socket): the items it gave run, though the
+        # batch they were read into is not whole. The items read into a
+        # batch grown on quick items waited for the rest of it, so the
+        # iterator waited forever for their results.
+        for name in ("imap", "imap_unordered"):
+            with self.subTest(call=name):
+                q = queue.Queue()
+
+                def gen():
+                    while True:
+                        item = q.get()
+                        if item is None:
+                            return
+                        yield item
+                n = 3000
+                for i in range(n):
+                    q.put(i)
+                try:
+                    it = getattr(self.pool, name)(helpers.identity, gen())
+                    got = [it.next(timeout=30) for _ in range(n)]
+                finally:
+                    q.put(None)
+                self.assertEqual(sorted(got), list(range(n)))
+                self.assertEqual(list(it), [])
 
     def test_map_reads_a_list_subclass_as_it_iterates(self):
         # multiprocessing reads the input by iterating it; slicing a list
