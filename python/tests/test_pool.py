@@ -2,6 +2,7 @@
 import functools
 import itertools
 import os
+import pickle
 import queue
 import shutil
 import subprocess
@@ -10,8 +11,10 @@ import tempfile
 import textwrap
 import time
 import unittest
+from unittest import mock
 
 import safepool
+from safepool import _pickling
 from tests import helpers
 from tests.support import child_env, skip_or_fail
 
@@ -164,6 +167,25 @@ class PoolBasics(unittest.TestCase):
                     q.put(None)
                 self.assertEqual(sorted(got), list(range(n)))
                 self.assertEqual(list(it), [])
+
+    def test_a_task_that_carries_the_pool_says_so(self):
+        # As multiprocessing's: a bound method of an object that holds the
+        # pool (self.pool) cannot go to a worker, and the error says why;
+        # it said "cannot pickle '_thread.lock' object".
+        holder = helpers.HoldsPool(self.pool)
+        for call in (self.pool.map, self.pool.imap):
+            with self.subTest(call=call.__name__):
+                with self.assertRaisesRegex(NotImplementedError, "pool objects cannot be passed"):
+                    list(call(holder.work, range(3)))
+            # Without cloudpickle, the bound method's object is what fails,
+            # not its function, which goes by name: no advice on lambdas.
+            with self.subTest(call=call.__name__, cloudpickle=False):
+                with mock.patch.object(_pickling, "_cloudpickle", lambda: None):
+                    with self.assertRaisesRegex(NotImplementedError, "pool objects cannot be passed"):
+                        list(call(holder.work, range(3)))
+        with self.assertRaisesRegex(NotImplementedError, "pool objects cannot be passed"):
+            pickle.dumps(self.pool)
+        self.assertEqual(self.pool.map(helpers.square, range(3)), [0, 1, 4])
 
     def test_map_reads_a_list_subclass_as_it_iterates(self):
         # multiprocessing reads the input by iterating it; slicing a list
