@@ -663,7 +663,20 @@ def _feed(ref, core, cond, iterable):
 
 
 def _feed_items(ref, core, cond, iterable):
-    pos = 0
+    self = ref()
+    if self is None:
+        return
+    # The items read go to batch, which sends them; with a batch size that
+    # adapts, it also sends what was read once the rest is slow to come.
+    batch = _Batch(self._job, core, cond, ref, LINGER if self._fixed is None else 0)
+    self = None
+    try:
+        _feed_batches(ref, core, cond, iterable, batch)
+    finally:
+        batch.close()
+
+
+def _feed_batches(ref, core, cond, iterable, batch):
     self = None
     stopped = False  # the pool stopped accepting items before the input's end
     try:
@@ -687,15 +700,18 @@ def _feed_items(ref, core, cond, iterable):
             if not core.accepting():
                 stopped = True
                 break
-            items = list(itertools.islice(it, max(1, min(self._chunksize, room))))
-            if not items:
+            append = batch.begin()
+            try:
+                for item in itertools.islice(it, max(1, min(self._chunksize, room))):
+                    append(item)
+            finally:
+                # Also when the input raises: the items read before it
+                # run, and their results come before its exception.
+                got = batch.end()
+            if not got:
                 break
-            core.submit(_Chunk(self._job, range(pos, pos + len(items)), items))
-            pos += len(items)
-            with cond:
-                self._fed = pos
             self._adapt()
-            self = items = None
+            self = item = append = None
         if stopped:
             # The pool was terminated (or the executor shut down with
             # cancel_futures) before the input's end was seen: what it had
@@ -706,7 +722,7 @@ def _feed_items(ref, core, cond, iterable):
             from .errors import TaskCancelled
             self._input_error = TaskCancelled(
                 "the pool stopped before the input was read to its end: what it had left, from item %d on, "
-                "never ran" % pos, cause="cancelled", function=self._job.fn, state="cancelled")
+                "never ran" % batch.pos, cause="cancelled", function=self._job.fn, state="cancelled")
     except BaseException as e:  # the input raised: the consumer sees it after the results before it
         self = ref()
         if self is None:
@@ -718,11 +734,95 @@ def _feed_items(ref, core, cond, iterable):
         if self is None:
             return
     with cond:
-        self._total = pos
+        self._total = batch.pos
         self._settled_more(0, 0)
         cond.notify_all()
     if self._on_ready is not None:
         self._on_ready()
+
+
+# How long the first item of an imap's batch may wait for the rest of the
+# batch to be read, when the batch size adapts (no chunksize): then what
+# was read is sent. An input that gives items slowly, or that waits (a
+# queue, fed by the results of this very imap, say), would otherwise hold
+# the items read, forever if the next never came, where multiprocessing's
+# imap, which sends each item as it reads it, gives their results.
+LINGER = 0.005
+
+
+class _Batch:
+    """The items read for an imap's next batch, which the thread that reads
+    the input sends when the batch is whole (begin, append each item, end).
+    With a linger, a thread of its own sends what was read of a batch once
+    the batch is linger seconds old, while the input keeps the reader
+    waiting; the reader appends without a lock (list.append is atomic),
+    and whoever sends takes the items not yet sent under the lock."""
+
+    def __init__(self, job, core, cond, ref, linger: float):
+        self._lock = threading.Condition(threading.Lock())
+        self._items = []  # appended by the reader; the batch, from position pos
+        self.pos = 0  # guarded by _lock
+        self._sent = 0  # guarded by _lock: how many of _items were sent
+        self._since = None  # guarded by _lock: when the batch began, while it is read
+        self._job, self._core, self._cond, self._ref = job, core, cond, ref
+        self._linger = linger
+        self._thread = None
+        self._closed = False  # guarded by _lock
+
+    def begin(self):
+        """Begin a batch; return the function that adds an item to it."""
+        if self._linger:
+            with self._lock:
+                self._since = time.monotonic()
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._watch, name="safepool-imap-linger", daemon=True)
+                    self._thread.start()
+                else:
+                    self._lock.notify()
+        return self._items.append
+
+    def end(self) -> int:
+        """Send the rest of the batch; return how many items it had."""
+        with self._lock:
+            self._since = None
+            self._send_locked()
+            count = len(self._items)
+            del self._items[:]
+            self.pos += count
+            self._sent = 0
+        return count
+
+    def close(self):
+        """End the linger thread, if any: nothing more is read."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+
+    def _send_locked(self):
+        start, stop = self._sent, len(self._items)
+        if stop <= start:
+            return
+        self._sent = stop
+        self._core.submit(_Chunk(self._job, range(self.pos + start, self.pos + stop), self._items[start:stop]))
+        owner = self._ref()
+        if owner is not None:
+            with self._cond:
+                owner._fed = self.pos + stop
+
+    def _watch(self):
+        with self._lock:
+            while not self._closed:
+                if self._since is None:
+                    self._lock.wait()
+                    continue
+                left = self._since + self._linger - time.monotonic()
+                if left > 0:
+                    self._lock.wait(left)
+                    continue
+                # The batch is linger old: send what was read, and what
+                # is read later each linger.
+                self._send_locked()
+                self._since = time.monotonic()
 
 
 class _IterJob(_Job):

@@ -105,6 +105,11 @@ def dumps_code(obj, shown, main_importable: bool = True) -> bytes:
             # initializer's initargs, say), which no advice about
             # functions would mend.
             raise first
+        method = getattr(shown, "__func__", None)
+        if method is not None and _pickles(method):
+            # A bound method goes by its function's name and its object:
+            # what fails is the object (one that holds the pool, say).
+            raise first
         raise TypeError(
             "cannot send %r to a worker process: the standard pickle sends functions by "
             "name, and this one has no importable name (a lambda, a nested function or a "

@@ -219,6 +219,12 @@ class Pool:
         return "<%s.%s state=%s processes=%d>" % (type(self).__module__, type(self).__qualname__, self._state,
                                                  self._core.processes if self._state else 0)
 
+    def __reduce__(self):
+        # As multiprocessing.Pool: a pool reached from a task's arguments
+        # (self.pool, in the object of a bound method mapped) says so,
+        # rather than that a lock of its threads cannot be pickled.
+        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
+
     def __del__(self, _warn=warnings.warn, _RUN=RUN, _CLOSE=CLOSE, _finalizing=sys.is_finalizing):
         # As multiprocessing.Pool: a pool that is dropped while it runs is
         # a mistake, which a warning reports, and it is terminated: its

@@ -380,3 +380,13 @@ def big_result_noted(args):
     i, d, size = args
     open(os.path.join(d, str(i)), "w").close()
     return bytes(size)
+
+
+class HoldsPool:
+    """An object that holds a pool, whose bound method is mapped on it."""
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def work(self, x):
+        return x
