@@ -118,13 +118,14 @@ const dialEvery = 2 * time.Second
 // dial connects to the agent's server. An agent is a service, often
 // started beside the server or before it (by a batch system, a pod, a unit
 // file): while no server answers at its URL, it says so once and tries
-// again every dialEvery until one does or ctx ends. Any other failure
-// (credentials, no JetStream) ends it at once.
+// again every dialEvery until one does or ctx ends: none listens there,
+// or one takes connections but does not answer (stopped, hung). Any other
+// failure (credentials, no JetStream) ends it at once.
 func (a *Agent) dial(ctx context.Context) (*Conn, error) {
 	said := false
 	for {
 		conn, err := Dial(ctx, a.cfg.URL, "safepool agent "+a.name)
-		if err == nil || !errors.Is(err, nats.ErrNoServers) {
+		if err == nil || !errors.Is(err, ErrNoServer) {
 			if err == nil && said {
 				fmt.Fprintf(a.cfg.Log, "safepool agent %s: the NATS server at %s answers\n", a.name, Redact(a.cfg.URL))
 			}
@@ -177,7 +178,6 @@ func NewAgent(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 		return nil, err
 	}
 	a.conn = conn
-	conn.Notify(func(msg string) { fmt.Fprintf(a.cfg.Log, "safepool agent %s: %s\n", a.name, msg) })
 	for k := 0; k <= a.fit; k++ {
 		c, err := conn.stream.Consumer(ctx, consumerName(k))
 		if err != nil {
@@ -336,9 +336,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.name, slots, bytesize.Format(a.capacity), a.fit, a.conn.nc.ConnectedUrlRedacted())
 	var bg sync.WaitGroup
 	bgCtx, stopBg := context.WithCancel(context.Background())
-	bg.Add(2)
+	bg.Add(3)
 	go func() { defer bg.Done(); a.advertise(bgCtx) }()
 	go func() { defer bg.Done(); a.keepAlive(bgCtx) }()
+	go func() { defer bg.Done(); a.watchLink(bgCtx) }()
 
 	a.fetchLoop(ctx)
 
@@ -1421,6 +1422,29 @@ func (a *Agent) keepAlive(ctx context.Context) {
 			a.checkStore(ctx, 0)
 		}
 	}
+}
+
+// watchLink says in the agent's log when its connection to the server is
+// lost and when it is back (LinkWatch), with the tasks it runs meanwhile,
+// until ctx ends.
+func (a *Agent) watchLink(ctx context.Context) {
+	w := a.conn.Watch()
+	for sleep(ctx, time.Second) {
+		if msg := w.Say(); msg != "" {
+			a.mu.Lock()
+			n := a.held
+			a.mu.Unlock()
+			fmt.Fprintf(a.cfg.Log, "safepool agent %s: %s (%s held here)\n", a.name, msg, plural(n, "task"))
+		}
+	}
+}
+
+// plural returns n and noun, with an s unless n is 1.
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 func mapValues[K comparable, V any](m map[K]V) []V {

@@ -1,0 +1,107 @@
+package cluster_test
+
+import (
+	"fmt"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// echoes returns n inputs that sleep ms each and print themselves.
+func echoes(n, ms int) []string {
+	var in []string
+	for i := 0; i < n; i++ {
+		in = append(in, fmt.Sprintf("echo:%d", ms+i))
+	}
+	return in
+}
+
+// TestServerStopped: the server is stopped (SIGSTOP) in the middle of a
+// run kept in order (-k), longer than AckWait: the connections stay open
+// but nothing answers. The submitter and the agent say within seconds,
+// not the minutes NATS's own pings take, that they lost the server, with
+// how far the run got, and say so again when it is back. Every task's
+// output is shown once, in order, no task is counted lost or run twice,
+// and the run exits 0.
+func TestServerStopped(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	server := startServer(t, dir, "server", port)
+	agent := startAgent(t, dir, "agent1", url, "-j", "2")
+	const n = 12
+	in := echoes(n, 1000)
+	sub := submit(t, dir, "run", url, in, "-k")
+	run := runIDOf(t, sub)
+	waitRecorded(t, url, run, 2, 60*time.Second)
+	server.cmd.Process.Signal(syscall.SIGSTOP)
+	stopped := true
+	defer func() {
+		if stopped {
+			server.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	}()
+	// NATS's default pings (every 2 min, 2 unanswered) would take 6 min.
+	sub.waitLog(t, "lost the connection to the NATS server", 60*time.Second)
+	agent.waitLog(t, "lost the connection to the NATS server", 60*time.Second)
+	if s := sub.stderr(); !strings.Contains(s, fmt.Sprintf("tasks submitted, ")) || !strings.Contains(s, "stopped answering") {
+		t.Errorf("the submitter does not say why, or how far the run got:\n%s", s)
+	}
+	server.cmd.Process.Signal(syscall.SIGCONT)
+	stopped = false
+	sub.waitLog(t, "reconnected to the NATS server", 60*time.Second)
+	agent.waitLog(t, "reconnected to the NATS server", 60*time.Second)
+	if st := sub.wait(t, 90*time.Second); st != 0 {
+		t.Fatalf("run exited %d, want 0\n%s", st, sub.stderr())
+	}
+	if got, want := sub.out.String(), strings.Join(in, "\n")+"\n"; got != want {
+		t.Errorf("stdout = %q, want every input once, in order: %q", got, want)
+	}
+	s := summaryOf(t, dir, "run")
+	if s.Tasks.Done != n || s.Attempts != n || s.WorkerDeaths != 0 || len(s.Recovered) != 0 {
+		t.Errorf("summary = %+v, want %d tasks done in %d attempts, no worker death, none recovered", s, n, n)
+	}
+	if starts := startsOf(dir, "agent1"); starts != n {
+		t.Errorf("%d task starts, want %d", starts, n)
+	}
+	checkRecorded(t, url, run, n)
+}
+
+// TestServerNotAnswering: a server that takes connections but does not
+// answer (stopped with SIGSTOP, hung) is no server: an agent started
+// against it waits for it, saying so, as for a server not started yet,
+// and serves once it answers; a submitter does not wait, and exits 2
+// saying that no server answers.
+func TestServerNotAnswering(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	server := startServer(t, dir, "server", port)
+	server.cmd.Process.Signal(syscall.SIGSTOP)
+	stopped := true
+	defer func() {
+		if stopped {
+			server.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	}()
+	agent := start(t, dir, "agent1", "agent", "--nats", url, "--name", "agent1", "-j", "2")
+	agent.waitLog(t, "until a server answers", 30*time.Second)
+	sub := submit(t, dir, "early", url, sleeps(2, 100))
+	if st := sub.wait(t, 30*time.Second); st != 2 {
+		t.Errorf("a submitter with no server answering exited %d, want 2\n%s", st, sub.stderr())
+	}
+	if s := sub.stderr(); !strings.Contains(s, "no NATS server answers at "+url) {
+		t.Errorf("the submitter does not say that no server answers:\n%s", s)
+	}
+	server.cmd.Process.Signal(syscall.SIGCONT)
+	stopped = false
+	agent.waitLog(t, " per task (memory classes", 60*time.Second)
+	again := submit(t, dir, "run", url, sleeps(4, 100))
+	if st := again.wait(t, 60*time.Second); st != 0 {
+		t.Fatalf("run exited %d, want 0\n%s", st, again.stderr())
+	}
+	checkOutputs(t, again, 4)
+}
