@@ -109,6 +109,8 @@ type held struct {
 	// claimedAt is when this delivery's claim was made: a claim of
 	// another time in AttemptsBucket is a later delivery's (superseded).
 	claimedAt time.Time
+	// seq is the stream sequence of msg, 0 if unknown.
+	seq uint64
 }
 
 // dialEvery is how often an agent tries again to reach a NATS server that
@@ -608,6 +610,7 @@ func (a *Agent) claim(ctx context.Context, h *held) bool {
 		seq = md.Sequence.Stream
 		first = md.NumDelivered <= 1
 	}
+	h.seq = seq
 	redelivered := !first || t.Moved > 0
 	if !redelivered && seq != 0 {
 		if run, answered := a.claimFirst(ctx, h, seq); answered {
@@ -628,6 +631,21 @@ func (a *Agent) claim(ctx context.Context, h *held) bool {
 		h.prior, h.lost = ar.Attempts, ar.Lost
 		if c := ar.Claim; c != nil {
 			switch {
+			case ar.ClaimMsg != 0 && ar.ClaimMsg == seq && ar.ClaimBy == a.instance && a.runs(seq):
+				// This agent runs the task from this very message: the
+				// server, which heard nothing of it for AckWait (it was
+				// stopped, or cut off from this agent), gave it again. The
+				// task is neither lost nor run twice: this delivery is left
+				// unanswered, and the running one's progress and answer,
+				// which JetStream takes by the message, end it.
+				fmt.Fprintf(a.cfg.Log, "safepool agent %s: task %d of run %s, message %d, was given again while it runs here: it goes on\n",
+					a.name, t.Seq, t.Run, seq)
+				return false
+			case ar.ClaimMsg != 0 && ar.ClaimMsg == seq && ar.ClaimBy == a.instance:
+				// This agent's own claim of this message, whose delivery it
+				// answered without running the task: the claim was written
+				// although its answer was lost (the server away), or its
+				// withdrawal was lost. No loss.
 			case ar.ClaimMsg != 0 && ar.ClaimMsg == seq && first && c.Agent == a.name:
 				// This delivery's own claim (claimFirst's, its answer
 				// lost): no loss.
@@ -668,7 +686,7 @@ func (a *Agent) claim(ctx context.Context, h *held) bool {
 		}
 		now := time.Now().Round(0)
 		body, _ := marshal(attemptsRecord{Attempts: h.prior, Lost: h.lost,
-			Claim: &AttemptRecord{Agent: a.name, Start: now, End: now, ExitCode: -1}, ClaimMsg: seq})
+			Claim: &AttemptRecord{Agent: a.name, Start: now, End: now, ExitCode: -1}, ClaimMsg: seq, ClaimBy: a.instance})
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		if rev == 0 {
 			_, err = a.conn.attempts.Create(cctx, key, body)
@@ -705,7 +723,7 @@ func (a *Agent) claimFirst(ctx context.Context, h *held, seq uint64) (run, answe
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	now := time.Now().Round(0)
-	body, _ := marshal(attemptsRecord{Claim: &AttemptRecord{Agent: a.name, Start: now, End: now, ExitCode: -1}, ClaimMsg: seq})
+	body, _ := marshal(attemptsRecord{Claim: &AttemptRecord{Agent: a.name, Start: now, End: now, ExitCode: -1}, ClaimMsg: seq, ClaimBy: a.instance})
 	var rerr error
 	var wg sync.WaitGroup
 	wg.Go(func() { _, rerr = a.conn.results.Get(ctx, key) })
@@ -777,6 +795,21 @@ func (a *Agent) queued(ctx context.Context, seq uint64, t TaskMsg) (bool, error)
 		return false, nil // another task's: the stream was set up again since
 	}
 	return true, nil
+}
+
+// runs reports whether the agent holds a delivery of message seq of the
+// task stream.
+func (a *Agent) runs(seq uint64) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, l := range append([]*local{a.oneshot}, mapValues(a.lines)...) {
+		for _, h := range l.tasks {
+			if h.seq == seq {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // later hands m, task t's message, back for a while when its records

@@ -6,6 +6,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/safepool/safepool/internal/cluster"
+	"github.com/safepool/safepool/internal/testenv"
 )
 
 // echoes returns n inputs that sleep ms each and print themselves.
@@ -104,4 +107,47 @@ func TestServerNotAnswering(t *testing.T) {
 		t.Fatalf("run exited %d, want 0\n%s", st, again.stderr())
 	}
 	checkOutputs(t, again, 4)
+}
+
+// TestAgentCutOffAlone: the only agent's link to the server holds what it
+// sends for longer than AckWait while it runs two tasks, then breaks, and
+// the agent reconnects. The server gives the tasks again, to that agent,
+// which still runs them: they go on, run once each, and no agent is
+// counted lost. (It took its own claims for those of an agent lost, and
+// ran each task a second time.)
+func TestAgentCutOffAlone(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	startServer(t, dir, "server", port)
+	link := testenv.NewLink(t, port, 0)
+	agent := startAgent(t, dir, "agent1", fmt.Sprintf("nats://127.0.0.1:%d", link.Port), "-j", "4")
+	in := echoes(2, 15000)
+	sub := submit(t, dir, "run", url, in, "-k")
+	run := runIDOf(t, sub)
+	for startsOf(dir, "agent1") < 2 {
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(time.Second) // the claims are written
+	link.Hold()
+	time.Sleep(cluster.AckWait + 3*time.Second)
+	link.Cut()
+	if st := sub.wait(t, 60*time.Second); st != 0 {
+		t.Fatalf("run exited %d, want 0\n%s", st, sub.stderr())
+	}
+	if got, want := sub.out.String(), strings.Join(in, "\n")+"\n"; got != want {
+		t.Errorf("stdout = %q, want %q", got, want)
+	}
+	s := summaryOf(t, dir, "run")
+	if s.Tasks.Done != 2 || s.Attempts != 2 || s.WorkerDeaths != 0 || len(s.Recovered) != 0 {
+		t.Errorf("summary = %+v, want 2 tasks done in 2 attempts, no worker death, none recovered", s)
+	}
+	if starts := startsOf(dir, "agent1"); starts != 2 {
+		t.Errorf("%d task starts, want 2", starts)
+	}
+	if !strings.Contains(agent.stderr(), "was given again while it runs here") {
+		t.Errorf("the agent does not say that it was given its tasks again:\n%s", agent.stderr())
+	}
+	checkRecorded(t, url, run, 2)
 }
