@@ -1,7 +1,10 @@
 package cluster_test
 
 import (
+	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -107,6 +110,58 @@ func TestServerNotAnswering(t *testing.T) {
 		t.Fatalf("run exited %d, want 0\n%s", st, again.stderr())
 	}
 	checkOutputs(t, again, 4)
+}
+
+// TestRetriesExhausted: a task that always fails, run with --retries 2,
+// ends failed after exactly three attempts with its cause, counted once in
+// the summary; JetStream does not deliver it again afterwards. The other
+// task of the run is done.
+func TestRetriesExhausted(t *testing.T) {
+	t.Parallel()
+	dir, url := newCluster(t)
+	startAgent(t, dir, "agent1", url, "-j", "2")
+	sub := submit(t, dir, "run", url, []string{"fail:7", "echo:100"}, "--retries", "2", "-k")
+	run := runIDOf(t, sub)
+	if st := sub.wait(t, 60*time.Second); st != 1 {
+		t.Fatalf("run exited %d, want 1 (a task failed)\n%s", st, sub.stderr())
+	}
+	if got := sub.out.String(); got != "echo:100\n" {
+		t.Errorf("stdout = %q, want the other task's output", got)
+	}
+	s := summaryOf(t, dir, "run")
+	if s.Tasks.Submitted != 2 || s.Tasks.Done != 1 || s.Tasks.Failed != 1 || s.Attempts != 4 || s.WorkerDeaths != 3 ||
+		len(s.Failed) != 1 || s.Failed[0].ID != 1 || s.Failed[0].Cause != "exit:4" || !strings.Contains(s.Failed[0].Message, "failing 7") {
+		t.Errorf("summary = %+v, want task 1 failed (exit:4, its stderr) after 3 attempts, task 2 done", s)
+	}
+	jl, err := os.ReadFile(filepath.Join(dir, "run.tsv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Count(string(jl), "\nfail:7\t") + strings.Count(string(jl), "\n1\tfail:7\t"); got != 3 {
+		t.Errorf("the job log has %d attempts of task 1, want 3:\n%s", got, jl)
+	}
+	// Past AckWait, the task has not been delivered again, and the
+	// stream holds nothing of the run.
+	time.Sleep(cluster.AckWait + 2*time.Second)
+	b, _ := os.ReadFile(filepath.Join(dir, "starts-agent1"))
+	if got := strings.Count(string(b), "fail:7\n"); got != 3 {
+		t.Errorf("the failing task started %d times, want 3:\n%s", got, b)
+	}
+	js := jetStreamOf(t, url)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, cluster.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 0 {
+		t.Errorf("the stream holds %d messages after the run, want 0", info.State.Msgs)
+	}
+	checkRecorded(t, url, run, 2)
 }
 
 // TestAgentCutOffAlone: the only agent's link to the server holds what it
