@@ -221,7 +221,7 @@ func startOpts(t *testing.T, h Hello, worker string, opt Options) *session {
 }
 
 // startHello starts a session whose workers are the helper named worker,
-// with opt's Client, and sends it hello.
+// with opt's Client and, when not nil, its Stderr, and sends it hello.
 func startHello(t *testing.T, hello []byte, worker string, opt Options) *session {
 	t.Helper()
 	t.Setenv("SAFEPOOL_BRIDGE_TEST_WORKER", worker)
@@ -234,8 +234,12 @@ func startHello(t *testing.T, hello []byte, worker string, opt Options) *session
 		t.Fatal(err)
 	}
 	s := &session{t: t, w: inW, r: bufio.NewReader(outR), rf: outR, done: make(chan error, 1)}
+	stderr := opt.Stderr
+	if stderr == nil {
+		stderr = io.Discard
+	}
 	go func() {
-		err := Serve(context.Background(), inR, outW, Options{Stdout: io.Discard, Stderr: io.Discard, Client: opt.Client})
+		err := Serve(context.Background(), inR, outW, Options{Stdout: io.Discard, Stderr: stderr, Client: opt.Client})
 		inR.Close()
 		outW.Close()
 		s.done <- err

@@ -229,6 +229,11 @@ func serveRemote(ctx context.Context, url string, h Hello, br *bufio.Reader, bw 
 	waiting := time.NewTicker(remoteWaitingEvery)
 	defer waiting.Stop()
 	said := ""
+	// The connection to the server is looked at every second, apart from
+	// the waiting checks, whose requests wait seconds while it is away.
+	link := conn.Watch()
+	linkTick := time.NewTicker(time.Second)
+	defer linkTick.Stop()
 
 	deliver := func(seq uint64, m Meta, out []byte) {
 		delivered[seq] = true
@@ -286,6 +291,10 @@ loop:
 						abort = fmt.Errorf("task %d: worker died (%s) and on_worker_death is abort", rec.Seq, a.Cause)
 					}
 				}
+			}
+		case <-linkTick.C:
+			if msg := link.Say(); msg != "" {
+				fmt.Fprintf(stderr, "safepool: %s (%d tasks submitted, %d ended)\n", msg, published, len(delivered))
 			}
 		case <-waiting.C:
 			if w := run.Waiting(rctx); w != said {

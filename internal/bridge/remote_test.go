@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -70,12 +72,18 @@ func startRemote(t *testing.T, url string) *session {
 // startRemoteCommand is startRemote with the worker command command.
 func startRemoteCommand(t *testing.T, url string, command []string) *session {
 	t.Helper()
+	return startRemoteWith(t, url, command, Options{})
+}
+
+// startRemoteWith is startRemoteCommand with opt's Stderr.
+func startRemoteWith(t *testing.T, url string, command []string, opt Options) *session {
+	t.Helper()
 	h, _ := json.Marshal(Hello{Version: Version, Command: command, Workers: 2})
 	var m map[string]any
 	_ = json.Unmarshal(h, &m)
 	m["nats"] = url
 	hello, _ := json.Marshal(m)
-	s := startHello(t, hello, "1", Options{})
+	s := startHello(t, hello, "1", opt)
 	if f := s.next(); f.kind != KindReady {
 		t.Fatalf("first frame kind = %d, want ready: %s", f.kind, f.payload)
 	}
@@ -229,4 +237,70 @@ func TestRemoteLinkCut(t *testing.T) {
 	if q := queuedEver(t, port); q != n {
 		t.Errorf("the stream stored %d messages, want %d: a task was queued twice, or lost", q, n)
 	}
+}
+
+// lockedBuffer is a bytes.Buffer that a session writes and a test reads
+// at once.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// waitFor waits until b holds s.
+func (b *lockedBuffer) waitFor(t *testing.T, s string, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !strings.Contains(b.String(), s) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q on stderr after %v:\n%s", s, d, b.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestRemoteServerSilent: the link to the server holds what the session
+// sends, so that nothing it asks is answered, while its tasks wait for
+// an agent. The session says on stderr within seconds that it lost the
+// server, with how many tasks it submitted, and when it is back, once the
+// link breaks and it reconnects; its tasks are then answered once. It
+// said nothing for six minutes, NATS's pings, nor when the server was
+// back.
+func TestRemoteServerSilent(t *testing.T) {
+	port := startNATS(t)
+	link := testenv.NewLink(t, port, 0)
+	var stderr lockedBuffer
+	s := startRemoteWith(t, natsURL(link.Port), []string{os.Args[0]}, Options{Stderr: &stderr})
+	const n = 10
+	s.rf.SetReadDeadline(time.Now().Add(3 * time.Minute))
+	for i := 1; i <= n; i++ {
+		s.send(KindTask, uint64(i), fmt.Appendf(nil, "t%d", i))
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for queuedEver(t, port) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d tasks queued after 30 s, want %d", queuedEver(t, port), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	link.Hold()
+	stderr.waitFor(t, "lost the connection to the NATS server", 60*time.Second)
+	if want := fmt.Sprintf("(%d tasks submitted, 0 ended)", n); !strings.Contains(stderr.String(), want) {
+		t.Errorf("stderr does not say %q:\n%s", want, stderr.String())
+	}
+	link.Cut()
+	stderr.waitFor(t, "reconnected to the NATS server", 60*time.Second)
+	startAgent(t, port)
+	checkRemoteResults(t, s, n)
 }

@@ -378,6 +378,11 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 			}
 		}
 	})
+	// The connection to the server is looked at every second, off the
+	// checker, whose requests wait seconds each while the server is away.
+	link := conn.Watch()
+	linkTick := time.NewTicker(time.Second)
+	defer linkTick.Stop()
 	said := ""
 	lostSeen := 0                    // checks in a row that found the run gone from the server
 	lost := false                    // the server lost the run: there is nothing to abort
@@ -470,6 +475,10 @@ loop:
 				extra = true
 			default:
 				early[rec.Seq] = &rec
+			}
+		case <-linkTick.C:
+			if msg := link.Say(); msg != "" {
+				fmt.Fprintf(stderr, "safepool: %s (%d tasks submitted, %d ended)\n", msg, read, collected)
 			}
 		case c := <-checks:
 			// A server that lost the run (restarted on an empty store)

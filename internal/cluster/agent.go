@@ -109,6 +109,8 @@ type held struct {
 	// claimedAt is when this delivery's claim was made: a claim of
 	// another time in AttemptsBucket is a later delivery's (superseded).
 	claimedAt time.Time
+	// seq is the stream sequence of msg, 0 if unknown.
+	seq uint64
 }
 
 // dialEvery is how often an agent tries again to reach a NATS server that
@@ -118,13 +120,14 @@ const dialEvery = 2 * time.Second
 // dial connects to the agent's server. An agent is a service, often
 // started beside the server or before it (by a batch system, a pod, a unit
 // file): while no server answers at its URL, it says so once and tries
-// again every dialEvery until one does or ctx ends. Any other failure
-// (credentials, no JetStream) ends it at once.
+// again every dialEvery until one does or ctx ends: none listens there,
+// or one takes connections but does not answer (stopped, hung). Any other
+// failure (credentials, no JetStream) ends it at once.
 func (a *Agent) dial(ctx context.Context) (*Conn, error) {
 	said := false
 	for {
 		conn, err := Dial(ctx, a.cfg.URL, "safepool agent "+a.name)
-		if err == nil || !errors.Is(err, nats.ErrNoServers) {
+		if err == nil || !errors.Is(err, ErrNoServer) {
 			if err == nil && said {
 				fmt.Fprintf(a.cfg.Log, "safepool agent %s: the NATS server at %s answers\n", a.name, Redact(a.cfg.URL))
 			}
@@ -177,7 +180,6 @@ func NewAgent(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 		return nil, err
 	}
 	a.conn = conn
-	conn.Notify(func(msg string) { fmt.Fprintf(a.cfg.Log, "safepool agent %s: %s\n", a.name, msg) })
 	for k := 0; k <= a.fit; k++ {
 		c, err := conn.stream.Consumer(ctx, consumerName(k))
 		if err != nil {
@@ -336,9 +338,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.name, slots, bytesize.Format(a.capacity), a.fit, a.conn.nc.ConnectedUrlRedacted())
 	var bg sync.WaitGroup
 	bgCtx, stopBg := context.WithCancel(context.Background())
-	bg.Add(2)
+	bg.Add(3)
 	go func() { defer bg.Done(); a.advertise(bgCtx) }()
 	go func() { defer bg.Done(); a.keepAlive(bgCtx) }()
+	go func() { defer bg.Done(); a.watchLink(bgCtx) }()
 
 	a.fetchLoop(ctx)
 
@@ -607,6 +610,7 @@ func (a *Agent) claim(ctx context.Context, h *held) bool {
 		seq = md.Sequence.Stream
 		first = md.NumDelivered <= 1
 	}
+	h.seq = seq
 	redelivered := !first || t.Moved > 0
 	if !redelivered && seq != 0 {
 		if run, answered := a.claimFirst(ctx, h, seq); answered {
@@ -627,6 +631,21 @@ func (a *Agent) claim(ctx context.Context, h *held) bool {
 		h.prior, h.lost = ar.Attempts, ar.Lost
 		if c := ar.Claim; c != nil {
 			switch {
+			case ar.ClaimMsg != 0 && ar.ClaimMsg == seq && ar.ClaimBy == a.instance && a.runs(seq):
+				// This agent runs the task from this very message: the
+				// server, which heard nothing of it for AckWait (it was
+				// stopped, or cut off from this agent), gave it again. The
+				// task is neither lost nor run twice: this delivery is left
+				// unanswered, and the running one's progress and answer,
+				// which JetStream takes by the message, end it.
+				fmt.Fprintf(a.cfg.Log, "safepool agent %s: task %d of run %s, message %d, was given again while it runs here: it goes on\n",
+					a.name, t.Seq, t.Run, seq)
+				return false
+			case ar.ClaimMsg != 0 && ar.ClaimMsg == seq && ar.ClaimBy == a.instance:
+				// This agent's own claim of this message, whose delivery it
+				// answered without running the task: the claim was written
+				// although its answer was lost (the server away), or its
+				// withdrawal was lost. No loss.
 			case ar.ClaimMsg != 0 && ar.ClaimMsg == seq && first && c.Agent == a.name:
 				// This delivery's own claim (claimFirst's, its answer
 				// lost): no loss.
@@ -667,7 +686,7 @@ func (a *Agent) claim(ctx context.Context, h *held) bool {
 		}
 		now := time.Now().Round(0)
 		body, _ := marshal(attemptsRecord{Attempts: h.prior, Lost: h.lost,
-			Claim: &AttemptRecord{Agent: a.name, Start: now, End: now, ExitCode: -1}, ClaimMsg: seq})
+			Claim: &AttemptRecord{Agent: a.name, Start: now, End: now, ExitCode: -1}, ClaimMsg: seq, ClaimBy: a.instance})
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		if rev == 0 {
 			_, err = a.conn.attempts.Create(cctx, key, body)
@@ -704,7 +723,7 @@ func (a *Agent) claimFirst(ctx context.Context, h *held, seq uint64) (run, answe
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	now := time.Now().Round(0)
-	body, _ := marshal(attemptsRecord{Claim: &AttemptRecord{Agent: a.name, Start: now, End: now, ExitCode: -1}, ClaimMsg: seq})
+	body, _ := marshal(attemptsRecord{Claim: &AttemptRecord{Agent: a.name, Start: now, End: now, ExitCode: -1}, ClaimMsg: seq, ClaimBy: a.instance})
 	var rerr error
 	var wg sync.WaitGroup
 	wg.Go(func() { _, rerr = a.conn.results.Get(ctx, key) })
@@ -776,6 +795,21 @@ func (a *Agent) queued(ctx context.Context, seq uint64, t TaskMsg) (bool, error)
 		return false, nil // another task's: the stream was set up again since
 	}
 	return true, nil
+}
+
+// runs reports whether the agent holds a delivery of message seq of the
+// task stream.
+func (a *Agent) runs(seq uint64) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, l := range append([]*local{a.oneshot}, mapValues(a.lines)...) {
+		for _, h := range l.tasks {
+			if h.seq == seq {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // later hands m, task t's message, back for a while when its records
@@ -1421,6 +1455,29 @@ func (a *Agent) keepAlive(ctx context.Context) {
 			a.checkStore(ctx, 0)
 		}
 	}
+}
+
+// watchLink says in the agent's log when its connection to the server is
+// lost and when it is back (LinkWatch), with the tasks it runs meanwhile,
+// until ctx ends.
+func (a *Agent) watchLink(ctx context.Context) {
+	w := a.conn.Watch()
+	for sleep(ctx, time.Second) {
+		if msg := w.Say(); msg != "" {
+			a.mu.Lock()
+			n := a.held
+			a.mu.Unlock()
+			fmt.Fprintf(a.cfg.Log, "safepool agent %s: %s (%s held here)\n", a.name, msg, plural(n, "task"))
+		}
+	}
+}
+
+// plural returns n and noun, with an s unless n is 1.
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 func mapValues[K comparable, V any](m map[K]V) []V {

@@ -68,6 +68,8 @@ func TestMain(m *testing.M) {
 // stderr and exits 3; "touch:N" is "alloc:N" outside
 // the Go heap (no race detector's shadow of it). "hold:N", not a task,
 // holds N MiB, says "ready" and holds them until its stdin ends.
+// "fail:N" prints "failing N" on stderr and exits 4; "echo:MS" sleeps MS
+// milliseconds and prints its argument.
 // "termtrap:FILE" waits for SIGTERM, then writes "cleaned" to FILE and
 // exits 7; "termignore:0" ignores SIGTERM and sleeps.
 func helper(arg string) int {
@@ -115,6 +117,14 @@ func helper(arg string) int {
 		noteStart(arg)
 		time.Sleep(time.Duration(v) * time.Millisecond)
 		fmt.Println("ok")
+	case "fail":
+		noteStart(arg)
+		fmt.Fprintln(os.Stderr, "failing", v)
+		return 4
+	case "echo":
+		noteStart(arg)
+		time.Sleep(time.Duration(v) * time.Millisecond)
+		fmt.Println(arg)
 	case "spew":
 		// "spew:N" writes 100 KiB to stdout, N MiB to stderr ending
 		// "the end", and exits 3.

@@ -171,6 +171,11 @@ type attemptsRecord struct {
 	// message of the task (a second copy) is not run while ClaimMsg is on
 	// the stream.
 	ClaimMsg uint64 `json:"claim_msg,omitempty"`
+	// ClaimBy is the instance (AgentInfo.Instance) of the agent that made
+	// Claim; empty from an agent of an earlier version. An agent finds its
+	// own claims by it: a claim of its own is never one lost with its
+	// agent, whatever the server did meanwhile.
+	ClaimBy string `json:"claim_by,omitempty"`
 }
 
 // AgentInfo is what an agent advertises in AgentsBucket.

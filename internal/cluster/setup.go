@@ -30,14 +30,13 @@ type Conn struct {
 	// JetStream cluster, 1 on a single server.
 	Replicas int
 
-	mu        sync.Mutex   // guards the fields below, set by the connection's handlers
-	downSince time.Time    // when the connection was lost; zero while connected
-	downErr   error        // why, if known
-	backAt    time.Time    // when the connection last came back after a loss
-	notify    func(string) // told of each loss and return of the connection; may be nil
-	denied    error        // the last permissions violation the server reported
-	stopSetup func()       // while setup runs: ends its requests, which a violation leaves unanswered
-	setUp     bool         // setup has ended: asyncErr prints what it is told
+	mu        sync.Mutex // guards the fields below, set by the connection's handlers
+	downSince time.Time  // when the server was last known to answer, once the connection is lost; zero while connected
+	downErr   error      // why, if known
+	backAt    time.Time  // when the connection last came back after a loss
+	denied    error      // the last permissions violation the server reported
+	stopSetup func()     // while setup runs: ends its requests, which a violation leaves unanswered
+	setUp     bool       // setup has ended: asyncErr prints what it is told
 }
 
 // Dial connects to the NATS server at url (a comma-separated list of
@@ -50,12 +49,17 @@ func Dial(ctx context.Context, url, name string) (*Conn, error) {
 		nats.Name(name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250*time.Millisecond),
+		nats.PingInterval(pingEvery),
+		nats.MaxPingsOutstanding(pingsOut),
 		nats.RetryOnFailedConnect(false),
 		nats.DisconnectErrHandler(c.lost),
 		nats.ReconnectHandler(c.back),
 		nats.ErrorHandler(c.asyncErr),
 	)
 	if err != nil {
+		if noServer(err) {
+			return nil, fmt.Errorf("cluster: %w at %s (%v)", ErrNoServer, Redact(url), err)
+		}
 		return nil, fmt.Errorf("cluster: connecting to %s: %w", Redact(url), err)
 	}
 	c.nc = nc
@@ -68,33 +72,6 @@ func Dial(ctx context.Context, url, name string) (*Conn, error) {
 
 // Close closes the connection.
 func (c *Conn) Close() { c.nc.Close() }
-
-// Notify has f told, in a sentence, each time the connection to the
-// server is lost and each time it is back, so that a long wait for an
-// absent server is not silent.
-func (c *Conn) Notify(f func(msg string)) {
-	c.mu.Lock()
-	c.notify = f
-	c.mu.Unlock()
-}
-
-// lost notes that the connection to the server is lost; the client
-// reconnects for ever.
-func (c *Conn) lost(nc *nats.Conn, err error) {
-	if nc.IsClosed() {
-		return // Close, not a loss
-	}
-	c.mu.Lock()
-	if c.downSince.IsZero() {
-		c.downSince = time.Now()
-	}
-	c.downErr = err
-	f := c.notify
-	c.mu.Unlock()
-	if f != nil {
-		f(c.downMessage())
-	}
-}
 
 // asyncErr is told of the errors the server reports apart from any
 // request, such as a permissions violation, which a request the server
@@ -114,43 +91,6 @@ func (c *Conn) asyncErr(nc *nats.Conn, sub *nats.Subscription, err error) {
 	if setUp {
 		fmt.Fprintf(os.Stderr, "safepool: NATS: %v\n", err)
 	}
-}
-
-// back notes that the connection to the server is back.
-func (c *Conn) back(nc *nats.Conn) {
-	c.mu.Lock()
-	since := c.downSince
-	c.downSince, c.downErr = time.Time{}, nil
-	c.backAt = time.Now()
-	f := c.notify
-	c.mu.Unlock()
-	if f != nil && !since.IsZero() {
-		f(fmt.Sprintf("reconnected to the NATS server at %s after %v", nc.ConnectedUrlRedacted(), time.Since(since).Round(time.Second)))
-	}
-}
-
-// reconnectedAt returns when the connection last came back after a loss,
-// or the zero time.
-func (c *Conn) reconnectedAt() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.backAt
-}
-
-// downMessage says that the connection is lost and why, or returns ""
-// while it is up.
-func (c *Conn) downMessage() string {
-	c.mu.Lock()
-	since, err := c.downSince, c.downErr
-	c.mu.Unlock()
-	if since.IsZero() {
-		return ""
-	}
-	why := ""
-	if err != nil {
-		why = fmt.Sprintf(" (%v)", err)
-	}
-	return fmt.Sprintf("lost the connection to the NATS server%s; reconnecting to %s for as long as it takes", why, Redact(strings.Join(c.nc.Servers(), ",")))
 }
 
 // Redact returns urls, a comma-separated list of server URLs, with any

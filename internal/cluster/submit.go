@@ -513,12 +513,13 @@ func (r *Run) OtherVersions(ctx context.Context, version string) map[string]stri
 	return out
 }
 
-// Waiting says what keeps tasks from running, or "" when nothing does: a
-// lost connection to the server, no live agent at all, or tasks in a
-// memory class no live agent fits.
+// Waiting says what keeps tasks from running, or "" when nothing does:
+// no live agent at all, or tasks in a memory class no live agent fits.
+// It says nothing while the connection to the server is lost: a
+// LinkWatch tells of that.
 func (r *Run) Waiting(ctx context.Context) string {
-	if m := r.c.downMessage(); m != "" {
-		return m
+	if since, _ := r.c.down(); !since.IsZero() {
+		return ""
 	}
 	agents, err := r.c.liveAgents(ctx)
 	if err != nil {
