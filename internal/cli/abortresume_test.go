@@ -14,7 +14,7 @@ import (
 // number, as its summary's list, the job log and the JSON summary's
 // failed list do. It named the pool's own number of the task, which skips
 // the inputs an earlier run finished: "aborted because task 2 failed" over
-// "task 4 (input '4') exit:3".
+// "task 4 (input '4') exit:1 after 1 attempt".
 func TestResumeAbortNamesInput(t *testing.T) {
 	bin := buildSafepool(t)
 	for _, mode := range []string{"run", "map"} {
