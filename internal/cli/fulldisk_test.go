@@ -143,6 +143,36 @@ func TestFullDiskJournalLeftOut(t *testing.T) {
 	}
 }
 
+// TestFullDiskJournalHalfMade runs safepool with a journal on a disk
+// with room for its first page but not for its schema: nothing is left of
+// the journal, as when nothing fits. Its schema was made a table at a
+// time, and the tables made before the disk was full stayed, with the
+// schema's version, beside a WAL of most of a megabyte: a journal half
+// made, which the report took for one that holds no run.
+func TestFullDiskJournalHalfMade(t *testing.T) {
+	disk := smallDisk(t, "768k")
+	fillDisk(t, disk)
+	filler := filepath.Join(disk, "filler")
+	fi, err := os.Stat(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(filler, fi.Size()-256<<10); err != nil {
+		t.Fatal(err)
+	}
+	bin := buildSafepool(t)
+	j := filepath.Join(disk, "jobs.db")
+	code, stderr := runIn(t, t.TempDir(), nil, nil, bin, "run", "--no-progress", "--journal", j, "--", "true", ":::", "a")
+	if code != 2 || !strings.Contains(stderr, "safepool: cannot open the journal: ") {
+		t.Fatalf("exit %d, stderr:\n%s\nwant exit 2 and that the journal cannot be opened", code, stderr)
+	}
+	for _, name := range []string{j, j + "-wal", j + "-shm", j + "-journal"} {
+		if fi, err := os.Stat(name); err == nil {
+			t.Errorf("%s is left, %d bytes; want no file", name, fi.Size())
+		}
+	}
+}
+
 // TestFullTmpdirSaysSo runs jobs whose output outgrows memory with a full
 // $TMPDIR: each fails with cause output-lost, and the summary says once
 // that $TMPDIR, by its name, was full.

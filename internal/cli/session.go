@@ -89,6 +89,10 @@ type job struct {
 type taskSeqs struct {
 	mu sync.Mutex
 	m  map[uint64]uint64 // guarded by mu
+	// abortID and abortSeq are the pool's id and the input's number of
+	// the task the pool aborted for (--on-worker-death abort), kept past
+	// its result for the summary's reason; guarded by mu.
+	abortID, abortSeq uint64
 }
 
 // note records that pool task id is the seq-th input.
@@ -111,7 +115,39 @@ func (ts *taskSeqs) of(id uint64) uint64 {
 	if seq, ok := ts.m[id]; ok {
 		return seq
 	}
+	if id == ts.abortID && id != 0 {
+		return ts.abortSeq
+	}
 	return id
+}
+
+// keepAbort keeps the input's number of the task of r, which failed, when
+// the pool aborted for it (poolErr, the pool's Err), for the summary's
+// reason. The pool records that reason before it delivers the result.
+func (ts *taskSeqs) keepAbort(r *pool.Result, poolErr error) {
+	var ae *pool.AbortError
+	if ts == nil || !errors.As(poolErr, &ae) || ae.TaskID == 0 {
+		return
+	}
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if seq, ok := ts.m[ae.TaskID]; ok && holds(r, ae.TaskID) {
+		ts.abortID, ts.abortSeq = ae.TaskID, seq
+	}
+}
+
+// holds reports whether r is the result of pool task id, or of a batch
+// that holds it.
+func holds(r *pool.Result, id uint64) bool {
+	if r.ID == id {
+		return true
+	}
+	for _, it := range r.Items {
+		if it.ID == id {
+			return true
+		}
+	}
+	return false
 }
 
 // forget drops the tasks of r, whose result is in.
@@ -587,6 +623,9 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 				j.blocks.observe(&r)
 			}
 			sum.add(&r)
+			if r.State == pool.Failed || r.State == pool.Poison {
+				j.seqs.keepAbort(&r, p.Err())
+			}
 			j.seqs.forget(&r)
 			if o.err != nil {
 				led.lost(&r)
@@ -666,7 +705,7 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		status = exitAborted
 	case poolErr != nil:
 		sum.Aborted = true
-		sum.AbortReason = abortReason(poolErr)
+		sum.AbortReason = abortReason(poolErr, j.seqs)
 		status = exitAborted
 	case readErr != nil:
 		// The input stopped early: what was read ran to its end.
@@ -803,12 +842,18 @@ func cannotStart(poolErr error, stats pool.Stats) *pool.StartError {
 	return se
 }
 
-// abortReason says why the pool aborted, for the summary.
-func abortReason(err error) string {
+// abortReason says why the pool aborted, for the summary, naming a task
+// by its input's number (seqs).
+func abortReason(err error, seqs *taskSeqs) string {
 	var ae *pool.AbortError
 	if errors.As(err, &ae) && ae.Reason != nil {
 		var te *pool.TaskError
 		if errors.As(ae.Reason, &te) {
+			if te.Result != nil {
+				r := *te.Result
+				r.ID = seqs.of(r.ID)
+				te = &pool.TaskError{Result: &r}
+			}
 			return quoteMessage(fmt.Sprintf("%v (--on-worker-death abort)", te))
 		}
 		return quoteMessage(ae.Reason.Error())

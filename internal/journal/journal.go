@@ -13,6 +13,7 @@
 package journal
 
 import (
+	"context"
 	"database/sql"
 	_ "embed"
 	"encoding/json"
@@ -103,9 +104,10 @@ func Open(path string) (*Journal, error) {
 	db.SetMaxOpenConns(2)
 	j := &Journal{db: db, path: path}
 	if err := j.init(); err != nil {
+		unmade := created && j.unmade()
 		db.Close()
 		if created {
-			removeUnmade(path)
+			removeUnmade(path, unmade)
 		}
 		return nil, explainOpen(err, path)
 	}
@@ -171,14 +173,20 @@ func OpenRead(path string) (*Journal, error) {
 }
 
 // removeUnmade removes the file of a journal that Open made but could not
-// set up, when it is still empty (on a full disk, SQLite leaves it so): it
-// holds nothing, and left behind it would pass for a journal, which the
-// report takes for another program's database. A file that has anything in
-// it may be another run's, made meanwhile, and stays.
-func removeUnmade(path string) {
-	if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() && fi.Size() == 0 {
-		os.Remove(path)
+// set up, when it is still empty (on a full disk, SQLite leaves it so), or
+// holds no table (empty, found so before it was closed): it holds nothing,
+// and left behind it would pass for a journal, which the report takes for
+// another program's database. The WAL and shared memory that SQLite may
+// leave beside it go with it. A file that has a table may be another
+// run's, made meanwhile, and stays.
+func removeUnmade(path string, empty bool) {
+	fi, err := os.Stat(path)
+	if err != nil || !fi.Mode().IsRegular() || fi.Size() != 0 && !empty {
+		return
 	}
+	os.Remove(path)
+	os.Remove(path + "-wal")
+	os.Remove(path + "-shm")
 }
 
 // fileKind names the kind of file of mode m, which is not a regular one.
@@ -227,10 +235,28 @@ func (j *Journal) init() error {
 	if _, err := j.db.Exec("PRAGMA journal_mode=WAL"); err != nil {
 		return fmt.Errorf("journal: setting WAL mode in %s: %w", j.path, err)
 	}
-	if _, err := j.db.Exec(schema); err != nil {
+	// In one transaction, on one connection (the rollback must reach the
+	// one that began it): a disk that fills part of the way through
+	// leaves no half-made schema, which would pass for a journal.
+	ctx := context.Background()
+	conn, err := j.db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("journal: opening %s: %w", j.path, err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "BEGIN;\n"+schema+"\nCOMMIT;"); err != nil {
+		_, _ = conn.ExecContext(ctx, "ROLLBACK")
 		return fmt.Errorf("journal: creating the schema in %s: %w", j.path, explainWrite(err, j.path))
 	}
 	return nil
+}
+
+// unmade reports whether the journal's file holds no table: a file that
+// Open made, and could not set up, holds nothing of a journal.
+func (j *Journal) unmade() bool {
+	var objects int
+	err := j.db.QueryRow("SELECT count(*) FROM sqlite_master").Scan(&objects)
+	return err == nil && objects == 0
 }
 
 // DB returns the journal's database, for readers such as the report.

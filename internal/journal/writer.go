@@ -390,13 +390,26 @@ func (w *Writer) Close(exitStatus int) error {
 		// What the run did after the error is not in the journal: the
 		// run's row says so (IncompleteEvent), lest its end, written
 		// now when there is room again, pass it for the whole run; and
-		// the run exits 1 for it.
+		// the run exits 1 for it. Both in one transaction: the end was
+		// seen written where the event found no room (a WAL at the file
+		// size limit), and the report took the rest for the whole run.
 		exitStatus = max(exitStatus, 1)
-		w.j.db.Exec(`INSERT INTO event (run_id, at, kind, detail) VALUES (?, ?, ?, ?)`,
-			w.runID, w.errAt.UnixNano(), IncompleteEvent, explainWrite(w.err, w.j.path).Error())
-	}
-	if _, err := w.j.db.Exec(`UPDATE run SET ended = ?, exit_status = ? WHERE id = ?`,
-		time.Now().UnixNano(), exitStatus, w.runID); err != nil && w.err == nil {
+		if tx, err := w.j.db.Begin(); err == nil {
+			_, err = tx.Exec(`INSERT INTO event (run_id, at, kind, detail) VALUES (?, ?, ?, ?)`,
+				w.runID, w.errAt.UnixNano(), IncompleteEvent, explainWrite(w.err, w.j.path).Error())
+			if err == nil {
+				_, err = tx.Exec(`UPDATE run SET ended = ?, exit_status = ? WHERE id = ?`,
+					time.Now().UnixNano(), exitStatus, w.runID)
+			}
+			if err == nil {
+				err = tx.Commit()
+			}
+			if err != nil {
+				tx.Rollback()
+			}
+		}
+	} else if _, err := w.j.db.Exec(`UPDATE run SET ended = ?, exit_status = ? WHERE id = ?`,
+		time.Now().UnixNano(), exitStatus, w.runID); err != nil {
 		w.err = err
 	}
 	if w.lock != nil {

@@ -885,9 +885,19 @@ func (s *Session) Preempt(id uint64) bool {
 // Cancel ends the process because the pool aborts: with SIGTERM, then
 // SIGKILL after Config.Grace, or at once when now is set. A persistent
 // process's attempts are cancelled whatever else was killing it; a one-shot
-// process the pool had already ended keeps that cause.
+// process the pool had already ended keeps that cause, and one that had
+// ended by itself, its job done or failed, keeps its own end: the stop came
+// too late to change it.
 func (s *Session) Cancel(now bool) {
-	if s.killed == "" || s.cfg.Spec.IO != IONone {
+	switch {
+	case s.cfg.Spec.IO != IONone:
+		s.killed = CauseCancelled
+	case s.killed == "" && !s.proc.Exited() && !s.proc.exiting():
+		// Its runner may see the stop before its end (both are ready, or
+		// the process has exited and is not reaped yet, or is exiting):
+		// taken for cancelled, a job that had done its work ran again on
+		// --resume. It is signalled all the same: a process whose first
+		// thread has exited may have others.
 		s.killed = CauseCancelled
 	}
 	s.sentKill = true // now, or after Grace

@@ -674,3 +674,39 @@ func TestSessionEndStderrLine(t *testing.T) {
 		})
 	}
 }
+
+// TestSessionCancelAfterExit: a one-shot process that has exited by itself
+// keeps its own end when the pool's stop reaches it after that (its runner
+// sees the stop and the end at once, and may take the stop first). It was
+// taken for cancelled, whatever its status, so that a job that had done
+// its work ran again on resume.
+func TestSessionCancelAfterExit(t *testing.T) {
+	tests := []struct {
+		name  string
+		input string
+		cause Cause
+	}{
+		{"done", "a", ""},
+		{"failed", "die", ExitCause(3)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s, err := StartSession(helperConfig("oneshot", IONone, "--", tt.input), &host{})
+			if err != nil {
+				t.Fatalf("StartSession() = %v", err)
+			}
+			s.Send(&Flight{ID: 1, Input: []byte(tt.input)})
+			s.Flush()
+			<-s.Done()
+			s.Cancel(false)
+			d := s.Reap()
+			if d.Cause != tt.cause || d.Killed != "" {
+				t.Errorf("Death = cause %q killed %q, want %q and none (stderr %q)", d.Cause, d.Killed, tt.cause, d.Stderr)
+			}
+			if len(d.Flights) != 1 || d.Flights[0].Outcome.Cause != tt.cause {
+				t.Errorf("flights = %+v, want one of cause %q", d.Flights, tt.cause)
+			}
+		})
+	}
+}

@@ -1,0 +1,66 @@
+package cli
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestResumeAbortNamesInput checks that a resumed run stopped by
+// --on-worker-death abort names the task it stopped for by its input's
+// number, as its summary's list, the job log and the JSON summary's
+// failed list do. It named the pool's own number of the task, which skips
+// the inputs an earlier run finished: "aborted because task 2 failed" over
+// "task 4 (input '4') exit:1 after 1 attempt".
+func TestResumeAbortNamesInput(t *testing.T) {
+	bin := buildSafepool(t)
+	for _, mode := range []string{"run", "map"} {
+		t.Run(mode, func(t *testing.T) {
+			dir := t.TempDir()
+			jdb, js := filepath.Join(dir, "j.db"), filepath.Join(dir, "s.json")
+			// Input 4 fails; the first run does inputs 1 and 2 only.
+			var cmd []string
+			if mode == "run" {
+				cmd = []string{"--", "sh", "-c", `[ "$1" != 4 ]`, "sh", "{}"}
+			} else {
+				cmd = []string{"--worker", `while read -r l; do [ "$l" != 4 ] || exit 3; echo "$l"; done`}
+			}
+			sp := func(input string, flags ...string) string {
+				t.Helper()
+				args := append([]string{mode, "--no-progress", "-j", "1", "--on-worker-death", "abort",
+					"--journal", jdb, "--json", js}, flags...)
+				c := exec.Command(bin, append(args, cmd...)...)
+				c.Stdin = strings.NewReader(input)
+				out, err := c.CombinedOutput()
+				if _, ok := err.(*exec.ExitError); err != nil && !ok {
+					t.Fatalf("safepool %s: %v\n%s", strings.Join(args, " "), err, out)
+				}
+				return string(out)
+			}
+			sp("1\n2\n")
+			out := sp("1\n2\n3\n4\n5\n", "--resume")
+			if !strings.Contains(out, "task 4 (input '4')") {
+				t.Fatalf("the summary does not list task 4 as failed:\n%s", out)
+			}
+			if want := "aborted because task 4 failed"; !strings.Contains(out, want) {
+				t.Errorf("the summary does not say %q:\n%s", want, out)
+			}
+			data, err := os.ReadFile(js)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var s struct {
+				AbortReason string `json:"abort_reason"`
+			}
+			if err := json.Unmarshal(data, &s); err != nil {
+				t.Fatalf("the JSON summary: %v\n%s", err, data)
+			}
+			if !strings.HasPrefix(s.AbortReason, "task 4 failed") {
+				t.Errorf("abort_reason = %q, want it to start with %q", s.AbortReason, "task 4 failed")
+			}
+		})
+	}
+}
