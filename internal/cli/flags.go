@@ -121,16 +121,12 @@ func (f *commonFlags) config(cmd string, protocol pool.Protocol, command []strin
 			return cfg, usagef(cmd, "--on-worker-death must be retry, skip or abort, not %q", f.onDeath)
 		}
 		cfg.OnWorkerDeath = a
-		if f.retries > 0 && a != pool.Retry {
-			// The pool retries only under Retry: taken silently, --retries
-			// did nothing, where GNU parallel's --retries with --halt
-			// now,fail=1 retries a job before it halts.
-			what := "fails a task at its first failure"
-			if a == pool.Abort {
-				what = "stops the run at the first failure"
-			}
-			return cfg, usagef(cmd, "--retries %d and --on-worker-death %s: %s %s, and no task would be retried (leave out --on-worker-death to retry)",
-				f.retries, a, a, what)
+		if f.retries > 0 && a == pool.Skip {
+			// Skip retries nothing: taken silently, --retries did nothing.
+			// (Abort retries first, then stops the run, as GNU parallel's
+			// --retries with --halt now,fail=1.)
+			return cfg, usagef(cmd, "--retries %d and --on-worker-death skip: skip fails a task at its first failure, and no task would be retried (leave out --on-worker-death to retry)",
+				f.retries)
 		}
 	}
 	return cfg, nil

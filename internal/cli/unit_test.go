@@ -649,7 +649,6 @@ func TestUsageErrors(t *testing.T) {
 		{"negative timeout grace with nats", []string{"map", "--nats", "nats://127.0.0.1:1", "--timeout-grace", "-1s", "cat"}, "safepool map: --timeout-grace must not be negative"},
 		{"parallel's termseq", []string{"run", "--termseq", "TERM,200,KILL,25", "echo"}, "safepool run: unknown flag: --termseq (--timeout sends SIGTERM, then SIGKILL after --timeout-grace (0: SIGKILL at once))"},
 		{"bad action", []string{"run", "--on-worker-death", "panic", "echo"}, `safepool run: --on-worker-death must be retry, skip or abort, not "panic"`},
-		{"retries with abort", []string{"run", "--retries", "2", "--on-worker-death", "abort", "echo"}, "safepool run: --retries 2 and --on-worker-death abort: abort stops the run at the first failure, and no task would be retried"},
 		{"retries with skip", []string{"map", "--on-worker-death=skip", "--retries=1", "cat"}, "safepool map: --retries 1 and --on-worker-death skip: skip fails a task at its first failure, and no task would be retried"},
 		{"missing command", []string{"run", "-j", "2"}, "safepool run: missing command"},
 		{"missing command before colons", []string{"run", ":::", "a"}, "safepool run: missing command"},
