@@ -701,13 +701,18 @@ def _feed_batches(ref, core, cond, iterable, batch):
                 stopped = True
                 break
             append = batch.begin()
+            whole = False
             try:
                 for item in itertools.islice(it, max(1, min(self._chunksize, room))):
                     append(item)
+                whole = True
             finally:
-                # Also when the input raises: the items read before it
-                # run, and their results come before its exception.
-                got = batch.end()
+                # When the input raises, the items read before it run, and
+                # their results come before its exception, where batches
+                # are the pool's own; with the caller's chunksize, the
+                # chunk the input broke off is dropped and the exception
+                # comes in its place, as multiprocessing's imap does.
+                got = batch.end(send=whole or self._fixed is None)
             if not got:
                 break
             self._adapt()
@@ -781,11 +786,15 @@ class _Batch:
                     self._lock.notify()
         return self._items.append
 
-    def end(self) -> int:
-        """Send the rest of the batch; return how many items it had."""
+    def end(self, send: bool = True) -> int:
+        """Send the rest of the batch (unless not send: drop what was not
+        sent); return how many items it had."""
         with self._lock:
             self._since = None
-            self._send_locked()
+            if send:
+                self._send_locked()
+            else:
+                del self._items[self._sent:]
             count = len(self._items)
             del self._items[:]
             self.pos += count
