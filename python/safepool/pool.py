@@ -96,8 +96,9 @@ class Pool:
             never forks.
         retries: how many more times a task whose worker died is run.
         on_worker_death: "skip" (fail the task, go on), "retry" (run it
-            again up to `retries` times, then fail it) or "abort" (fail it
-            and stop the pool). None means "retry" if retries else "skip".
+            again up to `retries` times, then fail it) or "abort" (the same
+            retries, then fail it and stop the pool). None means "retry" if
+            retries else "skip".
         timeout: seconds a task may run before its worker is ended
             (SIGTERM to its process group, then SIGKILL after
             timeout_grace) and the task fails with cause "timeout".
