@@ -64,3 +64,35 @@ func TestResumeAbortNamesInput(t *testing.T) {
 		})
 	}
 }
+
+// TestResumeStallNamesInput checks that the notice of a worker that holds a
+// line unanswered names the line's task by its input's number in a resumed
+// map, as the summary does: it named the pool's own number, which skips the
+// inputs an earlier run finished ("task 2" for the fourth input).
+func TestResumeStallNamesInput(t *testing.T) {
+	bin := buildSafepool(t)
+	dir := t.TempDir()
+	jdb := filepath.Join(dir, "j.db")
+	// At line 4 the worker reads on without answering it, as a worker
+	// that does not flush its output does.
+	worker := `while read -r l; do if [ "$l" = 4 ]; then cat >/dev/null; fi; echo "$l"; done`
+	sp := func(input string, flags ...string) string {
+		t.Helper()
+		args := append([]string{"map", "--no-progress", "-j", "1", "--stall-timeout", "2s", "--journal", jdb}, flags...)
+		c := exec.Command(bin, append(args, "--worker", worker)...)
+		c.Stdin = strings.NewReader(input)
+		out, err := c.CombinedOutput()
+		if _, ok := err.(*exec.ExitError); err != nil && !ok {
+			t.Fatalf("safepool %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	sp("1\n2\n")
+	out := sp("1\n2\n3\n4\n5\n", "--resume")
+	if !strings.Contains(out, "read the line of task 4 but") {
+		t.Fatalf("the stall notice does not name task 4:\n%s", out)
+	}
+	if !strings.Contains(out, "task 4 (input '4')") {
+		t.Errorf("the summary does not list task 4 as failed:\n%s", out)
+	}
+}

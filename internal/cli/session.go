@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -119,6 +121,20 @@ func (ts *taskSeqs) of(id uint64) uint64 {
 		return ts.abortSeq
 	}
 	return id
+}
+
+// renumber returns msg, a pool's notice about task id, with the task
+// named by its input's number: "task 2" in a pool's words is the fourth
+// input in a run resumed after the first two.
+func (ts *taskSeqs) renumber(msg string, id uint64) string {
+	if id == 0 {
+		return msg
+	}
+	seq := ts.of(id)
+	if seq == id {
+		return msg
+	}
+	return strings.Replace(msg, "task "+strconv.FormatUint(id, 10)+" ", "task "+strconv.FormatUint(seq, 10)+" ", 1)
 }
 
 // keepAbort keeps the input's number of the task of r, which failed, when
@@ -288,7 +304,8 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 		case pool.EventWorkerStalled, pool.EventWorkerOutOfStep, pool.EventWorkerOverMaxRSS:
 			if !said[ev.Kind] {
 				said[ev.Kind] = true
-				prog.pause(func() { fmt.Fprintf(stderr, "safepool: %s\n", quoteMessage(ev.Message)) })
+				msg := j.seqs.renumber(ev.Message, ev.TaskID)
+				prog.pause(func() { fmt.Fprintf(stderr, "safepool: %s\n", quoteMessage(msg)) })
 			}
 		}
 	}
