@@ -110,6 +110,13 @@ func (s *segmentReader) resume() bool {
 // parallel does: a short input is one block, not its records and then its
 // unended last one. What was read past the cut (carry) starts the next
 // block, and counts within that block's size like what is read for it.
+//
+// A record longer than a block is read in parts of a block each (at least
+// longPart), put together once its end is found: the supervisor then holds
+// about twice the record at its peak. A buffer that doubled as the record
+// grew held up to three times it (a 300 MB record took the supervisor to
+// 920 MB: the old array and the new one of 512 MB at the last growth),
+// and append's growth by a quarter at a time copied it over and over.
 func (b *blockReader) next() ([]byte, error) {
 	if b.eof && len(b.carry) == 0 && b.r.resume() {
 		b.eof = false // the input goes on in the next file
@@ -120,14 +127,17 @@ func (b *blockReader) next() ([]byte, error) {
 	copy(buf, b.carry)
 	b.carry = nil
 	// long: no record ends within the first size bytes; searched: no
-	// record end starts in buf before it.
+	// record end starts in buf before it. parts hold the start of a long
+	// record, held bytes in all, buf the rest read so far.
 	long, searched := false, 0
+	var parts [][]byte
+	held := 0
 	cut := -1
 	for cut < 0 {
 		// A byte past size tells, before the end of the input, that the
 		// block cannot be the last one.
-		if len(buf) > b.size || b.eof {
-			if b.eof && len(buf) <= b.size {
+		if held+len(buf) > b.size || b.eof {
+			if b.eof && held+len(buf) <= b.size {
 				cut = len(buf)
 				break
 			}
@@ -149,10 +159,21 @@ func (b *blockReader) next() ([]byte, error) {
 			searched = max(len(buf)-len(b.recend)+1, 0)
 		}
 		if len(buf) == cap(buf) {
-			// A record longer than a block: double, as append's growth
-			// by a quarter at a time copied a 200 MB record over and over,
-			// and the copies took the supervisor to three times it.
-			buf = append(buf[:cap(buf)], make([]byte, max(b.size, len(buf)))...)[:len(buf)]
+			if long {
+				// The record goes on: buf becomes a part, but for its
+				// last bytes, where a record end may start, which begin
+				// the next part.
+				keep := min(max(len(b.recend)-1, 0), len(buf))
+				if k := len(buf) - keep; k > 0 {
+					parts = append(parts, buf[:k:k])
+					held += k
+				}
+				next := make([]byte, keep, keep+max(b.size+1, longPart))
+				copy(next, buf[len(buf)-keep:])
+				buf, searched = next, 0
+			} else {
+				buf = append(buf[:cap(buf)], make([]byte, max(b.size, len(buf)))...)[:len(buf)]
+			}
 		}
 		// No more than a block's worth a read, so that what is read past
 		// a long record's end, the next block's start, is no more than that.
@@ -164,15 +185,28 @@ func (b *blockReader) next() ([]byte, error) {
 			return nil, err
 		}
 	}
-	if cut == 0 {
+	if cut == 0 && held == 0 {
 		return nil, io.EOF
 	}
 	if cut < len(buf) {
 		b.carry = bytes.Clone(buf[cut:])
 	}
-	b.at, b.end = b.end, b.end+int64(cut)
-	return buf[:cut:cut], nil
+	block := buf[:cut:cut]
+	if held > 0 {
+		block = make([]byte, 0, held+cut)
+		for i, p := range parts {
+			block = append(block, p...)
+			parts[i] = nil
+		}
+		block = append(block, buf[:cut]...)
+	}
+	b.at, b.end = b.end, b.end+int64(len(block))
+	return block, nil
 }
+
+// longPart is the least size of the parts in which a record longer than a
+// block is read (blockReader.next).
+var longPart = 1 << 20
 
 // total is unknown in advance.
 func (b *blockReader) total() int64 { return -1 }

@@ -84,6 +84,18 @@ func (c *chunkReader) Read(p []byte) (int, error) {
 // the last ends with a record end; and a block leaves out nothing of the
 // next record that would have fitted.
 func TestBlockReaderBounds(t *testing.T) {
+	// Small parts make the long records below be read in parts, record
+	// ends split between two of them included.
+	for _, part := range []int{longPart, 1, 2, 5, 13} {
+		t.Run(fmt.Sprintf("part%d", part), func(t *testing.T) {
+			defer func(was int) { longPart = was }(longPart)
+			longPart = part
+			testBlockReaderBounds(t)
+		})
+	}
+}
+
+func testBlockReaderBounds(t *testing.T) {
 	rnd := rand.New(rand.NewPCG(1, 2))
 	for range 2000 {
 		size := 1 + rnd.IntN(40)
