@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -28,20 +29,8 @@ func TestResumeAbortNamesInput(t *testing.T) {
 			} else {
 				cmd = []string{"--worker", `while read -r l; do [ "$l" != 4 ] || exit 3; echo "$l"; done`}
 			}
-			sp := func(input string, flags ...string) string {
-				t.Helper()
-				args := append([]string{mode, "--no-progress", "-j", "1", "--on-worker-death", "abort",
-					"--journal", jdb, "--json", js}, flags...)
-				c := exec.Command(bin, append(args, cmd...)...)
-				c.Stdin = strings.NewReader(input)
-				out, err := c.CombinedOutput()
-				if _, ok := err.(*exec.ExitError); err != nil && !ok {
-					t.Fatalf("safepool %s: %v\n%s", strings.Join(args, " "), err, out)
-				}
-				return string(out)
-			}
-			sp("1\n2\n")
-			out := sp("1\n2\n3\n4\n5\n", "--resume")
+			args := []string{mode, "--no-progress", "-j", "1", "--on-worker-death", "abort", "--journal", jdb, "--json", js}
+			out := runThenResume(t, bin, args, cmd)
 			if !strings.Contains(out, "task 4 (input '4')") {
 				t.Fatalf("the summary does not list task 4 as failed:\n%s", out)
 			}
@@ -76,23 +65,32 @@ func TestResumeStallNamesInput(t *testing.T) {
 	// At line 4 the worker reads on without answering it, as a worker
 	// that does not flush its output does.
 	worker := `while read -r l; do if [ "$l" = 4 ]; then cat >/dev/null; fi; echo "$l"; done`
-	sp := func(input string, flags ...string) string {
-		t.Helper()
-		args := append([]string{"map", "--no-progress", "-j", "1", "--stall-timeout", "2s", "--journal", jdb}, flags...)
-		c := exec.Command(bin, append(args, "--worker", worker)...)
-		c.Stdin = strings.NewReader(input)
-		out, err := c.CombinedOutput()
-		if _, ok := err.(*exec.ExitError); err != nil && !ok {
-			t.Fatalf("safepool %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return string(out)
-	}
-	sp("1\n2\n")
-	out := sp("1\n2\n3\n4\n5\n", "--resume")
+	args := []string{"map", "--no-progress", "-j", "1", "--stall-timeout", "2s", "--journal", jdb}
+	out := runThenResume(t, bin, args, []string{"--worker", worker})
 	if !strings.Contains(out, "read the line of task 4 but") {
 		t.Fatalf("the stall notice does not name task 4:\n%s", out)
 	}
 	if !strings.Contains(out, "task 4 (input '4')") {
 		t.Errorf("the summary does not list task 4 as failed:\n%s", out)
 	}
+}
+
+// runThenResume runs bin with args and cmd over the inputs 1 and 2, then
+// again with --resume over the inputs 1 to 5, and returns what the second
+// run wrote on stdout and stderr.
+func runThenResume(t *testing.T, bin string, args, cmd []string) string {
+	t.Helper()
+	sp := func(input string, flags ...string) string {
+		t.Helper()
+		argv := append(append(slices.Clone(args), flags...), cmd...)
+		c := exec.Command(bin, argv...)
+		c.Stdin = strings.NewReader(input)
+		out, err := c.CombinedOutput()
+		if _, ok := err.(*exec.ExitError); err != nil && !ok {
+			t.Fatalf("safepool %s: %v\n%s", strings.Join(argv, " "), err, out)
+		}
+		return string(out)
+	}
+	sp("1\n2\n")
+	return sp("1\n2\n3\n4\n5\n", "--resume")
 }
