@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
@@ -88,6 +89,69 @@ func TestLaterPipeOpenedWhenReached(t *testing.T) {
 				t.Fatal(err)
 			}
 			w.Close()
+		})
+	}
+}
+
+// TestInterruptedBeforeInputOpened: Ctrl-C while the only input, a named
+// pipe, waits for its writer ends the run as any interrupted run ends: exit
+// 3, the job log, the JSON summary (interrupted, no input read) and the
+// summary. It ended with exit 3 and a word, but without the job log and
+// the JSON summary, which a script that reads them after a cancelled run
+// then did not find.
+func TestInterruptedBeforeInputOpened(t *testing.T) {
+	for _, args := range [][]string{
+		{"run", "echo"},
+		{"map", "cat"},
+		{"map", "--pipe", "cat"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			dir := t.TempDir()
+			fifo, joblog, js := filepath.Join(dir, "fifo"), filepath.Join(dir, "j.tsv"), filepath.Join(dir, "s.json")
+			if err := unix.Mkfifo(fifo, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			argv := append([]string{args[0], "-a", fifo, "--joblog", joblog, "--json", js}, args[1:]...)
+			ctx, cancel := context.WithCancel(context.Background())
+			var stderr lockedBuffer
+			done := make(chan int, 1)
+			go func() { done <- Run(ctx, argv, strings.NewReader(""), io.Discard, &stderr) }()
+			time.Sleep(300 * time.Millisecond)
+			cancel()
+			select {
+			case code := <-done:
+				if code != exitAborted {
+					t.Errorf("Run = %d after the interrupt, want %d; stderr %q", code, exitAborted, stderr.String())
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatal("the run went on after the interrupt")
+			}
+			// The writer comes: the open that was left ends.
+			if w, err := os.OpenFile(fifo, os.O_WRONLY, 0); err == nil {
+				w.Close()
+			}
+			if !strings.Contains(stderr.String(), "0 tasks") {
+				t.Errorf("stderr %q: no summary", stderr.String())
+			}
+			log, err := os.ReadFile(joblog)
+			if err != nil || !strings.HasPrefix(string(log), "task_id\t") {
+				t.Errorf("the job log: %q, %v; want its header", log, err)
+			}
+			data, err := os.ReadFile(js)
+			if err != nil {
+				t.Fatalf("the JSON summary: %v", err)
+			}
+			var sum struct {
+				ExitStatus    int  `json:"exit_status"`
+				Interrupted   bool `json:"interrupted"`
+				InputsNotRead int  `json:"inputs_not_read"`
+			}
+			if err := json.Unmarshal(data, &sum); err != nil {
+				t.Fatalf("the JSON summary: %v\n%s", err, data)
+			}
+			if sum.ExitStatus != exitAborted || !sum.Interrupted || sum.InputsNotRead != -1 {
+				t.Errorf("the JSON summary says %+v, want exit status %d, interrupted, inputs not read -1\n%s", sum, exitAborted, data)
+			}
 		})
 	}
 }

@@ -536,11 +536,39 @@ func fileIsTerminal(f *os.File) bool {
 	return is
 }
 
+// errNotOpened is openInterruptibly's error when ctx was done (Ctrl-C,
+// SIGTERM, SIGHUP) before the input opened. The caller runs on with an
+// unopened source in its place, so that the run ends as one stopped before
+// it read anything: exit 3, with its job log, JSON summary and summary.
+var errNotOpened = errors.New("stopped before the input was opened")
+
+// unopened stands for an input that a signal kept from being opened: it
+// gives no input, and a read of it waits until it is closed, as a read of
+// an idle stdin would; the run, stopped already, does not wait for it.
+type unopened struct {
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newUnopened() *unopened { return &unopened{closed: make(chan struct{})} }
+
+func (u *unopened) next() ([]byte, error) {
+	<-u.closed
+	return nil, io.EOF
+}
+
+func (u *unopened) total() int64 { return -1 }
+
+func (u *unopened) close() error {
+	u.once.Do(func() { close(u.closed) })
+	return nil
+}
+
 // openInterruptibly returns what open returns, or, as soon as ctx is done
-// (Ctrl-C, SIGTERM, SIGHUP), an error that stops the command with exit 3.
-// Opening an input file may block: a named pipe waits for its writer, and
-// nothing else would heed the signal meanwhile. What open returns after
-// that is closed when it does, or with the process.
+// (Ctrl-C, SIGTERM, SIGHUP), errNotOpened. Opening an input file may
+// block: a named pipe waits for its writer, and nothing else would heed
+// the signal meanwhile. What open returns after that is closed when it
+// does, or with the process.
 func openInterruptibly[S interface{ close() error }](ctx context.Context, open func() (S, error)) (S, error) {
 	type opened struct {
 		src S
@@ -561,10 +589,6 @@ func openInterruptibly[S interface{ close() error }](ctx context.Context, open f
 			}
 		}()
 		var zero S
-		err := error(errInterrupted)
-		if s := interruptedBy(ctx); s != nil {
-			err = &SignalError{Signal: s}
-		}
-		return zero, &statusError{status: exitAborted, err: err}
+		return zero, errNotOpened
 	}
 }

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"runtime"
 	"slices"
 	"strings"
@@ -268,6 +269,9 @@ func runMap(ctx context.Context, e *env, args []string) error {
 		}
 		return src, nil
 	})
+	if errors.Is(err, errNotOpened) {
+		src, err = newUnopened(), nil
+	}
 	if err != nil {
 		return err
 	}

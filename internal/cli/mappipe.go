@@ -48,13 +48,17 @@ func runMapPipe(ctx context.Context, e *env, a *mapArgs, command []string, viaSh
 	// supervisor's peak several times the blocks' (1.7 GB for blocks of
 	// 100 MB at -j 2, where it is now 0.66 GB).
 	cfg.MaxPending = 2 * workers
-	src, err := openInterruptibly(ctx, func() (*blockReader, error) {
+	blocks, err := openInterruptibly(ctx, func() (*blockReader, error) {
 		src, err := newBlockReader(a.common.argFiles, e.stdin, int(a.block), []byte(a.recend))
 		if err != nil {
 			return nil, &statusError{status: exitUsage, err: err}
 		}
 		return src, nil
 	})
+	var src source = blocks
+	if errors.Is(err, errNotOpened) {
+		src, err = newUnopened(), nil // blocks is never read
+	}
 	if err != nil {
 		return err
 	}
@@ -68,14 +72,14 @@ func runMapPipe(ctx context.Context, e *env, a *mapArgs, command []string, viaSh
 		mode: "map",
 		cfg:  cfg,
 		src:  src,
-		// The feeder calls task, and journalInput, for the block src
+		// The feeder calls task, and journalInput, for the block that blocks
 		// returned last.
 		task: func(seq uint64, block []byte) pool.Task {
 			args := blockArgs(command, seq)
 			if !slotted {
-				return pool.Task{Input: src.label(), Args: args, Stdin: block}
+				return pool.Task{Input: blocks.label(), Args: args, Stdin: block}
 			}
-			return pool.Task{Input: src.label(), Stdin: block, SlotArgs: func(slot int) []string { return slotArgs(args, slot) }}
+			return pool.Task{Input: blocks.label(), Stdin: block, SlotArgs: func(slot int) []string { return slotArgs(args, slot) }}
 		},
 		emit: func(o *output, r *pool.Result) {
 			// As in safepool map, a failed task writes nothing on stdout;
@@ -100,7 +104,7 @@ func runMapPipe(ctx context.Context, e *env, a *mapArgs, command []string, viaSh
 		metrics:      a.common.metrics,
 		keyCommand:   command,
 		argv:         argv,
-		journalInput: func([]byte) []byte { return src.label() },
+		journalInput: func([]byte) []byte { return blocks.label() },
 		// A done block whose output was not kept stays out of the
 		// journal's done tasks.
 		journaled:    func(r *pool.Result) bool { return r.State != pool.Done || r.Output != nil },

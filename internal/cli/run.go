@@ -180,6 +180,9 @@ func runRun(ctx context.Context, e *env, args []string) error {
 		}
 		return src, nil
 	})
+	if errors.Is(err, errNotOpened) {
+		src, err = newUnopened(), nil
+	}
 	if err != nil {
 		return err
 	}
