@@ -164,9 +164,23 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 		jsonOut.write(sum)
 		return status
 	}
+	// setupFailed ends a run whose connection or set-up failed: a usage
+	// error, but for an interrupt (Ctrl-C, SIGTERM, SIGHUP) meanwhile,
+	// which stops it as any interrupted run, before it read any input.
+	setupFailed := func(err error) int {
+		if ctx.Err() == nil {
+			return fail(exitUsage, err)
+		}
+		err = errInterrupted
+		if s := interruptedBy(ctx); s != nil {
+			err = &SignalError{Signal: s}
+		}
+		sum.Interrupted, sum.NotRead = true, noneRead(j.src.total())
+		return fail(exitAborted, err)
+	}
 	conn, err := cluster.Dial(ctx, nf.url, "safepool "+j.mode)
 	if err != nil {
-		return fail(exitUsage, err)
+		return setupFailed(err)
 	}
 	defer conn.Close()
 	spec := remoteSpec(j.cfg)
@@ -181,7 +195,7 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 	}
 	run, err := conn.Begin(ctx, spec, nf.runID != "")
 	if err != nil {
-		return fail(exitUsage, err)
+		return setupFailed(err)
 	}
 	if kept := run.Spec.SettingsKept(spec); run.Resumed && len(kept) > 0 {
 		fmt.Fprintf(stderr, "safepool: run %s keeps the settings it was first submitted with: %s\n", spec.ID, strings.Join(kept, ", "))
