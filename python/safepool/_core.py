@@ -1003,7 +1003,7 @@ class _Core:
         at += 4
         entries = list(ITEM_ENTRY.iter_unpack(payload[at:at + count * ITEM_ENTRY.size]))
         at += count * ITEM_ENTRY.size
-        if self._receiver is not None:
+        if self._receiver is not None and self._maybe_direct(base, entries, payload, at):
             # Values that workers sent straight to this process go first:
             # they were in their pipes before the binary heard of them (an
             # items frame that says SENT), or before a worker's death that
@@ -1034,6 +1034,22 @@ class _Core:
                     self._early -= early
                     if self._early <= 0:
                         self._cond.notify_all()
+
+    def _maybe_direct(self, base: int, entries, payload: bytes, at: int) -> bool:
+        """Report whether values of the batch numbered base may have come
+        straight from a worker (_direct), so that the items frame of
+        entries, whose outputs start at at in payload, must wait for them
+        to be read: when an entry's output says SENT, or when the batch has
+        more than one item. A worker sends only ranges of two or more
+        items that way, so a batch of one never has such values, and its
+        frame costs no read of the door and of every worker's pipe."""
+        for e in entries:
+            size = e[2]
+            if size == len(_direct.SENT) and payload[at:at + size] == _direct.SENT:
+                return True
+            at += size
+        sent = self._inflight.get(base)  # read without the lock: a batch gone now needs no values
+        return sent is not None and len(sent.items) > 1
 
     def _settle_items(self, sent, entries, taken, at, payload, meta, ticket):
         """Settle the items of an items frame, whose outputs start at at;

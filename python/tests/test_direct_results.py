@@ -141,6 +141,31 @@ class DirectResults(unittest.TestCase):
         self.assertLess(read, 256 << 10, "the supervisor read %d bytes" % read)
         self.assertLess(written, 256 << 10, "the supervisor wrote %d bytes" % written)
 
+    def test_single_items_leave_the_pipes_unread(self):
+        # A worker sends no value of a batch of one item straight to the
+        # client, so the answer of such a batch is settled without a read
+        # of the door and of every worker's pipe first; a range's answer
+        # still waits for them.
+        with safepool.Pool(2) as pool:
+            self.warm(pool)
+            # The warm map's values came straight: wait for the binary's
+            # answers of its ranges, which read the pipes.
+            deadline = time.monotonic() + 30
+            while pool._core._inflight:
+                self.assertLess(time.monotonic(), deadline, "the warm map's ranges were never answered")
+                time.sleep(0.01)
+            receiver = pool._core._receiver
+            self.assertIsNotNone(receiver)
+            drains = []
+            drain = receiver.drain
+            receiver.drain = lambda settle: (drains.append(1), drain(settle))
+            self.assertEqual(list(pool.imap(helpers.square, range(300), chunksize=1)), [x * x for x in range(300)])
+            self.assertEqual([pool.apply_async(helpers.square, (x,)).get(timeout=60) for x in range(50)],
+                             [x * x for x in range(50)])
+            self.assertEqual(drains, [], "single items read the workers' pipes")
+            self.assertEqual(pool.map(helpers.square, range(4000), chunksize=500), [x * x for x in range(4000)])
+            self.assertNotEqual(drains, [], "ranges' answers did not read the workers' pipes")
+
     def test_replaced_workers_leave_no_pipe(self):
         # Workers replaced after every 2 batches: the new ones' pipes are
         # opened in turn, and those of the ones gone are closed.
