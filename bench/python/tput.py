@@ -12,7 +12,9 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO, "python"))
+# SAFEPOOL_PY names another client's directory (bench/python/single runs a
+# baseline's this way).
+sys.path.insert(0, os.environ.get("SAFEPOOL_PY") or os.path.join(REPO, "python"))
 
 N = int(sys.argv[2]) if len(sys.argv) > 2 else 20000
 W = 2
@@ -38,6 +40,20 @@ def safepool_imap1():
     import safepool
     with safepool.Pool(W) as p:
         return sum(p.imap(sq, range(N), chunksize=1))
+
+
+def safepool_apply():
+    import safepool
+    with safepool.Pool(W) as p:
+        results = [p.apply_async(sq, (i,)) for i in range(N)]
+        return sum(r.get() for r in results)
+
+
+def safepool_submit():
+    import safepool
+    with safepool.Executor(W) as ex:
+        futures = [ex.submit(sq, i) for i in range(N)]
+        return sum(f.result() for f in futures)
 
 
 def safepool_executor_map():
@@ -69,6 +85,27 @@ def mp_pool():
     import multiprocessing as mp
     with mp.get_context("fork").Pool(W) as p:
         return sum(p.imap(sq, range(N), chunksize=1))
+
+
+def mp_apply():
+    import multiprocessing as mp
+    with mp.get_context("fork").Pool(W) as p:
+        results = [p.apply_async(sq, (i,)) for i in range(N)]
+        return sum(r.get() for r in results)
+
+
+def mp_apply_spawn():
+    import multiprocessing as mp
+    with mp.get_context("spawn").Pool(W) as p:
+        results = [p.apply_async(sq, (i,)) for i in range(N)]
+        return sum(r.get() for r in results)
+
+
+def ppe_submit():
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(W) as ex:
+        futures = [ex.submit(sq, i) for i in range(N)]
+        return sum(f.result() for f in futures)
 
 
 def ppe():
