@@ -1003,6 +1003,8 @@ class _Core:
         at += 4
         entries = list(ITEM_ENTRY.iter_unpack(payload[at:at + count * ITEM_ENTRY.size]))
         at += count * ITEM_ENTRY.size
+        if count == 1 and self._settle_one(base, entries[0], meta, payload, at):
+            return
         if self._receiver is not None and self._maybe_direct(base, entries, payload, at):
             # Values that workers sent straight to this process go first:
             # they were in their pipes before the binary heard of them (an
@@ -1034,6 +1036,46 @@ class _Core:
                     self._early -= early
                     if self._early <= 0:
                         self._cond.notify_all()
+
+    def _settle_one(self, base: int, entry, meta: dict, payload: bytes, at: int) -> bool:
+        """Settle the answer of the batch numbered base, of one item, done at
+        its first attempt, whose output starts at at in payload: the answer
+        of every task of imap(chunksize=1), apply_async and submit, settled
+        here without _settle_items' general way. Report False, having done
+        nothing, for any other answer."""
+        index, span, size, start, end = entry
+        attempts = meta.get("attempts")
+        if span or meta.get("state") != "done" or not attempts or len(attempts) != 1 or \
+                attempts[0].get("cause") != "" or self._stopping:
+            return False
+        sent = self._inflight.get(base)  # read without the lock first: _take decides
+        if sent is None or len(sent.items) != 1 or \
+                (size == len(_direct.SENT) and payload[at:at + size] == _direct.SENT):
+            return False
+        with self._lock:
+            sent, fresh = self._take(base, index, 1)
+        if sent is None:
+            return True  # an answer of a batch settled and gone: nothing to do
+        ticket = sent.ticket if sent.left <= 0 else None
+        if fresh is not None:
+            # The item was settled already (a batch of one gets no values
+            # straight from a worker, whose record _settle_items notes).
+            if ticket is not None:
+                ticket.release()
+            return True
+        job, pos = sent.job, sent.positions[index]
+        try:
+            out = memoryview(payload)[at:at + size]
+            if ticket is not None and _oob.out_of_band(out):
+                ticket.dirty = True
+            last = attempts[0]
+            if start:
+                last = dict(last, start=start, end=end)
+            self._on_result(job, pos, sent.items[index], dict(meta, attempts=[last]), out, ticket)
+        finally:
+            if ticket is not None:
+                ticket.release()
+        return True
 
     def _maybe_direct(self, base: int, entries, payload: bytes, at: int) -> bool:
         """Report whether values of the batch numbered base may have come
