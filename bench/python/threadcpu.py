@@ -4,8 +4,9 @@ client's threads, of the safepool binary and of each worker.
 
     /usr/bin/python3 bench/python/threadcpu.py MODE [N]     # MODE: imap1, apply or submit
 
-prints one line: tasks/s, then NAME=µs per task for each thread and
-process. A thread's or a process's CPU (utime + stime from /proc) is
+prints one line: tasks/s, then the CPU µs per task of each thread of the
+client ("thread NAME") and of each process below it (its comm[pid]: the
+binary, its workers). A thread's or a process's CPU (utime + stime from /proc) is
 sampled every 50 ms while it lives, and its last sample kept; the client's
 main thread is read at the end. The time covers the pool's start, the tasks
 and its shutdown.
@@ -16,45 +17,22 @@ import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.environ.get("SAFEPOOL_PY") or os.path.join(REPO, "python"))
+# PYTHON_DIR: the safepool package's parent to measure (another revision's
+# python/), by default this tree's.
+sys.path.insert(0, os.environ.get("PYTHON_DIR") or os.path.join(REPO, "python"))
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def sq(x):
-    return x * x
+from warmcpu import TICK, cpu, name, sq, tree  # noqa: E402  (this directory's)
 
 
-def cpu(path):
-    """The CPU seconds in a /proc stat file, or None when it is gone."""
+def thread_cpu(tid):
+    """Seconds of CPU that this process's thread tid has used, or None once
+    it is gone."""
     try:
-        with open(path) as f:
+        with open("/proc/self/task/%d/stat" % tid) as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def family():
-    """(pid, label) of this process's children (the binary) and theirs (its
-    workers, and any other process it runs, labelled by its name)."""
-    kids = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as f:
-                stat = f.read()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        kids.setdefault(ppid, []).append((int(d), stat[stat.find("(") + 1:stat.rfind(")")]))
-    out = []
-    for pid, _ in kids.get(os.getpid(), []):
-        out.append((pid, "binary"))
-        out.extend((w, "%s %d" % ("worker" if comm.startswith("python") else comm, w))
-                   for w, comm in kids.get(pid, []))
-    return out
 
 
 def main():
@@ -69,13 +47,13 @@ def main():
         while not done.wait(0.05):
             for th in threading.enumerate():
                 if th is not me and th.native_id:
-                    c = cpu("/proc/self/task/%d/stat" % th.native_id)
+                    c = thread_cpu(th.native_id)
                     if c is not None:
                         seen["thread " + th.name] = c
-            for pid, label in family():
-                c = cpu("/proc/%d/stat" % pid)
-                if c is not None:
-                    seen[label] = c
+            for pid in tree(os.getpid())[1:]:
+                c = cpu(pid)
+                if c:
+                    seen[name(pid)] = c
 
     sampler = threading.Thread(target=sample, name="sampler", daemon=True)
     sampler.start()
@@ -84,7 +62,7 @@ def main():
         with safepool.Executor(2) as ex:
             futures = [ex.submit(sq, i) for i in range(n)]
             total = sum(f.result() for f in futures)
-            seen["thread MainThread"] = cpu("/proc/self/task/%d/stat" % threading.get_native_id())
+            seen["thread MainThread"] = thread_cpu(threading.get_native_id())
     else:
         with safepool.Pool(2) as p:
             if mode == "imap1":
@@ -94,7 +72,7 @@ def main():
                 total = sum(r.get() for r in results)
             else:
                 raise SystemExit("threadcpu: MODE is imap1, apply or submit")
-            seen["thread MainThread"] = cpu("/proc/self/task/%d/stat" % threading.get_native_id())
+            seen["thread MainThread"] = thread_cpu(threading.get_native_id())
     wall = time.monotonic() - start
     done.set()
     sampler.join()

@@ -12,9 +12,9 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# SAFEPOOL_PY names another client's directory (bench/python/single runs a
+# PYTHON_DIR names another client's directory (bench/python/single runs a
 # baseline's this way).
-sys.path.insert(0, os.environ.get("SAFEPOOL_PY") or os.path.join(REPO, "python"))
+sys.path.insert(0, os.environ.get("PYTHON_DIR") or os.path.join(REPO, "python"))
 
 N = int(sys.argv[2]) if len(sys.argv) > 2 else 20000
 W = 2
