@@ -1048,10 +1048,8 @@ class _Core:
         if span or meta.get("state") != "done" or not attempts or len(attempts) != 1 or \
                 attempts[0].get("cause") != "" or self._stopping:
             return False
-        sent = self._inflight.get(base)  # read without the lock first: _take decides
-        if sent is None or len(sent.items) != 1 or \
-                (size == len(_direct.SENT) and payload[at:at + size] == _direct.SENT):
-            return False
+        if base not in self._inflight or self._maybe_direct(base, (entry,), payload, at):
+            return False  # read without the lock: _take decides
         with self._lock:
             sent, fresh = self._take(base, index, 1)
         if sent is None:
