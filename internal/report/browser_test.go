@@ -47,6 +47,9 @@ func newBrowser(t *testing.T) context.Context {
 		chromedp.ExecPath(path),
 		chromedp.WindowSize(1200, 1450),
 		chromedp.UserDataDir(t.TempDir()),
+		// Chromium leaves a directory of its own (org.chromium.Chromium.*)
+		// in $TMPDIR when it is ended; the test's removes it.
+		chromedp.Env("TMPDIR="+t.TempDir()),
 	)
 	if os.Geteuid() == 0 {
 		// Chromium refuses to run its sandbox as root.
