@@ -413,6 +413,12 @@ def _unrunnable(task_id, indexes, e, write, flush):
 # uncharged), and how late an item's result may reach the client. An item
 # that takes longer is sent alone, as soon as it is done; quicker ones go
 # in ranges of this much work, where a frame's cost is lost in the noise.
+# The exceptions of a task that end its worker (see _leave) rather than
+# being its answer. Any other exception, a BaseException too (asyncio's
+# CancelledError, GeneratorExit, a class of the caller's own), is the
+# task's answer, as in ProcessPoolExecutor.
+LEAVING = (SystemExit, KeyboardInterrupt)
+
 HOLD = 0.002
 
 
@@ -527,7 +533,9 @@ def _run_batch_page(task_id, payload, write, flush, page, words):
                     for pos, x in enumerate(items[base + pos:base + stop], pos):
                         page[mark] = pos
                         append(fn(x))
-            except Exception as e:
+            except BaseException as e:
+                if isinstance(e, LEAVING):
+                    raise
                 if bias >= 0:
                     pos = x - bias
                 # The values before the item that raised go first.
@@ -609,7 +617,9 @@ def _run_batch(task_id, payload, write, flush):
             # no limits.
             try:
                 value = fn(items[i])
-            except Exception as e:
+            except BaseException as e:
+                if isinstance(e, LEAVING):
+                    raise
                 out = dumps((RAISED, _exc_record(e)))
             else:
                 try:
@@ -688,9 +698,11 @@ def _invoke(mode, fn, item, limits):
             value = fn(*item[0], **item[1])
         if soft:
             _soft[0].disarm()
-    except Exception as e:
+    except BaseException as e:
         if soft:
             _soft[0].disarm()
+        if isinstance(e, LEAVING):
+            raise
         record = _exc_record(e)
         if limits and (limits.get("retry") or isinstance(e, limits.get("retry_on") or ())):
             # The pool runs it again, and sends this payload back whole when

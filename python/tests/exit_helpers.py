@@ -73,3 +73,25 @@ def init_saves_at_exit(directory, seconds):
         with open(os.path.join(directory, str(os.getpid())), "w") as f:
             f.write("saved")
     atexit.register(save)
+
+
+class OwnBaseException(BaseException):
+    """An exception of the caller's own that is not an Exception."""
+
+
+def raise_base(kind):
+    """Raise a BaseException that is not an Exception, nor one that ends
+    the worker: kind names which."""
+    import asyncio
+    if kind == "cancelled":
+        raise asyncio.CancelledError("the coroutine was cancelled")
+    if kind == "generatorexit":
+        raise GeneratorExit("closed")
+    raise OwnBaseException(kind)
+
+
+def raise_base_at(x):
+    """Return x, but raise OwnBaseException for 2."""
+    if x == 2:
+        raise OwnBaseException("at %d" % x)
+    return x

@@ -63,6 +63,46 @@ class TaskEndsItsWorker(unittest.TestCase):
         self.assertIn("(exit:7)", str(cm.exception))
 
 
+class TaskRaisesABaseException(unittest.TestCase):
+    """A BaseException that is not an Exception (asyncio's CancelledError,
+    GeneratorExit, a class of the caller's own) is the task's exception, as
+    in ProcessPoolExecutor: re-raised in the parent with its own type, the
+    worker kept, no retry. It ended the worker (WorkerDied exit:1) and was
+    retried as a death."""
+
+    def test_each_kind_is_raised_with_its_type(self):
+        import asyncio
+        kinds = (("cancelled", asyncio.CancelledError), ("generatorexit", GeneratorExit),
+                 ("own", h.OwnBaseException))
+        with safepool.Pool(1, retries=2) as pool:
+            first = pool.apply(h.pid, (0,))
+            for kind, cls in kinds:
+                with self.subTest(kind=kind):
+                    with self.assertRaises(cls):
+                        pool.apply(h.raise_base, (kind,))
+            self.assertEqual(pool.apply(h.pid, (0,)), first, "the worker was replaced")
+
+    def test_in_a_map_the_others_are_answered(self):
+        with safepool.Pool(1, retries=2) as pool:
+            first = pool.apply(h.pid, (0,))
+            for items in (range(5), [0, 1, 2, 3, 4]):
+                with self.subTest(items=type(items).__name__):
+                    with self.assertRaises(h.OwnBaseException) as cm:
+                        pool.map(h.raise_base_at, items, chunksize=5)
+                    self.assertIn("at 2", str(cm.exception))
+                    got = list(pool.imap(h.raise_base_at, [0, 1, 3, 4], chunksize=1))
+                    self.assertEqual(got, [0, 1, 3, 4])
+            self.assertEqual(pool.apply(h.pid, (0,)), first, "the worker was replaced")
+
+    def test_executor_sets_it_on_the_future(self):
+        import asyncio
+        with safepool.Executor(1, retries=2) as ex:
+            first = ex.submit(h.pid, 0).result()
+            e = ex.submit(h.raise_base, "cancelled").exception()
+            self.assertIsInstance(e, asyncio.CancelledError)
+            self.assertEqual(ex.submit(h.pid, 0).result(), first, "the worker was replaced")
+
+
 class TaskLeavesItsWorker(unittest.TestCase):
     def test_a_task_that_takes_sigalrm_keeps_later_soft_timeouts(self):
         # The soft limit's SIGALRM handler was installed once per worker:
