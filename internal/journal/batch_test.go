@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -783,6 +784,64 @@ func TestNotAFile(t *testing.T) {
 	for _, e := range entries {
 		if e.Name() != "fifo" && e.Name() != "sub" {
 			t.Errorf("made %s", e.Name())
+		}
+	}
+}
+
+// TestJournalThroughALink: a journal named through a symbolic link has
+// the span file, and so the spans and the lock, of its file's own name
+// (as SQLite follows the link for the WAL): a run through the link made a
+// span file of its own beside it, where it found none of the outputs
+// runs through the file's name had recorded, nor their lock, and ran
+// their tasks again, alongside them. A journal file with more than one
+// name (hard links), whose span file would differ by name, is refused.
+func TestJournalThroughALink(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path, link := filepath.Join(dir, "sub", "j.db"), filepath.Join(dir, "link.db")
+	if err := os.Symlink(filepath.Join("sub", "j.db"), link); err != nil {
+		t.Fatal(err)
+	}
+	open := func(p string) *Journal {
+		t.Helper()
+		j, err := Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { j.Close() })
+		return j
+	}
+	first := open(path)
+	if got, want := SpanFile(link), path+"-spans"; got != want {
+		t.Errorf("SpanFile(link) = %q, want %q", got, want)
+	}
+	w, err := first.Start(Run{Kind: "run", Command: `["work"]`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(0)
+	if w2, err := open(link).Start(Run{Kind: "run", Command: `["work"]`, Resumed: true}); !errors.Is(err, ErrInUse) {
+		if err == nil {
+			w2.Close(0)
+		}
+		t.Errorf("a run through a link while a run of the command goes on: %v, want ErrInUse", err)
+	}
+	if _, err := os.Lstat(link + "-spans"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a span file beside the link: %v", err)
+	}
+
+	hard := filepath.Join(dir, "hard.db")
+	if err := os.Link(path, hard); err != nil {
+		t.Fatal(err)
+	}
+	for name, p := range map[string]string{"the link": hard, "the first name": path} {
+		if j, err := Open(p); !errors.Is(err, ErrLinked) {
+			if err == nil {
+				j.Close()
+			}
+			t.Errorf("Open(%s) of a file with two names = %v, want ErrLinked", name, err)
 		}
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -59,8 +60,32 @@ var ErrInUse = errors.New("journal: in use")
 // time on is not in the journal. Its detail is the error.
 const IncompleteEvent = "journal-incomplete"
 
-// SpanFile returns the path of the span file of the journal at path.
-func SpanFile(path string) string { return path + "-spans" }
+// SpanFile returns the path of the span file of the journal at path:
+// beside the file that path names, through symbolic links, where SQLite
+// keeps the journal's WAL too. Beside a link, a run through it would find
+// none of the spans, nor the lock, of runs through the file's own name,
+// and run their tasks again, or alongside them.
+func SpanFile(path string) string {
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		path = real
+	}
+	return path + "-spans"
+}
+
+// ErrLinked means a journal file has more than one name (hard links): its
+// span file, beside the name given, would differ by name.
+var ErrLinked = errors.New("journal: more than one name")
+
+// oneName returns ErrLinked, wrapped with what to do, when the file fi of
+// the journal at path has more than one hard link.
+func oneName(path string, fi fs.FileInfo) error {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || st.Nlink <= 1 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s has %d names (hard links), and a journal's records of output are in the span file beside the name it is given (%s): a run through another name would find none of them, and run their tasks again; keep one name (remove the other links), or copy the file and its span file",
+		ErrLinked, path, st.Nlink, filepath.Base(path)+"-spans")
+}
 
 // Journal is an open journal file. Close must be called when done with it.
 type Journal struct {
@@ -78,6 +103,9 @@ func Open(path string) (*Journal, error) {
 	}
 	created := errors.Is(err, fs.ErrNotExist)
 	if err == nil {
+		if err := oneName(path, fi); err != nil {
+			return nil, err
+		}
 		if werr := writable(path); werr != nil {
 			// SQLite would open it read-only, and make the WAL and its
 			// shared memory beside it, the reader's, before it failed to
@@ -136,6 +164,9 @@ func OpenRead(path string) (*Journal, error) {
 	}
 	if !fi.Mode().IsRegular() || writable(path) == nil {
 		return Open(path)
+	}
+	if err := oneName(path, fi); err != nil {
+		return nil, err
 	}
 	mode := "immutable=1"
 	if wal, err := os.Stat(path + "-wal"); err == nil && wal.Size() > 0 {

@@ -108,9 +108,17 @@ def _check_file(path):
     for /dev/null) before failing with "disk I/O error"."""
     import stat
     try:
-        mode = os.stat(path).st_mode
+        st = os.stat(path)
     except FileNotFoundError:
         return
+    mode = st.st_mode
+    if stat.S_ISREG(mode) and st.st_nlink > 1:
+        # Its span file, where runs take their lock (_lock_command) and
+        # safepool run and map keep outputs, is beside the name given.
+        raise ValueError("journal %s has %d names (hard links), and a journal's lock and records of output are in"
+                         " the span file beside the name it is given (%s-spans): a run through another name"
+                         " would find none of them; keep one name (remove the other links), or copy the file"
+                         " and its span file" % (path, st.st_nlink, os.path.basename(path)))
     if not stat.S_ISREG(mode):
         kind = ("a directory" if stat.S_ISDIR(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
                 else "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "something else")
@@ -529,7 +537,9 @@ def _lock_command(path: str, name: str):
     digest = hashlib.sha256(b"python\0" + name.encode("utf-8", "surrogatepass")).digest()
     start = (1 << 61) + (int.from_bytes(digest[:8], "little") >> 4)
     try:
-        f = open(path + "-spans", "ab")
+        # Beside the file that path names through symbolic links, as
+        # safepool run and map take it (internal/journal: SpanFile).
+        f = open(os.path.realpath(path) + "-spans", "ab")
     except OSError:
         return None  # taking no lock, as before
     # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for an

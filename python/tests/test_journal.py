@@ -195,6 +195,30 @@ class Journal(unittest.TestCase):
         with safepool.Pool(2, journal=self.path) as pool:
             self.assertEqual(pool.map(journal_helpers.square_once, range(2)), [0, 1])
 
+    def test_a_journal_through_a_link(self):
+        # Through a symbolic link, a call takes its lock in the span file
+        # beside the journal's own name, as safepool run and map do: it
+        # took one beside the link, which a call through the name did not
+        # see. A journal with two names (hard links) is refused.
+        from safepool._journal import _lock_command
+        with safepool.Pool(1, journal=self.path) as pool:
+            self.assertEqual(pool.map(abs, [-1]), [1])
+        link = os.path.join(self.dir, "link.db")
+        os.symlink("j.db", link)
+        held = _lock_command(self.path, "f")
+        try:
+            with self.assertRaisesRegex(RuntimeError, "journal %s is in use" % link):
+                _lock_command(link, "f")
+        finally:
+            held.close()
+        self.assertFalse(os.path.lexists(link + "-spans"))
+        hard = os.path.join(self.dir, "hard.db")
+        os.link(self.path, hard)
+        for p in (hard, self.path):
+            with self.subTest(path=p):
+                with self.assertRaisesRegex(ValueError, "has 2 names \\(hard links\\)"):
+                    safepool.Pool(1, journal=p)
+
     def test_older_journal(self):
         # A journal of an older schema is refused, with a clear error,
         # and left as it was.
