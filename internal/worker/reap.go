@@ -302,16 +302,9 @@ func LastLines(s string, n int) string {
 // 0). A process sent SIGTERM for a timeout is the timeout's however it then
 // ends (its own exit, SIGTERM, the SIGKILL after the grace), unless memory
 // ended it during the grace, as it would have without the timeout: an OOM
-// kill that memoryCause confirms, or the session's kill over MemLimit. A
-// one-shot process that the pool's stop (Cancel) signalled and that then
-// exited 0 had finished its work, or says so: it is done like any other,
-// its output is written, and --resume does not run it again. A job stopped
-// part way should say so with its status, as a death by SIGTERM (the
-// default) or an exit of 143 do.
+// kill that memoryCause confirms, or the session's kill over MemLimit.
 func (s *Session) deathCause(exit Exit) Cause {
 	switch {
-	case s.killed == CauseCancelled && s.cfg.Spec.IO == IONone && exit.Code == 0 && exit.Signal == 0:
-		return ""
 	case s.killed == CauseTimeout && !s.termAt.IsZero():
 		if s.overLimit {
 			return CauseMemoryLimit

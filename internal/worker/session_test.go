@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -104,7 +102,6 @@ func runHelper(mode string) int {
 // behave does what input says: "die" exits 3 at once, "exit0" exits 0,
 // "kill" SIGKILLs itself, "halfline" does so after half a line of stderr, "hang" sleeps, "nap" sleeps 20 ms and answers,
 // "lateanswer" answers when it gets SIGTERM (and lives on), "termgrow" holds 128 MiB more once it gets SIGTERM,
-// "termexit:N:FILE" creates FILE once it catches SIGTERM, and exits N when it gets it,
 // "lategrow:MB[:FILE]" grows by MB MiB after 400 ms (see lateGrow),
 // "gofault:private:N" and "gofault:data:N" crash as a Go runtime that
 // faulted, N bytes in (see goFault);
@@ -115,15 +112,6 @@ func behave(input string) string {
 	}
 	if arg, ok := strings.CutPrefix(input, "gofault:"); ok {
 		goFault(arg)
-	}
-	if arg, ok := strings.CutPrefix(input, "termexit:"); ok {
-		code, file, _ := strings.Cut(arg, ":")
-		n, _ := strconv.Atoi(code)
-		term := make(chan os.Signal, 1)
-		signal.Notify(term, syscall.SIGTERM)
-		os.WriteFile(file, nil, 0o644)
-		<-term
-		os.Exit(n)
 	}
 	switch input {
 	case "lateanswer":
@@ -682,54 +670,6 @@ func TestSessionEndStderrLine(t *testing.T) {
 			}
 			if got := errs.String(); got != want {
 				t.Errorf("stderr = %q, want %q", got, want)
-			}
-		})
-	}
-}
-
-// TestSessionCancelledThenExit: a one-shot process that the pool's stop
-// signals and that then exits 0 has finished its work: it is done, not
-// cancelled (--resume would run it again). One that exits non-zero, or
-// dies of the signal, is cancelled.
-func TestSessionCancelledThenExit(t *testing.T) {
-	tests := []struct {
-		name  string
-		input string
-		cause Cause
-	}{
-		{"exit 0", "termexit:0", ""},
-		{"exit 143", "termexit:143", CauseCancelled},
-		{"killed by SIGTERM", "hang", CauseCancelled},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			input, armed := tt.input, ""
-			if strings.HasPrefix(input, "termexit:") {
-				armed = filepath.Join(t.TempDir(), "armed")
-				input += ":" + armed
-			}
-			s, err := StartSession(helperConfig("oneshot", IONone, "--", input), &host{})
-			if err != nil {
-				t.Fatalf("StartSession() = %v", err)
-			}
-			s.Send(&Flight{ID: 1, Input: []byte(input)})
-			s.Flush()
-			for deadline := time.Now().Add(20 * time.Second); armed != ""; time.Sleep(5 * time.Millisecond) {
-				if _, err := os.Stat(armed); err == nil {
-					break
-				} else if time.Now().After(deadline) {
-					t.Fatalf("the helper did not catch SIGTERM in 20s: %v", err)
-				}
-			}
-			s.Cancel(false)
-			<-s.Done()
-			d := s.Reap()
-			if d.Cause != tt.cause {
-				t.Errorf("Death = cause %q (exit %+v), want %q (stderr %q)", d.Cause, d.Exit, tt.cause, d.Stderr)
-			}
-			if len(d.Flights) != 1 || d.Flights[0].Outcome.Cause != tt.cause {
-				t.Errorf("flights = %+v, want one of cause %q", d.Flights, tt.cause)
 			}
 		})
 	}
