@@ -84,6 +84,7 @@ func (jj *jobJournal) start(cfg *pool.Config) error {
 		Workers:     cfg.Workers,
 		MemLimit:    cfg.MemLimit,
 		Resumed:     jj.flags.resuming(),
+		SkipFailed:  jj.flags.resume,
 		StoreOutput: jj.kind == "map",
 	})
 	if err != nil {
@@ -91,7 +92,7 @@ func (jj *jobJournal) start(cfg *pool.Config) error {
 	}
 	jj.w = w
 	if jj.flags.resuming() {
-		if jj.rs, err = w.Resumer(jj.flags.resume); err != nil {
+		if jj.rs, err = w.Resumer(); err != nil {
 			return err
 		}
 		if jj.rs.Runs() == 0 {

@@ -175,7 +175,7 @@ func TestBatchRows(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close(0)
-	r, err := w.Resumer(false)
+	r, err := w.Resumer()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,7 +230,7 @@ func TestSpanReplay(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close(0)
-	r, err := w.Resumer(false)
+	r, err := w.Resumer()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -503,7 +503,7 @@ func TestSpanFileLost(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer w.Close(0)
-		r, err := w.Resumer(false)
+		r, err := w.Resumer()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -631,7 +631,7 @@ func TestSpanOutputKinds(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close(0)
-	r, err := w.Resumer(false)
+	r, err := w.Resumer()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -686,7 +686,7 @@ func TestSpanDataOfAnother(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close(0)
-	r, err := w.Resumer(false)
+	r, err := w.Resumer()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -321,6 +321,11 @@ type Run struct {
 	MemLimit int64
 	// Resumed reports whether the run skips what earlier runs finished.
 	Resumed bool
+	// SkipFailed, with Resumed, says that tasks that failed or were poison
+	// in an earlier run count as finished: they are skipped, as GNU
+	// parallel's --resume does; without it, only done ones
+	// (--resume-failed).
+	SkipFailed bool
 	// StoreOutput reports whether done tasks' outputs go into the journal,
 	// for a resumed map to replay.
 	StoreOutput bool

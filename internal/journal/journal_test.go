@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -60,13 +61,13 @@ func TestResume(t *testing.T) {
 		{"reordered", false, "baa", []bool{false, true, false}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			run.Resumed = true
+			run.Resumed, run.SkipFailed = true, tt.failedToo
 			w, err := j.Start(run)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer w.Close(0)
-			r, err := w.Resumer(tt.failedToo)
+			r, err := w.Resumer()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -93,13 +94,13 @@ func TestResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.Close(0)
-	run.Resumed = true
+	run.Resumed, run.SkipFailed = true, true
 	w, err = j.Start(run)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer w.Close(0)
-	r, err := w.Resumer(true)
+	r, err := w.Resumer()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -471,7 +472,7 @@ func TestLongOutputs(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close(0)
-	rs, err := w.Resumer(false)
+	rs, err := w.Resumer()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -520,7 +521,7 @@ func TestPendingToSpan(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close(0)
-	rs, err := w.Resumer(false)
+	rs, err := w.Resumer()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -632,5 +633,67 @@ func TestIncompleteJournal(t *testing.T) {
 	}
 	if exit != 1 || events != 1 || detail == "" {
 		t.Errorf("exit status %d, %d %s events (detail %q); want 1, and 1 with the error", exit, events, IncompleteEvent, detail)
+	}
+}
+
+// TestDamagedSpanTable: a --resume on a journal whose span table is
+// damaged (a journal that opens, as its first pages are whole) is refused
+// as damaged, and adds no run: it added the row of a run that never ran,
+// after which safepool report showed that empty run, exit 0, and not the
+// damage.
+func TestDamagedSpanTable(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "j.db")
+	j, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := Run{Kind: "map", Command: "cat", StoreOutput: true}
+	w, err := j.Start(run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	feed(w, 1, 1, KeyOf([]byte("a")), []byte("a"), pool.Done, []byte("A"))
+	if err := w.Close(0); err != nil {
+		t.Fatal(err)
+	}
+	var root, pageSize int64
+	if err := j.DB().QueryRow(`SELECT rootpage FROM sqlite_master WHERE name = 'span'`).Scan(&root); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.DB().QueryRow(`PRAGMA page_size`).Scan(&pageSize); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.DB().Exec(`PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The span table's root page's header: its kind of page, zeroed.
+	if _, err := f.WriteAt(make([]byte, 16), (root-1)*pageSize); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	j, err = Open(path)
+	if err != nil {
+		t.Fatalf("Open() = %v; the first pages are whole", err)
+	}
+	defer j.Close()
+	run.Resumed = true
+	if w, err := j.Start(run); err == nil || !strings.Contains(err.Error(), "is damaged") {
+		if err == nil {
+			w.Close(0)
+		}
+		t.Fatalf("Start(resumed) = %v, want the journal damaged", err)
+	}
+	var runs int
+	if err := j.DB().QueryRow(`SELECT count(*) FROM run`).Scan(&runs); err != nil {
+		t.Fatal(err)
+	}
+	if runs != 1 {
+		t.Errorf("%d runs in the journal, want 1: the refused run adds none", runs)
 	}
 }

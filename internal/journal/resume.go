@@ -81,11 +81,17 @@ type spanOutput struct {
 // old order reads each span once.
 const spansCached = 16
 
-// Resumer returns a Resumer for the writer's run. With failedToo, tasks
-// that failed or were poison in an earlier run count as finished (they are
-// skipped, as GNU parallel's --resume does); without it, only done ones.
-func (w *Writer) Resumer(failedToo bool) (*Resumer, error) {
-	return w.j.resumer(w.run.Kind, w.run.Command, w.runID, failedToo)
+// Resumer returns the Resumer of the writer's run, a Resumed one (see
+// Run.SkipFailed), which Start made before it added the run's row: a
+// journal whose earlier runs cannot be read (damaged) gets no row of a run
+// that never ran. The caller closes it. It can be taken once.
+func (w *Writer) Resumer() (*Resumer, error) {
+	rs := w.rs
+	if rs == nil {
+		return nil, errors.New("journal: the run is not resumed, or its Resumer was taken")
+	}
+	w.rs = nil
+	return rs, nil
 }
 
 // Resumer returns a Resumer over the runs of kind and command that a run

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math"
 	"os"
 	"slices"
 	"strconv"
@@ -57,6 +58,7 @@ type Writer struct {
 	j     *Journal
 	runID int64
 	run   Run
+	rs    *Resumer // a Resumed run's, until Resumer takes it
 
 	mu sync.Mutex // guards recs, n, free and closed
 	// room is signalled when the goroutine takes the queue: add waits on
@@ -218,13 +220,24 @@ func (j *Journal) Start(r Run) (*Writer, error) {
 	if err != nil {
 		return nil, err
 	}
+	var rs *Resumer
+	if r.Resumed {
+		// Before the run's row, whose id is above every earlier run's.
+		if rs, err = j.resumer(r.Kind, r.Command, math.MaxInt64, r.SkipFailed); err != nil {
+			lock.Close()
+			return nil, explainOpen(err, j.path)
+		}
+	}
 	id, err := j.insertRun(r, time.Now())
 	if err != nil {
+		if rs != nil {
+			rs.Close()
+		}
 		lock.Close()
-		return nil, err
+		return nil, explainOpen(err, j.path)
 	}
 	w := &Writer{
-		j: j, runID: id, run: r, lock: lock,
+		j: j, runID: id, run: r, lock: lock, rs: rs,
 		kick:      make(chan struct{}, 1),
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
@@ -383,6 +396,10 @@ func (w *Writer) Close(exitStatus int) error {
 	w.mu.Unlock()
 	if already {
 		return nil
+	}
+	if w.rs != nil {
+		w.rs.Close()
+		w.rs = nil
 	}
 	close(w.stop)
 	<-w.done
