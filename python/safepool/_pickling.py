@@ -61,6 +61,24 @@ def _why_no_main() -> str:
             "interactively)")
 
 
+def uses_main(obj) -> bool:
+    """Report whether pickling obj sends a function or class of __main__
+    by reference (its name), as the standard pickle does. False when obj
+    does not pickle at all: its pickling says why."""
+    try:
+        _dumps_checked(obj)
+    except _FromMain:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def has_cloudpickle() -> bool:
+    """Report whether cloudpickle is importable."""
+    return _cloudpickle() is not None
+
+
 def _cloudpickle():
     try:
         import cloudpickle  # type: ignore

@@ -97,18 +97,25 @@ class SafepoolBackend(AutoBatchingMixin, ParallelBackendBase):
         """Run joblib's batch func (its items, (function, args, kwargs),
         one by one), and call callback with the batch's results."""
         from ._core import APPLY, STAR
-        from ._pickling import dumps_function
+        from ._pickling import dumps_function, has_cloudpickle, uses_main
         pool = self._get_pool()
         items = getattr(func, "items", None)
+        # As loky does, what the program's __main__ defines goes by value
+        # with cloudpickle when it is importable: a function defined in
+        # the script's `if __name__ == "__main__":` block, or one that
+        # uses globals set there, which a worker importing the script
+        # (as __mp_main__) would not find.
+        by_name = pool._core.main_importable and not has_cloudpickle()
+        fns = {} if items is None else {id(f): f for f, _, _ in items}
         if items is None:  # not a BatchedCalls: one call
             fn, mode, args = func, APPLY, [((), {})]
-        elif len({id(f) for f, _, _ in items}) == 1:
+        elif len(fns) == 1 and (by_name or not uses_main(items[0][0])):
             fn, mode, args = items[0][0], APPLY, [(tuple(a), dict(kw)) for _, a, kw in items]
         else:
             from .worker import call_pickled
-            main = pool._core.main_importable
             fn, mode = call_pickled, STAR
-            args = [(dumps_function(f, main), tuple(a), dict(kw)) for f, a, kw in items]
+            pickled = {k: dumps_function(f, by_name) for k, f in fns.items()}
+            args = [(pickled[id(f)], tuple(a), dict(kw)) for f, a, kw in items]
         result = _BatchResult(self.deaths, callback, single=items is None)
         result.res = pool._map_async(fn, args, len(args) or 1, mode, result.completed, None, "return")
         return result

@@ -97,9 +97,17 @@ def dumps_main_by_name(obj) -> bytes:
 
 def call_pickled(fn_bytes: bytes, args, kwargs):
     """Call the pickled function fn_bytes: how a batch whose items call
-    different functions (a joblib batch) runs, each pickled as safepool
-    pickles a task's function."""
-    return loads(fn_bytes)(*args, **kwargs)
+    different functions, or a function sent by value (a joblib batch),
+    runs, each pickled as safepool pickles a task's function. The last one
+    is kept: a batch's items share one."""
+    last = _last_pickled
+    if last[0] is not fn_bytes and last[0] != fn_bytes:
+        last[1] = None
+        last[1], last[0] = loads(fn_bytes), fn_bytes
+    return last[1](*args, **kwargs)
+
+
+_last_pickled = [None, None]  # call_pickled's last pickle and function
 
 
 def unpack_strings(packed: str) -> list:

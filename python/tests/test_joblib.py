@@ -56,6 +56,40 @@ else:
             out = Parallel(backend="safepool", n_jobs=2, batch_size=4)(calls)
             self.assertEqual(out, [i * i if i % 2 else i + 1 for i in range(20)] + [9])
 
+        def test_what_the_script_main_block_defines(self):
+            # As with loky, what the script's `if __name__ == "__main__":`
+            # block defines goes by value with cloudpickle: a function
+            # defined there, or one that uses a global set there. A worker
+            # imports the script as __mp_main__, without that block: it
+            # raised NameError or "Can't get attribute".
+            try:
+                import cloudpickle  # noqa: F401
+            except ImportError:
+                skip_or_fail(self, "cloudpickle is not importable (test.sh installs python3-cloudpickle)")
+            from tests.test_script_habits import run_script
+            out = run_script(self, """
+                    import joblib
+                    import safepool.joblib
+
+                    def score(x):
+                        return x * FACTOR
+
+                    if __name__ == "__main__":
+                        FACTOR = 10
+                        W = [1.0, 2.0]
+
+                        def score2(x):
+                            return sum(w * x for w in W)
+
+                        for fn in (score, score2):
+                            print(joblib.Parallel(n_jobs=2, backend="safepool")(joblib.delayed(fn)(i) for i in range(4)))
+                        calls = [joblib.delayed(score if i % 2 else score2)(i) for i in range(6)]
+                        print(joblib.Parallel(n_jobs=2, backend="safepool", batch_size=3)(calls))
+                    """, python=[sys.executable])
+            self.assertEqual(out.returncode, 0, out.stderr)
+            self.assertEqual(out.stdout.splitlines(), ["[0, 10, 20, 30]", "[0.0, 3.0, 6.0, 9.0]",
+                                                       "[0.0, 10, 6.0, 30, 12.0, 50]"])
+
         def test_killed_worker_costs_one_task(self):
             # Batches of 5: the worker dies on task 7, in the middle of the
             # second batch. Only task 7 is charged.
