@@ -29,6 +29,22 @@ def parse_size(size) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+# The least a worker's memory limit, the governor's budget or a task's
+# memory need may be (the engine's pool.MinMemory).
+MIN_MEMORY = 1 << 20
+
+
+def parse_memory(size, name: str) -> int:
+    """parse_size(size), for the option name of a memory amount that is 0
+    (none) or at least MIN_MEMORY, which the binary would refuse in its own
+    words."""
+    n = parse_size(size)
+    if 0 < n < MIN_MEMORY:
+        raise ValueError("%s=%r is below the least a worker needs, 1 MiB (a size without a unit is in bytes:"
+                         " '512MiB', '2GiB')" % (name, size))
+    return n
+
+
 _SUFFIXES = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
 
 
@@ -203,8 +219,8 @@ class EngineOptions:
     def __init__(self, *, mem_budget=None, mem_per_task=None, mem_reserve=None, mem_high=None,
                  mem_psi=None, no_governor=False, backoff=None, max_backoff=None, task_error_retries=0,
                  soft_timeout=None, retry_on=None, wait_timeout=None, nats=None, timeout_grace=None):
-        self.mem_budget = parse_size(mem_budget)
-        self.mem_per_task = parse_size(mem_per_task)
+        self.mem_budget = parse_memory(mem_budget, "mem_budget")
+        self.mem_per_task = parse_memory(mem_per_task, "mem_per_task")
         self.mem_reserve = parse_size(mem_reserve)
         # As the command line: a percentage, 0 turns the trigger off, and
         # the engine's zero value means its default.

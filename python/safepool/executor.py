@@ -6,7 +6,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from . import _launch
-from ._options import EngineOptions, check_chunksize, check_context, parse_size
+from ._options import EngineOptions, check_chunksize, check_context, parse_memory, parse_size
 
 __all__ = ["Executor"]
 
@@ -103,7 +103,7 @@ class Executor(concurrent.futures.Executor):
         try:
             launch = _launch.Launch(max_workers, initializer=initializer, initargs=initargs, retries=retries,
                                     on_worker_death=on_worker_death, timeout=timeout,
-                                    mem_limit=parse_size(mem_limit), max_tasks_per_child=max_tasks_per_child,
+                                    mem_limit=parse_memory(mem_limit, "mem_limit"), max_tasks_per_child=max_tasks_per_child,
                                     max_rss=parse_size(max_rss), grace=grace, options=options)
             from ._core import _Core
             # As ProcessPoolExecutor's call queue: at most one future more

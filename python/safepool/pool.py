@@ -5,7 +5,7 @@ import sys
 import warnings
 
 from . import _launch
-from ._options import EngineOptions, check_chunksize, check_context, parse_size
+from ._options import EngineOptions, check_chunksize, check_context, parse_memory, parse_size
 
 # Pool() starts the binary before it imports the rest of the client (see
 # _launch), so this module imports it only where it is used: _core, _jobs,
@@ -194,7 +194,7 @@ class Pool:
         try:
             launch = _launch.Launch(processes, initializer=initializer, initargs=initargs, retries=retries,
                                     on_worker_death=on_worker_death, timeout=timeout,
-                                    mem_limit=parse_size(mem_limit),
+                                    mem_limit=parse_memory(mem_limit, "mem_limit"),
                                     max_tasks_per_child=max_tasks_per_child or maxtasksperchild,
                                     max_rss=parse_size(max_rss), grace=grace, options=options)
             from ._core import _Core

@@ -94,7 +94,11 @@ class Hello(unittest.TestCase):
                              ({"grace": "x"}, TypeError, "grace must be a number of seconds"),
                              ({"grace": -1}, ValueError, "grace must be a finite"),
                              ({"retries": 1.5}, TypeError, "retries must be an int, not float"),
-                             ({"retries": "1"}, TypeError, "retries must be an int, not str")]:
+                             ({"retries": "1"}, TypeError, "retries must be an int, not str"),
+                             # The binary refused these, in the engine's words (Config.MemLimit).
+                             ({"mem_limit": "1KiB"}, ValueError, "mem_limit='1KiB' is below the least a worker needs, 1 MiB"),
+                             ({"mem_budget": 1000}, ValueError, "mem_budget=1000 is below the least"),
+                             ({"mem_per_task": "0.5MiB"}, ValueError, "mem_per_task='0.5MiB' is below the least")]:
             with self.subTest(kw=kw):
                 with self.assertRaisesRegex(exc, msg):
                     safepool.Pool(1, **kw)
