@@ -80,7 +80,7 @@ func (a *reportArgs) parse(e *env, args []string) error {
 		return usagef("report", "missing journal FILE")
 	case fs.NArg() > 1:
 		return usagef("report", "give one journal FILE, not %d", fs.NArg())
-	case a.run < 0:
+	case a.run < 0, a.run == 0 && fs.Changed("run"):
 		return usagef("report", "--run must be a run's number, at least 1")
 	}
 	a.file = fs.Arg(0)

@@ -77,6 +77,7 @@ func TestReport(t *testing.T) {
 		{"default output", []string{journal}, exitOK, filepath.Join(dir, "jobs.html"), "run2-b", "safepool: wrote " + filepath.Join(dir, "jobs.html") + ": run 2 of 2, 2 tasks: 1 done, 1 failed\n"},
 		{"flags after FILE", []string{journal, "-o", filepath.Join(dir, "one.html"), "--run", "1"}, exitOK, filepath.Join(dir, "one.html"), "run1-b", "run 1 of 2"},
 		{"stdout", []string{"-o", "-", journal}, exitOK, "", "<!DOCTYPE html>", "safepool: wrote the page on stdout: run 2 of 2, 2 tasks: 1 done, 1 failed\n"},
+		{"run 0", []string{"--run", "0", journal}, exitUsage, "", "", "--run must be a run's number, at least 1"},
 		{"no such run", []string{"--run", "9", journal}, exitUsage, "", "", "no such run in the journal: run 9 (the journal has 2)"},
 		{"missing journal", []string{filepath.Join(dir, "none.db")}, exitUsage, "", "", "no such file or directory"},
 		{"not a journal", []string{"-o", filepath.Join(dir, "x.html"), notJournal}, exitUsage, "", "", "not a safepool journal"},
