@@ -95,6 +95,12 @@ func (jj *jobJournal) start(cfg *pool.Config) error {
 		if jj.rs, err = w.Resumer(); err != nil {
 			return err
 		}
+		if n, why := jj.rs.Lost(); n > 0 {
+			// Not silent: an overnight batch would run them again
+			// without a word.
+			jj.notice = fmt.Sprintf("--resume: the journal's span file lost the records of %s, which run again (%v)",
+				plural(n, "finished task"), why)
+		}
 		if jj.rs.Runs() == 0 {
 			jj.notice, err = noEarlierRun(jj.j, jj.flags.path, jj.kind, journal.CommandString(jj.command))
 			if err != nil {

@@ -48,6 +48,10 @@ type Resumer struct {
 	getSpan   *sql.Stmt
 	getTask   *sql.Stmt
 	data      *spanReader
+	// lost counts the tasks of the span rows whose data the span file
+	// lost, and lostWhy is the first such loss.
+	lost    int
+	lostWhy error
 }
 
 // entry is one finished task of an earlier run.
@@ -151,6 +155,11 @@ func (j *Journal) resumer(kind, command string, before int64, failedToo bool) (*
 // every input runs.
 func (r *Resumer) Runs() int { return r.runs }
 
+// Lost returns how many finished tasks of the earlier runs the span file
+// lost the records of (it was deleted, cut short or written over), which
+// then run again, and why the first was lost; 0 and nil when none.
+func (r *Resumer) Lost() (tasks int, why error) { return r.lost, r.lostWhy }
+
 // LastCommand returns the command (as Run.Command) of the last run of
 // kind in the journal other than of command, or "" when there is none: a
 // --resume that finds no earlier run of its command names it, in case
@@ -211,6 +220,10 @@ func (r *Resumer) loadSpans(runs string, args []any) error {
 		}
 		d, err := r.data.read(run, first, n, at, size, crc)
 		if errors.Is(err, ErrSpanLost) {
+			if r.lostWhy == nil {
+				r.lostWhy = err
+			}
+			r.lost += n
 			continue
 		}
 		if err != nil {
