@@ -107,9 +107,6 @@ def death(cause: str) -> type:
     return TaskTimeout if cause == "timeout" else WorkerDied
 
 
-class TaskCancelled(TaskFailed):
-    """The task never finished because the pool was terminated or aborted."""
-
 
 class RemoteError(TaskFailed):
     """The task raised an exception that could not be sent back from the
@@ -147,6 +144,21 @@ def _broken_pool():
     return BrokenPool
 
 
+def _task_cancelled():
+    import concurrent.futures
+
+    class TaskCancelled(TaskFailed, concurrent.futures.CancelledError):
+        """The task never finished because the pool was terminated or
+        aborted. It is also a concurrent.futures.CancelledError, as the
+        result of a future that ProcessPoolExecutor's shutdown(
+        cancel_futures=True) cancelled is: code that catches that keeps
+        working."""
+
+    TaskCancelled.__module__ = __name__
+    TaskCancelled.__qualname__ = "TaskCancelled"
+    return TaskCancelled
+
+
 _define_lock = _thread.allocate_lock()
 
 
@@ -154,12 +166,13 @@ def __getattr__(name):
     # BrokenPool subclasses concurrent.futures.BrokenExecutor, and importing
     # concurrent.futures (with logging) costs more than the rest of a pool's
     # client: it is defined on first use, once (threads may race to it).
-    if name == "BrokenPool":
-        global BrokenPool
+    # TaskCancelled subclasses concurrent.futures.CancelledError: the same.
+    make = {"BrokenPool": _broken_pool, "TaskCancelled": _task_cancelled}.get(name)
+    if make is not None:
         with _define_lock:
-            if "BrokenPool" not in globals():
-                BrokenPool = _broken_pool()
-        return globals()["BrokenPool"]
+            if name not in globals():
+                globals()[name] = make()
+        return globals()[name]
     if name == "RemoteTraceback":
         # multiprocessing.pool's own class, so that code that checks for it
         # finds it; imported where a task fails, not before.

@@ -288,6 +288,18 @@ class ExecutorTest(unittest.TestCase):
         with self.assertRaises(RuntimeError):
             ex.submit(helpers.square, 1)
 
+    def test_map_cut_by_shutdown_raises_a_cancelled_error(self):
+        # As ProcessPoolExecutor's map over futures that shutdown(
+        # cancel_futures=True) cancelled: a concurrent.futures.CancelledError
+        # (safepool's TaskCancelled is one), which code catches.
+        self.assertTrue(issubclass(safepool.TaskCancelled, concurrent.futures.CancelledError))
+        self.assertTrue(issubclass(safepool.TaskCancelled, safepool.TaskFailed))
+        ex = safepool.Executor(1)
+        it = ex.map(helpers.sleep_for, [0.3] + [0] * 200)
+        ex.shutdown(wait=False, cancel_futures=True)
+        with self.assertRaises(concurrent.futures.CancelledError):
+            list(it)
+
     def test_abort_policy_breaks_the_executor(self):
         ex = safepool.Executor(1, on_worker_death="abort")
         try:
