@@ -121,6 +121,12 @@ class Executor(concurrent.futures.Executor):
         self._shutdown = False
         self._lock = threading.Lock()
 
+    @property
+    def _max_workers(self) -> int:
+        """The number of workers, as ProcessPoolExecutor's private
+        attribute, which programs read to size their chunks."""
+        return self._core.processes
+
     def __exit__(self, exc_type, exc_val, exc_tb):
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             # Ctrl-C left the block: stop at once, as Pool's block does.

@@ -220,6 +220,12 @@ class Pool:
         return "<%s.%s state=%s processes=%d>" % (type(self).__module__, type(self).__qualname__, self._state,
                                                  self._core.processes if self._state else 0)
 
+    @property
+    def _processes(self) -> int:
+        """The number of workers, as multiprocessing.Pool's private
+        attribute, which programs read to size their chunks."""
+        return self._core.processes
+
     def __reduce__(self):
         # As multiprocessing.Pool: a pool reached from a task's arguments
         # (self.pool, in the object of a bound method mapped) says so,

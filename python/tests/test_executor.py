@@ -288,6 +288,13 @@ class ExecutorTest(unittest.TestCase):
         with self.assertRaises(RuntimeError):
             ex.submit(helpers.square, 1)
 
+    def test_private_worker_counts(self):
+        # Read by programs written for the standard library's pools.
+        with safepool.Executor(2) as ex:
+            self.assertEqual(ex._max_workers, 2)
+        with safepool.Pool(3) as pool:
+            self.assertEqual(pool._processes, 3)
+
     def test_map_cut_by_shutdown_raises_a_cancelled_error(self):
         # As ProcessPoolExecutor's map over futures that shutdown(
         # cancel_futures=True) cancelled: a concurrent.futures.CancelledError
