@@ -134,6 +134,13 @@ def _at_exit():
                     core.wait_submitted()
             except BaseException:
                 pass  # a second Ctrl-C: stop at once
+        # The threads that still wait for its items are daemon threads (the
+        # interpreter joined the others before its exit handlers): they are
+        # left waiting, as multiprocessing's are, and frozen with the
+        # interpreter. Woken with TaskCancelled, a daemon thread that printed
+        # its traceback while the interpreter shut down could abort it
+        # ("Fatal Python error: _enter_buffered_busy", exit status 134).
+        core.at_exit = True
         core.terminate(wait=1.0)  # not in a child that fork copied this process into: see terminate
     if cores:
         _keep_interrupt_exit()
@@ -383,6 +390,7 @@ class _Core:
         # as ProcessPoolExecutor's) rather than terminate the pool.
         self.finish_at_exit = False
         self.exiting = False  # the program's exit handler has begun with this pool (see _at_exit)
+        self.at_exit = False  # the exit handler terminates it: items are not cancelled (see _at_exit)
         # The thread of close_in_background, which the program's exit waits for.
         self.closer = None
 
@@ -1324,7 +1332,11 @@ class _Core:
         """Fail the items at positions (and of arguments items) of job as
         cancelled, all at once: terminate() cancels every item of a map
         that has not run, and settling them one by one took 7 s for a
-        million, while the program waited after its Ctrl-C."""
+        million, while the program waited after its Ctrl-C. Not at the
+        program's exit (see _at_exit): the items stay as they are, their
+        count of outstanding too, and the binary's end says it is over."""
+        if self.at_exit:
+            return
         errors = _errors()
         if reason is not None and isinstance(reason, errors.BrokenPool):
             # The pool broke (its workers cannot start, or the binary

@@ -315,5 +315,34 @@ class PrintsBeforeResults(unittest.TestCase):
         self.assertEqual(early, [])
 
 
+class PoolInADaemonThread(unittest.TestCase):
+    def test_the_program_ends_quietly(self):
+        # A daemon thread still in a map when the program ends: the exit
+        # handler terminated the pool and woke the thread with
+        # TaskCancelled, whose traceback was printed while the interpreter
+        # shut down (in 3 of 5 runs), or aborted it ("Fatal Python error:
+        # _enter_buffered_busy", exit status 134, in 3 of 12). As with
+        # multiprocessing, the thread is left waiting and frozen.
+        for run in range(6):
+            out = run_script(self, """
+                    import threading, time
+                    import safepool
+
+                    def slow(x):
+                        time.sleep(1)
+                        return x
+
+                    def work():
+                        with safepool.Pool(2) as pool:
+                            pool.map(slow, range(40))
+
+                    if __name__ == "__main__":
+                        threading.Thread(target=work, daemon=True).start()
+                        time.sleep(1.5)
+                        print("main done")
+                    """)
+            self.assertEqual((out.returncode, out.stdout, out.stderr), (0, "main done\n", ""), "run %d" % run)
+
+
 if __name__ == "__main__":
     unittest.main()
