@@ -228,6 +228,11 @@ class EngineOptions:
             self.preempt_above = 0.0
         else:
             high = _percent(mem_high, "mem_high")
+            if 0 < high < 1:
+                # A fraction given for a percentage, as the command line's
+                # --mem-high says: the binary refused it in its own words.
+                raise ValueError("mem_high is a percentage: %r would stop tasks whenever %r%% of memory is in use"
+                                 " (for %g%%, give %g)" % (mem_high, mem_high, high * 100, high * 100))
             self.preempt_above = high / 100 if high else -1.0
         if mem_psi is None:
             self.preempt_psi = 0.0

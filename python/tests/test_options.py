@@ -98,7 +98,8 @@ class Hello(unittest.TestCase):
                              # The binary refused these, in the engine's words (Config.MemLimit).
                              ({"mem_limit": "1KiB"}, ValueError, "mem_limit='1KiB' is below the least a worker needs, 1 MiB"),
                              ({"mem_budget": 1000}, ValueError, "mem_budget=1000 is below the least"),
-                             ({"mem_per_task": "0.5MiB"}, ValueError, "mem_per_task='0.5MiB' is below the least")]:
+                             ({"mem_per_task": "0.5MiB"}, ValueError, "mem_per_task='0.5MiB' is below the least"),
+                             ({"mem_high": 0.5}, ValueError, "mem_high is a percentage: 0.5 would stop tasks whenever 0.5% of memory is in use \\(for 50%, give 50\\)")]:
             with self.subTest(kw=kw):
                 with self.assertRaisesRegex(exc, msg):
                     safepool.Pool(1, **kw)
