@@ -262,6 +262,20 @@ def sweep():
                 del _maps[(pid, ino)]
 
 
+def _open_shared(pid, fd, ino):
+    """open_fd of another process's shared data, with what its loss most
+    likely means."""
+    try:
+        return open_fd(pid, fd, ino)
+    except OSError as e:
+        if not os.path.exists("/proc/%d" % pid):
+            raise
+        raise OSError("safepool: the shared data that process %d holds as descriptor %d is gone: it was closed"
+                      " (its close(), or the end of its with block) while the pool still sent it, such as in an"
+                      " initializer's initargs, which each new worker gets at its start: keep it open until"
+                      " the pool has ended (%s)" % (pid, fd, e)) from None
+
+
 def _attach(pid, fd, ino, size, meta):
     """Open shared data in this process (the unpickling of a Shared)."""
     key = (pid, ino)
@@ -270,7 +284,7 @@ def _attach(pid, fd, ino, size, meta):
     with _lock:
         mm = _maps.get(key, (0, None))[1]
         if mm is None and size:
-            own = os.dup(fd) if pid == os.getpid() else open_fd(pid, fd, ino)
+            own = os.dup(fd) if pid == os.getpid() else _open_shared(pid, fd, ino)
             try:
                 mm = mmap.mmap(own, size, access=mmap.ACCESS_READ)  # PROT_READ, MAP_SHARED
             finally:
