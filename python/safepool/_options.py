@@ -21,6 +21,12 @@ def parse_size(size) -> int:
         if size < 0:
             raise ValueError("a memory size must not be negative")
         return size
+    if isinstance(size, float):
+        # A number of bytes: 0.5 was taken for 0 (no limit), 1.5 for 1.
+        if not (size >= 0 and size.is_integer()):
+            raise ValueError("a memory size in bytes must be a whole number, not %r (or a string such as '512MiB')"
+                             % (size,))
+        return int(size)
     import re
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(size))
     if not m or m.group(2).lower() not in _UNITS:

@@ -184,6 +184,9 @@ class Pool:
         check_context(context, "context")
         check_max_tasks(maxtasksperchild, "maxtasksperchild")
         check_max_tasks(max_tasks_per_child, "max_tasks_per_child")
+        if maxtasksperchild and max_tasks_per_child and maxtasksperchild != max_tasks_per_child:
+            raise ValueError("maxtasksperchild=%r and max_tasks_per_child=%r are one setting: give one"
+                             % (maxtasksperchild, max_tasks_per_child))
         options = EngineOptions(mem_budget=mem_budget, mem_per_task=mem_per_task, mem_reserve=mem_reserve,
                                 mem_high=mem_high, mem_psi=mem_psi, no_governor=no_governor,
                                 backoff=backoff, max_backoff=max_backoff,

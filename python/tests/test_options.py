@@ -99,6 +99,8 @@ class Hello(unittest.TestCase):
                              ({"mem_limit": "1KiB"}, ValueError, "mem_limit='1KiB' is below the least a worker needs, 1 MiB"),
                              ({"mem_budget": 1000}, ValueError, "mem_budget=1000 is below the least"),
                              ({"mem_per_task": "0.5MiB"}, ValueError, "mem_per_task='0.5MiB' is below the least"),
+                             ({"mem_limit": 0.5}, ValueError, "a memory size in bytes must be a whole number, not 0.5"),
+                             ({"max_rss": 1.5}, ValueError, "a memory size in bytes must be a whole number, not 1.5"),
                              ({"mem_high": 0.5}, ValueError, "mem_high is a percentage: 0.5 would stop tasks whenever 0.5% of memory is in use \\(for 50%, give 50\\)")]:
             with self.subTest(kw=kw):
                 with self.assertRaisesRegex(exc, msg):
@@ -107,6 +109,8 @@ class Hello(unittest.TestCase):
                     safepool.Executor(1, **kw)
         with self.assertRaisesRegex(TypeError, "processes must be an int, not str"):
             safepool.Pool("2")
+        with self.assertRaisesRegex(ValueError, "maxtasksperchild=2 and max_tasks_per_child=3 are one setting"):
+            safepool.Pool(1, maxtasksperchild=2, max_tasks_per_child=3)
 
     def test_good_pool_timing_and_counts(self):
         class Two:  # an integer that is not an int, as numpy's
