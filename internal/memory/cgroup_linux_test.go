@@ -421,3 +421,46 @@ func openCount(t *testing.T, path string) int {
 	}
 	return n
 }
+
+// TestPeakLeavesOutEarlierCache: the page cache that an earlier process
+// of a group left (the file it wrote) is no part of the peak of the next
+// one, started after ResetPeak: a persistent worker's tasks, or a
+// one-shot slot's jobs, that write files were each charged the cache of
+// all the ones before, a peak that grew by the size of a file each time.
+// The writer's own peak keeps what it wrote.
+func TestPeakLeavesOutEarlierCache(t *testing.T) {
+	m := requireCgroups(t)
+	g, err := m.NewGroup("cache", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Remove()
+	run := func(script string) {
+		t.Helper()
+		cmd := exec.Command("sh", "-c", script)
+		if err := g.Prepare(cmd); err != nil {
+			t.Fatal(err)
+		}
+		err := cmd.Start()
+		g.Started()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := waitTimeout(t, cmd, time.Minute); err != nil {
+			t.Fatalf("%s: %v", script, err)
+		}
+	}
+	file := filepath.Join(t.TempDir(), "out")
+	const size = 40 * mib
+	run(fmt.Sprintf("head -c %d /dev/zero > %s", size, file))
+	if p, err := g.Peak(); err != nil || p < size*9/10 {
+		t.Fatalf("the writer's Peak() = %d, %v; want at least %d, its file's cache", p, err, size*9/10)
+	}
+	if err := g.ResetPeak(); err != nil {
+		t.Fatal(err)
+	}
+	run("true")
+	if p, err := g.Peak(); err != nil || p >= size/2 {
+		t.Errorf("the next process's Peak() = %d, %v; want below %d: the cache the writer left is not its", p, err, size/2)
+	}
+}

@@ -63,6 +63,16 @@ type Group struct {
 	// reported with the largest peak of the jobs before it. Guarded by mu.
 	peakBase     int64
 	peakRelative bool
+	// cacheBase is the inactive page cache the group held when ResetPeak
+	// started a new peak: what earlier processes of the group (a
+	// persistent worker's earlier tasks, a one-shot slot's earlier jobs)
+	// left of the files they wrote or read, charged to the group until
+	// the kernel reclaims it. Peak leaves out what of it is still there
+	// as it reads the peak: otherwise each task of a worker that writes
+	// files was charged all the cache of the tasks before it, a peak that
+	// grew task after task and made the governor run tasks one at a time.
+	// Guarded by mu.
+	cacheBase int64
 	// removed is set once the directory is gone; guarded by mu.
 	removed bool
 	// v1Peak is v1's memory.max_usage_in_bytes, kept open for reading and
@@ -293,13 +303,49 @@ func (g *Group) Peak() (int64, error) {
 		if err != nil {
 			return 0, fmt.Errorf("memory: parse %s/memory.max_usage_in_bytes: %w", g.path, err)
 		}
-		return v, nil
+		return g.lessCache(v), nil
 	}
 	v, err := g.ctrl.peak(g.path, g.peakFD)
 	if err == nil && g.peakRelative && v <= g.peakBase {
 		return 0, nil // not above the peak before the reset: unknown
 	}
+	if err == nil {
+		v = g.lessCache(v)
+	}
 	return v, err
+}
+
+// cacheFloor is the least use at ResetPeak for which the group's page
+// cache is read (memory.stat): below it, what cache there may be is left
+// in the peak, and a one-shot slot whose jobs leave next to nothing pays
+// no read of memory.stat per job.
+const cacheFloor = 4 << 20
+
+// inactiveCache returns the group's inactive page cache in bytes (memory.stat
+// inactive_file, v1 total_inactive_file), or 0 when it cannot be read.
+func (g *Group) inactiveCache() int64 {
+	key := "inactive_file"
+	if g.ctrl.mode() == ModeCgroupV1 {
+		key = "total_inactive_file"
+	}
+	v, ok, err := readKey(filepath.Join(g.path, "memory.stat"), key)
+	if err != nil || !ok {
+		return 0
+	}
+	return int64(v)
+}
+
+// lessCache returns peak, a reading of the group's peak since ResetPeak,
+// less the part of the cache it held then (cacheBase) that it still holds:
+// the kernel reclaims that cache before it runs short, so a process that
+// needed the room took it back, and it is then no part of the peak to
+// leave out. 0 (unknown) when nothing is left. g.mu must be held.
+func (g *Group) lessCache(peak int64) int64 {
+	if g.cacheBase <= 0 || peak <= 0 {
+		return peak
+	}
+	left := min(g.cacheBase, g.inactiveCache())
+	return max(peak-left, 0)
 }
 
 // v1PeakFD returns the open memory.max_usage_in_bytes of a v1 group,
@@ -351,9 +397,17 @@ func (g *Group) closeV1Files() {
 func (g *Group) ResetPeak() error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	g.cacheBase = 0
 	if fd, ok := g.v1PeakFD(); ok {
 		if _, err := unix.Pwrite(fd, []byte("0"), 0); err != nil {
 			return fmt.Errorf("memory: reset %s/memory.max_usage_in_bytes: %w", g.path, err)
+		}
+		// The new peak starts at the use now.
+		var buf [32]byte
+		if n, err := unix.Pread(fd, buf[:], 0); err == nil {
+			if use, err := strconv.ParseInt(strings.TrimSpace(string(buf[:n])), 10, 64); err == nil && use >= cacheFloor {
+				g.cacheBase = g.inactiveCache()
+			}
 		}
 		return nil
 	}
@@ -374,6 +428,9 @@ func (g *Group) ResetPeak() error {
 			g.peakFD.Close()
 		}
 		g.peakFD = f
+	}
+	if use, err := g.ctrl.usage(g.path); err == nil && use >= cacheFloor {
+		g.cacheBase = g.inactiveCache()
 	}
 	return nil
 }
