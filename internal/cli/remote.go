@@ -41,6 +41,11 @@ var agentFlags = []string{"jobs", "max-procs", "mem-limit", "no-data-limit", "me
 // check refuses --run-id without --nats, and with --nats the flags that are
 // the agents'.
 func (n *natsFlags) check(cmd string, fs *pflag.FlagSet) error {
+	if fs.Changed("nats") && strings.TrimSpace(n.url) == "" {
+		// --nats "$QUEUE_URL" with the variable unset or empty: run locally
+		// without a word, the whole job ran on the submitting machine.
+		return usagef(cmd, "--nats needs the URL of a NATS server, not an empty one")
+	}
 	if n.runID != "" && n.url == "" {
 		return usagef(cmd, "--run-id needs --nats")
 	}

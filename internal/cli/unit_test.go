@@ -645,6 +645,8 @@ func TestUsageErrors(t *testing.T) {
 		{"bad size", []string{"run", "--mem-limit", "12XB", "echo"}, `safepool run: invalid argument "12XB" for "--mem-limit" flag: unknown unit "XB" (want B, K, M, G, T, KiB, MiB, GiB, TiB, kB, MB, GB or TB)`},
 		{"bad duration", []string{"run", "--timeout", "5", "echo"}, `safepool run: invalid argument "5" for "--timeout" flag`},
 		{"negative timeout grace", []string{"run", "--timeout-grace", "-1s", "echo"}, "safepool run: --timeout-grace must not be negative"},
+		{"empty nats", []string{"run", "--nats", "", "echo"}, "safepool run: --nats needs the URL of a NATS server, not an empty one"},
+		{"empty nats with run id", []string{"map", "--nats=", "--run-id", "a", "cat"}, "safepool map: --nats needs the URL of a NATS server, not an empty one"},
 		{"grace with nats", []string{"run", "--nats", "nats://127.0.0.1:1", "--grace", "1s", "echo"}, "safepool run: --grace is a flag of each machine's safepool agent, not of the run, with --nats"},
 		{"negative timeout grace with nats", []string{"map", "--nats", "nats://127.0.0.1:1", "--timeout-grace", "-1s", "cat"}, "safepool map: --timeout-grace must not be negative"},
 		{"parallel's termseq", []string{"run", "--termseq", "TERM,200,KILL,25", "echo"}, "safepool run: unknown flag: --termseq (--timeout sends SIGTERM, then SIGKILL after --timeout-grace (0: SIGKILL at once))"},

@@ -535,8 +535,12 @@ func (r *Run) Waiting(ctx context.Context) string {
 	}
 	for k := MaxClass; k > largest; k-- {
 		if n := queued[k]; n > 0 {
-			return fmt.Sprintf("%d tasks need more than %s of memory, and no agent has that much (the largest gives %s per task); they wait for one",
-				n, bytesize.Format(classBound(k-1)), bytesize.Format(capacity))
+			need, they := "need", "they wait"
+			if n == 1 {
+				need, they = "needs", "it waits"
+			}
+			return fmt.Sprintf("%s %s more than %s of memory, and no agent has that much (the largest gives %s per task); %s for one",
+				plural(int(n), "task"), need, bytesize.Format(classBound(k-1)), bytesize.Format(capacity), they)
 		}
 	}
 	return ""
