@@ -27,12 +27,15 @@ var ErrNoServer = errors.New("no NATS server answers")
 
 // noServer reports whether err, from connecting, means that no server
 // answers at the URL: none listens there, or one takes the connection but
-// says nothing (stopped, hung), or the address drops packets. Credentials
-// refused, or a URL that cannot be parsed, are other errors.
+// says nothing (stopped, hung), or the address drops packets, or its host
+// name does not resolve (yet: in a compose file or a StatefulSet, the
+// server's name resolves once it runs). Credentials refused, or a URL that
+// cannot be parsed, are other errors.
 func noServer(err error) bool {
 	var ne net.Error
+	var dns *net.DNSError
 	return errors.Is(err, nats.ErrNoServers) || errors.Is(err, nats.ErrTimeout) ||
-		errors.As(err, &ne) && ne.Timeout()
+		errors.As(err, &ne) && ne.Timeout() || errors.As(err, &dns)
 }
 
 // lost notes that the connection to the server is lost; the client

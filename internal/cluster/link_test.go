@@ -1,8 +1,13 @@
 package cluster
 
 import (
+	"errors"
+	"fmt"
+	"net"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 )
 
 // TestNotices: a loss of the connection is told at once and its end told;
@@ -65,5 +70,26 @@ func TestNotices(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestNoServer: the errors of connecting that mean no server answers at
+// the URL, for which an agent waits and tries again, include a host name
+// that does not resolve (yet): an agent started beside its server in a
+// compose file or a StatefulSet, whose name resolves once it runs, exited
+// at once.
+func TestNoServer(t *testing.T) {
+	dns := fmt.Errorf("dial tcp: %w", &net.DNSError{Err: "no such host", Name: "queue", IsNotFound: true})
+	for _, tt := range []struct {
+		err  error
+		want bool
+	}{
+		{dns, true},
+		{fmt.Errorf("connecting: %w", nats.ErrNoServers), true},
+		{errors.New("nats: authorization violation"), false},
+	} {
+		if got := noServer(tt.err); got != tt.want {
+			t.Errorf("noServer(%v) = %v, want %v", tt.err, got, tt.want)
+		}
 	}
 }
