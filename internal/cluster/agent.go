@@ -586,6 +586,26 @@ func (a *Agent) startHeld(ctx context.Context, h *held) bool {
 	return true
 }
 
+// claimerLive reports whether the agent name still advertises itself in
+// AgentsBucket as the instance that made a claim, refreshed within
+// liveFresh: the same process, alive and connected. (An entry outlives
+// its agent by up to agentTTL; the freshness tells a killed agent's, whose
+// task is given again at least AckWait after its last word, from a live
+// one's, refreshed every agentTTL/3.)
+func (a *Agent) claimerLive(ctx context.Context, name, instance string) bool {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	e, err := a.conn.agents.Get(cctx, name)
+	if err != nil || time.Since(e.Created()) > liveFresh {
+		return false
+	}
+	var info AgentInfo
+	return unmarshal(e.Value(), &info) == nil && info.Instance == instance
+}
+
+// liveFresh is how recent an agent's entry must be for claimerLive.
+const liveFresh = agentTTL/3 + 2*time.Second
+
 // claim claims h's task for this delivery, and reports whether to run it;
 // when it does not, it has answered the message.
 //
@@ -649,6 +669,25 @@ func (a *Agent) claim(ctx context.Context, h *held) bool {
 			case ar.ClaimMsg != 0 && ar.ClaimMsg == seq && first && c.Agent == a.name:
 				// This delivery's own claim (claimFirst's, its answer
 				// lost): no loss.
+			case ar.ClaimMsg != 0 && ar.ClaimMsg == seq && ar.ClaimBy != "" && ar.ClaimBy != a.instance &&
+				(first || time.Since(a.conn.reconnectedAt()) < 2*AckWait) && a.claimerLive(ctx, c.Agent, ar.ClaimBy):
+				// A message that another agent has claimed, delivered
+				// here for the first time, or soon after this agent
+				// reconnected: the server was killed and started again,
+				// and forgot deliveries and their progress, and gives them
+				// out anew while their agents, which still advertise
+				// themselves, run them. That agent is not lost: this
+				// delivery is left unanswered, and once given again,
+				// finds the task's result recorded, or (no longer soon
+				// after a restart) takes its agent for lost. Taken for
+				// lost at once, the task ran twice, with a cause of
+				// agent-lost that was false, which counted towards
+				// MaxLost. (A delivery given again after AckWait without a
+				// word from its agent, stopped or cut off, while the
+				// server ran on, is neither.)
+				fmt.Fprintf(a.cfg.Log, "safepool agent %s: task %d of run %s, message %d, was given again while agent %s, which took it, runs: it is left to that agent\n",
+					a.name, t.Seq, t.Run, seq, c.Agent)
+				return false
 			case ar.ClaimMsg != 0 && ar.ClaimMsg == seq || ar.ClaimMsg == 0 && redelivered:
 				// This message's delivery before this one ended without a
 				// word from its agent. (A claim that names no message is an

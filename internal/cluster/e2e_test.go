@@ -617,6 +617,40 @@ func TestServerRestart(t *testing.T) {
 	checkRecorded(t, url, run, n)
 }
 
+// TestServerRestartShortTasks: with short tasks, many are given again by
+// the server started again (it forgot the deliveries) while the agents
+// that took them still run them, or have just answered: none of them is
+// taken for lost with its agent (cause agent-lost, a worker death,
+// recovered), as one in two such runs had some.
+func TestServerRestartShortTasks(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	server := startServer(t, dir, "server", port)
+	startAgent(t, dir, "agent1", url, "-j", "2")
+	startAgent(t, dir, "agent2", url, "-j", "2")
+	const n = 600
+	var inputs []string
+	for range n {
+		inputs = append(inputs, "sleep:10")
+	}
+	sub := submit(t, dir, "run", url, inputs)
+	run := runIDOf(t, sub)
+	waitRecorded(t, url, run, 50, 90*time.Second)
+	server.kill()
+	time.Sleep(500 * time.Millisecond)
+	startServer(t, dir, "server-again", port, "--store", filepath.Join(dir, "server"))
+	if st := sub.wait(t, 120*time.Second); st != 0 {
+		t.Fatalf("run exited %d, want 0\n%s", st, sub.stderr())
+	}
+	checkOutputs(t, sub, n)
+	s := summaryOf(t, dir, "run")
+	if s.WorkerDeaths != 0 || len(s.Recovered) != 0 {
+		t.Errorf("worker deaths %d, recovered %+v: want none, no agent was lost\n%s", s.WorkerDeaths, s.Recovered, sub.stderr())
+	}
+}
+
 // TestClusterServerKilled: a JetStream cluster of three servers holds the
 // stream and buckets in three replicas; one server is killed in the middle
 // of a run, and the run completes.
