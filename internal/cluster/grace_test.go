@@ -24,14 +24,17 @@ func TestRunTimeoutGrace(t *testing.T) {
 		args        []string
 		msg         string // the failed task's message
 	}{
-		{"zero", "termtrap:" + zero, []string{"--timeout-grace", "0"}, "killed after 300ms"},
-		{"short", "termignore:0", []string{"--timeout-grace", "1s"}, "killed after 300ms: SIGTERM, then SIGKILL after a grace of 1s"},
-		{"agents", "termtrap:" + own, nil, "killed after 300ms: SIGTERM, and the worker exited with 7"},
+		{"zero", "termtrap:" + zero, []string{"--timeout-grace", "0"}, "killed after 2s"},
+		{"short", "termignore:0", []string{"--timeout-grace", "1s"}, "killed after 2s: SIGTERM, then SIGKILL after a grace of 1s"},
+		{"agents", "termtrap:" + own, nil, "killed after 2s: SIGTERM, and the worker exited with 7"},
 	}
 	procs := make([]*proc, len(runs))
 	begin := time.Now()
 	for i, r := range runs {
-		procs[i] = submit(t, dir, r.name, url, []string{r.input}, append([]string{"--timeout", "300ms"}, r.args...)...)
+		// Long enough for the helper, built with -race on a busy machine,
+		// to set its SIGTERM handler before the timeout: with 300ms it
+		// sometimes died of the SIGTERM first.
+		procs[i] = submit(t, dir, r.name, url, []string{r.input}, append([]string{"--timeout", "2s"}, r.args...)...)
 	}
 	for i, r := range runs {
 		procs[i].wait(t, 60*time.Second)
