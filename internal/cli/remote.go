@@ -419,6 +419,9 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 		jl.observe(pool.Event{Kind: pool.EventTaskEnded, TaskID: r.ID, Result: &r})
 		counts.CountEnded(&r)
 		sum.add(&r)
+		if n := len(rec.Attempts); n > 0 && rec.Attempts[n-1].Agent != "" && r.State != pool.Done && r.State != pool.Cancelled {
+			sum.setAgent(r.ID, rec.Attempts[n-1].Agent)
+		}
 		if o.err == nil {
 			j.emit(o, &r)
 			led.written(&r, false)
@@ -598,8 +601,15 @@ loop:
 	}
 	sum.wall = time.Since(sum.StartTime)
 	counts.Submitted = int(total)
-	counts.Cancelled += int(total) - counts.Done - counts.Failed - counts.Poison - counts.Cancelled
+	uncollected := int(total) - counts.Done - counts.Failed - counts.Poison - counts.Cancelled
+	if !detached {
+		counts.Cancelled += uncollected
+	}
 	sum.setTasks(counts, led)
+	if detached {
+		// Not cancelled: they go on on the agents, for --run-id.
+		sum.Tasks.NotCollected = uncollected
+	}
 	sum.Attempts = counts.Attempts
 	sum.WorkerDeaths = counts.WorkerDeaths
 

@@ -37,6 +37,9 @@ type failedTask struct {
 	ExitCode int    `json:"exit_code"`
 	Signal   string `json:"signal"`
 	Message  string `json:"message"`
+	// Agent names the agent that ran the last attempt of a --nats run's
+	// task; it is left out of local runs.
+	Agent string `json:"agent,omitempty"`
 
 	short string // the input shortened and escaped for the text summary
 	// explained reports whether Message is the pool's own explanation of
@@ -86,6 +89,11 @@ type taskCounts struct {
 	// (--resume without --resume-failed), which fail the run as they did.
 	Skipped       int `json:"skipped"`
 	SkippedFailed int `json:"skipped_failed"`
+	// NotCollected counts the tasks of a --nats run that the submitter
+	// left without their results when its terminal hung up (SIGHUP), or
+	// when it could not stop the run: they go on on the agents, and the
+	// same command with --run-id collects them. They are not cancelled.
+	NotCollected int `json:"not_collected,omitempty"`
 }
 
 // summary is what a run or map reports at the end. The results loop fills
@@ -218,7 +226,10 @@ func (s *summary) add(r *pool.Result) {
 		ft.ExitCode = last.ExitCode
 		ft.Signal = last.Signal
 		ft.Message = strings.TrimSpace(last.Message)
-		ft.explained = r.State == pool.Poison || last.Crowded
+		// A failed attempt without a cause never reached a worker (a
+		// --nats task too large for a message): its message is all
+		// there is to say, and nothing was printed for it.
+		ft.explained = r.State == pool.Poison || last.Crowded || last.Cause == ""
 	}
 	for _, a := range r.Attempts {
 		ft.PeakRSS = max(ft.PeakRSS, a.PeakRSS)
@@ -228,6 +239,17 @@ func (s *summary) add(r *pool.Result) {
 		return
 	}
 	s.Failed = append(s.Failed, ft)
+}
+
+// setAgent names the agent of failed task id's last attempt, when the
+// summary lists it.
+func (s *summary) setAgent(id uint64, agent string) {
+	for i := range s.Failed {
+		if s.Failed[i].ID == id {
+			s.Failed[i].Agent = agent
+			return
+		}
+	}
 }
 
 // addRecovered notes a done task if any of its attempts failed. Preempted
@@ -326,6 +348,9 @@ func (s *summary) writeText(w io.Writer, quiet bool) {
 	if s.Tasks.Cancelled > 0 {
 		fmt.Fprintf(&b, ", %d cancelled", s.Tasks.Cancelled)
 	}
+	if s.Tasks.NotCollected > 0 {
+		fmt.Fprintf(&b, ", %d not collected (going on on the agents)", s.Tasks.NotCollected)
+	}
 	fmt.Fprintf(&b, " of %s in %s%s%s%s\n", plural(s.Tasks.Submitted, "task"), formatWall(s.wall), s.memoryNote(), s.skippedNote(), s.notReadNote())
 	if s.AbortReason != "" && !s.Interrupted {
 		fmt.Fprintf(&b, "safepool: aborted because %s\n", s.AbortReason)
@@ -402,6 +427,9 @@ func (f *failedTask) text(messages, viaShell bool) string {
 	}
 	if f.Attempts > 0 {
 		fmt.Fprintf(&b, " after %s", plural(f.Attempts, "attempt"))
+	}
+	if f.Agent != "" {
+		fmt.Fprintf(&b, " on %s", f.Agent)
 	}
 	if viaShell {
 		b.WriteString(shellStatusHint(f.Cause))

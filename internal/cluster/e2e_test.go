@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -367,6 +368,7 @@ type summaryJSON struct {
 		State   string `json:"state"`
 		Cause   string `json:"cause"`
 		Message string `json:"message"`
+		Agent   string `json:"agent"`
 	} `json:"failed"`
 	Recovered []struct {
 		ID     uint64   `json:"id"`
@@ -1060,6 +1062,15 @@ func TestInputTooLarge(t *testing.T) {
 	if s.Tasks.Done != 3 || s.Tasks.Failed != 1 || len(s.Failed) != 1 || s.Failed[0].ID != 2 ||
 		!strings.Contains(s.Failed[0].Message, "more than a NATS message holds") {
 		t.Errorf("summary = %+v, want 3 done and task 2 failed, too large", s)
+	}
+	// run prints no task's message in its text summary (the jobs' stderr
+	// is printed as they end), but this one, which no job printed.
+	r := start(t, dir, "run", "run", "--nats", url, "-a", "in.txt", "--", "echo", "{}")
+	if st := r.wait(t, 60*time.Second); st != 1 {
+		t.Fatalf("run exited %d, want 1 (one failed task)\n%s", st, r.stderr())
+	}
+	if !regexp.MustCompile(`task 2 \(input 'x+…'\) failed after 1 attempt: task too large: task 2 is [0-9.]+ MiB, more than a NATS message holds`).MatchString(r.stderr()) {
+		t.Errorf("run's summary does not say why task 2 failed:\n%s", r.stderr())
 	}
 }
 

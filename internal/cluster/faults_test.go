@@ -118,6 +118,10 @@ func TestSubmitterInterrupted(t *testing.T) {
 	if !strings.Contains(hup.stderr(), "goes on on the agents") {
 		t.Errorf("stderr does not say the run goes on:\n%s", hup.stderr())
 	}
+	// Its tasks were not cancelled: the summary counts them apart.
+	if !strings.Contains(hup.stderr(), "0 done, 0 failed, 2 not collected (going on on the agents) of 2 tasks") {
+		t.Errorf("the summary does not count the 2 running tasks as not collected:\n%s", hup.stderr())
+	}
 	waitRecorded(t, url, run, 2, 30*time.Second)
 }
 
@@ -661,6 +665,13 @@ func TestFailedOutputTooLarge(t *testing.T) {
 		!strings.Contains(s.Failed[0].Message, "output cut to fit a NATS message") || !strings.Contains(s.Failed[0].Message, "kept of 2 MiB (the last)") ||
 		s.Failed[1].ID != 2 || s.Failed[1].Cause != "timeout" {
 		t.Errorf("failed = %+v, want task 1 exit:3 saying its output was cut, task 2 timeout", s.Failed)
+	}
+	// Each failed task names the agent it failed on.
+	if len(s.Failed) == 2 && (s.Failed[0].Agent != "agent1" || s.Failed[1].Agent != "agent1") {
+		t.Errorf("failed = %+v, want both on agent1", s.Failed)
+	}
+	if !strings.Contains(p.stderr(), "exit:3 after 1 attempt on agent1") {
+		t.Errorf("the text summary does not name the agent of task 1:\n%s", p.stderr())
 	}
 	if !strings.Contains(p.stderr(), "the end\n") {
 		t.Errorf("the submitter's stderr lacks the end of the task's stderr")
