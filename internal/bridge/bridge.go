@@ -329,6 +329,8 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opt Options) error 
 	window := maxPending(h)
 	cfg := configOf(h)
 	cfg.Stdout, cfg.Stderr = opt.Stdout, opt.Stderr
+	notes := &notices{}
+	cfg.Observer = notes.observe
 	p, err := pool.New(cfg)
 	if err != nil {
 		// Tell the client why before giving up, so it can raise it.
@@ -378,10 +380,13 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opt Options) error 
 		}
 	}()
 
-	werr := writeResults(bw, p)
+	werr := writeResults(bw, p, notes)
 	end := End{Stats: p.Stats()}
 	if err := p.Err(); err != nil {
 		end.Error = err.Error()
+	}
+	if werr == nil {
+		werr = notes.write(bw)
 	}
 	if werr == nil {
 		if werr = writeJSON(bw, KindEnd, end); werr == nil {
@@ -529,7 +534,7 @@ func readTasks(ctx context.Context, br *bufio.Reader, p *pool.Pool, sent *submis
 
 // writeResults sends every result of p to the client. On a write error it
 // kills the pool and goes on reading its results until they end.
-func writeResults(bw *bufio.Writer, p *pool.Pool) error {
+func writeResults(bw *bufio.Writer, p *pool.Pool, notes *notices) error {
 	var werr error
 	results := p.Results()
 	for {
@@ -550,6 +555,10 @@ func writeResults(bw *bufio.Writer, p *pool.Pool) error {
 			return werr
 		}
 		if werr != nil {
+			continue
+		}
+		if werr = notes.write(bw); werr != nil {
+			killPool(p, errParentGone)
 			continue
 		}
 		if r.Items != nil {
@@ -575,6 +584,50 @@ func writeResults(bw *bufio.Writer, p *pool.Pool) error {
 			killPool(p, errParentGone)
 		}
 	}
+}
+
+// notices holds the pool's notices for the client (KindNotice) until the
+// results' writer sends them, ahead of the next result or the end: the
+// pool's observer, which gathers them, must not write to the client
+// itself, and a notice comes with a task's end (a worker over the max RSS
+// after its first task), whose result follows.
+type notices struct {
+	mu      sync.Mutex
+	pending []string
+	said    map[pool.EventKind]bool
+}
+
+// observe is the pool's Observer: it keeps the first notice of each kind.
+func (n *notices) observe(ev pool.Event) {
+	switch ev.Kind {
+	case pool.EventWorkerOverMaxRSS, pool.EventWorkerStalled, pool.EventWorkerOutOfStep:
+	default:
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.said[ev.Kind] {
+		return
+	}
+	if n.said == nil {
+		n.said = map[pool.EventKind]bool{}
+	}
+	n.said[ev.Kind] = true
+	n.pending = append(n.pending, ev.Message)
+}
+
+// write sends the notices gathered so far, each in a KindNotice frame.
+func (n *notices) write(bw *bufio.Writer) error {
+	n.mu.Lock()
+	pending := n.pending
+	n.pending = nil
+	n.mu.Unlock()
+	for _, msg := range pending {
+		if err := writeFrame(bw, KindNotice, 0, []byte(msg)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // writeItems writes the result of items of a batch in a KindItems frame.

@@ -55,6 +55,12 @@ const (
 	// a done frame, a range of items answered together, in another state
 	// (bridge/5), a run of items that each have the entry's output (writeItems).
 	KindItems Kind = 19
+	// KindNotice carries a notice for the client to show its user: UTF-8
+	// text, one sentence or more, such as a worker over the max RSS after
+	// its first task. A client that does not know the kind skips the
+	// frame, so bridge/5 clients read a session with notices as one
+	// without.
+	KindNotice Kind = 20
 )
 
 // maxPayload bounds a frame's payload, as in the worker protocol.

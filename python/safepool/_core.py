@@ -48,7 +48,8 @@ import weakref
 from ._options import format_size
 from ._pickling import dumps_function, dumps_payload  # noqa: F401  (dumps_function: the jobs' import)
 from ._protocol import (APPLY, BATCH_HEAD, ERROR_RECORD, HEADER, ITEM_ENTRY, K_ABORT, K_BATCH,  # noqa: F401
-                        K_CLOSE, K_END, K_ITEMS, K_READY, K_RESULT, META_LEN, MAP, OK, RAISED, STAR, clock_now)
+                        K_CLOSE, K_END, K_ITEMS, K_NOTICE, K_READY, K_RESULT, META_LEN, MAP, OK, RAISED, STAR,
+                        clock_now)
 from . import _direct, _oob  # a map's values straight from its workers; big buffers out of band
 
 _live_cores = weakref.WeakSet()
@@ -823,6 +824,10 @@ class _Core:
                 elif kind == K_ITEMS:
                     self._on_items(ident, payload)
                     payload = None
+                elif kind == K_NOTICE:
+                    # Something the user should change, such as a max_rss
+                    # below what a worker holds once started; once a pool.
+                    warnings.warn("safepool: " + bytes(payload).decode("utf-8", "replace"), RuntimeWarning)
                 elif kind == K_READY:
                     self._ready_info = json.loads(payload)
                     self._ready.set()

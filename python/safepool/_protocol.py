@@ -59,7 +59,7 @@ def page_word(mark: int, bias: int) -> int:
 # The bridge protocol: client <-> safepool binary.
 BRIDGE_VERSION = 5
 K_HELLO, K_TASK, K_CLOSE, K_ABORT, K_TASK_META, K_BATCH = 1, 2, 3, 4, 5, 6
-K_READY, K_RESULT, K_END, K_ITEMS = 16, 17, 18, 19
+K_READY, K_RESULT, K_END, K_ITEMS, K_NOTICE = 16, 17, 18, 19, 20
 # The length of the JSON before the payload of task+ and result frames.
 META_LEN = struct.Struct(">I")
 # A batch frame's head: its item count and the length of its JSON options.

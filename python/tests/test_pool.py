@@ -11,6 +11,7 @@ import tempfile
 import textwrap
 import time
 import unittest
+import warnings
 from unittest import mock
 
 import safepool
@@ -426,6 +427,30 @@ class MaxTasksPerChild(unittest.TestCase):
         with safepool.Executor(1, max_tasks_per_child=1) as ex:
             pids = list(ex.map(helpers.pid_of, range(12)))
         self.assertEqual(len(set(pids)), 12)
+
+
+class MaxRSS(unittest.TestCase):
+    def test_a_max_rss_below_a_fresh_worker_is_said_once(self):
+        # A worker holds more than 1 MiB once started: each is replaced
+        # after its first item, and the pool says why, once, as a
+        # RuntimeWarning (the command line prints the same notice).
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            with safepool.Pool(2, max_rss="1MiB") as pool:
+                pids = pool.map(helpers.pid_of, range(6), chunksize=1)
+        self.assertGreater(len(set(pids)), 2)  # replaced (an item sent ahead may run before it is)
+        said = [str(w.message) for w in seen if issubclass(w.category, RuntimeWarning)
+                and "after its first task, over the max RSS of 1 MiB" in str(w.message)]
+        self.assertEqual(len(said), 1, [str(w.message) for w in seen])
+        self.assertIn("give a max RSS above what a worker holds once started", said[0])
+
+    def test_a_max_rss_above_a_fresh_worker_says_nothing(self):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            with safepool.Pool(2, max_rss="1GiB") as pool:
+                pids = pool.map(helpers.pid_of, range(6), chunksize=1)
+        self.assertLessEqual(len(set(pids)), 2)
+        self.assertEqual([str(w.message) for w in seen if "max RSS" in str(w.message)], [])
 
 
 class WorkerDeath(unittest.TestCase):
