@@ -298,21 +298,13 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opt Options) error 
 	if h.Version != Version {
 		// Say why to the client, which raises it: an end frame reads the
 		// same in every version.
-		verr := &VersionError{Client: h.Version}
-		_ = writeJSON(bw, KindEnd, End{Error: verr.Error()})
-		_ = bw.Flush()
-		return verr
+		return tell(bw, &VersionError{Client: h.Version})
 	}
 	if _, err := actionOf(h.OnWorkerDeath); err != nil {
-		_ = writeJSON(bw, KindEnd, End{Error: err.Error()})
-		_ = bw.Flush()
-		return err
+		return tell(bw, err)
 	}
 	if h.TimeoutGrace != nil && *h.TimeoutGrace < 0 {
-		err := fmt.Errorf("bridge: negative timeout_grace %g in the hello", *h.TimeoutGrace)
-		_ = writeJSON(bw, KindEnd, End{Error: err.Error()})
-		_ = bw.Flush()
-		return err
+		return tell(bw, fmt.Errorf("bridge: negative timeout_grace %g in the hello", *h.TimeoutGrace))
 	}
 	if url := remoteURL(f.payload); url != "" { // Pool(nats=URL): the agents run the tasks (remote.go)
 		return serveRemote(ctx, url, h, br, bw, opt)
@@ -333,10 +325,7 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opt Options) error 
 	cfg.Observer = notes.observe
 	p, err := pool.New(cfg)
 	if err != nil {
-		// Tell the client why before giving up, so it can raise it.
-		_ = writeJSON(bw, KindEnd, End{Error: err.Error()})
-		_ = bw.Flush()
-		return fmt.Errorf("bridge: starting the pool: %w", err)
+		return tell(bw, err)
 	}
 	ready := Ready{Version: Version, PID: os.Getpid(), MemoryMode: p.MemoryMode(),
 		MemoryModeReason: p.MemoryModeReason(), MaxPending: window,
@@ -401,6 +390,28 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer, opt Options) error 
 		return fmt.Errorf("bridge: writing to the client: %w", werr)
 	}
 	return nil
+}
+
+// ToldError is the error of a session that ended before it began (a hello
+// that cannot be used, a pool that cannot start), whose reason the bridge
+// sent to the client in an end frame: the client raises it, so Serve's
+// caller need not print it again.
+type ToldError struct {
+	// Err is why the session could not begin.
+	Err error
+}
+
+func (e *ToldError) Error() string { return e.Err.Error() }
+
+// Unwrap returns Err.
+func (e *ToldError) Unwrap() error { return e.Err }
+
+// tell sends err to the client in an end frame, so that the client can
+// raise it, and returns it as a ToldError.
+func tell(bw *bufio.Writer, err error) error {
+	_ = writeJSON(bw, KindEnd, End{Error: err.Error()})
+	_ = bw.Flush()
+	return &ToldError{Err: err}
 }
 
 // configOf returns the pool configuration that h asks for, without the

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -720,7 +721,7 @@ func TestBadHello(t *testing.T) {
 		{"json", `{`, "bad hello"},
 		{"policy", `{"version":5,"command":["true"],"on_worker_death":"maybe"}`, "on_worker_death"},
 		{"timeout grace", `{"version":5,"command":["true"],"timeout_grace":-1}`, "negative timeout_grace"},
-		{"command", `{"version":5,"command":["/nonexistent/worker"]}`, "starting the pool"},
+		{"command", `{"version":5,"command":["/nonexistent/worker"]}`, "/nonexistent/worker"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -734,6 +735,11 @@ func TestBadHello(t *testing.T) {
 			err := Serve(context.Background(), in, &out, Options{})
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("Serve(%s) = %v, want an error containing %q", tt.hello, err, tt.want)
+			}
+			// Told to the client, it is not to be printed again (ToldError).
+			var told *ToldError
+			if got, want := errors.As(err, &told), tt.name != "json"; got != want {
+				t.Errorf("Serve(%s) = %v, a ToldError: %v, want %v", tt.hello, err, got, want)
 			}
 			if tt.name == "json" || tt.name == "command" {
 				return

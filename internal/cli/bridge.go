@@ -73,7 +73,12 @@ func runBridge(ctx context.Context, e *env, args []string) error {
 	// process of a job stops.
 	err := bridge.Serve(ctx, in, out, bridge.Options{Stdout: e.stdout, Stderr: e.stderr, SetProcs: true,
 		Client: client})
-	if err != nil {
+	var told *bridge.ToldError
+	switch {
+	case errors.As(err, &told):
+		// The client raises it: printed here too, its user would read it twice.
+		return &statusError{status: exitFailed}
+	case err != nil:
 		return &statusError{status: exitFailed, err: err}
 	}
 	return nil

@@ -5,7 +5,10 @@ import functools
 import multiprocessing
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import textwrap
 import time
 import unittest
 
@@ -13,7 +16,7 @@ import safepool
 from safepool import _launch
 from safepool._options import EngineOptions
 from tests import helpers
-from tests.support import skip_or_fail
+from tests.support import child_env, skip_or_fail
 
 
 def hello_of(**kw) -> dict:
@@ -208,6 +211,25 @@ class Governor(unittest.TestCase):
         time.sleep(0.2)  # their ready frames, sent right after
         met = pool.map(functools.partial(helpers.meet, directory=d, n=2, limit=3), [0, 1], chunksize=1)
         self.assertEqual(sorted(met), [False, True])
+
+
+class PoolThatCannotStart(unittest.TestCase):
+    def test_its_reason_is_raised_and_not_printed(self):
+        # A reserve above the machine's memory leaves no room for a worker:
+        # the binary says why in its end frame, which the client raises;
+        # nothing goes to stderr besides, where it was printed a second time.
+        code = textwrap.dedent('''
+            import safepool
+            try:
+                safepool.Pool(2, mem_reserve="1000TiB").map(abs, [1])
+            except safepool.BrokenPool as e:
+                print("raised:", e)
+        ''')
+        out = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True,
+                             timeout=60)
+        self.assertIn("raised: the safepool binary cannot start the pool: pool: a memory reserve of 1000 TiB",
+                      out.stdout, out.stderr)
+        self.assertEqual(out.stderr, "")
 
 
 class Retries(unittest.TestCase):
