@@ -168,11 +168,11 @@ func (a *mapArgs) parse(e *env, args []string) error {
 		return usagef("map", "give the worker with --worker or after the flags, not both")
 	case a.worker == "" && len(a.argv) == 0:
 		return usagef("map", "missing worker command (--worker 'CMD')")
-	case slices.ContainsFunc(a.argv, a.unreplaced):
+	case slices.ContainsFunc(a.words(), a.unreplaced):
 		// map starts each worker once, with no input of its own: the
 		// word would reach every worker as it is ('cat {}' failed per
 		// block, 'echo {}' broke the line protocol).
-		tok := a.argv[slices.IndexFunc(a.argv, a.unreplaced)]
+		tok := a.words()[slices.IndexFunc(a.words(), a.unreplaced)]
 		if tok == "{%}" {
 			return usagef("map", "{%%} is not replaced by map: a worker serves many inputs and finds its slot, 1 to -j, in $SAFEPOOL_SLOT (for one GPU per worker: --worker 'CUDA_VISIBLE_DEVICES=$((SAFEPOOL_SLOT - 1)) worker.py'); with --pipe, {%%} is the slot of the block's process")
 		}
@@ -356,6 +356,16 @@ func isColons(s string) bool {
 // on as it is: all of them, but {#} and {%} with --pipe (the block's number,
 // the job slot). Only a whole word is taken for one, so that a program such
 // as jq or awk keeps its braces.
+// words returns the words of the worker's command: CMD after the flags,
+// or those of the --worker command line between blanks (a quoted '{}' is
+// no word of its own there, and is left alone).
+func (a *mapArgs) words() []string {
+	if a.worker != "" {
+		return strings.Fields(a.worker)
+	}
+	return a.argv
+}
+
 func (a *mapArgs) unreplaced(s string) bool {
 	if a.pipe && (s == "{#}" || s == "{%}") {
 		return false

@@ -677,6 +677,8 @@ func TestUsageErrors(t *testing.T) {
 		{"map --worker and colons", []string{"map", "--worker", "tr a-z A-Z", ":::", "a", "b"}, "safepool map: ::: (an input list of GNU parallel) is not map's: map reads its input from stdin or -a FILE"},
 		{"map --worker and input file list", []string{"map", "--pipe", "--worker", "wc -l", "::::", "f"}, "safepool map: :::: (an input list of GNU parallel) is not map's"},
 		{"map replacement string", []string{"map", "echo", "{}"}, "safepool map: {} is not replaced by map: a worker reads its inputs on stdin, one line each"},
+		{"map --worker replacement string", []string{"map", "--worker", "cat {}"}, "safepool map: {} is not replaced by map: a worker reads its inputs on stdin, one line each"},
+		{"map --worker slot", []string{"map", "--worker", "worker.py  {%}"}, "safepool map: {%} is not replaced by map: a worker serves many inputs"},
 		{"map --pipe replacement string", []string{"map", "--pipe", "--block", "1M", "wc", "-l", "{/}"}, "safepool map: {/} is not replaced by map: each block reaches the worker on its stdin (GNU parallel's --cat and --fifo are not supported)"},
 		{"map line number", []string{"map", "echo", "{#}"}, "safepool map: {#} is not replaced by map"},
 		{"map json stdout", []string{"map", "--json", "-", "--worker", "cat"}, "safepool map: --json needs a FILE: stdout carries the data"},
