@@ -134,10 +134,12 @@ func (r *runner) run() {
 	defer r.p.runners.Done()
 	r.env = slotEnv(r.p.cfg.Env, r.slot+1)
 	if r.p.mem.Mode().PerWorker() {
-		g, err := r.p.mem.NewGroup("w"+strconv.Itoa(r.slot), r.limit())
+		// Named by the slot as $SAFEPOOL_SLOT has it: w1, w2, ...
+		name := "w" + strconv.Itoa(r.slot+1)
+		g, err := r.p.mem.NewGroup(name, r.limit())
 		if err == nil && r.p.cfg.Protocol == OneShot {
 			var spare *memory.Group
-			if spare, err = r.p.mem.NewGroup("w"+strconv.Itoa(r.slot)+"b", r.limit()); err == nil {
+			if spare, err = r.p.mem.NewGroup(name+"b", r.limit()); err == nil {
 				r.spare = spare
 				defer spare.Remove()
 			} else {
@@ -145,7 +147,7 @@ func (r *runner) run() {
 			}
 		}
 		if err != nil {
-			r.p.abortFor(0, fmt.Errorf("creating a cgroup for worker %d: %w", r.slot, err))
+			r.p.abortFor(0, fmt.Errorf("creating the cgroup of slot %d: %w", r.slot+1, err))
 		} else {
 			r.group = g
 			defer g.Remove()
