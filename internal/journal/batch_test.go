@@ -968,3 +968,36 @@ func TestOpenExplains(t *testing.T) {
 		})
 	}
 }
+
+// TestJournalNameWithURICharacters: a journal named with characters that
+// a SQLite URI gives a meaning ('?', '#', '%') is the file of that name:
+// "night?1.db" and "night?2.db" were both the file "night", each with a
+// span file of its own, and "b%41.db" was "bA.db".
+func TestJournalNameWithURICharacters(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"night?1.db", "night?2.db", "a#1.db", "b%41.db", "x.db?mode=memory"} {
+		path := filepath.Join(dir, name)
+		j, err := Open(path)
+		if err != nil {
+			t.Fatalf("Open(%q): %v", name, err)
+		}
+		w, err := j.Start(Run{Kind: "run", Command: `["work"]`})
+		if err != nil {
+			t.Fatalf("Start in %q: %v", name, err)
+		}
+		w.Close(0)
+		j.Close()
+		if fi, err := os.Stat(path); err != nil || fi.Size() == 0 {
+			t.Errorf("%q: %v, want the journal in the file of that name", name, err)
+		}
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if n := e.Name(); n == "night" || n == "a" || n == "bA.db" || n == "x.db" {
+			t.Errorf("a file %q was made for another name", n)
+		}
+	}
+}

@@ -123,7 +123,11 @@ func Open(path string) (*Journal, error) {
 	for _, p := range []string{"page_size(65536)", "synchronous(NORMAL)", "busy_timeout(10000)"} {
 		q.Add("_pragma", p)
 	}
-	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	name, err := fileURI(path, q.Encode())
+	if err != nil {
+		return nil, err
+	}
+	db, err := sql.Open("sqlite", name)
 	if err != nil {
 		return nil, fmt.Errorf("journal: opening %s: %w", path, err)
 	}
@@ -140,6 +144,19 @@ func Open(path string) (*Journal, error) {
 		return nil, explainOpen(err, path)
 	}
 	return j, nil
+}
+
+// fileURI returns the SQLite URI of the file at path with the query
+// query: its absolute path escaped, so that a name with '?', '#' or '%'
+// in it ("night?1.db") names that file, not the file before the '?' with
+// a query of its own.
+func fileURI(path, query string) (string, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", fmt.Errorf("journal: %w", err)
+	}
+	u := url.URL{Scheme: "file", OmitHost: true, Path: abs, RawQuery: query}
+	return u.String(), nil
 }
 
 // writable returns why this process may not write the file at path, by
@@ -172,13 +189,11 @@ func OpenRead(path string) (*Journal, error) {
 	if wal, err := os.Stat(path + "-wal"); err == nil && wal.Size() > 0 {
 		mode = "mode=ro"
 	}
-	abs, err := filepath.Abs(path)
+	name, err := fileURI(path, mode+"&_pragma=query_only(1)&_pragma=busy_timeout(10000)")
 	if err != nil {
-		return nil, fmt.Errorf("journal: %w", err)
+		return nil, err
 	}
-	u := url.URL{Scheme: "file", OmitHost: true, Path: abs,
-		RawQuery: mode + "&_pragma=query_only(1)&_pragma=busy_timeout(10000)"}
-	db, err := sql.Open("sqlite", u.String())
+	db, err := sql.Open("sqlite", name)
 	if err != nil {
 		return nil, fmt.Errorf("journal: opening %s: %w", path, err)
 	}
