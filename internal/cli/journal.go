@@ -254,10 +254,15 @@ func (jj *jobJournal) close(status int) error {
 	if jj.rs != nil {
 		jj.rs.Close()
 	}
+	closeJournal := jj.j.Close
 	if jj.w != nil {
 		err = jj.w.Close(status)
+	} else {
+		// No run was added (Start failed, or the job stopped before
+		// it): a journal file made for it is removed.
+		closeJournal = jj.j.CloseUnused
 	}
-	if cerr := jj.j.Close(); err == nil {
+	if cerr := closeJournal(); err == nil {
 		err = cerr
 	}
 	if err != nil {

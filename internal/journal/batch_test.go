@@ -1001,3 +1001,57 @@ func TestJournalNameWithURICharacters(t *testing.T) {
 		}
 	}
 }
+
+// TestCloseUnused: a journal file that Open made and to which no run
+// could be added (its span file is a directory) is removed as it closes,
+// with its WAL and shared memory, and the directory is left; a journal
+// that holds a run is left whole.
+func TestCloseUnused(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "j.db")
+	if err := os.Mkdir(SpanFile(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	j, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w, err := j.Start(Run{Kind: "run", Command: `["work"]`}); err == nil {
+		w.Close(0)
+		t.Fatal("Start with a directory as the span file succeeded")
+	}
+	if err := j.CloseUnused(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s is left: %v", filepath.Base(p), err)
+		}
+	}
+	if fi, err := os.Stat(SpanFile(path)); err != nil || !fi.IsDir() {
+		t.Errorf("the directory in the span file's place: %v, want it left", err)
+	}
+	if err := os.Remove(SpanFile(path)); err != nil {
+		t.Fatal(err)
+	}
+
+	// A journal with a run in it stays, whatever the next run meets.
+	if j, err = Open(path); err != nil {
+		t.Fatal(err)
+	}
+	w, err := j.Start(Run{Kind: "run", Command: `["work"]`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Close(0)
+	j.Close()
+	if j, err = Open(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.CloseUnused(); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Size() == 0 {
+		t.Errorf("a journal holding a run: %v after CloseUnused, want it left", err)
+	}
+}

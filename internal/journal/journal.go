@@ -91,6 +91,8 @@ func oneName(path string, fi fs.FileInfo) error {
 type Journal struct {
 	db   *sql.DB
 	path string
+	// created reports whether Open made the file (CloseUnused).
+	created bool
 }
 
 // Open opens the journal at path, creating it with its schema if needed.
@@ -134,7 +136,7 @@ func Open(path string) (*Journal, error) {
 	// One connection for the writer and one for resume's look-ups, which
 	// WAL lets read while the other writes.
 	db.SetMaxOpenConns(2)
-	j := &Journal{db: db, path: path}
+	j := &Journal{db: db, path: path, created: created}
 	if err := j.init(); err != nil {
 		unmade := created && j.unmade()
 		db.Close()
@@ -303,6 +305,26 @@ func (j *Journal) unmade() bool {
 	var objects int
 	err := j.db.QueryRow("SELECT count(*) FROM sqlite_master").Scan(&objects)
 	return err == nil && objects == 0
+}
+
+// CloseUnused closes the journal, as Close does, when no run could be
+// added to it (Start failed: a full disk, a span file that cannot be
+// opened). A file that Open made and that holds no run is removed then,
+// with its WAL, its shared memory and the span file that Start made: no
+// file is left that would pass for a journal.
+func (j *Journal) CloseUnused() error {
+	var runs int
+	unused := j.created && j.db.QueryRow("SELECT count(*) FROM run").Scan(&runs) == nil && runs == 0
+	err := j.Close()
+	if unused {
+		for _, p := range []string{j.path, j.path + "-wal", j.path + "-shm"} {
+			os.Remove(p)
+		}
+		if fi, serr := os.Lstat(SpanFile(j.path)); serr == nil && fi.Mode().IsRegular() && fi.Size() == 0 {
+			os.Remove(SpanFile(j.path))
+		}
+	}
+	return err
 }
 
 // DB returns the journal's database, for readers such as the report.
