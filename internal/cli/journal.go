@@ -215,6 +215,14 @@ func (jj *jobJournal) submit(id, seq uint64, key journal.Key, input []byte) {
 	}
 }
 
+// withdraw takes back the task of id id that submit, submitBatch or
+// submitLines recorded, which the pool refused as it stopped.
+func (jj *jobJournal) withdraw(id uint64) {
+	if jj != nil {
+		jj.w.Withdraw(id)
+	}
+}
+
 // submitBatch records the inputs numbered seqs, with keys, before they go
 // to the pool as one batch task (Task.Items) of id id.
 func (jj *jobJournal) submitBatch(id uint64, seqs []uint64, keys []journal.Key, inputs [][]byte) {

@@ -290,6 +290,7 @@ func (j *job) submitLines(ctx context.Context, p *pool.Pool, jl *joblog, jj *job
 	}
 	jj.submitLines(*id+1, seqs, keys, region)
 	if _, err := p.Submit(ctx, pool.Task{Input: region, Items: m}); err != nil {
+		jj.withdraw(*id + 1)
 		return false // the pool is stopping; the results loop reports why
 	}
 	*id += uint64(m)

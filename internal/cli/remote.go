@@ -426,7 +426,7 @@ func (j *job) executeRemote(ctx context.Context, nf *natsFlags) int {
 			j.emit(o, &r)
 			led.written(&r, false)
 		} else {
-			led.lost(&r)
+			led.lost(&r, false)
 		}
 		if r.State != pool.Done && spec.OnWorkerDeath == pool.Abort && abortReason == "" {
 			abortReason = quoteMessage(fmt.Sprintf("%v (--on-worker-death abort)", r.Err()))

@@ -453,7 +453,8 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 			jl.submit(id, seq, t.Input)
 			jj.submit(id, seq, key, jin)
 			if _, err := p.Submit(ctx, t); err != nil {
-				return // the pool is stopping; the results loop reports why
+				jj.withdraw(id) // not a task of the run: the summary does not count it
+				return          // the pool is stopping; the results loop reports why
 			}
 		}
 	}(replayCh)
@@ -645,10 +646,11 @@ func (j *job) execute(ctx context.Context) (*summary, int) {
 			}
 			j.seqs.forget(&r)
 			if o.err != nil {
-				led.lost(&r)
+				led.lost(&r, j.journaled == nil || j.journaled(&r))
 				break
 			}
 			j.emit(o, &r)
+			// After emit, which may keep the output for the journal.
 			led.written(&r, j.journaled == nil || j.journaled(&r))
 			switch {
 			case o.out.Buffered() == 0:

@@ -47,11 +47,17 @@ func (l *outputLedger) written(r *pool.Result, journal bool) {
 }
 
 // lost notes a result whose output was not written at all: writing had
-// failed before it came.
-func (l *outputLedger) lost(r *pool.Result) {
+// failed before it came. A task done stays unfinished in the journal
+// (--resume runs it again); one that ended otherwise keeps its state, and
+// the journal learns of its end, when journal is set, as it would have
+// once written: a run stopped by a closed stdout left its cancelled tasks
+// pending in the journal, and its report disagreed with its summary.
+func (l *outputLedger) lost(r *pool.Result, journal bool) {
 	if n := doneTasks(r); n > 0 {
 		l.unwritten.Add(int64(n))
 		l.jm.unwritten(n)
+	} else if journal {
+		l.jj.ended(r, time.Now())
 	}
 }
 
@@ -62,7 +68,7 @@ func (l *outputLedger) flushed(ok bool) {
 	for i, p := range l.pending {
 		switch {
 		case !ok:
-			l.lost(p.r)
+			l.lost(p.r, p.journal)
 		case p.journal:
 			l.jj.ended(p.r, now)
 		}

@@ -1055,3 +1055,37 @@ func TestCloseUnused(t *testing.T) {
 		t.Errorf("a journal holding a run: %v after CloseUnused, want it left", err)
 	}
 }
+
+// TestWithdraw: a task recorded by Submit that the pool then refused (it
+// was stopping) is no task of the run, whether a commit wrote it as
+// pending already or not: an interrupted run's report listed one pending
+// task more than its summary counted.
+func TestWithdraw(t *testing.T) {
+	j, err := Open(filepath.Join(t.TempDir(), "j.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	w, err := j.Start(Run{Kind: "run", Command: "[]"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	feed(w, 1, 1, KeyOf([]byte("x")), []byte("x"), pool.Done, nil)
+	w.Submit(2, 2, KeyOf([]byte("y")), []byte("y"))
+	time.Sleep(3 * FlushEvery) // written as pending
+	w.Withdraw(2)
+	w.Submit(3, 3, KeyOf([]byte("z")), []byte("z"))
+	w.Withdraw(3) // at once
+	w.SubmitLines(4, []uint64{4, 5}, []Key{KeyOf([]byte("a")), KeyOf([]byte("b"))}, []byte("a\nb\n"))
+	w.Withdraw(4)
+	if err := w.Close(3); err != nil {
+		t.Fatal(err)
+	}
+	var tasks, done int
+	if err := j.DB().QueryRow(`SELECT (SELECT count(*) FROM task), (SELECT coalesce(sum(count), 0) FROM span)`).Scan(&tasks, &done); err != nil {
+		t.Fatal(err)
+	}
+	if tasks != 0 || done != 1 {
+		t.Errorf("%d task rows and %d done in spans, want none and the 1 done", tasks, done)
+	}
+}

@@ -170,6 +170,7 @@ const (
 	recTask                      // EventTaskEnded
 	recEvent                     // any other event
 	recRun                       // Describe
+	recWithdraw                  // Withdraw
 )
 
 // record is one thing for the goroutine to write. It is kept small, and
@@ -303,6 +304,15 @@ func (w *Writer) SubmitBatch(id uint64, seqs []uint64, keys []Key, inputs [][]by
 // the slices.
 func (w *Writer) SubmitLines(id uint64, seqs []uint64, keys []Key, block []byte) {
 	w.add(record{kind: recBatch, id: id, batch: &liveTask{seqs: seqs, keys: keys, block: block, left: len(seqs)}})
+}
+
+// Withdraw takes back the task of pool id id that Submit, SubmitBatch or
+// SubmitLines recorded, when Pool.Submit then refused it because the pool
+// was stopping: it never was a task of the run, which the journal does not
+// list (an interrupted run's summary counts it nowhere either), and the
+// next --resume runs its inputs as any not read.
+func (w *Writer) Withdraw(id uint64) {
+	w.add(record{kind: recWithdraw, id: id})
 }
 
 // Skip records that the seq-th input was not run because an earlier run
@@ -528,7 +538,7 @@ func (w *Writer) loop() {
 		w.recs, w.n, w.bytes = spare[:0], 0, 0
 		w.room.Broadcast()
 		w.mu.Unlock()
-		w.flush(recs)
+		w.flush(recs, stopping)
 		for i := range recs {
 			clear(recs[i]) // let inputs and outputs go
 			recs[i] = recs[i][:0]
@@ -568,8 +578,11 @@ func (w *Writer) committer() {
 }
 
 // flush makes the rows of recs, and gives them to the committer to write
-// in one transaction.
-func (w *Writer) flush(recs [][]record) {
+// in one transaction. The last flush (Close) writes every task still live
+// as pending: the run ended without its end (cancelled before the journal
+// learnt of it, or done with its output not written out), and the journal
+// lists every task the run had.
+func (w *Writer) flush(recs [][]record, last bool) {
 	b := <-w.freeRows
 	if len(w.spare) < maxSpare {
 		w.spare = append(w.spare, b.spare...)
@@ -602,7 +615,7 @@ func (w *Writer) flush(recs [][]record) {
 	for _, lt := range w.live {
 		switch {
 		case lt.inserted || lt.seqs != nil:
-		case lt.aged:
+		case lt.aged || last:
 			b.tasks.add(int64(lt.seq), lt.key[:], lt.input, "pending", 0, nil, nil, nil, nil)
 			lt.inserted = true
 		default:
@@ -940,6 +953,13 @@ func (w *Writer) rows(b *rows, r *record) {
 			w.bases = slices.DeleteFunc(w.bases, func(id uint64) bool { return w.live[id] == nil })
 		}
 		w.bases = append(w.bases, r.id)
+	case recWithdraw:
+		if lt := w.live[r.id]; lt != nil {
+			delete(w.live, r.id)
+			if lt.inserted {
+				b.deletes.add(int64(lt.seq))
+			}
+		}
 	case recSkip:
 		if r.text != "" {
 			b.tasks.add(int64(r.seq), r.key[:], r.input, "skipped", 0, nullString(r.text), nil, nil, r.at)
