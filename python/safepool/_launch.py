@@ -23,6 +23,7 @@ ENV_SYSPATH = "SAFEPOOL_PY_SYSPATH"  # the parent's sys.path, packed (pack_strin
 ENV_ARGV = "SAFEPOOL_PY_ARGV"  # the parent's sys.argv, packed
 ENV_MAIN = "SAFEPOOL_PY_MAIN"  # "path:<file>" or "name:<module>": the parent's main module
 ENV_INIT = "SAFEPOOL_PY_INIT"  # the path of a file holding the pickled (initializer, initargs)
+ENV_AUTHKEY = "SAFEPOOL_PY_AUTHKEY"  # multiprocessing's authentication key of this process, in hex
 # A packed value longer than this (sys.argv of a script run on thousands of
 # files, `script.py inputs/*.json`) goes in a file that the variable's name
 # with _FILE appended names: exec refuses an environment string above 128
@@ -301,6 +302,15 @@ class Launch:
         env.pop(ENV_MAIN, None)
         env.pop(ENV_INIT, None)
         env.pop(CLOCK_ENV, None)
+        env.pop(ENV_AUTHKEY, None)
+        mp_process = sys.modules.get("multiprocessing.process")
+        if mp_process is not None and not options.nats:
+            # This program uses multiprocessing: a Manager's proxies sent
+            # to the workers (a Queue for progress, a dict) connect to the
+            # manager with this process's key, which multiprocessing's
+            # spawn gives its children as well. (Not imported here: its
+            # import costs the workers tens of milliseconds each.)
+            env[ENV_AUTHKEY] = bytes(mp_process.current_process().authkey).hex()
         if self.clock is not None:
             env[CLOCK_ENV] = hello["clock"]
         # None: workers import no __main__. The agents' workers do not:

@@ -235,6 +235,12 @@ def _setup():
     if argv is not None:
         sys.argv = unpack_strings(argv)
     _fix_main()
+    authkey = os.environ.pop("SAFEPOOL_PY_AUTHKEY", None)
+    if authkey:
+        # The client's multiprocessing key, before any task or initializer
+        # can unpickle a Manager's proxy, which connects with it.
+        import multiprocessing.process
+        multiprocessing.process.current_process().authkey = bytes.fromhex(authkey)
     init = os.environ.get("SAFEPOOL_PY_INIT")
     if init:
         with open(init, "rb") as f:

@@ -82,6 +82,34 @@ class UnpicklableResult(unittest.TestCase):
 
 
 
+class ManagerProxies(unittest.TestCase):
+    def test_a_managers_queue_and_dict_reach_the_workers(self):
+        # Progress through a Manager's Queue, results into its dict: the
+        # proxies connect to the manager with the program's multiprocessing
+        # key, which the workers did not have ("digest sent was rejected").
+        out = run_script(self, '''
+            import multiprocessing
+            import safepool
+
+            def put(q, i):
+                q.put(i)
+                return i
+
+            def store(d, i):
+                d[i] = i * i
+
+            if __name__ == "__main__":
+                with multiprocessing.Manager() as m:
+                    q, d = m.Queue(), m.dict()
+                    with safepool.Executor(2) as ex:
+                        print(list(ex.map(put, [q] * 3, range(3))), sorted(q.get() for _ in range(3)))
+                    with safepool.Pool(2) as pool:
+                        pool.starmap(store, [(d, i) for i in range(3)])
+                    print(sorted(d.items()))
+        ''')
+        self.assertEqual(out.stdout, "[0, 1, 2] [0, 1, 2]\n[(0, 0), (1, 1), (2, 4)]\n", out.stderr)
+
+
 class ExecutorAtExit(unittest.TestCase):
     def test_futures_of_an_executor_never_shut_down_finish(self):
         # A script that submits its work with done callbacks and ends,
