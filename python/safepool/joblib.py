@@ -90,7 +90,15 @@ class SafepoolBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def _get_pool(self) -> Pool:
         if self._pool is None:
-            self._pool = Pool(self._n_jobs, **self.pool_kwargs)
+            kwargs = self.pool_kwargs
+            if kwargs.get("initializer") is None:
+                # A Parallel inside a task runs as joblib's process backends
+                # run it: on the nested backend (threads at the first level
+                # of nesting), not on a pool of processes of its own in
+                # every worker. joblib's batches set it as they run; the
+                # items of a batch here are sent one by one.
+                kwargs = dict(kwargs, initializer=_use_nested_backend, initargs=self.get_nested_backend())
+            self._pool = Pool(self._n_jobs, **kwargs)
         return self._pool
 
     def apply_async(self, func, callback=None):
@@ -156,6 +164,13 @@ class SafepoolBackend(AutoBatchingMixin, ParallelBackendBase):
             if kwargs is None:
                 kwargs = getattr(parallel, "_backend_args", {})
             self.configure(n_jobs=parallel.n_jobs, parallel=parallel, **kwargs)
+
+
+def _use_nested_backend(backend, n_jobs):
+    """A worker's initializer: make backend, with n_jobs, the default
+    backend of the worker's tasks (its main thread's), as joblib's batches
+    do while they run (BatchedCalls)."""
+    joblib.parallel_backend(backend, n_jobs=n_jobs)
 
 
 class _BatchResult:

@@ -390,3 +390,11 @@ class HoldsPool:
 
     def work(self, x):
         return x
+
+
+def active_joblib_backend(_):
+    """The class name and nesting level of joblib's active backend in the
+    task that calls it."""
+    from joblib.parallel import get_active_backend
+    backend, _ = get_active_backend()
+    return type(backend).__name__, getattr(backend, "nesting_level", None)

@@ -178,6 +178,13 @@ else:
             self.assertEqual(sorted(unordered(delayed(helpers.sleep_for)(x) for x in (0.3, 0.1, 0.2, 0))),
                              [0, 0.1, 0.2, 0.3])
 
+        def test_a_parallel_in_a_task_runs_on_the_nested_backend(self):
+            # As under loky and multiprocessing: threads at the first level
+            # of nesting, not a loky pool of processes in every worker.
+            with parallel_backend("safepool", n_jobs=2):
+                out = Parallel()(delayed(helpers.active_joblib_backend)(i) for i in range(4))
+            self.assertEqual(out, [("ThreadingBackend", 1)] * 4)
+
         def test_n_jobs(self):
             backend = safepool.joblib.SafepoolBackend()
             self.assertEqual(backend.effective_n_jobs(-1), joblib.cpu_count())
