@@ -1320,10 +1320,11 @@ class _Core:
     def _fail(self, job, pos, item, cls, cause, message, history, state="failed"):
         last = history[-1] if history else None
         n = max((a.number for a in history), default=0)
+        fn, _, shown = task_view(job, item)
         exc = cls(message, cause=cause, attempts=n, peak_rss=last.peak_rss if last else 0,
-                  task_args=item, function=job.fn, history=history, state=state)
+                  task_args=shown, function=fn, history=history, state=state)
         with self._lock:
-            self._failed.append((job.fn, item, cause, n))
+            self._failed.append((fn, shown, cause, n))
         self._settle(job, pos, False, exc)
 
     def _settle(self, job, pos, ok, value):
@@ -1588,13 +1589,25 @@ def _function_key(fn_bytes: bytes):
     return fn_bytes if len(fn_bytes) <= 4096 else (len(fn_bytes), hash(fn_bytes))
 
 
+def task_view(job, item):
+    """The function, mode and item by which reports show item of job: for
+    the joblib backend's items sent by value, call_pickled(pickled, args,
+    kwargs), the function they call and its arguments (job.shown), as
+    APPLY's item; else job's own."""
+    shown = job.shown
+    if shown and job.mode == STAR and len(item) == 3 and item[0] in shown:
+        return shown[item[0]], APPLY, (item[1], item[2])
+    return job.fn, job.mode, item
+
+
 def _call_repr(job, item) -> str:
     """Show a task as a call, such as work(7), shortened."""
-    name = getattr(job.fn, "__qualname__", None) or repr(job.fn)
+    fn, mode, item = task_view(job, item)
+    name = getattr(fn, "__qualname__", None) or repr(fn)
     try:
-        if job.mode == MAP:
+        if mode == MAP:
             args = repr(item)
-        elif job.mode == STAR:
+        elif mode == STAR:
             args = ", ".join(repr(a) for a in item)
         else:
             a, kw = item

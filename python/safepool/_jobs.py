@@ -53,6 +53,10 @@ class _Job:
     encoding_errors = True
     # opts are the call's own options (_options.call_options), or None.
     opts = None
+    # shown maps the pickled functions of the joblib backend's items sent
+    # by value, call_pickled(pickled, args, kwargs), to the functions they
+    # are, for reports (_core.task_view); None for other jobs.
+    shown = None
 
     def __init__(self, core, fn: Callable, mode: int):
         if not callable(fn):

@@ -115,6 +115,7 @@ class SafepoolBackend(AutoBatchingMixin, ParallelBackendBase):
         # (as __mp_main__) would not find.
         by_name = pool._core.main_importable and not has_cloudpickle()
         fns = {} if items is None else {id(f): f for f, _, _ in items}
+        shown = None
         if items is None:  # not a BatchedCalls: one call
             fn, mode, args = func, APPLY, [((), {})]
         elif len(fns) == 1 and (by_name or not uses_main(items[0][0])):
@@ -124,8 +125,10 @@ class SafepoolBackend(AutoBatchingMixin, ParallelBackendBase):
             fn, mode = call_pickled, STAR
             pickled = {k: dumps_function(f, by_name) for k, f in fns.items()}
             args = [(pickled[id(f)], tuple(a), dict(kw)) for f, a, kw in items]
+            shown = {pickled[k]: f for k, f in fns.items()}  # a death names f, not call_pickled
         result = _BatchResult(self.deaths, callback, single=items is None)
-        result.res = pool._map_async(fn, args, len(args) or 1, mode, result.completed, None, "return")
+        result.res = pool._map_async(fn, args, len(args) or 1, mode, result.completed, None, "return",
+                                     shown=shown)
         return result
 
     # joblib 1.5 and later name it submit (apply_async is deprecated there).

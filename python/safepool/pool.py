@@ -277,7 +277,7 @@ class Pool:
         return int(size)
 
     def _map_async(self, fn, iterable, chunksize, mode, callback, error_callback, errors, progress=False,
-                   wait=False):
+                   wait=False, shown=None):
         from ._core import _Chunk
         from ._jobs import AsyncResult
         self._check()
@@ -294,6 +294,7 @@ class Pool:
             display = _progress.make(progress, len(items))
         res = AsyncResult(self._core, fn, mode, len(items), False, callback, error_callback, errors, display,
                           pool=self)
+        res._job.shown = shown  # before any chunk is sent
         cs = self._chunksize(len(items), chunksize, res._job.fn_bytes)
         if not wait:
             for start in range(0, len(items), cs):

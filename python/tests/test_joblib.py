@@ -68,6 +68,8 @@ else:
                 skip_or_fail(self, "cloudpickle is not importable (test.sh installs python3-cloudpickle)")
             from tests.test_script_habits import run_script
             out = run_script(self, """
+                    import os
+
                     import joblib
                     import safepool.joblib
 
@@ -85,10 +87,21 @@ else:
                             print(joblib.Parallel(n_jobs=2, backend="safepool")(joblib.delayed(fn)(i) for i in range(4)))
                         calls = [joblib.delayed(score if i % 2 else score2)(i) for i in range(6)]
                         print(joblib.Parallel(n_jobs=2, backend="safepool", batch_size=3)(calls))
+
+                        # A death names the function sent by value, not
+                        # the call that unpickles it.
+                        def die(x):
+                            if x == 2:
+                                os._exit(9)
+                            return x
+
+                        died = joblib.Parallel(n_jobs=2, backend="safepool")(joblib.delayed(die)(i) for i in range(4))[2]
+                        print(str(died).split(" after ")[0], died.function.__name__, died.task_args)
                     """, python=[sys.executable])
             self.assertEqual(out.returncode, 0, out.stderr)
             self.assertEqual(out.stdout.splitlines(), ["[0, 10, 20, 30]", "[0.0, 3.0, 6.0, 9.0]",
-                                                       "[0.0, 10, 6.0, 30, 12.0, 50]"])
+                                                       "[0.0, 10, 6.0, 30, 12.0, 50]",
+                                                       "the worker died running die(2) (exit:9) die ((2,), {})"])
 
         def test_killed_worker_costs_one_task(self):
             # Batches of 5: the worker dies on task 7, in the middle of the
