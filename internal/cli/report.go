@@ -84,11 +84,15 @@ func (a *reportArgs) parse(e *env, args []string) error {
 		return usagef("report", "--run must be a run's number, at least 1")
 	}
 	a.file = fs.Arg(0)
-	if a.out == "" {
+	given := a.out != ""
+	if !given {
 		a.out = strings.TrimSuffix(a.file, filepath.Ext(a.file)) + ".html"
 	}
 	if a.out != "-" {
 		if what := journalFileAt(a.out, a.file); what != "" {
+			if given {
+				return usagef("report", "the page would overwrite %s: give -o another file", what)
+			}
 			return usagef("report", "the page would overwrite %s: give -o OUT", what)
 		}
 	}
