@@ -1594,7 +1594,7 @@ def task_view(job, item):
     the joblib backend's items sent by value, call_pickled(pickled, args,
     kwargs), the function they call and its arguments (job.shown), as
     APPLY's item; else job's own."""
-    shown = job.shown
+    shown = getattr(job, "shown", None)  # a job of _jobs, or one made alike
     if shown and job.mode == STAR and len(item) == 3 and item[0] in shown:
         return shown[item[0]], APPLY, (item[1], item[2])
     return job.fn, job.mode, item
