@@ -1061,15 +1061,7 @@ func TestCloseUnused(t *testing.T) {
 // pending already or not: an interrupted run's report listed one pending
 // task more than its summary counted.
 func TestWithdraw(t *testing.T) {
-	j, err := Open(filepath.Join(t.TempDir(), "j.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer j.Close()
-	w, err := j.Start(Run{Kind: "run", Command: "[]"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	j, w := startRun(t)
 	feed(w, 1, 1, KeyOf([]byte("x")), []byte("x"), pool.Done, nil)
 	w.Submit(2, 2, KeyOf([]byte("y")), []byte("y"))
 	time.Sleep(3 * FlushEvery) // written as pending
@@ -1088,4 +1080,20 @@ func TestWithdraw(t *testing.T) {
 	if tasks != 0 || done != 1 {
 		t.Errorf("%d task rows and %d done in spans, want none and the 1 done", tasks, done)
 	}
+}
+
+// startRun opens a new journal and starts a run of kind run in it; the
+// journal is closed at the test's end.
+func startRun(t *testing.T) (*Journal, *Writer) {
+	t.Helper()
+	j, err := Open(filepath.Join(t.TempDir(), "j.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { j.Close() })
+	w, err := j.Start(Run{Kind: "run", Command: "[]"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j, w
 }

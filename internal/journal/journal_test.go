@@ -111,15 +111,7 @@ func TestResume(t *testing.T) {
 }
 
 func TestRowsWritten(t *testing.T) {
-	j, err := Open(filepath.Join(t.TempDir(), "j.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer j.Close()
-	w, err := j.Start(Run{Kind: "run", Command: "[]"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	j, w := startRun(t)
 	feed(w, 1, 1, KeyOf([]byte("x")), []byte("x"), pool.Done, nil)
 	w.Submit(2, 2, KeyOf([]byte("y")), []byte("y"))
 	time.Sleep(2 * FlushEvery) // the second task is written as pending
