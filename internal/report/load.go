@@ -73,13 +73,41 @@ func Load(ctx context.Context, path string, opt Options) (*Run, error) {
 	if err := registerSamplesFunc(); err != nil {
 		return nil, fmt.Errorf("report: %w", err)
 	}
-	db, v, err := open(path)
-	if err != nil {
-		return nil, err
+	had := besideFiles(path)
+	run, err := func() (*Run, error) {
+		db, v, err := open(path)
+		if err != nil {
+			return nil, err
+		}
+		defer db.Close()
+		l := &loader{db: db, path: path, opt: opt, spans: v >= 2, version: v}
+		return l.load(ctx)
+	}()
+	if errors.Is(err, ErrDamaged) {
+		// The last connection to close removes the WAL and the shared
+		// memory, but not those of a journal SQLite cannot read whole:
+		// what this reader made beside a damaged journal (which nothing
+		// writes) is removed, an empty WAL and its shared memory.
+		for _, name := range []string{"-wal", "-shm"} {
+			if fi, serr := os.Lstat(path + name); !had[name] && serr == nil && fi.Mode().IsRegular() &&
+				(name == "-shm" || fi.Size() == 0) {
+				os.Remove(path + name)
+			}
+		}
 	}
-	defer db.Close()
-	l := &loader{db: db, path: path, opt: opt, spans: v >= 2, version: v}
-	return l.load(ctx)
+	return run, err
+}
+
+// besideFiles reports which of the WAL ("-wal") and shared memory ("-shm")
+// of the journal at path are there.
+func besideFiles(path string) map[string]bool {
+	had := map[string]bool{}
+	for _, name := range []string{"-wal", "-shm"} {
+		if _, err := os.Lstat(path + name); err == nil {
+			had[name] = true
+		}
+	}
+	return had
 }
 
 // open opens the journal for reading and checks its schema version, which

@@ -125,6 +125,13 @@ func TestLoadErrors(t *testing.T) {
 			}
 		})
 	}
+	// Nothing is left beside the damaged journal: SQLite's last
+	// connection did not remove the WAL and shared memory it made there.
+	for _, name := range []string{"-wal", "-shm"} {
+		if _, err := os.Lstat(cut + name); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("cut.db%s is left beside the damaged journal: %v", name, err)
+		}
+	}
 }
 
 // fifo makes a FIFO for the test.
