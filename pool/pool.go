@@ -204,6 +204,28 @@ func (t *task) timeoutGrace(cfg *Config) time.Duration {
 	return cfg.TimeoutGrace
 }
 
+// FitWorkers returns how many workers a pool of cfg runs at once: cfg's
+// Workers (the CPUs for 0), lowered as New lowers it to what this
+// process's open-file and process limits leave room for, and the notices
+// that say why. It starts nothing: a dry run shows the slots a run has.
+func FitWorkers(cfg Config) (int, []string, error) {
+	if err := cfg.normalize(); err != nil {
+		return 0, nil, err
+	}
+	var notices []string
+	if n := cfg.fitFiles(); n != "" {
+		notices = append(notices, n)
+	}
+	n, err := cfg.fitPids()
+	if err != nil {
+		return 0, nil, err
+	}
+	if n != "" {
+		notices = append(notices, n)
+	}
+	return cfg.Workers, notices, nil
+}
+
 // New validates cfg, checks that the worker command can be started, and
 // starts the pool's workers. A command that cannot be found or executed is
 // reported at once as a *StartError.

@@ -191,7 +191,16 @@ func runRun(ctx context.Context, e *env, args []string) error {
 
 	if a.dryRun {
 		dryRunNotice(e, &a)
-		return dryRun(ctx, e, tmpl, src, a.common.journal, a.cmd, cfg.Workers)
+		// The slots of {%} are those the run would have: -j lowered to
+		// what the limits leave room for, as the run says.
+		workers, notices, err := pool.FitWorkers(cfg)
+		if err != nil {
+			workers = cfg.Workers // the run would say why it cannot start
+		}
+		for _, n := range notices {
+			fmt.Fprintf(e.stderr, "safepool: dry run: %s\n", n)
+		}
+		return dryRun(ctx, e, tmpl, src, a.common.journal, a.cmd, workers)
 	}
 	slotted := tmpl.slotted()
 	j := &job{
@@ -277,7 +286,8 @@ func dryRunNotice(e *env, a *runArgs) {
 // has them (dryResumer), and says on stderr how many. Nothing runs, so no
 // job has a slot: {%} shows the one job number seq would have if jobs
 // ended in turn, ((seq-1) mod workers) + 1, where workers is -j (0: the
-// CPUs); GNU parallel's dry run shows a slot from 1 to -j too.
+// CPUs) as the run would lower it (pool.FitWorkers); GNU parallel's dry
+// run shows a slot from 1 to -j too.
 func dryRun(ctx context.Context, e *env, tmpl *cmdTemplate, src source, jf journalFlags, keyCommand []string, workers int) error {
 	if workers <= 0 {
 		workers = runtime.NumCPU()
