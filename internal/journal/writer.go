@@ -161,16 +161,16 @@ func (lt *liveTask) item(i int) (uint64, Key, []byte) {
 type recordKind uint8
 
 const (
-	recSubmit  recordKind = iota // Submit
-	recBatch                     // SubmitBatch
-	recSkip                      // Skip
-	recNotice                    // Notice
-	recStarted                   // EventAttemptStarted
-	recAttempt                   // EventAttemptEnded
-	recTask                      // EventTaskEnded
-	recEvent                     // any other event
-	recRun                       // Describe
-	recWithdraw                  // Withdraw
+	recSubmit   recordKind = iota // Submit
+	recBatch                      // SubmitBatch
+	recSkip                       // Skip
+	recNotice                     // Notice
+	recStarted                    // EventAttemptStarted
+	recAttempt                    // EventAttemptEnded
+	recTask                       // EventTaskEnded
+	recEvent                      // any other event
+	recRun                        // Describe
+	recWithdraw                   // Withdraw
 )
 
 // record is one thing for the goroutine to write. It is kept small, and
