@@ -36,6 +36,12 @@ BLOCKS = ("1M", "10M")  # GNU parallel --pipe: its default block size, and a lar
 # the 1 GB input fit in about a quarter of an hour.
 SMALL_BLOCK_UP_TO = 200 * 10**6
 DEFAULT_SIZE = "1G"
+# Every way runs without PYTHONUNBUFFERED, whatever the caller's shell has:
+# set, it makes the transform write each row alone (a write(2) per row), on
+# a pipe a wake-up of its reader for each, which the single process, writing
+# to a file, hardly pays. The line workers flush after each row in any case
+# (--flush), as the line protocol needs.
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
 QUICK_SIZE = "10M"
 
 
@@ -99,7 +105,7 @@ def main():
             for key, label, argv in vs:
                 benchlib.log("streaming: run %d/%d: %s" % (rep + 1, runs, label))
                 err = os.path.join(OUT, "%s.%d.err" % (key, rep))
-                r = benchlib.measure(argv, stdin=src, stdout=dst, stderr=err)
+                r = benchlib.measure(argv, stdin=src, stdout=dst, stderr=err, env=ENV)
                 r["mb_s"] = size / 1e6 / r["wall"]
                 r["lines"], r["checksum"] = multiset(dst)
                 if key == "single" and want is None:
