@@ -1,7 +1,8 @@
 """safepool: process pools that survive the OOM killer.
 
 ``safepool.Pool`` is a drop-in for multiprocessing.Pool,
-``safepool.Executor`` for concurrent.futures.ProcessPoolExecutor and
+``safepool.Executor`` (also named ``safepool.ProcessPoolExecutor``) for
+concurrent.futures.ProcessPoolExecutor and
 ``safepool.SafePool`` for the SafePool library's class;
 ``safepool.AsyncPool`` is the same pool for asyncio. Their
 workers run under the safepool binary's supervisor, so a worker killed by
@@ -10,7 +11,7 @@ with a precise cause (safepool.WorkerDied), and never hangs the pool.
 """
 import sys as _sys
 
-__all__ = ["Pool", "Executor", "SafePool", "AsyncPool", "TaskFailed", "WorkerDied", "TaskTimeout",
+__all__ = ["Pool", "Executor", "ProcessPoolExecutor", "SafePool", "AsyncPool", "TaskFailed", "WorkerDied", "TaskTimeout",
            "TaskCancelled", "RemoteError", "RemoteTraceback", "BrokenPool", "Attempt", "FailedTask",
            "SubProcessKilledException", "parse_size", "SoftTimeLimitExceeded", "WaitTimeout",
            "share", "share_file", "Shared", "worker_slot"]
@@ -18,7 +19,8 @@ __all__ = ["Pool", "Executor", "SafePool", "AsyncPool", "TaskFailed", "WorkerDie
 # The names are imported on first use, so that importing safepool costs
 # next to nothing: every worker imports the parent's main script, which
 # imports safepool.
-_WHERE = {"Pool": "pool", "parse_size": "pool", "Executor": "executor", "SafePool": "_safepool",
+_WHERE = {"Pool": "pool", "parse_size": "pool", "Executor": "executor",
+          "ProcessPoolExecutor": "executor", "SafePool": "_safepool",
           "SubProcessKilledException": "_safepool", "AsyncPool": "asyncpool",
           "SoftTimeLimitExceeded": "_limits", "WaitTimeout": "_limits",
           "share": "_shared", "share_file": "_shared", "Shared": "_shared"}

@@ -303,3 +303,9 @@ class Executor(concurrent.futures.Executor):
         except Exception as e:
             return str(e)
         return False
+
+
+# ProcessPoolExecutor is Executor under the standard library's name, so that
+# `from concurrent.futures import ProcessPoolExecutor` becomes
+# `from safepool import ProcessPoolExecutor` and the code stays as it was.
+ProcessPoolExecutor = Executor

@@ -318,5 +318,19 @@ class ExecutorTest(unittest.TestCase):
             ex.shutdown(cancel_futures=True)
 
 
+class StandardLibrarysName(unittest.TestCase):
+    """`from safepool import ProcessPoolExecutor` in place of
+    `from concurrent.futures import ProcessPoolExecutor`, and the code
+    stays as it was."""
+
+    def test_the_name_is_the_executor(self):
+        from safepool import ProcessPoolExecutor
+        self.assertIs(ProcessPoolExecutor, safepool.Executor)
+        self.assertIn("ProcessPoolExecutor", safepool.__all__)
+        with ProcessPoolExecutor(max_workers=1) as ex:
+            self.assertEqual(ex.submit(helpers.square, 7).result(timeout=60), 49)
+            self.assertEqual(list(ex.map(helpers.square, range(3), timeout=60)), [0, 1, 4])
+
+
 if __name__ == "__main__":
     unittest.main()
