@@ -97,7 +97,10 @@ def measure(argv, stdin=None, stdout=None, stderr=None, series=None, interval=0.
     timeout, in seconds, kills the process group after that long (the result
     then has "killed": true). pid_of, if given, is called with the child's
     pid and returns the pid to watch (for a supervisor below a wrapper).
-    Returns a dict: wall (s), status, peak_rss_kb (VmHWM), killed.
+    Returns a dict: wall (s), status, peak_rss_kb (VmHWM), killed,
+    own_cpu_s (the CPU time of the process started alone, its threads
+    included, read from /proc once it has ended and before it is reaped)
+    and cpu_s (wait4's usage: the process and every descendant it reaped).
     """
     def opener(name, mode):
         if name is None or name == "|" or not isinstance(name, str):
@@ -112,7 +115,7 @@ def measure(argv, stdin=None, stdout=None, stderr=None, series=None, interval=0.
                              start_new_session=True)
         watched = pid_of(p.pid) if pid_of else p.pid
         peak, killed = 0, False
-        while p.poll() is None:
+        while not _ended(p.pid):
             hwm = _status_kb(watched, "VmHWM:")
             if hwm is not None:
                 peak = max(peak, hwm)
@@ -121,18 +124,49 @@ def measure(argv, stdin=None, stdout=None, stderr=None, series=None, interval=0.
             if timeout is not None and time.monotonic() - t0 > timeout:
                 killed = True
                 kill_tree(p.pid)
-                p.wait()
                 break
             time.sleep(interval)
         wall = time.monotonic() - t0
-        status = p.wait()
+        own = _own_cpu(p.pid)
+        status, cpu = _reap(p)
         if p.stdin:
             p.stdin.close()
     finally:
         for f in (fin, fout, ferr):
             if f:
                 f.close()
-    return {"wall": wall, "status": status, "peak_rss_kb": peak, "killed": killed}
+    return {"wall": wall, "status": status, "peak_rss_kb": peak, "killed": killed,
+            "own_cpu_s": own, "cpu_s": cpu}
+
+
+def _ended(pid):
+    """Reports whether child pid has ended, without reaping it."""
+    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    return info is not None and info.si_pid == pid
+
+
+def _own_cpu(pid):
+    """utime + stime, in seconds, of process pid (ended, not yet reaped:
+    its threads' time is all in it, its children's not), or None."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _reap(p):
+    """Reaps Popen p with wait4; returns (its returncode as Popen gives it,
+    the CPU seconds of it and the descendants it reaped)."""
+    while True:
+        try:
+            _, st, usage = os.wait4(p.pid, 0)
+            break
+        except InterruptedError:
+            continue
+    p.returncode = os.waitstatus_to_exitcode(st)
+    return p.returncode, usage.ru_utime + usage.ru_stime
 
 
 def descendants(pid):

@@ -131,6 +131,8 @@ def write(vs, records, size, lines, runs, want):
                      benchlib.summary([r["lines"] / r["wall"] / 1000 for r in recs], "{:.0f}"),
                      benchlib.summary([r["wall"] for r in recs], "{:.1f}"),
                      benchlib.summary([r["peak_rss_kb"] / 1024 for r in recs], "{:.1f}"),
+                     benchlib.summary([r["own_cpu_s"] for r in recs], "{:.2f}"),
+                     benchlib.summary([r["cpu_s"] for r in recs], "{:.2f}"),
                      "yes" if ok else "NO (exit %s, lines %s)" % (
                          sorted({r["status"] for r in recs}), sorted({r["lines"] for r in recs}))])
         plot.append((label, statistics.median(r["mb_s"] for r in recs),
@@ -155,7 +157,11 @@ as the line protocol requires) and safepool map's default `--pipeline 32`
 --pipe, the block on its stdin). Throughput is input MB (10^6 bytes) / wall
 time; peak RSS is VmHWM of the process started (the supervisor: safepool, or
 GNU parallel's perl; for the single process, the transform itself), sampled
-every 20 ms. Every output is checked to hold the same lines as the single
+every 20 ms. "Own CPU" is that process's own CPU time (its threads',
+read from /proc once it has ended, before it is reaped: for the single
+process, the transform; for the others, the supervisor alone); "CPU" adds
+that of every process it reaped (the transforms, GNU parallel's helpers),
+from `wait4`: on two CPUs the wall time is at least half of it. Every output is checked to hold the same lines as the single
 process's (line count and an order-independent checksum: {want}). {runs} run{s},
 interleaved; median (min-max).
 
@@ -166,8 +172,8 @@ Command: `{cmd}` (`QUICK=1` runs 10 MB three times, `SIZE=50M` another size).
            want="%d lines, %s" % want if want else "-", runs=runs, s="" if runs == 1 else "s",
            cmd=command(size, runs))
     text += """
-| way | MB/s | k rows/s | wall s | peak RSS MiB | same output |
-|---|---|---|---|---|---|
+| way | MB/s | k rows/s | wall s | peak RSS MiB | own CPU s | CPU s | same output |
+|---|---|---|---|---|---|---|---|
 """
     text += "\n".join("| " + " | ".join(str(c) for c in r) + " |" for r in rows) + "\n"
     if img:
