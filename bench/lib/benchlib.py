@@ -127,8 +127,8 @@ def measure(argv, stdin=None, stdout=None, stderr=None, series=None, interval=0.
                 break
             time.sleep(interval)
         wall = time.monotonic() - t0
-        own = _own_cpu(p.pid)
-        status, cpu = _reap(p)
+        own = own_cpu(p.pid)
+        status, cpu = reap(p)
         if p.stdin:
             p.stdin.close()
     finally:
@@ -145,7 +145,7 @@ def _ended(pid):
     return info is not None and info.si_pid == pid
 
 
-def _own_cpu(pid):
+def own_cpu(pid):
     """utime + stime, in seconds, of process pid (ended, not yet reaped:
     its threads' time is all in it, its children's not), or None."""
     try:
@@ -156,9 +156,10 @@ def _own_cpu(pid):
         return None
 
 
-def _reap(p):
-    """Reaps Popen p with wait4; returns (its returncode as Popen gives it,
-    the CPU seconds of it and the descendants it reaped)."""
+def reap(p):
+    """Reaps Popen p with wait4 (after own_cpu, which needs it unreaped);
+    returns its returncode, as Popen gives it, and the CPU seconds of it and
+    of the descendants it reaped."""
     while True:
         try:
             _, st, usage = os.wait4(p.pid, 0)
