@@ -122,6 +122,10 @@ type reservation struct {
 	slot  int          // runner slot that took it, or -1 while on its way
 	start time.Time    // when the runner took it
 	trace []usagePoint // its slot's sampled usage since start, oldest first
+	// ended: its process has ended and the slot runs another attempt (a
+	// one-shot slot, between a process's end and its report): its trace is
+	// whole, and the slot's samples are the next attempt's.
+	ended bool
 	// others is the least that processes other than the workers held
 	// within each wall, at the reservation and at the samples until
 	// othersSettle before its release: what they held throughout the
@@ -744,13 +748,31 @@ func (g *governor) reserve(t *task) {
 // bind records that the runner in slot took task id. It may come before
 // the loop's reserve, never after its release.
 func (g *governor) bind(id uint64, slot int) {
+	g.bindSlot(id, slot, false)
+}
+
+// bindAlone is bind for a slot that runs one attempt at a time (one-shot):
+// any other attempt still reserved on it has ended, and its trace is kept
+// as it is rather than dropped as that of an attempt sharing its worker.
+func (g *governor) bindAlone(id uint64, slot int) {
+	g.bindSlot(id, slot, true)
+}
+
+func (g *governor) bindSlot(id uint64, slot int, alone bool) {
 	g.mu.Lock()
+	if alone {
+		for other, r := range g.res {
+			if other != id && r.slot == slot {
+				r.ended = true
+			}
+		}
+	}
 	r := g.res[id]
 	if r == nil {
 		r = &reservation{others: g.othersLocked()}
 		g.res[id] = r
 	}
-	r.slot, r.start = slot, time.Now()
+	r.slot, r.start, r.ended = slot, time.Now(), false
 	g.mu.Unlock()
 }
 
@@ -1295,12 +1317,12 @@ func (g *governor) recordLocked(meters []meter, usage []int64, now time.Time) {
 	}
 	perSlot := make([]int, len(meters))
 	for _, r := range g.res {
-		if r.slot >= 0 {
+		if r.slot >= 0 && !r.ended {
 			perSlot[r.slot]++
 		}
 	}
 	for _, r := range g.res {
-		if r.slot >= 0 && meters[r.slot] != (meter{}) && g.slots[r.slot].meter == meters[r.slot] {
+		if r.slot >= 0 && !r.ended && meters[r.slot] != (meter{}) && g.slots[r.slot].meter == meters[r.slot] {
 			if perSlot[r.slot] == 1 {
 				r.trace = appendTrace(r.trace, usagePoint{age: now.Sub(r.start), usage: usage[r.slot]})
 			} else {

@@ -3,6 +3,8 @@ package pool
 import (
 	"testing"
 	"time"
+
+	"github.com/safepool/safepool/internal/memory"
 )
 
 // linearTrace is the trace of an attempt that grows evenly to peak over
@@ -173,5 +175,37 @@ func TestOwnsOOM(t *testing.T) {
 	var off *governor
 	if off.ownsOOM(0) {
 		t.Error("ownsOOM with the governor off = true, want false")
+	}
+}
+
+// TestEndedOneShotTraceKept: a one-shot slot starts its next attempt as
+// soon as a process has ended, before that attempt is reported; samples
+// taken then are the next attempt's, and the ended one's trace stays whole
+// (it was dropped, as if the two shared a worker, and the attempt then
+// counted as holding its peak from its start). On a persistent worker two
+// attempts at once do share it, and their traces are dropped.
+func TestEndedOneShotTraceKept(t *testing.T) {
+	for _, alone := range []bool{true, false} {
+		g := &governor{workers: 1, budget: 1 << 30, userBudget: 1 << 30, res: map[uint64]*reservation{}, slots: make([]slotMem, 1)}
+		m := meter{group: &memory.Group{}}
+		g.slots[0].meter = m
+		bind := g.bind
+		if alone {
+			bind = g.bindAlone
+		}
+		bind(1, 0)
+		start := g.res[1].start
+		for i := 1; i <= minTrace+2; i++ {
+			g.recordLocked([]meter{m}, []int64{int64(i) << 20}, start.Add(time.Duration(i)*memSampleEvery))
+		}
+		bind(2, 0)
+		g.recordLocked([]meter{m}, []int64{1 << 20}, time.Now())
+		first, next := len(g.res[1].trace), len(g.res[2].trace)
+		if alone && (first != minTrace+2 || next != 1) {
+			t.Errorf("one-shot: traces of %d and %d samples, want %d (the ended attempt's, whole) and 1", first, next, minTrace+2)
+		}
+		if !alone && (first != 0 || next != 0) {
+			t.Errorf("persistent: traces of %d and %d samples, want both dropped", first, next)
+		}
 	}
 }

@@ -92,7 +92,7 @@ func expand(command []string, input []byte) []string {
 // could not start (t is reported then).
 func (r *runner) startShot(t *task) *shot {
 	if r.p.gov != nil {
-		r.p.gov.bind(t.id, r.slot)
+		r.p.gov.bindAlone(t.id, r.slot)
 	}
 	cfg := &r.p.cfg
 	args := t.t.Args
