@@ -73,7 +73,54 @@ def variants(size):
          [SAFEPOOL, "map", "--pipe", "--block", "10M", "-j", "2", "-q", "--", PY, t]),
     ] + ([
         ("map_k", "safepool map -j 2 -k", [SAFEPOOL, "map", "-j", "2", "-k", "-q", "--worker", worker]),
-    ] if size <= SMALL_BLOCK_UP_TO else [])
+    ] if size <= SMALL_BLOCK_UP_TO else []) + [
+        # Not a tool: the ceiling of any two-way split on this machine.
+        # The input is cut in two halves of whole rows before the run, and
+        # two transforms run at once, each on its half into a file of its
+        # own; the two outputs are joined after the time is taken.
+        (HALVES, "ceiling: two transforms at once on the two halves",
+         ["sh", "-c", '"$0" "$1" < "$2" > "$3" & "$0" "$1" < "$4" > "$5"; wait',
+          PY, t, "{half0}", "{out0}", "{half1}", "{out1}"]),
+    ]
+
+
+# HALVES is the key of the ceiling's way (variants), whose argv names the
+# two halves of the input and their outputs by the placeholders filled in
+# main (split_halves).
+HALVES = "halves"
+
+
+def split_halves(src, tmp):
+    """Cuts src in two files of whole lines, the first ending at the first
+    line end at or after the middle, and returns the placeholders of the
+    ceiling's argv: the halves' paths and their outputs'."""
+    size = os.path.getsize(src)
+    paths = {k: os.path.join(tmp, k) for k in ("half0", "half1", "out0", "out1")}
+    with open(src, "rb") as f, open(paths["half0"], "wb") as a, open(paths["half1"], "wb") as b:
+        f.seek(size // 2)
+        f.readline()
+        cut = f.tell()
+        f.seek(0)
+        a.write(f.read(cut))
+        while True:
+            chunk = f.read(1 << 20)
+            if not chunk:
+                break
+            b.write(chunk)
+    return paths
+
+
+def join_halves(paths, dst):
+    """Writes the ceiling's two outputs, one after the other, to dst."""
+    with open(dst, "wb") as out:
+        for k in ("out0", "out1"):
+            with open(paths[k], "rb") as f:
+                while True:
+                    chunk = f.read(1 << 20)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+            os.remove(paths[k])
 
 
 def multiset(path):
@@ -99,13 +146,18 @@ def main():
             benchlib.sh("%s bench/streaming/gencsv.py %d" % (PY, size), stdout=f)
         size = os.path.getsize(src)
         lines = sum(1 for _ in open(src, "rb"))
+        halves = split_halves(src, tmp)
         dst = os.path.join(tmp, "out.csv")
         want = None
         for rep in range(runs):
             for key, label, argv in vs:
                 benchlib.log("streaming: run %d/%d: %s" % (rep + 1, runs, label))
                 err = os.path.join(OUT, "%s.%d.err" % (key, rep))
+                if key == HALVES:
+                    argv = [a.format(**halves) for a in argv]
                 r = benchlib.measure(argv, stdin=src, stdout=dst, stderr=err, env=ENV)
+                if key == HALVES:
+                    join_halves(halves, dst)
                 r["mb_s"] = size / 1e6 / r["wall"]
                 r["lines"], r["checksum"] = multiset(dst)
                 if key == "single" and want is None:
