@@ -206,7 +206,10 @@ with two persistent line workers
 as the line protocol requires) and safepool map's default `--pipeline 32`
 (up to 32 lines in flight per worker); and `safepool map --pipe --block 10M -j 2`
 (block mode: a new transform process per block of whole rows, as GNU parallel
---pipe, the block on its stdin). Throughput is input MB (10^6 bytes) / wall
+--pipe, the block on its stdin). The last row, the ceiling, is no tool: the
+input cut in two halves of whole rows before the run, and two transforms
+run at once, each on its half into a file of its own (the outputs are
+joined after the time is taken). Throughput is input MB (10^6 bytes) / wall
 time; peak RSS is VmHWM of the process started (the supervisor: safepool, or
 GNU parallel's perl; for the single process, the transform itself), sampled
 every 20 ms. "Own CPU" is that process's own CPU time (its threads',
