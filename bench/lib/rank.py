@@ -17,10 +17,11 @@ column: a rate ("/s" in the header, higher is better) or a time or size
 "max" are not metrics. A cell's value is its leading number (a median), and
 "(min-max)" after it is its range.
 
-The previous results are the ones in git: when bench/results/NAME.md differs
-from the committed one, the committed one (HEAD); when it is the committed
-one, the version committed before it. Tools present in only one of the two
-are named, not compared.
+The previous results are the ones in git: the newest committed version of
+bench/results/NAME.md (HEAD's, when the file differs from it) that is not
+the current text and was measured apart from it (its NAME.stamp differs), so
+that notes edited after a run do not make a run its own previous one. Tools
+present in only one of the two are named, not compared.
 """
 
 import json
@@ -137,24 +138,35 @@ def git(*args):
 
 
 def previous(name):
-    """Returns (markdown, stamp, commit) of the previous results, or None."""
+    """Returns (markdown, stamp, commit) of the previous results, or None:
+    those of another measurement (another stamp) than the current one, so
+    that a section whose notes alone were edited and committed since it was
+    measured is not compared with itself."""
     path = "bench/results/%s.md" % name
+    stamp_path = "bench/results/%s.stamp" % name
+    try:
+        with open(os.path.join(REPO, stamp_path)) as f:
+            cur_stamp = f.read().strip()
+    except OSError:
+        cur_stamp = None
     with open(os.path.join(REPO, path)) as f:
         cur = f.read()
     head = git("show", "HEAD:" + path)
-    if head is not None and head != cur:
-        rev = "HEAD"
-    else:
-        revs = (git("log", "-2", "--format=%H", "--", path) or "").split()
-        if head is None or len(revs) < 2:
-            return None
-        rev = revs[1]
-    md = git("show", "%s:%s" % (rev, path))
-    if md is None:
+    if head is None:
         return None
-    stamp = (git("show", "%s:bench/results/%s.stamp" % (rev, name)) or "").strip()
-    commit = (git("log", "-1", "--format=%h", rev, "--", path) or "").strip()
-    return md, stamp, commit
+    revs = (git("log", "--format=%H", "--", path) or "").split()
+    if head != cur:
+        revs = ["HEAD"] + revs
+    for rev in revs:
+        md = git("show", "%s:%s" % (rev, path))
+        if md is None or md == cur:
+            continue
+        stamp = (git("show", "%s:%s" % (rev, stamp_path)) or "").strip()
+        if cur_stamp is not None and stamp == cur_stamp:
+            continue  # the same measurement, its text edited
+        commit = (git("log", "-1", "--format=%h", rev, "--", path) or "").strip()
+        return md, stamp, commit
+    return None
 
 
 def _before(order, better):
