@@ -1,8 +1,8 @@
 package pool
 
 import (
-	"bytes"
 	"errors"
+	"fmt"
 	"strings"
 	"syscall"
 	"time"
@@ -116,12 +116,15 @@ func (r *runner) startShot(t *task) *shot {
 	if r.p.left != nil && r.group == nil {
 		spec.Env, token = r.p.left.mark(r.env)
 	}
-	if t.t.Stdin != nil {
-		spec.Stdin = bytes.NewReader(t.t.Stdin)
-	}
-	// From here the attempt holds files: its cgroup's, then its process's.
+	// From here the attempt holds files: its stdin's, its cgroup's, then
+	// its process's.
 	r.p.procs.Add(1)
-	ses, err := worker.StartSession(r.sessionConfig(spec), (*sessionHost)(r))
+	err := t.keepStdin()
+	var ses *worker.Session
+	if err == nil {
+		spec.Stdin = t.stdin
+		ses, err = worker.StartSession(r.sessionConfig(spec), (*sessionHost)(r))
+	}
 	if err != nil {
 		r.startFailed(t, args, out, err)
 		return nil
@@ -309,4 +312,21 @@ func waitToStart(err error, t *task, others bool) bool {
 // -u, the system's threads-max). The command is not at fault.
 func shortOf(err error) bool {
 	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.EAGAIN)
+}
+
+// keepStdin makes t.stdin from Task.Stdin before t's first attempt
+// starts, and drops the task's own copy of the bytes: a block of map
+// --pipe is then held once, in the memory file its processes read,
+// rather than twice. It fails only for want of file descriptors, an
+// error shortOf knows: the attempt waits and runs again, uncharged.
+func (t *task) keepStdin() error {
+	if t.t.Stdin == nil || t.stdin != nil {
+		return nil
+	}
+	in, err := worker.NewStdin(t.t.Stdin)
+	if err != nil {
+		return fmt.Errorf("%w: stdin: %w", worker.ErrStart, err)
+	}
+	t.stdin, t.t.Stdin = in, nil
+	return nil
 }

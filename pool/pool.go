@@ -41,6 +41,7 @@ import (
 	"github.com/safepool/safepool/internal/memory"
 	"github.com/safepool/safepool/internal/protocol"
 	"github.com/safepool/safepool/internal/reaper"
+	"github.com/safepool/safepool/internal/worker"
 )
 
 // Pool runs tasks on supervised worker processes. Create it with New; its
@@ -144,6 +145,10 @@ type task struct {
 	// others is what processes other than the workers held throughout the
 	// last attempt, set as the loop forgets it (governor.release).
 	others others
+	// stdin is Task.Stdin, kept for every attempt from the first one's
+	// start (keepStdin), which drops the task's own copy, until the task
+	// ends (scheduler.finish).
+	stdin *worker.Stdin
 	// ended is set by the runner that holds the task once its one-shot
 	// attempt's process has ended, before that runner may take another
 	// task (oneshot.go), and cleared by the loop as it forgets the attempt:

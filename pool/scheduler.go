@@ -609,6 +609,10 @@ func (s *scheduler) requeued(t *task) {
 // tells the observer, and queues its Result for delivery (with KeepOrder,
 // once every earlier one is delivered).
 func (s *scheduler) finish(t *task, st State, output, stderr []byte) {
+	if t.stdin != nil {
+		t.stdin.Close()
+		t.stdin = nil
+	}
 	if t.items != nil {
 		items := make([]Item, len(t.items))
 		for i, k := range t.items {

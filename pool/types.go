@@ -145,8 +145,12 @@ type Task struct {
 	SlotArgs func(slot int) []string
 	// Stdin, for one-shot workers only, is what the task's process reads
 	// on its stdin, such as a block of lines; each attempt reads it from
-	// the start. Nil gives the process /dev/null. The pool keeps it until
-	// the task's Result is delivered.
+	// the start. Nil gives the process /dev/null. As the first attempt
+	// starts, the pool copies it into a sealed memory file, which the
+	// process reads as a regular file, drops its reference to the slice,
+	// and keeps the file for the retries until the task ends (a pipe
+	// where the system makes no memory files). The caller must not change
+	// the slice until then.
 	Stdin []byte
 	// Timeout, when positive, bounds this task's attempts in place of
 	// Config.Timeout: an attempt that runs longer is ended (SIGTERM, then

@@ -87,10 +87,11 @@ type Spec struct {
 	// starts a line of its own. Set it only for a stream the worker shares
 	// with others: a job's captured output is kept as it was written.
 	EndStderrLine bool
-	// Stdin, with IONone, is what the worker reads on its stdin, through
-	// a pipe that exec.Cmd fills and Wait ends (at the latest stdinDelay
-	// after the worker's death); nil gives it /dev/null.
-	Stdin io.Reader
+	// Stdin, with IONone, is what the worker reads on its stdin: the
+	// memory file that holds it, or, where the system makes none, a pipe
+	// that exec.Cmd fills and Wait ends (at the latest stdinDelay after
+	// the worker's death); nil gives it /dev/null.
+	Stdin *Stdin
 	// Cgroup, if not nil, is the group the worker starts in.
 	Cgroup Cgroup
 }
@@ -153,6 +154,12 @@ type Process struct {
 // on after the worker died, for a descendant that escaped its process
 // group and holds the pipe without reading it.
 const stdinDelay = time.Second
+
+// shortOfFiles reports whether err says that the supervisor or the
+// system has no file descriptor to spare.
+func shortOfFiles(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
+}
 
 // checkDir returns why a process of the supervisor's cannot make dir its
 // working directory, or nil.
@@ -389,8 +396,19 @@ func (p *Process) connect(spec Spec, cmd *exec.Cmd) (childEnds []*os.File, err e
 			}
 		}
 	} else if spec.Stdin != nil {
-		cmd.Stdin = spec.Stdin
-		cmd.WaitDelay = stdinDelay
+		f, owned, r, err := spec.Stdin.forProcess()
+		switch {
+		case err != nil:
+			return childEnds, fmt.Errorf("%w: stdin: %w", ErrStart, err)
+		case f != nil:
+			if owned {
+				childEnds = append(childEnds, f)
+			}
+			cmd.Stdin = f
+		default:
+			cmd.Stdin = r
+			cmd.WaitDelay = stdinDelay
+		}
 	} else if f, err := devNull(); err == nil {
 		// exec.Cmd would open and close /dev/null for every process.
 		cmd.Stdin = f
