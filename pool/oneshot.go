@@ -327,6 +327,10 @@ func (t *task) keepStdin() error {
 	if err != nil {
 		return fmt.Errorf("%w: stdin: %w", worker.ErrStart, err)
 	}
-	t.stdin, t.t.Stdin = in, nil
+	done := t.t.StdinDone
+	t.stdin, t.t.Stdin, t.t.StdinDone = in, nil, nil
+	if done != nil && in.Copied() {
+		done()
+	}
 	return nil
 }

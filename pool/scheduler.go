@@ -612,6 +612,9 @@ func (s *scheduler) finish(t *task, st State, output, stderr []byte) {
 	if t.stdin != nil {
 		t.stdin.Close()
 		t.stdin = nil
+	} else if done := t.t.StdinDone; done != nil {
+		t.t.StdinDone = nil
+		done() // no attempt started
 	}
 	if t.items != nil {
 		items := make([]Item, len(t.items))

@@ -150,8 +150,16 @@ type Task struct {
 	// process reads as a regular file, drops its reference to the slice,
 	// and keeps the file for the retries until the task ends (a pipe
 	// where the system makes no memory files). The caller must not change
-	// the slice until then.
+	// the slice before StdinDone is called, or, without it, before the
+	// task's Result is delivered.
 	Stdin []byte
+	// StdinDone, if not nil, is called once the pool no longer refers to
+	// Stdin, so that the caller may use the slice again: when the first
+	// attempt has copied it into its memory file, or when the task ends
+	// before any attempt started. Where the system makes no memory files
+	// the slice feeds every attempt's pipe, and StdinDone is not called.
+	// It is called on one of the pool's goroutines and must not block.
+	StdinDone func()
 	// Timeout, when positive, bounds this task's attempts in place of
 	// Config.Timeout: an attempt that runs longer is ended (SIGTERM, then
 	// SIGKILL after TimeoutGrace) with CauseTimeout. Zero means

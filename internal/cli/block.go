@@ -27,7 +27,15 @@ type blockReader struct {
 	// at is the input offset of the block next returned last, and end
 	// the offset after it.
 	at, end int64
+	// spare holds blocks given back (recycle), whose arrays next reads
+	// the next blocks into: no new array of a block's size, which the
+	// runtime zeroes and the kernel faults in, for each block.
+	spare chan []byte
 }
+
+// spareBlocks is how many given-back blocks a blockReader keeps; one
+// more is given to the garbage collector.
+const spareBlocks = 4
 
 // newBlockReader reads the blocks of the named files one after the other
 // ("-" is stdin), as if they were one stream.
@@ -39,7 +47,8 @@ func newBlockReader(names []string, stdin io.Reader, size int, recend []byte) (*
 	if err != nil {
 		return nil, err
 	}
-	return &blockReader{r: &segmentReader{fs: fs, recend: recend}, size: size, recend: recend, files: fs}, nil
+	return &blockReader{r: &segmentReader{fs: fs, recend: recend}, size: size, recend: recend, files: fs,
+		spare: make(chan []byte, spareBlocks)}, nil
 }
 
 // segmentReader reads files one after the other. Where a file ends without
@@ -123,7 +132,17 @@ func (b *blockReader) next() ([]byte, error) {
 	}
 	// Room for a block and the byte that tells it is not the last one: a
 	// block of whole records needs no more.
-	buf := make([]byte, len(b.carry), max(b.size+1, len(b.carry)))
+	var buf []byte
+	select {
+	case s := <-b.spare:
+		if cap(s) >= len(b.carry) {
+			buf = s[:len(b.carry)]
+		}
+	default:
+	}
+	if buf == nil {
+		buf = make([]byte, len(b.carry), max(b.size+1, len(b.carry)))
+	}
 	copy(buf, b.carry)
 	b.carry = nil
 	// long: no record ends within the first size bytes; searched: no
@@ -191,7 +210,7 @@ func (b *blockReader) next() ([]byte, error) {
 	if cut < len(buf) {
 		b.carry = bytes.Clone(buf[cut:])
 	}
-	block := buf[:cut:cut]
+	block := buf[:cut] // its array's whole capacity kept, for recycle
 	if held > 0 {
 		block = make([]byte, 0, held+cut)
 		for i, p := range parts {
@@ -202,6 +221,20 @@ func (b *blockReader) next() ([]byte, error) {
 	}
 	b.at, b.end = b.end, b.end+int64(len(block))
 	return block, nil
+}
+
+// recycle gives back block, which next returned, once nothing else refers
+// to it (pool.Task.StdinDone): next reads a later block into its array.
+// Only an array of a block's usual size is kept, and no more than
+// spareBlocks of them. It may be called on any goroutine.
+func (b *blockReader) recycle(block []byte) {
+	if cap(block) != b.size+1 {
+		return
+	}
+	select {
+	case b.spare <- block[:0]:
+	default:
+	}
 }
 
 // longPart is the least size of the parts in which a record longer than a

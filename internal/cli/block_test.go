@@ -34,14 +34,10 @@ func TestBlockReader(t *testing.T) {
 		{name: "no recend", in: "abcdefghij", size: 4, recend: "", want: []string{"abcd", "efgh", "ij"}},
 		{name: "lines after a long record", in: "longlonglonglong\n1\n2\n3\n4\n5\n", size: 4, recend: "\n", want: []string{"longlonglonglong\n", "1\n2\n", "3\n4\n", "5\n"}},
 	} {
-		for _, one := range []bool{false, true} {
-			name := tc.name
-			if one {
-				name += ", a byte a read"
-			}
-			t.Run(name, func(t *testing.T) {
+		for _, mode := range []string{"", ", a byte a read", ", blocks given back"} {
+			t.Run(tc.name+mode, func(t *testing.T) {
 				var r io.Reader = strings.NewReader(tc.in)
-				if one {
+				if mode == ", a byte a read" {
 					r = iotest.OneByteReader(r)
 				}
 				b, err := newBlockReader(nil, r, tc.size, []byte(tc.recend))
@@ -58,6 +54,11 @@ func TestBlockReader(t *testing.T) {
 						t.Fatal(err)
 					}
 					got = append(got, string(block))
+					if mode == ", blocks given back" {
+						// As the pool does once it copied the block: the
+						// next block is read into its array.
+						b.recycle(block)
+					}
 				}
 				if !slices.Equal(got, tc.want) {
 					t.Errorf("blocks of %q (size %d, recend %q) = %q, want %q", tc.in, tc.size, tc.recend, got, tc.want)
@@ -65,6 +66,34 @@ func TestBlockReader(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestBlockReaderRecycles: a block given back lends its array to a later
+// block, and only an array of a block's usual size is kept.
+func TestBlockReaderRecycles(t *testing.T) {
+	b, err := newBlockReader(nil, strings.NewReader("1\n2\n3\n4\nlongline\n5\n6\n"), 4, []byte("\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := func(want string) []byte {
+		t.Helper()
+		block, err := b.next()
+		if err != nil || string(block) != want {
+			t.Fatalf("next() = %q, %v; want %q", block, err, want)
+		}
+		return block
+	}
+	first := next("1\n2\n")
+	b.recycle(first)
+	if second := next("3\n4\n"); &second[:1][0] != &first[:1][0] {
+		t.Error("the block given back was not read into again")
+	}
+	long := next("longline\n")
+	b.recycle(long) // larger than a block: left to the garbage collector
+	if n := len(b.spare); n != 0 {
+		t.Errorf("%d arrays kept after a long record's was given back, want none", n)
+	}
+	next("5\n6\n")
 }
 
 // chunkReader returns reads of random sizes, up to max bytes.

@@ -76,10 +76,11 @@ func runMapPipe(ctx context.Context, e *env, a *mapArgs, command []string, viaSh
 		// returned last.
 		task: func(seq uint64, block []byte) pool.Task {
 			args := blockArgs(command, seq)
-			if !slotted {
-				return pool.Task{Input: blocks.label(), Args: args, Stdin: block}
+			t := pool.Task{Input: blocks.label(), Args: args, Stdin: block, StdinDone: func() { blocks.recycle(block) }}
+			if slotted {
+				t.Args, t.SlotArgs = nil, func(slot int) []string { return slotArgs(args, slot) }
 			}
-			return pool.Task{Input: blocks.label(), Stdin: block, SlotArgs: func(slot int) []string { return slotArgs(args, slot) }}
+			return t
 		},
 		emit: func(o *output, r *pool.Result) {
 			// As in safepool map, a failed task writes nothing on stdout;

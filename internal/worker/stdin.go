@@ -39,6 +39,14 @@ func NewStdin(b []byte) (*Stdin, error) {
 	}
 }
 
+// Copied reports whether the bytes given to NewStdin were copied into a
+// memory file, so that the caller may use them again.
+func (s *Stdin) Copied() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.f != nil
+}
+
 // Close gives back the memory file. A process started with it reads on.
 func (s *Stdin) Close() {
 	s.mu.Lock()
