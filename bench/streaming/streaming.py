@@ -17,6 +17,7 @@ QUICK=1.
 import hashlib
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -101,12 +102,14 @@ def split_halves(src, tmp):
         f.readline()
         cut = f.tell()
         f.seek(0)
-        a.write(f.read(cut))
-        while True:
-            chunk = f.read(1 << 20)
+        left = cut
+        while left > 0:  # a MiB at a time, as the second half
+            chunk = f.read(min(left, 1 << 20))
             if not chunk:
-                break
-            b.write(chunk)
+                raise RuntimeError("%s ended before byte %d" % (src, cut))
+            a.write(chunk)
+            left -= len(chunk)
+        shutil.copyfileobj(f, b, 1 << 20)
     return paths
 
 
@@ -115,11 +118,7 @@ def join_halves(paths, dst):
     with open(dst, "wb") as out:
         for k in ("out0", "out1"):
             with open(paths[k], "rb") as f:
-                while True:
-                    chunk = f.read(1 << 20)
-                    if not chunk:
-                        break
-                    out.write(chunk)
+                shutil.copyfileobj(f, out, 1 << 20)
             os.remove(paths[k])
 
 
