@@ -307,11 +307,11 @@ func waitToStart(err error, t *task, others bool) bool {
 
 // shortOf reports whether err, from starting a worker process, says that
 // the supervisor or the system ran out of something that ending processes
-// give back: file descriptors (EMFILE: ulimit -n; ENFILE: the system's
-// table) or processes (EAGAIN from fork: a pids cgroup's pids.max, ulimit
-// -u, the system's threads-max). The command is not at fault.
+// give back: file descriptors (worker.ShortOfFiles) or processes (EAGAIN
+// from fork: a pids cgroup's pids.max, ulimit -u, the system's
+// threads-max). The command is not at fault.
 func shortOf(err error) bool {
-	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.EAGAIN)
+	return worker.ShortOfFiles(err) || errors.Is(err, syscall.EAGAIN)
 }
 
 // keepStdin makes t.stdin from Task.Stdin before t's first attempt

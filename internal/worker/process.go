@@ -155,9 +155,10 @@ type Process struct {
 // group and holds the pipe without reading it.
 const stdinDelay = time.Second
 
-// shortOfFiles reports whether err says that the supervisor or the
-// system has no file descriptor to spare.
-func shortOfFiles(err error) bool {
+// ShortOfFiles reports whether err says that the supervisor or the
+// system has no file descriptor to spare: EMFILE (ulimit -n) or ENFILE
+// (the system's table).
+func ShortOfFiles(err error) bool {
 	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
 }
 

@@ -24,7 +24,7 @@ type Stdin struct {
 }
 
 // NewStdin keeps b for a task's processes. It fails only for want of file
-// descriptors, an error shortOfFiles knows, after which the caller may
+// descriptors, an error ShortOfFiles knows, after which the caller may
 // try again once some are given back; where the system makes no memory
 // files, the processes get b through a pipe.
 func NewStdin(b []byte) (*Stdin, error) {
@@ -32,7 +32,7 @@ func NewStdin(b []byte) (*Stdin, error) {
 	switch {
 	case err == nil:
 		return &Stdin{f: f}, nil
-	case shortOfFiles(err):
+	case ShortOfFiles(err):
 		return nil, err
 	default:
 		return &Stdin{b: b}, nil
@@ -78,7 +78,7 @@ func (s *Stdin) forProcess() (f *os.File, owned bool, r io.Reader, err error) {
 	}
 	if f, err := reopenReadOnly(s.f); err == nil {
 		return f, true, nil, nil
-	} else if shortOfFiles(err) {
+	} else if ShortOfFiles(err) {
 		return nil, false, nil, err
 	}
 	fi, err := s.f.Stat()

@@ -81,7 +81,7 @@ func TestStdinMemoryFile(t *testing.T) {
 
 	// Out of files: said as such, so that the start waits for some.
 	memfdCreate = func(string, int) (int, error) { return -1, syscall.EMFILE }
-	if _, err := NewStdin(data); !shortOfFiles(err) {
+	if _, err := NewStdin(data); !ShortOfFiles(err) {
 		t.Errorf("NewStdin with memfd_create failing with EMFILE = %v, want an error that says so", err)
 	}
 
