@@ -111,7 +111,7 @@ func (r *runner) startShot(t *task) *shot {
 	out := r.p.spool.newOutput() // written by the process's copiers until CloseIO returns
 	// r.env names no variable twice (slotEnv), and the leftovers' mark
 	// keeps it so.
-	spec := worker.Spec{Args: args, Path: path, Env: r.env, EnvUnique: true, Dir: cfg.Dir, IO: worker.IONone, Stdout: out.stdout, Stderr: out.stderr}
+	spec := worker.Spec{Args: args, Path: path, Env: r.env, EnvUnique: true, Dir: cfg.Dir, IO: worker.IONone, Stdout: out.stdout, LargeStdout: cfg.LargeOutput, Stderr: out.stderr}
 	var token string
 	if r.p.left != nil && r.group == nil {
 		spec.Env, token = r.p.left.mark(r.env)

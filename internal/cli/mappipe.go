@@ -48,6 +48,8 @@ func runMapPipe(ctx context.Context, e *env, a *mapArgs, command []string, viaSh
 	// supervisor's peak several times the blocks' (1.7 GB for blocks of
 	// 100 MB at -j 2, where it is now 0.66 GB).
 	cfg.MaxPending = 2 * workers
+	// A block's output is about as large as the block.
+	cfg.LargeOutput = true
 	blocks, err := openInterruptibly(ctx, func() (*blockReader, error) {
 		src, err := newBlockReader(a.common.argFiles, e.stdin, int(a.block), []byte(a.recend))
 		if err != nil {

@@ -77,6 +77,12 @@ type Spec struct {
 	// Stdout receives the worker's stdout when IO is not IOLine; nil
 	// discards it. An *os.File is handed to the worker directly.
 	Stdout io.Writer
+	// LargeStdout says that Stdout, neither nil nor a file, is expected in
+	// megabytes (a block's output): the pipe is read in large pieces, a few
+	// hundred times a second, rather than at every write the worker makes
+	// (paced.go). It saves the supervisor most of its CPU on such outputs,
+	// and costs a small one a few milliseconds.
+	LargeStdout bool
 	// Stderr receives the worker's stderr; nil discards it. The last few
 	// KiB are also kept for StderrTail.
 	Stderr io.Writer
@@ -146,6 +152,7 @@ type Process struct {
 	tail     tailBuffer
 	closeIO  sync.Once
 	readEnds []*os.File // supervisor-side read ends closed by CloseIO
+	paced    *pacedPipe // the read end of a Spec.LargeStdout pipe, stopped by CloseIO
 
 	stopOnce sync.Once
 }
@@ -415,7 +422,13 @@ func (p *Process) connect(spec Spec, cmd *exec.Cmd) (childEnds []*os.File, err e
 		cmd.Stdin = f
 	}
 	if spec.IO != IOLine {
-		w, err := p.output(spec.Stdout, nil)
+		var w *os.File
+		var err error
+		if _, file := spec.Stdout.(*os.File); spec.LargeStdout && spec.Stdout != nil && !file {
+			w, err = p.pacedOutput(spec.Stdout)
+		} else {
+			w, err = p.output(spec.Stdout, nil)
+		}
 		if err != nil {
 			return childEnds, err
 		}
@@ -524,15 +537,35 @@ func (p *Process) output(dst io.Writer, tail *tailBuffer) (*os.File, error) {
 	case dst != nil:
 		sink = dst
 	}
+	p.copy(func() {
+		copyOut(sink, r)
+		if le, ok := dst.(*lineEnder); ok {
+			le.end()
+		}
+	})
+	return w, nil
+}
+
+// pacedOutput is output for a Spec.LargeStdout stream: a paced pipe whose
+// copier writes dst.
+func (p *Process) pacedOutput(dst io.Writer) (*os.File, error) {
+	pp, w, err := newPacedPipe()
+	if err != nil {
+		return nil, fmt.Errorf("%w: pipe: %w", ErrStart, err)
+	}
+	p.paced = pp
+	p.copy(func() { pp.copyTo(dst) })
+	return w, nil
+}
+
+// copy runs an output copier, counted in p.copiers.
+func (p *Process) copy(f func()) {
 	if p.copied == nil {
 		p.copied = make(chan struct{}, 1)
 	}
 	p.copiers.Add(1)
 	go func() {
-		copyOut(sink, r)
-		if le, ok := dst.(*lineEnder); ok {
-			le.end()
-		}
+		f()
 		if p.copiers.Add(-1) == 0 {
 			select {
 			case p.copied <- struct{}{}:
@@ -540,7 +573,6 @@ func (p *Process) output(dst io.Writer, tail *tailBuffer) (*os.File, error) {
 			}
 		}
 	}()
-	return w, nil
 }
 
 // copyBufs holds the buffers of the output copiers: io.Copy would allocate
@@ -811,6 +843,9 @@ func (p *Process) freePage() {
 // unread reports whether a pipe that CloseIO closes holds bytes not read
 // yet.
 func (p *Process) unread() bool {
+	if p.paced != nil && p.paced.unread() {
+		return true
+	}
 	for _, f := range p.readEnds {
 		rc, err := f.SyscallConn()
 		if err != nil {
@@ -827,6 +862,9 @@ func (p *Process) unread() bool {
 }
 
 func (p *Process) closeReadEnds() {
+	if p.paced != nil {
+		p.paced.stop.Store(true)
+	}
 	for _, f := range p.readEnds {
 		f.Close()
 	}

@@ -1,0 +1,120 @@
+package worker
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// runLarge runs script with Spec.LargeStdout into a buffer, waits for it
+// and for CloseIO(linger), and returns the process, what it wrote and how
+// long CloseIO took.
+func runLarge(t *testing.T, script string, linger time.Duration) (*Process, string, time.Duration) {
+	t.Helper()
+	var out bytes.Buffer
+	p, err := Start(Spec{IO: IONone, Args: []string{"/bin/sh", "-c", script}, Stdout: &out, LargeStdout: true, Stderr: &bytes.Buffer{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.paced == nil {
+		t.Fatal("LargeStdout gave no paced pipe")
+	}
+	select {
+	case <-p.Done():
+	case <-time.After(30 * time.Second):
+		p.Kill()
+		t.Fatal("the process did not end")
+	}
+	start := time.Now()
+	p.CloseIO(linger)
+	return p, out.String(), time.Since(start)
+}
+
+// TestLargeStdout checks that a stdout read through a paced pipe reaches
+// its writer whole and in order, whether the process writes fast, in
+// pieces larger than the pipe, or slowly, a line now and then; that the
+// process sees a pipe; and that a descendant holding the pipe without
+// writing keeps CloseIO no longer than its linger and one wait.
+func TestLargeStdout(t *testing.T) {
+	want := func(n int) string {
+		var b strings.Builder
+		for i := 1; i <= n; i++ {
+			b.WriteString(strconv.Itoa(i))
+			b.WriteByte('\n')
+		}
+		return b.String()
+	}
+
+	// Fast, about 3 MB: several times the pipe.
+	p, out, _ := runLarge(t, `stat -L -c %F /dev/stdout >&2; seq 1 400000`, time.Second)
+	if out != want(400000) {
+		t.Errorf("fast writer: %d bytes, want the %d of seq 1 400000", len(out), len(want(400000)))
+	}
+	if tail := strings.TrimSpace(p.StderrTail()); tail != "fifo" {
+		t.Errorf("stdout seen as %q, want a pipe (fifo)", tail)
+	}
+
+	// Slow: a line every few milliseconds, each read alone or a few at
+	// once.
+	_, out, _ = runLarge(t, `i=1; while [ $i -le 60 ]; do echo $i; sleep 0.003; i=$((i+1)); done`, time.Second)
+	if out != want(60) {
+		t.Errorf("slow writer: got %q, want 1 to 60, one per line", out)
+	}
+
+	// A descendant keeps the pipe open, writing nothing: the copier stops
+	// when CloseIO asks, past the linger.
+	const linger = 200 * time.Millisecond
+	p, out, took := runLarge(t, `setsid sleep 30 </dev/null 2>/dev/null & echo $! >&2; sleep 0.2; echo done`, linger)
+	if pid, err := strconv.Atoi(strings.TrimSpace(p.StderrTail())); err == nil {
+		syscall.Kill(pid, syscall.SIGKILL)
+	} else {
+		t.Errorf("no pid of the descendant on stderr: %q", p.StderrTail())
+	}
+	if out != "done\n" {
+		t.Errorf("with a descendant holding the pipe: got %q, want %q", out, "done\n")
+	}
+	if limit := linger + pacedIdle + time.Second; took > limit {
+		t.Errorf("CloseIO took %v with a descendant holding the pipe, want at most %v", took, limit)
+	}
+}
+
+// TestLargeStdoutFile checks that a file given as Stdout with LargeStdout
+// is handed to the process as it is, without a pipe.
+func TestLargeStdoutFile(t *testing.T) {
+	p, _, out := startShell(t, Spec{IO: IONone, LargeStdout: true}, `echo hello`)
+	if p.paced != nil {
+		t.Error("a file as Stdout got a paced pipe")
+	}
+	if out != "hello\n" {
+		t.Errorf("got %q, want %q", out, "hello\n")
+	}
+}
+
+// TestLargeStdoutPipeSize checks that a paced pipe is as large as the
+// system lets it be: as root, pacedPipeSize or pipe-max-size.
+func TestLargeStdoutPipeSize(t *testing.T) {
+	pp, w, err := newPacedPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	defer pp.close()
+	limit := pacedPipeSize
+	if b, err := os.ReadFile("/proc/sys/fs/pipe-max-size"); err == nil {
+		var sysMax int
+		if _, err := fmt.Sscan(string(b), &sysMax); err == nil {
+			limit = min(limit, sysMax)
+		}
+	}
+	if os.Geteuid() == 0 && pp.size != limit {
+		t.Errorf("paced pipe of %d bytes as root, want %d", pp.size, limit)
+	}
+	if pp.size <= 0 || pp.size > limit {
+		t.Errorf("paced pipe of %d bytes, want at most %d", pp.size, limit)
+	}
+}
