@@ -78,7 +78,9 @@ func (s *segmentReader) Read(p []byte) (int, error) {
 		}
 		n, err := r.Read(p)
 		if n > 0 {
-			s.tail = append(s.tail, p[:n]...)
+			// Only the last bytes can matter: a read of a block would
+			// otherwise be copied whole, only to be cut back.
+			s.tail = append(s.tail, p[max(n-len(s.recend), 0):n]...)
 			if k := len(s.tail) - len(s.recend); k > 0 {
 				s.tail = append(s.tail[:0], s.tail[k:]...)
 			}
