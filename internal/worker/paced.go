@@ -15,14 +15,16 @@ import (
 // supervisor at every write the worker makes: 8 KiB at a time for Python's
 // buffered stdout, ten thousand wakeups a second per worker at 80 MB/s,
 // which cost the supervisor more CPU than the copying. A paced pipe is
-// kept out of the poller, made as large as the system lets (up to 1 MiB),
-// and read in large pieces: after a read that found little, the copier
-// sleeps a moment and lets the pipe fill, and only when the pipe is empty
-// does it wait for the next write (poll(2), which registers no lasting
-// waiter as the poller does). A worker that writes fast fills half the pipe
-// or more between reads; the copier then reads without sleeping, so that
-// it does not hold the worker back. So does a pipe the system would not
-// grow.
+// made as large as the system lets (up to 1 MiB), and its first bytes
+// are read through the poller as any pipe's, so that a small output (the
+// count of wc -l) costs no more. Past pacedAfter bytes the copier takes
+// the pipe out of the poller and reads it in large pieces: after a read
+// that found little, it sleeps a moment and lets the pipe fill (unless the
+// worker ends meanwhile), and only when the pipe is empty does it
+// wait for the next write (poll(2), which registers no lasting waiter as
+// the poller does). A worker that writes fast fills half the pipe or more
+// between reads; the copier then reads without sleeping, so that it does
+// not hold the worker back. So does a pipe the system would not grow.
 
 const (
 	// pacedPipeSize is the size asked of a paced pipe (the default
@@ -43,16 +45,20 @@ const (
 	pacedIdle = 100 * time.Millisecond
 	// pacedRead is the copier's buffer.
 	pacedRead = 256 << 10
+	// pacedAfter is how much the copier reads through the poller before
+	// it paces the pipe.
+	pacedAfter = 64 << 10
 )
 
 // pacedBufs holds the paced copiers' buffers.
 var pacedBufs = sync.Pool{New: func() any { return new([pacedRead]byte) }}
 
-// pacedPipe is the supervisor's end of a paced pipe. Its copier owns the
-// descriptor and closes it as it ends; CloseIO asks it to stop.
+// pacedPipe is the supervisor's end of a paced pipe. Its copier owns it
+// and closes it as it ends; CloseIO asks it to stop.
 type pacedPipe struct {
-	mu   sync.Mutex // guards fd against unread while the copier closes it
-	fd   int        // non-blocking, not in the poller; -1 once closed
+	mu   sync.Mutex // guards f and fd against unread and stopIO while the copier changes them
+	f    *os.File   // the read end while it is read through the poller; nil after
+	fd   int        // the read end once out of the poller (non-blocking); -1 before, and once closed
 	size int        // the pipe's capacity
 	stop atomic.Bool
 }
@@ -60,40 +66,66 @@ type pacedPipe struct {
 // newPacedPipe returns a paced pipe's read end and the write end for the
 // worker.
 func newPacedPipe() (*pacedPipe, *os.File, error) {
-	var fds [2]int
-	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
-		return nil, nil, os.NewSyscallError("pipe2", err)
+	r, w, err := outputPipe()
+	if err != nil {
+		return nil, nil, err
 	}
-	// The worker's end blocks, as any pipe a program is given does.
-	if err := unix.SetNonblock(fds[1], false); err != nil {
-		unix.Close(fds[0])
-		unix.Close(fds[1])
-		return nil, nil, os.NewSyscallError("fcntl", err)
+	size := 64 << 10
+	if rc, err := r.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { size = growPipe(int(fd), pacedPipeSize) })
 	}
-	// A blocking descriptor stays out of the poller.
-	return &pacedPipe{fd: fds[0], size: growPipe(fds[0], pacedPipeSize)}, os.NewFile(uintptr(fds[1]), "|1"), nil
+	return &pacedPipe{f: r, fd: -1, size: size}, w, nil
 }
 
-// copyTo copies the pipe to dst until EOF or a stop, and closes the pipe.
-func (pp *pacedPipe) copyTo(dst io.Writer) {
+// copyTo copies the pipe to dst until EOF or a stop, and closes the pipe;
+// exited is closed when the worker has ended.
+func (pp *pacedPipe) copyTo(dst io.Writer, exited <-chan struct{}) {
 	buf := pacedBufs.Get().(*[pacedRead]byte)
 	defer pacedBufs.Put(buf)
 	defer pp.close()
+	write := func(p []byte) {
+		if _, err := dst.Write(p); err != nil {
+			dst = io.Discard // keep draining, as io.Copy's caller would not
+		}
+	}
+	for read := 0; read < pacedAfter; {
+		n, err := pp.f.Read(buf[:])
+		read += n
+		write(buf[:n])
+		if err != nil {
+			return // EOF, or CloseIO closed it
+		}
+	}
+	if !pp.leavePoller() {
+		return
+	}
 	round := 0 // bytes read since the pipe was last found empty
+	var pause *time.Timer
+	ended := false // exited is closed
 	for !pp.stop.Load() {
 		n, err := unix.Read(pp.fd, buf[:])
 		switch {
 		case n > 0:
 			round += n
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				dst = io.Discard // keep draining, as io.Copy's caller would not
-			}
+			write(buf[:n])
 		case err == unix.EINTR:
 		case err == unix.EAGAIN:
-			if round > 0 && round < pp.size/2 && pp.size >= minPacedPipe {
-				// The worker writes slowly: let the pipe fill.
+			if round > 0 && round < pp.size/2 && pp.size >= minPacedPipe && !ended {
+				// The worker writes slowly: let the pipe fill, unless it
+				// ends meanwhile (then what it wrote last is read at
+				// once, and the pipe no longer paced).
 				round = 0
-				time.Sleep(pacedPause)
+				if pause == nil {
+					pause = time.NewTimer(pacedPause)
+					defer pause.Stop()
+				} else {
+					pause.Reset(pacedPause)
+				}
+				select {
+				case <-pause.C:
+				case <-exited:
+					ended = true
+				}
 				continue
 			}
 			round = 0
@@ -107,20 +139,65 @@ func (pp *pacedPipe) copyTo(dst io.Writer) {
 	}
 }
 
+// leavePoller takes the read end out of the runtime's poller: a
+// duplicate of it is kept, and the poller's file closed. It reports false
+// when CloseIO stopped the copier first, or the duplicate could not be
+// made.
+func (pp *pacedPipe) leavePoller() bool {
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	if pp.stop.Load() {
+		return false
+	}
+	rc, err := pp.f.SyscallConn()
+	if err != nil {
+		return false
+	}
+	fd := -1
+	if rc.Control(func(old uintptr) { fd, err = unix.FcntlInt(old, unix.F_DUPFD_CLOEXEC, 0) }) != nil || err != nil {
+		return false
+	}
+	pp.f.Close()
+	pp.f, pp.fd = nil, fd
+	return true
+}
+
+// stopIO asks the copier to stop, and unblocks it when it reads through
+// the poller.
+func (pp *pacedPipe) stopIO() {
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	pp.stop.Store(true)
+	if pp.f != nil {
+		pp.f.Close()
+	}
+}
+
 // unread reports whether the pipe holds bytes not read yet.
 func (pp *pacedPipe) unread() bool {
 	pp.mu.Lock()
 	defer pp.mu.Unlock()
-	if pp.fd < 0 {
-		return false
+	n := 0
+	switch {
+	case pp.f != nil:
+		if rc, err := pp.f.SyscallConn(); err == nil {
+			rc.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.TIOCINQ) })
+		}
+	case pp.fd >= 0:
+		n, _ = unix.IoctlGetInt(pp.fd, unix.TIOCINQ)
 	}
-	n, _ := unix.IoctlGetInt(pp.fd, unix.TIOCINQ)
 	return n > 0
 }
 
 func (pp *pacedPipe) close() {
 	pp.mu.Lock()
 	defer pp.mu.Unlock()
-	unix.Close(pp.fd)
-	pp.fd = -1
+	if pp.f != nil {
+		pp.f.Close()
+		pp.f = nil
+	}
+	if pp.fd >= 0 {
+		unix.Close(pp.fd)
+		pp.fd = -1
+	}
 }

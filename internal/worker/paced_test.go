@@ -60,26 +60,33 @@ func TestLargeStdout(t *testing.T) {
 	}
 
 	// Slow: a line every few milliseconds, each read alone or a few at
-	// once.
+	// once; through the poller, and after the copier left it.
 	_, out, _ = runLarge(t, `i=1; while [ $i -le 60 ]; do echo $i; sleep 0.003; i=$((i+1)); done`, time.Second)
 	if out != want(60) {
 		t.Errorf("slow writer: got %q, want 1 to 60, one per line", out)
 	}
+	_, out, _ = runLarge(t, `seq 1 20000; i=20001; while [ $i -le 20060 ]; do echo $i; sleep 0.003; i=$((i+1)); done`, time.Second)
+	if out != want(20060) {
+		t.Errorf("slow writer past %d bytes: got %d bytes, want the %d of 1 to 20060", pacedAfter, len(out), len(want(20060)))
+	}
 
 	// A descendant keeps the pipe open, writing nothing: the copier stops
-	// when CloseIO asks, past the linger.
+	// when CloseIO asks, past the linger, whether it still read through
+	// the poller (a short output) or had left it (a long one).
 	const linger = 200 * time.Millisecond
-	p, out, took := runLarge(t, `setsid sleep 30 </dev/null 2>/dev/null & echo $! >&2; sleep 0.2; echo done`, linger)
-	if pid, err := strconv.Atoi(strings.TrimSpace(p.StderrTail())); err == nil {
-		syscall.Kill(pid, syscall.SIGKILL)
-	} else {
-		t.Errorf("no pid of the descendant on stderr: %q", p.StderrTail())
-	}
-	if out != "done\n" {
-		t.Errorf("with a descendant holding the pipe: got %q, want %q", out, "done\n")
-	}
-	if limit := linger + pacedIdle + time.Second; took > limit {
-		t.Errorf("CloseIO took %v with a descendant holding the pipe, want at most %v", took, limit)
+	for _, lines := range []int{1, 30000} {
+		p, out, took := runLarge(t, fmt.Sprintf(`setsid sleep 30 </dev/null 2>/dev/null & echo $! >&2; seq 1 %d; sleep 0.2`, lines), linger)
+		if pid, err := strconv.Atoi(strings.TrimSpace(p.StderrTail())); err == nil {
+			syscall.Kill(pid, syscall.SIGKILL)
+		} else {
+			t.Errorf("no pid of the descendant on stderr: %q", p.StderrTail())
+		}
+		if out != want(lines) {
+			t.Errorf("%d lines with a descendant holding the pipe: got %d bytes, want %d", lines, len(out), len(want(lines)))
+		}
+		if limit := linger + pacedIdle + time.Second; took > limit {
+			t.Errorf("%d lines: CloseIO took %v with a descendant holding the pipe, want at most %v", lines, took, limit)
+		}
 	}
 }
 

@@ -554,7 +554,7 @@ func (p *Process) pacedOutput(dst io.Writer) (*os.File, error) {
 		return nil, fmt.Errorf("%w: pipe: %w", ErrStart, err)
 	}
 	p.paced = pp
-	p.copy(func() { pp.copyTo(dst) })
+	p.copy(func() { pp.copyTo(dst, p.done) })
 	return w, nil
 }
 
@@ -863,7 +863,7 @@ func (p *Process) unread() bool {
 
 func (p *Process) closeReadEnds() {
 	if p.paced != nil {
-		p.paced.stop.Store(true)
+		p.paced.stopIO()
 	}
 	for _, f := range p.readEnds {
 		f.Close()
