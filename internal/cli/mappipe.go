@@ -42,13 +42,17 @@ func runMapPipe(ctx context.Context, e *env, a *mapArgs, command []string, viaSh
 	// The supervisor holds the blocks that run, one more waiting per
 	// worker so that a worker that ends finds the next block read, and the
 	// block being read: memory is a few blocks, whatever the input size.
-	// Outputs stay in memory up to the pool's default (1 MiB) and larger
-	// ones wait in a temporary file, as GNU parallel keeps all of them:
-	// kept in memory up to a block each, with their growth, they made the
-	// supervisor's peak several times the blocks' (1.7 GB for blocks of
-	// 100 MB at -j 2, where it is now 0.66 GB).
+	// Outputs stay in memory up to 64 KiB and larger ones wait in a
+	// temporary file, as GNU parallel keeps all of them: kept in memory up
+	// to a block each, with their growth, they made the supervisor's peak
+	// several times the blocks' (1.7 GB for blocks of 100 MB at -j 2,
+	// where it was 0.66 GB with the pool's default of 1 MiB in memory).
+	// A block's output is often about as large as the block: grown in
+	// memory to 1 MiB first, it took the supervisor's peak from 52 to 86
+	// MiB at --block 10M -j 2 (docs/benchmarks.md, streaming), for no gain
+	// in speed. Its pipe is paced (Config.LargeOutput).
 	cfg.MaxPending = 2 * workers
-	// A block's output is about as large as the block.
+	cfg.OutputInMemory = 64 << 10
 	cfg.LargeOutput = true
 	blocks, err := openInterruptibly(ctx, func() (*blockReader, error) {
 		src, err := newBlockReader(a.common.argFiles, e.stdin, int(a.block), []byte(a.recend))
