@@ -111,7 +111,7 @@ func (r *runner) startShot(t *task) *shot {
 	out := r.p.spool.newOutput() // written by the process's copiers until CloseIO returns
 	// r.env names no variable twice (slotEnv), and the leftovers' mark
 	// keeps it so.
-	spec := worker.Spec{Args: args, Path: path, Env: r.env, EnvUnique: true, Dir: cfg.Dir, IO: worker.IONone, Stdout: out.stdout, LargeStdout: cfg.LargeOutput, Stderr: out.stderr}
+	spec := worker.Spec{Args: args, Path: path, Env: r.env, EnvUnique: true, Dir: cfg.Dir, IO: worker.IONone, Stdout: out.stdout, LargeStdout: cfg.LargeOutput, StdoutPipe: largeOutputPipe(cfg.Workers), Stderr: out.stderr}
 	var token string
 	if r.p.left != nil && r.group == nil {
 		spec.Env, token = r.p.left.mark(r.env)
@@ -333,4 +333,18 @@ func (t *task) keepStdin() error {
 		done()
 	}
 	return nil
+}
+
+// largeOutputPipes is the pipe memory that the paced stdouts of a pool's
+// running attempts (Config.LargeOutput) ask for in all: a quarter of the
+// 64 MiB an unprivileged user's pipes may hold before the system gives
+// the user's new pipes a page each (pipe-user-pages-soft), whatever
+// program makes them.
+const largeOutputPipes = 16 << 20
+
+// largeOutputPipe is the size of pipe each of workers running attempts
+// asks for: 1 MiB up to 16 workers, less beyond (a pipe under 256 KiB is
+// not paced).
+func largeOutputPipe(workers int) int {
+	return min(1<<20, largeOutputPipes/max(workers, 1))
 }

@@ -27,14 +27,16 @@ import (
 // not hold the worker back. So does a pipe the system would not grow.
 
 const (
-	// pacedPipeSize is the size asked of a paced pipe (the default
-	// /proc/sys/fs/pipe-max-size); where it is refused, the pipe keeps the
-	// system's default and the copier sleeps less often.
+	// pacedPipeSize is the largest size asked of a paced pipe (the
+	// default /proc/sys/fs/pipe-max-size), and the default one
+	// (Spec.StdoutPipe); where it is refused, the pipe keeps the system's
+	// default and the copier sleeps less often.
 	pacedPipeSize = 1 << 20
-	// pacedPause is how long the copier lets the pipe fill after a read
-	// that found less than half of it: 400 KB at 80 MB/s. Shorter pauses
-	// cost more wakeups (docs/benchmarks.md, streaming), and longer ones
-	// would hold back a worker whose pipe fills sooner.
+	// pacedPause is how long the copier lets a pipe of pacedPipeSize fill
+	// after a read that found less than half of it: 400 KB at 80 MB/s. A
+	// smaller pipe gets a shorter pause, in proportion. Shorter pauses cost
+	// more wakeups (docs/benchmarks.md, streaming), and longer ones would
+	// hold back a worker whose pipe fills sooner.
 	pacedPause = 5 * time.Millisecond
 	// minPacedPipe is the smallest pipe the copier sleeps on: a smaller one
 	// (the system refused to grow it) fills too soon, and is read as any
@@ -64,17 +66,20 @@ type pacedPipe struct {
 }
 
 // newPacedPipe returns a paced pipe's read end and the write end for the
-// worker.
-func newPacedPipe() (*pacedPipe, *os.File, error) {
+// worker; the pipe is asked to hold size bytes (at most pacedPipeSize).
+func newPacedPipe(size int) (*pacedPipe, *os.File, error) {
 	r, w, err := outputPipe()
 	if err != nil {
 		return nil, nil, err
 	}
-	size := 64 << 10
-	if rc, err := r.SyscallConn(); err == nil {
-		rc.Control(func(fd uintptr) { size = growPipe(int(fd), pacedPipeSize) })
+	if size <= 0 || size > pacedPipeSize {
+		size = pacedPipeSize
 	}
-	return &pacedPipe{f: r, fd: -1, size: size}, w, nil
+	got := 64 << 10
+	if rc, err := r.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { got = growPipe(int(fd), size) })
+	}
+	return &pacedPipe{f: r, fd: -1, size: got}, w, nil
 }
 
 // copyTo copies the pipe to dst until EOF or a stop, and closes the pipe;
@@ -101,6 +106,7 @@ func (pp *pacedPipe) copyTo(dst io.Writer, exited <-chan struct{}) {
 	}
 	round := 0 // bytes read since the pipe was last found empty
 	var pause *time.Timer
+	wait := time.Duration(int64(pacedPause) * int64(pp.size) / pacedPipeSize)
 	ended := false // exited is closed
 	for !pp.stop.Load() {
 		n, err := unix.Read(pp.fd, buf[:])
@@ -116,10 +122,10 @@ func (pp *pacedPipe) copyTo(dst io.Writer, exited <-chan struct{}) {
 				// once, and the pipe no longer paced).
 				round = 0
 				if pause == nil {
-					pause = time.NewTimer(pacedPause)
+					pause = time.NewTimer(wait)
 					defer pause.Stop()
 				} else {
-					pause.Reset(pacedPause)
+					pause.Reset(wait)
 				}
 				select {
 				case <-pause.C:

@@ -102,26 +102,31 @@ func TestLargeStdoutFile(t *testing.T) {
 	}
 }
 
-// TestLargeStdoutPipeSize checks that a paced pipe is as large as the
-// system lets it be: as root, pacedPipeSize or pipe-max-size.
+// TestLargeStdoutPipeSize checks that a paced pipe is as large as asked
+// and the system lets it be: as root, the size asked up to pacedPipeSize
+// and pipe-max-size.
 func TestLargeStdoutPipeSize(t *testing.T) {
-	pp, w, err := newPacedPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	defer pp.close()
-	limit := pacedPipeSize
+	sysMax := pacedPipeSize
 	if b, err := os.ReadFile("/proc/sys/fs/pipe-max-size"); err == nil {
-		var sysMax int
-		if _, err := fmt.Sscan(string(b), &sysMax); err == nil {
-			limit = min(limit, sysMax)
+		fmt.Sscan(string(b), &sysMax)
+	}
+	for _, c := range []struct{ ask, want int }{
+		{0, pacedPipeSize},
+		{256 << 10, 256 << 10},
+		{4 << 20, pacedPipeSize},
+	} {
+		pp, w, err := newPacedPipe(c.ask)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	if os.Geteuid() == 0 && pp.size != limit {
-		t.Errorf("paced pipe of %d bytes as root, want %d", pp.size, limit)
-	}
-	if pp.size <= 0 || pp.size > limit {
-		t.Errorf("paced pipe of %d bytes, want at most %d", pp.size, limit)
+		want := min(c.want, sysMax)
+		if os.Geteuid() == 0 && pp.size != want {
+			t.Errorf("asked %d: a pipe of %d bytes as root, want %d", c.ask, pp.size, want)
+		}
+		if pp.size <= 0 || pp.size > want {
+			t.Errorf("asked %d: a pipe of %d bytes, want at most %d", c.ask, pp.size, want)
+		}
+		w.Close()
+		pp.close()
 	}
 }

@@ -83,6 +83,12 @@ type Spec struct {
 	// (paced.go). It saves the supervisor most of its CPU on such outputs,
 	// and costs a small one a few milliseconds.
 	LargeStdout bool
+	// StdoutPipe, with LargeStdout, is the size of pipe to ask for, at
+	// most 1 MiB; zero asks 1 MiB. Pipes count against a user's
+	// /proc/sys/fs/pipe-user-pages-soft (64 MiB), past which an
+	// unprivileged user's new pipes get a page each: many workers should
+	// ask less each.
+	StdoutPipe int
 	// Stderr receives the worker's stderr; nil discards it. The last few
 	// KiB are also kept for StderrTail.
 	Stderr io.Writer
@@ -425,7 +431,7 @@ func (p *Process) connect(spec Spec, cmd *exec.Cmd) (childEnds []*os.File, err e
 		var w *os.File
 		var err error
 		if _, file := spec.Stdout.(*os.File); spec.LargeStdout && spec.Stdout != nil && !file {
-			w, err = p.pacedOutput(spec.Stdout)
+			w, err = p.pacedOutput(spec.Stdout, spec.StdoutPipe)
 		} else {
 			w, err = p.output(spec.Stdout, nil)
 		}
@@ -546,10 +552,10 @@ func (p *Process) output(dst io.Writer, tail *tailBuffer) (*os.File, error) {
 	return w, nil
 }
 
-// pacedOutput is output for a Spec.LargeStdout stream: a paced pipe whose
-// copier writes dst.
-func (p *Process) pacedOutput(dst io.Writer) (*os.File, error) {
-	pp, w, err := newPacedPipe()
+// pacedOutput is output for a Spec.LargeStdout stream: a paced pipe of
+// about size bytes whose copier writes dst.
+func (p *Process) pacedOutput(dst io.Writer, size int) (*os.File, error) {
+	pp, w, err := newPacedPipe(size)
 	if err != nil {
 		return nil, fmt.Errorf("%w: pipe: %w", ErrStart, err)
 	}
