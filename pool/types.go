@@ -637,12 +637,13 @@ type Config struct {
 	// hold: 64 MiB / (2 × MaxPending), at least 4 KiB and at most 1 MiB.
 	// When $TMPDIR is full, the attempt fails with CauseOutputLost.
 	OutputInMemory int64
-	// LargeOutput says that one-shot attempts write megabytes of stdout
-	// each, as a block's transform does: the pool reads each attempt's
-	// stdout in large pieces, a few hundred times a second, rather than
-	// at every write its process makes. That saves the supervisor most of
-	// its CPU on such outputs, and costs an attempt with a small output a
-	// few milliseconds.
+	// LargeOutput says that one-shot attempts may write megabytes of
+	// stdout each, as a block's transform does: past its first 64 KiB,
+	// the pool reads each attempt's stdout in large pieces, a few hundred
+	// times a second, rather than at every write its process makes. That
+	// saves the supervisor most of its CPU on such outputs; a small output
+	// is read as without it. The pipes of the running attempts take up to
+	// 16 MiB in all.
 	LargeOutput bool
 
 	// KeepOrder delivers results in submission order. Otherwise they come as

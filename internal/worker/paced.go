@@ -102,7 +102,18 @@ func (pp *pacedPipe) copyTo(dst io.Writer, exited <-chan struct{}) {
 		}
 	}
 	if !pp.leavePoller() {
-		return
+		if pp.stop.Load() {
+			return
+		}
+		// No descriptor to spare for the duplicate: read on through the
+		// poller, as any pipe, rather than lose the rest.
+		for {
+			n, err := pp.f.Read(buf[:])
+			write(buf[:n])
+			if err != nil {
+				return
+			}
+		}
 	}
 	round := 0 // bytes read since the pipe was last found empty
 	var pause *time.Timer
@@ -147,8 +158,8 @@ func (pp *pacedPipe) copyTo(dst io.Writer, exited <-chan struct{}) {
 
 // leavePoller takes the read end out of the runtime's poller: a
 // duplicate of it is kept, and the poller's file closed. It reports false
-// when CloseIO stopped the copier first, or the duplicate could not be
-// made.
+// when CloseIO stopped the copier first (stop is set), or the duplicate
+// could not be made (the poller's file is kept).
 func (pp *pacedPipe) leavePoller() bool {
 	pp.mu.Lock()
 	defer pp.mu.Unlock()
@@ -160,13 +171,16 @@ func (pp *pacedPipe) leavePoller() bool {
 		return false
 	}
 	fd := -1
-	if rc.Control(func(old uintptr) { fd, err = unix.FcntlInt(old, unix.F_DUPFD_CLOEXEC, 0) }) != nil || err != nil {
+	if rc.Control(func(old uintptr) { fd, err = dupFD(old) }) != nil || err != nil {
 		return false
 	}
 	pp.f.Close()
 	pp.f, pp.fd = nil, fd
 	return true
 }
+
+// dupFD duplicates a descriptor, close-on-exec; a variable for tests.
+var dupFD = func(fd uintptr) (int, error) { return unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }
 
 // stopIO asks the copier to stop, and unblocks it when it reads through
 // the poller.

@@ -90,6 +90,24 @@ func TestLargeStdout(t *testing.T) {
 	}
 }
 
+// TestLargeStdoutNoDuplicate checks that a copier that cannot duplicate
+// the pipe's descriptor to leave the poller reads on through it, and
+// loses nothing.
+func TestLargeStdoutNoDuplicate(t *testing.T) {
+	saved := dupFD
+	defer func() { dupFD = saved }()
+	dupFD = func(uintptr) (int, error) { return -1, syscall.EMFILE }
+	_, out, _ := runLarge(t, `seq 1 100000`, time.Second)
+	want := make([]byte, 0, 600000)
+	for i := 1; i <= 100000; i++ {
+		want = strconv.AppendInt(want, int64(i), 10)
+		want = append(want, '\n')
+	}
+	if out != string(want) {
+		t.Errorf("without a duplicate: %d bytes, want the %d of seq 1 100000", len(out), len(want))
+	}
+}
+
 // TestLargeStdoutFile checks that a file given as Stdout with LargeStdout
 // is handed to the process as it is, without a pipe.
 func TestLargeStdoutFile(t *testing.T) {

@@ -77,11 +77,11 @@ type Spec struct {
 	// Stdout receives the worker's stdout when IO is not IOLine; nil
 	// discards it. An *os.File is handed to the worker directly.
 	Stdout io.Writer
-	// LargeStdout says that Stdout, neither nil nor a file, is expected in
-	// megabytes (a block's output): the pipe is read in large pieces, a few
-	// hundred times a second, rather than at every write the worker makes
-	// (paced.go). It saves the supervisor most of its CPU on such outputs,
-	// and costs a small one a few milliseconds.
+	// LargeStdout says that Stdout, neither nil nor a file, may come in
+	// megabytes (a block's output): past its first 64 KiB, the pipe is
+	// read in large pieces, a few hundred times a second, rather than at
+	// every write the worker makes (paced.go). It saves the supervisor
+	// most of its CPU on such outputs; a small one is read as any.
 	LargeStdout bool
 	// StdoutPipe, with LargeStdout, is the size of pipe to ask for, at
 	// most 1 MiB; zero asks 1 MiB. Pipes count against a user's
