@@ -197,16 +197,13 @@ func (pp *pacedPipe) stopIO() {
 func (pp *pacedPipe) unread() bool {
 	pp.mu.Lock()
 	defer pp.mu.Unlock()
-	n := 0
 	switch {
 	case pp.f != nil:
-		if rc, err := pp.f.SyscallConn(); err == nil {
-			rc.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.TIOCINQ) })
-		}
+		return pipeHolds(pp.f)
 	case pp.fd >= 0:
-		n, _ = unix.IoctlGetInt(pp.fd, unix.TIOCINQ)
+		return pipeBytes(pp.fd) > 0
 	}
-	return n > 0
+	return false
 }
 
 func (pp *pacedPipe) close() {

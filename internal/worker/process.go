@@ -853,18 +853,29 @@ func (p *Process) unread() bool {
 		return true
 	}
 	for _, f := range p.readEnds {
-		rc, err := f.SyscallConn()
-		if err != nil {
-			continue
-		}
-		n := 0
-		// TIOCINQ is FIONREAD: the bytes a pipe holds.
-		rc.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.TIOCINQ) })
-		if n > 0 {
+		if pipeHolds(f) {
 			return true
 		}
 	}
 	return false
+}
+
+// pipeHolds reports whether the pipe whose read end is f holds bytes.
+func pipeHolds(f *os.File) bool {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return false
+	}
+	n := 0
+	rc.Control(func(fd uintptr) { n = pipeBytes(int(fd)) })
+	return n > 0
+}
+
+// pipeBytes returns the bytes that the pipe whose read end is fd holds
+// (TIOCINQ, which is FIONREAD).
+func pipeBytes(fd int) int {
+	n, _ := unix.IoctlGetInt(fd, unix.TIOCINQ)
+	return n
 }
 
 func (p *Process) closeReadEnds() {
