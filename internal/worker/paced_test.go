@@ -148,25 +148,3 @@ func TestLargeStdoutPipeSize(t *testing.T) {
 		pp.close()
 	}
 }
-
-// TestCloseIOSlowPacedCopier is TestCloseIOSlowCopier for a paced pipe: a
-// process that wrote more than its pipe holds, read by a copier slower
-// than CloseIO's linger, loses nothing of what it wrote.
-func TestCloseIOSlowPacedCopier(t *testing.T) {
-	const size = 2_000_000
-	w := &slowWriter{delay: 100 * time.Millisecond}
-	p, err := Start(Spec{IO: IONone, Args: []string{"/bin/sh", "-c", "head -c 2000000 /dev/zero"}, Stdout: w, LargeStdout: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-p.Done():
-	case <-time.After(30 * time.Second):
-		p.Kill()
-		t.Fatal("the process did not end")
-	}
-	p.CloseIO(linger)
-	if got := w.written(); got != size {
-		t.Errorf("the copier wrote %d of the %d bytes the process wrote before it ended", got, size)
-	}
-}

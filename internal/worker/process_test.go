@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -111,22 +112,36 @@ func (w *slowWriter) written() int {
 // and died is done while its pipe still holds up to 64 KiB; a copier
 // whose writes are slow (a busy disk, a busy machine) takes longer than
 // CloseIO's linger to read it. CloseIO must wait for it rather than cut
-// the output, as it did (the copier had 163840 of the 200000 bytes).
+// the output, as it did (the copier had 163840 of the 200000 bytes). The
+// same holds for a paced pipe (Spec.LargeStdout), 1 MiB, whose copier
+// has left the poller.
 func TestCloseIOSlowCopier(t *testing.T) {
-	const size = 200000
-	w := &slowWriter{delay: 300 * time.Millisecond}
-	p, err := Start(Spec{IO: IONone, Args: []string{"/bin/sh", "-c", "head -c 200000 /dev/zero"}, Stdout: w})
-	if err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-p.Done():
-	case <-time.After(30 * time.Second):
-		p.Kill()
-		t.Fatal("the process did not end")
-	}
-	p.CloseIO(linger)
-	if got := w.written(); got != size {
-		t.Errorf("the copier wrote %d of the %d bytes the process wrote before it died", got, size)
+	for _, c := range []struct {
+		name  string
+		size  int
+		delay time.Duration
+		large bool
+	}{
+		{"plain pipe", 200000, 300 * time.Millisecond, false},
+		{"paced pipe", 2000000, 100 * time.Millisecond, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			w := &slowWriter{delay: c.delay}
+			script := fmt.Sprintf("head -c %d /dev/zero", c.size)
+			p, err := Start(Spec{IO: IONone, Args: []string{"/bin/sh", "-c", script}, Stdout: w, LargeStdout: c.large})
+			if err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-p.Done():
+			case <-time.After(30 * time.Second):
+				p.Kill()
+				t.Fatal("the process did not end")
+			}
+			p.CloseIO(linger)
+			if got := w.written(); got != c.size {
+				t.Errorf("the copier wrote %d of the %d bytes the process wrote before it died", got, c.size)
+			}
+		})
 	}
 }
