@@ -33,8 +33,8 @@ OUT = os.path.join(REPO, "bench", "out", "streaming")
 # Block sizes of GNU parallel --pipe: its default, and larger ones, which
 # safepool map --pipe runs too. A block of a Python transform pays a start
 # of the interpreter (about 15 ms of CPU here): 100 of them at 10M in 1 GB,
-# 32 at 32M.
-BLOCKS = ("1M", "10M", "32M")
+# 32 at 32M, 16 at 64M.
+BLOCKS = ("1M", "10M", "32M", "64M")
 PIPE_BLOCKS = BLOCKS[1:]
 # GNU parallel's default block, 1M, runs about 6 MB/s here: almost three
 # minutes a run at 1 GB. It is left out above this size, and so is
@@ -57,6 +57,11 @@ def parse_size(s):
     if s and s[-1] in mult:
         return int(float(s[:-1]) * mult[s[-1]])
     return int(s)
+
+
+def listing(items):
+    """Names items in a sentence: "a", "a and b", "a, b and c"."""
+    return " and ".join(filter(None, [", ".join(items[:-1]), items[-1]]))
 
 
 def blocks(size):
@@ -201,7 +206,7 @@ def write(vs, records, size, lines, runs, want):
     blockNote = ("at {all}; {b} is its default".format(all=", ".join(blocks(size)), b=BLOCKS[0])
                  if BLOCKS[0] in blocks(size) else
                  "at {all}; its default block, {b}, runs about 6 MB/s here and is left out above {s} MB "
-                 "to keep the run short".format(all=" and ".join(blocks(size)), b=BLOCKS[0],
+                 "to keep the run short".format(all=listing(blocks(size)), b=BLOCKS[0],
                                                 s=SMALL_BLOCK_UP_TO // 10**6))
     text = """## Streaming: {gb} of CSV through a Python line transform
 
@@ -232,7 +237,7 @@ interleaved; median (min-max).
 Command: `{cmd}` (`QUICK=1` runs 10 MB three times, `SIZE=50M` another size).
 """.format(mapk=" and `safepool map -j 2 -k`" if size <= SMALL_BLOCK_UP_TO else
            " (`-k`, ordered output, is left out above %d MB to keep the run short)" % (SMALL_BLOCK_UP_TO // 10**6),
-           pipeBlocks=" and ".join(PIPE_BLOCKS), gb=gb, mb=size / 1e6, lines=lines, row=size / max(lines, 1), blockNote=blockNote,
+           pipeBlocks=listing(PIPE_BLOCKS), gb=gb, mb=size / 1e6, lines=lines, row=size / max(lines, 1), blockNote=blockNote,
            want="%d lines, %s" % want if want else "-", runs=runs, s="" if runs == 1 else "s",
            cmd=command(size, runs))
     text += """
