@@ -32,8 +32,8 @@ SAFEPOOL = os.path.join(REPO, "bench", ".bin", "safepool")
 OUT = os.path.join(REPO, "bench", "out", "streaming")
 # Block sizes of GNU parallel --pipe: its default, and larger ones, which
 # safepool map --pipe runs too. A block of a Python transform pays a start
-# of the interpreter (about 15 ms of CPU here): 100 of them at 10M in 1 GB,
-# 32 at 32M, 16 at 64M.
+# of the interpreter (about 15 ms of CPU here): 103 of them at 10M in 1 GB,
+# 33 at 32M, 17 at 64M (the last block of each a short one).
 BLOCKS = ("1M", "10M", "32M", "64M")
 PIPE_BLOCKS = BLOCKS[1:]
 # GNU parallel's default block, 1M, runs about 6 MB/s here: almost three
@@ -203,7 +203,7 @@ def write(vs, records, size, lines, runs, want):
                      statistics.median(r["peak_rss_kb"] / 1024 for r in recs)))
     img = make_plot(plot, size)
     gb = "%.0f GB" % (size / 1e9) if size >= 0.995e9 else "%.0f MB" % (size / 1e6)
-    blockNote = ("at {all}; {b} is its default".format(all=", ".join(blocks(size)), b=BLOCKS[0])
+    blockNote = ("at {all}; {b} is its default".format(all=listing(blocks(size)), b=BLOCKS[0])
                  if BLOCKS[0] in blocks(size) else
                  "at {all}; its default block, {b}, runs about 6 MB/s here and is left out above {s} MB "
                  "to keep the run short".format(all=listing(blocks(size)), b=BLOCKS[0],
