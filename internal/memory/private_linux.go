@@ -406,14 +406,23 @@ func cgroupTreeProcs(dir string, top *os.File) ([]int, error) {
 
 // readStat reads the parent pid, the start time (clock ticks after boot)
 // and the name of pid from /proc/pid/stat, into buf.
+// It uses the system calls alone (no os.File, whose open adds an fstat
+// and a finalizer): a scan reads every process's, and each start of a
+// worker without a cgroup its own.
 func readStat(pid int, buf []byte) (e procEntry, ok bool) {
-	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/stat")
+	fd, err := unix.Open("/proc/"+strconv.Itoa(pid)+"/stat", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return e, false
 	}
-	n, _ := f.Read(buf)
-	f.Close()
-	return parseStat(buf[:max(n, 0)])
+	n, err := unix.Read(fd, buf)
+	for err == unix.EINTR {
+		n, err = unix.Read(fd, buf)
+	}
+	unix.Close(fd)
+	if err != nil {
+		return e, false
+	}
+	return parseStat(buf[:n])
 }
 
 // parseStat picks the parent pid, the start time and the name out of the

@@ -259,6 +259,43 @@ func TestWatchCurrent(t *testing.T) {
 	}
 }
 
+// TestWatchStoppedBeforeFirstSample: a watch whose worker ends before the
+// first sample is due (most one-shot jobs) starts no sampling at all, yet
+// Stop returns, and its tree holds the worker, by pid and start time, as
+// read at StartWatch: a kill of it or of a child it forked at once is still
+// the tree's.
+func TestWatchStoppedBeforeFirstSample(t *testing.T) {
+	pid, _ := startHelper(t, "tree", "1")
+	var buf [512]byte
+	want, ok := readStat(pid, buf[:])
+	if !ok {
+		t.Fatalf("readStat(%d) failed", pid)
+	}
+	w := StartWatch(pid, 1)
+	w.Stop()
+	w.Stop()
+	if n := w.Samples(); n != 0 {
+		t.Errorf("Samples() = %d after a Stop at once, want 0: the first sample is due %v after the start", n, minSample)
+	}
+	if c := w.Current(); c != 0 {
+		t.Errorf("Current() after Stop = %d, want 0", c)
+	}
+	select {
+	case <-w.Over():
+		t.Errorf("Over closed without a sample")
+	default:
+	}
+	tree := w.Tree()
+	m, ok := tree.members[pid]
+	if !ok || m.start != want.start {
+		t.Fatalf("Tree() = %+v, want the worker %d with start time %d", tree.members, pid, want.start)
+	}
+	killed := oomRecord{victim: Victim{PID: pid + 1}, at: time.Now(), lineage: []procID{{pid + 1, 1}, {pid, want.start}}}
+	if !tree.holds(killed, m.seen) {
+		t.Errorf("the tree does not hold a kill of a child of its worker")
+	}
+}
+
 // TestScanWithinCgroup: in ModeEnclosing a scan for a worker's descendants
 // looks only at the processes of the supervisor's cgroup (procScans.within),
 // not at every process of the host, whose stat files it opened ten times a

@@ -35,8 +35,11 @@ type Watch struct {
 	limit int64
 	over  chan struct{} // closed at the first sample over limit
 	stop  chan struct{} // closed by Stop
-	done  chan struct{} // closed when the sampling goroutine returns
+	done  chan struct{} // closed when the sampling goroutine returns, or by Stop before it started
 	once  sync.Once     // closes stop
+	// first starts the sampling goroutine when the first sample is due: a
+	// worker that ends before then (most one-shot jobs) costs no goroutine.
+	first *time.Timer
 
 	mu sync.Mutex
 	// last is the latest sample and peak the highest since the start or
@@ -66,7 +69,14 @@ func StartWatch(pid int, limit int64) *Watch {
 		done:  make(chan struct{}),
 		tree:  make(map[int]treeMember),
 	}
-	go w.run(newTreeSampler(pid, w))
+	// The worker is the caller's child, not yet waited for: its pid is
+	// its own until then. Read now, as it starts: a kill of it, or of a
+	// descendant it forks at once, names it by pid and start time.
+	var buf [512]byte
+	if e, ok := readStat(pid, buf[:]); ok {
+		w.tree[pid] = treeMember{start: e.start, comm: e.comm, seen: time.Now()}
+	}
+	w.first = time.AfterFunc(minSample, func() { w.run(newTreeSampler(pid, w)) })
 	return w
 }
 
@@ -217,31 +227,42 @@ func (w *Watch) ResetPeak() {
 // Stop ends the sampling and waits for it to end. Peak still answers.
 // Calling Stop again does nothing.
 func (w *Watch) Stop() {
-	w.once.Do(func() { close(w.stop) })
+	w.once.Do(func() {
+		close(w.stop)
+		if w.first.Stop() {
+			close(w.done) // the sampling goroutine never started
+		}
+	})
 	<-w.done
 }
 
+// run samples until Stop or until the worker is gone, from minSample
+// after the start, when first starts it.
 func (w *Watch) run(s *treeSampler) {
 	defer close(w.done)
 	defer s.close()
-	// The worker is the caller's child, not yet waited for: its pid is
-	// its own until then. Read here, off the worker's start.
-	var buf [512]byte
-	if e, ok := readStat(s.root, buf[:]); ok {
-		w.mu.Lock()
-		w.tree[s.root] = treeMember{start: e.start, comm: e.comm, seen: time.Now()}
-		w.mu.Unlock()
-	}
-	t := time.NewTimer(minSample)
-	defer t.Stop()
+	var t *time.Timer // nil until the first sample is taken
+	defer func() {
+		if t != nil {
+			t.Stop()
+		}
+	}()
 	overClosed := false
 	var prev int64       // the previous sample
 	var prevAt time.Time // when it was taken
 	for {
-		select {
-		case <-w.stop:
-			return
-		case <-t.C:
+		if t == nil {
+			select {
+			case <-w.stop:
+				return
+			default:
+			}
+		} else {
+			select {
+			case <-w.stop:
+				return
+			case <-t.C:
+			}
 		}
 		v, res, data, err := s.sample()
 		if err != nil {
@@ -260,7 +281,11 @@ func (w *Watch) run(s *treeSampler) {
 		if !prevAt.IsZero() {
 			elapsed = now.Sub(prevAt)
 		}
-		t.Reset(nextSample(v, prev, elapsed, w.limit))
+		if next := nextSample(v, prev, elapsed, w.limit); t == nil {
+			t = time.NewTimer(next)
+		} else {
+			t.Reset(next)
+		}
 		prev, prevAt = v, now
 	}
 }
