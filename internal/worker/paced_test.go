@@ -24,12 +24,7 @@ func runLarge(t *testing.T, script string, linger time.Duration) (*Process, stri
 	if p.paced == nil {
 		t.Fatal("LargeStdout gave no paced pipe")
 	}
-	select {
-	case <-p.Done():
-	case <-time.After(30 * time.Second):
-		p.Kill()
-		t.Fatal("the process did not end")
-	}
+	awaitEnd(t, p, 30*time.Second)
 	start := time.Now()
 	p.CloseIO(linger)
 	return p, out.String(), time.Since(start)

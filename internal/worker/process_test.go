@@ -26,12 +26,7 @@ func startShell(t *testing.T, spec Spec, script string) (*Process, Exit, string)
 	if err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-p.Done():
-	case <-time.After(10 * time.Second):
-		p.Kill()
-		t.Fatal("the process did not end")
-	}
+	awaitEnd(t, p, 10*time.Second)
 	p.CloseIO(time.Second)
 	b, err := os.ReadFile(out.Name())
 	if err != nil {
@@ -132,16 +127,23 @@ func TestCloseIOSlowCopier(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			select {
-			case <-p.Done():
-			case <-time.After(30 * time.Second):
-				p.Kill()
-				t.Fatal("the process did not end")
-			}
+			awaitEnd(t, p, 30*time.Second)
 			p.CloseIO(linger)
 			if got := w.written(); got != c.size {
 				t.Errorf("the copier wrote %d of the %d bytes the process wrote before it died", got, c.size)
 			}
 		})
+	}
+}
+
+// awaitEnd waits up to d for p to end, and kills it and fails the test if
+// it does not.
+func awaitEnd(t *testing.T, p *Process, d time.Duration) {
+	t.Helper()
+	select {
+	case <-p.Done():
+	case <-time.After(d):
+		p.Kill()
+		t.Fatal("the process did not end")
 	}
 }
